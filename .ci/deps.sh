@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing vlmdiff edge needs on Debian 12, skipping whatever is present, so
+# a warm machine pays seconds. Called by `make deps` (and so by `make demo` and `make test`).
+#   - apt: OpenCV 4.6 (gocv), PyTorch 1.13 + ONNX + OpenBLAS (trainer, parity tests), mosquitto (MQTT tests),
+#     ffmpeg (test videos), chromium (dashboard browser test)
+#   - ONNX Runtime 1.24.1 (CPU) from the npm registry's onnxruntime-node package into .deps/lib
+#   - playwright-core from npm into .deps/node (drives chromium in the dashboard test)
+# Set VLMDIFF_DEPS=minimal to skip the training/test-only packages (a line machine that only runs the daemon).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+ORT_VERSION=${ORT_VERSION:-1.24.1}
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+apt_pkgs=(pkg-config libopencv-dev)
+if [ "${VLMDIFF_DEPS:-full}" != minimal ]; then
+  apt_pkgs+=(python3-torch python3-onnx python3-numpy python3-pil python3-pytest libopenblas0-pthread
+             mosquitto mosquitto-clients ffmpeg chromium npm)
+fi
+command -v npm >/dev/null 2>&1 || apt_pkgs+=(npm)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  if [ "$p" = npm ] && command -v npm >/dev/null 2>&1; then continue; fi
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing apt packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+lib="$ROOT/.deps/lib/libonnxruntime.so"
+if [ ! -s "$lib" ]; then
+  echo "deps: fetching ONNX Runtime $ORT_VERSION (CPU) from the npm registry"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "onnxruntime-node@$ORT_VERSION" >/dev/null)
+  tar -xzf "$tmp"/onnxruntime-node-*.tgz -C "$tmp" package/bin/napi-v6/linux/x64/
+  mkdir -p "$ROOT/.deps/lib"
+  cp "$tmp"/package/bin/napi-v6/linux/x64/libonnxruntime.so.1 "$lib.tmp"
+  mv "$lib.tmp" "$lib"
+  rm -rf "$tmp"
+fi
+
+if [ "${VLMDIFF_DEPS:-full}" != minimal ] && [ ! -d "$ROOT/.deps/node/node_modules/playwright-core" ]; then
+  echo "deps: installing playwright-core (drives Debian's chromium in the dashboard test)"
+  mkdir -p "$ROOT/.deps/node"
+  (cd "$ROOT/.deps/node" && npm install --silent --no-audit --no-fund playwright-core@1 >/dev/null)
+fi
+echo "deps: ok (ONNX Runtime: $lib)"

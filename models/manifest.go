@@ -1,0 +1,211 @@
+// Package models defines the model bundle: the contract between the trainer, which writes bundles, and the
+// agent and scoring pipeline, which read them. A bundle is a directory holding bundle.json (the Manifest) and
+// the ONNX graphs and data files it names. Nothing outside the directory is needed to score a frame.
+//
+// The manifest carries every number of the scoring recipe (docs/bundle.md lists them with their reasons), so
+// that a bundle trained with other settings scores correctly without a code change, and so that the trainer's
+// evaluation and the daemon can never disagree about how a frame is scored.
+package models
+
+import "time"
+
+// FormatVersion is the manifest format this code reads and writes. A bundle with another major format is
+// refused: an old agent must not silently mis-score a bundle that a newer trainer wrote.
+const FormatVersion = 1
+
+// ManifestFile is the name of the manifest inside a bundle directory.
+const ManifestFile = "bundle.json"
+
+// Graph roles: the keys of Manifest.Graphs. Each role has fixed tensor names (see the Tensor* constants) except
+// the feature graph, whose input and output names come from its GraphSpec and Features.Layers, so that any
+// backbone exported by anyone can be plugged in.
+const (
+	RoleVAEEncoder = "vae_encoder" // image [B,3,H,W] -> moments [B,2C,h,w] (mean then logvar along channels)
+	RoleDenoiser   = "denoiser"    // x [B,C,h,w], t [B] int64, context [B,L,D], hint -> eps [B,C,h,w]
+	RoleHint       = "hint"        // optional: image [B,3,H,W] -> hint features, computed once per frame
+	RoleVAEDecoder = "vae_decoder" // latent [B,C,h,w] -> image [B,3,H,W] (in the input's normalised space)
+	RoleFeatures   = "features"    // image [B,3,H,W] -> one output per feature layer
+)
+
+// Fixed tensor names of the graphs the trainer exports.
+const (
+	TensorImage   = "image"
+	TensorMoments = "moments"
+	TensorX       = "x"
+	TensorT       = "t"
+	TensorContext = "context"
+	TensorHint    = "hint"
+	TensorEps     = "eps"
+	TensorLatent  = "latent"
+)
+
+// Manifest is bundle.json.
+type Manifest struct {
+	Format       int          `json:"format"`
+	Name         string       `json:"name"`
+	Version      string       `json:"version"`
+	Created      time.Time    `json:"created"`
+	Description  string       `json:"description,omitempty"`
+	Provenance   Provenance   `json:"provenance"`
+	Input        Input        `json:"input"`
+	Latent       Latent       `json:"latent"`
+	Diffusion    Diffusion    `json:"diffusion"`
+	Conditioning Conditioning `json:"conditioning"`
+	Features     Features     `json:"features"`
+	Map          MapSpec      `json:"map"`
+	Score        ScoreSpec    `json:"score"`
+	Calibration  Calibration  `json:"calibration"`
+	// Graphs maps a role (Role* constants) to its graph. vae_encoder, denoiser, vae_decoder and features are
+	// required; hint is optional (without it the denoiser takes the preprocessed image as its hint input).
+	Graphs map[string]GraphSpec `json:"graphs"`
+	// Files lists every file of the bundle except bundle.json itself, with its checksum and size.
+	Files map[string]FileEntry `json:"files"`
+}
+
+// Provenance records where a bundle came from, so a result can be traced back to its training run.
+type Provenance struct {
+	Dataset   string   `json:"dataset,omitempty"`
+	Classes   []string `json:"classes,omitempty"`
+	Preset    string   `json:"preset,omitempty"`
+	Config    string   `json:"config,omitempty"` // sha256 of the training config
+	GitCommit string   `json:"git_commit,omitempty"`
+	Trainer   string   `json:"trainer,omitempty"` // e.g. "vlmdiff-trainer 0.1 (torch 1.13.1)"
+	Notes     string   `json:"notes,omitempty"`
+}
+
+// Input describes the preprocessing of ALGORITHM 1.1.
+type Input struct {
+	Height       int        `json:"height"`
+	Width        int        `json:"width"`
+	ChannelOrder string     `json:"channel_order"` // "RGB" (the only supported order)
+	Resize       string     `json:"resize"`        // "pil_bilinear" (antialiased, PIL semantics), "bilinear" (OpenCV)
+	Mean         [3]float32 `json:"mean"`
+	Std          [3]float32 `json:"std"`
+}
+
+// Latent describes the VAE's latent space (ALGORITHM 1.3).
+type Latent struct {
+	Channels    int     `json:"channels"`
+	Downsample  int     `json:"downsample"`
+	ScaleFactor float32 `json:"scale_factor"`
+	// Posterior is "mean" (deterministic) or "sample" (mean + exp(logvar/2)*N(0,1), seeded).
+	Posterior     string  `json:"posterior"`
+	LogvarClampLo float32 `json:"logvar_clamp_lo"`
+	LogvarClampHi float32 `json:"logvar_clamp_hi"`
+}
+
+// Diffusion describes the noise schedule and the DDIM sampler (ALGORITHM 1.4-1.6).
+type Diffusion struct {
+	BetaSchedule string  `json:"beta_schedule"` // "linear" (SD: linspace of sqrt betas, squared)
+	LinearStart  float64 `json:"linear_start"`
+	LinearEnd    float64 `json:"linear_end"`
+	TrainSteps   int     `json:"train_steps"`
+	DDIMSteps    int     `json:"ddim_steps"`
+	// StartStep is the forward-noising step t of q_sample (999 in the reference).
+	StartStep int     `json:"start_step"`
+	Eta       float64 `json:"eta"` // only 0 is supported: the sampler is deterministic given its start noise
+	// GuidanceScale applies only when the conditional and unconditional contexts differ.
+	GuidanceScale float64 `json:"guidance_scale"`
+	// Seed and SeedPolicy fix the start noise: "fixed" draws the same noise for every frame (repeatable scores,
+	// the default), "per_frame" draws fresh noise from Seed+frame sequence.
+	Seed       int64  `json:"seed"`
+	SeedPolicy string `json:"seed_policy"`
+}
+
+// Conditioning holds precomputed text-encoder outputs, so the agent needs no text encoder at run time.
+type Conditioning struct {
+	// File is a raw little-endian float32 array of shape [len(Entries), Tokens, Dim].
+	File    string              `json:"file"`
+	Tokens  int                 `json:"tokens"`
+	Dim     int                 `json:"dim"`
+	Entries []ConditioningEntry `json:"entries"`
+	// Unconditional is the key of the entry used as the unconditional context ("" = the empty prompt).
+	Unconditional string `json:"unconditional"`
+	// Default is the key used as the conditional context when a camera names none ("" for the paper's
+	// MVTec/VisA/Real-IAD setting, which makes CFG the identity and halves the cost).
+	Default string `json:"default"`
+}
+
+// ConditioningEntry names one row of the conditioning file.
+type ConditioningEntry struct {
+	Key    string `json:"key"`    // "" for the empty prompt, else usually a class name
+	Prompt string `json:"prompt"` // the text that was encoded
+}
+
+// Features describes the feature graph whose input/reconstruction distance is the anomaly map (ALGORITHM 1.9).
+type Features struct {
+	Input  string         `json:"input"` // the feature graph's input tensor name
+	Layers []FeatureLayer `json:"layers"`
+	// Mean and Std, when set, renormalise the bundle's input space into the backbone's: the backbone gets
+	// ((x*std_in+mean_in) - mean)/std. Empty means the backbone takes the bundle's normalised input as it is.
+	Mean []float32 `json:"mean,omitempty"`
+	Std  []float32 `json:"std,omitempty"`
+	// Tokens, when true, says the outputs are ViT tokens [B,1+N,D] (CLS first) rather than maps [B,D,h,w].
+	Tokens bool `json:"tokens,omitempty"`
+}
+
+// FeatureLayer is one output of the feature graph and its weight in the summed map.
+type FeatureLayer struct {
+	Name   string  `json:"name"`
+	Weight float32 `json:"weight"`
+}
+
+// MapSpec describes how per-layer distances become the anomaly map.
+type MapSpec struct {
+	Upsample string  `json:"upsample"` // "bilinear_align_corners"
+	Sigma    float64 `json:"sigma"`    // Gaussian smoothing sigma in map pixels (5 in the reference); 0 = none
+	Truncate float64 `json:"truncate"` // in sigmas (4 in the reference, so 41 taps at sigma 5)
+}
+
+// ScoreSpec is the image score recipe: Repeat passes of a Kernel x Kernel average pool with stride 1 and no
+// padding, then the maximum (ALGORITHM 1.10).
+type ScoreSpec struct {
+	PoolKernel int    `json:"pool_kernel"`
+	PoolRepeat int    `json:"pool_repeat"`
+	Reduce     string `json:"reduce"` // "max"
+}
+
+// Calibration turns raw scores into a 0..1 score and a verdict. Thresholds come from normal validation scores
+// only, never from test labels.
+type Calibration struct {
+	Method string     `json:"method,omitempty"` // how thresholds were fixed, e.g. "quantile:0.995" or "meanstd:3"
+	Global ClassCalib `json:"global"`
+	// PerClass overrides Global for a camera configured with that class.
+	PerClass map[string]ClassCalib `json:"per_class,omitempty"`
+}
+
+// ClassCalib is the calibration of one class (or of all classes together).
+type ClassCalib struct {
+	// Threshold on the raw image score: raw >= Threshold is NG.
+	Threshold float64 `json:"threshold"`
+	// Min and Max of raw scores seen in calibration: the normalised score is
+	// clamp((raw-Threshold)/(Max-Min) + 0.5, 0, 1), so the threshold maps to 0.5.
+	Min float64 `json:"min"`
+	Max float64 `json:"max"`
+	// PixelThreshold on anomaly-map values: the share of pixels above it is the anomaly area.
+	PixelThreshold float64 `json:"pixel_threshold"`
+	// Normal-score statistics, for the record and for re-thresholding at run time.
+	NormalMean float64 `json:"normal_mean,omitempty"`
+	NormalStd  float64 `json:"normal_std,omitempty"`
+	NormalN    int     `json:"normal_n,omitempty"`
+}
+
+// GraphSpec names one ONNX file and the inputs and outputs it must have.
+type GraphSpec struct {
+	File    string       `json:"file"`
+	Inputs  []TensorSpec `json:"inputs"`
+	Outputs []TensorSpec `json:"outputs"`
+}
+
+// TensorSpec is one graph input or output. Shape uses -1 for a dynamic dimension (always the batch).
+type TensorSpec struct {
+	Name  string  `json:"name"`
+	Type  string  `json:"type"` // "float32", "int64", ...
+	Shape []int64 `json:"shape"`
+}
+
+// FileEntry is one file's checksum and size.
+type FileEntry struct {
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}

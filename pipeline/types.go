@@ -1,0 +1,77 @@
+package pipeline
+
+import "github.com/vlmdiff/edge/models"
+
+// Image is a decoded frame: packed 8-bit RGB, row-major, Width*Height*3 bytes. It is a plain Go value (no cgo
+// memory), so frames can cross goroutines, queues and stores without lifetime rules.
+type Image struct {
+	Width  int
+	Height int
+	Pix    []byte
+}
+
+// Request is one frame to score.
+type Request struct {
+	Image Image
+	// Class selects per-class calibration and, when the bundle has one, the class's text conditioning.
+	// Empty means the bundle's defaults.
+	Class string
+	// Seq is the frame's sequence number; with the "per_frame" seed policy it seeds the start noise.
+	Seq uint64
+	// Noise, when set, replaces the generated start noise (tests and the parity check use it).
+	Noise *Noise
+}
+
+// Noise holds the two Gaussian draws of the method, each shaped like the latent [C,h,w]: Posterior is used
+// only when the bundle samples the VAE posterior, Start is the q_sample noise.
+type Noise struct {
+	Posterior []float32
+	Start     []float32
+}
+
+// Result is the outcome of scoring one frame.
+type Result struct {
+	// RawScore is the pooled maximum of the anomaly map (ALGORITHM 1.10).
+	RawScore float64 `json:"raw_score"`
+	// Score is RawScore calibrated to 0..1; Threshold maps to 0.5.
+	Score     float64 `json:"score"`
+	Threshold float64 `json:"threshold"`
+	Verdict   string  `json:"verdict"` // "OK" or "NG"
+	// AnomalyAreaPct is the share of map pixels above the calibrated pixel threshold, in percent.
+	AnomalyAreaPct float64 `json:"anomaly_area_pct"`
+	// Map is the anomaly map at the model's input resolution, MapHeight x MapWidth, row-major.
+	Map       []float32 `json:"-"`
+	MapWidth  int       `json:"-"`
+	MapHeight int       `json:"-"`
+	// LatencyMS holds per-stage wall time in milliseconds (stage names: Stage* constants); for a batch, each
+	// frame carries the batch's stage time divided by the batch size.
+	LatencyMS map[string]float64 `json:"latency_ms"`
+	Model     ModelRef           `json:"model"`
+}
+
+// ModelRef names the bundle that produced a result.
+type ModelRef struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+}
+
+// Verdicts.
+const (
+	VerdictOK = "OK"
+	VerdictNG = "NG"
+)
+
+// Stage names used in Result.LatencyMS and in benchmarks.
+const (
+	StagePreprocess = "preprocess"
+	StageEncode     = "encode"
+	StageHint       = "hint"
+	StageDenoise    = "denoise"
+	StageDecode     = "decode"
+	StageFeatures   = "features"
+	StageMap        = "map"
+	StageTotal      = "total"
+)
+
+// refOf returns the ModelRef of a manifest.
+func refOf(m *models.Manifest) ModelRef { return ModelRef{Name: m.Name, Version: m.Version} }
