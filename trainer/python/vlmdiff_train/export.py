@@ -1,0 +1,452 @@
+"""Writing a model bundle (models/manifest.go is the contract) from torch networks.
+
+A bundle directory holds bundle.json, one ONNX graph per role (vae_encoder, hint, denoiser, vae_decoder, features)
+with the fixed tensor names of models/manifest.go, and conditioning.bin (the text encoder's outputs, precomputed so
+the agent needs no text encoder). Every file except bundle.json is listed in the manifest with its sha256 and size.
+
+Beside the bundle this module writes:
+  - parity probes for the Go side's ONNX Runtime check (there is no Python onnxruntime here): per role,
+    <role>.json = {"inputs": {name: {"file", "shape", "type"}}, "outputs": {name: {"file", "shape", "type"}}}
+    with raw little-endian files beside it, computed by torch at batch 2 on seeded random inputs;
+  - reference weights: the torch state the reference scorer (reference.py) rebuilds the networks from.
+
+Graphs larger than 2 GB (the sd15 denoiser) are stored with their weights in one external data file
+<role>.onnx.data, which is listed in the manifest like any other file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+import torch
+
+log = logging.getLogger(__name__)
+
+OPSET = 17  # torch 1.13 exports up to 17
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+REF_WEIGHTS_FORMAT = "vlmdiff-reference-weights/1"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Role wrappers: give each graph its fixed signature and tensor names
+# ---------------------------------------------------------------------------------------------------------------
+
+class VAEEncoderGraph(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image):
+        return self.vae.encode_moments(image)
+
+
+class VAEDecoderGraph(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent):
+        return self.vae.decode(latent)
+
+
+class HintGraph(torch.nn.Module):
+    """image -> hint features. `fn` is the hint block (e.g. sgn.hint_features)."""
+
+    def __init__(self, owner: torch.nn.Module, fn_name: str = "hint_features"):
+        super().__init__()
+        self.owner = owner
+        self.fn_name = fn_name
+
+    def forward(self, image):
+        return getattr(self.owner, self.fn_name)(image)
+
+
+class DenoiserGraph(torch.nn.Module):
+    def __init__(self, denoiser):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, x, t, context, hint):
+        return self.denoiser(x, t, context, hint)
+
+
+class FeaturesGraph(torch.nn.Module):
+    """image -> one output per layer, in the manifest's layer order."""
+
+    def __init__(self, features, layers: Sequence[str]):
+        super().__init__()
+        self.features = features
+        self.layers = list(layers)
+
+    def forward(self, image):
+        out = self.features(image)
+        return tuple(out[n] for n in self.layers)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------------------------
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_files(bundle_dir: str) -> Dict[str, Dict[str, Any]]:
+    """sha256 and size of every file under bundle_dir except bundle.json (paths relative, '/'-separated)."""
+    files = {}
+    for root, _, names in os.walk(bundle_dir):
+        for n in sorted(names):
+            p = os.path.join(root, n)
+            rel = os.path.relpath(p, bundle_dir).replace(os.sep, "/")
+            if rel == "bundle.json" or rel.endswith(".tmp"):
+                continue
+            files[rel] = {"sha256": sha256_file(p), "size": os.path.getsize(p)}
+    return dict(sorted(files.items()))
+
+
+def write_manifest(bundle_dir: str, manifest: dict) -> str:
+    """Writes bundle.json atomically (temp file + rename), so a reader never sees half a manifest."""
+    path = os.path.join(bundle_dir, "bundle.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def rewrite_calibration(bundle_dir: str, calibration: dict) -> dict:
+    """The calibrate stage's hook: replace the manifest's calibration section and re-hash the bundle's files."""
+    path = os.path.join(bundle_dir, "bundle.json")
+    with open(path, "r", encoding="utf-8") as f:
+        m = json.load(f)
+    if "global" not in calibration:
+        raise RuntimeError("calibration: missing 'global' section")
+    m["calibration"] = calibration
+    m["files"] = hash_files(bundle_dir)
+    write_manifest(bundle_dir, m)
+    return m
+
+
+def default_calibration(layer_weights: Sequence[float]) -> dict:
+    """Placeholder thresholds until the calibrate stage measures normal scores. 1-cos lies in [0,2] per layer, so
+    the raw score lies in [0, 2*sum(w)]; the default threshold is the middle of the lower half."""
+    s = float(sum(layer_weights))
+    return {"method": "uncalibrated",
+            "global": {"threshold": 0.5 * s, "min": 0.0, "max": 2.0 * s, "pixel_threshold": 0.5 * s}}
+
+
+def _np_type(t: torch.Tensor) -> str:
+    return {torch.float32: "float32", torch.int64: "int64", torch.float16: "float16"}[t.dtype]
+
+
+def _spec(name: str, t: torch.Tensor) -> dict:
+    return {"name": name, "type": _np_type(t), "shape": [-1] + [int(s) for s in t.shape[1:]]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX export
+# ---------------------------------------------------------------------------------------------------------------
+
+def export_graph(module: torch.nn.Module, args: Tuple[torch.Tensor, ...], in_names: List[str],
+                 out_names: List[str], path: str) -> None:
+    """torch.onnx.export with a dynamic batch axis on every input and output, then onnx.checker.
+
+    Graphs over 2 GB come out of torch with one external file per tensor; they are re-saved with a single
+    <file>.data so the bundle stays a short list of files.
+    """
+    module = module.eval()
+    dyn = {n: {0: "batch"} for n in in_names + out_names}
+    tmpdir = tempfile.mkdtemp(prefix="export-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        tmp = os.path.join(tmpdir, os.path.basename(path))
+        with torch.no_grad():
+            torch.onnx.export(module, args, tmp, input_names=in_names, output_names=out_names, dynamic_axes=dyn,
+                              opset_version=OPSET, do_constant_folding=True)
+        extra = [n for n in os.listdir(tmpdir) if n != os.path.basename(path)]
+        if not extra:
+            os.replace(tmp, path)
+        else:
+            model = onnx.load(tmp)  # loads the external tensors
+            data = os.path.basename(path) + ".data"
+            onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data, size_threshold=1024)
+    except Exception as e:
+        raise RuntimeError(f"exporting {os.path.basename(path)}: {e}") from e
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    try:
+        onnx.checker.check_model(path)
+    except Exception as e:
+        raise RuntimeError(f"onnx checker on {path}: {e}") from e
+
+
+def onnx_io_names(path: str) -> Tuple[List[str], List[str]]:
+    m = onnx.load(path, load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    return [i.name for i in m.graph.input if i.name not in inits], [o.name for o in m.graph.output]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Probes
+# ---------------------------------------------------------------------------------------------------------------
+
+def write_probe(probe_dir: str, role: str, inputs: Dict[str, torch.Tensor], outputs: Dict[str, torch.Tensor]) -> str:
+    """Writes <role>.json and its raw little-endian tensor files."""
+    os.makedirs(probe_dir, exist_ok=True)
+    doc: Dict[str, Dict[str, Any]] = {"inputs": {}, "outputs": {}}
+    for kind, tensors in (("inputs", inputs), ("outputs", outputs)):
+        for name, t in tensors.items():
+            t = t.detach().contiguous()
+            fname = f"{role}.{kind[:-1]}.{name}.bin"
+            arr = t.numpy()
+            arr.astype(arr.dtype.newbyteorder("<")).tofile(os.path.join(probe_dir, fname))
+            doc[kind][name] = {"file": fname, "shape": [int(s) for s in t.shape], "type": _np_type(t)}
+    p = os.path.join(probe_dir, f"{role}.json")
+    with open(p, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bundle
+# ---------------------------------------------------------------------------------------------------------------
+
+def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Module], layers: Sequence[Tuple[str, float]],
+                  conditioning: Sequence[Tuple[str, str, np.ndarray]], latent_channels: int, downsample: int,
+                  hint_owner: Optional[torch.nn.Module] = None, hint_fn: str = "hint_features",
+                  feature_onnx: Optional[str] = None, feature_input: str = "image",
+                  feature_mean: Optional[Sequence[float]] = None, feature_std: Optional[Sequence[float]] = None,
+                  height: int = 256, width: int = 256, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD, name: str = "vlmdiff", version: str = "0.0.0",
+                  description: str = "", provenance: Optional[dict] = None, diffusion: Optional[dict] = None,
+                  latent: Optional[dict] = None, map_spec: Optional[dict] = None, score: Optional[dict] = None,
+                  calibration: Optional[dict] = None, default_key: str = "", unconditional_key: str = "",
+                  created: Optional[str] = None, probe_dir: Optional[str] = None, probe_seed: int = 1234,
+                  overwrite: bool = False) -> dict:
+    """Exports the networks into a bundle directory and returns the manifest written.
+
+    conditioning: (key, prompt, array [tokens, dim]) per entry; it must contain the unconditional key.
+    features: a torch module returning {layer: tensor}, or None with feature_onnx naming an ONNX backbone file that
+    is copied into the bundle (its input normalisation must match the bundle's input, or give feature_mean/std).
+    """
+    if os.path.exists(os.path.join(out_dir, "bundle.json")) and not overwrite:
+        raise RuntimeError(f"bundle directory {out_dir} already holds a bundle (overwrite not requested)")
+    os.makedirs(out_dir, exist_ok=True)
+    for n in os.listdir(out_dir):  # a rebuilt bundle must not keep stale files that the manifest would then list
+        p = os.path.join(out_dir, n)
+        if os.path.isfile(p):
+            os.remove(p)
+    keys = [c[0] for c in conditioning]
+    if len(set(keys)) != len(keys):
+        raise RuntimeError(f"conditioning keys are not unique: {keys}")
+    for k in (unconditional_key, default_key):
+        if k not in keys:
+            raise RuntimeError(f"conditioning key {k!r} is missing (have {keys})")
+    cond = np.stack([np.asarray(c[2], dtype=np.float32) for c in conditioning])
+    if cond.ndim != 3 or not np.all(np.isfinite(cond)):
+        raise RuntimeError(f"conditioning must be finite [entries, tokens, dim], got shape {cond.shape}")
+    cond.astype("<f4").tofile(os.path.join(out_dir, "conditioning.bin"))
+
+    gen = torch.Generator().manual_seed(probe_seed)
+    h, w = height // downsample, width // downsample
+    image1 = torch.randn(1, 3, height, width, generator=gen)
+    image2 = torch.randn(2, 3, height, width, generator=gen)
+    graphs: Dict[str, dict] = {}
+    probes: Dict[str, Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]] = {}
+    T = int((diffusion or {}).get("train_steps", 1000))
+
+    def run(module, ins: Dict[str, torch.Tensor], out_names: List[str]) -> Dict[str, torch.Tensor]:
+        with torch.no_grad():
+            o = module.eval()(*ins.values())
+        if not isinstance(o, (tuple, list)):
+            o = (o,)
+        return dict(zip(out_names, o))
+
+    def add(role: str, module, ins1: Dict[str, torch.Tensor], ins2: Dict[str, torch.Tensor], out_names: List[str]):
+        fname = f"{role}.onnx"
+        export_graph(module, tuple(ins1.values()), list(ins1), out_names, os.path.join(out_dir, fname))
+        outs1 = run(module, ins1, out_names)
+        graphs[role] = {"file": fname, "inputs": [_spec(n, t) for n, t in ins1.items()],
+                        "outputs": [_spec(n, t) for n, t in outs1.items()]}
+        probes[role] = (ins2, run(module, ins2, out_names))
+        log.info("exported %s: %s", role, graphs[role])
+
+    add("vae_encoder", VAEEncoderGraph(vae), {"image": image1}, {"image": image2}, ["moments"])
+    if hint_owner is not None:
+        hg = HintGraph(hint_owner, hint_fn)
+        add("hint", hg, {"image": image1}, {"image": image2}, ["hint"])
+        hint1, hint2 = run(hg, {"image": image1}, ["hint"])["hint"], probes["hint"][1]["hint"]
+    else:
+        hint1, hint2 = image1, image2
+    tokens, dim = cond.shape[1], cond.shape[2]
+    den_in = lambda b, hint: {"x": torch.randn(b, latent_channels, h, w, generator=gen),  # noqa: E731
+                              "t": torch.randint(0, T, (b,), generator=gen, dtype=torch.int64),
+                              "context": torch.randn(b, tokens, dim, generator=gen), "hint": hint}
+    add("denoiser", DenoiserGraph(denoiser), den_in(1, hint1), den_in(2, hint2), ["eps"])
+    add("vae_decoder", VAEDecoderGraph(vae), {"latent": torch.randn(1, latent_channels, h, w, generator=gen)},
+        {"latent": torch.randn(2, latent_channels, h, w, generator=gen)}, ["image"])
+
+    layer_names = [n for n, _ in layers]
+    if features is not None:
+        add("features", FeaturesGraph(features, layer_names), {feature_input: image1}, {feature_input: image2},
+            layer_names)
+    else:
+        if not feature_onnx:
+            raise RuntimeError("export: give either a torch feature network or feature_onnx")
+        from .onnx_torch import OnnxModule
+        ins, outs = onnx_io_names(feature_onnx)
+        missing = [n for n in layer_names if n not in outs]
+        if missing:
+            raise RuntimeError(f"feature graph {feature_onnx}: layers {missing} are not outputs (has {outs})")
+        feature_input = ins[0]
+        shutil.copyfile(feature_onnx, os.path.join(out_dir, "features.onnx"))
+        ft = OnnxModule.load(feature_onnx, outputs=layer_names)
+        with torch.no_grad():
+            o1 = ft.eval()(image1)
+        graphs["features"] = {"file": "features.onnx", "inputs": [_spec(feature_input, image1)],
+                              "outputs": [_spec(n, o1[n]) for n in layer_names]}
+        with torch.no_grad():
+            o2 = ft(image2)
+        probes["features"] = ({feature_input: image2}, {n: o2[n] for n in layer_names})
+
+    weights = [float(wt) for _, wt in layers]
+    d = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012, "train_steps": 1000,
+         "ddim_steps": 10, "start_step": 999, "eta": 0.0, "guidance_scale": 9.0, "seed": 0, "seed_policy": "fixed"}
+    d.update(diffusion or {})
+    lat = {"channels": int(latent_channels), "downsample": int(downsample), "scale_factor": 0.18215,
+           "posterior": "mean", "logvar_clamp_lo": -30.0, "logvar_clamp_hi": 20.0}
+    lat.update(latent or {})
+    mp = {"upsample": "bilinear_align_corners", "sigma": 5.0, "truncate": 4.0}
+    mp.update(map_spec or {})
+    sc = {"pool_kernel": 8, "pool_repeat": 8, "reduce": "max"}
+    sc.update(score or {})
+    feats: Dict[str, Any] = {"input": feature_input, "layers": [{"name": n, "weight": float(wt)} for n, wt in layers]}
+    if feature_mean is not None and feature_std is not None:
+        feats["mean"], feats["std"] = [float(v) for v in feature_mean], [float(v) for v in feature_std]
+    if created is None:
+        created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    prov = {"trainer": f"vlmdiff-trainer 0.1 (torch {torch.__version__.split('+')[0]})"}
+    prov.update(provenance or {})
+    manifest = {
+        "format": 1, "name": name, "version": version, "created": created, "description": description,
+        "provenance": prov,
+        "input": {"height": int(height), "width": int(width), "channel_order": "RGB", "resize": "pil_bilinear",
+                  "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        "latent": lat, "diffusion": d,
+        "conditioning": {"file": "conditioning.bin", "tokens": int(tokens), "dim": int(dim),
+                         "entries": [{"key": k, "prompt": p} for k, p, _ in conditioning],
+                         "unconditional": unconditional_key, "default": default_key},
+        "features": feats, "map": mp, "score": sc,
+        "calibration": calibration or default_calibration(weights),
+        "graphs": dict(sorted(graphs.items())),
+        "files": hash_files(out_dir),
+    }
+    write_manifest(out_dir, manifest)
+    if probe_dir:
+        for role, (ins, outs) in probes.items():
+            write_probe(probe_dir, role, ins, outs)
+    return manifest
+
+
+def verify_bundle(bundle_dir: str) -> List[str]:
+    """Returns a list of problems (empty when the files match the manifest and every graph passes the checker)."""
+    problems = []
+    with open(os.path.join(bundle_dir, "bundle.json"), encoding="utf-8") as f:
+        m = json.load(f)
+    actual = hash_files(bundle_dir)
+    for name, fe in m["files"].items():
+        if name not in actual:
+            problems.append(f"{name}: missing")
+        elif actual[name] != fe:
+            problems.append(f"{name}: sha256/size mismatch")
+    for name in actual:
+        if name not in m["files"]:
+            problems.append(f"{name}: not listed in the manifest")
+    for role, g in m["graphs"].items():
+        p = os.path.join(bundle_dir, g["file"])
+        try:
+            onnx.checker.check_model(p)
+        except Exception as e:
+            problems.append(f"{role}: onnx checker: {e}")
+            continue
+        ins, outs = onnx_io_names(p)
+        for t in g["inputs"]:
+            if t["name"] not in ins:
+                problems.append(f"{role}: input {t['name']} not in graph {ins}")
+        for t in g["outputs"]:
+            if t["name"] not in outs:
+                problems.append(f"{role}: output {t['name']} not in graph {outs}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference weights: what reference.py rebuilds the torch networks from
+# ---------------------------------------------------------------------------------------------------------------
+
+def save_reference_weights(path: str, builder: dict, nets, features_kind: str = "torch") -> None:
+    """builder names how to rebuild the modules: {"kind": "fixture", "spec": {...}} (fixture.build_nets) or
+    {"kind": "preset", "name": ..., "overrides": {...}} (presets.build). features_kind "onnx" means the reference
+    runs the bundle's features.onnx through onnx_torch instead of a stored torch module."""
+    state = {"vae": _half_safe(nets.vae.state_dict()), "denoiser": _half_safe(nets.denoiser.state_dict())}
+    if features_kind == "torch":
+        state["features"] = _half_safe(nets.features.state_dict())
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save({"format": REF_WEIGHTS_FORMAT, "builder": builder, "features": features_kind, "state": state}, tmp)
+    os.replace(tmp, path)
+
+
+def _half_safe(sd: dict) -> dict:
+    return {k: v.detach().clone() for k, v in sd.items()}
+
+
+def load_nets(weights: str, bundle_dir: str, manifest: dict):
+    """Rebuilds the torch networks of a bundle from reference weights (see save_reference_weights)."""
+    from .reference import Nets
+
+    try:
+        blob = torch.load(weights, map_location="cpu")
+    except Exception as e:
+        raise RuntimeError(f"reading reference weights {weights}: {e}") from e
+    if not isinstance(blob, dict) or blob.get("format") != REF_WEIGHTS_FORMAT:
+        raise RuntimeError(f"reference weights {weights}: not a {REF_WEIGHTS_FORMAT} file")
+    b = blob["builder"]
+    if b.get("kind") == "fixture":
+        from .fixture import build_nets
+        nets = build_nets(b["spec"])
+    elif b.get("kind") == "preset":
+        from .fixture import build_preset_nets
+        nets = build_preset_nets(b["name"], b.get("overrides") or {})
+    else:
+        raise RuntimeError(f"reference weights {weights}: unknown builder {b!r}")
+    st = blob["state"]
+    try:
+        nets.vae.load_state_dict(st["vae"])
+        nets.denoiser.load_state_dict(st["denoiser"])
+        if blob.get("features", "torch") == "torch":
+            nets.features.load_state_dict(st["features"])
+    except (RuntimeError, KeyError) as e:
+        raise RuntimeError(f"reference weights {weights}: state does not fit the rebuilt networks: {e}") from e
+    if blob.get("features") == "onnx":
+        from .onnx_torch import OnnxModule
+        g = manifest["graphs"]["features"]
+        nets.features = OnnxModule.load(os.path.join(bundle_dir, g["file"]),
+                                        outputs=[l["name"] for l in manifest["features"]["layers"]])
+    return nets.eval()

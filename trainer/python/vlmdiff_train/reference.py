@@ -1,0 +1,314 @@
+"""An independent PyTorch reference of the bundle's scoring recipe (ALGORITHM.md sections 1 and 7).
+
+The Go pipeline scores frames through ONNX Runtime from bundle.json. This module scores the same frames with the
+torch networks the bundle was exported from, reading every number from the same manifest, so a Go test can check
+the whole chain (preprocessing, sampler, map, smoothing, pooling) against an implementation that shares no code
+with it. It deliberately follows the public DiAD/VLMDiff code's operations (PIL resize, torch cosine similarity,
+F.interpolate with align_corners=True, scipy's gaussian_filter, repeated avg_pool2d) rather than re-deriving them.
+
+CLI (see __main__.py):
+
+    python3 -m vlmdiff_train reference --bundle DIR --weights FILE.pt --noise NOISE.f32 --out OUTDIR
+        [--class KEY] IMG...
+
+NOISE.f32 is little-endian float32 [N_images, 2, C, h, w]: index 0 is the posterior noise (used only when the
+manifest says posterior == "sample"), index 1 the q_sample start noise. Outputs: OUTDIR/scores.json
+([{"image": path, "raw_score": float}]) and OUTDIR/maps.f32 (float32 [N, H, W], the smoothed anomaly maps before
+pooling).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Manifest access
+# ---------------------------------------------------------------------------------------------------------------
+
+def read_manifest(bundle_dir: str) -> dict:
+    path = os.path.join(bundle_dir, "bundle.json")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"reading bundle manifest {path}: {e}") from e
+    if m.get("format") != 1:
+        raise RuntimeError(f"bundle manifest {path}: format {m.get('format')!r} is not 1")
+    return m
+
+
+def read_conditioning(bundle_dir: str, manifest: dict) -> Dict[str, torch.Tensor]:
+    """Returns key -> context [1, tokens, dim] from the bundle's raw conditioning file."""
+    c = manifest["conditioning"]
+    path = os.path.join(bundle_dir, c["file"])
+    n, tok, dim = len(c["entries"]), int(c["tokens"]), int(c["dim"])
+    raw = np.fromfile(path, dtype="<f4")
+    if raw.size != n * tok * dim:
+        raise RuntimeError(f"conditioning file {path}: {raw.size} floats, want {n}x{tok}x{dim}={n * tok * dim}")
+    arr = raw.reshape(n, tok, dim)
+    return {e["key"]: torch.from_numpy(arr[i].copy()).unsqueeze(0) for i, e in enumerate(c["entries"])}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recipe's pieces (each testable on its own)
+# ---------------------------------------------------------------------------------------------------------------
+
+def load_image(path: str, height: int, width: int, mean: Sequence[float], std: Sequence[float],
+               resize: str = "pil_bilinear") -> torch.Tensor:
+    """ALGORITHM 1.1: RGB, PIL bilinear resize (antialiased, uint8 fixed point), /255, normalise. -> [3,H,W]."""
+    if resize != "pil_bilinear":
+        raise RuntimeError(f"reference scorer supports resize 'pil_bilinear' only, manifest says {resize!r}")
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (width, height):
+            im = im.resize((width, height), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    return normalize_uint8(arr, mean, std)
+
+
+def normalize_uint8(arr: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """HWC uint8 -> CHW float32 normalised exactly as torchvision ToTensor + Normalize do (float32 throughout)."""
+    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div(255.0)
+    m = torch.tensor(list(mean), dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(list(std), dtype=torch.float32).view(3, 1, 1)
+    return (x - m) / s
+
+
+def alphas_cumprod(linear_start: float, linear_end: float, steps: int, schedule: str = "linear") -> np.ndarray:
+    """SD's "linear" schedule in float64: betas = linspace(sqrt(start), sqrt(end), T)**2, abar = cumprod(1-beta)."""
+    if schedule != "linear":
+        raise RuntimeError(f"beta schedule {schedule!r} is not supported (only 'linear')")
+    betas = np.linspace(linear_start ** 0.5, linear_end ** 0.5, steps, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas, axis=0)
+
+
+def ddim_timesteps(train_steps: int, ddim_steps: int) -> np.ndarray:
+    """make_ddim_timesteps("uniform"): range(0, T, T // steps) + 1, in ascending order (visited descending)."""
+    c = train_steps // ddim_steps
+    if c < 1:
+        raise RuntimeError(f"ddim_steps {ddim_steps} exceeds train_steps {train_steps}")
+    return np.asarray(list(range(0, train_steps, c)), dtype=np.int64) + 1
+
+
+def posterior_latent(moments: torch.Tensor, channels: int, scale: float, clamp_lo: float, clamp_hi: float,
+                     posterior: str, noise: Optional[torch.Tensor]) -> torch.Tensor:
+    """ALGORITHM 1.3: split moments into mean/logvar, clamp logvar, optionally sample, scale."""
+    mean, logvar = moments[:, :channels], moments[:, channels:2 * channels]
+    if posterior == "sample":
+        logvar = torch.clamp(logvar, clamp_lo, clamp_hi)
+        z = mean + torch.exp(0.5 * logvar) * noise
+    elif posterior == "mean":
+        z = mean
+    else:
+        raise RuntimeError(f"latent posterior {posterior!r} is not 'mean' or 'sample'")
+    return scale * z
+
+
+def layer_distance(f_in: torch.Tensor, f_rec: torch.Tensor, tokens: bool = False) -> torch.Tensor:
+    """1 - cosine similarity over channels (eps 1e-8). Maps [B,D,h,w] -> [B,1,h,w]; tokens [B,1+N,D] drop CLS."""
+    if tokens:
+        b, n1, d = f_in.shape
+        side = int(round((n1 - 1) ** 0.5))
+        if side * side != n1 - 1:
+            raise RuntimeError(f"token features {tuple(f_in.shape)}: {n1 - 1} patch tokens is not a square")
+        f_in = f_in[:, 1:].transpose(1, 2).reshape(b, d, side, side)
+        f_rec = f_rec[:, 1:].transpose(1, 2).reshape(b, d, side, side)
+    return (1.0 - F.cosine_similarity(f_in, f_rec, dim=1, eps=1e-8)).unsqueeze(1)
+
+
+def anomaly_map(feats_in: Dict[str, torch.Tensor], feats_rec: Dict[str, torch.Tensor],
+                layers: Sequence[dict], height: int, width: int, tokens: bool = False) -> torch.Tensor:
+    """Weighted sum over layers of the upsampled (bilinear, align_corners=True) 1-cos maps. -> [B,H,W]."""
+    total = None
+    for layer in layers:
+        name, w = layer["name"], float(layer["weight"])
+        if name not in feats_in or name not in feats_rec:
+            raise RuntimeError(f"feature layer {name!r} is not an output of the feature network")
+        d = layer_distance(feats_in[name], feats_rec[name], tokens)
+        d = F.interpolate(d, size=(height, width), mode="bilinear", align_corners=True)
+        d = d * w
+        total = d if total is None else total + d
+    if total is None:
+        raise RuntimeError("manifest lists no feature layers")
+    return total[:, 0]
+
+
+def smooth(amap: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter, mode 'reflect', as the public test.py does; sigma 0 means no smoothing."""
+    amap = np.asarray(amap, dtype=np.float32)
+    if sigma <= 0:
+        return amap.copy()
+    return gaussian_filter(amap, sigma=sigma, mode="reflect", truncate=truncate).astype(np.float32)
+
+
+def pooled_score(amap: np.ndarray, kernel: int, repeat: int, reduce: str = "max") -> float:
+    """ALGORITHM 1.10: avg_pool2d(k, stride 1, no padding) `repeat` times, then the max."""
+    if reduce != "max":
+        raise RuntimeError(f"score reduce {reduce!r} is not supported (only 'max')")
+    t = torch.from_numpy(np.asarray(amap, dtype=np.float32))[None, None]
+    for _ in range(repeat):
+        t = F.avg_pool2d(t, kernel_size=kernel, stride=1)
+    return float(t.max())
+
+
+def pooled(amap: np.ndarray, kernel: int, repeat: int) -> torch.Tensor:
+    """The pooled map itself (for tests of its size)."""
+    t = torch.from_numpy(np.asarray(amap, dtype=np.float32))[None, None]
+    for _ in range(repeat):
+        t = F.avg_pool2d(t, kernel_size=kernel, stride=1)
+    return t[0, 0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The scorer
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Nets:
+    """The torch networks a bundle was exported from, by role.
+
+    vae must have encode_moments(x) and decode(z); hint maps the image to hint features (None: the denoiser takes
+    the image itself); denoiser(x, t, context, hint) -> eps; features(x) -> {layer name: tensor}.
+    """
+    vae: torch.nn.Module
+    denoiser: torch.nn.Module
+    features: Callable[[torch.Tensor], Dict[str, torch.Tensor]]
+    hint: Optional[torch.nn.Module] = None
+
+    def eval(self) -> "Nets":
+        for m in (self.vae, self.denoiser, self.features, self.hint):
+            if isinstance(m, torch.nn.Module):
+                m.eval()
+        return self
+
+
+class Scorer:
+    """Scores preprocessed images with torch networks following a manifest."""
+
+    def __init__(self, manifest: dict, nets: Nets, conditioning: Dict[str, torch.Tensor]):
+        self.m = manifest
+        self.nets = nets.eval()
+        self.cond = conditioning
+        d = manifest["diffusion"]
+        if float(d.get("eta", 0.0)) != 0.0:
+            raise RuntimeError(f"diffusion eta {d['eta']} is not supported (only 0)")
+        self.abar = alphas_cumprod(float(d["linear_start"]), float(d["linear_end"]), int(d["train_steps"]),
+                                   d.get("beta_schedule", "linear"))
+        self.ts = ddim_timesteps(int(d["train_steps"]), int(d["ddim_steps"]))
+        self.start_step = int(d["start_step"])
+        self.guidance = float(d.get("guidance_scale", 1.0))
+
+    def contexts(self, key: Optional[str]):
+        c = self.m["conditioning"]
+        k = c.get("default", "") if key is None else key
+        if k not in self.cond:
+            raise RuntimeError(f"conditioning key {k!r} is not in the bundle (have {sorted(self.cond)})")
+        u = c.get("unconditional", "")
+        if u not in self.cond:
+            raise RuntimeError(f"unconditional conditioning key {u!r} is not in the bundle")
+        return self.cond[k], self.cond[u]
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, post_noise: torch.Tensor, start_noise: torch.Tensor,
+                    key: Optional[str] = None) -> torch.Tensor:
+        """x: [1,3,H,W] normalised. Returns the reconstruction in the same space."""
+        lat = self.m["latent"]
+        C = int(lat["channels"])
+        moments = self.nets.vae.encode_moments(x)
+        z = posterior_latent(moments, C, float(lat["scale_factor"]), float(lat["logvar_clamp_lo"]),
+                             float(lat["logvar_clamp_hi"]), lat["posterior"], post_noise)
+        a_T = self.abar[self.start_step]
+        xt = float(np.sqrt(a_T)) * z + float(np.sqrt(1.0 - a_T)) * start_noise
+        hint = self.nets.hint(x) if self.nets.hint is not None else x
+        ctx_c, ctx_u = self.contexts(key)
+        use_cfg = not torch.equal(ctx_c, ctx_u)
+        b = x.shape[0]
+        ctx_c = ctx_c.expand(b, -1, -1)
+        ctx_u = ctx_u.expand(b, -1, -1)
+        for i in range(len(self.ts) - 1, -1, -1):
+            t = torch.full((b,), int(self.ts[i]), dtype=torch.int64)
+            a = self.abar[self.ts[i]]
+            a_prev = self.abar[self.ts[i - 1]] if i > 0 else self.abar[0]
+            e = self.nets.denoiser(xt, t, ctx_c, hint)
+            if use_cfg:
+                e_u = self.nets.denoiser(xt, t, ctx_u, hint)
+                e = e_u + self.guidance * (e - e_u)
+            x0 = (xt - float(np.sqrt(1.0 - a)) * e) / float(np.sqrt(a))
+            xt = float(np.sqrt(a_prev)) * x0 + float(np.sqrt(1.0 - a_prev)) * e
+        return self.nets.vae.decode(xt / float(lat["scale_factor"]))
+
+    def feature_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Renormalise from the bundle's input space into the backbone's when the manifest asks for it."""
+        f = self.m["features"]
+        if not f.get("mean") or not f.get("std"):
+            return x
+        inp = self.m["input"]
+        m_in = torch.tensor(inp["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        s_in = torch.tensor(inp["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        m = torch.tensor(f["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        s = torch.tensor(f["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        return ((x * s_in + m_in) - m) / s
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, post_noise: torch.Tensor, start_noise: torch.Tensor,
+              key: Optional[str] = None):
+        """Returns (raw_score, smoothed map [H,W] float32) for one image x [1,3,H,W]."""
+        inp, f, mp, sc = self.m["input"], self.m["features"], self.m["map"], self.m["score"]
+        rec = self.reconstruct(x, post_noise, start_noise, key)
+        fi = self.nets.features(self.feature_input(x))
+        fr = self.nets.features(self.feature_input(rec))
+        amap = anomaly_map(fi, fr, f["layers"], int(inp["height"]), int(inp["width"]), bool(f.get("tokens")))
+        sm = smooth(amap[0].numpy(), float(mp["sigma"]), float(mp.get("truncate", 4.0)))
+        return pooled_score(sm, int(sc["pool_kernel"]), int(sc["pool_repeat"]), sc.get("reduce", "max")), sm
+
+
+def read_noise(path: str, n_images: int, channels: int, h: int, w: int) -> np.ndarray:
+    raw = np.fromfile(path, dtype="<f4")
+    want = n_images * 2 * channels * h * w
+    if raw.size != want:
+        raise RuntimeError(f"noise file {path}: {raw.size} floats, want [{n_images},2,{channels},{h},{w}]={want}")
+    arr = raw.reshape(n_images, 2, channels, h, w)
+    if not np.all(np.isfinite(arr)):
+        raise RuntimeError(f"noise file {path}: contains NaN or Inf")
+    return arr
+
+
+def run_reference(bundle: str, weights: str, noise_path: str, out_dir: str, images: List[str],
+                  key: Optional[str] = None) -> dict:
+    """The `reference` stage: score images, write scores.json and maps.f32, return the outputs."""
+    from .export import load_nets  # local import: keeps the math above importable without the networks
+
+    if not images:
+        raise RuntimeError("reference: no images given")
+    m = read_manifest(bundle)
+    nets = load_nets(weights, bundle, m)
+    scorer = Scorer(m, nets, read_conditioning(bundle, m))
+    inp, lat = m["input"], m["latent"]
+    H, W, C, ds = int(inp["height"]), int(inp["width"]), int(lat["channels"]), int(lat["downsample"])
+    noise = read_noise(noise_path, len(images), C, H // ds, W // ds)
+    os.makedirs(out_dir, exist_ok=True)
+    scores, maps = [], np.zeros((len(images), H, W), dtype=np.float32)
+    for i, p in enumerate(images):
+        try:
+            x = load_image(p, H, W, inp["mean"], inp["std"], inp.get("resize", "pil_bilinear"))[None]
+        except OSError as e:
+            raise RuntimeError(f"reading image {p}: {e}") from e
+        s, sm = scorer.score(x, torch.from_numpy(noise[i, 0][None].copy()),
+                             torch.from_numpy(noise[i, 1][None].copy()), key)
+        scores.append({"image": p, "raw_score": s})
+        maps[i] = sm
+    with open(os.path.join(out_dir, "scores.json"), "w", encoding="utf-8") as f:
+        json.dump(scores, f, indent=1)
+    maps.astype("<f4").tofile(os.path.join(out_dir, "maps.f32"))
+    return {"scores": os.path.join(out_dir, "scores.json"), "maps": os.path.join(out_dir, "maps.f32"),
+            "n": len(images), "height": H, "width": W}
