@@ -1,0 +1,31 @@
+package config
+
+import "time"
+
+// Camera is one frame source plus the agent's per-camera settings. The source fields (kind, url, path, ...)
+// are capture.Config's, inlined, so the same YAML drives `vlmdiff run` and the capture package's own tools.
+type Camera struct {
+	Source `yaml:",inline"`
+
+	// Class selects the bundle's per-class calibration and conditioning. Empty = the bundle's defaults.
+	Class string `yaml:"class"`
+	// Threshold overrides the bundle's raw-score threshold for this camera (raw_score >= threshold is NG;
+	// the calibrated score is recomputed so that the threshold still maps to 0.5). A runtime override set over
+	// MQTT (<prefix>/<camera>/threshold/set) wins over this one.
+	Threshold *float64 `yaml:"threshold"`
+	// RateLimit caps the frames per second this camera sends to scoring; extra frames are skipped at the
+	// source (counted as rate-limited, not as drops). 0 = no limit.
+	RateLimit float64 `yaml:"rate_limit"`
+	// Queue is the bounded queue between the source and the scorers; when full the oldest frame is dropped
+	// (counted). Default 4.
+	Queue int `yaml:"queue"`
+	// Heatmap turns heatmap publishing on or off for this camera. Default on.
+	Heatmap *bool `yaml:"heatmap"`
+	// HeatmapInterval overrides mqtt.heatmap.min_interval for this camera.
+	HeatmapInterval *time.Duration `yaml:"heatmap_interval"`
+	// SampleEvery keeps every Nth OK frame as a normal sample; overrides store.samples.every. 0 = off.
+	SampleEvery *int `yaml:"sample_every"`
+}
+
+// HeatmapOn reports whether heatmaps are published for the camera.
+func (c *Camera) HeatmapOn() bool { return c.Heatmap == nil || *c.Heatmap }

@@ -1,0 +1,207 @@
+// Package config reads, checks and completes the daemon's YAML configuration (docs/config.md lists every
+// field). It refuses unknown keys and invalid values at start, naming the field path and the reason, because a
+// line that silently runs with a typo'd threshold is worse than one that does not start.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole daemon configuration.
+type Config struct {
+	Agent   Agent    `yaml:"agent"`
+	Models  Models   `yaml:"models"`
+	Cameras []Camera `yaml:"cameras"`
+	MQTT    MQTT     `yaml:"mqtt"`
+	Store   Store    `yaml:"store"`
+	HTTP    HTTP     `yaml:"http"`
+}
+
+// Agent holds process-wide settings.
+type Agent struct {
+	// Name identifies this agent (MQTT client id, topic prefix default, stats). Default: the host name.
+	Name string `yaml:"name"`
+	// DataDir holds the store and collected samples unless their paths are set. Default /var/lib/vlmdiff.
+	DataDir string `yaml:"data_dir"`
+	// LogLevel is debug, info, warn or error. Default info.
+	LogLevel string `yaml:"log_level"`
+	// LogFormat is text or json. Default text.
+	LogFormat string `yaml:"log_format"`
+	// ShutdownTimeout bounds draining queues and flushing the outbox on SIGTERM. Default 10s; keep it under
+	// systemd's TimeoutStopSec.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Models says where bundles come from and how they run.
+type Models struct {
+	// Dir is watched for bundle directories; the newest valid one (manifest created time) is used and
+	// hot-swapped. Either Dir or Bundle is required.
+	Dir string `yaml:"dir"`
+	// Bundle pins one bundle directory; it disables the choice (Dir is then ignored).
+	Bundle string `yaml:"bundle"`
+	// Providers in order of preference: cuda, cpu. Default [cpu].
+	Providers []string `yaml:"providers"`
+	// Threads per ONNX Runtime session (intra-op); 0 = ONNX Runtime's choice.
+	Threads int `yaml:"threads"`
+	// DeviceID is the CUDA device.
+	DeviceID int `yaml:"device_id"`
+	// Batch is the largest micro-batch a worker scores at once. Default 1.
+	Batch int `yaml:"batch"`
+	// BatchWait is how long a worker waits to fill a batch once it has one frame. Default 0 (never waits).
+	BatchWait time.Duration `yaml:"batch_wait"`
+	// Workers is the number of scoring goroutines sharing the model. Default 1.
+	Workers int `yaml:"workers"`
+	// ONNXRuntime is the path of libonnxruntime.so; empty = ONNXRUNTIME_LIB, then .deps/lib, then system paths.
+	ONNXRuntime string `yaml:"onnxruntime"`
+}
+
+// MQTT configures the publisher and, when Broker is empty, the embedded broker.
+type MQTT struct {
+	// Broker is tcp://, ssl://, mqtt://, mqtts://, ws:// or wss:// host:port; empty = run the embedded broker.
+	Broker string `yaml:"broker"`
+	// Listen is the embedded broker's TCP address. Default 127.0.0.1:1883.
+	Listen string `yaml:"listen"`
+	// Prefix of every topic. Default "vlmdiff/<agent.name>".
+	Prefix   string     `yaml:"prefix"`
+	ClientID string     `yaml:"client_id"`
+	Username string     `yaml:"username"`
+	Password string     `yaml:"password"`
+	TLS      TLS        `yaml:"tls"`
+	QoS      QoS        `yaml:"qos"`
+	Heatmap  HeatmapOut `yaml:"heatmap"`
+	// StatsInterval is the period of <prefix>/stats. Default 10s; 0 after defaults is impossible.
+	StatsInterval time.Duration `yaml:"stats_interval"`
+}
+
+// TLS holds client TLS settings.
+type TLS struct {
+	CA       string `yaml:"ca"`
+	Cert     string `yaml:"cert"`
+	Key      string `yaml:"key"`
+	Insecure bool   `yaml:"insecure"`
+}
+
+// Enabled says whether any TLS setting is present.
+func (t TLS) Enabled() bool { return t.CA != "" || t.Cert != "" || t.Key != "" || t.Insecure }
+
+// QoS per message kind. NG results are published at max(NG, Result).
+type QoS struct {
+	Result  *int `yaml:"result"`  // default 1
+	NG      *int `yaml:"ng"`      // default 1; never below 1
+	Heatmap *int `yaml:"heatmap"` // default 0
+	Status  *int `yaml:"status"`  // default 1
+	Stats   *int `yaml:"stats"`   // default 0
+}
+
+// HeatmapOut is how heatmaps are published.
+type HeatmapOut struct {
+	// Format is png or jpeg. Default png.
+	Format string `yaml:"format"`
+	// Base64 wraps the image in JSON {"camera","seq","content_type","data"} for string-only clients.
+	Base64 bool `yaml:"base64"`
+	// MinInterval rate-limits heatmaps per camera. Default 0 (every result's heatmap).
+	MinInterval time.Duration `yaml:"min_interval"`
+}
+
+// Store configures the bbolt file.
+type Store struct {
+	// Path of the bbolt file. Default <data_dir>/vlmdiff.db.
+	Path      string    `yaml:"path"`
+	Retention Retention `yaml:"retention"`
+	Outbox    Outbox    `yaml:"outbox"`
+	Samples   Samples   `yaml:"samples"`
+}
+
+// Retention bounds history.
+type Retention struct {
+	MaxAge  time.Duration `yaml:"max_age"`  // default 720h (30 days)
+	MaxSize ByteSize      `yaml:"max_size"` // default 1GiB of history
+}
+
+// Outbox bounds the store-and-forward queue; past the bounds the oldest OK results go first, NG are kept.
+type Outbox struct {
+	MaxItems int      `yaml:"max_items"` // default 100000
+	MaxSize  ByteSize `yaml:"max_size"`  // default 256MiB
+}
+
+// Samples configures normal-sample collection for retraining.
+type Samples struct {
+	// Every keeps every Nth OK frame per camera (0 = off). Default 0; a camera's sample_every overrides it.
+	Every int `yaml:"every"`
+	// MinFreeDisk stops collection (never scoring) when the store's file system has less free space.
+	// Default 1GiB.
+	MinFreeDisk ByteSize `yaml:"min_free_disk"`
+	// Max bounds the number of stored samples (oldest dropped). Default 10000.
+	Max int `yaml:"max"`
+}
+
+// HTTP configures the HTTP API.
+type HTTP struct {
+	// Listen address, e.g. 127.0.0.1:8080; empty = HTTP off.
+	Listen string `yaml:"listen"`
+}
+
+// Load reads, substitutes, decodes, completes and validates a config file.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	cfg, err := Parse(f, os.LookupEnv)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes YAML from r; lookup resolves ${VAR} references (os.LookupEnv in production). The result has
+// defaults filled and is valid, or the error lists every problem as "field.path: reason".
+func Parse(r io.Reader, lookup func(string) (string, bool)) (*Config, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("yaml: %w", err)
+	}
+	cfg := &Config{}
+	if root.Kind != 0 { // an empty file is an empty config (and fails validation for what it lacks)
+		var errs []error
+		errs = append(errs, checkKeys(&root, typeOf(cfg), "")...)
+		errs = append(errs, substitute(&root, "", lookup)...)
+		if len(errs) > 0 {
+			return nil, errors.Join(errs...)
+		}
+		if err := root.Decode(cfg); err != nil {
+			return nil, fmt.Errorf("decode: %w", err)
+		}
+		// Backstop: the strict decoder refuses anything checkKeys may have missed.
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		var strict Config
+		if err := dec.Decode(&strict); err != nil && !errors.Is(err, io.EOF) && !isSubstErr(err) {
+			return nil, fmt.Errorf("decode: %w", err)
+		}
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// isSubstErr tolerates type errors of the raw (unsubstituted) text, e.g. "threshold: ${T}" decoding into a
+// float before substitution; the substituted decode above is the one that counts.
+func isSubstErr(err error) bool {
+	var te *yaml.TypeError
+	return errors.As(err, &te)
+}

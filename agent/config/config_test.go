@@ -1,0 +1,212 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimal = `
+agent: {name: line1, data_dir: /tmp/x}
+models: {dir: /tmp/models}
+cameras:
+  - {name: cam1, kind: synthetic}
+`
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestParseDefaults(t *testing.T) {
+	cfg, err := Parse(strings.NewReader(minimal), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"store.path", cfg.Store.Path, "/tmp/x/vlmdiff.db"},
+		{"mqtt.prefix", cfg.MQTT.Prefix, "vlmdiff/line1"},
+		{"mqtt.client_id", cfg.MQTT.ClientID, "vlmdiff-line1"},
+		{"mqtt.listen", cfg.MQTT.Listen, DefaultEmbeddedListen},
+		{"mqtt.qos.ng", *cfg.MQTT.QoS.NG, 1},
+		{"mqtt.qos.heatmap", *cfg.MQTT.QoS.Heatmap, 0},
+		{"mqtt.heatmap.format", cfg.MQTT.Heatmap.Format, "png"},
+		{"models.providers", strings.Join(cfg.Models.Providers, ","), "cpu"},
+		{"models.batch", cfg.Models.Batch, 1},
+		{"cameras[0].queue", cfg.Cameras[0].Queue, DefaultQueue},
+		{"cameras[0].heatmap", cfg.Cameras[0].HeatmapOn(), true},
+		{"agent.shutdown_timeout", cfg.Agent.ShutdownTimeout, 10 * time.Second},
+		{"store.retention.max_size", cfg.Store.Retention.MaxSize, ByteSize(1 << 30)},
+		{"embedded", cfg.Embedded(), true},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestParseOverridesAndEnv(t *testing.T) {
+	src := `
+agent: {name: line1, data_dir: /tmp/x}
+models: {bundle: /tmp/b, batch: 4, workers: 2, providers: [cuda, cpu]}
+cameras:
+  - name: cam1
+    kind: synthetic
+    class: bottle
+    threshold: ${CAM1_THR:-0.75}
+    queue: 8
+    heatmap: off
+    heatmap_interval: 2s
+    sample_every: 10
+mqtt:
+  broker: ssl://broker:8883
+  username: ${MQTT_USER}
+  password: "${MQTT_PASS}"
+  heatmap: {format: jpeg, base64: true, min_interval: 500ms}
+store:
+  retention: {max_age: 48h, max_size: 2GiB}
+  samples: {every: 100, min_free_disk: 500MB}
+`
+	cfg, err := Parse(strings.NewReader(src), env(map[string]string{"MQTT_USER": "u", "MQTT_PASS": "p#: 1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfg.Cameras[0]
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"threshold", *c.Threshold, 0.75},
+		{"queue", c.Queue, 8},
+		{"heatmap", c.HeatmapOn(), false},
+		{"heatmap_interval", cfg.HeatmapInterval(&c), 2 * time.Second},
+		{"sample_every", cfg.SampleEvery(&c), 10},
+		{"username", cfg.MQTT.Username, "u"},
+		{"password (YAML syntax inside a secret stays data)", cfg.MQTT.Password, "p#: 1"},
+		{"format", cfg.MQTT.Heatmap.Format, "jpeg"},
+		{"max_size", cfg.Store.Retention.MaxSize, ByteSize(2 << 30)},
+		{"min_free_disk", cfg.Store.Samples.MinFreeDisk, ByteSize(500e6)},
+		{"embedded", cfg.Embedded(), false},
+	}
+	for _, ch := range checks {
+		if ch.got != ch.want {
+			t.Errorf("%s = %v, want %v", ch.name, ch.got, ch.want)
+		}
+	}
+}
+
+// TestBadConfigs: every bad config is refused with an error naming the field path and the reason.
+func TestBadConfigs(t *testing.T) {
+	base := func(extra string) string { return minimal + extra }
+	cases := []struct {
+		name string
+		src  string
+		env  map[string]string
+		want []string // substrings the error must contain
+	}{
+		{"unknown top-level key", base("bogus: 1\n"), nil, []string{"bogus: unknown field"}},
+		{"typo with suggestion", `
+agent: {name: a, data_dir: /tmp}
+models: {dir: /m, batchh: 2}
+cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.batchh: unknown field", `did you mean "batch"`}},
+		{"unknown camera key", `
+agent: {name: a}
+models: {dir: /m}
+cameras:
+  - {name: c0, kind: synthetic}
+  - {name: c1, kind: synthetic, treshold: 0.5}`, nil, []string{"cameras[1].treshold: unknown field"}},
+		{"no models", `
+cameras: [{name: c, kind: synthetic}]`, nil, []string{"models: set dir"}},
+		{"no cameras", "models: {dir: /m}\n", nil, []string{"cameras: at least one camera"}},
+		{"duplicate camera", `
+models: {dir: /m}
+cameras: [{name: c, kind: synthetic}, {name: c, kind: synthetic}]`, nil, []string{"cameras[1].name: \"c\" is already used by cameras[0]"}},
+		{"camera name with slash", `
+models: {dir: /m}
+cameras: [{name: "a/b", kind: synthetic}]`, nil, []string{"cameras[0].name:"}},
+		{"bad provider", `
+models: {dir: /m, providers: [tpu]}
+cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.providers[0]: must be cuda or cpu"}},
+		{"batch too big", `
+models: {dir: /m, batch: 100}
+cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.batch: must be 1..64"}},
+		{"negative threshold", `
+models: {dir: /m}
+cameras: [{name: c, kind: synthetic, threshold: -1}]`, nil, []string{"cameras[0].threshold: must be a raw score"}},
+		{"bad queue", `
+models: {dir: /m}
+cameras: [{name: c, kind: synthetic, queue: -3}]`, nil, []string{"cameras[0].queue: must be 1..10000"}},
+		{"bad broker scheme", base("mqtt: {broker: 'http://x:1883'}\n"), nil, []string{"mqtt.broker: must be tcp://"}},
+		{"broker without host", base("mqtt: {broker: 'tcp://'}\n"), nil, []string{"mqtt.broker: has no host:port"}},
+		{"bad listen", base("mqtt: {listen: nope}\n"), nil, []string{"mqtt.listen: must be host:port"}},
+		{"qos out of range", base("mqtt: {qos: {result: 3}}\n"), nil, []string{"mqtt.qos.result: must be 0, 1 or 2"}},
+		{"ng qos 0", base("mqtt: {qos: {ng: 0}}\n"), nil, []string{"mqtt.qos.ng: must be at least 1"}},
+		{"heatmap format", base("mqtt: {heatmap: {format: gif}}\n"), nil, []string{"mqtt.heatmap.format: must be png or jpeg"}},
+		{"tls cert without key", base("mqtt: {broker: 'ssl://b:8883', tls: {cert: /etc/hostname}}\n"), nil, []string{"mqtt.tls: cert and key"}},
+		{"tls ca missing", base("mqtt: {broker: 'ssl://b:8883', tls: {ca: /nonexistent/ca.pem}}\n"), nil, []string{"mqtt.tls.ca: cannot read /nonexistent/ca.pem"}},
+		{"password without user", base("mqtt: {password: x}\n"), nil, []string{"mqtt.password: is set but mqtt.username is empty"}},
+		{"unset env", base("mqtt: {broker: 'tcp://b:1883', username: u, password: '${NOPE}'}\n"), nil, []string{"mqtt.password: environment variable NOPE is not set"}},
+		{"bad size", base("store: {retention: {max_size: lots}}\n"), nil, []string{"is not a size"}},
+		{"bad duration", "agent: {shutdown_timeout: soon}\nmodels: {dir: /m}\ncameras: [{name: c, kind: synthetic}]\n", nil, []string{"shutdown_timeout"}},
+		{"http listen", base("http: {listen: '8080'}\n"), nil, []string{"http.listen: must be host:port"}},
+		{"log level", "agent: {log_level: loud}\nmodels: {dir: /m}\ncameras: [{name: c, kind: synthetic}]\n", nil, []string{"agent.log_level: must be debug"}},
+		{"mapping where value", base("http: {listen: {a: 1}}\n"), nil, []string{"http.listen: must be a single value"}},
+		{"list where mapping", base("store: [1, 2]\n"), nil, []string{"store: must be a mapping"}},
+		{"duplicate key", base("http: {listen: 'a:1'}\nhttp: {listen: 'b:2'}\n"), nil, []string{"http"}},
+		{"several problems at once", `
+models: {dir: /m, workers: -1, batch: 65}
+cameras: [{name: c, kind: synthetic, queue: 0}]
+mqtt: {qos: {stats: 9}}`, nil, []string{"models.batch", "models.workers", "mqtt.qos.stats"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(strings.NewReader(tc.src), env(tc.env))
+			if err == nil {
+				t.Fatalf("accepted; want an error containing %q", tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q\ndoes not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestConfigsDir: every shipped config passes validation (with the secrets they reference set).
+func TestConfigsDir(t *testing.T) {
+	files, err := filepath.Glob("../../configs/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Skip("no configs/*.yaml yet")
+	}
+	dir := t.TempDir()
+	for _, n := range []string{"ca.pem", "client.pem", "client.key"} {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("VLMDIFF_MQTT_USERNAME", "line1")
+	t.Setenv("VLMDIFF_MQTT_PASSWORD", "secret")
+	t.Setenv("VLMDIFF_TLS_CA", filepath.Join(dir, "ca.pem"))
+	t.Setenv("VLMDIFF_TLS_CERT", filepath.Join(dir, "client.pem"))
+	t.Setenv("VLMDIFF_TLS_KEY", filepath.Join(dir, "client.key"))
+	t.Setenv("CAM_PASSWORD", "campw")
+	for _, f := range files {
+		if strings.Contains(filepath.Base(f), "train") {
+			continue // training presets belong to vlmdiff train
+		}
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			if _, err := Load(f); err != nil {
+				t.Errorf("%v", err)
+			}
+		})
+	}
+}
