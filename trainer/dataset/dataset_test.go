@@ -219,7 +219,7 @@ func TestRealIAD(t *testing.T) {
 			writePNG(t, filepath.Join(img, "audiojack/NG/QS/S0100/c_NG_QS_C2.jpg"), 3)
 			writePNG(t, filepath.Join(img, "audiojack/NG/QS/S0100/c_NG_QS_C2.png"), 255)
 			writeJSON(t, filepath.Join(jdir, "audiojack.json"), map[string]any{
-				"meta": map[string]any{"prefix": "", "normal_class": "OK", "pre_transform": nil},
+				"meta":  map[string]any{"prefix": "", "normal_class": "OK", "pre_transform": nil},
 				"train": []any{map[string]any{"category": "audiojack", "anomaly_class": "OK", "image_path": "OK/S0001/a_OK_C1.jpg", "mask_path": nil}},
 				"test": []any{
 					map[string]any{"category": "audiojack", "anomaly_class": "OK", "image_path": "OK/S0002/b_OK_C1.jpg", "mask_path": nil},
