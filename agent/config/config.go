@@ -176,8 +176,8 @@ func Parse(r io.Reader, lookup func(string) (string, bool)) (*Config, error) {
 	cfg := &Config{}
 	if root.Kind != 0 { // an empty file is an empty config (and fails validation for what it lacks)
 		var errs []error
-		errs = append(errs, checkKeys(&root, typeOf(cfg), "")...)
 		errs = append(errs, substitute(&root, "", lookup)...)
+		errs = append(errs, checkKeys(&root, typeOf(cfg), "")...)
 		if len(errs) > 0 {
 			return nil, errors.Join(errs...)
 		}

@@ -62,7 +62,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string) []error {
 	}
 	// Types that decode themselves (durations, sizes, ...) are not walked.
 	if reflect.PointerTo(t).Implements(reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()) {
-		return nil
+		return checkValue(n, t, path)
 	}
 	var errs []error
 	switch t.Kind() {
@@ -114,8 +114,22 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string) []error {
 			return []error{fmt.Errorf("%s: must be a single value, not a %s (line %d)", orRoot(path),
 				map[yaml.Kind]string{yaml.MappingNode: "mapping", yaml.SequenceNode: "list"}[n.Kind], n.Line)}
 		}
+		return checkValue(n, t, path)
 	}
 	return errs
+}
+
+// checkValue decodes one scalar on its own so that a type error names its field ("agent.shutdown_timeout:
+// cannot read "soon" as a duration") instead of only a line number.
+func checkValue(n *yaml.Node, t reflect.Type, path string) []error {
+	if err := n.Decode(reflect.New(t).Interface()); err != nil {
+		msg := err.Error()
+		if i := strings.LastIndex(msg, ": "); i >= 0 && strings.Contains(msg, "unmarshal errors") {
+			msg = msg[i+2:]
+		}
+		return []error{fmt.Errorf("%s: %s (line %d)", orRoot(path), msg, n.Line)}
+	}
+	return nil
 }
 
 func join(path, key string) string {
