@@ -1,0 +1,247 @@
+"""Network presets: sd15 (the paper's networks), small (CPU production lines), tiny (tests, minutes to train).
+
+Every preset keeps the real structure of the method: a KL VAE with downsample 8, an SD-style UNet with
+SpatialTransformer cross-attention, and the SG network with hint block, zero convs and SFF. Only widths, depths
+and the input size shrink. A preset also says what the bundle manifest needs: input size, latent channels and
+size, context tokens and width, and which feature backbone scores the reconstruction.
+
+    from vlmdiff_train.presets import get_preset, build
+    nets = build("tiny")             # Networks(model=VLMDiffModel, dino=..., preset=...)
+    nets = build("sd15", meta=True)  # shapes only, no memory (for key/shape checks)
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from .nets.autoencoder import AutoencoderKL, DDConfig
+from .nets.clip_text import CLIPTextConfig, CLIPTextModel
+from .nets.dino import DinoConfig, VisionTransformer
+from .nets.layers import meta_device
+from .nets.sgn import (
+    DEFAULT_HINT_CHANNELS,
+    SCALE_FACTOR,
+    ControlledUnetModel,
+    SemanticGuidedNetwork,
+    VLMDiffDenoiser,
+    VLMDiffModel,
+)
+from .nets.unet import UNetConfig
+
+__all__ = ["FeaturesPreset", "Preset", "Networks", "PRESETS", "get_preset", "build", "preset_names"]
+
+
+@dataclass(frozen=True)
+class FeaturesPreset:
+    """The feature backbone whose input/reconstruction distance is the anomaly map.
+
+    kind "dino": a DINO ViT built from Preset.dino (tokens [B,1+N,D] after the final norm, CLS first);
+    kind "onnx": a user-supplied ONNX graph (e.g. ../shared/backbones/resnet50v2_stage1to3.onnx) whose outputs
+    `layers` are feature maps; `onnx_file` is the file name it is usually found under.
+    """
+
+    kind: str
+    layers: tuple = ()
+    weights: tuple = ()
+    onnx_file: str = ""
+    tokens: bool = False
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    input_size: int  # square input H = W, pixels
+    vae: DDConfig
+    embed_dim: int  # latent channels
+    unet: UNetConfig
+    hint_hidden: tuple
+    text: CLIPTextConfig
+    features: FeaturesPreset
+    dino: DinoConfig | None = None
+    context_tokens: int = 77
+    scale_factor: float = SCALE_FACTOR
+    only_mid_control: bool = True
+    description: str = ""
+
+    @property
+    def latent_channels(self) -> int:
+        return self.embed_dim
+
+    @property
+    def downsample(self) -> int:
+        return self.vae.downsample
+
+    @property
+    def latent_size(self) -> int:
+        return self.input_size // self.downsample
+
+    @property
+    def context_dim(self) -> int:
+        return self.unet.context_dim
+
+    @property
+    def hint_channels(self) -> int:
+        """Channels of hint_features(image) (= the UNet's model_channels)."""
+        return self.unet.model_channels
+
+    def replace(self, **changes) -> "Preset":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(latent_channels=self.latent_channels, latent_size=self.latent_size,
+                 downsample=self.downsample, context_dim=self.context_dim, hint_channels=self.hint_channels)
+        return d
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when the preset cannot build the method's structure."""
+        if self.vae.downsample != 8:
+            raise ValueError(f"preset {self.name}: vae.ch_mult {self.vae.ch_mult} gives downsample "
+                             f"{self.vae.downsample}; the hint block downsamples by 8, so the VAE must too")
+        if self.input_size % 8 or self.input_size <= 0:
+            raise ValueError(f"preset {self.name}: input_size {self.input_size} is not a positive multiple of 8")
+        if self.latent_size % 2 ** (len(self.unet.channel_mult) - 1):
+            raise ValueError(f"preset {self.name}: latent {self.latent_size} not divisible by the UNet's "
+                             f"{2 ** (len(self.unet.channel_mult) - 1)}x downsampling")
+        if self.unet.in_channels != self.embed_dim or self.unet.out_channels != self.embed_dim:
+            raise ValueError(f"preset {self.name}: unet in/out channels must equal embed_dim {self.embed_dim}")
+        if self.text.hidden_size != self.unet.context_dim:
+            raise ValueError(f"preset {self.name}: text.hidden_size {self.text.hidden_size} != "
+                             f"unet.context_dim {self.unet.context_dim}")
+        if self.context_tokens > self.text.max_position_embeddings:
+            raise ValueError(f"preset {self.name}: context_tokens {self.context_tokens} > text positions")
+        if len(self.unet.channel_mult) < 2:
+            raise ValueError(f"preset {self.name}: the SFF block needs at least 2 UNet levels")
+
+
+_RESNET = FeaturesPreset(kind="onnx", layers=("stage1", "stage2", "stage3"), weights=(1.0, 1.0, 1.0),
+                         onnx_file="resnet50v2_stage1to3.onnx")
+
+SD15 = Preset(
+    name="sd15",
+    description="The paper's networks: kl-f8 VAE, SD1.5 UNet + SG network, CLIP ViT-L/14 text, DINO ViT-S/8.",
+    input_size=256,
+    vae=DDConfig(),
+    embed_dim=4,
+    unet=UNetConfig(),
+    hint_hidden=DEFAULT_HINT_CHANNELS,
+    text=CLIPTextConfig(),
+    features=FeaturesPreset(kind="dino", layers=("tokens",), weights=(1.0,), tokens=True),
+    dino=DinoConfig(),
+)
+
+SMALL = Preset(
+    name="small",
+    description="CPU production lines: ~1/10 width networks at 256x256, ResNet50 stage 1-3 features (ONNX).",
+    input_size=256,
+    vae=DDConfig(ch=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1, norm_groups=8),
+    embed_dim=4,
+    unet=UNetConfig(model_channels=32, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(4, 2),
+                    num_heads=-1, num_head_channels=32, context_dim=256, norm_groups=16),
+    hint_hidden=(8, 8, 16, 16, 32, 32, 64),
+    text=CLIPTextConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
+    features=_RESNET,
+)
+
+TINY = Preset(
+    name="tiny",
+    description="Tests and demos: trains end to end in minutes on 2 CPU cores at 64x64 input (8x8 latent).",
+    input_size=64,
+    vae=DDConfig(ch=16, ch_mult=(1, 1, 2, 2), num_res_blocks=1, mid_attn=True, norm_groups=8),
+    embed_dim=4,
+    unet=UNetConfig(model_channels=16, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(1, 2),
+                    num_heads=-1, num_head_channels=16, context_dim=32, norm_groups=8),
+    hint_hidden=(8, 8, 8, 8, 16, 16, 16),
+    text=CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+    features=_RESNET,
+    dino=DinoConfig(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2),
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (SD15, SMALL, TINY)}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str | Preset) -> Preset:
+    """The preset called name (or name itself when it is already a Preset), validated."""
+    if isinstance(name, Preset):
+        p = name
+    else:
+        try:
+            p = PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
+    p.validate()
+    return p
+
+
+@dataclass
+class Networks:
+    """What build() returns. model groups vae, denoiser (sgn + unet) and text_encoder; dino is separate because
+    it scores reconstructions and is not part of the trained model."""
+
+    preset: Preset
+    model: VLMDiffModel
+    dino: VisionTransformer | None = None
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return self.model.vae
+
+    @property
+    def denoiser(self) -> VLMDiffDenoiser:
+        return self.model.denoiser
+
+    @property
+    def sgn(self) -> SemanticGuidedNetwork:
+        return self.model.denoiser.sgn
+
+    @property
+    def unet(self) -> ControlledUnetModel:
+        return self.model.denoiser.unet
+
+    @property
+    def text_encoder(self) -> CLIPTextModel | None:
+        return self.model.text_encoder
+
+
+def build(preset_name: str | Preset, device: str | torch.device | None = None, *, meta: bool = False,
+          with_text: bool = True, with_dino: bool | None = None, seed: int | None = 0) -> Networks:
+    """Build a preset's networks with fresh weights (zero-init layers are zero).
+
+    meta=True builds on the meta device (no memory, no init), for layout checks of the sd15 networks.
+    with_dino defaults to True when the preset has a DINO config. seed fixes the random init (None: don't seed).
+    """
+    p = get_preset(preset_name)
+    if with_dino is None:
+        with_dino = p.dino is not None
+    if with_dino and p.dino is None:
+        raise ValueError(f"preset {p.name} has no DINO config")
+
+    def make() -> Networks:
+        vae = AutoencoderKL(p.vae, p.embed_dim)
+        sgn = SemanticGuidedNetwork(p.unet, hint_channels=3, hint_hidden=p.hint_hidden)
+        unet = ControlledUnetModel(p.unet, only_mid_control=p.only_mid_control)
+        text = CLIPTextModel(p.text) if with_text else None
+        model = VLMDiffModel(vae, VLMDiffDenoiser(sgn, unet), text, scale_factor=p.scale_factor)
+        dino = VisionTransformer(p.dino) if with_dino else None
+        return Networks(preset=p, model=model, dino=dino)
+
+    if meta:
+        with meta_device():
+            return make()
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            nets = make()
+    else:
+        nets = make()
+    if device is not None:
+        nets.model.to(device)
+        if nets.dino is not None:
+            nets.dino.to(device)
+    return nets
