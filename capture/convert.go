@@ -1,0 +1,110 @@
+package capture
+
+import (
+	"fmt"
+	"time"
+
+	"gocv.io/x/gocv"
+)
+
+// matToRGB copies an 8-bit BGR, BGRA or gray Mat into packed RGB Go memory. The copy is the point: the Mat is
+// reused for the next read and must be closed by its owner, while the frame lives on in queues.
+func matToRGB(m gocv.Mat) (w, h int, pix []byte, err error) {
+	if m.Empty() {
+		return 0, 0, nil, fmt.Errorf("empty image")
+	}
+	var code gocv.ColorConversionCode
+	switch m.Type() {
+	case gocv.MatTypeCV8UC3:
+		code = gocv.ColorBGRToRGB
+	case gocv.MatTypeCV8UC4:
+		code = gocv.ColorRGBAToBGR // OpenCV code 3, which is also BGRA2RGB: drops alpha, swaps R and B
+	case gocv.MatTypeCV8UC1:
+		code = gocv.ColorGrayToBGR // gray to 3 equal channels: order does not matter
+	default:
+		return 0, 0, nil, fmt.Errorf("unsupported pixel type %v (want 8-bit gray, BGR or BGRA)", m.Type())
+	}
+	rgb := gocv.NewMat()
+	defer rgb.Close()
+	gocv.CvtColor(m, &rgb, code)
+	w, h = rgb.Cols(), rgb.Rows()
+	pix = rgb.ToBytes()
+	if len(pix) != w*h*3 {
+		return 0, 0, nil, fmt.Errorf("converted image has %d bytes, want %dx%dx3", len(pix), w, h)
+	}
+	return w, h, pix, nil
+}
+
+// decodeImage decodes an encoded image file's bytes into packed RGB.
+func decodeImage(data []byte) (w, h int, pix []byte, err error) {
+	if len(data) == 0 {
+		return 0, 0, nil, fmt.Errorf("file is empty")
+	}
+	m, err := gocv.IMDecode(data, gocv.IMReadColor)
+	if err != nil {
+		return 0, 0, nil, fmt.Errorf("decode: %w", err)
+	}
+	defer m.Close()
+	if m.Empty() {
+		return 0, 0, nil, fmt.Errorf("not a decodable image (%d bytes)", len(data))
+	}
+	return matToRGB(m)
+}
+
+// frozenDetector tells when a stream keeps delivering the same picture. It hashes a fixed grid of pixels
+// (cheap: about 1,000 samples whatever the size), so a camera that hangs and repeats its last buffer, or a
+// covered lens, is noticed; sensor noise keeps a live static scene from looking frozen.
+type frozenDetector struct {
+	after    time.Duration
+	last     uint64
+	since    time.Time
+	have     bool
+	reported bool
+}
+
+// observe returns (true, false) when the stream has just become frozen and (false, true) when a frozen stream
+// has just moved again.
+func (d *frozenDetector) observe(pix []byte, w, h int, now time.Time) (frozen, moving bool) {
+	if d.after <= 0 {
+		return false, false
+	}
+	hsh := subsampleHash(pix, w, h)
+	if !d.have || hsh != d.last {
+		d.have, d.last, d.since = true, hsh, now
+		if d.reported {
+			d.reported = false
+			return false, true
+		}
+		return false, false
+	}
+	if !d.reported && now.Sub(d.since) >= d.after {
+		d.reported = true
+		return true, false
+	}
+	return false, false
+}
+
+// subsampleHash is FNV-1a over a 32x32 grid of RGB pixels (and the size).
+func subsampleHash(pix []byte, w, h int) uint64 {
+	const prime = 1099511628211
+	hsh := uint64(14695981039346656037)
+	mix := func(b byte) { hsh ^= uint64(b); hsh *= prime }
+	for _, b := range []byte{byte(w), byte(w >> 8), byte(h), byte(h >> 8)} {
+		mix(b)
+	}
+	if w <= 0 || h <= 0 || len(pix) < w*h*3 {
+		return hsh
+	}
+	const grid = 32
+	for gy := 0; gy < grid; gy++ {
+		y := (2*gy + 1) * h / (2 * grid)
+		for gx := 0; gx < grid; gx++ {
+			x := (2*gx + 1) * w / (2 * grid)
+			i := (y*w + x) * 3
+			mix(pix[i])
+			mix(pix[i+1])
+			mix(pix[i+2])
+		}
+	}
+	return hsh
+}
