@@ -1,0 +1,217 @@
+package metrics
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+)
+
+// Sample is one evaluated image: its image score (the pipeline's pooled maximum, ALGORITHM 1.10), its label,
+// and optionally its anomaly map with the ground-truth mask at the map's size.
+type Sample struct {
+	Score float64
+	Label int // 0 normal, 1 anomalous
+	// Map is the anomaly map, W x H row-major. Nil for image-level evaluation only.
+	Map  []float32
+	W, H int
+	// Mask is the ground truth at W x H; any non-zero value is anomalous (the seed binarises the resized mask
+	// with > 0). Nil means "no mask": all zeros for a normal image and, for an anomalous one, all ones, which is
+	// what the DiAD/VLMDiff loaders substitute for an anomalous image without a mask file.
+	Mask []uint8
+}
+
+// ClassData accumulates the samples of one class. The zero value is ready to use.
+type ClassData struct {
+	scores []float64
+	labels []bool
+	maps   [][]float32
+	masks  [][]uint8
+	w, h   int
+}
+
+// Add appends one sample. It refuses, with the reason, a sample whose map or mask does not match the class's
+// map size, a class that mixes samples with and without maps, and a label that contradicts the mask (the seed
+// derives the image label from the mask, so they must agree).
+func (c *ClassData) Add(s Sample) error {
+	if s.Label != 0 && s.Label != 1 {
+		return fmt.Errorf("metrics: label %d: want 0 or 1", s.Label)
+	}
+	if math.IsNaN(s.Score) {
+		return errors.New("metrics: image score is NaN")
+	}
+	hasMap := s.Map != nil
+	if len(c.scores) > 0 && hasMap != (len(c.maps) > 0) {
+		return errors.New("metrics: a class must have anomaly maps for all samples or for none")
+	}
+	var mask []uint8
+	if hasMap {
+		if s.W <= 0 || s.H <= 0 || len(s.Map) != s.W*s.H {
+			return fmt.Errorf("metrics: map has %d values for %dx%d", len(s.Map), s.W, s.H)
+		}
+		if len(c.maps) > 0 && (s.W != c.w || s.H != c.h) {
+			return fmt.Errorf("metrics: map is %dx%d, the class's maps are %dx%d", s.W, s.H, c.w, c.h)
+		}
+		for i, v := range s.Map {
+			if math.IsNaN(float64(v)) {
+				return fmt.Errorf("metrics: map value %d is NaN", i)
+			}
+		}
+		mask = make([]uint8, len(s.Map))
+		switch {
+		case s.Mask != nil && len(s.Mask) != len(s.Map):
+			return fmt.Errorf("metrics: mask has %d values, map %dx%d", len(s.Mask), s.W, s.H)
+		case s.Mask != nil:
+			any := false
+			for i, v := range s.Mask {
+				if v != 0 {
+					mask[i] = 1
+					any = true
+				}
+			}
+			if any != (s.Label == 1) {
+				return fmt.Errorf("metrics: label %d contradicts a mask with%s anomalous pixels", s.Label, map[bool]string{true: "", false: "out"}[any])
+			}
+		case s.Label == 1:
+			for i := range mask {
+				mask[i] = 1
+			}
+		}
+		c.w, c.h = s.W, s.H
+		c.maps = append(c.maps, s.Map)
+		c.masks = append(c.masks, mask)
+	}
+	c.scores = append(c.scores, s.Score)
+	c.labels = append(c.labels, s.Label == 1)
+	return nil
+}
+
+// Len is the number of samples added.
+func (c *ClassData) Len() int { return len(c.scores) }
+
+// Metrics holds the seven metrics as fractions (0..1); NaN where a metric is undefined for the data (no
+// anomalous or no normal sample, no maps).
+type Metrics struct {
+	ImageAUROC float64 // seed key "max"
+	ImageAP    float64 // "apsp"
+	ImageF1Max float64 // "f1sp"
+	PixelAUROC float64 // "pixel"
+	PixelAP    float64 // "appx"
+	PixelF1Max float64 // "f1px"
+	AUPRO      float64 // "pro"
+}
+
+// metricNames are the report's names, in column order, with the seed's keys.
+var metricNames = []struct{ Key, Title, Seed string }{
+	{"i_auroc", "I-AUROC", "max"},
+	{"i_ap", "I-AP", "apsp"},
+	{"i_f1max", "I-F1max", "f1sp"},
+	{"p_auroc", "P-AUROC", "pixel"},
+	{"p_ap", "P-AP", "appx"},
+	{"p_f1max", "P-F1max", "f1px"},
+	{"au_pro", "AU-PRO", "pro"},
+}
+
+func (m Metrics) values() []float64 {
+	return []float64{m.ImageAUROC, m.ImageAP, m.ImageF1Max, m.PixelAUROC, m.PixelAP, m.PixelF1Max, m.AUPRO}
+}
+
+func metricsFrom(v []float64) Metrics {
+	return Metrics{v[0], v[1], v[2], v[3], v[4], v[5], v[6]}
+}
+
+// ClassReport is one row of a Report.
+type ClassReport struct {
+	Class     string
+	Images    int
+	Anomalous int
+	Metrics
+}
+
+// Report holds the per-class metrics, sorted by class, and their mean.
+type Report struct {
+	Classes []ClassReport
+	// Mean is the mean over classes of each metric (the seed's "mean" row), taken over the classes where the
+	// metric is defined; the seed's np.mean would turn the whole column into NaN instead.
+	Mean Metrics
+}
+
+// Compute returns the seven metrics of one class.
+func (c *ClassData) Compute() Metrics {
+	m := Metrics{
+		ImageAUROC: AUROC(c.scores, c.labels),
+		ImageAP:    AveragePrecision(c.scores, c.labels),
+		ImageF1Max: F1Max(c.scores, c.labels),
+		PixelAUROC: math.NaN(), PixelAP: math.NaN(), PixelF1Max: math.NaN(), AUPRO: math.NaN(),
+	}
+	if len(c.maps) == 0 {
+		return m
+	}
+	n := len(c.maps) * c.w * c.h
+	var pos, neg []float64
+	amaps := make([][]float64, len(c.maps))
+	npos := 0
+	for _, mk := range c.masks {
+		for _, v := range mk {
+			npos += int(v)
+		}
+	}
+	pos = make([]float64, 0, npos)
+	neg = make([]float64, 0, n-npos)
+	for i, mp := range c.maps {
+		a := make([]float64, len(mp))
+		for p, v := range mp {
+			a[p] = float64(v)
+			if c.masks[i][p] != 0 {
+				pos = append(pos, a[p])
+			} else {
+				neg = append(neg, a[p])
+			}
+		}
+		amaps[i] = a
+	}
+	curve := newCurve(pos, neg)
+	m.PixelAUROC = flip(curve.rocAUC())
+	m.PixelAP = curve.averagePrecision()
+	m.PixelF1Max = curve.f1Max()
+	m.AUPRO = auPRO(amaps, c.masks, c.w, c.h, neg) // newCurve sorted neg in place
+	return m
+}
+
+// Evaluate computes every class's metrics and their mean.
+func Evaluate(classes map[string]*ClassData) Report {
+	names := make([]string, 0, len(classes))
+	for n := range classes {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var r Report
+	sums := make([]float64, len(metricNames))
+	counts := make([]int, len(metricNames))
+	for _, n := range names {
+		c := classes[n]
+		m := c.Compute()
+		anom := 0
+		for _, l := range c.labels {
+			if l {
+				anom++
+			}
+		}
+		r.Classes = append(r.Classes, ClassReport{Class: n, Images: c.Len(), Anomalous: anom, Metrics: m})
+		for i, v := range m.values() {
+			if !math.IsNaN(v) {
+				sums[i] += v
+				counts[i]++
+			}
+		}
+	}
+	mean := make([]float64, len(metricNames))
+	for i := range mean {
+		mean[i] = math.NaN()
+		if counts[i] > 0 {
+			mean[i] = sums[i] / float64(counts[i])
+		}
+	}
+	r.Mean = metricsFrom(mean)
+	return r
+}
