@@ -47,6 +47,11 @@ type Result struct {
 	// frame carries the batch's stage time divided by the batch size.
 	LatencyMS map[string]float64 `json:"latency_ms"`
 	Model     ModelRef           `json:"model"`
+	// Class is the class whose calibration was applied ("" = global).
+	Class string `json:"class,omitempty"`
+	// Err is set when this frame could not be scored (bad image, non-finite model output); the other
+	// fields are then zero. Errors of the whole batch are returned by Score instead.
+	Err error `json:"-"`
 }
 
 // ModelRef names the bundle that produced a result.

@@ -1,0 +1,473 @@
+package models
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Bundle is a verified bundle on disk.
+type Bundle struct {
+	Dir      string
+	Manifest *Manifest
+	// Conditioning is the decoded conditioning file, [len(Entries)][Tokens*Dim].
+	Conditioning [][]float32
+}
+
+// CheckError says which verification check failed, so `vlmdiff bundle verify` and the daemon's model status
+// can name it ("checksum", "graph", ...), and which file it concerns.
+type CheckError struct {
+	Check string // manifest, schema, files, checksum, graph, conditioning
+	File  string // the file concerned, "" if none
+	Err   error
+}
+
+func (e *CheckError) Error() string {
+	if e.File != "" {
+		return fmt.Sprintf("bundle check %q failed for %s: %v", e.Check, e.File, e.Err)
+	}
+	return fmt.Sprintf("bundle check %q failed: %v", e.Check, e.Err)
+}
+
+func (e *CheckError) Unwrap() error { return e.Err }
+
+func checkErr(check, file string, format string, args ...any) error {
+	return &CheckError{Check: check, File: file, Err: fmt.Errorf(format, args...)}
+}
+
+// ReadManifest reads and strictly decodes dir/bundle.json. Unknown fields are refused: a typo in a hand-edited
+// manifest must not silently fall back to a default.
+func ReadManifest(dir string) (*Manifest, error) {
+	p := filepath.Join(dir, ManifestFile)
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return nil, &CheckError{Check: "manifest", File: ManifestFile, Err: err}
+	}
+	var m Manifest
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return nil, &CheckError{Check: "manifest", File: ManifestFile, Err: fmt.Errorf("invalid JSON: %w", err)}
+	}
+	return &m, nil
+}
+
+// Load reads and fully verifies a bundle: manifest schema, every file's size and sha256, every graph's inputs
+// and outputs against the manifest, and the conditioning file. A bundle that fails any check is refused.
+func Load(dir string) (*Bundle, error) {
+	m, err := ReadManifest(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	if err := verifyFiles(dir, m); err != nil {
+		return nil, err
+	}
+	if err := verifyGraphs(dir, m); err != nil {
+		return nil, err
+	}
+	cond, err := loadConditioning(dir, m)
+	if err != nil {
+		return nil, err
+	}
+	return &Bundle{Dir: dir, Manifest: m, Conditioning: cond}, nil
+}
+
+// Verify checks a bundle without keeping it.
+func Verify(dir string) error {
+	_, err := Load(dir)
+	return err
+}
+
+// Validate checks the manifest's schema: required sections present and values in range. It does not touch
+// the files.
+func (m *Manifest) Validate() error {
+	var errs []string
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
+	}
+	if m.Format != FormatVersion {
+		bad("format", "is %d, this agent reads format %d", m.Format, FormatVersion)
+	}
+	if m.Name == "" {
+		bad("name", "is empty")
+	}
+	if m.Version == "" {
+		bad("version", "is empty")
+	}
+	in := m.Input
+	if in.Height <= 0 || in.Width <= 0 {
+		bad("input.height/width", "must be positive, got %dx%d", in.Height, in.Width)
+	}
+	if in.ChannelOrder != "RGB" {
+		bad("input.channel_order", "must be RGB, got %q", in.ChannelOrder)
+	}
+	if in.Resize != "pil_bilinear" && in.Resize != "bilinear" {
+		bad("input.resize", "must be pil_bilinear or bilinear, got %q", in.Resize)
+	}
+	for i, s := range in.Std {
+		if !(s > 0) {
+			bad(fmt.Sprintf("input.std[%d]", i), "must be > 0, got %v", s)
+		}
+	}
+	l := m.Latent
+	if l.Channels <= 0 {
+		bad("latent.channels", "must be positive")
+	}
+	if l.Downsample <= 0 || in.Height%max(l.Downsample, 1) != 0 || in.Width%max(l.Downsample, 1) != 0 {
+		bad("latent.downsample", "must divide the input size, got %d for %dx%d", l.Downsample, in.Height, in.Width)
+	}
+	if !(l.ScaleFactor > 0) {
+		bad("latent.scale_factor", "must be > 0")
+	}
+	if l.Posterior != "mean" && l.Posterior != "sample" {
+		bad("latent.posterior", "must be mean or sample, got %q", l.Posterior)
+	}
+	d := m.Diffusion
+	if d.BetaSchedule != "linear" {
+		bad("diffusion.beta_schedule", "only linear is supported, got %q", d.BetaSchedule)
+	}
+	if !(d.LinearStart > 0 && d.LinearEnd > d.LinearStart && d.LinearEnd < 1) {
+		bad("diffusion.linear_start/end", "need 0 < start < end < 1, got %v, %v", d.LinearStart, d.LinearEnd)
+	}
+	if d.TrainSteps <= 1 {
+		bad("diffusion.train_steps", "must be > 1")
+	}
+	if d.DDIMSteps <= 0 || d.DDIMSteps > d.TrainSteps {
+		bad("diffusion.ddim_steps", "must be in 1..train_steps, got %d", d.DDIMSteps)
+	}
+	if d.StartStep < 0 || d.StartStep >= d.TrainSteps {
+		bad("diffusion.start_step", "must be in 0..train_steps-1, got %d", d.StartStep)
+	}
+	if d.Eta != 0 {
+		bad("diffusion.eta", "only 0 (deterministic DDIM) is supported, got %v", d.Eta)
+	}
+	if d.SeedPolicy != "fixed" && d.SeedPolicy != "per_frame" {
+		bad("diffusion.seed_policy", "must be fixed or per_frame, got %q", d.SeedPolicy)
+	}
+	c := m.Conditioning
+	if c.File == "" || c.Tokens <= 0 || c.Dim <= 0 || len(c.Entries) == 0 {
+		bad("conditioning", "needs file, tokens, dim and at least one entry")
+	}
+	keys := map[string]bool{}
+	for _, e := range c.Entries {
+		if keys[e.Key] {
+			bad("conditioning.entries", "duplicate key %q", e.Key)
+		}
+		keys[e.Key] = true
+	}
+	if !keys[c.Unconditional] {
+		bad("conditioning.unconditional", "no entry with key %q", c.Unconditional)
+	}
+	if !keys[c.Default] {
+		bad("conditioning.default", "no entry with key %q", c.Default)
+	}
+	f := m.Features
+	if f.Input == "" {
+		bad("features.input", "is empty")
+	}
+	if len(f.Layers) == 0 {
+		bad("features.layers", "at least one layer is needed")
+	}
+	for i, ly := range f.Layers {
+		if ly.Name == "" || !(ly.Weight > 0) {
+			bad(fmt.Sprintf("features.layers[%d]", i), "needs a name and a positive weight")
+		}
+	}
+	if (len(f.Mean) != 0 || len(f.Std) != 0) && (len(f.Mean) != 3 || len(f.Std) != 3) {
+		bad("features.mean/std", "must both have 3 values or be absent")
+	}
+	if m.Map.Upsample != "bilinear_align_corners" {
+		bad("map.upsample", "only bilinear_align_corners is supported, got %q", m.Map.Upsample)
+	}
+	if m.Map.Sigma < 0 || (m.Map.Sigma > 0 && !(m.Map.Truncate > 0)) {
+		bad("map.sigma/truncate", "sigma must be >= 0 and truncate > 0, got %v, %v", m.Map.Sigma, m.Map.Truncate)
+	}
+	s := m.Score
+	if s.PoolKernel < 1 || s.PoolRepeat < 0 || s.Reduce != "max" {
+		bad("score", "needs pool_kernel >= 1, pool_repeat >= 0, reduce max")
+	}
+	if s.PoolKernel >= 1 && in.Height-s.PoolRepeat*(s.PoolKernel-1) < 1 {
+		bad("score", "%d pools of kernel %d leave nothing of a %d-pixel map", s.PoolRepeat, s.PoolKernel, in.Height)
+	}
+	validCalib := func(field string, cc ClassCalib) {
+		if math.IsNaN(cc.Threshold) || math.IsInf(cc.Threshold, 0) || !(cc.Max > cc.Min) {
+			bad(field, "needs a finite threshold and max > min, got threshold %v min %v max %v", cc.Threshold, cc.Min, cc.Max)
+		}
+	}
+	validCalib("calibration.global", m.Calibration.Global)
+	for k, cc := range m.Calibration.PerClass {
+		validCalib("calibration.per_class."+k, cc)
+	}
+	for _, role := range []string{RoleVAEEncoder, RoleDenoiser, RoleVAEDecoder, RoleFeatures} {
+		if _, ok := m.Graphs[role]; !ok {
+			bad("graphs", "required graph %q is missing", role)
+		}
+	}
+	for role, g := range m.Graphs {
+		switch role {
+		case RoleVAEEncoder, RoleDenoiser, RoleVAEDecoder, RoleFeatures, RoleHint:
+		default:
+			bad("graphs."+role, "unknown role")
+		}
+		if g.File == "" {
+			bad("graphs."+role+".file", "is empty")
+		} else if _, ok := m.Files[g.File]; !ok {
+			bad("graphs."+role+".file", "%s is not listed in files", g.File)
+		}
+	}
+	if c.File != "" {
+		if _, ok := m.Files[c.File]; !ok {
+			bad("conditioning.file", "%s is not listed in files", c.File)
+		}
+	}
+	for name := range m.Files {
+		if !localPath(name) {
+			bad("files", "%q is not a plain relative path inside the bundle", name)
+		}
+	}
+	if len(errs) > 0 {
+		sort.Strings(errs)
+		return &CheckError{Check: "schema", File: ManifestFile, Err: errors.New(strings.Join(errs, "; "))}
+	}
+	return nil
+}
+
+func localPath(name string) bool {
+	return name != "" && filepath.IsLocal(name) && name != ManifestFile
+}
+
+func verifyFiles(dir string, m *Manifest) error {
+	names := make([]string, 0, len(m.Files))
+	for n := range m.Files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		want := m.Files[n]
+		p := filepath.Join(dir, n)
+		st, err := os.Stat(p)
+		if err != nil {
+			return &CheckError{Check: "files", File: n, Err: err}
+		}
+		if st.Size() != want.Size {
+			return checkErr("checksum", n, "size is %d bytes, manifest says %d", st.Size(), want.Size)
+		}
+		sum, err := FileSHA256(p)
+		if err != nil {
+			return &CheckError{Check: "checksum", File: n, Err: err}
+		}
+		if !strings.EqualFold(sum, want.SHA256) {
+			return checkErr("checksum", n, "sha256 is %s, manifest says %s", sum, want.SHA256)
+		}
+	}
+	return nil
+}
+
+// FileSHA256 returns the hex sha256 of a file.
+func FileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func verifyGraphs(dir string, m *Manifest) error {
+	roles := make([]string, 0, len(m.Graphs))
+	for r := range m.Graphs {
+		roles = append(roles, r)
+	}
+	sort.Strings(roles)
+	for _, role := range roles {
+		g := m.Graphs[role]
+		gio, err := ReadGraphIO(filepath.Join(dir, g.File))
+		if err != nil {
+			return &CheckError{Check: "graph", File: g.File, Err: err}
+		}
+		if err := matchTensors("input", g.Inputs, gio.Inputs); err != nil {
+			return &CheckError{Check: "graph", File: g.File, Err: fmt.Errorf("%s graph: %w", role, err)}
+		}
+		if err := matchTensors("output", g.Outputs, gio.Outputs); err != nil {
+			return &CheckError{Check: "graph", File: g.File, Err: fmt.Errorf("%s graph: %w", role, err)}
+		}
+		if err := checkRoleNames(m, role, g); err != nil {
+			return &CheckError{Check: "graph", File: g.File, Err: fmt.Errorf("%s graph: %w", role, err)}
+		}
+	}
+	return nil
+}
+
+// matchTensors compares the manifest's declared tensors with the graph's: same set of names, same element
+// types, same ranks, and equal dimensions where both sides fix them.
+func matchTensors(kind string, want, have []TensorSpec) error {
+	byName := map[string]TensorSpec{}
+	for _, h := range have {
+		byName[h.Name] = h
+	}
+	if len(want) != len(have) {
+		var names []string
+		for _, h := range have {
+			names = append(names, h.Name)
+		}
+		return fmt.Errorf("manifest declares %d %ss, graph has %d (%s)", len(want), kind, len(have), strings.Join(names, ", "))
+	}
+	for _, w := range want {
+		h, ok := byName[w.Name]
+		if !ok {
+			return fmt.Errorf("%s %q declared in the manifest is not in the graph", kind, w.Name)
+		}
+		if w.Type != h.Type {
+			return fmt.Errorf("%s %q: type is %s, manifest says %s", kind, w.Name, h.Type, w.Type)
+		}
+		if len(w.Shape) != len(h.Shape) {
+			return fmt.Errorf("%s %q: rank is %d %v, manifest says %d %v", kind, w.Name, len(h.Shape), h.Shape, len(w.Shape), w.Shape)
+		}
+		for i := range w.Shape {
+			if w.Shape[i] > 0 && h.Shape[i] > 0 && w.Shape[i] != h.Shape[i] {
+				return fmt.Errorf("%s %q: dim %d is %d, manifest says %d", kind, w.Name, i, h.Shape[i], w.Shape[i])
+			}
+		}
+	}
+	return nil
+}
+
+// checkRoleNames checks that each graph has the tensors its role needs, with the shapes the manifest implies.
+func checkRoleNames(m *Manifest, role string, g GraphSpec) error {
+	find := func(list []TensorSpec, name string) *TensorSpec {
+		for i := range list {
+			if list[i].Name == name {
+				return &list[i]
+			}
+		}
+		return nil
+	}
+	need := func(list []TensorSpec, kind, name, typ string, rank int) error {
+		t := find(list, name)
+		if t == nil {
+			return fmt.Errorf("needs %s %q", kind, name)
+		}
+		if t.Type != typ || len(t.Shape) != rank {
+			return fmt.Errorf("%s %q must be %s of rank %d, is %s %v", kind, name, typ, rank, t.Type, t.Shape)
+		}
+		return nil
+	}
+	var errs []error
+	switch role {
+	case RoleVAEEncoder:
+		errs = append(errs, need(g.Inputs, "input", TensorImage, "float32", 4), need(g.Outputs, "output", TensorMoments, "float32", 4))
+	case RoleHint:
+		errs = append(errs, need(g.Inputs, "input", TensorImage, "float32", 4), need(g.Outputs, "output", TensorHint, "float32", 4))
+	case RoleDenoiser:
+		errs = append(errs,
+			need(g.Inputs, "input", TensorX, "float32", 4),
+			need(g.Inputs, "input", TensorT, "int64", 1),
+			need(g.Inputs, "input", TensorContext, "float32", 3),
+			need(g.Inputs, "input", TensorHint, "float32", 4),
+			need(g.Outputs, "output", TensorEps, "float32", 4))
+	case RoleVAEDecoder:
+		errs = append(errs, need(g.Inputs, "input", TensorLatent, "float32", 4), need(g.Outputs, "output", TensorImage, "float32", 4))
+	case RoleFeatures:
+		errs = append(errs, need(g.Inputs, "input", m.Features.Input, "float32", 4))
+		rank := 4
+		if m.Features.Tokens {
+			rank = 3
+		}
+		for _, ly := range m.Features.Layers {
+			errs = append(errs, need(g.Outputs, "output", ly.Name, "float32", rank))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func loadConditioning(dir string, m *Manifest) ([][]float32, error) {
+	c := m.Conditioning
+	data, err := os.ReadFile(filepath.Join(dir, c.File))
+	if err != nil {
+		return nil, &CheckError{Check: "conditioning", File: c.File, Err: err}
+	}
+	per := c.Tokens * c.Dim
+	if len(data) != len(c.Entries)*per*4 {
+		return nil, checkErr("conditioning", c.File, "has %d bytes, want %d entries x %d tokens x %d dims x 4 = %d",
+			len(data), len(c.Entries), c.Tokens, c.Dim, len(c.Entries)*per*4)
+	}
+	out := make([][]float32, len(c.Entries))
+	for i := range out {
+		row := make([]float32, per)
+		for j := range row {
+			v := math.Float32frombits(binary.LittleEndian.Uint32(data[(i*per+j)*4:]))
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, checkErr("conditioning", c.File, "entry %q holds a non-finite value", c.Entries[i].Key)
+			}
+			row[j] = v
+		}
+		out[i] = row
+	}
+	return out, nil
+}
+
+// ConditioningFor returns the conditioning row for key.
+func (b *Bundle) ConditioningFor(key string) ([]float32, bool) {
+	for i, e := range b.Manifest.Conditioning.Entries {
+		if e.Key == key {
+			return b.Conditioning[i], true
+		}
+	}
+	return nil, false
+}
+
+// Calibration returns the calibration for a class, falling back to the global one.
+func (m *Manifest) CalibrationFor(class string) ClassCalib {
+	if cc, ok := m.Calibration.PerClass[class]; ok && class != "" {
+		return cc
+	}
+	return m.Calibration.Global
+}
+
+// Rehash recomputes Files for every file the manifest lists and writes bundle.json. The trainer's calibrate
+// stage and tests that tamper with bundles use it.
+func Rehash(dir string, m *Manifest) error {
+	for name := range m.Files {
+		p := filepath.Join(dir, name)
+		st, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		sum, err := FileSHA256(p)
+		if err != nil {
+			return err
+		}
+		m.Files[name] = FileEntry{SHA256: sum, Size: st.Size()}
+	}
+	return WriteManifest(dir, m)
+}
+
+// WriteManifest writes bundle.json atomically (temp file + rename), so a reader never sees half a manifest.
+func WriteManifest(dir string, m *Manifest) error {
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, ManifestFile+".tmp")
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, ManifestFile))
+}

@@ -1,0 +1,246 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+	"image"
+	"math"
+	"os"
+
+	"gocv.io/x/gocv"
+)
+
+// DecodeImage decodes an encoded image (PNG, JPEG, BMP, TIFF, WebP, ... whatever OpenCV reads) into RGB. Grey
+// and 16-bit images are converted to 8-bit RGB and alpha is dropped, as PIL's convert("RGB") does in the
+// reference.
+func DecodeImage(data []byte) (Image, error) {
+	if len(data) == 0 {
+		return Image{}, errors.New("decode image: empty data")
+	}
+	m, err := gocv.IMDecode(data, gocv.IMReadColor)
+	if err != nil {
+		return Image{}, fmt.Errorf("decode image: %w", err)
+	}
+	defer m.Close()
+	if m.Empty() {
+		return Image{}, errors.New("decode image: not a readable image (corrupt or unsupported format)")
+	}
+	return FromMat(m)
+}
+
+// ReadImage reads and decodes an image file.
+func ReadImage(path string) (Image, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Image{}, err
+	}
+	img, err := DecodeImage(data)
+	if err != nil {
+		return Image{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return img, nil
+}
+
+// FromMat copies an 8-bit BGR (or grey, or BGRA) OpenCV matrix into an RGB Image.
+func FromMat(m gocv.Mat) (Image, error) {
+	if m.Empty() {
+		return Image{}, errors.New("empty frame")
+	}
+	src := m
+	switch m.Type() {
+	case gocv.MatTypeCV8UC3:
+	case gocv.MatTypeCV8UC1:
+		c := gocv.NewMat()
+		defer c.Close()
+		gocv.CvtColor(m, &c, gocv.ColorGrayToBGR)
+		src = c
+	case gocv.MatTypeCV8UC4:
+		c := gocv.NewMat()
+		defer c.Close()
+		gocv.CvtColor(m, &c, gocv.ColorBGRAToBGR)
+		src = c
+	default:
+		return Image{}, fmt.Errorf("unsupported frame type %v (want 8-bit grey, BGR or BGRA)", m.Type())
+	}
+	w, h := src.Cols(), src.Rows()
+	bgr, err := src.DataPtrUint8()
+	if err != nil || !src.IsContinuous() {
+		c := src.Clone()
+		defer c.Close()
+		bgr, err = c.DataPtrUint8()
+		if err != nil {
+			return Image{}, fmt.Errorf("frame data: %w", err)
+		}
+	}
+	pix := make([]byte, w*h*3)
+	for i := 0; i < w*h; i++ {
+		pix[3*i], pix[3*i+1], pix[3*i+2] = bgr[3*i+2], bgr[3*i+1], bgr[3*i]
+	}
+	return Image{Width: w, Height: h, Pix: pix}, nil
+}
+
+// Validate checks that an Image is well formed.
+func (im Image) Validate() error {
+	if im.Width <= 0 || im.Height <= 0 {
+		return fmt.Errorf("image has no pixels (%dx%d)", im.Width, im.Height)
+	}
+	if len(im.Pix) != im.Width*im.Height*3 {
+		return fmt.Errorf("image of %dx%d needs %d RGB bytes, has %d", im.Width, im.Height, im.Width*im.Height*3, len(im.Pix))
+	}
+	return nil
+}
+
+// precisionBits is Pillow's fixed-point precision for 8-bit resampling (32 - 8 - 2).
+const precisionBits = 22
+
+// pilCoeffs computes Pillow's resampling coefficients for one axis with the bilinear (triangle) filter,
+// antialiased when downscaling: the filter support grows with the scale. It mirrors Pillow's
+// precompute_coeffs + normalize_coeffs_8bpc so that resized pixels are bit-identical to the reference's
+// torchvision Resize on PIL images.
+func pilCoeffs(inSize, outSize int) (bounds []int, kk []int32, ksize int) {
+	scale := float64(inSize) / float64(outSize)
+	filterscale := scale
+	if filterscale < 1 {
+		filterscale = 1
+	}
+	support := 1.0 * filterscale // bilinear support is 1
+	ksize = int(math.Ceil(support))*2 + 1
+	bounds = make([]int, outSize*2)
+	kk = make([]int32, outSize*ksize)
+	k := make([]float64, ksize)
+	for xx := 0; xx < outSize; xx++ {
+		center := (float64(xx) + 0.5) * scale
+		ww := 0.0
+		ss := 1.0 / filterscale
+		xmin := int(center - support + 0.5)
+		if xmin < 0 {
+			xmin = 0
+		}
+		xmax := int(center + support + 0.5)
+		if xmax > inSize {
+			xmax = inSize
+		}
+		xmax -= xmin
+		for x := 0; x < ksize; x++ {
+			k[x] = 0
+		}
+		for x := 0; x < xmax; x++ {
+			w := math.Abs((float64(x+xmin) - center + 0.5) * ss)
+			if w < 1 {
+				w = 1 - w
+			} else {
+				w = 0
+			}
+			k[x] = w
+			ww += w
+		}
+		for x := 0; x < xmax; x++ {
+			if ww != 0 {
+				k[x] /= ww
+			}
+		}
+		for x := 0; x < ksize; x++ {
+			if k[x] < 0 {
+				kk[xx*ksize+x] = int32(-0.5 + k[x]*(1<<precisionBits))
+			} else {
+				kk[xx*ksize+x] = int32(0.5 + k[x]*(1<<precisionBits))
+			}
+		}
+		bounds[2*xx], bounds[2*xx+1] = xmin, xmax
+	}
+	return bounds, kk, ksize
+}
+
+func clip8(v int32) byte {
+	v >>= precisionBits
+	if v < 0 {
+		return 0
+	}
+	if v > 255 {
+		return 255
+	}
+	return byte(v)
+}
+
+// ResizePIL resizes an RGB image with Pillow's BILINEAR semantics (separable, horizontal pass first, 8-bit
+// intermediate rounding, antialiased downscaling), the reference's preprocessing.
+func ResizePIL(src Image, w, h int) Image {
+	cur := src
+	if cur.Width != w {
+		bounds, kk, ks := pilCoeffs(cur.Width, w)
+		out := Image{Width: w, Height: cur.Height, Pix: make([]byte, w*cur.Height*3)}
+		for y := 0; y < cur.Height; y++ {
+			row := cur.Pix[y*cur.Width*3:]
+			orow := out.Pix[y*w*3:]
+			for xx := 0; xx < w; xx++ {
+				xmin, xmax := bounds[2*xx], bounds[2*xx+1]
+				k := kk[xx*ks:]
+				s0, s1, s2 := int32(1<<(precisionBits-1)), int32(1<<(precisionBits-1)), int32(1<<(precisionBits-1))
+				for x := 0; x < xmax; x++ {
+					p := row[(x+xmin)*3:]
+					s0 += int32(p[0]) * k[x]
+					s1 += int32(p[1]) * k[x]
+					s2 += int32(p[2]) * k[x]
+				}
+				orow[xx*3], orow[xx*3+1], orow[xx*3+2] = clip8(s0), clip8(s1), clip8(s2)
+			}
+		}
+		cur = out
+	}
+	if cur.Height != h {
+		bounds, kk, ks := pilCoeffs(cur.Height, h)
+		out := Image{Width: w, Height: h, Pix: make([]byte, w*h*3)}
+		for yy := 0; yy < h; yy++ {
+			ymin, ymax := bounds[2*yy], bounds[2*yy+1]
+			k := kk[yy*ks:]
+			orow := out.Pix[yy*w*3:]
+			for xx := 0; xx < w*3; xx++ {
+				s := int32(1 << (precisionBits - 1))
+				for y := 0; y < ymax; y++ {
+					s += int32(cur.Pix[(y+ymin)*w*3+xx]) * k[y]
+				}
+				orow[xx] = clip8(s)
+			}
+		}
+		cur = out
+	}
+	if cur.Width == src.Width && cur.Height == src.Height {
+		cp := make([]byte, len(src.Pix))
+		copy(cp, src.Pix)
+		cur = Image{Width: src.Width, Height: src.Height, Pix: cp}
+	}
+	return cur
+}
+
+// resizeCV resizes with OpenCV's bilinear filter (faster for large frames, not bit-identical to PIL).
+func resizeCV(src Image, w, h int) (Image, error) {
+	m, err := gocv.NewMatFromBytes(src.Height, src.Width, gocv.MatTypeCV8UC3, src.Pix)
+	if err != nil {
+		return Image{}, err
+	}
+	defer m.Close()
+	d := gocv.NewMat()
+	defer d.Close()
+	interp := gocv.InterpolationLinear
+	if w < src.Width || h < src.Height {
+		interp = gocv.InterpolationArea
+	}
+	gocv.Resize(m, &d, image.Pt(w, h), 0, 0, interp)
+	b := d.ToBytes()
+	return Image{Width: w, Height: h, Pix: b}, nil
+}
+
+// normalize writes the CHW float32 tensor of an RGB image of the model's size into dst:
+// (pixel/255 - mean) / std per channel.
+func normalize(im Image, mean, std [3]float32, dst []float32) {
+	n := im.Width * im.Height
+	for c := 0; c < 3; c++ {
+		m, s := mean[c], std[c]
+		plane := dst[c*n : (c+1)*n]
+		for i := 0; i < n; i++ {
+			// float32 at every step, like ToTensor + Normalize in the reference
+			v := float32(im.Pix[3*i+c]) / 255
+			plane[i] = (v - m) / s
+		}
+	}
+}
