@@ -1,0 +1,200 @@
+package cli
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/pipeline"
+)
+
+func init() {
+	Register(Command{Name: "score", Summary: "score image files with a bundle; one JSON line per image", Run: runScore})
+	Register(Command{Name: "bundle", Summary: "inspect a model bundle: verify DIR | show DIR", Run: runBundle})
+}
+
+// scoreFlags are the flags shared by score, bench and eval for building a scorer.
+type scoreFlags struct {
+	bundle    string
+	providers string
+	threads   int
+	library   string
+	classCond bool
+}
+
+func (f *scoreFlags) register(fs interface {
+	StringVar(*string, string, string, string)
+	IntVar(*int, string, int, string)
+	BoolVar(*bool, string, bool, string)
+}) {
+	fs.StringVar(&f.bundle, "bundle", "", "model bundle directory (required)")
+	fs.StringVar(&f.providers, "providers", "cuda,cpu", "execution providers in order of preference")
+	fs.IntVar(&f.threads, "threads", 0, "ONNX Runtime intra-op threads per session (0 = all cores)")
+	fs.StringVar(&f.library, "onnxruntime", "", "path of libonnxruntime.so (default: $"+pipeline.EnvLibrary+", then .deps/lib)")
+	fs.BoolVar(&f.classCond, "class-conditioning", false, "condition on the class prompt when the bundle has one (uses CFG)")
+}
+
+func (f *scoreFlags) options() pipeline.Options {
+	var prov []string
+	for _, p := range strings.Split(f.providers, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			prov = append(prov, p)
+		}
+	}
+	return pipeline.Options{Providers: prov, Threads: f.threads, Library: f.library, ClassConditioning: f.classCond}
+}
+
+func (f *scoreFlags) open() (*pipeline.Scorer, error) {
+	if f.bundle == "" {
+		return nil, errors.New("--bundle is required")
+	}
+	return pipeline.Open(f.bundle, f.options())
+}
+
+// scoreLine is the JSON printed per image by `vlmdiff score`.
+type scoreLine struct {
+	Image          string             `json:"image"`
+	Score          float64            `json:"score"`
+	RawScore       float64            `json:"raw_score"`
+	Threshold      float64            `json:"threshold"`
+	Verdict        string             `json:"verdict"`
+	AnomalyAreaPct float64            `json:"anomaly_area_pct"`
+	Class          string             `json:"class,omitempty"`
+	LatencyMS      map[string]float64 `json:"latency_ms"`
+	Model          pipeline.ModelRef  `json:"model"`
+	Heatmap        string             `json:"heatmap,omitempty"`
+	Map            string             `json:"map,omitempty"`
+}
+
+func runScore(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := NewFlagSet("score", "--bundle DIR [--out DIR] [--class C] IMAGE...", stderr)
+	var sf scoreFlags
+	sf.register(fs)
+	out := fs.String("out", "", "write <name>.heatmap.png and <name>.map.npy (float32 anomaly map) per image here")
+	class := fs.String("class", "", "class of the images (selects per-class calibration)")
+	if err := Parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "vlmdiff score: no images given")
+		fs.Usage()
+		return ErrUsage
+	}
+	s, err := sf.open()
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if *out != "" {
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			return err
+		}
+	}
+	enc := json.NewEncoder(stdout)
+	failed := 0
+	for _, path := range fs.Args() {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		line, err := scoreOne(ctx, s, path, *class, *out)
+		if err != nil {
+			failed++
+			fmt.Fprintf(stderr, "vlmdiff score: %s: %v\n", path, err)
+			continue
+		}
+		if err := enc.Encode(line); err != nil {
+			return err
+		}
+	}
+	if failed > 0 {
+		return &ExitError{Code: 1, Err: fmt.Errorf("%d of %d images could not be scored", failed, fs.NArg())}
+	}
+	return nil
+}
+
+func scoreOne(ctx context.Context, s *pipeline.Scorer, path, class, out string) (*scoreLine, error) {
+	img, err := pipeline.ReadImage(path)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.Score(ctx, []pipeline.Request{{Image: img, Class: class}})
+	if err != nil {
+		return nil, err
+	}
+	r := res[0]
+	if r.Err != nil {
+		return nil, r.Err
+	}
+	line := &scoreLine{Image: path, Score: r.Score, RawScore: r.RawScore, Threshold: r.Threshold, Verdict: r.Verdict,
+		AnomalyAreaPct: r.AnomalyAreaPct, Class: r.Class, LatencyMS: r.LatencyMS, Model: r.Model}
+	if out != "" {
+		base := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+		png, err := s.Heatmap(img, &r, "png")
+		if err != nil {
+			return nil, err
+		}
+		line.Heatmap = filepath.Join(out, base+".heatmap.png")
+		if err := os.WriteFile(line.Heatmap, png, 0o644); err != nil {
+			return nil, err
+		}
+		line.Map = filepath.Join(out, base+".map.npy")
+		if err := WriteNPY(line.Map, r.Map, r.MapHeight, r.MapWidth); err != nil {
+			return nil, err
+		}
+	}
+	return line, nil
+}
+
+// WriteNPY writes a float32 H x W array in NumPy's .npy format (version 1.0), readable with numpy.load: a
+// lossless anomaly map that any analysis tool opens.
+func WriteNPY(path string, data []float32, h, w int) error {
+	header := fmt.Sprintf("{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }", h, w)
+	// magic(6) + version(2) + len(2) + header + padding + '\n' must be a multiple of 64
+	total := 10 + len(header) + 1
+	pad := (64 - total%64) % 64
+	header += strings.Repeat(" ", pad) + "\n"
+	buf := make([]byte, 0, 10+len(header)+4*len(data))
+	buf = append(buf, 0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0)
+	buf = binary.LittleEndian.AppendUint16(buf, uint16(len(header)))
+	buf = append(buf, header...)
+	for _, v := range data {
+		buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(v))
+	}
+	return os.WriteFile(path, buf, 0o644)
+}
+
+func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) < 2 || (args[0] != "verify" && args[0] != "show") {
+		fmt.Fprintln(stderr, "Usage: vlmdiff bundle verify DIR   (checks schema, checksums, graphs; exit 1 naming the failed check)")
+		fmt.Fprintln(stderr, "       vlmdiff bundle show DIR     (prints the manifest)")
+		return ErrUsage
+	}
+	dir := args[1]
+	switch args[0] {
+	case "verify":
+		b, err := models.Load(dir)
+		if err != nil {
+			return err
+		}
+		m := b.Manifest
+		fmt.Fprintf(stdout, "ok: %s %s (%d files verified; input %dx%d; %d DDIM steps; features %d layers)\n",
+			m.Name, m.Version, len(m.Files), m.Input.Width, m.Input.Height, m.Diffusion.DDIMSteps, len(m.Features.Layers))
+	case "show":
+		m, err := models.ReadManifest(dir)
+		if err != nil {
+			return err
+		}
+		e := json.NewEncoder(stdout)
+		e.SetIndent("", "  ")
+		return e.Encode(m)
+	}
+	return nil
+}
