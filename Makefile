@@ -1,0 +1,41 @@
+# vlmdiff edge. The two commands a newcomer needs:
+#   make demo   installs what is missing, builds, and runs the daemon on the embedded demo
+#   make test   installs what is missing and runs every test (what CI runs)
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/vlmdiff
+PY := /usr/bin/python3
+export ONNXRUNTIME_LIB ?= $(CURDIR)/.deps/lib/libonnxruntime.so
+
+.PHONY: all deps build demo test test-go test-py vet fmt bench clean
+
+all: build
+
+deps:
+	@./.ci/deps.sh
+
+build: deps
+	$(GO) build -o $(BIN) ./agent/cmd/vlmdiff
+
+demo: build
+	./$(BIN) run --config configs/demo.yaml
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+test: deps vet build test-py test-go
+
+test-go:
+	$(GO) test -count=1 -timeout 40m ./...
+
+test-py:
+	cd trainer/python && $(PY) -m pytest -q -p no:cacheprovider
+
+# Benchmark tables (not part of the tests): the fixture bundle, and the same bundle with ResNet50 features
+# when ../shared/backbones is present.
+bench: build
+	./$(BIN) bench --bundle models/testdata/fixture --threads 2
+
+clean:
+	rm -rf bin
