@@ -68,7 +68,13 @@ func (s *Store) putImage(tx *bolt.Tx, camera string, seq uint64, verdict string,
 	if verdict == VerdictNG {
 		limit = s.opts.NGImagesPerCamera
 	}
-	for b.Stats().KeyN > limit {
+	// Count with a cursor: Bucket.Stats is not accurate inside a write transaction. The bound is small.
+	n := 0
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		n++
+	}
+	for ; n > limit; n-- {
 		k, _ := b.Cursor().First()
 		if k == nil {
 			break
