@@ -152,8 +152,9 @@ func (s *folderSource) watch(ctx context.Context, out chan<- Frame, rep reporter
 			next, nextEntry = s.loadNext(rep)
 		}
 		var sendCh chan<- Frame
+		var sendF Frame // select evaluates the send operand even when its channel is nil
 		if next != nil {
-			sendCh = out
+			sendCh, sendF = out, *next
 		}
 		select {
 		case <-ctx.Done():
@@ -187,7 +188,7 @@ func (s *folderSource) watch(ctx context.Context, out chan<- Frame, rep reporter
 		case <-s.acks:
 		case ev := <-s.notes:
 			rep.emit(ev, false)
-		case sendCh <- *next:
+		case sendCh <- sendF:
 			s.c.delivered(next.Time)
 			next, nextEntry = nil, nil
 		}
