@@ -129,6 +129,23 @@ cameras: [{name: c, kind: synthetic}, {name: c, kind: synthetic}]`, nil, []strin
 		{"camera name with slash", `
 models: {dir: /m}
 cameras: [{name: "a/b", kind: synthetic}]`, nil, []string{"cameras[0].name:"}},
+		{"reserved camera name", `
+models: {dir: /m}
+cameras: [{name: stats, kind: synthetic}]`, nil, []string{"cameras[0].name: \"stats\" is reserved"}},
+		{"bad url", `
+models: {dir: /m}
+cameras:
+  - {name: a, kind: synthetic}
+  - {name: b, kind: url, url: "ftp://user:pw@cam/x"}`, nil, []string{"cameras[1].url: must be rtsp://", "user:***@cam"}},
+		{"missing url", `
+models: {dir: /m}
+cameras: [{name: a, kind: url}]`, nil, []string{"cameras[0].url: required"}},
+		{"bad kind", `
+models: {dir: /m}
+cameras: [{name: a, kind: webcam}]`, nil, []string{"cameras[0].kind:"}},
+		{"bad folder option", `
+models: {dir: /m}
+cameras: [{name: a, kind: folder, path: /x, folder: {after: shred}}]`, nil, []string{"cameras[0].folder.after:"}},
 		{"bad provider", `
 models: {dir: /m, providers: [tpu]}
 cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.providers[0]: must be cuda or cpu"}},

@@ -223,6 +223,8 @@ func (c *Config) Validate() error {
 			bad(p+".name", "is required")
 		case !nameRe.MatchString(name):
 			bad(p+".name", "%q must be 1-63 letters, digits, '_', '.' or '-' (it is an MQTT topic level)", name)
+		case name == "available" || name == "stats" || name == "model":
+			bad(p+".name", "%q is reserved (it is an MQTT topic of its own under the prefix)", name)
 		default:
 			if j, dup := names[name]; dup {
 				bad(p+".name", "%q is already used by cameras[%d]", name, j)

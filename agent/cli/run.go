@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/vlmdiff/edge/agent"
+	"github.com/vlmdiff/edge/agent/config"
+	"github.com/vlmdiff/edge/pipeline"
+)
+
+func init() {
+	Register(Command{Name: "run", Summary: "run the inspection daemon (cameras -> model -> MQTT/store/HTTP)", Run: runDaemon})
+}
+
+// runDaemon is `vlmdiff run --config FILE [--check-config]`. The process's signal context (SIGINT/SIGTERM)
+// starts the graceful shutdown.
+func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := NewFlagSet("run", "--config FILE [--check-config]", stderr)
+	path := fs.String("config", "/etc/vlmdiff/agent.yaml", "the daemon's YAML config (docs/config.md)")
+	check := fs.Bool("check-config", false, "validate the config, print a summary and exit (0 = valid)")
+	if err := Parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "vlmdiff run: unexpected arguments %q\n", fs.Args())
+		return ErrUsage
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return &ExitError{Code: 2, Err: err}
+	}
+	if *check {
+		models := cfg.Models.Dir
+		if cfg.Models.Bundle != "" {
+			models = cfg.Models.Bundle + " (pinned)"
+		}
+		broker := cfg.MQTT.Broker
+		if broker == "" {
+			broker = "embedded on " + cfg.MQTT.Listen
+		}
+		var cams []string
+		for _, c := range cfg.Cameras {
+			cams = append(cams, c.CameraName()+"("+c.Kind+")")
+		}
+		fmt.Fprintf(stdout, "config %s: ok\n  agent %s, models %s, cameras %s\n  mqtt %s prefix %s, store %s, http %q\n",
+			*path, cfg.Agent.Name, models, strings.Join(cams, " "), broker, cfg.MQTT.Prefix, cfg.Store.Path, cfg.HTTP.Listen)
+		return nil
+	}
+	log := newLogger(cfg.Agent, stderr)
+	slog.SetDefault(log)
+	if err := pipeline.InitRuntime(cfg.Models.ONNXRuntime); err != nil {
+		return fmt.Errorf("ONNX Runtime: %w", err)
+	}
+	opt := pipeline.Options{Providers: cfg.Models.Providers, Threads: cfg.Models.Threads, DeviceID: cfg.Models.DeviceID,
+		Library: cfg.Models.ONNXRuntime}
+	a, err := agent.New(cfg, agent.Options{
+		Open:   func(dir string) (agent.Scorer, error) { return pipeline.Open(dir, opt) },
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+func newLogger(c config.Agent, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.LogLevel))
+	ho := &slog.HandlerOptions{Level: lvl}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, ho))
+	}
+	return slog.New(slog.NewTextHandler(w, ho))
+}
+
+var _ = os.Stderr
