@@ -18,7 +18,8 @@ type Message struct {
 	Duplicate bool
 }
 
-// SubOptions tune a Subscriber. The zero value is a clean-session client with a random id at QoS 1.
+// SubOptions tune a Subscriber. The zero value is a clean-session client with a random id subscribing at
+// QoS 0 (the broker delivers at min(publish QoS, subscription QoS): set QoS 1 to observe QoS-1 delivery).
 type SubOptions struct {
 	ClientID string
 	// Persistent uses CleanSession=false, so a broker with persistence queues QoS>0 messages for this client
