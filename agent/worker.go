@@ -24,7 +24,7 @@ const (
 	LatHeatmap          = "heatmap"            // rendering and encoding the heatmap
 	LatCommit           = "commit"             // the store transaction (history + outbox + origin)
 	LatCaptureToPublish = "capture_to_publish" // frame capture time -> handed to the outbox for publishing
-	LatOverhead         = "overhead"           // received -> handed to the outbox, minus model time
+	LatOverhead         = "overhead"           // taken by a worker -> handed to the outbox, minus model time
 )
 
 // worker scores batches until the scheduler is closed and empty.
@@ -166,7 +166,7 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	c.waitTurn(j.seq)
 	now := time.Now()
 	lat[LatCaptureToPublish] = ms(now.Sub(frameTimeOr(j)))
-	lat[LatOverhead] = max(0, ms(now.Sub(j.received))-modelMS)
+	lat[LatOverhead] = max(0, ms(now.Sub(j.taken))-modelMS)
 	t := time.Now()
 	err := a.submit(rec, hm)
 	lat[LatCommit] = ms(time.Since(t))
