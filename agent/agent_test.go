@@ -331,17 +331,17 @@ func TestBrokerOutage(t *testing.T) {
 		outage = 30 * time.Second
 	}
 	e := newEnv(t, true)
-	copyBundle(t, filepath.Join(e.modelsDir, "fixture-1"), "1", time.Now(), false)
+	copyBundleSteps(t, filepath.Join(e.modelsDir, "fixture-1"), "1", time.Now(), false, 2)
 	sub := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1, Persistent: true, ClientID: "outage-sub"}, e.prefix+"/+/result")
 	stop := startAgent(t, e.config(t, ""))
-	writeImages(t, e.folder, 1, 60)
-	sub.WaitN(e.prefix+"/line/result", 15, wait)
+	writeImages(t, e.folder, 1, 40)
+	sub.WaitN(e.prefix+"/line/result", 8, wait)
 	e.broker.Stop()
 	time.Sleep(outage) // the outage itself, not a timing assertion
 	e.broker.Restart()
 	msgs := sub.WaitFor(e.prefix+"/line/result", wait, func(m []mqtttest.Message) bool {
 		s, _ := firstSeen(decodeResults(t, m))
-		return len(s) >= 60
+		return len(s) >= 40
 	})
 	stop()
 	seqs, repeats := firstSeen(decodeResults(t, msgs))
@@ -356,7 +356,7 @@ func TestBrokerOutage(t *testing.T) {
 // TestCorruptImage: a corrupt image is reported on the camera's status topic and skipped; the others score.
 func TestCorruptImage(t *testing.T) {
 	e := newEnv(t, false)
-	copyBundle(t, filepath.Join(e.modelsDir, "fixture-1"), "1", time.Now(), false)
+	copyBundleSteps(t, filepath.Join(e.modelsDir, "fixture-1"), "1", time.Now(), false, 2)
 	sub := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, e.prefix+"/#")
 	stop := startAgent(t, e.config(t, ""))
 	writeImages(t, e.folder, 1, 3)
@@ -391,7 +391,7 @@ func TestCorruptImage(t *testing.T) {
 func TestHotSwap(t *testing.T) {
 	e := newEnv(t, false)
 	t0 := time.Now().Add(-time.Hour)
-	copyBundle(t, filepath.Join(e.modelsDir, "fixture-1"), "1", t0, false)
+	copyBundleSteps(t, filepath.Join(e.modelsDir, "fixture-1"), "1", t0, false, 2)
 	sub := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, e.prefix+"/#")
 	stop := startAgent(t, e.config(t, ""))
 	modelIs := func(state, version, reason string) {
@@ -407,23 +407,23 @@ func TestHotSwap(t *testing.T) {
 	}
 	modelIs("running", "1", "")
 
-	writeImages(t, e.folder, 1, 40)
-	sub.WaitN(e.prefix+"/line/result", 10, wait)
-	copyBundle(t, filepath.Join(e.modelsDir, "fixture-2"), "2", t0.Add(time.Minute), false)
+	writeImages(t, e.folder, 1, 20)
+	sub.WaitN(e.prefix+"/line/result", 5, wait)
+	copyBundleSteps(t, filepath.Join(e.modelsDir, "fixture-2"), "2", t0.Add(time.Minute), false, 2)
 	modelIs("running", "2", "")
-	writeImages(t, e.folder, 41, 10)
+	writeImages(t, e.folder, 21, 5)
 
 	// A corrupt, newer bundle: refused, version 2 keeps scoring.
-	copyBundle(t, filepath.Join(e.modelsDir, "fixture-3"), "3", t0.Add(2*time.Minute), true)
+	copyBundleSteps(t, filepath.Join(e.modelsDir, "fixture-3"), "3", t0.Add(2*time.Minute), true, 2)
 	modelIs("running", "2", "fixture-3")
-	writeImages(t, e.folder, 51, 10)
+	writeImages(t, e.folder, 26, 5)
 
-	msgs := sub.WaitN(e.prefix+"/line/result", 60, wait)
+	msgs := sub.WaitN(e.prefix+"/line/result", 30, wait)
 	stop()
 	rs := decodeResults(t, msgs)
 	seqs, _ := firstSeen(rs)
-	if len(seqs) != 60 {
-		t.Fatalf("%d distinct results, want 60", len(seqs))
+	if len(seqs) != 30 {
+		t.Fatalf("%d distinct results, want 30", len(seqs))
 	}
 	versions := map[string]int{}
 	for i, r := range rs {
