@@ -68,6 +68,7 @@ func (t TLS) Build() (*tls.Config, error) {
 // QoS per kind of message. NG results always go at QoS 1 at least; `available` is always QoS 1.
 type QoS struct {
 	Result  byte // default 1
+	NG      byte // NG results go at max(NG, Result, 1); default 1
 	Heatmap byte // default 0
 	Status  byte // retained state topics (status, threshold/state, model/status); default 1
 	Stats   byte // default 0
@@ -84,8 +85,11 @@ const (
 // HeatmapConfig says whether and how heatmaps are published.
 type HeatmapConfig struct {
 	Mode string // HeatmapBinary (default), HeatmapJSON or HeatmapOff
-	// MinInterval rate-limits OK frames' heatmaps per camera (default 1s); NG heatmaps always go.
+	// MinInterval rate-limits OK frames' heatmaps per camera (DefaultConfig: 1s; 0: every heatmap); NG
+	// heatmaps always go.
 	MinInterval time.Duration
+	// PerCamera overrides MinInterval for the cameras it names.
+	PerCamera map[string]time.Duration
 }
 
 // Config configures a Publisher. Start from DefaultConfig.
@@ -137,7 +141,7 @@ func DefaultConfig(broker string) Config {
 	return Config{
 		Broker:  broker,
 		Prefix:  "vlmdiff",
-		QoS:     QoS{Result: 1, Heatmap: 0, Status: 1, Stats: 0, Command: 1},
+		QoS:     QoS{Result: 1, NG: 1, Heatmap: 0, Status: 1, Stats: 0, Command: 1},
 		Heatmap: HeatmapConfig{Mode: HeatmapBinary, MinInterval: time.Second},
 	}
 }
@@ -152,7 +156,7 @@ func (c *Config) fill() error {
 	if strings.ContainsAny(c.Prefix, "+#\x00") || strings.HasPrefix(c.Prefix, "/") || strings.HasSuffix(c.Prefix, "/") {
 		return fmt.Errorf("mqtt config: prefix %q: no wildcards (+ #) and no leading or trailing '/'", c.Prefix)
 	}
-	for name, q := range map[string]byte{"result": c.QoS.Result, "heatmap": c.QoS.Heatmap, "status": c.QoS.Status,
+	for name, q := range map[string]byte{"result": c.QoS.Result, "ng": c.QoS.NG, "heatmap": c.QoS.Heatmap, "status": c.QoS.Status,
 		"stats": c.QoS.Stats, "command": c.QoS.Command} {
 		if q > 2 {
 			return fmt.Errorf("mqtt config: qos.%s: %d is not 0, 1 or 2", name, q)
@@ -164,9 +168,6 @@ func (c *Config) fill() error {
 	case HeatmapBinary, HeatmapJSON, HeatmapOff:
 	default:
 		return fmt.Errorf("mqtt config: heatmap.mode %q: want binary, json or off", c.Heatmap.Mode)
-	}
-	if c.Heatmap.MinInterval == 0 {
-		c.Heatmap.MinInterval = time.Second
 	}
 	if c.ClientID == "" {
 		host, _ := os.Hostname()

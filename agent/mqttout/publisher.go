@@ -327,8 +327,8 @@ func (p *Publisher) Messages(rec *store.Record, hm *Heatmap) ([]store.Message, e
 		return nil, fmt.Errorf("encode result %s/%d: %w", rec.Camera, rec.Seq, err)
 	}
 	qos := p.cfg.QoS.Result
-	if rec.Verdict == store.VerdictNG && qos < 1 {
-		qos = 1
+	if rec.Verdict == store.VerdictNG {
+		qos = max(qos, p.cfg.QoS.NG, 1)
 	}
 	msgs := []store.Message{{Topic: p.topic(rec.Camera, "result"), Payload: data, QoS: qos, Kind: store.MsgResult,
 		Camera: rec.Camera, Seq: rec.Seq, Verdict: rec.Verdict, EnqueuedAt: now}}
@@ -343,7 +343,11 @@ func (p *Publisher) heatmapDue(camera, verdict string, now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if verdict != store.VerdictNG {
-		if last, ok := p.lastHeatmap[camera]; ok && now.Sub(last) < p.cfg.Heatmap.MinInterval {
+		interval := p.cfg.Heatmap.MinInterval
+		if d, ok := p.cfg.Heatmap.PerCamera[camera]; ok {
+			interval = d
+		}
+		if last, ok := p.lastHeatmap[camera]; ok && now.Sub(last) < interval {
 			return false
 		}
 	}
