@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -210,11 +211,10 @@ func TestURLSourceGStreamerPipeline(t *testing.T) {
 	pipe := "videotestsrc num-buffers=15 pattern=ball ! video/x-raw,width=80,height=60 ! videoconvert ! " +
 		"video/x-raw,format=BGR ! appsink"
 	probe, err := gocv.VideoCaptureFileWithAPI(pipe, gocv.VideoCaptureGstreamer)
+	probe.Close()
 	if err != nil {
-		probe.Close()
 		t.Skipf("OpenCV here cannot open a GStreamer pipeline: %v", err)
 	}
-	probe.Close()
 	src, err := New(Config{Name: "gst", Kind: KindURL, URL: pipe, RetryMin: time.Hour, RetryMax: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -233,5 +233,56 @@ func TestURLSourceGStreamerPipeline(t *testing.T) {
 	}
 	if st := src.Stats(); st.Frames+st.Dropped != 15 {
 		t.Errorf("delivered %d + dropped %d, want 15 in all", st.Frames, st.Dropped)
+	}
+}
+
+// An H.264 .mp4 made by ffmpeg (the other format cameras and recorders produce) reads through the same path.
+func TestFileSourceReadsFFmpegMP4(t *testing.T) {
+	ffmpeg, err := exec.LookPath("ffmpeg")
+	if err != nil {
+		t.Skip("ffmpeg not installed")
+	}
+	path := filepath.Join(t.TempDir(), "clip.mp4")
+	cmd := exec.Command(ffmpeg, "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=25",
+		"-frames:v", "20", "-c:v", "libx264", "-pix_fmt", "yuv420p", path)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Skipf("ffmpeg cannot make an H.264 clip here: %v: %s", err, out)
+	}
+	src, err := New(Config{Name: "mp4", Kind: KindFile, Path: path, FPS: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames, _, err := runToEnd(t, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(frames) != 20 {
+		t.Fatalf("read %d frames, want 20", len(frames))
+	}
+	for _, f := range frames {
+		if f.Width != 96 || f.Height != 64 || len(f.Pix) != 96*64*3 {
+			t.Fatalf("frame %d: %dx%d", f.Seq, f.Width, f.Height)
+		}
+	}
+}
+
+// A live source whose consumer never reads drops frames (counted) instead of stalling the camera.
+func TestLiveSourceDropsForBusyConsumer(t *testing.T) {
+	pipe := "videotestsrc num-buffers=10 ! video/x-raw,width=32,height=32 ! videoconvert ! " +
+		"video/x-raw,format=BGR ! appsink"
+	probe, err := gocv.VideoCaptureFileWithAPI(pipe, gocv.VideoCaptureGstreamer)
+	probe.Close()
+	if err != nil {
+		t.Skipf("OpenCV here cannot open a GStreamer pipeline: %v", err)
+	}
+	src, err := New(Config{Name: "busy", Kind: KindURL, URL: pipe, RetryMin: time.Hour, RetryMax: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, events := make(chan Frame), make(chan Event, 16) // nobody reads out
+	run(t, src, out, events)
+	waitEvent(t, events, func(e Event) bool { return e.State == StateOffline })
+	if st := src.Stats(); st.Dropped != 10 || st.Frames != 0 {
+		t.Fatalf("stats %+v: want 10 dropped, 0 delivered", st)
 	}
 }
