@@ -90,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--class", dest="cls")
     p.add_argument("images", nargs="*")
     try:
-        a = p.parse_args(argv)
+        a = p.parse_intermixed_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
     stage = a.stage

@@ -400,21 +400,36 @@ def verify_bundle(bundle_dir: str) -> List[str]:
 # Reference weights: what reference.py rebuilds the torch networks from
 # ---------------------------------------------------------------------------------------------------------------
 
-def save_reference_weights(path: str, builder: dict, nets, features_kind: str = "torch") -> None:
-    """builder names how to rebuild the modules: {"kind": "fixture", "spec": {...}} (fixture.build_nets) or
-    {"kind": "preset", "name": ..., "overrides": {...}} (presets.build). features_kind "onnx" means the reference
-    runs the bundle's features.onnx through onnx_torch instead of a stored torch module."""
+def save_reference_weights(path: str, builder: dict, nets, features_kind: str = "torch",
+                           tokenizer: Optional[list] = None, extra: Optional[dict] = None) -> None:
+    """Writes a model file: what the training stages hand each other and what the reference scorer rebuilds the
+    torch networks from.
+
+    builder names how to rebuild the modules: {"kind": "fixture", "spec": {...}} (fixture.build_nets) or
+    {"kind": "preset", "name": ...} (presets.build). features_kind "onnx" means the reference runs the bundle's
+    features.onnx through onnx_torch instead of a stored torch module. tokenizer is the BPE merge list of the text
+    encoder's tokenizer (None when the networks carry no text encoder)."""
     state = {"vae": _half_safe(nets.vae.state_dict()), "denoiser": _half_safe(nets.denoiser.state_dict())}
     if features_kind == "torch":
         state["features"] = _half_safe(nets.features.state_dict())
+    if getattr(nets, "text", None) is not None:
+        state["text"] = _half_safe(nets.text.state_dict())
+    blob = {"format": REF_WEIGHTS_FORMAT, "builder": builder, "features": features_kind, "state": state}
+    if tokenizer is not None:
+        blob["tokenizer"] = [list(m) for m in tokenizer]
+    if extra:
+        blob["extra"] = extra
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    torch.save({"format": REF_WEIGHTS_FORMAT, "builder": builder, "features": features_kind, "state": state}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise RuntimeError(f"writing model file {path}: {e}") from e
 
 
 def _half_safe(sd: dict) -> dict:
-    return {k: v.detach().clone() for k, v in sd.items()}
+    return {k: v.detach().cpu().clone() for k, v in sd.items()}
 
 
 def load_nets(weights: str, bundle_dir: str, manifest: dict):
@@ -450,3 +465,60 @@ def load_nets(weights: str, bundle_dir: str, manifest: dict):
         nets.features = OnnxModule.load(os.path.join(bundle_dir, g["file"]),
                                         outputs=[l["name"] for l in manifest["features"]["layers"]])
     return nets.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The `export` stage
+# ---------------------------------------------------------------------------------------------------------------
+
+EXPORT_KEYS = {"run_dir", "seed", "device", "threads", "model", "out", "name", "version", "description",
+               "features_onnx", "feature_layers", "classes", "prompt_template", "probes", "posterior", "sigma",
+               "guidance_scale", "ddim_steps", "start_step", "dataset", "overwrite"}
+
+
+def run_export(cfg: dict) -> dict:
+    """Export a trained model file into a bundle (see __main__ for the config keys)."""
+    from .train_denoiser import check_keys, encode_prompts, load_model_file, rebuild, _req
+
+    check_keys(cfg, EXPORT_KEYS, "export")
+    out = _req(cfg, "out", "export")
+    blob = load_model_file(_req(cfg, "model", "export"))
+    nets, tok = rebuild(blob)
+    nets.eval()
+    b = blob["builder"]
+    if b["kind"] == "preset":
+        from . import presets
+        p = presets.get_preset(b["name"])
+        size, channels, ds, preset_name = p.input_size, p.latent_channels, p.downsample, p.name
+        default_layers = list(zip(p.features.layers, p.features.weights)) if p.features.kind == "onnx" else []
+    else:
+        spec = b["spec"]
+        size, channels = int(spec["height"]), int(spec["vae"]["embed_dim"])
+        ds, preset_name, default_layers = 2 ** (len(spec["vae"]["ch_mult"]) - 1), "fixture", []
+    layers = [(str(n), float(w)) for n, w in (cfg.get("feature_layers") or default_layers)]
+    feature_onnx = cfg.get("features_onnx")
+    if feature_onnx is None and nets.features is None:
+        raise RuntimeError("export config: the model has no torch feature net; give features_onnx "
+                           "(e.g. resnet50v2_stage1to3.onnx) and feature_layers")
+    if not layers:
+        raise RuntimeError("export config: feature_layers is required for this model")
+    classes = list(cfg.get("classes") or [])
+    tmpl = cfg.get("prompt_template", "a photo of a {cls}")
+    entries = [("", "")] + [(c, tmpl.replace("{cls}", c.replace("_", " "))) for c in classes]
+    if nets.text is None or tok is None:
+        raise RuntimeError("export: the model file has no text encoder/tokenizer to compute the conditioning")
+    ctx = encode_prompts(nets.text, tok, [pr for _, pr in entries], torch.device("cpu")).numpy()
+    diffusion = {k: cfg[k] for k in ("guidance_scale", "ddim_steps", "start_step") if k in cfg}
+    m = export_bundle(
+        out, vae=nets.vae, denoiser=nets.denoiser, features=None if feature_onnx else nets.features,
+        layers=layers, conditioning=[(k, pr, ctx[i]) for i, (k, pr) in enumerate(entries)],
+        latent_channels=channels, downsample=ds, hint_owner=nets.denoiser.sgn, feature_onnx=feature_onnx,
+        height=size, width=size, name=cfg.get("name", "vlmdiff"), version=cfg.get("version", "0.0.0"),
+        description=cfg.get("description", ""),
+        provenance={"preset": preset_name, "dataset": cfg.get("dataset", ""), "classes": classes},
+        latent={"posterior": cfg.get("posterior", "mean")}, diffusion=diffusion,
+        map_spec={"sigma": float(cfg["sigma"])} if "sigma" in cfg else None, probe_dir=cfg.get("probes"),
+        probe_seed=int(cfg.get("seed", 1234)), overwrite=bool(cfg.get("overwrite", True)))
+    # the reference weights of this bundle are the model file itself
+    return {"bundle": out, "manifest": os.path.join(out, "bundle.json"), "probes": cfg.get("probes", ""),
+            "graphs": sorted(m["graphs"])}

@@ -120,10 +120,9 @@ def build_preset_nets(name: str, overrides: Optional[dict] = None) -> Nets:
     """Networks of a named preset (presets.build), for model files written by the training stages."""
     from . import presets  # H1's module
 
-    model = presets.build(name, **(overrides or {})) if overrides else presets.build(name)
-    vae = getattr(model, "vae")
-    den = getattr(model, "denoiser")
-    return Nets(vae=vae, denoiser=den, features=None, hint=_HintOf(den))
+    built = presets.build(name, with_dino=False, **(overrides or {}))
+    return Nets(vae=built.vae, denoiser=built.denoiser, features=None, hint=_HintOf(built.denoiser),
+                text=built.text_encoder)
 
 
 def fixture_conditioning(spec: dict):

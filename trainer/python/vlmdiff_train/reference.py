@@ -182,11 +182,12 @@ class Nets:
     """
     vae: torch.nn.Module
     denoiser: torch.nn.Module
-    features: Callable[[torch.Tensor], Dict[str, torch.Tensor]]
+    features: Optional[Callable[[torch.Tensor], Dict[str, torch.Tensor]]]
     hint: Optional[torch.nn.Module] = None
+    text: Optional[torch.nn.Module] = None  # the frozen text encoder (training/export only; scoring uses the bundle's)
 
     def eval(self) -> "Nets":
-        for m in (self.vae, self.denoiser, self.features, self.hint):
+        for m in (self.vae, self.denoiser, self.features, self.hint, self.text):
             if isinstance(m, torch.nn.Module):
                 m.eval()
         return self

@@ -1,0 +1,125 @@
+"""The `finetune-ae` stage: the autoencoder finetune of ALGORITHM 2.3.
+
+From kl-f8 (or any AE checkpoint, via checkpoints.load_autoencoder) when `init` is given, else from scratch for
+the small presets. Inputs are ImageNet-normalised train images (the space the scorer works in), loss
+L1 + perceptual + 1e-6 * KL with the GAN term off (it never starts within the author's 25k steps), Adam(0.5, 0.9)
+at lr = batch * 4.5e-6 by default. The perceptual net is a frozen ONNX backbone run through onnx_torch (LPIPS's
+VGG weights are not available offline). Checkpoints every save_every steps with resume from the latest; the output
+RUN/ae.pt is a {"state_dict": ...} file that checkpoints.load_autoencoder (the build stage) reads.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from typing import Optional
+
+import torch
+
+from . import data as D
+from .losses import PerceptualLoss, autoencoder_loss
+from .progress import Progress
+from .train_denoiser import _req, check_keys, latest_checkpoint
+
+log = logging.getLogger(__name__)
+
+KEYS = {"run_dir", "seed", "device", "threads", "preset", "init", "perceptual_onnx", "perceptual_layers",
+        "perceptual_weight", "kl_weight", "lr", "batch_size", "accumulate", "max_steps", "save_every", "log_every",
+        "keep", "index", "captions", "classes", "split", "default_caption", "augment", "height", "width", "mean",
+        "std", "num_workers", "trusted"}
+
+
+def run(cfg: dict) -> dict:
+    check_keys(cfg, KEYS, "finetune-ae")
+    from . import presets
+    from .checkpoints import load_autoencoder
+    from .nets.autoencoder import AutoencoderKL
+
+    run_dir = _req(cfg, "run_dir", "finetune-ae")
+    total = int(_req(cfg, "max_steps", "finetune-ae"))
+    seed = int(cfg.get("seed", 0))
+    torch.manual_seed(seed)
+    device = torch.device(cfg.get("device", "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("finetune-ae config: device 'cuda' requested but torch sees no GPU")
+    p = presets.get_preset(cfg.get("preset", "tiny"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(p.vae, p.embed_dim)
+    if cfg.get("init"):
+        load_autoencoder(vae, cfg["init"], trusted=bool(cfg.get("trusted", False)))
+    vae.to(device).train()
+    perc: Optional[PerceptualLoss] = None
+    if cfg.get("perceptual_onnx"):
+        from .onnx_torch import OnnxModule
+        net = OnnxModule.load(cfg["perceptual_onnx"], outputs=cfg.get("perceptual_layers")).to(device)
+        perc = PerceptualLoss(net, cfg.get("perceptual_layers"))
+    bs, acc = int(cfg.get("batch_size", 1)), int(cfg.get("accumulate", 1))
+    lr = float(cfg.get("lr", 4.5e-6 * bs))
+    opt = torch.optim.Adam(vae.parameters(), lr=lr, betas=(0.5, 0.9))
+    ds = D.train_dataset(dict(cfg, height=cfg.get("height", p.input_size), width=cfg.get("width", p.input_size)))
+
+    ckpt_dir = os.path.join(run_dir, "ae-checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    step, micro = 0, 0
+    gen = torch.Generator().manual_seed(seed + 17)
+    last = latest_checkpoint(ckpt_dir)
+    if last:
+        st = torch.load(last, map_location="cpu")
+        vae.load_state_dict(st["state_dict"])
+        opt.load_state_dict(st["optimizer"])
+        gen.set_state(st["generator"])
+        torch.set_rng_state(st["torch_rng"])
+        step, micro = int(st["step"]), int(st["micro"])
+        log.info("resumed finetune-ae from %s at step %d", last, step)
+    prog = Progress("finetune-ae", total, start_step=step)
+    pw, kw = float(cfg.get("perceptual_weight", 1.0)), float(cfg.get("kl_weight", 1e-6))
+    save_every, log_every, keep = int(cfg.get("save_every", 500)), int(cfg.get("log_every", 10)), int(cfg.get("keep", 2))
+    n = len(ds)
+    shown = 0.0
+    while step < total:
+        epoch = (micro * bs) // n
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        idx = [order[(micro * bs + j) % n] for j in range(bs)]
+        x = D.collate([ds[i] for i in idx])["image"].to(device)
+        moments = vae.encode_moments(x)
+        mean, logvar = torch.chunk(moments, 2, dim=1)
+        noise = torch.randn(mean.shape, generator=gen).to(device)
+        z = mean + torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0)) * noise
+        rec = vae.decode(z)
+        parts = autoencoder_loss(x, rec, moments, perc, pw, kw)
+        if not torch.isfinite(parts["loss"]):
+            raise RuntimeError(f"finetune-ae: loss is {float(parts['loss'])} at step {step} (lower lr)")
+        (parts["loss"] / acc).backward()
+        shown += float(parts["l1"]) / acc
+        micro += 1
+        if micro % acc:
+            continue
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        if step % log_every == 0 or step == total:
+            prog.step(step, loss=shown, epoch=epoch, perceptual=float(parts["perceptual"]), kl=float(parts["kl"]))
+        shown = 0.0
+        if step % save_every == 0 or step == total:
+            _save(ckpt_dir, step, micro, vae, opt, gen, keep)
+    out = os.path.join(run_dir, "ae.pt")
+    tmp = out + ".tmp"
+    torch.save({"state_dict": {k: v.detach().cpu() for k, v in vae.state_dict().items()}, "preset": p.name,
+                "step": step}, tmp)
+    os.replace(tmp, out)
+    return {"autoencoder": out, "steps": step}
+
+
+def _save(ckpt_dir, step, micro, vae, opt, gen, keep):
+    path = os.path.join(ckpt_dir, f"step-{step:08d}.pt")
+    tmp = path + ".tmp"
+    try:
+        torch.save({"step": step, "micro": micro, "state_dict": vae.state_dict(), "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise RuntimeError(f"saving checkpoint {path}: {e}") from e
+    for p in sorted(glob.glob(os.path.join(ckpt_dir, "step-*.pt")))[:-max(1, keep)]:
+        os.remove(p)

@@ -1,0 +1,341 @@
+"""The `build` and `train` stages: assemble the model, then train the denoiser (ALGORITHM 2.1, 2.2, 2.4).
+
+build: a preset's networks; for sd15 the SD1.5 checkpoint (UNet, CLIP, VAE) with the finetuned AE, for the small
+presets fresh seeded weights with the finetuned AE when given; in both cases the SG network starts as a copy of the
+UNet encoder (build_model.py). The tokenizer is the user's CLIP vocabulary when given, else BPE merges learnt from
+the run's captions and class prompts (small presets train their own frozen-random text encoder; only "different
+text gives different context" matters there). Output: a model file (export.save_reference_weights format) that
+the train, export and reference stages rebuild the networks from.
+
+train: eps-MSE with t ~ U{0..T-1}, z = scale * posterior sample of the frozen VAE, hint = the clean normalised
+image, context = frozen text encoder(caption), precomputed once per unique caption. Trainable: the SG network +
+UNet output_blocks + out; AdamW(lr, wd 0.01). Gradient accumulation, seeded data order and noise, a checkpoint
+every save_every optimiser steps with resume from the latest (data position and RNG states included, so a resumed
+run continues the same sequence), DDP through torchrun when WORLD_SIZE > 1, AMP (bf16/fp16) on GPU only.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+import re
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from . import data as D
+from .export import REF_WEIGHTS_FORMAT, save_reference_weights
+from .losses import eps_mse
+from .progress import Progress
+from .reference import alphas_cumprod
+
+log = logging.getLogger(__name__)
+
+BUILD_KEYS = {"run_dir", "seed", "device", "threads", "preset", "autoencoder", "sd_checkpoint", "tokenizer",
+              "index", "captions", "classes", "prompt_template", "default_caption", "out", "trusted",
+              "num_merges"}
+TRAIN_KEYS = {"run_dir", "seed", "device", "threads", "model", "index", "captions", "classes", "split",
+              "default_caption", "augment", "height", "width", "mean", "std", "num_workers", "lr", "weight_decay",
+              "batch_size", "accumulate", "max_steps", "epochs", "save_every", "keep", "log_every", "amp",
+              "grad_clip", "posterior", "linear_start", "linear_end", "train_steps"}
+
+
+def check_keys(cfg: dict, allowed: set, stage: str) -> None:
+    bad = sorted(set(cfg) - allowed)
+    if bad:
+        raise RuntimeError(f"{stage} config: unknown keys {bad} (allowed: {sorted(allowed)})")
+
+
+def _req(cfg: dict, key: str, stage: str):
+    if key not in cfg or cfg[key] in (None, ""):
+        raise RuntimeError(f"{stage} config: {key!r} is required")
+    return cfg[key]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model files
+# ---------------------------------------------------------------------------------------------------------------
+
+def make_tokenizer(merges: List[List[str]]):
+    from .tokenizer import SOT, EOT, CLIPTokenizer, _base_vocab
+    ms = [tuple(m) for m in merges]
+    vocab = _base_vocab() + ["".join(m) for m in ms] + [SOT, EOT]
+    return CLIPTokenizer({t: i for i, t in enumerate(vocab)}, ms)
+
+
+def load_model_file(path: str) -> dict:
+    try:
+        blob = torch.load(path, map_location="cpu")
+    except Exception as e:
+        raise RuntimeError(f"reading model file {path}: {e}") from e
+    if not isinstance(blob, dict) or blob.get("format") != REF_WEIGHTS_FORMAT:
+        raise RuntimeError(f"model file {path}: not a {REF_WEIGHTS_FORMAT} file")
+    return blob
+
+
+def rebuild(blob: dict):
+    """(Nets, tokenizer or None) from a model file's blob."""
+    from .fixture import build_nets, build_preset_nets
+    b = blob["builder"]
+    nets = build_nets(b["spec"]) if b["kind"] == "fixture" else build_preset_nets(b["name"], b.get("overrides"))
+    st = blob["state"]
+    nets.vae.load_state_dict(st["vae"])
+    nets.denoiser.load_state_dict(st["denoiser"])
+    if nets.text is not None and "text" in st:
+        nets.text.load_state_dict(st["text"])
+    if nets.features is not None and "features" in st:
+        nets.features.load_state_dict(st["features"])
+    tok = make_tokenizer(blob["tokenizer"]) if blob.get("tokenizer") else None
+    return nets, tok
+
+
+def encode_prompts(text_encoder, tokenizer, prompts: List[str], device) -> torch.Tensor:
+    """Frozen text encoder outputs [N, tokens, dim] for prompts."""
+    with torch.no_grad():
+        ids = tokenizer(prompts).to(device)
+        return text_encoder(ids).float()
+
+
+def run_build(cfg: dict) -> dict:
+    check_keys(cfg, BUILD_KEYS, "build")
+    from . import presets
+    from .checkpoints import build_vlmdiff, init_sgn_from_unet, load_autoencoder
+    from .tokenizer import CLIPTokenizer, learn_merges
+
+    run_dir = _req(cfg, "run_dir", "build")
+    name = _req(cfg, "preset", "build")
+    os.makedirs(run_dir, exist_ok=True)
+    nets = presets.build(name, with_dino=False, seed=int(cfg.get("seed", 0)))
+    trusted = bool(cfg.get("trusted", False))
+    if cfg.get("sd_checkpoint"):
+        build_vlmdiff(nets.model, cfg["sd_checkpoint"], cfg.get("autoencoder"), trusted=trusted)
+    else:
+        if name == "sd15":
+            raise RuntimeError("build config: preset sd15 needs sd_checkpoint (SD1.5 v1-5-pruned.ckpt)")
+        if cfg.get("autoencoder"):
+            load_autoencoder(nets.vae, cfg["autoencoder"], trusted=trusted)
+        init_sgn_from_unet(nets.sgn, nets.unet.state_dict())
+    # tokenizer: the user's CLIP vocabulary, else merges learnt from this run's texts
+    if cfg.get("tokenizer"):
+        t = cfg["tokenizer"]
+        tok = CLIPTokenizer.from_dir(t) if os.path.isdir(t) else CLIPTokenizer.from_bpe_gz(t)
+        merges = [list(k) for k, _ in sorted(tok.bpe_ranks.items(), key=lambda kv: kv[1])]
+    else:
+        texts = list(D.read_captions(cfg.get("captions")).values())
+        tmpl = cfg.get("prompt_template", "a photo of a {cls}")
+        texts += [tmpl.replace("{cls}", c.replace("_", " ")) for c in (cfg.get("classes") or [])]
+        if cfg.get("index"):
+            recs = D.read_index(cfg["index"])
+            texts += [tmpl.replace("{cls}", c.replace("_", " ")) for c in sorted({r["class"] for r in recs})]
+        merges = [list(m) for m in learn_merges(texts or ["a photo"], int(cfg.get("num_merges", 400)))]
+    vocab = 256 * 2 + len(merges) + 2
+    if nets.text_encoder is not None and vocab > nets.text_encoder.cfg.vocab_size:
+        raise RuntimeError(f"build: tokenizer vocabulary {vocab} exceeds the text encoder's {nets.text_encoder.cfg.vocab_size}")
+    out = cfg.get("out") or os.path.join(run_dir, "model.pt")
+    _save_model(out, name, nets.vae, nets.denoiser, nets.text_encoder, merges, {"stage": "build"})
+    return {"model": out, "preset": name, "merges": len(merges)}
+
+
+def _save_model(path: str, preset: str, vae, denoiser, text, merges, extra: dict) -> None:
+    from .reference import Nets
+    nets = Nets(vae=vae, denoiser=denoiser, features=None, hint=None, text=text)
+    save_reference_weights(path, {"kind": "preset", "name": preset}, nets, features_kind="onnx", tokenizer=merges,
+                           extra=extra)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+
+_CKPT_RE = re.compile(r"step-(\d+)\.pt$")
+
+
+def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
+    found = []
+    for p in glob.glob(os.path.join(ckpt_dir, "step-*.pt")):
+        m = _CKPT_RE.search(p)
+        if m:
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+def _dist_env():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def run(cfg: dict) -> dict:
+    check_keys(cfg, TRAIN_KEYS, "train")
+    run_dir = _req(cfg, "run_dir", "train")
+    blob = load_model_file(_req(cfg, "model", "train"))
+    world, rank, local = _dist_env()
+    device_name = cfg.get("device", "cpu")
+    if device_name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train config: device 'cuda' requested but torch sees no GPU")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        import torch.distributed as dist
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
+    amp = cfg.get("amp", "none")
+    if amp not in ("none", "bf16", "fp16"):
+        raise RuntimeError(f"train config: amp {amp!r} is not none/bf16/fp16")
+    if amp != "none" and device.type != "cuda":
+        log.warning("amp %s ignored: AMP is used on GPU only", amp)
+        amp = "none"
+    seed = int(cfg.get("seed", 0))
+    torch.manual_seed(seed)
+
+    nets, tok = rebuild(blob)
+    if nets.text is None or tok is None:
+        raise RuntimeError("train: the model file has no text encoder/tokenizer (run the build stage)")
+    vae, den, text = nets.vae.to(device).eval(), nets.denoiser.to(device), nets.text.to(device).eval()
+    for m in (vae, text):
+        for p in m.parameters():
+            p.requires_grad_(False)
+    den.freeze_for_training()
+    den.train()
+    params = [p for p in den.trainable_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=float(cfg.get("lr", 1e-5)), weight_decay=float(cfg.get("weight_decay", 0.01)))
+    model = den
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(den, device_ids=[local] if device.type == "cuda" else None)
+
+    ds = D.train_dataset(cfg)
+    bs, acc = int(cfg.get("batch_size", 1)), int(cfg.get("accumulate", 1))
+    if bs < 1 or acc < 1:
+        raise RuntimeError("train config: batch_size and accumulate must be >= 1")
+    per_rank = len(range(rank, len(ds), world))
+    # only whole accumulation windows per epoch: an optimiser step never mixes two epochs' data
+    steps_per_epoch = max(1, (per_rank // bs) // acc)
+    micro_per_epoch = steps_per_epoch * acc
+    if cfg.get("max_steps"):
+        total = int(cfg["max_steps"])
+    elif cfg.get("epochs"):
+        total = int(cfg["epochs"]) * steps_per_epoch
+    else:
+        raise RuntimeError("train config: give max_steps or epochs")
+    T = int(cfg.get("train_steps", 1000))
+    abar = torch.tensor(alphas_cumprod(float(cfg.get("linear_start", 0.00085)), float(cfg.get("linear_end", 0.012)),
+                                       T), dtype=torch.float32, device=device)
+    scale = 0.18215
+    posterior = cfg.get("posterior", "sample")
+    gen = torch.Generator(device="cpu").manual_seed(seed * 1000 + rank)
+
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    step, micro_done = 0, 0
+    last = latest_checkpoint(ckpt_dir)
+    if last:
+        st = torch.load(last, map_location="cpu")
+        den.load_state_dict(st["denoiser"])
+        opt.load_state_dict(st["optimizer"])
+        gen.set_state(st["generator"])
+        torch.set_rng_state(st["torch_rng"])
+        step, micro_done = int(st["step"]), int(st["micro"])
+        log.info("resumed from %s at step %d", last, step)
+
+    ctx_cache: Dict[str, torch.Tensor] = {}
+
+    def contexts(caps: List[str]) -> torch.Tensor:
+        new = sorted({c for c in caps if c not in ctx_cache})
+        if new:
+            for c, e in zip(new, encode_prompts(text, tok, new, device)):
+                ctx_cache[c] = e
+        return torch.stack([ctx_cache[c] for c in caps])
+
+    scaler = torch.cuda.amp.GradScaler(enabled=(amp == "fp16"))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    prog = Progress("train", total, start_step=step) if rank == 0 else None
+    save_every = int(cfg.get("save_every", 100))
+    log_every = int(cfg.get("log_every", 1))
+    grad_clip = float(cfg.get("grad_clip", 0.0))
+    last_saved = last
+    loss_acc = 0.0
+    while step < total:
+        epoch = micro_done // micro_per_epoch
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        order = order[rank::world]
+        start = micro_done % micro_per_epoch
+        for mi in range(start, micro_per_epoch):
+            idx = [order[j % len(order)] for j in range(mi * bs, (mi + 1) * bs)]  # wraps when per_rank < bs
+            batch = D.collate([ds[i] for i in idx])
+            x = batch["image"].to(device)
+            with torch.no_grad():
+                moments = vae.encode_moments(x)
+                mean, logvar = torch.chunk(moments, 2, dim=1)
+                if posterior == "sample":
+                    logvar = torch.clamp(logvar, -30.0, 20.0)
+                    n = torch.randn(mean.shape, generator=gen).to(device)
+                    z = scale * (mean + torch.exp(0.5 * logvar) * n)
+                else:
+                    z = scale * mean
+                ctx = contexts(batch["caption"])
+            t = torch.randint(0, T, (x.shape[0],), generator=gen).to(device)
+            eps = torch.randn(z.shape, generator=gen).to(device)
+            a = abar[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * z + (1 - a).sqrt() * eps
+            with torch.autocast(device_type="cuda", dtype=dtype, enabled=dtype is not None):
+                hint = den.sgn.hint_features(x)
+                pred = model(xt, t, ctx, hint)
+                loss = eps_mse(pred, eps) / acc
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"train: loss is {float(loss)} at step {step} (lower lr or disable fp16)")
+            scaler.scale(loss).backward()
+            loss_acc += float(loss)
+            micro_done += 1
+            if micro_done % acc != 0:
+                continue
+            if grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if prog is not None and (step % log_every == 0 or step == total):
+                prog.step(step, loss=loss_acc, epoch=epoch)
+            loss_acc = 0.0
+            if rank == 0 and (step % save_every == 0 or step == total):
+                last_saved = _save_ckpt(ckpt_dir, step, micro_done, den, opt, gen, int(cfg.get("keep", 2)))
+            if step >= total:
+                break
+    out = os.path.join(run_dir, "model-trained.pt")
+    if rank == 0:
+        b = blob["builder"]
+        from .reference import Nets
+        nets_out = Nets(vae=vae.cpu(), denoiser=den.cpu(), features=nets.features, hint=None, text=text.cpu())
+        save_reference_weights(out, b, nets_out, features_kind=blob.get("features", "onnx"),
+                               tokenizer=blob.get("tokenizer"), extra={"stage": "train", "step": step})
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"model": out, "checkpoint": last_saved or "", "steps": step}
+
+
+def _save_ckpt(ckpt_dir: str, step: int, micro: int, den, opt, gen, keep: int) -> str:
+    path = os.path.join(ckpt_dir, f"step-{step:08d}.pt")
+    tmp = path + ".tmp"
+    try:
+        torch.save({"step": step, "micro": micro, "denoiser": den.state_dict(), "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise RuntimeError(f"saving checkpoint {path}: {e}") from e
+    olds = sorted(glob.glob(os.path.join(ckpt_dir, "step-*.pt")))
+    for p in olds[:-max(1, keep)]:
+        os.remove(p)
+    return path
