@@ -49,9 +49,16 @@ func dropFile(t *testing.T, dir, staging string, i int) {
 	}
 }
 
+// slowCfg is folderCfg with a Settle far above the chunked writer's 10 ms pauses, even on a loaded machine.
+func slowCfg(dir string) Config {
+	c := folderCfg(dir)
+	c.Folder.Settle = 300 * time.Millisecond
+	return c
+}
+
 func TestFolderConcurrentDropsEmittedOnceAndMoved(t *testing.T) {
 	dir, staging := t.TempDir(), t.TempDir()
-	src, err := New(folderCfg(dir))
+	src, err := New(slowCfg(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +114,7 @@ func TestFolderConcurrentDropsEmittedOnceAndMoved(t *testing.T) {
 
 func TestFolderKeepsArrivalOrder(t *testing.T) {
 	dir, staging := t.TempDir(), t.TempDir()
-	src, err := New(folderCfg(dir))
+	src, err := New(slowCfg(dir))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 const wait = 30 * time.Second
 
 // writeVideo writes an MJPG .avi with OpenCV's VideoWriter: one frame per colour (given as RGB), solid.
-func writeVideo(t *testing.T, path string, rgb [][3]byte, w, h int, fps float64) {
+func writeVideo(t testing.TB, path string, rgb [][3]byte, w, h int, fps float64) {
 	t.Helper()
 	vw, err := gocv.VideoWriterFile(path, "MJPG", fps, w, h, true)
 	if err != nil {
@@ -40,7 +40,7 @@ func writeVideo(t *testing.T, path string, rgb [][3]byte, w, h int, fps float64)
 }
 
 // pngBytes encodes a w x h image whose every pixel is c.
-func pngBytes(t *testing.T, w, h int, c color.RGBA) []byte {
+func pngBytes(t testing.TB, w, h int, c color.RGBA) []byte {
 	t.Helper()
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
 	for y := 0; y < h; y++ {
@@ -70,7 +70,7 @@ func idOf(t *testing.T, f Frame) int {
 	return int(f.Pix[0])
 }
 
-func writeFile(t *testing.T, path string, data []byte) {
+func writeFile(t testing.TB, path string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatalf("write %s: %v", path, err)
