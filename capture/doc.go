@@ -4,9 +4,10 @@
 // # Frames
 //
 // A Frame carries packed 8-bit RGB pixels in plain Go memory (copied out of the gocv.Mat and converted from
-// OpenCV's BGR), so frames cross goroutines, queues and stores without cgo lifetime rules; Frame.Image-like use is
+// OpenCV's BGR), so frames cross goroutines, queues and stores without cgo lifetime rules; the agent scores
 // pipeline.Image{Width: f.Width, Height: f.Height, Pix: f.Pix}. capture imports nothing of models, pipeline or
-// MQTT: data flows one way, capture -> pipeline -> sinks.
+// MQTT: data flows one way, capture -> pipeline -> sinks. Every frame must end in f.Ack(ok) (a no-op except for
+// folder frames, whose files are moved only then); synthetic frames carry their ground truth in Frame.Truth.
 //
 // # Sources
 //

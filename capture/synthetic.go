@@ -25,10 +25,11 @@ const (
 // turn, with a dark blob or a scratch on a DefectRate share of them. Frame n depends only on (seed, n), so two
 // runs with one seed give the same frames in the same order, whatever the timing.
 type syntheticSource struct {
-	cfg  Config
-	c    counters
-	base []byte // the seed's texture, W*H*3, made once
-	seq  uint64
+	cfg   Config
+	c     counters
+	base  []byte   // the seed's texture, W*H*3, made once
+	files []string // sample images, when Path is set
+	seq   uint64
 }
 
 func newSynthetic(cfg Config) *syntheticSource {
@@ -94,20 +95,28 @@ func (s *syntheticSource) Run(ctx context.Context, out chan<- Frame, events chan
 	return nil
 }
 
-// Generate makes frame seq (from 1) without pacing; Run uses it, and tests and demos may call it directly.
+// Generate makes frame seq (from 1) without pacing. Run uses it; tests call it directly. Not safe for use
+// concurrently with Run.
 // With a sample folder the frame's Origin names the sample; an error with Origin set concerns that one sample.
 func (s *syntheticSource) Generate(seq uint64) (Frame, error) {
 	rng := rand.New(rand.NewPCG(s.cfg.Synthetic.Seed, seq))
 	f := Frame{Camera: s.cfg.Name, Seq: seq, Time: time.Now(), Truth: TruthGood}
 	if s.cfg.Path != "" {
-		files, err := listImages(s.cfg.Path)
-		if err != nil {
-			return f, fmt.Errorf("synthetic samples: %w", err)
+		// The listing is re-read at the start of every cycle (and after a failure), so samples added to the
+		// folder join in without listing a large folder for every frame.
+		if len(s.files) == 0 || (seq-1)%uint64(len(s.files)) == 0 {
+			files, err := listImages(s.cfg.Path)
+			if err != nil {
+				s.files = nil
+				return f, fmt.Errorf("synthetic samples: %w", err)
+			}
+			if len(files) == 0 {
+				s.files = nil
+				return f, fmt.Errorf("synthetic samples: no image files in %s", s.cfg.Path)
+			}
+			s.files = files
 		}
-		if len(files) == 0 {
-			return f, fmt.Errorf("synthetic samples: no image files in %s", s.cfg.Path)
-		}
-		f.Origin = files[int((seq-1)%uint64(len(files)))]
+		f.Origin = s.files[int((seq-1)%uint64(len(s.files)))]
 		w, h, pix, err := loadImage(f.Origin, s.cfg.Width, s.cfg.Height)
 		if err != nil {
 			return f, fmt.Errorf("synthetic sample %s: %w", f.Origin, err)
