@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"image/png"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -31,14 +34,14 @@ const wait = 3 * time.Minute
 
 // result is the documented result JSON (docs/operations.md).
 type result struct {
-	Camera         string             `json:"camera"`
-	Seq            uint64             `json:"seq"`
-	FrameTime      time.Time          `json:"frame_time"`
-	PublishedAt    time.Time          `json:"published_at"`
-	Score          float64            `json:"score"`
-	RawScore       *float64           `json:"raw_score"`
-	Threshold      float64            `json:"threshold"`
-	Verdict        string             `json:"verdict"`
+	Camera         string    `json:"camera"`
+	Seq            uint64    `json:"seq"`
+	FrameTime      time.Time `json:"frame_time"`
+	PublishedAt    time.Time `json:"published_at"`
+	Score          float64   `json:"score"`
+	RawScore       *float64  `json:"raw_score"`
+	Threshold      float64   `json:"threshold"`
+	Verdict        string    `json:"verdict"`
 	Model          struct{ Name, Version string }
 	LatencyMS      map[string]float64 `json:"latency_ms"`
 	AnomalyAreaPct *float64           `json:"anomaly_area_pct"`
@@ -358,7 +361,8 @@ func TestCorruptImage(t *testing.T) {
 	e := newEnv(t, false)
 	copyBundleSteps(t, filepath.Join(e.modelsDir, "fixture-1"), "1", time.Now(), false, 2)
 	sub := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, e.prefix+"/#")
-	stop := startAgent(t, e.config(t, ""))
+	httpAddr := freeAddr(t)
+	stop := startAgent(t, e.config(t, "http: {listen: "+httpAddr+"}\n"))
 	writeImages(t, e.folder, 1, 3)
 	if err := os.WriteFile(filepath.Join(e.folder, "broken.png"), []byte("\x89PNG\r\n\x1a\nthis is not a png"), 0o644); err != nil {
 		t.Fatal(err)
@@ -373,6 +377,7 @@ func TestCorruptImage(t *testing.T) {
 		}
 		return false
 	})
+	checkHTTP(t, "http://"+httpAddr)
 	stop()
 	if len(st) == 0 || !st[0].Retained && len(st) == 1 {
 		t.Errorf("status messages: %v", st)
@@ -441,5 +446,69 @@ func TestHotSwap(t *testing.T) {
 	t.Logf("results per model version: %v", versions)
 }
 
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// checkHTTP exercises the HTTP API of a daemon that has scored 6 frames of camera "line".
+func checkHTTP(t *testing.T, base string) {
+	t.Helper()
+	get := func(path string) (int, string, []byte) {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header.Get("Content-Type"), b
+	}
+	cases := []struct {
+		path     string
+		code     int
+		ctype    string
+		contains string
+	}{
+		{"/healthz", 200, "", "ok"},
+		{"/readyz", 200, "", "ready"},
+		{"/metrics", 200, "text/plain", `vlmdiff_scored_total{camera="line"} 6`},
+		{"/metrics", 200, "text/plain", `vlmdiff_latency_ms_bucket{camera="line",stage="model",le="+Inf"} 6`},
+		{"/api/stats", 200, "application/json", `"decode_errors": 1`},
+		{"/api/cameras", 200, "application/json", `"heatmap_url": "/api/cameras/line/heatmap.png"`},
+		{"/api/model", 200, "application/json", `"state": "running"`},
+		{"/api/history?camera=line&limit=2", 200, "application/json", `"seq": 6`},
+		{"/api/events?limit=1", 200, "application/json", `"heatmap_url": "/api/images/line/heatmap/`},
+		{"/api/events?verdict=NG", 200, "application/json", `[`},
+		{"/api/cameras/line/heatmap.png", 200, "image/png", "PNG"},
+		{"/api/cameras/line/frame.jpg", 200, "image/jpeg", "\xff\xd8\xff"},
+		{"/api/cameras/nope/frame.jpg", 404, "application/json", "nope"},
+		{"/api/history?camera=nope", 404, "application/json", "nope"},
+		{"/api/events?verdict=maybe", 400, "application/json", "verdict"},
+		{"/api/events?limit=0", 400, "application/json", "limit"},
+	}
+	for _, c := range cases {
+		code, ct, body := get(c.path)
+		if code != c.code || !strings.HasPrefix(ct, c.ctype) || !bytes.Contains(body, []byte(c.contains)) {
+			t.Errorf("GET %s: %d %q %.300q; want %d %q containing %q", c.path, code, ct, body, c.code, c.ctype, c.contains)
+		}
+	}
+	// The events' heatmap URLs resolve.
+	_, _, body := get("/api/events?limit=1")
+	var evs []struct {
+		HeatmapURL string `json:"heatmap_url"`
+	}
+	if err := json.Unmarshal(body, &evs); err != nil || len(evs) != 1 {
+		t.Fatalf("events: %v %s", err, body)
+	}
+	if code, ct, _ := get(evs[0].HeatmapURL); code != 200 || ct != "image/png" {
+		t.Errorf("GET %s: %d %s", evs[0].HeatmapURL, code, ct)
+	}
+}
+
 var _ = sort.Ints
-var _ = io.Discard
