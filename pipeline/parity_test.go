@@ -1,0 +1,175 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"math"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+const (
+	fixtureBundle  = "../models/testdata/fixture"
+	fixtureWeights = "../models/testdata/fixture-src/fixture.pt"
+	python         = "/usr/bin/python3"
+)
+
+// needTorch skips when PyTorch is missing, except in CI, where the test command installs it and its absence
+// is a failure.
+func needTorch(t *testing.T) {
+	t.Helper()
+	if err := exec.Command(python, "-c", "import torch, scipy, PIL").Run(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI: %s cannot import torch/scipy/PIL (make deps installs them): %v", python, err)
+		}
+		t.Skipf("%s cannot import torch/scipy/PIL: %v", python, err)
+	}
+}
+
+func initRuntime(t testing.TB) {
+	t.Helper()
+	if err := InitRuntime(""); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeTexture writes a PNG with smooth structure plus noise, of any size, so resizing is exercised.
+func writeTexture(t *testing.T, path string, w, h int, seed uint64) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(seed, 3))
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			v := 128 + 60*math.Sin(float64(x)/7+float64(seed)) + 40*math.Cos(float64(y)/11)
+			img.Set(x, y, color.RGBA{
+				R: uint8(min(max(v+float64(r.IntN(30)), 0), 255)),
+				G: uint8(min(max(v*0.8+float64(r.IntN(30)), 0), 255)),
+				B: uint8(min(max(255-v+float64(r.IntN(30)), 0), 255)), A: 255})
+		}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := png.Encode(f, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestParityWithPyTorchReference scores the same images with the same noise through this pipeline (ONNX
+// Runtime, Go math) and through the trainer's independent PyTorch reference (torch networks, PIL, torch and
+// scipy math): anomaly maps must agree to 1e-4 relative L2 and image scores to 1e-5.
+func TestParityWithPyTorchReference(t *testing.T) {
+	needTorch(t)
+	initRuntime(t)
+	dir := t.TempDir()
+	var images []string
+	for i, sz := range [][2]int{{256, 256}, {200, 150}, {128, 128}} {
+		p := filepath.Join(dir, fmt.Sprintf("gen%d.png", i))
+		writeTexture(t, p, sz[0], sz[1], uint64(i+1))
+		images = append(images, p)
+	}
+	if piped, _ := filepath.Glob("../../shared/datasets/piped/PA_BDP01_TL/test/impurity/*.png"); len(piped) > 0 {
+		images = append(images, piped[0])
+	}
+
+	cases := []struct {
+		name      string
+		class     string
+		classCond bool
+	}{
+		{"empty prompt (no CFG)", "", false},
+		{"class prompt with CFG", "widget", true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := Open(fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 2, ClassConditioning: c.classCond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			n := s.lc * s.lh * s.lw
+			var reqs []Request
+			noise := make([]byte, 0, len(images)*2*n*4)
+			for i, p := range images {
+				img, err := ReadImage(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				post, start := noiseFor(int64(100+i), 0, false, n)
+				reqs = append(reqs, Request{Image: img, Class: c.class, Noise: &Noise{Posterior: post, Start: start}})
+				for _, v := range append(post, start...) {
+					noise = binary.LittleEndian.AppendUint32(noise, math.Float32bits(v))
+				}
+			}
+			res, err := s.Score(context.Background(), reqs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			noisePath := filepath.Join(dir, "noise.f32")
+			if err := os.WriteFile(noisePath, noise, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(dir, "ref-"+c.class)
+			args := append([]string{"-m", "vlmdiff_train", "reference"}, images...)
+			args = append(args, "--bundle", fixtureBundle, "--weights", fixtureWeights, "--noise", noisePath, "--out", out)
+			if c.class != "" {
+				args = append(args, "--class", c.class)
+			}
+			cmd := exec.Command(python, args...)
+			cmd.Env = append(os.Environ(), "PYTHONPATH=../trainer/python")
+			if b, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("reference scorer: %v\n%s", err, b)
+			}
+			var ref []struct {
+				Image    string  `json:"image"`
+				RawScore float64 `json:"raw_score"`
+			}
+			b, err := os.ReadFile(filepath.Join(out, "scores.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(b, &ref); err != nil {
+				t.Fatal(err)
+			}
+			maps, err := os.ReadFile(filepath.Join(out, "maps.f32"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			hw := s.m.Input.Height * s.m.Input.Width
+			if len(ref) != len(images) || len(maps) != len(images)*hw*4 {
+				t.Fatalf("reference returned %d scores and %d map bytes for %d images", len(ref), len(maps), len(images))
+			}
+			for i := range images {
+				if res[i].Err != nil {
+					t.Fatalf("%s: %v", images[i], res[i].Err)
+				}
+				var num, den float64
+				for j := 0; j < hw; j++ {
+					rv := float64(math.Float32frombits(binary.LittleEndian.Uint32(maps[(i*hw+j)*4:])))
+					d := float64(res[i].Map[j]) - rv
+					num += d * d
+					den += rv * rv
+				}
+				rel := math.Sqrt(num / den)
+				ds := math.Abs(res[i].RawScore - ref[i].RawScore)
+				t.Logf("%s: map rel L2 %.2e, score go %.6f ref %.6f (diff %.1e)", filepath.Base(images[i]), rel, res[i].RawScore, ref[i].RawScore, ds)
+				if rel > 1e-4 {
+					t.Errorf("%s: anomaly map differs from the reference by %.2e relative L2 (limit 1e-4)", images[i], rel)
+				}
+				if ds > 1e-5 {
+					t.Errorf("%s: score %.7f, reference %.7f (limit 1e-5)", images[i], res[i].RawScore, ref[i].RawScore)
+				}
+			}
+		})
+	}
+}
