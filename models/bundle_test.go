@@ -1,0 +1,187 @@
+package models
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const fixture = "testdata/fixture"
+
+// copyBundle copies the fixture into a temp dir so a test can damage it.
+func copyBundle(t *testing.T) string {
+	t.Helper()
+	dst := t.TempDir()
+	ents, err := os.ReadDir(fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(fixture, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+func editManifest(t *testing.T, dir string, edit func(m map[string]any)) {
+	t.Helper()
+	p := filepath.Join(dir, ManifestFile)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	edit(m)
+	b, _ = json.Marshal(m)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFixtureVerifies(t *testing.T) {
+	b, err := Load(fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := b.Manifest
+	if len(b.Conditioning) != len(m.Conditioning.Entries) {
+		t.Fatalf("%d conditioning rows for %d entries", len(b.Conditioning), len(m.Conditioning.Entries))
+	}
+	for _, role := range []string{RoleVAEEncoder, RoleHint, RoleDenoiser, RoleVAEDecoder, RoleFeatures} {
+		io, err := ReadGraphIO(filepath.Join(fixture, m.Graphs[role].File))
+		if err != nil {
+			t.Fatalf("%s: %v", role, err)
+		}
+		if io.Opset == 0 || io.Opset > 17 {
+			t.Errorf("%s: opset %d, want 1..17", role, io.Opset)
+		}
+	}
+}
+
+// TestDamagedBundlesAreRefused: each kind of damage is refused by the check that finds it, naming the file.
+func TestDamagedBundlesAreRefused(t *testing.T) {
+	cases := []struct {
+		name      string
+		damage    func(t *testing.T, dir string)
+		check     string
+		file      string
+		msgSubstr string
+	}{
+		{"one byte changed in a graph", func(t *testing.T, dir string) {
+			p := filepath.Join(dir, "denoiser.onnx")
+			b, _ := os.ReadFile(p)
+			b[len(b)/2] ^= 0x01
+			os.WriteFile(p, b, 0o644)
+		}, "checksum", "denoiser.onnx", "sha256"},
+		{"truncated graph", func(t *testing.T, dir string) {
+			p := filepath.Join(dir, "vae_decoder.onnx")
+			b, _ := os.ReadFile(p)
+			os.WriteFile(p, b[:len(b)-10], 0o644)
+		}, "checksum", "vae_decoder.onnx", "size"},
+		{"missing graph", func(t *testing.T, dir string) {
+			os.Remove(filepath.Join(dir, "hint.onnx"))
+		}, "files", "hint.onnx", "no such file"},
+		{"no manifest", func(t *testing.T, dir string) {
+			os.Remove(filepath.Join(dir, ManifestFile))
+		}, "manifest", ManifestFile, ""},
+		{"manifest not JSON", func(t *testing.T, dir string) {
+			os.WriteFile(filepath.Join(dir, ManifestFile), []byte("{not json"), 0o644)
+		}, "manifest", ManifestFile, "invalid JSON"},
+		{"unknown manifest field", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { m["thresholdd"] = 1 })
+		}, "manifest", ManifestFile, "unknown field"},
+		{"newer format", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { m["format"] = 2 })
+		}, "schema", ManifestFile, "format"},
+		{"bad schedule", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { m["diffusion"].(map[string]any)["ddim_steps"] = 0 })
+		}, "schema", ManifestFile, "diffusion.ddim_steps"},
+		{"file outside the bundle", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				m["files"].(map[string]any)["../evil.onnx"] = map[string]any{"sha256": "00", "size": 1}
+			})
+		}, "schema", ManifestFile, "relative path"},
+		{"declared tensor absent from graph", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				g := m["graphs"].(map[string]any)["vae_encoder"].(map[string]any)
+				g["inputs"].([]any)[0].(map[string]any)["name"] = "pixels"
+			})
+		}, "graph", "vae_encoder.onnx", `"pixels"`},
+		{"wrong rank declared", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				g := m["graphs"].(map[string]any)["denoiser"].(map[string]any)
+				for _, in := range g["inputs"].([]any) {
+					if in.(map[string]any)["name"] == "t" {
+						in.(map[string]any)["shape"] = []any{-1, 1}
+					}
+				}
+			})
+		}, "graph", "denoiser.onnx", "rank"},
+		{"feature layer not an output", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				m["features"].(map[string]any)["layers"].([]any)[0].(map[string]any)["name"] = "layer9"
+			})
+		}, "graph", "features.onnx", "layer9"},
+		{"conditioning of the wrong size", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { m["conditioning"].(map[string]any)["dim"] = 17 })
+		}, "conditioning", "conditioning.bin", "bytes"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := copyBundle(t)
+			c.damage(t, dir)
+			err := Verify(dir)
+			if err == nil {
+				t.Fatal("damaged bundle was accepted")
+			}
+			var ce *CheckError
+			if !errors.As(err, &ce) {
+				t.Fatalf("error %v is not a CheckError", err)
+			}
+			if ce.Check != c.check || ce.File != c.file {
+				t.Errorf("check %q file %q, want %q %q (%v)", ce.Check, ce.File, c.check, c.file, err)
+			}
+			if !strings.Contains(err.Error(), c.msgSubstr) || !strings.Contains(err.Error(), c.file) {
+				t.Errorf("message %q should name %q and contain %q", err, c.file, c.msgSubstr)
+			}
+		})
+	}
+}
+
+func TestRehashAcceptsEditedManifest(t *testing.T) {
+	dir := copyBundle(t)
+	m, err := ReadManifest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Calibration.Global.Threshold = 1.25
+	if err := Rehash(dir, m); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Manifest.Calibration.Global.Threshold != 1.25 {
+		t.Errorf("threshold %v after rewrite", b.Manifest.Calibration.Global.Threshold)
+	}
+}
+
+func TestReadGraphIORejectsGarbage(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "x.onnx")
+	os.WriteFile(p, []byte("this is not a protobuf at all \xff\xff\xff"), 0o644)
+	if _, err := ReadGraphIO(p); err == nil {
+		t.Error("garbage parsed as an ONNX model")
+	}
+}
