@@ -469,6 +469,18 @@ func checkHTTP(t *testing.T, base string) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, resp.Header.Get("Content-Type"), b
 	}
+	// The result reaches MQTT a moment before the daemon's counters move past it: wait for them.
+	deadline := time.Now().Add(wait)
+	for {
+		_, _, b := get("/api/stats")
+		if bytes.Contains(b, []byte(`"scored": 6`)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats never showed 6 scored: %s", b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	cases := []struct {
 		path     string
 		code     int
