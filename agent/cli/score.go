@@ -107,7 +107,7 @@ func runScore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		line, err := scoreOne(ctx, s, path, *class, *out)
 		if err != nil {
 			failed++
-			fmt.Fprintf(stderr, "vlmdiff score: %s: %v\n", path, err)
+			fmt.Fprintf(stderr, "vlmdiff score: %v\n", err)
 			continue
 		}
 		if err := enc.Encode(line); err != nil {
@@ -123,15 +123,15 @@ func runScore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 func scoreOne(ctx context.Context, s *pipeline.Scorer, path, class, out string) (*scoreLine, error) {
 	img, err := pipeline.ReadImage(path)
 	if err != nil {
-		return nil, err
+		return nil, err // names the path
 	}
 	res, err := s.Score(ctx, []pipeline.Request{{Image: img, Class: class}})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	r := res[0]
 	if r.Err != nil {
-		return nil, r.Err
+		return nil, fmt.Errorf("%s: %w", path, r.Err)
 	}
 	line := &scoreLine{Image: path, Score: r.Score, RawScore: r.RawScore, Threshold: r.Threshold, Verdict: r.Verdict,
 		AnomalyAreaPct: r.AnomalyAreaPct, Class: r.Class, LatencyMS: r.LatencyMS, Model: r.Model}
@@ -172,9 +172,14 @@ func WriteNPY(path string, data []float32, h, w int) error {
 }
 
 func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) >= 1 && args[0] == "set-features" {
+		return runSetFeatures(args[1:], stdout, stderr)
+	}
 	if len(args) < 2 || (args[0] != "verify" && args[0] != "show") {
 		fmt.Fprintln(stderr, "Usage: vlmdiff bundle verify DIR   (checks schema, checksums, graphs; exit 1 naming the failed check)")
 		fmt.Fprintln(stderr, "       vlmdiff bundle show DIR     (prints the manifest)")
+		fmt.Fprintln(stderr, "       vlmdiff bundle set-features --graph F.onnx --input NAME --layers a[:w],b[:w] SRC DST")
+		fmt.Fprintln(stderr, "                                   (copy SRC scoring with another feature backbone)")
 		return ErrUsage
 	}
 	dir := args[1]
@@ -196,5 +201,38 @@ func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		e.SetIndent("", "  ")
 		return e.Encode(m)
 	}
+	return nil
+}
+
+func runSetFeatures(args []string, stdout, stderr io.Writer) error {
+	fs := NewFlagSet("bundle set-features", "--graph F.onnx --input NAME --layers a[:w],b[:w] SRC DST", stderr)
+	graph := fs.String("graph", "", "ONNX feature graph (e.g. a ResNet50 or DINO export)")
+	input := fs.String("input", "input", "the graph's input tensor name")
+	layers := fs.String("layers", "", "comma-separated outputs to compare, each optionally :weight (default 1)")
+	tokens := fs.Bool("tokens", false, "outputs are ViT tokens [B,1+N,D] with CLS first")
+	if err := Parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 2 || *graph == "" || *layers == "" {
+		fs.Usage()
+		return ErrUsage
+	}
+	var ls []models.FeatureLayer
+	for _, part := range strings.Split(*layers, ",") {
+		name, w, hasW := strings.Cut(strings.TrimSpace(part), ":")
+		weight := 1.0
+		if hasW {
+			if _, err := fmt.Sscanf(w, "%g", &weight); err != nil || !(weight > 0) {
+				return fmt.Errorf("--layers: %q: weight must be a positive number", part)
+			}
+		}
+		ls = append(ls, models.FeatureLayer{Name: name, Weight: float32(weight)})
+	}
+	m, err := models.ReplaceFeatures(fs.Arg(0), fs.Arg(1), models.FeatureSwap{Graph: *graph, Input: *input, Layers: ls, Tokens: *tokens})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "ok: %s %s written to %s (features: %d layers of %s); recalibrate it with `vlmdiff calibrate`\n",
+		m.Name, m.Version, fs.Arg(1), len(ls), *graph)
 	return nil
 }
