@@ -170,6 +170,9 @@ func (c *Client) Describe(ctx context.Context, img []byte, mime string) (string,
 		if err == nil {
 			return text, nil
 		}
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("caption: %s: %w (last error: %v)", c.url(), ctx.Err(), err)
+		}
 		if try >= retries || !retryable(ctx, err) {
 			if try > 0 {
 				return "", fmt.Errorf("caption: %s: after %d tries: %w", c.url(), try+1, err)
