@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -153,7 +154,13 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	go func() { defer close(pubDone); _ = pub.Run(pctx) }()
 	defer func() { pcancel(); <-pubDone }() // flush the outbox, publish stopped, disconnect
 
-	// Models.
+	// Models. The watched directory is created when missing, so a fresh install can start before its first
+	// bundle arrives (readyz says why it is not ready until then).
+	if cfg.Models.Bundle == "" {
+		if err := os.MkdirAll(cfg.Models.Dir, 0o755); err != nil {
+			return fmt.Errorf("start: models dir: %w", err)
+		}
+	}
 	a.models = newModelManager(a.opts.Open, cfg.Models.Dir, cfg.Models.Bundle, a.log.With("component", "models"),
 		func(s ModelStatus) {
 			pub.SetModelStatus(mqttout.ModelStatus{Name: s.Name, Version: s.Version, State: s.State, Reason: s.Reason, Since: s.Since})
