@@ -3,6 +3,7 @@ package agent_test
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,7 +43,7 @@ type proc struct {
 	out *bytes.Buffer
 }
 
-func startProc(t *testing.T, cfgPath string) *proc {
+func startProc(t *testing.T, cfgPath string, env ...string) *proc {
 	t.Helper()
 	if binary == "" {
 		t.Fatal("vlmdiff binary was not built (see TestMain output)")
@@ -51,6 +52,7 @@ func startProc(t *testing.T, cfgPath string) *proc {
 	p.cmd = exec.Command(binary, "run", "--config", cfgPath)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.Dir = ".."
+	p.cmd.Env = append(os.Environ(), env...)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -97,8 +99,45 @@ func TestKill9Restart(t *testing.T) {
 		t.Errorf("retained available after kill -9: %q retained=%v", m[0].Payload, m[0].Retained)
 	}
 
-	p2 := startProc(t, cfgPath)
+	// The restarted daemon runs under a systemd-like notify socket.
+	sockPath := filepath.Join(e.dir, "notify.sock")
+	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	notes := make(chan string, 64)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := sock.Read(buf)
+			if err != nil {
+				close(notes)
+				return
+			}
+			notes <- string(buf[:n])
+		}
+	}()
+	waitNote := func(want string) {
+		t.Helper()
+		deadline := time.After(wait)
+		for {
+			select {
+			case n, ok := <-notes:
+				if !ok {
+					t.Fatalf("notify socket closed before %q", want)
+				}
+				if strings.Contains(n, want) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no %q on the notify socket", want)
+			}
+		}
+	}
+	p2 := startProc(t, cfgPath, "NOTIFY_SOCKET="+sockPath)
 	availableIs("online")
+	waitNote("READY=1")
 	sub.WaitFor(e.prefix+"/line/result", wait, func(m []mqtttest.Message) bool {
 		s, _ := firstSeen(decodeResults(t, m))
 		return len(s) >= n
@@ -110,6 +149,7 @@ func TestKill9Restart(t *testing.T) {
 		t.Errorf("daemon exit after SIGTERM: %v\n%s", err, p2.out)
 	}
 	availableIs("stopped")
+	waitNote("STOPPING=1")
 
 	// MQTT: seqs 1..n, each once (a QoS-1 redelivery repeats the same payload and is not a second result).
 	rs := decodeResults(t, sub.Messages(e.prefix+"/line/result"))
