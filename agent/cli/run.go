@@ -10,6 +10,8 @@ import (
 
 	"github.com/vlmdiff/edge/agent"
 	"github.com/vlmdiff/edge/agent/config"
+	"github.com/vlmdiff/edge/agent/dashboard"
+	"github.com/vlmdiff/edge/agent/httpapi"
 	"github.com/vlmdiff/edge/pipeline"
 )
 
@@ -61,6 +63,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	a, err := agent.New(cfg, agent.Options{
 		Open:   func(dir string) (agent.Scorer, error) { return pipeline.Open(dir, opt) },
 		Logger: log,
+		OnHTTP: func(s *httpapi.Server) { s.Handle("/", dashboard.Handler()) }, // the operator page
 	})
 	if err != nil {
 		return err
