@@ -181,15 +181,16 @@ async function loadImage(c, img, url, key) {
 // A 404 (no frame since a restart, heatmaps off for the camera) is not a connection problem: the placeholder
 // stays and the image is asked for again with the next result; the heatmap at most every HEATMAP_RETRY_MS.
 async function refreshImages(c, s) {
-  if (!(s.last_seq > 0) || s.last_seq === c.seq) return;
-  const seq = s.last_seq;
+  // scored moves when a result is committed (last_seq already when a worker takes the frame).
+  if (!(s.scored > 0) || s.scored === c.seq) return;
+  const seq = s.scored;
   const name = enc(s.name);
   const soft = (e) => { if (!(e instanceof HTTPError)) throw e; return false; };
-  const jobs = [loadImage(c, q(c, 'img.frame'), `/api/cameras/${name}/frame.jpg?seq=${seq}`, 'frameURL')
-    .then(() => { q(c, '.frame-seq').textContent = `#${seq}`; }, soft)];
+  const jobs = [loadImage(c, q(c, 'img.frame'), `/api/cameras/${name}/frame.jpg?n=${seq}`, 'frameURL')
+    .then(() => { q(c, '.frame-at').textContent = '· ' + fmtTime(new Date()); }, soft)];
   if (Date.now() >= c.hmMissingUntil) {
-    jobs.push(loadImage(c, q(c, 'img.heatmap'), `/api/cameras/${name}/heatmap.png?seq=${seq}`, 'hmURL')
-      .then(() => { q(c, '.hm-seq').textContent = `as of #${seq}`; },
+    jobs.push(loadImage(c, q(c, 'img.heatmap'), `/api/cameras/${name}/heatmap.png?n=${seq}`, 'hmURL')
+      .then(() => { q(c, '.hm-at').textContent = '· ' + fmtTime(new Date()); },
         (e) => { soft(e); c.hmMissingUntil = Date.now() + HEATMAP_RETRY_MS; }));
   }
   await Promise.all(jobs);
@@ -197,10 +198,11 @@ async function refreshImages(c, s) {
 }
 
 async function refreshHistory(c, s) {
-  if (s.last_seq === c.histSeq) return;
+  if (s.scored === c.histSeq && s.last_seq === c.histLast) return;
   const h = await get(`/api/history?camera=${enc(s.name)}&limit=${HISTORY_N}`);
   c.hist = (h || []).slice().reverse(); // oldest first
-  c.histSeq = s.last_seq;
+  c.histSeq = s.scored;
+  c.histLast = s.last_seq;
   const last = c.hist[c.hist.length - 1];
   const v = q(c, '.verdict');
   c.el.classList.toggle('ng', !!last && last.verdict === 'NG');
@@ -342,6 +344,7 @@ async function tick() {
     renderModel(s.model);
     const list = s.cameras || [];
     $('cams-empty').hidden = list.length > 0;
+    $('cams').classList.toggle('multi', list.length > 1);
     const jobs = [get(`/api/events?verdict=NG&limit=${EVENTS_N}`).then(renderEvents)];
     for (const cs of list) {
       const c = camCard(cs.name);
