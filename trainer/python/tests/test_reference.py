@@ -1,0 +1,228 @@
+"""The reference scorer's math, each piece checked on hand-made inputs against an independent computation."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+from vlmdiff_train import reference as R
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+FIXTURE = REPO / "models" / "testdata" / "fixture"
+FIXTURE_SRC = REPO / "models" / "testdata" / "fixture-src"
+
+
+def test_alphas_cumprod_matches_algorithm_table():
+    abar = R.alphas_cumprod(0.00085, 0.012, 1000)
+    ts = R.ddim_timesteps(1000, 10)
+    assert ts.tolist() == [1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
+    want = [.99830, .89298, .75214, .58882, .42288, .27500, .15982, .08192, .03655, .01400]  # ALGORITHM 1.5
+    np.testing.assert_allclose(abar[ts], want, atol=6e-5)
+    assert abs(abar[999] - 0.004660) < 5e-6
+    assert abs(abar[0] - 0.99915) < 5e-6
+
+
+@pytest.mark.parametrize("T,steps,want", [(1000, 10, 10), (1000, 50, 50), (100, 7, 8)])
+def test_ddim_timesteps_count(T, steps, want):
+    ts = R.ddim_timesteps(T, steps)
+    assert len(ts) == want and ts[0] == 1 and np.all(np.diff(ts) == T // steps)
+
+
+def _gauss_numpy(a: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
+    """Separable Gaussian with scipy's 'reflect' (half-sample symmetric) boundary, written out by hand."""
+    r = int(truncate * sigma + 0.5)
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    k /= k.sum()
+    out = a.astype(np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (r, r)
+        p = np.pad(out, pad, mode="symmetric")
+        acc = np.zeros_like(out)
+        for i, w in enumerate(k):
+            sl = [slice(None), slice(None)]
+            sl[axis] = slice(i, i + out.shape[axis])
+            acc += w * p[tuple(sl)]
+        out = acc
+    return out
+
+
+def test_gaussian_matches_handwritten_reflect_filter():
+    rng = np.random.default_rng(3)
+    a = rng.random((64, 48)).astype(np.float32)
+    a[10:20, 5:9] += 3.0
+    got = R.smooth(a, 5.0, 4.0)
+    np.testing.assert_allclose(got, _gauss_numpy(a, 5.0, 4.0), rtol=1e-5, atol=1e-6)
+    # 41 taps at sigma 5: an impulse spreads exactly 20 pixels each way
+    imp = np.zeros((101, 101), np.float32)
+    imp[50, 50] = 1
+    s = R.smooth(imp, 5.0, 4.0)
+    assert s[50, 30] > 0 and s[50, 29] == 0 and s[70, 50] > 0 and s[71, 50] == 0
+    assert R.smooth(a, 0.0, 4.0).tolist() == a.tolist()
+
+
+def test_pooling_size_and_value():
+    m = np.zeros((256, 256), np.float32)
+    assert tuple(R.pooled(m, 8, 8).shape) == (200, 200)
+    m[100, 100] = 1.0
+    # 8 box filters of width 8: the peak is the largest coefficient of the 8-fold convolution of [1]*8 / 8^16
+    box = np.ones(8) / 8
+    k = np.array([1.0])
+    for _ in range(8):
+        k = np.convolve(k, box)
+    want = k.max() ** 2
+    assert abs(R.pooled_score(m, 8, 8) - want) < 1e-9
+    assert abs(R.pooled_score(np.full((64, 64), 0.25, np.float32), 8, 8) - 0.25) < 1e-7
+
+
+def test_layer_distance_cosine_cases():
+    a = torch.zeros(1, 2, 1, 3)
+    b = torch.zeros(1, 2, 1, 3)
+    a[0, :, 0, 0], b[0, :, 0, 0] = torch.tensor([1.0, 0]), torch.tensor([3.0, 0])  # same direction -> 0
+    a[0, :, 0, 1], b[0, :, 0, 1] = torch.tensor([1.0, 0]), torch.tensor([0, 2.0])  # orthogonal -> 1
+    a[0, :, 0, 2], b[0, :, 0, 2] = torch.tensor([1.0, 1]), torch.tensor([-1.0, -1])  # opposite -> 2
+    d = R.layer_distance(a, b)[0, 0, 0]
+    np.testing.assert_allclose(d.numpy(), [0, 1, 2], atol=1e-6)
+    # tokens [B, 1+N, D]: the CLS token is dropped and the rest laid out as a square grid
+    t = torch.randn(1, 1 + 16, 5)
+    assert tuple(R.layer_distance(t, t, tokens=True).shape) == (1, 1, 4, 4)
+    with pytest.raises(RuntimeError, match="not a square"):
+        R.layer_distance(torch.randn(1, 6, 5), torch.randn(1, 6, 5), tokens=True)
+
+
+def test_identical_features_give_zero_map_and_weights_add():
+    f = {"a": torch.randn(2, 8, 16, 16), "b": torch.randn(2, 4, 8, 8)}
+    layers = [{"name": "a", "weight": 1.0}, {"name": "b", "weight": 0.5}]
+    m = R.anomaly_map(f, f, layers, 64, 64)
+    assert tuple(m.shape) == (2, 64, 64) and float(m.abs().max()) < 1e-6
+    g = {"a": -f["a"], "b": -f["b"]}  # opposite everywhere: 2*1 + 2*0.5
+    np.testing.assert_allclose(R.anomaly_map(f, g, layers, 64, 64).numpy(), 3.0, atol=1e-5)
+    with pytest.raises(RuntimeError, match="not an output"):
+        R.anomaly_map(f, f, [{"name": "zzz", "weight": 1}], 64, 64)
+
+
+def test_upsample_is_align_corners():
+    f1 = torch.zeros(1, 2, 2, 2)
+    f1[0, 0] = 1.0
+    f2 = torch.zeros(1, 2, 2, 2)
+    f2[0, 0] = 1.0
+    f2[0, 0, 0, 0], f2[0, 1, 0, 0] = 0.0, 1.0  # top-left cell orthogonal: distance 1 there, 0 elsewhere
+    m = R.anomaly_map({"l": f1}, {"l": f2}, [{"name": "l", "weight": 1}], 9, 9)[0]
+    assert abs(float(m[0, 0]) - 1.0) < 1e-6 and abs(float(m[0, 8])) < 1e-6
+    assert abs(float(m[0, 4]) - 0.5) < 1e-6  # the exact midpoint between source pixels
+
+
+def test_normalize_and_pil_resize(tmp_path):
+    from PIL import Image
+    arr = (np.arange(30 * 40 * 3) % 256).astype(np.uint8).reshape(30, 40, 3)
+    p = tmp_path / "x.png"
+    Image.fromarray(arr).save(p)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    x = R.load_image(str(p), 16, 20, mean, std)
+    want = np.asarray(Image.fromarray(arr).resize((20, 16), Image.BILINEAR), np.float32) / np.float32(255)
+    want = (want - np.array(mean, np.float32)) / np.array(std, np.float32)
+    np.testing.assert_allclose(x.numpy(), want.transpose(2, 0, 1), rtol=0, atol=1e-6)
+    with pytest.raises(RuntimeError, match="pil_bilinear"):
+        R.load_image(str(p), 16, 20, mean, std, resize="bilinear")
+
+
+def test_posterior_latent():
+    mo = torch.cat([torch.full((1, 2, 2, 2), 1.0), torch.full((1, 2, 2, 2), 100.0)], dim=1)  # logvar clamps at 20
+    n = torch.ones(1, 2, 2, 2)
+    z = R.posterior_latent(mo, 2, 0.5, -30, 20, "sample", n)
+    np.testing.assert_allclose(z.numpy(), 0.5 * (1 + np.exp(10.0)), rtol=1e-6)
+    assert float(R.posterior_latent(mo, 2, 0.5, -30, 20, "mean", None).max()) == 0.5
+
+
+class _Identity(torch.nn.Module):
+    def encode_moments(self, x):
+        return torch.cat([x, torch.zeros_like(x)], dim=1)
+
+    def decode(self, z):
+        return z
+
+
+class _OracleEps(torch.nn.Module):
+    """eps that is exactly consistent with a fixed clean latent x0: DDIM (eta 0) must then land on x0's path."""
+
+    def __init__(self, x0, abar):
+        super().__init__()
+        self.x0, self.abar, self.calls = x0, abar, []
+
+    def forward(self, x, t, ctx, hint):
+        self.calls.append(float(ctx.mean()))
+        a = float(self.abar[int(t[0])])
+        return (x - a ** 0.5 * self.x0) / (1 - a) ** 0.5
+
+
+def _manifest(ctx_entries):
+    return {"input": {"height": 8, "width": 8, "mean": [0, 0, 0], "std": [1, 1, 1]},
+            "latent": {"channels": 3, "downsample": 1, "scale_factor": 1.0, "posterior": "mean",
+                       "logvar_clamp_lo": -30, "logvar_clamp_hi": 20},
+            "diffusion": {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012,
+                          "train_steps": 1000, "ddim_steps": 10, "start_step": 999, "eta": 0,
+                          "guidance_scale": 9.0},
+            "conditioning": {"unconditional": "", "default": ""},
+            "features": {"layers": [{"name": "x", "weight": 1}]}, "map": {"sigma": 0}, "score": {}}
+
+
+def test_ddim_recovers_oracle_latent_and_cfg_only_when_contexts_differ():
+    abar = R.alphas_cumprod(0.00085, 0.012, 1000)
+    x0 = torch.randn(1, 3, 8, 8)
+    den = _OracleEps(x0, abar)
+    cond = {"": torch.zeros(1, 4, 2), "k": torch.ones(1, 4, 2)}
+    s = R.Scorer(_manifest(cond), R.Nets(vae=_Identity(), denoiser=den, features=None), cond)
+    noise = torch.randn(1, 3, 8, 8)
+    rec = s.reconstruct(torch.zeros(1, 3, 8, 8), None, noise)
+    # With oracle eps the implied noise stays constant along the eta-0 path, so the sampler must end at exactly
+    # sqrt(abar[0])*x0 + sqrt(1-abar[0])*e0, e0 being the first step's eps (the start latent is 0 here, so
+    # x_T = sqrt(1-abar[999])*noise, and the first step uses abar[901], the quirk of ALGORITHM 1.5).
+    assert len(den.calls) == 10
+    xT = (1 - abar[999]) ** 0.5 * noise
+    e0 = (xT - abar[901] ** 0.5 * x0) / (1 - abar[901]) ** 0.5
+    want = abar[0] ** 0.5 * x0 + (1 - abar[0]) ** 0.5 * e0
+    assert float((rec - want).abs().max()) < 1e-4
+    den.calls.clear()
+    s.reconstruct(torch.zeros(1, 3, 8, 8), None, noise, key="k")
+    assert len(den.calls) == 20 and set(den.calls) == {0.0, 1.0}  # two passes per step with CFG
+
+
+def test_reference_reproduces_committed_fixture_outputs(tmp_path):
+    """The committed expected outputs must be what the current code computes from the committed weights."""
+    exp = FIXTURE_SRC / "expected"
+    if not (FIXTURE / "bundle.json").is_file() or not (exp / "noise.f32").is_file():
+        pytest.skip("committed fixture not present")
+    out = R.run_reference(str(FIXTURE), str(FIXTURE_SRC / "fixture.pt"), str(exp / "noise.f32"), str(tmp_path),
+                          [str(exp / "image.png")])
+    got = json.load(open(out["scores"]))[0]["raw_score"]
+    want = json.load(open(exp / "default" / "scores.json"))[0]["raw_score"]
+    assert abs(got - want) < 1e-5
+    gm = np.fromfile(out["maps"], "<f4")
+    wm = np.fromfile(exp / "default" / "maps.f32", "<f4")
+    assert np.linalg.norm(gm - wm) / np.linalg.norm(wm) < 1e-5
+
+
+def test_reference_rejects_bad_noise_and_images(tmp_path):
+    if not (FIXTURE / "bundle.json").is_file():
+        pytest.skip("committed fixture not present")
+    bad = tmp_path / "noise.f32"
+    np.zeros(10, "<f4").tofile(bad)
+    with pytest.raises(RuntimeError, match="noise file"):
+        R.run_reference(str(FIXTURE), str(FIXTURE_SRC / "fixture.pt"), str(bad), str(tmp_path), ["x.png"])
+    nan = tmp_path / "nan.f32"
+    a = np.zeros((1, 2, 4, 32, 32), "<f4")
+    a[0, 1, 0, 0, 0] = np.nan
+    a.tofile(nan)
+    with pytest.raises(RuntimeError, match="NaN"):
+        R.run_reference(str(FIXTURE), str(FIXTURE_SRC / "fixture.pt"), str(nan), str(tmp_path), ["x.png"])
+    good = tmp_path / "good.f32"
+    np.zeros((1, 2, 4, 32, 32), "<f4").tofile(good)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(RuntimeError, match="corrupt.png"):
+        R.run_reference(str(FIXTURE), str(FIXTURE_SRC / "fixture.pt"), str(good), str(tmp_path), [str(corrupt)])
