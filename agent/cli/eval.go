@@ -1,0 +1,102 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/eval"
+)
+
+func init() {
+	Register(Command{Name: "eval", Summary: "evaluate a bundle on a labelled dataset's test split: metrics table, JSON, CSV, HTML report", Run: runEval})
+}
+
+// dataFlags select dataset items for eval and calibrate.
+type dataFlags struct {
+	data, layout, classes string
+	valFraction           float64
+	batch                 int
+}
+
+func (d *dataFlags) register(fs interface {
+	StringVar(*string, string, string, string)
+	Float64Var(*float64, string, float64, string)
+	IntVar(*int, string, int, string)
+}) {
+	fs.StringVar(&d.data, "data", "", "dataset directory, or an index.jsonl written by `vlmdiff train` (required)")
+	fs.StringVar(&d.layout, "layout", "auto", "dataset layout: auto, mvtec, visa, realiad, cocoad, collected")
+	fs.StringVar(&d.classes, "classes", "", "comma-separated classes (default all)")
+	fs.Float64Var(&d.valFraction, "val-fraction", 0.1, "share of train normals held out as validation (the same hash split as `vlmdiff train`)")
+	fs.IntVar(&d.batch, "batch", 4, "frames per scoring batch")
+}
+
+func (d *dataFlags) items() ([]dataset.Item, []string, error) {
+	if d.data == "" {
+		return nil, nil, fmt.Errorf("--data is required")
+	}
+	var items []dataset.Item
+	var err error
+	if strings.HasSuffix(d.data, ".jsonl") {
+		items, err = dataset.ReadIndex(d.data)
+	} else {
+		items, err = dataset.OpenWith(d.data, dataset.Options{Layout: d.layout, ValFraction: d.valFraction})
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var classes []string
+	for _, c := range strings.Split(d.classes, ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			classes = append(classes, c)
+		}
+	}
+	return items, classes, nil
+}
+
+func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b]", stderr)
+	var sf scoreFlags
+	sf.register(fs)
+	var df dataFlags
+	df.register(fs)
+	out := fs.String("out", "eval-report", "directory for results.txt, metrics.json/csv, scores.csv, report.html")
+	split := fs.String("split", dataset.SplitTest, "split to evaluate")
+	if err := Parse(fs, args); err != nil {
+		return err
+	}
+	if sf.bundle == "" || df.data == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "vlmdiff eval: --bundle and --data are required")
+		fs.Usage()
+		return ErrUsage
+	}
+	items, classes, err := df.items()
+	if err != nil {
+		return err
+	}
+	test := eval.Select(items, *split, classes, false)
+	if len(test) == 0 {
+		return fmt.Errorf("no %s images in %s (classes %v)", *split, df.data, classes)
+	}
+	s, err := sf.open()
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	rep, res, err := eval.Evaluate(ctx, s, test, eval.Options{BatchSize: df.batch, Progress: stderr})
+	if err != nil {
+		return err
+	}
+	if err := rep.WriteTable(stdout); err != nil {
+		return err
+	}
+	abs, _ := filepath.Abs(sf.bundle)
+	if err := eval.WriteReports(*out, rep, res, s, eval.ReportInfo{Bundle: abs, Dataset: df.data}); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "reports written to %s (%s, %s, %s, %s)\n", *out, eval.TableFile, eval.JSONFile, eval.CSVFile, eval.HTMLFile)
+	return nil
+}

@@ -1,0 +1,410 @@
+package run
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"sort"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/eval"
+)
+
+// Config is a training run's YAML file (configs/train/*.yaml; docs/training.md is the reference). Decoding is
+// strict: an unknown key is an error naming its path, so a typo cannot silently fall back to a default. Relative
+// paths are relative to the config file; ${VAR} is replaced by the environment variable VAR.
+type Config struct {
+	Name    string `yaml:"name"`    // bundle name (default "vlmdiff-<preset>")
+	Version string `yaml:"version"` // bundle version (default: the export time, 20060102-150405)
+	Preset  string `yaml:"preset"`  // tiny | small | sd15
+	Seed    int    `yaml:"seed"`
+	Device  string `yaml:"device"`  // cpu | cuda
+	Threads int    `yaml:"threads"` // torch CPU threads (default 2)
+
+	Data       DataConfig       `yaml:"data"`
+	Caption    CaptionConfig    `yaml:"caption"`
+	FinetuneAE FinetuneAEConfig `yaml:"finetune_ae"`
+	Build      BuildConfig      `yaml:"build"`
+	Train      TrainConfig      `yaml:"train"`
+	Export     ExportConfig     `yaml:"export"`
+	Calibrate  CalibrateConfig  `yaml:"calibrate"`
+	Evaluate   EvaluateConfig   `yaml:"evaluate"`
+	Register   RegisterConfig   `yaml:"register"`
+	Python     PythonConfig     `yaml:"python"`
+
+	path string // the file it was read from
+	sum  string // sha256 of the file, for provenance
+}
+
+// DataConfig selects the dataset.
+type DataConfig struct {
+	Root        string   `yaml:"root"`         // required
+	Layout      string   `yaml:"layout"`       // auto | mvtec | visa | realiad | cocoad | collected
+	ValFraction *float64 `yaml:"val_fraction"` // share of train normals held out for calibration (default 0.1)
+	Classes     []string `yaml:"classes"`      // restrict to these classes (default all)
+	COCOPart    int      `yaml:"coco_part"`
+	Size        int      `yaml:"size"` // training input size (default: the preset's)
+	Augment     bool     `yaml:"augment"`
+}
+
+// CaptionConfig configures the VLM caption stage; without an endpoint captions are the offline template.
+type CaptionConfig struct {
+	Endpoint    string `yaml:"endpoint"`
+	Model       string `yaml:"model"`
+	APIKeyEnv   string `yaml:"api_key_env"` // name of the environment variable holding the API key
+	Prompt      string `yaml:"prompt"`
+	Template    string `yaml:"template"` // offline caption, "{class}" replaced (default "a photo of a {class}")
+	Concurrency int    `yaml:"concurrency"`
+	// Fallback gives images the VLM failed on the template caption instead of failing the stage.
+	Fallback bool `yaml:"fallback"`
+}
+
+// FinetuneAEConfig is the autoencoder finetune (ALGORITHM 2.3).
+type FinetuneAEConfig struct {
+	Init             string         `yaml:"init"` // kl-f8 checkpoint; empty = from scratch
+	PerceptualONNX   string         `yaml:"perceptual_onnx"`
+	PerceptualLayers []string       `yaml:"perceptual_layers"`
+	MaxSteps         int            `yaml:"max_steps"`
+	BatchSize        int            `yaml:"batch_size"`
+	Accumulate       int            `yaml:"accumulate"`
+	LR               float64        `yaml:"lr"`
+	SaveEvery        int            `yaml:"save_every"`
+	Extra            map[string]any `yaml:"extra"` // passed to the Python stage as is
+}
+
+// BuildConfig assembles the model (ALGORITHM 2.4).
+type BuildConfig struct {
+	SDCheckpoint string         `yaml:"sd_checkpoint"` // v1-5-pruned.ckpt for sd15
+	Tokenizer    string         `yaml:"tokenizer"`     // CLIP vocabulary directory for sd15
+	Extra        map[string]any `yaml:"extra"`
+}
+
+// TrainConfig trains the denoiser (ALGORITHM 2.1-2.2).
+type TrainConfig struct {
+	MaxSteps    int            `yaml:"max_steps"`
+	Epochs      int            `yaml:"epochs"`
+	BatchSize   int            `yaml:"batch_size"`
+	Accumulate  int            `yaml:"accumulate"`
+	LR          float64        `yaml:"lr"`
+	SaveEvery   int            `yaml:"save_every"`
+	AMP         string         `yaml:"amp"` // none | bf16 | fp16 (GPU)
+	GradClip    float64        `yaml:"grad_clip"`
+	Posterior   string         `yaml:"posterior"` // sample | mean
+	Launcher    []string       `yaml:"launcher"`  // e.g. [torchrun, --nproc_per_node=8]; replaces "python3 -m"
+	Extra       map[string]any `yaml:"extra"`
+	UseCaptions *bool          `yaml:"use_captions"` // condition on the caption stage's captions (default true)
+}
+
+// ExportConfig writes the bundle.
+type ExportConfig struct {
+	FeaturesONNX   string         `yaml:"features_onnx"`
+	FeatureLayers  [][2]any       `yaml:"feature_layers"` // [[name, weight], ...]
+	Description    string         `yaml:"description"`
+	PromptTemplate string         `yaml:"prompt_template"`
+	Posterior      string         `yaml:"posterior"`
+	Sigma          *float64       `yaml:"sigma"`
+	DDIMSteps      int            `yaml:"ddim_steps"`
+	Extra          map[string]any `yaml:"extra"`
+}
+
+// CalibrateConfig fixes thresholds from the validation normals.
+type CalibrateConfig struct {
+	Method        string  `yaml:"method"`         // quantile:Q | meanstd:K (default quantile:0.99)
+	PixelQuantile float64 `yaml:"pixel_quantile"` // default 0.999
+}
+
+// EvaluateConfig scores the test split.
+type EvaluateConfig struct {
+	BatchSize int  `yaml:"batch_size"`
+	Threads   int  `yaml:"threads"` // ONNX Runtime threads (0 = all cores)
+	Skip      bool `yaml:"skip"`    // a dataset without a labelled test split
+}
+
+// RegisterConfig names the daemon's models directory.
+type RegisterConfig struct {
+	ModelsDir string `yaml:"models_dir"` // empty: the register stage does nothing
+}
+
+// PythonConfig says how to run the Python stages.
+type PythonConfig struct {
+	Exe        string `yaml:"exe"`         // default /usr/bin/python3
+	TrainerDir string `yaml:"trainer_dir"` // directory holding vlmdiff_train (default: found from the binary)
+}
+
+// Path is the file the config was read from.
+func (c *Config) Path() string { return c.path }
+
+// presetSizes are the presets' input sizes (trainer/python/vlmdiff_train/presets.py).
+var presetSizes = map[string]int{"tiny": 64, "small": 256, "sd15": 256}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// LoadConfig reads, strictly decodes, defaults and validates a config file.
+func LoadConfig(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := ParseConfig(raw, filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	c.path = path
+	return c, nil
+}
+
+// ParseConfig decodes a config; relative paths are resolved against baseDir.
+func ParseConfig(raw []byte, baseDir string) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(raw, &root); err != nil {
+		return nil, err
+	}
+	var c Config
+	if len(root.Content) > 0 {
+		doc := root.Content[0]
+		if err := expandEnv(doc); err != nil {
+			return nil, err
+		}
+		lines := map[int]string{}
+		if err := checkKeys(doc, reflect.TypeOf(Config{}), "", lines); err != nil {
+			return nil, err
+		}
+		if err := doc.Decode(&c); err != nil {
+			return nil, withPaths(err, lines)
+		}
+	}
+	c.sum = sha256Hex(raw)
+	c.defaults()
+	c.resolve(baseDir)
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// expandEnv replaces ${VAR} in every scalar value (not in comments or keys); an unset variable is an error
+// naming it and the line, so a missing data path is not silently "".
+func expandEnv(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		var missing []string
+		n.Value = envRef.ReplaceAllStringFunc(n.Value, func(m string) string {
+			name := envRef.FindStringSubmatch(m)[1]
+			v, ok := os.LookupEnv(name)
+			if !ok {
+				missing = append(missing, name)
+			}
+			return v
+		})
+		if len(missing) > 0 {
+			return fmt.Errorf("line %d: environment variable %s is not set", n.Line, strings.Join(missing, ", "))
+		}
+		return nil
+	}
+	for _, c := range n.Content {
+		if err := expandEnv(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkKeys walks the YAML mapping against the struct's yaml tags, refusing unknown keys by their full path,
+// and records each key's line so that type errors can name the field too.
+func checkKeys(n *yaml.Node, t reflect.Type, path string, lines map[int]string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	fields := map[string]reflect.Type{}
+	var names []string
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		fields[tag] = f.Type
+		names = append(names, tag)
+	}
+	sort.Strings(names)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		p := k.Value
+		if path != "" {
+			p = path + "." + k.Value
+		}
+		ft, ok := fields[k.Value]
+		if !ok {
+			return fmt.Errorf("line %d: %s: unknown field (known here: %s)", k.Line, p, strings.Join(names, ", "))
+		}
+		lines[k.Line] = p
+		lines[v.Line] = p
+		if err := checkKeys(v, ft, p, lines); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var lineRef = regexp.MustCompile(`line (\d+): `)
+
+// withPaths rewrites yaml.v3's "line N: cannot unmarshal ..." into "line N: field.path: cannot unmarshal ...".
+func withPaths(err error, lines map[int]string) error {
+	msg := lineRef.ReplaceAllStringFunc(err.Error(), func(m string) string {
+		var n int
+		fmt.Sscanf(m, "line %d:", &n)
+		if p, ok := lines[n]; ok {
+			return fmt.Sprintf("line %d: %s: ", n, p)
+		}
+		return m
+	})
+	return errors.New(msg)
+}
+
+func (c *Config) defaults() {
+	if c.Preset == "" {
+		c.Preset = "tiny"
+	}
+	if c.Name == "" {
+		c.Name = "vlmdiff-" + c.Preset
+	}
+	if c.Device == "" {
+		c.Device = "cpu"
+	}
+	if c.Threads == 0 {
+		c.Threads = 2
+	}
+	if c.Data.Layout == "" {
+		c.Data.Layout = dataset.LayoutAuto
+	}
+	if c.Data.ValFraction == nil {
+		v := 0.1
+		c.Data.ValFraction = &v
+	}
+	if c.Data.Size == 0 {
+		c.Data.Size = presetSizes[c.Preset]
+	}
+	if c.Calibrate.Method == "" {
+		c.Calibrate.Method = eval.DefaultMethod
+	}
+	if c.Calibrate.PixelQuantile == 0 {
+		c.Calibrate.PixelQuantile = eval.DefaultPixelQuantile
+	}
+	if c.Evaluate.BatchSize == 0 {
+		c.Evaluate.BatchSize = 4
+	}
+	if c.Python.Exe == "" {
+		c.Python.Exe = "/usr/bin/python3"
+	}
+	if c.Train.UseCaptions == nil {
+		t := true
+		c.Train.UseCaptions = &t
+	}
+}
+
+func (c *Config) resolve(base string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	abs(&c.Data.Root)
+	abs(&c.FinetuneAE.Init)
+	abs(&c.FinetuneAE.PerceptualONNX)
+	abs(&c.Build.SDCheckpoint)
+	abs(&c.Build.Tokenizer)
+	abs(&c.Export.FeaturesONNX)
+	abs(&c.Register.ModelsDir)
+	abs(&c.Python.TrainerDir)
+}
+
+// Validate checks values; each error names the field.
+func (c *Config) Validate() error {
+	var errs []string
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
+	}
+	if _, ok := presetSizes[c.Preset]; !ok {
+		bad("preset", "%q is not a preset (want tiny, small or sd15)", c.Preset)
+	}
+	if c.Device != "cpu" && c.Device != "cuda" && !strings.HasPrefix(c.Device, "cuda:") {
+		bad("device", "%q: want cpu or cuda", c.Device)
+	}
+	if c.Threads < 0 {
+		bad("threads", "must be >= 0")
+	}
+	if c.Data.Root == "" {
+		bad("data.root", "required: the dataset directory")
+	}
+	if f := *c.Data.ValFraction; f < 0 || f >= 1 {
+		bad("data.val_fraction", "%v: want 0 <= f < 1", f)
+	}
+	if c.Data.Size <= 0 || c.Data.Size%8 != 0 {
+		bad("data.size", "%d: want a positive multiple of 8", c.Data.Size)
+	}
+	if c.Caption.Endpoint != "" && c.Caption.Model == "" {
+		bad("caption.model", "required with caption.endpoint")
+	}
+	if c.Caption.Concurrency < 0 {
+		bad("caption.concurrency", "must be >= 0")
+	}
+	if c.FinetuneAE.MaxSteps <= 0 {
+		bad("finetune_ae.max_steps", "required, > 0")
+	}
+	if c.Train.MaxSteps <= 0 && c.Train.Epochs <= 0 {
+		bad("train.max_steps", "give train.max_steps or train.epochs (> 0)")
+	}
+	if c.Train.AMP != "" && c.Train.AMP != "none" && c.Train.AMP != "bf16" && c.Train.AMP != "fp16" {
+		bad("train.amp", "%q: want none, bf16 or fp16", c.Train.AMP)
+	}
+	for _, p := range []struct{ field, v string }{{"train.posterior", c.Train.Posterior}, {"export.posterior", c.Export.Posterior}} {
+		if p.v != "" && p.v != "sample" && p.v != "mean" {
+			bad(p.field, "%q: want sample or mean", p.v)
+		}
+	}
+	for i, l := range c.Export.FeatureLayers {
+		if _, ok := l[0].(string); !ok {
+			bad(fmt.Sprintf("export.feature_layers[%d]", i), "want [name, weight]")
+		}
+		if _, ok := toFloat(l[1]); !ok {
+			bad(fmt.Sprintf("export.feature_layers[%d]", i), "weight %v is not a number", l[1])
+		}
+	}
+	if _, err := eval.ParseMethod(c.Calibrate.Method); err != nil {
+		bad("calibrate.method", "%v", err)
+	}
+	if q := c.Calibrate.PixelQuantile; !(q > 0 && q <= 1) {
+		bad("calibrate.pixel_quantile", "%v: want 0 < q <= 1", q)
+	}
+	if c.Evaluate.BatchSize < 0 {
+		bad("evaluate.batch_size", "must be > 0")
+	}
+	if strings.ContainsAny(c.Name, "/\\") || strings.HasPrefix(c.Name, ".") {
+		bad("name", "%q must be a plain directory name", c.Name)
+	}
+	if strings.ContainsAny(c.Version, "/\\") {
+		bad("version", "%q must not contain path separators", c.Version)
+	}
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func toFloat(v any) (float64, bool) {
+	switch x := v.(type) {
+	case int:
+		return float64(x), true
+	case float64:
+		return x, true
+	}
+	return 0, false
+}

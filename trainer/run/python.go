@@ -1,0 +1,280 @@
+package run
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vlmdiff/edge/trainer/eval"
+)
+
+// EnvTrainer names the environment variable pointing at the directory that holds the vlmdiff_train package
+// (<repo>/trainer/python).
+const EnvTrainer = "VLMDIFF_TRAINER"
+
+// FindTrainerDir returns the directory holding the vlmdiff_train Python package: the explicit one when given,
+// else $VLMDIFF_TRAINER, else trainer/python next to the executable or in any parent of it or of the working
+// directory (a checkout, an installed tree with share/, or `go test` inside the repo).
+func FindTrainerDir(explicit string) (string, error) {
+	ok := func(d string) bool {
+		st, err := os.Stat(filepath.Join(d, "vlmdiff_train", "__main__.py"))
+		return err == nil && !st.IsDir()
+	}
+	for _, c := range []struct{ what, dir string }{{"--trainer-dir", explicit}, {"$" + EnvTrainer, os.Getenv(EnvTrainer)}} {
+		if c.dir == "" {
+			continue
+		}
+		if !ok(c.dir) {
+			return "", fmt.Errorf("%s %s: no vlmdiff_train package there (want the directory holding vlmdiff_train/)", c.what, c.dir)
+		}
+		return filepath.Abs(c.dir)
+	}
+	var starts []string
+	if exe, err := os.Executable(); err == nil {
+		if r, err := filepath.EvalSymlinks(exe); err == nil {
+			exe = r
+		}
+		starts = append(starts, filepath.Dir(exe))
+	}
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
+	}
+	for _, s := range starts {
+		for d := s; ; d = filepath.Dir(d) {
+			for _, rel := range []string{"trainer/python", "share/vlmdiff/python"} {
+				if c := filepath.Join(d, rel); ok(c) {
+					return c, nil
+				}
+			}
+			if filepath.Dir(d) == d {
+				break
+			}
+		}
+	}
+	return "", fmt.Errorf("cannot find the vlmdiff_train package: pass --trainer-dir or set $%s to <repo>/trainer/python", EnvTrainer)
+}
+
+// Python runs the Python stages.
+type Python struct {
+	Exe        string
+	TrainerDir string
+}
+
+func (p Python) env() []string {
+	pp := p.TrainerDir
+	if old := os.Getenv("PYTHONPATH"); old != "" {
+		pp += string(os.PathListSeparator) + old
+	}
+	return append(os.Environ(), "PYTHONPATH="+pp, "PYTHONUNBUFFERED=1")
+}
+
+// Check verifies that the interpreter imports torch and vlmdiff_train and returns a short description.
+func (p Python) Check(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, p.Exe, "-c",
+		"import torch, vlmdiff_train, os; print(torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu-only')")
+	cmd.Env = p.env()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("python %s cannot import torch and vlmdiff_train (PYTHONPATH=%s): %v: %s", p.Exe, p.TrainerDir,
+			err, lastLine(stderr.String()))
+	}
+	return fmt.Sprintf("python %s (torch %s, vlmdiff_train from %s)", p.Exe, strings.TrimSpace(string(out)), p.TrainerDir), nil
+}
+
+// Event is one progress line of a Python stage (trainer/python/vlmdiff_train/progress.py).
+type Event struct {
+	Event   string         `json:"event"`
+	Stage   string         `json:"stage"`
+	Step    int            `json:"step"`
+	Total   int            `json:"total"`
+	Epoch   *int           `json:"epoch"`
+	Loss    *float64       `json:"loss"`
+	ETA     *float64       `json:"eta_s"`
+	Outputs map[string]any `json:"outputs"`
+}
+
+// RunStage runs `python -m vlmdiff_train STAGE --config CFG` (or the launcher instead of `python -m`), with the
+// stage's JSON config written to RUN/configs/<stage>.json. stdout progress events become throttled progress
+// lines; stdout and stderr go to the stage log. It returns the "done" event's outputs.
+func (p Python) RunStage(ctx context.Context, sc *StageContext, stage string, cfg map[string]any, launcher []string) (map[string]any, error) {
+	cfgPath := sc.Path("configs", stage+".json")
+	if err := os.MkdirAll(filepath.Dir(cfgPath), 0o755); err != nil {
+		return nil, err
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding the stage config: %w", err)
+	}
+	if err := writeFileAtomic(cfgPath, append(b, '\n')); err != nil {
+		return nil, err
+	}
+	args := []string{"-m", "vlmdiff_train", stage, "--config", cfgPath}
+	exe := p.Exe
+	if len(launcher) > 0 {
+		// torchrun runs a module with -m too: torchrun --nproc_per_node=8 -m vlmdiff_train ...
+		exe, args = launcher[0], append(append([]string{}, launcher[1:]...), args...)
+	}
+	cmd := exec.CommandContext(ctx, exe, args...)
+	cmd.Env = p.env()
+	cmd.Dir = sc.Dir
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 30 * time.Second
+	fmt.Fprintf(sc.Log, "$ PYTHONPATH=%s %s %s\n", p.TrainerDir, exe, strings.Join(args, " "))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	var mu sync.Mutex
+	tail := &tailWriter{n: 20}
+	cmd.Stderr = io.MultiWriter(lockedWriter{&mu, sc.Log}, tail)
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", exe, err)
+	}
+	var done *Event
+	pr := &progressPrinter{w: sc.Progress, stage: stage, every: 2 * time.Second}
+	sco := bufio.NewScanner(stdout)
+	sco.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	for sco.Scan() {
+		line := sco.Bytes()
+		mu.Lock()
+		sc.Log.Write(append(append([]byte{}, line...), '\n'))
+		mu.Unlock()
+		var ev Event
+		if len(line) == 0 || line[0] != '{' || json.Unmarshal(line, &ev) != nil {
+			continue
+		}
+		switch ev.Event {
+		case "progress":
+			pr.event(ev)
+		case "done":
+			e := ev
+			done = &e
+		}
+	}
+	werr := cmd.Wait()
+	pr.flush()
+	if werr != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("python stage %s: %v: %s", stage, werr, tail.last())
+	}
+	if done == nil {
+		return nil, fmt.Errorf("python stage %s exited without its done event", stage)
+	}
+	return done.Outputs, nil
+}
+
+// progressPrinter prints throttled "stage step/total epoch loss ETA" lines.
+type progressPrinter struct {
+	w     io.Writer
+	stage string
+	every time.Duration
+	last  time.Time
+	ev    *Event
+	shown bool
+}
+
+func (p *progressPrinter) event(ev Event) {
+	p.ev, p.shown = &ev, false
+	if p.w == nil || time.Since(p.last) < p.every {
+		return
+	}
+	p.print()
+}
+
+func (p *progressPrinter) flush() {
+	if p.ev != nil && !p.shown && p.w != nil {
+		p.print()
+	}
+}
+
+func (p *progressPrinter) print() {
+	p.last, p.shown = time.Now(), true
+	fmt.Fprintln(p.w, FormatEvent(p.stage, *p.ev))
+}
+
+// FormatEvent renders a progress event for humans.
+func FormatEvent(stage string, ev Event) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[%s] step %d", stage, ev.Step)
+	if ev.Total > 0 {
+		fmt.Fprintf(&b, "/%d (%.0f%%)", ev.Total, 100*float64(ev.Step)/float64(ev.Total))
+	}
+	if ev.Epoch != nil {
+		fmt.Fprintf(&b, " epoch %d", *ev.Epoch)
+	}
+	if ev.Loss != nil {
+		fmt.Fprintf(&b, " loss %.5g", *ev.Loss)
+	}
+	if ev.ETA != nil {
+		fmt.Fprintf(&b, " ETA %s", eval.FormatDuration(time.Duration(*ev.ETA*float64(time.Second))))
+	}
+	return b.String()
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// tailWriter keeps the last n lines written, for error messages.
+type tailWriter struct {
+	n     int
+	lines []string
+	part  string
+}
+
+func (t *tailWriter) Write(b []byte) (int, error) {
+	s := t.part + string(b)
+	parts := strings.Split(s, "\n")
+	t.part = parts[len(parts)-1]
+	for _, l := range parts[:len(parts)-1] {
+		if strings.TrimSpace(l) == "" {
+			continue
+		}
+		t.lines = append(t.lines, l)
+		if len(t.lines) > t.n {
+			t.lines = t.lines[1:]
+		}
+	}
+	return len(b), nil
+}
+
+// last is the most telling stderr line: the stage's one-line "error:" message when there is one.
+func (t *tailWriter) last() string {
+	all := append(append([]string{}, t.lines...), t.part)
+	for i := len(all) - 1; i >= 0; i-- {
+		if strings.Contains(all[i], ": error: ") || strings.Contains(all[i], ": usage: ") {
+			return strings.TrimSpace(all[i])
+		}
+	}
+	return lastLine(strings.Join(all, "\n"))
+}
+
+func lastLine(s string) string {
+	ls := strings.Split(strings.TrimSpace(s), "\n")
+	if len(ls) == 0 || ls[len(ls)-1] == "" {
+		return "(no output)"
+	}
+	return strings.TrimSpace(ls[len(ls)-1])
+}

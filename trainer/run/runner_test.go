@@ -1,0 +1,187 @@
+package run
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// stubs is a stage table whose stages write one file each and count their executions; cfg holds each stage's
+// "config section", failAt makes a stage fail.
+type stubs struct {
+	dir    string
+	cfg    map[string]string
+	calls  map[string]int
+	failAt string
+}
+
+func (s *stubs) stages() []Stage {
+	var out []Stage
+	for _, name := range []string{"a", "b", "c", "d"} {
+		name := name
+		out = append(out, Stage{
+			Name:   name,
+			Inputs: func() (any, error) { return s.cfg[name], nil },
+			Run: func(ctx context.Context, sc *StageContext) (map[string]string, error) {
+				s.calls[name]++
+				if s.failAt == name {
+					return nil, errors.New("boom")
+				}
+				p := sc.Path(name + ".out")
+				// each output depends on its upstream's, as a real stage's would
+				prev := ""
+				if i := slices.Index([]string{"a", "b", "c", "d"}, name); i > 0 {
+					b, err := os.ReadFile(sc.Output([]string{"a", "b", "c", "d"}[i-1], "out"))
+					if err != nil {
+						return nil, err
+					}
+					prev = string(b)
+				}
+				return map[string]string{"out": p}, os.WriteFile(p, []byte(prev+name+"="+s.cfg[name]+";"), 0o644)
+			},
+		})
+	}
+	return out
+}
+
+func (s *stubs) run(t *testing.T, from string) (Summary, error) {
+	t.Helper()
+	var out bytes.Buffer
+	rn := &Runner{Dir: s.dir, Stages: s.stages(), From: from, Out: &out}
+	sum, err := rn.Run(context.Background())
+	t.Logf("runner output:\n%s", out.String())
+	return sum, err
+}
+
+func TestRunnerSkipsResumesAndRedoes(t *testing.T) {
+	type step struct {
+		name    string
+		mutate  func(s *stubs)
+		from    string
+		wantRan []string
+		wantErr bool
+	}
+	steps := []step{
+		{name: "first run does everything", wantRan: []string{"a", "b", "c", "d"}},
+		{name: "second run skips everything", wantRan: nil},
+		{name: "changed config of c redoes c and d", mutate: func(s *stubs) { s.cfg["c"] = "2" }, wantRan: []string{"c", "d"}},
+		{name: "--from b redoes b and after although nothing changed", from: "b", wantRan: []string{"b", "c", "d"}},
+		{name: "missing output of a redoes a and everything after", mutate: func(s *stubs) { os.Remove(filepath.Join(s.dir, "a.out")) },
+			wantRan: []string{"a", "b", "c", "d"}},
+		{name: "failure in c keeps a and b, stops", mutate: func(s *stubs) { s.cfg["c"] = "3"; s.failAt = "c" }, wantRan: nil, wantErr: true},
+		{name: "the next run resumes at c", mutate: func(s *stubs) { s.failAt = "" }, wantRan: []string{"c", "d"}},
+		{name: "a corrupted record redoes its stage", mutate: func(s *stubs) {
+			os.WriteFile(filepath.Join(s.dir, "stages", "d.json"), []byte("{"), 0o644)
+		}, wantRan: []string{"d"}},
+		{name: "--from an unknown stage is refused", from: "zz", wantErr: true},
+	}
+	s := &stubs{dir: t.TempDir(), cfg: map[string]string{"a": "1", "b": "1", "c": "1", "d": "1"}, calls: map[string]int{}}
+	for _, st := range steps {
+		if st.mutate != nil {
+			st.mutate(s)
+		}
+		sum, err := s.run(t, st.from)
+		if (err != nil) != st.wantErr {
+			t.Fatalf("%s: error %v, want error %v", st.name, err, st.wantErr)
+		}
+		if !slices.Equal(sum.Ran, st.wantRan) {
+			t.Fatalf("%s: ran %v, want %v", st.name, sum.Ran, st.wantRan)
+		}
+		if err != nil && st.from == "" && !strings.Contains(err.Error(), "stage c: boom") {
+			t.Fatalf("%s: error %q does not name the stage", st.name, err)
+		}
+	}
+	// The final outputs reflect the final configs, through every stage.
+	b, err := os.ReadFile(filepath.Join(s.dir, "d.out"))
+	if err != nil || string(b) != "a=1;b=1;c=3;d=1;" {
+		t.Fatalf("d.out = %q, %v", b, err)
+	}
+	rec, err := ReadRecord(s.dir, "d")
+	if err != nil || rec == nil || rec.Outputs["out"] != "d.out" {
+		t.Fatalf("record of d: %+v, %v (outputs must be stored relative to the run dir)", rec, err)
+	}
+}
+
+func TestRunnerRemovesRecordBeforeRedoing(t *testing.T) {
+	s := &stubs{dir: t.TempDir(), cfg: map[string]string{"a": "1", "b": "1", "c": "1", "d": "1"}, calls: map[string]int{}}
+	if _, err := s.run(t, ""); err != nil {
+		t.Fatal(err)
+	}
+	s.cfg["b"], s.failAt = "2", "b"
+	if _, err := s.run(t, ""); err == nil {
+		t.Fatal("want failure")
+	}
+	// b's old record must be gone: its outputs are from the old config, and c must not be skipped next time.
+	if rec, _ := ReadRecord(s.dir, "b"); rec != nil {
+		t.Fatalf("stale record of b kept: %+v", rec)
+	}
+	s.failAt = ""
+	sum, err := s.run(t, "")
+	if err != nil || !slices.Equal(sum.Ran, []string{"b", "c", "d"}) {
+		t.Fatalf("ran %v, %v", sum.Ran, err)
+	}
+}
+
+func TestConfigErrorsNameTheField(t *testing.T) {
+	t.Setenv("H6_DATA", "/data/x")
+	base := "data:\n  root: ${H6_DATA}\nfinetune_ae:\n  max_steps: 10\ntrain:\n  max_steps: 10\n"
+	for _, c := range []struct {
+		name, yaml, want string
+	}{
+		{"ok", base, ""},
+		{"unknown top-level key", base + "trian: {}\n", "trian: unknown field"},
+		{"unknown nested key", strings.Replace(base, "max_steps: 10\ntrain", "max_step: 10\ntrain", 1), "finetune_ae.max_step: unknown field"},
+		{"type error names the field", base + "seed: abc\n", "seed: cannot unmarshal"},
+		{"nested type error", strings.Replace(base, "train:\n  max_steps: 10", "train:\n  max_steps: lots", 1), "train.max_steps: cannot unmarshal"},
+		{"missing env", strings.Replace(base, "H6_DATA", "H6_UNSET_VAR", 1), "H6_UNSET_VAR is not set"},
+		{"bad preset", base + "preset: huge\n", "preset: \"huge\" is not a preset"},
+		{"required root", "finetune_ae:\n  max_steps: 10\ntrain:\n  max_steps: 10\n", "data.root: required"},
+		{"bad method", base + "calibrate:\n  method: f1:0.5\n", "calibrate.method"},
+		{"val fraction", base[:len("data:\n  root: ${H6_DATA}\n")] + "  val_fraction: 1\n" + base[len("data:\n  root: ${H6_DATA}\n"):], "data.val_fraction"},
+		{"no training length", "data:\n  root: /x\nfinetune_ae:\n  max_steps: 1\n", "train.max_steps"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := ParseConfig([]byte(c.yaml), "/base")
+			if c.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cfg.Data.Root != "/data/x" || cfg.Data.Size != 64 || *cfg.Data.ValFraction != 0.1 || cfg.Name != "vlmdiff-tiny" {
+					t.Fatalf("defaults/env not applied: %+v", cfg)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want one containing %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestPresetConfigsParse(t *testing.T) {
+	t.Setenv("VLMDIFF_DATA", "/data")
+	t.Setenv("VLMDIFF_BACKBONES", "/backbones")
+	t.Setenv("VLMDIFF_WEIGHTS", "/weights")
+	files, _ := filepath.Glob("../../configs/train/*.yaml")
+	if len(files) < 3 {
+		t.Fatalf("want the tiny, small and sd15 presets, found %v", files)
+	}
+	for _, f := range files {
+		if _, err := LoadConfig(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+func TestFormatEvent(t *testing.T) {
+	ep, loss, eta := 3, 0.0213, 80.0
+	got := FormatEvent("train", Event{Step: 120, Total: 500, Epoch: &ep, Loss: &loss, ETA: &eta})
+	if want := "[train] step 120/500 (24%) epoch 3 loss 0.0213 ETA 1m20s"; got != want {
+		t.Fatalf("%q, want %q", got, want)
+	}
+}

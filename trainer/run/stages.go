@@ -1,0 +1,594 @@
+package run
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/trainer/caption"
+	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/eval"
+)
+
+// StageNames are the training stages in order.
+var StageNames = []string{"index", "caption", "finetune-ae", "build", "train", "export", "calibrate", "evaluate", "register"}
+
+// Training is one configured run: the config, the run directory and the tools the stages use.
+type Training struct {
+	Config *Config
+	Dir    string
+	Python Python
+	// ORT configures the Go scoring pipeline for calibrate and evaluate.
+	ORT    pipeline.Options
+	Out    io.Writer
+	Logger *slog.Logger
+}
+
+// Preflight checks, before any work, that the config is usable, that Python imports torch and vlmdiff_train,
+// and that the dataset is there in a known layout. It returns the one-line summary printed by `vlmdiff train`.
+func (t *Training) Preflight(ctx context.Context) (string, error) {
+	c := t.Config
+	py, err := t.Python.Check(ctx)
+	if err != nil {
+		return "", err
+	}
+	if st, err := os.Stat(c.Data.Root); err != nil || !st.IsDir() {
+		return "", fmt.Errorf("data.root %s: not a readable directory", c.Data.Root)
+	}
+	layout := c.Data.Layout
+	if layout == dataset.LayoutAuto {
+		if layout, err = dataset.Detect(c.Data.Root); err != nil {
+			return "", fmt.Errorf("data.root: %w", err)
+		}
+	}
+	for _, f := range []struct{ field, path string }{
+		{"finetune_ae.init", c.FinetuneAE.Init}, {"finetune_ae.perceptual_onnx", c.FinetuneAE.PerceptualONNX},
+		{"build.sd_checkpoint", c.Build.SDCheckpoint}, {"build.tokenizer", c.Build.Tokenizer},
+		{"export.features_onnx", c.Export.FeaturesONNX},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return "", fmt.Errorf("%s: %w", f.field, err)
+		}
+	}
+	return fmt.Sprintf("check ok: config %s (preset %s, %dpx, device %s); %s; dataset %s (%s)",
+		c.Path(), c.Preset, c.Data.Size, c.Device, py, c.Data.Root, layout), nil
+}
+
+// Runner returns the stage runner of this training.
+func (t *Training) Runner(from, until string) *Runner {
+	return &Runner{Dir: t.Dir, Stages: t.Stages(), From: from, Until: until, Out: t.Out, Logger: t.Logger}
+}
+
+// common are the keys every Python stage accepts.
+func (t *Training) common(sc *StageContext, sub string) map[string]any {
+	c := t.Config
+	return map[string]any{"run_dir": sc.Path(sub), "seed": c.Seed, "device": c.Device, "threads": c.Threads}
+}
+
+// data adds the dataset keys of the stages that read images.
+func (t *Training) data(sc *StageContext, m map[string]any) {
+	c := t.Config
+	m["index"] = sc.Output("index", "index")
+	if *c.Train.UseCaptions {
+		m["captions"] = sc.Output("caption", "captions")
+	} else {
+		m["default_caption"] = ""
+	}
+	if len(c.Data.Classes) > 0 {
+		m["classes"] = c.Data.Classes
+	}
+	m["height"], m["width"] = c.Data.Size, c.Data.Size
+	if c.Data.Augment {
+		m["augment"] = true
+	}
+}
+
+func setIf[T comparable](m map[string]any, k string, v T) {
+	var zero T
+	if v != zero {
+		m[k] = v
+	}
+}
+
+func merge(m map[string]any, extra map[string]any) map[string]any {
+	for k, v := range extra {
+		m[k] = v
+	}
+	return m
+}
+
+// Stages builds the stage table.
+func (t *Training) Stages() []Stage {
+	c := t.Config
+	return []Stage{
+		{Name: "index", Inputs: func() (any, error) {
+			fp, err := fingerprint(c.Data.Root)
+			return map[string]any{"data": c.Data, "files": fp}, err
+		}, Run: t.runIndex},
+		{Name: "caption", Inputs: func() (any, error) {
+			cc := c.Caption
+			return cc, nil // the API key is read from the environment and not hashed
+		}, Run: t.runCaption},
+		{Name: "finetune-ae", Inputs: func() (any, error) {
+			return map[string]any{"ae": c.FinetuneAE, "preset": c.Preset, "seed": c.Seed, "size": c.Data.Size, "aug": c.Data.Augment}, nil
+		}, Run: func(ctx context.Context, sc *StageContext) (map[string]string, error) {
+			m := t.common(sc, "ae")
+			t.data(sc, m)
+			f := c.FinetuneAE
+			m["preset"], m["max_steps"] = c.Preset, f.MaxSteps
+			setIf(m, "init", f.Init)
+			setIf(m, "perceptual_onnx", f.PerceptualONNX)
+			if len(f.PerceptualLayers) > 0 {
+				m["perceptual_layers"] = f.PerceptualLayers
+			}
+			setIf(m, "batch_size", f.BatchSize)
+			setIf(m, "accumulate", f.Accumulate)
+			setIf(m, "lr", f.LR)
+			setIf(m, "save_every", f.SaveEvery)
+			return t.python(ctx, sc, "finetune-ae", merge(m, f.Extra), nil)
+		}},
+		{Name: "build", Inputs: func() (any, error) {
+			return map[string]any{"build": c.Build, "preset": c.Preset, "seed": c.Seed, "classes": c.Data.Classes}, nil
+		}, Run: func(ctx context.Context, sc *StageContext) (map[string]string, error) {
+			m := t.common(sc, "build")
+			b := c.Build
+			m["preset"] = c.Preset
+			m["autoencoder"] = sc.Output("finetune-ae", "autoencoder")
+			m["out"] = sc.Path("model.pt")
+			m["index"] = sc.Output("index", "index")
+			if *c.Train.UseCaptions {
+				m["captions"] = sc.Output("caption", "captions")
+			}
+			m["classes"] = t.classes(sc)
+			setIf(m, "sd_checkpoint", b.SDCheckpoint)
+			setIf(m, "tokenizer", b.Tokenizer)
+			return t.python(ctx, sc, "build", merge(m, b.Extra), nil)
+		}},
+		{Name: "train", Inputs: func() (any, error) {
+			return map[string]any{"train": c.Train, "seed": c.Seed, "device": c.Device, "size": c.Data.Size, "aug": c.Data.Augment}, nil
+		}, Run: func(ctx context.Context, sc *StageContext) (map[string]string, error) {
+			m := t.common(sc, "train")
+			t.data(sc, m)
+			tr := c.Train
+			m["model"] = sc.Output("build", "model")
+			setIf(m, "max_steps", tr.MaxSteps)
+			setIf(m, "epochs", tr.Epochs)
+			setIf(m, "batch_size", tr.BatchSize)
+			setIf(m, "accumulate", tr.Accumulate)
+			setIf(m, "lr", tr.LR)
+			setIf(m, "save_every", tr.SaveEvery)
+			setIf(m, "amp", tr.AMP)
+			setIf(m, "grad_clip", tr.GradClip)
+			setIf(m, "posterior", tr.Posterior)
+			return t.python(ctx, sc, "train", merge(m, tr.Extra), tr.Launcher)
+		}},
+		{Name: "export", Inputs: func() (any, error) {
+			return map[string]any{"export": c.Export, "name": c.Name, "version": c.Version, "classes": c.Data.Classes, "config": c.sum}, nil
+		}, Run: t.runExport},
+		{Name: "calibrate", Inputs: func() (any, error) { return c.Calibrate, nil }, Run: t.runCalibrate},
+		{Name: "evaluate", Inputs: func() (any, error) { return c.Evaluate, nil }, Run: t.runEvaluate},
+		{Name: "register", Inputs: func() (any, error) { return c.Register, nil }, Run: t.runRegister},
+	}
+}
+
+func (t *Training) python(ctx context.Context, sc *StageContext, stage string, cfg map[string]any, launcher []string) (map[string]string, error) {
+	outs, err := t.Python.RunStage(ctx, sc, stage, cfg, launcher)
+	if err != nil {
+		return nil, err
+	}
+	res := map[string]string{}
+	for k, v := range outs {
+		if s, ok := v.(string); ok && s != "" {
+			if _, err := os.Stat(s); err == nil {
+				res[k] = s
+			}
+		}
+	}
+	return res, nil
+}
+
+// classes are the classes of the index (or the configured subset).
+func (t *Training) classes(sc *StageContext) []string {
+	if len(t.Config.Data.Classes) > 0 {
+		return t.Config.Data.Classes
+	}
+	items, err := dataset.ReadIndex(sc.Output("index", "index"))
+	if err != nil {
+		return nil
+	}
+	return dataset.Classes(items)
+}
+
+func (t *Training) runIndex(ctx context.Context, sc *StageContext) (map[string]string, error) {
+	c := t.Config
+	items, err := dataset.OpenWith(c.Data.Root, dataset.Options{Layout: c.Data.Layout, ValFraction: *c.Data.ValFraction, COCOPart: c.Data.COCOPart})
+	if err != nil {
+		return nil, err
+	}
+	if len(c.Data.Classes) > 0 {
+		var keep []dataset.Item
+		for _, it := range items {
+			if slices.Contains(c.Data.Classes, it.Class) {
+				keep = append(keep, it)
+			}
+		}
+		if len(keep) == 0 {
+			return nil, fmt.Errorf("data.classes %v: none of them is in the dataset (classes: %v)", c.Data.Classes, dataset.Classes(items))
+		}
+		items = keep
+	}
+	counts := map[string]int{}
+	for _, it := range items {
+		counts[it.Split+"/"+map[bool]string{true: "anomalous", false: "normal"}[it.Label == 1]]++
+	}
+	if counts["train/normal"] == 0 {
+		return nil, fmt.Errorf("dataset %s: no normal training images", c.Data.Root)
+	}
+	fmt.Fprintf(sc.Progress, "[index] %d images, %d classes: %d train, %d val (held out for calibration), %d test normal, %d test anomalous\n",
+		len(items), len(dataset.Classes(items)), counts["train/normal"], counts["val/normal"], counts["test/normal"], counts["test/anomalous"])
+	p := sc.Path(dataset.IndexFile)
+	if err := dataset.WriteIndex(p, items); err != nil {
+		return nil, err
+	}
+	return map[string]string{"index": p}, nil
+}
+
+func (t *Training) runCaption(ctx context.Context, sc *StageContext) (map[string]string, error) {
+	c := t.Config.Caption
+	items, err := dataset.ReadIndex(sc.Output("index", "index"))
+	if err != nil {
+		return nil, err
+	}
+	dir := sc.Path("captions")
+	opts := caption.Options{Template: c.Template, Concurrency: c.Concurrency, FallbackTemplate: c.Fallback, Logger: sc.Logger}
+	model, prompt := "", ""
+	if c.Endpoint == "" {
+		opts.Offline = true
+		fmt.Fprintf(sc.Progress, "[caption] no caption.endpoint: offline template captions (%q)\n", caption.Template(c.Template, "{class}"))
+	} else {
+		cl := &caption.Client{Endpoint: c.Endpoint, Model: c.Model, Prompt: c.Prompt, Logger: sc.Logger}
+		if c.APIKeyEnv != "" {
+			cl.APIKey = os.Getenv(c.APIKeyEnv)
+			if cl.APIKey == "" {
+				return nil, fmt.Errorf("caption.api_key_env: $%s is empty", c.APIKeyEnv)
+			}
+		}
+		cache, err := caption.OpenCache(filepath.Join(dir, "cache.json"))
+		if err != nil {
+			return nil, err
+		}
+		opts.Client, opts.Cache = cl, cache
+		model, prompt = c.Model, c.Prompt
+		if prompt == "" {
+			prompt = caption.DefaultPrompt
+		}
+	}
+	caps, err := caption.Run(ctx, items, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := caption.WriteOutputs(dir, caps, model, prompt, caption.SeedLayout{}); err != nil {
+		return nil, err
+	}
+	return map[string]string{"captions": filepath.Join(dir, caption.CaptionsFile)}, nil
+}
+
+func (t *Training) version() string {
+	if t.Config.Version != "" {
+		return t.Config.Version
+	}
+	return time.Now().UTC().Format("20060102-150405")
+}
+
+func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]string, error) {
+	c := t.Config
+	e := c.Export
+	bundle := sc.Path("bundle")
+	m := t.common(sc, "export")
+	m["model"] = sc.Output("train", "model")
+	if m["model"] == "" {
+		return nil, fmt.Errorf("the train stage recorded no model output")
+	}
+	m["out"] = bundle
+	m["name"], m["version"] = c.Name, t.version()
+	m["classes"] = t.classes(sc)
+	m["dataset"] = c.Data.Root
+	m["probes"] = sc.Path("probes")
+	setIf(m, "features_onnx", e.FeaturesONNX)
+	if len(e.FeatureLayers) > 0 {
+		m["feature_layers"] = e.FeatureLayers
+	}
+	setIf(m, "description", e.Description)
+	setIf(m, "prompt_template", e.PromptTemplate)
+	setIf(m, "posterior", e.Posterior)
+	setIf(m, "ddim_steps", e.DDIMSteps)
+	if e.Sigma != nil {
+		m["sigma"] = *e.Sigma
+	}
+	if _, err := t.python(ctx, sc, "export", merge(m, e.Extra), nil); err != nil {
+		return nil, err
+	}
+	// Provenance the Python side does not know: the config's hash and the git commit.
+	man, err := models.ReadManifest(bundle)
+	if err != nil {
+		return nil, err
+	}
+	man.Provenance.Config = c.sum
+	if man.Provenance.GitCommit == "" {
+		man.Provenance.GitCommit = gitCommit(t.Python.TrainerDir)
+	}
+	if err := models.WriteManifest(bundle, man); err != nil {
+		return nil, err
+	}
+	if err := models.Verify(bundle); err != nil {
+		return nil, fmt.Errorf("exported bundle does not verify: %w", err)
+	}
+	return map[string]string{"bundle": bundle, "manifest": filepath.Join(bundle, models.ManifestFile)}, nil
+}
+
+func (t *Training) scorer(sc *StageContext) (*pipeline.Scorer, error) {
+	b := sc.Output("export", "bundle")
+	s, err := pipeline.Open(b, t.ORT)
+	if err != nil {
+		return nil, fmt.Errorf("opening bundle %s: %w", b, err)
+	}
+	return s, nil
+}
+
+func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[string]string, error) {
+	c := t.Config
+	items, err := dataset.ReadIndex(sc.Output("index", "index"))
+	if err != nil {
+		return nil, err
+	}
+	normal := eval.Select(items, dataset.SplitVal, c.Data.Classes, true)
+	if len(normal) == 0 {
+		normal = eval.Select(items, dataset.SplitTrain, c.Data.Classes, true)
+		fmt.Fprintf(sc.Progress, "[calibrate] WARNING: no validation normals (data.val_fraction is 0): calibrating on the %d training normals, which the model has seen; thresholds will be low\n", len(normal))
+	}
+	s, err := t.scorer(sc)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	cal, _, err := eval.Calibrate(ctx, s, normal, eval.CalibConfig{Method: c.Calibrate.Method, PixelQuantile: c.Calibrate.PixelQuantile},
+		eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, "[calibrate] "), Logger: sc.Logger})
+	if err != nil {
+		return nil, err
+	}
+	bundle := sc.Output("export", "bundle")
+	if err := eval.WriteCalibration(bundle, cal); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(sc.Progress, "[calibrate] %s on %d normal images: global threshold %.5g (normal min %.5g, mean %.5g), pixel threshold %.5g\n",
+		cal.Method, len(normal), cal.Global.Threshold, cal.Global.Min, cal.Global.NormalMean, cal.Global.PixelThreshold)
+	p := sc.Path("calibration.json")
+	if err := writeJSONFile(p, cal); err != nil {
+		return nil, err
+	}
+	return map[string]string{"calibration": p}, nil
+}
+
+func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[string]string, error) {
+	c := t.Config
+	if c.Evaluate.Skip {
+		fmt.Fprintln(sc.Progress, "[evaluate] evaluate.skip is set: no evaluation")
+		return nil, nil
+	}
+	items, err := dataset.ReadIndex(sc.Output("index", "index"))
+	if err != nil {
+		return nil, err
+	}
+	test := eval.Select(items, dataset.SplitTest, c.Data.Classes, false)
+	if len(test) == 0 {
+		fmt.Fprintln(sc.Progress, "[evaluate] the dataset has no test split: nothing to evaluate")
+		return nil, nil
+	}
+	opt := t.ORT
+	if c.Evaluate.Threads > 0 {
+		opt.Threads = c.Evaluate.Threads
+	}
+	bundle := sc.Output("export", "bundle")
+	s, err := pipeline.Open(bundle, opt)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	rep, res, err := eval.Evaluate(ctx, s, test, eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, "[evaluate] "), Logger: sc.Logger})
+	if err != nil {
+		return nil, err
+	}
+	dir := sc.Path("eval")
+	if err := eval.WriteReports(dir, rep, res, s, eval.ReportInfo{Title: "vlmdiff evaluation: " + c.Name, Bundle: bundle, Dataset: c.Data.Root}); err != nil {
+		return nil, err
+	}
+	rep.WriteTable(sc.Progress)
+	return map[string]string{"metrics": filepath.Join(dir, eval.JSONFile), "report": filepath.Join(dir, eval.HTMLFile)}, nil
+}
+
+func (t *Training) runRegister(ctx context.Context, sc *StageContext) (map[string]string, error) {
+	dir := t.Config.Register.ModelsDir
+	if dir == "" {
+		fmt.Fprintf(sc.Progress, "[register] no register.models_dir: the bundle stays in %s\n", sc.Output("export", "bundle"))
+		return nil, nil
+	}
+	dst, err := Register(sc.Output("export", "bundle"), dir)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(sc.Progress, "[register] bundle registered as %s\n", dst)
+	return map[string]string{"registered": dst}, nil
+}
+
+// Register copies a verified bundle into the daemon's models directory as <name>-<version>. The copy is made
+// in a hidden temporary directory inside modelsDir (which the daemon's watcher ignores), verified there, and
+// renamed into place, so the daemon only ever sees a complete bundle. An existing bundle of the same name and
+// version is replaced (the calibration may have changed).
+func Register(bundle, modelsDir string) (string, error) {
+	if err := models.Verify(bundle); err != nil {
+		return "", fmt.Errorf("register: bundle %s does not verify: %w", bundle, err)
+	}
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(modelsDir, 0o755); err != nil {
+		return "", fmt.Errorf("register: %w", err)
+	}
+	name := m.Name + "-" + m.Version
+	dst := filepath.Join(modelsDir, name)
+	tmp, err := os.MkdirTemp(modelsDir, "."+name+".tmp-")
+	if err != nil {
+		return "", fmt.Errorf("register: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := copyTree(bundle, tmp); err != nil {
+		return "", fmt.Errorf("register: copying %s: %w", bundle, err)
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return "", err
+	}
+	if err := models.Verify(tmp); err != nil {
+		return "", fmt.Errorf("register: the copy does not verify: %w", err)
+	}
+	if _, err := os.Stat(dst); err == nil {
+		old := filepath.Join(modelsDir, "."+name+".old-"+newID())
+		if err := os.Rename(dst, old); err != nil {
+			return "", fmt.Errorf("register: moving the old %s aside: %w", dst, err)
+		}
+		defer os.RemoveAll(old)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return "", fmt.Errorf("register: %w", err)
+	}
+	return dst, nil
+}
+
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		target := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		if !d.Type().IsRegular() {
+			return fmt.Errorf("%s: not a regular file", p)
+		}
+		in, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		out, err := os.Create(target)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(out, in); err != nil {
+			out.Close()
+			return err
+		}
+		if err := out.Sync(); err != nil {
+			out.Close()
+			return err
+		}
+		return out.Close()
+	})
+}
+
+// fingerprint summarises a dataset directory (file count, total size, newest modification) so that adding,
+// removing or replacing images redoes the index stage and everything after it.
+func fingerprint(root string) (map[string]any, error) {
+	var n, size int64
+	var newest time.Time
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n++
+		size += info.Size()
+		if info.ModTime().After(newest) {
+			newest = info.ModTime()
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("data.root: %w", err)
+	}
+	return map[string]any{"files": n, "bytes": size, "newest": newest.UTC().Format(time.RFC3339Nano)}, nil
+}
+
+func gitCommit(dir string) string {
+	for d := dir; d != "" && filepath.Dir(d) != d; d = filepath.Dir(d) {
+		head, err := os.ReadFile(filepath.Join(d, ".git", "HEAD"))
+		if err != nil {
+			continue
+		}
+		s := strings.TrimSpace(string(head))
+		if ref, ok := strings.CutPrefix(s, "ref: "); ok {
+			b, err := os.ReadFile(filepath.Join(d, ".git", ref))
+			if err != nil {
+				return ""
+			}
+			return strings.TrimSpace(string(b))
+		}
+		return s
+	}
+	return ""
+}
+
+// prefixed writes each line with a prefix.
+func prefixed(w io.Writer, prefix string) io.Writer {
+	if w == nil {
+		return nil
+	}
+	return &prefixWriter{w: w, p: prefix}
+}
+
+type prefixWriter struct {
+	w io.Writer
+	p string
+}
+
+func (pw *prefixWriter) Write(b []byte) (int, error) {
+	s := strings.TrimRight(string(b), "\n")
+	for _, l := range strings.Split(s, "\n") {
+		if _, err := io.WriteString(pw.w, pw.p+l+"\n"); err != nil {
+			return 0, err
+		}
+	}
+	return len(b), nil
+}
+
+func writeJSONFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(b, '\n'))
+}
