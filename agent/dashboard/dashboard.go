@@ -42,13 +42,13 @@ func Handler() http.Handler {
 		switch {
 		case p == "/" || p == "/index.html":
 			name = "index.html"
-		case strings.HasPrefix(p, "/ui/"):
+		case strings.HasPrefix(p, "/ui/") && p != "/ui/index.html":
 			name = strings.TrimPrefix(p, "/ui/")
 		default:
 			http.NotFound(w, r)
 			return
 		}
-		if _, err := fs.Stat(sub, name); err != nil || name == "index.html" && p != "/" && p != "/index.html" {
+		if _, err := fs.Stat(sub, name); err != nil {
 			http.NotFound(w, r)
 			return
 		}
@@ -58,10 +58,8 @@ func Handler() http.Handler {
 		h.Set("Referrer-Policy", "no-referrer")
 		// Assets are small and change with the binary: revalidate every time (the embed FS has no mod times).
 		h.Set("Cache-Control", "no-cache")
-		r2 := r.Clone(r.Context())
-		r2.URL.Path = "/" + name
 		if name == "index.html" {
-			// FileServer redirects /index.html to ./; serve the file's content directly instead.
+			// FileServer redirects /index.html to ./; serve the page directly instead.
 			data, err := fs.ReadFile(sub, name)
 			if err != nil {
 				http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -74,6 +72,8 @@ func Handler() http.Handler {
 			w.Write(data)
 			return
 		}
+		r2 := r.Clone(r.Context())
+		r2.URL.Path = "/" + name
 		files.ServeHTTP(w, r2)
 	})
 }
