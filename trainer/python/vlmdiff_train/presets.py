@@ -134,11 +134,12 @@ SD15 = Preset(
 
 SMALL = Preset(
     name="small",
-    description="CPU production lines: ~1/10 width networks at 256x256, ResNet50 stage 1-3 features (ONNX).",
+    description="CPU production lines: narrow networks at 256x256 (~0.53 GMACs per denoiser step, ~8.3 GMACs per "
+                "frame without features), ResNet50 stage 1-3 features (ONNX).",
     input_size=256,
-    vae=DDConfig(ch=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1, norm_groups=8),
+    vae=DDConfig(ch=16, ch_mult=(1, 1, 2, 4), num_res_blocks=1, norm_groups=8),
     embed_dim=4,
-    unet=UNetConfig(model_channels=32, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(4, 2),
+    unet=UNetConfig(model_channels=32, channel_mult=(1, 1, 2, 4), num_res_blocks=2, attention_resolutions=(4, 2),
                     num_heads=-1, num_head_channels=32, context_dim=256, norm_groups=16),
     hint_hidden=(8, 8, 16, 16, 32, 32, 64),
     text=CLIPTextConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
