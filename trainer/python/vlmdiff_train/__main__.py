@@ -36,7 +36,10 @@ CONFIG.json (one object; unknown keys are refused so a typo cannot silently fall
                features_onnx (str: ONNX backbone copied into the bundle) and feature_layers ([[name, weight]]),
                or the model's torch feature net; classes ([str]: one conditioning entry per class),
                prompt_template (str, "a photo of a {cls}"), probes (str: parity probe dir), posterior, sigma,
-               guidance_scale, ddim_steps, start_step (manifest overrides), dataset (str: provenance)
+               guidance_scale, ddim_steps, start_step (manifest overrides), dataset (str: provenance),
+               input_size (int: the square size trained at, when it differs from the preset's),
+               features_random ({"seed": int, "widths": [3 ints]}: a seeded random-weight conv net as the
+               feature graph, layers layer1 (/4) and layer2 (/8); for redistributable bundles such as the demo)
                -> outputs {"bundle": DIR, "manifest": DIR/bundle.json, "probes": DIR}
 """
 

@@ -473,7 +473,8 @@ def load_nets(weights: str, bundle_dir: str, manifest: dict):
 
 EXPORT_KEYS = {"run_dir", "seed", "device", "threads", "model", "out", "name", "version", "description",
                "features_onnx", "feature_layers", "classes", "prompt_template", "probes", "posterior", "sigma",
-               "guidance_scale", "ddim_steps", "start_step", "dataset", "overwrite"}
+               "guidance_scale", "ddim_steps", "start_step", "dataset", "overwrite", "input_size",
+               "features_random"}
 
 
 def run_export(cfg: dict) -> dict:
@@ -495,6 +496,25 @@ def run_export(cfg: dict) -> dict:
         spec = b["spec"]
         size, channels = int(spec["height"]), int(spec["vae"]["embed_dim"])
         ds, preset_name, default_layers = 2 ** (len(spec["vae"]["ch_mult"]) - 1), "fixture", []
+    if cfg.get("input_size"):
+        # The networks are convolutional: a model trained at another square size than its preset's (e.g. a
+        # dataset of 128 px images scored at its native size) exports at the size it was trained at.
+        size = int(cfg["input_size"])
+        if size % ds:
+            raise RuntimeError(f"export config: input_size {size} is not a multiple of the VAE downsample {ds}")
+    if cfg.get("features_random"):
+        # A seeded random-weight conv net as the feature extractor: for bundles that must be redistributable
+        # (the committed demo), since no pretrained third-party backbone may ship with them. Random conv
+        # features still describe local colour and texture, which is what small synthetic defects disturb.
+        from .fixture import TinyFeatures
+        fr = cfg["features_random"]
+        g = torch.Generator().manual_seed(int(fr.get("seed", 0)))
+        feats = TinyFeatures(tuple(fr.get("widths", (16, 24, 32))))
+        with torch.no_grad():
+            for prm in feats.parameters():
+                prm.copy_(torch.randn(prm.shape, generator=g) * (0.5 if prm.dim() == 1 else (2.0 / prm[0].numel()) ** 0.5))
+        nets.features = feats.eval()
+        default_layers = [("layer1", 1.0), ("layer2", 1.0)]
     layers = [(str(n), float(w)) for n, w in (cfg.get("feature_layers") or default_layers)]
     feature_onnx = cfg.get("features_onnx")
     if feature_onnx is None and nets.features is None:

@@ -260,6 +260,8 @@ def run(cfg: dict) -> dict:
     grad_clip = float(cfg.get("grad_clip", 0.0))
     last_saved = last
     loss_acc = 0.0
+    cache_moments = not bool(cfg.get("augment", False))
+    mcache: dict = {}
     while step < total:
         epoch = micro_done // micro_per_epoch
         order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
@@ -270,7 +272,15 @@ def run(cfg: dict) -> dict:
             batch = D.collate([ds[i] for i in idx])
             x = batch["image"].to(device)
             with torch.no_grad():
-                moments = vae.encode_moments(x)
+                if cache_moments:
+                    # the VAE is frozen and the images are not augmented: encode each image once
+                    miss = [j for j, i in enumerate(idx) if i not in mcache]
+                    if miss:
+                        for j, mo in zip(miss, vae.encode_moments(x[miss])):
+                            mcache[idx[j]] = mo.detach().cpu()
+                    moments = torch.stack([mcache[i] for i in idx]).to(device)
+                else:
+                    moments = vae.encode_moments(x)
                 mean, logvar = torch.chunk(moments, 2, dim=1)
                 if posterior == "sample":
                     logvar = torch.clamp(logvar, -30.0, 20.0)
