@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"sync"
@@ -238,6 +239,9 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}()
 
 	a.log.Info("vlmdiff running", "cameras", len(a.cams), "broker", brokerURL, "http", cfg.HTTP.Listen, "store", cfg.Store.Path)
+	if cfg.HTTP.Listen != "" {
+		a.log.Info("dashboard: open http://" + dashboardHost(cfg.HTTP.Listen) + "/ in a browser")
+	}
 	<-ctx.Done()
 
 	// Graceful shutdown: stop sources, drain queues (bounded), then the deferred steps: model, HTTP, outbox
@@ -433,4 +437,16 @@ func (a *Agent) alive() bool {
 func (a *Agent) statusLine() string {
 	s := a.models.Status()
 	return fmt.Sprintf("scoring %d camera(s) with %s %s", len(a.cams), s.Name, s.Version)
+}
+
+// dashboardHost turns a listen address into one a browser can open (":8080" -> "localhost:8080").
+func dashboardHost(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
 }

@@ -192,6 +192,11 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 		c.ng.Add(1)
 	}
 	c.lastScore.Store(math.Float64bits(r.Score))
+	if a.cfg.Agent.LogResults {
+		a.log.Info("result", "camera", c.name, "seq", j.seq, "verdict", r.Verdict, "score", fmt.Sprintf("%.3f", r.Score),
+			"raw_score", fmt.Sprintf("%.4f", r.RawScore), "threshold", fmt.Sprintf("%.4f", r.Threshold),
+			"area_pct", fmt.Sprintf("%.1f", r.AnomalyAreaPct), "model_ms", fmt.Sprintf("%.0f", modelMS))
+	}
 	c.fps.tick(now)
 	a.metrics.observe(c.name, lat)
 	c.mu.Lock()

@@ -34,6 +34,9 @@ type Agent struct {
 	LogLevel string `yaml:"log_level"`
 	// LogFormat is text or json. Default text.
 	LogFormat string `yaml:"log_format"`
+	// LogResults logs every result (camera, seq, verdict, score) at info level: for demos and commissioning,
+	// too noisy for a line running for months. Default false.
+	LogResults bool `yaml:"log_results"`
 	// ShutdownTimeout bounds draining queues and flushing the outbox on SIGTERM. Default 10s; keep it under
 	// systemd's TimeoutStopSec.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
