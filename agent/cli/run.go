@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 
 	"github.com/vlmdiff/edge/agent"
@@ -81,4 +80,3 @@ func newLogger(c config.Agent, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, ho))
 }
 
-var _ = os.Stderr
