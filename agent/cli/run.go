@@ -79,4 +79,3 @@ func newLogger(c config.Agent, w io.Writer) *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(w, ho))
 }
-
