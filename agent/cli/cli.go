@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strings"
 )
 
 // Command is one subcommand. Run gets the arguments after the command's name and the process's streams.
@@ -113,9 +112,3 @@ func Parse(fs *flag.FlagSet, args []string) error {
 	}
 	return nil
 }
-
-// stringList is a repeatable string flag.
-type stringList []string
-
-func (s *stringList) String() string     { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
