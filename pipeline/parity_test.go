@@ -173,3 +173,42 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		})
 	}
 }
+
+// TestExportProbes rebuilds the fixture with parity probes (PyTorch outputs of every graph on seeded inputs
+// at batch 2) and checks ONNX Runtime against them; a probe whose expected output is perturbed must fail.
+func TestExportProbes(t *testing.T) {
+	needTorch(t)
+	dir := t.TempDir()
+	bundle, probes := filepath.Join(dir, "bundle"), filepath.Join(dir, "probes")
+	cmd := exec.Command(python, "-m", "vlmdiff_train", "fixture", "--out", bundle, "--weights", filepath.Join(dir, "w.pt"), "--probes", probes)
+	cmd.Env = append(os.Environ(), "PYTHONPATH=../trainer/python")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("fixture export: %v\n%s", err, b)
+	}
+	res, err := CheckProbes(bundle, probes, 1e-4, Options{Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := map[string]bool{}
+	for _, r := range res {
+		roles[r.Role] = true
+		t.Logf("%s %s: %.2e", r.Role, r.Output, r.RelL2)
+	}
+	if len(roles) != 5 {
+		t.Errorf("probes covered %d graphs, want all 5: %v", len(roles), roles)
+	}
+	// perturb PyTorch's eps by 1%: the check must refuse it
+	p := filepath.Join(probes, "denoiser.output.eps.bin")
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+4 <= len(raw); i += 4 {
+		v := math.Float32frombits(binary.LittleEndian.Uint32(raw[i:]))
+		binary.LittleEndian.PutUint32(raw[i:], math.Float32bits(v*1.01))
+	}
+	os.WriteFile(p, raw, 0o644)
+	if _, err := CheckProbes(bundle, probes, 1e-4, Options{Threads: 2}); err == nil {
+		t.Error("a 1% difference passed the parity check")
+	}
+}

@@ -175,11 +175,16 @@ func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(args) >= 1 && args[0] == "set-features" {
 		return runSetFeatures(args[1:], stdout, stderr)
 	}
+	if len(args) >= 1 && args[0] == "parity" {
+		return runParity(args[1:], stdout, stderr)
+	}
 	if len(args) < 2 || (args[0] != "verify" && args[0] != "show") {
 		fmt.Fprintln(stderr, "Usage: vlmdiff bundle verify DIR   (checks schema, checksums, graphs; exit 1 naming the failed check)")
 		fmt.Fprintln(stderr, "       vlmdiff bundle show DIR     (prints the manifest)")
 		fmt.Fprintln(stderr, "       vlmdiff bundle set-features --graph F.onnx --input NAME --layers a[:w],b[:w] SRC DST")
 		fmt.Fprintln(stderr, "                                   (copy SRC scoring with another feature backbone)")
+		fmt.Fprintln(stderr, "       vlmdiff bundle parity [--tol 1e-4] DIR PROBES")
+		fmt.Fprintln(stderr, "                                   (ONNX Runtime vs the exporter's PyTorch outputs)")
 		return ErrUsage
 	}
 	dir := args[1]
@@ -234,5 +239,27 @@ func runSetFeatures(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "ok: %s %s written to %s (features: %d layers of %s); recalibrate it with `vlmdiff calibrate`\n",
 		m.Name, m.Version, fs.Arg(1), len(ls), *graph)
+	return nil
+}
+
+func runParity(args []string, stdout, stderr io.Writer) error {
+	fs := NewFlagSet("bundle parity", "[--tol 1e-4] DIR PROBES", stderr)
+	tol := fs.Float64("tol", 1e-4, "largest relative L2 error allowed per output")
+	threads := fs.Int("threads", 0, "ONNX Runtime threads")
+	if err := Parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		fs.Usage()
+		return ErrUsage
+	}
+	res, err := pipeline.CheckProbes(fs.Arg(0), fs.Arg(1), *tol, pipeline.Options{Threads: *threads})
+	for _, r := range res {
+		fmt.Fprintf(stdout, "%-12s %-10s rel L2 %.2e\n", r.Role, r.Output, r.RelL2)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "ok: %d outputs within %.0e of PyTorch\n", len(res), *tol)
 	return nil
 }
