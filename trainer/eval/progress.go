@@ -28,7 +28,7 @@ func newProgress(w io.Writer, what string, total int, every time.Duration) *prog
 
 func (p *progress) update(done int) {
 	p.done = done
-	if p.w == nil || time.Since(p.last) < p.every {
+	if p.w == nil || done >= p.total || time.Since(p.last) < p.every { // the last line is finish's
 		return
 	}
 	p.last = time.Now()

@@ -278,3 +278,32 @@ func lastLine(s string) string {
 	}
 	return strings.TrimSpace(ls[len(ls)-1])
 }
+
+// pruneScript keeps only the named graph outputs of an ONNX model (the nodes feeding only dropped outputs stay
+// in the file but never run: ONNX Runtime prunes them).
+const pruneScript = `import sys, onnx
+src, dst, keep = sys.argv[1], sys.argv[2], sys.argv[3:]
+m = onnx.load(src)
+have = [o.name for o in m.graph.output]
+missing = [k for k in keep if k not in have]
+if missing:
+    sys.exit("feature graph %s: layers %s are not outputs (has %s)" % (src, missing, have))
+kept = [o for o in m.graph.output if o.name in keep]
+del m.graph.output[:]
+m.graph.output.extend(kept)
+onnx.checker.check_model(m)
+onnx.save(m, dst)
+`
+
+// PruneONNXOutputs writes a copy of an ONNX graph with only the keep outputs. The bundle verifier wants a
+// feature graph's outputs to be exactly the manifest's layers, and a backbone file usually has more (ResNet's
+// stage3_act, MobileNet's five blocks).
+func (p Python) PruneONNXOutputs(ctx context.Context, src, dst string, keep []string) error {
+	cmd := exec.CommandContext(ctx, p.Exe, append([]string{"-c", pruneScript, src, dst}, keep...)...)
+	cmd.Env = p.env()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pruning %s to outputs %v: %v: %s", src, keep, err, lastLine(string(out)))
+	}
+	return nil
+}

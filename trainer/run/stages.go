@@ -35,7 +35,7 @@ type Training struct {
 }
 
 // Preflight checks, before any work, that the config is usable, that Python imports torch and vlmdiff_train,
-// and that the dataset is there in a known layout. It returns the one-line summary printed by `vlmdiff train`.
+// that the ONNX Runtime library loads, and that the dataset is there in a known layout. It returns the one-line summary printed by `vlmdiff train`.
 func (t *Training) Preflight(ctx context.Context) (string, error) {
 	c := t.Config
 	py, err := t.Python.Check(ctx)
@@ -63,8 +63,12 @@ func (t *Training) Preflight(ctx context.Context) (string, error) {
 			return "", fmt.Errorf("%s: %w", f.field, err)
 		}
 	}
-	return fmt.Sprintf("check ok: config %s (preset %s, %dpx, device %s); %s; dataset %s (%s)",
-		c.Path(), c.Preset, c.Data.Size, c.Device, py, c.Data.Root, layout), nil
+	// calibrate and evaluate score through ONNX Runtime: find out now, not after hours of training.
+	if err := pipeline.InitRuntime(t.ORT.Library); err != nil {
+		return "", fmt.Errorf("onnx runtime (for calibrate and evaluate): %w", err)
+	}
+	return fmt.Sprintf("check ok: config %s (preset %s, %dpx, device %s); %s; onnxruntime %s; dataset %s (%s)",
+		c.Path(), c.Preset, c.Data.Size, c.Device, py, pipeline.RuntimeLibrary(), c.Data.Root, layout), nil
 }
 
 // Runner returns the stage runner of this training.
@@ -310,7 +314,22 @@ func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]
 	m["classes"] = t.classes(sc)
 	m["dataset"] = c.Data.Root
 	m["probes"] = sc.Path("probes")
-	setIf(m, "features_onnx", e.FeaturesONNX)
+	if e.FeaturesONNX != "" && len(e.FeatureLayers) > 0 {
+		keep := make([]string, len(e.FeatureLayers))
+		for i, l := range e.FeatureLayers {
+			keep[i] = l[0].(string)
+		}
+		pruned := sc.Path("export", "features.onnx")
+		if err := os.MkdirAll(filepath.Dir(pruned), 0o755); err != nil {
+			return nil, err
+		}
+		if err := t.Python.PruneONNXOutputs(ctx, e.FeaturesONNX, pruned, keep); err != nil {
+			return nil, fmt.Errorf("export.features_onnx: %w", err)
+		}
+		m["features_onnx"] = pruned
+	} else {
+		setIf(m, "features_onnx", e.FeaturesONNX)
+	}
 	if len(e.FeatureLayers) > 0 {
 		m["feature_layers"] = e.FeatureLayers
 	}

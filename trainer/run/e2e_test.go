@@ -1,0 +1,287 @@
+package run_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"math"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vlmdiff/edge/agent/cli"
+	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/eval"
+	"github.com/vlmdiff/edge/trainer/metrics"
+)
+
+// writeSet writes an MVTec-layout dataset of 64x64 textures: per class nTrain normal training images, nTest
+// normal and nTest anomalous test images. A class is a sinusoidal texture with its own period and colour, each
+// image with a random phase and sensor noise. An anomaly is a soft-edged disc where the texture is darkened and
+// its pattern is replaced by a flat patch: same hues as the class, so colour alone does not give it away. Masks
+// are the disc.
+func writeSet(t *testing.T, root string, classes []string, nTrain, nTest int) {
+	t.Helper()
+	save := func(p string, im image.Image) {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := png.Encode(f, im); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for ci, cls := range classes {
+		period := 3.0 + 1.5*float64(ci)
+		tint := [3]float64{1, 0.85 - 0.1*float64(ci), 0.7 + 0.15*float64(ci)}
+		img := func(seed int64, anomalous bool) (*image.RGBA, *image.Gray) {
+			rng := rand.New(rand.NewSource(seed))
+			ph, ph2 := rng.Float64()*6.3, rng.Float64()*6.3
+			im := image.NewRGBA(image.Rect(0, 0, 64, 64))
+			var mask *image.Gray
+			cx, cy, r := 16+rng.Float64()*32, 16+rng.Float64()*32, 6+rng.Float64()*4
+			if anomalous {
+				mask = image.NewGray(im.Rect)
+			}
+			for y := 0; y < 64; y++ {
+				for x := 0; x < 64; x++ {
+					v := 140 + 45*math.Sin(float64(x)/period+ph)*math.Cos(float64(y)/(period+1)+ph2) + rng.NormFloat64()*5
+					if anomalous {
+						d := math.Hypot(float64(x)-cx, float64(y)-cy)
+						if d <= r {
+							v = 95 + rng.NormFloat64()*5
+							mask.SetGray(x, y, color.Gray{255})
+						}
+					}
+					c := func(k int) uint8 { return uint8(min(max(v*tint[k], 0), 255)) }
+					im.Set(x, y, color.RGBA{c(0), c(1), c(2), 255})
+				}
+			}
+			return im, mask
+		}
+		seed := int64(1000 * (ci + 1))
+		for i := 0; i < nTrain; i++ {
+			im, _ := img(seed+int64(i), false)
+			save(filepath.Join(root, cls, "train", "good", fmt.Sprintf("%03d.png", i)), im)
+		}
+		for i := 0; i < nTest; i++ {
+			im, _ := img(seed+500+int64(i), false)
+			save(filepath.Join(root, cls, "test", "good", fmt.Sprintf("%03d.png", i)), im)
+			im, m := img(seed+700+int64(i), true)
+			save(filepath.Join(root, cls, "test", "patch", fmt.Sprintf("%03d.png", i)), im)
+			save(filepath.Join(root, cls, "ground_truth", "patch", fmt.Sprintf("%03d_mask.png", i)), m)
+		}
+	}
+}
+
+func backbone(t *testing.T) string {
+	for _, d := range []string{os.Getenv("VLMDIFF_BACKBONES"), "../../../shared/backbones", "/work/shared/backbones"} {
+		if d == "" {
+			continue
+		}
+		p, _ := filepath.Abs(filepath.Join(d, "resnet50v2_stage1to3.onnx"))
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	t.Skip("resnet50v2_stage1to3.onnx not found (set VLMDIFF_BACKBONES): the tiny preset's feature backbone")
+	return ""
+}
+
+// TestTrainTinyEndToEnd trains the tiny preset through `vlmdiff train` on a generated dataset with known
+// defects, then checks the bundle, the resume, and that the result detects the defects better than controls
+// that a broken pipeline would look like.
+func TestTrainTinyEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains a model (minutes)")
+	}
+	if err := exec.Command("/usr/bin/python3", "-c", "import torch, onnx").Run(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI is set but /usr/bin/python3 cannot import torch and onnx: %v", err)
+		}
+		t.Skipf("/usr/bin/python3 cannot import torch and onnx: %v", err)
+	}
+	feat := backbone(t)
+	trainerDir, _ := filepath.Abs("../python")
+	t.Setenv("VLMDIFF_TRAINER", trainerDir)
+
+	work := t.TempDir()
+	data := filepath.Join(work, "data")
+	writeSet(t, data, []string{"stripes", "waves"}, 20, 6)
+	modelsDir := filepath.Join(work, "models")
+	cfg := fmt.Sprintf(`name: e2e
+version: "1.0.0"
+preset: tiny
+seed: 0
+threads: 2
+data:
+  root: %s
+  val_fraction: 0.25
+finetune_ae:
+  max_steps: 40
+  batch_size: 4
+  lr: 0.002
+train:
+  max_steps: 60
+  batch_size: 8
+  lr: 0.001
+export:
+  features_onnx: %s
+  feature_layers: [[stage1, 1.0], [stage2, 1.0], [stage3, 1.0]]
+calibrate:
+  method: quantile:0.99
+evaluate:
+  batch_size: 8
+register:
+  models_dir: %s
+`, data, feat, modelsDir)
+	cfgPath := filepath.Join(work, "tiny.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runDir := filepath.Join(work, "run")
+	train := func() string {
+		var out, errb bytes.Buffer
+		code := cli.Main(context.Background(), []string{"train", "--config", cfgPath, "--run-dir", runDir, "--threads", "2", "--providers", "cpu"}, &out, &errb)
+		t.Logf("vlmdiff train output:\n%s\nstderr:\n%s", out.String(), errb.String())
+		if code != 0 {
+			for _, s := range []string{"finetune-ae", "build", "train", "export"} {
+				if b, err := os.ReadFile(filepath.Join(runDir, "logs", s+".log")); err == nil {
+					lines := strings.Split(string(b), "\n")
+					t.Logf("%s.log tail:\n%s", s, strings.Join(lines[max(0, len(lines)-15):], "\n"))
+				}
+			}
+			t.Fatalf("vlmdiff train exited %d", code)
+		}
+		return out.String()
+	}
+	first := train()
+	if !strings.Contains(first, "check ok:") || !strings.Contains(first, "finished: 9 stages run") {
+		t.Fatalf("first run did not run all nine stages after the check line")
+	}
+
+	bundle := filepath.Join(runDir, "bundle")
+	if err := models.Verify(bundle); err != nil {
+		t.Fatalf("trained bundle does not verify: %v", err)
+	}
+	reg := filepath.Join(modelsDir, "e2e-1.0.0")
+	if err := models.Verify(reg); err != nil {
+		t.Fatalf("registered bundle does not verify: %v", err)
+	}
+	if ents, _ := os.ReadDir(modelsDir); len(ents) != 1 {
+		t.Fatalf("models dir holds %d entries (temp dirs left behind?)", len(ents))
+	}
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"stripes", "waves"} {
+		cc, ok := m.Calibration.PerClass[c]
+		if !ok || !(cc.Threshold > cc.Min) || cc.PixelThreshold <= 0 || cc.NormalN == 0 {
+			t.Fatalf("calibration of %s: %+v", c, cc)
+		}
+	}
+
+	second := train()
+	if !strings.Contains(second, "finished: 0 stages run, 9 up to date") {
+		t.Fatalf("second run redid stages")
+	}
+
+	// Score the held-out test split again through the pipeline and compare with controls.
+	items, err := dataset.ReadIndex(filepath.Join(runDir, dataset.IndexFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	test := eval.Select(items, dataset.SplitTest, nil, false)
+	s, err := pipeline.Open(bundle, pipeline.Options{Providers: []string{"cpu"}, Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rep, res, err := eval.Evaluate(context.Background(), s, test, eval.Options{BatchSize: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tbl bytes.Buffer
+	rep.WriteTable(&tbl)
+	t.Logf("test split:\n%s", tbl.String())
+
+	scores := make([]float64, len(res))
+	labels := make([]bool, len(res))
+	for i, r := range res {
+		scores[i], labels[i] = r.Result.RawScore, r.Item.Label == 1
+	}
+	auc := eval.UnflippedAUROC(scores, labels)
+	swapped := make([]bool, len(labels))
+	for i := range labels {
+		swapped[i] = !labels[i]
+	}
+	aucSwapped := eval.UnflippedAUROC(scores, swapped)
+	rng := rand.New(rand.NewSource(7))
+	shuffledMean := 0.0
+	const perms = 200
+	for k := 0; k < perms; k++ {
+		perm := make([]bool, len(labels))
+		for i, j := range rng.Perm(len(labels)) {
+			perm[i] = labels[j]
+		}
+		shuffledMean += eval.UnflippedAUROC(scores, perm) / perms
+	}
+	// Shuffled maps: every anomalous image gets another anomalous image's map (defects sit at random places).
+	shuf := make([]eval.ImageResult, len(res))
+	copy(shuf, res)
+	var anom []int
+	for i, r := range res {
+		if r.Item.Label == 1 {
+			anom = append(anom, i)
+		}
+	}
+	for k, i := range anom {
+		j := anom[(k+1)%len(anom)]
+		shuf[i].Result.Map = res[j].Result.Map
+	}
+	repShuf, err := eval.Metrics(shuf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pix, pixShuf := rep.Mean.PixelAUROC, repShuf.Mean.PixelAUROC
+	t.Logf("image AUROC %.3f (labels swapped %.3f, shuffled labels mean %.3f); pixel AUROC %.3f (maps shuffled %.3f)",
+		auc, aucSwapped, shuffledMean, pix, pixShuf)
+
+	if auc < 0.85 {
+		t.Errorf("image AUROC %.3f on the held-out test split: want >= 0.85", auc)
+	}
+	if aucSwapped > 0.15 {
+		t.Errorf("labels swapped: AUROC %.3f, want <= 0.15 (the evaluation must see which side is anomalous)", aucSwapped)
+	}
+	if math.Abs(shuffledMean-0.5) > 0.05 {
+		t.Errorf("shuffled labels: mean AUROC %.3f, want 0.5 +- 0.05", shuffledMean)
+	}
+	if pix < 0.85 || pix-pixShuf < 0.1 {
+		t.Errorf("pixel AUROC %.3f, with shuffled maps %.3f: want >= 0.85 and at least 0.1 above the shuffled control", pix, pixShuf)
+	}
+	// The stage's own report agrees with this evaluation (same path, same numbers).
+	b, err := os.ReadFile(filepath.Join(runDir, "eval", eval.JSONFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stageRep metrics.Report
+	if err := stageRep.UnmarshalJSON(b); err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(stageRep.Mean.ImageAUROC-rep.Mean.ImageAUROC) > 1e-9 || math.Abs(stageRep.Mean.PixelAUROC-rep.Mean.PixelAUROC) > 1e-9 {
+		t.Errorf("evaluate stage report %+v differs from a re-evaluation %+v", stageRep.Mean, rep.Mean)
+	}
+}
