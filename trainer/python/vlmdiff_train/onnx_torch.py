@@ -63,7 +63,15 @@ class OnnxModule(torch.nn.Module):
             buf = f"c{i}"
             self.register_buffer(buf, torch.from_numpy(np.array(arr, copy=True)), persistent=True)
             self._consts[init.name] = buf
-        self.nodes = [(n.op_type, list(n.input), list(n.output), _attrs(n)) for n in g.node]
+        # Keep only the nodes the requested outputs depend on: asking for stage1 of a ResNet must not run (and
+        # backpropagate through) stages 2 and 3.
+        need = set(self.output_names)
+        keep = []
+        for n in reversed(g.node):
+            if need.intersection(n.output):
+                keep.append(n)
+                need.update(i for i in n.input if i)
+        self.nodes = [(n.op_type, list(n.input), list(n.output), _attrs(n)) for n in reversed(keep)]
 
     @classmethod
     def load(cls, path: str, outputs: Optional[List[str]] = None) -> "OnnxModule":
