@@ -268,10 +268,8 @@ func examples(rs []ImageResult, s *pipeline.Scorer) []htmlImage {
 		if e.r == nil {
 			continue
 		}
-		hi := htmlImage{Caption: fmt.Sprintf("%s: %s (raw %.4g)", e.what, filepath.Base(e.r.Item.Path), e.r.Result.RawScore)}
-		if e.r.Item.Defect != "" {
-			hi.Caption += " " + e.r.Item.Defect
-		}
+		name := filepath.Join(filepath.Base(filepath.Dir(e.r.Item.Path)), filepath.Base(e.r.Item.Path))
+		hi := htmlImage{Caption: fmt.Sprintf("%s: %s (raw %.4g)", e.what, name, e.r.Result.RawScore)}
 		img, err := pipeline.ReadImage(e.r.Item.Path)
 		if err == nil {
 			var png []byte
