@@ -7,7 +7,7 @@ BIN := bin/vlmdiff
 PY := /usr/bin/python3
 export ONNXRUNTIME_LIB ?= $(CURDIR)/.deps/lib/libonnxruntime.so
 
-.PHONY: all deps build demo test test-go test-py vet fmt bench clean
+.PHONY: all deps build demo demo-bundle test test-go test-py vet fmt bench clean
 
 all: build
 
@@ -36,6 +36,15 @@ test-py:
 # when ../shared/backbones is present.
 bench: build
 	./$(BIN) bench --bundle models/testdata/fixture --threads 2
+
+# Retrain the demo bundle with the project's own trainer (about 10 minutes on 2 cores).
+demo-bundle: build
+	rm -rf .deps/demo-data .deps/demo-run
+	./$(BIN) synth --out .deps/demo-data --seed 7
+	./$(BIN) train --config configs/train/demo.yaml --run-dir .deps/demo-run
+	find models/demo -maxdepth 1 -type f ! -name README.md -delete
+	cp .deps/demo-run/bundle/* models/demo/
+	./$(BIN) bundle verify models/demo
 
 clean:
 	rm -rf bin
