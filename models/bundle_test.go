@@ -185,3 +185,25 @@ func TestReadGraphIORejectsGarbage(t *testing.T) {
 		t.Error("garbage parsed as an ONNX model")
 	}
 }
+
+// TestUndeclaredGraphOutputsAreAllowed: a supplied backbone may have outputs the bundle does not use; only
+// the declared ones must exist. A declared input that the graph lacks is still refused (inputs are exact).
+func TestUndeclaredGraphOutputsAreAllowed(t *testing.T) {
+	dir := copyBundle(t)
+	editManifest(t, dir, func(m map[string]any) {
+		f := m["features"].(map[string]any)
+		f["layers"] = f["layers"].([]any)[:1]
+		g := m["graphs"].(map[string]any)["features"].(map[string]any)
+		g["outputs"] = g["outputs"].([]any)[:1]
+	})
+	if err := Verify(dir); err != nil {
+		t.Fatalf("bundle using one of two feature outputs refused: %v", err)
+	}
+	editManifest(t, dir, func(m map[string]any) {
+		g := m["graphs"].(map[string]any)["hint"].(map[string]any)
+		g["inputs"] = append(g["inputs"].([]any), map[string]any{"name": "extra", "type": "float32", "shape": []any{-1}})
+	})
+	if err := Verify(dir); err == nil || !strings.Contains(err.Error(), "hint.onnx") {
+		t.Fatalf("extra declared input accepted or not named: %v", err)
+	}
+}

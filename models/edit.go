@@ -108,7 +108,15 @@ func ReplaceFeatures(src, dst string, fs FeatureSwap) (*Manifest, error) {
 		return nil, fmt.Errorf("%s must have exactly one input named %q, has %v", fs.Graph, fs.Input, gio.Inputs)
 	}
 	// Only the chosen outputs are declared; the session asks for just those.
-	m.Graphs[RoleFeatures] = GraphSpec{File: name, Inputs: ins, Outputs: gio.Outputs}
+	var outs []TensorSpec
+	for _, l := range fs.Layers {
+		for _, o := range gio.Outputs {
+			if o.Name == l.Name {
+				outs = append(outs, o)
+			}
+		}
+	}
+	m.Graphs[RoleFeatures] = GraphSpec{File: name, Inputs: ins, Outputs: outs}
 	m.Features = Features{Input: fs.Input, Layers: fs.Layers, Tokens: fs.Tokens, Mean: fs.Mean, Std: fs.Std}
 	m.Files[name] = FileEntry{}
 	m.Version += "+" + strings.TrimSuffix(filepath.Base(fs.Graph), filepath.Ext(fs.Graph))
