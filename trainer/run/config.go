@@ -103,14 +103,17 @@ type TrainConfig struct {
 
 // ExportConfig writes the bundle.
 type ExportConfig struct {
-	FeaturesONNX   string         `yaml:"features_onnx"`
-	FeatureLayers  [][2]any       `yaml:"feature_layers"` // [[name, weight], ...]
-	Description    string         `yaml:"description"`
-	PromptTemplate string         `yaml:"prompt_template"`
-	Posterior      string         `yaml:"posterior"`
-	Sigma          *float64       `yaml:"sigma"`
-	DDIMSteps      int            `yaml:"ddim_steps"`
-	Extra          map[string]any `yaml:"extra"`
+	FeaturesONNX   string   `yaml:"features_onnx"`
+	FeatureLayers  [][2]any `yaml:"feature_layers"` // [[name, weight], ...]
+	Description    string   `yaml:"description"`
+	PromptTemplate string   `yaml:"prompt_template"`
+	Posterior      string   `yaml:"posterior"`
+	Sigma          *float64 `yaml:"sigma"`
+	DDIMSteps      int      `yaml:"ddim_steps"`
+	// ParityTolerance is the largest relative L2 error allowed between ONNX Runtime and PyTorch on the
+	// exporter's probes (default 1e-4).
+	ParityTolerance float64        `yaml:"parity_tolerance"`
+	Extra           map[string]any `yaml:"extra"`
 }
 
 // CalibrateConfig fixes thresholds from the validation normals.

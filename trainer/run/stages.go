@@ -314,6 +314,9 @@ func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]
 	m["classes"] = t.classes(sc)
 	m["dataset"] = c.Data.Root
 	m["probes"] = sc.Path("probes")
+	if c.Data.Size != 0 {
+		m["input_size"] = c.Data.Size // trained at a size other than the preset's: export at that size
+	}
 	if e.FeaturesONNX != "" && len(e.FeatureLayers) > 0 {
 		keep := make([]string, len(e.FeatureLayers))
 		for i, l := range e.FeatureLayers {
@@ -358,6 +361,21 @@ func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]
 	if err := models.Verify(bundle); err != nil {
 		return nil, fmt.Errorf("exported bundle does not verify: %w", err)
 	}
+	// ONNX Runtime must compute what PyTorch computed: the exporter recorded every graph's outputs on seeded
+	// inputs (there is no Python ONNX Runtime here); a graph that differs fails the export.
+	tol := e.ParityTolerance
+	if tol == 0 {
+		tol = 1e-4
+	}
+	res, err := pipeline.CheckProbes(bundle, sc.Path("probes"), tol, t.ORT)
+	if err != nil {
+		return nil, fmt.Errorf("export parity check: %w", err)
+	}
+	worst := 0.0
+	for _, r := range res {
+		worst = max(worst, r.RelL2)
+	}
+	sc.Logger.Info("export parity: ONNX Runtime matches PyTorch", "outputs", len(res), "worst_rel_l2", worst, "tolerance", tol)
 	return map[string]string{"bundle": bundle, "manifest": filepath.Join(bundle, models.ManifestFile)}, nil
 }
 
