@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing vlmdiff edge needs on Debian 12, skipping whatever is present, so
 # a warm machine pays seconds. Called by `make deps` (and so by `make demo` and `make test`).
-#   - apt: OpenCV 4.6 (gocv), PyTorch 1.13 + ONNX + OpenBLAS (trainer, parity tests), mosquitto (MQTT tests),
+#   - apt: OpenCV 4.6 (gocv), PyTorch 1.13 + ONNX + SciPy + OpenBLAS (trainer, parity tests), mosquitto (MQTT tests),
 #     ffmpeg (test videos), chromium (dashboard browser test)
 #   - ONNX Runtime 1.24.1 (CPU) from the npm registry's onnxruntime-node package into .deps/lib
 #   - playwright-core from npm into .deps/node (drives chromium in the dashboard test)
@@ -15,7 +15,7 @@ SUDO=""
 
 apt_pkgs=(pkg-config libopencv-dev)
 if [ "${VLMDIFF_DEPS:-full}" != minimal ]; then
-  apt_pkgs+=(python3-torch python3-onnx python3-numpy python3-pil python3-pytest libopenblas0-pthread
+  apt_pkgs+=(python3-torch python3-onnx python3-numpy python3-scipy python3-pil python3-pytest libopenblas0-pthread
              mosquitto mosquitto-clients ffmpeg chromium npm)
 fi
 command -v npm >/dev/null 2>&1 || apt_pkgs+=(npm)
