@@ -27,7 +27,7 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing apt packages: ${missing[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 lib="$ROOT/.deps/lib/libonnxruntime.so"
