@@ -138,7 +138,11 @@ func newSessionOptions(o Options, logOnce *sync.Once) (*ort.SessionOptions, stri
 				return so, "cuda", nil
 			}
 			logOnce.Do(func() {
-				slog.Warn("CUDA execution provider unavailable, using CPU", "reason", err)
+				reason := err.Error()
+				if i := strings.LastIndex(reason, "with error: "); i >= 0 { // ONNX Runtime's long prefix
+					reason = reason[i+len("with error: "):]
+				}
+				slog.Warn("CUDA execution provider unavailable, using CPU", "reason", reason)
 			})
 		case "cpu", "":
 			return so, provider, nil
