@@ -244,9 +244,9 @@ def test_vlmdiff_checkpoint_missing_sff_key_is_named(tiny, tmp_path):
 
 
 def test_sgn_init_refuses_a_unet_of_another_config(tiny):
-    small = build("small", meta=True)
-    with pytest.raises(C.CheckpointError, match=r"mis-shaped \[time_embed\.0\.weight \(UNet \[128, 32\], SG \[64, 16\]\)"):
-        C.init_sgn_from_unet(tiny.sgn, small.unet.state_dict())
+    sd15 = build("sd15", meta=True)
+    with pytest.raises(C.CheckpointError, match=r"mis-shaped \[time_embed\.0\.weight \(UNet \[1280, 320\], SG \[64, 16\]\)"):
+        C.init_sgn_from_unet(tiny.sgn, sd15.unet.state_dict())
 
 
 UNREADABLE = [
