@@ -333,9 +333,13 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
     lat = {"channels": int(latent_channels), "downsample": int(downsample), "scale_factor": 0.18215,
            "posterior": "mean", "logvar_clamp_lo": -30.0, "logvar_clamp_hi": 20.0}
     lat.update(latent or {})
-    mp = {"upsample": "bilinear_align_corners", "sigma": 5.0, "truncate": 4.0}
+    # The paper's smoothing (sigma 5) and pooling (8 passes of an 8x8 mean) are defined on 256 px maps. Scale
+    # them with the input size so every bundle sees the same relative neighbourhood: unscaled, a 64 px bundle's
+    # ~57 px pooling window would average the whole map and drown a small defect. At 256 px nothing changes.
+    rel = min(int(height), int(width)) / 256.0
+    mp = {"upsample": "bilinear_align_corners", "sigma": round(5.0 * rel, 4), "truncate": 4.0}
     mp.update(map_spec or {})
-    sc = {"pool_kernel": 8, "pool_repeat": 8, "reduce": "max"}
+    sc = {"pool_kernel": max(1, int(round(8 * rel))), "pool_repeat": 8, "reduce": "max"}
     sc.update(score or {})
     feats: Dict[str, Any] = {"input": feature_input, "layers": [{"name": n, "weight": float(wt)} for n, wt in layers]}
     if feature_mean is not None and feature_std is not None:
