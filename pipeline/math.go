@@ -106,28 +106,10 @@ func upsampleAlignCorners(src []float64, h, w int, dst []float64, H, W int, weig
 	x1s := make([]int, W)
 	fxs := make([]float64, W)
 	for X := 0; X < W; X++ {
-		fx := float64(X) * sx
-		x0 := int(fx)
-		if x0 > w-1 {
-			x0 = w - 1
-		}
-		x1 := x0 + 1
-		if x1 > w-1 {
-			x1 = w - 1
-		}
-		x0s[X], x1s[X], fxs[X] = x0, x1, fx-float64(x0)
+		x0s[X], x1s[X], fxs[X] = alignCorners(X, sx, w)
 	}
 	for Y := 0; Y < H; Y++ {
-		fy := float64(Y) * sy
-		y0 := int(fy)
-		if y0 > h-1 {
-			y0 = h - 1
-		}
-		y1 := y0 + 1
-		if y1 > h-1 {
-			y1 = h - 1
-		}
-		ly := fy - float64(y0)
+		y0, y1, ly := alignCorners(Y, sy, h)
 		r0, r1 := src[y0*w:(y0+1)*w], src[y1*w:(y1+1)*w]
 		drow := dst[Y*W : (Y+1)*W]
 		for X := 0; X < W; X++ {
@@ -137,6 +119,15 @@ func upsampleAlignCorners(src []float64, h, w int, dst []float64, H, W int, weig
 			drow[X] += weight * (top*(1-ly) + bot*ly)
 		}
 	}
+}
+
+// alignCorners maps output index i to the two source indices and the weight of the second, for a source of n
+// samples and a step of scale source samples per output sample.
+func alignCorners(i int, scale float64, n int) (i0, i1 int, frac float64) {
+	f := float64(i) * scale
+	i0 = min(int(f), n-1)
+	i1 = min(i0+1, n-1)
+	return i0, i1, f - float64(i0)
 }
 
 // gaussianKernel returns scipy.ndimage's 1-D Gaussian weights: radius int(truncate*sigma + 0.5), normalised.

@@ -250,22 +250,19 @@ func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, erro
 	noise := make([]float32, B*n)
 	scale := m.Latent.ScaleFactor
 	for i, r := range reqs {
-		post, start := (*Noise)(nil), r.Noise
-		if start == nil {
+		nz := r.Noise
+		if nz == nil {
 			p, st := noiseFor(m.Diffusion.Seed, r.Seq, m.Diffusion.SeedPolicy == "per_frame", n)
-			post = &Noise{Posterior: p, Start: st}
-			start = post
-		} else {
-			post = start
+			nz = &Noise{Posterior: p, Start: st}
 		}
-		copy(noise[i*n:], start.Start)
+		copy(noise[i*n:], nz.Start)
 		mean := mo[0][i*2*n : i*2*n+n]
 		logv := mo[0][i*2*n+n : (i+1)*2*n]
 		for j := 0; j < n; j++ {
 			v := mean[j]
 			if m.Latent.Posterior == "sample" {
 				lv := min(max(logv[j], m.Latent.LogvarClampLo), m.Latent.LogvarClampHi)
-				v += float32(math.Exp(0.5*float64(lv))) * post.Posterior[j]
+				v += float32(math.Exp(0.5*float64(lv))) * nz.Posterior[j]
 			}
 			z[i*n+j] = scale * v
 		}
