@@ -163,39 +163,40 @@ func reflectIndex(i, n int) int {
 }
 
 // gaussianFilter smooths an h x w map in place like scipy.ndimage.gaussian_filter (separable, mode
-// "reflect").
+// "reflect"). Both passes walk rows, so the column pass reads memory in order instead of striding by w: on a
+// 256 x 256 map that is what keeps this step at a few milliseconds.
 func gaussianFilter(m []float64, h, w int, sigma, truncate float64) {
 	if sigma <= 0 {
 		return
 	}
 	k := gaussianKernel(sigma, truncate)
 	r := len(k) / 2
-	line := make([]float64, max(h, w)+2*r)
 	// rows
+	line := make([]float64, w+2*r)
 	for y := 0; y < h; y++ {
 		row := m[y*w : (y+1)*w]
 		for i := -r; i < w+r; i++ {
 			line[i+r] = row[reflectIndex(i, w)]
 		}
-		for x := 0; x < w; x++ {
+		for x := range row {
+			win := line[x : x+len(k)]
 			s := 0.0
 			for j, kv := range k {
-				s += kv * line[x+j]
+				s += kv * win[j]
 			}
 			row[x] = s
 		}
 	}
-	// columns
-	for x := 0; x < w; x++ {
-		for i := -r; i < h+r; i++ {
-			line[i+r] = m[reflectIndex(i, h)*w+x]
-		}
-		for y := 0; y < h; y++ {
-			s := 0.0
-			for j, kv := range k {
-				s += kv * line[y+j]
+	// columns: out row y = sum_j k[j] * in row reflect(y+j-r)
+	src := append([]float64(nil), m...)
+	for y := 0; y < h; y++ {
+		out := m[y*w : (y+1)*w]
+		clear(out)
+		for j, kv := range k {
+			in := src[reflectIndex(y+j-r, h)*w:][:w]
+			for x, v := range in {
+				out[x] += kv * v
 			}
-			m[y*w+x] = s
 		}
 	}
 }
@@ -220,15 +221,25 @@ func pooledMax(m []float64, h, w, k, repeat int) float64 {
 				tmp[y*nw+x] = s
 			}
 		}
+		// vertical: a running sum of k rows of tmp, moved down one row at a time
 		next := make([]float64, nh*nw)
 		inv := 1 / float64(k*k)
-		for x := 0; x < nw; x++ {
-			for y := 0; y < nh; y++ {
-				s := 0.0
-				for j := 0; j < k; j++ {
-					s += tmp[(y+j)*nw+x]
+		acc := make([]float64, nw)
+		for j := 0; j < k; j++ {
+			for x, v := range tmp[j*nw : (j+1)*nw] {
+				acc[x] += v
+			}
+		}
+		for y := 0; y < nh; y++ {
+			if y > 0 {
+				add, sub := tmp[(y+k-1)*nw:][:nw], tmp[(y-1)*nw:][:nw]
+				for x := range acc {
+					acc[x] += add[x] - sub[x]
 				}
-				next[y*nw+x] = s * inv
+			}
+			out := next[y*nw : (y+1)*nw]
+			for x, v := range acc {
+				out[x] = v * inv
 			}
 		}
 		cur, h, w = next, nh, nw

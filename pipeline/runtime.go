@@ -104,6 +104,9 @@ type Options struct {
 	Providers []string
 	// Threads is ONNX Runtime's intra-op thread count per session (0 = ONNX Runtime's default).
 	Threads int
+	// Spin lets ONNX Runtime's idle worker threads spin-wait between operators. Off by default: spinning
+	// only pays when the cores are otherwise idle, and on small CPUs it slows scoring down.
+	Spin bool
 	// DeviceID selects the GPU for the CUDA provider.
 	DeviceID int
 	// Library is the ONNX Runtime shared library path ("" = search; see InitRuntime).
@@ -128,6 +131,24 @@ func newSessionOptions(o Options, logOnce *sync.Once) (*ort.SessionOptions, stri
 			return nil, "", fmt.Errorf("threads %d: %w", o.Threads, err)
 		}
 		_ = so.SetInterOpNumThreads(1)
+	}
+	if !o.Spin {
+		// Idle pool threads sleep instead of spin-waiting for the next operator. A denoiser step is
+		// ~2000 short operators; on a 2-core line PC the spinning threads took the cores that the calling
+		// thread (and the daemon's Go side) needed: the small preset at batch 1 ran ~225 ms with spinning
+		// and ~175-195 ms without, at 2 threads (vlmdiff bench, same session of measurements).
+		if err := so.AddSessionConfigEntry("session.intra_op.allow_spinning", "0"); err != nil {
+			so.Destroy()
+			return nil, "", fmt.Errorf("session option allow_spinning: %w", err)
+		}
+	}
+	if prefix := os.Getenv("VLMDIFF_ORT_PROFILE"); prefix != "" {
+		// ONNX Runtime's per-node timing (Chrome trace JSON, one file per session): how to see which operators
+		// a model spends its time in. Off in production; it slows scoring.
+		if err := so.EnableProfiling(prefix); err != nil {
+			so.Destroy()
+			return nil, "", fmt.Errorf("VLMDIFF_ORT_PROFILE: %w", err)
+		}
 	}
 	provider := "cpu"
 	for _, p := range o.Providers {

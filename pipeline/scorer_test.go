@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/vlmdiff/edge/models"
@@ -150,5 +151,49 @@ func TestHeatmapFormats(t *testing.T) {
 	}
 	if _, err := DecodeImage([]byte("garbage")); err == nil {
 		t.Error("garbage decoded")
+	}
+}
+
+// TestSessionOptionsSpin: spinning is off unless asked for (see Options.Spin), and the setting reaches ONNX
+// Runtime's session options; a spinning session still scores the same.
+func TestSessionOptionsSpin(t *testing.T) {
+	if err := InitRuntime(""); err != nil {
+		t.Skip(err)
+	}
+	for _, spin := range []bool{false, true} {
+		var once sync.Once
+		so, _, err := newSessionOptions(Options{Providers: []string{"cpu"}, Threads: 2, Spin: spin}, &once)
+		if err != nil {
+			t.Fatal(err)
+		}
+		has, err := so.HasSessionConfigEntry("session.intra_op.allow_spinning")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v string
+		if has {
+			v, _ = so.GetSessionConfigEntry("session.intra_op.allow_spinning")
+		}
+		so.Destroy()
+		if want := !spin; (has && v == "0") != want {
+			t.Errorf("spin %v: allow_spinning set %v value %q", spin, has, v)
+		}
+	}
+	img := testImage(256, 256, 5)
+	var scores []float64
+	for _, spin := range []bool{false, true} {
+		s, err := Open(fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 2, Spin: spin})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.Score(context.Background(), []Request{{Image: img}})
+		s.Close()
+		if err != nil || r[0].Err != nil {
+			t.Fatal(err, r[0].Err)
+		}
+		scores = append(scores, r[0].RawScore)
+	}
+	if math.Abs(scores[0]-scores[1]) > 1e-6 {
+		t.Errorf("spinning changed the score: %v vs %v", scores[0], scores[1])
 	}
 }

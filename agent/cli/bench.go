@@ -70,9 +70,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	firstMS := time.Since(first).Seconds() * 1000
 
-	fmt.Fprintf(stdout, "bundle %s %s  input %dx%d  ddim %d  features %d layers  provider %s  threads %d  GOMAXPROCS %d\n",
+	fmt.Fprintf(stdout, "bundle %s %s  input %dx%d  ddim %d  features %d layers  provider %s  threads %d  spin %v  GOMAXPROCS %d\n",
 		m.Name, m.Version, m.Input.Width, m.Input.Height, m.Diffusion.DDIMSteps, len(m.Features.Layers), s.Provider(),
-		sf.threads, runtime.GOMAXPROCS(0))
+		sf.threads, sf.spin, runtime.GOMAXPROCS(0))
 	fmt.Fprintf(stdout, "open+verify %.0f ms, first frame (warm-up) %.0f ms\n\n", openMS, firstMS)
 	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
 		pipeline.StageDecode, pipeline.StageFeatures, pipeline.StageMap, pipeline.StageTotal}

@@ -57,7 +57,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := pipeline.InitRuntime(cfg.Models.ONNXRuntime); err != nil {
 		return fmt.Errorf("ONNX Runtime: %w", err)
 	}
-	opt := pipeline.Options{Providers: cfg.Models.Providers, Threads: cfg.Models.Threads, DeviceID: cfg.Models.DeviceID,
+	opt := pipeline.Options{Providers: cfg.Models.Providers, Threads: cfg.Models.Threads, Spin: cfg.Models.Spin, DeviceID: cfg.Models.DeviceID,
 		Library: cfg.Models.ONNXRuntime}
 	a, err := agent.New(cfg, agent.Options{
 		Open:   func(dir string) (agent.Scorer, error) { return pipeline.Open(dir, opt) },

@@ -26,6 +26,7 @@ type scoreFlags struct {
 	bundle    string
 	providers string
 	threads   int
+	spin      bool
 	library   string
 	classCond bool
 }
@@ -38,6 +39,7 @@ func (f *scoreFlags) register(fs interface {
 	fs.StringVar(&f.bundle, "bundle", "", "model bundle directory (required)")
 	fs.StringVar(&f.providers, "providers", "cuda,cpu", "execution providers in order of preference")
 	fs.IntVar(&f.threads, "threads", 0, "ONNX Runtime intra-op threads per session (0 = all cores)")
+	fs.BoolVar(&f.spin, "spin", false, "let ONNX Runtime's idle threads spin-wait (faster only on otherwise idle cores)")
 	fs.StringVar(&f.library, "onnxruntime", "", "path of libonnxruntime.so (default: $"+pipeline.EnvLibrary+", then .deps/lib)")
 	fs.BoolVar(&f.classCond, "class-conditioning", false, "condition on the class prompt when the bundle has one (uses CFG)")
 }
@@ -49,7 +51,7 @@ func (f *scoreFlags) options() pipeline.Options {
 			prov = append(prov, p)
 		}
 	}
-	return pipeline.Options{Providers: prov, Threads: f.threads, Library: f.library, ClassConditioning: f.classCond}
+	return pipeline.Options{Providers: prov, Threads: f.threads, Spin: f.spin, Library: f.library, ClassConditioning: f.classCond}
 }
 
 func (f *scoreFlags) open() (*pipeline.Scorer, error) {

@@ -53,6 +53,9 @@ type Models struct {
 	Providers []string `yaml:"providers"`
 	// Threads per ONNX Runtime session (intra-op); 0 = ONNX Runtime's choice.
 	Threads int `yaml:"threads"`
+	// Spin lets ONNX Runtime's idle threads spin-wait between operators (lower latency only when the cores
+	// are otherwise idle; slower on small CPUs). Default false.
+	Spin bool `yaml:"spin"`
 	// DeviceID is the CUDA device.
 	DeviceID int `yaml:"device_id"`
 	// Batch is the largest micro-batch a worker scores at once. Default 1.
