@@ -69,7 +69,7 @@ func (t TLS) Build() (*tls.Config, error) {
 type QoS struct {
 	Result  byte // default 1
 	NG      byte // NG results go at max(NG, Result, 1); default 1
-	Heatmap byte // default 0
+	Heatmap byte // heatmaps go at max(Heatmap, their result's QoS), so they cannot overtake it; default 0
 	Status  byte // retained state topics (status, threshold/state, model/status); default 1
 	Stats   byte // default 0
 	Command byte // subscriptions to */threshold/set and */sample/set; default 1

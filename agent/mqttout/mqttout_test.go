@@ -175,6 +175,9 @@ func TestResultsInOrderWithHeatmapsAndStatus(t *testing.T) {
 			_ = json.Unmarshal(m.Payload, &r)
 			lastSeq = r.Seq
 		case "plant/cam1/heatmap":
+			if m.QoS < 1 {
+				t.Fatalf("heatmap %q delivered at QoS %d, below its result's", m.Payload, m.QoS)
+			}
 			if want := fmt.Sprintf("PNG%d", lastSeq); string(m.Payload) != want {
 				t.Fatalf("heatmap %q follows result %d", m.Payload, lastSeq)
 			}
@@ -494,6 +497,9 @@ func TestHeatmapJSONMode(t *testing.T) {
 	}
 	if len(msgs) != 2 || msgs[0].QoS != 1 || msgs[1].Topic != "vlmdiff/cam1/heatmap" {
 		t.Fatalf("messages = %+v (NG result must be QoS >= 1 even with qos.result 0)", msgs)
+	}
+	if msgs[1].QoS < msgs[0].QoS {
+		t.Fatalf("heatmap at QoS %d below its result's %d: it could overtake the result", msgs[1].QoS, msgs[0].QoS)
 	}
 	var hp HeatmapPayload
 	if err := json.Unmarshal(msgs[1].Payload, &hp); err != nil || hp.Seq != 9 || hp.Format != "jpeg" ||

@@ -318,8 +318,7 @@ func (p *Publisher) Messages(rec *store.Record, hm *Heatmap) ([]store.Message, e
 				return nil, fmt.Errorf("encode heatmap %s/%d: %w", rec.Camera, rec.Seq, err)
 			}
 		}
-		qos := p.cfg.QoS.Heatmap
-		hmMsg = &store.Message{Topic: topic, Payload: data, QoS: qos, Kind: store.MsgHeatmap, Camera: rec.Camera,
+		hmMsg = &store.Message{Topic: topic, Payload: data, Kind: store.MsgHeatmap, Camera: rec.Camera,
 			Seq: rec.Seq, Verdict: rec.Verdict, EnqueuedAt: now}
 	}
 	data, err := json.Marshal(pl)
@@ -333,6 +332,10 @@ func (p *Publisher) Messages(rec *store.Record, hm *Heatmap) ([]store.Message, e
 	msgs := []store.Message{{Topic: p.topic(rec.Camera, "result"), Payload: data, QoS: qos, Kind: store.MsgResult,
 		Camera: rec.Camera, Seq: rec.Seq, Verdict: rec.Verdict, EnqueuedAt: now}}
 	if hmMsg != nil {
+		// A binary heatmap is paired with its result only by order. A broker keeps one subscriber's QoS 1
+		// messages in order, but a QoS 0 message can overtake QoS 1 messages waiting for the subscriber's
+		// in-flight window: so the heatmap never goes at a lower QoS than its result.
+		hmMsg.QoS = max(p.cfg.QoS.Heatmap, qos)
 		msgs = append(msgs, *hmMsg)
 	}
 	return msgs, nil
