@@ -143,7 +143,7 @@ SMALL = Preset(
     input_size=256,
     vae=DDConfig(ch=8, ch_mult=(1, 1, 2, 4), num_res_blocks=1, norm_groups=8),
     embed_dim=4,
-    unet=UNetConfig(model_channels=16, channel_mult=(1, 1, 2, 4), num_res_blocks=2, attention_resolutions=(4, 2),
+    unet=UNetConfig(model_channels=16, channel_mult=(1, 1, 2, 4), num_res_blocks=2, attention_resolutions=(4,),
                     num_heads=-1, num_head_channels=16, context_dim=256, norm_groups=8),
     hint_hidden=(8, 8, 16, 16, 32, 32, 64),
     text=CLIPTextConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
