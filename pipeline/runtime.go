@@ -143,8 +143,9 @@ func newSessionOptions(o Options, logOnce *sync.Once) (*ort.SessionOptions, stri
 		}
 	}
 	if prefix := os.Getenv("VLMDIFF_ORT_PROFILE"); prefix != "" {
-		// ONNX Runtime's per-node timing (Chrome trace JSON, one file per session): how to see which operators
-		// a model spends its time in. Off in production; it slows scoring.
+		// ONNX Runtime's per-node timing (Chrome trace JSON, written when a session closes, named by the second
+		// it opened, so sessions opened in the same second overwrite each other): how to see which operators a
+		// model spends its time in. Off in production; it slows scoring.
 		if err := so.EnableProfiling(prefix); err != nil {
 			so.Destroy()
 			return nil, "", fmt.Errorf("VLMDIFF_ORT_PROFILE: %w", err)
