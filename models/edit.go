@@ -83,11 +83,15 @@ func ReplaceFeatures(src, dst string, fs FeatureSwap) (*Manifest, error) {
 	if err := copyFile(fs.Graph, filepath.Join(dst, name)); err != nil {
 		return nil, err
 	}
+	// Only the chosen outputs are declared; the session asks for just those.
+	var outs []TensorSpec
 	for _, l := range fs.Layers {
 		found := false
 		for _, o := range gio.Outputs {
 			if o.Name == l.Name {
+				outs = append(outs, o)
 				found = true
+				break
 			}
 		}
 		if !found {
@@ -106,15 +110,6 @@ func ReplaceFeatures(src, dst string, fs FeatureSwap) (*Manifest, error) {
 	}
 	if len(ins) == 0 || len(gio.Inputs) != 1 {
 		return nil, fmt.Errorf("%s must have exactly one input named %q, has %v", fs.Graph, fs.Input, gio.Inputs)
-	}
-	// Only the chosen outputs are declared; the session asks for just those.
-	var outs []TensorSpec
-	for _, l := range fs.Layers {
-		for _, o := range gio.Outputs {
-			if o.Name == l.Name {
-				outs = append(outs, o)
-			}
-		}
 	}
 	m.Graphs[RoleFeatures] = GraphSpec{File: name, Inputs: ins, Outputs: outs}
 	m.Features = Features{Input: fs.Input, Layers: fs.Layers, Tokens: fs.Tokens, Mean: fs.Mean, Std: fs.Std}

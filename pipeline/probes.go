@@ -38,6 +38,10 @@ type ProbeResult struct {
 // PyTorch's. The export stage fails when any relative L2 error exceeds tol: a graph that exports without error
 // but computes something else (an unsupported op lowered wrongly, a shape specialised to the probe) must never
 // reach a line.
+// DefaultParityTolerance is the largest relative L2 error between ONNX Runtime and PyTorch that the export
+// stage and `vlmdiff bundle parity` accept unless told otherwise.
+const DefaultParityTolerance = 1e-4
+
 func CheckProbes(dir, probeDir string, tol float64, opt Options) ([]ProbeResult, error) {
 	if err := InitRuntime(opt.Library); err != nil {
 		return nil, err

@@ -135,8 +135,7 @@ func newSessionOptions(o Options, logOnce *sync.Once) (*ort.SessionOptions, stri
 	if !o.Spin {
 		// Idle pool threads sleep instead of spin-waiting for the next operator. A denoiser step is
 		// ~2000 short operators; on a 2-core line PC the spinning threads took the cores that the calling
-		// thread (and the daemon's Go side) needed: the small preset at batch 1 ran ~225 ms with spinning
-		// and ~175-195 ms without, at 2 threads (vlmdiff bench, same session of measurements).
+		// thread (and the daemon's Go side) needed. Measured figures: docs/operations.md.
 		if err := so.AddSessionConfigEntry("session.intra_op.allow_spinning", "0"); err != nil {
 			so.Destroy()
 			return nil, "", fmt.Errorf("session option allow_spinning: %w", err)

@@ -246,7 +246,7 @@ func runSetFeatures(args []string, stdout, stderr io.Writer) error {
 
 func runParity(args []string, stdout, stderr io.Writer) error {
 	fs := NewFlagSet("bundle parity", "[--tol 1e-4] DIR PROBES", stderr)
-	tol := fs.Float64("tol", 1e-4, "largest relative L2 error allowed per output")
+	tol := fs.Float64("tol", pipeline.DefaultParityTolerance, "largest relative L2 error allowed per output")
 	threads := fs.Int("threads", 0, "ONNX Runtime threads")
 	if err := Parse(fs, args); err != nil {
 		return err

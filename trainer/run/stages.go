@@ -365,7 +365,7 @@ func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]
 	// inputs (there is no Python ONNX Runtime here); a graph that differs fails the export.
 	tol := e.ParityTolerance
 	if tol == 0 {
-		tol = 1e-4
+		tol = pipeline.DefaultParityTolerance
 	}
 	res, err := pipeline.CheckProbes(bundle, sc.Path("probes"), tol, t.ORT)
 	if err != nil {

@@ -138,7 +138,7 @@ _MOBILENET = FeaturesPreset(kind="onnx", layers=("block2", "block5", "block12"),
 SMALL = Preset(
     name="small",
     description="CPU production lines: 256x256 input, narrow networks (VAE ch 8, UNet 16 channels) sized so a "
-                "frame scores in under 250 ms on 2 CPU cores through ONNX Runtime, MobileNetV2 features (ONNX, "
+                "frame fits a 250 ms budget on 2 CPU cores through ONNX Runtime, MobileNetV2 features (ONNX, "
                 "strides 4/8/16 like ResNet50 stages 1-3 at a quarter of the cost).",
     input_size=256,
     vae=DDConfig(ch=8, ch_mult=(1, 1, 2, 4), num_res_blocks=1, norm_groups=8),
