@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -51,6 +52,10 @@ type DataConfig struct {
 	COCOPart    int      `yaml:"coco_part"`
 	Size        int      `yaml:"size"` // training input size (default: the preset's)
 	Augment     bool     `yaml:"augment"`
+	// LabelBy is the policy for anomalous test images whose mask is missing or empty, applied at the index
+	// stage (dataset.CheckMasks): "folder" (default) keeps them anomalous with a warning listing them, "mask"
+	// relabels them as normal.
+	LabelBy string `yaml:"label_by"`
 }
 
 // CaptionConfig configures the VLM caption stage; without an endpoint captions are the offline template.
@@ -288,6 +293,9 @@ func (c *Config) defaults() {
 	if c.Data.Layout == "" {
 		c.Data.Layout = dataset.LayoutAuto
 	}
+	if c.Data.LabelBy == "" {
+		c.Data.LabelBy = dataset.LabelByFolder
+	}
 	if c.Data.ValFraction == nil {
 		v := 0.1
 		c.Data.ValFraction = &v
@@ -349,6 +357,9 @@ func (c *Config) Validate() error {
 	}
 	if f := *c.Data.ValFraction; f < 0 || f >= 1 {
 		bad("data.val_fraction", "%v: want 0 <= f < 1", f)
+	}
+	if !slices.Contains(dataset.LabelPolicies, c.Data.LabelBy) {
+		bad("data.label_by", "%q: want %s", c.Data.LabelBy, strings.Join(dataset.LabelPolicies, " or "))
 	}
 	if c.Data.Size <= 0 || c.Data.Size%8 != 0 {
 		bad("data.size", "%d: want a positive multiple of 8", c.Data.Size)

@@ -234,6 +234,14 @@ func (t *Training) runIndex(ctx context.Context, sc *StageContext) (map[string]s
 		}
 		items = keep
 	}
+	// Masks are checked now, before any training: an empty or missing mask used to fail the evaluate stage.
+	items, issues, err := dataset.CheckMasks(items, c.Data.LabelBy)
+	if err != nil {
+		return nil, err
+	}
+	if warn := dataset.FormatMaskIssues(issues, c.Data.LabelBy); warn != "" && sc.Progress != nil {
+		fmt.Fprint(prefixed(sc.Progress, "[index] "), warn)
+	}
 	counts := map[string]int{}
 	for _, it := range items {
 		counts[it.Split+"/"+map[bool]string{true: "anomalous", false: "normal"}[it.Label == 1]]++
@@ -452,7 +460,8 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 		return nil, err
 	}
 	dir := sc.Path("eval")
-	if err := eval.WriteReports(dir, rep, res, s, eval.ReportInfo{Title: "vlmdiff evaluation: " + c.Name, Bundle: bundle, Dataset: c.Data.Root}); err != nil {
+	if err := eval.WriteReports(dir, rep, res, s, eval.ReportInfo{Title: "vlmdiff evaluation: " + c.Name, Bundle: bundle, Dataset: c.Data.Root,
+		CurvesDir: sc.Path("curves")}); err != nil {
 		return nil, err
 	}
 	rep.WriteTable(sc.Progress)

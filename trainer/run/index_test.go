@@ -1,0 +1,94 @@
+package run
+
+import (
+	"bytes"
+	"context"
+	"image"
+	"image/color"
+	"image/png"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vlmdiff/edge/trainer/dataset"
+)
+
+func writeGrayPNG(t *testing.T, path string, mark bool) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := image.NewGray(image.Rect(0, 0, 8, 8))
+	if mark {
+		img.SetGray(3, 3, color.Gray{Y: 255})
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := png.Encode(f, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestIndexStageMaskPolicy runs the real index stage on a dataset with an empty and a missing mask: it must
+// not fail, must warn listing both files, and must label them by the configured policy.
+func TestIndexStageMaskPolicy(t *testing.T) {
+	root := t.TempDir()
+	writeGrayPNG(t, filepath.Join(root, "tile/train/good/a.png"), false)
+	writeGrayPNG(t, filepath.Join(root, "tile/test/good/g.png"), false)
+	for _, n := range []string{"ok", "empty", "missing"} {
+		writeGrayPNG(t, filepath.Join(root, "tile/test/hole", n+".png"), true)
+	}
+	writeGrayPNG(t, filepath.Join(root, "tile/ground_truth/hole/ok_mask.png"), true)
+	writeGrayPNG(t, filepath.Join(root, "tile/ground_truth/hole/empty_mask.png"), false)
+
+	for _, tc := range []struct {
+		policy    string
+		anomalous int
+		say       string
+	}{
+		{"", 3, "kept as anomalous (label_by: folder"},
+		{"mask", 1, "relabelled as normal (label_by: mask)"},
+	} {
+		t.Run("label_by "+tc.policy, func(t *testing.T) {
+			y := "data:\n  root: " + root + "\n  val_fraction: 0\nfinetune_ae:\n  max_steps: 1\ntrain:\n  max_steps: 1\n"
+			if tc.policy != "" {
+				y = strings.Replace(y, "  val_fraction: 0\n", "  val_fraction: 0\n  label_by: "+tc.policy+"\n", 1)
+			}
+			cfg, err := ParseConfig([]byte(y), "/base")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var prog bytes.Buffer
+			sc := &StageContext{Name: "index", Dir: t.TempDir(), Progress: &prog}
+			out, err := (&Training{Config: cfg}).runIndex(context.Background(), sc)
+			if err != nil {
+				t.Fatalf("index stage failed: %v", err)
+			}
+			items, err := dataset.ReadIndex(out["index"])
+			if err != nil {
+				t.Fatal(err)
+			}
+			anom := 0
+			for _, it := range items {
+				anom += it.Label
+			}
+			if anom != tc.anomalous {
+				t.Errorf("%d anomalous items, want %d", anom, tc.anomalous)
+			}
+			p := prog.String()
+			for _, s := range []string{"[index] WARNING: 2 anomalous test images", tc.say, "empty_mask.png", "missing_mask.png"} {
+				if !strings.Contains(p, s) {
+					t.Errorf("progress lacks %q:\n%s", s, p)
+				}
+			}
+		})
+	}
+	if _, err := ParseConfig([]byte("data:\n  root: /x\n  label_by: majority\nfinetune_ae:\n  max_steps: 1\ntrain:\n  max_steps: 1\n"), "/base"); err == nil ||
+		!strings.Contains(err.Error(), `data.label_by`) {
+		t.Errorf("bad label_by: %v", err)
+	}
+}
