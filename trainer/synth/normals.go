@@ -37,6 +37,16 @@ func HeldOutNormals(root, layout string, valFraction float64, classes []string) 
 		if err != nil {
 			return nil, err
 		}
+		var unknown []string
+		have := dataset.Classes(items)
+		for _, c := range classes {
+			if !contains(have, c) {
+				unknown = append(unknown, c)
+			}
+		}
+		if len(unknown) > 0 {
+			return nil, fmt.Errorf("synth: --from %s has no class %s (classes: %s)", root, strings.Join(unknown, ", "), strings.Join(have, ", "))
+		}
 		perClass := map[string]int{}
 		for _, it := range items {
 			if len(want) > 0 && !want[it.Class] {

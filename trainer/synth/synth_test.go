@@ -313,6 +313,9 @@ func TestHeldOutNormalsErrors(t *testing.T) {
 	if _, err := HeldOutNormals(src, dataset.LayoutAuto, 0.0001, nil); err == nil || !strings.Contains(err.Error(), "holds out no normal") {
 		t.Errorf("tiny fraction: %v", err)
 	}
+	if _, err := HeldOutNormals(src, dataset.LayoutAuto, 0.4, []string{"tiles", "bricks"}); err == nil || !strings.Contains(err.Error(), "no class bricks (classes: cloth, tiles)") {
+		t.Errorf("unknown class: %v", err)
+	}
 	empty := t.TempDir()
 	if _, err := HeldOutNormals(empty, dataset.LayoutAuto, 0.1, nil); err == nil || !strings.Contains(err.Error(), "found neither") {
 		t.Errorf("empty folder: %v", err)
