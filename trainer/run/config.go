@@ -54,8 +54,9 @@ type DataConfig struct {
 	Augment     bool     `yaml:"augment"`
 	// LabelBy is the policy for anomalous test images whose mask is missing or empty, applied at the index
 	// stage (dataset.CheckMasks): "folder" (default) keeps them anomalous with a warning listing them, "mask"
-	// relabels them as normal.
-	LabelBy string `yaml:"label_by"`
+	// relabels them as normal. Empty means folder and is left empty (omitted from the index stage's input
+	// hash), so runs made before this key existed are not redone.
+	LabelBy string `yaml:"label_by" json:",omitempty"`
 }
 
 // CaptionConfig configures the VLM caption stage; without an endpoint captions are the offline template.
@@ -293,9 +294,6 @@ func (c *Config) defaults() {
 	if c.Data.Layout == "" {
 		c.Data.Layout = dataset.LayoutAuto
 	}
-	if c.Data.LabelBy == "" {
-		c.Data.LabelBy = dataset.LabelByFolder
-	}
 	if c.Data.ValFraction == nil {
 		v := 0.1
 		c.Data.ValFraction = &v
@@ -358,7 +356,7 @@ func (c *Config) Validate() error {
 	if f := *c.Data.ValFraction; f < 0 || f >= 1 {
 		bad("data.val_fraction", "%v: want 0 <= f < 1", f)
 	}
-	if !slices.Contains(dataset.LabelPolicies, c.Data.LabelBy) {
+	if c.Data.LabelBy != "" && !slices.Contains(dataset.LabelPolicies, c.Data.LabelBy) {
 		bad("data.label_by", "%q: want %s", c.Data.LabelBy, strings.Join(dataset.LabelPolicies, " or "))
 	}
 	if c.Data.Size <= 0 || c.Data.Size%8 != 0 {

@@ -3,6 +3,7 @@ package run
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"image"
 	"image/color"
 	"image/png"
@@ -90,5 +91,26 @@ func TestIndexStageMaskPolicy(t *testing.T) {
 	if _, err := ParseConfig([]byte("data:\n  root: /x\n  label_by: majority\nfinetune_ae:\n  max_steps: 1\ntrain:\n  max_steps: 1\n"), "/base"); err == nil ||
 		!strings.Contains(err.Error(), `data.label_by`) {
 		t.Errorf("bad label_by: %v", err)
+	}
+}
+
+// TestLabelByDefaultKeepsIndexHash checks that a config without data.label_by hashes its data section as before
+// the key existed, so existing run directories are not retrained after an upgrade.
+func TestLabelByDefaultKeepsIndexHash(t *testing.T) {
+	cfg, err := ParseConfig([]byte("data:\n  root: /x\nfinetune_ae:\n  max_steps: 1\ntrain:\n  max_steps: 1\n"), "/base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(cfg.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "LabelBy") {
+		t.Errorf("default data section hashes a LabelBy field: %s", b)
+	}
+	cfg.Data.LabelBy = dataset.LabelByMask
+	b, _ = json.Marshal(cfg.Data)
+	if !strings.Contains(string(b), `"LabelBy":"mask"`) {
+		t.Errorf("label_by: mask does not change the index hash: %s", b)
 	}
 }
