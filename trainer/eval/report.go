@@ -296,7 +296,7 @@ func writeHTML(b *bytes.Buffer, dir string, rep metrics.Report, res []ImageResul
 	}
 	caption := "Test"
 	if info.Validation != nil {
-		caption = "Test (real defects; never used to choose anything)"
+		caption = "Test (the dataset test split; never used to choose anything)"
 	}
 	d.Tables = append(d.Tables, htmlTable{Caption: caption, Dataset: info.Dataset, Head: head, Rows: rows, Note: rep.FlipNote()})
 	for _, p := range plots {

@@ -64,13 +64,13 @@ func TestReportCurvesValidationAndFlip(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := string(html)
-	for _, want := range []string{"Synthetic validation", "synthetic-val-data", "Test (real defects", "real-test-data",
+	for _, want := range []string{"Synthetic validation", "synthetic-val-data", "Test (the dataset test split", "real-test-data",
 		"paper AUROC flip (1 - AUC below 0.5) APPLIED", "Training loss curves", `href="../curves/train.svg"`, `id="curve-train"`} {
 		if !strings.Contains(h, want) {
 			t.Errorf("report.html lacks %q", want)
 		}
 	}
-	if strings.Index(h, "Synthetic validation") > strings.Index(h, "Test (real defects") {
+	if strings.Index(h, "Synthetic validation") > strings.Index(h, "Test (the dataset test split") {
 		t.Errorf("validation table should come first")
 	}
 	if n := strings.Count(h, "<table>"); n != 2 {

@@ -133,6 +133,9 @@ type EvaluateConfig struct {
 	BatchSize int  `yaml:"batch_size"`
 	Threads   int  `yaml:"threads"` // ONNX Runtime threads (0 = all cores)
 	Skip      bool `yaml:"skip"`    // a dataset without a labelled test split
+	// ValData is a synthetic-defect validation set (`vlmdiff synth defects` output): evaluated with the same
+	// bundle and reported as its own table beside the test metrics. Empty: test only (omitted from the hash).
+	ValData string `yaml:"val_data" json:",omitempty"`
 }
 
 // RegisterConfig names the daemon's models directory.
@@ -332,6 +335,7 @@ func (c *Config) resolve(base string) {
 	abs(&c.Build.Tokenizer)
 	abs(&c.Export.FeaturesONNX)
 	abs(&c.Register.ModelsDir)
+	abs(&c.Evaluate.ValData)
 	abs(&c.Python.TrainerDir)
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/vlmdiff/edge/trainer/caption"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
+	"github.com/vlmdiff/edge/trainer/metrics"
 )
 
 // StageNames are the training stages in order.
@@ -455,17 +456,58 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 		return nil, err
 	}
 	defer s.Close()
-	rep, res, err := eval.Evaluate(ctx, s, test, eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, "[evaluate] "), Logger: sc.Logger})
+	opts := eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, "[evaluate] "), Logger: sc.Logger}
+	info := eval.ReportInfo{Title: "vlmdiff evaluation: " + c.Name, Bundle: bundle, Dataset: c.Data.Root, CurvesDir: sc.Path("curves")}
+	if c.Evaluate.ValData != "" {
+		vrep, err := evaluateValData(ctx, s, c.Evaluate.ValData, c.Data.Classes, opts)
+		if err != nil {
+			return nil, err
+		}
+		info.Validation = &eval.ValidationReport{Dataset: c.Evaluate.ValData, Report: vrep}
+	}
+	rep, res, err := eval.Evaluate(ctx, s, test, opts)
 	if err != nil {
 		return nil, err
 	}
 	dir := sc.Path("eval")
-	if err := eval.WriteReports(dir, rep, res, s, eval.ReportInfo{Title: "vlmdiff evaluation: " + c.Name, Bundle: bundle, Dataset: c.Data.Root,
-		CurvesDir: sc.Path("curves")}); err != nil {
+	if err := eval.WriteReports(dir, rep, res, s, info); err != nil {
 		return nil, err
 	}
+	if info.Validation != nil {
+		fmt.Fprintln(sc.Progress, "[evaluate] synthetic validation ("+c.Evaluate.ValData+"):")
+		info.Validation.Report.WriteTable(sc.Progress)
+		fmt.Fprintln(sc.Progress, "[evaluate] test:")
+	}
 	rep.WriteTable(sc.Progress)
-	return map[string]string{"metrics": filepath.Join(dir, eval.JSONFile), "report": filepath.Join(dir, eval.HTMLFile)}, nil
+	outs := map[string]string{"metrics": filepath.Join(dir, eval.JSONFile), "report": filepath.Join(dir, eval.HTMLFile)}
+	if info.Validation != nil {
+		outs["validation_metrics"] = filepath.Join(dir, eval.ValidationPrefix+eval.JSONFile)
+	}
+	return outs, nil
+}
+
+// evaluateValData scores the test split of a synthetic-defect validation set (MVTec layout, masks checked).
+func evaluateValData(ctx context.Context, s *pipeline.Scorer, root string, classes []string, opts eval.Options) (metrics.Report, error) {
+	items, err := dataset.OpenWith(root, dataset.Options{})
+	if err != nil {
+		return metrics.Report{}, fmt.Errorf("evaluate.val_data: %w", err)
+	}
+	items, issues, err := dataset.CheckMasks(items, dataset.LabelByFolder)
+	if err != nil {
+		return metrics.Report{}, fmt.Errorf("evaluate.val_data: %w", err)
+	}
+	if len(issues) > 0 {
+		return metrics.Report{}, fmt.Errorf("evaluate.val_data %s: %s", root, dataset.FormatMaskIssues(issues, dataset.LabelByFolder))
+	}
+	val := eval.Select(items, dataset.SplitTest, classes, false)
+	if len(val) == 0 {
+		return metrics.Report{}, fmt.Errorf("evaluate.val_data %s: no test images of classes %v", root, classes)
+	}
+	rep, _, err := eval.Evaluate(ctx, s, val, opts)
+	if err != nil {
+		return metrics.Report{}, fmt.Errorf("evaluate.val_data: %w", err)
+	}
+	return rep, nil
 }
 
 func (t *Training) runRegister(ctx context.Context, sc *StageContext) (map[string]string, error) {
