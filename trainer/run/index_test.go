@@ -114,3 +114,38 @@ func TestLabelByDefaultKeepsIndexHash(t *testing.T) {
 		t.Errorf("label_by: mask does not change the index hash: %s", b)
 	}
 }
+
+// TestFingerprintFollowsLinks checks that the index stage's dataset fingerprint sees images behind a linked
+// class directory (adding one must redo the index), counts a plain tree as a plain walk does, and survives a
+// link loop.
+func TestFingerprintFollowsLinks(t *testing.T) {
+	real := t.TempDir()
+	writeGrayPNG(t, filepath.Join(real, "tile/train/good/a.png"), false)
+	root := t.TempDir()
+	if err := os.Symlink(filepath.Join(real, "tile"), filepath.Join(root, "tile")); err != nil {
+		t.Skipf("symlinks: %v", err)
+	}
+	os.Symlink(root, filepath.Join(real, "tile", "loop")) // a loop back to the root
+	fp1, err := fingerprint(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fp1["files"].(int64) != 1 {
+		t.Errorf("files %v, want the 1 image behind the link", fp1["files"])
+	}
+	writeGrayPNG(t, filepath.Join(real, "tile/train/good/b.png"), true)
+	fp2, err := fingerprint(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fp2["files"].(int64) != 2 || fp2["bytes"] == fp1["bytes"] {
+		t.Errorf("an image added behind the link is not seen: %v -> %v", fp1, fp2)
+	}
+	plain, err := fingerprint(real)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain["files"].(int64) != 2 {
+		t.Errorf("plain tree: %v", plain)
+	}
+}

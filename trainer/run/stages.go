@@ -607,25 +607,50 @@ func copyTree(src, dst string) error {
 func fingerprint(root string) (map[string]any, error) {
 	var n, size int64
 	var newest time.Time
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+	// The walk follows symbolic links to directories (the dataset reader reads linked class directories, so
+	// adding images behind a link must redo the index) and visits each real directory once, so a link loop
+	// cannot recurse forever.
+	seen := map[string]bool{}
+	var walk func(dir string) error
+	walk = func(dir string) error {
+		real, err := filepath.EvalSymlinks(dir)
 		if err != nil {
 			return err
 		}
-		if d.IsDir() {
+		if seen[real] {
 			return nil
 		}
-		info, err := d.Info()
+		seen[real] = true
+		ents, err := os.ReadDir(dir)
 		if err != nil {
 			return err
 		}
-		n++
-		size += info.Size()
-		if info.ModTime().After(newest) {
-			newest = info.ModTime()
+		for _, e := range ents {
+			p := filepath.Join(dir, e.Name())
+			info, err := e.Info()
+			if err != nil {
+				return err
+			}
+			if e.Type()&fs.ModeSymlink != 0 {
+				if st, err := os.Stat(p); err == nil {
+					info = st // a dangling link counts as itself
+				}
+			}
+			if info.IsDir() {
+				if err := walk(p); err != nil {
+					return err
+				}
+				continue
+			}
+			n++
+			size += info.Size()
+			if info.ModTime().After(newest) {
+				newest = info.ModTime()
+			}
 		}
 		return nil
-	})
-	if err != nil {
+	}
+	if err := walk(root); err != nil {
 		return nil, fmt.Errorf("data.root: %w", err)
 	}
 	return map[string]any{"files": n, "bytes": size, "newest": newest.UTC().Format(time.RFC3339Nano)}, nil
