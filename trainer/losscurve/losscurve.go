@@ -60,6 +60,9 @@ func Read(r io.Reader) ([]Row, error) {
 				continue
 			}
 			f, err := strconv.ParseFloat(cell, 64)
+			if err == nil && math.IsNaN(f) {
+				return nil, fmt.Errorf("losscurve: line %d: %s is NaN (did the training diverge?)", line, Header[i])
+			}
 			if err != nil || math.IsInf(f, 0) {
 				return nil, fmt.Errorf("losscurve: line %d: %s %q: want a finite number", line, Header[i], cell)
 			}

@@ -144,6 +144,7 @@ func TestReadRejects(t *testing.T) {
 		{"empty step", "step,epoch,loss,val_loss\n,0,1,\n", "line 2: step"},
 		{"both empty", "step,epoch,loss,val_loss\n1,0,0.5,\n2,0,,\n", "line 3: both loss and val_loss are empty"},
 		{"inf", "step,epoch,loss,val_loss\n1,0,inf,\n", "finite"},
+		{"nan", "step,epoch,loss,val_loss\n1,0,0.5,\n2,0,NaN,\n", "line 3: loss is NaN (did the training diverge?)"},
 		{"short row", "step,epoch,loss,val_loss\n1,0,1\n", "wrong number of fields"},
 	}
 	for _, tc := range tests {
