@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/vlmdiff/edge/agent/cli"
+	_ "github.com/vlmdiff/edge/trainer/cli" // the trainer's commands
 )
 
 func main() {
