@@ -60,7 +60,7 @@ func (d *dataFlags) items() ([]dataset.Item, []string, error) {
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b]", stderr)
 	var sf scoreFlags
-	sf.register(fs)
+	sf.Register(fs)
 	var df dataFlags
 	df.register(fs)
 	out := fs.String("out", "eval-report", "directory for results.txt, metrics.json/csv, scores.csv, report.html")
@@ -68,7 +68,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := Parse(fs, args); err != nil {
 		return err
 	}
-	if sf.bundle == "" || df.data == "" || fs.NArg() > 0 {
+	if sf.Bundle == "" || df.data == "" || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "vlmdiff eval: --bundle and --data are required")
 		fs.Usage()
 		return ErrUsage
@@ -81,7 +81,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if len(test) == 0 {
 		return fmt.Errorf("no %s images in %s (classes %v)", *split, df.data, classes)
 	}
-	s, err := sf.open()
+	s, err := sf.Open()
 	if err != nil {
 		return err
 	}
@@ -93,7 +93,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := rep.WriteTable(stdout); err != nil {
 		return err
 	}
-	abs, _ := filepath.Abs(sf.bundle)
+	abs, _ := filepath.Abs(sf.Bundle)
 	if err := eval.WriteReports(*out, rep, res, s, eval.ReportInfo{Bundle: abs, Dataset: df.data}); err != nil {
 		return err
 	}
