@@ -17,6 +17,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/vlmdiff/edge/internal/fsutil"
 )
 
 // Splits.
@@ -189,28 +191,18 @@ func WriteIndex(path string, items []Item) error {
 			return fmt.Errorf("dataset: writing %s: item %d: %w", path, i, err)
 		}
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".index-*.jsonl")
-	if err != nil {
-		return fmt.Errorf("dataset: writing %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	w := bufio.NewWriter(tmp)
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	for _, it := range items {
-		if err := enc.Encode(it); err != nil {
-			tmp.Close()
-			return fmt.Errorf("dataset: writing %s: %w", path, err)
+	err := fsutil.WriteAtomic(path, 0o644, func(f io.Writer) error {
+		w := bufio.NewWriter(f)
+		enc := json.NewEncoder(w)
+		enc.SetEscapeHTML(false)
+		for _, it := range items {
+			if err := enc.Encode(it); err != nil {
+				return err
+			}
 		}
-	}
-	if err := w.Flush(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("dataset: writing %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("dataset: writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+		return w.Flush()
+	})
+	if err != nil {
 		return fmt.Errorf("dataset: writing %s: %w", path, err)
 	}
 	return nil

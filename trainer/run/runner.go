@@ -23,6 +23,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/vlmdiff/edge/internal/fsutil"
 	"github.com/vlmdiff/edge/trainer/eval"
 )
 
@@ -288,18 +289,7 @@ func writeRecord(dir string, r *Record) error {
 	return writeFileAtomic(recordPath(dir, r.Stage), append(b, '\n'))
 }
 
+// writeFileAtomic writes a run-directory file (record, stage config) with fsutil.WriteFileAtomic.
 func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return fsutil.WriteFileAtomic(path, data, 0o644)
 }
