@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/vlmdiff/edge/internal/fsutil"
+	"github.com/vlmdiff/edge/internal/imagefiles"
 )
 
 // Splits.
@@ -263,28 +264,8 @@ func (it Item) validate() error {
 	return nil
 }
 
-// imageExts are the file endings read as images.
-var imageExts = map[string]bool{".png": true, ".jpg": true, ".jpeg": true, ".bmp": true, ".tif": true, ".tiff": true}
-
-func isImage(name string) bool {
-	return imageExts[strings.ToLower(filepath.Ext(name))] && !strings.HasPrefix(name, ".")
-}
-
-// listImages returns the sorted image files directly inside dir.
-func listImages(dir string) ([]string, error) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, e := range ents {
-		if !e.IsDir() && isImage(e.Name()) {
-			out = append(out, e.Name())
-		}
-	}
-	sort.Strings(out)
-	return out, nil
-}
+// listImages returns the sorted image files directly inside dir (internal/imagefiles decides which).
+func listImages(dir string) ([]string, error) { return imagefiles.List(dir) }
 
 // listDirs returns the sorted, non-hidden subdirectories of dir.
 func listDirs(dir string) ([]string, error) {
