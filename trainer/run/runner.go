@@ -195,7 +195,7 @@ func (rn *Runner) runStage(ctx context.Context, st Stage, hash string, records m
 		outputs = map[string]string{}
 	}
 	for k, v := range outputs {
-		if rel, err := filepath.Rel(rn.Dir, v); err == nil && filepath.IsAbs(v) && !startsDotDot(rel) {
+		if rel, err := filepath.Rel(rn.Dir, v); err == nil && filepath.IsAbs(v) && filepath.IsLocal(rel) {
 			outputs[k] = rel
 		}
 	}
@@ -210,8 +210,6 @@ func (rn *Runner) runStage(ctx context.Context, st Stage, hash string, records m
 	fmt.Fprintf(lf, "=== %s done in %.1fs\n", st.Name, rec.Seconds)
 	return rec, nil
 }
-
-func startsDotDot(rel string) bool { return rel == ".." || len(rel) > 2 && rel[:3] == "../" }
 
 func hashOf(stage string, inputs any, upstream []string) (string, error) {
 	b, err := json.Marshal(struct {
