@@ -4,8 +4,9 @@
 // is acknowledged. The MQTT publisher drains that outbox, so scoring never waits on the broker and a crash
 // loses nothing that was acknowledged.
 //
-// Lifetimes follow one context: Run returns after a graceful shutdown (sources stopped, queues drained within
-// agent.shutdown_timeout, outbox flushed, `stopped` published, store closed). docs/operations.md describes the
+// Lifetimes follow one context: Run starts the daemon's parts as a list of steps (steps.go), each returning
+// its stop, and after ctx ends stops them in reverse: sources stopped, queues drained within
+// agent.shutdown_timeout, outbox flushed, `stopped` published, store closed. docs/operations.md describes the
 // daemon from the outside.
 package agent
 
@@ -16,13 +17,10 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/vlmdiff/edge/agent/broker"
 	"github.com/vlmdiff/edge/agent/config"
 	"github.com/vlmdiff/edge/agent/httpapi"
 	"github.com/vlmdiff/edge/agent/mqttout"
@@ -59,6 +57,8 @@ type Agent struct {
 	metrics *metrics
 	http    *httpapi.Server
 	started time.Time
+	// brokerURL is the broker the publisher talks to: mqtt.broker, or the embedded one's address.
+	brokerURL string
 
 	submit    func(rec *store.Record, hm *mqttout.Heatmap) error
 	heartbeat atomic.Int64 // unix nanos of the last scoring progress
@@ -88,181 +88,49 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 
 // Run runs the daemon until ctx ends, then shuts down gracefully. It returns an error only when the daemon
 // cannot start (store, broker, HTTP listener, camera config); trouble while running is reported, not fatal.
-func (a *Agent) Run(ctx context.Context) (err error) {
+//
+// The daemon is the list of start steps in [Agent.steps]: Run starts them in order and, when ctx ends, stops
+// them in the reverse order. A step that fails to start stops the steps already started, in reverse, before
+// Run returns its error.
+func (a *Agent) Run(ctx context.Context) error {
 	a.started = time.Now()
 	a.heartbeat.Store(a.started.UnixNano())
-	cfg := a.cfg
-	notify := a.opts.Notifier
-	_ = notify.Status("starting")
+	_ = a.opts.Notifier.Status("starting")
 
-	st, err := store.Open(store.Options{Path: cfg.Store.Path, HistoryMaxAge: cfg.Store.Retention.MaxAge,
-		HistoryMaxBytes: int64(cfg.Store.Retention.MaxSize), OutboxMaxMessages: cfg.Store.Outbox.MaxItems,
-		OutboxMaxBytes: int64(cfg.Store.Outbox.MaxSize), MinFreeBytes: uint64(cfg.Store.Samples.MinFreeDisk),
-		MaxSamples: cfg.Store.Samples.Max, OriginMaxAge: cfg.Store.Retention.MaxAge, Logger: a.log.With("component", "store")})
-	if err != nil {
-		return fmt.Errorf("start: %w", err)
-	}
-	a.store = st
-	a.storeOpen.Store(true)
-	defer func() {
-		a.storeOpen.Store(false)
-		if cerr := st.Close(); cerr != nil {
-			a.log.Error("closing the store", "err", cerr)
-		}
-	}()
-
-	// Cameras: sources and their state, seq continuing from the store.
-	for i := range cfg.Cameras {
-		cc := cfg.Cameras[i]
-		src, err := capture.New(cc.Source)
-		if err != nil {
-			return fmt.Errorf("start: cameras[%d]: %w", i, err)
-		}
-		last, _, err := st.LastSeq(cc.CameraName())
-		if err != nil {
-			return fmt.Errorf("start: camera %s: %w", cc.CameraName(), err)
-		}
-		c := newCamera(cc, src, last)
-		if o, ok, err := st.Threshold(c.name); err == nil && ok {
-			c.threshold.Store(math.Float64bits(o.Threshold))
-		}
-		a.cams = append(a.cams, c)
-		a.byName[c.name] = c
-	}
-	a.sched = newScheduler(a.cams)
-
-	// MQTT: the embedded broker when no external one is named, then the publisher.
-	brokerURL := cfg.MQTT.Broker
-	var emb *broker.Broker
-	bctx, bcancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer bcancel()
-	if cfg.Embedded() {
-		emb, err = broker.Start(bctx, broker.Config{Addr: cfg.MQTT.Listen, Logger: a.log})
-		if err != nil {
-			return fmt.Errorf("start: %w", err)
-		}
-		brokerURL = emb.URL()
-		defer emb.Close()
-	}
-	pub, err := mqttout.New(a.publisherConfig(brokerURL), st)
-	if err != nil {
-		return fmt.Errorf("start: %w", err)
-	}
-	a.pub = pub
-	a.submit = func(rec *store.Record, hm *mqttout.Heatmap) error { return pub.Submit(rec, hm, store.CommitOptions{}) }
-	pctx, pcancel := context.WithCancel(context.WithoutCancel(ctx))
-	pubDone := make(chan struct{})
-	go func() { defer close(pubDone); _ = pub.Run(pctx) }()
-	defer func() { pcancel(); <-pubDone }() // flush the outbox, publish stopped, disconnect
-
-	// Models. The watched directory is created when missing, so a fresh install can start before its first
-	// bundle arrives (readyz says why it is not ready until then).
-	if cfg.Models.Bundle == "" {
-		if err := os.MkdirAll(cfg.Models.Dir, 0o755); err != nil {
-			return fmt.Errorf("start: models dir: %w", err)
-		}
-	}
-	a.models = newModelManager(a.opts.Open, cfg.Models.Dir, cfg.Models.Bundle, a.log.With("component", "models"),
-		func(s ModelStatus) {
-			pub.SetModelStatus(mqttout.ModelStatus{Name: s.Name, Version: s.Version, State: s.State, Reason: s.Reason, Since: s.Since})
-			a.refreshThresholdStates()
-		})
-	a.models.setStatus(a.models.status)
-	defer a.models.close()
-
-	// HTTP.
-	if cfg.HTTP.Listen != "" {
-		a.http = httpapi.New(a, a.log.With("component", "http"))
-		if a.opts.OnHTTP != nil {
-			a.opts.OnHTTP(a.http)
-		}
-		if err := a.http.Listen(cfg.HTTP.Listen); err != nil {
-			return fmt.Errorf("start: %w", err)
-		}
-		go func() {
-			if err := a.http.Serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				a.log.Error("http server stopped", "err", err)
+	// The parts live until their stop runs, not until ctx ends: the publisher must outlive the drain, the
+	// store must outlive the publisher.
+	life := context.WithoutCancel(ctx)
+	var started []stopStep
+	stopAll := func() {
+		for i := len(started) - 1; i >= 0; i-- {
+			s := started[i]
+			t0 := time.Now()
+			if err := s.stop(context.Background()); err != nil {
+				a.log.Error("stopping", "step", s.name, "err", err)
 			}
-		}()
-		defer func() {
-			sctx, c := context.WithTimeout(context.Background(), 2*time.Second)
-			defer c()
-			_ = a.http.Shutdown(sctx)
-		}()
-	}
-
-	for _, c := range a.cams {
-		a.refreshThresholdState(c)
-	}
-
-	// Workers.
-	var workers sync.WaitGroup
-	wctx, wcancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer wcancel()
-	for i := 0; i < cfg.Models.Workers; i++ {
-		workers.Add(1)
-		go func(id int) { defer workers.Done(); a.worker(wctx, id) }(i)
-	}
-
-	// Sources.
-	sctx, scancel := context.WithCancel(ctx)
-	defer scancel()
-	var sources sync.WaitGroup
-	for _, c := range a.cams {
-		sources.Add(1)
-		go func(c *camera) { defer sources.Done(); a.runCamera(sctx, c) }(c)
-	}
-
-	// Model load and watch.
-	mctx, mcancel := context.WithCancel(ctx)
-	defer mcancel()
-	var watchers sync.WaitGroup
-	watchers.Add(1)
-	go func() {
-		defer watchers.Done()
-		a.models.refresh(mctx)
-		if a.models.cur.Load() != nil {
-			_ = notify.Ready(a.statusLine())
-		} else {
-			_ = notify.Ready("no model: " + a.models.Status().Reason)
+			a.log.Info("stopped", "step", s.name, "took", time.Since(t0).Round(time.Millisecond))
 		}
-		if err := a.models.watch(mctx, a.opts.ModelDebounce); err != nil {
-			a.log.Error("model hot-swap disabled", "err", err)
+	}
+	for _, st := range a.steps() {
+		stop, err := st.start(life)
+		if err != nil {
+			stopAll()
+			return fmt.Errorf("start: %w", err)
 		}
-	}()
-	watchers.Add(1)
-	go func() { defer watchers.Done(); a.housekeeping(mctx) }()
-	watchers.Add(1)
-	go func() {
-		defer watchers.Done()
-		notify.Watchdog(mctx, sdnotify.WatchdogInterval(), a.alive)
-	}()
+		if stop != nil {
+			started = append(started, stopStep{st.name, stop})
+		}
+	}
 
-	a.log.Info("vlmdiff running", "cameras", len(a.cams), "broker", brokerURL, "http", cfg.HTTP.Listen, "store", cfg.Store.Path)
-	if cfg.HTTP.Listen != "" {
-		a.log.Info("dashboard: open http://" + dashboardHost(cfg.HTTP.Listen) + "/ in a browser")
+	a.log.Info("vlmdiff running", "cameras", len(a.cams), "broker", a.brokerURL, "http", a.cfg.HTTP.Listen, "store", a.cfg.Store.Path)
+	if a.cfg.HTTP.Listen != "" {
+		a.log.Info("dashboard: open http://" + dashboardHost(a.cfg.HTTP.Listen) + "/ in a browser")
 	}
 	<-ctx.Done()
 
-	// Graceful shutdown: stop sources, drain queues (bounded), then the deferred steps: model, HTTP, outbox
-	// flush + stopped, broker, store.
-	a.log.Info("shutting down", "drain_timeout", cfg.Agent.ShutdownTimeout)
-	_ = notify.Stopping()
-	scancel()
-	mcancel()
-	sources.Wait()
-	watchers.Wait()
-	a.sched.close()
-	drained := make(chan struct{})
-	go func() { workers.Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-time.After(cfg.Agent.ShutdownTimeout):
-		left := a.sched.abandon()
-		a.log.Warn("drain timeout: frames left unscored stay with their sources (folder files are re-read at the next start)", "frames", len(left))
-		wcancel()
-		<-drained
-	}
+	a.log.Info("shutting down", "drain_timeout", a.cfg.Agent.ShutdownTimeout)
+	_ = a.opts.Notifier.Stopping()
+	stopAll()
 	a.log.Info("stopped scoring", "uptime", time.Since(a.started).Round(time.Second))
 	return nil
 }

@@ -8,10 +8,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"gocv.io/x/gocv"
+
+	"github.com/vlmdiff/edge/internal/imagefiles"
 )
 
 // Truth values of synthetic frames.
@@ -105,7 +106,7 @@ func (s *syntheticSource) Generate(seq uint64) (Frame, error) {
 		// The listing is re-read at the start of every cycle (and after a failure), so samples added to the
 		// folder join in without listing a large folder for every frame.
 		if len(s.files) == 0 || (seq-1)%uint64(len(s.files)) == 0 {
-			files, err := listImages(s.cfg.Path)
+			files, err := imagefiles.List(s.cfg.Path)
 			if err != nil {
 				s.files = nil
 				return f, fmt.Errorf("synthetic samples: %w", err)
@@ -116,7 +117,7 @@ func (s *syntheticSource) Generate(seq uint64) (Frame, error) {
 			}
 			s.files = files
 		}
-		f.Origin = s.files[int((seq-1)%uint64(len(s.files)))]
+		f.Origin = filepath.Join(s.cfg.Path, s.files[int((seq-1)%uint64(len(s.files)))])
 		w, h, pix, err := loadImage(f.Origin, s.cfg.Width, s.cfg.Height)
 		if err != nil {
 			return f, fmt.Errorf("synthetic sample %s: %w", f.Origin, err)
@@ -229,44 +230,8 @@ func clamp8(v float64) byte {
 	}
 }
 
-// imageExts are the file name extensions folder and sample sources take, lower case.
-var imageExts = map[string]bool{".png": true, ".jpg": true, ".jpeg": true, ".bmp": true, ".tif": true,
-	".tiff": true, ".webp": true}
-
-// isImageName reports whether a base name is one a folder source takes: an image extension, not hidden.
-func isImageName(name string) bool {
-	if name == "" || name[0] == '.' {
-		return false
-	}
-	return imageExts[lowerExt(name)]
-}
-
-func lowerExt(name string) string {
-	ext := filepath.Ext(name)
-	b := []byte(ext)
-	for i, c := range b {
-		if 'A' <= c && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	return string(b)
-}
-
-// listImages returns the image files directly in dir, sorted by name.
-func listImages(dir string) ([]string, error) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, e := range ents {
-		if e.Type().IsRegular() && isImageName(e.Name()) {
-			out = append(out, filepath.Join(dir, e.Name()))
-		}
-	}
-	sort.Strings(out)
-	return out, nil
-}
+// isImageName reports whether a base name is one a folder source takes (internal/imagefiles decides).
+func isImageName(name string) bool { return imagefiles.IsImage(name) }
 
 // loadImage reads and decodes an image file to RGB, resized to w x h when both are > 0.
 func loadImage(path string, w, h int) (int, int, []byte, error) {

@@ -23,7 +23,7 @@ func init() {
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := NewFlagSet("bench", "--bundle DIR [--batches 1,4] [--frames N] [IMAGES...]", stderr)
 	var sf scoreFlags
-	sf.register(fs)
+	sf.Register(fs)
 	batches := fs.String("batches", "1,4", "batch sizes to measure")
 	frames := fs.Int("frames", 16, "frames scored per batch size (after one warm-up batch)")
 	if err := Parse(fs, args); err != nil {
@@ -38,7 +38,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		bs = append(bs, n)
 	}
 	t0 := time.Now()
-	s, err := sf.open()
+	s, err := sf.Open()
 	if err != nil {
 		return err
 	}
@@ -72,7 +72,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	fmt.Fprintf(stdout, "bundle %s %s  input %dx%d  ddim %d  features %d layers  provider %s  threads %d  spin %v  GOMAXPROCS %d\n",
 		m.Name, m.Version, m.Input.Width, m.Input.Height, m.Diffusion.DDIMSteps, len(m.Features.Layers), s.Provider(),
-		sf.threads, sf.spin, runtime.GOMAXPROCS(0))
+		sf.Threads, sf.Spin, runtime.GOMAXPROCS(0))
 	fmt.Fprintf(stdout, "open+verify %.0f ms, first frame (warm-up) %.0f ms\n\n", openMS, firstMS)
 	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
 		pipeline.StageDecode, pipeline.StageFeatures, pipeline.StageMap, pipeline.StageTotal}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -18,47 +17,7 @@ import (
 
 func init() {
 	Register(Command{Name: "score", Summary: "score image files with a bundle; one JSON line per image", Run: runScore})
-	Register(Command{Name: "bundle", Summary: "inspect a model bundle: verify DIR | show DIR", Run: runBundle})
-}
-
-// scoreFlags are the flags shared by score, bench and eval for building a scorer.
-type scoreFlags struct {
-	bundle    string
-	providers string
-	threads   int
-	spin      bool
-	library   string
-	classCond bool
-}
-
-func (f *scoreFlags) register(fs interface {
-	StringVar(*string, string, string, string)
-	IntVar(*int, string, int, string)
-	BoolVar(*bool, string, bool, string)
-}) {
-	fs.StringVar(&f.bundle, "bundle", "", "model bundle directory (required)")
-	fs.StringVar(&f.providers, "providers", "cuda,cpu", "execution providers in order of preference")
-	fs.IntVar(&f.threads, "threads", 0, "ONNX Runtime intra-op threads per session (0 = all cores)")
-	fs.BoolVar(&f.spin, "spin", false, "let ONNX Runtime's idle threads spin-wait (faster only on otherwise idle cores)")
-	fs.StringVar(&f.library, "onnxruntime", "", "path of libonnxruntime.so (default: $"+pipeline.EnvLibrary+", then .deps/lib)")
-	fs.BoolVar(&f.classCond, "class-conditioning", false, "condition on the class prompt when the bundle has one (uses CFG)")
-}
-
-func (f *scoreFlags) options() pipeline.Options {
-	var prov []string
-	for _, p := range strings.Split(f.providers, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			prov = append(prov, p)
-		}
-	}
-	return pipeline.Options{Providers: prov, Threads: f.threads, Spin: f.spin, Library: f.library, ClassConditioning: f.classCond}
-}
-
-func (f *scoreFlags) open() (*pipeline.Scorer, error) {
-	if f.bundle == "" {
-		return nil, errors.New("--bundle is required")
-	}
-	return pipeline.Open(f.bundle, f.options())
+	Register(Command{Name: "bundle", Summary: "inspect or change a model bundle: verify DIR | show DIR | parity DIR PROBES | set-features SRC DST", Run: runBundle})
 }
 
 // scoreLine is the JSON printed per image by `vlmdiff score`.
@@ -79,7 +38,7 @@ type scoreLine struct {
 func runScore(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := NewFlagSet("score", "--bundle DIR [--out DIR] [--class C] IMAGE...", stderr)
 	var sf scoreFlags
-	sf.register(fs)
+	sf.Register(fs)
 	out := fs.String("out", "", "write <name>.heatmap.png and <name>.map.npy (float32 anomaly map) per image here")
 	class := fs.String("class", "", "class of the images (selects per-class calibration)")
 	if err := Parse(fs, args); err != nil {
@@ -90,7 +49,7 @@ func runScore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fs.Usage()
 		return ErrUsage
 	}
-	s, err := sf.open()
+	s, err := sf.Open()
 	if err != nil {
 		return err
 	}

@@ -4,14 +4,12 @@
 package config
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/vlmdiff/edge/internal/yamlconf"
 )
 
 // Config is the whole daemon configuration.
@@ -175,39 +173,14 @@ func Parse(r io.Reader, lookup func(string) (string, bool)) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read: %w", err)
 	}
-	var root yaml.Node
-	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, fmt.Errorf("yaml: %w", err)
-	}
 	cfg := &Config{}
-	if root.Kind != 0 { // an empty file is an empty config (and fails validation for what it lacks)
-		var errs []error
-		errs = append(errs, substitute(&root, "", lookup)...)
-		errs = append(errs, checkKeys(&root, typeOf(cfg), "")...)
-		if len(errs) > 0 {
-			return nil, errors.Join(errs...)
-		}
-		if err := root.Decode(cfg); err != nil {
-			return nil, fmt.Errorf("decode: %w", err)
-		}
-		// Backstop: the strict decoder refuses anything checkKeys may have missed.
-		dec := yaml.NewDecoder(bytes.NewReader(data))
-		dec.KnownFields(true)
-		var strict Config
-		if err := dec.Decode(&strict); err != nil && !errors.Is(err, io.EOF) && !isSubstErr(err) {
-			return nil, fmt.Errorf("decode: %w", err)
-		}
+	// An empty file is an empty config (and fails validation for what it lacks).
+	if err := yamlconf.Decode(data, cfg, lookup); err != nil {
+		return nil, err
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	return cfg, nil
-}
-
-// isSubstErr tolerates type errors of the raw (unsubstituted) text, e.g. "threshold: ${T}" decoding into a
-// float before substitution; the substituted decode above is the one that counts.
-func isSubstErr(err error) bool {
-	var te *yaml.TypeError
-	return errors.As(err, &te)
 }

@@ -210,48 +210,7 @@ func (c *Config) Validate() error {
 		bad("models.device_id", "must be >= 0")
 	}
 
-	if len(c.Cameras) == 0 {
-		bad("cameras", "at least one camera is required")
-	}
-	names := map[string]int{}
-	for i := range c.Cameras {
-		cam := &c.Cameras[i]
-		p := fmt.Sprintf("cameras[%d]", i)
-		name := cam.CameraName()
-		switch {
-		case name == "":
-			bad(p+".name", "is required")
-		case !nameRe.MatchString(name):
-			bad(p+".name", "%q must be 1-63 letters, digits, '_', '.' or '-' (it is an MQTT topic level)", name)
-		case name == "available" || name == "stats" || name == "model":
-			bad(p+".name", "%q is reserved (it is an MQTT topic of its own under the prefix)", name)
-		default:
-			if j, dup := names[name]; dup {
-				bad(p+".name", "%q is already used by cameras[%d]", name, j)
-			}
-			names[name] = i
-		}
-		if err := validateSource(&cam.Source); err != nil {
-			for _, e := range unjoin(err) {
-				errs = append(errs, fmt.Errorf("%s.%w", p, e))
-			}
-		}
-		if cam.Threshold != nil && (isNaN(*cam.Threshold) || *cam.Threshold < 0) {
-			bad(p+".threshold", "must be a raw score >= 0")
-		}
-		if cam.RateLimit < 0 {
-			bad(p+".rate_limit", "must be >= 0 frames/s (0 = no limit)")
-		}
-		if cam.Queue < 1 || cam.Queue > 10000 {
-			bad(p+".queue", "must be 1..10000, not %d", cam.Queue)
-		}
-		if cam.HeatmapInterval != nil && *cam.HeatmapInterval < 0 {
-			bad(p+".heatmap_interval", "must not be negative")
-		}
-		if cam.SampleEvery != nil && *cam.SampleEvery < 0 {
-			bad(p+".sample_every", "must be >= 0 (0 = off)")
-		}
-	}
+	c.validateCameras(bad, func(err error) { errs = append(errs, err) })
 
 	q := c.MQTT
 	if q.Broker != "" {
@@ -308,6 +267,65 @@ func (c *Config) Validate() error {
 		bad("mqtt.stats_interval", "must be at least 1s, not %s", q.StatsInterval)
 	}
 
+	c.validateStore(bad)
+
+	if c.HTTP.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+			bad("http.listen", "must be host:port (e.g. 127.0.0.1:8080) or empty for off: %v", err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// validateCameras checks the cameras list: unique topic-safe names, sources, per-camera settings. add takes
+// errors that already carry their field path.
+func (c *Config) validateCameras(bad func(path, format string, args ...any), add func(error)) {
+	if len(c.Cameras) == 0 {
+		bad("cameras", "at least one camera is required")
+	}
+	names := map[string]int{}
+	for i := range c.Cameras {
+		cam := &c.Cameras[i]
+		p := fmt.Sprintf("cameras[%d]", i)
+		name := cam.CameraName()
+		switch {
+		case name == "":
+			bad(p+".name", "is required")
+		case !nameRe.MatchString(name):
+			bad(p+".name", "%q must be 1-63 letters, digits, '_', '.' or '-' (it is an MQTT topic level)", name)
+		case name == "available" || name == "stats" || name == "model":
+			bad(p+".name", "%q is reserved (it is an MQTT topic of its own under the prefix)", name)
+		default:
+			if j, dup := names[name]; dup {
+				bad(p+".name", "%q is already used by cameras[%d]", name, j)
+			}
+			names[name] = i
+		}
+		if err := validateSource(&cam.Source); err != nil {
+			for _, e := range unjoin(err) {
+				add(fmt.Errorf("%s.%w", p, e))
+			}
+		}
+		if cam.Threshold != nil && (isNaN(*cam.Threshold) || *cam.Threshold < 0) {
+			bad(p+".threshold", "must be a raw score >= 0")
+		}
+		if cam.RateLimit < 0 {
+			bad(p+".rate_limit", "must be >= 0 frames/s (0 = no limit)")
+		}
+		if cam.Queue < 1 || cam.Queue > 10000 {
+			bad(p+".queue", "must be 1..10000, not %d", cam.Queue)
+		}
+		if cam.HeatmapInterval != nil && *cam.HeatmapInterval < 0 {
+			bad(p+".heatmap_interval", "must not be negative")
+		}
+		if cam.SampleEvery != nil && *cam.SampleEvery < 0 {
+			bad(p+".sample_every", "must be >= 0 (0 = off)")
+		}
+	}
+}
+
+// validateStore checks the store's retention, outbox and sample limits.
+func (c *Config) validateStore(bad func(path, format string, args ...any)) {
 	s := c.Store
 	if s.Retention.MaxAge < time.Minute {
 		bad("store.retention.max_age", "must be at least 1m, not %s", s.Retention.MaxAge)
@@ -330,13 +348,6 @@ func (c *Config) Validate() error {
 	if s.Samples.MinFreeDisk < 0 {
 		bad("store.samples.min_free_disk", "must not be negative")
 	}
-
-	if c.HTTP.Listen != "" {
-		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
-			bad("http.listen", "must be host:port (e.g. 127.0.0.1:8080) or empty for off: %v", err)
-		}
-	}
-	return errors.Join(errs...)
 }
 
 func oneOf(s string, opts ...string) bool {

@@ -3,12 +3,16 @@ package store
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/vlmdiff/edge/internal/fsutil"
 )
 
 // Sample is a collected normal frame: the training data `vlmdiff train` reads after ExportSamples.
@@ -131,52 +135,41 @@ func (s *Store) ExportSamples(dir string) (int, error) {
 		return 0, fmt.Errorf("export samples: create %s: %w", dir, wrapIO(err))
 	}
 	manifest := filepath.Join(dir, "samples.jsonl")
-	tmp := manifest + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return 0, fmt.Errorf("export samples: %w", wrapIO(err))
-	}
-	defer os.Remove(tmp)
-	defer f.Close()
-	w := bufio.NewWriter(f)
-	enc := json.NewEncoder(w)
 	n := 0
-	err = s.view("export samples", func(tx *bolt.Tx) error {
-		return tx.Bucket(bSamples).ForEach(func(k, v []byte) error {
-			var sm Sample
-			png, err := decodeBlob(v, &sm)
-			if err != nil {
-				return fmt.Errorf("sample %x: %w", k, err)
-			}
-			rel := filepath.ToSlash(filepath.Join("images", sm.Camera, fmt.Sprintf("%d.png", sm.Seq)))
-			if err := os.MkdirAll(filepath.Join(dir, "images", sm.Camera), 0o755); err != nil {
-				return wrapIO(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, filepath.FromSlash(rel)), png, 0o644); err != nil {
-				return fmt.Errorf("write %s: %w", rel, wrapIO(err))
-			}
-			if err := enc.Encode(ExportLine{File: rel, Camera: sm.Camera, Class: sm.Class, Seq: sm.Seq,
-				CapturedAt: sm.CapturedAt, Score: sm.Score}); err != nil {
-				return fmt.Errorf("write samples.jsonl: %w", wrapIO(err))
-			}
-			n++
-			return nil
-		})
+	err := fsutil.WriteAtomic(manifest, 0o644, func(f io.Writer) error {
+		w := bufio.NewWriter(f)
+		enc := json.NewEncoder(w)
+		if err := s.view("export samples", func(tx *bolt.Tx) error {
+			return tx.Bucket(bSamples).ForEach(func(k, v []byte) error {
+				var sm Sample
+				png, err := decodeBlob(v, &sm)
+				if err != nil {
+					return fmt.Errorf("sample %x: %w", k, err)
+				}
+				rel := filepath.ToSlash(filepath.Join("images", sm.Camera, fmt.Sprintf("%d.png", sm.Seq)))
+				if err := os.MkdirAll(filepath.Join(dir, "images", sm.Camera), 0o755); err != nil {
+					return wrapIO(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, filepath.FromSlash(rel)), png, 0o644); err != nil {
+					return fmt.Errorf("write %s: %w", rel, wrapIO(err))
+				}
+				if err := enc.Encode(ExportLine{File: rel, Camera: sm.Camera, Class: sm.Class, Seq: sm.Seq,
+					CapturedAt: sm.CapturedAt, Score: sm.Score}); err != nil {
+					return fmt.Errorf("write samples.jsonl: %w", wrapIO(err))
+				}
+				n++
+				return nil
+			})
+		}); err != nil {
+			return err
+		}
+		return w.Flush()
 	})
 	if err != nil {
+		if !errors.Is(err, ErrDiskFull) {
+			err = wrapIO(err) // the manifest's own write, sync or rename
+		}
 		return n, fmt.Errorf("export samples to %s: %w", dir, err)
-	}
-	if err := w.Flush(); err != nil {
-		return n, fmt.Errorf("export samples: write %s: %w", manifest, wrapIO(err))
-	}
-	if err := f.Sync(); err != nil {
-		return n, fmt.Errorf("export samples: sync %s: %w", manifest, wrapIO(err))
-	}
-	if err := f.Close(); err != nil {
-		return n, fmt.Errorf("export samples: close %s: %w", manifest, wrapIO(err))
-	}
-	if err := os.Rename(tmp, manifest); err != nil {
-		return n, fmt.Errorf("export samples: %w", err)
 	}
 	return n, nil
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/vlmdiff/edge/trainer/dataset"
 )
 
@@ -102,8 +104,6 @@ func Run(ctx context.Context, items []dataset.Item, opts Options) ([]Caption, er
 		mu       sync.Mutex
 		fresh    int
 		saveErr  error
-		jobs     = make(chan int)
-		wg       sync.WaitGroup
 		hits     int
 		failures int
 	)
@@ -153,28 +153,18 @@ func Run(ctx context.Context, items []dataset.Item, opts Options) ([]Caption, er
 			mu.Unlock()
 		}
 	}
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range jobs {
-				work(i)
-			}
-		}()
-	}
-feed:
+	var g errgroup.Group
+	g.SetLimit(workers)
 	for i := range items {
-		select {
-		case jobs <- i:
-		case <-ctx.Done():
+		if err := ctx.Err(); err != nil {
 			for j := i; j < len(items); j++ {
-				out[j].Error = ctx.Err().Error()
+				out[j].Error = err.Error()
 			}
-			break feed
+			break
 		}
+		g.Go(func() error { work(i); return nil }) // waits for a free worker
 	}
-	close(jobs)
-	wg.Wait()
+	_ = g.Wait() // work records its errors per item
 	mu.Lock()
 	save()
 	mu.Unlock()

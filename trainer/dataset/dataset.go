@@ -17,6 +17,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/vlmdiff/edge/internal/fsutil"
+	"github.com/vlmdiff/edge/internal/imagefiles"
 )
 
 // Splits.
@@ -167,7 +170,7 @@ func describeDir(dir string) string {
 				d += " (" + strings.Join(sub, ", ") + ")"
 			}
 			dirs = append(dirs, d)
-		case isImage(e.Name()):
+		case imagefiles.IsImage(e.Name()):
 			images++
 		default:
 			other++
@@ -229,28 +232,18 @@ func WriteIndex(path string, items []Item) error {
 			return fmt.Errorf("dataset: writing %s: item %d: %w", path, i, err)
 		}
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".index-*.jsonl")
-	if err != nil {
-		return fmt.Errorf("dataset: writing %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	w := bufio.NewWriter(tmp)
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	for _, it := range items {
-		if err := enc.Encode(it); err != nil {
-			tmp.Close()
-			return fmt.Errorf("dataset: writing %s: %w", path, err)
+	err := fsutil.WriteAtomic(path, 0o644, func(f io.Writer) error {
+		w := bufio.NewWriter(f)
+		enc := json.NewEncoder(w)
+		enc.SetEscapeHTML(false)
+		for _, it := range items {
+			if err := enc.Encode(it); err != nil {
+				return err
+			}
 		}
-	}
-	if err := w.Flush(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("dataset: writing %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("dataset: writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+		return w.Flush()
+	})
+	if err != nil {
 		return fmt.Errorf("dataset: writing %s: %w", path, err)
 	}
 	return nil
@@ -311,38 +304,8 @@ func (it Item) validate() error {
 	return nil
 }
 
-// imageExts are the file endings read as images.
-var imageExts = map[string]bool{".png": true, ".jpg": true, ".jpeg": true, ".bmp": true, ".tif": true, ".tiff": true}
-
-func isImage(name string) bool {
-	return imageExts[strings.ToLower(filepath.Ext(name))] && !strings.HasPrefix(name, ".")
-}
-
-// listImages returns the sorted image files directly inside dir. Symbolic links are followed: a link to an
-// image is an image, a link to a directory is not.
-func listImages(dir string) ([]string, error) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, e := range ents {
-		if !isImage(e.Name()) {
-			continue
-		}
-		if e.Type()&os.ModeSymlink != 0 {
-			if isFile(filepath.Join(dir, e.Name())) {
-				out = append(out, e.Name())
-			}
-			continue
-		}
-		if e.Type().IsRegular() {
-			out = append(out, e.Name())
-		}
-	}
-	sort.Strings(out)
-	return out, nil
-}
+// listImages returns the sorted image files directly inside dir (internal/imagefiles decides which).
+func listImages(dir string) ([]string, error) { return imagefiles.List(dir) }
 
 // listDirs returns the sorted, non-hidden subdirectories of dir, symbolic links to directories included:
 // datasets are often assembled by linking class directories from several places, and a reader that skipped

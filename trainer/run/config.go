@@ -5,14 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
-	"regexp"
 	"slices"
-	"sort"
 	"strings"
 
-	"gopkg.in/yaml.v3"
-
+	"github.com/vlmdiff/edge/internal/yamlconf"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
 )
@@ -155,8 +151,6 @@ func (c *Config) Path() string { return c.path }
 // presetSizes are the presets' input sizes (trainer/python/vlmdiff_train/presets.py).
 var presetSizes = map[string]int{"tiny": 64, "small": 256, "sd15": 256}
 
-var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
-
 // LoadConfig reads, strictly decodes, defaults and validates a config file.
 func LoadConfig(path string) (*Config, error) {
 	raw, err := os.ReadFile(path)
@@ -173,23 +167,9 @@ func LoadConfig(path string) (*Config, error) {
 
 // ParseConfig decodes a config; relative paths are resolved against baseDir.
 func ParseConfig(raw []byte, baseDir string) (*Config, error) {
-	var root yaml.Node
-	if err := yaml.Unmarshal(raw, &root); err != nil {
-		return nil, err
-	}
 	var c Config
-	if len(root.Content) > 0 {
-		doc := root.Content[0]
-		if err := expandEnv(doc); err != nil {
-			return nil, err
-		}
-		lines := map[int]string{}
-		if err := checkKeys(doc, reflect.TypeOf(Config{}), "", lines); err != nil {
-			return nil, err
-		}
-		if err := doc.Decode(&c); err != nil {
-			return nil, withPaths(err, lines)
-		}
+	if err := yamlconf.Decode(raw, &c, os.LookupEnv); err != nil {
+		return nil, err
 	}
 	c.sum = sha256Hex(raw)
 	c.defaults()
@@ -198,87 +178,6 @@ func ParseConfig(raw []byte, baseDir string) (*Config, error) {
 		return nil, err
 	}
 	return &c, nil
-}
-
-// expandEnv replaces ${VAR} in every scalar value (not in comments or keys); an unset variable is an error
-// naming it and the line, so a missing data path is not silently "".
-func expandEnv(n *yaml.Node) error {
-	if n.Kind == yaml.ScalarNode {
-		var missing []string
-		n.Value = envRef.ReplaceAllStringFunc(n.Value, func(m string) string {
-			name := envRef.FindStringSubmatch(m)[1]
-			v, ok := os.LookupEnv(name)
-			if !ok {
-				missing = append(missing, name)
-			}
-			return v
-		})
-		if len(missing) > 0 {
-			return fmt.Errorf("line %d: environment variable %s is not set", n.Line, strings.Join(missing, ", "))
-		}
-		return nil
-	}
-	for _, c := range n.Content {
-		if err := expandEnv(c); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// checkKeys walks the YAML mapping against the struct's yaml tags, refusing unknown keys by their full path,
-// and records each key's line so that type errors can name the field too.
-func checkKeys(n *yaml.Node, t reflect.Type, path string, lines map[int]string) error {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	if t.Kind() != reflect.Struct || n.Kind != yaml.MappingNode {
-		return nil
-	}
-	fields := map[string]reflect.Type{}
-	var names []string
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
-		if tag == "" || tag == "-" {
-			continue
-		}
-		fields[tag] = f.Type
-		names = append(names, tag)
-	}
-	sort.Strings(names)
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		p := k.Value
-		if path != "" {
-			p = path + "." + k.Value
-		}
-		ft, ok := fields[k.Value]
-		if !ok {
-			return fmt.Errorf("line %d: %s: unknown field (known here: %s)", k.Line, p, strings.Join(names, ", "))
-		}
-		lines[k.Line] = p
-		lines[v.Line] = p
-		if err := checkKeys(v, ft, p, lines); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-var lineRef = regexp.MustCompile(`line (\d+): `)
-
-// withPaths rewrites yaml.v3's "line N: cannot unmarshal ..." into "line N: field.path: cannot unmarshal ...".
-func withPaths(err error, lines map[int]string) error {
-	msg := lineRef.ReplaceAllStringFunc(err.Error(), func(m string) string {
-		var n int
-		fmt.Sscanf(m, "line %d:", &n)
-		if p, ok := lines[n]; ok {
-			return fmt.Sprintf("line %d: %s: ", n, p)
-		}
-		return m
-	})
-	return errors.New(msg)
 }
 
 func (c *Config) defaults() {

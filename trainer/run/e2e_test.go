@@ -15,9 +15,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vlmdiff/edge/agent/cli"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/trainer/cli"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
 	"github.com/vlmdiff/edge/trainer/metrics"

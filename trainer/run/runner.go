@@ -23,6 +23,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/vlmdiff/edge/internal/fsutil"
 	"github.com/vlmdiff/edge/trainer/eval"
 )
 
@@ -194,7 +195,7 @@ func (rn *Runner) runStage(ctx context.Context, st Stage, hash string, records m
 		outputs = map[string]string{}
 	}
 	for k, v := range outputs {
-		if rel, err := filepath.Rel(rn.Dir, v); err == nil && filepath.IsAbs(v) && !startsDotDot(rel) {
+		if rel, err := filepath.Rel(rn.Dir, v); err == nil && filepath.IsAbs(v) && filepath.IsLocal(rel) {
 			outputs[k] = rel
 		}
 	}
@@ -209,8 +210,6 @@ func (rn *Runner) runStage(ctx context.Context, st Stage, hash string, records m
 	fmt.Fprintf(lf, "=== %s done in %.1fs\n", st.Name, rec.Seconds)
 	return rec, nil
 }
-
-func startsDotDot(rel string) bool { return rel == ".." || len(rel) > 2 && rel[:3] == "../" }
 
 func hashOf(stage string, inputs any, upstream []string) (string, error) {
 	b, err := json.Marshal(struct {
@@ -288,18 +287,7 @@ func writeRecord(dir string, r *Record) error {
 	return writeFileAtomic(recordPath(dir, r.Stage), append(b, '\n'))
 }
 
+// writeFileAtomic writes a run-directory file (record, stage config) with fsutil.WriteFileAtomic.
 func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return fsutil.WriteFileAtomic(path, data, 0o644)
 }

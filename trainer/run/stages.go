@@ -656,25 +656,6 @@ func fingerprint(root string) (map[string]any, error) {
 	return map[string]any{"files": n, "bytes": size, "newest": newest.UTC().Format(time.RFC3339Nano)}, nil
 }
 
-func gitCommit(dir string) string {
-	for d := dir; d != "" && filepath.Dir(d) != d; d = filepath.Dir(d) {
-		head, err := os.ReadFile(filepath.Join(d, ".git", "HEAD"))
-		if err != nil {
-			continue
-		}
-		s := strings.TrimSpace(string(head))
-		if ref, ok := strings.CutPrefix(s, "ref: "); ok {
-			b, err := os.ReadFile(filepath.Join(d, ".git", ref))
-			if err != nil {
-				return ""
-			}
-			return strings.TrimSpace(string(b))
-		}
-		return s
-	}
-	return ""
-}
-
 // prefixed writes each line with a prefix.
 func prefixed(w io.Writer, prefix string) io.Writer {
 	if w == nil {

@@ -57,8 +57,8 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *python != "" {
 		exe = *python
 	}
-	sf := scoreFlags{providers: *providers, threads: *threads, library: *library}
-	ort := sf.options()
+	sf := scoreFlags{Providers: *providers, Threads: *threads, Library: *library}
+	ort := sf.Options()
 	t := &run.Training{Config: cfg, Dir: dir, Python: run.Python{Exe: exe, TrainerDir: td}, ORT: ort, Out: stdout,
 		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	line, err := t.Preflight(ctx)

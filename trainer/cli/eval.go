@@ -70,7 +70,7 @@ func (d *dataFlags) items() ([]dataset.Item, []string, error) {
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR] [--curves DIR] [--paper-auroc-flip]", stderr)
 	var sf scoreFlags
-	sf.register(fs)
+	sf.Register(fs)
 	var df dataFlags
 	df.register(fs)
 	out := fs.String("out", "eval-report", "directory for results.txt, metrics.json/csv, scores.csv, report.html")
@@ -82,7 +82,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	df.stderr = stderr
-	if sf.bundle == "" || df.data == "" || fs.NArg() > 0 {
+	if sf.Bundle == "" || df.data == "" || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "vlmdiff eval: --bundle and --data are required")
 		fs.Usage()
 		return ErrUsage
@@ -95,14 +95,14 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if len(test) == 0 {
 		return fmt.Errorf("no %s images in %s (classes %v)", *split, df.data, classes)
 	}
-	s, err := sf.open()
+	s, err := sf.Open()
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 	opts := eval.Options{BatchSize: df.batch, Progress: stderr, PaperAUROCFlip: *paperFlip}
 	info := eval.ReportInfo{Dataset: df.data, CurvesDir: *curves}
-	info.Bundle, _ = filepath.Abs(sf.bundle)
+	info.Bundle, _ = filepath.Abs(sf.Bundle)
 	if *valData != "" {
 		vf := df
 		vf.data, vf.layout, vf.valFraction = *valData, dataset.LayoutAuto, 0

@@ -1,16 +1,63 @@
-package config
+// Package yamlconf is the one YAML config loader of vlmdiff: the daemon's config (agent/config) and the
+// training config (trainer/run) both read through Decode, so both files follow the same rules:
+//
+//   - ${VAR} in a value is replaced by the environment variable VAR when it is set and not empty;
+//     ${VAR:-default} gives default when VAR is unset or empty; "$$" is a literal "$". A ${VAR} that is unset
+//     or empty and has no default is an error naming the field and the line. Substitution works on parsed
+//     values, never on keys or the file's text, so a value holding YAML syntax (": ", "#") cannot change the
+//     document's structure; an unquoted substituted value takes its natural type (number, bool) as if
+//     written literally, a quoted one stays a string.
+//   - Every key must name a field (yaml tags, inline embedding followed); an unknown or repeated key is an
+//     error with its full path ("cameras[1].treshold") and line, with a suggestion for a near miss, and a value
+//     of the wrong type names its field.
+//   - Every problem is reported at once (errors.Join), not only the first.
+package yamlconf
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"regexp"
-	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
 )
 
-func typeOf(v any) reflect.Type { return reflect.TypeOf(v) }
+// Decode decodes the YAML document in data into v, a pointer to a struct, under the package's rules; lookup
+// resolves environment variables (os.LookupEnv in production). An empty document leaves v as it is.
+func Decode(data []byte, v any, lookup func(string) (string, bool)) error {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return fmt.Errorf("yaml: %w", err)
+	}
+	if root.Kind == 0 {
+		return nil
+	}
+	t := reflect.TypeOf(v)
+	if t == nil || t.Kind() != reflect.Pointer {
+		return fmt.Errorf("yamlconf: decode into %T, want a pointer", v)
+	}
+	var errs []error
+	errs = append(errs, substitute(&root, "", lookup)...)
+	errs = append(errs, checkKeys(&root, t.Elem(), "")...)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if err := root.Decode(v); err != nil {
+		return fmt.Errorf("decode: %w", err)
+	}
+	// Backstop: the strict decoder refuses anything checkKeys may have missed. It reads the raw text, so it
+	// tolerates type errors there (e.g. "threshold: ${T}" into a float): the substituted decode above counts.
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var te *yaml.TypeError
+	if err := dec.Decode(reflect.New(t.Elem()).Interface()); err != nil && !errors.Is(err, io.EOF) && !errors.As(err, &te) {
+		return fmt.Errorf("decode: %w", err)
+	}
+	return nil
+}
 
 // yamlFields maps a struct type's YAML keys to their field types, following inline embedding.
 func yamlFields(t reflect.Type) map[string]reflect.Type {
@@ -66,6 +113,8 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string) []error {
 	}
 	var errs []error
 	switch t.Kind() {
+	case reflect.Interface: // free-form values (map[string]any "extra" settings) take anything
+		return nil
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
 			if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
@@ -93,7 +142,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string) []error {
 			seen[k.Value] = true
 			errs = append(errs, checkKeys(v, ft, p)...)
 		}
-	case reflect.Slice:
+	case reflect.Slice, reflect.Array:
 		if n.Kind != yaml.SequenceNode {
 			if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 				return nil
@@ -231,5 +280,3 @@ func substitute(n *yaml.Node, path string, lookup func(string) (string, bool)) [
 	}
 	return errs
 }
-
-var _ = strconv.Itoa

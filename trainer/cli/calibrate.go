@@ -17,7 +17,7 @@ func init() {
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99]", stderr)
 	var sf scoreFlags
-	sf.register(fs)
+	sf.Register(fs)
 	var df dataFlags
 	df.register(fs)
 	method := fs.String("method", eval.DefaultMethod, "threshold rule on normal scores: quantile:Q or meanstd:K")
@@ -27,7 +27,7 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := Parse(fs, args); err != nil {
 		return err
 	}
-	if sf.bundle == "" || df.data == "" || fs.NArg() > 0 {
+	if sf.Bundle == "" || df.data == "" || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "vlmdiff calibrate: --bundle and --data are required")
 		fs.Usage()
 		return ErrUsage
@@ -43,7 +43,7 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if len(normal) == 0 {
 		return fmt.Errorf("no normal %s images in %s: give --val-fraction > 0 (or --split train, which the model has seen)", *split, df.data)
 	}
-	s, err := sf.open()
+	s, err := sf.Open()
 	if err != nil {
 		return err
 	}
@@ -63,9 +63,9 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *dry {
 		return nil
 	}
-	if err := eval.WriteCalibration(sf.bundle, cal); err != nil {
+	if err := eval.WriteCalibration(sf.Bundle, cal); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "calibration (%s) written to %s\n", cal.Method, filepath.Join(sf.bundle, "bundle.json"))
+	fmt.Fprintf(stderr, "calibration (%s) written to %s\n", cal.Method, filepath.Join(sf.Bundle, "bundle.json"))
 	return nil
 }

@@ -1,0 +1,54 @@
+// Package scoreflags holds the command-line flags that build a scorer, shared by the commands that score
+// (score and bench in agent/cli; eval, calibrate and train in trainer/cli), so every command spells and
+// defaults them the same way.
+package scoreflags
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/vlmdiff/edge/pipeline"
+)
+
+// Flags are the scorer settings a command takes from its flags.
+type Flags struct {
+	Bundle    string
+	Providers string
+	Threads   int
+	Spin      bool
+	Library   string
+	ClassCond bool
+}
+
+// Register declares the flags on fs (a *flag.FlagSet).
+func (f *Flags) Register(fs interface {
+	StringVar(*string, string, string, string)
+	IntVar(*int, string, int, string)
+	BoolVar(*bool, string, bool, string)
+}) {
+	fs.StringVar(&f.Bundle, "bundle", "", "model bundle directory (required)")
+	fs.StringVar(&f.Providers, "providers", "cuda,cpu", "execution providers in order of preference")
+	fs.IntVar(&f.Threads, "threads", 0, "ONNX Runtime intra-op threads per session (0 = all cores)")
+	fs.BoolVar(&f.Spin, "spin", false, "let ONNX Runtime's idle threads spin-wait (faster only on otherwise idle cores)")
+	fs.StringVar(&f.Library, "onnxruntime", "", "path of libonnxruntime.so (default: $"+pipeline.EnvLibrary+", then .deps/lib)")
+	fs.BoolVar(&f.ClassCond, "class-conditioning", false, "condition on the class prompt when the bundle has one (uses CFG)")
+}
+
+// Options are the pipeline options the flags select (everything but the bundle).
+func (f *Flags) Options() pipeline.Options {
+	var prov []string
+	for _, p := range strings.Split(f.Providers, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			prov = append(prov, p)
+		}
+	}
+	return pipeline.Options{Providers: prov, Threads: f.Threads, Spin: f.Spin, Library: f.Library, ClassConditioning: f.ClassCond}
+}
+
+// Open opens the scorer for --bundle.
+func (f *Flags) Open() (*pipeline.Scorer, error) {
+	if f.Bundle == "" {
+		return nil, errors.New("--bundle is required")
+	}
+	return pipeline.Open(f.Bundle, f.Options())
+}
