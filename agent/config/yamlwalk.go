@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
-	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -231,5 +230,3 @@ func substitute(n *yaml.Node, path string, lookup func(string) (string, bool)) [
 	}
 	return errs
 }
-
-var _ = strconv.Itoa
