@@ -23,6 +23,13 @@ import (
 
 // stageIn is what the Go test hands to stage_refs.py.
 type stageIn struct {
+	Normalize struct {
+		Pix    []int      `json:"pix"` // RGB bytes (as ints: []byte would marshal as base64)
+		Width  int        `json:"width"`
+		Height int        `json:"height"`
+		Mean   [3]float32 `json:"mean"`
+		Std    [3]float32 `json:"std"`
+	} `json:"normalize"`
 	Posterior struct {
 		Moments    []float32 `json:"moments"`
 		Shape      []int     `json:"shape"`
@@ -82,6 +89,7 @@ type anomalyCase struct {
 
 // stageOut is what stage_refs.py computes.
 type stageOut struct {
+	Normalize []float64            `json:"normalize"`
 	Posterior map[string][]float64 `json:"posterior"`
 	Schedule  [][]struct {
 		T        int     `json:"t"`
@@ -122,6 +130,14 @@ func prod(shape []int) int {
 func stageInputs() *stageIn {
 	r := rand.New(rand.NewPCG(10, 1))
 	in := &stageIn{}
+
+	nz := &in.Normalize
+	nz.Width, nz.Height = 7, 5
+	nz.Mean, nz.Std = [3]float32{0.485, 0.456, 0.406}, [3]float32{0.229, 0.224, 0.225}
+	for i := 0; i < nz.Width*nz.Height*3; i++ {
+		nz.Pix = append(nz.Pix, r.IntN(256))
+	}
+	nz.Pix[0], nz.Pix[1] = 0, 255
 
 	p := &in.Posterior
 	p.Shape, p.NoiseShape, p.Channels = []int{2, 8, 3, 3}, []int{2, 4, 3, 3}, 4
@@ -235,6 +251,27 @@ func relL2[T float32 | float64](got []T, want []float64) float64 {
 		den += want[i] * want[i]
 	}
 	return math.Sqrt(num / math.Max(den, 1e-30))
+}
+
+// TestStageNormalize: the preprocessed tensor is bit-identical to reference.normalize_uint8 (torchvision's
+// ToTensor + Normalize in float32). The resize before it is checked against Pillow in TestResizePIL.
+func TestStageNormalize(t *testing.T) {
+	in, ref := pythonStages(t)
+	nz := in.Normalize
+	im := Image{Width: nz.Width, Height: nz.Height}
+	for _, v := range nz.Pix {
+		im.Pix = append(im.Pix, byte(v))
+	}
+	got := make([]float32, 3*nz.Width*nz.Height)
+	normalize(im, nz.Mean, nz.Std, got)
+	if len(ref.Normalize) != len(got) {
+		t.Fatalf("%d values, reference %d", len(got), len(ref.Normalize))
+	}
+	for i, w := range ref.Normalize {
+		if float64(got[i]) != w {
+			t.Fatalf("value %d (channel %d) is %.9g, reference.normalize_uint8 %.9g", i, i/(nz.Width*nz.Height), got[i], w)
+		}
+	}
 }
 
 func TestStagePosteriorLatent(t *testing.T) {

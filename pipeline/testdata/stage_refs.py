@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import torch
 
-from vlmdiff_train.reference import (Scorer, alphas_cumprod, anomaly_map, ddim_timesteps, pooled_score,
-                                     posterior_latent, read_conditioning, read_manifest, smooth)
+from vlmdiff_train.reference import (Scorer, alphas_cumprod, anomaly_map, ddim_timesteps, normalize_uint8,
+                                     pooled_score, posterior_latent, read_conditioning, read_manifest, smooth)
 
 
 def t32(values, shape):
@@ -22,6 +22,11 @@ def t32(values, shape):
 
 def flat(t):
     return [float(v) for v in t.reshape(-1).tolist()]
+
+
+def normalize(n):
+    arr = np.asarray(n["pix"], dtype=np.uint8).reshape(n["height"], n["width"], 3)
+    return flat(normalize_uint8(arr, n["mean"], n["std"]))
 
 
 def posterior(p):
@@ -118,7 +123,7 @@ def main():
     with open(sys.argv[1], encoding="utf-8") as f:
         inp = json.load(f)
     torch.set_grad_enabled(False)
-    out = {"posterior": posterior(inp["posterior"]), "schedule": schedule(inp["schedule"]),
+    out = {"normalize": normalize(inp["normalize"]), "posterior": posterior(inp["posterior"]), "schedule": schedule(inp["schedule"]),
            "reconstruct": reconstruct(inp["reconstruct"]), "feature_input": feature_input(inp["feature_input"]),
            "anomaly": [anomaly(a) for a in inp["anomaly"]]}
     with open(sys.argv[2], "w", encoding="utf-8") as f:
