@@ -6,7 +6,6 @@ import (
 	"math"
 	"runtime"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -258,5 +257,4 @@ func (a *Agent) WriteMetrics(w io.Writer) {
 	}
 }
 
-var _ = strings.TrimSpace
 var _ httpapi.Backend = (*Agent)(nil)

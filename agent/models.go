@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -359,5 +358,3 @@ func (m *modelManager) close() {
 		l.retire(m.log)
 	}
 }
-
-var errNoModel = errors.New("no model loaded")

@@ -13,7 +13,6 @@ import (
 
 	"github.com/vlmdiff/edge/agent/mqttout"
 	"github.com/vlmdiff/edge/agent/store"
-	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 )
 
@@ -296,5 +295,3 @@ func encodeJPEG(im pipeline.Image) ([]byte, error) {
 	}
 	return b.Bytes(), nil
 }
-
-var _ = models.ManifestFile

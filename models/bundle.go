@@ -94,157 +94,191 @@ func Verify(dir string) error {
 }
 
 // Validate checks the manifest's schema: required sections present and values in range. It does not touch
-// the files.
+// the files. Every problem is reported, not just the first, sorted by field.
 func (m *Manifest) Validate() error {
-	var errs []string
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
+	var p problems
+	for _, check := range []func(*problems){m.validateHeader, m.validateInput, m.validateLatent, m.validateDiffusion,
+		m.validateConditioning, m.validateMapAndScore, m.validateCalibration, m.validateGraphs} {
+		check(&p)
 	}
+	if len(p) > 0 {
+		sort.Strings(p)
+		return &CheckError{Check: "schema", File: ManifestFile, Err: errors.New(strings.Join(p, "; "))}
+	}
+	return nil
+}
+
+// problems collects what is wrong with a manifest, one "field: why" each.
+type problems []string
+
+func (p *problems) bad(field, format string, args ...any) {
+	*p = append(*p, field+": "+fmt.Sprintf(format, args...))
+}
+
+func (m *Manifest) validateHeader(p *problems) {
 	if m.Format != FormatVersion {
-		bad("format", "is %d, this agent reads format %d", m.Format, FormatVersion)
+		p.bad("format", "is %d, this agent reads format %d", m.Format, FormatVersion)
 	}
 	if m.Name == "" {
-		bad("name", "is empty")
+		p.bad("name", "is empty")
 	}
 	if m.Version == "" {
-		bad("version", "is empty")
+		p.bad("version", "is empty")
 	}
+}
+
+func (m *Manifest) validateInput(p *problems) {
 	in := m.Input
 	if in.Height <= 0 || in.Width <= 0 {
-		bad("input.height/width", "must be positive, got %dx%d", in.Height, in.Width)
+		p.bad("input.height/width", "must be positive, got %dx%d", in.Height, in.Width)
 	}
 	if in.ChannelOrder != "RGB" {
-		bad("input.channel_order", "must be RGB, got %q", in.ChannelOrder)
+		p.bad("input.channel_order", "must be RGB, got %q", in.ChannelOrder)
 	}
 	if in.Resize != "pil_bilinear" && in.Resize != "bilinear" {
-		bad("input.resize", "must be pil_bilinear or bilinear, got %q", in.Resize)
+		p.bad("input.resize", "must be pil_bilinear or bilinear, got %q", in.Resize)
 	}
 	for i, s := range in.Std {
 		if !(s > 0) {
-			bad(fmt.Sprintf("input.std[%d]", i), "must be > 0, got %v", s)
+			p.bad(fmt.Sprintf("input.std[%d]", i), "must be > 0, got %v", s)
 		}
 	}
-	l := m.Latent
+}
+
+func (m *Manifest) validateLatent(p *problems) {
+	l, in := m.Latent, m.Input
 	if l.Channels <= 0 {
-		bad("latent.channels", "must be positive")
+		p.bad("latent.channels", "must be positive")
 	}
 	if l.Downsample <= 0 || in.Height%max(l.Downsample, 1) != 0 || in.Width%max(l.Downsample, 1) != 0 {
-		bad("latent.downsample", "must divide the input size, got %d for %dx%d", l.Downsample, in.Height, in.Width)
+		p.bad("latent.downsample", "must divide the input size, got %d for %dx%d", l.Downsample, in.Height, in.Width)
 	}
 	if !(l.ScaleFactor > 0) {
-		bad("latent.scale_factor", "must be > 0")
+		p.bad("latent.scale_factor", "must be > 0")
 	}
 	if l.Posterior != "mean" && l.Posterior != "sample" {
-		bad("latent.posterior", "must be mean or sample, got %q", l.Posterior)
+		p.bad("latent.posterior", "must be mean or sample, got %q", l.Posterior)
 	}
+}
+
+func (m *Manifest) validateDiffusion(p *problems) {
 	d := m.Diffusion
 	if d.BetaSchedule != "linear" {
-		bad("diffusion.beta_schedule", "only linear is supported, got %q", d.BetaSchedule)
+		p.bad("diffusion.beta_schedule", "only linear is supported, got %q", d.BetaSchedule)
 	}
 	if !(d.LinearStart > 0 && d.LinearEnd > d.LinearStart && d.LinearEnd < 1) {
-		bad("diffusion.linear_start/end", "need 0 < start < end < 1, got %v, %v", d.LinearStart, d.LinearEnd)
+		p.bad("diffusion.linear_start/end", "need 0 < start < end < 1, got %v, %v", d.LinearStart, d.LinearEnd)
 	}
 	if d.TrainSteps <= 1 {
-		bad("diffusion.train_steps", "must be > 1")
+		p.bad("diffusion.train_steps", "must be > 1")
 	}
 	if d.DDIMSteps <= 0 || d.DDIMSteps > d.TrainSteps {
-		bad("diffusion.ddim_steps", "must be in 1..train_steps, got %d", d.DDIMSteps)
+		p.bad("diffusion.ddim_steps", "must be in 1..train_steps, got %d", d.DDIMSteps)
 	}
 	if d.StartStep < 0 || d.StartStep >= d.TrainSteps {
-		bad("diffusion.start_step", "must be in 0..train_steps-1, got %d", d.StartStep)
+		p.bad("diffusion.start_step", "must be in 0..train_steps-1, got %d", d.StartStep)
 	}
 	if d.Eta != 0 {
-		bad("diffusion.eta", "only 0 (deterministic DDIM) is supported, got %v", d.Eta)
+		p.bad("diffusion.eta", "only 0 (deterministic DDIM) is supported, got %v", d.Eta)
 	}
 	if d.SeedPolicy != "fixed" && d.SeedPolicy != "per_frame" {
-		bad("diffusion.seed_policy", "must be fixed or per_frame, got %q", d.SeedPolicy)
+		p.bad("diffusion.seed_policy", "must be fixed or per_frame, got %q", d.SeedPolicy)
 	}
+}
+
+func (m *Manifest) validateConditioning(p *problems) {
 	c := m.Conditioning
 	if c.File == "" || c.Tokens <= 0 || c.Dim <= 0 || len(c.Entries) == 0 {
-		bad("conditioning", "needs file, tokens, dim and at least one entry")
+		p.bad("conditioning", "needs file, tokens, dim and at least one entry")
 	}
 	keys := map[string]bool{}
 	for _, e := range c.Entries {
 		if keys[e.Key] {
-			bad("conditioning.entries", "duplicate key %q", e.Key)
+			p.bad("conditioning.entries", "duplicate key %q", e.Key)
 		}
 		keys[e.Key] = true
 	}
 	if !keys[c.Unconditional] {
-		bad("conditioning.unconditional", "no entry with key %q", c.Unconditional)
+		p.bad("conditioning.unconditional", "no entry with key %q", c.Unconditional)
 	}
 	if !keys[c.Default] {
-		bad("conditioning.default", "no entry with key %q", c.Default)
+		p.bad("conditioning.default", "no entry with key %q", c.Default)
 	}
-	f := m.Features
+}
+
+// validateMapAndScore checks the features, the map and the score recipe.
+func (m *Manifest) validateMapAndScore(p *problems) {
+	f, in := m.Features, m.Input
 	if f.Input == "" {
-		bad("features.input", "is empty")
+		p.bad("features.input", "is empty")
 	}
 	if len(f.Layers) == 0 {
-		bad("features.layers", "at least one layer is needed")
+		p.bad("features.layers", "at least one layer is needed")
 	}
 	for i, ly := range f.Layers {
 		if ly.Name == "" || !(ly.Weight > 0) {
-			bad(fmt.Sprintf("features.layers[%d]", i), "needs a name and a positive weight")
+			p.bad(fmt.Sprintf("features.layers[%d]", i), "needs a name and a positive weight")
 		}
 	}
 	if (len(f.Mean) != 0 || len(f.Std) != 0) && (len(f.Mean) != 3 || len(f.Std) != 3) {
-		bad("features.mean/std", "must both have 3 values or be absent")
+		p.bad("features.mean/std", "must both have 3 values or be absent")
 	}
 	if m.Map.Upsample != "bilinear_align_corners" {
-		bad("map.upsample", "only bilinear_align_corners is supported, got %q", m.Map.Upsample)
+		p.bad("map.upsample", "only bilinear_align_corners is supported, got %q", m.Map.Upsample)
 	}
 	if m.Map.Sigma < 0 || (m.Map.Sigma > 0 && !(m.Map.Truncate > 0)) {
-		bad("map.sigma/truncate", "sigma must be >= 0 and truncate > 0, got %v, %v", m.Map.Sigma, m.Map.Truncate)
+		p.bad("map.sigma/truncate", "sigma must be >= 0 and truncate > 0, got %v, %v", m.Map.Sigma, m.Map.Truncate)
 	}
 	s := m.Score
 	if s.PoolKernel < 1 || s.PoolRepeat < 0 || s.Reduce != "max" {
-		bad("score", "needs pool_kernel >= 1, pool_repeat >= 0, reduce max")
+		p.bad("score", "needs pool_kernel >= 1, pool_repeat >= 0, reduce max")
 	}
 	if s.PoolKernel >= 1 && in.Height-s.PoolRepeat*(s.PoolKernel-1) < 1 {
-		bad("score", "%d pools of kernel %d leave nothing of a %d-pixel map", s.PoolRepeat, s.PoolKernel, in.Height)
+		p.bad("score", "%d pools of kernel %d leave nothing of a %d-pixel map", s.PoolRepeat, s.PoolKernel, in.Height)
 	}
+}
+
+func (m *Manifest) validateCalibration(p *problems) {
 	validCalib := func(field string, cc ClassCalib) {
 		if math.IsNaN(cc.Threshold) || math.IsInf(cc.Threshold, 0) || !(cc.Max > cc.Min) {
-			bad(field, "needs a finite threshold and max > min, got threshold %v min %v max %v", cc.Threshold, cc.Min, cc.Max)
+			p.bad(field, "needs a finite threshold and max > min, got threshold %v min %v max %v", cc.Threshold, cc.Min, cc.Max)
 		}
 	}
 	validCalib("calibration.global", m.Calibration.Global)
 	for k, cc := range m.Calibration.PerClass {
 		validCalib("calibration.per_class."+k, cc)
 	}
+}
+
+// validateGraphs checks the graph roles and that every graph and the conditioning file are listed in files.
+func (m *Manifest) validateGraphs(p *problems) {
 	for _, role := range []string{RoleVAEEncoder, RoleDenoiser, RoleVAEDecoder, RoleFeatures} {
 		if _, ok := m.Graphs[role]; !ok {
-			bad("graphs", "required graph %q is missing", role)
+			p.bad("graphs", "required graph %q is missing", role)
 		}
 	}
 	for role, g := range m.Graphs {
 		switch role {
 		case RoleVAEEncoder, RoleDenoiser, RoleVAEDecoder, RoleFeatures, RoleHint:
 		default:
-			bad("graphs."+role, "unknown role")
+			p.bad("graphs."+role, "unknown role")
 		}
 		if g.File == "" {
-			bad("graphs."+role+".file", "is empty")
+			p.bad("graphs."+role+".file", "is empty")
 		} else if _, ok := m.Files[g.File]; !ok {
-			bad("graphs."+role+".file", "%s is not listed in files", g.File)
+			p.bad("graphs."+role+".file", "%s is not listed in files", g.File)
 		}
 	}
-	if c.File != "" {
+	if c := m.Conditioning; c.File != "" {
 		if _, ok := m.Files[c.File]; !ok {
-			bad("conditioning.file", "%s is not listed in files", c.File)
+			p.bad("conditioning.file", "%s is not listed in files", c.File)
 		}
 	}
 	for name := range m.Files {
 		if !localPath(name) {
-			bad("files", "%q is not a plain relative path inside the bundle", name)
+			p.bad("files", "%q is not a plain relative path inside the bundle", name)
 		}
 	}
-	if len(errs) > 0 {
-		sort.Strings(errs)
-		return &CheckError{Check: "schema", File: ManifestFile, Err: errors.New(strings.Join(errs, "; "))}
-	}
-	return nil
 }
 
 func localPath(name string) bool {

@@ -1,10 +1,12 @@
 package models
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -46,6 +48,10 @@ func copyFile(src, dst string) error {
 		out.Close()
 		return err
 	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
 	return out.Close()
 }
 
@@ -59,70 +65,142 @@ type FeatureSwap struct {
 	Std    []float32
 }
 
+// ErrFeatureGraph is wrapped by ReplaceFeatures' error when the feature graph does not fit the swap: not a
+// readable ONNX file, not exactly one input of the given name, or lacking a requested output.
+var ErrFeatureGraph = errors.New("feature graph does not fit")
+
 // ReplaceFeatures writes into dst a copy of the bundle src whose feature graph is fs.Graph: the same
 // reconstruction scored with another backbone (ResNet50, DINO, MobileNetV2, ...). The graph's declared inputs
 // and outputs are read from the file, checked against fs, and the result is verified.
+//
+// It is all or nothing: the new bundle is built and verified in a temporary directory beside dst, synced to
+// disk, and renamed into place; dst may be a new path, an existing bundle to replace, or src itself. On any
+// failure src and dst are as they were and no temporary directory is left behind.
 func ReplaceFeatures(src, dst string, fs FeatureSwap) (*Manifest, error) {
-	if err := CopyBundle(src, dst); err != nil {
-		return nil, err
-	}
-	m, err := ReadManifest(dst)
+	m, err := ReadManifest(src)
 	if err != nil {
 		return nil, err
 	}
+	graph, err := featureGraphSpec(fs)
+	if err != nil {
+		return nil, err
+	}
+	dst = filepath.Clean(dst)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-")
+	if err != nil {
+		return nil, fmt.Errorf("set features: %w", err)
+	}
+	defer os.RemoveAll(tmp) // a no-op once tmp has become dst
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return nil, err
+	}
+	if err := writeSwapped(src, tmp, m, fs, graph); err != nil {
+		return nil, err
+	}
+	if err := replaceDir(tmp, dst); err != nil {
+		return nil, fmt.Errorf("set features: %w", err)
+	}
+	return m, nil
+}
+
+// featureGraphSpec reads the graph's declared tensors and returns its spec for the manifest: its one input, and
+// only the chosen outputs (the session asks for just those).
+func featureGraphSpec(fs FeatureSwap) (GraphSpec, error) {
 	gio, err := ReadGraphIO(fs.Graph)
 	if err != nil {
-		return nil, err
+		return GraphSpec{}, fmt.Errorf("%w: %s: %v", ErrFeatureGraph, fs.Graph, err)
 	}
-	old := m.Graphs[RoleFeatures]
-	delete(m.Files, old.File)
-	if old.File != "" {
-		os.Remove(filepath.Join(dst, old.File))
+	if len(gio.Inputs) != 1 || gio.Inputs[0].Name != fs.Input {
+		return GraphSpec{}, fmt.Errorf("%w: %s must have exactly one input named %q, has %v", ErrFeatureGraph, fs.Graph, fs.Input, gio.Inputs)
 	}
-	name := "features.onnx"
-	if err := copyFile(fs.Graph, filepath.Join(dst, name)); err != nil {
-		return nil, err
-	}
-	// Only the chosen outputs are declared; the session asks for just those.
-	var outs []TensorSpec
+	spec := GraphSpec{File: featuresFile, Inputs: gio.Inputs}
 	for _, l := range fs.Layers {
-		found := false
-		for _, o := range gio.Outputs {
-			if o.Name == l.Name {
-				outs = append(outs, o)
-				found = true
-				break
-			}
-		}
-		if !found {
+		i := slices.IndexFunc(gio.Outputs, func(o TensorSpec) bool { return o.Name == l.Name })
+		if i < 0 {
 			var have []string
 			for _, o := range gio.Outputs {
 				have = append(have, o.Name)
 			}
-			return nil, fmt.Errorf("%s has no output %q (outputs: %s)", fs.Graph, l.Name, strings.Join(have, ", "))
+			return GraphSpec{}, fmt.Errorf("%w: %s has no output %q (outputs: %s)", ErrFeatureGraph, fs.Graph, l.Name, strings.Join(have, ", "))
+		}
+		spec.Outputs = append(spec.Outputs, gio.Outputs[i])
+	}
+	return spec, nil
+}
+
+// featuresFile is the name a swapped-in feature graph gets inside the bundle.
+const featuresFile = "features.onnx"
+
+// writeSwapped writes into the empty directory dir the bundle src with its feature graph replaced, updates m to
+// the new manifest, verifies the result and syncs it to disk.
+func writeSwapped(src, dir string, m *Manifest, fs FeatureSwap, graph GraphSpec) error {
+	delete(m.Files, m.Graphs[RoleFeatures].File)
+	for name := range m.Files {
+		if err := copyFile(filepath.Join(src, name), filepath.Join(dir, name)); err != nil {
+			return err
 		}
 	}
-	var ins []TensorSpec
-	for _, i := range gio.Inputs {
-		if i.Name == fs.Input {
-			ins = append(ins, i)
-		}
+	if err := copyFile(fs.Graph, filepath.Join(dir, featuresFile)); err != nil {
+		return err
 	}
-	if len(ins) == 0 || len(gio.Inputs) != 1 {
-		return nil, fmt.Errorf("%s must have exactly one input named %q, has %v", fs.Graph, fs.Input, gio.Inputs)
-	}
-	m.Graphs[RoleFeatures] = GraphSpec{File: name, Inputs: ins, Outputs: outs}
+	m.Graphs[RoleFeatures] = graph
 	m.Features = Features{Input: fs.Input, Layers: fs.Layers, Tokens: fs.Tokens, Mean: fs.Mean, Std: fs.Std}
-	m.Files[name] = FileEntry{}
+	m.Files[featuresFile] = FileEntry{}
 	m.Version += "+" + strings.TrimSuffix(filepath.Base(fs.Graph), filepath.Ext(fs.Graph))
 	if err := m.Validate(); err != nil {
-		return nil, err
+		return err
 	}
-	if err := Rehash(dst, m); err != nil {
-		return nil, err
+	if err := Rehash(dir, m); err != nil {
+		return err
 	}
-	if err := Verify(dst); err != nil {
-		return nil, err
+	if err := Verify(dir); err != nil {
+		return err
 	}
-	return m, nil
+	if err := syncPath(filepath.Join(dir, ManifestFile)); err != nil {
+		return err
+	}
+	return syncPath(dir)
+}
+
+// replaceDir renames the directory tmp to dst. An existing dst is moved aside first and removed after; if tmp
+// cannot take its place, it is moved back.
+func replaceDir(tmp, dst string) error {
+	parent := filepath.Dir(dst)
+	if _, err := os.Lstat(dst); err == nil {
+		old, err := os.MkdirTemp(parent, "."+filepath.Base(dst)+".old-")
+		if err != nil {
+			return err
+		}
+		if err := os.Rename(dst, filepath.Join(old, "bundle")); err != nil {
+			os.Remove(old)
+			return fmt.Errorf("moving the old %s aside: %w", dst, err)
+		}
+		if err := os.Rename(tmp, dst); err != nil {
+			if rerr := os.Rename(filepath.Join(old, "bundle"), dst); rerr != nil {
+				return fmt.Errorf("%w; and restoring the old bundle failed (it is in %s): %v", err, old, rerr)
+			}
+			os.Remove(old)
+			return err
+		}
+		os.RemoveAll(old) // best effort: the new bundle is in place either way
+	} else if err := os.Rename(tmp, dst); err != nil {
+		return err
+	}
+	return syncPath(parent)
+}
+
+// syncPath flushes a file or a directory (its entries) to disk.
+func syncPath(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -73,7 +73,7 @@ type Provenance struct {
 	Notes     string   `json:"notes,omitempty"`
 }
 
-// Input describes the preprocessing of ALGORITHM 1.1.
+// Input describes the preprocessing of docs/algorithm.md §1.1.
 type Input struct {
 	Height       int        `json:"height"`
 	Width        int        `json:"width"`
@@ -83,7 +83,7 @@ type Input struct {
 	Std          [3]float32 `json:"std"`
 }
 
-// Latent describes the VAE's latent space (ALGORITHM 1.3).
+// Latent describes the VAE's latent space (docs/algorithm.md §1.3).
 type Latent struct {
 	Channels    int     `json:"channels"`
 	Downsample  int     `json:"downsample"`
@@ -94,7 +94,7 @@ type Latent struct {
 	LogvarClampHi float32 `json:"logvar_clamp_hi"`
 }
 
-// Diffusion describes the noise schedule and the DDIM sampler (ALGORITHM 1.4-1.6).
+// Diffusion describes the noise schedule and the DDIM sampler (docs/algorithm.md §1.4-1.6).
 type Diffusion struct {
 	BetaSchedule string  `json:"beta_schedule"` // "linear" (SD: linspace of sqrt betas, squared)
 	LinearStart  float64 `json:"linear_start"`
@@ -132,7 +132,7 @@ type ConditioningEntry struct {
 	Prompt string `json:"prompt"` // the text that was encoded
 }
 
-// Features describes the feature graph whose input/reconstruction distance is the anomaly map (ALGORITHM 1.9).
+// Features describes the feature graph whose input/reconstruction distance is the anomaly map (docs/algorithm.md §1.9).
 type Features struct {
 	Input  string         `json:"input"` // the feature graph's input tensor name
 	Layers []FeatureLayer `json:"layers"`
@@ -158,7 +158,7 @@ type MapSpec struct {
 }
 
 // ScoreSpec is the image score recipe: Repeat passes of a Kernel x Kernel average pool with stride 1 and no
-// padding, then the maximum (ALGORITHM 1.10).
+// padding, then the maximum (docs/algorithm.md §1.10).
 type ScoreSpec struct {
 	PoolKernel int    `json:"pool_kernel"`
 	PoolRepeat int    `json:"pool_repeat"`

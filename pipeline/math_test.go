@@ -49,7 +49,7 @@ func TestResizePIL(t *testing.T) {
 }
 
 func TestAlphasCumprod(t *testing.T) {
-	// Values of ALGORITHM.md 1.5 (SD linear schedule) at t = 1, 101, ..., 901, and abar_999.
+	// Values of docs/algorithm.md §1.5 (SD linear schedule) at t = 1, 101, ..., 901, and abar_999.
 	a := AlphasCumprod(0.00085, 0.012, 1000)
 	want := []float64{.99830, .89298, .75214, .58882, .42288, .27500, .15982, .08192, .03655, .01400}
 	ts := DDIMTimesteps(1000, 10)

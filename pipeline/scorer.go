@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -25,9 +24,9 @@ type Scorer struct {
 
 	enc, hint, den, dec, feat *graph
 
-	abar       []float64
-	timesteps  []int
-	lc, lh, lw int // latent channels and size
+	abar       []float64  // the noise schedule's cumulative alphas, by timestep
+	steps      []ddimStep // the DDIM steps in the order they run
+	lc, lh, lw int        // latent channels and size
 
 	closed atomic.Bool
 }
@@ -61,7 +60,7 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 	m := b.Manifest
 	s := &Scorer{bundle: b, m: m, opt: opt}
 	s.abar = AlphasCumprod(m.Diffusion.LinearStart, m.Diffusion.LinearEnd, m.Diffusion.TrainSteps)
-	s.timesteps = DDIMTimesteps(m.Diffusion.TrainSteps, m.Diffusion.DDIMSteps)
+	s.steps = ddimSchedule(s.abar, DDIMTimesteps(m.Diffusion.TrainSteps, m.Diffusion.DDIMSteps))
 	s.lc = m.Latent.Channels
 	s.lh, s.lw = m.Input.Height/m.Latent.Downsample, m.Input.Width/m.Latent.Downsample
 
@@ -200,308 +199,83 @@ func (s *Scorer) Score(ctx context.Context, reqs []Request) ([]Result, error) {
 	return results, nil
 }
 
+// scoreBatch runs the scoring recipe (docs/algorithm.md §1) on a batch of valid frames. Each step is one stage
+// method below, in the order of the flow; the stage names are those of Result.LatencyMS.
 func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, error) {
-	m := s.m
-	B := len(reqs)
-	H, W := m.Input.Height, m.Input.Width
-	lat := map[string]float64{}
-	stage := func(name string, t0 time.Time) { lat[name] += float64(time.Since(t0).Microseconds()) / 1000 }
+	lat := latencies{}
 	tAll := time.Now()
 
-	// 1. preprocess
 	t0 := time.Now()
-	x := make([]float32, B*3*H*W)
-	for i, r := range reqs {
-		im := r.Image
-		if im.Width != W || im.Height != H {
-			if m.Input.Resize == "bilinear" {
-				var err error
-				if im, err = resizeCV(im, W, H); err != nil {
-					return nil, fmt.Errorf("resize: %w", err)
-				}
-			} else {
-				im = ResizePIL(im, W, H)
-			}
-		}
-		normalize(im, m.Input.Mean, m.Input.Std, x[i*3*H*W:(i+1)*3*H*W])
+	x, image, err := s.preprocess(reqs)
+	if err != nil {
+		return nil, err
 	}
-	stage(StagePreprocess, t0)
+	defer image.Destroy()
+	lat.add(StagePreprocess, t0)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	imgShape := ort.NewShape(int64(B), 3, int64(H), int64(W))
-	xt, err := tensor(imgShape, x)
-	if err != nil {
-		return nil, err
-	}
-	defer xt.Destroy()
 
-	// 2. encode: z = scale * (mean [+ std * n])
 	t0 = time.Now()
-	mo, msh, err := s.enc.run(xt)
+	z, startNoise, err := s.encode(image, reqs)
 	if err != nil {
 		return nil, err
 	}
-	n := s.lc * s.lh * s.lw
-	if len(msh[0]) != 4 || msh[0][1] != int64(2*s.lc) || msh[0][2] != int64(s.lh) || msh[0][3] != int64(s.lw) {
-		return nil, fmt.Errorf("vae_encoder produced moments of shape %v, want [%d %d %d %d]", msh[0], B, 2*s.lc, s.lh, s.lw)
-	}
-	z := make([]float32, B*n)
-	noise := make([]float32, B*n)
-	scale := m.Latent.ScaleFactor
-	for i, r := range reqs {
-		nz := r.Noise
-		if nz == nil {
-			p, st := noiseFor(m.Diffusion.Seed, r.Seq, m.Diffusion.SeedPolicy == "per_frame", n)
-			nz = &Noise{Posterior: p, Start: st}
-		}
-		copy(noise[i*n:], nz.Start)
-		mean := mo[0][i*2*n : i*2*n+n]
-		logv := mo[0][i*2*n+n : (i+1)*2*n]
-		for j := 0; j < n; j++ {
-			v := mean[j]
-			if m.Latent.Posterior == "sample" {
-				lv := min(max(logv[j], m.Latent.LogvarClampLo), m.Latent.LogvarClampHi)
-				v += float32(math.Exp(0.5*float64(lv))) * nz.Posterior[j]
-			}
-			z[i*n+j] = scale * v
-		}
-	}
-	stage(StageEncode, t0)
+	lat.add(StageEncode, t0)
 
-	// 3. hint features, once per frame
-	hintT := xt
+	t0 = time.Now()
+	cond, err := s.denoiserInputs(reqs, image)
+	if err != nil {
+		return nil, err
+	}
+	defer cond.release()
 	if s.hint != nil {
-		t0 = time.Now()
-		hd, hsh, err := s.hint.run(xt)
-		if err != nil {
-			return nil, err
-		}
-		ht, err := tensor(hsh[0], hd[0])
-		if err != nil {
-			return nil, err
-		}
-		defer ht.Destroy()
-		hintT = ht
-		stage(StageHint, t0)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
+		lat.add(StageHint, t0)
 	}
 
-	// 4. contexts; classifier-free guidance only where the conditional context differs from the
-	// unconditional one (never for the paper's empty test prompt)
-	cond := m.Conditioning
-	uncond, _ := s.bundle.ConditioningFor(cond.Unconditional)
-	ctxLen := cond.Tokens * cond.Dim
-	condKeys := make([]string, B)
-	cfg := false
-	for i, r := range reqs {
-		k := cond.Default
-		if s.opt.ClassConditioning && r.Class != "" {
-			if _, ok := s.bundle.ConditioningFor(r.Class); ok {
-				k = r.Class
-			}
-		}
-		condKeys[i] = k
-		if k != cond.Unconditional {
-			cfg = true
-		}
-	}
-	nb := B
-	if cfg {
-		nb = 2 * B
-	}
-	ctxData := make([]float32, nb*ctxLen)
-	for i := 0; i < B; i++ {
-		c, _ := s.bundle.ConditioningFor(condKeys[i])
-		if cfg {
-			copy(ctxData[i*ctxLen:], uncond)
-			copy(ctxData[(B+i)*ctxLen:], c)
-		} else {
-			copy(ctxData[i*ctxLen:], c)
-		}
-	}
-	ctxT, err := tensor(ort.NewShape(int64(nb), int64(cond.Tokens), int64(cond.Dim)), ctxData)
-	if err != nil {
-		return nil, err
-	}
-	defer ctxT.Destroy()
-	denHint := hintT
-	if cfg {
-		hs := hintT.GetShape()
-		hd := hintT.GetData()
-		dup := make([]float32, 2*len(hd))
-		copy(dup, hd)
-		copy(dup[len(hd):], hd)
-		shape := hs.Clone()
-		shape[0] *= 2
-		dt, err := tensor(shape, dup)
-		if err != nil {
-			return nil, err
-		}
-		defer dt.Destroy()
-		denHint = dt
-	}
-
-	// 5. forward noising to the start step, then deterministic DDIM (eta 0)
 	t0 = time.Now()
-	st := m.Diffusion.StartStep
-	sa, sb := float32(math.Sqrt(s.abar[st])), float32(math.Sqrt(1-s.abar[st]))
-	xs := make([]float32, B*n)
-	for j := range xs {
-		xs[j] = sa*z[j] + sb*noise[j]
+	zRec, err := s.reconstruct(ctx, z, startNoise, cond)
+	if err != nil {
+		return nil, err
 	}
-	xin := make([]float32, nb*n)
-	tt := make([]int64, nb)
-	latShape := ort.NewShape(int64(nb), int64(s.lc), int64(s.lh), int64(s.lw))
-	gs := float32(m.Diffusion.GuidanceScale)
-	for k := len(s.timesteps) - 1; k >= 0; k-- {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		t := s.timesteps[k]
-		copy(xin, xs)
-		if cfg {
-			copy(xin[B*n:], xs)
-		}
-		for i := range tt {
-			tt[i] = int64(t)
-		}
-		xT, err := tensor(latShape, xin)
-		if err != nil {
-			return nil, err
-		}
-		tT, err := ort.NewTensor(ort.NewShape(int64(nb)), tt)
-		if err != nil {
-			xT.Destroy()
-			return nil, err
-		}
-		eo, esh, err := s.den.run(xT, tT, ctxT, denHint)
-		xT.Destroy()
-		tT.Destroy()
-		if err != nil {
-			return nil, err
-		}
-		if len(eo[0]) != nb*n {
-			return nil, fmt.Errorf("denoiser produced eps of shape %v, want %v", esh[0], latShape)
-		}
-		e := eo[0]
-		if cfg {
-			for j := 0; j < B*n; j++ {
-				eu, ec := e[j], e[B*n+j]
-				e[j] = eu + gs*(ec-eu)
-			}
-		}
-		a := s.abar[t]
-		ap := s.abar[0]
-		if k > 0 {
-			ap = s.abar[s.timesteps[k-1]]
-		}
-		sqa, sq1a := float32(math.Sqrt(a)), float32(math.Sqrt(1-a))
-		sqap, sq1ap := float32(math.Sqrt(ap)), float32(math.Sqrt(1-ap))
-		for j := 0; j < B*n; j++ {
-			x0 := (xs[j] - sq1a*e[j]) / sqa
-			xs[j] = sqap*x0 + sq1ap*e[j]
-		}
-	}
-	stage(StageDenoise, t0)
+	lat.add(StageDenoise, t0)
 
-	// 6. decode
 	t0 = time.Now()
-	for j := range xs {
-		xs[j] /= scale
-	}
-	zT, err := tensor(ort.NewShape(int64(B), int64(s.lc), int64(s.lh), int64(s.lw)), xs)
+	rec, err := s.decode(zRec, len(reqs))
 	if err != nil {
 		return nil, err
 	}
-	ro, rsh, err := s.dec.run(zT)
-	zT.Destroy()
-	if err != nil {
-		return nil, err
-	}
-	if len(ro[0]) != B*3*H*W {
-		return nil, fmt.Errorf("vae_decoder produced an image of shape %v, want [%d 3 %d %d]", rsh[0], B, H, W)
-	}
-	stage(StageDecode, t0)
+	lat.add(StageDecode, t0)
 
-	// 7. features of input and reconstruction in one batch
 	t0 = time.Now()
-	both := make([]float32, 2*B*3*H*W)
-	copy(both, x)
-	copy(both[B*3*H*W:], ro[0])
-	if f := m.Features; len(f.Mean) == 3 {
-		renormalize(both, H*W, m.Input.Mean, m.Input.Std, f.Mean, f.Std)
-	}
-	bt, err := tensor(ort.NewShape(int64(2*B), 3, int64(H), int64(W)), both)
+	feats, err := s.features(x, rec, len(reqs))
 	if err != nil {
 		return nil, err
 	}
-	fo, fsh, err := s.feat.run(bt)
-	bt.Destroy()
-	if err != nil {
-		return nil, err
-	}
-	stage(StageFeatures, t0)
+	lat.add(StageFeatures, t0)
 
-	// 8. anomaly maps and scores
 	t0 = time.Now()
-	results := make([]Result, B)
-	for i := range reqs {
-		amap := make([]float64, H*W)
-		for l, layer := range m.Features.Layers {
-			sh := fsh[l]
-			var c, h, w int
-			var a, b []float32
-			if m.Features.Tokens {
-				if len(sh) != 3 {
-					return nil, fmt.Errorf("feature %s has shape %v, want [2B, 1+N, D]", layer.Name, sh)
-				}
-				ntok, d := int(sh[1])-1, int(sh[2])
-				side := int(math.Round(math.Sqrt(float64(ntok))))
-				if side*side != ntok {
-					return nil, fmt.Errorf("feature %s has %d patch tokens, not a square grid", layer.Name, ntok)
-				}
-				per := (ntok + 1) * d
-				a = tokensToPlanes(fo[l][i*per:(i+1)*per], ntok, d)
-				b = tokensToPlanes(fo[l][(B+i)*per:(B+i+1)*per], ntok, d)
-				c, h, w = d, side, side
-			} else {
-				if len(sh) != 4 {
-					return nil, fmt.Errorf("feature %s has shape %v, want [2B, C, h, w]", layer.Name, sh)
-				}
-				c, h, w = int(sh[1]), int(sh[2]), int(sh[3])
-				per := c * h * w
-				a = fo[l][i*per : (i+1)*per]
-				b = fo[l][(B+i)*per : (B+i+1)*per]
-			}
-			d := make([]float64, h*w)
-			cosineDistance(a, b, c, h*w, d)
-			upsampleAlignCorners(d, h, w, amap, H, W, float64(layer.Weight))
-		}
-		gaussianFilter(amap, H, W, m.Map.Sigma, m.Map.Truncate)
-		r := &results[i]
-		finite := true
-		r.Map = make([]float32, H*W)
-		for j, v := range amap {
-			if math.IsNaN(v) || math.IsInf(v, 0) {
-				finite = false
-				break
-			}
-			r.Map[j] = float32(v)
-		}
-		if !finite {
-			results[i] = Result{Err: errors.New("the model produced non-finite values (NaN/Inf) in the anomaly map")}
-			continue
-		}
-		r.MapWidth, r.MapHeight = W, H
-		r.RawScore = pooledMax(amap, H, W, m.Score.PoolKernel, m.Score.PoolRepeat)
-		s.calibrate(r, reqs[i].Class)
+	results, err := s.mapsAndScores(feats, reqs)
+	if err != nil {
+		return nil, err
 	}
-	stage(StageMap, t0)
-	lat[StageTotal] = float64(time.Since(tAll).Microseconds()) / 1000
-	ref := refOf(m)
+	lat.add(StageMap, t0)
+	s.stamp(results, lat, tAll)
+	return results, nil
+}
+
+// latencies accumulates the wall time of each stage of one batch, in milliseconds.
+type latencies map[string]float64
+
+func (l latencies) add(stage string, since time.Time) {
+	l[stage] += float64(time.Since(since).Microseconds()) / 1000
+}
+
+// stamp gives every scored frame of a batch the model's name and its share of the batch's stage times, the
+// batch having started at start.
+func (s *Scorer) stamp(results []Result, lat latencies, start time.Time) {
+	lat.add(StageTotal, start)
+	ref := refOf(s.m)
 	for i := range results {
 		if results[i].Err != nil {
 			continue
@@ -509,10 +283,9 @@ func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, erro
 		results[i].Model = ref
 		results[i].LatencyMS = make(map[string]float64, len(lat))
 		for k, v := range lat {
-			results[i].LatencyMS[k] = v / float64(B)
+			results[i].LatencyMS[k] = v / float64(len(results))
 		}
 	}
-	return results, nil
 }
 
 // calibrate fills the calibrated score, verdict and anomaly area from the manifest's calibration.
@@ -547,19 +320,6 @@ func Calibrate(r *Result, cc models.ClassCalib, threshold float64) {
 			}
 		}
 		r.AnomalyAreaPct = 100 * float64(above) / float64(len(r.Map))
-	}
-}
-
-// renormalize converts [N,3,hw] tensors from the bundle's input normalisation to the feature backbone's.
-func renormalize(t []float32, hw int, inMean, inStd [3]float32, mean, std []float32) {
-	n := len(t) / (3 * hw)
-	for i := 0; i < n; i++ {
-		for c := 0; c < 3; c++ {
-			p := t[(i*3+c)*hw : (i*3+c+1)*hw]
-			for j := range p {
-				p[j] = ((p[j]*inStd[c] + inMean[c]) - mean[c]) / std[c]
-			}
-		}
 	}
 }
 

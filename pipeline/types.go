@@ -31,7 +31,7 @@ type Noise struct {
 
 // Result is the outcome of scoring one frame.
 type Result struct {
-	// RawScore is the pooled maximum of the anomaly map (ALGORITHM 1.10).
+	// RawScore is the pooled maximum of the anomaly map (docs/algorithm.md §1.10).
 	RawScore float64 `json:"raw_score"`
 	// Score is RawScore calibrated to 0..1; Threshold maps to 0.5.
 	Score     float64 `json:"score"`

@@ -1,5 +1,5 @@
 // Package caption describes dataset images with a vision-language model, the VLMDiff training condition
-// (ALGORITHM 2.5). It speaks the OpenAI-compatible /v1/chat/completions API with an image content part, which
+// (docs/algorithm.md §2.5). It speaks the OpenAI-compatible /v1/chat/completions API with an image content part, which
 // is what LMDeploy, vLLM, Ollama and SGLang serve, so any of them (or a hosted API) can caption without
 // Python on the training machine. Captions are cached by image hash, model and prompt, so a rerun after a
 // crash, or after adding images, asks the server only about what it has not described yet.

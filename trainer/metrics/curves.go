@@ -1,5 +1,5 @@
 // Package metrics computes the seven anomaly-detection metrics exactly as the VLMDiff/DiAD evaluation does
-// (utils/eval_helper.py, with sklearn and skimage semantics; ALGORITHM.md section 3): image AUROC, AP and F1-max
+// (utils/eval_helper.py, with sklearn and skimage semantics; docs/algorithm.md §3): image AUROC, AP and F1-max
 // on image scores, pixel AUROC, AP and F1-max over all pixels of a class, and AU-PRO; each per class, then the
 // mean over classes. Matching the seed to 1e-6 is the point: numbers from this package are compared with the
 // published tables, so every quirk (no (0,0) point in AU-PRO, np.arange thresholds) is kept on purpose. The one

@@ -7,7 +7,7 @@ import (
 	"sort"
 )
 
-// Sample is one evaluated image: its image score (the pipeline's pooled maximum, ALGORITHM 1.10), its label,
+// Sample is one evaluated image: its image score (the pipeline's pooled maximum, docs/algorithm.md §1.10), its label,
 // and optionally its anomaly map with the ground-truth mask at the map's size.
 type Sample struct {
 	Score float64

@@ -67,7 +67,7 @@ type CaptionConfig struct {
 	Fallback bool `yaml:"fallback"`
 }
 
-// FinetuneAEConfig is the autoencoder finetune (ALGORITHM 2.3).
+// FinetuneAEConfig is the autoencoder finetune (docs/algorithm.md §2.3).
 type FinetuneAEConfig struct {
 	Init             string         `yaml:"init"` // kl-f8 checkpoint; empty = from scratch
 	PerceptualONNX   string         `yaml:"perceptual_onnx"`
@@ -80,14 +80,14 @@ type FinetuneAEConfig struct {
 	Extra            map[string]any `yaml:"extra"` // passed to the Python stage as is
 }
 
-// BuildConfig assembles the model (ALGORITHM 2.4).
+// BuildConfig assembles the model (docs/algorithm.md §2.4).
 type BuildConfig struct {
 	SDCheckpoint string         `yaml:"sd_checkpoint"` // v1-5-pruned.ckpt for sd15
 	Tokenizer    string         `yaml:"tokenizer"`     // CLIP vocabulary directory for sd15
 	Extra        map[string]any `yaml:"extra"`
 }
 
-// TrainConfig trains the denoiser (ALGORITHM 2.1-2.2).
+// TrainConfig trains the denoiser (docs/algorithm.md §2.1-2.2).
 type TrainConfig struct {
 	MaxSteps    int            `yaml:"max_steps"`
 	Epochs      int            `yaml:"epochs"`

@@ -2,8 +2,8 @@
 """Reference values for trainer/metrics, computed independently of the Go code.
 
 Generates seeded random evaluation data (a few 32x32 images per class with blob masks and noisy anomaly maps)
-and computes the seven metrics the way the VLMDiff/DiAD evaluation does (utils/eval_helper.py; ALGORITHM.md
-section 3), with sklearn, skimage and numpy:
+and computes the seven metrics the way the VLMDiff/DiAD evaluation does (utils/eval_helper.py; docs/algorithm.md
+§3), with sklearn, skimage and numpy:
 
   image AUROC  sklearn roc_curve + auc, 1-AUC when below 0.5
   image AP     sklearn average_precision_score

@@ -59,7 +59,7 @@ def test_tiny_sd15_file_loads_and_builds_sgn(tiny, tmp_path):
         assert torch.equal(v, sd[C.VAE_PREFIX + k]), k
     for k, v in tiny.text_encoder.state_dict().items():
         assert torch.equal(v, sd[C.TEXT_PREFIX + k]), k
-    # ALGORITHM 2.4: SG keys shared with the UNet are copied, the new layers keep their zero init
+    # docs/algorithm.md §2.4: SG keys shared with the UNet are copied, the new layers keep their zero init
     new = set(rep.sgn_initialised)
     assert new and all(k.startswith(("input_hint_block.", "zero_convs.", "middle_block_out.", "down")) for k in new)
     for k, v in tiny.sgn.state_dict().items():

@@ -40,7 +40,7 @@ def _unet_sd(nets):
 
 
 # ---------------------------------------------------------------- sd15: published sizes and layouts
-# Parameter counts (millions) from ALGORITHM.md section 4, measured there on the public code.
+# Parameter counts (millions) of the public code's networks, docs/algorithm.md §4.
 SD15_PARAMS = [
     ("unet", lambda n: n.unet, 859.52),
     ("sgn", lambda n: n.sgn, 471.87),
@@ -62,7 +62,7 @@ def _params_with_prefix(module, prefixes):
     return sum(p.numel() for k, p in module.named_parameters() if k.startswith(prefixes)) / 1e6
 
 
-SD15_PARTS = [  # (what, module getter, key prefixes, millions) from ALGORITHM.md 4
+SD15_PARTS = [  # (what, module getter, key prefixes, millions) from docs/algorithm.md §4
     ("unet encoder+mid+temb", lambda n: n.unet, ("time_embed.", "input_blocks.", "middle_block."), 348.71),
     ("unet decoder+out", lambda n: n.unet, ("output_blocks.", "out."), 510.81),
     ("sgn SFF", lambda n: n.sgn, ("down",), 110.59),
@@ -182,7 +182,7 @@ def test_sd15_real_keys_and_shapes(sd15, net):
 
 
 def test_sd15_sgn_shares_unet_encoder_keys(sd15):
-    """ALGORITHM 2.4 copies SG keys from the UNet by name: every SG key that is not a new layer must exist in the
+    """docs/algorithm.md §2.4 copies SG keys from the UNet by name: every SG key that is not a new layer must exist in the
     UNet with the same shape."""
     unet = sd15.unet.state_dict()
     for k, v in sd15.sgn.state_dict().items():

@@ -20,7 +20,7 @@ def test_alphas_cumprod_matches_algorithm_table():
     abar = R.alphas_cumprod(0.00085, 0.012, 1000)
     ts = R.ddim_timesteps(1000, 10)
     assert ts.tolist() == [1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
-    want = [.99830, .89298, .75214, .58882, .42288, .27500, .15982, .08192, .03655, .01400]  # ALGORITHM 1.5
+    want = [.99830, .89298, .75214, .58882, .42288, .27500, .15982, .08192, .03655, .01400]  # docs/algorithm.md §1.5
     np.testing.assert_allclose(abar[ts], want, atol=6e-5)
     assert abs(abar[999] - 0.004660) < 5e-6
     assert abs(abar[0] - 0.99915) < 5e-6
@@ -181,7 +181,7 @@ def test_ddim_recovers_oracle_latent_and_cfg_only_when_contexts_differ():
     rec = s.reconstruct(torch.zeros(1, 3, 8, 8), None, noise)
     # With oracle eps the implied noise stays constant along the eta-0 path, so the sampler must end at exactly
     # sqrt(abar[0])*x0 + sqrt(1-abar[0])*e0, e0 being the first step's eps (the start latent is 0 here, so
-    # x_T = sqrt(1-abar[999])*noise, and the first step uses abar[901], the quirk of ALGORITHM 1.5).
+    # x_T = sqrt(1-abar[999])*noise, and the first step uses abar[901], the quirk of docs/algorithm.md §1.5).
     assert len(den.calls) == 10
     xT = (1 - abar[999]) ** 0.5 * noise
     e0 = (xT - abar[901] ** 0.5 * x0) / (1 - abar[901]) ** 0.5

@@ -176,7 +176,7 @@ def load_text_encoder(text: nn.Module, sd: Mapping[str, torch.Tensor], what: str
 
 def init_sgn_from_unet(sgn: SemanticGuidedNetwork, unet_sd: Mapping[str, torch.Tensor],
                        what: str = "SG network from UNet") -> list[str]:
-    """ALGORITHM 2.4: every SG key that the UNet has is copied from it; the new layers (hint block, zero convs,
+    """docs/algorithm.md §2.4: every SG key that the UNet has is copied from it; the new layers (hint block, zero convs,
     middle_block_out, SFF) keep their init, which is zero for the zero modules.
 
     Returns the keys kept at init. Raises CheckpointError when an SG key is neither in the UNet nor a new layer,
@@ -242,7 +242,7 @@ def load_sd15(model: VLMDiffModel, source, *, vae_source=None, init_sgn: bool = 
               trusted: bool = False) -> LoadReport:
     """Load SD1.5 into model: UNet (strict), VAE (strict, or from vae_source: a kl-f8/finetuned AE file), CLIP
     text (strict, when model has a text encoder and load_text), and, with init_sgn, the SG network from the UNet
-    (ALGORITHM 2.4). model_ema.*, schedule buffers and other extras are ignored and listed in the report."""
+    (docs/algorithm.md §2.4). model_ema.*, schedule buffers and other extras are ignored and listed in the report."""
     sd = read_checkpoint(source, trusted=trusted)
     name = _name(source)
     unet_sd = split_prefix(sd, UNET_PREFIX)

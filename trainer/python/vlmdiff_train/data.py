@@ -6,7 +6,7 @@ captions.json maps an image path (as written in the index) to its caption.
 
 Preprocessing is the scorer's, to the bit (reference.load_image: PIL bilinear resize, /255, normalise), because
 the networks must see in training exactly what the agent feeds them. Augmentation is off by default (the paper
-trains without any, ALGORITHM 2.2); the optional light augmentation works on the uint8 image before normalising.
+trains without any, docs/algorithm.md §2.2); the optional light augmentation works on the uint8 image before normalising.
 """
 
 from __future__ import annotations

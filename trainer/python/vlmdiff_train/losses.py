@@ -1,4 +1,4 @@
-"""Losses of the two training stages (ALGORITHM 2.2 and 2.3).
+"""Losses of the two training stages (docs/algorithm.md §2.2 and §2.3).
 
 The autoencoder loss follows LDM's LPIPSWithDiscriminator with the GAN term off (it never starts within the
 author's 25k steps): nll = sum over pixels of (|x - x_rec| + w_p * perceptual) per sample, plus 1e-6 * KL summed
@@ -62,5 +62,5 @@ def autoencoder_loss(x: torch.Tensor, rec: torch.Tensor, moments: torch.Tensor,
 
 
 def eps_mse(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """ALGORITHM 2.2: plain mean MSE (logvar 0, no ELBO term)."""
+    """docs/algorithm.md §2.2: plain mean MSE (logvar 0, no ELBO term)."""
     return F.mse_loss(eps_pred.float(), eps.float())

@@ -1,6 +1,6 @@
 """A minimal ONNX -> torch interpreter for frozen feature backbones.
 
-Users bring their feature backbone as an ONNX graph (DESIGN.md: "features.onnx"); the trainer needs the same
+Users bring their feature backbone as an ONNX graph (docs/algorithm.md §1.9); the trainer needs the same
 network in torch as a frozen perceptual-loss net (autoencoder finetune) and as the reference scorer's feature net.
 There is no Python onnxruntime and no onnx2torch here, so this module runs the graph's nodes with torch ops. It
 covers the ops that convolutional backbones use (the ResNet50-v2 and MobileNetV2 feature graphs of the project's

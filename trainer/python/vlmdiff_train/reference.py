@@ -1,4 +1,4 @@
-"""An independent PyTorch reference of the bundle's scoring recipe (ALGORITHM.md sections 1 and 7).
+"""An independent PyTorch reference of the bundle's scoring recipe (docs/algorithm.md §1).
 
 The Go pipeline scores frames through ONNX Runtime from bundle.json. This module scores the same frames with the
 torch networks the bundle was exported from, reading every number from the same manifest, so a Go test can check
@@ -65,7 +65,7 @@ def read_conditioning(bundle_dir: str, manifest: dict) -> Dict[str, torch.Tensor
 
 def load_image(path: str, height: int, width: int, mean: Sequence[float], std: Sequence[float],
                resize: str = "pil_bilinear") -> torch.Tensor:
-    """ALGORITHM 1.1: RGB, PIL bilinear resize (antialiased, uint8 fixed point), /255, normalise. -> [3,H,W]."""
+    """docs/algorithm.md §1.1: RGB, PIL bilinear resize (antialiased, uint8 fixed point), /255, normalise. -> [3,H,W]."""
     if resize != "pil_bilinear":
         raise RuntimeError(f"reference scorer supports resize 'pil_bilinear' only, manifest says {resize!r}")
     with Image.open(path) as im:
@@ -102,7 +102,7 @@ def ddim_timesteps(train_steps: int, ddim_steps: int) -> np.ndarray:
 
 def posterior_latent(moments: torch.Tensor, channels: int, scale: float, clamp_lo: float, clamp_hi: float,
                      posterior: str, noise: Optional[torch.Tensor]) -> torch.Tensor:
-    """ALGORITHM 1.3: split moments into mean/logvar, clamp logvar, optionally sample, scale."""
+    """docs/algorithm.md §1.3: split moments into mean/logvar, clamp logvar, optionally sample, scale."""
     mean, logvar = moments[:, :channels], moments[:, channels:2 * channels]
     if posterior == "sample":
         logvar = torch.clamp(logvar, clamp_lo, clamp_hi)
@@ -152,7 +152,7 @@ def smooth(amap: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
 
 
 def pooled_score(amap: np.ndarray, kernel: int, repeat: int, reduce: str = "max") -> float:
-    """ALGORITHM 1.10: avg_pool2d(k, stride 1, no padding) `repeat` times, then the max."""
+    """docs/algorithm.md §1.10: avg_pool2d(k, stride 1, no padding) `repeat` times, then the max."""
     if reduce != "max":
         raise RuntimeError(f"score reduce {reduce!r} is not supported (only 'max')")
     t = torch.from_numpy(np.asarray(amap, dtype=np.float32))[None, None]

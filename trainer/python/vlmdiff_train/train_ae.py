@@ -1,4 +1,4 @@
-"""The `finetune-ae` stage: the autoencoder finetune of ALGORITHM 2.3.
+"""The `finetune-ae` stage: the autoencoder finetune of docs/algorithm.md §2.3.
 
 From kl-f8 (or any AE checkpoint, via checkpoints.load_autoencoder) when `init` is given, else from scratch for
 the small presets. Inputs are ImageNet-normalised train images (the space the scorer works in), loss

@@ -1,4 +1,4 @@
-"""The `build` and `train` stages: assemble the model, then train the denoiser (ALGORITHM 2.1, 2.2, 2.4).
+"""The `build` and `train` stages: assemble the model, then train the denoiser (docs/algorithm.md §2.1, §2.2, §2.4).
 
 build: a preset's networks; for sd15 the SD1.5 checkpoint (UNet, CLIP, VAE) with the finetuned AE, for the small
 presets fresh seeded weights with the finetuned AE when given; in both cases the SG network starts as a copy of the

@@ -1,7 +1,7 @@
 """The KL autoencoder of latent diffusion (LDM diffusionmodules/model.py Encoder/Decoder + models/autoencoder.py
 AutoencoderKL), rewritten with LDM's parameter names so kl-f8 and SD1.5's first_stage_model load strictly.
 
-VLMDiff finetunes this VAE on ImageNet-normalised images (ALGORITHM 2.3), so decode() lands in that space too.
+VLMDiff finetunes this VAE on ImageNet-normalised images (docs/algorithm.md §2.3), so decode() lands in that space too.
 """
 from __future__ import annotations
 

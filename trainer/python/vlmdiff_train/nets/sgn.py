@@ -1,4 +1,4 @@
-"""The VLMDiff/DiAD denoiser: Semantic-Guidance (SG) network + frozen-encoder SD UNet (ALGORITHM 1.7).
+"""The VLMDiff/DiAD denoiser: Semantic-Guidance (SG) network + frozen-encoder SD UNet (docs/algorithm.md §1.7).
 
 Parameter names follow DiAD/VLMDiff's sgn/sgn.py, so a published diad.ckpt/vlmdiff.ckpt (control_model.*,
 model.diffusion_model.*) loads strictly. Two departures from that code, both exact rewrites, made for export:
@@ -186,7 +186,7 @@ class VLMDiffDenoiser(nn.Module):
         return self.forward(x, t, context, self.sgn.hint_features(image))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """What VLMDiff optimises (ALGORITHM 2.1): all of the SG network, UNet output_blocks and out."""
+        """What VLMDiff optimises (docs/algorithm.md §2.1): all of the SG network, UNet output_blocks and out."""
         return (list(self.sgn.parameters()) + list(self.unet.output_blocks.parameters())
                 + list(self.unet.out.parameters()))
 

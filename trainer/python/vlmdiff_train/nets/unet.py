@@ -2,7 +2,7 @@
 
 Only the configuration SD1.x/2.x and ControlNet/DiAD use is supported: 2-D, spatial transformers with cross
 attention, conv resampling, no scale-shift norm, no class labels. Keeping the names is what lets the SD1.5
-checkpoint load strictly and lets the SG network be initialised key by key from the UNet encoder (ALGORITHM 2.4).
+checkpoint load strictly and lets the SG network be initialised key by key from the UNet encoder (docs/algorithm.md §2.4).
 """
 from __future__ import annotations
 

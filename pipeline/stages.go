@@ -1,0 +1,318 @@
+package pipeline
+
+// The stages of Scorer.scoreBatch, in the order they run. Each one that runs a graph is a method of Scorer; the
+// arithmetic around the graphs is in plain functions (latent.go, sampler.go, anomaly.go) that the stage tests
+// check against their twins in trainer/python/vlmdiff_train/reference.py.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+
+	ort "github.com/yalue/onnxruntime_go"
+)
+
+// preprocess resizes each frame to the bundle's input size and normalises it (docs/algorithm.md §1.1), into one
+// [B,3,H,W] batch: as values, and as the tensor the graphs take.
+func (s *Scorer) preprocess(reqs []Request) ([]float32, *ort.Tensor[float32], error) {
+	in := s.m.Input
+	H, W := in.Height, in.Width
+	x := make([]float32, len(reqs)*3*H*W)
+	for i, r := range reqs {
+		im := r.Image
+		if im.Width != W || im.Height != H {
+			if in.Resize == "bilinear" {
+				var err error
+				if im, err = resizeCV(im, W, H); err != nil {
+					return nil, nil, fmt.Errorf("resize: %w", err)
+				}
+			} else {
+				im = ResizePIL(im, W, H)
+			}
+		}
+		normalize(im, in.Mean, in.Std, x[i*3*H*W:(i+1)*3*H*W])
+	}
+	t, err := tensor(ort.NewShape(int64(len(reqs)), 3, int64(H), int64(W)), x)
+	if err != nil {
+		return nil, nil, err
+	}
+	return x, t, nil
+}
+
+// encode runs the VAE encoder and turns its moments into the scaled posterior latent z of each frame
+// (docs/algorithm.md §1.3). It also returns each frame's start noise for the forward noising, drawn together
+// with the posterior noise. Both are [B,C,h,w].
+func (s *Scorer) encode(image *ort.Tensor[float32], reqs []Request) (z, startNoise []float32, err error) {
+	out, shapes, err := s.enc.run(image)
+	if err != nil {
+		return nil, nil, err
+	}
+	if sh := shapes[0]; len(sh) != 4 || sh[1] != int64(2*s.lc) || sh[2] != int64(s.lh) || sh[3] != int64(s.lw) {
+		return nil, nil, fmt.Errorf("vae_encoder produced moments of shape %v, want [%d %d %d %d]", sh, len(reqs), 2*s.lc, s.lh, s.lw)
+	}
+	n := s.lc * s.lh * s.lw
+	moments := out[0]
+	z = make([]float32, len(reqs)*n)
+	startNoise = make([]float32, len(reqs)*n)
+	lp := s.latentSpec()
+	for i, r := range reqs {
+		nz := s.noiseOf(r)
+		copy(startNoise[i*n:], nz.Start)
+		posteriorLatent(z[i*n:(i+1)*n], moments[i*2*n:(i+1)*2*n], nz.Posterior, lp)
+	}
+	return z, startNoise, nil
+}
+
+// noiseOf returns a frame's two Gaussian draws: the request's override, or the seeded stream of the bundle's
+// seed policy.
+func (s *Scorer) noiseOf(r Request) *Noise {
+	if r.Noise != nil {
+		return r.Noise
+	}
+	d := s.m.Diffusion
+	post, start := noiseFor(d.Seed, r.Seq, d.SeedPolicy == "per_frame", s.lc*s.lh*s.lw)
+	return &Noise{Posterior: post, Start: start}
+}
+
+func (s *Scorer) latentSpec() latentSpec {
+	l := s.m.Latent
+	return latentSpec{Scale: l.ScaleFactor, Sample: l.Posterior == "sample", ClampLo: l.LogvarClampLo, ClampHi: l.LogvarClampHi}
+}
+
+// ownedTensor is a tensor that a stage may or may not have created: release destroys it only in the first case.
+type ownedTensor struct {
+	t     *ort.Tensor[float32]
+	owned bool
+}
+
+func (o ownedTensor) release() {
+	if o.owned && o.t != nil {
+		o.t.Destroy()
+	}
+}
+
+// hintFeatures runs the semantic-guidance branch's hint graph once per frame (it does not depend on the
+// timestep; docs/algorithm.md §1.7). Without a hint graph the denoiser takes the preprocessed image itself.
+func (s *Scorer) hintFeatures(image *ort.Tensor[float32]) (ownedTensor, error) {
+	if s.hint == nil {
+		return ownedTensor{t: image}, nil
+	}
+	out, shapes, err := s.hint.run(image)
+	if err != nil {
+		return ownedTensor{}, err
+	}
+	t, err := tensor(shapes[0], out[0])
+	if err != nil {
+		return ownedTensor{}, err
+	}
+	return ownedTensor{t: t, owned: true}, nil
+}
+
+// denoiserInputs is what the denoiser takes besides the latent and the timestep, laid out for its batch: with
+// classifier-free guidance the batch is [frames against the unconditional context; frames against their
+// conditional one], 2B rows; without, B rows.
+type denoiserInputs struct {
+	cfg      bool
+	rows     int
+	context  *ort.Tensor[float32]
+	hintFeat ownedTensor // one row per frame
+	hint     ownedTensor // one row per denoiser row
+}
+
+func (d *denoiserInputs) release() {
+	if d.context != nil {
+		d.context.Destroy()
+	}
+	d.hint.release()
+	d.hintFeat.release()
+}
+
+// denoiserInputs runs the hint graph and builds the contexts for the frames (docs/algorithm.md §1.2, §1.6,
+// §1.7).
+func (s *Scorer) denoiserInputs(reqs []Request, image *ort.Tensor[float32]) (_ *denoiserInputs, err error) {
+	d := &denoiserInputs{}
+	defer func() {
+		if err != nil {
+			d.release()
+		}
+	}()
+	if d.hintFeat, err = s.hintFeatures(image); err != nil {
+		return nil, err
+	}
+	ctxData, cfg := s.contexts(reqs)
+	d.cfg, d.rows, d.hint = cfg, len(reqs), ownedTensor{t: d.hintFeat.t}
+	if cfg {
+		d.rows = 2 * len(reqs)
+		// both halves of the batch see the same image hint
+		shape := d.hintFeat.t.GetShape().Clone()
+		shape[0] *= 2
+		t, err := tensor(shape, repeatBatch(d.hintFeat.t.GetData(), 2))
+		if err != nil {
+			return nil, err
+		}
+		d.hint = ownedTensor{t: t, owned: true}
+	}
+	cond := s.m.Conditioning
+	if d.context, err = tensor(ort.NewShape(int64(d.rows), int64(cond.Tokens), int64(cond.Dim)), ctxData); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// contexts returns the text contexts of the denoiser batch and whether classifier-free guidance applies. Each
+// frame is conditioned on the bundle's default context, or on its class's when class conditioning is on and the
+// bundle has one. Guidance runs only when some frame's context differs from the unconditional one: with the
+// paper's empty test prompt it would be the identity at twice the cost.
+func (s *Scorer) contexts(reqs []Request) (data []float32, cfg bool) {
+	cond := s.m.Conditioning
+	keys := make([]string, len(reqs))
+	for i, r := range reqs {
+		keys[i] = cond.Default
+		if s.opt.ClassConditioning && r.Class != "" {
+			if _, ok := s.bundle.ConditioningFor(r.Class); ok {
+				keys[i] = r.Class
+			}
+		}
+		cfg = cfg || keys[i] != cond.Unconditional
+	}
+	per := cond.Tokens * cond.Dim
+	B := len(reqs)
+	if cfg {
+		data = make([]float32, 2*B*per)
+	} else {
+		data = make([]float32, B*per)
+	}
+	uncond, _ := s.bundle.ConditioningFor(cond.Unconditional)
+	for i, k := range keys {
+		c, _ := s.bundle.ConditioningFor(k)
+		if cfg {
+			copy(data[i*per:], uncond)
+			copy(data[(B+i)*per:], c)
+		} else {
+			copy(data[i*per:], c)
+		}
+	}
+	return data, cfg
+}
+
+// reconstruct noises the latents forward to the start step and runs deterministic DDIM back to a clean latent
+// (docs/algorithm.md §1.4-1.6), with guidance when the contexts call for it.
+func (s *Scorer) reconstruct(ctx context.Context, z, startNoise []float32, in *denoiserInputs) ([]float32, error) {
+	x := qSample(z, startNoise, s.abar[s.m.Diffusion.StartStep])
+	eps := guidedEps(s.runDenoiser(in), in.cfg, float32(s.m.Diffusion.GuidanceScale))
+	if err := sampleDDIM(ctx, x, s.steps, eps); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// runDenoiser returns the denoiser graph as a function of the latent batch and the timestep.
+func (s *Scorer) runDenoiser(in *denoiserInputs) func(x []float32, t int) ([]float32, error) {
+	shape := ort.NewShape(int64(in.rows), int64(s.lc), int64(s.lh), int64(s.lw))
+	ts := make([]int64, in.rows)
+	return func(x []float32, t int) ([]float32, error) {
+		for i := range ts {
+			ts[i] = int64(t)
+		}
+		xT, err := tensor(shape, x)
+		if err != nil {
+			return nil, err
+		}
+		defer xT.Destroy()
+		tT, err := ort.NewTensor(ort.NewShape(int64(in.rows)), ts)
+		if err != nil {
+			return nil, err
+		}
+		defer tT.Destroy()
+		out, shapes, err := s.den.run(xT, tT, in.context, in.hint.t)
+		if err != nil {
+			return nil, err
+		}
+		if len(out[0]) != len(x) {
+			return nil, fmt.Errorf("denoiser produced eps of shape %v, want %v", shapes[0], shape)
+		}
+		return out[0], nil
+	}
+}
+
+// decode unscales the reconstructed latents and runs the VAE decoder (docs/algorithm.md §1.8): the
+// reconstructions, in the bundle's normalised input space. z is unscaled in place.
+func (s *Scorer) decode(z []float32, frames int) ([]float32, error) {
+	unscaleLatent(z, s.m.Latent.ScaleFactor)
+	zT, err := tensor(ort.NewShape(int64(frames), int64(s.lc), int64(s.lh), int64(s.lw)), z)
+	if err != nil {
+		return nil, err
+	}
+	defer zT.Destroy()
+	out, shapes, err := s.dec.run(zT)
+	if err != nil {
+		return nil, err
+	}
+	H, W := s.m.Input.Height, s.m.Input.Width
+	if len(out[0]) != frames*3*H*W {
+		return nil, fmt.Errorf("vae_decoder produced an image of shape %v, want [%d 3 %d %d]", shapes[0], frames, H, W)
+	}
+	return out[0], nil
+}
+
+// features runs the feature graph on the frames and their reconstructions in one batch of 2B, frames first
+// (docs/algorithm.md §1.9), renormalised into the backbone's input space when the bundle says so.
+func (s *Scorer) features(x, rec []float32, frames int) ([]layerOutput, error) {
+	H, W := s.m.Input.Height, s.m.Input.Width
+	both := featureInput(x, rec, H*W, s.m.Input.Mean, s.m.Input.Std, s.m.Features.Mean, s.m.Features.Std)
+	bt, err := tensor(ort.NewShape(int64(2*frames), 3, int64(H), int64(W)), both)
+	if err != nil {
+		return nil, err
+	}
+	defer bt.Destroy()
+	out, shapes, err := s.feat.run(bt)
+	if err != nil {
+		return nil, err
+	}
+	layers := make([]layerOutput, len(s.m.Features.Layers))
+	for l, spec := range s.m.Features.Layers {
+		layers[l] = layerOutput{Name: spec.Name, Weight: float64(spec.Weight), Data: out[l], Shape: shapes[l]}
+	}
+	return layers, nil
+}
+
+// mapsAndScores turns the features into each frame's smoothed anomaly map, pooled score and calibrated verdict
+// (docs/algorithm.md §1.9-1.11). A malformed feature output fails the batch; a non-finite map fails its frame.
+func (s *Scorer) mapsAndScores(feats []layerOutput, reqs []Request) ([]Result, error) {
+	H, W := s.m.Input.Height, s.m.Input.Width
+	results := make([]Result, len(reqs))
+	for i, r := range reqs {
+		amap, err := anomalyMap(feats, i, len(reqs), s.m.Features.Tokens, H, W)
+		if err != nil {
+			return nil, err
+		}
+		gaussianFilter(amap, H, W, s.m.Map.Sigma, s.m.Map.Truncate)
+		results[i] = s.frameResult(amap, r.Class)
+	}
+	return results, nil
+}
+
+// frameResult scores one smoothed map and applies the calibration of the frame's class.
+func (s *Scorer) frameResult(amap []float64, class string) Result {
+	m, ok := finiteFloat32(amap)
+	if !ok {
+		return Result{Err: errors.New("the model produced non-finite values (NaN/Inf) in the anomaly map")}
+	}
+	r := Result{Map: m, MapWidth: s.m.Input.Width, MapHeight: s.m.Input.Height}
+	r.RawScore = pooledMax(amap, r.MapHeight, r.MapWidth, s.m.Score.PoolKernel, s.m.Score.PoolRepeat)
+	s.calibrate(&r, class)
+	return r
+}
+
+// finiteFloat32 converts a map to float32, or reports false when it holds NaN or Inf.
+func finiteFloat32(m []float64) ([]float32, bool) {
+	out := make([]float32, len(m))
+	for i, v := range m {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return nil, false
+		}
+		out[i] = float32(v)
+	}
+	return out, true
+}
