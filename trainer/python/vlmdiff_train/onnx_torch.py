@@ -76,8 +76,17 @@ class OnnxModule(torch.nn.Module):
             if need.intersection(n.output):
                 keep.append(n)
                 need.update(i for i in n.input if i)
-        self.nodes = [(n.op_type, list(n.input), list(n.output), dict(_attrs(n), _n_outputs=len(n.output)))
-                      for n in reversed(keep)]
+        self.nodes = []
+        for n in reversed(keep):
+            at = dict(_attrs(n), _n_outputs=len(n.output))
+            if n.op_type == "Constant":
+                # A constant is a buffer too, so .to(device) moves it with the initializers (no CPU tensor meets a
+                # CUDA one in the middle of a graph).
+                buf = f"k{len(self._consts)}"
+                self.register_buffer(buf, self._run("Constant", [], at), persistent=False)
+                self._consts[n.output[0]] = buf
+                continue
+            self.nodes.append((n.op_type, list(n.input), list(n.output), at))
 
     @classmethod
     def load(cls, path: str, outputs: Optional[List[str]] = None) -> "OnnxModule":
