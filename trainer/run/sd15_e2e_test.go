@@ -97,7 +97,7 @@ export:
   features_onnx: %[3]s
   feature_layers: [[tokens, 1.0]]
   posterior: mean
-  ddim_steps: 3
+  ddim_steps: 4
 calibrate:
   method: quantile:0.99
 evaluate:

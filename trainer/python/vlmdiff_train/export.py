@@ -330,6 +330,8 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
     d = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012, "train_steps": 1000,
          "ddim_steps": 10, "start_step": 999, "eta": 0.0, "guidance_scale": 9.0, "seed": 0, "seed_policy": "fixed"}
     d.update(diffusion or {})
+    from .reference import ddim_timesteps
+    ddim_timesteps(int(d["train_steps"]), int(d["ddim_steps"]))  # refuses a schedule the scorers cannot run
     lat = {"channels": int(latent_channels), "downsample": int(downsample), "scale_factor": 0.18215,
            "posterior": "mean", "logvar_clamp_lo": -30.0, "logvar_clamp_hi": 20.0}
     lat.update(latent or {})
