@@ -244,7 +244,9 @@ def run(cfg: dict) -> dict:
         st = torch.load(last, map_location="cpu")
         den.load_state_dict(st["denoiser"])
         opt.load_state_dict(st["optimizer"])
-        gen.set_state(st["generator"])
+        # each rank continues its own noise stream (rank 0 saved all of them); older files hold rank 0's only
+        gens = st.get("generators")
+        gen.set_state(gens[rank] if gens and len(gens) == world else st["generator"])
         torch.set_rng_state(st["torch_rng"])
         step, micro_done = int(st["step"]), int(st["micro"])
         log.info("resumed from %s at step %d", last, step)
@@ -319,8 +321,14 @@ def run(cfg: dict) -> dict:
             if prog is not None and (step % log_every == 0 or step == total):
                 prog.step(step, loss=loss_acc, epoch=epoch)
             loss_acc = 0.0
-            if rank == 0 and (step % save_every == 0 or step == total):
-                last_saved = _save_ckpt(ckpt_dir, step, micro_done, den, opt, gen, int(cfg.get("keep", 2)))
+            if step % save_every == 0 or step == total:
+                gens = [gen.get_state()]
+                if world > 1:  # every rank's noise generator, so a resumed rank continues its own stream
+                    import torch.distributed as dist
+                    gens = [None] * world
+                    dist.all_gather_object(gens, gen.get_state())
+                if rank == 0:
+                    last_saved = _save_ckpt(ckpt_dir, step, micro_done, den, opt, gens, int(cfg.get("keep", 2)))
             if step >= total:
                 break
     if world > 1:
@@ -368,12 +376,12 @@ def _check_ranks_agree(den) -> None:
     log.info("DDP: %d ranks agree on the weights (checksum %.17g)", len(gathered), float(sums.sum()))
 
 
-def _save_ckpt(ckpt_dir: str, step: int, micro: int, den, opt, gen, keep: int) -> str:
+def _save_ckpt(ckpt_dir: str, step: int, micro: int, den, opt, gens: list, keep: int) -> str:
     path = os.path.join(ckpt_dir, f"step-{step:08d}.pt")
     tmp = path + ".tmp"
     try:
         torch.save({"step": step, "micro": micro, "denoiser": den.state_dict(), "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+                    "generator": gens[0], "generators": gens, "torch_rng": torch.get_rng_state()}, tmp)
         os.replace(tmp, path)
     except OSError as e:
         try:
