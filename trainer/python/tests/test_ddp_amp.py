@@ -80,10 +80,15 @@ def test_bf16_autocast_on_cpu(dataset, built, tmp_path):  # noqa: F811
         outs[amp] = _denoiser(r["model"])
     for k, v in outs["bf16"].items():
         assert torch.isfinite(v.float()).all(), k
-    rel = _max_rel(outs["bf16"], outs["none"])
-    # bf16 has an 8-bit mantissa: 3 steps land near the fp32 result but not on it (autocast really ran)
-    assert 0 < rel < 0.2, rel
-    assert _max_rel(outs["bf16"], _denoiser(built)) > 1e-4
+    # bf16 has an 8-bit mantissa: the 3 steps do not land on the fp32 result (autocast really ran), but they move
+    # the weights the same way (Adam's near-sign updates flip for the smallest gradients, so compare directions)
+    base = _denoiser(built)
+    keys = [k for k, v in base.items() if v.is_floating_point()]
+    d16 = torch.cat([(outs["bf16"][k].float() - base[k].float()).flatten() for k in keys])
+    d32 = torch.cat([(outs["none"][k].float() - base[k].float()).flatten() for k in keys])
+    cos = float(torch.nn.functional.cosine_similarity(d16, d32, dim=0))
+    assert float(d32.norm()) > 0 and not torch.equal(d16, d32)
+    assert cos > 0.5, f"bf16 training moved the weights another way than fp32 (cosine {cos:.3f})"
 
 
 def test_fp16_on_cpu_is_refused(dataset, built, tmp_path):  # noqa: F811
