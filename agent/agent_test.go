@@ -494,6 +494,7 @@ func checkHTTP(t *testing.T, base string) {
 		{"/api/stats", 200, "application/json", `"decode_errors": 1`},
 		{"/api/cameras", 200, "application/json", `"heatmap_url": "/api/cameras/line/heatmap.png"`},
 		{"/api/model", 200, "application/json", `"state": "running"`},
+		{"/api/model", 200, "application/json", `"provider": "cpu"`},
 		{"/api/history?camera=line&limit=2", 200, "application/json", `"seq": 6`},
 		{"/api/events?limit=1", 200, "application/json", `"heatmap_url": "/api/images/line/heatmap/`},
 		{"/api/events?verdict=NG", 200, "application/json", `[`},

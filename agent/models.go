@@ -49,6 +49,10 @@ type ModelStatus struct {
 	Reason string    `json:"reason,omitempty"`
 	Since  time.Time `json:"since"`
 	Swaps  uint64    `json:"swaps"`
+	// Provider is the ONNX Runtime execution provider the model's sessions got (cuda or cpu). A GPU machine
+	// whose CUDA provider failed to load (wrong CUDA/cuDNN, CPU-only library) scores on the CPU and says so
+	// here, besides the one warning in the log.
+	Provider string `json:"provider,omitempty"`
 }
 
 // loaded is one open model shared by the workers. inflight counts the batches using it; the model is closed
@@ -285,8 +289,12 @@ func (m *modelManager) load(ctx context.Context, dir string) error {
 	if old != nil {
 		swaps++
 	}
-	m.setStatus(ModelStatus{State: ModelRunning, Name: mf.Name, Version: mf.Version, Dir: dir, Created: mf.Created, Swaps: swaps})
-	m.log.Info("model in use", "name", mf.Name, "version", mf.Version, "dir", dir, "load_ms", time.Since(start).Milliseconds(), "replaced", old != nil)
+	provider := ""
+	if p, ok := sc.(interface{ Provider() string }); ok { // *pipeline.Scorer; test scorers may not say
+		provider = p.Provider()
+	}
+	m.setStatus(ModelStatus{State: ModelRunning, Name: mf.Name, Version: mf.Version, Dir: dir, Created: mf.Created, Swaps: swaps, Provider: provider})
+	m.log.Info("model in use", "name", mf.Name, "version", mf.Version, "dir", dir, "provider", provider, "load_ms", time.Since(start).Milliseconds(), "replaced", old != nil)
 	m.once.Do(func() { close(m.ready) })
 	return nil
 }

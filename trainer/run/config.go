@@ -149,7 +149,7 @@ type PythonConfig struct {
 func (c *Config) Path() string { return c.path }
 
 // presetSizes are the presets' input sizes (trainer/python/vlmdiff_train/presets.py).
-var presetSizes = map[string]int{"tiny": 64, "small": 256, "sd15": 256}
+var presetSizes = map[string]int{"tiny": 64, "small": 256, "sd15": 256, "sd15-mini": 128}
 
 // LoadConfig reads, strictly decodes, defaults and validates a config file.
 func LoadConfig(path string) (*Config, error) {
@@ -245,7 +245,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
 	}
 	if _, ok := presetSizes[c.Preset]; !ok {
-		bad("preset", "%q is not a preset (want tiny, small or sd15)", c.Preset)
+		bad("preset", "%q is not a preset (want tiny, small, sd15 or sd15-mini)", c.Preset)
 	}
 	if c.Device != "cpu" && c.Device != "cuda" && !strings.HasPrefix(c.Device, "cuda:") {
 		bad("device", "%q: want cpu or cuda", c.Device)

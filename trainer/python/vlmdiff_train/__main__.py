@@ -29,7 +29,7 @@ CONFIG.json (one object; unknown keys are refused so a typo cannot silently fall
                sd15), out (str, RUN/model.pt) -> outputs {"model": PATH}
   train:       model (str, required: build output), lr (float, 1e-5), weight_decay (float, 0.01),
                batch_size (int, 1), accumulate (int, 1), max_steps (int) or epochs (int), save_every (int, 100),
-               keep (int, 2: checkpoints kept), log_every (int, 1), amp ("none"|"bf16"|"fp16", "none"; GPU only),
+               keep (int, 2: checkpoints kept), log_every (int, 1), amp ("none"|"bf16"|"fp16", "none"; fp16 GPU only),
                grad_clip (float, 0 = off), posterior ("sample"|"mean", "sample")
                -> outputs {"model": RUN/model-trained.pt, "checkpoint": last}
   export:      model (str, required), out (str, required: bundle dir), name, version, description (str),

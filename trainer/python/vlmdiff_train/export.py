@@ -165,8 +165,8 @@ def _spec(name: str, t: torch.Tensor) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 def export_graph(module: torch.nn.Module, args: Tuple[torch.Tensor, ...], in_names: List[str],
-                 out_names: List[str], path: str) -> None:
-    """torch.onnx.export with a dynamic batch axis on every input and output, then onnx.checker.
+                 out_names: List[str], path: str, opset: int = OPSET) -> None:
+    """torch.onnx.export (at opset) with a dynamic batch axis on every input and output, then onnx.checker.
 
     Graphs over 2 GB come out of torch with one external file per tensor; they are re-saved with a single
     <file>.data so the bundle stays a short list of files.
@@ -178,7 +178,7 @@ def export_graph(module: torch.nn.Module, args: Tuple[torch.Tensor, ...], in_nam
         tmp = os.path.join(tmpdir, os.path.basename(path))
         with torch.no_grad():
             torch.onnx.export(module, args, tmp, input_names=in_names, output_names=out_names, dynamic_axes=dyn,
-                              opset_version=OPSET, do_constant_folding=True)
+                              opset_version=opset, do_constant_folding=True)
         extra = [n for n in os.listdir(tmpdir) if n != os.path.basename(path)]
         if not extra:
             os.replace(tmp, path)
@@ -330,6 +330,8 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
     d = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012, "train_steps": 1000,
          "ddim_steps": 10, "start_step": 999, "eta": 0.0, "guidance_scale": 9.0, "seed": 0, "seed_policy": "fixed"}
     d.update(diffusion or {})
+    from .reference import ddim_timesteps
+    ddim_timesteps(int(d["train_steps"]), int(d["ddim_steps"]))  # refuses a schedule the scorers cannot run
     lat = {"channels": int(latent_channels), "downsample": int(downsample), "scale_factor": 0.18215,
            "posterior": "mean", "logvar_clamp_lo": -30.0, "logvar_clamp_hi": 20.0}
     lat.update(latent or {})
@@ -342,6 +344,13 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
     sc = {"pool_kernel": max(1, int(round(8 * rel))), "pool_repeat": 8, "reduce": "max"}
     sc.update(score or {})
     feats: Dict[str, Any] = {"input": feature_input, "layers": [{"name": n, "weight": float(wt)} for n, wt in layers]}
+    # A ViT's outputs are tokens [B,1+N,D] (CLS first), a CNN's maps [B,C,h,w]; the map code needs to know which.
+    ranks = {len(o["shape"]) for o in graphs["features"]["outputs"]}
+    if ranks == {3}:
+        feats["tokens"] = True
+    elif ranks != {4}:
+        raise RuntimeError(f"feature graph outputs {graphs['features']['outputs']}: want all [B,C,h,w] maps or all "
+                           "[B,1+N,D] ViT tokens")
     if feature_mean is not None and feature_std is not None:
         feats["mean"], feats["std"] = [float(v) for v in feature_mean], [float(v) for v in feature_std]
     if created is None:

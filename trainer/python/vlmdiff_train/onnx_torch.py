@@ -4,7 +4,8 @@ Users bring their feature backbone as an ONNX graph (docs/algorithm.md §1.9); t
 network in torch as a frozen perceptual-loss net (autoencoder finetune) and as the reference scorer's feature net.
 There is no Python onnxruntime and no onnx2torch here, so this module runs the graph's nodes with torch ops. It
 covers the ops that convolutional backbones use (the ResNet50-v2 and MobileNetV2 feature graphs of the project's
-development data, and similar ones); an unknown op is refused by name at load time rather than mis-computed.
+development data, and similar ones) and, through onnx_ops, those of an exported ViT (DINO ViT-S/8, opset 14-17);
+an unknown op is refused by name at load time rather than mis-computed.
 
 Its outputs are checked against ONNX Runtime from Go through the export stage's parity probes.
 """
@@ -18,6 +19,8 @@ import onnx
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
+
+from .onnx_ops import OPS
 
 
 def _attrs(node) -> dict:
@@ -43,7 +46,7 @@ class OnnxModule(torch.nn.Module):
 
     SUPPORTED = {"Conv", "BatchNormalization", "Relu", "Clip", "Add", "Sub", "Mul", "Div", "MaxPool",
                  "AveragePool", "GlobalAveragePool", "Pad", "Flatten", "Gemm", "Sigmoid", "Identity",
-                 "Concat", "Reshape", "MatMul", "Transpose", "Constant", "Shape", "Gather", "Unsqueeze"}
+                 "Concat", "Reshape", "MatMul", "Transpose", "Constant", "Shape", "Gather", "Unsqueeze"} | set(OPS)
 
     def __init__(self, model: onnx.ModelProto, outputs: Optional[List[str]] = None):
         super().__init__()
@@ -52,6 +55,8 @@ class OnnxModule(torch.nn.Module):
                          | {n.op_type for n in g.node} - self.SUPPORTED)
         if unknown:
             raise RuntimeError(f"onnx_torch: unsupported ops {unknown}")
+        # The default domain's opset decides how some ops read their arguments (Slice, Squeeze, ReduceMean, ...).
+        self.opset = max([int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")] or [1])
         init_names = {i.name for i in g.initializer}
         self.input_names = [i.name for i in g.input if i.name not in init_names]
         if len(self.input_names) != 1:
@@ -71,7 +76,17 @@ class OnnxModule(torch.nn.Module):
             if need.intersection(n.output):
                 keep.append(n)
                 need.update(i for i in n.input if i)
-        self.nodes = [(n.op_type, list(n.input), list(n.output), _attrs(n)) for n in reversed(keep)]
+        self.nodes = []
+        for n in reversed(keep):
+            at = dict(_attrs(n), _n_outputs=len(n.output))
+            if n.op_type == "Constant":
+                # A constant is a buffer too, so .to(device) moves it with the initializers (no CPU tensor meets a
+                # CUDA one in the middle of a graph).
+                buf = f"k{len(self._consts)}"
+                self.register_buffer(buf, self._run("Constant", [], at), persistent=False)
+                self._consts[n.output[0]] = buf
+                continue
+            self.nodes.append((n.op_type, list(n.input), list(n.output), at))
 
     @classmethod
     def load(cls, path: str, outputs: Optional[List[str]] = None) -> "OnnxModule":
@@ -87,7 +102,7 @@ class OnnxModule(torch.nn.Module):
             env[name] = getattr(self, buf)
         for op, ins, outs, at in self.nodes:
             args = [env[i] if i else None for i in ins]
-            res = self._run(op, args, at)
+            res = OPS[op](args, at, self.opset) if op in OPS else self._run(op, args, at)
             if not isinstance(res, (list, tuple)):
                 res = [res]
             for o, r in zip(outs, res):
@@ -130,8 +145,6 @@ class OnnxModule(torch.nn.Module):
             return a[0] - a[1]
         if op == "Mul":
             return a[0] * a[1]
-        if op == "Div":
-            return a[0] / a[1]
         if op == "Identity":
             return a[0]
         if op in ("MaxPool", "AveragePool"):
@@ -179,24 +192,17 @@ class OnnxModule(torch.nn.Module):
             return torch.matmul(a[0], a[1])
         if op == "Concat":
             return torch.cat(a, dim=at["axis"])
-        if op == "Reshape":
-            shape = [int(s) for s in a[1].tolist()]
-            shape = [a[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
-            return a[0].reshape(shape)
         if op == "Transpose":
             perm = at.get("perm", list(reversed(range(a[0].dim()))))
             return a[0].permute(*perm)
         if op == "Constant":
-            return torch.from_numpy(np.array(numpy_helper.to_array(at["value"]), copy=True))
+            if "value" in at:
+                return torch.from_numpy(np.array(numpy_helper.to_array(at["value"]), copy=True))
+            for k, dt in (("value_float", torch.float32), ("value_floats", torch.float32),
+                          ("value_int", torch.int64), ("value_ints", torch.int64)):
+                if k in at:
+                    return torch.tensor(at[k], dtype=dt)
+            raise RuntimeError(f"onnx_torch: Constant with attributes {sorted(at)} is not supported")
         if op == "Shape":
             return torch.tensor(list(a[0].shape), dtype=torch.int64)
-        if op == "Gather":
-            return torch.index_select(a[0], at.get("axis", 0), a[1].reshape(-1).long()).reshape(
-                list(a[0].shape[:at.get("axis", 0)]) + list(a[1].shape) + list(a[0].shape[at.get("axis", 0) + 1:]))
-        if op == "Unsqueeze":
-            axes = a[1].tolist() if len(a) > 1 and a[1] is not None else at["axes"]
-            y = a[0]
-            for ax in sorted(int(v) for v in axes):
-                y = y.unsqueeze(ax)
-            return y
         raise RuntimeError(f"onnx_torch: op {op} is not supported")

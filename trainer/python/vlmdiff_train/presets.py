@@ -1,4 +1,5 @@
-"""Network presets: sd15 (the paper's networks), small (CPU production lines), tiny (tests, minutes to train).
+"""Network presets: sd15 (the paper's networks), small (CPU production lines), tiny (tests, minutes to train),
+sd15-mini (sd15's structure at test widths).
 
 Every preset keeps the real structure of the method: a KL VAE with downsample 8, an SD-style UNet with
 SpatialTransformer cross-attention, and the SG network with hint block, zero convs and SFF. Only widths, depths
@@ -132,6 +133,25 @@ SD15 = Preset(
     dino=DinoConfig(),
 )
 
+# sd15 with every width divided down and nothing else changed: the same modules, levels, res blocks, attention
+# resolutions, transformer and text/ViT depths, hence the same state-dict keys as SD1.5 .ckpt, kl-f8 and the DINO
+# .pth (only the shapes differ). It runs the whole sd15 path (checkpoint formats, SG init from the UNet, ViT
+# features) on a CPU in minutes; trainer/run/sd15_e2e_test.go. 128x128 input: a 16x16 latent, 2x2 at the UNet's
+# bottom (the SG network's SFF block InstanceNorms its deepest features, which needs more than one position).
+SD15_MINI = Preset(
+    name="sd15-mini",
+    description="sd15's structure and key layout at CPU-test widths (128x128 input); proves the sd15 path, "
+                "not for production.",
+    input_size=128,
+    vae=DDConfig(ch=8, norm_groups=4),
+    embed_dim=4,
+    unet=UNetConfig(model_channels=16, num_heads=2, context_dim=32, norm_groups=8),
+    hint_hidden=(8, 8, 8, 8, 16, 16, 16),
+    text=CLIPTextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2),
+    features=FeaturesPreset(kind="dino", layers=("tokens",), weights=(1.0,), tokens=True),
+    dino=DinoConfig(embed_dim=32, num_heads=2),
+)
+
 _MOBILENET = FeaturesPreset(kind="onnx", layers=("block2", "block5", "block12"), weights=(1.0, 1.0, 1.0),
                             onnx_file="mobilenetv2_fp32_features.onnx")
 
@@ -164,7 +184,7 @@ TINY = Preset(
     dino=DinoConfig(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2),
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (SD15, SMALL, TINY)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (SD15, SD15_MINI, SMALL, TINY)}
 
 
 def preset_names() -> list[str]:

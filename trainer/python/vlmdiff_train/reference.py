@@ -97,7 +97,11 @@ def ddim_timesteps(train_steps: int, ddim_steps: int) -> np.ndarray:
     c = train_steps // ddim_steps
     if c < 1:
         raise RuntimeError(f"ddim_steps {ddim_steps} exceeds train_steps {train_steps}")
-    return np.asarray(list(range(0, train_steps, c)), dtype=np.int64) + 1
+    ts = np.asarray(list(range(0, train_steps, c)), dtype=np.int64) + 1
+    if ts[-1] >= train_steps:  # e.g. 3 of 1000: 1, 334, 667, 1000, one past the schedule's last step
+        raise RuntimeError(f"ddim_steps {ddim_steps}: the uniform schedule reaches timestep {ts[-1]}, past the last "
+                           f"of {train_steps} steps; use a ddim_steps that divides {train_steps} (e.g. 4, 5, 10)")
+    return ts
 
 
 def posterior_latent(moments: torch.Tensor, channels: int, scale: float, clamp_lo: float, clamp_hi: float,

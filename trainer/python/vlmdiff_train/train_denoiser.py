@@ -11,7 +11,9 @@ train: eps-MSE with t ~ U{0..T-1}, z = scale * posterior sample of the frozen VA
 image, context = frozen text encoder(caption), precomputed once per unique caption. Trainable: the SG network +
 UNet output_blocks + out; AdamW(lr, wd 0.01). Gradient accumulation, seeded data order and noise, a checkpoint
 every save_every optimiser steps with resume from the latest (data position and RNG states included, so a resumed
-run continues the same sequence), DDP through torchrun when WORLD_SIZE > 1, AMP (bf16/fp16) on GPU only.
+run continues the same sequence), DDP through torchrun when WORLD_SIZE > 1 (gloo on the CPU, nccl on GPUs; only
+rank 0 writes; the ranks' weights are compared at the end), AMP: bf16 autocast on the CPU or GPU, fp16 (with a
+GradScaler) on GPU only.
 """
 
 from __future__ import annotations
@@ -188,9 +190,9 @@ def run(cfg: dict) -> dict:
     amp = cfg.get("amp", "none")
     if amp not in ("none", "bf16", "fp16"):
         raise RuntimeError(f"train config: amp {amp!r} is not none/bf16/fp16")
-    if amp != "none" and device.type != "cuda":
-        log.warning("amp %s ignored: AMP is used on GPU only", amp)
-        amp = "none"
+    if amp == "fp16" and device.type != "cuda":
+        # fp16 needs the GPU's GradScaler path; the CPU autocasts to bf16 only.
+        raise RuntimeError("train config: amp fp16 needs device cuda (use amp bf16 on the CPU)")
     seed = int(cfg.get("seed", 0))
     torch.manual_seed(seed)
 
@@ -205,9 +207,13 @@ def run(cfg: dict) -> dict:
     den.train()
     params = [p for p in den.trainable_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(cfg.get("lr", 1e-5)), weight_decay=float(cfg.get("weight_decay", 0.01)))
-    model = den
+    # The hint block runs inside the wrapped forward: DDP must see every trainable parameter used in its forward.
+    # find_unused_parameters: with only_mid_control the SG network's other zero convs (and SFF) get no gradient;
+    # without it DDP never reduces the buckets holding them, and the ranks' weights drift apart silently.
+    model: torch.nn.Module = _HintedDenoiser(den)
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(den, device_ids=[local] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None,
+                                                          find_unused_parameters=True)
 
     ds = D.train_dataset(cfg)
     bs, acc = int(cfg.get("batch_size", 1)), int(cfg.get("accumulate", 1))
@@ -238,7 +244,9 @@ def run(cfg: dict) -> dict:
         st = torch.load(last, map_location="cpu")
         den.load_state_dict(st["denoiser"])
         opt.load_state_dict(st["optimizer"])
-        gen.set_state(st["generator"])
+        # each rank continues its own noise stream (rank 0 saved all of them); older files hold rank 0's only
+        gens = st.get("generators")
+        gen.set_state(gens[rank] if gens and len(gens) == world else st["generator"])
         torch.set_rng_state(st["torch_rng"])
         step, micro_done = int(st["step"]), int(st["micro"])
         log.info("resumed from %s at step %d", last, step)
@@ -293,9 +301,8 @@ def run(cfg: dict) -> dict:
             eps = torch.randn(z.shape, generator=gen).to(device)
             a = abar[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * z + (1 - a).sqrt() * eps
-            with torch.autocast(device_type="cuda", dtype=dtype, enabled=dtype is not None):
-                hint = den.sgn.hint_features(x)
-                pred = model(xt, t, ctx, hint)
+            with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+                pred = model(xt, t, ctx, x)
                 loss = eps_mse(pred, eps) / acc
             if not torch.isfinite(loss):
                 raise RuntimeError(f"train: loss is {float(loss)} at step {step} (lower lr or disable fp16)")
@@ -314,10 +321,18 @@ def run(cfg: dict) -> dict:
             if prog is not None and (step % log_every == 0 or step == total):
                 prog.step(step, loss=loss_acc, epoch=epoch)
             loss_acc = 0.0
-            if rank == 0 and (step % save_every == 0 or step == total):
-                last_saved = _save_ckpt(ckpt_dir, step, micro_done, den, opt, gen, int(cfg.get("keep", 2)))
+            if step % save_every == 0 or step == total:
+                gens = [gen.get_state()]
+                if world > 1:  # every rank's noise generator, so a resumed rank continues its own stream
+                    import torch.distributed as dist
+                    gens = [None] * world
+                    dist.all_gather_object(gens, gen.get_state())
+                if rank == 0:
+                    last_saved = _save_ckpt(ckpt_dir, step, micro_done, den, opt, gens, int(cfg.get("keep", 2)))
             if step >= total:
                 break
+    if world > 1:
+        _check_ranks_agree(den)
     out = os.path.join(run_dir, "model-trained.pt")
     if rank == 0:
         b = blob["builder"]
@@ -332,12 +347,41 @@ def run(cfg: dict) -> dict:
     return {"model": out, "checkpoint": last_saved or "", "steps": step}
 
 
-def _save_ckpt(ckpt_dir: str, step: int, micro: int, den, opt, gen, keep: int) -> str:
+class _HintedDenoiser(torch.nn.Module):
+    """denoiser(x_t, t, context, hint_features(image)) as one forward, what DDP wraps."""
+
+    def __init__(self, den: torch.nn.Module):
+        super().__init__()
+        self.den = den
+
+    def forward(self, xt, t, ctx, image):
+        return self.den(xt, t, ctx, self.den.sgn.hint_features(image))
+
+
+def _check_ranks_agree(den) -> None:
+    """Under DDP every rank must end with the same weights (gradients are averaged, rank 0 writes the model):
+    compare a per-tensor checksum across ranks and fail loudly when they drifted, instead of silently saving rank
+    0's half of a diverged run."""
+    import torch.distributed as dist
+    names = [k for k, v in den.state_dict().items() if v.is_floating_point()]
+    sd = den.state_dict()
+    sums = torch.stack([sd[k].detach().double().sum() for k in names]).cpu()
+    gathered = [torch.zeros_like(sums) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, sums)
+    bad = [r for r, g in enumerate(gathered) if not torch.equal(g, gathered[0])]
+    if bad:
+        differ = [names[i] for i in range(len(names)) if any(g[i] != gathered[0][i] for g in gathered)]
+        raise RuntimeError(f"train: DDP ranks {bad} hold other weights than rank 0 after training "
+                           f"({len(differ)} tensors differ, e.g. {differ[:4]})")
+    log.info("DDP: %d ranks agree on the weights (checksum %.17g)", len(gathered), float(sums.sum()))
+
+
+def _save_ckpt(ckpt_dir: str, step: int, micro: int, den, opt, gens: list, keep: int) -> str:
     path = os.path.join(ckpt_dir, f"step-{step:08d}.pt")
     tmp = path + ".tmp"
     try:
         torch.save({"step": step, "micro": micro, "denoiser": den.state_dict(), "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+                    "generator": gens[0], "generators": gens, "torch_rng": torch.get_rng_state()}, tmp)
         os.replace(tmp, path)
     except OSError as e:
         try:

@@ -46,6 +46,14 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x.float()).type(x.dtype)
 
 
+class LayerNorm32(nn.LayerNorm):
+    """nn.LayerNorm computed in float32 whatever the input dtype (same parameters): CPU bf16 autocast, unlike
+    CUDA's, leaves layer_norm alone and would fail on a bf16 input with float32 weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
 def _groups(channels: int, groups: int) -> int:
     if channels % groups:
         raise ValueError(f"GroupNorm: {channels} channels are not divisible by {groups} groups")
@@ -61,8 +69,11 @@ def normalization(channels: int, groups: int = 32) -> nn.Module:
 
 
 def ldm_normalize(channels: int, groups: int = 32) -> nn.Module:
-    """The VAE's and SpatialTransformer's norm layer: 32 groups, eps 1e-6, affine (LDM model.Normalize)."""
-    return nn.GroupNorm(num_groups=_groups(channels, groups), num_channels=channels, eps=1e-6, affine=True)
+    """The VAE's and SpatialTransformer's norm layer: 32 groups, eps 1e-6, affine (LDM model.Normalize).
+
+    Computed in float32 like the UNet's (same parameters): CUDA autocast upcasts group_norm by itself, CPU bf16
+    autocast does not and would fail on a bf16 input with float32 weights."""
+    return GroupNorm32(num_groups=_groups(channels, groups), num_channels=channels, eps=1e-6, affine=True)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
@@ -170,9 +181,9 @@ class BasicTransformerBlock(nn.Module):
         self.attn1 = CrossAttention(dim, context_dim if disable_self_attn else None, n_heads, d_head, dropout)
         self.ff = FeedForward(dim, dropout=dropout)
         self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head, dropout)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm32(dim)
+        self.norm2 = LayerNorm32(dim)
+        self.norm3 = LayerNorm32(dim)
         self.use_checkpoint = use_checkpoint
 
     def _forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
