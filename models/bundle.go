@@ -174,6 +174,11 @@ func (m *Manifest) validateDiffusion(p *problems) {
 	}
 	if d.DDIMSteps <= 0 || d.DDIMSteps > d.TrainSteps {
 		p.bad("diffusion.ddim_steps", "must be in 1..train_steps, got %d", d.DDIMSteps)
+	} else if c := d.TrainSteps / d.DDIMSteps; (d.TrainSteps-1)/c*c+1 >= d.TrainSteps {
+		// The uniform schedule is range(0, T, T/steps)+1; when its last entry reaches T (e.g. 3 of 1000 gives 1000)
+		// there is no alpha for it (docs/algorithm.md §1.5).
+		p.bad("diffusion.ddim_steps", "%d: the uniform schedule reaches timestep %d, past the last of %d steps; "+
+			"use a ddim_steps that divides train_steps (e.g. 4, 5, 10)", d.DDIMSteps, (d.TrainSteps-1)/c*c+1, d.TrainSteps)
 	}
 	if d.StartStep < 0 || d.StartStep >= d.TrainSteps {
 		p.bad("diffusion.start_step", "must be in 0..train_steps-1, got %d", d.StartStep)

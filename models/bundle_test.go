@@ -107,6 +107,9 @@ func TestDamagedBundlesAreRefused(t *testing.T) {
 		{"bad schedule", func(t *testing.T, dir string) {
 			editManifest(t, dir, func(m map[string]any) { m["diffusion"].(map[string]any)["ddim_steps"] = 0 })
 		}, "schema", ManifestFile, "diffusion.ddim_steps"},
+		{"schedule past the last step", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { m["diffusion"].(map[string]any)["ddim_steps"] = 3 })
+		}, "schema", ManifestFile, "reaches timestep 1000"},
 		{"file outside the bundle", func(t *testing.T, dir string) {
 			editManifest(t, dir, func(m map[string]any) {
 				m["files"].(map[string]any)["../evil.onnx"] = map[string]any{"sha256": "00", "size": 1}
