@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 OPSET = 17  # torch 1.13 exports up to 17
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-REF_WEIGHTS_FORMAT = "vlmdiff-reference-weights/1"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -401,77 +400,6 @@ def verify_bundle(bundle_dir: str) -> List[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reference weights: what reference.py rebuilds the torch networks from
-# ---------------------------------------------------------------------------------------------------------------
-
-def save_reference_weights(path: str, builder: dict, nets, features_kind: str = "torch",
-                           tokenizer: Optional[list] = None, extra: Optional[dict] = None) -> None:
-    """Writes a model file: what the training stages hand each other and what the reference scorer rebuilds the
-    torch networks from.
-
-    builder names how to rebuild the modules: {"kind": "fixture", "spec": {...}} (fixture.build_nets) or
-    {"kind": "preset", "name": ...} (presets.build). features_kind "onnx" means the reference runs the bundle's
-    features.onnx through onnx_torch instead of a stored torch module. tokenizer is the BPE merge list of the text
-    encoder's tokenizer (None when the networks carry no text encoder)."""
-    state = {"vae": _half_safe(nets.vae.state_dict()), "denoiser": _half_safe(nets.denoiser.state_dict())}
-    if features_kind == "torch":
-        state["features"] = _half_safe(nets.features.state_dict())
-    if getattr(nets, "text", None) is not None:
-        state["text"] = _half_safe(nets.text.state_dict())
-    blob = {"format": REF_WEIGHTS_FORMAT, "builder": builder, "features": features_kind, "state": state}
-    if tokenizer is not None:
-        blob["tokenizer"] = [list(m) for m in tokenizer]
-    if extra:
-        blob["extra"] = extra
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise RuntimeError(f"writing model file {path}: {e}") from e
-
-
-def _half_safe(sd: dict) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in sd.items()}
-
-
-def load_nets(weights: str, bundle_dir: str, manifest: dict):
-    """Rebuilds the torch networks of a bundle from reference weights (see save_reference_weights)."""
-    from .reference import Nets
-
-    try:
-        blob = torch.load(weights, map_location="cpu")
-    except Exception as e:
-        raise RuntimeError(f"reading reference weights {weights}: {e}") from e
-    if not isinstance(blob, dict) or blob.get("format") != REF_WEIGHTS_FORMAT:
-        raise RuntimeError(f"reference weights {weights}: not a {REF_WEIGHTS_FORMAT} file")
-    b = blob["builder"]
-    if b.get("kind") == "fixture":
-        from .fixture import build_nets
-        nets = build_nets(b["spec"])
-    elif b.get("kind") == "preset":
-        from .fixture import build_preset_nets
-        nets = build_preset_nets(b["name"], b.get("overrides") or {})
-    else:
-        raise RuntimeError(f"reference weights {weights}: unknown builder {b!r}")
-    st = blob["state"]
-    try:
-        nets.vae.load_state_dict(st["vae"])
-        nets.denoiser.load_state_dict(st["denoiser"])
-        if blob.get("features", "torch") == "torch":
-            nets.features.load_state_dict(st["features"])
-    except (RuntimeError, KeyError) as e:
-        raise RuntimeError(f"reference weights {weights}: state does not fit the rebuilt networks: {e}") from e
-    if blob.get("features") == "onnx":
-        from .onnx_torch import OnnxModule
-        g = manifest["graphs"]["features"]
-        nets.features = OnnxModule.load(os.path.join(bundle_dir, g["file"]),
-                                        outputs=[l["name"] for l in manifest["features"]["layers"]])
-    return nets.eval()
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The `export` stage
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -483,7 +411,8 @@ EXPORT_KEYS = {"run_dir", "seed", "device", "threads", "model", "out", "name", "
 
 def run_export(cfg: dict) -> dict:
     """Export a trained model file into a bundle (see __main__ for the config keys)."""
-    from .train_denoiser import check_keys, encode_prompts, load_model_file, rebuild, _req
+    from .model_file import encode_prompts, load_model_file, rebuild
+    from .train_denoiser import check_keys, _req
 
     check_keys(cfg, EXPORT_KEYS, "export")
     out = _req(cfg, "out", "export")
@@ -510,7 +439,7 @@ def run_export(cfg: dict) -> dict:
         # A seeded random-weight conv net as the feature extractor: for bundles that must be redistributable
         # (the committed demo), since no pretrained third-party backbone may ship with them. Random conv
         # features still describe local colour and texture, which is what small synthetic defects disturb.
-        from .fixture import TinyFeatures
+        from .model_file import TinyFeatures
         fr = cfg["features_random"]
         g = torch.Generator().manual_seed(int(fr.get("seed", 0)))
         feats = TinyFeatures(tuple(fr.get("widths", (16, 24, 32))))

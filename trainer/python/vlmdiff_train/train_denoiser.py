@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import data as D
-from .export import REF_WEIGHTS_FORMAT, save_reference_weights
+from .model_file import Nets, encode_prompts, load_model_file, rebuild, save_reference_weights
 from .losses import eps_mse
 from .progress import Progress
 from .reference import alphas_cumprod
@@ -54,49 +54,6 @@ def _req(cfg: dict, key: str, stage: str):
         raise RuntimeError(f"{stage} config: {key!r} is required")
     return cfg[key]
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Model files
-# ---------------------------------------------------------------------------------------------------------------
-
-def make_tokenizer(merges: List[List[str]]):
-    from .tokenizer import SOT, EOT, CLIPTokenizer, _base_vocab
-    ms = [tuple(m) for m in merges]
-    vocab = _base_vocab() + ["".join(m) for m in ms] + [SOT, EOT]
-    return CLIPTokenizer({t: i for i, t in enumerate(vocab)}, ms)
-
-
-def load_model_file(path: str) -> dict:
-    try:
-        blob = torch.load(path, map_location="cpu")
-    except Exception as e:
-        raise RuntimeError(f"reading model file {path}: {e}") from e
-    if not isinstance(blob, dict) or blob.get("format") != REF_WEIGHTS_FORMAT:
-        raise RuntimeError(f"model file {path}: not a {REF_WEIGHTS_FORMAT} file")
-    return blob
-
-
-def rebuild(blob: dict):
-    """(Nets, tokenizer or None) from a model file's blob."""
-    from .fixture import build_nets, build_preset_nets
-    b = blob["builder"]
-    nets = build_nets(b["spec"]) if b["kind"] == "fixture" else build_preset_nets(b["name"], b.get("overrides"))
-    st = blob["state"]
-    nets.vae.load_state_dict(st["vae"])
-    nets.denoiser.load_state_dict(st["denoiser"])
-    if nets.text is not None and "text" in st:
-        nets.text.load_state_dict(st["text"])
-    if nets.features is not None and "features" in st:
-        nets.features.load_state_dict(st["features"])
-    tok = make_tokenizer(blob["tokenizer"]) if blob.get("tokenizer") else None
-    return nets, tok
-
-
-def encode_prompts(text_encoder, tokenizer, prompts: List[str], device) -> torch.Tensor:
-    """Frozen text encoder outputs [N, tokens, dim] for prompts."""
-    with torch.no_grad():
-        ids = tokenizer(prompts).to(device)
-        return text_encoder(ids).float()
 
 
 def run_build(cfg: dict) -> dict:
@@ -140,7 +97,6 @@ def run_build(cfg: dict) -> dict:
 
 
 def _save_model(path: str, preset: str, vae, denoiser, text, merges, extra: dict) -> None:
-    from .reference import Nets
     nets = Nets(vae=vae, denoiser=denoiser, features=None, hint=None, text=text)
     save_reference_weights(path, {"kind": "preset", "name": preset}, nets, features_kind="onnx", tokenizer=merges,
                            extra=extra)
@@ -321,7 +277,6 @@ def run(cfg: dict) -> dict:
     out = os.path.join(run_dir, "model-trained.pt")
     if rank == 0:
         b = blob["builder"]
-        from .reference import Nets
         nets_out = Nets(vae=vae.cpu(), denoiser=den.cpu(), features=nets.features, hint=None, text=text.cpu())
         save_reference_weights(out, b, nets_out, features_kind=blob.get("features", "onnx"),
                                tokenizer=blob.get("tokenizer"), extra={"stage": "train", "step": step})
