@@ -9,10 +9,9 @@ init the control would be a no-op and a broken hint path would go unnoticed).
 
     python3 -m vlmdiff_train fixture --out models/testdata/fixture --weights models/testdata/fixture-src/fixture.pt
 
-Rebuilding gives identical weights (fixed seeds, deterministic init order).
-
-This module also maps a model file's "builder" to networks (build_nets, build_preset_nets), which is how the
-reference scorer and the training stages rebuild modules from saved state.
+Rebuilding gives identical weights (fixed seeds, deterministic init order). The networks themselves are built by
+model_file.build_nets (a model file's "fixture" builder), so the reference scorer can rebuild them from the
+weights file without this module.
 """
 
 from __future__ import annotations
