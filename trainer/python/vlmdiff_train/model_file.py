@@ -193,9 +193,9 @@ def load_nets(weights: str, bundle_dir: str, manifest: dict):
 # ---------------------------------------------------------------------------------------------------------------
 
 def make_tokenizer(merges: List[List[str]]):
-    from .tokenizer import SOT, EOT, CLIPTokenizer, _base_vocab
+    from .tokenizer import SOT, EOT, CLIPTokenizer, base_vocab
     ms = [tuple(m) for m in merges]
-    vocab = _base_vocab() + ["".join(m) for m in ms] + [SOT, EOT]
+    vocab = base_vocab() + ["".join(m) for m in ms] + [SOT, EOT]
     return CLIPTokenizer({t: i for i, t in enumerate(vocab)}, ms)
 
 
