@@ -143,9 +143,6 @@ type PythonConfig struct {
 // Path is the file the config was read from.
 func (c *Config) Path() string { return c.path }
 
-// presetSizes are the presets' input sizes (trainer/python/vlmdiff_train/presets.py).
-var presetSizes = map[string]int{"tiny": 64, "small": 256, "sd15": 256}
-
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
 // LoadConfig reads, strictly decodes, defaults and validates a config file.
@@ -293,7 +290,7 @@ func (c *Config) defaults() {
 		c.Data.ValFraction = &v
 	}
 	if c.Data.Size == 0 {
-		c.Data.Size = presetSizes[c.Preset]
+		c.Data.Size = presets[c.Preset].InputSize
 	}
 	if c.Calibrate.Method == "" {
 		c.Calibrate.Method = eval.DefaultMethod
@@ -335,8 +332,10 @@ func (c *Config) Validate() error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
 	}
-	if _, ok := presetSizes[c.Preset]; !ok {
+	p, ok := presets[c.Preset]
+	if !ok {
 		bad("preset", "%q is not a preset (want tiny, small or sd15)", c.Preset)
+		p.Downsample = 8
 	}
 	if c.Device != "cpu" && c.Device != "cuda" && !strings.HasPrefix(c.Device, "cuda:") {
 		bad("device", "%q: want cpu or cuda", c.Device)
@@ -350,8 +349,8 @@ func (c *Config) Validate() error {
 	if f := *c.Data.ValFraction; f < 0 || f >= 1 {
 		bad("data.val_fraction", "%v: want 0 <= f < 1", f)
 	}
-	if c.Data.Size <= 0 || c.Data.Size%8 != 0 {
-		bad("data.size", "%d: want a positive multiple of 8", c.Data.Size)
+	if c.Data.Size <= 0 || c.Data.Size%p.Downsample != 0 {
+		bad("data.size", "%d: want a positive multiple of %d (the VAE's downsample)", c.Data.Size, p.Downsample)
 	}
 	if c.Caption.Endpoint != "" && c.Caption.Model == "" {
 		bad("caption.model", "required with caption.endpoint")

@@ -1,0 +1,19 @@
+package run
+
+// presetInfo is what the Go runner knows of a network preset. The presets themselves are defined in
+// trainer/python/vlmdiff_train/presets.py; TestConstantsMatchPython checks that this table agrees with them
+// (through `python3 -m vlmdiff_train schema`), so adding a preset there without adding it here fails a test.
+type presetInfo struct {
+	InputSize      int // square input, pixels: the default data.size
+	LatentChannels int
+	Downsample     int // VAE downsample factor: data.size must be a multiple of it
+}
+
+// LatentSize is the side of the latent at the preset's input size.
+func (p presetInfo) LatentSize() int { return p.InputSize / p.Downsample }
+
+var presets = map[string]presetInfo{
+	"tiny":  {InputSize: 64, LatentChannels: 4, Downsample: 8},
+	"small": {InputSize: 256, LatentChannels: 4, Downsample: 8},
+	"sd15":  {InputSize: 256, LatentChannels: 4, Downsample: 8},
+}
