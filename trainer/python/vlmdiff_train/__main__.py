@@ -109,8 +109,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .reference import run_reference
             emit_done(stage, run_reference(a.bundle, a.weights, a.noise, a.out, a.images, a.cls))
         else:
-            cfg = parse_stage(stage, load_config(a.config))
-            _setup_torch(cfg.threads)
+            raw = load_config(a.config)
+            # checked here, before torch loads, so a bad key fails fast; the stage parses the dict again itself
+            _setup_torch(parse_stage(stage, raw).threads)
             if stage == "finetune-ae":
                 from .train_ae import run as run_stage
             elif stage == "build":
@@ -119,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 from .train_denoiser import run as run_stage
             else:
                 from .export import run_export as run_stage
-            emit_done(stage, run_stage(cfg))
+            emit_done(stage, run_stage(raw))
     except UsageError as e:
         print(f"vlmdiff_train {stage}: usage: {e}", file=sys.stderr)
         return 2
