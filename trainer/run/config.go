@@ -148,8 +148,6 @@ type PythonConfig struct {
 // Path is the file the config was read from.
 func (c *Config) Path() string { return c.path }
 
-// presetSizes are the presets' input sizes (trainer/python/vlmdiff_train/presets.py).
-var presetSizes = map[string]int{"tiny": 64, "small": 256, "sd15": 256, "sd15-mini": 128}
 
 // LoadConfig reads, strictly decodes, defaults and validates a config file.
 func LoadConfig(path string) (*Config, error) {
@@ -201,7 +199,7 @@ func (c *Config) defaults() {
 		c.Data.ValFraction = &v
 	}
 	if c.Data.Size == 0 {
-		c.Data.Size = presetSizes[c.Preset]
+		c.Data.Size = presets[c.Preset].InputSize
 	}
 	if c.Calibrate.Method == "" {
 		c.Calibrate.Method = eval.DefaultMethod
@@ -244,8 +242,10 @@ func (c *Config) Validate() error {
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
 	}
-	if _, ok := presetSizes[c.Preset]; !ok {
-		bad("preset", "%q is not a preset (want tiny, small, sd15 or sd15-mini)", c.Preset)
+	p, ok := presets[c.Preset]
+	if !ok {
+		bad("preset", "%q is not a preset (want one of %s)", c.Preset, strings.Join(presetNames(), ", "))
+		p.Downsample = 8
 	}
 	if c.Device != "cpu" && c.Device != "cuda" && !strings.HasPrefix(c.Device, "cuda:") {
 		bad("device", "%q: want cpu or cuda", c.Device)
@@ -262,8 +262,8 @@ func (c *Config) Validate() error {
 	if c.Data.LabelBy != "" && !slices.Contains(dataset.LabelPolicies, c.Data.LabelBy) {
 		bad("data.label_by", "%q: want %s", c.Data.LabelBy, strings.Join(dataset.LabelPolicies, " or "))
 	}
-	if c.Data.Size <= 0 || c.Data.Size%8 != 0 {
-		bad("data.size", "%d: want a positive multiple of 8", c.Data.Size)
+	if c.Data.Size <= 0 || c.Data.Size%p.Downsample != 0 {
+		bad("data.size", "%d: want a positive multiple of %d (the VAE's downsample)", c.Data.Size, p.Downsample)
 	}
 	if c.Caption.Endpoint != "" && c.Caption.Model == "" {
 		bad("caption.model", "required with caption.endpoint")

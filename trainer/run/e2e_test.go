@@ -21,6 +21,7 @@ import (
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
 	"github.com/vlmdiff/edge/trainer/metrics"
+	"github.com/vlmdiff/edge/trainer/run"
 )
 
 // writeSet writes an MVTec-layout dataset of 64x64 textures: per class nTrain normal training images, nTest
@@ -121,32 +122,7 @@ func TestTrainTinyEndToEnd(t *testing.T) {
 	data := filepath.Join(work, "data")
 	writeSet(t, data, []string{"stripes", "waves"}, 20, 6)
 	modelsDir := filepath.Join(work, "models")
-	cfg := fmt.Sprintf(`name: e2e
-version: "1.0.0"
-preset: tiny
-seed: 0
-threads: 2
-data:
-  root: %s
-  val_fraction: 0.25
-finetune_ae:
-  max_steps: 40
-  batch_size: 4
-  lr: 0.002
-train:
-  max_steps: 60
-  batch_size: 8
-  lr: 0.001
-export:
-  features_onnx: %s
-  feature_layers: [[stage1, 1.0], [stage2, 1.0], [stage3, 1.0]]
-calibrate:
-  method: quantile:0.99
-evaluate:
-  batch_size: 8
-register:
-  models_dir: %s
-`, data, feat, modelsDir)
+	cfg := run.TinyTestConfig(data, feat, "[[stage1, 1.0], [stage2, 1.0], [stage3, 1.0]]", modelsDir, 40, 60)
 	cfgPath := filepath.Join(work, "tiny.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -130,55 +130,17 @@ func (t *Training) Stages() []Stage {
 		{Name: "finetune-ae", Inputs: func() (any, error) {
 			return map[string]any{"ae": c.FinetuneAE, "preset": c.Preset, "seed": c.Seed, "size": c.Data.Size, "aug": c.Data.Augment}, nil
 		}, Run: func(ctx context.Context, sc *StageContext) (map[string]string, error) {
-			m := t.common(sc, "ae")
-			t.data(sc, m)
-			f := c.FinetuneAE
-			m["preset"], m["max_steps"] = c.Preset, f.MaxSteps
-			setIf(m, "init", f.Init)
-			setIf(m, "perceptual_onnx", f.PerceptualONNX)
-			if len(f.PerceptualLayers) > 0 {
-				m["perceptual_layers"] = f.PerceptualLayers
-			}
-			setIf(m, "batch_size", f.BatchSize)
-			setIf(m, "accumulate", f.Accumulate)
-			setIf(m, "lr", f.LR)
-			setIf(m, "save_every", f.SaveEvery)
-			return t.python(ctx, sc, "finetune-ae", merge(m, f.Extra), nil)
+			return t.python(ctx, sc, "finetune-ae", t.finetuneAEConfig(sc), nil)
 		}},
 		{Name: "build", Inputs: func() (any, error) {
 			return map[string]any{"build": c.Build, "preset": c.Preset, "seed": c.Seed, "classes": c.Data.Classes}, nil
 		}, Run: func(ctx context.Context, sc *StageContext) (map[string]string, error) {
-			m := t.common(sc, "build")
-			b := c.Build
-			m["preset"] = c.Preset
-			m["autoencoder"] = sc.Output("finetune-ae", "autoencoder")
-			m["out"] = sc.Path("model.pt")
-			m["index"] = sc.Output("index", "index")
-			if *c.Train.UseCaptions {
-				m["captions"] = sc.Output("caption", "captions")
-			}
-			m["classes"] = t.classes(sc)
-			setIf(m, "sd_checkpoint", b.SDCheckpoint)
-			setIf(m, "tokenizer", b.Tokenizer)
-			return t.python(ctx, sc, "build", merge(m, b.Extra), nil)
+			return t.python(ctx, sc, "build", t.buildConfig(sc), nil)
 		}},
 		{Name: "train", Inputs: func() (any, error) {
 			return map[string]any{"train": c.Train, "seed": c.Seed, "device": c.Device, "size": c.Data.Size, "aug": c.Data.Augment}, nil
 		}, Run: func(ctx context.Context, sc *StageContext) (map[string]string, error) {
-			m := t.common(sc, "train")
-			t.data(sc, m)
-			tr := c.Train
-			m["model"] = sc.Output("build", "model")
-			setIf(m, "max_steps", tr.MaxSteps)
-			setIf(m, "epochs", tr.Epochs)
-			setIf(m, "batch_size", tr.BatchSize)
-			setIf(m, "accumulate", tr.Accumulate)
-			setIf(m, "lr", tr.LR)
-			setIf(m, "save_every", tr.SaveEvery)
-			setIf(m, "amp", tr.AMP)
-			setIf(m, "grad_clip", tr.GradClip)
-			setIf(m, "posterior", tr.Posterior)
-			return t.python(ctx, sc, "train", merge(m, tr.Extra), tr.Launcher)
+			return t.python(ctx, sc, "train", t.trainConfig(sc), c.Train.Launcher)
 		}},
 		{Name: "export", Inputs: func() (any, error) {
 			return map[string]any{"export": c.Export, "name": c.Name, "version": c.Version, "classes": c.Data.Classes, "config": c.sum}, nil
@@ -188,6 +150,102 @@ func (t *Training) Stages() []Stage {
 		{Name: "register", Inputs: func() (any, error) { return c.Register, nil }, Run: t.runRegister},
 	}
 }
+
+// The CONFIG.json of each Python stage. The keys, their types and defaults are defined by the stage's dataclass
+// in trainer/python/vlmdiff_train/stage_config.py; TestStageConfigsMatchPythonSchema checks every config these
+// functions build (for each committed configs/train/*.yaml) against that definition.
+
+// finetuneAEConfig is the finetune-ae stage's config.
+func (t *Training) finetuneAEConfig(sc *StageContext) map[string]any {
+	c := t.Config
+	m := t.common(sc, "ae")
+	t.data(sc, m)
+	f := c.FinetuneAE
+	m["preset"], m["max_steps"] = c.Preset, f.MaxSteps
+	setIf(m, "init", f.Init)
+	setIf(m, "perceptual_onnx", f.PerceptualONNX)
+	if len(f.PerceptualLayers) > 0 {
+		m["perceptual_layers"] = f.PerceptualLayers
+	}
+	setIf(m, "batch_size", f.BatchSize)
+	setIf(m, "accumulate", f.Accumulate)
+	setIf(m, "lr", f.LR)
+	setIf(m, "save_every", f.SaveEvery)
+	return merge(m, f.Extra)
+}
+
+// buildConfig is the build stage's config.
+func (t *Training) buildConfig(sc *StageContext) map[string]any {
+	c := t.Config
+	m := t.common(sc, "build")
+	b := c.Build
+	m["preset"] = c.Preset
+	m["autoencoder"] = sc.Output("finetune-ae", "autoencoder")
+	m["out"] = sc.Path("model.pt")
+	m["index"] = sc.Output("index", "index")
+	if *c.Train.UseCaptions {
+		m["captions"] = sc.Output("caption", "captions")
+	}
+	m["classes"] = t.classes(sc)
+	setIf(m, "sd_checkpoint", b.SDCheckpoint)
+	setIf(m, "tokenizer", b.Tokenizer)
+	return merge(m, b.Extra)
+}
+
+// trainConfig is the train stage's config.
+func (t *Training) trainConfig(sc *StageContext) map[string]any {
+	c := t.Config
+	m := t.common(sc, "train")
+	t.data(sc, m)
+	tr := c.Train
+	m["model"] = sc.Output("build", "model")
+	setIf(m, "max_steps", tr.MaxSteps)
+	setIf(m, "epochs", tr.Epochs)
+	setIf(m, "batch_size", tr.BatchSize)
+	setIf(m, "accumulate", tr.Accumulate)
+	setIf(m, "lr", tr.LR)
+	setIf(m, "save_every", tr.SaveEvery)
+	setIf(m, "amp", tr.AMP)
+	setIf(m, "grad_clip", tr.GradClip)
+	setIf(m, "posterior", tr.Posterior)
+	return merge(m, tr.Extra)
+}
+
+// exportConfig is the export stage's config. With export.feature_layers, features_onnx names the copy of the
+// backbone pruned to those layers that runExport writes first (prunedFeatures).
+func (t *Training) exportConfig(sc *StageContext) map[string]any {
+	c := t.Config
+	e := c.Export
+	m := t.common(sc, "export")
+	m["model"] = sc.Output("train", "model")
+	m["out"] = sc.Path("bundle")
+	m["name"], m["version"] = c.Name, t.version()
+	m["classes"] = t.classes(sc)
+	m["dataset"] = c.Data.Root
+	m["probes"] = sc.Path("probes")
+	if c.Data.Size != 0 {
+		m["input_size"] = c.Data.Size // trained at a size other than the preset's: export at that size
+	}
+	if e.FeaturesONNX != "" && len(e.FeatureLayers) > 0 {
+		m["features_onnx"] = prunedFeatures(sc)
+	} else {
+		setIf(m, "features_onnx", e.FeaturesONNX)
+	}
+	if len(e.FeatureLayers) > 0 {
+		m["feature_layers"] = e.FeatureLayers
+	}
+	setIf(m, "description", e.Description)
+	setIf(m, "prompt_template", e.PromptTemplate)
+	setIf(m, "posterior", e.Posterior)
+	setIf(m, "ddim_steps", e.DDIMSteps)
+	if e.Sigma != nil {
+		m["sigma"] = *e.Sigma
+	}
+	return merge(m, e.Extra)
+}
+
+// prunedFeatures is where runExport writes the feature backbone pruned to export.feature_layers.
+func prunedFeatures(sc *StageContext) string { return sc.Path("export", "features.onnx") }
 
 func (t *Training) python(ctx context.Context, sc *StageContext, stage string, cfg map[string]any, launcher []string) (map[string]string, error) {
 	outs, err := t.Python.RunStage(ctx, sc, stage, cfg, launcher)
@@ -312,47 +370,25 @@ func (t *Training) version() string {
 func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]string, error) {
 	c := t.Config
 	e := c.Export
-	bundle := sc.Path("bundle")
-	m := t.common(sc, "export")
-	m["model"] = sc.Output("train", "model")
+	m := t.exportConfig(sc)
 	if m["model"] == "" {
 		return nil, fmt.Errorf("the train stage recorded no model output")
 	}
-	m["out"] = bundle
-	m["name"], m["version"] = c.Name, t.version()
-	m["classes"] = t.classes(sc)
-	m["dataset"] = c.Data.Root
-	m["probes"] = sc.Path("probes")
-	if c.Data.Size != 0 {
-		m["input_size"] = c.Data.Size // trained at a size other than the preset's: export at that size
-	}
+	bundle := sc.Path("bundle")
 	if e.FeaturesONNX != "" && len(e.FeatureLayers) > 0 {
 		keep := make([]string, len(e.FeatureLayers))
 		for i, l := range e.FeatureLayers {
 			keep[i] = l[0].(string)
 		}
-		pruned := sc.Path("export", "features.onnx")
+		pruned := prunedFeatures(sc)
 		if err := os.MkdirAll(filepath.Dir(pruned), 0o755); err != nil {
 			return nil, err
 		}
 		if err := t.Python.PruneONNXOutputs(ctx, e.FeaturesONNX, pruned, keep); err != nil {
 			return nil, fmt.Errorf("export.features_onnx: %w", err)
 		}
-		m["features_onnx"] = pruned
-	} else {
-		setIf(m, "features_onnx", e.FeaturesONNX)
 	}
-	if len(e.FeatureLayers) > 0 {
-		m["feature_layers"] = e.FeatureLayers
-	}
-	setIf(m, "description", e.Description)
-	setIf(m, "prompt_template", e.PromptTemplate)
-	setIf(m, "posterior", e.Posterior)
-	setIf(m, "ddim_steps", e.DDIMSteps)
-	if e.Sigma != nil {
-		m["sigma"] = *e.Sigma
-	}
-	if _, err := t.python(ctx, sc, "export", merge(m, e.Extra), nil); err != nil {
+	if _, err := t.python(ctx, sc, "export", m, nil); err != nil {
 		return nil, err
 	}
 	// Provenance the Python side does not know: the config's hash and the git commit.

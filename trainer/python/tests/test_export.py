@@ -13,6 +13,7 @@ import torch
 
 from vlmdiff_train import export as E
 from vlmdiff_train import fixture as FX
+from vlmdiff_train import model_file as MF
 from vlmdiff_train.onnx_torch import OnnxModule
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
@@ -88,7 +89,7 @@ def test_probes_match_manifest_and_torch(small_bundle):
                 arr = np.fromfile(probes / spec["file"], dtype="<i8" if spec["type"] == "int64" else "<f4")
                 assert arr.size == n and np.all(np.isfinite(arr)), (role, name)
     # the hint probe's output is what the rebuilt torch networks compute
-    nets = E.load_nets(res["weights"], res["bundle"], m)
+    nets = MF.load_nets(res["weights"], res["bundle"], m)
     doc = json.load(open(probes / "hint.json"))
     x = torch.from_numpy(np.fromfile(probes / doc["inputs"]["image"]["file"], "<f4").reshape(
         doc["inputs"]["image"]["shape"]))

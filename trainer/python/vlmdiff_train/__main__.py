@@ -3,6 +3,7 @@
     python3 -m vlmdiff_train STAGE --config CONFIG.json          STAGE: finetune-ae | build | train | export
     python3 -m vlmdiff_train fixture --out DIR --weights FILE.pt [--probes DIR] [--expected DIR]
     python3 -m vlmdiff_train reference --bundle DIR --weights FILE.pt --noise NOISE.f32 --out OUTDIR [--class K] IMG...
+    python3 -m vlmdiff_train schema       (JSON: every stage's keys, types and defaults; the shared constants)
 
 stdout carries only progress events, one JSON object per line (progress.py):
     {"event":"progress","stage":S,"step":i,"total":n,"epoch":e,"loss":x,"eta_s":y}
@@ -10,37 +11,9 @@ stdout carries only progress events, one JSON object per line (progress.py):
 Logs go to stderr. On failure the process exits 1 (2 for bad usage) with one line on stderr:
     vlmdiff_train STAGE: error: WHAT FAILED: WHY
 
-CONFIG.json (one object; unknown keys are refused so a typo cannot silently fall back to a default). Keys by stage:
-
-  common:      run_dir (str, required: where checkpoints/outputs go), seed (int, 0), device ("cpu"|"cuda", "cpu"),
-               threads (int, 2: torch CPU threads)
-  data (finetune-ae, train):
-               index (str, required: index.jsonl of the Go index stage), captions (str: captions.json),
-               classes ([str]: restrict to these classes), split ("train"), default_caption (str, "": used when
-               an image has no caption; "{cls}" is replaced by the class name), augment (bool, false),
-               height, width (int, 256), mean, std ([3]float, ImageNet), num_workers (int, 0)
-  finetune-ae: preset (str, "tiny"), init (str: AE checkpoint, kl-f8 or a previous finetune; absent = from
-               scratch), perceptual_onnx (str: ONNX backbone for the perceptual term, e.g.
-               resnet50v2_stage1to3.onnx), perceptual_layers ([str]), perceptual_weight (float, 1.0),
-               kl_weight (float, 1e-6), lr (float, 4.5e-6 * batch_size), batch_size (int, 1),
-               accumulate (int, 1), max_steps (int, required), save_every (int, 500), log_every (int, 10)
-               -> outputs {"autoencoder": RUN/ae.pt}
-  build:       preset (str, required), autoencoder (str: finetune-ae output), sd_checkpoint (str: SD1.5 ckpt for
-               sd15), out (str, RUN/model.pt) -> outputs {"model": PATH}
-  train:       model (str, required: build output), lr (float, 1e-5), weight_decay (float, 0.01),
-               batch_size (int, 1), accumulate (int, 1), max_steps (int) or epochs (int), save_every (int, 100),
-               keep (int, 2: checkpoints kept), log_every (int, 1), amp ("none"|"bf16"|"fp16", "none"; fp16 GPU only),
-               grad_clip (float, 0 = off), posterior ("sample"|"mean", "sample")
-               -> outputs {"model": RUN/model-trained.pt, "checkpoint": last}
-  export:      model (str, required), out (str, required: bundle dir), name, version, description (str),
-               features_onnx (str: ONNX backbone copied into the bundle) and feature_layers ([[name, weight]]),
-               or the model's torch feature net; classes ([str]: one conditioning entry per class),
-               prompt_template (str, "a photo of a {cls}"), probes (str: parity probe dir), posterior, sigma,
-               guidance_scale, ddim_steps, start_step (manifest overrides), dataset (str: provenance),
-               input_size (int: the square size trained at, when it differs from the preset's),
-               features_random ({"seed": int, "widths": [3 ints]}: a seeded random-weight conv net as the
-               feature graph, layers layer1 (/4) and layer2 (/8); for redistributable bundles such as the demo)
-               -> outputs {"bundle": DIR, "manifest": DIR/bundle.json, "probes": DIR}
+CONFIG.json is one object; unknown keys are refused so a typo cannot silently fall back to a default. The keys of
+each stage, with types, defaults and docs, are defined once in stage_config.py (one dataclass per stage) and
+listed by `python3 -m vlmdiff_train --help`.
 """
 
 from __future__ import annotations
@@ -52,7 +25,7 @@ import os
 import sys
 from typing import List, Optional
 
-STAGES = ("finetune-ae", "build", "train", "export", "reference", "fixture")
+STAGES = ("finetune-ae", "build", "train", "export", "reference", "fixture", "schema")
 
 
 class UsageError(Exception):
@@ -72,16 +45,37 @@ def load_config(path: Optional[str]) -> dict:
     return cfg
 
 
-def _setup_torch(cfg: dict) -> None:
+def _setup_torch(threads: int = 2) -> None:
     import torch
-    torch.set_num_threads(int(cfg.get("threads", 2)))
+    torch.set_num_threads(int(threads))
+
+
+def schema() -> dict:
+    """Every stage's keys (stage_config.schema) and the constants the Go side must agree with."""
+    from . import constants, presets
+    from .stage_config import STAGES, schema as stage_schema
+
+    return {
+        "stages": {name: stage_schema(cls) for name, cls in STAGES.items()},
+        "constants": {
+            "latent_scale": constants.LATENT_SCALE,
+            "imagenet_mean": list(constants.IMAGENET_MEAN),
+            "imagenet_std": list(constants.IMAGENET_STD),
+            "presets": {n: {"input_size": p.input_size, "latent_channels": p.latent_channels,
+                            "latent_size": p.latent_size, "downsample": p.downsample}
+                        for n, p in presets.PRESETS.items()},
+        },
+    }
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("VLMDIFF_LOG", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    p = argparse.ArgumentParser(prog="python3 -m vlmdiff_train")
+    from .stage_config import describe, parse_stage
+
+    p = argparse.ArgumentParser(prog="python3 -m vlmdiff_train", epilog=describe(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=STAGES)
     p.add_argument("--config")
     p.add_argument("--out")
@@ -99,21 +93,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     stage = a.stage
     try:
         from .progress import emit_done
-        if stage == "fixture":
+        if stage == "schema":
+            json.dump(schema(), sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        elif stage == "fixture":
             if not a.out or not a.weights:
                 raise UsageError("fixture needs --out DIR and --weights FILE.pt")
-            _setup_torch({})
+            _setup_torch()
             from .fixture import build_fixture
             emit_done(stage, build_fixture(a.out, a.weights, a.probes, expected_dir=a.expected))
         elif stage == "reference":
             if not (a.bundle and a.weights and a.noise and a.out):
                 raise UsageError("reference needs --bundle DIR --weights FILE.pt --noise NOISE.f32 --out OUTDIR IMG...")
-            _setup_torch({})
+            _setup_torch()
             from .reference import run_reference
             emit_done(stage, run_reference(a.bundle, a.weights, a.noise, a.out, a.images, a.cls))
         else:
-            cfg = load_config(a.config)
-            _setup_torch(cfg)
+            raw = load_config(a.config)
+            # checked here, before torch loads, so a bad key fails fast; the stage parses the dict again itself
+            _setup_torch(parse_stage(stage, raw).threads)
             if stage == "finetune-ae":
                 from .train_ae import run as run_stage
             elif stage == "build":
@@ -122,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 from .train_denoiser import run as run_stage
             else:
                 from .export import run_export as run_stage
-            emit_done(stage, run_stage(cfg))
+            emit_done(stage, run_stage(raw))
     except UsageError as e:
         print(f"vlmdiff_train {stage}: usage: {e}", file=sys.stderr)
         return 2

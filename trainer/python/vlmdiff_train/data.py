@@ -20,10 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .constants import IMAGENET_MEAN, IMAGENET_STD
 from .reference import normalize_uint8
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .stage_config import DataKeys, parse
 
 
 def read_index(path: str, split: Optional[str] = None, classes: Optional[Sequence[str]] = None,
@@ -141,9 +140,15 @@ def collate(batch: List[dict]) -> dict:
             "label": torch.tensor([b["label"] for b in batch], dtype=torch.int64)}
 
 
-def train_dataset(cfg: dict) -> ImageDataset:
-    """The normal training images of a run config (see __main__ for the schema)."""
-    recs = read_index(cfg["index"], split=cfg.get("split", "train"), classes=cfg.get("classes"), label=0)
-    return ImageDataset(recs, cfg.get("height", 256), cfg.get("width", 256), cfg.get("mean", IMAGENET_MEAN),
-                        cfg.get("std", IMAGENET_STD), read_captions(cfg.get("captions")),
-                        cfg.get("default_caption", ""), bool(cfg.get("augment", False)), int(cfg.get("seed", 0)))
+def train_dataset(cfg, seed: Optional[int] = None) -> ImageDataset:
+    """The normal training images of a stage config: an object with the data keys (stage_config.DataKeys and the
+    stage configs that include them) or a dict of those keys. seed seeds the augmentation (default cfg.seed or 0)."""
+    if isinstance(cfg, dict):
+        cfg = dict(cfg)
+        seed = cfg.pop("seed", 0) if seed is None else seed
+        cfg = parse(DataKeys, cfg, "data")
+    if seed is None:
+        seed = getattr(cfg, "seed", 0)
+    recs = read_index(cfg.index, split=cfg.split, classes=cfg.classes, label=0)
+    return ImageDataset(recs, cfg.height, cfg.width, cfg.mean, cfg.std, read_captions(cfg.captions),
+                        cfg.default_caption, cfg.augment, int(seed))

@@ -7,8 +7,8 @@ the agent needs no text encoder). Every file except bundle.json is listed in the
 Beside the bundle this module writes:
   - parity probes for the Go side's ONNX Runtime check (there is no Python onnxruntime here): per role,
     <role>.json = {"inputs": {name: {"file", "shape", "type"}}, "outputs": {name: {"file", "shape", "type"}}}
-    with raw little-endian files beside it, computed by torch at batch 2 on seeded random inputs;
-  - reference weights: the torch state the reference scorer (reference.py) rebuilds the networks from.
+    with raw little-endian files beside it, computed by torch at batch 2 on seeded random inputs.
+The torch state the reference scorer rebuilds the networks from is a model file (model_file.py).
 
 Graphs larger than 2 GB (the sd15 denoiser) are stored with their weights in one external data file
 <role>.onnx.data, which is listed in the manifest like any other file.
@@ -31,10 +31,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
+from .constants import IMAGENET_MEAN, IMAGENET_STD, LATENT_SCALE
+
 OPSET = 17  # torch 1.13 exports up to 17
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-REF_WEIGHTS_FORMAT = "vlmdiff-reference-weights/1"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -332,7 +331,7 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
     d.update(diffusion or {})
     from .reference import ddim_timesteps
     ddim_timesteps(int(d["train_steps"]), int(d["ddim_steps"]))  # refuses a schedule the scorers cannot run
-    lat = {"channels": int(latent_channels), "downsample": int(downsample), "scale_factor": 0.18215,
+    lat = {"channels": int(latent_channels), "downsample": int(downsample), "scale_factor": LATENT_SCALE,
            "posterior": "mean", "logvar_clamp_lo": -30.0, "logvar_clamp_hi": 20.0}
     lat.update(latent or {})
     # The paper's smoothing (sigma 5) and pooling (8 passes of an 8x8 mean) are defined on 256 px maps. Scale
@@ -410,93 +409,17 @@ def verify_bundle(bundle_dir: str) -> List[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reference weights: what reference.py rebuilds the torch networks from
-# ---------------------------------------------------------------------------------------------------------------
-
-def save_reference_weights(path: str, builder: dict, nets, features_kind: str = "torch",
-                           tokenizer: Optional[list] = None, extra: Optional[dict] = None) -> None:
-    """Writes a model file: what the training stages hand each other and what the reference scorer rebuilds the
-    torch networks from.
-
-    builder names how to rebuild the modules: {"kind": "fixture", "spec": {...}} (fixture.build_nets) or
-    {"kind": "preset", "name": ...} (presets.build). features_kind "onnx" means the reference runs the bundle's
-    features.onnx through onnx_torch instead of a stored torch module. tokenizer is the BPE merge list of the text
-    encoder's tokenizer (None when the networks carry no text encoder)."""
-    state = {"vae": _half_safe(nets.vae.state_dict()), "denoiser": _half_safe(nets.denoiser.state_dict())}
-    if features_kind == "torch":
-        state["features"] = _half_safe(nets.features.state_dict())
-    if getattr(nets, "text", None) is not None:
-        state["text"] = _half_safe(nets.text.state_dict())
-    blob = {"format": REF_WEIGHTS_FORMAT, "builder": builder, "features": features_kind, "state": state}
-    if tokenizer is not None:
-        blob["tokenizer"] = [list(m) for m in tokenizer]
-    if extra:
-        blob["extra"] = extra
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise RuntimeError(f"writing model file {path}: {e}") from e
-
-
-def _half_safe(sd: dict) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in sd.items()}
-
-
-def load_nets(weights: str, bundle_dir: str, manifest: dict):
-    """Rebuilds the torch networks of a bundle from reference weights (see save_reference_weights)."""
-    from .reference import Nets
-
-    try:
-        blob = torch.load(weights, map_location="cpu")
-    except Exception as e:
-        raise RuntimeError(f"reading reference weights {weights}: {e}") from e
-    if not isinstance(blob, dict) or blob.get("format") != REF_WEIGHTS_FORMAT:
-        raise RuntimeError(f"reference weights {weights}: not a {REF_WEIGHTS_FORMAT} file")
-    b = blob["builder"]
-    if b.get("kind") == "fixture":
-        from .fixture import build_nets
-        nets = build_nets(b["spec"])
-    elif b.get("kind") == "preset":
-        from .fixture import build_preset_nets
-        nets = build_preset_nets(b["name"], b.get("overrides") or {})
-    else:
-        raise RuntimeError(f"reference weights {weights}: unknown builder {b!r}")
-    st = blob["state"]
-    try:
-        nets.vae.load_state_dict(st["vae"])
-        nets.denoiser.load_state_dict(st["denoiser"])
-        if blob.get("features", "torch") == "torch":
-            nets.features.load_state_dict(st["features"])
-    except (RuntimeError, KeyError) as e:
-        raise RuntimeError(f"reference weights {weights}: state does not fit the rebuilt networks: {e}") from e
-    if blob.get("features") == "onnx":
-        from .onnx_torch import OnnxModule
-        g = manifest["graphs"]["features"]
-        nets.features = OnnxModule.load(os.path.join(bundle_dir, g["file"]),
-                                        outputs=[l["name"] for l in manifest["features"]["layers"]])
-    return nets.eval()
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The `export` stage
 # ---------------------------------------------------------------------------------------------------------------
 
-EXPORT_KEYS = {"run_dir", "seed", "device", "threads", "model", "out", "name", "version", "description",
-               "features_onnx", "feature_layers", "classes", "prompt_template", "probes", "posterior", "sigma",
-               "guidance_scale", "ddim_steps", "start_step", "dataset", "overwrite", "input_size",
-               "features_random"}
+def run_export(cfg) -> dict:
+    """Export a trained model file into a bundle; cfg is an ExportConfig (stage_config.py) or a dict of its keys."""
+    from .model_file import encode_prompts, load_model_file, rebuild
+    from .stage_config import parse_stage
 
-
-def run_export(cfg: dict) -> dict:
-    """Export a trained model file into a bundle (see __main__ for the config keys)."""
-    from .train_denoiser import check_keys, encode_prompts, load_model_file, rebuild, _req
-
-    check_keys(cfg, EXPORT_KEYS, "export")
-    out = _req(cfg, "out", "export")
-    blob = load_model_file(_req(cfg, "model", "export"))
+    c = parse_stage("export", cfg)
+    out = c.out
+    blob = load_model_file(c.model)
     nets, tok = rebuild(blob)
     nets.eval()
     b = blob["builder"]
@@ -509,18 +432,18 @@ def run_export(cfg: dict) -> dict:
         spec = b["spec"]
         size, channels = int(spec["height"]), int(spec["vae"]["embed_dim"])
         ds, preset_name, default_layers = 2 ** (len(spec["vae"]["ch_mult"]) - 1), "fixture", []
-    if cfg.get("input_size"):
+    if c.input_size:
         # The networks are convolutional: a model trained at another square size than its preset's (e.g. a
         # dataset of 128 px images scored at its native size) exports at the size it was trained at.
-        size = int(cfg["input_size"])
+        size = int(c.input_size)
         if size % ds:
             raise RuntimeError(f"export config: input_size {size} is not a multiple of the VAE downsample {ds}")
-    if cfg.get("features_random"):
+    if c.features_random:
         # A seeded random-weight conv net as the feature extractor: for bundles that must be redistributable
         # (the committed demo), since no pretrained third-party backbone may ship with them. Random conv
         # features still describe local colour and texture, which is what small synthetic defects disturb.
-        from .fixture import TinyFeatures
-        fr = cfg["features_random"]
+        from .model_file import TinyFeatures
+        fr = c.features_random
         g = torch.Generator().manual_seed(int(fr.get("seed", 0)))
         feats = TinyFeatures(tuple(fr.get("widths", (16, 24, 32))))
         with torch.no_grad():
@@ -528,30 +451,29 @@ def run_export(cfg: dict) -> dict:
                 prm.copy_(torch.randn(prm.shape, generator=g) * (0.5 if prm.dim() == 1 else (2.0 / prm[0].numel()) ** 0.5))
         nets.features = feats.eval()
         default_layers = [("layer1", 1.0), ("layer2", 1.0)]
-    layers = [(str(n), float(w)) for n, w in (cfg.get("feature_layers") or default_layers)]
-    feature_onnx = cfg.get("features_onnx")
+    layers = [(str(n), float(w)) for n, w in (c.feature_layers or default_layers)]
+    feature_onnx = c.features_onnx
     if feature_onnx is None and nets.features is None:
         raise RuntimeError("export config: the model has no torch feature net; give features_onnx "
                            "(e.g. resnet50v2_stage1to3.onnx) and feature_layers")
     if not layers:
         raise RuntimeError("export config: feature_layers is required for this model")
-    classes = list(cfg.get("classes") or [])
-    tmpl = cfg.get("prompt_template", "a photo of a {cls}")
-    entries = [("", "")] + [(c, tmpl.replace("{cls}", c.replace("_", " "))) for c in classes]
+    classes = list(c.classes or [])
+    tmpl = c.prompt_template
+    entries = [("", "")] + [(k, tmpl.replace("{cls}", k.replace("_", " "))) for k in classes]
     if nets.text is None or tok is None:
         raise RuntimeError("export: the model file has no text encoder/tokenizer to compute the conditioning")
     ctx = encode_prompts(nets.text, tok, [pr for _, pr in entries], torch.device("cpu")).numpy()
-    diffusion = {k: cfg[k] for k in ("guidance_scale", "ddim_steps", "start_step") if k in cfg}
+    diffusion = {k: getattr(c, k) for k in ("guidance_scale", "ddim_steps", "start_step") if getattr(c, k) is not None}
     m = export_bundle(
         out, vae=nets.vae, denoiser=nets.denoiser, features=None if feature_onnx else nets.features,
         layers=layers, conditioning=[(k, pr, ctx[i]) for i, (k, pr) in enumerate(entries)],
         latent_channels=channels, downsample=ds, hint_owner=nets.denoiser.sgn, feature_onnx=feature_onnx,
-        height=size, width=size, name=cfg.get("name", "vlmdiff"), version=cfg.get("version", "0.0.0"),
-        description=cfg.get("description", ""),
-        provenance={"preset": preset_name, "dataset": cfg.get("dataset", ""), "classes": classes},
-        latent={"posterior": cfg.get("posterior", "mean")}, diffusion=diffusion,
-        map_spec={"sigma": float(cfg["sigma"])} if "sigma" in cfg else None, probe_dir=cfg.get("probes"),
-        probe_seed=int(cfg.get("seed", 1234)), overwrite=bool(cfg.get("overwrite", True)))
+        height=size, width=size, name=c.name, version=c.version, description=c.description,
+        provenance={"preset": preset_name, "dataset": c.dataset, "classes": classes},
+        latent={"posterior": c.posterior}, diffusion=diffusion,
+        map_spec={"sigma": float(c.sigma)} if c.sigma is not None else None, probe_dir=c.probes,
+        probe_seed=int(c.seed), overwrite=c.overwrite)
     # the reference weights of this bundle are the model file itself
-    return {"bundle": out, "manifest": os.path.join(out, "bundle.json"), "probes": cfg.get("probes", ""),
+    return {"bundle": out, "manifest": os.path.join(out, "bundle.json"), "probes": c.probes or "",
             "graphs": sorted(m["graphs"])}

@@ -9,24 +9,21 @@ init the control would be a no-op and a broken hint path would go unnoticed).
 
     python3 -m vlmdiff_train fixture --out models/testdata/fixture --weights models/testdata/fixture-src/fixture.pt
 
-Rebuilding gives identical weights (fixed seeds, deterministic init order).
-
-This module also maps a model file's "builder" to networks (build_nets, build_preset_nets), which is how the
-reference scorer and the training stages rebuild modules from saved state.
+Rebuilding gives identical weights (fixed seeds, deterministic init order). The networks themselves are built by
+model_file.build_nets (a model file's "fixture" builder), so the reference scorer can rebuild them from the
+weights file without this module.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from .reference import Nets
+from .model_file import build_nets
 
 FIXTURE_SPEC = {
     "seed": 20240601,
@@ -45,84 +42,6 @@ FIXTURE_SPEC = {
 }
 FIXTURE_CREATED = "2025-01-01T00:00:00Z"
 FIXTURE_CONDITIONING = [("", ""), ("widget", "a photo of a widget")]
-
-
-class TinyFeatures(nn.Module):
-    """A small conv feature net with two named outputs: layer1 at /4 and layer2 at /8 of the input."""
-
-    def __init__(self, widths=(16, 24, 32)):
-        super().__init__()
-        w0, w1, w2 = widths
-        self.stem = nn.Sequential(nn.Conv2d(3, w0, 3, stride=2, padding=1), nn.ReLU())
-        self.layer1 = nn.Sequential(nn.Conv2d(w0, w1, 3, stride=2, padding=1), nn.ReLU(),
-                                    nn.Conv2d(w1, w1, 3, padding=1))
-        self.layer2 = nn.Sequential(nn.ReLU(), nn.Conv2d(w1, w2, 3, stride=2, padding=1), nn.ReLU(),
-                                    nn.Conv2d(w2, w2, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        l1 = self.layer1(self.stem(x))
-        return {"layer1": l1, "layer2": self.layer2(l1)}
-
-
-class _HintOf(nn.Module):
-    """The hint role of a denoiser: sgn.hint_features(image)."""
-
-    def __init__(self, denoiser):
-        super().__init__()
-        self.denoiser = denoiser
-
-    def forward(self, image):
-        return self.denoiser.sgn.hint_features(image)
-
-
-def build_nets(spec: dict) -> Nets:
-    """Networks of the fixture's structure, initialised from spec["seed"] (deterministic)."""
-    from .nets.autoencoder import AutoencoderKL, DDConfig
-    from .nets.sgn import ControlledUnetModel, SemanticGuidedNetwork, VLMDiffDenoiser
-    from .nets.unet import UNetConfig
-
-    torch.manual_seed(int(spec["seed"]))
-    v = dict(spec["vae"])
-    embed_dim = int(v.pop("embed_dim"))
-    v = {k: tuple(x) if isinstance(x, list) else x for k, x in v.items()}
-    dd = DDConfig(double_z=True, resolution=int(spec["height"]), in_channels=3, out_ch=3, **v)
-    vae = AutoencoderKL(dd, embed_dim=embed_dim)
-    u = {k: tuple(x) if isinstance(x, list) else x for k, x in spec["unet"].items()}
-    cfg = UNetConfig(**u)
-    sgn = SemanticGuidedNetwork(cfg, hint_channels=3, hint_hidden=tuple(spec["hint_hidden"]))
-    unet = ControlledUnetModel(cfg, only_mid_control=True)
-    den = VLMDiffDenoiser(sgn, unet)
-    feats = TinyFeatures(tuple(spec["features"]["widths"]))
-    g = torch.Generator().manual_seed(int(spec["seed"]) + 1)
-    std, gain = float(spec.get("perturb_std", 0.05)), float(spec.get("perturb_gain", 1.0))
-    for m in (vae, den):
-        _perturb_zero_params(m, g, std, gain)
-    return Nets(vae=vae, denoiser=den, features=feats, hint=_HintOf(den)).eval()
-
-
-def _perturb_zero_params(module: nn.Module, g: torch.Generator, std: float, gain: float = 1.0) -> None:
-    """Give every all-zero weight (zero convs, SFF, hint output, ResBlock/transformer outputs) random values.
-
-    Weights get N(0, (gain/sqrt(fan_in))^2) values so activations stay O(1); biases get small values.
-    """
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.numel() == 0 or bool(torch.any(p != 0)):
-                continue
-            if p.dim() >= 2:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) * (gain / math.sqrt(fan_in)))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-def build_preset_nets(name: str, overrides: Optional[dict] = None) -> Nets:
-    """Networks of a named preset (presets.build), for model files written by the training stages."""
-    from . import presets  # H1's module
-
-    built = presets.build(name, with_dino=False, **(overrides or {}))
-    return Nets(vae=built.vae, denoiser=built.denoiser, features=None, hint=_HintOf(built.denoiser),
-                text=built.text_encoder)
 
 
 def fixture_conditioning(spec: dict):
@@ -189,7 +108,8 @@ def build_fixture(out_dir: str, weights: str, probe_dir: Optional[str] = None, s
                   expected_dir: Optional[str] = None) -> dict:
     """Builds the fixture networks, exports the bundle into out_dir and writes the reference weights (and, when
     expected_dir is given, the reference outputs of write_expected)."""
-    from .export import export_bundle, save_reference_weights
+    from .export import export_bundle
+    from .model_file import save_reference_weights
 
     spec = spec or FIXTURE_SPEC
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

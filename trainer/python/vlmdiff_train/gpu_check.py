@@ -73,7 +73,7 @@ def run(out: str, device_name: str = "cuda", tiny: bool = False, steps: int = 3,
     from .export import load_nets, run_export
     from .reference import Scorer, anomaly_map, pooled_score, read_conditioning, read_manifest, smooth
     from .tokenizer import learn_merges
-    from .train_denoiser import _save_model, run as run_train
+    from .train_denoiser import save_model, run as run_train
 
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -97,7 +97,7 @@ def run(out: str, device_name: str = "cuda", tiny: bool = False, steps: int = 3,
     init_sgn_from_unet(nets.sgn, nets.unet.state_dict())
     merges = [list(m) for m in learn_merges(["a photo of a widget"], 40)]
     model = os.path.join(out, "model.pt")
-    _save_model(model, name, nets.vae, nets.denoiser, nets.text_encoder, merges, {"stage": "gpu_check"})
+    save_model(model, name, nets.vae, nets.denoiser, nets.text_encoder, merges, {"stage": "gpu_check"})
     del nets
     times["build_s"] = time.time() - t0
 

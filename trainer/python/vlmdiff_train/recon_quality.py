@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import data as D
-from .export import load_nets
+from .model_file import load_nets
 from .reference import Scorer, load_image, read_conditioning, read_manifest
 
 

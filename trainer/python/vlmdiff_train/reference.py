@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+
+from .model_file import Nets, load_nets
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -177,25 +178,6 @@ def pooled(amap: np.ndarray, kernel: int, repeat: int) -> torch.Tensor:
 # The scorer
 # ---------------------------------------------------------------------------------------------------------------
 
-@dataclass
-class Nets:
-    """The torch networks a bundle was exported from, by role.
-
-    vae must have encode_moments(x) and decode(z); hint maps the image to hint features (None: the denoiser takes
-    the image itself); denoiser(x, t, context, hint) -> eps; features(x) -> {layer name: tensor}.
-    """
-    vae: torch.nn.Module
-    denoiser: torch.nn.Module
-    features: Optional[Callable[[torch.Tensor], Dict[str, torch.Tensor]]]
-    hint: Optional[torch.nn.Module] = None
-    text: Optional[torch.nn.Module] = None  # the frozen text encoder (training/export only; scoring uses the bundle's)
-
-    def eval(self) -> "Nets":
-        for m in (self.vae, self.denoiser, self.features, self.hint, self.text):
-            if isinstance(m, torch.nn.Module):
-                m.eval()
-        return self
-
 
 class Scorer:
     """Scores preprocessed images with torch networks following a manifest."""
@@ -291,8 +273,6 @@ def read_noise(path: str, n_images: int, channels: int, h: int, w: int) -> np.nd
 def run_reference(bundle: str, weights: str, noise_path: str, out_dir: str, images: List[str],
                   key: Optional[str] = None) -> dict:
     """The `reference` stage: score images, write scores.json and maps.f32, return the outputs."""
-    from .export import load_nets  # local import: keeps the math above importable without the networks
-
     if not images:
         raise RuntimeError("reference: no images given")
     m = read_manifest(bundle)

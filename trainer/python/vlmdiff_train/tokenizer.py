@@ -68,7 +68,8 @@ def _clean(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def _base_vocab() -> list[str]:
+def base_vocab() -> list[str]:
+    """The byte-level base of every CLIP BPE vocabulary: the 256 byte symbols, then their end-of-word forms."""
     v = list(bytes_to_unicode().values())
     return v + [x + "</w>" for x in v]
 
@@ -106,7 +107,7 @@ class CLIPTokenizer:
         except (OSError, EOFError, UnicodeDecodeError) as e:
             raise TokenizerError(f"tokenizer: cannot read {os.fspath(path)}: {e}") from e
         merges = _parse_merges(lines[1:MAX_MERGES + 1], os.fspath(path))
-        vocab = _base_vocab() + ["".join(m) for m in merges] + [SOT, EOT]
+        vocab = base_vocab() + ["".join(m) for m in merges] + [SOT, EOT]
         return cls({t: i for i, t in enumerate(vocab)}, merges, **kw)
 
     @classmethod
@@ -285,7 +286,7 @@ def write_bpe_gz(merges: Sequence[tuple[str, str]], path: str | os.PathLike) -> 
 
 def write_vocab_merges(merges: Sequence[tuple[str, str]], directory: str | os.PathLike) -> None:
     """Write the same vocabulary in Hugging Face's vocab.json + merges.txt layout."""
-    vocab = _base_vocab() + ["".join(m) for m in merges] + [SOT, EOT]
+    vocab = base_vocab() + ["".join(m) for m in merges] + [SOT, EOT]
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
         json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)

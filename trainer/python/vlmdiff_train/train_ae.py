@@ -10,6 +10,7 @@ RUN/ae.pt is a {"state_dict": ...} file that checkpoints.load_autoencoder (the b
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
@@ -20,45 +21,42 @@ import torch
 from . import data as D
 from .losses import PerceptualLoss, autoencoder_loss
 from .progress import Progress
-from .train_denoiser import _req, check_keys, latest_checkpoint
+from .stage_config import FinetuneAEConfig, parse_stage
+from .train_denoiser import latest_checkpoint
 
 log = logging.getLogger(__name__)
 
-KEYS = {"run_dir", "seed", "device", "threads", "preset", "init", "perceptual_onnx", "perceptual_layers",
-        "perceptual_weight", "kl_weight", "lr", "batch_size", "accumulate", "max_steps", "save_every", "log_every",
-        "keep", "index", "captions", "classes", "split", "default_caption", "augment", "height", "width", "mean",
-        "std", "num_workers", "trusted"}
 
-
-def run(cfg: dict) -> dict:
-    check_keys(cfg, KEYS, "finetune-ae")
+def run(cfg) -> dict:
+    """The finetune-ae stage; cfg is a FinetuneAEConfig or a dict of its keys."""
+    c: FinetuneAEConfig = parse_stage("finetune-ae", cfg)
     from . import presets
     from .checkpoints import load_autoencoder
     from .nets.autoencoder import AutoencoderKL
 
-    run_dir = _req(cfg, "run_dir", "finetune-ae")
-    total = int(_req(cfg, "max_steps", "finetune-ae"))
-    seed = int(cfg.get("seed", 0))
+    run_dir = c.run_dir
+    total = int(c.max_steps)
+    seed = int(c.seed)
     torch.manual_seed(seed)
-    device = torch.device(cfg.get("device", "cpu"))
+    device = torch.device(c.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("finetune-ae config: device 'cuda' requested but torch sees no GPU")
-    p = presets.get_preset(cfg.get("preset", "tiny"))
+    p = presets.get_preset(c.preset)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(p.vae, p.embed_dim)
-    if cfg.get("init"):
-        load_autoencoder(vae, cfg["init"], trusted=bool(cfg.get("trusted", False)))
+    if c.init:
+        load_autoencoder(vae, c.init, trusted=c.trusted)
     vae.to(device).train()
     perc: Optional[PerceptualLoss] = None
-    if cfg.get("perceptual_onnx"):
+    if c.perceptual_onnx:
         from .onnx_torch import OnnxModule
-        net = OnnxModule.load(cfg["perceptual_onnx"], outputs=cfg.get("perceptual_layers")).to(device)
-        perc = PerceptualLoss(net, cfg.get("perceptual_layers"))
-    bs, acc = int(cfg.get("batch_size", 1)), int(cfg.get("accumulate", 1))
-    lr = float(cfg.get("lr", 4.5e-6 * bs))
+        net = OnnxModule.load(c.perceptual_onnx, outputs=c.perceptual_layers).to(device)
+        perc = PerceptualLoss(net, c.perceptual_layers)
+    bs, acc = int(c.batch_size), int(c.accumulate)
+    lr = float(c.lr if c.lr is not None else 4.5e-6 * bs)
     opt = torch.optim.Adam(vae.parameters(), lr=lr, betas=(0.5, 0.9))
-    ds = D.train_dataset(dict(cfg, height=cfg.get("height", p.input_size), width=cfg.get("width", p.input_size)))
+    ds = D.train_dataset(dataclasses.replace(c, height=c.height or p.input_size, width=c.width or p.input_size))
 
     ckpt_dir = os.path.join(run_dir, "ae-checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
@@ -74,8 +72,8 @@ def run(cfg: dict) -> dict:
         step, micro = int(st["step"]), int(st["micro"])
         log.info("resumed finetune-ae from %s at step %d", last, step)
     prog = Progress("finetune-ae", total, start_step=step)
-    pw, kw = float(cfg.get("perceptual_weight", 1.0)), float(cfg.get("kl_weight", 1e-6))
-    save_every, log_every, keep = int(cfg.get("save_every", 500)), int(cfg.get("log_every", 10)), int(cfg.get("keep", 2))
+    pw, kw = float(c.perceptual_weight), float(c.kl_weight)
+    save_every, log_every, keep = int(c.save_every), int(c.log_every), int(c.keep)
     n = len(ds)
     shown = 0.0
     while step < total:

@@ -4,7 +4,7 @@ build: a preset's networks; for sd15 the SD1.5 checkpoint (UNet, CLIP, VAE) with
 presets fresh seeded weights with the finetuned AE when given; in both cases the SG network starts as a copy of the
 UNet encoder (build_model.py). The tokenizer is the user's CLIP vocabulary when given, else BPE merges learnt from
 the run's captions and class prompts (small presets train their own frozen-random text encoder; only "different
-text gives different context" matters there). Output: a model file (export.save_reference_weights format) that
+text gives different context" matters there). Output: a model file (model_file.py) that
 the train, export and reference stages rebuild the networks from.
 
 train: eps-MSE with t ~ U{0..T-1}, z = scale * posterior sample of the frozen VAE, hint = the clean normalised
@@ -29,120 +29,58 @@ import numpy as np
 import torch
 
 from . import data as D
-from .export import REF_WEIGHTS_FORMAT, save_reference_weights
+from .model_file import Nets, encode_prompts, load_model_file, rebuild, save_reference_weights
 from .losses import eps_mse
 from .progress import Progress
+from .constants import LATENT_SCALE
 from .reference import alphas_cumprod
+from .stage_config import BuildConfig, TrainConfig, parse_stage
 
 log = logging.getLogger(__name__)
 
-BUILD_KEYS = {"run_dir", "seed", "device", "threads", "preset", "autoencoder", "sd_checkpoint", "tokenizer",
-              "index", "captions", "classes", "prompt_template", "default_caption", "out", "trusted",
-              "num_merges"}
-TRAIN_KEYS = {"run_dir", "seed", "device", "threads", "model", "index", "captions", "classes", "split",
-              "default_caption", "augment", "height", "width", "mean", "std", "num_workers", "lr", "weight_decay",
-              "batch_size", "accumulate", "max_steps", "epochs", "save_every", "keep", "log_every", "amp",
-              "grad_clip", "posterior", "linear_start", "linear_end", "train_steps"}
 
-
-def check_keys(cfg: dict, allowed: set, stage: str) -> None:
-    bad = sorted(set(cfg) - allowed)
-    if bad:
-        raise RuntimeError(f"{stage} config: unknown keys {bad} (allowed: {sorted(allowed)})")
-
-
-def _req(cfg: dict, key: str, stage: str):
-    if key not in cfg or cfg[key] in (None, ""):
-        raise RuntimeError(f"{stage} config: {key!r} is required")
-    return cfg[key]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Model files
-# ---------------------------------------------------------------------------------------------------------------
-
-def make_tokenizer(merges: List[List[str]]):
-    from .tokenizer import SOT, EOT, CLIPTokenizer, _base_vocab
-    ms = [tuple(m) for m in merges]
-    vocab = _base_vocab() + ["".join(m) for m in ms] + [SOT, EOT]
-    return CLIPTokenizer({t: i for i, t in enumerate(vocab)}, ms)
-
-
-def load_model_file(path: str) -> dict:
-    try:
-        blob = torch.load(path, map_location="cpu")
-    except Exception as e:
-        raise RuntimeError(f"reading model file {path}: {e}") from e
-    if not isinstance(blob, dict) or blob.get("format") != REF_WEIGHTS_FORMAT:
-        raise RuntimeError(f"model file {path}: not a {REF_WEIGHTS_FORMAT} file")
-    return blob
-
-
-def rebuild(blob: dict):
-    """(Nets, tokenizer or None) from a model file's blob."""
-    from .fixture import build_nets, build_preset_nets
-    b = blob["builder"]
-    nets = build_nets(b["spec"]) if b["kind"] == "fixture" else build_preset_nets(b["name"], b.get("overrides"))
-    st = blob["state"]
-    nets.vae.load_state_dict(st["vae"])
-    nets.denoiser.load_state_dict(st["denoiser"])
-    if nets.text is not None and "text" in st:
-        nets.text.load_state_dict(st["text"])
-    if nets.features is not None and "features" in st:
-        nets.features.load_state_dict(st["features"])
-    tok = make_tokenizer(blob["tokenizer"]) if blob.get("tokenizer") else None
-    return nets, tok
-
-
-def encode_prompts(text_encoder, tokenizer, prompts: List[str], device) -> torch.Tensor:
-    """Frozen text encoder outputs [N, tokens, dim] for prompts."""
-    with torch.no_grad():
-        ids = tokenizer(prompts).to(device)
-        return text_encoder(ids).float()
-
-
-def run_build(cfg: dict) -> dict:
-    check_keys(cfg, BUILD_KEYS, "build")
+def run_build(cfg) -> dict:
+    """The build stage; cfg is a BuildConfig or a dict of its keys."""
+    c: BuildConfig = parse_stage("build", cfg)
     from . import presets
     from .checkpoints import build_vlmdiff, init_sgn_from_unet, load_autoencoder
     from .tokenizer import CLIPTokenizer, learn_merges
 
-    run_dir = _req(cfg, "run_dir", "build")
-    name = _req(cfg, "preset", "build")
+    run_dir = c.run_dir
+    name = c.preset
     os.makedirs(run_dir, exist_ok=True)
-    nets = presets.build(name, with_dino=False, seed=int(cfg.get("seed", 0)))
-    trusted = bool(cfg.get("trusted", False))
-    if cfg.get("sd_checkpoint"):
-        build_vlmdiff(nets.model, cfg["sd_checkpoint"], cfg.get("autoencoder"), trusted=trusted)
+    nets = presets.build(name, with_dino=False, seed=int(c.seed))
+    trusted = c.trusted
+    if c.sd_checkpoint:
+        build_vlmdiff(nets.model, c.sd_checkpoint, c.autoencoder, trusted=trusted)
     else:
         if name == "sd15":
             raise RuntimeError("build config: preset sd15 needs sd_checkpoint (SD1.5 v1-5-pruned.ckpt)")
-        if cfg.get("autoencoder"):
-            load_autoencoder(nets.vae, cfg["autoencoder"], trusted=trusted)
+        if c.autoencoder:
+            load_autoencoder(nets.vae, c.autoencoder, trusted=trusted)
         init_sgn_from_unet(nets.sgn, nets.unet.state_dict())
     # tokenizer: the user's CLIP vocabulary, else merges learnt from this run's texts
-    if cfg.get("tokenizer"):
-        t = cfg["tokenizer"]
+    if c.tokenizer:
+        t = c.tokenizer
         tok = CLIPTokenizer.from_dir(t) if os.path.isdir(t) else CLIPTokenizer.from_bpe_gz(t)
         merges = [list(k) for k, _ in sorted(tok.bpe_ranks.items(), key=lambda kv: kv[1])]
     else:
-        texts = list(D.read_captions(cfg.get("captions")).values())
-        tmpl = cfg.get("prompt_template", "a photo of a {cls}")
-        texts += [tmpl.replace("{cls}", c.replace("_", " ")) for c in (cfg.get("classes") or [])]
-        if cfg.get("index"):
-            recs = D.read_index(cfg["index"])
-            texts += [tmpl.replace("{cls}", c.replace("_", " ")) for c in sorted({r["class"] for r in recs})]
-        merges = [list(m) for m in learn_merges(texts or ["a photo"], int(cfg.get("num_merges", 400)))]
+        texts = list(D.read_captions(c.captions).values())
+        tmpl = c.prompt_template
+        texts += [tmpl.replace("{cls}", k.replace("_", " ")) for k in (c.classes or [])]
+        if c.index:
+            recs = D.read_index(c.index)
+            texts += [tmpl.replace("{cls}", k.replace("_", " ")) for k in sorted({r["class"] for r in recs})]
+        merges = [list(m) for m in learn_merges(texts or ["a photo"], int(c.num_merges))]
     vocab = 256 * 2 + len(merges) + 2
     if nets.text_encoder is not None and vocab > nets.text_encoder.cfg.vocab_size:
         raise RuntimeError(f"build: tokenizer vocabulary {vocab} exceeds the text encoder's {nets.text_encoder.cfg.vocab_size}")
-    out = cfg.get("out") or os.path.join(run_dir, "model.pt")
-    _save_model(out, name, nets.vae, nets.denoiser, nets.text_encoder, merges, {"stage": "build"})
+    out = c.out or os.path.join(run_dir, "model.pt")
+    save_model(out, name, nets.vae, nets.denoiser, nets.text_encoder, merges, {"stage": "build"})
     return {"model": out, "preset": name, "merges": len(merges)}
 
 
-def _save_model(path: str, preset: str, vae, denoiser, text, merges, extra: dict) -> None:
-    from .reference import Nets
+def save_model(path: str, preset: str, vae, denoiser, text, merges, extra: dict) -> None:
     nets = Nets(vae=vae, denoiser=denoiser, features=None, hint=None, text=text)
     save_reference_weights(path, {"kind": "preset", "name": preset}, nets, features_kind="onnx", tokenizer=merges,
                            extra=extra)
@@ -171,12 +109,13 @@ def _dist_env():
     return world, rank, local
 
 
-def run(cfg: dict) -> dict:
-    check_keys(cfg, TRAIN_KEYS, "train")
-    run_dir = _req(cfg, "run_dir", "train")
-    blob = load_model_file(_req(cfg, "model", "train"))
+def run(cfg) -> dict:
+    """The train stage; cfg is a TrainConfig or a dict of its keys."""
+    tc: TrainConfig = parse_stage("train", cfg)
+    run_dir = tc.run_dir
+    blob = load_model_file(tc.model)
     world, rank, local = _dist_env()
-    device_name = cfg.get("device", "cpu")
+    device_name = tc.device
     if device_name == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("train config: device 'cuda' requested but torch sees no GPU")
@@ -187,13 +126,13 @@ def run(cfg: dict) -> dict:
     if world > 1:
         import torch.distributed as dist
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
-    amp = cfg.get("amp", "none")
+    amp = tc.amp
     if amp not in ("none", "bf16", "fp16"):
         raise RuntimeError(f"train config: amp {amp!r} is not none/bf16/fp16")
     if amp == "fp16" and device.type != "cuda":
         # fp16 needs the GPU's GradScaler path; the CPU autocasts to bf16 only.
         raise RuntimeError("train config: amp fp16 needs device cuda (use amp bf16 on the CPU)")
-    seed = int(cfg.get("seed", 0))
+    seed = int(tc.seed)
     torch.manual_seed(seed)
 
     nets, tok = rebuild(blob)
@@ -206,7 +145,7 @@ def run(cfg: dict) -> dict:
     den.freeze_for_training()
     den.train()
     params = [p for p in den.trainable_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=float(cfg.get("lr", 1e-5)), weight_decay=float(cfg.get("weight_decay", 0.01)))
+    opt = torch.optim.AdamW(params, lr=float(tc.lr), weight_decay=float(tc.weight_decay))
     # The hint block runs inside the wrapped forward: DDP must see every trainable parameter used in its forward.
     # find_unused_parameters: with only_mid_control the SG network's other zero convs (and SFF) get no gradient;
     # without it DDP never reduces the buckets holding them, and the ranks' weights drift apart silently.
@@ -215,25 +154,24 @@ def run(cfg: dict) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None,
                                                           find_unused_parameters=True)
 
-    ds = D.train_dataset(cfg)
-    bs, acc = int(cfg.get("batch_size", 1)), int(cfg.get("accumulate", 1))
+    ds = D.train_dataset(tc)
+    bs, acc = int(tc.batch_size), int(tc.accumulate)
     if bs < 1 or acc < 1:
         raise RuntimeError("train config: batch_size and accumulate must be >= 1")
     per_rank = len(range(rank, len(ds), world))
     # only whole accumulation windows per epoch: an optimiser step never mixes two epochs' data
     steps_per_epoch = max(1, (per_rank // bs) // acc)
     micro_per_epoch = steps_per_epoch * acc
-    if cfg.get("max_steps"):
-        total = int(cfg["max_steps"])
-    elif cfg.get("epochs"):
-        total = int(cfg["epochs"]) * steps_per_epoch
+    if tc.max_steps:
+        total = int(tc.max_steps)
+    elif tc.epochs:
+        total = int(tc.epochs) * steps_per_epoch
     else:
         raise RuntimeError("train config: give max_steps or epochs")
-    T = int(cfg.get("train_steps", 1000))
-    abar = torch.tensor(alphas_cumprod(float(cfg.get("linear_start", 0.00085)), float(cfg.get("linear_end", 0.012)),
-                                       T), dtype=torch.float32, device=device)
-    scale = 0.18215
-    posterior = cfg.get("posterior", "sample")
+    T = int(tc.train_steps)
+    abar = torch.tensor(alphas_cumprod(float(tc.linear_start), float(tc.linear_end), T), dtype=torch.float32, device=device)
+    scale = LATENT_SCALE
+    posterior = tc.posterior
     gen = torch.Generator(device="cpu").manual_seed(seed * 1000 + rank)
 
     ckpt_dir = os.path.join(run_dir, "checkpoints")
@@ -263,12 +201,12 @@ def run(cfg: dict) -> dict:
     scaler = torch.cuda.amp.GradScaler(enabled=(amp == "fp16"))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     prog = Progress("train", total, start_step=step) if rank == 0 else None
-    save_every = int(cfg.get("save_every", 100))
-    log_every = int(cfg.get("log_every", 1))
-    grad_clip = float(cfg.get("grad_clip", 0.0))
+    save_every = int(tc.save_every)
+    log_every = int(tc.log_every)
+    grad_clip = float(tc.grad_clip)
     last_saved = last
     loss_acc = 0.0
-    cache_moments = not bool(cfg.get("augment", False))
+    cache_moments = not tc.augment
     mcache: dict = {}
     while step < total:
         epoch = micro_done // micro_per_epoch
@@ -328,7 +266,7 @@ def run(cfg: dict) -> dict:
                     gens = [None] * world
                     dist.all_gather_object(gens, gen.get_state())
                 if rank == 0:
-                    last_saved = _save_ckpt(ckpt_dir, step, micro_done, den, opt, gens, int(cfg.get("keep", 2)))
+                    last_saved = _save_ckpt(ckpt_dir, step, micro_done, den, opt, gens, int(tc.keep))
             if step >= total:
                 break
     if world > 1:
@@ -336,7 +274,6 @@ def run(cfg: dict) -> dict:
     out = os.path.join(run_dir, "model-trained.pt")
     if rank == 0:
         b = blob["builder"]
-        from .reference import Nets
         nets_out = Nets(vae=vae.cpu(), denoiser=den.cpu(), features=nets.features, hint=None, text=text.cpu())
         save_reference_weights(out, b, nets_out, features_kind=blob.get("features", "onnx"),
                                tokenizer=blob.get("tokenizer"), extra={"stage": "train", "step": step})

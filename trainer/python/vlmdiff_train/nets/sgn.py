@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, asdict
 import torch
 import torch.nn as nn
 
+from ..constants import LATENT_SCALE
 from .autoencoder import AutoencoderKL
 from .layers import TimestepEmbedSequential, timestep_embedding, zero_module
 from .unet import UNetConfig, UNetModel, build_encoder
@@ -28,8 +29,8 @@ __all__ = [
 
 # Hidden widths of ControlNet's input_hint_block before its last conv (which outputs model_channels).
 DEFAULT_HINT_CHANNELS = (16, 16, 32, 32, 96, 96, 256)
-# SD's latent scale (LatentDiffusion.scale_factor).
-SCALE_FACTOR = 0.18215
+# SD's latent scale (LatentDiffusion.scale_factor), defined in constants.py.
+SCALE_FACTOR = LATENT_SCALE
 
 # Prefixes of SG-network keys that have no counterpart in the UNet: they keep their (zero) init at build time.
 SGN_NEW_PREFIXES = ("input_hint_block.", "zero_convs.", "middle_block_out.", "down")

@@ -1,0 +1,241 @@
+"""The settings of the Python training stages, each defined once: one dataclass per stage.
+
+A field is an allowed key of that stage's CONFIG.json: its annotation is the type, its default the default, and
+its metadata the one-line doc (and whether it is required). Everything else reads from here: parse() refuses
+unknown keys by name and values of the wrong type, the stages read attributes instead of cfg.get(key, default),
+`python3 -m vlmdiff_train --help` lists the keys, and `python3 -m vlmdiff_train schema` dumps them as JSON for the
+Go runner's test that checks every config it writes (trainer/run/schema_test.go).
+
+Imports only the standard library and constants.py, so any module may import it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Type, TypeVar
+
+from .constants import IMAGENET_MEAN, IMAGENET_STD
+
+T = TypeVar("T")
+
+
+def key(default: Any = None, doc: str = "", *, required: bool = False) -> Any:
+    """A stage setting: default, one-line doc, and whether the stage refuses to run without it."""
+    md = {"doc": doc, "required": required}
+    if isinstance(default, (list, dict, tuple)):
+        d = list(default) if isinstance(default, tuple) else default
+        return field(default_factory=lambda: copy.deepcopy(d), metadata=md)
+    return field(default=default, metadata=md)
+
+
+@dataclass
+class Common:
+    """Keys every stage accepts."""
+    run_dir: str = key("", "where checkpoints and outputs go", required=True)
+    seed: int = key(0, "seeds weights, data order and noise")
+    device: str = key("cpu", "cpu | cuda")
+    threads: int = key(2, "torch CPU threads")
+
+
+@dataclass
+class DataKeys:
+    """The training images (the stages that read the Go index stage's output)."""
+    index: str = key("", "index.jsonl of the Go index stage", required=True)
+    captions: Optional[str] = key(None, "captions.json of the caption stage")
+    classes: Optional[List[str]] = key(None, "restrict to these classes")
+    split: str = key("train", "index split to train on")
+    default_caption: str = key("", 'caption of an image without one; "{cls}" is replaced by the class name')
+    augment: bool = key(False, "light augmentation (flip, brightness); off in the paper")
+    height: int = key(256, "training image height, pixels")
+    width: int = key(256, "training image width, pixels")
+    mean: List[float] = key(IMAGENET_MEAN, "normalisation mean (RGB)")
+    std: List[float] = key(IMAGENET_STD, "normalisation std (RGB)")
+    num_workers: int = key(0, "accepted for compatibility; images load in the main process")
+
+
+@dataclass
+class FinetuneAEConfig(DataKeys, Common):
+    """finetune-ae: the autoencoder finetune -> outputs {"autoencoder": RUN/ae.pt}."""
+    height: Optional[int] = key(None, "training image height (default: the preset's input size)")
+    width: Optional[int] = key(None, "training image width (default: the preset's input size)")
+    preset: str = key("tiny", "network preset (presets.py)")
+    init: Optional[str] = key(None, "AE checkpoint to start from (kl-f8 or a previous finetune); absent: scratch")
+    trusted: bool = key(False, "allow checkpoints that need the unsafe pickle loader")
+    perceptual_onnx: Optional[str] = key(None, "ONNX backbone of the perceptual term")
+    perceptual_layers: Optional[List[str]] = key(None, "outputs of perceptual_onnx used by the perceptual term")
+    perceptual_weight: float = key(1.0, "weight of the perceptual term")
+    kl_weight: float = key(1e-6, "weight of the KL term")
+    lr: Optional[float] = key(None, "Adam learning rate (default 4.5e-6 * batch_size)")
+    batch_size: int = key(1, "images per micro-batch")
+    accumulate: int = key(1, "micro-batches per optimiser step")
+    max_steps: int = key(0, "optimiser steps", required=True)
+    save_every: int = key(500, "checkpoint every N steps")
+    log_every: int = key(10, "progress event every N steps")
+    keep: int = key(2, "checkpoints kept")
+
+
+@dataclass
+class BuildConfig(Common):
+    """build: assemble the model file -> outputs {"model": PATH}."""
+    preset: str = key("", "network preset (presets.py)", required=True)
+    autoencoder: Optional[str] = key(None, "the finetune-ae output")
+    sd_checkpoint: Optional[str] = key(None, "SD1.5 checkpoint (required for sd15)")
+    tokenizer: Optional[str] = key(None, "CLIP vocabulary (directory or bpe .gz); absent: merges learnt from the texts")
+    trusted: bool = key(False, "allow checkpoints that need the unsafe pickle loader")
+    index: Optional[str] = key(None, "index.jsonl: its class names join the tokenizer's texts")
+    captions: Optional[str] = key(None, "captions.json: the tokenizer's texts")
+    classes: Optional[List[str]] = key(None, "class names for the tokenizer's texts")
+    prompt_template: str = key("a photo of a {cls}", "class prompt template")
+    default_caption: str = key("", "accepted for symmetry with the data keys; unused")
+    num_merges: int = key(400, "BPE merges learnt when no tokenizer is given")
+    out: Optional[str] = key(None, "model file to write (default RUN/model.pt)")
+
+
+@dataclass
+class TrainConfig(DataKeys, Common):
+    """train: train the denoiser -> outputs {"model": RUN/model-trained.pt, "checkpoint": last}."""
+    model: str = key("", "the build stage's model file", required=True)
+    lr: float = key(1e-5, "AdamW learning rate")
+    weight_decay: float = key(0.01, "AdamW weight decay")
+    batch_size: int = key(1, "images per micro-batch")
+    accumulate: int = key(1, "micro-batches per optimiser step")
+    max_steps: Optional[int] = key(None, "optimiser steps (or give epochs)")
+    epochs: Optional[int] = key(None, "epochs, when max_steps is not given")
+    save_every: int = key(100, "checkpoint every N steps")
+    keep: int = key(2, "checkpoints kept")
+    log_every: int = key(1, "progress event every N steps")
+    amp: str = key("none", "none | bf16 | fp16 (GPU only)")
+    grad_clip: float = key(0.0, "gradient norm clip (0 = off)")
+    posterior: str = key("sample", "sample | mean: the latent the denoiser learns on")
+    linear_start: float = key(0.00085, "beta schedule start")
+    linear_end: float = key(0.012, "beta schedule end")
+    train_steps: int = key(1000, "diffusion steps T")
+
+
+@dataclass
+class ExportConfig(Common):
+    """export: write the bundle -> outputs {"bundle": DIR, "manifest": DIR/bundle.json, "probes": DIR}."""
+    seed: int = key(1234, "seed of the parity probes' inputs")
+    model: str = key("", "the model file to export", required=True)
+    out: str = key("", "bundle directory", required=True)
+    name: str = key("vlmdiff", "bundle name")
+    version: str = key("0.0.0", "bundle version")
+    description: str = key("", "bundle description")
+    dataset: str = key("", "provenance: the training data")
+    features_onnx: Optional[str] = key(None, "ONNX feature backbone copied into the bundle")
+    feature_layers: Optional[List[list]] = key(None, "[[name, weight], ...] of the feature graph")
+    features_random: Optional[dict] = key(None, '{"seed": int, "widths": [3 ints]}: seeded random conv features '
+                                                "(layer1 /4, layer2 /8), for redistributable bundles")
+    classes: Optional[List[str]] = key(None, "one conditioning entry per class")
+    prompt_template: str = key("a photo of a {cls}", "class prompt template")
+    probes: Optional[str] = key(None, "directory for the parity probes")
+    posterior: str = key("mean", "manifest latent.posterior: sample | mean")
+    sigma: Optional[float] = key(None, "manifest map.sigma override")
+    guidance_scale: Optional[float] = key(None, "manifest diffusion.guidance_scale override")
+    ddim_steps: Optional[int] = key(None, "manifest diffusion.ddim_steps override")
+    start_step: Optional[int] = key(None, "manifest diffusion.start_step override")
+    input_size: Optional[int] = key(None, "square input size trained at, when not the preset's")
+    overwrite: bool = key(True, "replace a bundle already in out")
+
+
+STAGES: Dict[str, type] = {"finetune-ae": FinetuneAEConfig, "build": BuildConfig, "train": TrainConfig,
+                           "export": ExportConfig}
+
+
+def _check(v: Any, tp: Any) -> bool:
+    """Whether a JSON value fits a field type (None is handled by the caller)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        return any(_check(v, a) for a in args if a is not type(None))
+    if tp is Any:
+        return True
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if tp is str:
+        return isinstance(v, str)
+    if tp in (list, List) or origin is list:
+        return isinstance(v, list) and (not args or all(_check(x, args[0]) for x in v))
+    if tp in (dict, Dict) or origin is dict:
+        return isinstance(v, dict)
+    raise TypeError(f"stage_config: unsupported field type {tp!r}")
+
+
+def type_name(tp: Any) -> str:
+    """The schema's name of a field type: str, int, float, bool, dict, list[...] (Optional[X] is X)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        return type_name(next(a for a in args if a is not type(None)))
+    if origin is list or tp in (list, List):
+        return f"list[{type_name(args[0])}]" if args else "list"
+    if origin is dict or tp in (dict, Dict):
+        return "dict"
+    return tp.__name__
+
+
+def _nullable(tp: Any) -> bool:
+    return typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
+
+
+def parse(cls: Type[T], cfg: Any, stage: str) -> T:
+    """cfg (a dict, or already a cls) as a cls. Unknown keys, missing required keys and wrong types raise
+    RuntimeError naming the key; absent or null keys take their default."""
+    if isinstance(cfg, cls):
+        return cfg
+    if not isinstance(cfg, dict):
+        raise RuntimeError(f"{stage} config: want a JSON object, got {type(cfg).__name__}")
+    fs = dataclasses.fields(cls)
+    allowed = {f.name for f in fs}
+    bad = sorted(set(cfg) - allowed)
+    if bad:
+        raise RuntimeError(f"{stage} config: unknown keys {bad} (allowed: {sorted(allowed)})")
+    hints = typing.get_type_hints(cls)
+    kw = {}
+    for f in fs:
+        v = cfg.get(f.name)
+        if v is None or (v == "" and f.metadata.get("required")):
+            if f.metadata.get("required"):
+                raise RuntimeError(f"{stage} config: {f.name!r} is required")
+            continue
+        if not _check(v, hints[f.name]):
+            raise RuntimeError(f"{stage} config: {f.name}: want {type_name(hints[f.name])}, got {v!r}")
+        kw[f.name] = v
+    return cls(**kw)
+
+
+def parse_stage(stage: str, cfg: Any):
+    """The typed config of a Python stage (finetune-ae, build, train, export)."""
+    try:
+        cls = STAGES[stage]
+    except KeyError:
+        raise RuntimeError(f"no stage config for {stage!r} (have {sorted(STAGES)})") from None
+    return parse(cls, cfg, stage)
+
+
+def schema(cls: type) -> Dict[str, dict]:
+    """{key: {"type", "nullable", "required", "default", "doc"}} of a stage config class."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        d = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out[f.name] = {"type": type_name(hints[f.name]), "nullable": _nullable(hints[f.name]),
+                       "required": bool(f.metadata.get("required")), "default": d, "doc": f.metadata.get("doc", "")}
+    return out
+
+
+def describe() -> str:
+    """The keys of every stage, for --help."""
+    lines = ["CONFIG.json keys by stage (unknown keys are refused; absent or null keys take the default):"]
+    for stage, cls in STAGES.items():
+        lines.append("")
+        lines.append(f"  {(cls.__doc__ or stage).strip()}")
+        for name, f in schema(cls).items():
+            dflt = "required" if f["required"] else f"default {f['default']!r}"
+            lines.append(f"    {name} ({f['type']}, {dflt}): {f['doc']}")
+    return "\n".join(lines)
