@@ -144,7 +144,7 @@ type PythonConfig struct {
 func (c *Config) Path() string { return c.path }
 
 // presetSizes are the presets' input sizes (trainer/python/vlmdiff_train/presets.py).
-var presetSizes = map[string]int{"tiny": 64, "small": 256, "sd15": 256}
+var presetSizes = map[string]int{"tiny": 64, "small": 256, "sd15": 256, "taef2": 256, "tiny-taef": 64}
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
@@ -336,7 +336,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, field+": "+fmt.Sprintf(format, args...))
 	}
 	if _, ok := presetSizes[c.Preset]; !ok {
-		bad("preset", "%q is not a preset (want tiny, small or sd15)", c.Preset)
+		bad("preset", "%q is not a preset (want tiny, small, sd15, taef2 or tiny-taef)", c.Preset)
 	}
 	if c.Device != "cpu" && c.Device != "cuda" && !strings.HasPrefix(c.Device, "cuda:") {
 		bad("device", "%q: want cpu or cuda", c.Device)
@@ -359,8 +359,9 @@ func (c *Config) Validate() error {
 	if c.Caption.Concurrency < 0 {
 		bad("caption.concurrency", "must be >= 0")
 	}
-	if c.FinetuneAE.MaxSteps <= 0 {
-		bad("finetune_ae.max_steps", "required, > 0")
+	// 0 steps keeps a pretrained autoencoder (finetune_ae.init) as it is; from scratch it must train.
+	if c.FinetuneAE.MaxSteps < 0 || (c.FinetuneAE.MaxSteps == 0 && c.FinetuneAE.Init == "") {
+		bad("finetune_ae.max_steps", "required, > 0 (0 only with finetune_ae.init: use the pretrained autoencoder as is)")
 	}
 	if c.Train.MaxSteps <= 0 && c.Train.Epochs <= 0 {
 		bad("train.max_steps", "give train.max_steps or train.epochs (> 0)")

@@ -483,7 +483,7 @@ EXPORT_KEYS = {"run_dir", "seed", "device", "threads", "model", "out", "name", "
 
 def run_export(cfg: dict) -> dict:
     """Export a trained model file into a bundle (see __main__ for the config keys)."""
-    from .train_denoiser import check_keys, encode_prompts, load_model_file, rebuild, _req
+    from .train_denoiser import check_keys, encode_prompts, latent_scale, load_model_file, rebuild, _req
 
     check_keys(cfg, EXPORT_KEYS, "export")
     out = _req(cfg, "out", "export")
@@ -540,7 +540,7 @@ def run_export(cfg: dict) -> dict:
         height=size, width=size, name=cfg.get("name", "vlmdiff"), version=cfg.get("version", "0.0.0"),
         description=cfg.get("description", ""),
         provenance={"preset": preset_name, "dataset": cfg.get("dataset", ""), "classes": classes},
-        latent={"posterior": cfg.get("posterior", "mean")}, diffusion=diffusion,
+        latent={"posterior": cfg.get("posterior", "mean"), "scale_factor": latent_scale(b)}, diffusion=diffusion,
         map_spec={"sigma": float(cfg["sigma"])} if "sigma" in cfg else None, probe_dir=cfg.get("probes"),
         probe_seed=int(cfg.get("seed", 1234)), overwrite=bool(cfg.get("overwrite", True)))
     # the reference weights of this bundle are the model file itself

@@ -19,6 +19,7 @@ import torch
 
 from . import data as D
 from .losses import PerceptualLoss, autoencoder_loss
+from .curves import CurveWriter
 from .progress import Progress
 from .train_denoiser import _req, check_keys, latest_checkpoint
 
@@ -34,7 +35,6 @@ def run(cfg: dict) -> dict:
     check_keys(cfg, KEYS, "finetune-ae")
     from . import presets
     from .checkpoints import load_autoencoder
-    from .nets.autoencoder import AutoencoderKL
 
     run_dir = _req(cfg, "run_dir", "finetune-ae")
     total = int(_req(cfg, "max_steps", "finetune-ae"))
@@ -46,7 +46,8 @@ def run(cfg: dict) -> dict:
     p = presets.get_preset(cfg.get("preset", "tiny"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = AutoencoderKL(p.vae, p.embed_dim)
+        vae = presets.make_autoencoder(p)
+    deterministic = bool(getattr(vae, "deterministic", False))
     if cfg.get("init"):
         load_autoencoder(vae, cfg["init"], trusted=bool(cfg.get("trusted", False)))
     vae.to(device).train()
@@ -74,6 +75,7 @@ def run(cfg: dict) -> dict:
         step, micro = int(st["step"]), int(st["micro"])
         log.info("resumed finetune-ae from %s at step %d", last, step)
     prog = Progress("finetune-ae", total, start_step=step)
+    curve = CurveWriter(run_dir, "finetune-ae", start_step=step)
     pw, kw = float(cfg.get("perceptual_weight", 1.0)), float(cfg.get("kl_weight", 1e-6))
     save_every, log_every, keep = int(cfg.get("save_every", 500)), int(cfg.get("log_every", 10)), int(cfg.get("keep", 2))
     n = len(ds)
@@ -86,9 +88,12 @@ def run(cfg: dict) -> dict:
         moments = vae.encode_moments(x)
         mean, logvar = torch.chunk(moments, 2, dim=1)
         noise = torch.randn(mean.shape, generator=gen).to(device)
-        z = mean + torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0)) * noise
+        if deterministic:  # a pretrained tiny autoencoder: no posterior, so no sampling and no KL term
+            z = mean
+        else:
+            z = mean + torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0)) * noise
         rec = vae.decode(z)
-        parts = autoencoder_loss(x, rec, moments, perc, pw, kw)
+        parts = autoencoder_loss(x, rec, moments, perc, pw, 0.0 if deterministic else kw)
         if not torch.isfinite(parts["loss"]):
             raise RuntimeError(f"finetune-ae: loss is {float(parts['loss'])} at step {step} (lower lr)")
         (parts["loss"] / acc).backward()
@@ -101,6 +106,7 @@ def run(cfg: dict) -> dict:
         step += 1
         if step % log_every == 0 or step == total:
             prog.step(step, loss=shown, epoch=epoch, perceptual=float(parts["perceptual"]), kl=float(parts["kl"]))
+            curve.row(step, epoch, shown)
         shown = 0.0
         if step % save_every == 0 or step == total:
             _save(ckpt_dir, step, micro, vae, opt, gen, keep)

@@ -28,6 +28,7 @@ import torch
 
 from . import data as D
 from .export import REF_WEIGHTS_FORMAT, save_reference_weights
+from .curves import CurveWriter
 from .losses import eps_mse
 from .progress import Progress
 from .reference import alphas_cumprod
@@ -40,7 +41,8 @@ BUILD_KEYS = {"run_dir", "seed", "device", "threads", "preset", "autoencoder", "
 TRAIN_KEYS = {"run_dir", "seed", "device", "threads", "model", "index", "captions", "classes", "split",
               "default_caption", "augment", "height", "width", "mean", "std", "num_workers", "lr", "weight_decay",
               "batch_size", "accumulate", "max_steps", "epochs", "save_every", "keep", "log_every", "amp",
-              "grad_clip", "posterior", "linear_start", "linear_end", "train_steps"}
+              "grad_clip", "posterior", "linear_start", "linear_end", "train_steps", "val_every", "val_images",
+              "select", "early_stop_patience"}
 
 
 def check_keys(cfg: dict, allowed: set, stage: str) -> None:
@@ -58,6 +60,15 @@ def _req(cfg: dict, key: str, stage: str):
 # ---------------------------------------------------------------------------------------------------------------
 # Model files
 # ---------------------------------------------------------------------------------------------------------------
+
+def latent_scale(builder: dict) -> float:
+    """The diffusion latent scale of a model file's networks: the preset's (SD's 0.18215 for KL VAEs, TAEF2_SCALE
+    for the pretrained tiny autoencoder); fixtures use SD's."""
+    if builder.get("kind") == "preset":
+        from . import presets
+        return float(presets.get_preset(builder["name"]).scale_factor)
+    return 0.18215
+
 
 def make_tokenizer(merges: List[List[str]]):
     from .tokenizer import SOT, EOT, CLIPTokenizer, _base_vocab
@@ -226,7 +237,7 @@ def run(cfg: dict) -> dict:
     T = int(cfg.get("train_steps", 1000))
     abar = torch.tensor(alphas_cumprod(float(cfg.get("linear_start", 0.00085)), float(cfg.get("linear_end", 0.012)),
                                        T), dtype=torch.float32, device=device)
-    scale = 0.18215
+    scale = latent_scale(blob["builder"])
     posterior = cfg.get("posterior", "sample")
     gen = torch.Generator(device="cpu").manual_seed(seed * 1000 + rank)
 
@@ -260,6 +271,11 @@ def run(cfg: dict) -> dict:
     grad_clip = float(cfg.get("grad_clip", 0.0))
     last_saved = last
     loss_acc = 0.0
+    val = _Validation(cfg, ds, vae, den, contexts, abar, scale, posterior, device, steps_per_epoch,
+                      enabled=(rank == 0))
+    if last:
+        val.restore(st.get("validation"))
+    curve = CurveWriter(run_dir, "train", start_step=step, enabled=(rank == 0))
     cache_moments = not bool(cfg.get("augment", False))
     mcache: dict = {}
     while step < total:
@@ -311,33 +327,47 @@ def run(cfg: dict) -> dict:
             scaler.update()
             opt.zero_grad(set_to_none=True)
             step += 1
-            if prog is not None and (step % log_every == 0 or step == total):
-                prog.step(step, loss=loss_acc, epoch=epoch)
+            vloss = val.maybe_run(step, total)
+            if prog is not None and (step % log_every == 0 or step == total or vloss is not None):
+                prog.step(step, loss=loss_acc, epoch=epoch, **({} if vloss is None else {"val_loss": vloss}))
+                curve.row(step, epoch, loss_acc, vloss)
             loss_acc = 0.0
-            if rank == 0 and (step % save_every == 0 or step == total):
-                last_saved = _save_ckpt(ckpt_dir, step, micro_done, den, opt, gen, int(cfg.get("keep", 2)))
+            stop = val.should_stop()
+            if rank == 0 and (step % save_every == 0 or step == total or stop):
+                last_saved = _save_ckpt(ckpt_dir, step, micro_done, den, opt, gen, int(cfg.get("keep", 2)),
+                                        val.state())
+            if world > 1:
+                stop = _all_agree(stop, device)
+            if stop:
+                log.info("early stop at step %d: validation loss has not improved for %d validations",
+                         step, val.patience)
+                total = step
             if step >= total:
                 break
     out = os.path.join(run_dir, "model-trained.pt")
     if rank == 0:
+        val.apply_selection(den)
         b = blob["builder"]
         from .reference import Nets
         nets_out = Nets(vae=vae.cpu(), denoiser=den.cpu(), features=nets.features, hint=None, text=text.cpu())
         save_reference_weights(out, b, nets_out, features_kind=blob.get("features", "onnx"),
-                               tokenizer=blob.get("tokenizer"), extra={"stage": "train", "step": step})
+                               tokenizer=blob.get("tokenizer"), extra={"stage": "train", "step": step,
+                                                                       **val.summary()})
     if world > 1:
         import torch.distributed as dist
         dist.barrier()
         dist.destroy_process_group()
-    return {"model": out, "checkpoint": last_saved or "", "steps": step}
+    return {"model": out, "checkpoint": last_saved or "", "steps": step, **val.summary()}
 
 
-def _save_ckpt(ckpt_dir: str, step: int, micro: int, den, opt, gen, keep: int) -> str:
+def _save_ckpt(ckpt_dir: str, step: int, micro: int, den, opt, gen, keep: int, validation: Optional[dict] = None
+               ) -> str:
     path = os.path.join(ckpt_dir, f"step-{step:08d}.pt")
     tmp = path + ".tmp"
     try:
         torch.save({"step": step, "micro": micro, "denoiser": den.state_dict(), "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    "validation": validation or {}}, tmp)
         os.replace(tmp, path)
     except OSError as e:
         try:
@@ -349,3 +379,103 @@ def _save_ckpt(ckpt_dir: str, step: int, micro: int, den, opt, gen, keep: int) -
     for p in olds[:-max(1, keep)]:
         os.remove(p)
     return path
+
+
+def _all_agree(flag: bool, device) -> bool:
+    """Rank 0's decision for every rank (only rank 0 validates)."""
+    import torch.distributed as dist
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+class _Validation:
+    """The denoiser's loss on held-out normals (the index's val split), used for the curve, checkpoint selection
+    and early stopping; never the test split.
+
+    Why a fixed draw: eps-MSE depends strongly on t, so a validation loss with fresh t and noise each time is too
+    noisy to select on. Each val image gets fixed timesteps spread over [0, T) and fixed noise, drawn once from a
+    seeded generator, so two validations differ only by the weights.
+    """
+
+    def __init__(self, cfg: dict, train_ds, vae, den, contexts, abar, scale: float, posterior: str, device,
+                 steps_per_epoch: int, enabled: bool = True):
+        self.every = int(cfg.get("val_every", 0) or steps_per_epoch)
+        self.select = cfg.get("select", "last")
+        if self.select not in ("last", "best_val"):
+            raise RuntimeError(f"train config: select {self.select!r} is not last or best_val")
+        self.patience = int(cfg.get("early_stop_patience", 0))
+        self.den, self.contexts, self.device = den, contexts, device
+        self.best, self.best_step, self.bad, self.last = math.inf, 0, 0, None
+        self.best_state: Optional[dict] = None
+        self.batches: List[tuple] = []
+        n_max = int(cfg.get("val_images", 32))
+        vcfg = dict(cfg, split="val", augment=False)
+        try:
+            vds = D.train_dataset(vcfg) if enabled and n_max > 0 else None
+        except Exception as e:  # noqa: BLE001 - an index without a val split just has no validation
+            log.warning("no validation normals (%s): training without a validation loss", e)
+            vds = None
+        if vds is None or len(vds) == 0:
+            self.every = 0
+            if enabled and (self.select == "best_val" or self.patience):
+                raise RuntimeError("train config: select best_val / early_stop_patience need validation normals "
+                                   "(data.val_fraction > 0)")
+            return
+        g = torch.Generator().manual_seed(int(cfg.get("seed", 0)) + 4242)
+        picks = torch.randperm(len(vds), generator=g)[:n_max].tolist()
+        T = abar.shape[0]
+        with torch.no_grad():
+            for i in range(0, len(picks), 8):
+                b = D.collate([vds[j] for j in picks[i:i + 8]])
+                x = b["image"].to(device)
+                mean, logvar = torch.chunk(vae.encode_moments(x), 2, dim=1)
+                z = scale * mean  # the posterior mean: validation must not depend on a sample
+                k = x.shape[0]
+                t = ((torch.arange(k) + i) * T // max(1, len(picks))).clamp(max=T - 1).to(device)
+                eps = torch.randn(z.shape, generator=g).to(device)
+                a = abar[t].view(-1, 1, 1, 1)
+                self.batches.append((a.sqrt() * z + (1 - a).sqrt() * eps, t, b["caption"], x, eps))
+
+    def maybe_run(self, step: int, total: int) -> Optional[float]:
+        if not self.every or (step % self.every and step != total):
+            return None
+        self.den.eval()
+        tot, n = 0.0, 0
+        with torch.no_grad():
+            for xt, t, caps, x, eps in self.batches:
+                pred = self.den(xt, t, self.contexts(caps), self.den.sgn.hint_features(x))
+                tot += float(eps_mse(pred, eps)) * xt.shape[0]
+                n += xt.shape[0]
+        self.den.train()
+        v = tot / max(1, n)
+        self.last = v
+        if v < self.best:
+            self.best, self.best_step, self.bad = v, step, 0
+            if self.select == "best_val":
+                self.best_state = {k: t.detach().cpu().clone() for k, t in self.den.state_dict().items()}
+        else:
+            self.bad += 1
+        return v
+
+    def should_stop(self) -> bool:
+        return bool(self.patience) and self.bad >= self.patience
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "best_state": self.best_state}
+
+    def restore(self, st: Optional[dict]) -> None:
+        if st:
+            self.best, self.best_step, self.bad = st.get("best", math.inf), st.get("best_step", 0), st.get("bad", 0)
+            self.best_state = st.get("best_state")
+
+    def apply_selection(self, den) -> None:
+        if self.select == "best_val" and self.best_state is not None:
+            log.info("selected the weights of step %d (validation loss %.5g)", self.best_step, self.best)
+            den.load_state_dict(self.best_state)
+
+    def summary(self) -> dict:
+        if not self.every:
+            return {}
+        return {"val_loss_best": round(self.best, 6), "val_loss_best_step": self.best_step,
+                "val_loss_last": None if self.last is None else round(self.last, 6), "select": self.select}
