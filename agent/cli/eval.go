@@ -20,6 +20,8 @@ type dataFlags struct {
 	data, layout, classes string
 	valFraction           float64
 	batch                 int
+	labelBy               string
+	stderr                io.Writer // receives the mask-policy warning
 }
 
 func (d *dataFlags) register(fs interface {
@@ -32,6 +34,7 @@ func (d *dataFlags) register(fs interface {
 	fs.StringVar(&d.classes, "classes", "", "comma-separated classes (default all)")
 	fs.Float64Var(&d.valFraction, "val-fraction", 0.1, "share of train normals held out as validation (the same hash split as `vlmdiff train`)")
 	fs.IntVar(&d.batch, "batch", 4, "frames per scoring batch")
+	fs.StringVar(&d.labelBy, "label-by", dataset.LabelByFolder, "anomalous test images with a missing or empty mask: folder (keep anomalous, warn) or mask (relabel as normal); a dataset directory only, an index was checked when written")
 }
 
 func (d *dataFlags) items() ([]dataset.Item, []string, error) {
@@ -44,6 +47,13 @@ func (d *dataFlags) items() ([]dataset.Item, []string, error) {
 		items, err = dataset.ReadIndex(d.data)
 	} else {
 		items, err = dataset.OpenWith(d.data, dataset.Options{Layout: d.layout, ValFraction: d.valFraction})
+		if err == nil {
+			var issues []dataset.MaskIssue
+			items, issues, err = dataset.CheckMasks(items, d.labelBy)
+			if d.stderr != nil {
+				fmt.Fprint(d.stderr, dataset.FormatMaskIssues(issues, d.labelBy))
+			}
+		}
 	}
 	if err != nil {
 		return nil, nil, err
@@ -58,16 +68,20 @@ func (d *dataFlags) items() ([]dataset.Item, []string, error) {
 }
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b]", stderr)
+	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR] [--curves DIR] [--paper-auroc-flip]", stderr)
 	var sf scoreFlags
 	sf.register(fs)
 	var df dataFlags
 	df.register(fs)
 	out := fs.String("out", "eval-report", "directory for results.txt, metrics.json/csv, scores.csv, report.html")
 	split := fs.String("split", dataset.SplitTest, "split to evaluate")
+	paperFlip := fs.Bool("paper-auroc-flip", false, "report AUROC below 0.5 as 1-AUC, as the paper's evaluation does (off: the true AUROC; the report says when the flip changed a value)")
+	curves := fs.String("curves", "", "a run's curves directory (<run-dir>/curves): loss plots rendered and embedded in report.html")
+	valData := fs.String("val-data", "", "a synthetic-defect validation set (`vlmdiff synth defects` output, MVTec layout): evaluated too and reported as its own table beside the test")
 	if err := Parse(fs, args); err != nil {
 		return err
 	}
+	df.stderr = stderr
 	if sf.bundle == "" || df.data == "" || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "vlmdiff eval: --bundle and --data are required")
 		fs.Usage()
@@ -86,15 +100,39 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer s.Close()
-	rep, res, err := eval.Evaluate(ctx, s, test, eval.Options{BatchSize: df.batch, Progress: stderr})
+	opts := eval.Options{BatchSize: df.batch, Progress: stderr, PaperAUROCFlip: *paperFlip}
+	info := eval.ReportInfo{Dataset: df.data, CurvesDir: *curves}
+	info.Bundle, _ = filepath.Abs(sf.bundle)
+	if *valData != "" {
+		vf := df
+		vf.data, vf.layout, vf.valFraction = *valData, dataset.LayoutAuto, 0
+		vitems, _, err := vf.items()
+		if err != nil {
+			return fmt.Errorf("--val-data: %w", err)
+		}
+		vtest := eval.Select(vitems, dataset.SplitTest, classes, false)
+		if len(vtest) == 0 {
+			return fmt.Errorf("--val-data %s: no test images (classes %v)", *valData, classes)
+		}
+		vrep, _, err := eval.Evaluate(ctx, s, vtest, opts)
+		if err != nil {
+			return fmt.Errorf("--val-data: %w", err)
+		}
+		fmt.Fprintln(stdout, "synthetic validation ("+*valData+"):")
+		if err := vrep.WriteTable(stdout); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "test ("+df.data+"):")
+		info.Validation = &eval.ValidationReport{Dataset: *valData, Report: vrep}
+	}
+	rep, res, err := eval.Evaluate(ctx, s, test, opts)
 	if err != nil {
 		return err
 	}
 	if err := rep.WriteTable(stdout); err != nil {
 		return err
 	}
-	abs, _ := filepath.Abs(sf.bundle)
-	if err := eval.WriteReports(*out, rep, res, s, eval.ReportInfo{Bundle: abs, Dataset: df.data}); err != nil {
+	if err := eval.WriteReports(*out, rep, res, s, info); err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "reports written to %s (%s, %s, %s, %s)\n", *out, eval.TableFile, eval.JSONFile, eval.CSVFile, eval.HTMLFile)

@@ -20,6 +20,7 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	out := fs.String("out", dataset.IndexFile, "index file to write (JSON lines)")
 	val := fs.Float64("val-frac", 0, "share of train normals held out as the val split (hash of the path; 0 <= f < 1)")
 	part := fs.Int("coco-part", 0, "COCO-AD part 0-3 (meta_20_<part>.json)")
+	labelBy := fs.String("label-by", dataset.LabelByFolder, "anomalous test images with a missing or empty mask: folder (keep anomalous, warn) or mask (relabel as normal)")
 	if err := Parse(fs, args); err != nil {
 		return err
 	}
@@ -32,6 +33,11 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	items, issues, err := dataset.CheckMasks(items, *labelBy)
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(stderr, dataset.FormatMaskIssues(issues, *labelBy))
 	if err := dataset.WriteIndex(*out, items); err != nil {
 		return err
 	}

@@ -7,14 +7,17 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"gocv.io/x/gocv"
 
 	"github.com/vlmdiff/edge/capture"
+	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/synth"
 )
 
 func init() {
-	Register(Command{Name: "synth", Summary: "write frames of the synthetic camera as an MVTec-layout dataset (demo training data)", Run: runSynth})
+	Register(Command{Name: "synth", Summary: "write synthetic MVTec-layout data: the demo camera's frames; `synth defects` (a labelled validation set from held-out normals); `synth surfaces` (hard textured surfaces)", Run: runSynth})
 }
 
 // generator is what the synthetic source offers beyond Source: frame n on demand.
@@ -26,7 +29,15 @@ type generator interface {
 // ground_truth/<defect>} so the training pipeline can learn the demo's normal look and be evaluated on its
 // defects. Masks are exact: a defect frame is compared with the same frame rendered without its defect.
 func runSynth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("synth", "--out DIR [--train N] [--test N] [--seed S] [--size WxH]", stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "defects":
+			return runSynthDefects(ctx, args[1:], stdout, stderr)
+		case "surfaces":
+			return runSynthSurfaces(ctx, args[1:], stdout, stderr)
+		}
+	}
+	fs := NewFlagSet("synth", "[defects|surfaces] --out DIR [--train N] [--test N] [--seed S] [--width W --height H]", stderr)
 	out := fs.String("out", "", "dataset root to write (required)")
 	class := fs.String("class", "synthetic", "class name")
 	nTrain := fs.Int("train", 120, "defect-free training frames")
@@ -138,5 +149,116 @@ func writeRGB(path string, w, h int, pix []byte, channels int) error {
 	if !gocv.IMWrite(path, m) {
 		return fmt.Errorf("write %s failed", path)
 	}
+	return nil
+}
+
+// defectFlags are the defect options shared by `synth defects` and `synth surfaces`.
+type defectFlags struct {
+	kinds  string
+	params synth.Params
+}
+
+func (d *defectFlags) register(fs interface {
+	StringVar(*string, string, string, string)
+	Float64Var(*float64, string, float64, string)
+}) {
+	fs.StringVar(&d.kinds, "kinds", strings.Join(synth.Defects, ","), "defect kinds, cycled: "+strings.Join(synth.Defects, ", "))
+	p := synth.DefaultParams
+	fs.Float64Var(&d.params.MinSize, "min-size", p.MinSize, "smallest defect, fraction of the shorter image side (scratch length x3)")
+	fs.Float64Var(&d.params.MaxSize, "max-size", p.MaxSize, "largest defect, fraction of the shorter image side")
+	fs.Float64Var(&d.params.MinContrast, "min-contrast", p.MinContrast, "faintest intensity change, fraction of full scale (stains: a third)")
+	fs.Float64Var(&d.params.MaxContrast, "max-contrast", p.MaxContrast, "strongest intensity change, fraction of full scale")
+}
+
+// runSynthDefects paints synthetic defects with exact masks onto held-out normals of the user's own data.
+func runSynthDefects(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := NewFlagSet("synth defects", "--from DATASET_OR_FOLDER --out DIR [--val-fraction F] [--per-image N] [--seed S] [--kinds k,...]", stderr)
+	from := fs.String("from", "", "a dataset the trainer reads (only its held-out val normals are used), or a plain folder of normal images (required)")
+	out := fs.String("out", "", "validation set root to write, MVTec layout (required)")
+	layout := fs.String("layout", dataset.LayoutAuto, "layout of --from: auto, "+strings.Join(dataset.Layouts, ", "))
+	val := fs.Float64("val-fraction", 0.1, "the training config's data.val_fraction: the same hash split picks the held-out normals")
+	classes := fs.String("classes", "", "comma-separated classes of --from (default all)")
+	per := fs.Int("per-image", 2, "defect images per normal")
+	seed := fs.Uint64("seed", 1, "seed: same seed, same files")
+	var df defectFlags
+	df.register(fs)
+	if err := Parse(fs, args); err != nil {
+		return err
+	}
+	if *from == "" || *out == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "vlmdiff synth defects: --from and --out are required")
+		fs.Usage()
+		return ErrUsage
+	}
+	kinds, err := synth.ParseKinds(df.kinds)
+	if err != nil {
+		return err
+	}
+	var cl []string
+	for _, c := range strings.Split(*classes, ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			cl = append(cl, c)
+		}
+	}
+	normals, err := synth.HeldOutNormals(*from, *layout, *val, cl)
+	if err != nil {
+		return err
+	}
+	sum, err := synth.WriteDefects(ctx, normals, synth.DefectsOptions{Out: *out, PerImage: *per, Seed: *seed, Kinds: kinds, Params: df.params})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s from %d held-out normals:\n", *out, len(normals))
+	sum.Write(stdout)
+	return nil
+}
+
+// runSynthSurfaces renders a dataset of hard normal surfaces with synthetic defects.
+func runSynthSurfaces(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := NewFlagSet("synth surfaces", "--out DIR [--classes family[:gray][:WxH][=name],...] [--size WxH] [--train N] [--test-good N] [--per-kind N] [--seed S]", stderr)
+	out := fs.String("out", "", "dataset root to write, MVTec layout (required)")
+	classes := fs.String("classes", "fractal:800x600,woven,brushed:gray,grain:gray:320x480,part:800x600",
+		"classes: surface family ("+strings.Join(synth.Surfaces, ", ")+"), optionally :gray, :WxH, =name")
+	size := fs.String("size", "256x256", "frame size of classes without their own")
+	train := fs.Int("train", 40, "train/good images per class")
+	testGood := fs.Int("test-good", 10, "test/good images per class")
+	perKind := fs.Int("per-kind", 5, "test images per defect kind per class")
+	seed := fs.Uint64("seed", 1, "seed: same seed, same files")
+	var df defectFlags
+	df.register(fs)
+	if err := Parse(fs, args); err != nil {
+		return err
+	}
+	if *out == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "vlmdiff synth surfaces: --out is required")
+		fs.Usage()
+		return ErrUsage
+	}
+	w, h, err := synth.ParseSize(*size)
+	if err != nil {
+		return fmt.Errorf("--size: %w", err)
+	}
+	kinds, err := synth.ParseKinds(df.kinds)
+	if err != nil {
+		return err
+	}
+	var specs []synth.ClassSpec
+	for _, c := range strings.Split(*classes, ",") {
+		if c = strings.TrimSpace(c); c == "" {
+			continue
+		}
+		spec, err := synth.ParseClassSpec(c, w, h)
+		if err != nil {
+			return err
+		}
+		specs = append(specs, spec)
+	}
+	sum, err := synth.WriteSurfaces(ctx, synth.SurfacesOptions{Out: *out, Classes: specs, Train: *train, TestGood: *testGood,
+		PerKind: *perKind, Seed: *seed, Kinds: kinds, Params: df.params})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s:\n", *out)
+	sum.Write(stdout)
 	return nil
 }

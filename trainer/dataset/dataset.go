@@ -138,9 +138,49 @@ func Detect(root string) (string, error) {
 	case looksMVTec(root):
 		return LayoutMVTec, nil
 	}
-	return "", fmt.Errorf("dataset: %s: unknown layout: expected one of %s (MVTec-AD <class>/train/good, "+
-		"VisA split_csv/%s, Real-IAD realiad_jsons/<class>.json, COCO-AD meta_20_<part>.json, collected %s)",
-		root, strings.Join(Layouts, ", "), visaCSV, collectedFile)
+	return "", fmt.Errorf("dataset: %s: unknown layout: expected one of %s (MVTec-AD <class>/train/good or a "+
+		"single class <root>/train/good, VisA split_csv/%s, Real-IAD realiad_jsons/<class>.json, COCO-AD "+
+		"meta_20_<part>.json, collected %s); found %s",
+		root, strings.Join(Layouts, ", "), visaCSV, collectedFile, describeDir(root))
+}
+
+// describeDir summarises what a directory holds, for errors that say what was found instead of the expected
+// layout: its first subdirectories (and for each whether it has train/good) and how many images and other files.
+func describeDir(dir string) string {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err.Error()
+	}
+	var dirs []string
+	images, other := 0, 0
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		switch {
+		case isDir(filepath.Join(dir, e.Name())):
+			d := e.Name() + "/"
+			if sub, err := listDirs(filepath.Join(dir, e.Name())); err == nil && len(sub) > 0 {
+				if len(sub) > 4 {
+					sub = append(sub[:4], "...")
+				}
+				d += " (" + strings.Join(sub, ", ") + ")"
+			}
+			dirs = append(dirs, d)
+		case isImage(e.Name()):
+			images++
+		default:
+			other++
+		}
+	}
+	if len(dirs) > 8 {
+		dirs = append(dirs[:8], fmt.Sprintf("and %d more", len(dirs)-8))
+	}
+	ds := "no directories"
+	if len(dirs) > 0 {
+		ds = "directories " + strings.Join(dirs, "; ")
+	}
+	return fmt.Sprintf("%s, %d images and %d other files at the top level", ds, images, other)
 }
 
 // HoldOut moves a deterministic share of the train normals to the "val" split. The choice hashes the path
@@ -278,7 +318,8 @@ func isImage(name string) bool {
 	return imageExts[strings.ToLower(filepath.Ext(name))] && !strings.HasPrefix(name, ".")
 }
 
-// listImages returns the sorted image files directly inside dir.
+// listImages returns the sorted image files directly inside dir. Symbolic links are followed: a link to an
+// image is an image, a link to a directory is not.
 func listImages(dir string) ([]string, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -286,7 +327,16 @@ func listImages(dir string) ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if !e.IsDir() && isImage(e.Name()) {
+		if !isImage(e.Name()) {
+			continue
+		}
+		if e.Type()&os.ModeSymlink != 0 {
+			if isFile(filepath.Join(dir, e.Name())) {
+				out = append(out, e.Name())
+			}
+			continue
+		}
+		if e.Type().IsRegular() {
 			out = append(out, e.Name())
 		}
 	}
@@ -294,7 +344,9 @@ func listImages(dir string) ([]string, error) {
 	return out, nil
 }
 
-// listDirs returns the sorted, non-hidden subdirectories of dir.
+// listDirs returns the sorted, non-hidden subdirectories of dir, symbolic links to directories included:
+// datasets are often assembled by linking class directories from several places, and a reader that skipped
+// links would silently drop those classes.
 func listDirs(dir string) ([]string, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -302,7 +354,10 @@ func listDirs(dir string) ([]string, error) {
 	}
 	var out []string
 	for _, e := range ents {
-		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if e.IsDir() || (e.Type()&os.ModeSymlink != 0 && isDir(filepath.Join(dir, e.Name()))) {
 			out = append(out, e.Name())
 		}
 	}

@@ -132,10 +132,9 @@ func TestMVTecErrors(t *testing.T) {
 		{"no test", func(t *testing.T, r string) {
 			writePNG(t, filepath.Join(r, "bottle/train/good/0.png"), 1)
 		}, "bottle/test: missing"},
-		{"no mask", func(t *testing.T, r string) {
-			writePNG(t, filepath.Join(r, "bottle/train/good/0.png"), 1)
-			writePNG(t, filepath.Join(r, "bottle/test/crack/7.png"), 1)
-		}, "ground_truth/crack/7_mask.png: missing"},
+		{"no class directories", func(t *testing.T, r string) {
+			writePNG(t, filepath.Join(r, "loose.png"), 1)
+		}, "found no directories, 1 images and 0 other files"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -33,6 +33,9 @@ type Options struct {
 	// NoClass scores every frame without its class, so the bundle's global calibration and default context
 	// apply (how a camera without a configured class is scored). By default each item's class is passed.
 	NoClass bool
+	// PaperAUROCFlip reports AUROCs below 0.5 as 1-AUC, as the paper's evaluation does. Off by default; the
+	// report lists every value it changed.
+	PaperAUROCFlip bool
 }
 
 func (o Options) batch() int {
@@ -109,13 +112,20 @@ func Evaluate(ctx context.Context, s *pipeline.Scorer, items []dataset.Item, opt
 	if err != nil {
 		return metrics.Report{}, nil, err
 	}
-	rep, err := Metrics(res)
+	rep, err := MetricsWith(res, metrics.Options{PaperAUROCFlip: opts.PaperAUROCFlip})
 	return rep, res, err
 }
 
-// Metrics reads each result's mask (when it has none yet) and computes the report. It is separate from
-// Evaluate so that tests and controls can permute results and recompute.
+// Metrics reads each result's mask (when it has none yet) and computes the report with the true AUROC. It is
+// separate from Evaluate so that tests and controls can permute results and recompute.
 func Metrics(res []ImageResult) (metrics.Report, error) {
+	return MetricsWith(res, metrics.Options{})
+}
+
+// MetricsWith is Metrics with metric options. An anomalous item whose mask marks no pixel is accepted (counted
+// anomalous for images, normal for pixels): such items reach evaluation only when the dataset's label_by: folder
+// policy kept them, and dataset.CheckMasks warned about them at index time, before any training.
+func MetricsWith(res []ImageResult, mopts metrics.Options) (metrics.Report, error) {
 	classes := map[string]*metrics.ClassData{}
 	for i := range res {
 		r := &res[i]
@@ -132,12 +142,12 @@ func Metrics(res []ImageResult) (metrics.Report, error) {
 			classes[r.Item.Class] = cd
 		}
 		smp := metrics.Sample{Score: r.Result.RawScore, Label: r.Item.Label, Map: r.Result.Map,
-			W: r.Result.MapWidth, H: r.Result.MapHeight, Mask: r.Mask}
+			W: r.Result.MapWidth, H: r.Result.MapHeight, Mask: r.Mask, EmptyMaskOK: true}
 		if err := cd.Add(smp); err != nil {
 			return metrics.Report{}, fmt.Errorf("eval: %s (class %s): %w", r.Item.Path, r.Item.Class, err)
 		}
 	}
-	return metrics.Evaluate(classes), nil
+	return metrics.EvaluateWith(classes, mopts), nil
 }
 
 // ReadMask reads a ground-truth mask and resizes it to w x h the way the reference does: PIL 'L' conversion,

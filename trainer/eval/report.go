@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/trainer/losscurve"
 	"github.com/vlmdiff/edge/trainer/metrics"
 )
 
@@ -34,7 +35,24 @@ type ReportInfo struct {
 	Bundle  string
 	Dataset string
 	Created time.Time
+	// CurvesDir, when set, is a run's curves directory (<run-dir>/curves): every <stage>.csv there is rendered
+	// to <stage>.svg beside it and the plots are embedded in the HTML report and linked, so the report shows
+	// whether each training stage converged. A missing directory leaves the section out.
+	CurvesDir string
+	// Validation, when set, is the synthetic-defect validation set's report, shown as its own table above the
+	// test table and written as validation_<file> beside the test files: the numbers used to choose defaults are
+	// never mixed up with the test numbers.
+	Validation *ValidationReport
 }
+
+// ValidationReport is a second evaluation (synthetic defects painted on held-out normals) shown beside the test.
+type ValidationReport struct {
+	Dataset string
+	Report  metrics.Report
+}
+
+// ValidationPrefix is prepended to the table, JSON and CSV file names of the validation report.
+const ValidationPrefix = "validation_"
 
 // WriteReports writes the table, JSON, CSV, per-image scores and the HTML report into dir. s renders the
 // heatmaps (nil leaves them out).
@@ -64,7 +82,25 @@ func WriteReports(dir string, rep metrics.Report, res []ImageResult, s *pipeline
 	if err := write(ScoresFile, func(b *bytes.Buffer) error { return writeScores(b, res) }); err != nil {
 		return err
 	}
-	return write(HTMLFile, func(b *bytes.Buffer) error { return writeHTML(b, rep, res, s, info) })
+	if v := info.Validation; v != nil {
+		if err := write(ValidationPrefix+TableFile, func(b *bytes.Buffer) error { return v.Report.WriteTable(b) }); err != nil {
+			return err
+		}
+		if err := write(ValidationPrefix+JSONFile, func(b *bytes.Buffer) error { return v.Report.WriteJSON(b) }); err != nil {
+			return err
+		}
+		if err := write(ValidationPrefix+CSVFile, func(b *bytes.Buffer) error { return v.Report.WriteCSV(b) }); err != nil {
+			return err
+		}
+	}
+	var plots []losscurve.Plot
+	if info.CurvesDir != "" {
+		var err error
+		if plots, err = losscurve.RenderDir(info.CurvesDir); err != nil {
+			return fmt.Errorf("report: %w", err)
+		}
+	}
+	return write(HTMLFile, func(b *bytes.Buffer) error { return writeHTML(b, dir, rep, res, s, info, plots) })
 }
 
 func writeScores(b *bytes.Buffer, res []ImageResult) error {
@@ -159,11 +195,27 @@ type htmlClass struct {
 	Examples []htmlImage
 }
 
-type htmlData struct {
-	Info    ReportInfo
-	Table   string
+// htmlTable is one metrics table of the report.
+type htmlTable struct {
+	Caption string
+	Dataset string
 	Head    []string
 	Rows    [][]string
+	Note    string // the paper-flip note, when requested
+}
+
+// htmlCurve is one training stage's loss plot.
+type htmlCurve struct {
+	Stage string
+	Link  string // the SVG's path relative to the report, for opening it alone
+	SVG   template.HTML
+	Err   string
+}
+
+type htmlData struct {
+	Info    ReportInfo
+	Tables  []htmlTable
+	Curves  []htmlCurve
 	Classes []htmlClass
 }
 
@@ -174,21 +226,51 @@ body{font-family:sans-serif;margin:20px;color:#222} table{border-collapse:collap
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th:first-child,td:first-child{text-align:left}
 tr:last-child{font-weight:bold} .cls{margin:18px 0;padding-top:8px;border-top:1px solid #ddd}
 .row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start} figure{margin:0;font-size:11px;max-width:{{.Size}}px}
-img{width:{{.Size}}px;height:{{.Size}}px;image-rendering:pixelated}
+img{width:{{.Size}}px;height:{{.Size}}px;image-rendering:pixelated} .note{color:#a00;font-weight:bold}
+#curves figure{max-width:none}
 </style></head><body>
 <h1>{{.Info.Title}}</h1>
 <p>bundle: {{.Info.Bundle}}<br>data: {{.Info.Dataset}}<br>created: {{.Info.Created.Format "2006-01-02 15:04:05 MST"}}</p>
 <p>Metrics x100, per class and their mean (seed format). Image scores are the pipeline's raw pooled-max scores;
 pixel metrics use the anomaly maps against the masks resized as the reference does (bilinear, &gt;0).</p>
+{{range .Tables}}<h2>{{.Caption}}</h2><p>data: {{.Dataset}}</p>
 <table><tr>{{range .Head}}<th>{{.}}</th>{{end}}</tr>
 {{range .Rows}}<tr>{{range .}}<td>{{.}}</td>{{end}}</tr>{{end}}</table>
+{{if .Note}}<p class="note">{{.Note}}</p>{{end}}{{end}}
+{{if .Curves}}<h2>Training loss curves</h2><div class="row" id="curves">
+{{range .Curves}}<figure id="curve-{{.Stage}}">{{if .SVG}}{{.SVG}}<figcaption><a href="{{.Link}}">{{.Stage}}.svg</a></figcaption>{{else}}<div>{{.Stage}}: {{.Err}}</div>{{end}}</figure>{{end}}
+</div>{{end}}
 {{range .Classes}}<div class="cls"><h2>{{.Name}}</h2><div class="row">{{.ROC}}{{.PR}}
 {{range .Examples}}<figure>{{if .Src}}<img src="{{.Src}}" alt="heatmap">{{else}}<div>{{.Err}}</div>{{end}}<figcaption>{{.Caption}}</figcaption></figure>{{end}}
 </div></div>{{end}}
 </body></html>
 `))
 
-func writeHTML(b *bytes.Buffer, rep metrics.Report, res []ImageResult, s *pipeline.Scorer, info ReportInfo) error {
+// parseTable turns the report's seed-format table back into cells, so the HTML and results.txt always agree.
+func parseTable(rep metrics.Report) (head []string, rows [][]string, err error) {
+	var t bytes.Buffer
+	if err := rep.WriteTable(&t); err != nil {
+		return nil, nil, err
+	}
+	lines := strings.Split(strings.TrimSpace(t.String()), "\n")
+	for i, ln := range lines {
+		if i == 1 || !strings.HasPrefix(ln, "|") {
+			continue // the alignment row, the flip note
+		}
+		cells := strings.Split(strings.Trim(ln, "|"), "|")
+		for j := range cells {
+			cells[j] = strings.TrimSpace(cells[j])
+		}
+		if i == 0 {
+			head = cells
+		} else {
+			rows = append(rows, cells)
+		}
+	}
+	return head, rows, nil
+}
+
+func writeHTML(b *bytes.Buffer, dir string, rep metrics.Report, res []ImageResult, s *pipeline.Scorer, info ReportInfo, plots []losscurve.Plot) error {
 	if info.Title == "" {
 		info.Title = "vlmdiff evaluation"
 	}
@@ -200,25 +282,35 @@ func writeHTML(b *bytes.Buffer, rep metrics.Report, res []ImageResult, s *pipeli
 		Size int
 	}{Size: heatmapSize}
 	d.Info = info
-	// The metrics table, parsed back from the seed-format table so both always agree.
-	var t bytes.Buffer
-	if err := rep.WriteTable(&t); err != nil {
+	if v := info.Validation; v != nil {
+		head, rows, err := parseTable(v.Report)
+		if err != nil {
+			return err
+		}
+		d.Tables = append(d.Tables, htmlTable{Caption: "Synthetic validation (synthetic defects on held-out normals; used to choose defaults)",
+			Dataset: v.Dataset, Head: head, Rows: rows, Note: v.Report.FlipNote()})
+	}
+	head, rows, err := parseTable(rep)
+	if err != nil {
 		return err
 	}
-	lines := strings.Split(strings.TrimSpace(t.String()), "\n")
-	for i, ln := range lines {
-		if i == 1 {
-			continue // the alignment row
-		}
-		cells := strings.Split(strings.Trim(ln, "|"), "|")
-		for j := range cells {
-			cells[j] = strings.TrimSpace(cells[j])
-		}
-		if i == 0 {
-			d.Head = cells
+	caption := "Test"
+	if info.Validation != nil {
+		caption = "Test (the dataset test split; never used to choose anything)"
+	}
+	d.Tables = append(d.Tables, htmlTable{Caption: caption, Dataset: info.Dataset, Head: head, Rows: rows, Note: rep.FlipNote()})
+	for _, p := range plots {
+		hc := htmlCurve{Stage: p.Stage}
+		if p.Err != nil {
+			hc.Err = p.Err.Error()
 		} else {
-			d.Rows = append(d.Rows, cells)
+			hc.SVG = template.HTML(p.SVG) // written by losscurve.SVG, which escapes its only text input
+			hc.Link = p.Path
+			if r, err := filepath.Rel(dir, p.Path); err == nil {
+				hc.Link = filepath.ToSlash(r)
+			}
 		}
+		d.Curves = append(d.Curves, hc)
 	}
 	byClass := map[string][]ImageResult{}
 	for _, r := range res {

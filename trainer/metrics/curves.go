@@ -2,8 +2,10 @@
 // (utils/eval_helper.py, with sklearn and skimage semantics; ALGORITHM.md section 3): image AUROC, AP and F1-max
 // on image scores, pixel AUROC, AP and F1-max over all pixels of a class, and AU-PRO; each per class, then the
 // mean over classes. Matching the seed to 1e-6 is the point: numbers from this package are compared with the
-// published tables, so every quirk (the AUROC flip below 0.5, no (0,0) point in AU-PRO, np.arange thresholds) is
-// kept on purpose. trainer/python/refs/make_metric_refs.py computes the same values independently with
+// published tables, so every quirk (no (0,0) point in AU-PRO, np.arange thresholds) is kept on purpose. The one
+// exception is the seed's "1-AUC below 0.5" AUROC flip: it turns a detector that ranks defects BELOW normals into
+// a good-looking one, so it is applied only on request (Options.PaperAUROCFlip) and reported when it changed a
+// value. trainer/python/refs/make_metric_refs.py computes the same values independently with
 // sklearn/skimage/numpy, and the tests compare against its output.
 package metrics
 
@@ -133,10 +135,16 @@ func split(scores []float64, positive []bool) (pos, neg []float64) {
 	return pos, neg
 }
 
-// AUROC is the seed's image/pixel AUROC: sklearn roc_curve + auc, then 1-AUC when below 0.5. NaN when one
-// class is absent.
+// AUROC is the true ROC AUC (sklearn roc_curve + auc): below 0.5 when the scores rank anomalies below normals.
+// NaN when one class is absent.
 func AUROC(scores []float64, positive []bool) float64 {
-	return flip(newCurve(split(scores, positive)).rocAUC())
+	return newCurve(split(scores, positive)).rocAUC()
+}
+
+// PaperAUROC is the seed's AUROC: AUROC, then 1-AUC when below 0.5 (utils/eval_helper.py). Only for comparing
+// with published tables; it hides inverted detectors.
+func PaperAUROC(scores []float64, positive []bool) float64 {
+	return flip(AUROC(scores, positive))
 }
 
 // AveragePrecision is sklearn's average_precision_score. NaN without positives.

@@ -19,6 +19,10 @@ type Sample struct {
 	// with > 0). Nil means "no mask": all zeros for a normal image and, for an anomalous one, all ones, which is
 	// what the DiAD/VLMDiff loaders substitute for an anomalous image without a mask file.
 	Mask []uint8
+	// EmptyMaskOK accepts an anomalous label with a mask that marks no pixel, which a dataset's label_by: folder
+	// policy keeps on purpose (dataset.CheckMasks warned about it at index time): the image counts as anomalous
+	// for the image metrics and all its pixels count as normal ones. Without it the contradiction is refused.
+	EmptyMaskOK bool
 }
 
 // ClassData accumulates the samples of one class. The zero value is ready to use.
@@ -69,7 +73,7 @@ func (c *ClassData) Add(s Sample) error {
 					any = true
 				}
 			}
-			if any != (s.Label == 1) {
+			if any != (s.Label == 1) && !(s.Label == 1 && s.EmptyMaskOK) {
 				return fmt.Errorf("metrics: label %d contradicts a mask with%s anomalous pixels", s.Label, map[bool]string{true: "", false: "out"}[any])
 			}
 		case s.Label == 1:
@@ -134,18 +138,44 @@ type Report struct {
 	// Mean is the mean over classes of each metric (the seed's "mean" row), taken over the classes where the
 	// metric is defined; the seed's np.mean would turn the whole column into NaN instead.
 	Mean Metrics
+	// PaperAUROCFlip records that the paper's "1 - AUC below 0.5" rule was requested; Flipped lists the values
+	// it changed ("<class> I-AUROC 0.4100 -> 0.5900"), so a report never shows a flipped number unannounced.
+	PaperAUROCFlip bool
+	Flipped        []string
 }
 
-// Compute returns the seven metrics of one class.
+// Options select how metrics are computed.
+type Options struct {
+	// PaperAUROCFlip applies the seed's "1 - AUC when below 0.5" rule to image and pixel AUROC, as the paper's
+	// tables do. Off by default: the true AUROC is what tells an inverted detector from a good one.
+	PaperAUROCFlip bool
+}
+
+// Compute returns the seven metrics of one class, with the true AUROC.
 func (c *ClassData) Compute() Metrics {
+	m, _ := c.ComputeWith(Options{})
+	return m
+}
+
+// ComputeWith returns the seven metrics of one class and the titles of the metrics the paper flip changed
+// ("I-AUROC", "P-AUROC"; none without opts.PaperAUROCFlip).
+func (c *ClassData) ComputeWith(opts Options) (Metrics, []string) {
+	var flipped []string
+	auroc := func(title string, v float64) float64 {
+		if opts.PaperAUROCFlip && v < 0.5 {
+			flipped = append(flipped, fmt.Sprintf("%s %.4f -> %.4f", title, v, flip(v)))
+			return flip(v)
+		}
+		return v
+	}
 	m := Metrics{
-		ImageAUROC: AUROC(c.scores, c.labels),
+		ImageAUROC: auroc("I-AUROC", AUROC(c.scores, c.labels)),
 		ImageAP:    AveragePrecision(c.scores, c.labels),
 		ImageF1Max: F1Max(c.scores, c.labels),
 		PixelAUROC: math.NaN(), PixelAP: math.NaN(), PixelF1Max: math.NaN(), AUPRO: math.NaN(),
 	}
 	if len(c.maps) == 0 {
-		return m
+		return m, flipped
 	}
 	n := len(c.maps) * c.w * c.h
 	var pos, neg []float64
@@ -171,26 +201,35 @@ func (c *ClassData) Compute() Metrics {
 		amaps[i] = a
 	}
 	curve := newCurve(pos, neg)
-	m.PixelAUROC = flip(curve.rocAUC())
+	m.PixelAUROC = auroc("P-AUROC", curve.rocAUC())
 	m.PixelAP = curve.averagePrecision()
 	m.PixelF1Max = curve.f1Max()
 	m.AUPRO = auPRO(amaps, c.masks, c.w, c.h, neg) // newCurve sorted neg in place
-	return m
+	return m, flipped
 }
 
-// Evaluate computes every class's metrics and their mean.
+// Evaluate computes every class's metrics and their mean, with the true AUROC.
 func Evaluate(classes map[string]*ClassData) Report {
+	return EvaluateWith(classes, Options{})
+}
+
+// EvaluateWith computes every class's metrics and their mean with opts; the report records the options and
+// every value the paper flip changed.
+func EvaluateWith(classes map[string]*ClassData, opts Options) Report {
 	names := make([]string, 0, len(classes))
 	for n := range classes {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	var r Report
+	r := Report{PaperAUROCFlip: opts.PaperAUROCFlip}
 	sums := make([]float64, len(metricNames))
 	counts := make([]int, len(metricNames))
 	for _, n := range names {
 		c := classes[n]
-		m := c.Compute()
+		m, flipped := c.ComputeWith(opts)
+		for _, f := range flipped {
+			r.Flipped = append(r.Flipped, n+" "+f)
+		}
 		anom := 0
 		for _, l := range c.labels {
 			if l {

@@ -30,10 +30,10 @@ func TestCurvesHandWorked(t *testing.T) {
 		// Thresholds .9 (tp1 fp0), .8 (tp2 fp1), .1 (tp2 fp2). ROC (0,0),(0,.5),(.5,1),(1,1): area .375+.5.
 		// AP = .5*1 + .5*(2/3). F1: (P1,R.5) -> 2/3, (P2/3,R1) -> .8.
 		{"tie", []float64{.9, .8, .8, .1}, []bool{true, false, true, false}, .875, .5 + 1.0/3, .8},
-		// Perfectly wrong ranking: AUC 0 is reported flipped as 1; AP = R from .5 at P=1/3... see below.
+		// Perfectly wrong ranking: the true AUC is 0 (the paper flip would report 1, see TestPaperAUROCFlip); AP = R from .5 at P=1/3... see below.
 		// Descending: .9 neg, .8 neg, .2 pos, .1 pos. AP = .5*(1/3) + .5*(2/4) = 1/6 + 1/4. F1 at
 		// (P1/3,R.5) = 2*(1/6)/(5/6) = .4, at (P.5,R1) = 2/3.
-		{"flip", []float64{.9, .8, .2, .1}, []bool{false, false, true, true}, 1, 1.0/6 + .25, 2.0 / 3},
+		{"flip", []float64{.9, .8, .2, .1}, []bool{false, false, true, true}, 0, 1.0/6 + .25, 2.0 / 3},
 		// All scores equal: one threshold, ROC (0,0)->(1,1), AUC .5; AP = precision = .5; F1 = 2*.5/1.5.
 		{"constant", []float64{3, 3, 3, 3}, []bool{true, false, true, false}, .5, .5, 2.0 / 3},
 		// Top score negative: the first point is P=0,R=0 (0/0 dropped from F1).
@@ -184,7 +184,8 @@ func TestAgainstReference(t *testing.T) {
 			}
 		}
 	}
-	rep := Evaluate(classes)
+	// The seed flips AUROCs below 0.5; the reference reproduces the seed, so compare with the flip requested.
+	rep := EvaluateWith(classes, Options{PaperAUROCFlip: true})
 	check := func(row string, m Metrics, want map[string]*float64) {
 		for i, v := range m.values() {
 			key := metricNames[i].Key
@@ -323,5 +324,92 @@ func TestReportWriters(t *testing.T) {
 	}
 	if len(recs) != 4 || recs[0][3] != "i_auroc" || recs[1][3] != "0.75" || recs[2][3] != "" || recs[3][0] != "mean" {
 		t.Errorf("CSV %v", recs)
+	}
+}
+
+// TestPaperAUROCFlip checks that the true AUROC is the default, that the paper's flip happens only on request,
+// and that the report names every value the flip changed.
+func TestPaperAUROCFlip(t *testing.T) {
+	inverted := func() *ClassData {
+		var c ClassData
+		// Defects score below normals; pixels too: anomalous pixels 1, normal pixels 5.
+		for i, s := range []Sample{
+			{Score: .1, Label: 1, Map: []float32{1, 5}, W: 2, H: 1, Mask: []uint8{255, 0}},
+			{Score: .2, Label: 1, Map: []float32{1, 5}, W: 2, H: 1, Mask: []uint8{255, 0}},
+			{Score: .8, Label: 0, Map: []float32{5, 5}, W: 2, H: 1},
+			{Score: .9, Label: 0, Map: []float32{5, 5}, W: 2, H: 1},
+		} {
+			if err := c.Add(s); err != nil {
+				t.Fatal(i, err)
+			}
+		}
+		return &c
+	}
+	if v := PaperAUROC([]float64{.9, .1}, []bool{false, true}); v != 1 {
+		t.Errorf("PaperAUROC of a perfectly inverted ranking = %v, want 1", v)
+	}
+	tests := []struct {
+		name        string
+		opts        Options
+		iAUC, pAUC  float64
+		flipped     int
+		noteContain string
+	}{
+		{"true by default", Options{}, 0, 0, 0, ""},
+		{"paper flip", Options{PaperAUROCFlip: true}, 1, 1, 2, "APPLIED to: inv I-AUROC 0.0000 -> 1.0000; inv P-AUROC 0.0000 -> 1.0000"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := EvaluateWith(map[string]*ClassData{"inv": inverted()}, tc.opts)
+			if !near(rep.Mean.ImageAUROC, tc.iAUC) || !near(rep.Mean.PixelAUROC, tc.pAUC) {
+				t.Errorf("I-AUROC %v P-AUROC %v, want %v %v", rep.Mean.ImageAUROC, rep.Mean.PixelAUROC, tc.iAUC, tc.pAUC)
+			}
+			if len(rep.Flipped) != tc.flipped {
+				t.Errorf("flipped %v, want %d entries", rep.Flipped, tc.flipped)
+			}
+			var tb bytes.Buffer
+			if err := rep.WriteTable(&tb); err != nil {
+				t.Fatal(err)
+			}
+			if tc.noteContain == "" && strings.Contains(tb.String(), "flip") {
+				t.Errorf("table mentions a flip that was not requested:\n%s", tb.String())
+			}
+			if !strings.Contains(tb.String(), tc.noteContain) {
+				t.Errorf("table lacks %q:\n%s", tc.noteContain, tb.String())
+			}
+			var jb bytes.Buffer
+			if err := rep.WriteJSON(&jb); err != nil {
+				t.Fatal(err)
+			}
+			var back Report
+			if err := json.Unmarshal(jb.Bytes(), &back); err != nil {
+				t.Fatal(err)
+			}
+			if back.PaperAUROCFlip != tc.opts.PaperAUROCFlip || len(back.Flipped) != tc.flipped {
+				t.Errorf("JSON round trip lost the flip record: %s", jb.String())
+			}
+		})
+	}
+}
+
+// TestEmptyMaskOK checks the label_by: folder policy's sample: an anomalous image whose mask marks nothing is
+// accepted only when the sample says so, and then counts as anomalous for images and normal for pixels.
+func TestEmptyMaskOK(t *testing.T) {
+	var c ClassData
+	s := Sample{Score: .9, Label: 1, Map: []float32{3, 3}, W: 2, H: 1, Mask: []uint8{0, 0}}
+	if err := c.Add(s); err == nil {
+		t.Fatal("empty mask with label 1 accepted without EmptyMaskOK")
+	}
+	s.EmptyMaskOK = true
+	for i, smp := range []Sample{s, {Score: .1, Label: 0, Map: []float32{1, 1}, W: 2, H: 1},
+		{Score: .5, Label: 1, Map: []float32{9, 0}, W: 2, H: 1, Mask: []uint8{1, 0}}} {
+		if err := c.Add(smp); err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	m := c.Compute()
+	// Image: anomalous .9, .5 vs normal .1 -> 1. Pixels: the one anomalous pixel (9) above all five normal ones.
+	if m.ImageAUROC != 1 || m.PixelAUROC != 1 {
+		t.Errorf("I-AUROC %v P-AUROC %v, want 1 and 1", m.ImageAUROC, m.PixelAUROC)
 	}
 }

@@ -60,8 +60,22 @@ func (r Report) WriteTable(w io.Writer) error {
 	for _, row := range rows {
 		line(row)
 	}
+	if r.PaperAUROCFlip {
+		b.WriteString(r.FlipNote() + "\n")
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// FlipNote says whether the paper's AUROC flip was applied and to which values; "" when it was not requested.
+func (r Report) FlipNote() string {
+	if !r.PaperAUROCFlip {
+		return ""
+	}
+	if len(r.Flipped) == 0 {
+		return "paper AUROC flip (1 - AUC below 0.5) requested; no value was below 0.5, all AUROCs are true"
+	}
+	return "paper AUROC flip (1 - AUC below 0.5) APPLIED to: " + strings.Join(r.Flipped, "; ")
 }
 
 func pct(v float64) string {
@@ -116,13 +130,15 @@ type jsonClass struct {
 }
 
 type jsonReport struct {
-	Classes []jsonClass `json:"classes"`
-	Mean    Metrics     `json:"mean"`
+	Classes        []jsonClass `json:"classes"`
+	Mean           Metrics     `json:"mean"`
+	PaperAUROCFlip bool        `json:"paper_auroc_flip,omitempty"`
+	Flipped        []string    `json:"auroc_flipped,omitempty"`
 }
 
 // MarshalJSON writes {"classes":[{"class","images","anomalous","metrics":{...}}],"mean":{...}}.
 func (r Report) MarshalJSON() ([]byte, error) {
-	j := jsonReport{Classes: []jsonClass{}, Mean: r.Mean}
+	j := jsonReport{Classes: []jsonClass{}, Mean: r.Mean, PaperAUROCFlip: r.PaperAUROCFlip, Flipped: r.Flipped}
 	for _, c := range r.Classes {
 		j.Classes = append(j.Classes, jsonClass{c.Class, c.Images, c.Anomalous, c.Metrics})
 	}
@@ -135,7 +151,7 @@ func (r *Report) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &j); err != nil {
 		return err
 	}
-	*r = Report{Mean: j.Mean}
+	*r = Report{Mean: j.Mean, PaperAUROCFlip: j.PaperAUROCFlip, Flipped: j.Flipped}
 	for _, c := range j.Classes {
 		r.Classes = append(r.Classes, ClassReport{c.Class, c.Images, c.Anomalous, c.Metrics})
 	}

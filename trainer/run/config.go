@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -51,6 +52,11 @@ type DataConfig struct {
 	COCOPart    int      `yaml:"coco_part"`
 	Size        int      `yaml:"size"` // training input size (default: the preset's)
 	Augment     bool     `yaml:"augment"`
+	// LabelBy is the policy for anomalous test images whose mask is missing or empty, applied at the index
+	// stage (dataset.CheckMasks): "folder" (default) keeps them anomalous with a warning listing them, "mask"
+	// relabels them as normal. Empty means folder and is left empty (omitted from the index stage's input
+	// hash), so runs made before this key existed are not redone.
+	LabelBy string `yaml:"label_by" json:",omitempty"`
 }
 
 // CaptionConfig configures the VLM caption stage; without an endpoint captions are the offline template.
@@ -127,6 +133,9 @@ type EvaluateConfig struct {
 	BatchSize int  `yaml:"batch_size"`
 	Threads   int  `yaml:"threads"` // ONNX Runtime threads (0 = all cores)
 	Skip      bool `yaml:"skip"`    // a dataset without a labelled test split
+	// ValData is a synthetic-defect validation set (`vlmdiff synth defects` output): evaluated with the same
+	// bundle and reported as its own table beside the test metrics. Empty: test only (omitted from the hash).
+	ValData string `yaml:"val_data" json:",omitempty"`
 }
 
 // RegisterConfig names the daemon's models directory.
@@ -326,6 +335,7 @@ func (c *Config) resolve(base string) {
 	abs(&c.Build.Tokenizer)
 	abs(&c.Export.FeaturesONNX)
 	abs(&c.Register.ModelsDir)
+	abs(&c.Evaluate.ValData)
 	abs(&c.Python.TrainerDir)
 }
 
@@ -349,6 +359,9 @@ func (c *Config) Validate() error {
 	}
 	if f := *c.Data.ValFraction; f < 0 || f >= 1 {
 		bad("data.val_fraction", "%v: want 0 <= f < 1", f)
+	}
+	if c.Data.LabelBy != "" && !slices.Contains(dataset.LabelPolicies, c.Data.LabelBy) {
+		bad("data.label_by", "%q: want %s", c.Data.LabelBy, strings.Join(dataset.LabelPolicies, " or "))
 	}
 	if c.Data.Size <= 0 || c.Data.Size%8 != 0 {
 		bad("data.size", "%d: want a positive multiple of 8", c.Data.Size)

@@ -18,6 +18,7 @@ import (
 	"github.com/vlmdiff/edge/trainer/caption"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
+	"github.com/vlmdiff/edge/trainer/metrics"
 )
 
 // StageNames are the training stages in order.
@@ -234,6 +235,14 @@ func (t *Training) runIndex(ctx context.Context, sc *StageContext) (map[string]s
 		}
 		items = keep
 	}
+	// Masks are checked now, before any training: an empty or missing mask used to fail the evaluate stage.
+	items, issues, err := dataset.CheckMasks(items, c.Data.LabelBy)
+	if err != nil {
+		return nil, err
+	}
+	if warn := dataset.FormatMaskIssues(issues, c.Data.LabelBy); warn != "" && sc.Progress != nil {
+		fmt.Fprint(prefixed(sc.Progress, "[index] "), warn)
+	}
 	counts := map[string]int{}
 	for _, it := range items {
 		counts[it.Split+"/"+map[bool]string{true: "anomalous", false: "normal"}[it.Label == 1]]++
@@ -447,16 +456,58 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 		return nil, err
 	}
 	defer s.Close()
-	rep, res, err := eval.Evaluate(ctx, s, test, eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, "[evaluate] "), Logger: sc.Logger})
+	opts := eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, "[evaluate] "), Logger: sc.Logger}
+	info := eval.ReportInfo{Title: "vlmdiff evaluation: " + c.Name, Bundle: bundle, Dataset: c.Data.Root, CurvesDir: sc.Path("curves")}
+	if c.Evaluate.ValData != "" {
+		vrep, err := evaluateValData(ctx, s, c.Evaluate.ValData, c.Data.Classes, opts)
+		if err != nil {
+			return nil, err
+		}
+		info.Validation = &eval.ValidationReport{Dataset: c.Evaluate.ValData, Report: vrep}
+	}
+	rep, res, err := eval.Evaluate(ctx, s, test, opts)
 	if err != nil {
 		return nil, err
 	}
 	dir := sc.Path("eval")
-	if err := eval.WriteReports(dir, rep, res, s, eval.ReportInfo{Title: "vlmdiff evaluation: " + c.Name, Bundle: bundle, Dataset: c.Data.Root}); err != nil {
+	if err := eval.WriteReports(dir, rep, res, s, info); err != nil {
 		return nil, err
 	}
+	if info.Validation != nil {
+		fmt.Fprintln(sc.Progress, "[evaluate] synthetic validation ("+c.Evaluate.ValData+"):")
+		info.Validation.Report.WriteTable(sc.Progress)
+		fmt.Fprintln(sc.Progress, "[evaluate] test:")
+	}
 	rep.WriteTable(sc.Progress)
-	return map[string]string{"metrics": filepath.Join(dir, eval.JSONFile), "report": filepath.Join(dir, eval.HTMLFile)}, nil
+	outs := map[string]string{"metrics": filepath.Join(dir, eval.JSONFile), "report": filepath.Join(dir, eval.HTMLFile)}
+	if info.Validation != nil {
+		outs["validation_metrics"] = filepath.Join(dir, eval.ValidationPrefix+eval.JSONFile)
+	}
+	return outs, nil
+}
+
+// evaluateValData scores the test split of a synthetic-defect validation set (MVTec layout, masks checked).
+func evaluateValData(ctx context.Context, s *pipeline.Scorer, root string, classes []string, opts eval.Options) (metrics.Report, error) {
+	items, err := dataset.OpenWith(root, dataset.Options{})
+	if err != nil {
+		return metrics.Report{}, fmt.Errorf("evaluate.val_data: %w", err)
+	}
+	items, issues, err := dataset.CheckMasks(items, dataset.LabelByFolder)
+	if err != nil {
+		return metrics.Report{}, fmt.Errorf("evaluate.val_data: %w", err)
+	}
+	if len(issues) > 0 {
+		return metrics.Report{}, fmt.Errorf("evaluate.val_data %s: %s", root, dataset.FormatMaskIssues(issues, dataset.LabelByFolder))
+	}
+	val := eval.Select(items, dataset.SplitTest, classes, false)
+	if len(val) == 0 {
+		return metrics.Report{}, fmt.Errorf("evaluate.val_data %s: no test images of classes %v", root, classes)
+	}
+	rep, _, err := eval.Evaluate(ctx, s, val, opts)
+	if err != nil {
+		return metrics.Report{}, fmt.Errorf("evaluate.val_data: %w", err)
+	}
+	return rep, nil
 }
 
 func (t *Training) runRegister(ctx context.Context, sc *StageContext) (map[string]string, error) {
@@ -556,25 +607,50 @@ func copyTree(src, dst string) error {
 func fingerprint(root string) (map[string]any, error) {
 	var n, size int64
 	var newest time.Time
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+	// The walk follows symbolic links to directories (the dataset reader reads linked class directories, so
+	// adding images behind a link must redo the index) and visits each real directory once, so a link loop
+	// cannot recurse forever.
+	seen := map[string]bool{}
+	var walk func(dir string) error
+	walk = func(dir string) error {
+		real, err := filepath.EvalSymlinks(dir)
 		if err != nil {
 			return err
 		}
-		if d.IsDir() {
+		if seen[real] {
 			return nil
 		}
-		info, err := d.Info()
+		seen[real] = true
+		ents, err := os.ReadDir(dir)
 		if err != nil {
 			return err
 		}
-		n++
-		size += info.Size()
-		if info.ModTime().After(newest) {
-			newest = info.ModTime()
+		for _, e := range ents {
+			p := filepath.Join(dir, e.Name())
+			info, err := e.Info()
+			if err != nil {
+				return err
+			}
+			if e.Type()&fs.ModeSymlink != 0 {
+				if st, err := os.Stat(p); err == nil {
+					info = st // a dangling link counts as itself
+				}
+			}
+			if info.IsDir() {
+				if err := walk(p); err != nil {
+					return err
+				}
+				continue
+			}
+			n++
+			size += info.Size()
+			if info.ModTime().After(newest) {
+				newest = info.ModTime()
+			}
 		}
 		return nil
-	})
-	if err != nil {
+	}
+	if err := walk(root); err != nil {
 		return nil, fmt.Errorf("data.root: %w", err)
 	}
 	return map[string]any{"files": n, "bytes": size, "newest": newest.UTC().Format(time.RFC3339Nano)}, nil

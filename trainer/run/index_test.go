@@ -1,0 +1,151 @@
+package run
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"image"
+	"image/color"
+	"image/png"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vlmdiff/edge/trainer/dataset"
+)
+
+func writeGrayPNG(t *testing.T, path string, mark bool) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := image.NewGray(image.Rect(0, 0, 8, 8))
+	if mark {
+		img.SetGray(3, 3, color.Gray{Y: 255})
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := png.Encode(f, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestIndexStageMaskPolicy runs the real index stage on a dataset with an empty and a missing mask: it must
+// not fail, must warn listing both files, and must label them by the configured policy.
+func TestIndexStageMaskPolicy(t *testing.T) {
+	root := t.TempDir()
+	writeGrayPNG(t, filepath.Join(root, "tile/train/good/a.png"), false)
+	writeGrayPNG(t, filepath.Join(root, "tile/test/good/g.png"), false)
+	for _, n := range []string{"ok", "empty", "missing"} {
+		writeGrayPNG(t, filepath.Join(root, "tile/test/hole", n+".png"), true)
+	}
+	writeGrayPNG(t, filepath.Join(root, "tile/ground_truth/hole/ok_mask.png"), true)
+	writeGrayPNG(t, filepath.Join(root, "tile/ground_truth/hole/empty_mask.png"), false)
+
+	for _, tc := range []struct {
+		policy    string
+		anomalous int
+		say       string
+	}{
+		{"", 3, "kept as anomalous (label_by: folder"},
+		{"mask", 1, "relabelled as normal (label_by: mask)"},
+	} {
+		t.Run("label_by "+tc.policy, func(t *testing.T) {
+			y := "data:\n  root: " + root + "\n  val_fraction: 0\nfinetune_ae:\n  max_steps: 1\ntrain:\n  max_steps: 1\n"
+			if tc.policy != "" {
+				y = strings.Replace(y, "  val_fraction: 0\n", "  val_fraction: 0\n  label_by: "+tc.policy+"\n", 1)
+			}
+			cfg, err := ParseConfig([]byte(y), "/base")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var prog bytes.Buffer
+			sc := &StageContext{Name: "index", Dir: t.TempDir(), Progress: &prog}
+			out, err := (&Training{Config: cfg}).runIndex(context.Background(), sc)
+			if err != nil {
+				t.Fatalf("index stage failed: %v", err)
+			}
+			items, err := dataset.ReadIndex(out["index"])
+			if err != nil {
+				t.Fatal(err)
+			}
+			anom := 0
+			for _, it := range items {
+				anom += it.Label
+			}
+			if anom != tc.anomalous {
+				t.Errorf("%d anomalous items, want %d", anom, tc.anomalous)
+			}
+			p := prog.String()
+			for _, s := range []string{"[index] WARNING: 2 anomalous test images", tc.say, "empty_mask.png", "missing_mask.png"} {
+				if !strings.Contains(p, s) {
+					t.Errorf("progress lacks %q:\n%s", s, p)
+				}
+			}
+		})
+	}
+	if _, err := ParseConfig([]byte("data:\n  root: /x\n  label_by: majority\nfinetune_ae:\n  max_steps: 1\ntrain:\n  max_steps: 1\n"), "/base"); err == nil ||
+		!strings.Contains(err.Error(), `data.label_by`) {
+		t.Errorf("bad label_by: %v", err)
+	}
+}
+
+// TestLabelByDefaultKeepsIndexHash checks that a config without data.label_by hashes its data section as before
+// the key existed, so existing run directories are not retrained after an upgrade.
+func TestLabelByDefaultKeepsIndexHash(t *testing.T) {
+	cfg, err := ParseConfig([]byte("data:\n  root: /x\nfinetune_ae:\n  max_steps: 1\ntrain:\n  max_steps: 1\n"), "/base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(cfg.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "LabelBy") {
+		t.Errorf("default data section hashes a LabelBy field: %s", b)
+	}
+	cfg.Data.LabelBy = dataset.LabelByMask
+	b, _ = json.Marshal(cfg.Data)
+	if !strings.Contains(string(b), `"LabelBy":"mask"`) {
+		t.Errorf("label_by: mask does not change the index hash: %s", b)
+	}
+}
+
+// TestFingerprintFollowsLinks checks that the index stage's dataset fingerprint sees images behind a linked
+// class directory (adding one must redo the index), counts a plain tree as a plain walk does, and survives a
+// link loop.
+func TestFingerprintFollowsLinks(t *testing.T) {
+	real := t.TempDir()
+	writeGrayPNG(t, filepath.Join(real, "tile/train/good/a.png"), false)
+	root := t.TempDir()
+	if err := os.Symlink(filepath.Join(real, "tile"), filepath.Join(root, "tile")); err != nil {
+		t.Skipf("symlinks: %v", err)
+	}
+	os.Symlink(root, filepath.Join(real, "tile", "loop")) // a loop back to the root
+	fp1, err := fingerprint(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fp1["files"].(int64) != 1 {
+		t.Errorf("files %v, want the 1 image behind the link", fp1["files"])
+	}
+	writeGrayPNG(t, filepath.Join(real, "tile/train/good/b.png"), true)
+	fp2, err := fingerprint(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fp2["files"].(int64) != 2 || fp2["bytes"] == fp1["bytes"] {
+		t.Errorf("an image added behind the link is not seen: %v -> %v", fp1, fp2)
+	}
+	plain, err := fingerprint(real)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain["files"].(int64) != 2 {
+		t.Errorf("plain tree: %v", plain)
+	}
+}

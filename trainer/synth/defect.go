@@ -1,0 +1,354 @@
+package synth
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strings"
+)
+
+// Defect kinds.
+const (
+	DefectCutPaste = "cut-paste" // a patch from elsewhere (this or another normal), rotated, soft-edged
+	DefectScratch  = "scratch"   // a thin curved line, varied width and contrast
+	DefectSpeck    = "speck"     // small blobs, alone or in a cluster
+	DefectStain    = "stain"     // a low-contrast smooth blob with a colour shift
+)
+
+// Defects lists the kinds in the order they are cycled.
+var Defects = []string{DefectCutPaste, DefectScratch, DefectSpeck, DefectStain}
+
+// Params bound the defects' size and contrast. Values are drawn log-uniformly, so small and faint defects are
+// as common as large and strong ones: the set is meant to be hard.
+type Params struct {
+	// MinSize, MaxSize: the defect's extent as a fraction of the image's shorter side (a scratch's length is
+	// three times this; a speck cluster's spread). Defaults 0.015 and 0.15.
+	MinSize, MaxSize float64
+	// MinContrast, MaxContrast: the intensity change as a fraction of full scale (stains use a third of it, as
+	// stains are faint by nature). Defaults 0.08 and 0.5.
+	MinContrast, MaxContrast float64
+}
+
+// DefaultParams is the hard default.
+var DefaultParams = Params{MinSize: 0.015, MaxSize: 0.15, MinContrast: 0.08, MaxContrast: 0.5}
+
+// Validate checks the bounds.
+func (p Params) Validate() error {
+	switch {
+	case !(p.MinSize > 0 && p.MinSize <= p.MaxSize && p.MaxSize <= 1):
+		return fmt.Errorf("synth: size %v..%v: want 0 < min <= max <= 1", p.MinSize, p.MaxSize)
+	case !(p.MinContrast > 0 && p.MinContrast <= p.MaxContrast && p.MaxContrast <= 1):
+		return fmt.Errorf("synth: contrast %v..%v: want 0 < min <= max <= 1", p.MinContrast, p.MaxContrast)
+	}
+	return nil
+}
+
+// ParseKinds reads a comma-separated list of defect kinds ("" = all).
+func ParseKinds(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return append([]string(nil), Defects...), nil
+	}
+	var out []string
+	for _, k := range strings.Split(s, ",") {
+		k = strings.TrimSpace(k)
+		if !contains(Defects, k) {
+			return nil, fmt.Errorf("synth: defect kind %q: want %s", k, strings.Join(Defects, ", "))
+		}
+		if !contains(out, k) {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
+func logUniform(r *rand.Rand, lo, hi float64) float64 {
+	if lo >= hi {
+		return lo
+	}
+	return math.Exp(math.Log(lo) + r.Float64()*(math.Log(hi)-math.Log(lo)))
+}
+
+// MinArea is the fewest changed pixels a defect may have; a draw below it is redrawn.
+const MinArea = 4
+
+// layer is a defect before compositing: per pixel an opacity and the value the pixel takes at full opacity.
+type layer struct {
+	alpha  []float64
+	target []float64 // C values per pixel
+}
+
+// Paint draws one defect of kind on a copy of img and returns it with its mask (1 = changed pixel). src is
+// the cut-paste donor (another normal; img itself when nil). region, when set, restricts the defect's centre
+// to its true pixels. The mask is exactly the set of pixels whose value differs from img; a draw that would
+// change fewer than MinArea pixels is redrawn (up to 50 times, then an error).
+func Paint(img Image, kind string, src *Image, region []bool, p Params, r *rand.Rand) (Image, []uint8, error) {
+	if err := p.Validate(); err != nil {
+		return Image{}, nil, err
+	}
+	if src == nil {
+		src = &img
+	}
+	if src.C != img.C {
+		return Image{}, nil, fmt.Errorf("synth: cut-paste donor has %d channels, the image %d", src.C, img.C)
+	}
+	var centres []int
+	if region != nil {
+		for i, ok := range region {
+			if ok {
+				centres = append(centres, i)
+			}
+		}
+		if len(centres) == 0 {
+			return Image{}, nil, errors.New("synth: the defect region is empty")
+		}
+	}
+	for try := 0; try < 50; try++ {
+		var cx, cy float64
+		if centres != nil {
+			i := centres[r.IntN(len(centres))]
+			cx, cy = float64(i%img.W)+r.Float64(), float64(i/img.W)+r.Float64()
+		} else {
+			cx, cy = float64(img.W)*(0.08+0.84*r.Float64()), float64(img.H)*(0.08+0.84*r.Float64())
+		}
+		short := float64(min(img.W, img.H))
+		size := logUniform(r, p.MinSize, p.MaxSize) * short
+		contrast := logUniform(r, p.MinContrast, p.MaxContrast)
+		var l layer
+		switch kind {
+		case DefectCutPaste:
+			l = cutPaste(img, *src, cx, cy, size, r)
+		case DefectScratch:
+			l = scratch(img, cx, cy, size*3, contrast, r)
+		case DefectSpeck:
+			l = specks(img, cx, cy, size, contrast, r)
+		case DefectStain:
+			l = stain(img, cx, cy, size, contrast/3, r)
+		default:
+			return Image{}, nil, fmt.Errorf("synth: defect kind %q: want %s", kind, strings.Join(Defects, ", "))
+		}
+		out, mask, area := composite(img, l)
+		if area >= MinArea {
+			return out, mask, nil
+		}
+	}
+	return Image{}, nil, fmt.Errorf("synth: %s on a %dx%d image: every draw changed fewer than %d pixels", kind, img.W, img.H, MinArea)
+}
+
+// composite blends the layer into a copy of img; opacities below 0.1 are dropped so that a defect's far tail
+// does not change pixels by one grey level across the frame. The mask is computed from the result.
+func composite(img Image, l layer) (Image, []uint8, int) {
+	out := img.Clone()
+	mask := make([]uint8, img.W*img.H)
+	area := 0
+	for i, a := range l.alpha {
+		if a < 0.1 {
+			continue
+		}
+		a = math.Min(a, 1)
+		changed := false
+		for c := 0; c < img.C; c++ {
+			j := i*img.C + c
+			v := float64(img.Pix[j])*(1-a) + l.target[j]*a
+			nv := uint8(math.Round(math.Max(0, math.Min(255, v))))
+			if nv != img.Pix[j] {
+				out.Pix[j] = nv
+				changed = true
+			}
+		}
+		if changed {
+			mask[i] = 1
+			area++
+		}
+	}
+	return out, mask, area
+}
+
+func newLayer(img Image) layer {
+	return layer{alpha: make([]float64, img.W*img.H), target: make([]float64, img.W*img.H*img.C)}
+}
+
+// box returns the pixel bounds of a disc of radius rad around (cx, cy), clipped to the image.
+func box(img Image, cx, cy, rad float64) (x0, y0, x1, y1 int) {
+	x0, y0 = max(0, int(math.Floor(cx-rad))), max(0, int(math.Floor(cy-rad)))
+	x1, y1 = min(img.W-1, int(math.Ceil(cx+rad))), min(img.H-1, int(math.Ceil(cy+rad)))
+	return
+}
+
+// shift sets the target of pixel i to its value moved by delta (fraction of full scale) on every channel, so
+// grey stays grey and colour keeps its hue.
+func (l layer) shift(img Image, i int, delta float64) {
+	for c := 0; c < img.C; c++ {
+		l.target[i*img.C+c] = float64(img.Pix[i*img.C+c]) + 255*delta
+	}
+}
+
+// cutPaste copies a rotated patch (ellipse or rounded rectangle, soft edge of a few pixels) from a random place
+// of src to (cx, cy): the CutPaste defect, made of material the model has seen, only in the wrong place.
+func cutPaste(img, src Image, cx, cy, size float64, r *rand.Rand) layer {
+	l := newLayer(img)
+	a := size * (0.5 + 0.5*r.Float64()) // half-axes
+	b := size * (0.25 + 0.5*r.Float64())
+	ang := r.Float64() * 2 * math.Pi     // outline orientation
+	rot := (r.Float64() - 0.5) * math.Pi // patch content rotation relative to the outline
+	ellipse := r.IntN(2) == 0
+	feather := 1 + 2*r.Float64()
+	rad := math.Max(a, b) + feather
+	// donor centre: anywhere the patch fits, at least one patch away from (cx, cy) when src is img
+	sx := rad + r.Float64()*math.Max(1, float64(src.W)-2*rad)
+	sy := rad + r.Float64()*math.Max(1, float64(src.H)-2*rad)
+	if &src.Pix[0] == &img.Pix[0] && math.Hypot(sx-cx, sy-cy) < rad {
+		sx = math.Mod(sx+2*rad, math.Max(1, float64(src.W)-2*rad)) + rad
+		sy = math.Mod(sy+2*rad, math.Max(1, float64(src.H)-2*rad)) + rad
+	}
+	ca, sa := math.Cos(ang), math.Sin(ang)
+	cr, sr := math.Cos(rot), math.Sin(rot)
+	x0, y0, x1, y1 := box(img, cx, cy, rad)
+	for y := y0; y <= y1; y++ {
+		for x := x0; x <= x1; x++ {
+			dx, dy := float64(x)+0.5-cx, float64(y)+0.5-cy
+			u, v := dx*ca+dy*sa, -dx*sa+dy*ca
+			var d float64 // signed distance to the outline (approximate for the ellipse)
+			if ellipse {
+				k := math.Hypot(u/a, v/b)
+				d = (k - 1) * math.Min(a, b)
+			} else {
+				rr := 0.3 * math.Min(a, b)
+				qx, qy := math.Max(math.Abs(u)-(a-rr), 0), math.Max(math.Abs(v)-(b-rr), 0)
+				d = math.Hypot(qx, qy) - rr
+				if math.Abs(u) < a-rr && math.Abs(v) < b-rr {
+					d = math.Max(math.Abs(u)-a, math.Abs(v)-b)
+				}
+			}
+			al := clamp01(0.5 - d/feather)
+			if al <= 0 {
+				continue
+			}
+			// donor pixel: the offset rotated by rot, nearest neighbour, clamped to the donor
+			px := int(math.Floor(sx + dx*cr - dy*sr))
+			py := int(math.Floor(sy + dx*sr + dy*cr))
+			px, py = max(0, min(src.W-1, px)), max(0, min(src.H-1, py))
+			i := y*img.W + x
+			l.alpha[i] = al
+			for c := 0; c < img.C; c++ {
+				l.target[i*img.C+c] = float64(src.Pix[(py*src.W+px)*src.C+c])
+			}
+		}
+	}
+	return l
+}
+
+// scratch draws a quadratic Bezier of the given length through (cx, cy), 0.6-3 px wide with an anti-aliased
+// edge, lighter or darker by contrast, its contrast fading along the stroke as real scratches do.
+func scratch(img Image, cx, cy, length, contrast float64, r *rand.Rand) layer {
+	l := newLayer(img)
+	ang := r.Float64() * 2 * math.Pi
+	dx, dy := math.Cos(ang)*length/2, math.Sin(ang)*length/2
+	bend := (r.Float64() - 0.5) * length * 0.6
+	p0 := [2]float64{cx - dx, cy - dy}
+	p2 := [2]float64{cx + dx, cy + dy}
+	p1 := [2]float64{cx - dy/length*2*bend, cy + dx/length*2*bend}
+	width := 0.6 + 2.4*r.Float64()*r.Float64() // mostly thin
+	sign := 1.0
+	if r.IntN(2) == 0 {
+		sign = -1
+	}
+	n := int(length*2) + 2
+	pts := make([][3]float64, n) // x, y, strength
+	fade := 0.4 + 0.6*r.Float64()
+	for k := 0; k < n; k++ {
+		t := float64(k) / float64(n-1)
+		x := (1-t)*(1-t)*p0[0] + 2*(1-t)*t*p1[0] + t*t*p2[0]
+		y := (1-t)*(1-t)*p0[1] + 2*(1-t)*t*p1[1] + t*t*p2[1]
+		pts[k] = [3]float64{x, y, 1 - fade*math.Abs(2*t-1)*math.Abs(2*t-1)}
+	}
+	half := width / 2
+	for _, q := range pts {
+		x0, y0, x1, y1 := box(img, q[0], q[1], half+1)
+		for y := y0; y <= y1; y++ {
+			for x := x0; x <= x1; x++ {
+				d := math.Hypot(float64(x)+0.5-q[0], float64(y)+0.5-q[1])
+				al := clamp01(half+0.5-d) * q[2]
+				i := y*img.W + x
+				if al > l.alpha[i] {
+					l.alpha[i] = al
+					l.shift(img, i, sign*contrast)
+				}
+			}
+		}
+	}
+	return l
+}
+
+// specks draws 1-12 small discs (radius 0.6-3 px) scattered within size of (cx, cy), all lighter or all darker.
+func specks(img Image, cx, cy, spread, contrast float64, r *rand.Rand) layer {
+	l := newLayer(img)
+	n := 1
+	if r.IntN(3) > 0 {
+		n = 2 + r.IntN(11)
+	}
+	sign := -1.0
+	if r.IntN(3) == 0 {
+		sign = 1
+	}
+	for k := 0; k < n; k++ {
+		x, y := cx, cy
+		if k > 0 {
+			x += r.NormFloat64() * spread / 2
+			y += r.NormFloat64() * spread / 2
+		}
+		rad := 0.6 + 2.4*r.Float64()*r.Float64()
+		c := contrast * (0.6 + 0.4*r.Float64())
+		x0, y0, x1, y1 := box(img, x, y, rad+1)
+		for py := y0; py <= y1; py++ {
+			for px := x0; px <= x1; px++ {
+				d := math.Hypot(float64(px)+0.5-x, float64(py)+0.5-y)
+				al := clamp01(rad + 0.5 - d)
+				i := py*img.W + px
+				if al > l.alpha[i] {
+					l.alpha[i] = al
+					l.shift(img, i, sign*c)
+				}
+			}
+		}
+	}
+	return l
+}
+
+// stain draws a smooth blob with a noisy outline and a Gaussian-like falloff that shifts brightness and, on
+// colour images, hue (each channel scaled differently): the faint, large-area defect.
+func stain(img Image, cx, cy, size, contrast float64, r *rand.Rand) layer {
+	l := newLayer(img)
+	n := valueNoise{seed: r.Uint64()}
+	rad := size * (0.5 + 0.5*r.Float64())
+	var gain [3]float64
+	sign := -1.0
+	if r.IntN(3) == 0 {
+		sign = 1
+	}
+	for c := range gain {
+		gain[c] = sign * contrast * (0.5 + r.Float64())
+	}
+	if img.C == 1 {
+		gain[0] = sign * contrast
+	}
+	x0, y0, x1, y1 := box(img, cx, cy, rad*1.6)
+	for y := y0; y <= y1; y++ {
+		for x := x0; x <= x1; x++ {
+			dx, dy := float64(x)+0.5-cx, float64(y)+0.5-cy
+			edge := rad * (0.75 + 0.5*n.fbm(math.Atan2(dy, dx)*3+10, 0, 1, 3, 0.5))
+			t := math.Hypot(dx, dy) / edge
+			al := clamp01(1.25 - t*t) // flat core, smooth shoulder
+			if al <= 0 {
+				continue
+			}
+			i := y*img.W + x
+			l.alpha[i] = math.Min(al, 1)
+			for c := 0; c < img.C; c++ {
+				v := float64(img.Pix[i*img.C+c])
+				l.target[i*img.C+c] = v*(1+gain[c]) + 255*gain[c]*0.3
+			}
+		}
+	}
+	return l
+}

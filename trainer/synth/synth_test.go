@@ -1,0 +1,414 @@
+package synth
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"image"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/vlmdiff/edge/trainer/dataset"
+)
+
+// diffMask is the set of pixels where a and b differ on any channel.
+func diffMask(t *testing.T, a, b Image) []uint8 {
+	t.Helper()
+	if a.W != b.W || a.H != b.H || a.C != b.C {
+		t.Fatalf("images %dx%dx%d and %dx%dx%d", a.W, a.H, a.C, b.W, b.H, b.C)
+	}
+	m := make([]uint8, a.W*a.H)
+	for i := range m {
+		for c := 0; c < a.C; c++ {
+			if a.Pix[i*a.C+c] != b.Pix[i*a.C+c] {
+				m[i] = 1
+			}
+		}
+	}
+	return m
+}
+
+func count(m []uint8) int {
+	n := 0
+	for _, v := range m {
+		if v != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+func TestPaintMaskIsExactlyTheChangedPixels(t *testing.T) {
+	specs := []ClassSpec{
+		{Name: "f", Surface: SurfaceFractal, W: 120, H: 80},
+		{Name: "g", Surface: SurfaceGrain, W: 64, H: 96, Gray: true},
+		{Name: "p", Surface: SurfacePart, W: 100, H: 70},
+	}
+	for _, spec := range specs {
+		for _, kind := range Defects {
+			for i := 0; i < 6; i++ {
+				img, region := Render(spec, 3, "x", i)
+				donor, _ := Render(spec, 3, "donor", i)
+				before := img.Clone()
+				p := DefaultParams
+				if i%2 == 1 { // the hard end: tiny and faint
+					p = Params{MinSize: 0.01, MaxSize: 0.02, MinContrast: 0.03, MaxContrast: 0.05}
+				}
+				out, mask, err := Paint(img, kind, &donor, region, p, rngFor(9, spec.Name, kind, i))
+				if err != nil {
+					t.Fatalf("%s %s %d: %v", spec.Name, kind, i, err)
+				}
+				if !bytes.Equal(img.Pix, before.Pix) {
+					t.Fatalf("%s %s: Paint modified its input", spec.Name, kind)
+				}
+				if len(mask) != img.W*img.H || out.W != img.W || out.H != img.H || out.C != img.C {
+					t.Fatalf("%s %s: mask %d for %dx%d, out %dx%dx%d", spec.Name, kind, len(mask), img.W, img.H, out.W, out.H, out.C)
+				}
+				if want := diffMask(t, img, out); !bytes.Equal(mask, want) {
+					t.Errorf("%s %s %d: mask (%d px) is not the changed pixels (%d px)", spec.Name, kind, i, count(mask), count(want))
+				}
+				if n := count(mask); n < MinArea || n > img.W*img.H/2 {
+					t.Errorf("%s %s %d: %d changed pixels", spec.Name, kind, i, n)
+				}
+				if region != nil {
+					in := 0
+					for p, v := range mask {
+						if v != 0 && region[p] {
+							in++
+						}
+					}
+					if in == 0 {
+						t.Errorf("%s %s %d: defect entirely off the part", spec.Name, kind, i)
+					}
+				}
+			}
+		}
+	}
+	if _, _, err := Paint(NewImage(8, 8, 1), "dent", nil, nil, DefaultParams, rngFor(1)); err == nil || !strings.Contains(err.Error(), `"dent"`) {
+		t.Errorf("unknown kind: %v", err)
+	}
+	if _, _, err := Paint(NewImage(8, 8, 1), DefectSpeck, nil, nil, Params{MinSize: 0.2, MaxSize: 0.1, MinContrast: 0.1, MaxContrast: 0.2}, rngFor(1)); err == nil {
+		t.Errorf("inverted size range accepted")
+	}
+}
+
+// TestStainIsFaint checks that stains stay low-contrast: the largest change is a small fraction of full scale.
+func TestStainIsFaint(t *testing.T) {
+	spec := ClassSpec{Name: "s", Surface: SurfaceGrain, W: 96, H: 96}
+	img, _ := Render(spec, 1, "x", 0)
+	out, mask, err := Paint(img, DefectStain, nil, nil, DefaultParams, rngFor(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxd := 0
+	for i := range img.Pix {
+		d := int(out.Pix[i]) - int(img.Pix[i])
+		maxd = max(maxd, d, -d)
+	}
+	if maxd > 80 || count(mask) == 0 {
+		t.Errorf("stain changes up to %d levels over %d px; want faint (<= 80)", maxd, count(mask))
+	}
+}
+
+func TestParseClassSpec(t *testing.T) {
+	tests := []struct {
+		in   string
+		want ClassSpec
+		err  string
+	}{
+		{"fractal", ClassSpec{Name: "fractal", Surface: "fractal", W: 256, H: 256}, ""},
+		{"woven:gray", ClassSpec{Name: "woven-gray", Surface: "woven", W: 256, H: 256, Gray: true}, ""},
+		{"part:800x600", ClassSpec{Name: "part-800x600", Surface: "part", W: 800, H: 600}, ""},
+		{"grain:grey:300x400=tiles", ClassSpec{Name: "tiles", Surface: "grain", W: 300, H: 400, Gray: true}, ""},
+		{"marble", ClassSpec{}, `unknown surface "marble"`},
+		{"woven:blue", ClassSpec{}, `option "blue"`},
+		{"woven:8x8", ClassSpec{}, "16 <= W, H"},
+		{"woven=a/b", ClassSpec{}, "plain directory name"},
+	}
+	for _, tc := range tests {
+		got, err := ParseClassSpec(tc.in, 256, 256)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: error %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %+v %v, want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// readTree returns every file under dir with its bytes.
+func readTree(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		rel, _ := filepath.Rel(dir, p)
+		out[rel] = b
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func decodeModel(t *testing.T, path string) image.Image {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, _, err := image.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// sourceDataset renders a two-class MVTec dataset to paint on: a grey non-square class and a colour class.
+func sourceDataset(t *testing.T) string {
+	t.Helper()
+	root := t.TempDir()
+	_, err := WriteSurfaces(context.Background(), SurfacesOptions{Out: root, Train: 12, TestGood: 1, PerKind: 1, Seed: 5,
+		Kinds:   []string{DefectSpeck},
+		Classes: []ClassSpec{{Name: "tiles", Surface: SurfaceGrain, W: 72, H: 48, Gray: true}, {Name: "cloth", Surface: SurfaceWoven, W: 48, H: 48}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+func TestWriteDefectsFromHeldOutNormals(t *testing.T) {
+	src := sourceDataset(t)
+	const frac = 0.4
+	normals, err := HeldOutNormals(src, dataset.LayoutAuto, frac, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Exactly the trainer's val split: the same reader and hash, nothing from train or test.
+	items, err := dataset.OpenWith(src, dataset.Options{ValFraction: frac})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []Normal
+	for _, it := range items {
+		if it.Split == dataset.SplitVal {
+			want = append(want, Normal{Path: it.Path, Class: it.Class})
+		}
+	}
+	if len(want) == 0 || !reflect.DeepEqual(normals, want) {
+		t.Fatalf("held-out normals\n got %v\nwant %v", normals, want)
+	}
+	for _, n := range normals {
+		if !strings.Contains(n.Path, filepath.Join("train", "good")) {
+			t.Errorf("%s is not a train/good image", n.Path)
+		}
+	}
+
+	out := filepath.Join(t.TempDir(), "val")
+	sum, err := WriteDefects(context.Background(), normals, DefectsOptions{Out: out, PerImage: 4, Seed: 11})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sb strings.Builder
+	sum.Write(&sb)
+	t.Logf("summary:\n%s", sb.String())
+	// The tree reads back as a dataset, every anomalous image with a mask that marks pixels.
+	got, err := dataset.Open(out, dataset.LayoutAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked, issues, err := dataset.CheckMasks(got, dataset.LabelByFolder)
+	if err != nil || len(issues) != 0 {
+		t.Fatalf("mask issues %v (%v)", issues, err)
+	}
+	srcOf := map[string]string{} // class/stem -> source path
+	for _, n := range normals {
+		srcOf[n.Class+"/"+strings.TrimSuffix(filepath.Base(n.Path), ".png")] = n.Path
+	}
+	kinds := map[string]int{}
+	for _, it := range checked {
+		if it.Split != dataset.SplitTest || it.Label != dataset.LabelAnomalous {
+			continue
+		}
+		kinds[it.Defect]++
+		stem := filepath.Base(it.Path)
+		stem = stem[:strings.LastIndexByte(stem, '_')]
+		orig, err := Decode(srcOf[it.Class+"/"+stem])
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := Decode(it.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mask, err := Decode(it.Mask)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mask.C != 1 || mask.W != orig.W || mask.H != orig.H {
+			t.Fatalf("%s: mask %dx%dx%d for a %dx%d image", it.Mask, mask.W, mask.H, mask.C, orig.W, orig.H)
+		}
+		changed := diffMask(t, orig, img)
+		for p := range changed {
+			if (mask.Pix[p] == 255) != (changed[p] == 1) || (mask.Pix[p] != 0 && mask.Pix[p] != 255) {
+				t.Fatalf("%s: mask pixel %d = %d, changed %v", it.Path, p, mask.Pix[p], changed[p] == 1)
+			}
+		}
+		if count(changed) == 0 {
+			t.Errorf("%s: no pixel changed", it.Path)
+		}
+		if it.Class == "tiles" {
+			if _, ok := decodeModel(t, it.Path).(*image.Gray); !ok || img.C != 1 {
+				t.Errorf("%s: a grey source must give a grey PNG", it.Path)
+			}
+		}
+	}
+	for _, k := range Defects {
+		if kinds[k] == 0 {
+			t.Errorf("no %s defect in %v", k, kinds)
+		}
+	}
+
+	// Same seed: identical bytes. Another seed: different defects.
+	again := filepath.Join(t.TempDir(), "val")
+	if _, err := WriteDefects(context.Background(), normals, DefectsOptions{Out: again, PerImage: 4, Seed: 11}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := readTree(t, out), readTree(t, again)
+	if !reflect.DeepEqual(a, b) {
+		t.Errorf("two runs with seed 11 differ")
+	}
+	other := filepath.Join(t.TempDir(), "val")
+	if _, err := WriteDefects(context.Background(), normals, DefectsOptions{Out: other, PerImage: 4, Seed: 12}); err != nil {
+		t.Fatal(err)
+	}
+	c := readTree(t, other)
+	diff := 0
+	for k := range a {
+		if strings.Contains(k, "ground_truth") && !bytes.Equal(a[k], c[k]) {
+			diff++
+		}
+	}
+	if diff == 0 {
+		t.Errorf("seeds 11 and 12 gave the same masks")
+	}
+}
+
+func TestHeldOutNormalsErrors(t *testing.T) {
+	src := sourceDataset(t)
+	if _, err := HeldOutNormals(src, dataset.LayoutAuto, 0, nil); err == nil || !strings.Contains(err.Error(), "val fraction > 0") {
+		t.Errorf("fraction 0: %v", err)
+	}
+	if _, err := HeldOutNormals(src, dataset.LayoutAuto, 0.0001, nil); err == nil || !strings.Contains(err.Error(), "holds out no normal") {
+		t.Errorf("tiny fraction: %v", err)
+	}
+	if _, err := HeldOutNormals(src, dataset.LayoutAuto, 0.4, []string{"tiles", "bricks"}); err == nil || !strings.Contains(err.Error(), "no class bricks (classes: cloth, tiles)") {
+		t.Errorf("unknown class: %v", err)
+	}
+	empty := t.TempDir()
+	if _, err := HeldOutNormals(empty, dataset.LayoutAuto, 0.1, nil); err == nil || !strings.Contains(err.Error(), "found neither") {
+		t.Errorf("empty folder: %v", err)
+	}
+	// A plain folder: all its images, one class named after it.
+	plain := filepath.Join(t.TempDir(), "parts")
+	img, _ := Render(ClassSpec{Name: "x", Surface: SurfaceFractal, W: 32, H: 24}, 1, "x", 0)
+	for _, n := range []string{"b.png", "a.png"} {
+		if err := img.WritePNG(filepath.Join(plain, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns, err := HeldOutNormals(plain, dataset.LayoutAuto, 0.1, nil)
+	if err != nil || len(ns) != 2 || ns[0].Class != "parts" || filepath.Base(ns[0].Path) != "a.png" {
+		t.Errorf("plain folder: %v %v", ns, err)
+	}
+}
+
+func TestWriteSurfaces(t *testing.T) {
+	specs := []ClassSpec{}
+	for _, s := range []string{"fractal:80x60", "woven:gray:48x64", "brushed:64x64", "grain:gray:64x48", "part:96x72"} {
+		c, err := ParseClassSpec(s, 64, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		specs = append(specs, c)
+	}
+	o := SurfacesOptions{Out: filepath.Join(t.TempDir(), "s"), Classes: specs, Train: 3, TestGood: 2, PerKind: 2, Seed: 4}
+	if _, err := WriteSurfaces(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	items, err := dataset.Open(o.Out, dataset.LayoutAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, issues, err := dataset.CheckMasks(items, ""); err != nil || len(issues) != 0 {
+		t.Fatalf("mask issues %v %v", issues, err)
+	}
+	perClass := map[string]int{}
+	for _, it := range items {
+		perClass[it.Class]++
+		m := decodeModel(t, it.Path)
+		spec := specs[0]
+		for _, s := range specs {
+			if s.Name == it.Class {
+				spec = s
+			}
+		}
+		if b := m.Bounds(); b.Dx() != spec.W || b.Dy() != spec.H {
+			t.Errorf("%s: %v, want %dx%d", it.Path, b, spec.W, spec.H)
+		}
+		if _, gray := m.(*image.Gray); gray != spec.Gray {
+			t.Errorf("%s: grey %v, want %v", it.Path, gray, spec.Gray)
+		}
+		if it.Label == dataset.LabelAnomalous {
+			// The mask is exactly the change from the defect-free render of the same image.
+			kind := it.Defect
+			var i int
+			if _, err := fmtSscan(filepath.Base(it.Path), &i); err != nil {
+				t.Fatal(err)
+			}
+			orig, _ := Render(spec, o.Seed, "defect-"+kind, i)
+			img, _ := Decode(it.Path)
+			mask, _ := Decode(it.Mask)
+			ch := diffMask(t, orig, img)
+			for p := range ch {
+				if (mask.Pix[p] != 0) != (ch[p] == 1) {
+					t.Fatalf("%s: mask differs from the changed pixels at %d", it.Path, p)
+				}
+			}
+		}
+	}
+	for _, s := range specs {
+		if perClass[s.Name] != 3+2+2*len(Defects) {
+			t.Errorf("class %s: %d images, want %d", s.Name, perClass[s.Name], 3+2+2*len(Defects))
+		}
+	}
+	// Stochastic textures: two train images of a class differ; the same seed renders them again identically.
+	a, _ := Render(specs[0], 4, "train", 0)
+	b, _ := Render(specs[0], 4, "train", 1)
+	if bytes.Equal(a.Pix, b.Pix) {
+		t.Errorf("two fractal renders are identical")
+	}
+	again := o
+	again.Out = filepath.Join(t.TempDir(), "s")
+	if _, err := WriteSurfaces(context.Background(), again); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(readTree(t, o.Out), readTree(t, again.Out)) {
+		t.Errorf("two renders with one seed differ")
+	}
+}
+
+func fmtSscan(name string, i *int) (int, error) {
+	return fmt.Sscanf(strings.TrimSuffix(name, ".png"), "%d", i)
+}
