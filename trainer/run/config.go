@@ -271,8 +271,9 @@ func (c *Config) Validate() error {
 	if c.Caption.Concurrency < 0 {
 		bad("caption.concurrency", "must be >= 0")
 	}
-	if c.FinetuneAE.MaxSteps <= 0 {
-		bad("finetune_ae.max_steps", "required, > 0")
+	// 0 steps keeps a pretrained autoencoder (finetune_ae.init) as it is; from scratch it must train.
+	if c.FinetuneAE.MaxSteps < 0 || (c.FinetuneAE.MaxSteps == 0 && c.FinetuneAE.Init == "") {
+		bad("finetune_ae.max_steps", "required, > 0 (0 only with finetune_ae.init: use the pretrained autoencoder as is)")
 	}
 	if c.Train.MaxSteps <= 0 && c.Train.Epochs <= 0 {
 		bad("train.max_steps", "give train.max_steps or train.epochs (> 0)")

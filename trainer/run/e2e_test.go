@@ -105,6 +105,37 @@ func backbone(t *testing.T) string {
 // defects, then checks the bundle, the resume, and that the result detects the defects better than controls
 // that a broken pipeline would look like.
 func TestTrainTinyEndToEnd(t *testing.T) {
+	trainEndToEnd(t, "tiny", func(string) string { return "" })
+}
+
+// TestTrainTinyTaefEndToEnd runs the same pipeline and checks on the pretrained-autoencoder structure (tiny-taef:
+// taef2's blocks at test size). The "pretrained" files are written in the published layout (plain nn.Sequential
+// state dicts, *_encoder.pth / *_decoder.pth) with seeded random weights, so the strict loader, the finetune from
+// an init, the 8-channel deterministic latents and their export all run as they do with the real taef2 files.
+func TestTrainTinyTaefEndToEnd(t *testing.T) {
+	trainEndToEnd(t, "tiny-taef", func(work string) string {
+		dir := filepath.Join(work, "taef")
+		script := `import sys, torch
+from vlmdiff_train import presets
+from vlmdiff_train.nets.taef import TinyAutoencoder
+torch.manual_seed(0)
+m = TinyAutoencoder(presets.get_preset("tiny-taef").vae)
+torch.save(m.encoder.state_dict(), sys.argv[1] + "/tiny_encoder.pth")
+torch.save(m.decoder.state_dict(), sys.argv[1] + "/tiny_decoder.pth")`
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("/usr/bin/python3", "-c", script, dir)
+		cmd.Env = append(os.Environ(), "PYTHONPATH="+os.Getenv("VLMDIFF_TRAINER"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("writing tiny taef files: %v\n%s", err, out)
+		}
+		return "  init: " + dir + "\n"
+	})
+}
+
+// trainEndToEnd trains preset through `vlmdiff train`; aeInit returns extra finetune_ae lines (e.g. init).
+func trainEndToEnd(t *testing.T, preset string, aeInit func(work string) string) {
 	if testing.Short() {
 		t.Skip("trains a model (minutes)")
 	}
@@ -123,6 +154,8 @@ func TestTrainTinyEndToEnd(t *testing.T) {
 	writeSet(t, data, []string{"stripes", "waves"}, 20, 6)
 	modelsDir := filepath.Join(work, "models")
 	cfg := run.TinyTestConfig(data, feat, "[[stage1, 1.0], [stage2, 1.0], [stage3, 1.0]]", modelsDir, 40, 60)
+	cfg = strings.Replace(cfg, "preset: tiny\n", "preset: "+preset+"\n", 1)
+	cfg = strings.Replace(cfg, "finetune_ae:\n", "finetune_ae:\n"+aeInit(work), 1)
 	cfgPath := filepath.Join(work, "tiny.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

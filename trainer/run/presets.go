@@ -20,6 +20,9 @@ var presets = map[string]presetInfo{
 	"sd15":  {InputSize: 256, LatentChannels: 4, Downsample: 8},
 	// sd15's structure with every width scaled down: the CPU proof of the sd15 path (sd15_e2e_test.go)
 	"sd15-mini": {InputSize: 128, LatentChannels: 4, Downsample: 8},
+	// the pretrained taef2 tiny autoencoder (32-channel latents), and its structure at test size
+	"taef2":     {InputSize: 256, LatentChannels: 32, Downsample: 8},
+	"tiny-taef": {InputSize: 64, LatentChannels: 8, Downsample: 8},
 }
 
 // presetNames lists the presets, sorted, for messages.

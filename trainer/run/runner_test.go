@@ -167,6 +167,7 @@ func TestPresetConfigsParse(t *testing.T) {
 	t.Setenv("VLMDIFF_DATA", "/data")
 	t.Setenv("VLMDIFF_BACKBONES", "/backbones")
 	t.Setenv("VLMDIFF_WEIGHTS", "/weights")
+	t.Setenv("VLMDIFF_TAEF", "/weights/taef2")
 	files, _ := filepath.Glob("../../configs/train/*.yaml")
 	if len(files) < 3 {
 		t.Fatalf("want the tiny, small and sd15 presets, found %v", files)

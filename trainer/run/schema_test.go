@@ -204,6 +204,7 @@ func TestStageConfigsMatchPythonSchema(t *testing.T) {
 	t.Setenv("VLMDIFF_DATA", "/data")
 	t.Setenv("VLMDIFF_BACKBONES", "/backbones")
 	t.Setenv("VLMDIFF_WEIGHTS", "/weights")
+	t.Setenv("VLMDIFF_TAEF", "/weights/taef2")
 	files, _ := filepath.Glob("../../configs/train/*.yaml")
 	if len(files) < 3 {
 		t.Fatalf("want the committed configs, found %v", files)

@@ -205,7 +205,17 @@ def init_sgn_from_unet(sgn: SemanticGuidedNetwork, unet_sd: Mapping[str, torch.T
 
 
 def load_autoencoder(vae: nn.Module, source, *, trusted: bool = False, what: str | None = None) -> LoadReport:
-    """Load kl-f8 / a finetuned AE (encoder.*, decoder.*, quant_conv.*, post_quant_conv.*; loss.* ignored)."""
+    """Load kl-f8 / a finetuned AE (encoder.*, decoder.*, quant_conv.*, post_quant_conv.*; loss.* ignored).
+
+    A TinyAutoencoder also loads the published taef files: a directory with *_encoder.pth and *_decoder.pth, or the
+    encoder file's path (its decoder beside it); a finetuned one (RUN/ae.pt) loads like any other state dict.
+    """
+    from .nets.taef import TinyAutoencoder, load_taef
+    if isinstance(vae, TinyAutoencoder) and isinstance(source, (str, os.PathLike)) and (
+            os.path.isdir(source) or os.fspath(source).endswith("_encoder.pth")):
+        rep = LoadReport(source=_name(source))
+        rep.loaded["vae"] = load_taef(vae, os.fspath(source))
+        return rep
     sd = read_checkpoint(source, trusted=trusted)
     name = what or f"autoencoder {_name(source)}"
     if any(k.startswith(VAE_PREFIX) for k in sd):

@@ -414,7 +414,7 @@ def verify_bundle(bundle_dir: str) -> List[str]:
 
 def run_export(cfg) -> dict:
     """Export a trained model file into a bundle; cfg is an ExportConfig (stage_config.py) or a dict of its keys."""
-    from .model_file import encode_prompts, load_model_file, rebuild
+    from .model_file import encode_prompts, latent_scale, load_model_file, rebuild
     from .stage_config import parse_stage
 
     c = parse_stage("export", cfg)
@@ -471,7 +471,7 @@ def run_export(cfg) -> dict:
         latent_channels=channels, downsample=ds, hint_owner=nets.denoiser.sgn, feature_onnx=feature_onnx,
         height=size, width=size, name=c.name, version=c.version, description=c.description,
         provenance={"preset": preset_name, "dataset": c.dataset, "classes": classes},
-        latent={"posterior": c.posterior}, diffusion=diffusion,
+        latent={"posterior": c.posterior, "scale_factor": latent_scale(b)}, diffusion=diffusion,
         map_spec={"sigma": float(c.sigma)} if c.sigma is not None else None, probe_dir=c.probes,
         probe_seed=int(c.seed), overwrite=c.overwrite)
     # the reference weights of this bundle are the model file itself

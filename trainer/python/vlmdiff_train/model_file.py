@@ -192,6 +192,16 @@ def load_nets(weights: str, bundle_dir: str, manifest: dict):
 # Model files
 # ---------------------------------------------------------------------------------------------------------------
 
+def latent_scale(builder: dict) -> float:
+    """The diffusion latent scale of a model file's networks: the preset's (SD's 0.18215 for KL VAEs, TAEF2_SCALE
+    for the pretrained tiny autoencoder); fixtures use SD's."""
+    if builder.get("kind") == "preset":
+        from . import presets
+        return float(presets.get_preset(builder["name"]).scale_factor)
+    from .constants import LATENT_SCALE
+    return LATENT_SCALE
+
+
 def make_tokenizer(merges: List[List[str]]):
     from .tokenizer import SOT, EOT, CLIPTokenizer, base_vocab
     ms = [tuple(m) for m in merges]

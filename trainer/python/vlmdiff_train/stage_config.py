@@ -113,6 +113,10 @@ class TrainConfig(DataKeys, Common):
     linear_start: float = key(0.00085, "beta schedule start")
     linear_end: float = key(0.012, "beta schedule end")
     train_steps: int = key(1000, "diffusion steps T")
+    val_every: int = key(0, "validation loss every N optimiser steps (0: once per epoch)")
+    val_images: int = key(32, "validation normals (the index's val split) in the validation loss; 0: none")
+    select: str = key("last", "last | best_val: the weights saved as the model (best_val: lowest validation loss)")
+    early_stop_patience: int = key(0, "stop after N validations without improvement (0: off)")
 
 
 @dataclass

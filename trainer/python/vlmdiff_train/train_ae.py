@@ -20,6 +20,7 @@ import torch
 
 from . import data as D
 from .losses import PerceptualLoss, autoencoder_loss
+from .curves import CurveWriter
 from .progress import Progress
 from .stage_config import FinetuneAEConfig, parse_stage
 from .train_denoiser import latest_checkpoint
@@ -32,7 +33,6 @@ def run(cfg) -> dict:
     c: FinetuneAEConfig = parse_stage("finetune-ae", cfg)
     from . import presets
     from .checkpoints import load_autoencoder
-    from .nets.autoencoder import AutoencoderKL
 
     run_dir = c.run_dir
     total = int(c.max_steps)
@@ -44,7 +44,8 @@ def run(cfg) -> dict:
     p = presets.get_preset(c.preset)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = AutoencoderKL(p.vae, p.embed_dim)
+        vae = presets.make_autoencoder(p)
+    deterministic = bool(getattr(vae, "deterministic", False))
     if c.init:
         load_autoencoder(vae, c.init, trusted=c.trusted)
     vae.to(device).train()
@@ -72,6 +73,7 @@ def run(cfg) -> dict:
         step, micro = int(st["step"]), int(st["micro"])
         log.info("resumed finetune-ae from %s at step %d", last, step)
     prog = Progress("finetune-ae", total, start_step=step)
+    curve = CurveWriter(run_dir, "finetune-ae", start_step=step)
     pw, kw = float(c.perceptual_weight), float(c.kl_weight)
     save_every, log_every, keep = int(c.save_every), int(c.log_every), int(c.keep)
     n = len(ds)
@@ -84,9 +86,12 @@ def run(cfg) -> dict:
         moments = vae.encode_moments(x)
         mean, logvar = torch.chunk(moments, 2, dim=1)
         noise = torch.randn(mean.shape, generator=gen).to(device)
-        z = mean + torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0)) * noise
+        if deterministic:  # a pretrained tiny autoencoder: no posterior, so no sampling and no KL term
+            z = mean
+        else:
+            z = mean + torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0)) * noise
         rec = vae.decode(z)
-        parts = autoencoder_loss(x, rec, moments, perc, pw, kw)
+        parts = autoencoder_loss(x, rec, moments, perc, pw, 0.0 if deterministic else kw)
         if not torch.isfinite(parts["loss"]):
             raise RuntimeError(f"finetune-ae: loss is {float(parts['loss'])} at step {step} (lower lr)")
         (parts["loss"] / acc).backward()
@@ -99,6 +104,7 @@ def run(cfg) -> dict:
         step += 1
         if step % log_every == 0 or step == total:
             prog.step(step, loss=shown, epoch=epoch, perceptual=float(parts["perceptual"]), kl=float(parts["kl"]))
+            curve.row(step, epoch, shown)
         shown = 0.0
         if step % save_every == 0 or step == total:
             _save(ckpt_dir, step, micro, vae, opt, gen, keep)

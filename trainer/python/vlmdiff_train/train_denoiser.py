@@ -18,6 +18,7 @@ GradScaler) on GPU only.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import math
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 
 from . import data as D
-from .model_file import Nets, encode_prompts, load_model_file, rebuild, save_reference_weights
+from .curves import CurveWriter
+from .model_file import Nets, encode_prompts, latent_scale, load_model_file, rebuild, save_reference_weights
 from .losses import eps_mse
 from .progress import Progress
 from .constants import LATENT_SCALE
@@ -170,7 +172,7 @@ def run(cfg) -> dict:
         raise RuntimeError("train config: give max_steps or epochs")
     T = int(tc.train_steps)
     abar = torch.tensor(alphas_cumprod(float(tc.linear_start), float(tc.linear_end), T), dtype=torch.float32, device=device)
-    scale = LATENT_SCALE
+    scale = latent_scale(blob["builder"])
     posterior = tc.posterior
     gen = torch.Generator(device="cpu").manual_seed(seed * 1000 + rank)
 
@@ -206,6 +208,10 @@ def run(cfg) -> dict:
     grad_clip = float(tc.grad_clip)
     last_saved = last
     loss_acc = 0.0
+    val = _Validation(tc, vae, den, contexts, abar, scale, device, steps_per_epoch, enabled=(rank == 0))
+    if last:
+        val.restore(st.get("validation"))
+    curve = CurveWriter(run_dir, "train", start_step=step, enabled=(rank == 0))
     cache_moments = not tc.augment
     mcache: dict = {}
     while step < total:
@@ -256,32 +262,43 @@ def run(cfg) -> dict:
             scaler.update()
             opt.zero_grad(set_to_none=True)
             step += 1
-            if prog is not None and (step % log_every == 0 or step == total):
-                prog.step(step, loss=loss_acc, epoch=epoch)
+            vloss = val.maybe_run(step, total)
+            if prog is not None and (step % log_every == 0 or step == total or vloss is not None):
+                prog.step(step, loss=loss_acc, epoch=epoch, **({} if vloss is None else {"val_loss": vloss}))
+                curve.row(step, epoch, loss_acc, vloss)
             loss_acc = 0.0
-            if step % save_every == 0 or step == total:
+            stop = val.should_stop()
+            if world > 1:  # only rank 0 validates: every rank must take the same branch below
+                stop = _all_agree(stop, device)
+            if step % save_every == 0 or step == total or stop:
                 gens = [gen.get_state()]
                 if world > 1:  # every rank's noise generator, so a resumed rank continues its own stream
                     import torch.distributed as dist
                     gens = [None] * world
                     dist.all_gather_object(gens, gen.get_state())
                 if rank == 0:
-                    last_saved = _save_ckpt(ckpt_dir, step, micro_done, den, opt, gens, int(tc.keep))
+                    last_saved = _save_ckpt(ckpt_dir, step, micro_done, den, opt, gens, int(tc.keep), val.state())
+            if stop:
+                log.info("early stop at step %d: validation loss has not improved for %d validations",
+                         step, val.patience)
+                total = step
             if step >= total:
                 break
     if world > 1:
         _check_ranks_agree(den)
     out = os.path.join(run_dir, "model-trained.pt")
     if rank == 0:
+        val.apply_selection(den)
         b = blob["builder"]
         nets_out = Nets(vae=vae.cpu(), denoiser=den.cpu(), features=nets.features, hint=None, text=text.cpu())
         save_reference_weights(out, b, nets_out, features_kind=blob.get("features", "onnx"),
-                               tokenizer=blob.get("tokenizer"), extra={"stage": "train", "step": step})
+                               tokenizer=blob.get("tokenizer"), extra={"stage": "train", "step": step,
+                                                                       **val.summary()})
     if world > 1:
         import torch.distributed as dist
         dist.barrier()
         dist.destroy_process_group()
-    return {"model": out, "checkpoint": last_saved or "", "steps": step}
+    return {"model": out, "checkpoint": last_saved or "", "steps": step, **val.summary()}
 
 
 class _HintedDenoiser(torch.nn.Module):
@@ -313,12 +330,14 @@ def _check_ranks_agree(den) -> None:
     log.info("DDP: %d ranks agree on the weights (checksum %.17g)", len(gathered), float(sums.sum()))
 
 
-def _save_ckpt(ckpt_dir: str, step: int, micro: int, den, opt, gens: list, keep: int) -> str:
+def _save_ckpt(ckpt_dir: str, step: int, micro: int, den, opt, gens: list, keep: int,
+               validation: Optional[dict] = None) -> str:
     path = os.path.join(ckpt_dir, f"step-{step:08d}.pt")
     tmp = path + ".tmp"
     try:
         torch.save({"step": step, "micro": micro, "denoiser": den.state_dict(), "optimizer": opt.state_dict(),
-                    "generator": gens[0], "generators": gens, "torch_rng": torch.get_rng_state()}, tmp)
+                    "generator": gens[0], "generators": gens, "torch_rng": torch.get_rng_state(),
+                    "validation": validation or {}}, tmp)
         os.replace(tmp, path)
     except OSError as e:
         try:
@@ -330,3 +349,103 @@ def _save_ckpt(ckpt_dir: str, step: int, micro: int, den, opt, gens: list, keep:
     for p in olds[:-max(1, keep)]:
         os.remove(p)
     return path
+
+
+def _all_agree(flag: bool, device) -> bool:
+    """Rank 0's decision for every rank (only rank 0 validates)."""
+    import torch.distributed as dist
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+class _Validation:
+    """The denoiser's loss on held-out normals (the index's val split), used for the curve, checkpoint selection
+    and early stopping; never the test split.
+
+    Why a fixed draw: eps-MSE depends strongly on t, so a validation loss with fresh t and noise each time is too
+    noisy to select on. Each val image gets fixed timesteps spread over [0, T) and fixed noise, drawn once from a
+    seeded generator, so two validations differ only by the weights.
+    """
+
+    def __init__(self, tc: TrainConfig, vae, den, contexts, abar, scale: float, device, steps_per_epoch: int,
+                 enabled: bool = True):
+        self.every = int(tc.val_every or steps_per_epoch)
+        self.select = tc.select
+        if self.select not in ("last", "best_val"):
+            raise RuntimeError(f"train config: select {self.select!r} is not last or best_val")
+        self.patience = int(tc.early_stop_patience)
+        self.den, self.contexts, self.device = den, contexts, device
+        self.best, self.best_step, self.bad, self.last = math.inf, 0, 0, None
+        self.best_state: Optional[dict] = None
+        self.batches: List[tuple] = []
+        n_max = int(tc.val_images)
+        vcfg = dataclasses.replace(tc, split="val", augment=False)
+        try:
+            vds = D.train_dataset(vcfg) if enabled and n_max > 0 else None
+        except Exception as e:  # noqa: BLE001 - an index without a val split just has no validation
+            log.warning("no validation normals (%s): training without a validation loss", e)
+            vds = None
+        if vds is None or len(vds) == 0:
+            self.every = 0
+            if enabled and (self.select == "best_val" or self.patience):
+                raise RuntimeError("train config: select best_val / early_stop_patience need validation normals "
+                                   "(data.val_fraction > 0)")
+            return
+        g = torch.Generator().manual_seed(int(tc.seed) + 4242)
+        picks = torch.randperm(len(vds), generator=g)[:n_max].tolist()
+        T = abar.shape[0]
+        with torch.no_grad():
+            for i in range(0, len(picks), 8):
+                b = D.collate([vds[j] for j in picks[i:i + 8]])
+                x = b["image"].to(device)
+                mean, logvar = torch.chunk(vae.encode_moments(x), 2, dim=1)
+                z = scale * mean  # the posterior mean: validation must not depend on a sample
+                k = x.shape[0]
+                t = ((torch.arange(k) + i) * T // max(1, len(picks))).clamp(max=T - 1).to(device)
+                eps = torch.randn(z.shape, generator=g).to(device)
+                a = abar[t].view(-1, 1, 1, 1)
+                self.batches.append((a.sqrt() * z + (1 - a).sqrt() * eps, t, b["caption"], x, eps))
+
+    def maybe_run(self, step: int, total: int) -> Optional[float]:
+        if not self.every or (step % self.every and step != total):
+            return None
+        self.den.eval()
+        tot, n = 0.0, 0
+        with torch.no_grad():
+            for xt, t, caps, x, eps in self.batches:
+                pred = self.den(xt, t, self.contexts(caps), self.den.sgn.hint_features(x))
+                tot += float(eps_mse(pred, eps)) * xt.shape[0]
+                n += xt.shape[0]
+        self.den.train()
+        v = tot / max(1, n)
+        self.last = v
+        if v < self.best:
+            self.best, self.best_step, self.bad = v, step, 0
+            if self.select == "best_val":
+                self.best_state = {k: t.detach().cpu().clone() for k, t in self.den.state_dict().items()}
+        else:
+            self.bad += 1
+        return v
+
+    def should_stop(self) -> bool:
+        return bool(self.patience) and self.bad >= self.patience
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "best_state": self.best_state}
+
+    def restore(self, st: Optional[dict]) -> None:
+        if st:
+            self.best, self.best_step, self.bad = st.get("best", math.inf), st.get("best_step", 0), st.get("bad", 0)
+            self.best_state = st.get("best_state")
+
+    def apply_selection(self, den) -> None:
+        if self.select == "best_val" and self.best_state is not None:
+            log.info("selected the weights of step %d (validation loss %.5g)", self.best_step, self.best)
+            den.load_state_dict(self.best_state)
+
+    def summary(self) -> dict:
+        if not self.every:
+            return {}
+        return {"val_loss_best": round(self.best, 6), "val_loss_best_step": self.best_step,
+                "val_loss_last": None if self.last is None else round(self.last, 6), "select": self.select}

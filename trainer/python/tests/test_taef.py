@@ -1,0 +1,178 @@
+"""The pretrained tiny autoencoder (taef): strict loading of the published layout, its reconstruction on real
+images, finetuning from it, and the validation loss / loss curves of the training stages."""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlmdiff_train import data as D
+from vlmdiff_train import presets, train_ae, train_denoiser
+from vlmdiff_train.checkpoints import load_autoencoder
+from vlmdiff_train.nets.taef import LOGVAR_DETERMINISTIC, TAEConfig, TinyAutoencoder, load_taef
+
+S = 64
+TINY_CFG = presets.get_preset("tiny-taef").vae
+
+
+def _publish(module: TinyAutoencoder, d, prefix="taef2"):
+    """Write a module's halves the way the published files are laid out (plain nn.Sequential state dicts)."""
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save(module.encoder.state_dict(), d / f"{prefix}_encoder.pth")
+    torch.save(module.decoder.state_dict(), d / f"{prefix}_decoder.pth")
+    return d
+
+
+def test_published_layout_loads_strictly(tmp_path):
+    src = TinyAutoencoder(TINY_CFG)
+    d = _publish(src, tmp_path / "w")
+    dst = TinyAutoencoder(TINY_CFG)
+    assert load_taef(dst, str(d)) == len(src.encoder.state_dict()) + len(src.decoder.state_dict())
+    x = torch.randn(1, 3, S, S)
+    with torch.no_grad():
+        assert torch.equal(src.encode(x), dst.encode(x))
+    # the encoder file's path works too, and load_autoencoder dispatches on the module type
+    assert load_autoencoder(TinyAutoencoder(TINY_CFG), str(d / "taef2_encoder.pth")).loaded["vae"] > 0
+
+
+@pytest.mark.parametrize("damage,want", [
+    (lambda sd: sd.pop("1.conv.0.weight"), "missing 1.conv.0.weight"),
+    (lambda sd: sd.__setitem__("99.weight", torch.zeros(1)), "unexpected 99.weight"),
+    (lambda sd: sd.__setitem__("0.weight", torch.zeros(16, 3, 5, 5)), "mis-shaped 0.weight"),
+    (lambda sd: sd["0.bias"].fill_(float("nan")), "non-finite values in 0.bias"),
+])
+def test_damaged_files_are_refused_by_name(tmp_path, damage, want):
+    src = TinyAutoencoder(TINY_CFG)
+    d = _publish(src, tmp_path / "w")
+    sd = torch.load(d / "taef2_encoder.pth")
+    damage(sd)
+    torch.save(sd, d / "taef2_encoder.pth")
+    with pytest.raises(RuntimeError, match=want):
+        load_taef(TinyAutoencoder(TINY_CFG), str(d))
+
+
+def test_other_latent_width_is_refused(tmp_path):
+    d = _publish(TinyAutoencoder(TAEConfig(channels=16, latent_channels=4, gn_hidden=32)), tmp_path / "w")
+    with pytest.raises(RuntimeError, match="mis-shaped"):
+        load_taef(TinyAutoencoder(TINY_CFG), str(d))
+    with pytest.raises(FileNotFoundError, match="_encoder.pth"):
+        load_taef(TinyAutoencoder(TINY_CFG), str(tmp_path))
+
+
+def test_moments_are_deterministic_and_in_normalised_space():
+    m = TinyAutoencoder(TINY_CFG).eval()
+    x = torch.randn(2, 3, S, S)
+    mo = m.encode_moments(x)
+    assert mo.shape == (2, 16, S // 8, S // 8)
+    mean, logvar = m.split_moments(mo)
+    assert torch.all(logvar == LOGVAR_DETERMINISTIC)
+    assert torch.equal(mean, m.encode(x, sample=True))
+    rec = m.decode(mean)
+    # decode clamps to [0, 1] RGB, then normalises: the result lies in the normalised image of [0, 1]
+    lo = (0 - torch.tensor(TINY_CFG.mean)) / torch.tensor(TINY_CFG.std)
+    hi = (1 - torch.tensor(TINY_CFG.mean)) / torch.tensor(TINY_CFG.std)
+    assert torch.all(rec >= lo.view(1, 3, 1, 1) - 1e-5) and torch.all(rec <= hi.view(1, 3, 1, 1) + 1e-5)
+
+
+def test_real_taef2_reconstructs_industrial_normals(shared_dir):
+    w = shared_dir / "weights" / "taef2"
+    files = sorted(glob.glob(str(shared_dir / "datasets" / "piped" / "*" / "train" / "good" / "*")))[::90][:4]
+    if not w.is_dir() or not files:
+        pytest.skip("taef2 weights or PIPED not in the shared directory")
+    m = TinyAutoencoder().eval()
+    load_taef(m, str(w))
+    mean, std = torch.tensor(m.cfg.mean).view(1, 3, 1, 1), torch.tensor(m.cfg.std).view(1, 3, 1, 1)
+    psnr = []
+    for f in files:
+        x = torch.from_numpy(np.array(Image.open(f).convert("RGB").resize((256, 256), Image.BILINEAR)))
+        x = x.permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            r = m.decode(m.encode((x - mean) / std)) * std + mean
+        psnr.append(10 * np.log10(1 / float(((r - x) ** 2).mean())))
+    assert min(psnr) > 35, psnr  # published: ~39 dB on PIPED normals; a wrong block order gives < 15 dB
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Four small textured normals, two held out as validation."""
+    d = tmp_path_factory.mktemp("ds")
+    recs = []
+    for i in range(4):
+        rng = np.random.default_rng(i)
+        yy, xx = np.mgrid[0:S, 0:S]
+        img = np.stack([(xx * 3 + 40 * i) % 256, (yy * 3) % 256, np.full_like(xx, 90 + 30 * i)], -1)
+        img = np.clip(img + rng.integers(0, 20, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(d / f"img{i}.png")
+        recs.append({"path": f"img{i}.png", "mask": "", "class": "widget", "split": "train" if i < 2 else "val",
+                     "label": 0})
+    (d / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (d / "captions.json").write_text(json.dumps({}))
+    return d
+
+
+def test_finetune_from_pretrained_taef_reduces_error_without_kl(dataset, tmp_path, capsys):
+    torch.manual_seed(3)
+    init = _publish(TinyAutoencoder(TINY_CFG), tmp_path / "init")
+    cfg = {"run_dir": str(tmp_path / "run"), "preset": "tiny-taef", "index": str(dataset / "index.jsonl"),
+           "init": str(init), "batch_size": 2, "lr": 2e-3, "max_steps": 10, "log_every": 5, "seed": 1}
+    x = D.collate([D.train_dataset({"index": str(dataset / "index.jsonl"), "height": S, "width": S})[i]
+                   for i in range(2)])["image"]
+
+    def l1(module):
+        with torch.no_grad():
+            return float((module.decode(module.encode(x)) - x).abs().mean())
+
+    before = TinyAutoencoder(TINY_CFG)
+    load_taef(before, str(init))
+    out = train_ae.run(cfg)
+    after = TinyAutoencoder(TINY_CFG)
+    after.load_state_dict(torch.load(out["autoencoder"])["state_dict"])
+    assert l1(after) < 0.8 * l1(before)
+    ev = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    assert [e["kl"] for e in ev] and all(e["stage"] == "finetune-ae" for e in ev)
+    rows = list(csv.reader(open(tmp_path / "run" / "curves" / "finetune-ae.csv")))
+    assert rows[0] == ["step", "epoch", "loss", "val_loss"] and [r[0] for r in rows[1:]] == ["5", "10"]
+    # zero steps keep the pretrained weights exactly (finetune_ae.max_steps: 0)
+    out0 = train_ae.run(dict(cfg, run_dir=str(tmp_path / "run0"), max_steps=0))
+    kept = torch.load(out0["autoencoder"])["state_dict"]
+    assert all(torch.equal(kept[k], v) for k, v in before.state_dict().items())
+
+
+def _built(dataset, run, preset):
+    return train_denoiser.run_build({"run_dir": str(run), "preset": preset, "index": str(dataset / "index.jsonl"),
+                                     "captions": str(dataset / "captions.json"), "seed": 0})["model"]
+
+
+def test_validation_loss_curve_selection_and_early_stop(dataset, tmp_path, capsys):
+    model = _built(dataset, tmp_path / "b", "tiny-taef")
+    cfg = {"run_dir": str(tmp_path / "t"), "model": model, "index": str(dataset / "index.jsonl"),
+           "captions": str(dataset / "captions.json"), "height": S, "width": S, "batch_size": 2, "lr": 1e-3,
+           "max_steps": 6, "val_every": 2, "save_every": 100, "seed": 5, "select": "best_val"}
+    out = train_denoiser.run(cfg)
+    rows = list(csv.reader(open(tmp_path / "t" / "curves" / "train.csv")))[1:]
+    vals = {int(r[0]): float(r[3]) for r in rows if r[3]}
+    assert sorted(vals) == [2, 4, 6] and all(np.isfinite(v) for v in vals.values())
+    assert out["val_loss_best"] == pytest.approx(min(vals.values()), rel=1e-4)
+    assert out["val_loss_best_step"] == min(vals, key=vals.get)
+    # the latent scale comes from the preset (taef: not SD's 0.18215)
+    assert train_denoiser.latent_scale({"kind": "preset", "name": "tiny-taef"}) == presets.TAEF2_SCALE
+    # patience 1 with an impossible improvement (lr 0: the loss cannot go down) stops after the 2nd validation
+    out2 = train_denoiser.run(dict(cfg, run_dir=str(tmp_path / "t2"), lr=0.0, max_steps=20, early_stop_patience=1))
+    assert out2["steps"] == 4, out2
+    capsys.readouterr()
+
+
+def test_best_val_without_validation_normals_is_refused(dataset, tmp_path):
+    recs = [json.loads(l) for l in (dataset / "index.jsonl").read_text().splitlines()]
+    idx = tmp_path / "index.jsonl"
+    idx.write_text("".join(json.dumps(dict(r, path=str(dataset / r["path"]))) + "\n" for r in recs
+                           if r["split"] != "val"))
+    model = _built(dataset, tmp_path / "b", "tiny")
+    with pytest.raises(RuntimeError, match="need validation normals"):
+        train_denoiser.run({"run_dir": str(tmp_path / "t"), "model": model, "index": str(idx), "height": S,
+                            "width": S, "batch_size": 2, "max_steps": 1, "select": "best_val"})
