@@ -19,6 +19,10 @@ type Frame struct {
 	Pix    []byte
 	// Origin is the file a folder source read the frame from; empty for other kinds.
 	Origin string
+	// OriginID identifies the file's content at the time it was read (name, size, mtime, inode and a content
+	// hash), so a file rewritten under the same name is a new origin while the very same file met again after
+	// a crash is not. Empty for other kinds.
+	OriginID string
 	// Truth is the ground truth when the source knows it (synthetic): "good" or the defect kind ("blob",
 	// "scratch"). Empty when unknown.
 	Truth string
@@ -71,6 +75,12 @@ type Stats struct {
 	Reconnects uint64
 	// Dropped counts frames a live source dropped because the consumer was busy.
 	Dropped uint64
+	// Refused counts image files refused before decoding (over the image limits, or no readable header);
+	// they are counted in DecodeErrors too.
+	Refused uint64
+	// Ignored counts entries of a watched folder that carry an image name but are not regular files
+	// (symlinks, directories, devices); each is reported once and left alone.
+	Ignored uint64
 	// InFlight is the number of folder frames delivered but not yet acknowledged; Backlog the number of files
 	// seen and waiting (being written, or complete and queued). Zero for other kinds.
 	InFlight int
@@ -93,6 +103,7 @@ type Source interface {
 // counters is the shared Stats implementation.
 type counters struct {
 	frames, decodeErrors, reconnects, dropped atomic.Uint64
+	refused, ignored                          atomic.Uint64
 	mu                                        sync.Mutex
 	state                                     State
 	lastFrame                                 time.Time
@@ -107,6 +118,8 @@ func (c *counters) snapshot() Stats {
 		DecodeErrors: c.decodeErrors.Load(),
 		Reconnects:   c.reconnects.Load(),
 		Dropped:      c.dropped.Load(),
+		Refused:      c.refused.Load(),
+		Ignored:      c.ignored.Load(),
 		LastFrame:    c.lastFrame,
 	}
 }
