@@ -104,8 +104,9 @@ func (s *folderSource) Run(ctx context.Context, out chan<- Frame, events chan<- 
 			break
 		}
 		s.c.reconnects.Add(1)
-		rep.state(StateOffline, err.Error())
-		sleepCtx(ctx, bo.delay())
+		d := bo.delay()
+		rep.state(StateOffline, retryIn(err.Error(), d))
+		sleepCtx(ctx, d)
 	}
 	return nil
 }

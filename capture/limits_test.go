@@ -47,9 +47,7 @@ func TestFolderRefusesHugeHeaderAndGoesOn(t *testing.T) {
 	if !strings.Contains(string(reason), "60000x60000") {
 		t.Errorf("reason file says %q", reason)
 	}
-	if st := src.Stats(); st.Refused != 1 || st.Frames != 1 {
-		t.Errorf("stats %+v: want 1 refused, 1 frame", st)
-	}
+	eventually(t, "1 refused, 1 frame", func() bool { st := src.Stats(); return st.Refused == 1 && st.Frames == 1 })
 }
 
 // bombEnv names the file the helper process below feeds to a folder camera.
@@ -188,5 +186,27 @@ func TestFolderNameReuseGivesNewIdentity(t *testing.T) {
 	writeFile(t, p, data)
 	if a, b := fileIdentity(p, data), fileIdentity(p, data); a != b {
 		t.Errorf("same file, two identities: %s vs %s", a, b)
+	}
+}
+
+// A missing video file reports "no such file"; replaced by garbage, its reason changes to say so (it used to
+// keep the old reason), and every offline reason says when the next attempt comes.
+func TestVideoReasonFollowsTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "line.avi")
+	src, err := New(Config{Name: "vid", Kind: KindFile, Path: path, RetryMin: 20 * time.Millisecond,
+		RetryMax: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, events := make(chan Frame), make(chan Event, 64)
+	run(t, src, out, events)
+	ev := waitEvent(t, events, func(e Event) bool { return !e.Transient })
+	if ev.State != StateOffline || !strings.Contains(ev.Reason, "no such file") || !strings.Contains(ev.Reason, "retry in") {
+		t.Fatalf("first event %+v: want offline, no such file, retry in", ev)
+	}
+	writeFile(t, path, bytes.Repeat([]byte("garbage "), 512))
+	ev = waitEvent(t, events, func(e Event) bool { return !e.Transient && !strings.Contains(e.Reason, "no such file") })
+	if ev.State != StateOffline || !strings.Contains(ev.Reason, "not a readable video") {
+		t.Fatalf("after garbage: %+v, want offline 'not a readable video'", ev)
 	}
 }

@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -106,6 +107,7 @@ type counters struct {
 	refused, ignored                          atomic.Uint64
 	mu                                        sync.Mutex
 	state                                     State
+	reason                                    string
 	lastFrame                                 time.Time
 }
 
@@ -124,14 +126,17 @@ func (c *counters) snapshot() Stats {
 	}
 }
 
-// setState records s and reports whether it changed.
-func (c *counters) setState(s State) bool {
+// setState records s and its reason and reports whether the state changed or, for a state other than
+// online, its reason did: a camera that stays offline for a new reason (a missing video file replaced by
+// garbage) must not keep reporting the old one, while an online camera's wording ("receiving frames",
+// "picture moving again") is not news.
+func (c *counters) setState(s State, reason string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == s {
+	if c.state == s && (s == StateOnline || c.reason == reason) {
 		return false
 	}
-	c.state = s
+	c.state, c.reason = s, reason
 	return true
 }
 
@@ -170,9 +175,9 @@ func directEmit(ctx context.Context, events chan<- Event) func(Event, bool) {
 	}
 }
 
-// state records s and sends an event when it differs from the current state.
+// state records s and sends an event when it or its reason differs from the current one.
 func (r reporter) state(s State, reason string) {
-	if !r.c.setState(s) {
+	if !r.c.setState(s, reason) {
 		return
 	}
 	r.emit(Event{Camera: r.camera, State: s, Reason: reason, Time: time.Now()}, true)
@@ -196,4 +201,9 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// retryIn appends when the next attempt comes to an offline reason, as docs/mqtt.md shows it.
+func retryIn(reason string, d time.Duration) string {
+	return fmt.Sprintf("%s, retry in %s", reason, d.Round(100*time.Millisecond))
 }
