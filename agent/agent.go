@@ -59,6 +59,7 @@ type Agent struct {
 	metrics *metrics
 	http    *httpapi.Server
 	started time.Time
+	embUser *broker.User // the agent's own account on the embedded broker (nil: external broker)
 
 	submit    func(rec *store.Record, hm *mqttout.Heatmap) error
 	heartbeat atomic.Int64 // unix nanos of the last scoring progress
@@ -137,7 +138,11 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	bctx, bcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer bcancel()
 	if cfg.Embedded() {
-		emb, err = broker.Start(bctx, broker.Config{Addr: cfg.MQTT.Listen, Logger: a.log})
+		bcfg, err := a.embeddedBrokerConfig()
+		if err != nil {
+			return fmt.Errorf("start: %w", err)
+		}
+		emb, err = broker.Start(bctx, bcfg)
 		if err != nil {
 			return fmt.Errorf("start: %w", err)
 		}
@@ -329,6 +334,7 @@ func (a *Agent) publisherConfig(brokerURL string) mqttout.Config {
 	pc := mqttout.DefaultConfig(brokerURL)
 	pc.ClientID, pc.Username, pc.Password, pc.Prefix = q.ClientID, q.Username, q.Password, q.Prefix
 	pc.TLS = mqttout.TLS{CAFile: q.TLS.CA, CertFile: q.TLS.Cert, KeyFile: q.TLS.Key, InsecureSkipVerify: q.TLS.Insecure}
+	a.useEmbeddedAccount(&pc)
 	pc.QoS = mqttout.QoS{Result: byte(*q.QoS.Result), Heatmap: byte(*q.QoS.Heatmap), Status: byte(*q.QoS.Status),
 		Stats: byte(*q.QoS.Stats), Command: 1}
 	pc.Heatmap.Mode = mqttout.HeatmapBinary
@@ -359,6 +365,9 @@ func (a *Agent) onThreshold(camera string, cmd mqttout.ThresholdCommand) (mqttou
 	c, ok := a.byName[camera]
 	if !ok {
 		return mqttout.ThresholdState{}, fmt.Errorf("unknown camera %q", camera)
+	}
+	if err := a.checkThreshold(c, cmd); err != nil {
+		return mqttout.ThresholdState{}, err
 	}
 	if cmd.Reset {
 		if err := a.store.ClearThreshold(camera); err != nil {
