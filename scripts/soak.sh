@@ -72,13 +72,17 @@ PERIOD=$($PY -c "print(1/$FPS)")
 ) &
 FEEDER=$!
 
-echo "t_s,rss_kb,goroutines,open_files,store_bytes,scored" >"$OUT/soak.csv"
+# rss_kb is the whole resident set; it includes the store's memory-mapped file pages (bbolt), which grow
+# with the history by design. rss_anon_kb (heap, stacks, C allocations) is what a leak would grow.
+echo "t_s,rss_kb,rss_anon_kb,rss_file_kb,goroutines,open_files,store_bytes,scored" >"$OUT/soak.csv"
 start=$(date +%s)
 while :; do
   now=$(date +%s)
   t=$((now - start))
   kill -0 "$PID" 2>/dev/null || { echo "soak: daemon exited early (see $OUT/daemon.log)" >&2; exit 1; }
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$PID/status")
+  anon=$(awk '/^RssAnon:/ {print $2}' "/proc/$PID/status")
+  file=$(awk '/^RssFile:/ {print $2}' "/proc/$PID/status")
   fds=$(ls "/proc/$PID/fd" | wc -l)
   store=$(stat -c %s "$OUT/data/vlmdiff.db" 2>/dev/null || echo 0)
   stats=$(curl -sf --max-time 5 "http://127.0.0.1:$HTTP/api/stats" || echo "{}")
@@ -86,7 +90,7 @@ while :; do
 try: d=json.load(sys.stdin)
 except Exception: d={}
 print(d.get("goroutines",""), sum(c.get("scored",0) for c in d.get("cameras",[])))' 2>/dev/null || echo "- -")
-  echo "$t,$rss,$gor,$fds,$store,$scored" >>"$OUT/soak.csv"
+  echo "$t,$rss,$anon,$file,$gor,$fds,$store,$scored" >>"$OUT/soak.csv"
   [ "$t" -ge "$DURATION" ] && break
   sleep "$INTERVAL"
 done

@@ -10,7 +10,8 @@ import csv
 import statistics
 from pathlib import Path
 
-SERIES = [("rss_kb", "RSS (MiB)", 1 / 1024), ("goroutines", "goroutines", 1.0),
+SERIES = [("rss_kb", "RSS (MiB)", 1 / 1024), ("rss_anon_kb", "anonymous RSS (MiB): heap, stacks, C", 1 / 1024),
+          ("goroutines", "goroutines", 1.0),
           ("open_files", "open files", 1.0), ("store_bytes", "store (MiB)", 1 / 2**20)]
 
 
@@ -25,15 +26,16 @@ def load(path: Path) -> list[dict[str, float]]:
     return [r for r in rows if "t_s" in r and "rss_kb" in r]
 
 
-def growth(rows: list[dict[str, float]], warmup: float) -> tuple[float, float, float]:
-    """RSS growth after warm-up: median of the first 5 minutes after warm-up vs median of the last 5."""
+def growth(rows: list[dict[str, float]], warmup: float, key: str = "rss_kb") -> tuple[float, float, float]:
+    """Growth of key after warm-up: median of the first 5 minutes after warm-up vs median of the last 5."""
+    rows = [r for r in rows if key in r]
     after = [r for r in rows if r["t_s"] >= warmup]
     if len(after) < 4:
         return float("nan"), float("nan"), float("nan")
     t0, t1 = after[0]["t_s"], after[-1]["t_s"]
     win = min(300.0, (t1 - t0) / 3)
-    first = statistics.median(r["rss_kb"] for r in after if r["t_s"] <= t0 + win)
-    last = statistics.median(r["rss_kb"] for r in after if r["t_s"] >= t1 - win)
+    first = statistics.median(r[key] for r in after if r["t_s"] <= t0 + win)
+    last = statistics.median(r[key] for r in after if r["t_s"] >= t1 - win)
     return first, last, 100 * (last - first) / first
 
 
@@ -73,9 +75,12 @@ def main() -> None:
     parts.append("</svg>")
     out.write_text("\n".join(parts))
     first, last, pct = growth(rows, a.warmup)
+    afirst, alast, apct = growth(rows, a.warmup, "rss_anon_kb")
     scored = rows[-1].get("scored", float("nan")) if rows else float("nan")
-    print(f"soak: {len(rows)} samples over {tmax / 60:.1f} min, {scored:.0f} frames scored; RSS after "
-          f"{a.warmup:.0f}s warm-up {first / 1024:.1f} MiB -> {last / 1024:.1f} MiB ({pct:+.2f}%); plot {out}")
+    store = rows[-1].get("store_bytes", float("nan")) / 2**20 if rows else float("nan")
+    print(f"soak: {len(rows)} samples over {tmax / 60:.1f} min, {scored:.0f} frames scored, store {store:.1f} MiB; "
+          f"after {a.warmup:.0f}s warm-up RSS {first / 1024:.1f} -> {last / 1024:.1f} MiB ({pct:+.2f}%), "
+          f"anonymous RSS {afirst / 1024:.1f} -> {alast / 1024:.1f} MiB ({apct:+.2f}%); plot {out}")
 
 
 if __name__ == "__main__":
