@@ -7,7 +7,7 @@ BIN := bin/vlmdiff
 PY := /usr/bin/python3
 export ONNXRUNTIME_LIB ?= $(CURDIR)/.deps/lib/libonnxruntime.so
 
-.PHONY: all deps build demo demo-bundle test test-go test-py vet fmt bench clean
+.PHONY: all deps build demo demo-bundle test test-go test-py vet fmt bench fuzz soak clean
 
 all: build
 
@@ -36,6 +36,20 @@ test-py:
 # when ../shared/backbones is present.
 bench: build
 	./$(BIN) bench --bundle models/testdata/fixture --threads 2
+
+# Fuzz every target for FUZZTIME each (a duration, or a count such as 100000x), one worker each. `make test`
+# already runs their seed corpora (testdata/fuzz); findings are written there as new seeds.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := imagelimit:FuzzCheck pipeline:FuzzDecodePreprocess models:FuzzManifest agent/config:FuzzParse \
+	agent/mqttout:FuzzParseThresholdCommand agent/broker:FuzzCommandOf
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$pkg $$fn ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -parallel 1 ./$$pkg; done
+
+# One-hour soak (two cameras on models/demo; CSV, SVG plot and summary in SOAK_DIR). See docs/operations.md.
+SOAK_DIR ?= out/soak
+soak: build
+	DURATION=$${DURATION:-3600} scripts/soak.sh $(SOAK_DIR)
 
 # Retrain the demo bundle with the project's own trainer (about 10 minutes on 2 cores).
 demo-bundle: build

@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vlmdiff/edge/agent/broker"
 	"github.com/vlmdiff/edge/agent/config"
 	"github.com/vlmdiff/edge/agent/httpapi"
 	"github.com/vlmdiff/edge/agent/mqttout"
@@ -59,6 +60,7 @@ type Agent struct {
 	started time.Time
 	// brokerURL is the broker the publisher talks to: mqtt.broker, or the embedded one's address.
 	brokerURL string
+	embUser   *broker.User // the agent's own account on the embedded broker (nil: external broker)
 
 	submit    func(rec *store.Record, hm *mqttout.Heatmap) error
 	heartbeat atomic.Int64 // unix nanos of the last scoring progress
@@ -197,6 +199,7 @@ func (a *Agent) publisherConfig(brokerURL string) mqttout.Config {
 	pc := mqttout.DefaultConfig(brokerURL)
 	pc.ClientID, pc.Username, pc.Password, pc.Prefix = q.ClientID, q.Username, q.Password, q.Prefix
 	pc.TLS = mqttout.TLS{CAFile: q.TLS.CA, CertFile: q.TLS.Cert, KeyFile: q.TLS.Key, InsecureSkipVerify: q.TLS.Insecure}
+	a.useEmbeddedAccount(&pc)
 	pc.QoS = mqttout.QoS{Result: byte(*q.QoS.Result), Heatmap: byte(*q.QoS.Heatmap), Status: byte(*q.QoS.Status),
 		Stats: byte(*q.QoS.Stats), Command: 1}
 	pc.Heatmap.Mode = mqttout.HeatmapBinary
@@ -227,6 +230,9 @@ func (a *Agent) onThreshold(camera string, cmd mqttout.ThresholdCommand) (mqttou
 	c, ok := a.byName[camera]
 	if !ok {
 		return mqttout.ThresholdState{}, fmt.Errorf("unknown camera %q", camera)
+	}
+	if err := a.checkThreshold(c, cmd); err != nil {
+		return mqttout.ThresholdState{}, err
 	}
 	if cmd.Reset {
 		if err := a.store.ClearThreshold(camera); err != nil {

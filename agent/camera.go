@@ -174,7 +174,7 @@ func (a *Agent) forward(ctx context.Context, c *camera, in <-chan capture.Frame)
 			continue
 		}
 		if f.Origin != "" {
-			done, err := a.store.Processed(c.name, f.Origin)
+			done, err := a.store.Processed(c.name, originKey(f))
 			if err != nil {
 				a.log.Warn("checking processed origins", "camera", c.name, "file", f.Origin, "err", err)
 			} else if done {
@@ -197,4 +197,14 @@ func (a *Agent) forward(ctx context.Context, c *camera, in <-chan capture.Frame)
 			continue
 		}
 	}
+}
+
+// originKey is what the store remembers a scored folder file by: the file version's identity (name, size,
+// mtime, inode, content hash) when the source gives one, so a camera that reuses a file name is scored
+// every time and only the very same file met again after a crash is skipped.
+func originKey(f capture.Frame) string {
+	if f.OriginID != "" {
+		return f.OriginID
+	}
+	return f.Origin
 }

@@ -105,6 +105,10 @@ type CameraStats struct {
 	SourceDrops  uint64  `json:"source_drops"`
 	RateLimited  uint64  `json:"rate_limited"`
 	DecodeErrors uint64  `json:"decode_errors"`
+	// Refused counts files refused before decoding (image limits; part of decode_errors); Ignored counts
+	// non-regular entries with an image name in a watched folder (each reported once).
+	Refused      uint64  `json:"refused"`
+	Ignored      uint64  `json:"ignored_entries"`
 	ScoreErrors  uint64  `json:"score_errors"`
 	Skipped      uint64  `json:"skipped_already_processed"`
 	Samples      uint64  `json:"samples"`
@@ -163,7 +167,7 @@ func (a *Agent) cameraStats(c *camera, now time.Time) CameraStats {
 	cs := CameraStats{Name: c.name, Kind: c.cfg.Kind, State: state, Reason: reason, FPS: round2(c.fps.value(now)),
 		Frames: c.frames.Load(), Scored: c.scored.Load(), NG: c.ng.Load(), QueueDepth: a.sched.depth(c),
 		QueueDrops: c.drops.Load(), SourceDrops: ss.Dropped, RateLimited: c.rateLimited.Load(),
-		DecodeErrors: c.decodeErrs.Load(), ScoreErrors: c.scoreErrs.Load(), Skipped: c.skipped.Load(),
+		DecodeErrors: c.decodeErrs.Load(), Refused: ss.Refused, Ignored: ss.Ignored, ScoreErrors: c.scoreErrs.Load(), Skipped: c.skipped.Load(),
 		Samples: c.samples.Load(), LastSeq: c.seq.Load(), LastScore: math.Float64frombits(c.lastScore.Load()),
 		Threshold: th.Threshold, ThresholdSrc: th.Source}
 	cs.LatencyP50, cs.LatencyP95 = a.metrics.quantiles(c.name, LatCaptureToPublish)

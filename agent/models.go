@@ -216,6 +216,7 @@ func (m *modelManager) refresh(ctx context.Context) {
 		return
 	}
 	cur := m.cur.Load()
+	defer m.reportUnreadable(cands) // after the choice, so the status that stays names them
 	var firstErr error
 	for _, c := range cands {
 		if cur != nil && c.dir == cur.dir {
@@ -238,7 +239,11 @@ func (m *modelManager) refresh(ctx context.Context) {
 			return
 		}
 		m.failed[c.dir] = c.mtime
-		m.log.Error("model bundle refused; keeping the current model", "dir", c.dir, "err", err)
+		if cur != nil {
+			m.log.Error("model bundle refused; keeping the current model", "dir", c.dir, "err", err)
+		} else {
+			m.log.Error("model bundle refused; no model loaded", "dir", c.dir, "err", err)
+		}
 		if firstErr == nil {
 			firstErr = err
 		}

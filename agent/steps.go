@@ -111,8 +111,12 @@ func (a *Agent) startBroker(ctx context.Context) (func(context.Context) error, e
 	if !a.cfg.Embedded() {
 		return nil, nil
 	}
+	bcfg, err := a.embeddedBrokerConfig() // accounts, ACL and TLS (broker_config.go)
+	if err != nil {
+		return nil, err
+	}
 	bctx, cancel := context.WithCancel(ctx)
-	emb, err := broker.Start(bctx, broker.Config{Addr: a.cfg.MQTT.Listen, Logger: a.log})
+	emb, err := broker.Start(bctx, bcfg)
 	if err != nil {
 		cancel()
 		return nil, err

@@ -160,7 +160,8 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	mf := m.manifest
 	rec := &store.Record{Camera: c.name, Seq: j.seq, FrameTime: j.frame.Time, Score: r.Score, RawScore: r.RawScore,
 		Threshold: r.Threshold, Verdict: r.Verdict, Class: r.Class, Model: store.Model{Name: mf.Name, Version: mf.Version},
-		LatencyMS: lat, AnomalyAreaPct: r.AnomalyAreaPct, Origin: j.frame.Origin}
+		LatencyMS: lat, AnomalyAreaPct: r.AnomalyAreaPct, Origin: j.frame.Origin,
+		OriginKey: originKey(j.frame)}
 
 	c.waitTurn(j.seq)
 	now := time.Now()

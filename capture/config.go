@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/vlmdiff/edge/imagelimit"
 )
 
 // Source kinds.
@@ -64,6 +66,11 @@ type Config struct {
 	// RetryMin and RetryMax bound the reconnect backoff (defaults 500ms and 30s).
 	RetryMin time.Duration `yaml:"retry_min"`
 	RetryMax time.Duration `yaml:"retry_max"`
+
+	// ImageLimits bound the image files a folder (or synthetic samples) source decodes: max_pixels (default
+	// 50000000) and max_bytes (default 64MiB). Files over them, or whose header cannot be read, are refused
+	// before decoding and moved to failed/ with a .reason.txt; see package imagelimit.
+	ImageLimits imagelimit.Limits `yaml:"image_limits"`
 
 	Folder    FolderConfig    `yaml:"folder"`
 	Synthetic SyntheticConfig `yaml:"synthetic"`
@@ -176,6 +183,9 @@ func (c Config) Validate() error {
 	}
 	if c.RetryMin > 0 && c.RetryMax > 0 && c.RetryMax < c.RetryMin {
 		return bad("retry_max", "%v is below retry_min %v", c.RetryMax, c.RetryMin)
+	}
+	if err := c.ImageLimits.Validate(); err != nil {
+		return bad("image_limits", "%v", err)
 	}
 	f := c.Folder
 	switch f.After {

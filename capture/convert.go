@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vlmdiff/edge/imagelimit"
 	"gocv.io/x/gocv"
 )
 
@@ -35,10 +36,14 @@ func matToRGB(m gocv.Mat) (w, h int, pix []byte, err error) {
 	return w, h, pix, nil
 }
 
-// decodeImage decodes an encoded image file's bytes into packed RGB.
-func decodeImage(data []byte) (w, h int, pix []byte, err error) {
+// decodeImage decodes an encoded image file's bytes into packed RGB, after imagelimit has checked the header
+// against lim (OpenCV must never see a header it would abort on or a decompression bomb).
+func decodeImage(data []byte, lim imagelimit.Limits) (w, h int, pix []byte, err error) {
 	if len(data) == 0 {
 		return 0, 0, nil, fmt.Errorf("file is empty")
+	}
+	if _, err := imagelimit.Check(data, lim); err != nil {
+		return 0, 0, nil, err
 	}
 	m, err := gocv.IMDecode(data, gocv.IMReadColor)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/vlmdiff/edge/imagelimit"
 )
 
 // folderSource watches a directory and emits each complete image file once; see the package doc for the
@@ -27,9 +28,10 @@ type folderSource struct {
 	c   counters
 
 	mu       sync.Mutex
-	entries  map[string]*entry // by path: files seen and not yet finished, and kept files
-	ready    []readyRef        // complete files in emission order
-	seen     uint64            // first-sight counter
+	entries  map[string]*entry   // by path: files seen and not yet finished, and kept files
+	ignored  map[string]struct{} // image-named entries that are not regular files, reported once
+	ready    []readyRef          // complete files in emission order
+	seen     uint64              // first-sight counter
 	inflight int
 	seq      uint64
 
@@ -56,6 +58,7 @@ type entry struct {
 	size       int64
 	mtime      time.Time
 	gen        uint64 // bumped each time the entry becomes ready; stale queue refs are skipped
+	reason     string // why the source failed the file (written next to it in failed/)
 }
 
 type readyRef struct {
@@ -68,6 +71,7 @@ func newFolder(cfg Config) *folderSource {
 		cfg:     cfg,
 		dir:     filepath.Clean(cfg.Path),
 		entries: make(map[string]*entry),
+		ignored: make(map[string]struct{}),
 		acks:    make(chan struct{}, 1),
 		notes:   make(chan Event, 64),
 	}
@@ -100,8 +104,9 @@ func (s *folderSource) Run(ctx context.Context, out chan<- Frame, events chan<- 
 			break
 		}
 		s.c.reconnects.Add(1)
-		rep.state(StateOffline, err.Error())
-		sleepCtx(ctx, bo.delay())
+		d := bo.delay()
+		rep.state(StateOffline, retryIn(err.Error(), d))
+		sleepCtx(ctx, d)
 	}
 	return nil
 }
@@ -219,8 +224,15 @@ func (s *folderSource) scan() error {
 		info os.FileInfo
 	}
 	var fs []found
+	present := make(map[string]bool)
 	for _, de := range ents {
-		if !de.Type().IsRegular() || !isImageName(de.Name()) {
+		if !isImageName(de.Name()) {
+			continue
+		}
+		if !de.Type().IsRegular() {
+			p := filepath.Join(s.dir, de.Name())
+			present[p] = true
+			s.ignore(p, de.Type())
 			continue
 		}
 		info, err := de.Info()
@@ -236,11 +248,47 @@ func (s *folderSource) scan() error {
 		}
 		return fs[i].path < fs[j].path
 	})
+	s.mu.Lock()
+	for p := range s.ignored { // gone, or replaced: report it again should it come back
+		if !present[p] {
+			delete(s.ignored, p)
+		}
+	}
+	s.mu.Unlock()
 	now := time.Now()
 	for _, f := range fs {
 		s.add(f.path, f.info, now, false)
 	}
 	return nil
+}
+
+// ignore reports, once per appearance, an entry with an image name that is not a regular file (a symlink, a
+// directory, a device): it is never read (a symlink could point anywhere, a FIFO would block) and stays
+// where it is, so without this it would sit in the folder unexplained.
+func (s *folderSource) ignore(path string, mode os.FileMode) {
+	s.mu.Lock()
+	_, known := s.ignored[path]
+	if !known {
+		s.ignored[path] = struct{}{}
+	}
+	s.mu.Unlock()
+	if known {
+		return
+	}
+	s.c.ignored.Add(1)
+	kind := "not a regular file"
+	switch {
+	case mode&os.ModeSymlink != 0:
+		kind = "a symbolic link"
+	case mode.IsDir():
+		kind = "a directory"
+	}
+	slog.Warn("capture: folder entry ignored", "camera", s.cfg.Name, "file", path, "reason", kind)
+	select {
+	case s.notes <- Event{Camera: s.cfg.Name, State: StateError, Reason: fmt.Sprintf("%s ignored: %s", path, kind),
+		Time: time.Now(), Transient: true, File: path}:
+	default:
+	}
 }
 
 func (s *folderSource) onEvent(ev fsnotify.Event) {
@@ -252,6 +300,8 @@ func (s *folderSource) onEvent(ev fsnotify.Event) {
 		info, err := os.Lstat(name)
 		if err == nil && info.Mode().IsRegular() {
 			s.add(name, info, time.Now(), true)
+		} else if err == nil {
+			s.ignore(name, info.Mode())
 		}
 		return
 	}
@@ -260,6 +310,7 @@ func (s *folderSource) onEvent(ev fsnotify.Event) {
 			return // a new file already took the name
 		}
 		s.mu.Lock()
+		delete(s.ignored, name)
 		if e := s.entries[name]; e != nil && (e.status == stPending || e.status == stReady || e.status == stKept) {
 			delete(s.entries, name)
 		}
@@ -373,7 +424,19 @@ func (s *folderSource) loadNext(rep reporter) (*Frame, *entry) {
 		s.inflight++
 		s.mu.Unlock()
 
-		data, err := os.ReadFile(e.path)
+		data, _, err := imagelimit.ReadFile(e.path, s.cfg.ImageLimits)
+		if errors.Is(err, imagelimit.ErrRefused) {
+			// Too large, or a header no decoder we trust reads: never handed to OpenCV, moved to failed/ with
+			// the reason beside it, so a restart does not meet it again.
+			s.c.refused.Add(1)
+			s.c.decodeErrors.Add(1) // a refusal is a file that was not decoded; Refused tells why
+			reason := fmt.Sprintf("image %s refused: %v", e.path, err)
+			slog.Warn("capture: image refused before decoding", "camera", s.cfg.Name, "file", e.path, "err", err)
+			rep.transient(StateError, e.path, reason)
+			e.reason = reason
+			s.finish(e, false)
+			continue
+		}
 		if errors.Is(err, os.ErrNotExist) {
 			s.unload(e)
 			rep.transient(StateError, e.path, "file vanished before it was read: "+e.path)
@@ -389,20 +452,24 @@ func (s *folderSource) loadNext(rep reporter) (*Frame, *entry) {
 			s.mu.Unlock()
 			continue
 		}
-		w, h, pix, err := decodeImage(data)
+		w, h, pix, err := decodeImage(data, s.cfg.ImageLimits)
 		if err != nil {
 			s.c.decodeErrors.Add(1)
-			rep.transient(StateError, e.path, fmt.Sprintf("image %s is unreadable: %v", e.path, err))
+			reason := fmt.Sprintf("image %s is unreadable: %v", e.path, err)
+			rep.transient(StateError, e.path, reason)
+			e.reason = reason
 			s.finish(e, false)
 			continue
 		}
+		id := fileIdentity(e.path, data)
 		s.mu.Lock()
 		s.seq++
 		seq := s.seq
 		s.mu.Unlock()
 		var once sync.Once
 		f := &Frame{Camera: s.cfg.Name, Seq: seq, Time: e.mtime, Width: w, Height: h, Pix: pix, Origin: e.path,
-			Done: func(ok bool) { once.Do(func() { s.finish(e, ok) }) }}
+			OriginID: id,
+			Done:     func(ok bool) { once.Do(func() { s.finish(e, ok) }) }}
 		return f, e
 	}
 }
@@ -431,7 +498,14 @@ func (s *folderSource) finish(e *entry, ok bool) {
 	case ok:
 		_, err = s.moveUnique(e.path, s.cfg.Folder.ProcessedDir)
 	default:
-		_, err = s.moveUnique(e.path, s.cfg.Folder.FailedDir)
+		var dst string
+		dst, err = s.moveUnique(e.path, s.cfg.Folder.FailedDir)
+		if err == nil && e.reason != "" {
+			// The reason travels with the file, for whoever empties failed/.
+			if werr := os.WriteFile(dst+".reason.txt", []byte(e.reason+"\n"), 0o644); werr != nil {
+				slog.Warn("capture: reason of a failed file not written", "camera", s.cfg.Name, "file", dst, "err", werr)
+			}
+		}
 	}
 	s.mu.Lock()
 	s.inflight--

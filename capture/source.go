@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,10 @@ type Frame struct {
 	Pix    []byte
 	// Origin is the file a folder source read the frame from; empty for other kinds.
 	Origin string
+	// OriginID identifies the file's content at the time it was read (name, size, mtime, inode and a content
+	// hash), so a file rewritten under the same name is a new origin while the very same file met again after
+	// a crash is not. Empty for other kinds.
+	OriginID string
 	// Truth is the ground truth when the source knows it (synthetic): "good" or the defect kind ("blob",
 	// "scratch"). Empty when unknown.
 	Truth string
@@ -71,6 +76,12 @@ type Stats struct {
 	Reconnects uint64
 	// Dropped counts frames a live source dropped because the consumer was busy.
 	Dropped uint64
+	// Refused counts image files refused before decoding (over the image limits, or no readable header);
+	// they are counted in DecodeErrors too.
+	Refused uint64
+	// Ignored counts entries of a watched folder that carry an image name but are not regular files
+	// (symlinks, directories, devices); each is reported once and left alone.
+	Ignored uint64
 	// InFlight is the number of folder frames delivered but not yet acknowledged; Backlog the number of files
 	// seen and waiting (being written, or complete and queued). Zero for other kinds.
 	InFlight int
@@ -93,8 +104,10 @@ type Source interface {
 // counters is the shared Stats implementation.
 type counters struct {
 	frames, decodeErrors, reconnects, dropped atomic.Uint64
+	refused, ignored                          atomic.Uint64
 	mu                                        sync.Mutex
 	state                                     State
+	reason                                    string
 	lastFrame                                 time.Time
 }
 
@@ -107,18 +120,23 @@ func (c *counters) snapshot() Stats {
 		DecodeErrors: c.decodeErrors.Load(),
 		Reconnects:   c.reconnects.Load(),
 		Dropped:      c.dropped.Load(),
+		Refused:      c.refused.Load(),
+		Ignored:      c.ignored.Load(),
 		LastFrame:    c.lastFrame,
 	}
 }
 
-// setState records s and reports whether it changed.
-func (c *counters) setState(s State) bool {
+// setState records s and its reason and reports whether the state changed or, for a state other than
+// online, its reason did: a camera that stays offline for a new reason (a missing video file replaced by
+// garbage) must not keep reporting the old one, while an online camera's wording ("receiving frames",
+// "picture moving again") is not news.
+func (c *counters) setState(s State, reason string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == s {
+	if c.state == s && (s == StateOnline || c.reason == reason) {
 		return false
 	}
-	c.state = s
+	c.state, c.reason = s, reason
 	return true
 }
 
@@ -157,9 +175,9 @@ func directEmit(ctx context.Context, events chan<- Event) func(Event, bool) {
 	}
 }
 
-// state records s and sends an event when it differs from the current state.
+// state records s and sends an event when it or its reason differs from the current one.
 func (r reporter) state(s State, reason string) {
-	if !r.c.setState(s) {
+	if !r.c.setState(s, reason) {
 		return
 	}
 	r.emit(Event{Camera: r.camera, State: s, Reason: reason, Time: time.Now()}, true)
@@ -183,4 +201,9 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// retryIn appends when the next attempt comes to an offline reason, as docs/mqtt.md shows it.
+func retryIn(reason string, d time.Duration) string {
+	return fmt.Sprintf("%s, retry in %s", reason, d.Round(100*time.Millisecond))
 }

@@ -3,10 +3,10 @@ package capture
 import (
 	"context"
 	"fmt"
+	"github.com/vlmdiff/edge/imagelimit"
 	"image"
 	"math"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -118,7 +118,7 @@ func (s *syntheticSource) Generate(seq uint64) (Frame, error) {
 			s.files = files
 		}
 		f.Origin = filepath.Join(s.cfg.Path, s.files[int((seq-1)%uint64(len(s.files)))])
-		w, h, pix, err := loadImage(f.Origin, s.cfg.Width, s.cfg.Height)
+		w, h, pix, err := loadImage(f.Origin, s.cfg.Width, s.cfg.Height, s.cfg.ImageLimits)
 		if err != nil {
 			return f, fmt.Errorf("synthetic sample %s: %w", f.Origin, err)
 		}
@@ -234,13 +234,14 @@ func clamp8(v float64) byte {
 func isImageName(name string) bool { return imagefiles.IsImage(name) }
 
 // loadImage reads and decodes an image file to RGB, resized to w x h when both are > 0.
-func loadImage(path string, w, h int) (int, int, []byte, error) {
-	data, err := os.ReadFile(path)
+// The file is refused before decoding when it is over lim (see imagelimit).
+func loadImage(path string, w, h int, lim imagelimit.Limits) (int, int, []byte, error) {
+	data, _, err := imagelimit.ReadFile(path, lim)
 	if err != nil {
 		return 0, 0, nil, err
 	}
 	if w <= 0 || h <= 0 {
-		return decodeImage(data)
+		return decodeImage(data, lim)
 	}
 	m, err := gocv.IMDecode(data, gocv.IMReadColor)
 	if err != nil || m.Empty() {

@@ -205,8 +205,9 @@ func (s *videoSource) work(ctx context.Context, items chan<- item) error {
 		vc, fileFPS, err := s.open()
 		if err != nil {
 			s.c.reconnects.Add(1)
-			rep.state(StateOffline, err.Error())
-			sleepCtx(ctx, bo.delay())
+			d := bo.delay()
+			rep.state(StateOffline, retryIn(err.Error(), d))
+			sleepCtx(ctx, d)
 			continue
 		}
 		end, n := s.stream(ctx, vc, &m, fileFPS, rep, &fd, send, bo)
@@ -216,8 +217,9 @@ func (s *videoSource) work(ctx context.Context, items chan<- item) error {
 			return nil
 		case end == endEOF && n == 0:
 			s.c.reconnects.Add(1)
-			rep.state(StateError, fmt.Sprintf("video file %s has no readable frames", s.cfg.Path))
-			sleepCtx(ctx, bo.delay())
+			d := bo.delay()
+			rep.state(StateError, retryIn(fmt.Sprintf("video file %s has no readable frames", s.cfg.Path), d))
+			sleepCtx(ctx, d)
 		case end == endEOF && s.cfg.Loop:
 			// Re-open rather than seek: seeking to frame 0 is unreliable in some containers.
 		case end == endEOF:
@@ -225,8 +227,9 @@ func (s *videoSource) work(ctx context.Context, items chan<- item) error {
 			return nil
 		default:
 			s.c.reconnects.Add(1)
-			rep.state(StateOffline, "stream stopped delivering frames; reconnecting")
-			sleepCtx(ctx, bo.delay())
+			d := bo.delay()
+			rep.state(StateOffline, retryIn("stream stopped delivering frames", d))
+			sleepCtx(ctx, d)
 		}
 	}
 	return nil

@@ -5,17 +5,26 @@ import (
 	"fmt"
 	"image"
 	"math"
-	"os"
 
+	"github.com/vlmdiff/edge/imagelimit"
 	"gocv.io/x/gocv"
 )
 
-// DecodeImage decodes an encoded image (PNG, JPEG, BMP, TIFF, WebP, ... whatever OpenCV reads) into RGB. Grey
-// and 16-bit images are converted to 8-bit RGB and alpha is dropped, as PIL's convert("RGB") does in the
-// reference.
+// DecodeImage decodes an encoded image (PNG, JPEG, BMP, TIFF, WebP) into RGB, within imagelimit's default
+// limits (DecodeImageLimited takes others). Grey and 16-bit images are converted to 8-bit RGB and alpha is
+// dropped, as PIL's convert("RGB") does in the reference.
 func DecodeImage(data []byte) (Image, error) {
+	return DecodeImageLimited(data, imagelimit.Limits{})
+}
+
+// DecodeImageLimited is DecodeImage with the header first checked against lim (an error wrapping
+// imagelimit.ErrRefused), so OpenCV never sees a header it would abort on, or a decompression bomb.
+func DecodeImageLimited(data []byte, lim imagelimit.Limits) (Image, error) {
 	if len(data) == 0 {
 		return Image{}, errors.New("decode image: empty data")
+	}
+	if _, err := imagelimit.Check(data, lim); err != nil {
+		return Image{}, fmt.Errorf("decode image: %w", err)
 	}
 	m, err := gocv.IMDecode(data, gocv.IMReadColor)
 	if err != nil {
@@ -28,13 +37,18 @@ func DecodeImage(data []byte) (Image, error) {
 	return FromMat(m)
 }
 
-// ReadImage reads and decodes an image file.
+// ReadImage reads and decodes an image file within imagelimit's default limits.
 func ReadImage(path string) (Image, error) {
-	data, err := os.ReadFile(path)
+	return ReadImageLimited(path, imagelimit.Limits{})
+}
+
+// ReadImageLimited reads and decodes an image file; a file over lim is refused before it is read whole.
+func ReadImageLimited(path string, lim imagelimit.Limits) (Image, error) {
+	data, _, err := imagelimit.ReadFile(path, lim)
 	if err != nil {
-		return Image{}, err
+		return Image{}, fmt.Errorf("%s: %w", path, err)
 	}
-	img, err := DecodeImage(data)
+	img, err := DecodeImageLimited(data, lim)
 	if err != nil {
 		return Image{}, fmt.Errorf("%s: %w", path, err)
 	}

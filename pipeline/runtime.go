@@ -100,7 +100,8 @@ func RuntimeLibrary() string {
 
 // Options configures how a bundle's graphs run.
 type Options struct {
-	// Providers in order of preference: "cuda", "cpu". CPU is always the last resort.
+	// Providers in order of preference: "cuda", "cpu", or "auto" (CUDA when usable, else CPU, logged only at
+	// debug level). CPU is always the last resort; an unusable "cuda" named explicitly is warned about once.
 	Providers []string
 	// Threads is ONNX Runtime's intra-op thread count per session (0 = ONNX Runtime's default).
 	Threads int
@@ -165,11 +166,20 @@ func newSessionOptions(o Options, logOnce *sync.Once) (*ort.SessionOptions, stri
 				}
 				slog.Warn("CUDA execution provider unavailable, using CPU", "reason", reason)
 			})
+		case "auto":
+			// CUDA when this build and machine have it; otherwise CPU without a warning, because nobody asked
+			// for CUDA (`vlmdiff score` on a CPU-only install warned on every run).
+			if err := appendCUDA(so, o.DeviceID); err == nil {
+				return so, "cuda", nil
+			} else {
+				logOnce.Do(func() { slog.Debug("CUDA execution provider unavailable, using CPU", "reason", err.Error()) })
+			}
+			return so, provider, nil
 		case "cpu", "":
 			return so, provider, nil
 		default:
 			so.Destroy()
-			return nil, "", fmt.Errorf("unknown execution provider %q (want cuda or cpu)", p)
+			return nil, "", fmt.Errorf("unknown execution provider %q (want cuda, cpu or auto)", p)
 		}
 	}
 	return so, provider, nil

@@ -1,10 +1,12 @@
 // Package broker runs an embedded MQTT broker (mochi-mqtt) inside the daemon, for installations that name no
 // external broker: the agent then publishes to itself and dashboards/PLCs subscribe to the agent's address.
-// It is anonymous and in-memory (no auth, no persistence): bind it to loopback or a trusted network only.
+// It is in-memory (no persistence). Without Config.Access it is anonymous and allow-all, which Start only
+// permits on loopback; with it, clients authenticate and only the agent publishes its own topics (access.go).
 package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,12 +27,18 @@ type Config struct {
 	// Addr is host:port to listen on (default DefaultAddr; port 0 picks a free one, see Broker.Addr).
 	Addr   string
 	Logger *slog.Logger
+	// Access, when not nil, is enforced (see Access); nil keeps the old allow-all behaviour, which Start
+	// refuses on an address beyond loopback.
+	Access *Access
+	// TLS, when not nil, makes the listener speak MQTT over TLS.
+	TLS *tls.Config
 }
 
 // Broker is a running embedded broker.
 type Broker struct {
 	srv  *mqtt.Server
 	addr string
+	tls  bool
 	once sync.Once
 	done chan struct{}
 	err  error
@@ -50,10 +58,20 @@ func Start(ctx context.Context, cfg Config) (*Broker, error) {
 	}
 	log := slog.New(quietHandler{cfg.Logger.With("component", "broker").Handler()})
 	srv := mqtt.New(&mqtt.Options{InlineClient: false, Logger: log})
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-		return nil, fmt.Errorf("embedded broker: allow-all auth hook: %w", err)
+	if cfg.Access != nil {
+		if err := srv.AddHook(&accessHook{acc: *cfg.Access}, nil); err != nil {
+			return nil, fmt.Errorf("embedded broker: access hook: %w", err)
+		}
+	} else {
+		if !isLoopback(cfg.Addr) {
+			return nil, fmt.Errorf("embedded broker: refusing to serve anonymous clients on %s, beyond loopback, "+
+				"without access control", cfg.Addr)
+		}
+		if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+			return nil, fmt.Errorf("embedded broker: allow-all auth hook: %w", err)
+		}
 	}
-	tcp := listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: "tcp", Address: cfg.Addr})
+	tcp := listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: "tcp", Address: cfg.Addr, TLSConfig: cfg.TLS})
 	if err := srv.AddListener(tcp); err != nil {
 		return nil, fmt.Errorf("embedded broker: listen on %s: %w", cfg.Addr, err)
 	}
@@ -61,7 +79,7 @@ func Start(ctx context.Context, cfg Config) (*Broker, error) {
 		_ = srv.Close()
 		return nil, fmt.Errorf("embedded broker: serve on %s: %w", cfg.Addr, err)
 	}
-	b := &Broker{srv: srv, addr: tcp.Address(), done: make(chan struct{})}
+	b := &Broker{srv: srv, addr: tcp.Address(), done: make(chan struct{}), tls: cfg.TLS != nil}
 	cfg.Logger.Info("embedded MQTT broker listening", "addr", b.addr)
 	go func() {
 		select {
@@ -76,8 +94,26 @@ func Start(ctx context.Context, cfg Config) (*Broker, error) {
 // Addr returns the address actually listened on (host:port).
 func (b *Broker) Addr() string { return b.addr }
 
-// URL returns the broker's URL in paho's form (tcp://host:port).
-func (b *Broker) URL() string { return "tcp://" + b.addr }
+// URL returns the broker's URL in paho's form (tcp://host:port, or ssl:// with TLS).
+func (b *Broker) URL() string {
+	if b.tls {
+		return "ssl://" + b.addr
+	}
+	return "tcp://" + b.addr
+}
+
+// isLoopback reports whether addr binds only the loopback interface.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
 
 // Close stops the broker and disconnects its clients. Safe to call more than once.
 func (b *Broker) Close() error {

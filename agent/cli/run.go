@@ -35,6 +35,9 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return &ExitError{Code: 2, Err: err}
 	}
+	if err := cfg.CheckFiles(); err != nil {
+		return &ExitError{Code: 2, Err: fmt.Errorf("config %s: %w", *path, err)}
+	}
 	if *check {
 		models := cfg.Models.Dir
 		if cfg.Models.Bundle != "" {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/vlmdiff/edge/imagelimit"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 )
@@ -39,8 +40,12 @@ func runScore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := NewFlagSet("score", "--bundle DIR [--out DIR] [--class C] IMAGE...", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
-	out := fs.String("out", "", "write <name>.heatmap.png and <name>.map.npy (float32 anomaly map) per image here")
+	out := fs.String("out", "", "write <name>.heatmap.png and <name>.map.npy (float32 anomaly map) per image here, "+
+		"under the image's path relative to the images' common folder (a/000.png and b/000.png give DIR/a/000.* and DIR/b/000.*)")
 	class := fs.String("class", "", "class of the images (selects per-class calibration)")
+	var lim imagelimit.Limits
+	fs.Int64Var(&lim.MaxPixels, "max-pixels", imagelimit.DefaultMaxPixels, "refuse images whose header claims more pixels")
+	fs.Int64Var(&lim.MaxBytes, "max-bytes", imagelimit.DefaultMaxBytes, "refuse image files larger than this")
 	if err := Parse(fs, args); err != nil {
 		return err
 	}
@@ -59,13 +64,21 @@ func runScore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
+	if err := lim.Validate(); err != nil {
+		return fmt.Errorf("--max-pixels/--max-bytes: %w", err)
+	}
+	stems := outputStems(fs.Args())
 	enc := json.NewEncoder(stdout)
 	failed := 0
-	for _, path := range fs.Args() {
+	for i, path := range fs.Args() {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		line, err := scoreOne(ctx, s, path, *class, *out)
+		stem := ""
+		if *out != "" {
+			stem = filepath.Join(*out, stems[i])
+		}
+		line, err := scoreOne(ctx, s, path, *class, stem, lim)
 		if err != nil {
 			failed++
 			fmt.Fprintf(stderr, "vlmdiff score: %v\n", err)
@@ -81,8 +94,9 @@ func runScore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-func scoreOne(ctx context.Context, s *pipeline.Scorer, path, class, out string) (*scoreLine, error) {
-	img, err := pipeline.ReadImage(path)
+// scoreOne scores one image; with a non-empty stem it writes <stem>.heatmap.png and <stem>.map.npy.
+func scoreOne(ctx context.Context, s *pipeline.Scorer, path, class, stem string, lim imagelimit.Limits) (*scoreLine, error) {
+	img, err := pipeline.ReadImageLimited(path, lim)
 	if err != nil {
 		return nil, err // names the path
 	}
@@ -96,17 +110,19 @@ func scoreOne(ctx context.Context, s *pipeline.Scorer, path, class, out string) 
 	}
 	line := &scoreLine{Image: path, Score: r.Score, RawScore: r.RawScore, Threshold: r.Threshold, Verdict: r.Verdict,
 		AnomalyAreaPct: r.AnomalyAreaPct, Class: r.Class, LatencyMS: r.LatencyMS, Model: r.Model}
-	if out != "" {
-		base := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+	if stem != "" {
 		png, err := s.Heatmap(img, &r, "png")
 		if err != nil {
 			return nil, err
 		}
-		line.Heatmap = filepath.Join(out, base+".heatmap.png")
+		if err := os.MkdirAll(filepath.Dir(stem), 0o755); err != nil {
+			return nil, err
+		}
+		line.Heatmap = stem + ".heatmap.png"
 		if err := os.WriteFile(line.Heatmap, png, 0o644); err != nil {
 			return nil, err
 		}
-		line.Map = filepath.Join(out, base+".map.npy")
+		line.Map = stem + ".map.npy"
 		if err := WriteNPY(line.Map, r.Map, r.MapHeight, r.MapWidth); err != nil {
 			return nil, err
 		}

@@ -13,6 +13,12 @@ type Camera struct {
 	// the calibrated score is recomputed so that the threshold still maps to 0.5). A runtime override set over
 	// MQTT (<prefix>/<camera>/threshold/set) wins over this one.
 	Threshold *float64 `yaml:"threshold"`
+	// RemoteThreshold allows threshold commands over MQTT for this camera. Default true; false refuses them
+	// (the refusal is published on <prefix>/<camera>/threshold/state).
+	RemoteThreshold *bool `yaml:"remote_threshold"`
+	// ThresholdRange is [min, max], the raw-score range a remote threshold must fall in. Default: derived
+	// from the bundle's calibration for the camera's class (see agent.ThresholdBounds).
+	ThresholdRange []float64 `yaml:"threshold_range"`
 	// RateLimit caps the frames per second this camera sends to scoring; extra frames are skipped at the
 	// source (counted as rate-limited, not as drops). 0 = no limit.
 	RateLimit float64 `yaml:"rate_limit"`
@@ -29,3 +35,6 @@ type Camera struct {
 
 // HeatmapOn reports whether heatmaps are published for the camera.
 func (c *Camera) HeatmapOn() bool { return c.Heatmap == nil || *c.Heatmap }
+
+// RemoteThresholdOn reports whether MQTT threshold commands are accepted for the camera.
+func (c *Camera) RemoteThresholdOn() bool { return c.RemoteThreshold == nil || *c.RemoteThreshold }

@@ -82,6 +82,35 @@ type MQTT struct {
 	Heatmap  HeatmapOut `yaml:"heatmap"`
 	// StatsInterval is the period of <prefix>/stats. Default 10s; 0 after defaults is impossible.
 	StatsInterval time.Duration `yaml:"stats_interval"`
+	// Embedded secures the embedded broker (used when Broker is empty); see docs/operations.md, "Securing MQTT".
+	Embedded EmbeddedBroker `yaml:"embedded"`
+}
+
+// EmbeddedBroker holds the embedded broker's access control. The agent's own connection uses a random
+// per-start credential and may publish everything; every other client is one of Users or anonymous.
+type EmbeddedBroker struct {
+	// AllowAnonymous lets clients without a username connect (read-only unless no Users are configured).
+	// Default: allowed when Listen is a loopback address, refused otherwise.
+	AllowAnonymous *bool `yaml:"allow_anonymous"`
+	// Users are the accounts the broker accepts.
+	Users []BrokerUser `yaml:"users"`
+	// TLS, when Cert and Key are set, makes the embedded broker speak MQTT over TLS on Listen.
+	TLS ServerTLS `yaml:"tls"`
+}
+
+// BrokerUser is one embedded-broker account. Every user may subscribe to everything; only the agent may
+// publish under the prefix, except the commands a user is allowed here.
+type BrokerUser struct {
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// Commands this user may publish: threshold (<prefix>/<camera>/threshold/set), sample (.../sample/set).
+	Commands []string `yaml:"commands"`
+}
+
+// ServerTLS is a server certificate and key (PEM files).
+type ServerTLS struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
 }
 
 // TLS holds client TLS settings.

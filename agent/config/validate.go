@@ -274,6 +274,7 @@ func (c *Config) Validate() error {
 			bad("http.listen", "must be host:port (e.g. 127.0.0.1:8080) or empty for off: %v", err)
 		}
 	}
+	errs = append(errs, c.validateHardening()...)
 	return errors.Join(errs...)
 }
 

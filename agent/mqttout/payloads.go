@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vlmdiff/edge/agent/internal/echo"
 	"math"
 	"strconv"
 	"strings"
@@ -110,7 +111,7 @@ func ParseThresholdCommand(payload []byte) (ThresholdCommand, error) {
 	if strings.HasPrefix(s, "{") {
 		var obj map[string]json.RawMessage
 		if err := json.Unmarshal([]byte(s), &obj); err != nil {
-			return ThresholdCommand{}, fmt.Errorf("%w: invalid JSON: %v", ErrBadCommand, err)
+			return ThresholdCommand{}, fmt.Errorf("%w: invalid JSON %s: %s", ErrBadCommand, echo.String(s), echo.Clip(err.Error(), 120))
 		}
 		if r, ok := obj["reset"]; ok {
 			var reset bool
@@ -124,12 +125,12 @@ func ParseThresholdCommand(payload []byte) (ThresholdCommand, error) {
 			return ThresholdCommand{}, fmt.Errorf("%w: want exactly one key, threshold or reset", ErrBadCommand)
 		}
 		if err := json.Unmarshal(raw, &th); err != nil {
-			return ThresholdCommand{}, fmt.Errorf("%w: threshold %s is not a number", ErrBadCommand, raw)
+			return ThresholdCommand{}, fmt.Errorf("%w: threshold %s is not a number", ErrBadCommand, echo.Short(raw))
 		}
 	} else {
 		v, err := strconv.ParseFloat(s, 64)
 		if err != nil {
-			return ThresholdCommand{}, fmt.Errorf("%w: %q is not a number", ErrBadCommand, s)
+			return ThresholdCommand{}, fmt.Errorf("%w: %s is not a number", ErrBadCommand, echo.String(s))
 		}
 		th = v
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vlmdiff/edge/agent/internal/echo"
 	"log/slog"
 	"slices"
 	"strings"
@@ -208,11 +209,13 @@ func (p *Publisher) knownCamera(camera string) error {
 }
 
 func (p *Publisher) handleCommand(c command) {
-	log := p.log.With("camera", c.camera, "command", c.kind)
 	if err := p.knownCamera(c.camera); err != nil {
-		log.Warn("mqtt command rejected", "err", err)
+		// The camera level of the topic is the sender's text: echo a short escaped prefix only.
+		p.log.Warn("mqtt command rejected", "camera", echo.String(c.camera), "command", c.kind,
+			"err", echo.Clip(err.Error(), maxReason))
 		return
 	}
+	log := p.log.With("camera", c.camera, "command", c.kind)
 	switch c.kind {
 	case "threshold":
 		cmd, err := ParseThresholdCommand(c.payload)
@@ -224,14 +227,15 @@ func (p *Publisher) handleCommand(c command) {
 			st, err = p.cfg.OnThreshold(c.camera, cmd)
 		}
 		if err != nil {
-			log.Warn("mqtt threshold command refused", "payload", truncate(c.payload), "err", err)
+			reason := echo.Clip(err.Error(), maxReason)
+			log.Warn("mqtt threshold command refused", "payload", echo.Short(c.payload), "err", reason)
 			p.mu.Lock()
 			prev, ok := p.thresholds[c.camera]
 			p.mu.Unlock()
 			if !ok {
 				prev = ThresholdState{Camera: c.camera}
 			}
-			prev.Error = err.Error()
+			prev.Error = reason
 			p.publishJSON(p.topic(c.camera, "threshold", "state"), p.cfg.QoS.Status, true, prev)
 			return
 		}
@@ -249,12 +253,9 @@ func (p *Publisher) handleCommand(c command) {
 	}
 }
 
-func truncate(b []byte) string {
-	if len(b) > 64 {
-		return string(b[:64]) + "..."
-	}
-	return string(b)
-}
+// maxReason bounds a refusal's text on the retained state topic and in the log: it embeds at most a short
+// escaped prefix of the payload (package echo), and this caps whatever else an error carries.
+const maxReason = 512
 
 // SetCameraStatus publishes a camera's state (retained) when it changes and keeps it for republishing after
 // reconnects. Since is the time of the change.

@@ -40,8 +40,19 @@ type Record struct {
 	AnomalyAreaPct float64            `json:"anomaly_area_pct"`
 	HeatmapKey     string             `json:"heatmap_key,omitempty"`
 	ThumbnailKey   string             `json:"thumbnail_key,omitempty"`
-	// Origin identifies the frame's source object (a folder source's file name); recorded as processed.
+	// Origin identifies the frame's source object (a folder source's file name).
 	Origin string `json:"origin,omitempty"`
+	// OriginKey is what is recorded as processed (see Processed): the origin's version identity, so a file
+	// name that is reused is a new origin. Empty: Origin is recorded.
+	OriginKey string `json:"origin_key,omitempty"`
+}
+
+// processedKey is the key Commit records as processed.
+func (r *Record) processedKey() string {
+	if r.OriginKey != "" {
+		return r.OriginKey
+	}
+	return r.Origin
 }
 
 func (r *Record) validate() error {
@@ -79,12 +90,12 @@ func (s *Store) Commit(rec *Record, msgs []Message, opts CommitOptions) error {
 	r := *rec
 	r.StoredAt = now
 	err := s.update("commit", func(tx *bolt.Tx) error {
-		if r.Origin != "" {
-			ok := tx.Bucket(bOrigins).Get(originKey(r.Camera, r.Origin))
+		if key := r.processedKey(); key != "" {
+			ok := tx.Bucket(bOrigins).Get(originKey(r.Camera, key))
 			if ok != nil {
 				return fmt.Errorf("camera %s origin %q: %w", r.Camera, r.Origin, ErrAlreadyProcessed)
 			}
-			if err := tx.Bucket(bOrigins).Put(originKey(r.Camera, r.Origin), u64(uint64(now.UnixNano()))); err != nil {
+			if err := tx.Bucket(bOrigins).Put(originKey(r.Camera, key), u64(uint64(now.UnixNano()))); err != nil {
 				return err
 			}
 		}

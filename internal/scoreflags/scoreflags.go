@@ -27,7 +27,7 @@ func (f *Flags) Register(fs interface {
 	BoolVar(*bool, string, bool, string)
 }) {
 	fs.StringVar(&f.Bundle, "bundle", "", "model bundle directory (required)")
-	fs.StringVar(&f.Providers, "providers", "cuda,cpu", "execution providers in order of preference")
+	fs.StringVar(&f.Providers, "providers", "auto", "execution providers in order of preference: cuda, cpu, or auto (CUDA when usable, quietly CPU otherwise)")
 	fs.IntVar(&f.Threads, "threads", 0, "ONNX Runtime intra-op threads per session (0 = all cores)")
 	fs.BoolVar(&f.Spin, "spin", false, "let ONNX Runtime's idle threads spin-wait (faster only on otherwise idle cores)")
 	fs.StringVar(&f.Library, "onnxruntime", "", "path of libonnxruntime.so (default: $"+pipeline.EnvLibrary+", then .deps/lib)")

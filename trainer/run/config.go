@@ -148,7 +148,6 @@ type PythonConfig struct {
 // Path is the file the config was read from.
 func (c *Config) Path() string { return c.path }
 
-
 // LoadConfig reads, strictly decodes, defaults and validates a config file.
 func LoadConfig(path string) (*Config, error) {
 	raw, err := os.ReadFile(path)
