@@ -64,6 +64,11 @@ type Agent struct {
 	heartbeat atomic.Int64 // unix nanos of the last scoring progress
 	sampleReq sync.Map     // camera -> true: collect the next OK frame (sample/set command)
 	storeOpen atomic.Bool
+
+	// scoreCam is the pseudo camera of POST /api/score (score.go); scorePending counts its images queued or
+	// being scored, bounded by http.score.max_pending.
+	scoreCam     *camera
+	scorePending atomic.Int64
 }
 
 // New checks the wiring; nothing starts until Run.
@@ -141,7 +146,14 @@ func (a *Agent) runCamera(ctx context.Context, c *camera) {
 	events := make(chan capture.Event, 16)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); a.forward(ctx, c, out) }()
+	go func() {
+		defer wg.Done()
+		if c.cfg.Trigger {
+			a.forwardTriggered(ctx, c, out)
+		} else {
+			a.forward(ctx, c, out)
+		}
+	}()
 	go func() { defer wg.Done(); a.cameraEvents(c, events) }()
 	err := c.src.Run(ctx, out, events)
 	close(out)
@@ -218,6 +230,7 @@ func (a *Agent) publisherConfig(brokerURL string) mqttout.Config {
 		a.sampleReq.Store(camera, true)
 		return nil
 	}
+	pc.OnTrigger = func(camera string, payload []byte) error { return a.enqueueTrigger(camera, payload, nil) }
 	pc.Logger = a.log
 	return pc
 }

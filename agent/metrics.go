@@ -117,6 +117,15 @@ type CameraStats struct {
 	LatencyP95   float64 `json:"latency_p95_ms"`
 	ModelP50     float64 `json:"model_p50_ms"`
 	OverheadP50  float64 `json:"overhead_p50_ms"`
+	// Triggers is present for trigger-mode cameras.
+	Triggers *TriggerStats `json:"triggers,omitempty"`
+}
+
+// TriggerStats count a trigger-mode camera's triggers since start.
+type TriggerStats struct {
+	Accepted   uint64 `json:"accepted"`
+	Timeouts   uint64 `json:"timeouts"`
+	IdleFrames uint64 `json:"idle_frames"` // live frames discarded because no trigger waited
 }
 
 // Stats is the daemon's health snapshot.
@@ -167,6 +176,9 @@ func (a *Agent) cameraStats(c *camera, now time.Time) CameraStats {
 		DecodeErrors: c.decodeErrs.Load(), ScoreErrors: c.scoreErrs.Load(), Skipped: c.skipped.Load(),
 		Samples: c.samples.Load(), LastSeq: c.seq.Load(), LastScore: math.Float64frombits(c.lastScore.Load()),
 		Threshold: th.Threshold, ThresholdSrc: th.Source}
+	if c.cfg.Trigger {
+		cs.Triggers = &TriggerStats{Accepted: c.trig.accepted.Load(), Timeouts: c.trig.timeouts.Load(), IdleFrames: c.trig.idle.Load()}
+	}
 	cs.LatencyP50, cs.LatencyP95 = a.metrics.quantiles(c.name, LatCaptureToPublish)
 	cs.ModelP50, _ = a.metrics.quantiles(c.name, LatModel)
 	cs.OverheadP50, _ = a.metrics.quantiles(c.name, LatOverhead)

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -101,7 +102,13 @@ func (a *Agent) openCameras(context.Context) (func(context.Context) error, error
 		a.cams = append(a.cams, c)
 		a.byName[c.name] = c
 	}
-	a.sched = newScheduler(a.cams)
+	sc, err := a.newScoreCamera()
+	if err != nil {
+		return nil, err
+	}
+	a.scoreCam = sc
+	a.byName[sc.name] = sc
+	a.sched = newScheduler(append(slices.Clone(a.cams), sc))
 	return nil, nil
 }
 
@@ -205,6 +212,9 @@ func (a *Agent) startWorkers(ctx context.Context) (func(context.Context) error, 
 		case <-drained:
 		case <-time.After(a.cfg.Agent.ShutdownTimeout):
 			left := a.sched.abandon()
+			for _, j := range left {
+				j.trig.finish(scoreReply{err: errors.New("the daemon stopped before this frame was scored")})
+			}
 			a.log.Warn("drain timeout: frames left unscored stay with their sources (folder files are re-read at the next start)", "frames", len(left))
 			cancel()
 			<-drained

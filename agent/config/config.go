@@ -82,6 +82,10 @@ type MQTT struct {
 	Heatmap  HeatmapOut `yaml:"heatmap"`
 	// StatsInterval is the period of <prefix>/stats. Default 10s; 0 after defaults is impossible.
 	StatsInterval time.Duration `yaml:"stats_interval"`
+	// Discovery publishes Home Assistant MQTT discovery configs (retained) for every camera. Default false.
+	Discovery bool `yaml:"discovery"`
+	// DiscoveryPrefix is Home Assistant's discovery prefix. Default "homeassistant".
+	DiscoveryPrefix string `yaml:"discovery_prefix"`
 }
 
 // TLS holds client TLS settings.
@@ -150,6 +154,8 @@ type Samples struct {
 type HTTP struct {
 	// Listen address, e.g. 127.0.0.1:8080; empty = HTTP off.
 	Listen string `yaml:"listen"`
+	// Score configures POST /api/score (line.go).
+	Score Score `yaml:"score"`
 }
 
 // Load reads, substitutes, decodes, completes and validates a config file.

@@ -99,6 +99,9 @@ func New(b Backend, log *slog.Logger) *Server {
 		v, err := b.History(r.URL.Query().Get("camera"), limit)
 		s.writeResult(w, v, err)
 	})
+	if p, ok := b.(Pusher); ok {
+		s.mountPush(p)
+	}
 	return s
 }
 

@@ -131,6 +131,9 @@ type Config struct {
 	OnThreshold func(camera string, cmd ThresholdCommand) (ThresholdState, error)
 	// OnSample handles <prefix>/<camera>/sample/set: collect the camera's next frame as a sample.
 	OnSample func(camera string) error
+	// OnTrigger handles <prefix>/<camera>/trigger (trigger-mode cameras); an error refuses the trigger on
+	// <prefix>/<camera>/trigger/rejected. Nil: the trigger topic is not subscribed.
+	OnTrigger func(camera string, payload []byte) error
 	// Now is injectable for tests (heatmap rate limit, timestamps); default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger

@@ -108,6 +108,9 @@ func (p *Publisher) onConnect(c mqtt.Client) {
 		p.topic("+", "threshold", "set"): p.cfg.QoS.Command,
 		p.topic("+", "sample", "set"):    p.cfg.QoS.Command,
 	}
+	if p.cfg.OnTrigger != nil {
+		filters[p.topic("+", "trigger")] = p.cfg.QoS.Command
+	}
 	tok := c.SubscribeMultiple(filters, p.onMessage)
 	if !tok.WaitTimeout(p.cfg.AckTimeout) || tok.Error() != nil {
 		p.log.Error("mqtt subscribe to command topics failed", "err", tokenErr(tok))
@@ -187,7 +190,10 @@ func (p *Publisher) onMessage(_ mqtt.Client, m mqtt.Message) {
 		return
 	}
 	parts := strings.Split(rest, "/")
-	if len(parts) != 3 || parts[2] != "set" {
+	switch {
+	case len(parts) == 3 && parts[2] == "set":
+	case len(parts) == 2 && parts[1] == "trigger":
+	default:
 		return
 	}
 	select {
@@ -211,6 +217,9 @@ func (p *Publisher) handleCommand(c command) {
 	log := p.log.With("camera", c.camera, "command", c.kind)
 	if err := p.knownCamera(c.camera); err != nil {
 		log.Warn("mqtt command rejected", "err", err)
+		if c.kind == "trigger" {
+			p.RejectTrigger(c.camera, c.payload, err.Error())
+		}
 		return
 	}
 	switch c.kind {
@@ -238,6 +247,8 @@ func (p *Publisher) handleCommand(c command) {
 		st.Camera = c.camera
 		log.Info("threshold changed", "threshold", st.Threshold, "source", st.Source)
 		p.SetThresholdState(st)
+	case "trigger":
+		p.handleTrigger(c.camera, c.payload)
 	case "sample":
 		if p.cfg.OnSample == nil {
 			log.Warn("mqtt sample command refused: sample collection not enabled")
@@ -300,12 +311,7 @@ func (p *Publisher) SetModelStatus(s ModelStatus) {
 // OK heatmaps before anything else, so they never cost a result.
 func (p *Publisher) Messages(rec *store.Record, hm *Heatmap) ([]store.Message, error) {
 	now := p.cfg.Now().UTC()
-	pl := ResultPayload{Camera: rec.Camera, Seq: rec.Seq, FrameTime: rec.FrameTime.UTC(), PublishedAt: now,
-		Score: rec.Score, RawScore: rec.RawScore, Threshold: rec.Threshold, Verdict: rec.Verdict, Class: rec.Class,
-		Model: rec.Model, LatencyMS: rec.LatencyMS, AnomalyAreaPct: rec.AnomalyAreaPct}
-	if pl.LatencyMS == nil {
-		pl.LatencyMS = map[string]float64{}
-	}
+	pl := NewResultPayload(rec, now)
 	var hmMsg *store.Message
 	if hm != nil && len(hm.Data) > 0 && p.cfg.Heatmap.Mode != HeatmapOff && p.heatmapDue(rec.Camera, rec.Verdict, now) {
 		topic := p.topic(rec.Camera, "heatmap")
