@@ -41,6 +41,9 @@ type Options struct {
 	ModelDebounce time.Duration
 	// OnHTTP, when set, receives the HTTP server before it starts, to mount more routes (the dashboard).
 	OnHTTP func(*httpapi.Server)
+	// StallAfter is how long frames may wait with no scoring progress before /healthz answers 503 and the
+	// systemd watchdog stops being petted (default 1 minute).
+	StallAfter time.Duration
 }
 
 // Agent is one running daemon.
@@ -55,6 +58,7 @@ type Agent struct {
 	cams    []*camera
 	byName  map[string]*camera
 	metrics *metrics
+	prom    *promMetrics // /metrics (prom.go)
 	http    *httpapi.Server
 	started time.Time
 	// brokerURL is the broker the publisher talks to: mqtt.broker, or the embedded one's address.
@@ -64,6 +68,8 @@ type Agent struct {
 	heartbeat atomic.Int64 // unix nanos of the last scoring progress
 	sampleReq sync.Map     // camera -> true: collect the next OK frame (sample/set command)
 	storeOpen atomic.Bool
+	// stopReason is published on <prefix>/available/reason at the clean stop (set before the stops run).
+	stopReason string
 
 	// scoreCam is the pseudo camera of POST /api/score (score.go); scorePending counts its images queued or
 	// being scored, bounded by http.score.max_pending.
@@ -88,7 +94,12 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if opts.ModelDebounce <= 0 {
 		opts.ModelDebounce = 500 * time.Millisecond
 	}
-	return &Agent{cfg: cfg, opts: opts, log: opts.Logger, byName: map[string]*camera{}, metrics: newMetrics()}, nil
+	if opts.StallAfter <= 0 {
+		opts.StallAfter = time.Minute
+	}
+	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, byName: map[string]*camera{}, metrics: newMetrics()}
+	a.prom = newPromMetrics(a)
+	return a, nil
 }
 
 // Run runs the daemon until ctx ends, then shuts down gracefully. It returns an error only when the daemon
@@ -133,7 +144,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 
-	a.log.Info("shutting down", "drain_timeout", a.cfg.Agent.ShutdownTimeout)
+	a.stopReason = "clean shutdown"
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+		a.stopReason = "clean shutdown: " + c.Error()
+	}
+	a.log.Info("shutting down", "drain_timeout", a.cfg.Agent.ShutdownTimeout, "reason", a.stopReason)
 	_ = a.opts.Notifier.Stopping()
 	stopAll()
 	a.log.Info("stopped scoring", "uptime", time.Since(a.started).Round(time.Second))
@@ -302,17 +317,23 @@ func (a *Agent) housekeeping(ctx context.Context) {
 }
 
 // alive is the watchdog's liveness check: false when frames wait but no worker has made progress for a
-// minute (a wedged model or deadlock); systemd then restarts the daemon.
-func (a *Agent) alive() bool {
+// minute (a wedged model or deadlock); systemd then restarts the daemon. /healthz answers the same check.
+func (a *Agent) alive() bool { return a.progress() == nil }
+
+// progress says why scoring is stalled, nil when it is not.
+func (a *Agent) progress() error {
 	pending := 0
-	for _, c := range a.cams {
+	for _, c := range a.sched.cams {
 		pending += a.sched.depth(c)
 	}
 	if pending == 0 || a.models.cur.Load() == nil {
-		return true
+		return nil
 	}
 	last := time.Unix(0, a.heartbeat.Load())
-	return time.Since(last) < time.Minute
+	if since := time.Since(last); since >= a.opts.StallAfter {
+		return fmt.Errorf("scoring stalled: %d frames wait and no worker has made progress for %s", pending, since.Round(time.Second))
+	}
+	return nil
 }
 
 func (a *Agent) statusLine() string {

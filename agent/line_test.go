@@ -2,10 +2,12 @@ package agent_test
 
 import (
 	"bytes"
+	"context"
 	binenc "encoding/binary"
 	"encoding/json"
 	"hash/crc32"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,8 +18,13 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/vlmdiff/edge/agent"
 	"github.com/vlmdiff/edge/agent/internal/mqtttest"
+	"github.com/vlmdiff/edge/pipeline"
 )
 
 // lineResult is the result JSON's line-integration fields (docs/mqtt.md).
@@ -304,5 +311,164 @@ func TestScoreAPI(t *testing.T) {
 	if !saw429 || !saw200 {
 		t.Errorf("under saturation saw 200: %v, 429: %v; want both", saw200, saw429)
 	}
+	checkMetrics(t, base, map[string]float64{`vlmdiff_score_pending`: 0})
+	if resp, err := http.Get(base + "/healthz"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("/healthz: %v %v", resp, err)
+	}
 	stop()
+}
+
+// checkMetrics parses /metrics with the Prometheus text parser and checks the conventions: the process and
+// Go collectors, vlmdiff_build_info, latency as a _seconds histogram, counters as counters, and the values
+// in want (keyed name{label="value"}).
+func checkMetrics(t *testing.T, base string, want map[string]float64) {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics does not parse as Prometheus text: %v", err)
+	}
+	types := map[string]dto.MetricType{
+		"process_resident_memory_bytes": dto.MetricType_GAUGE,
+		"go_goroutines":                 dto.MetricType_GAUGE,
+		"vlmdiff_build_info":            dto.MetricType_GAUGE,
+		"vlmdiff_latency_seconds":       dto.MetricType_HISTOGRAM,
+		"vlmdiff_scored_total":          dto.MetricType_COUNTER,
+		"vlmdiff_frames_total":          dto.MetricType_COUNTER,
+		"vlmdiff_outbox_dropped_total":  dto.MetricType_COUNTER,
+		"vlmdiff_model_info":            dto.MetricType_GAUGE,
+	}
+	scored := 0.0
+	if f := fams["vlmdiff_scored_total"]; f != nil {
+		for _, m := range f.Metric {
+			scored += m.GetCounter().GetValue()
+		}
+	}
+	for name, typ := range types {
+		f := fams[name]
+		if f == nil && name == "vlmdiff_latency_seconds" && scored == 0 {
+			continue // a histogram appears with its first observation
+		}
+		if f == nil {
+			t.Errorf("/metrics has no %s", name)
+			continue
+		}
+		if f.GetType() != typ {
+			t.Errorf("%s is a %v, want %v", name, f.GetType(), typ)
+		}
+	}
+	if f := fams["process_resident_memory_bytes"]; f != nil && f.Metric[0].GetGauge().GetValue() <= 0 {
+		t.Errorf("process_resident_memory_bytes = %v", f.Metric[0].GetGauge().GetValue())
+	}
+	for name := range fams {
+		if strings.HasSuffix(name, "_ms") || strings.Contains(name, "_ms_") || name == "vlmdiff_fps" {
+			t.Errorf("%s: not in base units / a precomputed rate", name)
+		}
+	}
+	got := map[string]float64{}
+	for name, f := range fams {
+		for _, m := range f.Metric {
+			key := name
+			for _, l := range m.Label {
+				key += "{" + l.GetName() + "=\"" + l.GetValue() + "\"}"
+			}
+			switch f.GetType() {
+			case dto.MetricType_COUNTER:
+				got[key] = m.GetCounter().GetValue()
+			case dto.MetricType_GAUGE:
+				got[key] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("/metrics %s = %v (present %v), want %v", k, g, ok, v)
+		}
+	}
+}
+
+// wedgedScorer is the real pipeline scorer with a gate in front of Score: closed, it scores; open, it
+// holds every batch, as a wedged model or a deadlocked driver would (which cannot be produced on demand).
+type wedgedScorer struct {
+	agent.Scorer
+	gate chan struct{}
+}
+
+func (w *wedgedScorer) Score(ctx context.Context, reqs []pipeline.Request) ([]pipeline.Result, error) {
+	<-w.gate
+	return w.Scorer.Score(ctx, reqs)
+}
+
+// TestHealthzStall: /healthz answers the watchdog's progress check: 503 naming the stall while frames wait
+// and no batch finishes, 200 again once scoring moves; /readyz stays ready (model loaded, store open).
+func TestHealthzStall(t *testing.T) {
+	initORT(t)
+	e := newEnv(t, false)
+	copyBundleSteps(t, filepath.Join(e.modelsDir, "fixture-1"), "1", time.Now(), false, 2)
+	sub := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, e.prefix+"/#")
+	httpAddr := freeAddr(t)
+	cfg := e.config(t, "http: {listen: "+httpAddr+"}\n")
+	gate := make(chan struct{})
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	a, err := agent.New(cfg, agent.Options{
+		Open: func(dir string) (agent.Scorer, error) {
+			s, err := pipeline.Open(dir, pipeline.Options{Threads: 1})
+			if err != nil {
+				return nil, err
+			}
+			return &wedgedScorer{Scorer: s, gate: gate}, nil
+		},
+		Logger: log, ModelDebounce: 200 * time.Millisecond, StallAfter: 2 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	base := "http://" + httpAddr
+	get := func(path string) (int, string) {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(wait)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitModelRunning(t, sub, e.prefix)
+	if code, body := get("/healthz"); code != 200 {
+		t.Fatalf("/healthz before any frame: %d %s", code, body)
+	}
+	writeImages(t, e.folder, 1, 3)
+	waitFor("/healthz 503", func() bool {
+		code, body := get("/healthz")
+		return code == 503 && strings.Contains(body, "scoring stalled")
+	})
+	if code, body := get("/readyz"); code != 200 {
+		t.Errorf("/readyz during the stall: %d %s, want 200 (model loaded, store open)", code, body)
+	}
+	checkMetrics(t, base, map[string]float64{"vlmdiff_stalled": 1})
+	close(gate)
+	sub.WaitN(e.prefix+"/line/result", 3, wait)
+	waitFor("/healthz 200 after the stall", func() bool { code, _ := get("/healthz"); return code == 200 })
 }

@@ -143,7 +143,7 @@ func (a *Agent) startPublisher(ctx context.Context) (func(context.Context) error
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = pub.Run(pctx) }()
-	return func(context.Context) error { cancel(); <-done; return nil }, nil
+	return func(context.Context) error { pub.SetStopReason(a.stopReason); cancel(); <-done; return nil }, nil
 }
 
 // startModels sets up the model manager (the models are loaded by startWatchers). The watched directory is

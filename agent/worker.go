@@ -213,6 +213,7 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	}
 	c.fps.tick(now)
 	a.metrics.observe(c.name, lat)
+	a.prom.observe(c.name, lat)
 	c.mu.Lock()
 	c.lastFrame = j.frame
 	c.lastJPEG = nil

@@ -16,11 +16,11 @@ import (
 	"github.com/vlmdiff/edge/agent/store"
 )
 
-// Availability payloads on <prefix>/available.
+// Availability payloads on <prefix>/available: only these two, because Home Assistant's availability
+// understands only online/offline. Why the agent is offline goes to <prefix>/available/reason.
 const (
 	AvailableOnline  = "online"
-	AvailableStopped = "stopped"
-	AvailableOffline = "offline" // the Last Will: the broker publishes it when the agent vanishes
+	AvailableOffline = "offline" // on a clean stop, and the Last Will when the agent vanishes
 )
 
 // Publisher is the MQTT side of the agent. Create with New, run with Run; Submit and the Set* methods are
@@ -40,6 +40,8 @@ type Publisher struct {
 	thresholds  map[string]ThresholdState
 	model       *ModelStatus
 	lastHeatmap map[string]time.Time
+
+	stopReason atomic.Value // string: why Run is stopping (SetStopReason)
 
 	published  atomic.Uint64
 	failures   atomic.Uint64
@@ -103,6 +105,7 @@ func (p *Publisher) topic(parts ...string) string {
 // onConnect runs in its own goroutine (paho) on every (re)connect: announce, subscribe, republish state.
 func (p *Publisher) onConnect(c mqtt.Client) {
 	p.log.Info("mqtt connected", "broker", p.cfg.Broker, "client_id", p.cfg.ClientID)
+	p.publishNow(p.topic("available", "reason"), 1, true, p.reasonPayload(AvailableOnline, "connected"))
 	p.publishNow(p.topic("available"), 1, true, []byte(AvailableOnline))
 	filters := map[string]byte{
 		p.topic("+", "threshold", "set"): p.cfg.QoS.Command,
