@@ -27,6 +27,7 @@ import (
 	"github.com/vlmdiff/edge/agent/sdnotify"
 	"github.com/vlmdiff/edge/agent/store"
 	"github.com/vlmdiff/edge/capture"
+	"github.com/vlmdiff/edge/internal/buildinfo"
 )
 
 // Options are the daemon's dependencies that are not configuration.
@@ -145,7 +146,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-ctx.Done()
 
 	a.stopReason = "clean shutdown"
-	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+	// A signal's cause (os/signal.NotifyContext) also matches errors.Is(context.Canceled): compare the value.
+	if c := context.Cause(ctx); c != nil && c != context.Canceled { //nolint:errorlint // the plain cancel, exactly
 		a.stopReason = "clean shutdown: " + c.Error()
 	}
 	a.log.Info("shutting down", "drain_timeout", a.cfg.Agent.ShutdownTimeout, "reason", a.stopReason)
@@ -244,6 +246,13 @@ func (a *Agent) publisherConfig(brokerURL string) mqttout.Config {
 		}
 		a.sampleReq.Store(camera, true)
 		return nil
+	}
+	pc.Discovery = mqttout.DiscoveryConfig{Enabled: q.Discovery, Prefix: q.DiscoveryPrefix, NodeID: a.cfg.Agent.Name,
+		SWVersion: buildinfo.Get().Version, HeatmapFormat: q.Heatmap.Format}
+	for _, c := range a.cams {
+		if !c.cfg.HeatmapOn() {
+			pc.Discovery.NoHeatmap = append(pc.Discovery.NoHeatmap, c.name)
+		}
 	}
 	pc.OnTrigger = func(camera string, payload []byte) error { return a.enqueueTrigger(camera, payload, nil) }
 	pc.Logger = a.log

@@ -76,9 +76,16 @@ func TestTriggerHandshake(t *testing.T) {
 	cfg := e.config(t, "http: {listen: "+httpAddr+"}\n")
 	cfg.Cameras[0].Trigger = true
 	cfg.Cameras[0].TriggerTimeout = time.Second
+	cfg.MQTT.Discovery = true
+	ha := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, "homeassistant/#")
 	stop := startAgent(t, cfg)
 	base := "http://" + httpAddr
 	waitModelRunning(t, sub, e.prefix)
+	// The daemon announces its camera to Home Assistant (payloads checked against the schema in mqttout).
+	ng := ha.WaitN("homeassistant/binary_sensor/test/line_ng/config", 1, wait)
+	if !bytes.Contains(ng[0].Payload, []byte(`"availability_topic":"vt/available"`)) || !bytes.Contains(ng[0].Payload, []byte(`"state_topic":"vt/line/result"`)) {
+		t.Errorf("binary_sensor discovery config: %s", ng[0].Payload)
+	}
 
 	writeImages(t, e.folder, 1, 3)
 	// Nothing is scored before a trigger (the files wait in the folder).

@@ -107,6 +107,7 @@ func (p *Publisher) onConnect(c mqtt.Client) {
 	p.log.Info("mqtt connected", "broker", p.cfg.Broker, "client_id", p.cfg.ClientID)
 	p.publishNow(p.topic("available", "reason"), 1, true, p.reasonPayload(AvailableOnline, "connected"))
 	p.publishNow(p.topic("available"), 1, true, []byte(AvailableOnline))
+	p.publishDiscovery()
 	filters := map[string]byte{
 		p.topic("+", "threshold", "set"): p.cfg.QoS.Command,
 		p.topic("+", "sample", "set"):    p.cfg.QoS.Command,
