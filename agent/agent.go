@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/vlmdiff/edge/agent/config"
+	"github.com/vlmdiff/edge/agent/evidence"
 	"github.com/vlmdiff/edge/agent/httpapi"
 	"github.com/vlmdiff/edge/agent/mqttout"
 	"github.com/vlmdiff/edge/agent/sdnotify"
@@ -76,6 +77,8 @@ type Agent struct {
 	// being scored, bounded by http.score.max_pending.
 	scoreCam     *camera
 	scorePending atomic.Int64
+	// evidence is the evidence tree (nil when evidence.enabled is off).
+	evidence *evidence.Tree
 }
 
 // New checks the wiring; nothing starts until Run.
@@ -307,10 +310,11 @@ func (a *Agent) refreshThresholdStates() {
 	}
 }
 
-// housekeeping prunes the store hourly.
+// housekeeping prunes the store hourly, and the evidence tree at start and hourly.
 func (a *Agent) housekeeping(ctx context.Context) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
+	a.pruneEvidence()
 	for {
 		select {
 		case <-ctx.Done():
@@ -321,6 +325,7 @@ func (a *Agent) housekeeping(ctx context.Context) {
 			} else {
 				a.log.Debug("store pruned", "stats", ps)
 			}
+			a.pruneEvidence()
 		}
 	}
 }

@@ -34,6 +34,9 @@ type camera struct {
 
 	trig triggerQueue // trigger mode: triggers waiting for a frame (trigger.go)
 
+	// evidence (keep_evidence.go): OK results seen (for ok_every), files kept, failed writes
+	evidenceOK, evidenceKept, evidenceErrs atomic.Uint64
+
 	// counters
 	frames, scored, ng, drops, decodeErrs, scoreErrs, skipped, rateLimited, samples atomic.Uint64
 	lastScore                                                                       atomic.Uint64 // Float64bits

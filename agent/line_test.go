@@ -77,6 +77,10 @@ func TestTriggerHandshake(t *testing.T) {
 	cfg.Cameras[0].Trigger = true
 	cfg.Cameras[0].TriggerTimeout = time.Second
 	cfg.MQTT.Discovery = true
+	// Every frame NG (threshold 0), kept as evidence.
+	zero := 0.0
+	cfg.Cameras[0].Threshold = &zero
+	cfg.Evidence.Enabled = true
 	ha := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, "homeassistant/#")
 	stop := startAgent(t, cfg)
 	base := "http://" + httpAddr
@@ -139,6 +143,7 @@ func TestTriggerHandshake(t *testing.T) {
 	if err := json.Unmarshal(rej[1].Payload, &timeout); err != nil || timeout.Trigger["id"] != "P-5" || !strings.Contains(timeout.Error, "trigger_timeout") {
 		t.Errorf("second rejection %s, want P-5 refused for the timeout", rej[1].Payload)
 	}
+	checkEvidence(t, base, cfg.Evidence.Dir, 3)
 	stop()
 
 	// Exactly one result per trigger id.
@@ -478,4 +483,57 @@ func TestHealthzStall(t *testing.T) {
 	close(gate)
 	sub.WaitN(e.prefix+"/line/result", 3, wait)
 	waitFor("/healthz 200 after the stall", func() bool { code, _ := get("/healthz"); return code == 200 })
+}
+
+// checkEvidence: n NG results of camera line are in the evidence tree as frame, heatmap and result JSON
+// under line/<day>/<seq>-NG.*, and GET /api/evidence lists them with URLs that serve the files.
+func checkEvidence(t *testing.T, base, dir string, n int) {
+	t.Helper()
+	frames, _ := filepath.Glob(filepath.Join(dir, "line", "*", "*-NG.png"))
+	heatmaps, _ := filepath.Glob(filepath.Join(dir, "line", "*", "*-NG.heatmap.png"))
+	results, _ := filepath.Glob(filepath.Join(dir, "line", "*", "*-NG.json"))
+	if len(frames) != n || len(heatmaps) != n || len(results) != n {
+		t.Fatalf("evidence: %d frames, %d heatmaps, %d results; want %d each", len(frames), len(heatmaps), len(results), n)
+	}
+	var r lineResult
+	if data, err := os.ReadFile(results[0]); err != nil || json.Unmarshal(data, &r) != nil || r.Verdict != "NG" || r.Trigger["id"] != "P-1" {
+		t.Errorf("evidence result %s: %+v %v", results[0], r, err)
+	}
+	if day := filepath.Base(filepath.Dir(frames[0])); day != time.Now().UTC().Format("2006-01-02") {
+		t.Errorf("evidence day folder %s", day)
+	}
+	resp, err := http.Get(base + "/api/evidence?camera=line")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []struct {
+		Path string `json:"path"`
+		URL  string `json:"url"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&list)
+	resp.Body.Close()
+	if err != nil || len(list) != 3*n {
+		t.Fatalf("/api/evidence: %d entries, %v; want %d", len(list), err, 3*n)
+	}
+	for _, e := range list {
+		if !strings.HasSuffix(e.Path, "-NG.png") {
+			continue
+		}
+		resp, err := http.Get(base + e.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || len(b) < 8 || string(b[1:4]) != "PNG" {
+			t.Errorf("GET %s: %d, %d bytes", e.URL, resp.StatusCode, len(b))
+		}
+		break
+	}
+	if resp, err := http.Get(base + "/api/evidence/files/../../etc/passwd"); err == nil {
+		if resp.StatusCode == 200 {
+			t.Errorf("the evidence route served a path outside its tree")
+		}
+		resp.Body.Close()
+	}
 }

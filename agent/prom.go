@@ -76,6 +76,8 @@ var (
 		{prometheus.NewDesc("vlmdiff_score_errors_total", "Frames that could not be scored or stored.", camLabels, nil), func(_ *camera, s CameraStats) float64 { return float64(s.ScoreErrors) }},
 		{prometheus.NewDesc("vlmdiff_skipped_already_processed_total", "Folder files skipped because an earlier run committed them.", camLabels, nil), func(_ *camera, s CameraStats) float64 { return float64(s.Skipped) }},
 		{prometheus.NewDesc("vlmdiff_samples_total", "Normal samples collected.", camLabels, nil), func(_ *camera, s CameraStats) float64 { return float64(s.Samples) }},
+		{prometheus.NewDesc("vlmdiff_evidence_kept_total", "Results kept as evidence files.", camLabels, nil), func(c *camera, _ CameraStats) float64 { return float64(c.evidenceKept.Load()) }},
+		{prometheus.NewDesc("vlmdiff_evidence_errors_total", "Evidence files that could not be written.", camLabels, nil), func(c *camera, _ CameraStats) float64 { return float64(c.evidenceErrs.Load()) }},
 		{prometheus.NewDesc("vlmdiff_triggers_total", "Triggers accepted (trigger-mode cameras).", camLabels, nil), func(c *camera, _ CameraStats) float64 { return float64(c.trig.accepted.Load()) }},
 		{prometheus.NewDesc("vlmdiff_trigger_timeouts_total", "Triggers refused because no frame came within trigger_timeout.", camLabels, nil), func(c *camera, _ CameraStats) float64 { return float64(c.trig.timeouts.Load()) }},
 		{prometheus.NewDesc("vlmdiff_trigger_idle_frames_total", "Live frames discarded because no trigger waited.", camLabels, nil), func(c *camera, _ CameraStats) float64 { return float64(c.trig.idle.Load()) }},

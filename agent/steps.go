@@ -67,7 +67,8 @@ func (a *Agent) startStore(context.Context) (func(context.Context) error, error)
 	st, err := store.Open(store.Options{Path: sc.Path, HistoryMaxAge: sc.Retention.MaxAge,
 		HistoryMaxBytes: int64(sc.Retention.MaxSize), OutboxMaxMessages: sc.Outbox.MaxItems,
 		OutboxMaxBytes: int64(sc.Outbox.MaxSize), MinFreeBytes: uint64(sc.Samples.MinFreeDisk),
-		MaxSamples: sc.Samples.Max, OriginMaxAge: sc.Retention.MaxAge, Logger: a.log.With("component", "store")})
+		MaxSamples: sc.Samples.Max, OriginMaxAge: sc.Retention.MaxAge, Logger: a.log.With("component", "store"),
+		ImagesPerCamera: sc.Images.OKPerCamera, NGImagesPerCamera: sc.Images.NGPerCamera})
 	if err != nil {
 		return nil, err
 	}
@@ -101,6 +102,9 @@ func (a *Agent) openCameras(context.Context) (func(context.Context) error, error
 		}
 		a.cams = append(a.cams, c)
 		a.byName[c.name] = c
+	}
+	if err := a.openEvidence(); err != nil {
+		return nil, err
 	}
 	sc, err := a.newScoreCamera()
 	if err != nil {

@@ -222,6 +222,7 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	}
 	c.mu.Unlock()
 	a.maybeSample(c, j, r)
+	a.keepEvidence(c, j, r, rec, hm)
 }
 
 // heatmapDue decides per camera whether this result gets a heatmap: never when the camera has them off, always

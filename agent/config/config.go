@@ -20,6 +20,8 @@ type Config struct {
 	MQTT    MQTT     `yaml:"mqtt"`
 	Store   Store    `yaml:"store"`
 	HTTP    HTTP     `yaml:"http"`
+	// Evidence keeps NG frames as files (line.go).
+	Evidence Evidence `yaml:"evidence"`
 }
 
 // Agent holds process-wide settings.
@@ -125,6 +127,8 @@ type Store struct {
 	Retention Retention `yaml:"retention"`
 	Outbox    Outbox    `yaml:"outbox"`
 	Samples   Samples   `yaml:"samples"`
+	// Images bounds the heatmaps kept in the store per camera (line.go).
+	Images StoreImages `yaml:"images"`
 }
 
 // Retention bounds history.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -35,7 +36,47 @@ type Score struct {
 	MaxPixels int64 `yaml:"max_pixels"`
 }
 
+// Evidence keeps NG frames (and sampled OK frames) as files: frame, heatmap and result JSON in
+// <dir>/<camera>/<YYYY-MM-DD>/<seq>-NG.* (agent/evidence), pruned by age and total size.
+type Evidence struct {
+	// Enabled turns evidence on. Default false.
+	Enabled bool `yaml:"enabled"`
+	// Dir is the tree's root. Default <data_dir>/evidence.
+	Dir string `yaml:"dir"`
+	// MaxAge removes days older than this (hourly). Default 720h.
+	MaxAge time.Duration `yaml:"max_age"`
+	// MaxSize bounds the tree, oldest files first (hourly). Default 10GiB.
+	MaxSize ByteSize `yaml:"max_size"`
+	// OKEvery also keeps every Nth OK frame per camera (0 = NG only). Default 0.
+	OKEvery int `yaml:"ok_every"`
+}
+
+// StoreImages bounds the heatmaps the store keeps per camera for the dashboard and /api/images: NG and OK
+// counted apart, so a flood of OK frames never pushes the NG ones out.
+type StoreImages struct {
+	// NGPerCamera: NG heatmaps kept per camera. Default 100.
+	NGPerCamera int `yaml:"ng_per_camera"`
+	// OKPerCamera: OK heatmaps kept per camera. Default 20.
+	OKPerCamera int `yaml:"ok_per_camera"`
+}
+
 func (c *Config) setLineDefaults() {
+	e := &c.Evidence
+	if e.Dir == "" {
+		e.Dir = filepath.Join(c.Agent.DataDir, "evidence")
+	}
+	if e.MaxAge == 0 {
+		e.MaxAge = 30 * 24 * time.Hour
+	}
+	if e.MaxSize == 0 {
+		e.MaxSize = 10 << 30
+	}
+	if c.Store.Images.NGPerCamera == 0 {
+		c.Store.Images.NGPerCamera = 100
+	}
+	if c.Store.Images.OKPerCamera == 0 {
+		c.Store.Images.OKPerCamera = 20
+	}
 	for i := range c.Cameras {
 		if c.Cameras[i].TriggerTimeout == 0 {
 			c.Cameras[i].TriggerTimeout = DefaultTriggerTimeout
@@ -86,6 +127,18 @@ func (c *Config) validateLine(bad func(path, format string, args ...any)) {
 	}
 	if s.MaxPixels < 1 || s.MaxPixels > 1<<30 {
 		bad("http.score.max_pixels", "must be 1..%d (OpenCV's hard limit), not %d", 1<<30, s.MaxPixels)
+	}
+	if c.Evidence.MaxAge < time.Hour {
+		bad("evidence.max_age", "must be at least 1h, not %s", c.Evidence.MaxAge)
+	}
+	if c.Evidence.MaxSize < 1<<20 {
+		bad("evidence.max_size", "must be at least 1MiB, not %s", c.Evidence.MaxSize)
+	}
+	if c.Evidence.OKEvery < 0 {
+		bad("evidence.ok_every", "must be >= 0 (0 = NG only)")
+	}
+	if im := c.Store.Images; im.NGPerCamera < 1 || im.NGPerCamera > 100000 || im.OKPerCamera < 1 || im.OKPerCamera > 100000 {
+		bad("store.images", "ng_per_camera and ok_per_camera must be 1..100000, not %d and %d", im.NGPerCamera, im.OKPerCamera)
 	}
 	p := c.MQTT.DiscoveryPrefix
 	if strings.ContainsAny(p, "+#") || strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") {

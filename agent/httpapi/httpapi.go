@@ -109,6 +109,9 @@ func New(b Backend, log *slog.Logger) *Server {
 	if p, ok := b.(Pusher); ok {
 		s.mountPush(p)
 	}
+	if e, ok := b.(EvidenceSource); ok {
+		s.mountEvidence(e)
+	}
 	return s
 }
 
