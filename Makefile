@@ -14,8 +14,11 @@ all: build
 deps:
 	@./.ci/deps.sh
 
+# The version `vlmdiff version` and the vlmdiff_build_info metric report.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
 build: deps
-	$(GO) build -o $(BIN) ./agent/cmd/vlmdiff
+	$(GO) build -ldflags "-X github.com/vlmdiff/edge/internal/buildinfo.version=$(VERSION)" -o $(BIN) ./agent/cmd/vlmdiff
 
 demo: build
 	./$(BIN) run --config configs/demo.yaml

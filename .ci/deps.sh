@@ -15,7 +15,8 @@ SUDO=""
 
 apt_pkgs=(pkg-config libopencv-dev)
 if [ "${VLMDIFF_DEPS:-full}" != minimal ]; then
-  apt_pkgs+=(python3-torch python3-onnx python3-numpy python3-scipy python3-pil python3-pytest libopenblas0-pthread
+  # python3-regex: the CLIP tokenizer uses its exact pattern (the re fallback approximates \p{L}/\p{N}).
+  apt_pkgs+=(python3-torch python3-onnx python3-numpy python3-scipy python3-pil python3-pytest python3-regex libopenblas0-pthread
              mosquitto mosquitto-clients ffmpeg chromium npm)
 fi
 command -v npm >/dev/null 2>&1 || apt_pkgs+=(npm)

@@ -23,11 +23,13 @@ import (
 
 	"github.com/vlmdiff/edge/agent/broker"
 	"github.com/vlmdiff/edge/agent/config"
+	"github.com/vlmdiff/edge/agent/evidence"
 	"github.com/vlmdiff/edge/agent/httpapi"
 	"github.com/vlmdiff/edge/agent/mqttout"
 	"github.com/vlmdiff/edge/agent/sdnotify"
 	"github.com/vlmdiff/edge/agent/store"
 	"github.com/vlmdiff/edge/capture"
+	"github.com/vlmdiff/edge/internal/buildinfo"
 )
 
 // Options are the daemon's dependencies that are not configuration.
@@ -42,6 +44,9 @@ type Options struct {
 	ModelDebounce time.Duration
 	// OnHTTP, when set, receives the HTTP server before it starts, to mount more routes (the dashboard).
 	OnHTTP func(*httpapi.Server)
+	// StallAfter is how long frames may wait with no scoring progress before /healthz answers 503 and the
+	// systemd watchdog stops being petted (default 1 minute).
+	StallAfter time.Duration
 }
 
 // Agent is one running daemon.
@@ -56,6 +61,7 @@ type Agent struct {
 	cams    []*camera
 	byName  map[string]*camera
 	metrics *metrics
+	prom    *promMetrics // /metrics (prom.go)
 	http    *httpapi.Server
 	started time.Time
 	// brokerURL is the broker the publisher talks to: mqtt.broker, or the embedded one's address.
@@ -66,6 +72,15 @@ type Agent struct {
 	heartbeat atomic.Int64 // unix nanos of the last scoring progress
 	sampleReq sync.Map     // camera -> true: collect the next OK frame (sample/set command)
 	storeOpen atomic.Bool
+	// stopReason is published on <prefix>/available/reason at the clean stop (set before the stops run).
+	stopReason string
+
+	// scoreCam is the pseudo camera of POST /api/score (score.go); scorePending counts its images queued or
+	// being scored, bounded by http.score.max_pending.
+	scoreCam     *camera
+	scorePending atomic.Int64
+	// evidence is the evidence tree (nil when evidence.enabled is off).
+	evidence *evidence.Tree
 }
 
 // New checks the wiring; nothing starts until Run.
@@ -85,7 +100,12 @@ func New(cfg *config.Config, opts Options) (*Agent, error) {
 	if opts.ModelDebounce <= 0 {
 		opts.ModelDebounce = 500 * time.Millisecond
 	}
-	return &Agent{cfg: cfg, opts: opts, log: opts.Logger, byName: map[string]*camera{}, metrics: newMetrics()}, nil
+	if opts.StallAfter <= 0 {
+		opts.StallAfter = time.Minute
+	}
+	a := &Agent{cfg: cfg, opts: opts, log: opts.Logger, byName: map[string]*camera{}, metrics: newMetrics()}
+	a.prom = newPromMetrics(a)
+	return a, nil
 }
 
 // Run runs the daemon until ctx ends, then shuts down gracefully. It returns an error only when the daemon
@@ -130,7 +150,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 
-	a.log.Info("shutting down", "drain_timeout", a.cfg.Agent.ShutdownTimeout)
+	a.stopReason = "clean shutdown"
+	// A signal's cause (os/signal.NotifyContext) also matches errors.Is(context.Canceled): compare the value.
+	if c := context.Cause(ctx); c != nil && c != context.Canceled { //nolint:errorlint // the plain cancel, exactly
+		a.stopReason = "clean shutdown: " + c.Error()
+	}
+	a.log.Info("shutting down", "drain_timeout", a.cfg.Agent.ShutdownTimeout, "reason", a.stopReason)
 	_ = a.opts.Notifier.Stopping()
 	stopAll()
 	a.log.Info("stopped scoring", "uptime", time.Since(a.started).Round(time.Second))
@@ -143,7 +168,14 @@ func (a *Agent) runCamera(ctx context.Context, c *camera) {
 	events := make(chan capture.Event, 16)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); a.forward(ctx, c, out) }()
+	go func() {
+		defer wg.Done()
+		if c.cfg.Trigger {
+			a.forwardTriggered(ctx, c, out)
+		} else {
+			a.forward(ctx, c, out)
+		}
+	}()
 	go func() { defer wg.Done(); a.cameraEvents(c, events) }()
 	err := c.src.Run(ctx, out, events)
 	close(out)
@@ -221,6 +253,14 @@ func (a *Agent) publisherConfig(brokerURL string) mqttout.Config {
 		a.sampleReq.Store(camera, true)
 		return nil
 	}
+	pc.Discovery = mqttout.DiscoveryConfig{Enabled: q.Discovery, Prefix: q.DiscoveryPrefix, NodeID: a.cfg.Agent.Name,
+		SWVersion: buildinfo.Get().Version, HeatmapFormat: q.Heatmap.Format}
+	for _, c := range a.cams {
+		if !c.cfg.HeatmapOn() {
+			pc.Discovery.NoHeatmap = append(pc.Discovery.NoHeatmap, c.name)
+		}
+	}
+	pc.OnTrigger = func(camera string, payload []byte) error { return a.enqueueTrigger(camera, payload, nil) }
 	pc.Logger = a.log
 	return pc
 }
@@ -276,10 +316,11 @@ func (a *Agent) refreshThresholdStates() {
 	}
 }
 
-// housekeeping prunes the store hourly.
+// housekeeping prunes the store hourly, and the evidence tree at start and hourly.
 func (a *Agent) housekeeping(ctx context.Context) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
+	a.pruneEvidence()
 	for {
 		select {
 		case <-ctx.Done():
@@ -290,22 +331,29 @@ func (a *Agent) housekeeping(ctx context.Context) {
 			} else {
 				a.log.Debug("store pruned", "stats", ps)
 			}
+			a.pruneEvidence()
 		}
 	}
 }
 
 // alive is the watchdog's liveness check: false when frames wait but no worker has made progress for a
-// minute (a wedged model or deadlock); systemd then restarts the daemon.
-func (a *Agent) alive() bool {
+// minute (a wedged model or deadlock); systemd then restarts the daemon. /healthz answers the same check.
+func (a *Agent) alive() bool { return a.progress() == nil }
+
+// progress says why scoring is stalled, nil when it is not.
+func (a *Agent) progress() error {
 	pending := 0
-	for _, c := range a.cams {
+	for _, c := range a.sched.cams {
 		pending += a.sched.depth(c)
 	}
 	if pending == 0 || a.models.cur.Load() == nil {
-		return true
+		return nil
 	}
 	last := time.Unix(0, a.heartbeat.Load())
-	return time.Since(last) < time.Minute
+	if since := time.Since(last); since >= a.opts.StallAfter {
+		return fmt.Errorf("scoring stalled: %d frames wait and no worker has made progress for %s", pending, since.Round(time.Second))
+	}
+	return nil
 }
 
 func (a *Agent) statusLine() string {

@@ -490,7 +490,7 @@ func checkHTTP(t *testing.T, base string) {
 		{"/healthz", 200, "", "ok"},
 		{"/readyz", 200, "", "ready"},
 		{"/metrics", 200, "text/plain", `vlmdiff_scored_total{camera="line"} 6`},
-		{"/metrics", 200, "text/plain", `vlmdiff_latency_ms_bucket{camera="line",stage="model",le="+Inf"} 6`},
+		{"/metrics", 200, "text/plain", `vlmdiff_latency_seconds_bucket{camera="line",stage="model",le="+Inf"} 6`},
 		{"/api/stats", 200, "application/json", `"decode_errors": 1`},
 		{"/api/cameras", 200, "application/json", `"heatmap_url": "/api/cameras/line/heatmap.png"`},
 		{"/api/model", 200, "application/json", `"state": "running"`},
@@ -511,6 +511,7 @@ func checkHTTP(t *testing.T, base string) {
 			t.Errorf("GET %s: %d %q %.300q; want %d %q containing %q", c.path, code, ct, body, c.code, c.ctype, c.contains)
 		}
 	}
+	checkMetrics(t, base, map[string]float64{`vlmdiff_scored_total{camera="line"}`: 6, `vlmdiff_decode_errors_total{camera="line"}`: 1})
 	// The events' heatmap URLs resolve.
 	_, _, body := get("/api/events?limit=1")
 	var evs []struct {

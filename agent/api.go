@@ -28,6 +28,14 @@ func (a *Agent) Ready() error {
 	return nil
 }
 
+// Healthy is /healthz: the watchdog's progress check (nil until the daemon's parts are up).
+func (a *Agent) Healthy() error {
+	if a.sched == nil || a.models == nil {
+		return nil
+	}
+	return a.progress()
+}
+
 // StatsJSON is /api/stats.
 func (a *Agent) StatsJSON() any { return a.Stats() }
 

@@ -32,6 +32,11 @@ type camera struct {
 
 	threshold atomic.Uint64 // math.Float64bits of the runtime override; NaN = none
 
+	trig triggerQueue // trigger mode: triggers waiting for a frame (trigger.go)
+
+	// evidence (keep_evidence.go): OK results seen (for ok_every), files kept, failed writes
+	evidenceOK, evidenceKept, evidenceErrs atomic.Uint64
+
 	// counters
 	frames, scored, ng, drops, decodeErrs, scoreErrs, skipped, rateLimited, samples atomic.Uint64
 	lastScore                                                                       atomic.Uint64 // Float64bits
@@ -58,6 +63,7 @@ func newCamera(cfg config.Camera, src capture.Source, lastSeq uint64) *camera {
 	c.turn = lastSeq
 	c.turnC = sync.NewCond(&c.turnMu)
 	c.threshold.Store(math.Float64bits(math.NaN()))
+	c.trig.init()
 	return c
 }
 
@@ -173,16 +179,8 @@ func (a *Agent) forward(ctx context.Context, c *camera, in <-chan capture.Frame)
 			f.Ack(true)
 			continue
 		}
-		if f.Origin != "" {
-			done, err := a.store.Processed(c.name, originKey(f))
-			if err != nil {
-				a.log.Warn("checking processed origins", "camera", c.name, "file", f.Origin, "err", err)
-			} else if done {
-				c.skipped.Add(1)
-				a.log.Info("file already scored by an earlier run; not scoring it twice", "camera", c.name, "file", f.Origin)
-				f.Ack(true)
-				continue
-			}
+		if a.skipProcessed(c, f) {
+			continue
 		}
 		lastAccepted = now
 		j := &job{cam: c, frame: f, received: now}

@@ -122,14 +122,14 @@ func TestShutdownOrder(t *testing.T) {
 		t.Fatalf("shutdown steps %v, want %v", got, want)
 	}
 	// Drain before flush: each file the daemon acknowledged (moved to processed/) has its result on the
-	// broker, published before `stopped`.
+	// broker, published before `offline`.
 	processed, _ := filepath.Glob(filepath.Join(e.folder, "processed", "*.png"))
 	sub.WaitFor(e.prefix+"/available", wait, func(m []mqtttest.Message) bool {
-		return len(m) > 0 && string(m[len(m)-1].Payload) == "stopped"
+		return len(m) > 0 && string(m[len(m)-1].Payload) == "offline"
 	})
 	seqs, _ := firstSeen(decodeResults(t, sub.Messages(e.prefix+"/line/result")))
 	if len(processed) == 0 || len(seqs) != len(processed) {
-		t.Errorf("%d files acknowledged, %d results published before stopped; want the same, at least 1", len(processed), len(seqs))
+		t.Errorf("%d files acknowledged, %d results published before offline; want the same, at least 1", len(processed), len(seqs))
 	}
 	storeIsClosed(t, cfg.Store.Path)
 	t.Logf("shut down with %d of 12 frames scored, %d left in the folder", len(processed), 12-len(processed))

@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"fmt"
-	"io"
 	"math"
 	"runtime"
 	"sort"
@@ -11,6 +9,7 @@ import (
 
 	"github.com/vlmdiff/edge/agent/httpapi"
 	"github.com/vlmdiff/edge/agent/store"
+	"github.com/vlmdiff/edge/capture"
 )
 
 // latencyBuckets are the histogram bounds in milliseconds: from sub-millisecond overheads to multi-second
@@ -120,6 +119,15 @@ type CameraStats struct {
 	LatencyP95   float64 `json:"latency_p95_ms"`
 	ModelP50     float64 `json:"model_p50_ms"`
 	OverheadP50  float64 `json:"overhead_p50_ms"`
+	// Triggers is present for trigger-mode cameras.
+	Triggers *TriggerStats `json:"triggers,omitempty"`
+}
+
+// TriggerStats count a trigger-mode camera's triggers since start.
+type TriggerStats struct {
+	Accepted   uint64 `json:"accepted"`
+	Timeouts   uint64 `json:"timeouts"`
+	IdleFrames uint64 `json:"idle_frames"` // live frames discarded because no trigger waited
 }
 
 // Stats is the daemon's health snapshot.
@@ -162,7 +170,10 @@ func (a *Agent) cameraStats(c *camera, now time.Time) CameraStats {
 	c.mu.Lock()
 	state, reason := c.state, c.reason
 	c.mu.Unlock()
-	ss := c.src.Stats()
+	var ss capture.Stats
+	if c.src != nil { // the POST /api/score pseudo camera has no source
+		ss = c.src.Stats()
+	}
 	th := a.thresholdState(c)
 	cs := CameraStats{Name: c.name, Kind: c.cfg.Kind, State: state, Reason: reason, FPS: round2(c.fps.value(now)),
 		Frames: c.frames.Load(), Scored: c.scored.Load(), NG: c.ng.Load(), QueueDepth: a.sched.depth(c),
@@ -170,6 +181,9 @@ func (a *Agent) cameraStats(c *camera, now time.Time) CameraStats {
 		DecodeErrors: c.decodeErrs.Load(), Refused: ss.Refused, Ignored: ss.Ignored, ScoreErrors: c.scoreErrs.Load(), Skipped: c.skipped.Load(),
 		Samples: c.samples.Load(), LastSeq: c.seq.Load(), LastScore: math.Float64frombits(c.lastScore.Load()),
 		Threshold: th.Threshold, ThresholdSrc: th.Source}
+	if c.cfg.Trigger {
+		cs.Triggers = &TriggerStats{Accepted: c.trig.accepted.Load(), Timeouts: c.trig.timeouts.Load(), IdleFrames: c.trig.idle.Load()}
+	}
 	cs.LatencyP50, cs.LatencyP95 = a.metrics.quantiles(c.name, LatCaptureToPublish)
 	cs.ModelP50, _ = a.metrics.quantiles(c.name, LatModel)
 	cs.OverheadP50, _ = a.metrics.quantiles(c.name, LatOverhead)
@@ -178,87 +192,5 @@ func (a *Agent) cameraStats(c *camera, now time.Time) CameraStats {
 }
 
 func round2(v float64) float64 { return math.Round(v*100) / 100 }
-
-// WriteMetrics writes the Prometheus text exposition (format 0.0.4), written by hand to keep the binary
-// free of a metrics library.
-func (a *Agent) WriteMetrics(w io.Writer) {
-	now := time.Now()
-	counter := func(name, help string, get func(CameraStats) float64, stats []CameraStats) {
-		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n", name, help, name)
-		for _, s := range stats {
-			fmt.Fprintf(w, "%s{camera=%q} %g\n", name, s.Name, get(s))
-		}
-	}
-	gauge := func(name, help string, get func(CameraStats) float64, stats []CameraStats) {
-		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name)
-		for _, s := range stats {
-			fmt.Fprintf(w, "%s{camera=%q} %g\n", name, s.Name, get(s))
-		}
-	}
-	var cs []CameraStats
-	for _, c := range a.cams {
-		cs = append(cs, a.cameraStats(c, now))
-	}
-	counter("vlmdiff_frames_total", "Frames received from the camera's source.", func(s CameraStats) float64 { return float64(s.Frames) }, cs)
-	counter("vlmdiff_scored_total", "Frames scored and committed.", func(s CameraStats) float64 { return float64(s.Scored) }, cs)
-	counter("vlmdiff_ng_total", "Frames judged NG.", func(s CameraStats) float64 { return float64(s.NG) }, cs)
-	counter("vlmdiff_queue_drops_total", "Frames dropped from a full queue (live cameras).", func(s CameraStats) float64 { return float64(s.QueueDrops) }, cs)
-	counter("vlmdiff_source_drops_total", "Frames a live source dropped because the daemon was busy.", func(s CameraStats) float64 { return float64(s.SourceDrops) }, cs)
-	counter("vlmdiff_decode_errors_total", "Frames or files that could not be read.", func(s CameraStats) float64 { return float64(s.DecodeErrors) }, cs)
-	counter("vlmdiff_score_errors_total", "Frames that could not be scored or stored.", func(s CameraStats) float64 { return float64(s.ScoreErrors) }, cs)
-	counter("vlmdiff_samples_total", "Normal samples collected this run.", func(s CameraStats) float64 { return float64(s.Samples) }, cs)
-	gauge("vlmdiff_fps", "Scored frames per second (smoothed).", func(s CameraStats) float64 { return s.FPS }, cs)
-	gauge("vlmdiff_queue_depth", "Frames waiting in the camera's queue.", func(s CameraStats) float64 { return float64(s.QueueDepth) }, cs)
-	gauge("vlmdiff_camera_up", "1 when the camera's source is online.", func(s CameraStats) float64 {
-		if s.State == "online" {
-			return 1
-		}
-		return 0
-	}, cs)
-
-	a.metrics.mu.Lock()
-	keys := make([][2]string, 0, len(a.metrics.hists))
-	for k := range a.metrics.hists {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i][0]+"\x00"+keys[i][1] < keys[j][0]+"\x00"+keys[j][1] })
-	fmt.Fprintf(w, "# HELP vlmdiff_latency_ms Per-frame latency by stage in milliseconds.\n# TYPE vlmdiff_latency_ms histogram\n")
-	for _, k := range keys {
-		h := a.metrics.hists[k]
-		var cum uint64
-		for i, b := range latencyBuckets {
-			cum += h.counts[i]
-			fmt.Fprintf(w, "vlmdiff_latency_ms_bucket{camera=%q,stage=%q,le=\"%g\"} %d\n", k[0], k[1], b, cum)
-		}
-		cum += h.counts[len(latencyBuckets)]
-		fmt.Fprintf(w, "vlmdiff_latency_ms_bucket{camera=%q,stage=%q,le=\"+Inf\"} %d\n", k[0], k[1], cum)
-		fmt.Fprintf(w, "vlmdiff_latency_ms_sum{camera=%q,stage=%q} %g\n", k[0], k[1], h.sum)
-		fmt.Fprintf(w, "vlmdiff_latency_ms_count{camera=%q,stage=%q} %d\n", k[0], k[1], h.n)
-	}
-	a.metrics.mu.Unlock()
-
-	if a.storeOpen.Load() {
-		if st, err := a.store.OutboxStats(); err == nil {
-			fmt.Fprintf(w, "# HELP vlmdiff_outbox_messages Messages waiting in the outbox.\n# TYPE vlmdiff_outbox_messages gauge\nvlmdiff_outbox_messages %d\n", st.Messages)
-			fmt.Fprintf(w, "# HELP vlmdiff_outbox_bytes Bytes waiting in the outbox.\n# TYPE vlmdiff_outbox_bytes gauge\nvlmdiff_outbox_bytes %d\n", st.Bytes)
-			fmt.Fprintf(w, "# HELP vlmdiff_outbox_dropped_total Outbox messages dropped by the bound.\n# TYPE vlmdiff_outbox_dropped_total counter\n")
-			fmt.Fprintf(w, "vlmdiff_outbox_dropped_total{kind=\"ok_result\"} %d\nvlmdiff_outbox_dropped_total{kind=\"ng_result\"} %d\n", st.DroppedOKResults, st.DroppedNGResults)
-			fmt.Fprintf(w, "vlmdiff_outbox_dropped_total{kind=\"heatmap\"} %d\nvlmdiff_outbox_dropped_total{kind=\"other\"} %d\n", st.DroppedHeatmaps, st.DroppedOther)
-		}
-	}
-	if a.models != nil {
-		ms := a.models.Status()
-		fmt.Fprintf(w, "# HELP vlmdiff_model_info The model state (1 for the current state).\n# TYPE vlmdiff_model_info gauge\n")
-		fmt.Fprintf(w, "vlmdiff_model_info{state=%q,name=%q,version=%q} 1\n", ms.State, ms.Name, ms.Version)
-		fmt.Fprintf(w, "# HELP vlmdiff_model_swaps_total Model hot-swaps.\n# TYPE vlmdiff_model_swaps_total counter\nvlmdiff_model_swaps_total %d\n", ms.Swaps)
-	}
-	if a.pub != nil {
-		up := 0
-		if a.pub.Connected() {
-			up = 1
-		}
-		fmt.Fprintf(w, "# HELP vlmdiff_mqtt_connected 1 while connected to the broker.\n# TYPE vlmdiff_mqtt_connected gauge\nvlmdiff_mqtt_connected %d\n", up)
-	}
-}
 
 var _ httpapi.Backend = (*Agent)(nil)

@@ -148,7 +148,13 @@ func TestKill9Restart(t *testing.T) {
 	if err := p2.cmd.Wait(); err != nil {
 		t.Errorf("daemon exit after SIGTERM: %v\n%s", err, p2.out)
 	}
-	availableIs("stopped")
+	availableIs("offline")
+	// A clean stop says why on the retained reason topic; HA's availability only reads online/offline.
+	reason := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, e.prefix+"/available/reason")
+	if m := reason.WaitN(e.prefix+"/available/reason", 1, wait); !m[0].Retained ||
+		!bytes.Contains(m[0].Payload, []byte(`"state":"offline"`)) || !bytes.Contains(m[0].Payload, []byte("terminated signal received")) {
+		t.Errorf("available/reason after SIGTERM: %s (retained %v)", m[0].Payload, m[0].Retained)
+	}
 	waitNote("STOPPING=1")
 
 	// MQTT: seqs 1..n, each once (a QoS-1 redelivery repeats the same payload and is not a second result).

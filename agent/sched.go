@@ -15,6 +15,11 @@ type job struct {
 	seq      uint64    // the daemon's per-camera seq, assigned when a worker takes the frame
 	received time.Time // when the frame left its source
 	taken    time.Time // when a worker took it
+	// trig is the trigger this frame answers (trigger-mode cameras, POST /api/score), nil for free-running.
+	trig *trigger
+	// class overrides the camera's class (POST /api/score's class); heatmap forces a heatmap (heatmap=1).
+	class   string
+	heatmap bool
 }
 
 // scheduler holds one bounded queue per camera and hands frames to the scoring workers round-robin across

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -66,7 +67,8 @@ func (a *Agent) startStore(context.Context) (func(context.Context) error, error)
 	st, err := store.Open(store.Options{Path: sc.Path, HistoryMaxAge: sc.Retention.MaxAge,
 		HistoryMaxBytes: int64(sc.Retention.MaxSize), OutboxMaxMessages: sc.Outbox.MaxItems,
 		OutboxMaxBytes: int64(sc.Outbox.MaxSize), MinFreeBytes: uint64(sc.Samples.MinFreeDisk),
-		MaxSamples: sc.Samples.Max, OriginMaxAge: sc.Retention.MaxAge, Logger: a.log.With("component", "store")})
+		MaxSamples: sc.Samples.Max, OriginMaxAge: sc.Retention.MaxAge, Logger: a.log.With("component", "store"),
+		ImagesPerCamera: sc.Images.OKPerCamera, NGImagesPerCamera: sc.Images.NGPerCamera})
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +103,16 @@ func (a *Agent) openCameras(context.Context) (func(context.Context) error, error
 		a.cams = append(a.cams, c)
 		a.byName[c.name] = c
 	}
-	a.sched = newScheduler(a.cams)
+	if err := a.openEvidence(); err != nil {
+		return nil, err
+	}
+	sc, err := a.newScoreCamera()
+	if err != nil {
+		return nil, err
+	}
+	a.scoreCam = sc
+	a.byName[sc.name] = sc
+	a.sched = newScheduler(append(slices.Clone(a.cams), sc))
 	return nil, nil
 }
 
@@ -140,7 +151,7 @@ func (a *Agent) startPublisher(ctx context.Context) (func(context.Context) error
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = pub.Run(pctx) }()
-	return func(context.Context) error { cancel(); <-done; return nil }, nil
+	return func(context.Context) error { pub.SetStopReason(a.stopReason); cancel(); <-done; return nil }, nil
 }
 
 // startModels sets up the model manager (the models are loaded by startWatchers). The watched directory is
@@ -209,6 +220,9 @@ func (a *Agent) startWorkers(ctx context.Context) (func(context.Context) error, 
 		case <-drained:
 		case <-time.After(a.cfg.Agent.ShutdownTimeout):
 			left := a.sched.abandon()
+			for _, j := range left {
+				j.trig.finish(scoreReply{err: errors.New("the daemon stopped before this frame was scored")})
+			}
 			a.log.Warn("drain timeout: frames left unscored stay with their sources (folder files are re-read at the next start)", "frames", len(left))
 			cancel()
 			<-drained

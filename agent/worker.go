@@ -46,6 +46,7 @@ func (a *Agent) scoreBatch(ctx context.Context, jobs []*job) {
 	if m == nil {
 		// Shutting down with no model: give up on the frames without acknowledging them.
 		for _, j := range jobs {
+			j.trig.finish(scoreReply{err: errors.New("the daemon stopped before a model was loaded")})
 			j.cam.doneTurn(j.seq)
 		}
 		return
@@ -53,7 +54,11 @@ func (a *Agent) scoreBatch(ctx context.Context, jobs []*job) {
 	defer m.release()
 	reqs := make([]pipeline.Request, len(jobs))
 	for i, j := range jobs {
-		reqs[i] = pipeline.Request{Image: frameImage(j), Class: j.cam.cfg.Class, Seq: j.seq}
+		class := j.cam.cfg.Class
+		if j.class != "" {
+			class = j.class
+		}
+		reqs[i] = pipeline.Request{Image: frameImage(j), Class: class, Seq: j.seq}
 	}
 	t0 := time.Now()
 	// Scoring is not cancelled by shutdown: frames already taken finish (bounded by the drain timeout).
@@ -122,6 +127,7 @@ func (a *Agent) frameFailed(j *job, err error) {
 	c.mu.Unlock()
 	a.cameraTransient(c, fmt.Sprintf("frame %d not scored: %v", j.seq, err))
 	j.frame.Ack(false)
+	j.trig.finish(scoreReply{err: fmt.Errorf("frame not scored: %w", err)})
 	c.doneTurn(j.seq)
 }
 
@@ -144,7 +150,7 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	lat[LatQueue] = ms(j.taken.Sub(j.received))
 
 	var hm *mqttout.Heatmap
-	if a.heatmapDue(c, r.Verdict) {
+	if a.heatmapDue(c, r.Verdict) || j.heatmap {
 		t := time.Now()
 		data, err := m.scorer.Heatmap(frameImage(j), r, a.cfg.MQTT.Heatmap.Format)
 		lat[LatHeatmap] = ms(time.Since(t))
@@ -167,6 +173,7 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	now := time.Now()
 	lat[LatCaptureToPublish] = ms(now.Sub(frameTimeOr(j)))
 	lat[LatOverhead] = max(0, ms(now.Sub(j.taken))-modelMS)
+	annotate(rec, j, lat, now)
 	t := time.Now()
 	err := a.submit(rec, hm)
 	lat[LatCommit] = ms(time.Since(t))
@@ -176,6 +183,7 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 		// An earlier run committed this file and died before moving it: acknowledge without a second result.
 		c.skipped.Add(1)
 		j.frame.Ack(true)
+		j.trig.finish(scoreReply{err: err})
 		return
 	case err != nil:
 		c.scoreErrs.Add(1)
@@ -184,9 +192,15 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 		c.mu.Unlock()
 		a.cameraTransient(c, fmt.Sprintf("result %d not stored: %v", j.seq, err))
 		// Not acknowledged: a folder file stays in place and is scored again at the next start.
+		j.trig.finish(scoreReply{err: fmt.Errorf("result not stored: %w", err)})
 		return
 	}
 	j.frame.Ack(true)
+	if hm != nil {
+		j.trig.finish(scoreReply{rec: rec, heatmap: hm.Data, format: hm.Format})
+	} else {
+		j.trig.finish(scoreReply{rec: rec})
+	}
 	c.scored.Add(1)
 	if r.Verdict == pipeline.VerdictNG {
 		c.ng.Add(1)
@@ -199,6 +213,7 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	}
 	c.fps.tick(now)
 	a.metrics.observe(c.name, lat)
+	a.prom.observe(c.name, lat)
 	c.mu.Lock()
 	c.lastFrame = j.frame
 	c.lastJPEG = nil
@@ -207,6 +222,7 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	}
 	c.mu.Unlock()
 	a.maybeSample(c, j, r)
+	a.keepEvidence(c, j, r, rec, hm)
 }
 
 // heatmapDue decides per camera whether this result gets a heatmap: never when the camera has them off, always

@@ -18,12 +18,13 @@ func init() {
 	Register(Command{Name: "run", Summary: "run the inspection daemon (cameras -> model -> MQTT/store/HTTP)", Run: runDaemon})
 }
 
-// runDaemon is `vlmdiff run --config FILE [--check-config]`. The process's signal context (SIGINT/SIGTERM)
+// runDaemon is `vlmdiff run --config FILE [--check-config [--json]]`. The process's signal context (SIGINT/SIGTERM)
 // starts the graceful shutdown.
 func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("run", "--config FILE [--check-config]", stderr)
+	fs := NewFlagSet("run", "--config FILE [--check-config [--json]]", stderr)
 	path := fs.String("config", "/etc/vlmdiff/agent.yaml", "the daemon's YAML config (docs/config.md)")
 	check := fs.Bool("check-config", false, "validate the config, print a summary and exit (0 = valid)")
+	asJSON := fs.Bool("json", false, "with --check-config: print the summary, or the problems, as JSON (checkconfig.go)")
 	if err := Parse(fs, args); err != nil {
 		return err
 	}
@@ -32,6 +33,9 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return ErrUsage
 	}
 	cfg, err := config.Load(*path)
+	if *check && *asJSON {
+		return checkConfigJSON(stdout, *path, cfg, err)
+	}
 	if err != nil {
 		return &ExitError{Code: 2, Err: err}
 	}

@@ -31,6 +31,13 @@ type Camera struct {
 	HeatmapInterval *time.Duration `yaml:"heatmap_interval"`
 	// SampleEvery keeps every Nth OK frame as a normal sample; overrides store.samples.every. 0 = off.
 	SampleEvery *int `yaml:"sample_every"`
+	// Trigger puts the camera in trigger mode: a frame is scored only for a trigger received on
+	// <prefix>/<camera>/trigger (MQTT) or POST /api/cameras/<camera>/trigger (HTTP), and the trigger's JSON is
+	// echoed in that frame's result. Default false (free-running).
+	Trigger bool `yaml:"trigger"`
+	// TriggerTimeout is how long a trigger waits for its frame before it is refused on
+	// <prefix>/<camera>/trigger/rejected. Default 10s.
+	TriggerTimeout time.Duration `yaml:"trigger_timeout"`
 }
 
 // HeatmapOn reports whether heatmaps are published for the camera.

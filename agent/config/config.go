@@ -20,6 +20,8 @@ type Config struct {
 	MQTT    MQTT     `yaml:"mqtt"`
 	Store   Store    `yaml:"store"`
 	HTTP    HTTP     `yaml:"http"`
+	// Evidence keeps NG frames as files (line.go).
+	Evidence Evidence `yaml:"evidence"`
 }
 
 // Agent holds process-wide settings.
@@ -84,6 +86,10 @@ type MQTT struct {
 	StatsInterval time.Duration `yaml:"stats_interval"`
 	// Embedded secures the embedded broker (used when Broker is empty); see docs/operations.md, "Securing MQTT".
 	Embedded EmbeddedBroker `yaml:"embedded"`
+	// Discovery publishes Home Assistant MQTT discovery configs (retained) for every camera. Default false.
+	Discovery bool `yaml:"discovery"`
+	// DiscoveryPrefix is Home Assistant's discovery prefix. Default "homeassistant".
+	DiscoveryPrefix string `yaml:"discovery_prefix"`
 }
 
 // EmbeddedBroker holds the embedded broker's access control. The agent's own connection uses a random
@@ -150,6 +156,8 @@ type Store struct {
 	Retention Retention `yaml:"retention"`
 	Outbox    Outbox    `yaml:"outbox"`
 	Samples   Samples   `yaml:"samples"`
+	// Images bounds the heatmaps kept in the store per camera (line.go).
+	Images StoreImages `yaml:"images"`
 }
 
 // Retention bounds history.
@@ -179,6 +187,8 @@ type Samples struct {
 type HTTP struct {
 	// Listen address, e.g. 127.0.0.1:8080; empty = HTTP off.
 	Listen string `yaml:"listen"`
+	// Score configures POST /api/score (line.go).
+	Score Score `yaml:"score"`
 }
 
 // Load reads, substitutes, decodes, completes and validates a config file.

@@ -151,6 +151,7 @@ func (c *Config) SetDefaults() {
 	if s.Samples.Max == 0 {
 		s.Samples.Max = 10000
 	}
+	c.setLineDefaults()
 }
 
 // topicSafe replaces characters that MQTT topics or client ids must not carry.
@@ -268,6 +269,7 @@ func (c *Config) Validate() error {
 	}
 
 	c.validateStore(bad)
+	c.validateLine(bad)
 
 	if c.HTTP.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {

@@ -24,6 +24,9 @@ var ErrNotFound = errors.New("not found")
 type Backend interface {
 	// Ready returns nil when the daemon can score (a model loaded and the store open), else why not.
 	Ready() error
+	// Healthy returns nil unless scoring has stalled (frames wait and no worker made progress): the same
+	// check that feeds the systemd watchdog.
+	Healthy() error
 	StatsJSON() any
 	CamerasJSON() any
 	ModelJSON() any
@@ -37,7 +40,8 @@ type Backend interface {
 	History(camera string, limit int) (any, error)
 	// Image returns a stored image by key (Record.heatmap_key / thumbnail_key).
 	Image(key string) (data []byte, contentType string, err error)
-	WriteMetrics(w io.Writer)
+	// Metrics serves /metrics (the Prometheus exposition).
+	Metrics() http.Handler
 }
 
 // Server is the HTTP server.
@@ -55,12 +59,15 @@ func New(b Backend, log *slog.Logger) *Server {
 		log = slog.Default()
 	}
 	s := &Server{b: b, log: log, mux: http.NewServeMux()}
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	s.mux.HandleFunc("GET /readyz", s.readyz)
-	s.mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		b.WriteMetrics(w)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := b.Healthy(); err != nil {
+			httpError(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		io.WriteString(w, "ok\n")
 	})
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.Handle("GET /metrics", b.Metrics())
 	s.mux.HandleFunc("GET /api/stats", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, b.StatsJSON()) })
 	s.mux.HandleFunc("GET /api/cameras", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, b.CamerasJSON()) })
 	s.mux.HandleFunc("GET /api/model", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, b.ModelJSON()) })
@@ -99,6 +106,12 @@ func New(b Backend, log *slog.Logger) *Server {
 		v, err := b.History(r.URL.Query().Get("camera"), limit)
 		s.writeResult(w, v, err)
 	})
+	if p, ok := b.(Pusher); ok {
+		s.mountPush(p)
+	}
+	if e, ok := b.(EvidenceSource); ok {
+		s.mountEvidence(e)
+	}
 	return s
 }
 

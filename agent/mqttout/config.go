@@ -131,6 +131,11 @@ type Config struct {
 	OnThreshold func(camera string, cmd ThresholdCommand) (ThresholdState, error)
 	// OnSample handles <prefix>/<camera>/sample/set: collect the camera's next frame as a sample.
 	OnSample func(camera string) error
+	// OnTrigger handles <prefix>/<camera>/trigger (trigger-mode cameras); an error refuses the trigger on
+	// <prefix>/<camera>/trigger/rejected. Nil: the trigger topic is not subscribed.
+	OnTrigger func(camera string, payload []byte) error
+	// Discovery announces the cameras to Home Assistant (discovery.go).
+	Discovery DiscoveryConfig
 	// Now is injectable for tests (heatmap rate limit, timestamps); default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -195,6 +200,15 @@ func (c *Config) fill() error {
 	def(&c.StatsInterval, 30*time.Second)
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Discovery.Prefix == "" {
+		c.Discovery.Prefix = "homeassistant"
+	}
+	if c.Discovery.NodeID == "" {
+		c.Discovery.NodeID = c.ClientID
+	}
+	if c.Discovery.HeatmapFormat == "" {
+		c.Discovery.HeatmapFormat = "png"
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

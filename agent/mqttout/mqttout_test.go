@@ -195,16 +195,21 @@ func TestResultsInOrderWithHeatmapsAndStatus(t *testing.T) {
 		t.Fatalf("outbox not empty after delivery: %+v", stats)
 	}
 	// A new subscriber sees the retained state: clean stop, camera status, model status.
-	fresh := mqtttest.Subscribe(t, b.URL, mqtttest.SubOptions{}, "plant/available", "plant/cam1/status", "plant/model/status")
-	got := fresh.WaitN("", 3, wait)
+	fresh := mqtttest.Subscribe(t, b.URL, mqtttest.SubOptions{}, "plant/available", "plant/available/reason", "plant/cam1/status", "plant/model/status")
+	got := fresh.WaitN("", 4, wait)
 	for _, m := range got {
 		if !m.Retained {
 			t.Fatalf("%s not retained", m.Topic)
 		}
 		switch m.Topic {
 		case "plant/available":
-			if string(m.Payload) != AvailableStopped {
-				t.Fatalf("available = %q after clean stop, want stopped", m.Payload)
+			if string(m.Payload) != AvailableOffline {
+				t.Fatalf("available = %q after clean stop, want offline", m.Payload)
+			}
+		case "plant/available/reason":
+			var r AvailableReason
+			if err := json.Unmarshal(m.Payload, &r); err != nil || r.State != AvailableOffline || r.Reason != "clean shutdown" || r.Since.IsZero() {
+				t.Fatalf("available/reason = %s after clean stop", m.Payload)
 			}
 		case "plant/cam1/status":
 			var s CameraStatus

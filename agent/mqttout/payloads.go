@@ -31,6 +31,22 @@ type ResultPayload struct {
 	AnomalyAreaPct float64            `json:"anomaly_area_pct"`
 	// Heatmap is present when this frame's heatmap is published (see HeatmapConfig).
 	Heatmap *HeatmapRef `json:"heatmap,omitempty"`
+	// Source is the frame's file name (folder cameras).
+	Source string `json:"source,omitempty"`
+	// Trigger echoes the trigger that asked for this frame (trigger mode, POST /api/score with an id).
+	Trigger json.RawMessage `json:"trigger,omitempty"`
+}
+
+// NewResultPayload is the result JSON for a committed record, produced at now (published_at).
+func NewResultPayload(rec *store.Record, now time.Time) ResultPayload {
+	pl := ResultPayload{Camera: rec.Camera, Seq: rec.Seq, FrameTime: rec.FrameTime.UTC(), PublishedAt: now.UTC(),
+		Score: rec.Score, RawScore: rec.RawScore, Threshold: rec.Threshold, Verdict: rec.Verdict, Class: rec.Class,
+		Model: rec.Model, LatencyMS: rec.LatencyMS, AnomalyAreaPct: rec.AnomalyAreaPct, Source: rec.Source,
+		Trigger: rec.Trigger}
+	if pl.LatencyMS == nil {
+		pl.LatencyMS = map[string]float64{}
+	}
+	return pl
 }
 
 // HeatmapRef tells a result's consumer where its heatmap goes.

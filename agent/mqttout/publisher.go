@@ -17,11 +17,11 @@ import (
 	"github.com/vlmdiff/edge/agent/store"
 )
 
-// Availability payloads on <prefix>/available.
+// Availability payloads on <prefix>/available: only these two, because Home Assistant's availability
+// understands only online/offline. Why the agent is offline goes to <prefix>/available/reason.
 const (
 	AvailableOnline  = "online"
-	AvailableStopped = "stopped"
-	AvailableOffline = "offline" // the Last Will: the broker publishes it when the agent vanishes
+	AvailableOffline = "offline" // on a clean stop, and the Last Will when the agent vanishes
 )
 
 // Publisher is the MQTT side of the agent. Create with New, run with Run; Submit and the Set* methods are
@@ -41,6 +41,8 @@ type Publisher struct {
 	thresholds  map[string]ThresholdState
 	model       *ModelStatus
 	lastHeatmap map[string]time.Time
+
+	stopReason atomic.Value // string: why Run is stopping (SetStopReason)
 
 	published  atomic.Uint64
 	failures   atomic.Uint64
@@ -104,10 +106,15 @@ func (p *Publisher) topic(parts ...string) string {
 // onConnect runs in its own goroutine (paho) on every (re)connect: announce, subscribe, republish state.
 func (p *Publisher) onConnect(c mqtt.Client) {
 	p.log.Info("mqtt connected", "broker", p.cfg.Broker, "client_id", p.cfg.ClientID)
+	p.publishNow(p.topic("available", "reason"), 1, true, p.reasonPayload(AvailableOnline, "connected"))
 	p.publishNow(p.topic("available"), 1, true, []byte(AvailableOnline))
+	p.publishDiscovery()
 	filters := map[string]byte{
 		p.topic("+", "threshold", "set"): p.cfg.QoS.Command,
 		p.topic("+", "sample", "set"):    p.cfg.QoS.Command,
+	}
+	if p.cfg.OnTrigger != nil {
+		filters[p.topic("+", "trigger")] = p.cfg.QoS.Command
 	}
 	tok := c.SubscribeMultiple(filters, p.onMessage)
 	if !tok.WaitTimeout(p.cfg.AckTimeout) || tok.Error() != nil {
@@ -188,7 +195,10 @@ func (p *Publisher) onMessage(_ mqtt.Client, m mqtt.Message) {
 		return
 	}
 	parts := strings.Split(rest, "/")
-	if len(parts) != 3 || parts[2] != "set" {
+	switch {
+	case len(parts) == 3 && parts[2] == "set":
+	case len(parts) == 2 && parts[1] == "trigger":
+	default:
 		return
 	}
 	select {
@@ -213,6 +223,9 @@ func (p *Publisher) handleCommand(c command) {
 		// The camera level of the topic is the sender's text: echo a short escaped prefix only.
 		p.log.Warn("mqtt command rejected", "camera", echo.String(c.camera), "command", c.kind,
 			"err", echo.Clip(err.Error(), maxReason))
+		if c.kind == "trigger" {
+			p.RejectTrigger(c.camera, c.payload, echo.Clip(err.Error(), maxReason))
+		}
 		return
 	}
 	log := p.log.With("camera", c.camera, "command", c.kind)
@@ -242,6 +255,8 @@ func (p *Publisher) handleCommand(c command) {
 		st.Camera = c.camera
 		log.Info("threshold changed", "threshold", st.Threshold, "source", st.Source)
 		p.SetThresholdState(st)
+	case "trigger":
+		p.handleTrigger(c.camera, c.payload)
 	case "sample":
 		if p.cfg.OnSample == nil {
 			log.Warn("mqtt sample command refused: sample collection not enabled")
@@ -301,12 +316,7 @@ func (p *Publisher) SetModelStatus(s ModelStatus) {
 // OK heatmaps before anything else, so they never cost a result.
 func (p *Publisher) Messages(rec *store.Record, hm *Heatmap) ([]store.Message, error) {
 	now := p.cfg.Now().UTC()
-	pl := ResultPayload{Camera: rec.Camera, Seq: rec.Seq, FrameTime: rec.FrameTime.UTC(), PublishedAt: now,
-		Score: rec.Score, RawScore: rec.RawScore, Threshold: rec.Threshold, Verdict: rec.Verdict, Class: rec.Class,
-		Model: rec.Model, LatencyMS: rec.LatencyMS, AnomalyAreaPct: rec.AnomalyAreaPct}
-	if pl.LatencyMS == nil {
-		pl.LatencyMS = map[string]float64{}
-	}
+	pl := NewResultPayload(rec, now)
 	var hmMsg *store.Message
 	if hm != nil && len(hm.Data) > 0 && p.cfg.Heatmap.Mode != HeatmapOff && p.heatmapDue(rec.Camera, rec.Verdict, now) {
 		topic := p.topic(rec.Camera, "heatmap")

@@ -2,6 +2,7 @@ package mqttout
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -13,9 +14,9 @@ import (
 )
 
 // Run connects (retrying with backoff while the broker is away), drains the outbox, handles commands and
-// publishes stats until ctx is done. Then it flushes the outbox for up to FlushTimeout, publishes `stopped`
-// (retained) and disconnects cleanly, so the Last Will (`offline`) is not sent. It returns nil after a clean
-// stop; a Publisher runs once.
+// publishes stats until ctx is done. Then it flushes the outbox for up to FlushTimeout, publishes the stop
+// reason on <prefix>/available/reason and `offline` on <prefix>/available (both retained) and disconnects
+// cleanly. It returns nil after a clean stop; a Publisher runs once.
 func (p *Publisher) Run(ctx context.Context) error {
 	connTok := p.client.Connect()
 	go func() {
@@ -42,9 +43,19 @@ func (p *Publisher) Run(ctx context.Context) error {
 	defer cancel()
 	left := p.flush(fctx)
 	if p.client.IsConnectionOpen() {
-		tok := p.client.Publish(p.topic("available"), 1, true, AvailableStopped)
-		if !tok.WaitTimeout(p.cfg.AckTimeout) || tok.Error() != nil {
-			p.log.Warn("mqtt: could not publish stopped", "err", tokenErr(tok))
+		reason, _ := p.stopReason.Load().(string)
+		if reason == "" {
+			reason = "clean shutdown"
+		}
+		// The reason first: a consumer that sees offline finds its reason already there.
+		for _, m := range []struct {
+			topic   string
+			payload []byte
+		}{{p.topic("available", "reason"), p.reasonPayload(AvailableOffline, reason)}, {p.topic("available"), []byte(AvailableOffline)}} {
+			tok := p.client.Publish(m.topic, 1, true, m.payload)
+			if !tok.WaitTimeout(p.cfg.AckTimeout) || tok.Error() != nil {
+				p.log.Warn("mqtt: could not publish the stop", "topic", m.topic, "err", tokenErr(tok))
+			}
 		}
 	}
 	p.connected.Store(false)
@@ -218,4 +229,21 @@ func (p *Publisher) PublishStats() {
 		sp.Agent = p.cfg.Stats()
 	}
 	p.publishJSON(p.topic("stats"), p.cfg.QoS.Stats, false, sp)
+}
+
+// AvailableReason is the retained JSON on <prefix>/available/reason: the state last announced by the agent
+// itself and why. After a crash the Last Will sets <prefix>/available to offline while this still says
+// online: that mismatch is how a consumer tells a vanished agent from a clean stop.
+type AvailableReason struct {
+	State  string    `json:"state"`
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+}
+
+// SetStopReason records why the agent stops, published on <prefix>/available/reason at the end of Run.
+func (p *Publisher) SetStopReason(reason string) { p.stopReason.Store(reason) }
+
+func (p *Publisher) reasonPayload(state, reason string) []byte {
+	b, _ := json.Marshal(AvailableReason{State: state, Reason: reason, Since: p.cfg.Now().UTC()})
+	return b
 }

@@ -42,6 +42,11 @@ type Record struct {
 	ThumbnailKey   string             `json:"thumbnail_key,omitempty"`
 	// Origin identifies the frame's source object (a folder source's file name).
 	Origin string `json:"origin,omitempty"`
+	// Source is the base name of the frame's file (folder camera): what a consumer pairs a result with.
+	Source string `json:"source,omitempty"`
+	// Trigger is the JSON object of the trigger that asked for this frame (trigger-mode cameras, POST
+	// /api/score with an id), echoed unchanged so a PLC gateway can pair request and answer.
+	Trigger json.RawMessage `json:"trigger,omitempty"`
 	// OriginKey is what is recorded as processed (see Processed): the origin's version identity, so a file
 	// name that is reused is a new origin. Empty: Origin is recorded.
 	OriginKey string `json:"origin_key,omitempty"`

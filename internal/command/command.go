@@ -1,17 +1,20 @@
 // Package command is the registry of the single vlmdiff binary's subcommands. Each area owns its commands
 // and registers them in an init function (the daemon and scoring tools in agent/cli, the trainer's in
 // trainer/cli), the way Caddy's modules register themselves; the main package chooses which areas the binary
-// carries by importing them. The registry itself depends on nothing but the standard library, so no area
-// pulls in another through it.
+// carries by importing them. The registry itself depends on nothing but the standard library (and
+// internal/buildinfo, for the built-in `version`), so no area pulls in another through it.
 package command
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"sort"
+
+	"github.com/vlmdiff/edge/internal/buildinfo"
 )
 
 // Command is one subcommand. Run gets the arguments after the command's name and the process's streams.
@@ -54,6 +57,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
+	if args[0] == "version" || args[0] == "--version" || args[0] == "-version" {
+		return printVersion(args[1:], stdout, stderr)
+	}
 	c, ok := commands[args[0]]
 	if !ok {
 		fmt.Fprintf(stderr, "vlmdiff: unknown command %q\n\n", args[0])
@@ -91,6 +97,7 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].Summary)
 	}
+	fmt.Fprintf(w, "  %-10s %s\n", "version", "print the build's version (also --version; --json for JSON)")
 	fmt.Fprintln(w, "\nRun 'vlmdiff COMMAND -h' for a command's flags.")
 }
 
@@ -114,4 +121,26 @@ func Parse(fs *flag.FlagSet, args []string) error {
 		return ErrUsage
 	}
 	return nil
+}
+
+// printVersion is `vlmdiff version [--json]` (and `vlmdiff --version`): built in, so every binary built from
+// the registry answers it whatever areas it carries.
+func printVersion(args []string, stdout, stderr io.Writer) int {
+	fs := NewFlagSet("version", "[--json]", stderr)
+	asJSON := fs.Bool("json", false, "print the build info as JSON")
+	if err := Parse(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	info := buildinfo.Get()
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(info)
+		return 0
+	}
+	fmt.Fprintln(stdout, info.String())
+	return 0
 }
