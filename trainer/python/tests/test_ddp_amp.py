@@ -68,8 +68,12 @@ def test_ddp_two_processes_agree_and_resume(dataset, built, tmp_path):  # noqa: 
     assert _max_rel(a, b) < 1e-5, "a resumed DDP run differs from an uninterrupted one"
     # and the 4 steps changed the model (the comparison above is not between two untouched copies)
     assert _max_rel(a, _denoiser(built)) > 1e-4
-    # only rank 0 wrote: the run directory holds one model and the checkpoints, nothing rank-suffixed
-    assert sorted(os.listdir(run_a)) == ["checkpoints", "model-trained.pt"]
+    # only rank 0 wrote: the run directory holds one model, the checkpoints and one loss curve, nothing
+    # rank-suffixed, and the curve has each logged step once (a second writer would double the rows)
+    assert sorted(os.listdir(run_a)) == ["checkpoints", "curves", "model-trained.pt"]
+    assert os.listdir(run_a / "curves") == ["train.csv"]
+    steps = [line.split(",")[0] for line in (run_a / "curves" / "train.csv").read_text().splitlines()[1:]]
+    assert len(steps) == len(set(steps)), steps
 
 
 def test_bf16_autocast_on_cpu(dataset, built, tmp_path):  # noqa: F811
