@@ -99,8 +99,16 @@ func (t *Tree) Save(it Item) ([]string, error) {
 		if len(f.data) == 0 {
 			continue
 		}
-		if err := fsutil.WriteFileAtomic(filepath.Join(dir, f.name), f.data, 0o644); err != nil {
+		p := filepath.Join(dir, f.name)
+		if err := fsutil.WriteFileAtomic(p, f.data, 0o644); err != nil {
 			return out, fmt.Errorf("evidence: %w", err)
+		}
+		// The file's time is the frame's, so pruning by size removes the oldest frames first even when several
+		// are written within the file system's timestamp resolution (or out of order, e.g. after a restart).
+		if !it.Time.IsZero() {
+			if err := os.Chtimes(p, it.Time, it.Time); err != nil {
+				return out, fmt.Errorf("evidence: %w", err)
+			}
 		}
 		out = append(out, filepath.ToSlash(filepath.Join(rel, f.name)))
 	}

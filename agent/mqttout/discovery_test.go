@@ -112,6 +112,10 @@ func TestHomeAssistantDiscovery(t *testing.T) {
 			return ThresholdState{Camera: camera, Threshold: cmd.Threshold, Source: "override"}, nil
 		}
 	})
+	// Wait until every config was published, then subscribe afresh: a broker sets the retained flag only on
+	// messages it delivers from its store to a new subscription, so only this second look shows retention.
+	first := mqtttest.Subscribe(t, b.URL, mqtttest.SubOptions{QoS: 1}, "homeassistant/#")
+	first.WaitN("", 9, wait)
 	ha := mqtttest.Subscribe(t, b.URL, mqtttest.SubOptions{QoS: 1}, "homeassistant/#")
 	msgs := ha.WaitN("", 9, wait)
 

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from vlmdiff_train import checkpoints as C  # noqa: E402
 from vlmdiff_train import presets  # noqa: E402
-from vlmdiff_train.tokenizer import EOT, SOT, _base_vocab, learn_merges  # noqa: E402
+from vlmdiff_train.tokenizer import EOT, SOT, base_vocab, learn_merges  # noqa: E402
 
 PRESET = "sd15-mini"
 SD_EXTRAS = ["betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "posterior_variance"]
@@ -60,7 +60,7 @@ def write_weights(out: str) -> dict:
     tok_dir = os.path.join(out, "clip-vit-large-patch14")
     os.makedirs(tok_dir, exist_ok=True)
     merges = learn_merges(["a photo of a stripes", "a photo of a waves", "a photo of a bottle"], 60)
-    vocab = _base_vocab() + ["".join(m) for m in merges] + [SOT, EOT]
+    vocab = base_vocab() + ["".join(m) for m in merges] + [SOT, EOT]
     with open(os.path.join(tok_dir, "vocab.json"), "w", encoding="utf-8") as f:
         json.dump({t: i for i, t in enumerate(vocab)}, f)
     with open(os.path.join(tok_dir, "merges.txt"), "w", encoding="utf-8") as f:

@@ -176,3 +176,19 @@ def test_best_val_without_validation_normals_is_refused(dataset, tmp_path):
     with pytest.raises(RuntimeError, match="need validation normals"):
         train_denoiser.run({"run_dir": str(tmp_path / "t"), "model": model, "index": str(idx), "height": S,
                             "width": S, "batch_size": 2, "max_steps": 1, "select": "best_val"})
+
+
+def test_build_measures_the_latent_scale_of_a_deterministic_autoencoder(dataset, tmp_path):
+    from vlmdiff_train.model_file import latent_scale, load_model_file, rebuild
+    model = _built(dataset, tmp_path / "b", "tiny-taef")
+    blob = load_model_file(model)
+    s = blob["builder"]["latent_scale"]
+    nets, _ = rebuild(blob)
+    x = D.collate([D.train_dataset({"index": str(dataset / "index.jsonl"), "height": S, "width": S})[i]
+                   for i in range(2)])["image"]
+    with torch.no_grad():
+        std = float(nets.vae.encode(x).std())
+    assert s == pytest.approx(1 / std, rel=1e-3)  # the two training images are all the build stage saw
+    assert latent_scale(blob["builder"]) == s
+    # a KL VAE keeps its preset's scale (SD's 0.18215): nothing measured
+    assert "latent_scale" not in load_model_file(_built(dataset, tmp_path / "k", "tiny"))["builder"]

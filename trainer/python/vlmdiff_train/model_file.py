@@ -193,8 +193,10 @@ def load_nets(weights: str, bundle_dir: str, manifest: dict):
 # ---------------------------------------------------------------------------------------------------------------
 
 def latent_scale(builder: dict) -> float:
-    """The diffusion latent scale of a model file's networks: the preset's (SD's 0.18215 for KL VAEs, TAEF2_SCALE
-    for the pretrained tiny autoencoder); fixtures use SD's."""
+    """The diffusion latent scale of a model file's networks: the one the build stage measured (deterministic
+    autoencoders), else the preset's (SD's 0.18215 for KL VAEs, TAEF2_SCALE for taef2); fixtures use SD's."""
+    if builder.get("latent_scale"):  # measured by the build stage (train_denoiser.measured_latent_scale)
+        return float(builder["latent_scale"])
     if builder.get("kind") == "preset":
         from . import presets
         return float(presets.get_preset(builder["name"]).scale_factor)

@@ -78,14 +78,40 @@ def run_build(cfg) -> dict:
     if nets.text_encoder is not None and vocab > nets.text_encoder.cfg.vocab_size:
         raise RuntimeError(f"build: tokenizer vocabulary {vocab} exceeds the text encoder's {nets.text_encoder.cfg.vocab_size}")
     out = c.out or os.path.join(run_dir, "model.pt")
-    save_model(out, name, nets.vae, nets.denoiser, nets.text_encoder, merges, {"stage": "build"})
-    return {"model": out, "preset": name, "merges": len(merges)}
+    builder: dict = {}
+    if getattr(nets.vae, "deterministic", False) and c.index:
+        builder["latent_scale"] = measured_latent_scale(nets.vae, c.index, presets.get_preset(name).input_size)
+        log.info("latent scale %.4g: 1/std of the autoencoder's latents on the training images",
+                 builder["latent_scale"])
+    save_model(out, name, nets.vae, nets.denoiser, nets.text_encoder, merges, {"stage": "build"}, builder)
+    return {"model": out, "preset": name, "merges": len(merges), **builder}
 
 
-def save_model(path: str, preset: str, vae, denoiser, text, merges, extra: dict) -> None:
+def measured_latent_scale(vae, index: str, size: int, n_max: int = 32) -> float:
+    """1 / std of the autoencoder's latents over up to n_max training images, as SD chose its 0.18215.
+
+    Why: the diffusion schedule assumes unit-variance latents. A pretrained autoencoder's latent spread depends on
+    its weights (taef2: about 0.68) and moves when it is finetuned, so the scale is measured on the user's own
+    normals at build time and travels in the model file (model_file.latent_scale) to training and export.
+    """
+    recs = D.read_index(index, split="train", label=0)[:n_max]
+    if not recs:
+        raise RuntimeError(f"build: {index} has no training images to measure the latent scale on")
+    ds = D.ImageDataset(recs, size, size)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(D.collate([ds[j] for j in range(i, min(i + 8, len(ds)))])["image"])
+                       for i in range(0, len(ds), 8)])
+    std = float(z.std())
+    if not (std > 1e-6) or not math.isfinite(std):
+        raise RuntimeError(f"build: the autoencoder's latents have std {std} on the training images")
+    return round(1.0 / std, 6)
+
+
+def save_model(path: str, preset: str, vae, denoiser, text, merges, extra: dict,
+               builder: Optional[dict] = None) -> None:
     nets = Nets(vae=vae, denoiser=denoiser, features=None, hint=None, text=text)
-    save_reference_weights(path, {"kind": "preset", "name": preset}, nets, features_kind="onnx", tokenizer=merges,
-                           extra=extra)
+    save_reference_weights(path, {"kind": "preset", "name": preset, **(builder or {})}, nets, features_kind="onnx",
+                           tokenizer=merges, extra=extra)
 
 
 # ---------------------------------------------------------------------------------------------------------------
