@@ -309,6 +309,7 @@ func (a *Agent) refreshThresholdState(c *camera) {
 }
 
 func (a *Agent) refreshThresholdStates() {
+	a.dropImplausibleOverrides()
 	for _, c := range a.cams {
 		if _, ok := c.thresholdOverride(); !ok {
 			a.refreshThresholdState(c)

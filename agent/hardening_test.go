@@ -16,6 +16,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/vlmdiff/edge/agent/config"
 	"github.com/vlmdiff/edge/agent/internal/mqtttest"
+	"github.com/vlmdiff/edge/agent/store"
 )
 
 // lastHas waits until the last message on topic contains every want.
@@ -174,4 +175,57 @@ mqtt: {broker: %q, prefix: %s, client_id: vlmdiff-hardening}
 			t.Errorf("threshold %v: state %+v, want the override", v, s)
 		}
 	})
+}
+
+// TestStoredOverrideOutOfRangeDropped: an override of 1e300 stored before the range check existed (every frame
+// OK, and it persisted across restarts) is cleared once a model loads: the camera's threshold state says the
+// model's calibrated threshold applies, and the store no longer holds the override.
+func TestStoredOverrideOutOfRangeDropped(t *testing.T) {
+	e := newEnv(t, false)
+	copyBundleSteps(t, filepath.Join(e.modelsDir, "fixture-1"), "1", time.Now().Add(-time.Hour), false, 2)
+	dbPath := filepath.Join(e.dir, "vlmdiff.db")
+	st, err := store.Open(store.Options{Path: dbPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetThreshold("line", 1e300); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	yml := fmt.Sprintf(`
+agent: {name: test, data_dir: %q, shutdown_timeout: 30s}
+models: {dir: %q, threads: 1}
+store: {path: %q}
+cameras:
+  - {name: line, kind: folder, path: %q}
+mqtt: {broker: %q, prefix: %s, client_id: vlmdiff-stored-override}
+`, e.dir, e.modelsDir, dbPath, e.folder, e.broker.URL, e.prefix)
+	cfg, err := config.Parse(strings.NewReader(yml), os.LookupEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, e.prefix+"/#")
+	stop := startAgent(t, cfg)
+	m := lastHas(t, sub, e.prefix+"/line/threshold/state", `"model"`)
+	var s struct {
+		Threshold float64
+		Source    string
+	}
+	if err := json.Unmarshal(m.Payload, &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Source != "model" || s.Threshold == 1e300 || !(s.Threshold > 0) {
+		t.Fatalf("threshold state %s: want the model's calibrated threshold", m.Payload)
+	}
+	stop()
+	st, err = store.Open(store.Options{Path: dbPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if o, ok, err := st.Threshold("line"); err != nil || ok {
+		t.Fatalf("the store still holds the override %+v (%v)", o, err)
+	}
 }

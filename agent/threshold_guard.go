@@ -60,3 +60,31 @@ func ThresholdBounds(cal models.ClassCalib) (lo, hi float64) {
 	}
 	return math.Max(0, minV-span), maxV + span
 }
+
+// dropImplausibleOverrides clears stored threshold overrides that fall outside their camera's allowed range
+// once a model is loaded. WHY: an override persists across restarts; one stored by a version before the range
+// check (1e300: every frame OK), or one that fit an earlier model, must not keep a camera silently all-OK or
+// all-NG. It is cleared (the calibrated threshold applies again) and the reason is logged.
+func (a *Agent) dropImplausibleOverrides() {
+	for _, c := range a.cams {
+		v, ok := c.thresholdOverride()
+		if !ok {
+			continue
+		}
+		lo, hi, from, err := a.thresholdBounds(c)
+		if err != nil {
+			continue // no model yet: checked again when one loads
+		}
+		if !math.IsNaN(v) && v >= lo && v <= hi {
+			continue
+		}
+		if err := a.store.ClearThreshold(c.name); err != nil {
+			a.log.Error("clearing an out-of-range threshold override", "camera", c.name, "err", err)
+			continue
+		}
+		c.threshold.Store(math.Float64bits(math.NaN()))
+		a.log.Warn("stored threshold override is outside the allowed range: cleared, the calibrated threshold applies",
+			"camera", c.name, "threshold", v, "range", fmt.Sprintf("[%g, %g]", lo, hi), "range_from", from)
+		a.refreshThresholdState(c)
+	}
+}
