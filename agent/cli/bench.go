@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -20,12 +21,46 @@ func init() {
 	Register(Command{Name: "bench", Summary: "measure per-stage latency, frames/s and peak memory of a bundle", Run: runBench})
 }
 
+// benchReport is what `vlmdiff bench` measured; --json prints it as is, for tracking across builds.
+type benchReport struct {
+	Bundle        string       `json:"bundle"`
+	Version       string       `json:"version"`
+	Width         int          `json:"width"`
+	Height        int          `json:"height"`
+	DDIMSteps     int          `json:"ddim_steps"`
+	FeatureLayers int          `json:"feature_layers"`
+	Provider      string       `json:"provider"`
+	Threads       int          `json:"threads"`
+	Spin          bool         `json:"spin"`
+	GOMAXPROCS    int          `json:"gomaxprocs"`
+	OpenMS        float64      `json:"open_ms"`
+	FirstFrameMS  float64      `json:"first_frame_ms"`
+	Stages        []benchStage `json:"stages"`
+	Batches       []benchBatch `json:"batches"`
+	PeakRSSMiB    float64      `json:"peak_rss_mib"`
+}
+
+type benchStage struct {
+	Batch int     `json:"batch"`
+	Stage string  `json:"stage"`
+	P50MS float64 `json:"p50_ms_per_frame"`
+	P95MS float64 `json:"p95_ms_per_frame"`
+}
+
+type benchBatch struct {
+	Batch        int     `json:"batch"`
+	Frames       int     `json:"frames"`
+	Seconds      float64 `json:"seconds"`
+	FramesPerSec float64 `json:"frames_per_s"`
+}
+
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("bench", "--bundle DIR [--batches 1,4] [--frames N] [IMAGES...]", stderr)
+	fs := NewFlagSet("bench", "--bundle DIR [--batches 1,4] [--frames N] [--json] [IMAGES...]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	batches := fs.String("batches", "1,4", "batch sizes to measure")
 	frames := fs.Int("frames", 16, "frames scored per batch size (after one warm-up batch)")
+	asJSON := fs.Bool("json", false, "print the measurements as one JSON object instead of tables")
 	if err := Parse(fs, args); err != nil {
 		return err
 	}
@@ -37,63 +72,58 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		bs = append(bs, n)
 	}
+	rep, err := measureBench(ctx, &sf, fs.Args(), bs, *frames)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	writeBenchTables(stdout, rep)
+	return nil
+}
+
+// measureBench opens the bundle, warms it up and scores frames at each batch size.
+func measureBench(ctx context.Context, sf *scoreFlags, paths []string, bs []int, frames int) (*benchReport, error) {
 	t0 := time.Now()
 	s, err := sf.Open()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer s.Close()
 	openMS := time.Since(t0).Seconds() * 1000
 	m := s.Manifest()
-
-	var imgs []pipeline.Image
-	for _, p := range fs.Args() {
-		im, err := pipeline.ReadImage(p)
-		if err != nil {
-			return err
-		}
-		imgs = append(imgs, im)
-	}
-	if len(imgs) == 0 {
-		r := rand.New(rand.NewPCG(1, 2))
-		for i := 0; i < 4; i++ {
-			pix := make([]byte, m.Input.Width*m.Input.Height*3)
-			for j := range pix {
-				pix[j] = byte(r.IntN(256))
-			}
-			imgs = append(imgs, pipeline.Image{Width: m.Input.Width, Height: m.Input.Height, Pix: pix})
-		}
+	imgs, err := benchImages(paths, m.Input.Width, m.Input.Height)
+	if err != nil {
+		return nil, err
 	}
 	first := time.Now()
 	if err := s.Warmup(ctx); err != nil {
-		return err
+		return nil, err
 	}
-	firstMS := time.Since(first).Seconds() * 1000
-
-	fmt.Fprintf(stdout, "bundle %s %s  input %dx%d  ddim %d  features %d layers  provider %s  threads %d  spin %v  GOMAXPROCS %d\n",
-		m.Name, m.Version, m.Input.Width, m.Input.Height, m.Diffusion.DDIMSteps, len(m.Features.Layers), s.Provider(),
-		sf.Threads, sf.Spin, runtime.GOMAXPROCS(0))
-	fmt.Fprintf(stdout, "open+verify %.0f ms, first frame (warm-up) %.0f ms\n\n", openMS, firstMS)
+	rep := &benchReport{Bundle: m.Name, Version: m.Version, Width: m.Input.Width, Height: m.Input.Height,
+		DDIMSteps: m.Diffusion.DDIMSteps, FeatureLayers: len(m.Features.Layers), Provider: s.Provider(),
+		Threads: sf.Threads, Spin: sf.Spin, GOMAXPROCS: runtime.GOMAXPROCS(0), OpenMS: openMS,
+		FirstFrameMS: time.Since(first).Seconds() * 1000}
 	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
 		pipeline.StageDecode, pipeline.StageFeatures, pipeline.StageMap, pipeline.StageTotal}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprint(tw, "batch\tstage\tp50 ms/frame\tp95 ms/frame\t\n")
-	var summary []string
 	for _, b := range bs {
 		per := map[string][]float64{}
-		n := max(*frames/b, 1)
+		n := max(frames/b, 1)
 		// one warm-up batch at this size
 		if _, err := s.Score(ctx, batchOf(imgs, 0, b)); err != nil {
-			return err
+			return nil, err
 		}
 		start := time.Now()
 		for i := 0; i < n; i++ {
 			res, err := s.Score(ctx, batchOf(imgs, i*b, b))
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if res[0].Err != nil {
-				return res[0].Err
+				return nil, res[0].Err
 			}
 			for k, v := range res[0].LatencyMS {
 				per[k] = append(per[k], v)
@@ -101,23 +131,61 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		wall := time.Since(start).Seconds()
 		for _, st := range stages {
-			if len(per[st]) == 0 {
-				continue
+			if len(per[st]) > 0 {
+				rep.Stages = append(rep.Stages, benchStage{Batch: b, Stage: st, P50MS: pct(per[st], 50), P95MS: pct(per[st], 95)})
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%.1f\t%.1f\t\n", b, st, pct(per[st], 50), pct(per[st], 95))
 		}
-		summary = append(summary, fmt.Sprintf("batch %d: %.2f frames/s (%d frames in %.1f s)", b, float64(n*b)/wall, n*b, wall))
-	}
-	tw.Flush()
-	fmt.Fprintln(stdout)
-	for _, l := range summary {
-		fmt.Fprintln(stdout, l)
+		rep.Batches = append(rep.Batches, benchBatch{Batch: b, Frames: n * b, Seconds: wall, FramesPerSec: float64(n*b) / wall})
 	}
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
-		fmt.Fprintf(stdout, "peak RSS %.0f MiB\n", float64(ru.Maxrss)/1024)
+		rep.PeakRSSMiB = float64(ru.Maxrss) / 1024
 	}
-	return nil
+	return rep, nil
+}
+
+// benchImages reads the given images, or makes 4 seeded random frames of the bundle's input size.
+func benchImages(paths []string, w, h int) ([]pipeline.Image, error) {
+	var imgs []pipeline.Image
+	for _, p := range paths {
+		im, err := pipeline.ReadImage(p)
+		if err != nil {
+			return nil, err
+		}
+		imgs = append(imgs, im)
+	}
+	if len(imgs) == 0 {
+		r := rand.New(rand.NewPCG(1, 2))
+		for i := 0; i < 4; i++ {
+			pix := make([]byte, w*h*3)
+			for j := range pix {
+				pix[j] = byte(r.IntN(256))
+			}
+			imgs = append(imgs, pipeline.Image{Width: w, Height: h, Pix: pix})
+		}
+	}
+	return imgs, nil
+}
+
+// writeBenchTables prints the report as the human-readable tables.
+func writeBenchTables(w io.Writer, rep *benchReport) {
+	fmt.Fprintf(w, "bundle %s %s  input %dx%d  ddim %d  features %d layers  provider %s  threads %d  spin %v  GOMAXPROCS %d\n",
+		rep.Bundle, rep.Version, rep.Width, rep.Height, rep.DDIMSteps, rep.FeatureLayers, rep.Provider, rep.Threads,
+		rep.Spin, rep.GOMAXPROCS)
+	fmt.Fprintf(w, "open+verify %.0f ms, first frame (warm-up) %.0f ms\n\n", rep.OpenMS, rep.FirstFrameMS)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprint(tw, "batch\tstage\tp50 ms/frame\tp95 ms/frame\t\n")
+	for _, st := range rep.Stages {
+		fmt.Fprintf(tw, "%d\t%s\t%.1f\t%.1f\t\n", st.Batch, st.Stage, st.P50MS, st.P95MS)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, b := range rep.Batches {
+		fmt.Fprintf(w, "batch %d: %.2f frames/s (%d frames in %.1f s)\n", b.Batch, b.FramesPerSec, b.Frames, b.Seconds)
+	}
+	if rep.PeakRSSMiB > 0 {
+		fmt.Fprintf(w, "peak RSS %.0f MiB\n", rep.PeakRSSMiB)
+	}
 }
 
 func batchOf(imgs []pipeline.Image, off, n int) []pipeline.Request {
