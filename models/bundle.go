@@ -182,6 +182,8 @@ func (m *Manifest) validateDiffusion(p *problems) {
 	}
 	if d.StartStep < 0 || d.StartStep >= d.TrainSteps {
 		p.bad("diffusion.start_step", "must be in 0..train_steps-1, got %d", d.StartStep)
+	} else if d.SamplerFromStartStep && d.StartStep < 1 {
+		p.bad("diffusion.sampler_from_start_step", "start_step %d is below the first DDIM step (1): no step would run", d.StartStep)
 	}
 	if d.Eta != 0 {
 		p.bad("diffusion.eta", "only 0 (deterministic DDIM) is supported, got %v", d.Eta)

@@ -110,6 +110,12 @@ func TestDamagedBundlesAreRefused(t *testing.T) {
 		{"schedule past the last step", func(t *testing.T, dir string) {
 			editManifest(t, dir, func(m map[string]any) { m["diffusion"].(map[string]any)["ddim_steps"] = 3 })
 		}, "schema", ManifestFile, "reaches timestep 1000"},
+		{"sampler from a start step before the first DDIM step", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				d := m["diffusion"].(map[string]any)
+				d["start_step"], d["sampler_from_start_step"] = 0, true
+			})
+		}, "schema", ManifestFile, "diffusion.sampler_from_start_step"},
 		{"file outside the bundle", func(t *testing.T, dir string) {
 			editManifest(t, dir, func(m map[string]any) {
 				m["files"].(map[string]any)["../evil.onnx"] = map[string]any{"sha256": "00", "size": 1}

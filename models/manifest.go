@@ -102,8 +102,12 @@ type Diffusion struct {
 	TrainSteps   int     `json:"train_steps"`
 	DDIMSteps    int     `json:"ddim_steps"`
 	// StartStep is the forward-noising step t of q_sample (999 in the reference).
-	StartStep int     `json:"start_step"`
-	Eta       float64 `json:"eta"` // only 0 is supported: the sampler is deterministic given its start noise
+	StartStep int `json:"start_step"`
+	// SamplerFromStartStep runs only the DDIM steps at or below StartStep, on a latent noised to the first of them
+	// (an SDEdit-style partial reconstruction). Off, the sampler runs every DDIM step from 901 whatever StartStep
+	// is, as the paper's code does: a lower StartStep then only noises less (docs/algorithm.md §1.5).
+	SamplerFromStartStep bool    `json:"sampler_from_start_step,omitempty"`
+	Eta                  float64 `json:"eta"` // only 0 is supported: the sampler is deterministic given its start noise
 	// GuidanceScale applies only when the conditional and unconditional contexts differ.
 	GuidanceScale float64 `json:"guidance_scale"`
 	// Seed and SeedPolicy fix the start noise: "fixed" draws the same noise for every frame (repeatable scores,

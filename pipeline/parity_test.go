@@ -82,17 +82,27 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		images = append(images, piped[0])
 	}
 
+	// The SDEdit-style start: a copy of the fixture whose manifest runs only the DDIM steps at or below 501.
+	partial := filepath.Join(dir, "partial-start")
+	copyDir(t, fixtureBundle, partial)
+	editBundleJSON(t, partial, func(m map[string]any) {
+		d := m["diffusion"].(map[string]any)
+		d["start_step"], d["sampler_from_start_step"] = 501, true
+	})
+
 	cases := []struct {
 		name      string
+		bundle    string
 		class     string
 		classCond bool
 	}{
-		{"empty prompt (no CFG)", "", false},
-		{"class prompt with CFG", "widget", true},
+		{"empty prompt (no CFG)", fixtureBundle, "", false},
+		{"class prompt with CFG", fixtureBundle, "widget", true},
+		{"sampler from start step 501", partial, "", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			s, err := Open(fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 2, ClassConditioning: c.classCond})
+			s, err := Open(c.bundle, Options{Providers: []string{"cpu"}, Threads: 2, ClassConditioning: c.classCond})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -119,9 +129,9 @@ func TestParityWithPyTorchReference(t *testing.T) {
 			if err := os.WriteFile(noisePath, noise, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			out := filepath.Join(dir, "ref-"+c.class)
+			out := filepath.Join(dir, "ref-"+c.class+filepath.Base(c.bundle))
 			args := append([]string{"-m", "vlmdiff_train", "reference"}, images...)
-			args = append(args, "--bundle", fixtureBundle, "--weights", fixtureWeights, "--noise", noisePath, "--out", out)
+			args = append(args, "--bundle", c.bundle, "--weights", fixtureWeights, "--noise", noisePath, "--out", out)
 			if c.class != "" {
 				args = append(args, "--class", c.class)
 			}
@@ -210,5 +220,50 @@ func TestExportProbes(t *testing.T) {
 	os.WriteFile(p, raw, 0o644)
 	if _, err := CheckProbes(bundle, probes, 1e-4, Options{Threads: 2}); err == nil {
 		t.Error("a 1% difference passed the parity check")
+	}
+}
+
+// copyDir copies a bundle directory's files (flat) into dst.
+func copyDir(t *testing.T, src, dst string) {
+	t.Helper()
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// editBundleJSON rewrites a bundle's manifest through edit (bundle.json is not among the hashed files).
+func editBundleJSON(t *testing.T, dir string, edit func(map[string]any)) {
+	t.Helper()
+	p := filepath.Join(dir, "bundle.json")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	edit(m)
+	if b, err = json.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

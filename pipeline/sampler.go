@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math"
+
+	"github.com/vlmdiff/edge/models"
 )
 
 // ddimStep is one step of the deterministic DDIM sampler: the timestep the denoiser is asked about, and the
@@ -26,6 +28,27 @@ func ddimSchedule(abar []float64, timesteps []int) []ddimStep {
 		steps = append(steps, ddimStep{T: timesteps[k], Abar: abar[timesteps[k]], AbarPrev: prev})
 	}
 	return steps
+}
+
+// samplerPlan returns the DDIM timesteps the sampler visits and the step the latent is noised to. By default
+// (the paper's code) every DDIM step runs and the latent is noised to start_step; with sampler_from_start_step
+// only the steps at or below start_step run and the latent is noised to the first of them, so the sampler
+// starts from the noise level it assumes. Python twin: reference.sampler_plan.
+func samplerPlan(d models.Diffusion) (timesteps []int, noiseStep int) {
+	ts := DDIMTimesteps(d.TrainSteps, d.DDIMSteps)
+	if !d.SamplerFromStartStep {
+		return ts, d.StartStep
+	}
+	var kept []int
+	for _, t := range ts {
+		if t <= d.StartStep {
+			kept = append(kept, t)
+		}
+	}
+	if len(kept) == 0 { // refused by manifest validation; keep the scorer total anyway
+		return ts[:1], ts[0]
+	}
+	return kept, kept[len(kept)-1]
 }
 
 // qSample noises clean latents forward to the step whose cumulative alpha is abar:

@@ -26,6 +26,7 @@ type Scorer struct {
 
 	abar       []float64  // the noise schedule's cumulative alphas, by timestep
 	steps      []ddimStep // the DDIM steps in the order they run
+	noiseStep  int        // the step the latent is forward-noised to (samplerPlan)
 	lc, lh, lw int        // latent channels and size
 
 	closed atomic.Bool
@@ -60,7 +61,8 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 	m := b.Manifest
 	s := &Scorer{bundle: b, m: m, opt: opt}
 	s.abar = AlphasCumprod(m.Diffusion.LinearStart, m.Diffusion.LinearEnd, m.Diffusion.TrainSteps)
-	s.steps = ddimSchedule(s.abar, DDIMTimesteps(m.Diffusion.TrainSteps, m.Diffusion.DDIMSteps))
+	ts, noiseStep := samplerPlan(m.Diffusion)
+	s.steps, s.noiseStep = ddimSchedule(s.abar, ts), noiseStep
 	s.lc = m.Latent.Channels
 	s.lh, s.lw = m.Input.Height/m.Latent.Downsample, m.Input.Width/m.Latent.Downsample
 

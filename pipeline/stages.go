@@ -199,7 +199,7 @@ func (s *Scorer) contexts(reqs []Request) (data []float32, cfg bool) {
 // reconstruct noises the latents forward to the start step and runs deterministic DDIM back to a clean latent
 // (docs/algorithm.md §1.4-1.6), with guidance when the contexts call for it.
 func (s *Scorer) reconstruct(ctx context.Context, z, startNoise []float32, in *denoiserInputs) ([]float32, error) {
-	x := qSample(z, startNoise, s.abar[s.m.Diffusion.StartStep])
+	x := qSample(z, startNoise, s.abar[s.noiseStep])
 	eps := guidedEps(s.runDenoiser(in), in.cfg, float32(s.m.Diffusion.GuidanceScale))
 	if err := sampleDDIM(ctx, x, s.steps, eps); err != nil {
 		return nil, err

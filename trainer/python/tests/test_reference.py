@@ -226,3 +226,23 @@ def test_reference_rejects_bad_noise_and_images(tmp_path):
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(RuntimeError, match="corrupt.png"):
         R.run_reference(str(FIXTURE), str(FIXTURE_SRC / "fixture.pt"), str(good), str(tmp_path), [str(corrupt)])
+
+
+@pytest.mark.parametrize("start,truncate,steps,noise", [
+    (999, False, [1, 101, 201, 301, 401, 501, 601, 701, 801, 901], 999),
+    (500, False, [1, 101, 201, 301, 401, 501, 601, 701, 801, 901], 500),  # the paper: a lower start only noises less
+    (501, True, [1, 101, 201, 301, 401, 501], 501),
+    (350, True, [1, 101, 201, 301], 301),
+])
+def test_sampler_plan_matches_the_go_table(start, truncate, steps, noise):
+    # the same table as pipeline/sampler_plan_test.go
+    from vlmdiff_train.reference import sampler_plan
+    ts, n = sampler_plan({"train_steps": 1000, "ddim_steps": 10, "start_step": start,
+                          "sampler_from_start_step": truncate})
+    assert list(ts) == steps and n == noise
+
+
+def test_sampler_plan_refuses_a_start_before_the_first_step():
+    from vlmdiff_train.reference import sampler_plan
+    with pytest.raises(RuntimeError, match="below the first DDIM step"):
+        sampler_plan({"train_steps": 1000, "ddim_steps": 10, "start_step": 0, "sampler_from_start_step": True})

@@ -464,7 +464,8 @@ def run_export(cfg) -> dict:
     if nets.text is None or tok is None:
         raise RuntimeError("export: the model file has no text encoder/tokenizer to compute the conditioning")
     ctx = encode_prompts(nets.text, tok, [pr for _, pr in entries], torch.device("cpu")).numpy()
-    diffusion = {k: getattr(c, k) for k in ("guidance_scale", "ddim_steps", "start_step") if getattr(c, k) is not None}
+    diffusion = {k: getattr(c, k) for k in ("guidance_scale", "ddim_steps", "start_step", "sampler_from_start_step")
+                 if getattr(c, k) is not None}
     m = export_bundle(
         out, vae=nets.vae, denoiser=nets.denoiser, features=None if feature_onnx else nets.features,
         layers=layers, conditioning=[(k, pr, ctx[i]) for i, (k, pr) in enumerate(entries)],

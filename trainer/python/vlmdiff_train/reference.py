@@ -93,6 +93,24 @@ def alphas_cumprod(linear_start: float, linear_end: float, steps: int, schedule:
     return np.cumprod(1.0 - betas, axis=0)
 
 
+def sampler_plan(d: dict):
+    """(DDIM timesteps visited, step the latent is noised to) for a manifest's diffusion section.
+
+    The paper's code runs every DDIM step (from 901) whatever start_step is and noises the latent to start_step;
+    with sampler_from_start_step only the steps at or below start_step run, on a latent noised to the first of
+    them (SDEdit-style). Go twin: pipeline.samplerPlan.
+    """
+    ts = ddim_timesteps(int(d["train_steps"]), int(d["ddim_steps"]))
+    start = int(d["start_step"])
+    if not d.get("sampler_from_start_step"):
+        return ts, start
+    kept = ts[ts <= start]
+    if len(kept) == 0:
+        raise RuntimeError(f"diffusion.sampler_from_start_step: start_step {start} is below the first DDIM step "
+                           f"{int(ts[0])}")
+    return kept, int(kept[-1])
+
+
 def ddim_timesteps(train_steps: int, ddim_steps: int) -> np.ndarray:
     """make_ddim_timesteps("uniform"): range(0, T, T // steps) + 1, in ascending order (visited descending)."""
     c = train_steps // ddim_steps
@@ -191,8 +209,8 @@ class Scorer:
             raise RuntimeError(f"diffusion eta {d['eta']} is not supported (only 0)")
         self.abar = alphas_cumprod(float(d["linear_start"]), float(d["linear_end"]), int(d["train_steps"]),
                                    d.get("beta_schedule", "linear"))
-        self.ts = ddim_timesteps(int(d["train_steps"]), int(d["ddim_steps"]))
         self.start_step = int(d["start_step"])
+        self.ts, self.noise_step = sampler_plan(d)
         self.guidance = float(d.get("guidance_scale", 1.0))
 
     def contexts(self, key: Optional[str]):
@@ -214,7 +232,7 @@ class Scorer:
         moments = self.nets.vae.encode_moments(x)
         z = posterior_latent(moments, C, float(lat["scale_factor"]), float(lat["logvar_clamp_lo"]),
                              float(lat["logvar_clamp_hi"]), lat["posterior"], post_noise)
-        a_T = self.abar[self.start_step]
+        a_T = self.abar[self.noise_step]
         xt = float(np.sqrt(a_T)) * z + float(np.sqrt(1.0 - a_T)) * start_noise
         hint = self.nets.hint(x) if self.nets.hint is not None else x
         ctx_c, ctx_u = self.contexts(key)

@@ -141,6 +141,8 @@ class ExportConfig(Common):
     guidance_scale: Optional[float] = key(None, "manifest diffusion.guidance_scale override")
     ddim_steps: Optional[int] = key(None, "manifest diffusion.ddim_steps override")
     start_step: Optional[int] = key(None, "manifest diffusion.start_step override")
+    sampler_from_start_step: Optional[bool] = key(None, "manifest diffusion.sampler_from_start_step: run only the "
+                                                        "DDIM steps at or below start_step (SDEdit-style)")
     input_size: Optional[int] = key(None, "square input size trained at, when not the preset's")
     overwrite: bool = key(True, "replace a bundle already in out")
 
