@@ -190,9 +190,10 @@ TINY = Preset(
     dino=DinoConfig(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2),
 )
 
-# The pretrained tiny autoencoder's latents have a standard deviation of about 0.68 on industrial images (0.66-0.70
-# on the 12 PIPED classes, measured with nets/taef.py); the diffusion schedule assumes unit-variance latents, as
-# SD's 0.18215 gives for kl-f8. 1.5 puts them there.
+# The pretrained tiny autoencoder's latents have a standard deviation of about 0.68 (12 PIPED test normals, one
+# per 60, measured with nets/taef.py); the diffusion schedule assumes unit-variance latents, as SD's 0.18215 gives
+# for kl-f8. The build stage measures the scale on the user's own training images (measured_latent_scale); 1.5 is
+# the fallback when it has no index to measure on.
 TAEF2_SCALE = 1.5
 
 TAEF2 = Preset(

@@ -425,7 +425,7 @@ class _Validation:
             for i in range(0, len(picks), 8):
                 b = D.collate([vds[j] for j in picks[i:i + 8]])
                 x = b["image"].to(device)
-                mean, logvar = torch.chunk(vae.encode_moments(x), 2, dim=1)
+                mean = torch.chunk(vae.encode_moments(x), 2, dim=1)[0]
                 z = scale * mean  # the posterior mean: validation must not depend on a sample
                 k = x.shape[0]
                 t = ((torch.arange(k) + i) * T // max(1, len(picks))).clamp(max=T - 1).to(device)
