@@ -18,6 +18,9 @@ INTERVAL=${INTERVAL:-15}
 FPS=${FPS:-1}
 BIN=${BIN:-bin/vlmdiff}
 WARMUP=${WARMUP:-300}
+# The history is bounded by size so that the hour reaches the steady state a long-running daemon converges to:
+# with the 1GiB default an hour only fills the store, and its memory map (file-backed RSS) grows with it.
+STORE_MAX=${STORE_MAX:-4MiB}
 PY=${PY:-/usr/bin/python3}
 export ONNXRUNTIME_LIB=${ONNXRUNTIME_LIB:-$ROOT/.deps/lib/libonnxruntime.so}
 
@@ -43,6 +46,7 @@ cameras:
   - {name: drop, kind: folder, path: $OUT/drop, folder: {after: delete}}
 mqtt: {listen: 127.0.0.1:$PORT, prefix: soak, stats_interval: 10s}
 http: {listen: 127.0.0.1:$HTTP}
+store: {retention: {max_size: $STORE_MAX}}
 YAML
 "$BIN" run --config "$OUT/agent.yaml" --check-config
 
