@@ -2,13 +2,17 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"path/filepath"
 	"strings"
 
+	"github.com/vlmdiff/edge/internal/fsutil"
+	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
+	"github.com/vlmdiff/edge/trainer/metrics"
 )
 
 func init() {
@@ -68,7 +72,7 @@ func (d *dataFlags) items() ([]dataset.Item, []string, error) {
 }
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR] [--curves DIR] [--paper-auroc-flip]", stderr)
+	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR] [--curves DIR] [--baseline mean-diff] [--paper-auroc-flip]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -78,6 +82,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	paperFlip := fs.Bool("paper-auroc-flip", false, "report AUROC below 0.5 as 1-AUC, as the paper's evaluation does (off: the true AUROC; the report says when the flip changed a value)")
 	curves := fs.String("curves", "", "a run's curves directory (<run-dir>/curves): loss plots rendered and embedded in report.html")
 	valData := fs.String("val-data", "", "a synthetic-defect validation set (`vlmdiff synth defects` output, MVTec layout): evaluated too and reported as its own table beside the test")
+	baseline := fs.String("baseline", "", "also score a trivial baseline on the same images and print it beside the bundle: mean-diff (per-pixel difference from each class's mean training image)")
 	if err := Parse(fs, args); err != nil {
 		return err
 	}
@@ -86,6 +91,9 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stderr, "vlmdiff eval: --bundle and --data are required")
 		fs.Usage()
 		return ErrUsage
+	}
+	if *baseline != "" && *baseline != eval.BaselineMeanDiff {
+		return fmt.Errorf("--baseline %q: unknown (known: %s)", *baseline, eval.BaselineMeanDiff)
 	}
 	items, classes, err := df.items()
 	if err != nil {
@@ -103,6 +111,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	opts := eval.Options{BatchSize: df.batch, Progress: stderr, PaperAUROCFlip: *paperFlip}
 	info := eval.ReportInfo{Dataset: df.data, CurvesDir: *curves}
 	info.Bundle, _ = filepath.Abs(sf.Bundle)
+	var vtest []dataset.Item
 	if *valData != "" {
 		vf := df
 		vf.data, vf.layout, vf.valFraction = *valData, dataset.LayoutAuto, 0
@@ -110,7 +119,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return fmt.Errorf("--val-data: %w", err)
 		}
-		vtest := eval.Select(vitems, dataset.SplitTest, classes, false)
+		vtest = eval.Select(vitems, dataset.SplitTest, classes, false)
 		if len(vtest) == 0 {
 			return fmt.Errorf("--val-data %s: no test images (classes %v)", *valData, classes)
 		}
@@ -135,6 +144,68 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := eval.WriteReports(*out, rep, res, s, info); err != nil {
 		return err
 	}
+	if *baseline != "" {
+		train := eval.Select(items, dataset.SplitTrain, classes, true)
+		if err := runBaseline(ctx, s.Manifest(), train, test, vtest, rep, info.Validation, opts, *out, stdout); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(stderr, "reports written to %s (%s, %s, %s, %s)\n", *out, eval.TableFile, eval.JSONFile, eval.CSVFile, eval.HTMLFile)
 	return nil
+}
+
+// runBaseline scores the test (and validation) images with the mean-diff baseline, prints its tables and which
+// of the three headline metrics the bundle beats it on, and writes OUT/baseline.json.
+func runBaseline(ctx context.Context, m *models.Manifest, train, test, vtest []dataset.Item, rep metrics.Report,
+	val *eval.ValidationReport, opts eval.Options, out string, stdout io.Writer) error {
+	b, err := eval.NewMeanDiff(ctx, m, train)
+	if err != nil {
+		return err
+	}
+	doc := map[string]metrics.Metrics{}
+	sets := []struct {
+		name  string
+		items []dataset.Item
+		model *metrics.Report
+	}{{"test", test, &rep}}
+	if val != nil {
+		sets = append(sets, struct {
+			name  string
+			items []dataset.Item
+			model *metrics.Report
+		}{"validation", vtest, &val.Report})
+	}
+	for _, set := range sets {
+		br, err := b.Evaluate(ctx, set.items, opts)
+		if err != nil {
+			return fmt.Errorf("baseline on %s: %w", set.name, err)
+		}
+		fmt.Fprintf(stdout, "baseline %s (%s):\n", eval.BaselineMeanDiff, set.name)
+		if err := br.WriteTable(stdout); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "bundle vs baseline (%s): %s\n", set.name, compareBaseline(set.model.Mean, br.Mean))
+		doc[set.name] = br.Mean
+	}
+	data, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(filepath.Join(out, "baseline.json"), append(data, '\n'), 0o644)
+}
+
+// compareBaseline says, per headline metric, whether the bundle beats the baseline.
+func compareBaseline(model, base metrics.Metrics) string {
+	var parts []string
+	for _, c := range []struct {
+		name string
+		m, b float64
+	}{{"I-AUROC", model.ImageAUROC, base.ImageAUROC}, {"P-AUROC", model.PixelAUROC, base.PixelAUROC}, {"AU-PRO", model.AUPRO, base.AUPRO}} {
+		verdict := "beats"
+		if !(c.m > c.b) {
+			verdict = "DOES NOT beat"
+		}
+		parts = append(parts, fmt.Sprintf("%s %.2f %s %.2f", c.name, 100*c.m, verdict, 100*c.b))
+	}
+	return strings.Join(parts, "; ")
 }
