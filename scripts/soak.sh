@@ -20,7 +20,7 @@ BIN=${BIN:-bin/vlmdiff}
 WARMUP=${WARMUP:-300}
 # The history is bounded by size so that the hour reaches the steady state a long-running daemon converges to:
 # with the 1GiB default an hour only fills the store, and its memory map (file-backed RSS) grows with it.
-STORE_MAX=${STORE_MAX:-4MiB}
+STORE_MAX=${STORE_MAX:-1MiB}
 PY=${PY:-/usr/bin/python3}
 export ONNXRUNTIME_LIB=${ONNXRUNTIME_LIB:-$ROOT/.deps/lib/libonnxruntime.so}
 
