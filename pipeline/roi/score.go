@@ -2,12 +2,17 @@ package roi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 )
+
+// ErrRegion marks a frame that Score refused because of its region (a crop that does not fit the frame, a
+// region that covers no pixel of the model's map): a configuration problem, not a bad frame.
+var ErrRegion = errors.New("region of interest")
 
 // Scorer is what Score needs of a pipeline.Scorer (the agent's model interface satisfies it too).
 type Scorer interface {
@@ -75,7 +80,7 @@ func Score(ctx context.Context, s Scorer, reqs []pipeline.Request, rois []*Confi
 		if i < len(rois) && rois[i].Active() && r.Image.Validate() == nil {
 			g, err := rois[i].Geometry(r.Image.Width, r.Image.Height, m.Input.Width, m.Input.Height, PadColor(m))
 			if err != nil {
-				results[i].Err = err
+				results[i].Err = fmt.Errorf("%w: %w", ErrRegion, err)
 				continue
 			}
 			geoms[i] = g
@@ -101,7 +106,7 @@ func Score(ctx context.Context, s Scorer, reqs []pipeline.Request, rois []*Confi
 			continue
 		}
 		if err := g.Project(r, m.Score.PoolKernel, m.Score.PoolRepeat); err != nil {
-			*r = pipeline.Result{Err: err}
+			*r = pipeline.Result{Err: fmt.Errorf("%w: %w", ErrRegion, err)}
 			continue
 		}
 		cc := m.CalibrationFor(r.Class)
