@@ -266,3 +266,44 @@ func TestConfigsDir(t *testing.T) {
 		})
 	}
 }
+
+// TestCameraROI: the calibrate/eval reading of one camera's roi block from a daemon config: the block as the
+// daemon decodes it, nil for a camera without one, and errors naming the file, camera and key.
+func TestCameraROI(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agent.yaml")
+	src := `
+agent: {name: line1}
+models: {dir: /m}
+mqtt: {broker: 'ssl://b:8883', username: u, password: '${NOT_SET_ON_THIS_MACHINE}', tls: {ca: /nonexistent/ca.pem}}
+cameras:
+  - name: gate
+    kind: synthetic
+    roi:
+      crop: {x: 10, y: 20, width: 300, height: 200}
+      mask: [[10, 20], [310, 20], [160, 220]]
+      fit: letterbox
+  - {name: plain, kind: synthetic}
+  - {name: typo, kind: synthetic, roi: {crop: {x: 0, y: 0, w: 1, height: 1}}}
+  - {name: bad, kind: synthetic, roi: {mask: [[0, 0], [1, 1]]}}
+`
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := CameraROI(path, "gate")
+	if err != nil || *c.Crop != (roi.Rect{X: 10, Y: 20, Width: 300, Height: 200}) || len(c.Mask) != 3 || c.Fit != roi.FitLetterbox {
+		t.Fatalf("gate: %+v %v", c, err)
+	}
+	if c, err := CameraROI(path, "plain"); c != nil || err != nil {
+		t.Errorf("plain: %+v %v, want no region", c, err)
+	}
+	for _, tc := range []struct{ camera, want string }{
+		{"typo", "cameras[2].roi.crop.w: unknown field"},
+		{"bad", `cameras[3].roi.mask: a polygon needs at least 3 points [x, y], has 2 (camera "bad")`},
+		{"nope", `no camera "nope" (cameras: gate, plain, typo, bad)`},
+	} {
+		if _, err := CameraROI(path, tc.camera); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: %v, want %q and the file", tc.camera, err, tc.want)
+		}
+	}
+}

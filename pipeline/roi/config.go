@@ -60,6 +60,22 @@ func (c *Config) Active() bool {
 	return c != nil && (c.Crop != nil || len(c.Mask) > 0 || c.Fit == FitLetterbox)
 }
 
+// String describes the region in one line, e.g. "crop x=0 y=0 width=640 height=480, mask of 5 points, fit
+// letterbox" (recorded in a calibration's method, so a bundle says which region its thresholds are for).
+func (c *Config) String() string {
+	if !c.Active() {
+		return "whole frame"
+	}
+	s := "whole frame"
+	if c.Crop != nil {
+		s = "crop " + c.Crop.String()
+	}
+	if len(c.Mask) > 0 {
+		s += fmt.Sprintf(", mask of %d points", len(c.Mask))
+	}
+	return s + ", fit " + c.FitOrDefault()
+}
+
 // FitOrDefault is the fit in effect.
 func (c *Config) FitOrDefault() string {
 	if c == nil || c.Fit == "" {

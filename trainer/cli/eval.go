@@ -68,11 +68,13 @@ func (d *dataFlags) items() ([]dataset.Item, []string, error) {
 }
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR] [--curves DIR] [--paper-auroc-flip]", stderr)
+	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR] [--curves DIR] [--paper-auroc-flip] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
 	df.register(fs)
+	var rf roiFlags
+	rf.register(fs)
 	out := fs.String("out", "eval-report", "directory for results.txt, metrics.json/csv, scores.csv, report.html")
 	split := fs.String("split", dataset.SplitTest, "split to evaluate")
 	paperFlip := fs.Bool("paper-auroc-flip", false, "report AUROC below 0.5 as 1-AUC, as the paper's evaluation does (off: the true AUROC; the report says when the flip changed a value)")
@@ -87,6 +89,10 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs.Usage()
 		return ErrUsage
 	}
+	region, err := rf.load()
+	if err != nil {
+		return err
+	}
 	items, classes, err := df.items()
 	if err != nil {
 		return err
@@ -100,7 +106,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer s.Close()
-	opts := eval.Options{BatchSize: df.batch, Progress: stderr, PaperAUROCFlip: *paperFlip}
+	opts := eval.Options{BatchSize: df.batch, Progress: stderr, PaperAUROCFlip: *paperFlip, ROI: region}
 	info := eval.ReportInfo{Dataset: df.data, CurvesDir: *curves}
 	info.Bundle, _ = filepath.Abs(sf.Bundle)
 	if *valData != "" {
