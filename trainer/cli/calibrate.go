@@ -6,6 +6,8 @@ import (
 	"io"
 	"path/filepath"
 
+	"github.com/vlmdiff/edge/agent/config"
+	"github.com/vlmdiff/edge/pipeline/roi"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
 )
@@ -20,8 +22,8 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	sf.Register(fs)
 	var df dataFlags
 	df.register(fs)
-	var rf roiFlags
-	rf.register(fs)
+	var rf roi.Flags
+	rf.Register(fs)
 	method := fs.String("method", eval.DefaultMethod, "threshold rule on normal scores: quantile:Q or meanstd:K")
 	pixelQ := fs.Float64("pixel-quantile", eval.DefaultPixelQuantile, "quantile of normal anomaly-map values used as the pixel threshold")
 	split := fs.String("split", dataset.SplitVal, "split whose normal images calibrate (val: held out of training; never test)")
@@ -37,7 +39,7 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if _, err := eval.ParseMethod(*method); err != nil {
 		return err
 	}
-	region, err := rf.load()
+	region, err := rf.Load(config.CameraROI)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/vlmdiff/edge/agent/config"
+	"github.com/vlmdiff/edge/pipeline/roi"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
 )
@@ -73,8 +75,8 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	sf.Register(fs)
 	var df dataFlags
 	df.register(fs)
-	var rf roiFlags
-	rf.register(fs)
+	var rf roi.Flags
+	rf.Register(fs)
 	out := fs.String("out", "eval-report", "directory for results.txt, metrics.json/csv, scores.csv, report.html")
 	split := fs.String("split", dataset.SplitTest, "split to evaluate")
 	paperFlip := fs.Bool("paper-auroc-flip", false, "report AUROC below 0.5 as 1-AUC, as the paper's evaluation does (off: the true AUROC; the report says when the flip changed a value)")
@@ -89,7 +91,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs.Usage()
 		return ErrUsage
 	}
-	region, err := rf.load()
+	region, err := rf.Load(config.CameraROI)
 	if err != nil {
 		return err
 	}
