@@ -23,6 +23,8 @@ func TestCheckConfigStatic(t *testing.T) {
 		{"bad embedded host", "models: {dir: /m}\nmqtt: {listen: '999.1.1.1:1883'}\n" + cam, "mqtt.listen: host \"999.1.1.1\" is not an IP address"},
 		{"dir and bundle", "models: {dir: /m, bundle: ../models/testdata/fixture}\n" + cam, "models: set either dir"},
 		{"threshold range", "models: {dir: /m}\ncameras: [{name: c, kind: synthetic, threshold_range: [2, 1]}]\n", "cameras[0].threshold_range"},
+		{"roi polygon", "models: {dir: /m}\ncameras: [{name: gate, kind: synthetic, roi: {mask: [[0, 0], [10, 10]]}}]\n", `cameras[0].roi.mask: a polygon needs at least 3 points [x, y], has 2 (camera "gate")`},
+		{"roi non-finite", "models: {dir: /m}\ncameras: [{name: gate, kind: synthetic, roi: {mask: [[0, 0], [10, .nan], [0, 10]]}}]\n", "cameras[0].roi.mask[1]: coordinates must be finite"},
 		{"embedded user without password", "models: {dir: /m}\nmqtt: {embedded: {users: [{username: plc}]}}\n" + cam, "mqtt.embedded.users[0].password"},
 	}
 	for _, tc := range cases {

@@ -14,6 +14,7 @@ import (
 	"github.com/vlmdiff/edge/agent/mqttout"
 	"github.com/vlmdiff/edge/agent/store"
 	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/pipeline/roi"
 )
 
 // Extra latency keys the daemon adds to the pipeline's stages in result.latency_ms.
@@ -53,16 +54,20 @@ func (a *Agent) scoreBatch(ctx context.Context, jobs []*job) {
 	}
 	defer m.release()
 	reqs := make([]pipeline.Request, len(jobs))
+	rois := make([]*roi.Config, len(jobs))
 	for i, j := range jobs {
 		class := j.cam.cfg.Class
 		if j.class != "" {
 			class = j.class
 		}
 		reqs[i] = pipeline.Request{Image: frameImage(j), Class: class, Seq: j.seq}
+		rois[i] = j.cam.cfg.ROI
 	}
 	t0 := time.Now()
-	// Scoring is not cancelled by shutdown: frames already taken finish (bounded by the drain timeout).
-	res, err := m.scorer.Score(context.WithoutCancel(ctx), reqs)
+	// Scoring is not cancelled by shutdown: frames already taken finish (bounded by the drain timeout). Each
+	// camera's region of interest is applied around the model (pipeline/roi): results come back in frame
+	// coordinates, rescored and calibrated for the region.
+	res, err := roi.Score(context.WithoutCancel(ctx), m.scorer, reqs, rois)
 	modelWall := time.Since(t0)
 	for i, j := range jobs {
 		var r *pipeline.Result
@@ -75,6 +80,9 @@ func (a *Agent) scoreBatch(ctx context.Context, jobs []*job) {
 			}
 		} else if ferr == nil {
 			ferr = fmt.Errorf("model returned %d results for %d frames", len(res), len(jobs))
+		}
+		if errors.Is(ferr, roi.ErrRegion) {
+			ferr = fmt.Errorf("camera %q roi (config cameras[].roi): %w", j.cam.name, ferr)
 		}
 		if ferr != nil {
 			a.frameFailed(j, ferr)

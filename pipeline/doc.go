@@ -18,6 +18,8 @@
 // (stages_test.go) check each piece on fixed inputs, and the parity test (parity_test.go) checks whole frames,
 // maps and scores, against the reference running the same bundle's torch networks.
 //
-// The package knows nothing of cameras, MQTT or storage: a Request goes in, a Result comes out. It is what
+// The package knows nothing of cameras, MQTT or storage: a Request goes in, a Result comes out. A camera's
+// region of interest is geometry on either side of it (pipeline/roi), so the recipe and its parity stay as
+// they are. It is what
 // both the daemon and the trainer's evaluation score with, so evaluation measures exactly what a line runs.
 package pipeline

@@ -6,7 +6,3 @@ package pipeline
 func SmoothMap(m []float64, h, w int, sigma, truncate float64) {
 	gaussianFilter(m, h, w, sigma, truncate)
 }
-
-// PooledMax is the scorer's image score of an h x w map: repeat passes of a k x k average pool, then the
-// maximum (docs/algorithm.md §1.10).
-func PooledMax(m []float64, h, w, k, repeat int) float64 { return pooledMax(m, h, w, k, repeat) }

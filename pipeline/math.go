@@ -252,3 +252,14 @@ func pooledMax(m []float64, h, w, k, repeat int) float64 {
 	}
 	return best
 }
+
+// PooledMax is the image score of a float32 map of h x w: pooledMax with the bundle's kernel and repeat
+// (docs/algorithm.md §1.10). It lets a caller that edits a result's map (pipeline/roi zeroes it outside a
+// region of interest) rescore it with exactly the scorer's pooling.
+func PooledMax(m []float32, h, w, k, repeat int) float64 {
+	f := make([]float64, len(m))
+	for i, v := range m {
+		f[i] = float64(v)
+	}
+	return pooledMax(f, h, w, k, repeat)
+}

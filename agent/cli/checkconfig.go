@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/vlmdiff/edge/agent/config"
+	"github.com/vlmdiff/edge/pipeline/roi"
 )
 
 // CheckConfig is the JSON `vlmdiff run --check-config --json` prints: for provisioning tools and CI that
@@ -44,6 +45,8 @@ type CheckCamera struct {
 	Kind    string `json:"kind"`
 	Class   string `json:"class,omitempty"`
 	Trigger bool   `json:"trigger"`
+	// ROI is the camera's region of interest as configured (absent: the whole frame).
+	ROI *roi.Config `json:"roi,omitempty"`
 }
 
 func checkConfigJSON(stdout io.Writer, path string, cfg *config.Config, loadErr error) error {
@@ -56,7 +59,7 @@ func checkConfigJSON(stdout io.Writer, path string, cfg *config.Config, loadErr 
 			v.Models, v.Pinned = cfg.Models.Bundle, true
 		}
 		for _, c := range cfg.Cameras {
-			v.Cameras = append(v.Cameras, CheckCamera{Name: c.CameraName(), Kind: c.Kind, Class: c.Class, Trigger: c.Trigger})
+			v.Cameras = append(v.Cameras, CheckCamera{Name: c.CameraName(), Kind: c.Kind, Class: c.Class, Trigger: c.Trigger, ROI: c.ROI})
 		}
 		v.MQTT.Broker, v.MQTT.Embedded, v.MQTT.Prefix, v.MQTT.Discovery = cfg.MQTT.Broker, cfg.Embedded(), cfg.MQTT.Prefix, cfg.MQTT.Discovery
 		if v.MQTT.Embedded {

@@ -11,9 +11,11 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/vlmdiff/edge/agent/config"
 	"github.com/vlmdiff/edge/imagelimit"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/pipeline/roi"
 )
 
 func init() {
@@ -37,10 +39,12 @@ type scoreLine struct {
 }
 
 func runScore(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("score", "--bundle DIR [--out DIR] [--class C] IMAGE...", stderr)
+	fs := NewFlagSet("score", "--bundle DIR [--out DIR] [--class C] [--roi FILE | --agent-config FILE --camera NAME] IMAGE...", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
-	out := fs.String("out", "", "write <name>.heatmap.png and <name>.map.npy (float32 anomaly map) per image here, "+
+	var rf roi.Flags
+	rf.Register(fs)
+	out := fs.String("out", "", "write <name>.heatmap.png and <name>.map.npy (float32 anomaly map: the model's size, the frame's with a region) per image here, "+
 		"under the image's path relative to the images' common folder (a/000.png and b/000.png give DIR/a/000.* and DIR/b/000.*)")
 	class := fs.String("class", "", "class of the images (selects per-class calibration)")
 	var lim imagelimit.Limits
@@ -53,6 +57,10 @@ func runScore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr, "vlmdiff score: no images given")
 		fs.Usage()
 		return ErrUsage
+	}
+	region, err := rf.Load(config.CameraROI)
+	if err != nil {
+		return err
 	}
 	s, err := sf.Open()
 	if err != nil {
@@ -78,7 +86,7 @@ func runScore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if *out != "" {
 			stem = filepath.Join(*out, stems[i])
 		}
-		line, err := scoreOne(ctx, s, path, *class, stem, lim)
+		line, err := scoreOne(ctx, s, path, *class, stem, lim, region)
 		if err != nil {
 			failed++
 			fmt.Fprintf(stderr, "vlmdiff score: %v\n", err)
@@ -94,13 +102,14 @@ func runScore(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-// scoreOne scores one image; with a non-empty stem it writes <stem>.heatmap.png and <stem>.map.npy.
-func scoreOne(ctx context.Context, s *pipeline.Scorer, path, class, stem string, lim imagelimit.Limits) (*scoreLine, error) {
+// scoreOne scores one image, within region when it is set (as the daemon scores a camera with that roi); with
+// a non-empty stem it writes <stem>.heatmap.png and <stem>.map.npy.
+func scoreOne(ctx context.Context, s *pipeline.Scorer, path, class, stem string, lim imagelimit.Limits, region *roi.Config) (*scoreLine, error) {
 	img, err := pipeline.ReadImageLimited(path, lim)
 	if err != nil {
 		return nil, err // names the path
 	}
-	res, err := s.Score(ctx, []pipeline.Request{{Image: img, Class: class}})
+	res, err := roi.Score(ctx, s, []pipeline.Request{{Image: img, Class: class}}, []*roi.Config{region})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

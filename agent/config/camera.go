@@ -1,6 +1,10 @@
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/vlmdiff/edge/pipeline/roi"
+)
 
 // Camera is one frame source plus the agent's per-camera settings. The source fields (kind, url, path, ...)
 // are capture.Config's, inlined, so the same YAML drives `vlmdiff run` and the capture package's own tools.
@@ -38,6 +42,11 @@ type Camera struct {
 	// TriggerTimeout is how long a trigger waits for its frame before it is refused on
 	// <prefix>/<camera>/trigger/rejected. Default 10s.
 	TriggerTimeout time.Duration `yaml:"trigger_timeout"`
+	// ROI is the camera's region of interest (pipeline/roi): a crop before the model, squash or letterbox to
+	// the model's aspect, and a polygon outside which the anomaly map is zeroed. The map, heatmap and
+	// anomaly_area_pct stay in frame coordinates. Nil = the whole frame, squashed. Whether the crop fits is
+	// checked on each frame (its size is not known before): a frame it does not fit is not scored.
+	ROI *roi.Config `yaml:"roi"`
 }
 
 // HeatmapOn reports whether heatmaps are published for the camera.

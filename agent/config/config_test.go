@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vlmdiff/edge/pipeline/roi"
 )
 
 const minimal = `
@@ -39,6 +41,7 @@ func TestParseDefaults(t *testing.T) {
 		{"models.batch", cfg.Models.Batch, 1},
 		{"cameras[0].queue", cfg.Cameras[0].Queue, DefaultQueue},
 		{"cameras[0].heatmap", cfg.Cameras[0].HeatmapOn(), true},
+		{"cameras[0].roi (none: the whole frame)", cfg.Cameras[0].ROI.Active(), false},
 		{"agent.shutdown_timeout", cfg.Agent.ShutdownTimeout, 10 * time.Second},
 		{"store.retention.max_size", cfg.Store.Retention.MaxSize, ByteSize(1 << 30)},
 		{"embedded", cfg.Embedded(), true},
@@ -63,6 +66,14 @@ cameras:
     heatmap: off
     heatmap_interval: 2s
     sample_every: 10
+    roi:
+      crop:
+        x: 100
+        y: ${ROI_Y:-20}
+        width: 640
+        height: 400
+      mask: [[120, 40], [700, 40], [700, 400], [120.5, 400]]
+      fit: letterbox
 mqtt:
   broker: ssl://broker:8883
   username: ${MQTT_USER}
@@ -92,6 +103,10 @@ store:
 		{"max_size", cfg.Store.Retention.MaxSize, ByteSize(2 << 30)},
 		{"min_free_disk", cfg.Store.Samples.MinFreeDisk, ByteSize(500e6)},
 		{"embedded", cfg.Embedded(), false},
+		{"roi.crop", *c.ROI.Crop, roi.Rect{X: 100, Y: 20, Width: 640, Height: 400}},
+		{"roi.mask[3][0]", c.ROI.Mask[3][0], 120.5},
+		{"roi.fit", c.ROI.Fit, roi.FitLetterbox},
+		{"roi active", c.ROI.Active(), true},
 	}
 	for _, ch := range checks {
 		if ch.got != ch.want {
@@ -158,6 +173,30 @@ cameras: [{name: c, kind: synthetic, threshold: -1}]`, nil, []string{"cameras[0]
 		{"bad queue", `
 models: {dir: /m}
 cameras: [{name: c, kind: synthetic, queue: -3}]`, nil, []string{"cameras[0].queue: must be 1..10000"}},
+		{"roi: bad fit", `
+models: {dir: /m}
+cameras: [{name: c, kind: synthetic}, {name: gate, kind: synthetic, roi: {fit: stretch}}]`, nil, []string{`cameras[1].roi.fit: must be squash or letterbox, not "stretch" (camera "gate")`}},
+		{"roi: bad crop", `
+models: {dir: /m}
+cameras: [{name: gate, kind: synthetic, roi: {crop: {x: -5, y: 0, width: 0, height: 10}}}]`, nil, []string{"cameras[0].roi.crop: x and y must be 0..", "cameras[0].roi.crop: width and height must be 1..", `(camera "gate")`}},
+		{"roi: crop key typo", `
+models: {dir: /m}
+cameras: [{name: gate, kind: synthetic, roi: {crop: {x: 0, y: 0, w: 10, height: 10}}}]`, nil, []string{"cameras[0].roi.crop.w: unknown field"}},
+		{"roi: polygon of two points", `
+models: {dir: /m}
+cameras: [{name: gate, kind: synthetic, roi: {mask: [[0, 0], [10, 10]]}}]`, nil, []string{`cameras[0].roi.mask: a polygon needs at least 3 points [x, y], has 2 (camera "gate")`}},
+		{"roi: non-finite point", `
+models: {dir: /m}
+cameras: [{name: gate, kind: synthetic, roi: {mask: [[0, 0], [10, .inf], [0, 10]]}}]`, nil, []string{`cameras[0].roi.mask[1]: coordinates must be finite`}},
+		{"roi: NaN point", `
+models: {dir: /m}
+cameras: [{name: gate, kind: synthetic, roi: {mask: [[0, 0], [.nan, 3], [0, 10]]}}]`, nil, []string{`cameras[0].roi.mask[1]: coordinates must be finite`}},
+		{"roi: point of three numbers", `
+models: {dir: /m}
+cameras: [{name: gate, kind: synthetic, roi: {mask: [[0, 0, 0], [10, 0], [0, 10]]}}]`, nil, []string{`cameras[0].roi.mask[0]: a point is [x, y], not 3 numbers`}},
+		{"roi: mask outside crop", `
+models: {dir: /m}
+cameras: [{name: gate, kind: synthetic, roi: {crop: {x: 0, y: 0, width: 10, height: 10}, mask: [[20, 20], [30, 20], [30, 30]]}}]`, nil, []string{`cameras[0].roi.mask: the polygon lies entirely outside crop`}},
 		{"bad broker scheme", base("mqtt: {broker: 'http://x:1883'}\n"), nil, []string{"mqtt.broker: must be tcp://"}},
 		{"broker without host", base("mqtt: {broker: 'tcp://'}\n"), nil, []string{"mqtt.broker: has no host:port"}},
 		{"bad listen", base("mqtt: {listen: nope}\n"), nil, []string{"mqtt.listen: must be host:port"}},
@@ -225,5 +264,46 @@ func TestConfigsDir(t *testing.T) {
 				t.Errorf("%v", err)
 			}
 		})
+	}
+}
+
+// TestCameraROI: the calibrate/eval reading of one camera's roi block from a daemon config: the block as the
+// daemon decodes it, nil for a camera without one, and errors naming the file, camera and key.
+func TestCameraROI(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agent.yaml")
+	src := `
+agent: {name: line1}
+models: {dir: /m}
+mqtt: {broker: 'ssl://b:8883', username: u, password: '${NOT_SET_ON_THIS_MACHINE}', tls: {ca: /nonexistent/ca.pem}}
+cameras:
+  - name: gate
+    kind: synthetic
+    roi:
+      crop: {x: 10, y: 20, width: 300, height: 200}
+      mask: [[10, 20], [310, 20], [160, 220]]
+      fit: letterbox
+  - {name: plain, kind: synthetic}
+  - {name: typo, kind: synthetic, roi: {crop: {x: 0, y: 0, w: 1, height: 1}}}
+  - {name: bad, kind: synthetic, roi: {mask: [[0, 0], [1, 1]]}}
+`
+	if err := os.WriteFile(path, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := CameraROI(path, "gate")
+	if err != nil || *c.Crop != (roi.Rect{X: 10, Y: 20, Width: 300, Height: 200}) || len(c.Mask) != 3 || c.Fit != roi.FitLetterbox {
+		t.Fatalf("gate: %+v %v", c, err)
+	}
+	if c, err := CameraROI(path, "plain"); c != nil || err != nil {
+		t.Errorf("plain: %+v %v, want no region", c, err)
+	}
+	for _, tc := range []struct{ camera, want string }{
+		{"typo", "cameras[2].roi.crop.w: unknown field"},
+		{"bad", `cameras[3].roi.mask: a polygon needs at least 3 points [x, y], has 2 (camera "bad")`},
+		{"nope", `no camera "nope" (cameras: gate, plain, typo, bad)`},
+	} {
+		if _, err := CameraROI(path, tc.camera); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: %v, want %q and the file", tc.camera, err, tc.want)
+		}
 	}
 }

@@ -324,6 +324,9 @@ func (c *Config) validateCameras(bad func(path, format string, args ...any), add
 		if cam.SampleEvery != nil && *cam.SampleEvery < 0 {
 			bad(p+".sample_every", "must be >= 0 (0 = off)")
 		}
+		for _, e := range cam.ROI.Validate() {
+			add(fmt.Errorf("%s.roi.%w (camera %q)", p, e, name))
+		}
 	}
 }
 

@@ -8,8 +8,10 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/vlmdiff/edge/agent/config"
 	"github.com/vlmdiff/edge/internal/fsutil"
 	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/pipeline/roi"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
 	"github.com/vlmdiff/edge/trainer/metrics"
@@ -72,11 +74,13 @@ func (d *dataFlags) items() ([]dataset.Item, []string, error) {
 }
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR] [--curves DIR] [--baseline mean-diff] [--paper-auroc-flip]", stderr)
+	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR] [--curves DIR] [--baseline mean-diff] [--paper-auroc-flip] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
 	df.register(fs)
+	var rf roi.Flags
+	rf.Register(fs)
 	out := fs.String("out", "eval-report", "directory for results.txt, metrics.json/csv, scores.csv, report.html")
 	split := fs.String("split", dataset.SplitTest, "split to evaluate")
 	paperFlip := fs.Bool("paper-auroc-flip", false, "report AUROC below 0.5 as 1-AUC, as the paper's evaluation does (off: the true AUROC; the report says when the flip changed a value)")
@@ -95,6 +99,13 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *baseline != "" && *baseline != eval.BaselineMeanDiff {
 		return fmt.Errorf("--baseline %q: unknown (known: %s)", *baseline, eval.BaselineMeanDiff)
 	}
+	region, err := rf.Load(config.CameraROI)
+	if err != nil {
+		return err
+	}
+	if *baseline != "" && region != nil {
+		return fmt.Errorf("--baseline scores whole frames; it cannot be combined with --roi or --camera")
+	}
 	items, classes, err := df.items()
 	if err != nil {
 		return err
@@ -108,7 +119,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer s.Close()
-	opts := eval.Options{BatchSize: df.batch, Progress: stderr, PaperAUROCFlip: *paperFlip}
+	opts := eval.Options{BatchSize: df.batch, Progress: stderr, PaperAUROCFlip: *paperFlip, ROI: region}
 	info := eval.ReportInfo{Dataset: df.data, CurvesDir: *curves}
 	info.Bundle, _ = filepath.Abs(sf.Bundle)
 	var vtest []dataset.Item

@@ -93,11 +93,11 @@ func (b *MeanDiff) Score(ctx context.Context, items []dataset.Item) ([]ImageResu
 			m[i] = (math.Abs(px[3*i]-mean[3*i]) + math.Abs(px[3*i+1]-mean[3*i+1]) + math.Abs(px[3*i+2]-mean[3*i+2])) / 3
 		}
 		pipeline.SmoothMap(m, h, w, b.m.Map.Sigma, b.m.Map.Truncate)
-		r := pipeline.Result{RawScore: pipeline.PooledMax(m, h, w, b.m.Score.PoolKernel, b.m.Score.PoolRepeat),
-			Map: make([]float32, len(m)), MapWidth: w, MapHeight: h}
+		r := pipeline.Result{Map: make([]float32, len(m)), MapWidth: w, MapHeight: h}
 		for i, v := range m {
 			r.Map[i] = float32(v)
 		}
+		r.RawScore = pipeline.PooledMax(r.Map, h, w, b.m.Score.PoolKernel, b.m.Score.PoolRepeat)
 		out = append(out, ImageResult{Item: it, Result: r})
 	}
 	return out, nil

@@ -163,6 +163,9 @@ func classCalib(res []ImageResult, rl rule, pixelQ float64) (models.ClassCalib, 
 		}
 		scores[i] = r.Result.RawScore
 		total += len(r.Result.Map)
+		if r.Region != nil {
+			total -= len(r.Result.Map) - countTrue(r.Region)
+		}
 	}
 	slices.Sort(scores)
 	mean, std := meanStd(scores)
@@ -185,7 +188,10 @@ func classCalib(res []ImageResult, rl rule, pixelQ float64) (models.ClassCalib, 
 	pix := make([]float64, 0, total/stride+1)
 	k := 0
 	for _, r := range res {
-		for _, v := range r.Result.Map {
+		for i, v := range r.Result.Map {
+			if r.Region != nil && !r.Region[i] {
+				continue // outside the region of interest: zero by construction, not a normal pixel value
+			}
 			if k%stride == 0 {
 				pix = append(pix, float64(v))
 			}
@@ -197,6 +203,16 @@ func classCalib(res []ImageResult, rl rule, pixelQ float64) (models.ClassCalib, 
 		cc.PixelThreshold = Quantile(pix, pixelQ)
 	}
 	return cc, nil
+}
+
+func countTrue(b []bool) int {
+	n := 0
+	for _, v := range b {
+		if v {
+			n++
+		}
+	}
+	return n
 }
 
 // Quantile is numpy's default (linear) quantile of sorted values.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/pipeline/roi"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/metrics"
 )
@@ -36,6 +37,9 @@ type Options struct {
 	// PaperAUROCFlip reports AUROCs below 0.5 as 1-AUC, as the paper's evaluation does. Off by default; the
 	// report lists every value it changed.
 	PaperAUROCFlip bool
+	// ROI is a camera's region of interest, applied to every image as the daemon applies it (pipeline/roi):
+	// scores, maps and thresholds are then those of the region, in frame coordinates. Nil = the whole image.
+	ROI *roi.Config
 }
 
 func (o Options) batch() int {
@@ -53,11 +57,13 @@ func (o Options) logger() *slog.Logger {
 }
 
 // ImageResult is one scored item. Result holds the anomaly map; Mask is the ground truth at the map's size
-// (nil for an item without a mask file).
+// (nil for an item without a mask file). Region marks the map pixels inside the region of interest (nil: all
+// of them); calibration takes its pixel threshold from those only.
 type ImageResult struct {
 	Item   dataset.Item
 	Result pipeline.Result
 	Mask   []uint8
+	Region []bool
 }
 
 // ScoreItems scores items through the pipeline in batches, reading each image with pipeline.ReadImage. An item
@@ -84,7 +90,11 @@ func ScoreItems(ctx context.Context, s *pipeline.Scorer, items []dataset.Item, o
 			}
 			reqs = append(reqs, r)
 		}
-		res, err := s.Score(ctx, reqs)
+		rois := make([]*roi.Config, len(reqs))
+		for j := range rois {
+			rois[j] = opts.ROI
+		}
+		res, err := roi.Score(ctx, s, reqs, rois)
 		if err != nil {
 			return nil, fmt.Errorf("eval: scoring items %d-%d: %w", start, end-1, err)
 		}
@@ -93,7 +103,16 @@ func ScoreItems(ctx context.Context, s *pipeline.Scorer, items []dataset.Item, o
 			if r.Err != nil {
 				return nil, fmt.Errorf("eval: scoring %s: %w", it.Path, r.Err)
 			}
-			out = append(out, ImageResult{Item: it, Result: r})
+			ir := ImageResult{Item: it, Result: r}
+			if opts.ROI.Active() {
+				// Score accepted the region for this image, so it resolves here too.
+				g, err := opts.ROI.Geometry(r.MapWidth, r.MapHeight, s.Manifest().Input.Width, s.Manifest().Input.Height, roi.PadColor(s.Manifest()))
+				if err != nil {
+					return nil, fmt.Errorf("eval: %s: %w", it.Path, err)
+				}
+				ir.Region = g.FrameMask()
+			}
+			out = append(out, ir)
 		}
 		prog.update(end)
 	}
