@@ -182,7 +182,11 @@ func (a *Agent) startHTTP(context.Context) (func(context.Context) error, error) 
 	if a.cfg.HTTP.Listen == "" {
 		return nil, nil
 	}
-	a.http = httpapi.New(a, a.log.With("component", "http"))
+	auth, err := a.httpAuth()
+	if err != nil {
+		return nil, err
+	}
+	a.http = httpapi.New(a, a.log.With("component", "http"), auth)
 	if a.opts.OnHTTP != nil {
 		a.opts.OnHTTP(a.http)
 	}
