@@ -118,6 +118,9 @@ func New(b Backend, log *slog.Logger, auth *httpauth.Auth) *Server {
 		s.mountEvidence(e)
 	}
 	s.mountAuth()
+	if ss, ok := b.(SampleStore); ok {
+		s.mountSamples(ss)
+	}
 	if o, ok := b.(Operator); ok {
 		s.mountOperator(o)
 	}
