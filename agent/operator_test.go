@@ -41,7 +41,7 @@ models: {dir: %q, threads: 1}
 cameras:
   - {name: line, kind: folder, path: %q, folder: {settle: 50ms}, threshold: 0.01}
   - {name: press, kind: synthetic, trigger: true, synthetic: {seed: 3}, width: 64, height: 48}
-mqtt: {broker: %q, prefix: %s, client_id: vlmdiff-operator-test}
+mqtt: {broker: %q, prefix: %s, client_id: vlmdiff-operator-test, discovery: true}
 evidence: {enabled: true}
 http:
   listen: %s
@@ -115,8 +115,14 @@ func TestOperatorActions(t *testing.T) {
 	copyBundleSteps(t, filepath.Join(e.modelsDir, "fixture-1"), "1", time.Now().Add(-time.Hour), false, 2)
 	writeImages(t, e.folder, 1, 3)
 	sub := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, e.prefix+"/#")
+	ha := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, "homeassistant/number/#")
 	httpAddr := freeAddr(t)
 	stop := startAgent(t, authConfig(t, e, httpAddr))
+	// Home Assistant's threshold number ends with the guard's range once the model is loaded ([0, 6] for
+	// the fixture's calibration), whatever it said before.
+	ha.WaitFor("homeassistant/number/test/line_threshold/config", wait, func(m []mqtttest.Message) bool {
+		return len(m) > 0 && bytes.Contains(m[len(m)-1].Payload, []byte(`"min":0,"max":6,`))
+	})
 	for _, r := range decodeLine(t, sub.WaitN(e.prefix+"/line/result", 3, wait)) {
 		if r.Verdict != "NG" {
 			t.Fatalf("line result %+v: the config threshold should make every frame NG", r)

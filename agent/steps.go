@@ -169,7 +169,10 @@ func (a *Agent) startModels(context.Context) (func(context.Context) error, error
 		func(s ModelStatus) {
 			pub.SetModelStatus(mqttout.ModelStatus{Name: s.Name, Version: s.Version, State: s.State, Reason: s.Reason, Since: s.Since})
 			a.refreshThresholdStates()
+			// The threshold number's bounds follow the model's calibration.
+			pub.RepublishDiscovery()
 		})
+	a.modelsUp.Store(true)
 	a.models.setStatus(a.models.status)
 	for _, c := range a.cams {
 		a.refreshThresholdState(c)
