@@ -13,6 +13,7 @@ require (
 	go.etcd.io/bbolt v1.4.3
 	gocv.io/x/gocv v0.31.0
 	golang.org/x/sync v0.17.0
+	golang.org/x/crypto v0.42.0
 	golang.org/x/image v0.33.0
 	google.golang.org/protobuf v1.36.12
 	gopkg.in/yaml.v3 v3.0.1

@@ -72,6 +72,9 @@ type Agent struct {
 	heartbeat atomic.Int64 // unix nanos of the last scoring progress
 	sampleReq sync.Map     // camera -> true: collect the next OK frame (sample/set command)
 	storeOpen atomic.Bool
+	// modelsUp is set once a.models exists: the publisher's connect (its own goroutine) may ask for a
+	// camera's threshold range before startModels has run.
+	modelsUp atomic.Bool
 	// stopReason is published on <prefix>/available/reason at the clean stop (set before the stops run).
 	stopReason string
 
@@ -260,6 +263,7 @@ func (a *Agent) publisherConfig(brokerURL string) mqttout.Config {
 			pc.Discovery.NoHeatmap = append(pc.Discovery.NoHeatmap, c.name)
 		}
 	}
+	pc.Discovery.ThresholdRange = a.discoveryThresholdRange
 	pc.OnTrigger = func(camera string, payload []byte) error { return a.enqueueTrigger(camera, payload, nil) }
 	pc.Logger = a.log
 	return pc
@@ -287,6 +291,20 @@ func (a *Agent) onThreshold(camera string, cmd mqttout.ThresholdCommand) (mqttou
 	}
 	a.log.Info("threshold changed", "camera", camera, "reset", cmd.Reset, "threshold", cmd.Threshold)
 	return a.thresholdState(c), nil
+}
+
+// discoveryThresholdRange is the threshold guard's range for Home Assistant's number entity (mqttout
+// DiscoveryConfig.ThresholdRange); ok false while it is not known yet.
+func (a *Agent) discoveryThresholdRange(camera string) (lo, hi float64, ok bool) {
+	c, found := a.byName[camera]
+	if !found {
+		return 0, 0, false
+	}
+	if len(c.cfg.ThresholdRange) != 2 && !a.modelsUp.Load() {
+		return 0, 0, false
+	}
+	lo, hi, _, err := a.thresholdBounds(c)
+	return lo, hi, err == nil
 }
 
 // thresholdState is a camera's effective threshold and where it comes from.

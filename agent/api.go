@@ -54,6 +54,10 @@ type CameraInfo struct {
 	Since      time.Time `json:"since"`
 	FrameURL   string    `json:"frame_url"`
 	HeatmapURL string    `json:"heatmap_url"`
+	// ThresholdRange is the range a threshold change must fall in (threshold_guard.go), absent before a
+	// model is loaded when the config sets none; ThresholdEditable is false with remote_threshold: false.
+	ThresholdRange    []float64 `json:"threshold_range,omitempty"`
+	ThresholdEditable bool      `json:"threshold_editable"`
 }
 
 // CamerasJSON is /api/cameras.
@@ -64,8 +68,13 @@ func (a *Agent) CamerasJSON() any {
 		c.mu.Lock()
 		since := c.since
 		c.mu.Unlock()
-		out = append(out, CameraInfo{CameraStats: a.cameraStats(c, now), Class: c.cfg.Class, Since: since,
-			FrameURL: "/api/cameras/" + c.name + "/frame.jpg", HeatmapURL: "/api/cameras/" + c.name + "/heatmap.png"})
+		ci := CameraInfo{CameraStats: a.cameraStats(c, now), Class: c.cfg.Class, Since: since,
+			FrameURL: "/api/cameras/" + c.name + "/frame.jpg", HeatmapURL: "/api/cameras/" + c.name + "/heatmap.png",
+			ThresholdEditable: c.cfg.RemoteThresholdOn()}
+		if lo, hi, _, err := a.thresholdBounds(c); err == nil {
+			ci.ThresholdRange = []float64{lo, hi}
+		}
+		out = append(out, ci)
 	}
 	return out
 }

@@ -48,6 +48,7 @@ type camera struct {
 	since         time.Time
 	lastJPEG      []byte // latest frame, JPEG (encoded lazily)
 	lastFrame     capture.Frame
+	lastFrameSeq  uint64 // lastFrame's seq (a false alarm on the latest result takes its frame from here)
 	lastHeatmap   []byte
 	lastHMTime    time.Time
 	lastTransient time.Time

@@ -241,6 +241,13 @@ func TestScoreAPI(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// Without http.auth the machine routes stay open (as below) and operator actions are refused.
+	if code, body := post(t, base+"/api/cameras/line/threshold", "application/json", []byte(`{"threshold": 0.5}`)); code != 403 || !bytes.Contains(body, []byte("http.auth")) {
+		t.Errorf("threshold without http.auth: %d %s, want 403 naming http.auth", code, body)
+	}
+	if code, body := post(t, base+"/api/auth/login", "application/json", []byte(`{"username":"a","password":"b"}`)); code != 403 {
+		t.Errorf("login without http.auth: %d %s, want 403", code, body)
+	}
 	if code, body := post(t, base+"/api/score", "image/png", img); code != 503 || !bytes.Contains(body, []byte("no model")) {
 		t.Fatalf("score before a model: %d %s, want 503", code, body)
 	}

@@ -169,7 +169,10 @@ func (a *Agent) startModels(context.Context) (func(context.Context) error, error
 		func(s ModelStatus) {
 			pub.SetModelStatus(mqttout.ModelStatus{Name: s.Name, Version: s.Version, State: s.State, Reason: s.Reason, Since: s.Since})
 			a.refreshThresholdStates()
+			// The threshold number's bounds follow the model's calibration.
+			pub.RepublishDiscovery()
 		})
+	a.modelsUp.Store(true)
 	a.models.setStatus(a.models.status)
 	for _, c := range a.cams {
 		a.refreshThresholdState(c)
@@ -182,7 +185,11 @@ func (a *Agent) startHTTP(context.Context) (func(context.Context) error, error) 
 	if a.cfg.HTTP.Listen == "" {
 		return nil, nil
 	}
-	a.http = httpapi.New(a, a.log.With("component", "http"))
+	auth, err := a.httpAuth()
+	if err != nil {
+		return nil, err
+	}
+	a.http = httpapi.New(a, a.log.With("component", "http"), auth)
 	if a.opts.OnHTTP != nil {
 		a.opts.OnHTTP(a.http)
 	}

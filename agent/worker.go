@@ -223,7 +223,7 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	a.metrics.observe(c.name, lat)
 	a.prom.observe(c.name, lat)
 	c.mu.Lock()
-	c.lastFrame = j.frame
+	c.lastFrame, c.lastFrameSeq = j.frame, j.seq
 	c.lastJPEG = nil
 	if hm != nil {
 		c.lastHeatmap = hm.Data

@@ -189,6 +189,8 @@ type HTTP struct {
 	Listen string `yaml:"listen"`
 	// Score configures POST /api/score (line.go).
 	Score Score `yaml:"score"`
+	// Auth configures logins and machine tokens (auth.go).
+	Auth HTTPAuth `yaml:"auth"`
 }
 
 // Load reads, substitutes, decodes, completes and validates a config file.

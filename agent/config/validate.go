@@ -88,6 +88,7 @@ func (c *Config) SetDefaults() {
 	if a.ShutdownTimeout == 0 {
 		a.ShutdownTimeout = 10 * time.Second
 	}
+	c.setAuthDefaults()
 	m := &c.Models
 	if len(m.Providers) == 0 {
 		m.Providers = []string{"cpu"}
@@ -270,6 +271,7 @@ func (c *Config) Validate() error {
 
 	c.validateStore(bad)
 	c.validateLine(bad)
+	c.validateAuth(bad)
 
 	if c.HTTP.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"image"
 	"image/png"
 	"io"
@@ -21,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/vlmdiff/edge/agent/dashboard"
 )
@@ -193,8 +196,10 @@ func copyFixture(t *testing.T, src, dst string) {
 // TestDashboardInBrowser runs the real daemon (built from ./agent/cmd/vlmdiff) on a synthetic camera with the
 // fixture bundle, the embedded broker and HTTP on free ports, and drives the page in headless Chromium
 // (testdata/browser_test.mjs): a heatmap and an NG event must show, the NG modal must open, a refused API
-// must show the disconnected badge and the page must recover. The screenshot must not be blank and must show
-// the OK and NG colours; the page must log no console error. VLMDIFF_DASHBOARD_OUT=DIR keeps the screenshots.
+// must show the disconnected badge and the page must recover. Then the operator logs in through the form
+// (http.auth), changes the camera's threshold and marks the newest NG as a false alarm; the daemon must then
+// run with that threshold and hold the sample. The screenshot must not be blank and must show the OK and NG
+// colours; the page must log no console error. VLMDIFF_DASHBOARD_OUT=DIR keeps the screenshots.
 func TestDashboardInBrowser(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: no browser test")
@@ -221,6 +226,11 @@ func TestDashboardInBrowser(t *testing.T) {
 	// The fixture has random weights: plain synthetic frames score about 0.28-0.29 raw, frames with a synthetic
 	// defect mostly 0.30-0.47. A threshold override of 0.30 makes some frames NG and most OK.
 	httpAddr, mqttAddr := freePort(t), freePort(t)
+	const user, password, newThreshold = "operator", "dashboard-test-pw", 0.31
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := `agent:
   name: dashtest
   data_dir: ` + filepath.Join(dir, "data") + `
@@ -243,8 +253,12 @@ mqtt:
   listen: ` + mqttAddr + `
   prefix: vlmdiff/dashtest
   stats_interval: 2s
+evidence:
+  enabled: true
 http:
   listen: ` + httpAddr + `
+  auth:
+    users: [{username: ` + user + `, password_hash: "` + string(hash) + `"}]
 `
 	cfgPath := filepath.Join(dir, "agent.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
@@ -322,7 +336,8 @@ http:
 	defer cancel()
 	script := filepath.Join(root, "agent/dashboard/testdata/browser_test.mjs")
 	cmd := exec.CommandContext(ctx, node, script, base+"/", out)
-	cmd.Env = append(os.Environ(), "PLAYWRIGHT_CORE="+pw, "CHROMIUM="+chromium)
+	cmd.Env = append(os.Environ(), "PLAYWRIGHT_CORE="+pw, "CHROMIUM="+chromium,
+		"DASH_USER="+user, "DASH_PASSWORD="+password, fmt.Sprintf("DASH_THRESHOLD=%g", newThreshold))
 	nodeOut, nodeErr := cmd.CombinedOutput()
 	t.Logf("browser_test.mjs:\n%s", nodeOut)
 	var res struct {
@@ -356,6 +371,7 @@ http:
 	}
 
 	checkScreenshot(t, filepath.Join(out, "dashboard.png"))
+	checkOperated(t, get, newThreshold)
 
 	// The threshold choice is what makes the page meaningful: both verdicts in the history.
 	_, _, hist := get("/api/history?limit=500")
@@ -371,6 +387,32 @@ http:
 		t.Errorf("history verdicts %v: the threshold override should give both OK and NG", verdicts)
 	}
 	t.Logf("history verdicts %v; checks %v", verdicts, res.Checks)
+}
+
+// checkOperated reads back, through the API, what the operator did in the browser: the camera runs with
+// the threshold set there (an override), and the false alarm is a stored sample.
+func checkOperated(t *testing.T, get func(string) (int, string, string), threshold float64) {
+	t.Helper()
+	_, _, body := get("/api/stats")
+	var st struct {
+		Cameras []struct {
+			Name            string  `json:"name"`
+			Threshold       float64 `json:"threshold"`
+			ThresholdSource string  `json:"threshold_source"`
+		} `json:"cameras"`
+		Store struct {
+			Samples int `json:"samples"`
+		} `json:"store"`
+	}
+	if err := json.Unmarshal([]byte(body), &st); err != nil || len(st.Cameras) == 0 {
+		t.Fatalf("/api/stats: %v %.300s", err, body)
+	}
+	if c := st.Cameras[0]; c.Threshold != threshold || c.ThresholdSource != "override" {
+		t.Errorf("camera %s runs with threshold %v (%s) after the browser set %v", c.Name, c.Threshold, c.ThresholdSource, threshold)
+	}
+	if st.Store.Samples < 1 {
+		t.Errorf("store holds %d samples after the false alarm", st.Store.Samples)
+	}
 }
 
 // checkScreenshot decodes the PNG and requires a real picture: the expected size, many distinct colours,

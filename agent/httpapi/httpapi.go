@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/vlmdiff/edge/agent/httpauth"
 )
 
 // ErrNotFound makes a handler answer 404.
@@ -46,19 +48,22 @@ type Backend interface {
 
 // Server is the HTTP server.
 type Server struct {
-	b   Backend
-	log *slog.Logger
-	mux *http.ServeMux
-	srv *http.Server
-	ln  net.Listener
+	b    Backend
+	log  *slog.Logger
+	auth *httpauth.Auth // nil: http.auth is off
+	mux  *http.ServeMux
+	srv  *http.Server
+	ln   net.Listener
 }
 
-// New builds the routes.
-func New(b Backend, log *slog.Logger) *Server {
+// New builds the routes. auth nil keeps the API as it was before logins existed: reads and the machine
+// routes open, operator actions refused (403). With auth every state-changing route needs a credential
+// (docs/operations.md, "Securing the HTTP API").
+func New(b Backend, log *slog.Logger, auth *httpauth.Auth) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{b: b, log: log, mux: http.NewServeMux()}
+	s := &Server{b: b, log: log, auth: auth, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := b.Healthy(); err != nil {
 			httpError(w, http.StatusServiceUnavailable, err)
@@ -111,6 +116,13 @@ func New(b Backend, log *slog.Logger) *Server {
 	}
 	if e, ok := b.(EvidenceSource); ok {
 		s.mountEvidence(e)
+	}
+	s.mountAuth()
+	if ss, ok := b.(SampleStore); ok {
+		s.mountSamples(ss)
+	}
+	if o, ok := b.(Operator); ok {
+		s.mountOperator(o)
 	}
 	return s
 }

@@ -23,6 +23,11 @@ var (
 	ErrBusy = errors.New("busy")
 	// ErrUnavailable: cannot score now, e.g. no model loaded or shutting down (503).
 	ErrUnavailable = errors.New("unavailable")
+	// ErrForbidden: the action is switched off for this target, e.g. cameras[].remote_threshold: false (403).
+	ErrForbidden = errors.New("forbidden")
+	// ErrConflict: the target is not in a state the action applies to, e.g. an OK result marked as a false
+	// alarm (409).
+	ErrConflict = errors.New("conflict")
 )
 
 // ScoreRequest is one image pushed to POST /api/score.
@@ -46,7 +51,7 @@ type Pusher interface {
 }
 
 func (s *Server) mountPush(p Pusher) {
-	s.mux.HandleFunc("POST /api/score", func(w http.ResponseWriter, r *http.Request) {
+	s.mux.Handle("POST /api/score", s.machine(func(w http.ResponseWriter, r *http.Request) {
 		req, err := readScoreRequest(w, r, p.ScoreMaxBytes())
 		if err != nil {
 			s.writePush(w, nil, err)
@@ -54,8 +59,8 @@ func (s *Server) mountPush(p Pusher) {
 		}
 		v, err := p.Score(r.Context(), req)
 		s.writePush(w, v, err)
-	})
-	s.mux.HandleFunc("POST /api/cameras/{cam}/trigger", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	s.mux.Handle("POST /api/cameras/{cam}/trigger", s.machine(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
 		if err != nil {
 			s.writePush(w, nil, fmt.Errorf("read trigger body: %w", ErrTooLarge))
@@ -74,7 +79,7 @@ func (s *Server) mountPush(p Pusher) {
 			return
 		}
 		s.writePush(w, v, err)
-	})
+	}))
 }
 
 // readScoreRequest takes the image either as the raw body (any Content-Type but multipart) or as the
@@ -159,6 +164,10 @@ func (s *Server) writePush(w http.ResponseWriter, v any, err error) {
 		writeJSON(w, v)
 	case errors.Is(err, ErrBadRequest):
 		httpError(w, http.StatusBadRequest, err)
+	case errors.Is(err, ErrForbidden):
+		httpError(w, http.StatusForbidden, err)
+	case errors.Is(err, ErrConflict):
+		httpError(w, http.StatusConflict, err)
 	case errors.Is(err, ErrTooLarge):
 		httpError(w, http.StatusRequestEntityTooLarge, err)
 	case errors.Is(err, ErrBusy):

@@ -1,6 +1,7 @@
 package mqttout
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 )
@@ -25,9 +26,18 @@ type DiscoveryConfig struct {
 	HeatmapFormat string
 	// NoHeatmap names cameras whose heatmaps are off (no image entity for them).
 	NoHeatmap []string
-	// ThresholdMin and ThresholdMax bound the threshold number entity (raw score units; defaults 0 and 1e6).
-	ThresholdMin, ThresholdMax float64
+	// ThresholdRange returns the range a camera's threshold command must fall in (the agent's threshold
+	// guard: cameras[].threshold_range, or derived from the loaded bundle's calibration); the number entity's
+	// min and max follow it, so Home Assistant offers only values the agent accepts. ok false (no model
+	// loaded yet and no configured range) or a nil func: 0..1e6 until RepublishDiscovery is called.
+	ThresholdRange func(camera string) (lo, hi float64, ok bool)
 }
+
+// Fallback bounds of the threshold number entity while no range is known.
+const (
+	discoveryMinDefault = 0
+	discoveryMaxDefault = 1e6
+)
 
 // Discovery payload fields (Home Assistant's MQTT discovery keys, unabbreviated).
 type haDevice struct {
@@ -106,10 +116,6 @@ func (p *Publisher) DiscoveryMessages() []DiscoveryMessage {
 	}
 	base := haEntity{AvailabilityTopic: p.topic("available"), PayloadAvailable: AvailableOnline,
 		PayloadNotAvailable: AvailableOffline, Device: dev, Origin: haOrigin{Name: "vlmdiff", SWVersion: d.SWVersion}}
-	minT, maxT := d.ThresholdMin, d.ThresholdMax
-	if maxT <= minT {
-		minT, maxT = 0, 1e6
-	}
 	var out []DiscoveryMessage
 	add := func(component, cam, object string, e haEntity) {
 		obj := haID(cam) + "_" + object
@@ -141,6 +147,7 @@ func (p *Publisher) DiscoveryMessages() []DiscoveryMessage {
 		}
 
 		e = base
+		minT, maxT := thresholdBounds(d, cam)
 		e.Name, e.CommandTopic, e.StateTopic = cam+" threshold", p.topic(cam, "threshold", "set"), p.topic(cam, "threshold", "state")
 		e.ValueTemplate, e.Min, e.Max, e.Step, e.Mode, e.EntityCategory = "{{ value_json.threshold }}", &minT, &maxT, 0.0001, "box", "config"
 		add("number", cam, "threshold", e)
@@ -148,10 +155,41 @@ func (p *Publisher) DiscoveryMessages() []DiscoveryMessage {
 	return out
 }
 
-// publishDiscovery announces the discovery configs (retained, QoS 1); called on every connect, so a Home
-// Assistant that lost its retained configs (a broker without persistence) gets them back.
-func (p *Publisher) publishDiscovery() {
-	for _, m := range p.DiscoveryMessages() {
-		p.publishJSON(m.Topic, 1, true, m.Payload)
+func thresholdBounds(d DiscoveryConfig, cam string) (lo, hi float64) {
+	if d.ThresholdRange != nil {
+		if lo, hi, ok := d.ThresholdRange(cam); ok && hi > lo {
+			return lo, hi
+		}
 	}
+	return discoveryMinDefault, discoveryMaxDefault
+}
+
+// publishDiscovery announces the discovery configs (retained, QoS 1). On every connect (all: a Home
+// Assistant that lost its retained configs, a broker without persistence, gets them back) and from
+// RepublishDiscovery (only the configs that changed).
+func (p *Publisher) publishDiscovery(all bool) {
+	for _, m := range p.DiscoveryMessages() {
+		data, err := json.Marshal(m.Payload)
+		if err != nil {
+			p.log.Error("mqtt encode discovery config", "topic", m.Topic, "err", err)
+			continue
+		}
+		p.mu.Lock()
+		same := string(p.discovered[m.Topic]) == string(data)
+		p.discovered[m.Topic] = data
+		p.mu.Unlock()
+		if all || !same {
+			p.publishNow(m.Topic, 1, true, data)
+		}
+	}
+}
+
+// RepublishDiscovery publishes the discovery configs that changed since they were last published: the
+// agent calls it when a model is loaded, since the threshold number's bounds follow the model's
+// calibration. Without a connection it does nothing; the next connect publishes every config.
+func (p *Publisher) RepublishDiscovery() {
+	if !p.cfg.Discovery.Enabled || !p.client.IsConnectionOpen() {
+		return
+	}
+	p.publishDiscovery(false)
 }

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/vlmdiff/edge/agent/internal/mqtttest"
@@ -97,16 +98,24 @@ func checkAgainst(s haSchema, obj map[string]any, parts ...string) []string {
 
 // TestHomeAssistantDiscovery: with discovery on, a Home Assistant subscriber finds retained configs for
 // every camera's entities, each valid against the schema in docs/mqtt.md, tied to <prefix>/available and
-// reading the topics the agent publishes; the threshold number's bare-number command sets the threshold; a
-// clean stop leaves available = offline. A camera with heatmaps off gets no image entity.
+// reading the topics the agent publishes; the threshold number's bounds are the camera's threshold range
+// (0..1e6 while none is known) and a changed range is republished, alone; the number's bare-number command
+// sets the threshold; a clean stop leaves available = offline. A camera with heatmaps off gets no image
+// entity.
 func TestHomeAssistantDiscovery(t *testing.T) {
 	schema := loadHASchema(t)
 	b := mqtttest.Start(t)
 	st := openStore(t, "")
 	var thresholds []float64
-	_, stop := runPub(t, st, b.URL, func(c *Config) {
+	var sideRange atomic.Value
+	sideRange.Store([2]float64{0.1, 2.5})
+	pub, stop := runPub(t, st, b.URL, func(c *Config) {
 		c.Cameras = []string{"press.top", "side"}
-		c.Discovery = DiscoveryConfig{Enabled: true, NodeID: "line 3", SWVersion: "1.2.3", NoHeatmap: []string{"side"}}
+		c.Discovery = DiscoveryConfig{Enabled: true, NodeID: "line 3", SWVersion: "1.2.3", NoHeatmap: []string{"side"},
+			ThresholdRange: func(cam string) (float64, float64, bool) {
+				r := sideRange.Load().([2]float64)
+				return r[0], r[1], cam == "side"
+			}}
 		c.OnThreshold = func(camera string, cmd ThresholdCommand) (ThresholdState, error) {
 			thresholds = append(thresholds, cmd.Threshold)
 			return ThresholdState{Camera: camera, Threshold: cmd.Threshold, Source: "override"}, nil
@@ -164,6 +173,32 @@ func TestHomeAssistantDiscovery(t *testing.T) {
 	}
 	if !slices.Equal(topics[:min(len(topics), len(want))], want) || len(topics) != len(want) {
 		t.Errorf("discovery topics\n%v\nwant\n%v", topics, want)
+	}
+
+	bounds := func(m mqtttest.Message) [2]any {
+		var obj map[string]any
+		_ = json.Unmarshal(m.Payload, &obj)
+		return [2]any{obj["min"], obj["max"]}
+	}
+	for _, m := range msgs {
+		want, ok := map[string][2]any{
+			"homeassistant/number/line_3/side_threshold/config":      {0.1, 2.5},
+			"homeassistant/number/line_3/press_top_threshold/config": {0.0, 1e6},
+		}[m.Topic]
+		if ok && bounds(m) != want {
+			t.Errorf("%s: min/max %v, want %v", m.Topic, bounds(m), want)
+		}
+	}
+	// A new model moves the range: only the changed config goes out again.
+	sideRange.Store([2]float64{0.2, 4})
+	pub.RepublishDiscovery()
+	sideCfg := "homeassistant/number/line_3/side_threshold/config"
+	again := ha.WaitFor(sideCfg, wait, func(m []mqtttest.Message) bool { return len(m) >= 2 })
+	if got := bounds(again[len(again)-1]); got != [2]any{0.2, 4.0} {
+		t.Errorf("republished side threshold min/max %v, want [0.2 4]", got)
+	}
+	if n := len(ha.Messages("")); n != 10 {
+		t.Errorf("%d discovery messages after the range change, want 9 + the changed one", n)
 	}
 
 	// The number entity's command: Home Assistant publishes the bare number.

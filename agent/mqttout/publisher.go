@@ -41,6 +41,7 @@ type Publisher struct {
 	thresholds  map[string]ThresholdState
 	model       *ModelStatus
 	lastHeatmap map[string]time.Time
+	discovered  map[string][]byte // discovery topic -> the config last published there
 
 	stopReason atomic.Value // string: why Run is stopping (SetStopReason)
 
@@ -64,7 +65,7 @@ func New(cfg Config, st *store.Store) (*Publisher, error) {
 	}
 	p := &Publisher{cfg: cfg, st: st, log: cfg.Logger.With("component", "mqtt"), connCh: make(chan struct{}, 1),
 		cmds: make(chan command, 64), statuses: map[string]CameraStatus{}, thresholds: map[string]ThresholdState{},
-		lastHeatmap: map[string]time.Time{}}
+		lastHeatmap: map[string]time.Time{}, discovered: map[string][]byte{}}
 	o := mqtt.NewClientOptions().AddBroker(cfg.Broker).SetClientID(cfg.ClientID).
 		SetUsername(cfg.Username).SetPassword(cfg.Password).
 		// A persistent session: the broker keeps our subscriptions and queued commands, and paho resends
@@ -108,7 +109,7 @@ func (p *Publisher) onConnect(c mqtt.Client) {
 	p.log.Info("mqtt connected", "broker", p.cfg.Broker, "client_id", p.cfg.ClientID)
 	p.publishNow(p.topic("available", "reason"), 1, true, p.reasonPayload(AvailableOnline, "connected"))
 	p.publishNow(p.topic("available"), 1, true, []byte(AvailableOnline))
-	p.publishDiscovery()
+	p.publishDiscovery(true)
 	filters := map[string]byte{
 		p.topic("+", "threshold", "set"): p.cfg.QoS.Command,
 		p.topic("+", "sample", "set"):    p.cfg.QoS.Command,

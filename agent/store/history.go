@@ -192,6 +192,40 @@ func (s *Store) Get(id uint64) (Record, error) {
 	return r, err
 }
 
+// FindResult returns a camera's result with that seq. It walks the camera's history from the newest
+// record back and stops once past seq (a camera's seqs grow with its records), so recent results, the ones
+// an operator looks at, are found quickly.
+func (s *Store) FindResult(camera string, seq uint64) (Record, error) {
+	var out Record
+	found := false
+	err := s.view("find result", func(tx *bolt.Tx) error {
+		cb := tx.Bucket(bHistCam).Bucket([]byte(camera))
+		if cb == nil {
+			return nil
+		}
+		h := tx.Bucket(bHistory)
+		c := cb.Cursor()
+		for k, _ := c.Last(); k != nil; k, _ = c.Prev() {
+			var r Record
+			if err := json.Unmarshal(h.Get(k), &r); err != nil {
+				return fmt.Errorf("decode result %d: %w", getU64(k), err)
+			}
+			if r.Seq == seq {
+				out, found = r, true
+				return nil
+			}
+			if r.Seq < seq {
+				return nil
+			}
+		}
+		return nil
+	})
+	if err == nil && !found {
+		err = fmt.Errorf("result %s/%d: %w", camera, seq, ErrNotFound)
+	}
+	return out, err
+}
+
 // Latest returns up to n records of a camera (all cameras when camera is ""), newest first.
 func (s *Store) Latest(camera string, n int) ([]Record, error) {
 	var out []Record

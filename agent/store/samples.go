@@ -22,8 +22,17 @@ type Sample struct {
 	Seq        uint64    `json:"seq"`
 	CapturedAt time.Time `json:"captured_at"`
 	Score      float64   `json:"score"`
-	PNG        []byte    `json:"-"`
+	// Origin is how the sample came: "" for a collected OK frame (store.samples.every, sample/set),
+	// OriginFalseAlarm for an NG result an operator marked as a false alarm; MarkedBy and MarkedAt say who
+	// and when (the audit trail of a verdict overruled by hand).
+	Origin   string    `json:"origin,omitempty"`
+	MarkedBy string    `json:"marked_by,omitempty"`
+	MarkedAt time.Time `json:"marked_at,omitzero"`
+	PNG      []byte    `json:"-"`
 }
+
+// OriginFalseAlarm marks a sample that was an NG result an operator overruled.
+const OriginFalseAlarm = "false_alarm"
 
 // ExportLine is one line of samples.jsonl as ExportSamples writes it; File is relative to the export dir.
 type ExportLine struct {
@@ -33,6 +42,9 @@ type ExportLine struct {
 	Seq        uint64    `json:"seq"`
 	CapturedAt time.Time `json:"captured_at"`
 	Score      float64   `json:"score"`
+	Origin     string    `json:"origin,omitempty"`
+	MarkedBy   string    `json:"marked_by,omitempty"`
+	MarkedAt   time.Time `json:"marked_at,omitzero"`
 }
 
 const cSampleCount = "sample_count"
@@ -154,7 +166,8 @@ func (s *Store) ExportSamples(dir string) (int, error) {
 					return fmt.Errorf("write %s: %w", rel, wrapIO(err))
 				}
 				if err := enc.Encode(ExportLine{File: rel, Camera: sm.Camera, Class: sm.Class, Seq: sm.Seq,
-					CapturedAt: sm.CapturedAt, Score: sm.Score}); err != nil {
+					CapturedAt: sm.CapturedAt, Score: sm.Score, Origin: sm.Origin, MarkedBy: sm.MarkedBy,
+					MarkedAt: sm.MarkedAt}); err != nil {
 					return fmt.Errorf("write samples.jsonl: %w", wrapIO(err))
 				}
 				n++

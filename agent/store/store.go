@@ -42,6 +42,8 @@ var (
 	ErrAlreadyProcessed = errors.New("origin already processed")
 	// ErrInvalid: a caller-supplied value (camera name, seq, kind) is not acceptable.
 	ErrInvalid = errors.New("invalid argument")
+	// ErrLocked: another process (a running daemon) holds the file's lock.
+	ErrLocked = errors.New("store file is locked by another process")
 )
 
 // StatfsFunc reports the bytes available to an unprivileged writer on the filesystem holding path.
@@ -157,7 +159,7 @@ func Open(opts Options) (*Store, error) {
 	db, err := bolt.Open(opts.Path, 0o600, &bolt.Options{Timeout: opts.OpenTimeout, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("open store %s: file is locked by another process (another vlmdiff running?): %w", opts.Path, err)
+			return nil, fmt.Errorf("open store %s: %w (another vlmdiff running?): %w", opts.Path, ErrLocked, err)
 		}
 		return nil, fmt.Errorf("open store %s: %w", opts.Path, wrapIO(err))
 	}

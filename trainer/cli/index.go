@@ -18,9 +18,10 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	data := fs.String("data", "", "dataset root directory (required)")
 	layout := fs.String("layout", dataset.LayoutAuto, "dataset layout: auto, "+strings.Join(dataset.Layouts, ", "))
 	out := fs.String("out", dataset.IndexFile, "index file to write (JSON lines)")
-	val := fs.Float64("val-frac", 0, "share of train normals held out as the val split (hash of the path; 0 <= f < 1)")
+	val := fs.Float64("val-fraction", 0, "share of train normals held out as the val split (hash of the path; 0 <= f < 1)")
 	part := fs.Int("coco-part", 0, "COCO-AD part 0-3 (meta_20_<part>.json)")
 	labelBy := fs.String("label-by", dataset.LabelByFolder, "anomalous test images with a missing or empty mask: folder (keep anomalous, warn) or mask (relabel as normal)")
+	args = renameFlag(args, "val-frac", "val-fraction", stderr) // the spelling before issue 15
 	if err := Parse(fs, args); err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ function fmtBytes(b) {
 }
 
 class HTTPError extends Error {
-  constructor(url, status, msg) { super(`${url}: HTTP ${status}${msg ? ': ' + msg : ''}`); this.status = status; }
+  constructor(url, status, msg) { super(`${url}: HTTP ${status}${msg ? ': ' + msg : ''}`); this.status = status; this.detail = msg || ''; }
 }
 
 async function get(url, kind) {
@@ -138,8 +138,10 @@ function camCard(name) {
   el.dataset.cam = name;
   el.querySelector('.cam-name').textContent = name;
   $('cams').appendChild(el);
-  c = { el, seq: -1, frameURL: null, hmURL: null, hmMissingUntil: 0, hist: [], histSeq: -1 };
+  c = { el, name, seq: -1, frameURL: null, hmURL: null, hmMissingUntil: 0, hist: [], histSeq: -1, editable: false };
   cams.set(name, c);
+  q(c, '.thr-form').addEventListener('submit', (ev) => { ev.preventDefault(); setThreshold(c, false); });
+  q(c, '.thr-reset').addEventListener('click', () => setThreshold(c, true));
   return c;
 }
 
@@ -317,6 +319,10 @@ function renderEvents(evs) {
 }
 
 function openModal(e) {
+  modalEvent = e;
+  $('fa-msg').textContent = '';
+  $('fa-msg').className = 'muted';
+  $('modal-actions').hidden = !auth.user;
   $('modal-title').textContent = `NG · ${e.camera} #${e.seq}`;
   const img = $('modal-img');
   img.src = e.heatmap_url || e.thumbnail_url || '';
@@ -335,6 +341,128 @@ function openModal(e) {
 }
 function closeModal() { $('modal').hidden = true; }
 
+// ---- operator actions: only after a login (http.auth.users; docs/operations.md, Securing the HTTP API) ----
+let auth = { login: false, user: '', csrf: '' };
+let modalEvent = null;
+let camInfoAt = 0;
+
+function setAuth(s) {
+  s = s || {};
+  auth = { login: !!s.login, user: s.user || '', csrf: s.csrf_token || '' };
+  $('auth').hidden = !auth.login;
+  $('auth-user').textContent = auth.user;
+  $('login-btn').hidden = !!auth.user;
+  $('logout-btn').hidden = !auth.user;
+  document.body.dataset.user = auth.user;
+  $('modal-actions').hidden = !auth.user;
+  camInfoAt = 0;
+  cams.forEach((c) => { q(c, '.thr-form').hidden = !(auth.user && c.editable); });
+}
+
+// send POSTs JSON with the session's CSRF token; a 401 means the session ended, so the login state is asked
+// for again.
+async function send(url, body) {
+  const r = await fetch(url, { method: 'POST', cache: 'no-store', body: JSON.stringify(body || {}),
+    headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': auth.csrf } });
+  let data = null;
+  try { data = await r.json(); } catch (_) { /* not JSON */ }
+  if (r.status === 401 && auth.user) get('/api/auth/session').then(setAuth, () => {});
+  if (!r.ok) throw new HTTPError(url, r.status, data && data.error);
+  return data;
+}
+
+async function login(ev) {
+  ev.preventDefault();
+  $('login-error').textContent = '';
+  try {
+    const s = await send('/api/auth/login', { username: $('login-user').value, password: $('login-pass').value });
+    $('login-pass').value = '';
+    $('login').hidden = true;
+    setAuth(s);
+  } catch (e) {
+    $('login-error').textContent = e.status === 429 ? 'too many failed logins: wait a minute' : (e.detail || e.message);
+  }
+}
+
+async function logout() {
+  try { setAuth(await send('/api/auth/logout')); } catch (e) { setAuth(await get('/api/auth/session')); }
+}
+
+// The threshold form shows the camera's allowed range (the same guard as the MQTT command) and its value.
+function renderCamInfo(list) {
+  for (const ci of list || []) {
+    const c = cams.get(ci.name);
+    if (!c) continue;
+    c.editable = !!ci.threshold_editable;
+    const input = q(c, '.thr-input');
+    const r = ci.threshold_range;
+    if (r && r.length === 2) {
+      input.min = r[0];
+      input.max = r[1];
+      q(c, '.thr-range').textContent = `allowed ${fix(r[0], 4)} … ${fix(r[1], 4)}`;
+    }
+    if (document.activeElement !== input && !input.dataset.dirty) input.value = ci.threshold;
+    q(c, '.thr-form').hidden = !(auth.user && c.editable);
+  }
+}
+
+async function setThreshold(c, reset) {
+  const msg = q(c, '.thr-msg');
+  const input = q(c, '.thr-input');
+  msg.className = 'thr-msg muted';
+  msg.textContent = 'sending…';
+  try {
+    const st = await send(`/api/cameras/${enc(c.name)}/threshold`, reset ? { reset: true } : { threshold: Number(input.value) });
+    msg.className = 'thr-msg good';
+    msg.textContent = `set ${fix(st.threshold, 4)} (${st.source})`;
+    input.value = st.threshold;
+    delete input.dataset.dirty;
+    camInfoAt = 0;
+  } catch (e) {
+    msg.className = 'thr-msg bad';
+    msg.textContent = e.detail || e.message;
+  }
+}
+
+async function markFalseAlarm() {
+  const e = modalEvent;
+  if (!e) return;
+  const m = $('fa-msg');
+  m.className = 'muted';
+  m.textContent = 'sending…';
+  try {
+    const r = await send(`/api/events/${enc(e.camera)}/${e.seq}/false-alarm`);
+    m.className = 'good';
+    m.textContent = `kept as a normal sample (${r.marked_by}, ${fmtTime(r.marked_at)})`;
+  } catch (err) {
+    m.className = 'bad';
+    m.textContent = err.detail || err.message;
+  }
+}
+
+// Evidence of today (UTC, as the tree's day folders), loaded when the list is opened.
+async function loadEvidence() {
+  if (!$('evidence').open) return;
+  const list = $('ev-list');
+  try {
+    const day = new Date().toISOString().slice(0, 10);
+    const files = await get(`/api/evidence?day=${day}`);
+    $('ev-count').textContent = `(${files.length} files)`;
+    list.replaceChildren(...files.slice(0, 200).map((f) => {
+      const li = el('li');
+      const a = el('a', '', f.path);
+      a.href = f.url;
+      a.target = '_blank';
+      a.rel = 'noopener';
+      li.appendChild(a);
+      return li;
+    }));
+  } catch (e) {
+    $('ev-count').textContent = '';
+    list.replaceChildren(el('li', 'muted', e.status === 404 ? 'evidence is off (evidence.enabled)' : e.message));
+  }
+}
+
 // ---- the loop ----
 async function tick() {
   let ok = false;
@@ -351,6 +479,10 @@ async function tick() {
       renderCamStats(c, cs);
       jobs.push(refreshHistory(c, cs), refreshImages(c, cs));
     }
+    if (auth.user && Date.now() - camInfoAt > 10000) {
+      camInfoAt = Date.now();
+      jobs.push(get('/api/cameras').then(renderCamInfo));
+    }
     await Promise.all(jobs);
     setConn(true);
     ok = true;
@@ -364,8 +496,16 @@ async function tick() {
 document.addEventListener('DOMContentLoaded', () => {
   $('modal-close').addEventListener('click', closeModal);
   $('modal').addEventListener('click', (e) => { if (e.target === $('modal')) closeModal(); });
-  document.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeModal(); });
+  document.addEventListener('keydown', (e) => { if (e.key === 'Escape') { closeModal(); $('login').hidden = true; } });
   let rt;
   window.addEventListener('resize', () => { clearTimeout(rt); rt = setTimeout(() => cams.forEach(drawChart), 150); });
+  $('login-btn').addEventListener('click', () => { $('login').hidden = false; $('login-user').focus(); });
+  $('login-cancel').addEventListener('click', () => { $('login').hidden = true; });
+  $('login-form').addEventListener('submit', login);
+  $('logout-btn').addEventListener('click', logout);
+  $('fa-btn').addEventListener('click', markFalseAlarm);
+  $('evidence').addEventListener('toggle', loadEvidence);
+  $('cams').addEventListener('input', (e) => { if (e.target.classList.contains('thr-input')) e.target.dataset.dirty = '1'; });
+  get('/api/auth/session').then(setAuth, () => {});
   tick();
 });

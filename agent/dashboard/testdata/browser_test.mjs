@@ -1,8 +1,9 @@
 // Drives the dashboard in headless Chromium (playwright-core, Debian's /usr/bin/chromium) against a running
 // daemon: `node browser_test.mjs URL OUTDIR`. Env: PLAYWRIGHT_CORE (the playwright-core directory), CHROMIUM
-// (the browser). Writes OUTDIR/dashboard.png, modal.png, offline.png and OUTDIR/result.json; exits 1 when a
-// check fails (the reasons go to stderr and result.json). The Go test (dashboard_test.go) decodes the
-// screenshots and reads result.json.
+// (the browser); DASH_USER, DASH_PASSWORD and DASH_THRESHOLD to log in, set the first camera's threshold and
+// mark the newest NG as a false alarm. Writes OUTDIR/dashboard.png, modal.png, offline.png, operator.png and
+// OUTDIR/result.json; exits 1 when a check fails (the reasons go to stderr and result.json). The Go test
+// (dashboard_test.go) decodes the screenshots, reads result.json and checks the daemon's state.
 import { createRequire } from 'node:module';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -117,11 +118,65 @@ try {
   phase = 'recovered';
   await page.waitForFunction(() => document.body.dataset.conn === 'live', null, { timeout: WAIT });
   result.checks.recovered_badge = await page.textContent('#conn');
+
+  if (process.env.DASH_USER) await operate(page);
 } catch (e) {
   fail(String(e && e.stack || e));
 } finally {
   await browser.close().catch(() => {});
 }
+// operate logs in through the form, sets the first camera's threshold, marks the newest NG as a false alarm
+// and opens today's evidence, as an operator would.
+async function operate(page) {
+  step('log in');
+  const readOnly = await page.evaluate(() => ({
+    login_visible: !document.getElementById('login-btn').hidden && !document.getElementById('auth').hidden,
+    forms_visible: [...document.querySelectorAll('.thr-form')].some((f) => !f.hidden),
+  }));
+  result.checks.before_login = readOnly;
+  if (!readOnly.login_visible) fail('no login button while logged out');
+  if (readOnly.forms_visible) fail('a threshold form is shown before any login');
+  await page.click('#login-btn');
+  await page.fill('#login-user', process.env.DASH_USER);
+  await page.fill('#login-pass', process.env.DASH_PASSWORD);
+  await page.click('#login-form button[type=submit]');
+  await page.waitForFunction((u) => document.body.dataset.user === u, process.env.DASH_USER, { timeout: WAIT });
+
+  step('change the threshold');
+  await page.waitForFunction(() => {
+    const f = document.querySelector('section.cam .thr-form');
+    return f && !f.hidden && /allowed/.test(f.querySelector('.thr-range').textContent);
+  }, null, { timeout: WAIT, polling: 250 });
+  result.checks.threshold_range = await page.textContent('section.cam .thr-range');
+  await page.fill('section.cam .thr-input', process.env.DASH_THRESHOLD);
+  await page.click('section.cam .thr-form button[type=submit]');
+  await page.waitForFunction(() => {
+    const m = document.querySelector('section.cam .thr-msg');
+    return /^set /.test(m.textContent) || m.classList.contains('bad');
+  }, null, { timeout: WAIT });
+  result.checks.threshold_msg = await page.textContent('section.cam .thr-msg');
+  if (!/^set /.test(result.checks.threshold_msg)) fail(`threshold change: ${JSON.stringify(result.checks.threshold_msg)}`);
+  await page.screenshot({ path: path.join(outDir, 'operator.png') });
+
+  step('mark the newest NG as a false alarm');
+  await page.click('.ng-row');
+  await page.waitForFunction(() => !document.getElementById('modal').hidden && !document.getElementById('modal-actions').hidden,
+    null, { timeout: WAIT });
+  await page.click('#fa-btn');
+  await page.waitForFunction(() => {
+    const m = document.getElementById('fa-msg');
+    return /kept as a normal sample/.test(m.textContent) || m.className === 'bad';
+  }, null, { timeout: WAIT });
+  result.checks.false_alarm_msg = await page.textContent('#fa-msg');
+  if (!/kept as a normal sample/.test(result.checks.false_alarm_msg)) fail(`false alarm: ${JSON.stringify(result.checks.false_alarm_msg)}`);
+  await page.keyboard.press('Escape');
+
+  step("open today's evidence");
+  await page.click('#evidence summary');
+  await page.waitForFunction(() => document.querySelectorAll('#ev-list a').length > 0, null, { timeout: WAIT });
+  result.checks.evidence_links = await page.locator('#ev-list a').count();
+}
+
 if (result.console_errors.length) fail('console errors: ' + result.console_errors.join(' | '));
 if (result.page_errors.length) fail('page errors: ' + result.page_errors.join(' | '));
 if (result.external_requests.length) fail('requests outside the daemon: ' + result.external_requests.join(' '));
