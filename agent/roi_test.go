@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vlmdiff/edge/agent/config"
 	"github.com/vlmdiff/edge/agent/internal/mqtttest"
@@ -181,5 +182,14 @@ func TestRegionOfInterest(t *testing.T) {
 	lastHas(t, sub, e.prefix+"/toolarge/status", `camera \"toolarge\" roi`, "roi.crop (x=200 y=0 width=100 height=100) does not fit in the 256x256 frame")
 	if n := len(sub.Messages(e.prefix + "/toolarge/result")); n != 0 {
 		t.Errorf("toolarge: %d results, want none", n)
+	}
+	// ... and its file is not lost: it waits in failed/ for the config to be fixed.
+	failed := filepath.Join(e.folder, "toolarge", "failed", "part-1.png")
+	for deadline := time.Now().Add(wait); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(failed); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the refused file is not in failed/: %v", err)
+		}
 	}
 }

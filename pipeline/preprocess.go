@@ -258,3 +258,13 @@ func normalize(im Image, mean, std [3]float32, dst []float32) {
 		}
 	}
 }
+
+// Resize resizes an image with a bundle's resize filter (manifest input.resize): "bilinear" is OpenCV's,
+// anything else Pillow's exact bilinear (ResizePIL). It is the resize preprocessing applies, exported for
+// pipeline/roi, which letterboxes a crop to the model's input before the pipeline sees it.
+func Resize(src Image, w, h int, filter string) (Image, error) {
+	if filter == "bilinear" {
+		return resizeCV(src, w, h)
+	}
+	return ResizePIL(src, w, h), nil
+}

@@ -39,7 +39,9 @@ type Result struct {
 	Verdict   string  `json:"verdict"` // "OK" or "NG"
 	// AnomalyAreaPct is the share of map pixels above the calibrated pixel threshold, in percent.
 	AnomalyAreaPct float64 `json:"anomaly_area_pct"`
-	// Map is the anomaly map at the model's input resolution, MapHeight x MapWidth, row-major.
+	// Map is the anomaly map at the model's input resolution, MapHeight x MapWidth, row-major. It covers the
+	// whole image scored; pipeline/roi replaces it with a map of the whole frame, at the frame's size, when a
+	// region of interest was scored.
 	Map       []float32 `json:"-"`
 	MapWidth  int       `json:"-"`
 	MapHeight int       `json:"-"`

@@ -8,46 +8,53 @@ import (
 	"github.com/vlmdiff/edge/pipeline"
 )
 
-// Geometry is a Config resolved for one frame size and one model input size: where the crop is, where the
-// (letterbox-padded) image the model sees lies in the frame, and which pixels count.
+// Geometry is a Config resolved for one frame size and one model input size: where the crop is in the frame,
+// where it lands in the model's input, and which pixels count.
 //
-// Pixels are points at their centres: frame pixel (x, y) is the point (x+0.5, y+0.5), and model map pixel
-// (i, j) is the point of the padded image at ((i+0.5) pw/W, (j+0.5) ph/H). A pixel counts when its point lies
-// in the crop and, with a mask, in the polygon (even-odd rule, as PNPOLY). The letterbox padding lies outside
-// the crop, so it never counts.
+// The crop maps onto Content, a rectangle of the model's input: the whole input for squash; for letterbox the
+// crop scaled by min(W/w, H/h), rounded to whole model pixels and centred, the rest padding. A model coordinate
+// m and a frame coordinate f (continuous, pixel edges at integers) are then related per axis by
+// f = crop0 + (m - content0) * cropSize / contentSize. Pixels are points at their centres: frame pixel (x, y)
+// is (x+0.5, y+0.5), model pixel (i, j) is (i+0.5, j+0.5). A pixel counts when its point lies in the crop
+// (for a model pixel: in Content, so padding never counts) and, with a mask, in the polygon (even-odd rule,
+// as PNPOLY).
 type Geometry struct {
 	FrameW, FrameH int
 	ModelW, ModelH int
 	// Crop is the crop in frame pixels.
 	Crop image.Rectangle
-	// Padded is the image the model sees, in frame pixels: Crop itself for squash; for letterbox the crop
-	// centred in the smallest rectangle of the model's aspect that holds it (it may reach outside the frame).
-	Padded image.Rectangle
+	// Content is where the crop lies in the model's input, in model pixels.
+	Content image.Rectangle
 	// PadColor fills the letterbox padding (RGB).
 	PadColor [3]byte
-	poly     [][]float64
+	// Filter is the bundle's resize filter (manifest input.resize), used to scale a letterboxed crop.
+	Filter string
+	poly   [][]float64
 }
 
 // Geometry resolves c for a frame of frameW x frameH and a model input of modelW x modelH; padColor fills
-// letterbox padding. A crop that does not fit in the frame is an error naming it and the frame's size: the
-// frame is refused rather than scored on a region that is not the configured one.
-func (c *Config) Geometry(frameW, frameH, modelW, modelH int, padColor [3]byte) (*Geometry, error) {
+// letterbox padding and filter is the bundle's resize filter. A crop that does not fit in the frame is an error
+// naming it and the frame's size: the frame is refused rather than scored on a region that is not the
+// configured one.
+func (c *Config) Geometry(frameW, frameH, modelW, modelH int, padColor [3]byte, filter string) (*Geometry, error) {
 	if frameW < 1 || frameH < 1 || modelW < 1 || modelH < 1 {
 		return nil, fmt.Errorf("roi: frame %dx%d or model input %dx%d has no pixels", frameW, frameH, modelW, modelH)
 	}
-	g := &Geometry{FrameW: frameW, FrameH: frameH, ModelW: modelW, ModelH: modelH, PadColor: padColor,
-		Crop: image.Rect(0, 0, frameW, frameH)}
+	g := &Geometry{FrameW: frameW, FrameH: frameH, ModelW: modelW, ModelH: modelH, PadColor: padColor, Filter: filter,
+		Crop: image.Rect(0, 0, frameW, frameH), Content: image.Rect(0, 0, modelW, modelH)}
 	if c != nil && c.Crop != nil {
 		r := c.Crop
+		if r.Width < 1 || r.Height < 1 {
+			return nil, fmt.Errorf("roi.crop (%s) has no pixels", r)
+		}
 		g.Crop = image.Rect(r.X, r.Y, r.X+r.Width, r.Y+r.Height)
-		if !g.Crop.In(image.Rect(0, 0, frameW, frameH)) {
+		if r.X < 0 || r.Y < 0 || !g.Crop.In(image.Rect(0, 0, frameW, frameH)) {
 			return nil, fmt.Errorf("roi.crop (%s) does not fit in the %dx%d frame (it must lie within x 0..%d, y 0..%d)",
 				r, frameW, frameH, frameW, frameH)
 		}
 	}
-	g.Padded = g.Crop
 	if c.FitOrDefault() == FitLetterbox {
-		g.Padded = letterbox(g.Crop, modelW, modelH)
+		g.Content = letterbox(g.Crop.Dx(), g.Crop.Dy(), modelW, modelH)
 	}
 	if c != nil {
 		g.poly = c.Mask
@@ -55,59 +62,63 @@ func (c *Config) Geometry(frameW, frameH, modelW, modelH int, padColor [3]byte) 
 	return g, nil
 }
 
-// letterbox returns the smallest rectangle of the model's aspect (rounded to whole pixels) that holds crop,
-// with crop centred in it (an odd padding puts the extra pixel after the crop).
-func letterbox(crop image.Rectangle, modelW, modelH int) image.Rectangle {
-	w, h := crop.Dx(), crop.Dy()
-	pw, ph := w, h
-	if w*modelH > h*modelW {
-		ph = max(h, int(math.Round(float64(w)*float64(modelH)/float64(modelW))))
-	} else {
-		pw = max(w, int(math.Round(float64(h)*float64(modelW)/float64(modelH))))
-	}
-	x0, y0 := crop.Min.X-(pw-w)/2, crop.Min.Y-(ph-h)/2
-	return image.Rect(x0, y0, x0+pw, y0+ph)
+// letterbox returns where a w x h crop lands in a modelW x modelH input with its aspect kept: scaled by
+// min(modelW/w, modelH/h), rounded to whole pixels (at least 1), centred (an odd padding puts the extra pixel
+// after the crop).
+func letterbox(w, h, modelW, modelH int) image.Rectangle {
+	s := min(float64(modelW)/float64(w), float64(modelH)/float64(h))
+	cw := min(modelW, max(1, int(math.Round(float64(w)*s))))
+	ch := min(modelH, max(1, int(math.Round(float64(h)*s))))
+	x0, y0 := (modelW-cw)/2, (modelH-ch)/2
+	return image.Rect(x0, y0, x0+cw, y0+ch)
 }
 
-// Prepare returns the image the model is given: the crop, padded for letterbox. The pipeline then resizes it
-// to the model's input (squashing an exact-aspect image only scales it).
-func (g *Geometry) Prepare(img pipeline.Image) pipeline.Image {
-	if g.Padded == image.Rect(0, 0, img.Width, img.Height) {
-		return img
-	}
-	pw, ph := g.Padded.Dx(), g.Padded.Dy()
-	pix := make([]byte, pw*ph*3)
-	if g.Padded != g.Crop {
-		for i := 0; i < len(pix); i += 3 {
-			pix[i], pix[i+1], pix[i+2] = g.PadColor[0], g.PadColor[1], g.PadColor[2]
+// Prepare returns the image the model is given. Squash: the crop, which the pipeline resizes to its input.
+// Letterbox: the crop resized to Content with the bundle's filter and pasted into an input-sized image of the
+// pad colour, which the pipeline then takes as it is (it is already the input's size).
+func (g *Geometry) Prepare(img pipeline.Image) (pipeline.Image, error) {
+	crop := img
+	if g.Crop != image.Rect(0, 0, img.Width, img.Height) {
+		w, h := g.Crop.Dx(), g.Crop.Dy()
+		crop = pipeline.Image{Width: w, Height: h, Pix: make([]byte, w*h*3)}
+		for y := 0; y < h; y++ {
+			src := ((g.Crop.Min.Y+y)*img.Width + g.Crop.Min.X) * 3
+			copy(crop.Pix[y*w*3:(y+1)*w*3], img.Pix[src:src+w*3])
 		}
 	}
-	ox, oy := g.Crop.Min.X-g.Padded.Min.X, g.Crop.Min.Y-g.Padded.Min.Y
-	rowBytes := g.Crop.Dx() * 3
-	for y := 0; y < g.Crop.Dy(); y++ {
-		src := ((g.Crop.Min.Y+y)*img.Width + g.Crop.Min.X) * 3
-		dst := ((oy+y)*pw + ox) * 3
-		copy(pix[dst:dst+rowBytes], img.Pix[src:src+rowBytes])
+	if g.Content == image.Rect(0, 0, g.ModelW, g.ModelH) {
+		return crop, nil
 	}
-	return pipeline.Image{Width: pw, Height: ph, Pix: pix}
+	cw, ch := g.Content.Dx(), g.Content.Dy()
+	scaled, err := pipeline.Resize(crop, cw, ch, g.Filter)
+	if err != nil {
+		return pipeline.Image{}, fmt.Errorf("roi: letterbox resize: %w", err)
+	}
+	out := pipeline.Image{Width: g.ModelW, Height: g.ModelH, Pix: make([]byte, g.ModelW*g.ModelH*3)}
+	for i := 0; i < len(out.Pix); i += 3 {
+		out.Pix[i], out.Pix[i+1], out.Pix[i+2] = g.PadColor[0], g.PadColor[1], g.PadColor[2]
+	}
+	for y := 0; y < ch; y++ {
+		dst := ((g.Content.Min.Y+y)*g.ModelW + g.Content.Min.X) * 3
+		copy(out.Pix[dst:dst+cw*3], scaled.Pix[y*cw*3:(y+1)*cw*3])
+	}
+	return out, nil
 }
 
-// modelPoint is the frame point of model map pixel (i, j)'s centre.
-func (g *Geometry) modelPoint(i, j int) (x, y float64) {
-	x = float64(g.Padded.Min.X) + (float64(i)+0.5)*float64(g.Padded.Dx())/float64(g.ModelW)
-	y = float64(g.Padded.Min.Y) + (float64(j)+0.5)*float64(g.Padded.Dy())/float64(g.ModelH)
-	return x, y
+// toFrame maps a model coordinate to a frame coordinate on one axis.
+func toFrame(m float64, content0, contentSize, crop0, cropSize int) float64 {
+	return float64(crop0) + (m-float64(content0))*float64(cropSize)/float64(contentSize)
 }
 
 // ModelMask reports, per model map pixel (row-major ModelH x ModelW), whether it counts.
 func (g *Geometry) ModelMask() []bool {
 	keep := make([]bool, g.ModelW*g.ModelH)
-	for j := 0; j < g.ModelH; j++ {
-		_, y := g.modelPoint(0, j)
+	for j := g.Content.Min.Y; j < g.Content.Max.Y; j++ {
+		y := toFrame(float64(j)+0.5, g.Content.Min.Y, g.Content.Dy(), g.Crop.Min.Y, g.Crop.Dy())
 		xs := g.crossings(y)
-		for i := 0; i < g.ModelW; i++ {
-			x, _ := g.modelPoint(i, j)
-			keep[j*g.ModelW+i] = g.inCrop(x, y) && g.inPoly(xs, x)
+		for i := g.Content.Min.X; i < g.Content.Max.X; i++ {
+			x := toFrame(float64(i)+0.5, g.Content.Min.X, g.Content.Dx(), g.Crop.Min.X, g.Crop.Dx())
+			keep[j*g.ModelW+i] = g.inPoly(xs, x)
 		}
 	}
 	return keep
@@ -117,17 +128,12 @@ func (g *Geometry) ModelMask() []bool {
 func (g *Geometry) FrameMask() []bool {
 	keep := make([]bool, g.FrameW*g.FrameH)
 	for y := g.Crop.Min.Y; y < g.Crop.Max.Y; y++ {
-		fy := float64(y) + 0.5
-		xs := g.crossings(fy)
+		xs := g.crossings(float64(y) + 0.5)
 		for x := g.Crop.Min.X; x < g.Crop.Max.X; x++ {
 			keep[y*g.FrameW+x] = g.inPoly(xs, float64(x)+0.5)
 		}
 	}
 	return keep
-}
-
-func (g *Geometry) inCrop(x, y float64) bool {
-	return x >= float64(g.Crop.Min.X) && x < float64(g.Crop.Max.X) && y >= float64(g.Crop.Min.Y) && y < float64(g.Crop.Max.Y)
 }
 
 // crossings returns the x of every polygon edge that the horizontal line at y crosses (PNPOLY's rule: an edge
@@ -162,55 +168,34 @@ func (g *Geometry) inPoly(xs []float64, x float64) bool {
 	return in
 }
 
-// contentBand returns the first and last model columns (or rows) whose centres lie in the crop: the model
-// pixels that saw the frame rather than letterbox padding. n is the model size, p0 and p the padded image's
-// start and size, c0 and c1 the crop's start and end on the same axis.
-func contentBand(n, p0, p, c0, c1 int) (lo, hi int) {
-	lo, hi = n, -1
-	for i := 0; i < n; i++ {
-		x := float64(p0) + (float64(i)+0.5)*float64(p)/float64(n)
-		if x >= float64(c0) && x < float64(c1) {
-			lo, hi = min(lo, i), max(hi, i)
-		}
-	}
-	if hi < 0 { // a crop thinner than a model pixel: the nearest one
-		lo = min(n-1, max(0, int((float64(c0+c1)/2-float64(p0))*float64(n)/float64(p))))
-		hi = lo
-	}
-	return lo, hi
-}
-
 // sample is the bilinear value of a model map at model coordinates (u, v) (pixel centres at integers),
-// clamped to the band of columns u0..u1 and rows v0..v1: inside it what OpenCV's INTER_LINEAR resize computes,
-// and at its edges a replicated border, so letterbox padding never bleeds into the crop's values.
-func sample(m []float32, w int, u, v float64, u0, u1, v0, v1 int) float32 {
-	u = min(max(u, float64(u0)), float64(u1))
-	v = min(max(v, float64(v0)), float64(v1))
+// clamped to the content's columns and rows r: inside it what OpenCV's INTER_LINEAR resize computes, at its
+// edges a replicated border, so letterbox padding never bleeds into the crop's values.
+func sample(m []float32, w int, u, v float64, r image.Rectangle) float32 {
+	u = min(max(u, float64(r.Min.X)), float64(r.Max.X-1))
+	v = min(max(v, float64(r.Min.Y)), float64(r.Max.Y-1))
 	i0, j0 := int(u), int(v)
-	i1, j1 := min(i0+1, u1), min(j0+1, v1)
+	i1, j1 := min(i0+1, r.Max.X-1), min(j0+1, r.Max.Y-1)
 	fu, fv := float32(u-float64(i0)), float32(v-float64(j0))
 	top := m[j0*w+i0]*(1-fu) + m[j0*w+i1]*fu
 	bot := m[j1*w+i0]*(1-fu) + m[j1*w+i1]*fu
 	return top*(1-fv) + bot*fv
 }
 
-// FrameMap projects a model map (ModelH x ModelW, covering Padded) into a map of the whole frame: bilinear
-// inside the pixels that count (from the model pixels that saw the crop only), 0 everywhere else (outside the
-// crop, in the padding, outside the mask).
+// FrameMap projects a model map (ModelH x ModelW) into a map of the whole frame: bilinear inside the pixels
+// that count (from the model pixels of Content only), 0 everywhere else (outside the crop, outside the mask).
 func (g *Geometry) FrameMap(m []float32) []float32 {
 	out := make([]float32, g.FrameW*g.FrameH)
 	keep := g.FrameMask()
-	u0, u1 := contentBand(g.ModelW, g.Padded.Min.X, g.Padded.Dx(), g.Crop.Min.X, g.Crop.Max.X)
-	v0, v1 := contentBand(g.ModelH, g.Padded.Min.Y, g.Padded.Dy(), g.Crop.Min.Y, g.Crop.Max.Y)
-	sx := float64(g.ModelW) / float64(g.Padded.Dx())
-	sy := float64(g.ModelH) / float64(g.Padded.Dy())
+	sx := float64(g.Content.Dx()) / float64(g.Crop.Dx())
+	sy := float64(g.Content.Dy()) / float64(g.Crop.Dy())
 	for y := g.Crop.Min.Y; y < g.Crop.Max.Y; y++ {
-		v := (float64(y)+0.5-float64(g.Padded.Min.Y))*sy - 0.5
+		v := float64(g.Content.Min.Y) + (float64(y)+0.5-float64(g.Crop.Min.Y))*sy - 0.5
 		for x := g.Crop.Min.X; x < g.Crop.Max.X; x++ {
 			k := y*g.FrameW + x
 			if keep[k] {
-				u := (float64(x)+0.5-float64(g.Padded.Min.X))*sx - 0.5
-				out[k] = sample(m, g.ModelW, u, v, u0, u1, v0, v1)
+				u := float64(g.Content.Min.X) + (float64(x)+0.5-float64(g.Crop.Min.X))*sx - 0.5
+				out[k] = sample(m, g.ModelW, u, v, g.Content)
 			}
 		}
 	}

@@ -51,23 +51,29 @@ func TestGeometryRects(t *testing.T) {
 		name           string
 		c              *Config
 		fw, fh, mw, mh int
-		crop, padded   image.Rectangle
+		crop, content  image.Rectangle
 		err            string
 	}{
-		{"nil is the frame", nil, 320, 240, 64, 64, image.Rect(0, 0, 320, 240), image.Rect(0, 0, 320, 240), ""},
-		{"letterbox whole frame", &Config{Fit: FitLetterbox}, 320, 240, 64, 64, image.Rect(0, 0, 320, 240), image.Rect(0, -40, 320, 280), ""},
-		{"squash crop", &Config{Crop: &Rect{10, 20, 100, 50}}, 320, 240, 64, 64, image.Rect(10, 20, 110, 70), image.Rect(10, 20, 110, 70), ""},
-		{"letterbox wide crop", &Config{Crop: &Rect{10, 40, 100, 50}, Fit: FitLetterbox}, 320, 240, 64, 64, image.Rect(10, 40, 110, 90), image.Rect(10, 15, 110, 115), ""},
-		{"letterbox tall crop", &Config{Crop: &Rect{40, 10, 50, 100}, Fit: FitLetterbox}, 320, 240, 64, 64, image.Rect(40, 10, 90, 110), image.Rect(15, 10, 115, 110), ""},
-		{"odd padding goes after", &Config{Crop: &Rect{0, 0, 101, 50}, Fit: FitLetterbox}, 320, 240, 64, 64, image.Rect(0, 0, 101, 50), image.Rect(0, -25, 101, 76), ""},
-		{"2:1 model", &Config{Crop: &Rect{100, 0, 100, 100}, Fit: FitLetterbox}, 320, 240, 64, 32, image.Rect(100, 0, 200, 100), image.Rect(50, 0, 250, 100), ""},
-		{"crop exactly the frame", &Config{Crop: &Rect{0, 0, 320, 240}}, 320, 240, 64, 64, image.Rect(0, 0, 320, 240), image.Rect(0, 0, 320, 240), ""},
+		{"nil is the frame", nil, 320, 240, 64, 64, image.Rect(0, 0, 320, 240), image.Rect(0, 0, 64, 64), ""},
+		// 320x240 scaled by 0.2 is 64x48, centred: 8 rows of padding above and below.
+		{"letterbox whole frame", &Config{Fit: FitLetterbox}, 320, 240, 64, 64, image.Rect(0, 0, 320, 240), image.Rect(0, 8, 64, 56), ""},
+		{"squash crop", &Config{Crop: &Rect{10, 20, 100, 50}}, 320, 240, 64, 64, image.Rect(10, 20, 110, 70), image.Rect(0, 0, 64, 64), ""},
+		{"letterbox wide crop", &Config{Crop: &Rect{10, 40, 100, 50}, Fit: FitLetterbox}, 320, 240, 64, 64, image.Rect(10, 40, 110, 90), image.Rect(0, 16, 64, 48), ""},
+		{"letterbox tall crop", &Config{Crop: &Rect{40, 10, 50, 100}, Fit: FitLetterbox}, 320, 240, 64, 64, image.Rect(40, 10, 90, 110), image.Rect(16, 0, 48, 64), ""},
+		// 100x55 scaled by 0.64 is 64x35.2 -> 35 rows; 29 rows of padding: 14 above, 15 below.
+		{"odd padding goes after", &Config{Crop: &Rect{0, 0, 100, 55}, Fit: FitLetterbox}, 320, 240, 64, 64, image.Rect(0, 0, 100, 55), image.Rect(0, 14, 64, 49), ""},
+		{"2:1 model", &Config{Crop: &Rect{100, 0, 100, 100}, Fit: FitLetterbox}, 320, 240, 64, 32, image.Rect(100, 0, 200, 100), image.Rect(16, 0, 48, 32), ""},
+		// A line-scan strip stays a strip: at least one model row, never a huge padded copy.
+		{"extreme aspect", &Config{Crop: &Rect{0, 0, 16384, 4}, Fit: FitLetterbox}, 16384, 4, 64, 64, image.Rect(0, 0, 16384, 4), image.Rect(0, 31, 64, 32), ""},
+		{"crop exactly the frame", &Config{Crop: &Rect{0, 0, 320, 240}}, 320, 240, 64, 64, image.Rect(0, 0, 320, 240), image.Rect(0, 0, 64, 64), ""},
 		{"crop past the right edge", &Config{Crop: &Rect{300, 0, 21, 10}}, 320, 240, 64, 64, image.Rectangle{}, image.Rectangle{}, "roi.crop (x=300 y=0 width=21 height=10) does not fit in the 320x240 frame"},
 		{"crop below the frame", &Config{Crop: &Rect{0, 240, 10, 10}}, 320, 240, 64, 64, image.Rectangle{}, image.Rectangle{}, "does not fit in the 320x240 frame"},
+		{"negative corner (unvalidated)", &Config{Crop: &Rect{-5, 0, 10, 10}}, 320, 240, 64, 64, image.Rectangle{}, image.Rectangle{}, "does not fit"},
+		{"negative size (unvalidated)", &Config{Crop: &Rect{50, 0, -10, 10}}, 320, 240, 64, 64, image.Rectangle{}, image.Rectangle{}, "has no pixels"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			g, err := tc.c.Geometry(tc.fw, tc.fh, tc.mw, tc.mh, [3]byte{})
+			g, err := tc.c.Geometry(tc.fw, tc.fh, tc.mw, tc.mh, [3]byte{}, "")
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err %v, want %q", err, tc.err)
@@ -77,8 +83,8 @@ func TestGeometryRects(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if g.Crop != tc.crop || g.Padded != tc.padded {
-				t.Errorf("crop %v padded %v, want %v %v", g.Crop, g.Padded, tc.crop, tc.padded)
+			if g.Crop != tc.crop || g.Content != tc.content {
+				t.Errorf("crop %v content %v, want %v %v", g.Crop, g.Content, tc.crop, tc.content)
 			}
 		})
 	}
@@ -98,14 +104,14 @@ func testImage(w, h int) pipeline.Image {
 func TestPrepare(t *testing.T) {
 	img := testImage(40, 30)
 	pad := [3]byte{124, 116, 104}
-	// Squash crop: exactly the crop's pixels.
-	g, err := (&Config{Crop: &Rect{5, 6, 10, 4}}).Geometry(40, 30, 8, 8, pad)
+	// Squash crop: exactly the crop's pixels (the pipeline resizes them).
+	g, err := (&Config{Crop: &Rect{5, 6, 10, 4}}).Geometry(40, 30, 8, 8, pad, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := g.Prepare(img)
-	if out.Width != 10 || out.Height != 4 {
-		t.Fatalf("crop is %dx%d, want 10x4", out.Width, out.Height)
+	out, err := g.Prepare(img)
+	if err != nil || out.Width != 10 || out.Height != 4 {
+		t.Fatalf("crop is %dx%d (%v), want 10x4", out.Width, out.Height, err)
 	}
 	for y := 0; y < 4; y++ {
 		for x := 0; x < 10; x++ {
@@ -115,30 +121,39 @@ func TestPrepare(t *testing.T) {
 			}
 		}
 	}
-	// Letterbox: a 10x4 crop to a square model gives 10x10, rows 3..6 the crop, the rest the pad colour.
-	g, err = (&Config{Crop: &Rect{5, 6, 10, 4}, Fit: FitLetterbox}).Geometry(40, 30, 8, 8, pad)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out = g.Prepare(img)
-	if out.Width != 10 || out.Height != 10 {
-		t.Fatalf("letterboxed crop is %dx%d, want 10x10", out.Width, out.Height)
-	}
-	for y := 0; y < 10; y++ {
-		for x := 0; x < 10; x++ {
-			p := out.Pix[(y*10+x)*3:][:3]
-			want := pad
-			if y >= 3 && y < 7 {
-				want = [3]byte{byte(5 + x), byte(6 + y - 3), 7}
-			}
-			if [3]byte(p) != want {
-				t.Fatalf("letterboxed pixel (%d,%d) = %v, want %v", x, y, p, want)
+	// Letterbox: a 10x4 crop into a 20x20 input is scaled by 2 to 20x8 (Pillow's bilinear, the bundle's
+	// default filter) in rows 6..13; the other rows are the pad colour.
+	for _, filter := range []string{"pil_bilinear", "bilinear"} {
+		g, err = (&Config{Crop: &Rect{5, 6, 10, 4}, Fit: FitLetterbox}).Geometry(40, 30, 20, 20, pad, filter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err = g.Prepare(img)
+		if err != nil || out.Width != 20 || out.Height != 20 {
+			t.Fatalf("%s: letterboxed input is %dx%d (%v), want 20x20", filter, out.Width, out.Height, err)
+		}
+		crop, _ := (&Config{Crop: &Rect{5, 6, 10, 4}}).Geometry(40, 30, 20, 20, pad, "")
+		plain, _ := crop.Prepare(img)
+		scaled, err := pipeline.Resize(plain, 20, 8, filter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for y := 0; y < 20; y++ {
+			for x := 0; x < 20; x++ {
+				p := [3]byte(out.Pix[(y*20+x)*3:][:3])
+				want := pad
+				if y >= 6 && y < 14 {
+					want = [3]byte(scaled.Pix[((y-6)*20+x)*3:][:3])
+				}
+				if p != want {
+					t.Fatalf("%s: letterboxed pixel (%d,%d) = %v, want %v", filter, x, y, p, want)
+				}
 			}
 		}
 	}
 	// No region: the frame itself, not a copy.
-	g, _ = (*Config)(nil).Geometry(40, 30, 8, 8, pad)
-	if out := g.Prepare(img); &out.Pix[0] != &img.Pix[0] {
+	g, _ = (*Config)(nil).Geometry(40, 30, 8, 8, pad, "")
+	if out, _ := g.Prepare(img); &out.Pix[0] != &img.Pix[0] {
 		t.Error("a whole-frame squash copied the frame")
 	}
 }
@@ -155,7 +170,7 @@ func count(b []bool) int {
 
 func TestMasks(t *testing.T) {
 	// A rectangle polygon: exactly the pixels whose centres lie inside, x 10..29 and y 10..19.
-	g, _ := (&Config{Mask: [][]float64{{10, 10}, {30, 10}, {30, 20}, {10, 20}}}).Geometry(40, 30, 8, 8, [3]byte{})
+	g, _ := (&Config{Mask: [][]float64{{10, 10}, {30, 10}, {30, 20}, {10, 20}}}).Geometry(40, 30, 8, 8, [3]byte{}, "")
 	fm := g.FrameMask()
 	for y := 0; y < 30; y++ {
 		for x := 0; x < 40; x++ {
@@ -166,7 +181,7 @@ func TestMasks(t *testing.T) {
 		}
 	}
 	// A right triangle (0,0),(10,0),(0,10): centres with x+y+1 < 10, i.e. 9+8+...+1 = 45 pixels.
-	g, _ = (&Config{Mask: [][]float64{{0, 0}, {10, 0}, {0, 10}}}).Geometry(20, 20, 8, 8, [3]byte{})
+	g, _ = (&Config{Mask: [][]float64{{0, 0}, {10, 0}, {0, 10}}}).Geometry(20, 20, 8, 8, [3]byte{}, "")
 	fm = g.FrameMask()
 	if n := count(fm); n != 45 {
 		t.Errorf("triangle mask has %d pixels, want 45", n)
@@ -179,13 +194,13 @@ func TestMasks(t *testing.T) {
 		}
 	}
 	// Crop and mask together: the crop limits the mask.
-	g, _ = (&Config{Crop: &Rect{0, 0, 20, 40}, Mask: [][]float64{{10, 10}, {30, 10}, {30, 20}, {10, 20}}}).Geometry(40, 40, 8, 8, [3]byte{})
+	g, _ = (&Config{Crop: &Rect{0, 0, 20, 40}, Mask: [][]float64{{10, 10}, {30, 10}, {30, 20}, {10, 20}}}).Geometry(40, 40, 8, 8, [3]byte{}, "")
 	if n := count(g.FrameMask()); n != 10*10 {
 		t.Errorf("crop x mask has %d pixels, want 100", n)
 	}
-	// Letterbox of a 100x50 crop into a 64x64 model: the padded square is 100x100 (25 rows of padding above
-	// and below), so model rows whose centres fall in the crop, 16..47, count; every column does.
-	g, _ = (&Config{Crop: &Rect{10, 40, 100, 50}, Fit: FitLetterbox}).Geometry(320, 240, 64, 64, [3]byte{})
+	// Letterbox of a 100x50 crop into a 64x64 model: the crop is 64x32 in rows 16..47, which count; every
+	// column does.
+	g, _ = (&Config{Crop: &Rect{10, 40, 100, 50}, Fit: FitLetterbox}).Geometry(320, 240, 64, 64, [3]byte{}, "")
 	mm := g.ModelMask()
 	for j := 0; j < 64; j++ {
 		for i := 0; i < 64; i++ {
@@ -195,7 +210,7 @@ func TestMasks(t *testing.T) {
 		}
 	}
 	// A plain crop: every model pixel counts.
-	g, _ = (&Config{Crop: &Rect{10, 40, 100, 50}}).Geometry(320, 240, 64, 64, [3]byte{})
+	g, _ = (&Config{Crop: &Rect{10, 40, 100, 50}}).Geometry(320, 240, 64, 64, [3]byte{}, "")
 	if n := count(g.ModelMask()); n != 64*64 {
 		t.Errorf("plain crop model mask has %d of %d pixels", n, 64*64)
 	}
@@ -204,7 +219,7 @@ func TestMasks(t *testing.T) {
 func TestFrameMap(t *testing.T) {
 	// A model map of 4x2 whose value is its column, covering a 8x4 crop at (2,1) of a 12x6 frame: frame
 	// pixel x samples column (x-2+0.5)/2-0.5, clamped to 0..3; outside the crop 0.
-	g, _ := (&Config{Crop: &Rect{2, 1, 8, 4}}).Geometry(12, 6, 4, 2, [3]byte{})
+	g, _ := (&Config{Crop: &Rect{2, 1, 8, 4}}).Geometry(12, 6, 4, 2, [3]byte{}, "")
 	m := []float32{0, 1, 2, 3, 0, 1, 2, 3}
 	fm := g.FrameMap(m)
 	row := []float32{0, 0, 0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3, 0, 0}
@@ -219,13 +234,14 @@ func TestFrameMap(t *testing.T) {
 			}
 		}
 	}
-	// Letterbox: the padding rows of the model map never reach the frame; a constant 5 map inside the crop.
-	g, _ = (&Config{Crop: &Rect{0, 2, 8, 4}, Fit: FitLetterbox}).Geometry(8, 8, 4, 4, [3]byte{})
+	// Letterbox: an 8x4 crop into a 4x4 model lies in model rows 1..2; the padding rows never reach the frame,
+	// not even through the bilinear weights at the crop's edge: a constant 5 inside the crop.
+	g, _ = (&Config{Crop: &Rect{0, 2, 8, 4}, Fit: FitLetterbox}).Geometry(8, 8, 4, 4, [3]byte{}, "")
 	c := make([]float32, 16)
 	for i := range c {
 		c[i] = 5
 	}
-	c[0] = 1000 // a padding pixel (model row 0 saw frame rows 0..1, outside the crop): it must not bleed in
+	c[0] = 1000 // a padding pixel (model row 0): it must not bleed in
 	fm = g.FrameMap(c)
 	for y := 0; y < 8; y++ {
 		for x := 0; x < 8; x++ {
@@ -266,7 +282,7 @@ func TestProject(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			g, err := tc.c.Geometry(16, 16, 8, 8, [3]byte{})
+			g, err := tc.c.Geometry(16, 16, 8, 8, [3]byte{}, "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -283,13 +299,13 @@ func TestProject(t *testing.T) {
 		})
 	}
 	// Without the mask the same map scores the 9s: the mask is what changed the score.
-	g, _ := (&Config{Fit: FitSquash, Mask: [][]float64{{0, 0}, {16, 0}, {16, 16}, {0, 16}}}).Geometry(16, 16, 8, 8, [3]byte{})
+	g, _ := (&Config{Fit: FitSquash, Mask: [][]float64{{0, 0}, {16, 0}, {16, 16}, {0, 16}}}).Geometry(16, 16, 8, 8, [3]byte{}, "")
 	r := mk()
 	if err := g.Project(r, 1, 0); err != nil || r.RawScore != 123 {
 		t.Errorf("a mask covering everything: raw %v err %v, want the scorer's 123", r.RawScore, err)
 	}
 	// A mask thinner than a model pixel: nothing to score is an error, not a 0.
-	g, _ = (&Config{Mask: [][]float64{{0.1, 0.1}, {15, 0.1}, {15, 0.2}}}).Geometry(16, 16, 8, 8, [3]byte{})
+	g, _ = (&Config{Mask: [][]float64{{0.1, 0.1}, {15, 0.1}, {15, 0.2}}}).Geometry(16, 16, 8, 8, [3]byte{}, "")
 	if err := g.Project(mk(), 1, 0); err == nil || !strings.Contains(err.Error(), "no pixel of the model's 8x8 map") {
 		t.Errorf("empty region: %v", err)
 	}

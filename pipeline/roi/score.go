@@ -78,13 +78,16 @@ func Score(ctx context.Context, s Scorer, reqs []pipeline.Request, rois []*Confi
 	idx := make([]int, 0, len(reqs))
 	for i, r := range reqs {
 		if i < len(rois) && rois[i].Active() && r.Image.Validate() == nil {
-			g, err := rois[i].Geometry(r.Image.Width, r.Image.Height, m.Input.Width, m.Input.Height, PadColor(m))
+			g, err := rois[i].Geometry(r.Image.Width, r.Image.Height, m.Input.Width, m.Input.Height, PadColor(m), m.Input.Resize)
 			if err != nil {
 				results[i].Err = fmt.Errorf("%w: %w", ErrRegion, err)
 				continue
 			}
+			if r.Image, err = g.Prepare(r.Image); err != nil {
+				results[i].Err = err
+				continue
+			}
 			geoms[i] = g
-			r.Image = g.Prepare(r.Image)
 		}
 		batch = append(batch, r)
 		idx = append(idx, i)

@@ -106,7 +106,7 @@ func ScoreItems(ctx context.Context, s *pipeline.Scorer, items []dataset.Item, o
 			ir := ImageResult{Item: it, Result: r}
 			if opts.ROI.Active() {
 				// Score accepted the region for this image, so it resolves here too.
-				g, err := opts.ROI.Geometry(r.MapWidth, r.MapHeight, s.Manifest().Input.Width, s.Manifest().Input.Height, roi.PadColor(s.Manifest()))
+				g, err := opts.ROI.Geometry(r.MapWidth, r.MapHeight, s.Manifest().Input.Width, s.Manifest().Input.Height, roi.PadColor(s.Manifest()), s.Manifest().Input.Resize)
 				if err != nil {
 					return nil, fmt.Errorf("eval: %s: %w", it.Path, err)
 				}
