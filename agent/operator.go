@@ -71,7 +71,10 @@ func (a *Agent) SetThreshold(camera string, threshold float64, reset bool, who s
 	if err != nil {
 		return nil, fmt.Errorf("camera %s: %w", camera, err)
 	}
-	a.refreshThresholdState(c)
+	st.UpdatedAt = time.Now().UTC()
+	if a.pub != nil {
+		a.pub.SetThresholdState(st)
+	}
 	a.log.Info("threshold changed from the dashboard", "camera", camera, "user", who, "reset", reset, "threshold", st.Threshold)
 	return st, nil
 }
