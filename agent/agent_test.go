@@ -21,6 +21,7 @@ import (
 
 	"github.com/vlmdiff/edge/agent"
 	"github.com/vlmdiff/edge/agent/config"
+	"github.com/vlmdiff/edge/agent/httpapi"
 	"github.com/vlmdiff/edge/agent/internal/mqtttest"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
@@ -220,12 +221,19 @@ func (e *env) config(t *testing.T, extra string) *config.Config {
 // startAgent runs the daemon in-process with the real pipeline; the returned stop shuts it down gracefully.
 func startAgent(t *testing.T, cfg *config.Config) (stop func()) {
 	t.Helper()
+	return startAgentWith(t, cfg, nil)
+}
+
+// startAgentWith is startAgent with agent.Options.OnHTTP set (it receives the HTTP server before it starts).
+func startAgentWith(t *testing.T, cfg *config.Config, onHTTP func(*httpapi.Server)) (stop func()) {
+	t.Helper()
 	initORT(t)
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	a, err := agent.New(cfg, agent.Options{
 		Open:          func(dir string) (agent.Scorer, error) { return pipeline.Open(dir, pipeline.Options{Threads: 1}) },
 		Logger:        log,
 		ModelDebounce: 200 * time.Millisecond,
+		OnHTTP:        onHTTP,
 	})
 	if err != nil {
 		t.Fatal(err)

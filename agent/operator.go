@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -37,6 +38,19 @@ func (a *Agent) httpAuth() (*httpauth.Auth, error) {
 	return auth, nil
 }
 
+// loopbackListen reports whether a listen address is reachable from this machine only.
+func loopbackListen(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 // SetThreshold applies a threshold change from the dashboard through the same guard as the MQTT command
 // (threshold_guard.go): remote_threshold and the allowed range apply alike, so a login is no way around
 // them. The new state goes out on <prefix>/<camera>/threshold/state as for an MQTT command.
@@ -57,7 +71,10 @@ func (a *Agent) SetThreshold(camera string, threshold float64, reset bool, who s
 	if err != nil {
 		return nil, fmt.Errorf("camera %s: %w", camera, err)
 	}
-	a.refreshThresholdState(c)
+	st.UpdatedAt = time.Now().UTC()
+	if a.pub != nil {
+		a.pub.SetThresholdState(st)
+	}
 	a.log.Info("threshold changed from the dashboard", "camera", camera, "user", who, "reset", reset, "threshold", st.Threshold)
 	return st, nil
 }

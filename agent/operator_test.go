@@ -10,6 +10,8 @@ import (
 	"net/http/cookiejar"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/vlmdiff/edge/agent/config"
+	"github.com/vlmdiff/edge/agent/httpapi"
 	"github.com/vlmdiff/edge/agent/internal/mqtttest"
 	"github.com/vlmdiff/edge/agent/store"
 )
@@ -54,6 +57,15 @@ http:
 		t.Fatal(err)
 	}
 	return cfg
+}
+
+// stateRoute is one state-changing route of the table: machine routes also take the bearer token; ok is the
+// status of an accepted request.
+type stateRoute struct {
+	name, path, ctype string
+	body              []byte
+	machine           bool
+	ok                int
 }
 
 // httpClient is one HTTP client with its own cookie jar (a browser).
@@ -117,7 +129,8 @@ func TestOperatorActions(t *testing.T) {
 	sub := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, e.prefix+"/#")
 	ha := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, "homeassistant/number/#")
 	httpAddr := freeAddr(t)
-	stop := startAgent(t, authConfig(t, e, httpAddr))
+	var srv *httpapi.Server
+	stop := startAgentWith(t, authConfig(t, e, httpAddr), func(s *httpapi.Server) { srv = s })
 	// Home Assistant's threshold number ends with the guard's range once the model is loaded ([0, 6] for
 	// the fixture's calibration), whatever it said before.
 	ha.WaitFor("homeassistant/number/test/line_threshold/config", wait, func(m []mqtttest.Message) bool {
@@ -138,19 +151,14 @@ func TestOperatorActions(t *testing.T) {
 	}
 
 	img := solidPNG(t, 120)
-	type route struct {
-		name, path, ctype string
-		body              []byte
-		machine           bool
-		ok                int
-	}
-	routes := []route{
+	routes := []stateRoute{
 		{"score", "/api/score", "image/png", img, true, 200},
 		{"trigger", "/api/cameras/press/trigger", "application/json", []byte(`{"id":"P-1"}`), true, 202},
 		{"threshold", "/api/cameras/line/threshold", "application/json", []byte(`{"threshold": 0.5}`), false, 200},
 		{"false alarm", "/api/events/line/1/false-alarm", "", nil, false, 200},
 	}
 	bearer := map[string]string{"Authorization": "Bearer " + plcToken}
+	checkEveryStateChangingRoute(t, anon, srv.Routes(), routes)
 	for _, rt := range routes {
 		ways := []struct {
 			name string
@@ -223,6 +231,39 @@ func TestOperatorActions(t *testing.T) {
 	}
 	stop()
 	checkFalseAlarmSamples(t, filepath.Join(e.dir, "vlmdiff.db"), map[uint64]string{1: "op", 2: "op"})
+}
+
+// checkEveryStateChangingRoute walks every route the server mounted: each one that is not a GET (and not the
+// login itself) must refuse a request without credentials, and must be in the table below, so a route added
+// later cannot slip past the guard or the table.
+func checkEveryStateChangingRoute(t *testing.T, anon *httpClient, patterns []string, tested []stateRoute) {
+	t.Helper()
+	// Tested elsewhere: logout below, samples/delete in TestSamplesExportWhileRunning.
+	paths := []string{"/api/auth/logout", "/api/samples/delete"}
+	for _, r := range tested {
+		paths = append(paths, r.path)
+	}
+	wildcard := regexp.MustCompile(`\{[^}]+\}`)
+	n := 0
+	for _, p := range patterns {
+		method, route, _ := strings.Cut(p, " ")
+		if method == "GET" || method == "HEAD" || route == "" || p == "POST /api/auth/login" {
+			continue
+		}
+		n++
+		path := strings.NewReplacer("{cam}", "line", "{seq}", "1").Replace(route)
+		quoted := regexp.QuoteMeta(wildcard.ReplaceAllString(route, "WILDCARD"))
+		re := regexp.MustCompile("^" + strings.ReplaceAll(quoted, "WILDCARD", "[^/]+") + "$")
+		if method != "POST" || !slices.ContainsFunc(paths, re.MatchString) {
+			t.Errorf("%s is not in this test's table of state-changing routes", p)
+		}
+		if code, body := anon.do(method, path, "application/json", []byte("{}"), nil); code != 401 {
+			t.Errorf("%s %s without credentials: %d %.200s, want 401", method, path, code, body)
+		}
+	}
+	if n < 6 {
+		t.Errorf("only %d state-changing routes found in %q", n, patterns)
+	}
 }
 
 // checkFalseAlarmSamples exports the store's samples as `vlmdiff samples export` does and checks that the

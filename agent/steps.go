@@ -190,6 +190,10 @@ func (a *Agent) startHTTP(context.Context) (func(context.Context) error, error) 
 		return nil, err
 	}
 	a.http = httpapi.New(a, a.log.With("component", "http"), auth)
+	if auth == nil && !loopbackListen(a.cfg.HTTP.Listen) {
+		a.log.Warn("the HTTP API listens beyond loopback without http.auth: anyone who reaches it can push images "+
+			"and triggers (docs/operations.md, Securing the HTTP API)", "listen", a.cfg.HTTP.Listen)
+	}
 	if a.opts.OnHTTP != nil {
 		a.opts.OnHTTP(a.http)
 	}

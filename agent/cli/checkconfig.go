@@ -36,6 +36,9 @@ type CheckConfigValid struct {
 	HTTP  struct {
 		Listen      string `json:"listen"`
 		ScoreCamera string `json:"score_camera"`
+		// AuthUsers and AuthTokens name the http.auth accounts (names only, never a hash or a token).
+		AuthUsers  []string `json:"auth_users"`
+		AuthTokens []string `json:"auth_tokens"`
 	} `json:"http"`
 }
 
@@ -66,6 +69,13 @@ func checkConfigJSON(stdout io.Writer, path string, cfg *config.Config, loadErr 
 			v.MQTT.Broker = "tcp://" + cfg.MQTT.Listen
 		}
 		v.HTTP.Listen, v.HTTP.ScoreCamera = cfg.HTTP.Listen, cfg.HTTP.Score.Camera
+		v.HTTP.AuthUsers, v.HTTP.AuthTokens = []string{}, []string{}
+		for _, u := range cfg.HTTP.Auth.Users {
+			v.HTTP.AuthUsers = append(v.HTTP.AuthUsers, u.Username)
+		}
+		for _, tk := range cfg.HTTP.Auth.Tokens {
+			v.HTTP.AuthTokens = append(v.HTTP.AuthTokens, tk.Name)
+		}
 		out.Summary = v
 	}
 	enc := json.NewEncoder(stdout)

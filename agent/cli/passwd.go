@@ -33,6 +33,11 @@ func runPasswd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fs.Usage()
 		return ErrUsage
 	}
+	if f, ok := passwdInput.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			io.WriteString(stderr, "password (shown as you type; to hide it: read -rs PW; printf '%s\\n' \"$PW\" | vlmdiff passwd):\n")
+		}
+	}
 	line, err := bufio.NewReader(passwdInput).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("read the password from stdin: %w", err)

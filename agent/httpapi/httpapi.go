@@ -51,7 +51,7 @@ type Server struct {
 	b    Backend
 	log  *slog.Logger
 	auth *httpauth.Auth // nil: http.auth is off
-	mux  *http.ServeMux
+	mux  *routeMux
 	srv  *http.Server
 	ln   net.Listener
 }
@@ -63,7 +63,7 @@ func New(b Backend, log *slog.Logger, auth *httpauth.Auth) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{b: b, log: log, auth: auth, mux: http.NewServeMux()}
+	s := &Server{b: b, log: log, auth: auth, mux: &routeMux{ServeMux: http.NewServeMux()}}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := b.Healthy(); err != nil {
 			httpError(w, http.StatusServiceUnavailable, err)
@@ -130,6 +130,24 @@ func New(b Backend, log *slog.Logger, auth *httpauth.Auth) *Server {
 // Handle mounts another handler (e.g. the dashboard's embedded assets) on the same server. Patterns follow
 // net/http.ServeMux; call before Serve.
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// Routes lists the patterns mounted so far, in order (a test walks the state-changing ones).
+func (s *Server) Routes() []string { return append([]string(nil), s.mux.patterns...) }
+
+// routeMux is a ServeMux that remembers its patterns.
+type routeMux struct {
+	*http.ServeMux
+	patterns []string
+}
+
+func (m *routeMux) Handle(pattern string, h http.Handler) {
+	m.patterns = append(m.patterns, pattern)
+	m.ServeMux.Handle(pattern, h)
+}
+
+func (m *routeMux) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
+	m.Handle(pattern, http.HandlerFunc(h))
+}
 
 // Handler returns the server's handler (tests, or embedding in another server).
 func (s *Server) Handler() http.Handler { return s.mux }

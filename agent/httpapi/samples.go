@@ -3,8 +3,10 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 )
 
@@ -25,7 +27,8 @@ type SampleStore interface {
 }
 
 // mountSamples: both routes need a credential when http.auth is on (the export hands out the line's
-// training data; the delete changes state), and are open without it, like the machine routes.
+// training data; the delete changes state). Without it the export is open like the other reads, and the
+// delete, a new route that destroys training data, is taken from this machine (loopback) only.
 func (s *Server) mountSamples(ss SampleStore) {
 	s.mux.Handle("GET /api/samples/export", s.machine(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/x-tar")
@@ -39,7 +42,7 @@ func (s *Server) mountSamples(ss SampleStore) {
 		}
 		s.log.Info("samples exported over HTTP", "samples", n, "remote", r.RemoteAddr)
 	}))
-	s.mux.Handle("POST /api/samples/delete", s.machine(func(w http.ResponseWriter, r *http.Request) {
+	s.mux.Handle("POST /api/samples/delete", s.machineOrLocal(func(w http.ResponseWriter, r *http.Request) {
 		var body struct {
 			Samples []SampleRef `json:"samples"`
 		}
@@ -50,4 +53,19 @@ func (s *Server) mountSamples(ss SampleStore) {
 		n, err := ss.DeleteSamples(body.Samples)
 		s.writePush(w, map[string]int{"deleted": n}, err)
 	}))
+}
+
+// machineOrLocal is machine, except that without http.auth only a client on this machine is let through.
+func (s *Server) machineOrLocal(h http.HandlerFunc) http.Handler {
+	if s.auth != nil {
+		return s.auth.Machine(h)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			httpError(w, http.StatusForbidden, errors.New("from another machine this needs http.auth (docs/operations.md, Securing the HTTP API)"))
+			return
+		}
+		h(w, r)
+	})
 }

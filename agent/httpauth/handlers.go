@@ -107,8 +107,14 @@ func (a *Auth) Info(r *http.Request) SessionInfo {
 	return si
 }
 
+// Mux is where Mount adds its routes (an http.ServeMux).
+type Mux interface {
+	Handle(pattern string, h http.Handler)
+	HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request))
+}
+
 // Mount adds POST /api/auth/login and POST /api/auth/logout to mux.
-func (a *Auth) Mount(mux *http.ServeMux) {
+func (a *Auth) Mount(mux Mux) {
 	mux.HandleFunc("POST /api/auth/login", a.login)
 	mux.Handle("POST /api/auth/logout", a.Operator(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.Logout(r)

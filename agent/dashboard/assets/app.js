@@ -5,7 +5,7 @@ const POLL_MS = 2000;        // normal refresh period
 const RETRY_MAX_MS = 10000;  // longest wait between retries while the API is away
 const TIMEOUT_MS = 5000;     // a request that takes longer counts as a failure
 const HISTORY_N = 120;       // points per score chart
-const EVENTS_N = 30;         // NG events listed
+const EVENTS_N = 30;         // NG events listed at first; "older" adds as many again
 const HEATMAP_RETRY_MS = 15000;
 
 const $ = (id) => document.getElementById(id);
@@ -13,6 +13,7 @@ const cams = new Map();      // camera name -> {el, seq, frameURL, hmURL, hmMiss
 let failures = 0;
 let lastOK = null;
 let eventsKey = '';
+let eventsN = EVENTS_N;
 let firstEvents = true;
 
 function el(tag, cls, text) {
@@ -289,6 +290,7 @@ function renderEvents(evs) {
   const key = evs.map((e) => `${e.camera}/${e.seq}`).join(',');
   $('ng-empty').hidden = evs.length > 0;
   $('ng-count').textContent = evs.length ? `(latest ${evs.length})` : '';
+  $('ng-more').hidden = evs.length < eventsN || eventsN >= 1000;
   if (key === eventsKey) return;
   const before = new Set(eventsKey.split(','));
   eventsKey = key;
@@ -440,13 +442,19 @@ async function markFalseAlarm() {
   }
 }
 
-// Evidence of today (UTC, as the tree's day folders), loaded when the list is opened.
+// The evidence of one day (UTC, as the tree's day folders; today at first) and camera, loaded when the list
+// is opened or the choice changes.
 async function loadEvidence() {
   if (!$('evidence').open) return;
   const list = $('ev-list');
+  const dayInput = $('ev-day');
+  if (!dayInput.value) dayInput.value = new Date().toISOString().slice(0, 10);
+  const sel = $('ev-cam');
+  for (const name of cams.keys()) {
+    if (![...sel.options].some((o) => o.value === name)) sel.appendChild(new Option(name, name));
+  }
   try {
-    const day = new Date().toISOString().slice(0, 10);
-    const files = await get(`/api/evidence?day=${day}`);
+    const files = await get(`/api/evidence?day=${enc(dayInput.value)}&camera=${enc(sel.value)}`);
     $('ev-count').textContent = `(${files.length} files)`;
     list.replaceChildren(...files.slice(0, 200).map((f) => {
       const li = el('li');
@@ -473,7 +481,7 @@ async function tick() {
     const list = s.cameras || [];
     $('cams-empty').hidden = list.length > 0;
     $('cams').classList.toggle('multi', list.length > 1);
-    const jobs = [get(`/api/events?verdict=NG&limit=${EVENTS_N}`).then(renderEvents)];
+    const jobs = [get(`/api/events?verdict=NG&limit=${eventsN}`).then(renderEvents)];
     for (const cs of list) {
       const c = camCard(cs.name);
       renderCamStats(c, cs);
@@ -505,6 +513,9 @@ document.addEventListener('DOMContentLoaded', () => {
   $('logout-btn').addEventListener('click', logout);
   $('fa-btn').addEventListener('click', markFalseAlarm);
   $('evidence').addEventListener('toggle', loadEvidence);
+  $('ev-day').addEventListener('change', loadEvidence);
+  $('ev-cam').addEventListener('change', loadEvidence);
+  $('ng-more').addEventListener('click', () => { eventsN = Math.min(1000, eventsN + EVENTS_N); eventsKey = ''; });
   $('cams').addEventListener('input', (e) => { if (e.target.classList.contains('thr-input')) e.target.dataset.dirty = '1'; });
   get('/api/auth/session').then(setAuth, () => {});
   tick();

@@ -1,7 +1,7 @@
 // Drives the dashboard in headless Chromium (playwright-core, Debian's /usr/bin/chromium) against a running
 // daemon: `node browser_test.mjs URL OUTDIR`. Env: PLAYWRIGHT_CORE (the playwright-core directory), CHROMIUM
 // (the browser); DASH_USER, DASH_PASSWORD and DASH_THRESHOLD to log in, set the first camera's threshold and
-// mark the newest NG as a false alarm. Writes OUTDIR/dashboard.png, modal.png, offline.png, operator.png and
+// mark the newest NG as a false alarm. Writes OUTDIR/dashboard.png, modal.png, offline.png, operator.png, evidence.png and
 // OUTDIR/result.json; exits 1 when a check fails (the reasons go to stderr and result.json). The Go test
 // (dashboard_test.go) decodes the screenshots, reads result.json and checks the daemon's state.
 import { createRequire } from 'node:module';
@@ -175,6 +175,7 @@ async function operate(page) {
   await page.click('#evidence summary');
   await page.waitForFunction(() => document.querySelectorAll('#ev-list a').length > 0, null, { timeout: WAIT });
   result.checks.evidence_links = await page.locator('#ev-list a').count();
+  await page.screenshot({ path: path.join(outDir, 'evidence.png') });
 }
 
 if (result.console_errors.length) fail('console errors: ' + result.console_errors.join(' | '));
