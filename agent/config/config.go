@@ -147,6 +147,10 @@ type HeatmapOut struct {
 	Base64 bool `yaml:"base64"`
 	// MinInterval rate-limits heatmaps per camera. Default 0 (every result's heatmap).
 	MinInterval time.Duration `yaml:"min_interval"`
+	// MaxSize bounds the heatmap's longer side in pixels: larger frames are shrunk (aspect kept) before the
+	// map is blended over them. Default 0: the frame's size. Encoding dominates the daemon's per-frame cost
+	// outside the model and grows with the pixels (docs/operations.md, "Overhead per frame").
+	MaxSize int `yaml:"max_size"`
 }
 
 // Store configures the bbolt file.

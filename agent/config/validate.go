@@ -264,6 +264,9 @@ func (c *Config) Validate() error {
 	if q.Heatmap.MinInterval < 0 {
 		bad("mqtt.heatmap.min_interval", "must not be negative")
 	}
+	if q.Heatmap.MaxSize != 0 && (q.Heatmap.MaxSize < 16 || q.Heatmap.MaxSize > 16384) {
+		bad("mqtt.heatmap.max_size", "must be 0 (the frame's size) or 16..16384 pixels, not %d", q.Heatmap.MaxSize)
+	}
 	if q.StatsInterval < time.Second {
 		bad("mqtt.stats_interval", "must be at least 1s, not %s", q.StatsInterval)
 	}
