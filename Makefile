@@ -7,7 +7,7 @@ BIN := bin/vlmdiff
 PY := /usr/bin/python3
 export ONNXRUNTIME_LIB ?= $(CURDIR)/.deps/lib/libonnxruntime.so
 
-.PHONY: all deps build demo demo-bundle test test-go test-py vet fmt bench fuzz soak clean
+.PHONY: all deps build demo demo-bundle test test-go test-py vet fmt bench bench-overhead fuzz soak clean
 
 all: build
 
@@ -39,6 +39,16 @@ test-py:
 # when ../shared/backbones is present.
 bench: build
 	./$(BIN) bench --bundle models/testdata/fixture --threads 2
+
+# The daemon's cost per frame outside the model (capture conversion, queue, store commit, MQTT publish,
+# heatmaps) with the model replaced by a no-op scorer: 4 cameras x 30 fps for OVERHEAD_SECONDS (default 20).
+# Prints CPU ms per frame and wall p50/p99 per stage; writes a CPU profile to out/overhead.cpu.pprof (its top
+# functions are printed). Knobs: OVERHEAD_CAMERAS, OVERHEAD_FPS, OVERHEAD_SIZE=WxH, OVERHEAD_HEATMAP=png|jpeg|off,
+# OVERHEAD_HEATMAP_MAX=px, OVERHEAD_DIR (the store's filesystem). See docs/operations.md, "Overhead per frame".
+bench-overhead: deps
+	@mkdir -p out
+	$(GO) test -run '^$$' -bench '^BenchmarkOverhead$$' -benchtime 1x -cpuprofile out/overhead.cpu.pprof -o out/agent.test ./agent/
+	$(GO) tool pprof -top -nodecount 25 out/agent.test out/overhead.cpu.pprof 2>/dev/null | sed -n '1,35p'
 
 # Fuzz every target for FUZZTIME each (a duration, or a count such as 100000x), one worker each. `make test`
 # already runs their seed corpora (testdata/fuzz); findings are written there as new seeds.
