@@ -112,6 +112,13 @@ type Options struct {
 	DeviceID int
 	// Library is the ONNX Runtime shared library path ("" = search; see InitRuntime).
 	Library string
+	// LeanMemory turns off ONNX Runtime's CPU memory arena and has the C allocator hand large blocks back to
+	// the system when they are freed (mallopt: a fixed 128 KiB mmap threshold, two malloc arenas). With the
+	// arena every session keeps the high-water mark of its tensors for good (five sessions, five high-water
+	// marks), and glibc keeps freed blocks in per-thread arenas: the daemon with the small preset held about
+	// 340 MiB, lean about 100 MiB less (docs/operations.md, "Memory"). The price is fresh pages for each run's
+	// tensors. Off (the zero value) keeps ONNX Runtime's defaults.
+	LeanMemory bool
 	// ClassConditioning conditions the denoiser on the frame's class prompt when the bundle has one (with
 	// classifier-free guidance against the unconditional context). Off, every frame uses the bundle's
 	// default context: the paper's setting for MVTec-AD, VisA and Real-IAD.
@@ -141,6 +148,13 @@ func newSessionOptions(o Options, logOnce *sync.Once) (*ort.SessionOptions, stri
 			so.Destroy()
 			return nil, "", fmt.Errorf("session option allow_spinning: %w", err)
 		}
+	}
+	if o.LeanMemory {
+		if err := so.SetCpuMemArena(false); err != nil {
+			so.Destroy()
+			return nil, "", fmt.Errorf("session option cpu memory arena: %w", err)
+		}
+		releaseLargeAllocations()
 	}
 	if prefix := os.Getenv("VLMDIFF_ORT_PROFILE"); prefix != "" {
 		// ONNX Runtime's per-node timing (Chrome trace JSON, written when a session closes, named by the second

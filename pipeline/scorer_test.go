@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -195,5 +196,34 @@ func TestSessionOptionsSpin(t *testing.T) {
 	}
 	if math.Abs(scores[0]-scores[1]) > 1e-6 {
 		t.Errorf("spinning changed the score: %v vs %v", scores[0], scores[1])
+	}
+}
+
+// TestLeanMemory: sessions without ONNX Runtime's memory arena (and with glibc returning large blocks) score
+// exactly as the default ones, over several frames so that freed and reallocated tensors are exercised.
+func TestLeanMemory(t *testing.T) {
+	if err := InitRuntime(""); err != nil {
+		t.Skip(err)
+	}
+	var maps [2][][]float32
+	for k, lean := range []bool{false, true} {
+		s, err := Open(fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 2, LeanMemory: lean})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for seed := byte(1); seed <= 3; seed++ {
+			r, err := s.Score(context.Background(), []Request{{Image: testImage(256, 256, seed), Seq: uint64(seed)}})
+			if err != nil || r[0].Err != nil {
+				s.Close()
+				t.Fatal(err, r[0].Err)
+			}
+			maps[k] = append(maps[k], r[0].Map)
+		}
+		s.Close()
+	}
+	for i := range maps[0] {
+		if !slices.Equal(maps[0][i], maps[1][i]) {
+			t.Errorf("frame %d: the lean sessions' anomaly map differs from the default ones'", i)
+		}
 	}
 }

@@ -56,6 +56,9 @@ type Models struct {
 	// Spin lets ONNX Runtime's idle threads spin-wait between operators (lower latency only when the cores
 	// are otherwise idle; slower on small CPUs). Default false.
 	Spin bool `yaml:"spin"`
+	// Arena keeps ONNX Runtime's CPU memory arena (faster allocation, but each session holds its tensors'
+	// high-water mark for good). Default false: pipeline.Options.LeanMemory, for the RSS bound.
+	Arena bool `yaml:"arena"`
 	// DeviceID is the CUDA device.
 	DeviceID int `yaml:"device_id"`
 	// Batch is the largest micro-batch a worker scores at once. Default 1.

@@ -38,6 +38,7 @@ func TestParseDefaults(t *testing.T) {
 		{"mqtt.heatmap.max_size", cfg.MQTT.Heatmap.MaxSize, 0},
 		{"models.providers", strings.Join(cfg.Models.Providers, ","), "cpu"},
 		{"models.batch", cfg.Models.Batch, 1},
+		{"models.arena", cfg.Models.Arena, false},
 		{"cameras[0].queue", cfg.Cameras[0].Queue, DefaultQueue},
 		{"cameras[0].heatmap", cfg.Cameras[0].HeatmapOn(), true},
 		{"agent.shutdown_timeout", cfg.Agent.ShutdownTimeout, 10 * time.Second},
