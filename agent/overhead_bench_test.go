@@ -112,18 +112,18 @@ type overheadParams struct {
 
 func overheadParamsFromEnv(b *testing.B) overheadParams {
 	p := overheadParams{seconds: 20, cameras: 4, fps: 30, width: 640, height: 480, heatmap: "png", dir: b.TempDir()}
-	atoi := func(name string, dst *int) {
+	atoi := func(name string, dst *int, least int) {
 		if v := os.Getenv(name); v != "" {
 			n, err := strconv.Atoi(v)
-			if err != nil || n <= 0 {
-				b.Fatalf("%s=%q: want a positive integer", name, v)
+			if err != nil || n < least {
+				b.Fatalf("%s=%q: want an integer >= %d", name, v, least)
 			}
 			*dst = n
 		}
 	}
-	atoi("OVERHEAD_SECONDS", &p.seconds)
-	atoi("OVERHEAD_CAMERAS", &p.cameras)
-	atoi("OVERHEAD_HEATMAP_MAX", &p.heatmapMax)
+	atoi("OVERHEAD_SECONDS", &p.seconds, 1)
+	atoi("OVERHEAD_CAMERAS", &p.cameras, 1)
+	atoi("OVERHEAD_HEATMAP_MAX", &p.heatmapMax, 0)
 	if v := os.Getenv("OVERHEAD_FPS"); v != "" {
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil || f <= 0 {
