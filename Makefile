@@ -7,7 +7,7 @@ BIN := bin/vlmdiff
 PY := /usr/bin/python3
 export ONNXRUNTIME_LIB ?= $(CURDIR)/.deps/lib/libonnxruntime.so
 
-.PHONY: all deps build demo demo-bundle test test-go test-py vet fmt bench bench-overhead fuzz soak clean
+.PHONY: all deps build demo demo-bundle test test-go test-py vet fmt bench bench-overhead fuzz soak memory clean
 
 all: build
 
@@ -63,6 +63,14 @@ fuzz:
 SOAK_DIR ?= out/soak
 soak: build
 	DURATION=$${DURATION:-3600} scripts/soak.sh $(SOAK_DIR)
+
+# Daemon RSS with the small preset at batch 1 over 10 minutes (issue 14, item 3): scripts/soak.sh on BUNDLE, by
+# default an untrained small bundle built once by scripts/small_bundle.sh (memory does not depend on the
+# weights; needs ../shared/backbones). Summary (RSS and anonymous RSS after the warm-up) in MEM_DIR/summary.txt.
+MEM_DIR ?= out/memory
+memory: build
+	BUNDLE=$${BUNDLE:-$$(scripts/small_bundle.sh)} DURATION=$${DURATION:-600} FPS=$${FPS:-2} WARMUP=$${WARMUP:-120} \
+		THREADS=$${THREADS:-2} scripts/soak.sh $(MEM_DIR)
 
 # Retrain the demo bundle with the project's own trainer (about 10 minutes on 2 cores).
 demo-bundle: build
