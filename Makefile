@@ -69,8 +69,8 @@ soak: build
 # weights; needs ../shared/backbones). Summary (RSS and anonymous RSS after the warm-up) in MEM_DIR/summary.txt.
 MEM_DIR ?= out/memory
 memory: build
-	BUNDLE=$${BUNDLE:-$$(scripts/small_bundle.sh)} DURATION=$${DURATION:-600} FPS=$${FPS:-2} WARMUP=$${WARMUP:-120} \
-		THREADS=$${THREADS:-2} scripts/soak.sh $(MEM_DIR)
+	b=$${BUNDLE:-$$(scripts/small_bundle.sh)} && [ -n "$$b" ] && BUNDLE=$$b DURATION=$${DURATION:-600} FPS=$${FPS:-2} \
+		WARMUP=$${WARMUP:-120} THREADS=$${THREADS:-2} scripts/soak.sh $(MEM_DIR)
 
 # Retrain the demo bundle with the project's own trainer (about 10 minutes on 2 cores).
 demo-bundle: build

@@ -24,7 +24,7 @@ mkdir -p "$RUN"
 sed -e 's/^threads: .*/threads: 1/' -e 's/max_steps: [0-9]*/max_steps: 1/' -e 's/epochs: [0-9]*/max_steps: 1/' \
   -e 's/batch_size: [0-9]*/batch_size: 2/' -e 's/^  save_every: [0-9]*/  save_every: 1/' \
   configs/train/small.yaml >"$RUN/train.yaml"
-[ "$(grep -c 'max_steps: 1$' "$RUN/train.yaml")" -ge 2 ] ||
+[ "$(grep -cE 'max_steps: 1( |$)' "$RUN/train.yaml")" -ge 2 ] ||
   { echo "small_bundle: configs/train/small.yaml changed shape; update the sed in $0" >&2; exit 1; }
 VLMDIFF_DATA=$PWD/$RUN/data "$BIN" train --config "$RUN/train.yaml" --run-dir "$RUN" --until calibrate >"$RUN/train.log" 2>&1 ||
   { echo "small_bundle: training failed, see $RUN/train.log" >&2; exit 1; }
