@@ -199,15 +199,19 @@ func TestSessionOptionsSpin(t *testing.T) {
 	}
 }
 
-// TestLeanMemory: sessions without ONNX Runtime's memory arena (and with glibc returning large blocks) score
-// exactly as the default ones, over several frames so that freed and reallocated tensors are exercised.
-func TestLeanMemory(t *testing.T) {
+// TestMemoryOptions: sessions without ONNX Runtime's memory pattern, on the shared arena, or without an arena
+// (and with glibc returning large blocks), score exactly as the default ones, over several frames so that freed and
+// reallocated tensors are exercised.
+func TestMemoryOptions(t *testing.T) {
 	if err := InitRuntime(""); err != nil {
 		t.Skip(err)
 	}
-	var maps [2][][]float32
-	for k, lean := range []bool{false, true} {
-		s, err := Open(fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 2, LeanMemory: lean})
+	opts := []Options{{}, {NoMemPattern: true}, {SharedArena: true, NoMemPattern: true}, {SharedArena: true},
+		{LeanMemory: true}}
+	maps := make([][][]float32, len(opts))
+	for k, o := range opts {
+		o.Providers, o.Threads = []string{"cpu"}, 2
+		s, err := Open(fixtureBundle, o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -221,9 +225,11 @@ func TestLeanMemory(t *testing.T) {
 		}
 		s.Close()
 	}
-	for i := range maps[0] {
-		if !slices.Equal(maps[0][i], maps[1][i]) {
-			t.Errorf("frame %d: the lean sessions' anomaly map differs from the default ones'", i)
+	for k := 1; k < len(opts); k++ {
+		for i := range maps[0] {
+			if !slices.Equal(maps[0][i], maps[k][i]) {
+				t.Errorf("frame %d: the anomaly map with %+v differs from the default sessions'", i, opts[k])
+			}
 		}
 	}
 }

@@ -56,9 +56,10 @@ type Models struct {
 	// Spin lets ONNX Runtime's idle threads spin-wait between operators (lower latency only when the cores
 	// are otherwise idle; slower on small CPUs). Default false.
 	Spin bool `yaml:"spin"`
-	// Arena keeps ONNX Runtime's CPU memory arena (faster allocation, but each session holds its tensors'
-	// high-water mark for good). Default false: pipeline.Options.LeanMemory, for the RSS bound.
-	Arena bool `yaml:"arena"`
+	// Memory is how ONNX Runtime holds tensor memory: MemoryShared (default; one arena for all sessions grown
+	// as asked, no memory pattern), MemoryLean (no arena, large blocks back to the system after each run) or
+	// MemoryORT (ONNX Runtime's defaults: an arena per session, memory pattern). See docs/operations.md, "Memory".
+	Memory string `yaml:"memory"`
 	// DeviceID is the CUDA device.
 	DeviceID int `yaml:"device_id"`
 	// Batch is the largest micro-batch a worker scores at once. Default 1.
@@ -141,6 +142,13 @@ type QoS struct {
 	Status  *int `yaml:"status"`  // default 1
 	Stats   *int `yaml:"stats"`   // default 0
 }
+
+// models.memory values.
+const (
+	MemoryShared = "shared"
+	MemoryLean   = "lean"
+	MemoryORT    = "ort"
+)
 
 // HeatmapOut is how heatmaps are published.
 type HeatmapOut struct {

@@ -38,7 +38,7 @@ func TestParseDefaults(t *testing.T) {
 		{"mqtt.heatmap.max_size", cfg.MQTT.Heatmap.MaxSize, 0},
 		{"models.providers", strings.Join(cfg.Models.Providers, ","), "cpu"},
 		{"models.batch", cfg.Models.Batch, 1},
-		{"models.arena", cfg.Models.Arena, false},
+		{"models.memory", cfg.Models.Memory, MemoryShared},
 		{"cameras[0].queue", cfg.Cameras[0].Queue, DefaultQueue},
 		{"cameras[0].heatmap", cfg.Cameras[0].HeatmapOn(), true},
 		{"agent.shutdown_timeout", cfg.Agent.ShutdownTimeout, 10 * time.Second},
@@ -166,6 +166,10 @@ cameras: [{name: c, kind: synthetic, queue: -3}]`, nil, []string{"cameras[0].que
 		{"bad listen", base("mqtt: {listen: nope}\n"), nil, []string{"mqtt.listen: must be host:port"}},
 		{"qos out of range", base("mqtt: {qos: {result: 3}}\n"), nil, []string{"mqtt.qos.result: must be 0, 1 or 2"}},
 		{"ng qos 0", base("mqtt: {qos: {ng: 0}}\n"), nil, []string{"mqtt.qos.ng: must be at least 1"}},
+		{"unknown memory mode", `
+agent: {name: a}
+models: {dir: /m, memory: tiny}
+cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.memory: must be shared, lean or ort, not \"tiny\""}},
 		{"heatmap max_size too small", base("mqtt: {heatmap: {max_size: 8}}\n"), nil, []string{"mqtt.heatmap.max_size: must be 0 (the frame's size) or 16..16384 pixels, not 8"}},
 		{"heatmap format", base("mqtt: {heatmap: {format: gif}}\n"), nil, []string{"mqtt.heatmap.format: must be png or jpeg"}},
 		{"tls cert without key", base("mqtt: {broker: 'ssl://b:8883', tls: {cert: /etc/hostname}}\n"), nil, []string{"mqtt.tls: cert and key"}},

@@ -92,6 +92,9 @@ func (c *Config) SetDefaults() {
 	if len(m.Providers) == 0 {
 		m.Providers = []string{"cpu"}
 	}
+	if m.Memory == "" {
+		m.Memory = MemoryShared
+	}
 	if m.Batch == 0 {
 		m.Batch = 1
 	}
@@ -200,6 +203,9 @@ func (c *Config) Validate() error {
 	}
 	if m.Batch < 1 || m.Batch > 64 {
 		bad("models.batch", "must be 1..64, not %d", m.Batch)
+	}
+	if !oneOf(m.Memory, MemoryShared, MemoryLean, MemoryORT) {
+		bad("models.memory", "must be shared, lean or ort, not %q", m.Memory)
 	}
 	if m.Workers < 1 || m.Workers > 64 {
 		bad("models.workers", "must be 1..64, not %d", m.Workers)
