@@ -7,7 +7,7 @@ BIN := bin/vlmdiff
 PY := /usr/bin/python3
 export ONNXRUNTIME_LIB ?= $(CURDIR)/.deps/lib/libonnxruntime.so
 
-.PHONY: all deps build demo demo-bundle test test-go test-py vet fmt bench fuzz soak clean
+.PHONY: all deps build demo demo-bundle test test-go test-py vet fmt bench bench-overhead fuzz soak memory clean
 
 all: build
 
@@ -40,6 +40,16 @@ test-py:
 bench: build
 	./$(BIN) bench --bundle models/testdata/fixture --threads 2
 
+# The daemon's cost per frame outside the model (capture conversion, queue, store commit, MQTT publish,
+# heatmaps) with the model replaced by a no-op scorer: 4 cameras x 30 fps for OVERHEAD_SECONDS (default 20).
+# Prints CPU ms per frame and wall p50/p99 per stage; writes a CPU profile to out/overhead.cpu.pprof (its top
+# functions are printed). Knobs: OVERHEAD_CAMERAS, OVERHEAD_FPS, OVERHEAD_SIZE=WxH, OVERHEAD_HEATMAP=png|jpeg|off,
+# OVERHEAD_HEATMAP_MAX=px, OVERHEAD_DIR (the store's filesystem). See docs/operations.md, "Overhead per frame".
+bench-overhead: deps
+	@mkdir -p out
+	$(GO) test -run '^$$' -bench '^BenchmarkOverhead$$' -benchtime 1x -cpuprofile out/overhead.cpu.pprof -o out/agent.test ./agent/
+	$(GO) tool pprof -top -nodecount 25 out/agent.test out/overhead.cpu.pprof 2>/dev/null | sed -n '1,35p'
+
 # Fuzz every target for FUZZTIME each (a duration, or a count such as 100000x), one worker each. `make test`
 # already runs their seed corpora (testdata/fuzz); findings are written there as new seeds.
 FUZZTIME ?= 60s
@@ -53,6 +63,14 @@ fuzz:
 SOAK_DIR ?= out/soak
 soak: build
 	DURATION=$${DURATION:-3600} scripts/soak.sh $(SOAK_DIR)
+
+# Daemon RSS with the small preset at batch 1 over 10 minutes (issue 14, item 3): scripts/soak.sh on BUNDLE, by
+# default an untrained small bundle built once by scripts/small_bundle.sh (memory does not depend on the
+# weights; needs ../shared/backbones). Summary (RSS and anonymous RSS after the warm-up) in MEM_DIR/summary.txt.
+MEM_DIR ?= out/memory
+memory: build
+	b=$${BUNDLE:-$$(scripts/small_bundle.sh)} && [ -n "$$b" ] && BUNDLE=$$b DURATION=$${DURATION:-600} FPS=$${FPS:-2} \
+		WARMUP=$${WARMUP:-120} THREADS=$${THREADS:-2} scripts/soak.sh $(MEM_DIR)
 
 # Retrain the demo bundle with the project's own trainer (about 10 minutes on 2 cores).
 demo-bundle: build

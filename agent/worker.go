@@ -160,7 +160,7 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	var hm *mqttout.Heatmap
 	if a.heatmapDue(c, r.Verdict) || j.heatmap {
 		t := time.Now()
-		data, err := m.scorer.Heatmap(frameImage(j), r, a.cfg.MQTT.Heatmap.Format)
+		data, err := a.renderHeatmap(m, j, r)
 		lat[LatHeatmap] = ms(time.Since(t))
 		if err != nil {
 			c.mu.Lock()
@@ -231,6 +231,15 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	c.mu.Unlock()
 	a.maybeSample(c, j, r)
 	a.keepEvidence(c, j, r, rec, hm)
+}
+
+// renderHeatmap renders and encodes a result's heatmap, over the frame shrunk to mqtt.heatmap.max_size.
+func (a *Agent) renderHeatmap(m *loaded, j *job, r *pipeline.Result) ([]byte, error) {
+	img, err := pipeline.Downscale(frameImage(j), a.cfg.MQTT.Heatmap.MaxSize)
+	if err != nil {
+		return nil, fmt.Errorf("heatmap: %w", err)
+	}
+	return m.scorer.Heatmap(img, r, a.cfg.MQTT.Heatmap.Format)
 }
 
 // heatmapDue decides per camera whether this result gets a heatmap: never when the camera has them off, always

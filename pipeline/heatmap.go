@@ -49,15 +49,16 @@ func RenderHeatmap(img Image, r *Result, hi float64, format string) ([]byte, err
 	defer col.Close()
 	gocv.ApplyColorMap(gs, &col, gocv.ColormapJet)
 
-	bgr := make([]byte, len(img.Pix))
-	for i := 0; i < len(img.Pix); i += 3 {
-		bgr[i], bgr[i+1], bgr[i+2] = img.Pix[i+2], img.Pix[i+1], img.Pix[i]
-	}
-	frame, err := gocv.NewMatFromBytes(img.Height, img.Width, gocv.MatTypeCV8UC3, bgr)
+	// The frame is packed RGB and the encoders take BGR: OpenCV swaps the channels (vectorised, and without a
+	// frame-sized Go buffer per heatmap); the Mat only borrows img.Pix.
+	rgb, err := gocv.NewMatFromBytes(img.Height, img.Width, gocv.MatTypeCV8UC3, img.Pix)
 	if err != nil {
 		return nil, err
 	}
+	defer rgb.Close()
+	frame := gocv.NewMat()
 	defer frame.Close()
+	gocv.CvtColor(rgb, &frame, gocv.ColorBGRToRGB) // the same swap both ways
 	out := gocv.NewMat()
 	defer out.Close()
 	gocv.AddWeighted(frame, 0.5, col, 0.5, 0, &out)
@@ -75,4 +76,34 @@ func RenderHeatmap(img Image, r *Result, hi float64, format string) ([]byte, err
 	}
 	defer buf.Close()
 	return append([]byte(nil), buf.GetBytes()...), nil
+}
+
+// Downscale returns img shrunk (area averaging, aspect kept) so that its longer side is at most maxSide
+// pixels; img itself when it already fits or maxSide <= 0. The daemon renders heatmaps of large frames at a
+// bounded size (mqtt.heatmap.max_size): encoding is by far the dearest part of a heatmap, and its cost and
+// size grow with the pixels, while the anomaly map behind it has the model's resolution (256 px for the small
+// preset) whatever the camera's.
+func Downscale(img Image, maxSide int) (Image, error) {
+	if err := img.Validate(); err != nil {
+		return Image{}, err
+	}
+	long := max(img.Width, img.Height)
+	if maxSide <= 0 || long <= maxSide {
+		return img, nil
+	}
+	w := max(1, (img.Width*maxSide+long/2)/long)
+	h := max(1, (img.Height*maxSide+long/2)/long)
+	src, err := gocv.NewMatFromBytes(img.Height, img.Width, gocv.MatTypeCV8UC3, img.Pix)
+	if err != nil {
+		return Image{}, fmt.Errorf("downscale: %w", err)
+	}
+	defer src.Close()
+	dst := gocv.NewMat()
+	defer dst.Close()
+	gocv.Resize(src, &dst, image.Pt(w, h), 0, 0, gocv.InterpolationArea)
+	pix, err := dst.DataPtrUint8()
+	if err != nil {
+		return Image{}, fmt.Errorf("downscale: %w", err)
+	}
+	return Image{Width: w, Height: h, Pix: append([]byte(nil), pix...)}, nil
 }

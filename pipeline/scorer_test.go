@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -195,5 +196,40 @@ func TestSessionOptionsSpin(t *testing.T) {
 	}
 	if math.Abs(scores[0]-scores[1]) > 1e-6 {
 		t.Errorf("spinning changed the score: %v vs %v", scores[0], scores[1])
+	}
+}
+
+// TestMemoryOptions: sessions without ONNX Runtime's memory pattern, on the shared arena, or without an arena
+// (and with glibc returning large blocks), score exactly as the default ones, over several frames so that freed and
+// reallocated tensors are exercised.
+func TestMemoryOptions(t *testing.T) {
+	if err := InitRuntime(""); err != nil {
+		t.Skip(err)
+	}
+	opts := []Options{{}, {NoMemPattern: true}, {SharedArena: true, NoMemPattern: true}, {SharedArena: true},
+		{LeanMemory: true}}
+	maps := make([][][]float32, len(opts))
+	for k, o := range opts {
+		o.Providers, o.Threads = []string{"cpu"}, 2
+		s, err := Open(fixtureBundle, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for seed := byte(1); seed <= 3; seed++ {
+			r, err := s.Score(context.Background(), []Request{{Image: testImage(256, 256, seed), Seq: uint64(seed)}})
+			if err != nil || r[0].Err != nil {
+				s.Close()
+				t.Fatal(err, r[0].Err)
+			}
+			maps[k] = append(maps[k], r[0].Map)
+		}
+		s.Close()
+	}
+	for k := 1; k < len(opts); k++ {
+		for i := range maps[0] {
+			if !slices.Equal(maps[0][i], maps[k][i]) {
+				t.Errorf("frame %d: the anomaly map with %+v differs from the default sessions'", i, opts[k])
+			}
+		}
 	}
 }

@@ -4,10 +4,12 @@
 #
 #   scripts/soak.sh [OUT_DIR]            (default out/soak-<UTC time>)
 #   DURATION=3600 INTERVAL=15 FPS=1 BIN=bin/vlmdiff scripts/soak.sh /work/soak/run1
+#   BUNDLE=runs/small/bundle DURATION=600 FPS=2 scripts/soak.sh out/mem    (the memory check, docs/operations.md)
 #
 # Cameras: "syn" (synthetic, FPS frames/s) and "drop" (a watched folder that a feeder writes one PNG into
 # every 1/FPS s, cycling through 10 file names, so name reuse is exercised all hour). Both are scored by
-# models/demo through the embedded broker. Outputs in OUT_DIR: soak.csv, soak.svg, summary.txt, daemon.log.
+# BUNDLE (default models/demo; THREADS ONNX Runtime threads, default 1) through the embedded broker. Outputs in
+# OUT_DIR: soak.csv, soak.svg, summary.txt, daemon.log.
 # The plot can be redrawn from a partial CSV at any time: python3 scripts/soak_plot.py OUT_DIR/soak.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,8 @@ DURATION=${DURATION:-3600}
 INTERVAL=${INTERVAL:-15}
 FPS=${FPS:-1}
 BIN=${BIN:-bin/vlmdiff}
+BUNDLE=${BUNDLE:-models/demo}
+THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-300}
 # The history is bounded by size so that the hour reaches the steady state a long-running daemon converges to:
 # with the 1GiB default an hour only fills the store, and its memory map (file-backed RSS) grows with it.
@@ -40,7 +44,7 @@ PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(
 HTTP=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$OUT/agent.yaml" <<YAML
 agent: {name: soak, data_dir: $OUT/data, log_level: info}
-models: {bundle: $ROOT/models/demo, threads: 1}
+models: {bundle: $(cd "$BUNDLE" && pwd), threads: $THREADS}
 cameras:
   - {name: syn, kind: synthetic, fps: $FPS, synthetic: {seed: 7, defect_rate: 0.15}}
   - {name: drop, kind: folder, path: $OUT/drop, folder: {after: delete}}

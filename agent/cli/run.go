@@ -65,7 +65,8 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("ONNX Runtime: %w", err)
 	}
 	opt := pipeline.Options{Providers: cfg.Models.Providers, Threads: cfg.Models.Threads, Spin: cfg.Models.Spin, DeviceID: cfg.Models.DeviceID,
-		Library: cfg.Models.ONNXRuntime}
+		Library: cfg.Models.ONNXRuntime, LeanMemory: cfg.Models.Memory == config.MemoryLean,
+		NoMemPattern: cfg.Models.Memory != config.MemoryORT, SharedArena: cfg.Models.Memory == config.MemoryShared}
 	a, err := agent.New(cfg, agent.Options{
 		Open:   func(dir string) (agent.Scorer, error) { return pipeline.Open(dir, opt) },
 		Logger: log,

@@ -56,6 +56,10 @@ type Models struct {
 	// Spin lets ONNX Runtime's idle threads spin-wait between operators (lower latency only when the cores
 	// are otherwise idle; slower on small CPUs). Default false.
 	Spin bool `yaml:"spin"`
+	// Memory is how ONNX Runtime holds tensor memory: MemoryShared (default; one arena for all sessions grown
+	// as asked, no memory pattern), MemoryLean (no arena, large blocks back to the system after each run) or
+	// MemoryORT (ONNX Runtime's defaults: an arena per session, memory pattern). See docs/operations.md, "Memory".
+	Memory string `yaml:"memory"`
 	// DeviceID is the CUDA device.
 	DeviceID int `yaml:"device_id"`
 	// Batch is the largest micro-batch a worker scores at once. Default 1.
@@ -139,6 +143,13 @@ type QoS struct {
 	Stats   *int `yaml:"stats"`   // default 0
 }
 
+// models.memory values.
+const (
+	MemoryShared = "shared"
+	MemoryLean   = "lean"
+	MemoryORT    = "ort"
+)
+
 // HeatmapOut is how heatmaps are published.
 type HeatmapOut struct {
 	// Format is png or jpeg. Default png.
@@ -147,6 +158,10 @@ type HeatmapOut struct {
 	Base64 bool `yaml:"base64"`
 	// MinInterval rate-limits heatmaps per camera. Default 0 (every result's heatmap).
 	MinInterval time.Duration `yaml:"min_interval"`
+	// MaxSize bounds the heatmap's longer side in pixels: larger frames are shrunk (aspect kept) before the
+	// map is blended over them. Default 0: the frame's size. Encoding dominates the daemon's per-frame cost
+	// outside the model and grows with the pixels (docs/operations.md, "Overhead per frame").
+	MaxSize int `yaml:"max_size"`
 }
 
 // Store configures the bbolt file.

@@ -37,8 +37,10 @@ func TestParseDefaults(t *testing.T) {
 		{"mqtt.qos.ng", *cfg.MQTT.QoS.NG, 1},
 		{"mqtt.qos.heatmap", *cfg.MQTT.QoS.Heatmap, 0},
 		{"mqtt.heatmap.format", cfg.MQTT.Heatmap.Format, "png"},
+		{"mqtt.heatmap.max_size", cfg.MQTT.Heatmap.MaxSize, 0},
 		{"models.providers", strings.Join(cfg.Models.Providers, ","), "cpu"},
 		{"models.batch", cfg.Models.Batch, 1},
+		{"models.memory", cfg.Models.Memory, MemoryShared},
 		{"cameras[0].queue", cfg.Cameras[0].Queue, DefaultQueue},
 		{"cameras[0].heatmap", cfg.Cameras[0].HeatmapOn(), true},
 		{"cameras[0].roi (none: the whole frame)", cfg.Cameras[0].ROI.Active(), false},
@@ -78,7 +80,7 @@ mqtt:
   broker: ssl://broker:8883
   username: ${MQTT_USER}
   password: "${MQTT_PASS}"
-  heatmap: {format: jpeg, base64: true, min_interval: 500ms}
+  heatmap: {format: jpeg, base64: true, min_interval: 500ms, max_size: 320}
 store:
   retention: {max_age: 48h, max_size: 2GiB}
   samples: {every: 100, min_free_disk: 500MB}
@@ -100,6 +102,7 @@ store:
 		{"username", cfg.MQTT.Username, "u"},
 		{"password (YAML syntax inside a secret stays data)", cfg.MQTT.Password, "p#: 1"},
 		{"format", cfg.MQTT.Heatmap.Format, "jpeg"},
+		{"heatmap max_size", cfg.MQTT.Heatmap.MaxSize, 320},
 		{"max_size", cfg.Store.Retention.MaxSize, ByteSize(2 << 30)},
 		{"min_free_disk", cfg.Store.Samples.MinFreeDisk, ByteSize(500e6)},
 		{"embedded", cfg.Embedded(), false},
@@ -202,6 +205,11 @@ cameras: [{name: gate, kind: synthetic, roi: {crop: {x: 0, y: 0, width: 10, heig
 		{"bad listen", base("mqtt: {listen: nope}\n"), nil, []string{"mqtt.listen: must be host:port"}},
 		{"qos out of range", base("mqtt: {qos: {result: 3}}\n"), nil, []string{"mqtt.qos.result: must be 0, 1 or 2"}},
 		{"ng qos 0", base("mqtt: {qos: {ng: 0}}\n"), nil, []string{"mqtt.qos.ng: must be at least 1"}},
+		{"unknown memory mode", `
+agent: {name: a}
+models: {dir: /m, memory: tiny}
+cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.memory: must be shared, lean or ort, not \"tiny\""}},
+		{"heatmap max_size too small", base("mqtt: {heatmap: {max_size: 8}}\n"), nil, []string{"mqtt.heatmap.max_size: must be 0 (the frame's size) or 16..16384 pixels, not 8"}},
 		{"heatmap format", base("mqtt: {heatmap: {format: gif}}\n"), nil, []string{"mqtt.heatmap.format: must be png or jpeg"}},
 		{"tls cert without key", base("mqtt: {broker: 'ssl://b:8883', tls: {cert: /etc/hostname}}\n"), nil, []string{"mqtt.tls: cert and key"}},
 		{"tls ca missing", base("mqtt: {broker: 'ssl://b:8883', tls: {ca: /nonexistent/ca.pem}}\n"), nil, []string{"mqtt.tls.ca: cannot read /nonexistent/ca.pem"}},

@@ -93,6 +93,9 @@ func (c *Config) SetDefaults() {
 	if len(m.Providers) == 0 {
 		m.Providers = []string{"cpu"}
 	}
+	if m.Memory == "" {
+		m.Memory = MemoryShared
+	}
 	if m.Batch == 0 {
 		m.Batch = 1
 	}
@@ -202,6 +205,9 @@ func (c *Config) Validate() error {
 	if m.Batch < 1 || m.Batch > 64 {
 		bad("models.batch", "must be 1..64, not %d", m.Batch)
 	}
+	if !oneOf(m.Memory, MemoryShared, MemoryLean, MemoryORT) {
+		bad("models.memory", "must be shared, lean or ort, not %q", m.Memory)
+	}
 	if m.Workers < 1 || m.Workers > 64 {
 		bad("models.workers", "must be 1..64, not %d", m.Workers)
 	}
@@ -264,6 +270,9 @@ func (c *Config) Validate() error {
 	}
 	if q.Heatmap.MinInterval < 0 {
 		bad("mqtt.heatmap.min_interval", "must not be negative")
+	}
+	if q.Heatmap.MaxSize != 0 && (q.Heatmap.MaxSize < 16 || q.Heatmap.MaxSize > 16384) {
+		bad("mqtt.heatmap.max_size", "must be 0 (the frame's size) or 16..16384 pixels, not %d", q.Heatmap.MaxSize)
 	}
 	if q.StatsInterval < time.Second {
 		bad("mqtt.stats_interval", "must be at least 1s, not %s", q.StatsInterval)

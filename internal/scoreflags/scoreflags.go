@@ -18,6 +18,9 @@ type Flags struct {
 	Spin      bool
 	Library   string
 	ClassCond bool
+	Lean      bool
+	Pattern   bool
+	Shared    bool
 }
 
 // Register declares the flags on fs (a *flag.FlagSet).
@@ -32,6 +35,9 @@ func (f *Flags) Register(fs interface {
 	fs.BoolVar(&f.Spin, "spin", false, "let ONNX Runtime's idle threads spin-wait (faster only on otherwise idle cores)")
 	fs.StringVar(&f.Library, "onnxruntime", "", "path of libonnxruntime.so (default: $"+pipeline.EnvLibrary+", then .deps/lib)")
 	fs.BoolVar(&f.ClassCond, "class-conditioning", false, "condition on the class prompt when the bundle has one (uses CFG)")
+	fs.BoolVar(&f.Lean, "lean-memory", false, "no ONNX Runtime memory arena, large blocks back to the system after each run (models.lean_memory)")
+	fs.BoolVar(&f.Pattern, "mem-pattern", true, "ONNX Runtime's memory pattern; the daemon runs without it (models.mem_pattern: false)")
+	fs.BoolVar(&f.Shared, "shared-arena", false, "one ONNX Runtime arena for all sessions, grown as asked (models.shared_arena)")
 }
 
 // Options are the pipeline options the flags select (everything but the bundle).
@@ -42,7 +48,9 @@ func (f *Flags) Options() pipeline.Options {
 			prov = append(prov, p)
 		}
 	}
-	return pipeline.Options{Providers: prov, Threads: f.Threads, Spin: f.Spin, Library: f.Library, ClassConditioning: f.ClassCond}
+	return pipeline.Options{Providers: prov, Threads: f.Threads, Spin: f.Spin, Library: f.Library, ClassConditioning: f.ClassCond,
+		LeanMemory: f.Lean, NoMemPattern: !f.Pattern,
+		SharedArena: f.Shared}
 }
 
 // Open opens the scorer for --bundle.

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# An untrained small-preset bundle for memory and speed checks (neither depends on the weights): the project's
+# synthetic frames, configs/train/small.yaml with one optimiser step per training stage, one thread, MobileNetV2
+# features from VLMDIFF_BACKBONES (default ../shared/backbones). Prints the bundle directory on stdout; the
+# trainer's log goes to RUN_DIR/train.log. A bundle already built in RUN_DIR is reused.
+#
+#   scripts/small_bundle.sh [RUN_DIR]        (default out/small-run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:-out/small-run}
+BIN=${BIN:-bin/vlmdiff}
+export VLMDIFF_BACKBONES=${VLMDIFF_BACKBONES:-$(cd .. && pwd)/shared/backbones}
+export ONNXRUNTIME_LIB=${ONNXRUNTIME_LIB:-$PWD/.deps/lib/libonnxruntime.so}
+if [ -f "$RUN/bundle/bundle.json" ]; then
+  echo "$(cd "$RUN/bundle" && pwd)"
+  exit 0
+fi
+[ -f "$VLMDIFF_BACKBONES/mobilenetv2_fp32_features.onnx" ] ||
+  { echo "small_bundle: no $VLMDIFF_BACKBONES/mobilenetv2_fp32_features.onnx (set VLMDIFF_BACKBONES)" >&2; exit 1; }
+[ -x "$BIN" ] || go build -o "$BIN" ./agent/cmd/vlmdiff
+mkdir -p "$RUN"
+"$BIN" synth --out "$RUN/data" --train 8 --test 4 --width 256 --height 256 --seed 3 >&2
+# One step per stage, one thread, batches of 2; everything else is the small preset as committed.
+sed -e 's/^threads: .*/threads: 1/' -e 's/max_steps: [0-9]*/max_steps: 1/' -e 's/epochs: [0-9]*/max_steps: 1/' \
+  -e 's/batch_size: [0-9]*/batch_size: 2/' -e 's/^  save_every: [0-9]*/  save_every: 1/' \
+  configs/train/small.yaml >"$RUN/train.yaml"
+[ "$(grep -cE 'max_steps: 1( |$)' "$RUN/train.yaml")" -ge 2 ] ||
+  { echo "small_bundle: configs/train/small.yaml changed shape; update the sed in $0" >&2; exit 1; }
+VLMDIFF_DATA=$PWD/$RUN/data "$BIN" train --config "$RUN/train.yaml" --run-dir "$RUN" --until calibrate >"$RUN/train.log" 2>&1 ||
+  { echo "small_bundle: training failed, see $RUN/train.log" >&2; exit 1; }
+echo "$(cd "$RUN/bundle" && pwd)"
