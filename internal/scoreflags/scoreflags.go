@@ -18,6 +18,8 @@ type Flags struct {
 	Spin      bool
 	Library   string
 	ClassCond bool
+	// DynamicOnly ignores the bundle's static-shape denoiser graphs (pipeline.Options.DynamicOnly).
+	DynamicOnly bool
 }
 
 // Register declares the flags on fs (a *flag.FlagSet).
@@ -32,6 +34,7 @@ func (f *Flags) Register(fs interface {
 	fs.BoolVar(&f.Spin, "spin", false, "let ONNX Runtime's idle threads spin-wait (faster only on otherwise idle cores)")
 	fs.StringVar(&f.Library, "onnxruntime", "", "path of libonnxruntime.so (default: $"+pipeline.EnvLibrary+", then .deps/lib)")
 	fs.BoolVar(&f.ClassCond, "class-conditioning", false, "condition on the class prompt when the bundle has one (uses CFG)")
+	fs.BoolVar(&f.DynamicOnly, "dynamic-only", false, "ignore the bundle's static-shape denoiser graphs (the scorer before issue 14, for before/after runs)")
 }
 
 // Options are the pipeline options the flags select (everything but the bundle).
@@ -42,7 +45,8 @@ func (f *Flags) Options() pipeline.Options {
 			prov = append(prov, p)
 		}
 	}
-	return pipeline.Options{Providers: prov, Threads: f.Threads, Spin: f.Spin, Library: f.Library, ClassConditioning: f.ClassCond}
+	return pipeline.Options{Providers: prov, Threads: f.Threads, Spin: f.Spin, Library: f.Library, ClassConditioning: f.ClassCond,
+		DynamicOnly: f.DynamicOnly}
 }
 
 // Open opens the scorer for --bundle.
