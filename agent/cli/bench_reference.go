@@ -118,8 +118,9 @@ func measureReference(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.I
 	return ref, nil
 }
 
-// interleave alternates rounds: every image through the pipeline at batch 1, then every image through the
-// reference, rounds times; it returns the per-frame milliseconds of each.
+// interleave alternates rounds: every image through the pipeline at batch 1 and every image through the
+// reference, the pipeline first in even rounds and the reference first in odd ones (the one going first was
+// measured slower under load); it returns the per-frame milliseconds of each.
 func interleave(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.Image, rounds int, cmdIn io.Writer,
 	cmdOut *bufio.Scanner, ref *benchReference) (goMS, refMS []float64, err error) {
 	var ready struct {
@@ -131,28 +132,46 @@ func interleave(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.Image, 
 		return nil, nil, fmt.Errorf("did not start (%q)", cmdOut.Text())
 	}
 	ref.Torch, ref.TorchThreads = ready.Torch, ready.Threads
-	for r := 0; r < rounds; r++ {
+	goRound := func() error {
 		for i := range imgs {
 			t0 := time.Now()
 			res, err := s.Score(ctx, batchOf(imgs, i, 1))
 			if err != nil {
-				return nil, nil, err
+				return err
 			}
 			if res[0].Err != nil {
-				return nil, nil, res[0].Err
+				return res[0].Err
 			}
 			goMS = append(goMS, time.Since(t0).Seconds()*1000)
 		}
+		return nil
+	}
+	refRound := func() error {
 		if _, err := io.WriteString(cmdIn, "round\n"); err != nil {
-			return nil, nil, err
+			return err
 		}
 		var round struct {
 			MS []float64 `json:"ms"`
 		}
 		if !cmdOut.Scan() || json.Unmarshal(cmdOut.Bytes(), &round) != nil || len(round.MS) != len(imgs) {
-			return nil, nil, fmt.Errorf("round %d: unexpected answer %q", r+1, cmdOut.Text())
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return fmt.Errorf("unexpected answer %q", cmdOut.Text())
 		}
 		refMS = append(refMS, round.MS...)
+		return nil
+	}
+	for r := 0; r < rounds; r++ {
+		order := []func() error{goRound, refRound}
+		if r%2 == 1 { // ABBA: each goes first in every other round
+			order[0], order[1] = refRound, goRound
+		}
+		for _, f := range order {
+			if err := f(); err != nil {
+				return nil, nil, fmt.Errorf("round %d: %w", r+1, err)
+			}
+		}
 	}
 	return goMS, refMS, nil
 }
@@ -199,7 +218,8 @@ func writeReferenceTable(w io.Writer, r *benchReference) {
 
 // benchAB is `vlmdiff bench --ab-dynamic`: the scorer as opened and a second one on the same bundle that ignores
 // the static-shape denoisers (pipeline.Options.DynamicOnly, the scorer before issue 14's lever), alternating
-// rounds at batch 1 in one run, so that a loaded machine loads both alike. Speedup = dynamic p50 / static p50.
+// rounds at batch 1 in one run (ABBA order), so that a loaded machine loads both alike. Speedup = dynamic p50 /
+// static p50.
 type benchAB struct {
 	Rounds       int     `json:"rounds"`
 	Frames       int     `json:"frames_per_round"`
@@ -214,8 +234,11 @@ func measureAB(ctx context.Context, s, dyn *pipeline.Scorer, imgs []pipeline.Ima
 		return nil, err
 	}
 	var ms [2][]float64
+	scorers := []*pipeline.Scorer{s, dyn}
 	for r := 0; r < rounds; r++ {
-		for k, sc := range []*pipeline.Scorer{s, dyn} {
+		for j := range scorers {
+			k := (j + r) % 2 // ABBA: each goes first in every other round
+			sc := scorers[k]
 			for i := range imgs {
 				t0 := time.Now()
 				res, err := sc.Score(ctx, batchOf(imgs, i, 1))
