@@ -35,10 +35,16 @@ test-go:
 test-py:
 	cd trainer/python && $(PY) -m pytest -q -p no:cacheprovider
 
-# Benchmark tables (not part of the tests): the fixture bundle, and the same bundle with ResNet50 features
-# when ../shared/backbones is present.
+# Benchmark tables (not part of the tests), issue 14: the small preset, untrained (speed does not depend on the
+# weights), built once into BENCH_DIR by the trainer (MobileNetV2 features from ../shared/backbones when present,
+# else a random conv net); per-stage latency at batch 1 and 4, the side-by-side with the PyTorch reference on the
+# same bundle and weights, the A/B of the static-shape denoisers against the dynamic one, and the floor table.
+# BENCH_FLAGS adds flags, e.g. --dynamic-only for the figures without the static-shape denoisers.
+BENCH_DIR ?= out/bench-small
 bench: build
-	./$(BIN) bench --bundle models/testdata/fixture --threads 2
+	@test -f $(BENCH_DIR)/bundle/bundle.json || PYTHONPATH=trainer/python $(PY) -m vlmdiff_train.bench_bundle --out $(BENCH_DIR)
+	./$(BIN) bench --bundle $(BENCH_DIR)/bundle --threads 2 --batches 1,4 --frames 20 --floor \
+		--reference $(BENCH_DIR)/model.pt --rounds 5 --ab-dynamic $(BENCH_FLAGS)
 
 # The daemon's cost per frame outside the model (capture conversion, queue, store commit, MQTT publish,
 # heatmaps) with the model replaced by a no-op scorer: 4 cameras x 30 fps for OVERHEAD_SECONDS (default 20).

@@ -275,6 +275,7 @@ func (m *Manifest) validateGraphs(p *problems) {
 		} else if _, ok := m.Files[g.File]; !ok {
 			p.bad("graphs."+role+".file", "%s is not listed in files", g.File)
 		}
+		m.validateStatic(p, role, g.Static)
 	}
 	if c := m.Conditioning; c.File != "" {
 		if _, ok := m.Files[c.File]; !ok {
@@ -286,6 +287,38 @@ func (m *Manifest) validateGraphs(p *problems) {
 			p.bad("files", "%q is not a plain relative path inside the bundle", name)
 		}
 	}
+}
+
+// validateStatic checks a role's static specialisations: denoiser only, listed files, distinct batch sizes, a
+// context the bundle has.
+func (m *Manifest) validateStatic(p *problems, role string, static []StaticGraph) {
+	if len(static) > 0 && role != RoleDenoiser {
+		p.bad("graphs."+role+".static", "only the denoiser has static graphs")
+		return
+	}
+	seen := map[int]bool{}
+	for i, sg := range static {
+		field := fmt.Sprintf("graphs.%s.static[%d]", role, i)
+		if _, ok := m.Files[sg.File]; !ok || sg.File == "" {
+			p.bad(field+".file", "%q is not listed in files", sg.File)
+		}
+		if sg.Batch < 1 || seen[sg.Batch] {
+			p.bad(field+".batch", "%d is not a new batch size >= 1", sg.Batch)
+		}
+		seen[sg.Batch] = true
+		if !m.hasConditioning(sg.Context) {
+			p.bad(field+".context", "%q is not a conditioning entry", sg.Context)
+		}
+	}
+}
+
+func (m *Manifest) hasConditioning(key string) bool {
+	for _, e := range m.Conditioning.Entries {
+		if e.Key == key {
+			return true
+		}
+	}
+	return false
 }
 
 func localPath(name string) bool {
@@ -355,6 +388,40 @@ func verifyGraphs(dir string, m *Manifest) error {
 		}
 		if err := checkRoleNames(m, role, g); err != nil {
 			return &CheckError{Check: "graph", File: g.File, Err: fmt.Errorf("%s graph: %w", role, err)}
+		}
+		if err := verifyStatic(dir, role, g); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// verifyStatic checks each static specialisation of a graph against the graph's declared tensors: the same
+// inputs without the context, the same outputs, every batch dimension the specialisation's batch size.
+func verifyStatic(dir, role string, g GraphSpec) error {
+	fix := func(ts []TensorSpec, batch int) []TensorSpec {
+		var out []TensorSpec
+		for _, t := range ts {
+			if t.Name == TensorContext {
+				continue
+			}
+			t.Shape = append([]int64(nil), t.Shape...)
+			if len(t.Shape) > 0 {
+				t.Shape[0] = int64(batch)
+			}
+			out = append(out, t)
+		}
+		return out
+	}
+	for _, sg := range g.Static {
+		gio, err := ReadGraphIO(filepath.Join(dir, sg.File))
+		if err != nil {
+			return &CheckError{Check: "graph", File: sg.File, Err: err}
+		}
+		err = errors.Join(matchTensors("input", fix(g.Inputs, sg.Batch), gio.Inputs, true),
+			matchTensors("output", fix(g.Outputs, sg.Batch), gio.Outputs, false))
+		if err != nil {
+			return &CheckError{Check: "graph", File: sg.File, Err: fmt.Errorf("%s static graph (batch %d): %w", role, sg.Batch, err)}
 		}
 	}
 	return nil

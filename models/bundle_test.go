@@ -49,6 +49,11 @@ func editManifest(t *testing.T, dir string, edit func(m map[string]any)) {
 	}
 }
 
+// staticOf returns the fixture manifest's graphs.denoiser.static list.
+func staticOf(m map[string]any) []any {
+	return m["graphs"].(map[string]any)["denoiser"].(map[string]any)["static"].([]any)
+}
+
 func TestFixtureVerifies(t *testing.T) {
 	b, err := Load(fixture)
 	if err != nil {
@@ -66,6 +71,9 @@ func TestFixtureVerifies(t *testing.T) {
 		if io.Opset == 0 || io.Opset > 17 {
 			t.Errorf("%s: opset %d, want 1..17", role, io.Opset)
 		}
+	}
+	if st := m.Graphs[RoleDenoiser].Static; len(st) != 1 || st[0].Batch != 1 || st[0].Context != m.Conditioning.Unconditional {
+		t.Errorf("static denoisers %+v, want one of batch 1 with the unconditional context", st)
 	}
 }
 
@@ -142,6 +150,18 @@ func TestDamagedBundlesAreRefused(t *testing.T) {
 				m["features"].(map[string]any)["layers"].([]any)[0].(map[string]any)["name"] = "layer9"
 			})
 		}, "graph", "features.onnx", "layer9"},
+		{"static denoiser of an unknown context", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { staticOf(m)[0].(map[string]any)["context"] = "gadget" })
+		}, "schema", ManifestFile, "graphs.denoiser.static[0].context"},
+		{"two static denoisers of one batch size", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				g := m["graphs"].(map[string]any)["denoiser"].(map[string]any)
+				g["static"] = append(staticOf(m), staticOf(m)[0])
+			})
+		}, "schema", ManifestFile, "graphs.denoiser.static[1].batch"},
+		{"static denoiser declared at another batch size", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { staticOf(m)[0].(map[string]any)["batch"] = 3 })
+		}, "graph", "denoiser_b1.onnx", "dim 0 is 1, manifest says 3"},
 		{"conditioning of the wrong size", func(t *testing.T, dir string) {
 			editManifest(t, dir, func(m map[string]any) { m["conditioning"].(map[string]any)["dim"] = 17 })
 		}, "conditioning", "conditioning.bin", "bytes"},

@@ -199,6 +199,19 @@ type GraphSpec struct {
 	File    string       `json:"file"`
 	Inputs  []TensorSpec `json:"inputs"`
 	Outputs []TensorSpec `json:"outputs"`
+	// Static lists specialisations of the graph for one batch size (denoiser only; optional, bundles before
+	// issue 14 have none). The scorer runs one instead of the dynamic graph when a batch has its size and
+	// uses its context: with every shape fixed and the context a constant, the exporter has folded away the
+	// shape computations and the cross-attention keys and values that the dynamic graph redoes at every step.
+	Static []StaticGraph `json:"static,omitempty"`
+}
+
+// StaticGraph is a denoiser graph with a fixed batch size and a constant text context: inputs x [Batch,C,h,w],
+// t [Batch] and hint, output eps, all shapes fixed; the context of conditioning entry Context is built in.
+type StaticGraph struct {
+	File    string `json:"file"`
+	Batch   int    `json:"batch"`
+	Context string `json:"context"`
 }
 
 // TensorSpec is one graph input or output. Shape uses -1 for a dynamic dimension (always the batch).

@@ -90,23 +90,33 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		d["start_step"], d["sampler_from_start_step"] = 501, true
 	})
 
+	// perFrame scores each image alone: batch 1 runs the fixture's static-shape batch-1 denoiser (context built
+	// in, constants folded); a batch of all images runs the dynamic one (dynamicOnly: even where a static graph
+	// of that size exists).
 	cases := []struct {
-		name      string
-		bundle    string
-		class     string
-		classCond bool
+		name        string
+		bundle      string
+		class       string
+		classCond   bool
+		perFrame    bool
+		dynamicOnly bool
 	}{
-		{"empty prompt (no CFG)", fixtureBundle, "", false},
-		{"class prompt with CFG", fixtureBundle, "widget", true},
-		{"sampler from start step 501", partial, "", false},
+		{"empty prompt (no CFG), dynamic denoiser", fixtureBundle, "", false, false, true},
+		{"empty prompt (no CFG), static batch-1 denoiser", fixtureBundle, "", false, true, false},
+		{"class prompt with CFG", fixtureBundle, "widget", true, false, false},
+		{"sampler from start step 501", partial, "", false, true, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			s, err := Open(c.bundle, Options{Providers: []string{"cpu"}, Threads: 2, ClassConditioning: c.classCond})
+			s, err := Open(c.bundle, Options{Providers: []string{"cpu"}, Threads: 2, ClassConditioning: c.classCond,
+				DynamicOnly: c.dynamicOnly})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer s.Close()
+			if static := s.staticDenoiser(&denoiserInputs{rows: 1}) != nil; static == c.dynamicOnly {
+				t.Fatalf("static batch-1 denoiser loaded: %v, want %v", static, !c.dynamicOnly)
+			}
 			n := s.lc * s.lh * s.lw
 			var reqs []Request
 			noise := make([]byte, 0, len(images)*2*n*4)
@@ -121,7 +131,7 @@ func TestParityWithPyTorchReference(t *testing.T) {
 					noise = binary.LittleEndian.AppendUint32(noise, math.Float32bits(v))
 				}
 			}
-			res, err := s.Score(context.Background(), reqs)
+			res, err := scoreAll(s, reqs, c.perFrame)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -221,6 +231,22 @@ func TestExportProbes(t *testing.T) {
 	if _, err := CheckProbes(bundle, probes, 1e-4, Options{Threads: 2}); err == nil {
 		t.Error("a 1% difference passed the parity check")
 	}
+}
+
+// scoreAll scores reqs in one batch, or one frame per call.
+func scoreAll(s *Scorer, reqs []Request, perFrame bool) ([]Result, error) {
+	if !perFrame {
+		return s.Score(context.Background(), reqs)
+	}
+	var out []Result
+	for _, r := range reqs {
+		res, err := s.Score(context.Background(), []Request{r})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, res...)
+	}
+	return out, nil
 }
 
 // copyDir copies a bundle directory's files (flat) into dst.

@@ -134,6 +134,9 @@ type Options struct {
 	// classifier-free guidance against the unconditional context). Off, every frame uses the bundle's
 	// default context: the paper's setting for MVTec-AD, VisA and Real-IAD.
 	ClassConditioning bool
+	// DynamicOnly ignores the bundle's static-shape denoiser graphs and runs the dynamic one for every batch:
+	// the scorer as it was before issue 14's overhead lever, for before/after measurements.
+	DynamicOnly bool
 }
 
 // newSessionOptions builds session options with the preferred providers. A provider that cannot be used (no

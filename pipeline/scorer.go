@@ -23,6 +23,7 @@ type Scorer struct {
 	provider string
 
 	enc, hint, den, dec, feat *graph
+	denStatic                 map[int]*graph // static-shape denoisers by batch rows, unconditional context built in
 
 	abar       []float64  // the noise schedule's cumulative alphas, by timestep
 	steps      []ddimStep // the DDIM steps in the order they run
@@ -71,17 +72,7 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 		if !ok {
 			return nil, nil
 		}
-		so, provider, err := newSessionOptions(opt, &cudaFallbackOnce)
-		if err != nil {
-			return nil, err
-		}
-		defer so.Destroy()
-		s.provider = provider
-		sess, err := ort.NewDynamicAdvancedSession(filepath.Join(b.Dir, g.File), in, out, so)
-		if err != nil {
-			return nil, fmt.Errorf("%s graph %s: create session: %w", role, g.File, err)
-		}
-		return &graph{name: role, sess: sess, in: in, out: out}, nil
+		return s.newGraph(role, g.File, in, out)
 	}
 	var err error
 	defer func() {
@@ -99,6 +90,9 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 		[]string{models.TensorEps}); err != nil {
 		return nil, err
 	}
+	if s.denStatic, err = s.openStatic(); err != nil {
+		return nil, err
+	}
 	if s.dec, err = mk(models.RoleVAEDecoder, []string{models.TensorLatent}, []string{models.TensorImage}); err != nil {
 		return nil, err
 	}
@@ -110,6 +104,46 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// newGraph creates the session of one graph file of the bundle.
+func (s *Scorer) newGraph(name, file string, in, out []string) (*graph, error) {
+	so, provider, err := newSessionOptions(s.opt, &cudaFallbackOnce)
+	if err != nil {
+		return nil, err
+	}
+	defer so.Destroy()
+	s.provider = provider
+	sess, err := ort.NewDynamicAdvancedSession(filepath.Join(s.bundle.Dir, file), in, out, so)
+	if err != nil {
+		return nil, fmt.Errorf("%s graph %s: create session: %w", name, file, err)
+	}
+	return &graph{name: name, sess: sess, in: in, out: out}, nil
+}
+
+// openStatic creates the sessions of the denoiser's static-shape graphs (models.StaticGraph) whose built-in
+// context is the unconditional one: the only context a batch without guidance uses. Options.DynamicOnly skips
+// them.
+func (s *Scorer) openStatic() (map[int]*graph, error) {
+	if s.opt.DynamicOnly {
+		return nil, nil
+	}
+	out := map[int]*graph{}
+	for _, sg := range s.m.Graphs[models.RoleDenoiser].Static {
+		if sg.Context != s.m.Conditioning.Unconditional {
+			continue
+		}
+		g, err := s.newGraph(fmt.Sprintf("%s (static batch %d)", models.RoleDenoiser, sg.Batch), sg.File,
+			[]string{models.TensorX, models.TensorT, models.TensorHint}, []string{models.TensorEps})
+		if err != nil {
+			for _, o := range out {
+				o.sess.Destroy()
+			}
+			return nil, err
+		}
+		out[sg.Batch] = g
+	}
+	return out, nil
 }
 
 // Manifest returns the bundle's manifest.
@@ -127,7 +161,11 @@ func (s *Scorer) Close() error {
 		return nil
 	}
 	var errs []error
-	for _, g := range []*graph{s.enc, s.hint, s.den, s.dec, s.feat} {
+	all := []*graph{s.enc, s.hint, s.den, s.dec, s.feat}
+	for _, g := range s.denStatic {
+		all = append(all, g)
+	}
+	for _, g := range all {
 		if g != nil && g.sess != nil {
 			errs = append(errs, g.sess.Destroy())
 		}

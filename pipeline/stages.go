@@ -207,10 +207,22 @@ func (s *Scorer) reconstruct(ctx context.Context, z, startNoise []float32, in *d
 	return x, nil
 }
 
-// runDenoiser returns the denoiser graph as a function of the latent batch and the timestep.
+// staticDenoiser returns the static-shape denoiser for a batch, or nil when the dynamic one must run: with
+// guidance (two contexts) or when the bundle has none of this size. Without guidance every row is conditioned
+// on the unconditional context, the one built into the static graphs that openStatic loaded.
+func (s *Scorer) staticDenoiser(in *denoiserInputs) *graph {
+	if in.cfg {
+		return nil
+	}
+	return s.denStatic[in.rows]
+}
+
+// runDenoiser returns the denoiser graph as a function of the latent batch and the timestep: the batch's
+// static-shape graph when there is one (its context is built in), else the dynamic graph.
 func (s *Scorer) runDenoiser(in *denoiserInputs) func(x []float32, t int) ([]float32, error) {
 	shape := ort.NewShape(int64(in.rows), int64(s.lc), int64(s.lh), int64(s.lw))
 	ts := make([]int64, in.rows)
+	g := s.staticDenoiser(in)
 	return func(x []float32, t int) ([]float32, error) {
 		for i := range ts {
 			ts[i] = int64(t)
@@ -225,7 +237,13 @@ func (s *Scorer) runDenoiser(in *denoiserInputs) func(x []float32, t int) ([]flo
 			return nil, err
 		}
 		defer tT.Destroy()
-		out, shapes, err := s.den.run(xT, tT, in.context, in.hint.t)
+		var out [][]float32
+		var shapes []ort.Shape
+		if g != nil {
+			out, shapes, err = g.run(xT, tT, in.hint.t)
+		} else {
+			out, shapes, err = s.den.run(xT, tT, in.context, in.hint.t)
+		}
 		if err != nil {
 			return nil, err
 		}

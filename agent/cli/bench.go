@@ -38,6 +38,11 @@ type benchReport struct {
 	Stages        []benchStage `json:"stages"`
 	Batches       []benchBatch `json:"batches"`
 	PeakRSSMiB    float64      `json:"peak_rss_mib"`
+	// DynamicOnly: the bundle's static-shape denoisers were ignored (--dynamic-only).
+	DynamicOnly bool            `json:"dynamic_only"`
+	Floor       *benchFloor     `json:"floor,omitempty"`
+	Reference   *benchReference `json:"reference,omitempty"`
+	AB          *benchAB        `json:"ab_dynamic,omitempty"`
 }
 
 type benchStage struct {
@@ -61,9 +66,20 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	batches := fs.String("batches", "1,4", "batch sizes to measure")
 	frames := fs.Int("frames", 16, "frames scored per batch size (after one warm-up batch)")
 	asJSON := fs.Bool("json", false, "print the measurements as one JSON object instead of tables")
+	withFloor := fs.Bool("floor", false, "also print the floor table: MACs per stage counted from the graphs, the achieved GFLOP/s, "+
+		"the machine's peak (a built-in convolution and matmul through ONNX Runtime) and measured / floor")
+	var ro referenceOpts
+	fs.StringVar(&ro.weights, "reference", "", "model file (.pt) of the bundle: also time the PyTorch reference scorer on the same "+
+		"bundle, weights and images, interleaved with this pipeline at batch 1, and print the ratio")
+	fs.StringVar(&ro.python, "python", "/usr/bin/python3", "Python interpreter with torch, for --reference")
+	fs.StringVar(&ro.trainerDir, "trainer-dir", "", "directory holding the vlmdiff_train package (default: $VLMDIFF_TRAINER or trainer/python found upwards)")
+	fs.IntVar(&ro.rounds, "rounds", 3, "interleaved rounds of --reference and --ab-dynamic (each: every image once per scorer)")
+	abDynamic := fs.Bool("ab-dynamic", false, "also time a second scorer that ignores the static-shape denoisers, interleaved "+
+		"with this one at batch 1: the before/after of the static export in one run")
 	if err := Parse(fs, args); err != nil {
 		return err
 	}
+	ro.threads = sf.Threads
 	var bs []int
 	for _, s := range strings.Split(*batches, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -72,9 +88,38 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		bs = append(bs, n)
 	}
-	rep, err := measureBench(ctx, &sf, fs.Args(), bs, *frames)
+	t0 := time.Now()
+	s, err := sf.Open()
 	if err != nil {
 		return err
+	}
+	defer s.Close()
+	rep, imgs, err := measureBench(ctx, s, time.Since(t0), &sf, fs.Args(), bs, *frames)
+	if err != nil {
+		return err
+	}
+	if ro.weights != "" {
+		if rep.Reference, err = measureReference(ctx, s, imgs, fs.Args(), ro); err != nil {
+			return err
+		}
+	}
+	if *abDynamic && !sf.DynamicOnly {
+		o := sf.Options()
+		o.DynamicOnly = true
+		dyn, err := pipeline.NewScorer(s.Bundle(), o)
+		if err != nil {
+			return err
+		}
+		rep.AB, err = measureAB(ctx, s, dyn, imgs, ro.rounds)
+		dyn.Close()
+		if err != nil {
+			return err
+		}
+	}
+	if *withFloor {
+		if rep.Floor, err = measureFloor(s, rep, sf.Threads); err != nil {
+			return err
+		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -85,28 +130,23 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-// measureBench opens the bundle, warms it up and scores frames at each batch size.
-func measureBench(ctx context.Context, sf *scoreFlags, paths []string, bs []int, frames int) (*benchReport, error) {
-	t0 := time.Now()
-	s, err := sf.Open()
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
-	openMS := time.Since(t0).Seconds() * 1000
+// measureBench warms the scorer up and scores frames at each batch size; it returns the report and the images.
+func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, sf *scoreFlags, paths []string, bs []int,
+	frames int) (*benchReport, []pipeline.Image, error) {
+	openMS := open.Seconds() * 1000
 	m := s.Manifest()
 	imgs, err := benchImages(paths, m.Input.Width, m.Input.Height)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	first := time.Now()
 	if err := s.Warmup(ctx); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rep := &benchReport{Bundle: m.Name, Version: m.Version, Width: m.Input.Width, Height: m.Input.Height,
 		DDIMSteps: m.Diffusion.DDIMSteps, FeatureLayers: len(m.Features.Layers), Provider: s.Provider(),
 		Threads: sf.Threads, Spin: sf.Spin, GOMAXPROCS: runtime.GOMAXPROCS(0), OpenMS: openMS,
-		FirstFrameMS: time.Since(first).Seconds() * 1000}
+		FirstFrameMS: time.Since(first).Seconds() * 1000, DynamicOnly: sf.DynamicOnly}
 	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
 		pipeline.StageDecode, pipeline.StageFeatures, pipeline.StageMap, pipeline.StageTotal}
 	for _, b := range bs {
@@ -114,16 +154,16 @@ func measureBench(ctx context.Context, sf *scoreFlags, paths []string, bs []int,
 		n := max(frames/b, 1)
 		// one warm-up batch at this size
 		if _, err := s.Score(ctx, batchOf(imgs, 0, b)); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		start := time.Now()
 		for i := 0; i < n; i++ {
 			res, err := s.Score(ctx, batchOf(imgs, i*b, b))
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if res[0].Err != nil {
-				return nil, res[0].Err
+				return nil, nil, res[0].Err
 			}
 			for k, v := range res[0].LatencyMS {
 				per[k] = append(per[k], v)
@@ -141,7 +181,7 @@ func measureBench(ctx context.Context, sf *scoreFlags, paths []string, bs []int,
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
 		rep.PeakRSSMiB = float64(ru.Maxrss) / 1024
 	}
-	return rep, nil
+	return rep, imgs, nil
 }
 
 // benchImages reads the given images, or makes 4 seeded random frames of the bundle's input size.
@@ -185,6 +225,15 @@ func writeBenchTables(w io.Writer, rep *benchReport) {
 	}
 	if rep.PeakRSSMiB > 0 {
 		fmt.Fprintf(w, "peak RSS %.0f MiB\n", rep.PeakRSSMiB)
+	}
+	if rep.Reference != nil {
+		writeReferenceTable(w, rep.Reference)
+	}
+	if rep.AB != nil {
+		writeABTable(w, rep.AB)
+	}
+	if rep.Floor != nil {
+		writeFloorTable(w, rep.Floor)
 	}
 }
 

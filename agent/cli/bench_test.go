@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 )
@@ -49,5 +52,118 @@ func TestBenchJSON(t *testing.T) {
 	writeBenchTables(&table, &rep)
 	if !strings.Contains(table.String(), "provider cpu") || !strings.Contains(table.String(), "batch 2:") {
 		t.Errorf("table output:\n%s", table.String())
+	}
+}
+
+// benchJSON runs `vlmdiff bench ... --json` and decodes its report strictly.
+func benchJSON(t *testing.T, args ...string) *benchReport {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	args = append([]string{"bench", "--bundle", fixtureBundle, "--providers", "cpu", "--threads", "1", "--json"}, args...)
+	if code := Main(context.Background(), args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var rep benchReport
+	dec := json.NewDecoder(&stdout)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rep); err != nil {
+		t.Fatalf("not one JSON report: %v", err)
+	}
+	return &rep
+}
+
+// floorRows indexes a floor table by batch and stage.
+func floorRows(t *testing.T, rep *benchReport) map[[2]any]floorStage {
+	t.Helper()
+	if rep.Floor == nil {
+		t.Fatal("no floor table in the report")
+	}
+	rows := map[[2]any]floorStage{}
+	for _, f := range rep.Floor.Stages {
+		rows[[2]any{f.Batch, f.Stage}] = f
+	}
+	return rows
+}
+
+// TestBenchFloorTable: `bench --floor` has a row per graph stage with MACs counted from the graphs, the map
+// and total rows, the peak, and the static-shape denoiser where the fixture has one of the batch size; with
+// --dynamic-only the dynamic denoiser runs instead, with more operators and more shape bookkeeping per step (the
+// overhead the static export removes). Only shapes and counts are checked, no timings.
+func TestBenchFloorTable(t *testing.T) {
+	rep := benchJSON(t, "--batches", "1,2", "--frames", "2", "--floor")
+	if p := rep.Floor.Peak; !(p.ConvGFLOPS > 0 && p.MatMulGFLOPS > 0) || p.Threads != 1 {
+		t.Errorf("peak %+v", p)
+	}
+	rows := floorRows(t, rep)
+	for _, b := range []int{1, 2} {
+		var sum int64
+		for _, st := range []string{"encode", "hint", "denoise", "decode", "features"} {
+			f, ok := rows[[2]any{b, st}]
+			if !ok || f.MACsPerFrame <= 0 || f.Ops <= 0 || f.OpsORT <= 0 || f.Graph == "" {
+				t.Errorf("batch %d %s: row %+v", b, st, f)
+			}
+			sum += f.MACsPerFrame
+		}
+		if tot := rows[[2]any{b, "total"}]; tot.MACsPerFrame != sum || !(tot.FloorMS > 0) {
+			t.Errorf("batch %d total %+v, want the stages' sum %d MACs and a floor", b, tot, sum)
+		}
+		if _, ok := rows[[2]any{b, "map"}]; !ok {
+			t.Errorf("batch %d: no map row", b)
+		}
+		// the fixture has a static denoiser for batch 1 only; batch 2 runs the dynamic one
+		want := map[int]string{1: "denoiser_b1.onnx", 2: "denoiser.onnx"}[b]
+		if d := rows[[2]any{b, "denoise"}]; d.Graph != want || d.RunsPerBatch != rep.DDIMSteps {
+			t.Errorf("batch %d denoise row %+v, want %s run %d times", b, d, want, rep.DDIMSteps)
+		}
+	}
+	if a, b := rows[[2]any{1, "encode"}].MACsPerFrame, rows[[2]any{2, "encode"}].MACsPerFrame; a != b {
+		t.Errorf("encoder MACs per frame differ between batch 1 (%d) and 2 (%d)", a, b)
+	}
+
+	dyn := floorRows(t, benchJSON(t, "--batches", "1", "--frames", "1", "--floor", "--dynamic-only"))
+	d, s := dyn[[2]any{1, "denoise"}], rows[[2]any{1, "denoise"}]
+	if d.Graph != "denoiser.onnx" || d.Ops <= s.Ops || d.ShapeOps <= s.ShapeOps || d.OpsORT <= s.OpsORT {
+		t.Errorf("dynamic denoiser %+v, static %+v: want more operators and shape operators per step", d, s)
+	}
+	if d.MACsPerFrame <= s.MACsPerFrame {
+		t.Errorf("dynamic denoiser %d MACs/frame, static %d: the static graph's folded context keys and values "+
+			"should make it less", d.MACsPerFrame, s.MACsPerFrame)
+	}
+
+	var table bytes.Buffer
+	writeBenchTables(&table, rep)
+	for _, want := range []string{"floor: peak", "denoiser_b1.onnx", "x floor"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+}
+
+// TestBenchReference: `bench --reference` times the PyTorch reference on the same bundle and weights,
+// interleaved with the pipeline, and reports both p50s and their ratio; --ab-dynamic does the same for the
+// scorer without its static-shape denoisers.
+func TestBenchReference(t *testing.T) {
+	if err := exec.Command("/usr/bin/python3", "-c", "import torch, scipy, PIL").Run(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI: /usr/bin/python3 cannot import torch: %v", err)
+		}
+		t.Skipf("no torch: %v", err)
+	}
+	rep := benchJSON(t, "--batches", "1", "--frames", "1", "--reference", "../../models/testdata/fixture-src/fixture.pt",
+		"--rounds", "1", "--ab-dynamic")
+	if ab := rep.AB; ab == nil || ab.Rounds != 1 || ab.Frames != 4 || !(ab.StaticP50MS > 0) || !(ab.DynamicP50MS > 0) ||
+		math.Abs(ab.Speedup-ab.DynamicP50MS/ab.StaticP50MS) > 1e-9 {
+		t.Errorf("A/B %+v", ab)
+	}
+	r := rep.Reference
+	if r == nil || r.Rounds != 1 || r.Frames != 4 || r.Torch == "" || !(r.PipelineP50MS > 0) || !(r.ReferenceP50 > 0) ||
+		math.Abs(r.Ratio-r.ReferenceP50/r.PipelineP50MS) > 1e-9 {
+		t.Fatalf("reference %+v", r)
+	}
+	var table bytes.Buffer
+	writeBenchTables(&table, rep)
+	if !strings.Contains(table.String(), "side by side") || !strings.Contains(table.String(), "PyTorch reference") ||
+		!strings.Contains(table.String(), "speedup") {
+		t.Errorf("table:\n%s", table.String())
 	}
 }

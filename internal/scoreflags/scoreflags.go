@@ -21,6 +21,8 @@ type Flags struct {
 	Lean      bool
 	Pattern   bool
 	Shared    bool
+	// DynamicOnly ignores the bundle's static-shape denoiser graphs (pipeline.Options.DynamicOnly).
+	DynamicOnly bool
 }
 
 // Register declares the flags on fs (a *flag.FlagSet).
@@ -38,6 +40,7 @@ func (f *Flags) Register(fs interface {
 	fs.BoolVar(&f.Lean, "lean-memory", false, "no ONNX Runtime memory arena, large blocks back to the system after each run (models.lean_memory)")
 	fs.BoolVar(&f.Pattern, "mem-pattern", true, "ONNX Runtime's memory pattern; the daemon runs without it (models.mem_pattern: false)")
 	fs.BoolVar(&f.Shared, "shared-arena", false, "one ONNX Runtime arena for all sessions, grown as asked (models.shared_arena)")
+	fs.BoolVar(&f.DynamicOnly, "dynamic-only", false, "ignore the bundle's static-shape denoiser graphs (the scorer before issue 14, for before/after runs)")
 }
 
 // Options are the pipeline options the flags select (everything but the bundle).
@@ -50,7 +53,7 @@ func (f *Flags) Options() pipeline.Options {
 	}
 	return pipeline.Options{Providers: prov, Threads: f.Threads, Spin: f.Spin, Library: f.Library, ClassConditioning: f.ClassCond,
 		LeanMemory: f.Lean, NoMemPattern: !f.Pattern,
-		SharedArena: f.Shared}
+		SharedArena: f.Shared, DynamicOnly: f.DynamicOnly}
 }
 
 // Open opens the scorer for --bundle.

@@ -63,7 +63,10 @@ def test_export_manifest_graphs_and_hashes(small_bundle):
         for v in list(model.graph.input) + list(model.graph.output):
             assert v.type.tensor_type.shape.dim[0].dim_param, (role, v.name)
     assert (b / "conditioning.bin").stat().st_size == 2 * 8 * 16 * 4
-    assert set(m["files"]) == {"conditioning.bin"} | {g["file"] for g in m["graphs"].values()}
+    static = m["graphs"]["denoiser"]["static"]
+    assert [(sg["batch"], sg["context"]) for sg in static] == [(b_, "") for b_ in FX.FIXTURE_STATIC_BATCHES]
+    assert set(m["files"]) == {"conditioning.bin"} | {g["file"] for g in m["graphs"].values()} | \
+        {sg["file"] for sg in static}
     # a tampered file is reported
     with open(b / "hint.onnx", "ab") as f:
         f.write(b"\0")
@@ -111,6 +114,25 @@ def test_rewrite_calibration_rehashes(small_bundle):
            {k: v for k, v in before.items() if k != "calibration"}
     with pytest.raises(RuntimeError, match="global"):
         E.rewrite_calibration(b, {"method": "x"})
+
+
+def test_static_denoiser_graphs(small_bundle):
+    """The static-shape denoiser: no context input, every shape fixed at its batch, and fewer nodes than the
+    dynamic graph, with the shape chains and the context's key/value projections folded away."""
+    d, res = small_bundle
+    b = pathlib.Path(res["bundle"])
+    m = json.load(open(b / "bundle.json"))
+    dyn = onnx.load(str(b / m["graphs"]["denoiser"]["file"]))
+    for sg in m["graphs"]["denoiser"]["static"]:
+        g = onnx.load(str(b / sg["file"]))
+        ins = {v.name: [dim.dim_value for dim in v.type.tensor_type.shape.dim] for v in g.graph.input}
+        assert list(ins) == ["x", "t", "hint"]
+        assert ins["x"] == [sg["batch"], 4, 8, 8] and ins["t"] == [sg["batch"]] and ins["hint"][0] == sg["batch"]
+        ops = [n.op_type for n in g.graph.node]
+        dops = [n.op_type for n in dyn.graph.node]
+        assert len(ops) < 0.8 * len(dops), (len(ops), len(dops))
+        assert ops.count("MatMul") < dops.count("MatMul")  # to_k(context), to_v(context) are constants now
+        assert ops.count("Gather") + ops.count("Concat") < 0.5 * (dops.count("Gather") + dops.count("Concat"))
 
 
 def test_fixture_build_is_deterministic():

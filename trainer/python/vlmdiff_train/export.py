@@ -79,6 +79,23 @@ class DenoiserGraph(torch.nn.Module):
         return self.denoiser(x, t, context, hint)
 
 
+class StaticDenoiserGraph(torch.nn.Module):
+    """The denoiser specialised for one batch size and one constant text context (issue 14, the overhead lever).
+
+    The context is a buffer, so the exported graph has no context input, and with every shape static the
+    exporter's constant folding removes what a dynamic-batch graph recomputes at every step: the Shape, Gather,
+    Concat and Unsqueeze chains that rebuild reshape targets from the batch size, and the cross-attention keys and
+    values of the context (to_k(context), to_v(context) become constants, computed once at export)."""
+
+    def __init__(self, denoiser, context: torch.Tensor, batch: int):
+        super().__init__()
+        self.denoiser = denoiser
+        self.register_buffer("context", context.expand(batch, -1, -1).contiguous().clone())
+
+    def forward(self, x, t, hint):
+        return self.denoiser(x, t, self.context, hint)
+
+
 class FeaturesGraph(torch.nn.Module):
     """image -> one output per layer, in the manifest's layer order."""
 
@@ -164,14 +181,16 @@ def _spec(name: str, t: torch.Tensor) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 def export_graph(module: torch.nn.Module, args: Tuple[torch.Tensor, ...], in_names: List[str],
-                 out_names: List[str], path: str, opset: int = OPSET) -> None:
-    """torch.onnx.export (at opset) with a dynamic batch axis on every input and output, then onnx.checker.
+                 out_names: List[str], path: str, opset: int = OPSET, dynamic: bool = True) -> None:
+    """torch.onnx.export (at opset) with a dynamic batch axis on every input and output (none with dynamic
+    False: every shape is then the example's, and constant folding removes the shape computations), then
+    onnx.checker.
 
     Graphs over 2 GB come out of torch with one external file per tensor; they are re-saved with a single
     <file>.data so the bundle stays a short list of files.
     """
     module = module.eval()
-    dyn = {n: {0: "batch"} for n in in_names + out_names}
+    dyn = {n: {0: "batch"} for n in in_names + out_names} if dynamic else None
     tmpdir = tempfile.mkdtemp(prefix="export-", dir=os.path.dirname(os.path.abspath(path)))
     try:
         tmp = os.path.join(tmpdir, os.path.basename(path))
@@ -194,6 +213,41 @@ def export_graph(module: torch.nn.Module, args: Tuple[torch.Tensor, ...], in_nam
         onnx.checker.check_model(path)
     except Exception as e:
         raise RuntimeError(f"onnx checker on {path}: {e}") from e
+
+
+def default_static_batches(denoiser: torch.nn.Module) -> Tuple[int, ...]:
+    """Batch sizes 1, 2 and 4 for a denoiser under 256 M parameters (each static graph is a copy of its weights);
+    none for larger ones (sd15's 5.3 GB denoiser is not worth tripling; a GPU runs it without this overhead)."""
+    return (1, 2, 4) if sum(p.numel() for p in denoiser.parameters()) < 256_000_000 else ()
+
+
+def export_static_denoisers(out_dir: str, denoiser, context: torch.Tensor, key: str, batches: Sequence[int],
+                            latent_shape: Tuple[int, int, int], hint1: torch.Tensor,
+                            gen: torch.Generator, fold: bool = True) -> List[dict]:
+    """Exports denoiser_b<B>.onnx for each batch size: StaticDenoiserGraph with the context of conditioning key
+    `key` ([tokens, dim]), inputs x [B,C,h,w], t [B], hint [B,...] and output eps, all shapes fixed; then, with
+    fold, onnx_fold.fold_constants (the shape chains and the context's keys and values that torch's folding
+    leaves). Returns the manifest's graphs.denoiser.static entries."""
+    specs = []
+    for b in sorted({int(v) for v in batches}):
+        if b < 1:
+            raise RuntimeError(f"denoiser_static_batches: {b} is not a batch size")
+        fname = f"denoiser_b{b}.onnx"
+        ins = {"x": torch.randn(b, *latent_shape, generator=gen),
+               "t": torch.full((b,), 500, dtype=torch.int64),
+               "hint": hint1[:1].expand(b, *hint1.shape[1:]).contiguous()}
+        path = os.path.join(out_dir, fname)
+        export_graph(StaticDenoiserGraph(denoiser, context[None], b), tuple(ins.values()), list(ins), ["eps"],
+                     path, dynamic=False)
+        if fold:
+            from .onnx_fold import fold_constants
+            model = onnx.load(path)
+            n = fold_constants(model)
+            onnx.checker.check_model(model)
+            onnx.save(model, path)
+            log.info("static denoiser %s: %d constant nodes folded, %d nodes left", fname, n, len(model.graph.node))
+        specs.append({"file": fname, "batch": b, "context": key})
+    return specs
 
 
 def onnx_io_names(path: str) -> Tuple[List[str], List[str]]:
@@ -238,12 +292,15 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
                   latent: Optional[dict] = None, map_spec: Optional[dict] = None, score: Optional[dict] = None,
                   calibration: Optional[dict] = None, default_key: str = "", unconditional_key: str = "",
                   created: Optional[str] = None, probe_dir: Optional[str] = None, probe_seed: int = 1234,
+                  denoiser_static_batches: Sequence[int] = (), fold_static: bool = True,
                   overwrite: bool = False) -> dict:
     """Exports the networks into a bundle directory and returns the manifest written.
 
     conditioning: (key, prompt, array [tokens, dim]) per entry; it must contain the unconditional key.
     features: a torch module returning {layer: tensor}, or None with feature_onnx naming an ONNX backbone file that
     is copied into the bundle (its input normalisation must match the bundle's input, or give feature_mean/std).
+    denoiser_static_batches: batch sizes for which a static-shape denoiser with the unconditional context baked in
+    is exported beside the dynamic one (graphs.denoiser.static; StaticDenoiserGraph).
     """
     if os.path.exists(os.path.join(out_dir, "bundle.json")) and not overwrite:
         raise RuntimeError(f"bundle directory {out_dir} already holds a bundle (overwrite not requested)")
@@ -299,6 +356,11 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
                               "t": torch.randint(0, T, (b,), generator=gen, dtype=torch.int64),
                               "context": torch.randn(b, tokens, dim, generator=gen), "hint": hint}
     add("denoiser", DenoiserGraph(denoiser), den_in(1, hint1), den_in(2, hint2), ["eps"])
+    if denoiser_static_batches:
+        graphs["denoiser"]["static"] = export_static_denoisers(
+            out_dir, denoiser, torch.from_numpy(cond[keys.index(unconditional_key)]), unconditional_key,
+            denoiser_static_batches, (latent_channels, h, w), hint1, torch.Generator().manual_seed(probe_seed + 1),
+            fold_static)
     add("vae_decoder", VAEDecoderGraph(vae), {"latent": torch.randn(1, latent_channels, h, w, generator=gen)},
         {"latent": torch.randn(2, latent_channels, h, w, generator=gen)}, ["image"])
 
@@ -474,7 +536,9 @@ def run_export(cfg) -> dict:
         provenance={"preset": preset_name, "dataset": c.dataset, "classes": classes},
         latent={"posterior": c.posterior, "scale_factor": latent_scale(b)}, diffusion=diffusion,
         map_spec={"sigma": float(c.sigma)} if c.sigma is not None else None, probe_dir=c.probes,
-        probe_seed=int(c.seed), overwrite=c.overwrite)
+        probe_seed=int(c.seed), overwrite=c.overwrite,
+        denoiser_static_batches=default_static_batches(nets.denoiser) if c.denoiser_static_batches is None
+        else c.denoiser_static_batches)
     # the reference weights of this bundle are the model file itself
     return {"bundle": out, "manifest": os.path.join(out, "bundle.json"), "probes": c.probes or "",
             "graphs": sorted(m["graphs"])}

@@ -41,6 +41,9 @@ FIXTURE_SPEC = {
     "perturb_gain": 3.0,
 }
 FIXTURE_CREATED = "2025-01-01T00:00:00Z"
+# A static-shape denoiser (export.StaticDenoiserGraph) for batch 1, so the Go tests run that path too: the parity
+# test scores single frames through it; batches of other sizes run the dynamic graph.
+FIXTURE_STATIC_BATCHES = (1,)
 FIXTURE_CONDITIONING = [("", ""), ("widget", "a photo of a widget")]
 
 
@@ -125,7 +128,8 @@ def build_fixture(out_dir: str, weights: str, probe_dir: Optional[str] = None, s
         provenance={"dataset": "none (random weights)", "preset": "fixture",
                     "notes": "rebuild: python3 -m vlmdiff_train fixture --out models/testdata/fixture "
                              "--weights models/testdata/fixture-src/fixture.pt"},
-        latent={"posterior": "sample"}, diffusion={"seed": 7}, probe_dir=probe_dir, overwrite=True)
+        latent={"posterior": "sample"}, diffusion={"seed": 7}, probe_dir=probe_dir,
+        denoiser_static_batches=FIXTURE_STATIC_BATCHES, overwrite=True)
     save_reference_weights(weights, {"kind": "fixture", "spec": spec}, nets)
     res = {"bundle": out_dir, "weights": weights, "manifest": os.path.join(out_dir, "bundle.json"),
            "probes": probe_dir or "", "graphs": sorted(m["graphs"])}

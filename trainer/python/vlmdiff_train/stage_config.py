@@ -144,6 +144,8 @@ class ExportConfig(Common):
     sampler_from_start_step: Optional[bool] = key(None, "manifest diffusion.sampler_from_start_step: run only the "
                                                         "DDIM steps at or below start_step (SDEdit-style)")
     input_size: Optional[int] = key(None, "square input size trained at, when not the preset's")
+    denoiser_static_batches: Optional[List[int]] = key(None, "batch sizes of the static-shape denoiser graphs "
+                                                             "(context baked in; default [1, 2, 4]; [] for none)")
     overwrite: bool = key(True, "replace a bundle already in out")
 
 
