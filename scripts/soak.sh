@@ -9,8 +9,7 @@
 # Cameras: "syn" (synthetic, FPS frames/s) and "drop" (a watched folder that a feeder writes one PNG into
 # every 1/FPS s, cycling through 10 file names, so name reuse is exercised all hour). Both are scored by
 # BUNDLE (default models/demo; THREADS ONNX Runtime threads, default 1; MEMORY models.memory, default shared)
-# through the embedded broker. Outputs in
-# OUT_DIR: soak.csv, soak.svg, summary.txt, daemon.log.
+# through the embedded broker. Outputs in OUT_DIR: soak.csv, soak.svg, summary.txt, daemon.log.
 # The plot can be redrawn from a partial CSV at any time: python3 scripts/soak_plot.py OUT_DIR/soak.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
