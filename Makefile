@@ -72,7 +72,8 @@ soak: build
 
 # Daemon RSS with the small preset at batch 1 over 10 minutes (issue 14, item 3): scripts/soak.sh on BUNDLE, by
 # default an untrained small bundle built once by scripts/small_bundle.sh (memory does not depend on the
-# weights; needs ../shared/backbones). Summary (RSS and anonymous RSS after the warm-up) in MEM_DIR/summary.txt.
+# weights; needs ../shared/backbones). MEMORY=shared|lean|ort picks models.memory. Summary (RSS and anonymous
+# RSS after the warm-up) in MEM_DIR/summary.txt.
 MEM_DIR ?= out/memory
 memory: build
 	b=$${BUNDLE:-$$(scripts/small_bundle.sh)} && [ -n "$$b" ] && BUNDLE=$$b DURATION=$${DURATION:-600} FPS=$${FPS:-2} \

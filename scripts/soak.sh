@@ -8,8 +8,8 @@
 #
 # Cameras: "syn" (synthetic, FPS frames/s) and "drop" (a watched folder that a feeder writes one PNG into
 # every 1/FPS s, cycling through 10 file names, so name reuse is exercised all hour). Both are scored by
-# BUNDLE (default models/demo; THREADS ONNX Runtime threads, default 1) through the embedded broker. Outputs in
-# OUT_DIR: soak.csv, soak.svg, summary.txt, daemon.log.
+# BUNDLE (default models/demo; THREADS ONNX Runtime threads, default 1; MEMORY models.memory, default shared)
+# through the embedded broker. Outputs in OUT_DIR: soak.csv, soak.svg, summary.txt, daemon.log.
 # The plot can be redrawn from a partial CSV at any time: python3 scripts/soak_plot.py OUT_DIR/soak.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ FPS=${FPS:-1}
 BIN=${BIN:-bin/vlmdiff}
 BUNDLE=${BUNDLE:-models/demo}
 THREADS=${THREADS:-1}
+MEMORY=${MEMORY:-shared}
 WARMUP=${WARMUP:-300}
 # The history is bounded by size so that the hour reaches the steady state a long-running daemon converges to:
 # with the 1GiB default an hour only fills the store, and its memory map (file-backed RSS) grows with it.
@@ -44,7 +45,7 @@ PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(
 HTTP=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$OUT/agent.yaml" <<YAML
 agent: {name: soak, data_dir: $OUT/data, log_level: info}
-models: {bundle: $(cd "$BUNDLE" && pwd), threads: $THREADS}
+models: {bundle: $(cd "$BUNDLE" && pwd), threads: $THREADS, memory: $MEMORY}
 cameras:
   - {name: syn, kind: synthetic, fps: $FPS, synthetic: {seed: 7, defect_rate: 0.15}}
   - {name: drop, kind: folder, path: $OUT/drop, folder: {after: delete}}

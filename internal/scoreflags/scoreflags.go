@@ -37,8 +37,8 @@ func (f *Flags) Register(fs interface {
 	fs.BoolVar(&f.Spin, "spin", false, "let ONNX Runtime's idle threads spin-wait (faster only on otherwise idle cores)")
 	fs.StringVar(&f.Library, "onnxruntime", "", "path of libonnxruntime.so (default: $"+pipeline.EnvLibrary+", then .deps/lib)")
 	fs.BoolVar(&f.ClassCond, "class-conditioning", false, "condition on the class prompt when the bundle has one (uses CFG)")
-	fs.BoolVar(&f.Lean, "lean-memory", false, "no ONNX Runtime memory arena, large blocks back to the system after each run (models.lean_memory)")
-	fs.BoolVar(&f.Pattern, "mem-pattern", true, "ONNX Runtime's memory pattern; the daemon runs without it (models.mem_pattern: false)")
+	fs.BoolVar(&f.Lean, "lean-memory", false, "no ONNX Runtime memory arena, large blocks back to the system after each run (models.memory: lean)")
+	fs.BoolVar(&f.Pattern, "mem-pattern", true, "ONNX Runtime's memory pattern; the daemon runs without it (models.memory: shared or lean)")
 	fs.BoolVar(&f.Shared, "shared-arena", false, "one ONNX Runtime arena for all sessions, grown as asked (models.shared_arena)")
 	fs.BoolVar(&f.DynamicOnly, "dynamic-only", false, "ignore the bundle's static-shape denoiser graphs (the scorer before issue 14, for before/after runs)")
 }
