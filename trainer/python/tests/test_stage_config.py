@@ -52,7 +52,7 @@ def test_every_field_has_a_type_and_a_doc():
         json.dumps(sch)  # the schema command prints it
         for name, f in sch.items():
             assert f["doc"], f"{stage}.{name} has no doc"
-            assert f["type"] in {"str", "int", "float", "bool", "dict", "list[str]", "list[float]", "list[list]"}, \
+            assert f["type"] in {"str", "int", "float", "bool", "dict", "list[str]", "list[int]", "list[float]", "list[list]"}, \
                 (stage, name, f["type"])
             if f["required"]:
                 assert not f["nullable"], f"{stage}.{name}: required and nullable"

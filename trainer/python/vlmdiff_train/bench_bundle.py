@@ -45,11 +45,11 @@ def build_bench_bundle(out: str, preset: str = "small", features_onnx: Optional[
     """Writes out/bundle and out/model.pt; returns their paths."""
     from . import presets
     from .export import export_bundle
-    from .model_file import Nets, _HintOf, _perturb_zero_params, latent_scale, save_reference_weights
+    from .model_file import Nets, HintOf, perturb_zero_params, latent_scale, save_reference_weights
 
     p = presets.get_preset(preset)
     nets = presets.build(preset, with_text=False, with_dino=False, seed=0)
-    _perturb_zero_params(nets.model, torch.Generator().manual_seed(1), 0.05)
+    perturb_zero_params(nets.model, torch.Generator().manual_seed(1), 0.05)
     os.makedirs(out, exist_ok=True)
     if features_onnx is None and p.features.kind == "onnx":
         shared = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "backbones",
@@ -74,7 +74,7 @@ def build_bench_bundle(out: str, preset: str = "small", features_onnx: Optional[
                   denoiser_static_batches=static_batches, overwrite=True)
     model = os.path.join(out, "model.pt")
     save_reference_weights(model, builder, Nets(vae=nets.vae, denoiser=nets.denoiser, features=None,
-                                                hint=_HintOf(nets.denoiser)), features_kind="onnx")
+                                                hint=HintOf(nets.denoiser)), features_kind="onnx")
     return {"bundle": bundle, "model": model}
 
 

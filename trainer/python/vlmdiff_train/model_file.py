@@ -60,7 +60,7 @@ class TinyFeatures(nn.Module):
         return {"layer1": l1, "layer2": self.layer2(l1)}
 
 
-class _HintOf(nn.Module):
+class HintOf(nn.Module):
     """The hint role of a denoiser: sgn.hint_features(image)."""
 
     def __init__(self, denoiser):
@@ -92,11 +92,11 @@ def build_nets(spec: dict) -> Nets:
     g = torch.Generator().manual_seed(int(spec["seed"]) + 1)
     std, gain = float(spec.get("perturb_std", 0.05)), float(spec.get("perturb_gain", 1.0))
     for m in (vae, den):
-        _perturb_zero_params(m, g, std, gain)
-    return Nets(vae=vae, denoiser=den, features=feats, hint=_HintOf(den)).eval()
+        perturb_zero_params(m, g, std, gain)
+    return Nets(vae=vae, denoiser=den, features=feats, hint=HintOf(den)).eval()
 
 
-def _perturb_zero_params(module: nn.Module, g: torch.Generator, std: float, gain: float = 1.0) -> None:
+def perturb_zero_params(module: nn.Module, g: torch.Generator, std: float, gain: float = 1.0) -> None:
     """Give every all-zero weight (zero convs, SFF, hint output, ResBlock/transformer outputs) random values.
 
     Weights get N(0, (gain/sqrt(fan_in))^2) values so activations stay O(1); biases get small values.
@@ -117,7 +117,7 @@ def build_preset_nets(name: str, overrides: Optional[dict] = None) -> Nets:
     from . import presets  # H1's module
 
     built = presets.build(name, with_dino=False, **(overrides or {}))
-    return Nets(vae=built.vae, denoiser=built.denoiser, features=None, hint=_HintOf(built.denoiser),
+    return Nets(vae=built.vae, denoiser=built.denoiser, features=None, hint=HintOf(built.denoiser),
                 text=built.text_encoder)
 
 
