@@ -23,7 +23,7 @@ type Scorer struct {
 	provider string
 
 	enc, hint, den, dec, feat *graph
-	denStatic                 map[int]*graph // static-shape denoisers by batch rows, unconditional context built in
+	denStatic                 *staticDenoisers // static-shape denoisers by batch rows, opened on first use
 
 	abar       []float64  // the noise schedule's cumulative alphas, by timestep
 	steps      []ddimStep // the DDIM steps in the order they run
@@ -90,9 +90,7 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 		[]string{models.TensorEps}); err != nil {
 		return nil, err
 	}
-	if s.denStatic, err = s.openStatic(); err != nil {
-		return nil, err
-	}
+	s.denStatic = s.staticSet()
 	if s.dec, err = mk(models.RoleVAEDecoder, []string{models.TensorLatent}, []string{models.TensorImage}); err != nil {
 		return nil, err
 	}
@@ -121,31 +119,6 @@ func (s *Scorer) newGraph(name, file string, in, out []string) (*graph, error) {
 	return &graph{name: name, sess: sess, in: in, out: out}, nil
 }
 
-// openStatic creates the sessions of the denoiser's static-shape graphs (models.StaticGraph) whose built-in
-// context is the unconditional one: the only context a batch without guidance uses. Options.DynamicOnly skips
-// them.
-func (s *Scorer) openStatic() (map[int]*graph, error) {
-	if s.opt.DynamicOnly {
-		return nil, nil
-	}
-	out := map[int]*graph{}
-	for _, sg := range s.m.Graphs[models.RoleDenoiser].Static {
-		if sg.Context != s.m.Conditioning.Unconditional {
-			continue
-		}
-		g, err := s.newGraph(fmt.Sprintf("%s (static batch %d)", models.RoleDenoiser, sg.Batch), sg.File,
-			[]string{models.TensorX, models.TensorT, models.TensorHint}, []string{models.TensorEps})
-		if err != nil {
-			for _, o := range out {
-				o.sess.Destroy()
-			}
-			return nil, err
-		}
-		out[sg.Batch] = g
-	}
-	return out, nil
-}
-
 // Manifest returns the bundle's manifest.
 func (s *Scorer) Manifest() *models.Manifest { return s.m }
 
@@ -162,9 +135,7 @@ func (s *Scorer) Close() error {
 	}
 	var errs []error
 	all := []*graph{s.enc, s.hint, s.den, s.dec, s.feat}
-	for _, g := range s.denStatic {
-		all = append(all, g)
-	}
+	all = append(all, s.denStatic.graphs()...)
 	for _, g := range all {
 		if g != nil && g.sess != nil {
 			errs = append(errs, g.sess.Destroy())

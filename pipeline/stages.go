@@ -209,12 +209,12 @@ func (s *Scorer) reconstruct(ctx context.Context, z, startNoise []float32, in *d
 
 // staticDenoiser returns the static-shape denoiser for a batch, or nil when the dynamic one must run: with
 // guidance (two contexts) or when the bundle has none of this size. Without guidance every row is conditioned
-// on the unconditional context, the one built into the static graphs that openStatic loaded.
+// on the unconditional context, the one built into the static graphs (staticSet).
 func (s *Scorer) staticDenoiser(in *denoiserInputs) *graph {
 	if in.cfg {
 		return nil
 	}
-	return s.denStatic[in.rows]
+	return s.staticGraph(in.rows)
 }
 
 // runDenoiser returns the denoiser graph as a function of the latent batch and the timestep: the batch's
