@@ -46,7 +46,7 @@ func (s *Scorer) GraphRuns(frames int) []GraphRun {
 		}
 	}
 	latent := []int64{B, int64(s.lc), int64(s.lh), int64(s.lw)}
-	den := GraphRun{Stage: StageDenoise, Path: path(m.Graphs[models.RoleDenoiser].File), Outputs: s.den.out,
+	den := GraphRun{Stage: StageDenoise, Path: path(m.Graphs[models.RoleDenoiser].File), Outputs: []string{models.TensorEps},
 		Runs: len(s.steps), Inputs: []GraphInput{{Name: models.TensorX, Shape: latent},
 			{Name: models.TensorT, Int64: true, Shape: []int64{B}},
 			{Name: models.TensorContext, Shape: []int64{B, int64(m.Conditioning.Tokens), int64(m.Conditioning.Dim)}},

@@ -24,6 +24,9 @@ type Scorer struct {
 
 	enc, hint, den, dec, feat *graph
 	denStatic                 *staticDenoisers // static-shape denoisers by batch rows, opened on first use
+	// denMu guards den, which a bundle with static-shape denoisers opens only when a batch needs it
+	// (guidance, or a batch size without a static graph): a batch-1 daemon then holds one denoiser, not two.
+	denMu sync.Mutex
 
 	abar       []float64  // the noise schedule's cumulative alphas, by timestep
 	steps      []ddimStep // the DDIM steps in the order they run
@@ -86,11 +89,12 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 	if s.hint, err = mk(models.RoleHint, []string{models.TensorImage}, []string{models.TensorHint}); err != nil {
 		return nil, err
 	}
-	if s.den, err = mk(models.RoleDenoiser, []string{models.TensorX, models.TensorT, models.TensorContext, models.TensorHint},
-		[]string{models.TensorEps}); err != nil {
-		return nil, err
-	}
 	s.denStatic = s.staticSet()
+	if len(s.denStatic.files) == 0 {
+		if s.den, err = s.dynamicDenoiser(); err != nil {
+			return nil, err
+		}
+	}
 	if s.dec, err = mk(models.RoleVAEDecoder, []string{models.TensorLatent}, []string{models.TensorImage}); err != nil {
 		return nil, err
 	}
@@ -111,7 +115,9 @@ func (s *Scorer) newGraph(name, file string, in, out []string) (*graph, error) {
 		return nil, err
 	}
 	defer so.Destroy()
-	s.provider = provider
+	if s.provider == "" { // set by the graphs opened in NewScorer; graphs opened later only read it
+		s.provider = provider
+	}
 	sess, err := ort.NewDynamicAdvancedSession(filepath.Join(s.bundle.Dir, file), in, out, so)
 	if err != nil {
 		return nil, fmt.Errorf("%s graph %s: create session: %w", name, file, err)
@@ -134,7 +140,9 @@ func (s *Scorer) Close() error {
 		return nil
 	}
 	var errs []error
+	s.denMu.Lock()
 	all := []*graph{s.enc, s.hint, s.den, s.dec, s.feat}
+	s.denMu.Unlock()
 	all = append(all, s.denStatic.graphs()...)
 	for _, g := range all {
 		if g != nil && g.sess != nil {

@@ -242,7 +242,11 @@ func (s *Scorer) runDenoiser(in *denoiserInputs) func(x []float32, t int) ([]flo
 		if g != nil {
 			out, shapes, err = g.run(xT, tT, in.hint.t)
 		} else {
-			out, shapes, err = s.den.run(xT, tT, in.context, in.hint.t)
+			var d *graph
+			if d, err = s.dynamicDenoiser(); err != nil {
+				return nil, err
+			}
+			out, shapes, err = d.run(xT, tT, in.context, in.hint.t)
 		}
 		if err != nil {
 			return nil, err

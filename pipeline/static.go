@@ -68,3 +68,23 @@ func (sd *staticDenoisers) graphs() []*graph {
 	}
 	return out
 }
+
+// dynamicDenoiser returns the dynamic-shape denoiser (x, t, context, hint), creating its session on first use.
+func (s *Scorer) dynamicDenoiser() (*graph, error) {
+	s.denMu.Lock()
+	defer s.denMu.Unlock()
+	if s.den != nil {
+		return s.den, nil
+	}
+	g, ok := s.m.Graphs[models.RoleDenoiser]
+	if !ok {
+		return nil, fmt.Errorf("bundle has no %s graph", models.RoleDenoiser)
+	}
+	d, err := s.newGraph(models.RoleDenoiser, g.File,
+		[]string{models.TensorX, models.TensorT, models.TensorContext, models.TensorHint}, []string{models.TensorEps})
+	if err != nil {
+		return nil, err
+	}
+	s.den = d
+	return d, nil
+}

@@ -8,8 +8,8 @@ import (
 )
 
 // TestStaticDenoisersOpenOnFirstUse: the fixture's batch-1 static graph gets a session only when a batch of
-// one is scored (a daemon at batch 1 never pays for the others), and a static graph that cannot be opened
-// leaves that batch size on the dynamic denoiser with the same scores instead of failing frames.
+// one is scored (a daemon at batch 1 never pays for the others, nor for the dynamic graph), and a static graph
+// that cannot be opened leaves that batch size on the dynamic denoiser with the same scores instead of failing frames.
 func TestStaticDenoisersOpenOnFirstUse(t *testing.T) {
 	s := openFixture(t, fixtureBundle)
 	if len(s.denStatic.files) == 0 {
@@ -25,6 +25,9 @@ func TestStaticDenoisersOpenOnFirstUse(t *testing.T) {
 	}
 	if s.denStatic.open[1] == nil {
 		t.Fatalf("no batch-1 static session after scoring one frame (open: %v)", s.denStatic.open)
+	}
+	if s.den != nil {
+		t.Error("the dynamic denoiser was opened although every batch so far had a static graph")
 	}
 
 	// A bundle whose static graph file is broken: the frame is still scored, by the dynamic graph.
@@ -52,6 +55,9 @@ func TestStaticDenoisersOpenOnFirstUse(t *testing.T) {
 	}
 	if !broken.denStatic.failed[1] {
 		t.Error("the unusable static graph is not marked failed")
+	}
+	if broken.den == nil {
+		t.Error("the fallback did not open the dynamic denoiser")
 	}
 	if d := got[0].RawScore - res[0].RawScore; d > 1e-5 || d < -1e-5 {
 		t.Errorf("dynamic fallback score %v, static %v", got[0].RawScore, res[0].RawScore)
