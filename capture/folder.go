@@ -491,6 +491,9 @@ func (s *folderSource) finish(e *entry, ok bool) {
 	var err error
 	switch {
 	case after == AfterKeep:
+	case replacedSince(e):
+		// The camera wrote a new file under this name while this one was being scored: the scored version is
+		// already gone, and moving (or deleting) the path now would take the new, unscored one with it.
 	case ok && after == AfterDelete:
 		if err = os.Remove(e.path); err != nil {
 			err = fmt.Errorf("delete processed file: %w", err)
@@ -509,6 +512,7 @@ func (s *folderSource) finish(e *entry, ok bool) {
 	}
 	s.mu.Lock()
 	s.inflight--
+	gone := false
 	if s.entries[e.path] == e {
 		if after == AfterKeep || err != nil {
 			// Kept, or could not be moved: remember it so this run does not emit it again; a later run (or
@@ -516,9 +520,18 @@ func (s *folderSource) finish(e *entry, ok bool) {
 			e.status = stKept
 		} else {
 			delete(s.entries, e.path)
+			gone = true
 		}
 	}
 	s.mu.Unlock()
+	if gone {
+		// A camera that reuses the name may write the next file between the move above and the delete: its
+		// create event found this entry in flight and was dropped (add skips in-flight paths). The old file
+		// has left the path, so whatever is there now is new: take it, or it would wait for a rescan.
+		if info, lerr := os.Lstat(e.path); lerr == nil && info.Mode().IsRegular() {
+			s.add(e.path, info, time.Now(), true)
+		}
+	}
 	if err != nil {
 		slog.Warn("capture: folder file not finished", "camera", s.cfg.Name, "file", e.path, "err", err)
 		select {
@@ -531,6 +544,13 @@ func (s *folderSource) finish(e *entry, ok bool) {
 	case s.acks <- struct{}{}:
 	default:
 	}
+}
+
+// replacedSince says whether the file now at e.path is not the version that was read (a different size or
+// modification time): a camera reused the name while it was in flight.
+func replacedSince(e *entry) bool {
+	info, err := os.Lstat(e.path)
+	return err == nil && (info.Size() != e.size || !info.ModTime().Equal(e.mtime))
 }
 
 // moveUnique moves src into dir, adding "-1", "-2", ... before the extension rather than overwriting.

@@ -210,3 +210,38 @@ func TestVideoReasonFollowsTheFile(t *testing.T) {
 		t.Fatalf("after garbage: %+v, want offline 'not a readable video'", ev)
 	}
 }
+
+// A camera that writes the next part.png while the previous one is still being scored (or between its move
+// and the bookkeeping after it) gets both scored: the new file is neither moved away unscored as if it were the
+// old one, nor dropped because its create event arrived while the name was in flight.
+func TestFolderNameReusedWhileInFlight(t *testing.T) {
+	dir := t.TempDir()
+	cfg := folderCfg(dir)
+	cfg.Folder.Settle = 30 * time.Millisecond
+	src, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan Frame)
+	run(t, src, out, nil)
+	writeFile(t, filepath.Join(dir, "part.png"), pngBytes(t, 8, 8, idColour(1)))
+	first := recv(t, out)
+	if id := idOf(t, first); id != 1 {
+		t.Fatalf("got file %d, want 1", id)
+	}
+	// Rewritten in place while frame 1 is in flight; let its events arrive first.
+	time.Sleep(5 * time.Millisecond) // a different modification time on coarse file systems
+	writeFile(t, filepath.Join(dir, "part.png"), pngBytes(t, 8, 8, idColour(2)))
+	time.Sleep(100 * time.Millisecond)
+	first.Ack(true)
+	second := recv(t, out)
+	if id := idOf(t, second); id != 2 {
+		t.Fatalf("after the rewrite: got file %d, want 2", id)
+	}
+	second.Ack(true)
+	eventually(t, "part.png moved", func() bool { return !exists(filepath.Join(dir, "part.png")) })
+	got, _ := filepath.Glob(filepath.Join(dir, "processed", "part*.png"))
+	if len(got) != 1 {
+		t.Errorf("processed/ holds %v, want only the second version (the first was replaced in place)", got)
+	}
+}
