@@ -173,18 +173,15 @@ func runBaseline(ctx context.Context, m *models.Manifest, train, test, vtest []d
 	if err != nil {
 		return err
 	}
-	doc := map[string]metrics.Metrics{}
-	sets := []struct {
+	type baselineSet struct {
 		name  string
 		items []dataset.Item
 		model *metrics.Report
-	}{{"test", test, &rep}}
+	}
+	doc := map[string]metrics.Metrics{}
+	sets := []baselineSet{{"test", test, &rep}}
 	if val != nil {
-		sets = append(sets, struct {
-			name  string
-			items []dataset.Item
-			model *metrics.Report
-		}{"validation", vtest, &val.Report})
+		sets = append(sets, baselineSet{"validation", vtest, &val.Report})
 	}
 	for _, set := range sets {
 		br, err := b.Evaluate(ctx, set.items, opts)

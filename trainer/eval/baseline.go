@@ -103,7 +103,7 @@ func (b *MeanDiff) Score(ctx context.Context, items []dataset.Item) ([]ImageResu
 	return out, nil
 }
 
-// EvaluateBaseline scores items with the baseline and computes the same metrics as Evaluate.
+// Evaluate scores items with the baseline and computes the same metrics as the package's Evaluate.
 func (b *MeanDiff) Evaluate(ctx context.Context, items []dataset.Item, opts Options) (metrics.Report, error) {
 	res, err := b.Score(ctx, items)
 	if err != nil {
