@@ -74,7 +74,7 @@ func (d *dataFlags) items() ([]dataset.Item, []string, error) {
 }
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR] [--curves DIR] [--baseline mean-diff] [--paper-auroc-flip] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR] [--curves DIR] [--baseline mean-diff] [--maps DIR] [--paper-auroc-flip] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -86,6 +86,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	paperFlip := fs.Bool("paper-auroc-flip", false, "report AUROC below 0.5 as 1-AUC, as the paper's evaluation does (off: the true AUROC; the report says when the flip changed a value)")
 	curves := fs.String("curves", "", "a run's curves directory (<run-dir>/curves): loss plots rendered and embedded in report.html")
 	valData := fs.String("val-data", "", "a synthetic-defect validation set (`vlmdiff synth defects` output, MVTec layout): evaluated too and reported as its own table beside the test")
+	maps := fs.String("maps", "", "also write every anomaly map (float32, with maps.csv) under this directory, test/ and validation/, for offline study")
 	baseline := fs.String("baseline", "", "also score a trivial baseline on the same images and print it beside the bundle: mean-diff (per-pixel difference from each class's mean training image)")
 	if err := Parse(fs, args); err != nil {
 		return err
@@ -134,7 +135,14 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if len(vtest) == 0 {
 			return fmt.Errorf("--val-data %s: no test images (classes %v)", *valData, classes)
 		}
-		vrep, _, err := eval.Evaluate(ctx, s, vtest, opts)
+		vres, err := eval.ScoreItems(ctx, s, vtest, opts)
+		if err == nil && *maps != "" {
+			err = eval.WriteMaps(filepath.Join(*maps, "validation"), vres)
+		}
+		var vrep metrics.Report
+		if err == nil {
+			vrep, err = eval.MetricsWith(vres, metrics.Options{PaperAUROCFlip: *paperFlip})
+		}
 		if err != nil {
 			return fmt.Errorf("--val-data: %w", err)
 		}
@@ -145,7 +153,17 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stdout, "test ("+df.data+"):")
 		info.Validation = &eval.ValidationReport{Dataset: *valData, Report: vrep}
 	}
-	rep, res, err := eval.Evaluate(ctx, s, test, opts)
+	res, err := eval.ScoreItems(ctx, s, test, opts)
+	if err != nil {
+		return err
+	}
+	if *maps != "" {
+		// Before the metrics, so that the maps of a split without anomalies (--split train) are written too.
+		if err := eval.WriteMaps(filepath.Join(*maps, *split), res); err != nil {
+			return err
+		}
+	}
+	rep, err := eval.MetricsWith(res, metrics.Options{PaperAUROCFlip: *paperFlip})
 	if err != nil {
 		return err
 	}
