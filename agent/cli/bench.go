@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -10,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -43,6 +45,19 @@ type benchReport struct {
 	Floor       *benchFloor     `json:"floor,omitempty"`
 	Reference   *benchReference `json:"reference,omitempty"`
 	AB          *benchAB        `json:"ab_dynamic,omitempty"`
+	// Workers holds the throughput of --workers scoring goroutines sharing the scorer (empty at 1 worker).
+	Workers []benchWorkers `json:"workers,omitempty"`
+}
+
+// benchWorkers is the throughput of several scoring goroutines sharing one scorer, as the daemon's
+// models.workers runs them: wall time per frame, not the latency of one frame.
+type benchWorkers struct {
+	Workers      int     `json:"workers"`
+	Batch        int     `json:"batch"`
+	Frames       int     `json:"frames"`
+	Seconds      float64 `json:"seconds"`
+	MSPerFrame   float64 `json:"wall_ms_per_frame"`
+	FramesPerSec float64 `json:"frames_per_s"`
 }
 
 type benchStage struct {
@@ -74,6 +89,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&ro.python, "python", "/usr/bin/python3", "Python interpreter with torch, for --reference")
 	fs.StringVar(&ro.trainerDir, "trainer-dir", "", "directory holding the vlmdiff_train package (default: $VLMDIFF_TRAINER or trainer/python found upwards)")
 	fs.IntVar(&ro.rounds, "rounds", 3, "interleaved rounds of --reference and --ab-dynamic (each: every image once per scorer)")
+	workers := fs.Int("workers", 1, "also measure the throughput of this many scoring goroutines sharing the scorer (the daemon's "+
+		"models.workers; pair with --threads, e.g. 2 workers x 1 thread on 2 cores): wall ms per frame at each batch size")
 	abDynamic := fs.Bool("ab-dynamic", false, "also time a second scorer that ignores the static-shape denoisers, interleaved "+
 		"with this one at batch 1: the before/after of the static export in one run")
 	if err := Parse(fs, args); err != nil {
@@ -97,6 +114,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	rep, imgs, err := measureBench(ctx, s, time.Since(t0), &sf, fs.Args(), bs, *frames)
 	if err != nil {
 		return err
+	}
+	if *workers > 1 {
+		if rep.Workers, err = measureWorkers(ctx, s, imgs, bs, *frames, *workers); err != nil {
+			return err
+		}
 	}
 	if ro.weights != "" {
 		if rep.Reference, err = measureReference(ctx, s, imgs, fs.Args(), ro); err != nil {
@@ -184,6 +206,50 @@ func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, s
 	return rep, imgs, nil
 }
 
+// measureWorkers scores frames per batch size with w goroutines sharing s, each its own batches, and returns the
+// wall time per frame. Every goroutine warms up first (its first batch may open a lazily opened graph).
+func measureWorkers(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.Image, bs []int, frames, w int) ([]benchWorkers, error) {
+	var out []benchWorkers
+	for _, b := range bs {
+		n := max(frames/(b*w), 1)
+		var wg sync.WaitGroup
+		errs := make([]error, w)
+		var ready, done sync.WaitGroup
+		ready.Add(w)
+		done.Add(1)
+		var start time.Time
+		for g := 0; g < w; g++ {
+			wg.Add(1)
+			go func(g int) {
+				defer wg.Done()
+				_, err := s.Score(ctx, batchOf(imgs, g*b, b))
+				ready.Done()
+				done.Wait()
+				for i := 0; i < n && err == nil; i++ {
+					var res []pipeline.Result
+					res, err = s.Score(ctx, batchOf(imgs, (g*n+i)*b, b))
+					if err == nil && res[0].Err != nil {
+						err = res[0].Err
+					}
+				}
+				errs[g] = err
+			}(g)
+		}
+		ready.Wait()
+		start = time.Now()
+		done.Done()
+		wg.Wait()
+		wall := time.Since(start).Seconds()
+		if err := errors.Join(errs...); err != nil {
+			return nil, fmt.Errorf("bench --workers %d, batch %d: %w", w, b, err)
+		}
+		f := n * b * w
+		out = append(out, benchWorkers{Workers: w, Batch: b, Frames: f, Seconds: wall, MSPerFrame: wall * 1000 / float64(f),
+			FramesPerSec: float64(f) / wall})
+	}
+	return out, nil
+}
+
 // benchImages reads the given images, or makes 4 seeded random frames of the bundle's input size.
 func benchImages(paths []string, w, h int) ([]pipeline.Image, error) {
 	var imgs []pipeline.Image
@@ -222,6 +288,10 @@ func writeBenchTables(w io.Writer, rep *benchReport) {
 	fmt.Fprintln(w)
 	for _, b := range rep.Batches {
 		fmt.Fprintf(w, "batch %d: %.2f frames/s (%d frames in %.1f s)\n", b.Batch, b.FramesPerSec, b.Frames, b.Seconds)
+	}
+	for _, b := range rep.Workers {
+		fmt.Fprintf(w, "%d workers, batch %d: %.1f ms/frame wall, %.2f frames/s (%d frames in %.1f s)\n", b.Workers, b.Batch,
+			b.MSPerFrame, b.FramesPerSec, b.Frames, b.Seconds)
 	}
 	if rep.PeakRSSMiB > 0 {
 		fmt.Fprintf(w, "peak RSS %.0f MiB\n", rep.PeakRSSMiB)

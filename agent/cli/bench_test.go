@@ -167,3 +167,25 @@ func TestBenchReference(t *testing.T) {
 		t.Errorf("table:\n%s", table.String())
 	}
 }
+
+// TestBenchWorkers: `bench --workers 2` scores with two goroutines sharing the scorer and reports, per batch
+// size, every frame it scored (each goroutine's batches) and a wall time; without --workers there is no entry.
+func TestBenchWorkers(t *testing.T) {
+	rep := benchJSON(t, "--batches", "1,2", "--frames", "4", "--workers", "2")
+	if len(rep.Workers) != 2 {
+		t.Fatalf("workers entries %+v, want one per batch size", rep.Workers)
+	}
+	for i, b := range []int{1, 2} {
+		w := rep.Workers[i]
+		want := max(4/(b*2), 1) * b * 2
+		if w.Workers != 2 || w.Batch != b || w.Frames != want {
+			t.Errorf("entry %d = %+v, want 2 workers, batch %d, %d frames", i, w, b, want)
+		}
+		if !(w.Seconds > 0) || !(w.MSPerFrame > 0) || math.Abs(w.MSPerFrame-w.Seconds*1000/float64(w.Frames)) > 1e-9 {
+			t.Errorf("entry %d: times %+v inconsistent", i, w)
+		}
+	}
+	if rep := benchJSON(t, "--batches", "1", "--frames", "1"); len(rep.Workers) != 0 {
+		t.Errorf("workers entries without --workers: %+v", rep.Workers)
+	}
+}
