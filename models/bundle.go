@@ -24,12 +24,14 @@ type Bundle struct {
 	Manifest *Manifest
 	// Conditioning is the decoded conditioning file, [len(Entries)][Tokens*Dim].
 	Conditioning [][]float32
+	// Reference is the decoded map reference file by class (nil without map.reference).
+	Reference map[string][]float32
 }
 
 // CheckError says which verification check failed, so `vlmdiff bundle verify` and the daemon's model status
 // can name it ("checksum", "graph", ...), and which file it concerns.
 type CheckError struct {
-	Check string // manifest, schema, files, checksum, graph, conditioning
+	Check string // manifest, schema, files, checksum, graph, conditioning, reference
 	File  string // the file concerned, "" if none
 	Err   error
 }
@@ -84,7 +86,11 @@ func Load(dir string) (*Bundle, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Bundle{Dir: dir, Manifest: m, Conditioning: cond}, nil
+	ref, err := loadReference(dir, m)
+	if err != nil {
+		return nil, err
+	}
+	return &Bundle{Dir: dir, Manifest: m, Conditioning: cond, Reference: ref}, nil
 }
 
 // Verify checks a bundle without keeping it.
@@ -235,6 +241,29 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 	}
 	if m.Map.Sigma < 0 || (m.Map.Sigma > 0 && !(m.Map.Truncate > 0)) {
 		p.bad("map.sigma/truncate", "sigma must be >= 0 and truncate > 0, got %v, %v", m.Map.Sigma, m.Map.Truncate)
+	}
+	if r := m.Map.Reference; r != nil {
+		if r.File == "" {
+			p.bad("map.reference.file", "is empty")
+		} else if _, ok := m.Files[r.File]; !ok {
+			p.bad("map.reference.file", "%s is not listed in files", r.File)
+		}
+		if r.Width != in.Width || r.Height != in.Height {
+			p.bad("map.reference", "is %dx%d, the maps are %dx%d (the input size)", r.Width, r.Height, in.Width, in.Height)
+		}
+		seen := map[string]bool{}
+		for _, c := range r.Classes {
+			if seen[c] {
+				p.bad("map.reference.classes", "%q appears twice", c)
+			}
+			seen[c] = true
+		}
+		if !seen[""] {
+			p.bad("map.reference.classes", "needs the global row \"\" for frames without a class")
+		}
+		if len(r.Images) != 0 && len(r.Images) != len(r.Classes) {
+			p.bad("map.reference.images", "has %d counts for %d classes", len(r.Images), len(r.Classes))
+		}
 	}
 	s := m.Score
 	if s.PoolKernel < 1 || s.PoolRepeat < 0 || s.Reduce != "max" {
@@ -533,6 +562,47 @@ func loadConditioning(dir string, m *Manifest) ([][]float32, error) {
 		out[i] = row
 	}
 	return out, nil
+}
+
+func loadReference(dir string, m *Manifest) (map[string][]float32, error) {
+	r := m.Map.Reference
+	if r == nil {
+		return nil, nil
+	}
+	data, err := os.ReadFile(filepath.Join(dir, r.File))
+	if err != nil {
+		return nil, &CheckError{Check: "reference", File: r.File, Err: err}
+	}
+	per := r.Width * r.Height
+	if len(data) != len(r.Classes)*per*4 {
+		return nil, checkErr("reference", r.File, "has %d bytes, want %d classes x %dx%d x 4 = %d",
+			len(data), len(r.Classes), r.Width, r.Height, len(r.Classes)*per*4)
+	}
+	out := make(map[string][]float32, len(r.Classes))
+	for i, c := range r.Classes {
+		row := make([]float32, per)
+		for j := range row {
+			v := math.Float32frombits(binary.LittleEndian.Uint32(data[(i*per+j)*4:]))
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, checkErr("reference", r.File, "class %q holds a non-finite value", c)
+			}
+			row[j] = v
+		}
+		out[c] = row
+	}
+	return out, nil
+}
+
+// ReferenceFor returns the map reference of a class, falling back to the global row; nil when the bundle has
+// no map reference.
+func (b *Bundle) ReferenceFor(class string) []float32 {
+	if b.Reference == nil {
+		return nil
+	}
+	if r, ok := b.Reference[class]; ok {
+		return r
+	}
+	return b.Reference[""]
 }
 
 // ConditioningFor returns the conditioning row for key.

@@ -159,6 +159,25 @@ type MapSpec struct {
 	Upsample string  `json:"upsample"` // "bilinear_align_corners"
 	Sigma    float64 `json:"sigma"`    // Gaussian smoothing sigma in map pixels (5 in the reference); 0 = none
 	Truncate float64 `json:"truncate"` // in sigmas (4 in the reference, so 41 taps at sigma 5)
+	// Reference, when set, is subtracted from every smoothed map before the image score is pooled: the mean
+	// map of the class's training normals. A reconstruction model errs the same way on every normal image
+	// of a class at the same place (edges it blurs, a background texture it cannot reproduce); subtracting
+	// that systematic error leaves what is new in this frame (docs/algorithm.md, "normal reference map").
+	Reference *MapReference `json:"reference,omitempty"`
+}
+
+// MapReference names the file of per-class mean normal maps (written by the calibrate stage).
+type MapReference struct {
+	// File is raw little-endian float32 [len(Classes)][Height][Width], at the map's size (the input size).
+	File   string `json:"file"`
+	Width  int    `json:"width"`
+	Height int    `json:"height"`
+	// Classes names the rows; "" is the mean over every class, used for a frame whose class has no row.
+	Classes []string `json:"classes"`
+	// Images is how many normal images each row averages, for the record.
+	Images []int `json:"images,omitempty"`
+	// Source says which images they were (e.g. "train split of runs/line3/index.jsonl").
+	Source string `json:"source,omitempty"`
 }
 
 // ScoreSpec is the image score recipe: Repeat passes of a Kernel x Kernel average pool with stride 1 and no

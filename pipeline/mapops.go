@@ -6,3 +6,15 @@ package pipeline
 func SmoothMap(m []float64, h, w int, sigma, truncate float64) {
 	gaussianFilter(m, h, w, sigma, truncate)
 }
+
+// subtractReference removes the class's mean normal map (models.MapReference) from a smoothed map, so the score
+// and the pixel threshold see what differs from the class's usual reconstruction error at each place. ref nil
+// (no reference in the bundle) leaves the map as it is. Python twin: reference.Scorer.score.
+func subtractReference(amap []float64, ref []float32) {
+	if ref == nil {
+		return
+	}
+	for i, v := range ref {
+		amap[i] -= float64(v)
+	}
+}

@@ -137,6 +137,9 @@ type Options struct {
 	// DynamicOnly ignores the bundle's static-shape denoiser graphs and runs the dynamic one for every batch:
 	// the scorer as it was before issue 14's overhead lever, for before/after measurements.
 	DynamicOnly bool
+	// NoReference scores raw maps even when the bundle has a map reference (map.reference): how the calibrate
+	// stage measures the reference itself, and how to see what it removes.
+	NoReference bool
 }
 
 // newSessionOptions builds session options with the preferred providers. A provider that cannot be used (no

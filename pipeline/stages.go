@@ -310,6 +310,9 @@ func (s *Scorer) mapsAndScores(feats []layerOutput, reqs []Request) ([]Result, e
 			return nil, err
 		}
 		gaussianFilter(amap, H, W, s.m.Map.Sigma, s.m.Map.Truncate)
+		if !s.opt.NoReference {
+			subtractReference(amap, s.bundle.ReferenceFor(r.Class))
+		}
 		results[i] = s.frameResult(amap, r.Class)
 	}
 	return results, nil

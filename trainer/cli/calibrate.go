@@ -17,7 +17,7 @@ func init() {
 }
 
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -27,6 +27,9 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	method := fs.String("method", eval.DefaultMethod, "threshold rule on normal scores: quantile:Q or meanstd:K")
 	pixelQ := fs.Float64("pixel-quantile", eval.DefaultPixelQuantile, "quantile of normal anomaly-map values used as the pixel threshold")
 	split := fs.String("split", dataset.SplitVal, "split whose normal images calibrate (val: held out of training; never test)")
+	reference := fs.String("reference", eval.ReferenceKeep, "the bundle's map reference (the mean normal map per class, subtracted from every map): keep it as it is, "+
+		"train (measure it on --data's training normals, whole frames), or none (remove it)")
+	refPer := fs.Int("reference-per-class", eval.DefaultReferencePerClass, "training normals per class averaged into --reference train")
 	dry := fs.Bool("dry-run", false, "print the calibration without writing it into the bundle")
 	if err := Parse(fs, args); err != nil {
 		return err
@@ -43,9 +46,47 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
+	switch *reference {
+	case eval.ReferenceKeep, eval.ReferenceNone:
+	case eval.ReferenceTrain:
+		if region != nil {
+			return fmt.Errorf("--reference train measures whole frames; it cannot be combined with --roi or --camera (measure it without the region first)")
+		}
+		if *dry {
+			return fmt.Errorf("--reference train writes the bundle; it cannot be combined with --dry-run")
+		}
+	default:
+		return fmt.Errorf("--reference %q: want %s, %s or %s", *reference, eval.ReferenceKeep, eval.ReferenceTrain, eval.ReferenceNone)
+	}
 	items, classes, err := df.items()
 	if err != nil {
 		return err
+	}
+	switch {
+	case *reference == eval.ReferenceNone && !*dry:
+		if err := eval.WriteReference(sf.Bundle, nil); err != nil {
+			return err
+		}
+	case *reference == eval.ReferenceTrain:
+		train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, classes, true), *refPer)
+		if len(train) == 0 {
+			return fmt.Errorf("--reference train: no normal training images in %s", df.data)
+		}
+		o := sf
+		o.NoReference = true
+		rs, err := o.Open()
+		if err != nil {
+			return err
+		}
+		ref, err := eval.BuildReference(ctx, rs, train, "train split of "+df.data, eval.Options{BatchSize: df.batch, Progress: stderr})
+		rs.Close()
+		if err != nil {
+			return err
+		}
+		if err := eval.WriteReference(sf.Bundle, ref); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "map reference: mean maps of %d training normals over %d classes written\n", len(train), len(ref.Classes)-1)
 	}
 	normal := eval.Select(items, *split, classes, true)
 	if len(normal) == 0 {

@@ -122,6 +122,11 @@ type ExportConfig struct {
 type CalibrateConfig struct {
 	Method        string  `yaml:"method"`         // quantile:Q | meanstd:K (default quantile:0.99)
 	PixelQuantile float64 `yaml:"pixel_quantile"` // default 0.999
+	// Reference: "train" (default) subtracts from every map the mean map of the class's training normals
+	// (models.MapReference), measured here before the thresholds; "none" scores raw maps as the paper does.
+	Reference string `yaml:"reference"`
+	// ReferencePerClass bounds the training normals per class averaged into the reference (default 64).
+	ReferencePerClass int `yaml:"reference_per_class"`
 }
 
 // EvaluateConfig scores the test split.
@@ -205,6 +210,12 @@ func (c *Config) defaults() {
 	}
 	if c.Calibrate.PixelQuantile == 0 {
 		c.Calibrate.PixelQuantile = eval.DefaultPixelQuantile
+	}
+	if c.Calibrate.Reference == "" {
+		c.Calibrate.Reference = eval.ReferenceTrain
+	}
+	if c.Calibrate.ReferencePerClass == 0 {
+		c.Calibrate.ReferencePerClass = eval.DefaultReferencePerClass
 	}
 	if c.Evaluate.BatchSize == 0 {
 		c.Evaluate.BatchSize = 4
@@ -298,6 +309,12 @@ func (c *Config) Validate() error {
 	}
 	if q := c.Calibrate.PixelQuantile; !(q > 0 && q <= 1) {
 		bad("calibrate.pixel_quantile", "%v: want 0 < q <= 1", q)
+	}
+	if r := c.Calibrate.Reference; r != eval.ReferenceTrain && r != eval.ReferenceNone {
+		bad("calibrate.reference", "%q: want %s or %s", r, eval.ReferenceTrain, eval.ReferenceNone)
+	}
+	if c.Calibrate.ReferencePerClass < 0 {
+		bad("calibrate.reference_per_class", "must be > 0")
 	}
 	if c.Evaluate.BatchSize < 0 {
 		bad("evaluate.batch_size", "must be > 0")

@@ -444,6 +444,10 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 		normal = eval.Select(items, dataset.SplitTrain, c.Data.Classes, true)
 		fmt.Fprintf(sc.Progress, "[calibrate] WARNING: no validation normals (data.val_fraction is 0): calibrating on the %d training normals, which the model has seen; thresholds will be low\n", len(normal))
 	}
+	bundle := sc.Output("export", "bundle")
+	if err := t.measureReference(ctx, sc, items, bundle); err != nil {
+		return nil, err
+	}
 	s, err := t.scorer(sc)
 	if err != nil {
 		return nil, err
@@ -454,7 +458,6 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 	if err != nil {
 		return nil, err
 	}
-	bundle := sc.Output("export", "bundle")
 	if err := eval.WriteCalibration(bundle, cal); err != nil {
 		return nil, err
 	}
@@ -465,6 +468,38 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 		return nil, err
 	}
 	return map[string]string{"calibration": p}, nil
+}
+
+// measureReference writes the bundle's map reference (calibrate.reference: train) from the training normals,
+// scored without any earlier reference, or removes it (none). It runs before the thresholds, which are taken on
+// the maps the daemon will score.
+func (t *Training) measureReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string) error {
+	c := t.Config
+	if c.Calibrate.Reference == eval.ReferenceNone {
+		return eval.WriteReference(bundle, nil)
+	}
+	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Calibrate.ReferencePerClass)
+	if len(train) == 0 {
+		fmt.Fprintln(sc.Progress, "[calibrate] WARNING: no training normals for the map reference: raw maps")
+		return eval.WriteReference(bundle, nil)
+	}
+	opt := t.ORT
+	opt.NoReference = true
+	s, err := pipeline.Open(bundle, opt)
+	if err != nil {
+		return fmt.Errorf("opening bundle %s: %w", bundle, err)
+	}
+	defer s.Close()
+	ref, err := eval.BuildReference(ctx, s, train, "train split of "+sc.Output("index", "index"),
+		eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, "[calibrate] reference "), Logger: sc.Logger})
+	if err != nil {
+		return err
+	}
+	if err := eval.WriteReference(bundle, ref); err != nil {
+		return err
+	}
+	fmt.Fprintf(sc.Progress, "[calibrate] map reference: mean maps of %d training normals over %d classes\n", len(train), len(ref.Classes)-1)
+	return nil
 }
 
 func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[string]string, error) {

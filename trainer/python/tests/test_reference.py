@@ -246,3 +246,19 @@ def test_sampler_plan_refuses_a_start_before_the_first_step():
     from vlmdiff_train.reference import sampler_plan
     with pytest.raises(RuntimeError, match="below the first DDIM step"):
         sampler_plan({"train_steps": 1000, "ddim_steps": 10, "start_step": 0, "sampler_from_start_step": True})
+
+
+def test_read_map_reference(tmp_path):
+    """read_reference decodes map.reference by class ("" the global row), gives {} without one, and refuses a
+    file of the wrong size."""
+    h, w = 4, 6
+    rows = np.stack([np.full((h, w), 0.5, np.float32), np.arange(h * w, dtype=np.float32).reshape(h, w)])
+    rows.astype("<f4").tofile(tmp_path / "map_reference.f32")
+    m = {"map": {"reference": {"file": "map_reference.f32", "width": w, "height": h, "classes": ["", "bolt"]}}}
+    ref = R.read_reference(str(tmp_path), m)
+    assert sorted(ref) == ["", "bolt"]
+    np.testing.assert_array_equal(ref["bolt"], rows[1])
+    assert R.read_reference(str(tmp_path), {"map": {}}) == {}
+    (tmp_path / "map_reference.f32").write_bytes(b"\0" * 8)
+    with pytest.raises(RuntimeError, match="floats"):
+        R.read_reference(str(tmp_path), m)

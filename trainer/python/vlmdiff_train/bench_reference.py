@@ -26,10 +26,10 @@ __all__ = ["main"]
 
 def _serve(bundle: str, weights: str, images: List[str], out=sys.stdout, inp=sys.stdin) -> None:
     from .model_file import load_nets
-    from .reference import Scorer, load_image, read_conditioning, read_manifest
+    from .reference import Scorer, load_image, read_conditioning, read_manifest, read_reference
 
     m = read_manifest(bundle)
-    scorer = Scorer(m, load_nets(weights, bundle, m), read_conditioning(bundle, m))
+    scorer = Scorer(m, load_nets(weights, bundle, m), read_conditioning(bundle, m), read_reference(bundle, m))
     i, lat = m["input"], m["latent"]
     H, W, C, ds = int(i["height"]), int(i["width"]), int(lat["channels"]), int(lat["downsample"])
     xs = [load_image(p, H, W, i["mean"], i["std"], i.get("resize", "pil_bilinear"))[None] for p in images]

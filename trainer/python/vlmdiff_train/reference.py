@@ -60,6 +60,20 @@ def read_conditioning(bundle_dir: str, manifest: dict) -> Dict[str, torch.Tensor
     return {e["key"]: torch.from_numpy(arr[i].copy()).unsqueeze(0) for i, e in enumerate(c["entries"])}
 
 
+def read_reference(bundle_dir: str, manifest: dict) -> Dict[str, np.ndarray]:
+    """map.reference: class -> its mean normal map [H,W] float32 ("" is the global row); {} without one."""
+    r = manifest.get("map", {}).get("reference")
+    if not r:
+        return {}
+    path = os.path.join(bundle_dir, r["file"])
+    h, w, classes = int(r["height"]), int(r["width"]), list(r["classes"])
+    raw = np.fromfile(path, dtype="<f4")
+    if raw.size != len(classes) * h * w:
+        raise RuntimeError(f"map reference {path}: {raw.size} floats, want {len(classes)}x{h}x{w}")
+    arr = raw.reshape(len(classes), h, w)
+    return {c: arr[i].copy() for i, c in enumerate(classes)}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The recipe's pieces (each testable on its own)
 # ---------------------------------------------------------------------------------------------------------------
@@ -200,8 +214,10 @@ def pooled(amap: np.ndarray, kernel: int, repeat: int) -> torch.Tensor:
 class Scorer:
     """Scores preprocessed images with torch networks following a manifest."""
 
-    def __init__(self, manifest: dict, nets: Nets, conditioning: Dict[str, torch.Tensor]):
+    def __init__(self, manifest: dict, nets: Nets, conditioning: Dict[str, torch.Tensor],
+                 reference: Optional[Dict[str, np.ndarray]] = None):
         self.m = manifest
+        self.reference = reference or {}
         self.nets = nets.eval()
         self.cond = conditioning
         d = manifest["diffusion"]
@@ -266,14 +282,18 @@ class Scorer:
 
     @torch.no_grad()
     def score(self, x: torch.Tensor, post_noise: torch.Tensor, start_noise: torch.Tensor,
-              key: Optional[str] = None):
-        """Returns (raw_score, smoothed map [H,W] float32) for one image x [1,3,H,W]."""
+              key: Optional[str] = None, ref_class: Optional[str] = None):
+        """Returns (raw_score, smoothed map [H,W] float32) for one image x [1,3,H,W]. With a map reference, the
+        row of ref_class (the global row "" when it has none) is subtracted before pooling, as the Go scorer does."""
         inp, f, mp, sc = self.m["input"], self.m["features"], self.m["map"], self.m["score"]
         rec = self.reconstruct(x, post_noise, start_noise, key)
         fi = self.nets.features(self.feature_input(x))
         fr = self.nets.features(self.feature_input(rec))
         amap = anomaly_map(fi, fr, f["layers"], int(inp["height"]), int(inp["width"]), bool(f.get("tokens")))
         sm = smooth(amap[0].numpy(), float(mp["sigma"]), float(mp.get("truncate", 4.0)))
+        if self.reference:
+            ref = self.reference.get(ref_class or "", self.reference[""])
+            sm = (sm.astype(np.float64) - ref.astype(np.float64)).astype(np.float32)
         return pooled_score(sm, int(sc["pool_kernel"]), int(sc["pool_repeat"]), sc.get("reduce", "max")), sm
 
 
@@ -295,7 +315,7 @@ def run_reference(bundle: str, weights: str, noise_path: str, out_dir: str, imag
         raise RuntimeError("reference: no images given")
     m = read_manifest(bundle)
     nets = load_nets(weights, bundle, m)
-    scorer = Scorer(m, nets, read_conditioning(bundle, m))
+    scorer = Scorer(m, nets, read_conditioning(bundle, m), read_reference(bundle, m))
     inp, lat = m["input"], m["latent"]
     H, W, C, ds = int(inp["height"]), int(inp["width"]), int(lat["channels"]), int(lat["downsample"])
     noise = read_noise(noise_path, len(images), C, H // ds, W // ds)

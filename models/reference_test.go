@@ -1,0 +1,129 @@
+package models
+
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// addReference writes rows (one per class, 256x256 each, the fixture's input size) as map_reference.f32 into a
+// copied fixture and declares it, with its true checksum unless edit changes the declaration afterwards.
+func addReference(t *testing.T, dir string, classes []string, rows [][]float32, edit func(ref, files map[string]any)) {
+	t.Helper()
+	var buf []byte
+	for _, r := range rows {
+		for _, v := range r {
+			buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(v))
+		}
+	}
+	p := filepath.Join(dir, "map_reference.f32")
+	if err := os.WriteFile(p, buf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := FileSHA256(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	editManifest(t, dir, func(m map[string]any) {
+		cl := make([]any, len(classes))
+		for i, c := range classes {
+			cl[i] = c
+		}
+		ref := map[string]any{"file": "map_reference.f32", "width": 256, "height": 256, "classes": cl}
+		files := m["files"].(map[string]any)
+		files["map_reference.f32"] = map[string]any{"sha256": sum, "size": len(buf)}
+		if edit != nil {
+			edit(ref, files)
+		}
+		m["map"].(map[string]any)["reference"] = ref
+	})
+}
+
+func refRow(f func(i int) float32) []float32 {
+	r := make([]float32, 256*256)
+	for i := range r {
+		r[i] = f(i)
+	}
+	return r
+}
+
+// TestReferenceLoads: a bundle's map reference is decoded by class; a class without a row gets the global one,
+// and a bundle without a reference gives none.
+func TestReferenceLoads(t *testing.T) {
+	dir := copyBundle(t)
+	global := refRow(func(int) float32 { return 0.25 })
+	bolt := refRow(func(i int) float32 { return float32(i) * 1e-6 })
+	addReference(t, dir, []string{"", "bolt"}, [][]float32{global, bolt}, nil)
+	b, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		class string
+		want  []float32
+	}{{"bolt", bolt}, {"nut", global}, {"", global}} {
+		got := b.ReferenceFor(c.class)
+		if len(got) != len(c.want) || got[1000] != c.want[1000] || got[len(got)-1] != c.want[len(got)-1] {
+			t.Errorf("ReferenceFor(%q) is not the expected row", c.class)
+		}
+	}
+	plain, err := Load(fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain.ReferenceFor("bolt") != nil {
+		t.Error("a bundle without map.reference has a reference")
+	}
+}
+
+// TestReferenceRefused: a reference that cannot be applied exactly is refused at load, naming the field or file.
+func TestReferenceRefused(t *testing.T) {
+	ok := refRow(func(int) float32 { return 0.1 })
+	nan := refRow(func(i int) float32 {
+		if i == 77 {
+			return float32(math.NaN())
+		}
+		return 0.1
+	})
+	cases := []struct {
+		name    string
+		classes []string
+		rows    [][]float32
+		edit    func(ref, files map[string]any)
+		check   string
+		msg     string
+	}{
+		{"no global row", []string{"bolt"}, [][]float32{ok}, nil, "schema", `global row ""`},
+		{"a class twice", []string{"", "bolt", "bolt"}, [][]float32{ok, ok, ok}, nil, "schema", "appears twice"},
+		{"another size than the maps", []string{""}, [][]float32{ok},
+			func(ref, _ map[string]any) { ref["width"] = 128 }, "schema", "128x256"},
+		{"file not listed", []string{""}, [][]float32{ok},
+			func(_, files map[string]any) { delete(files, "map_reference.f32") }, "schema", "not listed"},
+		{"counts for other classes", []string{""}, [][]float32{ok},
+			func(ref, _ map[string]any) { ref["images"] = []any{3, 4} }, "schema", "map.reference.images"},
+		{"fewer rows than classes", []string{"", "bolt"}, [][]float32{ok},
+			func(ref, files map[string]any) {}, "reference", "bytes"},
+		{"a NaN in a row", []string{""}, [][]float32{nan}, nil, "reference", "non-finite"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := copyBundle(t)
+			addReference(t, dir, c.classes, c.rows, c.edit)
+			err := Verify(dir)
+			if err == nil {
+				t.Fatal("bundle accepted")
+			}
+			var ce *CheckError
+			if !errors.As(err, &ce) || ce.Check != c.check {
+				t.Fatalf("error %v: want check %q", err, c.check)
+			}
+			if !strings.Contains(err.Error(), c.msg) {
+				t.Errorf("error %q should contain %q", err, c.msg)
+			}
+		})
+	}
+}
