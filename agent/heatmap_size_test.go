@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/vlmdiff/edge/agent/config"
@@ -44,5 +45,55 @@ func TestHeatmapMaxSize(t *testing.T) {
 				t.Errorf("max_size %d, %s: heatmap %dx%d, want %dx%d", tc.max, format, img.Width, img.Height, tc.w, tc.h)
 			}
 		}
+	}
+}
+
+// TestHeatmapDue: with the default mqtt.heatmap.min_interval an OK frame gets a heatmap at most once a second
+// per camera, every NG frame gets one, and a camera with heatmaps off gets none; min_interval 0 gives every
+// frame one.
+func TestHeatmapDue(t *testing.T) {
+	parse := func(t *testing.T, extra string) *config.Config {
+		t.Helper()
+		cfg, err := config.Parse(strings.NewReader(`
+agent: {name: t, data_dir: /tmp/x}
+models: {dir: /tmp/m}
+cameras:
+  - {name: a, kind: synthetic}
+  - {name: b, kind: synthetic}
+  - {name: off, kind: synthetic, heatmap: off}
+`+extra), func(string) (string, bool) { return "", false })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	type step struct {
+		cam, verdict string
+		want         bool
+	}
+	ok, ng := pipeline.VerdictOK, pipeline.VerdictNG
+	cases := []struct {
+		name, extra string
+		steps       []step
+	}{
+		{"default: OK once a second, NG always", "", []step{{"a", ok, true}, {"a", ok, false}, {"a", ng, true},
+			{"a", ok, false}, {"b", ok, true}, {"b", ng, true}, {"a", ng, true}, {"off", ng, false}, {"off", ok, false}}},
+		{"min_interval 0: every frame", "mqtt: {heatmap: {min_interval: 0s}}\n", []step{{"a", ok, true},
+			{"a", ok, true}, {"a", ng, true}, {"a", ok, true}, {"off", ng, false}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := parse(t, tc.extra)
+			a := &Agent{cfg: cfg}
+			cams := map[string]*camera{}
+			for _, cc := range cfg.Cameras {
+				cams[cc.CameraName()] = newCamera(cc, nil, 0)
+			}
+			for i, s := range tc.steps {
+				if got := a.heatmapDue(cams[s.cam], s.verdict); got != s.want {
+					t.Errorf("step %d (camera %s, %s): heatmap due %v, want %v", i, s.cam, s.verdict, got, s.want)
+				}
+			}
+		})
 	}
 }

@@ -158,7 +158,8 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	lat[LatQueue] = ms(j.taken.Sub(j.received))
 
 	var hm *mqttout.Heatmap
-	if a.heatmapDue(c, r.Verdict) || j.heatmap {
+	evidence := a.evidenceDue(c, r.Verdict)
+	if a.heatmapDue(c, r.Verdict) || j.heatmap || (evidence && c.cfg.HeatmapOn()) {
 		t := time.Now()
 		data, err := a.renderHeatmap(m, j, r)
 		lat[LatHeatmap] = ms(time.Since(t))
@@ -230,7 +231,7 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	}
 	c.mu.Unlock()
 	a.maybeSample(c, j, r)
-	a.keepEvidence(c, j, r, rec, hm)
+	a.keepEvidence(c, j, rec, hm, evidence)
 }
 
 // renderHeatmap renders and encodes a result's heatmap, over the frame shrunk to mqtt.heatmap.max_size.

@@ -60,9 +60,11 @@ func (b ByteSize) String() string {
 
 // Defaults.
 const (
-	DefaultDataDir        = "/var/lib/vlmdiff"
-	DefaultQueue          = 4
-	DefaultEmbeddedListen = "127.0.0.1:1883"
+	DefaultDataDir = "/var/lib/vlmdiff"
+	DefaultQueue   = 4
+	// DefaultHeatmapInterval is mqtt.heatmap.min_interval's default (see HeatmapOut.MinInterval).
+	DefaultHeatmapInterval = time.Second
+	DefaultEmbeddedListen  = "127.0.0.1:1883"
 )
 
 func intp(v int) *int { return &v }
@@ -129,6 +131,10 @@ func (c *Config) SetDefaults() {
 	def(&q.QoS.Stats, 0)
 	if q.Heatmap.Format == "" {
 		q.Heatmap.Format = "png"
+	}
+	if q.Heatmap.MinInterval == nil {
+		iv := DefaultHeatmapInterval
+		q.Heatmap.MinInterval = &iv
 	}
 	if q.StatsInterval == 0 {
 		q.StatsInterval = 10 * time.Second
@@ -268,7 +274,7 @@ func (c *Config) Validate() error {
 	if !oneOf(q.Heatmap.Format, "png", "jpeg") {
 		bad("mqtt.heatmap.format", "must be png or jpeg, not %q", q.Heatmap.Format)
 	}
-	if q.Heatmap.MinInterval < 0 {
+	if q.Heatmap.MinInterval != nil && *q.Heatmap.MinInterval < 0 {
 		bad("mqtt.heatmap.min_interval", "must not be negative")
 	}
 	if q.Heatmap.MaxSize != 0 && (q.Heatmap.MaxSize < 16 || q.Heatmap.MaxSize > 16384) {
@@ -399,7 +405,10 @@ func (c *Config) HeatmapInterval(cam *Camera) time.Duration {
 	if cam.HeatmapInterval != nil {
 		return *cam.HeatmapInterval
 	}
-	return c.MQTT.Heatmap.MinInterval
+	if c.MQTT.Heatmap.MinInterval == nil { // a Config built without defaults
+		return DefaultHeatmapInterval
+	}
+	return *c.MQTT.Heatmap.MinInterval
 }
 
 // Embedded reports whether the daemon runs its own broker.
