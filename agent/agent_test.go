@@ -374,7 +374,10 @@ func TestCorruptImage(t *testing.T) {
 	copyBundleSteps(t, filepath.Join(e.modelsDir, "fixture-1"), "1", time.Now(), false, 2)
 	sub := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, e.prefix+"/#")
 	httpAddr := freeAddr(t)
-	stop := startAgent(t, e.config(t, "http: {listen: "+httpAddr+"}\n"))
+	cfg := e.config(t, "http: {listen: "+httpAddr+"}\n")
+	every := time.Duration(0) // checkHTTP follows the newest result's heatmap URL
+	cfg.MQTT.Heatmap.MinInterval = &every
+	stop := startAgent(t, cfg)
 	writeImages(t, e.folder, 1, 3)
 	if err := os.WriteFile(filepath.Join(e.folder, "broken.png"), []byte("\x89PNG\r\n\x1a\nthis is not a png"), 0o644); err != nil {
 		t.Fatal(err)

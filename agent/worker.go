@@ -139,8 +139,10 @@ func (a *Agent) frameFailed(j *job, err error) {
 	c.doneTurn(j.seq)
 }
 
-// handleResult applies the camera's threshold, renders the heatmap, commits the result with its outbox
-// messages (and the folder origin) in one transaction, then acknowledges the frame.
+// handleResult applies the camera's threshold, renders the heatmap and hands the result with its outbox
+// messages (and the folder origin) to the store's committer, which writes them in one transaction (shared
+// with other results that arrive within store.commit_interval); the frame is acknowledged only after that
+// transaction is on disk (committed).
 func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline.Result, modelWall time.Duration) {
 	c := j.cam
 	if thr, ok := c.thresholdOverride(); ok {
@@ -183,10 +185,23 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	lat[LatCaptureToPublish] = ms(now.Sub(frameTimeOr(j)))
 	lat[LatOverhead] = max(0, ms(now.Sub(j.taken))-modelMS)
 	annotate(rec, j, lat, now)
-	t := time.Now()
-	err := a.submit(rec, hm)
-	lat[LatCommit] = ms(time.Since(t))
+	// The store commits results in groups (store.commit_interval): the worker goes on with the next frame,
+	// and committed runs once this result's transaction is on disk. Handing results over in turn keeps each
+	// camera's results in seq order in the outbox. From here on lat belongs to the commit.
+	a.submit(rec, hm, func(err error) {
+		lat[LatCommit] = ms(time.Since(now))
+		a.committed(j, r, rec, hm, evidence, modelMS, now, err)
+	})
 	c.doneTurn(j.seq)
+}
+
+// committed finishes a result after its store transaction: acknowledges the frame to its source, answers
+// its trigger, counts it and keeps its sample and evidence; or, when the result was not stored, reports that
+// and leaves the frame with its source. Runs on the store committer's goroutine, in commit order.
+func (a *Agent) committed(j *job, r *pipeline.Result, rec *store.Record, hm *mqttout.Heatmap, evidence bool,
+	modelMS float64, now time.Time, err error) {
+	c := j.cam
+	lat := rec.LatencyMS
 	switch {
 	case errors.Is(err, store.ErrAlreadyProcessed):
 		// An earlier run committed this file and died before moving it: acknowledge without a second result.

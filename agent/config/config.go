@@ -176,6 +176,12 @@ type Store struct {
 	Samples   Samples   `yaml:"samples"`
 	// Images bounds the heatmaps kept in the store per camera (line.go).
 	Images StoreImages `yaml:"images"`
+	// CommitInterval is the least time between two store transactions of results (group commit): results,
+	// and the outbox's delivery acknowledgements, that arrive meanwhile share the next transaction and its one
+	// fsync. An isolated result is committed at once; nothing is published or acknowledged to its source
+	// before its transaction is on disk. Default DefaultCommitInterval (20ms); an explicit 0 commits as soon
+	// as the previous transaction ended.
+	CommitInterval *time.Duration `yaml:"commit_interval"`
 }
 
 // Retention bounds history.

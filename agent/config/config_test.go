@@ -40,6 +40,7 @@ func TestParseDefaults(t *testing.T) {
 		{"mqtt.heatmap.max_size", cfg.MQTT.Heatmap.MaxSize, 0},
 		{"mqtt.heatmap.min_interval", *cfg.MQTT.Heatmap.MinInterval, time.Second},
 		{"cameras[0] heatmap interval", cfg.HeatmapInterval(&cfg.Cameras[0]), time.Second},
+		{"store.commit_interval", cfg.StoreCommitInterval(), 20 * time.Millisecond},
 		{"models.providers", strings.Join(cfg.Models.Providers, ","), "cpu"},
 		{"models.batch", cfg.Models.Batch, 1},
 		{"models.memory", cfg.Models.Memory, MemoryShared},
@@ -86,6 +87,7 @@ mqtt:
 store:
   retention: {max_age: 48h, max_size: 2GiB}
   samples: {every: 100, min_free_disk: 500MB}
+  commit_interval: 0s
 `
 	cfg, err := Parse(strings.NewReader(src), env(map[string]string{"MQTT_USER": "u", "MQTT_PASS": "p#: 1"}))
 	if err != nil {
@@ -106,6 +108,7 @@ store:
 		{"format", cfg.MQTT.Heatmap.Format, "jpeg"},
 		{"heatmap max_size", cfg.MQTT.Heatmap.MaxSize, 320},
 		{"heatmap min_interval", *cfg.MQTT.Heatmap.MinInterval, 500 * time.Millisecond},
+		{"store.commit_interval explicit 0", cfg.StoreCommitInterval(), time.Duration(0)},
 		{"max_size", cfg.Store.Retention.MaxSize, ByteSize(2 << 30)},
 		{"min_free_disk", cfg.Store.Samples.MinFreeDisk, ByteSize(500e6)},
 		{"embedded", cfg.Embedded(), false},
@@ -206,6 +209,10 @@ models: {dir: /m}
 cameras: [{name: c, kind: synthetic, threshold: -1}]`, nil, []string{"cameras[0].threshold: must be a raw score"}},
 		{"negative heatmap min_interval", base("mqtt: {heatmap: {min_interval: -1s}}\n"), nil,
 			[]string{"mqtt.heatmap.min_interval: must not be negative"}},
+		{"store.commit_interval too long", base("store: {commit_interval: 2s}\n"), nil,
+			[]string{"store.commit_interval: must be 0..1s"}},
+		{"store.commit_interval negative", base("store: {commit_interval: -1ms}\n"), nil,
+			[]string{"store.commit_interval: must be 0..1s"}},
 		{"bad queue", `
 models: {dir: /m}
 cameras: [{name: c, kind: synthetic, queue: -3}]`, nil, []string{"cameras[0].queue: must be 1..10000"}},

@@ -64,7 +64,10 @@ const (
 	DefaultQueue   = 4
 	// DefaultHeatmapInterval is mqtt.heatmap.min_interval's default (see HeatmapOut.MinInterval).
 	DefaultHeatmapInterval = time.Second
-	DefaultEmbeddedListen  = "127.0.0.1:1883"
+	// DefaultCommitInterval is store.commit_interval's default (see Store.CommitInterval): at 120 frames/s
+	// about 2-3 results share a transaction, and a result waits at most this long for its commit.
+	DefaultCommitInterval = 20 * time.Millisecond
+	DefaultEmbeddedListen = "127.0.0.1:1883"
 )
 
 func intp(v int) *int { return &v }
@@ -160,6 +163,10 @@ func (c *Config) SetDefaults() {
 	}
 	if s.Samples.Max == 0 {
 		s.Samples.Max = 10000
+	}
+	if s.CommitInterval == nil {
+		iv := DefaultCommitInterval
+		s.CommitInterval = &iv
 	}
 	c.setLineDefaults()
 }
@@ -371,6 +378,9 @@ func (c *Config) validateStore(bad func(path, format string, args ...any)) {
 	if s.Samples.MinFreeDisk < 0 {
 		bad("store.samples.min_free_disk", "must not be negative")
 	}
+	if s.CommitInterval != nil && (*s.CommitInterval < 0 || *s.CommitInterval > time.Second) {
+		bad("store.commit_interval", "must be 0..1s (0: commit as soon as the previous commit ended), not %s", *s.CommitInterval)
+	}
 }
 
 func oneOf(s string, opts ...string) bool {
@@ -398,6 +408,14 @@ func (c *Config) SampleEvery(cam *Camera) int {
 		return *cam.SampleEvery
 	}
 	return c.Store.Samples.Every
+}
+
+// StoreCommitInterval is store.commit_interval after defaults.
+func (c *Config) StoreCommitInterval() time.Duration {
+	if c.Store.CommitInterval == nil { // a Config built without defaults
+		return DefaultCommitInterval
+	}
+	return *c.Store.CommitInterval
 }
 
 // HeatmapInterval is the camera's heatmap period after overrides.
