@@ -46,6 +46,12 @@ func (m *Message) validate() error {
 	return nil
 }
 
+// Priorities run from 0 to maxPriority; noPriority names none (deleteOutbox then leaves the index alone).
+const (
+	maxPriority byte = 3
+	noPriority  byte = 255
+)
+
 // priority orders what a full outbox drops: lowest first.
 func (m *Message) priority() byte {
 	ng := m.Verdict == VerdictNG
@@ -170,7 +176,7 @@ func (s *Store) enqueue(tx *bolt.Tx, now time.Time, msgs []Message) error {
 // dropOne removes the oldest message of the lowest priority present and counts it.
 func (s *Store) dropOne(tx *bolt.Tx) (bool, error) {
 	pri := tx.Bucket(bOutboxPri)
-	for p := byte(0); p <= 3; p++ {
+	for p := byte(0); p <= maxPriority; p++ {
 		pb := pri.Bucket([]byte{p})
 		if pb == nil {
 			continue
@@ -249,7 +255,9 @@ func (s *Store) Ack(ids ...uint64) error {
 	return s.update("outbox ack", func(tx *bolt.Tx) error { return s.ackTx(tx, ids) })
 }
 
-// ackTx removes the messages ids in tx (ids no longer present are ignored).
+// ackTx removes the messages ids in tx (ids no longer present are ignored). The message's priority index
+// entry is removed from whichever priority holds it (deleting a missing key costs a lookup and writes
+// nothing), which spares decoding each header.
 func (s *Store) ackTx(tx *bolt.Tx, ids []uint64) error {
 	for _, id := range ids {
 		k := u64(id)
@@ -257,12 +265,13 @@ func (s *Store) ackTx(tx *bolt.Tx, ids []uint64) error {
 		if v == nil {
 			continue
 		}
-		var m Message
-		if _, err := decodeBlob(v, &m); err != nil {
-			return fmt.Errorf("outbox entry %d: %w", id, err)
-		}
 		v = append([]byte(nil), v...)
-		if err := deleteOutbox(tx, k, v, m.priority()); err != nil {
+		for p := byte(0); p <= maxPriority; p++ {
+			if err := deleteOutbox(tx, k, nil, p); err != nil {
+				return err
+			}
+		}
+		if err := deleteOutbox(tx, k, v, noPriority); err != nil {
 			return err
 		}
 	}
