@@ -37,6 +37,7 @@ import (
 //	make bench-overhead     (OVERHEAD_SECONDS, OVERHEAD_CAMERAS, OVERHEAD_FPS, OVERHEAD_SIZE=WxH,
 //	                         OVERHEAD_HEATMAP=png|jpeg|off, OVERHEAD_HEATMAP_MAX=px,
 //	                         OVERHEAD_HEATMAP_INTERVAL=duration (mqtt.heatmap.min_interval; 0: every frame),
+//	                         OVERHEAD_COMMIT_INTERVAL=duration (store.commit_interval),
 //	                         OVERHEAD_DIR for the store's filesystem)
 //
 // It prints one table: CPU per frame (user+system of the whole process over the measured window, divided by
@@ -110,6 +111,7 @@ type overheadParams struct {
 	heatmap          string // png, jpeg or off
 	heatmapMax       int    // mqtt.heatmap.max_size
 	heatmapInterval  string // mqtt.heatmap.min_interval; empty: the config's default
+	commitInterval   string // store.commit_interval; empty: the config's default
 	dir              string
 }
 
@@ -150,6 +152,12 @@ func overheadParamsFromEnv(b *testing.B) overheadParams {
 			b.Fatalf("OVERHEAD_HEATMAP_INTERVAL=%q: want a duration >= 0 (0: every frame's heatmap)", v)
 		}
 		p.heatmapInterval = v
+	}
+	if v := os.Getenv("OVERHEAD_COMMIT_INTERVAL"); v != "" {
+		if d, err := time.ParseDuration(v); err != nil || d < 0 || d > time.Second {
+			b.Fatalf("OVERHEAD_COMMIT_INTERVAL=%q: want a duration 0..1s", v)
+		}
+		p.commitInterval = v
 	}
 	if v := os.Getenv("OVERHEAD_DIR"); v != "" {
 		d, err := os.MkdirTemp(v, "overhead-")
@@ -204,17 +212,20 @@ func overheadConfig(b *testing.B, p overheadParams, video string, port int) *con
 	if format == "off" {
 		format = "png"
 	}
-	interval := ""
+	interval, commit := "", ""
 	if p.heatmapInterval != "" {
 		interval = ", min_interval: " + p.heatmapInterval
+	}
+	if p.commitInterval != "" {
+		commit = ", commit_interval: " + p.commitInterval
 	}
 	y := fmt.Sprintf(`
 agent: {name: bench, data_dir: %q, log_level: warn}
 models: {bundle: %q}
 cameras:
 %smqtt: {listen: "127.0.0.1:%d", prefix: bench, stats_interval: 10s, heatmap: {format: %s, max_size: %d%s}}
-store: {retention: {max_size: 64MiB}}
-`, p.dir, fixtureDir, cams.String(), port, format, p.heatmapMax, interval)
+store: {retention: {max_size: 64MiB}%s}
+`, p.dir, fixtureDir, cams.String(), port, format, p.heatmapMax, interval, commit)
 	cfg, err := config.Parse(strings.NewReader(y), os.LookupEnv)
 	if err != nil {
 		b.Fatalf("config: %v\n%s", err, y)
@@ -323,6 +334,7 @@ func BenchmarkOverhead(b *testing.B) {
 	runtime.GC()
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
+	c0 := a.Stats().Commits
 	ru0 := rusage(b)
 	t0 := time.Now()
 	mu.Lock()
@@ -336,6 +348,7 @@ func BenchmarkOverhead(b *testing.B) {
 	mu.Unlock()
 	ru1 := rusage(b)
 	wall := time.Since(t0)
+	c1 := a.Stats().Commits
 	runtime.ReadMemStats(&ms1)
 	b.StopTimer()
 	if len(rs) == 0 {
@@ -347,6 +360,11 @@ func BenchmarkOverhead(b *testing.B) {
 	b.ReportMetric(n/wall.Seconds(), "frames/s")
 	printOverhead(os.Stdout, p, wall, rs, hms, hmb, cpu, ru1-ru0, float64(ms1.Mallocs-ms0.Mallocs)/n,
 		float64(ms1.TotalAlloc-ms0.TotalAlloc)/n)
+	if c0 != nil && c1 != nil {
+		tx, res := c1.Transactions-c0.Transactions, c1.Results-c0.Results
+		fmt.Printf("  store transactions %d for %d results and the outbox acks (%.1f results per transaction; store.commit_interval %s)\n",
+			tx, res, float64(res)/float64(max(tx, 1)), cfg.StoreCommitInterval())
+	}
 }
 
 // rusage is the process's user+system CPU time so far.
