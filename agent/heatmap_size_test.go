@@ -97,3 +97,52 @@ cameras:
 		})
 	}
 }
+
+// TestEvidenceGetsItsHeatmap: with evidence.ok_every an OK frame kept as evidence gets a heatmap although the
+// rate limit would skip it; NG frames get both; a camera with heatmaps off keeps evidence without one.
+func TestEvidenceGetsItsHeatmap(t *testing.T) {
+	cfg, err := config.Parse(strings.NewReader(`
+agent: {name: t, data_dir: /tmp/x}
+models: {dir: /tmp/m}
+cameras:
+  - {name: a, kind: synthetic}
+  - {name: off, kind: synthetic, heatmap: off}
+evidence: {enabled: true, dir: `+t.TempDir()+`, ok_every: 3}
+`), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cfg: cfg}
+	if err := a.openEvidence(); err != nil {
+		t.Fatal(err)
+	}
+	cams := map[string]*camera{}
+	for _, cc := range cfg.Cameras {
+		cams[cc.CameraName()] = newCamera(cc, nil, 0)
+	}
+	ok, ng := pipeline.VerdictOK, pipeline.VerdictNG
+	steps := []struct {
+		cam, verdict          string
+		asked                 bool
+		wantHeatmap, wantKeep bool
+	}{
+		{"a", ok, false, true, false},  // the first OK heatmap of the second
+		{"a", ok, false, false, false}, // rate-limited
+		{"a", ok, false, true, true},   // 3rd OK: evidence, so a heatmap
+		{"a", ok, true, true, false},   // asked for
+		{"a", ng, false, true, true},   // NG: both
+		{"a", ok, false, false, false}, // 5th OK: rate-limited, not evidence
+		{"a", ok, false, true, true},   // 6th OK: evidence
+		{"off", ng, false, false, true},
+		{"off", ok, false, false, false},
+		{"off", ok, false, false, false},
+		{"off", ok, false, false, true}, // 3rd OK of this camera: evidence, no heatmap
+	}
+	for i, s := range steps {
+		hm, keep := a.heatmapAndEvidence(cams[s.cam], s.verdict, s.asked)
+		if hm != s.wantHeatmap || keep != s.wantKeep {
+			t.Errorf("step %d (%s %s asked=%v): heatmap %v evidence %v, want %v %v", i, s.cam, s.verdict, s.asked,
+				hm, keep, s.wantHeatmap, s.wantKeep)
+		}
+	}
+}

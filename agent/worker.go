@@ -160,8 +160,8 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	lat[LatQueue] = ms(j.taken.Sub(j.received))
 
 	var hm *mqttout.Heatmap
-	evidence := a.evidenceDue(c, r.Verdict)
-	if a.heatmapDue(c, r.Verdict) || j.heatmap || (evidence && c.cfg.HeatmapOn()) {
+	render, evidence := a.heatmapAndEvidence(c, r.Verdict, j.heatmap)
+	if render {
 		t := time.Now()
 		data, err := a.renderHeatmap(m, j, r)
 		lat[LatHeatmap] = ms(time.Since(t))
@@ -256,6 +256,15 @@ func (a *Agent) renderHeatmap(m *loaded, j *job, r *pipeline.Result) ([]byte, er
 		return nil, fmt.Errorf("heatmap: %w", err)
 	}
 	return m.scorer.Heatmap(img, r, a.cfg.MQTT.Heatmap.Format)
+}
+
+// heatmapAndEvidence decides whether a result gets a heatmap and whether it is kept as evidence: a heatmap
+// when one is due (heatmapDue), asked for (POST /api/score?heatmap=1), or when an OK frame is kept as
+// evidence on a camera with heatmaps on, so every evidence item has its heatmap.
+func (a *Agent) heatmapAndEvidence(c *camera, verdict string, asked bool) (heatmap, evidence bool) {
+	evidence = a.evidenceDue(c, verdict)
+	due := a.heatmapDue(c, verdict)
+	return due || asked || (evidence && c.cfg.HeatmapOn()), evidence
 }
 
 // heatmapDue decides per camera whether this result gets a heatmap: never when the camera has them off, always
