@@ -50,7 +50,9 @@ bench: build
 # heatmaps) with the model replaced by a no-op scorer: 4 cameras x 30 fps for OVERHEAD_SECONDS (default 20).
 # Prints CPU ms per frame and wall p50/p99 per stage; writes a CPU profile to out/overhead.cpu.pprof (its top
 # functions are printed). Knobs: OVERHEAD_CAMERAS, OVERHEAD_FPS, OVERHEAD_SIZE=WxH, OVERHEAD_HEATMAP=png|jpeg|off,
-# OVERHEAD_HEATMAP_MAX=px, OVERHEAD_DIR (the store's filesystem). See docs/operations.md, "Overhead per frame".
+# OVERHEAD_HEATMAP_MAX=px, OVERHEAD_HEATMAP_INTERVAL (mqtt.heatmap.min_interval, default 1s; 0 = every frame),
+# OVERHEAD_COMMIT_INTERVAL (store.commit_interval, default 20ms), OVERHEAD_DIR (the store's filesystem).
+# See docs/operations.md, "Overhead per frame".
 bench-overhead: deps
 	@mkdir -p out
 	$(GO) test -run '^$$' -bench '^BenchmarkOverhead$$' -benchtime 1x -cpuprofile out/overhead.cpu.pprof -o out/agent.test ./agent/

@@ -68,7 +68,10 @@ type Agent struct {
 	brokerURL string
 	embUser   *broker.User // the agent's own account on the embedded broker (nil: external broker)
 
-	submit    func(rec *store.Record, hm *mqttout.Heatmap) error
+	// committer groups the results' store transactions (store.commit_interval); submit hands it a result
+	// and calls done once the result is on disk (or refused).
+	committer *store.Committer
+	submit    func(rec *store.Record, hm *mqttout.Heatmap, done func(error))
 	heartbeat atomic.Int64 // unix nanos of the last scoring progress
 	sampleReq sync.Map     // camera -> true: collect the next OK frame (sample/set command)
 	storeOpen atomic.Bool

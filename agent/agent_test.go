@@ -268,13 +268,17 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestFolderHundred: 100 images dropped into a watched folder give 100 results and 100 heatmaps with the
-// documented fields, in seq order; the files end in processed/. It also prints the throughput line.
+// TestFolderHundred: 100 images dropped into a watched folder give 100 results and 100 heatmaps (with
+// mqtt.heatmap.min_interval 0) with the documented fields, in seq order; the files end in processed/. It also
+// prints the throughput line.
 func TestFolderHundred(t *testing.T) {
 	e := newEnv(t, false)
 	copyBundle(t, filepath.Join(e.modelsDir, "fixture-1"), "1", time.Now(), false)
 	sub := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, e.prefix+"/#")
-	stop := startAgent(t, e.config(t, ""))
+	cfg := e.config(t, "")
+	every := time.Duration(0) // every result's heatmap (the default rate-limits OK ones to one a second)
+	cfg.MQTT.Heatmap.MinInterval = &every
+	stop := startAgent(t, cfg)
 	sub.WaitFor(e.prefix+"/model/status", wait, func(m []mqtttest.Message) bool {
 		return len(m) > 0 && strings.Contains(string(m[len(m)-1].Payload), `"running"`)
 	})
@@ -370,7 +374,10 @@ func TestCorruptImage(t *testing.T) {
 	copyBundleSteps(t, filepath.Join(e.modelsDir, "fixture-1"), "1", time.Now(), false, 2)
 	sub := mqtttest.Subscribe(t, e.broker.URL, mqtttest.SubOptions{QoS: 1}, e.prefix+"/#")
 	httpAddr := freeAddr(t)
-	stop := startAgent(t, e.config(t, "http: {listen: "+httpAddr+"}\n"))
+	cfg := e.config(t, "http: {listen: "+httpAddr+"}\n")
+	every := time.Duration(0) // checkHTTP follows the newest result's heatmap URL
+	cfg.MQTT.Heatmap.MinInterval = &every
+	stop := startAgent(t, cfg)
 	writeImages(t, e.folder, 1, 3)
 	if err := os.WriteFile(filepath.Join(e.folder, "broken.png"), []byte("\x89PNG\r\n\x1a\nthis is not a png"), 0o644); err != nil {
 		t.Fatal(err)

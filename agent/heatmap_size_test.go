@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/vlmdiff/edge/agent/config"
@@ -43,6 +44,105 @@ func TestHeatmapMaxSize(t *testing.T) {
 			if img.Width != tc.w || img.Height != tc.h {
 				t.Errorf("max_size %d, %s: heatmap %dx%d, want %dx%d", tc.max, format, img.Width, img.Height, tc.w, tc.h)
 			}
+		}
+	}
+}
+
+// TestHeatmapDue: with the default mqtt.heatmap.min_interval an OK frame gets a heatmap at most once a second
+// per camera, every NG frame gets one, and a camera with heatmaps off gets none; min_interval 0 gives every
+// frame one.
+func TestHeatmapDue(t *testing.T) {
+	parse := func(t *testing.T, extra string) *config.Config {
+		t.Helper()
+		cfg, err := config.Parse(strings.NewReader(`
+agent: {name: t, data_dir: /tmp/x}
+models: {dir: /tmp/m}
+cameras:
+  - {name: a, kind: synthetic}
+  - {name: b, kind: synthetic}
+  - {name: off, kind: synthetic, heatmap: off}
+`+extra), func(string) (string, bool) { return "", false })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	type step struct {
+		cam, verdict string
+		want         bool
+	}
+	ok, ng := pipeline.VerdictOK, pipeline.VerdictNG
+	cases := []struct {
+		name, extra string
+		steps       []step
+	}{
+		{"default: OK once a second, NG always", "", []step{{"a", ok, true}, {"a", ok, false}, {"a", ng, true},
+			{"a", ok, false}, {"b", ok, true}, {"b", ng, true}, {"a", ng, true}, {"off", ng, false}, {"off", ok, false}}},
+		{"min_interval 0: every frame", "mqtt: {heatmap: {min_interval: 0s}}\n", []step{{"a", ok, true},
+			{"a", ok, true}, {"a", ng, true}, {"a", ok, true}, {"off", ng, false}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := parse(t, tc.extra)
+			a := &Agent{cfg: cfg}
+			cams := map[string]*camera{}
+			for _, cc := range cfg.Cameras {
+				cams[cc.CameraName()] = newCamera(cc, nil, 0)
+			}
+			for i, s := range tc.steps {
+				if got := a.heatmapDue(cams[s.cam], s.verdict); got != s.want {
+					t.Errorf("step %d (camera %s, %s): heatmap due %v, want %v", i, s.cam, s.verdict, got, s.want)
+				}
+			}
+		})
+	}
+}
+
+// TestEvidenceGetsItsHeatmap: with evidence.ok_every an OK frame kept as evidence gets a heatmap although the
+// rate limit would skip it; NG frames get both; a camera with heatmaps off keeps evidence without one.
+func TestEvidenceGetsItsHeatmap(t *testing.T) {
+	cfg, err := config.Parse(strings.NewReader(`
+agent: {name: t, data_dir: /tmp/x}
+models: {dir: /tmp/m}
+cameras:
+  - {name: a, kind: synthetic}
+  - {name: off, kind: synthetic, heatmap: off}
+evidence: {enabled: true, dir: `+t.TempDir()+`, ok_every: 3}
+`), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cfg: cfg}
+	if err := a.openEvidence(); err != nil {
+		t.Fatal(err)
+	}
+	cams := map[string]*camera{}
+	for _, cc := range cfg.Cameras {
+		cams[cc.CameraName()] = newCamera(cc, nil, 0)
+	}
+	ok, ng := pipeline.VerdictOK, pipeline.VerdictNG
+	steps := []struct {
+		cam, verdict          string
+		asked                 bool
+		wantHeatmap, wantKeep bool
+	}{
+		{"a", ok, false, true, false},  // the first OK heatmap of the second
+		{"a", ok, false, false, false}, // rate-limited
+		{"a", ok, false, true, true},   // 3rd OK: evidence, so a heatmap
+		{"a", ok, true, true, false},   // asked for
+		{"a", ng, false, true, true},   // NG: both
+		{"a", ok, false, false, false}, // 5th OK: rate-limited, not evidence
+		{"a", ok, false, true, true},   // 6th OK: evidence
+		{"off", ng, false, false, true},
+		{"off", ok, false, false, false},
+		{"off", ok, false, false, false},
+		{"off", ok, false, false, true}, // 3rd OK of this camera: evidence, no heatmap
+	}
+	for i, s := range steps {
+		hm, keep := a.heatmapAndEvidence(cams[s.cam], s.verdict, s.asked)
+		if hm != s.wantHeatmap || keep != s.wantKeep {
+			t.Errorf("step %d (%s %s asked=%v): heatmap %v evidence %v, want %v %v", i, s.cam, s.verdict, s.asked,
+				hm, keep, s.wantHeatmap, s.wantKeep)
 		}
 	}
 }

@@ -29,16 +29,25 @@ func (a *Agent) openEvidence() error {
 	return nil
 }
 
-// keepEvidence writes a committed result's evidence when it is due.
-func (a *Agent) keepEvidence(c *camera, j *job, r *pipeline.Result, rec *store.Record, hm *mqttout.Heatmap) {
+// evidenceDue decides, before the heatmap is rendered, whether this result's evidence will be kept: NG
+// always, every ok_every-th OK frame per camera. A due OK frame gets its heatmap whatever the heatmap rate
+// limit (mqtt.heatmap.min_interval), so every evidence item of a camera with heatmaps on has its frame,
+// heatmap and result.
+func (a *Agent) evidenceDue(c *camera, verdict string) bool {
 	if a.evidence == nil {
-		return
+		return false
 	}
-	if r.Verdict != pipeline.VerdictNG {
-		every := a.cfg.Evidence.OKEvery
-		if every <= 0 || c.evidenceOK.Add(1)%uint64(every) != 0 {
-			return
-		}
+	if verdict == pipeline.VerdictNG {
+		return true
+	}
+	every := a.cfg.Evidence.OKEvery
+	return every > 0 && c.evidenceOK.Add(1)%uint64(every) == 0
+}
+
+// keepEvidence writes a committed result's evidence (due: evidenceDue's answer for it).
+func (a *Agent) keepEvidence(c *camera, j *job, rec *store.Record, hm *mqttout.Heatmap, due bool) {
+	if !due {
+		return
 	}
 	frame, err := encodePNG(frameImage(j))
 	if err == nil {

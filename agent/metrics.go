@@ -132,14 +132,18 @@ type TriggerStats struct {
 
 // Stats is the daemon's health snapshot.
 type Stats struct {
-	Agent      string        `json:"agent"`
-	UptimeS    float64       `json:"uptime_s"`
-	Cameras    []CameraStats `json:"cameras"`
-	Model      ModelStatus   `json:"model"`
-	Store      store.Stats   `json:"store"`
-	MemoryMB   float64       `json:"memory_mb"`
-	Goroutines int           `json:"goroutines"`
-	MQTT       any           `json:"mqtt,omitempty"`
+	Agent   string        `json:"agent"`
+	UptimeS float64       `json:"uptime_s"`
+	Cameras []CameraStats `json:"cameras"`
+	Model   ModelStatus   `json:"model"`
+	Store   store.Stats   `json:"store"`
+	// Commits counts the group commit's store transactions (results and outbox acknowledgements,
+	// store.commit_interval) and the results they held: results / transactions is about how many results
+	// shared each fsync.
+	Commits    *store.CommitterStats `json:"commits,omitempty"`
+	MemoryMB   float64               `json:"memory_mb"`
+	Goroutines int                   `json:"goroutines"`
+	MQTT       any                   `json:"mqtt,omitempty"`
 }
 
 // Stats returns the current snapshot.
@@ -156,6 +160,8 @@ func (a *Agent) Stats() Stats {
 		if st, err := a.store.Stats(); err == nil {
 			s.Store = st
 		}
+		cs := a.committer.Stats()
+		s.Commits = &cs
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)

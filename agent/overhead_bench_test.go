@@ -35,7 +35,10 @@ import (
 // model replaced by noopScorer. Subscribers are mosquitto_sub processes, so their CPU is not the daemon's.
 //
 //	make bench-overhead     (OVERHEAD_SECONDS, OVERHEAD_CAMERAS, OVERHEAD_FPS, OVERHEAD_SIZE=WxH,
-//	                         OVERHEAD_HEATMAP=png|jpeg|off, OVERHEAD_DIR for the store's filesystem)
+//	                         OVERHEAD_HEATMAP=png|jpeg|off, OVERHEAD_HEATMAP_MAX=px,
+//	                         OVERHEAD_HEATMAP_INTERVAL=duration (mqtt.heatmap.min_interval; 0: every frame),
+//	                         OVERHEAD_COMMIT_INTERVAL=duration (store.commit_interval),
+//	                         OVERHEAD_DIR for the store's filesystem)
 //
 // It prints one table: CPU per frame (user+system of the whole process over the measured window, divided by
 // the results delivered to the subscriber in it), Go allocations per frame, and wall p50/p99 of the stages
@@ -107,6 +110,8 @@ type overheadParams struct {
 	width, height    int
 	heatmap          string // png, jpeg or off
 	heatmapMax       int    // mqtt.heatmap.max_size
+	heatmapInterval  string // mqtt.heatmap.min_interval; empty: the config's default
+	commitInterval   string // store.commit_interval; empty: the config's default
 	dir              string
 }
 
@@ -141,6 +146,18 @@ func overheadParamsFromEnv(b *testing.B) overheadParams {
 			b.Fatalf("OVERHEAD_HEATMAP=%q: want png, jpeg or off", v)
 		}
 		p.heatmap = v
+	}
+	if v := os.Getenv("OVERHEAD_HEATMAP_INTERVAL"); v != "" {
+		if d, err := time.ParseDuration(v); err != nil || d < 0 {
+			b.Fatalf("OVERHEAD_HEATMAP_INTERVAL=%q: want a duration >= 0 (0: every frame's heatmap)", v)
+		}
+		p.heatmapInterval = v
+	}
+	if v := os.Getenv("OVERHEAD_COMMIT_INTERVAL"); v != "" {
+		if d, err := time.ParseDuration(v); err != nil || d < 0 || d > time.Second {
+			b.Fatalf("OVERHEAD_COMMIT_INTERVAL=%q: want a duration 0..1s", v)
+		}
+		p.commitInterval = v
 	}
 	if v := os.Getenv("OVERHEAD_DIR"); v != "" {
 		d, err := os.MkdirTemp(v, "overhead-")
@@ -195,13 +212,20 @@ func overheadConfig(b *testing.B, p overheadParams, video string, port int) *con
 	if format == "off" {
 		format = "png"
 	}
+	interval, commit := "", ""
+	if p.heatmapInterval != "" {
+		interval = ", min_interval: " + p.heatmapInterval
+	}
+	if p.commitInterval != "" {
+		commit = ", commit_interval: " + p.commitInterval
+	}
 	y := fmt.Sprintf(`
 agent: {name: bench, data_dir: %q, log_level: warn}
 models: {bundle: %q}
 cameras:
-%smqtt: {listen: "127.0.0.1:%d", prefix: bench, stats_interval: 10s, heatmap: {format: %s, max_size: %d}}
-store: {retention: {max_size: 64MiB}}
-`, p.dir, fixtureDir, cams.String(), port, format, p.heatmapMax)
+%smqtt: {listen: "127.0.0.1:%d", prefix: bench, stats_interval: 10s, heatmap: {format: %s, max_size: %d%s}}
+store: {retention: {max_size: 64MiB}%s}
+`, p.dir, fixtureDir, cams.String(), port, format, p.heatmapMax, interval, commit)
 	cfg, err := config.Parse(strings.NewReader(y), os.LookupEnv)
 	if err != nil {
 		b.Fatalf("config: %v\n%s", err, y)
@@ -310,6 +334,7 @@ func BenchmarkOverhead(b *testing.B) {
 	runtime.GC()
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
+	c0 := a.Stats().Commits
 	ru0 := rusage(b)
 	t0 := time.Now()
 	mu.Lock()
@@ -323,6 +348,7 @@ func BenchmarkOverhead(b *testing.B) {
 	mu.Unlock()
 	ru1 := rusage(b)
 	wall := time.Since(t0)
+	c1 := a.Stats().Commits
 	runtime.ReadMemStats(&ms1)
 	b.StopTimer()
 	if len(rs) == 0 {
@@ -334,6 +360,11 @@ func BenchmarkOverhead(b *testing.B) {
 	b.ReportMetric(n/wall.Seconds(), "frames/s")
 	printOverhead(os.Stdout, p, wall, rs, hms, hmb, cpu, ru1-ru0, float64(ms1.Mallocs-ms0.Mallocs)/n,
 		float64(ms1.TotalAlloc-ms0.TotalAlloc)/n)
+	if c0 != nil && c1 != nil {
+		tx, res := c1.Transactions-c0.Transactions, c1.Results-c0.Results
+		fmt.Printf("  store transactions %d for %d results and the outbox acks (%.1f results per transaction; store.commit_interval %s)\n",
+			tx, res, float64(res)/float64(max(tx, 1)), cfg.StoreCommitInterval())
+	}
 }
 
 // rusage is the process's user+system CPU time so far.
@@ -349,8 +380,12 @@ func printOverhead(w io.Writer, p overheadParams, wall time.Duration, rs []deliv
 	cpuPerFrame float64, cpu time.Duration, mallocs, allocBytes float64) {
 	n := len(rs)
 	offered := float64(p.cameras) * p.fps * wall.Seconds()
-	fmt.Fprintf(w, "\noverhead outside the model: %d camera(s) x %g fps, %dx%d, heatmap %s (max_size %d), %d CPU(s), %s measured\n",
-		p.cameras, p.fps, p.width, p.height, p.heatmap, p.heatmapMax, runtime.NumCPU(), wall.Round(time.Millisecond))
+	interval := p.heatmapInterval
+	if interval == "" {
+		interval = config.DefaultHeatmapInterval.String() + " (default)"
+	}
+	fmt.Fprintf(w, "\noverhead outside the model: %d camera(s) x %g fps, %dx%d, heatmap %s (max_size %d, OK at most every %s), %d CPU(s), %s measured\n",
+		p.cameras, p.fps, p.width, p.height, p.heatmap, p.heatmapMax, interval, runtime.NumCPU(), wall.Round(time.Millisecond))
 	fmt.Fprintf(w, "  results delivered %d (%.1f/s, %.0f%% of the %.0f frames offered), heatmaps %d (%.0f KiB avg)\n",
 		n, float64(n)/wall.Seconds(), 100*float64(n)/offered, offered, heatmaps, float64(hmBytes)/1024/float64(max(heatmaps, 1)))
 	fmt.Fprintf(w, "  CPU %.2f ms/frame (%.2f s user+system over the window; %.0f%% of one core)\n",

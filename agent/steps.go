@@ -73,8 +73,10 @@ func (a *Agent) startStore(context.Context) (func(context.Context) error, error)
 		return nil, err
 	}
 	a.store = st
+	a.committer = st.NewCommitter(a.cfg.StoreCommitInterval())
 	a.storeOpen.Store(true)
 	return func(context.Context) error {
+		a.committer.Close() // what the publisher acknowledged last
 		a.storeOpen.Store(false)
 		if err := st.Close(); err != nil {
 			return fmt.Errorf("closing the store: %w", err)
@@ -142,12 +144,16 @@ func (a *Agent) startBroker(ctx context.Context) (func(context.Context) error, e
 // startPublisher starts the MQTT publisher, which drains the store's outbox; its stop flushes the outbox,
 // publishes `stopped` and disconnects.
 func (a *Agent) startPublisher(ctx context.Context) (func(context.Context) error, error) {
-	pub, err := mqttout.New(a.publisherConfig(a.brokerURL), a.store)
+	pc := a.publisherConfig(a.brokerURL)
+	pc.Committer = a.committer
+	pub, err := mqttout.New(pc, a.store)
 	if err != nil {
 		return nil, err
 	}
 	a.pub = pub
-	a.submit = func(rec *store.Record, hm *mqttout.Heatmap) error { return pub.Submit(rec, hm, store.CommitOptions{}) }
+	a.submit = func(rec *store.Record, hm *mqttout.Heatmap, done func(error)) {
+		pub.SubmitGrouped(rec, hm, store.CommitOptions{}, done)
+	}
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = pub.Run(pctx) }()
@@ -226,7 +232,9 @@ func (a *Agent) startWorkers(ctx context.Context) (func(context.Context) error, 
 		defer cancel()
 		a.sched.close()
 		drained := make(chan struct{})
-		go func() { workers.Wait(); close(drained) }()
+		// Drained means committed: the results the workers handed to the committer are on disk and their
+		// frames acknowledged before the publisher's final flush.
+		go func() { workers.Wait(); a.committer.Flush(); close(drained) }()
 		select {
 		case <-drained:
 		case <-time.After(a.cfg.Agent.ShutdownTimeout):

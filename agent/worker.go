@@ -139,8 +139,10 @@ func (a *Agent) frameFailed(j *job, err error) {
 	c.doneTurn(j.seq)
 }
 
-// handleResult applies the camera's threshold, renders the heatmap, commits the result with its outbox
-// messages (and the folder origin) in one transaction, then acknowledges the frame.
+// handleResult applies the camera's threshold, renders the heatmap and hands the result with its outbox
+// messages (and the folder origin) to the store's committer, which writes them in one transaction (shared
+// with other results that arrive within store.commit_interval); the frame is acknowledged only after that
+// transaction is on disk (committed).
 func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline.Result, modelWall time.Duration) {
 	c := j.cam
 	if thr, ok := c.thresholdOverride(); ok {
@@ -158,7 +160,8 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	lat[LatQueue] = ms(j.taken.Sub(j.received))
 
 	var hm *mqttout.Heatmap
-	if a.heatmapDue(c, r.Verdict) || j.heatmap {
+	render, evidence := a.heatmapAndEvidence(c, r.Verdict, j.heatmap)
+	if render {
 		t := time.Now()
 		data, err := a.renderHeatmap(m, j, r)
 		lat[LatHeatmap] = ms(time.Since(t))
@@ -182,10 +185,23 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	lat[LatCaptureToPublish] = ms(now.Sub(frameTimeOr(j)))
 	lat[LatOverhead] = max(0, ms(now.Sub(j.taken))-modelMS)
 	annotate(rec, j, lat, now)
-	t := time.Now()
-	err := a.submit(rec, hm)
-	lat[LatCommit] = ms(time.Since(t))
+	// The store commits results in groups (store.commit_interval): the worker goes on with the next frame,
+	// and committed runs once this result's transaction is on disk. Handing results over in turn keeps each
+	// camera's results in seq order in the outbox. From here on lat belongs to the commit.
+	a.submit(rec, hm, func(err error) {
+		lat[LatCommit] = ms(time.Since(now))
+		a.committed(j, r, rec, hm, evidence, modelMS, now, err)
+	})
 	c.doneTurn(j.seq)
+}
+
+// committed finishes a result after its store transaction: acknowledges the frame to its source, answers
+// its trigger, counts it and keeps its sample and evidence; or, when the result was not stored, reports that
+// and leaves the frame with its source. Runs on the store committer's goroutine, in commit order.
+func (a *Agent) committed(j *job, r *pipeline.Result, rec *store.Record, hm *mqttout.Heatmap, evidence bool,
+	modelMS float64, now time.Time, err error) {
+	c := j.cam
+	lat := rec.LatencyMS
 	switch {
 	case errors.Is(err, store.ErrAlreadyProcessed):
 		// An earlier run committed this file and died before moving it: acknowledge without a second result.
@@ -230,7 +246,7 @@ func (a *Agent) handleResult(ctx context.Context, m *loaded, j *job, r *pipeline
 	}
 	c.mu.Unlock()
 	a.maybeSample(c, j, r)
-	a.keepEvidence(c, j, r, rec, hm)
+	a.keepEvidence(c, j, rec, hm, evidence)
 }
 
 // renderHeatmap renders and encodes a result's heatmap, over the frame shrunk to mqtt.heatmap.max_size.
@@ -240,6 +256,15 @@ func (a *Agent) renderHeatmap(m *loaded, j *job, r *pipeline.Result) ([]byte, er
 		return nil, fmt.Errorf("heatmap: %w", err)
 	}
 	return m.scorer.Heatmap(img, r, a.cfg.MQTT.Heatmap.Format)
+}
+
+// heatmapAndEvidence decides whether a result gets a heatmap and whether it is kept as evidence: a heatmap
+// when one is due (heatmapDue), asked for (POST /api/score?heatmap=1), or when an OK frame is kept as
+// evidence on a camera with heatmaps on, so every evidence item has its heatmap.
+func (a *Agent) heatmapAndEvidence(c *camera, verdict string, asked bool) (heatmap, evidence bool) {
+	evidence = a.evidenceDue(c, verdict)
+	due := a.heatmapDue(c, verdict)
+	return due || asked || (evidence && c.cfg.HeatmapOn()), evidence
 }
 
 // heatmapDue decides per camera whether this result gets a heatmap: never when the camera has them off, always

@@ -8,8 +8,11 @@ import (
 	"gocv.io/x/gocv"
 )
 
-// matToRGB copies an 8-bit BGR, BGRA or gray Mat into packed RGB Go memory. The copy is the point: the Mat is
-// reused for the next read and must be closed by its owner, while the frame lives on in queues.
+// matToRGB converts an 8-bit BGR, BGRA or gray Mat into packed RGB Go memory. The frame must end in Go
+// memory (the Mat is reused for the next read and must be closed by its owner, while the frame lives on in
+// queues), so the conversion writes straight into the frame's Go buffer: a Mat header over that buffer is
+// the conversion's destination, which saves a C allocation and a full copy per frame against converting
+// into an OpenCV Mat and copying it out.
 func matToRGB(m gocv.Mat) (w, h int, pix []byte, err error) {
 	if m.Empty() {
 		return 0, 0, nil, fmt.Errorf("empty image")
@@ -25,11 +28,20 @@ func matToRGB(m gocv.Mat) (w, h int, pix []byte, err error) {
 	default:
 		return 0, 0, nil, fmt.Errorf("unsupported pixel type %v (want 8-bit gray, BGR or BGRA)", m.Type())
 	}
-	rgb := gocv.NewMat()
-	defer rgb.Close()
-	gocv.CvtColor(m, &rgb, code)
-	w, h = rgb.Cols(), rgb.Rows()
-	pix = rgb.ToBytes()
+	w, h = m.Cols(), m.Rows()
+	pix = make([]byte, w*h*3)
+	dst, err := gocv.NewMatFromBytes(h, w, gocv.MatTypeCV8UC3, pix)
+	if err != nil {
+		return 0, 0, nil, fmt.Errorf("wrap the frame buffer: %w", err)
+	}
+	defer dst.Close()
+	gocv.CvtColor(m, &dst, code)
+	// cvtColor keeps a destination of the right size and type; should it ever allocate its own instead,
+	// copy that out rather than return an unwritten buffer.
+	if out, err := dst.DataPtrUint8(); err != nil || len(out) != len(pix) || &out[0] != &pix[0] {
+		pix = dst.ToBytes()
+		w, h = dst.Cols(), dst.Rows()
+	}
 	if len(pix) != w*h*3 {
 		return 0, 0, nil, fmt.Errorf("converted image has %d bytes, want %dx%dx3", len(pix), w, h)
 	}

@@ -279,6 +279,14 @@ func (s *videoSource) stream(ctx context.Context, vc *gocv.VideoCapture, m *gocv
 			return endReadFail, n
 		}
 		now := time.Now()
+		// Live cameras are read at their own rate (so their buffer never holds stale frames) and thinned to
+		// the configured rate; a frame thinned out is not converted.
+		thin := s.cfg.Kind != KindFile && interval > 0
+		if thin && !m.Empty() && !lastOut.IsZero() && now.Sub(lastOut) < interval {
+			n++
+			bo.reset()
+			continue
+		}
 		w, h, pix, err := matToRGB(*m)
 		if err != nil {
 			s.c.decodeErrors.Add(1)
@@ -291,12 +299,7 @@ func (s *videoSource) stream(ctx context.Context, vc *gocv.VideoCapture, m *gocv
 		inBurst = false
 		n++
 		bo.reset()
-		if s.cfg.Kind != KindFile && interval > 0 {
-			// Live cameras are read at their own rate (so their buffer never holds stale frames) and
-			// thinned to the configured rate.
-			if !lastOut.IsZero() && now.Sub(lastOut) < interval {
-				continue
-			}
+		if thin {
 			lastOut = now
 		}
 		if frozen, moving := fd.observe(pix, w, h, now); frozen {

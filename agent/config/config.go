@@ -156,8 +156,11 @@ type HeatmapOut struct {
 	Format string `yaml:"format"`
 	// Base64 wraps the image in JSON {"camera","seq","content_type","data"} for string-only clients.
 	Base64 bool `yaml:"base64"`
-	// MinInterval rate-limits heatmaps per camera. Default 0 (every result's heatmap).
-	MinInterval time.Duration `yaml:"min_interval"`
+	// MinInterval rate-limits OK frames' heatmaps per camera (NG frames always get theirs): at most one
+	// per interval is rendered, stored and published. Default DefaultHeatmapInterval (1s): rendering and
+	// encoding a heatmap costs several times everything else the daemon does per frame, and a live camera's
+	// consecutive OK heatmaps are near copies. An explicit 0 gives every result its heatmap.
+	MinInterval *time.Duration `yaml:"min_interval"`
 	// MaxSize bounds the heatmap's longer side in pixels: larger frames are shrunk (aspect kept) before the
 	// map is blended over them. Default 0: the frame's size. Encoding dominates the daemon's per-frame cost
 	// outside the model and grows with the pixels (docs/operations.md, "Overhead per frame").
@@ -173,6 +176,12 @@ type Store struct {
 	Samples   Samples   `yaml:"samples"`
 	// Images bounds the heatmaps kept in the store per camera (line.go).
 	Images StoreImages `yaml:"images"`
+	// CommitInterval is the least time between two store transactions of results (group commit): results,
+	// and the outbox's delivery acknowledgements, that arrive meanwhile share the next transaction and its one
+	// fsync. An isolated result is committed at once; nothing is published or acknowledged to its source
+	// before its transaction is on disk. Default DefaultCommitInterval (20ms); an explicit 0 commits as soon
+	// as the previous transaction ended.
+	CommitInterval *time.Duration `yaml:"commit_interval"`
 }
 
 // Retention bounds history.

@@ -38,6 +38,9 @@ func TestParseDefaults(t *testing.T) {
 		{"mqtt.qos.heatmap", *cfg.MQTT.QoS.Heatmap, 0},
 		{"mqtt.heatmap.format", cfg.MQTT.Heatmap.Format, "png"},
 		{"mqtt.heatmap.max_size", cfg.MQTT.Heatmap.MaxSize, 0},
+		{"mqtt.heatmap.min_interval", *cfg.MQTT.Heatmap.MinInterval, time.Second},
+		{"cameras[0] heatmap interval", cfg.HeatmapInterval(&cfg.Cameras[0]), time.Second},
+		{"store.commit_interval", cfg.StoreCommitInterval(), 20 * time.Millisecond},
 		{"models.providers", strings.Join(cfg.Models.Providers, ","), "cpu"},
 		{"models.batch", cfg.Models.Batch, 1},
 		{"models.memory", cfg.Models.Memory, MemoryShared},
@@ -84,6 +87,7 @@ mqtt:
 store:
   retention: {max_age: 48h, max_size: 2GiB}
   samples: {every: 100, min_free_disk: 500MB}
+  commit_interval: 0s
 `
 	cfg, err := Parse(strings.NewReader(src), env(map[string]string{"MQTT_USER": "u", "MQTT_PASS": "p#: 1"}))
 	if err != nil {
@@ -103,6 +107,8 @@ store:
 		{"password (YAML syntax inside a secret stays data)", cfg.MQTT.Password, "p#: 1"},
 		{"format", cfg.MQTT.Heatmap.Format, "jpeg"},
 		{"heatmap max_size", cfg.MQTT.Heatmap.MaxSize, 320},
+		{"heatmap min_interval", *cfg.MQTT.Heatmap.MinInterval, 500 * time.Millisecond},
+		{"store.commit_interval explicit 0", cfg.StoreCommitInterval(), time.Duration(0)},
 		{"max_size", cfg.Store.Retention.MaxSize, ByteSize(2 << 30)},
 		{"min_free_disk", cfg.Store.Samples.MinFreeDisk, ByteSize(500e6)},
 		{"embedded", cfg.Embedded(), false},
@@ -115,6 +121,34 @@ store:
 		if ch.got != ch.want {
 			t.Errorf("%s = %v, want %v", ch.name, ch.got, ch.want)
 		}
+	}
+}
+
+// TestHeatmapInterval: OK heatmaps are rate-limited to one a second per camera unless the config says
+// otherwise; an explicit 0 (every frame) is kept, not taken for "unset", and a camera's override wins.
+func TestHeatmapInterval(t *testing.T) {
+	cases := []struct {
+		name, mqtt, camera string
+		want               time.Duration
+	}{
+		{"default", "", "", DefaultHeatmapInterval},
+		{"explicit 0: every frame", "mqtt: {heatmap: {min_interval: 0s}}\n", "", 0},
+		{"global", "mqtt: {heatmap: {min_interval: 250ms}}\n", "", 250 * time.Millisecond},
+		{"camera override of the default", "", ", heatmap_interval: 0s", 0},
+		{"camera override of the global", "mqtt: {heatmap: {min_interval: 0s}}\n", ", heatmap_interval: 3s", 3 * time.Second},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			src := "agent: {name: line1, data_dir: /tmp/x}\nmodels: {dir: /tmp/models}\n" +
+				"cameras:\n  - {name: cam1, kind: synthetic" + tc.camera + "}\n" + tc.mqtt
+			cfg, err := Parse(strings.NewReader(src), env(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg.HeatmapInterval(&cfg.Cameras[0]); got != tc.want {
+				t.Errorf("heatmap interval %v, want %v", got, tc.want)
+			}
+		})
 	}
 }
 
@@ -173,6 +207,12 @@ cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.batch: must be 1..
 		{"negative threshold", `
 models: {dir: /m}
 cameras: [{name: c, kind: synthetic, threshold: -1}]`, nil, []string{"cameras[0].threshold: must be a raw score"}},
+		{"negative heatmap min_interval", base("mqtt: {heatmap: {min_interval: -1s}}\n"), nil,
+			[]string{"mqtt.heatmap.min_interval: must not be negative"}},
+		{"store.commit_interval too long", base("store: {commit_interval: 2s}\n"), nil,
+			[]string{"store.commit_interval: must be 0..1s"}},
+		{"store.commit_interval negative", base("store: {commit_interval: -1ms}\n"), nil,
+			[]string{"store.commit_interval: must be 0..1s"}},
 		{"bad queue", `
 models: {dir: /m}
 cameras: [{name: c, kind: synthetic, queue: -3}]`, nil, []string{"cameras[0].queue: must be 1..10000"}},

@@ -60,8 +60,13 @@ func (b ByteSize) String() string {
 
 // Defaults.
 const (
-	DefaultDataDir        = "/var/lib/vlmdiff"
-	DefaultQueue          = 4
+	DefaultDataDir = "/var/lib/vlmdiff"
+	DefaultQueue   = 4
+	// DefaultHeatmapInterval is mqtt.heatmap.min_interval's default (see HeatmapOut.MinInterval).
+	DefaultHeatmapInterval = time.Second
+	// DefaultCommitInterval is store.commit_interval's default (see Store.CommitInterval): at 120 frames/s
+	// about 2-3 results share a transaction, and a result waits at most this long for its commit.
+	DefaultCommitInterval = 20 * time.Millisecond
 	DefaultEmbeddedListen = "127.0.0.1:1883"
 )
 
@@ -130,6 +135,10 @@ func (c *Config) SetDefaults() {
 	if q.Heatmap.Format == "" {
 		q.Heatmap.Format = "png"
 	}
+	if q.Heatmap.MinInterval == nil {
+		iv := DefaultHeatmapInterval
+		q.Heatmap.MinInterval = &iv
+	}
 	if q.StatsInterval == 0 {
 		q.StatsInterval = 10 * time.Second
 	}
@@ -154,6 +163,10 @@ func (c *Config) SetDefaults() {
 	}
 	if s.Samples.Max == 0 {
 		s.Samples.Max = 10000
+	}
+	if s.CommitInterval == nil {
+		iv := DefaultCommitInterval
+		s.CommitInterval = &iv
 	}
 	c.setLineDefaults()
 }
@@ -268,7 +281,7 @@ func (c *Config) Validate() error {
 	if !oneOf(q.Heatmap.Format, "png", "jpeg") {
 		bad("mqtt.heatmap.format", "must be png or jpeg, not %q", q.Heatmap.Format)
 	}
-	if q.Heatmap.MinInterval < 0 {
+	if q.Heatmap.MinInterval != nil && *q.Heatmap.MinInterval < 0 {
 		bad("mqtt.heatmap.min_interval", "must not be negative")
 	}
 	if q.Heatmap.MaxSize != 0 && (q.Heatmap.MaxSize < 16 || q.Heatmap.MaxSize > 16384) {
@@ -365,6 +378,9 @@ func (c *Config) validateStore(bad func(path, format string, args ...any)) {
 	if s.Samples.MinFreeDisk < 0 {
 		bad("store.samples.min_free_disk", "must not be negative")
 	}
+	if s.CommitInterval != nil && (*s.CommitInterval < 0 || *s.CommitInterval > time.Second) {
+		bad("store.commit_interval", "must be 0..1s (0: commit as soon as the previous commit ended), not %s", *s.CommitInterval)
+	}
 }
 
 func oneOf(s string, opts ...string) bool {
@@ -394,12 +410,23 @@ func (c *Config) SampleEvery(cam *Camera) int {
 	return c.Store.Samples.Every
 }
 
+// StoreCommitInterval is store.commit_interval after defaults.
+func (c *Config) StoreCommitInterval() time.Duration {
+	if c.Store.CommitInterval == nil { // a Config built without defaults
+		return DefaultCommitInterval
+	}
+	return *c.Store.CommitInterval
+}
+
 // HeatmapInterval is the camera's heatmap period after overrides.
 func (c *Config) HeatmapInterval(cam *Camera) time.Duration {
 	if cam.HeatmapInterval != nil {
 		return *cam.HeatmapInterval
 	}
-	return c.MQTT.Heatmap.MinInterval
+	if c.MQTT.Heatmap.MinInterval == nil { // a Config built without defaults
+		return DefaultHeatmapInterval
+	}
+	return *c.MQTT.Heatmap.MinInterval
 }
 
 // Embedded reports whether the daemon runs its own broker.

@@ -17,6 +17,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/vlmdiff/edge/agent/store"
 )
 
 // TLS configures an encrypted connection (broker URL scheme ssl://, tls://, mqtts:// or wss://).
@@ -136,6 +138,10 @@ type Config struct {
 	OnTrigger func(camera string, payload []byte) error
 	// Discovery announces the cameras to Home Assistant (discovery.go).
 	Discovery DiscoveryConfig
+	// Committer, when set, groups the results of SubmitGrouped and the drainer's delivery acknowledgements
+	// into shared store transactions (store.Committer); its owner closes it after the Publisher's Run
+	// returned. Nil: each result and each delivered window is its own transaction.
+	Committer *store.Committer
 	// Now is injectable for tests (heatmap rate limit, timestamps); default time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger

@@ -239,27 +239,54 @@ func (c *fakeClock) Add(d time.Duration) {
 
 // TestBrokerOutageKeepsOrder stops the broker mid-stream and restarts it on the same port: every result
 // arrives, first occurrences in seq order with no gaps, and any duplicate is byte-identical to the first
-// delivery (a QoS-1 redelivery of the stored payload, same seq and published_at).
+// delivery (a QoS-1 redelivery of the stored payload, same seq and published_at). With a store.Committer
+// (results and acknowledgements grouped into shared transactions) the same holds, every result is committed,
+// and after the stop the outbox is empty: the last acknowledgements were committed too.
 func TestBrokerOutageKeepsOrder(t *testing.T) {
+	for _, grouped := range []bool{false, true} {
+		t.Run(fmt.Sprintf("grouped=%v", grouped), func(t *testing.T) { brokerOutage(t, grouped) })
+	}
+}
+
+func brokerOutage(t *testing.T, grouped bool) {
 	b := mqtttest.StartWith(t, mqtttest.Options{Persistence: true})
 	sub := mqtttest.Subscribe(t, b.URL, mqtttest.SubOptions{ClientID: "outage-sub", Persistent: true, QoS: 1}, "plant/+/result")
 	st := openStore(t, "")
-	p, _ := runPub(t, st, b.URL, func(c *Config) {
+	var com *store.Committer
+	if grouped {
+		com = st.NewCommitter(20 * time.Millisecond)
+		t.Cleanup(com.Close)
+	}
+	p, stop := runPub(t, st, b.URL, func(c *Config) {
 		c.ClientID = "outage-pub"
 		c.AckTimeout = 2 * time.Second
 		c.Window = 8
+		c.Committer = com
 	})
+	var (
+		mu     sync.Mutex
+		failed []error
+		stored int
+	)
 	submit := func(from, to uint64) {
 		for seq := from; seq <= to; seq++ {
-			if err := p.Submit(result("cam1", seq, verdictOf(seq)), nil, store.CommitOptions{}); err != nil {
-				t.Fatal(err)
-			}
+			p.SubmitGrouped(result("cam1", seq, verdictOf(seq)), nil, store.CommitOptions{}, func(err error) {
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					failed = append(failed, err)
+				}
+				stored++
+			})
 		}
 	}
 	submit(1, 30)
 	sub.WaitN("plant/cam1/result", 30, wait)
 	b.Stop()
 	submit(31, 70) // scoring goes on: Submit only writes the outbox
+	if com != nil {
+		com.Flush()
+	}
 	ob, _ := st.OutboxStats()
 	if ob.Messages == 0 {
 		t.Fatal("results submitted during the outage are not in the outbox")
@@ -295,6 +322,21 @@ func TestBrokerOutageKeepsOrder(t *testing.T) {
 		if seq != uint64(i+1) {
 			t.Fatalf("first deliveries out of order or with a gap at %d: %v", i, order)
 		}
+	}
+	stop()
+	mu.Lock()
+	if stored != 100 || len(failed) > 0 {
+		t.Errorf("%d results stored, failures %v", stored, failed)
+	}
+	mu.Unlock()
+	if ob, _ := st.OutboxStats(); ob.Messages != 0 {
+		t.Errorf("after the stop %d messages are left in the outbox, want 0", ob.Messages)
+	}
+	if com != nil {
+		if cs := com.Stats(); cs.Results != 100 {
+			t.Errorf("committer stats %+v, want 100 results", cs)
+		}
+		t.Logf("committer: %+v", com.Stats())
 	}
 	t.Logf("100 results delivered across a broker restart; %d QoS-1 duplicates", dups)
 }

@@ -45,6 +45,10 @@ type Publisher struct {
 
 	stopReason atomic.Value // string: why Run is stopping (SetStopReason)
 
+	// sent is the id of the last outbox message delivered whose acknowledgement waits in Config.Committer:
+	// the drainer goes on after it (store.PeekAfter). Only the drainer touches it.
+	sent uint64
+
 	published  atomic.Uint64
 	failures   atomic.Uint64
 	reconnects atomic.Uint64
@@ -382,4 +386,24 @@ func (p *Publisher) Submit(rec *store.Record, hm *Heatmap, opts store.CommitOpti
 		opts.Images = append(opts.Images, store.Image{Kind: store.KindHeatmap, Format: hm.Format, Data: hm.Data})
 	}
 	return p.st.Commit(rec, msgs, opts)
+}
+
+// SubmitGrouped is Submit through Config.Committer: the result shares a store transaction with the others
+// that arrive within the commit interval, and done receives Submit's error once that transaction ended
+// (on the Committer's goroutine; nil: on disk, queued for publishing). Without a Committer it is Submit.
+// Results are committed in call order.
+func (p *Publisher) SubmitGrouped(rec *store.Record, hm *Heatmap, opts store.CommitOptions, done func(error)) {
+	if p.cfg.Committer == nil {
+		done(p.Submit(rec, hm, opts))
+		return
+	}
+	msgs, err := p.Messages(rec, hm)
+	if err != nil {
+		done(err)
+		return
+	}
+	if hm != nil && len(hm.Data) > 0 {
+		opts.Images = append(opts.Images, store.Image{Kind: store.KindHeatmap, Format: hm.Format, Data: hm.Data})
+	}
+	p.cfg.Committer.Submit(store.Pending{Rec: rec, Msgs: msgs, Opts: opts}, done)
 }

@@ -74,6 +74,9 @@ func (p *Publisher) flush(ctx context.Context) uint64 {
 			break
 		}
 	}
+	if c := p.cfg.Committer; c != nil {
+		c.Flush() // the acknowledgements of what was just delivered
+	}
 	st, err := p.st.OutboxStats()
 	if err != nil {
 		return 0
@@ -127,7 +130,7 @@ func (p *Publisher) drainLoop(ctx context.Context) {
 // stopping at the first that did not (the rest are retried from the store: never out of order, duplicates
 // possible, which QoS 1 allows).
 func (p *Publisher) drainBatch(ctx context.Context) (int, error) {
-	msgs, err := p.st.Peek(p.cfg.Window)
+	msgs, err := p.st.PeekAfter(p.sent, p.cfg.Window)
 	if err != nil {
 		return 0, fmt.Errorf("read outbox: %w", err)
 	}
@@ -147,7 +150,14 @@ func (p *Publisher) drainBatch(ctx context.Context) (int, error) {
 		}
 		done = append(done, msgs[i].ID)
 	}
-	if err := p.st.Ack(done...); err != nil {
+	if c := p.cfg.Committer; c != nil && len(done) > 0 {
+		// Removed with the next group of results: until then the drainer goes on after them. Lost in a
+		// crash means sent again after the restart: a duplicate, never a loss.
+		if err := c.Ack(done...); err != nil {
+			return 0, fmt.Errorf("ack outbox: %w", err)
+		}
+		p.sent = done[len(done)-1]
+	} else if err := p.st.Ack(done...); err != nil {
 		// Not acked means sent again later: a duplicate, never a loss.
 		return 0, fmt.Errorf("ack outbox: %w", err)
 	}

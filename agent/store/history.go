@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -83,91 +84,164 @@ type CommitOptions struct {
 // than the bound fails the whole commit with ErrTooLarge. A commit whose origin was already processed fails
 // with ErrAlreadyProcessed and writes nothing.
 func (s *Store) Commit(rec *Record, msgs []Message, opts CommitOptions) error {
-	if err := rec.validate(); err != nil {
-		return fmt.Errorf("commit result: %w", err)
-	}
-	for i := range msgs {
-		if err := msgs[i].validate(); err != nil {
-			return fmt.Errorf("commit result %s/%d: outbox message %d: %w", rec.Camera, rec.Seq, i, err)
-		}
+	return s.CommitMany([]Pending{{Rec: rec, Msgs: msgs, Opts: opts}}, nil)[0]
+}
+
+// Pending is one result for CommitMany: what Commit takes.
+type Pending struct {
+	Rec  *Record
+	Msgs []Message
+	Opts CommitOptions
+}
+
+// CommitMany commits several results, and removes delivered outbox messages (acks, as Ack does), in one
+// transaction: one fsync for all of them. Each result is all-or-nothing exactly as with Commit, and errs[i]
+// is what Commit would have returned for items[i]: a result refused on its own (invalid, origin already
+// processed, a message over the bound) costs the others nothing. When the shared transaction fails (I/O, disk
+// full) nothing of it is kept and each result is committed again in its own transaction, so each gets its own
+// outcome; the acks then go in one more. Results are written in the order given, so their outbox messages are
+// delivered in that order.
+func (s *Store) CommitMany(items []Pending, acks []uint64) (errs []error) {
+	errs = make([]error, len(items))
+	for i := range items {
+		errs[i] = items[i].validate()
 	}
 	now := s.opts.Now()
-	r := *rec
-	r.StoredAt = now
+	recs := make([]Record, len(items))
+	woken := false
 	err := s.update("commit", func(tx *bolt.Tx) error {
-		if key := r.processedKey(); key != "" {
-			ok := tx.Bucket(bOrigins).Get(originKey(r.Camera, key))
-			if ok != nil {
-				return fmt.Errorf("camera %s origin %q: %w", r.Camera, r.Origin, ErrAlreadyProcessed)
+		for i, it := range items {
+			if errs[i] != nil {
+				continue
 			}
-			if err := tx.Bucket(bOrigins).Put(originKey(r.Camera, key), u64(uint64(now.UnixNano()))); err != nil {
+			recs[i] = *it.Rec
+			recs[i].StoredAt = now
+			if processed(tx, &recs[i]) {
+				errs[i] = it.errorf("camera %s origin %q: %w", recs[i].Camera, recs[i].Origin, ErrAlreadyProcessed)
+				continue
+			}
+			if err := s.commitTx(tx, &recs[i], it.Msgs, it.Opts, now); err != nil {
 				return err
 			}
+			woken = woken || len(it.Msgs) > 0
 		}
-		for _, im := range opts.Images {
-			key, err := s.putImage(tx, r.Camera, r.Seq, r.Verdict, now, im)
-			if err != nil {
-				return fmt.Errorf("image %s: %w", im.Kind, err)
-			}
-			switch im.Kind {
-			case KindHeatmap:
-				r.HeatmapKey = key
-			case KindThumbnail:
-				r.ThumbnailKey = key
-			}
-		}
-		h := tx.Bucket(bHistory)
-		id, err := h.NextSequence()
-		if err != nil {
-			return err
-		}
-		r.ID = id
-		val, err := json.Marshal(&r)
-		if err != nil {
-			return fmt.Errorf("encode record: %w", err)
-		}
-		if err := h.Put(u64(id), val); err != nil {
-			return err
-		}
-		cb, err := tx.Bucket(bHistCam).CreateBucketIfNotExists([]byte(r.Camera))
-		if err != nil {
-			return err
-		}
-		if err := cb.Put(u64(id), nil); err != nil {
-			return err
-		}
-		if r.Verdict == VerdictNG {
-			if err := tx.Bucket(bHistNG).Put(u64(id), nil); err != nil {
-				return err
-			}
-		}
-		if err := addCounter(tx, cHistoryBytes, int64(8+len(val))); err != nil {
-			return err
-		}
-		if err := addCounter(tx, cHistoryCount, 1); err != nil {
-			return err
-		}
-		sb := tx.Bucket(bSeq)
-		if getU64(sb.Get([]byte(r.Camera))) < r.Seq || sb.Get([]byte(r.Camera)) == nil {
-			if err := sb.Put([]byte(r.Camera), u64(r.Seq)); err != nil {
-				return err
-			}
-		}
-		if s.opts.HistoryMaxBytes > 0 {
-			if _, err := s.pruneSize(tx, 0); err != nil {
-				return err
-			}
-		}
-		return s.enqueue(tx, now, msgs)
+		return s.ackTx(tx, acks)
 	})
 	if err != nil {
-		return fmt.Errorf("commit result %s/%d: %w", rec.Camera, rec.Seq, err)
+		if len(items) == 1 && len(acks) == 0 {
+			errs[0] = items[0].errorf("%w", err)
+			return errs
+		}
+		// One of them failed the shared transaction, or the disk did: find out which, each on its own.
+		for i := range items {
+			if errs[i] == nil || errors.Is(errs[i], ErrAlreadyProcessed) {
+				errs[i] = s.Commit(items[i].Rec, items[i].Msgs, items[i].Opts)
+			}
+		}
+		if len(acks) > 0 {
+			if err := s.Ack(acks...); err != nil {
+				s.log.Warn("outbox acknowledgements not stored; the messages go out again", "messages", len(acks), "err", err)
+			}
+		}
+		return errs
 	}
-	*rec = r
-	if len(msgs) > 0 {
+	for i := range items {
+		if errs[i] == nil {
+			*items[i].Rec = recs[i]
+		}
+	}
+	if woken {
 		s.wake()
 	}
+	return errs
+}
+
+func (p *Pending) validate() error {
+	if err := p.Rec.validate(); err != nil {
+		return fmt.Errorf("commit result: %w", err)
+	}
+	for i := range p.Msgs {
+		if err := p.Msgs[i].validate(); err != nil {
+			return p.errorf("outbox message %d: %w", i, err)
+		}
+	}
 	return nil
+}
+
+// errorf wraps err as Commit's error for this result.
+func (p *Pending) errorf(format string, args ...any) error {
+	return fmt.Errorf("commit result %s/%d: %w", p.Rec.Camera, p.Rec.Seq, fmt.Errorf(format, args...))
+}
+
+// processed reports whether r's origin was committed before (by an earlier transaction or earlier in this one).
+func processed(tx *bolt.Tx, r *Record) bool {
+	key := r.processedKey()
+	return key != "" && tx.Bucket(bOrigins).Get(originKey(r.Camera, key)) != nil
+}
+
+// commitTx writes one result (r, its images and messages; r.StoredAt set) in tx and fills r's ID and image
+// keys.
+func (s *Store) commitTx(tx *bolt.Tx, r *Record, msgs []Message, opts CommitOptions, now time.Time) error {
+	if key := r.processedKey(); key != "" {
+		if err := tx.Bucket(bOrigins).Put(originKey(r.Camera, key), u64(uint64(now.UnixNano()))); err != nil {
+			return err
+		}
+	}
+	for _, im := range opts.Images {
+		key, err := s.putImage(tx, r.Camera, r.Seq, r.Verdict, now, im)
+		if err != nil {
+			return fmt.Errorf("image %s: %w", im.Kind, err)
+		}
+		switch im.Kind {
+		case KindHeatmap:
+			r.HeatmapKey = key
+		case KindThumbnail:
+			r.ThumbnailKey = key
+		}
+	}
+	h := tx.Bucket(bHistory)
+	id, err := h.NextSequence()
+	if err != nil {
+		return err
+	}
+	r.ID = id
+	val, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode record: %w", err)
+	}
+	if err := h.Put(u64(id), val); err != nil {
+		return err
+	}
+	cb, err := tx.Bucket(bHistCam).CreateBucketIfNotExists([]byte(r.Camera))
+	if err != nil {
+		return err
+	}
+	if err := cb.Put(u64(id), nil); err != nil {
+		return err
+	}
+	if r.Verdict == VerdictNG {
+		if err := tx.Bucket(bHistNG).Put(u64(id), nil); err != nil {
+			return err
+		}
+	}
+	if err := addCounter(tx, cHistoryBytes, int64(8+len(val))); err != nil {
+		return err
+	}
+	if err := addCounter(tx, cHistoryCount, 1); err != nil {
+		return err
+	}
+	sb := tx.Bucket(bSeq)
+	if getU64(sb.Get([]byte(r.Camera))) < r.Seq || sb.Get([]byte(r.Camera)) == nil {
+		if err := sb.Put([]byte(r.Camera), u64(r.Seq)); err != nil {
+			return err
+		}
+	}
+	if s.opts.HistoryMaxBytes > 0 {
+		if _, err := s.pruneSize(tx, 0); err != nil {
+			return err
+		}
+	}
+	return s.enqueue(tx, now, msgs)
 }
 
 const (

@@ -46,6 +46,12 @@ func (m *Message) validate() error {
 	return nil
 }
 
+// Priorities run from 0 to maxPriority; noPriority names none (deleteOutbox then leaves the index alone).
+const (
+	maxPriority byte = 3
+	noPriority  byte = 255
+)
+
 // priority orders what a full outbox drops: lowest first.
 func (m *Message) priority() byte {
 	ng := m.Verdict == VerdictNG
@@ -170,7 +176,7 @@ func (s *Store) enqueue(tx *bolt.Tx, now time.Time, msgs []Message) error {
 // dropOne removes the oldest message of the lowest priority present and counts it.
 func (s *Store) dropOne(tx *bolt.Tx) (bool, error) {
 	pri := tx.Bucket(bOutboxPri)
-	for p := byte(0); p <= 3; p++ {
+	for p := byte(0); p <= maxPriority; p++ {
 		pb := pri.Bucket([]byte{p})
 		if pb == nil {
 			continue
@@ -219,11 +225,15 @@ func deleteOutbox(tx *bolt.Tx, k, v []byte, p byte) error {
 }
 
 // Peek returns up to n messages from the head of the outbox, oldest first, without removing them.
-func (s *Store) Peek(n int) ([]Message, error) {
+func (s *Store) Peek(n int) ([]Message, error) { return s.PeekAfter(0, n) }
+
+// PeekAfter is Peek from the first message whose id is above after: a drainer whose acknowledgements are
+// not committed yet (Committer.Ack) goes on from the last message it delivered. Ids grow in commit order.
+func (s *Store) PeekAfter(after uint64, n int) ([]Message, error) {
 	var out []Message
 	err := s.view("outbox peek", func(tx *bolt.Tx) error {
 		c := tx.Bucket(bOutbox).Cursor()
-		for k, v := c.First(); k != nil && len(out) < n; k, v = c.Next() {
+		for k, v := c.Seek(u64(after + 1)); k != nil && len(out) < n; k, v = c.Next() {
 			var m Message
 			p, err := decodeBlob(v, &m)
 			if err != nil {
@@ -242,24 +252,30 @@ func (s *Store) Ack(ids ...uint64) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	return s.update("outbox ack", func(tx *bolt.Tx) error {
-		for _, id := range ids {
-			k := u64(id)
-			v := tx.Bucket(bOutbox).Get(k)
-			if v == nil {
-				continue
-			}
-			var m Message
-			if _, err := decodeBlob(v, &m); err != nil {
-				return fmt.Errorf("outbox entry %d: %w", id, err)
-			}
-			v = append([]byte(nil), v...)
-			if err := deleteOutbox(tx, k, v, m.priority()); err != nil {
+	return s.update("outbox ack", func(tx *bolt.Tx) error { return s.ackTx(tx, ids) })
+}
+
+// ackTx removes the messages ids in tx (ids no longer present are ignored). The message's priority index
+// entry is removed from whichever priority holds it (deleting a missing key costs a lookup and writes
+// nothing), which spares decoding each header.
+func (s *Store) ackTx(tx *bolt.Tx, ids []uint64) error {
+	for _, id := range ids {
+		k := u64(id)
+		v := tx.Bucket(bOutbox).Get(k)
+		if v == nil {
+			continue
+		}
+		v = append([]byte(nil), v...)
+		for p := byte(0); p <= maxPriority; p++ {
+			if err := deleteOutbox(tx, k, nil, p); err != nil {
 				return err
 			}
 		}
-		return nil
-	})
+		if err := deleteOutbox(tx, k, v, noPriority); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // OutboxStats returns the outbox's size and drop counters.

@@ -42,6 +42,8 @@ var (
 	ErrAlreadyProcessed = errors.New("origin already processed")
 	// ErrInvalid: a caller-supplied value (camera name, seq, kind) is not acceptable.
 	ErrInvalid = errors.New("invalid argument")
+	// ErrClosed: a result was submitted to a Committer after its Close.
+	ErrClosed = errors.New("committer closed")
 	// ErrLocked: another process (a running daemon) holds the file's lock.
 	ErrLocked = errors.New("store file is locked by another process")
 )
