@@ -110,3 +110,36 @@ func BenchmarkPreprocess(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkMapParts splits the map stage of one frame (small preset geometry) into its steps: the per-layer
+// distances, the banded upsample-and-smooth product, and the pooled score.
+func BenchmarkMapParts(b *testing.B) {
+	bb := benchBackbones[0]
+	feats := benchFeatures(bb, 1)
+	sc := &mapScratch{}
+	amap, err := smoothedAnomalyMap(feats, 0, 1, false, 256, 256, 5, 4, sc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("distance", func(b *testing.B) {
+		for b.Loop() {
+			for l := range feats {
+				if err := feats[l].distance(0, 1, false, sc.d[l]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+	b.Run("smooth", func(b *testing.B) {
+		p := planFor(sc.sizes, 256, 256, 5, 4)
+		out := make([]float64, 256*256)
+		for b.Loop() {
+			p.apply(sc.d, sc.wts, sc.e, out)
+		}
+	})
+	b.Run("pool", func(b *testing.B) {
+		for b.Loop() {
+			pooledMaxWith(amap, 256, 256, 8, 8, &sc.pool)
+		}
+	})
+}
