@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"fmt"
+	"runtime"
 	"strconv"
 	"sync"
 )
@@ -147,20 +148,33 @@ func newMapPlan(sizes []layerSize, H, W int, sigma, truncate float64) *mapPlan {
 	return p
 }
 
-// apply writes dst (H x W) = sum_l weights[l] * rows_l . d[l] . cols_l^T, using e (eRows x W) as scratch.
-func (p *mapPlan) apply(d [][]float64, weights []float64, e, dst []float64) {
-	for l, ly := range p.layers {
-		colPass(d[l], ly.h, ly.w, &ly.cols, weights[l], e[ly.eOff*p.W:(ly.eOff+ly.h)*p.W])
-	}
-	rowPass(e, p.W, p.vRow, p.vW, p.nv, dst[:p.H*p.W])
+// apply writes dst (H x W) = sum_l weights[l] * rows_l . d[l] . cols_l^T, using e (eRows x W) as scratch, on
+// up to workers goroutines. before, when set, runs on each range of the stacked layer rows before their column
+// pass: it is where smoothedAnomalyMap computes those rows of the distance maps.
+func (p *mapPlan) apply(d [][]float64, weights []float64, e, dst []float64, workers int, before func(l, r0, r1 int)) {
+	split(p.eRows, workers, func(_, lo, hi int) {
+		for l, ly := range p.layers {
+			r0, r1 := max(lo, ly.eOff)-ly.eOff, min(hi, ly.eOff+ly.h)-ly.eOff
+			if r0 >= r1 {
+				continue
+			}
+			if before != nil {
+				before(l, r0, r1)
+			}
+			colPass(d[l], r0, r1, ly.w, &ly.cols, weights[l], e[ly.eOff*p.W:(ly.eOff+ly.h)*p.W])
+		}
+	})
+	split(p.H, workers, func(_, lo, hi int) {
+		rowPass(e, p.W, p.vRow, p.vW, p.nv, dst[:p.H*p.W], lo, hi)
+	})
 }
 
-// colPass applies a column band to each of the h rows of d (h x w) into e (h x b.m), times scale. Four rows go
-// together: they share the band's weights and give four independent sums to overlap.
-func colPass(d []float64, h, w int, b *band, scale float64, e []float64) {
+// colPass applies a column band to rows y0..y1 of d (rows of w) into the same rows of e (rows of b.m), times
+// scale. Four rows go together: they share the band's weights and give four independent sums to overlap.
+func colPass(d []float64, y0, y1, w int, b *band, scale float64, e []float64) {
 	W, bw := b.m, b.width
-	y := 0
-	for ; y+4 <= h; y += 4 {
+	y := y0
+	for ; y+4 <= y1; y += 4 {
 		r0, r1, r2, r3 := d[y*w:(y+1)*w], d[(y+1)*w:(y+2)*w], d[(y+2)*w:(y+3)*w], d[(y+3)*w:(y+4)*w]
 		o0, o1, o2, o3 := e[y*W:(y+1)*W], e[(y+1)*W:(y+2)*W], e[(y+2)*W:(y+3)*W], e[(y+3)*W:(y+4)*W]
 		for X := range o0 {
@@ -177,7 +191,7 @@ func colPass(d []float64, h, w int, b *band, scale float64, e []float64) {
 			o0[X], o1[X], o2[X], o3[X] = scale*s0, scale*s1, scale*s2, scale*s3
 		}
 	}
-	for ; y < h; y++ {
+	for ; y < y1; y++ {
 		r, o := d[y*w:(y+1)*w], e[y*W:(y+1)*W]
 		for X := range o {
 			s := b.start[X]
@@ -192,11 +206,10 @@ func colPass(d []float64, h, w int, b *band, scale float64, e []float64) {
 	}
 }
 
-// rowPass writes each output row of dst (rows of W) as the weighted sum of nv rows of e, four rows of e per
-// sweep over the output row so that it is loaded and stored a quarter as often.
-func rowPass(e []float64, W int, rows []int, ws []float64, nv int, dst []float64) {
-	H := len(dst) / W
-	for Y := range H {
+// rowPass writes output rows y0..y1 of dst (rows of W), each the weighted sum of nv rows of e, four rows of e
+// per sweep over the output row so that it is loaded and stored a quarter as often.
+func rowPass(e []float64, W int, rows []int, ws []float64, nv int, dst []float64, y0, y1 int) {
+	for Y := y0; Y < y1; Y++ {
 		out := dst[Y*W : (Y+1)*W]
 		rs, cs := rows[Y*nv:(Y+1)*nv], ws[Y*nv:(Y+1)*nv]
 		j := 0
@@ -232,6 +245,7 @@ type mapScratch struct {
 	dist  []float64   // every layer's distance map, back to back
 	d     [][]float64 // views of dist, one per layer
 	wts   []float64
+	chans []int
 	sizes []layerSize
 	e     []float64 // the plan's intermediate
 	amap  []float64 // the smoothed map
@@ -251,38 +265,41 @@ func grow(buf []float64, n int) []float64 {
 // smoothedAnomalyMap returns frame i's smoothed anomaly map at H x W (docs/algorithm.md §1.9): for each layer
 // 1 - cos between the frame's and its reconstruction's features, upsampled bilinearly with aligned corners,
 // weighted and summed, then smoothed with the Gaussian (sigma <= 0: not smoothed). frames is B; the
-// reconstruction of frame i is item B+i of each layer's batch. The map is sc.amap: valid until sc's next use.
-// Python twin: reference.smooth(reference.anomaly_map(...)).
-func smoothedAnomalyMap(layers []layerOutput, i, frames int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch) ([]float64, error) {
-	sc.sizes, sc.wts = sc.sizes[:0], sc.wts[:0]
+// reconstruction of frame i is item B+i of each layer's batch. It runs on up to workers goroutines. The map is
+// sc.amap: valid until sc's next use. Python twin: reference.smooth(reference.anomaly_map(...)).
+func smoothedAnomalyMap(layers []layerOutput, i, frames int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
+	sc.sizes, sc.wts, sc.chans = sc.sizes[:0], sc.wts[:0], sc.chans[:0]
 	total := 0
 	for _, l := range layers {
-		_, _, h, w, err := l.geometry(tokens)
+		items, c, h, w, err := l.geometry(tokens)
 		if err != nil {
 			return nil, err
 		}
-		if h < 1 || w < 1 {
-			return nil, fmt.Errorf("feature %s has an empty %d x %d map", l.Name, h, w)
+		if h < 1 || w < 1 || c < 1 {
+			return nil, fmt.Errorf("feature %s has an empty map (%d channels of %d x %d)", l.Name, c, h, w)
+		}
+		if frames+i >= items {
+			return nil, fmt.Errorf("feature %s has %d items, frame %d of %d needs item %d", l.Name, items, i, frames, frames+i)
 		}
 		sc.sizes = append(sc.sizes, layerSize{h, w})
 		sc.wts = append(sc.wts, l.Weight)
+		sc.chans = append(sc.chans, c)
 		total += h * w
 	}
 	sc.dist = grow(sc.dist, total)
 	sc.d = sc.d[:0]
 	off := 0
-	for li, l := range layers {
-		d := sc.dist[off : off+sc.sizes[li].h*sc.sizes[li].w]
-		off += len(d)
-		if err := l.distance(i, frames, tokens, d); err != nil {
-			return nil, err
-		}
-		sc.d = append(sc.d, d)
+	for _, s := range sc.sizes {
+		sc.d = append(sc.d, sc.dist[off:off+s.h*s.w])
+		off += s.h * s.w
 	}
 	p := planFor(sc.sizes, H, W, sigma, truncate)
 	sc.e = grow(sc.e, p.eRows*W)
 	sc.amap = grow(sc.amap, H*W)
-	p.apply(sc.d, sc.wts, sc.e, sc.amap)
+	p.apply(sc.d, sc.wts, sc.e, sc.amap, workers, func(l, r0, r1 int) {
+		s := sc.sizes[l]
+		layers[l].distance(i, frames, tokens, sc.chans[l], s.h*s.w, r0*s.w, r1*s.w, sc.d[l])
+	})
 	return sc.amap, nil
 }
 
@@ -314,25 +331,18 @@ func (l layerOutput) geometry(tokens bool) (items, c, h, w int, err error) {
 	return items, c, h, w, nil
 }
 
-// distance writes 1 - cos between item i and item frames+i of the layer at each of its h x w positions.
-func (l layerOutput) distance(i, frames int, tokens bool, dst []float64) error {
-	items, c, h, w, err := l.geometry(tokens)
-	if err != nil {
-		return err
-	}
-	if frames+i >= items {
-		return fmt.Errorf("feature %s has %d items, frame %d of %d needs item %d", l.Name, items, i, frames, frames+i)
-	}
+// distance writes 1 - cos between item i and item frames+i of the layer (c channels, n positions, its
+// geometry checked) at positions lo..hi of dst.
+func (l layerOutput) distance(i, frames int, tokens bool, c, n, lo, hi int, dst []float64) {
 	if tokens {
-		per := (h*w + 1) * c
+		per := (n + 1) * c
 		// skip the CLS token: rows 1..N are the patches, row-major on the grid
 		a, b := l.Data[i*per+c:(i+1)*per], l.Data[(frames+i)*per+c:(frames+i+1)*per]
-		cosineDistanceRows(a, b, h*w, c, dst)
-		return nil
+		cosineDistanceRows(a[lo*c:hi*c], b[lo*c:hi*c], hi-lo, c, dst[lo:hi])
+		return
 	}
-	per := c * h * w
-	cosineDistance(l.Data[i*per:(i+1)*per], l.Data[(frames+i)*per:(frames+i+1)*per], c, h*w, dst)
-	return nil
+	per := c * n
+	cosineDistanceRange(l.Data[i*per:(i+1)*per], l.Data[(frames+i)*per:(frames+i+1)*per], c, n, lo, hi, dst)
 }
 
 // isqrt is the integer square root of n >= 0, rounded down.
@@ -345,4 +355,18 @@ func isqrt(n int) int {
 		r++
 	}
 	return r
+}
+
+// maxMapWorkers caps the goroutines of one frame's map: past a few, the joins cost more than the halves save.
+const maxMapWorkers = 4
+
+// mapWorkers is how many goroutines the map stage of a frame uses: the CPU budget the scorer gives ONNX
+// Runtime (Options.Threads; 0 means every core), since the map runs when the graphs are done and their
+// threads idle.
+func (s *Scorer) mapWorkers() int {
+	n := runtime.GOMAXPROCS(0)
+	if s.opt.Threads > 0 {
+		n = min(n, s.opt.Threads)
+	}
+	return max(1, min(n, maxMapWorkers))
 }

@@ -76,15 +76,18 @@ func TestSmoothedMapMatchesDefinition(t *testing.T) {
 				if c.sigma > 0 {
 					gaussianFilterDirect(want, c.H, c.W, c.sigma, c.truncate)
 				}
-				got, err := smoothedAnomalyMap(feats, i, frames, c.tokens, c.H, c.W, c.sigma, c.truncate, sc)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(got) != c.H*c.W {
-					t.Fatalf("map of %d values, want %d", len(got), c.H*c.W)
-				}
-				if e := maxRelDiff(got, want); !(e <= 1e-13) {
-					t.Errorf("frame %d: banded map differs from the definition by %.2e (max relative)", i, e)
+				// one goroutine, and three: ranges of rows that split layers and sweeps of four
+				for _, workers := range []int{1, 3} {
+					got, err := smoothedAnomalyMap(feats, i, frames, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(got) != c.H*c.W {
+						t.Fatalf("map of %d values, want %d", len(got), c.H*c.W)
+					}
+					if e := maxRelDiff(got, want); !(e <= 1e-13) {
+						t.Errorf("frame %d, %d workers: banded map differs from the definition by %.2e (max relative)", i, workers, e)
+					}
 				}
 			}
 		})
@@ -111,7 +114,8 @@ func TestGaussianFilterMatchesDefinition(t *testing.T) {
 }
 
 // TestPooledMaxMatchesDefinition checks the transposed running-sum pooling against the pass-by-pass
-// definition, with one scratch reused across sizes, and that the map is left as it was.
+// definition, on one to three goroutines, with one scratch reused across sizes, and that the map is left as
+// it was.
 func TestPooledMaxMatchesDefinition(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
 	sc := &poolScratch{}
@@ -126,9 +130,11 @@ func TestPooledMaxMatchesDefinition(t *testing.T) {
 		}
 		orig := slices.Clone(m)
 		want := pooledMaxDirect(m, c.h, c.w, c.k, c.reps)
-		got := pooledMaxWith(m, c.h, c.w, c.k, c.reps, sc)
-		if math.Abs(got-want) > 1e-13*math.Abs(want) {
-			t.Errorf("%+v: pooled max %v, definition %v", c, got, want)
+		for _, workers := range []int{1, 2, 3} {
+			got := pooledMaxWith(m, c.h, c.w, c.k, c.reps, sc, workers)
+			if math.Abs(got-want) > 1e-13*math.Abs(want) {
+				t.Errorf("%+v, %d workers: pooled max %v, definition %v", c, workers, got, want)
+			}
 		}
 		if !slices.Equal(m, orig) {
 			t.Errorf("%+v: the pooling changed its input", c)

@@ -71,22 +71,26 @@ func benchFeatures(bb benchBackbone, frames int) []layerOutput {
 	return out
 }
 
-// BenchmarkMapStage times Scorer.mapsAndScores by backbone and batch size.
+// BenchmarkMapStage times Scorer.mapsAndScores by backbone, batch size and the goroutines a frame may use
+// (Options.Threads: t1 is one, t2 two).
 func BenchmarkMapStage(b *testing.B) {
 	for _, bb := range benchBackbones {
 		for _, frames := range []int{1, 4} {
-			b.Run(fmt.Sprintf("%s/b%d", bb.name, frames), func(b *testing.B) {
-				s := benchScorer(bb)
-				feats := benchFeatures(bb, frames)
-				reqs := make([]Request, frames)
-				for b.Loop() {
-					res, err := s.mapsAndScores(feats, reqs)
-					if err != nil || res[0].Err != nil {
-						b.Fatal(err, res[0].Err)
+			for _, threads := range []int{1, 2} {
+				b.Run(fmt.Sprintf("%s/b%d/t%d", bb.name, frames, threads), func(b *testing.B) {
+					s := benchScorer(bb)
+					s.opt.Threads = threads
+					feats := benchFeatures(bb, frames)
+					reqs := make([]Request, frames)
+					for b.Loop() {
+						res, err := s.mapsAndScores(feats, reqs)
+						if err != nil || res[0].Err != nil {
+							b.Fatal(err, res[0].Err)
+						}
 					}
-				}
-				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*frames), "ns/frame")
-			})
+					b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*frames), "ns/frame")
+				})
+			}
 		}
 	}
 }
@@ -117,16 +121,15 @@ func BenchmarkMapParts(b *testing.B) {
 	bb := benchBackbones[0]
 	feats := benchFeatures(bb, 1)
 	sc := &mapScratch{}
-	amap, err := smoothedAnomalyMap(feats, 0, 1, false, 256, 256, 5, 4, sc)
+	amap, err := smoothedAnomalyMap(feats, 0, 1, false, 256, 256, 5, 4, sc, 1)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Run("distance", func(b *testing.B) {
 		for b.Loop() {
 			for l := range feats {
-				if err := feats[l].distance(0, 1, false, sc.d[l]); err != nil {
-					b.Fatal(err)
-				}
+				n := sc.sizes[l].h * sc.sizes[l].w
+				feats[l].distance(0, 1, false, sc.chans[l], n, 0, n, sc.d[l])
 			}
 		}
 	})
@@ -134,12 +137,12 @@ func BenchmarkMapParts(b *testing.B) {
 		p := planFor(sc.sizes, 256, 256, 5, 4)
 		out := make([]float64, 256*256)
 		for b.Loop() {
-			p.apply(sc.d, sc.wts, sc.e, out)
+			p.apply(sc.d, sc.wts, sc.e, out, 1, nil)
 		}
 	})
 	b.Run("pool", func(b *testing.B) {
 		for b.Loop() {
-			pooledMaxWith(amap, 256, 256, 8, 8, &sc.pool)
+			pooledMaxWith(amap, 256, 256, 8, 8, &sc.pool, 1)
 		}
 	})
 }

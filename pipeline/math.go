@@ -3,6 +3,7 @@ package pipeline
 import (
 	"math"
 	"math/rand/v2"
+	"sync"
 )
 
 // AlphasCumprod returns abar[t] = prod_{s<=t} (1 - beta_s) for Stable Diffusion's "linear" schedule:
@@ -60,10 +61,15 @@ func noiseFor(seed int64, seq uint64, perFrame bool, n int) (post, start []float
 // go in blocks whose three sums stay in the L1 cache while every channel plane streams past once, four
 // channels per sweep.
 func cosineDistance(a, b []float32, c, hw int, dst []float64) {
+	cosineDistanceRange(a, b, c, hw, 0, hw, dst)
+}
+
+// cosineDistanceRange is cosineDistance at positions lo..hi only (of dst too).
+func cosineDistanceRange(a, b []float32, c, hw, lo, hi int, dst []float64) {
 	const blk = 256
 	var dot, na, nb [blk]float64
-	for p0 := 0; p0 < hw; p0 += blk {
-		n := min(blk, hw-p0)
+	for p0 := lo; p0 < hi; p0 += blk {
+		n := min(blk, hi-p0)
 		sd, sa, sb := dot[:n], na[:n], nb[:n]
 		clear(sd)
 		clear(sa)
@@ -189,57 +195,77 @@ func gaussianFilter(m []float64, h, w int, sigma, truncate float64) {
 	}
 	p := planFor([]layerSize{{h, w}}, h, w, sigma, truncate)
 	src := append([]float64(nil), m...)
-	p.apply([][]float64{src}, []float64{1}, make([]float64, p.eRows*w), m)
+	p.apply([][]float64{src}, []float64{1}, make([]float64, p.eRows*w), m, 1, nil)
 }
 
-// poolScratch holds pooledMax's two buffers between calls.
-type poolScratch struct{ a, b []float64 }
+// poolScratch holds pooledMax's buffers between calls.
+type poolScratch struct{ a, b, t []float64 }
 
 // pooledMax applies repeat passes of a k x k average pool (stride 1, no padding) and returns the maximum: the
 // reference's image score (8 passes of k=8 on a 256 map leave 200 x 200). The passes must leave at least one
 // value (models.Load checks a bundle's recipe against its input size).
 func pooledMax(m []float64, h, w, k, repeat int) float64 {
-	return pooledMaxWith(m, h, w, k, repeat, &poolScratch{})
+	return pooledMaxWith(m, h, w, k, repeat, &poolScratch{}, 1)
 }
 
-// pooledMaxWith is pooledMax with its buffers from sc. The 2-D pool is a box over rows then over columns,
-// and the passes commute, so all the row passes run first, then the map is transposed and the column passes
-// run as row passes too: every pass is a running sum down the rows, which walks memory in order and keeps the
-// adds of neighbouring columns independent. m is not modified.
-func pooledMaxWith(m []float64, h, w, k, repeat int, sc *poolScratch) float64 {
+// pooledMaxWith is pooledMax with its buffers from sc, on up to workers goroutines. The 2-D pool is a box over
+// rows then over columns, and the passes commute, so all the row passes run first, then the map is transposed
+// and the column passes run as row passes too: every pass is a running sum down the rows, which walks memory
+// in order and keeps the adds of neighbouring columns independent, and each column's passes are independent of
+// the others', so the workers take a range of columns each. m is not modified.
+func pooledMaxWith(m []float64, h, w, k, repeat int, sc *poolScratch, workers int) float64 {
 	if k <= 1 || repeat <= 0 {
 		return maxOf(m[:h*w])
 	}
-	sc.a, sc.b = grow(sc.a, h*w), grow(sc.b, h*w)
+	sc.a, sc.b, sc.t = grow(sc.a, h*w), grow(sc.b, h*w), grow(sc.t, h*w)
 	inv := 1 / float64(k)
-	cur, next := m, sc.a
-	for r := range repeat {
-		boxDown(cur, h, w, k, inv, next)
-		h -= k - 1
-		if r == 0 {
-			cur, next = sc.a, sc.b
-		} else {
+	hv, wv := h-repeat*(k-1), w-repeat*(k-1)
+	// Down the rows of every column, then each column becomes a row of the transposed map t.
+	split(w, workers, func(_, c0, c1 int) {
+		cur, next := m, sc.a
+		rows := h
+		for r := range repeat {
+			boxDown(cur, next, rows, w, c0, c1, k, inv)
+			rows -= k - 1
+			if r == 0 {
+				cur, next = sc.a, sc.b
+			} else {
+				cur, next = next, cur
+			}
+		}
+		transpose(cur, hv, w, c0, c1, sc.t)
+	})
+	// The transposed map (w rows of hv) down its rows: the original's rows, each worker a range of them.
+	maxes := make([]float64, max(workers, 1))
+	for i := range maxes {
+		maxes[i] = math.Inf(-1)
+	}
+	split(hv, workers, func(part, c0, c1 int) {
+		cur, next := sc.t, sc.a
+		rows := w
+		for range repeat {
+			boxDown(cur, next, rows, hv, c0, c1, k, inv)
+			rows -= k - 1
 			cur, next = next, cur
 		}
-	}
-	transpose(cur, h, w, next)
-	h, w = w, h
-	cur, next = next, cur
-	for range repeat {
-		boxDown(cur, h, w, k, inv, next)
-		h -= k - 1
-		cur, next = next, cur
-	}
-	return maxOf(cur[:h*w])
+		best := math.Inf(-1)
+		for y := range wv {
+			best = max(best, maxOf(cur[y*hv+c0:y*hv+c1]))
+		}
+		maxes[part] = best
+	})
+	return maxOf(maxes)
 }
 
-// boxDown writes the means of every k consecutive rows of src (rows x cols) into dst (rows-k+1 rows): the first
-// directly, each next one from the previous by adding the row that enters and removing the one that leaves.
-func boxDown(src []float64, rows, cols, k int, inv float64, dst []float64) {
-	out := dst[:cols]
-	copy(out, src[:cols])
+// boxDown writes, for columns c0..c1 of src (rows of stride values), the means of every k consecutive rows
+// into the same columns of dst (rows-k+1 rows of the same stride): the first directly, each next one from the
+// previous by adding the row that enters and removing the one that leaves.
+func boxDown(src, dst []float64, rows, stride, c0, c1, k int, inv float64) {
+	n := c1 - c0
+	out := dst[c0:][:n]
+	copy(out, src[c0:][:n])
 	for j := 1; j < k; j++ {
-		in := src[j*cols:][:len(out)]
+		in := src[j*stride+c0:][:len(out)]
 		for x := range out {
 			out[x] += in[x]
 		}
@@ -248,8 +274,8 @@ func boxDown(src []float64, rows, cols, k int, inv float64, dst []float64) {
 		out[x] *= inv
 	}
 	for y := 1; y < rows-k+1; y++ {
-		prev, out := dst[(y-1)*cols:][:cols], dst[y*cols:][:cols]
-		add, sub := src[(y+k-1)*cols:][:len(out)], src[(y-1)*cols:][:len(out)]
+		prev, out := dst[(y-1)*stride+c0:][:n], dst[y*stride+c0:][:n]
+		add, sub := src[(y+k-1)*stride+c0:][:len(out)], src[(y-1)*stride+c0:][:len(out)]
 		prev = prev[:len(out)]
 		for x := range out {
 			out[x] = prev[x] + (add[x]-sub[x])*inv
@@ -257,13 +283,14 @@ func boxDown(src []float64, rows, cols, k int, inv float64, dst []float64) {
 	}
 }
 
-// transpose writes the transpose of src (rows x cols) into dst (cols x rows), in tiles that stay in the cache.
-func transpose(src []float64, rows, cols int, dst []float64) {
+// transpose writes columns c0..c1 of src (rows x cols) as rows c0..c1 of dst (cols x rows), in tiles that
+// stay in the cache.
+func transpose(src []float64, rows, cols, c0, c1 int, dst []float64) {
 	const t = 16
 	for y0 := 0; y0 < rows; y0 += t {
 		y1 := min(y0+t, rows)
-		for x0 := 0; x0 < cols; x0 += t {
-			x1 := min(x0+t, cols)
+		for x0 := c0; x0 < c1; x0 += t {
+			x1 := min(x0+t, c1)
 			for y := y0; y < y1; y++ {
 				row := src[y*cols : (y+1)*cols]
 				for x := x0; x < x1; x++ {
@@ -272,6 +299,28 @@ func transpose(src []float64, rows, cols int, dst []float64) {
 			}
 		}
 	}
+}
+
+// split runs f on up to parts contiguous ranges covering [0, n), numbered from 0, all but the first on new
+// goroutines, and returns when all are done. The map stage runs after the feature graph, when ONNX Runtime's threads are idle;
+// a frame's map is about a millisecond of work, so two halves of it cost a few microseconds of goroutine
+// start and join.
+func split(n, parts int, f func(part, lo, hi int)) {
+	parts = min(parts, n)
+	if parts <= 1 {
+		f(0, 0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	for p := 1; p < parts; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(p, n*p/parts, n*(p+1)/parts)
+		}()
+	}
+	f(0, 0, n/parts)
+	wg.Wait()
 }
 
 // maxOf returns the largest value of m (-Inf when empty); a NaN anywhere is not larger than anything.

@@ -306,7 +306,7 @@ func (s *Scorer) mapsAndScores(feats []layerOutput, reqs []Request) ([]Result, e
 	defer mapScratchPool.Put(sc)
 	results := make([]Result, len(reqs))
 	for i, r := range reqs {
-		amap, err := smoothedAnomalyMap(feats, i, len(reqs), s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc)
+		amap, err := smoothedAnomalyMap(feats, i, len(reqs), s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
 		if err != nil {
 			return nil, err
 		}
@@ -323,7 +323,7 @@ func (s *Scorer) frameResult(amap []float64, class string, ps *poolScratch) Resu
 		return Result{Err: errors.New("the model produced non-finite values (NaN/Inf) in the anomaly map")}
 	}
 	r := Result{Map: m, MapWidth: s.m.Input.Width, MapHeight: s.m.Input.Height}
-	r.RawScore = pooledMaxWith(amap, r.MapHeight, r.MapWidth, s.m.Score.PoolKernel, s.m.Score.PoolRepeat, ps)
+	r.RawScore = pooledMaxWith(amap, r.MapHeight, r.MapWidth, s.m.Score.PoolKernel, s.m.Score.PoolRepeat, ps, s.mapWorkers())
 	s.calibrate(&r, class)
 	return r
 }
