@@ -76,7 +76,9 @@ func TestSmoothedMapMatchesDefinition(t *testing.T) {
 				if c.sigma > 0 {
 					gaussianFilterDirect(want, c.H, c.W, c.sigma, c.truncate)
 				}
-				// one goroutine, and three: ranges of rows that split layers and sweeps of four
+				// one goroutine, and three: ranges of rows that split layers and sweeps of four. Every value is
+				// summed in the same order either way, so the two maps are identical.
+				var one []float64
 				for _, workers := range []int{1, 3} {
 					got, err := smoothedAnomalyMap(feats, i, frames, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
 					if err != nil {
@@ -87,6 +89,11 @@ func TestSmoothedMapMatchesDefinition(t *testing.T) {
 					}
 					if e := maxRelDiff(got, want); !(e <= 1e-13) {
 						t.Errorf("frame %d, %d workers: banded map differs from the definition by %.2e (max relative)", i, workers, e)
+					}
+					if one == nil {
+						one = slices.Clone(got)
+					} else if !slices.Equal(got, one) {
+						t.Errorf("frame %d: the map on %d goroutines differs from the map on one", i, workers)
 					}
 				}
 			}
@@ -130,10 +137,14 @@ func TestPooledMaxMatchesDefinition(t *testing.T) {
 		}
 		orig := slices.Clone(m)
 		want := pooledMaxDirect(m, c.h, c.w, c.k, c.reps)
+		one := pooledMaxWith(m, c.h, c.w, c.k, c.reps, sc, 1)
 		for _, workers := range []int{1, 2, 3} {
 			got := pooledMaxWith(m, c.h, c.w, c.k, c.reps, sc, workers)
 			if math.Abs(got-want) > 1e-13*math.Abs(want) {
 				t.Errorf("%+v, %d workers: pooled max %v, definition %v", c, workers, got, want)
+			}
+			if got != one {
+				t.Errorf("%+v: %v on %d goroutines, %v on one", c, got, workers, one)
 			}
 		}
 		if !slices.Equal(m, orig) {
