@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -232,5 +233,48 @@ func TestMapStageFrameErrors(t *testing.T) {
 	feats[0].Data = feats[0].Data[:2*int(feats[0].Shape[1]*feats[0].Shape[2])]
 	if _, err := ts.mapsAndScores(feats, make([]Request, 1)); err == nil || !strings.Contains(err.Error(), "not a square grid") {
 		t.Errorf("1023 tokens: want a not-a-square-grid error, got %v", err)
+	}
+}
+
+// TestMapStageConcurrent: Score may run on several goroutines at once, so the map stage's pooled buffers and
+// cached plans must keep them apart: batches scored at once give the results they give one after another.
+func TestMapStageConcurrent(t *testing.T) {
+	bb := benchBackbones[0]
+	s := benchScorer(bb)
+	const n = 4
+	feats := make([][]layerOutput, n)
+	want := make([][]Result, n)
+	for g := range n {
+		feats[g] = benchFeatures(bb, 1+g%2)
+		for _, l := range feats[g] { // make each batch differ
+			l.Data[g] += float32(g)
+		}
+		var err error
+		if want[g], err = s.mapsAndScores(feats[g], make([]Request, 1+g%2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	got := make([][]Result, n)
+	errs := make([]error, n)
+	for g := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 3 {
+				got[g], errs[g] = s.mapsAndScores(feats[g], make([]Request, 1+g%2))
+			}
+		}()
+	}
+	wg.Wait()
+	for g := range n {
+		if errs[g] != nil {
+			t.Fatal(errs[g])
+		}
+		for i := range want[g] {
+			if got[g][i].RawScore != want[g][i].RawScore || !slices.Equal(got[g][i].Map, want[g][i].Map) {
+				t.Errorf("batch %d frame %d: concurrent result differs (score %v, alone %v)", g, i, got[g][i].RawScore, want[g][i].RawScore)
+			}
+		}
 	}
 }
