@@ -596,7 +596,7 @@ func loadReference(dir string, m *Manifest) (map[string][]float32, error) {
 // ReferenceFor returns the map reference of a class, falling back to the global row; nil when the bundle has
 // no map reference.
 func (b *Bundle) ReferenceFor(class string) []float32 {
-	if b.Reference == nil {
+	if b == nil || b.Reference == nil {
 		return nil
 	}
 	if r, ok := b.Reference[class]; ok {

@@ -12,9 +12,11 @@
 //	mapsAndScores   1-cos per layer, upsampled and summed; Gaussian smoothing; pooled
 //	                maximum = raw score; calibration -> score, verdict, anomaly area     §1.9-§1.11
 //
-// The graphs do the networks; the arithmetic between them is plain Go in latent.go, sampler.go, anomaly.go and
-// math.go, each function named after its twin in the PyTorch reference
-// (trainer/python/vlmdiff_train/reference.py). Two tests hold the two together: the stage tests
+// The graphs do the networks; the arithmetic between them is plain Go in latent.go, sampler.go, anomaly.go,
+// mapplan.go and math.go, each function named after its twin in the PyTorch reference
+// (trainer/python/vlmdiff_train/reference.py). The map stage computes the upsampled, summed and smoothed map
+// as one banded product (mapplan.go); its step-by-step definition is kept in mapdef_test.go, and the tests
+// hold the two together. Two tests hold the two together: the stage tests
 // (stages_test.go) check each piece on fixed inputs, and the parity test (parity_test.go) checks whole frames,
 // maps and scores, against the reference running the same bundle's torch networks.
 //

@@ -3,7 +3,6 @@ package pipeline
 import (
 	"fmt"
 	"math"
-	"math/rand"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -242,34 +241,5 @@ func TestNoiseDeterministic(t *testing.T) {
 	std := math.Sqrt(sq/float64(len(big)) - mean*mean)
 	if math.Abs(mean) > 0.01 || math.Abs(std-1) > 0.01 {
 		t.Errorf("noise mean %v std %v, want 0 and 1", mean, std)
-	}
-}
-
-// BenchmarkAnomalyMap times the Go side of the map stage for one 256 x 256 frame with the small preset's
-// feature shapes (MobileNetV2 blocks 2/5/12): cosine distance, upsampling, smoothing and the pooled score.
-func BenchmarkAnomalyMap(b *testing.B) {
-	const H, W = 256, 256
-	layers := []struct{ c, side int }{{24, 64}, {32, 32}, {96, 16}}
-	rng := rand.New(rand.NewSource(1))
-	feats := make([][2][]float32, len(layers))
-	for l, ly := range layers {
-		for k := range 2 {
-			v := make([]float32, ly.c*ly.side*ly.side)
-			for i := range v {
-				v[i] = rng.Float32()
-			}
-			feats[l][k] = v
-		}
-	}
-	b.ResetTimer()
-	for range b.N {
-		amap := make([]float64, H*W)
-		for l, ly := range layers {
-			d := make([]float64, ly.side*ly.side)
-			cosineDistance(feats[l][0], feats[l][1], ly.c, ly.side*ly.side, d)
-			upsampleAlignCorners(d, ly.side, ly.side, amap, H, W, 1)
-		}
-		gaussianFilter(amap, H, W, 5, 4)
-		_ = pooledMax(amap, H, W, 8, 8)
 	}
 }

@@ -177,26 +177,30 @@ func clip8(v int32) byte {
 }
 
 // ResizePIL resizes an RGB image with Pillow's BILINEAR semantics (separable, horizontal pass first, 8-bit
-// intermediate rounding, antialiased downscaling), the reference's preprocessing.
+// intermediate rounding, antialiased downscaling), the reference's preprocessing. The sums are integers, so
+// their order does not matter: the vertical pass adds whole source rows into a row of accumulators (memory in
+// order) instead of walking down each output column.
 func ResizePIL(src Image, w, h int) Image {
 	cur := src
 	if cur.Width != w {
 		bounds, kk, ks := pilCoeffs(cur.Width, w)
 		out := Image{Width: w, Height: cur.Height, Pix: make([]byte, w*cur.Height*3)}
 		for y := 0; y < cur.Height; y++ {
-			row := cur.Pix[y*cur.Width*3:]
-			orow := out.Pix[y*w*3:]
+			row := cur.Pix[y*cur.Width*3 : (y+1)*cur.Width*3]
+			orow := out.Pix[y*w*3 : (y+1)*w*3]
 			for xx := 0; xx < w; xx++ {
 				xmin, xmax := bounds[2*xx], bounds[2*xx+1]
-				k := kk[xx*ks:]
+				k := kk[xx*ks:][:xmax]
+				seg := row[xmin*3 : (xmin+xmax)*3]
 				s0, s1, s2 := int32(1<<(precisionBits-1)), int32(1<<(precisionBits-1)), int32(1<<(precisionBits-1))
-				for x := 0; x < xmax; x++ {
-					p := row[(x+xmin)*3:]
-					s0 += int32(p[0]) * k[x]
-					s1 += int32(p[1]) * k[x]
-					s2 += int32(p[2]) * k[x]
+				for x, kv := range k {
+					p := seg[x*3 : x*3+3]
+					s0 += int32(p[0]) * kv
+					s1 += int32(p[1]) * kv
+					s2 += int32(p[2]) * kv
 				}
-				orow[xx*3], orow[xx*3+1], orow[xx*3+2] = clip8(s0), clip8(s1), clip8(s2)
+				o := orow[xx*3 : xx*3+3]
+				o[0], o[1], o[2] = clip8(s0), clip8(s1), clip8(s2)
 			}
 		}
 		cur = out
@@ -204,16 +208,21 @@ func ResizePIL(src Image, w, h int) Image {
 	if cur.Height != h {
 		bounds, kk, ks := pilCoeffs(cur.Height, h)
 		out := Image{Width: w, Height: h, Pix: make([]byte, w*h*3)}
+		acc := make([]int32, w*3)
 		for yy := 0; yy < h; yy++ {
 			ymin, ymax := bounds[2*yy], bounds[2*yy+1]
-			k := kk[yy*ks:]
-			orow := out.Pix[yy*w*3:]
-			for xx := 0; xx < w*3; xx++ {
-				s := int32(1 << (precisionBits - 1))
-				for y := 0; y < ymax; y++ {
-					s += int32(cur.Pix[(y+ymin)*w*3+xx]) * k[y]
+			for i := range acc {
+				acc[i] = 1 << (precisionBits - 1)
+			}
+			for y, kv := range kk[yy*ks:][:ymax] {
+				row := cur.Pix[(y+ymin)*w*3:][:len(acc)]
+				for i, v := range row {
+					acc[i] += int32(v) * kv
 				}
-				orow[xx] = clip8(s)
+			}
+			orow := out.Pix[yy*w*3:][:len(acc)]
+			for i, s := range acc {
+				orow[i] = clip8(s)
 			}
 		}
 		cur = out
@@ -245,17 +254,23 @@ func resizeCV(src Image, w, h int) (Image, error) {
 }
 
 // normalize writes the CHW float32 tensor of an RGB image of the model's size into dst:
-// (pixel/255 - mean) / std per channel.
+// (pixel/255 - mean) / std per channel, in float32 at every step like ToTensor + Normalize in the reference.
+// A byte has 256 values, so each channel's 256 results are computed once, with exactly those operations, and
+// the pixels look them up.
 func normalize(im Image, mean, std [3]float32, dst []float32) {
-	n := im.Width * im.Height
-	for c := 0; c < 3; c++ {
+	var lut [3][256]float32
+	for c := range 3 {
 		m, s := mean[c], std[c]
-		plane := dst[c*n : (c+1)*n]
-		for i := 0; i < n; i++ {
-			// float32 at every step, like ToTensor + Normalize in the reference
-			v := float32(im.Pix[3*i+c]) / 255
-			plane[i] = (v - m) / s
+		for v := range 256 {
+			lut[c][v] = (float32(v)/255 - m) / s
 		}
+	}
+	n := im.Width * im.Height
+	r, g, b := dst[:n], dst[n:2*n], dst[2*n:3*n]
+	pix := im.Pix[:3*n]
+	for i := range r {
+		p := pix[3*i : 3*i+3]
+		r[i], g[i], b[i] = lut[0][p[0]], lut[1][p[1]], lut[2][p[2]]
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 
 	ort "github.com/yalue/onnxruntime_go"
 )
@@ -303,38 +302,41 @@ func (s *Scorer) features(x, rec []float32, frames int) ([]layerOutput, error) {
 // (docs/algorithm.md §1.9-1.11). A malformed feature output fails the batch; a non-finite map fails its frame.
 func (s *Scorer) mapsAndScores(feats []layerOutput, reqs []Request) ([]Result, error) {
 	H, W := s.m.Input.Height, s.m.Input.Width
+	sc := mapScratchPool.Get().(*mapScratch)
+	defer mapScratchPool.Put(sc)
 	results := make([]Result, len(reqs))
 	for i, r := range reqs {
-		amap, err := anomalyMap(feats, i, len(reqs), s.m.Features.Tokens, H, W)
+		amap, err := smoothedAnomalyMap(feats, i, len(reqs), s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
 		if err != nil {
 			return nil, err
 		}
-		gaussianFilter(amap, H, W, s.m.Map.Sigma, s.m.Map.Truncate)
 		if !s.opt.NoReference {
 			subtractReference(amap, s.bundle.ReferenceFor(r.Class))
 		}
-		results[i] = s.frameResult(amap, r.Class)
+		results[i] = s.frameResult(amap, r.Class, &sc.pool)
 	}
 	return results, nil
 }
 
-// frameResult scores one smoothed map and applies the calibration of the frame's class.
-func (s *Scorer) frameResult(amap []float64, class string) Result {
+// frameResult scores one smoothed map and applies the calibration of the frame's class; ps holds the pooling's
+// buffers.
+func (s *Scorer) frameResult(amap []float64, class string, ps *poolScratch) Result {
 	m, ok := finiteFloat32(amap)
 	if !ok {
 		return Result{Err: errors.New("the model produced non-finite values (NaN/Inf) in the anomaly map")}
 	}
 	r := Result{Map: m, MapWidth: s.m.Input.Width, MapHeight: s.m.Input.Height}
-	r.RawScore = pooledMax(amap, r.MapHeight, r.MapWidth, s.m.Score.PoolKernel, s.m.Score.PoolRepeat)
+	r.RawScore = pooledMaxWith(amap, r.MapHeight, r.MapWidth, s.m.Score.PoolKernel, s.m.Score.PoolRepeat, ps, s.mapWorkers())
 	s.calibrate(&r, class)
 	return r
 }
 
-// finiteFloat32 converts a map to float32, or reports false when it holds NaN or Inf.
+// finiteFloat32 converts a map to float32, or reports false when it holds NaN or Inf (v - v is 0 for every
+// finite v, NaN for both).
 func finiteFloat32(m []float64) ([]float32, bool) {
 	out := make([]float32, len(m))
 	for i, v := range m {
-		if math.IsNaN(v) || math.IsInf(v, 0) {
+		if v-v != 0 {
 			return nil, false
 		}
 		out[i] = float32(v)

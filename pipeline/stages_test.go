@@ -435,7 +435,15 @@ func TestStageAnomalyMapAndScore(t *testing.T) {
 			if e := relL2(amap, want.Smooth); !(e <= 1e-5) {
 				t.Errorf("case %d frame %d: smoothed map differs from reference.smooth by %.2e relative L2 (limit 1e-5)", c, i, e)
 			}
-			score := pooledMax(amap, ac.Height, ac.Width, ac.Kernel, ac.Repeat)
+			// the scorer's path: distance, upsampling and smoothing as one banded product
+			fast, err := smoothedAnomalyMap(layers, i, frames, ac.Tokens, ac.Height, ac.Width, ac.Sigma, ac.Truncate, &mapScratch{}, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e := relL2(fast, want.Smooth); !(e <= 1e-5) {
+				t.Errorf("case %d frame %d: smoothedAnomalyMap differs from reference.smooth by %.2e relative L2 (limit 1e-5)", c, i, e)
+			}
+			score := pooledMax(fast, ac.Height, ac.Width, ac.Kernel, ac.Repeat)
 			if d := math.Abs(score - want.Score); !(d <= 1e-5) {
 				t.Errorf("case %d frame %d: score %.8f, reference.pooled_score %.8f", c, i, score, want.Score)
 			}

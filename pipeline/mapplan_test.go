@@ -1,0 +1,280 @@
+package pipeline
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// maxRelDiff is the largest |got - want| over the largest |want|.
+func maxRelDiff(got, want []float64) float64 {
+	var diff, scale float64
+	for i := range want {
+		diff = max(diff, math.Abs(got[i]-want[i]))
+		scale = max(scale, math.Abs(want[i]))
+	}
+	return diff / scale
+}
+
+// mapCase is a feature batch of frames and reconstructions and the map recipe applied to it.
+type mapCase struct {
+	name            string
+	tokens          bool
+	layers          [][3]int // channels, h, w (tokens: dim, side, side)
+	weights         []float64
+	H, W            int
+	sigma, truncate float64
+}
+
+func (c mapCase) features(r *rand.Rand, frames int) []layerOutput {
+	var out []layerOutput
+	for l, ly := range c.layers {
+		ch, h, w := ly[0], ly[1], ly[2]
+		per, shape := ch*h*w, []int64{int64(2 * frames), int64(ch), int64(h), int64(w)}
+		if c.tokens {
+			per, shape = (h*w+1)*ch, []int64{int64(2 * frames), int64(h*w + 1), int64(ch)}
+		}
+		data := randn(r, 2*frames*per, 1)
+		for j := frames * per; j < len(data); j++ {
+			data[j] = data[j-frames*per] + 0.4*data[j]
+		}
+		out = append(out, layerOutput{Name: fmt.Sprintf("l%d", l), Weight: c.weights[l], Data: data, Shape: shape})
+	}
+	return out
+}
+
+var mapCases = []mapCase{
+	{"small preset geometry", false, [][3]int{{24, 64, 64}, {32, 32, 32}, {96, 16, 16}}, []float64{1, 1, 1}, 256, 256, 5, 4},
+	{"weighted, odd sizes, non-square", false, [][3]int{{5, 13, 21}, {7, 6, 4}, {3, 1, 9}}, []float64{0.7, 1.5, 0.25}, 40, 72, 2, 4},
+	// a kernel radius (20) larger than the map: reflections of reflections
+	{"kernel wider than the map", false, [][3]int{{6, 4, 4}, {9, 3, 5}}, []float64{1, 2}, 11, 9, 5, 4},
+	{"no smoothing", false, [][3]int{{4, 8, 8}, {6, 5, 5}}, []float64{1, 0.5}, 33, 17, 0, 4},
+	{"one output row", false, [][3]int{{4, 3, 7}}, []float64{1}, 1, 30, 1.5, 4},
+	{"layer larger than the map", false, [][3]int{{3, 50, 40}, {5, 10, 10}}, []float64{1, 1}, 24, 24, 1.25, 4},
+	{"ViT tokens", true, [][3]int{{17, 6, 6}}, []float64{1}, 24, 24, 2, 3},
+	{"ViT tokens, odd count", true, [][3]int{{33, 5, 5}}, []float64{0.5}, 40, 40, 5, 4},
+}
+
+// TestSmoothedMapMatchesDefinition checks the banded map stage against its definition (upsample every layer
+// to full size, sum, then a 41-tap Gaussian along rows and columns) on geometries that exercise every border
+// case, with one scratch reused across all of them, as the scorer does.
+func TestSmoothedMapMatchesDefinition(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	sc := &mapScratch{}
+	for _, c := range mapCases {
+		t.Run(c.name, func(t *testing.T) {
+			const frames = 2
+			feats := c.features(r, frames)
+			for i := range frames {
+				want, err := anomalyMap(feats, i, frames, c.tokens, c.H, c.W)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.sigma > 0 {
+					gaussianFilterDirect(want, c.H, c.W, c.sigma, c.truncate)
+				}
+				// one goroutine, and three: ranges of rows that split layers and sweeps of four. Every value is
+				// summed in the same order either way, so the two maps are identical.
+				var one []float64
+				for _, workers := range []int{1, 3} {
+					got, err := smoothedAnomalyMap(feats, i, frames, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(got) != c.H*c.W {
+						t.Fatalf("map of %d values, want %d", len(got), c.H*c.W)
+					}
+					if e := maxRelDiff(got, want); !(e <= 1e-13) {
+						t.Errorf("frame %d, %d workers: banded map differs from the definition by %.2e (max relative)", i, workers, e)
+					}
+					if one == nil {
+						one = slices.Clone(got)
+					} else if !slices.Equal(got, one) {
+						t.Errorf("frame %d: the map on %d goroutines differs from the map on one", i, workers)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestGaussianFilterMatchesDefinition(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, c := range []struct {
+		h, w            int
+		sigma, truncate float64
+	}{{256, 256, 5, 4}, {31, 17, 2, 4}, {7, 50, 5, 4}, {1, 12, 1, 4}, {64, 64, 0.5, 2}} {
+		m := make([]float64, c.h*c.w)
+		for i := range m {
+			m[i] = r.NormFloat64()
+		}
+		want := slices.Clone(m)
+		gaussianFilterDirect(want, c.h, c.w, c.sigma, c.truncate)
+		gaussianFilter(m, c.h, c.w, c.sigma, c.truncate)
+		if e := maxRelDiff(m, want); !(e <= 1e-13) {
+			t.Errorf("%+v: differs from the direct filter by %.2e", c, e)
+		}
+	}
+}
+
+// TestPooledMaxMatchesDefinition checks the transposed running-sum pooling against the pass-by-pass
+// definition, on one to three goroutines, with one scratch reused across sizes, and that the map is left as
+// it was.
+func TestPooledMaxMatchesDefinition(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	sc := &poolScratch{}
+	for _, c := range []struct{ h, w, k, reps int }{
+		{256, 256, 8, 8}, {200, 120, 8, 8}, {31, 57, 3, 5}, {9, 9, 9, 1}, {10, 40, 2, 9}, {5, 7, 1, 3}, {6, 6, 3, 0},
+	} {
+		m := make([]float64, c.h*c.w)
+		for i := range m {
+			// smooth structure plus noise, positive like a distance map
+			y, x := i/c.w, i%c.w
+			m[i] = 1 + math.Sin(float64(x)/9)*math.Cos(float64(y)/7) + 0.3*r.Float64()
+		}
+		orig := slices.Clone(m)
+		want := pooledMaxDirect(m, c.h, c.w, c.k, c.reps)
+		one := pooledMaxWith(m, c.h, c.w, c.k, c.reps, sc, 1)
+		for _, workers := range []int{1, 2, 3} {
+			got := pooledMaxWith(m, c.h, c.w, c.k, c.reps, sc, workers)
+			if math.Abs(got-want) > 1e-13*math.Abs(want) {
+				t.Errorf("%+v, %d workers: pooled max %v, definition %v", c, workers, got, want)
+			}
+			if got != one {
+				t.Errorf("%+v: %v on %d goroutines, %v on one", c, got, workers, one)
+			}
+		}
+		if !slices.Equal(m, orig) {
+			t.Errorf("%+v: the pooling changed its input", c)
+		}
+	}
+}
+
+func TestCosineDistanceRows(t *testing.T) {
+	// position-major twin of TestCosineDistance's cases: identical 0, orthogonal 1, opposite 2, zeros 1
+	a := []float32{1, 2, 3, 1, 0, 0, 1, 2, 3, 0, 0, 0, 1, 1, 1}
+	b := []float32{1, 2, 3, 0, 1, 0, -1, -2, -3, 0, 0, 0, 2, 2, 2}
+	d := make([]float64, 5)
+	cosineDistanceRows(a, b, 5, 3, d)
+	for i, want := range []float64{0, 1, 2, 1, 0} {
+		if math.Abs(d[i]-want) > 1e-12 {
+			t.Errorf("position %d: got %v, want %v", i, d[i], want)
+		}
+	}
+	// and it agrees with the channel-planes form on the transposed data, for odd sizes
+	r := rand.New(rand.NewPCG(9, 10))
+	for _, n := range []struct{ pos, ch int }{{7, 5}, {64, 384}, {1, 3}} {
+		rows := randn(r, 2*n.pos*n.ch, 1)
+		planes := make([]float32, len(rows))
+		for k := range 2 {
+			for p := range n.pos {
+				for c := range n.ch {
+					planes[k*n.pos*n.ch+c*n.pos+p] = rows[k*n.pos*n.ch+p*n.ch+c]
+				}
+			}
+		}
+		got, want := make([]float64, n.pos), make([]float64, n.pos)
+		cosineDistanceRows(rows[:n.pos*n.ch], rows[n.pos*n.ch:], n.pos, n.ch, got)
+		cosineDistanceDirect(planes[:n.pos*n.ch], planes[n.pos*n.ch:], n.ch, n.pos, want)
+		if e := maxRelDiff(got, want); !(e <= 1e-13) {
+			t.Errorf("%+v: rows and planes differ by %.2e", n, e)
+		}
+	}
+}
+
+func TestCosineDistanceMatchesDefinition(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	for _, n := range []struct{ ch, hw int }{{24, 4096}, {7, 300}, {1, 5}, {96, 256}, {5, 257}} {
+		a, b := randn(r, n.ch*n.hw, 1), randn(r, n.ch*n.hw, 1)
+		got, want := make([]float64, n.hw), make([]float64, n.hw)
+		cosineDistance(a, b, n.ch, n.hw, got)
+		cosineDistanceDirect(a, b, n.ch, n.hw, want)
+		if e := maxRelDiff(got, want); !(e <= 1e-13) {
+			t.Errorf("%+v: differs from the definition by %.2e", n, e)
+		}
+	}
+}
+
+// TestMapStageFrameErrors: a non-finite feature value fails its frame only; a feature output whose shape
+// does not match its data fails the batch with an error naming the layer.
+func TestMapStageFrameErrors(t *testing.T) {
+	bb := benchBackbones[0]
+	s := benchScorer(bb)
+	for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1))} {
+		feats := benchFeatures(bb, 2)
+		// frame 1's reconstruction, one channel of one position of the coarsest layer
+		l := feats[2]
+		per := len(l.Data) / 4
+		l.Data[3*per+5] = bad
+		res, err := s.mapsAndScores(feats, make([]Request, 2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res[0].Err != nil || len(res[0].Map) != 256*256 {
+			t.Errorf("%v in frame 1 failed frame 0: %v", bad, res[0].Err)
+		}
+		if res[1].Err == nil || !strings.Contains(res[1].Err.Error(), "non-finite") {
+			t.Errorf("%v in frame 1's features: want a non-finite error, got %v (score %v)", bad, res[1].Err, res[1].RawScore)
+		}
+	}
+	feats := benchFeatures(bb, 1)
+	feats[1].Data = feats[1].Data[:len(feats[1].Data)-1]
+	if _, err := s.mapsAndScores(feats, make([]Request, 1)); err == nil || !strings.Contains(err.Error(), "feature l1") {
+		t.Errorf("short feature data: want an error naming l1, got %v", err)
+	}
+	tok := benchBackbones[2]
+	ts := benchScorer(tok)
+	feats = benchFeatures(tok, 1)
+	feats[0].Shape[1]-- // 1023 patch tokens: not a square grid
+	feats[0].Data = feats[0].Data[:2*int(feats[0].Shape[1]*feats[0].Shape[2])]
+	if _, err := ts.mapsAndScores(feats, make([]Request, 1)); err == nil || !strings.Contains(err.Error(), "not a square grid") {
+		t.Errorf("1023 tokens: want a not-a-square-grid error, got %v", err)
+	}
+}
+
+// TestMapStageConcurrent: Score may run on several goroutines at once, so the map stage's pooled buffers and
+// cached plans must keep them apart: batches scored at once give the results they give one after another.
+func TestMapStageConcurrent(t *testing.T) {
+	bb := benchBackbones[0]
+	s := benchScorer(bb)
+	const n = 4
+	feats := make([][]layerOutput, n)
+	want := make([][]Result, n)
+	for g := range n {
+		feats[g] = benchFeatures(bb, 1+g%2)
+		for _, l := range feats[g] { // make each batch differ
+			l.Data[g] += float32(g)
+		}
+		var err error
+		if want[g], err = s.mapsAndScores(feats[g], make([]Request, 1+g%2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	got := make([][]Result, n)
+	errs := make([]error, n)
+	for g := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 3 {
+				got[g], errs[g] = s.mapsAndScores(feats[g], make([]Request, 1+g%2))
+			}
+		}()
+	}
+	wg.Wait()
+	for g := range n {
+		if errs[g] != nil {
+			t.Fatal(errs[g])
+		}
+		for i := range want[g] {
+			if got[g][i].RawScore != want[g][i].RawScore || !slices.Equal(got[g][i].Map, want[g][i].Map) {
+				t.Errorf("batch %d frame %d: concurrent result differs (score %v, alone %v)", g, i, got[g][i].RawScore, want[g][i].RawScore)
+			}
+		}
+	}
+}
