@@ -58,6 +58,14 @@ func (s *Scorer) GraphRuns(frames int) []GraphRun {
 			}
 		}
 		den.Inputs = []GraphInput{den.Inputs[0], den.Inputs[1], den.Inputs[3]}
+		if s.denStatic.timeIn[frames] {
+			// the time graph's outputs in place of t; the time graph itself runs once per timestep for the
+			// scorer's lifetime, not per batch, so it is not among the runs
+			den.Inputs = []GraphInput{den.Inputs[0], den.Inputs[2]}
+			for _, o := range m.Graphs[models.RoleDenoiser].Time.Outputs {
+				den.Inputs = append(den.Inputs, GraphInput{Name: o.Name, Shape: o.Shape})
+			}
+		}
 	}
 	runs = append(runs, den,
 		GraphRun{Stage: StageDecode, Path: path(m.Graphs[models.RoleVAEDecoder].File),

@@ -149,6 +149,7 @@ func (s *Scorer) Close() error {
 			errs = append(errs, g.sess.Destroy())
 		}
 	}
+	s.denStatic.release()
 	return errors.Join(errs...)
 }
 
