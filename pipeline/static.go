@@ -81,8 +81,8 @@ func (s *Scorer) staticGraph(rows int) *graph {
 	}
 	var g *graph
 	if err == nil {
-		g, err = s.newGraph(fmt.Sprintf("%s (static batch %d)", models.RoleDenoiser, rows), file, in,
-			[]string{models.TensorEps})
+		g, err = s.newGraphAt(fmt.Sprintf("%s (static batch %d)", models.RoleDenoiser, rows), file, in,
+			[]string{models.TensorEps}, s.staticNoLayout())
 	}
 	if err != nil {
 		sd.failed[rows] = true
@@ -91,6 +91,18 @@ func (s *Scorer) staticGraph(rows int) *graph {
 	}
 	sd.open[rows] = g
 	return g
+}
+
+// staticNoLayout says whether the static denoisers' sessions run without ONNX Runtime's NCHWc layout pass
+// (graph optimisation level extended instead of all; Options.StaticLayout keeps it). The pass rewrites each
+// convolution into a blocked-layout kernel with ReorderInput/ReorderOutput nodes around it wherever the next
+// operator is not blocked too, and in the denoiser almost none is (GroupNorm's Reshape/InstanceNormalization,
+// the attention's Reshapes): on the small preset's batch-1 step it adds 120 reorder nodes and saves 40 Adds,
+// 1137 operators per step with it, 1057 without. Whether the blocked kernels win back the extra dispatches is a
+// timing question (`vlmdiff bench --static-layout` against the default). Only on the CPU provider: the level
+// is a CPU-layout matter, and CUDA sessions keep ONNX Runtime's default.
+func (s *Scorer) staticNoLayout() bool {
+	return !s.opt.StaticLayout && s.provider != "cuda"
 }
 
 // graphs returns the sessions opened so far (for Close), the time graph's among them.

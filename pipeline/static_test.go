@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/pipeline/floor"
 )
 
 // TestStaticDenoisersOpenOnFirstUse: the fixture's batch-1 static graph gets a session only when a batch of
@@ -167,4 +168,53 @@ func mustAbs(t *testing.T, p string) string {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// TestStaticDenoiserLayout: by default the static denoiser's session is optimised without ONNX Runtime's NCHWc
+// layout pass, and the graph's operator count (what `bench --floor` prints) is taken at that level: no
+// ReorderInput/ReorderOutput nodes and fewer operators than with the pass, which Options.StaticLayout keeps.
+func TestStaticDenoiserLayout(t *testing.T) {
+	count := func(o Options) (*floor.Count, GraphRun) {
+		s, err := Open(fixtureBundle, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		for _, run := range s.GraphRuns(1) {
+			if run.Stage != StageDenoise {
+				continue
+			}
+			var in []floor.Input
+			for _, gi := range run.Inputs {
+				e := floor.ElemFloat
+				if gi.Int64 {
+					e = floor.ElemInt64
+				}
+				in = append(in, floor.Input{Name: gi.Name, Elem: e, Shape: gi.Shape})
+			}
+			c, err := floor.ProfileAt(run.Path, in, run.Outputs, 1, true, run.NoLayout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c, run
+		}
+		t.Fatal("no denoise stage")
+		return nil, GraphRun{}
+	}
+	lean, run := count(Options{Providers: []string{"cpu"}, Threads: 1})
+	if !run.NoLayout || filepath.Base(run.Path) != "denoiser_b1.onnx" {
+		t.Fatalf("batch-1 denoise run %+v: want the static graph without the layout pass", run)
+	}
+	full, run2 := count(Options{Providers: []string{"cpu"}, Threads: 1, StaticLayout: true})
+	if run2.NoLayout {
+		t.Fatal("StaticLayout did not keep the layout pass")
+	}
+	if n := lean.OpsByOp["ReorderInput"] + lean.OpsByOp["ReorderOutput"]; n != 0 {
+		t.Errorf("%d reorder nodes without the layout pass", n)
+	}
+	if full.OpsByOp["ReorderOutput"] == 0 || lean.Ops >= full.Ops {
+		t.Errorf("operators without the layout pass %d (%v), with %d (%v): want fewer, and reorders only with it",
+			lean.Ops, lean.OpsByOp, full.Ops, full.OpsByOp)
+	}
+	t.Logf("fixture batch-1 static denoiser: %d operators without the layout pass, %d with", lean.Ops, full.Ops)
 }
