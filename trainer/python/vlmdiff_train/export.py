@@ -232,7 +232,8 @@ def export_static_denoisers(out_dir: str, denoiser, context: torch.Tensor, key: 
     """Exports denoiser_b<B>.onnx for each batch size: StaticDenoiserGraph with the context of conditioning key
     `key` ([tokens, dim]), inputs x [B,C,h,w], t [B], hint [B,...] and output eps, all shapes fixed; then, with
     fold, onnx_fold.fold_constants (the shape chains and the context's keys and values that torch's folding
-    leaves).
+    leaves), onnx_fold.remove_noop_casts (float32 -> float32) and onnx_affine.fold_affine_into_conv (a GroupNorm's
+    affine into the 1x1 convolution after it).
 
     With time_split other than "none" (and fold), everything that depends only on t moves into one time graph,
     denoiser_time.onnx (onnx_time.split_time): input t [1], outputs the time tensors TIME_PREFIX<i>; each static
@@ -263,10 +264,14 @@ def export_static_denoisers(out_dir: str, denoiser, context: torch.Tensor, key: 
         export_graph(StaticDenoiserGraph(denoiser, context[None], b), tuple(ins.values()), list(ins), ["eps"],
                      path, dynamic=False)
         if fold:
-            from .onnx_fold import fold_constants
+            from .onnx_affine import fold_affine_into_conv
+            from .onnx_fold import fold_constants, remove_noop_casts
             model = onnx.load(path)
             n = fold_constants(model)
-            log.info("static denoiser %s: %d constant nodes folded, %d nodes left", fname, n, len(model.graph.node))
+            casts = remove_noop_casts(model)
+            affine = fold_affine_into_conv(model)
+            log.info("static denoiser %s: %d constant nodes folded, %d no-op casts removed, %d affines folded "
+                     "into 1x1 convolutions, %d nodes left", fname, n, casts, affine, len(model.graph.node))
             if split:
                 from .onnx_time import split_time
                 parts = split_time(model, conv_bias=time_split == "conv_bias")
