@@ -304,7 +304,7 @@ func (m *Manifest) validateGraphs(p *problems) {
 		} else if _, ok := m.Files[g.File]; !ok {
 			p.bad("graphs."+role+".file", "%s is not listed in files", g.File)
 		}
-		m.validateStatic(p, role, g.Static)
+		m.validateStatic(p, role, g)
 	}
 	if c := m.Conditioning; c.File != "" {
 		if _, ok := m.Files[c.File]; !ok {
@@ -318,12 +318,29 @@ func (m *Manifest) validateGraphs(p *problems) {
 	}
 }
 
-// validateStatic checks a role's static specialisations: denoiser only, listed files, distinct batch sizes, a
-// context the bundle has.
-func (m *Manifest) validateStatic(p *problems, role string, static []StaticGraph) {
-	if len(static) > 0 && role != RoleDenoiser {
-		p.bad("graphs."+role+".static", "only the denoiser has static graphs")
+// validateStatic checks a role's static specialisations and time graph: denoiser only, listed files, distinct
+// batch sizes, a context the bundle has, time inputs only with a time graph whose tensors are named once.
+func (m *Manifest) validateStatic(p *problems, role string, g GraphSpec) {
+	static := g.Static
+	if (len(static) > 0 || g.Time != nil) && role != RoleDenoiser {
+		p.bad("graphs."+role+".static", "only the denoiser has static and time graphs")
 		return
+	}
+	if tg := g.Time; tg != nil {
+		field := "graphs." + role + ".time"
+		if _, ok := m.Files[tg.File]; !ok || tg.File == "" {
+			p.bad(field+".file", "%q is not listed in files", tg.File)
+		}
+		if len(tg.Outputs) == 0 {
+			p.bad(field+".outputs", "is empty")
+		}
+		names := map[string]bool{TensorX: true, TensorHint: true, TensorT: true}
+		for i, o := range tg.Outputs {
+			if names[o.Name] || o.Name == "" {
+				p.bad(fmt.Sprintf("%s.outputs[%d].name", field, i), "%q is empty, repeated or a denoiser input", o.Name)
+			}
+			names[o.Name] = true
+		}
 	}
 	seen := map[int]bool{}
 	for i, sg := range static {
@@ -337,6 +354,9 @@ func (m *Manifest) validateStatic(p *problems, role string, static []StaticGraph
 		seen[sg.Batch] = true
 		if !m.hasConditioning(sg.Context) {
 			p.bad(field+".context", "%q is not a conditioning entry", sg.Context)
+		}
+		if sg.TimeInputs && g.Time == nil {
+			p.bad(field+".time_inputs", "needs graphs.%s.time", role)
 		}
 	}
 }
@@ -426,12 +446,25 @@ func verifyGraphs(dir string, m *Manifest) error {
 }
 
 // verifyStatic checks each static specialisation of a graph against the graph's declared tensors: the same
-// inputs without the context, the same outputs, every batch dimension the specialisation's batch size.
+// inputs without the context (and, with time inputs, the time graph's outputs in place of t), the same
+// outputs, every batch dimension the specialisation's batch size; and the time graph: input t [1], the
+// declared outputs.
 func verifyStatic(dir, role string, g GraphSpec) error {
-	fix := func(ts []TensorSpec, batch int) []TensorSpec {
+	if tg := g.Time; tg != nil {
+		gio, err := ReadGraphIO(filepath.Join(dir, tg.File))
+		if err != nil {
+			return &CheckError{Check: "graph", File: tg.File, Err: err}
+		}
+		err = errors.Join(matchTensors("input", []TensorSpec{{Name: TensorT, Type: "int64", Shape: []int64{1}}}, gio.Inputs, true),
+			matchTensors("output", tg.Outputs, gio.Outputs, true))
+		if err != nil {
+			return &CheckError{Check: "graph", File: tg.File, Err: fmt.Errorf("%s time graph: %w", role, err)}
+		}
+	}
+	fix := func(ts []TensorSpec, batch int, timeInputs bool) []TensorSpec {
 		var out []TensorSpec
 		for _, t := range ts {
-			if t.Name == TensorContext {
+			if t.Name == TensorContext || (timeInputs && t.Name == TensorT) {
 				continue
 			}
 			t.Shape = append([]int64(nil), t.Shape...)
@@ -440,6 +473,9 @@ func verifyStatic(dir, role string, g GraphSpec) error {
 			}
 			out = append(out, t)
 		}
+		if timeInputs {
+			out = append(out, g.Time.Outputs...)
+		}
 		return out
 	}
 	for _, sg := range g.Static {
@@ -447,8 +483,9 @@ func verifyStatic(dir, role string, g GraphSpec) error {
 		if err != nil {
 			return &CheckError{Check: "graph", File: sg.File, Err: err}
 		}
-		err = errors.Join(matchTensors("input", fix(g.Inputs, sg.Batch), gio.Inputs, true),
-			matchTensors("output", fix(g.Outputs, sg.Batch), gio.Outputs, false))
+		timeInputs := sg.TimeInputs && g.Time != nil
+		err = errors.Join(matchTensors("input", fix(g.Inputs, sg.Batch, timeInputs), gio.Inputs, true),
+			matchTensors("output", fix(g.Outputs, sg.Batch, false), gio.Outputs, false))
 		if err != nil {
 			return &CheckError{Check: "graph", File: sg.File, Err: fmt.Errorf("%s static graph (batch %d): %w", role, sg.Batch, err)}
 		}

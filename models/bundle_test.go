@@ -75,6 +75,9 @@ func TestFixtureVerifies(t *testing.T) {
 	if st := m.Graphs[RoleDenoiser].Static; len(st) != 1 || st[0].Batch != 1 || st[0].Context != m.Conditioning.Unconditional {
 		t.Errorf("static denoisers %+v, want one of batch 1 with the unconditional context", st)
 	}
+	if tg := m.Graphs[RoleDenoiser].Time; tg == nil || len(tg.Outputs) == 0 || !m.Graphs[RoleDenoiser].Static[0].TimeInputs {
+		t.Errorf("time graph %+v: want one whose outputs the batch-1 static graph takes", tg)
+	}
 }
 
 // TestDamagedBundlesAreRefused: each kind of damage is refused by the check that finds it, naming the file.
@@ -162,6 +165,26 @@ func TestDamagedBundlesAreRefused(t *testing.T) {
 		{"static denoiser declared at another batch size", func(t *testing.T, dir string) {
 			editManifest(t, dir, func(m map[string]any) { staticOf(m)[0].(map[string]any)["batch"] = 3 })
 		}, "graph", "denoiser_b1.onnx", "dim 0 is 1, manifest says 3"},
+		{"static time inputs without a time graph", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				delete(m["graphs"].(map[string]any)["denoiser"].(map[string]any), "time")
+			})
+		}, "schema", ManifestFile, "graphs.denoiser.static[0].time_inputs"},
+		{"time tensor named like a denoiser input", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				tg := m["graphs"].(map[string]any)["denoiser"].(map[string]any)["time"].(map[string]any)
+				tg["outputs"].([]any)[1].(map[string]any)["name"] = "hint"
+			})
+		}, "schema", ManifestFile, "graphs.denoiser.time.outputs[1].name"},
+		{"time tensor the time graph lacks", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				tg := m["graphs"].(map[string]any)["denoiser"].(map[string]any)["time"].(map[string]any)
+				tg["outputs"].([]any)[0].(map[string]any)["name"] = "temb.99"
+			})
+		}, "graph", "denoiser_time.onnx", `"temb.99"`},
+		{"static graph without the time inputs it declares", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { staticOf(m)[0].(map[string]any)["time_inputs"] = false })
+		}, "graph", "denoiser_b1.onnx", "manifest declares 3 inputs"},
 		{"conditioning of the wrong size", func(t *testing.T, dir string) {
 			editManifest(t, dir, func(m map[string]any) { m["conditioning"].(map[string]any)["dim"] = 17 })
 		}, "conditioning", "conditioning.bin", "bytes"},

@@ -223,14 +223,31 @@ type GraphSpec struct {
 	// uses its context: with every shape fixed and the context a constant, the exporter has folded away the
 	// shape computations and the cross-attention keys and values that the dynamic graph redoes at every step.
 	Static []StaticGraph `json:"static,omitempty"`
+	// Time is the timestep graph of the static graphs that take time inputs (denoiser only; optional, bundles
+	// before it have none). Everything in the denoiser that depends on t alone (the sinusoidal embedding, the
+	// time MLPs, each ResBlock's embedding projection) is the same at every step with the same t, and a
+	// frame's sampler visits the same few timesteps for the bundle's whole life: the scorer runs this graph
+	// once per distinct timestep and keeps its outputs, so a step no longer recomputes about 150 operators.
+	Time *TimeGraph `json:"time,omitempty"`
 }
 
 // StaticGraph is a denoiser graph with a fixed batch size and a constant text context: inputs x [Batch,C,h,w],
 // t [Batch] and hint, output eps, all shapes fixed; the context of conditioning entry Context is built in.
+// With TimeInputs, the graph takes the outputs of the role's Time graph in place of t: inputs x, hint and
+// Time.Outputs, each of those with one row that the graph broadcasts over its batch, so every row of a run
+// is at the same timestep (as the sampler's rows always are).
 type StaticGraph struct {
-	File    string `json:"file"`
-	Batch   int    `json:"batch"`
-	Context string `json:"context"`
+	File       string `json:"file"`
+	Batch      int    `json:"batch"`
+	Context    string `json:"context"`
+	TimeInputs bool   `json:"time_inputs,omitempty"`
+}
+
+// TimeGraph is the denoiser's timestep graph: input t [1] (int64), outputs the time tensors (their names,
+// types and fixed shapes), which are inputs of the static graphs with TimeInputs under the same names.
+type TimeGraph struct {
+	File    string       `json:"file"`
+	Outputs []TensorSpec `json:"outputs"`
 }
 
 // TensorSpec is one graph input or output. Shape uses -1 for a dynamic dimension (always the batch).

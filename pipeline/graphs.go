@@ -15,6 +15,9 @@ type GraphRun struct {
 	Inputs  []GraphInput
 	Outputs []string
 	Runs    int
+	// NoLayout: the scorer's session optimises this graph without ONNX Runtime's layout pass (a static
+	// denoiser; Scorer.staticNoLayout), so its operators are counted at that level.
+	NoLayout bool
 }
 
 // GraphInput is one input of a GraphRun; Int64 marks the timestep, every other input is float32.
@@ -58,6 +61,15 @@ func (s *Scorer) GraphRuns(frames int) []GraphRun {
 			}
 		}
 		den.Inputs = []GraphInput{den.Inputs[0], den.Inputs[1], den.Inputs[3]}
+		den.NoLayout = s.staticNoLayout()
+		if s.denStatic.timeIn[frames] {
+			// the time graph's outputs in place of t; the time graph itself runs once per timestep for the
+			// scorer's lifetime, not per batch, so it is not among the runs
+			den.Inputs = []GraphInput{den.Inputs[0], den.Inputs[2]}
+			for _, o := range m.Graphs[models.RoleDenoiser].Time.Outputs {
+				den.Inputs = append(den.Inputs, GraphInput{Name: o.Name, Shape: o.Shape})
+			}
+		}
 	}
 	runs = append(runs, den,
 		GraphRun{Stage: StageDecode, Path: path(m.Graphs[models.RoleVAEDecoder].File),

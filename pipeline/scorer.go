@@ -110,11 +110,21 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 
 // newGraph creates the session of one graph file of the bundle.
 func (s *Scorer) newGraph(name, file string, in, out []string) (*graph, error) {
+	return s.newGraphAt(name, file, in, out, false)
+}
+
+// newGraphAt is newGraph, optionally without ONNX Runtime's layout pass (staticNoLayout).
+func (s *Scorer) newGraphAt(name, file string, in, out []string, noLayout bool) (*graph, error) {
 	so, provider, err := newSessionOptions(s.opt, &cudaFallbackOnce)
 	if err != nil {
 		return nil, err
 	}
 	defer so.Destroy()
+	if noLayout {
+		if err := so.SetGraphOptimizationLevel(ort.GraphOptimizationLevelEnableExtended); err != nil {
+			return nil, fmt.Errorf("%s graph %s: optimisation level: %w", name, file, err)
+		}
+	}
 	if s.provider == "" { // set by the graphs opened in NewScorer; graphs opened later only read it
 		s.provider = provider
 	}
@@ -149,6 +159,7 @@ func (s *Scorer) Close() error {
 			errs = append(errs, g.sess.Destroy())
 		}
 	}
+	s.denStatic.release()
 	return errors.Join(errs...)
 }
 

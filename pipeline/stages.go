@@ -217,11 +217,13 @@ func (s *Scorer) staticDenoiser(in *denoiserInputs) *graph {
 }
 
 // runDenoiser returns the denoiser graph as a function of the latent batch and the timestep: the batch's
-// static-shape graph when there is one (its context is built in), else the dynamic graph.
+// static-shape graph when there is one (its context is built in; with time inputs, it takes the time graph's
+// outputs for t, computed once per timestep, in place of t), else the dynamic graph.
 func (s *Scorer) runDenoiser(in *denoiserInputs) func(x []float32, t int) ([]float32, error) {
 	shape := ort.NewShape(int64(in.rows), int64(s.lc), int64(s.lh), int64(s.lw))
 	ts := make([]int64, in.rows)
 	g := s.staticDenoiser(in)
+	timeIn := g != nil && s.denStatic.timeIn[in.rows] // set before the graph opened; read-only since
 	return func(x []float32, t int) ([]float32, error) {
 		for i := range ts {
 			ts[i] = int64(t)
@@ -238,7 +240,13 @@ func (s *Scorer) runDenoiser(in *denoiserInputs) func(x []float32, t int) ([]flo
 		defer tT.Destroy()
 		var out [][]float32
 		var shapes []ort.Shape
-		if g != nil {
+		if g != nil && timeIn {
+			var temb []ort.Value
+			if temb, err = s.denStatic.time.at(t); err != nil {
+				return nil, err
+			}
+			out, shapes, err = g.run(append([]ort.Value{xT, in.hint.t}, temb...)...)
+		} else if g != nil {
 			out, shapes, err = g.run(xT, tT, in.hint.t)
 		} else {
 			var d *graph

@@ -61,7 +61,7 @@ func measureFloor(s *pipeline.Scorer, rep *benchReport, threads int) (*benchFloo
 			if err != nil {
 				return nil, fmt.Errorf("floor: %s: %w", run.Stage, err)
 			}
-			opt, err := floor.Profile(run.Path, in, run.Outputs, threads, true)
+			opt, err := floor.ProfileAt(run.Path, in, run.Outputs, threads, true, run.NoLayout)
 			if err != nil {
 				return nil, fmt.Errorf("floor: %s: %w", run.Stage, err)
 			}

@@ -60,6 +60,12 @@ func (c *Count) ShapeOpCount() int {
 // folding, layouts): the operator count is what a scoring run executes, and MACs are left at 0 because fused
 // kernels hide their shapes.
 func Profile(path string, inputs []Input, outputs []string, threads int, optimized bool) (*Count, error) {
+	return ProfileAt(path, inputs, outputs, threads, optimized, false)
+}
+
+// ProfileAt is Profile; with optimized and noLayout, ONNX Runtime optimises at the extended level (no NCHWc
+// layout pass), as the scorer's static-denoiser sessions do (pipeline.GraphRun.NoLayout).
+func ProfileAt(path string, inputs []Input, outputs []string, threads int, optimized, noLayout bool) (*Count, error) {
 	dir, err := os.MkdirTemp("", "vlmdiff-floor-")
 	if err != nil {
 		return nil, err
@@ -70,6 +76,11 @@ func Profile(path string, inputs []Input, outputs []string, threads int, optimiz
 		return nil, err
 	}
 	defer so.Destroy()
+	if optimized && noLayout {
+		if err := so.SetGraphOptimizationLevel(ort.GraphOptimizationLevelEnableExtended); err != nil {
+			return nil, err
+		}
+	}
 	if !optimized {
 		if err := so.SetGraphOptimizationLevel(ort.GraphOptimizationLevelDisableAll); err != nil {
 			return nil, err

@@ -66,7 +66,7 @@ def test_export_manifest_graphs_and_hashes(small_bundle):
     static = m["graphs"]["denoiser"]["static"]
     assert [(sg["batch"], sg["context"]) for sg in static] == [(b_, "") for b_ in FX.FIXTURE_STATIC_BATCHES]
     assert set(m["files"]) == {"conditioning.bin"} | {g["file"] for g in m["graphs"].values()} | \
-        {sg["file"] for sg in static}
+        {sg["file"] for sg in static} | {m["graphs"]["denoiser"]["time"]["file"]}
     # a tampered file is reported
     with open(b / "hint.onnx", "ab") as f:
         f.write(b"\0")
@@ -118,17 +118,28 @@ def test_rewrite_calibration_rehashes(small_bundle):
 
 def test_static_denoiser_graphs(small_bundle):
     """The static-shape denoiser: no context input, every shape fixed at its batch, and fewer nodes than the
-    dynamic graph, with the shape chains and the context's key/value projections folded away."""
+    dynamic graph, with the shape chains and the context's key/value projections folded away; and no t: the
+    time embedding and every ResBlock's projection of it are in the time graph, whose outputs it takes."""
     d, res = small_bundle
     b = pathlib.Path(res["bundle"])
     m = json.load(open(b / "bundle.json"))
     dyn = onnx.load(str(b / m["graphs"]["denoiser"]["file"]))
+    tg = m["graphs"]["denoiser"]["time"]
+    names = [o["name"] for o in tg["outputs"]]
+    time = onnx.load(str(b / tg["file"]))
+    assert [(v.name, [dim.dim_value for dim in v.type.tensor_type.shape.dim]) for v in time.graph.input] == [("t", [1])]
+    assert [o.name for o in time.graph.output] == names and len(names) == 12  # 2 x 6 ResBlocks, SG branch and UNet
+    time_ops = [n.op_type for n in time.graph.node]
+    assert {"Cos", "Sin", "Gemm"} <= set(time_ops)
     for sg in m["graphs"]["denoiser"]["static"]:
+        assert sg["time_inputs"] is True
         g = onnx.load(str(b / sg["file"]))
         ins = {v.name: [dim.dim_value for dim in v.type.tensor_type.shape.dim] for v in g.graph.input}
-        assert list(ins) == ["x", "t", "hint"]
-        assert ins["x"] == [sg["batch"], 4, 8, 8] and ins["t"] == [sg["batch"]] and ins["hint"][0] == sg["batch"]
+        assert list(ins) == ["x", "hint"] + names
+        assert ins["x"] == [sg["batch"], 4, 8, 8] and ins["hint"][0] == sg["batch"]
+        assert [ins[n] for n in names] == [o["shape"] for o in tg["outputs"]]
         ops = [n.op_type for n in g.graph.node]
+        assert not {"Cos", "Sin", "Gemm"} & set(ops), "t-only nodes left in the step graph"
         dops = [n.op_type for n in dyn.graph.node]
         assert len(ops) < 0.8 * len(dops), (len(ops), len(dops))
         assert ops.count("MatMul") < dops.count("MatMul")  # to_k(context), to_v(context) are constants now

@@ -221,17 +221,41 @@ def default_static_batches(denoiser: torch.nn.Module) -> Tuple[int, ...]:
     return (1, 2, 4) if sum(p.numel() for p in denoiser.parameters()) < 256_000_000 else ()
 
 
+TIME_SPLITS = ("conv_bias", "inputs", "none")
+TIME_FILE = "denoiser_time.onnx"
+
+
 def export_static_denoisers(out_dir: str, denoiser, context: torch.Tensor, key: str, batches: Sequence[int],
                             latent_shape: Tuple[int, int, int], hint1: torch.Tensor,
-                            gen: torch.Generator, fold: bool = True) -> List[dict]:
+                            gen: torch.Generator, fold: bool = True,
+                            time_split: str = "conv_bias") -> Tuple[List[dict], Optional[dict]]:
     """Exports denoiser_b<B>.onnx for each batch size: StaticDenoiserGraph with the context of conditioning key
     `key` ([tokens, dim]), inputs x [B,C,h,w], t [B], hint [B,...] and output eps, all shapes fixed; then, with
     fold, onnx_fold.fold_constants (the shape chains and the context's keys and values that torch's folding
-    leaves). Returns the manifest's graphs.denoiser.static entries."""
-    specs = []
-    for b in sorted({int(v) for v in batches}):
+    leaves), onnx_fold.remove_noop_casts (float32 -> float32) and onnx_affine.fold_affine_into_conv (a GroupNorm's
+    affine into the 1x1 convolution after it).
+
+    With time_split other than "none" (and fold), everything that depends only on t moves into one time graph,
+    denoiser_time.onnx (onnx_time.split_time): input t [1], outputs the time tensors TIME_PREFIX<i>; each static
+    graph then takes those tensors in place of t ("time_inputs"), one row broadcast over its batch, so its rows
+    share one timestep. "conv_bias" also folds each ResBlock's embedding into its convolution's bias. The time
+    graph is cut from the batch-1 graph (exported for the cut when 1 is not among batches) and every batch
+    size's graph must have the same time tensors.
+
+    Returns the manifest's graphs.denoiser.static entries and its graphs.denoiser.time entry (None without a
+    time graph)."""
+    if time_split not in TIME_SPLITS:
+        raise RuntimeError(f"denoiser time split {time_split!r}: want one of {TIME_SPLITS}")
+    split = fold and time_split != "none"
+    want = sorted({int(v) for v in batches})
+    for b in want:
         if b < 1:
             raise RuntimeError(f"denoiser_static_batches: {b} is not a batch size")
+    specs = []
+    time_spec: Optional[dict] = None
+    time_sources: Optional[List[str]] = None
+    tmp_b1 = split and 1 not in want
+    for b in ([1] if tmp_b1 else []) + want:
         fname = f"denoiser_b{b}.onnx"
         ins = {"x": torch.randn(b, *latent_shape, generator=gen),
                "t": torch.full((b,), 500, dtype=torch.int64),
@@ -240,14 +264,41 @@ def export_static_denoisers(out_dir: str, denoiser, context: torch.Tensor, key: 
         export_graph(StaticDenoiserGraph(denoiser, context[None], b), tuple(ins.values()), list(ins), ["eps"],
                      path, dynamic=False)
         if fold:
-            from .onnx_fold import fold_constants
+            from .onnx_affine import fold_affine_into_conv
+            from .onnx_fold import fold_constants, remove_noop_casts
             model = onnx.load(path)
             n = fold_constants(model)
+            casts = remove_noop_casts(model)
+            affine = fold_affine_into_conv(model)
+            log.info("static denoiser %s: %d constant nodes folded, %d no-op casts removed, %d affines folded "
+                     "into 1x1 convolutions, %d nodes left", fname, n, casts, affine, len(model.graph.node))
+            if split:
+                from .onnx_time import split_time
+                parts = split_time(model, conv_bias=time_split == "conv_bias")
+                if time_sources is None:  # batch 1, first
+                    onnx.checker.check_model(parts.time)
+                    onnx.save(parts.time, os.path.join(out_dir, TIME_FILE))
+                    time_sources = parts.sources
+                    time_spec = {"file": TIME_FILE, "outputs": [{"name": nm, "type": "float32", "shape": sh}
+                                                                for nm, sh in zip(parts.names, parts.shapes)]}
+                    log.info("denoiser time graph %s: %d nodes, %d time tensors", TIME_FILE,
+                             len(parts.time.graph.node), len(parts.names))
+                elif parts.sources != time_sources:
+                    raise RuntimeError(f"static denoiser {fname}: its timestep tensors differ from the batch-1 "
+                                       "graph's; the time graph cannot serve it")
+                model = parts.step
+                log.info("static denoiser %s: %d nodes after the time split", fname, len(model.graph.node))
             onnx.checker.check_model(model)
             onnx.save(model, path)
-            log.info("static denoiser %s: %d constant nodes folded, %d nodes left", fname, n, len(model.graph.node))
-        specs.append({"file": fname, "batch": b, "context": key})
-    return specs
+        if tmp_b1 and b == 1 and not specs:
+            os.remove(path)  # exported only to cut the time graph from
+            tmp_b1 = False
+            continue
+        spec = {"file": fname, "batch": b, "context": key}
+        if split:
+            spec["time_inputs"] = True
+        specs.append(spec)
+    return specs, time_spec
 
 
 def onnx_io_names(path: str) -> Tuple[List[str], List[str]]:
@@ -293,7 +344,7 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
                   calibration: Optional[dict] = None, default_key: str = "", unconditional_key: str = "",
                   created: Optional[str] = None, probe_dir: Optional[str] = None, probe_seed: int = 1234,
                   denoiser_static_batches: Sequence[int] = (), fold_static: bool = True,
-                  overwrite: bool = False) -> dict:
+                  static_time: str = "conv_bias", overwrite: bool = False) -> dict:
     """Exports the networks into a bundle directory and returns the manifest written.
 
     conditioning: (key, prompt, array [tokens, dim]) per entry; it must contain the unconditional key.
@@ -301,6 +352,8 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
     is copied into the bundle (its input normalisation must match the bundle's input, or give feature_mean/std).
     denoiser_static_batches: batch sizes for which a static-shape denoiser with the unconditional context baked in
     is exported beside the dynamic one (graphs.denoiser.static; StaticDenoiserGraph).
+    static_time: how the static graphs take the timestep (export_static_denoisers): "conv_bias" or "inputs"
+    (a time graph, graphs.denoiser.time, computes the t-only tensors once per timestep) or "none" (t as input).
     """
     if os.path.exists(os.path.join(out_dir, "bundle.json")) and not overwrite:
         raise RuntimeError(f"bundle directory {out_dir} already holds a bundle (overwrite not requested)")
@@ -357,10 +410,13 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
                               "context": torch.randn(b, tokens, dim, generator=gen), "hint": hint}
     add("denoiser", DenoiserGraph(denoiser), den_in(1, hint1), den_in(2, hint2), ["eps"])
     if denoiser_static_batches:
-        graphs["denoiser"]["static"] = export_static_denoisers(
+        static, time_graph = export_static_denoisers(
             out_dir, denoiser, torch.from_numpy(cond[keys.index(unconditional_key)]), unconditional_key,
             denoiser_static_batches, (latent_channels, h, w), hint1, torch.Generator().manual_seed(probe_seed + 1),
-            fold_static)
+            fold_static, static_time)
+        graphs["denoiser"]["static"] = static
+        if time_graph is not None:
+            graphs["denoiser"]["time"] = time_graph
     add("vae_decoder", VAEDecoderGraph(vae), {"latent": torch.randn(1, latent_channels, h, w, generator=gen)},
         {"latent": torch.randn(2, latent_channels, h, w, generator=gen)}, ["image"])
 
@@ -467,6 +523,20 @@ def verify_bundle(bundle_dir: str) -> List[str]:
         for t in g["outputs"]:
             if t["name"] not in outs:
                 problems.append(f"{role}: output {t['name']} not in graph {outs}")
+        tg = g.get("time")
+        if tg:
+            names = [o["name"] for o in tg["outputs"]]
+            try:
+                onnx.checker.check_model(os.path.join(bundle_dir, tg["file"]))
+                tins, touts = onnx_io_names(os.path.join(bundle_dir, tg["file"]))
+            except Exception as e:
+                problems.append(f"{role}: time graph: {e}")
+                continue
+            if tins != ["t"] or touts != names:
+                problems.append(f"{role}: time graph takes {tins} and gives {touts}, want ['t'] and {names}")
+            for sg in g.get("static", []):
+                if sg.get("time_inputs") and onnx_io_names(os.path.join(bundle_dir, sg["file"]))[0][2:] != names:
+                    problems.append(f"{role}: static graph {sg['file']} does not take the time tensors {names}")
     return problems
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-__all__ = ["fold_constants", "FOLDERS"]
+__all__ = ["fold_constants", "remove_noop_casts", "FOLDERS"]
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -143,8 +143,12 @@ def _fold_once(model: onnx.ModelProto) -> int:
     return folded
 
 
-def fold_constants(model: onnx.ModelProto, max_passes: int = 20) -> int:
-    """Folds model in place; returns the number of nodes removed."""
+def fold_constants(model: onnx.ModelProto, max_passes: int = 1000) -> int:
+    """Folds model in place until nothing changes; returns the number of nodes removed.
+
+    Each pass folds what static shape inference sees, and a reshape target computed by Shape becomes known only
+    after the pass that folds it, so a chain of GroupNorms (Shape -> Reshape each) takes one pass per link: a
+    small preset's denoiser needs about 45. max_passes only guards against a graph that never settles."""
     total = 0
     for _ in range(max_passes):
         n = _fold_once(model)
@@ -152,3 +156,34 @@ def fold_constants(model: onnx.ModelProto, max_passes: int = 20) -> int:
         if n == 0:
             break
     return total
+
+
+def remove_noop_casts(model: onnx.ModelProto) -> int:
+    """Removes every Cast to the type its input already has (float32 -> float32: GroupNorm32's x.float() and
+    .type(x.dtype) in a float32 export), rewiring its consumers to its input; returns how many. ONNX Runtime
+    drops them too, but left in the file they hide patterns from the passes after this one (onnx_affine)."""
+    g = model.graph
+    try:
+        inferred = shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - without types nothing is known to be a no-op
+        return 0
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types.update({i.name: i.data_type for i in g.initializer})
+    outputs = {o.name for o in g.output}
+    alias: Dict[str, str] = {}
+    keep: List[onnx.NodeProto] = []
+    for n in g.node:
+        for i, x in enumerate(n.input):
+            if x in alias:
+                n.input[i] = alias[x]
+        if n.op_type == "Cast" and n.output[0] not in outputs and types.get(n.input[0]) \
+                and types.get(n.input[0]) == _attrs(n).get("to"):
+            alias[n.output[0]] = n.input[0]
+            continue
+        keep.append(n)
+    removed = len(g.node) - len(keep)
+    if removed:
+        del g.node[:]
+        g.node.extend(keep)
+    return removed
