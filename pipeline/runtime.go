@@ -140,10 +140,11 @@ type Options struct {
 	// NoReference scores raw maps even when the bundle has a map reference (map.reference): how the calibrate
 	// stage measures the reference itself, and how to see what it removes.
 	NoReference bool
-	// StaticLayout keeps ONNX Runtime's NCHWc layout pass on the static-shape denoiser sessions. Off (the zero
-	// value), they are optimised at the extended level, without it: 80 fewer operators per small-preset step
-	// (Scorer.staticNoLayout says why). On: ONNX Runtime's default, for before/after measurements.
-	StaticLayout bool
+	// StaticNoLayout optimises the static-shape denoiser sessions at the extended level, without ONNX Runtime's
+	// NCHWc layout pass: 80 fewer operators per small-preset step, but plain instead of blocked convolutions,
+	// and slower in the quiet interleaved runs (Scorer.staticNoLayout). Off (the zero value): ONNX Runtime's
+	// default, all passes.
+	StaticNoLayout bool
 }
 
 // newSessionOptions builds session options with the preferred providers. A provider that cannot be used (no

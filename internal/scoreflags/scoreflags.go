@@ -25,8 +25,8 @@ type Flags struct {
 	DynamicOnly bool
 	// NoReference scores raw maps, ignoring the bundle's map reference (pipeline.Options.NoReference).
 	NoReference bool
-	// StaticLayout keeps ONNX Runtime's NCHWc layout pass on the static denoisers (pipeline.Options.StaticLayout).
-	StaticLayout bool
+	// StaticNoLayout drops ONNX Runtime's NCHWc layout pass on the static denoisers (pipeline.Options.StaticNoLayout).
+	StaticNoLayout bool
 }
 
 // Register declares the flags on fs (a *flag.FlagSet).
@@ -46,7 +46,7 @@ func (f *Flags) Register(fs interface {
 	fs.BoolVar(&f.Shared, "shared-arena", false, "one ONNX Runtime arena for all sessions, grown as asked (models.shared_arena)")
 	fs.BoolVar(&f.DynamicOnly, "dynamic-only", false, "ignore the bundle's static-shape denoiser graphs (the scorer before issue 14, for before/after runs)")
 	fs.BoolVar(&f.NoReference, "no-reference", false, "score raw maps, ignoring the bundle's map reference (the mean normal map per class), to see what it removes")
-	fs.BoolVar(&f.StaticLayout, "static-layout", false, "keep ONNX Runtime's NCHWc layout pass on the static-shape denoisers (off by default: fewer operators per step; for before/after runs)")
+	fs.BoolVar(&f.StaticNoLayout, "static-no-layout", false, "optimise the static-shape denoisers without ONNX Runtime's NCHWc layout pass (fewer operators per step, plain convolutions; slower on the 2-core test machine; for before/after runs)")
 }
 
 // Options are the pipeline options the flags select (everything but the bundle).
@@ -59,7 +59,7 @@ func (f *Flags) Options() pipeline.Options {
 	}
 	return pipeline.Options{Providers: prov, Threads: f.Threads, Spin: f.Spin, Library: f.Library, ClassConditioning: f.ClassCond,
 		LeanMemory: f.Lean, NoMemPattern: !f.Pattern,
-		SharedArena: f.Shared, DynamicOnly: f.DynamicOnly, NoReference: f.NoReference, StaticLayout: f.StaticLayout}
+		SharedArena: f.Shared, DynamicOnly: f.DynamicOnly, NoReference: f.NoReference, StaticNoLayout: f.StaticNoLayout}
 }
 
 // Open opens the scorer for --bundle.
