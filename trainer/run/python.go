@@ -74,7 +74,19 @@ func (p Python) env() []string {
 	if old := os.Getenv("PYTHONPATH"); old != "" {
 		pp += string(os.PathListSeparator) + old
 	}
-	return append(os.Environ(), "PYTHONPATH="+pp, "PYTHONUNBUFFERED=1")
+	env := append(os.Environ(), "PYTHONPATH="+pp, "PYTHONUNBUFFERED=1")
+	return append(env, passiveOpenMP()...)
+}
+
+// passiveOpenMP returns OMP_WAIT_POLICY=PASSIVE unless the environment sets it: GNU OpenMP's default lets
+// PyTorch's idle threads spin between operators, which on a small CPU takes the cores the next operator
+// needs. Measured on the 2-core machine (quiet): a 30-step small-preset training run (start-up included) in
+// 19.5 s instead of 22.8 s, and the PyTorch reference scorer at 306 instead of 678 ms per frame.
+func passiveOpenMP() []string {
+	if _, ok := os.LookupEnv("OMP_WAIT_POLICY"); ok {
+		return nil
+	}
+	return []string{"OMP_WAIT_POLICY=PASSIVE"}
 }
 
 // Check verifies that the interpreter imports torch and vlmdiff_train and returns a short description.
