@@ -148,16 +148,18 @@ func overheadParamsFromEnv(b *testing.B) overheadParams {
 		p.heatmap = v
 	}
 	if v := os.Getenv("OVERHEAD_HEATMAP_INTERVAL"); v != "" {
-		if d, err := time.ParseDuration(v); err != nil || d < 0 {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
 			b.Fatalf("OVERHEAD_HEATMAP_INTERVAL=%q: want a duration >= 0 (0: every frame's heatmap)", v)
 		}
-		p.heatmapInterval = v
+		p.heatmapInterval = d.String() // "0s", not "0": YAML reads a bare 0 as an integer, not a duration
 	}
 	if v := os.Getenv("OVERHEAD_COMMIT_INTERVAL"); v != "" {
-		if d, err := time.ParseDuration(v); err != nil || d < 0 || d > time.Second {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > time.Second {
 			b.Fatalf("OVERHEAD_COMMIT_INTERVAL=%q: want a duration 0..1s", v)
 		}
-		p.commitInterval = v
+		p.commitInterval = d.String()
 	}
 	if v := os.Getenv("OVERHEAD_DIR"); v != "" {
 		d, err := os.MkdirTemp(v, "overhead-")
