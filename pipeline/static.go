@@ -98,9 +98,9 @@ func (s *Scorer) staticGraph(rows int) *graph {
 // convolution into a blocked-layout kernel with ReorderInput/ReorderOutput nodes around it wherever the next
 // operator is not blocked too, and in the denoiser almost none is (GroupNorm's Reshape/InstanceNormalization,
 // the attention's Reshapes): on the small preset's batch-1 step it adds 120 reorder nodes and saves 40 Adds,
-// 1119 operators per step with it, 1039 without (after the GroupNorm affine fold). The blocked kernels win the extra dispatches back: on the
-// quiet 2-core machine, 4 interleaved rounds of `vlmdiff bench` gave a batch-1 denoise of 55.8-63.5 ms with the
-// pass and 59.9-71.5 ms without, and a batch-4 frame 82.4-84.8 ms against 86.8-115.5 ms. So the pass stays on
+// 1119 operators per step with it, 1039 without. The blocked kernels win the extra dispatches back: on the quiet
+// 2-core machine, 4 interleaved rounds of `vlmdiff bench` gave a batch-1 denoise of 55.8-63.5 ms with the pass
+// and 59.9-71.5 ms without, and a batch-4 frame 82.4-84.8 ms against 86.8-115.5 ms. So the pass stays on
 // by default and `--static-no-layout` is for measuring on other CPUs. Only on the CPU provider: the level is a
 // CPU-layout matter, and CUDA sessions keep ONNX Runtime's default.
 func (s *Scorer) staticNoLayout() bool {
