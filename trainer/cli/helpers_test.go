@@ -2,6 +2,7 @@ package cli
 
 import (
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/vlmdiff/edge/pipeline"
@@ -20,5 +21,17 @@ func writeTestPNG(t *testing.T, path string, w, h int) {
 	}
 	if err := os.WriteFile(path, png, 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// writeTestTree writes a 128x96 test PNG at each relative path under root (a tiny dataset in the MVTec layout).
+func writeTestTree(t *testing.T, root string, rel ...string) {
+	t.Helper()
+	for _, p := range rel {
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeTestPNG(t, full, 128, 96)
 	}
 }

@@ -21,14 +21,8 @@ func TestCalibrateReference(t *testing.T) {
 	}
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
-	for _, p := range []string{"widget/train/good/000.png", "widget/train/good/001.png", "widget/train/good/002.png",
-		"widget/train/good/003.png", "widget/test/good/000.png", "widget/test/blob/000.png", "widget/ground_truth/blob/000_mask.png"} {
-		full := filepath.Join(data, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		writeTestPNG(t, full, 128, 96)
-	}
+	writeTestTree(t, data, "widget/train/good/000.png", "widget/train/good/001.png", "widget/train/good/002.png",
+		"widget/train/good/003.png", "widget/test/good/000.png", "widget/test/blob/000.png", "widget/ground_truth/blob/000_mask.png")
 	bundle := filepath.Join(dir, "bundle")
 	if err := models.CopyBundle("../../models/demo", bundle); err != nil {
 		t.Fatal(err)

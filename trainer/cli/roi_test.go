@@ -20,14 +20,8 @@ func TestCalibrateEvalROI(t *testing.T) {
 	}
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
-	for _, p := range []string{"widget/train/good/000.png", "widget/train/good/001.png", "widget/train/good/002.png",
-		"widget/test/good/000.png", "widget/test/blob/000.png", "widget/ground_truth/blob/000_mask.png"} {
-		full := filepath.Join(data, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		writeTestPNG(t, full, 128, 96)
-	}
+	writeTestTree(t, data, "widget/train/good/000.png", "widget/train/good/001.png", "widget/train/good/002.png",
+		"widget/test/good/000.png", "widget/test/blob/000.png", "widget/ground_truth/blob/000_mask.png")
 	roiFile := filepath.Join(dir, "roi.yaml")
 	agentCfg := filepath.Join(dir, "agent.yaml")
 	region := "{crop: {x: 64, y: 0, width: 64, height: 96}, mask: [[64, 0], [128, 0], [128, 96]], fit: letterbox}"
