@@ -3,7 +3,6 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -36,19 +35,6 @@ func (a *Agent) httpAuth() (*httpauth.Auth, error) {
 		return nil, fmt.Errorf("http.auth: %w", err)
 	}
 	return auth, nil
-}
-
-// loopbackListen reports whether a listen address is reachable from this machine only.
-func loopbackListen(listen string) bool {
-	host, _, err := net.SplitHostPort(listen)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // SetThreshold applies a threshold change from the dashboard through the same guard as the MQTT command

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vlmdiff/edge/agent/broker"
+	"github.com/vlmdiff/edge/agent/config"
 	"github.com/vlmdiff/edge/agent/httpapi"
 	"github.com/vlmdiff/edge/agent/mqttout"
 	"github.com/vlmdiff/edge/agent/sdnotify"
@@ -196,7 +197,7 @@ func (a *Agent) startHTTP(context.Context) (func(context.Context) error, error) 
 		return nil, err
 	}
 	a.http = httpapi.New(a, a.log.With("component", "http"), auth)
-	if auth == nil && !loopbackListen(a.cfg.HTTP.Listen) {
+	if auth == nil && !config.IsLoopback(a.cfg.HTTP.Listen) {
 		a.log.Warn("the HTTP API listens beyond loopback without http.auth: anyone who reaches it can push images "+
 			"and triggers (docs/operations.md, Securing the HTTP API)", "listen", a.cfg.HTTP.Listen)
 	}

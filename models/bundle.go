@@ -588,17 +588,27 @@ func loadConditioning(dir string, m *Manifest) ([][]float32, error) {
 	}
 	out := make([][]float32, len(c.Entries))
 	for i := range out {
-		row := make([]float32, per)
-		for j := range row {
-			v := math.Float32frombits(binary.LittleEndian.Uint32(data[(i*per+j)*4:]))
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				return nil, checkErr("conditioning", c.File, "entry %q holds a non-finite value", c.Entries[i].Key)
-			}
-			row[j] = v
+		row, ok := finiteRow(data, i, per)
+		if !ok {
+			return nil, checkErr("conditioning", c.File, "entry %q holds a non-finite value", c.Entries[i].Key)
 		}
 		out[i] = row
 	}
 	return out, nil
+}
+
+// finiteRow decodes row i of a raw little-endian float32 file of rows of per values, or reports false when the
+// row holds NaN or Inf (a bundle file that would poison every score is refused at load).
+func finiteRow(data []byte, i, per int) ([]float32, bool) {
+	row := make([]float32, per)
+	for j := range row {
+		v := math.Float32frombits(binary.LittleEndian.Uint32(data[(i*per+j)*4:]))
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, false
+		}
+		row[j] = v
+	}
+	return row, true
 }
 
 func loadReference(dir string, m *Manifest) (map[string][]float32, error) {
@@ -617,13 +627,9 @@ func loadReference(dir string, m *Manifest) (map[string][]float32, error) {
 	}
 	out := make(map[string][]float32, len(r.Classes))
 	for i, c := range r.Classes {
-		row := make([]float32, per)
-		for j := range row {
-			v := math.Float32frombits(binary.LittleEndian.Uint32(data[(i*per+j)*4:]))
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				return nil, checkErr("reference", r.File, "class %q holds a non-finite value", c)
-			}
-			row[j] = v
+		row, ok := finiteRow(data, i, per)
+		if !ok {
+			return nil, checkErr("reference", r.File, "class %q holds a non-finite value", c)
 		}
 		out[c] = row
 	}
