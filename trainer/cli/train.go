@@ -12,7 +12,7 @@ import (
 )
 
 func init() {
-	Register(Command{Name: "train", Summary: "train a bundle: index, caption, finetune-ae, build, train, export, calibrate, evaluate, register", Run: runTrain})
+	Register(Command{Name: "train", Summary: "train a bundle: index, caption, finetune-ae, build, train, select, export, calibrate, evaluate, register", Run: runTrain})
 }
 
 func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {

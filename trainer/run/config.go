@@ -29,6 +29,7 @@ type Config struct {
 	FinetuneAE FinetuneAEConfig `yaml:"finetune_ae"`
 	Build      BuildConfig      `yaml:"build"`
 	Train      TrainConfig      `yaml:"train"`
+	Select     SelectConfig     `yaml:"select"`
 	Export     ExportConfig     `yaml:"export"`
 	Calibrate  CalibrateConfig  `yaml:"calibrate"`
 	Evaluate   EvaluateConfig   `yaml:"evaluate"`
@@ -101,7 +102,36 @@ type TrainConfig struct {
 	Launcher    []string       `yaml:"launcher"`  // e.g. [torchrun, --nproc_per_node=8]; replaces "python3 -m"
 	Extra       map[string]any `yaml:"extra"`
 	UseCaptions *bool          `yaml:"use_captions"` // condition on the caption stage's captions (default true)
+	// SnapshotEvery writes the denoiser's weights every N epochs (RUN/train/snapshots), the candidates the select
+	// stage scores. 0 (default): none, and the train stage's own choice (train.extra.select) is exported.
+	// Omitted from the hash when 0, so runs made before this key existed are not redone.
+	SnapshotEvery int `yaml:"snapshot_every" json:",omitempty"`
 }
+
+// SelectConfig is the select stage: it scores every snapshot of the train stage (train.snapshot_every), and the
+// train stage's final weights, on a synthetic-defect validation set painted on the held-out normals, and
+// exports the best. The noise-prediction loss on normals keeps falling while the denoiser also learns to rebuild
+// defects, so neither the last weights nor the lowest validation loss is reliably the best detector; defects
+// painted on held-out normals measure what the product is for without touching the test split.
+type SelectConfig struct {
+	// Metric ranks the candidates on the validation set: "mean" (default: the mean of I-AUROC, P-AUROC and
+	// AU-PRO), or one of i_auroc, p_auroc, au_pro, p_ap.
+	Metric string `yaml:"metric"`
+	// ValData is a synthetic-defect validation set (`vlmdiff synth defects` output, MVTec layout). Empty
+	// (default): the stage paints one (RUN/select/valdata) on the index's held-out normals.
+	ValData string `yaml:"val_data"`
+	// PerImage is the number of defect images painted per held-out normal (default 2).
+	PerImage int `yaml:"per_image"`
+	// ReferencePerClass bounds the training normals per class in each candidate's map reference (default 16:
+	// fewer than calibrate's 64, since every candidate needs its own).
+	ReferencePerClass int `yaml:"reference_per_class"`
+	// MinGain is the lead (in metric units, 0.01 = one point) a candidate needs over the final weights to be
+	// chosen instead of them (default 0.01); smaller leads are within the noise of the set.
+	MinGain float64 `yaml:"min_gain"`
+}
+
+// SelectMetrics are the names select.metric accepts.
+var SelectMetrics = []string{"mean", "i_auroc", "p_auroc", "au_pro", "p_ap"}
 
 // ExportConfig writes the bundle.
 type ExportConfig struct {
@@ -220,6 +250,18 @@ func (c *Config) defaults() {
 	if c.Evaluate.BatchSize == 0 {
 		c.Evaluate.BatchSize = 4
 	}
+	if c.Select.Metric == "" {
+		c.Select.Metric = "mean"
+	}
+	if c.Select.PerImage == 0 {
+		c.Select.PerImage = 2
+	}
+	if c.Select.ReferencePerClass == 0 {
+		c.Select.ReferencePerClass = 16
+	}
+	if c.Select.MinGain == 0 {
+		c.Select.MinGain = 0.01
+	}
 	if c.Python.Exe == "" {
 		c.Python.Exe = "/usr/bin/python3"
 	}
@@ -243,6 +285,7 @@ func (c *Config) resolve(base string) {
 	abs(&c.Export.FeaturesONNX)
 	abs(&c.Register.ModelsDir)
 	abs(&c.Evaluate.ValData)
+	abs(&c.Select.ValData)
 	abs(&c.Python.TrainerDir)
 }
 
@@ -315,6 +358,21 @@ func (c *Config) Validate() error {
 	}
 	if c.Calibrate.ReferencePerClass < 0 {
 		bad("calibrate.reference_per_class", "must be > 0")
+	}
+	if c.Train.SnapshotEvery < 0 {
+		bad("train.snapshot_every", "must be >= 0 (epochs between snapshots; 0: none)")
+	}
+	if !slices.Contains(SelectMetrics, c.Select.Metric) {
+		bad("select.metric", "%q: want one of %s", c.Select.Metric, strings.Join(SelectMetrics, ", "))
+	}
+	if c.Select.PerImage < 0 {
+		bad("select.per_image", "must be > 0")
+	}
+	if c.Select.ReferencePerClass < 0 {
+		bad("select.reference_per_class", "must be > 0")
+	}
+	if g := c.Select.MinGain; !(g > 0 && g < 1) {
+		bad("select.min_gain", "%v: want 0 < gain < 1", g)
 	}
 	if c.Evaluate.BatchSize < 0 {
 		bad("evaluate.batch_size", "must be > 0")

@@ -75,8 +75,8 @@ func TestTrainContractRandomFeatures(t *testing.T) {
 		}
 		t.Fatalf("vlmdiff train exited %d", code)
 	}
-	if !strings.Contains(out.String(), "finished: 9 stages run") {
-		t.Fatalf("not all nine stages ran")
+	if !strings.Contains(out.String(), "finished: 10 stages run") {
+		t.Fatalf("not all ten stages ran")
 	}
 	// Each Python stage got its config from the runner and read it (an unknown or mistyped key exits 1).
 	for _, stage := range []string{"finetune-ae", "build", "train", "export"} {

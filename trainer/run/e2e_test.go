@@ -3,6 +3,8 @@ package run_test
 import (
 	"bytes"
 	"context"
+	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"image"
 	"image/color"
@@ -12,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -105,7 +108,7 @@ func backbone(t *testing.T) string {
 // defects, then checks the bundle, the resume, and that the result detects the defects better than controls
 // that a broken pipeline would look like.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, func(string) string { return "" })
+	trainEndToEnd(t, "tiny", 0.85, func(string) string { return "" }, 10)
 }
 
 // TestTrainTinyTaefEndToEnd runs the same pipeline and checks on the pretrained-autoencoder structure (tiny-taef:
@@ -135,11 +138,12 @@ torch.save(m.decoder.state_dict(), sys.argv[1] + "/tiny_decoder.pth")`
 			t.Fatalf("writing tiny taef files: %v\n%s", err, out)
 		}
 		return "  init: " + dir + "\n"
-	})
+	}, 0)
 }
 
 // trainEndToEnd trains preset through `vlmdiff train`; aeInit returns extra finetune_ae lines (e.g. init).
-func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit func(work string) string) {
+// snapshotEvery > 0 makes the train stage write snapshots and the select stage choose among them.
+func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit func(work string) string, snapshotEvery int) {
 	if testing.Short() {
 		t.Skip("trains a model (minutes)")
 	}
@@ -160,6 +164,9 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit fu
 	cfg := run.TinyTestConfig(data, feat, "[[stage1, 1.0], [stage2, 1.0], [stage3, 1.0]]", modelsDir, 40, 60)
 	cfg = strings.Replace(cfg, "preset: tiny\n", "preset: "+preset+"\n", 1)
 	cfg = strings.Replace(cfg, "finetune_ae:\n", "finetune_ae:\n"+aeInit(work), 1)
+	if snapshotEvery > 0 {
+		cfg = strings.Replace(cfg, "train:\n", fmt.Sprintf("train:\n  snapshot_every: %d\n", snapshotEvery), 1)
+	}
 	cfgPath := filepath.Join(work, "tiny.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -181,8 +188,11 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit fu
 		return out.String()
 	}
 	first := train()
-	if !strings.Contains(first, "check ok:") || !strings.Contains(first, "finished: 9 stages run") {
-		t.Fatalf("first run did not run all nine stages after the check line")
+	if !strings.Contains(first, "check ok:") || !strings.Contains(first, "finished: 10 stages run") {
+		t.Fatalf("first run did not run all ten stages after the check line")
+	}
+	if snapshotEvery > 0 {
+		checkSelection(t, runDir)
 	}
 
 	bundle := filepath.Join(runDir, "bundle")
@@ -208,7 +218,7 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit fu
 	}
 
 	second := train()
-	if !strings.Contains(second, "finished: 0 stages run, 9 up to date") {
+	if !strings.Contains(second, "finished: 0 stages run, 10 up to date") {
 		t.Fatalf("second run redid stages")
 	}
 
@@ -296,5 +306,60 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit fu
 	}
 	if math.Abs(stageRep.Mean.ImageAUROC-rep.Mean.ImageAUROC) > 1e-9 || math.Abs(stageRep.Mean.PixelAUROC-rep.Mean.PixelAUROC) > 1e-9 {
 		t.Errorf("evaluate stage report %+v differs from a re-evaluation %+v", stageRep.Mean, rep.Mean)
+	}
+}
+
+// checkSelection checks the select stage's record of a run with snapshots: every snapshot and the final model
+// scored on the painted validation set, one chosen, the export stage fed the chosen weights, and the evaluate
+// stage's validation table written from the same painted set.
+func checkSelection(t *testing.T, runDir string) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(runDir, "select", run.SelectFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	snaps, _ := filepath.Glob(filepath.Join(runDir, "train", "snapshots", "epoch-*.pt"))
+	if len(snaps) < 2 || len(rows) != len(snaps)+2 { // header, snapshots, final
+		t.Fatalf("select scored %d candidates for %d snapshots (+ final): %v", len(rows)-1, len(snaps), rows)
+	}
+	chosen := ""
+	for _, r := range rows[1:] {
+		for _, v := range r[2:8] {
+			if x, err := strconv.ParseFloat(v, 64); err != nil || x < 0 || x > 1 {
+				t.Fatalf("candidate %s: metric %q is not in [0,1]", r[0], v)
+			}
+		}
+		if r[8] == "true" {
+			if chosen != "" {
+				t.Fatalf("two candidates chosen: %v", rows)
+			}
+			chosen = r[1]
+		}
+	}
+	if chosen == "" {
+		t.Fatalf("no candidate chosen: %v", rows)
+	}
+	var exp map[string]any
+	b, err := os.ReadFile(filepath.Join(runDir, "configs", "export.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &exp); err != nil {
+		t.Fatal(err)
+	}
+	if exp["model"] != chosen {
+		t.Fatalf("the export stage exported %v, the select stage chose %s", exp["model"], chosen)
+	}
+	masks, _ := filepath.Glob(filepath.Join(runDir, "select", "valdata", "*", "ground_truth", "*", "*.png"))
+	if len(masks) == 0 {
+		t.Fatal("the select stage painted no validation defects")
+	}
+	if _, err := os.Stat(filepath.Join(runDir, "eval", eval.ValidationPrefix+eval.JSONFile)); err != nil {
+		t.Fatalf("the evaluate stage wrote no validation table for the painted set: %v", err)
 	}
 }

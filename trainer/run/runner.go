@@ -1,5 +1,5 @@
 // Package run is the `vlmdiff train` stage runner: it runs the training stages (index, caption, finetune-ae,
-// build, train, export, calibrate, evaluate, register) as resumable steps in one run directory.
+// build, train, select, export, calibrate, evaluate, register) as resumable steps in one run directory.
 //
 // Each stage records, in RUN/stages/<stage>.json, a hash of its inputs (its config section plus the identity of
 // every upstream stage's last execution) and the outputs it produced. A rerun skips a stage whose hash matches

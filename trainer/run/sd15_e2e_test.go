@@ -126,8 +126,8 @@ register:
 	for _, m := range regexp.MustCompile(`\[[a-z-]+\] done in [^\n]+`).FindAllString(out.String(), -1) {
 		t.Log(m)
 	}
-	if !strings.Contains(out.String(), "finished: 9 stages run") {
-		t.Fatalf("not all nine stages ran:\n%s", out.String())
+	if !strings.Contains(out.String(), "finished: 10 stages run") {
+		t.Fatalf("not all ten stages ran:\n%s", out.String())
 	}
 
 	t.Logf("files used as given: %s", py(filepath.Join(trainerDir, "tests", "sd15_mini_weights.py"), "check", weights,

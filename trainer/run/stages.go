@@ -22,7 +22,7 @@ import (
 )
 
 // StageNames are the training stages in order.
-var StageNames = []string{"index", "caption", "finetune-ae", "build", "train", "export", "calibrate", "evaluate", "register"}
+var StageNames = []string{"index", "caption", "finetune-ae", "build", "train", "select", "export", "calibrate", "evaluate", "register"}
 
 // Training is one configured run: the config, the run directory and the tools the stages use.
 type Training struct {
@@ -142,6 +142,7 @@ func (t *Training) Stages() []Stage {
 		}, Run: func(ctx context.Context, sc *StageContext) (map[string]string, error) {
 			return t.python(ctx, sc, "train", t.trainConfig(sc), c.Train.Launcher)
 		}},
+		{Name: "select", Inputs: func() (any, error) { return c.Select, nil }, Run: t.runSelect},
 		{Name: "export", Inputs: func() (any, error) {
 			return map[string]any{"export": c.Export, "name": c.Name, "version": c.Version, "classes": c.Data.Classes, "config": c.sum}, nil
 		}, Run: t.runExport},
@@ -208,6 +209,7 @@ func (t *Training) trainConfig(sc *StageContext) map[string]any {
 	setIf(m, "amp", tr.AMP)
 	setIf(m, "grad_clip", tr.GradClip)
 	setIf(m, "posterior", tr.Posterior)
+	setIf(m, "snapshot_every", tr.SnapshotEvery)
 	return merge(m, tr.Extra)
 }
 
@@ -217,7 +219,7 @@ func (t *Training) exportConfig(sc *StageContext) map[string]any {
 	c := t.Config
 	e := c.Export
 	m := t.common(sc, "export")
-	m["model"] = sc.Output("train", "model")
+	m["model"] = trainedModel(sc)
 	m["out"] = sc.Path("bundle")
 	m["name"], m["version"] = c.Name, t.version()
 	m["classes"] = t.classes(sc)
@@ -246,6 +248,35 @@ func (t *Training) exportConfig(sc *StageContext) map[string]any {
 
 // prunedFeatures is where runExport writes the feature backbone pruned to export.feature_layers.
 func prunedFeatures(sc *StageContext) string { return sc.Path("export", "features.onnx") }
+
+// pruneFeatures writes prunedFeatures when export.feature_layers names a subset of export.features_onnx.
+func (t *Training) pruneFeatures(ctx context.Context, sc *StageContext) error {
+	e := t.Config.Export
+	if e.FeaturesONNX == "" || len(e.FeatureLayers) == 0 {
+		return nil
+	}
+	keep := make([]string, len(e.FeatureLayers))
+	for i, l := range e.FeatureLayers {
+		keep[i] = l[0].(string)
+	}
+	pruned := prunedFeatures(sc)
+	if err := os.MkdirAll(filepath.Dir(pruned), 0o755); err != nil {
+		return err
+	}
+	if err := t.Python.PruneONNXOutputs(ctx, e.FeaturesONNX, pruned, keep); err != nil {
+		return fmt.Errorf("export.features_onnx: %w", err)
+	}
+	return nil
+}
+
+// trainedModel is the model file the bundle is exported from: the select stage's choice, or the train stage's
+// model when no select stage ran (runs recorded before it existed).
+func trainedModel(sc *StageContext) string {
+	if m := sc.Output("select", "model"); m != "" {
+		return m
+	}
+	return sc.Output("train", "model")
+}
 
 func (t *Training) python(ctx context.Context, sc *StageContext, stage string, cfg map[string]any, launcher []string) (map[string]string, error) {
 	outs, err := t.Python.RunStage(ctx, sc, stage, cfg, launcher)
@@ -375,18 +406,8 @@ func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]
 		return nil, fmt.Errorf("the train stage recorded no model output")
 	}
 	bundle := sc.Path("bundle")
-	if e.FeaturesONNX != "" && len(e.FeatureLayers) > 0 {
-		keep := make([]string, len(e.FeatureLayers))
-		for i, l := range e.FeatureLayers {
-			keep[i] = l[0].(string)
-		}
-		pruned := prunedFeatures(sc)
-		if err := os.MkdirAll(filepath.Dir(pruned), 0o755); err != nil {
-			return nil, err
-		}
-		if err := t.Python.PruneONNXOutputs(ctx, e.FeaturesONNX, pruned, keep); err != nil {
-			return nil, fmt.Errorf("export.features_onnx: %w", err)
-		}
+	if err := t.pruneFeatures(ctx, sc); err != nil {
+		return nil, err
 	}
 	if _, err := t.python(ctx, sc, "export", m, nil); err != nil {
 		return nil, err
@@ -445,7 +466,7 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 		fmt.Fprintf(sc.Progress, "[calibrate] WARNING: no validation normals (data.val_fraction is 0): calibrating on the %d training normals, which the model has seen; thresholds will be low\n", len(normal))
 	}
 	bundle := sc.Output("export", "bundle")
-	if err := t.measureReference(ctx, sc, items, bundle); err != nil {
+	if err := t.measureReference(ctx, sc, items, bundle, c.Calibrate.ReferencePerClass, "[calibrate] "); err != nil {
 		return nil, err
 	}
 	s, err := t.scorer(sc)
@@ -473,14 +494,14 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 // measureReference writes the bundle's map reference (calibrate.reference: train) from the training normals,
 // scored without any earlier reference, or removes it (none). It runs before the thresholds, which are taken on
 // the maps the daemon will score.
-func (t *Training) measureReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string) error {
+func (t *Training) measureReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, perClass int, prefix string) error {
 	c := t.Config
 	if c.Calibrate.Reference == eval.ReferenceNone {
 		return eval.WriteReference(bundle, nil)
 	}
-	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Calibrate.ReferencePerClass)
+	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), perClass)
 	if len(train) == 0 {
-		fmt.Fprintln(sc.Progress, "[calibrate] WARNING: no training normals for the map reference: raw maps")
+		fmt.Fprintln(sc.Progress, prefix+"WARNING: no training normals for the map reference: raw maps")
 		return eval.WriteReference(bundle, nil)
 	}
 	opt := t.ORT
@@ -491,14 +512,14 @@ func (t *Training) measureReference(ctx context.Context, sc *StageContext, items
 	}
 	defer s.Close()
 	ref, err := eval.BuildReference(ctx, s, train, "train split of "+sc.Output("index", "index"),
-		eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, "[calibrate] reference "), Logger: sc.Logger})
+		eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, prefix+"reference "), Logger: sc.Logger})
 	if err != nil {
 		return err
 	}
 	if err := eval.WriteReference(bundle, ref); err != nil {
 		return err
 	}
-	fmt.Fprintf(sc.Progress, "[calibrate] map reference: mean maps of %d training normals over %d classes\n", len(train), len(ref.Classes)-1)
+	fmt.Fprintf(sc.Progress, "%smap reference: mean maps of %d training normals over %d classes\n", prefix, len(train), len(ref.Classes)-1)
 	return nil
 }
 
@@ -529,12 +550,17 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 	defer s.Close()
 	opts := eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, "[evaluate] "), Logger: sc.Logger}
 	info := eval.ReportInfo{Title: "vlmdiff evaluation: " + c.Name, Bundle: bundle, Dataset: c.Data.Root, CurvesDir: sc.Path("curves")}
-	if c.Evaluate.ValData != "" {
-		vrep, err := evaluateValData(ctx, s, c.Evaluate.ValData, c.Data.Classes, opts)
+	// The validation table: evaluate.val_data, else the set the select stage painted.
+	valData := c.Evaluate.ValData
+	if valData == "" {
+		valData = sc.Output("select", "val_data")
+	}
+	if valData != "" {
+		vrep, err := evaluateValData(ctx, s, valData, c.Data.Classes, opts)
 		if err != nil {
 			return nil, err
 		}
-		info.Validation = &eval.ValidationReport{Dataset: c.Evaluate.ValData, Report: vrep}
+		info.Validation = &eval.ValidationReport{Dataset: valData, Report: vrep}
 	}
 	rep, res, err := eval.Evaluate(ctx, s, test, opts)
 	if err != nil {
@@ -545,7 +571,7 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 		return nil, err
 	}
 	if info.Validation != nil {
-		fmt.Fprintln(sc.Progress, "[evaluate] synthetic validation ("+c.Evaluate.ValData+"):")
+		fmt.Fprintln(sc.Progress, "[evaluate] synthetic validation ("+valData+"):")
 		info.Validation.Report.WriteTable(sc.Progress)
 		fmt.Fprintln(sc.Progress, "[evaluate] test:")
 	}

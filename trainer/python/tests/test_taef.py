@@ -167,6 +167,30 @@ def test_validation_loss_curve_selection_and_early_stop(dataset, tmp_path, capsy
     capsys.readouterr()
 
 
+def test_snapshots_every_n_epochs_hold_that_epochs_weights(dataset, tmp_path):
+    from vlmdiff_train.model_file import load_model_file
+    model = _built(dataset, tmp_path / "b", "tiny")
+    run = tmp_path / "t"
+    snaps = run / "snapshots"
+    snaps.mkdir(parents=True)
+    (snaps / "epoch-0099.pt").write_bytes(b"stale")  # from an earlier, longer training in the same run dir
+    cfg = {"run_dir": str(run), "model": model, "index": str(dataset / "index.jsonl"), "height": S, "width": S,
+           "batch_size": 2, "lr": 1e-3, "epochs": 4, "save_every": 100, "seed": 3, "snapshot_every": 2}
+    out = train_denoiser.run(cfg)
+    assert out["snapshots"] == str(snaps)
+    assert sorted(p.name for p in snaps.iterdir()) == ["epoch-0002.pt", "epoch-0004.pt"]
+    per_epoch = out["steps"] // 4
+    two, four = load_model_file(str(snaps / "epoch-0002.pt")), load_model_file(str(snaps / "epoch-0004.pt"))
+    assert two["extra"]["step"] == 2 * per_epoch and four["extra"]["step"] == out["steps"]
+    final = load_model_file(out["model"])
+    # the last snapshot is the final weights (select: last); the earlier one differs: it is not a copy
+    for k, v in final["state"]["denoiser"].items():
+        assert torch.equal(four["state"]["denoiser"][k], v), k
+    assert any(not torch.equal(two["state"]["denoiser"][k], v) for k, v in final["state"]["denoiser"].items())
+    with pytest.raises(RuntimeError, match="snapshot_every"):
+        train_denoiser.run(dict(cfg, run_dir=str(tmp_path / "bad"), snapshot_every=-1))
+
+
 def test_best_val_without_validation_normals_is_refused(dataset, tmp_path):
     recs = [json.loads(l) for l in (dataset / "index.jsonl").read_text().splitlines()]
     idx = tmp_path / "index.jsonl"

@@ -117,6 +117,8 @@ class TrainConfig(DataKeys, Common):
     val_images: int = key(32, "validation normals (the index's val split) in the validation loss; 0: none")
     select: str = key("last", "last | best_val: the weights saved as the model (best_val: lowest validation loss)")
     early_stop_patience: int = key(0, "stop after N validations without improvement (0: off)")
+    snapshot_every: int = key(0, "write a model file every N epochs into RUN/snapshots, the candidates the select "
+                                 "stage scores on synthetic defects (0: none)")
 
 
 @dataclass

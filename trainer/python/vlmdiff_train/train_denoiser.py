@@ -239,6 +239,12 @@ def run(cfg) -> dict:
         val.restore(st.get("validation"))
     curve = CurveWriter(run_dir, "train", start_step=step, enabled=(rank == 0))
     cache_moments = not tc.augment
+    snap_every = int(tc.snapshot_every)
+    if snap_every < 0:
+        raise RuntimeError("train config: snapshot_every must be >= 0")
+    snap_dir = os.path.join(run_dir, "snapshots")
+    if rank == 0:
+        _drop_stale_snapshots(snap_dir, step // steps_per_epoch)
     mcache: dict = {}
     while step < total:
         epoch = micro_done // micro_per_epoch
@@ -304,6 +310,9 @@ def run(cfg) -> dict:
                     dist.all_gather_object(gens, gen.get_state())
                 if rank == 0:
                     last_saved = _save_ckpt(ckpt_dir, step, micro_done, den, opt, gens, int(tc.keep), val.state())
+            if snap_every > 0 and rank == 0 and step % steps_per_epoch == 0 and \
+                    (step // steps_per_epoch) % snap_every == 0:
+                _save_snapshot(snap_dir, step // steps_per_epoch, step, blob, vae, den, nets, text)
             if stop:
                 log.info("early stop at step %d: validation loss has not improved for %d validations",
                          step, val.patience)
@@ -324,7 +333,35 @@ def run(cfg) -> dict:
         import torch.distributed as dist
         dist.barrier()
         dist.destroy_process_group()
-    return {"model": out, "checkpoint": last_saved or "", "steps": step, **val.summary()}
+    res = {"model": out, "checkpoint": last_saved or "", "steps": step, **val.summary()}
+    if snap_every > 0:
+        res["snapshots"] = snap_dir
+    return res
+
+
+def _drop_stale_snapshots(snap_dir: str, epoch: int) -> None:
+    """Removes snapshots of epochs after `epoch` (all of them on a fresh start): a run redone with other settings
+    must not leave the select stage candidates from an earlier training."""
+    for p in glob.glob(os.path.join(snap_dir, "epoch-*.pt")):
+        m = re.match(r"epoch-(\d+)\.pt$", os.path.basename(p))
+        if m and int(m.group(1)) > epoch:
+            os.remove(p)
+
+
+def _save_snapshot(snap_dir: str, epoch: int, step: int, blob: dict, vae, den, nets, text) -> None:
+    """Writes the denoiser's current weights as a model file snapshots/epoch-NNNN.pt: a candidate for the select
+    stage, which scores each on synthetic defects. The validation loss keeps falling while the denoiser learns to
+    rebuild defects too, so the last or lowest-loss weights are not always the best detector."""
+    path = os.path.join(snap_dir, f"epoch-{epoch:04d}.pt")
+    was_training = den.training
+    den.eval()
+    try:
+        state = Nets(vae=vae, denoiser=den, features=nets.features, hint=None, text=text)
+        save_reference_weights(path, blob["builder"], state, features_kind=blob.get("features", "onnx"),
+                               tokenizer=blob.get("tokenizer"), extra={"stage": "train", "step": step, "epoch": epoch})
+    finally:
+        den.train(was_training)
+    log.info("snapshot of epoch %d (step %d): %s", epoch, step, path)
 
 
 class _HintedDenoiser(torch.nn.Module):

@@ -1,0 +1,106 @@
+package run
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vlmdiff/edge/trainer/metrics"
+)
+
+func TestSnapshotCandidatesInEpochOrderThenFinal(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"epoch-0020.pt", "epoch-0005.pt", "epoch-0100.pt", "epoch-0010.pt.tmp", "notes.txt"} {
+		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "epoch-0007.pt"), 0o755); err != nil { // not a file
+		t.Fatal(err)
+	}
+	got, err := snapshotCandidates(dir, "/run/train/model-trained.pt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range got {
+		names = append(names, c.Name)
+	}
+	if want := "epoch-0005 epoch-0020 epoch-0100 final"; strings.Join(names, " ") != want {
+		t.Fatalf("candidates %v, want %s", names, want)
+	}
+	if got[0].Model != filepath.Join(dir, "epoch-0005.pt") || got[3].Model != "/run/train/model-trained.pt" {
+		t.Fatalf("models %+v", got)
+	}
+	if _, err := snapshotCandidates(filepath.Join(dir, "missing"), "x"); err == nil {
+		t.Fatal("a missing snapshot directory was accepted")
+	}
+}
+
+func TestBestCandidate(t *testing.T) {
+	res := func(scores ...float64) []candidateResult {
+		out := make([]candidateResult, len(scores))
+		for i, s := range scores {
+			out[i] = candidateResult{candidate: candidate{Name: string(rune('a' + i))}, Score: s}
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name   string
+		scores []float64
+		gain   float64
+		want   int
+		reason string
+	}{
+		{"a clear lead wins", []float64{0.70, 0.80, 0.72}, 0.01, 1, "leads the final weights by 8.00"},
+		{"the final scores highest", []float64{0.70, 0.71, 0.75}, 0.01, 2, "final weights score highest"},
+		{"a lead within min_gain keeps the final", []float64{0.70, 0.755, 0.75}, 0.01, 2, "less than select.min_gain"},
+		{"a larger min_gain keeps the final", []float64{0.70, 0.80, 0.75}, 0.10, 2, "less than select.min_gain"},
+		{"a set at chance cannot choose", []float64{0.47, 0.53, 0.46}, 0.01, 2, "cannot tell them apart"},
+		{"a tie goes to the less trained", []float64{0.62, 0.80, 0.80, 0.70}, 0.01, 1, "b leads"},
+		{"the final alone", []float64{0.60}, 0.01, 0, "final weights score highest"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, why := bestCandidate(res(tc.scores...), tc.gain)
+			if got != tc.want || !strings.Contains(why, tc.reason) {
+				t.Fatalf("bestCandidate(%v, %v) = %d (%s), want %d (%q)", tc.scores, tc.gain, got, why, tc.want, tc.reason)
+			}
+		})
+	}
+}
+
+func TestSelectScore(t *testing.T) {
+	m := metrics.Metrics{ImageAUROC: 0.9, PixelAUROC: 0.6, AUPRO: 0.3, PixelAP: 0.2}
+	for metric, want := range map[string]float64{"mean": 0.6, "i_auroc": 0.9, "p_auroc": 0.6, "au_pro": 0.3, "p_ap": 0.2} {
+		if got := selectScore(metric, m); got < want-1e-12 || got > want+1e-12 {
+			t.Errorf("selectScore(%s) = %v, want %v", metric, got, want)
+		}
+	}
+}
+
+func TestSelectConfigChecked(t *testing.T) {
+	base := "preset: tiny\ndata:\n  root: /data\nfinetune_ae:\n  max_steps: 1\ntrain:\n  max_steps: 1\n"
+	c, err := ParseConfig([]byte(base), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Select.Metric != "mean" || c.Select.PerImage != 2 || c.Select.ReferencePerClass != 16 || c.Select.MinGain != 0.01 || c.Train.SnapshotEvery != 0 {
+		t.Fatalf("defaults: %+v, snapshot_every %d", c.Select, c.Train.SnapshotEvery)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"select:\n  metric: f1\n", "select.metric"},
+		{"select:\n  min_gain: 2\n", "select.min_gain"},
+		{"select:\n  per_image: -1\n", "select.per_image"},
+		{"select:\n  reference_per_class: -3\n", "select.reference_per_class"},
+		{"train:\n  max_steps: 1\n  snapshot_every: -2\n", "train.snapshot_every"},
+	} {
+		raw := base + tc.yaml
+		if strings.HasPrefix(tc.yaml, "train:") {
+			raw = strings.Replace(base, "train:\n  max_steps: 1\n", tc.yaml, 1)
+		}
+		if _, err := ParseConfig([]byte(raw), "/"); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want one naming %s", tc.yaml, err, tc.want)
+		}
+	}
+}
