@@ -122,8 +122,10 @@ type SelectConfig struct {
 	ValData string `yaml:"val_data"`
 	// PerImage is the number of defect images painted per held-out normal (default 2).
 	PerImage int `yaml:"per_image"`
-	// ReferencePerClass bounds the training normals per class in each candidate's map reference (default 16:
-	// fewer than calibrate's 64, since every candidate needs its own).
+	// ReferencePerClass bounds the training normals per class in each candidate's map reference (default:
+	// calibrate.reference_per_class, so a candidate is scored with the reference it would ship with and the
+	// chosen one's row is what the evaluate stage reports). Fewer is cheaper: on the surfaces set 16 per class
+	// instead of all 35 moved the candidates' scores by up to 1 point, and kept their order.
 	ReferencePerClass int `yaml:"reference_per_class"`
 	// MinGain is the lead (in metric units, 0.01 = one point) a candidate needs over the final weights to be
 	// chosen instead of them (default 0.01); smaller leads are within the noise of the set.
@@ -257,7 +259,7 @@ func (c *Config) defaults() {
 		c.Select.PerImage = 2
 	}
 	if c.Select.ReferencePerClass == 0 {
-		c.Select.ReferencePerClass = 16
+		c.Select.ReferencePerClass = c.Calibrate.ReferencePerClass
 	}
 	if c.Select.MinGain == 0 {
 		c.Select.MinGain = 0.01

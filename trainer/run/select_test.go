@@ -85,7 +85,7 @@ func TestSelectConfigChecked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Select.Metric != "mean" || c.Select.PerImage != 2 || c.Select.ReferencePerClass != 16 || c.Select.MinGain != 0.01 || c.Train.SnapshotEvery != 0 {
+	if c.Select.Metric != "mean" || c.Select.PerImage != 2 || c.Select.ReferencePerClass != c.Calibrate.ReferencePerClass || c.Select.MinGain != 0.01 || c.Train.SnapshotEvery != 0 {
 		t.Fatalf("defaults: %+v, snapshot_every %d", c.Select, c.Train.SnapshotEvery)
 	}
 	for _, tc := range []struct{ yaml, want string }{
