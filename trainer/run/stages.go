@@ -142,7 +142,12 @@ func (t *Training) Stages() []Stage {
 		}, Run: func(ctx context.Context, sc *StageContext) (map[string]string, error) {
 			return t.python(ctx, sc, "train", t.trainConfig(sc), c.Train.Launcher)
 		}},
-		{Name: "select", Inputs: func() (any, error) { return c.Select, nil }, Run: t.runSelect},
+		// select exports and scores each candidate: the export section and the reference settings shape its
+		// scores as much as its own section does.
+		{Name: "select", Inputs: func() (any, error) {
+			return map[string]any{"select": c.Select, "export": c.Export, "reference": c.Calibrate.Reference,
+				"reference_per_class": c.Calibrate.ReferencePerClass}, nil
+		}, Run: t.runSelect},
 		{Name: "export", Inputs: func() (any, error) {
 			return map[string]any{"export": c.Export, "name": c.Name, "version": c.Version, "classes": c.Data.Classes, "config": c.sum}, nil
 		}, Run: t.runExport},
