@@ -125,7 +125,7 @@ type SelectConfig struct {
 	// ReferencePerClass bounds the training normals per class in each candidate's map reference (default:
 	// calibrate.reference_per_class, so a candidate is scored with the reference it would ship with and the
 	// chosen one's row is what the evaluate stage reports). Fewer is cheaper: on the surfaces set 16 per class
-	// instead of all 35 moved the candidates' scores by up to 1 point, and kept their order.
+	// instead of all 35 moved the candidates' scores by up to 1 point and chose the same one.
 	ReferencePerClass int `yaml:"reference_per_class"`
 	// MinGain is the lead (in metric units, 0.01 = one point) a candidate needs over the final weights to be
 	// chosen instead of them (default 0.01); smaller leads are within the noise of the set.
