@@ -323,6 +323,45 @@ def test_controls_enter_where_diad_adds_them(tiny):
             assert used == should, f"control {i}: used={used}, DiAD uses it: {should}"
 
 
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_control_levels_give_the_deepest_levels_their_controls(tiny, levels):
+    """control_levels N: the middle control and the decoder blocks of the N deepest levels use their controls.
+
+    Output block i (counted from the bottom) belongs to level i // (num_res_blocks + 1) and takes the skip of
+    input block n_in - 1 - i, i.e. control n_in - 1 - i; 1 level is DiAD's only-mid control."""
+    from vlmdiff_train.nets.sgn import ControlledUnetModel
+    p = tiny.preset
+    unet = ControlledUnetModel(p.unet, control_levels=levels)
+    unet.load_state_dict(tiny.unet.state_dict())
+    _perturb(unet)
+    n_in = len(unet.input_blocks)
+    per_level = p.unet.num_res_blocks + 1
+    z = torch.randn(1, p.embed_dim, p.latent_size, p.latent_size)
+    ctx = torch.randn(1, p.context_tokens, p.context_dim)
+    t = torch.tensor([10])
+    with torch.no_grad():
+        shapes = [c.shape for c in tiny.sgn(z, t, ctx, torch.zeros(1, p.hint_channels, p.latent_size,
+                                                                      p.latent_size))]
+        base = unet(z, t, ctx, [torch.zeros(s) for s in shapes])
+        used = []
+        for i in range(n_in + 1):
+            ctrl = [torch.zeros(s) for s in shapes]
+            ctrl[i] = torch.randn(shapes[i])
+            if not torch.allclose(unet(z, t, ctx, ctrl), base, atol=1e-6):
+                used.append(i)
+    assert used == list(range(n_in - per_level * levels, n_in + 1))
+    assert unet.only_mid_control == (levels == 1)
+
+
+def test_control_levels_out_of_range_are_refused(tiny):
+    from vlmdiff_train.nets.sgn import ControlledUnetModel
+    n = len(tiny.preset.unet.channel_mult)
+    assert ControlledUnetModel(tiny.preset.unet, only_mid_control=False).control_levels == n
+    for bad in (0, n + 1):
+        with pytest.raises(ValueError, match=f"control_levels {bad}: the UNet has {n} levels"):
+            ControlledUnetModel(tiny.preset.unet, control_levels=bad)
+
+
 def test_sff_matches_formula(tiny):
     """out[dst] = SiLU(out[dst] + sum_s SiLU(InstanceNorm(conv_s_d(out[src])))), computed independently."""
     p = tiny.preset

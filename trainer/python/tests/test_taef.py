@@ -216,3 +216,24 @@ def test_build_measures_the_latent_scale_of_a_deterministic_autoencoder(dataset,
     assert latent_scale(blob["builder"]) == s
     # a KL VAE keeps its preset's scale (SD's 0.18215): nothing measured
     assert "latent_scale" not in load_model_file(_built(dataset, tmp_path / "k", "tiny"))["builder"]
+
+
+def test_build_control_levels_travel_in_the_model_file(dataset, tmp_path):
+    """build.control_levels is written into the model file, so training and export rebuild the same UNet."""
+    from vlmdiff_train.model_file import load_model_file, rebuild
+    out = train_denoiser.run_build({"run_dir": str(tmp_path / "b"), "preset": "tiny", "index":
+                                    str(dataset / "index.jsonl"), "captions": str(dataset / "captions.json"),
+                                    "seed": 0, "control_levels": 3})
+    assert out["control_levels"] == 3
+    blob = load_model_file(out["model"])
+    assert blob["builder"]["overrides"] == {"control_levels": 3}
+    nets, _ = rebuild(blob)
+    assert nets.denoiser.unet.control_levels == 3
+    # the default stays DiAD's only-mid control, with nothing recorded
+    plain = load_model_file(_built(dataset, tmp_path / "p", "tiny"))
+    assert "overrides" not in plain["builder"]
+    assert rebuild(plain)[0].denoiser.unet.control_levels == 1
+    with pytest.raises(ValueError, match="control_levels 4: the UNet has 3 levels"):
+        train_denoiser.run_build({"run_dir": str(tmp_path / "x"), "preset": "tiny", "index":
+                                  str(dataset / "index.jsonl"), "captions": str(dataset / "captions.json"),
+                                  "control_levels": 4})

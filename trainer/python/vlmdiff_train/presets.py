@@ -289,8 +289,12 @@ class Networks:
 
 
 def build(preset_name: str | Preset, device: str | torch.device | None = None, *, meta: bool = False,
-          with_text: bool = True, with_dino: bool | None = None, seed: int | None = 0) -> Networks:
+          with_text: bool = True, with_dino: bool | None = None, seed: int | None = 0,
+          control_levels: int | None = None) -> Networks:
     """Build a preset's networks with fresh weights (zero-init layers are zero).
+
+    control_levels overrides the preset's control (ControlledUnetModel): None keeps it (only-mid for every
+    preset, as DiAD/VLMDiff), N gives the decoder blocks of the N deepest UNet levels their SG controls.
 
     meta=True builds on the meta device (no memory, no init), for layout checks of the sd15 networks.
     with_dino defaults to True when the preset has a DINO config. seed fixes the random init (None: don't seed).
@@ -304,7 +308,7 @@ def build(preset_name: str | Preset, device: str | torch.device | None = None, *
     def make() -> Networks:
         vae = make_autoencoder(p)
         sgn = SemanticGuidedNetwork(p.unet, hint_channels=3, hint_hidden=p.hint_hidden)
-        unet = ControlledUnetModel(p.unet, only_mid_control=p.only_mid_control)
+        unet = ControlledUnetModel(p.unet, only_mid_control=p.only_mid_control, control_levels=control_levels)
         text = CLIPTextModel(p.text) if with_text else None
         model = VLMDiffModel(vae, VLMDiffDenoiser(sgn, unet), text, scale_factor=p.scale_factor)
         dino = VisionTransformer(p.dino) if with_dino else None

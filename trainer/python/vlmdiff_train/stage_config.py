@@ -91,6 +91,9 @@ class BuildConfig(Common):
     prompt_template: str = key("a photo of a {cls}", "class prompt template")
     default_caption: str = key("", "accepted for symmetry with the data keys; unused")
     num_merges: int = key(400, "BPE merges learnt when no tokenizer is given")
+    control_levels: Optional[int] = key(None, "UNet levels, from the bottom, whose decoder skips get the SG "
+                                              "branch's controls: 1 = DiAD's only-mid control (the presets' "
+                                              "default), the UNet's level count = every skip")
     out: Optional[str] = key(None, "model file to write (default RUN/model.pt)")
 
 

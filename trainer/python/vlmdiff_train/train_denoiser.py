@@ -51,7 +51,8 @@ def run_build(cfg) -> dict:
     run_dir = c.run_dir
     name = c.preset
     os.makedirs(run_dir, exist_ok=True)
-    nets = presets.build(name, with_dino=False, seed=int(c.seed))
+    overrides = {} if c.control_levels is None else {"control_levels": int(c.control_levels)}
+    nets = presets.build(name, with_dino=False, seed=int(c.seed), **overrides)
     trusted = c.trusted
     if c.sd_checkpoint:
         build_vlmdiff(nets.model, c.sd_checkpoint, c.autoencoder, trusted=trusted)
@@ -78,13 +79,15 @@ def run_build(cfg) -> dict:
     if nets.text_encoder is not None and vocab > nets.text_encoder.cfg.vocab_size:
         raise RuntimeError(f"build: tokenizer vocabulary {vocab} exceeds the text encoder's {nets.text_encoder.cfg.vocab_size}")
     out = c.out or os.path.join(run_dir, "model.pt")
-    builder: dict = {}
+    # overrides travel in the model file, so train, export and the reference scorer rebuild the same networks
+    builder: dict = {"overrides": overrides} if overrides else {}
     if getattr(nets.vae, "deterministic", False) and c.index:
         builder["latent_scale"] = measured_latent_scale(nets.vae, c.index, presets.get_preset(name).input_size)
         log.info("latent scale %.4g: 1/std of the autoencoder's latents on the training images",
                  builder["latent_scale"])
     save_model(out, name, nets.vae, nets.denoiser, nets.text_encoder, merges, {"stage": "build"}, builder)
-    return {"model": out, "preset": name, "merges": len(merges), **builder}
+    return {"model": out, "preset": name, "merges": len(merges),
+            **{k: v for k, v in builder.items() if k != "overrides"}, **overrides}
 
 
 def measured_latent_scale(vae, index: str, size: int, n_max: int = 32) -> float:

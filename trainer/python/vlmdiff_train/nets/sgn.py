@@ -132,12 +132,26 @@ class ControlledUnetModel(UNetModel):
     added to h, and the first num_res_blocks+1 output blocks (0,1,2 in SD1.5) get skip + the last level's fused SG
     outputs (11,10,9); the other output blocks get plain skips. only_mid_control=False is plain ControlNet: every
     skip gets its control.
+
+    control_levels generalises the two: the decoder blocks of that many UNet levels, counted from the bottom, get
+    their controls (1 = only_mid_control, len(channel_mult) = every skip). Why a middle ground: with control at
+    the bottom level only, the image reaches the decoder at 1/8 of the latent's size (4x4 for small), so a
+    reconstruction from full noise cannot reproduce a stochastic texture or the exact phase of fine edges, and the
+    feature distance reads that as anomaly all over a textured background; every level lets the SG branch hand
+    the frame's layout to the decoder at the latent's own resolution, which can also carry a defect through.
     """
 
     def __init__(self, cfg: UNetConfig | dict | None = None, only_mid_control: bool = True,
-                 freeze_encoder: bool = True):
+                 freeze_encoder: bool = True, control_levels: int | None = None):
         super().__init__(cfg)
-        self.only_mid_control = only_mid_control
+        levels = len(self.cfg.channel_mult)
+        if control_levels is None:
+            control_levels = 1 if only_mid_control else levels
+        if not 1 <= int(control_levels) <= levels:
+            raise ValueError(f"control_levels {control_levels}: the UNet has {levels} levels (1 = DiAD's only-mid "
+                             f"control, {levels} = every skip)")
+        self.control_levels = int(control_levels)
+        self.only_mid_control = self.control_levels == 1
         self.freeze_encoder = freeze_encoder
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,  # type: ignore[override]
@@ -159,7 +173,7 @@ class ControlledUnetModel(UNetModel):
         n_fused = self.cfg.num_res_blocks + 1
         for i, module in enumerate(self.output_blocks):
             skip = hs.pop()
-            if not self.only_mid_control or i < n_fused:
+            if i < n_fused * self.control_levels:
                 skip = skip + control.pop()
             h = module(torch.cat([h, skip], dim=1), emb, context)
         return self.out(h)
