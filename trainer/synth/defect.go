@@ -72,6 +72,44 @@ func logUniform(r *rand.Rand, lo, hi float64) float64 {
 // MinArea is the fewest changed pixels a defect may have; a draw below it is redrawn.
 const MinArea = 4
 
+// ErrInvisible is returned (wrapped) by Paint when every cut-paste draw was invisible: the patches looked like
+// what they covered, as on a uniform background where paper is pasted onto paper. Such a "defect" would be
+// labelled and masked yet could not be seen by anyone, and a validation set full of them ranks candidates on
+// noise (PIPED's painted cut-pastes scored at chance, image AUROC 50, session 7). WriteDefects paints the next
+// kind instead.
+var ErrInvisible = errors.New("every patch looked like what it covered")
+
+// cutPasteVisible reports whether a cut-paste can be seen. The change is averaged over a 7x7 window around each
+// interior pixel (opacity 0.5 or more, inside the feathered edge) before its size is taken: a patch of the same
+// random texture, misaligned, changes single pixels a lot but averages to nothing, while a patch of other
+// colour or structure keeps its change. The patch is kept when the mean of that local change over the interior
+// is at least the faintest stain's (MinContrast / 3 of full scale).
+func cutPasteVisible(img, out Image, l layer, p Params) bool {
+	const r = 3
+	sum, n := 0.0, 0
+	for i, a := range l.alpha {
+		if a < 0.5 {
+			continue
+		}
+		x, y := i%img.W, i/img.W
+		d := 0.0
+		for c := 0; c < img.C; c++ {
+			acc, k := 0, 0
+			for yy := max(0, y-r); yy <= min(img.H-1, y+r); yy++ {
+				for xx := max(0, x-r); xx <= min(img.W-1, x+r); xx++ {
+					j := (yy*img.W+xx)*img.C + c
+					acc += int(out.Pix[j]) - int(img.Pix[j])
+					k++
+				}
+			}
+			d = math.Max(d, math.Abs(float64(acc)/float64(k)))
+		}
+		sum += d
+		n++
+	}
+	return n > 0 && sum/float64(n) >= 255*p.MinContrast/3
+}
+
 // layer is a defect before compositing: per pixel an opacity and the value the pixel takes at full opacity.
 type layer struct {
 	alpha  []float64
@@ -81,7 +119,8 @@ type layer struct {
 // Paint draws one defect of kind on a copy of img and returns it with its mask (1 = changed pixel). src is
 // the cut-paste donor (another normal; img itself when nil). region, when set, restricts the defect's centre
 // to its true pixels. The mask is exactly the set of pixels whose value differs from img; a draw that would
-// change fewer than MinArea pixels is redrawn (up to 50 times, then an error).
+// change fewer than MinArea pixels, or a cut-paste whose patch is invisible (cutPasteVisible), is redrawn (up to
+// 50 times, then an error; ErrInvisible when every cut-paste draw was invisible).
 func Paint(img Image, kind string, src *Image, region []bool, p Params, r *rand.Rand) (Image, []uint8, error) {
 	if err := p.Validate(); err != nil {
 		return Image{}, nil, err
@@ -103,6 +142,7 @@ func Paint(img Image, kind string, src *Image, region []bool, p Params, r *rand.
 			return Image{}, nil, errors.New("synth: the defect region is empty")
 		}
 	}
+	invisible := 0
 	for try := 0; try < 50; try++ {
 		var cx, cy float64
 		if centres != nil {
@@ -128,9 +168,18 @@ func Paint(img Image, kind string, src *Image, region []bool, p Params, r *rand.
 			return Image{}, nil, fmt.Errorf("synth: defect kind %q: want %s", kind, strings.Join(Defects, ", "))
 		}
 		out, mask, area := composite(img, l)
-		if area >= MinArea {
-			return out, mask, nil
+		if area < MinArea {
+			continue
 		}
+		if kind == DefectCutPaste && !cutPasteVisible(img, out, l, p) {
+			invisible++
+			continue
+		}
+		return out, mask, nil
+	}
+	if invisible > 0 {
+		return Image{}, nil, fmt.Errorf("synth: cut-paste on a %dx%d image: %w (mean change under %.1f grey levels in %d draws)",
+			img.W, img.H, ErrInvisible, 255*p.MinContrast/3, invisible)
 	}
 	return Image{}, nil, fmt.Errorf("synth: %s on a %dx%d image: every draw changed fewer than %d pixels", kind, img.W, img.H, MinArea)
 }

@@ -3,6 +3,7 @@ package synth
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"image"
 	"os"
@@ -47,6 +48,7 @@ func TestPaintMaskIsExactlyTheChangedPixels(t *testing.T) {
 		{Name: "g", Surface: SurfaceGrain, W: 64, H: 96, Gray: true},
 		{Name: "p", Surface: SurfacePart, W: 100, H: 70},
 	}
+	invisible := 0
 	for _, spec := range specs {
 		for _, kind := range Defects {
 			for i := 0; i < 6; i++ {
@@ -58,6 +60,10 @@ func TestPaintMaskIsExactlyTheChangedPixels(t *testing.T) {
 					p = Params{MinSize: 0.01, MaxSize: 0.02, MinContrast: 0.03, MaxContrast: 0.05}
 				}
 				out, mask, err := Paint(img, kind, &donor, region, p, rngFor(9, spec.Name, kind, i))
+				if kind == DefectCutPaste && i%2 == 1 && errors.Is(err, ErrInvisible) {
+					invisible++ // a patch of a pixel or two of the same grain cannot be seen
+					continue
+				}
 				if err != nil {
 					t.Fatalf("%s %s %d: %v", spec.Name, kind, i, err)
 				}
@@ -66,6 +72,9 @@ func TestPaintMaskIsExactlyTheChangedPixels(t *testing.T) {
 				}
 				if len(mask) != img.W*img.H || out.W != img.W || out.H != img.H || out.C != img.C {
 					t.Fatalf("%s %s: mask %d for %dx%d, out %dx%dx%d", spec.Name, kind, len(mask), img.W, img.H, out.W, out.H, out.C)
+				}
+				if kind == DefectCutPaste && meanChange(img, out, mask) < 255*p.MinContrast/6 {
+					t.Errorf("%s %d: a faint cut-paste kept (mean change %.1f levels)", spec.Name, i, meanChange(img, out, mask))
 				}
 				if want := diffMask(t, img, out); !bytes.Equal(mask, want) {
 					t.Errorf("%s %s %d: mask (%d px) is not the changed pixels (%d px)", spec.Name, kind, i, count(mask), count(want))
@@ -87,11 +96,90 @@ func TestPaintMaskIsExactlyTheChangedPixels(t *testing.T) {
 			}
 		}
 	}
+	if invisible > len(specs) {
+		t.Errorf("%d of %d tiny faint cut-pastes were invisible", invisible, 3*len(specs))
+	}
 	if _, _, err := Paint(NewImage(8, 8, 1), "dent", nil, nil, DefaultParams, rngFor(1)); err == nil || !strings.Contains(err.Error(), `"dent"`) {
 		t.Errorf("unknown kind: %v", err)
 	}
 	if _, _, err := Paint(NewImage(8, 8, 1), DefectSpeck, nil, nil, Params{MinSize: 0.2, MaxSize: 0.1, MinContrast: 0.1, MaxContrast: 0.2}, rngFor(1)); err == nil {
 		t.Errorf("inverted size range accepted")
+	}
+}
+
+// TestInvisibleCutPaste checks that a cut-paste that cannot be seen (paper pasted onto paper) is never kept:
+// Paint redraws it and reports ErrInvisible, and WriteDefects paints the next kind instead.
+func TestInvisibleCutPaste(t *testing.T) {
+	flat := func(v uint8) Image {
+		im := NewImage(64, 48, 3)
+		for i := range im.Pix {
+			im.Pix[i] = v
+		}
+		return im
+	}
+	img := flat(128)
+	threshold := 255 * DefaultParams.MinContrast / 3
+	for _, tc := range []struct {
+		donor   uint8
+		visible bool
+	}{{130, false}, {128 + uint8(threshold/2), false}, {128 + uint8(3*threshold), true}, {40, true}} {
+		donor := flat(tc.donor)
+		out, mask, err := Paint(img, DefectCutPaste, &donor, nil, DefaultParams, rngFor(3, "flat", int(tc.donor)))
+		if !tc.visible {
+			if !errors.Is(err, ErrInvisible) || !strings.Contains(err.Error(), "cut-paste on a 64x48 image") {
+				t.Errorf("donor %d on 128: err %v, want ErrInvisible naming the image", tc.donor, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("donor %d on 128: %v", tc.donor, err)
+		}
+		maxd := 0
+		for i := range out.Pix {
+			maxd = max(maxd, int(out.Pix[i])-128, 128-int(out.Pix[i]))
+		}
+		if want := max(int(tc.donor)-128, 128-int(tc.donor)); maxd > want || float64(maxd) < threshold || count(mask) < MinArea {
+			t.Errorf("donor %d: largest change %d (want %.1f..%d) over %d px", tc.donor, maxd, threshold, want, count(mask))
+		}
+	}
+
+	// The same random texture, only misplaced: single pixels change a lot, the material does not.
+	noisy := func(seed uint64) Image {
+		im := NewImage(64, 48, 3)
+		r := rngFor(seed, "noise")
+		for i := range im.Pix {
+			im.Pix[i] = uint8(88 + r.IntN(81))
+		}
+		return im
+	}
+	tex, other := noisy(1), noisy(2)
+	if _, _, err := Paint(tex, DefectCutPaste, &other, nil, DefaultParams, rngFor(4)); !errors.Is(err, ErrInvisible) {
+		t.Errorf("noise pasted onto the same noise: %v, want ErrInvisible", err)
+	}
+
+	// Two near-identical flat normals: every cut-paste would be invisible, so scratches take their place.
+	dir := t.TempDir()
+	var normals []Normal
+	for i, v := range []uint8{128, 130} {
+		p := filepath.Join(dir, fmt.Sprintf("n%d.png", i))
+		if err := flat(v).WritePNG(p); err != nil {
+			t.Fatal(err)
+		}
+		normals = append(normals, Normal{Path: p, Class: "paper"})
+	}
+	sum, err := WriteDefects(context.Background(), normals, DefectsOptions{Out: filepath.Join(dir, "val"), PerImage: 2,
+		Seed: 1, Kinds: []string{DefectCutPaste, DefectScratch}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sum["paper"]; got["test/"+DefectCutPaste] != 0 || got["test/"+DefectScratch] != 4 {
+		t.Errorf("summary %v: want 4 scratches and no cut-paste", got)
+	}
+	// cut-paste alone has nothing to fall back on: the error says why
+	_, err = WriteDefects(context.Background(), normals, DefectsOptions{Out: filepath.Join(dir, "only"), PerImage: 1,
+		Seed: 1, Kinds: []string{DefectCutPaste}})
+	if !errors.Is(err, ErrInvisible) {
+		t.Errorf("cut-paste only on flat normals: %v, want ErrInvisible", err)
 	}
 }
 
@@ -411,4 +499,26 @@ func TestWriteSurfaces(t *testing.T) {
 
 func fmtSscan(name string, i *int) (int, error) {
 	return fmt.Sscanf(strings.TrimSuffix(name, ".png"), "%d", i)
+}
+
+// meanChange is the mean over the mask's pixels of the largest channel change, in grey levels (0 for an empty
+// mask).
+func meanChange(img, out Image, mask []uint8) float64 {
+	sum, n := 0.0, 0
+	for i, m := range mask {
+		if m == 0 {
+			continue
+		}
+		d := 0
+		for c := 0; c < img.C; c++ {
+			v := int(out.Pix[i*img.C+c]) - int(img.Pix[i*img.C+c])
+			d = max(d, v, -v)
+		}
+		sum += float64(d)
+		n++
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / float64(n)
 }

@@ -2,6 +2,7 @@ package synth
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -60,7 +61,8 @@ type DefectsOptions struct {
 // pixels unchanged) to <class>/test/good and to <class>/train/good (the MVTec layout requires train/good; it
 // holds the same held-out normals and is not for training), and PerImage defective copies go to
 // <class>/test/<kind> with their masks. Kinds are cycled so every kind is represented; a cut-paste donor is
-// another normal of the class (the image itself when it is the only one). Each defect depends only on the seed,
+// another normal of the class (the image itself when it is the only one), and where no patch would be visible
+// (ErrInvisible: a uniform background) the next kind is painted instead. Each defect depends only on the seed,
 // the class, the normal's file name and its number.
 func WriteDefects(ctx context.Context, normals []Normal, o DefectsOptions) (Summary, error) {
 	if o.PerImage <= 0 {
@@ -131,6 +133,13 @@ func WriteDefects(ctx context.Context, normals []Normal, o DefectsOptions) (Summ
 					}
 				}
 				out, mask, err := Paint(imgs[i], kind, donor, nil, o.Params, r)
+				if errors.Is(err, ErrInvisible) {
+					// nothing visible to cut and paste on this image: the next kind of the cycle instead
+					if next, ok := nextKind(o.Kinds, kind); ok {
+						kind = next
+						out, mask, err = Paint(imgs[i], kind, donor, nil, o.Params, r)
+					}
+				}
 				if err != nil {
 					return nil, fmt.Errorf("synth: %s: %w", n.Path, err)
 				}
@@ -244,4 +253,20 @@ func WriteSurfaces(ctx context.Context, o SurfacesOptions) (Summary, error) {
 		}
 	}
 	return sum, writeReadme(o.Out, "Rendered surfaces: train/good for training, test for evaluation.")
+}
+
+// nextKind is the kind after kind in the cycle that is not a cut-paste; false when there is none.
+func nextKind(kinds []string, kind string) (string, bool) {
+	at := 0
+	for i, k := range kinds {
+		if k == kind {
+			at = i
+		}
+	}
+	for j := 1; j < len(kinds); j++ {
+		if k := kinds[(at+j)%len(kinds)]; k != DefectCutPaste {
+			return k, true
+		}
+	}
+	return "", false
 }
