@@ -178,7 +178,7 @@ func Paint(img Image, kind string, src *Image, region []bool, p Params, r *rand.
 		return out, mask, nil
 	}
 	if invisible > 0 {
-		return Image{}, nil, fmt.Errorf("synth: cut-paste on a %dx%d image: %w (mean change under %.1f grey levels in %d draws)",
+		return Image{}, nil, fmt.Errorf("synth: cut-paste on a %dx%d image: %w (mean local change under %.1f grey levels in %d draws)",
 			img.W, img.H, ErrInvisible, 255*p.MinContrast/3, invisible)
 	}
 	return Image{}, nil, fmt.Errorf("synth: %s on a %dx%d image: every draw changed fewer than %d pixels", kind, img.W, img.H, MinArea)

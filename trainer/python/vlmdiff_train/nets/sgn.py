@@ -139,6 +139,8 @@ class ControlledUnetModel(UNetModel):
     reconstruction from full noise cannot reproduce a stochastic texture or the exact phase of fine edges, and the
     feature distance reads that as anomaly all over a textured background; every level lets the SG branch hand
     the frame's layout to the decoder at the latent's own resolution, which can also carry a defect through.
+    Measured (docs/training.md, "Control at every level"): no gain for small on textured surfaces nor for taef2
+    on PIPED, a gain for the tiny taef test model; hence only-mid stays every preset's default.
     """
 
     def __init__(self, cfg: UNetConfig | dict | None = None, only_mid_control: bool = True,
