@@ -142,11 +142,11 @@ func (t *Training) Stages() []Stage {
 		}, Run: func(ctx context.Context, sc *StageContext) (map[string]string, error) {
 			return t.python(ctx, sc, "train", t.trainConfig(sc), c.Train.Launcher)
 		}},
-		// select exports and scores each candidate: the export section and the reference settings shape its
-		// scores as much as its own section does.
+		// select exports and scores each candidate: the export section and whether a reference is measured shape
+		// its scores as much as its own section does (its reference count is select.reference_per_class, already
+		// resolved from calibrate's when unset).
 		{Name: "select", Inputs: func() (any, error) {
-			return map[string]any{"select": c.Select, "export": c.Export, "reference": c.Calibrate.Reference,
-				"reference_per_class": c.Calibrate.ReferencePerClass}, nil
+			return map[string]any{"select": c.Select, "export": c.Export, "reference": c.Calibrate.Reference}, nil
 		}, Run: t.runSelect},
 		{Name: "export", Inputs: func() (any, error) {
 			return map[string]any{"export": c.Export, "name": c.Name, "version": c.Version, "classes": c.Data.Classes, "config": c.sum}, nil
