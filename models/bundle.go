@@ -197,6 +197,9 @@ func (m *Manifest) validateDiffusion(p *problems) {
 	if d.SeedPolicy != "fixed" && d.SeedPolicy != "per_frame" {
 		p.bad("diffusion.seed_policy", "must be fixed or per_frame, got %q", d.SeedPolicy)
 	}
+	if d.Ensemble < 0 || d.Ensemble > MaxEnsemble {
+		p.bad("diffusion.ensemble", "must be in 0..%d start noises per frame, got %d", MaxEnsemble, d.Ensemble)
+	}
 }
 
 func (m *Manifest) validateConditioning(p *problems) {
@@ -263,6 +266,12 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 		}
 		if len(r.Images) != 0 && len(r.Images) != len(r.Classes) {
 			p.bad("map.reference.images", "has %d counts for %d classes", len(r.Images), len(r.Classes))
+		}
+		// A reference measured with another number of start noises is not the mean of the maps this bundle
+		// produces, and the calibration fitted on top of it no longer holds.
+		if n, want := max(r.Noises, 1), m.Diffusion.Noises(); n != want {
+			p.bad("map.reference.noises", "the reference was measured with %d start noise(s), the bundle scores with "+
+				"diffusion.ensemble %d: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", n, want)
 		}
 	}
 	s := m.Score

@@ -127,6 +127,20 @@ func TestDamagedBundlesAreRefused(t *testing.T) {
 				d["start_step"], d["sampler_from_start_step"] = 0, true
 			})
 		}, "schema", ManifestFile, "diffusion.sampler_from_start_step"},
+		{"ensemble past the limit", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { m["diffusion"].(map[string]any)["ensemble"] = 17 })
+		}, "schema", ManifestFile, "diffusion.ensemble"},
+		{"negative ensemble", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { m["diffusion"].(map[string]any)["ensemble"] = -1 })
+		}, "schema", ManifestFile, "diffusion.ensemble"},
+		{"map reference measured with another noise count", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				m["diffusion"].(map[string]any)["ensemble"] = 4
+				m["files"].(map[string]any)["map_reference.f32"] = map[string]any{"sha256": "00", "size": 4}
+				m["map"].(map[string]any)["reference"] = map[string]any{"file": "map_reference.f32", "width": 256, "height": 256,
+					"classes": []any{""}}
+			})
+		}, "schema", ManifestFile, "measured with 1 start noise(s), the bundle scores with diffusion.ensemble 4"},
 		{"file outside the bundle", func(t *testing.T, dir string) {
 			editManifest(t, dir, func(m map[string]any) {
 				m["files"].(map[string]any)["../evil.onnx"] = map[string]any{"sha256": "00", "size": 1}

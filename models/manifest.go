@@ -114,6 +114,21 @@ type Diffusion struct {
 	// the default), "per_frame" draws fresh noise from Seed+frame sequence.
 	Seed       int64  `json:"seed"`
 	SeedPolicy string `json:"seed_policy"`
+	// Ensemble is how many start noises each frame is reconstructed from (0 or 1: one). Noise k is the stream of
+	// Seed+k; the anomaly map is the mean of the K maps. A single fixed noise errs the same way on every frame at
+	// the places its reconstruction happens to miss, and the score depends on that draw; the mean of a few draws
+	// cancels most of it (docs/algorithm.md §1.3: PIPED test image AUROC 96.9 with one noise, 99.6 with four).
+	// Each extra noise costs one more denoise, decode and reconstruction-feature pass per frame.
+	Ensemble int `json:"ensemble,omitempty"`
+}
+
+// MaxEnsemble bounds diffusion.ensemble: past a handful of noises the map stops changing while the cost keeps
+// growing linearly.
+const MaxEnsemble = 16
+
+// Noises is the number of start noises per frame: Ensemble, at least 1.
+func (d Diffusion) Noises() int {
+	return max(d.Ensemble, 1)
 }
 
 // Conditioning holds precomputed text-encoder outputs, so the agent needs no text encoder at run time.
@@ -178,6 +193,9 @@ type MapReference struct {
 	Images []int `json:"images,omitempty"`
 	// Source says which images they were (e.g. "train split of runs/line3/index.jsonl").
 	Source string `json:"source,omitempty"`
+	// Noises is the diffusion.ensemble the maps were measured with (0: one noise, before the field existed). The
+	// scores it gives are only comparable with the calibration's when the bundle scores with the same count.
+	Noises int `json:"noises,omitempty"`
 }
 
 // ScoreSpec is the image score recipe: Repeat passes of a Kernel x Kernel average pool with stride 1 and no

@@ -1,16 +1,16 @@
 package pipeline
 
-// layerOutput is one output of the feature graph for a batch of 2B images (the frames, then their
-// reconstructions) and its weight in the summed map.
+// layerOutput is one output of the feature graph for a batch of B+B*K images (the frames, then the K
+// reconstructions of each frame in turn) and its weight in the summed map.
 type layerOutput struct {
 	Name   string
 	Weight float64
 	Data   []float32
-	Shape  []int64 // [2B,C,h,w], or [2B,1+N,D] for ViT tokens
+	Shape  []int64 // [B+B*K,C,h,w], or [B+B*K,1+N,D] for ViT tokens
 }
 
-// featureInput returns the feature graph's input batch: the frames x, then their reconstructions rec, both
-// [B,3,hw] in the bundle's normalised input space, renormalised into the backbone's when mean and std are set
+// featureInput returns the feature graph's input batch: the frames x [B,3,hw], then their reconstructions rec
+// [B*K,3,hw], both in the bundle's normalised input space, renormalised into the backbone's when mean and std are set
 // (docs/algorithm.md §1.9). Python twin: reference.Scorer.feature_input.
 func featureInput(x, rec []float32, hw int, inMean, inStd [3]float32, mean, std []float32) []float32 {
 	both := make([]float32, len(x)+len(rec))

@@ -29,7 +29,7 @@ type GraphInput struct {
 
 // GraphRuns lists the graphs a batch of frames runs, in the order they run, for a batch scored with the
 // bundle's default context and no guidance (what `vlmdiff bench` scores): the static-shape denoiser of that
-// batch size when the scorer has one, else the dynamic denoiser.
+// batch's rows (frames times start noises) when the scorer has one, else the dynamic denoiser.
 func (s *Scorer) GraphRuns(frames int) []GraphRun {
 	m := s.m
 	B := int64(frames)
@@ -48,21 +48,25 @@ func (s *Scorer) GraphRuns(frames int) []GraphRun {
 			}
 		}
 	}
-	latent := []int64{B, int64(s.lc), int64(s.lh), int64(s.lw)}
+	// from the denoiser on, a frame is one row per start noise (diffusion.ensemble)
+	rows := frames * s.ens
+	R := int64(rows)
+	hint = append([]int64{R}, hint[1:]...)
+	latent := []int64{R, int64(s.lc), int64(s.lh), int64(s.lw)}
 	den := GraphRun{Stage: StageDenoise, Path: path(m.Graphs[models.RoleDenoiser].File), Outputs: []string{models.TensorEps},
 		Runs: len(s.steps), Inputs: []GraphInput{{Name: models.TensorX, Shape: latent},
-			{Name: models.TensorT, Int64: true, Shape: []int64{B}},
-			{Name: models.TensorContext, Shape: []int64{B, int64(m.Conditioning.Tokens), int64(m.Conditioning.Dim)}},
+			{Name: models.TensorT, Int64: true, Shape: []int64{R}},
+			{Name: models.TensorContext, Shape: []int64{R, int64(m.Conditioning.Tokens), int64(m.Conditioning.Dim)}},
 			{Name: models.TensorHint, Shape: hint}}}
-	if g := s.staticDenoiser(&denoiserInputs{rows: frames}); g != nil {
+	if g := s.staticDenoiser(&denoiserInputs{rows: rows}); g != nil {
 		for _, sg := range m.Graphs[models.RoleDenoiser].Static {
-			if sg.Batch == frames {
+			if sg.Batch == rows {
 				den.Path = path(sg.File)
 			}
 		}
 		den.Inputs = []GraphInput{den.Inputs[0], den.Inputs[1], den.Inputs[3]}
 		den.NoLayout = s.staticNoLayout()
-		if s.denStatic.timeIn[frames] {
+		if s.denStatic.timeIn[rows] {
 			// the time graph's outputs in place of t; the time graph itself runs once per timestep for the
 			// scorer's lifetime, not per batch, so it is not among the runs
 			den.Inputs = []GraphInput{den.Inputs[0], den.Inputs[2]}
@@ -75,6 +79,6 @@ func (s *Scorer) GraphRuns(frames int) []GraphRun {
 		GraphRun{Stage: StageDecode, Path: path(m.Graphs[models.RoleVAEDecoder].File),
 			Inputs: []GraphInput{{Name: models.TensorLatent, Shape: latent}}, Outputs: s.dec.out, Runs: 1},
 		GraphRun{Stage: StageFeatures, Path: path(m.Graphs[models.RoleFeatures].File),
-			Inputs: []GraphInput{{Name: m.Features.Input, Shape: []int64{2 * B, 3, H, W}}}, Outputs: s.feat.out, Runs: 1})
+			Inputs: []GraphInput{{Name: m.Features.Input, Shape: []int64{B + R, 3, H, W}}}, Outputs: s.feat.out, Runs: 1})
 	return runs
 }

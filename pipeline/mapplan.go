@@ -244,6 +244,8 @@ func rowPass(e []float64, W int, rows []int, ws []float64, nv int, dst []float64
 type mapScratch struct {
 	dist  []float64   // every layer's distance map, back to back
 	d     [][]float64 // views of dist, one per layer
+	more  []float64   // with several start noises: the distance map of one more reconstruction, added into dist
+	dm    [][]float64 // views of more, one per layer
 	wts   []float64
 	chans []int
 	sizes []layerSize
@@ -263,11 +265,13 @@ func grow(buf []float64, n int) []float64 {
 }
 
 // smoothedAnomalyMap returns frame i's smoothed anomaly map at H x W (docs/algorithm.md §1.9): for each layer
-// 1 - cos between the frame's and its reconstruction's features, upsampled bilinearly with aligned corners,
-// weighted and summed, then smoothed with the Gaussian (sigma <= 0: not smoothed). frames is B; the
-// reconstruction of frame i is item B+i of each layer's batch. It runs on up to workers goroutines. The map is
-// sc.amap: valid until sc's next use. Python twin: reference.smooth(reference.anomaly_map(...)).
-func smoothedAnomalyMap(layers []layerOutput, i, frames int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
+// 1 - cos between the frame's and its reconstructions' features, averaged over the ens reconstructions,
+// upsampled bilinearly with aligned corners, weighted and summed, then smoothed with the Gaussian (sigma <= 0:
+// not smoothed). frames is B; reconstruction k of frame i is item B+i*ens+k of each layer's batch. Every step
+// after the distance is linear, so this is the mean of the ens smoothed maps at the cost of one. It runs on up
+// to workers goroutines. The map is sc.amap: valid until sc's next use. Python twin: the mean over k of
+// reference.smooth(reference.anomaly_map(...)).
+func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
 	sc.sizes, sc.wts, sc.chans = sc.sizes[:0], sc.wts[:0], sc.chans[:0]
 	total := 0
 	for _, l := range layers {
@@ -278,8 +282,8 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames int, tokens bool, H, W i
 		if h < 1 || w < 1 || c < 1 {
 			return nil, fmt.Errorf("feature %s has an empty map (%d channels of %d x %d)", l.Name, c, h, w)
 		}
-		if frames+i >= items {
-			return nil, fmt.Errorf("feature %s has %d items, frame %d of %d needs item %d", l.Name, items, i, frames, frames+i)
+		if last := frames + (i+1)*ens - 1; last >= items {
+			return nil, fmt.Errorf("feature %s has %d items, frame %d of %d needs item %d", l.Name, items, i, frames, last)
 		}
 		sc.sizes = append(sc.sizes, layerSize{h, w})
 		sc.wts = append(sc.wts, l.Weight)
@@ -287,10 +291,16 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames int, tokens bool, H, W i
 		total += h * w
 	}
 	sc.dist = grow(sc.dist, total)
-	sc.d = sc.d[:0]
+	if ens > 1 {
+		sc.more = grow(sc.more, total)
+	}
+	sc.d, sc.dm = sc.d[:0], sc.dm[:0]
 	off := 0
 	for _, s := range sc.sizes {
 		sc.d = append(sc.d, sc.dist[off:off+s.h*s.w])
+		if ens > 1 {
+			sc.dm = append(sc.dm, sc.more[off:off+s.h*s.w])
+		}
 		off += s.h * s.w
 	}
 	p := planFor(sc.sizes, H, W, sigma, truncate)
@@ -298,7 +308,22 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames int, tokens bool, H, W i
 	sc.amap = grow(sc.amap, H*W)
 	p.apply(sc.d, sc.wts, sc.e, sc.amap, workers, func(l, r0, r1 int) {
 		s := sc.sizes[l]
-		layers[l].distance(i, frames, tokens, sc.chans[l], s.h*s.w, r0*s.w, r1*s.w, sc.d[l])
+		n, lo, hi := s.h*s.w, r0*s.w, r1*s.w
+		layers[l].distance(i, frames+i*ens, tokens, sc.chans[l], n, lo, hi, sc.d[l])
+		if ens == 1 {
+			return
+		}
+		d, more := sc.d[l][lo:hi], sc.dm[l]
+		for k := 1; k < ens; k++ {
+			layers[l].distance(i, frames+i*ens+k, tokens, sc.chans[l], n, lo, hi, more)
+			for j, v := range more[lo:hi] {
+				d[j] += v
+			}
+		}
+		inv := 1 / float64(ens)
+		for j := range d {
+			d[j] *= inv
+		}
 	})
 	return sc.amap, nil
 }
@@ -331,18 +356,18 @@ func (l layerOutput) geometry(tokens bool) (items, c, h, w int, err error) {
 	return items, c, h, w, nil
 }
 
-// distance writes 1 - cos between item i and item frames+i of the layer (c channels, n positions, its
-// geometry checked) at positions lo..hi of dst.
-func (l layerOutput) distance(i, frames int, tokens bool, c, n, lo, hi int, dst []float64) {
+// distance writes 1 - cos between items i and j of the layer (c channels, n positions, its geometry checked)
+// at positions lo..hi of dst.
+func (l layerOutput) distance(i, j int, tokens bool, c, n, lo, hi int, dst []float64) {
 	if tokens {
 		per := (n + 1) * c
 		// skip the CLS token: rows 1..N are the patches, row-major on the grid
-		a, b := l.Data[i*per+c:(i+1)*per], l.Data[(frames+i)*per+c:(frames+i+1)*per]
+		a, b := l.Data[i*per+c:(i+1)*per], l.Data[j*per+c:(j+1)*per]
 		cosineDistanceRows(a[lo*c:hi*c], b[lo*c:hi*c], hi-lo, c, dst[lo:hi])
 		return
 	}
 	per := c * n
-	cosineDistanceRange(l.Data[i*per:(i+1)*per], l.Data[(frames+i)*per:(frames+i+1)*per], c, n, lo, hi, dst)
+	cosineDistanceRange(l.Data[i*per:(i+1)*per], l.Data[j*per:(j+1)*per], c, n, lo, hi, dst)
 }
 
 // isqrt is the integer square root of n >= 0, rounded down.

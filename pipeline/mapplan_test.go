@@ -81,7 +81,7 @@ func TestSmoothedMapMatchesDefinition(t *testing.T) {
 				// summed in the same order either way, so the two maps are identical.
 				var one []float64
 				for _, workers := range []int{1, 3} {
-					got, err := smoothedAnomalyMap(feats, i, frames, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
+					got, err := smoothedAnomalyMap(feats, i, frames, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -97,6 +97,78 @@ func TestSmoothedMapMatchesDefinition(t *testing.T) {
 						t.Errorf("frame %d: the map on %d goroutines differs from the map on one", i, workers)
 					}
 				}
+			}
+		})
+	}
+}
+
+// TestEnsembleMapIsTheMeanOfItsMaps checks the map of a frame reconstructed from several start noises
+// (diffusion.ensemble): it must be the mean of the maps of the frame against each reconstruction alone, each
+// computed as a batch of one frame and one reconstruction, on one goroutine and on three.
+func TestEnsembleMapIsTheMeanOfItsMaps(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	sc := &mapScratch{}
+	for _, c := range mapCases {
+		t.Run(c.name, func(t *testing.T) {
+			const frames, ens = 2, 3
+			items := frames * (1 + ens)
+			var feats []layerOutput
+			for l, ly := range c.layers {
+				ch, h, w := ly[0], ly[1], ly[2]
+				per, shape := ch*h*w, []int64{int64(items), int64(ch), int64(h), int64(w)}
+				if c.tokens {
+					per, shape = (h*w+1)*ch, []int64{int64(items), int64(h*w + 1), int64(ch)}
+				}
+				data := randn(r, items*per, 1)
+				for j := frames * per; j < len(data); j++ { // reconstruction i*ens+k resembles frame i
+					frame := (j/per - frames) / ens
+					data[j] = data[frame*per+j%per] + 0.4*data[j]
+				}
+				feats = append(feats, layerOutput{Name: fmt.Sprintf("l%d", l), Weight: c.weights[l], Data: data, Shape: shape})
+			}
+			// pair returns the batch [frame i, reconstruction k of frame i] of every layer
+			pair := func(i, k int) []layerOutput {
+				out := make([]layerOutput, len(feats))
+				for l, f := range feats {
+					per := len(f.Data) / items
+					j := frames + i*ens + k
+					sh := slices.Clone(f.Shape)
+					sh[0] = 2
+					out[l] = layerOutput{Name: f.Name, Weight: f.Weight, Shape: sh,
+						Data: append(slices.Clone(f.Data[i*per:(i+1)*per]), f.Data[j*per:(j+1)*per]...)}
+				}
+				return out
+			}
+			for i := range frames {
+				want := make([]float64, c.H*c.W)
+				for k := range ens {
+					m, err := smoothedAnomalyMap(pair(i, k), 0, 1, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, 1)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for j, v := range m {
+						want[j] += v / ens
+					}
+				}
+				for _, workers := range []int{1, 3} {
+					got, err := smoothedAnomalyMap(feats, i, frames, ens, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if e := maxRelDiff(got, want); !(e <= 1e-12) {
+						t.Errorf("frame %d, %d workers: the ensemble map differs from the mean of its %d maps by %.2e (max relative)", i, workers, ens, e)
+					}
+				}
+			}
+			// a batch one reconstruction short is refused by name, not read past its end
+			short := slices.Clone(feats)
+			for l := range short {
+				sh := slices.Clone(short[l].Shape)
+				sh[0]--
+				short[l].Shape, short[l].Data = sh, short[l].Data[:len(short[l].Data)/items*(items-1)]
+			}
+			if _, err := smoothedAnomalyMap(short, frames-1, frames, ens, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, 1); err == nil || !strings.Contains(err.Error(), "needs item") {
+				t.Errorf("a feature batch without the last reconstruction: got %v, want an error naming the missing item", err)
 			}
 		})
 	}

@@ -121,7 +121,7 @@ func BenchmarkMapParts(b *testing.B) {
 	bb := benchBackbones[0]
 	feats := benchFeatures(bb, 1)
 	sc := &mapScratch{}
-	amap, err := smoothedAnomalyMap(feats, 0, 1, false, 256, 256, 5, 4, sc, 1)
+	amap, err := smoothedAnomalyMap(feats, 0, 1, 1, false, 256, 256, 5, 4, sc, 1)
 	if err != nil {
 		b.Fatal(err)
 	}

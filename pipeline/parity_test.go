@@ -90,6 +90,13 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		d["start_step"], d["sampler_from_start_step"] = 501, true
 	})
 
+	// Two start noises per frame (diffusion.ensemble): the map is the mean of the two.
+	ens2 := filepath.Join(dir, "ensemble-2")
+	copyDir(t, fixtureBundle, ens2)
+	editBundleJSON(t, ens2, func(m map[string]any) {
+		m["diffusion"].(map[string]any)["ensemble"] = 2
+	})
+
 	// perFrame scores each image alone: batch 1 runs the fixture's static-shape batch-1 denoiser (context built
 	// in, constants folded); a batch of all images runs the dynamic one (dynamicOnly: even where a static graph
 	// of that size exists).
@@ -105,6 +112,8 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		{"empty prompt (no CFG), static batch-1 denoiser", fixtureBundle, "", false, true, false},
 		{"class prompt with CFG", fixtureBundle, "widget", true, false, false},
 		{"sampler from start step 501", partial, "", false, true, false},
+		{"two start noises, batch of all images", ens2, "", false, false, false},
+		{"two start noises with CFG", ens2, "widget", true, true, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -117,19 +126,23 @@ func TestParityWithPyTorchReference(t *testing.T) {
 			if static := s.staticDenoiser(&denoiserInputs{rows: 1}) != nil; static == c.dynamicOnly {
 				t.Fatalf("static batch-1 denoiser loaded: %v, want %v", static, !c.dynamicOnly)
 			}
-			n := s.lc * s.lh * s.lw
+			n, K := s.lc*s.lh*s.lw, s.Ensemble()
 			var reqs []Request
-			noise := make([]byte, 0, len(images)*2*n*4)
+			noise := make([]byte, 0, len(images)*K*2*n*4) // the reference's [N, K, 2, C, h, w]
 			for i, p := range images {
 				img, err := ReadImage(p)
 				if err != nil {
 					t.Fatal(err)
 				}
-				post, start := noiseFor(int64(100+i), 0, false, n)
-				reqs = append(reqs, Request{Image: img, Class: c.class, Noise: &Noise{Posterior: post, Start: start}})
-				for _, v := range append(post, start...) {
-					noise = binary.LittleEndian.AppendUint32(noise, math.Float32bits(v))
+				nz := &Noise{}
+				for k := range K {
+					post, start := noiseFor(int64(100+10*i+k), 0, false, n)
+					nz.Posterior, nz.Start = append(nz.Posterior, post...), append(nz.Start, start...)
+					for _, v := range append(post, start...) {
+						noise = binary.LittleEndian.AppendUint32(noise, math.Float32bits(v))
+					}
 				}
+				reqs = append(reqs, Request{Image: img, Class: c.class, Noise: nz})
 			}
 			res, err := scoreAll(s, reqs, c.perFrame)
 			if err != nil {

@@ -140,6 +140,11 @@ type Options struct {
 	// NoReference scores raw maps even when the bundle has a map reference (map.reference): how the calibrate
 	// stage measures the reference itself, and how to see what it removes.
 	NoReference bool
+	// Ensemble, when > 0, overrides the bundle's diffusion.ensemble: how many start noises each frame is
+	// reconstructed from. For measuring what a count costs and gives (vlmdiff eval/bench --ensemble) before
+	// calibrate writes it into the bundle; the bundle's map reference and thresholds hold only for their own
+	// count.
+	Ensemble int
 	// StaticNoLayout optimises the static-shape denoiser sessions at the extended level, without ONNX Runtime's
 	// NCHWc layout pass: 80 fewer operators per small-preset step, but plain instead of blocked convolutions,
 	// and slower in the quiet interleaved runs (Scorer.staticNoLayout). Off (the zero value): ONNX Runtime's

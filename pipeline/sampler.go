@@ -123,6 +123,21 @@ func guidedEps(denoise func(x []float32, t int) ([]float32, error), cfg bool, sc
 	}
 }
 
+// repeatEach repeats each of the n items of a batch times times in place: [a, b] -> [a, a, b, b].
+func repeatEach(data []float32, n, times int) []float32 {
+	if times == 1 {
+		return data
+	}
+	per := len(data) / n
+	out := make([]float32, 0, times*len(data))
+	for i := range n {
+		for range times {
+			out = append(out, data[i*per:(i+1)*per]...)
+		}
+	}
+	return out
+}
+
 // repeatBatch returns data (one batch) repeated times times along the batch axis.
 func repeatBatch(data []float32, times int) []float32 {
 	out := make([]float32, 0, times*len(data))

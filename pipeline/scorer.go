@@ -32,6 +32,7 @@ type Scorer struct {
 	steps      []ddimStep // the DDIM steps in the order they run
 	noiseStep  int        // the step the latent is forward-noised to (samplerPlan)
 	lc, lh, lw int        // latent channels and size
+	ens        int        // start noises per frame (diffusion.ensemble, or Options.Ensemble)
 
 	closed atomic.Bool
 }
@@ -69,6 +70,13 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 	s.steps, s.noiseStep = ddimSchedule(s.abar, ts), noiseStep
 	s.lc = m.Latent.Channels
 	s.lh, s.lw = m.Input.Height/m.Latent.Downsample, m.Input.Width/m.Latent.Downsample
+	s.ens = m.Diffusion.Noises()
+	if opt.Ensemble > 0 {
+		if opt.Ensemble > models.MaxEnsemble {
+			return nil, fmt.Errorf("ensemble %d: at most %d start noises per frame", opt.Ensemble, models.MaxEnsemble)
+		}
+		s.ens = opt.Ensemble
+	}
 
 	mk := func(role string, in, out []string) (*graph, error) {
 		g, ok := m.Graphs[role]
@@ -134,6 +142,9 @@ func (s *Scorer) newGraphAt(name, file string, in, out []string, noLayout bool) 
 	}
 	return &graph{name: name, sess: sess, in: in, out: out}, nil
 }
+
+// Ensemble is how many start noises each frame is reconstructed from.
+func (s *Scorer) Ensemble() int { return s.ens }
 
 // Manifest returns the bundle's manifest.
 func (s *Scorer) Manifest() *models.Manifest { return s.m }
@@ -206,8 +217,8 @@ func (s *Scorer) Score(ctx context.Context, reqs []Request) ([]Result, error) {
 			results[i].Err = err
 			continue
 		}
-		if r.Noise != nil && (len(r.Noise.Start) != s.lc*s.lh*s.lw || (s.m.Latent.Posterior == "sample" && len(r.Noise.Posterior) != s.lc*s.lh*s.lw)) {
-			results[i].Err = fmt.Errorf("noise override has the wrong size (want %d per draw)", s.lc*s.lh*s.lw)
+		if n := s.ens * s.lc * s.lh * s.lw; r.Noise != nil && (len(r.Noise.Start) != n || (s.m.Latent.Posterior == "sample" && len(r.Noise.Posterior) != n)) {
+			results[i].Err = fmt.Errorf("noise override has the wrong size (want %d start noise(s) of %d values per draw)", s.ens, s.lc*s.lh*s.lw)
 			continue
 		}
 		idx = append(idx, i)
@@ -271,7 +282,7 @@ func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, erro
 	lat.add(StageDenoise, t0)
 
 	t0 = time.Now()
-	rec, err := s.decode(zRec, len(reqs))
+	rec, err := s.decode(zRec, len(reqs)*s.ens)
 	if err != nil {
 		return nil, err
 	}

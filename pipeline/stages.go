@@ -39,9 +39,10 @@ func (s *Scorer) preprocess(reqs []Request) ([]float32, *ort.Tensor[float32], er
 	return x, t, nil
 }
 
-// encode runs the VAE encoder and turns its moments into the scaled posterior latent z of each frame
-// (docs/algorithm.md §1.3). It also returns each frame's start noise for the forward noising, drawn together
-// with the posterior noise. Both are [B,C,h,w].
+// encode runs the VAE encoder and turns its moments into the scaled posterior latents z (docs/algorithm.md §1.3),
+// one row per start noise of each frame: row i*K+k is frame i with noise k (K = s.ens). It also returns each
+// row's start noise for the forward noising, drawn together with the posterior noise. Both are [B*K,C,h,w]; the
+// encoder runs once per frame.
 func (s *Scorer) encode(image *ort.Tensor[float32], reqs []Request) (z, startNoise []float32, err error) {
 	out, shapes, err := s.enc.run(image)
 	if err != nil {
@@ -50,28 +51,38 @@ func (s *Scorer) encode(image *ort.Tensor[float32], reqs []Request) (z, startNoi
 	if sh := shapes[0]; len(sh) != 4 || sh[1] != int64(2*s.lc) || sh[2] != int64(s.lh) || sh[3] != int64(s.lw) {
 		return nil, nil, fmt.Errorf("vae_encoder produced moments of shape %v, want [%d %d %d %d]", sh, len(reqs), 2*s.lc, s.lh, s.lw)
 	}
-	n := s.lc * s.lh * s.lw
+	n, K := s.lc*s.lh*s.lw, s.ens
 	moments := out[0]
-	z = make([]float32, len(reqs)*n)
-	startNoise = make([]float32, len(reqs)*n)
+	z = make([]float32, len(reqs)*K*n)
+	startNoise = make([]float32, len(reqs)*K*n)
 	lp := s.latentSpec()
 	for i, r := range reqs {
 		nz := s.noiseOf(r)
-		copy(startNoise[i*n:], nz.Start)
-		posteriorLatent(z[i*n:(i+1)*n], moments[i*2*n:(i+1)*2*n], nz.Posterior, lp)
+		copy(startNoise[i*K*n:], nz.Start)
+		for k := range K {
+			row := i*K + k
+			posteriorLatent(z[row*n:(row+1)*n], moments[i*2*n:(i+1)*2*n], nz.posterior(k, n), lp)
+		}
 	}
 	return z, startNoise, nil
 }
 
-// noiseOf returns a frame's two Gaussian draws: the request's override, or the seeded stream of the bundle's
-// seed policy.
+// noiseOf returns a frame's Gaussian draws for every start noise of the ensemble: the request's override, or
+// the seeded streams of the bundle's seed policy, noise k from seed Seed+k (so noise 0 is the single-noise
+// bundle's, and a count of K adds draws without changing the first ones).
 func (s *Scorer) noiseOf(r Request) *Noise {
 	if r.Noise != nil {
 		return r.Noise
 	}
 	d := s.m.Diffusion
-	post, start := noiseFor(d.Seed, r.Seq, d.SeedPolicy == "per_frame", s.lc*s.lh*s.lw)
-	return &Noise{Posterior: post, Start: start}
+	n := s.lc * s.lh * s.lw
+	nz := &Noise{Posterior: make([]float32, 0, s.ens*n), Start: make([]float32, 0, s.ens*n)}
+	for k := range s.ens {
+		post, start := noiseFor(d.Seed+int64(k), r.Seq, d.SeedPolicy == "per_frame", n)
+		nz.Posterior = append(nz.Posterior, post...)
+		nz.Start = append(nz.Start, start...)
+	}
+	return nz
 }
 
 func (s *Scorer) latentSpec() latentSpec {
@@ -139,14 +150,28 @@ func (s *Scorer) denoiserInputs(reqs []Request, image *ort.Tensor[float32]) (_ *
 	if d.hintFeat, err = s.hintFeatures(image); err != nil {
 		return nil, err
 	}
-	ctxData, cfg := s.contexts(reqs)
-	d.cfg, d.rows, d.hint = cfg, len(reqs), ownedTensor{t: d.hintFeat.t}
+	// one denoiser row per start noise of each frame: frame i's rows are i*K..i*K+K-1
+	rows := reqs
+	if s.ens > 1 {
+		rows = make([]Request, 0, len(reqs)*s.ens)
+		for _, r := range reqs {
+			for range s.ens {
+				rows = append(rows, r)
+			}
+		}
+	}
+	ctxData, cfg := s.contexts(rows)
+	d.cfg, d.rows, d.hint = cfg, len(rows), ownedTensor{t: d.hintFeat.t}
+	copies := 1
 	if cfg {
-		d.rows = 2 * len(reqs)
-		// both halves of the batch see the same image hint
+		copies = 2 // [rows against the unconditional context; rows against their conditional one]
+	}
+	if copies > 1 || s.ens > 1 {
+		// every row of a frame sees the frame's hint; with guidance both halves of the batch do
+		d.rows = copies * len(rows)
 		shape := d.hintFeat.t.GetShape().Clone()
-		shape[0] *= 2
-		t, err := tensor(shape, repeatBatch(d.hintFeat.t.GetData(), 2))
+		shape[0] = int64(d.rows)
+		t, err := tensor(shape, repeatBatch(repeatEach(d.hintFeat.t.GetData(), len(reqs), s.ens), copies))
 		if err != nil {
 			return nil, err
 		}
@@ -266,10 +291,10 @@ func (s *Scorer) runDenoiser(in *denoiserInputs) func(x []float32, t int) ([]flo
 }
 
 // decode unscales the reconstructed latents and runs the VAE decoder (docs/algorithm.md §1.8): the
-// reconstructions, in the bundle's normalised input space. z is unscaled in place.
-func (s *Scorer) decode(z []float32, frames int) ([]float32, error) {
+// reconstructions, in the bundle's normalised input space, one per row of z. z is unscaled in place.
+func (s *Scorer) decode(z []float32, rows int) ([]float32, error) {
 	unscaleLatent(z, s.m.Latent.ScaleFactor)
-	zT, err := tensor(ort.NewShape(int64(frames), int64(s.lc), int64(s.lh), int64(s.lw)), z)
+	zT, err := tensor(ort.NewShape(int64(rows), int64(s.lc), int64(s.lh), int64(s.lw)), z)
 	if err != nil {
 		return nil, err
 	}
@@ -279,18 +304,19 @@ func (s *Scorer) decode(z []float32, frames int) ([]float32, error) {
 		return nil, err
 	}
 	H, W := s.m.Input.Height, s.m.Input.Width
-	if len(out[0]) != frames*3*H*W {
-		return nil, fmt.Errorf("vae_decoder produced an image of shape %v, want [%d 3 %d %d]", shapes[0], frames, H, W)
+	if len(out[0]) != rows*3*H*W {
+		return nil, fmt.Errorf("vae_decoder produced an image of shape %v, want [%d 3 %d %d]", shapes[0], rows, H, W)
 	}
 	return out[0], nil
 }
 
-// features runs the feature graph on the frames and their reconstructions in one batch of 2B, frames first
-// (docs/algorithm.md §1.9), renormalised into the backbone's input space when the bundle says so.
+// features runs the feature graph on the frames and their reconstructions in one batch of B+B*K, frames first,
+// then the K reconstructions of each frame in turn (docs/algorithm.md §1.9), renormalised into the backbone's
+// input space when the bundle says so. A frame's own features are computed once, whatever K.
 func (s *Scorer) features(x, rec []float32, frames int) ([]layerOutput, error) {
 	H, W := s.m.Input.Height, s.m.Input.Width
 	both := featureInput(x, rec, H*W, s.m.Input.Mean, s.m.Input.Std, s.m.Features.Mean, s.m.Features.Std)
-	bt, err := tensor(ort.NewShape(int64(2*frames), 3, int64(H), int64(W)), both)
+	bt, err := tensor(ort.NewShape(int64(frames*(1+s.ens)), 3, int64(H), int64(W)), both)
 	if err != nil {
 		return nil, err
 	}
@@ -306,15 +332,15 @@ func (s *Scorer) features(x, rec []float32, frames int) ([]layerOutput, error) {
 	return layers, nil
 }
 
-// mapsAndScores turns the features into each frame's smoothed anomaly map, pooled score and calibrated verdict
-// (docs/algorithm.md §1.9-1.11). A malformed feature output fails the batch; a non-finite map fails its frame.
+// mapsAndScores turns the features into each frame's smoothed anomaly map (the mean over its K reconstructions),
+// pooled score and calibrated verdict (docs/algorithm.md §1.9-1.11). A malformed feature output fails the batch; a non-finite map fails its frame.
 func (s *Scorer) mapsAndScores(feats []layerOutput, reqs []Request) ([]Result, error) {
 	H, W := s.m.Input.Height, s.m.Input.Width
 	sc := mapScratchPool.Get().(*mapScratch)
 	defer mapScratchPool.Put(sc)
 	results := make([]Result, len(reqs))
 	for i, r := range reqs {
-		amap, err := smoothedAnomalyMap(feats, i, len(reqs), s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+		amap, err := smoothedAnomalyMap(feats, i, len(reqs), s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
 		if err != nil {
 			return nil, err
 		}

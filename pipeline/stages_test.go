@@ -436,7 +436,7 @@ func TestStageAnomalyMapAndScore(t *testing.T) {
 				t.Errorf("case %d frame %d: smoothed map differs from reference.smooth by %.2e relative L2 (limit 1e-5)", c, i, e)
 			}
 			// the scorer's path: distance, upsampling and smoothing as one banded product
-			fast, err := smoothedAnomalyMap(layers, i, frames, ac.Tokens, ac.Height, ac.Width, ac.Sigma, ac.Truncate, &mapScratch{}, 2)
+			fast, err := smoothedAnomalyMap(layers, i, frames, 1, ac.Tokens, ac.Height, ac.Width, ac.Sigma, ac.Truncate, &mapScratch{}, 2)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -22,11 +22,21 @@ type Request struct {
 	Noise *Noise
 }
 
-// Noise holds the two Gaussian draws of the method, each shaped like the latent [C,h,w]: Posterior is used
-// only when the bundle samples the VAE posterior, Start is the q_sample noise.
+// Noise holds the two Gaussian draws of the method, each shaped like the latent [C,h,w] once per start noise of
+// the ensemble ([K,C,h,w], noise k at k*C*h*w): Posterior is used only when the bundle samples the VAE
+// posterior, Start is the q_sample noise.
 type Noise struct {
 	Posterior []float32
 	Start     []float32
+}
+
+// posterior returns the posterior draw of start noise k (n values), or nil when the override has none (the
+// bundle takes the posterior mean, so it is not read).
+func (nz *Noise) posterior(k, n int) []float32 {
+	if len(nz.Posterior) < (k+1)*n {
+		return nil
+	}
+	return nz.Posterior[k*n : (k+1)*n]
 }
 
 // Result is the outcome of scoring one frame.

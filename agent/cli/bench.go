@@ -30,6 +30,7 @@ type benchReport struct {
 	Width         int          `json:"width"`
 	Height        int          `json:"height"`
 	DDIMSteps     int          `json:"ddim_steps"`
+	Ensemble      int          `json:"ensemble"` // start noises per frame (diffusion.ensemble or --ensemble)
 	FeatureLayers int          `json:"feature_layers"`
 	Provider      string       `json:"provider"`
 	Threads       int          `json:"threads"`
@@ -166,7 +167,7 @@ func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, s
 		return nil, nil, err
 	}
 	rep := &benchReport{Bundle: m.Name, Version: m.Version, Width: m.Input.Width, Height: m.Input.Height,
-		DDIMSteps: m.Diffusion.DDIMSteps, FeatureLayers: len(m.Features.Layers), Provider: s.Provider(),
+		DDIMSteps: m.Diffusion.DDIMSteps, Ensemble: s.Ensemble(), FeatureLayers: len(m.Features.Layers), Provider: s.Provider(),
 		Threads: sf.Threads, Spin: sf.Spin, GOMAXPROCS: runtime.GOMAXPROCS(0), OpenMS: openMS,
 		FirstFrameMS: time.Since(first).Seconds() * 1000, DynamicOnly: sf.DynamicOnly}
 	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
@@ -275,8 +276,8 @@ func benchImages(paths []string, w, h int) ([]pipeline.Image, error) {
 
 // writeBenchTables prints the report as the human-readable tables.
 func writeBenchTables(w io.Writer, rep *benchReport) {
-	fmt.Fprintf(w, "bundle %s %s  input %dx%d  ddim %d  features %d layers  provider %s  threads %d  spin %v  GOMAXPROCS %d\n",
-		rep.Bundle, rep.Version, rep.Width, rep.Height, rep.DDIMSteps, rep.FeatureLayers, rep.Provider, rep.Threads,
+	fmt.Fprintf(w, "bundle %s %s  input %dx%d  ddim %d  noises %d  features %d layers  provider %s  threads %d  spin %v  GOMAXPROCS %d\n",
+		rep.Bundle, rep.Version, rep.Width, rep.Height, rep.DDIMSteps, max(rep.Ensemble, 1), rep.FeatureLayers, rep.Provider, rep.Threads,
 		rep.Spin, rep.GOMAXPROCS)
 	fmt.Fprintf(w, "open+verify %.0f ms, first frame (warm-up) %.0f ms\n\n", rep.OpenMS, rep.FirstFrameMS)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

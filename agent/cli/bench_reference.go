@@ -90,7 +90,7 @@ func measureReference(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.I
 		}
 	}
 	args := append([]string{"-m", "vlmdiff_train.bench_reference", "--bundle", s.Bundle().Dir, "--weights", o.weights,
-		"--threads", fmt.Sprint(o.threads)}, paths...)
+		"--threads", fmt.Sprint(o.threads), "--ensemble", fmt.Sprint(s.Ensemble())}, paths...)
 	cmd := exec.CommandContext(ctx, o.python, args...)
 	// PyTorch at its best: without it, OpenMP's spinning threads made the reference 2.2x slower here, and the
 	// ratio flattered the pipeline (5.58x against 2.38x in the same quiet run).

@@ -27,6 +27,8 @@ type Flags struct {
 	NoReference bool
 	// StaticNoLayout drops ONNX Runtime's NCHWc layout pass on the static denoisers (pipeline.Options.StaticNoLayout).
 	StaticNoLayout bool
+	// Ensemble overrides the bundle's diffusion.ensemble (pipeline.Options.Ensemble; 0 = the bundle's).
+	Ensemble int
 }
 
 // Register declares the flags on fs (a *flag.FlagSet).
@@ -46,6 +48,8 @@ func (f *Flags) Register(fs interface {
 	fs.BoolVar(&f.Shared, "shared-arena", false, "one ONNX Runtime arena for all sessions, grown as asked (models.shared_arena)")
 	fs.BoolVar(&f.DynamicOnly, "dynamic-only", false, "ignore the bundle's static-shape denoiser graphs (the scorer before issue 14, for before/after runs)")
 	fs.BoolVar(&f.NoReference, "no-reference", false, "score raw maps, ignoring the bundle's map reference (the mean normal map per class), to see what it removes")
+	fs.IntVar(&f.Ensemble, "ensemble", 0, "start noises per frame whose maps are averaged, overriding the bundle's diffusion.ensemble (0 = the bundle's); "+
+		"calibrate writes it into the bundle, other commands only measure with it (the bundle's reference and thresholds hold for its own count)")
 	fs.BoolVar(&f.StaticNoLayout, "static-no-layout", false, "optimise the static-shape denoisers without ONNX Runtime's NCHWc layout pass (fewer operators per step, plain convolutions; slower on the 2-core test machine; for before/after runs)")
 }
 
@@ -59,7 +63,8 @@ func (f *Flags) Options() pipeline.Options {
 	}
 	return pipeline.Options{Providers: prov, Threads: f.Threads, Spin: f.Spin, Library: f.Library, ClassConditioning: f.ClassCond,
 		LeanMemory: f.Lean, NoMemPattern: !f.Pattern,
-		SharedArena: f.Shared, DynamicOnly: f.DynamicOnly, NoReference: f.NoReference, StaticNoLayout: f.StaticNoLayout}
+		SharedArena: f.Shared, DynamicOnly: f.DynamicOnly, NoReference: f.NoReference, StaticNoLayout: f.StaticNoLayout,
+		Ensemble: f.Ensemble}
 }
 
 // Open opens the scorer for --bundle.

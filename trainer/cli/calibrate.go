@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/vlmdiff/edge/agent/config"
+	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline/roi"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
@@ -17,7 +18,7 @@ func init() {
 }
 
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--ensemble K] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -57,6 +58,9 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 	default:
 		return fmt.Errorf("--reference %q: want %s, %s or %s", *reference, eval.ReferenceKeep, eval.ReferenceTrain, eval.ReferenceNone)
+	}
+	if err := checkEnsemble(sf.Bundle, sf.Ensemble, *reference); err != nil {
+		return err
 	}
 	items, classes, err := df.items()
 	if err != nil {
@@ -117,9 +121,29 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *dry {
 		return nil
 	}
-	if err := eval.WriteCalibration(sf.Bundle, cal); err != nil {
+	if err := eval.WriteCalibration(sf.Bundle, cal, sf.Ensemble); err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "calibration (%s) written to %s\n", cal.Method, filepath.Join(sf.Bundle, "bundle.json"))
+	return nil
+}
+
+// checkEnsemble refuses an --ensemble count that the bundle's kept reference was not measured with: thresholds
+// fitted with K noises on top of a reference averaged over another count hold for neither.
+func checkEnsemble(bundle string, k int, reference string) error {
+	if k < 0 {
+		return fmt.Errorf("--ensemble %d: want a count of start noises (0 keeps the bundle's)", k)
+	}
+	if k == 0 || reference != eval.ReferenceKeep {
+		return nil
+	}
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return err
+	}
+	if r := m.Map.Reference; r != nil && max(r.Noises, 1) != k {
+		return fmt.Errorf("--ensemble %d: the bundle's map reference was measured with %d start noise(s); measure it again with --reference train (or drop it with --reference none)",
+			k, max(r.Noises, 1))
+	}
 	return nil
 }

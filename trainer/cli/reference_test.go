@@ -80,3 +80,75 @@ func TestCalibrateReference(t *testing.T) {
 		}
 	}
 }
+
+// TestCalibrateEnsemble: `vlmdiff calibrate --ensemble K` writes the start-noise count into the bundle together
+// with the reference and thresholds measured with it; a reference measured with another count is refused by
+// name rather than kept under thresholds it does not match; without the flag the bundle's count stays.
+func TestCalibrateEnsemble(t *testing.T) {
+	if err := pipeline.InitRuntime(""); err != nil {
+		t.Skipf("ONNX Runtime not available: %v", err)
+	}
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	writeTestTree(t, data, "widget/train/good/000.png", "widget/train/good/001.png", "widget/train/good/002.png",
+		"widget/test/good/000.png", "widget/test/blob/000.png", "widget/ground_truth/blob/000_mask.png")
+	bundle := filepath.Join(dir, "bundle")
+	if err := models.CopyBundle("../../models/demo", bundle); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) (int, string, string) {
+		var stdout, stderr bytes.Buffer
+		code := Main(context.Background(), args, &stdout, &stderr)
+		return code, stdout.String(), stderr.String()
+	}
+	load := func() *models.Manifest {
+		t.Helper()
+		b, err := models.Load(bundle)
+		if err != nil {
+			t.Fatalf("bundle no longer loads: %v", err)
+		}
+		return b.Manifest
+	}
+	base := []string{"calibrate", "--bundle", bundle, "--data", data, "--val-fraction", "0", "--split", "train", "--threads", "1"}
+	code, one, stderr := run(append(base, "--reference", "train")...)
+	if code != 0 {
+		t.Fatalf("calibrate --reference train: exit %d\n%s", code, stderr)
+	}
+	if m := load(); m.Diffusion.Noises() != 1 || m.Map.Reference == nil {
+		t.Fatalf("after calibrating with one noise: ensemble %d, reference %+v", m.Diffusion.Ensemble, m.Map.Reference)
+	}
+	// the reference holds for one noise: three would put thresholds on a reference they do not match
+	if code, _, stderr := run(append(base, "--ensemble", "3")...); code == 0 || !strings.Contains(stderr, "measured with 1 start noise(s)") {
+		t.Errorf("calibrate --ensemble 3 keeping a 1-noise reference: exit %d, stderr %q, want a refusal naming the count", code, stderr)
+	}
+	code, two, stderr := run(append(base, "--ensemble", "2", "--reference", "train")...)
+	if code != 0 {
+		t.Fatalf("calibrate --ensemble 2 --reference train: exit %d\n%s", code, stderr)
+	}
+	m := load()
+	if m.Diffusion.Ensemble != 2 || m.Map.Reference == nil || m.Map.Reference.Noises != 2 {
+		t.Fatalf("after --ensemble 2: ensemble %d, reference %+v; want both 2", m.Diffusion.Ensemble, m.Map.Reference)
+	}
+	if two == one {
+		t.Errorf("the thresholds with two noises are those with one:\n%s", two)
+	}
+	// without the flag the bundle's count is kept, and its scorer uses it
+	if code, again, stderr := run(base...); code != 0 || again != two {
+		t.Errorf("calibrate without --ensemble: exit %d, table\n%s\nwant the 2-noise one\n%s\n%s", code, again, two, stderr)
+	}
+	if m := load(); m.Diffusion.Ensemble != 2 {
+		t.Errorf("calibrate without --ensemble changed the count to %d", m.Diffusion.Ensemble)
+	}
+	if code, _, stderr := run("eval", "--bundle", bundle, "--data", data, "--val-fraction", "0", "--threads", "1", "--ensemble", "3", "--out", filepath.Join(dir, "e3")); code != 0 {
+		t.Errorf("eval --ensemble 3: exit %d\n%s", code, stderr)
+	}
+	if code, _, stderr := run(append(base, "--ensemble", "1", "--reference", "none")...); code != 0 {
+		t.Fatalf("calibrate --ensemble 1 --reference none: exit %d\n%s", code, stderr)
+	}
+	if m := load(); m.Diffusion.Ensemble != 0 || m.Map.Reference != nil {
+		t.Errorf("after --ensemble 1 --reference none: ensemble %d (want the field absent), reference %+v", m.Diffusion.Ensemble, m.Map.Reference)
+	}
+	if code, _, stderr := run(append(base, "--ensemble", "-2")...); code == 0 || !strings.Contains(stderr, "--ensemble -2") {
+		t.Errorf("calibrate --ensemble -2: exit %d, stderr %q", code, stderr)
+	}
+}

@@ -243,14 +243,16 @@ func meanStd(v []float64) (float64, float64) {
 	return m, math.Sqrt(ss / float64(len(v)))
 }
 
-// WriteCalibration stores cal in the bundle's manifest. bundle.json is not among the hashed files, so the
-// graphs' checksums stay valid; the manifest is written atomically and the bundle verified afterwards.
-func WriteCalibration(bundleDir string, cal models.Calibration) error {
+// WriteCalibration stores cal in the bundle's manifest, with the start-noise count it was measured with (noises:
+// diffusion.ensemble; 0 keeps the bundle's). bundle.json is not among the hashed files, so the graphs' checksums
+// stay valid; the manifest is written atomically and the bundle verified afterwards.
+func WriteCalibration(bundleDir string, cal models.Calibration, noises int) error {
 	m, err := models.ReadManifest(bundleDir)
 	if err != nil {
 		return fmt.Errorf("calibrate: %w", err)
 	}
 	m.Calibration = cal
+	setEnsemble(m, noises)
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("calibrate: manifest with the new calibration is invalid: %w", err)
 	}

@@ -244,7 +244,7 @@ func TestFixtureEvaluateCalibrate(t *testing.T) {
 	if !strings.Contains(prog.String(), "score 4/4") {
 		t.Errorf("no final progress line: %q", prog.String())
 	}
-	if err := WriteCalibration(bdir, cal); err != nil {
+	if err := WriteCalibration(bdir, cal, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := models.Verify(bdir); err != nil {

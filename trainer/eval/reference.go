@@ -37,6 +37,8 @@ type Reference struct {
 	Maps          [][]float32
 	Images        []int
 	Source        string
+	// Noises is the scorer's start-noise count the maps were measured with (pipeline.Scorer.Ensemble).
+	Noises int
 }
 
 // ReferenceItems picks at most perClass normal items of each class, evenly spread over the class's items in
@@ -99,7 +101,7 @@ func BuildReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.It
 			}
 		}
 	}
-	ref := &Reference{Width: W, Height: H, Source: source}
+	ref := &Reference{Width: W, Height: H, Source: source, Noises: s.Ensemble()}
 	for c := range sums {
 		ref.Classes = append(ref.Classes, c)
 	}
@@ -116,7 +118,9 @@ func BuildReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.It
 }
 
 // WriteReference stores ref in the bundle (ReferenceFile and map.reference), or removes the bundle's reference
-// when ref is nil. The file is listed with its checksum; the bundle is verified afterwards.
+// when ref is nil. A reference measured with another start-noise count than the bundle's sets the bundle's
+// count to its own (diffusion.ensemble) in the same write: the maps it averages are the maps the bundle then
+// scores. The file is listed with its checksum; the bundle is verified afterwards.
 func WriteReference(bundleDir string, ref *Reference) error {
 	m, err := models.ReadManifest(bundleDir)
 	if err != nil {
@@ -151,6 +155,10 @@ func WriteReference(bundleDir string, ref *Reference) error {
 		m.Files[ReferenceFile] = models.FileEntry{SHA256: sum, Size: int64(len(buf))}
 		m.Map.Reference = &models.MapReference{File: ReferenceFile, Width: ref.Width, Height: ref.Height,
 			Classes: ref.Classes, Images: ref.Images, Source: ref.Source}
+		if ref.Noises > 1 {
+			m.Map.Reference.Noises = ref.Noises
+		}
+		setEnsemble(m, ref.Noises)
 	}
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("map reference: manifest with the reference is invalid: %w", err)
@@ -162,4 +170,15 @@ func WriteReference(bundleDir string, ref *Reference) error {
 		return fmt.Errorf("map reference: bundle no longer verifies: %w", err)
 	}
 	return nil
+}
+
+// setEnsemble sets the bundle's start-noise count; 0 keeps it, 1 is written as the field's absence (the
+// manifest of a single-noise bundle stays as it was before the field existed).
+func setEnsemble(m *models.Manifest, noises int) {
+	switch {
+	case noises == 1:
+		m.Diffusion.Ensemble = 0
+	case noises > 1:
+		m.Diffusion.Ensemble = noises
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -107,8 +108,12 @@ func backbone(t *testing.T) string {
 // TestTrainTinyEndToEnd trains the tiny preset through `vlmdiff train` on a generated dataset with known
 // defects, then checks the bundle, the resume, and that the result detects the defects better than controls
 // that a broken pipeline would look like.
+//
+// It scores with two start noises per frame (export.extra.ensemble: 2), so the export's manifest and static
+// graphs, the select stage's candidates, the reference, the calibration and the evaluation all run the
+// ensemble path.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, func(string) string { return "" }, 10, "")
+	trainEndToEnd(t, "tiny", 0.85, func(string) string { return "" }, 10, "", 2)
 }
 
 // TestTrainTinyTaefEndToEnd runs the same pipeline and checks on the pretrained-autoencoder structure (tiny-taef:
@@ -140,13 +145,13 @@ torch.save(m.decoder.state_dict(), sys.argv[1] + "/tiny_decoder.pth")`
 			t.Fatalf("writing tiny taef files: %v\n%s", err, out)
 		}
 		return "  init: " + dir + "\n"
-	}, 0, "build:\n  extra:\n    control_levels: 3\n")
+	}, 0, "build:\n  extra:\n    control_levels: 3\n", 0)
 }
 
 // trainEndToEnd trains preset through `vlmdiff train`; aeInit returns extra finetune_ae lines (e.g. init).
 // snapshotEvery > 0 makes the train stage write snapshots and the select stage choose among them; extra is
-// appended to the config (e.g. a build section).
-func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit func(work string) string, snapshotEvery int, extra string) {
+// appended to the config (e.g. a build section); ensemble > 0 exports with that many start noises per frame.
+func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit func(work string) string, snapshotEvery int, extra string, ensemble int) {
 	if testing.Short() {
 		t.Skip("trains a model (minutes)")
 	}
@@ -169,6 +174,9 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit fu
 	cfg = strings.Replace(cfg, "finetune_ae:\n", "finetune_ae:\n"+aeInit(work), 1)
 	if snapshotEvery > 0 {
 		cfg = strings.Replace(cfg, "train:\n", fmt.Sprintf("train:\n  snapshot_every: %d\n", snapshotEvery), 1)
+	}
+	if ensemble > 0 {
+		cfg = strings.Replace(cfg, "export:\n", fmt.Sprintf("export:\n  extra:\n    ensemble: %d\n", ensemble), 1)
 	}
 	cfg += extra
 	cfgPath := filepath.Join(work, "tiny.yaml")
@@ -213,6 +221,16 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit fu
 	m, err := models.ReadManifest(bundle)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if want := max(ensemble, 1); m.Diffusion.Noises() != want || m.Map.Reference == nil || max(m.Map.Reference.Noises, 1) != want {
+		t.Fatalf("bundle scores with %d start noise(s), reference %+v: want %d for both", m.Diffusion.Noises(), m.Map.Reference, want)
+	}
+	var static []int
+	for _, sg := range m.Graphs[models.RoleDenoiser].Static {
+		static = append(static, sg.Batch)
+	}
+	if k := max(ensemble, 1); !slices.Equal(static, []int{k, 2 * k, 4 * k}) {
+		t.Errorf("static denoisers of %v rows, want the rows of 1, 2 and 4 frames of %d noises", static, k)
 	}
 	for _, c := range []string{"stripes", "waves"} {
 		cc, ok := m.Calibration.PerClass[c]

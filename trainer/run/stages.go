@@ -484,7 +484,7 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 	if err != nil {
 		return nil, err
 	}
-	if err := eval.WriteCalibration(bundle, cal); err != nil {
+	if err := eval.WriteCalibration(bundle, cal, s.Ensemble()); err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(sc.Progress, "[calibrate] %s on %d normal images: global threshold %.5g (normal min %.5g, mean %.5g), pixel threshold %.5g\n",

@@ -211,3 +211,17 @@ def test_supplied_backbone_loads(shared_dir):
     with torch.no_grad():
         o = m(torch.randn(1, 3, 64, 64))
     assert tuple(o["block2"].shape) == (1, 24, 16, 16) and tuple(o["block5"].shape) == (1, 32, 8, 8)
+
+
+@pytest.mark.parametrize("ensemble,want", [(1, (1, 2, 4)), (2, (2, 4, 8)), (4, (4, 8, 16))])
+def test_default_static_batches_cover_the_ensemble_rows(ensemble, want):
+    """A frame scored with K start noises is K denoiser rows: the default static graphs are those of 1, 2 and 4
+    frames; a denoiser over 256 M parameters gets none."""
+    from vlmdiff_train.export import default_static_batches
+    small = torch.nn.Linear(4, 4)
+    assert default_static_batches(small, ensemble) == want
+
+    class Huge(torch.nn.Module):
+        def parameters(self, recurse=True):
+            yield torch.nn.Parameter(torch.zeros(1).expand(300_000_000), requires_grad=False)  # no memory
+    assert default_static_batches(Huge(), ensemble) == ()

@@ -262,3 +262,42 @@ def test_read_map_reference(tmp_path):
     (tmp_path / "map_reference.f32").write_bytes(b"\0" * 8)
     with pytest.raises(RuntimeError, match="floats"):
         R.read_reference(str(tmp_path), m)
+
+
+def test_ensemble_map_is_the_mean_of_its_single_noise_maps():
+    """diffusion.ensemble K: score() takes K noises and returns the mean of the K smoothed maps, each against its
+    own reconstruction (the Go scorer's recipe); a noise count other than K is refused."""
+    if not (FIXTURE / "bundle.json").is_file():
+        pytest.skip("committed fixture not present")
+    from vlmdiff_train.model_file import load_nets
+    m1 = R.read_manifest(str(FIXTURE))
+    m1["diffusion"].pop("ensemble", None)
+    m3 = json.loads(json.dumps(m1))
+    m3["diffusion"]["ensemble"] = 3
+    nets = load_nets(str(FIXTURE_SRC / "fixture.pt"), str(FIXTURE), m1)
+    cond = R.read_conditioning(str(FIXTURE), m1)
+    one, three = R.Scorer(m1, nets, cond), R.Scorer(m3, nets, cond)
+    assert one.ensemble() == 1 and three.ensemble() == 3
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 3, 256, 256, generator=g) * 0.5
+    post, start = torch.randn(3, 4, 32, 32, generator=g), torch.randn(3, 4, 32, 32, generator=g)
+    maps = [one.score(x, post[k:k + 1], start[k:k + 1])[1] for k in range(3)]
+    s, sm = three.score(x, post, start)
+    want = np.mean(np.stack(maps).astype(np.float64), axis=0)
+    assert np.linalg.norm(sm - want) / np.linalg.norm(want) < 1e-5
+    assert abs(s - R.pooled_score(want.astype(np.float32), int(m1["score"]["pool_kernel"]),
+                                  int(m1["score"]["pool_repeat"]))) < 1e-5
+    # the maps of different noises differ, so the mean is not any one of them
+    assert min(np.linalg.norm(m - want) / np.linalg.norm(want) for m in maps) > 1e-3
+    with pytest.raises(RuntimeError, match="ensemble 3"):
+        three.score(x, post[:1], start[:1])
+
+
+def test_read_noise_has_one_block_per_start_noise(tmp_path):
+    """NOISE.f32 is [N, K, 2, C, h, w]: with K = 1 the layout of a single-noise file."""
+    a = np.arange(2 * 3 * 2 * 4 * 2 * 2, dtype="<f4").reshape(2, 3, 2, 4, 2, 2)
+    a.tofile(tmp_path / "n.f32")
+    got = R.read_noise(str(tmp_path / "n.f32"), 2, 4, 2, 2, ensemble=3)
+    np.testing.assert_array_equal(got, a)
+    with pytest.raises(RuntimeError, match=r"want \[2,2,2,4,2,2\]"):
+        R.read_noise(str(tmp_path / "n.f32"), 2, 4, 2, 2, ensemble=2)

@@ -24,17 +24,20 @@ import torch
 __all__ = ["main"]
 
 
-def _serve(bundle: str, weights: str, images: List[str], out=sys.stdout, inp=sys.stdin) -> None:
+def _serve(bundle: str, weights: str, images: List[str], out=sys.stdout, inp=sys.stdin, ensemble: int = 0) -> None:
     from .model_file import load_nets
     from .reference import Scorer, load_image, read_conditioning, read_manifest, read_reference
 
     m = read_manifest(bundle)
+    if ensemble > 0:  # the Go side's --ensemble override: both sides score the same number of noises
+        m["diffusion"]["ensemble"] = ensemble
     scorer = Scorer(m, load_nets(weights, bundle, m), read_conditioning(bundle, m), read_reference(bundle, m))
     i, lat = m["input"], m["latent"]
     H, W, C, ds = int(i["height"]), int(i["width"]), int(lat["channels"]), int(lat["downsample"])
     xs = [load_image(p, H, W, i["mean"], i["std"], i.get("resize", "pil_bilinear"))[None] for p in images]
     rng = np.random.default_rng(0)
-    noise = [torch.from_numpy(rng.standard_normal((2, 1, C, H // ds, W // ds)).astype(np.float32)) for _ in xs]
+    noise = [torch.from_numpy(rng.standard_normal((2, scorer.ensemble(), C, H // ds, W // ds)).astype(np.float32))
+             for _ in xs]
     print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}), file=out,
           flush=True)
     for line in inp:
@@ -53,12 +56,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--weights", required=True)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--ensemble", type=int, default=0, help="start noises per frame (0: the bundle's)")
     ap.add_argument("images", nargs="+")
     a = ap.parse_args(argv)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     try:
-        _serve(a.bundle, a.weights, a.images)
+        _serve(a.bundle, a.weights, a.images, ensemble=a.ensemble)
     except (RuntimeError, OSError) as e:
         print(f"bench_reference: {e}", file=sys.stderr)
         return 1

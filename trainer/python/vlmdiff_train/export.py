@@ -215,13 +215,16 @@ def export_graph(module: torch.nn.Module, args: Tuple[torch.Tensor, ...], in_nam
         raise RuntimeError(f"onnx checker on {path}: {e}") from e
 
 
-def default_static_batches(denoiser: torch.nn.Module) -> Tuple[int, ...]:
-    """Batch sizes 1, 2 and 4 for a denoiser under 256 M parameters (each static graph is a copy of its weights);
-    none for larger ones (sd15's 5.3 GB denoiser is not worth tripling; a GPU runs it without this overhead)."""
-    return (1, 2, 4) if sum(p.numel() for p in denoiser.parameters()) < 256_000_000 else ()
+def default_static_batches(denoiser: torch.nn.Module, ensemble: int = 1) -> Tuple[int, ...]:
+    """The denoiser rows of 1, 2 and 4 frames (each frame is `ensemble` rows, one per start noise) for a denoiser
+    under 256 M parameters (each static graph is a copy of its weights); none for larger ones (sd15's 5.3 GB
+    denoiser is not worth tripling; a GPU runs it without this overhead)."""
+    k = max(int(ensemble), 1)
+    return tuple(k * b for b in (1, 2, 4)) if sum(p.numel() for p in denoiser.parameters()) < 256_000_000 else ()
 
 
 TIME_SPLITS = ("conv_bias", "inputs", "none")
+MAX_ENSEMBLE = 16  # models.MaxEnsemble
 TIME_FILE = "denoiser_time.onnx"
 
 
@@ -596,8 +599,11 @@ def run_export(cfg) -> dict:
     if nets.text is None or tok is None:
         raise RuntimeError("export: the model file has no text encoder/tokenizer to compute the conditioning")
     ctx = encode_prompts(nets.text, tok, [pr for _, pr in entries], torch.device("cpu")).numpy()
-    diffusion = {k: getattr(c, k) for k in ("guidance_scale", "ddim_steps", "start_step", "sampler_from_start_step")
+    diffusion = {k: getattr(c, k) for k in ("guidance_scale", "ddim_steps", "start_step", "sampler_from_start_step",
+                                            "ensemble")
                  if getattr(c, k) is not None}
+    if c.ensemble is not None and not 1 <= int(c.ensemble) <= MAX_ENSEMBLE:
+        raise RuntimeError(f"export config: ensemble {c.ensemble}: want 1..{MAX_ENSEMBLE} start noises per frame")
     m = export_bundle(
         out, vae=nets.vae, denoiser=nets.denoiser, features=None if feature_onnx else nets.features,
         layers=layers, conditioning=[(k, pr, ctx[i]) for i, (k, pr) in enumerate(entries)],
@@ -607,7 +613,7 @@ def run_export(cfg) -> dict:
         latent={"posterior": c.posterior, "scale_factor": latent_scale(b)}, diffusion=diffusion,
         map_spec={"sigma": float(c.sigma)} if c.sigma is not None else None, probe_dir=c.probes,
         probe_seed=int(c.seed), overwrite=c.overwrite,
-        denoiser_static_batches=default_static_batches(nets.denoiser) if c.denoiser_static_batches is None
+        denoiser_static_batches=default_static_batches(nets.denoiser, c.ensemble or 1) if c.denoiser_static_batches is None
         else c.denoiser_static_batches)
     # the reference weights of this bundle are the model file itself
     return {"bundle": out, "manifest": os.path.join(out, "bundle.json"), "probes": c.probes or "",

@@ -11,8 +11,9 @@ CLI (see __main__.py):
     python3 -m vlmdiff_train reference --bundle DIR --weights FILE.pt --noise NOISE.f32 --out OUTDIR
         [--class KEY] IMG...
 
-NOISE.f32 is little-endian float32 [N_images, 2, C, h, w]: index 0 is the posterior noise (used only when the
-manifest says posterior == "sample"), index 1 the q_sample start noise. Outputs: OUTDIR/scores.json
+NOISE.f32 is little-endian float32 [N_images, K, 2, C, h, w], K = diffusion.ensemble (1 without it): per start
+noise, index 0 is the posterior noise (used only when the manifest says posterior == "sample"), index 1 the
+q_sample start noise. Outputs: OUTDIR/scores.json
 ([{"image": path, "raw_score": float}]) and OUTDIR/maps.f32 (float32 [N, H, W], the smoothed anomaly maps before
 pooling).
 """
@@ -242,7 +243,7 @@ class Scorer:
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, post_noise: torch.Tensor, start_noise: torch.Tensor,
                     key: Optional[str] = None) -> torch.Tensor:
-        """x: [1,3,H,W] normalised. Returns the reconstruction in the same space."""
+        """x: [B,3,H,W] normalised, one row per start noise. Returns the reconstructions in the same space."""
         lat = self.m["latent"]
         C = int(lat["channels"])
         moments = self.nets.vae.encode_moments(x)
@@ -280,29 +281,44 @@ class Scorer:
         s = torch.tensor(f["std"], dtype=torch.float32).view(1, 3, 1, 1)
         return ((x * s_in + m_in) - m) / s
 
+    def ensemble(self) -> int:
+        """diffusion.ensemble: the start noises each frame is reconstructed from (at least 1)."""
+        return max(int(self.m["diffusion"].get("ensemble", 0) or 0), 1)
+
     @torch.no_grad()
     def score(self, x: torch.Tensor, post_noise: torch.Tensor, start_noise: torch.Tensor,
               key: Optional[str] = None, ref_class: Optional[str] = None):
-        """Returns (raw_score, smoothed map [H,W] float32) for one image x [1,3,H,W]. With a map reference, the
-        row of ref_class (the global row "" when it has none) is subtracted before pooling, as the Go scorer does."""
+        """Returns (raw_score, smoothed map [H,W] float32) for one image x [1,3,H,W]. post_noise and start_noise
+        are [K,C,h,w], one draw per start noise of the ensemble (K = diffusion.ensemble): the map is the mean of
+        the K smoothed maps, each against its own reconstruction. With a map reference, the row of ref_class (the
+        global row "" when it has none) is subtracted before pooling, as the Go scorer does."""
         inp, f, mp, sc = self.m["input"], self.m["features"], self.m["map"], self.m["score"]
-        rec = self.reconstruct(x, post_noise, start_noise, key)
+        k = self.ensemble()
+        if start_noise.shape[0] != k or (self.m["latent"]["posterior"] == "sample" and post_noise.shape[0] != k):
+            raise RuntimeError(f"score: {start_noise.shape[0]} start noise(s) for diffusion.ensemble {k}")
+        rec = self.reconstruct(x.expand(k, -1, -1, -1), post_noise, start_noise, key)
         fi = self.nets.features(self.feature_input(x))
         fr = self.nets.features(self.feature_input(rec))
+        fi = {n: v.expand(k, *v.shape[1:]) for n, v in fi.items()}
         amap = anomaly_map(fi, fr, f["layers"], int(inp["height"]), int(inp["width"]), bool(f.get("tokens")))
-        sm = smooth(amap[0].numpy(), float(mp["sigma"]), float(mp.get("truncate", 4.0)))
+        sigma, trunc = float(mp["sigma"]), float(mp.get("truncate", 4.0))
+        sm = np.mean([smooth(amap[j].numpy(), sigma, trunc).astype(np.float64) for j in range(k)], axis=0)
         if self.reference:
             ref = self.reference.get(ref_class or "", self.reference[""])
-            sm = (sm.astype(np.float64) - ref.astype(np.float64)).astype(np.float32)
+            sm = sm - ref.astype(np.float64)
+        sm = sm.astype(np.float32)
         return pooled_score(sm, int(sc["pool_kernel"]), int(sc["pool_repeat"]), sc.get("reduce", "max")), sm
 
 
-def read_noise(path: str, n_images: int, channels: int, h: int, w: int) -> np.ndarray:
+def read_noise(path: str, n_images: int, channels: int, h: int, w: int, ensemble: int = 1) -> np.ndarray:
+    """NOISE.f32: little-endian float32 [N_images, K, 2, C, h, w] (K = diffusion.ensemble; [N, 2, C, h, w] with
+    one noise)."""
     raw = np.fromfile(path, dtype="<f4")
-    want = n_images * 2 * channels * h * w
+    want = n_images * ensemble * 2 * channels * h * w
     if raw.size != want:
-        raise RuntimeError(f"noise file {path}: {raw.size} floats, want [{n_images},2,{channels},{h},{w}]={want}")
-    arr = raw.reshape(n_images, 2, channels, h, w)
+        raise RuntimeError(f"noise file {path}: {raw.size} floats, want [{n_images},{ensemble},2,{channels},{h},{w}]"
+                           f"={want}")
+    arr = raw.reshape(n_images, ensemble, 2, channels, h, w)
     if not np.all(np.isfinite(arr)):
         raise RuntimeError(f"noise file {path}: contains NaN or Inf")
     return arr
@@ -318,7 +334,7 @@ def run_reference(bundle: str, weights: str, noise_path: str, out_dir: str, imag
     scorer = Scorer(m, nets, read_conditioning(bundle, m), read_reference(bundle, m))
     inp, lat = m["input"], m["latent"]
     H, W, C, ds = int(inp["height"]), int(inp["width"]), int(lat["channels"]), int(lat["downsample"])
-    noise = read_noise(noise_path, len(images), C, H // ds, W // ds)
+    noise = read_noise(noise_path, len(images), C, H // ds, W // ds, scorer.ensemble())
     os.makedirs(out_dir, exist_ok=True)
     scores, maps = [], np.zeros((len(images), H, W), dtype=np.float32)
     for i, p in enumerate(images):
@@ -326,8 +342,7 @@ def run_reference(bundle: str, weights: str, noise_path: str, out_dir: str, imag
             x = load_image(p, H, W, inp["mean"], inp["std"], inp.get("resize", "pil_bilinear"))[None]
         except OSError as e:
             raise RuntimeError(f"reading image {p}: {e}") from e
-        s, sm = scorer.score(x, torch.from_numpy(noise[i, 0][None].copy()),
-                             torch.from_numpy(noise[i, 1][None].copy()), key)
+        s, sm = scorer.score(x, torch.from_numpy(noise[i, :, 0].copy()), torch.from_numpy(noise[i, :, 1].copy()), key)
         scores.append({"image": p, "raw_score": s})
         maps[i] = sm
     with open(os.path.join(out_dir, "scores.json"), "w", encoding="utf-8") as f:

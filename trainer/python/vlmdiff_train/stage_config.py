@@ -148,6 +148,8 @@ class ExportConfig(Common):
     start_step: Optional[int] = key(None, "manifest diffusion.start_step override")
     sampler_from_start_step: Optional[bool] = key(None, "manifest diffusion.sampler_from_start_step: run only the "
                                                         "DDIM steps at or below start_step (SDEdit-style)")
+    ensemble: Optional[int] = key(None, "manifest diffusion.ensemble: start noises per frame, whose maps are "
+                                        "averaged (default 1); the default static graphs cover its multiples")
     input_size: Optional[int] = key(None, "square input size trained at, when not the preset's")
     denoiser_static_batches: Optional[List[int]] = key(None, "batch sizes of the static-shape denoiser graphs "
                                                              "(context baked in; default [1, 2, 4]; [] for none)")
