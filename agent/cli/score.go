@@ -181,8 +181,8 @@ func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 		m := b.Manifest
-		fmt.Fprintf(stdout, "ok: %s %s (%d files verified; input %dx%d; %d DDIM steps; features %d layers)\n",
-			m.Name, m.Version, len(m.Files), m.Input.Width, m.Input.Height, m.Diffusion.DDIMSteps, len(m.Features.Layers))
+		fmt.Fprintf(stdout, "ok: %s %s (%d files verified; input %dx%d; %d DDIM steps x %d start noise(s); features %d layers)\n",
+			m.Name, m.Version, len(m.Files), m.Input.Width, m.Input.Height, m.Diffusion.DDIMSteps, m.Diffusion.Noises(), len(m.Features.Layers))
 	case "show":
 		m, err := models.ReadManifest(dir)
 		if err != nil {
