@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,22 +17,8 @@ import (
 // normals into the bundle (which still verifies), thresholds move with it, `eval --no-reference` scores raw
 // maps again, `--reference none` removes it, and the combinations that cannot work are refused by name.
 func TestCalibrateReference(t *testing.T) {
-	if err := pipeline.InitRuntime(""); err != nil {
-		t.Skipf("ONNX Runtime not available: %v", err)
-	}
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	writeTestTree(t, data, "widget/train/good/000.png", "widget/train/good/001.png", "widget/train/good/002.png",
-		"widget/train/good/003.png", "widget/test/good/000.png", "widget/test/blob/000.png", "widget/ground_truth/blob/000_mask.png")
-	bundle := filepath.Join(dir, "bundle")
-	if err := models.CopyBundle("../../models/demo", bundle); err != nil {
-		t.Fatal(err)
-	}
-	run := func(args ...string) (int, string, string) {
-		var stdout, stderr bytes.Buffer
-		code := Main(context.Background(), args, &stdout, &stderr)
-		return code, stdout.String(), stderr.String()
-	}
+	dir, data, bundle := calibrateTree(t, 4)
+	run := cliRun
 	base := []string{"calibrate", "--bundle", bundle, "--data", data, "--val-fraction", "0", "--split", "train", "--threads", "1"}
 	code, raw, stderr := run(append(base, "--dry-run")...)
 	if code != 0 {
@@ -85,22 +72,8 @@ func TestCalibrateReference(t *testing.T) {
 // with the reference and thresholds measured with it; a reference measured with another count is refused by
 // name rather than kept under thresholds it does not match; without the flag the bundle's count stays.
 func TestCalibrateEnsemble(t *testing.T) {
-	if err := pipeline.InitRuntime(""); err != nil {
-		t.Skipf("ONNX Runtime not available: %v", err)
-	}
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	writeTestTree(t, data, "widget/train/good/000.png", "widget/train/good/001.png", "widget/train/good/002.png",
-		"widget/test/good/000.png", "widget/test/blob/000.png", "widget/ground_truth/blob/000_mask.png")
-	bundle := filepath.Join(dir, "bundle")
-	if err := models.CopyBundle("../../models/demo", bundle); err != nil {
-		t.Fatal(err)
-	}
-	run := func(args ...string) (int, string, string) {
-		var stdout, stderr bytes.Buffer
-		code := Main(context.Background(), args, &stdout, &stderr)
-		return code, stdout.String(), stderr.String()
-	}
+	dir, data, bundle := calibrateTree(t, 3)
+	run := cliRun
 	load := func() *models.Manifest {
 		t.Helper()
 		b, err := models.Load(bundle)
@@ -151,4 +124,32 @@ func TestCalibrateEnsemble(t *testing.T) {
 	if code, _, stderr := run(append(base, "--ensemble", "-2")...); code == 0 || !strings.Contains(stderr, "--ensemble -2") {
 		t.Errorf("calibrate --ensemble -2: exit %d, stderr %q", code, stderr)
 	}
+}
+
+// cliRun runs a vlmdiff command line and returns its exit code, stdout and stderr.
+func cliRun(args ...string) (int, string, string) {
+	var stdout, stderr bytes.Buffer
+	code := Main(context.Background(), args, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+// calibrateTree writes a one-class dataset with train normals 000..train-1 and a copy of the demo bundle, for
+// the calibrate commands to change; it skips without ONNX Runtime.
+func calibrateTree(t *testing.T, train int) (dir, data, bundle string) {
+	t.Helper()
+	if err := pipeline.InitRuntime(""); err != nil {
+		t.Skipf("ONNX Runtime not available: %v", err)
+	}
+	dir = t.TempDir()
+	data = filepath.Join(dir, "data")
+	files := []string{"widget/test/good/000.png", "widget/test/blob/000.png", "widget/ground_truth/blob/000_mask.png"}
+	for i := range train {
+		files = append(files, fmt.Sprintf("widget/train/good/%03d.png", i))
+	}
+	writeTestTree(t, data, files...)
+	bundle = filepath.Join(dir, "bundle")
+	if err := models.CopyBundle("../../models/demo", bundle); err != nil {
+		t.Fatal(err)
+	}
+	return dir, data, bundle
 }
