@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/vlmdiff/edge/internal/yamlconf"
+	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
 )
@@ -130,6 +131,11 @@ type SelectConfig struct {
 	// MinGain is the lead (in metric units, 0.01 = one point) a candidate needs over the final weights to be
 	// chosen instead of them (default 0.01); smaller leads are within the noise of the set.
 	MinGain float64 `yaml:"min_gain"`
+	// Ensembles, when set, are the start-noise counts (diffusion.ensemble) the stage scores the chosen weights
+	// with, e.g. [1, 2, 4]; the export stage then writes the chosen count over export.extra.ensemble. A larger
+	// count costs K times the denoiser on every frame, so it is taken only when it leads the best smaller one by
+	// MinGain. Empty (default): export.extra.ensemble as configured. Needs no snapshots.
+	Ensembles []int `yaml:"ensembles"`
 }
 
 // SelectMetrics are the names select.metric accepts.
@@ -375,6 +381,12 @@ func (c *Config) Validate() error {
 	}
 	if g := c.Select.MinGain; !(g > 0 && g < 1) {
 		bad("select.min_gain", "%v: want 0 < gain < 1", g)
+	}
+	for i, k := range c.Select.Ensembles {
+		if k < 1 || k > models.MaxEnsemble || (i > 0 && k <= c.Select.Ensembles[i-1]) {
+			bad("select.ensembles", "%v: want increasing start-noise counts in 1..%d", c.Select.Ensembles, models.MaxEnsemble)
+			break
+		}
 	}
 	if c.Evaluate.BatchSize < 0 {
 		bad("evaluate.batch_size", "must be > 0")

@@ -111,12 +111,13 @@ func backbone(t *testing.T) string {
 //
 // It scores with two start noises per frame (export.extra.ensemble: 2), so the export's manifest and static
 // graphs, the select stage's candidates, the reference, the calibration and the evaluation all run the
-// ensemble path. Training is deterministic here (the same losses step for step); the same model scored image
+// ensemble path, and the select stage then chooses between one and two noises (select.ensembles) for the
+// export. Training is deterministic here (the same losses step for step); the same model scored image
 // AUROC 0.910 with one noise and 0.861 with two (session 8) on this 24-image test split, where a point is
 // 1/36 of it: about two normal-defect pairs swapped, while on PIPED's 720 test images two noises gained 2.5
 // points (docs/algorithm.md §1.3).
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, func(string) string { return "" }, 10, "", 2)
+	trainEndToEnd(t, "tiny", 0.85, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n", 2)
 }
 
 // TestTrainTinyTaefEndToEnd runs the same pipeline and checks on the pretrained-autoencoder structure (tiny-taef:
@@ -225,14 +226,23 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := max(ensemble, 1); m.Diffusion.Noises() != want || m.Map.Reference == nil || max(m.Map.Reference.Noises, 1) != want {
+	want := max(ensemble, 1)
+	if b, err := os.ReadFile(filepath.Join(runDir, "select", run.EnsembleChoiceFile)); err == nil {
+		if want, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
+			t.Fatalf("the select stage's choice of start noises: %v", err)
+		}
+		checkEnsembleSelection(t, runDir, want)
+	} else if strings.Contains(cfg, "ensembles:") {
+		t.Fatalf("select.ensembles is set but the select stage wrote no choice: %v", err)
+	}
+	if m.Diffusion.Noises() != want || m.Map.Reference == nil || max(m.Map.Reference.Noises, 1) != want {
 		t.Fatalf("bundle scores with %d start noise(s), reference %+v: want %d for both", m.Diffusion.Noises(), m.Map.Reference, want)
 	}
 	var static []int
 	for _, sg := range m.Graphs[models.RoleDenoiser].Static {
 		static = append(static, sg.Batch)
 	}
-	if k := max(ensemble, 1); !slices.Equal(static, []int{k, 2 * k, 4 * k}) {
+	if k := want; !slices.Equal(static, []int{k, 2 * k, 4 * k}) {
 		t.Errorf("static denoisers of %v rows, want the rows of 1, 2 and 4 frames of %d noises", static, k)
 	}
 	for _, c := range []string{"stripes", "waves"} {
@@ -331,6 +341,33 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit fu
 	}
 	if math.Abs(stageRep.Mean.ImageAUROC-rep.Mean.ImageAUROC) > 1e-9 || math.Abs(stageRep.Mean.PixelAUROC-rep.Mean.PixelAUROC) > 1e-9 {
 		t.Errorf("evaluate stage report %+v differs from a re-evaluation %+v", stageRep.Mean, rep.Mean)
+	}
+}
+
+// checkEnsembleSelection checks the select stage's table of start-noise counts: one row per count of
+// select.ensembles, the chosen one marked and equal to the count it passed to the export.
+func checkEnsembleSelection(t *testing.T, runDir string, chosen int) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(runDir, "select", run.EnsembleFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 3 || rows[1][0] != "noises-1" || rows[2][0] != "noises-2" {
+		t.Fatalf("ensembles table %v: want a header and the rows noises-1, noises-2", rows)
+	}
+	marked := 0
+	for i, r := range rows[1:] {
+		if r[len(r)-1] == "true" {
+			marked = i + 1
+		}
+	}
+	if marked != chosen {
+		t.Errorf("the table marks %d start noise(s), the export got %d", marked, chosen)
 	}
 }
 

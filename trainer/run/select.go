@@ -116,7 +116,8 @@ func bestCandidate(rs []candidateResult, minGain float64) (int, string) {
 
 // runSelect scores each candidate: export its bundle, measure its map reference on training normals, evaluate
 // the synthetic-defect validation set; the best candidate's model is what the export stage exports. Without
-// snapshots (train.snapshot_every 0) it passes the train stage's model on.
+// snapshots (train.snapshot_every 0) it passes the train stage's model on. With select.ensembles it then scores
+// the chosen weights with each start-noise count and passes the chosen count on too.
 func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]string, error) {
 	c := t.Config
 	final := sc.Output("train", "model")
@@ -124,13 +125,9 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 		return nil, fmt.Errorf("the train stage recorded no model output")
 	}
 	snaps := sc.Output("train", "snapshots")
-	if snaps == "" {
+	if snaps == "" && len(c.Select.Ensembles) == 0 {
 		fmt.Fprintln(sc.Progress, "[select] no snapshots (train.snapshot_every is 0): exporting the train stage's model")
 		return map[string]string{"model": final}, nil
-	}
-	cands, err := snapshotCandidates(snaps, final)
-	if err != nil {
-		return nil, err
 	}
 	items, err := dataset.ReadIndex(sc.Output("index", "index"))
 	if err != nil {
@@ -147,12 +144,45 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 	if err := t.pruneFeatures(ctx, sc); err != nil {
 		return nil, err
 	}
+	outs := map[string]string{"model": final, "val_data": valData}
+	if snaps != "" {
+		chosen, table, err := t.selectWeights(ctx, sc, items, snaps, final, valData, dir)
+		if err != nil {
+			return nil, err
+		}
+		outs["model"], outs["candidates"] = chosen, table
+	} else {
+		fmt.Fprintln(sc.Progress, "[select] no snapshots (train.snapshot_every is 0): the train stage's model")
+	}
+	if len(c.Select.Ensembles) > 0 {
+		k, table, err := t.selectEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir)
+		if err != nil {
+			return nil, err
+		}
+		// stage outputs are files: the count is one, which the export stage reads (selectedEnsemble)
+		chosen := filepath.Join(dir, EnsembleChoiceFile)
+		if err := os.WriteFile(chosen, []byte(strconv.Itoa(k)+"\n"), 0o644); err != nil {
+			return nil, err
+		}
+		outs["ensemble"], outs["ensembles"] = chosen, table
+	}
+	return outs, nil
+}
+
+// selectWeights scores the snapshots and the final weights on the validation set and returns the chosen model
+// and the path of the candidates table.
+func (t *Training) selectWeights(ctx context.Context, sc *StageContext, items []dataset.Item, snaps, final, valData, dir string) (string, string, error) {
+	c := t.Config
+	cands, err := snapshotCandidates(snaps, final)
+	if err != nil {
+		return "", "", err
+	}
 	fmt.Fprintf(sc.Progress, "[select] %d candidates, ranked by %s on %s\n", len(cands), c.Select.Metric, valData)
 	var res []candidateResult
 	for _, cand := range cands {
-		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name))
+		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), 0)
 		if err != nil {
-			return nil, fmt.Errorf("candidate %s (%s): %w", cand.Name, cand.Model, err)
+			return "", "", fmt.Errorf("candidate %s (%s): %w", cand.Name, cand.Model, err)
 		}
 		r := candidateResult{candidate: cand, Mean: m, Score: selectScore(c.Select.Metric, m)}
 		res = append(res, r)
@@ -162,11 +192,77 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 	best, why := bestCandidate(res, c.Select.MinGain)
 	table := filepath.Join(dir, SelectFile)
 	if err := writeCandidates(table, res, best); err != nil {
-		return nil, err
+		return "", "", err
 	}
 	writeCandidateTable(sc.Progress, res, best)
 	fmt.Fprintf(sc.Progress, "[select] chose %s (%s %.2f; %s): %s\n", res[best].Name, c.Select.Metric, 100*res[best].Score, why, res[best].Model)
-	return map[string]string{"model": res[best].Model, "val_data": valData, "candidates": table}, nil
+	return res[best].Model, table, nil
+}
+
+// EnsembleFile is the select stage's table of start-noise counts (RUN/select/ensembles.csv), and
+// EnsembleChoiceFile holds the chosen count (RUN/select/ensemble.txt).
+const (
+	EnsembleFile       = "ensembles.csv"
+	EnsembleChoiceFile = "ensemble.txt"
+)
+
+// selectedEnsemble is the start-noise count the select stage chose (select.ensembles), 0 when it chose none.
+func selectedEnsemble(sc *StageContext) (int, error) {
+	p := sc.Output("select", "ensemble")
+	if p == "" {
+		return 0, nil
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, fmt.Errorf("the select stage's choice of start noises: %w", err)
+	}
+	k, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || k < 1 {
+		return 0, fmt.Errorf("the select stage's choice of start noises %s: %q is not a count", p, strings.TrimSpace(string(b)))
+	}
+	return k, nil
+}
+
+// selectEnsemble scores the chosen weights with each count of select.ensembles (each with its own map
+// reference, as calibrate would measure it) and returns the chosen count and the path of its table.
+func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string) (int, string, error) {
+	c := t.Config
+	ks := c.Select.Ensembles
+	fmt.Fprintf(sc.Progress, "[select] start noises per frame %v for %s, ranked by %s on %s\n", ks, cand.Model, c.Select.Metric, valData)
+	res := make([]candidateResult, len(ks))
+	for i, k := range ks {
+		cand.Name = fmt.Sprintf("noises-%d", k)
+		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), k)
+		if err != nil {
+			return 0, "", fmt.Errorf("%d start noises: %w", k, err)
+		}
+		res[i] = candidateResult{candidate: cand, Mean: m, Score: selectScore(c.Select.Metric, m)}
+		fmt.Fprintf(sc.Progress, "[select] %d noise(s): I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f\n", k,
+			100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*res[i].Score)
+	}
+	best, why := cheapestEnsemble(ks, res, c.Select.MinGain)
+	table := filepath.Join(dir, EnsembleFile)
+	if err := writeCandidates(table, res, best); err != nil {
+		return 0, "", err
+	}
+	writeCandidateTable(sc.Progress, res, best)
+	fmt.Fprintf(sc.Progress, "[select] chose %d start noise(s) per frame (%s)\n", ks[best], why)
+	return ks[best], table, nil
+}
+
+// cheapestEnsemble returns the index of the count to use: the smallest, unless a larger one leads the best
+// smaller one by at least minGain (it costs K times the denoiser on every frame, so it must earn that).
+func cheapestEnsemble(ks []int, rs []candidateResult, minGain float64) (int, string) {
+	best := 0
+	for i := 1; i < len(rs); i++ {
+		if rs[i].Score-rs[best].Score >= minGain {
+			best = i
+		}
+	}
+	if best == 0 {
+		return 0, fmt.Sprintf("no larger count leads %d by select.min_gain %.2f", ks[0], 100*minGain)
+	}
+	return best, fmt.Sprintf("leads every smaller count by at least select.min_gain %.2f", 100*minGain)
 }
 
 // selectValData returns select.val_data, or paints a synthetic-defect set on the index's held-out normals into
@@ -196,13 +292,17 @@ func (t *Training) selectValData(ctx context.Context, sc *StageContext, items []
 }
 
 // scoreCandidate exports one candidate into work, scores the validation set with its own map reference (as
-// calibrate would give it) and removes the bundle again: only the metrics are kept.
-func (t *Training) scoreCandidate(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, work string) (metrics.Metrics, error) {
+// calibrate would give it) and removes the bundle again: only the metrics are kept. ensemble > 0 exports it
+// with that many start noises per frame instead of the export config's.
+func (t *Training) scoreCandidate(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, work string, ensemble int) (metrics.Metrics, error) {
 	c := t.Config
 	m := t.exportConfig(sc)
 	bundle := filepath.Join(work, "bundle")
 	m["model"], m["out"], m["run_dir"] = cand.Model, bundle, work
 	delete(m, "probes") // no parity probes: the export stage checks the bundle that ships
+	if ensemble > 0 {
+		m["ensemble"] = ensemble
+	}
 	if err := os.RemoveAll(work); err != nil {
 		return metrics.Metrics{}, err
 	}

@@ -70,6 +70,35 @@ func TestBestCandidate(t *testing.T) {
 	}
 }
 
+// TestCheapestEnsemble: a larger start-noise count costs its count in denoiser time on every frame, so it is
+// chosen only when it leads the best smaller count by min_gain.
+func TestCheapestEnsemble(t *testing.T) {
+	ks := []int{1, 2, 4}
+	for _, tc := range []struct {
+		name   string
+		scores []float64
+		want   int
+		reason string
+	}{
+		{"each count earns its cost", []float64{0.70, 0.72, 0.74}, 2, "leads every smaller count"},
+		{"only the middle one earns it", []float64{0.70, 0.72, 0.725}, 1, "leads every smaller count"},
+		{"gains within min_gain keep one", []float64{0.70, 0.705, 0.709}, 0, "no larger count leads 1"},
+		{"a larger count that loses keeps one", []float64{0.70, 0.65, 0.60}, 0, "no larger count leads 1"},
+		{"four against one though two lost", []float64{0.70, 0.69, 0.72}, 2, "leads every smaller count"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := make([]candidateResult, len(tc.scores))
+			for i, s := range tc.scores {
+				rs[i].Score = s
+			}
+			got, why := cheapestEnsemble(ks, rs, 0.01)
+			if got != tc.want || !strings.Contains(why, tc.reason) {
+				t.Fatalf("cheapestEnsemble(%v) = %d (%s), want %d (%q)", tc.scores, got, why, tc.want, tc.reason)
+			}
+		})
+	}
+}
+
 func TestSelectScore(t *testing.T) {
 	m := metrics.Metrics{ImageAUROC: 0.9, PixelAUROC: 0.6, AUPRO: 0.3, PixelAP: 0.2}
 	for metric, want := range map[string]float64{"mean": 0.6, "i_auroc": 0.9, "p_auroc": 0.6, "au_pro": 0.3, "p_ap": 0.2} {
@@ -93,6 +122,10 @@ func TestSelectConfigChecked(t *testing.T) {
 		{"select:\n  min_gain: 2\n", "select.min_gain"},
 		{"select:\n  per_image: -1\n", "select.per_image"},
 		{"select:\n  reference_per_class: -3\n", "select.reference_per_class"},
+		{"select:\n  ensembles: [2, 1]\n", "select.ensembles"},
+		{"select:\n  ensembles: [1, 1]\n", "select.ensembles"},
+		{"select:\n  ensembles: [0, 2]\n", "select.ensembles"},
+		{"select:\n  ensembles: [1, 17]\n", "select.ensembles"},
 		{"train:\n  max_steps: 1\n  snapshot_every: -2\n", "train.snapshot_every"},
 	} {
 		raw := base + tc.yaml

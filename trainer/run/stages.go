@@ -410,6 +410,14 @@ func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]
 	if m["model"] == "" {
 		return nil, fmt.Errorf("the train stage recorded no model output")
 	}
+	k, err := selectedEnsemble(sc)
+	if err != nil {
+		return nil, err
+	}
+	if k > 0 {
+		m["ensemble"] = k // chosen on the validation set (select.ensembles), over export.extra.ensemble
+		fmt.Fprintf(sc.Progress, "[export] %d start noise(s) per frame, as the select stage chose\n", k)
+	}
 	bundle := sc.Path("bundle")
 	if err := t.pruneFeatures(ctx, sc); err != nil {
 		return nil, err
