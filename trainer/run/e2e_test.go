@@ -112,7 +112,8 @@ func backbone(t *testing.T) string {
 // It scores with two start noises per frame (export.extra.ensemble: 2), so the export's manifest and static
 // graphs, the select stage's candidates, the reference, the calibration and the evaluation all run the
 // ensemble path, and the select stage then chooses between one and two noises (select.ensembles) for the
-// export. Training is deterministic here (the same losses step for step); the same model scored image
+// export: here one (the painted set is at chance at 64 px, so the cheaper count stays), which the export,
+// calibrate and evaluate stages then use. Training is deterministic here (the same losses step for step); the same model scored image
 // AUROC 0.910 with one noise and 0.861 with two (session 8) on this 24-image test split, where a point is
 // 1/36 of it: about two normal-defect pairs swapped, while on PIPED's 720 test images two noises gained 2.5
 // points (docs/algorithm.md §1.3).
