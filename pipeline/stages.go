@@ -333,7 +333,8 @@ func (s *Scorer) features(x, rec []float32, frames int) ([]layerOutput, error) {
 }
 
 // mapsAndScores turns the features into each frame's smoothed anomaly map (the mean over its K reconstructions),
-// pooled score and calibrated verdict (docs/algorithm.md §1.9-1.11). A malformed feature output fails the batch; a non-finite map fails its frame.
+// pooled score and calibrated verdict (docs/algorithm.md §1.9-1.11). A malformed feature output fails the
+// batch; a non-finite map fails its frame.
 func (s *Scorer) mapsAndScores(feats []layerOutput, reqs []Request) ([]Result, error) {
 	H, W := s.m.Input.Height, s.m.Input.Width
 	sc := mapScratchPool.Get().(*mapScratch)
