@@ -272,6 +272,9 @@ func grow(buf []float64, n int) []float64 {
 // to workers goroutines. The map is sc.amap: valid until sc's next use. Python twin: the mean over k of
 // reference.smooth(reference.anomaly_map(...)).
 func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
+	if ens < 1 {
+		return nil, fmt.Errorf("%d reconstructions per frame: want at least one", ens)
+	}
 	sc.sizes, sc.wts, sc.chans = sc.sizes[:0], sc.wts[:0], sc.chans[:0]
 	total := 0
 	for _, l := range layers {

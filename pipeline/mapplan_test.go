@@ -160,6 +160,9 @@ func TestEnsembleMapIsTheMeanOfItsMaps(t *testing.T) {
 					}
 				}
 			}
+			if _, err := smoothedAnomalyMap(feats, 0, frames, 0, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, 1); err == nil {
+				t.Error("0 reconstructions per frame: want an error, got a map")
+			}
 			// a batch one reconstruction short is refused by name, not read past its end
 			short := slices.Clone(feats)
 			for l := range short {

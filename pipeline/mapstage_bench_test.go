@@ -43,7 +43,7 @@ func benchScorer(bb benchBackbone) *Scorer {
 	for i := range bb.layers {
 		m.Features.Layers = append(m.Features.Layers, models.FeatureLayer{Name: fmt.Sprintf("l%d", i), Weight: 1})
 	}
-	return &Scorer{m: m}
+	return &Scorer{m: m, ens: 1}
 }
 
 // benchFeatures makes a batch of frames' features and their reconstructions' (near the frames', as a trained

@@ -346,7 +346,7 @@ func TestStageReconstruct(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := b.Manifest
-	s := &Scorer{bundle: b, m: m, opt: Options{ClassConditioning: true}}
+	s := &Scorer{bundle: b, m: m, opt: Options{ClassConditioning: true}, ens: 1}
 	abar := AlphasCumprod(m.Diffusion.LinearStart, m.Diffusion.LinearEnd, m.Diffusion.TrainSteps)
 	steps := ddimSchedule(abar, DDIMTimesteps(m.Diffusion.TrainSteps, m.Diffusion.DDIMSteps))
 	lp := s.latentSpec()
