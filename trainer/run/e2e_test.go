@@ -345,11 +345,10 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit fu
 	}
 }
 
-// checkEnsembleSelection checks the select stage's table of start-noise counts: one row per count of
-// select.ensembles, the chosen one marked and equal to the count it passed to the export.
-func checkEnsembleSelection(t *testing.T, runDir string, chosen int) {
+// readCSV reads a whole CSV file.
+func readCSV(t *testing.T, path string) [][]string {
 	t.Helper()
-	f, err := os.Open(filepath.Join(runDir, "select", run.EnsembleFile))
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,6 +357,14 @@ func checkEnsembleSelection(t *testing.T, runDir string, chosen int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rows
+}
+
+// checkEnsembleSelection checks the select stage's table of start-noise counts: one row per count of
+// select.ensembles, the chosen one marked and equal to the count it passed to the export.
+func checkEnsembleSelection(t *testing.T, runDir string, chosen int) {
+	t.Helper()
+	rows := readCSV(t, filepath.Join(runDir, "select", run.EnsembleFile))
 	if len(rows) != 3 || rows[1][0] != "noises-1" || rows[2][0] != "noises-2" {
 		t.Fatalf("ensembles table %v: want a header and the rows noises-1, noises-2", rows)
 	}
@@ -377,15 +384,7 @@ func checkEnsembleSelection(t *testing.T, runDir string, chosen int) {
 // stage's validation table written from the same painted set.
 func checkSelection(t *testing.T, runDir string) {
 	t.Helper()
-	f, err := os.Open(filepath.Join(runDir, "select", run.SelectFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	rows, err := csv.NewReader(f).ReadAll()
-	if err != nil {
-		t.Fatal(err)
-	}
+	rows := readCSV(t, filepath.Join(runDir, "select", run.SelectFile))
 	snaps, _ := filepath.Glob(filepath.Join(runDir, "train", "snapshots", "epoch-*.pt"))
 	if len(snaps) < 2 || len(rows) != len(snaps)+2 { // header, snapshots, final
 		t.Fatalf("select scored %d candidates for %d snapshots (+ final): %v", len(rows)-1, len(snaps), rows)
