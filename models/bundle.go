@@ -269,7 +269,7 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 		}
 		// A reference measured with another number of start noises is not the mean of the maps this bundle
 		// produces, and the calibration fitted on top of it no longer holds.
-		if n, want := max(r.Noises, 1), m.Diffusion.Noises(); n != want {
+		if n, want := r.NoiseCount(), m.Diffusion.Noises(); n != want {
 			p.bad("map.reference.noises", "the reference was measured with %d start noise(s), the bundle scores with "+
 				"diffusion.ensemble %d: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", n, want)
 		}

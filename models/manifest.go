@@ -198,6 +198,11 @@ type MapReference struct {
 	Noises int `json:"noises,omitempty"`
 }
 
+// NoiseCount is the start-noise count the reference was measured with: Noises, at least 1.
+func (r *MapReference) NoiseCount() int {
+	return max(r.Noises, 1)
+}
+
 // ScoreSpec is the image score recipe: Repeat passes of a Kernel x Kernel average pool with stride 1 and no
 // padding, then the maximum (docs/algorithm.md §1.10).
 type ScoreSpec struct {

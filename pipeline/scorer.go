@@ -33,6 +33,9 @@ type Scorer struct {
 	noiseStep  int        // the step the latent is forward-noised to (samplerPlan)
 	lc, lh, lw int        // latent channels and size
 	ens        int        // start noises per frame (diffusion.ensemble, or Options.Ensemble)
+	// fixedNoise is every frame's noises under the "fixed" seed policy, drawn once (read-only): drawing the K
+	// streams again for every frame would repeat the same work on the hot path.
+	fixedNoise *Noise
 
 	closed atomic.Bool
 }
@@ -76,6 +79,9 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 			return nil, fmt.Errorf("ensemble %d: at most %d start noises per frame", opt.Ensemble, models.MaxEnsemble)
 		}
 		s.ens = opt.Ensemble
+	}
+	if m.Diffusion.SeedPolicy == "fixed" {
+		s.fixedNoise = s.drawNoise(0)
 	}
 
 	mk := func(role string, in, out []string) (*graph, error) {

@@ -74,11 +74,19 @@ func (s *Scorer) noiseOf(r Request) *Noise {
 	if r.Noise != nil {
 		return r.Noise
 	}
+	if s.fixedNoise != nil {
+		return s.fixedNoise
+	}
+	return s.drawNoise(r.Seq)
+}
+
+// drawNoise draws a frame's noises from the bundle's seeded streams (see noiseOf).
+func (s *Scorer) drawNoise(seq uint64) *Noise {
 	d := s.m.Diffusion
 	n := s.lc * s.lh * s.lw
 	nz := &Noise{Posterior: make([]float32, 0, s.ens*n), Start: make([]float32, 0, s.ens*n)}
 	for k := range s.ens {
-		post, start := noiseFor(d.Seed+int64(k), r.Seq, d.SeedPolicy == "per_frame", n)
+		post, start := noiseFor(d.Seed+int64(k), seq, d.SeedPolicy == "per_frame", n)
 		nz.Posterior = append(nz.Posterior, post...)
 		nz.Start = append(nz.Start, start...)
 	}

@@ -277,7 +277,7 @@ func benchImages(paths []string, w, h int) ([]pipeline.Image, error) {
 // writeBenchTables prints the report as the human-readable tables.
 func writeBenchTables(w io.Writer, rep *benchReport) {
 	fmt.Fprintf(w, "bundle %s %s  input %dx%d  ddim %d  noises %d  features %d layers  provider %s  threads %d  spin %v  GOMAXPROCS %d\n",
-		rep.Bundle, rep.Version, rep.Width, rep.Height, rep.DDIMSteps, max(rep.Ensemble, 1), rep.FeatureLayers, rep.Provider, rep.Threads,
+		rep.Bundle, rep.Version, rep.Width, rep.Height, rep.DDIMSteps, rep.Ensemble, rep.FeatureLayers, rep.Provider, rep.Threads,
 		rep.Spin, rep.GOMAXPROCS)
 	fmt.Fprintf(w, "open+verify %.0f ms, first frame (warm-up) %.0f ms\n\n", rep.OpenMS, rep.FirstFrameMS)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

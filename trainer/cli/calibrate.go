@@ -141,9 +141,9 @@ func checkEnsemble(bundle string, k int, reference string) error {
 	if err != nil {
 		return err
 	}
-	if r := m.Map.Reference; r != nil && max(r.Noises, 1) != k {
+	if r := m.Map.Reference; r != nil && r.NoiseCount() != k {
 		return fmt.Errorf("--ensemble %d: the bundle's map reference was measured with %d start noise(s); measure it again with --reference train (or drop it with --reference none)",
-			k, max(r.Noises, 1))
+			k, r.NoiseCount())
 	}
 	return nil
 }

@@ -236,7 +236,7 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit fu
 	} else if strings.Contains(cfg, "ensembles:") {
 		t.Fatalf("select.ensembles is set but the select stage wrote no choice: %v", err)
 	}
-	if m.Diffusion.Noises() != want || m.Map.Reference == nil || max(m.Map.Reference.Noises, 1) != want {
+	if m.Diffusion.Noises() != want || m.Map.Reference == nil || m.Map.Reference.NoiseCount() != want {
 		t.Fatalf("bundle scores with %d start noise(s), reference %+v: want %d for both", m.Diffusion.Noises(), m.Map.Reference, want)
 	}
 	var static []int
