@@ -140,6 +140,10 @@ type Options struct {
 	// NoReference scores raw maps even when the bundle has a map reference (map.reference): how the calibrate
 	// stage measures the reference itself, and how to see what it removes.
 	NoReference bool
+	// LayerMaps has every result carry each feature layer's own smoothed map (Result.LayerMaps), for comparing
+	// layer weights without rescoring. It costs one more smoothing per layer and frame, so only the select
+	// stage asks for it.
+	LayerMaps bool
 	// Ensemble, when > 0, overrides the bundle's diffusion.ensemble: how many start noises each frame is
 	// reconstructed from. For measuring what a count costs and gives (vlmdiff eval/bench --ensemble) before
 	// calibrate writes it into the bundle; the bundle's map reference and thresholds hold only for their own

@@ -357,8 +357,38 @@ func (s *Scorer) mapsAndScores(feats []layerOutput, reqs []Request) ([]Result, e
 			subtractReference(amap, s.bundle.ReferenceFor(r.Class))
 		}
 		results[i] = s.frameResult(amap, r.Class, &sc.pool)
+		if s.opt.LayerMaps && results[i].Err == nil {
+			// after frameResult: the layer maps reuse sc's map buffer, which frameResult has copied
+			lm, err := s.layerMaps(feats, i, len(reqs), sc)
+			if err != nil {
+				return nil, err
+			}
+			results[i].LayerMaps = lm
+		}
 	}
 	return results, nil
+}
+
+// layerMaps returns frame i's smoothed map of each feature layer alone, with weight 1 and no reference
+// (Result.LayerMaps). A non-finite layer map is an error of the batch: the frame's own map was finite, so
+// this cannot happen without a bug, and the select stage must not rank on it.
+func (s *Scorer) layerMaps(feats []layerOutput, i, frames int, sc *mapScratch) ([][]float32, error) {
+	H, W := s.m.Input.Height, s.m.Input.Width
+	out := make([][]float32, len(feats))
+	for l := range feats {
+		one := []layerOutput{feats[l]}
+		one[0].Weight = 1
+		m, err := smoothedAnomalyMap(one, i, frames, s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+		if err != nil {
+			return nil, err
+		}
+		f, ok := finiteFloat32(m)
+		if !ok {
+			return nil, fmt.Errorf("feature %s: the model produced non-finite values (NaN/Inf) in its map", feats[l].Name)
+		}
+		out[l] = f
+	}
+	return out, nil
 }
 
 // frameResult scores one smoothed map and applies the calibration of the frame's class; ps holds the pooling's

@@ -55,6 +55,12 @@ type Result struct {
 	Map       []float32 `json:"-"`
 	MapWidth  int       `json:"-"`
 	MapHeight int       `json:"-"`
+	// LayerMaps, only with Options.LayerMaps, holds one map per feature layer in the bundle's order: that
+	// layer's distance map upsampled and smoothed exactly like Map, but with weight 1 and without the map
+	// reference. Every step after the distance is linear, so sum_l w_l LayerMaps[l], minus the same sum of
+	// per-layer references, is the map a bundle with layer weights w gives: the select stage compares layer
+	// weights from one scoring pass.
+	LayerMaps [][]float32 `json:"-"`
 	// LatencyMS holds per-stage wall time in milliseconds (stage names: Stage* constants); for a batch, each
 	// frame carries the batch's stage time divided by the batch size.
 	LatencyMS map[string]float64 `json:"latency_ms"`

@@ -136,6 +136,15 @@ type SelectConfig struct {
 	// count costs K times the denoiser on every frame, so it is taken only when it leads the best smaller one by
 	// MinGain. Empty (default): export.extra.ensemble as configured. Needs no snapshots.
 	Ensembles []int `yaml:"ensembles"`
+	// LayerWeights, when set, are the values each feature layer's weight may take, e.g. [0, 0.5, 1]. After the
+	// denoiser weights and before the start noises, the stage scores the chosen model once, keeping every
+	// layer's own map (pipeline.Options.LayerMaps), and ranks every combination of these values on the
+	// validation set (one layer at least at the largest value: a map scaled as a whole ranks the same). The
+	// export stage then writes the chosen layers over export.feature_layers. The bundle's own weights stay
+	// unless a combination leads them by MinGain. Why: which depth of the backbone tells a defect from its
+	// material depends on the material: fine layers see a noisy texture's grain, deep ones blur small specks
+	// (docs/algorithm.md §1.9). Empty (default): export.feature_layers as configured.
+	LayerWeights []float64 `yaml:"layer_weights"`
 }
 
 // SelectMetrics are the names select.metric accepts.
@@ -381,6 +390,15 @@ func (c *Config) Validate() error {
 	}
 	if g := c.Select.MinGain; !(g > 0 && g < 1) {
 		bad("select.min_gain", "%v: want 0 < gain < 1", g)
+	}
+	if lw := c.Select.LayerWeights; len(lw) > 0 {
+		ok := len(lw) >= 2 && len(lw) <= maxLayerValues && lw[len(lw)-1] > 0 && lw[0] >= 0
+		for i := 1; i < len(lw); i++ {
+			ok = ok && lw[i] > lw[i-1]
+		}
+		if !ok {
+			bad("select.layer_weights", "%v: want 2 to %d increasing weights, at least 0, the last above 0 (e.g. [0, 0.5, 1])", lw, maxLayerValues)
+		}
 	}
 	for i, k := range c.Select.Ensembles {
 		if k < 1 || k > models.MaxEnsemble || (i > 0 && k <= c.Select.Ensembles[i-1]) {

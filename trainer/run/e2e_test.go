@@ -118,7 +118,7 @@ func backbone(t *testing.T) string {
 // 1/36 of it: about two normal-defect pairs swapped, while on PIPED's 720 test images two noises gained 2.5
 // points (docs/algorithm.md §1.3).
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n", 2)
+	trainEndToEnd(t, "tiny", 0.85, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n", 2)
 }
 
 // TestTrainTinyTaefEndToEnd runs the same pipeline and checks on the pretrained-autoencoder structure (tiny-taef:
@@ -235,6 +235,11 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit fu
 		checkEnsembleSelection(t, runDir, want)
 	} else if strings.Contains(cfg, "ensembles:") {
 		t.Fatalf("select.ensembles is set but the select stage wrote no choice: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(runDir, "select", run.LayersFile)); err == nil {
+		checkLayerSelection(t, runDir, m)
+	} else if strings.Contains(cfg, "layer_weights:") {
+		t.Fatalf("select.layer_weights is set but the select stage wrote no table: %v", err)
 	}
 	if m.Diffusion.Noises() != want || m.Map.Reference == nil || m.Map.Reference.NoiseCount() != want {
 		t.Fatalf("bundle scores with %d start noise(s), reference %+v: want %d for both", m.Diffusion.Noises(), m.Map.Reference, want)
@@ -358,6 +363,60 @@ func readCSV(t *testing.T, path string) [][]string {
 		t.Fatal(err)
 	}
 	return rows
+}
+
+// checkLayerSelection checks the select stage's table of feature-layer weights: the bundle's own weights
+// first, every other weighting of [0, 0.5, 1] over the bundle's layers once (one layer at 1), metrics in
+// [0, 1], one row chosen, and the exported bundle's layers are that row's layers of weight above 0.
+func checkLayerSelection(t *testing.T, runDir string, m *models.Manifest) {
+	t.Helper()
+	rows := readCSV(t, filepath.Join(runDir, "select", run.LayersFile))
+	if len(rows) < 2 {
+		t.Fatalf("layer weights table %v: no rows", rows)
+	}
+	n := len(rows[0]) - 7 // layer columns, then i_auroc p_auroc au_pro p_ap i_ap score chosen
+	if n < 2 {
+		t.Fatalf("layer weights table header %v: want at least two layer columns", rows[0])
+	}
+	// n layers of [0, 0.5, 1] with one at 1: 3^n - 2^n weightings, the bundle's own 1/1/... among them
+	if want := int(math.Pow(3, float64(n)) - math.Pow(2, float64(n))); len(rows)-1 != want {
+		t.Fatalf("layer weights table has %d weightings of %d layers, want %d: %v", len(rows)-1, n, want, rows)
+	}
+	for i, r := range rows[1] {
+		if i < n && r != "1" {
+			t.Fatalf("the first row %v is not the bundle's own weights 1/1/...", rows[1])
+		}
+	}
+	var chosen []string
+	for _, r := range rows[1:] {
+		for _, v := range r[n : n+5] {
+			if x, err := strconv.ParseFloat(v, 64); err != nil || x < 0 || x > 1 {
+				t.Fatalf("weighting %v: metric %q is not in [0,1]", r[:n], v)
+			}
+		}
+		if r[len(r)-1] == "true" {
+			if chosen != nil {
+				t.Fatalf("two weightings chosen: %v", rows)
+			}
+			chosen = r
+		}
+	}
+	if chosen == nil {
+		t.Fatalf("no weighting chosen: %v", rows)
+	}
+	var want []string
+	for i, name := range rows[0][:n] {
+		if w, _ := strconv.ParseFloat(chosen[i], 64); w > 0 {
+			want = append(want, fmt.Sprintf("%s=%g", name, w))
+		}
+	}
+	var got []string
+	for _, l := range m.Features.Layers {
+		got = append(got, fmt.Sprintf("%s=%g", l.Name, l.Weight))
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("the bundle's feature layers are %v, the select stage chose %v", got, want)
+	}
 }
 
 // checkEnsembleSelection checks the select stage's table of start-noise counts: one row per count of

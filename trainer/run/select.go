@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -116,8 +117,9 @@ func bestCandidate(rs []candidateResult, minGain float64) (int, string) {
 
 // runSelect scores each candidate: export its bundle, measure its map reference on training normals, evaluate
 // the synthetic-defect validation set; the best candidate's model is what the export stage exports. Without
-// snapshots (train.snapshot_every 0) it passes the train stage's model on. With select.ensembles it then scores
-// the chosen weights with each start-noise count and passes the chosen count on too.
+// snapshots (train.snapshot_every 0) it passes the train stage's model on. With select.layer_weights it then
+// weighs the feature layers of the chosen model, and with select.ensembles it scores the chosen model and
+// layers with each start-noise count; the export stage writes both choices.
 func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]string, error) {
 	c := t.Config
 	final := sc.Output("train", "model")
@@ -125,7 +127,7 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 		return nil, fmt.Errorf("the train stage recorded no model output")
 	}
 	snaps := sc.Output("train", "snapshots")
-	if snaps == "" && len(c.Select.Ensembles) == 0 {
+	if snaps == "" && len(c.Select.Ensembles) == 0 && len(c.Select.LayerWeights) == 0 {
 		fmt.Fprintln(sc.Progress, "[select] no snapshots (train.snapshot_every is 0): exporting the train stage's model")
 		return map[string]string{"model": final}, nil
 	}
@@ -141,7 +143,7 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 	if err != nil {
 		return nil, err
 	}
-	if err := t.pruneFeatures(ctx, sc); err != nil {
+	if err := t.pruneFeatures(ctx, sc, nil); err != nil {
 		return nil, err
 	}
 	outs := map[string]string{"model": final, "val_data": valData}
@@ -154,8 +156,31 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 	} else {
 		fmt.Fprintln(sc.Progress, "[select] no snapshots (train.snapshot_every is 0): the train stage's model")
 	}
+	var layers [][2]any
+	if len(c.Select.LayerWeights) > 0 {
+		k := 0 // the export config's count, or the cheapest the ensemble choice below will consider
+		if len(c.Select.Ensembles) > 0 {
+			k = c.Select.Ensembles[0]
+		}
+		chosen, table, err := t.selectLayers(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, k)
+		if err != nil {
+			return nil, err
+		}
+		if chosen != nil {
+			layers = chosen
+			b, err := json.Marshal(chosen)
+			if err != nil {
+				return nil, err
+			}
+			p := filepath.Join(dir, LayersChoiceFile)
+			if err := os.WriteFile(p, append(b, '\n'), 0o644); err != nil {
+				return nil, err
+			}
+			outs["feature_layers"], outs["layer_weights"] = p, table
+		}
+	}
 	if len(c.Select.Ensembles) > 0 {
-		k, table, err := t.selectEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir)
+		k, table, err := t.selectEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, layers)
 		if err != nil {
 			return nil, err
 		}
@@ -180,7 +205,7 @@ func (t *Training) selectWeights(ctx context.Context, sc *StageContext, items []
 	fmt.Fprintf(sc.Progress, "[select] %d candidates, ranked by %s on %s\n", len(cands), c.Select.Metric, valData)
 	var res []candidateResult
 	for _, cand := range cands {
-		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), 0)
+		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), 0, nil)
 		if err != nil {
 			return "", "", fmt.Errorf("candidate %s (%s): %w", cand.Name, cand.Model, err)
 		}
@@ -225,14 +250,14 @@ func selectedEnsemble(sc *StageContext) (int, error) {
 
 // selectEnsemble scores the chosen weights with each count of select.ensembles (each with its own map
 // reference, as calibrate would measure it) and returns the chosen count and the path of its table.
-func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string) (int, string, error) {
+func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, layers [][2]any) (int, string, error) {
 	c := t.Config
 	ks := c.Select.Ensembles
 	fmt.Fprintf(sc.Progress, "[select] start noises per frame %v for %s, ranked by %s on %s\n", ks, cand.Model, c.Select.Metric, valData)
 	res := make([]candidateResult, len(ks))
 	for i, k := range ks {
 		cand.Name = fmt.Sprintf("noises-%d", k)
-		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), k)
+		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), k, layers)
 		if err != nil {
 			return 0, "", fmt.Errorf("%d start noises: %w", k, err)
 		}
@@ -291,23 +316,37 @@ func (t *Training) selectValData(ctx context.Context, sc *StageContext, items []
 	return out, nil
 }
 
-// scoreCandidate exports one candidate into work, scores the validation set with its own map reference (as
-// calibrate would give it) and removes the bundle again: only the metrics are kept. ensemble > 0 exports it
-// with that many start noises per frame instead of the export config's.
-func (t *Training) scoreCandidate(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, work string, ensemble int) (metrics.Metrics, error) {
-	c := t.Config
+// exportCandidate exports one candidate into work/bundle, without parity probes (the export stage checks the
+// bundle that ships). ensemble > 0 exports it with that many start noises per frame and layers, when set, with
+// those feature layers, instead of the export config's. The caller removes work.
+func (t *Training) exportCandidate(ctx context.Context, sc *StageContext, cand candidate, work string, ensemble int, layers [][2]any) (string, error) {
 	m := t.exportConfig(sc)
 	bundle := filepath.Join(work, "bundle")
 	m["model"], m["out"], m["run_dir"] = cand.Model, bundle, work
-	delete(m, "probes") // no parity probes: the export stage checks the bundle that ships
+	delete(m, "probes")
 	if ensemble > 0 {
 		m["ensemble"] = ensemble
 	}
-	if err := os.RemoveAll(work); err != nil {
-		return metrics.Metrics{}, err
+	if len(layers) > 0 {
+		m["feature_layers"] = layers
 	}
-	defer os.RemoveAll(work)
+	if err := os.RemoveAll(work); err != nil {
+		return "", err
+	}
 	if _, err := t.python(ctx, sc, "export", m, nil); err != nil {
+		return "", err
+	}
+	return bundle, nil
+}
+
+// scoreCandidate exports one candidate into work, scores the validation set with its own map reference (as
+// calibrate would give it) and removes the bundle again: only the metrics are kept. ensemble and layers
+// override the export config's as in exportCandidate.
+func (t *Training) scoreCandidate(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, work string, ensemble int, layers [][2]any) (metrics.Metrics, error) {
+	c := t.Config
+	bundle, err := t.exportCandidate(ctx, sc, cand, work, ensemble, layers)
+	defer os.RemoveAll(work)
+	if err != nil {
 		return metrics.Metrics{}, err
 	}
 	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, "[select] "+cand.Name+" "); err != nil {

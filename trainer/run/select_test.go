@@ -126,6 +126,11 @@ func TestSelectConfigChecked(t *testing.T) {
 		{"select:\n  ensembles: [1, 1]\n", "select.ensembles"},
 		{"select:\n  ensembles: [0, 2]\n", "select.ensembles"},
 		{"select:\n  ensembles: [1, 17]\n", "select.ensembles"},
+		{"select:\n  layer_weights: [1]\n", "select.layer_weights"},
+		{"select:\n  layer_weights: [1, 0.5]\n", "select.layer_weights"},
+		{"select:\n  layer_weights: [-1, 1]\n", "select.layer_weights"},
+		{"select:\n  layer_weights: [0, 0]\n", "select.layer_weights"},
+		{"select:\n  layer_weights: [0, 0.2, 0.4, 0.6, 0.8, 1]\n", "select.layer_weights"},
 		{"train:\n  max_steps: 1\n  snapshot_every: -2\n", "train.snapshot_every"},
 	} {
 		raw := base + tc.yaml

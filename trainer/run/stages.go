@@ -254,14 +254,19 @@ func (t *Training) exportConfig(sc *StageContext) map[string]any {
 // prunedFeatures is where runExport writes the feature backbone pruned to export.feature_layers.
 func prunedFeatures(sc *StageContext) string { return sc.Path("export", "features.onnx") }
 
-// pruneFeatures writes prunedFeatures when export.feature_layers names a subset of export.features_onnx.
-func (t *Training) pruneFeatures(ctx context.Context, sc *StageContext) error {
+// pruneFeatures writes prunedFeatures, export.features_onnx pruned to the layers named: layers when given
+// (the select stage's choice), else export.feature_layers; nothing without export.features_onnx or names. A
+// pruned graph computes nothing past its deepest layer.
+func (t *Training) pruneFeatures(ctx context.Context, sc *StageContext, layers [][2]any) error {
 	e := t.Config.Export
-	if e.FeaturesONNX == "" || len(e.FeatureLayers) == 0 {
+	if len(layers) == 0 {
+		layers = e.FeatureLayers
+	}
+	if e.FeaturesONNX == "" || len(layers) == 0 {
 		return nil
 	}
-	keep := make([]string, len(e.FeatureLayers))
-	for i, l := range e.FeatureLayers {
+	keep := make([]string, len(layers))
+	for i, l := range layers {
 		keep[i] = l[0].(string)
 	}
 	pruned := prunedFeatures(sc)
@@ -418,8 +423,19 @@ func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]
 		m["ensemble"] = k // chosen on the validation set (select.ensembles), over export.extra.ensemble
 		fmt.Fprintf(sc.Progress, "[export] %d start noise(s) per frame, as the select stage chose\n", k)
 	}
+	layers, err := selectedLayers(sc)
+	if err != nil {
+		return nil, err
+	}
+	if layers != nil {
+		m["feature_layers"] = layers // chosen on the validation set (select.layer_weights), over export.feature_layers
+		if e.FeaturesONNX != "" {
+			m["features_onnx"] = prunedFeatures(sc)
+		}
+		fmt.Fprintf(sc.Progress, "[export] feature layers %v, as the select stage chose\n", layers)
+	}
 	bundle := sc.Path("bundle")
-	if err := t.pruneFeatures(ctx, sc); err != nil {
+	if err := t.pruneFeatures(ctx, sc, layers); err != nil {
 		return nil, err
 	}
 	if _, err := t.python(ctx, sc, "export", m, nil); err != nil {
@@ -598,26 +614,36 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 
 // evaluateValData scores the test split of a synthetic-defect validation set (MVTec layout, masks checked).
 func evaluateValData(ctx context.Context, s *pipeline.Scorer, root string, classes []string, opts eval.Options) (metrics.Report, error) {
-	items, err := dataset.OpenWith(root, dataset.Options{})
+	val, err := valItems(root, classes)
 	if err != nil {
-		return metrics.Report{}, fmt.Errorf("evaluate.val_data: %w", err)
-	}
-	items, issues, err := dataset.CheckMasks(items, dataset.LabelByFolder)
-	if err != nil {
-		return metrics.Report{}, fmt.Errorf("evaluate.val_data: %w", err)
-	}
-	if len(issues) > 0 {
-		return metrics.Report{}, fmt.Errorf("evaluate.val_data %s: %s", root, dataset.FormatMaskIssues(issues, dataset.LabelByFolder))
-	}
-	val := eval.Select(items, dataset.SplitTest, classes, false)
-	if len(val) == 0 {
-		return metrics.Report{}, fmt.Errorf("evaluate.val_data %s: no test images of classes %v", root, classes)
+		return metrics.Report{}, err
 	}
 	rep, _, err := eval.Evaluate(ctx, s, val, opts)
 	if err != nil {
 		return metrics.Report{}, fmt.Errorf("evaluate.val_data: %w", err)
 	}
 	return rep, nil
+}
+
+// valItems reads a synthetic-defect validation set (MVTec layout): its test images of the classes, masks
+// checked (a defect image without a masked pixel is refused: the painter never writes one).
+func valItems(root string, classes []string) ([]dataset.Item, error) {
+	items, err := dataset.OpenWith(root, dataset.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("evaluate.val_data: %w", err)
+	}
+	items, issues, err := dataset.CheckMasks(items, dataset.LabelByFolder)
+	if err != nil {
+		return nil, fmt.Errorf("evaluate.val_data: %w", err)
+	}
+	if len(issues) > 0 {
+		return nil, fmt.Errorf("evaluate.val_data %s: %s", root, dataset.FormatMaskIssues(issues, dataset.LabelByFolder))
+	}
+	val := eval.Select(items, dataset.SplitTest, classes, false)
+	if len(val) == 0 {
+		return nil, fmt.Errorf("evaluate.val_data %s: no test images of classes %v", root, classes)
+	}
+	return val, nil
 }
 
 func (t *Training) runRegister(ctx context.Context, sc *StageContext) (map[string]string, error) {

@@ -1,0 +1,99 @@
+package run
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// TestLayerCandidates: the grid holds every weighting of the values with one layer at the largest value, each
+// once; the bundle's own weights come first, and grid vectors that only scale them are left out.
+func TestLayerCandidates(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		own    []float64
+		values []float64
+		want   [][]float64
+	}{
+		{"two layers, own in the grid", []float64{1, 1}, []float64{0, 0.5, 1},
+			[][]float64{{1, 1}, {0, 1}, {0.5, 1}, {1, 0}, {1, 0.5}}},
+		{"own scaled: 0.5/0.5 is 1/1", []float64{0.5, 0.5}, []float64{0, 1},
+			[][]float64{{0.5, 0.5}, {0, 1}, {1, 0}}},
+		{"own off the grid", []float64{1, 0.3}, []float64{0, 1},
+			[][]float64{{1, 0.3}, {0, 1}, {1, 0}, {1, 1}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := layerCandidates(tc.own, tc.values); !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("layerCandidates(%v, %v) = %v, want %v", tc.own, tc.values, got, tc.want)
+			}
+		})
+	}
+	// three layers of [0, 0.5, 1]: 27 vectors, 8 without a 1 among them
+	if n := len(layerGrid(3, []float64{0, 0.5, 1})); n != 19 {
+		t.Errorf("layerGrid(3, [0 0.5 1]) has %d vectors, want 19", n)
+	}
+}
+
+// TestBestLayers: another weighting replaces the bundle's own (row 0) only on an informative set and by at
+// least min_gain; among equal scores the bundle's own stays.
+func TestBestLayers(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		scores []float64
+		want   int
+		reason string
+	}{
+		{"a clear lead", []float64{0.68, 0.70, 0.72}, 2, "leads the bundle's own"},
+		{"a lead under min_gain", []float64{0.68, 0.685, 0.689}, 0, "less than select.min_gain"},
+		{"own is best", []float64{0.70, 0.65, 0.70}, 0, "score highest"},
+		{"a set at chance", []float64{0.40, 0.45, 0.52}, 0, "keeping the bundle's own"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := make([]candidateResult, len(tc.scores))
+			for i, s := range tc.scores {
+				rs[i].Score, rs[i].Name = s, string(rune('a'+i))
+			}
+			got, why := bestLayers(rs, 0.01)
+			if got != tc.want || !strings.Contains(why, tc.reason) {
+				t.Fatalf("bestLayers(%v) = %d (%s), want %d (%q)", tc.scores, got, why, tc.want, tc.reason)
+			}
+		})
+	}
+}
+
+// TestSelectedLayers: the export stage reads the select stage's choice back, and a damaged file is an error
+// naming it rather than a bundle with other layers.
+func TestSelectedLayers(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, file string
+		want       [][2]any
+		err        string
+	}{
+		{"two layers", `[["stage2",1],["stage3",0.5]]`, [][2]any{{"stage2", 1.0}, {"stage3", 0.5}}, ""},
+		{"a zero weight", `[["stage2",0]]`, nil, "not [name, weight > 0]"},
+		{"a missing weight", `[["stage2"]]`, nil, "not [name, weight > 0]"},
+		{"no layer", `[]`, nil, "no layer"},
+		{"not json", `stage2`, nil, "feature_layers.json"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, LayersChoiceFile)
+			if err := os.WriteFile(p, []byte(tc.file), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			sc := &StageContext{Dir: dir, records: map[string]*Record{"select": {Outputs: map[string]string{"feature_layers": p}}}}
+			got, err := selectedLayers(sc)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("selectedLayers = %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+}
