@@ -105,6 +105,12 @@ type Options struct {
 	Providers []string
 	// Threads is ONNX Runtime's intra-op thread count per session (0 = ONNX Runtime's default).
 	Threads int
+	// DenoiserThreads, when > 0, is the intra-op thread count of the denoiser's sessions (dynamic, static and
+	// time graphs) instead of Threads. A small denoiser step is about a thousand short operators on tensors of
+	// a few thousand values: a second thread adds a wake-up and a join to each of them and gains little
+	// arithmetic, while the encoder, decoder and feature graphs are few large convolutions that two threads
+	// split well (docs/operations.md, "Tuning scoring speed").
+	DenoiserThreads int
 	// Spin lets ONNX Runtime's idle worker threads spin-wait between operators. Off by default: spinning
 	// only pays when the cores are otherwise idle, and on small CPUs it slows scoring down.
 	Spin bool

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -129,7 +130,11 @@ func (s *Scorer) newGraph(name, file string, in, out []string) (*graph, error) {
 
 // newGraphAt is newGraph, optionally without ONNX Runtime's layout pass (staticNoLayout).
 func (s *Scorer) newGraphAt(name, file string, in, out []string, noLayout bool) (*graph, error) {
-	so, provider, err := newSessionOptions(s.opt, &cudaFallbackOnce)
+	o := s.opt
+	if o.DenoiserThreads > 0 && strings.HasPrefix(name, models.RoleDenoiser) {
+		o.Threads = o.DenoiserThreads
+	}
+	so, provider, err := newSessionOptions(o, &cudaFallbackOnce)
 	if err != nil {
 		return nil, err
 	}

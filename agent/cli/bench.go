@@ -25,22 +25,24 @@ func init() {
 
 // benchReport is what `vlmdiff bench` measured; --json prints it as is, for tracking across builds.
 type benchReport struct {
-	Bundle        string       `json:"bundle"`
-	Version       string       `json:"version"`
-	Width         int          `json:"width"`
-	Height        int          `json:"height"`
-	DDIMSteps     int          `json:"ddim_steps"`
-	Ensemble      int          `json:"ensemble"` // start noises per frame (diffusion.ensemble or --ensemble)
-	FeatureLayers int          `json:"feature_layers"`
-	Provider      string       `json:"provider"`
-	Threads       int          `json:"threads"`
-	Spin          bool         `json:"spin"`
-	GOMAXPROCS    int          `json:"gomaxprocs"`
-	OpenMS        float64      `json:"open_ms"`
-	FirstFrameMS  float64      `json:"first_frame_ms"`
-	Stages        []benchStage `json:"stages"`
-	Batches       []benchBatch `json:"batches"`
-	PeakRSSMiB    float64      `json:"peak_rss_mib"`
+	Bundle        string `json:"bundle"`
+	Version       string `json:"version"`
+	Width         int    `json:"width"`
+	Height        int    `json:"height"`
+	DDIMSteps     int    `json:"ddim_steps"`
+	Ensemble      int    `json:"ensemble"` // start noises per frame (diffusion.ensemble or --ensemble)
+	FeatureLayers int    `json:"feature_layers"`
+	Provider      string `json:"provider"`
+	Threads       int    `json:"threads"`
+	// DenoiserThreads is --denoiser-threads (0: the denoiser runs on Threads too).
+	DenoiserThreads int          `json:"denoiser_threads,omitempty"`
+	Spin            bool         `json:"spin"`
+	GOMAXPROCS      int          `json:"gomaxprocs"`
+	OpenMS          float64      `json:"open_ms"`
+	FirstFrameMS    float64      `json:"first_frame_ms"`
+	Stages          []benchStage `json:"stages"`
+	Batches         []benchBatch `json:"batches"`
+	PeakRSSMiB      float64      `json:"peak_rss_mib"`
 	// DynamicOnly: the bundle's static-shape denoisers were ignored (--dynamic-only).
 	DynamicOnly bool            `json:"dynamic_only"`
 	Floor       *benchFloor     `json:"floor,omitempty"`
@@ -168,7 +170,7 @@ func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, s
 	}
 	rep := &benchReport{Bundle: m.Name, Version: m.Version, Width: m.Input.Width, Height: m.Input.Height,
 		DDIMSteps: m.Diffusion.DDIMSteps, Ensemble: s.Ensemble(), FeatureLayers: len(m.Features.Layers), Provider: s.Provider(),
-		Threads: sf.Threads, Spin: sf.Spin, GOMAXPROCS: runtime.GOMAXPROCS(0), OpenMS: openMS,
+		Threads: sf.Threads, DenoiserThreads: sf.DenoiserThreads, Spin: sf.Spin, GOMAXPROCS: runtime.GOMAXPROCS(0), OpenMS: openMS,
 		FirstFrameMS: time.Since(first).Seconds() * 1000, DynamicOnly: sf.DynamicOnly}
 	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
 		pipeline.StageDecode, pipeline.StageFeatures, pipeline.StageMap, pipeline.StageTotal}
@@ -276,8 +278,12 @@ func benchImages(paths []string, w, h int) ([]pipeline.Image, error) {
 
 // writeBenchTables prints the report as the human-readable tables.
 func writeBenchTables(w io.Writer, rep *benchReport) {
-	fmt.Fprintf(w, "bundle %s %s  input %dx%d  ddim %d  noises %d  features %d layers  provider %s  threads %d  spin %v  GOMAXPROCS %d\n",
-		rep.Bundle, rep.Version, rep.Width, rep.Height, rep.DDIMSteps, rep.Ensemble, rep.FeatureLayers, rep.Provider, rep.Threads,
+	dt := ""
+	if rep.DenoiserThreads > 0 {
+		dt = fmt.Sprintf(" (denoiser %d)", rep.DenoiserThreads)
+	}
+	fmt.Fprintf(w, "bundle %s %s  input %dx%d  ddim %d  noises %d  features %d layers  provider %s  threads %d%s  spin %v  GOMAXPROCS %d\n",
+		rep.Bundle, rep.Version, rep.Width, rep.Height, rep.DDIMSteps, rep.Ensemble, rep.FeatureLayers, rep.Provider, rep.Threads, dt,
 		rep.Spin, rep.GOMAXPROCS)
 	fmt.Fprintf(w, "open+verify %.0f ms, first frame (warm-up) %.0f ms\n\n", rep.OpenMS, rep.FirstFrameMS)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

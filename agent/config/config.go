@@ -53,6 +53,9 @@ type Models struct {
 	Providers []string `yaml:"providers"`
 	// Threads per ONNX Runtime session (intra-op); 0 = ONNX Runtime's choice.
 	Threads int `yaml:"threads"`
+	// DenoiserThreads, when > 0, replaces Threads for the denoiser's sessions: a small denoiser's thousand
+	// short operators per step may run faster on one thread (docs/operations.md, "Tuning scoring speed"). 0 = Threads.
+	DenoiserThreads int `yaml:"denoiser_threads"`
 	// Spin lets ONNX Runtime's idle threads spin-wait between operators (lower latency only when the cores
 	// are otherwise idle; slower on small CPUs). Default false.
 	Spin bool `yaml:"spin"`

@@ -201,6 +201,9 @@ cameras: [{name: a, kind: folder, path: /x, folder: {after: shred}}]`, nil, []st
 		{"bad provider", `
 models: {dir: /m, providers: [tpu]}
 cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.providers[0]: must be cuda or cpu"}},
+		{"negative denoiser threads", `
+models: {dir: /m, denoiser_threads: -1}
+cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.denoiser_threads: must be >= 0"}},
 		{"batch too big", `
 models: {dir: /m, batch: 100}
 cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.batch: must be 1..64"}},

@@ -215,6 +215,9 @@ func (c *Config) Validate() error {
 	if m.Threads < 0 {
 		bad("models.threads", "must be >= 0 (0 = ONNX Runtime's choice)")
 	}
+	if m.DenoiserThreads < 0 {
+		bad("models.denoiser_threads", "must be >= 0 (0 = models.threads)")
+	}
 	if m.Batch < 1 || m.Batch > 64 {
 		bad("models.batch", "must be 1..64, not %d", m.Batch)
 	}

@@ -15,12 +15,14 @@ type Flags struct {
 	Bundle    string
 	Providers string
 	Threads   int
-	Spin      bool
-	Library   string
-	ClassCond bool
-	Lean      bool
-	Pattern   bool
-	Shared    bool
+	// DenoiserThreads is pipeline.Options.DenoiserThreads (0 = Threads).
+	DenoiserThreads int
+	Spin            bool
+	Library         string
+	ClassCond       bool
+	Lean            bool
+	Pattern         bool
+	Shared          bool
 	// DynamicOnly ignores the bundle's static-shape denoiser graphs (pipeline.Options.DynamicOnly).
 	DynamicOnly bool
 	// NoReference scores raw maps, ignoring the bundle's map reference (pipeline.Options.NoReference).
@@ -40,6 +42,7 @@ func (f *Flags) Register(fs interface {
 	fs.StringVar(&f.Bundle, "bundle", "", "model bundle directory (required)")
 	fs.StringVar(&f.Providers, "providers", "auto", "execution providers in order of preference: cuda, cpu, or auto (CUDA when usable, quietly CPU otherwise)")
 	fs.IntVar(&f.Threads, "threads", 0, "ONNX Runtime intra-op threads per session (0 = all cores)")
+	fs.IntVar(&f.DenoiserThreads, "denoiser-threads", 0, "ONNX Runtime intra-op threads of the denoiser's sessions (0 = --threads); its small operators may run faster on one")
 	fs.BoolVar(&f.Spin, "spin", false, "let ONNX Runtime's idle threads spin-wait (faster only on otherwise idle cores)")
 	fs.StringVar(&f.Library, "onnxruntime", "", "path of libonnxruntime.so (default: $"+pipeline.EnvLibrary+", then .deps/lib)")
 	fs.BoolVar(&f.ClassCond, "class-conditioning", false, "condition on the class prompt when the bundle has one (uses CFG)")
@@ -61,7 +64,7 @@ func (f *Flags) Options() pipeline.Options {
 			prov = append(prov, p)
 		}
 	}
-	return pipeline.Options{Providers: prov, Threads: f.Threads, Spin: f.Spin, Library: f.Library, ClassConditioning: f.ClassCond,
+	return pipeline.Options{Providers: prov, Threads: f.Threads, DenoiserThreads: f.DenoiserThreads, Spin: f.Spin, Library: f.Library, ClassConditioning: f.ClassCond,
 		LeanMemory: f.Lean, NoMemPattern: !f.Pattern,
 		SharedArena: f.Shared, DynamicOnly: f.DynamicOnly, NoReference: f.NoReference, StaticNoLayout: f.StaticNoLayout,
 		Ensemble: f.Ensemble}
