@@ -18,7 +18,7 @@ func init() {
 }
 
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--ensemble K] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--ensemble K] [--feature-weights a=1,b=0.5] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -31,6 +31,8 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	reference := fs.String("reference", eval.ReferenceKeep, "the bundle's map reference (the mean normal map per class, subtracted from every map): keep it as it is, "+
 		"train (measure it on --data's training normals, whole frames), or none (remove it)")
 	refPer := fs.Int("reference-per-class", eval.DefaultReferencePerClass, "training normals per class averaged into --reference train")
+	weights := fs.String("feature-weights", "", "score with these feature layers from now on, name=weight,... (e.g. stage1=1,stage2=0.5,stage3=1; 0 leaves a layer out; "+
+		"outputs of the bundle's feature graph): written into the bundle before the reference and thresholds are measured with them (`vlmdiff eval --weigh-layers` compares weightings)")
 	dry := fs.Bool("dry-run", false, "print the calibration without writing it into the bundle")
 	if err := Parse(fs, args); err != nil {
 		return err
@@ -61,6 +63,11 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	if err := checkEnsemble(sf.Bundle, sf.Ensemble, *reference); err != nil {
 		return err
+	}
+	if *weights != "" {
+		if err := setFeatureWeights(sf.Bundle, *weights, *reference, *dry, stderr); err != nil {
+			return err
+		}
 	}
 	items, classes, err := df.items()
 	if err != nil {
@@ -125,6 +132,38 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	fmt.Fprintf(stderr, "calibration (%s) written to %s\n", cal.Method, filepath.Join(sf.Bundle, "bundle.json"))
+	return nil
+}
+
+// setFeatureWeights writes --feature-weights into the bundle's manifest. New weights change every map, so a
+// kept reference (measured with the old ones) and a dry run (which would calibrate maps the bundle does not
+// score) are refused before anything is written.
+func setFeatureWeights(bundle, spec, reference string, dry bool, stderr io.Writer) error {
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return err
+	}
+	layers, err := parseFeatureWeights(spec, m)
+	if err != nil {
+		return err
+	}
+	if sameLayers(layers, m.Features.Layers) {
+		return nil
+	}
+	switch {
+	case dry:
+		return fmt.Errorf("--feature-weights changes the bundle; it cannot be combined with --dry-run (compare weightings with vlmdiff eval --weigh-layers)")
+	case reference == eval.ReferenceKeep && m.Map.Reference != nil:
+		return fmt.Errorf("--feature-weights changes every map, and the bundle's map reference was measured with its old weights: add --reference train (or none)")
+	}
+	m.Features.Layers = layers
+	if err := models.WriteManifest(bundle, m); err != nil {
+		return err
+	}
+	if err := models.Verify(bundle); err != nil {
+		return fmt.Errorf("the bundle with --feature-weights %s: %w", spec, err)
+	}
+	fmt.Fprintf(stderr, "feature layers %s written\n", spec)
 	return nil
 }
 

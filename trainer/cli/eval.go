@@ -74,7 +74,7 @@ func (d *dataFlags) items() ([]dataset.Item, []string, error) {
 }
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR] [--curves DIR] [--baseline mean-diff] [--maps DIR] [--paper-auroc-flip] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR [--weigh-layers 0,0.5,1]] [--curves DIR] [--baseline mean-diff] [--maps DIR] [--paper-auroc-flip] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -87,6 +87,10 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	curves := fs.String("curves", "", "a run's curves directory (<run-dir>/curves): loss plots rendered and embedded in report.html")
 	valData := fs.String("val-data", "", "a synthetic-defect validation set (`vlmdiff synth defects` output, MVTec layout): evaluated too and reported as its own table beside the test")
 	maps := fs.String("maps", "", "also write every anomaly map (float32, with maps.csv) under this directory, test/ and validation/, for offline study")
+	weigh := fs.String("weigh-layers", "", "instead of evaluating: rank every weighting of the bundle's feature layers by these values (e.g. 0,0.5,1) on --val-data, "+
+		"each with its map reference measured on --data's training normals (--reference-per-class), and print the table; never on the test split. "+
+		"`vlmdiff calibrate --feature-weights` writes a choice")
+	refPer := fs.Int("reference-per-class", eval.DefaultReferencePerClass, "training normals per class in each weighting's map reference (--weigh-layers)")
 	baseline := fs.String("baseline", "", "also score a trivial baseline on the same images and print it beside the bundle: mean-diff (per-pixel difference from each class's mean training image)")
 	if err := Parse(fs, args); err != nil {
 		return err
@@ -110,6 +114,27 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	items, classes, err := df.items()
 	if err != nil {
 		return err
+	}
+	if *weigh != "" {
+		values, err := parseWeightValues(*weigh)
+		if err != nil {
+			return err
+		}
+		if *valData == "" || region != nil || *baseline != "" || *maps != "" {
+			return fmt.Errorf("--weigh-layers ranks on --val-data (a painted set, never the test split) and takes no --roi, --camera, --baseline or --maps")
+		}
+		vf := df
+		vf.data, vf.layout, vf.valFraction = *valData, dataset.LayoutAuto, 0
+		vitems, _, err := vf.items()
+		if err != nil {
+			return fmt.Errorf("--val-data: %w", err)
+		}
+		val := eval.Select(vitems, dataset.SplitTest, classes, false)
+		if len(val) == 0 {
+			return fmt.Errorf("--val-data %s: no test images (classes %v)", *valData, classes)
+		}
+		train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, classes, true), *refPer)
+		return weighLayers(ctx, sf.Options(), sf.Bundle, values, train, val, df.batch, stdout, stderr)
 	}
 	test := eval.Select(items, *split, classes, false)
 	if len(test) == 0 {

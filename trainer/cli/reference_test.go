@@ -153,3 +153,66 @@ func calibrateTree(t *testing.T, train int) (dir, data, bundle string) {
 	}
 	return dir, data, bundle
 }
+
+// TestWeighAndSetFeatureWeights: `vlmdiff eval --weigh-layers` ranks every weighting of the bundle's layers on
+// the --val-data set (the bundle's own first in the table's marks) and writes nothing; `vlmdiff calibrate
+// --feature-weights` writes a choice, refusing to keep a reference measured with the old weights, names that
+// are not feature outputs, and weightings without a layer.
+func TestWeighAndSetFeatureWeights(t *testing.T) {
+	_, data, bundle := calibrateTree(t, 3)
+	run := cliRun
+	base := []string{"calibrate", "--bundle", bundle, "--data", data, "--val-fraction", "0", "--split", "train", "--threads", "1"}
+	if code, _, stderr := run(append(base, "--reference", "train")...); code != 0 {
+		t.Fatalf("calibrate --reference train: exit %d\n%s", code, stderr)
+	}
+	before, err := os.ReadFile(filepath.Join(bundle, models.ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	weigh := []string{"eval", "--bundle", bundle, "--data", data, "--val-fraction", "0", "--threads", "1", "--weigh-layers", "0,1"}
+	code, table, stderr := run(append(weigh, "--val-data", data)...)
+	if code != 0 {
+		t.Fatalf("eval --weigh-layers: exit %d\n%s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(table), "\n")
+	// two layers of [0, 1] with one at 1: 0/1, 1/0 and the bundle's 1/1
+	if len(lines) != 4 || !strings.Contains(lines[0], "layer1 / layer2") || strings.Count(table, "<- the bundle's") != 1 ||
+		!strings.Contains(table, "1/1") || !strings.Contains(table, "0/1") || !strings.Contains(table, "1/0") {
+		t.Fatalf("eval --weigh-layers table:\n%s", table)
+	}
+	if after, _ := os.ReadFile(filepath.Join(bundle, models.ManifestFile)); !bytes.Equal(after, before) {
+		t.Errorf("eval --weigh-layers changed the bundle")
+	}
+	if code, _, stderr := run(weigh...); code == 0 || !strings.Contains(stderr, "--val-data") {
+		t.Errorf("eval --weigh-layers without --val-data: exit %d, stderr %q", code, stderr)
+	}
+	for _, tc := range []struct{ flags, want string }{
+		{"layer1=1,layer2=0", "--reference train"}, // the kept reference holds for 1/1
+		{"layer9=1", "not an output"},
+		{"layer1=0,layer2=0", "no layer with a weight above 0"},
+		{"layer1=1,layer1=2", "appears twice"},
+		{"layer1", "want name=weight"},
+	} {
+		if code, _, stderr := run(append(base, "--feature-weights", tc.flags)...); code == 0 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("calibrate --feature-weights %s: exit %d, stderr %q, want %q", tc.flags, code, stderr, tc.want)
+		}
+	}
+	if after, _ := os.ReadFile(filepath.Join(bundle, models.ManifestFile)); !bytes.Equal(after, before) {
+		t.Fatalf("a refused --feature-weights changed the bundle")
+	}
+	code, out, stderr := run(append(base, "--feature-weights", "layer1=0,layer2=0.5", "--reference", "train")...)
+	if code != 0 {
+		t.Fatalf("calibrate --feature-weights layer1=0,layer2=0.5 --reference train: exit %d\n%s", code, stderr)
+	}
+	b, err := models.Load(bundle)
+	if err != nil {
+		t.Fatalf("the bundle no longer loads: %v", err)
+	}
+	if l := b.Manifest.Features.Layers; len(l) != 1 || l[0].Name != "layer2" || l[0].Weight != 0.5 || b.Manifest.Map.Reference == nil {
+		t.Fatalf("after --feature-weights: layers %+v, reference %+v", l, b.Manifest.Map.Reference)
+	}
+	// the same weights again keep the reference: nothing changes, so nothing is refused
+	if code, again, stderr := run(append(base, "--feature-weights", "layer2=0.5")...); code != 0 || again != out {
+		t.Errorf("calibrate with the bundle's own weights: exit %d, table\n%s\nwant\n%s\n%s", code, again, out, stderr)
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,74 +28,7 @@ const (
 	// bundle's layers: each is a pass of the metrics over the validation maps.
 	maxLayerValues     = 5
 	maxLayerCandidates = 256
-	// referenceChunk is how many reference normals are scored at a time: their layer maps are summed and
-	// dropped, so the reference costs the memory of a chunk, not of every normal.
-	referenceChunk = 32
 )
-
-// layerGrid returns every weight vector over n layers whose entries come from values (increasing) and whose
-// largest entry is the largest value. A map multiplied by a constant ranks images and pixels the same, so
-// vectors that differ only by a factor need not be scored twice.
-func layerGrid(n int, values []float64) [][]float64 {
-	top := values[len(values)-1]
-	var out [][]float64
-	w := make([]float64, n)
-	var walk func(i int)
-	walk = func(i int) {
-		if i == n {
-			for _, v := range w {
-				if v == top {
-					out = append(out, append([]float64(nil), w...))
-					return
-				}
-			}
-			return
-		}
-		for _, v := range values {
-			w[i] = v
-			walk(i + 1)
-		}
-	}
-	walk(0)
-	return out
-}
-
-// sameDirection reports whether a and b are the same weights up to a positive factor.
-func sameDirection(a, b []float64) bool {
-	ma, mb := 0.0, 0.0
-	for i := range a {
-		ma, mb = math.Max(ma, a[i]), math.Max(mb, b[i])
-	}
-	if ma <= 0 || mb <= 0 {
-		return false
-	}
-	for i := range a {
-		if math.Abs(a[i]/ma-b[i]/mb) > 1e-9 {
-			return false
-		}
-	}
-	return true
-}
-
-// layerCandidates is the bundle's own weights first, then the grid without the vectors that scale them.
-func layerCandidates(own []float64, values []float64) [][]float64 {
-	out := [][]float64{own}
-	for _, w := range layerGrid(len(own), values) {
-		if !sameDirection(w, own) {
-			out = append(out, w)
-		}
-	}
-	return out
-}
-
-// layerName is a candidate's name in the tables: its weights in layer order, e.g. "1/0.5/1".
-func layerName(w []float64) string {
-	s := make([]string, len(w))
-	for i, v := range w {
-		s[i] = strconv.FormatFloat(v, 'g', 4, 64)
-	}
-	return strings.Join(s, "/")
-}
 
 // bestLayers returns the index of the weights to export and why: the highest score, when the set is
 // informative and it leads the bundle's own weights (index 0) by at least minGain; otherwise the bundle's own.
@@ -170,7 +102,7 @@ func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []d
 		return nil, "", err
 	}
 	opt := t.ORT
-	opt.NoReference, opt.LayerMaps = true, true
+	opt.LayerMaps = true
 	s, err := pipeline.Open(bundle, opt)
 	if err != nil {
 		return nil, "", fmt.Errorf("opening bundle %s: %w", bundle, err)
@@ -186,47 +118,30 @@ func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []d
 		fmt.Fprintf(sc.Progress, "[select] one feature layer (%s): no layer weights to choose\n", strings.Join(names, ""))
 		return nil, "", nil
 	}
-	cands := layerCandidates(own, c.Select.LayerWeights)
+	cands := eval.LayerCandidates(own, c.Select.LayerWeights)
 	if len(cands) > maxLayerCandidates {
 		return nil, "", fmt.Errorf("select.layer_weights %v over %d layers makes %d weightings, more than %d: give fewer values",
 			c.Select.LayerWeights, len(names), len(cands), maxLayerCandidates)
 	}
 	fmt.Fprintf(sc.Progress, "[select] feature layers %s: %d weightings of %v, ranked by %s on %s\n", strings.Join(names, ", "),
 		len(cands), c.Select.LayerWeights, c.Select.Metric, valData)
-	opts := eval.Options{BatchSize: c.Evaluate.BatchSize, Logger: sc.Logger}
-	var ref map[string][][]float64
+	var train []dataset.Item // no reference: raw maps, as the bundle will score
 	if c.Calibrate.Reference != eval.ReferenceNone {
-		train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Select.ReferencePerClass)
+		train = eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Select.ReferencePerClass)
 		fmt.Fprintf(sc.Progress, "[select] per-layer map reference: scoring %d training normals\n", len(train))
-		if ref, err = layerReference(ctx, s, train, opts); err != nil {
-			return nil, "", err
-		}
 	}
 	val, err := valItems(valData, c.Data.Classes)
 	if err != nil {
 		return nil, "", err
 	}
-	opts.Progress = prefixed(sc.Progress, "[select] layer maps ")
-	res, err := eval.ScoreItems(ctx, s, val, opts)
+	mets, err := eval.WeighLayers(ctx, s, train, val, cands, eval.Options{BatchSize: c.Evaluate.BatchSize, Logger: sc.Logger,
+		Progress: prefixed(sc.Progress, "[select] layer maps ")})
 	if err != nil {
 		return nil, "", fmt.Errorf("select.layer_weights: %w", err)
 	}
-	for i := range res {
-		r := &res[i]
-		if r.Item.Mask != "" {
-			if r.Mask, err = eval.ReadMask(r.Item.Mask, r.Result.MapWidth, r.Result.MapHeight); err != nil {
-				return nil, "", fmt.Errorf("select.layer_weights: %w", err)
-			}
-		}
-		r.Result.Map = nil // each weighting builds its own
-	}
 	out := make([]candidateResult, len(cands))
 	for k, w := range cands {
-		mets, err := eval.Metrics(weightedResults(res, w, ref, m.Score.PoolKernel, m.Score.PoolRepeat))
-		if err != nil {
-			return nil, "", fmt.Errorf("select.layer_weights %s: %w", layerName(w), err)
-		}
-		out[k] = candidateResult{candidate: candidate{Name: layerName(w), Model: cand.Model}, Mean: mets.Mean, Score: selectScore(c.Select.Metric, mets.Mean)}
+		out[k] = candidateResult{candidate: candidate{Name: eval.LayerName(w), Model: cand.Model}, Mean: mets[k], Score: selectScore(c.Select.Metric, mets[k])}
 	}
 	best, why := bestLayers(out, c.Select.MinGain)
 	table := filepath.Join(dir, LayersFile)
@@ -242,82 +157,6 @@ func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []d
 	}
 	fmt.Fprintf(sc.Progress, "[select] chose feature layers %v (%s)\n", chosen, why)
 	return chosen, table, nil
-}
-
-// layerReference scores the reference normals a chunk at a time and returns each class's mean map per layer,
-// and the mean over every normal under "" (the row for frames without a class), as BuildReference would
-// measure them for a bundle with any layer weights.
-func layerReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.Item, opts eval.Options) (map[string][][]float64, error) {
-	if len(normal) == 0 {
-		return nil, nil
-	}
-	sums := map[string][][]float64{}
-	counts := map[string]int{}
-	for start := 0; start < len(normal); start += referenceChunk {
-		res, err := eval.ScoreItems(ctx, s, normal[start:min(start+referenceChunk, len(normal))], opts)
-		if err != nil {
-			return nil, fmt.Errorf("per-layer map reference: %w", err)
-		}
-		for _, r := range res {
-			for _, c := range []string{r.Item.Class, ""} {
-				if sums[c] == nil {
-					sums[c] = make([][]float64, len(r.Result.LayerMaps))
-					for l, lm := range r.Result.LayerMaps {
-						sums[c][l] = make([]float64, len(lm))
-					}
-				}
-				for l, lm := range r.Result.LayerMaps {
-					for i, v := range lm {
-						sums[c][l][i] += float64(v)
-					}
-				}
-				counts[c]++
-				if c == "" {
-					break
-				}
-			}
-		}
-	}
-	for c, ls := range sums {
-		for _, lm := range ls {
-			for i := range lm {
-				lm[i] /= float64(counts[c])
-			}
-		}
-	}
-	return sums, nil
-}
-
-// weightedResults gives each validation result the map of layer weights w (minus the same weighting of its
-// class's reference, else the global row, when ref is set) and that map's pooled score.
-func weightedResults(res []eval.ImageResult, w []float64, ref map[string][][]float64, kernel, repeat int) []eval.ImageResult {
-	out := make([]eval.ImageResult, len(res))
-	for j, r := range res {
-		lms := r.Result.LayerMaps
-		amap := make([]float32, len(lms[0]))
-		rows := ref[r.Item.Class]
-		if rows == nil {
-			rows = ref[""]
-		}
-		for i := range amap {
-			v := 0.0
-			for l, lm := range lms {
-				if w[l] == 0 {
-					continue
-				}
-				x := float64(lm[i])
-				if rows != nil {
-					x -= rows[l][i]
-				}
-				v += w[l] * x
-			}
-			amap[i] = float32(v)
-		}
-		out[j] = r
-		out[j].Result.Map = amap
-		out[j].Result.RawScore = pipeline.PooledMax(amap, r.Result.MapHeight, r.Result.MapWidth, kernel, repeat)
-	}
-	return out
 }
 
 // writeLayerTable writes one row per weighting: the weight of each layer, the validation metrics, the score.

@@ -8,34 +8,6 @@ import (
 	"testing"
 )
 
-// TestLayerCandidates: the grid holds every weighting of the values with one layer at the largest value, each
-// once; the bundle's own weights come first, and grid vectors that only scale them are left out.
-func TestLayerCandidates(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		own    []float64
-		values []float64
-		want   [][]float64
-	}{
-		{"two layers, own in the grid", []float64{1, 1}, []float64{0, 0.5, 1},
-			[][]float64{{1, 1}, {0, 1}, {0.5, 1}, {1, 0}, {1, 0.5}}},
-		{"own scaled: 0.5/0.5 is 1/1", []float64{0.5, 0.5}, []float64{0, 1},
-			[][]float64{{0.5, 0.5}, {0, 1}, {1, 0}}},
-		{"own off the grid", []float64{1, 0.3}, []float64{0, 1},
-			[][]float64{{1, 0.3}, {0, 1}, {1, 0}, {1, 1}}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := layerCandidates(tc.own, tc.values); !reflect.DeepEqual(got, tc.want) {
-				t.Fatalf("layerCandidates(%v, %v) = %v, want %v", tc.own, tc.values, got, tc.want)
-			}
-		})
-	}
-	// three layers of [0, 0.5, 1]: 27 vectors, 8 without a 1 among them
-	if n := len(layerGrid(3, []float64{0, 0.5, 1})); n != 19 {
-		t.Errorf("layerGrid(3, [0 0.5 1]) has %d vectors, want 19", n)
-	}
-}
-
 // TestBestLayers: another weighting replaces the bundle's own (row 0) only on an informative set and by at
 // least min_gain; among equal scores the bundle's own stays.
 func TestBestLayers(t *testing.T) {

@@ -1,0 +1,130 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/eval"
+)
+
+// parseWeightValues reads --weigh-layers: increasing weights, at least 0, the last above 0.
+func parseWeightValues(s string) ([]float64, error) {
+	var vs []float64
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil {
+			return nil, fmt.Errorf("--weigh-layers %q: %q is not a number", s, f)
+		}
+		vs = append(vs, v)
+	}
+	ok := len(vs) >= 2 && vs[0] >= 0 && vs[len(vs)-1] > 0
+	for i := 1; i < len(vs); i++ {
+		ok = ok && vs[i] > vs[i-1]
+	}
+	if !ok {
+		return nil, fmt.Errorf("--weigh-layers %q: want at least two increasing weights, at least 0, the last above 0 (e.g. 0,0.5,1)", s)
+	}
+	return vs, nil
+}
+
+// weighLayers prints how every weighting of the bundle's feature layers scores on the validation items (each
+// with its own map reference measured on reference, when the bundle has one), the bundle's own weights first.
+// It writes nothing: `vlmdiff calibrate --feature-weights` writes a choice with its reference and thresholds.
+func weighLayers(ctx context.Context, opt pipeline.Options, bundle string, values []float64, train, val []dataset.Item, batch int, stdout, stderr io.Writer) error {
+	opt.LayerMaps = true
+	s, err := pipeline.Open(bundle, opt)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	m := s.Manifest()
+	if len(m.Features.Layers) < 2 {
+		return fmt.Errorf("--weigh-layers: the bundle has one feature layer (%s): nothing to weigh", m.Features.Layers[0].Name)
+	}
+	own := make([]float64, len(m.Features.Layers))
+	names := make([]string, len(m.Features.Layers))
+	for i, l := range m.Features.Layers {
+		own[i], names[i] = float64(l.Weight), l.Name
+	}
+	if m.Map.Reference == nil {
+		train = nil // the bundle scores raw maps: so does each weighting
+	}
+	cands := eval.LayerCandidates(own, values)
+	fmt.Fprintf(stderr, "weighing %s: %d weightings of %v on %d validation images, references of %d training normals\n",
+		strings.Join(names, ", "), len(cands), values, len(val), len(train))
+	mets, err := eval.WeighLayers(ctx, s, train, val, cands, eval.Options{BatchSize: batch, Progress: stderr})
+	if err != nil {
+		return err
+	}
+	order := make([]int, len(cands))
+	for i := range order {
+		order[i] = i
+	}
+	score := func(i int) float64 { return (mets[i].ImageAUROC + mets[i].PixelAUROC + mets[i].AUPRO) / 3 }
+	sort.SliceStable(order, func(a, b int) bool { return score(order[a]) > score(order[b]) })
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "%s\tI-AUROC\tP-AUROC\tAU-PRO\tP-AP\tmean3\t\t\n", strings.Join(names, " / "))
+	for _, i := range order {
+		mark := ""
+		if i == 0 {
+			mark = "<- the bundle's"
+		}
+		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t\n", eval.LayerName(cands[i]), 100*mets[i].ImageAUROC, 100*mets[i].PixelAUROC,
+			100*mets[i].AUPRO, 100*mets[i].PixelAP, 100*score(i), mark)
+	}
+	return tw.Flush()
+}
+
+// parseFeatureWeights reads --feature-weights name=w,...: the layers the bundle scores with from now on, in
+// the order given; each must be an output of the bundle's feature graph, and a weight 0 leaves a layer out.
+func parseFeatureWeights(s string, m *models.Manifest) ([]models.FeatureLayer, error) {
+	outs := map[string]bool{}
+	if g, ok := m.Graphs[models.RoleFeatures]; ok {
+		for _, o := range g.Outputs {
+			outs[o.Name] = true
+		}
+	}
+	var layers []models.FeatureLayer
+	seen := map[string]bool{}
+	for _, f := range strings.Split(s, ",") {
+		name, val, ok := strings.Cut(strings.TrimSpace(f), "=")
+		w, err := strconv.ParseFloat(val, 32)
+		switch {
+		case !ok || name == "" || err != nil || w < 0:
+			return nil, fmt.Errorf("--feature-weights %q: want name=weight,... with weights >= 0 (e.g. stage1=1,stage2=0.5,stage3=1)", s)
+		case !outs[name]:
+			return nil, fmt.Errorf("--feature-weights: %q is not an output of the bundle's feature graph", name)
+		case seen[name]:
+			return nil, fmt.Errorf("--feature-weights: %q appears twice", name)
+		}
+		seen[name] = true
+		if w > 0 {
+			layers = append(layers, models.FeatureLayer{Name: name, Weight: float32(w)})
+		}
+	}
+	if len(layers) == 0 {
+		return nil, fmt.Errorf("--feature-weights %q: no layer with a weight above 0", s)
+	}
+	return layers, nil
+}
+
+// sameLayers reports whether a and b are the same layers with the same weights, in the same order.
+func sameLayers(a, b []models.FeatureLayer) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
