@@ -203,37 +203,7 @@ func (c *Config) Validate() error {
 		bad("agent.shutdown_timeout", "must not be negative")
 	}
 
-	m := c.Models
-	if m.Dir == "" && m.Bundle == "" {
-		bad("models", "set dir (a directory of bundles, watched) or bundle (one pinned bundle directory)")
-	}
-	for i, p := range m.Providers {
-		if !oneOf(p, "cuda", "cpu") {
-			bad(fmt.Sprintf("models.providers[%d]", i), "must be cuda or cpu, not %q", p)
-		}
-	}
-	if m.Threads < 0 {
-		bad("models.threads", "must be >= 0 (0 = ONNX Runtime's choice)")
-	}
-	if m.DenoiserThreads < 0 {
-		bad("models.denoiser_threads", "must be >= 0 (0 = models.threads)")
-	}
-	if m.Batch < 1 || m.Batch > 64 {
-		bad("models.batch", "must be 1..64, not %d", m.Batch)
-	}
-	if !oneOf(m.Memory, MemoryShared, MemoryLean, MemoryORT) {
-		bad("models.memory", "must be shared, lean or ort, not %q", m.Memory)
-	}
-	if m.Workers < 1 || m.Workers > 64 {
-		bad("models.workers", "must be 1..64, not %d", m.Workers)
-	}
-	if m.BatchWait < 0 || m.BatchWait > time.Second {
-		bad("models.batch_wait", "must be 0..1s, not %s", m.BatchWait)
-	}
-	if m.DeviceID < 0 {
-		bad("models.device_id", "must be >= 0")
-	}
-
+	c.validateModels(bad)
 	c.validateCameras(bad, func(err error) { errs = append(errs, err) })
 
 	q := c.MQTT
@@ -305,6 +275,40 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateHardening()...)
 	return errors.Join(errs...)
+}
+
+// validateModels checks the models section.
+func (c *Config) validateModels(bad func(path, format string, args ...any)) {
+	m := c.Models
+	if m.Dir == "" && m.Bundle == "" {
+		bad("models", "set dir (a directory of bundles, watched) or bundle (one pinned bundle directory)")
+	}
+	for i, p := range m.Providers {
+		if !oneOf(p, "cuda", "cpu") {
+			bad(fmt.Sprintf("models.providers[%d]", i), "must be cuda or cpu, not %q", p)
+		}
+	}
+	if m.Threads < 0 {
+		bad("models.threads", "must be >= 0 (0 = ONNX Runtime's choice)")
+	}
+	if m.DenoiserThreads < 0 {
+		bad("models.denoiser_threads", "must be >= 0 (0 = models.threads)")
+	}
+	if m.Batch < 1 || m.Batch > 64 {
+		bad("models.batch", "must be 1..64, not %d", m.Batch)
+	}
+	if !oneOf(m.Memory, MemoryShared, MemoryLean, MemoryORT) {
+		bad("models.memory", "must be shared, lean or ort, not %q", m.Memory)
+	}
+	if m.Workers < 1 || m.Workers > 64 {
+		bad("models.workers", "must be 1..64, not %d", m.Workers)
+	}
+	if m.BatchWait < 0 || m.BatchWait > time.Second {
+		bad("models.batch_wait", "must be 0..1s, not %s", m.BatchWait)
+	}
+	if m.DeviceID < 0 {
+		bad("models.device_id", "must be >= 0")
+	}
 }
 
 // validateCameras checks the cameras list: unique topic-safe names, sources, per-camera settings. add takes

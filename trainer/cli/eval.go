@@ -116,25 +116,10 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if *weigh != "" {
-		values, err := parseWeightValues(*weigh)
-		if err != nil {
-			return err
-		}
 		if *valData == "" || region != nil || *baseline != "" || *maps != "" {
 			return fmt.Errorf("--weigh-layers ranks on --val-data (a painted set, never the test split) and takes no --roi, --camera, --baseline or --maps")
 		}
-		vf := df
-		vf.data, vf.layout, vf.valFraction = *valData, dataset.LayoutAuto, 0
-		vitems, _, err := vf.items()
-		if err != nil {
-			return fmt.Errorf("--val-data: %w", err)
-		}
-		val := eval.Select(vitems, dataset.SplitTest, classes, false)
-		if len(val) == 0 {
-			return fmt.Errorf("--val-data %s: no test images (classes %v)", *valData, classes)
-		}
-		train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, classes, true), *refPer)
-		return weighLayers(ctx, sf.Options(), sf.Bundle, values, train, val, df.batch, stdout, stderr)
+		return runWeighLayers(ctx, sf, df, items, classes, *weigh, *valData, *refPer, stdout, stderr)
 	}
 	test := eval.Select(items, *split, classes, false)
 	if len(test) == 0 {

@@ -35,6 +35,27 @@ func parseWeightValues(s string) ([]float64, error) {
 	return vs, nil
 }
 
+// runWeighLayers is `vlmdiff eval --weigh-layers spec --val-data valData`: the painted set's test images of the
+// classes, the references' training normals from items.
+func runWeighLayers(ctx context.Context, sf scoreFlags, df dataFlags, items []dataset.Item, classes []string, spec, valData string, refPer int, stdout, stderr io.Writer) error {
+	values, err := parseWeightValues(spec)
+	if err != nil {
+		return err
+	}
+	vf := df
+	vf.data, vf.layout, vf.valFraction = valData, dataset.LayoutAuto, 0
+	vitems, _, err := vf.items()
+	if err != nil {
+		return fmt.Errorf("--val-data: %w", err)
+	}
+	val := eval.Select(vitems, dataset.SplitTest, classes, false)
+	if len(val) == 0 {
+		return fmt.Errorf("--val-data %s: no test images (classes %v)", valData, classes)
+	}
+	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, classes, true), refPer)
+	return weighLayers(ctx, sf.Options(), sf.Bundle, values, train, val, df.batch, stdout, stderr)
+}
+
 // weighLayers prints how every weighting of the bundle's feature layers scores on the validation items (each
 // with its own map reference measured on reference, when the bundle has one), the bundle's own weights first.
 // It writes nothing: `vlmdiff calibrate --feature-weights` writes a choice with its reference and thresholds.
