@@ -6,7 +6,21 @@ type layerOutput struct {
 	Name   string
 	Weight float64
 	Data   []float32
-	Shape  []int64 // [B+B*K,C,h,w], or [B+B*K,1+N,D] for ViT tokens
+	// Rec, when set, holds the reconstructions' items and Data only the frames': the frames' features ran
+	// apart, beside the reconstruction (Scorer.overlapFeatures). Item indices run over both as one batch.
+	Rec   []float32
+	Shape []int64 // [B+B*K,C,h,w], or [B+B*K,1+N,D] for ViT tokens, over Data and Rec together
+}
+
+// item returns item idx of the batch, per values long, from Data or, past the frames, from Rec.
+func (l layerOutput) item(idx, per int) []float32 {
+	if l.Rec != nil {
+		if f := len(l.Data) / per; idx >= f {
+			idx -= f
+			return l.Rec[idx*per : (idx+1)*per]
+		}
+	}
+	return l.Data[idx*per : (idx+1)*per]
 }
 
 // featureInput returns the feature graph's input batch: the frames x [B,3,hw], then their reconstructions rec

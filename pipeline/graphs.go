@@ -77,8 +77,14 @@ func (s *Scorer) GraphRuns(frames int) []GraphRun {
 	}
 	runs = append(runs, den,
 		GraphRun{Stage: StageDecode, Path: path(m.Graphs[models.RoleVAEDecoder].File),
-			Inputs: []GraphInput{{Name: models.TensorLatent, Shape: latent}}, Outputs: s.dec.out, Runs: 1},
-		GraphRun{Stage: StageFeatures, Path: path(m.Graphs[models.RoleFeatures].File),
-			Inputs: []GraphInput{{Name: m.Features.Input, Shape: []int64{B + R, 3, H, W}}}, Outputs: s.feat.out, Runs: 1})
-	return runs
+			Inputs: []GraphInput{{Name: models.TensorLatent, Shape: latent}}, Outputs: s.dec.out, Runs: 1})
+	feat := func(n int64) GraphRun {
+		return GraphRun{Stage: StageFeatures, Path: path(m.Graphs[models.RoleFeatures].File),
+			Inputs: []GraphInput{{Name: m.Features.Input, Shape: []int64{n, 3, H, W}}}, Outputs: s.feat.out, Runs: 1}
+	}
+	if s.overlapFeatures() {
+		// the frames' features run beside the reconstruction, the reconstructions' after it
+		return append(runs, feat(B), feat(R))
+	}
+	return append(runs, feat(B+R))
 }

@@ -344,8 +344,8 @@ func (l layerOutput) geometry(tokens bool) (items, c, h, w int, err error) {
 			return 0, 0, 0, 0, fmt.Errorf("feature %s has %d patch tokens, not a square grid", l.Name, ntok)
 		}
 		items, c, h, w = int(sh[0]), d, side, side
-		if len(l.Data) != items*(ntok+1)*d {
-			return 0, 0, 0, 0, fmt.Errorf("feature %s holds %d values, its shape %v says %d", l.Name, len(l.Data), sh, items*(ntok+1)*d)
+		if len(l.Data)+len(l.Rec) != items*(ntok+1)*d {
+			return 0, 0, 0, 0, fmt.Errorf("feature %s holds %d values, its shape %v says %d", l.Name, len(l.Data)+len(l.Rec), sh, items*(ntok+1)*d)
 		}
 		return items, c, h, w, nil
 	}
@@ -353,8 +353,8 @@ func (l layerOutput) geometry(tokens bool) (items, c, h, w int, err error) {
 		return 0, 0, 0, 0, fmt.Errorf("feature %s has shape %v, want [2B, C, h, w]", l.Name, sh)
 	}
 	items, c, h, w = int(sh[0]), int(sh[1]), int(sh[2]), int(sh[3])
-	if len(l.Data) != items*c*h*w {
-		return 0, 0, 0, 0, fmt.Errorf("feature %s holds %d values, its shape %v says %d", l.Name, len(l.Data), sh, items*c*h*w)
+	if len(l.Data)+len(l.Rec) != items*c*h*w {
+		return 0, 0, 0, 0, fmt.Errorf("feature %s holds %d values, its shape %v says %d", l.Name, len(l.Data)+len(l.Rec), sh, items*c*h*w)
 	}
 	return items, c, h, w, nil
 }
@@ -365,12 +365,12 @@ func (l layerOutput) distance(i, j int, tokens bool, c, n, lo, hi int, dst []flo
 	if tokens {
 		per := (n + 1) * c
 		// skip the CLS token: rows 1..N are the patches, row-major on the grid
-		a, b := l.Data[i*per+c:(i+1)*per], l.Data[j*per+c:(j+1)*per]
+		a, b := l.item(i, per)[c:], l.item(j, per)[c:]
 		cosineDistanceRows(a[lo*c:hi*c], b[lo*c:hi*c], hi-lo, c, dst[lo:hi])
 		return
 	}
 	per := c * n
-	cosineDistanceRange(l.Data[i*per:(i+1)*per], l.Data[j*per:(j+1)*per], c, n, lo, hi, dst)
+	cosineDistanceRange(l.item(i, per), l.item(j, per), c, n, lo, hi, dst)
 }
 
 // isqrt is the integer square root of n >= 0, rounded down.

@@ -268,6 +268,12 @@ func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, erro
 		return nil, err
 	}
 
+	var early *frameFeatures
+	if s.overlapFeatures() {
+		early = s.startFrameFeatures(x, len(reqs))
+		defer func() { <-early.done }() // x stays alive until the goroutine is done with it
+	}
+
 	t0 = time.Now()
 	z, startNoise, err := s.encode(image, reqs)
 	if err != nil {
@@ -300,11 +306,16 @@ func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, erro
 	lat.add(StageDecode, t0)
 
 	t0 = time.Now()
-	feats, err := s.features(x, rec, len(reqs))
+	var feats []layerOutput
+	if early != nil {
+		feats, err = s.recFeatures(early, rec, len(reqs))
+	} else {
+		feats, err = s.features(x, rec, len(reqs))
+	}
 	if err != nil {
 		return nil, err
 	}
-	lat.add(StageFeatures, t0)
+	lat.add(StageFeatures, t0) // with early features: the reconstructions' features and the wait for the frames'
 
 	t0 = time.Now()
 	results, err := s.mapsAndScores(feats, reqs)

@@ -322,9 +322,14 @@ func (s *Scorer) decode(z []float32, rows int) ([]float32, error) {
 // then the K reconstructions of each frame in turn (docs/algorithm.md §1.9), renormalised into the backbone's
 // input space when the bundle says so. A frame's own features are computed once, whatever K.
 func (s *Scorer) features(x, rec []float32, frames int) ([]layerOutput, error) {
+	return s.runFeatures(x, rec, frames*(1+s.ens))
+}
+
+// runFeatures runs the feature graph on n images: x then rec (either may be empty), in the bundle's input space.
+func (s *Scorer) runFeatures(x, rec []float32, n int) ([]layerOutput, error) {
 	H, W := s.m.Input.Height, s.m.Input.Width
 	both := featureInput(x, rec, H*W, s.m.Input.Mean, s.m.Input.Std, s.m.Features.Mean, s.m.Features.Std)
-	bt, err := tensor(ort.NewShape(int64(frames*(1+s.ens)), 3, int64(H), int64(W)), both)
+	bt, err := tensor(ort.NewShape(int64(n), 3, int64(H), int64(W)), both)
 	if err != nil {
 		return nil, err
 	}
@@ -338,6 +343,55 @@ func (s *Scorer) features(x, rec []float32, frames int) ([]layerOutput, error) {
 		layers[l] = layerOutput{Name: spec.Name, Weight: float64(spec.Weight), Data: out[l], Shape: shapes[l]}
 	}
 	return layers, nil
+}
+
+// overlapFeatures says whether the frames' own features run beside the reconstruction: when the denoiser runs
+// on fewer threads than the other graphs (Options.DenoiserThreads), the threads it leaves idle for most of a
+// frame's time compute the frames' features, which need only the frames. Otherwise they run with the
+// reconstructions' in one batch, as the features of B+B*K images (docs/algorithm.md §1.9).
+func (s *Scorer) overlapFeatures() bool {
+	o := s.opt
+	return o.DenoiserThreads > 0 && (o.Threads == 0 || o.DenoiserThreads < o.Threads) && s.provider != "cuda"
+}
+
+// frameFeatures is the frames' features computed beside the reconstruction (overlapFeatures).
+type frameFeatures struct {
+	done   chan struct{}
+	layers []layerOutput
+	err    error
+}
+
+// startFrameFeatures runs the feature graph on the frames x in a goroutine; x is not changed meanwhile.
+func (s *Scorer) startFrameFeatures(x []float32, frames int) *frameFeatures {
+	f := &frameFeatures{done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		f.layers, f.err = s.runFeatures(x, nil, frames)
+	}()
+	return f
+}
+
+// recFeatures runs the feature graph on the reconstructions and joins the frames' features from f: each
+// layer then reads as the one batch of B+B*K items that features returns.
+func (s *Scorer) recFeatures(f *frameFeatures, rec []float32, frames int) ([]layerOutput, error) {
+	rl, err := s.runFeatures(nil, rec, frames*s.ens)
+	<-f.done
+	if err != nil {
+		return nil, err
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	out := make([]layerOutput, len(rl))
+	for l := range rl {
+		fl := f.layers[l]
+		if len(fl.Shape) == 0 || len(rl[l].Shape) != len(fl.Shape) {
+			return nil, fmt.Errorf("feature %s has shape %v for the frames and %v for the reconstructions", fl.Name, fl.Shape, rl[l].Shape)
+		}
+		sh := append([]int64{fl.Shape[0] + rl[l].Shape[0]}, fl.Shape[1:]...)
+		out[l] = layerOutput{Name: fl.Name, Weight: fl.Weight, Data: fl.Data, Rec: rl[l].Data, Shape: sh}
+	}
+	return out, nil
 }
 
 // mapsAndScores turns the features into each frame's smoothed anomaly map (the mean over its K reconstructions),
