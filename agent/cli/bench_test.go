@@ -130,6 +130,21 @@ func TestBenchFloorTable(t *testing.T) {
 			"should make it less", d.MACsPerFrame, s.MACsPerFrame)
 	}
 
+	// with the denoiser on fewer threads, the frames' features run apart from the reconstructions': one
+	// features row, two runs, the same work per frame
+	over := benchJSON(t, "--batches", "1", "--frames", "1", "--floor", "--threads", "2", "--denoiser-threads", "1")
+	n := 0
+	for _, f := range over.Floor.Stages {
+		if f.Stage == "features" {
+			n++
+		}
+	}
+	of, f1 := floorRows(t, over)[[2]any{1, "features"}], rows[[2]any{1, "features"}]
+	if n != 1 || of.RunsPerBatch != 2 || of.MACsPerFrame != f1.MACsPerFrame || over.DenoiserThreads != 1 {
+		t.Errorf("overlapped features: %d rows, %+v (denoiser threads %d); want one row of 2 runs and %d MACs/frame",
+			n, of, over.DenoiserThreads, f1.MACsPerFrame)
+	}
+
 	var table bytes.Buffer
 	writeBenchTables(&table, rep)
 	for _, want := range []string{"floor: peak", "denoiser_b1.onnx", "x floor"} {
