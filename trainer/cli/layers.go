@@ -75,8 +75,11 @@ func weighLayers(ctx context.Context, opt pipeline.Options, bundle string, value
 	for i, l := range m.Features.Layers {
 		own[i], names[i] = float64(l.Weight), l.Name
 	}
-	if m.Map.Reference == nil {
+	switch {
+	case m.Map.Reference == nil:
 		train = nil // the bundle scores raw maps: so does each weighting
+	case len(train) == 0:
+		return fmt.Errorf("--weigh-layers: the bundle subtracts a map reference, and --data has no training normals to measure each weighting's")
 	}
 	cands := eval.LayerCandidates(own, values)
 	fmt.Fprintf(stderr, "weighing %s: %d weightings of %v on %d validation images, references of %d training normals\n",
