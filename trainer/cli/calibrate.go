@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 
 	"github.com/vlmdiff/edge/agent/config"
 	"github.com/vlmdiff/edge/models"
@@ -147,7 +148,7 @@ func setFeatureWeights(bundle, spec, reference string, dry bool, stderr io.Write
 	if err != nil {
 		return err
 	}
-	if sameLayers(layers, m.Features.Layers) {
+	if slices.Equal(layers, m.Features.Layers) {
 		return nil
 	}
 	switch {

@@ -15,7 +15,7 @@ import (
 	"github.com/vlmdiff/edge/trainer/eval"
 )
 
-// parseWeightValues reads --weigh-layers: increasing weights, at least 0, the last above 0.
+// parseWeightValues reads --weigh-layers: comma-separated values a layer weight may take (eval.CheckLayerValues).
 func parseWeightValues(s string) ([]float64, error) {
 	var vs []float64
 	for _, f := range strings.Split(s, ",") {
@@ -25,12 +25,8 @@ func parseWeightValues(s string) ([]float64, error) {
 		}
 		vs = append(vs, v)
 	}
-	ok := len(vs) >= 2 && vs[0] >= 0 && vs[len(vs)-1] > 0
-	for i := 1; i < len(vs); i++ {
-		ok = ok && vs[i] > vs[i-1]
-	}
-	if !ok {
-		return nil, fmt.Errorf("--weigh-layers %q: want at least two increasing weights, at least 0, the last above 0 (e.g. 0,0.5,1)", s)
+	if err := eval.CheckLayerValues(vs); err != nil {
+		return nil, fmt.Errorf("--weigh-layers %q: %w", s, err)
 	}
 	return vs, nil
 }
@@ -138,17 +134,4 @@ func parseFeatureWeights(s string, m *models.Manifest) ([]models.FeatureLayer, e
 		return nil, fmt.Errorf("--feature-weights %q: no layer with a weight above 0", s)
 	}
 	return layers, nil
-}
-
-// sameLayers reports whether a and b are the same layers with the same weights, in the same order.
-func sameLayers(a, b []models.FeatureLayer) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

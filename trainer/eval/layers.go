@@ -13,14 +13,33 @@ import (
 	"github.com/vlmdiff/edge/trainer/metrics"
 )
 
-// referenceChunk is how many reference normals WeighLayers scores at a time: their layer maps are summed and
-// dropped, so the reference costs the memory of a chunk, not of every normal.
-const referenceChunk = 32
+const (
+	// referenceChunk is how many reference normals WeighLayers scores at a time: their layer maps are summed
+	// and dropped, so the reference costs the memory of a chunk, not of every normal.
+	referenceChunk = 32
+	// MaxLayerValues bounds the values a layer weight may take, and MaxLayerCandidates the weightings they
+	// make with a bundle's layers: each is a pass of the metrics over the validation maps.
+	MaxLayerValues     = 5
+	MaxLayerCandidates = 256
+)
 
-// LayerGrid returns every weight vector over n layers whose entries come from values (increasing) and whose
+// CheckLayerValues checks the values a layer weight may take (select.layer_weights, eval --weigh-layers):
+// 2 to MaxLayerValues increasing weights, at least 0, the last above 0.
+func CheckLayerValues(vs []float64) error {
+	ok := len(vs) >= 2 && len(vs) <= MaxLayerValues && vs[0] >= 0 && vs[len(vs)-1] > 0
+	for i := 1; i < len(vs); i++ {
+		ok = ok && vs[i] > vs[i-1]
+	}
+	if !ok {
+		return fmt.Errorf("%v: want 2 to %d increasing weights, at least 0, the last above 0 (e.g. 0, 0.5, 1)", vs, MaxLayerValues)
+	}
+	return nil
+}
+
+// layerGrid returns every weight vector over n layers whose entries come from values (increasing) and whose
 // largest entry is the largest value. A map multiplied by a constant ranks images and pixels the same, so
 // vectors that differ only by a factor need not be scored twice.
-func LayerGrid(n int, values []float64) [][]float64 {
+func layerGrid(n int, values []float64) [][]float64 {
 	top := values[len(values)-1]
 	var out [][]float64
 	w := make([]float64, n)
@@ -65,7 +84,7 @@ func sameDirection(a, b []float64) bool {
 // scale own.
 func LayerCandidates(own []float64, values []float64) [][]float64 {
 	out := [][]float64{own}
-	for _, w := range LayerGrid(len(own), values) {
+	for _, w := range layerGrid(len(own), values) {
 		if !sameDirection(w, own) {
 			out = append(out, w)
 		}
@@ -93,6 +112,9 @@ func LayerName(w []float64) string {
 func WeighLayers(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.Item, cands [][]float64, opts Options) ([]metrics.Metrics, error) {
 	m := s.Manifest()
 	nl := len(m.Features.Layers)
+	if len(cands) > MaxLayerCandidates {
+		return nil, fmt.Errorf("%d layer weightings, more than %d: give fewer values", len(cands), MaxLayerCandidates)
+	}
 	for _, w := range cands {
 		if len(w) != nl {
 			return nil, fmt.Errorf("layer weights %v: the bundle has %d feature layers", w, nl)

@@ -38,8 +38,8 @@ func TestLayerCandidates(t *testing.T) {
 		})
 	}
 	// three layers of [0, 0.5, 1]: 27 vectors, 8 without a 1 among them
-	if n := len(LayerGrid(3, []float64{0, 0.5, 1})); n != 19 {
-		t.Errorf("LayerGrid(3, [0 0.5 1]) has %d vectors, want 19", n)
+	if n := len(layerGrid(3, []float64{0, 0.5, 1})); n != 19 {
+		t.Errorf("layerGrid(3, [0 0.5 1]) has %d vectors, want 19", n)
 	}
 }
 

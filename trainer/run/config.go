@@ -392,12 +392,8 @@ func (c *Config) Validate() error {
 		bad("select.min_gain", "%v: want 0 < gain < 1", g)
 	}
 	if lw := c.Select.LayerWeights; len(lw) > 0 {
-		ok := len(lw) >= 2 && len(lw) <= maxLayerValues && lw[len(lw)-1] > 0 && lw[0] >= 0
-		for i := 1; i < len(lw); i++ {
-			ok = ok && lw[i] > lw[i-1]
-		}
-		if !ok {
-			bad("select.layer_weights", "%v: want 2 to %d increasing weights, at least 0, the last above 0 (e.g. [0, 0.5, 1])", lw, maxLayerValues)
+		if err := eval.CheckLayerValues(lw); err != nil {
+			bad("select.layer_weights", "%v", err)
 		}
 	}
 	for i, k := range c.Select.Ensembles {

@@ -90,29 +90,35 @@ const (
 	selectInformative = 0.55
 )
 
-// bestCandidate returns the index of the candidate to export and why. The highest score wins when it beats the
-// final weights (the last entry, the train stage's own choice) by at least minGain and the set is informative;
-// otherwise the final weights stay. Among equal scores the earlier, less trained candidate wins: a denoiser
-// trained longer rebuilds defects better, so at equal validation scores it is the riskier one.
+// bestCandidate returns the index of the candidate to export and why: bestOver with the final weights (the
+// last entry, the train stage's own choice) as the incumbent. Among equal scores the earlier, less trained
+// candidate wins: a denoiser trained longer rebuilds defects better, so at equal validation scores it is the
+// riskier one.
 func bestCandidate(rs []candidateResult, minGain float64) (int, string) {
+	return bestOver(rs, len(rs)-1, minGain, "the final weights")
+}
+
+// bestOver returns the index of the highest score (the earliest among equal ones) when it beats the incumbent
+// rs[own] by at least minGain and the set is informative; otherwise own. what names the incumbent in the reason.
+func bestOver(rs []candidateResult, own int, minGain float64, what string) (int, string) {
 	best := 0
 	for i, r := range rs {
 		if r.Score > rs[best].Score {
 			best = i
 		}
 	}
-	final := len(rs) - 1
+	lead := rs[best].Score - rs[own].Score
 	switch {
-	case best == final:
-		return final, "the final weights score highest"
+	case best == own:
+		return own, what + " score highest"
 	case rs[best].Score < selectInformative:
-		return final, fmt.Sprintf("no candidate reaches %.2f on the validation set (best %.2f): it cannot tell them apart; keeping the final weights",
-			100*selectInformative, 100*rs[best].Score)
-	case rs[best].Score-rs[final].Score < minGain:
-		return final, fmt.Sprintf("%s leads the final weights by %.2f, less than select.min_gain %.2f: keeping the final weights",
-			rs[best].Name, 100*(rs[best].Score-rs[final].Score), 100*minGain)
+		return own, fmt.Sprintf("no candidate reaches %.2f on the validation set (best %.2f): it cannot tell them apart; keeping %s",
+			100*selectInformative, 100*rs[best].Score, what)
+	case lead < minGain:
+		return own, fmt.Sprintf("%s leads %s by %.2f, less than select.min_gain %.2f: keeping %s",
+			rs[best].Name, what, 100*lead, 100*minGain, what)
 	}
-	return best, fmt.Sprintf("%s leads the final weights by %.2f", rs[best].Name, 100*(rs[best].Score-rs[final].Score))
+	return best, fmt.Sprintf("%s leads %s by %.2f", rs[best].Name, what, 100*lead)
 }
 
 // runSelect scores each candidate: export its bundle, measure its map reference on training normals, evaluate
@@ -157,17 +163,21 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 		fmt.Fprintln(sc.Progress, "[select] no snapshots (train.snapshot_every is 0): the train stage's model")
 	}
 	var layers [][2]any
+	var first *metrics.Metrics // the chosen layers at the first count of select.ensembles, already scored
 	if len(c.Select.LayerWeights) > 0 {
 		k := 0 // the export config's count, or the cheapest the ensemble choice below will consider
 		if len(c.Select.Ensembles) > 0 {
 			k = c.Select.Ensembles[0]
 		}
-		chosen, table, err := t.selectLayers(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, k)
+		chosen, table, mean, err := t.selectLayers(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, k)
 		if err != nil {
 			return nil, err
 		}
 		if chosen != nil {
 			layers = chosen
+			if k > 0 {
+				first = &mean
+			}
 			b, err := json.Marshal(chosen)
 			if err != nil {
 				return nil, err
@@ -180,7 +190,7 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 		}
 	}
 	if len(c.Select.Ensembles) > 0 {
-		k, table, err := t.selectEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, layers)
+		k, table, err := t.selectEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, layers, first)
 		if err != nil {
 			return nil, err
 		}
@@ -249,16 +259,22 @@ func selectedEnsemble(sc *StageContext) (int, error) {
 }
 
 // selectEnsemble scores the chosen weights with each count of select.ensembles (each with its own map
-// reference, as calibrate would measure it) and returns the chosen count and the path of its table.
-func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, layers [][2]any) (int, string, error) {
+// reference, as calibrate would measure it) and returns the chosen count and the path of its table. first, when
+// set, is the first count's result, already measured by the layer weighing with these layers: the same export,
+// reference and painted set, so it is not scored twice.
+func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, layers [][2]any, first *metrics.Metrics) (int, string, error) {
 	c := t.Config
 	ks := c.Select.Ensembles
 	fmt.Fprintf(sc.Progress, "[select] start noises per frame %v for %s, ranked by %s on %s\n", ks, cand.Model, c.Select.Metric, valData)
 	res := make([]candidateResult, len(ks))
 	for i, k := range ks {
 		cand.Name = fmt.Sprintf("noises-%d", k)
-		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), k, layers)
-		if err != nil {
+		var m metrics.Metrics
+		var err error
+		if i == 0 && first != nil {
+			m = *first
+			fmt.Fprintf(sc.Progress, "[select] %d noise(s): the layer weighing's score of the chosen layers\n", k)
+		} else if m, err = t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), k, layers); err != nil {
 			return 0, "", fmt.Errorf("%d start noises: %w", k, err)
 		}
 		res[i] = candidateResult{candidate: cand, Mean: m, Score: selectScore(c.Select.Metric, m)}

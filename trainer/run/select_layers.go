@@ -13,6 +13,7 @@ import (
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
+	"github.com/vlmdiff/edge/trainer/metrics"
 )
 
 // LayersFile is the select stage's table of feature-layer weights (RUN/select/layer_weights.csv), and
@@ -23,33 +24,10 @@ const (
 	LayersChoiceFile = "feature_layers.json"
 )
 
-const (
-	// maxLayerValues bounds select.layer_weights, and maxLayerCandidates the combinations it makes with the
-	// bundle's layers: each is a pass of the metrics over the validation maps.
-	maxLayerValues     = 5
-	maxLayerCandidates = 256
-)
-
-// bestLayers returns the index of the weights to export and why: the highest score, when the set is
-// informative and it leads the bundle's own weights (index 0) by at least minGain; otherwise the bundle's own.
+// bestLayers returns the index of the weighting to export and why: bestOver with the bundle's own weights
+// (index 0) as the incumbent, which also wins ties.
 func bestLayers(rs []candidateResult, minGain float64) (int, string) {
-	best := 0
-	for i, r := range rs {
-		if r.Score > rs[best].Score {
-			best = i
-		}
-	}
-	switch {
-	case best == 0:
-		return 0, "the bundle's own layer weights score highest"
-	case rs[best].Score < selectInformative:
-		return 0, fmt.Sprintf("no weighting reaches %.2f on the validation set (best %.2f): keeping the bundle's own",
-			100*selectInformative, 100*rs[best].Score)
-	case rs[best].Score-rs[0].Score < minGain:
-		return 0, fmt.Sprintf("%s leads the bundle's own weights by %.2f, less than select.min_gain %.2f: keeping them",
-			rs[best].Name, 100*(rs[best].Score-rs[0].Score), 100*minGain)
-	}
-	return best, fmt.Sprintf("%s leads the bundle's own weights %s by %.2f", rs[best].Name, rs[0].Name, 100*(rs[best].Score-rs[0].Score))
+	return bestOver(rs, 0, minGain, "the bundle's own layer weights")
 }
 
 // selectedLayers is the feature layers the select stage chose (select.layer_weights), nil when it chose none.
@@ -92,20 +70,21 @@ func selectedLayers(sc *StageContext) ([][2]any, error) {
 // training normals of the map reference and the validation set once with every layer's own map, and ranks
 // the weightings of select.layer_weights on the validation maps, each minus its class's reference as
 // calibrate would measure it. It returns the chosen layers ([name, weight] with weight > 0, in the bundle's
-// order; nil when the bundle has a single layer) and the path of its table.
-func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, ensemble int) ([][2]any, string, error) {
+// order; nil when the bundle has a single layer), the path of its table, and the chosen weighting's validation
+// metrics: those of a bundle with these layers and `ensemble` noises, which selectEnsemble need not score again.
+func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, ensemble int) ([][2]any, string, metrics.Metrics, error) {
 	c := t.Config
 	work := filepath.Join(dir, "layers")
 	bundle, err := t.exportCandidate(ctx, sc, cand, work, ensemble, nil)
 	defer os.RemoveAll(work)
 	if err != nil {
-		return nil, "", err
+		return nil, "", metrics.Metrics{}, err
 	}
 	opt := t.ORT
 	opt.LayerMaps = true
 	s, err := pipeline.Open(bundle, opt)
 	if err != nil {
-		return nil, "", fmt.Errorf("opening bundle %s: %w", bundle, err)
+		return nil, "", metrics.Metrics{}, fmt.Errorf("opening bundle %s: %w", bundle, err)
 	}
 	defer s.Close()
 	m := s.Manifest()
@@ -116,13 +95,9 @@ func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []d
 	}
 	if len(names) < 2 {
 		fmt.Fprintf(sc.Progress, "[select] one feature layer (%s): no layer weights to choose\n", strings.Join(names, ""))
-		return nil, "", nil
+		return nil, "", metrics.Metrics{}, nil
 	}
 	cands := eval.LayerCandidates(own, c.Select.LayerWeights)
-	if len(cands) > maxLayerCandidates {
-		return nil, "", fmt.Errorf("select.layer_weights %v over %d layers makes %d weightings, more than %d: give fewer values",
-			c.Select.LayerWeights, len(names), len(cands), maxLayerCandidates)
-	}
 	fmt.Fprintf(sc.Progress, "[select] feature layers %s: %d weightings of %v, ranked by %s on %s\n", strings.Join(names, ", "),
 		len(cands), c.Select.LayerWeights, c.Select.Metric, valData)
 	var train []dataset.Item // no reference: raw maps, as the bundle will score
@@ -132,12 +107,12 @@ func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []d
 	}
 	val, err := valItems(valData, c.Data.Classes)
 	if err != nil {
-		return nil, "", err
+		return nil, "", metrics.Metrics{}, err
 	}
 	mets, err := eval.WeighLayers(ctx, s, train, val, cands, eval.Options{BatchSize: c.Evaluate.BatchSize, Logger: sc.Logger,
 		Progress: prefixed(sc.Progress, "[select] layer maps ")})
 	if err != nil {
-		return nil, "", fmt.Errorf("select.layer_weights: %w", err)
+		return nil, "", metrics.Metrics{}, fmt.Errorf("select.layer_weights: %w", err)
 	}
 	out := make([]candidateResult, len(cands))
 	for k, w := range cands {
@@ -146,7 +121,7 @@ func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []d
 	best, why := bestLayers(out, c.Select.MinGain)
 	table := filepath.Join(dir, LayersFile)
 	if err := writeLayerTable(table, names, cands, out, best); err != nil {
-		return nil, "", err
+		return nil, "", metrics.Metrics{}, err
 	}
 	writeCandidateTable(sc.Progress, out, best)
 	var chosen [][2]any
@@ -156,7 +131,7 @@ func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []d
 		}
 	}
 	fmt.Fprintf(sc.Progress, "[select] chose feature layers %v (%s)\n", chosen, why)
-	return chosen, table, nil
+	return chosen, table, out[best].Mean, nil
 }
 
 // writeLayerTable writes one row per weighting: the weight of each layer, the validation metrics, the score.
