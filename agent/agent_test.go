@@ -314,7 +314,7 @@ func TestFolderHundred(t *testing.T) {
 			t.Errorf("seq %d: model %+v", r.Seq, r.Model)
 		case r.FrameTime.IsZero() || r.PublishedAt.IsZero():
 			t.Errorf("seq %d: frame_time/published_at missing", r.Seq)
-		case r.Heatmap == nil || r.Heatmap.Format != "png" || r.Heatmap.Bytes == 0:
+		case r.Heatmap == nil || r.Heatmap.Format != config.DefaultHeatmapFormat || r.Heatmap.Bytes == 0:
 			t.Errorf("seq %d: heatmap reference %+v", r.Seq, r.Heatmap)
 		}
 		for _, k := range []string{agent.LatCaptureToPublish, agent.LatModel, agent.LatOverhead, agent.LatQueue, pipeline.StageDenoise} {
@@ -327,8 +327,8 @@ func TestFolderHundred(t *testing.T) {
 		c2p += r.LatencyMS[agent.LatCaptureToPublish]
 	}
 	for i, h := range heat[:100] {
-		if len(h.Payload) < 8 || string(h.Payload[1:4]) != "PNG" {
-			t.Fatalf("heatmap %d is not a PNG (%d bytes)", i, len(h.Payload))
+		if len(h.Payload) < 8 || string(h.Payload[:3]) != "\xff\xd8\xff" {
+			t.Fatalf("heatmap %d is not a JPEG, the default format (%d bytes)", i, len(h.Payload))
 		}
 	}
 	processed, _ := filepath.Glob(filepath.Join(e.folder, "processed", "*.png"))
@@ -507,13 +507,14 @@ func checkHTTP(t *testing.T, base string) {
 		{"/metrics", 200, "text/plain", `vlmdiff_scored_total{camera="line"} 6`},
 		{"/metrics", 200, "text/plain", `vlmdiff_latency_seconds_bucket{camera="line",stage="model",le="+Inf"} 6`},
 		{"/api/stats", 200, "application/json", `"decode_errors": 1`},
-		{"/api/cameras", 200, "application/json", `"heatmap_url": "/api/cameras/line/heatmap.png"`},
+		{"/api/cameras", 200, "application/json", `"heatmap_url": "/api/cameras/line/heatmap.jpg"`},
 		{"/api/model", 200, "application/json", `"state": "running"`},
 		{"/api/model", 200, "application/json", `"provider": "cpu"`},
 		{"/api/history?camera=line&limit=2", 200, "application/json", `"seq": 6`},
 		{"/api/events?limit=1", 200, "application/json", `"heatmap_url": "/api/images/line/heatmap/`},
 		{"/api/events?verdict=NG", 200, "application/json", `[`},
-		{"/api/cameras/line/heatmap.png", 200, "image/png", "PNG"},
+		{"/api/cameras/line/heatmap.jpg", 200, "image/jpeg", "\xff\xd8\xff"},
+		{"/api/cameras/line/heatmap.png", 200, "image/jpeg", "\xff\xd8\xff"}, // the name older releases gave
 		{"/api/cameras/line/frame.jpg", 200, "image/jpeg", "\xff\xd8\xff"},
 		{"/api/cameras/nope/frame.jpg", 404, "application/json", "nope"},
 		{"/api/history?camera=nope", 404, "application/json", "nope"},
@@ -535,7 +536,7 @@ func checkHTTP(t *testing.T, base string) {
 	if err := json.Unmarshal(body, &evs); err != nil || len(evs) != 1 {
 		t.Fatalf("events: %v %s", err, body)
 	}
-	if code, ct, _ := get(evs[0].HeatmapURL); code != 200 || ct != "image/png" {
+	if code, ct, _ := get(evs[0].HeatmapURL); code != 200 || ct != "image/jpeg" {
 		t.Errorf("GET %s: %d %s", evs[0].HeatmapURL, code, ct)
 	}
 }

@@ -262,7 +262,7 @@ func TestScoreAPI(t *testing.T) {
 	if r.Camera != "api" || r.Seq != 1 || (r.Verdict != "OK" && r.Verdict != "NG") || r.Trigger["id"] != "SN-7" {
 		t.Errorf("score result %+v", r)
 	}
-	if r.HeatmapF != "png" || len(r.Heatmap64) < 8 || string(r.Heatmap64[1:4]) != "PNG" {
+	if r.HeatmapF != "jpeg" || len(r.Heatmap64) < 8 || string(r.Heatmap64[:3]) != "\xff\xd8\xff" {
 		t.Errorf("inline heatmap: format %q, %d bytes", r.HeatmapF, len(r.Heatmap64))
 	}
 	if _, ok := r.LatencyMS[agent.LatModel]; !ok {
@@ -497,7 +497,7 @@ func TestHealthzStall(t *testing.T) {
 func checkEvidence(t *testing.T, base, dir string, n int) {
 	t.Helper()
 	frames, _ := filepath.Glob(filepath.Join(dir, "line", "*", "*-NG.png"))
-	heatmaps, _ := filepath.Glob(filepath.Join(dir, "line", "*", "*-NG.heatmap.png"))
+	heatmaps, _ := filepath.Glob(filepath.Join(dir, "line", "*", "*-NG.heatmap.jpg"))
 	results, _ := filepath.Glob(filepath.Join(dir, "line", "*", "*-NG.json"))
 	if len(frames) != n || len(heatmaps) != n || len(results) != n {
 		t.Fatalf("evidence: %d frames, %d heatmaps, %d results; want %d each", len(frames), len(heatmaps), len(results), n)

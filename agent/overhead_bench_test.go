@@ -116,7 +116,7 @@ type overheadParams struct {
 }
 
 func overheadParamsFromEnv(b *testing.B) overheadParams {
-	p := overheadParams{seconds: 20, cameras: 4, fps: 30, width: 640, height: 480, heatmap: "png", dir: b.TempDir()}
+	p := overheadParams{seconds: 20, cameras: 4, fps: 30, width: 640, height: 480, heatmap: config.DefaultHeatmapFormat, dir: b.TempDir()}
 	atoi := func(name string, dst *int, least int) {
 		if v := os.Getenv(name); v != "" {
 			n, err := strconv.Atoi(v)

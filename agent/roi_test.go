@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image"
 	"image/color"
+	"image/jpeg"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -170,10 +171,10 @@ func TestRegionOfInterest(t *testing.T) {
 	if ms, fs := got["masked"][1].Area, got["full"][1].Area; !(ms < fs) {
 		t.Errorf("masked: anomaly_area_pct of the blob outside %v, not below the whole frame's %v", ms, fs)
 	}
-	// Heatmaps (binary PNG, one per NG at least) are the frame's 256x256.
+	// Heatmaps (binary JPEG, the default format; one per NG at least) are the frame's 256x256.
 	for _, c := range []string{"masked", "cropped"} {
 		hm := sub.WaitN(e.prefix+"/"+c+"/heatmap", 1, wait)
-		cfgImg, err := png.DecodeConfig(strings.NewReader(string(hm[len(hm)-1].Payload)))
+		cfgImg, err := jpeg.DecodeConfig(strings.NewReader(string(hm[len(hm)-1].Payload)))
 		if err != nil || cfgImg.Width != 256 || cfgImg.Height != 256 {
 			t.Errorf("%s heatmap: %dx%d %v, want 256x256", c, cfgImg.Width, cfgImg.Height, err)
 		}

@@ -36,7 +36,7 @@ func TestParseDefaults(t *testing.T) {
 		{"mqtt.listen", cfg.MQTT.Listen, DefaultEmbeddedListen},
 		{"mqtt.qos.ng", *cfg.MQTT.QoS.NG, 1},
 		{"mqtt.qos.heatmap", *cfg.MQTT.QoS.Heatmap, 0},
-		{"mqtt.heatmap.format", cfg.MQTT.Heatmap.Format, "png"},
+		{"mqtt.heatmap.format", cfg.MQTT.Heatmap.Format, "jpeg"},
 		{"mqtt.heatmap.max_size", cfg.MQTT.Heatmap.MaxSize, 0},
 		{"mqtt.heatmap.min_interval", *cfg.MQTT.Heatmap.MinInterval, time.Second},
 		{"cameras[0] heatmap interval", cfg.HeatmapInterval(&cfg.Cameras[0]), time.Second},

@@ -62,6 +62,8 @@ func (b ByteSize) String() string {
 const (
 	DefaultDataDir = "/var/lib/vlmdiff"
 	DefaultQueue   = 4
+	// DefaultHeatmapFormat is mqtt.heatmap.format's default (see HeatmapOut.Format).
+	DefaultHeatmapFormat = "jpeg"
 	// DefaultHeatmapInterval is mqtt.heatmap.min_interval's default (see HeatmapOut.MinInterval).
 	DefaultHeatmapInterval = time.Second
 	// DefaultCommitInterval is store.commit_interval's default (see Store.CommitInterval): at 120 frames/s
@@ -133,7 +135,7 @@ func (c *Config) SetDefaults() {
 	def(&q.QoS.Status, 1)
 	def(&q.QoS.Stats, 0)
 	if q.Heatmap.Format == "" {
-		q.Heatmap.Format = "png"
+		q.Heatmap.Format = DefaultHeatmapFormat
 	}
 	if q.Heatmap.MinInterval == nil {
 		iv := DefaultHeatmapInterval

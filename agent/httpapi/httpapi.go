@@ -80,10 +80,14 @@ func New(b Backend, log *slog.Logger, auth *httpauth.Auth) *Server {
 		data, err := b.LatestFrameJPEG(r.PathValue("cam"))
 		s.writeImage(w, data, "image/jpeg", err)
 	})
-	s.mux.HandleFunc("GET /api/cameras/{cam}/heatmap.png", func(w http.ResponseWriter, r *http.Request) {
+	// The latest heatmap, whatever its format: heatmap_url names it by mqtt.heatmap.format, and the .png
+	// name of older releases keeps working for links and dashboards that have it.
+	latestHeatmap := func(w http.ResponseWriter, r *http.Request) {
 		data, ct, err := b.LatestHeatmap(r.PathValue("cam"))
 		s.writeImage(w, data, ct, err)
-	})
+	}
+	s.mux.HandleFunc("GET /api/cameras/{cam}/heatmap.jpg", latestHeatmap)
+	s.mux.HandleFunc("GET /api/cameras/{cam}/heatmap.png", latestHeatmap)
 	s.mux.HandleFunc("GET /api/images/{key...}", func(w http.ResponseWriter, r *http.Request) {
 		data, ct, err := b.Image(r.PathValue("key"))
 		s.writeImage(w, data, ct, err)
