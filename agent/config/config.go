@@ -156,11 +156,11 @@ const (
 // HeatmapOut is how heatmaps are published.
 type HeatmapOut struct {
 	// Format is png or jpeg. Default DefaultHeatmapFormat (jpeg): a heatmap is a picture for people (the
-	// numbers are in the result), and at 640x480 a JPEG took about a quarter of the PNG's encode time and a
-	// sixth of its bytes (docs/operations.md, "Overhead per frame"), on the daemon's CPU, the broker, the
-	// store and every subscriber. png keeps it lossless.
+	// numbers are in the result), and at 640x480 a JPEG took about a fifth of the PNG's render and encode
+	// time and a sixth of its bytes (docs/operations.md, "Overhead per frame"), on the daemon's CPU, the
+	// broker, the store and every subscriber. png keeps it lossless.
 	Format string `yaml:"format"`
-	// Base64 wraps the image in JSON {"camera","seq","content_type","data"} for string-only clients.
+	// Base64 wraps the image in JSON {"camera","seq","format","data"} for string-only clients.
 	Base64 bool `yaml:"base64"`
 	// MinInterval rate-limits OK frames' heatmaps per camera (NG frames always get theirs): at most one
 	// per interval is rendered, stored and published. Default DefaultHeatmapInterval (1s): rendering and
