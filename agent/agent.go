@@ -150,7 +150,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 
-	a.log.Info("vlmdiff running", "cameras", len(a.cams), "broker", a.brokerURL, "http", a.cfg.HTTP.Listen, "store", a.cfg.Store.Path)
+	a.log.Info("vlmdiff running", "cameras", len(a.cams), "broker", a.brokerURL, "http", a.cfg.HTTP.Listen, "store", a.cfg.Store.Path,
+		"heatmap_format", a.cfg.MQTT.Heatmap.Format) // jpeg since 2026-11-30 (png before): say which
 	if a.cfg.HTTP.Listen != "" {
 		a.log.Info("dashboard: open http://" + dashboardHost(a.cfg.HTTP.Listen) + "/ in a browser")
 	}
