@@ -146,3 +146,24 @@ evidence: {enabled: true, dir: `+t.TempDir()+`, ok_every: 3}
 		}
 	}
 }
+
+// TestHeatmapFormatNames: for each mqtt.heatmap.format the API's heatmap_url extension and Content-Type name
+// what the renderer really encodes (the file signature), so a dashboard or a saved file is never mislabelled.
+func TestHeatmapFormatNames(t *testing.T) {
+	frame := capture.Frame{Width: 64, Height: 48, Pix: make([]byte, 64*48*3)}
+	r := &pipeline.Result{Map: make([]float32, 16*16), MapWidth: 16, MapHeight: 16}
+	for _, tc := range []struct{ format, ext, ctype, magic string }{
+		{"png", "png", "image/png", "\x89PNG"},
+		{"jpeg", "jpg", "image/jpeg", "\xff\xd8\xff"},
+	} {
+		a := &Agent{cfg: &config.Config{}}
+		a.cfg.MQTT.Heatmap = config.HeatmapOut{Format: tc.format}
+		data, err := a.renderHeatmap(newLoaded(renderOnly{}, ""), &job{frame: frame}, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ext, ct := heatmapExt(tc.format), contentType(tc.format); ext != tc.ext || ct != tc.ctype || !strings.HasPrefix(string(data), tc.magic) {
+			t.Errorf("%s: extension %q, Content-Type %q, bytes %q; want %q, %q, %q", tc.format, ext, ct, data[:4], tc.ext, tc.ctype, tc.magic)
+		}
+	}
+}
