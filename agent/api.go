@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vlmdiff/edge/agent/evidence"
 	"github.com/vlmdiff/edge/agent/httpapi"
 	"github.com/vlmdiff/edge/agent/store"
 )
@@ -69,7 +70,7 @@ func (a *Agent) CamerasJSON() any {
 		since := c.since
 		c.mu.Unlock()
 		ci := CameraInfo{CameraStats: a.cameraStats(c, now), Class: c.cfg.Class, Since: since,
-			FrameURL: "/api/cameras/" + c.name + "/frame.jpg", HeatmapURL: "/api/cameras/" + c.name + "/heatmap." + heatmapExt(a.cfg.MQTT.Heatmap.Format),
+			FrameURL: "/api/cameras/" + c.name + "/frame.jpg", HeatmapURL: "/api/cameras/" + c.name + "/heatmap" + evidence.HeatmapExt(a.cfg.MQTT.Heatmap.Format),
 			ThresholdEditable: c.cfg.RemoteThresholdOn()}
 		if lo, hi, _, err := a.thresholdBounds(c); err == nil {
 			ci.ThresholdRange = []float64{lo, hi}
@@ -121,14 +122,6 @@ func (a *Agent) LatestHeatmap(camera string) ([]byte, string, error) {
 		return nil, "", fmt.Errorf("camera %q has no heatmap yet: %w", camera, httpapi.ErrNotFound)
 	}
 	return ims[0].Data, contentType(ims[0].Format), nil
-}
-
-// heatmapExt is the file name extension of a heatmap format.
-func heatmapExt(format string) string {
-	if format == "jpeg" {
-		return "jpg"
-	}
-	return "png"
 }
 
 func contentType(format string) string {

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/vlmdiff/edge/agent/config"
+	"github.com/vlmdiff/edge/agent/evidence"
 	"github.com/vlmdiff/edge/capture"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
@@ -153,8 +154,8 @@ func TestHeatmapFormatNames(t *testing.T) {
 	frame := capture.Frame{Width: 64, Height: 48, Pix: make([]byte, 64*48*3)}
 	r := &pipeline.Result{Map: make([]float32, 16*16), MapWidth: 16, MapHeight: 16}
 	for _, tc := range []struct{ format, ext, ctype, magic string }{
-		{"png", "png", "image/png", "\x89PNG"},
-		{"jpeg", "jpg", "image/jpeg", "\xff\xd8\xff"},
+		{"png", ".png", "image/png", "\x89PNG"},
+		{"jpeg", ".jpg", "image/jpeg", "\xff\xd8\xff"},
 	} {
 		a := &Agent{cfg: &config.Config{}}
 		a.cfg.MQTT.Heatmap = config.HeatmapOut{Format: tc.format}
@@ -162,7 +163,7 @@ func TestHeatmapFormatNames(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ext, ct := heatmapExt(tc.format), contentType(tc.format); ext != tc.ext || ct != tc.ctype || !strings.HasPrefix(string(data), tc.magic) {
+		if ext, ct := evidence.HeatmapExt(tc.format), contentType(tc.format); ext != tc.ext || ct != tc.ctype || !strings.HasPrefix(string(data), tc.magic) {
 			t.Errorf("%s: extension %q, Content-Type %q, bytes %q; want %q, %q, %q", tc.format, ext, ct, data[:4], tc.ext, tc.ctype, tc.magic)
 		}
 	}

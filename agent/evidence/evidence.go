@@ -2,7 +2,7 @@
 // daemon: per result the original frame, its heatmap and the result JSON, in a dated tree
 //
 //	<dir>/<camera>/<YYYY-MM-DD>/<seq>-NG.png          the frame as scored (PNG, lossless)
-//	<dir>/<camera>/<YYYY-MM-DD>/<seq>-NG.heatmap.png  the heatmap (or .jpg, mqtt.heatmap.format)
+//	<dir>/<camera>/<YYYY-MM-DD>/<seq>-NG.heatmap.jpg  the heatmap (.png with mqtt.heatmap.format png)
 //	<dir>/<camera>/<YYYY-MM-DD>/<seq>-NG.json         the result JSON (as published)
 //
 // (OK frames sampled with ok_every are kept the same way as <seq>-OK.*). Files are written atomically (temp
@@ -85,14 +85,10 @@ func (t *Tree) Save(it Item) ([]string, error) {
 		data []byte
 	}{{base + ".png", it.Frame}, {base + ".json", it.Result}}
 	if len(it.Heatmap) > 0 {
-		ext := ".png"
-		if it.HeatmapFormat == "jpeg" {
-			ext = ".jpg"
-		}
 		files = append(files, struct {
 			name string
 			data []byte
-		}{base + ".heatmap" + ext, it.Heatmap})
+		}{base + ".heatmap" + HeatmapExt(it.HeatmapFormat), it.Heatmap})
 	}
 	var out []string
 	for _, f := range files {
@@ -232,4 +228,13 @@ func (t *Tree) removeEmptyDirs() {
 		}
 		_ = os.Remove(cdir)
 	}
+}
+
+// HeatmapExt is the file name extension of a heatmap encoded as format (mqtt.heatmap.format): ".jpg" for
+// jpeg, ".png" otherwise. The evidence files and the HTTP API's heatmap_url name heatmaps by it.
+func HeatmapExt(format string) string {
+	if format == "jpeg" {
+		return ".jpg"
+	}
+	return ".png"
 }
