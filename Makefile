@@ -39,7 +39,10 @@ test-py:
 # weights), built once into BENCH_DIR by the trainer (MobileNetV2 features from ../shared/backbones when present,
 # else a random conv net); per-stage latency at batch 1 and 4, the side-by-side with the PyTorch reference on the
 # same bundle and weights, the A/B of the static-shape denoisers against the dynamic one, and the floor table.
-# BENCH_FLAGS adds flags, e.g. --dynamic-only for the figures without the static-shape denoisers.
+# BENCH_FLAGS adds flags, e.g. --dynamic-only for the figures without the static-shape denoisers, or
+# --denoiser-spin / --denoiser-threads 1 (docs/operations.md, "Tuning scoring speed"). An int8-feature copy made
+# by `vlmdiff quantize --bundle $(BENCH_DIR)/bundle --data DATASET --out DIR` is timed with
+# `bin/vlmdiff bench --bundle DIR --threads 2 --batches 1,4 --floor` (docs/operations.md, "Reduced precision").
 BENCH_DIR ?= out/bench-small
 bench: build
 	@test -f $(BENCH_DIR)/bundle/bundle.json || PYTHONPATH=trainer/python $(PY) -m vlmdiff_train.bench_bundle --out $(BENCH_DIR)

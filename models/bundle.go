@@ -222,6 +222,9 @@ func (m *Manifest) validateConditioning(p *problems) {
 	}
 }
 
+// PrecisionInt8 is Features.Precision of a feature graph quantised to int8 (`vlmdiff quantize`).
+const PrecisionInt8 = "int8"
+
 // validateMapAndScore checks the features, the map and the score recipe.
 func (m *Manifest) validateMapAndScore(p *problems) {
 	f, in := m.Features, m.Input
@@ -238,6 +241,9 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 	}
 	if (len(f.Mean) != 0 || len(f.Std) != 0) && (len(f.Mean) != 3 || len(f.Std) != 3) {
 		p.bad("features.mean/std", "must both have 3 values or be absent")
+	}
+	if f.Precision != "" && f.Precision != PrecisionInt8 {
+		p.bad("features.precision", "must be absent (float32) or %q, got %q", PrecisionInt8, f.Precision)
 	}
 	if m.Map.Upsample != "bilinear_align_corners" {
 		p.bad("map.upsample", "only bilinear_align_corners is supported, got %q", m.Map.Upsample)

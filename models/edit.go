@@ -63,6 +63,8 @@ type FeatureSwap struct {
 	Tokens bool           // outputs are ViT tokens [B,1+N,D]
 	Mean   []float32      // the backbone's input normalisation, when it differs from the bundle's
 	Std    []float32
+	// Precision is the new graph's Features.Precision ("" for float32).
+	Precision string
 }
 
 // ErrFeatureGraph is wrapped by ReplaceFeatures' error when the feature graph does not fit the swap: not a
@@ -147,7 +149,7 @@ func writeSwapped(src, dir string, m *Manifest, fs FeatureSwap, graph GraphSpec)
 		return err
 	}
 	m.Graphs[RoleFeatures] = graph
-	m.Features = Features{Input: fs.Input, Layers: fs.Layers, Tokens: fs.Tokens, Mean: fs.Mean, Std: fs.Std}
+	m.Features = Features{Input: fs.Input, Layers: fs.Layers, Tokens: fs.Tokens, Mean: fs.Mean, Std: fs.Std, Precision: fs.Precision}
 	m.Files[featuresFile] = FileEntry{}
 	m.Version += "+" + strings.TrimSuffix(filepath.Base(fs.Graph), filepath.Ext(fs.Graph))
 	if err := m.Validate(); err != nil {

@@ -150,6 +150,8 @@ func TestReplaceFeaturesFailureChangesNothing(t *testing.T) {
 			false, "positive weight", false},
 		{"midway, over an existing bundle", FeatureSwap{Graph: graph, Input: "image", Layers: []FeatureLayer{{Name: "layer1", Weight: 1}},
 			Mean: []float32{0.5, 0.5}, Std: []float32{1, 1}}, false, "features.mean/std", false},
+		{"unknown precision", FeatureSwap{Graph: graph, Input: "image", Layers: []FeatureLayer{{Name: "layer1", Weight: 1}}, Precision: "fp8"},
+			false, `features.precision: must be absent (float32) or "int8", got "fp8"`, false},
 		{"midway, in place", FeatureSwap{Graph: graph, Input: "image", Layers: []FeatureLayer{{Name: "layer1", Weight: -1}}},
 			true, "positive weight", false},
 		{"missing output", FeatureSwap{Graph: graph, Input: "image", Layers: []FeatureLayer{{Name: "layer9", Weight: 1}}},

@@ -161,6 +161,11 @@ type Features struct {
 	Std  []float32 `json:"std,omitempty"`
 	// Tokens, when true, says the outputs are ViT tokens [B,1+N,D] (CLS first) rather than maps [B,D,h,w].
 	Tokens bool `json:"tokens,omitempty"`
+	// Precision says what the feature graph computes in: "" is float32, as exported; "int8" is a copy that
+	// `vlmdiff quantize` made (ONNX QDQ: int8 weights per channel, uint8 activations calibrated on the
+	// bundle's own frames and reconstructions). The scorer runs either the same way; it is recorded so that
+	// nobody mistakes a quantised bundle's accuracy for the float one's (docs/operations.md, "Reduced precision").
+	Precision string `json:"precision,omitempty"`
 }
 
 // FeatureLayer is one output of the feature graph and its weight in the summed map.

@@ -58,3 +58,89 @@ func TestOverlappedFeaturesScoreTheSame(t *testing.T) {
 		over.Close()
 	}
 }
+
+// TestSpinOptionsScoreTheSame: spinning changes when ONNX Runtime's threads sleep, never what they compute.
+// The spin settings (the denoiser's sessions only, all sessions, with and without a spin wait) are accepted by
+// the library and score a frame as the default does (to float rounding).
+func TestSpinOptionsScoreTheSame(t *testing.T) {
+	ctx := context.Background()
+	reqs := []Request{{Image: testImage(256, 256, 5)}}
+	plain, err := Open(fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	want, err := plain.Score(ctx, reqs)
+	if err != nil || want[0].Err != nil {
+		t.Fatal(err, want[0].Err)
+	}
+	for _, o := range []Options{
+		{DenoiserSpin: true, SpinMicros: 100},
+		{DenoiserSpin: true},
+		{Spin: true, SpinMicros: 50},
+	} {
+		o.Providers, o.Threads = []string{"cpu"}, 2
+		s, err := Open(fixtureBundle, o)
+		if err != nil {
+			t.Fatalf("spin %v, denoiser spin %v, %d us: %v", o.Spin, o.DenoiserSpin, o.SpinMicros, err)
+		}
+		got, err := s.Score(ctx, reqs)
+		s.Close()
+		if err != nil || got[0].Err != nil {
+			t.Fatal(err, got[0].Err)
+		}
+		if math.Abs(got[0].RawScore-want[0].RawScore) > 1e-6*math.Abs(want[0].RawScore) {
+			t.Errorf("spin %v, denoiser spin %v, %d us: raw score %v, want %v", o.Spin, o.DenoiserSpin, o.SpinMicros, got[0].RawScore, want[0].RawScore)
+		}
+	}
+}
+
+// TestFeatureInputsAreWhatScoreSees: FeatureInputs returns the feature graph's input of a scored batch (the
+// frames, then their reconstructions, K per frame): run through the feature graph and the map stage, it gives
+// the scores Score gives.
+func TestFeatureInputsAreWhatScoreSees(t *testing.T) {
+	ctx := context.Background()
+	reqs := []Request{{Image: testImage(256, 256, 5)}, {Image: testImage(320, 240, 8)}}
+	s, err := Open(fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 1, Ensemble: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want, err := s.Score(ctx, reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, shape, err := s.FeatureInputs(ctx, reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	H, W := int64(s.m.Input.Height), int64(s.m.Input.Width)
+	if len(shape) != 4 || shape[0] != 2*(1+2) || shape[1] != 3 || shape[2] != H || shape[3] != W || int64(len(data)) != shape[0]*3*H*W {
+		t.Fatalf("shape %v with %d values, want [6 3 %d %d]", shape, len(data), H, W)
+	}
+	bt, err := tensor(shape, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bt.Destroy()
+	out, shapes, err := s.feat.run(bt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers := make([]layerOutput, len(s.m.Features.Layers))
+	for l, spec := range s.m.Features.Layers {
+		layers[l] = layerOutput{Name: spec.Name, Weight: float64(spec.Weight), Data: out[l], Shape: shapes[l]}
+	}
+	got, err := s.mapsAndScores(layers, reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range reqs {
+		if got[i].Err != nil || math.Abs(got[i].RawScore-want[i].RawScore) > 1e-5*math.Abs(want[i].RawScore) {
+			t.Errorf("frame %d: score from FeatureInputs %v (%v), Score %v", i, got[i].RawScore, got[i].Err, want[i].RawScore)
+		}
+	}
+	if _, _, err := s.FeatureInputs(ctx, []Request{{Image: Image{Width: 2, Height: 2, Pix: []byte{1}}}}); err == nil {
+		t.Error("a malformed frame was accepted")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -91,6 +92,16 @@ func InitRuntime(configured string) error {
 		strings.Join(tried, "; "), EnvLibrary)
 }
 
+// RuntimeVersion returns the loaded ONNX Runtime library's version ("" before InitRuntime).
+func RuntimeVersion() string {
+	runtimeMu.Lock()
+	defer runtimeMu.Unlock()
+	if runtimePath == "" {
+		return ""
+	}
+	return ort.GetVersion()
+}
+
 // RuntimeLibrary returns the path of the loaded ONNX Runtime library ("" before InitRuntime).
 func RuntimeLibrary() string {
 	runtimeMu.Lock()
@@ -114,6 +125,16 @@ type Options struct {
 	// Spin lets ONNX Runtime's idle worker threads spin-wait between operators. Off by default: spinning
 	// only pays when the cores are otherwise idle, and on small CPUs it slows scoring down.
 	Spin bool
+	// DenoiserSpin lets the denoiser's sessions spin-wait even when Spin is off. A denoiser step is about a
+	// thousand operators of a few microseconds each: a sleeping worker thread is woken for every one of them,
+	// and that wake-up is what made a second thread slower than one. Spinning keeps the worker awake between
+	// them, so the denoiser gains from its second thread; the other graphs, few large convolutions, do not
+	// need it (docs/operations.md, "Tuning scoring speed").
+	DenoiserSpin bool
+	// SpinMicros, when > 0, is how long a spinning thread waits for work before it sleeps
+	// (session.intra_op.spin_duration_us, ONNX Runtime >= 1.26). 0 keeps ONNX Runtime's own spin count, which
+	// kept the threads spinning well after a run, on cores the next graph's threads needed.
+	SpinMicros int
 	// DeviceID selects the GPU for the CUDA provider.
 	DeviceID int
 	// Library is the ONNX Runtime shared library path ("" = search; see InitRuntime).
@@ -184,6 +205,15 @@ func newSessionOptions(o Options, logOnce *sync.Once) (*ort.SessionOptions, stri
 		if err := so.AddSessionConfigEntry("session.intra_op.allow_spinning", "0"); err != nil {
 			so.Destroy()
 			return nil, "", fmt.Errorf("session option allow_spinning: %w", err)
+		}
+	}
+	if o.Spin && o.SpinMicros > 0 {
+		// A spinning thread sleeps after this long without work (ONNX Runtime >= 1.26; older libraries ignore
+		// the key and spin for their own count). Long enough to bridge the gap between two short operators,
+		// short enough that the threads are asleep soon after a run, before the next session's threads start.
+		if err := so.AddSessionConfigEntry("session.intra_op.spin_duration_us", strconv.Itoa(o.SpinMicros)); err != nil {
+			so.Destroy()
+			return nil, "", fmt.Errorf("session option spin_duration_us: %w", err)
 		}
 	}
 	if o.NoMemPattern {

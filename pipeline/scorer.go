@@ -134,6 +134,9 @@ func (s *Scorer) newGraphAt(name, file string, in, out []string, noLayout bool) 
 	if o.DenoiserThreads > 0 && strings.HasPrefix(name, models.RoleDenoiser) {
 		o.Threads = o.DenoiserThreads
 	}
+	if o.DenoiserSpin && strings.HasPrefix(name, models.RoleDenoiser) {
+		o.Spin = true // only the denoiser's sessions (Options.DenoiserSpin)
+	}
 	so, provider, err := newSessionOptions(o, &cudaFallbackOnce)
 	if err != nil {
 		return nil, err
@@ -325,6 +328,47 @@ func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, erro
 	lat.add(StageMap, t0)
 	s.stamp(results, lat, tAll)
 	return results, nil
+}
+
+// FeatureInputs returns the tensor the feature graph receives when the frames are scored: the frames, then
+// their reconstructions (B + B*K images of [3,H,W], K start noises each), in the feature backbone's
+// normalisation. It runs the scoring recipe up to the decoder, exactly as Score does. Why: a quantised copy of
+// the feature graph (vlmdiff quantize) is calibrated on the activations it will really see, and half of its
+// inputs are reconstructions, which no dataset holds.
+func (s *Scorer) FeatureInputs(ctx context.Context, reqs []Request) ([]float32, []int64, error) {
+	if s.closed.Load() {
+		return nil, nil, errClosed
+	}
+	for i, r := range reqs {
+		if err := r.Image.Validate(); err != nil {
+			return nil, nil, fmt.Errorf("frame %d: %w", i, err)
+		}
+	}
+	x, image, err := s.preprocess(reqs)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer image.Destroy()
+	z, startNoise, err := s.encode(image, reqs)
+	if err != nil {
+		return nil, nil, err
+	}
+	cond, err := s.denoiserInputs(reqs, image)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer cond.release()
+	zRec, err := s.reconstruct(ctx, z, startNoise, cond)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := s.decode(zRec, len(reqs)*s.ens)
+	if err != nil {
+		return nil, nil, err
+	}
+	H, W := s.m.Input.Height, s.m.Input.Width
+	both := featureInput(x, rec, H*W, s.m.Input.Mean, s.m.Input.Std, s.m.Features.Mean, s.m.Features.Std)
+	return both, []int64{int64(len(reqs) * (1 + s.ens)), 3, int64(H), int64(W)}, nil
 }
 
 // latencies accumulates the wall time of each stage of one batch, in milliseconds.

@@ -32,17 +32,24 @@ type benchReport struct {
 	DDIMSteps     int    `json:"ddim_steps"`
 	Ensemble      int    `json:"ensemble"` // start noises per frame (diffusion.ensemble or --ensemble)
 	FeatureLayers int    `json:"feature_layers"`
-	Provider      string `json:"provider"`
-	Threads       int    `json:"threads"`
+	// FeaturePrecision is the feature graph's features.precision ("" = float32, "int8" = vlmdiff quantize's).
+	FeaturePrecision string `json:"feature_precision,omitempty"`
+	Provider         string `json:"provider"`
+	Threads          int    `json:"threads"`
 	// DenoiserThreads is --denoiser-threads (0: the denoiser runs on Threads too).
-	DenoiserThreads int          `json:"denoiser_threads,omitempty"`
-	Spin            bool         `json:"spin"`
-	GOMAXPROCS      int          `json:"gomaxprocs"`
-	OpenMS          float64      `json:"open_ms"`
-	FirstFrameMS    float64      `json:"first_frame_ms"`
-	Stages          []benchStage `json:"stages"`
-	Batches         []benchBatch `json:"batches"`
-	PeakRSSMiB      float64      `json:"peak_rss_mib"`
+	DenoiserThreads int  `json:"denoiser_threads,omitempty"`
+	Spin            bool `json:"spin"`
+	// DenoiserSpin is --denoiser-spin; SpinMicros is --spin-us (what a spinning thread waits before it sleeps).
+	DenoiserSpin bool `json:"denoiser_spin"`
+	SpinMicros   int  `json:"spin_us"`
+	GOMAXPROCS   int  `json:"gomaxprocs"`
+	// ORTVersion is the loaded ONNX Runtime library's version: speeds differ between releases.
+	ORTVersion   string       `json:"onnxruntime_version"`
+	OpenMS       float64      `json:"open_ms"`
+	FirstFrameMS float64      `json:"first_frame_ms"`
+	Stages       []benchStage `json:"stages"`
+	Batches      []benchBatch `json:"batches"`
+	PeakRSSMiB   float64      `json:"peak_rss_mib"`
 	// DynamicOnly: the bundle's static-shape denoisers were ignored (--dynamic-only).
 	DynamicOnly bool            `json:"dynamic_only"`
 	Floor       *benchFloor     `json:"floor,omitempty"`
@@ -169,8 +176,8 @@ func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, s
 		return nil, nil, err
 	}
 	rep := &benchReport{Bundle: m.Name, Version: m.Version, Width: m.Input.Width, Height: m.Input.Height,
-		DDIMSteps: m.Diffusion.DDIMSteps, Ensemble: s.Ensemble(), FeatureLayers: len(m.Features.Layers), Provider: s.Provider(),
-		Threads: sf.Threads, DenoiserThreads: sf.DenoiserThreads, Spin: sf.Spin, GOMAXPROCS: runtime.GOMAXPROCS(0), OpenMS: openMS,
+		DDIMSteps: m.Diffusion.DDIMSteps, Ensemble: s.Ensemble(), FeatureLayers: len(m.Features.Layers), FeaturePrecision: m.Features.Precision, Provider: s.Provider(),
+		Threads: sf.Threads, DenoiserThreads: sf.DenoiserThreads, Spin: sf.Spin, DenoiserSpin: sf.DenoiserSpin, SpinMicros: sf.SpinMicros, GOMAXPROCS: runtime.GOMAXPROCS(0), ORTVersion: pipeline.RuntimeVersion(), OpenMS: openMS,
 		FirstFrameMS: time.Since(first).Seconds() * 1000, DynamicOnly: sf.DynamicOnly}
 	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
 		pipeline.StageDecode, pipeline.StageFeatures, pipeline.StageMap, pipeline.StageTotal}
@@ -282,9 +289,23 @@ func writeBenchTables(w io.Writer, rep *benchReport) {
 	if rep.DenoiserThreads > 0 {
 		dt = fmt.Sprintf(" (denoiser %d)", rep.DenoiserThreads)
 	}
-	fmt.Fprintf(w, "bundle %s %s  input %dx%d  ddim %d  noises %d  features %d layers  provider %s  threads %d%s  spin %v  GOMAXPROCS %d\n",
-		rep.Bundle, rep.Version, rep.Width, rep.Height, rep.DDIMSteps, rep.Ensemble, rep.FeatureLayers, rep.Provider, rep.Threads, dt,
-		rep.Spin, rep.GOMAXPROCS)
+	spin := "off"
+	switch {
+	case rep.Spin:
+		spin = "all"
+	case rep.DenoiserSpin:
+		spin = "denoiser"
+	}
+	if spin != "off" && rep.SpinMicros > 0 {
+		spin += fmt.Sprintf(" (%d us)", rep.SpinMicros)
+	}
+	fp := ""
+	if rep.FeaturePrecision != "" {
+		fp = " " + rep.FeaturePrecision
+	}
+	fmt.Fprintf(w, "bundle %s %s  input %dx%d  ddim %d  noises %d  features %d layers%s  provider %s  threads %d%s  spin %s  GOMAXPROCS %d  onnxruntime %s\n",
+		rep.Bundle, rep.Version, rep.Width, rep.Height, rep.DDIMSteps, rep.Ensemble, rep.FeatureLayers, fp, rep.Provider, rep.Threads, dt,
+		spin, rep.GOMAXPROCS, rep.ORTVersion)
 	fmt.Fprintf(w, "open+verify %.0f ms, first frame (warm-up) %.0f ms\n\n", rep.OpenMS, rep.FirstFrameMS)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprint(tw, "batch\tstage\tp50 ms/frame\tp95 ms/frame\t\n")

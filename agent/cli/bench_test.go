@@ -145,9 +145,27 @@ func TestBenchFloorTable(t *testing.T) {
 			n, of, over.DenoiserThreads, f1.MACsPerFrame)
 	}
 
+	// the denoiser's spin settings are reported as given, with the library's version
+	spin := benchJSON(t, "--batches", "1", "--frames", "1", "--threads", "2", "--denoiser-spin", "--spin-us", "70")
+	if !spin.DenoiserSpin || spin.SpinMicros != 70 || spin.Spin || spin.ORTVersion == "" {
+		t.Errorf("--denoiser-spin --spin-us 70: report says denoiser spin %v, %d us, spin %v, onnxruntime %q",
+			spin.DenoiserSpin, spin.SpinMicros, spin.Spin, spin.ORTVersion)
+	}
+
 	var table bytes.Buffer
+	writeBenchTables(&table, spin)
+	if !strings.Contains(table.String(), "spin denoiser (70 us)") {
+		t.Errorf("header does not name the spin settings:\n%s", table.String())
+	}
+	off := benchJSON(t, "--batches", "1", "--frames", "1", "--denoiser-spin=false")
+	table.Reset()
+	writeBenchTables(&table, off)
+	if off.DenoiserSpin || !strings.Contains(table.String(), "spin off") {
+		t.Errorf("--denoiser-spin=false: denoiser spin %v, header:\n%s", off.DenoiserSpin, table.String())
+	}
+	table.Reset()
 	writeBenchTables(&table, rep)
-	for _, want := range []string{"floor: peak", "denoiser_b1.onnx", "x floor"} {
+	for _, want := range []string{"floor: peak", "denoiser_b1.onnx", "x floor", "spin denoiser (100 us)", "onnxruntime 1."} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

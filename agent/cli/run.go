@@ -64,7 +64,7 @@ func runDaemon(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := pipeline.InitRuntime(cfg.Models.ONNXRuntime); err != nil {
 		return fmt.Errorf("ONNX Runtime: %w", err)
 	}
-	opt := pipeline.Options{Providers: cfg.Models.Providers, Threads: cfg.Models.Threads, DenoiserThreads: cfg.Models.DenoiserThreads, Spin: cfg.Models.Spin, DeviceID: cfg.Models.DeviceID,
+	opt := pipeline.Options{Providers: cfg.Models.Providers, Threads: cfg.Models.Threads, DenoiserThreads: cfg.Models.DenoiserThreads, Spin: cfg.Models.Spin, DenoiserSpin: cfg.Models.DenoiserSpinOn(), SpinMicros: cfg.Models.SpinUS(), DeviceID: cfg.Models.DeviceID,
 		Library: cfg.Models.ONNXRuntime, LeanMemory: cfg.Models.Memory == config.MemoryLean,
 		NoMemPattern: cfg.Models.Memory != config.MemoryORT, SharedArena: cfg.Models.Memory == config.MemoryShared}
 	a, err := agent.New(cfg, agent.Options{

@@ -2,17 +2,16 @@ package cli
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/vlmdiff/edge/agent/config"
 	"github.com/vlmdiff/edge/imagelimit"
+	"github.com/vlmdiff/edge/internal/npy"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/pipeline/roi"
@@ -139,22 +138,10 @@ func scoreOne(ctx context.Context, s *pipeline.Scorer, path, class, stem string,
 	return line, nil
 }
 
-// WriteNPY writes a float32 H x W array in NumPy's .npy format (version 1.0), readable with numpy.load: a
-// lossless anomaly map that any analysis tool opens.
+// WriteNPY writes a float32 H x W array in NumPy's .npy format, readable with numpy.load: a lossless anomaly
+// map that any analysis tool opens.
 func WriteNPY(path string, data []float32, h, w int) error {
-	header := fmt.Sprintf("{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }", h, w)
-	// magic(6) + version(2) + len(2) + header + padding + '\n' must be a multiple of 64
-	total := 10 + len(header) + 1
-	pad := (64 - total%64) % 64
-	header += strings.Repeat(" ", pad) + "\n"
-	buf := make([]byte, 0, 10+len(header)+4*len(data))
-	buf = append(buf, 0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0)
-	buf = binary.LittleEndian.AppendUint16(buf, uint16(len(header)))
-	buf = append(buf, header...)
-	for _, v := range data {
-		buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(v))
-	}
-	return os.WriteFile(path, buf, 0o644)
+	return npy.Write(path, data, h, w)
 }
 
 func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -42,6 +42,12 @@ type Agent struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 }
 
+// DefaultSpinMicros is models.spin_us when unset, and the commands' --spin-us default: how long a spinning
+// ONNX Runtime thread waits for work before it sleeps. On the 2-core test machine 100 us bridged the
+// denoiser's operators and let its threads sleep before the decoder's began (docs/operations.md, "Tuning
+// scoring speed").
+const DefaultSpinMicros = 100
+
 // Models says where bundles come from and how they run.
 type Models struct {
 	// Dir is watched for bundle directories; the newest valid one (manifest created time) is used and
@@ -59,6 +65,12 @@ type Models struct {
 	// Spin lets ONNX Runtime's idle threads spin-wait between operators (lower latency only when the cores
 	// are otherwise idle; slower on small CPUs). Default false.
 	Spin bool `yaml:"spin"`
+	// DenoiserSpin lets only the denoiser's threads spin-wait: its thousand short operators per step need a
+	// second thread awake between them, the other graphs do not. Default true (DenoiserSpinOn).
+	DenoiserSpin *bool `yaml:"denoiser_spin"`
+	// SpinMicros is how long a spinning thread waits for work before it sleeps (ONNX Runtime >= 1.26).
+	// Default 100; 0 = ONNX Runtime's own count.
+	SpinMicros *int `yaml:"spin_us"`
 	// Memory is how ONNX Runtime holds tensor memory: MemoryShared (default; one arena for all sessions grown
 	// as asked, no memory pattern), MemoryLean (no arena, large blocks back to the system after each run) or
 	// MemoryORT (ONNX Runtime's defaults: an arena per session, memory pattern). See docs/operations.md, "Memory".
@@ -73,6 +85,20 @@ type Models struct {
 	Workers int `yaml:"workers"`
 	// ONNXRuntime is the path of libonnxruntime.so; empty = ONNXRUNTIME_LIB, then .deps/lib, then system paths.
 	ONNXRuntime string `yaml:"onnxruntime"`
+}
+
+// DenoiserSpinOn is DenoiserSpin, true when unset: on the 2-core test machine it made the small preset 5% faster
+// per frame at batch 1 and 18% at batch 4 (docs/operations.md, "Tuning scoring speed").
+func (m Models) DenoiserSpinOn() bool {
+	return m.DenoiserSpin == nil || *m.DenoiserSpin
+}
+
+// SpinUS is SpinMicros, or DefaultSpinMicros when unset.
+func (m Models) SpinUS() int {
+	if m.SpinMicros == nil {
+		return DefaultSpinMicros
+	}
+	return *m.SpinMicros
 }
 
 // MQTT configures the publisher and, when Broker is empty, the embedded broker.

@@ -44,6 +44,8 @@ func TestParseDefaults(t *testing.T) {
 		{"models.providers", strings.Join(cfg.Models.Providers, ","), "cpu"},
 		{"models.batch", cfg.Models.Batch, 1},
 		{"models.memory", cfg.Models.Memory, MemoryShared},
+		{"models.denoiser_spin", cfg.Models.DenoiserSpinOn(), true},
+		{"models.spin_us", cfg.Models.SpinUS(), DefaultSpinMicros},
 		{"cameras[0].queue", cfg.Cameras[0].Queue, DefaultQueue},
 		{"cameras[0].heatmap", cfg.Cameras[0].HeatmapOn(), true},
 		{"cameras[0].roi (none: the whole frame)", cfg.Cameras[0].ROI.Active(), false},
@@ -61,7 +63,7 @@ func TestParseDefaults(t *testing.T) {
 func TestParseOverridesAndEnv(t *testing.T) {
 	src := `
 agent: {name: line1, data_dir: /tmp/x}
-models: {bundle: /tmp/b, batch: 4, workers: 2, providers: [cuda, cpu]}
+models: {bundle: /tmp/b, batch: 4, workers: 2, providers: [cuda, cpu], denoiser_spin: false, spin_us: 0}
 cameras:
   - name: cam1
     kind: synthetic
@@ -99,6 +101,8 @@ store:
 		got, want any
 	}{
 		{"threshold", *c.Threshold, 0.75},
+		{"denoiser_spin explicit false", cfg.Models.DenoiserSpinOn(), false},
+		{"spin_us explicit 0 (ONNX Runtime's own count)", cfg.Models.SpinUS(), 0},
 		{"queue", c.Queue, 8},
 		{"heatmap", c.HeatmapOn(), false},
 		{"heatmap_interval", cfg.HeatmapInterval(&c), 2 * time.Second},
@@ -204,6 +208,9 @@ cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.providers[0]: must
 		{"negative denoiser threads", `
 models: {dir: /m, denoiser_threads: -1}
 cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.denoiser_threads: must be >= 0"}},
+		{"negative spin wait", `
+models: {dir: /m, spin_us: -5}
+cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.spin_us: must be 0..1000000 microseconds"}},
 		{"batch too big", `
 models: {dir: /m, batch: 100}
 cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.batch: must be 1..64"}},

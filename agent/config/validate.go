@@ -109,6 +109,10 @@ func (c *Config) SetDefaults() {
 	if m.Workers == 0 {
 		m.Workers = 1
 	}
+	if m.SpinMicros == nil {
+		us := DefaultSpinMicros
+		m.SpinMicros = &us
+	}
 	for i := range c.Cameras {
 		if c.Cameras[i].Queue == 0 {
 			c.Cameras[i].Queue = DefaultQueue
@@ -295,6 +299,9 @@ func (c *Config) validateModels(bad func(path, format string, args ...any)) {
 	}
 	if m.DenoiserThreads < 0 {
 		bad("models.denoiser_threads", "must be >= 0 (0 = models.threads)")
+	}
+	if m.SpinMicros != nil && (*m.SpinMicros < 0 || *m.SpinMicros > 1_000_000) {
+		bad("models.spin_us", "must be 0..1000000 microseconds (0 = ONNX Runtime's own spin count), not %d", *m.SpinMicros)
 	}
 	if m.Batch < 1 || m.Batch > 64 {
 		bad("models.batch", "must be 1..64, not %d", m.Batch)

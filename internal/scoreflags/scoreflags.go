@@ -7,6 +7,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/vlmdiff/edge/agent/config"
 	"github.com/vlmdiff/edge/pipeline"
 )
 
@@ -18,11 +19,15 @@ type Flags struct {
 	// DenoiserThreads is pipeline.Options.DenoiserThreads (0 = Threads).
 	DenoiserThreads int
 	Spin            bool
-	Library         string
-	ClassCond       bool
-	Lean            bool
-	Pattern         bool
-	Shared          bool
+	// DenoiserSpin lets only the denoiser's sessions spin-wait (pipeline.Options.DenoiserSpin).
+	DenoiserSpin bool
+	// SpinMicros bounds a spinning thread's wait (pipeline.Options.SpinMicros).
+	SpinMicros int
+	Library    string
+	ClassCond  bool
+	Lean       bool
+	Pattern    bool
+	Shared     bool
 	// DynamicOnly ignores the bundle's static-shape denoiser graphs (pipeline.Options.DynamicOnly).
 	DynamicOnly bool
 	// NoReference scores raw maps, ignoring the bundle's map reference (pipeline.Options.NoReference).
@@ -44,6 +49,8 @@ func (f *Flags) Register(fs interface {
 	fs.IntVar(&f.Threads, "threads", 0, "ONNX Runtime intra-op threads per session (0 = all cores)")
 	fs.IntVar(&f.DenoiserThreads, "denoiser-threads", 0, "ONNX Runtime intra-op threads of the denoiser's sessions (0 = --threads); its small operators may run faster on one")
 	fs.BoolVar(&f.Spin, "spin", false, "let ONNX Runtime's idle threads spin-wait (faster only on otherwise idle cores)")
+	fs.BoolVar(&f.DenoiserSpin, "denoiser-spin", true, "let the denoiser's ONNX Runtime threads spin-wait between its short operators, as the daemon does (models.denoiser_spin; --denoiser-spin=false for the sleeping threads of before)")
+	fs.IntVar(&f.SpinMicros, "spin-us", config.DefaultSpinMicros, "microseconds a spinning thread waits for work before it sleeps (ONNX Runtime >= 1.26; 0 = its own count)")
 	fs.StringVar(&f.Library, "onnxruntime", "", "path of libonnxruntime.so (default: $"+pipeline.EnvLibrary+", then .deps/lib)")
 	fs.BoolVar(&f.ClassCond, "class-conditioning", false, "condition on the class prompt when the bundle has one (uses CFG)")
 	fs.BoolVar(&f.Lean, "lean-memory", false, "no ONNX Runtime memory arena, large blocks back to the system after each run (models.memory: lean)")
@@ -64,7 +71,7 @@ func (f *Flags) Options() pipeline.Options {
 			prov = append(prov, p)
 		}
 	}
-	return pipeline.Options{Providers: prov, Threads: f.Threads, DenoiserThreads: f.DenoiserThreads, Spin: f.Spin, Library: f.Library, ClassConditioning: f.ClassCond,
+	return pipeline.Options{Providers: prov, Threads: f.Threads, DenoiserThreads: f.DenoiserThreads, Spin: f.Spin, DenoiserSpin: f.DenoiserSpin, SpinMicros: f.SpinMicros, Library: f.Library, ClassConditioning: f.ClassCond,
 		LeanMemory: f.Lean, NoMemPattern: !f.Pattern,
 		SharedArena: f.Shared, DynamicOnly: f.DynamicOnly, NoReference: f.NoReference, StaticNoLayout: f.StaticNoLayout,
 		Ensemble: f.Ensemble}
