@@ -92,10 +92,7 @@ func runQuantize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return fmt.Errorf("no normal training images in %s", df.data)
 	}
 	perClass := max(1, int(math.Ceil(float64(*frames)/float64(len(dataset.Classes(train))))))
-	calib := eval.ReferenceItems(train, perClass)
-	if len(calib) > *frames {
-		calib = calib[:*frames]
-	}
+	calib := calibrationItems(eval.ReferenceItems(train, perClass), *frames)
 
 	tmp, err := os.MkdirTemp("", "vlmdiff-quantize-")
 	if err != nil {
@@ -134,6 +131,31 @@ func runQuantize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		"(`vlmdiff calibrate --bundle %s --data %s --reference train`) and compare it with the float bundle "+
 		"(`vlmdiff eval`) before using it\n", *out, df.data)
 	return nil
+}
+
+// calibrationItems takes at most n of items (grouped by class, as eval.ReferenceItems returns them) round-robin
+// over the classes, so that cutting to n drops from every class rather than all of the last classes.
+func calibrationItems(items []dataset.Item, n int) []dataset.Item {
+	if len(items) <= n {
+		return items
+	}
+	var classes []string
+	by := map[string][]dataset.Item{}
+	for _, it := range items {
+		if _, ok := by[it.Class]; !ok {
+			classes = append(classes, it.Class)
+		}
+		by[it.Class] = append(by[it.Class], it)
+	}
+	out := make([]dataset.Item, 0, n)
+	for k := 0; len(out) < n; k++ {
+		for _, c := range classes {
+			if k < len(by[c]) && len(out) < n {
+				out = append(out, by[c][k])
+			}
+		}
+	}
+	return out
 }
 
 // quantPython returns the interpreter to run the quantiser with.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/run"
 )
 
@@ -126,4 +127,31 @@ func correlation(a, b []float32) float64 {
 		vb += db * db
 	}
 	return cov / math.Sqrt(va*vb)
+}
+
+// TestCalibrationItems: cutting the calibration frames to --frames keeps every class, taking from each in turn.
+func TestCalibrationItems(t *testing.T) {
+	var items []dataset.Item
+	for _, c := range []string{"a", "b", "c"} {
+		for k := range 3 {
+			items = append(items, dataset.Item{Class: c, Path: c + string(rune('0'+k))})
+		}
+	}
+	for _, tc := range []struct {
+		n    int
+		want string
+	}{
+		{9, "a0 a1 a2 b0 b1 b2 c0 c1 c2"},
+		{20, "a0 a1 a2 b0 b1 b2 c0 c1 c2"},
+		{4, "a0 b0 c0 a1"},
+		{2, "a0 b0"},
+	} {
+		var got []string
+		for _, it := range calibrationItems(items, tc.n) {
+			got = append(got, it.Path)
+		}
+		if g := strings.Join(got, " "); g != tc.want {
+			t.Errorf("n=%d: %s, want %s", tc.n, g, tc.want)
+		}
+	}
 }
