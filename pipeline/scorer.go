@@ -260,55 +260,22 @@ func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, erro
 	lat := latencies{}
 	tAll := time.Now()
 
-	t0 := time.Now()
-	x, image, err := s.preprocess(reqs)
-	if err != nil {
-		return nil, err
-	}
-	defer image.Destroy()
-	lat.add(StagePreprocess, t0)
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-
 	var early *frameFeatures
-	if s.overlapFeatures() {
-		early = s.startFrameFeatures(x, len(reqs))
-		defer func() { <-early.done }() // x stays alive until the goroutine is done with it
-	}
-
-	t0 = time.Now()
-	z, startNoise, err := s.encode(image, reqs)
+	defer func() {
+		if early != nil {
+			<-early.done // x stays alive until the goroutine is done with it
+		}
+	}()
+	x, rec, err := s.reconstructBatch(ctx, reqs, lat, func(x []float32) {
+		if s.overlapFeatures() {
+			early = s.startFrameFeatures(x, len(reqs))
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
-	lat.add(StageEncode, t0)
 
-	t0 = time.Now()
-	cond, err := s.denoiserInputs(reqs, image)
-	if err != nil {
-		return nil, err
-	}
-	defer cond.release()
-	if s.hint != nil {
-		lat.add(StageHint, t0)
-	}
-
-	t0 = time.Now()
-	zRec, err := s.reconstruct(ctx, z, startNoise, cond)
-	if err != nil {
-		return nil, err
-	}
-	lat.add(StageDenoise, t0)
-
-	t0 = time.Now()
-	rec, err := s.decode(zRec, len(reqs)*s.ens)
-	if err != nil {
-		return nil, err
-	}
-	lat.add(StageDecode, t0)
-
-	t0 = time.Now()
+	t0 := time.Now()
 	var feats []layerOutput
 	if early != nil {
 		feats, err = s.recFeatures(early, rec, len(reqs))
@@ -330,11 +297,63 @@ func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, erro
 	return results, nil
 }
 
+// reconstructBatch runs the recipe from the frames to their reconstructions (docs/algorithm.md §1.1-1.8:
+// preprocess, encode, hint, denoise, decode), adding each stage's time to lat. It returns the preprocessed
+// frames x and the B*K decoded reconstructions. onFrames, when set, gets x as soon as it exists, before the
+// encoder runs: the frames' own features can start there (overlapFeatures).
+func (s *Scorer) reconstructBatch(ctx context.Context, reqs []Request, lat latencies, onFrames func(x []float32)) (x, rec []float32, err error) {
+	t0 := time.Now()
+	x, image, err := s.preprocess(reqs)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer image.Destroy()
+	lat.add(StagePreprocess, t0)
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	if onFrames != nil {
+		onFrames(x)
+	}
+
+	t0 = time.Now()
+	z, startNoise, err := s.encode(image, reqs)
+	if err != nil {
+		return nil, nil, err
+	}
+	lat.add(StageEncode, t0)
+
+	t0 = time.Now()
+	cond, err := s.denoiserInputs(reqs, image)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer cond.release()
+	if s.hint != nil {
+		lat.add(StageHint, t0)
+	}
+
+	t0 = time.Now()
+	zRec, err := s.reconstruct(ctx, z, startNoise, cond)
+	if err != nil {
+		return nil, nil, err
+	}
+	lat.add(StageDenoise, t0)
+
+	t0 = time.Now()
+	rec, err = s.decode(zRec, len(reqs)*s.ens)
+	if err != nil {
+		return nil, nil, err
+	}
+	lat.add(StageDecode, t0)
+	return x, rec, nil
+}
+
 // FeatureInputs returns the tensor the feature graph receives when the frames are scored: the frames, then
 // their reconstructions (B + B*K images of [3,H,W], K start noises each), in the feature backbone's
-// normalisation. It runs the scoring recipe up to the decoder, exactly as Score does. Why: a quantised copy of
-// the feature graph (vlmdiff quantize) is calibrated on the activations it will really see, and half of its
-// inputs are reconstructions, which no dataset holds.
+// normalisation. It runs the scoring recipe up to the decoder, as Score does (reconstructBatch). Why: a
+// quantised copy of the feature graph (vlmdiff quantize) is calibrated on the activations it will really see,
+// and half of its inputs are reconstructions, which no dataset holds.
 func (s *Scorer) FeatureInputs(ctx context.Context, reqs []Request) ([]float32, []int64, error) {
 	if s.closed.Load() {
 		return nil, nil, errClosed
@@ -344,25 +363,7 @@ func (s *Scorer) FeatureInputs(ctx context.Context, reqs []Request) ([]float32, 
 			return nil, nil, fmt.Errorf("frame %d: %w", i, err)
 		}
 	}
-	x, image, err := s.preprocess(reqs)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer image.Destroy()
-	z, startNoise, err := s.encode(image, reqs)
-	if err != nil {
-		return nil, nil, err
-	}
-	cond, err := s.denoiserInputs(reqs, image)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer cond.release()
-	zRec, err := s.reconstruct(ctx, z, startNoise, cond)
-	if err != nil {
-		return nil, nil, err
-	}
-	rec, err := s.decode(zRec, len(reqs)*s.ens)
+	x, rec, err := s.reconstructBatch(ctx, reqs, latencies{}, nil)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -131,17 +131,11 @@ func scoreOne(ctx context.Context, s *pipeline.Scorer, path, class, stem string,
 			return nil, err
 		}
 		line.Map = stem + ".map.npy"
-		if err := WriteNPY(line.Map, r.Map, r.MapHeight, r.MapWidth); err != nil {
+		if err := npy.Write(line.Map, r.Map, r.MapHeight, r.MapWidth); err != nil {
 			return nil, err
 		}
 	}
 	return line, nil
-}
-
-// WriteNPY writes a float32 H x W array in NumPy's .npy format, readable with numpy.load: a lossless anomaly
-// map that any analysis tool opens.
-func WriteNPY(path string, data []float32, h, w int) error {
-	return npy.Write(path, data, h, w)
 }
 
 func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) error {

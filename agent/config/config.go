@@ -87,8 +87,9 @@ type Models struct {
 	ONNXRuntime string `yaml:"onnxruntime"`
 }
 
-// DenoiserSpinOn is DenoiserSpin, true when unset: on the 2-core test machine it made the small preset 5% faster
-// per frame at batch 1 and 18% at batch 4 (docs/operations.md, "Tuning scoring speed").
+// DenoiserSpinOn is DenoiserSpin, true when unset: on the 2-core test machine, with ONNX Runtime 1.30, the small
+// preset ran 5% faster per frame at batch 1 and 18% at batch 4 than the old best setting (ONNX Runtime 1.24, one
+// denoiser thread); the library upgrade alone gave 0% and 10% (docs/operations.md, "Tuning scoring speed").
 func (m Models) DenoiserSpinOn() bool {
 	return m.DenoiserSpin == nil || *m.DenoiserSpin
 }

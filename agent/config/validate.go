@@ -109,10 +109,6 @@ func (c *Config) SetDefaults() {
 	if m.Workers == 0 {
 		m.Workers = 1
 	}
-	if m.SpinMicros == nil {
-		us := DefaultSpinMicros
-		m.SpinMicros = &us
-	}
 	for i := range c.Cameras {
 		if c.Cameras[i].Queue == 0 {
 			c.Cameras[i].Queue = DefaultQueue

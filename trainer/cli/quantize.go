@@ -9,7 +9,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -216,13 +215,8 @@ func writeFeatureInputs(ctx context.Context, sf scoreFlags, items []dataset.Item
 // runQuantizer runs vlmdiff_train.quantize_features and returns its report. Its stderr is passed through so a
 // failure names its cause.
 func runQuantizer(ctx context.Context, py, trainerDir, graph, calib, input, out, method string, batch int) (*quantReport, error) {
-	cmd := exec.CommandContext(ctx, py, "-m", "vlmdiff_train.quantize_features", "--graph", graph, "--calib", calib,
-		"--input", input, "--out", out, "--method", method, "--batch", fmt.Sprint(max(batch, 1)))
-	pp := trainerDir
-	if old := os.Getenv("PYTHONPATH"); old != "" {
-		pp += string(os.PathListSeparator) + old
-	}
-	cmd.Env = append(os.Environ(), "PYTHONPATH="+pp)
+	cmd := run.Python{Exe: py, TrainerDir: trainerDir}.Module(ctx, "vlmdiff_train.quantize_features", "--graph", graph,
+		"--calib", calib, "--input", input, "--out", out, "--method", method, "--batch", fmt.Sprint(max(batch, 1)))
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	if err := cmd.Run(); err != nil {

@@ -78,6 +78,14 @@ func (p Python) env() []string {
 	return append(env, passiveOpenMP()...)
 }
 
+// Module returns the command `python -m module args...` with the trainer package on PYTHONPATH, for the tools
+// that are not training stages (vlmdiff quantize's quantiser, which runs in another interpreter).
+func (p Python) Module(ctx context.Context, module string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, p.Exe, append([]string{"-m", module}, args...)...)
+	cmd.Env = p.env()
+	return cmd
+}
+
 // passiveOpenMP returns OMP_WAIT_POLICY=PASSIVE unless the environment sets it: GNU OpenMP's default lets
 // PyTorch's idle threads spin between operators, which on a small CPU takes the cores the next operator
 // needs. Measured on the 2-core machine (quiet): a 30-step small-preset training run (start-up included) in

@@ -77,7 +77,7 @@ def quantize(graph: str, out: str, data: np.ndarray, input_name: str, method: st
         pre = os.path.join(tmp, "pre.onnx")
         quant_pre_process(graph, pre)
         # The calibrator keeps every intermediate tensor of the runs it is given until it computes the ranges:
-        # a ResNet50 on 160 inputs of 256 px in one go exhausted 24 GB. Given one batch at a time
+        # a ResNet50 on 160 inputs of 256 px in one go was killed at 23.7 GB. Given one batch at a time
         # (CalibStridedMinMax, which despite its name strides any calibrator), it folds each batch into its
         # ranges or percentile histograms and keeps one batch's tensors.
         quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
