@@ -238,6 +238,11 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 		if ly.Name == "" || !(ly.Weight > 0) {
 			p.bad(fmt.Sprintf("features.layers[%d]", i), "needs a name and a positive weight")
 		}
+		if ly.Match < 0 || ly.Match > MaxMatch {
+			p.bad(fmt.Sprintf("features.layers[%d].match", i), "must be 0..%d cells, got %d", MaxMatch, ly.Match)
+		} else if ly.Match > 0 && f.Tokens {
+			p.bad(fmt.Sprintf("features.layers[%d].match", i), "is for map features; token features (features.tokens) take 0")
+		}
 	}
 	if (len(f.Mean) != 0 || len(f.Std) != 0) && (len(f.Mean) != 3 || len(f.Std) != 3) {
 		p.bad("features.mean/std", "must both have 3 values or be absent")

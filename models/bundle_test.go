@@ -127,6 +127,18 @@ func TestDamagedBundlesAreRefused(t *testing.T) {
 				d["start_step"], d["sampler_from_start_step"] = 0, true
 			})
 		}, "schema", ManifestFile, "diffusion.sampler_from_start_step"},
+		{"match radius past the limit", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				m["features"].(map[string]any)["layers"].([]any)[0].(map[string]any)["match"] = 4
+			})
+		}, "schema", ManifestFile, "features.layers[0].match: must be 0..3 cells, got 4"},
+		{"match radius on token features", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				f := m["features"].(map[string]any)
+				f["tokens"] = true
+				f["layers"].([]any)[1].(map[string]any)["match"] = 1
+			})
+		}, "schema", ManifestFile, "features.layers[1].match: is for map features"},
 		{"ensemble past the limit", func(t *testing.T, dir string) {
 			editManifest(t, dir, func(m map[string]any) { m["diffusion"].(map[string]any)["ensemble"] = 17 })
 		}, "schema", ManifestFile, "diffusion.ensemble"},

@@ -172,7 +172,17 @@ type Features struct {
 type FeatureLayer struct {
 	Name   string  `json:"name"`
 	Weight float32 `json:"weight"`
+	// Match, when above 0, compares the frame's feature at each position with the reconstruction's best match
+	// within Match cells of it (a (2*Match+1)^2 window) instead of the one at the same position. A
+	// reconstruction redraws a stochastic texture with another phase, so same-position features differ on every
+	// normal frame of a textured material; a defect has no match nearby (docs/algorithm.md §1.9). 0 (absent) is
+	// the paper's same-position distance. Map features only (not ViT tokens), at most MaxMatch.
+	Match int `json:"match,omitempty"`
 }
+
+// MaxMatch bounds FeatureLayer.Match: the window costs (2r+1)^2 channel sweeps per reconstruction, and a wide
+// one would match a defect to a distant normal patch.
+const MaxMatch = 3
 
 // MapSpec describes how per-layer distances become the anomaly map.
 type MapSpec struct {

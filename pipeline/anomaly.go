@@ -5,6 +5,7 @@ package pipeline
 type layerOutput struct {
 	Name   string
 	Weight float64
+	Match  int // models.FeatureLayer.Match: the search radius in cells, 0 for the same position
 	Data   []float32
 	// Rec, when set, holds the reconstructions' items and Data only the frames': the frames' features ran
 	// apart, beside the reconstruction (Scorer.overlapFeatures). Item indices run over both as one batch.

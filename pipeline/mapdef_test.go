@@ -11,7 +11,8 @@ import (
 // check the fast path against these (and these against the PyTorch reference in the stage tests).
 
 // anomalyMap returns frame i's anomaly map at H x W before smoothing: for each layer, 1 - cos between the
-// frame's and its reconstruction's features at every position, upsampled bilinearly with aligned corners and
+// frame's and its reconstruction's features at every position (or its best match within the layer's match
+// radius), upsampled bilinearly with aligned corners and
 // added with the layer's weight (docs/algorithm.md §1.9). frames is B; the reconstruction of frame i is item
 // B+i of each layer's batch. Python twin: reference.anomaly_map.
 func anomalyMap(layers []layerOutput, i, frames int, tokens bool, H, W int) ([]float64, error) {
@@ -26,7 +27,11 @@ func anomalyMap(layers []layerOutput, i, frames int, tokens bool, H, W int) ([]f
 			return nil, err
 		}
 		d := make([]float64, h*w)
-		cosineDistanceDirect(in, rec, c, h*w, d)
+		if l.Match > 0 {
+			d = matchDistanceDirect(in, rec, c, h, w, l.Match)
+		} else {
+			cosineDistanceDirect(in, rec, c, h*w, d)
+		}
 		upsampleAlignCorners(d, h, w, amap, H, W, l.Weight)
 	}
 	return amap, nil

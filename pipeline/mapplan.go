@@ -246,6 +246,9 @@ type mapScratch struct {
 	d     [][]float64 // views of dist, one per layer
 	more  []float64   // with several start noises: the distance map of one more reconstruction, added into dist
 	dm    [][]float64 // views of more, one per layer
+	match []float64   // per layer with a match radius: matchDistanceRows' scratch, then its reconstructions' squared norms
+	mb    [][]float64 // views of match's scratch, one per layer (nil for a same-position layer)
+	nb    [][]float64 // views of match's squared norms, one map per reconstruction (nil for a same-position layer)
 	wts   []float64
 	chans []int
 	sizes []layerSize
@@ -265,7 +268,8 @@ func grow(buf []float64, n int) []float64 {
 }
 
 // smoothedAnomalyMap returns frame i's smoothed anomaly map at H x W (docs/algorithm.md §1.9): for each layer
-// 1 - cos between the frame's and its reconstructions' features, averaged over the ens reconstructions,
+// 1 - cos between the frame's and its reconstructions' features (at the same position, or the best match
+// within the layer's match radius), averaged over the ens reconstructions,
 // upsampled bilinearly with aligned corners, weighted and summed, then smoothed with the Gaussian (sigma <= 0:
 // not smoothed). frames is B; reconstruction k of frame i is item B+i*ens+k of each layer's batch. Every step
 // after the distance is linear, so this is the mean of the ens smoothed maps at the cost of one. It runs on up
@@ -297,14 +301,33 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H
 	if ens > 1 {
 		sc.more = grow(sc.more, total)
 	}
-	sc.d, sc.dm = sc.d[:0], sc.dm[:0]
-	off := 0
-	for _, s := range sc.sizes {
-		sc.d = append(sc.d, sc.dist[off:off+s.h*s.w])
-		if ens > 1 {
-			sc.dm = append(sc.dm, sc.more[off:off+s.h*s.w])
+	// a layer with a match radius needs its reconstructions' squared norms at every position before the
+	// goroutines take their rows (a window reaches into its neighbours' rows), and 2 maps of scratch
+	matched := 0
+	for l, s := range sc.sizes {
+		if layers[l].Match > 0 && !tokens {
+			matched += (2 + ens) * s.h * s.w
 		}
-		off += s.h * s.w
+	}
+	sc.match = grow(sc.match, matched)
+	sc.d, sc.dm, sc.mb, sc.nb = sc.d[:0], sc.dm[:0], sc.mb[:0], sc.nb[:0]
+	off, moff := 0, 0
+	for l, s := range sc.sizes {
+		n := s.h * s.w
+		sc.d = append(sc.d, sc.dist[off:off+n])
+		if ens > 1 {
+			sc.dm = append(sc.dm, sc.more[off:off+n])
+		}
+		off += n
+		var mb, nb []float64
+		if layers[l].Match > 0 && !tokens {
+			mb, nb = sc.match[moff:moff+2*n], sc.match[moff+2*n:moff+(2+ens)*n]
+			moff += (2 + ens) * n
+			for k := range ens {
+				squaredNorms(layers[l].item(frames+i*ens+k, sc.chans[l]*n), sc.chans[l], n, nb[k*n:(k+1)*n])
+			}
+		}
+		sc.mb, sc.nb = append(sc.mb, mb), append(sc.nb, nb)
 	}
 	p := planFor(sc.sizes, H, W, sigma, truncate)
 	sc.e = grow(sc.e, p.eRows*W)
@@ -312,13 +335,22 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H
 	p.apply(sc.d, sc.wts, sc.e, sc.amap, workers, func(l, r0, r1 int) {
 		s := sc.sizes[l]
 		n, lo, hi := s.h*s.w, r0*s.w, r1*s.w
-		layers[l].distance(i, frames+i*ens, tokens, sc.chans[l], n, lo, hi, sc.d[l])
+		dist := func(k int, dst []float64) {
+			j := frames + i*ens + k
+			if sc.mb[l] != nil {
+				per := sc.chans[l] * n
+				matchDistanceRows(layers[l].item(i, per), layers[l].item(j, per), sc.nb[l][k*n:(k+1)*n], sc.chans[l], s.h, s.w, layers[l].Match, r0, r1, dst, sc.mb[l])
+				return
+			}
+			layers[l].distance(i, j, tokens, sc.chans[l], n, lo, hi, dst)
+		}
+		dist(0, sc.d[l])
 		if ens == 1 {
 			return
 		}
 		d, more := sc.d[l][lo:hi], sc.dm[l]
 		for k := 1; k < ens; k++ {
-			layers[l].distance(i, frames+i*ens+k, tokens, sc.chans[l], n, lo, hi, more)
+			dist(k, more)
 			for j, v := range more[lo:hi] {
 				d[j] += v
 			}

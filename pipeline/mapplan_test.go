@@ -28,6 +28,14 @@ type mapCase struct {
 	weights         []float64
 	H, W            int
 	sigma, truncate float64
+	match           []int // each layer's match radius (nil: 0)
+}
+
+func (c mapCase) matchOf(l int) int {
+	if l < len(c.match) {
+		return c.match[l]
+	}
+	return 0
 }
 
 func (c mapCase) features(r *rand.Rand, frames int) []layerOutput {
@@ -42,21 +50,24 @@ func (c mapCase) features(r *rand.Rand, frames int) []layerOutput {
 		for j := frames * per; j < len(data); j++ {
 			data[j] = data[j-frames*per] + 0.4*data[j]
 		}
-		out = append(out, layerOutput{Name: fmt.Sprintf("l%d", l), Weight: c.weights[l], Data: data, Shape: shape})
+		out = append(out, layerOutput{Name: fmt.Sprintf("l%d", l), Weight: c.weights[l], Match: c.matchOf(l), Data: data, Shape: shape})
 	}
 	return out
 }
 
 var mapCases = []mapCase{
-	{"small preset geometry", false, [][3]int{{24, 64, 64}, {32, 32, 32}, {96, 16, 16}}, []float64{1, 1, 1}, 256, 256, 5, 4},
-	{"weighted, odd sizes, non-square", false, [][3]int{{5, 13, 21}, {7, 6, 4}, {3, 1, 9}}, []float64{0.7, 1.5, 0.25}, 40, 72, 2, 4},
+	{"small preset geometry", false, [][3]int{{24, 64, 64}, {32, 32, 32}, {96, 16, 16}}, []float64{1, 1, 1}, 256, 256, 5, 4, nil},
+	{"weighted, odd sizes, non-square", false, [][3]int{{5, 13, 21}, {7, 6, 4}, {3, 1, 9}}, []float64{0.7, 1.5, 0.25}, 40, 72, 2, 4, nil},
 	// a kernel radius (20) larger than the map: reflections of reflections
-	{"kernel wider than the map", false, [][3]int{{6, 4, 4}, {9, 3, 5}}, []float64{1, 2}, 11, 9, 5, 4},
-	{"no smoothing", false, [][3]int{{4, 8, 8}, {6, 5, 5}}, []float64{1, 0.5}, 33, 17, 0, 4},
-	{"one output row", false, [][3]int{{4, 3, 7}}, []float64{1}, 1, 30, 1.5, 4},
-	{"layer larger than the map", false, [][3]int{{3, 50, 40}, {5, 10, 10}}, []float64{1, 1}, 24, 24, 1.25, 4},
-	{"ViT tokens", true, [][3]int{{17, 6, 6}}, []float64{1}, 24, 24, 2, 3},
-	{"ViT tokens, odd count", true, [][3]int{{33, 5, 5}}, []float64{0.5}, 40, 40, 5, 4},
+	{"kernel wider than the map", false, [][3]int{{6, 4, 4}, {9, 3, 5}}, []float64{1, 2}, 11, 9, 5, 4, nil},
+	{"no smoothing", false, [][3]int{{4, 8, 8}, {6, 5, 5}}, []float64{1, 0.5}, 33, 17, 0, 4, nil},
+	{"one output row", false, [][3]int{{4, 3, 7}}, []float64{1}, 1, 30, 1.5, 4, nil},
+	{"layer larger than the map", false, [][3]int{{3, 50, 40}, {5, 10, 10}}, []float64{1, 1}, 24, 24, 1.25, 4, nil},
+	{"ViT tokens", true, [][3]int{{17, 6, 6}}, []float64{1}, 24, 24, 2, 3, nil},
+	{"ViT tokens, odd count", true, [][3]int{{33, 5, 5}}, []float64{0.5}, 40, 40, 5, 4, nil},
+	// best matches within 1 and 2 cells, beside a same-position layer; rows split between goroutines mid-window
+	{"match radii", false, [][3]int{{6, 12, 10}, {8, 6, 5}, {4, 3, 3}}, []float64{1, 0.5, 1}, 48, 40, 2, 4, []int{1, 2, 0}},
+	{"match radius past a small map", false, [][3]int{{5, 2, 3}}, []float64{1}, 16, 16, 1, 4, []int{3}},
 }
 
 // TestSmoothedMapMatchesDefinition checks the banded map stage against its definition (upsample every layer
@@ -124,7 +135,7 @@ func TestEnsembleMapIsTheMeanOfItsMaps(t *testing.T) {
 					frame := (j/per - frames) / ens
 					data[j] = data[frame*per+j%per] + 0.4*data[j]
 				}
-				feats = append(feats, layerOutput{Name: fmt.Sprintf("l%d", l), Weight: c.weights[l], Data: data, Shape: shape})
+				feats = append(feats, layerOutput{Name: fmt.Sprintf("l%d", l), Weight: c.weights[l], Match: c.matchOf(l), Data: data, Shape: shape})
 			}
 			// pair returns the batch [frame i, reconstruction k of frame i] of every layer
 			pair := func(i, k int) []layerOutput {
@@ -134,7 +145,7 @@ func TestEnsembleMapIsTheMeanOfItsMaps(t *testing.T) {
 					j := frames + i*ens + k
 					sh := slices.Clone(f.Shape)
 					sh[0] = 2
-					out[l] = layerOutput{Name: f.Name, Weight: f.Weight, Shape: sh,
+					out[l] = layerOutput{Name: f.Name, Weight: f.Weight, Match: f.Match, Shape: sh,
 						Data: append(slices.Clone(f.Data[i*per:(i+1)*per]), f.Data[j*per:(j+1)*per]...)}
 				}
 				return out

@@ -146,3 +146,30 @@ func BenchmarkMapParts(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkMapStageMatch times the map stage of one frame with a match radius on the finest layers
+// (features.layers[].match: 1 on the first, 1 on the first two, 2 on the first), against none, for the CNN
+// backbones, with one and two goroutines. Run: go test -run '^$' -bench MapStageMatch ./pipeline/
+func BenchmarkMapStageMatch(b *testing.B) {
+	for _, bb := range benchBackbones[:2] {
+		for _, radii := range [][]int{{0}, {1}, {1, 1}, {2}} {
+			for _, threads := range []int{1, 2} {
+				b.Run(fmt.Sprintf("%s/match%v/t%d", bb.name, radii, threads), func(b *testing.B) {
+					s := benchScorer(bb)
+					s.opt.Threads = threads
+					feats := benchFeatures(bb, 1)
+					for l, r := range radii {
+						feats[l].Match = r
+					}
+					reqs := make([]Request, 1)
+					for b.Loop() {
+						res, err := s.mapsAndScores(feats, reqs)
+						if err != nil || res[0].Err != nil {
+							b.Fatal(err, res[0].Err)
+						}
+					}
+				})
+			}
+		}
+	}
+}

@@ -97,6 +97,15 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		m["diffusion"].(map[string]any)["ensemble"] = 2
 	})
 
+	// Two start noises with a match radius on the first layer (features.layers[0].match): each frame position
+	// takes its best match within one cell of the reconstruction's map, on both sides.
+	match := filepath.Join(dir, "match-1")
+	copyDir(t, fixtureBundle, match)
+	editBundleJSON(t, match, func(m map[string]any) {
+		m["diffusion"].(map[string]any)["ensemble"] = 2
+		m["features"].(map[string]any)["layers"].([]any)[0].(map[string]any)["match"] = 1
+	})
+
 	// perFrame scores each image alone: batch 1 runs the fixture's static-shape batch-1 denoiser (context built
 	// in, constants folded); a batch of all images runs the dynamic one (dynamicOnly: even where a static graph
 	// of that size exists).
@@ -114,6 +123,7 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		{"sampler from start step 501", partial, "", false, true, false},
 		{"two start noises, batch of all images", ens2, "", false, false, false},
 		{"two start noises with CFG", ens2, "widget", true, true, false},
+		{"match radius 1 on the first layer, two start noises", match, "", false, false, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

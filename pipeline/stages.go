@@ -340,7 +340,7 @@ func (s *Scorer) runFeatures(x, rec []float32, n int) ([]layerOutput, error) {
 	}
 	layers := make([]layerOutput, len(s.m.Features.Layers))
 	for l, spec := range s.m.Features.Layers {
-		layers[l] = layerOutput{Name: spec.Name, Weight: float64(spec.Weight), Data: out[l], Shape: shapes[l]}
+		layers[l] = layerOutput{Name: spec.Name, Weight: float64(spec.Weight), Match: spec.Match, Data: out[l], Shape: shapes[l]}
 	}
 	return layers, nil
 }
@@ -389,7 +389,7 @@ func (s *Scorer) recFeatures(f *frameFeatures, rec []float32, frames int) ([]lay
 			return nil, fmt.Errorf("feature %s has shape %v for the frames and %v for the reconstructions", fl.Name, fl.Shape, rl[l].Shape)
 		}
 		sh := append([]int64{fl.Shape[0] + rl[l].Shape[0]}, fl.Shape[1:]...)
-		out[l] = layerOutput{Name: fl.Name, Weight: fl.Weight, Data: fl.Data, Rec: rl[l].Data, Shape: sh}
+		out[l] = layerOutput{Name: fl.Name, Weight: fl.Weight, Match: fl.Match, Data: fl.Data, Rec: rl[l].Data, Shape: sh}
 	}
 	return out, nil
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/vlmdiff/edge/agent/config"
 	"github.com/vlmdiff/edge/models"
@@ -19,7 +20,7 @@ func init() {
 }
 
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--ensemble K] [--feature-weights a=1,b=0.5] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -34,6 +35,8 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	refPer := fs.Int("reference-per-class", eval.DefaultReferencePerClass, "training normals per class averaged into --reference train")
 	weights := fs.String("feature-weights", "", "score with these feature layers from now on, name=weight,... (e.g. stage1=1,stage2=0.5,stage3=1; 0 leaves a layer out; "+
 		"outputs of the bundle's feature graph): written into the bundle before the reference and thresholds are measured with them (`vlmdiff eval --weigh-layers` compares weightings)")
+	match := fs.String("feature-match", "", "give feature layers a match radius in cells from now on, name=r,... (e.g. stage1=1; 0 compares the same position, as the paper): "+
+		"each frame feature is compared with the reconstruction's best match within r cells, so a texture redrawn with another phase does not read as anomaly (docs/algorithm.md §1.9)")
 	dry := fs.Bool("dry-run", false, "print the calibration without writing it into the bundle")
 	if err := Parse(fs, args); err != nil {
 		return err
@@ -65,8 +68,8 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := checkEnsemble(sf.Bundle, sf.Ensemble, *reference); err != nil {
 		return err
 	}
-	if *weights != "" {
-		if err := setFeatureWeights(sf.Bundle, *weights, *reference, *dry, stderr); err != nil {
+	if *weights != "" || *match != "" {
+		if err := setFeatureLayers(sf.Bundle, *weights, *match, *reference, *dry, stderr); err != nil {
 			return err
 		}
 	}
@@ -136,36 +139,62 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return nil
 }
 
-// setFeatureWeights writes --feature-weights into the bundle's manifest. New weights change every map, so a
-// kept reference (measured with the old ones) and a dry run (which would calibrate maps the bundle does not
-// score) are refused before anything is written.
-func setFeatureWeights(bundle, spec, reference string, dry bool, stderr io.Writer) error {
+// setFeatureLayers writes --feature-weights and --feature-match into the bundle's manifest. Either changes
+// every map, so a kept reference (measured with the old layers) and a dry run (which would calibrate maps the
+// bundle does not score) are refused before anything is written.
+func setFeatureLayers(bundle, weights, match, reference string, dry bool, stderr io.Writer) error {
 	m, err := models.ReadManifest(bundle)
 	if err != nil {
 		return err
 	}
-	layers, err := parseFeatureWeights(spec, m)
-	if err != nil {
-		return err
+	layers := slices.Clone(m.Features.Layers)
+	if weights != "" {
+		if layers, err = parseFeatureWeights(weights, m); err != nil {
+			return err
+		}
+	}
+	if match != "" {
+		if err := applyFeatureMatch(match, layers); err != nil {
+			return err
+		}
 	}
 	if slices.Equal(layers, m.Features.Layers) {
 		return nil
 	}
+	var given []string
+	for _, f := range [][2]string{{"--feature-weights", weights}, {"--feature-match", match}} {
+		if f[1] != "" {
+			given = append(given, f[0]+" "+f[1])
+		}
+	}
+	flags := strings.Join(given, " ")
 	switch {
 	case dry:
-		return fmt.Errorf("--feature-weights changes the bundle; it cannot be combined with --dry-run (compare weightings with vlmdiff eval --weigh-layers)")
+		return fmt.Errorf("%s changes the bundle; it cannot be combined with --dry-run (compare weightings with vlmdiff eval --weigh-layers)", flags)
 	case reference == eval.ReferenceKeep && m.Map.Reference != nil:
-		return fmt.Errorf("--feature-weights changes every map, and the bundle's map reference was measured with its old weights: add --reference train (or none)")
+		return fmt.Errorf("%s changes every map, and the bundle's map reference was measured with its old layers: add --reference train (or none)", flags)
 	}
 	m.Features.Layers = layers
 	if err := models.WriteManifest(bundle, m); err != nil {
 		return err
 	}
 	if err := models.Verify(bundle); err != nil {
-		return fmt.Errorf("the bundle with --feature-weights %s: %w", spec, err)
+		return fmt.Errorf("the bundle with %s: %w", flags, err)
 	}
-	fmt.Fprintf(stderr, "feature layers %s written\n", spec)
+	fmt.Fprintf(stderr, "feature layers written: %s\n", describeLayers(layers))
 	return nil
+}
+
+// describeLayers is the layers as name=weight, with @r for a match radius.
+func describeLayers(layers []models.FeatureLayer) string {
+	parts := make([]string, len(layers))
+	for i, l := range layers {
+		parts[i] = fmt.Sprintf("%s=%g", l.Name, l.Weight)
+		if l.Match > 0 {
+			parts[i] += fmt.Sprintf("@%d", l.Match)
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 // checkEnsemble refuses an --ensemble count that the bundle's kept reference was not measured with: thresholds

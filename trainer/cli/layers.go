@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -127,11 +128,40 @@ func parseFeatureWeights(s string, m *models.Manifest) ([]models.FeatureLayer, e
 		}
 		seen[name] = true
 		if w > 0 {
-			layers = append(layers, models.FeatureLayer{Name: name, Weight: float32(w)})
+			ly := models.FeatureLayer{Name: name, Weight: float32(w)}
+			for _, old := range m.Features.Layers {
+				if old.Name == name {
+					ly.Match = old.Match // a new weight keeps the layer's match radius
+				}
+			}
+			layers = append(layers, ly)
 		}
 	}
 	if len(layers) == 0 {
 		return nil, fmt.Errorf("--feature-weights %q: no layer with a weight above 0", s)
 	}
 	return layers, nil
+}
+
+// applyFeatureMatch reads --feature-match name=r,... into layers: each name must be one of them (the layers the
+// bundle scores with, after --feature-weights), r a radius of 0..models.MaxMatch cells.
+func applyFeatureMatch(s string, layers []models.FeatureLayer) error {
+	seen := map[string]bool{}
+	for _, f := range strings.Split(s, ",") {
+		name, val, ok := strings.Cut(strings.TrimSpace(f), "=")
+		r, err := strconv.Atoi(val)
+		if !ok || name == "" || err != nil || r < 0 || r > models.MaxMatch {
+			return fmt.Errorf("--feature-match %q: want name=radius,... with radii of 0..%d cells (e.g. stage1=1)", s, models.MaxMatch)
+		}
+		if seen[name] {
+			return fmt.Errorf("--feature-match: %q appears twice", name)
+		}
+		seen[name] = true
+		i := slices.IndexFunc(layers, func(l models.FeatureLayer) bool { return l.Name == name })
+		if i < 0 {
+			return fmt.Errorf("--feature-match: %q is not one of the bundle's scoring layers (%s)", name, describeLayers(layers))
+		}
+		layers[i].Match = r
+	}
+	return nil
 }

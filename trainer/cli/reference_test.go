@@ -197,6 +197,17 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 			t.Errorf("calibrate --feature-weights %s: exit %d, stderr %q, want %q", tc.flags, code, stderr, tc.want)
 		}
 	}
+	for _, tc := range []struct{ flags, want string }{
+		{"layer1=1", "--reference train"}, // a match radius changes every map too
+		{"layer1=4", "radii of 0..3"},
+		{"layer1=-1", "radii of 0..3"},
+		{"layer9=1", "not one of the bundle's scoring layers"},
+		{"layer1=1,layer1=0", "appears twice"},
+	} {
+		if code, _, stderr := run(append(base, "--feature-match", tc.flags)...); code == 0 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("calibrate --feature-match %s: exit %d, stderr %q, want %q", tc.flags, code, stderr, tc.want)
+		}
+	}
 	if after, _ := os.ReadFile(filepath.Join(bundle, models.ManifestFile)); !bytes.Equal(after, before) {
 		t.Fatalf("a refused --feature-weights changed the bundle")
 	}
@@ -214,5 +225,24 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 	// the same weights again keep the reference: nothing changes, so nothing is refused
 	if code, again, stderr := run(append(base, "--feature-weights", "layer2=0.5")...); code != 0 || again != out {
 		t.Errorf("calibrate with the bundle's own weights: exit %d, table\n%s\nwant\n%s\n%s", code, again, out, stderr)
+	}
+	// a match radius, measured with a new reference; new weights keep it, and 0 takes it away
+	if code, _, stderr := run(append(base, "--feature-match", "layer2=1", "--reference", "train")...); code != 0 {
+		t.Fatalf("calibrate --feature-match layer2=1 --reference train: exit %d\n%s", code, stderr)
+	}
+	if code, _, stderr := run(append(base, "--feature-weights", "layer2=1", "--reference", "train")...); code != 0 {
+		t.Fatalf("calibrate --feature-weights layer2=1: exit %d\n%s", code, stderr)
+	}
+	if b, err = models.Load(bundle); err != nil {
+		t.Fatal(err)
+	}
+	if l := b.Manifest.Features.Layers; len(l) != 1 || l[0].Match != 1 || l[0].Weight != 1 {
+		t.Fatalf("after --feature-match layer2=1 and new weights: layers %+v", l)
+	}
+	if code, _, stderr := run(append(base, "--feature-match", "layer2=0", "--reference", "train")...); code != 0 {
+		t.Fatalf("calibrate --feature-match layer2=0: exit %d\n%s", code, stderr)
+	}
+	if b, err = models.Load(bundle); err != nil || b.Manifest.Features.Layers[0].Match != 0 {
+		t.Fatalf("after --feature-match layer2=0: %v %+v", err, b.Manifest.Features.Layers)
 	}
 }

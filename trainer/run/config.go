@@ -3,6 +3,7 @@ package run
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -152,13 +153,18 @@ var SelectMetrics = []string{"mean", "i_auroc", "p_auroc", "au_pro", "p_ap"}
 
 // ExportConfig writes the bundle.
 type ExportConfig struct {
-	FeaturesONNX   string   `yaml:"features_onnx"`
-	FeatureLayers  [][2]any `yaml:"feature_layers"` // [[name, weight], ...]
-	Description    string   `yaml:"description"`
-	PromptTemplate string   `yaml:"prompt_template"`
-	Posterior      string   `yaml:"posterior"`
-	Sigma          *float64 `yaml:"sigma"`
-	DDIMSteps      int      `yaml:"ddim_steps"`
+	FeaturesONNX  string   `yaml:"features_onnx"`
+	FeatureLayers [][2]any `yaml:"feature_layers"` // [[name, weight], ...]
+	// FeatureMatch gives feature layers a match radius in cells (models.FeatureLayer.Match), e.g.
+	// {stage1: 1}: the frame's feature is compared with the reconstruction's best match within that many
+	// cells, so a texture the reconstruction redraws with another phase does not read as anomaly. It applies to
+	// the layers the bundle ends up with (export.feature_layers, or the select stage's choice of weights).
+	FeatureMatch   map[string]int `yaml:"feature_match"`
+	Description    string         `yaml:"description"`
+	PromptTemplate string         `yaml:"prompt_template"`
+	Posterior      string         `yaml:"posterior"`
+	Sigma          *float64       `yaml:"sigma"`
+	DDIMSteps      int            `yaml:"ddim_steps"`
 	// ParityTolerance is the largest relative L2 error allowed between ONNX Runtime and PyTorch on the
 	// exporter's probes (default 1e-4).
 	ParityTolerance float64        `yaml:"parity_tolerance"`
@@ -356,14 +362,7 @@ func (c *Config) Validate() error {
 			bad(p.field, "%q: want sample or mean", p.v)
 		}
 	}
-	for i, l := range c.Export.FeatureLayers {
-		if _, ok := l[0].(string); !ok {
-			bad(fmt.Sprintf("export.feature_layers[%d]", i), "want [name, weight]")
-		}
-		if _, ok := toFloat(l[1]); !ok {
-			bad(fmt.Sprintf("export.feature_layers[%d]", i), "weight %v is not a number", l[1])
-		}
-	}
+	c.Export.check(bad)
 	if _, err := eval.ParseMethod(c.Calibrate.Method); err != nil {
 		bad("calibrate.method", "%v", err)
 	}
@@ -425,4 +424,28 @@ func toFloat(v any) (float64, bool) {
 		return x, true
 	}
 	return 0, false
+}
+
+// check validates the feature layers and their match radii, reporting through bad.
+func (e *ExportConfig) check(bad func(field, format string, args ...any)) {
+	for i, l := range e.FeatureLayers {
+		if _, ok := l[0].(string); !ok {
+			bad(fmt.Sprintf("export.feature_layers[%d]", i), "want [name, weight]")
+		}
+		if _, ok := toFloat(l[1]); !ok {
+			bad(fmt.Sprintf("export.feature_layers[%d]", i), "weight %v is not a number", l[1])
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(e.FeatureMatch)) {
+		if r := e.FeatureMatch[name]; r < 0 || r > models.MaxMatch {
+			bad("export.feature_match."+name, "%d: want a radius of 0..%d cells", r, models.MaxMatch)
+		}
+		known := len(e.FeatureLayers) == 0 // no list to check against: the preset's layers
+		for _, l := range e.FeatureLayers {
+			known = known || l[0] == name
+		}
+		if !known {
+			bad("export.feature_match."+name, "is not one of export.feature_layers")
+		}
+	}
 }

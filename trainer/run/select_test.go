@@ -132,6 +132,9 @@ func TestSelectConfigChecked(t *testing.T) {
 		{"select:\n  layer_weights: [0, 0]\n", "select.layer_weights"},
 		{"select:\n  layer_weights: [0, 0.2, 0.4, 0.6, 0.8, 1]\n", "select.layer_weights"},
 		{"train:\n  max_steps: 1\n  snapshot_every: -2\n", "train.snapshot_every"},
+		{"export:\n  feature_match: {layer1: 4}\n", "export.feature_match.layer1: 4: want a radius of 0..3"},
+		{"export:\n  feature_match: {layer1: -1}\n", "export.feature_match.layer1"},
+		{"export:\n  feature_layers: [[layer1, 1]]\n  feature_match: {layer2: 1}\n", "export.feature_match.layer2: is not one of export.feature_layers"},
 	} {
 		raw := base + tc.yaml
 		if strings.HasPrefix(tc.yaml, "train:") {

@@ -241,6 +241,9 @@ func (t *Training) exportConfig(sc *StageContext) map[string]any {
 	if len(e.FeatureLayers) > 0 {
 		m["feature_layers"] = e.FeatureLayers
 	}
+	if len(e.FeatureMatch) > 0 {
+		m["feature_match"] = e.FeatureMatch
+	}
 	setIf(m, "description", e.Description)
 	setIf(m, "prompt_template", e.PromptTemplate)
 	setIf(m, "posterior", e.Posterior)

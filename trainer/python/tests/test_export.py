@@ -225,3 +225,17 @@ def test_default_static_batches_cover_the_ensemble_rows(ensemble, want):
         def parameters(self, recurse=True):
             yield torch.nn.Parameter(torch.zeros(1).expand(300_000_000), requires_grad=False)  # no memory
     assert default_static_batches(Huge(), ensemble) == ()
+
+
+def test_layer_match_is_written_per_layer(tmp_path):
+    spec = copy.deepcopy(SMALL_SPEC)
+    nets = FX.build_nets(spec)
+    common = dict(vae=nets.vae, denoiser=nets.denoiser, features=nets.features,
+                  layers=[("layer1", 1.0), ("layer2", 0.5)], conditioning=FX.fixture_conditioning(spec),
+                  latent_channels=int(spec["vae"]["embed_dim"]), downsample=2 ** (len(spec["vae"]["ch_mult"]) - 1),
+                  hint_owner=nets.denoiser.sgn, height=64, width=64, denoiser_static_batches=[])
+    out = tmp_path / "b"
+    E.export_bundle(str(out), layer_match={"layer1": 1, "layer2": 0, "not_a_layer": 2}, **common)
+    layers = json.load(open(out / "bundle.json"))["features"]["layers"]
+    assert layers == [{"name": "layer1", "weight": 1.0, "match": 1}, {"name": "layer2", "weight": 0.5}]
+    assert E.verify_bundle(str(out)) == []

@@ -95,6 +95,27 @@ def test_layer_distance_cosine_cases():
         R.layer_distance(torch.randn(1, 6, 5), torch.randn(1, 6, 5), tokens=True)
 
 
+def test_match_distance_is_the_best_match_in_the_window():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2, 5, 6, 7, generator=g), torch.randn(2, 5, 6, 7, generator=g)
+    got = R.layer_distance(a, b, match=1)[:, 0]
+    for n in range(2):
+        for y in range(6):
+            for x in range(7):
+                best = min(
+                    1 - float(torch.dot(a[n, :, y, x].double(), b[n, :, yy, xx].double())
+                              / (a[n, :, y, x].double().norm() * b[n, :, yy, xx].double().norm()))
+                    for yy in range(max(0, y - 1), min(6, y + 2)) for xx in range(max(0, x - 1), min(7, x + 2)))
+                assert abs(float(got[n, y, x]) - best) < 1e-6
+    # radius 0 is the same-position distance; a copy shifted by one cell matches inside radius 1
+    np.testing.assert_allclose(R.layer_distance(a, b, match=0).numpy(), R.layer_distance(a, b).numpy())
+    shifted = torch.roll(a, shifts=1, dims=3)
+    assert float(R.layer_distance(a, shifted)[:, :, :, :-1].min()) > 1e-3
+    assert float(R.layer_distance(a, shifted, match=1)[:, :, :, :-1].abs().max()) < 1e-6
+    with pytest.raises(RuntimeError, match="map features"):
+        R.layer_distance(torch.randn(1, 17, 5), torch.randn(1, 17, 5), tokens=True, match=1)
+
+
 def test_identical_features_give_zero_map_and_weights_add():
     f = {"a": torch.randn(2, 8, 16, 16), "b": torch.randn(2, 4, 8, 8)}
     layers = [{"name": "a", "weight": 1.0}, {"name": "b", "weight": 0.5}]

@@ -225,6 +225,7 @@ def default_static_batches(denoiser: torch.nn.Module, ensemble: int = 1) -> Tupl
 
 TIME_SPLITS = ("conv_bias", "inputs", "none")
 MAX_ENSEMBLE = 16  # models.MaxEnsemble
+MAX_MATCH = 3  # models.MaxMatch
 TIME_FILE = "denoiser_time.onnx"
 
 
@@ -336,6 +337,7 @@ def write_probe(probe_dir: str, role: str, inputs: Dict[str, torch.Tensor], outp
 # ---------------------------------------------------------------------------------------------------------------
 
 def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Module], layers: Sequence[Tuple[str, float]],
+                  layer_match: Optional[Dict[str, int]] = None,
                   conditioning: Sequence[Tuple[str, str, np.ndarray]], latent_channels: int, downsample: int,
                   hint_owner: Optional[torch.nn.Module] = None, hint_fn: str = "hint_features",
                   feature_onnx: Optional[str] = None, feature_input: str = "image",
@@ -464,10 +466,15 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
     sc = {"pool_kernel": max(1, int(round(8 * rel))), "pool_repeat": 8, "reduce": "max"}
     sc.update(score or {})
     feats: Dict[str, Any] = {"input": feature_input, "layers": [{"name": n, "weight": float(wt)} for n, wt in layers]}
+    for ly in feats["layers"]:
+        if int((layer_match or {}).get(ly["name"], 0)) > 0:
+            ly["match"] = int(layer_match[ly["name"]])
     # A ViT's outputs are tokens [B,1+N,D] (CLS first), a CNN's maps [B,C,h,w]; the map code needs to know which.
     ranks = {len(o["shape"]) for o in graphs["features"]["outputs"]}
     if ranks == {3}:
         feats["tokens"] = True
+        if any(ly.get("match") for ly in feats["layers"]):
+            raise RuntimeError("export: feature_match is for map features; this feature graph outputs ViT tokens")
     elif ranks != {4}:
         raise RuntimeError(f"feature graph outputs {graphs['features']['outputs']}: want all [B,C,h,w] maps or all "
                            "[B,1+N,D] ViT tokens")
@@ -587,6 +594,10 @@ def run_export(cfg) -> dict:
         nets.features = feats.eval()
         default_layers = [("layer1", 1.0), ("layer2", 1.0)]
     layers = [(str(n), float(w)) for n, w in (c.feature_layers or default_layers)]
+    match = dict(c.feature_match or {})
+    for n, r in match.items():
+        if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= MAX_MATCH:
+            raise RuntimeError(f"export config: feature_match[{n!r}] {r!r}: want a radius of 0..{MAX_MATCH} cells")
     feature_onnx = c.features_onnx
     if feature_onnx is None and nets.features is None:
         raise RuntimeError("export config: the model has no torch feature net; give features_onnx "
@@ -606,7 +617,7 @@ def run_export(cfg) -> dict:
         raise RuntimeError(f"export config: ensemble {c.ensemble}: want 1..{MAX_ENSEMBLE} start noises per frame")
     m = export_bundle(
         out, vae=nets.vae, denoiser=nets.denoiser, features=None if feature_onnx else nets.features,
-        layers=layers, conditioning=[(k, pr, ctx[i]) for i, (k, pr) in enumerate(entries)],
+        layers=layers, layer_match=match, conditioning=[(k, pr, ctx[i]) for i, (k, pr) in enumerate(entries)],
         latent_channels=channels, downsample=ds, hint_owner=nets.denoiser.sgn, feature_onnx=feature_onnx,
         height=size, width=size, name=c.name, version=c.version, description=c.description,
         provenance={"preset": preset_name, "dataset": c.dataset, "classes": classes},

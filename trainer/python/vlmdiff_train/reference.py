@@ -152,8 +152,14 @@ def posterior_latent(moments: torch.Tensor, channels: int, scale: float, clamp_l
     return scale * z
 
 
-def layer_distance(f_in: torch.Tensor, f_rec: torch.Tensor, tokens: bool = False) -> torch.Tensor:
-    """1 - cosine similarity over channels (eps 1e-8). Maps [B,D,h,w] -> [B,1,h,w]; tokens [B,1+N,D] drop CLS."""
+def layer_distance(f_in: torch.Tensor, f_rec: torch.Tensor, tokens: bool = False, match: int = 0) -> torch.Tensor:
+    """1 - cosine similarity over channels (eps 1e-8). Maps [B,D,h,w] -> [B,1,h,w]; tokens [B,1+N,D] drop CLS.
+    match > 0 (features.layers[].match, maps only): the smallest distance to the reconstruction's feature at any
+    position within `match` cells (a square window clipped to the map)."""
+    if match > 0:
+        if tokens:
+            raise RuntimeError("a match radius is for map features, not ViT tokens")
+        return match_distance(f_in, f_rec, match)
     if tokens:
         b, n1, d = f_in.shape
         side = int(round((n1 - 1) ** 0.5))
@@ -164,6 +170,26 @@ def layer_distance(f_in: torch.Tensor, f_rec: torch.Tensor, tokens: bool = False
     return (1.0 - F.cosine_similarity(f_in, f_rec, dim=1, eps=1e-8)).unsqueeze(1)
 
 
+def match_distance(f_in: torch.Tensor, f_rec: torch.Tensor, r: int) -> torch.Tensor:
+    """Go matchDistanceRows' twin: per position of f_in [B,D,h,w], min over displacements (dy, dx) in [-r, r]^2
+    that stay inside the map of 1 - dot / max(sqrt(|a|^2 |b|^2), 1e-8), in float64. -> [B,1,h,w]."""
+    a, b = f_in.double(), f_rec.double()
+    _, _, h, w = a.shape
+    na = (a * a).sum(1)
+    best = torch.full_like(na, float("inf"))
+    for dy in range(-r, r + 1):
+        ya, yb = max(0, -dy), min(h, h - dy)
+        for dx in range(-r, r + 1):
+            xa, xb = max(0, -dx), min(w, w - dx)
+            if ya >= yb or xa >= xb:
+                continue
+            av, bv = a[:, :, ya:yb, xa:xb], b[:, :, ya + dy:yb + dy, xa + dx:xb + dx]
+            den = torch.sqrt(na[:, ya:yb, xa:xb] * (bv * bv).sum(1)).clamp_min(1e-8)
+            d = 1.0 - (av * bv).sum(1) / den
+            best[:, ya:yb, xa:xb] = torch.minimum(best[:, ya:yb, xa:xb], d)
+    return best.float().unsqueeze(1)
+
+
 def anomaly_map(feats_in: Dict[str, torch.Tensor], feats_rec: Dict[str, torch.Tensor],
                 layers: Sequence[dict], height: int, width: int, tokens: bool = False) -> torch.Tensor:
     """Weighted sum over layers of the upsampled (bilinear, align_corners=True) 1-cos maps. -> [B,H,W]."""
@@ -172,7 +198,7 @@ def anomaly_map(feats_in: Dict[str, torch.Tensor], feats_rec: Dict[str, torch.Te
         name, w = layer["name"], float(layer["weight"])
         if name not in feats_in or name not in feats_rec:
             raise RuntimeError(f"feature layer {name!r} is not an output of the feature network")
-        d = layer_distance(feats_in[name], feats_rec[name], tokens)
+        d = layer_distance(feats_in[name], feats_rec[name], tokens, int(layer.get("match", 0) or 0))
         d = F.interpolate(d, size=(height, width), mode="bilinear", align_corners=True)
         d = d * w
         total = d if total is None else total + d

@@ -136,6 +136,9 @@ class ExportConfig(Common):
     dataset: str = key("", "provenance: the training data")
     features_onnx: Optional[str] = key(None, "ONNX feature backbone copied into the bundle")
     feature_layers: Optional[List[list]] = key(None, "[[name, weight], ...] of the feature graph")
+    feature_match: Optional[Dict[str, int]] = key(None, "{name: radius}: compare a layer's features with the "
+                                                        "reconstruction's best match within radius cells "
+                                                        "(manifest features.layers[].match; 0..3)")
     features_random: Optional[dict] = key(None, '{"seed": int, "widths": [3 ints]}: seeded random conv features '
                                                 "(layer1 /4, layer2 /8), for redistributable bundles")
     classes: Optional[List[str]] = key(None, "one conditioning entry per class")
