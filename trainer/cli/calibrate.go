@@ -154,7 +154,7 @@ func setFeatureLayers(bundle, weights, match, reference string, dry bool, stderr
 		}
 	}
 	if match != "" {
-		if err := applyFeatureMatch(match, layers); err != nil {
+		if err := applyFeatureMatch(match, layers, m.Features.Tokens); err != nil {
 			return err
 		}
 	}
