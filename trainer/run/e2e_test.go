@@ -117,8 +117,14 @@ func backbone(t *testing.T) string {
 // AUROC 0.910 with one noise and 0.861 with two (session 8) on this 24-image test split, where a point is
 // 1/36 of it: about two normal-defect pairs swapped, while on PIPED's 720 test images two noises gained 2.5
 // points (docs/algorithm.md §1.3).
+//
+// The model is trained deterministically, but not identically on every CPU: on the session 12 machine (AMD EPYC
+// with AVX-512, Debian's torch 1.13.1 and OpenBLAS 0.3.21) the old 40 autoencoder and 60 denoiser steps gave
+// image AUROC 0.840 and pixel AUROC 0.843 with the code that had passed at 0.910, so its bars failed on
+// floating-point differences alone. 80 and 120 steps (the denoiser stage is seconds; the select stage dominates
+// the test's time) gave 0.903 and 0.941 there, a margin that numerics do not eat.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n", 2)
+	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n", 2)
 }
 
 // TestTrainTinyTaefEndToEnd runs the same pipeline and checks on the pretrained-autoencoder structure (tiny-taef:
@@ -132,7 +138,7 @@ func TestTrainTinyTaefEndToEnd(t *testing.T) {
 	// the full-size taef2 preset (docs/training.md); with every level 0.882 (pixel 0.924, session 7). The bar
 	// sits below that, and the controls below still hold it to a real separation: labels swapped must fall as far
 	// below 0.5 as this rises above it.
-	trainEndToEnd(t, "tiny-taef", 0.80, func(work string) string {
+	trainEndToEnd(t, "tiny-taef", 0.80, [2]int{40, 60}, func(work string) string {
 		dir := filepath.Join(work, "taef")
 		script := `import sys, torch
 from vlmdiff_train import presets
@@ -153,10 +159,11 @@ torch.save(m.decoder.state_dict(), sys.argv[1] + "/tiny_decoder.pth")`
 	}, 0, "build:\n  extra:\n    control_levels: 3\n", 0)
 }
 
-// trainEndToEnd trains preset through `vlmdiff train`; aeInit returns extra finetune_ae lines (e.g. init).
+// trainEndToEnd trains preset through `vlmdiff train` for steps (autoencoder, denoiser) optimiser steps; aeInit
+// returns extra finetune_ae lines (e.g. init).
 // snapshotEvery > 0 makes the train stage write snapshots and the select stage choose among them; extra is
 // appended to the config (e.g. a build section); ensemble > 0 exports with that many start noises per frame.
-func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit func(work string) string, snapshotEvery int, extra string, ensemble int) {
+func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]int, aeInit func(work string) string, snapshotEvery int, extra string, ensemble int) {
 	if testing.Short() {
 		t.Skip("trains a model (minutes)")
 	}
@@ -174,7 +181,7 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, aeInit fu
 	data := filepath.Join(work, "data")
 	writeSet(t, data, []string{"stripes", "waves"}, 20, 6)
 	modelsDir := filepath.Join(work, "models")
-	cfg := run.TinyTestConfig(data, feat, "[[stage1, 1.0], [stage2, 1.0], [stage3, 1.0]]", modelsDir, 40, 60)
+	cfg := run.TinyTestConfig(data, feat, "[[stage1, 1.0], [stage2, 1.0], [stage3, 1.0]]", modelsDir, steps[0], steps[1])
 	cfg = strings.Replace(cfg, "preset: tiny\n", "preset: "+preset+"\n", 1)
 	cfg = strings.Replace(cfg, "finetune_ae:\n", "finetune_ae:\n"+aeInit(work), 1)
 	if snapshotEvery > 0 {
