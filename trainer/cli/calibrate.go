@@ -154,7 +154,7 @@ func setFeatureLayers(bundle, weights, match, reference string, dry bool, stderr
 		}
 	}
 	if match != "" {
-		if err := applyFeatureMatch(match, layers, m.Features.Tokens); err != nil {
+		if err := applyFeatureMatch(match, layers); err != nil {
 			return err
 		}
 	}
@@ -175,6 +175,9 @@ func setFeatureLayers(bundle, weights, match, reference string, dry bool, stderr
 		return fmt.Errorf("%s changes every map, and the bundle's map reference was measured with its old layers: add --reference train (or none)", flags)
 	}
 	m.Features.Layers = layers
+	if err := m.Validate(); err != nil { // refused before the write, so a refusal leaves the bundle as it was
+		return fmt.Errorf("%s: %w", flags, err)
+	}
 	if err := models.WriteManifest(bundle, m); err != nil {
 		return err
 	}

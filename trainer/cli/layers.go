@@ -144,9 +144,9 @@ func parseFeatureWeights(s string, m *models.Manifest) ([]models.FeatureLayer, e
 }
 
 // applyFeatureMatch reads --feature-match name=r,... into layers: each name must be one of them (the layers the
-// bundle scores with, after --feature-weights), r a radius of 0..models.MaxMatch cells, and only map features
-// (not ViT tokens) take one. It is checked before anything is written, so a refusal leaves the bundle as it was.
-func applyFeatureMatch(s string, layers []models.FeatureLayer, tokens bool) error {
+// bundle scores with, after --feature-weights), r a radius of 0..models.MaxMatch cells. Whether the bundle's
+// features can take one (map features, not ViT tokens) is the manifest's own check, run before the write.
+func applyFeatureMatch(s string, layers []models.FeatureLayer) error {
 	seen := map[string]bool{}
 	for _, f := range strings.Split(s, ",") {
 		name, val, ok := strings.Cut(strings.TrimSpace(f), "=")
@@ -158,9 +158,6 @@ func applyFeatureMatch(s string, layers []models.FeatureLayer, tokens bool) erro
 			return fmt.Errorf("--feature-match: %q appears twice", name)
 		}
 		seen[name] = true
-		if r > 0 && tokens {
-			return fmt.Errorf("--feature-match: the bundle's features are ViT tokens; a match radius is for map features")
-		}
 		i := slices.IndexFunc(layers, func(l models.FeatureLayer) bool { return l.Name == name })
 		if i < 0 {
 			return fmt.Errorf("--feature-match: %q is not one of the bundle's scoring layers (%s)", name, describeLayers(layers))
