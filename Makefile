@@ -37,7 +37,8 @@ test-py:
 
 # Benchmark tables (not part of the tests), issue 14: the small preset, untrained (speed does not depend on the
 # weights), built once into BENCH_DIR by the trainer (MobileNetV2 features from ../shared/backbones when present,
-# else a random conv net); per-stage latency at batch 1 and 4, the side-by-side with the PyTorch reference on the
+# else a random conv net); per-stage latency at batch 1 and 4 over 5 interleaved rounds (each batch line ends
+# with the rounds' p50s and their median, the figure to compare), the side-by-side with the PyTorch reference on the
 # same bundle and weights, the A/B of the static-shape denoisers against the dynamic one, and the floor table.
 # BENCH_FLAGS adds flags, e.g. --dynamic-only for the figures without the static-shape denoisers, or
 # --denoiser-spin / --denoiser-threads 1 (docs/operations.md, "Tuning scoring speed"). An int8-feature copy made

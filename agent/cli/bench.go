@@ -79,9 +79,14 @@ type benchStage struct {
 
 type benchBatch struct {
 	Batch        int     `json:"batch"`
-	Frames       int     `json:"frames"`
+	Frames       int     `json:"frames"` // over all rounds
 	Seconds      float64 `json:"seconds"`
 	FramesPerSec float64 `json:"frames_per_s"`
+	// RoundP50MS is each round's p50 of the total per frame; MedianP50MS their median. On a shared or
+	// virtual machine one run of a few seconds can be 50% off the next, so a latency figure is the median of
+	// interleaved rounds, each batch size measured in every round (ABBA order), never one run.
+	RoundP50MS  []float64 `json:"round_p50_ms_per_frame"`
+	MedianP50MS float64   `json:"median_p50_ms_per_frame"`
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -98,7 +103,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"bundle, weights and images, interleaved with this pipeline at batch 1, and print the ratio")
 	fs.StringVar(&ro.python, "python", "/usr/bin/python3", "Python interpreter with torch, for --reference")
 	fs.StringVar(&ro.trainerDir, "trainer-dir", "", "directory holding the vlmdiff_train package (default: $VLMDIFF_TRAINER or trainer/python found upwards)")
-	fs.IntVar(&ro.rounds, "rounds", 3, "interleaved rounds of --reference and --ab-dynamic (each: every image once per scorer)")
+	fs.IntVar(&ro.rounds, "rounds", 3, "interleaved rounds: of the batch sizes (--frames each, the latency is the median of the rounds' p50s), "+
+		"and of --reference and --ab-dynamic (each: every image once per scorer)")
 	workers := fs.Int("workers", 1, "also measure the throughput of this many scoring goroutines sharing the scorer (the daemon's "+
 		"models.workers; pair with --threads, e.g. 2 workers x 1 thread on 2 cores): wall ms per frame at each batch size")
 	abDynamic := fs.Bool("ab-dynamic", false, "also time a second scorer that ignores the static-shape denoisers, interleaved "+
@@ -115,13 +121,16 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		bs = append(bs, n)
 	}
+	if ro.rounds < 1 {
+		return fmt.Errorf("--rounds: %d, want at least 1", ro.rounds)
+	}
 	t0 := time.Now()
 	s, err := sf.Open()
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	rep, imgs, err := measureBench(ctx, s, time.Since(t0), &sf, fs.Args(), bs, *frames)
+	rep, imgs, err := measureBench(ctx, s, time.Since(t0), &sf, fs.Args(), bs, *frames, ro.rounds)
 	if err != nil {
 		return err
 	}
@@ -162,9 +171,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-// measureBench warms the scorer up and scores frames at each batch size; it returns the report and the images.
+// measureBench warms the scorer up and scores frames at each batch size, in rounds that take the batch sizes
+// in turn (reversed every other round); it returns the report and the images.
 func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, sf *scoreFlags, paths []string, bs []int,
-	frames int) (*benchReport, []pipeline.Image, error) {
+	frames, rounds int) (*benchReport, []pipeline.Image, error) {
 	openMS := open.Seconds() * 1000
 	m := s.Manifest()
 	imgs, err := benchImages(paths, m.Input.Width, m.Input.Height)
@@ -181,39 +191,65 @@ func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, s
 		FirstFrameMS: time.Since(first).Seconds() * 1000, DynamicOnly: sf.DynamicOnly}
 	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
 		pipeline.StageDecode, pipeline.StageFeatures, pipeline.StageMap, pipeline.StageTotal}
-	for _, b := range bs {
-		per := map[string][]float64{}
-		n := max(frames/b, 1)
+	per := make([]map[string][]float64, len(bs))
+	for i, b := range bs {
+		per[i] = map[string][]float64{}
+		rep.Batches = append(rep.Batches, benchBatch{Batch: b})
 		// one warm-up batch at this size
 		if _, err := s.Score(ctx, batchOf(imgs, 0, b)); err != nil {
 			return nil, nil, err
 		}
-		start := time.Now()
-		for i := 0; i < n; i++ {
-			res, err := s.Score(ctx, batchOf(imgs, i*b, b))
-			if err != nil {
+	}
+	for r := 0; r < rounds; r++ {
+		for j := range bs {
+			i := j
+			if r%2 == 1 {
+				i = len(bs) - 1 - j
+			}
+			if err := benchRound(ctx, s, imgs, &rep.Batches[i], per[i], frames); err != nil {
 				return nil, nil, err
 			}
-			if res[0].Err != nil {
-				return nil, nil, res[0].Err
-			}
-			for k, v := range res[0].LatencyMS {
-				per[k] = append(per[k], v)
-			}
 		}
-		wall := time.Since(start).Seconds()
+	}
+	for i, b := range rep.Batches {
 		for _, st := range stages {
-			if len(per[st]) > 0 {
-				rep.Stages = append(rep.Stages, benchStage{Batch: b, Stage: st, P50MS: pct(per[st], 50), P95MS: pct(per[st], 95)})
+			if len(per[i][st]) > 0 {
+				rep.Stages = append(rep.Stages, benchStage{Batch: b.Batch, Stage: st, P50MS: pct(per[i][st], 50), P95MS: pct(per[i][st], 95)})
 			}
 		}
-		rep.Batches = append(rep.Batches, benchBatch{Batch: b, Frames: n * b, Seconds: wall, FramesPerSec: float64(n*b) / wall})
+		rep.Batches[i].FramesPerSec = float64(b.Frames) / b.Seconds
+		rep.Batches[i].MedianP50MS = pct(b.RoundP50MS, 50)
 	}
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
 		rep.PeakRSSMiB = float64(ru.Maxrss) / 1024
 	}
 	return rep, imgs, nil
+}
+
+// benchRound scores about frames frames in batches of b.Batch, adds each stage's time per frame to per and the
+// round's frames, wall time and p50 of the total to b.
+func benchRound(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.Image, b *benchBatch, per map[string][]float64, frames int) error {
+	n := max(frames/b.Batch, 1)
+	var total []float64
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		res, err := s.Score(ctx, batchOf(imgs, i*b.Batch, b.Batch))
+		if err != nil {
+			return err
+		}
+		if res[0].Err != nil {
+			return res[0].Err
+		}
+		for k, v := range res[0].LatencyMS {
+			per[k] = append(per[k], v)
+		}
+		total = append(total, res[0].LatencyMS[pipeline.StageTotal])
+	}
+	b.Seconds += time.Since(start).Seconds()
+	b.Frames += n * b.Batch
+	b.RoundP50MS = append(b.RoundP50MS, pct(total, 50))
+	return nil
 }
 
 // measureWorkers scores frames per batch size with w goroutines sharing s, each its own batches, and returns the
@@ -315,7 +351,15 @@ func writeBenchTables(w io.Writer, rep *benchReport) {
 	tw.Flush()
 	fmt.Fprintln(w)
 	for _, b := range rep.Batches {
-		fmt.Fprintf(w, "batch %d: %.2f frames/s (%d frames in %.1f s)\n", b.Batch, b.FramesPerSec, b.Frames, b.Seconds)
+		fmt.Fprintf(w, "batch %d: %.2f frames/s (%d frames in %.1f s)", b.Batch, b.FramesPerSec, b.Frames, b.Seconds)
+		if len(b.RoundP50MS) > 1 {
+			r := make([]string, len(b.RoundP50MS))
+			for i, v := range b.RoundP50MS {
+				r[i] = fmt.Sprintf("%.1f", v)
+			}
+			fmt.Fprintf(w, "; total p50 of %d interleaved rounds %s ms/frame, median %.1f", len(r), strings.Join(r, " / "), b.MedianP50MS)
+		}
+		fmt.Fprintln(w)
 	}
 	for _, b := range rep.Workers {
 		fmt.Fprintf(w, "%d workers, batch %d: %.1f ms/frame wall, %.2f frames/s (%d frames in %.1f s)\n", b.Workers, b.Batch,

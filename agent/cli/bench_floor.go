@@ -81,10 +81,18 @@ func measureFloor(s *pipeline.Scorer, rep *benchReport, threads int) (*benchFloo
 			fl.Stages = append(fl.Stages, fs.rated(floorMS))
 		}
 		fl.Stages = append(fl.Stages, floorStage{Batch: b.Batch, Stage: pipeline.StageMap, P50MS: p50[[2]any{b.Batch, pipeline.StageMap}]},
-			floorStage{Batch: b.Batch, Stage: pipeline.StageTotal, MACsPerFrame: totalMACs,
-				P50MS: p50[[2]any{b.Batch, pipeline.StageTotal}]}.rated(floorMS))
+			floorStage{Batch: b.Batch, Stage: pipeline.StageTotal, MACsPerFrame: totalMACs, P50MS: totalP50(b, p50)}.rated(floorMS))
 	}
 	return fl, nil
+}
+
+// totalP50 is the total's p50 that the floor ratio compares: the median of the rounds' p50s, as the batch line
+// prints it, or the p50 over all frames when there was one round.
+func totalP50(b benchBatch, p50 map[[2]any]float64) float64 {
+	if b.MedianP50MS > 0 {
+		return b.MedianP50MS
+	}
+	return p50[[2]any{b.Batch, pipeline.StageTotal}]
 }
 
 // rated fills the achieved rate, the floor and the ratio from the MACs and the p50.

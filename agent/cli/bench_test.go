@@ -17,7 +17,7 @@ import (
 func TestBenchJSON(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	code := Main(context.Background(), []string{"bench", "--bundle", fixtureBundle, "--providers", "cpu", "--threads", "1",
-		"--batches", "1,2", "--frames", "2", "--json"}, &stdout, &stderr)
+		"--batches", "1,2", "--frames", "2", "--rounds", "2", "--json"}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
@@ -43,14 +43,21 @@ func TestBenchJSON(t *testing.T) {
 		t.Errorf("total stage missing or zero per batch: %v", totals)
 	}
 	for _, b := range rep.Batches {
-		if b.Frames != 2 || !(b.FramesPerSec > 0) {
-			t.Errorf("batch %+v", b)
+		// 2 frames in each of 2 rounds; the median of two rounds lies between them
+		if b.Frames != 4 || !(b.FramesPerSec > 0) || len(b.RoundP50MS) != 2 {
+			t.Errorf("batch %+v: want 4 frames over 2 rounds", b)
+			continue
+		}
+		lo, hi := min(b.RoundP50MS[0], b.RoundP50MS[1]), max(b.RoundP50MS[0], b.RoundP50MS[1])
+		if !(lo > 0) || b.MedianP50MS < lo || b.MedianP50MS > hi {
+			t.Errorf("batch %d: median %.2f outside its rounds %v", b.Batch, b.MedianP50MS, b.RoundP50MS)
 		}
 	}
 
 	var table bytes.Buffer
 	writeBenchTables(&table, &rep)
-	if !strings.Contains(table.String(), "provider cpu") || !strings.Contains(table.String(), "batch 2:") {
+	if !strings.Contains(table.String(), "provider cpu") || !strings.Contains(table.String(), "batch 2:") ||
+		!strings.Contains(table.String(), "interleaved rounds") {
 		t.Errorf("table output:\n%s", table.String())
 	}
 }
@@ -220,5 +227,22 @@ func TestBenchWorkers(t *testing.T) {
 	}
 	if rep := benchJSON(t, "--batches", "1", "--frames", "1"); len(rep.Workers) != 0 {
 		t.Errorf("workers entries without --workers: %+v", rep.Workers)
+	}
+}
+
+// TestBenchRefusesBadCounts: counts that would measure nothing are refused by name before the bundle opens.
+func TestBenchRefusesBadCounts(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--rounds", "0"}, "--rounds: 0"},
+		{[]string{"--batches", "1,0"}, `--batches: "0"`},
+	} {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"bench", "--bundle", fixtureBundle, "--providers", "cpu"}, tc.args...)
+		if code := Main(context.Background(), args, &stdout, &stderr); code == 0 || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%v: exit %d, stderr %q, want an error naming %q", tc.args, code, stderr.String(), tc.want)
+		}
 	}
 }
