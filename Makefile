@@ -38,8 +38,10 @@ test-py:
 # Benchmark tables (not part of the tests), issue 14: the small preset, untrained (speed does not depend on the
 # weights), built once into BENCH_DIR by the trainer (MobileNetV2 features from ../shared/backbones when present,
 # else a random conv net); per-stage latency at batch 1 and 4 over 5 interleaved rounds (each batch line ends
-# with the rounds' p50s and their median, the figure to compare), the side-by-side with the PyTorch reference on the
-# same bundle and weights, the A/B of the static-shape denoisers against the dynamic one, and the floor table.
+# with the rounds' p50s and their median, the figure to compare) with the daemon's default memory settings
+# (models.memory: shared, so the peak RSS printed is the daemon's kind), the side-by-side with the PyTorch
+# reference on the same bundle and weights, the A/B of the static-shape denoisers against the dynamic one, and
+# the floor table.
 # BENCH_FLAGS adds flags, e.g. --dynamic-only for the figures without the static-shape denoisers, or
 # --denoiser-spin / --denoiser-threads 1 (docs/operations.md, "Tuning scoring speed"). An int8-feature copy made
 # by `vlmdiff quantize --bundle $(BENCH_DIR)/bundle --data DATASET --out DIR` is timed with
@@ -48,7 +50,7 @@ BENCH_DIR ?= out/bench-small
 bench: build
 	@test -f $(BENCH_DIR)/bundle/bundle.json || PYTHONPATH=trainer/python $(PY) -m vlmdiff_train.bench_bundle --out $(BENCH_DIR)
 	./$(BIN) bench --bundle $(BENCH_DIR)/bundle --threads 2 --batches 1,4 --frames 20 --floor \
-		--reference $(BENCH_DIR)/model.pt --rounds 5 --ab-dynamic $(BENCH_FLAGS)
+		--mem-pattern=false --shared-arena --reference $(BENCH_DIR)/model.pt --rounds 5 --ab-dynamic $(BENCH_FLAGS)
 
 # The daemon's cost per frame outside the model (capture conversion, queue, store commit, MQTT publish,
 # heatmaps) with the model replaced by a no-op scorer: 4 cameras x 30 fps for OVERHEAD_SECONDS (default 20).

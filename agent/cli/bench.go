@@ -43,6 +43,9 @@ type benchReport struct {
 	DenoiserSpin bool `json:"denoiser_spin"`
 	SpinMicros   int  `json:"spin_us"`
 	GOMAXPROCS   int  `json:"gomaxprocs"`
+	// Memory names the daemon's models.memory setting the memory flags amount to (shared, lean, ort or
+	// custom): the peak RSS, and to a lesser degree the speed, hold for a daemon with that setting.
+	Memory string `json:"memory"`
 	// ORTVersion is the loaded ONNX Runtime library's version: speeds differ between releases.
 	ORTVersion   string       `json:"onnxruntime_version"`
 	OpenMS       float64      `json:"open_ms"`
@@ -187,7 +190,7 @@ func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, s
 	}
 	rep := &benchReport{Bundle: m.Name, Version: m.Version, Width: m.Input.Width, Height: m.Input.Height,
 		DDIMSteps: m.Diffusion.DDIMSteps, Ensemble: s.Ensemble(), FeatureLayers: len(m.Features.Layers), FeaturePrecision: m.Features.Precision, Provider: s.Provider(),
-		Threads: sf.Threads, DenoiserThreads: sf.DenoiserThreads, Spin: sf.Spin, DenoiserSpin: sf.DenoiserSpin, SpinMicros: sf.SpinMicros, GOMAXPROCS: runtime.GOMAXPROCS(0), ORTVersion: pipeline.RuntimeVersion(), OpenMS: openMS,
+		Threads: sf.Threads, DenoiserThreads: sf.DenoiserThreads, Spin: sf.Spin, DenoiserSpin: sf.DenoiserSpin, SpinMicros: sf.SpinMicros, GOMAXPROCS: runtime.GOMAXPROCS(0), Memory: sf.MemoryName(), ORTVersion: pipeline.RuntimeVersion(), OpenMS: openMS,
 		FirstFrameMS: time.Since(first).Seconds() * 1000, DynamicOnly: sf.DynamicOnly}
 	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
 		pipeline.StageDecode, pipeline.StageFeatures, pipeline.StageMap, pipeline.StageTotal}
@@ -339,9 +342,9 @@ func writeBenchTables(w io.Writer, rep *benchReport) {
 	if rep.FeaturePrecision != "" {
 		fp = " " + rep.FeaturePrecision
 	}
-	fmt.Fprintf(w, "bundle %s %s  input %dx%d  ddim %d  noises %d  features %d layers%s  provider %s  threads %d%s  spin %s  GOMAXPROCS %d  onnxruntime %s\n",
+	fmt.Fprintf(w, "bundle %s %s  input %dx%d  ddim %d  noises %d  features %d layers%s  provider %s  threads %d%s  spin %s  memory %s  GOMAXPROCS %d  onnxruntime %s\n",
 		rep.Bundle, rep.Version, rep.Width, rep.Height, rep.DDIMSteps, rep.Ensemble, rep.FeatureLayers, fp, rep.Provider, rep.Threads, dt,
-		spin, rep.GOMAXPROCS, rep.ORTVersion)
+		spin, rep.Memory, rep.GOMAXPROCS, rep.ORTVersion)
 	fmt.Fprintf(w, "open+verify %.0f ms, first frame (warm-up) %.0f ms\n\n", rep.OpenMS, rep.FirstFrameMS)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprint(tw, "batch\tstage\tp50 ms/frame\tp95 ms/frame\t\n")

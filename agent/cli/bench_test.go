@@ -27,7 +27,8 @@ func TestBenchJSON(t *testing.T) {
 	if err := dec.Decode(&rep); err != nil {
 		t.Fatalf("not one JSON report: %v", err)
 	}
-	if rep.Provider != "cpu" || rep.Bundle == "" || rep.Width <= 0 || len(rep.Batches) != 2 {
+	// the flags' defaults are ONNX Runtime's own memory settings (models.memory: ort)
+	if rep.Provider != "cpu" || rep.Bundle == "" || rep.Width <= 0 || len(rep.Batches) != 2 || rep.Memory != "ort" {
 		t.Fatalf("report %+v", rep)
 	}
 	totals := map[int]float64{}
@@ -57,7 +58,7 @@ func TestBenchJSON(t *testing.T) {
 	var table bytes.Buffer
 	writeBenchTables(&table, &rep)
 	if !strings.Contains(table.String(), "provider cpu") || !strings.Contains(table.String(), "batch 2:") ||
-		!strings.Contains(table.String(), "interleaved rounds") {
+		!strings.Contains(table.String(), "interleaved rounds") || !strings.Contains(table.String(), "memory ort") {
 		t.Errorf("table output:\n%s", table.String())
 	}
 }

@@ -84,3 +84,18 @@ func (f *Flags) Open() (*pipeline.Scorer, error) {
 	}
 	return pipeline.Open(f.Bundle, f.Options())
 }
+
+// MemoryName names the daemon's models.memory setting that these flags amount to (config.MemoryShared, Lean
+// or ORT), or "custom" for a mix no setting gives, so that a measurement says which memory the daemon would
+// have to run with to see the same figures.
+func (f *Flags) MemoryName() string {
+	switch o := f.Options(); {
+	case o.LeanMemory && o.NoMemPattern && !o.SharedArena:
+		return config.MemoryLean
+	case !o.LeanMemory && o.NoMemPattern && o.SharedArena:
+		return config.MemoryShared
+	case !o.LeanMemory && !o.NoMemPattern && !o.SharedArena:
+		return config.MemoryORT
+	}
+	return "custom"
+}
