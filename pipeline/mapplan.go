@@ -246,8 +246,9 @@ type mapScratch struct {
 	d     [][]float64 // views of dist, one per layer
 	more  []float64   // with several start noises: the distance map of one more reconstruction, added into dist
 	dm    [][]float64 // views of more, one per layer
-	match []float64   // per layer with a match radius: matchDistanceRows' scratch, then its reconstructions' squared norms
-	mb    [][]float64 // views of match's scratch, one per layer (nil for a same-position layer)
+	match []float64   // per layer with a match radius: matchDistanceRows' dot scratch, the frame's squared norms, its reconstructions'
+	mb    [][]float64 // views of match's dot scratch, one per layer (nil for a same-position layer)
+	na    [][]float64 // views of match's squared norms of the frame, one map per layer (nil for a same-position layer)
 	nb    [][]float64 // views of match's squared norms, one map per reconstruction (nil for a same-position layer)
 	wts   []float64
 	chans []int
@@ -302,7 +303,8 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H
 		sc.more = grow(sc.more, total)
 	}
 	// a layer with a match radius needs its reconstructions' squared norms at every position before the
-	// goroutines take their rows (a window reaches into its neighbours' rows), and 2 maps of scratch
+	// goroutines take their rows (a window reaches into its neighbours' rows), the frame's (once, not once per
+	// reconstruction), and a map of dot-product scratch
 	matched := 0
 	for l, s := range sc.sizes {
 		if layers[l].Match > 0 && !tokens {
@@ -310,7 +312,7 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H
 		}
 	}
 	sc.match = grow(sc.match, matched)
-	sc.d, sc.dm, sc.mb, sc.nb = sc.d[:0], sc.dm[:0], sc.mb[:0], sc.nb[:0]
+	sc.d, sc.dm, sc.mb, sc.na, sc.nb = sc.d[:0], sc.dm[:0], sc.mb[:0], sc.na[:0], sc.nb[:0]
 	off, moff := 0, 0
 	for l, s := range sc.sizes {
 		n := s.h * s.w
@@ -319,15 +321,16 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H
 			sc.dm = append(sc.dm, sc.more[off:off+n])
 		}
 		off += n
-		var mb, nb []float64
+		var mb, na, nb []float64
 		if layers[l].Match > 0 && !tokens {
-			mb, nb = sc.match[moff:moff+2*n], sc.match[moff+2*n:moff+(2+ens)*n]
+			mb, na, nb = sc.match[moff:moff+n], sc.match[moff+n:moff+2*n], sc.match[moff+2*n:moff+(2+ens)*n]
 			moff += (2 + ens) * n
+			squaredNorms(layers[l].item(i, sc.chans[l]*n), sc.chans[l], n, na)
 			for k := range ens {
 				squaredNorms(layers[l].item(frames+i*ens+k, sc.chans[l]*n), sc.chans[l], n, nb[k*n:(k+1)*n])
 			}
 		}
-		sc.mb, sc.nb = append(sc.mb, mb), append(sc.nb, nb)
+		sc.mb, sc.na, sc.nb = append(sc.mb, mb), append(sc.na, na), append(sc.nb, nb)
 	}
 	p := planFor(sc.sizes, H, W, sigma, truncate)
 	sc.e = grow(sc.e, p.eRows*W)
@@ -339,7 +342,8 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H
 			j := frames + i*ens + k
 			if sc.mb[l] != nil {
 				per := sc.chans[l] * n
-				matchDistanceRows(layers[l].item(i, per), layers[l].item(j, per), sc.nb[l][k*n:(k+1)*n], sc.chans[l], s.h, s.w, layers[l].Match, r0, r1, dst, sc.mb[l])
+				matchDistanceRows(layers[l].item(i, per), layers[l].item(j, per), sc.na[l], sc.nb[l][k*n:(k+1)*n], sc.chans[l], s.h, s.w,
+					layers[l].Match, r0, r1, dst, sc.mb[l])
 				return
 			}
 			layers[l].distance(i, j, tokens, sc.chans[l], n, lo, hi, dst)

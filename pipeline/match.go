@@ -4,25 +4,20 @@ import "math"
 
 // matchDistanceRows writes, at rows y0..y1 of dst (an h x w map), the smallest 1 - cos between a's feature
 // vector at each position and b's at any position within r cells of it (a square window, clipped to the map).
-// a and b are [c, h*w] channel planes and nb holds b's squared norm at every position (squaredNorms). buf is
-// 2*h*w scratch indexed like dst; only rows y0..y1 of it are written, so goroutines on disjoint rows may share
-// it.
+// a and b are [c, h*w] channel planes; na and nb hold their squared norms at every position (squaredNorms),
+// computed once per map rather than once per call, as a frame's are reused for each of its reconstructions.
+// dot is h*w scratch indexed like dst; only rows y0..y1 of it are written, so goroutines on disjoint rows may
+// share it.
 //
 // Why: a reconstruction from noise redraws a stochastic texture (paper fibres, a noisy background) with
 // another phase, so the feature at the same position differs on every normal frame, while a defect has no
 // match anywhere near (docs/algorithm.md §1.9). Each displacement sweeps every channel plane once, row by row,
 // accumulating the dot product; the sums are float64 like cosineDistanceRange's.
-func matchDistanceRows(a, b []float32, nb []float64, c, h, w, r, y0, y1 int, dst, buf []float64) {
+func matchDistanceRows(a, b []float32, na, nb []float64, c, h, w, r, y0, y1 int, dst, dot []float64) {
 	const eps = 1e-8
 	hw := h * w
 	lo, hi := y0*w, y1*w
-	dot, na := buf[lo:hi], buf[hw+lo:hw+hi]
-	clear(na)
-	for ch := 0; ch < c; ch++ {
-		for i, v := range a[ch*hw+lo : ch*hw+hi] {
-			na[i] += float64(v) * float64(v)
-		}
-	}
+	dot, na = dot[lo:hi], na[lo:hi]
 	out := dst[lo:hi]
 	for i := range out {
 		out[i] = math.Inf(1)

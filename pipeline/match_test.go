@@ -53,10 +53,11 @@ func TestMatchDistanceRows(t *testing.T) {
 				a[i], b[i] = float32(rng.NormFloat64()), float32(rng.NormFloat64())
 			}
 			want := matchDistanceDirect(a, b, tc.c, tc.h, tc.w, tc.r)
-			got, buf, nb := make([]float64, hw), make([]float64, 2*hw), make([]float64, hw)
+			got, dot, na, nb := make([]float64, hw), make([]float64, hw), make([]float64, hw), make([]float64, hw)
+			squaredNorms(a, tc.c, hw, na)
 			squaredNorms(b, tc.c, hw, nb)
 			for i := 0; i+1 < len(tc.splits); i++ {
-				matchDistanceRows(a, b, nb, tc.c, tc.h, tc.w, tc.r, tc.splits[i], tc.splits[i+1], got, buf)
+				matchDistanceRows(a, b, na, nb, tc.c, tc.h, tc.w, tc.r, tc.splits[i], tc.splits[i+1], got, dot)
 			}
 			for i := range want {
 				if math.Abs(got[i]-want[i]) > 1e-12 {
@@ -88,9 +89,10 @@ func TestMatchDistanceRows(t *testing.T) {
 			}
 		}
 	}
-	got, buf, nb := make([]float64, hw), make([]float64, 2*hw), make([]float64, hw)
+	got, dot, na, nb := make([]float64, hw), make([]float64, hw), make([]float64, hw), make([]float64, hw)
+	squaredNorms(a, c, hw, na)
 	squaredNorms(b, c, hw, nb)
-	matchDistanceRows(a, b, nb, c, h, w, 1, 0, h, got, buf)
+	matchDistanceRows(a, b, na, nb, c, h, w, 1, 0, h, got, dot)
 	for y := range h {
 		for x := range w - 1 {
 			if got[y*w+x] > 1e-12 {

@@ -186,26 +186,20 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 	if code, _, stderr := run(weigh...); code == 0 || !strings.Contains(stderr, "--val-data") {
 		t.Errorf("eval --weigh-layers without --val-data: exit %d, stderr %q", code, stderr)
 	}
-	for _, tc := range []struct{ flags, want string }{
-		{"layer1=1,layer2=0", "--reference train"}, // the kept reference holds for 1/1
-		{"layer9=1", "not an output"},
-		{"layer1=0,layer2=0", "no layer with a weight above 0"},
-		{"layer1=1,layer1=2", "appears twice"},
-		{"layer1", "want name=weight"},
+	for _, tc := range []struct{ flag, value, want string }{
+		{"--feature-weights", "layer1=1,layer2=0", "--reference train"}, // the kept reference holds for 1/1
+		{"--feature-weights", "layer9=1", "not an output"},
+		{"--feature-weights", "layer1=0,layer2=0", "no layer with a weight above 0"},
+		{"--feature-weights", "layer1=1,layer1=2", "appears twice"},
+		{"--feature-weights", "layer1", "want name=weight"},
+		{"--feature-match", "layer1=1", "--reference train"}, // a match radius changes every map too
+		{"--feature-match", "layer1=4", "radii of 0..3"},
+		{"--feature-match", "layer1=-1", "radii of 0..3"},
+		{"--feature-match", "layer9=1", "not one of the bundle's scoring layers"},
+		{"--feature-match", "layer1=1,layer1=0", "appears twice"},
 	} {
-		if code, _, stderr := run(append(base, "--feature-weights", tc.flags)...); code == 0 || !strings.Contains(stderr, tc.want) {
-			t.Errorf("calibrate --feature-weights %s: exit %d, stderr %q, want %q", tc.flags, code, stderr, tc.want)
-		}
-	}
-	for _, tc := range []struct{ flags, want string }{
-		{"layer1=1", "--reference train"}, // a match radius changes every map too
-		{"layer1=4", "radii of 0..3"},
-		{"layer1=-1", "radii of 0..3"},
-		{"layer9=1", "not one of the bundle's scoring layers"},
-		{"layer1=1,layer1=0", "appears twice"},
-	} {
-		if code, _, stderr := run(append(base, "--feature-match", tc.flags)...); code == 0 || !strings.Contains(stderr, tc.want) {
-			t.Errorf("calibrate --feature-match %s: exit %d, stderr %q, want %q", tc.flags, code, stderr, tc.want)
+		if code, _, stderr := run(append(base, tc.flag, tc.value)...); code == 0 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("calibrate %s %s: exit %d, stderr %q, want %q", tc.flag, tc.value, code, stderr, tc.want)
 		}
 	}
 	if after, _ := os.ReadFile(filepath.Join(bundle, models.ManifestFile)); !bytes.Equal(after, before) {
