@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from vlmdiff_train.export import TRACING_EXPORT  # noqa: E402
 from vlmdiff_train.onnx_torch import OnnxModule  # noqa: E402
 
 _NP_TO_ONNX = {np.dtype("float32"): TensorProto.FLOAT, np.dtype("int64"): TensorProto.INT64,
@@ -61,7 +62,7 @@ def _torch_case(name: str, module: torch.nn.Module, x: torch.Tensor, opset: int,
     b = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(module.eval(), (x,), b, opset_version=opset, input_names=["x"], output_names=["y0"],
-                          dynamic_axes={"x": {0: "batch"}, "y0": {0: "batch"}})
+                          dynamic_axes={"x": {0: "batch"}, "y0": {0: "batch"}}, **TRACING_EXPORT)
     return Case(name, onnx.load_from_string(b.getvalue()), x.numpy(), tol)
 
 

@@ -116,6 +116,23 @@ def test_no_private_names_from_other_modules():
     assert not bad, "private names imported across modules:\n" + "\n".join(bad)
 
 
+def test_every_imported_name_exists():
+    """Every `from .x import name` names something x defines, function-level imports included: those run only on
+    their own path (gpu_check's ran only on a GPU machine, and one name had moved away unnoticed)."""
+    import importlib
+    modules = module_files()
+    bad, checked = [], 0
+    for m, p in modules.items():
+        for target, nm, line in imports_of(m, p, modules):
+            if not nm or nm == "*":
+                continue
+            checked += 1
+            if not hasattr(importlib.import_module(target), nm):
+                bad.append(f"{p.relative_to(ROOT.parent)}:{line}: {nm} is not in {target}")
+    assert checked > 50, f"only {checked} imported names found: the walker is broken"
+    assert not bad, "imported names that do not exist:\n" + "\n".join(bad)
+
+
 def test_model_file_is_a_leaf():
     """model_file imports nothing of the package that could import it back (nets, presets, tokenizer and
     onnx_torch import no other package module than nets/constants)."""

@@ -19,6 +19,7 @@ from vlmdiff_train.nets import (
 from vlmdiff_train.nets.layers import CrossAttention
 from vlmdiff_train.nets.sgn import ControlledUnetModel, SemanticGuidedNetwork
 from vlmdiff_train.nets.unet import UNetConfig, UNetModel
+from vlmdiff_train.export import TRACING_EXPORT
 from vlmdiff_train.presets import PRESETS, build, get_preset
 from vlmdiff_train import tokenizer as tk
 
@@ -503,7 +504,7 @@ def test_denoiser_exports_to_onnx():
     buf = io.BytesIO()
     torch.onnx.export(den, (z, torch.tensor([999]), ctx, hint), buf, opset_version=17,
                       input_names=["x", "t", "context", "hint"], output_names=["eps"],
-                      dynamic_axes={k: {0: "batch"} for k in ("x", "t", "context", "hint", "eps")})
+                      dynamic_axes={k: {0: "batch"} for k in ("x", "t", "context", "hint", "eps")}, **TRACING_EXPORT)
     model = onnx.load_from_string(buf.getvalue())
     onnx.checker.check_model(model)
     assert [i.name for i in model.graph.input] == ["x", "t", "context", "hint"]

@@ -11,6 +11,7 @@ import torch
 
 from vlmdiff_train import reference as R
 from vlmdiff_train.dino_export import export_dino_onnx
+from vlmdiff_train.export import TRACING_EXPORT
 from vlmdiff_train.onnx_torch import OnnxModule
 
 from onnx_op_cases import cases, dino_module
@@ -23,7 +24,7 @@ def test_dino_graph_runs_in_onnx_torch(opset):
     b = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(f, (x[:1],), b, opset_version=opset, input_names=["image"], output_names=["tokens"],
-                          dynamic_axes={"image": {0: "b"}, "tokens": {0: "b"}})
+                          dynamic_axes={"image": {0: "b"}, "tokens": {0: "b"}}, **TRACING_EXPORT)
     m = onnx.load_from_string(b.getvalue())
     ops = {n.op_type for n in m.graph.node}
     assert ("LayerNormalization" in ops) == (opset >= 17), ops

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -180,6 +181,12 @@ def _spec(name: str, t: torch.Tensor) -> dict:
 # ONNX export
 # ---------------------------------------------------------------------------------------------------------------
 
+# PyTorch 2.9 made the dynamo exporter torch.onnx.export's default. Every graph here is written by the tracing
+# exporter (opset 14-17, dynamic_axes, the operator set onnx_torch and the Go pipeline were checked against), so
+# a newer PyTorch that has the switch is asked for it by name; 1.13 (Debian's) has no switch and only traces.
+TRACING_EXPORT = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
 def export_graph(module: torch.nn.Module, args: Tuple[torch.Tensor, ...], in_names: List[str],
                  out_names: List[str], path: str, opset: int = OPSET, dynamic: bool = True) -> None:
     """torch.onnx.export (at opset) with a dynamic batch axis on every input and output (none with dynamic
@@ -196,7 +203,7 @@ def export_graph(module: torch.nn.Module, args: Tuple[torch.Tensor, ...], in_nam
         tmp = os.path.join(tmpdir, os.path.basename(path))
         with torch.no_grad():
             torch.onnx.export(module, args, tmp, input_names=in_names, output_names=out_names, dynamic_axes=dyn,
-                              opset_version=opset, do_constant_folding=True)
+                              opset_version=opset, do_constant_folding=True, **TRACING_EXPORT)
         extra = [n for n in os.listdir(tmpdir) if n != os.path.basename(path)]
         if not extra:
             os.replace(tmp, path)
@@ -526,7 +533,11 @@ def verify_bundle(bundle_dir: str) -> List[str]:
         except Exception as e:
             problems.append(f"{role}: onnx checker: {e}")
             continue
-        ins, outs = onnx_io_names(p)
+        try:
+            ins, outs = onnx_io_names(p)
+        except Exception as e:  # the checker's C++ parser forgives trailing bytes that protobuf >= 5 refuses
+            problems.append(f"{role}: reading {g['file']}: {e}")
+            continue
         for t in g["inputs"]:
             if t["name"] not in ins:
                 problems.append(f"{role}: input {t['name']} not in graph {ins}")

@@ -29,6 +29,16 @@ from typing import Dict
 import numpy as np
 import torch
 
+from . import presets
+from .checkpoints import init_sgn_from_unet
+from .dino_export import export_dino_onnx
+from .export import run_export
+from .model_file import load_nets
+from .reference import Scorer, anomaly_map, pooled_score, read_conditioning, read_manifest, smooth
+from .tokenizer import learn_merges
+from .train_denoiser import run as run_train
+from .train_denoiser import save_model
+
 log = logging.getLogger(__name__)
 
 
@@ -67,14 +77,6 @@ class _TimestepsOn(torch.nn.Module):
 
 def run(out: str, device_name: str = "cuda", tiny: bool = False, steps: int = 3, batch: int = 4,
         frames: int = 200, threads: int = 8) -> Dict:
-    from . import presets
-    from .checkpoints import init_sgn_from_unet
-    from .dino_export import export_dino_onnx
-    from .export import load_nets, run_export
-    from .reference import Scorer, anomaly_map, pooled_score, read_conditioning, read_manifest, smooth
-    from .tokenizer import learn_merges
-    from .train_denoiser import save_model, run as run_train
-
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("gpu_check: --device cuda but this PyTorch sees no GPU (use --device cpu --tiny to "

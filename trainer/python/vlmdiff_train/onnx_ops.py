@@ -161,7 +161,7 @@ def _gather(a, at, opset):
     x, idx = a[0], a[1].long()
     ax = _axis(int(at.get("axis", 0)), x.dim(), "Gather")
     idx = torch.where(idx < 0, idx + x.shape[ax], idx)  # negative indices count from the end
-    y = torch.index_select(x, ax, idx.reshape(-1))
+    y = torch.index_select(x, ax, idx.reshape(-1).to(x.device))
     return y.reshape(list(x.shape[:ax]) + list(idx.shape) + list(x.shape[ax + 1:]))
 
 
@@ -211,7 +211,7 @@ def _slice(a, at, opset):
             s, e = min(max(s, 0), n), min(max(e, 0), n)
         else:
             s, e = min(max(s, 0), n - 1), min(max(e, -1), n - 1)
-        idx = torch.arange(s, e, st, dtype=torch.long)
+        idx = torch.arange(s, e, st, dtype=torch.long, device=y.device)
         y = torch.index_select(y, ax, idx)
     return y
 
@@ -356,7 +356,7 @@ def _resize(a, at, opset):
     for d in range(n):
         if outs[d] == x.shape[d] and scales[d] == 1.0:
             continue
-        m = torch.from_numpy(_resize_matrix(x.shape[d], outs[d], scales[d], at)).to(y.dtype)
+        m = torch.from_numpy(_resize_matrix(x.shape[d], outs[d], scales[d], at)).to(y.device, y.dtype)
         y = torch.movedim(torch.tensordot(y, m, dims=([d], [1])), -1, d)
     return y.contiguous()
 

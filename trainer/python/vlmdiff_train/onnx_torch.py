@@ -106,7 +106,9 @@ class OnnxModule(torch.nn.Module):
             if not isinstance(res, (list, tuple)):
                 res = [res]
             for o, r in zip(outs, res):
-                env[o] = r
+                # Shape, Range, ConstantOfShape make their tensors on the CPU; every value lives on the input's
+                # device, so a CUDA graph never meets a CPU tensor in the next op (a no-op on the CPU).
+                env[o] = r.to(x.device) if isinstance(r, torch.Tensor) and r.device != x.device else r
         missing = [o for o in self.output_names if o not in env]
         if missing:
             raise RuntimeError(f"onnx_torch: outputs {missing} were not computed")

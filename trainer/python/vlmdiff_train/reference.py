@@ -284,7 +284,7 @@ class Scorer:
         ctx_c = ctx_c.expand(b, -1, -1)
         ctx_u = ctx_u.expand(b, -1, -1)
         for i in range(len(self.ts) - 1, -1, -1):
-            t = torch.full((b,), int(self.ts[i]), dtype=torch.int64)
+            t = torch.full((b,), int(self.ts[i]), dtype=torch.int64, device=x.device)
             a = self.abar[self.ts[i]]
             a_prev = self.abar[self.ts[i - 1]] if i > 0 else self.abar[0]
             e = self.nets.denoiser(xt, t, ctx_c, hint)
@@ -301,10 +301,10 @@ class Scorer:
         if not f.get("mean") or not f.get("std"):
             return x
         inp = self.m["input"]
-        m_in = torch.tensor(inp["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        s_in = torch.tensor(inp["std"], dtype=torch.float32).view(1, 3, 1, 1)
-        m = torch.tensor(f["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        s = torch.tensor(f["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        m_in = torch.tensor(inp["mean"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        s_in = torch.tensor(inp["std"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        m = torch.tensor(f["mean"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        s = torch.tensor(f["std"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         return ((x * s_in + m_in) - m) / s
 
     def ensemble(self) -> int:
