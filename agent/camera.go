@@ -178,6 +178,7 @@ func (a *Agent) forward(ctx context.Context, c *camera, in <-chan capture.Frame)
 		if minGap > 0 && !lastAccepted.IsZero() && now.Sub(lastAccepted) < minGap && f.Origin == "" {
 			c.rateLimited.Add(1)
 			f.Ack(true)
+			f.Release()
 			continue
 		}
 		if a.skipProcessed(c, f) {
@@ -189,6 +190,7 @@ func (a *Agent) forward(ctx context.Context, c *camera, in <-chan capture.Frame)
 		if ev != nil {
 			c.drops.Add(1)
 			ev.frame.Ack(false)
+			ev.frame.Release()
 		}
 		if !ok {
 			// Shutting down before the frame was queued: not acknowledged, so a folder file stays for the

@@ -130,7 +130,9 @@ func (a *Agent) resultFrame(c *camera, seq uint64) ([]byte, string, error) {
 	}
 	c.mu.Lock()
 	frame, last := c.lastFrame, c.lastFrameSeq
+	frame.Retain() // encoded outside the lock, while a newer result may replace (and release) lastFrame
 	c.mu.Unlock()
+	defer frame.Release()
 	if last == seq && frame.Pix != nil {
 		png, err := encodePNG(frameImage(&job{frame: frame}))
 		if err != nil {

@@ -277,6 +277,12 @@ func (a *Agent) startWatchers(ctx context.Context) (func(context.Context) error,
 
 // startSources runs every camera's source; its stop ends them and waits until their last frame is queued.
 func (a *Agent) startSources(ctx context.Context) (func(context.Context) error, error) {
+	// Process-wide, before the first frame is converted; 0 asks OpenCV for its default back (a negative count).
+	if n := a.cfg.Agent.CVThreads(); n > 0 {
+		capture.SetOpenCVThreads(n)
+	} else {
+		capture.SetOpenCVThreads(-1)
+	}
 	sctx, cancel := context.WithCancel(ctx)
 	var sources sync.WaitGroup
 	for _, c := range a.cams {

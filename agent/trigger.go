@@ -258,6 +258,7 @@ loop:
 			if t == nil {
 				c.trig.idle.Add(1)
 				f.Ack(true)
+				f.Release()
 				continue
 			}
 			if !a.pushTriggered(ctx, c, f, t) {
@@ -281,6 +282,7 @@ func (a *Agent) pushTriggered(ctx context.Context, c *camera, f capture.Frame, t
 	if ev != nil {
 		c.drops.Add(1)
 		ev.frame.Ack(false)
+		ev.frame.Release()
 		if ev.trig != nil {
 			a.rejectTrigger(c, ev.trig, errors.New("the camera's queue was full; the frame for this trigger was dropped"))
 		}

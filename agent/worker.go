@@ -238,13 +238,18 @@ func (a *Agent) committed(j *job, r *pipeline.Result, rec *store.Record, hm *mqt
 	c.fps.tick(now)
 	a.metrics.observe(c.name, lat)
 	a.prom.observe(c.name, lat)
+	// The job's hold on its pixels passes to lastFrame (the dashboard's picture, a false alarm's frame). The
+	// frame it replaces goes back to its source's pool: it was the previous result's, whose sample and evidence
+	// were written before this callback ran (one committer goroutine), and readers outside c.mu retain it.
 	c.mu.Lock()
+	prev := c.lastFrame
 	c.lastFrame, c.lastFrameSeq = j.frame, j.seq
 	c.lastJPEG = nil
 	if hm != nil {
 		c.lastHeatmap = hm.Data
 	}
 	c.mu.Unlock()
+	prev.Release()
 	a.maybeSample(c, j, r)
 	a.keepEvidence(c, j, rec, hm, evidence)
 }

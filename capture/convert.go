@@ -14,8 +14,15 @@ import (
 // the conversion's destination, which saves a C allocation and a full copy per frame against converting
 // into an OpenCV Mat and copying it out.
 func matToRGB(m gocv.Mat) (w, h int, pix []byte, err error) {
+	w, h, pix, _, err = matToRGBInto(m, nil)
+	return w, h, pix, err
+}
+
+// matToRGBInto is matToRGB into a buffer from pool (a new slice when pool is nil). The buffer comes back held
+// once, or nil when the frame is not in pooled memory (no pool, or OpenCV wrote elsewhere).
+func matToRGBInto(m gocv.Mat, pool *pixPool) (w, h int, pix []byte, buf *pixBuffer, err error) {
 	if m.Empty() {
-		return 0, 0, nil, fmt.Errorf("empty image")
+		return 0, 0, nil, nil, fmt.Errorf("empty image")
 	}
 	var code gocv.ColorConversionCode
 	switch m.Type() {
@@ -26,26 +33,40 @@ func matToRGB(m gocv.Mat) (w, h int, pix []byte, err error) {
 	case gocv.MatTypeCV8UC1:
 		code = gocv.ColorGrayToBGR // gray to 3 equal channels: order does not matter
 	default:
-		return 0, 0, nil, fmt.Errorf("unsupported pixel type %v (want 8-bit gray, BGR or BGRA)", m.Type())
+		return 0, 0, nil, nil, fmt.Errorf("unsupported pixel type %v (want 8-bit gray, BGR or BGRA)", m.Type())
 	}
 	w, h = m.Cols(), m.Rows()
-	pix = make([]byte, w*h*3)
+	if pool != nil {
+		buf = pool.get(w * h * 3)
+		pix = buf.pix
+	} else {
+		pix = make([]byte, w*h*3)
+	}
+	giveBack := func() {
+		if buf != nil {
+			Frame{buf: buf}.Release()
+			buf = nil
+		}
+	}
 	dst, err := gocv.NewMatFromBytes(h, w, gocv.MatTypeCV8UC3, pix)
 	if err != nil {
-		return 0, 0, nil, fmt.Errorf("wrap the frame buffer: %w", err)
+		giveBack()
+		return 0, 0, nil, nil, fmt.Errorf("wrap the frame buffer: %w", err)
 	}
 	defer dst.Close()
 	gocv.CvtColor(m, &dst, code)
 	// cvtColor keeps a destination of the right size and type; should it ever allocate its own instead,
 	// copy that out rather than return an unwritten buffer.
 	if out, err := dst.DataPtrUint8(); err != nil || len(out) != len(pix) || &out[0] != &pix[0] {
+		giveBack()
 		pix = dst.ToBytes()
 		w, h = dst.Cols(), dst.Rows()
 	}
 	if len(pix) != w*h*3 {
-		return 0, 0, nil, fmt.Errorf("converted image has %d bytes, want %dx%dx3", len(pix), w, h)
+		giveBack()
+		return 0, 0, nil, nil, fmt.Errorf("converted image has %d bytes, want %dx%dx3", len(pix), w, h)
 	}
-	return w, h, pix, nil
+	return w, h, pix, buf, nil
 }
 
 // decodeImage decodes an encoded image file's bytes into packed RGB, after imagelimit has checked the header

@@ -31,6 +31,8 @@ type Frame struct {
 	// (ok) or given up on it (!ok). Folder sources move or delete the file only then, and hold at most
 	// MaxInFlight frames without Done. Calls after the first do nothing. Use Ack, which tolerates nil.
 	Done func(ok bool)
+	// buf is Pix's pooled memory (stream sources), nil when Pix is an ordinary slice; see Retain and Release.
+	buf *pixBuffer
 }
 
 // Ack calls f.Done when there is one.

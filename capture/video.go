@@ -24,6 +24,7 @@ type videoSource struct {
 	mu      sync.Mutex
 	prevRun chan struct{} // closed when the last worker has exited
 	seq     uint64        // only the (single) worker touches it
+	pixels  pixPool       // the frames' memory, back from their last holder (Frame.Release)
 }
 
 func newVideo(cfg Config) *videoSource {
@@ -89,6 +90,7 @@ func (s *videoSource) Run(ctx context.Context, out chan<- Frame, events chan<- E
 					s.c.delivered(f.Time)
 				default:
 					s.c.dropped.Add(1)
+					f.Release() // never handed over: its memory serves the next frame
 				}
 				continue
 			}
@@ -287,7 +289,7 @@ func (s *videoSource) stream(ctx context.Context, vc *gocv.VideoCapture, m *gocv
 			bo.reset()
 			continue
 		}
-		w, h, pix, err := matToRGB(*m)
+		w, h, pix, buf, err := matToRGBInto(*m, &s.pixels)
 		if err != nil {
 			s.c.decodeErrors.Add(1)
 			if !inBurst { // one report per burst of bad frames
@@ -310,7 +312,7 @@ func (s *videoSource) stream(ctx context.Context, vc *gocv.VideoCapture, m *gocv
 			rep.state(StateOnline, "receiving frames")
 		}
 		s.seq++
-		f := Frame{Camera: s.cfg.Name, Seq: s.seq, Time: now, Width: w, Height: h, Pix: pix}
+		f := Frame{Camera: s.cfg.Name, Seq: s.seq, Time: now, Width: w, Height: h, Pix: pix, buf: buf}
 		if !send(item{frame: &f}) {
 			return endCtx, n
 		}

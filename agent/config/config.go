@@ -40,6 +40,22 @@ type Agent struct {
 	// ShutdownTimeout bounds draining queues and flushing the outbox on SIGTERM. Default 10s; keep it under
 	// systemd's TimeoutStopSec.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// OpenCVThreads is how many threads OpenCV's own parallel loops may use (colour conversion of camera
+	// frames, heatmap resizing and encoding). Default 1: each camera already converts on its own goroutine
+	// and the cores belong to the model; OpenCV's thread pool cost 0.2-0.4 ms of CPU per 640x480 frame on 2
+	// cores for no gain (docs/operations.md, "Overhead outside the model"). 0 = OpenCV's own choice (all cores).
+	OpenCVThreads *int `yaml:"opencv_threads"`
+}
+
+// DefaultOpenCVThreads is agent.opencv_threads when unset.
+const DefaultOpenCVThreads = 1
+
+// CVThreads is OpenCVThreads, or DefaultOpenCVThreads when unset.
+func (a Agent) CVThreads() int {
+	if a.OpenCVThreads == nil {
+		return DefaultOpenCVThreads
+	}
+	return *a.OpenCVThreads
 }
 
 // DefaultSpinMicros is models.spin_us when unset, and the commands' --spin-us default: how long a spinning

@@ -50,6 +50,7 @@ func TestParseDefaults(t *testing.T) {
 		{"cameras[0].heatmap", cfg.Cameras[0].HeatmapOn(), true},
 		{"cameras[0].roi (none: the whole frame)", cfg.Cameras[0].ROI.Active(), false},
 		{"agent.shutdown_timeout", cfg.Agent.ShutdownTimeout, 10 * time.Second},
+		{"agent.opencv_threads", cfg.Agent.CVThreads(), DefaultOpenCVThreads},
 		{"store.retention.max_size", cfg.Store.Retention.MaxSize, ByteSize(1 << 30)},
 		{"embedded", cfg.Embedded(), true},
 	}
@@ -62,7 +63,7 @@ func TestParseDefaults(t *testing.T) {
 
 func TestParseOverridesAndEnv(t *testing.T) {
 	src := `
-agent: {name: line1, data_dir: /tmp/x}
+agent: {name: line1, data_dir: /tmp/x, opencv_threads: 0}
 models: {bundle: /tmp/b, batch: 4, workers: 2, providers: [cuda, cpu], denoiser_spin: false, spin_us: 0}
 cameras:
   - name: cam1
@@ -103,6 +104,7 @@ store:
 		{"threshold", *c.Threshold, 0.75},
 		{"denoiser_spin explicit false", cfg.Models.DenoiserSpinOn(), false},
 		{"spin_us explicit 0 (ONNX Runtime's own count)", cfg.Models.SpinUS(), 0},
+		{"opencv_threads explicit 0 (OpenCV's own choice)", cfg.Agent.CVThreads(), 0},
 		{"queue", c.Queue, 8},
 		{"heatmap", c.HeatmapOn(), false},
 		{"heatmap_interval", cfg.HeatmapInterval(&c), 2 * time.Second},
@@ -208,6 +210,10 @@ cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.providers[0]: must
 		{"negative denoiser threads", `
 models: {dir: /m, denoiser_threads: -1}
 cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.denoiser_threads: must be >= 0"}},
+		{"negative OpenCV threads", `
+agent: {opencv_threads: -1}
+models: {dir: /m}
+cameras: [{name: c, kind: synthetic}]`, nil, []string{"agent.opencv_threads: must be 0..1024"}},
 		{"negative spin wait", `
 models: {dir: /m, spin_us: -5}
 cameras: [{name: c, kind: synthetic}]`, nil, []string{"models.spin_us: must be 0..1000000 microseconds"}},

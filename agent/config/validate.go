@@ -204,6 +204,9 @@ func (c *Config) Validate() error {
 	if c.Agent.ShutdownTimeout < 0 {
 		bad("agent.shutdown_timeout", "must not be negative")
 	}
+	if n := c.Agent.OpenCVThreads; n != nil && (*n < 0 || *n > 1024) {
+		bad("agent.opencv_threads", "must be 0..1024 (0 = OpenCV's own choice), not %d", *n)
+	}
 
 	c.validateModels(bad)
 	c.validateCameras(bad, func(err error) { errs = append(errs, err) })
