@@ -455,7 +455,7 @@ func printRow(w io.Writer, label string, v []float64) {
 }
 
 // freePort returns a loopback port that was free a moment ago.
-func freePort(b *testing.B) int {
+func freePort(b testing.TB) int {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -465,7 +465,7 @@ func freePort(b *testing.B) int {
 }
 
 // waitPort waits until the embedded broker accepts connections (a deadline against hangs).
-func waitPort(b *testing.B, port int) {
+func waitPort(b testing.TB, port int) {
 	deadline := time.Now().Add(wait)
 	for time.Now().Before(deadline) {
 		c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), time.Second)

@@ -9,6 +9,10 @@
 // MQTT: data flows one way, capture -> pipeline -> sinks. Every frame must end in f.Ack(ok) (a no-op except for
 // folder frames, whose files are moved only then); synthetic frames carry their ground truth in Frame.Truth.
 //
+// Stream sources (USB, RTSP, video files) recycle their frames' memory: a consumer that is done with a frame
+// calls f.Release(), and one that hands it to another reader first calls f.Retain(). A frame never released is
+// simply garbage collected; releasing one more often than it was held panics (pixpool.go).
+//
 // # Sources
 //
 // New(Config) validates a config (errors are *ConfigError naming the YAML field) and returns a Source of one kind:
