@@ -4,8 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"image/jpeg"
-	"image/png"
+	"image"
+	_ "image/jpeg"
+	_ "image/png"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -77,7 +78,7 @@ evidence: {enabled: true, dir: %q, ok_every: 1}
 		}
 	}()
 	deadline := time.Now().Add(wait)
-	for countFiles(t, evDir) < 300 && time.Now().Before(deadline) {
+	for countFrames(evDir) < 300 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	cancel()
@@ -95,19 +96,15 @@ evidence: {enabled: true, dir: %q, ok_every: 1}
 		if _, err := fmt.Sscanf(filepath.Base(p), "%010d-", &seq); err != nil {
 			return nil // not a frame file
 		}
-		f, err := os.Open(p)
+		data, err := os.ReadFile(p)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		img, err := png.Decode(f)
+		got, err := centreRGB(data)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}
-		want := colours[(seq-1)%len(colours)]
-		r, g, b, _ := img.At(img.Bounds().Dx()/2, img.Bounds().Dy()/2).RGBA()
-		got := [3]byte{byte(r >> 8), byte(g >> 8), byte(b >> 8)}
-		if !nearRGB(got, want) {
+		if want := colours[(seq-1)%len(colours)]; !nearRGB(got, want) {
 			t.Errorf("%s (seq %d): centre RGB %v, want about %v (frame %d of the loop)", filepath.Base(p), seq, got, want, (seq-1)%len(colours))
 		}
 		checked++
@@ -122,17 +119,26 @@ evidence: {enabled: true, dir: %q, ok_every: 1}
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := jpeg.Decode(bytes.NewReader(j))
+	got, err := centreRGB(j)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, g, b, _ := img.At(img.Bounds().Dx()/2, img.Bounds().Dy()/2).RGBA()
-	if got, want := [3]byte{byte(r >> 8), byte(g >> 8), byte(b >> 8)}, colours[(last-1)%len(colours)]; !nearRGB(got, want) {
+	if want := colours[(last-1)%len(colours)]; !nearRGB(got, want) {
 		t.Errorf("latest frame (seq %d): centre RGB %v, want about %v", last, got, want)
 	}
 	if checked < 300 {
 		t.Fatalf("checked %d evidence frames, want at least 300", checked)
 	}
+}
+
+// centreRGB decodes a PNG or JPEG and returns its centre pixel.
+func centreRGB(data []byte) ([3]byte, error) {
+	img, _, err := image.Decode(bytes.NewReader(data))
+	if err != nil {
+		return [3]byte{}, err
+	}
+	r, g, b, _ := img.At(img.Bounds().Dx()/2, img.Bounds().Dy()/2).RGBA()
+	return [3]byte{byte(r >> 8), byte(g >> 8), byte(b >> 8)}, nil
 }
 
 func nearRGB(a, b [3]byte) bool {
@@ -144,8 +150,8 @@ func nearRGB(a, b [3]byte) bool {
 	return true
 }
 
-// countFiles counts the evidence tree's files (frames, heatmaps and results alike).
-func countFiles(t *testing.T, root string) int {
+// countFrames counts the evidence tree's frames (<seq>-<verdict>.png; heatmaps are JPEG, results JSON).
+func countFrames(root string) int {
 	n := 0
 	_ = filepath.WalkDir(root, func(_ string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() && strings.HasSuffix(d.Name(), ".png") {

@@ -44,7 +44,7 @@ func matToRGBInto(m gocv.Mat, pool *pixPool) (w, h int, pix []byte, buf *pixBuff
 	}
 	giveBack := func() {
 		if buf != nil {
-			Frame{buf: buf}.Release()
+			buf.release()
 			buf = nil
 		}
 	}

@@ -48,9 +48,14 @@ func (f Frame) Release() {
 	if f.buf == nil {
 		return
 	}
-	switch n := f.buf.refs.Add(-1); {
+	f.buf.release()
+}
+
+// release drops one holder; the last one puts the buffer back into its pool.
+func (b *pixBuffer) release() {
+	switch n := b.refs.Add(-1); {
 	case n == 0:
-		f.buf.pool.p.Put(f.buf)
+		b.pool.p.Put(b)
 	case n < 0:
 		panic("capture: frame pixels released more often than retained")
 	}

@@ -42,8 +42,8 @@ type Agent struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// OpenCVThreads is how many threads OpenCV's own parallel loops may use (colour conversion of camera
 	// frames, heatmap resizing and encoding). Default 1: each camera already converts on its own goroutine
-	// and the cores belong to the model; OpenCV's thread pool cost 0.2-0.4 ms of CPU per 640x480 frame on 2
-	// cores for no gain (docs/operations.md, "Overhead outside the model"). 0 = OpenCV's own choice (all cores).
+	// and the cores belong to the model; OpenCV's thread pool cost 0.15-0.2 ms of CPU per 640x480 frame on
+	// 2 cores for no gain (docs/operations.md, "Overhead outside the model"). 0 = OpenCV's own choice (all cores).
 	OpenCVThreads *int `yaml:"opencv_threads"`
 }
 

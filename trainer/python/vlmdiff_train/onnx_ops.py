@@ -161,7 +161,7 @@ def _gather(a, at, opset):
     x, idx = a[0], a[1].long()
     ax = _axis(int(at.get("axis", 0)), x.dim(), "Gather")
     idx = torch.where(idx < 0, idx + x.shape[ax], idx)  # negative indices count from the end
-    y = torch.index_select(x, ax, idx.reshape(-1).to(x.device))
+    y = torch.index_select(x, ax, idx.reshape(-1))
     return y.reshape(list(x.shape[:ax]) + list(idx.shape) + list(x.shape[ax + 1:]))
 
 
