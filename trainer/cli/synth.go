@@ -168,6 +168,7 @@ func (d *defectFlags) register(fs interface {
 	fs.Float64Var(&d.params.MaxSize, "max-size", p.MaxSize, "largest defect, fraction of the shorter image side")
 	fs.Float64Var(&d.params.MinContrast, "min-contrast", p.MinContrast, "faintest intensity change, fraction of full scale (stains: a third)")
 	fs.Float64Var(&d.params.MaxContrast, "max-contrast", p.MaxContrast, "strongest intensity change, fraction of full scale")
+	fs.Float64Var(&d.params.MinVisibility, "min-visibility", p.MinVisibility, "redraw a defect that changes its pixels less than this many times the normals' own variation there (0 = off)")
 }
 
 // runSynthDefects paints synthetic defects with exact masks onto held-out normals of the user's own data.

@@ -13,6 +13,7 @@ import (
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
+	"github.com/vlmdiff/edge/trainer/synth"
 )
 
 // Config is a training run's YAML file (configs/train/*.yaml; docs/training.md is the reference). Decoding is
@@ -124,6 +125,10 @@ type SelectConfig struct {
 	ValData string `yaml:"val_data"`
 	// PerImage is the number of defect images painted per held-out normal (default 2).
 	PerImage int `yaml:"per_image"`
+	// MinVisibility is the painter's visibility floor (synth.Params.MinVisibility, default 1): a painted
+	// defect must change its pixels at least this many times as much as the held-out normals of its class
+	// differ among themselves there, or it is redrawn. 0 paints as before session 15 (faint defects kept).
+	MinVisibility *float64 `yaml:"min_visibility"`
 	// ReferencePerClass bounds the training normals per class in each candidate's map reference (default:
 	// calibrate.reference_per_class, so a candidate is scored with the reference it would ship with and the
 	// chosen one's row is what the evaluate stage reports). Fewer is cheaper: on the surfaces set 16 per class
@@ -279,6 +284,10 @@ func (c *Config) defaults() {
 	if c.Select.PerImage == 0 {
 		c.Select.PerImage = 2
 	}
+	if c.Select.MinVisibility == nil {
+		v := synth.DefaultParams.MinVisibility
+		c.Select.MinVisibility = &v
+	}
 	if c.Select.ReferencePerClass == 0 {
 		c.Select.ReferencePerClass = c.Calibrate.ReferencePerClass
 	}
@@ -383,6 +392,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Select.PerImage < 0 {
 		bad("select.per_image", "must be > 0")
+	}
+	if v := *c.Select.MinVisibility; !(v >= 0 && v <= 100) {
+		bad("select.min_visibility", "%v: want 0 (off) to 100", v)
 	}
 	if c.Select.ReferencePerClass < 0 {
 		bad("select.reference_per_class", "must be > 0")

@@ -323,7 +323,9 @@ func (t *Training) selectValData(ctx context.Context, sc *StageContext, items []
 	if err := os.RemoveAll(out); err != nil {
 		return "", err
 	}
-	sum, err := synth.WriteDefects(ctx, normals, synth.DefectsOptions{Out: out, PerImage: c.Select.PerImage, Seed: uint64(c.Seed) + 1})
+	params := synth.DefaultParams
+	params.MinVisibility = *c.Select.MinVisibility
+	sum, err := synth.WriteDefects(ctx, normals, synth.DefectsOptions{Out: out, PerImage: c.Select.PerImage, Seed: uint64(c.Seed) + 1, Params: params})
 	if err != nil {
 		return "", fmt.Errorf("select: painting the validation set: %w", err)
 	}

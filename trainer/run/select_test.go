@@ -114,13 +114,14 @@ func TestSelectConfigChecked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Select.Metric != "mean" || c.Select.PerImage != 2 || c.Select.ReferencePerClass != c.Calibrate.ReferencePerClass || c.Select.MinGain != 0.01 || c.Train.SnapshotEvery != 0 {
+	if c.Select.Metric != "mean" || c.Select.PerImage != 2 || *c.Select.MinVisibility != 1 || c.Select.ReferencePerClass != c.Calibrate.ReferencePerClass || c.Select.MinGain != 0.01 || c.Train.SnapshotEvery != 0 {
 		t.Fatalf("defaults: %+v, snapshot_every %d", c.Select, c.Train.SnapshotEvery)
 	}
 	for _, tc := range []struct{ yaml, want string }{
 		{"select:\n  metric: f1\n", "select.metric"},
 		{"select:\n  min_gain: 2\n", "select.min_gain"},
 		{"select:\n  per_image: -1\n", "select.per_image"},
+		{"select:\n  min_visibility: -0.5\n", "select.min_visibility"},
 		{"select:\n  reference_per_class: -3\n", "select.reference_per_class"},
 		{"select:\n  ensembles: [2, 1]\n", "select.ensembles"},
 		{"select:\n  ensembles: [1, 1]\n", "select.ensembles"},

@@ -28,10 +28,14 @@ type Params struct {
 	// MinContrast, MaxContrast: the intensity change as a fraction of full scale (stains use a third of it, as
 	// stains are faint by nature). Defaults 0.08 and 0.5.
 	MinContrast, MaxContrast float64
+	// MinVisibility: where the normals' own variation is known (a Variation), a defect whose Visibility is
+	// below this is redrawn: 1 (the default) keeps only defects that change their pixels at least as much as
+	// two normals of the class differ there; 0 turns the check off (the painter before session 15).
+	MinVisibility float64
 }
 
 // DefaultParams is the hard default.
-var DefaultParams = Params{MinSize: 0.015, MaxSize: 0.15, MinContrast: 0.08, MaxContrast: 0.5}
+var DefaultParams = Params{MinSize: 0.015, MaxSize: 0.15, MinContrast: 0.08, MaxContrast: 0.5, MinVisibility: 1}
 
 // Validate checks the bounds.
 func (p Params) Validate() error {
@@ -40,6 +44,8 @@ func (p Params) Validate() error {
 		return fmt.Errorf("synth: size %v..%v: want 0 < min <= max <= 1", p.MinSize, p.MaxSize)
 	case !(p.MinContrast > 0 && p.MinContrast <= p.MaxContrast && p.MaxContrast <= 1):
 		return fmt.Errorf("synth: contrast %v..%v: want 0 < min <= max <= 1", p.MinContrast, p.MaxContrast)
+	case !(p.MinVisibility >= 0 && p.MinVisibility <= 100):
+		return fmt.Errorf("synth: visibility %v: want 0 (off) to 100 times the normals' variation", p.MinVisibility)
 	}
 	return nil
 }
@@ -72,11 +78,11 @@ func logUniform(r *rand.Rand, lo, hi float64) float64 {
 // MinArea is the fewest changed pixels a defect may have; a draw below it is redrawn.
 const MinArea = 4
 
-// ErrInvisible is returned (wrapped) by Paint when every cut-paste draw was invisible: the patches looked like
-// what they covered, as on a uniform background where paper is pasted onto paper. Such a "defect" would be
-// labelled and masked yet could not be seen by anyone, and a validation set full of them ranks candidates on
-// noise (PIPED's painted cut-pastes scored at chance, image AUROC 50, session 7). WriteDefects paints the next
-// kind instead.
+// ErrInvisible is returned (wrapped) by Paint when every draw was invisible: a cut-paste's patches looked like
+// what they covered, as on a uniform background where paper is pasted onto paper, or every defect stayed within
+// the normals' own variation (Visibility under Params.MinVisibility). Such a "defect" would be labelled and
+// masked yet could not be seen by anyone, and a validation set full of them ranks candidates on noise (PIPED's
+// painted cut-pastes scored at chance, image AUROC 50, session 7). WriteDefects paints another kind instead.
 var ErrInvisible = errors.New("every patch looked like what it covered")
 
 // cutPasteVisible reports whether a cut-paste can be seen. The change is averaged over a 7x7 window around each
@@ -120,16 +126,27 @@ type layer struct {
 // the cut-paste donor (another normal; img itself when nil). region, when set, restricts the defect's centre
 // to its true pixels. The mask is exactly the set of pixels whose value differs from img; a draw that would
 // change fewer than MinArea pixels, or a cut-paste whose patch is invisible (cutPasteVisible), is redrawn (up to
-// 50 times, then an error; ErrInvisible when every cut-paste draw was invisible).
+// 50 times, then an error; ErrInvisible when every cut-paste draw was invisible). Paint knows nothing of the
+// other normals: PaintAmong also holds each draw against their variation.
 func Paint(img Image, kind string, src *Image, region []bool, p Params, r *rand.Rand) (Image, []uint8, error) {
+	out, mask, _, err := PaintAmong(img, kind, src, region, nil, p, r)
+	return out, mask, err
+}
+
+// PaintAmong is Paint with the normals' variation v (nil: none known, as Paint): a draw whose Visibility is
+// under p.MinVisibility is redrawn too. It also returns how many draws were redrawn for that reason.
+func PaintAmong(img Image, kind string, src *Image, region []bool, v *Variation, p Params, r *rand.Rand) (Image, []uint8, int, error) {
 	if err := p.Validate(); err != nil {
-		return Image{}, nil, err
+		return Image{}, nil, 0, err
+	}
+	if !v.fits(img) || p.MinVisibility == 0 {
+		v = nil
 	}
 	if src == nil {
 		src = &img
 	}
 	if src.C != img.C {
-		return Image{}, nil, fmt.Errorf("synth: cut-paste donor has %d channels, the image %d", src.C, img.C)
+		return Image{}, nil, 0, fmt.Errorf("synth: cut-paste donor has %d channels, the image %d", src.C, img.C)
 	}
 	var centres []int
 	if region != nil {
@@ -139,10 +156,10 @@ func Paint(img Image, kind string, src *Image, region []bool, p Params, r *rand.
 			}
 		}
 		if len(centres) == 0 {
-			return Image{}, nil, errors.New("synth: the defect region is empty")
+			return Image{}, nil, 0, errors.New("synth: the defect region is empty")
 		}
 	}
-	invisible := 0
+	invisible, faint := 0, 0
 	for try := 0; try < 50; try++ {
 		var cx, cy float64
 		if centres != nil {
@@ -165,7 +182,7 @@ func Paint(img Image, kind string, src *Image, region []bool, p Params, r *rand.
 		case DefectStain:
 			l = stain(img, cx, cy, size, contrast/3, r)
 		default:
-			return Image{}, nil, fmt.Errorf("synth: defect kind %q: want %s", kind, strings.Join(Defects, ", "))
+			return Image{}, nil, 0, fmt.Errorf("synth: defect kind %q: want %s", kind, strings.Join(Defects, ", "))
 		}
 		out, mask, area := composite(img, l)
 		if area < MinArea {
@@ -175,13 +192,21 @@ func Paint(img Image, kind string, src *Image, region []bool, p Params, r *rand.
 			invisible++
 			continue
 		}
-		return out, mask, nil
+		if v != nil && Visibility(img, out, mask, v) < p.MinVisibility {
+			faint++
+			continue
+		}
+		return out, mask, faint, nil
 	}
-	if invisible > 0 {
-		return Image{}, nil, fmt.Errorf("synth: cut-paste on a %dx%d image: %w (mean local change under %.1f grey levels in %d draws)",
+	switch {
+	case invisible > 0 && faint == 0:
+		return Image{}, nil, faint, fmt.Errorf("synth: cut-paste on a %dx%d image: %w (mean local change under %.1f grey levels in %d draws)",
 			img.W, img.H, ErrInvisible, 255*p.MinContrast/3, invisible)
+	case invisible+faint > 0:
+		return Image{}, nil, faint, fmt.Errorf("synth: %s on a %dx%d image: %w (%d draws within the normals' own variation, visibility under %g; %d invisible patches)",
+			kind, img.W, img.H, ErrInvisible, faint, p.MinVisibility, invisible)
 	}
-	return Image{}, nil, fmt.Errorf("synth: %s on a %dx%d image: every draw changed fewer than %d pixels", kind, img.W, img.H, MinArea)
+	return Image{}, nil, faint, fmt.Errorf("synth: %s on a %dx%d image: every draw changed fewer than %d pixels", kind, img.W, img.H, MinArea)
 }
 
 // composite blends the layer into a copy of img; opacities below 0.1 are dropped so that a defect's far tail

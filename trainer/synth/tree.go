@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -20,11 +22,23 @@ type Normal struct {
 // Summary counts what was written, per class: "train/good", "test/good", "test/<kind>".
 type Summary map[string]map[string]int
 
-func (s Summary) add(class, what string) {
+// Summary keys besides the splits: draws redrawn because they stayed within the normals' own variation, and
+// defect images not written because no kind of defect stood out there.
+const (
+	RedrawnFaint     = "faint draws redrawn"
+	SkippedInvisible = "skipped (nothing visible)"
+)
+
+func (s Summary) add(class, what string) { s.addN(class, what, 1) }
+
+func (s Summary) addN(class, what string, n int) {
+	if n == 0 {
+		return
+	}
 	if s[class] == nil {
 		s[class] = map[string]int{}
 	}
-	s[class][what]++
+	s[class][what] += n
 }
 
 // Write prints one line per class.
@@ -61,9 +75,13 @@ type DefectsOptions struct {
 // pixels unchanged) to <class>/test/good and to <class>/train/good (the MVTec layout requires train/good; it
 // holds the same held-out normals and is not for training), and PerImage defective copies go to
 // <class>/test/<kind> with their masks. Kinds are cycled so every kind is represented; a cut-paste donor is
-// another normal of the class (the image itself when it is the only one), and where no patch would be visible
-// (ErrInvisible: a uniform background) the next kind is painted instead. Each defect depends only on the seed,
-// the class, the normal's file name and its number.
+// another normal of the class (the image itself when it is the only one). Each defect is held against the
+// variation among the class's normals of its frame size (Params.MinVisibility); where no draw of its kind
+// stands out (ErrInvisible: a uniform background for a cut-paste, a texture that varies more than the allowed
+// contrast) the other kinds are tried in turn, and where none does the defect image is skipped and counted
+// (SkippedInvisible): a missing image costs the set one sample, a mislabelled one misleads every ranking made
+// on it. A set with no defect at all is an error. Each defect depends only on the seed, the class, the
+// normal's file name and its number.
 func WriteDefects(ctx context.Context, normals []Normal, o DefectsOptions) (Summary, error) {
 	if o.PerImage <= 0 {
 		o.PerImage = 2
@@ -90,6 +108,8 @@ func WriteDefects(ctx context.Context, normals []Normal, o DefectsOptions) (Summ
 	}
 	sort.Strings(classes)
 	sum := Summary{}
+	painted := 0
+	var lastInvisible error
 	for _, class := range classes {
 		ns := byClass[class]
 		sort.Slice(ns, func(a, b int) bool { return ns[a].Path < ns[b].Path })
@@ -111,6 +131,7 @@ func WriteDefects(ctx context.Context, normals []Normal, o DefectsOptions) (Summ
 			imgs[i] = img
 		}
 		root := filepath.Join(o.Out, class)
+		vars := variations(imgs)
 		for i, n := range ns {
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -122,6 +143,7 @@ func WriteDefects(ctx context.Context, normals []Normal, o DefectsOptions) (Summ
 				}
 				sum.add(class, split+"/good")
 			}
+			v := vars[[3]int{imgs[i].W, imgs[i].H, imgs[i].C}]
 			for k := 0; k < o.PerImage; k++ {
 				kind := o.Kinds[(i*o.PerImage+k)%len(o.Kinds)]
 				r := rngFor(o.Seed, "defect", class, stem, k)
@@ -132,13 +154,12 @@ func WriteDefects(ctx context.Context, normals []Normal, o DefectsOptions) (Summ
 						donor = &imgs[j]
 					}
 				}
-				out, mask, err := Paint(imgs[i], kind, donor, nil, o.Params, r)
+				kind, out, mask, err := paintVisible(imgs[i], kind, o.Kinds, donor, nil, v, o.Params, r, sum, class)
 				if errors.Is(err, ErrInvisible) {
-					// nothing visible to cut and paste on this image: the next kind of the cycle instead
-					if next, ok := nextKind(o.Kinds, kind); ok {
-						kind = next
-						out, mask, err = Paint(imgs[i], kind, donor, nil, o.Params, r)
-					}
+					// nothing of any kind stood out from the normals here: no defect image rather than a mislabelled one
+					sum.add(class, SkippedInvisible)
+					lastInvisible = fmt.Errorf("synth: %s: %w", n.Path, err)
+					continue
 				}
 				if err != nil {
 					return nil, fmt.Errorf("synth: %s: %w", n.Path, err)
@@ -148,8 +169,12 @@ func WriteDefects(ctx context.Context, normals []Normal, o DefectsOptions) (Summ
 					return nil, err
 				}
 				sum.add(class, "test/"+kind)
+				painted++
 			}
 		}
+	}
+	if painted == 0 && lastInvisible != nil {
+		return nil, fmt.Errorf("no defect could be painted that stands out from the normals (the last: %w)", lastInvisible)
 	}
 	return sum, writeReadme(o.Out, "The normals are held-out validation images of the source data; test/good and train/good both hold them. For evaluation only (vlmdiff eval --val-data), never for training.")
 }
@@ -219,6 +244,7 @@ func WriteSurfaces(ctx context.Context, o SurfacesOptions) (Summary, error) {
 	sum := Summary{}
 	for _, spec := range o.Classes {
 		root := filepath.Join(o.Out, spec.Name)
+		var goods []Image
 		for _, part := range []struct {
 			split, dir string
 			n          int
@@ -228,12 +254,16 @@ func WriteSurfaces(ctx context.Context, o SurfacesOptions) (Summary, error) {
 					return nil, err
 				}
 				img, _ := Render(spec, o.Seed, part.split, i)
+				if part.split == "test" && len(goods) <= maxVariationPairs {
+					goods = append(goods, img)
+				}
 				if err := img.WritePNG(filepath.Join(root, part.dir, "good", fmt.Sprintf("%03d.png", i))); err != nil {
 					return nil, err
 				}
 				sum.add(spec.Name, part.dir+"/good")
 			}
 		}
+		v := NewVariation(goods) // the class's test normals: how much its renders differ among themselves
 		for _, kind := range o.Kinds {
 			for i := 0; i < o.PerKind; i++ {
 				if err := ctx.Err(); err != nil {
@@ -241,7 +271,12 @@ func WriteSurfaces(ctx context.Context, o SurfacesOptions) (Summary, error) {
 				}
 				img, region := Render(spec, o.Seed, "defect-"+kind, i)
 				donor, _ := Render(spec, o.Seed, "donor-"+kind, i)
-				out, mask, err := Paint(img, kind, &donor, region, o.Params, rngFor(o.Seed, "defect", spec.Name, kind, i))
+				out, mask, faint, err := PaintAmong(img, kind, &donor, region, v, o.Params, rngFor(o.Seed, "defect", spec.Name, kind, i))
+				sum.addN(spec.Name, RedrawnFaint, faint)
+				if errors.Is(err, ErrInvisible) {
+					sum.add(spec.Name, SkippedInvisible)
+					continue
+				}
 				if err != nil {
 					return nil, fmt.Errorf("synth: class %s: %w", spec.Name, err)
 				}
@@ -255,18 +290,22 @@ func WriteSurfaces(ctx context.Context, o SurfacesOptions) (Summary, error) {
 	return sum, writeReadme(o.Out, "Rendered surfaces: train/good for training, test for evaluation.")
 }
 
-// nextKind is the kind after kind in the cycle that is not a cut-paste; false when there is none.
-func nextKind(kinds []string, kind string) (string, bool) {
-	at := 0
-	for i, k := range kinds {
-		if k == kind {
-			at = i
+// paintVisible paints kind, or where every draw of it stays invisible (ErrInvisible), the other kinds in the
+// order of the cycle after it; the kind painted is returned. Draws redrawn for being within the normals'
+// variation are counted in sum.
+func paintVisible(img Image, kind string, kinds []string, donor *Image, region []bool, v *Variation, p Params, r *rand.Rand, sum Summary, class string) (string, Image, []uint8, error) {
+	at := slices.Index(kinds, kind)
+	var first error
+	for j := 0; j < len(kinds); j++ {
+		k := kinds[(at+j)%len(kinds)]
+		out, mask, faint, err := PaintAmong(img, k, donor, region, v, p, r)
+		sum.addN(class, RedrawnFaint, faint)
+		if err == nil || !errors.Is(err, ErrInvisible) {
+			return k, out, mask, err
+		}
+		if first == nil {
+			first = err
 		}
 	}
-	for j := 1; j < len(kinds); j++ {
-		if k := kinds[(at+j)%len(kinds)]; k != DefectCutPaste {
-			return k, true
-		}
-	}
-	return "", false
+	return kind, Image{}, nil, first
 }
