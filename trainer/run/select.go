@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -163,43 +164,53 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 		fmt.Fprintln(sc.Progress, "[select] no snapshots (train.snapshot_every is 0): the train stage's model")
 	}
 	var layers [][2]any
-	var first *metrics.Metrics // the chosen layers at the first count of select.ensembles, already scored
-	if len(c.Select.LayerWeights) > 0 {
-		k := 0 // the export config's count, or the cheapest the ensemble choice below will consider
-		if len(c.Select.Ensembles) > 0 {
-			k = c.Select.Ensembles[0]
+	k := 0 // start noises per frame: the export config's unless select.ensembles chooses
+	switch {
+	case len(c.Select.LayerWeights) > 0 && len(c.Select.Ensembles) > 0:
+		// Layers and noises together: each count's own best weighting competes for the count, so the layers
+		// that ship were weighed with the noise count that ships (a fine layer's map is noisier with one noise
+		// than with eight, and the ranking of weightings changes with the count; docs/training.md).
+		var tables map[string]string
+		var err error
+		if k, layers, tables, err = t.selectLayersAndEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir); err != nil {
+			return nil, err
 		}
-		chosen, table, mean, err := t.selectLayers(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, k)
+		maps.Copy(outs, tables)
+	case len(c.Select.LayerWeights) > 0:
+		chosen, table, _, err := t.selectLayers(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, LayersFile, 0)
 		if err != nil {
 			return nil, err
 		}
 		if chosen != nil {
 			layers = chosen
-			if k > 0 {
-				first = &mean
-			}
-			b, err := json.Marshal(chosen)
-			if err != nil {
-				return nil, err
-			}
-			p := filepath.Join(dir, LayersChoiceFile)
-			if err := os.WriteFile(p, append(b, '\n'), 0o644); err != nil {
-				return nil, err
-			}
-			outs["feature_layers"], outs["layer_weights"] = p, table
+			outs["layer_weights"] = table
 		}
+	case len(c.Select.Ensembles) > 0:
+		var table string
+		var err error
+		if k, table, err = t.selectEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, nil); err != nil {
+			return nil, err
+		}
+		outs["ensembles"] = table
 	}
-	if len(c.Select.Ensembles) > 0 {
-		k, table, err := t.selectEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, layers, first)
+	if layers != nil {
+		b, err := json.Marshal(layers)
 		if err != nil {
 			return nil, err
 		}
+		p := filepath.Join(dir, LayersChoiceFile)
+		if err := os.WriteFile(p, append(b, '\n'), 0o644); err != nil {
+			return nil, err
+		}
+		outs["feature_layers"] = p
+	}
+	if k > 0 {
 		// stage outputs are files: the count is one, which the export stage reads (selectedEnsemble)
 		chosen := filepath.Join(dir, EnsembleChoiceFile)
 		if err := os.WriteFile(chosen, []byte(strconv.Itoa(k)+"\n"), 0o644); err != nil {
 			return nil, err
 		}
-		outs["ensemble"], outs["ensembles"] = chosen, table
+		outs["ensemble"] = chosen
 	}
 	return outs, nil
 }
@@ -259,22 +270,16 @@ func selectedEnsemble(sc *StageContext) (int, error) {
 }
 
 // selectEnsemble scores the chosen weights with each count of select.ensembles (each with its own map
-// reference, as calibrate would measure it) and returns the chosen count and the path of its table. first, when
-// set, is the first count's result, already measured by the layer weighing with these layers: the same export,
-// reference and painted set, so it is not scored twice.
-func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, layers [][2]any, first *metrics.Metrics) (int, string, error) {
+// reference, as calibrate would measure it) and returns the chosen count and the path of its table.
+func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, layers [][2]any) (int, string, error) {
 	c := t.Config
 	ks := c.Select.Ensembles
 	fmt.Fprintf(sc.Progress, "[select] start noises per frame %v for %s, ranked by %s on %s\n", ks, cand.Model, c.Select.Metric, valData)
 	res := make([]candidateResult, len(ks))
 	for i, k := range ks {
 		cand.Name = fmt.Sprintf("noises-%d", k)
-		var m metrics.Metrics
-		var err error
-		if i == 0 && first != nil {
-			m = *first
-			fmt.Fprintf(sc.Progress, "[select] %d noise(s): the layer weighing's score of the chosen layers\n", k)
-		} else if m, err = t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), k, layers); err != nil {
+		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), k, layers)
+		if err != nil {
 			return 0, "", fmt.Errorf("%d start noises: %w", k, err)
 		}
 		res[i] = candidateResult{candidate: cand, Mean: m, Score: selectScore(c.Select.Metric, m)}
@@ -289,6 +294,50 @@ func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items [
 	writeCandidateTable(sc.Progress, res, best)
 	fmt.Fprintf(sc.Progress, "[select] chose %d start noise(s) per frame (%s)\n", ks[best], why)
 	return ks[best], table, nil
+}
+
+// selectLayersAndEnsemble weighs the feature layers once per count of select.ensembles (selectLayers with that
+// many start noises: one export and one scoring pass each, as scoring the count alone would cost) and chooses
+// the count by its best weighting's score, as selectEnsemble does. It returns the count, its layers (nil when
+// the bundle has a single layer: then the counts are scored with the bundle's layer as selectEnsemble does) and
+// the stage outputs for the tables: every count's layer table (layer_weights-<K>.csv), the chosen count's also
+// as layer_weights.csv, and ensembles.csv with each count's best weighting.
+func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string) (int, [][2]any, map[string]string, error) {
+	c := t.Config
+	ks := c.Select.Ensembles
+	res := make([]candidateResult, len(ks))
+	layers := make([][][2]any, len(ks))
+	tables := make([]string, len(ks))
+	for i, k := range ks {
+		chosen, table, m, err := t.selectLayers(ctx, sc, items, cand, valData, dir, fmt.Sprintf("layer_weights-%d.csv", k), k)
+		if err != nil {
+			return 0, nil, nil, fmt.Errorf("%d start noises: %w", k, err)
+		}
+		if chosen == nil { // one layer: nothing to weigh, only the counts
+			k, table, err := t.selectEnsemble(ctx, sc, items, cand, valData, dir, nil)
+			return k, nil, map[string]string{"ensembles": table}, err
+		}
+		layers[i], tables[i] = chosen, table
+		res[i] = candidateResult{candidate: candidate{Name: fmt.Sprintf("noises-%d", k), Model: cand.Model}, Mean: m, Score: selectScore(c.Select.Metric, m)}
+		fmt.Fprintf(sc.Progress, "[select] %d noise(s), layers %v: I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f\n", k, chosen,
+			100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*res[i].Score)
+	}
+	best, why := cheapestEnsemble(ks, res, c.Select.MinGain)
+	table := filepath.Join(dir, EnsembleFile)
+	if err := writeCandidates(table, res, best); err != nil {
+		return 0, nil, nil, err
+	}
+	writeCandidateTable(sc.Progress, res, best)
+	b, err := os.ReadFile(tables[best])
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	chosenTable := filepath.Join(dir, LayersFile)
+	if err := os.WriteFile(chosenTable, b, 0o644); err != nil {
+		return 0, nil, nil, err
+	}
+	fmt.Fprintf(sc.Progress, "[select] chose %d start noise(s) per frame (%s) with feature layers %v\n", ks[best], why, layers[best])
+	return ks[best], layers[best], map[string]string{"ensembles": table, "layer_weights": chosenTable}, nil
 }
 
 // cheapestEnsemble returns the index of the count to use: the smallest, unless a larger one leads the best

@@ -69,10 +69,10 @@ func selectedLayers(sc *StageContext) ([][2]any, error) {
 // selectLayers exports the chosen model (with `ensemble` start noises, 0 = the export config's), scores the
 // training normals of the map reference and the validation set once with every layer's own map, and ranks
 // the weightings of select.layer_weights on the validation maps, each minus its class's reference as
-// calibrate would measure it. It returns the chosen layers ([name, weight] with weight > 0, in the bundle's
-// order; nil when the bundle has a single layer), the path of its table, and the chosen weighting's validation
-// metrics: those of a bundle with these layers and `ensemble` noises, which selectEnsemble need not score again.
-func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, ensemble int) ([][2]any, string, metrics.Metrics, error) {
+// calibrate would measure it. It writes its table to dir/table and returns the chosen layers ([name, weight]
+// with weight > 0, in the bundle's order; nil when the bundle has a single layer), the table's path, and the
+// chosen weighting's validation metrics: those of a bundle with these layers and `ensemble` noises.
+func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir, table string, ensemble int) ([][2]any, string, metrics.Metrics, error) {
 	c := t.Config
 	work := filepath.Join(dir, "layers")
 	bundle, err := t.exportCandidate(ctx, sc, cand, work, ensemble, nil)
@@ -98,8 +98,8 @@ func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []d
 		return nil, "", metrics.Metrics{}, nil
 	}
 	cands := eval.LayerCandidates(own, c.Select.LayerWeights)
-	fmt.Fprintf(sc.Progress, "[select] feature layers %s: %d weightings of %v, ranked by %s on %s\n", strings.Join(names, ", "),
-		len(cands), c.Select.LayerWeights, c.Select.Metric, valData)
+	fmt.Fprintf(sc.Progress, "[select] feature layers %s: %d weightings of %v with %d start noise(s), ranked by %s on %s\n", strings.Join(names, ", "),
+		len(cands), c.Select.LayerWeights, m.Diffusion.Noises(), c.Select.Metric, valData)
 	var train []dataset.Item // no reference: raw maps, as the bundle will score
 	if c.Calibrate.Reference != eval.ReferenceNone {
 		train = eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Select.ReferencePerClass)
@@ -119,7 +119,7 @@ func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []d
 		out[k] = candidateResult{candidate: candidate{Name: eval.LayerName(w), Model: cand.Model}, Mean: mets[k], Score: selectScore(c.Select.Metric, mets[k])}
 	}
 	best, why := bestLayers(out, c.Select.MinGain)
-	table := filepath.Join(dir, LayersFile)
+	table = filepath.Join(dir, table)
 	if err := writeLayerTable(table, names, cands, out, best); err != nil {
 		return nil, "", metrics.Metrics{}, err
 	}
