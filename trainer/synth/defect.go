@@ -83,7 +83,7 @@ const MinArea = 4
 // the normals' own variation (Visibility under Params.MinVisibility). Such a "defect" would be labelled and
 // masked yet could not be seen by anyone, and a validation set full of them ranks candidates on noise (PIPED's
 // painted cut-pastes scored at chance, image AUROC 50, session 7). WriteDefects paints another kind instead.
-var ErrInvisible = errors.New("every patch looked like what it covered")
+var ErrInvisible = errors.New("no draw stood out from what it covered")
 
 // cutPasteVisible reports whether a cut-paste can be seen. The change is averaged over a 7x7 window around each
 // interior pixel (opacity 0.5 or more, inside the feathered edge) before its size is taken: a patch of the same
