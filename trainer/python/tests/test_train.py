@@ -103,6 +103,25 @@ def test_resume_continues_from_saved_step(dataset, built, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["step-00000002.pt", "step-00000003.pt"]
 
 
+def test_resume_at_the_last_step_writes_the_model(dataset, built, tmp_path):
+    """A run stopped after a checkpoint and resumed with max_steps at that step (ship what you have) writes its
+    model at once, even when that checkpoint predates the first validation."""
+    recs = [json.loads(l) for l in (dataset / "index.jsonl").read_text().splitlines()]
+    recs.append({**recs[1], "split": "val"})
+    (dataset / "index_val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    run = tmp_path / "r"
+    cfg = dict(index=str(dataset / "index_val.jsonl"), batch_size=1, keep=5)
+    full = train_denoiser.run(_train_cfg(dataset, built, run, max_steps=3, **cfg))
+    assert full["val_loss_best"] is not None  # 2 images at batch 1: validations at steps 2 and 3
+    for s in (2, 3):  # as if stopped right after step 1's checkpoint, before any validation
+        os.remove(run / "checkpoints" / f"step-{s:08d}.pt")
+    os.remove(run / "model-trained.pt")
+    res = train_denoiser.run(_train_cfg(dataset, built, run, max_steps=1, **cfg))
+    json.dumps(res, allow_nan=False)  # what the stage prints for the runner
+    assert res["steps"] == 1 and res["val_loss_best"] is None and os.path.exists(res["model"])
+    assert train_denoiser.load_model_file(res["model"])["extra"]["step"] == 1
+
+
 def test_autoencoder_finetune_reduces_reconstruction_error(dataset, tmp_path, capsys):
     from vlmdiff_train import presets
     from vlmdiff_train.nets.autoencoder import AutoencoderKL

@@ -513,5 +513,8 @@ class _Validation:
     def summary(self) -> dict:
         if not self.every:
             return {}
-        return {"val_loss_best": round(self.best, 6), "val_loss_best_step": self.best_step,
+        # no validation yet (a run resumed at or past its last step from a checkpoint taken before the first
+        # validation): nothing to report, rather than an infinite loss that no JSON reader accepts
+        best = None if math.isinf(self.best) else round(self.best, 6)
+        return {"val_loss_best": best, "val_loss_best_step": self.best_step,
                 "val_loss_last": None if self.last is None else round(self.last, 6), "select": self.select}
