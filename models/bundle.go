@@ -26,12 +26,14 @@ type Bundle struct {
 	Conditioning [][]float32
 	// Reference is the decoded map reference file by class (nil without map.reference).
 	Reference map[string][]float32
+	// MeanFrames is the decoded mean-frame file of map.pixel by class, [3*H*W] each (nil without the term).
+	MeanFrames map[string][]float32
 }
 
 // CheckError says which verification check failed, so `vlmdiff bundle verify` and the daemon's model status
 // can name it ("checksum", "graph", ...), and which file it concerns.
 type CheckError struct {
-	Check string // manifest, schema, files, checksum, graph, conditioning, reference
+	Check string // manifest, schema, files, checksum, graph, conditioning, reference, pixel
 	File  string // the file concerned, "" if none
 	Err   error
 }
@@ -86,11 +88,18 @@ func Load(dir string) (*Bundle, error) {
 	if err != nil {
 		return nil, err
 	}
-	ref, err := loadReference(dir, m)
-	if err != nil {
-		return nil, err
+	b := &Bundle{Dir: dir, Manifest: m, Conditioning: cond}
+	if r := m.Map.Reference; r != nil {
+		if b.Reference, err = loadRows(dir, "reference", r.File, r.Classes, r.Width*r.Height); err != nil {
+			return nil, err
+		}
 	}
-	return &Bundle{Dir: dir, Manifest: m, Conditioning: cond, Reference: ref}, nil
+	if t := m.Map.Pixel; t != nil {
+		if b.MeanFrames, err = loadRows(dir, "pixel", t.File, t.Classes, 3*t.Width*t.Height); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 // Verify checks a bundle without keeping it.
@@ -257,32 +266,29 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 		p.bad("map.sigma/truncate", "sigma must be >= 0 and truncate > 0, got %v, %v", m.Map.Sigma, m.Map.Truncate)
 	}
 	if r := m.Map.Reference; r != nil {
-		if r.File == "" {
-			p.bad("map.reference.file", "is empty")
-		} else if _, ok := m.Files[r.File]; !ok {
-			p.bad("map.reference.file", "%s is not listed in files", r.File)
-		}
-		if r.Width != in.Width || r.Height != in.Height {
-			p.bad("map.reference", "is %dx%d, the maps are %dx%d (the input size)", r.Width, r.Height, in.Width, in.Height)
-		}
-		seen := map[string]bool{}
-		for _, c := range r.Classes {
-			if seen[c] {
-				p.bad("map.reference.classes", "%q appears twice", c)
-			}
-			seen[c] = true
-		}
-		if !seen[""] {
-			p.bad("map.reference.classes", "needs the global row \"\" for frames without a class")
-		}
-		if len(r.Images) != 0 && len(r.Images) != len(r.Classes) {
-			p.bad("map.reference.images", "has %d counts for %d classes", len(r.Images), len(r.Classes))
-		}
+		m.validateRows(p, "map.reference", r.MapRows)
 		// A reference measured with another number of start noises is not the mean of the maps this bundle
 		// produces, and the calibration fitted on top of it no longer holds.
 		if n, want := r.NoiseCount(), m.Diffusion.Noises(); n != want {
 			p.bad("map.reference.noises", "the reference was measured with %d start noise(s), the bundle scores with "+
 				"diffusion.ensemble %d: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", n, want)
+		}
+		var w float64
+		if m.Map.Pixel != nil {
+			w = m.Map.Pixel.Weight
+		}
+		if r.PixelWeight != w {
+			p.bad("map.reference.pixel_weight", "the reference was measured with the mean-frame term at weight %g, the bundle adds it at "+
+				"%g: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", r.PixelWeight, w)
+		}
+	}
+	if t := m.Map.Pixel; t != nil {
+		m.validateRows(p, "map.pixel", t.MapRows)
+		if !(t.Factor >= 0) || math.IsInf(t.Factor, 0) {
+			p.bad("map.pixel.factor", "must be a finite number >= 0, got %v", t.Factor)
+		}
+		if !(t.Weight >= 0) || math.IsInf(t.Weight, 0) {
+			p.bad("map.pixel.weight", "must be a finite number >= 0, got %v", t.Weight)
 		}
 	}
 	s := m.Score
@@ -291,6 +297,33 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 	}
 	if s.PoolKernel >= 1 && in.Height-s.PoolRepeat*(s.PoolKernel-1) < 1 {
 		p.bad("score", "%d pools of kernel %d leave nothing of a %d-pixel map", s.PoolRepeat, s.PoolKernel, in.Height)
+	}
+}
+
+// validateRows checks a per-class file section of the map (map.reference, map.pixel): its file is listed, it
+// is at the input size, its classes are distinct and include the global row "", and its counts match them.
+func (m *Manifest) validateRows(p *problems, field string, r MapRows) {
+	in := m.Input
+	if r.File == "" {
+		p.bad(field+".file", "is empty")
+	} else if _, ok := m.Files[r.File]; !ok {
+		p.bad(field+".file", "%s is not listed in files", r.File)
+	}
+	if r.Width != in.Width || r.Height != in.Height {
+		p.bad(field, "is %dx%d, the maps are %dx%d (the input size)", r.Width, r.Height, in.Width, in.Height)
+	}
+	seen := map[string]bool{}
+	for _, c := range r.Classes {
+		if seen[c] {
+			p.bad(field+".classes", "%q appears twice", c)
+		}
+		seen[c] = true
+	}
+	if !seen[""] {
+		p.bad(field+".classes", "needs the global row \"\" for frames without a class")
+	}
+	if len(r.Images) != 0 && len(r.Images) != len(r.Classes) {
+		p.bad(field+".images", "has %d counts for %d classes", len(r.Images), len(r.Classes))
 	}
 }
 
@@ -631,25 +664,22 @@ func finiteRow(data []byte, i, per int) ([]float32, bool) {
 	return row, true
 }
 
-func loadReference(dir string, m *Manifest) (map[string][]float32, error) {
-	r := m.Map.Reference
-	if r == nil {
-		return nil, nil
-	}
-	data, err := os.ReadFile(filepath.Join(dir, r.File))
+// loadRows decodes a per-class file of the map (map.reference, map.pixel): one finite row of per values for
+// each class, in order. check names the section in errors.
+func loadRows(dir, check, file string, classes []string, per int) (map[string][]float32, error) {
+	data, err := os.ReadFile(filepath.Join(dir, file))
 	if err != nil {
-		return nil, &CheckError{Check: "reference", File: r.File, Err: err}
+		return nil, &CheckError{Check: check, File: file, Err: err}
 	}
-	per := r.Width * r.Height
-	if len(data) != len(r.Classes)*per*4 {
-		return nil, checkErr("reference", r.File, "has %d bytes, want %d classes x %dx%d x 4 = %d",
-			len(data), len(r.Classes), r.Width, r.Height, len(r.Classes)*per*4)
+	if len(data) != len(classes)*per*4 {
+		return nil, checkErr(check, file, "has %d bytes, want %d classes x %d values x 4 = %d",
+			len(data), len(classes), per, len(classes)*per*4)
 	}
-	out := make(map[string][]float32, len(r.Classes))
-	for i, c := range r.Classes {
+	out := make(map[string][]float32, len(classes))
+	for i, c := range classes {
 		row, ok := finiteRow(data, i, per)
 		if !ok {
-			return nil, checkErr("reference", r.File, "class %q holds a non-finite value", c)
+			return nil, checkErr(check, file, "class %q holds a non-finite value", c)
 		}
 		out[c] = row
 	}
@@ -666,6 +696,18 @@ func (b *Bundle) ReferenceFor(class string) []float32 {
 		return r
 	}
 	return b.Reference[""]
+}
+
+// MeanFrameFor returns the mean normal frame of a class ([3*H*W], the bundle's normalised input space),
+// falling back to the global row; nil when the bundle has no mean-frame term.
+func (b *Bundle) MeanFrameFor(class string) []float32 {
+	if b == nil || b.MeanFrames == nil {
+		return nil
+	}
+	if r, ok := b.MeanFrames[class]; ok {
+		return r
+	}
+	return b.MeanFrames[""]
 }
 
 // ConditioningFor returns the conditioning row for key.

@@ -194,11 +194,17 @@ type MapSpec struct {
 	// of a class at the same place (edges it blurs, a background texture it cannot reproduce); subtracting
 	// that systematic error leaves what is new in this frame (docs/algorithm.md, "normal reference map").
 	Reference *MapReference `json:"reference,omitempty"`
+	// Pixel, when set, adds the frame's pixel distance to its class's mean normal frame to the feature map,
+	// before the reference is subtracted (docs/algorithm.md §1.9, "the mean-frame term"). Where parts sit
+	// still in the frame on a plain background, a dark speck or a stain differs from the mean frame even when
+	// the features of its reconstruction barely move; where parts move or the background is a stochastic
+	// texture the term is noise, so the select stage weighs it on the painted validation set (factor 0: off).
+	Pixel *PixelTerm `json:"pixel,omitempty"`
 }
 
-// MapReference names the file of per-class mean normal maps (written by the calibrate stage).
-type MapReference struct {
-	// File is raw little-endian float32 [len(Classes)][Height][Width], at the map's size (the input size).
+// MapRows names a per-class file of the map (map.reference, map.pixel): raw little-endian float32 rows, one
+// per class, at the map's size (the input size).
+type MapRows struct {
 	File   string `json:"file"`
 	Width  int    `json:"width"`
 	Height int    `json:"height"`
@@ -208,9 +214,35 @@ type MapReference struct {
 	Images []int `json:"images,omitempty"`
 	// Source says which images they were (e.g. "train split of runs/line3/index.jsonl").
 	Source string `json:"source,omitempty"`
+}
+
+// PixelTerm names the file of per-class mean normal frames and the weight of the distance to them in the map.
+// The term's map is sqrt(sum over the 3 channels of (x - mean)^2) on the preprocessed frame x (the bundle's
+// normalised input), smoothed with the map's Gaussian and multiplied by Weight.
+type PixelTerm struct {
+	// MapRows' file is [len(Classes)][3][Height][Width]: each class's mean preprocessed normal frame, in the
+	// bundle's normalised input space.
+	MapRows
+	// Factor is the term's size relative to the feature map's: the spread of Factor x the term over the
+	// reference normals equals Factor x the feature map's spread on them. The select stage chooses it; the
+	// calibrate stage turns it into Weight on the bundle's own maps, so that it means the same for every
+	// backbone and input size.
+	Factor float64 `json:"factor"`
+	// Weight multiplies the smoothed distance map before it is added: Factor x (feature map spread) / (term
+	// spread), both measured on the reference normals (each minus its class mean). 0 until calibrated.
+	Weight float64 `json:"weight"`
+}
+
+// MapReference names the file of per-class mean normal maps (written by the calibrate stage).
+type MapReference struct {
+	// MapRows' file is [len(Classes)][Height][Width].
+	MapRows
 	// Noises is the diffusion.ensemble the maps were measured with (0: one noise, before the field existed). The
 	// scores it gives are only comparable with the calibration's when the bundle scores with the same count.
 	Noises int `json:"noises,omitempty"`
+	// PixelWeight is map.pixel.weight when the reference was measured (0 without the term): the reference
+	// holds the term's mean, so it only matches a bundle that adds the term with the same weight.
+	PixelWeight float64 `json:"pixel_weight,omitempty"`
 }
 
 // NoiseCount is the start-noise count the reference was measured with: Noises, at least 1.

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"fmt"
+	"math"
 	"runtime"
 	"strconv"
 	"sync"
@@ -277,6 +278,32 @@ func grow(buf []float64, n int) []float64 {
 // to workers goroutines. The map is sc.amap: valid until sc's next use. Python twin: the mean over k of
 // reference.smooth(reference.anomaly_map(...)).
 func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
+	return smoothedMapWith(layers, nil, i, frames, ens, tokens, H, W, sigma, truncate, sc, workers)
+}
+
+// pixelInput is one frame's mean-frame term (models.PixelTerm): the frame's preprocessed values and its class's
+// mean normal frame, [3*H*W] each, and the weight of their distance in the map.
+type pixelInput struct {
+	x, mean []float32
+	weight  float64
+}
+
+// pixelDistanceRows writes the distance between the frame and the mean frame, sqrt of the sum over the three
+// channels of the squared difference, at positions lo..hi of dst (n = H*W positions per channel).
+func pixelDistanceRows(x, mean []float32, n, lo, hi int, dst []float64) {
+	r, g, b := x[:n], x[n:2*n], x[2*n:3*n]
+	mr, mg, mb := mean[:n], mean[n:2*n], mean[2*n:3*n]
+	for j := lo; j < hi; j++ {
+		dr, dg, db := float64(r[j])-float64(mr[j]), float64(g[j])-float64(mg[j]), float64(b[j])-float64(mb[j])
+		dst[j] = math.Sqrt(dr*dr + dg*dg + db*db)
+	}
+}
+
+// smoothedMapWith is smoothedAnomalyMap plus, when pix is set, the frame's distance to its mean frame times
+// pix.weight (docs/algorithm.md §1.9, "the mean-frame term"): one more map at full size in the same banded
+// product, so the term costs its distance and the Gaussian alone, and the sum is smoothed once. With no layers
+// it is the term's smoothed map alone.
+func smoothedMapWith(layers []layerOutput, pix *pixelInput, i, frames, ens int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
 	if ens < 1 {
 		return nil, fmt.Errorf("%d reconstructions per frame: want at least one", ens)
 	}
@@ -298,6 +325,15 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H
 		sc.chans = append(sc.chans, c)
 		total += h * w
 	}
+	if pix != nil {
+		if len(pix.x) != 3*H*W || len(pix.mean) != 3*H*W {
+			return nil, fmt.Errorf("mean-frame term: the frame has %d values and the mean frame %d, want 3x%dx%d", len(pix.x), len(pix.mean), H, W)
+		}
+		sc.sizes = append(sc.sizes, layerSize{H, W})
+		sc.wts = append(sc.wts, pix.weight)
+		sc.chans = append(sc.chans, 3)
+		total += H * W
+	}
 	sc.dist = grow(sc.dist, total)
 	if ens > 1 {
 		sc.more = grow(sc.more, total)
@@ -306,7 +342,7 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H
 	// goroutines take their rows (a window reaches into its neighbours' rows), the frame's (once, not once per
 	// reconstruction), and a map of dot-product scratch
 	matched := 0
-	for l, s := range sc.sizes {
+	for l, s := range sc.sizes[:len(layers)] {
 		if layers[l].Match > 0 && !tokens {
 			matched += (2 + ens) * s.h * s.w
 		}
@@ -322,7 +358,7 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H
 		}
 		off += n
 		var mb, na, nb []float64
-		if layers[l].Match > 0 && !tokens {
+		if l < len(layers) && layers[l].Match > 0 && !tokens {
 			mb, na, nb = sc.match[moff:moff+n], sc.match[moff+n:moff+2*n], sc.match[moff+2*n:moff+(2+ens)*n]
 			moff += (2 + ens) * n
 			squaredNorms(layers[l].item(i, sc.chans[l]*n), sc.chans[l], n, na)
@@ -338,6 +374,10 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H
 	p.apply(sc.d, sc.wts, sc.e, sc.amap, workers, func(l, r0, r1 int) {
 		s := sc.sizes[l]
 		n, lo, hi := s.h*s.w, r0*s.w, r1*s.w
+		if l == len(layers) { // the mean-frame term: one distance, whatever the start noises
+			pixelDistanceRows(pix.x, pix.mean, n, lo, hi, sc.d[l])
+			return
+		}
 		dist := func(k int, dst []float64) {
 			j := frames + i*ens + k
 			if sc.mb[l] != nil {

@@ -296,7 +296,7 @@ func TestMapStageFrameErrors(t *testing.T) {
 		l := feats[2]
 		per := len(l.Data) / 4
 		l.Data[3*per+5] = bad
-		res, err := s.mapsAndScores(feats, make([]Request, 2))
+		res, err := s.mapsAndScores(feats, nil, make([]Request, 2))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -309,7 +309,7 @@ func TestMapStageFrameErrors(t *testing.T) {
 	}
 	feats := benchFeatures(bb, 1)
 	feats[1].Data = feats[1].Data[:len(feats[1].Data)-1]
-	if _, err := s.mapsAndScores(feats, make([]Request, 1)); err == nil || !strings.Contains(err.Error(), "feature l1") {
+	if _, err := s.mapsAndScores(feats, nil, make([]Request, 1)); err == nil || !strings.Contains(err.Error(), "feature l1") {
 		t.Errorf("short feature data: want an error naming l1, got %v", err)
 	}
 	tok := benchBackbones[2]
@@ -317,7 +317,7 @@ func TestMapStageFrameErrors(t *testing.T) {
 	feats = benchFeatures(tok, 1)
 	feats[0].Shape[1]-- // 1023 patch tokens: not a square grid
 	feats[0].Data = feats[0].Data[:2*int(feats[0].Shape[1]*feats[0].Shape[2])]
-	if _, err := ts.mapsAndScores(feats, make([]Request, 1)); err == nil || !strings.Contains(err.Error(), "not a square grid") {
+	if _, err := ts.mapsAndScores(feats, nil, make([]Request, 1)); err == nil || !strings.Contains(err.Error(), "not a square grid") {
 		t.Errorf("1023 tokens: want a not-a-square-grid error, got %v", err)
 	}
 }
@@ -336,7 +336,7 @@ func TestMapStageConcurrent(t *testing.T) {
 			l.Data[g] += float32(g)
 		}
 		var err error
-		if want[g], err = s.mapsAndScores(feats[g], make([]Request, 1+g%2)); err != nil {
+		if want[g], err = s.mapsAndScores(feats[g], nil, make([]Request, 1+g%2)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -348,7 +348,7 @@ func TestMapStageConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 3 {
-				got[g], errs[g] = s.mapsAndScores(feats[g], make([]Request, 1+g%2))
+				got[g], errs[g] = s.mapsAndScores(feats[g], nil, make([]Request, 1+g%2))
 			}
 		}()
 	}
@@ -362,5 +362,68 @@ func TestMapStageConcurrent(t *testing.T) {
 				t.Errorf("batch %d frame %d: concurrent result differs (score %v, alone %v)", g, i, got[g][i].RawScore, want[g][i].RawScore)
 			}
 		}
+	}
+}
+
+// TestMeanFrameTermMatchesDefinition checks the map with the mean-frame term (models.PixelTerm) against its
+// definition: the features' map plus weight x the per-pixel RGB distance to the mean frame, summed at full size
+// and then smoothed; and the term alone (no layers) as its own smoothed distance.
+func TestMeanFrameTermMatchesDefinition(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	sc := &mapScratch{}
+	for _, c := range mapCases {
+		t.Run(c.name, func(t *testing.T) {
+			const frames = 2
+			feats := c.features(r, frames)
+			x := make([]float32, frames*3*c.H*c.W)
+			mean := make([]float32, 3*c.H*c.W)
+			for j := range x {
+				x[j] = float32(r.NormFloat64())
+			}
+			for j := range mean {
+				mean[j] = float32(r.NormFloat64())
+			}
+			n := c.H * c.W
+			for i := range frames {
+				xi := x[i*3*n : (i+1)*3*n]
+				dist := make([]float64, n)
+				for p := range dist {
+					s := 0.0
+					for ch := range 3 {
+						d := float64(xi[ch*n+p]) - float64(mean[ch*n+p])
+						s += d * d
+					}
+					dist[p] = math.Sqrt(s)
+				}
+				for _, layers := range [][]layerOutput{feats, nil} {
+					const w = 0.37
+					want := make([]float64, n)
+					if layers != nil {
+						var err error
+						if want, err = anomalyMap(layers, i, frames, c.tokens, c.H, c.W); err != nil {
+							t.Fatal(err)
+						}
+					}
+					for p := range want {
+						want[p] += w * dist[p]
+					}
+					if c.sigma > 0 {
+						gaussianFilterDirect(want, c.H, c.W, c.sigma, c.truncate)
+					}
+					for _, workers := range []int{1, 3} {
+						got, err := smoothedMapWith(layers, &pixelInput{x: xi, mean: mean, weight: w}, i, frames, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if e := maxRelDiff(got, want); !(e <= 1e-12) {
+							t.Errorf("frame %d, %d layers, %d workers: map with the term differs from the definition by %.2e (max relative)", i, len(layers), workers, e)
+						}
+					}
+				}
+			}
+			if _, err := smoothedMapWith(feats, &pixelInput{x: x[:5], mean: mean, weight: 1}, 0, frames, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, 1); err == nil || !strings.Contains(err.Error(), "mean-frame term") {
+				t.Errorf("a frame of 5 values: want an error naming the mean-frame term, got %v", err)
+			}
+		})
 	}
 }

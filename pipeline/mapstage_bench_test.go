@@ -83,7 +83,42 @@ func BenchmarkMapStage(b *testing.B) {
 					feats := benchFeatures(bb, frames)
 					reqs := make([]Request, frames)
 					for b.Loop() {
-						res, err := s.mapsAndScores(feats, reqs)
+						res, err := s.mapsAndScores(feats, nil, reqs)
+						if err != nil || res[0].Err != nil {
+							b.Fatal(err, res[0].Err)
+						}
+					}
+					b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*frames), "ns/frame")
+				})
+			}
+		}
+	}
+}
+
+// BenchmarkMapStageMeanFrame times Scorer.mapsAndScores on ResNet50's geometry without and with the mean-frame
+// term (models.PixelTerm: one more full-size map in the banded product), by batch size and goroutines.
+func BenchmarkMapStageMeanFrame(b *testing.B) {
+	bb := benchBackbones[1]
+	r := rand.New(rand.NewPCG(9, 10))
+	for _, term := range []bool{false, true} {
+		for _, frames := range []int{1, 4} {
+			for _, threads := range []int{1, 2} {
+				b.Run(fmt.Sprintf("term=%v/b%d/t%d", term, frames, threads), func(b *testing.B) {
+					s := benchScorer(bb)
+					s.opt.Threads = threads
+					x := make([]float32, frames*3*256*256)
+					for i := range x {
+						x[i] = float32(r.NormFloat64())
+					}
+					if term {
+						mean := make([]float32, 3*256*256)
+						s.m.Map.Pixel = &models.PixelTerm{Factor: 0.5, Weight: 0.2}
+						s.bundle = &models.Bundle{Manifest: s.m, MeanFrames: map[string][]float32{"": mean}}
+					}
+					feats := benchFeatures(bb, frames)
+					reqs := make([]Request, frames)
+					for b.Loop() {
+						res, err := s.mapsAndScores(feats, x, reqs)
 						if err != nil || res[0].Err != nil {
 							b.Fatal(err, res[0].Err)
 						}
@@ -163,7 +198,7 @@ func BenchmarkMapStageMatch(b *testing.B) {
 					}
 					reqs := make([]Request, 1)
 					for b.Loop() {
-						res, err := s.mapsAndScores(feats, reqs)
+						res, err := s.mapsAndScores(feats, nil, reqs)
 						if err != nil || res[0].Err != nil {
 							b.Fatal(err, res[0].Err)
 						}

@@ -2,7 +2,9 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -14,6 +16,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/vlmdiff/edge/models"
 )
 
 const (
@@ -106,6 +110,12 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		m["features"].(map[string]any)["layers"].([]any)[0].(map[string]any)["match"] = 1
 	})
 
+	// The mean-frame term (map.pixel) with a map reference measured with it: rows for "" and "widget" differ, so
+	// the class picks both rows on both sides.
+	pixel := filepath.Join(dir, "pixel-term")
+	copyDir(t, fixtureBundle, pixel)
+	addPixelTerm(t, pixel, 0.8)
+
 	// perFrame scores each image alone: batch 1 runs the fixture's static-shape batch-1 denoiser (context built
 	// in, constants folded); a batch of all images runs the dynamic one (dynamicOnly: even where a static graph
 	// of that size exists).
@@ -124,6 +134,8 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		{"two start noises, batch of all images", ens2, "", false, false, false},
 		{"two start noises with CFG", ens2, "widget", true, true, false},
 		{"match radius 1 on the first layer, two start noises", match, "", false, false, false},
+		{"mean-frame term and map reference, global rows", pixel, "", false, false, false},
+		{"mean-frame term and map reference, class rows", pixel, "widget", true, true, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -313,6 +325,48 @@ func editBundleJSON(t *testing.T, dir string, edit func(map[string]any)) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// addPixelTerm gives the bundle in dir a mean-frame term (models.PixelTerm) at the given weight and a map
+// reference measured with it: seeded smooth mean frames and reference maps, with rows for "" and "widget".
+func addPixelTerm(t *testing.T, dir string, weight float64) {
+	t.Helper()
+	const H, W = 256, 256
+	r := rand.New(rand.NewPCG(11, 12))
+	var frames, refs []byte
+	for row := range 2 {
+		for c := range 3 {
+			for y := range H {
+				for x := range W {
+					v := 0.3*math.Sin(float64(x)/9+float64(c+row)) + 0.2*math.Cos(float64(y)/13) + 0.05*r.NormFloat64()
+					frames = binary.LittleEndian.AppendUint32(frames, math.Float32bits(float32(v)))
+				}
+			}
+		}
+		for range H * W {
+			refs = binary.LittleEndian.AppendUint32(refs, math.Float32bits(float32(0.01*float64(row+1)+0.001*r.NormFloat64())))
+		}
+	}
+	entry := func(name string, b []byte) map[string]any {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(b)
+		return map[string]any{"sha256": hex.EncodeToString(sum[:]), "size": len(b)}
+	}
+	editBundleJSON(t, dir, func(m map[string]any) {
+		files := m["files"].(map[string]any)
+		files["map_pixel_mean.f32"] = entry("map_pixel_mean.f32", frames)
+		files["map_reference.f32"] = entry("map_reference.f32", refs)
+		mp := m["map"].(map[string]any)
+		mp["pixel"] = map[string]any{"file": "map_pixel_mean.f32", "width": W, "height": H, "classes": []string{"", "widget"},
+			"factor": 0.5, "weight": weight}
+		mp["reference"] = map[string]any{"file": "map_reference.f32", "width": W, "height": H, "classes": []string{"", "widget"},
+			"pixel_weight": weight}
+	})
+	if _, err := models.Load(dir); err != nil {
 		t.Fatal(err)
 	}
 }

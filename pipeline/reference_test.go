@@ -33,8 +33,8 @@ func withReference(t *testing.T, global, bolt func(i int) float32) string {
 		t.Fatal(err)
 	}
 	m.Files["map_reference.f32"] = models.FileEntry{}
-	m.Map.Reference = &models.MapReference{File: "map_reference.f32", Width: m.Input.Width, Height: m.Input.Height,
-		Classes: []string{"", "bolt"}}
+	m.Map.Reference = &models.MapReference{MapRows: models.MapRows{File: "map_reference.f32", Width: m.Input.Width, Height: m.Input.Height,
+		Classes: []string{"", "bolt"}}}
 	if err := models.Rehash(dir, m); err != nil {
 		t.Fatal(err)
 	}

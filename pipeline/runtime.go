@@ -171,6 +171,9 @@ type Options struct {
 	// layer weights without rescoring. It costs one more smoothing per layer and frame, so only the select
 	// stage asks for it.
 	LayerMaps bool
+	// PixelMap has every result carry the mean-frame term's own smoothed map (Result.PixelMap) when the bundle
+	// has the term; LayerMaps implies it. For the calibrate stage, which sizes the term's weight.
+	PixelMap bool
 	// Ensemble, when > 0, overrides the bundle's diffusion.ensemble: how many start noises each frame is
 	// reconstructed from. For measuring what a count costs and gives (vlmdiff eval/bench --ensemble) before
 	// calibrate writes it into the bundle; the bundle's map reference and thresholds hold only for their own

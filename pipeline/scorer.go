@@ -288,7 +288,7 @@ func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, erro
 	lat.add(StageFeatures, t0) // with early features: the reconstructions' features and the wait for the frames'
 
 	t0 = time.Now()
-	results, err := s.mapsAndScores(feats, reqs)
+	results, err := s.mapsAndScores(feats, x, reqs)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,8 @@ import (
 	"fmt"
 
 	ort "github.com/yalue/onnxruntime_go"
+
+	"github.com/vlmdiff/edge/models"
 )
 
 // preprocess resizes each frame to the bundle's input size and normalises it (docs/algorithm.md §1.1), into one
@@ -19,24 +21,44 @@ func (s *Scorer) preprocess(reqs []Request) ([]float32, *ort.Tensor[float32], er
 	H, W := in.Height, in.Width
 	x := make([]float32, len(reqs)*3*H*W)
 	for i, r := range reqs {
-		im := r.Image
-		if im.Width != W || im.Height != H {
-			if in.Resize == "bilinear" {
-				var err error
-				if im, err = resizeCV(im, W, H); err != nil {
-					return nil, nil, fmt.Errorf("resize: %w", err)
-				}
-			} else {
-				im = ResizePIL(im, W, H)
-			}
+		if err := preprocessInto(in, r.Image, x[i*3*H*W:(i+1)*3*H*W]); err != nil {
+			return nil, nil, err
 		}
-		normalize(im, in.Mean, in.Std, x[i*3*H*W:(i+1)*3*H*W])
 	}
 	t, err := tensor(ort.NewShape(int64(len(reqs)), 3, int64(H), int64(W)), x)
 	if err != nil {
 		return nil, nil, err
 	}
 	return x, t, nil
+}
+
+// preprocessInto resizes one frame to the input size and writes it normalised into dst ([3*H*W]).
+func preprocessInto(in models.Input, im Image, dst []float32) error {
+	if im.Width != in.Width || im.Height != in.Height {
+		if in.Resize == "bilinear" {
+			var err error
+			if im, err = resizeCV(im, in.Width, in.Height); err != nil {
+				return fmt.Errorf("resize: %w", err)
+			}
+		} else {
+			im = ResizePIL(im, in.Width, in.Height)
+		}
+	}
+	normalize(im, in.Mean, in.Std, dst)
+	return nil
+}
+
+// Preprocess returns a frame as a bundle's graphs receive it: resized to the input size and normalised,
+// [3*H*W]. The calibrate stage averages these into the mean frames of the mean-frame term (models.PixelTerm).
+func Preprocess(m *models.Manifest, im Image) ([]float32, error) {
+	if err := im.Validate(); err != nil {
+		return nil, err
+	}
+	x := make([]float32, 3*m.Input.Height*m.Input.Width)
+	if err := preprocessInto(m.Input, im, x); err != nil {
+		return nil, err
+	}
+	return x, nil
 }
 
 // encode runs the VAE encoder and turns its moments into the scaled posterior latents z (docs/algorithm.md §1.3),
@@ -394,16 +416,18 @@ func (s *Scorer) recFeatures(f *frameFeatures, rec []float32, frames int) ([]lay
 	return out, nil
 }
 
-// mapsAndScores turns the features into each frame's smoothed anomaly map (the mean over its K reconstructions),
-// pooled score and calibrated verdict (docs/algorithm.md §1.9-1.11). A malformed feature output fails the
-// batch; a non-finite map fails its frame.
-func (s *Scorer) mapsAndScores(feats []layerOutput, reqs []Request) ([]Result, error) {
+// mapsAndScores turns the features into each frame's smoothed anomaly map (the mean over its K reconstructions,
+// plus the mean-frame term when the bundle has one), pooled score and calibrated verdict (docs/algorithm.md
+// §1.9-1.11). x is the preprocessed frames. A malformed feature output fails the batch; a non-finite map fails
+// its frame.
+func (s *Scorer) mapsAndScores(feats []layerOutput, x []float32, reqs []Request) ([]Result, error) {
 	H, W := s.m.Input.Height, s.m.Input.Width
 	sc := mapScratchPool.Get().(*mapScratch)
 	defer mapScratchPool.Put(sc)
 	results := make([]Result, len(reqs))
 	for i, r := range reqs {
-		amap, err := smoothedAnomalyMap(feats, i, len(reqs), s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+		pix := s.pixelInput(x, i, r.Class, s.pixelWeight())
+		amap, err := smoothedMapWith(feats, pix, i, len(reqs), s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
 		if err != nil {
 			return nil, err
 		}
@@ -411,16 +435,45 @@ func (s *Scorer) mapsAndScores(feats []layerOutput, reqs []Request) ([]Result, e
 			subtractReference(amap, s.bundle.ReferenceFor(r.Class))
 		}
 		results[i] = s.frameResult(amap, r.Class, &sc.pool)
-		if s.opt.LayerMaps && results[i].Err == nil {
-			// after frameResult: the layer maps reuse sc's map buffer, which frameResult has copied
+		if results[i].Err != nil {
+			continue
+		}
+		// after frameResult: the layer and term maps reuse sc's map buffer, which frameResult has copied
+		if s.opt.LayerMaps {
 			lm, err := s.layerMaps(feats, i, len(reqs), sc)
 			if err != nil {
 				return nil, err
 			}
 			results[i].LayerMaps = lm
 		}
+		if pix := s.pixelInput(x, i, r.Class, 1); pix != nil && (s.opt.PixelMap || s.opt.LayerMaps) {
+			m, err := smoothedMapWith(nil, pix, i, len(reqs), s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+			if err != nil {
+				return nil, err
+			}
+			results[i].PixelMap, _ = finiteFloat32(m) // finite: the frame and the mean frame are
+		}
 	}
 	return results, nil
+}
+
+// pixelWeight is the weight of the mean-frame term in the map: map.pixel.weight, 0 without the term.
+func (s *Scorer) pixelWeight() float64 {
+	if t := s.m.Map.Pixel; t != nil {
+		return t.Weight
+	}
+	return 0
+}
+
+// pixelInput is frame i's mean-frame term with the given weight, nil when the bundle has none or the weight
+// is 0 (the map then skips it).
+func (s *Scorer) pixelInput(x []float32, i int, class string, weight float64) *pixelInput {
+	mean := s.bundle.MeanFrameFor(class)
+	if mean == nil || weight == 0 {
+		return nil
+	}
+	n := len(mean)
+	return &pixelInput{x: x[i*n : (i+1)*n], mean: mean, weight: weight}
 }
 
 // layerMaps returns frame i's smoothed map of each feature layer alone, with weight 1 and no reference

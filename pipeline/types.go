@@ -61,6 +61,10 @@ type Result struct {
 	// per-layer references, is the map a bundle with layer weights w gives: the select stage compares layer
 	// weights from one scoring pass.
 	LayerMaps [][]float32 `json:"-"`
+	// PixelMap, with Options.PixelMap or Options.LayerMaps and a bundle with the mean-frame term (map.pixel),
+	// is the term's own smoothed map: the frame's distance to its class's mean frame, with weight 1 and without
+	// the map reference. Map adds it times map.pixel.weight; the calibrate stage measures the weight from it.
+	PixelMap []float32 `json:"-"`
 	// LatencyMS holds per-stage wall time in milliseconds (stage names: Stage* constants); for a batch, each
 	// frame carries the batch's stage time divided by the batch size.
 	LatencyMS map[string]float64 `json:"latency_ms"`

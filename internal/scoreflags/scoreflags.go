@@ -32,6 +32,8 @@ type Flags struct {
 	DynamicOnly bool
 	// NoReference scores raw maps, ignoring the bundle's map reference (pipeline.Options.NoReference).
 	NoReference bool
+	// PixelMap returns the mean-frame term's own map with every result (pipeline.Options.PixelMap); not a flag.
+	PixelMap bool
 	// StaticNoLayout drops ONNX Runtime's NCHWc layout pass on the static denoisers (pipeline.Options.StaticNoLayout).
 	StaticNoLayout bool
 	// Ensemble overrides the bundle's diffusion.ensemble (pipeline.Options.Ensemble; 0 = the bundle's).
@@ -73,7 +75,7 @@ func (f *Flags) Options() pipeline.Options {
 	}
 	return pipeline.Options{Providers: prov, Threads: f.Threads, DenoiserThreads: f.DenoiserThreads, Spin: f.Spin, DenoiserSpin: f.DenoiserSpin, SpinMicros: f.SpinMicros, Library: f.Library, ClassConditioning: f.ClassCond,
 		LeanMemory: f.Lean, NoMemPattern: !f.Pattern,
-		SharedArena: f.Shared, DynamicOnly: f.DynamicOnly, NoReference: f.NoReference, StaticNoLayout: f.StaticNoLayout,
+		SharedArena: f.Shared, DynamicOnly: f.DynamicOnly, NoReference: f.NoReference, PixelMap: f.PixelMap, StaticNoLayout: f.StaticNoLayout,
 		Ensemble: f.Ensemble}
 }
 

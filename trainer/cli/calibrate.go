@@ -6,6 +6,7 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/vlmdiff/edge/agent/config"
@@ -20,7 +21,7 @@ func init() {
 }
 
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -37,6 +38,8 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		"outputs of the bundle's feature graph): written into the bundle before the reference and thresholds are measured with them (`vlmdiff eval --weigh-layers` compares weightings)")
 	match := fs.String("feature-match", "", "give feature layers a match radius in cells from now on, name=r,... (e.g. stage1=1; 0 compares the same position, as the paper): "+
 		"each frame feature is compared with the reconstruction's best match within r cells, so a texture redrawn with another phase does not read as anomaly (docs/algorithm.md §1.9)")
+	pixel := fs.String("pixel-factor", "", "with --reference train: the mean-frame term's size relative to the feature map's (0 removes it; 0.25 to 1 where parts sit still "+
+		"on a plain background; absent: keep the bundle's). Adds each frame's pixel distance to its class's mean normal frame to the map (docs/algorithm.md §1.9)")
 	dry := fs.Bool("dry-run", false, "print the calibration without writing it into the bundle")
 	if err := Parse(fs, args); err != nil {
 		return err
@@ -53,17 +56,12 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	switch *reference {
-	case eval.ReferenceKeep, eval.ReferenceNone:
-	case eval.ReferenceTrain:
-		if region != nil {
-			return fmt.Errorf("--reference train measures whole frames; it cannot be combined with --roi or --camera (measure it without the region first)")
-		}
-		if *dry {
-			return fmt.Errorf("--reference train writes the bundle; it cannot be combined with --dry-run")
-		}
-	default:
-		return fmt.Errorf("--reference %q: want %s, %s or %s", *reference, eval.ReferenceKeep, eval.ReferenceTrain, eval.ReferenceNone)
+	if err := checkReference(*reference, region != nil, *dry); err != nil {
+		return err
+	}
+	factor, err := pixelFactorFlag(sf.Bundle, *pixel, *reference)
+	if err != nil {
+		return err
 	}
 	if err := checkEnsemble(sf.Bundle, sf.Ensemble, *reference); err != nil {
 		return err
@@ -79,6 +77,10 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	switch {
 	case *reference == eval.ReferenceNone && !*dry:
+		// the mean-frame term is sized on the reference normals and centred by the reference: it goes with it
+		if err := eval.WritePixel(sf.Bundle, nil, 0); err != nil {
+			return err
+		}
 		if err := eval.WriteReference(sf.Bundle, nil); err != nil {
 			return err
 		}
@@ -88,20 +90,15 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return fmt.Errorf("--reference train: no normal training images in %s", df.data)
 		}
 		o := sf
-		o.NoReference = true
-		rs, err := o.Open()
+		o.NoReference, o.PixelMap = true, true
+		ref, err := eval.MeasureReference(ctx, sf.Bundle, o.Open, train, "train split of "+df.data, factor, eval.Options{BatchSize: df.batch, Progress: stderr})
 		if err != nil {
-			return err
-		}
-		ref, err := eval.BuildReference(ctx, rs, train, "train split of "+df.data, eval.Options{BatchSize: df.batch, Progress: stderr})
-		rs.Close()
-		if err != nil {
-			return err
-		}
-		if err := eval.WriteReference(sf.Bundle, ref); err != nil {
 			return err
 		}
 		fmt.Fprintf(stderr, "map reference: mean maps of %d training normals over %d classes written\n", len(train), len(ref.Classes)-1)
+		if factor > 0 {
+			fmt.Fprintf(stderr, "mean-frame term: %s\n", eval.DescribePixel(factor, ref.PixelWeight))
+		}
 	}
 	normal := eval.Select(items, *split, classes, true)
 	if len(normal) == 0 {
@@ -137,6 +134,42 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	fmt.Fprintf(stderr, "calibration (%s) written to %s\n", cal.Method, filepath.Join(sf.Bundle, "bundle.json"))
 	return nil
+}
+
+// checkReference checks --reference and what it cannot be combined with.
+func checkReference(reference string, roi, dry bool) error {
+	switch reference {
+	case eval.ReferenceKeep, eval.ReferenceNone:
+	case eval.ReferenceTrain:
+		if roi {
+			return fmt.Errorf("--reference train measures whole frames; it cannot be combined with --roi or --camera (measure it without the region first)")
+		}
+		if dry {
+			return fmt.Errorf("--reference train writes the bundle; it cannot be combined with --dry-run")
+		}
+	default:
+		return fmt.Errorf("--reference %q: want %s, %s or %s", reference, eval.ReferenceKeep, eval.ReferenceTrain, eval.ReferenceNone)
+	}
+	return nil
+}
+
+// pixelFactorFlag is the mean-frame term factor calibrate measures with: --pixel-factor when given (which needs
+// --reference train), else the bundle's own (0 without the term).
+func pixelFactorFlag(bundle, flag, reference string) (float64, error) {
+	if flag == "" {
+		return eval.PixelFactor(bundle)
+	}
+	if reference != eval.ReferenceTrain {
+		return 0, fmt.Errorf("--pixel-factor: the mean-frame term is sized on the training normals with the map reference; give --reference train")
+	}
+	factor, err := strconv.ParseFloat(flag, 64)
+	if err != nil {
+		return 0, fmt.Errorf("--pixel-factor %q: not a number", flag)
+	}
+	if err := eval.CheckPixelFactor(factor); err != nil {
+		return 0, fmt.Errorf("--pixel-factor: %w", err)
+	}
+	return factor, nil
 }
 
 // setFeatureLayers writes --feature-weights and --feature-match into the bundle's manifest. Either changes

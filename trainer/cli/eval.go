@@ -74,7 +74,7 @@ func (d *dataFlags) items() ([]dataset.Item, []string, error) {
 }
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR [--weigh-layers 0,0.5,1]] [--curves DIR] [--baseline mean-diff] [--maps DIR] [--paper-auroc-flip] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("eval", "--bundle DIR --data DIR [--layout L] [--out DIR] [--classes a,b] [--val-data DIR [--weigh-layers 0,0.5,1 [--pixel-factors 0,0.5,1]]] [--curves DIR] [--baseline mean-diff] [--maps DIR] [--paper-auroc-flip] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -90,6 +90,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	weigh := fs.String("weigh-layers", "", "instead of evaluating: rank every weighting of the bundle's feature layers by these values (e.g. 0,0.5,1) on --val-data, "+
 		"each with its map reference measured on --data's training normals (--reference-per-class), and print the table; never on the test split. "+
 		"`vlmdiff calibrate --feature-weights` writes a choice")
+	pixelFactors := fs.String("pixel-factors", "", "with --weigh-layers: also weigh the mean-frame term at these factors (e.g. 0,0.25,0.5,1), on a temporary copy of the bundle")
 	refPer := fs.Int("reference-per-class", eval.DefaultReferencePerClass, "training normals per class in each weighting's map reference (--weigh-layers)")
 	baseline := fs.String("baseline", "", "also score a trivial baseline on the same images and print it beside the bundle: mean-diff (per-pixel difference from each class's mean training image)")
 	if err := Parse(fs, args); err != nil {
@@ -115,11 +116,11 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	if *weigh != "" {
-		if *valData == "" || region != nil || *baseline != "" || *maps != "" {
-			return fmt.Errorf("--weigh-layers ranks on --val-data (a painted set, never the test split) and takes no --roi, --camera, --baseline or --maps")
+	if *weigh != "" || *pixelFactors != "" {
+		if *weigh == "" || *valData == "" || region != nil || *baseline != "" || *maps != "" {
+			return fmt.Errorf("--weigh-layers ranks on --val-data (a painted set, never the test split) and takes no --roi, --camera, --baseline or --maps; --pixel-factors goes with it")
 		}
-		return runWeighLayers(ctx, sf, df, items, classes, *weigh, *valData, *refPer, stdout, stderr)
+		return runWeighLayers(ctx, sf, df, items, classes, *weigh, *pixelFactors, *valData, *refPer, stdout, stderr)
 	}
 	test := eval.Select(items, *split, classes, false)
 	if len(test) == 0 {

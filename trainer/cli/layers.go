@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -32,12 +34,18 @@ func parseWeightValues(s string) ([]float64, error) {
 	return vs, nil
 }
 
-// runWeighLayers is `vlmdiff eval --weigh-layers spec --val-data valData`: the painted set's test images of the
-// classes, the references' training normals from items.
-func runWeighLayers(ctx context.Context, sf scoreFlags, df dataFlags, items []dataset.Item, classes []string, spec, valData string, refPer int, stdout, stderr io.Writer) error {
+// runWeighLayers is `vlmdiff eval --weigh-layers spec [--pixel-factors pspec] --val-data valData`: the painted
+// set's test images of the classes, the references' training normals from items.
+func runWeighLayers(ctx context.Context, sf scoreFlags, df dataFlags, items []dataset.Item, classes []string, spec, pspec, valData string, refPer int, stdout, stderr io.Writer) error {
 	values, err := parseWeightValues(spec)
 	if err != nil {
 		return err
+	}
+	var factors []float64
+	if pspec != "" {
+		if factors, err = parsePixelFactors(pspec); err != nil {
+			return err
+		}
 	}
 	vf := df
 	vf.data, vf.layout, vf.valFraction = valData, dataset.LayoutAuto, 0
@@ -50,21 +58,72 @@ func runWeighLayers(ctx context.Context, sf scoreFlags, df dataFlags, items []da
 		return fmt.Errorf("--val-data %s: no test images (classes %v)", valData, classes)
 	}
 	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, classes, true), refPer)
-	return weighLayers(ctx, sf.Options(), sf.Bundle, values, train, val, df.batch, stdout, stderr)
+	return weighLayers(ctx, sf.Options(), sf.Bundle, values, factors, train, val, df.batch, stdout, stderr)
 }
 
-// weighLayers prints how every weighting of the bundle's feature layers scores on the validation items (each
-// with its own map reference measured on reference, when the bundle has one), the bundle's own weights first.
-// It writes nothing: `vlmdiff calibrate --feature-weights` writes a choice with its reference and thresholds.
-func weighLayers(ctx context.Context, opt pipeline.Options, bundle string, values []float64, train, val []dataset.Item, batch int, stdout, stderr io.Writer) error {
+// parsePixelFactors reads --pixel-factors a,b,...: increasing mean-frame term factors in 0..eval.MaxPixelFactor.
+func parsePixelFactors(s string) ([]float64, error) {
+	var out []float64
+	for _, f := range strings.Split(s, ",") {
+		a, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || eval.CheckPixelFactor(a) != nil || (len(out) > 0 && a <= out[len(out)-1]) {
+			return nil, fmt.Errorf("--pixel-factors %q: want increasing factors in 0..%d (e.g. 0,0.25,0.5,1)", s, eval.MaxPixelFactor)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// weighLayers prints how every weighting of the bundle's feature layers (each with every mean-frame term factor
+// of factors, when given) scores on the validation items (each with its own map reference measured on
+// reference, when the bundle has one), the bundle's own recipe marked. It writes nothing to the bundle: the
+// term is weighed on a temporary copy holding the training normals' mean frames; `vlmdiff calibrate
+// --feature-weights` and `--pixel-factor` write a choice with its reference and thresholds.
+func weighLayers(ctx context.Context, opt pipeline.Options, bundle string, values, factors []float64, train, val []dataset.Item, batch int, stdout, stderr io.Writer) error {
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return err
+	}
+	ownFactor, hasRef := 0.0, m.Map.Reference != nil // the copy below may drop its reference: it is measured anew here
+	if m.Map.Pixel != nil {
+		ownFactor = m.Map.Pixel.Factor
+	}
+	if len(factors) > 0 {
+		if m.Map.Reference == nil || len(train) == 0 {
+			return fmt.Errorf("--pixel-factors: the mean-frame term is sized and centred on the training normals with the map reference: " +
+				"the bundle needs a map reference (vlmdiff calibrate --reference train) and --data training normals")
+		}
+		tmp, err := os.MkdirTemp("", "vlmdiff-weigh-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		cp := filepath.Join(tmp, "bundle")
+		if err := models.CopyBundle(bundle, cp); err != nil {
+			return err
+		}
+		mf, err := eval.BuildMeanFrames(ctx, m, train, "training normals")
+		if err != nil {
+			return err
+		}
+		if err := eval.WritePixel(cp, mf, 0); err != nil {
+			return err
+		}
+		bundle = cp
+	} else {
+		factors = []float64{ownFactor}
+		if ownFactor > 0 {
+			return fmt.Errorf("--weigh-layers: the bundle has the mean-frame term (factor %g): give --pixel-factors (e.g. %g) to weigh the layers with it", ownFactor, ownFactor)
+		}
+	}
 	opt.LayerMaps = true
 	s, err := pipeline.Open(bundle, opt)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	m := s.Manifest()
-	if len(m.Features.Layers) < 2 {
+	m = s.Manifest()
+	if len(m.Features.Layers) < 2 && len(factors) < 2 {
 		return fmt.Errorf("--weigh-layers: the bundle has one feature layer (%s): nothing to weigh", m.Features.Layers[0].Name)
 	}
 	own := make([]float64, len(m.Features.Layers))
@@ -73,15 +132,24 @@ func weighLayers(ctx context.Context, opt pipeline.Options, bundle string, value
 		own[i], names[i] = float64(l.Weight), l.Name
 	}
 	switch {
-	case m.Map.Reference == nil:
+	case !hasRef:
 		train = nil // the bundle scores raw maps: so does each weighting
 	case len(train) == 0:
 		return fmt.Errorf("--weigh-layers: the bundle subtracts a map reference, and --data has no training normals to measure each weighting's")
 	}
-	cands := eval.LayerCandidates(own, values)
-	fmt.Fprintf(stderr, "weighing %s: %d weightings of %v on %d validation images, references of %d training normals\n",
-		strings.Join(names, ", "), len(cands), values, len(val), len(train))
-	mets, err := eval.WeighLayers(ctx, s, train, val, cands, eval.Options{BatchSize: batch, Progress: stderr})
+	weightings := [][]float64{own}
+	if len(own) > 1 {
+		weightings = eval.LayerCandidates(own, values)
+	}
+	var cands []eval.MapCandidate
+	for _, w := range weightings {
+		for _, a := range factors {
+			cands = append(cands, eval.MapCandidate{Weights: w, Pixel: a})
+		}
+	}
+	fmt.Fprintf(stderr, "weighing %s: %d weightings of %v x mean-frame term factors %v on %d validation images, references of %d training normals\n",
+		strings.Join(names, ", "), len(weightings), values, factors, len(val), len(train))
+	mets, err := eval.WeighMaps(ctx, s, train, val, cands, eval.Options{BatchSize: batch, Progress: stderr})
 	if err != nil {
 		return err
 	}
@@ -95,10 +163,10 @@ func weighLayers(ctx context.Context, opt pipeline.Options, bundle string, value
 	fmt.Fprintf(tw, "%s\tI-AUROC\tP-AUROC\tAU-PRO\tP-AP\tmean3\t\t\n", strings.Join(names, " / "))
 	for _, i := range order {
 		mark := ""
-		if i == 0 {
+		if i < len(factors) && cands[i].Pixel == ownFactor { // the bundle's own weights come first
 			mark = "<- the bundle's"
 		}
-		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t\n", eval.LayerName(cands[i]), 100*mets[i].ImageAUROC, 100*mets[i].PixelAUROC,
+		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t\n", cands[i].Name(), 100*mets[i].ImageAUROC, 100*mets[i].PixelAUROC,
 			100*mets[i].AUPRO, 100*mets[i].PixelAP, 100*score(i), mark)
 	}
 	return tw.Flush()

@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -238,5 +243,110 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 	}
 	if b, err = models.Load(bundle); err != nil || b.Manifest.Features.Layers[0].Match != 0 {
 		t.Fatalf("after --feature-match layer2=0: %v %+v", err, b.Manifest.Features.Layers)
+	}
+}
+
+// TestCalibratePixelFactor: `vlmdiff calibrate --reference train --pixel-factor A` writes the mean frames and
+// sizes the term's weight with the reference (the bundle verifies, thresholds move); a later --reference train
+// without the flag keeps the factor and measures again; --pixel-factor 0 and --reference none remove the
+// term; the combinations that cannot work are refused by name.
+func TestCalibratePixelFactor(t *testing.T) {
+	_, data, bundle := calibrateTree(t, 4)
+	run := cliRun
+	base := []string{"calibrate", "--bundle", bundle, "--data", data, "--val-fraction", "0", "--split", "train", "--threads", "1"}
+	// identical normals have no spread to size the term by: it is kept at weight 0, and said so
+	if code, _, stderr := run(append(base, "--reference", "train", "--pixel-factor", "0.5")...); code != 0 || !strings.Contains(stderr, "cannot be sized") {
+		t.Fatalf("--pixel-factor on identical normals: exit %d\n%s", code, stderr)
+	}
+	for i := range 4 { // normals that differ, as a line's do
+		writeNoisyPNG(t, filepath.Join(data, fmt.Sprintf("widget/train/good/%03d.png", i)), 128, 96, uint64(i))
+	}
+	code, plain, stderr := run(append(base, "--reference", "train", "--pixel-factor", "0")...)
+	if code != 0 {
+		t.Fatalf("calibrate --reference train: exit %d\n%s", code, stderr)
+	}
+	code, withTerm, stderr := run(append(base, "--reference", "train", "--pixel-factor", "0.5")...)
+	if code != 0 || !strings.Contains(stderr, "mean-frame term: factor 0.5, weight") {
+		t.Fatalf("calibrate --pixel-factor 0.5: exit %d\n%s", code, stderr)
+	}
+	if withTerm == plain {
+		t.Errorf("thresholds did not change with the mean-frame term:\n%s", withTerm)
+	}
+	b, err := models.Load(bundle)
+	if err != nil {
+		t.Fatalf("bundle no longer loads: %v", err)
+	}
+	p, r := b.Manifest.Map.Pixel, b.Manifest.Map.Reference
+	if p == nil || p.Factor != 0.5 || !(p.Weight > 0) || r == nil || r.PixelWeight != p.Weight || b.MeanFrameFor("widget") == nil {
+		t.Fatalf("map.pixel %+v, reference %+v", p, r)
+	}
+	if code, _, stderr := run(append(base, "--reference", "train")...); code != 0 || !strings.Contains(stderr, "mean-frame term: factor 0.5") {
+		t.Fatalf("calibrate --reference train keeping the term: exit %d\n%s", code, stderr)
+	}
+	if code, _, stderr := run(append(base, "--reference", "train", "--pixel-factor", "0")...); code != 0 {
+		t.Fatalf("--pixel-factor 0: exit %d\n%s", code, stderr)
+	}
+	if b, err := models.Load(bundle); err != nil || b.Manifest.Map.Pixel != nil || b.Manifest.Map.Reference == nil {
+		t.Fatalf("after --pixel-factor 0: %v, map %+v", err, b.Manifest.Map)
+	}
+	if code, _, stderr := run(append(base, "--reference", "train", "--pixel-factor", "1")...); code != 0 {
+		t.Fatalf("--pixel-factor 1: exit %d\n%s", code, stderr)
+	}
+	// weighing the layers with the term runs on a copy: 3 weightings x 2 factors, the bundle's 1/1+pixel1 marked
+	before, err := os.ReadFile(filepath.Join(bundle, models.ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	weigh := []string{"eval", "--bundle", bundle, "--data", data, "--val-fraction", "0", "--threads", "1", "--weigh-layers", "0,1", "--val-data", data}
+	code, table, stderr := run(append(weigh, "--pixel-factors", "0,1")...)
+	lines := strings.Split(strings.TrimSpace(table), "\n")
+	if code != 0 || len(lines) != 7 || strings.Count(table, "+pixel1") != 3 || !strings.Contains(table, "1/1+pixel1") ||
+		strings.Count(table, "<- the bundle's") != 1 || !strings.Contains(lines[slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, "<-") })], "1/1+pixel1") {
+		t.Fatalf("eval --weigh-layers --pixel-factors: exit %d\n%s\n%s", code, table, stderr)
+	}
+	if after, _ := os.ReadFile(filepath.Join(bundle, models.ManifestFile)); !bytes.Equal(after, before) {
+		t.Errorf("eval --weigh-layers --pixel-factors changed the bundle")
+	}
+	if code, _, stderr := run(weigh...); code == 0 || !strings.Contains(stderr, "give --pixel-factors") {
+		t.Errorf("eval --weigh-layers on a bundle with the term, without --pixel-factors: exit %d\n%s", code, stderr)
+	}
+	if code, _, stderr := run(append(base, "--reference", "none")...); code != 0 {
+		t.Fatalf("--reference none: exit %d\n%s", code, stderr)
+	}
+	if b, err := models.Load(bundle); err != nil || b.Manifest.Map.Pixel != nil || b.Manifest.Map.Reference != nil {
+		t.Fatalf("after --reference none: %v, map %+v", err, b.Manifest.Map)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--pixel-factor", "0.5"}, "give --reference train"},
+		{[]string{"--reference", "train", "--pixel-factor", "x"}, `--pixel-factor "x"`},
+		{[]string{"--reference", "train", "--pixel-factor", "9"}, "want 0 (off) to 4"},
+	} {
+		if code, _, stderr := run(append(base, tc.args...)...); code == 0 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("calibrate %v: exit %d, want an error naming %q\n%s", tc.args, code, tc.want, stderr)
+		}
+	}
+}
+
+// writeNoisyPNG writes a 16-level grey gradient with seeded per-pixel colour noise.
+func writeNoisyPNG(t *testing.T, path string, w, h int, seed uint64) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(seed, 9))
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := range h {
+		for x := range w {
+			v := 64 + 8*(x*16/w)
+			img.Set(x, y, color.RGBA{R: uint8(v + r.IntN(40)), G: uint8(v + r.IntN(40)), B: uint8(v + r.IntN(40)), A: 255})
+		}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := png.Encode(f, img); err != nil {
+		t.Fatal(err)
 	}
 }

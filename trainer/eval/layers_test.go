@@ -70,7 +70,7 @@ func TestWeighLayersMatchesBundles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, err := layerReference(ctx, s, train, Options{})
+	ref, err := layerReference(ctx, s, train, false, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,22 +80,7 @@ func TestWeighLayersMatchesBundles(t *testing.T) {
 	}
 	man := s.Manifest()
 	for k, w := range cands {
-		b := filepath.Join(dir, fmt.Sprintf("w%d", k))
-		copyDir(t, base, b)
-		m, err := models.ReadManifest(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var layers []models.FeatureLayer
-		for l, v := range w {
-			if v > 0 {
-				layers = append(layers, models.FeatureLayer{Name: man.Features.Layers[l].Name, Weight: float32(v)})
-			}
-		}
-		m.Features.Layers = layers
-		if err := models.WriteManifest(b, m); err != nil {
-			t.Fatal(err)
-		}
+		b := withWeights(t, base, filepath.Join(dir, fmt.Sprintf("w%d", k)), w)
 		raw, err := pipeline.Open(b, pipeline.Options{Providers: []string{"cpu"}, Threads: 2, NoReference: true})
 		if err != nil {
 			t.Fatal(err)
@@ -113,7 +98,7 @@ func TestWeighLayersMatchesBundles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := weightedResults(res, w, ref, man.Score.PoolKernel, man.Score.PoolRepeat)
+		want := weightedResults(res, w, 0, ref, man.Score.PoolKernel, man.Score.PoolRepeat)
 		worst, scale := 0.0, 0.0
 		for j := range got {
 			for i, v := range got[j].Result.Map {
@@ -139,4 +124,26 @@ func TestWeighLayersMatchesBundles(t *testing.T) {
 	if _, err := WeighLayers(ctx, plain, nil, test, cands, Options{}); err == nil || !strings.Contains(err.Error(), "LayerMaps") {
 		t.Errorf("a scorer without layer maps: error %v", err)
 	}
+}
+
+// withWeights copies the bundle base to dst with feature layer weights w (one per layer of base, in its order;
+// 0 drops a layer) and returns dst.
+func withWeights(t *testing.T, base, dst string, w []float64) string {
+	t.Helper()
+	copyDir(t, base, dst)
+	m, err := models.ReadManifest(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var layers []models.FeatureLayer
+	for l, v := range w {
+		if v > 0 {
+			layers = append(layers, models.FeatureLayer{Name: m.Features.Layers[l].Name, Weight: float32(v)})
+		}
+	}
+	m.Features.Layers = layers
+	if err := models.WriteManifest(dst, m); err != nil {
+		t.Fatal(err)
+	}
+	return dst
 }

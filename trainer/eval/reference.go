@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 
 	"github.com/vlmdiff/edge/internal/fsutil"
@@ -39,6 +41,9 @@ type Reference struct {
 	Source        string
 	// Noises is the scorer's start-noise count the maps were measured with (pipeline.Scorer.Ensemble).
 	Noises int
+	// PixelWeight is the mean-frame term's measured weight (map.pixel.weight; 0 without the term): the rows
+	// include the term's mean map times it.
+	PixelWeight float64
 }
 
 // ReferenceItems picks at most perClass normal items of each class, evenly spread over the class's items in
@@ -69,6 +74,13 @@ func ReferenceItems(normal []dataset.Item, perClass int) []dataset.Item {
 // BuildReference scores normal items and averages their smoothed maps per class and over all of them. s must
 // score raw maps (pipeline.Options.NoReference): a reference measured through an older reference would
 // subtract it twice. Only whole-frame maps at the model's size are accepted.
+//
+// With the mean-frame term (map.pixel, factor above 0) s must also return the term's own map
+// (pipeline.Options.PixelMap). The term's weight is measured here, in the same pass: factor x the spread of the
+// feature maps around their class's mean map / the same spread of the term's maps, pooled over every class,
+// normal and pixel (models.PixelTerm). The reference of the sum is the sum of the references, so each row is
+// the features' mean map plus weight x the term's mean map; Reference.PixelWeight carries the weight to
+// WriteReference.
 func BuildReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.Item, source string, opts Options) (*Reference, error) {
 	if len(normal) == 0 {
 		return nil, fmt.Errorf("map reference: no normal images")
@@ -76,45 +88,72 @@ func BuildReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.It
 	if opts.ROI.Active() {
 		return nil, fmt.Errorf("map reference: measured on whole frames; a region of interest is not supported")
 	}
+	m := s.Manifest()
+	var factor, weight float64
+	if t := m.Map.Pixel; t != nil {
+		factor, weight = t.Factor, t.Weight
+	}
 	res, err := ScoreItems(ctx, s, normal, opts)
 	if err != nil {
 		return nil, fmt.Errorf("map reference: %w", err)
 	}
-	m := s.Manifest()
 	W, H := m.Input.Width, m.Input.Height
-	sums := map[string][]float64{"": make([]float64, W*H)}
-	counts := map[string]int{}
+	feat, term := newSpread(), newSpread()
 	for _, r := range res {
 		if r.Result.MapWidth != W || r.Result.MapHeight != H {
 			return nil, fmt.Errorf("map reference: %s has a %dx%d map, want %dx%d", r.Item.Path, r.Result.MapWidth, r.Result.MapHeight, W, H)
 		}
-		for _, c := range []string{r.Item.Class, ""} {
-			if sums[c] == nil {
-				sums[c] = make([]float64, W*H)
+		f := r.Result.Map
+		if factor > 0 {
+			d := r.Result.PixelMap
+			if len(d) != len(f) {
+				return nil, fmt.Errorf("map reference: %s has no map of the mean-frame term (open the scorer with pipeline.Options.PixelMap)", r.Item.Path)
 			}
-			for i, v := range r.Result.Map {
-				sums[c][i] += float64(v)
+			if weight != 0 { // the features' own map: the bundle's map minus the term it added
+				f = slices.Clone(f)
+				for i, v := range d {
+					f[i] -= float32(weight) * v
+				}
 			}
-			counts[c]++
-			if c == "" {
-				break
-			}
+			term.add(r.Item.Class, d)
+			term.add("", d)
 		}
+		feat.add(r.Item.Class, f)
+		feat.add("", f)
 	}
 	ref := &Reference{Width: W, Height: H, Source: source, Noises: s.Ensemble()}
-	for c := range sums {
+	if factor > 0 {
+		// pooled over the classes' own rows; the global row "" is their union, not another class
+		fs, ts := withoutGlobal(feat).std(), withoutGlobal(term).std()
+		ref.PixelWeight = pixelWeight(factor, fs, ts)
+	}
+	for c := range feat.sum {
 		ref.Classes = append(ref.Classes, c)
 	}
 	sort.Strings(ref.Classes) // "" sorts first
 	for _, c := range ref.Classes {
 		row := make([]float32, W*H)
-		for i, v := range sums[c] {
-			row[i] = float32(v / float64(counts[c]))
+		n := float64(feat.n[c])
+		for i, v := range feat.sum[c] {
+			x := v / n
+			if ref.PixelWeight != 0 {
+				x += ref.PixelWeight * term.sum[c][i] / n
+			}
+			row[i] = float32(x)
 		}
 		ref.Maps = append(ref.Maps, row)
-		ref.Images = append(ref.Images, counts[c])
+		ref.Images = append(ref.Images, feat.n[c])
 	}
 	return ref, nil
+}
+
+// withoutGlobal is s without the global row "": the spread around each class's own mean.
+func withoutGlobal(s *spread) *spread {
+	out := &spread{sum: maps.Clone(s.sum), sq: maps.Clone(s.sq), n: maps.Clone(s.n)}
+	if len(out.sum) > 1 {
+		delete(out.sum, "")
+	}
+	return out
 }
 
 // WriteReference stores ref in the bundle (ReferenceFile and map.reference), or removes the bundle's reference
@@ -136,27 +175,20 @@ func WriteReference(bundleDir string, ref *Reference) error {
 			return fmt.Errorf("map reference: %w", err)
 		}
 	} else {
-		buf := make([]byte, 0, len(ref.Maps)*ref.Width*ref.Height*4)
-		for _, row := range ref.Maps {
-			for _, v := range row {
-				if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-					return fmt.Errorf("map reference: non-finite mean map value")
-				}
-				buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(v))
-			}
-		}
-		if err := fsutil.WriteFileAtomic(path, buf, 0o644); err != nil {
+		rows := models.MapRows{File: ReferenceFile, Width: ref.Width, Height: ref.Height, Classes: ref.Classes, Images: ref.Images, Source: ref.Source}
+		if err := writeRows(bundleDir, m, rows, ref.Maps); err != nil {
 			return fmt.Errorf("map reference: %w", err)
 		}
-		sum, err := models.FileSHA256(path)
-		if err != nil {
-			return fmt.Errorf("map reference: %w", err)
-		}
-		m.Files[ReferenceFile] = models.FileEntry{SHA256: sum, Size: int64(len(buf))}
-		m.Map.Reference = &models.MapReference{File: ReferenceFile, Width: ref.Width, Height: ref.Height,
-			Classes: ref.Classes, Images: ref.Images, Source: ref.Source}
+		m.Map.Reference = &models.MapReference{MapRows: rows}
 		if ref.Noises > 1 {
 			m.Map.Reference.Noises = ref.Noises
+		}
+		if ref.PixelWeight != 0 && m.Map.Pixel == nil {
+			return fmt.Errorf("map reference: measured with the mean-frame term at weight %g, but the bundle has no term", ref.PixelWeight)
+		}
+		if t := m.Map.Pixel; t != nil {
+			t.Weight = ref.PixelWeight
+			m.Map.Reference.PixelWeight = ref.PixelWeight
 		}
 		setEnsemble(m, ref.Noises)
 	}
@@ -181,4 +213,28 @@ func setEnsemble(m *models.Manifest, noises int) {
 	case noises > 1:
 		m.Diffusion.Ensemble = noises
 	}
+}
+
+// writeRows writes a per-class map file of the bundle (rows.File: the rows as raw little-endian float32) and
+// lists it with its checksum in m.Files. A non-finite value is refused before anything is written.
+func writeRows(bundleDir string, m *models.Manifest, rows models.MapRows, data [][]float32) error {
+	var buf []byte
+	for _, row := range data {
+		for _, v := range row {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return fmt.Errorf("%s: non-finite value", rows.File)
+			}
+			buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(v))
+		}
+	}
+	path := filepath.Join(bundleDir, rows.File)
+	if err := fsutil.WriteFileAtomic(path, buf, 0o644); err != nil {
+		return err
+	}
+	sum, err := models.FileSHA256(path)
+	if err != nil {
+		return err
+	}
+	m.Files[rows.File] = models.FileEntry{SHA256: sum, Size: int64(len(buf))}
+	return nil
 }

@@ -151,6 +151,14 @@ type SelectConfig struct {
 	// material depends on the material: fine layers see a noisy texture's grain, deep ones blur small specks
 	// (docs/algorithm.md §1.9). Empty (default): export.feature_layers as configured.
 	LayerWeights []float64 `yaml:"layer_weights"`
+	// PixelFactors, when set with LayerWeights, are the sizes of the mean-frame term (models.PixelTerm) the
+	// stage weighs together with the layer weights, e.g. [0, 0.25, 0.5, 1], from the same scoring pass. The
+	// term adds each frame's pixel distance to its class's mean normal frame to the map: strong where parts
+	// sit still on a plain background (a dark speck barely moves a reconstruction's features), noise where
+	// parts move or the background is a stochastic texture. So it is taken only when the best weighting with
+	// it leads the best without it by MinGain; the calibrate stage then sizes it on the bundle's own maps.
+	// Empty (default): calibrate.pixel_factor.
+	PixelFactors []float64 `yaml:"pixel_factors" json:",omitempty"` // omitempty: the stage hash of runs before the field stays
 }
 
 // SelectMetrics are the names select.metric accepts.
@@ -185,6 +193,9 @@ type CalibrateConfig struct {
 	Reference string `yaml:"reference"`
 	// ReferencePerClass bounds the training normals per class averaged into the reference (default 64).
 	ReferencePerClass int `yaml:"reference_per_class"`
+	// PixelFactor is the mean-frame term's size relative to the feature map's (models.PixelTerm.Factor; 0,
+	// the default: no term), unless the select stage chose one (select.pixel_factors). Needs reference train.
+	PixelFactor float64 `yaml:"pixel_factor" json:",omitempty"` // omitempty: the stage hash of runs before the field stays
 }
 
 // EvaluateConfig scores the test split.
@@ -384,9 +395,33 @@ func (c *Config) Validate() error {
 	if c.Calibrate.ReferencePerClass < 0 {
 		bad("calibrate.reference_per_class", "must be > 0")
 	}
+	if err := eval.CheckPixelFactor(c.Calibrate.PixelFactor); err != nil {
+		bad("calibrate.pixel_factor", "%v", err)
+	}
+	if (c.Calibrate.PixelFactor > 0 || len(c.Select.PixelFactors) > 0) && c.Calibrate.Reference == eval.ReferenceNone {
+		bad("calibrate.pixel_factor", "the mean-frame term is sized on the training normals with the map reference: it needs calibrate.reference train")
+	}
 	if c.Train.SnapshotEvery < 0 {
 		bad("train.snapshot_every", "must be >= 0 (epochs between snapshots; 0: none)")
 	}
+	c.validateSelect(bad)
+	if c.Evaluate.BatchSize < 0 {
+		bad("evaluate.batch_size", "must be > 0")
+	}
+	if strings.ContainsAny(c.Name, "/\\") || strings.HasPrefix(c.Name, ".") {
+		bad("name", "%q must be a plain directory name", c.Name)
+	}
+	if strings.ContainsAny(c.Version, "/\\") {
+		bad("version", "%q must not contain path separators", c.Version)
+	}
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// validateSelect checks the select section, reporting each problem through bad.
+func (c *Config) validateSelect(bad func(field, format string, args ...any)) {
 	if !slices.Contains(SelectMetrics, c.Select.Metric) {
 		bad("select.metric", "%q: want one of %s", c.Select.Metric, strings.Join(SelectMetrics, ", "))
 	}
@@ -407,25 +442,23 @@ func (c *Config) Validate() error {
 			bad("select.layer_weights", "%v", err)
 		}
 	}
+	if pf := c.Select.PixelFactors; len(pf) > 0 {
+		if len(c.Select.LayerWeights) == 0 {
+			bad("select.pixel_factors", "are weighed with the feature layers: set select.layer_weights too")
+		}
+		for i, a := range pf {
+			if eval.CheckPixelFactor(a) != nil || (i > 0 && a <= pf[i-1]) {
+				bad("select.pixel_factors", "%v: want increasing factors in 0..%d", pf, eval.MaxPixelFactor)
+				break
+			}
+		}
+	}
 	for i, k := range c.Select.Ensembles {
 		if k < 1 || k > models.MaxEnsemble || (i > 0 && k <= c.Select.Ensembles[i-1]) {
 			bad("select.ensembles", "%v: want increasing start-noise counts in 1..%d", c.Select.Ensembles, models.MaxEnsemble)
 			break
 		}
 	}
-	if c.Evaluate.BatchSize < 0 {
-		bad("evaluate.batch_size", "must be > 0")
-	}
-	if strings.ContainsAny(c.Name, "/\\") || strings.HasPrefix(c.Name, ".") {
-		bad("name", "%q must be a plain directory name", c.Name)
-	}
-	if strings.ContainsAny(c.Version, "/\\") {
-		bad("version", "%q must not contain path separators", c.Version)
-	}
-	if len(errs) > 0 {
-		return errors.New(strings.Join(errs, "; "))
-	}
-	return nil
 }
 
 func toFloat(v any) (float64, bool) {

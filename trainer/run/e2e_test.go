@@ -124,7 +124,7 @@ func backbone(t *testing.T) string {
 // floating-point differences alone. 80 and 120 steps (the denoiser stage is seconds; the select stage dominates
 // the test's time) gave 0.903 and 0.941 there, a margin that numerics do not eat.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n", 2)
+	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n", 2)
 }
 
 // TestTrainTinyTaefEndToEnd runs the same pipeline and checks on the pretrained-autoencoder structure (tiny-taef:
@@ -381,13 +381,18 @@ func checkLayerSelection(t *testing.T, runDir string, m *models.Manifest) {
 	if len(rows) < 2 {
 		t.Fatalf("layer weights table %v: no rows", rows)
 	}
-	n := len(rows[0]) - 7 // layer columns, then i_auroc p_auroc au_pro p_ap i_ap score chosen
-	if n < 2 {
-		t.Fatalf("layer weights table header %v: want at least two layer columns", rows[0])
+	n := len(rows[0]) - 8 // layer columns, then pixel i_auroc p_auroc au_pro p_ap i_ap score chosen
+	if n < 2 || rows[0][n] != "pixel" {
+		t.Fatalf("layer weights table header %v: want at least two layer columns, then pixel", rows[0])
 	}
-	// n layers of [0, 0.5, 1] with one at 1: 3^n - 2^n weightings, the bundle's own 1/1/... among them
-	if want := int(math.Pow(3, float64(n)) - math.Pow(2, float64(n))); len(rows)-1 != want {
-		t.Fatalf("layer weights table has %d weightings of %d layers, want %d: %v", len(rows)-1, n, want, rows)
+	factors := map[string]bool{}
+	for _, r := range rows[1:] {
+		factors[r[n]] = true
+	}
+	// n layers of [0, 0.5, 1] with one at 1: 3^n - 2^n weightings, the bundle's own 1/1/... among them, each
+	// with every factor of the mean-frame term
+	if want := int(math.Pow(3, float64(n))-math.Pow(2, float64(n))) * len(factors); len(rows)-1 != want {
+		t.Fatalf("layer weights table has %d recipes of %d layers and %d term factors, want %d: %v", len(rows)-1, n, len(factors), want, rows)
 	}
 	for i, r := range rows[1] {
 		if i < n && r != "1" {
@@ -396,9 +401,9 @@ func checkLayerSelection(t *testing.T, runDir string, m *models.Manifest) {
 	}
 	var chosen []string
 	for _, r := range rows[1:] {
-		for _, v := range r[n : n+5] {
+		for _, v := range r[n+1 : n+6] {
 			if x, err := strconv.ParseFloat(v, 64); err != nil || x < 0 || x > 1 {
-				t.Fatalf("weighting %v: metric %q is not in [0,1]", r[:n], v)
+				t.Fatalf("weighting %v: metric %q is not in [0,1]", r[:n+1], v)
 			}
 		}
 		if r[len(r)-1] == "true" {
@@ -423,6 +428,17 @@ func checkLayerSelection(t *testing.T, runDir string, m *models.Manifest) {
 	}
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("the bundle's feature layers are %v, the select stage chose %v", got, want)
+	}
+	// the term the select stage chose is the bundle's, sized by the calibrate stage, its reference measured with it
+	a, _ := strconv.ParseFloat(chosen[n], 64)
+	switch p := m.Map.Pixel; {
+	case a == 0 && p != nil:
+		t.Errorf("the select stage chose no mean-frame term, the bundle has %+v", p)
+	case a > 0 && (p == nil || p.Factor != a || !(p.Weight > 0) || m.Map.Reference == nil || m.Map.Reference.PixelWeight != p.Weight):
+		t.Errorf("the select stage chose the mean-frame term at factor %g; the bundle has %+v, reference %+v", a, p, m.Map.Reference)
+	}
+	if b, err := os.ReadFile(filepath.Join(runDir, "select", run.PixelChoiceFile)); len(factors) > 1 && (err != nil || strings.TrimSpace(string(b)) != chosen[n]) {
+		t.Errorf("the select stage's recorded mean-frame term factor %q (%v), its table's choice %s", b, err, chosen[n])
 	}
 }
 

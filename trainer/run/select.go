@@ -125,8 +125,9 @@ func bestOver(rs []candidateResult, own int, minGain float64, what string) (int,
 // runSelect scores each candidate: export its bundle, measure its map reference on training normals, evaluate
 // the synthetic-defect validation set; the best candidate's model is what the export stage exports. Without
 // snapshots (train.snapshot_every 0) it passes the train stage's model on. With select.layer_weights it then
-// weighs the feature layers of the chosen model, and with select.ensembles it scores the chosen model and
-// layers with each start-noise count; the export stage writes both choices.
+// weighs the feature layers of the chosen model (with select.pixel_factors, together with the mean-frame term),
+// and with select.ensembles it scores the chosen model and layers with each start-noise count; the export stage
+// writes the layers and the count, the calibrate stage the term.
 func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]string, error) {
 	c := t.Config
 	final := sc.Output("train", "model")
@@ -163,7 +164,7 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 	} else {
 		fmt.Fprintln(sc.Progress, "[select] no snapshots (train.snapshot_every is 0): the train stage's model")
 	}
-	var layers [][2]any
+	var choice mapChoice
 	k := 0 // start noises per frame: the export config's unless select.ensembles chooses
 	switch {
 	case len(c.Select.LayerWeights) > 0 && len(c.Select.Ensembles) > 0:
@@ -172,7 +173,7 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 		// than with eight, and the ranking of weightings changes with the count; docs/training.md).
 		var tables map[string]string
 		var err error
-		if k, layers, tables, err = t.selectLayersAndEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir); err != nil {
+		if k, choice, tables, err = t.selectLayersAndEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir); err != nil {
 			return nil, err
 		}
 		maps.Copy(outs, tables)
@@ -181,19 +182,27 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 		if err != nil {
 			return nil, err
 		}
-		if chosen != nil {
-			layers = chosen
+		if chosen.Layers != nil {
+			choice = chosen
 			outs["layer_weights"] = table
 		}
 	case len(c.Select.Ensembles) > 0:
 		var table string
 		var err error
-		if k, table, err = t.selectEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, nil); err != nil {
+		if k, table, err = t.selectEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, nil, c.Calibrate.PixelFactor); err != nil {
 			return nil, err
 		}
 		outs["ensembles"] = table
 	}
-	if layers != nil {
+	if len(c.Select.PixelFactors) > 0 && choice.Layers != nil {
+		// the choice, 0 included: the calibrate stage adds the term the layers were weighed with
+		p := filepath.Join(dir, PixelChoiceFile)
+		if err := os.WriteFile(p, []byte(strconv.FormatFloat(choice.Pixel, 'g', -1, 64)+"\n"), 0o644); err != nil {
+			return nil, err
+		}
+		outs["pixel_factor"] = p
+	}
+	if layers := choice.Layers; layers != nil {
 		b, err := json.Marshal(layers)
 		if err != nil {
 			return nil, err
@@ -226,7 +235,7 @@ func (t *Training) selectWeights(ctx context.Context, sc *StageContext, items []
 	fmt.Fprintf(sc.Progress, "[select] %d candidates, ranked by %s on %s\n", len(cands), c.Select.Metric, valData)
 	var res []candidateResult
 	for _, cand := range cands {
-		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), 0, nil)
+		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), 0, nil, c.Calibrate.PixelFactor)
 		if err != nil {
 			return "", "", fmt.Errorf("candidate %s (%s): %w", cand.Name, cand.Model, err)
 		}
@@ -271,14 +280,14 @@ func selectedEnsemble(sc *StageContext) (int, error) {
 
 // selectEnsemble scores the chosen weights with each count of select.ensembles (each with its own map
 // reference, as calibrate would measure it) and returns the chosen count and the path of its table.
-func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, layers [][2]any) (int, string, error) {
+func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, layers [][2]any, factor float64) (int, string, error) {
 	c := t.Config
 	ks := c.Select.Ensembles
 	fmt.Fprintf(sc.Progress, "[select] start noises per frame %v for %s, ranked by %s on %s\n", ks, cand.Model, c.Select.Metric, valData)
 	res := make([]candidateResult, len(ks))
 	for i, k := range ks {
 		cand.Name = fmt.Sprintf("noises-%d", k)
-		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), k, layers)
+		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), k, layers, factor)
 		if err != nil {
 			return 0, "", fmt.Errorf("%d start noises: %w", k, err)
 		}
@@ -298,46 +307,47 @@ func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items [
 
 // selectLayersAndEnsemble weighs the feature layers once per count of select.ensembles (selectLayers with that
 // many start noises: one export and one scoring pass each, as scoring the count alone would cost) and chooses
-// the count by its best weighting's score, as selectEnsemble does. It returns the count, its layers (nil when
-// the bundle has a single layer: then the counts are scored with the bundle's layer as selectEnsemble does) and
+// the count by its best weighting's score, as selectEnsemble does. It returns the count, its map choice (layers
+// and mean-frame term; nil layers when the bundle has a single layer and no term is weighed: then the counts are
+// scored with the bundle's layer as selectEnsemble does) and
 // the stage outputs for the tables: every count's layer table (layer_weights-<K>.csv), the chosen count's also
 // as layer_weights.csv, and ensembles.csv with each count's best weighting.
-func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string) (int, [][2]any, map[string]string, error) {
+func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string) (int, mapChoice, map[string]string, error) {
 	c := t.Config
 	ks := c.Select.Ensembles
 	res := make([]candidateResult, len(ks))
-	layers := make([][][2]any, len(ks))
+	choices := make([]mapChoice, len(ks))
 	tables := make([]string, len(ks))
 	for i, k := range ks {
 		chosen, table, m, err := t.selectLayers(ctx, sc, items, cand, valData, dir, fmt.Sprintf("layer_weights-%d.csv", k), k)
 		if err != nil {
-			return 0, nil, nil, fmt.Errorf("%d start noises: %w", k, err)
+			return 0, mapChoice{}, nil, fmt.Errorf("%d start noises: %w", k, err)
 		}
-		if chosen == nil { // one layer: nothing to weigh, only the counts
-			k, table, err := t.selectEnsemble(ctx, sc, items, cand, valData, dir, nil)
-			return k, nil, map[string]string{"ensembles": table}, err
+		if chosen.Layers == nil { // one layer: nothing to weigh, only the counts
+			k, table, err := t.selectEnsemble(ctx, sc, items, cand, valData, dir, nil, c.Calibrate.PixelFactor)
+			return k, mapChoice{}, map[string]string{"ensembles": table}, err
 		}
-		layers[i], tables[i] = chosen, table
+		choices[i], tables[i] = chosen, table
 		res[i] = candidateResult{candidate: candidate{Name: fmt.Sprintf("noises-%d", k), Model: cand.Model}, Mean: m, Score: selectScore(c.Select.Metric, m)}
-		fmt.Fprintf(sc.Progress, "[select] %d noise(s), layers %v: I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f\n", k, chosen,
-			100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*res[i].Score)
+		fmt.Fprintf(sc.Progress, "[select] %d noise(s), layers %v, mean-frame term factor %g: I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f\n", k, chosen.Layers,
+			chosen.Pixel, 100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*res[i].Score)
 	}
 	best, why := cheapestEnsemble(ks, res, c.Select.MinGain)
 	table := filepath.Join(dir, EnsembleFile)
 	if err := writeCandidates(table, res, best); err != nil {
-		return 0, nil, nil, err
+		return 0, mapChoice{}, nil, err
 	}
 	writeCandidateTable(sc.Progress, res, best)
 	b, err := os.ReadFile(tables[best])
 	if err != nil {
-		return 0, nil, nil, err
+		return 0, mapChoice{}, nil, err
 	}
 	chosenTable := filepath.Join(dir, LayersFile)
 	if err := os.WriteFile(chosenTable, b, 0o644); err != nil {
-		return 0, nil, nil, err
+		return 0, mapChoice{}, nil, err
 	}
-	fmt.Fprintf(sc.Progress, "[select] chose %d start noise(s) per frame (%s) with feature layers %v\n", ks[best], why, layers[best])
-	return ks[best], layers[best], map[string]string{"ensembles": table, "layer_weights": chosenTable}, nil
+	fmt.Fprintf(sc.Progress, "[select] chose %d start noise(s) per frame (%s) with feature layers %v, mean-frame term factor %g\n", ks[best], why, choices[best].Layers, choices[best].Pixel)
+	return ks[best], choices[best], map[string]string{"ensembles": table, "layer_weights": chosenTable}, nil
 }
 
 // cheapestEnsemble returns the index of the count to use: the smallest, unless a larger one leads the best
@@ -407,16 +417,16 @@ func (t *Training) exportCandidate(ctx context.Context, sc *StageContext, cand c
 }
 
 // scoreCandidate exports one candidate into work, scores the validation set with its own map reference (as
-// calibrate would give it) and removes the bundle again: only the metrics are kept. ensemble and layers
-// override the export config's as in exportCandidate.
-func (t *Training) scoreCandidate(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, work string, ensemble int, layers [][2]any) (metrics.Metrics, error) {
+// calibrate would give it, with the mean-frame term at factor) and removes the bundle again: only the metrics
+// are kept. ensemble and layers override the export config's as in exportCandidate.
+func (t *Training) scoreCandidate(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, work string, ensemble int, layers [][2]any, factor float64) (metrics.Metrics, error) {
 	c := t.Config
 	bundle, err := t.exportCandidate(ctx, sc, cand, work, ensemble, layers)
 	defer os.RemoveAll(work)
 	if err != nil {
 		return metrics.Metrics{}, err
 	}
-	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, "[select] "+cand.Name+" "); err != nil {
+	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, factor, "[select] "+cand.Name+" "); err != nil {
 		return metrics.Metrics{}, err
 	}
 	s, err := pipeline.Open(bundle, t.ORT)

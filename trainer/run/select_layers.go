@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
@@ -66,25 +68,85 @@ func selectedLayers(sc *StageContext) ([][2]any, error) {
 	return out, nil
 }
 
+// mapChoice is what the select stage's weighing of the map chose: the feature layers ([name, weight] with
+// weight > 0, in the bundle's order) and the mean-frame term's factor (0: none).
+type mapChoice struct {
+	Layers [][2]any
+	Pixel  float64
+}
+
+// PixelChoiceFile holds the mean-frame term factor the select stage chose (RUN/select/pixel_factor.txt), which
+// the calibrate stage reads instead of calibrate.pixel_factor.
+const PixelChoiceFile = "pixel_factor.txt"
+
+// selectedPixelFactor is the mean-frame term factor the select stage chose (select.pixel_factors), -1 when it
+// chose none.
+func selectedPixelFactor(sc *StageContext) (float64, error) {
+	p := sc.Output("select", "pixel_factor")
+	if p == "" {
+		return -1, nil
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, fmt.Errorf("the select stage's choice of the mean-frame term: %w", err)
+	}
+	a, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+	if err != nil || eval.CheckPixelFactor(a) != nil {
+		return 0, fmt.Errorf("the select stage's choice of the mean-frame term %s: %q is not a factor", p, strings.TrimSpace(string(b)))
+	}
+	return a, nil
+}
+
+// pixelFactors is the mean-frame term factors the select stage weighs: select.pixel_factors, else the one of
+// calibrate.pixel_factor (the layers are then weighed with the term the bundle will have).
+func (c *Config) pixelFactors() []float64 {
+	if len(c.Select.PixelFactors) > 0 {
+		return c.Select.PixelFactors
+	}
+	return []float64{c.Calibrate.PixelFactor}
+}
+
 // selectLayers exports the chosen model (with `ensemble` start noises, 0 = the export config's), scores the
-// training normals of the map reference and the validation set once with every layer's own map, and ranks
-// the weightings of select.layer_weights on the validation maps, each minus its class's reference as
-// calibrate would measure it. It writes its table to dir/table and returns the chosen layers ([name, weight]
-// with weight > 0, in the bundle's order; nil when the bundle has a single layer), the table's path, and the
-// chosen weighting's validation metrics: those of a bundle with these layers and `ensemble` noises.
-func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir, table string, ensemble int) ([][2]any, string, metrics.Metrics, error) {
+// training normals of the map reference and the validation set once with every layer's own map (and the
+// mean-frame term's, with its mean frames written into the bundle first), and ranks the weightings of
+// select.layer_weights, each with every factor of select.pixel_factors, on the validation maps, each minus its
+// class's reference as calibrate would measure it (chooseMap). It writes its table to dir/table and returns the
+// choice (nil layers when the bundle has a single layer and no term is weighed), the table's path, and the
+// chosen recipe's validation metrics: those of a bundle with this choice and `ensemble` noises.
+func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir, table string, ensemble int) (mapChoice, string, metrics.Metrics, error) {
 	c := t.Config
 	work := filepath.Join(dir, "layers")
 	bundle, err := t.exportCandidate(ctx, sc, cand, work, ensemble, nil)
 	defer os.RemoveAll(work)
 	if err != nil {
-		return nil, "", metrics.Metrics{}, err
+		return mapChoice{}, "", metrics.Metrics{}, err
+	}
+	factors := c.pixelFactors()
+	var train []dataset.Item // no reference: raw maps, as the bundle will score
+	if c.Calibrate.Reference != eval.ReferenceNone {
+		train = eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Select.ReferencePerClass)
+	}
+	if slices.Max(factors) > 0 {
+		if len(train) == 0 {
+			return mapChoice{}, "", metrics.Metrics{}, fmt.Errorf("select.pixel_factors: no training normals for the mean frames")
+		}
+		m, err := models.ReadManifest(bundle)
+		if err != nil {
+			return mapChoice{}, "", metrics.Metrics{}, err
+		}
+		mf, err := eval.BuildMeanFrames(ctx, m, train, "train split of "+sc.Output("index", "index"))
+		if err != nil {
+			return mapChoice{}, "", metrics.Metrics{}, err
+		}
+		if err := eval.WritePixel(bundle, mf, 0); err != nil {
+			return mapChoice{}, "", metrics.Metrics{}, err
+		}
 	}
 	opt := t.ORT
 	opt.LayerMaps = true
 	s, err := pipeline.Open(bundle, opt)
 	if err != nil {
-		return nil, "", metrics.Metrics{}, fmt.Errorf("opening bundle %s: %w", bundle, err)
+		return mapChoice{}, "", metrics.Metrics{}, fmt.Errorf("opening bundle %s: %w", bundle, err)
 	}
 	defer s.Close()
 	m := s.Manifest()
@@ -93,62 +155,105 @@ func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []d
 	for i, l := range m.Features.Layers {
 		names[i], own[i] = l.Name, float64(l.Weight)
 	}
-	if len(names) < 2 {
+	weightings := [][]float64{own}
+	if len(names) > 1 {
+		weightings = eval.LayerCandidates(own, c.Select.LayerWeights)
+	} else if len(factors) < 2 {
 		fmt.Fprintf(sc.Progress, "[select] one feature layer (%s): no layer weights to choose\n", strings.Join(names, ""))
-		return nil, "", metrics.Metrics{}, nil
+		return mapChoice{}, "", metrics.Metrics{}, nil
 	}
-	cands := eval.LayerCandidates(own, c.Select.LayerWeights)
-	fmt.Fprintf(sc.Progress, "[select] feature layers %s: %d weightings of %v with %d start noise(s), ranked by %s on %s\n", strings.Join(names, ", "),
-		len(cands), c.Select.LayerWeights, m.Diffusion.Noises(), c.Select.Metric, valData)
-	var train []dataset.Item // no reference: raw maps, as the bundle will score
-	if c.Calibrate.Reference != eval.ReferenceNone {
-		train = eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Select.ReferencePerClass)
+	var cands []eval.MapCandidate
+	for _, w := range weightings {
+		for _, a := range factors {
+			cands = append(cands, eval.MapCandidate{Weights: w, Pixel: a})
+		}
+	}
+	fmt.Fprintf(sc.Progress, "[select] feature layers %s: %d weightings of %v x mean-frame term factors %v with %d start noise(s), ranked by %s on %s\n",
+		strings.Join(names, ", "), len(weightings), c.Select.LayerWeights, factors, m.Diffusion.Noises(), c.Select.Metric, valData)
+	if len(train) > 0 {
 		fmt.Fprintf(sc.Progress, "[select] per-layer map reference: scoring %d training normals\n", len(train))
 	}
 	val, err := valItems(valData, c.Data.Classes)
 	if err != nil {
-		return nil, "", metrics.Metrics{}, err
+		return mapChoice{}, "", metrics.Metrics{}, err
 	}
-	mets, err := eval.WeighLayers(ctx, s, train, val, cands, eval.Options{BatchSize: c.Evaluate.BatchSize, Logger: sc.Logger,
+	mets, err := eval.WeighMaps(ctx, s, train, val, cands, eval.Options{BatchSize: c.Evaluate.BatchSize, Logger: sc.Logger,
 		Progress: prefixed(sc.Progress, "[select] layer maps ")})
 	if err != nil {
-		return nil, "", metrics.Metrics{}, fmt.Errorf("select.layer_weights: %w", err)
+		return mapChoice{}, "", metrics.Metrics{}, fmt.Errorf("select.layer_weights: %w", err)
 	}
 	out := make([]candidateResult, len(cands))
-	for k, w := range cands {
-		out[k] = candidateResult{candidate: candidate{Name: eval.LayerName(w), Model: cand.Model}, Mean: mets[k], Score: selectScore(c.Select.Metric, mets[k])}
+	for k, mc := range cands {
+		out[k] = candidateResult{candidate: candidate{Name: mc.Name(), Model: cand.Model}, Mean: mets[k], Score: selectScore(c.Select.Metric, mets[k])}
 	}
-	best, why := bestLayers(out, c.Select.MinGain)
+	best, why := chooseMap(cands, out, factors[0], c.Select.MinGain)
 	table = filepath.Join(dir, table)
 	if err := writeLayerTable(table, names, cands, out, best); err != nil {
-		return nil, "", metrics.Metrics{}, err
+		return mapChoice{}, "", metrics.Metrics{}, err
 	}
 	writeCandidateTable(sc.Progress, out, best)
-	var chosen [][2]any
-	for i, v := range cands[best] {
+	choice := mapChoice{Pixel: cands[best].Pixel}
+	for i, v := range cands[best].Weights {
 		if v > 0 {
-			chosen = append(chosen, [2]any{names[i], v})
+			choice.Layers = append(choice.Layers, [2]any{names[i], v})
 		}
 	}
-	fmt.Fprintf(sc.Progress, "[select] chose feature layers %v (%s)\n", chosen, why)
-	return chosen, table, out[best].Mean, nil
+	fmt.Fprintf(sc.Progress, "[select] chose feature layers %v, mean-frame term factor %g (%s)\n", choice.Layers, choice.Pixel, why)
+	return choice, table, out[best].Mean, nil
 }
 
-// writeLayerTable writes one row per weighting: the weight of each layer, the validation metrics, the score.
-func writeLayerTable(path string, names []string, ws [][]float64, rs []candidateResult, best int) error {
+// chooseMap returns the index of the map recipe to export and why. First the weightings at the lowest factor
+// base (normally 0: no term) compete as bestLayers has them (the bundle's own weights, cands[0], the
+// incumbent); then the best recipe with a larger factor is taken only when it leads that choice by minGain.
+// Why two steps: the term is right for some lines and noise for others (parts that move, stochastic
+// backgrounds), so it must earn its place against the best the features do alone, not against the bundle's
+// own weights.
+func chooseMap(cands []eval.MapCandidate, rs []candidateResult, base, minGain float64) (int, string) {
+	var idx []int
+	var sub []candidateResult
+	for i, c := range cands {
+		if c.Pixel == base {
+			idx, sub = append(idx, i), append(sub, rs[i])
+		}
+	}
+	b, why := bestLayers(sub, minGain)
+	best := idx[b]
+	term := -1
+	for i, c := range cands {
+		if c.Pixel > base && (term < 0 || rs[i].Score > rs[term].Score) {
+			term = i
+		}
+	}
+	if term < 0 {
+		return best, why
+	}
+	lead := rs[term].Score - rs[best].Score
+	switch {
+	case rs[term].Score < selectInformative:
+		return best, why + fmt.Sprintf("; the mean-frame term: no recipe with it reaches %.2f", 100*selectInformative)
+	case lead < minGain:
+		return best, why + fmt.Sprintf("; the mean-frame term: the best with it (%s) leads by %.2f, less than select.min_gain %.2f", rs[term].Name, 100*lead, 100*minGain)
+	}
+	return term, fmt.Sprintf("%s leads the best without the mean-frame term (%s) by %.2f", rs[term].Name, rs[best].Name, 100*lead)
+}
+
+// writeLayerTable writes one row per map recipe: the weight of each layer, the mean-frame term's factor, the
+// validation metrics, the score.
+func writeLayerTable(path string, names []string, cands []eval.MapCandidate, rs []candidateResult, best int) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
 	w := csv.NewWriter(f)
-	head := append(append([]string{}, names...), "i_auroc", "p_auroc", "au_pro", "p_ap", "i_ap", "score", "chosen")
+	head := append(append([]string{}, names...), "pixel", "i_auroc", "p_auroc", "au_pro", "p_ap", "i_ap", "score", "chosen")
 	_ = w.Write(head)
 	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 6, 64) }
 	for i, r := range rs {
 		row := make([]string, 0, len(head))
-		for _, v := range ws[i] {
+		for _, v := range cands[i].Weights {
 			row = append(row, strconv.FormatFloat(v, 'g', -1, 64))
 		}
+		row = append(row, strconv.FormatFloat(cands[i].Pixel, 'g', -1, 64))
 		row = append(row, ff(r.Mean.ImageAUROC), ff(r.Mean.PixelAUROC), ff(r.Mean.AUPRO), ff(r.Mean.PixelAP), ff(r.Mean.ImageAP),
 			ff(r.Score), strconv.FormatBool(i == best))
 		_ = w.Write(row)

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/vlmdiff/edge/trainer/eval"
 )
 
 // TestBestLayers: another weighting replaces the bundle's own (row 0) only on an informative set and by at
@@ -30,6 +32,36 @@ func TestBestLayers(t *testing.T) {
 			got, why := bestLayers(rs, 0.01)
 			if got != tc.want || !strings.Contains(why, tc.reason) {
 				t.Fatalf("bestLayers(%v) = %d (%s), want %d (%q)", tc.scores, got, why, tc.want, tc.reason)
+			}
+		})
+	}
+}
+
+// TestChooseMap: the weightings without the mean-frame term compete as bestLayers has them; a recipe with the
+// term replaces their winner only on an informative set and by at least min_gain over it (not over the
+// bundle's own weights).
+func TestChooseMap(t *testing.T) {
+	w := func(v ...float64) []float64 { return v }
+	cands := []eval.MapCandidate{{Weights: w(1, 1)}, {Weights: w(1, 1), Pixel: 0.5}, {Weights: w(0, 1)}, {Weights: w(0, 1), Pixel: 0.5}}
+	for _, tc := range []struct {
+		name   string
+		scores []float64 // in the order of cands
+		want   int
+		reason string
+	}{
+		{"the term leads the best without it", []float64{0.68, 0.69, 0.71, 0.73}, 3, "leads the best without the mean-frame term (0/1) by 2.00"},
+		{"the term leads own, not the best without it", []float64{0.68, 0.715, 0.71, 0.70}, 2, "the best with it (1/1+pixel0.5) leads by 0.50"},
+		{"no term wins", []float64{0.70, 0.60, 0.65, 0.60}, 0, "score highest"},
+		{"a set at chance", []float64{0.40, 0.53, 0.45, 0.54}, 0, "no recipe with it reaches 55.00"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := make([]candidateResult, len(cands))
+			for i, s := range tc.scores {
+				rs[i].Score, rs[i].Name = s, cands[i].Name()
+			}
+			got, why := chooseMap(cands, rs, 0, 0.01)
+			if got != tc.want || !strings.Contains(why, tc.reason) {
+				t.Fatalf("chooseMap(%v) = %d (%s), want %d (%q)", tc.scores, got, why, tc.want, tc.reason)
 			}
 		})
 	}

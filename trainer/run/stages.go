@@ -146,7 +146,11 @@ func (t *Training) Stages() []Stage {
 		// its scores as much as its own section does (its reference count is select.reference_per_class, already
 		// resolved from calibrate's when unset).
 		{Name: "select", Inputs: func() (any, error) {
-			return map[string]any{"select": c.Select, "export": c.Export, "reference": c.Calibrate.Reference}, nil
+			in := map[string]any{"select": c.Select, "export": c.Export, "reference": c.Calibrate.Reference}
+			if c.Calibrate.PixelFactor > 0 { // the candidates are scored with the term (absent before the field: same hash)
+				in["pixel_factor"] = c.Calibrate.PixelFactor
+			}
+			return in, nil
 		}, Run: t.runSelect},
 		{Name: "export", Inputs: func() (any, error) {
 			return map[string]any{"export": c.Export, "name": c.Name, "version": c.Version, "classes": c.Data.Classes, "config": c.sum}, nil
@@ -498,7 +502,14 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 		fmt.Fprintf(sc.Progress, "[calibrate] WARNING: no validation normals (data.val_fraction is 0): calibrating on the %d training normals, which the model has seen; thresholds will be low\n", len(normal))
 	}
 	bundle := sc.Output("export", "bundle")
-	if err := t.measureReference(ctx, sc, items, bundle, c.Calibrate.ReferencePerClass, "[calibrate] "); err != nil {
+	factor, err := selectedPixelFactor(sc)
+	if err != nil {
+		return nil, err
+	}
+	if factor < 0 {
+		factor = c.Calibrate.PixelFactor
+	}
+	if err := t.measureReference(ctx, sc, items, bundle, c.Calibrate.ReferencePerClass, factor, "[calibrate] "); err != nil {
 		return nil, err
 	}
 	s, err := t.scorer(sc)
@@ -524,34 +535,42 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 }
 
 // measureReference writes the bundle's map reference (calibrate.reference: train) from the training normals,
-// scored without any earlier reference, or removes it (none). It runs before the thresholds, which are taken on
-// the maps the daemon will score.
-func (t *Training) measureReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, perClass int, prefix string) error {
+// scored without any earlier reference, with the mean-frame term at factor (0: none), or removes both (none).
+// It runs before the thresholds, which are taken on the maps the daemon will score.
+func (t *Training) measureReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, perClass int, factor float64, prefix string) error {
 	c := t.Config
-	if c.Calibrate.Reference == eval.ReferenceNone {
+	none := func() error {
+		if err := eval.WritePixel(bundle, nil, 0); err != nil {
+			return err
+		}
 		return eval.WriteReference(bundle, nil)
+	}
+	if c.Calibrate.Reference == eval.ReferenceNone {
+		return none()
 	}
 	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), perClass)
 	if len(train) == 0 {
 		fmt.Fprintln(sc.Progress, prefix+"WARNING: no training normals for the map reference: raw maps")
-		return eval.WriteReference(bundle, nil)
+		return none()
 	}
 	opt := t.ORT
-	opt.NoReference = true
-	s, err := pipeline.Open(bundle, opt)
-	if err != nil {
-		return fmt.Errorf("opening bundle %s: %w", bundle, err)
+	opt.NoReference, opt.PixelMap = true, true
+	open := func() (*pipeline.Scorer, error) {
+		s, err := pipeline.Open(bundle, opt)
+		if err != nil {
+			return nil, fmt.Errorf("opening bundle %s: %w", bundle, err)
+		}
+		return s, nil
 	}
-	defer s.Close()
-	ref, err := eval.BuildReference(ctx, s, train, "train split of "+sc.Output("index", "index"),
+	ref, err := eval.MeasureReference(ctx, bundle, open, train, "train split of "+sc.Output("index", "index"), factor,
 		eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, prefix+"reference "), Logger: sc.Logger})
 	if err != nil {
 		return err
 	}
-	if err := eval.WriteReference(bundle, ref); err != nil {
-		return err
-	}
 	fmt.Fprintf(sc.Progress, "%smap reference: mean maps of %d training normals over %d classes\n", prefix, len(train), len(ref.Classes)-1)
+	if factor > 0 {
+		fmt.Fprintf(sc.Progress, "%smean-frame term: %s\n", prefix, eval.DescribePixel(factor, ref.PixelWeight))
+	}
 	return nil
 }
 

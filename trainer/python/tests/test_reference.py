@@ -322,3 +322,24 @@ def test_read_noise_has_one_block_per_start_noise(tmp_path):
     np.testing.assert_array_equal(got, a)
     with pytest.raises(RuntimeError, match=r"want \[2,2,2,4,2,2\]"):
         R.read_noise(str(tmp_path / "n.f32"), 2, 4, 2, 2, ensemble=2)
+
+
+def test_pixel_term_reads_rows_and_measures_distance(tmp_path):
+    """map.pixel: one [3,H,W] mean frame per class and the term's weight; a file of another size is refused; the
+    distance is the per-pixel L2 norm over the channels (the Go twin is pipeline.pixelDistanceRows)."""
+    h, w = 4, 5
+    rows = np.arange(2 * 3 * h * w, dtype="<f4").reshape(2, 3, h, w) / 10
+    rows.tofile(tmp_path / "mean.f32")
+    m = {"map": {"pixel": {"file": "mean.f32", "width": w, "height": h, "classes": ["", "bolt"], "factor": 0.5,
+                           "weight": 0.8}}}
+    frames, weight = R.read_pixel(str(tmp_path), m)
+    assert weight == 0.8 and sorted(frames) == ["", "bolt"]
+    np.testing.assert_array_equal(frames["bolt"], rows[1])
+    assert R.read_pixel(str(tmp_path), {"map": {}}) == ({}, 0.0)
+    rows[:1].tofile(tmp_path / "mean.f32")
+    with pytest.raises(RuntimeError, match="want 2x3x4x5"):
+        R.read_pixel(str(tmp_path), m)
+    x = np.random.default_rng(0).standard_normal((3, h, w)).astype(np.float32)
+    want = np.array([[np.sqrt(sum((float(x[c, i, j]) - float(rows[1, c, i, j])) ** 2 for c in range(3)))
+                      for j in range(w)] for i in range(h)])
+    np.testing.assert_allclose(R.pixel_distance(x, rows[1]), want, rtol=1e-12)

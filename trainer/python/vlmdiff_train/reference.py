@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -73,6 +73,29 @@ def read_reference(bundle_dir: str, manifest: dict) -> Dict[str, np.ndarray]:
         raise RuntimeError(f"map reference {path}: {raw.size} floats, want {len(classes)}x{h}x{w}")
     arr = raw.reshape(len(classes), h, w)
     return {c: arr[i].copy() for i, c in enumerate(classes)}
+
+
+def read_pixel(bundle_dir: str, manifest: dict) -> Tuple[Dict[str, np.ndarray], float]:
+    """map.pixel: (class -> its mean normal frame [3,H,W] float32, "" the global row; the term's weight), or
+    ({}, 0.0) without the term."""
+    t = manifest.get("map", {}).get("pixel")
+    if not t:
+        return {}, 0.0
+    path = os.path.join(bundle_dir, t["file"])
+    h, w, classes = int(t["height"]), int(t["width"]), list(t["classes"])
+    raw = np.fromfile(path, dtype="<f4")
+    if raw.size != len(classes) * 3 * h * w:
+        raise RuntimeError(f"mean frames {path}: {raw.size} floats, want {len(classes)}x3x{h}x{w}")
+    arr = raw.reshape(len(classes), 3, h, w)
+    return {c: arr[i].copy() for i, c in enumerate(classes)}, float(t.get("weight", 0.0))
+
+
+def pixel_distance(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The mean-frame term's distance (docs/algorithm.md §1.9): sqrt of the sum over the 3 channels of the squared
+    difference between the preprocessed frame x [3,H,W] and its class's mean frame, in float64. Go twin:
+    pipeline.pixelDistanceRows."""
+    d = x.astype(np.float64) - mean.astype(np.float64)
+    return np.sqrt((d * d).sum(axis=0))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,9 +265,11 @@ class Scorer:
     """Scores preprocessed images with torch networks following a manifest."""
 
     def __init__(self, manifest: dict, nets: Nets, conditioning: Dict[str, torch.Tensor],
-                 reference: Optional[Dict[str, np.ndarray]] = None):
+                 reference: Optional[Dict[str, np.ndarray]] = None,
+                 pixel: Optional[Tuple[Dict[str, np.ndarray], float]] = None):
         self.m = manifest
         self.reference = reference or {}
+        self.mean_frames, self.pixel_weight = pixel or ({}, 0.0)
         self.nets = nets.eval()
         self.cond = conditioning
         d = manifest["diffusion"]
@@ -316,8 +341,9 @@ class Scorer:
               key: Optional[str] = None, ref_class: Optional[str] = None):
         """Returns (raw_score, smoothed map [H,W] float32) for one image x [1,3,H,W]. post_noise and start_noise
         are [K,C,h,w], one draw per start noise of the ensemble (K = diffusion.ensemble): the map is the mean of
-        the K smoothed maps, each against its own reconstruction. With a map reference, the row of ref_class (the
-        global row "" when it has none) is subtracted before pooling, as the Go scorer does."""
+        the K smoothed maps, each against its own reconstruction, plus, with the mean-frame term (map.pixel), its
+        weight times the smoothed distance of x to ref_class's mean frame. With a map reference, the row of
+        ref_class (the global row "" when it has none) is subtracted before pooling, as the Go scorer does."""
         inp, f, mp, sc = self.m["input"], self.m["features"], self.m["map"], self.m["score"]
         k = self.ensemble()
         if start_noise.shape[0] != k or (self.m["latent"]["posterior"] == "sample" and post_noise.shape[0] != k):
@@ -329,6 +355,10 @@ class Scorer:
         amap = anomaly_map(fi, fr, f["layers"], int(inp["height"]), int(inp["width"]), bool(f.get("tokens")))
         sigma, trunc = float(mp["sigma"]), float(mp.get("truncate", 4.0))
         sm = np.mean([smooth(amap[j].numpy(), sigma, trunc).astype(np.float64) for j in range(k)], axis=0)
+        if self.mean_frames and self.pixel_weight != 0:
+            mean = self.mean_frames.get(ref_class or "", self.mean_frames[""])
+            d = pixel_distance(x[0].numpy(), mean)
+            sm = sm + self.pixel_weight * (gaussian_filter(d, sigma=sigma, mode="reflect", truncate=trunc) if sigma > 0 else d)
         if self.reference:
             ref = self.reference.get(ref_class or "", self.reference[""])
             sm = sm - ref.astype(np.float64)
@@ -357,7 +387,7 @@ def run_reference(bundle: str, weights: str, noise_path: str, out_dir: str, imag
         raise RuntimeError("reference: no images given")
     m = read_manifest(bundle)
     nets = load_nets(weights, bundle, m)
-    scorer = Scorer(m, nets, read_conditioning(bundle, m), read_reference(bundle, m))
+    scorer = Scorer(m, nets, read_conditioning(bundle, m), read_reference(bundle, m), read_pixel(bundle, m))
     inp, lat = m["input"], m["latent"]
     H, W, C, ds = int(inp["height"]), int(inp["width"]), int(lat["channels"]), int(lat["downsample"])
     noise = read_noise(noise_path, len(images), C, H // ds, W // ds, scorer.ensemble())
@@ -368,7 +398,8 @@ def run_reference(bundle: str, weights: str, noise_path: str, out_dir: str, imag
             x = load_image(p, H, W, inp["mean"], inp["std"], inp.get("resize", "pil_bilinear"))[None]
         except OSError as e:
             raise RuntimeError(f"reading image {p}: {e}") from e
-        s, sm = scorer.score(x, torch.from_numpy(noise[i, :, 0].copy()), torch.from_numpy(noise[i, :, 1].copy()), key)
+        # the class picks the conditioning and, as in the Go scorer, the reference and mean-frame rows
+        s, sm = scorer.score(x, torch.from_numpy(noise[i, :, 0].copy()), torch.from_numpy(noise[i, :, 1].copy()), key, key)
         scores.append({"image": p, "raw_score": s})
         maps[i] = sm
     with open(os.path.join(out_dir, "scores.json"), "w", encoding="utf-8") as f:
