@@ -231,6 +231,8 @@ func chooseMap(cands []eval.MapCandidate, rs []candidateResult, base, minGain fl
 	switch {
 	case rs[term].Score < selectInformative:
 		return best, why + fmt.Sprintf("; the mean-frame term: no recipe with it reaches %.2f", 100*selectInformative)
+	case lead < 0:
+		return best, why + fmt.Sprintf("; the mean-frame term: the best with it (%s) scores %.2f lower", rs[term].Name, -100*lead)
 	case lead < minGain:
 		return best, why + fmt.Sprintf("; the mean-frame term: the best with it (%s) leads by %.2f, less than select.min_gain %.2f", rs[term].Name, 100*lead, 100*minGain)
 	}
