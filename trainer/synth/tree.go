@@ -131,7 +131,10 @@ func WriteDefects(ctx context.Context, normals []Normal, o DefectsOptions) (Summ
 			imgs[i] = img
 		}
 		root := filepath.Join(o.Out, class)
-		vars := variations(imgs)
+		var vars map[[3]int]*Variation
+		if o.Params.MinVisibility > 0 { // the floor is off at 0: no variation to measure
+			vars = variations(imgs)
+		}
 		for i, n := range ns {
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -263,7 +266,10 @@ func WriteSurfaces(ctx context.Context, o SurfacesOptions) (Summary, error) {
 				sum.add(spec.Name, part.dir+"/good")
 			}
 		}
-		v := NewVariation(goods) // the class's test normals: how much its renders differ among themselves
+		var v *Variation
+		if o.Params.MinVisibility > 0 {
+			v = NewVariation(goods) // the class's test normals: how much its renders differ among themselves
+		}
 		for _, kind := range o.Kinds {
 			for i := 0; i < o.PerKind; i++ {
 				if err := ctx.Err(); err != nil {
