@@ -84,7 +84,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	out := fs.String("out", "eval-report", "directory for results.txt, metrics.json/csv, scores.csv, report.html")
 	split := fs.String("split", dataset.SplitTest, "split to evaluate")
 	paperFlip := fs.Bool("paper-auroc-flip", false, "report AUROC below 0.5 as 1-AUC, as the paper's evaluation does (off: the true AUROC; the report says when the flip changed a value)")
-	curves := fs.String("curves", "", "a run's curves directory (<run-dir>/curves): loss plots rendered and embedded in report.html")
+	curves := fs.String("curves", "", "a run directory (its stages' curves: <run-dir>/ae/curves, <run-dir>/train/curves) or one curves directory: loss plots rendered and embedded in report.html")
 	valData := fs.String("val-data", "", "a synthetic-defect validation set (`vlmdiff synth defects` output, MVTec layout): evaluated too and reported as its own table beside the test")
 	maps := fs.String("maps", "", "also write every anomaly map (float32, with maps.csv) under this directory, test/ and validation/, for offline study")
 	weigh := fs.String("weigh-layers", "", "instead of evaluating: rank every weighting of the bundle's feature layers by these values (e.g. 0,0.5,1) on --val-data, "+

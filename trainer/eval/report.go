@@ -35,9 +35,10 @@ type ReportInfo struct {
 	Bundle  string
 	Dataset string
 	Created time.Time
-	// CurvesDir, when set, is a run's curves directory (<run-dir>/curves): every <stage>.csv there is rendered
-	// to <stage>.svg beside it and the plots are embedded in the HTML report and linked, so the report shows
-	// whether each training stage converged. A missing directory leaves the section out.
+	// CurvesDir, when set, is a run directory (or one curves directory): every <stage>.csv of its curves
+	// (losscurve.RenderRun: RUN/<stage>/curves, RUN/curves) is rendered to <stage>.svg beside it and the plots
+	// are embedded in the HTML report and linked, so the report shows whether each training stage converged.
+	// A run without curves leaves the section out.
 	CurvesDir string
 	// Validation, when set, is the synthetic-defect validation set's report, shown as its own table above the
 	// test table and written as validation_<file> beside the test files: the numbers used to choose defaults are
@@ -96,7 +97,7 @@ func WriteReports(dir string, rep metrics.Report, res []ImageResult, s *pipeline
 	var plots []losscurve.Plot
 	if info.CurvesDir != "" {
 		var err error
-		if plots, err = losscurve.RenderDir(info.CurvesDir); err != nil {
+		if plots, err = losscurve.RenderRun(info.CurvesDir); err != nil {
 			return fmt.Errorf("report: %w", err)
 		}
 	}

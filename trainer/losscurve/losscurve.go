@@ -196,6 +196,25 @@ type Plot struct {
 	Err   error // a CSV that could not be read: reported, not fatal to the other stages
 }
 
+// RenderRun renders the loss curves of a run directory: those in dir itself (a curves directory given
+// directly), in dir/curves, and in every dir/<stage>/curves, where the Python stages write theirs (RUN/ae/curves/
+// finetune-ae.csv, RUN/train/curves/train.csv). Each directory is RenderDir's, in that order.
+func RenderRun(dir string) ([]Plot, error) {
+	subs, err := filepath.Glob(filepath.Join(dir, "*", "curves"))
+	if err != nil {
+		return nil, fmt.Errorf("losscurve: %w", err)
+	}
+	var plots []Plot
+	for _, d := range append([]string{dir, filepath.Join(dir, "curves")}, subs...) {
+		p, err := RenderDir(d)
+		plots = append(plots, p...)
+		if err != nil {
+			return plots, err
+		}
+	}
+	return plots, nil
+}
+
 // RenderDir renders every <stage>.csv in dir to <stage>.svg beside it, in stage-name order. A missing dir is
 // no plots and no error (a run whose stages wrote no curves); a bad CSV is a Plot with Err set, so one broken
 // log does not hide the others from the report.

@@ -199,3 +199,46 @@ func TestRenderDir(t *testing.T) {
 		t.Errorf("train rows %d, want 30", plots[2].Rows)
 	}
 }
+
+// TestRenderRun: a run directory's curves are found where the stages write them (RUN/<stage>/curves, and
+// RUN/curves), and a curves directory given directly still renders; other CSVs of the run are not curves.
+func TestRenderRun(t *testing.T) {
+	run := t.TempDir()
+	for _, p := range []string{"ae/curves/finetune-ae.csv", "train/curves/train.csv", "curves/extra.csv"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(run, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(run, p), []byte(csvOf(5, 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(run, "select"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(run, "select", "candidates.csv"), []byte("a,b\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stages := func(dir string) string {
+		plots, err := RenderRun(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, p := range plots {
+			if p.Err != nil {
+				t.Errorf("%s: %v", p.CSV, p.Err)
+			}
+			names = append(names, p.Stage)
+		}
+		return strings.Join(names, ",")
+	}
+	if got := stages(run); got != "extra,finetune-ae,train" {
+		t.Errorf("run directory: stages %q", got)
+	}
+	if got := stages(filepath.Join(run, "train", "curves")); got != "train" {
+		t.Errorf("a curves directory: stages %q", got)
+	}
+	if got := stages(filepath.Join(run, "absent")); got != "" {
+		t.Errorf("a missing directory: stages %q", got)
+	}
+}

@@ -600,7 +600,7 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 	}
 	defer s.Close()
 	opts := eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, "[evaluate] "), Logger: sc.Logger}
-	info := eval.ReportInfo{Title: "vlmdiff evaluation: " + c.Name, Bundle: bundle, Dataset: c.Data.Root, CurvesDir: sc.Path("curves")}
+	info := eval.ReportInfo{Title: "vlmdiff evaluation: " + c.Name, Bundle: bundle, Dataset: c.Data.Root, CurvesDir: sc.Path()}
 	// The validation table: evaluate.val_data, else the set the select stage painted.
 	valData := c.Evaluate.ValData
 	if valData == "" {

@@ -1,4 +1,5 @@
-"""Loss curves of the training stages: RUN/curves/<stage>.csv, one row per logged optimiser step.
+"""Loss curves of the training stages: <stage run_dir>/curves/<stage>.csv (RUN/ae/curves, RUN/train/curves), one row
+per logged optimiser step.
 
 Why a file per stage and not only the progress lines: a user judging convergence wants the whole curve (training
 loss and the validation-normals loss side by side) next to the evaluation report, and a resumed run must continue
