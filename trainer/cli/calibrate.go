@@ -77,11 +77,7 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	switch {
 	case *reference == eval.ReferenceNone && !*dry:
-		// the mean-frame term is sized on the reference normals and centred by the reference: it goes with it
-		if err := eval.WritePixel(sf.Bundle, nil, 0); err != nil {
-			return err
-		}
-		if err := eval.WriteReference(sf.Bundle, nil); err != nil {
+		if err := eval.WriteReference(sf.Bundle, nil); err != nil { // the mean-frame term goes with it
 			return err
 		}
 	case *reference == eval.ReferenceTrain:

@@ -247,20 +247,9 @@ func meanStd(v []float64) (float64, float64) {
 // diffusion.ensemble; 0 keeps the bundle's). bundle.json is not among the hashed files, so the graphs' checksums
 // stay valid; the manifest is written atomically and the bundle verified afterwards.
 func WriteCalibration(bundleDir string, cal models.Calibration, noises int) error {
-	m, err := models.ReadManifest(bundleDir)
-	if err != nil {
-		return fmt.Errorf("calibrate: %w", err)
-	}
-	m.Calibration = cal
-	setEnsemble(m, noises)
-	if err := m.Validate(); err != nil {
-		return fmt.Errorf("calibrate: manifest with the new calibration is invalid: %w", err)
-	}
-	if err := models.WriteManifest(bundleDir, m); err != nil {
-		return fmt.Errorf("calibrate: writing manifest: %w", err)
-	}
-	if err := models.Verify(bundleDir); err != nil {
-		return fmt.Errorf("calibrate: bundle no longer verifies after writing the calibration: %w", err)
-	}
-	return nil
+	return updateManifest(bundleDir, "calibrate", func(m *models.Manifest) error {
+		m.Calibration = cal
+		setEnsemble(m, noises)
+		return nil
+	})
 }

@@ -243,10 +243,7 @@ func (r *layerRef) featureStd(w []float64) float64 {
 		}
 		cnt += r.n[c] * len(means[0])
 	}
-	if cnt == 0 || ss <= 0 {
-		return 0
-	}
-	return math.Sqrt(ss / float64(cnt))
+	return pooledStd(ss, cnt)
 }
 
 // pixelStd is the same spread for the mean-frame term's maps.
@@ -263,10 +260,7 @@ func (r *layerRef) pixelStd() float64 {
 		}
 		cnt += r.n[c] * len(mean)
 	}
-	if cnt == 0 || ss <= 0 {
-		return 0
-	}
-	return math.Sqrt(ss / float64(cnt))
+	return pooledStd(ss, cnt)
 }
 
 // layerReference scores the reference normals a chunk at a time and returns each class's mean map per layer

@@ -3,9 +3,11 @@ package eval
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 
 	"github.com/vlmdiff/edge/models"
@@ -44,9 +46,7 @@ func BuildMeanFrames(ctx context.Context, m *models.Manifest, normal []dataset.I
 	if len(normal) == 0 {
 		return nil, fmt.Errorf("mean frames: no normal images")
 	}
-	n := 3 * m.Input.Width * m.Input.Height
-	sums := map[string][]float64{"": make([]float64, n)}
-	counts := map[string]int{}
+	sums := newClassSums(false)
 	for _, it := range normal {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -59,31 +59,16 @@ func BuildMeanFrames(ctx context.Context, m *models.Manifest, normal []dataset.I
 		if err != nil {
 			return nil, fmt.Errorf("mean frames: %s: %w", it.Path, err)
 		}
-		for _, c := range []string{it.Class, ""} {
-			if sums[c] == nil {
-				sums[c] = make([]float64, n)
-			}
-			for i, v := range x {
-				sums[c][i] += float64(v)
-			}
-			counts[c]++
-			if c == "" {
-				break
-			}
-		}
+		sums.add(it.Class, x)
 	}
-	mf := &MeanFrames{Width: m.Input.Width, Height: m.Input.Height, Source: source}
-	for c := range sums {
-		mf.Classes = append(mf.Classes, c)
-	}
-	sort.Strings(mf.Classes)
+	mf := &MeanFrames{Width: m.Input.Width, Height: m.Input.Height, Source: source, Classes: sums.classes()}
 	for _, c := range mf.Classes {
-		row := make([]float32, n)
-		for i, v := range sums[c] {
-			row[i] = float32(v / float64(counts[c]))
+		row := make([]float32, len(sums.sum[c]))
+		for i, v := range sums.mean(c) {
+			row[i] = float32(v)
 		}
 		mf.Frames = append(mf.Frames, row)
-		mf.Images = append(mf.Images, counts[c])
+		mf.Images = append(mf.Images, sums.n[c])
 	}
 	return mf, nil
 }
@@ -97,82 +82,118 @@ func WritePixel(bundleDir string, mf *MeanFrames, factor float64) error {
 	if err := CheckPixelFactor(factor); err != nil {
 		return err
 	}
-	m, err := models.ReadManifest(bundleDir)
-	if err != nil {
-		return fmt.Errorf("mean-frame term: %w", err)
-	}
-	if old := m.Map.Pixel; old != nil {
-		delete(m.Files, old.File)
-	}
-	m.Map.Pixel = nil
-	path := filepath.Join(bundleDir, PixelFile)
 	if mf == nil {
-		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		m, err := models.ReadManifest(bundleDir)
+		if err != nil {
 			return fmt.Errorf("mean-frame term: %w", err)
 		}
-	} else {
-		rows := models.MapRows{File: PixelFile, Width: mf.Width, Height: mf.Height, Classes: mf.Classes, Images: mf.Images, Source: mf.Source}
-		if err := writeRows(bundleDir, m, rows, mf.Frames); err != nil {
-			return fmt.Errorf("mean-frame term: %w", err)
-		}
-		m.Map.Pixel = &models.PixelTerm{MapRows: rows, Factor: factor}
-	}
-	if r := m.Map.Reference; r != nil && r.PixelWeight != 0 {
-		delete(m.Files, r.File)
-		m.Map.Reference = nil
-		if err := os.Remove(filepath.Join(bundleDir, r.File)); err != nil && !os.IsNotExist(err) {
-			return fmt.Errorf("mean-frame term: %w", err)
+		if m.Map.Pixel == nil { // nothing to remove: no manifest write, no verify of every file's checksum
+			return nil
 		}
 	}
-	if err := m.Validate(); err != nil {
-		return fmt.Errorf("mean-frame term: manifest with the term is invalid: %w", err)
-	}
-	if err := models.WriteManifest(bundleDir, m); err != nil {
-		return fmt.Errorf("mean-frame term: writing manifest: %w", err)
-	}
-	if err := models.Verify(bundleDir); err != nil {
-		return fmt.Errorf("mean-frame term: bundle no longer verifies: %w", err)
-	}
-	return nil
+	return updateManifest(bundleDir, "mean-frame term", func(m *models.Manifest) error {
+		if old := m.Map.Pixel; old != nil {
+			delete(m.Files, old.File)
+		}
+		m.Map.Pixel = nil
+		if mf == nil {
+			if err := os.Remove(filepath.Join(bundleDir, PixelFile)); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+		} else {
+			rows := models.MapRows{File: PixelFile, Width: mf.Width, Height: mf.Height, Classes: mf.Classes, Images: mf.Images, Source: mf.Source}
+			if err := writeRows(bundleDir, m, rows, mf.Frames); err != nil {
+				return err
+			}
+			m.Map.Pixel = &models.PixelTerm{MapRows: rows, Factor: factor}
+		}
+		if r := m.Map.Reference; r != nil && r.PixelWeight != 0 {
+			delete(m.Files, r.File)
+			m.Map.Reference = nil
+			if err := os.Remove(filepath.Join(bundleDir, r.File)); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
-// spread accumulates, per class and pixel, the sums and sums of squares of one kind of map over normal images,
-// for the pooled within-class standard deviation: the spread of each map around its class's mean map, over
-// every class, image and pixel.
-type spread struct {
+// classSums accumulates maps per class and over all of them (the global row ""): each row's mean map, and with
+// squares the pooled within-class spread of the maps around their class's mean map, over every class, image
+// and pixel.
+type classSums struct {
 	sum, sq map[string][]float64
 	n       map[string]int
+	squares bool
 }
 
-func newSpread() *spread {
-	return &spread{sum: map[string][]float64{}, sq: map[string][]float64{}, n: map[string]int{}}
+func newClassSums(squares bool) *classSums {
+	return &classSums{sum: map[string][]float64{}, sq: map[string][]float64{}, n: map[string]int{}, squares: squares}
 }
 
-func (s *spread) add(class string, m []float32) {
-	if s.sum[class] == nil {
-		s.sum[class], s.sq[class] = make([]float64, len(m)), make([]float64, len(m))
+// add adds m to its class's row and to the global row (once, for an item without a class).
+func (s *classSums) add(class string, m []float32) {
+	for _, c := range []string{class, ""} {
+		if s.sum[c] == nil {
+			s.sum[c] = make([]float64, len(m))
+			if s.squares {
+				s.sq[c] = make([]float64, len(m))
+			}
+		}
+		sum, sq := s.sum[c], s.sq[c]
+		for i, v := range m {
+			f := float64(v)
+			sum[i] += f
+			if sq != nil {
+				sq[i] += f * f
+			}
+		}
+		s.n[c]++
+		if c == "" {
+			break
+		}
 	}
-	sum, sq := s.sum[class], s.sq[class]
-	for i, v := range m {
-		f := float64(v)
-		sum[i] += f
-		sq[i] += f * f
-	}
-	s.n[class]++
 }
 
-// std is the pooled within-class standard deviation: sqrt(sum over classes and pixels of (sq - sum^2/n) /
-// (images x pixels)).
-func (s *spread) std() float64 {
+// classes is the rows' names, sorted ("" first).
+func (s *classSums) classes() []string {
+	out := slices.Collect(maps.Keys(s.sum))
+	sort.Strings(out)
+	return out
+}
+
+// mean is row c's mean map.
+func (s *classSums) mean(c string) []float64 {
+	out := make([]float64, len(s.sum[c]))
+	n := float64(s.n[c])
+	for i, v := range s.sum[c] {
+		out[i] = v / n
+	}
+	return out
+}
+
+// std is the pooled within-class standard deviation (needs squares): sqrt(sum over the classes' rows and pixels
+// of (sq - sum^2/n) / (images x pixels)). The global row is the classes' union, not another class: it counts
+// only when it is the only row.
+func (s *classSums) std() float64 {
 	var ss float64
 	var cnt int
 	for c, sum := range s.sum {
+		if c == "" && len(s.sum) > 1 {
+			continue
+		}
 		n := float64(s.n[c])
 		for i, v := range sum {
 			ss += s.sq[c][i] - v*v/n
 		}
 		cnt += s.n[c] * len(sum)
 	}
+	return pooledStd(ss, cnt)
+}
+
+// pooledStd is sqrt(ss / cnt) for a sum of squared deviations over cnt values; 0 when there is none (or
+// rounding left ss at or below 0).
+func pooledStd(ss float64, cnt int) float64 {
 	if cnt == 0 || ss <= 0 {
 		return 0
 	}

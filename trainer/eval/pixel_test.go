@@ -242,3 +242,25 @@ func definedPixelWeight(t *testing.T, b string, opt pipeline.Options, train []da
 	}
 	return factor * std(f) / std(d)
 }
+
+// TestWriteReferenceRefusesATermTheBundleLacks: a reference measured with the mean-frame term cannot go into a
+// bundle without the term, and the refusal comes before any file is written: the bundle still verifies.
+func TestWriteReferenceRefusesATermTheBundleLacks(t *testing.T) {
+	b := filepath.Join(t.TempDir(), "bundle")
+	copyDir(t, fixtureBundle, b)
+	m, err := models.ReadManifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := m.Input.Width * m.Input.Height
+	ref := &Reference{Width: m.Input.Width, Height: m.Input.Height, Classes: []string{""}, Maps: [][]float32{make([]float32, n)}, Images: []int{1}, PixelWeight: 0.5}
+	if err := WriteReference(b, ref); err == nil || !strings.Contains(err.Error(), "has no term") {
+		t.Fatalf("error %v, want one saying the bundle has no term", err)
+	}
+	if err := models.Verify(b); err != nil {
+		t.Errorf("the refused write damaged the bundle: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(b, ReferenceFile)); !os.IsNotExist(err) {
+		t.Errorf("a reference file was written: %v", err)
+	}
+}

@@ -4,12 +4,10 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"maps"
 	"math"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 
 	"github.com/vlmdiff/edge/internal/fsutil"
 	"github.com/vlmdiff/edge/models"
@@ -98,7 +96,7 @@ func BuildReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.It
 		return nil, fmt.Errorf("map reference: %w", err)
 	}
 	W, H := m.Input.Width, m.Input.Height
-	feat, term := newSpread(), newSpread()
+	feat, term := newClassSums(factor > 0), newClassSums(true)
 	for _, r := range res {
 		if r.Result.MapWidth != W || r.Result.MapHeight != H {
 			return nil, fmt.Errorf("map reference: %s has a %dx%d map, want %dx%d", r.Item.Path, r.Result.MapWidth, r.Result.MapHeight, W, H)
@@ -116,30 +114,25 @@ func BuildReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.It
 				}
 			}
 			term.add(r.Item.Class, d)
-			term.add("", d)
 		}
 		feat.add(r.Item.Class, f)
-		feat.add("", f)
 	}
-	ref := &Reference{Width: W, Height: H, Source: source, Noises: s.Ensemble()}
+	ref := &Reference{Width: W, Height: H, Source: source, Noises: s.Ensemble(), Classes: feat.classes()}
 	if factor > 0 {
-		// pooled over the classes' own rows; the global row "" is their union, not another class
-		fs, ts := withoutGlobal(feat).std(), withoutGlobal(term).std()
-		ref.PixelWeight = pixelWeight(factor, fs, ts)
+		ref.PixelWeight = pixelWeight(factor, feat.std(), term.std())
 	}
-	for c := range feat.sum {
-		ref.Classes = append(ref.Classes, c)
-	}
-	sort.Strings(ref.Classes) // "" sorts first
 	for _, c := range ref.Classes {
 		row := make([]float32, W*H)
-		n := float64(feat.n[c])
-		for i, v := range feat.sum[c] {
-			x := v / n
-			if ref.PixelWeight != 0 {
-				x += ref.PixelWeight * term.sum[c][i] / n
+		fm := feat.mean(c)
+		var tm []float64
+		if ref.PixelWeight != 0 {
+			tm = term.mean(c)
+		}
+		for i, v := range fm {
+			if tm != nil {
+				v += ref.PixelWeight * tm[i]
 			}
-			row[i] = float32(x)
+			row[i] = float32(v)
 		}
 		ref.Maps = append(ref.Maps, row)
 		ref.Images = append(ref.Images, feat.n[c])
@@ -147,59 +140,68 @@ func BuildReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.It
 	return ref, nil
 }
 
-// withoutGlobal is s without the global row "": the spread around each class's own mean.
-func withoutGlobal(s *spread) *spread {
-	out := &spread{sum: maps.Clone(s.sum), sq: maps.Clone(s.sq), n: maps.Clone(s.n)}
-	if len(out.sum) > 1 {
-		delete(out.sum, "")
-	}
-	return out
-}
-
 // WriteReference stores ref in the bundle (ReferenceFile and map.reference), or removes the bundle's reference
-// when ref is nil. A reference measured with another start-noise count than the bundle's sets the bundle's
+// when ref is nil, and the mean-frame term with it (map.pixel: sized and centred on the reference normals). A reference measured with another start-noise count than the bundle's sets the bundle's
 // count to its own (diffusion.ensemble) in the same write: the maps it averages are the maps the bundle then
 // scores. The file is listed with its checksum; the bundle is verified afterwards.
 func WriteReference(bundleDir string, ref *Reference) error {
-	m, err := models.ReadManifest(bundleDir)
-	if err != nil {
-		return fmt.Errorf("map reference: %w", err)
-	}
-	if old := m.Map.Reference; old != nil {
-		delete(m.Files, old.File)
-	}
-	m.Map.Reference = nil
-	path := filepath.Join(bundleDir, ReferenceFile)
-	if ref == nil {
-		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-			return fmt.Errorf("map reference: %w", err)
+	return updateManifest(bundleDir, "map reference", func(m *models.Manifest) error {
+		if ref != nil && ref.PixelWeight != 0 && m.Map.Pixel == nil { // refused before any file is written
+			return fmt.Errorf("measured with the mean-frame term at weight %g, but the bundle has no term", ref.PixelWeight)
 		}
-	} else {
+		if old := m.Map.Reference; old != nil {
+			delete(m.Files, old.File)
+		}
+		m.Map.Reference = nil
+		if ref == nil { // the mean-frame term is sized and centred by the reference: it goes with it
+			if t := m.Map.Pixel; t != nil {
+				delete(m.Files, t.File)
+				m.Map.Pixel = nil
+				if err := os.Remove(filepath.Join(bundleDir, t.File)); err != nil && !os.IsNotExist(err) {
+					return err
+				}
+			}
+			if err := os.Remove(filepath.Join(bundleDir, ReferenceFile)); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+			return nil
+		}
 		rows := models.MapRows{File: ReferenceFile, Width: ref.Width, Height: ref.Height, Classes: ref.Classes, Images: ref.Images, Source: ref.Source}
 		if err := writeRows(bundleDir, m, rows, ref.Maps); err != nil {
-			return fmt.Errorf("map reference: %w", err)
+			return err
 		}
 		m.Map.Reference = &models.MapReference{MapRows: rows}
 		if ref.Noises > 1 {
 			m.Map.Reference.Noises = ref.Noises
-		}
-		if ref.PixelWeight != 0 && m.Map.Pixel == nil {
-			return fmt.Errorf("map reference: measured with the mean-frame term at weight %g, but the bundle has no term", ref.PixelWeight)
 		}
 		if t := m.Map.Pixel; t != nil {
 			t.Weight = ref.PixelWeight
 			m.Map.Reference.PixelWeight = ref.PixelWeight
 		}
 		setEnsemble(m, ref.Noises)
+		return nil
+	})
+}
+
+// updateManifest reads the bundle's manifest, lets edit change it (and write the files it lists), then
+// validates, writes and verifies it: the one way the calibrate steps change a bundle. what names the step in
+// errors.
+func updateManifest(bundleDir, what string, edit func(m *models.Manifest) error) error {
+	m, err := models.ReadManifest(bundleDir)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if err := edit(m); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if err := m.Validate(); err != nil {
-		return fmt.Errorf("map reference: manifest with the reference is invalid: %w", err)
+		return fmt.Errorf("%s: the changed manifest is invalid: %w", what, err)
 	}
 	if err := models.WriteManifest(bundleDir, m); err != nil {
-		return fmt.Errorf("map reference: writing manifest: %w", err)
+		return fmt.Errorf("%s: writing manifest: %w", what, err)
 	}
 	if err := models.Verify(bundleDir); err != nil {
-		return fmt.Errorf("map reference: bundle no longer verifies: %w", err)
+		return fmt.Errorf("%s: bundle no longer verifies: %w", what, err)
 	}
 	return nil
 }

@@ -539,19 +539,13 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 // It runs before the thresholds, which are taken on the maps the daemon will score.
 func (t *Training) measureReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, perClass int, factor float64, prefix string) error {
 	c := t.Config
-	none := func() error {
-		if err := eval.WritePixel(bundle, nil, 0); err != nil {
-			return err
-		}
-		return eval.WriteReference(bundle, nil)
-	}
 	if c.Calibrate.Reference == eval.ReferenceNone {
-		return none()
+		return eval.WriteReference(bundle, nil) // and the mean-frame term with it
 	}
 	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), perClass)
 	if len(train) == 0 {
 		fmt.Fprintln(sc.Progress, prefix+"WARNING: no training normals for the map reference: raw maps")
-		return none()
+		return eval.WriteReference(bundle, nil)
 	}
 	opt := t.ORT
 	opt.NoReference, opt.PixelMap = true, true
