@@ -11,6 +11,7 @@ import (
 	"github.com/vlmdiff/edge/agent/config"
 	"github.com/vlmdiff/edge/internal/fsutil"
 	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/pipeline/roi"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
@@ -146,23 +147,10 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if len(vtest) == 0 {
 			return fmt.Errorf("--val-data %s: no test images (classes %v)", *valData, classes)
 		}
-		vres, err := eval.ScoreItems(ctx, s, vtest, opts)
-		if err == nil && *maps != "" {
-			err = eval.WriteMaps(filepath.Join(*maps, "validation"), vres)
-		}
-		var vrep metrics.Report
-		if err == nil {
-			vrep, err = eval.MetricsWith(vres, metrics.Options{PaperAUROCFlip: *paperFlip})
-		}
-		if err != nil {
+		if info.Validation, err = scoreValidation(ctx, s, vtest, *valData, *maps, opts, metrics.Options{PaperAUROCFlip: *paperFlip}, stdout); err != nil {
 			return fmt.Errorf("--val-data: %w", err)
 		}
-		fmt.Fprintln(stdout, "synthetic validation ("+*valData+"):")
-		if err := vrep.WriteTable(stdout); err != nil {
-			return err
-		}
 		fmt.Fprintln(stdout, "test ("+df.data+"):")
-		info.Validation = &eval.ValidationReport{Dataset: *valData, Report: vrep}
 	}
 	res, err := eval.ScoreItems(ctx, s, test, opts)
 	if err != nil {
@@ -192,6 +180,32 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stderr, "reports written to %s (%s, %s, %s, %s)\n", *out, eval.TableFile, eval.JSONFile, eval.CSVFile, eval.HTMLFile)
 	return nil
+}
+
+// scoreValidation scores the synthetic validation set val (root dir), writes its maps under maps/validation
+// when maps is set, and prints its table and its table by defect kind.
+func scoreValidation(ctx context.Context, s *pipeline.Scorer, val []dataset.Item, dir, maps string, opts eval.Options,
+	mopts metrics.Options, stdout io.Writer) (*eval.ValidationReport, error) {
+	res, err := eval.ScoreItems(ctx, s, val, opts)
+	if err == nil && maps != "" {
+		err = eval.WriteMaps(filepath.Join(maps, "validation"), res)
+	}
+	v := &eval.ValidationReport{Dataset: dir}
+	if err == nil {
+		v.Report, err = eval.MetricsWith(res, mopts)
+	}
+	var kinds metrics.Report
+	if err == nil {
+		kinds, err = eval.ByDefect(res, mopts)
+		v.ByDefect = &kinds
+	}
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintln(stdout, "synthetic validation ("+dir+"):")
+	_ = v.Report.WriteTable(stdout)
+	fmt.Fprintln(stdout, "synthetic validation by defect kind:")
+	return v, kinds.WriteTable(stdout)
 }
 
 // runBaseline scores the test (and validation) images with the mean-diff baseline, prints its tables and which

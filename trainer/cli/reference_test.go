@@ -16,6 +16,7 @@ import (
 
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/trainer/eval"
 )
 
 // TestCalibrateReference: `vlmdiff calibrate --reference train` writes a map reference measured on the training
@@ -48,6 +49,14 @@ func TestCalibrateReference(t *testing.T) {
 	code, rawTable, stderr := run(append(evalArgs, "--out", filepath.Join(dir, "e2"), "--no-reference")...)
 	if code != 0 || rawTable == refTable {
 		t.Errorf("eval --no-reference: exit %d, same table as with the reference\n%s", code, stderr)
+	}
+	// --val-data: the validation set's table, then the same by defect kind (here one kind, blob), printed and written.
+	code, valTable, stderr := run(append(evalArgs, "--out", filepath.Join(dir, "e3"), "--val-data", data)...)
+	if code != 0 || !strings.Contains(valTable, "synthetic validation by defect kind:\n| defect ") || !strings.Contains(valTable, " blob  |") {
+		t.Errorf("eval --val-data: exit %d, no table by defect kind:\n%s\n%s", code, valTable, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "e3", eval.ValidationPrefix+eval.DefectsTableFile)); err != nil {
+		t.Errorf("eval --val-data: %v", err)
 	}
 	if code, _, stderr := run(append(base, "--reference", "none")...); code != 0 {
 		t.Fatalf("calibrate --reference none: exit %d\n%s", code, stderr)

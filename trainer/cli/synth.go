@@ -164,7 +164,7 @@ func (d *defectFlags) register(fs interface {
 }) {
 	fs.StringVar(&d.kinds, "kinds", strings.Join(synth.Defects, ","), "defect kinds, cycled: "+strings.Join(synth.Defects, ", "))
 	p := synth.DefaultParams
-	fs.Float64Var(&d.params.MinSize, "min-size", p.MinSize, "smallest defect, fraction of the shorter image side (scratch length x3)")
+	fs.Float64Var(&d.params.MinSize, "min-size", p.MinSize, "smallest defect, fraction of the shorter image side (scratch length x3, fibre x8)")
 	fs.Float64Var(&d.params.MaxSize, "max-size", p.MaxSize, "largest defect, fraction of the shorter image side")
 	fs.Float64Var(&d.params.MinContrast, "min-contrast", p.MinContrast, "faintest intensity change, fraction of full scale (stains: a third)")
 	fs.Float64Var(&d.params.MaxContrast, "max-contrast", p.MaxContrast, "strongest intensity change, fraction of full scale")

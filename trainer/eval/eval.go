@@ -169,6 +169,48 @@ func MetricsWith(res []ImageResult, mopts metrics.Options) (metrics.Report, erro
 	return metrics.EvaluateWith(classes, mopts), nil
 }
 
+// ByDefect breaks a labelled set's metrics down by defect kind (the dataset's defect folders: on a painted set
+// cut-paste, scratch, speck, stain, fibre): each row is the kind's defect images against all the set's normals,
+// its metrics the mean over the classes that have that kind, and the mean row is the mean over kinds. It tells
+// which kinds a bundle misses, which the per-class table cannot. mopts as MetricsWith; res as it returns them.
+func ByDefect(res []ImageResult, mopts metrics.Options) (metrics.Report, error) {
+	var kinds []string
+	count := map[string]int{}
+	normals := 0
+	for _, r := range res {
+		if r.Item.Label == 0 {
+			normals++
+			continue
+		}
+		if count[r.Item.Defect] == 0 {
+			kinds = append(kinds, r.Item.Defect)
+		}
+		count[r.Item.Defect]++
+	}
+	sort.Strings(kinds)
+	out := metrics.Report{RowTitle: "defect", PaperAUROCFlip: mopts.PaperAUROCFlip}
+	for _, k := range kinds {
+		var sub []ImageResult
+		for _, r := range res {
+			if r.Item.Label == 0 || r.Item.Defect == k {
+				sub = append(sub, r)
+			}
+		}
+		rep, err := MetricsWith(sub, mopts)
+		if err != nil {
+			return metrics.Report{}, err
+		}
+		name := k
+		if name == "" {
+			name = "(no defect folder)"
+		}
+		out.Classes = append(out.Classes, metrics.ClassReport{Class: name, Images: normals + count[k], Anomalous: count[k], Metrics: rep.Mean})
+		out.Flipped = append(out.Flipped, rep.Flipped...)
+	}
+	out.Mean = metrics.MeanOf(out.Classes)
+	return out, nil
+}
+
 // ReadMask reads a ground-truth mask and resizes it to w x h the way the reference does: PIL 'L' conversion,
 // Resize with the bilinear filter (antialiased, 8-bit rounding), then > 0. The image is read through the same
 // decoder as frames; an RGB mask is first converted to L with PIL's ITU-R 601-2 weights.

@@ -20,6 +20,7 @@ import (
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/metrics"
 )
 
 const fixtureBundle = "../../models/testdata/fixture"
@@ -344,5 +345,48 @@ func copyDir(t *testing.T, src, dst string) {
 		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestByDefect: each kind is scored against all the normals and averaged over the classes that have it. Class a
+// has scratches found (scores and mask pixels above every normal's) and specks missed (below every normal's);
+// class b has only found scratches. So scratch is 1 in both classes, speck 0 in a and undefined in b (left out
+// of its mean, not counted as 0 or NaN), and the mean over kinds is 0.5.
+func TestByDefect(t *testing.T) {
+	mk := func(class, defect string, score float64, pix0 float32) ImageResult {
+		label, mask := 0, []uint8(nil)
+		if defect != "" {
+			label, mask = 1, []uint8{1, 0, 0, 0}
+		}
+		return ImageResult{Item: dataset.Item{Path: class + defect, Class: class, Label: label, Defect: defect}, Mask: mask,
+			Result: pipeline.Result{RawScore: score, Map: []float32{pix0, 0.1, 0.1, 0.2}, MapWidth: 2, MapHeight: 2}}
+	}
+	res := []ImageResult{
+		mk("a", "", 1, 0.1), mk("a", "", 2, 0.2), mk("a", "scratch", 5, 9), mk("a", "speck", 0.5, 0), mk("a", "speck", 0.4, 0),
+		mk("b", "", 1, 0.1), mk("b", "", 2, 0.2), mk("b", "scratch", 6, 8),
+	}
+	rep, err := ByDefect(res, metrics.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Classes) != 2 || rep.Classes[0].Class != "scratch" || rep.Classes[1].Class != "speck" {
+		t.Fatalf("rows %+v, want scratch then speck", rep.Classes)
+	}
+	want := []struct {
+		images, anomalous int
+		auroc, pixel      float64
+	}{{6, 2, 1, 1}, {6, 2, 0, 0}}
+	for i, w := range want {
+		r := rep.Classes[i]
+		if r.Images != w.images || r.Anomalous != w.anomalous || r.ImageAUROC != w.auroc || r.PixelAUROC != w.pixel {
+			t.Errorf("%s: %d images, %d anomalous, I-AUROC %v, P-AUROC %v; want %+v", r.Class, r.Images, r.Anomalous, r.ImageAUROC, r.PixelAUROC, w)
+		}
+	}
+	if rep.Mean.ImageAUROC != 0.5 || rep.Mean.PixelAUROC != 0.5 {
+		t.Errorf("mean over kinds: I-AUROC %v, P-AUROC %v, want 0.5", rep.Mean.ImageAUROC, rep.Mean.PixelAUROC)
+	}
+	var b bytes.Buffer
+	if err := rep.WriteTable(&b); err != nil || !strings.HasPrefix(b.String(), "| defect ") {
+		t.Errorf("table %q (%v): want its first column headed defect", b.String(), err)
 	}
 }

@@ -50,7 +50,13 @@ type ReportInfo struct {
 type ValidationReport struct {
 	Dataset string
 	Report  metrics.Report
+	// ByDefect, when set, is the same set's metrics by defect kind (ByDefect), written as validation_defects.txt
+	// and shown under the validation table.
+	ByDefect *metrics.Report
 }
+
+// DefectsTableFile is the validation set's table by defect kind (with ValidationPrefix).
+const DefectsTableFile = "defects.txt"
 
 // ValidationPrefix is prepended to the table, JSON and CSV file names of the validation report.
 const ValidationPrefix = "validation_"
@@ -92,6 +98,11 @@ func WriteReports(dir string, rep metrics.Report, res []ImageResult, s *pipeline
 		}
 		if err := write(ValidationPrefix+CSVFile, func(b *bytes.Buffer) error { return v.Report.WriteCSV(b) }); err != nil {
 			return err
+		}
+		if v.ByDefect != nil {
+			if err := write(ValidationPrefix+DefectsTableFile, func(b *bytes.Buffer) error { return v.ByDefect.WriteTable(b) }); err != nil {
+				return err
+			}
 		}
 	}
 	var plots []losscurve.Plot
@@ -290,6 +301,14 @@ func writeHTML(b *bytes.Buffer, dir string, rep metrics.Report, res []ImageResul
 		}
 		d.Tables = append(d.Tables, htmlTable{Caption: "Synthetic validation (synthetic defects on held-out normals; used to choose defaults)",
 			Dataset: v.Dataset, Head: head, Rows: rows, Note: v.Report.FlipNote()})
+		if v.ByDefect != nil {
+			head, rows, err := parseTable(*v.ByDefect)
+			if err != nil {
+				return err
+			}
+			d.Tables = append(d.Tables, htmlTable{Caption: "Synthetic validation by defect kind (each kind against all the normals; mean over classes)",
+				Dataset: v.Dataset, Head: head, Rows: rows, Note: v.ByDefect.FlipNote()})
+		}
 	}
 	head, rows, err := parseTable(rep)
 	if err != nil {

@@ -49,13 +49,23 @@ func TestReportCurvesValidationAndFlip(t *testing.T) {
 	if rep.Mean.ImageAUROC != 1 || len(rep.Flipped) == 0 {
 		t.Fatalf("flip not applied: %v %v", rep.Mean.ImageAUROC, rep.Flipped)
 	}
-	val, err := Metrics(resultsOf("widget", 2, false))
+	vres := resultsOf("widget", 2, false)
+	for i := range vres {
+		if vres[i].Item.Label == 1 {
+			vres[i].Item.Defect = "scratch"
+		}
+	}
+	val, err := Metrics(vres)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds, err := ByDefect(vres, metrics.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(work, "run", "eval")
 	info := ReportInfo{Bundle: "b", Dataset: "real-test-data", CurvesDir: curves,
-		Validation: &ValidationReport{Dataset: "synthetic-val-data", Report: val}}
+		Validation: &ValidationReport{Dataset: "synthetic-val-data", Report: val, ByDefect: &kinds}}
 	if err := WriteReports(out, rep, test, nil, info); err != nil {
 		t.Fatal(err)
 	}
@@ -73,8 +83,14 @@ func TestReportCurvesValidationAndFlip(t *testing.T) {
 	if strings.Index(h, "Synthetic validation") > strings.Index(h, "Test (the dataset test split") {
 		t.Errorf("validation table should come first")
 	}
-	if n := strings.Count(h, "<table>"); n != 2 {
-		t.Errorf("%d tables, want 2 (validation, test)", n)
+	if n := strings.Count(h, "<table>"); n != 3 {
+		t.Errorf("%d tables, want 3 (validation, validation by defect kind, test)", n)
+	}
+	if i := strings.Index(h, "Synthetic validation by defect kind"); i < 0 || i > strings.Index(h, "Test (the dataset test split") {
+		t.Errorf("the validation table by defect kind should come before the test table")
+	}
+	if b, err := os.ReadFile(filepath.Join(out, ValidationPrefix+DefectsTableFile)); err != nil || !bytes.Contains(b, []byte("| scratch |")) {
+		t.Errorf("%s: %q (%v)", ValidationPrefix+DefectsTableFile, b, err)
 	}
 	if _, err := os.Stat(filepath.Join(curves, "train.svg")); err != nil {
 		t.Errorf("curve SVG not written beside its CSV: %v", err)

@@ -142,6 +142,9 @@ type Report struct {
 	// it changed ("<class> I-AUROC 0.4100 -> 0.5900"), so a report never shows a flipped number unannounced.
 	PaperAUROCFlip bool
 	Flipped        []string
+	// RowTitle heads the first column of the table ("clsname", the seed's, when empty): a report whose rows
+	// are not classes (eval.ByDefect: defect kinds) says what they are.
+	RowTitle string
 }
 
 // Options select how metrics are computed.
@@ -222,8 +225,6 @@ func EvaluateWith(classes map[string]*ClassData, opts Options) Report {
 	}
 	sort.Strings(names)
 	r := Report{PaperAUROCFlip: opts.PaperAUROCFlip}
-	sums := make([]float64, len(metricNames))
-	counts := make([]int, len(metricNames))
 	for _, n := range names {
 		c := classes[n]
 		m, flipped := c.ComputeWith(opts)
@@ -237,7 +238,17 @@ func EvaluateWith(classes map[string]*ClassData, opts Options) Report {
 			}
 		}
 		r.Classes = append(r.Classes, ClassReport{Class: n, Images: c.Len(), Anomalous: anom, Metrics: m})
-		for i, v := range m.values() {
+	}
+	r.Mean = MeanOf(r.Classes)
+	return r
+}
+
+// MeanOf is the mean of the rows' metrics, each taken over the rows where it is defined (NaN where none is).
+func MeanOf(rows []ClassReport) Metrics {
+	sums := make([]float64, len(metricNames))
+	counts := make([]int, len(metricNames))
+	for _, row := range rows {
+		for i, v := range row.values() {
 			if !math.IsNaN(v) {
 				sums[i] += v
 				counts[i]++
@@ -251,6 +262,5 @@ func EvaluateWith(classes map[string]*ClassData, opts Options) Report {
 			mean[i] = sums[i] / float64(counts[i])
 		}
 	}
-	r.Mean = metricsFrom(mean)
-	return r
+	return metricsFrom(mean)
 }

@@ -17,6 +17,9 @@ const MeanRow = "mean"
 // mean row, the seven metrics x100 with two decimals; "nan" where undefined.
 func (r Report) WriteTable(w io.Writer) error {
 	head := []string{"clsname"}
+	if r.RowTitle != "" {
+		head[0] = r.RowTitle
+	}
 	for _, m := range metricNames {
 		head = append(head, m.Title)
 	}

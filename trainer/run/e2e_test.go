@@ -355,6 +355,35 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 	if math.Abs(stageRep.Mean.ImageAUROC-rep.Mean.ImageAUROC) > 1e-9 || math.Abs(stageRep.Mean.PixelAUROC-rep.Mean.PixelAUROC) > 1e-9 {
 		t.Errorf("evaluate stage report %+v differs from a re-evaluation %+v", stageRep.Mean, rep.Mean)
 	}
+	checkReportCurves(t, runDir)
+}
+
+// checkReportCurves checks that the evaluation report shows whether training converged: every loss curve a stage
+// wrote (RUN/<stage>/curves/<name>.csv; the denoiser's at least) is rendered to <name>.svg beside it, and the
+// report embeds and links it.
+func checkReportCurves(t *testing.T, runDir string) {
+	t.Helper()
+	csvs, _ := filepath.Glob(filepath.Join(runDir, "*", "curves", "*.csv"))
+	html, err := os.ReadFile(filepath.Join(runDir, "eval", eval.HTMLFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	train := false
+	for _, c := range csvs {
+		svg := strings.TrimSuffix(c, ".csv") + ".svg"
+		rel, _ := filepath.Rel(filepath.Join(runDir, "eval"), svg)
+		b, err := os.ReadFile(svg)
+		switch {
+		case err != nil:
+			t.Errorf("loss curve %s was not rendered: %v", c, err)
+		case !bytes.Contains(html, []byte(`href="`+filepath.ToSlash(rel)+`"`)) || !bytes.Contains(html, b[:min(len(b), 200)]):
+			t.Errorf("the report neither links %s nor embeds its plot", rel)
+		}
+		train = train || filepath.Base(c) == "train.csv"
+	}
+	if !train {
+		t.Errorf("no denoiser loss curve among %v", csvs)
+	}
 }
 
 // readCSV reads a whole CSV file.

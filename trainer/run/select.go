@@ -438,7 +438,7 @@ func (t *Training) scoreCandidate(ctx context.Context, sc *StageContext, items [
 	if err != nil {
 		return metrics.Metrics{}, err
 	}
-	return rep.Mean, nil
+	return rep.Report.Mean, nil
 }
 
 func writeCandidates(path string, rs []candidateResult, best int) error {

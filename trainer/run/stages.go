@@ -601,11 +601,11 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 		valData = sc.Output("select", "val_data")
 	}
 	if valData != "" {
-		vrep, err := evaluateValData(ctx, s, valData, c.Data.Classes, opts)
+		v, err := evaluateValData(ctx, s, valData, c.Data.Classes, opts)
 		if err != nil {
 			return nil, err
 		}
-		info.Validation = &eval.ValidationReport{Dataset: valData, Report: vrep}
+		info.Validation = v
 	}
 	rep, res, err := eval.Evaluate(ctx, s, test, opts)
 	if err != nil {
@@ -618,6 +618,8 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 	if info.Validation != nil {
 		fmt.Fprintln(sc.Progress, "[evaluate] synthetic validation ("+valData+"):")
 		info.Validation.Report.WriteTable(sc.Progress)
+		fmt.Fprintln(sc.Progress, "[evaluate] synthetic validation by defect kind:")
+		info.Validation.ByDefect.WriteTable(sc.Progress)
 		fmt.Fprintln(sc.Progress, "[evaluate] test:")
 	}
 	rep.WriteTable(sc.Progress)
@@ -629,16 +631,19 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 }
 
 // evaluateValData scores the test split of a synthetic-defect validation set (MVTec layout, masks checked).
-func evaluateValData(ctx context.Context, s *pipeline.Scorer, root string, classes []string, opts eval.Options) (metrics.Report, error) {
+func evaluateValData(ctx context.Context, s *pipeline.Scorer, root string, classes []string, opts eval.Options) (*eval.ValidationReport, error) {
 	val, err := valItems(root, classes)
 	if err != nil {
-		return metrics.Report{}, err
+		return nil, err
 	}
-	rep, _, err := eval.Evaluate(ctx, s, val, opts)
-	if err != nil {
-		return metrics.Report{}, fmt.Errorf("evaluate.val_data: %w", err)
+	rep, res, err := eval.Evaluate(ctx, s, val, opts)
+	if err == nil {
+		var kinds metrics.Report
+		if kinds, err = eval.ByDefect(res, metrics.Options{}); err == nil {
+			return &eval.ValidationReport{Dataset: root, Report: rep, ByDefect: &kinds}, nil
+		}
 	}
-	return rep, nil
+	return nil, fmt.Errorf("evaluate.val_data: %w", err)
 }
 
 // valItems reads a synthetic-defect validation set (MVTec layout): its test images of the classes, masks

@@ -39,15 +39,20 @@ func TestEvaluateValData(t *testing.T) {
 	}
 	val := filepath.Join(work, "val")
 	if _, err := synth.WriteDefects(context.Background(), normals, synth.DefectsOptions{Out: val, PerImage: 1, Seed: 1,
-		Kinds: []string{synth.DefectSpeck}}); err != nil {
+		Kinds: []string{synth.DefectSpeck, synth.DefectFibre}}); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := evaluateValData(context.Background(), s, val, nil, eval.Options{BatchSize: 2})
+	v, err := evaluateValData(context.Background(), s, val, nil, eval.Options{BatchSize: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Classes) != 1 || rep.Classes[0].Class != "tile" || rep.Classes[0].Images != 4 || rep.Classes[0].Anomalous != 2 {
+	if rep := v.Report; len(rep.Classes) != 1 || rep.Classes[0].Class != "tile" || rep.Classes[0].Images != 4 || rep.Classes[0].Anomalous != 2 {
 		t.Fatalf("report %+v", rep.Classes)
+	}
+	// by kind: one fibre and one speck, each against both normals
+	if k := v.ByDefect; k == nil || len(k.Classes) != 2 || k.Classes[0].Class != synth.DefectFibre || k.Classes[1].Class != synth.DefectSpeck ||
+		k.Classes[0].Images != 3 || k.Classes[1].Anomalous != 1 {
+		t.Fatalf("by defect kind %+v", k)
 	}
 	if _, err := evaluateValData(context.Background(), s, val, []string{"other"}, eval.Options{}); err == nil || !strings.Contains(err.Error(), "no test images") {
 		t.Errorf("unknown class: %v", err)

@@ -14,16 +14,17 @@ const (
 	DefectScratch  = "scratch"   // a thin curved line, varied width and contrast
 	DefectSpeck    = "speck"     // small blobs, alone or in a cluster
 	DefectStain    = "stain"     // a low-contrast smooth blob with a colour shift
+	DefectFibre    = "fibre"     // a long wavy hair or thread lying on the surface, often out of focus
 )
 
 // Defects lists the kinds in the order they are cycled.
-var Defects = []string{DefectCutPaste, DefectScratch, DefectSpeck, DefectStain}
+var Defects = []string{DefectCutPaste, DefectScratch, DefectSpeck, DefectStain, DefectFibre}
 
 // Params bound the defects' size and contrast. Values are drawn log-uniformly, so small and faint defects are
 // as common as large and strong ones: the set is meant to be hard.
 type Params struct {
 	// MinSize, MaxSize: the defect's extent as a fraction of the image's shorter side (a scratch's length is
-	// three times this; a speck cluster's spread). Defaults 0.015 and 0.15.
+	// three times this, a fibre's eight times; a speck cluster's spread). Defaults 0.015 and 0.15.
 	MinSize, MaxSize float64
 	// MinContrast, MaxContrast: the intensity change as a fraction of full scale (stains use a third of it, as
 	// stains are faint by nature). Defaults 0.08 and 0.5.
@@ -181,6 +182,8 @@ func PaintAmong(img Image, kind string, src *Image, region []bool, v *Variation,
 			l = specks(img, cx, cy, size, contrast, r)
 		case DefectStain:
 			l = stain(img, cx, cy, size, contrast/3, r)
+		case DefectFibre:
+			l = fibre(img, cx, cy, size*8, contrast, r)
 		default:
 			return Image{}, nil, 0, fmt.Errorf("synth: defect kind %q: want %s", kind, strings.Join(Defects, ", "))
 		}
@@ -421,6 +424,70 @@ func stain(img Image, cx, cy, size, contrast float64, r *rand.Rand) layer {
 			for c := 0; c < img.C; c++ {
 				v := float64(img.Pix[i*img.C+c])
 				l.target[i*img.C+c] = v*(1+gain[c]) + 255*gain[c]*0.3
+			}
+		}
+	}
+	return l
+}
+
+// fibre draws a hair, thread or fibre lying on the surface: a long path whose direction wanders smoothly (value
+// noise on the turning rate, so it bends one way, then the other, as a hair does, not the single arc of a
+// scratch), from under a pixel to 4% of the shorter side wide, with a soft edge of up to 3 px (a
+// fibre above the focal plane is blurred), mostly darker, its strength varying a little along it. Foreign
+// fibres are among the commonest contaminants on paper, film, textiles, food and assemblies, and unlike a
+// scratch they are often wide, faint and as long as the frame: PIPED's BRG03 "impurities" are such hairs.
+func fibre(img Image, cx, cy, length, contrast float64, r *rand.Rand) layer {
+	l := newLayer(img)
+	short := float64(min(img.W, img.H))
+	width := logUniform(r, 0.8, math.Max(1.5, 0.04*short))
+	soft := 0.3 + 2.7*r.Float64()
+	sign := -1.0
+	if r.IntN(4) == 0 {
+		sign = 1
+	}
+	var gain [3]float64 // a fibre has its own colour: each channel shifted a little differently
+	for c := range gain {
+		gain[c] = sign * contrast * (0.8 + 0.4*r.Float64())
+	}
+	turn := valueNoise{seed: r.Uint64()}
+	curl := 0.5 + 3*r.Float64() // radians of turning over the fibre's length, at most
+	ang := r.Float64() * 2 * math.Pi
+	const step = 0.5
+	n := int(length/step) + 1
+	// the path, walked from the centre both ways so that (cx, cy) lies on it
+	pts := make([][3]float64, 0, n) // x, y, strength
+	for _, dir := range [2]float64{1, -1} {
+		x, y, a := cx, cy, ang
+		for k := 0; k < n/2; k++ {
+			t := float64(k) * step / length
+			a += dir * curl * step / length * 4 * (turn.value(t*4+dir*7, 0, 0) - 0.5)
+			if dir < 0 {
+				pts = append(pts, [3]float64{x, y, 0.7 + 0.3*turn.value(t*6, 3, 1)})
+			} else {
+				pts = append(pts, [3]float64{x, y, 0.7 + 0.3*turn.value(-t*6, 3, 1)})
+			}
+			x += dir * step * math.Cos(a)
+			y += dir * step * math.Sin(a)
+		}
+	}
+	half := width / 2
+	for _, q := range pts {
+		x0, y0, x1, y1 := box(img, q[0], q[1], half+soft+1)
+		for y := y0; y <= y1; y++ {
+			for x := x0; x <= x1; x++ {
+				d := math.Hypot(float64(x)+0.5-q[0], float64(y)+0.5-q[1])
+				al := clamp01((half+soft/2-d)/soft) * q[2]
+				i := y*img.W + x
+				if al > l.alpha[i] {
+					l.alpha[i] = al
+					for c := 0; c < img.C; c++ {
+						g := gain[c]
+						if img.C == 1 {
+							g = sign * contrast
+						}
+						l.target[i*img.C+c] = float64(img.Pix[i*img.C+c]) + 255*g
+					}
+				}
 			}
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -180,6 +181,59 @@ func TestInvisibleCutPaste(t *testing.T) {
 		Seed: 1, Kinds: []string{DefectCutPaste}})
 	if !errors.Is(err, ErrInvisible) {
 		t.Errorf("cut-paste only on flat normals: %v, want ErrInvisible", err)
+	}
+}
+
+// TestFibreIsLongThinAndMostlyDark checks the fibre kind's shape on a flat frame, where every changed pixel is
+// the fibre's: it reaches far (its extent is at least half its drawn length, bends and all), stays thin (its area
+// over its length is within the widest fibre plus its soft edges), and most fibres are darker than the surface,
+// as hairs and threads are. Gray and colour frames both.
+func TestFibreIsLongThinAndMostlyDark(t *testing.T) {
+	const side, size = 400, 0.1
+	length := 8 * size * side
+	region := make([]bool, side*side) // centres in the middle, so that no fibre leaves the frame
+	for y := side/2 - 5; y < side/2+5; y++ {
+		for x := side/2 - 5; x < side/2+5; x++ {
+			region[y*side+x] = true
+		}
+	}
+	p := Params{MinSize: size, MaxSize: size, MinContrast: 0.3, MaxContrast: 0.3}
+	for _, ch := range []int{1, 3} {
+		img := NewImage(side, side, ch)
+		for i := range img.Pix {
+			img.Pix[i] = 128
+		}
+		dark := 0
+		const draws = 20
+		for i := 0; i < draws; i++ {
+			out, mask, err := Paint(img, DefectFibre, nil, region, p, rngFor(5, ch, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			x0, y0, x1, y1, area, sum := side, side, -1, -1, 0, 0
+			for k, v := range mask {
+				if v == 0 {
+					continue
+				}
+				x, y := k%side, k/side
+				x0, y0, x1, y1 = min(x0, x), min(y0, y), max(x1, x), max(y1, y)
+				area++
+				sum += int(out.Pix[k*ch]) - 128
+			}
+			extent := math.Hypot(float64(x1-x0), float64(y1-y0))
+			if extent < length/2 {
+				t.Errorf("%d channels, draw %d: extent %.0f px, want at least half the length %.0f", ch, i, extent, length)
+			}
+			if wide := float64(area) / length; wide > 0.04*side+2*3+2 {
+				t.Errorf("%d channels, draw %d: %d px over %.0f px of length: %.1f px wide", ch, i, area, length, wide)
+			}
+			if sum < 0 {
+				dark++
+			}
+		}
+		if dark < draws/2 || dark == draws {
+			t.Errorf("%d channels: %d of %d fibres darker; want most, not all", ch, dark, draws)
+		}
 	}
 }
 
