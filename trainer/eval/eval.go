@@ -205,7 +205,9 @@ func ByDefect(res []ImageResult, mopts metrics.Options) (metrics.Report, error) 
 			name = "(no defect folder)"
 		}
 		out.Classes = append(out.Classes, metrics.ClassReport{Class: name, Images: normals + count[k], Anomalous: count[k], Metrics: rep.Mean})
-		out.Flipped = append(out.Flipped, rep.Flipped...)
+		for _, f := range rep.Flipped {
+			out.Flipped = append(out.Flipped, name+": "+f)
+		}
 	}
 	out.Mean = metrics.MeanOf(out.Classes)
 	return out, nil
