@@ -2,14 +2,12 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"path/filepath"
 	"strings"
 
 	"github.com/vlmdiff/edge/agent/config"
-	"github.com/vlmdiff/edge/internal/fsutil"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/pipeline/roi"
@@ -169,14 +167,14 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := rep.WriteTable(stdout); err != nil {
 		return err
 	}
-	if err := eval.WriteReports(*out, rep, res, s, info); err != nil {
-		return err
-	}
 	if *baseline != "" {
 		train := eval.Select(items, dataset.SplitTrain, classes, true)
-		if err := runBaseline(ctx, s.Manifest(), train, test, vtest, rep, info.Validation, opts, *out, stdout); err != nil {
+		if info.Baseline, err = runBaseline(ctx, s.Manifest(), train, test, vtest, rep, info.Validation, opts, stdout); err != nil {
 			return err
 		}
+	}
+	if err := eval.WriteReports(*out, rep, res, s, info); err != nil {
+		return err
 	}
 	fmt.Fprintf(stderr, "reports written to %s (%s, %s, %s, %s)\n", *out, eval.TableFile, eval.JSONFile, eval.CSVFile, eval.HTMLFile)
 	return nil
@@ -209,54 +207,24 @@ func scoreValidation(ctx context.Context, s *pipeline.Scorer, val []dataset.Item
 }
 
 // runBaseline scores the test (and validation) images with the mean-diff baseline, prints its tables and which
-// of the three headline metrics the bundle beats it on, and writes OUT/baseline.json.
+// of the three headline metrics the bundle beats it on; the report writer then writes OUT/baseline.json and the
+// tables into report.html.
 func runBaseline(ctx context.Context, m *models.Manifest, train, test, vtest []dataset.Item, rep metrics.Report,
-	val *eval.ValidationReport, opts eval.Options, out string, stdout io.Writer) error {
-	b, err := eval.NewMeanDiff(ctx, m, train)
-	if err != nil {
-		return err
-	}
-	type baselineSet struct {
-		name  string
-		items []dataset.Item
-		model *metrics.Report
-	}
-	doc := map[string]metrics.Metrics{}
-	sets := []baselineSet{{"test", test, &rep}}
+	val *eval.ValidationReport, opts eval.Options, stdout io.Writer) ([]eval.BaselineResult, error) {
+	sets := []eval.BaselineSet{{Name: "test", Items: test, Model: rep.Mean}}
 	if val != nil {
-		sets = append(sets, baselineSet{"validation", vtest, &val.Report})
+		sets = append(sets, eval.BaselineSet{Name: "validation", Items: vtest, Model: val.Report.Mean})
 	}
-	for _, set := range sets {
-		br, err := b.Evaluate(ctx, set.items, opts)
-		if err != nil {
-			return fmt.Errorf("baseline on %s: %w", set.name, err)
-		}
-		fmt.Fprintf(stdout, "baseline %s (%s):\n", eval.BaselineMeanDiff, set.name)
-		if err := br.WriteTable(stdout); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "bundle vs baseline (%s): %s\n", set.name, compareBaseline(set.model.Mean, br.Mean))
-		doc[set.name] = br.Mean
-	}
-	data, err := json.MarshalIndent(doc, "", "  ")
+	rs, err := eval.CompareMeanDiff(ctx, m, train, sets, opts)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return fsutil.WriteFileAtomic(filepath.Join(out, "baseline.json"), append(data, '\n'), 0o644)
-}
-
-// compareBaseline says, per headline metric, whether the bundle beats the baseline.
-func compareBaseline(model, base metrics.Metrics) string {
-	var parts []string
-	for _, c := range []struct {
-		name string
-		m, b float64
-	}{{"I-AUROC", model.ImageAUROC, base.ImageAUROC}, {"P-AUROC", model.PixelAUROC, base.PixelAUROC}, {"AU-PRO", model.AUPRO, base.AUPRO}} {
-		verdict := "beats"
-		if !(c.m > c.b) {
-			verdict = "DOES NOT beat"
+	for _, r := range rs {
+		fmt.Fprintf(stdout, "baseline %s (%s):\n", eval.BaselineMeanDiff, r.Set)
+		if err := r.Report.WriteTable(stdout); err != nil {
+			return nil, err
 		}
-		parts = append(parts, fmt.Sprintf("%s %.2f %s %.2f", c.name, 100*c.m, verdict, 100*c.b))
+		fmt.Fprintf(stdout, "bundle vs baseline (%s): %s\n", r.Set, r.Verdict())
 	}
-	return strings.Join(parts, "; ")
+	return rs, nil
 }

@@ -44,6 +44,10 @@ type ReportInfo struct {
 	// test table and written as validation_<file> beside the test files: the numbers used to choose defaults are
 	// never mixed up with the test numbers.
 	Validation *ValidationReport
+	// Baseline, when set, is the mean-diff baseline on the same sets (CompareMeanDiff): written as baseline.json
+	// and shown as a table per set with the verdict, so a report says whether the bundle beats a detector that
+	// knows only the average normal frame.
+	Baseline []BaselineResult
 }
 
 // ValidationReport is a second evaluation (synthetic defects painted on held-out normals) shown beside the test.
@@ -103,6 +107,11 @@ func WriteReports(dir string, rep metrics.Report, res []ImageResult, s *pipeline
 			if err := write(ValidationPrefix+DefectsTableFile, func(b *bytes.Buffer) error { return v.ByDefect.WriteTable(b) }); err != nil {
 				return err
 			}
+		}
+	}
+	if len(info.Baseline) > 0 {
+		if err := write(BaselineFile, func(b *bytes.Buffer) error { return writeBaselineJSON(b, info.Baseline) }); err != nil {
+			return err
 		}
 	}
 	var plots []losscurve.Plot
@@ -319,6 +328,14 @@ func writeHTML(b *bytes.Buffer, dir string, rep metrics.Report, res []ImageResul
 		caption = "Test (the dataset test split; never used to choose anything)"
 	}
 	d.Tables = append(d.Tables, htmlTable{Caption: caption, Dataset: info.Dataset, Head: head, Rows: rows, Note: rep.FlipNote()})
+	for _, br := range info.Baseline {
+		head, rows, err := parseTable(br.Report)
+		if err != nil {
+			return err
+		}
+		d.Tables = append(d.Tables, htmlTable{Caption: "Baseline " + BaselineMeanDiff + " on the " + br.Set + " set (per-pixel difference from each class's mean training frame)",
+			Head: head, Rows: rows, Note: "bundle vs baseline: " + br.Verdict()})
+	}
 	for _, p := range plots {
 		hc := htmlCurve{Stage: p.Stage}
 		if p.Err != nil {

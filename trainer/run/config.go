@@ -206,6 +206,9 @@ type EvaluateConfig struct {
 	// ValData is a synthetic-defect validation set (`vlmdiff synth defects` output): evaluated with the same
 	// bundle and reported as its own table beside the test metrics. Empty: test only (omitted from the hash).
 	ValData string `yaml:"val_data" json:",omitempty"`
+	// Baseline is the trivial detector the report compares the bundle with: "mean-diff" (the default when
+	// empty: each class's mean training frame, eval.BaselineMeanDiff) or "none". Empty is omitted from the hash.
+	Baseline string `yaml:"baseline" json:",omitempty"`
 }
 
 // RegisterConfig names the daemon's models directory.
@@ -405,6 +408,9 @@ func (c *Config) Validate() error {
 		bad("train.snapshot_every", "must be >= 0 (epochs between snapshots; 0: none)")
 	}
 	c.validateSelect(bad)
+	if b := c.Evaluate.Baseline; b != "" && b != eval.BaselineMeanDiff && b != "none" {
+		bad("evaluate.baseline", "%q: want %s or none", b, eval.BaselineMeanDiff)
+	}
 	if c.Evaluate.BatchSize < 0 {
 		bad("evaluate.batch_size", "must be > 0")
 	}

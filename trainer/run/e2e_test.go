@@ -356,6 +356,11 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 		t.Errorf("evaluate stage report %+v differs from a re-evaluation %+v", stageRep.Mean, rep.Mean)
 	}
 	checkReportCurves(t, runDir)
+	// The report compares the bundle with the mean-diff baseline on the same test split (evaluate.baseline's default).
+	html, _ := os.ReadFile(filepath.Join(runDir, "eval", eval.HTMLFile))
+	if _, err := os.Stat(filepath.Join(runDir, "eval", eval.BaselineFile)); err != nil || !bytes.Contains(html, []byte("bundle vs baseline: I-AUROC")) {
+		t.Errorf("the evaluate stage did not compare with the baseline: %v", err)
+	}
 }
 
 // checkReportCurves checks that the evaluation report shows whether training converged: every loss curve a stage

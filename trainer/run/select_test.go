@@ -138,6 +138,7 @@ func TestSelectConfigChecked(t *testing.T) {
 		{"calibrate:\n  pixel_factor: -1\n", "calibrate.pixel_factor"},
 		{"calibrate:\n  pixel_factor: 0.5\n  reference: none\n", "calibrate.pixel_factor: the mean-frame term is sized"},
 		{"train:\n  max_steps: 1\n  snapshot_every: -2\n", "train.snapshot_every"},
+		{"evaluate:\n  baseline: patchcore\n", `evaluate.baseline: "patchcore": want mean-diff or none`},
 		{"export:\n  feature_match: {layer1: 4}\n", "export.feature_match.layer1: 4: want a radius of 0..3"},
 		{"export:\n  feature_match: {layer1: -1}\n", "export.feature_match.layer1"},
 		{"export:\n  feature_layers: [[layer1, 1]]\n  feature_match: {layer2: 1}\n", "export.feature_match.layer2: is not one of export.feature_layers"},

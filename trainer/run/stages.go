@@ -611,9 +611,15 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 	if err != nil {
 		return nil, err
 	}
+	if info.Baseline, err = t.evaluateBaseline(ctx, s.Manifest(), items, test, rep, info.Validation, valData, opts); err != nil {
+		return nil, err
+	}
 	dir := sc.Path("eval")
 	if err := eval.WriteReports(dir, rep, res, s, info); err != nil {
 		return nil, err
+	}
+	for _, b := range info.Baseline {
+		fmt.Fprintf(sc.Progress, "[evaluate] baseline %s (%s): bundle vs baseline: %s\n", eval.BaselineMeanDiff, b.Set, b.Verdict())
 	}
 	if info.Validation != nil {
 		fmt.Fprintln(sc.Progress, "[evaluate] synthetic validation ("+valData+"):")
@@ -628,6 +634,30 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 		outs["validation_metrics"] = filepath.Join(dir, eval.ValidationPrefix+eval.JSONFile)
 	}
 	return outs, nil
+}
+
+// evaluateBaseline scores the test split (and the validation set, when val is set) with the baseline that
+// evaluate.baseline names, built from the index's training normals, beside the bundle's metrics there.
+func (t *Training) evaluateBaseline(ctx context.Context, m *models.Manifest, items, test []dataset.Item, rep metrics.Report,
+	val *eval.ValidationReport, valData string, opts eval.Options) ([]eval.BaselineResult, error) {
+	c := t.Config
+	if c.Evaluate.Baseline == "none" {
+		return nil, nil
+	}
+	sets := []eval.BaselineSet{{Name: "test", Items: test, Model: rep.Mean}}
+	if val != nil {
+		vitems, err := valItems(valData, c.Data.Classes)
+		if err != nil {
+			return nil, err
+		}
+		sets = append(sets, eval.BaselineSet{Name: "validation", Items: vitems, Model: val.Report.Mean})
+	}
+	train := eval.Select(items, dataset.SplitTrain, c.Data.Classes, true)
+	rs, err := eval.CompareMeanDiff(ctx, m, train, sets, opts)
+	if err != nil {
+		return nil, fmt.Errorf("evaluate.baseline: %w", err)
+	}
+	return rs, nil
 }
 
 // evaluateValData scores the test split of a synthetic-defect validation set (MVTec layout, masks checked).
