@@ -132,8 +132,9 @@ func TestTrainTinyEndToEnd(t *testing.T) {
 // state dicts, *_encoder.pth / *_decoder.pth) with seeded random weights, so the strict loader, the finetune from
 // an init, the 8-channel deterministic latents and their export all run as they do with the real taef2 files.
 func TestTrainTinyTaefEndToEnd(t *testing.T) {
-	// Built with the SG controls on all three UNet levels (build.extra.control_levels: 3), so the export, the
-	// parity probes and the Go scorer run that structure too. With DiAD's only-mid control the same 60 denoiser
+	// Built with its latents normalised per channel (build.extra.latent_norm: the affine travels inside the
+	// exported encoder and decoder graphs) and with the SG controls on all three UNet levels
+	// (build.extra.control_levels: 3), so the export, the parity probes and the Go scorer run that structure too. With DiAD's only-mid control the same 60 denoiser
 	// steps (and 200) gave image AUROC 0.743-0.757 here (pixel 0.89-0.92), the undertrained-denoiser story of
 	// the full-size taef2 preset (docs/training.md); with every level 0.882 (pixel 0.924, session 7). The bar
 	// sits below that, and the controls below still hold it to a real separation: labels swapped must fall as far
@@ -156,7 +157,7 @@ torch.save(m.decoder.state_dict(), sys.argv[1] + "/tiny_decoder.pth")`
 			t.Fatalf("writing tiny taef files: %v\n%s", err, out)
 		}
 		return "  init: " + dir + "\n"
-	}, 0, "build:\n  extra:\n    control_levels: 3\n", 0)
+	}, 0, "build:\n  extra:\n    control_levels: 3\n    latent_norm: true\n", 0)
 }
 
 // trainEndToEnd trains preset through `vlmdiff train` for steps (autoencoder, denoiser) optimiser steps; aeInit

@@ -94,6 +94,8 @@ class BuildConfig(Common):
     control_levels: Optional[int] = key(None, "UNet levels, from the bottom, whose decoder skips get the SG "
                                               "branch's controls: 1 = DiAD's only-mid control (the presets' "
                                               "default), the UNet's level count = every skip")
+    latent_norm: bool = key(False, "normalise each latent channel to zero mean and unit spread, measured on the "
+                                   "training normals (deterministic autoencoders: taef presets)")
     out: Optional[str] = key(None, "model file to write (default RUN/model.pt)")
 
 

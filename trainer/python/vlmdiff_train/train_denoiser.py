@@ -81,6 +81,14 @@ def run_build(cfg) -> dict:
     out = c.out or os.path.join(run_dir, "model.pt")
     # overrides travel in the model file, so train, export and the reference scorer rebuild the same networks
     builder: dict = {"overrides": overrides} if overrides else {}
+    if c.latent_norm:
+        if not (getattr(nets.vae, "deterministic", False) and hasattr(nets.vae, "set_latent_norm")) or not c.index:
+            raise RuntimeError(f"build: latent_norm needs a deterministic autoencoder (taef presets; {name} has "
+                               f"{type(nets.vae).__name__}) and the index to measure on")
+        shift, spread = measured_latent_channels(nets.vae, c.index, presets.get_preset(name).input_size)
+        nets.vae.set_latent_norm(shift, spread)
+        log.info("latent normalisation per channel: shifts %.3g..%.3g, spreads %.3g..%.3g", float(shift.min()),
+                 float(shift.max()), float(spread.min()), float(spread.max()))
     if getattr(nets.vae, "deterministic", False) and c.index:
         builder["latent_scale"] = measured_latent_scale(nets.vae, c.index, presets.get_preset(name).input_size)
         log.info("latent scale %.4g: 1/std of the autoencoder's latents on the training images",
@@ -90,6 +98,30 @@ def run_build(cfg) -> dict:
             **{k: v for k, v in builder.items() if k != "overrides"}, **overrides}
 
 
+def _training_latents(vae, index: str, size: int, n_max: int, raw: bool = False) -> torch.Tensor:
+    recs = D.read_index(index, split="train", label=0)[:n_max]
+    if not recs:
+        raise RuntimeError(f"build: {index} has no training images to measure the latents on")
+    ds = D.ImageDataset(recs, size, size)
+    enc = vae._raw_latent if raw else vae.encode
+    with torch.no_grad():
+        return torch.cat([enc(D.collate([ds[j] for j in range(i, min(i + 8, len(ds)))])["image"])
+                          for i in range(0, len(ds), 8)])
+
+
+def measured_latent_channels(vae, index: str, size: int, n_max: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of the autoencoder's raw latents over up to n_max training images
+    (every position of every image), for TinyAutoencoder.set_latent_norm. A channel that never varies is refused:
+    it would divide by zero."""
+    z = _training_latents(vae, index, size, n_max, raw=True)
+    flat = z.transpose(0, 1).reshape(z.shape[1], -1).double()
+    mean, std = flat.mean(1), flat.std(1)
+    if not bool(torch.isfinite(mean).all()) or not bool((std > 1e-6).all()):
+        raise RuntimeError(f"build: latent channels {torch.nonzero(~(std > 1e-6)).flatten().tolist()} do not vary "
+                           "on the training images")
+    return mean.float(), std.float()
+
+
 def measured_latent_scale(vae, index: str, size: int, n_max: int = 32) -> float:
     """1 / std of the autoencoder's latents over up to n_max training images, as SD chose its 0.18215.
 
@@ -97,13 +129,7 @@ def measured_latent_scale(vae, index: str, size: int, n_max: int = 32) -> float:
     its weights (taef2: about 0.68) and moves when it is finetuned, so the scale is measured on the user's own
     normals at build time and travels in the model file (model_file.latent_scale) to training and export.
     """
-    recs = D.read_index(index, split="train", label=0)[:n_max]
-    if not recs:
-        raise RuntimeError(f"build: {index} has no training images to measure the latent scale on")
-    ds = D.ImageDataset(recs, size, size)
-    with torch.no_grad():
-        z = torch.cat([vae.encode(D.collate([ds[j] for j in range(i, min(i + 8, len(ds)))])["image"])
-                       for i in range(0, len(ds), 8)])
+    z = _training_latents(vae, index, size, n_max)
     std = float(z.std())
     if not (std > 1e-6) or not math.isfinite(std):
         raise RuntimeError(f"build: the autoencoder's latents have std {std} on the training images")

@@ -129,6 +129,35 @@ class TinyAutoencoder(nn.Module):
         self.decoder = _decoder(self.cfg)
         self.register_buffer("_mean", torch.tensor(self.cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.cfg.std).view(1, 3, 1, 1), persistent=False)
+        # Per-channel latent normalisation, z = (encoder(x) - latent_shift) / latent_spread: identity until
+        # set_latent_norm measures them on the user's normals (build.extra.latent_norm). Why: taef2's 32
+        # channels have means of -0.58..+0.84 and spreads of 0.38..0.87, where the diffusion schedule assumes
+        # zero-mean unit-variance latents; one global scale cannot centre them. Persistent, so model files and
+        # exported graphs carry them (the encoder and decoder graphs include the affine: the Go pipeline is
+        # unchanged).
+        c = self.cfg.latent_channels
+        self.register_buffer("latent_shift", torch.zeros(1, c, 1, 1))
+        self.register_buffer("latent_spread", torch.ones(1, c, 1, 1))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # model files written before the latent normalisation existed load as the identity
+        for name in ("latent_shift", "latent_spread"):
+            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def set_latent_norm(self, shift: torch.Tensor, spread: torch.Tensor) -> None:
+        """Sets the per-channel normalisation (raw latent = shift + spread x normalised latent); spread > 0."""
+        c = self.cfg.latent_channels
+        if shift.numel() != c or spread.numel() != c or not bool(torch.isfinite(shift).all()) or \
+                not bool((spread > 0).all()) or not bool(torch.isfinite(spread).all()):
+            raise ValueError(f"latent normalisation: want {c} finite shifts and {c} positive spreads")
+        self.latent_shift.copy_(shift.reshape(1, c, 1, 1))
+        self.latent_spread.copy_(spread.reshape(1, c, 1, 1))
+
+    def _raw_latent(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.to_unit(x))
 
     @property
     def downsample(self) -> int:
@@ -142,7 +171,7 @@ class TinyAutoencoder(nn.Module):
         return (rgb - self._mean) / self._std
 
     def encode_moments(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.encoder(self.to_unit(x))
+        z = (self._raw_latent(x) - self.latent_shift) / self.latent_spread
         return torch.cat([z, torch.full_like(z, LOGVAR_DETERMINISTIC)], dim=1)
 
     @staticmethod
@@ -153,11 +182,11 @@ class TinyAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
                noise: torch.Tensor | None = None) -> torch.Tensor:
         """The latent; sample/generator/noise are accepted for interface parity and change nothing."""
-        return self.encoder(self.to_unit(x))
+        return (self._raw_latent(x) - self.latent_shift) / self.latent_spread
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised image from a latent. The [0, 1] clamp is the published decoder's output range."""
-        return self.from_unit(torch.clamp(self.decoder(z), 0.0, 1.0))
+        return self.from_unit(torch.clamp(self.decoder(z * self.latent_spread + self.latent_shift), 0.0, 1.0))
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         moments = self.encode_moments(x)
