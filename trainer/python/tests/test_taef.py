@@ -269,3 +269,12 @@ def test_build_latent_norm_centres_each_channel_and_keeps_reconstructions(datase
         train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "k"), preset="tiny", latent_norm=True))
     with pytest.raises(ValueError, match="positive spreads"):
         vn.set_latent_norm(torch.zeros(vn.cfg.latent_channels), torch.zeros(vn.cfg.latent_channels))
+
+
+def test_latents_are_measured_on_every_class():
+    """The build measures latents on up to 32 training normals spread along the index (class after class), not
+    its first 32, which on PIPED were one class and two images of the next."""
+    classes = [r // 32 for r in range(383)]  # 12 classes of about 32 normals, in index order
+    picked = train_denoiser.spread_sample(classes, 32)
+    assert len(picked) == 32 and set(picked) == set(classes)
+    assert train_denoiser.spread_sample([7, 8], 32) == [7, 8] and train_denoiser.spread_sample([], 32) == []

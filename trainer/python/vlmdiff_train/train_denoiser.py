@@ -98,8 +98,16 @@ def run_build(cfg) -> dict:
             **{k: v for k, v in builder.items() if k != "overrides"}, **overrides}
 
 
+def spread_sample(items: list, n: int) -> list:
+    """Up to n of items, evenly spaced from the first (all of them when there are n or fewer)."""
+    k = min(n, len(items))
+    return [items[i * len(items) // k] for i in range(k)]
+
+
 def _training_latents(vae, index: str, size: int, n_max: int, raw: bool = False) -> torch.Tensor:
-    recs = D.read_index(index, split="train", label=0)[:n_max]
+    """Latents of up to n_max training normals taken evenly along the index, so that every class of a
+    multi-class index is measured (the index lists class after class: its first 32 are one or two classes)."""
+    recs = spread_sample(D.read_index(index, split="train", label=0), n_max)
     if not recs:
         raise RuntimeError(f"build: {index} has no training images to measure the latents on")
     ds = D.ImageDataset(recs, size, size)
