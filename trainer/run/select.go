@@ -434,11 +434,11 @@ func (t *Training) scoreCandidate(ctx context.Context, sc *StageContext, items [
 		return metrics.Metrics{}, fmt.Errorf("opening bundle %s: %w", bundle, err)
 	}
 	defer s.Close()
-	rep, err := evaluateValData(ctx, s, valData, c.Data.Classes, eval.Options{BatchSize: c.Evaluate.BatchSize, Logger: sc.Logger})
+	rep, _, err := evaluateValData(ctx, s, valData, c.Data.Classes, eval.Options{BatchSize: c.Evaluate.BatchSize, Logger: sc.Logger})
 	if err != nil {
 		return metrics.Metrics{}, err
 	}
-	return rep.Report.Mean, nil
+	return rep.Mean, nil
 }
 
 func writeCandidates(path string, rs []candidateResult, best int) error {

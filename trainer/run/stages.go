@@ -600,18 +600,23 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 	if valData == "" {
 		valData = sc.Output("select", "val_data")
 	}
+	var vres []eval.ImageResult
 	if valData != "" {
-		v, err := evaluateValData(ctx, s, valData, c.Data.Classes, opts)
+		vrep, res, err := evaluateValData(ctx, s, valData, c.Data.Classes, opts)
 		if err != nil {
 			return nil, err
 		}
-		info.Validation = v
+		kinds, err := eval.ByDefect(res, metrics.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("evaluate.val_data: %w", err)
+		}
+		info.Validation, vres = &eval.ValidationReport{Dataset: valData, Report: vrep, ByDefect: &kinds}, res
 	}
 	rep, res, err := eval.Evaluate(ctx, s, test, opts)
 	if err != nil {
 		return nil, err
 	}
-	if info.Baseline, err = t.evaluateBaseline(ctx, s.Manifest(), items, test, rep, info.Validation, valData, opts); err != nil {
+	if info.Baseline, err = t.evaluateBaseline(ctx, s.Manifest(), items, test, rep, info.Validation, vres, opts); err != nil {
 		return nil, err
 	}
 	dir := sc.Path("eval")
@@ -636,19 +641,19 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 	return outs, nil
 }
 
-// evaluateBaseline scores the test split (and the validation set, when val is set) with the baseline that
-// evaluate.baseline names, built from the index's training normals, beside the bundle's metrics there.
+// evaluateBaseline scores the test split (and the validation set's images, vres, when val is set) with the
+// baseline that evaluate.baseline names, built from the index's training normals, beside the bundle's metrics.
 func (t *Training) evaluateBaseline(ctx context.Context, m *models.Manifest, items, test []dataset.Item, rep metrics.Report,
-	val *eval.ValidationReport, valData string, opts eval.Options) ([]eval.BaselineResult, error) {
+	val *eval.ValidationReport, vres []eval.ImageResult, opts eval.Options) ([]eval.BaselineResult, error) {
 	c := t.Config
 	if c.Evaluate.Baseline == "none" {
 		return nil, nil
 	}
 	sets := []eval.BaselineSet{{Name: "test", Items: test, Model: rep.Mean}}
 	if val != nil {
-		vitems, err := valItems(valData, c.Data.Classes)
-		if err != nil {
-			return nil, err
+		vitems := make([]dataset.Item, len(vres))
+		for i, r := range vres {
+			vitems[i] = r.Item
 		}
 		sets = append(sets, eval.BaselineSet{Name: "validation", Items: vitems, Model: val.Report.Mean})
 	}
@@ -660,20 +665,19 @@ func (t *Training) evaluateBaseline(ctx context.Context, m *models.Manifest, ite
 	return rs, nil
 }
 
-// evaluateValData scores the test split of a synthetic-defect validation set (MVTec layout, masks checked).
-func evaluateValData(ctx context.Context, s *pipeline.Scorer, root string, classes []string, opts eval.Options) (*eval.ValidationReport, error) {
+// evaluateValData scores the test split of a synthetic-defect validation set (MVTec layout, masks checked) and
+// returns its report and the scored images (the evaluate stage breaks them down by defect kind and scores the
+// same images with the baseline; the select stage needs only the report).
+func evaluateValData(ctx context.Context, s *pipeline.Scorer, root string, classes []string, opts eval.Options) (metrics.Report, []eval.ImageResult, error) {
 	val, err := valItems(root, classes)
 	if err != nil {
-		return nil, err
+		return metrics.Report{}, nil, err
 	}
 	rep, res, err := eval.Evaluate(ctx, s, val, opts)
-	if err == nil {
-		var kinds metrics.Report
-		if kinds, err = eval.ByDefect(res, metrics.Options{}); err == nil {
-			return &eval.ValidationReport{Dataset: root, Report: rep, ByDefect: &kinds}, nil
-		}
+	if err != nil {
+		return metrics.Report{}, nil, fmt.Errorf("evaluate.val_data: %w", err)
 	}
-	return nil, fmt.Errorf("evaluate.val_data: %w", err)
+	return rep, res, nil
 }
 
 // valItems reads a synthetic-defect validation set (MVTec layout): its test images of the classes, masks

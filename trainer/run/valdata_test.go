@@ -10,6 +10,7 @@ import (
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/eval"
+	"github.com/vlmdiff/edge/trainer/metrics"
 	"github.com/vlmdiff/edge/trainer/synth"
 )
 
@@ -42,19 +43,20 @@ func TestEvaluateValData(t *testing.T) {
 		Kinds: []string{synth.DefectSpeck, synth.DefectFibre}}); err != nil {
 		t.Fatal(err)
 	}
-	v, err := evaluateValData(context.Background(), s, val, nil, eval.Options{BatchSize: 2})
+	rep, res, err := evaluateValData(context.Background(), s, val, nil, eval.Options{BatchSize: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep := v.Report; len(rep.Classes) != 1 || rep.Classes[0].Class != "tile" || rep.Classes[0].Images != 4 || rep.Classes[0].Anomalous != 2 {
+	if len(rep.Classes) != 1 || rep.Classes[0].Class != "tile" || rep.Classes[0].Images != 4 || rep.Classes[0].Anomalous != 2 {
 		t.Fatalf("report %+v", rep.Classes)
 	}
-	// by kind: one fibre and one speck, each against both normals
-	if k := v.ByDefect; k == nil || len(k.Classes) != 2 || k.Classes[0].Class != synth.DefectFibre || k.Classes[1].Class != synth.DefectSpeck ||
+	// by kind, as the evaluate stage breaks them down: one fibre and one speck, each against both normals
+	k, err := eval.ByDefect(res, metrics.Options{})
+	if err != nil || len(k.Classes) != 2 || k.Classes[0].Class != synth.DefectFibre || k.Classes[1].Class != synth.DefectSpeck ||
 		k.Classes[0].Images != 3 || k.Classes[1].Anomalous != 1 {
-		t.Fatalf("by defect kind %+v", k)
+		t.Fatalf("by defect kind %+v (%v)", k, err)
 	}
-	if _, err := evaluateValData(context.Background(), s, val, []string{"other"}, eval.Options{}); err == nil || !strings.Contains(err.Error(), "no test images") {
+	if _, _, err := evaluateValData(context.Background(), s, val, []string{"other"}, eval.Options{}); err == nil || !strings.Contains(err.Error(), "no test images") {
 		t.Errorf("unknown class: %v", err)
 	}
 }

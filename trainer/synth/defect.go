@@ -449,6 +449,9 @@ func fibre(img Image, cx, cy, length, contrast float64, r *rand.Rand) layer {
 	for c := range gain {
 		gain[c] = sign * contrast * (0.8 + 0.4*r.Float64())
 	}
+	if img.C == 1 {
+		gain[0] = sign * contrast
+	}
 	turn := valueNoise{seed: r.Uint64()}
 	curl := 0.5 + 3*r.Float64() // radians of turning over the fibre's length, at most
 	ang := r.Float64() * 2 * math.Pi
@@ -461,11 +464,7 @@ func fibre(img Image, cx, cy, length, contrast float64, r *rand.Rand) layer {
 		for k := 0; k < n/2; k++ {
 			t := float64(k) * step / length
 			a += dir * curl * step / length * 4 * (turn.value(t*4+dir*7, 0, 0) - 0.5)
-			if dir < 0 {
-				pts = append(pts, [3]float64{x, y, 0.7 + 0.3*turn.value(t*6, 3, 1)})
-			} else {
-				pts = append(pts, [3]float64{x, y, 0.7 + 0.3*turn.value(-t*6, 3, 1)})
-			}
+			pts = append(pts, [3]float64{x, y, 0.7 + 0.3*turn.value(-dir*t*6, 3, 1)})
 			x += dir * step * math.Cos(a)
 			y += dir * step * math.Sin(a)
 		}
@@ -481,11 +480,7 @@ func fibre(img Image, cx, cy, length, contrast float64, r *rand.Rand) layer {
 				if al > l.alpha[i] {
 					l.alpha[i] = al
 					for c := 0; c < img.C; c++ {
-						g := gain[c]
-						if img.C == 1 {
-							g = sign * contrast
-						}
-						l.target[i*img.C+c] = float64(img.Pix[i*img.C+c]) + 255*g
+						l.target[i*img.C+c] = float64(img.Pix[i*img.C+c]) + 255*gain[c]
 					}
 				}
 			}

@@ -131,7 +131,7 @@ class TinyAutoencoder(nn.Module):
         self.register_buffer("_std", torch.tensor(self.cfg.std).view(1, 3, 1, 1), persistent=False)
         # Per-channel latent normalisation, z = (encoder(x) - latent_shift) / latent_spread: identity until
         # set_latent_norm measures them on the user's normals (build.extra.latent_norm). Why: taef2's 32
-        # channels have means of -0.58..+0.84 and spreads of 0.38..0.87, where the diffusion schedule assumes
+        # channels have means of -0.67..+0.82 and spreads of 0.38..0.87 on PIPED's training normals, where the diffusion schedule assumes
         # zero-mean unit-variance latents; one global scale cannot centre them. Persistent, so model files and
         # exported graphs carry them (the encoder and decoder graphs include the affine: the Go pipeline is
         # unchanged).
