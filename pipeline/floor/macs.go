@@ -230,6 +230,8 @@ func prod(s []int64) int64 {
 //	ConvTranspose  input elements x (Cout/group) x kh x kw  (weight [Cin, Cout/g, kh, kw])
 //	MatMul         output elements x K (A's last dimension): attention's q.k^T and attn.v are MatMuls
 //	Gemm           output elements x K, K = A's elements / M (A is [M,K] or, transposed, [K,M])
+//	MultiHeadAttention (com.microsoft, q [B,S,D], k [B,L,D], v [B,L,Dv]): q.k^T is B x S x L x D over all
+//	               heads and attn.v B x S x L x Dv, the two MatMuls that the exporter's fusion replaced
 func NodeMACs(op string, in, out [][]int64) int64 {
 	if len(out) == 0 || len(in) == 0 {
 		return 0
@@ -250,6 +252,10 @@ func NodeMACs(op string, in, out [][]int64) int64 {
 	case "Gemm":
 		if o := out[0]; len(o) == 2 && o[0] > 0 {
 			return prod(out[0]) * (prod(in[0]) / o[0])
+		}
+	case "MultiHeadAttention":
+		if len(in) >= 3 && len(in[0]) == 3 && len(in[1]) == 3 && len(in[2]) == 3 {
+			return prod(in[0])*in[1][1] + prod(out[0])*in[1][1]
 		}
 	}
 	return 0

@@ -98,6 +98,22 @@ func TestProfileCountsHandComputedMACs(t *testing.T) {
 		in: []Input{{Name: "a", Elem: ElemFloat, Shape: []int64{4, 6}},
 			{Name: "c", Elem: ElemFloat, Shape: []int64{1, 2, 5, 5}}},
 		want: 240 + 600, ops: 2,
+	}, {
+		// ONNX Runtime's fused attention (the exporter's onnx_fuse), 2 heads: q [2,5,8] against k, v [2,3,8]:
+		// q.k^T 2 x 5 x 3 x 8 = 240, attn.v 2 x 5 x 3 x 8 = 240, as the two MatMuls it replaces
+		name: "multi-head attention",
+		model: Model{Opset: 17,
+			Nodes: []Node{{Op: "MultiHeadAttention", Domain: "com.microsoft", In: []string{"q", "k", "v"},
+				Out: []string{"y"}, Int: map[string]int64{"num_heads": 2}}},
+			Inputs: []Value{{Name: "q", Elem: ElemFloat, Shape: []int64{-1, 5, 8}},
+				{Name: "k", Elem: ElemFloat, Shape: []int64{-1, 3, 8}},
+				{Name: "v", Elem: ElemFloat, Shape: []int64{-1, 3, 8}}},
+			Outputs: []Value{{Name: "y", Elem: ElemFloat, Shape: []int64{-1, 5, 8}}},
+		},
+		in: []Input{{Name: "q", Elem: ElemFloat, Shape: []int64{2, 5, 8}},
+			{Name: "k", Elem: ElemFloat, Shape: []int64{2, 3, 8}},
+			{Name: "v", Elem: ElemFloat, Shape: []int64{2, 3, 8}}},
+		want: 240 + 240, ops: 1,
 	}}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

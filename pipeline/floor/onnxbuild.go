@@ -25,9 +25,11 @@ type Value struct {
 	Shape []int64
 }
 
-// Node is one operator with its integer and integer-list attributes.
+// Node is one operator with its integer and integer-list attributes; Domain is empty for the default domain
+// (e.g. "com.microsoft" for ONNX Runtime's contrib operators, whose opset 1 the model then imports).
 type Node struct {
 	Op      string
+	Domain  string
 	In, Out []string
 	Int     map[string]int64
 	Ints    map[string][]int64
@@ -40,7 +42,7 @@ type Init struct {
 	Data  []float32
 }
 
-// Model is a one-graph ONNX model of the default domain.
+// Model is a one-graph ONNX model of the default domain (and of the domains its nodes name, at version 1).
 type Model struct {
 	Opset   int64
 	Nodes   []Node
@@ -80,7 +82,21 @@ func (m Model) Marshal() []byte {
 	op = protowire.AppendTag(op, 2, protowire.VarintType)
 	op = protowire.AppendVarint(op, uint64(m.Opset))
 	b = protowire.AppendTag(b, 8, protowire.BytesType)
-	return protowire.AppendBytes(b, op)
+	b = protowire.AppendBytes(b, op)
+	seen := map[string]bool{"": true}
+	for _, n := range m.Nodes {
+		if seen[n.Domain] {
+			continue
+		}
+		seen[n.Domain] = true
+		var d []byte
+		d = appendString(d, 1, n.Domain)
+		d = protowire.AppendTag(d, 2, protowire.VarintType)
+		d = protowire.AppendVarint(d, 1)
+		b = protowire.AppendTag(b, 8, protowire.BytesType)
+		b = protowire.AppendBytes(b, d)
+	}
+	return b
 }
 
 func appendString(b []byte, num protowire.Number, s string) []byte {
@@ -98,6 +114,9 @@ func (n Node) marshal() []byte {
 	}
 	b = appendString(b, 3, n.Op+"_"+n.Out[0])
 	b = appendString(b, 4, n.Op)
+	if n.Domain != "" {
+		b = appendString(b, 7, n.Domain)
+	}
 	for _, k := range sortedKeys(n.Int) {
 		var a []byte
 		a = appendString(a, 1, k)

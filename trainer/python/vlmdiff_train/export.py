@@ -239,17 +239,20 @@ TIME_FILE = "denoiser_time.onnx"
 def export_static_denoisers(out_dir: str, denoiser, context: torch.Tensor, key: str, batches: Sequence[int],
                             latent_shape: Tuple[int, int, int], hint1: torch.Tensor,
                             gen: torch.Generator, fold: bool = True,
-                            time_split: str = "conv_bias") -> Tuple[List[dict], Optional[dict]]:
+                            time_split: str = "inputs", fuse: bool = True) -> Tuple[List[dict], Optional[dict]]:
     """Exports denoiser_b<B>.onnx for each batch size: StaticDenoiserGraph with the context of conditioning key
     `key` ([tokens, dim]), inputs x [B,C,h,w], t [B], hint [B,...] and output eps, all shapes fixed; then, with
     fold, onnx_fold.fold_constants (the shape chains and the context's keys and values that torch's folding
     leaves), onnx_fold.remove_noop_casts (float32 -> float32) and onnx_affine.fold_affine_into_conv (a GroupNorm's
-    affine into the 1x1 convolution after it).
+    affine into the 1x1 convolution after it); then, with fuse, onnx_fuse.fuse_attention (each attention one
+    MultiHeadAttention) and onnx_fuse.affine_to_batchnorm (the other GroupNorm affines one BatchNormalization).
 
     With time_split other than "none" (and fold), everything that depends only on t moves into one time graph,
     denoiser_time.onnx (onnx_time.split_time): input t [1], outputs the time tensors TIME_PREFIX<i>; each static
     graph then takes those tensors in place of t ("time_inputs"), one row broadcast over its batch, so its rows
-    share one timestep. "conv_bias" also folds each ResBlock's embedding into its convolution's bias. The time
+    share one timestep. "conv_bias" also folds each ResBlock's embedding into its convolution's bias; that costs
+    more than the Add it saves on a CPU, because ONNX Runtime gives a convolution whose bias is a graph input no
+    NCHWc kernel (docs/operations.md), so "inputs" is the default. The time
     graph is cut from the batch-1 graph (exported for the cut when 1 is not among batches) and every batch
     size's graph must have the same time tensors.
 
@@ -283,6 +286,11 @@ def export_static_denoisers(out_dir: str, denoiser, context: torch.Tensor, key: 
             affine = fold_affine_into_conv(model)
             log.info("static denoiser %s: %d constant nodes folded, %d no-op casts removed, %d affines folded "
                      "into 1x1 convolutions, %d nodes left", fname, n, casts, affine, len(model.graph.node))
+            if fuse:
+                from .onnx_fuse import affine_to_batchnorm, fuse_attention
+                attn, bn = fuse_attention(model), affine_to_batchnorm(model)
+                log.info("static denoiser %s: %d attentions fused into MultiHeadAttention, %d GroupNorm affines "
+                         "made BatchNormalization, %d nodes left", fname, attn, bn, len(model.graph.node))
             if split:
                 from .onnx_time import split_time
                 parts = split_time(model, conv_bias=time_split == "conv_bias")
@@ -356,7 +364,7 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
                   calibration: Optional[dict] = None, default_key: str = "", unconditional_key: str = "",
                   created: Optional[str] = None, probe_dir: Optional[str] = None, probe_seed: int = 1234,
                   denoiser_static_batches: Sequence[int] = (), fold_static: bool = True,
-                  static_time: str = "conv_bias", overwrite: bool = False) -> dict:
+                  static_time: str = "inputs", fuse_static: bool = True, overwrite: bool = False) -> dict:
     """Exports the networks into a bundle directory and returns the manifest written.
 
     conditioning: (key, prompt, array [tokens, dim]) per entry; it must contain the unconditional key.
@@ -364,8 +372,9 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
     is copied into the bundle (its input normalisation must match the bundle's input, or give feature_mean/std).
     denoiser_static_batches: batch sizes for which a static-shape denoiser with the unconditional context baked in
     is exported beside the dynamic one (graphs.denoiser.static; StaticDenoiserGraph).
-    static_time: how the static graphs take the timestep (export_static_denoisers): "conv_bias" or "inputs"
+    static_time: how the static graphs take the timestep (export_static_denoisers): "inputs" or "conv_bias"
     (a time graph, graphs.denoiser.time, computes the t-only tensors once per timestep) or "none" (t as input).
+    fuse_static: the operator fusions of onnx_fuse on the static graphs (off only for A/B runs).
     """
     if os.path.exists(os.path.join(out_dir, "bundle.json")) and not overwrite:
         raise RuntimeError(f"bundle directory {out_dir} already holds a bundle (overwrite not requested)")
@@ -425,7 +434,7 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
         static, time_graph = export_static_denoisers(
             out_dir, denoiser, torch.from_numpy(cond[keys.index(unconditional_key)]), unconditional_key,
             denoiser_static_batches, (latent_channels, h, w), hint1, torch.Generator().manual_seed(probe_seed + 1),
-            fold_static, static_time)
+            fold_static, static_time, fuse_static)
         graphs["denoiser"]["static"] = static
         if time_graph is not None:
             graphs["denoiser"]["time"] = time_graph
