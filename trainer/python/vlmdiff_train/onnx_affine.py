@@ -19,10 +19,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["fold_affine_into_conv"]
+__all__ = ["fold_affine_into_conv", "per_channel"]
 
 
-def _per_channel(v: Optional[np.ndarray], c: int) -> Optional[np.ndarray]:
+def per_channel(v: Optional[np.ndarray], c: int) -> Optional[np.ndarray]:
     """v as a [C] vector when it broadcasts per channel over an NCHW tensor ([C,1,1], [1,C,1,1], ...)."""
     if v is None or v.dtype != np.float32 or v.size not in (1, c):
         return None
@@ -67,13 +67,13 @@ def fold_affine_into_conv(model: onnx.ModelProto) -> int:
         c = w.shape[1]
         for mul_in, beta_in in ((0, 1), (1, 0)):
             mul = producer.get(add.input[mul_in])
-            beta = _per_channel(const(add.input[beta_in]), c)
+            beta = per_channel(const(add.input[beta_in]), c)
             if mul is not None and mul.op_type == "Mul" and beta is not None and uses.get(mul.output[0]) == 1:
                 break
         else:
             continue
         for x_in, gamma_in in ((0, 1), (1, 0)):
-            gamma = _per_channel(const(mul.input[gamma_in]), c)
+            gamma = per_channel(const(mul.input[gamma_in]), c)
             if gamma is not None and mul.input[x_in] not in inits:
                 break
         else:

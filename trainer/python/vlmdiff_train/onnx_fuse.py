@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_affine import _per_channel
+from .onnx_affine import per_channel
 
 __all__ = ["affine_to_batchnorm", "fuse_attention", "MS_DOMAIN"]
 
@@ -106,12 +106,12 @@ def affine_to_batchnorm(model: onnx.ModelProto) -> int:
         mul = gr.only_consumer(back.output[0], "Mul")
         if mul is None or mul.input[0] != back.output[0]:
             continue
-        gamma = _per_channel(gr.const(mul.input[1]), c)
+        gamma = per_channel(gr.const(mul.input[1]), c)
         add = gr.only_consumer(mul.output[0], "Add")
         if gamma is None or add is None:
             continue
         beta_in = 1 if add.input[0] == mul.output[0] else 0
-        beta = _per_channel(gr.const(add.input[beta_in]), c)
+        beta = per_channel(gr.const(add.input[beta_in]), c)
         if beta is None:
             continue
         base = add.output[0] + ".bn"
