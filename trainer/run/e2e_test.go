@@ -134,11 +134,11 @@ func TestTrainTinyEndToEnd(t *testing.T) {
 func TestTrainTinyTaefEndToEnd(t *testing.T) {
 	// Built with its latents normalised per channel (build.extra.latent_norm: the affine travels inside the
 	// exported encoder and decoder graphs) and with the SG controls on all three UNet levels
-	// (build.extra.control_levels: 3), so the export, the parity probes and the Go scorer run that structure too. With DiAD's only-mid control the same 60 denoiser
-	// steps (and 200) gave image AUROC 0.743-0.757 here (pixel 0.89-0.92), the undertrained-denoiser story of
-	// the full-size taef2 preset (docs/training.md); with every level 0.882 (pixel 0.924, session 7). The bar
-	// sits below that, and the controls below still hold it to a real separation: labels swapped must fall as far
-	// below 0.5 as this rises above it.
+	// (build.extra.control_levels: 3), so the export, the parity probes and the Go scorer run that structure
+	// too. With DiAD's only-mid control the same 60 denoiser steps (and 200) gave image AUROC 0.743-0.757 here
+	// (pixel 0.89-0.92), the undertrained-denoiser story of the full-size taef2 preset (docs/training.md); with
+	// every level 0.882 (pixel 0.924, session 7). The bar sits below that, and the controls below still hold it
+	// to a real separation: labels swapped must fall as far below 0.5 as this rises above it.
 	trainEndToEnd(t, "tiny-taef", 0.80, [2]int{40, 60}, func(work string) string {
 		dir := filepath.Join(work, "taef")
 		script := `import sys, torch

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["fold_affine_into_conv", "per_channel"]
+__all__ = ["fold_affine_into_conv", "per_channel", "replace_nodes"]
 
 
 def per_channel(v: Optional[np.ndarray], c: int) -> Optional[np.ndarray]:
@@ -90,14 +90,21 @@ def fold_affine_into_conv(model: onnx.ModelProto) -> int:
         conv.input.extend([x, wn, bn])
         drop.update({id(add), id(mul)})
         folded += 1
-    if not folded:
-        return 0
-    keep = [n for n in g.node if id(n) not in drop]
+    if folded:
+        replace_nodes(model, drop, {}, new_inits)
+    return folded
+
+
+def replace_nodes(model: onnx.ModelProto, drop: set, replace: Dict[int, onnx.NodeProto],
+                  new_inits: List[onnx.TensorProto]) -> None:
+    """The end of a rewrite pass: removes the nodes whose id() is in drop, puts replace[id(n)] in the place of
+    node n, adds new_inits and removes the initializers that nothing reads any more."""
+    g = model.graph
+    keep = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
     del g.node[:]
     g.node.extend(keep)
     g.initializer.extend(new_inits)
-    used = {x for n in g.node for x in n.input}
+    used = {x for n in g.node for x in n.input} | {o.name for o in g.output}
     kept = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
     g.initializer.extend(kept)
-    return folded

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_affine import per_channel
+from .onnx_affine import per_channel, replace_nodes
 
 __all__ = ["affine_to_batchnorm", "fuse_attention", "MS_DOMAIN"]
 
@@ -59,10 +59,10 @@ class _Graph:
             return None
         return c[0]
 
-    def made_by(self, name: str, op: str, sole: bool = True) -> Optional[onnx.NodeProto]:
-        """The node producing name when it is an op node (and, with sole, name has no other reader)."""
+    def made_by(self, name: str, op: str) -> Optional[onnx.NodeProto]:
+        """The node producing name when it is an op node and name has no other reader."""
         n = self.producer.get(name)
-        if n is None or n.op_type != op or (sole and (len(self.consumers.get(name, [])) != 1 or name in self.outputs)):
+        if n is None or n.op_type != op or len(self.consumers.get(name, [])) != 1 or name in self.outputs:
             return None
         return n
 
@@ -72,19 +72,6 @@ def _attr(n: onnx.NodeProto, name: str, default=None):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
-
-
-def _rewrite(model: onnx.ModelProto, drop: set, replace: Dict[int, onnx.NodeProto],
-             new_inits: List[onnx.TensorProto]) -> None:
-    g = model.graph
-    keep = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
-    del g.node[:]
-    g.node.extend(keep)
-    g.initializer.extend(new_inits)
-    used = {x for n in g.node for x in n.input} | {o.name for o in g.output}
-    kept = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(kept)
 
 
 def affine_to_batchnorm(model: onnx.ModelProto) -> int:
@@ -123,7 +110,7 @@ def affine_to_batchnorm(model: onnx.ModelProto) -> int:
         drop.add(id(mul))
         replace[id(add)] = bn
     if replace:
-        _rewrite(model, drop, replace, new_inits)
+        replace_nodes(model, drop, replace, new_inits)
     return len(replace)
 
 
@@ -179,10 +166,11 @@ def fuse_attention(model: onnx.ModelProto) -> int:
             continue
         ins, nodes, ok = [q_name], [mul, qk, sm, av, tr, out] + q_nodes, True
         # keys: Transpose(0,2,3,1) of [B,L,h,d], or a constant [B|1, h, d, L]; values: (0,2,1,3), or [B|1, h, L, d]
-        for name, perm, const_perm in ((qk.input[1], [0, 2, 3, 1], (0, 3, 1, 2)), (av.input[1], [0, 2, 1, 3], (0, 2, 1, 3))):
+        for name, is_key, perm, const_perm in ((qk.input[1], True, [0, 2, 3, 1], (0, 3, 1, 2)),
+                                               (av.input[1], False, [0, 2, 1, 3], (0, 2, 1, 3))):
             c = gr.const(name)
             if c is not None:
-                if c.ndim != 4 or c.shape[0] not in (1, b) or c.shape[1] != h or (perm[2] == 3 and c.shape[2] != d):
+                if c.ndim != 4 or c.shape[0] not in (1, b) or c.shape[1] != h or (is_key and c.shape[2] != d):
                     ok = False
                     break
                 v = c.transpose(*const_perm)  # [B|1, L, h, d]
@@ -193,7 +181,7 @@ def fuse_attention(model: onnx.ModelProto) -> int:
                 ins.append(nm)
                 continue
             p = _projection(gr, name, perm)
-            if p is None or p[1][0] != b or p[1][2] != h or (perm[2] == 3 and p[1][3] != d):
+            if p is None or p[1][0] != b or p[1][2] != h or (is_key and p[1][3] != d):
                 ok = False
                 break
             ins.append(p[0])
@@ -205,7 +193,7 @@ def fuse_attention(model: onnx.ModelProto) -> int:
         drop.update(id(n) for n in nodes if n is not out)
         replace[id(out)] = mha
     if replace:
-        _rewrite(model, drop, replace, new_inits)
+        replace_nodes(model, drop, replace, new_inits)
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return len(replace)

@@ -171,7 +171,7 @@ class TinyAutoencoder(nn.Module):
         return (rgb - self._mean) / self._std
 
     def encode_moments(self, x: torch.Tensor) -> torch.Tensor:
-        z = (self._raw_latent(x) - self.latent_shift) / self.latent_spread
+        z = self.encode(x)
         return torch.cat([z, torch.full_like(z, LOGVAR_DETERMINISTIC)], dim=1)
 
     @staticmethod
