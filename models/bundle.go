@@ -28,12 +28,14 @@ type Bundle struct {
 	Reference map[string][]float32
 	// MeanFrames is the decoded mean-frame file of map.pixel by class, [3*H*W] each (nil without the term).
 	MeanFrames map[string][]float32
+	// Knn is the decoded banks of map.knn (nil without the term).
+	Knn *KnnBanks
 }
 
 // CheckError says which verification check failed, so `vlmdiff bundle verify` and the daemon's model status
 // can name it ("checksum", "graph", ...), and which file it concerns.
 type CheckError struct {
-	Check string // manifest, schema, files, checksum, graph, conditioning, reference, pixel
+	Check string // manifest, schema, files, checksum, graph, conditioning, reference, pixel, knn
 	File  string // the file concerned, "" if none
 	Err   error
 }
@@ -84,6 +86,9 @@ func Load(dir string) (*Bundle, error) {
 	if err := verifyGraphs(dir, m); err != nil {
 		return nil, err
 	}
+	if err := verifyKnn(dir, m); err != nil {
+		return nil, err
+	}
 	cond, err := loadConditioning(dir, m)
 	if err != nil {
 		return nil, err
@@ -99,6 +104,9 @@ func Load(dir string) (*Bundle, error) {
 			return nil, err
 		}
 	}
+	if b.Knn, err = loadKnn(dir, m); err != nil {
+		return nil, err
+	}
 	return b, nil
 }
 
@@ -113,7 +121,7 @@ func Verify(dir string) error {
 func (m *Manifest) Validate() error {
 	var p problems
 	for _, check := range []func(*problems){m.validateHeader, m.validateInput, m.validateLatent, m.validateDiffusion,
-		m.validateConditioning, m.validateMapAndScore, m.validateCalibration, m.validateGraphs} {
+		m.validateConditioning, m.validateMapAndScore, m.validateKnn, m.validateCalibration, m.validateGraphs} {
 		check(&p)
 	}
 	if len(p) > 0 {
@@ -280,6 +288,14 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 		if r.PixelWeight != w {
 			p.bad("map.reference.pixel_weight", "the reference was measured with the mean-frame term at weight %g, the bundle adds it at "+
 				"%g: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", r.PixelWeight, w)
+		}
+		var kw float64
+		if m.Map.Knn != nil {
+			kw = m.Map.Knn.Weight
+		}
+		if r.KnnWeight != kw {
+			p.bad("map.reference.knn_weight", "the reference was measured with the nearest-normal term at weight %g, the bundle adds it at "+
+				"%g: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", r.KnnWeight, kw)
 		}
 	}
 	if t := m.Map.Pixel; t != nil {

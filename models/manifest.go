@@ -200,6 +200,10 @@ type MapSpec struct {
 	// the features of its reconstruction barely move; where parts move or the background is a stochastic
 	// texture the term is noise, so the select stage weighs it on the painted validation set (factor 0: off).
 	Pixel *PixelTerm `json:"pixel,omitempty"`
+	// Knn, when set, adds each position's distance to the nearest normal feature vector of the frame's class
+	// (a memory bank of the training normals', PatchCore-style) to the map, before the reference is subtracted
+	// (docs/algorithm.md §1.9, "the nearest-normal term"). The select stage weighs it on the painted set.
+	Knn *KnnTerm `json:"knn,omitempty"`
 }
 
 // MapRows names a per-class file of the map (map.reference, map.pixel): raw little-endian float32 rows, one
@@ -243,6 +247,8 @@ type MapReference struct {
 	// PixelWeight is map.pixel.weight when the reference was measured (0 without the term): the reference
 	// holds the term's mean, so it only matches a bundle that adds the term with the same weight.
 	PixelWeight float64 `json:"pixel_weight,omitempty"`
+	// KnnWeight is map.knn.weight when the reference was measured (0 without the term), for the same reason.
+	KnnWeight float64 `json:"knn_weight,omitempty"`
 }
 
 // NoiseCount is the start-noise count the reference was measured with: Noises, at least 1.

@@ -278,7 +278,7 @@ func grow(buf []float64, n int) []float64 {
 // to workers goroutines. The map is sc.amap: valid until sc's next use. Python twin: the mean over k of
 // reference.smooth(reference.anomaly_map(...)).
 func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
-	return smoothedMapWith(layers, nil, i, frames, ens, tokens, H, W, sigma, truncate, sc, workers)
+	return smoothedMapWith(layers, nil, nil, i, frames, ens, tokens, H, W, sigma, truncate, sc, workers)
 }
 
 // pixelInput is one frame's mean-frame term (models.PixelTerm): the frame's preprocessed values and its class's
@@ -301,9 +301,10 @@ func pixelDistanceRows(x, mean []float32, n, lo, hi int, dst []float64) {
 
 // smoothedMapWith is smoothedAnomalyMap plus, when pix is set, the frame's distance to its mean frame times
 // pix.weight (docs/algorithm.md §1.9, "the mean-frame term"): one more map at full size in the same banded
-// product, so the term costs its distance and the Gaussian alone, and the sum is smoothed once. With no layers
-// it is the term's smoothed map alone.
-func smoothedMapWith(layers []layerOutput, pix *pixelInput, i, frames, ens int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
+// product, so the term costs its distance and the Gaussian alone, and the sum is smoothed once; and, when knn
+// is set, the nearest-normal distances times knn.weight, one more low-resolution layer of the plan. With no
+// layers it is the terms' smoothed map alone.
+func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, frames, ens int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
 	if ens < 1 {
 		return nil, fmt.Errorf("%d reconstructions per frame: want at least one", ens)
 	}
@@ -325,15 +326,11 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, i, frames, ens int, 
 		sc.chans = append(sc.chans, c)
 		total += h * w
 	}
-	if pix != nil {
-		if len(pix.x) != 3*H*W || len(pix.mean) != 3*H*W {
-			return nil, fmt.Errorf("mean-frame term: the frame has %d values and the mean frame %d, want 3x%dx%d", len(pix.x), len(pix.mean), H, W)
-		}
-		sc.sizes = append(sc.sizes, layerSize{H, W})
-		sc.wts = append(sc.wts, pix.weight)
-		sc.chans = append(sc.chans, 3)
-		total += H * W
+	knnL, more, err := sc.addTerms(pix, knn, H, W)
+	if err != nil {
+		return nil, err
 	}
+	total += more
 	sc.dist = grow(sc.dist, total)
 	if ens > 1 {
 		sc.more = grow(sc.more, total)
@@ -374,6 +371,13 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, i, frames, ens int, 
 	p.apply(sc.d, sc.wts, sc.e, sc.amap, workers, func(l, r0, r1 int) {
 		s := sc.sizes[l]
 		n, lo, hi := s.h*s.w, r0*s.w, r1*s.w
+		if l == knnL { // the nearest-normal term: the graph's distances
+			d := sc.d[l]
+			for j, v := range knn.dist[lo:hi] {
+				d[lo+j] = float64(v)
+			}
+			return
+		}
 		if l == len(layers) { // the mean-frame term: one distance, whatever the start noises
 			pixelDistanceRows(pix.x, pix.mean, n, lo, hi, sc.d[l])
 			return
@@ -405,6 +409,33 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, i, frames, ens int, 
 		}
 	})
 	return sc.amap, nil
+}
+
+// addTerms appends the map plan's layers of the mean-frame term (full size) and the nearest-normal term (the
+// knn graph's size), when set, after the feature layers; it returns the nearest-normal term's layer (-1: none)
+// and the values they add.
+func (sc *mapScratch) addTerms(pix *pixelInput, knn *knnInput, H, W int) (knnL, total int, err error) {
+	if pix != nil {
+		if len(pix.x) != 3*H*W || len(pix.mean) != 3*H*W {
+			return 0, 0, fmt.Errorf("mean-frame term: the frame has %d values and the mean frame %d, want 3x%dx%d", len(pix.x), len(pix.mean), H, W)
+		}
+		sc.sizes = append(sc.sizes, layerSize{H, W})
+		sc.wts = append(sc.wts, pix.weight)
+		sc.chans = append(sc.chans, 3)
+		total += H * W
+	}
+	knnL = -1
+	if knn != nil {
+		if knn.h < 1 || knn.w < 1 || len(knn.dist) != knn.h*knn.w {
+			return 0, 0, fmt.Errorf("nearest-normal term: %d distances for a %dx%d map", len(knn.dist), knn.h, knn.w)
+		}
+		knnL = len(sc.sizes)
+		sc.sizes = append(sc.sizes, layerSize{knn.h, knn.w})
+		sc.wts = append(sc.wts, knn.weight)
+		sc.chans = append(sc.chans, 1)
+		total += knn.h * knn.w
+	}
+	return knnL, total, nil
 }
 
 // geometry checks the layer's shape and returns its batch size, channels and map size.

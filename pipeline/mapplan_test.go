@@ -296,7 +296,7 @@ func TestMapStageFrameErrors(t *testing.T) {
 		l := feats[2]
 		per := len(l.Data) / 4
 		l.Data[3*per+5] = bad
-		res, err := s.mapsAndScores(feats, nil, make([]Request, 2))
+		res, err := s.mapsAndScores(feats, nil, nil, make([]Request, 2))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -309,7 +309,7 @@ func TestMapStageFrameErrors(t *testing.T) {
 	}
 	feats := benchFeatures(bb, 1)
 	feats[1].Data = feats[1].Data[:len(feats[1].Data)-1]
-	if _, err := s.mapsAndScores(feats, nil, make([]Request, 1)); err == nil || !strings.Contains(err.Error(), "feature l1") {
+	if _, err := s.mapsAndScores(feats, nil, nil, make([]Request, 1)); err == nil || !strings.Contains(err.Error(), "feature l1") {
 		t.Errorf("short feature data: want an error naming l1, got %v", err)
 	}
 	tok := benchBackbones[2]
@@ -317,7 +317,7 @@ func TestMapStageFrameErrors(t *testing.T) {
 	feats = benchFeatures(tok, 1)
 	feats[0].Shape[1]-- // 1023 patch tokens: not a square grid
 	feats[0].Data = feats[0].Data[:2*int(feats[0].Shape[1]*feats[0].Shape[2])]
-	if _, err := ts.mapsAndScores(feats, nil, make([]Request, 1)); err == nil || !strings.Contains(err.Error(), "not a square grid") {
+	if _, err := ts.mapsAndScores(feats, nil, nil, make([]Request, 1)); err == nil || !strings.Contains(err.Error(), "not a square grid") {
 		t.Errorf("1023 tokens: want a not-a-square-grid error, got %v", err)
 	}
 }
@@ -336,7 +336,7 @@ func TestMapStageConcurrent(t *testing.T) {
 			l.Data[g] += float32(g)
 		}
 		var err error
-		if want[g], err = s.mapsAndScores(feats[g], nil, make([]Request, 1+g%2)); err != nil {
+		if want[g], err = s.mapsAndScores(feats[g], nil, nil, make([]Request, 1+g%2)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -348,7 +348,7 @@ func TestMapStageConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 3 {
-				got[g], errs[g] = s.mapsAndScores(feats[g], nil, make([]Request, 1+g%2))
+				got[g], errs[g] = s.mapsAndScores(feats[g], nil, nil, make([]Request, 1+g%2))
 			}
 		}()
 	}
@@ -411,7 +411,7 @@ func TestMeanFrameTermMatchesDefinition(t *testing.T) {
 						gaussianFilterDirect(want, c.H, c.W, c.sigma, c.truncate)
 					}
 					for _, workers := range []int{1, 3} {
-						got, err := smoothedMapWith(layers, &pixelInput{x: xi, mean: mean, weight: w}, i, frames, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
+						got, err := smoothedMapWith(layers, &pixelInput{x: xi, mean: mean, weight: w}, nil, i, frames, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
 						if err != nil {
 							t.Fatal(err)
 						}
@@ -421,7 +421,7 @@ func TestMeanFrameTermMatchesDefinition(t *testing.T) {
 					}
 				}
 			}
-			if _, err := smoothedMapWith(feats, &pixelInput{x: x[:5], mean: mean, weight: 1}, 0, frames, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, 1); err == nil || !strings.Contains(err.Error(), "mean-frame term") {
+			if _, err := smoothedMapWith(feats, &pixelInput{x: x[:5], mean: mean, weight: 1}, nil, 0, frames, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, 1); err == nil || !strings.Contains(err.Error(), "mean-frame term") {
 				t.Errorf("a frame of 5 values: want an error naming the mean-frame term, got %v", err)
 			}
 		})

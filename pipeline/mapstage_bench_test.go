@@ -83,7 +83,7 @@ func BenchmarkMapStage(b *testing.B) {
 					feats := benchFeatures(bb, frames)
 					reqs := make([]Request, frames)
 					for b.Loop() {
-						res, err := s.mapsAndScores(feats, nil, reqs)
+						res, err := s.mapsAndScores(feats, nil, nil, reqs)
 						if err != nil || res[0].Err != nil {
 							b.Fatal(err, res[0].Err)
 						}
@@ -118,7 +118,7 @@ func BenchmarkMapStageMeanFrame(b *testing.B) {
 					feats := benchFeatures(bb, frames)
 					reqs := make([]Request, frames)
 					for b.Loop() {
-						res, err := s.mapsAndScores(feats, x, reqs)
+						res, err := s.mapsAndScores(feats, x, nil, reqs)
 						if err != nil || res[0].Err != nil {
 							b.Fatal(err, res[0].Err)
 						}
@@ -198,7 +198,7 @@ func BenchmarkMapStageMatch(b *testing.B) {
 					}
 					reqs := make([]Request, 1)
 					for b.Loop() {
-						res, err := s.mapsAndScores(feats, nil, reqs)
+						res, err := s.mapsAndScores(feats, nil, nil, reqs)
 						if err != nil || res[0].Err != nil {
 							b.Fatal(err, res[0].Err)
 						}

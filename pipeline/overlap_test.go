@@ -131,7 +131,7 @@ func TestFeatureInputsAreWhatScoreSees(t *testing.T) {
 	for l, spec := range s.m.Features.Layers {
 		layers[l] = layerOutput{Name: spec.Name, Weight: float64(spec.Weight), Data: out[l], Shape: shapes[l]}
 	}
-	got, err := s.mapsAndScores(layers, nil, reqs)
+	got, err := s.mapsAndScores(layers, nil, nil, reqs)
 	if err != nil {
 		t.Fatal(err)
 	}

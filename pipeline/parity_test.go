@@ -116,6 +116,13 @@ func TestParityWithPyTorchReference(t *testing.T) {
 	copyDir(t, fixtureBundle, pixel)
 	addPixelTerm(t, pixel, 0.8)
 
+	// The nearest-normal term (map.knn) on the fixture's knn graph with seeded banks for "" and "widget": the
+	// class picks the bank on both sides; Python runs the graph's features with torch ops and the distance with
+	// torch.cdist, Go the whole graph through ONNX Runtime.
+	knn := filepath.Join(dir, "knn-term")
+	copyDir(t, fixtureBundle, knn)
+	addKnnTerm(t, knn, 0.7)
+
 	// perFrame scores each image alone: batch 1 runs the fixture's static-shape batch-1 denoiser (context built
 	// in, constants folded); a batch of all images runs the dynamic one (dynamicOnly: even where a static graph
 	// of that size exists).
@@ -136,6 +143,8 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		{"match radius 1 on the first layer, two start noises", match, "", false, false, false},
 		{"mean-frame term and map reference, global rows", pixel, "", false, false, false},
 		{"mean-frame term and map reference, class rows", pixel, "widget", true, true, false},
+		{"nearest-normal term, global bank", knn, "", false, false, false},
+		{"nearest-normal term, class bank", knn, "widget", true, true, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -349,13 +358,7 @@ func addPixelTerm(t *testing.T, dir string, weight float64) {
 			refs = binary.LittleEndian.AppendUint32(refs, math.Float32bits(float32(0.01*float64(row+1)+0.001*r.NormFloat64())))
 		}
 	}
-	entry := func(name string, b []byte) map[string]any {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		sum := sha256.Sum256(b)
-		return map[string]any{"sha256": hex.EncodeToString(sum[:]), "size": len(b)}
-	}
+	entry := func(name string, b []byte) map[string]any { return writeEntry(t, dir, name, b) }
 	editBundleJSON(t, dir, func(m map[string]any) {
 		files := m["files"].(map[string]any)
 		files["map_pixel_mean.f32"] = entry("map_pixel_mean.f32", frames)
@@ -369,4 +372,49 @@ func addPixelTerm(t *testing.T, dir string, weight float64) {
 	if _, err := models.Load(dir); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// addKnnTerm gives the bundle in dir the nearest-normal term at weight: the fixture's knn graph
+// (models/testdata/knn) and seeded banks of 300 vectors for "" and "widget" drawn around the scale of its features.
+func addKnnTerm(t *testing.T, dir string, weight float64) {
+	t.Helper()
+	const size, dims = 300, 56
+	graph, err := os.ReadFile("../models/testdata/knn/knn.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(13, 14))
+	var bank, src []byte
+	for row := range 2 {
+		for range size {
+			for range dims {
+				v := math.Abs(0.3*r.NormFloat64() + 0.1*float64(row))
+				bank = binary.LittleEndian.AppendUint32(bank, math.Float32bits(float32(v)))
+			}
+			src = binary.LittleEndian.AppendUint64(src, r.Uint64())
+		}
+	}
+	entry := func(name string, b []byte) map[string]any { return writeEntry(t, dir, name, b) }
+	editBundleJSON(t, dir, func(m map[string]any) {
+		files := m["files"].(map[string]any)
+		files["knn.onnx"] = entry("knn.onnx", graph)
+		files["map_knn_bank.f32"] = entry("map_knn_bank.f32", bank)
+		files["map_knn_sources.u64"] = entry("map_knn_sources.u64", src)
+		m["map"].(map[string]any)["knn"] = map[string]any{"graph": "knn.onnx", "bank": "map_knn_bank.f32",
+			"sources": "map_knn_sources.u64", "classes": []string{"", "widget"}, "size": size, "dims": dims,
+			"height": 64, "width": 64, "factor": 1, "weight": weight}
+	})
+	if _, err := models.Load(dir); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeEntry writes a bundle file and returns its files entry (sha256 and size).
+func writeEntry(t *testing.T, dir, name string, b []byte) map[string]any {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return map[string]any{"sha256": hex.EncodeToString(sum[:]), "size": len(b)}
 }

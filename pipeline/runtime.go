@@ -174,6 +174,13 @@ type Options struct {
 	// PixelMap has every result carry the mean-frame term's own smoothed map (Result.PixelMap) when the bundle
 	// has the term; LayerMaps implies it. For the calibrate stage, which sizes the term's weight.
 	PixelMap bool
+	// KnnMap has every result carry the nearest-normal term's own smoothed map (Result.KnnMap) when the bundle
+	// has the term (map.knn); LayerMaps implies it.
+	KnnMap bool
+	// KnnLeaveOneOut scores each frame against banks without the vectors that came from that very frame
+	// (map.knn.sources): how the calibrate and select stages score training normals, whose nearest neighbour
+	// would otherwise be themselves.
+	KnnLeaveOneOut bool
 	// Ensemble, when > 0, overrides the bundle's diffusion.ensemble: how many start noises each frame is
 	// reconstructed from. For measuring what a count costs and gives (vlmdiff eval/bench --ensemble) before
 	// calibrate writes it into the bundle; the bundle's map reference and thresholds hold only for their own

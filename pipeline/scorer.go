@@ -24,6 +24,7 @@ type Scorer struct {
 	provider string
 
 	enc, hint, den, dec, feat *graph
+	knn                       *graph           // the nearest-normal term's graph (map.knn), nil without the term
 	denStatic                 *staticDenoisers // static-shape denoisers by batch rows, opened on first use
 	// denMu guards den, which a bundle with static-shape denoisers opens only when a batch needs it
 	// (guidance, or a batch size without a static graph): a batch-1 daemon then holds one denoiser, not two.
@@ -120,6 +121,11 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 	if s.feat, err = mk(models.RoleFeatures, []string{m.Features.Input}, layers); err != nil {
 		return nil, err
 	}
+	if t := m.Map.Knn; t != nil {
+		if s.knn, err = s.newGraph("knn", t.Graph, []string{models.KnnImage, models.KnnBank}, []string{models.KnnFeatures, models.KnnDistance}); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -176,7 +182,7 @@ func (s *Scorer) Close() error {
 	}
 	var errs []error
 	s.denMu.Lock()
-	all := []*graph{s.enc, s.hint, s.den, s.dec, s.feat}
+	all := []*graph{s.enc, s.hint, s.den, s.dec, s.feat, s.knn}
 	s.denMu.Unlock()
 	all = append(all, s.denStatic.graphs()...)
 	for _, g := range all {
@@ -288,7 +294,16 @@ func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, erro
 	lat.add(StageFeatures, t0) // with early features: the reconstructions' features and the wait for the frames'
 
 	t0 = time.Now()
-	results, err := s.mapsAndScores(feats, x, reqs)
+	knn, err := s.knnDistances(x, reqs)
+	if err != nil {
+		return nil, err
+	}
+	if knn != nil {
+		lat.add(StageKnn, t0)
+	}
+
+	t0 = time.Now()
+	results, err := s.mapsAndScores(feats, x, knn, reqs)
 	if err != nil {
 		return nil, err
 	}

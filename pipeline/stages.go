@@ -420,14 +420,14 @@ func (s *Scorer) recFeatures(f *frameFeatures, rec []float32, frames int) ([]lay
 // plus the mean-frame term when the bundle has one), pooled score and calibrated verdict (docs/algorithm.md
 // §1.9-1.11). x is the preprocessed frames. A malformed feature output fails the batch; a non-finite map fails
 // its frame.
-func (s *Scorer) mapsAndScores(feats []layerOutput, x []float32, reqs []Request) ([]Result, error) {
+func (s *Scorer) mapsAndScores(feats []layerOutput, x []float32, knn *knnMaps, reqs []Request) ([]Result, error) {
 	H, W := s.m.Input.Height, s.m.Input.Width
 	sc := mapScratchPool.Get().(*mapScratch)
 	defer mapScratchPool.Put(sc)
 	results := make([]Result, len(reqs))
 	for i, r := range reqs {
 		pix := s.pixelInput(x, i, r.Class, s.pixelWeight())
-		amap, err := smoothedMapWith(feats, pix, i, len(reqs), s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+		amap, err := smoothedMapWith(feats, pix, knn.frame(i, s.knnWeight()), i, len(reqs), s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
 		if err != nil {
 			return nil, err
 		}
@@ -447,11 +447,22 @@ func (s *Scorer) mapsAndScores(feats []layerOutput, x []float32, reqs []Request)
 			results[i].LayerMaps = lm
 		}
 		if pix := s.pixelInput(x, i, r.Class, 1); pix != nil && (s.opt.PixelMap || s.opt.LayerMaps) {
-			m, err := smoothedMapWith(nil, pix, i, len(reqs), s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+			m, err := smoothedMapWith(nil, pix, nil, i, len(reqs), s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
 			if err != nil {
 				return nil, err
 			}
 			results[i].PixelMap, _ = finiteFloat32(m) // finite: the frame and the mean frame are
+		}
+		if k := knn.frame(i, 1); k != nil && (s.opt.KnnMap || s.opt.LayerMaps) {
+			m, err := smoothedMapWith(nil, nil, k, i, len(reqs), s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+			if err != nil {
+				return nil, err
+			}
+			f, ok := finiteFloat32(m)
+			if !ok {
+				return nil, fmt.Errorf("the knn graph produced non-finite distances (NaN/Inf)")
+			}
+			results[i].KnnMap = f
 		}
 	}
 	return results, nil

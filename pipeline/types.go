@@ -65,6 +65,10 @@ type Result struct {
 	// is the term's own smoothed map: the frame's distance to its class's mean frame, with weight 1 and without
 	// the map reference. Map adds it times map.pixel.weight; the calibrate stage measures the weight from it.
 	PixelMap []float32 `json:"-"`
+	// KnnMap, with Options.KnnMap or Options.LayerMaps and a bundle with the nearest-normal term (map.knn), is
+	// the term's own smoothed map with weight 1 and without the map reference, as PixelMap is the mean-frame
+	// term's.
+	KnnMap []float32 `json:"-"`
 	// LatencyMS holds per-stage wall time in milliseconds (stage names: Stage* constants); for a batch, each
 	// frame carries the batch's stage time divided by the batch size.
 	LatencyMS map[string]float64 `json:"latency_ms"`
@@ -96,6 +100,7 @@ const (
 	StageDenoise    = "denoise"
 	StageDecode     = "decode"
 	StageFeatures   = "features"
+	StageKnn        = "knn" // the nearest-normal term's graph (map.knn), only in bundles with the term
 	StageMap        = "map"
 	StageTotal      = "total"
 )

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -194,6 +195,9 @@ func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, s
 		FirstFrameMS: time.Since(first).Seconds() * 1000, DynamicOnly: sf.DynamicOnly}
 	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
 		pipeline.StageDecode, pipeline.StageFeatures, pipeline.StageMap, pipeline.StageTotal}
+	if m.Map.Knn != nil && m.Map.Knn.Weight > 0 { // the nearest-normal term's graph, before the map
+		stages = slices.Insert(stages, len(stages)-2, pipeline.StageKnn)
+	}
 	per := make([]map[string][]float64, len(bs))
 	for i, b := range bs {
 		per[i] = map[string][]float64{}

@@ -34,6 +34,9 @@ type Flags struct {
 	NoReference bool
 	// PixelMap returns the mean-frame term's own map with every result (pipeline.Options.PixelMap); not a flag.
 	PixelMap bool
+	// KnnMap and KnnLeaveOneOut: the nearest-normal term's own map, scored against banks without the frame's
+	// own vectors (pipeline.Options); not flags, for the calibrate command's reference.
+	KnnMap, KnnLeaveOneOut bool
 	// StaticNoLayout drops ONNX Runtime's NCHWc layout pass on the static denoisers (pipeline.Options.StaticNoLayout).
 	StaticNoLayout bool
 	// Ensemble overrides the bundle's diffusion.ensemble (pipeline.Options.Ensemble; 0 = the bundle's).
@@ -75,7 +78,7 @@ func (f *Flags) Options() pipeline.Options {
 	}
 	return pipeline.Options{Providers: prov, Threads: f.Threads, DenoiserThreads: f.DenoiserThreads, Spin: f.Spin, DenoiserSpin: f.DenoiserSpin, SpinMicros: f.SpinMicros, Library: f.Library, ClassConditioning: f.ClassCond,
 		LeanMemory: f.Lean, NoMemPattern: !f.Pattern,
-		SharedArena: f.Shared, DynamicOnly: f.DynamicOnly, NoReference: f.NoReference, PixelMap: f.PixelMap, StaticNoLayout: f.StaticNoLayout,
+		SharedArena: f.Shared, DynamicOnly: f.DynamicOnly, NoReference: f.NoReference, PixelMap: f.PixelMap, KnnMap: f.KnnMap, KnnLeaveOneOut: f.KnnLeaveOneOut, StaticNoLayout: f.StaticNoLayout,
 		Ensemble: f.Ensemble}
 }
 

@@ -21,7 +21,7 @@ func init() {
 }
 
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -40,6 +40,8 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		"each frame feature is compared with the reconstruction's best match within r cells, so a texture redrawn with another phase does not read as anomaly (docs/algorithm.md §1.9)")
 	pixel := fs.String("pixel-factor", "", "with --reference train: the mean-frame term's size relative to the feature map's (0 removes it; 0.25 to 1 where parts sit still "+
 		"on a plain background; absent: keep the bundle's). Adds each frame's pixel distance to its class's mean normal frame to the map (docs/algorithm.md §1.9)")
+	var kf knnFlags
+	kf.register(fs)
 	dry := fs.Bool("dry-run", false, "print the calibration without writing it into the bundle")
 	if err := Parse(fs, args); err != nil {
 		return err
@@ -63,6 +65,10 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
+	knnFactor, err := kf.resolve(sf.Bundle, *reference)
+	if err != nil {
+		return err
+	}
 	if err := checkEnsemble(sf.Bundle, sf.Ensemble, *reference); err != nil {
 		return err
 	}
@@ -81,19 +87,8 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return err
 		}
 	case *reference == eval.ReferenceTrain:
-		train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, classes, true), *refPer)
-		if len(train) == 0 {
-			return fmt.Errorf("--reference train: no normal training images in %s", df.data)
-		}
-		o := sf
-		o.NoReference, o.PixelMap = true, true
-		ref, err := eval.MeasureReference(ctx, sf.Bundle, o.Open, train, "train split of "+df.data, factor, eval.Options{BatchSize: df.batch, Progress: stderr})
-		if err != nil {
+		if err := measureTrainReference(ctx, sf, df, &kf, items, classes, *refPer, factor, knnFactor, stderr); err != nil {
 			return err
-		}
-		fmt.Fprintf(stderr, "map reference: mean maps of %d training normals over %d classes written\n", len(train), len(ref.Classes)-1)
-		if factor > 0 {
-			fmt.Fprintf(stderr, "mean-frame term: %s\n", eval.DescribePixel(factor, ref.PixelWeight))
 		}
 	}
 	normal := eval.Select(items, *split, classes, true)
@@ -145,6 +140,35 @@ func checkReference(reference string, roi, dry bool) error {
 		}
 	default:
 		return fmt.Errorf("--reference %q: want %s, %s or %s", reference, eval.ReferenceKeep, eval.ReferenceTrain, eval.ReferenceNone)
+	}
+	return nil
+}
+
+// measureTrainReference measures the map reference on the training normals (at most perClass a class) with the
+// mean-frame term at factor and the nearest-normal term at knnFactor, building the latter first when the bundle
+// has none.
+func measureTrainReference(ctx context.Context, sf scoreFlags, df dataFlags, kf *knnFlags, items []dataset.Item, classes []string, perClass int, factor, knnFactor float64, stderr io.Writer) error {
+	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, classes, true), perClass)
+	if len(train) == 0 {
+		return fmt.Errorf("--reference train: no normal training images in %s", df.data)
+	}
+	if knnFactor > 0 {
+		if err := kf.ensure(ctx, sf.Bundle, items, classes, "train split of "+df.data, sf.Options(), stderr); err != nil {
+			return err
+		}
+	}
+	o := sf
+	o.NoReference, o.PixelMap, o.KnnMap, o.KnnLeaveOneOut = true, true, true, true
+	ref, err := eval.MeasureReference(ctx, sf.Bundle, o.Open, train, "train split of "+df.data, factor, knnFactor, eval.Options{BatchSize: df.batch, Progress: stderr})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "map reference: mean maps of %d training normals over %d classes written\n", len(train), len(ref.Classes)-1)
+	if factor > 0 {
+		fmt.Fprintf(stderr, "mean-frame term: %s\n", eval.DescribePixel(factor, ref.PixelWeight))
+	}
+	if knnFactor > 0 {
+		fmt.Fprintf(stderr, "nearest-normal term: %s\n", eval.DescribePixel(knnFactor, ref.KnnWeight))
 	}
 	return nil
 }

@@ -255,6 +255,71 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 	}
 }
 
+// TestCalibrateKnnFactor: `vlmdiff calibrate --reference train --knn-factor A --knn-backbone F --knn-layers a,b`
+// builds the nearest-normal term into a bundle without one and sizes it with the reference (the bundle verifies,
+// thresholds move); a later --reference train without the flag keeps it; --knn-factor 0 removes it; the
+// combinations that cannot work are refused by name.
+func TestCalibrateKnnFactor(t *testing.T) {
+	_, data, bundle := calibrateTree(t, 4)
+	for i := range 4 { // normals that differ, as a line's do
+		writeNoisyPNG(t, filepath.Join(data, fmt.Sprintf("widget/train/good/%03d.png", i)), 128, 96, uint64(i))
+	}
+	trainer, err := filepath.Abs("../python")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VLMDIFF_TRAINER", trainer)
+	backbone, err := filepath.Abs("../../models/testdata/fixture/features.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := cliRun
+	base := []string{"calibrate", "--bundle", bundle, "--data", data, "--val-fraction", "0", "--split", "train", "--threads", "1"}
+	if code, _, stderr := run(append(base, "--reference", "train", "--knn-factor", "1")...); code == 0 || !strings.Contains(stderr, "--knn-backbone and --knn-layers") {
+		t.Fatalf("--knn-factor without a term or a backbone: exit %d\n%s", code, stderr)
+	}
+	if code, _, stderr := run(append(base, "--knn-factor", "1")...); code == 0 || !strings.Contains(stderr, "give --reference train") {
+		t.Fatalf("--knn-factor with the reference kept: exit %d\n%s", code, stderr)
+	}
+	code, plain, stderr := run(append(base, "--reference", "train")...)
+	if code != 0 {
+		t.Fatalf("calibrate --reference train: exit %d\n%s", code, stderr)
+	}
+	knn := append(base, "--reference", "train", "--knn-factor", "1", "--knn-backbone", backbone, "--knn-layers", "layer1,layer2", "--knn-bank", "32")
+	code, withTerm, stderr := run(knn...)
+	if code != 0 || !strings.Contains(stderr, "nearest-normal banks: 2 classes x 32 vectors of 56 values from 4 training normals") ||
+		!strings.Contains(stderr, "nearest-normal term: factor 1, weight") {
+		t.Fatalf("calibrate --knn-factor 1: exit %d\n%s", code, stderr)
+	}
+	if withTerm == plain {
+		t.Errorf("thresholds did not change with the nearest-normal term:\n%s", withTerm)
+	}
+	b, err := models.Load(bundle)
+	if err != nil {
+		t.Fatalf("bundle no longer loads: %v", err)
+	}
+	k, r := b.Manifest.Map.Knn, b.Manifest.Map.Reference
+	if k == nil || k.Factor != 1 || !(k.Weight > 0) || r == nil || r.KnnWeight != k.Weight {
+		t.Fatalf("map.knn %+v, reference %+v", k, r)
+	}
+	if code, _, stderr := run(append(base, "--reference", "train")...); code != 0 || !strings.Contains(stderr, "nearest-normal term: factor 1") {
+		t.Fatalf("calibrate --reference train keeping the term: exit %d\n%s", code, stderr)
+	}
+	weigh := []string{"eval", "--bundle", bundle, "--data", data, "--val-fraction", "0", "--threads", "1", "--weigh-layers", "0,1", "--val-data", data}
+	if code, _, stderr := run(weigh...); code == 0 || !strings.Contains(stderr, "nearest-normal term") {
+		t.Errorf("eval --weigh-layers on a bundle with the term: exit %d\n%s", code, stderr)
+	}
+	if code, _, stderr := run(append(base, "--reference", "train", "--knn-factor", "0")...); code != 0 {
+		t.Fatalf("--knn-factor 0: exit %d\n%s", code, stderr)
+	}
+	if b, err := models.Load(bundle); err != nil || b.Manifest.Map.Knn != nil || b.Manifest.Map.Reference == nil {
+		t.Fatalf("after --knn-factor 0: %v, map %+v", err, b.Manifest.Map)
+	}
+	if _, err := os.Stat(filepath.Join(bundle, eval.KnnBankFile)); !os.IsNotExist(err) {
+		t.Errorf("the bank stays after --knn-factor 0: %v", err)
+	}
+}
+
 // TestCalibratePixelFactor: `vlmdiff calibrate --reference train --pixel-factor A` writes the mean frames and
 // sizes the term's weight with the reference (the bundle verifies, thresholds move); a later --reference train
 // without the flag keeps the factor and measures again; --pixel-factor 0 and --reference none remove the

@@ -154,6 +154,11 @@ func WeighMaps(ctx context.Context, s *pipeline.Scorer, reference, val []dataset
 	if len(val) == 0 {
 		return nil, errors.New("layer weights: no validation images")
 	}
+	if k := m.Map.Knn; k != nil && k.Weight > 0 {
+		// its weight is sized on the bundle's own layer weights: another weighting would need another weight
+		return nil, errors.New("layer weights: the bundle adds the nearest-normal term (map.knn); weigh the layers without it " +
+			"(vlmdiff calibrate --reference train --knn-factor 0) and add it back afterwards")
+	}
 	if pixel && (s.Bundle().MeanFrames == nil || len(reference) == 0) {
 		return nil, errors.New("layer weights with the mean-frame term: the bundle needs its mean frames (map.pixel) and the term its reference normals")
 	}

@@ -211,11 +211,16 @@ func pixelWeight(factor, featureStd, termStd float64) float64 {
 }
 
 // MeasureReference measures a bundle's map reference on the normal items and writes it, with the mean-frame
-// term at factor (0: no term): the mean frames first (no model), then one scoring pass that measures the
-// reference and the term's weight together (BuildReference). open opens the bundle as it is on disk at that
-// point; it must set pipeline.Options.NoReference and PixelMap.
-func MeasureReference(ctx context.Context, bundleDir string, open func() (*pipeline.Scorer, error), normal []dataset.Item, source string, factor float64, opts Options) (*Reference, error) {
+// term at factor (0: no term) and the nearest-normal term at knnFactor (0: none; above 0 the bundle must have
+// its banks, AddKnn): the mean frames first (no model), then one scoring pass that measures the reference and
+// the terms' weights together (BuildReference). open opens the bundle as it is on disk at that point; it must
+// set pipeline.Options.NoReference, PixelMap, KnnMap and KnnLeaveOneOut.
+func MeasureReference(ctx context.Context, bundleDir string, open func() (*pipeline.Scorer, error), normal []dataset.Item, source string, factor, knnFactor float64, opts Options) (*Reference, error) {
 	if err := CheckPixelFactor(factor); err != nil {
+		return nil, err
+	}
+	// the nearest-normal term's banks are built beforehand (AddKnn); here only its factor is set, 0 removing it
+	if err := SetKnnFactor(bundleDir, knnFactor); err != nil {
 		return nil, err
 	}
 	var mf *MeanFrames

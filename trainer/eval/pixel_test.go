@@ -148,7 +148,7 @@ func TestWeighMapsWithPixelTermMatchesBundles(t *testing.T) {
 		raw := cpu
 		raw.NoReference, raw.PixelMap = true, true
 		open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, raw) }
-		r, err := MeasureReference(ctx, b, open, train, "train", c.Pixel, Options{})
+		r, err := MeasureReference(ctx, b, open, train, "train", c.Pixel, 0, Options{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -42,6 +42,8 @@ type Reference struct {
 	// PixelWeight is the mean-frame term's measured weight (map.pixel.weight; 0 without the term): the rows
 	// include the term's mean map times it.
 	PixelWeight float64
+	// KnnWeight is the nearest-normal term's measured weight (map.knn.weight), sized the same way.
+	KnnWeight float64
 }
 
 // ReferenceItems picks at most perClass normal items of each class, evenly spread over the class's items in
@@ -87,21 +89,32 @@ func BuildReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.It
 		return nil, fmt.Errorf("map reference: measured on whole frames; a region of interest is not supported")
 	}
 	m := s.Manifest()
-	var factor, weight float64
+	var factor, weight, kfactor, kweight float64
 	if t := m.Map.Pixel; t != nil {
 		factor, weight = t.Factor, t.Weight
+	}
+	if t := m.Map.Knn; t != nil {
+		kfactor, kweight = t.Factor, t.Weight
 	}
 	res, err := ScoreItems(ctx, s, normal, opts)
 	if err != nil {
 		return nil, fmt.Errorf("map reference: %w", err)
 	}
 	W, H := m.Input.Width, m.Input.Height
-	feat, term := newClassSums(factor > 0), newClassSums(true)
+	feat, term, knn := newClassSums(factor > 0 || kfactor > 0), newClassSums(true), newClassSums(true)
 	for _, r := range res {
 		if r.Result.MapWidth != W || r.Result.MapHeight != H {
 			return nil, fmt.Errorf("map reference: %s has a %dx%d map, want %dx%d", r.Item.Path, r.Result.MapWidth, r.Result.MapHeight, W, H)
 		}
 		f := r.Result.Map
+		if kfactor > 0 {
+			k := r.Result.KnnMap
+			if len(k) != len(f) {
+				return nil, fmt.Errorf("map reference: %s has no map of the nearest-normal term (open the scorer with pipeline.Options.KnnMap)", r.Item.Path)
+			}
+			f = subtractScaled(f, k, kweight) // the map without the term it added
+			knn.add(r.Item.Class, k)
+		}
 		if factor > 0 {
 			d := r.Result.PixelMap
 			if len(d) != len(f) {
@@ -121,16 +134,25 @@ func BuildReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.It
 	if factor > 0 {
 		ref.PixelWeight = pixelWeight(factor, feat.std(), term.std())
 	}
+	if kfactor > 0 {
+		ref.KnnWeight = pixelWeight(kfactor, feat.std(), knn.std())
+	}
 	for _, c := range ref.Classes {
 		row := make([]float32, W*H)
 		fm := feat.mean(c)
-		var tm []float64
+		var tm, km []float64
 		if ref.PixelWeight != 0 {
 			tm = term.mean(c)
+		}
+		if ref.KnnWeight != 0 {
+			km = knn.mean(c)
 		}
 		for i, v := range fm {
 			if tm != nil {
 				v += ref.PixelWeight * tm[i]
+			}
+			if km != nil {
+				v += ref.KnnWeight * km[i]
 			}
 			row[i] = float32(v)
 		}
@@ -149,15 +171,29 @@ func WriteReference(bundleDir string, ref *Reference) error {
 		if ref != nil && ref.PixelWeight != 0 && m.Map.Pixel == nil { // refused before any file is written
 			return fmt.Errorf("measured with the mean-frame term at weight %g, but the bundle has no term", ref.PixelWeight)
 		}
+		if ref != nil && ref.KnnWeight != 0 && m.Map.Knn == nil {
+			return fmt.Errorf("measured with the nearest-normal term at weight %g, but the bundle has no term", ref.KnnWeight)
+		}
 		if old := m.Map.Reference; old != nil {
 			delete(m.Files, old.File)
 		}
 		m.Map.Reference = nil
-		if ref == nil { // the mean-frame term is sized and centred by the reference: it goes with it
+		if ref == nil { // the terms are sized and centred by the reference: they go with it
+			var drop []string
 			if t := m.Map.Pixel; t != nil {
-				delete(m.Files, t.File)
+				drop = append(drop, t.File)
 				m.Map.Pixel = nil
-				if err := os.Remove(filepath.Join(bundleDir, t.File)); err != nil && !os.IsNotExist(err) {
+			}
+			if t := m.Map.Knn; t != nil {
+				drop = append(drop, t.Graph, t.Bank, t.Sources)
+				m.Map.Knn = nil
+			}
+			for _, f := range drop {
+				if f == "" {
+					continue
+				}
+				delete(m.Files, f)
+				if err := os.Remove(filepath.Join(bundleDir, f)); err != nil && !os.IsNotExist(err) {
 					return err
 				}
 			}
@@ -177,6 +213,10 @@ func WriteReference(bundleDir string, ref *Reference) error {
 		if t := m.Map.Pixel; t != nil {
 			t.Weight = ref.PixelWeight
 			m.Map.Reference.PixelWeight = ref.PixelWeight
+		}
+		if t := m.Map.Knn; t != nil {
+			t.Weight = ref.KnnWeight
+			m.Map.Reference.KnnWeight = ref.KnnWeight
 		}
 		setEnsemble(m, ref.Noises)
 		return nil

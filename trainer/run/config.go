@@ -159,6 +159,12 @@ type SelectConfig struct {
 	// it leads the best without it by MinGain; the calibrate stage then sizes it on the bundle's own maps.
 	// Empty (default): calibrate.pixel_factor.
 	PixelFactors []float64 `yaml:"pixel_factors" json:",omitempty"` // omitempty: the stage hash of runs before the field stays
+	// KnnFactors, when set, are the sizes of the nearest-normal term (models.KnnTerm, built as calibrate.knn
+	// says) the stage weighs last, on the chosen model, layers, mean-frame term and start noises, e.g. [0, 0.5, 1,
+	// 2]: the bank is built from the training normals, the reference normals scored once against banks without
+	// their own vectors and the painted set once. A factor is taken only when it leads factor 0 by MinGain; the
+	// calibrate stage then builds the term into the bundle. Empty (default): calibrate.knn_factor.
+	KnnFactors []float64 `yaml:"knn_factors" json:",omitempty"`
 }
 
 // SelectMetrics are the names select.metric accepts.
@@ -196,6 +202,31 @@ type CalibrateConfig struct {
 	// PixelFactor is the mean-frame term's size relative to the feature map's (models.PixelTerm.Factor; 0,
 	// the default: no term), unless the select stage chose one (select.pixel_factors). Needs reference train.
 	PixelFactor float64 `yaml:"pixel_factor" json:",omitempty"` // omitempty: the stage hash of runs before the field stays
+	// KnnFactor is the nearest-normal term's size (models.KnnTerm.Factor; 0, the default: no term), unless the
+	// select stage chose one (select.knn_factors). Needs reference train and Knn.
+	KnnFactor float64 `yaml:"knn_factor" json:",omitempty"`
+	// Knn says how the nearest-normal term is built (docs/training.md, "The nearest-normal term").
+	Knn *KnnConfig `yaml:"knn" json:",omitempty"`
+}
+
+// KnnConfig builds the nearest-normal term (eval.KnnSpec): the feature backbone (an ONNX file with named
+// outputs, like export.features_onnx) and its layers, finest first; each position's vector is their
+// 3 x 3-pooled features at the first layer's resolution, averaged down to Dims values (0: all); the bank holds
+// Bank vectors per class (default eval.DefaultKnnBank), a greedy coreset of the training normals' positions.
+type KnnConfig struct {
+	BackboneONNX string    `yaml:"backbone_onnx"`
+	Layers       []string  `yaml:"layers"`
+	Dims         int       `yaml:"dims"`
+	Bank         int       `yaml:"bank"`
+	Mean         []float32 `yaml:"mean"` // the backbone's input normalisation (default ImageNet's)
+	Std          []float32 `yaml:"std"`
+	// Sampling draws the bank: coreset (default; greedy k-center) or random (a seeded uniform draw).
+	Sampling string `yaml:"sampling" json:",omitempty"`
+}
+
+// Spec is the build recipe as the eval package takes it.
+func (k *KnnConfig) Spec() eval.KnnSpec {
+	return eval.KnnSpec{Backbone: k.BackboneONNX, Layers: k.Layers, Dims: k.Dims, Bank: k.Bank, Mean: k.Mean, Std: k.Std, Sampling: k.Sampling}
 }
 
 // EvaluateConfig scores the test split.
@@ -329,6 +360,9 @@ func (c *Config) resolve(base string) {
 	abs(&c.Build.SDCheckpoint)
 	abs(&c.Build.Tokenizer)
 	abs(&c.Export.FeaturesONNX)
+	if c.Calibrate.Knn != nil {
+		abs(&c.Calibrate.Knn.BackboneONNX)
+	}
 	abs(&c.Register.ModelsDir)
 	abs(&c.Evaluate.ValData)
 	abs(&c.Select.ValData)
@@ -404,6 +438,7 @@ func (c *Config) Validate() error {
 	if (c.Calibrate.PixelFactor > 0 || len(c.Select.PixelFactors) > 0) && c.Calibrate.Reference == eval.ReferenceNone {
 		bad("calibrate.pixel_factor", "the mean-frame term is sized on the training normals with the map reference: it needs calibrate.reference train")
 	}
+	c.validateKnn(bad)
 	if c.Train.SnapshotEvery < 0 {
 		bad("train.snapshot_every", "must be >= 0 (epochs between snapshots; 0: none)")
 	}
@@ -424,6 +459,39 @@ func (c *Config) Validate() error {
 		return errors.New(strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// validateKnn checks the nearest-normal term's keys, reporting each problem through bad.
+func (c *Config) validateKnn(bad func(field, format string, args ...any)) {
+	if err := eval.CheckKnnFactor(c.Calibrate.KnnFactor); err != nil {
+		bad("calibrate.knn_factor", "%v", err)
+	}
+	kf := c.Select.KnnFactors
+	for i, a := range kf {
+		if eval.CheckKnnFactor(a) != nil || (i > 0 && a <= kf[i-1]) {
+			bad("select.knn_factors", "%v: want increasing factors in 0..%d", kf, eval.MaxPixelFactor)
+			break
+		}
+	}
+	if c.Calibrate.KnnFactor == 0 && len(kf) == 0 {
+		return
+	}
+	if c.Calibrate.Reference == eval.ReferenceNone {
+		bad("calibrate.knn_factor", "the nearest-normal term is sized on the training normals with the map reference: it needs calibrate.reference train")
+	}
+	k := c.Calibrate.Knn
+	switch {
+	case k == nil || k.BackboneONNX == "":
+		bad("calibrate.knn.backbone_onnx", "is required with the nearest-normal term (e.g. mobilenetv2_fp32_features.onnx)")
+	case len(k.Layers) == 0:
+		bad("calibrate.knn.layers", "is required with the nearest-normal term (e.g. [block2, block5])")
+	case k.Dims < 0 || k.Bank < 0 || k.Bank > models.MaxKnnBank:
+		bad("calibrate.knn", "dims %d and bank %d: want dims >= 0 (0: all) and bank 0 (default %d) to %d", k.Dims, k.Bank, eval.DefaultKnnBank, models.MaxKnnBank)
+	case (len(k.Mean) != 0 || len(k.Std) != 0) && (len(k.Mean) != 3 || len(k.Std) != 3):
+		bad("calibrate.knn.mean/std", "want 3 values each, or neither (ImageNet's)")
+	case eval.CheckKnnSampling(k.Sampling) != nil:
+		bad("calibrate.knn.sampling", "%v", eval.CheckKnnSampling(k.Sampling))
+	}
 }
 
 // validateSelect checks the select section, reporting each problem through bad.

@@ -124,7 +124,43 @@ func backbone(t *testing.T) string {
 // floating-point differences alone. 80 and 120 steps (the denoiser stage is seconds; the select stage dominates
 // the test's time) gave 0.903 and 0.941 there, a margin that numerics do not eat.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n", 2)
+	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  knn_factors: [0, 1, 4]\n", 2)
+}
+
+// knnBackbone is the committed fixture's feature graph (random convolutions, layer1 /4 and layer2 /8): the
+// nearest-normal term's backbone in the end-to-end test, where no pretrained one may be assumed.
+const knnBackbone = "../../models/testdata/fixture/features.onnx"
+
+// checkKnnSelection: the select stage weighed the nearest-normal term's factors (factor 0 first, every metric a
+// fraction), and the bundle has the term exactly when it chose a factor above 0, at that factor, with a
+// measured weight that its reference was measured with.
+func checkKnnSelection(t *testing.T, runDir string, m *models.Manifest) {
+	t.Helper()
+	rows := readCSV(t, filepath.Join(runDir, "select", run.KnnFile))
+	if len(rows) != 4 || rows[1][0] != "knn-0" {
+		t.Fatalf("nearest-normal table %v: want factors 0, 1 and 4, 0 first", rows)
+	}
+	b, err := os.ReadFile(filepath.Join(runDir, "select", run.KnnChoiceFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows[1:] {
+		if (r[len(r)-1] == "true") != (r[0] == "knn-"+strconv.FormatFloat(a, 'g', 4, 64)) {
+			t.Errorf("row %v: the chosen column disagrees with the choice %g", r, a)
+		}
+	}
+	t.Logf("nearest-normal term: factor %g chosen from %v", a, rows[1:])
+	k := m.Map.Knn
+	if (k != nil) != (a > 0) {
+		t.Fatalf("chosen factor %g, but the bundle's map.knn is %+v", a, k)
+	}
+	if k != nil && (k.Factor != a || !(k.Weight > 0) || m.Map.Reference.KnnWeight != k.Weight || k.Dims != 56) {
+		t.Fatalf("map.knn %+v, reference knn weight %g: want factor %g, a measured weight, 56 values", k, m.Map.Reference.KnnWeight, a)
+	}
 }
 
 // TestTrainTinyTaefEndToEnd runs the same pipeline and checks on the pretrained-autoencoder structure (tiny-taef:
@@ -192,6 +228,13 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 		cfg = strings.Replace(cfg, "export:\n", fmt.Sprintf("export:\n  extra:\n    ensemble: %d\n", ensemble), 1)
 	}
 	cfg += extra
+	if strings.Contains(extra, "knn_factors:") {
+		kb, err := filepath.Abs(knnBackbone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg = strings.Replace(cfg, "calibrate:\n", "calibrate:\n  knn:\n    backbone_onnx: "+kb+"\n    layers: [layer1, layer2]\n    bank: 64\n", 1)
+	}
 	cfgPath := filepath.Join(work, "tiny.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -248,6 +291,11 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 		checkLayerSelection(t, runDir, m)
 	} else if strings.Contains(cfg, "layer_weights:") {
 		t.Fatalf("select.layer_weights is set but the select stage wrote no table: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(runDir, "select", run.KnnFile)); err == nil {
+		checkKnnSelection(t, runDir, m)
+	} else if strings.Contains(cfg, "knn_factors:") {
+		t.Fatalf("select.knn_factors is set but the select stage wrote no table: %v", err)
 	}
 	if m.Diffusion.Noises() != want || m.Map.Reference == nil || m.Map.Reference.NoiseCount() != want {
 		t.Fatalf("bundle scores with %d start noise(s), reference %+v: want %d for both", m.Diffusion.Noises(), m.Map.Reference, want)

@@ -10,10 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/trainer/eval"
 )
 
@@ -324,6 +326,29 @@ func (p Python) PruneONNXOutputs(ctx context.Context, src, dst string, keep []st
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("pruning %s to outputs %v: %v: %s", src, keep, err, lastLine(string(out)))
+	}
+	return nil
+}
+
+// KnnGraph writes the nearest-normal term's graph for the bundle m at dst (vlmdiff_train.knn_graph): spec's
+// backbone cut at its layers, fed the bundle's normalised input. It is an eval.MakeKnnGraph.
+func (p Python) KnnGraph(ctx context.Context, spec eval.KnnSpec, m *models.Manifest, dst string) error {
+	floats := func(v []float32) string {
+		s := make([]string, len(v))
+		for i, f := range v {
+			s[i] = strconv.FormatFloat(float64(f), 'g', -1, 32)
+		}
+		return strings.Join(s, ",")
+	}
+	args := []string{"--backbone", spec.Backbone, "--layers", strings.Join(spec.Layers, ","),
+		"--height", strconv.Itoa(m.Input.Height), "--width", strconv.Itoa(m.Input.Width), "--dims", strconv.Itoa(spec.Dims),
+		"--in-mean", floats(m.Input.Mean[:]), "--in-std", floats(m.Input.Std[:]), "--out", dst}
+	if len(spec.Mean) == 3 && len(spec.Std) == 3 {
+		args = append(args, "--mean", floats(spec.Mean), "--std", floats(spec.Std))
+	}
+	out, err := p.Module(ctx, "vlmdiff_train.knn_graph", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("knn graph of %s %v: %v: %s", spec.Backbone, spec.Layers, err, lastLine(string(out)))
 	}
 	return nil
 }

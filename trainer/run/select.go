@@ -135,7 +135,7 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 		return nil, fmt.Errorf("the train stage recorded no model output")
 	}
 	snaps := sc.Output("train", "snapshots")
-	if snaps == "" && len(c.Select.Ensembles) == 0 && len(c.Select.LayerWeights) == 0 {
+	if snaps == "" && len(c.Select.Ensembles) == 0 && len(c.Select.LayerWeights) == 0 && len(c.Select.KnnFactors) == 0 {
 		fmt.Fprintln(sc.Progress, "[select] no snapshots (train.snapshot_every is 0): exporting the train stage's model")
 		return map[string]string{"model": final}, nil
 	}
@@ -201,6 +201,22 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 			return nil, err
 		}
 		outs["pixel_factor"] = p
+	}
+	if len(c.Select.KnnFactors) > 0 {
+		// last, on the recipe chosen above: the term's banks are built once, for the bundle that ships
+		pixel := c.Calibrate.PixelFactor
+		if len(c.Select.PixelFactors) > 0 && choice.Layers != nil {
+			pixel = choice.Pixel
+		}
+		a, table, err := t.selectKnn(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, k, choice.Layers, pixel)
+		if err != nil {
+			return nil, err
+		}
+		p := filepath.Join(dir, KnnChoiceFile)
+		if err := os.WriteFile(p, []byte(strconv.FormatFloat(a, 'g', -1, 64)+"\n"), 0o644); err != nil {
+			return nil, err
+		}
+		outs["knn_factor"], outs["knn"] = p, table
 	}
 	if layers := choice.Layers; layers != nil {
 		b, err := json.Marshal(layers)
@@ -426,7 +442,7 @@ func (t *Training) scoreCandidate(ctx context.Context, sc *StageContext, items [
 	if err != nil {
 		return metrics.Metrics{}, err
 	}
-	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, factor, "[select] "+cand.Name+" "); err != nil {
+	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, factor, 0, "[select] "+cand.Name+" "); err != nil {
 		return metrics.Metrics{}, err
 	}
 	s, err := pipeline.Open(bundle, t.ORT)

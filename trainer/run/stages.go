@@ -147,6 +147,9 @@ func (t *Training) Stages() []Stage {
 		// resolved from calibrate's when unset).
 		{Name: "select", Inputs: func() (any, error) {
 			in := map[string]any{"select": c.Select, "export": c.Export, "reference": c.Calibrate.Reference}
+			if len(c.Select.KnnFactors) > 0 { // the nearest-normal term is weighed as calibrate.knn builds it
+				in["knn"] = c.Calibrate.Knn
+			}
 			if c.Calibrate.PixelFactor > 0 { // the candidates are scored with the term (absent before the field: same hash)
 				in["pixel_factor"] = c.Calibrate.PixelFactor
 			}
@@ -509,7 +512,14 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 	if factor < 0 {
 		factor = c.Calibrate.PixelFactor
 	}
-	if err := t.measureReference(ctx, sc, items, bundle, c.Calibrate.ReferencePerClass, factor, "[calibrate] "); err != nil {
+	knnFactor, err := selectedKnnFactor(sc)
+	if err != nil {
+		return nil, err
+	}
+	if knnFactor < 0 {
+		knnFactor = c.Calibrate.KnnFactor
+	}
+	if err := t.measureReference(ctx, sc, items, bundle, c.Calibrate.ReferencePerClass, factor, knnFactor, "[calibrate] "); err != nil {
 		return nil, err
 	}
 	s, err := t.scorer(sc)
@@ -535,9 +545,10 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 }
 
 // measureReference writes the bundle's map reference (calibrate.reference: train) from the training normals,
-// scored without any earlier reference, with the mean-frame term at factor (0: none), or removes both (none).
-// It runs before the thresholds, which are taken on the maps the daemon will score.
-func (t *Training) measureReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, perClass int, factor float64, prefix string) error {
+// scored without any earlier reference, with the mean-frame term at factor and the nearest-normal term at
+// knnFactor (0: none; its banks are built here from every training normal when the bundle has none), or
+// removes them all (none). It runs before the thresholds, which are taken on the maps the daemon will score.
+func (t *Training) measureReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, perClass int, factor, knnFactor float64, prefix string) error {
 	c := t.Config
 	if c.Calibrate.Reference == eval.ReferenceNone {
 		return eval.WriteReference(bundle, nil) // and the mean-frame term with it
@@ -547,8 +558,13 @@ func (t *Training) measureReference(ctx context.Context, sc *StageContext, items
 		fmt.Fprintln(sc.Progress, prefix+"WARNING: no training normals for the map reference: raw maps")
 		return eval.WriteReference(bundle, nil)
 	}
+	if knnFactor > 0 {
+		if err := t.ensureKnn(ctx, sc, items, bundle, prefix); err != nil {
+			return err
+		}
+	}
 	opt := t.ORT
-	opt.NoReference, opt.PixelMap = true, true
+	opt.NoReference, opt.PixelMap, opt.KnnMap, opt.KnnLeaveOneOut = true, true, true, true
 	open := func() (*pipeline.Scorer, error) {
 		s, err := pipeline.Open(bundle, opt)
 		if err != nil {
@@ -556,7 +572,7 @@ func (t *Training) measureReference(ctx context.Context, sc *StageContext, items
 		}
 		return s, nil
 	}
-	ref, err := eval.MeasureReference(ctx, bundle, open, train, "train split of "+sc.Output("index", "index"), factor,
+	ref, err := eval.MeasureReference(ctx, bundle, open, train, "train split of "+sc.Output("index", "index"), factor, knnFactor,
 		eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, prefix+"reference "), Logger: sc.Logger})
 	if err != nil {
 		return err
@@ -565,6 +581,34 @@ func (t *Training) measureReference(ctx context.Context, sc *StageContext, items
 	if factor > 0 {
 		fmt.Fprintf(sc.Progress, "%smean-frame term: %s\n", prefix, eval.DescribePixel(factor, ref.PixelWeight))
 	}
+	if knnFactor > 0 {
+		fmt.Fprintf(sc.Progress, "%snearest-normal term: %s\n", prefix, eval.DescribePixel(knnFactor, ref.KnnWeight))
+	}
+	return nil
+}
+
+// ensureKnn builds the nearest-normal term (calibrate.knn) into the bundle from every training normal, unless
+// the bundle has it already.
+func (t *Training) ensureKnn(ctx context.Context, sc *StageContext, items []dataset.Item, bundle, prefix string) error {
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return err
+	}
+	if m.Map.Knn != nil {
+		return nil
+	}
+	k := t.Config.Calibrate.Knn
+	if k == nil {
+		return fmt.Errorf("the nearest-normal term needs calibrate.knn (backbone_onnx, layers)")
+	}
+	train := eval.Select(items, dataset.SplitTrain, t.Config.Data.Classes, true)
+	start := time.Now()
+	kb, err := eval.AddKnn(ctx, bundle, k.Spec(), t.Python.KnnGraph, train, 0, t.ORT, "train split of "+sc.Output("index", "index"))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(sc.Progress, "%snearest-normal banks: %d classes x %d vectors of %d values (%s %v, %dx%d positions) from %d training normals in %s\n",
+		prefix, len(kb.Classes), kb.Size, kb.Dims, filepath.Base(k.BackboneONNX), k.Layers, kb.Height, kb.Width, len(train), time.Since(start).Round(time.Second))
 	return nil
 }
 

@@ -26,13 +26,13 @@ __all__ = ["main"]
 
 def _serve(bundle: str, weights: str, images: List[str], out=sys.stdout, inp=sys.stdin, ensemble: int = 0) -> None:
     from .model_file import load_nets
-    from .reference import Scorer, load_image, read_conditioning, read_manifest, read_pixel, read_reference
+    from .reference import Scorer, load_image, read_conditioning, read_knn, read_manifest, read_pixel, read_reference
 
     m = read_manifest(bundle)
     if ensemble > 0:  # the Go side's --ensemble override: both sides score the same number of noises
         m["diffusion"]["ensemble"] = ensemble
     scorer = Scorer(m, load_nets(weights, bundle, m), read_conditioning(bundle, m), read_reference(bundle, m),
-                    read_pixel(bundle, m))
+                    read_pixel(bundle, m), read_knn(bundle, m))
     i, lat = m["input"], m["latent"]
     H, W, C, ds = int(i["height"]), int(i["width"]), int(lat["channels"]), int(lat["downsample"])
     xs = [load_image(p, H, W, i["mean"], i["std"], i.get("resize", "pil_bilinear"))[None] for p in images]

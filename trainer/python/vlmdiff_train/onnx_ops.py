@@ -136,10 +136,10 @@ def _reduce(kind: str):
                 return x
             axes = list(range(x.dim()))
         dims = sorted({_axis(int(v), x.dim(), kind) for v in axes})
-        if kind == "ReduceMax":
+        if kind in ("ReduceMax", "ReduceMin"):
             y = x
             for d in reversed(dims):
-                y = y.amax(dim=d, keepdim=keep)
+                y = y.amax(dim=d, keepdim=keep) if kind == "ReduceMax" else y.amin(dim=d, keepdim=keep)
             return y
         return fns[kind](x, dim=dims, keepdim=keep)
 
@@ -369,6 +369,7 @@ OPS: Dict[str, Callable[[list, dict, int], object]] = {
     "Equal": _binary(torch.eq), "Less": _binary(torch.lt), "Greater": _binary(torch.gt),
     "Softmax": _softmax, "LayerNormalization": _layer_norm,
     "ReduceMean": _reduce("ReduceMean"), "ReduceSum": _reduce("ReduceSum"), "ReduceMax": _reduce("ReduceMax"),
+    "ReduceMin": _reduce("ReduceMin"),
     "Reshape": _reshape, "Gather": _gather, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Slice": _slice,
     "Expand": _expand, "ConstantOfShape": _constant_of_shape, "Split": _split, "Range": _range,
     "Resize": _resize,

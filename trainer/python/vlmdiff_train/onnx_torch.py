@@ -58,9 +58,6 @@ class OnnxModule(torch.nn.Module):
         # The default domain's opset decides how some ops read their arguments (Slice, Squeeze, ReduceMean, ...).
         self.opset = max([int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")] or [1])
         init_names = {i.name for i in g.initializer}
-        self.input_names = [i.name for i in g.input if i.name not in init_names]
-        if len(self.input_names) != 1:
-            raise RuntimeError(f"onnx_torch: want one graph input, got {self.input_names}")
         self.output_names = outputs or [o.name for o in g.output]
         self._consts: Dict[str, str] = {}
         for i, init in enumerate(g.initializer):
@@ -76,6 +73,11 @@ class OnnxModule(torch.nn.Module):
             if need.intersection(n.output):
                 keep.append(n)
                 need.update(i for i in n.input if i)
+        # the inputs the kept nodes read, the first being forward's x (a graph may have more, e.g. the knn
+        # graph's bank, which its `features` output does not need and its `distance` does: forward's named)
+        self.input_names = [i.name for i in g.input if i.name not in init_names and (i.name in need or not keep)]
+        if not self.input_names:
+            raise RuntimeError(f"onnx_torch: no graph input for {self.output_names}")
         self.nodes = []
         for n in reversed(keep):
             at = dict(_attrs(n), _n_outputs=len(n.output))
@@ -96,8 +98,12 @@ class OnnxModule(torch.nn.Module):
             raise RuntimeError(f"onnx_torch: loading {path}: {e}") from e
         return cls(model, outputs)
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        env: Dict[str, torch.Tensor] = {self.input_names[0]: x}
+    def forward(self, x: torch.Tensor, **named: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """x feeds the first graph input; named feed the others by name (every one the outputs need)."""
+        missing = [n for n in self.input_names[1:] if n not in named]
+        if missing:
+            raise RuntimeError(f"onnx_torch: inputs {missing} are needed for {self.output_names}")
+        env: Dict[str, torch.Tensor] = {self.input_names[0]: x, **named}
         for name, buf in self._consts.items():
             env[name] = getattr(self, buf)
         for op, ins, outs, at in self.nodes:

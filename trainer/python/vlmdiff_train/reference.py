@@ -90,6 +90,40 @@ def read_pixel(bundle_dir: str, manifest: dict) -> Tuple[Dict[str, np.ndarray], 
     return {c: arr[i].copy() for i, c in enumerate(classes)}, float(t.get("weight", 0.0))
 
 
+class KnnTerm:
+    """map.knn (docs/algorithm.md §1.9, "the nearest-normal term"): the knn graph's features (run with torch ops
+    through onnx_torch, not ONNX Runtime), each class's bank, and the term's weight."""
+
+    def __init__(self, bundle_dir: str, t: dict):
+        from .onnx_torch import OnnxModule
+
+        self.features = OnnxModule.load(os.path.join(bundle_dir, t["graph"]), ["features"]).eval()
+        self.weight = float(t.get("weight", 0.0))
+        n, d, classes = int(t["size"]), int(t["dims"]), list(t["classes"])
+        raw = np.fromfile(os.path.join(bundle_dir, t["bank"]), dtype="<f4")
+        if raw.size != len(classes) * n * d:
+            raise RuntimeError(f"knn bank {t['bank']}: {raw.size} floats, want {len(classes)}x{n}x{d}")
+        arr = raw.reshape(len(classes), n, d)
+        self.banks = {c: torch.from_numpy(arr[i].astype(np.float64)) for i, c in enumerate(classes)}
+
+    @torch.no_grad()
+    def distance(self, x: torch.Tensor, cls: Optional[str], height: int, width: int) -> np.ndarray:
+        """[H,W]: each position's Euclidean distance to the nearest vector of cls's bank (the global one when it has
+        none), in float64, upsampled bilinearly with aligned corners to the map's size. Go twin:
+        pipeline.knnDistances and the map plan's knn layer."""
+        f = self.features(x)["features"][0].double()                            # [D, h, w]
+        q = f.flatten(1).T                                                      # [h*w, D]
+        bank = self.banks.get(cls or "", self.banks[""])
+        d = torch.cdist(q, bank).min(1).values.reshape(1, 1, *f.shape[1:])
+        return F.interpolate(d, size=(height, width), mode="bilinear", align_corners=True)[0, 0].numpy()
+
+
+def read_knn(bundle_dir: str, manifest: dict) -> Optional[KnnTerm]:
+    """map.knn as a KnnTerm, or None without the term."""
+    t = manifest.get("map", {}).get("knn")
+    return KnnTerm(bundle_dir, t) if t else None
+
+
 def pixel_distance(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """The mean-frame term's distance (docs/algorithm.md §1.9): sqrt of the sum over the 3 channels of the squared
     difference between the preprocessed frame x [3,H,W] and its class's mean frame, in float64. Go twin:
@@ -266,8 +300,9 @@ class Scorer:
 
     def __init__(self, manifest: dict, nets: Nets, conditioning: Dict[str, torch.Tensor],
                  reference: Optional[Dict[str, np.ndarray]] = None,
-                 pixel: Optional[Tuple[Dict[str, np.ndarray], float]] = None):
+                 pixel: Optional[Tuple[Dict[str, np.ndarray], float]] = None, knn: Optional[KnnTerm] = None):
         self.m = manifest
+        self.knn = knn
         self.reference = reference or {}
         self.mean_frames, self.pixel_weight = pixel or ({}, 0.0)
         self.nets = nets.eval()
@@ -342,7 +377,8 @@ class Scorer:
         """Returns (raw_score, smoothed map [H,W] float32) for one image x [1,3,H,W]. post_noise and start_noise
         are [K,C,h,w], one draw per start noise of the ensemble (K = diffusion.ensemble): the map is the mean of
         the K smoothed maps, each against its own reconstruction, plus, with the mean-frame term (map.pixel), its
-        weight times the smoothed distance of x to ref_class's mean frame. With a map reference, the row of
+        weight times the smoothed distance of x to ref_class's mean frame, and with the nearest-normal term (map.knn) its
+        weight times the smoothed distance to ref_class's bank. With a map reference, the row of
         ref_class (the global row "" when it has none) is subtracted before pooling, as the Go scorer does."""
         inp, f, mp, sc = self.m["input"], self.m["features"], self.m["map"], self.m["score"]
         k = self.ensemble()
@@ -359,6 +395,9 @@ class Scorer:
             mean = self.mean_frames.get(ref_class or "", self.mean_frames[""])
             d = pixel_distance(x[0].numpy(), mean)
             sm = sm + self.pixel_weight * (gaussian_filter(d, sigma=sigma, mode="reflect", truncate=trunc) if sigma > 0 else d)
+        if self.knn is not None and self.knn.weight != 0:
+            d = self.knn.distance(x, ref_class, int(inp["height"]), int(inp["width"]))
+            sm = sm + self.knn.weight * (gaussian_filter(d, sigma=sigma, mode="reflect", truncate=trunc) if sigma > 0 else d)
         if self.reference:
             ref = self.reference.get(ref_class or "", self.reference[""])
             sm = sm - ref.astype(np.float64)
@@ -387,7 +426,8 @@ def run_reference(bundle: str, weights: str, noise_path: str, out_dir: str, imag
         raise RuntimeError("reference: no images given")
     m = read_manifest(bundle)
     nets = load_nets(weights, bundle, m)
-    scorer = Scorer(m, nets, read_conditioning(bundle, m), read_reference(bundle, m), read_pixel(bundle, m))
+    scorer = Scorer(m, nets, read_conditioning(bundle, m), read_reference(bundle, m), read_pixel(bundle, m),
+                    read_knn(bundle, m))
     inp, lat = m["input"], m["latent"]
     H, W, C, ds = int(inp["height"]), int(inp["width"]), int(lat["channels"]), int(lat["downsample"])
     noise = read_noise(noise_path, len(images), C, H // ds, W // ds, scorer.ensemble())

@@ -1,0 +1,207 @@
+package models
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+)
+
+// The nearest-normal term's tensors (docs/bundle.md, "map.knn"): the knn graph takes the frame and its class's
+// memory bank and returns the frame's pooled feature vectors and each position's distance to the nearest one
+// in the bank.
+const (
+	KnnImage    = "image"    // [B, 3, H, W], the bundle's normalised input
+	KnnBank     = "bank"     // [B, N, D], each frame's bank
+	KnnFeatures = "features" // [B, D, h, w]
+	KnnDistance = "distance" // [B, 1, h, w]
+)
+
+// MaxKnnBank bounds map.knn.size: the distance costs h*w x size x dims multiply-adds a frame.
+const MaxKnnBank = 16384
+
+// KnnTerm is the nearest-normal term (docs/algorithm.md §1.9, "the nearest-normal term"): a memory bank per
+// class of the feature vectors of the training normals, and the distance of each of a frame's vectors to the
+// nearest in its class's bank, smoothed and added to the map with Weight. The reconstruction answers "what would
+// a normal part look like here"; the bank answers "has anything like this patch been seen on a normal part",
+// without drawing a texture anew, which holds on stochastic backgrounds and parts that move.
+type KnnTerm struct {
+	// Graph is the knn graph's file (inputs KnnImage and KnnBank, outputs KnnFeatures and KnnDistance).
+	Graph string `json:"graph"`
+	// Bank is the banks' file: raw little-endian float32 [len(Classes)][Size][Dims].
+	Bank string `json:"bank"`
+	// Sources, when set, is a file of raw little-endian uint64 [len(Classes)][Size]: for each bank vector the
+	// FNV-64a hash of the preprocessed frame it came from (SourceHash). Scoring a training normal against a bank
+	// without its own vectors (pipeline.Options.KnnLeaveOneOut) needs it: a training normal's nearest
+	// neighbour is itself.
+	Sources string `json:"sources,omitempty"`
+	// Classes names the banks; "" is drawn from every class, for a frame whose class has no bank.
+	Classes []string `json:"classes"`
+	Size    int      `json:"size"` // vectors per bank
+	Dims    int      `json:"dims"` // values per vector
+	// Height and Width are the distance map's size (the first layer's, before it is upsampled to the map).
+	Height int `json:"height"`
+	Width  int `json:"width"`
+	// Layers, Backbone, Images and Source say where the vectors came from, for the record.
+	Layers   []string `json:"layers,omitempty"`
+	Backbone string   `json:"backbone,omitempty"`
+	Sampling string   `json:"sampling,omitempty"` // how the bank was drawn: "coreset" (k-center greedy) or "random"
+	Images   []int    `json:"images,omitempty"`
+	Source   string   `json:"source,omitempty"`
+	// Factor and Weight as models.PixelTerm's: Weight = Factor x (feature map spread) / (term spread) over the
+	// reference normals, measured by the calibrate stage; 0 until then.
+	Factor float64 `json:"factor"`
+	Weight float64 `json:"weight"`
+}
+
+func (m *Manifest) validateKnn(p *problems) {
+	t := m.Map.Knn
+	if t == nil {
+		return
+	}
+	for field, f := range map[string]string{"graph": t.Graph, "bank": t.Bank, "sources": t.Sources} {
+		if f == "" {
+			if field != "sources" {
+				p.bad("map.knn."+field, "is empty")
+			}
+			continue
+		}
+		if _, ok := m.Files[f]; !ok {
+			p.bad("map.knn."+field, "%s is not listed in files", f)
+		}
+	}
+	seen := map[string]bool{}
+	for _, c := range t.Classes {
+		if seen[c] {
+			p.bad("map.knn.classes", "%q appears twice", c)
+		}
+		seen[c] = true
+	}
+	if !seen[""] {
+		p.bad("map.knn.classes", "needs the global bank \"\" for frames without a class")
+	}
+	if len(t.Images) != 0 && len(t.Images) != len(t.Classes) {
+		p.bad("map.knn.images", "has %d counts for %d classes", len(t.Images), len(t.Classes))
+	}
+	if t.Size < 1 || t.Size > MaxKnnBank {
+		p.bad("map.knn.size", "must be 1..%d vectors, got %d", MaxKnnBank, t.Size)
+	}
+	if t.Dims < 1 {
+		p.bad("map.knn.dims", "must be at least 1, got %d", t.Dims)
+	}
+	if t.Height < 1 || t.Width < 1 || t.Height > m.Input.Height || t.Width > m.Input.Width {
+		p.bad("map.knn", "a %dx%d distance map: want 1..%dx%d (at most the input size)", t.Height, t.Width, m.Input.Height, m.Input.Width)
+	}
+	if !(t.Factor >= 0) || math.IsInf(t.Factor, 0) {
+		p.bad("map.knn.factor", "must be a finite number >= 0, got %v", t.Factor)
+	}
+	if !(t.Weight >= 0) || math.IsInf(t.Weight, 0) {
+		p.bad("map.knn.weight", "must be a finite number >= 0, got %v", t.Weight)
+	}
+}
+
+// verifyKnn checks the knn graph's tensors against map.knn.
+func verifyKnn(dir string, m *Manifest) error {
+	t := m.Map.Knn
+	if t == nil {
+		return nil
+	}
+	gio, err := ReadGraphIO(filepath.Join(dir, t.Graph))
+	if err != nil {
+		return &CheckError{Check: "knn", File: t.Graph, Err: err}
+	}
+	want := func(kind string, have []TensorSpec, name string, shape ...int64) error {
+		for _, h := range have {
+			if h.Name != name {
+				continue
+			}
+			if h.Type != "float32" || len(h.Shape) != len(shape) {
+				return fmt.Errorf("%s %s is %s %v, want float32 of rank %d", kind, name, h.Type, h.Shape, len(shape))
+			}
+			for i, d := range shape {
+				if d > 0 && h.Shape[i] > 0 && h.Shape[i] != d {
+					return fmt.Errorf("%s %s has shape %v, want %v (0: any)", kind, name, h.Shape, shape)
+				}
+			}
+			return nil
+		}
+		return fmt.Errorf("has no %s %s", kind, name)
+	}
+	in, h, w := m.Input, int64(t.Height), int64(t.Width)
+	for _, err := range []error{
+		want("input", gio.Inputs, KnnImage, 0, 3, int64(in.Height), int64(in.Width)),
+		want("input", gio.Inputs, KnnBank, 0, 0, int64(t.Dims)),
+		want("output", gio.Outputs, KnnFeatures, 0, int64(t.Dims), h, w),
+		want("output", gio.Outputs, KnnDistance, 0, 1, h, w),
+	} {
+		if err != nil {
+			return &CheckError{Check: "knn", File: t.Graph, Err: err}
+		}
+	}
+	return nil
+}
+
+// KnnBanks is a bundle's decoded map.knn: each class's bank, [Size*Dims], and its vectors' source hashes.
+type KnnBanks struct {
+	Rows    map[string][]float32
+	Sources map[string][]uint64 // nil without map.knn.sources
+}
+
+func loadKnn(dir string, m *Manifest) (*KnnBanks, error) {
+	t := m.Map.Knn
+	if t == nil {
+		return nil, nil
+	}
+	rows, err := loadRows(dir, "knn", t.Bank, t.Classes, t.Size*t.Dims)
+	if err != nil {
+		return nil, err
+	}
+	kb := &KnnBanks{Rows: rows}
+	if t.Sources == "" {
+		return kb, nil
+	}
+	data, err := os.ReadFile(filepath.Join(dir, t.Sources))
+	if err != nil {
+		return nil, &CheckError{Check: "knn", File: t.Sources, Err: err}
+	}
+	if len(data) != len(t.Classes)*t.Size*8 {
+		return nil, checkErr("knn", t.Sources, "has %d bytes, want %d classes x %d vectors x 8 = %d", len(data), len(t.Classes), t.Size, len(t.Classes)*t.Size*8)
+	}
+	kb.Sources = make(map[string][]uint64, len(t.Classes))
+	for i, c := range t.Classes {
+		row := make([]uint64, t.Size)
+		for j := range row {
+			row[j] = binary.LittleEndian.Uint64(data[(i*t.Size+j)*8:])
+		}
+		kb.Sources[c] = row
+	}
+	return kb, nil
+}
+
+// KnnBankFor returns a class's bank and its sources, falling back to the global bank; nil when the bundle has
+// no nearest-normal term.
+func (b *Bundle) KnnBankFor(class string) ([]float32, []uint64) {
+	if b == nil || b.Knn == nil {
+		return nil, nil
+	}
+	if _, ok := b.Knn.Rows[class]; !ok {
+		class = ""
+	}
+	return b.Knn.Rows[class], b.Knn.Sources[class]
+}
+
+// SourceHash is the FNV-64a hash of a preprocessed frame's float32 values (little-endian bytes): the identity of
+// a bank vector's source frame (KnnTerm.Sources).
+func SourceHash(x []float32) uint64 {
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
+	for _, v := range x {
+		u := math.Float32bits(v)
+		for k := 0; k < 4; k++ {
+			h ^= uint64(byte(u >> (8 * k)))
+			h *= prime
+		}
+	}
+	return h
+}

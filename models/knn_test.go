@@ -1,0 +1,117 @@
+package models
+
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// addKnn copies the fixture's knn graph (models/testdata/knn) into a copied fixture with banks of size vectors of
+// 56 values per class (value v, NaN for "nan") and declares map.knn at weight w; edit changes the declaration
+// after the files are listed.
+func addKnn(t *testing.T, dir string, classes []string, size int, v float32, w float64, edit func(term, files map[string]any)) {
+	t.Helper()
+	graph, err := os.ReadFile("testdata/knn/knn.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bank, src []byte
+	for range classes {
+		for j := range size {
+			for range 56 {
+				bank = binary.LittleEndian.AppendUint32(bank, math.Float32bits(v))
+			}
+			src = binary.LittleEndian.AppendUint64(src, uint64(j))
+		}
+	}
+	listed := map[string]any{}
+	for name, b := range map[string][]byte{"knn.onnx": graph, "bank.f32": bank, "src.u64": src} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sum, err := FileSHA256(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		listed[name] = map[string]any{"sha256": sum, "size": len(b)}
+	}
+	editManifest(t, dir, func(m map[string]any) {
+		cl := make([]any, len(classes))
+		for i, c := range classes {
+			cl[i] = c
+		}
+		term := map[string]any{"graph": "knn.onnx", "bank": "bank.f32", "sources": "src.u64", "classes": cl,
+			"size": size, "dims": 56, "height": 64, "width": 64, "factor": 1, "weight": w}
+		files := m["files"].(map[string]any)
+		for k, v := range listed {
+			files[k] = v
+		}
+		if edit != nil {
+			edit(term, files)
+		}
+		m["map"].(map[string]any)["knn"] = term
+	})
+}
+
+func TestKnnTermLoads(t *testing.T) {
+	dir := copyBundle(t)
+	addKnn(t, dir, []string{"", "bolt"}, 8, 0.25, 0.5, nil)
+	b, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, src := b.KnnBankFor("bolt")
+	if len(rows) != 8*56 || rows[0] != 0.25 || len(src) != 8 || src[7] != 7 {
+		t.Fatalf("bolt's bank: %d values (first %v), %d sources", len(rows), rows[0], len(src))
+	}
+	if r, _ := b.KnnBankFor("nut"); len(r) != 8*56 { // the global bank
+		t.Fatalf("a class without a bank gets %d values", len(r))
+	}
+}
+
+func TestKnnTermRefused(t *testing.T) {
+	cases := []struct {
+		name    string
+		classes []string
+		v       float32
+		edit    func(term, files map[string]any)
+		refW    any // the reference's knn_weight; nil: no reference
+		check   string
+		msg     string
+	}{
+		{"no global bank", []string{"bolt"}, 0.1, nil, nil, "schema", "map.knn.classes"},
+		{"graph not listed", []string{""}, 0.1, func(_, files map[string]any) { delete(files, "knn.onnx") }, nil, "schema", "map.knn.graph"},
+		{"an empty bank", []string{""}, 0.1, func(term, _ map[string]any) { term["size"] = 0 }, nil, "schema", "map.knn.size"},
+		{"a distance map larger than the input", []string{""}, 0.1, func(term, _ map[string]any) { term["height"] = 300 }, nil, "schema", "300x64"},
+		{"a negative weight", []string{""}, 0.1, func(term, _ map[string]any) { term["weight"] = -1.0 }, nil, "schema", "map.knn.weight"},
+		{"dims the graph does not have", []string{""}, 0.1, func(term, _ map[string]any) { term["dims"] = 32 }, nil, "knn", "bank"},
+		{"more classes than rows", []string{""}, 0.1, func(term, _ map[string]any) { term["classes"] = []any{"", "bolt"} }, nil, "knn", "bytes"},
+		{"a NaN in a bank", []string{""}, float32(math.NaN()), nil, nil, "knn", "non-finite"},
+		{"a reference measured without the term", []string{""}, 0.1, nil, 0.0, "schema", "map.reference.knn_weight"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := copyBundle(t)
+			addKnn(t, dir, c.classes, 8, c.v, 0.5, c.edit)
+			if c.refW != nil {
+				addReference(t, dir, []string{""}, [][]float32{refRow(func(int) float32 { return 0.1 })}, func(ref, _ map[string]any) { ref["knn_weight"] = c.refW })
+			}
+			err := Verify(dir)
+			if err == nil {
+				t.Fatal("bundle accepted")
+			}
+			var ce *CheckError
+			if !errors.As(err, &ce) || ce.Check != c.check {
+				t.Fatalf("error %v: want check %q", err, c.check)
+			}
+			if !strings.Contains(err.Error(), c.msg) {
+				t.Errorf("error %q should contain %q", err, c.msg)
+			}
+		})
+	}
+}

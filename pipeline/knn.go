@@ -1,0 +1,191 @@
+package pipeline
+
+import (
+	"fmt"
+
+	ort "github.com/yalue/onnxruntime_go"
+
+	"github.com/vlmdiff/edge/models"
+)
+
+// The nearest-normal term (models.KnnTerm, docs/algorithm.md §1.9): the knn graph runs once per batch on the
+// preprocessed frames, each with its class's memory bank, and returns each position's distance to the nearest
+// normal vector at the first layer's resolution. That map is one more layer of the map plan: upsampled,
+// weighted and smoothed with the others in the same banded product, so the term costs the graph and a
+// low-resolution pass.
+
+// knnInput is one frame's nearest-normal distances ([h*w]) and their weight in the map.
+type knnInput struct {
+	dist   []float32
+	h, w   int
+	weight float64
+}
+
+// knnMaps is a batch's distances: frame i's are dist[i*h*w : (i+1)*h*w].
+type knnMaps struct {
+	dist []float32
+	h, w int
+}
+
+// frame returns frame i's term with the given weight; nil without distances or at weight 0.
+func (k *knnMaps) frame(i int, weight float64) *knnInput {
+	if k == nil || weight == 0 {
+		return nil
+	}
+	n := k.h * k.w
+	return &knnInput{dist: k.dist[i*n : (i+1)*n], h: k.h, w: k.w, weight: weight}
+}
+
+// knnWeight is the weight of the nearest-normal term in the map: map.knn.weight, 0 without the term.
+func (s *Scorer) knnWeight() float64 {
+	if t := s.m.Map.Knn; t != nil {
+		return t.Weight
+	}
+	return 0
+}
+
+// wantKnn says whether a batch needs the knn graph: the term is in the map, or a caller asked for its own map.
+func (s *Scorer) wantKnn() bool {
+	return s.knn != nil && (s.knnWeight() > 0 || s.opt.KnnMap || s.opt.LayerMaps)
+}
+
+// knnDistances runs the knn graph on the batch's preprocessed frames x ([B*3*H*W]), each frame with its
+// class's bank (the global one for a frame without a class). With Options.KnnLeaveOneOut a bank vector that
+// came from the very frame being scored (models.SourceHash) is replaced by another vector of the same bank,
+// which leaves the nearest distance that of the bank without the frame. nil when the batch does not need it.
+func (s *Scorer) knnDistances(x []float32, reqs []Request) (*knnMaps, error) {
+	if !s.wantKnn() {
+		return nil, nil
+	}
+	t := s.m.Map.Knn
+	H, W := s.m.Input.Height, s.m.Input.Width
+	n, B := 3*H*W, len(reqs)
+	if len(x) != B*n {
+		return nil, fmt.Errorf("knn: %d preprocessed values for %d frames of 3x%dx%d", len(x), B, H, W)
+	}
+	per := t.Size * t.Dims
+	bank := make([]float32, B*per)
+	for i, r := range reqs {
+		rows, src := s.bundle.KnnBankFor(r.Class)
+		dst := bank[i*per : (i+1)*per]
+		copy(dst, rows)
+		if s.opt.KnnLeaveOneOut && src != nil {
+			leaveOut(dst, src, models.SourceHash(x[i*n:(i+1)*n]), t.Dims)
+		}
+	}
+	it, err := tensor(ort.NewShape(int64(B), 3, int64(H), int64(W)), x)
+	if err != nil {
+		return nil, err
+	}
+	defer it.Destroy()
+	bt, err := tensor(ort.NewShape(int64(B), int64(t.Size), int64(t.Dims)), bank)
+	if err != nil {
+		return nil, err
+	}
+	defer bt.Destroy()
+	out, shapes, err := s.knn.run(it, bt)
+	if err != nil {
+		return nil, err
+	}
+	d := out[1]
+	if len(d) != B*t.Height*t.Width {
+		return nil, fmt.Errorf("knn graph produced distances of shape %v, want [%d 1 %d %d]", shapes[1], B, t.Height, t.Width)
+	}
+	return &knnMaps{dist: d, h: t.Height, w: t.Width}, nil
+}
+
+// leaveOut replaces every vector of bank (dims values each) whose source is hash by the first vector whose
+// source is not: a copy of a vector still in the bank does not change any nearest distance. A bank made of
+// one frame alone is left as it is (nothing else to compare with).
+func leaveOut(bank []float32, src []uint64, hash uint64, dims int) {
+	keep := -1
+	for j, h := range src {
+		if h != hash {
+			keep = j
+			break
+		}
+	}
+	if keep < 0 {
+		return
+	}
+	kv := bank[keep*dims : (keep+1)*dims]
+	for j, h := range src {
+		if h == hash {
+			copy(bank[j*dims:(j+1)*dims], kv)
+		}
+	}
+}
+
+// KnnGraph is a knn graph opened on its own (models.KnnTerm), for building the banks of a bundle that has none
+// yet: the trainer runs the training normals through its features output.
+type KnnGraph struct {
+	g          *graph
+	dims, H, W int
+}
+
+// OpenKnnGraph opens the knn graph file at path for frames of H x W (the bundle's input size).
+func OpenKnnGraph(path string, H, W int, opt Options) (*KnnGraph, error) {
+	if err := InitRuntime(opt.Library); err != nil {
+		return nil, err
+	}
+	gio, err := models.ReadGraphIO(path)
+	if err != nil {
+		return nil, fmt.Errorf("knn graph %s: %w", path, err)
+	}
+	dims := 0
+	for _, in := range gio.Inputs {
+		if in.Name == models.KnnBank && len(in.Shape) == 3 {
+			dims = int(in.Shape[2])
+		}
+	}
+	if dims < 1 {
+		return nil, fmt.Errorf("knn graph %s: no input %s [B, N, D] with a fixed D", path, models.KnnBank)
+	}
+	so, _, err := newSessionOptions(opt, &cudaFallbackOnce)
+	if err != nil {
+		return nil, err
+	}
+	defer so.Destroy()
+	in, out := []string{models.KnnImage, models.KnnBank}, []string{models.KnnFeatures, models.KnnDistance}
+	sess, err := ort.NewDynamicAdvancedSession(path, in, out, so)
+	if err != nil {
+		return nil, fmt.Errorf("knn graph %s: create session: %w", path, err)
+	}
+	return &KnnGraph{g: &graph{name: "knn", sess: sess, in: in, out: out}, dims: dims, H: H, W: W}, nil
+}
+
+// Close releases the session.
+func (k *KnnGraph) Close() error { return k.g.sess.Destroy() }
+
+// Features returns the pooled feature vectors of preprocessed frames x ([frames*3*H*W]): per frame
+// [Dims*h*w], channel-major, and dims, h, w. The bank input is one zero vector per frame (the distances are not
+// read).
+func (k *KnnGraph) Features(x []float32, frames int) (out [][]float32, dims, h, w int, err error) {
+	if len(x) != frames*3*k.H*k.W {
+		return nil, 0, 0, 0, fmt.Errorf("knn features: %d values for %d frames of 3x%dx%d", len(x), frames, k.H, k.W)
+	}
+	it, err := tensor(ort.NewShape(int64(frames), 3, int64(k.H), int64(k.W)), x)
+	if err != nil {
+		return nil, 0, 0, 0, err
+	}
+	defer it.Destroy()
+	bt, err := tensor(ort.NewShape(int64(frames), 1, int64(k.dims)), make([]float32, frames*k.dims))
+	if err != nil {
+		return nil, 0, 0, 0, err
+	}
+	defer bt.Destroy()
+	res, shapes, err := k.g.run(it, bt)
+	if err != nil {
+		return nil, 0, 0, 0, err
+	}
+	sh := shapes[0]
+	if len(sh) != 4 || int(sh[0]) != frames || int(sh[1]) != k.dims || int64(len(res[0])) != sh[0]*sh[1]*sh[2]*sh[3] {
+		return nil, 0, 0, 0, fmt.Errorf("knn graph produced features of shape %v, want [%d %d h w]", sh, frames, k.dims)
+	}
+	per := int(sh[1] * sh[2] * sh[3])
+	out = make([][]float32, frames)
+	for i := range out {
+		out[i] = res[0][i*per : (i+1)*per]
+	}
+	return out, k.dims, int(sh[2]), int(sh[3]), nil
+}

@@ -1,0 +1,80 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/eval"
+	"github.com/vlmdiff/edge/trainer/run"
+)
+
+// knnFlags are vlmdiff calibrate's nearest-normal term flags (docs/algorithm.md §1.9).
+type knnFlags struct {
+	factor, backbone, layers, sampling, python, trainerDir string
+	dims, bank                                             int
+}
+
+func (k *knnFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&k.factor, "knn-factor", "", "with --reference train: the nearest-normal term's size relative to the feature map's (0 removes it; absent: keep the bundle's). "+
+		"Adds each position's distance to the nearest normal feature vector of its class (docs/algorithm.md §1.9); a bundle without the term builds it from --knn-backbone")
+	fs.StringVar(&k.backbone, "knn-backbone", "", "ONNX feature backbone of the nearest-normal term (e.g. mobilenetv2_fp32_features.onnx): builds the term, anew when the bundle has one")
+	fs.StringVar(&k.layers, "knn-layers", "", "its layers, finest first, comma-separated (e.g. block2,block5)")
+	fs.IntVar(&k.dims, "knn-dims", 0, "values per vector (0: every channel of the layers)")
+	fs.IntVar(&k.bank, "knn-bank", eval.DefaultKnnBank, "vectors per class in the bank")
+	fs.StringVar(&k.sampling, "knn-sampling", eval.KnnCoreset, "how the bank is drawn from the training positions: coreset (greedy k-center) or random")
+	fs.StringVar(&k.python, "python", "/usr/bin/python3", "the Python that builds the knn graph (with torch and onnx)")
+	fs.StringVar(&k.trainerDir, "trainer-dir", "", "the trainer's Python package directory (default: $"+run.EnvTrainer+" or found from the binary)")
+}
+
+// resolve returns the factor to measure the reference with: the flag's, else the bundle's own.
+func (k *knnFlags) resolve(bundle, reference string) (float64, error) {
+	if k.factor == "" {
+		return eval.KnnFactor(bundle)
+	}
+	if reference != eval.ReferenceTrain {
+		return 0, fmt.Errorf("--knn-factor: the nearest-normal term is sized on the training normals with the map reference; give --reference train")
+	}
+	a, err := strconv.ParseFloat(k.factor, 64)
+	if err != nil {
+		return 0, fmt.Errorf("--knn-factor %q: not a number", k.factor)
+	}
+	if err := eval.CheckKnnFactor(a); err != nil {
+		return 0, fmt.Errorf("--knn-factor: %w", err)
+	}
+	return a, nil
+}
+
+// ensure builds the term from every training normal into a bundle that has none, or anew when --knn-backbone
+// is given (another backbone, layers, bank size or sampling).
+func (k *knnFlags) ensure(ctx context.Context, bundle string, items []dataset.Item, classes []string, source string, opt pipeline.Options, stderr io.Writer) error {
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return err
+	}
+	if m.Map.Knn != nil && k.backbone == "" {
+		return nil // the bundle's own term, resized
+	}
+	if k.backbone == "" || k.layers == "" {
+		return fmt.Errorf("--knn-factor: the bundle has no nearest-normal term yet: give --knn-backbone and --knn-layers to build it")
+	}
+	td, err := run.FindTrainerDir(k.trainerDir)
+	if err != nil {
+		return err
+	}
+	py := run.Python{Exe: k.python, TrainerDir: td}
+	spec := eval.KnnSpec{Backbone: k.backbone, Layers: strings.Split(k.layers, ","), Dims: k.dims, Bank: k.bank, Sampling: k.sampling}
+	train := eval.Select(items, dataset.SplitTrain, classes, true)
+	kb, err := eval.AddKnn(ctx, bundle, spec, py.KnnGraph, train, 0, opt, source)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "nearest-normal banks: %d classes x %d vectors of %d values from %d training normals\n", len(kb.Classes), kb.Size, kb.Dims, len(train))
+	return nil
+}

@@ -1,0 +1,556 @@
+package eval
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+
+	"github.com/vlmdiff/edge/internal/fsutil"
+	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/metrics"
+)
+
+// The nearest-normal term's bundle files (models.KnnTerm).
+const (
+	KnnGraphFile   = "knn.onnx"
+	KnnBankFile    = "map_knn_bank.f32"
+	KnnSourcesFile = "map_knn_sources.u64"
+)
+
+// DefaultKnnBank is the vectors per class bank: about 1% of the positions of PIPED's 32 training normals a class
+// at 256 px (the study's best bank, docs/algorithm.md §1.9), and 0.23 GMAC a frame with 56 values.
+const DefaultKnnBank = 1024
+
+// knnCandidatesPerVector bounds the vectors the greedy coreset chooses from: this many per bank vector, drawn
+// at random from every position of the class's normals. The coreset's cost is bank x candidates x dims.
+const knnCandidatesPerVector = 32
+
+// CheckKnnFactor checks a nearest-normal term factor (calibrate.knn_factor, select.knn_factors).
+func CheckKnnFactor(a float64) error {
+	if !(a >= 0 && a <= MaxPixelFactor) {
+		return fmt.Errorf("nearest-normal term factor %v: want 0 (off) to %d", a, MaxPixelFactor)
+	}
+	return nil
+}
+
+// KnnSpec says how to build the term: the backbone file and its layers (finest first), the values per vector
+// (0: every channel), the backbone's input normalisation (empty: ImageNet's) and the bank size per class.
+type KnnSpec struct {
+	Backbone string
+	Layers   []string
+	Dims     int
+	Mean     []float32
+	Std      []float32
+	Bank     int
+	Sampling string // KnnCoreset (default) or KnnRandom
+}
+
+// How a bank's vectors are drawn from the candidates (KnnSpec.Sampling).
+const (
+	KnnCoreset = "coreset" // greedy k-center: covers the normal variation, rare patches included
+	KnnRandom  = "random"  // a seeded uniform draw: follows the density of normal patches
+)
+
+// CheckKnnSampling checks KnnSpec.Sampling ("" is KnnCoreset).
+func CheckKnnSampling(s string) error {
+	if s != "" && s != KnnCoreset && s != KnnRandom {
+		return fmt.Errorf("bank sampling %q: want %s or %s", s, KnnCoreset, KnnRandom)
+	}
+	return nil
+}
+
+// MakeKnnGraph writes the knn graph of spec for the bundle m at dst (the Python trainer's
+// vlmdiff_train.knn_graph; trainer/run.Python.KnnGraph).
+type MakeKnnGraph func(ctx context.Context, spec KnnSpec, m *models.Manifest, dst string) error
+
+// KnnBanks is a built term: per class ("" for every class) Size vectors of Dims values and their source hashes.
+type KnnBanks struct {
+	Classes       []string // sorted, "" first
+	Rows          [][]float32
+	Sources       [][]uint64
+	Images        []int
+	Size, Dims    int
+	Height, Width int
+	Source        string
+}
+
+// knnPool holds a class's candidate vectors (row-major, dims each) and their source hashes.
+type knnPool struct {
+	vecs []float32
+	src  []uint64
+	n    int // images
+}
+
+// BuildKnnBanks runs every normal through the knn graph at graphPath (frames preprocessed exactly as the
+// scorer does for the bundle m) and chooses each class's bank from its positions: a seeded random draw of
+// knnCandidatesPerVector x size candidates, then a greedy k-center coreset of size of them (PatchCore's), so
+// that the bank covers the normal variation rather than its most frequent patch (sampling KnnCoreset), or a
+// seeded uniform draw of size of them (KnnRandom), which follows their density. The global bank "" is drawn
+// the same way from every class's candidates.
+func BuildKnnBanks(ctx context.Context, graphPath string, m *models.Manifest, normal []dataset.Item, size int, sampling string, opt pipeline.Options, source string) (*KnnBanks, error) {
+	if err := CheckKnnSampling(sampling); err != nil {
+		return nil, err
+	}
+	if len(normal) == 0 {
+		return nil, errors.New("nearest-normal banks: no normal images")
+	}
+	if size < 1 || size > models.MaxKnnBank {
+		return nil, fmt.Errorf("nearest-normal banks: %d vectors a class: want 1..%d", size, models.MaxKnnBank)
+	}
+	g, err := pipeline.OpenKnnGraph(graphPath, m.Input.Height, m.Input.Width, opt)
+	if err != nil {
+		return nil, err
+	}
+	defer g.Close()
+	by := map[string][]dataset.Item{}
+	for _, it := range normal {
+		by[it.Class] = append(by[it.Class], it)
+	}
+	classes := slices.Sorted(func(yield func(string) bool) {
+		for c := range by {
+			if !yield(c) {
+				return
+			}
+		}
+	})
+	kb := &KnnBanks{Size: size, Source: source}
+	rng := rand.New(rand.NewPCG(1, 2))
+	pools := map[string]*knnPool{}
+	for _, c := range classes {
+		p, dims, h, w, err := knnCandidates(ctx, g, m, by[c], size, rng)
+		if err != nil {
+			return nil, err
+		}
+		kb.Dims, kb.Height, kb.Width = dims, h, w
+		pools[c] = p
+	}
+	all := &knnPool{}
+	for _, c := range classes {
+		p := pools[c]
+		all.vecs, all.src, all.n = append(all.vecs, p.vecs...), append(all.src, p.src...), all.n+p.n
+	}
+	all = subsample(all, knnCandidatesPerVector*size, kb.Dims, rng)
+	kb.Classes = append([]string{""}, classes...)
+	if classes[0] == "" { // items without a class: their bank is the global one
+		kb.Classes = classes
+	}
+	for _, c := range kb.Classes {
+		p := all
+		if c != "" {
+			p = pools[c]
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if len(p.src) < size {
+			return nil, fmt.Errorf("nearest-normal banks: class %q has %d positions, fewer than the bank's %d", c, len(p.src), size)
+		}
+		var idx []int
+		if sampling == KnnRandom {
+			idx = rng.Perm(len(p.src))[:size]
+			sort.Ints(idx)
+		} else {
+			idx = coreset(p.vecs, kb.Dims, size)
+		}
+		row, src := make([]float32, 0, size*kb.Dims), make([]uint64, 0, size)
+		for _, j := range idx {
+			row = append(row, p.vecs[j*kb.Dims:(j+1)*kb.Dims]...)
+			src = append(src, p.src[j])
+		}
+		kb.Rows, kb.Sources, kb.Images = append(kb.Rows, row), append(kb.Sources, src), append(kb.Images, p.n)
+	}
+	return kb, nil
+}
+
+// knnCandidates runs a class's normals through the graph and keeps a random draw of their positions' vectors.
+func knnCandidates(ctx context.Context, g *pipeline.KnnGraph, m *models.Manifest, items []dataset.Item, size int, rng *rand.Rand) (*knnPool, int, int, int, error) {
+	const chunk = 4
+	p := &knnPool{n: len(items)}
+	var dims, h, w int
+	for start := 0; start < len(items); start += chunk {
+		if err := ctx.Err(); err != nil {
+			return nil, 0, 0, 0, err
+		}
+		end := min(start+chunk, len(items))
+		var x []float32
+		var hashes []uint64
+		for _, it := range items[start:end] {
+			img, err := pipeline.ReadImage(it.Path)
+			if err != nil {
+				return nil, 0, 0, 0, fmt.Errorf("nearest-normal banks: reading image %s: %w", it.Path, err)
+			}
+			xi, err := pipeline.Preprocess(m, img)
+			if err != nil {
+				return nil, 0, 0, 0, fmt.Errorf("nearest-normal banks: %s: %w", it.Path, err)
+			}
+			x = append(x, xi...)
+			hashes = append(hashes, models.SourceHash(xi))
+		}
+		feats, d, fh, fw, err := g.Features(x, end-start)
+		if err != nil {
+			return nil, 0, 0, 0, fmt.Errorf("nearest-normal banks: %w", err)
+		}
+		dims, h, w = d, fh, fw
+		n := h * w
+		for k, f := range feats {
+			for pos := range n { // channel-major [dims][n] -> one vector per position
+				for c := range dims {
+					v := f[c*n+pos]
+					if v-v != 0 {
+						return nil, 0, 0, 0, fmt.Errorf("nearest-normal banks: %s: the knn graph produced non-finite features", items[start+k].Path)
+					}
+					p.vecs = append(p.vecs, v)
+				}
+				p.src = append(p.src, hashes[k])
+			}
+		}
+		// keep the pool bounded as it grows: a class with thousands of normals must not hold every position
+		if len(p.src) > 4*knnCandidatesPerVector*size {
+			p = subsample(p, 2*knnCandidatesPerVector*size, dims, rng)
+		}
+	}
+	return subsample(p, knnCandidatesPerVector*size, dims, rng), dims, h, w, nil
+}
+
+// subsample keeps a uniform random draw of at most n of the pool's vectors, in their order.
+func subsample(p *knnPool, n, dims int, rng *rand.Rand) *knnPool {
+	if len(p.src) <= n {
+		return p
+	}
+	idx := rng.Perm(len(p.src))[:n]
+	sort.Ints(idx)
+	out := &knnPool{vecs: make([]float32, 0, n*dims), src: make([]uint64, 0, n), n: p.n}
+	for _, j := range idx {
+		out.vecs = append(out.vecs, p.vecs[j*dims:(j+1)*dims]...)
+		out.src = append(out.src, p.src[j])
+	}
+	return out
+}
+
+// coreset returns the indices of k of the vectors (row-major, dims each) chosen greedily: first the one farthest
+// from their mean, then each time the one farthest from every one chosen so far (k-center greedy, PatchCore's
+// coreset). Deterministic: ties go to the lowest index.
+func coreset(vecs []float32, dims, k int) []int {
+	n := len(vecs) / dims
+	mean := make([]float64, dims)
+	for j := range n {
+		for c, v := range vecs[j*dims : (j+1)*dims] {
+			mean[c] += float64(v)
+		}
+	}
+	for c := range mean {
+		mean[c] /= float64(n)
+	}
+	dist := make([]float64, n)
+	first := 0
+	for j := range n {
+		var s float64
+		for c, v := range vecs[j*dims : (j+1)*dims] {
+			d := float64(v) - mean[c]
+			s += d * d
+		}
+		if s > dist[first] {
+			first = j
+		}
+		dist[j] = s
+	}
+	for j := range dist {
+		dist[j] = math.Inf(1)
+	}
+	out := make([]int, 0, k)
+	next := first
+	for len(out) < k {
+		out = append(out, next)
+		sel := vecs[next*dims : (next+1)*dims]
+		best, bestD := -1, -1.0
+		for j := range n {
+			if dist[j] == 0 {
+				continue
+			}
+			v := vecs[j*dims : (j+1)*dims]
+			var s float32
+			for c := range sel {
+				d := v[c] - sel[c]
+				s += d * d
+			}
+			if d := float64(s); d < dist[j] {
+				dist[j] = d
+			}
+			if dist[j] > bestD {
+				best, bestD = j, dist[j]
+			}
+		}
+		if best < 0 { // every vector chosen or a duplicate of one: repeat the last (no new coverage to add)
+			best = next
+		}
+		dist[next] = 0
+		next = best
+	}
+	return out
+}
+
+// WriteKnn stores a built term in the bundle: the graph (copied from graphPath unless it is the bundle's own
+// file), the banks, their sources and map.knn with the factor and weight 0, or removes the term when kb is nil. A
+// map reference measured with the term at another weight is removed in the same write (as WritePixel does).
+func WriteKnn(bundleDir, graphPath string, kb *KnnBanks, spec KnnSpec, factor float64) error {
+	if err := CheckKnnFactor(factor); err != nil {
+		return err
+	}
+	if kb == nil {
+		m, err := models.ReadManifest(bundleDir)
+		if err != nil {
+			return fmt.Errorf("nearest-normal term: %w", err)
+		}
+		if m.Map.Knn == nil {
+			return nil
+		}
+	}
+	return updateManifest(bundleDir, "nearest-normal term", func(m *models.Manifest) error {
+		if old := m.Map.Knn; old != nil {
+			for _, f := range []string{old.Graph, old.Bank, old.Sources} {
+				delete(m.Files, f)
+			}
+		}
+		m.Map.Knn = nil
+		dropReference := func() error { return dropKnnReference(bundleDir, m) }
+		if kb == nil {
+			for _, f := range []string{KnnGraphFile, KnnBankFile, KnnSourcesFile} {
+				if err := os.Remove(filepath.Join(bundleDir, f)); err != nil && !os.IsNotExist(err) {
+					return err
+				}
+			}
+			return dropReference()
+		}
+		dst := filepath.Join(bundleDir, KnnGraphFile)
+		if filepath.Clean(graphPath) != filepath.Clean(dst) {
+			data, err := os.ReadFile(graphPath)
+			if err != nil {
+				return fmt.Errorf("reading the knn graph: %w", err)
+			}
+			if err := fsutil.WriteFileAtomic(dst, data, 0o644); err != nil {
+				return fmt.Errorf("copying the knn graph: %w", err)
+			}
+		}
+		var bank, src []byte
+		for i := range kb.Rows {
+			for _, v := range kb.Rows[i] {
+				bank = binary.LittleEndian.AppendUint32(bank, math.Float32bits(v))
+			}
+			for _, h := range kb.Sources[i] {
+				src = binary.LittleEndian.AppendUint64(src, h)
+			}
+		}
+		for name, data := range map[string][]byte{KnnBankFile: bank, KnnSourcesFile: src} {
+			if err := fsutil.WriteFileAtomic(filepath.Join(bundleDir, name), data, 0o644); err != nil {
+				return err
+			}
+		}
+		for _, f := range []string{KnnGraphFile, KnnBankFile, KnnSourcesFile} {
+			p := filepath.Join(bundleDir, f)
+			sum, err := models.FileSHA256(p)
+			if err != nil {
+				return err
+			}
+			st, err := os.Stat(p)
+			if err != nil {
+				return err
+			}
+			m.Files[f] = models.FileEntry{SHA256: sum, Size: st.Size()}
+		}
+		m.Map.Knn = &models.KnnTerm{Graph: KnnGraphFile, Bank: KnnBankFile, Sources: KnnSourcesFile, Classes: kb.Classes,
+			Size: kb.Size, Dims: kb.Dims, Height: kb.Height, Width: kb.Width, Layers: spec.Layers,
+			Backbone: filepath.Base(spec.Backbone), Sampling: spec.Sampling, Images: kb.Images, Source: kb.Source, Factor: factor}
+		return dropReference()
+	})
+}
+
+// AddKnn builds the term into a bundle: its graph (makeGraph), its banks from the normal items, and map.knn at
+// factor with weight 0 (the calibrate stage measures the weight with the reference).
+func AddKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeKnnGraph, normal []dataset.Item, factor float64, opt pipeline.Options, source string) (*KnnBanks, error) {
+	m, err := models.ReadManifest(bundleDir)
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(bundleDir, ".knn-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	graph := filepath.Join(tmp, KnnGraphFile)
+	if err := makeGraph(ctx, spec, m, graph); err != nil {
+		return nil, fmt.Errorf("nearest-normal term: %w", err)
+	}
+	size := spec.Bank
+	if size == 0 {
+		size = DefaultKnnBank
+	}
+	kb, err := BuildKnnBanks(ctx, graph, m, normal, size, spec.Sampling, opt, source)
+	if err != nil {
+		return nil, err
+	}
+	if err := WriteKnn(bundleDir, graph, kb, spec, factor); err != nil {
+		return nil, err
+	}
+	return kb, nil
+}
+
+// SetKnnFactor sets the factor of a bundle's term (its weight back to 0 until calibrate measures it, and a
+// reference measured with the old weight removed); 0 removes the term.
+func SetKnnFactor(bundleDir string, factor float64) error {
+	if err := CheckKnnFactor(factor); err != nil {
+		return err
+	}
+	if factor == 0 {
+		return WriteKnn(bundleDir, "", nil, KnnSpec{}, 0)
+	}
+	return updateManifest(bundleDir, "nearest-normal term", func(m *models.Manifest) error {
+		t := m.Map.Knn
+		if t == nil {
+			return fmt.Errorf("factor %g: the bundle has no nearest-normal term (build it with the calibrate stage's knn section)", factor)
+		}
+		t.Factor, t.Weight = factor, 0
+		return dropKnnReference(bundleDir, m)
+	})
+}
+
+// dropKnnReference removes a map reference measured with the nearest-normal term at a weight: the term is
+// changing, and the bundle scores raw maps until the reference is measured again.
+func dropKnnReference(bundleDir string, m *models.Manifest) error {
+	if r := m.Map.Reference; r != nil && r.KnnWeight != 0 {
+		delete(m.Files, r.File)
+		m.Map.Reference = nil
+		if err := os.Remove(filepath.Join(bundleDir, r.File)); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// KnnFactor is the nearest-normal term factor of a bundle on disk: map.knn.factor, 0 without the term.
+func KnnFactor(bundleDir string) (float64, error) {
+	m, err := models.ReadManifest(bundleDir)
+	if err != nil {
+		return 0, err
+	}
+	if m.Map.Knn == nil {
+		return 0, nil
+	}
+	return m.Map.Knn.Factor, nil
+}
+
+// WeighKnn ranks the nearest-normal term's factors on a bundle with the term (any weight): the reference
+// normals are scored once (s must be opened with NoReference, PixelMap, KnnMap and KnnLeaveOneOut), giving each
+// class's mean map and term map and the spreads that size the term (as BuildReference measures them); then the
+// validation items are scored once, and for each factor every map is the bundle's map minus its class's
+// reference row plus weight x (the term's map minus its row), pooled as the scorer pools. It returns each
+// factor's mean metrics over the classes.
+func WeighKnn(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.Item, factors []float64, opts Options) ([]metrics.Metrics, error) {
+	m := s.Manifest()
+	if m.Map.Knn == nil {
+		return nil, errors.New("nearest-normal term factors: the bundle has no term (map.knn)")
+	}
+	if len(reference) == 0 || len(val) == 0 {
+		return nil, errors.New("nearest-normal term factors: need reference normals and validation images")
+	}
+	ref, err := ScoreItems(ctx, s, reference, opts)
+	if err != nil {
+		return nil, fmt.Errorf("nearest-normal term factors: %w", err)
+	}
+	kw, pw := m.Map.Knn.Weight, 0.0 // the terms' weights in the bundle's maps
+	if t := m.Map.Pixel; t != nil {
+		pw = t.Weight
+	}
+	whole, feat, term := newClassSums(false), newClassSums(true), newClassSums(true)
+	for _, r := range ref {
+		f, k, err := splitMaps(r, pw, kw)
+		if err != nil {
+			return nil, err
+		}
+		whole.add(r.Item.Class, subtractScaled(r.Result.Map, k, kw))
+		feat.add(r.Item.Class, f)
+		term.add(r.Item.Class, k)
+	}
+	res, err := ScoreItems(ctx, s, val, opts)
+	if err != nil {
+		return nil, fmt.Errorf("nearest-normal term factors: %w", err)
+	}
+	for i := range res {
+		r := &res[i]
+		if len(r.Result.KnnMap) != len(r.Result.Map) {
+			return nil, fmt.Errorf("nearest-normal term factors: %s has no map of the term (open the scorer with pipeline.Options.KnnMap)", r.Item.Path)
+		}
+		if r.Item.Mask != "" {
+			if r.Mask, err = ReadMask(r.Item.Mask, r.Result.MapWidth, r.Result.MapHeight); err != nil {
+				return nil, fmt.Errorf("nearest-normal term factors: %w", err)
+			}
+		}
+	}
+	out := make([]metrics.Metrics, len(factors))
+	for k, a := range factors {
+		w := pixelWeight(a, feat.std(), term.std())
+		rows := map[string][2][]float64{}
+		for _, c := range whole.classes() {
+			rows[c] = [2][]float64{whole.mean(c), term.mean(c)}
+		}
+		scored := make([]ImageResult, len(res))
+		for j, r := range res {
+			row, ok := rows[r.Item.Class]
+			if !ok {
+				row = rows[""]
+			}
+			base := subtractScaled(r.Result.Map, r.Result.KnnMap, kw)
+			amap := make([]float32, len(base))
+			for i, v := range base {
+				amap[i] = float32(float64(v) - row[0][i] + w*(float64(r.Result.KnnMap[i])-row[1][i]))
+			}
+			scored[j] = r
+			scored[j].Result.Map = amap
+			scored[j].Result.RawScore = pipeline.PooledMax(amap, r.Result.MapHeight, r.Result.MapWidth, m.Score.PoolKernel, m.Score.PoolRepeat)
+		}
+		rep, err := Metrics(scored)
+		if err != nil {
+			return nil, fmt.Errorf("nearest-normal term factor %g: %w", a, err)
+		}
+		out[k] = rep.Mean
+	}
+	return out, nil
+}
+
+// splitMaps returns a reference normal's feature map (its map minus the mean-frame term at pixelWeight and the
+// nearest-normal term at knnWeight) and its nearest-normal term map.
+func splitMaps(r ImageResult, pixelWeight, knnWeight float64) ([]float32, []float32, error) {
+	k := r.Result.KnnMap
+	if len(k) != len(r.Result.Map) {
+		return nil, nil, fmt.Errorf("%s has no map of the nearest-normal term (open the scorer with pipeline.Options.KnnMap)", r.Item.Path)
+	}
+	f := subtractScaled(r.Result.Map, k, knnWeight)
+	if pixelWeight != 0 {
+		d := r.Result.PixelMap
+		if len(d) != len(f) {
+			return nil, nil, fmt.Errorf("%s has no map of the mean-frame term (open the scorer with pipeline.Options.PixelMap)", r.Item.Path)
+		}
+		f = subtractScaled(f, d, pixelWeight)
+	}
+	return f, k, nil
+}
+
+// subtractScaled returns a - w*b (a itself when w is 0).
+func subtractScaled(a, b []float32, w float64) []float32 {
+	if w == 0 {
+		return a
+	}
+	out := slices.Clone(a)
+	for i, v := range b {
+		out[i] -= float32(w) * v
+	}
+	return out
+}

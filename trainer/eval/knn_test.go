@@ -1,0 +1,509 @@
+package eval
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/trainer/dataset"
+)
+
+// knnFixture is the fixture's knn graph (models/testdata/README.md): 56 values per position at 64 x 64.
+const knnFixture = "../../models/testdata/knn/knn.onnx"
+
+// greedyKCenter is the k-center greedy coreset by its definition, in float64 with every distance recomputed.
+func greedyKCenter(vecs []float32, dims, k int) []int {
+	n := len(vecs) / dims
+	d2 := func(a []float32, b []float64) float64 {
+		s := 0.0
+		for c := range a {
+			d := float64(a[c]) - b[c]
+			s += d * d
+		}
+		return s
+	}
+	mean := make([]float64, dims)
+	for j := range n {
+		for c := range dims {
+			mean[c] += float64(vecs[j*dims+c]) / float64(n)
+		}
+	}
+	first, far := 0, -1.0
+	for j := range n {
+		if d := d2(vecs[j*dims:(j+1)*dims], mean); d > far {
+			first, far = j, d
+		}
+	}
+	out := []int{first}
+	for len(out) < k {
+		best, bestD := -1, 0.0
+		for j := range n {
+			near := math.Inf(1)
+			for _, s := range out {
+				sel := make([]float64, dims)
+				for c := range dims {
+					sel[c] = float64(vecs[s*dims+c])
+				}
+				near = math.Min(near, d2(vecs[j*dims:(j+1)*dims], sel))
+			}
+			if near > bestD {
+				best, bestD = j, near
+			}
+		}
+		if best < 0 {
+			best = out[len(out)-1]
+		}
+		out = append(out, best)
+	}
+	return out
+}
+
+func TestCoresetIsGreedyKCenter(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	random := make([]float32, 300*5)
+	for i := range random {
+		random[i] = float32(rng.NormFloat64())
+	}
+	for _, c := range []struct {
+		name string
+		vecs []float32
+		dims int
+		k    int
+		want []int
+	}{
+		// mean (5.2, 1.2): (0,0) is farthest; then (10,1); then (5,5), 41 from (10,1) and 50 from (0,0)
+		{"by hand", []float32{0, 0, 1, 0, 10, 0, 10, 1, 5, 5}, 2, 3, []int{0, 3, 4}},
+		// (3,3) is farthest from the mean; then the first (1,1); the other (1,1) adds nothing: the last repeats
+		{"duplicates", []float32{1, 1, 1, 1, 3, 3}, 2, 3, []int{2, 0, 0}},
+		{"random, against the definition", random, 5, 12, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			want := c.want
+			if want == nil {
+				want = greedyKCenter(c.vecs, c.dims, c.k)
+			}
+			if got := coreset(c.vecs, c.dims, c.k); !slices.Equal(got, want) {
+				t.Errorf("coreset %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+// knnBundle copies the fixture bundle into dir and builds the term from the training normals at factor 0.
+func knnBundle(t *testing.T, dir string, train []dataset.Item, size int) (string, *KnnBanks) {
+	t.Helper()
+	b := filepath.Join(dir, "bundle")
+	copyDir(t, fixtureBundle, b)
+	m, err := models.ReadManifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpu := pipeline.Options{Providers: []string{"cpu"}, Threads: 2}
+	kb, err := BuildKnnBanks(context.Background(), knnFixture, m, train, size, "", cpu, "train")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteKnn(b, knnFixture, kb, KnnSpec{Backbone: knnFixture, Layers: []string{"layer1", "layer2"}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	return b, kb
+}
+
+// knnFeatures is each item's preprocessed frame, its hash and its knn vectors ([positions][dims]).
+func knnFeatures(t *testing.T, m *models.Manifest, g *pipeline.KnnGraph, it dataset.Item) (uint64, [][]float32) {
+	t.Helper()
+	img, err := pipeline.ReadImage(it.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := pipeline.Preprocess(m, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, dims, h, w, err := g.Features(x, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vecs := make([][]float32, h*w)
+	for p := range vecs {
+		vecs[p] = make([]float32, dims)
+		for c := range dims {
+			vecs[p][c] = f[0][c*h*w+p]
+		}
+	}
+	return models.SourceHash(x), vecs
+}
+
+// definedKnnMap is the term's smoothed map by its definition: each position's Euclidean distance to the nearest
+// bank vector not from the frame skip (0: none skipped), in float64, upsampled bilinearly with aligned corners
+// and smoothed with the bundle's Gaussian.
+func definedKnnMap(m *models.Manifest, vecs [][]float32, bank []float32, src []uint64, skip uint64) []float64 {
+	t := m.Map.Knn
+	d := make([]float64, t.Height*t.Width)
+	for p, q := range vecs {
+		best := math.Inf(1)
+		for j := range t.Size {
+			if skip != 0 && src[j] == skip {
+				continue
+			}
+			s := 0.0
+			for c, v := range q {
+				e := float64(v) - float64(bank[j*t.Dims+c])
+				s += e * e
+			}
+			best = math.Min(best, s)
+		}
+		d[p] = math.Sqrt(best)
+	}
+	H, W := m.Input.Height, m.Input.Width
+	up := make([]float64, H*W)
+	at := func(o, n, N int) (int, int, float64) {
+		pos := float64(o) * float64(n-1) / float64(N-1)
+		i0 := min(int(pos), n-1)
+		i1 := min(i0+1, n-1)
+		return i0, i1, pos - float64(i0)
+	}
+	for Y := range H {
+		y0, y1, fy := at(Y, t.Height, H)
+		for X := range W {
+			x0, x1, fx := at(X, t.Width, W)
+			top := d[y0*t.Width+x0]*(1-fx) + d[y0*t.Width+x1]*fx
+			bot := d[y1*t.Width+x0]*(1-fx) + d[y1*t.Width+x1]*fx
+			up[Y*W+X] = top*(1-fy) + bot*fy
+		}
+	}
+	pipeline.SmoothMap(up, H, W, m.Map.Sigma, m.Map.Truncate)
+	return up
+}
+
+func maxDiff(a []float32, b []float64) (worst, scale float64) {
+	for i, v := range a {
+		worst = math.Max(worst, math.Abs(float64(v)-b[i]))
+		scale = math.Max(scale, math.Abs(b[i]))
+	}
+	return worst, scale
+}
+
+// TestKnnTermMatchesDefinition: every bank vector is a vector of a training normal of its class (the global
+// bank: of any), with that normal's hash as its source; the term's map is the nearest distance by definition,
+// smoothed, for a new frame and, left one out, for a training normal; the bundle's map adds it at the weight
+// MeasureReference measured, which is the factor times the features' spread over the term's.
+func TestKnnTermMatchesDefinition(t *testing.T) {
+	dir := t.TempDir()
+	train := pixelTrain(t, dir)
+	_, test := smallSet(t, dir, 0, 1)
+	const size = 48
+	b, kb := knnBundle(t, dir, train, size)
+	ctx := context.Background()
+	m, err := models.ReadManifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(kb.Classes, ","); got != ",gadget,widget" || !slices.Equal(kb.Images, []int{5, 2, 3}) || kb.Dims != 56 || kb.Height != 64 {
+		t.Fatalf("banks: classes %q images %v dims %d height %d", got, kb.Images, kb.Dims, kb.Height)
+	}
+	cpu := pipeline.Options{Providers: []string{"cpu"}, Threads: 2}
+	g, err := pipeline.OpenKnnGraph(knnFixture, m.Input.Height, m.Input.Width, cpu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	checkBankVectors(t, m, g, train, kb)
+
+	opt := cpu
+	opt.NoReference, opt.PixelMap, opt.KnnMap, opt.KnnLeaveOneOut = true, true, true, true
+	open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, opt) }
+	ref, err := MeasureReference(ctx, b, open, train, "train", 0, 1, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := pipeline.Open(b, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	w := s.Manifest().Map.Knn.Weight
+	if !(w > 0) || w != ref.KnnWeight || s.Manifest().Map.Reference.KnnWeight != w {
+		t.Fatalf("weight %g, reference %g / %g", w, ref.KnnWeight, s.Manifest().Map.Reference.KnnWeight)
+	}
+
+	items := append([]dataset.Item{test[1]}, train[0])
+	res, err := ScoreItems(ctx, s, items, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := pipeline.Open(fixtureBundle, pipeline.Options{Providers: []string{"cpu"}, Threads: 2, NoReference: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	base, err := ScoreItems(ctx, plain, items, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, r := range res {
+		h, vecs := knnFeatures(t, m, g, r.Item)
+		bank, src := s.Bundle().KnnBankFor(r.Item.Class)
+		skip := uint64(0)
+		if k == 1 { // a training normal, scored against the bank without its own vectors
+			skip = h
+		}
+		want := definedKnnMap(s.Manifest(), vecs, bank, src, skip)
+		if worst, scale := maxDiff(r.Result.KnnMap, want); !(scale > 0) || worst > 1e-4*scale {
+			t.Errorf("%s: the term's map differs from its definition by %g (scale %g)", r.Item.Path, worst, scale)
+		}
+		// the bundle's map is the features' map (the fixture without the term) plus w x the term's
+		for i, v := range r.Result.Map {
+			if d := math.Abs(float64(v) - float64(base[k].Result.Map[i]) - w*float64(r.Result.KnnMap[i])); d > 1e-4 {
+				t.Fatalf("%s: map - w x term differs from the map without the term by %g at %d", r.Item.Path, d, i)
+			}
+		}
+	}
+	// without leaving it out, a training normal meets its own vectors: its term is lower
+	own := opt
+	own.KnnLeaveOneOut = false
+	so, err := pipeline.Open(b, own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer so.Close()
+	ro, err := ScoreItems(ctx, so, train[:1], Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var with, without float64
+	for i := range ro[0].Result.KnnMap {
+		with += float64(ro[0].Result.KnnMap[i])
+		without += float64(res[1].Result.KnnMap[i])
+	}
+	if !(with < without) {
+		t.Errorf("a training normal's term sums to %g against its own vectors, %g without them: want less", with, without)
+	}
+	definedWeight(t, b, opt, train, w)
+}
+
+// checkBankVectors: every bank vector is a vector of a training normal of its bank's class (the global bank: of
+// any), and its source is that normal's hash.
+func checkBankVectors(t *testing.T, m *models.Manifest, g *pipeline.KnnGraph, train []dataset.Item, kb *KnnBanks) {
+	t.Helper()
+	type feat struct {
+		class string
+		vecs  [][]float32
+	}
+	byHash := map[uint64]feat{}
+	for _, it := range train {
+		h, v := knnFeatures(t, m, g, it)
+		byHash[h] = feat{it.Class, v}
+	}
+	for r, c := range kb.Classes {
+		for j := range kb.Size {
+			f, ok := byHash[kb.Sources[r][j]]
+			if !ok || (c != "" && f.class != c) {
+				t.Fatalf("bank %q vector %d: source %x is not a training normal of the class", c, j, kb.Sources[r][j])
+			}
+			v := kb.Rows[r][j*kb.Dims : (j+1)*kb.Dims]
+			if !slices.ContainsFunc(f.vecs, func(q []float32) bool { return slices.Equal(q, v) }) {
+				t.Fatalf("bank %q vector %d is not a vector of its source frame", c, j)
+			}
+		}
+	}
+}
+
+// TestKnnRandomBanks: a random bank holds training vectors of its class too, not the coreset's; an unknown
+// sampling is refused by name.
+func TestKnnRandomBanks(t *testing.T) {
+	dir := t.TempDir()
+	train := pixelTrain(t, dir)
+	m, err := models.ReadManifest(fixtureBundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpu := pipeline.Options{Providers: []string{"cpu"}, Threads: 2}
+	ctx := context.Background()
+	random, err := BuildKnnBanks(ctx, knnFixture, m, train, 24, KnnRandom, cpu, "train")
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, err := BuildKnnBanks(ctx, knnFixture, m, train, 24, KnnCoreset, cpu, "train")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := pipeline.OpenKnnGraph(knnFixture, m.Input.Height, m.Input.Width, cpu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	checkBankVectors(t, m, g, train, random)
+	if slices.Equal(random.Rows[1], core.Rows[1]) {
+		t.Errorf("the random bank is the coreset")
+	}
+	if _, err := BuildKnnBanks(ctx, knnFixture, m, train, 24, "densest", cpu, "train"); err == nil || !strings.Contains(err.Error(), `sampling "densest"`) {
+		t.Errorf("sampling densest: error %v", err)
+	}
+}
+
+// definedWeight checks w against its definition: 1 x the pooled spread of the features' maps (the map minus
+// w x the term) over that of the term's maps, each around its class's mean map.
+func definedWeight(t *testing.T, b string, opt pipeline.Options, train []dataset.Item, w float64) {
+	t.Helper()
+	s, err := pipeline.Open(b, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	res, err := ScoreItems(context.Background(), s, train, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spread := func(get func(r ImageResult) []float64) float64 {
+		by := map[string][][]float64{}
+		for _, r := range res {
+			by[r.Item.Class] = append(by[r.Item.Class], get(r))
+		}
+		var ss float64
+		var n int
+		for _, maps := range by {
+			for i := range maps[0] {
+				mean := 0.0
+				for _, mp := range maps {
+					mean += mp[i] / float64(len(maps))
+				}
+				for _, mp := range maps {
+					ss += (mp[i] - mean) * (mp[i] - mean)
+					n++
+				}
+			}
+		}
+		return math.Sqrt(ss / float64(n))
+	}
+	f := spread(func(r ImageResult) []float64 {
+		out := make([]float64, len(r.Result.Map))
+		for i, v := range r.Result.Map {
+			out[i] = float64(v) - w*float64(r.Result.KnnMap[i])
+		}
+		return out
+	})
+	k := spread(func(r ImageResult) []float64 {
+		out := make([]float64, len(r.Result.KnnMap))
+		for i, v := range r.Result.KnnMap {
+			out[i] = float64(v)
+		}
+		return out
+	})
+	if def := f / k; math.Abs(def-w) > 1e-3*def {
+		t.Errorf("weight %g, its definition %g", w, def)
+	}
+}
+
+// TestWeighKnnMatchesBundles: WeighKnn's metrics for each factor are those of the bundle calibrated with that
+// factor (MeasureReference) and evaluated; factor 0 is the bundle without the term.
+func TestWeighKnnMatchesBundles(t *testing.T) {
+	dir := t.TempDir()
+	train := pixelTrain(t, dir)
+	_, test := smallSet(t, dir, 0, 3)
+	base, _ := knnBundle(t, dir, train, 32)
+	ctx := context.Background()
+	opt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2}
+	opt.NoReference, opt.PixelMap, opt.KnnMap, opt.KnnLeaveOneOut = true, true, true, true
+	s, err := pipeline.Open(base, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	factors := []float64{0, 1, 3}
+	mets, err := WeighKnn(ctx, s, train, test, factors, Options{})
+	s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, a := range factors {
+		b := filepath.Join(dir, fmt.Sprintf("f%d", k))
+		copyDir(t, base, b)
+		open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, opt) }
+		if _, err := MeasureReference(ctx, b, open, train, "train", 0, a, Options{}); err != nil {
+			t.Fatal(err)
+		}
+		bs := openFixture(t, b)
+		if (bs.Manifest().Map.Knn != nil) != (a > 0) {
+			t.Errorf("factor %g: the bundle has the term: %v", a, bs.Manifest().Map.Knn != nil)
+		}
+		rep, _, err := Evaluate(ctx, bs, test, Options{})
+		bs.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, want := rep.Mean, mets[k]
+		for _, d := range []float64{got.ImageAUROC - want.ImageAUROC, got.PixelAUROC - want.PixelAUROC, got.AUPRO - want.AUPRO, got.PixelAP - want.PixelAP} {
+			if math.Abs(d) > 1e-3 {
+				t.Errorf("factor %g: WeighKnn's metrics %+v, the bundle's %+v", a, want, got)
+				break
+			}
+		}
+	}
+}
+
+// TestKnnBundleErrors: a bank file of the wrong size, a missing bank, a factor without banks and a reference
+// measured at another weight are refused with what and why.
+func TestKnnBundleErrors(t *testing.T) {
+	dir := t.TempDir()
+	train := pixelTrain(t, dir)
+	b, _ := knnBundle(t, dir, train, 16)
+	if _, err := models.Load(b); err != nil {
+		t.Fatalf("the bundle with the term: %v", err)
+	}
+	broken := filepath.Join(dir, "broken")
+	copyDir(t, b, broken)
+	data, err := os.ReadFile(filepath.Join(broken, KnnBankFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(broken, KnnBankFile), data[:len(data)-4], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := models.ReadManifest(broken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := models.Rehash(broken, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := models.Load(broken); err == nil || !strings.Contains(err.Error(), KnnBankFile) || !strings.Contains(err.Error(), "bytes") {
+		t.Errorf("a short bank: error %v", err)
+	}
+	plain := filepath.Join(dir, "plain")
+	copyDir(t, fixtureBundle, plain)
+	if err := SetKnnFactor(plain, 1); err == nil || !strings.Contains(err.Error(), "no nearest-normal term") {
+		t.Errorf("a factor without banks: error %v", err)
+	}
+	if err := SetKnnFactor(b, 9); err == nil || !strings.Contains(err.Error(), "factor") {
+		t.Errorf("factor 9: error %v", err)
+	}
+	m, err = models.ReadManifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Map.Knn.Weight = 0.5
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	m.Map.Reference = &models.MapReference{MapRows: models.MapRows{File: "r.f32", Width: 256, Height: 256, Classes: []string{""}}}
+	m.Files["r.f32"] = models.FileEntry{}
+	if err := m.Validate(); err == nil || !strings.Contains(err.Error(), "map.reference.knn_weight") {
+		t.Errorf("a reference measured without the term's weight: error %v", err)
+	}
+	if err := WriteKnn(b, "", nil, KnnSpec{}, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{KnnGraphFile, KnnBankFile, KnnSourcesFile} {
+		if _, err := os.Stat(filepath.Join(b, f)); !os.IsNotExist(err) {
+			t.Errorf("%s stays after removing the term: %v", f, err)
+		}
+	}
+}

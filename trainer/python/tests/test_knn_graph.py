@@ -1,0 +1,91 @@
+"""knn_graph: the nearest-normal term's graph computes its definition (docs/algorithm.md §1.9): the layers 3 x 3
+average-pooled, resized to the first one's size, concatenated and channel-averaged, in the backbone's input space;
+and each position's distance to the nearest bank vector. (ONNX Runtime runs the graph in the Go tests against a
+brute-force distance: trainer/eval/knn_test.go.)"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+from vlmdiff_train.constants import IMAGENET_MEAN, IMAGENET_STD
+from vlmdiff_train.knn_graph import build_knn_graph, channel_pool_matrix
+from vlmdiff_train.onnx_torch import OnnxModule
+
+RNG = np.random.default_rng(5)
+
+
+def _backbone(input_name: str = "image") -> onnx.ModelProto:
+    """Two strided convolutions: "a" (4 channels, /2) and "b" (6 channels, /4), random weights."""
+    w1 = numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
+    w2 = numpy_helper.from_array(RNG.standard_normal((6, 4, 3, 3)).astype(np.float32) * 0.3, "w2")
+    nodes = [helper.make_node("Conv", [input_name, "w1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["a"]),
+             helper.make_node("Conv", ["a", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["b"])]
+    g = helper.make_graph(nodes, "bb", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["n", 3, 32, 32])],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("a", "b")],
+                          initializer=[w1, w2])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _definition(bb: onnx.ModelProto, x: torch.Tensor, layers: Sequence[str], in_mean, in_std, dims: int) -> torch.Tensor:
+    """The features by definition, with torch ops (as scripts/knn_study.py computed them)."""
+    m, s = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    xb = ((x * torch.tensor(in_std).view(1, 3, 1, 1) + torch.tensor(in_mean).view(1, 3, 1, 1)) - m) / s
+    o = OnnxModule(bb, list(layers))(xb)
+    first = F.avg_pool2d(o[layers[0]], 3, 1, 1)
+    rest = [F.interpolate(F.avg_pool2d(o[n], 3, 1, 1), size=first.shape[-2:], mode="bilinear", align_corners=False)
+            for n in layers[1:]]
+    f = torch.cat([first] + rest, 1)
+    n, c, h, w = f.shape
+    if dims and dims < c:
+        f = F.adaptive_avg_pool1d(f.permute(0, 2, 3, 1).reshape(n, h * w, c), dims).reshape(n, h, w, dims).permute(0, 3, 1, 2)
+    return f
+
+
+@pytest.mark.parametrize("layers,dims,input_name", [(["a", "b"], 0, "image"), (["a", "b"], 7, "input"), (["b"], 0, "x")])
+def test_features_and_distances_match_the_definition(layers, dims, input_name):
+    bb = _backbone(input_name)
+    in_mean, in_std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+    model, facts = build_knn_graph(bb, layers, height=32, width=32, in_mean=in_mean, in_std=in_std, dims=dims)
+    d = facts["dims"]
+    assert facts["channels"] == sum({"a": 4, "b": 6}[n] for n in layers) and d == (dims or facts["channels"])
+    x = torch.from_numpy(RNG.standard_normal((2, 3, 32, 32)).astype(np.float32))
+    bank = torch.from_numpy(RNG.standard_normal((2, 40, d)).astype(np.float32))
+    out = OnnxModule(model, ["features", "distance"])(x, bank=bank)
+    want = _definition(bb, x, layers, in_mean, in_std, dims)
+    assert out["features"].shape == want.shape
+    assert torch.allclose(out["features"], want, atol=1e-5)
+    q = want.flatten(2).transpose(1, 2).double()                               # [B, P, D]
+    near = torch.cdist(q, bank.double()).min(-1).values.reshape(2, 1, *want.shape[-2:])
+    assert torch.allclose(out["distance"].double(), near, atol=1e-4)
+    # the features alone need no bank
+    assert torch.allclose(OnnxModule(model, ["features"])(x)["features"], want, atol=1e-5)
+
+
+def test_channel_pool_matrix_is_adaptive_avg_pool():
+    for c, d in [(10, 7), (56, 56), (384, 128), (5, 1)]:
+        eye = torch.eye(c).unsqueeze(0)                                       # [1, c, c]: rows are unit vectors
+        want = F.adaptive_avg_pool1d(eye, d)[0].T.numpy()                     # [d, c]
+        assert np.allclose(channel_pool_matrix(c, d), want, atol=1e-7)
+
+
+@pytest.mark.parametrize("layers,dims,kw,match", [
+    (["a", "nope"], 0, {}, "not in the backbone"),
+    (["a", "a"], 0, {}, "twice"),
+    ([], 0, {}, "no layers"),
+    (["a", "b"], 11, {}, "dims 11"),
+    (["a"], 0, {"in_std": [0.2, 0, 0.2]}, "standard deviation"),
+    (["a"], 0, {"in_mean": [0.1, 0.2]}, "3 finite values"),
+])
+def test_refuses_bad_recipes(layers, dims, kw, match):
+    args = dict(height=32, width=32, in_mean=[0.5] * 3, in_std=[0.5] * 3, dims=dims)
+    args.update(kw)
+    with pytest.raises(RuntimeError, match=match):
+        build_knn_graph(_backbone(), layers, **args)

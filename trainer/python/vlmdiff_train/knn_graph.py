@@ -1,0 +1,233 @@
+"""The nearest-normal term's graph (docs/algorithm.md §1.9, "the nearest-normal term").
+
+The bundle file `knn.onnx` is cut from a feature backbone and given two inputs and two outputs:
+
+* `image` [B, 3, H, W]: the frame in the bundle's normalised input space (the graph renormalises it into the
+  backbone's own: x_b = ((x * in_std + in_mean) - mean) / std, a per-channel Mul and Add);
+* `bank` [B, N, D]: for each frame the memory bank of its class (N normal feature vectors of D values);
+* `features` [B, D, h, w]: the named layers, each 3 x 3 average-pooled (stride 1, zero padding counted, as
+  PatchCore's neighbourhood and torch's avg_pool2d), the later ones resized bilinearly (half-pixel, torch's
+  align_corners=False) to the first one's h x w, concatenated over channels, and averaged over channel groups
+  down to D values (torch's adaptive_avg_pool1d over channels, as a 1 x 1 convolution) when dims asks for fewer;
+* `distance` [B, 1, h, w]: at each position the Euclidean distance to the nearest of the frame's N bank vectors,
+  as sqrt(max(0, |q|^2 + min_n(|b_n|^2 - 2 q.b_n))): one matrix product [h*w, D] x [D, N] per frame.
+
+The bank is a graph input, not a constant: the scorer gives each frame its own class's bank, and the calibrate
+stage a bank without the entries of the normal it scores (a training normal's nearest neighbour is itself).
+The Go trainer builds the banks from the `features` output (a bank of one zero vector then, whose distance is
+ignored). Run as a module it writes the graph:
+
+    python3 -m vlmdiff_train.knn_graph --backbone mobilenetv2_fp32_features.onnx --layers block2,block5 \
+        --height 256 --width 256 --out knn.onnx [--dims 0] [--in-mean 0.5,0.5,0.5 --in-std 0.5,0.5,0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .constants import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["build_knn_graph", "channel_pool_matrix", "main"]
+
+INPUT_IMAGE, INPUT_BANK = "image", "bank"
+OUTPUT_FEATURES, OUTPUT_DISTANCE = "features", "distance"
+
+
+def channel_pool_matrix(c: int, d: int) -> np.ndarray:
+    """[d, c]: torch's adaptive_avg_pool1d from c to d values as a matrix (output j averages the inputs
+    floor(j*c/d) .. ceil((j+1)*c/d) - 1)."""
+    m = np.zeros((d, c), np.float32)
+    for j in range(d):
+        lo, hi = (j * c) // d, -((-(j + 1) * c) // d)
+        m[j, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def _prune(model: onnx.ModelProto, outputs: Sequence[str]) -> Tuple[List[onnx.NodeProto], str]:
+    """The nodes the named outputs depend on, in order, and the backbone's image input."""
+    g = model.graph
+    produced = {o for n in g.node for o in n.output}
+    missing = [o for o in outputs if o not in produced]
+    if missing:
+        have = [o.name for o in g.output]
+        raise RuntimeError(f"knn graph: layers {missing} are not in the backbone (its outputs: {have})")
+    inits = {i.name for i in g.initializer}
+    inputs = [i.name for i in g.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise RuntimeError(f"knn graph: the backbone has inputs {inputs}, want one image input")
+    need, keep = set(outputs), []
+    for n in reversed(g.node):
+        if need.intersection(n.output):
+            keep.append(n)
+            need.update(i for i in n.input if i)
+    return list(reversed(keep)), inputs[0]
+
+
+def _layer_shapes(model: onnx.ModelProto, layers: Sequence[str], height: int, width: int) -> List[Tuple[int, int, int]]:
+    """(channels, h, w) of each layer for one height x width frame, computed by running the backbone."""
+    import torch
+
+    from .onnx_torch import OnnxModule
+
+    with torch.no_grad():
+        out = OnnxModule(model, list(layers))(torch.zeros(1, 3, height, width))
+    shapes = []
+    for n in layers:
+        t = out[n]
+        if t.dim() != 4:
+            raise RuntimeError(f"knn graph: layer {n} has shape {list(t.shape)}, want a map [B, C, h, w]")
+        shapes.append((int(t.shape[1]), int(t.shape[2]), int(t.shape[3])))
+    return shapes
+
+
+def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height: int, width: int,
+                    in_mean: Sequence[float], in_std: Sequence[float], mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD, dims: int = 0) -> Tuple[onnx.ModelProto, dict]:
+    """The knn graph (module doc) and its facts: {"layers", "dims", "height", "width", "channels"}."""
+    if not layers:
+        raise RuntimeError("knn graph: no layers")
+    if len(set(layers)) != len(layers):
+        raise RuntimeError(f"knn graph: layers {list(layers)} name one twice")
+    for what, v in (("in_mean", in_mean), ("in_std", in_std), ("mean", mean), ("std", std)):
+        if len(v) != 3 or not all(math.isfinite(float(x)) for x in v):
+            raise RuntimeError(f"knn graph: {what} {list(v)}: want 3 finite values")
+    if any(float(s) <= 0 for s in list(in_std) + list(std)):
+        raise RuntimeError("knn graph: a standard deviation is not above 0")
+    nodes, image_in = _prune(backbone, layers)
+    # the backbone reads its (renormalised) image under a name of ours: its own may be "image" too
+    renamed = []
+    for n in nodes:
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        for k, name in enumerate(c.input):
+            if name == image_in:
+                c.input[k] = "knn_backbone_in"
+        renamed.append(c)
+    nodes = renamed
+    shapes = _layer_shapes(backbone, layers, height, width)
+    c_total = sum(c for c, _, _ in shapes)
+    _, h0, w0 = shapes[0]
+    d = c_total if dims in (0, None) else int(dims)
+    if not 1 <= d <= c_total:
+        raise RuntimeError(f"knn graph: dims {dims}: want 1..{c_total} (0: all {c_total} channels)")
+    opset = max([int(o.version) for o in backbone.opset_import if o.domain in ("", "ai.onnx")] + [13])
+    if opset >= 18:
+        raise RuntimeError(f"knn graph: backbone opset {opset}: ReduceMin's axes are an input from 18; want 13-17")
+
+    inits = [i for i in backbone.graph.initializer if any(i.name in n.input for n in nodes)]
+    sc = np.array([float(a) / float(b) for a, b in zip(in_std, std)], np.float32).reshape(1, 3, 1, 1)
+    sh = np.array([(float(m_in) - float(m)) / float(s) for m_in, m, s in zip(in_mean, mean, std)],
+                  np.float32).reshape(1, 3, 1, 1)
+
+    def const(name: str, arr: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    pre = [helper.make_node("Mul", [INPUT_IMAGE, const("knn_in_scale", sc)], ["knn_scaled"]),
+           helper.make_node("Add", ["knn_scaled", const("knn_in_shift", sh)], ["knn_backbone_in"])]
+    post: List[onnx.NodeProto] = []
+    pooled = []
+    for k, (n, (_, h, w)) in enumerate(zip(layers, shapes)):
+        p = f"knn_pool{k}"
+        post.append(helper.make_node("AveragePool", [n], [p], kernel_shape=[3, 3], strides=[1, 1],
+                                     pads=[1, 1, 1, 1], count_include_pad=1))
+        if (h, w) != (h0, w0):
+            post += [helper.make_node("Shape", [p], [f"{p}_shape"]),
+                     helper.make_node("Slice", [f"{p}_shape", const(f"{p}_s0", np.array([0], np.int64)),
+                                                const(f"{p}_s1", np.array([2], np.int64))], [f"{p}_bc"]),
+                     helper.make_node("Concat", [f"{p}_bc", const(f"{p}_hw", np.array([h0, w0], np.int64))],
+                                      [f"{p}_sizes"], axis=0),
+                     helper.make_node("Resize", [p, "", "", f"{p}_sizes"], [f"{p}_r"], mode="linear",
+                                      coordinate_transformation_mode="half_pixel")]
+            p = f"{p}_r"
+        pooled.append(p)
+    cat = "knn_cat"
+    post.append(helper.make_node("Concat", pooled, [cat], axis=1) if len(pooled) > 1
+                else helper.make_node("Identity", pooled, [cat]))
+    if d < c_total:
+        wmat = channel_pool_matrix(c_total, d).reshape(d, c_total, 1, 1)
+        post.append(helper.make_node("Conv", [cat, const("knn_channel_pool", wmat)], [OUTPUT_FEATURES]))
+    else:
+        post.append(helper.make_node("Identity", [cat], [OUTPUT_FEATURES]))
+    post += [
+        helper.make_node("Reshape", [OUTPUT_FEATURES, const("knn_flat", np.array([0, d, -1], np.int64))], ["knn_cf"]),
+        helper.make_node("Transpose", ["knn_cf"], ["knn_q"], perm=[0, 2, 1]),                       # [B, P, D]
+        helper.make_node("Mul", ["knn_q", "knn_q"], ["knn_q2"]),
+        helper.make_node("ReduceSum", ["knn_q2", const("knn_axis2", np.array([2], np.int64))], ["knn_qn"],
+                         keepdims=1),                                                                # [B, P, 1]
+        # the -2 goes on the bank's side ([B, D, N]), not on the product ([B, P, N], 16 MB a frame at 256 px with
+        # 1024 vectors): one frame-sized buffer fewer
+        helper.make_node("Transpose", [INPUT_BANK], ["knn_bt"], perm=[0, 2, 1]),                    # [B, D, N]
+        helper.make_node("Mul", ["knn_bt", const("knn_minus_two", np.array(-2, np.float32))], ["knn_bt2"]),
+        helper.make_node("MatMul", ["knn_q", "knn_bt2"], ["knn_dot2"]),                             # [B, P, N]
+        helper.make_node("Mul", [INPUT_BANK, INPUT_BANK], ["knn_b2"]),
+        helper.make_node("ReduceSum", ["knn_b2", "knn_axis2"], ["knn_bn_col"], keepdims=1),         # [B, N, 1]
+        helper.make_node("Transpose", ["knn_bn_col"], ["knn_bn"], perm=[0, 2, 1]),                  # [B, 1, N]
+        helper.make_node("Add", ["knn_dot2", "knn_bn"], ["knn_part"]),
+        helper.make_node("ReduceMin", ["knn_part"], ["knn_min"], axes=[2], keepdims=1),             # [B, P, 1]
+        helper.make_node("Add", ["knn_min", "knn_qn"], ["knn_d2"]),
+        helper.make_node("Relu", ["knn_d2"], ["knn_d2pos"]),
+        helper.make_node("Sqrt", ["knn_d2pos"], ["knn_dist"]),
+        helper.make_node("Reshape", ["knn_dist", const("knn_map", np.array([-1, 1, h0, w0], np.int64))],
+                         [OUTPUT_DISTANCE]),
+    ]
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        pre + list(nodes) + post, "vlmdiff_knn",
+        [helper.make_tensor_value_info(INPUT_IMAGE, f32, ["batch", 3, height, width]),
+         helper.make_tensor_value_info(INPUT_BANK, f32, ["batch", "bank", d])],
+        [helper.make_tensor_value_info(OUTPUT_FEATURES, f32, ["batch", d, h0, w0]),
+         helper.make_tensor_value_info(OUTPUT_DISTANCE, f32, ["batch", 1, h0, w0])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="vlmdiff_train.knn_graph")
+    onnx.checker.check_model(model)
+    facts = {"layers": list(layers), "dims": d, "height": h0, "width": w0, "channels": c_total}
+    return model, facts
+
+
+def _floats(s: Optional[str], default: Sequence[float]) -> List[float]:
+    if not s:
+        return [float(v) for v in default]
+    return [float(v) for v in s.split(",")]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m vlmdiff_train.knn_graph", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", required=True, help="ONNX feature backbone with the named layers")
+    p.add_argument("--layers", required=True, help="comma-separated layer (tensor) names, finest first")
+    p.add_argument("--height", type=int, required=True)
+    p.add_argument("--width", type=int, required=True)
+    p.add_argument("--dims", type=int, default=0, help="values per vector (0: every channel)")
+    p.add_argument("--in-mean", help="the bundle's input mean (3 comma-separated values)")
+    p.add_argument("--in-std", help="the bundle's input std")
+    p.add_argument("--mean", help="the backbone's input mean (default ImageNet's)")
+    p.add_argument("--std", help="the backbone's input std (default ImageNet's)")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    try:
+        backbone = onnx.load(a.backbone)
+        model, facts = build_knn_graph(
+            backbone, [s for s in a.layers.split(",") if s], height=a.height, width=a.width,
+            in_mean=_floats(a.in_mean, IMAGENET_MEAN), in_std=_floats(a.in_std, IMAGENET_STD),
+            mean=_floats(a.mean, IMAGENET_MEAN), std=_floats(a.std, IMAGENET_STD), dims=a.dims)
+        onnx.save(model, a.out)
+    except Exception as e:  # one line for the Go caller
+        print(f"knn graph: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    json.dump(facts, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
