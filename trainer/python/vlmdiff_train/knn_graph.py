@@ -167,12 +167,27 @@ def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height:
         # 1024 vectors): one frame-sized buffer fewer
         helper.make_node("Transpose", [INPUT_BANK], ["knn_bt"], perm=[0, 2, 1]),                    # [B, D, N]
         helper.make_node("Mul", ["knn_bt", const("knn_minus_two", np.array(-2, np.float32))], ["knn_bt2"]),
-        helper.make_node("MatMul", ["knn_q", "knn_bt2"], ["knn_dot2"]),                             # [B, P, N]
         helper.make_node("Mul", [INPUT_BANK, INPUT_BANK], ["knn_b2"]),
         helper.make_node("ReduceSum", ["knn_b2", "knn_axis2"], ["knn_bn_col"], keepdims=1),         # [B, N, 1]
         helper.make_node("Transpose", ["knn_bn_col"], ["knn_bn"], perm=[0, 2, 1]),                  # [B, 1, N]
-        helper.make_node("Add", ["knn_dot2", "knn_bn"], ["knn_part"]),
-        helper.make_node("ReduceMin", ["knn_part"], ["knn_min"], axes=[2], keepdims=1),             # [B, P, 1]
+    ]
+    # the [B, P, N] product a chunk of positions at a time: each chunk's buffer is freed before the next is
+    # made, so the peak is a chunk's (2 MB a frame at 256 px with 1024 vectors), not the whole product's
+    p = h0 * w0
+    chunks = next(c for c in (8, 4, 2, 1) if p % c == 0)
+    if chunks > 1:
+        post.append(helper.make_node("Split", ["knn_q", const("knn_chunks", np.full(chunks, p // chunks, np.int64))],
+                                     [f"knn_qc{c}" for c in range(chunks)], axis=1))
+    mins = []
+    for c in range(chunks):
+        q = f"knn_qc{c}" if chunks > 1 else "knn_q"
+        post += [helper.make_node("MatMul", [q, "knn_bt2"], [f"knn_dot{c}"]),                      # [B, P/c, N]
+                 helper.make_node("Add", [f"knn_dot{c}", "knn_bn"], [f"knn_part{c}"]),
+                 helper.make_node("ReduceMin", [f"knn_part{c}"], [f"knn_min{c}"], axes=[2], keepdims=1)]
+        mins.append(f"knn_min{c}")
+    post += [
+        helper.make_node("Concat", mins, ["knn_min"], axis=1) if chunks > 1
+        else helper.make_node("Identity", mins, ["knn_min"]),                                       # [B, P, 1]
         helper.make_node("Add", ["knn_min", "knn_qn"], ["knn_d2"]),
         helper.make_node("Relu", ["knn_d2"], ["knn_d2pos"]),
         helper.make_node("Sqrt", ["knn_d2pos"], ["knn_dist"]),
