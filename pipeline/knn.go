@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"fmt"
+	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
 
@@ -49,6 +50,8 @@ func (s *Scorer) wantKnn() bool {
 	return s.knn != nil && (s.knnWeight() > 0 || s.opt.KnnMap || s.opt.LayerMaps)
 }
 
+var knnBankPool = sync.Pool{New: func() any { return new([]float32) }}
+
 // knnDistances runs the knn graph on the batch's preprocessed frames x ([B*3*H*W]), each frame with its
 // class's bank (the global one for a frame without a class). With Options.KnnLeaveOneOut a bank vector that
 // came from the very frame being scored (models.SourceHash) is replaced by another vector of the same bank,
@@ -64,7 +67,14 @@ func (s *Scorer) knnDistances(x []float32, reqs []Request) (*knnMaps, error) {
 		return nil, fmt.Errorf("knn: %d preprocessed values for %d frames of 3x%dx%d", len(x), B, H, W)
 	}
 	per := t.Size * t.Dims
-	bank := make([]float32, B*per)
+	// the batch's banks ([B, N, D], 230 KB a frame with 1024 vectors of 56 values) in a buffer reused across
+	// batches, not allocated on every frame's hot path
+	buf := knnBankPool.Get().(*[]float32)
+	defer knnBankPool.Put(buf)
+	if cap(*buf) < B*per {
+		*buf = make([]float32, B*per)
+	}
+	bank := (*buf)[:B*per]
 	for i, r := range reqs {
 		rows, src := s.bundle.KnnBankFor(r.Class)
 		dst := bank[i*per : (i+1)*per]

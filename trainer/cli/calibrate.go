@@ -168,7 +168,7 @@ func measureTrainReference(ctx context.Context, sf scoreFlags, df dataFlags, kf 
 		fmt.Fprintf(stderr, "mean-frame term: %s\n", eval.DescribePixel(factor, ref.PixelWeight))
 	}
 	if knnFactor > 0 {
-		fmt.Fprintf(stderr, "nearest-normal term: %s\n", eval.DescribePixel(knnFactor, ref.KnnWeight))
+		fmt.Fprintf(stderr, "nearest-normal term: %s\n", eval.DescribeKnn(knnFactor, ref.KnnWeight))
 	}
 	return nil
 }

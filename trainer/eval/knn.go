@@ -26,8 +26,8 @@ const (
 	KnnSourcesFile = "map_knn_sources.u64"
 )
 
-// DefaultKnnBank is the vectors per class bank: about 1% of the positions of PIPED's 32 training normals a class
-// at 256 px (the study's best bank, docs/algorithm.md §1.9), and 0.23 GMAC a frame with 56 values.
+// DefaultKnnBank is the vectors per class bank: about 0.8% of the positions of PIPED's 32 training normals a
+// class at 256 px (the study's best bank was 1%, docs/algorithm.md §1.9), and 0.23 GMAC a frame with 56 values.
 const DefaultKnnBank = 1024
 
 // knnCandidatesPerVector bounds the vectors the greedy coreset chooses from: this many per bank vector, drawn
@@ -435,6 +435,14 @@ func dropKnnReference(bundleDir string, m *models.Manifest) error {
 	return nil
 }
 
+// DescribeKnn says what the calibrate stage made of a nearest-normal term factor: its weight, or why it has none.
+func DescribeKnn(factor, weight float64) string {
+	if weight == 0 {
+		return fmt.Sprintf("factor %g, weight 0: the training normals' distances to their banks do not vary, so the term cannot be sized and adds nothing", factor)
+	}
+	return fmt.Sprintf("factor %g, weight %.6g", factor, weight)
+}
+
 // KnnFactor is the nearest-normal term factor of a bundle on disk: map.knn.factor, 0 without the term.
 func KnnFactor(bundleDir string) (float64, error) {
 	m, err := models.ReadManifest(bundleDir)
@@ -494,13 +502,14 @@ func WeighKnn(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.
 			}
 		}
 	}
+	rows := map[string][2][]float64{} // each class's reference rows of the map and of the term
+	for _, c := range whole.classes() {
+		rows[c] = [2][]float64{whole.mean(c), term.mean(c)}
+	}
+	fs, ks := feat.std(), term.std()
 	out := make([]metrics.Metrics, len(factors))
 	for k, a := range factors {
-		w := pixelWeight(a, feat.std(), term.std())
-		rows := map[string][2][]float64{}
-		for _, c := range whole.classes() {
-			rows[c] = [2][]float64{whole.mean(c), term.mean(c)}
-		}
+		w := pixelWeight(a, fs, ks)
 		scored := make([]ImageResult, len(res))
 		for j, r := range res {
 			row, ok := rows[r.Item.Class]

@@ -582,7 +582,7 @@ func (t *Training) measureReference(ctx context.Context, sc *StageContext, items
 		fmt.Fprintf(sc.Progress, "%smean-frame term: %s\n", prefix, eval.DescribePixel(factor, ref.PixelWeight))
 	}
 	if knnFactor > 0 {
-		fmt.Fprintf(sc.Progress, "%snearest-normal term: %s\n", prefix, eval.DescribePixel(knnFactor, ref.KnnWeight))
+		fmt.Fprintf(sc.Progress, "%snearest-normal term: %s\n", prefix, eval.DescribeKnn(knnFactor, ref.KnnWeight))
 	}
 	return nil
 }
