@@ -47,6 +47,7 @@ type KnnTerm struct {
 	Layers   []string `json:"layers,omitempty"`
 	Backbone string   `json:"backbone,omitempty"`
 	Sampling string   `json:"sampling,omitempty"` // how the bank was drawn: "coreset" (k-center greedy) or "random"
+	Isolated float64  `json:"isolated,omitempty"` // the fraction of candidates dropped first as the most isolated from other normals
 	Images   []int    `json:"images,omitempty"`
 	Source   string   `json:"source,omitempty"`
 	// Factor and Weight as models.PixelTerm's: Weight = Factor x (feature map spread) / (term spread) over the
@@ -98,6 +99,9 @@ func (m *Manifest) validateKnn(p *problems) {
 	}
 	if !(t.Weight >= 0) || math.IsInf(t.Weight, 0) {
 		p.bad("map.knn.weight", "must be a finite number >= 0, got %v", t.Weight)
+	}
+	if !(t.Isolated >= 0 && t.Isolated < 1) {
+		p.bad("map.knn.isolated", "must be a fraction in [0, 1), got %v", t.Isolated)
 	}
 }
 

@@ -88,6 +88,7 @@ func TestKnnTermRefused(t *testing.T) {
 		{"graph not listed", []string{""}, 0.1, func(_, files map[string]any) { delete(files, "knn.onnx") }, nil, "schema", "map.knn.graph"},
 		{"an empty bank", []string{""}, 0.1, func(term, _ map[string]any) { term["size"] = 0 }, nil, "schema", "map.knn.size"},
 		{"a distance map larger than the input", []string{""}, 0.1, func(term, _ map[string]any) { term["height"] = 300 }, nil, "schema", "300x64"},
+		{"an isolated fraction of 1", []string{""}, 0.1, func(term, _ map[string]any) { term["isolated"] = 1.0 }, nil, "schema", "map.knn.isolated"},
 		{"a negative weight", []string{""}, 0.1, func(term, _ map[string]any) { term["weight"] = -1.0 }, nil, "schema", "map.knn.weight"},
 		{"dims the graph does not have", []string{""}, 0.1, func(term, _ map[string]any) { term["dims"] = 32 }, nil, "knn", "bank"},
 		{"more classes than rows", []string{""}, 0.1, func(term, _ map[string]any) { term["classes"] = []any{"", "bolt"} }, nil, "knn", "bytes"},

@@ -19,6 +19,7 @@ import (
 type knnFlags struct {
 	factor, backbone, layers, sampling, python, trainerDir string
 	dims, bank                                             int
+	isolated                                               float64
 }
 
 func (k *knnFlags) register(fs *flag.FlagSet) {
@@ -29,6 +30,7 @@ func (k *knnFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&k.dims, "knn-dims", 0, "values per vector (0: every channel of the layers)")
 	fs.IntVar(&k.bank, "knn-bank", eval.DefaultKnnBank, "vectors per class in the bank")
 	fs.StringVar(&k.sampling, "knn-sampling", eval.KnnCoreset, "how the bank is drawn from the training positions: coreset (greedy k-center) or random")
+	fs.Float64Var(&k.isolated, "knn-isolated", 0, "drop this fraction of the training positions first, those farthest from every other training image (a missed defect in one normal), before drawing the bank (0 to 0.5)")
 	fs.StringVar(&k.python, "python", "/usr/bin/python3", "the Python that builds the knn graph (with torch and onnx)")
 	fs.StringVar(&k.trainerDir, "trainer-dir", "", "the trainer's Python package directory (default: $"+run.EnvTrainer+" or found from the binary)")
 }
@@ -69,7 +71,7 @@ func (k *knnFlags) ensure(ctx context.Context, bundle string, items []dataset.It
 		return err
 	}
 	py := run.Python{Exe: k.python, TrainerDir: td}
-	spec := eval.KnnSpec{Backbone: k.backbone, Layers: strings.Split(k.layers, ","), Dims: k.dims, Bank: k.bank, Sampling: k.sampling}
+	spec := eval.KnnSpec{Backbone: k.backbone, Layers: strings.Split(k.layers, ","), Dims: k.dims, Bank: k.bank, Sampling: k.sampling, Isolated: k.isolated}
 	train := eval.Select(items, dataset.SplitTrain, classes, true)
 	kb, err := eval.AddKnn(ctx, bundle, spec, py.KnnGraph, train, 0, opt, source)
 	if err != nil {

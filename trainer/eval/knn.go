@@ -52,6 +52,38 @@ type KnnSpec struct {
 	Std      []float32
 	Bank     int
 	Sampling string // KnnCoreset (default) or KnnRandom
+	// Isolated is the fraction of candidate vectors dropped before sampling as the most isolated from every
+	// other normal image (0: none; see dropIsolated).
+	Isolated float64
+}
+
+// draw returns how spec's banks are drawn (its bank size defaulted).
+func (spec KnnSpec) draw() KnnDraw {
+	size := spec.Bank
+	if size == 0 {
+		size = DefaultKnnBank
+	}
+	return KnnDraw{Size: size, Sampling: spec.Sampling, Isolated: spec.Isolated}
+}
+
+// KnnDraw is how BuildKnnBanks draws each class's bank: Size vectors, by Sampling, after dropping the Isolated
+// fraction of candidates.
+type KnnDraw struct {
+	Size     int
+	Sampling string
+	Isolated float64
+}
+
+// MaxKnnIsolated bounds KnnSpec.Isolated: dropping more than half of the normal positions would no longer
+// remove outliers but the normal variation itself.
+const MaxKnnIsolated = 0.5
+
+// CheckKnnIsolated checks KnnSpec.Isolated.
+func CheckKnnIsolated(f float64) error {
+	if !(f >= 0 && f <= MaxKnnIsolated) {
+		return fmt.Errorf("isolated fraction %v: want 0 (keep every candidate) to %v", f, MaxKnnIsolated)
+	}
+	return nil
 }
 
 // How a bank's vectors are drawn from the candidates (KnnSpec.Sampling).
@@ -94,11 +126,16 @@ type knnPool struct {
 // scorer does for the bundle m) and chooses each class's bank from its positions: a seeded random draw of
 // knnCandidatesPerVector x size candidates, then a greedy k-center coreset of size of them (PatchCore's), so
 // that the bank covers the normal variation rather than its most frequent patch (sampling KnnCoreset), or a
-// seeded uniform draw of size of them (KnnRandom), which follows their density. The global bank "" is drawn
-// the same way from every class's candidates.
-func BuildKnnBanks(ctx context.Context, graphPath string, m *models.Manifest, normal []dataset.Item, size int, sampling string, opt pipeline.Options, source string) (*KnnBanks, error) {
+// seeded uniform draw of size of them (KnnRandom), which follows their density. With d.Isolated the most
+// isolated candidates are dropped first (dropIsolated). The global bank "" is drawn the same way from every
+// class's remaining candidates.
+func BuildKnnBanks(ctx context.Context, graphPath string, m *models.Manifest, normal []dataset.Item, d KnnDraw, opt pipeline.Options, source string) (*KnnBanks, error) {
+	size, sampling := d.Size, d.Sampling
 	if err := CheckKnnSampling(sampling); err != nil {
 		return nil, err
+	}
+	if err := CheckKnnIsolated(d.Isolated); err != nil {
+		return nil, fmt.Errorf("nearest-normal banks: %w", err)
 	}
 	if len(normal) == 0 {
 		return nil, errors.New("nearest-normal banks: no normal images")
@@ -131,6 +168,9 @@ func BuildKnnBanks(ctx context.Context, graphPath string, m *models.Manifest, no
 			return nil, err
 		}
 		kb.Dims, kb.Height, kb.Width = dims, h, w
+		if p, err = dropIsolated(ctx, p, dims, d.Isolated, size, rng); err != nil {
+			return nil, err
+		}
 		pools[c] = p
 	}
 	all := &knnPool{}
@@ -368,7 +408,7 @@ func WriteKnn(bundleDir, graphPath string, kb *KnnBanks, spec KnnSpec, factor fl
 		}
 		m.Map.Knn = &models.KnnTerm{Graph: KnnGraphFile, Bank: KnnBankFile, Sources: KnnSourcesFile, Classes: kb.Classes,
 			Size: kb.Size, Dims: kb.Dims, Height: kb.Height, Width: kb.Width, Layers: spec.Layers,
-			Backbone: filepath.Base(spec.Backbone), Sampling: spec.Sampling, Images: kb.Images, Source: kb.Source, Factor: factor}
+			Backbone: filepath.Base(spec.Backbone), Sampling: spec.Sampling, Isolated: spec.Isolated, Images: kb.Images, Source: kb.Source, Factor: factor}
 		return dropReference()
 	})
 }
@@ -389,11 +429,7 @@ func AddKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeK
 	if err := makeGraph(ctx, spec, m, graph); err != nil {
 		return nil, fmt.Errorf("nearest-normal term: %w", err)
 	}
-	size := spec.Bank
-	if size == 0 {
-		size = DefaultKnnBank
-	}
-	kb, err := BuildKnnBanks(ctx, graph, m, normal, size, spec.Sampling, opt, source)
+	kb, err := BuildKnnBanks(ctx, graph, m, normal, spec.draw(), opt, source)
 	if err != nil {
 		return nil, err
 	}

@@ -107,7 +107,7 @@ func knnBundle(t *testing.T, dir string, train []dataset.Item, size int) (string
 		t.Fatal(err)
 	}
 	cpu := pipeline.Options{Providers: []string{"cpu"}, Threads: 2}
-	kb, err := BuildKnnBanks(context.Background(), knnFixture, m, train, size, "", cpu, "train")
+	kb, err := BuildKnnBanks(context.Background(), knnFixture, m, train, KnnDraw{Size: size}, cpu, "train")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,11 +328,11 @@ func TestKnnRandomBanks(t *testing.T) {
 	}
 	cpu := pipeline.Options{Providers: []string{"cpu"}, Threads: 2}
 	ctx := context.Background()
-	random, err := BuildKnnBanks(ctx, knnFixture, m, train, 24, KnnRandom, cpu, "train")
+	random, err := BuildKnnBanks(ctx, knnFixture, m, train, KnnDraw{Size: 24, Sampling: KnnRandom}, cpu, "train")
 	if err != nil {
 		t.Fatal(err)
 	}
-	core, err := BuildKnnBanks(ctx, knnFixture, m, train, 24, KnnCoreset, cpu, "train")
+	core, err := BuildKnnBanks(ctx, knnFixture, m, train, KnnDraw{Size: 24, Sampling: KnnCoreset}, cpu, "train")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,7 +345,7 @@ func TestKnnRandomBanks(t *testing.T) {
 	if slices.Equal(random.Rows[1], core.Rows[1]) {
 		t.Errorf("the random bank is the coreset")
 	}
-	if _, err := BuildKnnBanks(ctx, knnFixture, m, train, 24, "densest", cpu, "train"); err == nil || !strings.Contains(err.Error(), `sampling "densest"`) {
+	if _, err := BuildKnnBanks(ctx, knnFixture, m, train, KnnDraw{Size: 24, Sampling: "densest"}, cpu, "train"); err == nil || !strings.Contains(err.Error(), `sampling "densest"`) {
 		t.Errorf("sampling densest: error %v", err)
 	}
 }

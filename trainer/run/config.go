@@ -165,6 +165,10 @@ type SelectConfig struct {
 	// their own vectors and the painted set once. A factor is taken only when it leads factor 0 by MinGain; the
 	// calibrate stage then builds the term into the bundle. Empty (default): calibrate.knn_factor.
 	KnnFactors []float64 `yaml:"knn_factors" json:",omitempty"`
+	// KnnIsolated, when set with KnnFactors, are the isolated fractions (calibrate.knn.isolated) weighed
+	// together with the factors, e.g. [0, 0.1]: each builds its banks anew and takes one more scoring pass of the
+	// reference normals and the painted set. Empty (default): calibrate.knn.isolated alone.
+	KnnIsolated []float64 `yaml:"knn_isolated" json:",omitempty"`
 }
 
 // SelectMetrics are the names select.metric accepts.
@@ -222,11 +226,14 @@ type KnnConfig struct {
 	Std          []float32 `yaml:"std"`
 	// Sampling draws the bank: coreset (default; greedy k-center) or random (a seeded uniform draw).
 	Sampling string `yaml:"sampling" json:",omitempty"`
+	// Isolated drops this fraction of the candidate positions first, those farthest from every other training
+	// image (eval.KnnSpec.Isolated; 0: none).
+	Isolated float64 `yaml:"isolated" json:",omitempty"`
 }
 
 // Spec is the build recipe as the eval package takes it.
 func (k *KnnConfig) Spec() eval.KnnSpec {
-	return eval.KnnSpec{Backbone: k.BackboneONNX, Layers: k.Layers, Dims: k.Dims, Bank: k.Bank, Mean: k.Mean, Std: k.Std, Sampling: k.Sampling}
+	return eval.KnnSpec{Backbone: k.BackboneONNX, Layers: k.Layers, Dims: k.Dims, Bank: k.Bank, Mean: k.Mean, Std: k.Std, Sampling: k.Sampling, Isolated: k.Isolated}
 }
 
 // EvaluateConfig scores the test split.
@@ -473,6 +480,16 @@ func (c *Config) validateKnn(bad func(field, format string, args ...any)) {
 			break
 		}
 	}
+	ki := c.Select.KnnIsolated
+	for i, f := range ki {
+		if eval.CheckKnnIsolated(f) != nil || (i > 0 && f <= ki[i-1]) {
+			bad("select.knn_isolated", "%v: want increasing fractions in 0..%v", ki, eval.MaxKnnIsolated)
+			break
+		}
+	}
+	if len(ki) > 0 && len(kf) == 0 {
+		bad("select.knn_isolated", "is weighed with the nearest-normal term's factors: it needs select.knn_factors")
+	}
 	if c.Calibrate.KnnFactor == 0 && len(kf) == 0 {
 		return
 	}
@@ -491,6 +508,8 @@ func (c *Config) validateKnn(bad func(field, format string, args ...any)) {
 		bad("calibrate.knn.mean/std", "want 3 values each, or neither (ImageNet's)")
 	case eval.CheckKnnSampling(k.Sampling) != nil:
 		bad("calibrate.knn.sampling", "%v", eval.CheckKnnSampling(k.Sampling))
+	case eval.CheckKnnIsolated(k.Isolated) != nil:
+		bad("calibrate.knn.isolated", "%v", eval.CheckKnnIsolated(k.Isolated))
 	}
 }
 

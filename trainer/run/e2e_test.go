@@ -124,42 +124,57 @@ func backbone(t *testing.T) string {
 // floating-point differences alone. 80 and 120 steps (the denoiser stage is seconds; the select stage dominates
 // the test's time) gave 0.903 and 0.941 there, a margin that numerics do not eat.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  knn_factors: [0, 1, 4]\n", 2)
+	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n", 2)
 }
 
 // knnBackbone is the committed fixture's feature graph (random convolutions, layer1 /4 and layer2 /8): the
 // nearest-normal term's backbone in the end-to-end test, where no pretrained one may be assumed.
 const knnBackbone = "../../models/testdata/fixture/features.onnx"
 
-// checkKnnSelection: the select stage weighed the nearest-normal term's factors (factor 0 first, every metric a
-// fraction), and the bundle has the term exactly when it chose a factor above 0, at that factor, with a
-// measured weight that its reference was measured with.
+// checkKnnSelection: the select stage weighed the nearest-normal term's factors with each isolated fraction
+// (factor 0 first and once, every metric a fraction), and the bundle has the term exactly when it chose a factor
+// above 0, at that factor and with banks of the chosen fraction, with a measured weight that its reference was
+// measured with.
 func checkKnnSelection(t *testing.T, runDir string, m *models.Manifest) {
 	t.Helper()
 	rows := readCSV(t, filepath.Join(runDir, "select", run.KnnFile))
-	if len(rows) != 4 || rows[1][0] != "knn-0" {
-		t.Fatalf("nearest-normal table %v: want factors 0, 1 and 4, 0 first", rows)
+	want := []string{"knn-0", "knn-1-isolated-0", "knn-4-isolated-0", "knn-1-isolated-0.1", "knn-4-isolated-0.1"}
+	if len(rows) != len(want)+1 {
+		t.Fatalf("nearest-normal table %v: want rows %v", rows, want)
 	}
-	b, err := os.ReadFile(filepath.Join(runDir, "select", run.KnnChoiceFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range rows[1:] {
-		if (r[len(r)-1] == "true") != (r[0] == "knn-"+strconv.FormatFloat(a, 'g', 4, 64)) {
-			t.Errorf("row %v: the chosen column disagrees with the choice %g", r, a)
+	for i, r := range rows[1:] {
+		if r[0] != want[i] {
+			t.Fatalf("nearest-normal table %v: want rows %v", rows, want)
 		}
 	}
-	t.Logf("nearest-normal term: factor %g chosen from %v", a, rows[1:])
+	read := func(name string) float64 {
+		b, err := os.ReadFile(filepath.Join(runDir, "select", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	a, f := read(run.KnnChoiceFile), read(run.KnnIsolatedFile)
+	chosen := "knn-0"
+	if a > 0 {
+		chosen = "knn-" + strconv.FormatFloat(a, 'g', 4, 64) + "-isolated-" + strconv.FormatFloat(f, 'g', 4, 64)
+	}
+	for _, r := range rows[1:] {
+		if (r[len(r)-1] == "true") != (r[0] == chosen) {
+			t.Errorf("row %v: the chosen column disagrees with the choice %s", r, chosen)
+		}
+	}
+	t.Logf("nearest-normal term: factor %g, isolated %g chosen from %v", a, f, rows[1:])
 	k := m.Map.Knn
 	if (k != nil) != (a > 0) {
 		t.Fatalf("chosen factor %g, but the bundle's map.knn is %+v", a, k)
 	}
-	if k != nil && (k.Factor != a || !(k.Weight > 0) || m.Map.Reference.KnnWeight != k.Weight || k.Dims != 56) {
-		t.Fatalf("map.knn %+v, reference knn weight %g: want factor %g, a measured weight, 56 values", k, m.Map.Reference.KnnWeight, a)
+	if k != nil && (k.Factor != a || k.Isolated != f || !(k.Weight > 0) || m.Map.Reference.KnnWeight != k.Weight || k.Dims != 56) {
+		t.Fatalf("map.knn %+v, reference knn weight %g: want factor %g, isolated %g, a measured weight, 56 values", k, m.Map.Reference.KnnWeight, a, f)
 	}
 }
 

@@ -208,15 +208,22 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 		if len(c.Select.PixelFactors) > 0 && choice.Layers != nil {
 			pixel = choice.Pixel
 		}
-		a, table, err := t.selectKnn(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, k, choice.Layers, pixel)
+		ch, err := t.selectKnn(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, k, choice.Layers, pixel)
 		if err != nil {
 			return nil, err
 		}
 		p := filepath.Join(dir, KnnChoiceFile)
-		if err := os.WriteFile(p, []byte(strconv.FormatFloat(a, 'g', -1, 64)+"\n"), 0o644); err != nil {
+		if err := os.WriteFile(p, []byte(strconv.FormatFloat(ch.Factor, 'g', -1, 64)+"\n"), 0o644); err != nil {
 			return nil, err
 		}
-		outs["knn_factor"], outs["knn"] = p, table
+		outs["knn_factor"], outs["knn"] = p, ch.Table
+		if ch.Isolated >= 0 {
+			p := filepath.Join(dir, KnnIsolatedFile)
+			if err := os.WriteFile(p, []byte(strconv.FormatFloat(ch.Isolated, 'g', -1, 64)+"\n"), 0o644); err != nil {
+				return nil, err
+			}
+			outs["knn_isolated"] = p
+		}
 	}
 	if layers := choice.Layers; layers != nil {
 		b, err := json.Marshal(layers)

@@ -11,6 +11,7 @@ import (
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
 	"github.com/vlmdiff/edge/trainer/eval"
+	"github.com/vlmdiff/edge/trainer/metrics"
 )
 
 // KnnFile is the select stage's table of nearest-normal term factors (RUN/select/knn.csv), and KnnChoiceFile
@@ -19,80 +20,142 @@ import (
 const (
 	KnnFile       = "knn.csv"
 	KnnChoiceFile = "knn_factor.txt"
+	// KnnIsolatedFile holds the isolated fraction chosen with select.knn_isolated (RUN/select/knn_isolated.txt),
+	// which the calibrate stage builds the banks with instead of calibrate.knn.isolated.
+	KnnIsolatedFile = "knn_isolated.txt"
 )
 
 // selectedKnnFactor is the nearest-normal term factor the select stage chose (select.knn_factors), -1 when it
 // weighed none.
 func selectedKnnFactor(sc *StageContext) (float64, error) {
-	p := sc.Output("select", "knn_factor")
+	return selectedNumber(sc, "knn_factor", "the nearest-normal term", "factor", eval.CheckKnnFactor)
+}
+
+// selectedKnnIsolated is the isolated fraction the select stage chose (select.knn_isolated), -1 when it weighed
+// none.
+func selectedKnnIsolated(sc *StageContext) (float64, error) {
+	return selectedNumber(sc, "knn_isolated", "the isolated fraction", "fraction", eval.CheckKnnIsolated)
+}
+
+// selectedNumber reads a number the select stage chose into its output (a file of one number), -1 when the
+// stage wrote no such output; what names the choice and kind the number in errors, check validates it.
+func selectedNumber(sc *StageContext, output, what, kind string, check func(float64) error) (float64, error) {
+	p := sc.Output("select", output)
 	if p == "" {
 		return -1, nil
 	}
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return 0, fmt.Errorf("the select stage's choice of the nearest-normal term: %w", err)
+		return 0, fmt.Errorf("the select stage's choice of %s: %w", what, err)
 	}
-	a, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
-	if err != nil || eval.CheckKnnFactor(a) != nil {
-		return 0, fmt.Errorf("the select stage's choice of the nearest-normal term %s: %q is not a factor", p, strings.TrimSpace(string(b)))
+	v, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+	if err != nil || check(v) != nil {
+		return 0, fmt.Errorf("the select stage's choice of %s %s: %q is not a %s", what, p, strings.TrimSpace(string(b)), kind)
 	}
-	return a, nil
+	return v, nil
+}
+
+// knnChoice is what selectKnn chose: the factor (0: no term) and the isolated fraction of its banks (-1 when
+// select.knn_isolated was not weighed), with the table of every candidate.
+type knnChoice struct {
+	Factor, Isolated float64
+	Table            string
 }
 
 // selectKnn weighs the nearest-normal term's factors (select.knn_factors) on the recipe chosen before it: the
 // model cand, ensemble start noises (0: the export config's), the layers (nil: the export config's) and the
 // mean-frame term at pixel. It exports that bundle, measures its reference with the mean-frame term, builds the
 // term's banks from every training normal, and ranks the factors from one scoring pass of the reference
-// normals (against banks without their own vectors) and one of the painted set (eval.WeighKnn). A factor
-// above 0 is taken only when it leads factor 0 by select.min_gain. It returns the chosen factor and the table.
-func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, ensemble int, layers [][2]any, pixel float64) (float64, string, error) {
+// normals (against banks without their own vectors) and one of the painted set (eval.WeighKnn). With
+// select.knn_isolated it does so once per isolated fraction, each with its own banks. A factor above 0 is taken
+// only when it leads factor 0 by select.min_gain.
+func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, ensemble int, layers [][2]any, pixel float64) (knnChoice, error) {
 	c := t.Config
 	factors := c.Select.KnnFactors
 	if factors[0] != 0 {
 		factors = append([]float64{0}, factors...)
 	}
+	if c.Calibrate.Knn == nil {
+		return knnChoice{}, fmt.Errorf("the nearest-normal term needs calibrate.knn (backbone_onnx, layers)")
+	}
+	spec := c.Calibrate.Knn.Spec()
+	fracs := c.Select.KnnIsolated
+	if len(fracs) == 0 {
+		fracs = []float64{spec.Isolated}
+	}
 	work := filepath.Join(dir, "knn")
 	bundle, err := t.exportCandidate(ctx, sc, cand, work, ensemble, layers)
 	defer os.RemoveAll(work)
 	if err != nil {
-		return 0, "", err
+		return knnChoice{}, err
 	}
 	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, pixel, 0, "[select] knn "); err != nil {
-		return 0, "", err
+		return knnChoice{}, err
 	}
-	if err := t.ensureKnn(ctx, sc, items, bundle, "[select] "); err != nil {
-		return 0, "", err
+	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Select.ReferencePerClass)
+	val, err := valItems(valData, c.Data.Classes)
+	if err != nil {
+		return knnChoice{}, err
 	}
+	var res []candidateResult
+	var at [][2]float64 // each row's factor and fraction
+	for _, f := range fracs {
+		spec.Isolated = f
+		if err := t.buildKnn(ctx, sc, items, bundle, spec, "[select] "); err != nil {
+			return knnChoice{}, err
+		}
+		mets, err := t.weighKnn(ctx, sc, bundle, train, val, factors)
+		if err != nil {
+			return knnChoice{}, err
+		}
+		for k, a := range factors {
+			if a == 0 && len(res) > 0 {
+				continue // the map without the term does not depend on the banks
+			}
+			name := "knn-" + strconv.FormatFloat(a, 'g', 4, 64)
+			if len(c.Select.KnnIsolated) > 0 && a > 0 {
+				name += "-isolated-" + strconv.FormatFloat(f, 'g', 4, 64)
+			}
+			res = append(res, candidateResult{candidate: candidate{Name: name, Model: cand.Model}, Mean: mets[k], Score: selectScore(c.Select.Metric, mets[k])})
+			at = append(at, [2]float64{a, f})
+		}
+	}
+	best, why := bestOver(res, 0, c.Select.MinGain, "no nearest-normal term")
+	table := filepath.Join(dir, KnnFile)
+	if err := writeCandidates(table, res, best); err != nil {
+		return knnChoice{}, err
+	}
+	writeCandidateTable(sc.Progress, res, best)
+	ch := knnChoice{Factor: at[best][0], Isolated: -1, Table: table}
+	if len(c.Select.KnnIsolated) > 0 {
+		ch.Isolated = at[best][1]
+		if ch.Factor == 0 {
+			ch.Isolated = fracs[0]
+		}
+		fmt.Fprintf(sc.Progress, "[select] nearest-normal term: factor %g, isolated fraction %g (%s)\n", ch.Factor, ch.Isolated, why)
+	} else {
+		fmt.Fprintf(sc.Progress, "[select] nearest-normal term: factor %g (%s)\n", ch.Factor, why)
+	}
+	return ch, nil
+}
+
+// weighKnn scores the reference normals (each against banks without its own vectors) and the painted set once
+// with the bundle and returns the metrics of each factor (eval.WeighKnn).
+func (t *Training) weighKnn(ctx context.Context, sc *StageContext, bundle string, train, val []dataset.Item, factors []float64) ([]metrics.Metrics, error) {
+	c := t.Config
 	opt := t.ORT
 	opt.NoReference, opt.PixelMap, opt.KnnMap, opt.KnnLeaveOneOut = true, true, true, true
 	s, err := pipeline.Open(bundle, opt)
 	if err != nil {
-		return 0, "", fmt.Errorf("opening bundle %s: %w", bundle, err)
+		return nil, fmt.Errorf("opening bundle %s: %w", bundle, err)
 	}
 	defer s.Close()
-	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Select.ReferencePerClass)
-	val, err := valItems(valData, c.Data.Classes)
-	if err != nil {
-		return 0, "", err
-	}
 	fmt.Fprintf(sc.Progress, "[select] nearest-normal term factors %v with %d start noise(s): scoring %d training normals and %d painted images\n",
 		factors, s.Ensemble(), len(train), len(val))
 	mets, err := eval.WeighKnn(ctx, s, train, val, factors, eval.Options{BatchSize: c.Evaluate.BatchSize, Logger: sc.Logger,
 		Progress: prefixed(sc.Progress, "[select] knn maps ")})
 	if err != nil {
-		return 0, "", fmt.Errorf("select.knn_factors: %w", err)
+		return nil, fmt.Errorf("select.knn_factors: %w", err)
 	}
-	res := make([]candidateResult, len(factors))
-	for k, a := range factors {
-		name := "knn-" + strconv.FormatFloat(a, 'g', 4, 64)
-		res[k] = candidateResult{candidate: candidate{Name: name, Model: cand.Model}, Mean: mets[k], Score: selectScore(c.Select.Metric, mets[k])}
-	}
-	best, why := bestOver(res, 0, c.Select.MinGain, "no nearest-normal term")
-	table := filepath.Join(dir, KnnFile)
-	if err := writeCandidates(table, res, best); err != nil {
-		return 0, "", err
-	}
-	writeCandidateTable(sc.Progress, res, best)
-	fmt.Fprintf(sc.Progress, "[select] nearest-normal term: factor %g (%s)\n", factors[best], why)
-	return factors[best], table, nil
+	return mets, nil
 }

@@ -82,19 +82,7 @@ const PixelChoiceFile = "pixel_factor.txt"
 // selectedPixelFactor is the mean-frame term factor the select stage chose (select.pixel_factors), -1 when it
 // chose none.
 func selectedPixelFactor(sc *StageContext) (float64, error) {
-	p := sc.Output("select", "pixel_factor")
-	if p == "" {
-		return -1, nil
-	}
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return 0, fmt.Errorf("the select stage's choice of the mean-frame term: %w", err)
-	}
-	a, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
-	if err != nil || eval.CheckPixelFactor(a) != nil {
-		return 0, fmt.Errorf("the select stage's choice of the mean-frame term %s: %q is not a factor", p, strings.TrimSpace(string(b)))
-	}
-	return a, nil
+	return selectedNumber(sc, "pixel_factor", "the mean-frame term", "factor", eval.CheckPixelFactor)
 }
 
 // pixelFactors is the mean-frame term factors the select stage weighs: select.pixel_factors, else the one of

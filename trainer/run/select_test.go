@@ -109,6 +109,7 @@ func TestSelectScore(t *testing.T) {
 }
 
 func TestSelectConfigChecked(t *testing.T) {
+	const knnYAML = "calibrate:\n  knn:\n    backbone_onnx: m.onnx\n    layers: [a]\n"
 	base := "preset: tiny\ndata:\n  root: /data\nfinetune_ae:\n  max_steps: 1\ntrain:\n  max_steps: 1\n"
 	c, err := ParseConfig([]byte(base), "/")
 	if err != nil {
@@ -135,6 +136,13 @@ func TestSelectConfigChecked(t *testing.T) {
 		{"select:\n  pixel_factors: [0, 1]\n", "select.pixel_factors: are weighed with the feature layers"},
 		{"select:\n  layer_weights: [0, 1]\n  pixel_factors: [0.5, 0.25]\n", "select.pixel_factors"},
 		{"select:\n  layer_weights: [0, 1]\n  pixel_factors: [0, 8]\n", "select.pixel_factors"},
+		{"select:\n  knn_factors: [0, 1]\n", "calibrate.knn.backbone_onnx: is required"},
+		{"select:\n  knn_factors: [1, 0]\n" + knnYAML, "select.knn_factors"},
+		{"select:\n  knn_isolated: [0, 0.1]\n" + knnYAML, "select.knn_isolated: is weighed with the nearest-normal term's factors"},
+		{"select:\n  knn_factors: [0, 1]\n  knn_isolated: [0.1, 0]\n" + knnYAML, "select.knn_isolated"},
+		{"select:\n  knn_factors: [0, 1]\n  knn_isolated: [0, 0.7]\n" + knnYAML, "select.knn_isolated"},
+		{"select:\n  knn_factors: [0, 1]\n" + knnYAML + "    isolated: 0.9\n", "calibrate.knn.isolated"},
+		{"select:\n  knn_factors: [0, 1]\n" + knnYAML + "    sampling: densest\n", "calibrate.knn.sampling"},
 		{"calibrate:\n  pixel_factor: -1\n", "calibrate.pixel_factor"},
 		{"calibrate:\n  pixel_factor: 0.5\n  reference: none\n", "calibrate.pixel_factor: the mean-frame term is sized"},
 		{"train:\n  max_steps: 1\n  snapshot_every: -2\n", "train.snapshot_every"},

@@ -587,8 +587,8 @@ func (t *Training) measureReference(ctx context.Context, sc *StageContext, items
 	return nil
 }
 
-// ensureKnn builds the nearest-normal term (calibrate.knn) into the bundle from every training normal, unless
-// the bundle has it already.
+// ensureKnn builds the nearest-normal term (calibrate.knn, with the isolated fraction the select stage chose)
+// into the bundle from every training normal, unless the bundle has it already.
 func (t *Training) ensureKnn(ctx context.Context, sc *StageContext, items []dataset.Item, bundle, prefix string) error {
 	m, err := models.ReadManifest(bundle)
 	if err != nil {
@@ -601,14 +601,32 @@ func (t *Training) ensureKnn(ctx context.Context, sc *StageContext, items []data
 	if k == nil {
 		return fmt.Errorf("the nearest-normal term needs calibrate.knn (backbone_onnx, layers)")
 	}
-	train := eval.Select(items, dataset.SplitTrain, t.Config.Data.Classes, true)
-	start := time.Now()
-	kb, err := eval.AddKnn(ctx, bundle, k.Spec(), t.Python.KnnGraph, train, 0, t.ORT, "train split of "+sc.Output("index", "index"))
+	spec := k.Spec()
+	f, err := selectedKnnIsolated(sc)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(sc.Progress, "%snearest-normal banks: %d classes x %d vectors of %d values (%s %v, %dx%d positions) from %d training normals in %s\n",
-		prefix, len(kb.Classes), kb.Size, kb.Dims, filepath.Base(k.BackboneONNX), k.Layers, kb.Height, kb.Width, len(train), time.Since(start).Round(time.Second))
+	if f >= 0 {
+		spec.Isolated = f
+	}
+	return t.buildKnn(ctx, sc, items, bundle, spec, prefix)
+}
+
+// buildKnn builds the nearest-normal term of spec into the bundle from every training normal, replacing any it
+// has, at factor 0 (the reference measures its weight).
+func (t *Training) buildKnn(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, spec eval.KnnSpec, prefix string) error {
+	train := eval.Select(items, dataset.SplitTrain, t.Config.Data.Classes, true)
+	start := time.Now()
+	kb, err := eval.AddKnn(ctx, bundle, spec, t.Python.KnnGraph, train, 0, t.ORT, "train split of "+sc.Output("index", "index"))
+	if err != nil {
+		return err
+	}
+	iso := ""
+	if spec.Isolated > 0 {
+		iso = fmt.Sprintf(", the most isolated %g of the positions dropped", spec.Isolated)
+	}
+	fmt.Fprintf(sc.Progress, "%snearest-normal banks: %d classes x %d vectors of %d values (%s %v, %dx%d positions%s) from %d training normals in %s\n",
+		prefix, len(kb.Classes), kb.Size, kb.Dims, filepath.Base(spec.Backbone), spec.Layers, kb.Height, kb.Width, iso, len(train), time.Since(start).Round(time.Second))
 	return nil
 }
 
