@@ -13,7 +13,7 @@ import (
 // knnIsolationRefs is how many of a class's candidate vectors each candidate is compared with to measure its
 // isolation. The measure only ranks candidates, and 1024 draws from some thirty other images find a near
 // neighbour for any patch that recurs among them; its cost is candidates x refs x dims (about 4 GFLOP a class
-// at the default bank and 56 values, a few seconds on 2 cores).
+// at the default bank and 56 values: 0.34 s a class on 2 cores, about 4 s for PIPED's 12).
 const knnIsolationRefs = 1024
 
 // dropIsolated removes from the pool the fraction frac of its vectors that lie farthest from the positions of
