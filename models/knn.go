@@ -2,7 +2,7 @@ package models
 
 import (
 	"encoding/binary"
-	"fmt"
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -115,33 +115,15 @@ func verifyKnn(dir string, m *Manifest) error {
 	if err != nil {
 		return &CheckError{Check: "knn", File: t.Graph, Err: err}
 	}
-	want := func(kind string, have []TensorSpec, name string, shape ...int64) error {
-		for _, h := range have {
-			if h.Name != name {
-				continue
-			}
-			if h.Type != "float32" || len(h.Shape) != len(shape) {
-				return fmt.Errorf("%s %s is %s %v, want float32 of rank %d", kind, name, h.Type, h.Shape, len(shape))
-			}
-			for i, d := range shape {
-				if d > 0 && h.Shape[i] > 0 && h.Shape[i] != d {
-					return fmt.Errorf("%s %s has shape %v, want %v (0: any)", kind, name, h.Shape, shape)
-				}
-			}
-			return nil
-		}
-		return fmt.Errorf("has no %s %s", kind, name)
+	in, h, w, d := m.Input, int64(t.Height), int64(t.Width), int64(t.Dims)
+	f32 := func(name string, shape ...int64) TensorSpec {
+		return TensorSpec{Name: name, Type: "float32", Shape: shape}
 	}
-	in, h, w := m.Input, int64(t.Height), int64(t.Width)
-	for _, err := range []error{
-		want("input", gio.Inputs, KnnImage, 0, 3, int64(in.Height), int64(in.Width)),
-		want("input", gio.Inputs, KnnBank, 0, 0, int64(t.Dims)),
-		want("output", gio.Outputs, KnnFeatures, 0, int64(t.Dims), h, w),
-		want("output", gio.Outputs, KnnDistance, 0, 1, h, w),
-	} {
-		if err != nil {
-			return &CheckError{Check: "knn", File: t.Graph, Err: err}
-		}
+	if err := errors.Join(
+		matchTensors("input", []TensorSpec{f32(KnnImage, 0, 3, int64(in.Height), int64(in.Width)), f32(KnnBank, 0, 0, d)}, gio.Inputs, false),
+		matchTensors("output", []TensorSpec{f32(KnnFeatures, 0, d, h, w), f32(KnnDistance, 0, 1, h, w)}, gio.Outputs, false),
+	); err != nil {
+		return &CheckError{Check: "knn", File: t.Graph, Err: err}
 	}
 	return nil
 }

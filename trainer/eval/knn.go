@@ -532,6 +532,7 @@ func WeighKnn(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.
 		if len(r.Result.KnnMap) != len(r.Result.Map) {
 			return nil, fmt.Errorf("nearest-normal term factors: %s has no map of the term (open the scorer with pipeline.Options.KnnMap)", r.Item.Path)
 		}
+		r.Result.Map = subtractScaled(r.Result.Map, r.Result.KnnMap, kw) // the map without the bundle's own term, once
 		if r.Item.Mask != "" {
 			if r.Mask, err = ReadMask(r.Item.Mask, r.Result.MapWidth, r.Result.MapHeight); err != nil {
 				return nil, fmt.Errorf("nearest-normal term factors: %w", err)
@@ -552,9 +553,8 @@ func WeighKnn(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.
 			if !ok {
 				row = rows[""]
 			}
-			base := subtractScaled(r.Result.Map, r.Result.KnnMap, kw)
-			amap := make([]float32, len(base))
-			for i, v := range base {
+			amap := make([]float32, len(r.Result.Map))
+			for i, v := range r.Result.Map {
 				amap[i] = float32(float64(v) - row[0][i] + w*(float64(r.Result.KnnMap[i])-row[1][i]))
 			}
 			scored[j] = r
