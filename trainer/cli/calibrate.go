@@ -21,7 +21,7 @@ func init() {
 }
 
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--map-sigma S] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -38,6 +38,9 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		"outputs of the bundle's feature graph): written into the bundle before the reference and thresholds are measured with them (`vlmdiff eval --weigh-layers` compares weightings)")
 	match := fs.String("feature-match", "", "give feature layers a match radius in cells from now on, name=r,... (e.g. stage1=1; 0 compares the same position, as the paper): "+
 		"each frame feature is compared with the reconstruction's best match within r cells, so a texture redrawn with another phase does not read as anomaly (docs/algorithm.md §1.9)")
+	sigma := fs.String("map-sigma", "", "smooth every map with this Gaussian sigma in map pixels from now on (0: no smoothing; export's default is 5 at 256 px, scaled with "+
+		"the input size): smaller keeps thin or small defects sharp, larger merges scattered responses; needs --reference train (or none). Compare sigmas on a painted set "+
+		"(docs/training.md, \"Map smoothing\")")
 	pixel := fs.String("pixel-factor", "", "with --reference train: the mean-frame term's size relative to the feature map's (0 removes it; 0.25 to 1 where parts sit still "+
 		"on a plain background; absent: keep the bundle's). Adds each frame's pixel distance to its class's mean normal frame to the map (docs/algorithm.md §1.9)")
 	var kf knnFlags
@@ -72,8 +75,8 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := checkEnsemble(sf.Bundle, sf.Ensemble, *reference); err != nil {
 		return err
 	}
-	if *weights != "" || *match != "" {
-		if err := setFeatureLayers(sf.Bundle, *weights, *match, *reference, *dry, stderr); err != nil {
+	if *weights != "" || *match != "" || *sigma != "" {
+		if err := setMapShape(sf.Bundle, mapShape{*weights, *match, *sigma}, *reference, *dry, stderr); err != nil {
 			return err
 		}
 	}
@@ -192,42 +195,61 @@ func pixelFactorFlag(bundle, flag, reference string) (float64, error) {
 	return factor, nil
 }
 
-// setFeatureLayers writes --feature-weights and --feature-match into the bundle's manifest. Either changes
-// every map, so a kept reference (measured with the old layers) and a dry run (which would calibrate maps the
-// bundle does not score) are refused before anything is written.
-func setFeatureLayers(bundle, weights, match, reference string, dry bool, stderr io.Writer) error {
+// mapShape is what calibrate may change in how every map is made: --feature-weights, --feature-match and
+// --map-sigma as given ("": keep the bundle's).
+type mapShape struct{ weights, match, sigma string }
+
+// flags names the flags given, for messages.
+func (f mapShape) flags() string {
+	var given []string
+	for _, g := range [][2]string{{"--feature-weights", f.weights}, {"--feature-match", f.match}, {"--map-sigma", f.sigma}} {
+		if g[1] != "" {
+			given = append(given, g[0]+" "+g[1])
+		}
+	}
+	return strings.Join(given, " ")
+}
+
+// setMapShape writes --feature-weights, --feature-match and --map-sigma into the bundle's manifest. Each
+// changes every map, so a kept reference (measured with the old maps) and a dry run (which would calibrate maps
+// the bundle does not score) are refused before anything is written.
+func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr io.Writer) error {
 	m, err := models.ReadManifest(bundle)
 	if err != nil {
 		return err
 	}
 	layers := slices.Clone(m.Features.Layers)
-	if weights != "" {
-		if layers, err = parseFeatureWeights(weights, m); err != nil {
+	if f.weights != "" {
+		if layers, err = parseFeatureWeights(f.weights, m); err != nil {
 			return err
 		}
 	}
-	if match != "" {
-		if err := applyFeatureMatch(match, layers); err != nil {
+	if f.match != "" {
+		if err := applyFeatureMatch(f.match, layers); err != nil {
 			return err
 		}
 	}
-	if slices.Equal(layers, m.Features.Layers) {
+	sigma := m.Map.Sigma
+	if f.sigma != "" {
+		if sigma, err = parseMapSigma(f.sigma); err != nil {
+			return err
+		}
+	}
+	if slices.Equal(layers, m.Features.Layers) && sigma == m.Map.Sigma {
 		return nil
 	}
-	var given []string
-	for _, f := range [][2]string{{"--feature-weights", weights}, {"--feature-match", match}} {
-		if f[1] != "" {
-			given = append(given, f[0]+" "+f[1])
-		}
-	}
-	flags := strings.Join(given, " ")
+	flags := f.flags()
 	switch {
 	case dry:
 		return fmt.Errorf("%s changes the bundle; it cannot be combined with --dry-run (compare weightings with vlmdiff eval --weigh-layers)", flags)
 	case reference == eval.ReferenceKeep && m.Map.Reference != nil:
-		return fmt.Errorf("%s changes every map, and the bundle's map reference was measured with its old layers: add --reference train (or none)", flags)
+		return fmt.Errorf("%s changes every map, and the bundle's map reference was measured with its old maps: add --reference train (or none)", flags)
 	}
 	m.Features.Layers = layers
+	m.Map.Sigma = sigma
+	if sigma > 0 && !(m.Map.Truncate > 0) {
+		m.Map.Truncate = 4 // the reference's; a bundle exported without smoothing may have none
+	}
 	if err := m.Validate(); err != nil { // refused before the write, so a refusal leaves the bundle as it was
 		return fmt.Errorf("%s: %w", flags, err)
 	}
@@ -237,9 +259,21 @@ func setFeatureLayers(bundle, weights, match, reference string, dry bool, stderr
 	if err := models.Verify(bundle); err != nil {
 		return fmt.Errorf("the bundle with %s: %w", flags, err)
 	}
-	fmt.Fprintf(stderr, "feature layers written: %s\n", describeLayers(layers))
+	fmt.Fprintf(stderr, "map written: layers %s, sigma %g\n", describeLayers(layers), sigma)
 	return nil
 }
+
+// parseMapSigma reads --map-sigma: a Gaussian sigma in map pixels, 0 (no smoothing) to maxMapSigma.
+func parseMapSigma(s string) (float64, error) {
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || !(v >= 0 && v <= maxMapSigma) {
+		return 0, fmt.Errorf("--map-sigma %q: want a sigma in map pixels from 0 (no smoothing) to %g", s, float64(maxMapSigma))
+	}
+	return v, nil
+}
+
+// maxMapSigma bounds --map-sigma: past a few tens of pixels the Gaussian averages a defect into the frame.
+const maxMapSigma = 32
 
 // describeLayers is the layers as name=weight, with @r for a match radius.
 func describeLayers(layers []models.FeatureLayer) string {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -211,6 +212,10 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 		{"--feature-match", "layer1=-1", "radii of 0..3"},
 		{"--feature-match", "layer9=1", "not one of the bundle's scoring layers"},
 		{"--feature-match", "layer1=1,layer1=0", "appears twice"},
+		{"--map-sigma", "2", "--reference train"}, // a smoothing changes every map too
+		{"--map-sigma", "-1", "from 0 (no smoothing) to 32"},
+		{"--map-sigma", "x", "from 0 (no smoothing) to 32"},
+		{"--map-sigma", "NaN", "from 0 (no smoothing) to 32"},
 	} {
 		if code, _, stderr := run(append(base, tc.flag, tc.value)...); code == 0 || !strings.Contains(stderr, tc.want) {
 			t.Errorf("calibrate %s %s: exit %d, stderr %q, want %q", tc.flag, tc.value, code, stderr, tc.want)
@@ -252,6 +257,22 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 	}
 	if b, err = models.Load(bundle); err != nil || b.Manifest.Features.Layers[0].Match != 0 {
 		t.Fatalf("after --feature-match layer2=0: %v %+v", err, b.Manifest.Features.Layers)
+	}
+	// a smoothing, measured with a new reference: the maps and so the thresholds move; 0 is no smoothing
+	sigma0 := b.Manifest.Map.Sigma
+	for _, v := range []float64{sigma0 / 2, 0} {
+		arg := strconv.FormatFloat(v, 'g', -1, 64)
+		code, table, stderr := run(append(base, "--map-sigma", arg, "--reference", "train")...)
+		if code != 0 {
+			t.Fatalf("calibrate --map-sigma %s --reference train: exit %d\n%s", arg, code, stderr)
+		}
+		if b, err = models.Load(bundle); err != nil || b.Manifest.Map.Sigma != v || b.Manifest.Map.Reference == nil {
+			t.Fatalf("after --map-sigma %s: %v, sigma %v", arg, err, b.Manifest.Map.Sigma)
+		}
+		if table == out {
+			t.Errorf("--map-sigma %s left the thresholds as they were:\n%s", arg, table)
+		}
+		out = table
 	}
 }
 

@@ -169,6 +169,13 @@ type SelectConfig struct {
 	// together with the factors, e.g. [0, 0.1]: each builds its banks anew and takes one more scoring pass of the
 	// reference normals and the painted set. Empty (default): calibrate.knn.isolated alone.
 	KnnIsolated []float64 `yaml:"knn_isolated" json:",omitempty"`
+	// Smoothing, when set, are multiples of the export's map sigma (docs/algorithm.md §1.9: 5 px at 256 px,
+	// scaled with the input size) the stage weighs last, on everything chosen before, e.g. [0.5, 0.75, 1]: each
+	// takes one scoring pass of the reference normals (its reference and terms' weights) and of the painted set.
+	// A narrower Gaussian keeps thin or small defects sharp, a wider one merges scattered responses and
+	// suppresses the grain of a texture. The export's sigma stays unless another leads it by MinGain; the
+	// export stage then writes the chosen one over export.sigma. Empty (default): export.sigma.
+	Smoothing []float64 `yaml:"smoothing" json:",omitempty"`
 }
 
 // SelectMetrics are the names select.metric accepts.
@@ -545,6 +552,9 @@ func (c *Config) validateSelect(bad func(field, format string, args ...any)) {
 				break
 			}
 		}
+	}
+	if err := checkSmoothing(c.Select.Smoothing); err != nil {
+		bad("select.smoothing", "%v", err)
 	}
 	for i, k := range c.Select.Ensembles {
 		if k < 1 || k > models.MaxEnsemble || (i > 0 && k <= c.Select.Ensembles[i-1]) {

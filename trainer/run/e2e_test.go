@@ -124,7 +124,36 @@ func backbone(t *testing.T) string {
 // floating-point differences alone. 80 and 120 steps (the denoiser stage is seconds; the select stage dominates
 // the test's time) gave 0.903 and 0.941 there, a margin that numerics do not eat.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n", 2)
+	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  smoothing: [0.5, 1]\n", 2)
+}
+
+// checkSmoothingSelection: the select stage weighed the map sigma at each scale of the export's (the tiny
+// preset's 64 px: 1.25 px, so 0.625 and 1.25), on the recipe it chose before, and the bundle smooths with the
+// chosen sigma.
+func checkSmoothingSelection(t *testing.T, runDir string, m *models.Manifest) {
+	t.Helper()
+	rows := readCSV(t, filepath.Join(runDir, "select", run.SmoothingFile))
+	want := []string{"sigma-0.625", "sigma-1.25"}
+	if len(rows) != len(want)+1 || rows[1][0] != want[0] || rows[2][0] != want[1] {
+		t.Fatalf("smoothing table %v: want rows %v", rows, want)
+	}
+	b, err := os.ReadFile(filepath.Join(runDir, "select", run.SigmaChoiceFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sigma, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows[1:] {
+		if (r[len(r)-1] == "true") != (r[0] == "sigma-"+strconv.FormatFloat(sigma, 'g', 4, 64)) {
+			t.Errorf("row %v: the chosen column disagrees with the choice %g", r, sigma)
+		}
+	}
+	t.Logf("map smoothing: sigma %g chosen from %v", sigma, rows[1:])
+	if m.Map.Sigma != sigma {
+		t.Fatalf("chosen sigma %g, but the bundle smooths with %g", sigma, m.Map.Sigma)
+	}
 }
 
 // knnBackbone is the committed fixture's feature graph (random convolutions, layer1 /4 and layer2 /8): the
@@ -311,6 +340,11 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 		checkKnnSelection(t, runDir, m)
 	} else if strings.Contains(cfg, "knn_factors:") {
 		t.Fatalf("select.knn_factors is set but the select stage wrote no table: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(runDir, "select", run.SmoothingFile)); err == nil {
+		checkSmoothingSelection(t, runDir, m)
+	} else if strings.Contains(cfg, "smoothing:") {
+		t.Fatalf("select.smoothing is set but the select stage wrote no table: %v", err)
 	}
 	if m.Diffusion.Noises() != want || m.Map.Reference == nil || m.Map.Reference.NoiseCount() != want {
 		t.Fatalf("bundle scores with %d start noise(s), reference %+v: want %d for both", m.Diffusion.Noises(), m.Map.Reference, want)

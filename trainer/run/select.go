@@ -135,7 +135,8 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 		return nil, fmt.Errorf("the train stage recorded no model output")
 	}
 	snaps := sc.Output("train", "snapshots")
-	if snaps == "" && len(c.Select.Ensembles) == 0 && len(c.Select.LayerWeights) == 0 && len(c.Select.KnnFactors) == 0 {
+	if snaps == "" && len(c.Select.Ensembles) == 0 && len(c.Select.LayerWeights) == 0 && len(c.Select.KnnFactors) == 0 &&
+		len(c.Select.Smoothing) == 0 {
 		fmt.Fprintln(sc.Progress, "[select] no snapshots (train.snapshot_every is 0): exporting the train stage's model")
 		return map[string]string{"model": final}, nil
 	}
@@ -196,34 +197,18 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 	}
 	if len(c.Select.PixelFactors) > 0 && choice.Layers != nil {
 		// the choice, 0 included: the calibrate stage adds the term the layers were weighed with
-		p := filepath.Join(dir, PixelChoiceFile)
-		if err := os.WriteFile(p, []byte(strconv.FormatFloat(choice.Pixel, 'g', -1, 64)+"\n"), 0o644); err != nil {
+		p, err := writeNumber(dir, PixelChoiceFile, choice.Pixel)
+		if err != nil {
 			return nil, err
 		}
 		outs["pixel_factor"] = p
 	}
-	if len(c.Select.KnnFactors) > 0 {
-		// last, on the recipe chosen above: the term's banks are built once, for the bundle that ships
-		pixel := c.Calibrate.PixelFactor
-		if len(c.Select.PixelFactors) > 0 && choice.Layers != nil {
-			pixel = choice.Pixel
-		}
-		ch, err := t.selectKnn(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, k, choice.Layers, pixel)
-		if err != nil {
-			return nil, err
-		}
-		p := filepath.Join(dir, KnnChoiceFile)
-		if err := os.WriteFile(p, []byte(strconv.FormatFloat(ch.Factor, 'g', -1, 64)+"\n"), 0o644); err != nil {
-			return nil, err
-		}
-		outs["knn_factor"], outs["knn"] = p, ch.Table
-		if ch.Isolated >= 0 {
-			p := filepath.Join(dir, KnnIsolatedFile)
-			if err := os.WriteFile(p, []byte(strconv.FormatFloat(ch.Isolated, 'g', -1, 64)+"\n"), 0o644); err != nil {
-				return nil, err
-			}
-			outs["knn_isolated"] = p
-		}
+	recipe := mapRecipe{Ensemble: k, Layers: choice.Layers, Pixel: c.Calibrate.PixelFactor, Knn: c.Calibrate.KnnFactor, KnnIsolated: -1}
+	if len(c.Select.PixelFactors) > 0 && choice.Layers != nil {
+		recipe.Pixel = choice.Pixel
+	}
+	if err := t.selectKnnAndSmoothing(ctx, sc, items, valData, dir, recipe, outs); err != nil {
+		return nil, err
 	}
 	if layers := choice.Layers; layers != nil {
 		b, err := json.Marshal(layers)
@@ -443,13 +428,20 @@ func (t *Training) exportCandidate(ctx context.Context, sc *StageContext, cand c
 // calibrate would give it, with the mean-frame term at factor) and removes the bundle again: only the metrics
 // are kept. ensemble and layers override the export config's as in exportCandidate.
 func (t *Training) scoreCandidate(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, work string, ensemble int, layers [][2]any, factor float64) (metrics.Metrics, error) {
-	c := t.Config
 	bundle, err := t.exportCandidate(ctx, sc, cand, work, ensemble, layers)
 	defer os.RemoveAll(work)
 	if err != nil {
 		return metrics.Metrics{}, err
 	}
-	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, factor, 0, "[select] "+cand.Name+" "); err != nil {
+	return t.scoreWithReference(ctx, sc, items, bundle, valData, factor, 0, "[select] "+cand.Name+" ")
+}
+
+// scoreWithReference measures the bundle's map reference as calibrate would (with the mean-frame term at pixel
+// and the nearest-normal term at knn, select.reference_per_class normals) and returns the validation set's
+// mean metrics with it.
+func (t *Training) scoreWithReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle, valData string, pixel, knn float64, prefix string) (metrics.Metrics, error) {
+	c := t.Config
+	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, pixel, knn, prefix); err != nil {
 		return metrics.Metrics{}, err
 	}
 	s, err := pipeline.Open(bundle, t.ORT)
@@ -498,4 +490,50 @@ func writeCandidateTable(out io.Writer, rs []candidateResult, best int) {
 			100*r.Mean.AUPRO, 100*r.Mean.PixelAP, 100*r.Score, mark)
 	}
 	tw.Flush()
+}
+
+// selectKnnAndSmoothing weighs, on the recipe chosen before them, the nearest-normal term (select.knn_factors)
+// and then the map smoothing (select.smoothing), writes each choice into dir and records the stage outputs in
+// outs.
+func (t *Training) selectKnnAndSmoothing(ctx context.Context, sc *StageContext, items []dataset.Item, valData, dir string, recipe mapRecipe, outs map[string]string) error {
+	c := t.Config
+	chosen := candidate{Name: "chosen", Model: outs["model"]}
+	if len(c.Select.KnnFactors) > 0 {
+		// after the layers and noises: the term's banks are built once, for the bundle that ships
+		ch, err := t.selectKnn(ctx, sc, items, chosen, valData, dir, recipe.Ensemble, recipe.Layers, recipe.Pixel)
+		if err != nil {
+			return err
+		}
+		recipe.Knn, recipe.KnnIsolated = ch.Factor, ch.Isolated
+		if outs["knn_factor"], err = writeNumber(dir, KnnChoiceFile, ch.Factor); err != nil {
+			return err
+		}
+		outs["knn"] = ch.Table
+		if ch.Isolated >= 0 {
+			if outs["knn_isolated"], err = writeNumber(dir, KnnIsolatedFile, ch.Isolated); err != nil {
+				return err
+			}
+		}
+	}
+	if len(c.Select.Smoothing) > 0 {
+		// last: the width of the smoothing depends on every term in the map
+		sigma, table, err := t.selectSmoothing(ctx, sc, items, chosen, valData, dir, recipe)
+		if err != nil {
+			return err
+		}
+		if outs["sigma"], err = writeNumber(dir, SigmaChoiceFile, sigma); err != nil {
+			return err
+		}
+		outs["smoothing"] = table
+	}
+	return nil
+}
+
+// writeNumber writes a choice of the stage (one number) into dir/name and returns its path.
+func writeNumber(dir, name string, v float64) (string, error) {
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(strconv.FormatFloat(v, 'g', -1, 64)+"\n"), 0o644); err != nil {
+		return "", err
+	}
+	return p, nil
 }

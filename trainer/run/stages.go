@@ -444,6 +444,14 @@ func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]
 		}
 		fmt.Fprintf(sc.Progress, "[export] feature layers %v, as the select stage chose\n", layers)
 	}
+	sigma, err := selectedSigma(sc)
+	if err != nil {
+		return nil, err
+	}
+	if sigma >= 0 {
+		m["sigma"] = sigma // chosen on the validation set (select.smoothing), over export.sigma
+		fmt.Fprintf(sc.Progress, "[export] map sigma %g, as the select stage chose\n", sigma)
+	}
 	bundle := sc.Path("bundle")
 	if err := t.pruneFeatures(ctx, sc, layers); err != nil {
 		return nil, err
