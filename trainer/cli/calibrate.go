@@ -231,7 +231,7 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 	}
 	sigma := m.Map.Sigma
 	if f.sigma != "" {
-		if sigma, err = parseMapSigma(f.sigma); err != nil {
+		if sigma, err = parseMapSigma(f.sigma, m.Input.Width, m.Input.Height); err != nil {
 			return err
 		}
 	}
@@ -263,17 +263,17 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 	return nil
 }
 
-// parseMapSigma reads --map-sigma: a Gaussian sigma in map pixels, 0 (no smoothing) to maxMapSigma.
-func parseMapSigma(s string) (float64, error) {
+// parseMapSigma reads --map-sigma: a Gaussian sigma in map pixels, from 0 (no smoothing) to an eighth of the
+// shorter side of a w x h map (32 px at 256 px, six times the paper's 5; a fixed bound would refuse a large
+// bundle's own default, which the export scales with the input size).
+func parseMapSigma(s string, w, h int) (float64, error) {
+	top := float64(min(w, h)) / 8
 	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || !(v >= 0 && v <= maxMapSigma) {
-		return 0, fmt.Errorf("--map-sigma %q: want a sigma in map pixels from 0 (no smoothing) to %g", s, float64(maxMapSigma))
+	if err != nil || !(v >= 0 && v <= top) {
+		return 0, fmt.Errorf("--map-sigma %q: want a sigma in map pixels from 0 (no smoothing) to %g (an eighth of the %dx%d map's shorter side)", s, top, w, h)
 	}
 	return v, nil
 }
-
-// maxMapSigma bounds --map-sigma: past a few tens of pixels the Gaussian averages a defect into the frame.
-const maxMapSigma = 32
 
 // describeLayers is the layers as name=weight, with @r for a match radius.
 func describeLayers(layers []models.FeatureLayer) string {
