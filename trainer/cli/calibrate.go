@@ -49,6 +49,7 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := Parse(fs, args); err != nil {
 		return err
 	}
+	kf.parsed(fs)
 	if sf.Bundle == "" || df.data == "" || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "vlmdiff calibrate: --bundle and --data are required")
 		fs.Usage()

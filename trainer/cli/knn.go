@@ -20,6 +20,10 @@ type knnFlags struct {
 	factor, backbone, layers, sampling, python, trainerDir string
 	dims, bank                                             int
 	isolated                                               float64
+	// recipe lists the bank recipe's flags given on the command line (--knn-layers, -dims, -bank, -sampling,
+	// -isolated): they take effect only when the banks are built, so given without a build they are refused
+	// rather than silently ignored.
+	recipe []string
 }
 
 func (k *knnFlags) register(fs *flag.FlagSet) {
@@ -35,8 +39,21 @@ func (k *knnFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.trainerDir, "trainer-dir", "", "the trainer's Python package directory (default: $"+run.EnvTrainer+" or found from the binary)")
 }
 
+// parsed notes which of the bank recipe's flags fs was given; call it after parsing.
+func (k *knnFlags) parsed(fs *flag.FlagSet) {
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "knn-layers", "knn-dims", "knn-bank", "knn-sampling", "knn-isolated":
+			k.recipe = append(k.recipe, "--"+f.Name)
+		}
+	})
+}
+
 // resolve returns the factor to measure the reference with: the flag's, else the bundle's own.
 func (k *knnFlags) resolve(bundle, reference string) (float64, error) {
+	if len(k.recipe) > 0 && k.factor == "" {
+		return 0, k.recipeWithout()
+	}
 	if k.factor == "" {
 		return eval.KnnFactor(bundle)
 	}
@@ -50,7 +67,15 @@ func (k *knnFlags) resolve(bundle, reference string) (float64, error) {
 	if err := eval.CheckKnnFactor(a); err != nil {
 		return 0, fmt.Errorf("--knn-factor: %w", err)
 	}
+	if a == 0 && len(k.recipe) > 0 {
+		return 0, k.recipeWithout()
+	}
 	return a, nil
+}
+
+// recipeWithout is the refusal of bank recipe flags given where no banks are built.
+func (k *knnFlags) recipeWithout() error {
+	return fmt.Errorf("%s: the banks are built with the nearest-normal term: give --knn-factor above 0 (and --knn-backbone to rebuild a bundle's banks)", strings.Join(k.recipe, ", "))
 }
 
 // ensure builds the term from every training normal into a bundle that has none, or anew when --knn-backbone
@@ -61,6 +86,9 @@ func (k *knnFlags) ensure(ctx context.Context, bundle string, items []dataset.It
 		return err
 	}
 	if m.Map.Knn != nil && k.backbone == "" {
+		if len(k.recipe) > 0 {
+			return fmt.Errorf("%s: the bundle's banks are kept unless they are built anew: give --knn-backbone (and --knn-layers) to rebuild them", strings.Join(k.recipe, ", "))
+		}
 		return nil // the bundle's own term, resized
 	}
 	if k.backbone == "" || k.layers == "" {

@@ -327,6 +327,19 @@ func TestCalibrateKnnFactor(t *testing.T) {
 	if code, _, stderr := run(append(base, "--reference", "train")...); code != 0 || !strings.Contains(stderr, "nearest-normal term: factor 1") {
 		t.Fatalf("calibrate --reference train keeping the term: exit %d\n%s", code, stderr)
 	}
+	// a bank recipe flag without a build would be silently ignored: refused by name instead
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--knn-sampling", "random"}, "--knn-sampling: the banks are built with the nearest-normal term: give --knn-factor above 0"},
+		{[]string{"--knn-factor", "0", "--knn-bank", "16"}, "--knn-bank: the banks are built"},
+		{[]string{"--knn-factor", "1", "--knn-sampling", "random", "--knn-isolated", "0.1"}, "--knn-isolated, --knn-sampling: the bundle's banks are kept unless they are built anew: give --knn-backbone"},
+	} {
+		if code, _, stderr := run(append(append(base, "--reference", "train"), c.args...)...); code == 0 || !strings.Contains(stderr, c.want) {
+			t.Errorf("calibrate %v: exit %d, want %q\n%s", c.args, code, c.want, stderr)
+		}
+	}
 	weigh := []string{"eval", "--bundle", bundle, "--data", data, "--val-fraction", "0", "--threads", "1", "--weigh-layers", "0,1", "--val-data", data}
 	if code, _, stderr := run(weigh...); code == 0 || !strings.Contains(stderr, "nearest-normal term") {
 		t.Errorf("eval --weigh-layers on a bundle with the term: exit %d\n%s", code, stderr)

@@ -183,7 +183,7 @@ func PaintAmong(img Image, kind string, src *Image, region []bool, v *Variation,
 		case DefectStain:
 			l = stain(img, cx, cy, size, contrast/3, r)
 		case DefectFibre:
-			l = fibre(img, cx, cy, size*8, contrast, r)
+			l = fibres(img, cx, cy, size, contrast, p, r)
 		default:
 			return Image{}, nil, 0, fmt.Errorf("synth: defect kind %q: want %s", kind, strings.Join(Defects, ", "))
 		}
@@ -436,8 +436,14 @@ func stain(img Image, cx, cy, size, contrast float64, r *rand.Rand) layer {
 // fibre above the focal plane is blurred), mostly darker, its strength varying a little along it. Foreign
 // fibres are among the commonest contaminants on paper, film, textiles, food and assemblies, and unlike a
 // scratch they are often wide, faint and as long as the frame: PIPED's BRG03 "impurities" are such hairs.
-func fibre(img Image, cx, cy, length, contrast float64, r *rand.Rand) layer {
-	l := newLayer(img)
+//
+// Half the fibres are broken (brokenPath): a hair that dips into a textured surface, lies partly under a
+// transparent film or is partly out of the lit band shows as a row of pieces, and its mask is as many small
+// regions. AU-PRO weighs every region alike, so a set of unbroken fibres (one region each) under-weighs such
+// defects' small pieces: PIPED's BRG03 masks have 7.8 regions each.
+//
+// It draws into l, where the fibre is more opaque than what l holds, and returns l.
+func fibre(img Image, l layer, cx, cy, length, contrast float64, r *rand.Rand) layer {
 	short := float64(min(img.W, img.H))
 	width := logUniform(r, 0.8, math.Max(1.5, 0.04*short))
 	soft := 0.3 + 2.7*r.Float64()
@@ -470,6 +476,9 @@ func fibre(img Image, cx, cy, length, contrast float64, r *rand.Rand) layer {
 		}
 	}
 	half := width / 2
+	if r.IntN(2) == 0 {
+		pts = brokenPath(pts, n/2, step, width+soft+2, length, r)
+	}
 	for _, q := range pts {
 		x0, y0, x1, y1 := box(img, q[0], q[1], half+soft+1)
 		for y := y0; y <= y1; y++ {
@@ -485,6 +494,53 @@ func fibre(img Image, cx, cy, length, contrast float64, r *rand.Rand) layer {
 				}
 			}
 		}
+	}
+	return l
+}
+
+// brokenPath keeps pieces of a fibre's path and drops the gaps between them. pts holds the two walks from the
+// centre, run points each, step px apart; the centre's piece is kept, so the defect still lies where it was
+// drawn. Pieces are 2 px to a fifth of the length long (log-uniform: many short, a few long), gaps from minGap
+// (the fibre's width and soft edges, so that neighbouring pieces stay separate regions of the mask) to three
+// times that; each piece has its own strength (0.35-1 of the fibre's), since how much of a hair shows varies
+// along it.
+func brokenPath(pts [][3]float64, run int, step, minGap, length float64, r *rand.Rand) [][3]float64 {
+	out := make([][3]float64, 0, len(pts))
+	for _, walk := range [2][][3]float64{pts[:min(run, len(pts))], pts[min(run, len(pts)):]} {
+		on, left, gain := true, logUniform(r, 2, math.Max(2, length/5)), 0.35+0.65*r.Float64()
+		for _, q := range walk {
+			left -= step
+			if left <= 0 {
+				on = !on
+				if on {
+					left, gain = logUniform(r, 2, math.Max(2, length/5)), 0.35+0.65*r.Float64()
+				} else {
+					left = minGap * (1 + 2*r.Float64())
+				}
+			}
+			if on {
+				out = append(out, [3]float64{q[0], q[1], q[2] * gain})
+			}
+		}
+	}
+	return out
+}
+
+// fibres draws a fibre (length 8 x size, size in pixels) and, half the time, one to three more nearby, each of
+// its own length, width and contrast (log-uniform down to the painter's least), so that a strong hair is often
+// accompanied by faint ones. Hairs and lint seldom fall alone, and an inspector's mask marks every one of them;
+// the strong one keeps the defect as a whole above the visibility floor.
+func fibres(img Image, cx, cy, size, contrast float64, p Params, r *rand.Rand) layer {
+	l := fibre(img, newLayer(img), cx, cy, size*8, contrast, r)
+	if r.IntN(2) == 0 {
+		return l
+	}
+	short := float64(min(img.W, img.H))
+	for k := 1 + r.IntN(3); k > 0; k-- {
+		x := math.Max(0, math.Min(float64(img.W)-1, cx+r.NormFloat64()*size*2))
+		y := math.Max(0, math.Min(float64(img.H)-1, cy+r.NormFloat64()*size*2))
+		c := logUniform(r, p.MinContrast, math.Max(p.MinContrast, contrast))
+		fibre(img, l, x, y, logUniform(r, p.MinSize, p.MaxSize)*short*8, c, r)
 	}
 	return l
 }

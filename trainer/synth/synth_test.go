@@ -185,19 +185,13 @@ func TestInvisibleCutPaste(t *testing.T) {
 }
 
 // TestFibreIsLongThinAndMostlyDark checks the fibre kind's shape on a flat frame, where every changed pixel is
-// the fibre's: it reaches far (its extent is at least half its drawn length, bends and all), stays thin (its area
+// the fibre's: it reaches far (its extent is at least half its drawn length, bends and all, gaps and all), stays thin (its area
 // over its length is within the widest fibre plus its soft edges), and most fibres are darker than the surface,
 // as hairs and threads are. Gray and colour frames both.
 func TestFibreIsLongThinAndMostlyDark(t *testing.T) {
 	const side, size = 400, 0.1
 	length := 8 * size * side
-	region := make([]bool, side*side) // centres in the middle, so that no fibre leaves the frame
-	for y := side/2 - 5; y < side/2+5; y++ {
-		for x := side/2 - 5; x < side/2+5; x++ {
-			region[y*side+x] = true
-		}
-	}
-	p := Params{MinSize: size, MaxSize: size, MinContrast: 0.3, MaxContrast: 0.3}
+	p := Params{MinSize: size, MaxSize: size, MinContrast: 0.3, MaxContrast: 0.3} // centred: no fibre leaves the frame
 	for _, ch := range []int{1, 3} {
 		img := NewImage(side, side, ch)
 		for i := range img.Pix {
@@ -206,10 +200,8 @@ func TestFibreIsLongThinAndMostlyDark(t *testing.T) {
 		dark := 0
 		const draws = 20
 		for i := 0; i < draws; i++ {
-			out, mask, err := Paint(img, DefectFibre, nil, region, p, rngFor(5, ch, i))
-			if err != nil {
-				t.Fatal(err)
-			}
+			// one fibre (the kind adds companions half the time: TestFibresBreakIntoPieces)
+			out, mask, _ := composite(img, fibre(img, newLayer(img), side/2, side/2, length, p.MinContrast, rngFor(5, ch, i)))
 			x0, y0, x1, y1, area, sum := side, side, -1, -1, 0, 0
 			for k, v := range mask {
 				if v == 0 {
@@ -235,6 +227,77 @@ func TestFibreIsLongThinAndMostlyDark(t *testing.T) {
 			t.Errorf("%d channels: %d of %d fibres darker; want most, not all", ch, dark, draws)
 		}
 	}
+}
+
+// TestFibresBreakIntoPieces checks the broken fibres: on a flat frame about half of single fibres are one region
+// of the mask and the others several separate pieces (8-connected, as AU-PRO counts them), the way real hairs on
+// a textured surface are annotated; and about half the fibre defects bring companions (more of the frame's
+// pixels changed than their first fibre's).
+func TestFibresBreakIntoPieces(t *testing.T) {
+	const side, draws = 300, 40
+	img := NewImage(side, side, 1)
+	for i := range img.Pix {
+		img.Pix[i] = 128
+	}
+	p := Params{MinSize: 0.1, MaxSize: 0.1, MinContrast: 0.3, MaxContrast: 0.3}
+	whole, broken, grouped := 0, 0, 0
+	for i := 0; i < draws; i++ {
+		_, mask, _ := composite(img, fibre(img, newLayer(img), side/2, side/2, 0.1*side*8, 0.3, rngFor(9, i)))
+		switch n := countRegions(mask, side, side); {
+		case n == 1:
+			whole++
+		case n >= 3:
+			broken++
+		}
+		_, first, one := composite(img, fibre(img, newLayer(img), side/2, side/2, 0.1*side*8, 0.3, rngFor(10, i)))
+		_, all, area := composite(img, fibres(img, side/2, side/2, 0.1*side, 0.3, p, rngFor(10, i)))
+		for k, v := range first {
+			if v != 0 && all[k] == 0 {
+				t.Fatalf("draw %d: the group lost pixel %d of its first fibre", i, k)
+			}
+		}
+		if area > one {
+			grouped++
+		}
+	}
+	if whole < draws/4 || broken < draws/4 {
+		t.Errorf("%d fibres: %d in one piece, %d in three or more; want at least a quarter each", draws, whole, broken)
+	}
+	if grouped < draws/4 || grouped > draws*3/4 {
+		t.Errorf("%d fibre defects: %d with companions; want about half", draws, grouped)
+	}
+}
+
+// countRegions counts the 8-connected regions of mask != 0.
+func countRegions(mask []uint8, w, h int) int {
+	seen := make([]bool, len(mask))
+	n := 0
+	for start, v := range mask {
+		if v == 0 || seen[start] {
+			continue
+		}
+		n++
+		stack := []int{start}
+		seen[start] = true
+		for len(stack) > 0 {
+			i := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			x, y := i%w, i/w
+			for dy := -1; dy <= 1; dy++ {
+				for dx := -1; dx <= 1; dx++ {
+					nx, ny := x+dx, y+dy
+					if nx < 0 || ny < 0 || nx >= w || ny >= h {
+						continue
+					}
+					if j := ny*w + nx; mask[j] != 0 && !seen[j] {
+						seen[j] = true
+						stack = append(stack, j)
+					}
+				}
+			}
+		}
+	}
+	return n
 }
 
 // TestStainIsFaint checks that stains stay low-contrast: the largest change is a small fraction of full scale.
