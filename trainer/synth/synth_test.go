@@ -184,10 +184,10 @@ func TestInvisibleCutPaste(t *testing.T) {
 	}
 }
 
-// TestFibreIsLongThinAndMostlyDark checks the fibre kind's shape on a flat frame, where every changed pixel is
-// the fibre's: it reaches far (its extent is at least half its drawn length, bends and all, gaps and all), stays thin (its area
-// over its length is within the widest fibre plus its soft edges), and most fibres are darker than the surface,
-// as hairs and threads are. Gray and colour frames both.
+// TestFibreIsLongThinAndMostlyDark checks one fibre's shape on a flat frame, where every changed pixel is the
+// fibre's: it reaches far (its extent is at least half its drawn length, bends and gaps and all), stays thin (its
+// area over its length is within the widest fibre plus its soft edges), and most fibres are darker than the
+// surface, as hairs and threads are. Gray and colour frames both.
 func TestFibreIsLongThinAndMostlyDark(t *testing.T) {
 	const side, size = 400, 0.1
 	length := 8 * size * side
