@@ -21,8 +21,7 @@ type knnFlags struct {
 	dims, bank                                             int
 	isolated                                               float64
 	// recipe lists the bank recipe's flags given on the command line (--knn-layers, -dims, -bank, -sampling,
-	// -isolated): they take effect only when the banks are built, so given without a build they are refused
-	// rather than silently ignored.
+	// -isolated): they take effect only when the banks are built, so resolve refuses them where none is.
 	recipe []string
 }
 
@@ -49,11 +48,29 @@ func (k *knnFlags) parsed(fs *flag.FlagSet) {
 	})
 }
 
-// resolve returns the factor to measure the reference with: the flag's, else the bundle's own.
+// resolve returns the factor to measure the reference with: the flag's, else the bundle's own. The bank
+// recipe flags take effect only where ensure builds the banks (--reference train, a factor above 0, and a bundle
+// without the term or --knn-backbone), so elsewhere they are refused rather than ignored.
 func (k *knnFlags) resolve(bundle, reference string) (float64, error) {
-	if len(k.recipe) > 0 && k.factor == "" {
-		return 0, k.recipeWithout()
+	a, err := k.factorOf(bundle, reference)
+	if err != nil || len(k.recipe) == 0 {
+		return a, err
 	}
+	given := strings.Join(k.recipe, ", ")
+	if a == 0 || reference != eval.ReferenceTrain {
+		return 0, fmt.Errorf("%s: the banks are built with the nearest-normal term: give --reference train and --knn-factor above 0 (and --knn-backbone to rebuild a bundle's banks)", given)
+	}
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return 0, err
+	}
+	if m.Map.Knn != nil && k.backbone == "" {
+		return 0, fmt.Errorf("%s: the bundle's banks are kept unless they are built anew: give --knn-backbone (and --knn-layers) to rebuild them", given)
+	}
+	return a, nil
+}
+
+func (k *knnFlags) factorOf(bundle, reference string) (float64, error) {
 	if k.factor == "" {
 		return eval.KnnFactor(bundle)
 	}
@@ -67,15 +84,7 @@ func (k *knnFlags) resolve(bundle, reference string) (float64, error) {
 	if err := eval.CheckKnnFactor(a); err != nil {
 		return 0, fmt.Errorf("--knn-factor: %w", err)
 	}
-	if a == 0 && len(k.recipe) > 0 {
-		return 0, k.recipeWithout()
-	}
 	return a, nil
-}
-
-// recipeWithout is the refusal of bank recipe flags given where no banks are built.
-func (k *knnFlags) recipeWithout() error {
-	return fmt.Errorf("%s: the banks are built with the nearest-normal term: give --knn-factor above 0 (and --knn-backbone to rebuild a bundle's banks)", strings.Join(k.recipe, ", "))
 }
 
 // ensure builds the term from every training normal into a bundle that has none, or anew when --knn-backbone
@@ -86,10 +95,7 @@ func (k *knnFlags) ensure(ctx context.Context, bundle string, items []dataset.It
 		return err
 	}
 	if m.Map.Knn != nil && k.backbone == "" {
-		if len(k.recipe) > 0 {
-			return fmt.Errorf("%s: the bundle's banks are kept unless they are built anew: give --knn-backbone (and --knn-layers) to rebuild them", strings.Join(k.recipe, ", "))
-		}
-		return nil // the bundle's own term, resized
+		return nil // the bundle's own term, resized (resolve refused bank recipe flags here)
 	}
 	if k.backbone == "" || k.layers == "" {
 		return fmt.Errorf("--knn-factor: the bundle has no nearest-normal term yet: give --knn-backbone and --knn-layers to build it")

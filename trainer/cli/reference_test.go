@@ -332,11 +332,12 @@ func TestCalibrateKnnFactor(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--knn-sampling", "random"}, "--knn-sampling: the banks are built with the nearest-normal term: give --knn-factor above 0"},
-		{[]string{"--knn-factor", "0", "--knn-bank", "16"}, "--knn-bank: the banks are built"},
-		{[]string{"--knn-factor", "1", "--knn-sampling", "random", "--knn-isolated", "0.1"}, "--knn-isolated, --knn-sampling: the bundle's banks are kept unless they are built anew: give --knn-backbone"},
+		{[]string{"--knn-sampling", "random"}, "--knn-sampling: the banks are built with the nearest-normal term: give --reference train and --knn-factor above 0"},
+		{[]string{"--reference", "train", "--knn-factor", "0", "--knn-bank", "16"}, "--knn-bank: the banks are built"},
+		{[]string{"--reference", "train", "--knn-sampling", "random"}, "--knn-sampling: the bundle's banks are kept unless they are built anew: give --knn-backbone"},
+		{[]string{"--reference", "train", "--knn-factor", "1", "--knn-sampling", "random", "--knn-isolated", "0.1"}, "--knn-isolated, --knn-sampling: the bundle's banks are kept unless they are built anew: give --knn-backbone"},
 	} {
-		if code, _, stderr := run(append(append(base, "--reference", "train"), c.args...)...); code == 0 || !strings.Contains(stderr, c.want) {
+		if code, _, stderr := run(append(base, c.args...)...); code == 0 || !strings.Contains(stderr, c.want) {
 			t.Errorf("calibrate %v: exit %d, want %q\n%s", c.args, code, c.want, stderr)
 		}
 	}

@@ -253,11 +253,10 @@ func (t *Training) selectWeights(ctx context.Context, sc *StageContext, items []
 			100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*r.Score)
 	}
 	best, why := bestCandidate(res, c.Select.MinGain)
-	table := filepath.Join(dir, SelectFile)
-	if err := writeCandidates(table, res, best); err != nil {
+	table, err := recordCandidates(sc.Progress, dir, SelectFile, res, best)
+	if err != nil {
 		return "", "", err
 	}
-	writeCandidateTable(sc.Progress, res, best)
 	fmt.Fprintf(sc.Progress, "[select] chose %s (%s %.2f; %s): %s\n", res[best].Name, c.Select.Metric, 100*res[best].Score, why, res[best].Model)
 	return res[best].Model, table, nil
 }
@@ -304,11 +303,10 @@ func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items [
 			100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*res[i].Score)
 	}
 	best, why := cheapestEnsemble(ks, res, c.Select.MinGain)
-	table := filepath.Join(dir, EnsembleFile)
-	if err := writeCandidates(table, res, best); err != nil {
+	table, err := recordCandidates(sc.Progress, dir, EnsembleFile, res, best)
+	if err != nil {
 		return 0, "", err
 	}
-	writeCandidateTable(sc.Progress, res, best)
 	fmt.Fprintf(sc.Progress, "[select] chose %d start noise(s) per frame (%s)\n", ks[best], why)
 	return ks[best], table, nil
 }
@@ -341,11 +339,10 @@ func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext
 			chosen.Pixel, 100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*res[i].Score)
 	}
 	best, why := cheapestEnsemble(ks, res, c.Select.MinGain)
-	table := filepath.Join(dir, EnsembleFile)
-	if err := writeCandidates(table, res, best); err != nil {
+	table, err := recordCandidates(sc.Progress, dir, EnsembleFile, res, best)
+	if err != nil {
 		return 0, mapChoice{}, nil, err
 	}
-	writeCandidateTable(sc.Progress, res, best)
 	b, err := os.ReadFile(tables[best])
 	if err != nil {
 		return 0, mapChoice{}, nil, err
@@ -454,6 +451,17 @@ func (t *Training) scoreWithReference(ctx context.Context, sc *StageContext, ite
 		return metrics.Metrics{}, err
 	}
 	return rep.Mean, nil
+}
+
+// recordCandidates writes the candidates' table to dir/name (writeCandidates), prints it (writeCandidateTable)
+// and returns the file's path.
+func recordCandidates(out io.Writer, dir, name string, rs []candidateResult, best int) (string, error) {
+	path := filepath.Join(dir, name)
+	if err := writeCandidates(path, rs, best); err != nil {
+		return "", err
+	}
+	writeCandidateTable(out, rs, best)
+	return path, nil
 }
 
 func writeCandidates(path string, rs []candidateResult, best int) error {

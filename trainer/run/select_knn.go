@@ -121,11 +121,10 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 		}
 	}
 	best, why := bestOver(res, 0, c.Select.MinGain, "no nearest-normal term")
-	table := filepath.Join(dir, KnnFile)
-	if err := writeCandidates(table, res, best); err != nil {
+	table, err := recordCandidates(sc.Progress, dir, KnnFile, res, best)
+	if err != nil {
 		return knnChoice{}, err
 	}
-	writeCandidateTable(sc.Progress, res, best)
 	ch := knnChoice{Factor: at[best][0], Isolated: -1, Table: table}
 	if len(c.Select.KnnIsolated) > 0 {
 		ch.Isolated = at[best][1]

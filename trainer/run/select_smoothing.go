@@ -106,11 +106,10 @@ func (t *Training) selectSmoothing(ctx context.Context, sc *StageContext, items 
 		res[i] = candidateResult{candidate: candidate{Name: name, Model: cand.Model}, Mean: mets, Score: selectScore(c.Select.Metric, mets)}
 	}
 	best, why := bestOver(res, own, c.Select.MinGain, "the export's sigma")
-	table := filepath.Join(dir, SmoothingFile)
-	if err := writeCandidates(table, res, best); err != nil {
+	table, err := recordCandidates(sc.Progress, dir, SmoothingFile, res, best)
+	if err != nil {
 		return 0, "", err
 	}
-	writeCandidateTable(sc.Progress, res, best)
 	fmt.Fprintf(sc.Progress, "[select] map smoothing: sigma %g (%s)\n", sigmas[best], why)
 	return sigmas[best], table, nil
 }
