@@ -39,6 +39,11 @@ func runIndex(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	fmt.Fprint(stderr, dataset.FormatMaskIssues(issues, *labelBy))
+	dups, err := dataset.FindDuplicates(ctx, items)
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(stderr, dataset.FormatDuplicates(dups, *data, 0))
 	if err := dataset.WriteIndex(*out, items); err != nil {
 		return err
 	}

@@ -12,7 +12,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/eval"
+	"github.com/vlmdiff/edge/trainer/metrics"
 )
 
 func writeGrayPNG(t *testing.T, path string, mark bool) {
@@ -147,5 +150,85 @@ func TestFingerprintFollowsLinks(t *testing.T) {
 	}
 	if plain["files"].(int64) != 2 {
 		t.Errorf("plain tree: %v", plain)
+	}
+}
+
+// TestIndexStageReportsDuplicates: a test image that is a copy of a training image is warned about by name and
+// listed in DuplicatesFile; an index of data without copies removes an earlier list.
+func TestIndexStageReportsDuplicates(t *testing.T) {
+	leaky, clean := t.TempDir(), t.TempDir()
+	writeGrayPNG(t, filepath.Join(leaky, "tile/train/good/a.png"), false)
+	writeGrayPNG(t, filepath.Join(leaky, "tile/train/good/b.png"), true)
+	writeGrayPNG(t, filepath.Join(leaky, "tile/test/good/copy-of-a.png"), false)
+	writeGrayPNG(t, filepath.Join(clean, "tile/train/good/a.png"), false)
+	writeGrayPNG(t, filepath.Join(clean, "tile/test/good/g.png"), true)
+	dir := t.TempDir()
+	index := func(root string) string {
+		cfg, err := ParseConfig([]byte("data:\n  root: "+root+"\n  val_fraction: 0\nfinetune_ae:\n  max_steps: 1\ntrain:\n  max_steps: 1\n"), "/base")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var prog bytes.Buffer
+		sc := &StageContext{Name: "index", Dir: dir, Progress: &prog}
+		if _, err := (&Training{Config: cfg}).runIndex(context.Background(), sc); err != nil {
+			t.Fatalf("index stage failed: %v", err)
+		}
+		return prog.String()
+	}
+	list := filepath.Join(dir, DuplicatesFile)
+	prog := index(leaky)
+	pair := "train:tile/train/good/a.png = test:tile/test/good/copy-of-a.png"
+	if !strings.Contains(prog, "1 test images are byte-identical") || !strings.Contains(prog, pair) || !strings.Contains(prog, list) {
+		t.Errorf("index log does not name the copy and the list:\n%s", prog)
+	}
+	b, err := os.ReadFile(list)
+	if err != nil || !strings.Contains(string(b), pair) {
+		t.Fatalf("%s: %q, %v; want the pair", list, b, err)
+	}
+	if prog := index(clean); strings.Contains(prog, "byte-identical") {
+		t.Errorf("clean data warned:\n%s", prog)
+	}
+	if _, err := os.Stat(list); !os.IsNotExist(err) {
+		t.Errorf("the list of the earlier data is still there after indexing clean data: %v", err)
+	}
+}
+
+// TestTestWithoutCopies: the evaluate stage's extra line recomputes the test metrics without the test images
+// that are copies of training images, and says nothing when there is none.
+func TestTestWithoutCopies(t *testing.T) {
+	root := t.TempDir()
+	train, copyOf, good := filepath.Join(root, "train/a.png"), filepath.Join(root, "test/copy.png"), filepath.Join(root, "test/g.png")
+	writeGrayPNG(t, train, false)
+	writeGrayPNG(t, copyOf, false)
+	writeGrayPNG(t, good, true)
+	bad := filepath.Join(root, "test/bad.png")
+	if err := os.WriteFile(bad, []byte("not the same bytes"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	items := []dataset.Item{{Path: train, Class: "c", Split: dataset.SplitTrain}, {Path: copyOf, Class: "c", Split: dataset.SplitTest},
+		{Path: good, Class: "c", Split: dataset.SplitTest}, {Path: bad, Class: "c", Split: dataset.SplitTest, Label: dataset.LabelAnomalous}}
+	result := func(it dataset.Item, score float32) eval.ImageResult {
+		m := []float32{score, 0, 0, 0}
+		mask := []uint8{0, 0, 0, 0}
+		if it.Label == dataset.LabelAnomalous {
+			mask[0] = 1
+		}
+		return eval.ImageResult{Item: it, Mask: mask, Result: pipeline.Result{Map: m, MapWidth: 2, MapHeight: 2, RawScore: float64(score)}}
+	}
+	// the copy scores above the defect: with it the image AUROC is 0.5, without it 1
+	res := []eval.ImageResult{result(items[1], 0.9), result(items[2], 0.1), result(items[3], 0.8)}
+	all, err := eval.Metrics(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := testWithoutCopies(context.Background(), items, res, all.Mean, metrics.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(line, "without its 1 copies") || !strings.Contains(line, "I-AUROC 100.00") || !strings.Contains(line, "(with them: 50.00 /") {
+		t.Errorf("line %q", line)
+	}
+	if line, err := testWithoutCopies(context.Background(), items[1:], res, all.Mean, metrics.Options{}); err != nil || line != "" {
+		t.Errorf("without the training image there is no copy: %q, %v", line, err)
 	}
 }

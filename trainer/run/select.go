@@ -99,15 +99,55 @@ func bestCandidate(rs []candidateResult, minGain float64) (int, string) {
 	return bestOver(rs, len(rs)-1, minGain, "the final weights")
 }
 
-// bestOver returns the index of the highest score (the earliest among equal ones) when it beats the incumbent
-// rs[own] by at least minGain and the set is informative; otherwise own. what names the incumbent in the reason.
-func bestOver(rs []candidateResult, own int, minGain float64, what string) (int, string) {
+// topScore returns the index of the highest score, the earliest among equal ones.
+func topScore(rs []candidateResult) int {
 	best := 0
 	for i, r := range rs {
 		if r.Score > rs[best].Score {
 			best = i
 		}
 	}
+	return best
+}
+
+// gridEdgeNote returns a log line when the value that scored best in a weighed list (top) is the list's largest
+// value, or with low its smallest: the best value may lie beyond the list, and the run log is the only place a
+// user learns that the list, not the material, ended the search. values are the list in increasing order,
+// key its config key, limit the largest value the key accepts (0: none). "" when top lies inside the list or at
+// the limit.
+func gridEdgeNote(key string, values []float64, top, limit float64, low bool) string {
+	if len(values) < 2 {
+		return ""
+	}
+	hi := values[len(values)-1]
+	switch {
+	case top == hi && (limit == 0 || hi < limit):
+		up := ""
+		if limit > 0 {
+			up = fmt.Sprintf(", up to %g", limit)
+		}
+		return fmt.Sprintf("[select] note: %s scored best at its largest value %g, so a larger one might score higher: add one to the list (%s%s) to see\n",
+			key, hi, fmtValues(values), up)
+	case low && top == values[0]:
+		return fmt.Sprintf("[select] note: %s scored best at its smallest value %g, so a smaller one might score higher: add one to the list (%s) to see\n",
+			key, values[0], fmtValues(values))
+	}
+	return ""
+}
+
+// fmtValues writes a list of values as in YAML: [0, 0.5, 1].
+func fmtValues(vs []float64) string {
+	s := make([]string, len(vs))
+	for i, v := range vs {
+		s[i] = strconv.FormatFloat(v, 'g', 4, 64)
+	}
+	return "[" + strings.Join(s, ", ") + "]"
+}
+
+// bestOver returns the index of the highest score (the earliest among equal ones) when it beats the incumbent
+// rs[own] by at least minGain and the set is informative; otherwise own. what names the incumbent in the reason.
+func bestOver(rs []candidateResult, own int, minGain float64, what string) (int, string) {
+	best := topScore(rs)
 	lead := rs[best].Score - rs[own].Score
 	switch {
 	case best == own:
@@ -308,6 +348,7 @@ func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items [
 		return 0, "", err
 	}
 	fmt.Fprintf(sc.Progress, "[select] chose %d start noise(s) per frame (%s)\n", ks[best], why)
+	fmt.Fprint(sc.Progress, ensembleEdgeNote(ks, res))
 	return ks[best], table, nil
 }
 
@@ -352,7 +393,18 @@ func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext
 		return 0, mapChoice{}, nil, err
 	}
 	fmt.Fprintf(sc.Progress, "[select] chose %d start noise(s) per frame (%s) with feature layers %v, mean-frame term factor %g\n", ks[best], why, choices[best].Layers, choices[best].Pixel)
+	fmt.Fprint(sc.Progress, ensembleEdgeNote(ks, res))
 	return ks[best], choices[best], map[string]string{"ensembles": table, "layer_weights": chosenTable}, nil
+}
+
+// ensembleEdgeNote is gridEdgeNote for select.ensembles (res in the order of ks): more noises cost more per
+// frame, so the note is a hint for a line with time to spare, not a sign that the choice is wrong.
+func ensembleEdgeNote(ks []int, res []candidateResult) string {
+	vs := make([]float64, len(ks))
+	for i, k := range ks {
+		vs[i] = float64(k)
+	}
+	return gridEdgeNote("select.ensembles", vs, vs[topScore(res)], 0, false)
 }
 
 // cheapestEnsemble returns the index of the count to use: the smallest, unless a larger one leads the best

@@ -187,6 +187,7 @@ func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []d
 		}
 	}
 	fmt.Fprintf(sc.Progress, "[select] chose feature layers %v, mean-frame term factor %g (%s)\n", choice.Layers, choice.Pixel, why)
+	fmt.Fprint(sc.Progress, gridEdgeNote("select.pixel_factors", factors, cands[topScore(out)].Pixel, eval.MaxPixelFactor, false))
 	return choice, table, out[best].Mean, nil
 }
 

@@ -111,6 +111,7 @@ func (t *Training) selectSmoothing(ctx context.Context, sc *StageContext, items 
 		return 0, "", err
 	}
 	fmt.Fprintf(sc.Progress, "[select] map smoothing: sigma %g (%s)\n", sigmas[best], why)
+	fmt.Fprint(sc.Progress, gridEdgeNote("select.smoothing", scales, scales[topScore(res)], MaxSmoothingScale, true))
 	return sigmas[best], table, nil
 }
 

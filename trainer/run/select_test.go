@@ -99,6 +99,35 @@ func TestCheapestEnsemble(t *testing.T) {
 	}
 }
 
+// TestGridEdgeNote: the note names the list and its end only when the best score sits there and the key
+// accepts a value past it.
+func TestGridEdgeNote(t *testing.T) {
+	knn := []float64{0, 0.5, 1, 2}
+	for _, tc := range []struct {
+		name   string
+		values []float64
+		top    float64
+		limit  float64
+		low    bool
+		want   string // "" : no note
+	}{
+		{"inside the list", knn, 1, 4, false, ""},
+		{"at the largest value", knn, 2, 4, false, "select.x scored best at its largest value 2, so a larger one might score higher: add one to the list ([0, 0.5, 1, 2], up to 4)"},
+		{"at the largest value the key accepts", []float64{0, 2, 4}, 4, 4, false, ""},
+		{"no limit", []float64{1, 2, 4, 8}, 8, 0, false, "largest value 8, so a larger one might score higher: add one to the list ([1, 2, 4, 8]) to see"},
+		{"at the smallest value, low end ignored", knn, 0, 4, false, ""},
+		{"at the smallest value, low end counts", []float64{0.5, 1, 2}, 0.5, 4, true, "smallest value 0.5, so a smaller one might score higher"},
+		{"one value: nothing weighed", []float64{1}, 1, 4, true, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := gridEdgeNote("select.x", tc.values, tc.top, tc.limit, tc.low)
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Fatalf("gridEdgeNote(%v, top %g, limit %g, low %v) = %q, want %q", tc.values, tc.top, tc.limit, tc.low, got, tc.want)
+			}
+		})
+	}
+}
+
 func TestSelectScore(t *testing.T) {
 	m := metrics.Metrics{ImageAUROC: 0.9, PixelAUROC: 0.6, AUPRO: 0.3, PixelAP: 0.2}
 	for metric, want := range map[string]float64{"mean": 0.6, "i_auroc": 0.9, "p_auroc": 0.6, "au_pro": 0.3, "p_ap": 0.2} {

@@ -352,6 +352,9 @@ func (t *Training) runIndex(ctx context.Context, sc *StageContext) (map[string]s
 	if warn := dataset.FormatMaskIssues(issues, c.Data.LabelBy); warn != "" && sc.Progress != nil {
 		fmt.Fprint(prefixed(sc.Progress, "[index] "), warn)
 	}
+	if err := reportDuplicates(ctx, sc, items, c.Data.Root); err != nil {
+		return nil, err
+	}
 	counts := map[string]int{}
 	for _, it := range items {
 		counts[it.Split+"/"+map[bool]string{true: "anomalous", false: "normal"}[it.Label == 1]]++
@@ -366,6 +369,35 @@ func (t *Training) runIndex(ctx context.Context, sc *StageContext) (map[string]s
 		return nil, err
 	}
 	return map[string]string{"index": p}, nil
+}
+
+// DuplicatesFile lists every group of byte-identical images the index stage found (RUN/duplicates.txt, beside
+// the index), written only when there is one.
+const DuplicatesFile = "duplicates.txt"
+
+// reportDuplicates finds the byte-identical images among items and warns about them: copies across splits
+// are a leak that makes the metrics read better than new frames would (PIPED has 10 test normals that are
+// training normals). The log shows the first groups, DuplicatesFile all of them.
+func reportDuplicates(ctx context.Context, sc *StageContext, items []dataset.Item, root string) error {
+	dups, err := dataset.FindDuplicates(ctx, items)
+	if err != nil {
+		return err
+	}
+	p := sc.Path(DuplicatesFile)
+	if len(dups) == 0 { // a list from an earlier index of other data would mislead
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+		return nil
+	}
+	if err := os.WriteFile(p, []byte(dataset.FormatDuplicates(dups, root, 0)), 0o644); err != nil {
+		return err
+	}
+	if sc.Progress != nil {
+		fmt.Fprint(prefixed(sc.Progress, "[index] "), dataset.FormatDuplicates(dups, root, 10))
+		fmt.Fprintf(sc.Progress, "[index] every copy: %s\n", p)
+	}
+	return nil
 }
 
 func (t *Training) runCaption(ctx context.Context, sc *StageContext) (map[string]string, error) {
@@ -704,11 +736,55 @@ func (t *Training) runEvaluate(ctx context.Context, sc *StageContext) (map[strin
 		fmt.Fprintln(sc.Progress, "[evaluate] test:")
 	}
 	rep.WriteTable(sc.Progress)
+	line, err := testWithoutCopies(ctx, items, res, rep.Mean, metrics.Options{PaperAUROCFlip: opts.PaperAUROCFlip})
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprint(sc.Progress, line)
 	outs := map[string]string{"metrics": filepath.Join(dir, eval.JSONFile), "report": filepath.Join(dir, eval.HTMLFile)}
 	if info.Validation != nil {
 		outs["validation_metrics"] = filepath.Join(dir, eval.ValidationPrefix+eval.JSONFile)
 	}
 	return outs, nil
+}
+
+// testWithoutCopies returns a line with the test metrics over res without the test images that are copies of
+// training or held-out images (dataset.FindDuplicates, reported by the index stage), beside all (the metrics
+// with them), or "" when the test split has no such copy. The tables count every test image, as published
+// figures do; this line says how much the copies, which score as seen, lift them.
+func testWithoutCopies(ctx context.Context, items []dataset.Item, res []eval.ImageResult, all metrics.Metrics, mopts metrics.Options) (string, error) {
+	dups, err := dataset.FindDuplicates(ctx, items)
+	if err != nil {
+		return "", err
+	}
+	copies := map[string]bool{}
+	for _, d := range dups {
+		if d.Items[0].Split == dataset.SplitTest {
+			continue // copies within the test split only
+		}
+		for _, it := range d.Items {
+			if it.Split == dataset.SplitTest {
+				copies[it.Path] = true
+			}
+		}
+	}
+	var kept []eval.ImageResult
+	for _, r := range res {
+		if !copies[r.Item.Path] {
+			kept = append(kept, r)
+		}
+	}
+	if len(kept) == len(res) {
+		return "", nil
+	}
+	rep, err := eval.MetricsWith(kept, mopts)
+	if err != nil {
+		return "", fmt.Errorf("test metrics without its copies of training images: %w", err)
+	}
+	m := rep.Mean
+	return fmt.Sprintf("[evaluate] test without its %d copies of training or held-out images (see the index stage): I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f (with them: %.2f / %.2f / %.2f / %.2f)\n",
+		len(res)-len(kept), 100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP,
+		100*all.ImageAUROC, 100*all.PixelAUROC, 100*all.AUPRO, 100*all.PixelAP), nil
 }
 
 // evaluateBaseline scores the test split (and the validation set's images, vres, when val is set) with the
