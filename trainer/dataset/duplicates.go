@@ -33,8 +33,8 @@ func (d Duplicate) CrossSplit() bool {
 var splitOrder = map[string]int{SplitTrain: 0, SplitVal: 1, SplitTest: 2}
 
 // FindDuplicates returns the groups of items whose files are byte-identical, sorted by their first item's path.
-// Only files whose size another file shares are read and hashed, so a dataset without copies costs one stat per
-// image. A file that cannot be read is an error naming it.
+// Only files whose size another file shares are read and hashed, so a dataset whose files all differ in size
+// costs one stat per image (PIPED's 1152: 24 ms). A file that cannot be read is an error naming it.
 func FindDuplicates(ctx context.Context, items []Item) ([]Duplicate, error) {
 	bySize := map[int64][]Item{}
 	for _, it := range items {

@@ -759,8 +759,8 @@ func testWithoutCopies(ctx context.Context, items []dataset.Item, res []eval.Ima
 	}
 	copies := map[string]bool{}
 	for _, d := range dups {
-		if d.Items[0].Split == dataset.SplitTest {
-			continue // copies within the test split only
+		if !d.CrossSplit() {
+			continue // copies within one split leak nothing
 		}
 		for _, it := range d.Items {
 			if it.Split == dataset.SplitTest {
