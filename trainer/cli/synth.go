@@ -216,10 +216,10 @@ func runSynthDefects(ctx context.Context, args []string, stdout, stderr io.Write
 
 // runSynthSurfaces renders a dataset of hard normal surfaces with synthetic defects.
 func runSynthSurfaces(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("synth surfaces", "--out DIR [--classes family[:gray][:WxH][=name],...] [--size WxH] [--train N] [--test-good N] [--per-kind N] [--seed S]", stderr)
+	fs := NewFlagSet("synth surfaces", "--out DIR [--classes family[:gray][:WxH[-WxH]][=name],...] [--size WxH] [--train N] [--test-good N] [--per-kind N] [--seed S]", stderr)
 	out := fs.String("out", "", "dataset root to write, MVTec layout (required)")
 	classes := fs.String("classes", "fractal:800x600,woven,brushed:gray,grain:gray:320x480,part:800x600",
-		"classes: surface family ("+strings.Join(synth.Surfaces, ", ")+"), optionally :gray, :WxH, =name")
+		"classes: surface family ("+strings.Join(synth.Surfaces, ", ")+"), optionally :gray, :WxH (or :WxH-WxH, every frame a size in that range), =name")
 	size := fs.String("size", "256x256", "frame size of classes without their own")
 	train := fs.Int("train", 40, "train/good images per class")
 	testGood := fs.Int("test-good", 10, "test/good images per class")

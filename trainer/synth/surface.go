@@ -22,16 +22,20 @@ const (
 // Surfaces lists the families.
 var Surfaces = []string{SurfaceFractal, SurfaceWoven, SurfaceBrushed, SurfaceGrain, SurfacePart}
 
-// ClassSpec is one class of a rendered dataset: a surface family, a frame size and grey or colour.
+// ClassSpec is one class of a rendered dataset: a surface family, a frame size (or a range of them) and grey or
+// colour.
 type ClassSpec struct {
 	Name    string // class directory name (default: the family, plus "-gray" and the size when not default)
 	Surface string
 	W, H    int
-	Gray    bool
+	// MaxW, MaxH (0: every frame is W x H) make the frame size vary: each image's width is drawn from W..MaxW
+	// and its height from H..MaxH, as tiles cut to the piece or crops that follow a part come in many sizes.
+	MaxW, MaxH int
+	Gray       bool
 }
 
-// ParseClassSpec reads "family[:gray][:WxH][=name]", e.g. "woven:gray:320x240", "part:800x600=dark-part".
-// Sizes default to defW x defH.
+// ParseClassSpec reads "family[:gray][:WxH[-WxH]][=name]", e.g. "woven:gray:320x240", "part:800x600=dark-part",
+// "grain:gray:240x200-400x360" (every frame a different size in that range). Sizes default to defW x defH.
 func ParseClassSpec(s string, defW, defH int) (ClassSpec, error) {
 	c := ClassSpec{W: defW, H: defH}
 	if i := strings.IndexByte(s, '='); i >= 0 {
@@ -51,13 +55,24 @@ func ParseClassSpec(s string, defW, defH int) (ClassSpec, error) {
 		case p == "gray" || p == "grey":
 			c.Gray = true
 		case strings.Contains(p, "x"):
-			w, h, err := ParseSize(p)
+			lo, hi, ranged := strings.Cut(p, "-")
+			w, h, err := ParseSize(lo)
 			if err != nil {
 				return c, fmt.Errorf("synth: class %q: %w", s, err)
 			}
 			c.W, c.H, sized = w, h, true
+			if ranged {
+				mw, mh, err := ParseSize(hi)
+				if err != nil {
+					return c, fmt.Errorf("synth: class %q: %w", s, err)
+				}
+				if mw < w || mh < h || (mw == w && mh == h) {
+					return c, fmt.Errorf("synth: class %q: size range %q: want the smallest size first and a larger one after it", s, p)
+				}
+				c.MaxW, c.MaxH = mw, mh
+			}
 		default:
-			return c, fmt.Errorf("synth: class %q: option %q: want gray or WxH", s, p)
+			return c, fmt.Errorf("synth: class %q: option %q: want gray, WxH or WxH-WxH", s, p)
 		}
 	}
 	if c.Name == "" {
@@ -67,6 +82,9 @@ func ParseClassSpec(s string, defW, defH int) (ClassSpec, error) {
 		}
 		if sized {
 			c.Name += fmt.Sprintf("-%dx%d", c.W, c.H)
+		}
+		if c.MaxW > 0 {
+			c.Name += fmt.Sprintf("-%dx%d", c.MaxW, c.MaxH)
 		}
 	}
 	return c, nil
@@ -114,6 +132,16 @@ func classPalette(spec ClassSpec, seed uint64) palette {
 	return p
 }
 
+// Size is the frame size of image idx of split: W x H, or with a range a size drawn from it (a function of the
+// seed and the image's identity, like everything Render draws).
+func (c ClassSpec) Size(seed uint64, split string, idx int) (int, int) {
+	if c.MaxW == 0 {
+		return c.W, c.H
+	}
+	r := rngFor(seed, "size", c.Name, split, idx)
+	return c.W + r.IntN(c.MaxW-c.W+1), c.H + r.IntN(c.MaxH-c.H+1)
+}
+
 // Render draws image idx of a class (its own noise; the class's palette). region, when not nil, marks where
 // defects belong (the part, for SurfacePart); elsewhere it is nil and defects may go anywhere.
 func Render(spec ClassSpec, seed uint64, split string, idx int) (img Image, region []bool) {
@@ -121,7 +149,7 @@ func Render(spec ClassSpec, seed uint64, split string, idx int) (img Image, regi
 	r := rngFor(seed, "surface", spec.Name, split, idx)
 	n := valueNoise{seed: r.Uint64()}
 	grain := valueNoise{seed: r.Uint64()}
-	w, h := spec.W, spec.H
+	w, h := spec.Size(seed, split, idx)
 	short := float64(min(w, h))
 	val := make([]float64, w*h)   // texture value in [0,1]
 	tint := make([][3]float64, 0) // per-pixel colour for the part family

@@ -332,6 +332,11 @@ func TestParseClassSpec(t *testing.T) {
 		{"woven:blue", ClassSpec{}, `option "blue"`},
 		{"woven:8x8", ClassSpec{}, "16 <= W, H"},
 		{"woven=a/b", ClassSpec{}, "plain directory name"},
+		{"grain:gray:240x200-400x360", ClassSpec{Name: "grain-gray-240x200-400x360", Surface: "grain", W: 240, H: 200, MaxW: 400, MaxH: 360, Gray: true}, ""},
+		{"part:300x200-300x260=parts", ClassSpec{Name: "parts", Surface: "part", W: 300, H: 200, MaxW: 300, MaxH: 260}, ""},
+		{"grain:400x360-240x200", ClassSpec{}, "smallest size first"},
+		{"grain:240x200-240x200", ClassSpec{}, "smallest size first"},
+		{"grain:240x200-9x9", ClassSpec{}, "16 <= W, H"},
 	}
 	for _, tc := range tests {
 		got, err := ParseClassSpec(tc.in, 256, 256)
@@ -541,7 +546,7 @@ func TestHeldOutNormalsErrors(t *testing.T) {
 
 func TestWriteSurfaces(t *testing.T) {
 	specs := []ClassSpec{}
-	for _, s := range []string{"fractal:80x60", "woven:gray:48x64", "brushed:64x64", "grain:gray:64x48", "part:96x72"} {
+	for _, s := range []string{"fractal:80x60", "woven:gray:48x64", "brushed:64x64", "grain:gray:64x48", "part:96x72", "grain:gray:40x36-72x64"} {
 		c, err := ParseClassSpec(s, 64, 64)
 		if err != nil {
 			t.Fatal(err)
@@ -564,6 +569,7 @@ func TestWriteSurfaces(t *testing.T) {
 		t.Fatalf("mask issues %v %v", issues, err)
 	}
 	perClass := map[string]int{}
+	sizes := map[string]map[[2]int]bool{}
 	for _, it := range items {
 		perClass[it.Class]++
 		m := decodeModel(t, it.Path)
@@ -573,8 +579,16 @@ func TestWriteSurfaces(t *testing.T) {
 				spec = s
 			}
 		}
-		if b := m.Bounds(); b.Dx() != spec.W || b.Dy() != spec.H {
+		b := m.Bounds()
+		if sizes[it.Class] == nil {
+			sizes[it.Class] = map[[2]int]bool{}
+		}
+		sizes[it.Class][[2]int{b.Dx(), b.Dy()}] = true
+		switch {
+		case spec.MaxW == 0 && (b.Dx() != spec.W || b.Dy() != spec.H):
 			t.Errorf("%s: %v, want %dx%d", it.Path, b, spec.W, spec.H)
+		case spec.MaxW > 0 && (b.Dx() < spec.W || b.Dx() > spec.MaxW || b.Dy() < spec.H || b.Dy() > spec.MaxH):
+			t.Errorf("%s: %v, want %dx%d to %dx%d", it.Path, b, spec.W, spec.H, spec.MaxW, spec.MaxH)
 		}
 		if _, gray := m.(*image.Gray); gray != spec.Gray {
 			t.Errorf("%s: grey %v, want %v", it.Path, gray, spec.Gray)
@@ -605,6 +619,17 @@ func TestWriteSurfaces(t *testing.T) {
 		skipped += n
 		if perClass[s.Name] != 3+2+2*len(Defects)-n {
 			t.Errorf("class %s: %d images, want %d (%d skipped)", s.Name, perClass[s.Name], 3+2+2*len(Defects)-n, n)
+		}
+	}
+	// The class of many sizes has them, and its defects' visibility floor was measured on resized normals (it
+	// has no two test normals of one size); the fixed-size classes measure theirs as before.
+	for _, s := range specs {
+		n, resized := len(sizes[s.Name]), sum[s.Name][FloorResized]
+		if s.MaxW > 0 && (n < 5 || resized != 2*len(Defects)) {
+			t.Errorf("class %s: %d frame sizes, %d floors on resized normals; want many sizes and %d", s.Name, n, resized, 2*len(Defects))
+		}
+		if s.MaxW == 0 && (n != 1 || resized != 0) {
+			t.Errorf("class %s: %d frame sizes, %d floors on resized normals; want 1 and 0", s.Name, n, resized)
 		}
 	}
 	if skipped > 2 {

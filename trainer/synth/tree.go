@@ -27,6 +27,9 @@ type Summary map[string]map[string]int
 const (
 	RedrawnFaint     = "faint draws redrawn"
 	SkippedInvisible = "skipped (nothing visible)"
+	// FloorResized counts defect images whose visibility floor was measured on the class's normals resized to
+	// the frame's size (ResizedVariation), there being no other normal of that size.
+	FloorResized = "floor on resized normals"
 )
 
 func (s Summary) add(class, what string) { s.addN(class, what, 1) }
@@ -147,6 +150,11 @@ func WriteDefects(ctx context.Context, normals []Normal, o DefectsOptions) (Summ
 				sum.add(class, split+"/good")
 			}
 			v := vars[[3]int{imgs[i].W, imgs[i].H, imgs[i].C}]
+			if v == nil && o.Params.MinVisibility > 0 {
+				if v = ResizedVariation(imgs[i], imgs); v != nil {
+					sum.addN(class, FloorResized, o.PerImage)
+				}
+			}
 			for k := 0; k < o.PerImage; k++ {
 				kind := o.Kinds[(i*o.PerImage+k)%len(o.Kinds)]
 				r := rngFor(o.Seed, "defect", class, stem, k)
@@ -277,7 +285,13 @@ func WriteSurfaces(ctx context.Context, o SurfacesOptions) (Summary, error) {
 				}
 				img, region := Render(spec, o.Seed, "defect-"+kind, i)
 				donor, _ := Render(spec, o.Seed, "donor-"+kind, i)
-				out, mask, faint, err := PaintAmong(img, kind, &donor, region, v, o.Params, rngFor(o.Seed, "defect", spec.Name, kind, i))
+				iv := v
+				if o.Params.MinVisibility > 0 && spec.MaxW > 0 && !v.fits(img) { // a class of many frame sizes
+					if iv = ResizedVariation(img, goods); iv != nil {
+						sum.add(spec.Name, FloorResized)
+					}
+				}
+				out, mask, faint, err := PaintAmong(img, kind, &donor, region, iv, o.Params, rngFor(o.Seed, "defect", spec.Name, kind, i))
 				sum.addN(spec.Name, RedrawnFaint, faint)
 				if errors.Is(err, ErrInvisible) {
 					sum.add(spec.Name, SkippedInvisible)

@@ -34,13 +34,17 @@ type Variation struct {
 	Pairs   int       // pairs of normals measured
 }
 
-// NewVariation measures the variation among imgs, which must share size and channels, on up to
-// maxVariationPairs pairs (neighbours first: (0,1), (1,2), ..., then (0,2), ...). Nil when fewer than two.
+// NewVariation measures the variation among imgs on up to maxVariationPairs pairs (neighbours first: (0,1),
+// (1,2), ..., then (0,2), ...). Only the images of imgs[0]'s size and channels count. Nil when fewer than two.
 func NewVariation(imgs []Image) *Variation {
-	if len(imgs) < 2 {
+	if len(imgs) == 0 {
 		return nil
 	}
 	w, h, c := imgs[0].W, imgs[0].H, imgs[0].C
+	imgs = slices.DeleteFunc(slices.Clone(imgs), func(im Image) bool { return im.W != w || im.H != h || im.C != c })
+	if len(imgs) < 2 {
+		return nil
+	}
 	var pairs [][2]int
 	for gap := 1; gap < len(imgs) && len(pairs) < maxVariationPairs; gap++ {
 		for i := 0; i+gap < len(imgs) && len(pairs) < maxVariationPairs; i++ {
@@ -163,8 +167,28 @@ func median(vs []float32) float32 {
 	return (vs[n/2-1] + vs[n/2]) / 2
 }
 
+// ResizedVariation measures the variation at img's size among normals of other sizes: img itself and up to
+// maxVariationPairs of the others with its channel count, each resized to img's size (bilinear), in their order.
+// Nil when no other normal has img's channels. Why: a class whose frames vary in size (tiles cut to the piece,
+// crops that follow the part) has no two frames of one size to compare, and without a variation its defects
+// would be painted without the visibility floor; the model compares every frame at its input size anyway, so
+// the normals' differences at a common size are the variation it sees.
+func ResizedVariation(img Image, normals []Image) *Variation {
+	set := []Image{img}
+	for _, n := range normals {
+		if len(set) > maxVariationPairs {
+			break
+		}
+		if n.C != img.C || (n.W == img.W && n.H == img.H && slices.Equal(n.Pix, img.Pix)) {
+			continue
+		}
+		set = append(set, Resize(n, img.W, img.H))
+	}
+	return NewVariation(set)
+}
+
 // variations measures one Variation per frame shape (size and channels) among imgs; images of a shape seen only
-// once get none.
+// once get none (ResizedVariation measures theirs).
 func variations(imgs []Image) map[[3]int]*Variation {
 	groups := map[[3]int][]Image{}
 	var order [][3]int

@@ -1,6 +1,7 @@
 package synth
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -152,30 +153,43 @@ func TestPaintAmongRedrawsFaintDefects(t *testing.T) {
 	}
 }
 
-// TestWriteDefectsSkipsWhatCannotBeSeen checks the policy of WriteDefects: a class whose normals vary more than
-// any allowed defect gets none (counted as skipped), a quiet class beside it gets all of its defects, and a
-// set in which nothing at all can be painted is an error that says why.
-func TestWriteDefectsSkipsWhatCannotBeSeen(t *testing.T) {
-	dir := t.TempDir()
+// faintParams paint defects of at most 15 grey levels, which +-90 noise hides and +-2 noise does not.
+var (
+	faintParams = Params{MinSize: 0.02, MaxSize: 0.04, MinContrast: 0.04, MaxContrast: 0.06, MinVisibility: 1}
+	faintKinds  = []string{DefectScratch, DefectSpeck, DefectStain}
+)
+
+// paperAndGravel writes two classes of held-out normals into dir, one per size: "paper" of +-2 noise around
+// 128, "gravel" of +-90.
+func paperAndGravel(t *testing.T, dir string, sizes [][2]int) []Normal {
+	t.Helper()
 	var normals []Normal
-	for s := range 4 {
+	for s, sz := range sizes {
 		for _, cls := range []struct {
 			name string
 			amp  int
 		}{{"paper", 2}, {"gravel", 90}} {
 			p := filepath.Join(dir, cls.name, fmt.Sprintf("n%d.png", s))
-			if err := noiseImage(64, 48, 3, 128, cls.amp, uint64(s)).WritePNG(p); err != nil {
+			if err := noiseImage(sz[0], sz[1], 3, 128, cls.amp, uint64(s)).WritePNG(p); err != nil {
 				t.Fatal(err)
 			}
 			normals = append(normals, Normal{Path: p, Class: cls.name})
 		}
 	}
-	faint := Params{MinSize: 0.02, MaxSize: 0.04, MinContrast: 0.04, MaxContrast: 0.06, MinVisibility: 1}
-	kinds := []string{DefectScratch, DefectSpeck, DefectStain}
-	sum, err := WriteDefects(context.Background(), normals, DefectsOptions{Out: filepath.Join(dir, "val"), PerImage: 2, Seed: 3, Kinds: kinds, Params: faint})
+	return normals
+}
+
+// TestWriteDefectsSkipsWhatCannotBeSeen checks the policy of WriteDefects: a class whose normals vary more than
+// any allowed defect gets none (counted as skipped), a quiet class beside it gets all of its defects, and a
+// set in which nothing at all can be painted is an error that says why.
+func TestWriteDefectsSkipsWhatCannotBeSeen(t *testing.T) {
+	dir := t.TempDir()
+	normals := paperAndGravel(t, dir, [][2]int{{64, 48}, {64, 48}, {64, 48}, {64, 48}})
+	sum, err := WriteDefects(context.Background(), normals, DefectsOptions{Out: filepath.Join(dir, "val"), PerImage: 2, Seed: 3, Kinds: faintKinds, Params: faintParams})
 	if err != nil {
 		t.Fatal(err)
 	}
+	kinds, faint := faintKinds, faintParams
 	var sb strings.Builder
 	sum.Write(&sb)
 	painted := func(class string) int {
@@ -210,5 +224,75 @@ func TestWriteDefectsSkipsWhatCannotBeSeen(t *testing.T) {
 	sum, err = WriteDefects(context.Background(), gravel, DefectsOptions{Out: filepath.Join(dir, "off"), PerImage: 1, Seed: 3, Kinds: kinds, Params: off})
 	if err != nil || painted("gravel") != 4 {
 		t.Errorf("check off: %d of 4 painted, %v", painted("gravel"), err)
+	}
+}
+
+// TestResize checks the resampling on images whose answer is known: a flat image stays flat at any size,
+// halving averages each 2 x 2 block (pixel centres aligned), doubling a ramp keeps its ends and steps between.
+func TestResize(t *testing.T) {
+	if out := Resize(flatImage(7, 5, 3, 77), 13, 3); out.W != 13 || out.H != 3 || out.C != 3 || bytes.Count(out.Pix, []byte{77}) != 13*3*3 {
+		t.Errorf("flat 7x5 -> 13x3: %+v", out)
+	}
+	check := NewImage(4, 2, 1)
+	copy(check.Pix, []uint8{0, 100, 40, 60, 100, 0, 60, 40})
+	if out := Resize(check, 2, 1); !bytes.Equal(out.Pix, []uint8{50, 50}) {
+		t.Errorf("halving: %v, want [50 50]", out.Pix)
+	}
+	ramp := NewImage(2, 1, 1)
+	copy(ramp.Pix, []uint8{0, 200})
+	if out := Resize(ramp, 4, 1); !bytes.Equal(out.Pix, []uint8{0, 50, 150, 200}) {
+		t.Errorf("doubling a ramp: %v, want [0 50 150 200]", out.Pix)
+	}
+	same := noiseImage(9, 6, 3, 100, 50, 1)
+	if out := Resize(same, 9, 6); !bytes.Equal(out.Pix, same.Pix) || &out.Pix[0] == &same.Pix[0] {
+		t.Error("resizing to the same size is not a copy")
+	}
+}
+
+// TestResizedVariation checks the variation of a frame whose size no other normal shares: flat normals of 100,
+// 110 and 130 of three sizes differ pairwise by 10, 20 and 30 at any common size, so the median is 20, at the
+// frame's size; normals of other channels do not count, and a frame alone has none.
+func TestResizedVariation(t *testing.T) {
+	img := flatImage(30, 20, 1, 100)
+	normals := []Image{img, flatImage(41, 17, 1, 110), flatImage(30, 20, 3, 0), flatImage(16, 33, 1, 130)}
+	v := ResizedVariation(img, normals)
+	if v == nil || v.W != 30 || v.H != 20 || v.Pairs != 3 {
+		t.Fatalf("variation %+v, want 30x20 from 3 pairs", v)
+	}
+	for i := range v.Pixel {
+		if v.Pixel[i] != 20 || v.Window[i] != 20 {
+			t.Fatalf("pixel %d: %v / %v, want 20 at both scales", i, v.Pixel[i], v.Window[i])
+		}
+	}
+	if v := ResizedVariation(img, []Image{img, flatImage(30, 20, 3, 9)}); v != nil {
+		t.Errorf("no other grey normal: %+v, want none", v)
+	}
+}
+
+// TestWriteDefectsFloorOnNormalsOfManySizes checks the floor where no two held-out normals share a size (tiles
+// cut to the piece): a class of +-90 noise gets none of its faint defects, as a class of one size does
+// (TestWriteDefectsSkipsWhatCannotBeSeen); without ResizedVariation all eight were painted, unchecked.
+func TestWriteDefectsFloorOnNormalsOfManySizes(t *testing.T) {
+	dir := t.TempDir()
+	normals := paperAndGravel(t, dir, [][2]int{{64, 48}, {60, 52}, {72, 44}, {56, 56}})
+	kinds := faintKinds
+	sum, err := WriteDefects(context.Background(), normals, DefectsOptions{Out: filepath.Join(dir, "val"), PerImage: 2, Seed: 3, Kinds: kinds, Params: faintParams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sb strings.Builder
+	sum.Write(&sb)
+	for _, tc := range []struct {
+		class            string
+		painted, skipped int
+	}{{"paper", 8, 0}, {"gravel", 0, 8}} {
+		n := 0
+		for _, k := range kinds {
+			n += sum[tc.class]["test/"+k]
+		}
+		if n != tc.painted || sum[tc.class][SkippedInvisible] != tc.skipped || sum[tc.class][FloorResized] != 8 {
+			t.Errorf("%s: %d painted, %d skipped; want %d and %d, all 8 floors on resized normals\n%s",
+				tc.class, n, sum[tc.class][SkippedInvisible], tc.painted, tc.skipped, sb.String())
+		}
 	}
 }
