@@ -143,7 +143,10 @@ func writePNG(path string, m image.Image) error {
 
 // Resize returns im resampled to w x h bilinearly, pixel centres aligned (OpenCV's INTER_LINEAR, without its
 // fixed-point rounding). Shrinking by more than 2 skips pixels rather than averaging them, which is fine for
-// what it is used for (the normals' variation at another frame size), not for display.
+// what it is used for (the normals' variation at another frame size), not for display. It is not
+// pipeline.ResizePIL (the model's own resize, antialiased) because that one takes RGB only and lives in the
+// cgo pipeline package, which this pure package does not import; moving ResizePIL into a package of its own
+// would let both share it.
 func Resize(im Image, w, h int) Image {
 	if im.W == w && im.H == h {
 		return im.Clone()
