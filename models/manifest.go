@@ -7,7 +7,11 @@
 // evaluation and the daemon can never disagree about how a frame is scored.
 package models
 
-import "time"
+import (
+	"fmt"
+	"strconv"
+	"time"
+)
 
 // FormatVersion is the manifest format this code reads and writes. A bundle with another major format is
 // refused: an old agent must not silently mis-score a bundle that a newer trainer wrote.
@@ -120,6 +124,26 @@ type Diffusion struct {
 	// cancels most of it (docs/algorithm.md §1.3: PIPED test image AUROC 96.9 with one noise, 99.6 with four).
 	// Each extra noise costs one more denoise, decode and reconstruction-feature pass per frame.
 	Ensemble int `json:"ensemble,omitempty"`
+}
+
+// WithStart returns d reconstructing from start step t: the paper's way for the last step of the schedule
+// (train_steps - 1: noised there, then every DDIM step), SDEdit-style below it (sampler_from_start_step: only
+// the DDIM steps at or below t run, on a latent noised to the first of them). Why both: below the last step the
+// paper's sampler would still run every step from the top of its grid on a latent that was only noised less,
+// which costs the same and keeps less of the frame than it seems to; the truncated sampler keeps a stochastic
+// texture the reconstruction would otherwise redraw, and runs fewer steps (docs/algorithm.md §1.5).
+func (d Diffusion) WithStart(t int) Diffusion {
+	d.StartStep = t
+	d.SamplerFromStartStep = t < d.TrainSteps-1
+	return d
+}
+
+// DescribeStart is the start step for messages: "999", or "301 (only the DDIM steps at or below it)".
+func (d Diffusion) DescribeStart() string {
+	if d.SamplerFromStartStep {
+		return fmt.Sprintf("%d (only the DDIM steps at or below it)", d.StartStep)
+	}
+	return strconv.Itoa(d.StartStep)
 }
 
 // MaxEnsemble bounds diffusion.ensemble: past a handful of noises the map stops changing while the cost keeps

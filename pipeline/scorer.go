@@ -166,6 +166,10 @@ func (s *Scorer) newGraphAt(name, file string, in, out []string, noLayout bool) 
 // Ensemble is how many start noises each frame is reconstructed from.
 func (s *Scorer) Ensemble() int { return s.ens }
 
+// DenoiseSteps is how many denoiser runs each reconstruction takes: diffusion.ddim_steps, or those at or below
+// the start step with diffusion.sampler_from_start_step.
+func (s *Scorer) DenoiseSteps() int { return len(s.steps) }
+
 // Manifest returns the bundle's manifest.
 func (s *Scorer) Manifest() *models.Manifest { return s.m }
 

@@ -26,13 +26,17 @@ func init() {
 
 // benchReport is what `vlmdiff bench` measured; --json prints it as is, for tracking across builds.
 type benchReport struct {
-	Bundle        string `json:"bundle"`
-	Version       string `json:"version"`
-	Width         int    `json:"width"`
-	Height        int    `json:"height"`
-	DDIMSteps     int    `json:"ddim_steps"`
-	Ensemble      int    `json:"ensemble"` // start noises per frame (diffusion.ensemble or --ensemble)
-	FeatureLayers int    `json:"feature_layers"`
+	Bundle    string `json:"bundle"`
+	Version   string `json:"version"`
+	Width     int    `json:"width"`
+	Height    int    `json:"height"`
+	DDIMSteps int    `json:"ddim_steps"`
+	// DenoiseSteps is how many of them a reconstruction runs (fewer from a start step below the schedule's last
+	// with diffusion.sampler_from_start_step), StartStep the step the frame is noised to.
+	DenoiseSteps  int `json:"denoise_steps"`
+	StartStep     int `json:"start_step"`
+	Ensemble      int `json:"ensemble"` // start noises per frame (diffusion.ensemble or --ensemble)
+	FeatureLayers int `json:"feature_layers"`
 	// FeaturePrecision is the feature graph's features.precision ("" = float32, "int8" = vlmdiff quantize's).
 	FeaturePrecision string `json:"feature_precision,omitempty"`
 	Provider         string `json:"provider"`
@@ -190,7 +194,7 @@ func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, s
 		return nil, nil, err
 	}
 	rep := &benchReport{Bundle: m.Name, Version: m.Version, Width: m.Input.Width, Height: m.Input.Height,
-		DDIMSteps: m.Diffusion.DDIMSteps, Ensemble: s.Ensemble(), FeatureLayers: len(m.Features.Layers), FeaturePrecision: m.Features.Precision, Provider: s.Provider(),
+		DDIMSteps: m.Diffusion.DDIMSteps, DenoiseSteps: s.DenoiseSteps(), StartStep: m.Diffusion.StartStep, Ensemble: s.Ensemble(), FeatureLayers: len(m.Features.Layers), FeaturePrecision: m.Features.Precision, Provider: s.Provider(),
 		Threads: sf.Threads, DenoiserThreads: sf.DenoiserThreads, Spin: sf.Spin, DenoiserSpin: sf.DenoiserSpin, SpinMicros: sf.SpinMicros, GOMAXPROCS: runtime.GOMAXPROCS(0), Memory: sf.MemoryName(), ORTVersion: pipeline.RuntimeVersion(), OpenMS: openMS,
 		FirstFrameMS: time.Since(first).Seconds() * 1000, DynamicOnly: sf.DynamicOnly}
 	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
@@ -346,8 +350,12 @@ func writeBenchTables(w io.Writer, rep *benchReport) {
 	if rep.FeaturePrecision != "" {
 		fp = " " + rep.FeaturePrecision
 	}
-	fmt.Fprintf(w, "bundle %s %s  input %dx%d  ddim %d  noises %d  features %d layers%s  provider %s  threads %d%s  spin %s  memory %s  GOMAXPROCS %d  onnxruntime %s\n",
-		rep.Bundle, rep.Version, rep.Width, rep.Height, rep.DDIMSteps, rep.Ensemble, rep.FeatureLayers, fp, rep.Provider, rep.Threads, dt,
+	ddim := strconv.Itoa(rep.DDIMSteps)
+	if rep.DenoiseSteps != rep.DDIMSteps {
+		ddim = fmt.Sprintf("%d of %d from step %d", rep.DenoiseSteps, rep.DDIMSteps, rep.StartStep)
+	}
+	fmt.Fprintf(w, "bundle %s %s  input %dx%d  ddim %s  noises %d  features %d layers%s  provider %s  threads %d%s  spin %s  memory %s  GOMAXPROCS %d  onnxruntime %s\n",
+		rep.Bundle, rep.Version, rep.Width, rep.Height, ddim, rep.Ensemble, rep.FeatureLayers, fp, rep.Provider, rep.Threads, dt,
 		spin, rep.Memory, rep.GOMAXPROCS, rep.ORTVersion)
 	fmt.Fprintf(w, "open+verify %.0f ms, first frame (warm-up) %.0f ms\n\n", rep.OpenMS, rep.FirstFrameMS)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -7,8 +7,11 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vlmdiff/edge/models"
 )
 
 // TestBenchJSON: `bench --json` prints one JSON object with every stage of every batch size measured, the
@@ -120,7 +123,7 @@ func TestBenchFloorTable(t *testing.T) {
 		}
 		// the fixture has a static denoiser for batch 1 only; batch 2 runs the dynamic one
 		want := map[int]string{1: "denoiser_b1.onnx", 2: "denoiser.onnx"}[b]
-		if d := rows[[2]any{b, "denoise"}]; d.Graph != want || d.RunsPerBatch != rep.DDIMSteps {
+		if d := rows[[2]any{b, "denoise"}]; d.Graph != want || d.RunsPerBatch != rep.DenoiseSteps || rep.DenoiseSteps != rep.DDIMSteps {
 			t.Errorf("batch %d denoise row %+v, want %s run %d times", b, d, want, rep.DDIMSteps)
 		}
 	}
@@ -245,5 +248,34 @@ func TestBenchRefusesBadCounts(t *testing.T) {
 		if code := Main(context.Background(), args, &stdout, &stderr); code == 0 || !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("%v: exit %d, stderr %q, want an error naming %q", tc.args, code, stderr.String(), tc.want)
 		}
+	}
+}
+
+// TestBenchTruncatedStart: a bundle that starts from step 301 with sampler_from_start_step runs 4 of its 10
+// DDIM steps (301, 201, 101, 1); the report, the header and the floor table count what runs.
+func TestBenchTruncatedStart(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "bundle")
+	if err := os.CopyFS(dir, os.DirFS(fixtureBundle)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := models.ReadManifest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Diffusion = m.Diffusion.WithStart(301)
+	if err := models.WriteManifest(dir, m); err != nil {
+		t.Fatal(err)
+	}
+	rep := benchJSON(t, "--bundle", dir, "--batches", "1", "--frames", "2", "--floor")
+	if rep.DDIMSteps != 10 || rep.DenoiseSteps != 4 || rep.StartStep != 301 {
+		t.Errorf("ddim %d, denoise steps %d, start %d: want 10, 4, 301", rep.DDIMSteps, rep.DenoiseSteps, rep.StartStep)
+	}
+	if d := floorRows(t, rep)[[2]any{1, "denoise"}]; d.RunsPerBatch != 4 {
+		t.Errorf("denoise row %+v: want 4 runs a batch", d)
+	}
+	var out bytes.Buffer
+	writeBenchTables(&out, rep)
+	if !strings.Contains(out.String(), "ddim 4 of 10 from step 301") {
+		t.Errorf("header does not say what runs:\n%s", out.String())
 	}
 }

@@ -21,7 +21,7 @@ func init() {
 }
 
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--map-sigma S] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--map-sigma S] [--start-step T] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -41,6 +41,9 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	sigma := fs.String("map-sigma", "", "smooth every map with this Gaussian sigma in map pixels from now on (0: no smoothing; export's default is 5 at 256 px, scaled with "+
 		"the input size): smaller keeps thin or small defects sharp, larger merges scattered responses; needs --reference train (or none). Compare sigmas on a painted set "+
 		"(docs/training.md, \"Map smoothing\")")
+	start := fs.String("start-step", "", "reconstruct every frame from this diffusion step from now on: the schedule's last (999) is the paper's, a lower one runs only the "+
+		"DDIM steps at or below it on a frame noised less (SDEdit-style: it keeps more of a stochastic texture, and of a defect, and costs fewer steps); needs --reference train (or none). "+
+		"Compare start steps on a painted set (docs/training.md, \"The start step\")")
 	pixel := fs.String("pixel-factor", "", "with --reference train: the mean-frame term's size relative to the feature map's (0 removes it; 0.25 to 1 where parts sit still "+
 		"on a plain background; absent: keep the bundle's). Adds each frame's pixel distance to its class's mean normal frame to the map (docs/algorithm.md §1.9)")
 	var kf knnFlags
@@ -76,8 +79,8 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := checkEnsemble(sf.Bundle, sf.Ensemble, *reference); err != nil {
 		return err
 	}
-	if *weights != "" || *match != "" || *sigma != "" {
-		if err := setMapShape(sf.Bundle, mapShape{*weights, *match, *sigma}, *reference, *dry, stderr); err != nil {
+	if *weights != "" || *match != "" || *sigma != "" || *start != "" {
+		if err := setMapShape(sf.Bundle, mapShape{*weights, *match, *sigma, *start}, *reference, *dry, stderr); err != nil {
 			return err
 		}
 	}
@@ -196,14 +199,14 @@ func pixelFactorFlag(bundle, flag, reference string) (float64, error) {
 	return factor, nil
 }
 
-// mapShape is what calibrate may change in how every map is made: --feature-weights, --feature-match and
-// --map-sigma as given ("": keep the bundle's).
-type mapShape struct{ weights, match, sigma string }
+// mapShape is what calibrate may change in how every map is made: --feature-weights, --feature-match,
+// --map-sigma and --start-step as given ("": keep the bundle's).
+type mapShape struct{ weights, match, sigma, start string }
 
 // flags names the flags given, for messages.
 func (f mapShape) flags() string {
 	var given []string
-	for _, g := range [][2]string{{"--feature-weights", f.weights}, {"--feature-match", f.match}, {"--map-sigma", f.sigma}} {
+	for _, g := range [][2]string{{"--feature-weights", f.weights}, {"--feature-match", f.match}, {"--map-sigma", f.sigma}, {"--start-step", f.start}} {
 		if g[1] != "" {
 			given = append(given, g[0]+" "+g[1])
 		}
@@ -211,7 +214,7 @@ func (f mapShape) flags() string {
 	return strings.Join(given, " ")
 }
 
-// setMapShape writes --feature-weights, --feature-match and --map-sigma into the bundle's manifest. Each
+// setMapShape writes --feature-weights, --feature-match, --map-sigma and --start-step into the bundle's manifest. Each
 // changes every map, so a kept reference (measured with the old maps) and a dry run (which would calibrate maps
 // the bundle does not score) are refused before anything is written.
 func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr io.Writer) error {
@@ -236,7 +239,15 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 			return err
 		}
 	}
-	if slices.Equal(layers, m.Features.Layers) && sigma == m.Map.Sigma {
+	diff := m.Diffusion
+	if f.start != "" {
+		t, err := strconv.Atoi(f.start)
+		if err != nil || t < 1 || t >= diff.TrainSteps {
+			return fmt.Errorf("--start-step %q: want a diffusion step from 1 to %d (the schedule's last, the paper's)", f.start, diff.TrainSteps-1)
+		}
+		diff = diff.WithStart(t)
+	}
+	if slices.Equal(layers, m.Features.Layers) && sigma == m.Map.Sigma && diff == m.Diffusion {
 		return nil
 	}
 	flags := f.flags()
@@ -248,6 +259,7 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 	}
 	m.Features.Layers = layers
 	m.Map.Sigma = sigma
+	m.Diffusion = diff
 	if sigma > 0 && !(m.Map.Truncate > 0) {
 		m.Map.Truncate = 4 // the reference's; a bundle exported without smoothing may have none
 	}
@@ -260,7 +272,7 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 	if err := models.Verify(bundle); err != nil {
 		return fmt.Errorf("the bundle with %s: %w", flags, err)
 	}
-	fmt.Fprintf(stderr, "map written: layers %s, sigma %g\n", describeLayers(layers), sigma)
+	fmt.Fprintf(stderr, "map written: layers %s, sigma %g, start step %s\n", describeLayers(layers), sigma, diff.DescribeStart())
 	return nil
 }
 

@@ -217,6 +217,10 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 		{"--map-sigma", "x", "from 0 (no smoothing) to"},
 		{"--map-sigma", "NaN", "from 0 (no smoothing) to"},
 		{"--map-sigma", "1000", "an eighth of the"},
+		{"--start-step", "501", "--reference train"}, // a start step changes every reconstruction
+		{"--start-step", "0", "from 1 to"},
+		{"--start-step", "1000", "from 1 to"},
+		{"--start-step", "x", "from 1 to"},
 	} {
 		if code, _, stderr := run(append(base, tc.flag, tc.value)...); code == 0 || !strings.Contains(stderr, tc.want) {
 			t.Errorf("calibrate %s %s: exit %d, stderr %q, want %q", tc.flag, tc.value, code, stderr, tc.want)
@@ -272,6 +276,29 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 		}
 		if table == out {
 			t.Errorf("--map-sigma %s left the thresholds as they were:\n%s", arg, table)
+		}
+		out = table
+	}
+	// a start step, measured with a new reference: below the schedule's last only the DDIM steps at or below it
+	// run (sampler_from_start_step), so the reconstructions and the thresholds move; the last is the paper's again
+	last := b.Manifest.Diffusion.TrainSteps - 1
+	for _, tc := range []struct {
+		step     int
+		truncate bool
+	}{{301, true}, {last, false}} {
+		arg := strconv.Itoa(tc.step)
+		code, table, stderr := run(append(base, "--start-step", arg, "--reference", "train")...)
+		if code != 0 {
+			t.Fatalf("calibrate --start-step %s --reference train: exit %d\n%s", arg, code, stderr)
+		}
+		if b, err = models.Load(bundle); err != nil {
+			t.Fatal(err)
+		}
+		if d := b.Manifest.Diffusion; d.StartStep != tc.step || d.SamplerFromStartStep != tc.truncate || b.Manifest.Map.Reference == nil {
+			t.Fatalf("after --start-step %s: start %d, sampler_from_start_step %v, reference %v", arg, d.StartStep, d.SamplerFromStartStep, b.Manifest.Map.Reference)
+		}
+		if table == out {
+			t.Errorf("--start-step %s left the thresholds as they were:\n%s", arg, table)
 		}
 		out = table
 	}

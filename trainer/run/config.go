@@ -176,6 +176,13 @@ type SelectConfig struct {
 	// suppresses the grain of a texture. The export's sigma stays unless another leads it by MinGain; the
 	// export stage then writes the chosen one over export.sigma. Empty (default): export.sigma.
 	Smoothing []float64 `yaml:"smoothing" json:",omitempty"`
+	// StartSteps, when set, are the diffusion steps each frame's reconstruction may start from, weighed after
+	// the nearest-normal term and before the smoothing, e.g. [999, 501, 301]: each takes one scoring pass of the
+	// reference normals (its reference and terms' weights) and of the painted set. The schedule's last step (999)
+	// is the paper's; below it only the DDIM steps at or below the step run (models.Diffusion.WithStart), which
+	// keeps more of the frame, a stochastic texture and a defect alike, and costs fewer steps. The export's own
+	// step stays unless another leads it by MinGain. Empty (default): the export's start step.
+	StartSteps []int `yaml:"start_steps" json:",omitempty"`
 }
 
 // SelectMetrics are the names select.metric accepts.
@@ -555,6 +562,9 @@ func (c *Config) validateSelect(bad func(field, format string, args ...any)) {
 	}
 	if err := checkSmoothing(c.Select.Smoothing); err != nil {
 		bad("select.smoothing", "%v", err)
+	}
+	if err := checkStartSteps(c.Select.StartSteps); err != nil {
+		bad("select.start_steps", "%v", err)
 	}
 	for i, k := range c.Select.Ensembles {
 		if k < 1 || k > models.MaxEnsemble || (i > 0 && k <= c.Select.Ensembles[i-1]) {

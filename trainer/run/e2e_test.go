@@ -124,7 +124,45 @@ func backbone(t *testing.T) string {
 // floating-point differences alone. 80 and 120 steps (the denoiser stage is seconds; the select stage dominates
 // the test's time) gave 0.903 and 0.941 there, a margin that numerics do not eat.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  smoothing: [0.5, 1]\n", 2)
+	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  start_steps: [999, 301]\n  smoothing: [0.5, 1]\n", 2)
+}
+
+// checkStartSelection: the select stage weighed the start steps (the export's own 999 and 301) on the recipe it
+// chose before, and the bundle reconstructs from the chosen one: the paper's way from 999, only the DDIM steps
+// at or below it from 301.
+func checkStartSelection(t *testing.T, runDir string, m *models.Manifest) {
+	t.Helper()
+	rows := readCSV(t, filepath.Join(runDir, "select", run.StartStepsFile))
+	want := []string{"start-999", "start-301"}
+	if len(rows) != len(want)+1 || rows[1][0] != want[0] || rows[2][0] != want[1] {
+		t.Fatalf("start step table %v: want rows %v", rows, want)
+	}
+	b, err := os.ReadFile(filepath.Join(runDir, "select", run.StartChoiceFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows[1:] {
+		if (r[len(r)-1] == "true") != (r[0] == "start-"+strconv.Itoa(start)) {
+			t.Errorf("row %v: the chosen column disagrees with the choice %d", r, start)
+		}
+	}
+	t.Logf("start step %d chosen from %v", start, rows[1:])
+	// the export's own step is the recipe chosen before, scored again: it must score as the nearest-normal
+	// term's choice did (same banks, same reference), or the start steps were weighed on another map
+	if _, err := os.Stat(filepath.Join(runDir, "select", run.KnnFile)); err == nil {
+		for _, r := range readCSV(t, filepath.Join(runDir, "select", run.KnnFile))[1:] {
+			if r[len(r)-1] == "true" && !slices.Equal(r[2:7], rows[1][2:7]) {
+				t.Errorf("start-999 scored %v, the nearest-normal term's choice %v %v: not the same recipe", rows[1][2:7], r[0], r[2:7])
+			}
+		}
+	}
+	if d := m.Diffusion; d.StartStep != start || d.SamplerFromStartStep != (start < 999) {
+		t.Fatalf("chosen start step %d, but the bundle starts from %d (sampler_from_start_step %v)", start, d.StartStep, d.SamplerFromStartStep)
+	}
 }
 
 // checkSmoothingSelection: the select stage weighed the map sigma at each scale of the export's (the tiny
@@ -340,6 +378,11 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 		checkKnnSelection(t, runDir, m)
 	} else if strings.Contains(cfg, "knn_factors:") {
 		t.Fatalf("select.knn_factors is set but the select stage wrote no table: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(runDir, "select", run.StartStepsFile)); err == nil {
+		checkStartSelection(t, runDir, m)
+	} else if strings.Contains(cfg, "start_steps:") {
+		t.Fatalf("select.start_steps is set but the select stage wrote no table: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(runDir, "select", run.SmoothingFile)); err == nil {
 		checkSmoothingSelection(t, runDir, m)

@@ -166,8 +166,10 @@ func bestOver(rs []candidateResult, own int, minGain float64, what string) (int,
 // the synthetic-defect validation set; the best candidate's model is what the export stage exports. Without
 // snapshots (train.snapshot_every 0) it passes the train stage's model on. With select.layer_weights it then
 // weighs the feature layers of the chosen model (with select.pixel_factors, together with the mean-frame term),
-// and with select.ensembles it scores the chosen model and layers with each start-noise count; the export stage
-// writes the layers and the count, the calibrate stage the term.
+// and with select.ensembles it scores the chosen model and layers with each start-noise count; then, on that
+// recipe, the nearest-normal term (select.knn_factors), the start step (select.start_steps) and the smoothing
+// (select.smoothing). The export stage writes the layers, the count, the start step and the sigma, the calibrate
+// stage the terms.
 func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]string, error) {
 	c := t.Config
 	final := sc.Output("train", "model")
@@ -176,7 +178,7 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 	}
 	snaps := sc.Output("train", "snapshots")
 	if snaps == "" && len(c.Select.Ensembles) == 0 && len(c.Select.LayerWeights) == 0 && len(c.Select.KnnFactors) == 0 &&
-		len(c.Select.Smoothing) == 0 {
+		len(c.Select.Smoothing) == 0 && len(c.Select.StartSteps) == 0 {
 		fmt.Fprintln(sc.Progress, "[select] no snapshots (train.snapshot_every is 0): exporting the train stage's model")
 		return map[string]string{"model": final}, nil
 	}
@@ -552,9 +554,9 @@ func writeCandidateTable(out io.Writer, rs []candidateResult, best int) {
 	tw.Flush()
 }
 
-// selectKnnAndSmoothing weighs, on the recipe chosen before them, the nearest-normal term (select.knn_factors)
-// and then the map smoothing (select.smoothing), writes each choice into dir and records the stage outputs in
-// outs.
+// selectKnnAndSmoothing weighs, on the recipe chosen before them, the nearest-normal term (select.knn_factors),
+// then the start step (select.start_steps) and then the map smoothing (select.smoothing), writes each choice
+// into dir and records the stage outputs in outs.
 func (t *Training) selectKnnAndSmoothing(ctx context.Context, sc *StageContext, items []dataset.Item, valData, dir string, recipe mapRecipe, outs map[string]string) error {
 	c := t.Config
 	chosen := candidate{Name: "chosen", Model: outs["model"]}
@@ -574,6 +576,18 @@ func (t *Training) selectKnnAndSmoothing(ctx context.Context, sc *StageContext, 
 				return err
 			}
 		}
+	}
+	if len(c.Select.StartSteps) > 0 {
+		// after the terms, before the smoothing: the start step changes every reconstruction
+		start, table, err := t.selectStart(ctx, sc, items, chosen, valData, dir, recipe)
+		if err != nil {
+			return err
+		}
+		recipe.Start = start
+		if outs["start_step"], err = writeNumber(dir, StartChoiceFile, float64(start)); err != nil {
+			return err
+		}
+		outs["start_steps"] = table
 	}
 	if len(c.Select.Smoothing) > 0 {
 		// last: the width of the smoothing depends on every term in the map

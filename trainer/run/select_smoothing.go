@@ -45,14 +45,15 @@ func selectedSigma(sc *StageContext) (float64, error) {
 }
 
 // mapRecipe is what the select stage chose before the smoothing: start noises (0: the export config's),
-// feature layers (nil: the export config's), the mean-frame term's factor, and the nearest-normal term's factor
-// with the isolated fraction of its banks (-1: calibrate.knn's).
+// feature layers (nil: the export config's), the mean-frame term's factor, the nearest-normal term's factor
+// with the isolated fraction of its banks (-1: calibrate.knn's), and the start step (0: the export's).
 type mapRecipe struct {
 	Ensemble    int
 	Layers      [][2]any
 	Pixel       float64
 	Knn         float64
 	KnnIsolated float64
+	Start       int
 }
 
 // selectSmoothing weighs the map's Gaussian sigma (select.smoothing, multiples of the exported bundle's sigma,
@@ -71,7 +72,7 @@ func (t *Training) selectSmoothing(ctx context.Context, sc *StageContext, items 
 	}
 	own := slices.Index(scales, 1)
 	work := filepath.Join(dir, "smoothing")
-	bundle, err := t.exportCandidate(ctx, sc, cand, work, r.Ensemble, r.Layers)
+	bundle, err := t.recipeBundle(ctx, sc, items, cand, work, r, "[select] smoothing ")
 	defer os.RemoveAll(work)
 	if err != nil {
 		return 0, "", err
@@ -83,15 +84,6 @@ func (t *Training) selectSmoothing(ctx context.Context, sc *StageContext, items 
 	base := m.Map.Sigma
 	if base <= 0 {
 		return 0, "", fmt.Errorf("select.smoothing: the exported bundle does not smooth its maps (map.sigma %v); drop select.smoothing or set export.sigma", base)
-	}
-	if r.Knn > 0 {
-		spec := c.Calibrate.Knn.Spec()
-		if r.KnnIsolated >= 0 {
-			spec.Isolated = r.KnnIsolated
-		}
-		if err := t.buildKnn(ctx, sc, items, bundle, spec, "[select] smoothing "); err != nil {
-			return 0, "", err
-		}
 	}
 	fmt.Fprintf(sc.Progress, "[select] map smoothing: sigma %g x %v, ranked by %s on %s\n", base, scales, c.Select.Metric, valData)
 	res := make([]candidateResult, len(scales))

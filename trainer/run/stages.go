@@ -496,6 +496,19 @@ func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]
 	if err != nil {
 		return nil, err
 	}
+	start, err := selectedStart(sc)
+	if err != nil {
+		return nil, err
+	}
+	if start > 0 && start != man.Diffusion.StartStep {
+		if err := applyStart(bundle, start); err != nil { // chosen on the validation set (select.start_steps)
+			return nil, fmt.Errorf("the select stage's %w", err)
+		}
+		if man, err = models.ReadManifest(bundle); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(sc.Progress, "[export] start step %s, as the select stage chose\n", man.Diffusion.DescribeStart())
+	}
 	man.Provenance.Config = c.sum
 	if man.Provenance.GitCommit == "" {
 		man.Provenance.GitCommit = gitCommit(t.Python.TrainerDir)

@@ -1,0 +1,150 @@
+package run
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+
+	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/trainer/dataset"
+)
+
+// StartStepsFile is the select stage's table of start steps (RUN/select/start_steps.csv), and StartChoiceFile
+// holds the chosen step (RUN/select/start_step.txt), which the export stage writes into the bundle's diffusion.
+const (
+	StartStepsFile  = "start_steps.csv"
+	StartChoiceFile = "start_step.txt"
+)
+
+// checkStartSteps checks select.start_steps: decreasing diffusion steps, from the schedule's last (999 for the
+// 1000-step schedule every preset trains with; the bundle's own schedule is checked when the step is written)
+// down to 1, the first DDIM step.
+func checkStartSteps(steps []int) error {
+	for i, s := range steps {
+		if s < 1 || s > 999 || (i > 0 && s >= steps[i-1]) {
+			return fmt.Errorf("%v: want decreasing diffusion steps in 1..999, e.g. [999, 501, 301]", steps)
+		}
+	}
+	return nil
+}
+
+// selectedStart is the start step the select stage chose (select.start_steps), -1 when it weighed none.
+func selectedStart(sc *StageContext) (int, error) {
+	v, err := selectedNumber(sc, "start_step", "the start step", "diffusion step", func(v float64) error {
+		if v != float64(int(v)) || v < 1 || v > 999 {
+			return fmt.Errorf("%v: not a start step", v)
+		}
+		return nil
+	})
+	return int(v), err
+}
+
+// applyStart writes start step s into the bundle's diffusion (models.Diffusion.WithStart); 0, or the bundle's
+// own step, leaves it as it is (the export's own step keeps its own sampling, whatever it is).
+func applyStart(bundle string, s int) error {
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return err
+	}
+	if s <= 0 || s == m.Diffusion.StartStep {
+		return nil
+	}
+	if s >= m.Diffusion.TrainSteps {
+		return fmt.Errorf("start step %d: the bundle's schedule has %d steps", s, m.Diffusion.TrainSteps)
+	}
+	m.Diffusion = m.Diffusion.WithStart(s)
+	return models.WriteManifest(bundle, m)
+}
+
+// recipeBundle exports the bundle of recipe r into work (the model cand, r's start noises, layers and start
+// step) and builds the nearest-normal term's banks into it when r has the term, with r's isolated fraction:
+// the bundle a weighing after the term varies one thing of. The caller removes work.
+func (t *Training) recipeBundle(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, work string, r mapRecipe, prefix string) (string, error) {
+	bundle, err := t.exportCandidate(ctx, sc, cand, work, r.Ensemble, r.Layers)
+	if err != nil {
+		return "", err
+	}
+	if err := applyStart(bundle, r.Start); err != nil {
+		return "", err
+	}
+	if r.Knn > 0 {
+		spec := t.Config.Calibrate.Knn.Spec()
+		if r.KnnIsolated >= 0 {
+			spec.Isolated = r.KnnIsolated
+		}
+		if err := t.buildKnn(ctx, sc, items, bundle, spec, prefix); err != nil {
+			return "", err
+		}
+	}
+	return bundle, nil
+}
+
+// selectStart weighs the diffusion step each frame's reconstruction starts from (select.start_steps) on the
+// recipe chosen before it: it exports that bundle once (recipeBundle), and for each step writes it into the bundle (below the schedule's last, SDEdit-style: only the
+// DDIM steps at or below it run), measures the map reference and the terms' weights as calibrate would, and
+// scores the painted set. Why: from the last step (the paper's) the reconstruction redraws everything the hint
+// does not carry, a stochastic texture included, and the feature distance reads the redrawn grain as anomaly; a
+// lower start keeps more of the frame (its texture, and also more of a defect) and runs fewer steps. Which wins
+// depends on the material. The export's own step stays unless another leads it by select.min_gain. It returns the
+// chosen step and the table's path.
+func (t *Training) selectStart(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, r mapRecipe) (int, string, error) {
+	c := t.Config
+	work := filepath.Join(dir, "start")
+	bundle, err := t.recipeBundle(ctx, sc, items, cand, work, r, "[select] start steps: ")
+	defer os.RemoveAll(work)
+	if err != nil {
+		return 0, "", err
+	}
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return 0, "", err
+	}
+	own := m.Diffusion
+	steps := slices.Clone(c.Select.StartSteps)
+	if !slices.Contains(steps, own.StartStep) { // the export's own step is the one to beat
+		steps = append(steps, own.StartStep)
+		slices.Sort(steps)
+		slices.Reverse(steps)
+	}
+	for _, s := range steps {
+		if s >= own.TrainSteps {
+			return 0, "", fmt.Errorf("select.start_steps %v: the bundle's schedule has %d steps", c.Select.StartSteps, own.TrainSteps)
+		}
+	}
+	fmt.Fprintf(sc.Progress, "[select] start step: %v, ranked by %s on %s\n", steps, c.Select.Metric, valData)
+	res := make([]candidateResult, len(steps))
+	ownAt := slices.Index(steps, own.StartStep)
+	for i, s := range steps {
+		name := "start-" + strconv.Itoa(s)
+		// read anew: the banks and each candidate's reference were written into the manifest since
+		if m, err = models.ReadManifest(bundle); err != nil {
+			return 0, "", err
+		}
+		m.Diffusion = own
+		if i != ownAt {
+			m.Diffusion = own.WithStart(s)
+		}
+		if err := models.WriteManifest(bundle, m); err != nil {
+			return 0, "", err
+		}
+		mets, err := t.scoreWithReference(ctx, sc, items, bundle, valData, r.Pixel, r.Knn, "[select] "+name+" ")
+		if err != nil {
+			return 0, "", fmt.Errorf("select.start_steps %d: %w", s, err)
+		}
+		fmt.Fprintf(sc.Progress, "[select] %s I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f\n", name, 100*mets.ImageAUROC, 100*mets.PixelAUROC, 100*mets.AUPRO, 100*mets.PixelAP)
+		res[i] = candidateResult{candidate: candidate{Name: name, Model: cand.Model}, Mean: mets, Score: selectScore(c.Select.Metric, mets)}
+	}
+	best, why := bestOver(res, ownAt, c.Select.MinGain, "the export's start step")
+	table, err := recordCandidates(sc.Progress, dir, StartStepsFile, res, best)
+	if err != nil {
+		return 0, "", err
+	}
+	fmt.Fprintf(sc.Progress, "[select] start step %d (%s)\n", steps[best], why)
+	if top := steps[topScore(res)]; top == steps[len(steps)-1] && top > 1 {
+		fmt.Fprintf(sc.Progress, "[select] note: select.start_steps scored best at its lowest step %d, so a lower one might score higher: add one to the list to see\n", top)
+	}
+	return steps[best], table, nil
+}
