@@ -45,11 +45,14 @@ func selectedStart(sc *StageContext) (int, error) {
 // applyStart writes start step s into the bundle's diffusion (models.Diffusion.WithStart); 0, or the bundle's
 // own step, leaves it as it is (the export's own step keeps its own sampling, whatever it is).
 func applyStart(bundle string, s int) error {
+	if s <= 0 {
+		return nil
+	}
 	m, err := models.ReadManifest(bundle)
 	if err != nil {
 		return err
 	}
-	if s <= 0 || s == m.Diffusion.StartStep {
+	if s == m.Diffusion.StartStep {
 		return nil
 	}
 	if s >= m.Diffusion.TrainSteps {
@@ -83,9 +86,9 @@ func (t *Training) recipeBundle(ctx context.Context, sc *StageContext, items []d
 }
 
 // selectStart weighs the diffusion step each frame's reconstruction starts from (select.start_steps) on the
-// recipe chosen before it: it exports that bundle once (recipeBundle), and for each step writes it into the bundle (below the schedule's last, SDEdit-style: only the
-// DDIM steps at or below it run), measures the map reference and the terms' weights as calibrate would, and
-// scores the painted set. Why: from the last step (the paper's) the reconstruction redraws everything the hint
+// recipe chosen before it: it exports that bundle once (recipeBundle), and for each step writes it into the
+// bundle (below the schedule's last, SDEdit-style: only the DDIM steps at or below it run), measures the map
+// reference and the terms' weights as calibrate would, and scores the painted set. Why: from the last step (the paper's) the reconstruction redraws everything the hint
 // does not carry, a stochastic texture included, and the feature distance reads the redrawn grain as anomaly; a
 // lower start keeps more of the frame (its texture, and also more of a defect) and runs fewer steps. Which wins
 // depends on the material. The export's own step stays unless another leads it by select.min_gain. It returns the
