@@ -1,8 +1,11 @@
-"""onnx_fuse: a GroupNorm's affine becomes one BatchNormalization and an exported attention one com.microsoft
-MultiHeadAttention; each computes what the operators it replaced did, and anything off the exact pattern is left
-alone. (ONNX Runtime runs the rewritten graphs in the Go parity test, on the fixture's static denoiser.)"""
+"""onnx_fuse: a GroupNorm's affine becomes one BatchNormalization, a GroupNorm with one channel per group one
+InstanceNormalization, and an exported attention one com.microsoft MultiHeadAttention; each computes what the
+operators it replaced did, and anything off the exact pattern is left alone. (ONNX Runtime runs the rewritten
+graphs in the Go parity test, on the fixture's static denoiser, and every bundle's probes check its graphs
+against torch when the bundle is opened.)"""
 from __future__ import annotations
 
+import os
 from typing import Dict, List
 
 import numpy as np
@@ -10,7 +13,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from vlmdiff_train.onnx_fuse import MS_DOMAIN, affine_to_batchnorm, fuse_attention
+import torch
+
+from vlmdiff_train.export import export_graph, fuse_groupnorms
+from vlmdiff_train.onnx_fuse import MS_DOMAIN, affine_to_batchnorm, fuse_attention, groupnorm_per_channel
 
 RNG = np.random.default_rng(3)
 
@@ -28,8 +34,14 @@ def _run(model: onnx.ModelProto, feeds: Dict[str, np.ndarray]) -> Dict[str, np.n
     for n in model.graph.node:
         a = [v[x] for x in n.input]
         at = {x.name: helper.get_attribute_value(x) for x in n.attribute}
-        if n.op_type == "Reshape":
-            r = a[0].reshape([int(k) for k in a[1]])
+        if n.op_type == "Constant":
+            r = numpy_helper.to_array(at["value"])
+        elif n.op_type == "Identity":
+            r = a[0]
+        elif n.op_type == "Shape":
+            r = np.array(a[0].shape, np.int64)
+        elif n.op_type == "Reshape":  # ONNX's 0 copies the input's dimension
+            r = a[0].reshape([a[0].shape[i] if int(k) == 0 else int(k) for i, k in enumerate(a[1])])
         elif n.op_type == "Transpose":
             r = a[0].transpose(at["perm"])
         elif n.op_type == "MatMul":
@@ -40,9 +52,11 @@ def _run(model: onnx.ModelProto, feeds: Dict[str, np.ndarray]) -> Dict[str, np.n
             r = a[0] + a[1]
         elif n.op_type == "Softmax":
             r = _softmax(a[0])
-        elif n.op_type == "InstanceNormalization":
-            m, s = a[0].mean(-1, keepdims=True), a[0].var(-1, keepdims=True)
-            r = (a[0] - m) / np.sqrt(s + at.get("epsilon", 1e-5)) * a[1][None, :, None] + a[2][None, :, None]
+        elif n.op_type == "InstanceNormalization":  # over every axis after the channel's
+            ax = tuple(range(2, a[0].ndim))
+            sh = (1, -1) + (1,) * (a[0].ndim - 2)
+            m, s = a[0].mean(ax, keepdims=True), a[0].var(ax, keepdims=True)
+            r = (a[0] - m) / np.sqrt(s + at.get("epsilon", 1e-5)) * a[1].reshape(sh) + a[2].reshape(sh)
         elif n.op_type == "BatchNormalization":
             sh = (1, -1) + (1,) * (a[0].ndim - 2)
             r = (a[0] - a[3].reshape(sh)) / np.sqrt(a[4].reshape(sh) + at["epsilon"]) * a[1].reshape(sh) \
@@ -54,7 +68,7 @@ def _run(model: onnx.ModelProto, feeds: Dict[str, np.ndarray]) -> Dict[str, np.n
             r = o.transpose(0, 2, 1, 3).reshape(o.shape[0], o.shape[2], -1)
         else:
             raise AssertionError(n.op_type)
-        v[n.output[0]] = r.astype(np.float32)
+        v[n.output[0]] = r if r.dtype == np.int64 else r.astype(np.float32)
     return {o.name: v[o.name] for o in model.graph.output}
 
 
@@ -67,12 +81,12 @@ def _vi(name: str, shape: List[int]):
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def _groupnorm(extra_reader: bool = False) -> onnx.ModelProto:
-    """GroupNorm(4 groups) of [1, 8, 3, 3] as torch exports it, then its affine; optionally the Mul's output is
+def _groupnorm(extra_reader: bool = False, groups: int = 4) -> onnx.ModelProto:
+    """GroupNorm(groups) of [1, 8, 3, 3] as torch exports it, then its affine; optionally the Mul's output is
     read a second time (the Mul must then stay)."""
     c = 8
-    inits = {"g_shape": np.array([1, 4, -1], np.int64), "ones": np.ones(4, np.float32),
-             "zeros": np.zeros(4, np.float32), "back": np.array([1, c, 3, 3], np.int64),
+    inits = {"g_shape": np.array([1, groups, -1], np.int64), "ones": np.ones(groups, np.float32),
+             "zeros": np.zeros(groups, np.float32), "back": np.array([1, c, 3, 3], np.int64),
              "gamma": RNG.standard_normal((c, 1, 1)).astype(np.float32),
              "beta": RNG.standard_normal((c, 1, 1)).astype(np.float32)}
     nodes = [helper.make_node("Reshape", ["x", "g_shape"], ["r"]),
@@ -102,6 +116,76 @@ def test_groupnorm_affine_read_twice_is_left():
     model = _groupnorm(extra_reader=True)
     assert affine_to_batchnorm(model) == 0
     assert [n.op_type for n in model.graph.node][-2:] == ["Mul", "Add"]
+
+
+class _TwoNorms(torch.nn.Module):
+    """A GroupNorm with one channel per group (the small preset's autoencoder at its finest resolutions), then
+    one with two channels per group, each with a non-trivial affine."""
+
+    def __init__(self):
+        super().__init__()
+        self.per_channel, self.grouped = torch.nn.GroupNorm(8, 8, eps=1e-6), torch.nn.GroupNorm(4, 8)
+        for gn in (self.per_channel, self.grouped):
+            torch.nn.init.normal_(gn.weight)
+            torch.nn.init.normal_(gn.bias)
+
+    def forward(self, x):
+        return self.grouped(self.per_channel(x) * 2.0)
+
+
+def test_groupnorm_per_channel_becomes_instancenorm(tmp_path):
+    torch.manual_seed(0)
+    net = _TwoNorms().eval()
+    path = str(tmp_path / "norms.onnx")
+    export_graph(net, (torch.randn(1, 8, 5, 6),), ["x"], ["y"], path)  # dynamic batch, as the VAE graphs are
+    model = onnx.load(path)
+    before = [n.op_type for n in model.graph.node]
+    assert before.count("InstanceNormalization") == 2 and "Shape" in before
+    assert groupnorm_per_channel(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("InstanceNormalization") == 2
+    # nine operators become one: the two Reshapes, the norm, the Mul, the Add, the first Reshape's target, the
+    # ones and zeros, and the Shape that was the second Reshape's target
+    assert len(ops) == len(before) - 8, ops
+    assert ops[0] == "InstanceNormalization" and model.graph.node[0].input[0] == "x"
+    onnx.checker.check_model(model)
+    x = torch.randn(3, 8, 5, 6)  # another batch than the export's
+    with torch.no_grad():
+        want = net(x).numpy()
+    np.testing.assert_allclose(_run(model, {"x": x.numpy()})["y"], want, rtol=1e-4, atol=1e-4)
+    assert groupnorm_per_channel(model) == 0  # nothing left to rewrite
+
+
+def test_export_stage_rewrites_the_file(tmp_path):
+    """fuse_groupnorms, as the export stage runs it on the VAE graphs: the file is rewritten once."""
+    torch.manual_seed(1)
+    path = str(tmp_path / "vae.onnx")
+    export_graph(_TwoNorms().eval(), (torch.randn(1, 8, 4, 4),), ["x"], ["y"], path)
+    before = len(onnx.load(path).graph.node)
+    assert fuse_groupnorms(path) == 1
+    after = onnx.load(path)
+    assert len(after.graph.node) == before - 8
+    onnx.checker.check_model(after)
+    mtime = os.path.getmtime(path)
+    assert fuse_groupnorms(path) == 0 and os.path.getmtime(path) == mtime  # unchanged files are not rewritten
+
+
+@pytest.mark.parametrize("extra_reader", [False, True])
+def test_groupnorm_with_groups_of_channels_is_left(extra_reader):
+    model = _groupnorm(extra_reader=extra_reader)  # 4 groups of 2 channels
+    ops = [n.op_type for n in model.graph.node]
+    assert groupnorm_per_channel(model) == 0
+    assert [n.op_type for n in model.graph.node] == ops
+
+
+def test_groupnorm_per_channel_read_twice_is_left():
+    plain = _groupnorm(groups=8)
+    x = RNG.standard_normal((1, 8, 3, 3)).astype(np.float32)
+    want = _run(plain, {"x": x})["y"]
+    assert groupnorm_per_channel(plain) == 1
+    assert [n.op_type for n in plain.graph.node] == ["InstanceNormalization"]
+    np.testing.assert_allclose(_run(plain, {"x": x})["y"], want, rtol=1e-5, atol=1e-5)
+    assert groupnorm_per_channel(_groupnorm(groups=8, extra_reader=True)) == 0
 
 
 def _attention(h: int = 2, d: int = 4, s: int = 6, tokens: int = 5, const_kv: bool = False,

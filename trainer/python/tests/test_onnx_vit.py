@@ -36,10 +36,12 @@ def test_dino_graph_runs_in_onnx_torch(opset):
 
 
 def test_every_case_runs_and_covers_the_vit_ops():
-    """The ORT comparison's cases all run here, and between them use every op of an exported ViT."""
+    """The ORT comparison's cases all run here (but those whose expected outputs torch computes itself), and
+    between them use every op of an exported ViT."""
     ops = set()
     for c in cases():
-        OnnxModule(c.model).eval()(torch.from_numpy(c.x.copy()))
+        if c.want is None:
+            OnnxModule(c.model).eval()(torch.from_numpy(c.x.copy()))
         ops |= {n.op_type for n in c.model.graph.node}
     assert {"Erf", "Pow", "ReduceMean", "Slice", "Softmax", "Sqrt", "LayerNormalization", "MatMul", "Transpose",
             "Reshape", "Concat", "Gather", "Expand", "Unsqueeze", "Squeeze", "Div", "Sub", "Where",

@@ -1,7 +1,7 @@
 """An untrained bundle of a preset, for `make bench` (issue 14): speed does not depend on the weights.
 
     python3 -m vlmdiff_train.bench_bundle --preset small --out DIR [--features-onnx F.onnx --layers a,b,c]
-        [--static-batches 1,2,4] [--static-time inputs|conv_bias|none] [--no-fuse]
+        [--static-batches 1,2,4] [--static-time inputs|conv_bias|none] [--no-fuse] [--no-fuse-vae]
 
 writes DIR/bundle (the bundle) and DIR/model.pt (the model file the PyTorch reference scorer rebuilds the same
 networks from), so `vlmdiff bench --reference DIR/model.pt` compares the Go pipeline with PyTorch on the same
@@ -14,7 +14,7 @@ value does not change the cost. Features: the ONNX backbone given (the preset's 
 --static-time picks how the static graphs take the timestep (export.export_static_denoisers): "none" keeps t as
 their input (the bundle as before the time graph), "inputs" (the default) and "conv_bias" take the outputs of
 the time graph, for A/B runs of that lever. --no-fuse leaves out onnx_fuse's operator fusions (the static graphs
-as before them).
+as before them), --no-fuse-vae its GroupNorm rewrite in the autoencoder's graphs.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _random_features_onnx(path: str, size: int) -> List[Tuple[str, float]]:
 def build_bench_bundle(out: str, preset: str = "small", features_onnx: Optional[str] = None,
                        layers: Optional[Sequence[Tuple[str, float]]] = None,
                        static_batches: Sequence[int] = (1, 2, 4), static_time: str = "inputs",
-                       fuse: bool = True) -> dict:
+                       fuse: bool = True, fuse_vae: bool = True) -> dict:
     """Writes out/bundle and out/model.pt; returns their paths."""
     from . import presets
     from .export import export_bundle
@@ -77,7 +77,7 @@ def build_bench_bundle(out: str, preset: str = "small", features_onnx: Optional[
                   description=f"untrained {p.name} preset for vlmdiff bench (scores mean nothing)",
                   provenance={"preset": p.name, "dataset": "none (untrained)"},
                   denoiser_static_batches=static_batches, static_time=static_time,
-                  fuse_static=fuse, overwrite=True)
+                  fuse_static=fuse, fuse_vae=fuse_vae, overwrite=True)
     model = os.path.join(out, "model.pt")
     save_reference_weights(model, builder, Nets(vae=nets.vae, denoiser=nets.denoiser, features=None,
                                                 hint=HintOf(nets.denoiser)), features_kind="onnx")
@@ -93,12 +93,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--static-batches", default="1,2,4", help='comma-separated; "" for none')
     ap.add_argument("--static-time", default="inputs", choices=("inputs", "conv_bias", "none"))
     ap.add_argument("--no-fuse", action="store_true", help="no onnx_fuse fusions in the static graphs")
+    ap.add_argument("--no-fuse-vae", action="store_true", help="no onnx_fuse.groupnorm_per_channel in the VAE graphs")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     layers = [(n, 1.0) for n in a.layers.split(",")] if a.layers else None
     static = [int(v) for v in a.static_batches.split(",") if v.strip()]
     try:
-        res = build_bench_bundle(a.out, a.preset, a.features_onnx, layers, static, a.static_time, not a.no_fuse)
+        res = build_bench_bundle(a.out, a.preset, a.features_onnx, layers, static, a.static_time, not a.no_fuse,
+                                 not a.no_fuse_vae)
     except (RuntimeError, ValueError) as e:
         print(f"bench_bundle: {e}", file=sys.stderr)
         return 1

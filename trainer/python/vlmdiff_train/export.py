@@ -222,6 +222,25 @@ def export_graph(module: torch.nn.Module, args: Tuple[torch.Tensor, ...], in_nam
         raise RuntimeError(f"onnx checker on {path}: {e}") from e
 
 
+def fuse_groupnorms(path: str) -> int:
+    """onnx_fuse.groupnorm_per_channel on an exported graph file, rewritten in place when it changed anything;
+    returns how many GroupNorms became one InstanceNormalization each. The bundle's probes, computed with torch,
+    check the rewritten graph through ONNX Runtime whenever the bundle is opened."""
+    from .onnx_fuse import groupnorm_per_channel
+
+    if os.path.exists(path + ".data"):  # graphs over 2 GB (sd15's UNet) are not the ones this is for
+        return 0
+    model = onnx.load(path)
+    before = len(model.graph.node)
+    n = groupnorm_per_channel(model)
+    if n:
+        onnx.checker.check_model(model)
+        onnx.save(model, path)
+        log.info("%s: %d GroupNorms with one channel per group made InstanceNormalizations (%d -> %d operators)",
+                 os.path.basename(path), n, before, len(model.graph.node))
+    return n
+
+
 def default_static_batches(denoiser: torch.nn.Module, ensemble: int = 1) -> Tuple[int, ...]:
     """The denoiser rows of 1, 2 and 4 frames (each frame is `ensemble` rows, one per start noise) for a denoiser
     under 256 M parameters (each static graph is a copy of its weights); none for larger ones (sd15's 5.3 GB
@@ -364,7 +383,8 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
                   calibration: Optional[dict] = None, default_key: str = "", unconditional_key: str = "",
                   created: Optional[str] = None, probe_dir: Optional[str] = None, probe_seed: int = 1234,
                   denoiser_static_batches: Sequence[int] = (), fold_static: bool = True,
-                  static_time: str = "inputs", fuse_static: bool = True, overwrite: bool = False) -> dict:
+                  static_time: str = "inputs", fuse_static: bool = True, fuse_vae: bool = True,
+                  overwrite: bool = False) -> dict:
     """Exports the networks into a bundle directory and returns the manifest written.
 
     conditioning: (key, prompt, array [tokens, dim]) per entry; it must contain the unconditional key.
@@ -375,6 +395,7 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
     static_time: how the static graphs take the timestep (export_static_denoisers): "inputs" or "conv_bias"
     (a time graph, graphs.denoiser.time, computes the t-only tensors once per timestep) or "none" (t as input).
     fuse_static: the operator fusions of onnx_fuse on the static graphs (off only for A/B runs).
+    fuse_vae: onnx_fuse.groupnorm_per_channel on the autoencoder's graphs (off only for A/B runs).
     """
     if os.path.exists(os.path.join(out_dir, "bundle.json")) and not overwrite:
         raise RuntimeError(f"bundle directory {out_dir} already holds a bundle (overwrite not requested)")
@@ -412,6 +433,8 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
     def add(role: str, module, ins1: Dict[str, torch.Tensor], ins2: Dict[str, torch.Tensor], out_names: List[str]):
         fname = f"{role}.onnx"
         export_graph(module, tuple(ins1.values()), list(ins1), out_names, os.path.join(out_dir, fname))
+        if fuse_vae and role in ("vae_encoder", "vae_decoder"):
+            fuse_groupnorms(os.path.join(out_dir, fname))
         outs1 = run(module, ins1, out_names)
         graphs[role] = {"file": fname, "inputs": [_spec(n, t) for n, t in ins1.items()],
                         "outputs": [_spec(n, t) for n, t in outs1.items()]}

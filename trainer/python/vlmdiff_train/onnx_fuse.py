@@ -1,8 +1,8 @@
-"""Fewer operators per denoiser step: two rewrites of a static-shape ONNX graph that ONNX Runtime's CPU
-optimiser does not do itself (issue 14).
+"""Fewer operators per denoiser step and per autoencoder run: rewrites of exported ONNX graphs that ONNX
+Runtime's CPU optimiser does not do itself (issue 14).
 
 A small-preset denoiser step is about a thousand operators of a few microseconds each, so every operator removed
-is time saved ten times a frame. Both rewrites compute the same values up to float32 rounding:
+is time saved ten times a frame. Each rewrite computes the same values up to float32 rounding:
 
 - ``affine_to_batchnorm``: a GroupNorm exports as Reshape, InstanceNormalization, Reshape, then its per-channel
   affine as a Mul by gamma and an Add of beta. The Mul and the Add become one BatchNormalization with scale
@@ -14,11 +14,17 @@ is time saved ten times a frame. Both rewrites compute the same values up to flo
   CUDA providers) on the 2-D q, k and v. A cross-attention's keys and values are constants of the baked-in
   context (onnx_fold folded their projections); they are stored in the operator's [batch, tokens, hidden]
   layout instead.
+- ``groupnorm_per_channel``: a GroupNorm with one channel per group (the small preset's autoencoder has 8
+  channels in 8 groups at its two finest resolutions) is an InstanceNormalization of the tensor as it is, and
+  InstanceNormalization carries a per-channel scale and bias: the two Reshapes, the normalisation, the Mul and
+  the Add become one operator, and the dynamic-batch graph's shape computation for the second Reshape goes with
+  them. It needs no static shapes, so the export stage runs it on the autoencoder's graphs, where the Mul and
+  the Add were full passes over 256 x 256 tensors.
 
 Measured on the small bench bundle's batch-1 step (ONNX Runtime 1.30, one thread, 7 interleaved rounds of 100
-runs): 2.016 ms before, 1.940 with the first, 1.884 with both (docs/operations.md, "Tuning scoring speed").
-Only the exact patterns are rewritten; anything else (a scale applied to q before the MatMul, a mask, a
-tensor used twice) is left as it is.
+runs): 2.016 ms before, 1.940 with the first, 1.884 with the first two (docs/operations.md, "Tuning scoring
+speed"); the third, on the autoencoder, 1.5-2 ms a frame. Only the exact patterns are rewritten; anything else
+(a scale applied to q before the MatMul, a mask, a tensor used twice) is left as it is.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from onnx import helper, numpy_helper
 
 from .onnx_affine import per_channel, replace_nodes
 
-__all__ = ["affine_to_batchnorm", "fuse_attention", "MS_DOMAIN"]
+__all__ = ["affine_to_batchnorm", "fuse_attention", "groupnorm_per_channel", "MS_DOMAIN"]
 
 MS_DOMAIN = "com.microsoft"
 
@@ -111,6 +117,102 @@ def affine_to_batchnorm(model: onnx.ModelProto) -> int:
         replace[id(add)] = bn
     if replace:
         replace_nodes(model, drop, replace, new_inits)
+    return len(replace)
+
+
+def _constants(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
+    """Every value of the graph that is a constant: initializers, Constant nodes' tensors and what an Identity
+    passes on of either (torch's exporter reads a parameter shared by several layers through Identity nodes)."""
+    g = model.graph
+    c: Dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant":
+            t = _attr(n, "value")
+            if t is not None:
+                c[n.output[0]] = numpy_helper.to_array(t)
+        elif n.op_type == "Identity" and n.input[0] in c:
+            c[n.output[0]] = c[n.input[0]]
+    return c
+
+
+def _remove_dead(model: onnx.ModelProto) -> None:
+    """Removes the nodes none of whose outputs anything reads, repeatedly, and the initializers nothing reads."""
+    g = model.graph
+    outs = {o.name for o in g.output}
+    keep = list(g.node)
+    while True:
+        used = {x for n in keep for x in n.input} | outs
+        alive = [n for n in keep if any(o in used for o in n.output)]
+        if len(alive) == len(keep):
+            break
+        keep = alive
+    if len(keep) != len(g.node):
+        del g.node[:]
+        g.node.extend(keep)
+    replace_nodes(model, set(), {}, [])
+
+
+def _restores(gr: _Graph, consts: Dict[str, np.ndarray], target: str, x: str, channels: int) -> bool:
+    """Whether a Reshape to target gives back x's [N, C, H, W] shape: Shape(x) in a dynamic-batch graph, a
+    constant naming C channels in a static one."""
+    t = consts.get(target)
+    if t is not None:
+        return t.ndim == 1 and len(t) == 4 and t[1] == channels
+    p = gr.producer.get(target)
+    return p is not None and p.op_type == "Shape" and p.input[0] == x and not p.attribute
+
+
+def groupnorm_per_channel(model: onnx.ModelProto) -> int:
+    """Rewrites Reshape -> InstanceNormalization(ones, zeros) -> Reshape -> Mul(gamma) -> Add(beta), a GroupNorm
+    with as many groups as channels, as InstanceNormalization(x, gamma, beta), in place; returns how many.
+
+    The statistics are the same: with one channel per group, a group's values are one channel's H x W values,
+    which is what InstanceNormalization of the 4-D tensor normalises over. The group count is the length of the
+    normalisation's scale, the channel count that of gamma; a GroupNorm with fewer groups than channels, an
+    intermediate tensor read elsewhere, constants that are not ones and zeros, or Reshapes to other shapes than
+    [N, groups, -1] and back are left as they are. Works on dynamic-batch graphs (the Reshape back may take
+    Shape(x) as its target); the shape computations only the removed Reshapes read are removed too."""
+    gr = _Graph(model)
+    consts = _constants(model)
+    drop: set = set()
+    replace: Dict[int, onnx.NodeProto] = {}
+    new_inits: List[onnx.TensorProto] = []
+    for norm in model.graph.node:
+        if norm.op_type != "InstanceNormalization" or len(norm.input) != 3:
+            continue
+        front = gr.made_by(norm.input[0], "Reshape")
+        ones, zeros = consts.get(norm.input[1]), consts.get(norm.input[2])
+        if front is None or ones is None or zeros is None or ones.ndim != 1 or ones.shape != zeros.shape \
+                or ones.size < 2 or not np.all(ones == 1) or not np.all(zeros == 0):
+            continue
+        groups, x = ones.size, front.input[0]
+        into = consts.get(front.input[1])  # torch: [0, groups, -1]
+        if into is None or into.shape != (3,) or into[1] != groups:
+            continue
+        back = gr.only_consumer(norm.output[0], "Reshape")
+        if back is None or not _restores(gr, consts, back.input[1], x, groups):
+            continue
+        mul = gr.only_consumer(back.output[0], "Mul")
+        add = gr.only_consumer(mul.output[0], "Add") if mul is not None else None
+        if add is None:
+            continue
+        g_raw = consts.get(mul.input[1 if mul.input[0] == back.output[0] else 0])
+        b_raw = consts.get(add.input[1 if add.input[0] == mul.output[0] else 0])
+        if g_raw is None or b_raw is None or g_raw.size != groups or b_raw.size != groups:
+            continue  # a scalar gamma or beta says nothing about the channel count
+        gamma, beta = per_channel(g_raw, groups), per_channel(b_raw, groups)
+        if gamma is None or beta is None:  # not [C, 1, 1]-shaped against an NCHW tensor
+            continue
+        base = add.output[0] + ".in"
+        new_inits += [numpy_helper.from_array(np.ascontiguousarray(gamma, np.float32), base + ".scale"),
+                      numpy_helper.from_array(np.ascontiguousarray(beta, np.float32), base + ".bias")]
+        eps = _attr(norm, "epsilon", 1e-5)
+        replace[id(add)] = helper.make_node("InstanceNormalization", [x, base + ".scale", base + ".bias"],
+                                            [add.output[0]], epsilon=float(eps), name=(norm.name or base) + "/per_channel")
+        drop.update({id(front), id(norm), id(back), id(mul)})
+    if replace:
+        replace_nodes(model, drop, replace, new_inits)
+        _remove_dead(model)
     return len(replace)
 
 
