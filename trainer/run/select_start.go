@@ -88,11 +88,11 @@ func (t *Training) recipeBundle(ctx context.Context, sc *StageContext, items []d
 // selectStart weighs the diffusion step each frame's reconstruction starts from (select.start_steps) on the
 // recipe chosen before it: it exports that bundle once (recipeBundle), and for each step writes it into the
 // bundle (below the schedule's last, SDEdit-style: only the DDIM steps at or below it run), measures the map
-// reference and the terms' weights as calibrate would, and scores the painted set. Why: from the last step (the paper's) the reconstruction redraws everything the hint
-// does not carry, a stochastic texture included, and the feature distance reads the redrawn grain as anomaly; a
-// lower start keeps more of the frame (its texture, and also more of a defect) and runs fewer steps. Which wins
-// depends on the material. The export's own step stays unless another leads it by select.min_gain. It returns the
-// chosen step and the table's path.
+// reference and the terms' weights as calibrate would, and scores the painted set. Why: from the last step (the
+// paper's) the reconstruction redraws everything the hint does not carry, a stochastic texture included, and the
+// feature distance reads the redrawn grain as anomaly; a lower start keeps more of the frame (its texture, and
+// also more of a defect) and runs fewer steps. Which wins depends on the material. The export's own step stays
+// unless another leads it by select.min_gain. It returns the chosen step and the table's path.
 func (t *Training) selectStart(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, r mapRecipe) (int, string, error) {
 	c := t.Config
 	work := filepath.Join(dir, "start")
