@@ -34,10 +34,16 @@ const DefaultKnnBank = 1024
 // at random from every position of the class's normals. The coreset's cost is bank x candidates x dims.
 const knnCandidatesPerVector = 32
 
+// MaxKnnFactor bounds the nearest-normal term's factor. It is wider than the mean-frame term's bound: where the
+// reconstruction cannot redraw a material (a part placed anew on a stochastic background) the term is the
+// map's only signal, and the select stage chose the old bound of 4 there, the top of its list (session 26). At
+// 16 the term's spread is sixteen times the reconstruction's: nearly the term alone, PatchCore's map.
+const MaxKnnFactor = 16
+
 // CheckKnnFactor checks a nearest-normal term factor (calibrate.knn_factor, select.knn_factors).
 func CheckKnnFactor(a float64) error {
-	if !(a >= 0 && a <= MaxPixelFactor) {
-		return fmt.Errorf("nearest-normal term factor %v: want 0 (off) to %d", a, MaxPixelFactor)
+	if !(a >= 0 && a <= MaxKnnFactor) {
+		return fmt.Errorf("nearest-normal term factor %v: want 0 (off) to %d", a, MaxKnnFactor)
 	}
 	return nil
 }

@@ -482,8 +482,13 @@ func TestKnnBundleErrors(t *testing.T) {
 	if err := SetKnnFactor(plain, 1); err == nil || !strings.Contains(err.Error(), "no nearest-normal term") {
 		t.Errorf("a factor without banks: error %v", err)
 	}
-	if err := SetKnnFactor(b, 9); err == nil || !strings.Contains(err.Error(), "factor") {
-		t.Errorf("factor 9: error %v", err)
+	for _, bad := range []float64{-1, MaxKnnFactor + 1, math.NaN(), math.Inf(1)} {
+		if err := SetKnnFactor(b, bad); err == nil || !strings.Contains(err.Error(), "want 0 (off) to 16") {
+			t.Errorf("factor %v: error %v", bad, err)
+		}
+	}
+	if err := SetKnnFactor(b, MaxKnnFactor); err != nil {
+		t.Errorf("factor %v, the largest: %v", MaxKnnFactor, err)
 	}
 	m, err = models.ReadManifest(b)
 	if err != nil {

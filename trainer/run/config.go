@@ -490,7 +490,7 @@ func (c *Config) validateKnn(bad func(field, format string, args ...any)) {
 	kf := c.Select.KnnFactors
 	for i, a := range kf {
 		if eval.CheckKnnFactor(a) != nil || (i > 0 && a <= kf[i-1]) {
-			bad("select.knn_factors", "%v: want increasing factors in 0..%d", kf, eval.MaxPixelFactor)
+			bad("select.knn_factors", "%v: want increasing factors in 0..%d", kf, eval.MaxKnnFactor)
 			break
 		}
 	}

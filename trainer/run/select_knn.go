@@ -135,7 +135,7 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 	} else {
 		fmt.Fprintf(sc.Progress, "[select] nearest-normal term: factor %g (%s)\n", ch.Factor, why)
 	}
-	fmt.Fprint(sc.Progress, gridEdgeNote("select.knn_factors", factors, at[topScore(res)][0], eval.MaxPixelFactor, false))
+	fmt.Fprint(sc.Progress, gridEdgeNote("select.knn_factors", factors, at[topScore(res)][0], eval.MaxKnnFactor, false))
 	return ch, nil
 }
 

@@ -167,6 +167,7 @@ func TestSelectConfigChecked(t *testing.T) {
 		{"select:\n  layer_weights: [0, 1]\n  pixel_factors: [0, 8]\n", "select.pixel_factors"},
 		{"select:\n  knn_factors: [0, 1]\n", "calibrate.knn.backbone_onnx: is required"},
 		{"select:\n  knn_factors: [1, 0]\n" + knnYAML, "select.knn_factors"},
+		{"select:\n  knn_factors: [0, 4, 32]\n" + knnYAML, "select.knn_factors: [0 4 32]: want increasing factors in 0..16"},
 		{"select:\n  knn_isolated: [0, 0.1]\n" + knnYAML, "select.knn_isolated: is weighed with the nearest-normal term's factors"},
 		{"select:\n  knn_factors: [0, 1]\n  knn_isolated: [0.1, 0]\n" + knnYAML, "select.knn_isolated"},
 		{"select:\n  knn_factors: [0, 1]\n  knn_isolated: [0, 0.7]\n" + knnYAML, "select.knn_isolated"},
