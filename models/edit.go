@@ -3,11 +3,12 @@ package models
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/vlmdiff/edge/internal/fsutil"
 )
 
 // CopyBundle copies every file of a bundle into dst (created if needed).
@@ -24,35 +25,11 @@ func CopyBundle(src, dst string) error {
 		names = append(names, n)
 	}
 	for _, n := range names {
-		if err := copyFile(filepath.Join(src, n), filepath.Join(dst, n)); err != nil {
+		if err := fsutil.CopyFile(filepath.Join(src, n), filepath.Join(dst, n)); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // FeatureSwap describes a feature backbone to put into a bundle.
@@ -141,11 +118,11 @@ const featuresFile = "features.onnx"
 func writeSwapped(src, dir string, m *Manifest, fs FeatureSwap, graph GraphSpec) error {
 	delete(m.Files, m.Graphs[RoleFeatures].File)
 	for name := range m.Files {
-		if err := copyFile(filepath.Join(src, name), filepath.Join(dir, name)); err != nil {
+		if err := fsutil.CopyFile(filepath.Join(src, name), filepath.Join(dir, name)); err != nil {
 			return err
 		}
 	}
-	if err := copyFile(fs.Graph, filepath.Join(dir, featuresFile)); err != nil {
+	if err := fsutil.CopyFile(fs.Graph, filepath.Join(dir, featuresFile)); err != nil {
 		return err
 	}
 	m.Graphs[RoleFeatures] = graph

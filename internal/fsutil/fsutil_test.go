@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -56,6 +57,34 @@ func TestWriteFileAtomicNamesAMissingDirectory(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "no", "such", "f")
 	if err := WriteFileAtomic(p, []byte("x"), 0o644); err == nil || !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("error %v, want a not-exist error", err)
+	}
+}
+
+// TestCopyFile: the copy creates its directory, replaces an older dst, and a missing source is named.
+func TestCopyFile(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "denoiser.onnx")
+	if err := os.WriteFile(src, []byte("graph bytes"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(dir, "copy", "sub", "denoiser.onnx")
+	for _, old := range []string{"", "an older, longer content than the source"} {
+		if old != "" {
+			if err := os.WriteFile(dst, []byte(old), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := CopyFile(src, dst); err != nil {
+			t.Fatalf("copy over %q: %v", old, err)
+		}
+		if got, err := os.ReadFile(dst); err != nil || string(got) != "graph bytes" {
+			t.Fatalf("copy over %q: read %q, %v", old, got, err)
+		}
+	}
+	missing := filepath.Join(dir, "nope.onnx")
+	err := CopyFile(missing, filepath.Join(dir, "x"))
+	if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("error %v, want a not-exist error naming %s", err, missing)
 	}
 }
 
