@@ -59,6 +59,9 @@ func TestTrainContractRandomFeatures(t *testing.T) {
 	modelsDir := filepath.Join(work, "models")
 	cfgPath := filepath.Join(work, "contract.yaml")
 	cfg := run.TinyTestConfig(data, feat, "[[layer1, 1.0], [layer2, 0.5]]", modelsDir, 2, 2)
+	// No static-shape denoisers: they were most of this test's five minutes, and TestTrainTinyEndToEnd exports,
+	// checks and scores them.
+	cfg = strings.Replace(cfg, "export:\n", "export:\n  extra:\n    denoiser_static_batches: []\n", 1)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -98,6 +98,8 @@ export:
   feature_layers: [[tokens, 1.0]]
   posterior: mean
   ddim_steps: 4
+  extra:
+    denoiser_static_batches: [] # as the real sd15 exports (no static copies of a 5.3 GB denoiser)
 calibrate:
   method: quantile:0.99
 evaluate:

@@ -453,13 +453,17 @@ func (t *Training) selectValData(ctx context.Context, sc *StageContext, items []
 }
 
 // exportCandidate exports one candidate into work/bundle, without parity probes (the export stage checks the
-// bundle that ships). ensemble > 0 exports it with that many start noises per frame and layers, when set, with
-// those feature layers, instead of the export config's. The caller removes work.
+// bundle that ships) and without static-shape denoisers: those are the dynamic graph's function with shapes
+// fixed, faster per frame but most of an export's time, and a candidate is scored on a few dozen images (the tiny
+// end-to-end test's select stage took 41m00s with them, 10m22s without, sessions 30-31). ensemble > 0 exports it
+// with that many start noises per frame and layers, when set, with those feature layers, instead of the export
+// config's. The caller removes work.
 func (t *Training) exportCandidate(ctx context.Context, sc *StageContext, cand candidate, work string, ensemble int, layers [][2]any) (string, error) {
 	m := t.exportConfig(sc)
 	bundle := filepath.Join(work, "bundle")
 	m["model"], m["out"], m["run_dir"] = cand.Model, bundle, work
 	delete(m, "probes")
+	m["denoiser_static_batches"] = []int{}
 	if ensemble > 0 {
 		m["ensemble"] = ensemble
 	}
