@@ -7,12 +7,28 @@ BIN := bin/vlmdiff
 PY := /usr/bin/python3
 export ONNXRUNTIME_LIB ?= $(CURDIR)/.deps/lib/libonnxruntime.so
 
-.PHONY: all deps build demo demo-bundle test test-go test-py vet fmt bench bench-overhead fuzz soak memory clean
+.PHONY: all deps deps-torch test-torch build demo demo-bundle test test-go test-py vet fmt bench bench-overhead fuzz soak memory clean
 
 all: build
 
 deps:
 	@./.ci/deps.sh
+
+# Opt-in: `make deps` plus PyTorch 2.15 from PyPI in .deps/torch (CUDA build, about 5.6 GB), for
+# `vlmdiff train --python .deps/torch/bin/python` and `make test-torch` (docs/training.md, "Which PyTorch").
+deps-torch:
+	@VLMDIFF_TORCH=pypi ./.ci/deps.sh
+
+# The tests that run PyTorch, under .deps/torch's interpreter instead of Debian's: the trainer's pytest suite, the
+# parity tests, the Go-to-Python contract test and the sd15-mini training (every end-to-end training with
+# TORCH_TESTS=all).
+TORCH_PY := $(CURDIR)/.deps/torch/bin/python
+test-torch: deps-torch build
+	cd trainer/python && $(TORCH_PY) -m pytest -q -p no:cacheprovider
+	VLMDIFF_TEST_PYTHON=$(TORCH_PY) $(GO) test -count=1 ./pipeline ./trainer/ortcheck ./trainer/eval
+	VLMDIFF_TEST_PYTHON=$(TORCH_PY) $(GO) test -count=1 -run 'BenchReference' ./agent/cli
+	VLMDIFF_TEST_PYTHON=$(TORCH_PY) $(GO) test -count=1 -timeout 60m \
+		$(if $(filter all,$(TORCH_TESTS)),,-run 'Contract|SD15Mini|Schema|Constants') ./trainer/run
 
 # The version `vlmdiff version` and the vlmdiff_build_info metric report.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)

@@ -8,6 +8,7 @@
 #   - ONNX Runtime's Python package with its quantiser (onnx, sympy) from PyPI into the venv .deps/py
 #     (`vlmdiff quantize` and its tests; Debian packages none of them)
 #   - playwright-core from npm into .deps/node (drives chromium in the dashboard test)
+#   - opt-in, VLMDIFF_TORCH=pypi (`make deps-torch`): PyTorch 2.15 from PyPI into the venv .deps/torch (below)
 # Set VLMDIFF_DEPS=minimal to skip the training/test-only packages (a line machine that only runs the daemon).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +58,22 @@ if [ "${VLMDIFF_DEPS:-full}" != minimal ] && [ "$(cat "$ROOT/.deps/py/.requireme
   # shellcheck disable=SC2086
   "$ROOT/.deps/py/bin/pip" install -q --disable-pip-version-check $py_reqs
   echo "$py_reqs" > "$ROOT/.deps/py/.requirements"
+fi
+
+# Opt-in (VLMDIFF_TORCH=pypi, `make deps-torch`): PyTorch from PyPI with the trainer's other modules, pinned, in
+# the venv .deps/torch, for `vlmdiff train --python .deps/torch/bin/python` and VLMDIFF_TEST_PYTHON. PyPI's Linux
+# wheel is the CUDA build, so the venv holds CUDA's libraries too (about 5.6 GB): it trains on a GPU (`device:
+# cuda`) and on the CPU, where its denoiser stage ran 1.6-1.9x faster than Debian's 1.13 (docs/training.md, "Which
+# PyTorch"). Rebuilt when the pins change.
+torch_reqs="torch==2.15.0 numpy==2.4.6 scipy==1.17.1 pillow==13.0.0 onnx==1.23.2 regex==2026.11.19 pytest==9.2.0"
+if [ "${VLMDIFF_TORCH:-}" = pypi ] && [ "$(cat "$ROOT/.deps/torch/.requirements" 2>/dev/null)" != "$torch_reqs" ]; then
+  echo "deps: installing $torch_reqs into .deps/torch (PyPI, about 5.6 GB with CUDA's libraries)"
+  rm -rf "$ROOT/.deps/torch"
+  /usr/bin/python3 -m venv "$ROOT/.deps/torch"
+  # shellcheck disable=SC2086
+  "$ROOT/.deps/torch/bin/pip" install -q --disable-pip-version-check $torch_reqs
+  "$ROOT/.deps/torch/bin/python" -c "import torch, onnx, scipy, PIL, regex; print('deps: torch', torch.__version__, 'in .deps/torch')"
+  echo "$torch_reqs" > "$ROOT/.deps/torch/.requirements"
 fi
 
 if [ "${VLMDIFF_DEPS:-full}" != minimal ] && [ ! -d "$ROOT/.deps/node/node_modules/playwright-core" ]; then

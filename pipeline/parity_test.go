@@ -17,25 +17,20 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/vlmdiff/edge/internal/testpython"
 	"github.com/vlmdiff/edge/models"
 )
 
 const (
 	fixtureBundle  = "../models/testdata/fixture"
 	fixtureWeights = "../models/testdata/fixture-src/fixture.pt"
-	python         = "/usr/bin/python3"
 )
 
 // needTorch skips when PyTorch is missing, except in CI, where the test command installs it and its absence
 // is a failure.
 func needTorch(t *testing.T) {
 	t.Helper()
-	if err := exec.Command(python, "-c", "import torch, scipy, PIL").Run(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI: %s cannot import torch/scipy/PIL (make deps installs them): %v", python, err)
-		}
-		t.Skipf("%s cannot import torch/scipy/PIL: %v", python, err)
-	}
+	testpython.Need(t, "torch", "scipy", "PIL")
 }
 
 func initRuntime(t testing.TB) {
@@ -189,7 +184,7 @@ func TestParityWithPyTorchReference(t *testing.T) {
 			if c.class != "" {
 				args = append(args, "--class", c.class)
 			}
-			cmd := exec.Command(python, args...)
+			cmd := exec.Command(testpython.Path(), args...)
 			cmd.Env = append(os.Environ(), "PYTHONPATH=../trainer/python")
 			if b, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("reference scorer: %v\n%s", err, b)
@@ -244,7 +239,7 @@ func TestExportProbes(t *testing.T) {
 	needTorch(t)
 	dir := t.TempDir()
 	bundle, probes := filepath.Join(dir, "bundle"), filepath.Join(dir, "probes")
-	cmd := exec.Command(python, "-m", "vlmdiff_train", "fixture", "--out", bundle, "--weights", filepath.Join(dir, "w.pt"), "--probes", probes)
+	cmd := exec.Command(testpython.Path(), "-m", "vlmdiff_train", "fixture", "--out", bundle, "--weights", filepath.Join(dir, "w.pt"), "--probes", probes)
 	cmd.Env = append(os.Environ(), "PYTHONPATH=../trainer/python")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("fixture export: %v\n%s", err, b)

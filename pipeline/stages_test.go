@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/vlmdiff/edge/internal/testpython"
 	"github.com/vlmdiff/edge/models"
 )
 
@@ -203,8 +204,8 @@ func pythonStages(t *testing.T) (*stageIn, *stageOut) {
 	t.Helper()
 	in := stageInputs()
 	stageRefOnce.Do(func() {
-		if err := exec.Command(python, "-c", "import torch, scipy, PIL").Run(); err != nil {
-			stageRefErr = fmt.Errorf("%w: %s cannot import torch/scipy/PIL: %v", errNoTorch, python, err)
+		if err := exec.Command(testpython.Path(), "-c", "import torch, scipy, PIL").Run(); err != nil {
+			stageRefErr = fmt.Errorf("%w: %s cannot import torch/scipy/PIL: %v", errNoTorch, testpython.Path(), err)
 			return
 		}
 		dir, err := os.MkdirTemp("", "stage-refs")
@@ -218,7 +219,7 @@ func pythonStages(t *testing.T) (*stageIn, *stageOut) {
 		if stageRefErr = os.WriteFile(inPath, b, 0o644); stageRefErr != nil {
 			return
 		}
-		cmd := exec.Command(python, "testdata/stage_refs.py", inPath, outPath)
+		cmd := exec.Command(testpython.Path(), "testdata/stage_refs.py", inPath, outPath)
 		cmd.Env = append(os.Environ(), "PYTHONPATH=../trainer/python")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			stageRefErr = fmt.Errorf("stage_refs.py: %v\n%s", err, out)

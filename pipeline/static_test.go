@@ -9,6 +9,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/vlmdiff/edge/internal/testpython"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline/floor"
 )
@@ -110,7 +111,7 @@ func TestStaticDenoiserWithoutTimeGraph(t *testing.T) {
 	initRuntime(t)
 	dir := filepath.Join(t.TempDir(), "bundle")
 	copyDir(t, fixtureBundle, dir)
-	cmd := exec.Command(python, "testdata/static_no_time.py", dir, fixtureWeights, dir)
+	cmd := exec.Command(testpython.Path(), "testdata/static_no_time.py", dir, fixtureWeights, dir)
 	cmd.Env = append(os.Environ(), "PYTHONPATH=../trainer/python")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("static_no_time.py: %v\n%s", err, out)

@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/vlmdiff/edge/internal/testpython"
 	"github.com/vlmdiff/edge/models"
 )
 
@@ -187,14 +187,9 @@ func TestBenchFloorTable(t *testing.T) {
 // interleaved with the pipeline, and reports both p50s and their ratio; --ab-dynamic does the same for the
 // scorer without its static-shape denoisers.
 func TestBenchReference(t *testing.T) {
-	if err := exec.Command("/usr/bin/python3", "-c", "import torch, scipy, PIL").Run(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI: /usr/bin/python3 cannot import torch: %v", err)
-		}
-		t.Skipf("no torch: %v", err)
-	}
+	python := testpython.Need(t, "torch", "scipy", "PIL")
 	rep := benchJSON(t, "--batches", "1", "--frames", "1", "--reference", "../../models/testdata/fixture-src/fixture.pt",
-		"--rounds", "1", "--ab-dynamic")
+		"--rounds", "1", "--ab-dynamic", "--python", python)
 	if ab := rep.AB; ab == nil || ab.Rounds != 1 || ab.Frames != 4 || !(ab.StaticP50MS > 0) || !(ab.DynamicP50MS > 0) ||
 		math.Abs(ab.Speedup-ab.DynamicP50MS/ab.StaticP50MS) > 1e-9 {
 		t.Errorf("A/B %+v", ab)

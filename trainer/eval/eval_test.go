@@ -17,6 +17,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vlmdiff/edge/internal/testpython"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
@@ -169,7 +170,7 @@ func TestComputeCalibrationRules(t *testing.T) {
 }
 
 func TestReadMaskMatchesPIL(t *testing.T) {
-	py := "/usr/bin/python3"
+	py := testpython.Path()
 	if err := exec.Command(py, "-c", "import PIL, numpy").Run(); err != nil {
 		t.Skipf("python3 with PIL and numpy not available: %v", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vlmdiff/edge/internal/testpython"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/ortcheck"
 )
@@ -15,18 +16,13 @@ import (
 // and runs each through ONNX Runtime: every operator a torch-exported ViT uses, in each opset variant the spec
 // distinguishes, and the project's DINO module exported at opsets 14-17.
 func TestOnnxTorchMatchesOnnxRuntime(t *testing.T) {
-	if err := exec.Command("/usr/bin/python3", "-c", "import torch, onnx").Run(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI is set but /usr/bin/python3 cannot import torch and onnx: %v", err)
-		}
-		t.Skipf("/usr/bin/python3 cannot import torch and onnx: %v", err)
-	}
+	python := testpython.Need(t, "torch", "onnx")
 	if err := pipeline.InitRuntime(""); err != nil {
 		t.Skipf("ONNX Runtime: %v", err)
 	}
 	dir := t.TempDir()
 	script, _ := filepath.Abs("../python/tests/onnx_op_cases.py")
-	out, err := exec.Command("/usr/bin/python3", script, dir).CombinedOutput()
+	out, err := exec.Command(python, script, dir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("writing the cases: %v\n%s", err, out)
 	}
@@ -60,15 +56,16 @@ func TestOnnxTorchMatchesOnnxRuntime(t *testing.T) {
 
 // TestRunRejectsAWrongRecording shows the comparison can fail: a case whose recorded output was altered.
 func TestRunRejectsAWrongRecording(t *testing.T) {
-	if err := exec.Command("/usr/bin/python3", "-c", "import torch, onnx").Run(); err != nil {
-		t.Skipf("/usr/bin/python3 cannot import torch and onnx: %v", err)
+	python := testpython.Path()
+	if err := exec.Command(python, "-c", "import torch, onnx").Run(); err != nil {
+		t.Skipf("%s cannot import torch and onnx: %v", python, err)
 	}
 	if err := pipeline.InitRuntime(""); err != nil {
 		t.Skipf("ONNX Runtime: %v", err)
 	}
 	dir := t.TempDir()
 	script, _ := filepath.Abs("../python/tests/onnx_op_cases.py")
-	if out, err := exec.Command("/usr/bin/python3", script, dir).CombinedOutput(); err != nil {
+	if out, err := exec.Command(python, script, dir).CombinedOutput(); err != nil {
 		t.Fatalf("writing the cases: %v\n%s", err, out)
 	}
 	cases, err := ortcheck.Load(dir)

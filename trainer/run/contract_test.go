@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/vlmdiff/edge/agent/cli"
+	"github.com/vlmdiff/edge/internal/testpython"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/trainer/eval"
 	"github.com/vlmdiff/edge/trainer/run"
@@ -38,18 +39,13 @@ func TestTrainContractRandomFeatures(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs every training stage (a minute or two)")
 	}
-	if err := exec.Command("/usr/bin/python3", "-c", "import torch, onnx").Run(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI is set but /usr/bin/python3 cannot import torch and onnx: %v", err)
-		}
-		t.Skipf("/usr/bin/python3 cannot import torch and onnx: %v", err)
-	}
+	python := testpython.Need(t, "torch", "onnx")
 	trainerDir, _ := filepath.Abs("../python")
 	t.Setenv("VLMDIFF_TRAINER", trainerDir)
 
 	work := t.TempDir()
 	feat := filepath.Join(work, "random_features.onnx")
-	cmd := exec.Command("/usr/bin/python3", "-c", randomFeaturesScript, feat, "11", "64")
+	cmd := exec.Command(python, "-c", randomFeaturesScript, feat, "11", "64")
 	cmd.Env = append(os.Environ(), "PYTHONPATH="+trainerDir)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("generating the random feature graph: %v\n%s", err, out)
@@ -67,7 +63,7 @@ func TestTrainContractRandomFeatures(t *testing.T) {
 	}
 	runDir := filepath.Join(work, "run")
 	var out, errb bytes.Buffer
-	code := cli.Main(context.Background(), []string{"train", "--config", cfgPath, "--run-dir", runDir, "--threads", "2", "--providers", "cpu"}, &out, &errb)
+	code := cli.Main(context.Background(), []string{"train", "--config", cfgPath, "--run-dir", runDir, "--threads", "2", "--providers", "cpu", "--python", python}, &out, &errb)
 	t.Logf("vlmdiff train output:\n%s\nstderr:\n%s", out.String(), errb.String())
 	if code != 0 {
 		for _, s := range []string{"finetune-ae", "build", "train", "export"} {

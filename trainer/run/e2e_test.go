@@ -19,6 +19,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vlmdiff/edge/internal/testpython"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/cli"
@@ -277,7 +278,7 @@ torch.save(m.decoder.state_dict(), sys.argv[1] + "/tiny_decoder.pth")`
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command("/usr/bin/python3", "-c", script, dir)
+		cmd := exec.Command(testpython.Path(), "-c", script, dir)
 		cmd.Env = append(os.Environ(), "PYTHONPATH="+os.Getenv("VLMDIFF_TRAINER"))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("writing tiny taef files: %v\n%s", err, out)
@@ -294,12 +295,7 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 	if testing.Short() {
 		t.Skip("trains a model (minutes)")
 	}
-	if err := exec.Command("/usr/bin/python3", "-c", "import torch, onnx").Run(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI is set but /usr/bin/python3 cannot import torch and onnx: %v", err)
-		}
-		t.Skipf("/usr/bin/python3 cannot import torch and onnx: %v", err)
-	}
+	python := testpython.Need(t, "torch", "onnx")
 	feat := backbone(t)
 	trainerDir, _ := filepath.Abs("../python")
 	t.Setenv("VLMDIFF_TRAINER", trainerDir)
@@ -332,7 +328,7 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 	runDir := filepath.Join(work, "run")
 	train := func() string {
 		var out, errb bytes.Buffer
-		code := cli.Main(context.Background(), []string{"train", "--config", cfgPath, "--run-dir", runDir, "--threads", "2", "--providers", "cpu"}, &out, &errb)
+		code := cli.Main(context.Background(), []string{"train", "--config", cfgPath, "--run-dir", runDir, "--threads", "2", "--providers", "cpu", "--python", python}, &out, &errb)
 		t.Logf("vlmdiff train output:\n%s\nstderr:\n%s", out.String(), errb.String())
 		if code != 0 {
 			for _, s := range []string{"finetune-ae", "build", "train", "export"} {

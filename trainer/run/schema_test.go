@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vlmdiff/edge/internal/testpython"
 	"github.com/vlmdiff/edge/models"
 )
 
@@ -73,13 +74,7 @@ type pythonSchema struct {
 // loadPythonSchema runs `python3 -m vlmdiff_train schema`, or skips the test when python3 cannot import torch.
 func loadPythonSchema(t *testing.T) pythonSchema {
 	t.Helper()
-	const py = "/usr/bin/python3"
-	if err := exec.Command(py, "-c", "import torch").Run(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI is set but %s cannot import torch: %v", py, err)
-		}
-		t.Skipf("%s cannot import torch: %v", py, err)
-	}
+	py := testpython.Need(t, "torch")
 	trainer, _ := filepath.Abs("../python")
 	cmd := exec.Command(py, "-m", "vlmdiff_train", "schema")
 	cmd.Env = append(os.Environ(), "PYTHONPATH="+trainer)

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/vlmdiff/edge/agent/cli"
+	"github.com/vlmdiff/edge/internal/testpython"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 )
@@ -32,22 +33,17 @@ func TestTrainSD15MiniEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("trains a model (minutes)")
 	}
-	if err := exec.Command("/usr/bin/python3", "-c", "import torch, onnx").Run(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI is set but /usr/bin/python3 cannot import torch and onnx: %v", err)
-		}
-		t.Skipf("/usr/bin/python3 cannot import torch and onnx: %v", err)
-	}
+	python := testpython.Need(t, "torch", "onnx")
 	trainerDir, _ := filepath.Abs("../python")
 	t.Setenv("VLMDIFF_TRAINER", trainerDir)
 	py := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command("/usr/bin/python3", args...)
+		cmd := exec.Command(python, args...)
 		cmd.Env = append(os.Environ(), "PYTHONPATH="+trainerDir)
 		var out, errb bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &errb
 		if err := cmd.Run(); err != nil {
-			t.Fatalf("python3 %v: %v\n%s", args, err, errb.String())
+			t.Fatalf("%s %v: %v\n%s", python, args, err, errb.String())
 		}
 		return out.String()
 	}
@@ -113,7 +109,7 @@ register:
 	}
 	runDir := filepath.Join(work, "run")
 	var out, errb bytes.Buffer
-	code := cli.Main(context.Background(), []string{"train", "--config", cfgPath, "--run-dir", runDir, "--threads", "2", "--providers", "cpu"}, &out, &errb)
+	code := cli.Main(context.Background(), []string{"train", "--config", cfgPath, "--run-dir", runDir, "--threads", "2", "--providers", "cpu", "--python", python}, &out, &errb)
 	if code != 0 {
 		t.Logf("stdout:\n%s\nstderr:\n%s", out.String(), errb.String())
 		for _, s := range []string{"finetune-ae", "build", "train", "export", "calibrate", "evaluate"} {

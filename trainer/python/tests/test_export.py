@@ -185,7 +185,7 @@ def test_onnx_torch_matches_torch(tmp_path):
     p = tmp_path / "b.onnx"
     x = torch.randn(2, 3, 33, 40)
     torch.onnx.export(net, (x,), str(p), input_names=["input"], output_names=["feat", "logits"], opset_version=13,
-                      dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}})
+                      dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}}, **E.TRACING_EXPORT)
     ops = {n.op_type for n in onnx.load(str(p)).graph.node}
     assert {"Conv", "BatchNormalization", "Relu", "Clip", "MaxPool", "Add", "Gemm"} <= ops, ops
     m = OnnxModule.load(str(p)).eval()
