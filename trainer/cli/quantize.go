@@ -41,7 +41,7 @@ type quantReport struct {
 }
 
 func runQuantize(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("quantize", "--bundle SRC --data DIR --out DST [--frames 32] [--method percentile|minmax]", stderr)
+	fs := NewFlagSet("quantize", "--bundle SRC --data DIR --out DST [--frames 32] [--method percentile|minmax] [--weight-bits 7|8]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -49,6 +49,7 @@ func runQuantize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	out := fs.String("out", "", "directory of the new bundle (required; may be --bundle itself to replace it)")
 	frames := fs.Int("frames", 32, "training normals (spread over the classes) whose frames and reconstructions calibrate the int8 ranges")
 	method := fs.String("method", "percentile", "activation ranges: percentile (the 99.999th percentile of each activation's values) or minmax (their whole range)")
+	weightBits := fs.Int("weight-bits", 7, "weight range: 7 ([-64, 64]: no saturation on any x86 CPU) or 8 (full int8: saturates on CPUs without VNNI; for lines whose CPUs all have it)")
 	python := fs.String("python", "", "Python with onnxruntime's quantiser (default: $"+EnvQuantPython+", then .deps/py/bin/python of the checkout)")
 	trainerDir := fs.String("trainer-dir", "", "directory holding the vlmdiff_train package (default $"+run.EnvTrainer+", then found from the binary)")
 	if err := Parse(fs, args); err != nil {
@@ -66,6 +67,9 @@ func runQuantize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	case "minmax", "percentile":
 	default:
 		return fmt.Errorf("--method %q: want percentile or minmax", *method)
+	}
+	if *weightBits != 7 && *weightBits != 8 {
+		return fmt.Errorf("--weight-bits %d: want 7 or 8", *weightBits)
 	}
 	m, err := models.ReadManifest(sf.Bundle)
 	if err != nil {
@@ -105,8 +109,8 @@ func runQuantize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	graph := filepath.Join(sf.Bundle, m.Graphs[models.RoleFeatures].File)
 	int8Graph := filepath.Join(tmp, "features.int8.onnx")
-	fmt.Fprintf(stderr, "quantizing %s on %d inputs (%d frames and their reconstructions; %s ranges)\n", graph, n, len(calib), *method)
-	rep, err := runQuantizer(ctx, py, td, graph, calibPath, m.Features.Input, int8Graph, *method, df.batch)
+	fmt.Fprintf(stderr, "quantizing %s on %d inputs (%d frames and their reconstructions; %s ranges, %d-bit weights)\n", graph, n, len(calib), *method, *weightBits)
+	rep, err := runQuantizer(ctx, py, td, graph, calibPath, m.Features.Input, int8Graph, *method, df.batch, *weightBits)
 	if err != nil {
 		return err
 	}
@@ -116,7 +120,7 @@ func runQuantize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "ok: %s %s written to %s (features int8, calibrated on %d inputs, %s ranges)\n", nm.Name, nm.Version, *out, n, *method)
+	fmt.Fprintf(stdout, "ok: %s %s written to %s (features int8, %d-bit weights, calibrated on %d inputs, %s ranges)\n", nm.Name, nm.Version, *out, *weightBits, n, *method)
 	// how far the int8 features are from the float ones on the calibration inputs, for the layers the map uses
 	fmt.Fprintf(stdout, "%-16s %10s %12s %12s\n", "layer", "rel L2", "mean 1-cos", "max 1-cos")
 	for _, l := range m.Features.Layers {
@@ -214,9 +218,10 @@ func writeFeatureInputs(ctx context.Context, sf scoreFlags, items []dataset.Item
 
 // runQuantizer runs vlmdiff_train.quantize_features and returns its report. Its stderr is passed through so a
 // failure names its cause.
-func runQuantizer(ctx context.Context, py, trainerDir, graph, calib, input, out, method string, batch int) (*quantReport, error) {
+func runQuantizer(ctx context.Context, py, trainerDir, graph, calib, input, out, method string, batch, weightBits int) (*quantReport, error) {
 	cmd := run.Python{Exe: py, TrainerDir: trainerDir}.Module(ctx, "vlmdiff_train.quantize_features", "--graph", graph,
-		"--calib", calib, "--input", input, "--out", out, "--method", method, "--batch", fmt.Sprint(max(batch, 1)))
+		"--calib", calib, "--input", input, "--out", out, "--method", method, "--batch", fmt.Sprint(max(batch, 1)),
+		"--weight-bits", fmt.Sprint(weightBits))
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	if err := cmd.Run(); err != nil {

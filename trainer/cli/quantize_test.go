@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -66,6 +67,23 @@ func TestQuantizeFeatures(t *testing.T) {
 	if !bytes.Contains(graph, []byte("QuantizeLinear")) || !bytes.Contains(graph, []byte("DequantizeLinear")) {
 		t.Error("the new feature graph has no QuantizeLinear/DequantizeLinear nodes")
 	}
+	// 7-bit weights by default: every int8 weight in [-64, 64], so CPUs without VNNI do not saturate.
+	rangeScript := `import sys, onnx, numpy as np
+from onnx import numpy_helper
+m = onnx.load(sys.argv[1])
+ws = [numpy_helper.to_array(t) for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.dims and len(t.dims) > 1]
+print(len(ws), min(int(w.min()) for w in ws), max(int(w.max()) for w in ws))`
+	if b, err := exec.Command(py, "-c", rangeScript, filepath.Join(out, m.Graphs[models.RoleFeatures].File)).CombinedOutput(); err != nil {
+		t.Errorf("reading the int8 weights: %v\n%s", err, b)
+	} else if f := strings.Fields(string(b)); len(f) != 3 || f[0] == "0" {
+		t.Errorf("int8 weight tensors (count, min, max) = %q: want some, all within [-64, 64]", strings.TrimSpace(string(b)))
+	} else {
+		lo, _ := strconv.Atoi(f[1])
+		hi, _ := strconv.Atoi(f[2])
+		if lo < -64 || hi > 64 {
+			t.Errorf("int8 weights span [%d, %d]: want 7-bit weights within [-64, 64]", lo, hi)
+		}
+	}
 	if after, _ := os.ReadFile(filepath.Join(bundle, models.ManifestFile)); !bytes.Equal(after, srcManifest) {
 		t.Error("the source bundle's manifest changed")
 	}
@@ -94,13 +112,18 @@ func TestQuantizeFeatures(t *testing.T) {
 		if err != nil || got[0].Err != nil {
 			t.Fatal(err, got[0].Err)
 		}
-		if r := correlation(want[0].Map, got[0].Map); !(r > 0.9) {
+		r := correlation(want[0].Map, got[0].Map)
+		t.Logf("%s: the int8 map correlates %.4f with the float map", rel, r)
+		if !(r > 0.9) {
 			t.Errorf("%s: the int8 map correlates %.3f with the float map, want > 0.9", rel, r)
 		}
 	}
 
 	if code, _, stderr := cliRun("quantize", "--bundle", out, "--data", data, "--out", filepath.Join(dir, "again"), "--val-fraction", "0"); code == 0 || !strings.Contains(stderr, "already int8") {
 		t.Errorf("quantizing an int8 bundle: exit %d, stderr %q, want a refusal", code, stderr)
+	}
+	if code, _, stderr := cliRun(append(args[:len(args):len(args)], "--out", filepath.Join(dir, "y"), "--weight-bits", "6")...); code == 0 || !strings.Contains(stderr, "--weight-bits 6") {
+		t.Errorf("--weight-bits 6: exit %d, stderr %q, want a refusal naming it", code, stderr)
 	}
 	missing := filepath.Join(dir, "no-python")
 	if code, _, stderr := cliRun(append(args[:len(args):len(args)], "--out", filepath.Join(dir, "x"), "--python", missing)...); code == 0 || !strings.Contains(stderr, missing) {

@@ -26,6 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 METHODS = ("percentile", "minmax")
+WEIGHT_BITS = (7, 8)
 
 
 def load_calibration(path: str) -> np.ndarray:
@@ -43,8 +44,18 @@ def batches(data: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield data[i : i + size]
 
 
-def quantize(graph: str, out: str, data: np.ndarray, input_name: str, method: str, batch: int) -> None:
-    """Write the int8 QDQ copy of graph to out, calibrated on data."""
+def quantize(graph: str, out: str, data: np.ndarray, input_name: str, method: str, batch: int,
+             weight_bits: int = 7) -> None:
+    """Write the int8 QDQ copy of graph to out, calibrated on data.
+
+    weight_bits 7 quantises the weights to [-64, 64] (onnxruntime's reduce_range). On x86 CPUs without VNNI
+    (AVX2 only, AVX-512 without VNNI) ONNX Runtime multiplies uint8 activations by int8 weights with
+    VPMADDUBSW, which adds two products into a saturating int16: 255 x 127 x 2 overflows it, 255 x 64 x 2 does
+    not. A bundle is quantised on one machine and scored on others, so 7 bits is the default; 8 is for lines
+    whose CPUs all have VNNI (docs/operations.md, "Reduced precision").
+    """
+    if weight_bits not in WEIGHT_BITS:
+        raise ValueError(f"weight_bits {weight_bits}: want one of {WEIGHT_BITS}")
     from onnxruntime.quantization import (  # imported here: the module must import without onnxruntime
         CalibrationDataReader,
         CalibrationMethod,
@@ -81,7 +92,8 @@ def quantize(graph: str, out: str, data: np.ndarray, input_name: str, method: st
         # (CalibStridedMinMax, which despite its name strides any calibrator), it folds each batch into its
         # ranges or percentile histograms and keeps one batch's tensors.
         quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=methods[method],
+                        weight_type=QuantType.QInt8, per_channel=True, reduce_range=weight_bits == 7,
+                        calibrate_method=methods[method],
                         extra_options={"CalibStridedMinMax": 1})
 
 
@@ -125,17 +137,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="where to write the int8 graph")
     ap.add_argument("--method", choices=METHODS, default="percentile", help="how activation ranges are calibrated")
     ap.add_argument("--batch", type=int, default=4, help="calibration inputs per run")
+    ap.add_argument("--weight-bits", type=int, choices=WEIGHT_BITS, default=7,
+                    help="7: weights in [-64, 64], no saturation on any x86 CPU; 8: full int8, for CPUs with VNNI only")
     args = ap.parse_args(argv)
     if args.batch < 1:
         ap.error("--batch must be >= 1")
     try:
         data = load_calibration(args.calib)
-        quantize(args.graph, args.out, data, args.input, args.method, args.batch)
+        quantize(args.graph, args.out, data, args.input, args.method, args.batch, args.weight_bits)
         errors = compare(args.graph, args.out, data, args.input, args.batch)
     except (ValueError, OSError) as e:
         print(f"quantize_features: {e}", file=sys.stderr)
         return 1
     print(json.dumps({"event": "done", "calibration_inputs": int(data.shape[0]), "method": args.method,
+                      "weight_bits": args.weight_bits,
                       "outputs": errors}), flush=True)
     return 0
 
