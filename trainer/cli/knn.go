@@ -31,7 +31,7 @@ func (k *knnFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.backbone, "knn-backbone", "", "ONNX feature backbone of the nearest-normal term (e.g. mobilenetv2_fp32_features.onnx): builds the term, anew when the bundle has one")
 	fs.StringVar(&k.layers, "knn-layers", "", "its layers, finest first, comma-separated (e.g. block2,block5)")
 	fs.IntVar(&k.dims, "knn-dims", 0, "values per vector (0: every channel of the layers)")
-	fs.IntVar(&k.bank, "knn-bank", eval.DefaultKnnBank, "vectors per class in the bank")
+	fs.IntVar(&k.bank, "knn-bank", 0, fmt.Sprintf("vectors per class in the bank (0: %d, or the fewest positions a class has when that is less)", eval.DefaultKnnBank))
 	fs.StringVar(&k.sampling, "knn-sampling", eval.KnnCoreset, "how the bank is drawn from the training positions: coreset (greedy k-center) or random")
 	fs.Float64Var(&k.isolated, "knn-isolated", 0, "drop this fraction of the training positions first, those farthest from every other training image (a missed defect in one normal), before drawing the bank (0 to 0.5)")
 	fs.StringVar(&k.python, "python", "/usr/bin/python3", "the Python that builds the knn graph (with torch and onnx)")

@@ -9,8 +9,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
+	"sync"
 
 	"github.com/vlmdiff/edge/internal/fsutil"
 	"github.com/vlmdiff/edge/models"
@@ -26,9 +28,14 @@ const (
 	KnnSourcesFile = "map_knn_sources.u64"
 )
 
-// DefaultKnnBank is the vectors per class bank: about 0.8% of the positions of PIPED's 32 training normals a
-// class at 256 px (the study's best bank was 1%, docs/algorithm.md §1.9), and 0.23 GMAC a frame with 56 values.
-const DefaultKnnBank = 1024
+// DefaultKnnBank is the vectors per class bank when none is given (KnnDraw.Size 0): about 3% of the positions
+// of 33 training normals a class at 256 px, and 0.94 GMAC a frame with 56 values. Measured in session 34 on the
+// noisy-background part (docs/algorithm.md §1.9, "Bank size"): on a painted set of 180 images 1024 / 2048 /
+// 4096 / 8192 vectors scored 86.38 / 87.16 / 87.57 / 87.31 (mean of I-AUROC, P-AUROC and AU-PRO), so 4096 leads
+// the old default of 1024 by more than select.min_gain and 8192 does not lead it; the knn stage costs about
+// 16 ms more a frame than with 1024 on the 2-core AVX2 machine. Where a class has fewer positions than that
+// (few or small normals), the default bank is the fewest any class has.
+const DefaultKnnBank = 4096
 
 // knnCandidatesPerVector bounds the vectors the greedy coreset chooses from: this many per bank vector, drawn
 // at random from every position of the class's normals. The coreset's cost is bank x candidates x dims.
@@ -63,17 +70,13 @@ type KnnSpec struct {
 	Isolated float64
 }
 
-// draw returns how spec's banks are drawn (its bank size defaulted).
+// draw returns how spec's banks are drawn.
 func (spec KnnSpec) draw() KnnDraw {
-	size := spec.Bank
-	if size == 0 {
-		size = DefaultKnnBank
-	}
-	return KnnDraw{Size: size, Sampling: spec.Sampling, Isolated: spec.Isolated}
+	return KnnDraw{Size: spec.Bank, Sampling: spec.Sampling, Isolated: spec.Isolated}
 }
 
-// KnnDraw is how BuildKnnBanks draws each class's bank: Size vectors, by Sampling, after dropping the Isolated
-// fraction of candidates.
+// KnnDraw is how BuildKnnBanks draws each class's bank: Size vectors (0: DefaultKnnBank, or the fewest
+// positions any class has when that is less), by Sampling, after dropping the Isolated fraction of candidates.
 type KnnDraw struct {
 	Size     int
 	Sampling string
@@ -137,6 +140,10 @@ type knnPool struct {
 // class's remaining candidates.
 func BuildKnnBanks(ctx context.Context, graphPath string, m *models.Manifest, normal []dataset.Item, d KnnDraw, opt pipeline.Options, source string) (*KnnBanks, error) {
 	size, sampling := d.Size, d.Sampling
+	fit := size == 0 // the default: as large as DefaultKnnBank, as small as the smallest class needs
+	if fit {
+		size = DefaultKnnBank
+	}
 	if err := CheckKnnSampling(sampling); err != nil {
 		return nil, err
 	}
@@ -189,24 +196,31 @@ func BuildKnnBanks(ctx context.Context, graphPath string, m *models.Manifest, no
 	if classes[0] == "" { // items without a class: their bank is the global one
 		kb.Classes = classes
 	}
-	for _, c := range kb.Classes {
-		p := all
+	bankPools := make([]*knnPool, len(kb.Classes))
+	for i, c := range kb.Classes {
+		bankPools[i] = all
 		if c != "" {
-			p = pools[c]
+			bankPools[i] = pools[c]
 		}
-		if err := ctx.Err(); err != nil {
+	}
+	if size, err = bankSize(size, fit, kb.Classes, bankPools); err != nil {
+		return nil, err
+	}
+	kb.Size = size
+	idxs := make([][]int, len(kb.Classes))
+	for i := range kb.Classes {
+		if sampling == KnnRandom { // drawn in class order from the one seeded source
+			idxs[i] = rng.Perm(len(bankPools[i].src))[:size]
+			sort.Ints(idxs[i])
+		}
+	}
+	if sampling != KnnRandom {
+		if err := coresets(ctx, bankPools, kb.Dims, size, idxs); err != nil {
 			return nil, err
 		}
-		if len(p.src) < size {
-			return nil, fmt.Errorf("nearest-normal banks: class %q has %d positions, fewer than the bank's %d", c, len(p.src), size)
-		}
-		var idx []int
-		if sampling == KnnRandom {
-			idx = rng.Perm(len(p.src))[:size]
-			sort.Ints(idx)
-		} else {
-			idx = coreset(p.vecs, kb.Dims, size)
-		}
+	}
+	for i, idx := range idxs {
+		p := bankPools[i]
 		row, src := make([]float32, 0, size*kb.Dims), make([]uint64, 0, size)
 		for _, j := range idx {
 			row = append(row, p.vecs[j*kb.Dims:(j+1)*kb.Dims]...)
@@ -215,6 +229,47 @@ func BuildKnnBanks(ctx context.Context, graphPath string, m *models.Manifest, no
 		kb.Rows, kb.Sources, kb.Images = append(kb.Rows, row), append(kb.Sources, src), append(kb.Images, p.n)
 	}
 	return kb, nil
+}
+
+// bankSize is the vectors each bank holds: size, or with fit (no size given) size but no more than the fewest
+// positions any class's pool has, so that a class of few or small normals gets a smaller bank instead of an
+// error. A size given that some class cannot fill is an error naming the class.
+func bankSize(size int, fit bool, classes []string, pools []*knnPool) (int, error) {
+	for i, c := range classes {
+		n := len(pools[i].src)
+		if fit {
+			size = min(size, n)
+		} else if n < size {
+			return 0, fmt.Errorf("nearest-normal banks: class %q has %d positions, fewer than the bank's %d", c, n, size)
+		}
+	}
+	if size < 1 {
+		return 0, errors.New("nearest-normal banks: a class has no positions")
+	}
+	return size, nil
+}
+
+// coresets fills idx[i] with the coreset of size vectors of pools[i], the classes side by side on the CPUs:
+// each coreset is deterministic and independent of the others, and with the default bank one takes tens of
+// seconds on one core (bank x candidates x dims = 4096 x 131072 x 56).
+func coresets(ctx context.Context, pools []*knnPool, dims, size int, idx [][]int) error {
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range min(runtime.GOMAXPROCS(0), len(pools)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				idx[i] = coreset(ctx, pools[i].vecs, dims, size)
+			}
+		}()
+	}
+	for i := range pools {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return ctx.Err()
 }
 
 // knnCandidates runs a class's normals through the graph and keeps a random draw of their positions' vectors.
@@ -284,8 +339,8 @@ func subsample(p *knnPool, n, dims int, rng *rand.Rand) *knnPool {
 
 // coreset returns the indices of k of the vectors (row-major, dims each) chosen greedily: first the one farthest
 // from their mean, then each time the one farthest from every one chosen so far (k-center greedy, PatchCore's
-// coreset). Deterministic: ties go to the lowest index.
-func coreset(vecs []float32, dims, k int) []int {
+// coreset). Deterministic: ties go to the lowest index. When ctx ends it stops early (the caller reports it).
+func coreset(ctx context.Context, vecs []float32, dims, k int) []int {
 	n := len(vecs) / dims
 	mean := make([]float64, dims)
 	for j := range n {
@@ -315,6 +370,9 @@ func coreset(vecs []float32, dims, k int) []int {
 	out := make([]int, 0, k)
 	next := first
 	for len(out) < k {
+		if len(out)%256 == 255 && ctx.Err() != nil {
+			return out
+		}
 		out = append(out, next)
 		sel := vecs[next*dims : (next+1)*dims]
 		best, bestD := -1, -1.0

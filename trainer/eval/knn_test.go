@@ -90,7 +90,7 @@ func TestCoresetIsGreedyKCenter(t *testing.T) {
 			if want == nil {
 				want = greedyKCenter(c.vecs, c.dims, c.k)
 			}
-			if got := coreset(c.vecs, c.dims, c.k); !slices.Equal(got, want) {
+			if got := coreset(context.Background(), c.vecs, c.dims, c.k); !slices.Equal(got, want) {
 				t.Errorf("coreset %v, want %v", got, want)
 			}
 		})
@@ -510,5 +510,45 @@ func TestKnnBundleErrors(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(b, f)); !os.IsNotExist(err) {
 			t.Errorf("%s stays after removing the term: %v", f, err)
 		}
+	}
+}
+
+// TestKnnBankSize: without a size the bank is DefaultKnnBank vectors, or the fewest positions any class has when
+// that is less (a class of few or small normals); a size given is kept, and refused by name where a class cannot
+// fill it.
+func TestKnnBankSize(t *testing.T) {
+	pool := func(n int) *knnPool { return &knnPool{src: make([]uint64, n)} }
+	classes := []string{"", "widget", "gadget"}
+	for _, c := range []struct {
+		name    string
+		size    int
+		fit     bool
+		pools   []int
+		want    int
+		wantErr string
+	}{
+		{"default, every class larger", DefaultKnnBank, true, []int{3 * DefaultKnnBank, 2 * DefaultKnnBank, DefaultKnnBank + 1}, DefaultKnnBank, ""},
+		{"default, one small class", DefaultKnnBank, true, []int{3 * DefaultKnnBank, 2 * DefaultKnnBank, 1000}, 1000, ""},
+		{"default, the smallest wins", DefaultKnnBank, true, []int{1500, 700, 1000}, 700, ""},
+		{"given, every class larger", 512, false, []int{3000, 2000, 1000}, 512, ""},
+		{"given, one class too small", 2048, false, []int{3000, 4000, 1000}, 0, `class "gadget" has 1000 positions, fewer than the bank's 2048`},
+		{"default, a class without positions", DefaultKnnBank, true, []int{3000, 0, 1000}, 0, "no positions"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pools := make([]*knnPool, len(c.pools))
+			for i, n := range c.pools {
+				pools[i] = pool(n)
+			}
+			got, err := bankSize(c.size, c.fit, classes, pools)
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil || got != c.want {
+				t.Fatalf("bankSize = %d, %v; want %d", got, err, c.want)
+			}
+		})
 	}
 }

@@ -230,7 +230,8 @@ type CalibrateConfig struct {
 // KnnConfig builds the nearest-normal term (eval.KnnSpec): the feature backbone (an ONNX file with named
 // outputs, like export.features_onnx) and its layers, finest first; each position's vector is their
 // 3 x 3-pooled features at the first layer's resolution, averaged down to Dims values (0: all); the bank holds
-// Bank vectors per class (default eval.DefaultKnnBank), a greedy coreset of the training normals' positions.
+// Bank vectors per class (0: eval.DefaultKnnBank, or the fewest positions a class has when that is less), a
+// greedy coreset of the training normals' positions.
 type KnnConfig struct {
 	BackboneONNX string    `yaml:"backbone_onnx"`
 	Layers       []string  `yaml:"layers"`
