@@ -9,10 +9,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
-	"sync"
 
 	"github.com/vlmdiff/edge/internal/fsutil"
 	"github.com/vlmdiff/edge/models"
@@ -215,8 +213,10 @@ func BuildKnnBanks(ctx context.Context, graphPath string, m *models.Manifest, no
 		}
 	}
 	if sampling != KnnRandom {
-		if err := coresets(ctx, bankPools, kb.Dims, size, idxs); err != nil {
-			return nil, err
+		for i, p := range bankPools {
+			if idxs[i] = coreset(ctx, p.vecs, kb.Dims, size); ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
 		}
 	}
 	for i, idx := range idxs {
@@ -247,29 +247,6 @@ func bankSize(size int, fit bool, classes []string, pools []*knnPool) (int, erro
 		return 0, errors.New("nearest-normal banks: a class has no positions")
 	}
 	return size, nil
-}
-
-// coresets fills idx[i] with the coreset of size vectors of pools[i], the classes side by side on the CPUs:
-// each coreset is deterministic and independent of the others, and with the default bank one takes tens of
-// seconds on one core (bank x candidates x dims = 4096 x 131072 x 56).
-func coresets(ctx context.Context, pools []*knnPool, dims, size int, idx [][]int) error {
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for range min(runtime.GOMAXPROCS(0), len(pools)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				idx[i] = coreset(ctx, pools[i].vecs, dims, size)
-			}
-		}()
-	}
-	for i := range pools {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	return ctx.Err()
 }
 
 // knnCandidates runs a class's normals through the graph and keeps a random draw of their positions' vectors.
