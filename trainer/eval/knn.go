@@ -205,22 +205,14 @@ func BuildKnnBanks(ctx context.Context, graphPath string, m *models.Manifest, no
 		return nil, err
 	}
 	kb.Size = size
-	idxs := make([][]int, len(kb.Classes))
-	for i := range kb.Classes {
-		if sampling == KnnRandom { // drawn in class order from the one seeded source
-			idxs[i] = rng.Perm(len(bankPools[i].src))[:size]
-			sort.Ints(idxs[i])
+	for _, p := range bankPools {
+		var idx []int
+		if sampling == KnnRandom {
+			idx = rng.Perm(len(p.src))[:size]
+			sort.Ints(idx)
+		} else if idx = coreset(ctx, p.vecs, kb.Dims, size); ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
-	}
-	if sampling != KnnRandom {
-		for i, p := range bankPools {
-			if idxs[i] = coreset(ctx, p.vecs, kb.Dims, size); ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-		}
-	}
-	for i, idx := range idxs {
-		p := bankPools[i]
 		row, src := make([]float32, 0, size*kb.Dims), make([]uint64, 0, size)
 		for _, j := range idx {
 			row = append(row, p.vecs[j*kb.Dims:(j+1)*kb.Dims]...)
