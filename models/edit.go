@@ -117,6 +117,7 @@ const featuresFile = "features.onnx"
 // the new manifest, verifies the result and syncs it to disk.
 func writeSwapped(src, dir string, m *Manifest, fs FeatureSwap, graph GraphSpec) error {
 	delete(m.Files, m.Graphs[RoleFeatures].File)
+	DropKnnLayersGraph(m) // the new graph's layers are not the values the banks were built from
 	for name := range m.Files {
 		if err := fsutil.CopyFile(filepath.Join(src, name), filepath.Join(dir, name)); err != nil {
 			return err

@@ -193,3 +193,32 @@ func TestReplaceFeaturesFailureChangesNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestReplaceFeaturesDropsTheKnnLayersGraph: the nearest-normal term's layers graph is fed from the feature graph,
+// whose replacement (another network, a quantised copy) no longer gives the values its banks were built from;
+// the new bundle scores the term from the image again, with its banks and image graph kept.
+func TestReplaceFeaturesDropsTheKnnLayersGraph(t *testing.T) {
+	parent := t.TempDir()
+	src := copyInto(t, parent, "src")
+	addKnn(t, src, []string{""}, 8, 0.25, 0.5, withLayersGraph)
+	dst := filepath.Join(parent, "dst")
+	swap := FeatureSwap{Graph: filepath.Join(fixture, "features.onnx"), Input: "image",
+		Layers: []FeatureLayer{{Name: "layer1", Weight: 1}, {Name: "layer2", Weight: 1}}}
+	if _, err := ReplaceFeatures(src, dst, swap); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Load(dst)
+	if err != nil {
+		t.Fatalf("the new bundle does not load: %v", err)
+	}
+	k := b.Manifest.Map.Knn
+	if k == nil || k.LayersGraph != "" || k.Graph != "knn.onnx" {
+		t.Fatalf("map.knn %+v: want the image graph alone", k)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "knn_layers.onnx")); !os.IsNotExist(err) {
+		t.Errorf("knn_layers.onnx is still in the new bundle: %v", err)
+	}
+	if _, ok := b.Manifest.Files["knn_layers.onnx"]; ok {
+		t.Error("files still lists knn_layers.onnx")
+	}
+}

@@ -3,9 +3,11 @@ package models
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // The nearest-normal term's tensors (docs/bundle.md, "map.knn"): the knn graph takes the frame and its class's
@@ -29,6 +31,13 @@ const MaxKnnBank = 16384
 type KnnTerm struct {
 	// Graph is the knn graph's file (inputs KnnImage and KnnBank, outputs KnnFeatures and KnnDistance).
 	Graph string `json:"graph"`
+	// LayersGraph, when set, is the same graph without its backbone: it takes the frames' Layers (one input
+	// [B, C, h, w] per layer, named as the layer) and KnnBank. The bundle's feature graph computes those layers
+	// for the frame anyway, and the term was built only after checking that it gives the knn backbone's values
+	// (vlmdiff_train.knn_graph --from-layers), so the scorer feeds them on instead of running the backbone on
+	// the frame a second time. Graph stays: the banks are built with it, and it serves when the feature graph
+	// is replaced or the layers leave features.layers (DropKnnLayersGraph).
+	LayersGraph string `json:"layers_graph,omitempty"`
 	// Bank is the banks' file: raw little-endian float32 [len(Classes)][Size][Dims].
 	Bank string `json:"bank"`
 	// Sources, when set, is a file of raw little-endian uint64 [len(Classes)][Size]: for each bank vector the
@@ -61,9 +70,9 @@ func (m *Manifest) validateKnn(p *problems) {
 	if t == nil {
 		return
 	}
-	for field, f := range map[string]string{"graph": t.Graph, "bank": t.Bank, "sources": t.Sources} {
+	for field, f := range map[string]string{"graph": t.Graph, "bank": t.Bank, "sources": t.Sources, "layers_graph": t.LayersGraph} {
 		if f == "" {
-			if field != "sources" {
+			if field != "sources" && field != "layers_graph" {
 				p.bad("map.knn."+field, "is empty")
 			}
 			continue
@@ -85,6 +94,16 @@ func (m *Manifest) validateKnn(p *problems) {
 	if len(t.Images) != 0 && len(t.Images) != len(t.Classes) {
 		p.bad("map.knn.images", "has %d counts for %d classes", len(t.Images), len(t.Classes))
 	}
+	if t.LayersGraph != "" {
+		switch missing := KnnLayersMissing(m); {
+		case len(t.Layers) == 0:
+			p.bad("map.knn.layers_graph", "needs map.knn.layers, the feature graph's outputs it takes")
+		case m.Features.Tokens:
+			p.bad("map.knn.layers_graph", "takes maps [B, C, h, w]; the feature graph gives ViT tokens")
+		case len(missing) > 0:
+			p.bad("map.knn.layers_graph", "takes layers %v that are not in features.layers", missing)
+		}
+	}
 	if t.Size < 1 || t.Size > MaxKnnBank {
 		p.bad("map.knn.size", "must be 1..%d vectors, got %d", MaxKnnBank, t.Size)
 	}
@@ -103,6 +122,35 @@ func (m *Manifest) validateKnn(p *problems) {
 	if !(t.Isolated >= 0 && t.Isolated < 1) {
 		p.bad("map.knn.isolated", "must be a fraction in [0, 1), got %v", t.Isolated)
 	}
+}
+
+// KnnLayersMissing lists the layers of map.knn that features.layers lacks (none without the term).
+func KnnLayersMissing(m *Manifest) []string {
+	if m.Map.Knn == nil {
+		return nil
+	}
+	var missing []string
+	for _, l := range m.Map.Knn.Layers {
+		if !slices.ContainsFunc(m.Features.Layers, func(f FeatureLayer) bool { return f.Name == l }) {
+			missing = append(missing, l)
+		}
+	}
+	return missing
+}
+
+// DropKnnLayersGraph makes the scorer run the knn graph on the image again: after the feature graph is replaced
+// (another or a quantised one gives other values than the backbone the banks were built with) or features.layers
+// loses a layer the layers graph takes. It removes map.knn.layers_graph from m and its file from m.Files, and
+// returns the file's name for the caller to delete ("" when there was none).
+func DropKnnLayersGraph(m *Manifest) string {
+	t := m.Map.Knn
+	if t == nil || t.LayersGraph == "" {
+		return ""
+	}
+	f := t.LayersGraph
+	delete(m.Files, f)
+	t.LayersGraph = ""
+	return f
 }
 
 // verifyKnn checks the knn graph's tensors against map.knn.
@@ -124,6 +172,32 @@ func verifyKnn(dir string, m *Manifest) error {
 		matchTensors("output", []TensorSpec{f32(KnnFeatures, 0, d, h, w), f32(KnnDistance, 0, 1, h, w)}, gio.Outputs, false),
 	); err != nil {
 		return &CheckError{Check: "knn", File: t.Graph, Err: err}
+	}
+	if t.LayersGraph == "" {
+		return nil
+	}
+	lio, err := ReadGraphIO(filepath.Join(dir, t.LayersGraph))
+	if err != nil {
+		return &CheckError{Check: "knn", File: t.LayersGraph, Err: err}
+	}
+	// its inputs are the feature graph's outputs of those layers, for the frames alone
+	var ins []TensorSpec
+	for _, l := range t.Layers {
+		i := slices.IndexFunc(m.Graphs[RoleFeatures].Outputs, func(o TensorSpec) bool { return o.Name == l })
+		if i < 0 {
+			return &CheckError{Check: "knn", File: t.LayersGraph, Err: fmt.Errorf("layer %q is not an output of the feature graph", l)}
+		}
+		o := m.Graphs[RoleFeatures].Outputs[i]
+		if len(o.Shape) != 4 {
+			return &CheckError{Check: "knn", File: t.LayersGraph, Err: fmt.Errorf("layer %q has shape %v in the feature graph, want [B, C, h, w]", l, o.Shape)}
+		}
+		ins = append(ins, f32(l, 0, o.Shape[1], o.Shape[2], o.Shape[3]))
+	}
+	if err := errors.Join(
+		matchTensors("input", append(ins, f32(KnnBank, 0, 0, d)), lio.Inputs, true),
+		matchTensors("output", []TensorSpec{f32(KnnFeatures, 0, d, h, w), f32(KnnDistance, 0, 1, h, w)}, lio.Outputs, false),
+	); err != nil {
+		return &CheckError{Check: "knn", File: t.LayersGraph, Err: err}
 	}
 	return nil
 }

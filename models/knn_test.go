@@ -10,12 +10,17 @@ import (
 	"testing"
 )
 
-// addKnn copies the fixture's knn graph (models/testdata/knn) into a copied fixture with banks of size vectors of
-// 56 values per class (value v, NaN for "nan") and declares map.knn at weight w; edit changes the declaration
-// after the files are listed.
+// addKnn copies the fixture's knn graphs (models/testdata/knn: the one fed the image, and the one fed the feature
+// graph's layer1 and layer2, listed but not declared) into a copied fixture with banks of size vectors of 56
+// values per class (value v, NaN for "nan") and declares map.knn at weight w; edit changes the declaration after
+// the files are listed.
 func addKnn(t *testing.T, dir string, classes []string, size int, v float32, w float64, edit func(term, files map[string]any)) {
 	t.Helper()
 	graph, err := os.ReadFile("testdata/knn/knn.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	layersGraph, err := os.ReadFile("testdata/knn/knn_layers.onnx")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +34,7 @@ func addKnn(t *testing.T, dir string, classes []string, size int, v float32, w f
 		}
 	}
 	listed := map[string]any{}
-	for name, b := range map[string][]byte{"knn.onnx": graph, "bank.f32": bank, "src.u64": src} {
+	for name, b := range map[string][]byte{"knn.onnx": graph, "knn_layers.onnx": layersGraph, "bank.f32": bank, "src.u64": src} {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, b, 0o644); err != nil {
 			t.Fatal(err)
@@ -72,6 +77,26 @@ func TestKnnTermLoads(t *testing.T) {
 	if r, _ := b.KnnBankFor("nut"); len(r) != 8*56 { // the global bank
 		t.Fatalf("a class without a bank gets %d values", len(r))
 	}
+	// the graph fed the feature graph's layers instead of the image
+	dir = copyBundle(t)
+	addKnn(t, dir, []string{""}, 8, 0.25, 0.5, withLayersGraph)
+	if b, err = Load(dir); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Manifest.Map.Knn.LayersGraph; got != "knn_layers.onnx" {
+		t.Fatalf("layers_graph %q", got)
+	}
+	// a feature graph replaced: the layers graph goes, the image graph stays
+	m := b.Manifest
+	if f := DropKnnLayersGraph(m); f != "knn_layers.onnx" || m.Map.Knn.LayersGraph != "" || m.Files["knn_layers.onnx"] != (FileEntry{}) || m.Map.Knn.Graph != "knn.onnx" {
+		t.Fatalf("DropKnnLayersGraph: %q, term %+v", f, m.Map.Knn)
+	}
+}
+
+// withLayersGraph declares the fixture's layers graph, fed layer1 and layer2 (addKnn's edit).
+func withLayersGraph(term, _ map[string]any) {
+	term["layers_graph"] = "knn_layers.onnx"
+	term["layers"] = []any{"layer1", "layer2"}
 }
 
 func TestKnnTermRefused(t *testing.T) {
@@ -94,6 +119,20 @@ func TestKnnTermRefused(t *testing.T) {
 		{"more classes than rows", []string{""}, 0.1, func(term, _ map[string]any) { term["classes"] = []any{"", "bolt"} }, nil, "knn", "bytes"},
 		{"a NaN in a bank", []string{""}, float32(math.NaN()), nil, nil, "knn", "non-finite"},
 		{"a reference measured without the term", []string{""}, 0.1, nil, 0.0, "schema", "map.reference.knn_weight"},
+		{"a layers graph not listed", []string{""}, 0.1, func(term, files map[string]any) { withLayersGraph(term, files); delete(files, "knn_layers.onnx") }, nil, "schema", "map.knn.layers_graph"},
+		{"a layers graph without layers", []string{""}, 0.1, func(term, files map[string]any) { withLayersGraph(term, files); delete(term, "layers") }, nil, "schema", "needs map.knn.layers"},
+		{"a layers graph fed a layer the features lack", []string{""}, 0.1, func(term, files map[string]any) {
+			withLayersGraph(term, files)
+			term["layers"] = []any{"layer1", "layer3"}
+		}, nil, "schema", "[layer3] that are not in features.layers"},
+		{"the image graph as the layers graph", []string{""}, 0.1, func(term, files map[string]any) {
+			withLayersGraph(term, files)
+			term["layers_graph"] = "knn.onnx"
+		}, nil, "knn", "input"},
+		{"a layers graph fed one layer too few", []string{""}, 0.1, func(term, files map[string]any) {
+			withLayersGraph(term, files)
+			term["layers"] = []any{"layer1"}
+		}, nil, "knn", "inputs"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -52,11 +53,12 @@ func (s *Scorer) wantKnn() bool {
 
 var knnBankPool = sync.Pool{New: func() any { return new([]float32) }}
 
-// knnDistances runs the knn graph on the batch's preprocessed frames x ([B*3*H*W]), each frame with its
-// class's bank (the global one for a frame without a class). With Options.KnnLeaveOneOut a bank vector that
+// knnDistances runs the knn graph on the batch's preprocessed frames x ([B*3*H*W]), or, with the term's layers
+// graph, on the frames' layers among the feature graph's outputs feats, each frame with its class's bank (the
+// global one for a frame without a class). With Options.KnnLeaveOneOut a bank vector that
 // came from the very frame being scored (models.SourceHash) is replaced by another vector of the same bank,
 // which leaves the nearest distance that of the bank without the frame. nil when the batch does not need it.
-func (s *Scorer) knnDistances(x []float32, reqs []Request) (*knnMaps, error) {
+func (s *Scorer) knnDistances(x []float32, feats []layerOutput, reqs []Request) (*knnMaps, error) {
 	if !s.wantKnn() {
 		return nil, nil
 	}
@@ -83,17 +85,21 @@ func (s *Scorer) knnDistances(x []float32, reqs []Request) (*knnMaps, error) {
 			leaveOut(dst, src, models.SourceHash(x[i*n:(i+1)*n]), t.Dims)
 		}
 	}
-	it, err := tensor(ort.NewShape(int64(B), 3, int64(H), int64(W)), x)
+	ins, err := s.knnInputs(x, feats, B)
+	defer func() {
+		for _, v := range ins {
+			v.Destroy()
+		}
+	}()
 	if err != nil {
 		return nil, err
 	}
-	defer it.Destroy()
 	bt, err := tensor(ort.NewShape(int64(B), int64(t.Size), int64(t.Dims)), bank)
 	if err != nil {
 		return nil, err
 	}
 	defer bt.Destroy()
-	out, shapes, err := s.knn.run(it, bt)
+	out, shapes, err := s.knn.run(append(ins, bt)...)
 	if err != nil {
 		return nil, err
 	}
@@ -102,6 +108,41 @@ func (s *Scorer) knnDistances(x []float32, reqs []Request) (*knnMaps, error) {
 		return nil, fmt.Errorf("knn graph produced distances of shape %v, want [%d 1 %d %d]", shapes[1], B, t.Height, t.Width)
 	}
 	return &knnMaps{dist: d, h: t.Height, w: t.Width}, nil
+}
+
+// knnInputs is the knn graph's input before the bank: the frames x, or with the layers graph each of the term's
+// layers for the B frames, the first B items of the feature graph's output (the frames come before their
+// reconstructions), in the feature graph's own buffer.
+func (s *Scorer) knnInputs(x []float32, feats []layerOutput, B int) ([]ort.Value, error) {
+	t, H, W := s.m.Map.Knn, s.m.Input.Height, s.m.Input.Width
+	if t.LayersGraph == "" {
+		it, err := tensor(ort.NewShape(int64(B), 3, int64(H), int64(W)), x)
+		if err != nil {
+			return nil, err
+		}
+		return []ort.Value{it}, nil
+	}
+	var ins []ort.Value
+	for _, name := range t.Layers {
+		i := slices.IndexFunc(feats, func(l layerOutput) bool { return l.Name == name })
+		if i < 0 {
+			return ins, fmt.Errorf("knn: layer %s is not among the feature graph's outputs", name)
+		}
+		l := feats[i]
+		if len(l.Shape) != 4 || l.Shape[0] < int64(B) {
+			return ins, fmt.Errorf("knn: layer %s has shape %v, want [B, C, h, w] with the %d frames first", name, l.Shape, B)
+		}
+		per := int(l.Shape[1] * l.Shape[2] * l.Shape[3])
+		if len(l.Data) < B*per {
+			return ins, fmt.Errorf("knn: layer %s holds %d values, want the %d frames' %d", name, len(l.Data), B, B*per)
+		}
+		v, err := tensor(ort.NewShape(int64(B), l.Shape[1], l.Shape[2], l.Shape[3]), l.Data[:B*per])
+		if err != nil {
+			return ins, err
+		}
+		ins = append(ins, v)
+	}
+	return ins, nil
 }
 
 // leaveOut replaces every vector of bank (dims values each) whose source is hash by the first vector whose

@@ -116,7 +116,12 @@ func TestParityWithPyTorchReference(t *testing.T) {
 	// torch.cdist, Go the whole graph through ONNX Runtime.
 	knn := filepath.Join(dir, "knn-term")
 	copyDir(t, fixtureBundle, knn)
-	addKnnTerm(t, knn, 0.7)
+	addKnnTerm(t, knn, 0.7, false)
+	// The same term fed the frames' layer1 and layer2 from the feature graph (map.knn.layers_graph): Go runs the
+	// knn graph without its backbone, Python still the whole image graph.
+	knnLayers := filepath.Join(dir, "knn-term-layers")
+	copyDir(t, fixtureBundle, knnLayers)
+	addKnnTerm(t, knnLayers, 0.7, true)
 
 	// perFrame scores each image alone: batch 1 runs the fixture's static-shape batch-1 denoiser (context built
 	// in, constants folded); a batch of all images runs the dynamic one (dynamicOnly: even where a static graph
@@ -140,6 +145,8 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		{"mean-frame term and map reference, class rows", pixel, "widget", true, true, false},
 		{"nearest-normal term, global bank", knn, "", false, false, false},
 		{"nearest-normal term, class bank", knn, "widget", true, true, false},
+		{"nearest-normal term fed the feature graph's layers, batch of all images", knnLayers, "widget", true, false, false},
+		{"nearest-normal term fed the feature graph's layers, one frame", knnLayers, "", false, true, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -370,8 +377,9 @@ func addPixelTerm(t *testing.T, dir string, weight float64) {
 }
 
 // addKnnTerm gives the bundle in dir the nearest-normal term at weight: the fixture's knn graph
-// (models/testdata/knn) and seeded banks of 300 vectors for "" and "widget" drawn around the scale of its features.
-func addKnnTerm(t *testing.T, dir string, weight float64) {
+// (models/testdata/knn) and seeded banks of 300 vectors for "" and "widget" drawn around the scale of its features;
+// with layers also the graph fed the feature graph's layer1 and layer2 (map.knn.layers_graph).
+func addKnnTerm(t *testing.T, dir string, weight float64, layers bool) {
 	t.Helper()
 	const size, dims = 300, 56
 	graph, err := os.ReadFile("../models/testdata/knn/knn.onnx")
@@ -395,9 +403,18 @@ func addKnnTerm(t *testing.T, dir string, weight float64) {
 		files["knn.onnx"] = entry("knn.onnx", graph)
 		files["map_knn_bank.f32"] = entry("map_knn_bank.f32", bank)
 		files["map_knn_sources.u64"] = entry("map_knn_sources.u64", src)
-		m["map"].(map[string]any)["knn"] = map[string]any{"graph": "knn.onnx", "bank": "map_knn_bank.f32",
+		term := map[string]any{"graph": "knn.onnx", "bank": "map_knn_bank.f32",
 			"sources": "map_knn_sources.u64", "classes": []string{"", "widget"}, "size": size, "dims": dims,
 			"height": 64, "width": 64, "factor": 1, "weight": weight}
+		if layers {
+			lg, err := os.ReadFile("../models/testdata/knn/knn_layers.onnx")
+			if err != nil {
+				t.Fatal(err)
+			}
+			files["knn_layers.onnx"] = entry("knn_layers.onnx", lg)
+			term["layers_graph"], term["layers"] = "knn_layers.onnx", []string{"layer1", "layer2"}
+		}
+		m["map"].(map[string]any)["knn"] = term
 	})
 	if _, err := models.Load(dir); err != nil {
 		t.Fatal(err)

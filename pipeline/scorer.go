@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -122,7 +123,11 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 		return nil, err
 	}
 	if t := m.Map.Knn; t != nil {
-		if s.knn, err = s.newGraph("knn", t.Graph, []string{models.KnnImage, models.KnnBank}, []string{models.KnnFeatures, models.KnnDistance}); err != nil {
+		file, in := t.Graph, []string{models.KnnImage, models.KnnBank}
+		if t.LayersGraph != "" { // fed the frames' layers from the feature graph (models.KnnTerm.LayersGraph)
+			file, in = t.LayersGraph, append(slices.Clone(t.Layers), models.KnnBank)
+		}
+		if s.knn, err = s.newGraph("knn", file, in, []string{models.KnnFeatures, models.KnnDistance}); err != nil {
 			return nil, err
 		}
 	}
@@ -298,7 +303,7 @@ func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, erro
 	lat.add(StageFeatures, t0) // with early features: the reconstructions' features and the wait for the frames'
 
 	t0 = time.Now()
-	knn, err := s.knnDistances(x, reqs)
+	knn, err := s.knnDistances(x, feats, reqs)
 	if err != nil {
 		return nil, err
 	}

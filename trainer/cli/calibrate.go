@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -258,6 +259,10 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 		return fmt.Errorf("%s changes every map, and the bundle's map reference was measured with its old maps: add --reference train (or none)", flags)
 	}
 	m.Features.Layers = layers
+	var dropped string
+	if len(models.KnnLayersMissing(m)) > 0 { // the term's layers graph is fed from features.layers
+		dropped = models.DropKnnLayersGraph(m)
+	}
 	m.Map.Sigma = sigma
 	m.Diffusion = diff
 	if sigma > 0 && !(m.Map.Truncate > 0) {
@@ -268,6 +273,11 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 	}
 	if err := models.WriteManifest(bundle, m); err != nil {
 		return err
+	}
+	if dropped != "" {
+		if err := os.Remove(filepath.Join(bundle, dropped)); err != nil && !os.IsNotExist(err) {
+			return err
+		}
 	}
 	if err := models.Verify(bundle); err != nil {
 		return fmt.Errorf("the bundle with %s: %w", flags, err)

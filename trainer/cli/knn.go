@@ -111,6 +111,6 @@ func (k *knnFlags) ensure(ctx context.Context, bundle string, items []dataset.It
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "nearest-normal banks: %d classes x %d vectors of %d values from %d training normals\n", len(kb.Classes), kb.Size, kb.Dims, len(train))
+	fmt.Fprintf(stderr, "nearest-normal banks: %d classes x %d vectors of %d values from %d training normals; %s\n", len(kb.Classes), kb.Size, kb.Dims, len(train), kb.Shared())
 	return nil
 }

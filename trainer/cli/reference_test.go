@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vlmdiff/edge/internal/fsutil"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/eval"
@@ -351,8 +352,37 @@ func TestCalibrateKnnFactor(t *testing.T) {
 	if k == nil || k.Factor != 1 || !(k.Weight > 0) || r == nil || r.KnnWeight != k.Weight {
 		t.Fatalf("map.knn %+v, reference %+v", k, r)
 	}
+	// the fixture's graph has the demo bundle's layer names but other weights: the term runs on the image
+	if k.LayersGraph != "" || !strings.Contains(stderr, "the knn graph runs on the frame: the feature graph does not share the knn layers: layer layer1: the graphs differ") {
+		t.Fatalf("map.knn.layers_graph %q; stderr:\n%s", k.LayersGraph, stderr)
+	}
 	if code, _, stderr := run(append(base, "--reference", "train")...); code != 0 || !strings.Contains(stderr, "nearest-normal term: factor 1") {
 		t.Fatalf("calibrate --reference train keeping the term: exit %d\n%s", code, stderr)
+	}
+	// built on the bundle's own feature graph (a copy of it), the scorer feeds the term that graph's layers
+	own := filepath.Join(t.TempDir(), "own-features.onnx")
+	if err := fsutil.CopyFile(filepath.Join(bundle, b.Manifest.Graphs[models.RoleFeatures].File), own); err != nil {
+		t.Fatal(err)
+	}
+	knnOwn := append(base, "--reference", "train", "--knn-factor", "1", "--knn-backbone", own, "--knn-layers", "layer1,layer2", "--knn-bank", "32")
+	if code, _, stderr = run(knnOwn...); code != 0 || !strings.Contains(stderr, "the frame's layers come from the feature graph (knn_layers.onnx)") {
+		t.Fatalf("calibrate with the bundle's own feature graph as the knn backbone: exit %d\n%s", code, stderr)
+	}
+	if b, err = models.Load(bundle); err != nil || b.Manifest.Map.Knn.LayersGraph != eval.KnnLayersGraphFile {
+		t.Fatalf("after a build on the bundle's own feature graph: %v, map.knn %+v", err, b.Manifest.Map.Knn)
+	}
+	// a layer of the term leaves features.layers: the term runs on the image again, its banks kept
+	if code, _, stderr := run(append(base, "--reference", "train", "--feature-weights", "layer1=1,layer2=0")...); code != 0 {
+		t.Fatalf("--feature-weights layer1=1,layer2=0: exit %d\n%s", code, stderr)
+	}
+	if b, err = models.Load(bundle); err != nil || b.Manifest.Map.Knn == nil || b.Manifest.Map.Knn.LayersGraph != "" {
+		t.Fatalf("after layer2 left features.layers: %v, map.knn %+v", err, b.Manifest.Map.Knn)
+	}
+	if _, err := os.Stat(filepath.Join(bundle, eval.KnnLayersGraphFile)); !os.IsNotExist(err) {
+		t.Errorf("%s stays after layer2 left features.layers: %v", eval.KnnLayersGraphFile, err)
+	}
+	if code, _, stderr := run(append(base, "--reference", "train", "--feature-weights", "layer1=1,layer2=1")...); code != 0 {
+		t.Fatalf("--feature-weights layer1=1,layer2=1: exit %d\n%s", code, stderr)
 	}
 	// a bank recipe flag without a build would be silently ignored: refused by name instead
 	for _, c := range []struct {

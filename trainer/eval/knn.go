@@ -21,9 +21,10 @@ import (
 
 // The nearest-normal term's bundle files (models.KnnTerm).
 const (
-	KnnGraphFile   = "knn.onnx"
-	KnnBankFile    = "map_knn_bank.f32"
-	KnnSourcesFile = "map_knn_sources.u64"
+	KnnGraphFile       = "knn.onnx"
+	KnnLayersGraphFile = "knn_layers.onnx"
+	KnnBankFile        = "map_knn_bank.f32"
+	KnnSourcesFile     = "map_knn_sources.u64"
 )
 
 // DefaultKnnBank is the vectors per class bank when none is given (KnnDraw.Size 0): about 3% of the positions
@@ -108,8 +109,15 @@ func CheckKnnSampling(s string) error {
 }
 
 // MakeKnnGraph writes the knn graph of spec for the bundle m at dst (the Python trainer's
-// vlmdiff_train.knn_graph; trainer/run.Python.KnnGraph).
-type MakeKnnGraph func(ctx context.Context, spec KnnSpec, m *models.Manifest, dst string) error
+// vlmdiff_train.knn_graph; trainer/run.Python.KnnGraph). With features "" it is the graph that takes the
+// frame; with the path of the bundle's feature graph, the graph that takes the layers from it
+// (models.KnnTerm.LayersGraph), written only when that feature graph gives the backbone's values for those
+// layers, and otherwise an error that wraps ErrKnnNotShared.
+type MakeKnnGraph func(ctx context.Context, spec KnnSpec, m *models.Manifest, features, dst string) error
+
+// ErrKnnNotShared says that the bundle's feature graph does not give the knn backbone's layers (another
+// network, other weights, a quantised copy, layers it lacks): the scorer then runs the knn graph on the frame.
+var ErrKnnNotShared = errors.New("the feature graph does not share the knn layers")
 
 // KnnBanks is a built term: per class ("" for every class) Size vectors of Dims values and their source hashes.
 type KnnBanks struct {
@@ -120,6 +128,10 @@ type KnnBanks struct {
 	Size, Dims    int
 	Height, Width int
 	Source        string
+	// LayersGraph, when set, is the graph that takes the layers from the bundle's feature graph (AddKnn), for
+	// WriteKnn to store as models.KnnTerm.LayersGraph; NotShared says why there is none, for the log.
+	LayersGraph string
+	NotShared   string
 }
 
 // knnPool holds a class's candidate vectors (row-major, dims each) and their source hashes.
@@ -389,12 +401,16 @@ func WriteKnn(bundleDir, graphPath string, kb *KnnBanks, spec KnnSpec, factor fl
 	}
 	return updateManifest(bundleDir, "nearest-normal term", func(m *models.Manifest) error {
 		if old := m.Map.Knn; old != nil {
-			for _, f := range []string{old.Graph, old.Bank, old.Sources} {
+			for _, f := range []string{old.Graph, old.Bank, old.Sources, old.LayersGraph} {
 				delete(m.Files, f)
 			}
 		}
 		m.Map.Knn = nil
 		dropReference := func() error { return dropKnnReference(bundleDir, m) }
+		// a layers graph of an earlier term goes: it is rewritten below only when this term has one
+		if err := os.Remove(filepath.Join(bundleDir, KnnLayersGraphFile)); err != nil && !os.IsNotExist(err) {
+			return err
+		}
 		if kb == nil {
 			for _, f := range []string{KnnGraphFile, KnnBankFile, KnnSourcesFile} {
 				if err := os.Remove(filepath.Join(bundleDir, f)); err != nil && !os.IsNotExist(err) {
@@ -413,6 +429,17 @@ func WriteKnn(bundleDir, graphPath string, kb *KnnBanks, spec KnnSpec, factor fl
 				return fmt.Errorf("copying the knn graph: %w", err)
 			}
 		}
+		files := []string{KnnGraphFile, KnnBankFile, KnnSourcesFile}
+		if kb.LayersGraph != "" {
+			data, err := os.ReadFile(kb.LayersGraph)
+			if err != nil {
+				return fmt.Errorf("reading the knn layers graph: %w", err)
+			}
+			if err := fsutil.WriteFileAtomic(filepath.Join(bundleDir, KnnLayersGraphFile), data, 0o644); err != nil {
+				return fmt.Errorf("copying the knn layers graph: %w", err)
+			}
+			files = append(files, KnnLayersGraphFile)
+		}
 		var bank, src []byte
 		for i := range kb.Rows {
 			for _, v := range kb.Rows[i] {
@@ -427,7 +454,7 @@ func WriteKnn(bundleDir, graphPath string, kb *KnnBanks, spec KnnSpec, factor fl
 				return err
 			}
 		}
-		for _, f := range []string{KnnGraphFile, KnnBankFile, KnnSourcesFile} {
+		for _, f := range files {
 			p := filepath.Join(bundleDir, f)
 			sum, err := models.FileSHA256(p)
 			if err != nil {
@@ -442,6 +469,9 @@ func WriteKnn(bundleDir, graphPath string, kb *KnnBanks, spec KnnSpec, factor fl
 		m.Map.Knn = &models.KnnTerm{Graph: KnnGraphFile, Bank: KnnBankFile, Sources: KnnSourcesFile, Classes: kb.Classes,
 			Size: kb.Size, Dims: kb.Dims, Height: kb.Height, Width: kb.Width, Layers: spec.Layers,
 			Backbone: filepath.Base(spec.Backbone), Sampling: spec.Sampling, Isolated: spec.Isolated, Images: kb.Images, Source: kb.Source, Factor: factor}
+		if kb.LayersGraph != "" {
+			m.Map.Knn.LayersGraph = KnnLayersGraphFile
+		}
 		return dropReference()
 	})
 }
@@ -459,17 +489,55 @@ func AddKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeK
 	}
 	defer os.RemoveAll(tmp)
 	graph := filepath.Join(tmp, KnnGraphFile)
-	if err := makeGraph(ctx, spec, m, graph); err != nil {
+	if err := makeGraph(ctx, spec, m, "", graph); err != nil {
 		return nil, fmt.Errorf("nearest-normal term: %w", err)
 	}
 	kb, err := BuildKnnBanks(ctx, graph, m, normal, spec.draw(), opt, source)
 	if err != nil {
 		return nil, err
 	}
+	// the same graph without its backbone, fed the frames' layers from the bundle's feature graph, when that
+	// graph gives the backbone's values (the small preset's MobileNetV2 runs once on a frame, not twice)
+	if missing := knnLayersOutside(m, spec.Layers); len(missing) > 0 || m.Features.Tokens {
+		kb.NotShared = fmt.Sprintf("the feature graph's layers (features.layers) lack %v", missing)
+		if m.Features.Tokens {
+			kb.NotShared = "the feature graph gives ViT tokens"
+		}
+	} else {
+		lg := filepath.Join(tmp, KnnLayersGraphFile)
+		switch err := makeGraph(ctx, spec, m, filepath.Join(bundleDir, m.Graphs[models.RoleFeatures].File), lg); {
+		case err == nil:
+			kb.LayersGraph = lg
+		case errors.Is(err, ErrKnnNotShared):
+			kb.NotShared = err.Error()
+		default:
+			return nil, fmt.Errorf("nearest-normal term: %w", err)
+		}
+	}
 	if err := WriteKnn(bundleDir, graph, kb, spec, factor); err != nil {
 		return nil, err
 	}
 	return kb, nil
+}
+
+// Shared says, for the log, whether the scorer feeds the term from the feature graph's layers or runs the
+// knn graph on the frame, and why.
+func (kb *KnnBanks) Shared() string {
+	if kb.LayersGraph != "" {
+		return "the frame's layers come from the feature graph (" + KnnLayersGraphFile + ")"
+	}
+	return "the knn graph runs on the frame: " + kb.NotShared
+}
+
+// knnLayersOutside lists the layers that features.layers of m lacks.
+func knnLayersOutside(m *models.Manifest, layers []string) []string {
+	var out []string
+	for _, l := range layers {
+		if !slices.ContainsFunc(m.Features.Layers, func(f models.FeatureLayer) bool { return f.Name == l }) {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // SetKnnFactor sets the factor of a bundle's term (its weight back to 0 until calibrate measures it, and a

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -330,9 +331,14 @@ func (p Python) PruneONNXOutputs(ctx context.Context, src, dst string, keep []st
 	return nil
 }
 
+// knnNotSharedExit is vlmdiff_train.knn_graph's NOT_SHARED.
+const knnNotSharedExit = 3
+
 // KnnGraph writes the nearest-normal term's graph for the bundle m at dst (vlmdiff_train.knn_graph): spec's
-// backbone cut at its layers, fed the bundle's normalised input. It is an eval.MakeKnnGraph.
-func (p Python) KnnGraph(ctx context.Context, spec eval.KnnSpec, m *models.Manifest, dst string) error {
+// backbone cut at its layers, fed the bundle's normalised input; or, with features (the bundle's feature
+// graph), the graph fed those layers, after the module checked that features gives the backbone's values for
+// them (its exit status 3 when not: an error wrapping eval.ErrKnnNotShared). It is an eval.MakeKnnGraph.
+func (p Python) KnnGraph(ctx context.Context, spec eval.KnnSpec, m *models.Manifest, features, dst string) error {
 	floats := func(v []float32) string {
 		s := make([]string, len(v))
 		for i, f := range v {
@@ -346,7 +352,16 @@ func (p Python) KnnGraph(ctx context.Context, spec eval.KnnSpec, m *models.Manif
 	if len(spec.Mean) == 3 && len(spec.Std) == 3 {
 		args = append(args, "--mean", floats(spec.Mean), "--std", floats(spec.Std))
 	}
+	if features != "" {
+		args = append(args, "--from-layers", features)
+		if len(m.Features.Mean) == 3 && len(m.Features.Std) == 3 {
+			args = append(args, "--features-mean", floats(m.Features.Mean), "--features-std", floats(m.Features.Std))
+		}
+	}
 	out, err := p.Module(ctx, "vlmdiff_train.knn_graph", args...).CombinedOutput()
+	if ee := (*exec.ExitError)(nil); features != "" && errors.As(err, &ee) && ee.ExitCode() == knnNotSharedExit {
+		return fmt.Errorf("%w: %s", eval.ErrKnnNotShared, strings.TrimPrefix(lastLine(string(out)), "knn graph: not shared: "))
+	}
 	if err != nil {
 		return fmt.Errorf("knn graph of %s %v: %v: %s", spec.Backbone, spec.Layers, err, lastLine(string(out)))
 	}

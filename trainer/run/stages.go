@@ -679,8 +679,8 @@ func (t *Training) buildKnn(ctx context.Context, sc *StageContext, items []datas
 	if spec.Isolated > 0 {
 		iso = fmt.Sprintf(", the most isolated %g of the positions dropped", spec.Isolated)
 	}
-	fmt.Fprintf(sc.Progress, "%snearest-normal banks: %d classes x %d vectors of %d values (%s %v, %dx%d positions%s) from %d training normals in %s\n",
-		prefix, len(kb.Classes), kb.Size, kb.Dims, filepath.Base(spec.Backbone), spec.Layers, kb.Height, kb.Width, iso, len(train), time.Since(start).Round(time.Second))
+	fmt.Fprintf(sc.Progress, "%snearest-normal banks: %d classes x %d vectors of %d values (%s %v, %dx%d positions%s) from %d training normals in %s; %s\n",
+		prefix, len(kb.Classes), kb.Size, kb.Dims, filepath.Base(spec.Backbone), spec.Layers, kb.Height, kb.Width, iso, len(train), time.Since(start).Round(time.Second), kb.Shared())
 	return nil
 }
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from vlmdiff_train.constants import IMAGENET_MEAN, IMAGENET_STD
-from vlmdiff_train.knn_graph import build_knn_graph, channel_pool_matrix
+from vlmdiff_train.knn_graph import build_knn_graph, channel_pool_matrix, shared_layers_error
 from vlmdiff_train.onnx_torch import OnnxModule
 
 RNG = np.random.default_rng(5)
@@ -49,11 +49,18 @@ def _definition(bb: onnx.ModelProto, x: torch.Tensor, layers: Sequence[str], in_
     return f
 
 
-@pytest.mark.parametrize("layers,dims,input_name", [(["a", "b"], 0, "image"), (["a", "b"], 7, "input"), (["b"], 0, "x")])
-def test_features_and_distances_match_the_definition(layers, dims, input_name):
+# chunk 0 is the default (one chunk for the 16 x 16 positions of layer "a"); 48 leaves a short last chunk
+@pytest.mark.parametrize("layers,dims,input_name,chunk", [(["a", "b"], 0, "image", 0), (["a", "b"], 7, "input", 48),
+                                                          (["b"], 0, "x", 0), (["a"], 0, "image", 1)])
+def test_features_and_distances_match_the_definition(layers, dims, input_name, chunk):
     bb = _backbone(input_name)
     in_mean, in_std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
-    model, facts = build_knn_graph(bb, layers, height=32, width=32, in_mean=in_mean, in_std=in_std, dims=dims)
+    model, facts = build_knn_graph(bb, layers, height=32, width=32, in_mean=in_mean, in_std=in_std, dims=dims,
+                                   chunk_positions=chunk)
+    splits = [n for n in model.graph.node if n.op_type == "Split"]
+    want_chunks = -(-facts["height"] * facts["width"] // (chunk or 512))
+    assert len([n for n in model.graph.node if n.op_type == "MatMul"]) == want_chunks
+    assert len(splits) == (1 if want_chunks > 1 else 0)
     d = facts["dims"]
     assert facts["channels"] == sum({"a": 4, "b": 6}[n] for n in layers) and d == (dims or facts["channels"])
     x = torch.from_numpy(RNG.standard_normal((2, 3, 32, 32)).astype(np.float32))
@@ -83,9 +90,62 @@ def test_channel_pool_matrix_is_adaptive_avg_pool():
     (["a", "b"], 11, {}, "dims 11"),
     (["a"], 0, {"in_std": [0.2, 0, 0.2]}, "standard deviation"),
     (["a"], 0, {"in_mean": [0.1, 0.2]}, "3 finite values"),
+    (["a"], 0, {"chunk_positions": -1}, "chunk_positions -1"),
 ])
 def test_refuses_bad_recipes(layers, dims, kw, match):
     args = dict(height=32, width=32, in_mean=[0.5] * 3, in_std=[0.5] * 3, dims=dims)
     args.update(kw)
     with pytest.raises(RuntimeError, match=match):
         build_knn_graph(_backbone(), layers, **args)
+
+
+@pytest.mark.parametrize("layers,dims", [(["a", "b"], 0), (["b"], 3)])
+def test_from_layers_graph_matches_the_image_graph(layers, dims):
+    """The graph that takes the layers gives the image graph's features and distances when fed the backbone's
+    layers of the renormalised frame (what the scorer feeds it from the bundle's feature graph)."""
+    bb = _backbone()
+    in_mean, in_std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+    kw = dict(height=32, width=32, in_mean=in_mean, in_std=in_std, dims=dims)
+    img, facts = build_knn_graph(bb, layers, **kw)
+    lay, lfacts = build_knn_graph(bb, layers, from_layers=True, **kw)
+    assert lfacts == facts
+    assert [i.name for i in lay.graph.input] == layers + ["bank"]
+    assert not any(n.op_type == "Conv" and n.input[0] == "knn_backbone_in" for n in lay.graph.node)
+    x = torch.from_numpy(RNG.standard_normal((2, 3, 32, 32)).astype(np.float32))
+    bank = torch.from_numpy(RNG.standard_normal((2, 30, facts["dims"])).astype(np.float32))
+    m, s = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    xb = ((x * torch.tensor(in_std).view(1, 3, 1, 1) + torch.tensor(in_mean).view(1, 3, 1, 1)) - m) / s
+    feeds = OnnxModule(bb, layers)(xb)
+    want = OnnxModule(img, ["features", "distance"])(x, bank=bank)
+    got = OnnxModule(lay, ["features", "distance"])(feeds[layers[0]], bank=bank, **{n: feeds[n] for n in layers[1:]})
+    for k in ("features", "distance"):
+        assert torch.allclose(got[k], want[k], atol=1e-5), k
+
+
+def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    c = onnx.ModelProto()
+    c.CopyFrom(model)
+    del c.graph.output[:]
+    c.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    return c
+
+
+def test_shared_layers_error():
+    """The feature graph shares the backbone's layers when it is the same network fed the same frames: the
+    bundle's feature graph with its own input name and its own normalisation (features.mean/std) does; other
+    weights, a missing layer, or the wrong normalisation do not."""
+    bb = _backbone()
+    in_mean, in_std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+    kw = dict(height=32, width=32, in_mean=in_mean, in_std=in_std)
+    # the feature graph under another input name, fed the ImageNet-renormalised frame by the scorer
+    same = _with_outputs(_backbone("input"), ["a", "b"])
+    for init, want in zip(same.graph.initializer, bb.graph.initializer):
+        init.CopyFrom(want)
+    assert shared_layers_error(bb, same, ["a", "b"], features_mean=IMAGENET_MEAN, features_std=IMAGENET_STD, **kw) is None
+    # the same graph fed the bundle's input as it is: not the frames the backbone sees
+    assert "differ" in shared_layers_error(bb, same, ["a", "b"], **kw)
+    # a bundle whose input normalisation is the backbone's own needs no features.mean/std
+    assert shared_layers_error(bb, same, ["a"], height=32, width=32, in_mean=IMAGENET_MEAN, in_std=IMAGENET_STD) is None
+    other = _with_outputs(_backbone(), ["a", "b"])                     # new random weights
+    assert "differ" in shared_layers_error(bb, other, ["a"], features_mean=IMAGENET_MEAN, features_std=IMAGENET_STD, **kw)
+    assert "no outputs ['b']" in shared_layers_error(bb, _with_outputs(same, ["a"]), ["a", "b"], **kw)

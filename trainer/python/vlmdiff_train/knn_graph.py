@@ -10,7 +10,12 @@ The bundle file `knn.onnx` is cut from a feature backbone and given two inputs a
   align_corners=False) to the first one's h x w, concatenated over channels, and averaged over channel groups
   down to D values (torch's adaptive_avg_pool1d over channels, as a 1 x 1 convolution) when dims asks for fewer;
 * `distance` [B, 1, h, w]: at each position the Euclidean distance to the nearest of the frame's N bank vectors,
-  as sqrt(max(0, |q|^2 + min_n(|b_n|^2 - 2 q.b_n))): one matrix product [h*w, D] x [D, N] per frame.
+  as sqrt(max(0, |q|^2 + min_n(|b_n|^2 - 2 q.b_n))): one matrix product [h*w, D+1] x [D+1, N] per frame
+  (|b_n|^2 as a last row of the bank against a column of ones), a chunk of positions at a time.
+
+With --from-layers FEATURES_ONNX (the bundle's feature graph) it writes the same graph without its backbone,
+taking the layers as inputs (`layers_graph` in the bundle), once it has checked that the feature graph gives the
+backbone's values for them (shared_layers_error); otherwise it exits with status 3 (NOT_SHARED) and writes nothing.
 
 The bank is a graph input, not a constant: the scorer gives each frame its own class's bank, and the calibrate
 stage a bank without the entries of the normal it scores (a training normal's nearest neighbour is itself).
@@ -18,7 +23,8 @@ The Go trainer builds the banks from the `features` output (a bank of one zero v
 ignored). Run as a module it writes the graph:
 
     python3 -m vlmdiff_train.knn_graph --backbone mobilenetv2_fp32_features.onnx --layers block2,block5 \
-        --height 256 --width 256 --out knn.onnx [--dims 0] [--in-mean 0.5,0.5,0.5 --in-std 0.5,0.5,0.5]
+        --height 256 --width 256 --out knn.onnx [--dims 0] [--in-mean 0.5,0.5,0.5 --in-std 0.5,0.5,0.5] \
+        [--from-layers features.onnx [--features-mean M --features-std S]]
 """
 
 from __future__ import annotations
@@ -35,9 +41,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["build_knn_graph", "channel_pool_matrix", "main"]
+__all__ = ["build_knn_graph", "channel_pool_matrix", "main", "shared_layers_error"]
 
 INPUT_IMAGE, INPUT_BANK = "image", "bank"
+
+# Positions per chunk of the distance product: a [512, N] chunk of the product is what lives at once (8 MB with 4096
+# vectors). Measured on 2 cores (docs/algorithm.md §1.9, "The graph's cost"): 512 and 256 tie, one chunk of 4096
+# positions and chunks of 32 are slower.
+KNN_CHUNK_POSITIONS = 512
+
+# main's exit status when --from-layers finds that the feature graph does not give the backbone's layers
+NOT_SHARED = 3
 OUTPUT_FEATURES, OUTPUT_DISTANCE = "features", "distance"
 
 
@@ -90,8 +104,14 @@ def _layer_shapes(model: onnx.ModelProto, layers: Sequence[str], height: int, wi
 
 def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height: int, width: int,
                     in_mean: Sequence[float], in_std: Sequence[float], mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD, dims: int = 0) -> Tuple[onnx.ModelProto, dict]:
-    """The knn graph (module doc) and its facts: {"layers", "dims", "height", "width", "channels"}."""
+                    std: Sequence[float] = IMAGENET_STD, dims: int = 0,
+                    chunk_positions: int = 0, from_layers: bool = False) -> Tuple[onnx.ModelProto, dict]:
+    """The knn graph (module doc) and its facts: {"layers", "dims", "height", "width", "channels"}.
+
+    With from_layers the graph takes the backbone's layers themselves as inputs (one [B, C, h, w] input per layer,
+    named as the layer) instead of the image, and holds no backbone: the scorer feeds it the frames' layers from
+    the bundle's feature graph when that graph is the same backbone (shared_layers_error), so the frame is not run
+    through the backbone twice."""
     if not layers:
         raise RuntimeError("knn graph: no layers")
     if len(set(layers)) != len(layers):
@@ -101,6 +121,9 @@ def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height:
             raise RuntimeError(f"knn graph: {what} {list(v)}: want 3 finite values")
     if any(float(s) <= 0 for s in list(in_std) + list(std)):
         raise RuntimeError("knn graph: a standard deviation is not above 0")
+    chunk_positions = int(chunk_positions) or KNN_CHUNK_POSITIONS
+    if chunk_positions < 1:
+        raise RuntimeError(f"knn graph: chunk_positions {chunk_positions}: want 1 or more (0: the default)")
     nodes, image_in = _prune(backbone, layers)
     # the backbone reads its (renormalised) image under a name of ours: its own may be "image" too
     renamed = []
@@ -122,6 +145,8 @@ def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height:
     if opset >= 18:
         raise RuntimeError(f"knn graph: backbone opset {opset}: ReduceMin's axes are an input from 18; want 13-17")
 
+    if from_layers:
+        nodes = []
     inits = [i for i in backbone.graph.initializer if any(i.name in n.input for n in nodes)]
     sc = np.array([float(a) / float(b) for a, b in zip(in_std, std)], np.float32).reshape(1, 3, 1, 1)
     sh = np.array([(float(m_in) - float(m)) / float(s) for m_in, m, s in zip(in_mean, mean, std)],
@@ -131,8 +156,9 @@ def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height:
         inits.append(numpy_helper.from_array(arr, name))
         return name
 
-    pre = [helper.make_node("Mul", [INPUT_IMAGE, const("knn_in_scale", sc)], ["knn_scaled"]),
-           helper.make_node("Add", ["knn_scaled", const("knn_in_shift", sh)], ["knn_backbone_in"])]
+    pre = [] if from_layers else [
+        helper.make_node("Mul", [INPUT_IMAGE, const("knn_in_scale", sc)], ["knn_scaled"]),
+        helper.make_node("Add", ["knn_scaled", const("knn_in_shift", sh)], ["knn_backbone_in"])]
     post: List[onnx.NodeProto] = []
     pooled = []
     for k, (n, (_, h, w)) in enumerate(zip(layers, shapes)):
@@ -163,30 +189,36 @@ def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height:
         helper.make_node("Mul", ["knn_q", "knn_q"], ["knn_q2"]),
         helper.make_node("ReduceSum", ["knn_q2", const("knn_axis2", np.array([2], np.int64))], ["knn_qn"],
                          keepdims=1),                                                                # [B, P, 1]
-        # the -2 goes on the bank's side ([B, D, N]), not on the product ([B, P, N], 16 MB a frame at 256 px with
-        # 1024 vectors): one frame-sized buffer fewer
+        # the -2 goes on the bank's side ([B, D, N]), not on the product ([B, P, N]), and |b|^2 rides in the product
+        # as one more row of the bank against a column of ones of the queries: min_n(q.(-2 b_n) + |b_n|^2) is then
+        # one MatMul and one ReduceMin, with no Add pass over the [B, P, N] product
         helper.make_node("Transpose", [INPUT_BANK], ["knn_bt"], perm=[0, 2, 1]),                    # [B, D, N]
         helper.make_node("Mul", ["knn_bt", const("knn_minus_two", np.array(-2, np.float32))], ["knn_bt2"]),
         helper.make_node("Mul", [INPUT_BANK, INPUT_BANK], ["knn_b2"]),
         helper.make_node("ReduceSum", ["knn_b2", "knn_axis2"], ["knn_bn_col"], keepdims=1),         # [B, N, 1]
         helper.make_node("Transpose", ["knn_bn_col"], ["knn_bn"], perm=[0, 2, 1]),                  # [B, 1, N]
+        helper.make_node("Concat", ["knn_bt2", "knn_bn"], ["knn_ba"], axis=1),                      # [B, D+1, N]
+        helper.make_node("Shape", ["knn_qn"], ["knn_qn_shape"]),
+        helper.make_node("Expand", [const("knn_one", np.ones((1, 1, 1), np.float32)), "knn_qn_shape"],
+                         ["knn_ones"]),                                                              # [B, P, 1]
+        helper.make_node("Concat", ["knn_q", "knn_ones"], ["knn_qa"], axis=2),                       # [B, P, D+1]
     ]
     # the [B, P, N] product a chunk of positions at a time: each chunk's buffer is freed before the next is
-    # made, so the peak is a chunk's (2 MB a frame at 256 px with 1024 vectors), not the whole product's
+    # made, and a chunk small enough to stay in the core's cache is read back by ReduceMin from there, not from
+    # memory (KNN_CHUNK_POSITIONS below)
     p = h0 * w0
-    chunks = next(c for c in (8, 4, 2, 1) if p % c == 0)
-    if chunks > 1:
-        post.append(helper.make_node("Split", ["knn_q", const("knn_chunks", np.full(chunks, p // chunks, np.int64))],
-                                     [f"knn_qc{c}" for c in range(chunks)], axis=1))
+    sizes = [min(chunk_positions, p - s) for s in range(0, p, chunk_positions)]
+    if len(sizes) > 1:
+        post.append(helper.make_node("Split", ["knn_qa", const("knn_chunks", np.array(sizes, np.int64))],
+                                     [f"knn_qc{c}" for c in range(len(sizes))], axis=1))
     mins = []
-    for c in range(chunks):
-        q = f"knn_qc{c}" if chunks > 1 else "knn_q"
-        post += [helper.make_node("MatMul", [q, "knn_bt2"], [f"knn_dot{c}"]),                      # [B, P/c, N]
-                 helper.make_node("Add", [f"knn_dot{c}", "knn_bn"], [f"knn_part{c}"]),
-                 helper.make_node("ReduceMin", [f"knn_part{c}"], [f"knn_min{c}"], axes=[2], keepdims=1)]
+    for c in range(len(sizes)):
+        q = f"knn_qc{c}" if len(sizes) > 1 else "knn_qa"
+        post += [helper.make_node("MatMul", [q, "knn_ba"], [f"knn_dot{c}"]),                       # [B, P/c, N]
+                 helper.make_node("ReduceMin", [f"knn_dot{c}"], [f"knn_min{c}"], axes=[2], keepdims=1)]
         mins.append(f"knn_min{c}")
     post += [
-        helper.make_node("Concat", mins, ["knn_min"], axis=1) if chunks > 1
+        helper.make_node("Concat", mins, ["knn_min"], axis=1) if len(sizes) > 1
         else helper.make_node("Identity", mins, ["knn_min"]),                                       # [B, P, 1]
         helper.make_node("Add", ["knn_min", "knn_qn"], ["knn_d2"]),
         helper.make_node("Relu", ["knn_d2"], ["knn_d2pos"]),
@@ -197,8 +229,9 @@ def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height:
     f32 = TensorProto.FLOAT
     graph = helper.make_graph(
         pre + list(nodes) + post, "vlmdiff_knn",
-        [helper.make_tensor_value_info(INPUT_IMAGE, f32, ["batch", 3, height, width]),
-         helper.make_tensor_value_info(INPUT_BANK, f32, ["batch", "bank", d])],
+        ([helper.make_tensor_value_info(n, f32, ["batch", c, h, w]) for n, (c, h, w) in zip(layers, shapes)]
+         if from_layers else [helper.make_tensor_value_info(INPUT_IMAGE, f32, ["batch", 3, height, width])])
+        + [helper.make_tensor_value_info(INPUT_BANK, f32, ["batch", "bank", d])],
         [helper.make_tensor_value_info(OUTPUT_FEATURES, f32, ["batch", d, h0, w0]),
          helper.make_tensor_value_info(OUTPUT_DISTANCE, f32, ["batch", 1, h0, w0])],
         initializer=inits)
@@ -207,6 +240,49 @@ def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height:
     onnx.checker.check_model(model)
     facts = {"layers": list(layers), "dims": d, "height": h0, "width": w0, "channels": c_total}
     return model, facts
+
+
+def shared_layers_error(backbone: onnx.ModelProto, features: onnx.ModelProto, layers: Sequence[str], *, height: int,
+                        width: int, in_mean: Sequence[float], in_std: Sequence[float],
+                        mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                        features_mean: Optional[Sequence[float]] = None,
+                        features_std: Optional[Sequence[float]] = None) -> Optional[str]:
+    """None when the bundle's feature graph gives the knn backbone's layers for the same frames, else why not.
+
+    The knn graph renormalises the bundle's input into the backbone's space (mean, std); the scorer feeds the
+    feature graph the frame renormalised into features_mean/std, or as it is without them (the bundle's
+    features.mean/std). Two seeded frames in the bundle's normalised space go through both; each layer must agree
+    within 1e-4 of its largest value (float rounding of the two renormalisations), which holds only for the same
+    weights."""
+    import torch
+
+    from .onnx_torch import OnnxModule
+
+    have = {n.name for n in features.graph.output}
+    missing = [n for n in layers if n not in have]
+    if missing:
+        return f"the feature graph has no outputs {missing} (its outputs: {sorted(have)})"
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(2, 3, height, width, generator=g) * 2 - 1
+    raw = x * torch.tensor(in_std).view(1, 3, 1, 1) + torch.tensor(in_mean).view(1, 3, 1, 1)
+
+    def into(m: Sequence[float], s: Sequence[float]) -> torch.Tensor:
+        return (raw - torch.tensor(m).view(1, 3, 1, 1)) / torch.tensor(s).view(1, 3, 1, 1)
+
+    fx = into(features_mean, features_std) if features_mean is not None and features_std is not None else x
+    try:
+        with torch.no_grad():
+            a = OnnxModule(backbone, list(layers))(into(mean, std))
+            b = OnnxModule(features, list(layers))(fx)
+    except Exception as e:  # an op onnx_torch cannot run, a shape the graphs refuse: not shared
+        return f"running the graphs: {' '.join(str(e).split())}"
+    for n in layers:
+        if a[n].shape != b[n].shape:
+            return f"layer {n}: shape {list(b[n].shape)} in the feature graph, {list(a[n].shape)} in the backbone"
+        diff, scale = float((a[n] - b[n]).abs().max()), float(a[n].abs().max())
+        if not diff <= 1e-4 * max(1.0, scale):
+            return f"layer {n}: the graphs differ by up to {diff:.3g} (largest value {scale:.3g})"
+    return None
 
 
 def _floats(s: Optional[str], default: Sequence[float]) -> List[float]:
@@ -227,14 +303,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--in-std", help="the bundle's input std")
     p.add_argument("--mean", help="the backbone's input mean (default ImageNet's)")
     p.add_argument("--std", help="the backbone's input std (default ImageNet's)")
+    p.add_argument("--from-layers", metavar="FEATURES_ONNX",
+                   help="write the graph that takes the layers instead of the image, after checking that this "
+                        "feature graph (the bundle's) gives the backbone's layers; exit 3 when it does not")
+    p.add_argument("--features-mean", help="the feature graph's input mean (the bundle's features.mean), if any")
+    p.add_argument("--features-std", help="the feature graph's input std (the bundle's features.std), if any")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     try:
         backbone = onnx.load(a.backbone)
-        model, facts = build_knn_graph(
-            backbone, [s for s in a.layers.split(",") if s], height=a.height, width=a.width,
-            in_mean=_floats(a.in_mean, IMAGENET_MEAN), in_std=_floats(a.in_std, IMAGENET_STD),
-            mean=_floats(a.mean, IMAGENET_MEAN), std=_floats(a.std, IMAGENET_STD), dims=a.dims)
+        layers = [s for s in a.layers.split(",") if s]
+        norm = dict(height=a.height, width=a.width, in_mean=_floats(a.in_mean, IMAGENET_MEAN),
+                    in_std=_floats(a.in_std, IMAGENET_STD), mean=_floats(a.mean, IMAGENET_MEAN),
+                    std=_floats(a.std, IMAGENET_STD))
+        if a.from_layers:
+            fm = _floats(a.features_mean, []) if a.features_mean else None
+            fs = _floats(a.features_std, []) if a.features_std else None
+            why = shared_layers_error(backbone, onnx.load(a.from_layers), layers, features_mean=fm, features_std=fs,
+                                      **norm)
+            if why is not None:
+                print(f"knn graph: not shared: {why}", file=sys.stderr)
+                return NOT_SHARED
+        model, facts = build_knn_graph(backbone, layers, dims=a.dims, from_layers=bool(a.from_layers), **norm)
         onnx.save(model, a.out)
     except Exception as e:  # one line for the Go caller
         print(f"knn graph: error: {' '.join(str(e).split())}", file=sys.stderr)
