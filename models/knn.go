@@ -95,7 +95,7 @@ func (m *Manifest) validateKnn(p *problems) {
 		p.bad("map.knn.images", "has %d counts for %d classes", len(t.Images), len(t.Classes))
 	}
 	if t.LayersGraph != "" {
-		switch missing := KnnLayersMissing(m); {
+		switch missing := MissingFeatureLayers(m, t.Layers); {
 		case len(t.Layers) == 0:
 			p.bad("map.knn.layers_graph", "needs map.knn.layers, the feature graph's outputs it takes")
 		case m.Features.Tokens:
@@ -124,13 +124,11 @@ func (m *Manifest) validateKnn(p *problems) {
 	}
 }
 
-// KnnLayersMissing lists the layers of map.knn that features.layers lacks (none without the term).
-func KnnLayersMissing(m *Manifest) []string {
-	if m.Map.Knn == nil {
-		return nil
-	}
+// MissingFeatureLayers lists the layers that features.layers of m lacks: those a knn layers graph could not be
+// fed (map.knn.layers_graph).
+func MissingFeatureLayers(m *Manifest, layers []string) []string {
 	var missing []string
-	for _, l := range m.Map.Knn.Layers {
+	for _, l := range layers {
 		if !slices.ContainsFunc(m.Features.Layers, func(f FeatureLayer) bool { return f.Name == l }) {
 			missing = append(missing, l)
 		}

@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"path/filepath"
 	"testing"
@@ -17,9 +16,7 @@ func TestKnnLayersGraphMatchesImageGraph(t *testing.T) {
 	initRuntime(t)
 	dir := t.TempDir()
 	var reqs []Request
-	for i, sz := range [][2]int{{256, 256}, {200, 150}, {128, 128}} {
-		p := filepath.Join(dir, fmt.Sprintf("gen%d.png", i))
-		writeTexture(t, p, sz[0], sz[1], uint64(i+1))
+	for i, p := range writeTextures(t, dir) {
 		img, err := ReadImage(p)
 		if err != nil {
 			t.Fatal(err)

@@ -40,6 +40,19 @@ func initRuntime(t testing.TB) {
 	}
 }
 
+// writeTextures writes three seeded textures of 256x256, 200x150 and 128x128 (gen0-2.png) into dir: a square
+// frame at the input size, a non-square one and a smaller one, so resizing shows. It returns their paths.
+func writeTextures(t *testing.T, dir string) []string {
+	t.Helper()
+	var paths []string
+	for i, sz := range [][2]int{{256, 256}, {200, 150}, {128, 128}} {
+		p := filepath.Join(dir, fmt.Sprintf("gen%d.png", i))
+		writeTexture(t, p, sz[0], sz[1], uint64(i+1))
+		paths = append(paths, p)
+	}
+	return paths
+}
+
 // writeTexture writes a PNG with smooth structure plus noise, of any size, so resizing is exercised.
 func writeTexture(t *testing.T, path string, w, h int, seed uint64) {
 	t.Helper()
@@ -71,12 +84,7 @@ func TestParityWithPyTorchReference(t *testing.T) {
 	needTorch(t)
 	initRuntime(t)
 	dir := t.TempDir()
-	var images []string
-	for i, sz := range [][2]int{{256, 256}, {200, 150}, {128, 128}} {
-		p := filepath.Join(dir, fmt.Sprintf("gen%d.png", i))
-		writeTexture(t, p, sz[0], sz[1], uint64(i+1))
-		images = append(images, p)
-	}
+	images := writeTextures(t, dir)
 	if piped, _ := filepath.Glob("../../shared/datasets/piped/PA_BDP01_TL/test/impurity/*.png"); len(piped) > 0 {
 		images = append(images, piped[0])
 	}

@@ -260,7 +260,7 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 	}
 	m.Features.Layers = layers
 	var dropped string
-	if len(models.KnnLayersMissing(m)) > 0 { // the term's layers graph is fed from features.layers
+	if m.Map.Knn != nil && len(models.MissingFeatureLayers(m, m.Map.Knn.Layers)) > 0 { // the term's layers graph is fed from features.layers
 		dropped = models.DropKnnLayersGraph(m)
 	}
 	m.Map.Sigma = sigma

@@ -498,7 +498,7 @@ func AddKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeK
 	}
 	// the same graph without its backbone, fed the frames' layers from the bundle's feature graph, when that
 	// graph gives the backbone's values (the small preset's MobileNetV2 runs once on a frame, not twice)
-	if missing := knnLayersOutside(m, spec.Layers); len(missing) > 0 || m.Features.Tokens {
+	if missing := models.MissingFeatureLayers(m, spec.Layers); len(missing) > 0 || m.Features.Tokens {
 		kb.NotShared = fmt.Sprintf("the feature graph's layers (features.layers) lack %v", missing)
 		if m.Features.Tokens {
 			kb.NotShared = "the feature graph gives ViT tokens"
@@ -527,17 +527,6 @@ func (kb *KnnBanks) Shared() string {
 		return "the frame's layers come from the feature graph (" + KnnLayersGraphFile + ")"
 	}
 	return "the knn graph runs on the frame: " + kb.NotShared
-}
-
-// knnLayersOutside lists the layers that features.layers of m lacks.
-func knnLayersOutside(m *models.Manifest, layers []string) []string {
-	var out []string
-	for _, l := range layers {
-		if !slices.ContainsFunc(m.Features.Layers, func(f models.FeatureLayer) bool { return f.Name == l }) {
-			out = append(out, l)
-		}
-	}
-	return out
 }
 
 // SetKnnFactor sets the factor of a bundle's term (its weight back to 0 until calibrate measures it, and a
