@@ -97,6 +97,123 @@ func TestCoresetIsGreedyKCenter(t *testing.T) {
 	}
 }
 
+// coresetPlain is coreset without the skipped distances: every vector's distance to every new choice, summed in
+// order in float32. The skips must not change a single choice.
+func coresetPlain(vecs []float32, dims, k int) []int {
+	n := len(vecs) / dims
+	mean := make([]float64, dims)
+	for j := range n {
+		for c, v := range vecs[j*dims : (j+1)*dims] {
+			mean[c] += float64(v)
+		}
+	}
+	for c := range mean {
+		mean[c] /= float64(n)
+	}
+	first, far := 0, 0.0
+	for j := range n {
+		var s float64
+		for c, v := range vecs[j*dims : (j+1)*dims] {
+			d := float64(v) - mean[c]
+			s += d * d
+		}
+		if s > far {
+			first, far = j, s
+		}
+	}
+	dist := make([]float64, n)
+	for j := range dist {
+		dist[j] = math.Inf(1)
+	}
+	out := []int{}
+	next := first
+	for len(out) < k {
+		out = append(out, next)
+		sel := vecs[next*dims : (next+1)*dims]
+		best, bestD := -1, -1.0
+		for j := range n {
+			if dist[j] == 0 {
+				continue
+			}
+			var s float32
+			for c, v := range vecs[j*dims : (j+1)*dims] {
+				d := v - sel[c]
+				s += d * d
+			}
+			if d := float64(s); d < dist[j] {
+				dist[j] = d
+			}
+			if dist[j] > bestD {
+				best, bestD = j, dist[j]
+			}
+		}
+		if best < 0 {
+			best = next
+		}
+		dist[next] = 0
+		next = best
+	}
+	return out
+}
+
+func TestCoresetSkipsOnlyWhatCannotChange(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	gauss := func(n, dims int) []float32 {
+		v := make([]float32, n*dims)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64())
+		}
+		return v
+	}
+	// clusters of very different spread, as the positions of a few textures: most distances get skipped
+	clusters := func(n, dims, k int) []float32 {
+		centres := gauss(k, dims)
+		v := make([]float32, 0, n*dims)
+		for range n {
+			c := rng.IntN(k)
+			spread := float32(math.Pow(10, -3*rng.Float64()))
+			for d := range dims {
+				v = append(v, 10*centres[c*dims+d]+spread*float32(rng.NormFloat64()))
+			}
+		}
+		return v
+	}
+	// a small integer grid, repeated: many exact ties and duplicates, and more choices than distinct vectors
+	grid := make([]float32, 0, 3*2*50)
+	for range 3 {
+		for i := range 50 {
+			grid = append(grid, float32(i%7), float32(i/7))
+		}
+	}
+	// features with a large offset: squared distances small against the values, where float32 rounds most
+	offset := gauss(3000, 8)
+	for i := range offset {
+		offset[i] = 1000 + offset[i]/100
+	}
+	for _, c := range []struct {
+		name    string
+		vecs    []float32
+		dims, k int
+	}{
+		{"gaussian", gauss(4000, 56), 56, 600},
+		{"clusters", clusters(6000, 56, 40), 56, 900},
+		{"grid with duplicates", grid, 2, 60},
+		{"large offset", offset, 8, 500},
+		{"one vector", []float32{1, 2, 3}, 3, 4},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			want := coresetPlain(c.vecs, c.dims, c.k)
+			if got := coreset(context.Background(), c.vecs, c.dims, c.k); !slices.Equal(got, want) {
+				i := 0
+				for i < len(got) && i < len(want) && got[i] == want[i] {
+					i++
+				}
+				t.Fatalf("coreset differs from the plain loop from choice %d of %d: %v against %v", i, c.k, got[i:min(i+5, len(got))], want[i:min(i+5, len(want))])
+			}
+		})
+	}
+}
+
 // knnBundle copies the fixture bundle into dir and builds the term from the training normals at factor 0.
 func knnBundle(t *testing.T, dir string, train []dataset.Item, size int) (string, *KnnBanks) {
 	t.Helper()
@@ -404,46 +521,59 @@ func definedWeight(t *testing.T, b string, opt pipeline.Options, train []dataset
 }
 
 // TestWeighKnnMatchesBundles: WeighKnn's metrics for each factor are those of the bundle calibrated with that
-// factor (MeasureReference) and evaluated; factor 0 is the bundle without the term.
+// factor (MeasureReference) and evaluated; factor 0 is the bundle without the term. With a mean-frame term whose
+// weight was never measured (only its frames written, as the select stage does), WeighKnn sizes it from its own
+// pass as MeasureReference sizes it.
 func TestWeighKnnMatchesBundles(t *testing.T) {
 	dir := t.TempDir()
 	train := pixelTrain(t, dir)
 	_, test := smallSet(t, dir, 0, 3)
-	base, _ := knnBundle(t, dir, train, 32)
+	knn, _ := knnBundle(t, dir, train, 32)
 	ctx := context.Background()
 	opt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2}
 	opt.NoReference, opt.PixelMap, opt.KnnMap, opt.KnnLeaveOneOut = true, true, true, true
-	s, err := pipeline.Open(base, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	factors := []float64{0, 1, 3}
-	mets, err := WeighKnn(ctx, s, train, test, factors, Options{})
-	s.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, a := range factors {
-		b := filepath.Join(dir, fmt.Sprintf("f%d", k))
-		copyDir(t, base, b)
-		open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, opt) }
-		if _, err := MeasureReference(ctx, b, open, train, "train", 0, a, Options{}); err != nil {
+	for _, pixel := range []float64{0, 0.5} {
+		base := filepath.Join(dir, fmt.Sprintf("pixel%g", pixel))
+		copyDir(t, knn, base)
+		if err := WriteMeanFrames(ctx, base, train, "train", pixel); err != nil {
 			t.Fatal(err)
 		}
-		bs := openFixture(t, b)
-		if (bs.Manifest().Map.Knn != nil) != (a > 0) {
-			t.Errorf("factor %g: the bundle has the term: %v", a, bs.Manifest().Map.Knn != nil)
-		}
-		rep, _, err := Evaluate(ctx, bs, test, Options{})
-		bs.Close()
+		s, err := pipeline.Open(base, opt)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, want := rep.Mean, mets[k]
-		for _, d := range []float64{got.ImageAUROC - want.ImageAUROC, got.PixelAUROC - want.PixelAUROC, got.AUPRO - want.AUPRO, got.PixelAP - want.PixelAP} {
-			if math.Abs(d) > 1e-3 {
-				t.Errorf("factor %g: WeighKnn's metrics %+v, the bundle's %+v", a, want, got)
-				break
+		factors := []float64{0, 1, 3}
+		mets, err := WeighKnn(ctx, s, train, test, factors, Options{})
+		s.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, a := range factors {
+			b := filepath.Join(dir, fmt.Sprintf("pixel%g-f%d", pixel, k))
+			copyDir(t, base, b)
+			open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, opt) }
+			if _, err := MeasureReference(ctx, b, open, train, "train", pixel, a, Options{}); err != nil {
+				t.Fatal(err)
+			}
+			bs := openFixture(t, b)
+			bm := bs.Manifest()
+			if (bm.Map.Knn != nil) != (a > 0) {
+				t.Errorf("pixel %g, factor %g: the bundle has the term: %v", pixel, a, bm.Map.Knn != nil)
+			}
+			if pixel > 0 && (bm.Map.Pixel == nil || bm.Map.Pixel.Weight == 0) {
+				t.Fatalf("pixel %g: the calibrated bundle's mean-frame term %+v has no weight", pixel, bm.Map.Pixel)
+			}
+			rep, _, err := Evaluate(ctx, bs, test, Options{})
+			bs.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, want := rep.Mean, mets[k]
+			for _, d := range []float64{got.ImageAUROC - want.ImageAUROC, got.PixelAUROC - want.PixelAUROC, got.AUPRO - want.AUPRO, got.PixelAP - want.PixelAP} {
+				if math.Abs(d) > 1e-3 {
+					t.Errorf("pixel %g, factor %g: WeighKnn's metrics %+v, the bundle's %+v", pixel, a, want, got)
+					break
+				}
 			}
 		}
 	}

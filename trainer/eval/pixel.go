@@ -223,17 +223,7 @@ func MeasureReference(ctx context.Context, bundleDir string, open func() (*pipel
 	if err := SetKnnFactor(bundleDir, knnFactor); err != nil {
 		return nil, err
 	}
-	var mf *MeanFrames
-	if factor > 0 {
-		m, err := models.ReadManifest(bundleDir)
-		if err != nil {
-			return nil, err
-		}
-		if mf, err = BuildMeanFrames(ctx, m, normal, source); err != nil {
-			return nil, err
-		}
-	}
-	if err := WritePixel(bundleDir, mf, factor); err != nil {
+	if err := WriteMeanFrames(ctx, bundleDir, normal, source, factor); err != nil {
 		return nil, err
 	}
 	s, err := open()
@@ -249,6 +239,26 @@ func MeasureReference(ctx context.Context, bundleDir string, open func() (*pipel
 		return nil, err
 	}
 	return ref, nil
+}
+
+// WriteMeanFrames writes the mean-frame term at factor into the bundle with the mean frames of the normal items
+// (no model runs), its weight not yet measured; factor 0 removes the term. BuildReference (through
+// MeasureReference) measures the weight; WeighKnn measures it from its own pass when nothing else has.
+func WriteMeanFrames(ctx context.Context, bundleDir string, normal []dataset.Item, source string, factor float64) error {
+	if err := CheckPixelFactor(factor); err != nil {
+		return err
+	}
+	var mf *MeanFrames
+	if factor > 0 {
+		m, err := models.ReadManifest(bundleDir)
+		if err != nil {
+			return err
+		}
+		if mf, err = BuildMeanFrames(ctx, m, normal, source); err != nil {
+			return err
+		}
+	}
+	return WritePixel(bundleDir, mf, factor)
 }
 
 // PixelFactor is the mean-frame term factor of a bundle on disk: map.pixel.factor, 0 without the term.

@@ -64,9 +64,9 @@ type knnChoice struct {
 
 // selectKnn weighs the nearest-normal term's factors (select.knn_factors) on the recipe chosen before it: the
 // model cand, ensemble start noises (0: the export config's), the layers (nil: the export config's) and the
-// mean-frame term at pixel. It exports that bundle, measures its reference with the mean-frame term, builds the
-// term's banks from every training normal, and ranks the factors from one scoring pass of the reference
-// normals (against banks without their own vectors) and one of the painted set (eval.WeighKnn). With
+// mean-frame term at pixel. It exports that bundle, writes the mean frames into it, builds the term's banks from
+// every training normal, and ranks the factors from one scoring pass of the reference normals (against banks without
+// their own vectors; it also sizes the mean-frame term) and one of the painted set (eval.WeighKnn). With
 // select.knn_isolated it does so once per isolated fraction, each with its own banks. A factor above 0 is taken
 // only when it leads factor 0 by select.min_gain.
 func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, ensemble int, layers [][2]any, pixel float64) (knnChoice, error) {
@@ -89,10 +89,14 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 	if err != nil {
 		return knnChoice{}, err
 	}
-	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, pixel, 0, "[select] knn "); err != nil {
+	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Select.ReferencePerClass)
+	// the mean-frame term's frames only: weighKnn's pass of the same normals sizes it (no pass of its own)
+	if c.Calibrate.Reference == eval.ReferenceNone || len(train) == 0 {
+		pixel = 0
+	}
+	if err := eval.WriteMeanFrames(ctx, bundle, train, "train split of "+sc.Output("index", "index"), pixel); err != nil {
 		return knnChoice{}, err
 	}
-	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Select.ReferencePerClass)
 	val, err := valItems(valData, c.Data.Classes)
 	if err != nil {
 		return knnChoice{}, err
