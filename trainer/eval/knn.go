@@ -328,7 +328,7 @@ func subsample(p *knnPool, n, dims int, rng *rand.Rand) *knnPool {
 // choice, so that banks built before are built again byte for byte:
 //   - distances that cannot lower a vector's nearest distance are skipped by the triangle inequality (as in
 //     Elkan's k-means): a vector at distance r from its nearest choice c cannot come nearer to a new choice s
-//     that lies at least 2r from c. The test keeps a margin (coresetSkipMargin) far wider than float32 rounding;
+//     that lies at least 2r from c. The test keeps a margin (coresetSkipMargin) wider than float32 rounding;
 //   - the rest are computed four vectors at a time, each still summed in order (sqDist4InOrder), so the
 //     additions of four vectors overlap instead of waiting on each other;
 //   - the vectors are split among the CPUs, each finding the farthest of its share.
@@ -370,6 +370,7 @@ func coreset(ctx context.Context, vecs []float32, dims, k int) []int {
 	}
 	out := make([]int, 0, k)
 	apart := make([]float64, 0, k) // the new choice's squared distance to each earlier choice, over the margin
+	margin := coresetSkipMargin(dims)
 	next := first
 	var wg sync.WaitGroup
 	for len(out) < k {
@@ -379,7 +380,7 @@ func coreset(ctx context.Context, vecs []float32, dims, k int) []int {
 		sel := vecs[next*dims : (next+1)*dims]
 		apart = apart[:0]
 		for _, o := range out {
-			apart = append(apart, float64(sqDist(vecs[o*dims:(o+1)*dims], sel))/coresetSkipMargin)
+			apart = append(apart, float64(sqDist(vecs[o*dims:(o+1)*dims], sel))/margin)
 		}
 		cur := int32(len(out))
 		out = append(out, next)
@@ -406,18 +407,21 @@ func coreset(ctx context.Context, vecs []float32, dims, k int) []int {
 	return out
 }
 
-// coresetSkipMargin widens coreset's triangle-inequality test: a distance is skipped only when the bound holds
-// with 1e-4 to spare, against float32 rounding of squared distances of about 1e-5 at most for 512 values.
-const coresetSkipMargin = 1 + 1e-4
+// coresetSkipMargin widens coreset's triangle-inequality test so that float32 rounding cannot turn a skip into
+// a changed choice: a distance is skipped only when the bound holds with 1e-4 to spare beyond eight times the
+// worst relative rounding of a squared distance summed over dims values (dims x 2^-24; 3e-6 at 56 values).
+func coresetSkipMargin(dims int) float64 {
+	return 1 + 1e-4 + 8*float64(dims)*0x1p-24
+}
 
 // coresetShare is one worker's contiguous share [lo, hi) of coreset's vectors, its scratch space, and the
 // farthest vector it found in the last round.
 type coresetShare struct {
-	lo, hi int
-	best   int
-	bestD  float64
-	todo   []int
-	wasSet []bool
+	lo, hi  int
+	best    int
+	bestD   float64
+	scratch []int  // a block's indices, those whose distance is needed first
+	zero    []bool // a block's vectors at distance 0 before the round
 }
 
 // farthest lowers the share's nearest distances with the new choice sel (index cur into the choices), skipping
@@ -425,13 +429,13 @@ type coresetShare struct {
 // (a choice, or a duplicate of one) is passed over, as in the plain loop.
 func (sh *coresetShare) farthest(vecs []float32, dims int, sel []float32, apart []float64, cur int32, dist []float64, near []int32) {
 	const block = 512
-	if sh.wasSet == nil {
-		sh.todo, sh.wasSet = make([]int, block), make([]bool, block)
+	if sh.zero == nil {
+		sh.scratch, sh.zero = make([]int, block), make([]bool, block)
 	}
 	sh.best, sh.bestD = -1, -1.0
 	for lo := sh.lo; lo < sh.hi; lo += block {
 		hi := min(lo+block, sh.hi)
-		all, zero := sh.todo, sh.wasSet
+		all, zero := sh.scratch, sh.zero
 		n := 0
 		for j := lo; j < hi; j++ {
 			dj := dist[j]
