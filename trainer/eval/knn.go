@@ -334,28 +334,8 @@ func subsample(p *knnPool, n, dims int, rng *rand.Rand) *knnPool {
 //   - the vectors are split among the CPUs, each finding the farthest of its share.
 func coreset(ctx context.Context, vecs []float32, dims, k int) []int {
 	n := len(vecs) / dims
-	mean := make([]float64, dims)
-	for j := range n {
-		for c, v := range vecs[j*dims : (j+1)*dims] {
-			mean[c] += float64(v)
-		}
-	}
-	for c := range mean {
-		mean[c] /= float64(n)
-	}
+	first := farthestFromMean(vecs, dims)
 	dist := make([]float64, n)
-	first := 0
-	for j := range n {
-		var s float64
-		for c, v := range vecs[j*dims : (j+1)*dims] {
-			d := float64(v) - mean[c]
-			s += d * d
-		}
-		if s > dist[first] {
-			first = j
-		}
-		dist[j] = s
-	}
 	for j := range dist {
 		dist[j] = math.Inf(1)
 	}
@@ -405,6 +385,33 @@ func coreset(ctx context.Context, vecs []float32, dims, k int) []int {
 		next = best
 	}
 	return out
+}
+
+// farthestFromMean is coreset's first choice: the vector farthest from the vectors' mean (the lowest index on a
+// tie), distances in float64.
+func farthestFromMean(vecs []float32, dims int) int {
+	n := len(vecs) / dims
+	mean := make([]float64, dims)
+	for j := range n {
+		for c, v := range vecs[j*dims : (j+1)*dims] {
+			mean[c] += float64(v)
+		}
+	}
+	for c := range mean {
+		mean[c] /= float64(n)
+	}
+	first, far := 0, 0.0
+	for j := range n {
+		var s float64
+		for c, v := range vecs[j*dims : (j+1)*dims] {
+			d := float64(v) - mean[c]
+			s += d * d
+		}
+		if s > far {
+			first, far = j, s
+		}
+	}
+	return first
 }
 
 // coresetSkipMargin widens coreset's triangle-inequality test so that float32 rounding cannot turn a skip into

@@ -97,30 +97,11 @@ func TestCoresetIsGreedyKCenter(t *testing.T) {
 	}
 }
 
-// coresetPlain is coreset without the skipped distances: every vector's distance to every new choice, summed in
-// order in float32. The skips must not change a single choice.
+// coresetPlain is coreset as it was before it skipped distances: every vector's distance to every new choice,
+// summed in order in float32, one vector at a time on one CPU. The skips must not change a single choice.
 func coresetPlain(vecs []float32, dims, k int) []int {
 	n := len(vecs) / dims
-	mean := make([]float64, dims)
-	for j := range n {
-		for c, v := range vecs[j*dims : (j+1)*dims] {
-			mean[c] += float64(v)
-		}
-	}
-	for c := range mean {
-		mean[c] /= float64(n)
-	}
-	first, far := 0, 0.0
-	for j := range n {
-		var s float64
-		for c, v := range vecs[j*dims : (j+1)*dims] {
-			d := float64(v) - mean[c]
-			s += d * d
-		}
-		if s > far {
-			first, far = j, s
-		}
-	}
+	first := farthestFromMean(vecs, dims) // the first choice is not what the skips change
 	dist := make([]float64, n)
 	for j := range dist {
 		dist[j] = math.Inf(1)
