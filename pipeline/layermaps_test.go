@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"math"
+	"strings"
 	"testing"
 )
 
@@ -61,5 +62,85 @@ func TestLayerMapsRebuildTheMap(t *testing.T) {
 	}
 	if res[0].LayerMaps != nil {
 		t.Errorf("a scorer without Options.LayerMaps returned %d layer maps", len(res[0].LayerMaps))
+	}
+}
+
+// TestNoisePrefixLayerMaps: with Options.NoisePrefixes a scorer of K start noises gives, for each prefix n, the
+// layer maps that a scorer of n noises gives the same frames (noise k comes from seed Seed+k whatever the
+// count), so the select stage can weigh every count from one pass at the largest. The whole ensemble's prefix
+// is LayerMaps itself; a prefix the scorer cannot give is refused when it opens.
+func TestNoisePrefixLayerMaps(t *testing.T) {
+	ctx := context.Background()
+	reqs := []Request{{Image: testImage(256, 256, 3), Class: "bolt", Seq: 4}, {Image: testImage(300, 200, 11), Class: "nut", Seq: 9}}
+	const K = 3
+	prefixes := []int{1, 2, K}
+	s, err := Open(fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, Ensemble: K, NoisePrefixes: prefixes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Score(ctx, reqs)
+	s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for j, n := range prefixes {
+		one, err := Open(fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, Ensemble: n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := one.Score(ctx, reqs)
+		one.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for f := range reqs {
+			if got[f].Err != nil || want[f].Err != nil {
+				t.Fatal(got[f].Err, want[f].Err)
+			}
+			pl := got[f].PrefixLayerMaps
+			if len(pl) != len(prefixes) || len(pl[j]) != len(want[f].LayerMaps) {
+				t.Fatalf("prefix %d, frame %d: %d prefixes of %d layer maps, want %d of %d", n, f, len(pl), len(pl[j]), len(prefixes), len(want[f].LayerMaps))
+			}
+			worst, scale := 0.0, 0.0
+			for l, lm := range want[f].LayerMaps {
+				for i, v := range lm {
+					worst = math.Max(worst, math.Abs(float64(v-pl[j][l][i])))
+					scale = math.Max(scale, math.Abs(float64(v)))
+				}
+			}
+			if worst > 1e-5*math.Max(scale, 1e-3) {
+				t.Errorf("prefix %d, frame %d: the layer maps differ from those of a scorer of %d noises by %g (scale %g)", n, f, n, worst, scale)
+			}
+		}
+	}
+	for f := range reqs {
+		pl := got[f].PrefixLayerMaps
+		if &pl[len(prefixes)-1][0][0] != &got[f].LayerMaps[0][0] {
+			t.Errorf("frame %d: the whole ensemble's prefix is not LayerMaps itself", f)
+		}
+		apart := 0.0
+		for i, v := range pl[0][0] {
+			apart = math.Max(apart, math.Abs(float64(v-pl[len(prefixes)-1][0][i])))
+		}
+		if apart < 1e-6 {
+			t.Errorf("frame %d: the maps of 1 and of %d noises are the same to %g: the prefix was not applied", f, K, apart)
+		}
+	}
+	for _, c := range []struct {
+		opt  Options
+		want string
+	}{
+		{Options{LayerMaps: true, Ensemble: 2, NoisePrefixes: []int{1, 3}}, "1..2"},
+		{Options{LayerMaps: true, Ensemble: 2, NoisePrefixes: []int{2, 1}}, "increasing"},
+		{Options{LayerMaps: true, Ensemble: 2, NoisePrefixes: []int{0}}, "1..2"},
+		{Options{Ensemble: 2, NoisePrefixes: []int{1}}, "LayerMaps"},
+	} {
+		c.opt.Providers = []string{"cpu"}
+		if s, err := Open(fixtureBundle, c.opt); err == nil || !strings.Contains(err.Error(), c.want) {
+			if s != nil {
+				s.Close()
+			}
+			t.Errorf("prefixes %v of %d noises (layer maps %v): error %v, want one naming %q", c.opt.NoisePrefixes, c.opt.Ensemble, c.opt.LayerMaps, err, c.want)
+		}
 	}
 }

@@ -278,7 +278,7 @@ func grow(buf []float64, n int) []float64 {
 // to workers goroutines. The map is sc.amap: valid until sc's next use. Python twin: the mean over k of
 // reference.smooth(reference.anomaly_map(...)).
 func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
-	return smoothedMapWith(layers, nil, nil, i, frames, ens, tokens, H, W, sigma, truncate, sc, workers)
+	return smoothedMapWith(layers, nil, nil, i, frames, ens, ens, tokens, H, W, sigma, truncate, sc, workers)
 }
 
 // pixelInput is one frame's mean-frame term (models.PixelTerm): the frame's preprocessed values and its class's
@@ -303,10 +303,14 @@ func pixelDistanceRows(x, mean []float32, n, lo, hi int, dst []float64) {
 // pix.weight (docs/algorithm.md §1.9, "the mean-frame term"): one more map at full size in the same banded
 // product, so the term costs its distance and the Gaussian alone, and the sum is smoothed once; and, when knn
 // is set, the nearest-normal distances times knn.weight, one more low-resolution layer of the plan. With no
-// layers it is the terms' smoothed map alone.
-func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, frames, ens int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
+// layers it is the terms' smoothed map alone. The layers hold ens reconstructions per frame, and the map is the
+// mean over the first use of them (use = ens but for Options.NoisePrefixes).
+func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, frames, ens, use int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
 	if ens < 1 {
 		return nil, fmt.Errorf("%d reconstructions per frame: want at least one", ens)
+	}
+	if use < 1 || use > ens {
+		return nil, fmt.Errorf("the mean of %d of %d reconstructions per frame: want 1..%d", use, ens, ens)
 	}
 	sc.sizes, sc.wts, sc.chans = sc.sizes[:0], sc.wts[:0], sc.chans[:0]
 	total := 0
@@ -332,7 +336,7 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, fr
 	}
 	total += more
 	sc.dist = grow(sc.dist, total)
-	if ens > 1 {
+	if use > 1 {
 		sc.more = grow(sc.more, total)
 	}
 	// a layer with a match radius needs its reconstructions' squared norms at every position before the
@@ -350,7 +354,7 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, fr
 	for l, s := range sc.sizes {
 		n := s.h * s.w
 		sc.d = append(sc.d, sc.dist[off:off+n])
-		if ens > 1 {
+		if use > 1 {
 			sc.dm = append(sc.dm, sc.more[off:off+n])
 		}
 		off += n
@@ -359,7 +363,7 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, fr
 			mb, na, nb = sc.match[moff:moff+n], sc.match[moff+n:moff+2*n], sc.match[moff+2*n:moff+(2+ens)*n]
 			moff += (2 + ens) * n
 			squaredNorms(layers[l].item(i, sc.chans[l]*n), sc.chans[l], n, na)
-			for k := range ens {
+			for k := range use {
 				squaredNorms(layers[l].item(frames+i*ens+k, sc.chans[l]*n), sc.chans[l], n, nb[k*n:(k+1)*n])
 			}
 		}
@@ -393,17 +397,17 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, fr
 			layers[l].distance(i, j, tokens, sc.chans[l], n, lo, hi, dst)
 		}
 		dist(0, sc.d[l])
-		if ens == 1 {
+		if use == 1 {
 			return
 		}
 		d, more := sc.d[l][lo:hi], sc.dm[l]
-		for k := 1; k < ens; k++ {
+		for k := 1; k < use; k++ {
 			dist(k, more)
 			for j, v := range more[lo:hi] {
 				d[j] += v
 			}
 		}
-		inv := 1 / float64(ens)
+		inv := 1 / float64(use)
 		for j := range d {
 			d[j] *= inv
 		}

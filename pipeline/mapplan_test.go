@@ -411,7 +411,7 @@ func TestMeanFrameTermMatchesDefinition(t *testing.T) {
 						gaussianFilterDirect(want, c.H, c.W, c.sigma, c.truncate)
 					}
 					for _, workers := range []int{1, 3} {
-						got, err := smoothedMapWith(layers, &pixelInput{x: xi, mean: mean, weight: w}, nil, i, frames, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
+						got, err := smoothedMapWith(layers, &pixelInput{x: xi, mean: mean, weight: w}, nil, i, frames, 1, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
 						if err != nil {
 							t.Fatal(err)
 						}
@@ -421,7 +421,7 @@ func TestMeanFrameTermMatchesDefinition(t *testing.T) {
 					}
 				}
 			}
-			if _, err := smoothedMapWith(feats, &pixelInput{x: x[:5], mean: mean, weight: 1}, nil, 0, frames, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, 1); err == nil || !strings.Contains(err.Error(), "mean-frame term") {
+			if _, err := smoothedMapWith(feats, &pixelInput{x: x[:5], mean: mean, weight: 1}, nil, 0, frames, 1, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, 1); err == nil || !strings.Contains(err.Error(), "mean-frame term") {
 				t.Errorf("a frame of 5 values: want an error naming the mean-frame term, got %v", err)
 			}
 		})

@@ -186,6 +186,12 @@ type Options struct {
 	// calibrate writes it into the bundle; the bundle's map reference and thresholds hold only for their own
 	// count.
 	Ensemble int
+	// NoisePrefixes, with LayerMaps, has every result also carry the layer maps that a bundle with only the
+	// first n start noises would give, for each n (Result.PrefixLayerMaps): noise k is drawn from seed Seed+k
+	// whatever the count, so the first n reconstructions of an ensemble are those of a count of n. The select
+	// stage weighs every count of select.ensembles from one scoring pass at the largest instead of one pass per
+	// count. Increasing, each in 1..the ensemble.
+	NoisePrefixes []int
 	// StaticNoLayout optimises the static-shape denoiser sessions at the extended level, without ONNX Runtime's
 	// NCHWc layout pass: 80 fewer operators per small-preset step, but plain instead of blocked convolutions,
 	// and slower in the quiet interleaved runs (Scorer.staticNoLayout). Off (the zero value): ONNX Runtime's

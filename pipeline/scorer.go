@@ -83,6 +83,9 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 		}
 		s.ens = opt.Ensemble
 	}
+	if err := checkPrefixes(opt, s.ens); err != nil {
+		return nil, err
+	}
 	if m.Diffusion.SeedPolicy == "fixed" {
 		s.fixedNoise = s.drawNoise(0)
 	}
@@ -167,6 +170,26 @@ func (s *Scorer) newGraphAt(name, file string, in, out []string, noLayout bool) 
 	}
 	return &graph{name: name, sess: sess, in: in, out: out}, nil
 }
+
+// checkPrefixes checks Options.NoisePrefixes against the ensemble of ens start noises.
+func checkPrefixes(opt Options, ens int) error {
+	ps := opt.NoisePrefixes
+	if len(ps) == 0 {
+		return nil
+	}
+	if !opt.LayerMaps {
+		return fmt.Errorf("noise prefixes %v: they are layer maps, and the scorer has no Options.LayerMaps", ps)
+	}
+	for i, n := range ps {
+		if n < 1 || n > ens || (i > 0 && n <= ps[i-1]) {
+			return fmt.Errorf("noise prefixes %v: want increasing counts in 1..%d, the scorer's start noises per frame", ps, ens)
+		}
+	}
+	return nil
+}
+
+// NoisePrefixes is Options.NoisePrefixes: the start-noise counts whose layer maps every result also carries.
+func (s *Scorer) NoisePrefixes() []int { return s.opt.NoisePrefixes }
 
 // Ensemble is how many start noises each frame is reconstructed from.
 func (s *Scorer) Ensemble() int { return s.ens }

@@ -427,7 +427,7 @@ func (s *Scorer) mapsAndScores(feats []layerOutput, x []float32, knn *knnMaps, r
 	results := make([]Result, len(reqs))
 	for i, r := range reqs {
 		pix := s.pixelInput(x, i, r.Class, s.pixelWeight())
-		amap, err := smoothedMapWith(feats, pix, knn.frame(i, s.knnWeight()), i, len(reqs), s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+		amap, err := smoothedMapWith(feats, pix, knn.frame(i, s.knnWeight()), i, len(reqs), s.ens, s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
 		if err != nil {
 			return nil, err
 		}
@@ -445,16 +445,19 @@ func (s *Scorer) mapsAndScores(feats []layerOutput, x []float32, knn *knnMaps, r
 				return nil, err
 			}
 			results[i].LayerMaps = lm
+			if results[i].PrefixLayerMaps, err = s.prefixLayerMaps(feats, i, len(reqs), lm, sc); err != nil {
+				return nil, err
+			}
 		}
 		if pix := s.pixelInput(x, i, r.Class, 1); pix != nil && (s.opt.PixelMap || s.opt.LayerMaps) {
-			m, err := smoothedMapWith(nil, pix, nil, i, len(reqs), s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+			m, err := smoothedMapWith(nil, pix, nil, i, len(reqs), s.ens, s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
 			if err != nil {
 				return nil, err
 			}
 			results[i].PixelMap, _ = finiteFloat32(m) // finite: the frame and the mean frame are
 		}
 		if k := knn.frame(i, 1); k != nil && (s.opt.KnnMap || s.opt.LayerMaps) {
-			m, err := smoothedMapWith(nil, nil, k, i, len(reqs), s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+			m, err := smoothedMapWith(nil, nil, k, i, len(reqs), s.ens, s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
 			if err != nil {
 				return nil, err
 			}
@@ -505,6 +508,38 @@ func (s *Scorer) layerMaps(feats []layerOutput, i, frames int, sc *mapScratch) (
 			return nil, fmt.Errorf("feature %s: the model produced non-finite values (NaN/Inf) in its map", feats[l].Name)
 		}
 		out[l] = f
+	}
+	return out, nil
+}
+
+// prefixLayerMaps returns frame i's layer maps for each of Options.NoisePrefixes (Result.PrefixLayerMaps): as
+// layerMaps, each over the first n reconstructions; all is the maps over every one, which the whole ensemble's
+// prefix shares.
+func (s *Scorer) prefixLayerMaps(feats []layerOutput, i, frames int, all [][]float32, sc *mapScratch) ([][][]float32, error) {
+	if len(s.opt.NoisePrefixes) == 0 {
+		return nil, nil
+	}
+	H, W := s.m.Input.Height, s.m.Input.Width
+	out := make([][][]float32, len(s.opt.NoisePrefixes))
+	for j, n := range s.opt.NoisePrefixes {
+		if n == s.ens {
+			out[j] = all
+			continue
+		}
+		out[j] = make([][]float32, len(feats))
+		for l := range feats {
+			one := []layerOutput{feats[l]}
+			one[0].Weight = 1
+			m, err := smoothedMapWith(one, nil, nil, i, frames, s.ens, n, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+			if err != nil {
+				return nil, err
+			}
+			f, ok := finiteFloat32(m)
+			if !ok {
+				return nil, fmt.Errorf("feature %s: the model produced non-finite values (NaN/Inf) in its map of %d start noises", feats[l].Name, n)
+			}
+			out[j][l] = f
+		}
 	}
 	return out, nil
 }

@@ -61,6 +61,10 @@ type Result struct {
 	// per-layer references, is the map a bundle with layer weights w gives: the select stage compares layer
 	// weights from one scoring pass.
 	LayerMaps [][]float32 `json:"-"`
+	// PrefixLayerMaps, only with Options.NoisePrefixes, holds for each prefix n (in that order) the layer maps
+	// of the first n start noises alone, as LayerMaps holds them for all: the maps a bundle with n noises
+	// gives. A prefix of the whole ensemble shares LayerMaps' slices.
+	PrefixLayerMaps [][][]float32 `json:"-"`
 	// PixelMap, with Options.PixelMap or Options.LayerMaps and a bundle with the mean-frame term (map.pixel),
 	// is the term's own smoothed map: the frame's distance to its class's mean frame, with weight 1 and without
 	// the map reference. Map adds it times map.pixel.weight; the calibrate stage measures the weight from it.

@@ -663,3 +663,145 @@ func TestKnnBankSize(t *testing.T) {
 		})
 	}
 }
+
+// TestMapWeighingKnnMatchesWeighKnn: the nearest-normal term weighed from WeighMapsAt's pass (one scoring pass of
+// a bundle with the term's banks, at each noise prefix, for every layer recipe) gives the metrics WeighKnn gives
+// on a bundle of the chosen recipe with that many noises, which scores the reference normals and the validation
+// images again; with and without the mean-frame term.
+func TestMapWeighingKnnMatchesWeighKnn(t *testing.T) {
+	dir := t.TempDir()
+	train := pixelTrain(t, dir)
+	_, test := smallSet(t, dir, 0, 3)
+	knn, _ := knnBundle(t, dir, train, 32)
+	ctx := context.Background()
+	man, err := models.ReadManifest(knn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := make([]float64, len(man.Features.Layers))
+	for i, l := range man.Features.Layers {
+		own[i] = float64(l.Weight)
+	}
+	mf, err := BuildMeanFrames(ctx, man, train, "train")
+	if err != nil {
+		t.Fatal(err)
+	}
+	weighed := filepath.Join(dir, "weighed")
+	copyDir(t, knn, weighed)
+	if err := WritePixel(weighed, mf, 0); err != nil {
+		t.Fatal(err)
+	}
+	counts := []int{1, 2}
+	wopt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, KnnLeaveOneOut: true, Ensemble: 2, NoisePrefixes: counts}
+	s, err := pipeline.Open(weighed, wopt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cands := []MapCandidate{{Weights: own}, {Weights: own, Pixel: 0.5}}
+	w, err := WeighMapsAt(ctx, s, train, test, cands, Options{})
+	s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	factors := []float64{0, 1, 3}
+	for _, c := range cands {
+		base := filepath.Join(dir, fmt.Sprintf("pixel%g", c.Pixel))
+		copyDir(t, knn, base)
+		if err := WriteMeanFrames(ctx, base, train, "train", c.Pixel); err != nil {
+			t.Fatal(err)
+		}
+		for j, n := range counts {
+			got, err := w.WeighKnn(ctx, j, c, factors)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, NoReference: true, PixelMap: true, KnnMap: true, KnnLeaveOneOut: true, Ensemble: n}
+			one, err := pipeline.Open(base, opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := WeighKnn(ctx, one, train, test, factors, Options{})
+			one.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, a := range factors {
+				g, e := got[k], want[k]
+				for _, d := range []float64{g.ImageAUROC - e.ImageAUROC, g.PixelAUROC - e.PixelAUROC, g.AUPRO - e.AUPRO, g.PixelAP - e.PixelAP} {
+					if math.Abs(d) > 1e-4 {
+						t.Errorf("%s, %d noises, factor %g: from the weighing %+v, WeighKnn %+v", c.Name(), n, a, g, e)
+						break
+					}
+				}
+			}
+			if got[0] == got[2] {
+				t.Errorf("%s, %d noises: factor 3 scores as factor 0: the term was not added", c.Name(), n)
+			}
+			// the reference of the recipe with the term at 3, from the weighing's sums and measured on a bundle
+			ref, err := w.Reference(j, c, 3, "train")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := filepath.Join(dir, fmt.Sprintf("pixel%g-n%d", c.Pixel, n))
+			copyDir(t, base, b)
+			open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, opt) }
+			want2, err := MeasureReference(ctx, b, open, train, "train", c.Pixel, 3, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			compareReferences(t, fmt.Sprintf("%s, %d noises", c.Name(), n), ref, want2)
+			saved := filepath.Join(dir, fmt.Sprintf("saved-%g-%d", c.Pixel, n))
+			if err := SaveReference(saved, ref); err != nil {
+				t.Fatal(err)
+			}
+			back, err := LoadReference(saved)
+			if err != nil {
+				t.Fatal(err)
+			}
+			compareReferences(t, "saved and loaded", back, ref)
+		}
+	}
+	if _, err := LoadReference(dir); err == nil {
+		t.Errorf("loading a reference from a directory without one: no error")
+	}
+	plain, err := pipeline.Open(fixtureBundle, pipeline.Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	pw, err := WeighMapsAt(ctx, plain, train, test, []MapCandidate{{Weights: own}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pw.WeighKnn(ctx, 0, MapCandidate{Weights: own}, factors); err == nil || !strings.Contains(err.Error(), "no maps of the term") {
+		t.Errorf("a weighing without the term: error %v", err)
+	}
+}
+
+// compareReferences fails the test unless got is want: the same classes, image counts, noises and source, the
+// terms' weights within 1e-4 (relative), every row within 1e-5 of the rows' scale.
+func compareReferences(t *testing.T, what string, got, want *Reference) {
+	t.Helper()
+	if !slices.Equal(got.Classes, want.Classes) || !slices.Equal(got.Images, want.Images) || got.Noises != want.Noises || got.Source != want.Source ||
+		got.Width != want.Width || got.Height != want.Height {
+		t.Errorf("%s: reference %v %v %d noises %q %dx%d, want %v %v %d %q %dx%d", what, got.Classes, got.Images, got.Noises, got.Source, got.Width, got.Height,
+			want.Classes, want.Images, want.Noises, want.Source, want.Width, want.Height)
+		return
+	}
+	for _, p := range [][2]float64{{got.PixelWeight, want.PixelWeight}, {got.KnnWeight, want.KnnWeight}} {
+		if math.Abs(p[0]-p[1]) > 1e-4*math.Abs(p[1]) || (p[1] == 0) != (p[0] == 0) {
+			t.Errorf("%s: term weights %g / %g, want %g / %g", what, got.PixelWeight, got.KnnWeight, want.PixelWeight, want.KnnWeight)
+			break
+		}
+	}
+	worst, scale := 0.0, 0.0
+	for c := range want.Maps {
+		for i, v := range want.Maps[c] {
+			worst = math.Max(worst, math.Abs(float64(v-got.Maps[c][i])))
+			scale = math.Max(scale, math.Abs(float64(v)))
+		}
+	}
+	if worst > 1e-5*math.Max(scale, 1e-3) {
+		t.Errorf("%s: the rows differ by %g (scale %g)", what, worst, scale)
+	}
+}

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
@@ -137,6 +141,38 @@ func WeighLayers(ctx context.Context, s *pipeline.Scorer, reference, val []datas
 // scorer pools. Every step after the feature distance is linear, so these are the maps and scores of bundles
 // with those recipes and their own references. It returns each candidate's mean metrics over the classes.
 func WeighMaps(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.Item, cands []MapCandidate, opts Options) ([]metrics.Metrics, error) {
+	if len(s.NoisePrefixes()) > 0 {
+		return nil, errors.New("layer weights: the scorer gives noise prefixes (pipeline.Options.NoisePrefixes); weigh them with WeighMapsAt")
+	}
+	w, err := WeighMapsAt(ctx, s, reference, val, cands, opts)
+	if err != nil {
+		return nil, err
+	}
+	return w.Metrics[0], nil
+}
+
+// MapWeighing is what WeighMapsAt measured: Metrics[j][k] is candidate k's mean metrics over the classes with
+// the j-th start-noise count. It keeps the reference sums and the validation maps, so that the nearest-normal
+// term can be weighed on the recipe chosen from them without another scoring pass (WeighKnn).
+type MapWeighing struct {
+	Metrics        [][]metrics.Metrics
+	refs           []*layerRef
+	res            []ImageResult
+	noises         []int // each count's start noises
+	width, height  int   // the maps' size
+	kernel, repeat int
+	knn            bool // the reference sums and the maps include the nearest-normal term's
+}
+
+// WeighMapsAt is WeighMaps for each start-noise count the scorer gives layer maps of
+// (pipeline.Options.NoisePrefixes; without them, its own count alone), from one scoring pass of the reference
+// normals and one of the validation items at the largest count: Metrics[j][k] is candidate k's metrics with the
+// j-th count, each count with its own reference rows and term weight, as a bundle with that many noises would
+// measure them. The candidates' metrics are computed on every CPU. When the bundle has the nearest-normal term
+// (map.knn, weight 0: its banks built, its weight not yet measured) and reference normals, the pass also keeps
+// the term's maps, for MapWeighing.WeighKnn; open the scorer with pipeline.Options.KnnLeaveOneOut then, so that
+// each reference normal is scored against banks without its own vectors, as calibrate measures it.
+func WeighMapsAt(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.Item, cands []MapCandidate, opts Options) (*MapWeighing, error) {
 	m := s.Manifest()
 	nl := len(m.Features.Layers)
 	if len(cands) > MaxLayerCandidates {
@@ -162,7 +198,9 @@ func WeighMaps(ctx context.Context, s *pipeline.Scorer, reference, val []dataset
 	if pixel && (s.Bundle().MeanFrames == nil || len(reference) == 0) {
 		return nil, errors.New("layer weights with the mean-frame term: the bundle needs its mean frames (map.pixel) and the term its reference normals")
 	}
-	ref, err := layerReference(ctx, s, reference, pixel, opts)
+	views := max(1, len(s.NoisePrefixes()))
+	knn := m.Map.Knn != nil && len(reference) > 0
+	refs, err := layerReferences(ctx, s, reference, pixel, knn, views, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -172,11 +210,16 @@ func WeighMaps(ctx context.Context, s *pipeline.Scorer, reference, val []dataset
 	}
 	for i := range res {
 		r := &res[i]
-		if len(r.Result.LayerMaps) != nl {
-			return nil, fmt.Errorf("layer weights: %s has %d layer maps for %d layers (open the scorer with pipeline.Options.LayerMaps)", r.Item.Path, len(r.Result.LayerMaps), nl)
+		for v := range views {
+			if lms := viewMaps(r.Result, v); len(lms) != nl {
+				return nil, fmt.Errorf("layer weights: %s has %d layer maps for %d layers (open the scorer with pipeline.Options.LayerMaps)", r.Item.Path, len(lms), nl)
+			}
 		}
 		if pixel && len(r.Result.PixelMap) == 0 {
 			return nil, fmt.Errorf("layer weights: %s has no map of the mean-frame term", r.Item.Path)
+		}
+		if knn && len(r.Result.KnnMap) != len(viewMaps(r.Result, 0)[0]) {
+			return nil, fmt.Errorf("layer weights: %s has no map of the nearest-normal term", r.Item.Path)
 		}
 		if r.Item.Mask != "" {
 			if r.Mask, err = ReadMask(r.Item.Mask, r.Result.MapWidth, r.Result.MapHeight); err != nil {
@@ -185,19 +228,163 @@ func WeighMaps(ctx context.Context, s *pipeline.Scorer, reference, val []dataset
 		}
 		r.Result.Map = nil // each weighting builds its own
 	}
-	out := make([]metrics.Metrics, len(cands))
-	for k, c := range cands {
+	w := &MapWeighing{Metrics: make([][]metrics.Metrics, views), refs: refs, res: res, noises: s.NoisePrefixes(), width: m.Input.Width, height: m.Input.Height,
+		kernel: m.Score.PoolKernel, repeat: m.Score.PoolRepeat, knn: knn}
+	if len(w.noises) == 0 {
+		w.noises = []int{s.Ensemble()}
+	}
+	for v := range views {
+		w.Metrics[v] = make([]metrics.Metrics, len(cands))
+	}
+	err = parallelMetrics(ctx, views*len(cands), func(j int) error {
+		v, k := j/len(cands), j%len(cands)
+		c, ref := cands[k], refs[v]
 		weight := 0.0
 		if c.Pixel > 0 {
 			weight = pixelWeight(c.Pixel, ref.featureStd(c.Weights), ref.pixelStd())
 		}
-		rep, err := Metrics(weightedResults(res, c.Weights, weight, ref, m.Score.PoolKernel, m.Score.PoolRepeat))
+		rep, err := Metrics(weightedResults(res, v, c.Weights, weight, 0, ref, w.kernel, w.repeat))
 		if err != nil {
-			return nil, fmt.Errorf("layer weights %s: %w", c.Name(), err)
+			return fmt.Errorf("layer weights %s: %w", c.Name(), err)
+		}
+		w.Metrics[v][k] = rep.Mean
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// WeighKnn ranks the nearest-normal term's factors on recipe c at the j-th count of the weighing, from its
+// pass: each map is the recipe's (its layers and mean-frame term, as WeighMapsAt weighed it) plus weight x (the
+// term's map minus its class's reference row), the weight sized as calibrate sizes it (BuildReference: factor x
+// the features' spread / the term's spread over the reference normals). These are the maps the package-level
+// WeighKnn gives on a bundle of that recipe, without scoring anything again. It returns each factor's mean
+// metrics over the classes.
+func (w *MapWeighing) WeighKnn(ctx context.Context, j int, c MapCandidate, factors []float64) ([]metrics.Metrics, error) {
+	if !w.knn {
+		return nil, errors.New("nearest-normal term factors: the weighing has no maps of the term (a bundle with map.knn and reference normals)")
+	}
+	if j < 0 || j >= len(w.refs) {
+		return nil, fmt.Errorf("nearest-normal term factors: count %d of a weighing of %d", j, len(w.refs))
+	}
+	ref := w.refs[j]
+	if len(c.Weights) != len(ref.mean[""]) {
+		return nil, fmt.Errorf("nearest-normal term factors: layer weights %v for %d layers", c.Weights, len(ref.mean[""]))
+	}
+	if c.Pixel > 0 && len(ref.pix) == 0 {
+		return nil, errors.New("nearest-normal term factors: the weighing did not measure the mean-frame term")
+	}
+	fs := ref.featureStd(c.Weights)
+	pw := 0.0
+	if c.Pixel > 0 {
+		pw = pixelWeight(c.Pixel, fs, ref.pixelStd())
+	}
+	ks := ref.knnStd()
+	out := make([]metrics.Metrics, len(factors))
+	err := parallelMetrics(ctx, len(factors), func(k int) error {
+		rep, err := Metrics(weightedResults(w.res, j, c.Weights, pw, pixelWeight(factors[k], fs, ks), ref, w.kernel, w.repeat))
+		if err != nil {
+			return fmt.Errorf("nearest-normal term factor %g: %w", factors[k], err)
 		}
 		out[k] = rep.Mean
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
+}
+
+// Reference is the map reference that MeasureReference measures, on the weighing's reference normals, for a
+// bundle of recipe c at the j-th count with the nearest-normal term at knnFactor (0: none), computed from the
+// weighing's sums instead of another scoring pass: each class's row is the recipe's weighted mean layer maps plus
+// each term's weight x its mean map, each weight factor x the features' spread / the term's spread
+// (BuildReference). Every step after the feature distance is linear, so these are the rows a pass of that bundle
+// averages, up to float rounding. The calibrate stage writes it instead of measuring its own when the select
+// stage's choice is the bundle it calibrates.
+func (w *MapWeighing) Reference(j int, c MapCandidate, knnFactor float64, source string) (*Reference, error) {
+	if j < 0 || j >= len(w.refs) || w.refs[j] == nil {
+		return nil, fmt.Errorf("map reference: count %d of a weighing of %d, or no reference normals", j, len(w.refs))
+	}
+	ref := w.refs[j]
+	if len(c.Weights) != len(ref.mean[""]) {
+		return nil, fmt.Errorf("map reference: layer weights %v for %d layers", c.Weights, len(ref.mean[""]))
+	}
+	if c.Pixel > 0 && len(ref.pix) == 0 {
+		return nil, errors.New("map reference: the weighing did not measure the mean-frame term")
+	}
+	if knnFactor > 0 && !w.knn {
+		return nil, errors.New("map reference: the weighing has no maps of the nearest-normal term")
+	}
+	fs := ref.featureStd(c.Weights)
+	out := &Reference{Width: w.width, Height: w.height, Source: source, Noises: w.noises[j]}
+	if c.Pixel > 0 {
+		out.PixelWeight = pixelWeight(c.Pixel, fs, ref.pixelStd())
+	}
+	if knnFactor > 0 {
+		out.KnnWeight = pixelWeight(knnFactor, fs, ref.knnStd())
+	}
+	out.Classes = slices.Sorted(maps.Keys(ref.mean))
+	for _, cl := range out.Classes {
+		means := ref.mean[cl]
+		row := make([]float32, len(means[0]))
+		for i := range row {
+			v := 0.0
+			for l, lm := range means {
+				v += c.Weights[l] * lm[i]
+			}
+			if out.PixelWeight != 0 {
+				v += out.PixelWeight * ref.pix[cl][i]
+			}
+			if out.KnnWeight != 0 {
+				v += out.KnnWeight * ref.knn[cl][i]
+			}
+			row[i] = float32(v)
+		}
+		out.Maps = append(out.Maps, row)
+		out.Images = append(out.Images, ref.n[cl])
+	}
+	return out, nil
+}
+
+// parallelMetrics runs job(0..n-1) on every CPU (each job a pass of the metrics over the validation maps, which
+// holds no lock) and returns the jobs' errors joined, or the context's.
+func parallelMetrics(ctx context.Context, n int, job func(int) error) error {
+	errs := make([]error, n)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range max(1, min(runtime.GOMAXPROCS(0), n)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range next {
+				errs[j] = job(j)
+			}
+		}()
+	}
+	for j := range n {
+		if ctx.Err() != nil {
+			break
+		}
+		next <- j
+	}
+	close(next)
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return errors.Join(errs...)
+}
+
+// viewMaps is a result's layer maps in view v of WeighMapsAt: those of the v-th noise prefix when the scorer
+// gives prefixes, else its own (the only view).
+func viewMaps(r pipeline.Result, v int) [][]float32 {
+	if len(r.PrefixLayerMaps) > 0 {
+		return r.PrefixLayerMaps[v]
+	}
+	return r.LayerMaps
 }
 
 // layerRef is what the reference normals tell WeighMaps: per class ("" for all of them) the mean map of each
@@ -209,6 +396,8 @@ type layerRef struct {
 	pix   map[string][]float64   // class -> the term's mean map (with the term)
 	cross map[string][][]float64 // class -> pair (l <= m, row-major upper triangle) -> sum of products
 	pixSq map[string][]float64   // class -> sum of the term's squares
+	knn   map[string][]float64   // class -> the nearest-normal term's mean map (with the term)
+	knnSq map[string][]float64   // class -> sum of its squares
 	n     map[string]int
 }
 
@@ -253,17 +442,28 @@ func (r *layerRef) featureStd(w []float64) float64 {
 
 // pixelStd is the same spread for the mean-frame term's maps.
 func (r *layerRef) pixelStd() float64 {
+	return termStd(r.pix, r.pixSq, r.n)
+}
+
+// knnStd is the same spread for the nearest-normal term's maps.
+func (r *layerRef) knnStd() float64 {
+	return termStd(r.knn, r.knnSq, r.n)
+}
+
+// termStd is the pooled spread of a term's maps around their class means, from each class's mean map and sum
+// of squares, over the classes' own rows (the global one only when it is the only row).
+func termStd(mean, sq map[string][]float64, n map[string]int) float64 {
 	var ss float64
 	var cnt int
-	for c, mean := range r.pix {
-		if c == "" && len(r.pix) > 1 {
+	for c, m := range mean {
+		if c == "" && len(mean) > 1 {
 			continue
 		}
-		n := float64(r.n[c])
-		for i, v := range mean {
-			ss += r.pixSq[c][i] - n*v*v
+		nc := float64(n[c])
+		for i, v := range m {
+			ss += sq[c][i] - nc*v*v
 		}
-		cnt += r.n[c] * len(mean)
+		cnt += n[c] * len(m)
 	}
 	return pooledStd(ss, cnt)
 }
@@ -272,67 +472,114 @@ func (r *layerRef) pixelStd() float64 {
 // (and of the mean-frame term, with its spread's sums, when pixel is set), and the mean over every normal
 // under "" (the row for frames without a class); nil without normals.
 func layerReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.Item, pixel bool, opts Options) (*layerRef, error) {
-	if len(normal) == 0 {
-		return nil, nil
+	refs, err := layerReferences(ctx, s, normal, pixel, false, 1, opts)
+	if err != nil {
+		return nil, err
 	}
-	r := &layerRef{mean: map[string][][]float64{}, pix: map[string][]float64{}, cross: map[string][][]float64{}, pixSq: map[string][]float64{}, n: map[string]int{}}
+	return refs[0], nil
+}
+
+// layerReferences is layerReference for each of views views of the layer maps (viewMaps) from one scoring pass,
+// with the nearest-normal term's sums too when knn is set; nil references without normals.
+func layerReferences(ctx context.Context, s *pipeline.Scorer, normal []dataset.Item, pixel, knn bool, views int, opts Options) ([]*layerRef, error) {
+	refs := make([]*layerRef, views)
+	if len(normal) == 0 {
+		return refs, nil
+	}
+	for v := range refs {
+		refs[v] = &layerRef{mean: map[string][][]float64{}, pix: map[string][]float64{}, cross: map[string][][]float64{}, pixSq: map[string][]float64{},
+			knn: map[string][]float64{}, knnSq: map[string][]float64{}, n: map[string]int{}}
+	}
 	for start := 0; start < len(normal); start += referenceChunk {
 		res, err := ScoreItems(ctx, s, normal[start:min(start+referenceChunk, len(normal))], opts)
 		if err != nil {
 			return nil, fmt.Errorf("per-layer map reference: %w", err)
 		}
 		for _, it := range res {
-			lms := it.Result.LayerMaps
-			if len(lms) == 0 {
-				return nil, fmt.Errorf("per-layer map reference: %s has no layer maps (open the scorer with pipeline.Options.LayerMaps)", it.Item.Path)
-			}
-			if pixel && len(it.Result.PixelMap) != len(lms[0]) {
-				return nil, fmt.Errorf("per-layer map reference: %s has no map of the mean-frame term", it.Item.Path)
-			}
-			nl := len(lms)
-			for _, c := range []string{it.Item.Class, ""} {
-				if r.mean[c] == nil {
-					r.mean[c] = make([][]float64, nl)
-					for l, lm := range lms {
-						r.mean[c][l] = make([]float64, len(lm))
-					}
-					if pixel {
-						r.pix[c], r.pixSq[c] = make([]float64, len(lms[0])), make([]float64, len(lms[0]))
-						r.cross[c] = make([][]float64, nl*(nl+1)/2)
-						for p := range r.cross[c] {
-							r.cross[c][p] = make([]float64, len(lms[0]))
-						}
+			for v, r := range refs {
+				lms := viewMaps(it.Result, v)
+				if len(lms) == 0 {
+					return nil, fmt.Errorf("per-layer map reference: %s has no layer maps (open the scorer with pipeline.Options.LayerMaps)", it.Item.Path)
+				}
+				if pixel && len(it.Result.PixelMap) != len(lms[0]) {
+					return nil, fmt.Errorf("per-layer map reference: %s has no map of the mean-frame term", it.Item.Path)
+				}
+				var km []float32
+				if knn {
+					if km = it.Result.KnnMap; len(km) != len(lms[0]) {
+						return nil, fmt.Errorf("per-layer map reference: %s has no map of the nearest-normal term", it.Item.Path)
 					}
 				}
-				for l, lm := range lms {
-					sum := r.mean[c][l]
-					for i, v := range lm {
-						sum[i] += float64(v)
-					}
-				}
-				if pixel {
-					for l := range nl {
-						for m := l; m < nl; m++ {
-							sp, a, b := r.cross[c][pairIndex(l, m, nl)], lms[l], lms[m]
-							for i := range sp {
-								sp[i] += float64(a[i]) * float64(b[i])
-							}
-						}
-					}
-					ps, pq := r.pix[c], r.pixSq[c]
-					for i, v := range it.Result.PixelMap {
-						f := float64(v)
-						ps[i] += f
-						pq[i] += f * f
-					}
-				}
-				r.n[c]++
-				if c == "" {
-					break
-				}
+				r.add(it.Item.Class, lms, it.Result.PixelMap, pixel, km)
 			}
 		}
 	}
+	for _, r := range refs {
+		r.finish()
+	}
+	return refs, nil
+}
+
+// add adds one reference normal's layer maps (and the mean-frame term's map, when pixel is set, and the
+// nearest-normal term's, when knnMap is not nil) to its class's sums and to the global row's.
+func (r *layerRef) add(class string, lms [][]float32, pixMap []float32, pixel bool, knnMap []float32) {
+	nl := len(lms)
+	for _, c := range []string{class, ""} {
+		if r.mean[c] == nil {
+			r.mean[c] = make([][]float64, nl)
+			for l, lm := range lms {
+				r.mean[c][l] = make([]float64, len(lm))
+			}
+			if pixel {
+				r.pix[c], r.pixSq[c] = make([]float64, len(lms[0])), make([]float64, len(lms[0]))
+				r.cross[c] = make([][]float64, nl*(nl+1)/2)
+				for p := range r.cross[c] {
+					r.cross[c][p] = make([]float64, len(lms[0]))
+				}
+			}
+		}
+		for l, lm := range lms {
+			sum := r.mean[c][l]
+			for i, v := range lm {
+				sum[i] += float64(v)
+			}
+		}
+		if pixel {
+			for l := range nl {
+				for m := l; m < nl; m++ {
+					sp, a, b := r.cross[c][pairIndex(l, m, nl)], lms[l], lms[m]
+					for i := range sp {
+						sp[i] += float64(a[i]) * float64(b[i])
+					}
+				}
+			}
+			ps, pq := r.pix[c], r.pixSq[c]
+			for i, v := range pixMap {
+				f := float64(v)
+				ps[i] += f
+				pq[i] += f * f
+			}
+		}
+		if knnMap != nil {
+			if r.knn[c] == nil {
+				r.knn[c], r.knnSq[c] = make([]float64, len(knnMap)), make([]float64, len(knnMap))
+			}
+			ks, kq := r.knn[c], r.knnSq[c]
+			for i, v := range knnMap {
+				f := float64(v)
+				ks[i] += f
+				kq[i] += f * f
+			}
+		}
+		r.n[c]++
+		if c == "" {
+			break
+		}
+	}
+}
+
+// finish turns the sums of the maps into means (the cross sums and squares stay sums).
+func (r *layerRef) finish() {
 	for c, ls := range r.mean {
 		inv := 1 / float64(r.n[c])
 		for _, lm := range ls {
@@ -343,26 +590,29 @@ func layerReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.It
 		for i := range r.pix[c] {
 			r.pix[c][i] *= inv
 		}
+		for i := range r.knn[c] {
+			r.knn[c][i] *= inv
+		}
 	}
-	return r, nil
 }
 
-// weightedResults gives each validation result the map of layer weights w (minus the same weighting of its
-// class's reference, else the global row, when ref is set), plus the mean-frame term's map minus its reference
-// row times pixel (0: no term), and that map's pooled score.
-func weightedResults(res []ImageResult, w []float64, pixel float64, ref *layerRef, kernel, repeat int) []ImageResult {
+// weightedResults gives each validation result the map of layer weights w over its layer maps of view v
+// (viewMaps; minus the same weighting of its class's reference, else the global row, when ref is set), plus the
+// mean-frame term's map minus its reference row times pixel (0: no term), plus the nearest-normal term's minus
+// its row times knn (0: no term), and that map's pooled score.
+func weightedResults(res []ImageResult, v int, w []float64, pixel, knn float64, ref *layerRef, kernel, repeat int) []ImageResult {
 	out := make([]ImageResult, len(res))
 	for j, r := range res {
-		lms := r.Result.LayerMaps
+		lms := viewMaps(r.Result, v)
 		amap := make([]float32, len(lms[0]))
 		var rows [][]float64
-		var prow []float64
+		var prow, krow []float64
 		if ref != nil {
 			c := r.Item.Class
 			if ref.mean[c] == nil {
 				c = ""
 			}
-			rows, prow = ref.mean[c], ref.pix[c]
+			rows, prow, krow = ref.mean[c], ref.pix[c], ref.knn[c]
 		}
 		for i := range amap {
 			v := 0.0
@@ -382,6 +632,13 @@ func weightedResults(res []ImageResult, w []float64, pixel float64, ref *layerRe
 					x -= prow[i]
 				}
 				v += pixel * x
+			}
+			if knn != 0 {
+				x := float64(r.Result.KnnMap[i])
+				if krow != nil {
+					x -= krow[i]
+				}
+				v += knn * x
 			}
 			amap[i] = float32(v)
 		}

@@ -172,7 +172,7 @@ func TestWeighMapsWithPixelTermMatchesBundles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := weightedResults(res, c.Weights, weight, ref, man.Score.PoolKernel, man.Score.PoolRepeat)
+		want := weightedResults(res, 0, c.Weights, weight, 0, ref, man.Score.PoolKernel, man.Score.PoolRepeat)
 		worst, scale := 0.0, 0.0
 		for j := range got {
 			for i, v := range got[j].Result.Map {
@@ -262,5 +262,74 @@ func TestWriteReferenceRefusesATermTheBundleLacks(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(b, ReferenceFile)); !os.IsNotExist(err) {
 		t.Errorf("a reference file was written: %v", err)
+	}
+}
+
+// TestWeighMapsAtMatchesEachCount: WeighMapsAt on a scorer of 3 start noises with noise prefixes 1, 2 and 3
+// gives, for each count, the metrics WeighMaps gives on a scorer of that many noises (its own reference rows
+// and term weights included), from one pass; and WeighMaps refuses a scorer with prefixes.
+func TestWeighMapsAtMatchesEachCount(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "bundle")
+	copyDir(t, fixtureBundle, base)
+	train := pixelTrain(t, dir)
+	_, test := smallSet(t, dir, 0, 3)
+	ctx := context.Background()
+	man, err := models.ReadManifest(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf, err := BuildMeanFrames(ctx, man, train, "train")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WritePixel(base, mf, 0); err != nil {
+		t.Fatal(err)
+	}
+	cands := []MapCandidate{{Weights: []float64{1, 0.5}}, {Weights: []float64{1, 0.5}, Pixel: 0.5}, {Weights: []float64{0, 1}, Pixel: 2}, {Weights: []float64{1, 0}}}
+	counts := []int{1, 2, 3}
+	opt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, Ensemble: 3, NoisePrefixes: counts}
+	s, err := pipeline.Open(base, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	w, err := WeighMapsAt(ctx, s, train, test, cands, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := w.Metrics
+	if len(got) != len(counts) {
+		t.Fatalf("%d rows of metrics for %d counts", len(got), len(counts))
+	}
+	if _, err := WeighMaps(ctx, s, train, test, cands, Options{}); err == nil || !strings.Contains(err.Error(), "WeighMapsAt") {
+		t.Errorf("WeighMaps on a scorer with noise prefixes: error %v", err)
+	}
+	differ := false
+	for j, n := range counts {
+		one, err := pipeline.Open(base, pipeline.Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, Ensemble: n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := WeighMaps(ctx, one, train, test, cands, Options{})
+		one.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, c := range cands {
+			a, e := want[k], got[j][k]
+			for _, d := range []float64{a.ImageAUROC - e.ImageAUROC, a.PixelAUROC - e.PixelAUROC, a.AUPRO - e.AUPRO, a.PixelAP - e.PixelAP} {
+				if math.Abs(d) > 1e-6 {
+					t.Errorf("%d noises, %s: WeighMapsAt's metrics %+v, WeighMaps' on a scorer of %d noises %+v", n, c.Name(), e, n, a)
+					break
+				}
+			}
+			if j > 0 && (e.PixelAUROC != got[0][k].PixelAUROC || e.AUPRO != got[0][k].AUPRO) {
+				differ = true
+			}
+		}
+	}
+	if !differ {
+		t.Errorf("every count has the same metrics as one noise: the prefixes were not applied")
 	}
 }

@@ -3,6 +3,7 @@ package eval
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -279,4 +280,66 @@ func writeRows(bundleDir string, m *models.Manifest, rows models.MapRows, data [
 	}
 	m.Files[rows.File] = models.FileEntry{SHA256: sum, Size: int64(len(buf))}
 	return nil
+}
+
+// SavedReferenceFile and SavedReferenceRows are a reference saved outside a bundle (SaveReference): its
+// description as JSON and its rows as raw little-endian float32, one class after another.
+const (
+	SavedReferenceFile = "reference.json"
+	SavedReferenceRows = "reference.f32"
+)
+
+// SaveReference writes ref into dir (SavedReferenceFile, SavedReferenceRows): how the select stage hands the
+// reference of its chosen recipe to the calibrate stage.
+func SaveReference(dir string, ref *Reference) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var buf []byte
+	for _, row := range ref.Maps {
+		if len(row) != ref.Width*ref.Height {
+			return fmt.Errorf("saving a map reference: a row of %d values for %dx%d maps", len(row), ref.Width, ref.Height)
+		}
+		for _, v := range row {
+			buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(v))
+		}
+	}
+	if err := fsutil.WriteFileAtomic(filepath.Join(dir, SavedReferenceRows), buf, 0o644); err != nil {
+		return err
+	}
+	meta := *ref
+	meta.Maps = nil
+	b, err := json.MarshalIndent(meta, "", "  ")
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(filepath.Join(dir, SavedReferenceFile), append(b, '\n'), 0o644)
+}
+
+// LoadReference reads a reference SaveReference wrote, checking that its rows match its description.
+func LoadReference(dir string) (*Reference, error) {
+	b, err := os.ReadFile(filepath.Join(dir, SavedReferenceFile))
+	if err != nil {
+		return nil, fmt.Errorf("saved map reference: %w", err)
+	}
+	var ref Reference
+	if err := json.Unmarshal(b, &ref); err != nil {
+		return nil, fmt.Errorf("saved map reference %s: %w", filepath.Join(dir, SavedReferenceFile), err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, SavedReferenceRows))
+	if err != nil {
+		return nil, fmt.Errorf("saved map reference: %w", err)
+	}
+	n := ref.Width * ref.Height
+	if n <= 0 || len(ref.Classes) == 0 || len(ref.Images) != len(ref.Classes) || len(data) != 4*n*len(ref.Classes) {
+		return nil, fmt.Errorf("saved map reference %s: %d bytes for %d classes of %dx%d maps", dir, len(data), len(ref.Classes), ref.Width, ref.Height)
+	}
+	for c := range ref.Classes {
+		row := make([]float32, n)
+		for i := range row {
+			row[i] = math.Float32frombits(binary.LittleEndian.Uint32(data[4*(c*n+i):]))
+		}
+		ref.Maps = append(ref.Maps, row)
+	}
+	return &ref, nil
 }

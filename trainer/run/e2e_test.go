@@ -3,6 +3,7 @@ package run_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
@@ -396,6 +397,11 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 	} else if strings.Contains(cfg, "smoothing:") {
 		t.Fatalf("select.smoothing is set but the select stage wrote no table: %v", err)
 	}
+	if _, err := os.Stat(filepath.Join(runDir, "select", run.ReferenceDir, run.RecipeFile)); err == nil {
+		checkSelectReference(t, runDir, bundle, m)
+	} else if strings.Contains(cfg, "layer_weights:") {
+		t.Fatalf("select.layer_weights with a map reference, but the select stage saved no reference: %v", err)
+	}
 	if m.Diffusion.Noises() != want || m.Map.Reference == nil || m.Map.Reference.NoiseCount() != want {
 		t.Fatalf("bundle scores with %d start noise(s), reference %+v: want %d for both", m.Diffusion.Noises(), m.Map.Reference, want)
 	}
@@ -622,6 +628,94 @@ func checkLayerSelection(t *testing.T, runDir string, m *models.Manifest) {
 	if b, err := os.ReadFile(filepath.Join(runDir, "select", run.PixelChoiceFile)); len(factors) > 1 && (err != nil || strings.TrimSpace(string(b)) != chosen[n]) {
 		t.Errorf("the select stage's recorded mean-frame term factor %q (%v), its table's choice %s", b, err, chosen[n])
 	}
+}
+
+// checkSelectReference: when the calibrate stage took the select stage's map reference (computed from the
+// layer weighing's pass), it is the reference the calibrate stage would have measured on the bundle: measured
+// again here on a copy, with the bundle's terms, the rows and weights must agree. When it measured its own, the
+// log says why.
+func checkSelectReference(t *testing.T, runDir, bundle string, m *models.Manifest) {
+	t.Helper()
+	log, err := os.ReadFile(filepath.Join(runDir, "logs", "calibrate.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(log), "map reference: the select stage's") {
+		if !strings.Contains(string(log), "does not fit this bundle") {
+			t.Fatalf("the select stage saved a map reference, and the calibrate stage neither took it nor said why:\n%s", log)
+		}
+		t.Logf("the calibrate stage measured its own reference: %s", grepLine(string(log), "does not fit"))
+		return
+	}
+	items, err := dataset.ReadIndex(filepath.Join(runDir, dataset.IndexFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	normal := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, nil, true), eval.DefaultReferencePerClass)
+	copyTo := filepath.Join(t.TempDir(), "bundle")
+	if err := os.CopyFS(copyTo, os.DirFS(bundle)); err != nil {
+		t.Fatal(err)
+	}
+	var pixel, knn float64
+	if p := m.Map.Pixel; p != nil {
+		pixel = p.Factor
+	}
+	if k := m.Map.Knn; k != nil {
+		knn = k.Factor
+	}
+	opt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, NoReference: true, PixelMap: true, KnnMap: true, KnnLeaveOneOut: true}
+	open := func() (*pipeline.Scorer, error) { return pipeline.Open(copyTo, opt) }
+	measured, err := eval.MeasureReference(context.Background(), copyTo, open, normal, m.Map.Reference.Source, pixel, knn, eval.Options{BatchSize: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mm, err := models.ReadManifest(copyTo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, mr := m.Map.Reference, mm.Map.Reference
+	if !slices.Equal(r.Classes, mr.Classes) || !slices.Equal(r.Images, mr.Images) {
+		t.Fatalf("the select stage's reference covers %v (%v images), measured %v (%v)", r.Classes, r.Images, mr.Classes, mr.Images)
+	}
+	for _, p := range [][2]float64{{r.PixelWeight, measured.PixelWeight}, {r.KnnWeight, measured.KnnWeight}} {
+		if math.Abs(p[0]-p[1]) > 1e-3*math.Abs(p[1]) {
+			t.Errorf("the select stage's term weights %g / %g, measured %g / %g", r.PixelWeight, r.KnnWeight, measured.PixelWeight, measured.KnnWeight)
+		}
+	}
+	got, want := readFloats(t, filepath.Join(bundle, r.File)), readFloats(t, filepath.Join(copyTo, mr.File))
+	worst, scale := 0.0, 0.0
+	for i := range want {
+		worst = math.Max(worst, math.Abs(float64(got[i]-want[i])))
+		scale = math.Max(scale, math.Abs(float64(want[i])))
+	}
+	if len(got) != len(want) || worst > 1e-4*math.Max(scale, 1e-3) {
+		t.Errorf("the select stage's reference rows (%d values) differ from the measured ones (%d) by %g (scale %g)", len(got), len(want), worst, scale)
+	}
+	t.Logf("the calibrate stage took the select stage's reference: rows within %.2g of the measured ones (scale %.3g)", worst, scale)
+}
+
+// readFloats reads a file of little-endian float32 values.
+func readFloats(t *testing.T, path string) []float32 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]float32, len(b)/4)
+	for i := range out {
+		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return out
+}
+
+// grepLine is the first line of s that contains sub.
+func grepLine(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return l
+		}
+	}
+	return ""
 }
 
 // checkEnsembleSelection checks the select stage's table of start-noise counts: one row per count of

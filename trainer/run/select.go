@@ -249,7 +249,11 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 	if len(c.Select.PixelFactors) > 0 && choice.Layers != nil {
 		recipe.Pixel = choice.Pixel
 	}
-	if err := t.selectKnnAndSmoothing(ctx, sc, items, valData, dir, recipe, outs); err != nil {
+	if choice.Layers != nil {
+		recipe.from = choice.from // the weighed recipe: its layers, its term factor (the only one weighed without select.pixel_factors)
+	}
+	choice.from = nil // recipe holds the weighing's maps until the knn step has used them
+	if err := t.selectKnnAndSmoothing(ctx, sc, items, valData, dir, &recipe, outs); err != nil {
 		return nil, err
 	}
 	if layers := choice.Layers; layers != nil {
@@ -354,8 +358,8 @@ func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items [
 	return ks[best], table, nil
 }
 
-// selectLayersAndEnsemble weighs the feature layers once per count of select.ensembles (selectLayers with that
-// many start noises: one export and one scoring pass each, as scoring the count alone would cost) and chooses
+// selectLayersAndEnsemble weighs the feature layers at every count of select.ensembles from one export and one
+// scoring pass with the largest count (weighLayers: each count is the first noises of the largest) and chooses
 // the count by its best weighting's score, as selectEnsemble does. It returns the count, its map choice (layers
 // and mean-frame term; nil layers when the bundle has a single layer and no term is weighed: then the counts are
 // scored with the bundle's layer as selectEnsemble does) and
@@ -367,14 +371,19 @@ func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext
 	res := make([]candidateResult, len(ks))
 	choices := make([]mapChoice, len(ks))
 	tables := make([]string, len(ks))
+	w, err := t.weighLayers(ctx, sc, items, cand, valData, dir, ks[len(ks)-1], ks)
+	if err != nil {
+		return 0, mapChoice{}, nil, fmt.Errorf("%v start noises: %w", ks, err)
+	}
+	if w == nil { // one layer: nothing to weigh, only the counts
+		k, table, err := t.selectEnsemble(ctx, sc, items, cand, valData, dir, nil, c.Calibrate.PixelFactor)
+		return k, mapChoice{}, map[string]string{"ensembles": table}, err
+	}
 	for i, k := range ks {
-		chosen, table, m, err := t.selectLayers(ctx, sc, items, cand, valData, dir, fmt.Sprintf("layer_weights-%d.csv", k), k)
+		fmt.Fprintf(sc.Progress, "[select] with %d start noise(s):\n", k)
+		chosen, table, m, err := t.rankLayers(sc, w, i, cand, filepath.Join(dir, fmt.Sprintf("layer_weights-%d.csv", k)))
 		if err != nil {
 			return 0, mapChoice{}, nil, fmt.Errorf("%d start noises: %w", k, err)
-		}
-		if chosen.Layers == nil { // one layer: nothing to weigh, only the counts
-			k, table, err := t.selectEnsemble(ctx, sc, items, cand, valData, dir, nil, c.Calibrate.PixelFactor)
-			return k, mapChoice{}, map[string]string{"ensembles": table}, err
 		}
 		choices[i], tables[i] = chosen, table
 		res[i] = candidateResult{candidate: candidate{Name: fmt.Sprintf("noises-%d", k), Model: cand.Model}, Mean: m, Score: selectScore(c.Select.Metric, m)}
@@ -561,12 +570,12 @@ func writeCandidateTable(out io.Writer, rs []candidateResult, best int) {
 // selectKnnAndSmoothing weighs, on the recipe chosen before them, the nearest-normal term (select.knn_factors),
 // then the start step (select.start_steps) and then the map smoothing (select.smoothing), writes each choice
 // into dir and records the stage outputs in outs.
-func (t *Training) selectKnnAndSmoothing(ctx context.Context, sc *StageContext, items []dataset.Item, valData, dir string, recipe mapRecipe, outs map[string]string) error {
+func (t *Training) selectKnnAndSmoothing(ctx context.Context, sc *StageContext, items []dataset.Item, valData, dir string, recipe *mapRecipe, outs map[string]string) error {
 	c := t.Config
 	chosen := candidate{Name: "chosen", Model: outs["model"]}
 	if len(c.Select.KnnFactors) > 0 {
 		// after the layers and noises: the term's banks are built once, for the bundle that ships
-		ch, err := t.selectKnn(ctx, sc, items, chosen, valData, dir, recipe.Ensemble, recipe.Layers, recipe.Pixel)
+		ch, err := t.selectKnn(ctx, sc, items, chosen, valData, dir, *recipe)
 		if err != nil {
 			return err
 		}
@@ -581,9 +590,15 @@ func (t *Training) selectKnnAndSmoothing(ctx context.Context, sc *StageContext, 
 			}
 		}
 	}
+	if p, err := t.saveReference(sc, dir, *recipe); err != nil {
+		return err
+	} else if p != "" {
+		outs["reference"] = p // the calibrate stage takes it when the bundle it calibrates is this recipe
+	}
+	recipe.from = nil // the weighing's maps are no longer needed: free them before the steps below
 	if len(c.Select.StartSteps) > 0 {
 		// after the terms, before the smoothing: the start step changes every reconstruction
-		start, table, err := t.selectStart(ctx, sc, items, chosen, valData, dir, recipe)
+		start, table, err := t.selectStart(ctx, sc, items, chosen, valData, dir, *recipe)
 		if err != nil {
 			return err
 		}
@@ -595,7 +610,7 @@ func (t *Training) selectKnnAndSmoothing(ctx context.Context, sc *StageContext, 
 	}
 	if len(c.Select.Smoothing) > 0 {
 		// last: the width of the smoothing depends on every term in the map
-		sigma, table, err := t.selectSmoothing(ctx, sc, items, chosen, valData, dir, recipe)
+		sigma, table, err := t.selectSmoothing(ctx, sc, items, chosen, valData, dir, *recipe)
 		if err != nil {
 			return err
 		}

@@ -63,13 +63,16 @@ type knnChoice struct {
 }
 
 // selectKnn weighs the nearest-normal term's factors (select.knn_factors) on the recipe chosen before it: the
-// model cand, ensemble start noises (0: the export config's), the layers (nil: the export config's) and the
-// mean-frame term at pixel. It exports that bundle, writes the mean frames into it, builds the term's banks from
-// every training normal, and ranks the factors from one scoring pass of the reference normals (against banks without
-// their own vectors; it also sizes the mean-frame term) and one of the painted set (eval.WeighKnn). With
-// select.knn_isolated it does so once per isolated fraction, each with its own banks. A factor above 0 is taken
-// only when it leads factor 0 by select.min_gain.
-func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, ensemble int, layers [][2]any, pixel float64) (knnChoice, error) {
+// model cand, r.Ensemble start noises (0: the export config's), r.Layers (nil: the export config's) and the
+// mean-frame term at r.Pixel. When the layer weighing that chose the recipe kept the term's maps (r.from: its
+// bundle had the banks, its pass scored each reference normal against banks without its own vectors), the
+// factors are ranked from that pass (eval.MapWeighing.WeighKnn), with no scoring here. Otherwise it exports the
+// recipe's bundle, writes the mean frames into it, builds the term's banks from every training normal, and
+// ranks the factors from one scoring pass of the reference normals (against banks without their own vectors;
+// it also sizes the mean-frame term) and one of the painted set (eval.WeighKnn). With select.knn_isolated it
+// does so once per isolated fraction, each with its own banks (the weighing's pass serves the first). A factor
+// above 0 is taken only when it leads factor 0 by select.min_gain.
+func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, r mapRecipe) (knnChoice, error) {
 	c := t.Config
 	factors := c.Select.KnnFactors
 	if factors[0] != 0 {
@@ -83,19 +86,25 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 	if len(fracs) == 0 {
 		fracs = []float64{spec.Isolated}
 	}
-	work := filepath.Join(dir, "knn")
-	bundle, err := t.exportCandidate(ctx, sc, cand, work, ensemble, layers)
-	defer os.RemoveAll(work)
-	if err != nil {
-		return knnChoice{}, err
-	}
 	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Select.ReferencePerClass)
-	// the mean-frame term's frames only: weighKnn's pass of the same normals sizes it (no pass of its own)
-	if c.Calibrate.Reference == eval.ReferenceNone || len(train) == 0 {
-		pixel = 0
-	}
-	if err := eval.WriteMeanFrames(ctx, bundle, train, "train split of "+sc.Output("index", "index"), pixel); err != nil {
-		return knnChoice{}, err
+	work := filepath.Join(dir, "knn")
+	defer os.RemoveAll(work)
+	bundle := "" // the recipe's bundle for a fraction the weighing did not score, exported when first needed
+	export := func() error {
+		b, err := t.exportCandidate(ctx, sc, cand, work, r.Ensemble, r.Layers)
+		if err != nil {
+			return err
+		}
+		pixel := r.Pixel
+		// the mean-frame term's frames only: weighKnn's pass of the same normals sizes it (no pass of its own)
+		if c.Calibrate.Reference == eval.ReferenceNone || len(train) == 0 {
+			pixel = 0
+		}
+		if err := eval.WriteMeanFrames(ctx, b, train, "train split of "+sc.Output("index", "index"), pixel); err != nil {
+			return err
+		}
+		bundle = b
+		return nil
 	}
 	val, err := valItems(valData, c.Data.Classes)
 	if err != nil {
@@ -104,13 +113,27 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 	var res []candidateResult
 	var at [][2]float64 // each row's factor and fraction
 	for _, f := range fracs {
-		spec.Isolated = f
-		if err := t.buildKnn(ctx, sc, items, bundle, spec, "[select] "); err != nil {
-			return knnChoice{}, err
-		}
-		mets, err := t.weighKnn(ctx, sc, bundle, train, val, factors)
-		if err != nil {
-			return knnChoice{}, err
+		var mets []metrics.Metrics
+		if w := r.from; w != nil && w.w.knnIsolated >= 0 && w.w.knnIsolated == f {
+			mc := w.w.cands[w.cand]
+			fmt.Fprintf(sc.Progress, "[select] nearest-normal term factors %v on %s, from the layer weighing's pass (its banks, %d training normals, %d painted images)\n",
+				factors, mc.Name(), len(train), len(val))
+			if mets, err = w.w.maps.WeighKnn(ctx, w.view, mc, factors); err != nil {
+				return knnChoice{}, fmt.Errorf("select.knn_factors: %w", err)
+			}
+		} else {
+			if bundle == "" {
+				if err := export(); err != nil {
+					return knnChoice{}, err
+				}
+			}
+			spec.Isolated = f
+			if err := t.buildKnn(ctx, sc, items, bundle, spec, "[select] "); err != nil {
+				return knnChoice{}, err
+			}
+			if mets, err = t.weighKnn(ctx, sc, bundle, train, val, factors); err != nil {
+				return knnChoice{}, err
+			}
 		}
 		for k, a := range factors {
 			if a == 0 && len(res) > 0 {

@@ -73,6 +73,16 @@ func selectedLayers(sc *StageContext) ([][2]any, error) {
 type mapChoice struct {
 	Layers [][2]any
 	Pixel  float64
+	// from is the weighing the choice came from, with its count and recipe: the knn step weighs the term's
+	// factors from it without a pass of its own (when it kept the term's maps), and the stage computes the
+	// chosen recipe's map reference from it (saveReference).
+	from *weighedRecipe
+}
+
+// weighedRecipe is one recipe of a layer weighing: its count (view) and candidate index.
+type weighedRecipe struct {
+	w          *layerWeighing
+	view, cand int
 }
 
 // PixelChoiceFile holds the mean-frame term factor the select stage chose (RUN/select/pixel_factor.txt), which
@@ -102,93 +112,153 @@ func (c *Config) pixelFactors() []float64 {
 // choice (nil layers when the bundle has a single layer and no term is weighed), the table's path, and the
 // chosen recipe's validation metrics: those of a bundle with this choice and `ensemble` noises.
 func (t *Training) selectLayers(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir, table string, ensemble int) (mapChoice, string, metrics.Metrics, error) {
+	w, err := t.weighLayers(ctx, sc, items, cand, valData, dir, ensemble, nil)
+	if err != nil || w == nil {
+		return mapChoice{}, "", metrics.Metrics{}, err
+	}
+	return t.rankLayers(sc, w, 0, cand, filepath.Join(dir, table))
+}
+
+// layerWeighing is what weighLayers measured: the bundle's feature layers, the map recipes, their validation
+// metrics at each start-noise count weighed (mets[j][k]: count j, recipe k) and the mean-frame term factors.
+type layerWeighing struct {
+	names   []string
+	cands   []eval.MapCandidate
+	mets    [][]metrics.Metrics
+	factors []float64
+	// maps is the weighing itself, for the knn step (when it holds the nearest-normal term's maps: banks with the
+	// isolated fraction knnIsolated, -1 without) and the chosen recipe's map reference (saveReference), with the
+	// weighing bundle's manifest and the reference normals it scored.
+	maps        *eval.MapWeighing
+	knnIsolated float64
+	manifest    *models.Manifest
+	train       []dataset.Item
+}
+
+// weighLayers is selectLayers' export and scoring. With counts (increasing, the last = ensemble) it scores once
+// with `ensemble` start noises and measures every count from the first noises of each frame
+// (pipeline.Options.NoisePrefixes: noise k is the same whatever the count), so weighing the layers at four
+// counts costs one pass at the largest instead of four passes. When the stage will weigh the nearest-normal
+// term (select.knn_factors, with a map reference), the term's banks go into this bundle first (from every
+// training normal, with the first fraction of select.knn_isolated) and the same pass keeps the term's maps
+// (each reference normal against banks without its own vectors), so the knn step needs no pass of its own
+// (layerWeighing.maps). It returns nil when the bundle has a single layer and no term is weighed: nothing to
+// choose.
+func (t *Training) weighLayers(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, ensemble int, counts []int) (*layerWeighing, error) {
 	c := t.Config
 	work := filepath.Join(dir, "layers")
 	bundle, err := t.exportCandidate(ctx, sc, cand, work, ensemble, nil)
 	defer os.RemoveAll(work)
 	if err != nil {
-		return mapChoice{}, "", metrics.Metrics{}, err
+		return nil, err
 	}
 	factors := c.pixelFactors()
 	var train []dataset.Item // no reference: raw maps, as the bundle will score
 	if c.Calibrate.Reference != eval.ReferenceNone {
 		train = eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Select.ReferencePerClass)
 	}
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return nil, err
+	}
+	w := &layerWeighing{factors: factors, knnIsolated: -1, names: make([]string, len(m.Features.Layers))}
+	own := make([]float64, len(m.Features.Layers))
+	for i, l := range m.Features.Layers {
+		w.names[i], own[i] = l.Name, float64(l.Weight)
+	}
+	weightings := [][]float64{own}
+	if len(w.names) > 1 {
+		weightings = eval.LayerCandidates(own, c.Select.LayerWeights)
+	} else if len(factors) < 2 {
+		fmt.Fprintf(sc.Progress, "[select] one feature layer (%s): no layer weights to choose\n", strings.Join(w.names, ""))
+		return nil, nil
+	}
+	for _, lw := range weightings {
+		for _, a := range factors {
+			w.cands = append(w.cands, eval.MapCandidate{Weights: lw, Pixel: a})
+		}
+	}
 	if slices.Max(factors) > 0 {
 		if len(train) == 0 {
-			return mapChoice{}, "", metrics.Metrics{}, fmt.Errorf("select.pixel_factors: no training normals for the mean frames")
-		}
-		m, err := models.ReadManifest(bundle)
-		if err != nil {
-			return mapChoice{}, "", metrics.Metrics{}, err
+			return nil, fmt.Errorf("select.pixel_factors: no training normals for the mean frames")
 		}
 		mf, err := eval.BuildMeanFrames(ctx, m, train, "train split of "+sc.Output("index", "index"))
 		if err != nil {
-			return mapChoice{}, "", metrics.Metrics{}, err
+			return nil, err
 		}
 		if err := eval.WritePixel(bundle, mf, 0); err != nil {
-			return mapChoice{}, "", metrics.Metrics{}, err
+			return nil, err
 		}
 	}
 	opt := t.ORT
 	opt.LayerMaps = true
-	s, err := pipeline.Open(bundle, opt)
-	if err != nil {
-		return mapChoice{}, "", metrics.Metrics{}, fmt.Errorf("opening bundle %s: %w", bundle, err)
+	if len(counts) > 1 {
+		opt.NoisePrefixes = counts
 	}
-	defer s.Close()
-	m := s.Manifest()
-	names := make([]string, len(m.Features.Layers))
-	own := make([]float64, len(m.Features.Layers))
-	for i, l := range m.Features.Layers {
-		names[i], own[i] = l.Name, float64(l.Weight)
-	}
-	weightings := [][]float64{own}
-	if len(names) > 1 {
-		weightings = eval.LayerCandidates(own, c.Select.LayerWeights)
-	} else if len(factors) < 2 {
-		fmt.Fprintf(sc.Progress, "[select] one feature layer (%s): no layer weights to choose\n", strings.Join(names, ""))
-		return mapChoice{}, "", metrics.Metrics{}, nil
-	}
-	var cands []eval.MapCandidate
-	for _, w := range weightings {
-		for _, a := range factors {
-			cands = append(cands, eval.MapCandidate{Weights: w, Pixel: a})
+	if len(c.Select.KnnFactors) > 0 && c.Calibrate.Knn != nil && len(train) > 0 {
+		spec := c.Calibrate.Knn.Spec()
+		if len(c.Select.KnnIsolated) > 0 {
+			spec.Isolated = c.Select.KnnIsolated[0]
+		}
+		if err := t.buildKnn(ctx, sc, items, bundle, spec, "[select] "); err != nil {
+			return nil, err
+		}
+		w.knnIsolated, opt.KnnLeaveOneOut = spec.Isolated, true
+		if m, err = models.ReadManifest(bundle); err != nil {
+			return nil, err
 		}
 	}
-	fmt.Fprintf(sc.Progress, "[select] feature layers %s: %d weightings of %v x mean-frame term factors %v with %d start noise(s), ranked by %s on %s\n",
-		strings.Join(names, ", "), len(weightings), c.Select.LayerWeights, factors, m.Diffusion.Noises(), c.Select.Metric, valData)
+	w.manifest, w.train = m, train
+	s, err := pipeline.Open(bundle, opt)
+	if err != nil {
+		return nil, fmt.Errorf("opening bundle %s: %w", bundle, err)
+	}
+	defer s.Close()
+	noises := fmt.Sprintf("%d start noise(s)", s.Ensemble())
+	if len(opt.NoisePrefixes) > 0 {
+		noises = fmt.Sprintf("each of %v start noises (from one pass with %d)", counts, s.Ensemble())
+	}
+	fmt.Fprintf(sc.Progress, "[select] feature layers %s: %d weightings of %v x mean-frame term factors %v with %s, ranked by %s on %s\n",
+		strings.Join(w.names, ", "), len(weightings), c.Select.LayerWeights, factors, noises, c.Select.Metric, valData)
 	if len(train) > 0 {
 		fmt.Fprintf(sc.Progress, "[select] per-layer map reference: scoring %d training normals\n", len(train))
 	}
 	val, err := valItems(valData, c.Data.Classes)
 	if err != nil {
-		return mapChoice{}, "", metrics.Metrics{}, err
+		return nil, err
 	}
-	mets, err := eval.WeighMaps(ctx, s, train, val, cands, eval.Options{BatchSize: c.Evaluate.BatchSize, Logger: sc.Logger,
+	mw, err := eval.WeighMapsAt(ctx, s, train, val, w.cands, eval.Options{BatchSize: c.Evaluate.BatchSize, Logger: sc.Logger,
 		Progress: prefixed(sc.Progress, "[select] layer maps ")})
 	if err != nil {
-		return mapChoice{}, "", metrics.Metrics{}, fmt.Errorf("select.layer_weights: %w", err)
+		return nil, fmt.Errorf("select.layer_weights: %w", err)
 	}
-	out := make([]candidateResult, len(cands))
-	for k, mc := range cands {
+	w.mets, w.maps = mw.Metrics, mw
+	return w, nil
+}
+
+// rankLayers chooses among the recipes of w at count j (chooseMap), writes their table to path and returns the
+// choice, the table's path and the chosen recipe's validation metrics (see selectLayers).
+func (t *Training) rankLayers(sc *StageContext, w *layerWeighing, j int, cand candidate, path string) (mapChoice, string, metrics.Metrics, error) {
+	c := t.Config
+	mets := w.mets[j]
+	out := make([]candidateResult, len(w.cands))
+	for k, mc := range w.cands {
 		out[k] = candidateResult{candidate: candidate{Name: mc.Name(), Model: cand.Model}, Mean: mets[k], Score: selectScore(c.Select.Metric, mets[k])}
 	}
-	best, why := chooseMap(cands, out, factors[0], c.Select.MinGain)
-	table = filepath.Join(dir, table)
-	if err := writeLayerTable(table, names, cands, out, best); err != nil {
+	best, why := chooseMap(w.cands, out, w.factors[0], c.Select.MinGain)
+	if err := writeLayerTable(path, w.names, w.cands, out, best); err != nil {
 		return mapChoice{}, "", metrics.Metrics{}, err
 	}
 	writeCandidateTable(sc.Progress, out, best)
-	choice := mapChoice{Pixel: cands[best].Pixel}
-	for i, v := range cands[best].Weights {
+	choice := mapChoice{Pixel: w.cands[best].Pixel, from: &weighedRecipe{w: w, view: j, cand: best}}
+	for i, v := range w.cands[best].Weights {
 		if v > 0 {
-			choice.Layers = append(choice.Layers, [2]any{names[i], v})
+			choice.Layers = append(choice.Layers, [2]any{w.names[i], v})
 		}
 	}
 	fmt.Fprintf(sc.Progress, "[select] chose feature layers %v, mean-frame term factor %g (%s)\n", choice.Layers, choice.Pixel, why)
-	fmt.Fprint(sc.Progress, gridEdgeNote("select.pixel_factors", factors, cands[topScore(out)].Pixel, eval.MaxPixelFactor, false))
-	return choice, table, out[best].Mean, nil
+	fmt.Fprint(sc.Progress, gridEdgeNote("select.pixel_factors", w.factors, w.cands[topScore(out)].Pixel, eval.MaxPixelFactor, false))
+	return choice, path, out[best].Mean, nil
 }
 
 // chooseMap returns the index of the map recipe to export and why. First the weightings at the lowest factor

@@ -54,6 +54,7 @@ type mapRecipe struct {
 	Knn         float64
 	KnnIsolated float64
 	Start       int
+	from        *weighedRecipe // the layer weighing that chose Layers and Pixel at Ensemble, when it kept the term's maps
 }
 
 // selectSmoothing weighs the map's Gaussian sigma (select.smoothing, multiples of the exported bundle's sigma,

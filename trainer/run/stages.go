@@ -573,8 +573,16 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 	if knnFactor < 0 {
 		knnFactor = c.Calibrate.KnnFactor
 	}
-	if err := t.measureReference(ctx, sc, items, bundle, c.Calibrate.ReferencePerClass, factor, knnFactor, "[calibrate] "); err != nil {
+	// the select stage's pass of the same normals gave the reference of the recipe it chose: taken when this
+	// bundle is that recipe, measured otherwise
+	saved, err := t.selectReference(ctx, sc, items, bundle, factor, knnFactor, "[calibrate] ")
+	if err != nil {
 		return nil, err
+	}
+	if !saved {
+		if err := t.measureReference(ctx, sc, items, bundle, c.Calibrate.ReferencePerClass, factor, knnFactor, "[calibrate] "); err != nil {
+			return nil, err
+		}
 	}
 	s, err := t.scorer(sc)
 	if err != nil {

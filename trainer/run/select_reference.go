@@ -1,0 +1,206 @@
+package run
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/eval"
+)
+
+// ReferenceDir is where the select stage leaves the map reference of the recipe it chose (RUN/select/reference:
+// eval.SaveReference's files and RecipeFile), computed from its layer weighing's pass of the reference normals;
+// the calibrate stage writes it into the exported bundle instead of scoring those normals again when the bundle
+// is that recipe (referenceRecipe.mismatch).
+const (
+	ReferenceDir = "reference"
+	RecipeFile   = "recipe.json"
+)
+
+// referenceRecipe is what a saved reference was measured for: everything that changes a reference normal's map
+// or the terms' weights. The calibrate stage compares it with the bundle it calibrates.
+type referenceRecipe struct {
+	Noises    int                   `json:"noises"`
+	Layers    []models.FeatureLayer `json:"layers"`
+	StartStep int                   `json:"start_step"`
+	Sigma     float64               `json:"sigma"`
+	Truncate  float64               `json:"truncate"`
+	Pixel     float64               `json:"pixel_factor"`
+	Knn       float64               `json:"knn_factor"`
+	// KnnBanks is the sha256 of the term's bank and sources files (empty without the term): the calibrate
+	// stage builds its own banks and takes the reference only when they are the same.
+	KnnBanks string `json:"knn_banks,omitempty"`
+	// Normals is the sha256 of the reference normals' paths and classes, in order.
+	Normals string `json:"normals"`
+}
+
+// normalsDigest names a list of reference normals (referenceRecipe.Normals).
+func normalsDigest(items []dataset.Item) string {
+	h := sha256.New()
+	for _, it := range items {
+		fmt.Fprintf(h, "%s\x00%s\n", it.Class, it.Path)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// knnBanksDigest is referenceRecipe.KnnBanks of a manifest: its term's bank and sources checksums, "" without
+// the term.
+func knnBanksDigest(m *models.Manifest) string {
+	k := m.Map.Knn
+	if k == nil {
+		return ""
+	}
+	return m.Files[k.Bank].SHA256 + "+" + m.Files[k.Sources].SHA256
+}
+
+// recipeOf is the referenceRecipe of a bundle's manifest with the terms at pixel and knn, on normals.
+func recipeOf(m *models.Manifest, pixel, knn float64, normals []dataset.Item) referenceRecipe {
+	r := referenceRecipe{Noises: m.Diffusion.Noises(), Layers: m.Features.Layers, StartStep: m.Diffusion.StartStep,
+		Sigma: m.Map.Sigma, Truncate: m.Map.Truncate, Pixel: pixel, Knn: knn, Normals: normalsDigest(normals)}
+	if knn > 0 {
+		r.KnnBanks = knnBanksDigest(m)
+	}
+	return r
+}
+
+// mismatch says how the bundle's recipe b differs from the saved one r ("" when it does not): the reference of
+// r is the one b would measure only when nothing differs.
+func (r referenceRecipe) mismatch(b referenceRecipe) string {
+	switch {
+	case r.Noises != b.Noises:
+		return fmt.Sprintf("measured with %d start noises, the bundle has %d", r.Noises, b.Noises)
+	case !sameLayers(r.Layers, b.Layers):
+		return fmt.Sprintf("measured with feature layers %v, the bundle has %v", r.Layers, b.Layers)
+	case r.StartStep != b.StartStep:
+		return fmt.Sprintf("measured from start step %d, the bundle starts at %d", r.StartStep, b.StartStep)
+	case r.Sigma != b.Sigma || r.Truncate != b.Truncate:
+		return fmt.Sprintf("measured with map sigma %g (truncate %g), the bundle has %g (%g)", r.Sigma, r.Truncate, b.Sigma, b.Truncate)
+	case r.Pixel != b.Pixel:
+		return fmt.Sprintf("measured with the mean-frame term at factor %g, calibrating %g", r.Pixel, b.Pixel)
+	case r.Knn != b.Knn:
+		return fmt.Sprintf("measured with the nearest-normal term at factor %g, calibrating %g", r.Knn, b.Knn)
+	case r.KnnBanks != b.KnnBanks:
+		return "measured with other nearest-normal banks"
+	case r.Normals != b.Normals:
+		return "measured on other reference normals"
+	}
+	return ""
+}
+
+func sameLayers(a, b []models.FeatureLayer) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Name != b[i].Name || a[i].Weight != b[i].Weight {
+			return false
+		}
+	}
+	return true
+}
+
+// saveReference writes the map reference of the chosen recipe r (its layers and mean-frame term as the layer
+// weighing r.from weighed them, the nearest-normal term at r.Knn) into dir/ReferenceDir with its recipe, and
+// returns that directory; "" when the weighing cannot give it (the term chosen with other banks than the
+// weighing's, or the weighing had no reference normals).
+func (t *Training) saveReference(sc *StageContext, dir string, r mapRecipe) (string, error) {
+	w := r.from
+	if w == nil || w.w.maps == nil || w.w.manifest == nil || len(w.w.train) == 0 {
+		return "", nil
+	}
+	if r.Knn > 0 && (w.w.knnIsolated < 0 || (r.KnnIsolated >= 0 && r.KnnIsolated != w.w.knnIsolated)) {
+		return "", nil
+	}
+	mc := w.w.cands[w.cand]
+	ref, err := w.w.maps.Reference(w.view, mc, r.Knn, "train split of "+sc.Output("index", "index"))
+	if err != nil {
+		return "", fmt.Errorf("the chosen recipe's map reference: %w", err)
+	}
+	m := *w.w.manifest // the weighing's bundle, with the chosen count and layers
+	m.Diffusion.Ensemble = ref.Noises
+	m.Features.Layers = nil
+	for l, v := range mc.Weights {
+		if v > 0 {
+			m.Features.Layers = append(m.Features.Layers, models.FeatureLayer{Name: w.w.names[l], Weight: float32(v)})
+		}
+	}
+	rec := recipeOf(&m, mc.Pixel, r.Knn, w.w.train)
+	out := filepath.Join(dir, ReferenceDir)
+	if err := os.RemoveAll(out); err != nil {
+		return "", err
+	}
+	if err := eval.SaveReference(out, ref); err != nil {
+		return "", err
+	}
+	b, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(out, RecipeFile), append(b, '\n'), 0o644); err != nil {
+		return "", err
+	}
+	fmt.Fprintf(sc.Progress, "[select] the chosen recipe's map reference (%d training normals, from the layer weighing's pass): %s\n", len(w.w.train), out)
+	return out, nil
+}
+
+// selectReference writes the select stage's map reference (saveReference) into the bundle with the terms at
+// factor and knnFactor, as measureReference would measure it, when the bundle is the recipe it was measured for;
+// it reports false (and why, in the log) when it is not, and the caller measures the reference itself. The
+// nearest-normal banks are built here as measureReference builds them, and must come out as the select stage's.
+func (t *Training) selectReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, factor, knnFactor float64, prefix string) (bool, error) {
+	c := t.Config
+	dir := sc.Output("select", "reference")
+	if dir == "" || c.Calibrate.Reference == eval.ReferenceNone {
+		return false, nil
+	}
+	b, err := os.ReadFile(filepath.Join(dir, RecipeFile))
+	if err != nil {
+		return false, fmt.Errorf("the select stage's map reference: %w", err)
+	}
+	var saved referenceRecipe
+	if err := json.Unmarshal(b, &saved); err != nil {
+		return false, fmt.Errorf("the select stage's map reference %s: %w", filepath.Join(dir, RecipeFile), err)
+	}
+	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Calibrate.ReferencePerClass)
+	if knnFactor > 0 {
+		if err := t.ensureKnn(ctx, sc, items, bundle, prefix); err != nil {
+			return false, err
+		}
+	}
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return false, err
+	}
+	if why := saved.mismatch(recipeOf(m, factor, knnFactor, train)); why != "" {
+		fmt.Fprintf(sc.Progress, "%sthe select stage's map reference does not fit this bundle (%s): measuring it\n", prefix, why)
+		return false, nil
+	}
+	ref, err := eval.LoadReference(dir)
+	if err != nil {
+		return false, err
+	}
+	// as MeasureReference: the term's factor, the mean frames, then the reference with the weights
+	if err := eval.SetKnnFactor(bundle, knnFactor); err != nil {
+		return false, err
+	}
+	if err := eval.WriteMeanFrames(ctx, bundle, train, ref.Source, factor); err != nil {
+		return false, err
+	}
+	if err := eval.WriteReference(bundle, ref); err != nil {
+		return false, err
+	}
+	fmt.Fprintf(sc.Progress, "%smap reference: the select stage's, from its pass of the same %d training normals with this recipe (no scoring pass here)\n", prefix, len(train))
+	if factor > 0 {
+		fmt.Fprintf(sc.Progress, "%smean-frame term: %s\n", prefix, eval.DescribePixel(factor, ref.PixelWeight))
+	}
+	if knnFactor > 0 {
+		fmt.Fprintf(sc.Progress, "%snearest-normal term: %s\n", prefix, eval.DescribeKnn(knnFactor, ref.KnnWeight))
+	}
+	return true, nil
+}

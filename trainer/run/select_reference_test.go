@@ -1,0 +1,61 @@
+package run
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/trainer/dataset"
+)
+
+// TestReferenceRecipeMismatch: the calibrate stage takes the select stage's map reference only for the recipe it
+// was measured for; any difference that changes a reference normal's map or a term's weight is named.
+func TestReferenceRecipeMismatch(t *testing.T) {
+	normals := []dataset.Item{{Path: "/d/a.png", Class: "bolt"}, {Path: "/d/b.png", Class: "nut"}}
+	m := &models.Manifest{Files: map[string]models.FileEntry{"bank": {SHA256: "b1"}, "src": {SHA256: "s1"}}}
+	m.Diffusion.Ensemble, m.Diffusion.StartStep = 8, 999
+	m.Features.Layers = []models.FeatureLayer{{Name: "stage1", Weight: 1}, {Name: "stage3", Weight: 0.5}}
+	m.Map.Sigma, m.Map.Truncate = 5, 4
+	m.Map.Knn = &models.KnnTerm{Bank: "bank", Sources: "src"}
+	base := recipeOf(m, 0.5, 4, normals)
+	if base.KnnBanks != "b1+s1" || base.Noises != 8 {
+		t.Fatalf("recipe %+v", base)
+	}
+	if why := base.mismatch(recipeOf(m, 0.5, 4, normals)); why != "" {
+		t.Errorf("the same recipe: %q", why)
+	}
+	change := func(f func(m *models.Manifest)) *models.Manifest {
+		c := *m
+		c.Files = map[string]models.FileEntry{"bank": {SHA256: "b1"}, "src": {SHA256: "s1"}}
+		c.Features.Layers = append([]models.FeatureLayer(nil), m.Features.Layers...)
+		f(&c)
+		return &c
+	}
+	for _, c := range []struct {
+		name       string
+		m          *models.Manifest
+		pixel, knn float64
+		normals    []dataset.Item
+		want       string
+	}{
+		{"noises", change(func(m *models.Manifest) { m.Diffusion.Ensemble = 4 }), 0.5, 4, normals, "start noises"},
+		{"a layer's weight", change(func(m *models.Manifest) { m.Features.Layers[1].Weight = 1 }), 0.5, 4, normals, "feature layers"},
+		{"a layer dropped", change(func(m *models.Manifest) { m.Features.Layers = m.Features.Layers[:1] }), 0.5, 4, normals, "feature layers"},
+		{"start step", change(func(m *models.Manifest) { m.Diffusion.StartStep = 301 }), 0.5, 4, normals, "start step"},
+		{"sigma", change(func(m *models.Manifest) { m.Map.Sigma = 2.5 }), 0.5, 4, normals, "sigma"},
+		{"mean-frame factor", m, 0.25, 4, normals, "mean-frame term"},
+		{"knn factor", m, 0.5, 2, normals, "nearest-normal term at factor"},
+		{"other banks", change(func(m *models.Manifest) { m.Files["bank"] = models.FileEntry{SHA256: "b2"} }), 0.5, 4, normals, "banks"},
+		{"other normals", m, 0.5, 4, normals[:1], "reference normals"},
+		{"normals in another class", m, 0.5, 4, []dataset.Item{normals[0], {Path: "/d/b.png", Class: "bolt"}}, "reference normals"},
+	} {
+		if why := base.mismatch(recipeOf(c.m, c.pixel, c.knn, c.normals)); !strings.Contains(why, c.want) {
+			t.Errorf("%s: mismatch %q, want one naming %q", c.name, why, c.want)
+		}
+	}
+	// without the term its banks do not matter
+	noKnn := recipeOf(m, 0.5, 0, normals)
+	if why := noKnn.mismatch(recipeOf(change(func(m *models.Manifest) { m.Files["bank"] = models.FileEntry{SHA256: "b2"} }), 0.5, 0, normals)); why != "" {
+		t.Errorf("factor 0 with other banks: %q", why)
+	}
+}
