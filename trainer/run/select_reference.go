@@ -112,9 +112,15 @@ func sameLayers(a, b []models.FeatureLayer) bool {
 func (t *Training) saveReference(sc *StageContext, dir string, r mapRecipe) (string, error) {
 	w := r.from
 	if w == nil || w.w.maps == nil || w.w.manifest == nil || len(w.w.train) == 0 {
-		return "", nil
+		return "", nil // no layer weighing, or no map reference (calibrate.reference: none)
 	}
-	if r.Knn > 0 && (w.w.knnIsolated < 0 || (r.KnnIsolated >= 0 && r.KnnIsolated != w.w.knnIsolated)) {
+	left := "[select] the chosen recipe's map reference is left to the calibrate stage: "
+	switch {
+	case r.Knn > 0 && w.w.knnIsolated < 0:
+		fmt.Fprintf(sc.Progress, "%sthe layer weighing scored no nearest-normal term (calibrate.knn_factor %g without select.knn_factors)\n", left, r.Knn)
+		return "", nil
+	case r.Knn > 0 && r.KnnIsolated >= 0 && r.KnnIsolated != w.w.knnIsolated:
+		fmt.Fprintf(sc.Progress, "%sthe nearest-normal term was chosen with isolated fraction %g, the layer weighing's banks had %g\n", left, r.KnnIsolated, w.w.knnIsolated)
 		return "", nil
 	}
 	mc := w.w.cands[w.cand]
