@@ -550,11 +550,8 @@ func TestWeighKnnMatchesBundles(t *testing.T) {
 				t.Fatal(err)
 			}
 			got, want := rep.Mean, mets[k]
-			for _, d := range []float64{got.ImageAUROC - want.ImageAUROC, got.PixelAUROC - want.PixelAUROC, got.AUPRO - want.AUPRO, got.PixelAP - want.PixelAP} {
-				if math.Abs(d) > 1e-3 {
-					t.Errorf("pixel %g, factor %g: WeighKnn's metrics %+v, the bundle's %+v", pixel, a, want, got)
-					break
-				}
+			if !sameMetrics(got, want, 1e-3) {
+				t.Errorf("pixel %g, factor %g: WeighKnn's metrics %+v, the bundle's %+v", pixel, a, want, got)
 			}
 		}
 	}
@@ -682,15 +679,7 @@ func TestMapWeighingKnnMatchesWeighKnn(t *testing.T) {
 	for i, l := range man.Features.Layers {
 		own[i] = float64(l.Weight)
 	}
-	mf, err := BuildMeanFrames(ctx, man, train, "train")
-	if err != nil {
-		t.Fatal(err)
-	}
-	weighed := filepath.Join(dir, "weighed")
-	copyDir(t, knn, weighed)
-	if err := WritePixel(weighed, mf, 0); err != nil {
-		t.Fatal(err)
-	}
+	weighed, _ := withMeanFrames(t, knn, filepath.Join(dir, "weighed"), train)
 	counts := []int{1, 2}
 	wopt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, KnnLeaveOneOut: true, Ensemble: 2, NoisePrefixes: counts}
 	s, err := pipeline.Open(weighed, wopt)
@@ -727,11 +716,8 @@ func TestMapWeighingKnnMatchesWeighKnn(t *testing.T) {
 			}
 			for k, a := range factors {
 				g, e := got[k], want[k]
-				for _, d := range []float64{g.ImageAUROC - e.ImageAUROC, g.PixelAUROC - e.PixelAUROC, g.AUPRO - e.AUPRO, g.PixelAP - e.PixelAP} {
-					if math.Abs(d) > 1e-4 {
-						t.Errorf("%s, %d noises, factor %g: from the weighing %+v, WeighKnn %+v", c.Name(), n, a, g, e)
-						break
-					}
+				if !sameMetrics(g, e, 1e-4) {
+					t.Errorf("%s, %d noises, factor %g: from the weighing %+v, WeighKnn %+v", c.Name(), n, a, g, e)
 				}
 			}
 			if got[0] == got[2] {

@@ -263,27 +263,13 @@ func WeighMapsAt(ctx context.Context, s *pipeline.Scorer, reference, val []datas
 // WeighKnn gives on a bundle of that recipe, without scoring anything again. It returns each factor's mean
 // metrics over the classes.
 func (w *MapWeighing) WeighKnn(ctx context.Context, j int, c MapCandidate, factors []float64) ([]metrics.Metrics, error) {
-	if !w.knn {
-		return nil, errors.New("nearest-normal term factors: the weighing has no maps of the term (a bundle with map.knn and reference normals)")
-	}
-	if j < 0 || j >= len(w.refs) {
-		return nil, fmt.Errorf("nearest-normal term factors: count %d of a weighing of %d", j, len(w.refs))
-	}
-	ref := w.refs[j]
-	if len(c.Weights) != len(ref.mean[""]) {
-		return nil, fmt.Errorf("nearest-normal term factors: layer weights %v for %d layers", c.Weights, len(ref.mean[""]))
-	}
-	if c.Pixel > 0 && len(ref.pix) == 0 {
-		return nil, errors.New("nearest-normal term factors: the weighing did not measure the mean-frame term")
-	}
-	fs := ref.featureStd(c.Weights)
-	pw := 0.0
-	if c.Pixel > 0 {
-		pw = pixelWeight(c.Pixel, fs, ref.pixelStd())
+	ref, fs, pw, err := w.recipe("nearest-normal term factors", j, c, true)
+	if err != nil {
+		return nil, err
 	}
 	ks := ref.knnStd()
 	out := make([]metrics.Metrics, len(factors))
-	err := parallelMetrics(ctx, len(factors), func(k int) error {
+	err = parallelMetrics(ctx, len(factors), func(k int) error {
 		rep, err := Metrics(weightedResults(w.res, j, c.Weights, pw, pixelWeight(factors[k], fs, ks), ref, w.kernel, w.repeat))
 		if err != nil {
 			return fmt.Errorf("nearest-normal term factor %g: %w", factors[k], err)
@@ -305,24 +291,11 @@ func (w *MapWeighing) WeighKnn(ctx context.Context, j int, c MapCandidate, facto
 // averages, up to float rounding. The calibrate stage writes it instead of measuring its own when the select
 // stage's choice is the bundle it calibrates.
 func (w *MapWeighing) Reference(j int, c MapCandidate, knnFactor float64, source string) (*Reference, error) {
-	if j < 0 || j >= len(w.refs) || w.refs[j] == nil {
-		return nil, fmt.Errorf("map reference: count %d of a weighing of %d, or no reference normals", j, len(w.refs))
+	ref, fs, pw, err := w.recipe("map reference", j, c, knnFactor > 0)
+	if err != nil {
+		return nil, err
 	}
-	ref := w.refs[j]
-	if len(c.Weights) != len(ref.mean[""]) {
-		return nil, fmt.Errorf("map reference: layer weights %v for %d layers", c.Weights, len(ref.mean[""]))
-	}
-	if c.Pixel > 0 && len(ref.pix) == 0 {
-		return nil, errors.New("map reference: the weighing did not measure the mean-frame term")
-	}
-	if knnFactor > 0 && !w.knn {
-		return nil, errors.New("map reference: the weighing has no maps of the nearest-normal term")
-	}
-	fs := ref.featureStd(c.Weights)
-	out := &Reference{Width: w.width, Height: w.height, Source: source, Noises: w.noises[j]}
-	if c.Pixel > 0 {
-		out.PixelWeight = pixelWeight(c.Pixel, fs, ref.pixelStd())
-	}
+	out := &Reference{Width: w.width, Height: w.height, Source: source, Noises: w.noises[j], PixelWeight: pw}
 	if knnFactor > 0 {
 		out.KnnWeight = pixelWeight(knnFactor, fs, ref.knnStd())
 	}
@@ -347,6 +320,31 @@ func (w *MapWeighing) Reference(j int, c MapCandidate, knnFactor float64, source
 		out.Images = append(out.Images, ref.n[cl])
 	}
 	return out, nil
+}
+
+// recipe checks that the weighing can give recipe c at its j-th count (with the nearest-normal term's sums
+// when knn is set; what names the caller in errors) and returns that count's reference sums, the recipe's feature
+// spread and its mean-frame term's weight (0 without the term), as BuildReference sizes it.
+func (w *MapWeighing) recipe(what string, j int, c MapCandidate, knn bool) (*layerRef, float64, float64, error) {
+	if j < 0 || j >= len(w.refs) || w.refs[j] == nil {
+		return nil, 0, 0, fmt.Errorf("%s: count %d of a weighing of %d, or no reference normals", what, j, len(w.refs))
+	}
+	if knn && !w.knn {
+		return nil, 0, 0, fmt.Errorf("%s: the weighing has no maps of the term (a bundle with map.knn and reference normals)", what)
+	}
+	ref := w.refs[j]
+	if len(c.Weights) != len(ref.mean[""]) {
+		return nil, 0, 0, fmt.Errorf("%s: layer weights %v for %d layers", what, c.Weights, len(ref.mean[""]))
+	}
+	if c.Pixel > 0 && len(ref.pix) == 0 {
+		return nil, 0, 0, fmt.Errorf("%s: the weighing did not measure the mean-frame term", what)
+	}
+	fs := ref.featureStd(c.Weights)
+	pw := 0.0
+	if c.Pixel > 0 {
+		pw = pixelWeight(c.Pixel, fs, ref.pixelStd())
+	}
+	return ref, fs, pw, nil
 }
 
 // parallelMetrics runs job(0..n-1) on every CPU (each job a pass of the metrics over the validation maps, which

@@ -110,11 +110,8 @@ func TestWeighLayersMatchesBundles(t *testing.T) {
 			t.Errorf("weights %s: the combined maps differ from the bundle's by %g (scale %g)", LayerName(w), worst, scale)
 		}
 		a, e := rep.Mean, mets[k]
-		for _, d := range []float64{a.ImageAUROC - e.ImageAUROC, a.PixelAUROC - e.PixelAUROC, a.AUPRO - e.AUPRO, a.PixelAP - e.PixelAP} {
-			if math.Abs(d) > 1e-4 {
-				t.Errorf("weights %s: WeighLayers' metrics %+v, the bundle's %+v", LayerName(w), e, a)
-				break
-			}
+		if !sameMetrics(a, e, 1e-4) {
+			t.Errorf("weights %s: WeighLayers' metrics %+v, the bundle's %+v", LayerName(w), e, a)
 		}
 	}
 	if _, err := WeighLayers(ctx, s, train, test, [][]float64{{1, 1, 1}}, Options{}); err == nil || !strings.Contains(err.Error(), "2 feature layers") {

@@ -12,6 +12,7 @@ import (
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/metrics"
 )
 
 // pixelTrain writes five training normals of two classes (different sizes, so the resize runs).
@@ -106,22 +107,10 @@ func TestMeanFramesAreTheMeanOfPreprocessedFrames(t *testing.T) {
 // factor x the features' spread / the term's spread around each class's mean map, computed here from the maps.
 func TestWeighMapsWithPixelTermMatchesBundles(t *testing.T) {
 	dir := t.TempDir()
-	base := filepath.Join(dir, "bundle")
-	copyDir(t, fixtureBundle, base)
 	train := pixelTrain(t, dir)
 	_, test := smallSet(t, dir, 0, 3)
 	ctx := context.Background()
-	man, err := models.ReadManifest(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mf, err := BuildMeanFrames(ctx, man, train, "train")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := WritePixel(base, mf, 0); err != nil {
-		t.Fatal(err)
-	}
+	base, man := withMeanFrames(t, fixtureBundle, filepath.Join(dir, "bundle"), train)
 	cpu := pipeline.Options{Providers: []string{"cpu"}, Threads: 2}
 	lo := cpu
 	lo.LayerMaps = true
@@ -184,11 +173,8 @@ func TestWeighMapsWithPixelTermMatchesBundles(t *testing.T) {
 			t.Errorf("%s: the combined maps differ from the bundle's by %g (scale %g)", c.Name(), worst, scale)
 		}
 		a, e := rep.Mean, mets[k]
-		for _, d := range []float64{a.ImageAUROC - e.ImageAUROC, a.PixelAUROC - e.PixelAUROC, a.AUPRO - e.AUPRO, a.PixelAP - e.PixelAP} {
-			if math.Abs(d) > 1e-3 {
-				t.Errorf("%s: WeighMaps' metrics %+v, the bundle's %+v", c.Name(), e, a)
-				break
-			}
+		if !sameMetrics(a, e, 1e-3) {
+			t.Errorf("%s: WeighMaps' metrics %+v, the bundle's %+v", c.Name(), e, a)
 		}
 	}
 	plain := openFixture(t, fixtureBundle)
@@ -270,22 +256,10 @@ func TestWriteReferenceRefusesATermTheBundleLacks(t *testing.T) {
 // and term weights included), from one pass; and WeighMaps refuses a scorer with prefixes.
 func TestWeighMapsAtMatchesEachCount(t *testing.T) {
 	dir := t.TempDir()
-	base := filepath.Join(dir, "bundle")
-	copyDir(t, fixtureBundle, base)
 	train := pixelTrain(t, dir)
 	_, test := smallSet(t, dir, 0, 3)
 	ctx := context.Background()
-	man, err := models.ReadManifest(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mf, err := BuildMeanFrames(ctx, man, train, "train")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := WritePixel(base, mf, 0); err != nil {
-		t.Fatal(err)
-	}
+	base, _ := withMeanFrames(t, fixtureBundle, filepath.Join(dir, "bundle"), train)
 	cands := []MapCandidate{{Weights: []float64{1, 0.5}}, {Weights: []float64{1, 0.5}, Pixel: 0.5}, {Weights: []float64{0, 1}, Pixel: 2}, {Weights: []float64{1, 0}}}
 	counts := []int{1, 2, 3}
 	opt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, Ensemble: 3, NoisePrefixes: counts}
@@ -318,11 +292,8 @@ func TestWeighMapsAtMatchesEachCount(t *testing.T) {
 		}
 		for k, c := range cands {
 			a, e := want[k], got[j][k]
-			for _, d := range []float64{a.ImageAUROC - e.ImageAUROC, a.PixelAUROC - e.PixelAUROC, a.AUPRO - e.AUPRO, a.PixelAP - e.PixelAP} {
-				if math.Abs(d) > 1e-6 {
-					t.Errorf("%d noises, %s: WeighMapsAt's metrics %+v, WeighMaps' on a scorer of %d noises %+v", n, c.Name(), e, n, a)
-					break
-				}
+			if !sameMetrics(a, e, 1e-6) {
+				t.Errorf("%d noises, %s: WeighMapsAt's metrics %+v, WeighMaps' on a scorer of %d noises %+v", n, c.Name(), e, n, a)
 			}
 			if j > 0 && (e.PixelAUROC != got[0][k].PixelAUROC || e.AUPRO != got[0][k].AUPRO) {
 				differ = true
@@ -332,4 +303,34 @@ func TestWeighMapsAtMatchesEachCount(t *testing.T) {
 	if !differ {
 		t.Errorf("every count has the same metrics as one noise: the prefixes were not applied")
 	}
+}
+
+// withMeanFrames copies the bundle src to dst with the mean frames of the normal items written in and the term's
+// factor 0 (WritePixel): how the select stage's layer weighing has them, so each recipe weighs its own factor. It
+// returns dst and its manifest.
+func withMeanFrames(t *testing.T, src, dst string, normal []dataset.Item) (string, *models.Manifest) {
+	t.Helper()
+	copyDir(t, src, dst)
+	m, err := models.ReadManifest(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf, err := BuildMeanFrames(context.Background(), m, normal, "train")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WritePixel(dst, mf, 0); err != nil {
+		t.Fatal(err)
+	}
+	return dst, m
+}
+
+// sameMetrics reports whether a and b agree within tol on I-AUROC, P-AUROC, AU-PRO and P-AP.
+func sameMetrics(a, b metrics.Metrics, tol float64) bool {
+	for _, d := range []float64{a.ImageAUROC - b.ImageAUROC, a.PixelAUROC - b.PixelAUROC, a.AUPRO - b.AUPRO, a.PixelAP - b.PixelAP} {
+		if math.Abs(d) > tol {
+			return false
+		}
+	}
+	return true
 }
