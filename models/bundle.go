@@ -289,6 +289,16 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 			p.bad("map.reference.pixel_weight", "the reference was measured with the mean-frame term at weight %g, the bundle adds it at "+
 				"%g: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", r.PixelWeight, w)
 		}
+		if t := m.Map.Pixel; t != nil && r.PixelWeight != 0 {
+			rs, ts := m.Map.Sigma, t.SmoothingSigma(m.Map.Sigma)
+			if r.PixelSigma != nil {
+				rs = *r.PixelSigma
+			}
+			if rs != ts {
+				p.bad("map.reference.pixel_sigma", "the reference was measured with the mean-frame term smoothed at sigma %g, the bundle smooths it at "+
+					"%g: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", rs, ts)
+			}
+		}
 		var kw float64
 		if m.Map.Knn != nil {
 			kw = m.Map.Knn.Weight
@@ -305,6 +315,9 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 		}
 		if !(t.Weight >= 0) || math.IsInf(t.Weight, 0) {
 			p.bad("map.pixel.weight", "must be a finite number >= 0, got %v", t.Weight)
+		}
+		if t.Sigma != nil && (!(*t.Sigma >= 0) || *t.Sigma > MaxPixelSigma || (*t.Sigma > 0 && !(m.Map.Truncate > 0))) {
+			p.bad("map.pixel.sigma", "must be a number from 0 to %g (with map.truncate > 0 when above 0), got %v", float64(MaxPixelSigma), *t.Sigma)
 		}
 	}
 	s := m.Score

@@ -246,7 +246,7 @@ type MapRows struct {
 
 // PixelTerm names the file of per-class mean normal frames and the weight of the distance to them in the map.
 // The term's map is sqrt(sum over the 3 channels of (x - mean)^2) on the preprocessed frame x (the bundle's
-// normalised input), smoothed with the map's Gaussian and multiplied by Weight.
+// normalised input), smoothed with its own Gaussian (Sigma) and multiplied by Weight.
 type PixelTerm struct {
 	// MapRows' file is [len(Classes)][3][Height][Width]: each class's mean preprocessed normal frame, in the
 	// bundle's normalised input space.
@@ -259,6 +259,24 @@ type PixelTerm struct {
 	// Weight multiplies the smoothed distance map before it is added: Factor x (feature map spread) / (term
 	// spread), both measured on the reference normals (each minus its class mean). 0 until calibrated.
 	Weight float64 `json:"weight"`
+	// Sigma is the Gaussian sigma, in map pixels, that smooths the term's distance map (0: not smoothed; absent:
+	// map.sigma, as bundles before it had). The map's sigma is sized for feature maps a few pixels per cell (the
+	// paper's 5 at 256 px for /8 patches); the term is one value per pixel, and that Gaussian spreads a speck
+	// of a few pixels over some 40 and sinks it below the normal frames' variation (docs/algorithm.md §1.9, "The
+	// term's own smoothing").
+	Sigma *float64 `json:"sigma,omitempty"`
+}
+
+// MaxPixelSigma bounds PixelTerm.Sigma: a wider Gaussian than the map's own at any size the product runs is a
+// mistake, and its kernel grows with it.
+const MaxPixelSigma = 64
+
+// SmoothingSigma is the sigma the term's map is smoothed with: Sigma, else the map's (mapSigma).
+func (t *PixelTerm) SmoothingSigma(mapSigma float64) float64 {
+	if t.Sigma != nil {
+		return *t.Sigma
+	}
+	return mapSigma
 }
 
 // MapReference names the file of per-class mean normal maps (written by the calibrate stage).
@@ -271,6 +289,9 @@ type MapReference struct {
 	// PixelWeight is map.pixel.weight when the reference was measured (0 without the term): the reference
 	// holds the term's mean, so it only matches a bundle that adds the term with the same weight.
 	PixelWeight float64 `json:"pixel_weight,omitempty"`
+	// PixelSigma is the term's smoothing sigma when the reference was measured with it (absent: map.sigma, as
+	// before the term had its own), for the same reason.
+	PixelSigma *float64 `json:"pixel_sigma,omitempty"`
 	// KnnWeight is map.knn.weight when the reference was measured (0 without the term), for the same reason.
 	KnnWeight float64 `json:"knn_weight,omitempty"`
 }

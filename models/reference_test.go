@@ -174,6 +174,20 @@ func TestMeanFramesLoad(t *testing.T) {
 			t.Errorf("MeanFrameFor(%q) is not the expected row", c.class)
 		}
 	}
+	// the term at its own sigma, with a reference measured at it
+	sharp := copyBundle(t)
+	addPixel(t, sharp, []string{""}, [][]float32{global}, 0.7, func(term, _ map[string]any) { term["sigma"] = 0 })
+	addReference(t, sharp, []string{""}, [][]float32{refRow(func(int) float32 { return 0.1 })}, func(ref, _ map[string]any) {
+		ref["pixel_weight"], ref["pixel_sigma"] = 0.7, 0
+	})
+	if sb, err := Load(sharp); err != nil {
+		t.Errorf("a term at sigma 0 with its reference: %v", err)
+	} else if got := sb.Manifest.Map.Pixel.SmoothingSigma(sb.Manifest.Map.Sigma); got != 0 {
+		t.Errorf("the term's sigma: got %g, want 0", got)
+	}
+	if got := b.Manifest.Map.Pixel.SmoothingSigma(b.Manifest.Map.Sigma); got != b.Manifest.Map.Sigma {
+		t.Errorf("a term without its own sigma smooths at %g, want the map's %g", got, b.Manifest.Map.Sigma)
+	}
 	if plain, err := Load(fixture); err != nil || plain.MeanFrameFor("bolt") != nil {
 		t.Errorf("a bundle without map.pixel: err %v, has mean frames %v", err, plain.MeanFrameFor("bolt") != nil)
 	}
@@ -210,6 +224,10 @@ func TestMeanFramesRefused(t *testing.T) {
 		{"an Inf in a row", []string{""}, [][]float32{nan}, 0, nil, nil, "pixel", "non-finite"},
 		{"a reference measured without the term", []string{""}, [][]float32{ok}, 0.7, nil, 0, "schema", "map.reference.pixel_weight"},
 		{"a reference measured at another weight", []string{""}, [][]float32{ok}, 0.7, nil, 0.5, "schema", "weight 0.5"},
+		{"a negative sigma", []string{""}, [][]float32{ok}, 0, func(term, _ map[string]any) { term["sigma"] = -1 }, nil, "schema", "map.pixel.sigma"},
+		{"a sigma past the bound", []string{""}, [][]float32{ok}, 0, func(term, _ map[string]any) { term["sigma"] = 100 }, nil, "schema", "map.pixel.sigma"},
+		{"a reference measured with the map's sigma for a term at its own", []string{""}, [][]float32{ok}, 0.7,
+			func(term, _ map[string]any) { term["sigma"] = 1 }, 0.7, "schema", "map.reference.pixel_sigma"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -2,7 +2,9 @@ package pipeline
 
 import (
 	"context"
+	"fmt"
 	"math"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -141,6 +143,81 @@ func TestNoisePrefixLayerMaps(t *testing.T) {
 				s.Close()
 			}
 			t.Errorf("prefixes %v of %d noises (layer maps %v): error %v, want one naming %q", c.opt.NoisePrefixes, c.opt.Ensemble, c.opt.LayerMaps, err, c.want)
+		}
+	}
+}
+
+// TestPixelSigmasMatchTheTermsOwn: with Options.PixelSigmas every result carries the mean-frame term's map
+// smoothed at each sigma, and each equals the PixelMap of the same bundle whose term is smoothed at that sigma
+// (map.pixel.sigma), whose Map then differs from the bundle's at the map's sigma: the select stage can weigh the
+// term's smoothing from one pass. Sigmas the scorer cannot give are refused when it opens.
+func TestPixelSigmasMatchTheTermsOwn(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	reqs := []Request{{Image: testImage(256, 256, 3), Class: "widget"}, {Image: testImage(300, 200, 11)}}
+	base := filepath.Join(dir, "map-sigma")
+	copyDir(t, fixtureBundle, base)
+	addPixelTerm(t, base, 0.8, nil)
+	sigmas := []float64{0, 1.5}
+	s, err := Open(base, Options{Providers: []string{"cpu"}, Threads: 2, PixelMap: true, PixelSigmas: sigmas})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Score(ctx, reqs)
+	s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, sigma := range sigmas {
+		own := filepath.Join(dir, fmt.Sprintf("sigma-%d", k))
+		copyDir(t, fixtureBundle, own)
+		addPixelTerm(t, own, 0.8, &sigma)
+		o, err := Open(own, Options{Providers: []string{"cpu"}, Threads: 2, PixelMap: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := o.Score(ctx, reqs)
+		o.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for f := range reqs {
+			if got[f].Err != nil || want[f].Err != nil {
+				t.Fatal(got[f].Err, want[f].Err)
+			}
+			if len(got[f].PixelMaps) != len(sigmas) || len(got[f].PixelMaps[k]) != len(want[f].PixelMap) {
+				t.Fatalf("sigma %g, frame %d: %d term maps, want %d of %d values", sigma, f, len(got[f].PixelMaps), len(sigmas), len(want[f].PixelMap))
+			}
+			worst, scale, apart, moved := 0.0, 0.0, 0.0, 0.0
+			for i, v := range want[f].PixelMap {
+				worst = math.Max(worst, math.Abs(float64(v-got[f].PixelMaps[k][i])))
+				scale = math.Max(scale, math.Abs(float64(v)))
+				apart = math.Max(apart, math.Abs(float64(v-got[f].PixelMap[i])))
+				moved = math.Max(moved, math.Abs(float64(want[f].Map[i]-got[f].Map[i])))
+			}
+			if worst > 1e-6*math.Max(scale, 1e-3) {
+				t.Errorf("sigma %g, frame %d: the term's map differs from a bundle smoothing it at that sigma by %g (scale %g)", sigma, f, worst, scale)
+			}
+			if apart < 1e-4 || moved < 1e-4 {
+				t.Errorf("sigma %g, frame %d: the term's map (%g apart) or the frame's map (%g apart) is the same as at the map's sigma: the term's own sigma was not applied", sigma, f, apart, moved)
+			}
+		}
+	}
+	for _, c := range []struct {
+		dir  string
+		opt  Options
+		want string
+	}{
+		{base, Options{PixelSigmas: []float64{1}}, "PixelMap"},
+		{base, Options{PixelMap: true, PixelSigmas: []float64{-1}}, "0..64"},
+		{fixtureBundle, Options{LayerMaps: true, PixelSigmas: []float64{1}}, "no mean-frame term"},
+	} {
+		c.opt.Providers = []string{"cpu"}
+		if s, err := Open(c.dir, c.opt); err == nil || !strings.Contains(err.Error(), c.want) {
+			if s != nil {
+				s.Close()
+			}
+			t.Errorf("options %+v: want an error containing %q, got %v", c.opt, c.want, err)
 		}
 	}
 }

@@ -84,8 +84,12 @@ type planLayer struct {
 	cols band // W outputs from w inputs
 }
 
-// layerSize is a distance map's height and width.
-type layerSize struct{ h, w int }
+// layerSize is a distance map's height and width, and the sigma of the Gaussian that smooths it in the map (the
+// map's sigma for feature layers and the nearest-normal term, the mean-frame term's own for it).
+type layerSize struct {
+	h, w  int
+	sigma float64
+}
 
 var (
 	planMu sync.Mutex
@@ -96,13 +100,11 @@ var (
 const maxPlans = 32
 
 // planFor returns the cached plan of a map geometry, building it on first use.
-func planFor(sizes []layerSize, H, W int, sigma, truncate float64) *mapPlan {
+func planFor(sizes []layerSize, H, W int, truncate float64) *mapPlan {
 	key := make([]byte, 0, 64)
 	key = strconv.AppendInt(key, int64(H), 10)
 	key = append(key, 'x')
 	key = strconv.AppendInt(key, int64(W), 10)
-	key = append(key, ' ')
-	key = strconv.AppendFloat(key, sigma, 'g', -1, 64)
 	key = append(key, ' ')
 	key = strconv.AppendFloat(key, truncate, 'g', -1, 64)
 	for _, s := range sizes {
@@ -110,6 +112,8 @@ func planFor(sizes []layerSize, H, W int, sigma, truncate float64) *mapPlan {
 		key = strconv.AppendInt(key, int64(s.h), 10)
 		key = append(key, 'x')
 		key = strconv.AppendInt(key, int64(s.w), 10)
+		key = append(key, '@')
+		key = strconv.AppendFloat(key, s.sigma, 'g', -1, 64)
 	}
 	planMu.Lock()
 	p := plans[string(key)]
@@ -117,7 +121,7 @@ func planFor(sizes []layerSize, H, W int, sigma, truncate float64) *mapPlan {
 	if p != nil {
 		return p
 	}
-	p = newMapPlan(sizes, H, W, sigma, truncate)
+	p = newMapPlan(sizes, H, W, truncate)
 	planMu.Lock()
 	if len(plans) >= maxPlans {
 		clear(plans)
@@ -127,13 +131,13 @@ func planFor(sizes []layerSize, H, W int, sigma, truncate float64) *mapPlan {
 	return p
 }
 
-func newMapPlan(sizes []layerSize, H, W int, sigma, truncate float64) *mapPlan {
+func newMapPlan(sizes []layerSize, H, W int, truncate float64) *mapPlan {
 	p := &mapPlan{H: H, W: W}
 	rowBands := make([]band, len(sizes))
 	for l, s := range sizes {
-		p.layers = append(p.layers, planLayer{h: s.h, w: s.w, eOff: p.eRows, cols: resampleBand(s.w, W, sigma, truncate)})
+		p.layers = append(p.layers, planLayer{h: s.h, w: s.w, eOff: p.eRows, cols: resampleBand(s.w, W, s.sigma, truncate)})
 		p.eRows += s.h
-		rowBands[l] = resampleBand(s.h, H, sigma, truncate)
+		rowBands[l] = resampleBand(s.h, H, s.sigma, truncate)
 		p.nv += rowBands[l].width
 	}
 	p.vRow = make([]int, 0, H*p.nv)
@@ -282,10 +286,11 @@ func smoothedAnomalyMap(layers []layerOutput, i, frames, ens int, tokens bool, H
 }
 
 // pixelInput is one frame's mean-frame term (models.PixelTerm): the frame's preprocessed values and its class's
-// mean normal frame, [3*H*W] each, and the weight of their distance in the map.
+// mean normal frame, [3*H*W] each, the weight of their distance in the map and the sigma that smooths it.
 type pixelInput struct {
 	x, mean []float32
 	weight  float64
+	sigma   float64
 }
 
 // pixelDistanceRows writes the distance between the frame and the mean frame, sqrt of the sum over the three
@@ -301,7 +306,8 @@ func pixelDistanceRows(x, mean []float32, n, lo, hi int, dst []float64) {
 
 // smoothedMapWith is smoothedAnomalyMap plus, when pix is set, the frame's distance to its mean frame times
 // pix.weight (docs/algorithm.md §1.9, "the mean-frame term"): one more map at full size in the same banded
-// product, so the term costs its distance and the Gaussian alone, and the sum is smoothed once; and, when knn
+// product, smoothed with its own sigma (pix.sigma; the layers and the nearest-normal term with sigma), so the
+// term costs its distance and its Gaussian alone; and, when knn
 // is set, the nearest-normal distances times knn.weight, one more low-resolution layer of the plan. With no
 // layers it is the terms' smoothed map alone. The layers hold ens reconstructions per frame, and the map is the
 // mean over the first use of them (use = ens but for Options.NoisePrefixes).
@@ -325,12 +331,12 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, fr
 		if last := frames + (i+1)*ens - 1; last >= items {
 			return nil, fmt.Errorf("feature %s has %d items, frame %d of %d needs item %d", l.Name, items, i, frames, last)
 		}
-		sc.sizes = append(sc.sizes, layerSize{h, w})
+		sc.sizes = append(sc.sizes, layerSize{h, w, sigma})
 		sc.wts = append(sc.wts, l.Weight)
 		sc.chans = append(sc.chans, c)
 		total += h * w
 	}
-	knnL, more, err := sc.addTerms(pix, knn, H, W)
+	knnL, more, err := sc.addTerms(pix, knn, H, W, sigma)
 	if err != nil {
 		return nil, err
 	}
@@ -369,7 +375,7 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, fr
 		}
 		sc.mb, sc.na, sc.nb = append(sc.mb, mb), append(sc.na, na), append(sc.nb, nb)
 	}
-	p := planFor(sc.sizes, H, W, sigma, truncate)
+	p := planFor(sc.sizes, H, W, truncate)
 	sc.e = grow(sc.e, p.eRows*W)
 	sc.amap = grow(sc.amap, H*W)
 	p.apply(sc.d, sc.wts, sc.e, sc.amap, workers, func(l, r0, r1 int) {
@@ -416,14 +422,14 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, fr
 }
 
 // addTerms appends the map plan's layers of the mean-frame term (full size) and the nearest-normal term (the
-// knn graph's size), when set, after the feature layers; it returns the nearest-normal term's layer (-1: none)
-// and the values they add.
-func (sc *mapScratch) addTerms(pix *pixelInput, knn *knnInput, H, W int) (knnL, total int, err error) {
+// knn graph's size, smoothed with sigma), when set, after the feature layers; it returns the nearest-normal
+// term's layer (-1: none) and the values they add.
+func (sc *mapScratch) addTerms(pix *pixelInput, knn *knnInput, H, W int, sigma float64) (knnL, total int, err error) {
 	if pix != nil {
 		if len(pix.x) != 3*H*W || len(pix.mean) != 3*H*W {
 			return 0, 0, fmt.Errorf("mean-frame term: the frame has %d values and the mean frame %d, want 3x%dx%d", len(pix.x), len(pix.mean), H, W)
 		}
-		sc.sizes = append(sc.sizes, layerSize{H, W})
+		sc.sizes = append(sc.sizes, layerSize{H, W, pix.sigma})
 		sc.wts = append(sc.wts, pix.weight)
 		sc.chans = append(sc.chans, 3)
 		total += H * W
@@ -434,7 +440,7 @@ func (sc *mapScratch) addTerms(pix *pixelInput, knn *knnInput, H, W int) (knnL, 
 			return 0, 0, fmt.Errorf("nearest-normal term: %d distances for a %dx%d map", len(knn.dist), knn.h, knn.w)
 		}
 		knnL = len(sc.sizes)
-		sc.sizes = append(sc.sizes, layerSize{knn.h, knn.w})
+		sc.sizes = append(sc.sizes, layerSize{knn.h, knn.w, sigma})
 		sc.wts = append(sc.wts, knn.weight)
 		sc.chans = append(sc.chans, 1)
 		total += knn.h * knn.w

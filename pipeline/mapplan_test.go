@@ -366,8 +366,9 @@ func TestMapStageConcurrent(t *testing.T) {
 }
 
 // TestMeanFrameTermMatchesDefinition checks the map with the mean-frame term (models.PixelTerm) against its
-// definition: the features' map plus weight x the per-pixel RGB distance to the mean frame, summed at full size
-// and then smoothed; and the term alone (no layers) as its own smoothed distance.
+// definition: the features' smoothed map plus weight x the per-pixel RGB distance to the mean frame smoothed
+// with the term's own sigma (the map's, none, or another); and the term alone (no layers) as its own smoothed
+// distance.
 func TestMeanFrameTermMatchesDefinition(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	sc := &mapScratch{}
@@ -396,27 +397,34 @@ func TestMeanFrameTermMatchesDefinition(t *testing.T) {
 					dist[p] = math.Sqrt(s)
 				}
 				for _, layers := range [][]layerOutput{feats, nil} {
-					const w = 0.37
-					want := make([]float64, n)
-					if layers != nil {
-						var err error
-						if want, err = anomalyMap(layers, i, frames, c.tokens, c.H, c.W); err != nil {
-							t.Fatal(err)
+					for _, termSigma := range []float64{c.sigma, 0, 1.5} {
+						const w = 0.37
+						want := make([]float64, n)
+						if layers != nil {
+							var err error
+							if want, err = anomalyMap(layers, i, frames, c.tokens, c.H, c.W); err != nil {
+								t.Fatal(err)
+							}
 						}
-					}
-					for p := range want {
-						want[p] += w * dist[p]
-					}
-					if c.sigma > 0 {
-						gaussianFilterDirect(want, c.H, c.W, c.sigma, c.truncate)
-					}
-					for _, workers := range []int{1, 3} {
-						got, err := smoothedMapWith(layers, &pixelInput{x: xi, mean: mean, weight: w}, nil, i, frames, 1, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
-						if err != nil {
-							t.Fatal(err)
+						if c.sigma > 0 {
+							gaussianFilterDirect(want, c.H, c.W, c.sigma, c.truncate)
 						}
-						if e := maxRelDiff(got, want); !(e <= 1e-12) {
-							t.Errorf("frame %d, %d layers, %d workers: map with the term differs from the definition by %.2e (max relative)", i, len(layers), workers, e)
+						term := slices.Clone(dist)
+						if termSigma > 0 {
+							gaussianFilterDirect(term, c.H, c.W, termSigma, c.truncate)
+						}
+						for p := range want {
+							want[p] += w * term[p]
+						}
+						for _, workers := range []int{1, 3} {
+							got, err := smoothedMapWith(layers, &pixelInput{x: xi, mean: mean, weight: w, sigma: termSigma}, nil, i, frames, 1, 1, c.tokens, c.H, c.W, c.sigma, c.truncate, sc, workers)
+							if err != nil {
+								t.Fatal(err)
+							}
+							if e := maxRelDiff(got, want); !(e <= 1e-12) {
+								t.Errorf("frame %d, %d layers, term sigma %g, %d workers: map with the term differs from the definition by %.2e (max relative)",
+									i, len(layers), termSigma, workers, e)
+							}
 						}
 					}
 				}

@@ -169,7 +169,7 @@ func BenchmarkMapParts(b *testing.B) {
 		}
 	})
 	b.Run("smooth", func(b *testing.B) {
-		p := planFor(sc.sizes, 256, 256, 5, 4)
+		p := planFor(sc.sizes, 256, 256, 4)
 		out := make([]float64, 256*256)
 		for b.Loop() {
 			p.apply(sc.d, sc.wts, sc.e, out, 1, nil)

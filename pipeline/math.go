@@ -193,7 +193,7 @@ func gaussianFilter(m []float64, h, w int, sigma, truncate float64) {
 	if sigma <= 0 {
 		return
 	}
-	p := planFor([]layerSize{{h, w}}, h, w, sigma, truncate)
+	p := planFor([]layerSize{{h, w, sigma}}, h, w, truncate)
 	src := append([]float64(nil), m...)
 	p.apply([][]float64{src}, []float64{1}, make([]float64, p.eRows*w), m, 1, nil)
 }

@@ -117,7 +117,12 @@ func TestParityWithPyTorchReference(t *testing.T) {
 	// the class picks both rows on both sides.
 	pixel := filepath.Join(dir, "pixel-term")
 	copyDir(t, fixtureBundle, pixel)
-	addPixelTerm(t, pixel, 0.8)
+	addPixelTerm(t, pixel, 0.8, nil)
+	// The same term smoothed with its own sigma (map.pixel.sigma 1, the map's 5): both sides smooth it apart.
+	pixelSharp := filepath.Join(dir, "pixel-term-sigma")
+	copyDir(t, fixtureBundle, pixelSharp)
+	one := 1.0
+	addPixelTerm(t, pixelSharp, 0.8, &one)
 
 	// The nearest-normal term (map.knn) on the fixture's knn graph with seeded banks for "" and "widget": the
 	// class picks the bank on both sides; Python runs the graph's features with torch ops and the distance with
@@ -151,6 +156,7 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		{"match radius 1 on the first layer, two start noises", match, "", false, false, false},
 		{"mean-frame term and map reference, global rows", pixel, "", false, false, false},
 		{"mean-frame term and map reference, class rows", pixel, "widget", true, true, false},
+		{"mean-frame term at its own sigma, class rows", pixelSharp, "widget", true, true, false},
 		{"nearest-normal term, global bank", knn, "", false, false, false},
 		{"nearest-normal term, class bank", knn, "widget", true, true, false},
 		{"nearest-normal term fed the feature graph's layers, batch of all images", knnLayers, "widget", true, false, false},
@@ -348,9 +354,10 @@ func editBundleJSON(t *testing.T, dir string, edit func(map[string]any)) {
 	}
 }
 
-// addPixelTerm gives the bundle in dir a mean-frame term (models.PixelTerm) at the given weight and a map
-// reference measured with it: seeded smooth mean frames and reference maps, with rows for "" and "widget".
-func addPixelTerm(t *testing.T, dir string, weight float64) {
+// addPixelTerm gives the bundle in dir a mean-frame term (models.PixelTerm) at the given weight (and smoothing
+// sigma, nil: the map's) and a map reference measured with it: seeded smooth mean frames and reference maps, with
+// rows for "" and "widget".
+func addPixelTerm(t *testing.T, dir string, weight float64, sigma *float64) {
 	t.Helper()
 	const H, W = 256, 256
 	r := rand.New(rand.NewPCG(11, 12))
@@ -378,6 +385,10 @@ func addPixelTerm(t *testing.T, dir string, weight float64) {
 			"factor": 0.5, "weight": weight}
 		mp["reference"] = map[string]any{"file": "map_reference.f32", "width": W, "height": H, "classes": []string{"", "widget"},
 			"pixel_weight": weight}
+		if sigma != nil {
+			mp["pixel"].(map[string]any)["sigma"] = *sigma
+			mp["reference"].(map[string]any)["pixel_sigma"] = *sigma
+		}
 	})
 	if _, err := models.Load(dir); err != nil {
 		t.Fatal(err)

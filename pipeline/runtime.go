@@ -192,6 +192,11 @@ type Options struct {
 	// stage weighs every count of select.ensembles from one scoring pass at the largest instead of one pass per
 	// count. Increasing, each in 1..the ensemble.
 	NoisePrefixes []int
+	// PixelSigmas, with PixelMap or LayerMaps and a bundle with the mean-frame term, has every result also carry
+	// the term's map smoothed at each of these sigmas (Result.PixelMaps), as PixelMap is smoothed at the
+	// term's own: the select stage weighs the term's smoothing from one scoring pass. Each in
+	// 0..models.MaxPixelSigma.
+	PixelSigmas []float64
 	// StaticNoLayout optimises the static-shape denoiser sessions at the extended level, without ONNX Runtime's
 	// NCHWc layout pass: 80 fewer operators per small-preset step, but plain instead of blocked convolutions,
 	// and slower in the quiet interleaved runs (Scorer.staticNoLayout). Off (the zero value): ONNX Runtime's

@@ -86,6 +86,9 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 	if err := checkPrefixes(opt, s.ens); err != nil {
 		return nil, err
 	}
+	if err := checkPixelSigmas(opt, m); err != nil {
+		return nil, err
+	}
 	if m.Diffusion.SeedPolicy == "fixed" {
 		s.fixedNoise = s.drawNoise(0)
 	}
@@ -187,6 +190,29 @@ func checkPrefixes(opt Options, ens int) error {
 	}
 	return nil
 }
+
+// checkPixelSigmas checks Options.PixelSigmas against the bundle: they need its mean-frame term and a map.
+func checkPixelSigmas(opt Options, m *models.Manifest) error {
+	ss := opt.PixelSigmas
+	if len(ss) == 0 {
+		return nil
+	}
+	if !opt.PixelMap && !opt.LayerMaps {
+		return fmt.Errorf("mean-frame term sigmas %v: they are the term's maps, and the scorer has neither Options.PixelMap nor LayerMaps", ss)
+	}
+	if m.Map.Pixel == nil {
+		return fmt.Errorf("mean-frame term sigmas %v: the bundle has no mean-frame term (map.pixel)", ss)
+	}
+	for _, v := range ss {
+		if !(v >= 0 && v <= models.MaxPixelSigma) || (v > 0 && !(m.Map.Truncate > 0)) {
+			return fmt.Errorf("mean-frame term sigmas %v: want each in 0..%d (and map.truncate > 0)", ss, models.MaxPixelSigma)
+		}
+	}
+	return nil
+}
+
+// PixelSigmas is Options.PixelSigmas: the sigmas at which every result also carries the mean-frame term's map.
+func (s *Scorer) PixelSigmas() []float64 { return s.opt.PixelSigmas }
 
 // NoisePrefixes is Options.NoisePrefixes: the start-noise counts whose layer maps every result also carries.
 func (s *Scorer) NoisePrefixes() []int { return s.opt.NoisePrefixes }

@@ -455,6 +455,15 @@ func (s *Scorer) mapsAndScores(feats []layerOutput, x []float32, knn *knnMaps, r
 				return nil, err
 			}
 			results[i].PixelMap, _ = finiteFloat32(m) // finite: the frame and the mean frame are
+			for _, sigma := range s.opt.PixelSigmas {
+				pix.sigma = sigma
+				m, err := smoothedMapWith(nil, pix, nil, i, len(reqs), s.ens, s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+				if err != nil {
+					return nil, err
+				}
+				f, _ := finiteFloat32(m)
+				results[i].PixelMaps = append(results[i].PixelMaps, f)
+			}
 		}
 		if k := knn.frame(i, 1); k != nil && (s.opt.KnnMap || s.opt.LayerMaps) {
 			m, err := smoothedMapWith(nil, nil, k, i, len(reqs), s.ens, s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
@@ -487,7 +496,7 @@ func (s *Scorer) pixelInput(x []float32, i int, class string, weight float64) *p
 		return nil
 	}
 	n := len(mean)
-	return &pixelInput{x: x[i*n : (i+1)*n], mean: mean, weight: weight}
+	return &pixelInput{x: x[i*n : (i+1)*n], mean: mean, weight: weight, sigma: s.m.Map.Pixel.SmoothingSigma(s.m.Map.Sigma)}
 }
 
 // layerMaps returns frame i's smoothed map of each feature layer alone, with weight 1 and no reference

@@ -69,6 +69,8 @@ type Result struct {
 	// is the term's own smoothed map: the frame's distance to its class's mean frame, with weight 1 and without
 	// the map reference. Map adds it times map.pixel.weight; the calibrate stage measures the weight from it.
 	PixelMap []float32 `json:"-"`
+	// PixelMaps, with Options.PixelSigmas, holds the same map smoothed at each of those sigmas, in their order.
+	PixelMaps [][]float32 `json:"-"`
 	// KnnMap, with Options.KnnMap or Options.LayerMaps and a bundle with the nearest-normal term (map.knn), is
 	// the term's own smoothed map with weight 1 and without the map reference, as PixelMap is the mean-frame
 	// term's.

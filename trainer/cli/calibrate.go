@@ -22,7 +22,7 @@ func init() {
 }
 
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--map-sigma S] [--start-step T] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--pixel-sigma S] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--map-sigma S] [--start-step T] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -47,6 +47,9 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		"Compare start steps on a painted set (docs/training.md, \"The start step\")")
 	pixel := fs.String("pixel-factor", "", "with --reference train: the mean-frame term's size relative to the feature map's (0 removes it; 0.25 to 1 where parts sit still "+
 		"on a plain background; absent: keep the bundle's). Adds each frame's pixel distance to its class's mean normal frame to the map (docs/algorithm.md §1.9)")
+	pixelSigma := fs.String("pixel-sigma", "", "with --reference train: the Gaussian sigma, in map pixels, that smooths the mean-frame term's map (0: none; absent: keep the "+
+		"bundle's, the map's sigma for a new term). The map's sigma suits feature maps of a few pixels a cell; the term is one value a pixel, and a smaller sigma keeps "+
+		"specks and hairs of a few pixels (docs/algorithm.md §1.9, \"The term's own smoothing\")")
 	var kf knnFlags
 	kf.register(fs)
 	dry := fs.Bool("dry-run", false, "print the calibration without writing it into the bundle")
@@ -73,6 +76,10 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
+	psigma, err := pixelSigmaFlag(*pixelSigma, *reference)
+	if err != nil {
+		return err
+	}
 	knnFactor, err := kf.resolve(sf.Bundle, *reference)
 	if err != nil {
 		return err
@@ -95,7 +102,7 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return err
 		}
 	case *reference == eval.ReferenceTrain:
-		if err := measureTrainReference(ctx, sf, df, &kf, items, classes, *refPer, factor, knnFactor, stderr); err != nil {
+		if err := measureTrainReference(ctx, sf, df, &kf, items, classes, *refPer, factor, psigma, knnFactor, stderr); err != nil {
 			return err
 		}
 	}
@@ -153,9 +160,9 @@ func checkReference(reference string, roi, dry bool) error {
 }
 
 // measureTrainReference measures the map reference on the training normals (at most perClass a class) with the
-// mean-frame term at factor and the nearest-normal term at knnFactor, building the latter first when the bundle
-// has none.
-func measureTrainReference(ctx context.Context, sf scoreFlags, df dataFlags, kf *knnFlags, items []dataset.Item, classes []string, perClass int, factor, knnFactor float64, stderr io.Writer) error {
+// mean-frame term at factor (smoothed at sigma; nil: the bundle's) and the nearest-normal term at knnFactor,
+// building the latter first when the bundle has none.
+func measureTrainReference(ctx context.Context, sf scoreFlags, df dataFlags, kf *knnFlags, items []dataset.Item, classes []string, perClass int, factor float64, sigma *float64, knnFactor float64, stderr io.Writer) error {
 	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, classes, true), perClass)
 	if len(train) == 0 {
 		return fmt.Errorf("--reference train: no normal training images in %s", df.data)
@@ -167,18 +174,37 @@ func measureTrainReference(ctx context.Context, sf scoreFlags, df dataFlags, kf 
 	}
 	o := sf
 	o.NoReference, o.PixelMap, o.KnnMap, o.KnnLeaveOneOut = true, true, true, true
-	ref, err := eval.MeasureReference(ctx, sf.Bundle, o.Open, train, "train split of "+df.data, factor, knnFactor, eval.Options{BatchSize: df.batch, Progress: stderr})
+	ref, err := eval.MeasureReference(ctx, sf.Bundle, o.Open, train, "train split of "+df.data, factor, sigma, knnFactor, eval.Options{BatchSize: df.batch, Progress: stderr})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "map reference: mean maps of %d training normals over %d classes written\n", len(train), len(ref.Classes)-1)
 	if factor > 0 {
-		fmt.Fprintf(stderr, "mean-frame term: %s\n", eval.DescribePixel(factor, ref.PixelWeight))
+		fmt.Fprintf(stderr, "mean-frame term: %s, smoothed at sigma %g\n", eval.DescribePixel(factor, ref.PixelWeight), ref.PixelSigma)
 	}
 	if knnFactor > 0 {
 		fmt.Fprintf(stderr, "nearest-normal term: %s\n", eval.DescribeKnn(knnFactor, ref.KnnWeight))
 	}
 	return nil
+}
+
+// pixelSigmaFlag is --pixel-sigma: nil when absent (the bundle's term keeps its smoothing), which needs
+// --reference train when given (the term's weight and reference are measured at it).
+func pixelSigmaFlag(flag, reference string) (*float64, error) {
+	if flag == "" {
+		return nil, nil
+	}
+	if reference != eval.ReferenceTrain {
+		return nil, fmt.Errorf("--pixel-sigma: the mean-frame term's weight and reference are measured at its smoothing on the training normals; give --reference train")
+	}
+	v, err := strconv.ParseFloat(flag, 64)
+	if err != nil {
+		return nil, fmt.Errorf("--pixel-sigma %q: not a number", flag)
+	}
+	if err := eval.CheckPixelSigma(v); err != nil {
+		return nil, fmt.Errorf("--pixel-sigma: %w", err)
+	}
+	return &v, nil
 }
 
 // pixelFactorFlag is the mean-frame term factor calibrate measures with: --pixel-factor when given (which needs

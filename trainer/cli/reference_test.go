@@ -450,6 +450,29 @@ func TestCalibratePixelFactor(t *testing.T) {
 	if code, _, stderr := run(append(base, "--reference", "train")...); code != 0 || !strings.Contains(stderr, "mean-frame term: factor 0.5") {
 		t.Fatalf("calibrate --reference train keeping the term: exit %d\n%s", code, stderr)
 	}
+	// the term's own smoothing: written with its reference, kept by a later --reference train
+	code, sharp, stderr := run(append(base, "--reference", "train", "--pixel-sigma", "0")...)
+	if code != 0 || !strings.Contains(stderr, "smoothed at sigma 0") {
+		t.Fatalf("calibrate --pixel-sigma 0: exit %d\n%s", code, stderr)
+	}
+	if sharp == withTerm {
+		t.Errorf("thresholds did not change with the term unsmoothed:\n%s", sharp)
+	}
+	for _, args := range [][]string{nil, {"--reference", "train"}} {
+		if args != nil {
+			if code, _, stderr := run(append(base, args...)...); code != 0 || !strings.Contains(stderr, "smoothed at sigma 0") {
+				t.Fatalf("calibrate %v after --pixel-sigma 0: exit %d\n%s", args, code, stderr)
+			}
+		}
+		b, err := models.Load(bundle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, r := b.Manifest.Map.Pixel, b.Manifest.Map.Reference
+		if p == nil || p.Sigma == nil || *p.Sigma != 0 || r == nil || r.PixelSigma == nil || *r.PixelSigma != 0 || !(p.Weight > 0) {
+			t.Fatalf("after --pixel-sigma 0 and %v: map.pixel %+v, reference %+v", args, p, r)
+		}
+	}
 	if code, _, stderr := run(append(base, "--reference", "train", "--pixel-factor", "0")...); code != 0 {
 		t.Fatalf("--pixel-factor 0: exit %d\n%s", code, stderr)
 	}
@@ -490,6 +513,8 @@ func TestCalibratePixelFactor(t *testing.T) {
 		{[]string{"--pixel-factor", "0.5"}, "give --reference train"},
 		{[]string{"--reference", "train", "--pixel-factor", "x"}, `--pixel-factor "x"`},
 		{[]string{"--reference", "train", "--pixel-factor", "9"}, "want 0 (off) to 4"},
+		{[]string{"--pixel-sigma", "1"}, "--pixel-sigma: the mean-frame term's weight"},
+		{[]string{"--reference", "train", "--pixel-sigma", "-1"}, "want 0 (no smoothing) to 64"},
 	} {
 		if code, _, stderr := run(append(base, tc.args...)...); code == 0 || !strings.Contains(stderr, tc.want) {
 			t.Errorf("calibrate %v: exit %d, want an error naming %q\n%s", tc.args, code, tc.want, stderr)

@@ -319,7 +319,7 @@ func TestKnnTermMatchesDefinition(t *testing.T) {
 	opt := cpu
 	opt.NoReference, opt.PixelMap, opt.KnnMap, opt.KnnLeaveOneOut = true, true, true, true
 	open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, opt) }
-	ref, err := MeasureReference(ctx, b, open, train, "train", 0, 1, Options{})
+	ref, err := MeasureReference(ctx, b, open, train, "train", 0, nil, 1, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -516,7 +516,7 @@ func TestWeighKnnMatchesBundles(t *testing.T) {
 	for _, pixel := range []float64{0, 0.5} {
 		base := filepath.Join(dir, fmt.Sprintf("pixel%g", pixel))
 		copyDir(t, knn, base)
-		if err := WriteMeanFrames(ctx, base, train, "train", pixel); err != nil {
+		if err := WriteMeanFrames(ctx, base, train, "train", pixel, nil); err != nil {
 			t.Fatal(err)
 		}
 		s, err := pipeline.Open(base, opt)
@@ -533,7 +533,7 @@ func TestWeighKnnMatchesBundles(t *testing.T) {
 			b := filepath.Join(dir, fmt.Sprintf("pixel%g-f%d", pixel, k))
 			copyDir(t, base, b)
 			open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, opt) }
-			if _, err := MeasureReference(ctx, b, open, train, "train", pixel, a, Options{}); err != nil {
+			if _, err := MeasureReference(ctx, b, open, train, "train", pixel, nil, a, Options{}); err != nil {
 				t.Fatal(err)
 			}
 			bs := openFixture(t, b)
@@ -681,22 +681,27 @@ func TestMapWeighingKnnMatchesWeighKnn(t *testing.T) {
 	}
 	weighed, _ := withMeanFrames(t, knn, filepath.Join(dir, "weighed"), train)
 	counts := []int{1, 2}
-	wopt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, KnnLeaveOneOut: true, Ensemble: 2, NoisePrefixes: counts}
+	wopt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, KnnLeaveOneOut: true, Ensemble: 2, NoisePrefixes: counts, PixelSigmas: []float64{0}}
 	s, err := pipeline.Open(weighed, wopt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cands := []MapCandidate{{Weights: own}, {Weights: own, Pixel: 0.5}}
+	// the term at the map's sigma and unsmoothed (map.pixel.sigma 0), from the same pass
+	cands := []MapCandidate{{Weights: own}, {Weights: own, Pixel: 0.5}, {Weights: own, Pixel: 0.5, PixelAt: 1, PixelSigma: 0}}
 	w, err := WeighMapsAt(ctx, s, train, test, cands, Options{})
 	s.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
 	factors := []float64{0, 1, 3}
-	for _, c := range cands {
-		base := filepath.Join(dir, fmt.Sprintf("pixel%g", c.Pixel))
+	for ci, c := range cands {
+		base := filepath.Join(dir, fmt.Sprintf("cand%d", ci))
 		copyDir(t, knn, base)
-		if err := WriteMeanFrames(ctx, base, train, "train", c.Pixel); err != nil {
+		var sigma *float64
+		if c.PixelAt > 0 {
+			sigma = &c.PixelSigma
+		}
+		if err := WriteMeanFrames(ctx, base, train, "train", c.Pixel, sigma); err != nil {
 			t.Fatal(err)
 		}
 		for j, n := range counts {
@@ -728,15 +733,15 @@ func TestMapWeighingKnnMatchesWeighKnn(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			b := filepath.Join(dir, fmt.Sprintf("pixel%g-n%d", c.Pixel, n))
+			b := filepath.Join(dir, fmt.Sprintf("cand%d-n%d", ci, n))
 			copyDir(t, base, b)
 			open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, opt) }
-			want2, err := MeasureReference(ctx, b, open, train, "train", c.Pixel, 3, Options{})
+			want2, err := MeasureReference(ctx, b, open, train, "train", c.Pixel, nil, 3, Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			compareReferences(t, fmt.Sprintf("%s, %d noises", c.Name(), n), ref, want2)
-			saved := filepath.Join(dir, fmt.Sprintf("saved-%g-%d", c.Pixel, n))
+			saved := filepath.Join(dir, fmt.Sprintf("saved-%d-%d", ci, n))
 			if err := SaveReference(saved, ref); err != nil {
 				t.Fatal(err)
 			}
@@ -773,6 +778,9 @@ func compareReferences(t *testing.T, what string, got, want *Reference) {
 		t.Errorf("%s: reference %v %v %d noises %q %dx%d, want %v %v %d %q %dx%d", what, got.Classes, got.Images, got.Noises, got.Source, got.Width, got.Height,
 			want.Classes, want.Images, want.Noises, want.Source, want.Width, want.Height)
 		return
+	}
+	if got.PixelSigma != want.PixelSigma {
+		t.Errorf("%s: the mean-frame term smoothed at sigma %g, want %g", what, got.PixelSigma, want.PixelSigma)
 	}
 	for _, p := range [][2]float64{{got.PixelWeight, want.PixelWeight}, {got.KnnWeight, want.KnnWeight}} {
 		if math.Abs(p[0]-p[1]) > 1e-4*math.Abs(p[1]) || (p[1] == 0) != (p[0] == 0) {

@@ -106,19 +106,29 @@ func LayerName(w []float64) string {
 }
 
 // MapCandidate is one map recipe the select stage ranks: a weight per feature layer of the bundle, in its
-// order, and the mean-frame term's factor (models.PixelTerm.Factor; 0: no term).
+// order, the mean-frame term's factor (models.PixelTerm.Factor; 0: no term) and its smoothing.
 type MapCandidate struct {
 	Weights []float64
 	Pixel   float64
+	// PixelAt is which smoothing of the term's map the recipe adds: 0 the bundle's own (map.pixel.sigma, else
+	// map.sigma), k > 0 the k-th sigma of the scorer's pipeline.Options.PixelSigmas. PixelSigma is that sigma
+	// (set with PixelAt > 0), for names and for the bundle the choice becomes.
+	PixelAt    int
+	PixelSigma float64
 }
 
-// Name is the candidate's name in tables: its weights in layer order, then the term's factor when it has one,
-// e.g. "1/0.5/1" or "1/0.5/1+pixel0.25".
+// Name is the candidate's name in tables: its weights in layer order, then the term's factor when it has one
+// and the term's sigma when it is not the bundle's own, e.g. "1/0.5/1", "1/0.5/1+pixel0.25" or
+// "1/0.5/1+pixel0.25@1".
 func (c MapCandidate) Name() string {
 	if c.Pixel == 0 {
 		return LayerName(c.Weights)
 	}
-	return LayerName(c.Weights) + "+pixel" + strconv.FormatFloat(c.Pixel, 'g', 4, 64)
+	n := LayerName(c.Weights) + "+pixel" + strconv.FormatFloat(c.Pixel, 'g', 4, 64)
+	if c.PixelAt > 0 {
+		n += "@" + strconv.FormatFloat(c.PixelSigma, 'g', 4, 64)
+	}
+	return n
 }
 
 // WeighLayers is WeighMaps with layer weightings alone (no mean-frame term).
@@ -158,8 +168,9 @@ type MapWeighing struct {
 	Metrics        [][]metrics.Metrics
 	refs           []*layerRef
 	res            []ImageResult
-	noises         []int // each count's start noises
-	width, height  int   // the maps' size
+	noises         []int     // each count's start noises
+	pixelSigmas    []float64 // the mean-frame term's sigma at each MapCandidate.PixelAt (the bundle's own first)
+	width, height  int       // the maps' size
 	kernel, repeat int
 	knn            bool // the reference sums and the maps include the nearest-normal term's
 }
@@ -179,12 +190,17 @@ func WeighMapsAt(ctx context.Context, s *pipeline.Scorer, reference, val []datas
 		return nil, fmt.Errorf("%d layer weightings, more than %d: give fewer values", len(cands), MaxLayerCandidates)
 	}
 	pixel := false
+	sigmas := s.PixelSigmas()
 	for _, c := range cands {
 		if len(c.Weights) != nl {
 			return nil, fmt.Errorf("layer weights %v: the bundle has %d feature layers", c.Weights, nl)
 		}
 		if c.Pixel > 0 {
 			pixel = true
+		}
+		if c.PixelAt < 0 || c.PixelAt > len(sigmas) || (c.PixelAt > 0 && c.PixelSigma != sigmas[c.PixelAt-1]) {
+			return nil, fmt.Errorf("layer weights %s: the mean-frame term at sigma %g (number %d), the scorer gives the term's map at %v besides its own "+
+				"(pipeline.Options.PixelSigmas)", c.Name(), c.PixelSigma, c.PixelAt, sigmas)
 		}
 	}
 	if len(val) == 0 {
@@ -215,8 +231,8 @@ func WeighMapsAt(ctx context.Context, s *pipeline.Scorer, reference, val []datas
 				return nil, fmt.Errorf("layer weights: %s has %d layer maps for %d layers (open the scorer with pipeline.Options.LayerMaps)", r.Item.Path, len(lms), nl)
 			}
 		}
-		if pixel && len(r.Result.PixelMap) == 0 {
-			return nil, fmt.Errorf("layer weights: %s has no map of the mean-frame term", r.Item.Path)
+		if pixel && (len(r.Result.PixelMap) == 0 || len(r.Result.PixelMaps) != len(sigmas)) {
+			return nil, fmt.Errorf("layer weights: %s has no map of the mean-frame term at each sigma", r.Item.Path)
 		}
 		if knn && len(r.Result.KnnMap) != len(viewMaps(r.Result, 0)[0]) {
 			return nil, fmt.Errorf("layer weights: %s has no map of the nearest-normal term", r.Item.Path)
@@ -230,6 +246,9 @@ func WeighMapsAt(ctx context.Context, s *pipeline.Scorer, reference, val []datas
 	}
 	w := &MapWeighing{Metrics: make([][]metrics.Metrics, views), refs: refs, res: res, noises: s.NoisePrefixes(), width: m.Input.Width, height: m.Input.Height,
 		kernel: m.Score.PoolKernel, repeat: m.Score.PoolRepeat, knn: knn}
+	if t := m.Map.Pixel; t != nil {
+		w.pixelSigmas = append([]float64{t.SmoothingSigma(m.Map.Sigma)}, sigmas...)
+	}
 	if len(w.noises) == 0 {
 		w.noises = []int{s.Ensemble()}
 	}
@@ -241,9 +260,9 @@ func WeighMapsAt(ctx context.Context, s *pipeline.Scorer, reference, val []datas
 		c, ref := cands[k], refs[v]
 		weight := 0.0
 		if c.Pixel > 0 {
-			weight = pixelWeight(c.Pixel, ref.featureStd(c.Weights), ref.pixelStd())
+			weight = pixelWeight(c.Pixel, ref.featureStd(c.Weights), ref.pixelStd(c.PixelAt))
 		}
-		rep, err := Metrics(weightedResults(res, v, c.Weights, weight, 0, ref, w.kernel, w.repeat))
+		rep, err := Metrics(weightedResults(res, v, c.Weights, weight, c.PixelAt, 0, ref, w.kernel, w.repeat))
 		if err != nil {
 			return fmt.Errorf("layer weights %s: %w", c.Name(), err)
 		}
@@ -270,7 +289,7 @@ func (w *MapWeighing) WeighKnn(ctx context.Context, j int, c MapCandidate, facto
 	ks := ref.knnStd()
 	out := make([]metrics.Metrics, len(factors))
 	err = parallelMetrics(ctx, len(factors), func(k int) error {
-		rep, err := Metrics(weightedResults(w.res, j, c.Weights, pw, pixelWeight(factors[k], fs, ks), ref, w.kernel, w.repeat))
+		rep, err := Metrics(weightedResults(w.res, j, c.Weights, pw, c.PixelAt, pixelWeight(factors[k], fs, ks), ref, w.kernel, w.repeat))
 		if err != nil {
 			return fmt.Errorf("nearest-normal term factor %g: %w", factors[k], err)
 		}
@@ -296,6 +315,9 @@ func (w *MapWeighing) Reference(j int, c MapCandidate, knnFactor float64, source
 		return nil, err
 	}
 	out := &Reference{Width: w.width, Height: w.height, Source: source, Noises: w.noises[j], PixelWeight: pw}
+	if pw != 0 {
+		out.PixelSigma = w.pixelSigmas[c.PixelAt]
+	}
 	if knnFactor > 0 {
 		out.KnnWeight = pixelWeight(knnFactor, fs, ref.knnStd())
 	}
@@ -309,10 +331,10 @@ func (w *MapWeighing) Reference(j int, c MapCandidate, knnFactor float64, source
 				v += c.Weights[l] * lm[i]
 			}
 			if out.PixelWeight != 0 {
-				v += out.PixelWeight * ref.pix[cl][i]
+				v += out.PixelWeight * ref.pix[c.PixelAt].mean[cl][i]
 			}
 			if out.KnnWeight != 0 {
-				v += out.KnnWeight * ref.knn[cl][i]
+				v += out.KnnWeight * ref.knn.mean[cl][i]
 			}
 			row[i] = float32(v)
 		}
@@ -336,13 +358,13 @@ func (w *MapWeighing) recipe(what string, j int, c MapCandidate, knn bool) (*lay
 	if len(c.Weights) != len(ref.mean[""]) {
 		return nil, 0, 0, fmt.Errorf("%s: layer weights %v for %d layers", what, c.Weights, len(ref.mean[""]))
 	}
-	if c.Pixel > 0 && len(ref.pix) == 0 {
-		return nil, 0, 0, fmt.Errorf("%s: the weighing did not measure the mean-frame term", what)
+	if c.Pixel > 0 && (c.PixelAt < 0 || c.PixelAt >= len(ref.pix) || len(ref.pix[c.PixelAt].mean) == 0) {
+		return nil, 0, 0, fmt.Errorf("%s: the weighing did not measure the mean-frame term at sigma number %d", what, c.PixelAt)
 	}
 	fs := ref.featureStd(c.Weights)
 	pw := 0.0
 	if c.Pixel > 0 {
-		pw = pixelWeight(c.Pixel, fs, ref.pixelStd())
+		pw = pixelWeight(c.Pixel, fs, ref.pixelStd(c.PixelAt))
 	}
 	return ref, fs, pw, nil
 }
@@ -391,12 +413,32 @@ func viewMaps(r pipeline.Result, v int) [][]float32 {
 // follows without keeping a map.
 type layerRef struct {
 	mean  map[string][][]float64 // class -> layer -> mean map
-	pix   map[string][]float64   // class -> the term's mean map (with the term)
 	cross map[string][][]float64 // class -> pair (l <= m, row-major upper triangle) -> sum of products
-	pixSq map[string][]float64   // class -> sum of the term's squares
-	knn   map[string][]float64   // class -> the nearest-normal term's mean map (with the term)
-	knnSq map[string][]float64   // class -> sum of its squares
+	pix   []termSums             // the mean-frame term's maps at each of its sigmas (MapCandidate.PixelAt; with the term)
+	knn   termSums               // the nearest-normal term's maps (with the term)
 	n     map[string]int
+}
+
+// termSums is a term's maps summed per class: the mean map (after finish) and the sum of squares.
+type termSums struct {
+	mean, sq map[string][]float64
+}
+
+func newTermSums() termSums {
+	return termSums{mean: map[string][]float64{}, sq: map[string][]float64{}}
+}
+
+// add adds one map to class c's sums.
+func (t termSums) add(c string, m []float32) {
+	if t.mean[c] == nil {
+		t.mean[c], t.sq[c] = make([]float64, len(m)), make([]float64, len(m))
+	}
+	s, q := t.mean[c], t.sq[c]
+	for i, v := range m {
+		f := float64(v)
+		s[i] += f
+		q[i] += f * f
+	}
 }
 
 // pairIndex is the index of the pair (l, m), l <= m, of nl layers in layerRef.cross.
@@ -438,14 +480,14 @@ func (r *layerRef) featureStd(w []float64) float64 {
 	return pooledStd(ss, cnt)
 }
 
-// pixelStd is the same spread for the mean-frame term's maps.
-func (r *layerRef) pixelStd() float64 {
-	return termStd(r.pix, r.pixSq, r.n)
+// pixelStd is the same spread for the mean-frame term's maps at its k-th sigma (MapCandidate.PixelAt).
+func (r *layerRef) pixelStd(k int) float64 {
+	return termStd(r.pix[k].mean, r.pix[k].sq, r.n)
 }
 
 // knnStd is the same spread for the nearest-normal term's maps.
 func (r *layerRef) knnStd() float64 {
-	return termStd(r.knn, r.knnSq, r.n)
+	return termStd(r.knn.mean, r.knn.sq, r.n)
 }
 
 // termStd is the pooled spread of a term's maps around their class means, from each class's mean map and sum
@@ -485,8 +527,10 @@ func layerReferences(ctx context.Context, s *pipeline.Scorer, normal []dataset.I
 		return refs, nil
 	}
 	for v := range refs {
-		refs[v] = &layerRef{mean: map[string][][]float64{}, pix: map[string][]float64{}, cross: map[string][][]float64{}, pixSq: map[string][]float64{},
-			knn: map[string][]float64{}, knnSq: map[string][]float64{}, n: map[string]int{}}
+		refs[v] = &layerRef{mean: map[string][][]float64{}, cross: map[string][][]float64{}, knn: newTermSums(), n: map[string]int{}}
+		for range 1 + len(s.PixelSigmas()) {
+			refs[v].pix = append(refs[v].pix, newTermSums())
+		}
 	}
 	for start := 0; start < len(normal); start += referenceChunk {
 		res, err := ScoreItems(ctx, s, normal[start:min(start+referenceChunk, len(normal))], opts)
@@ -499,8 +543,11 @@ func layerReferences(ctx context.Context, s *pipeline.Scorer, normal []dataset.I
 				if len(lms) == 0 {
 					return nil, fmt.Errorf("per-layer map reference: %s has no layer maps (open the scorer with pipeline.Options.LayerMaps)", it.Item.Path)
 				}
-				if pixel && len(it.Result.PixelMap) != len(lms[0]) {
-					return nil, fmt.Errorf("per-layer map reference: %s has no map of the mean-frame term", it.Item.Path)
+				var pms [][]float32
+				if pixel {
+					if pms = termMaps(it.Result); len(pms) != len(r.pix) || len(pms[0]) != len(lms[0]) {
+						return nil, fmt.Errorf("per-layer map reference: %s has no map of the mean-frame term at each sigma", it.Item.Path)
+					}
 				}
 				var km []float32
 				if knn {
@@ -508,7 +555,7 @@ func layerReferences(ctx context.Context, s *pipeline.Scorer, normal []dataset.I
 						return nil, fmt.Errorf("per-layer map reference: %s has no map of the nearest-normal term", it.Item.Path)
 					}
 				}
-				r.add(it.Item.Class, lms, it.Result.PixelMap, pixel, km)
+				r.add(it.Item.Class, lms, pms, km)
 			}
 		}
 	}
@@ -518,10 +565,17 @@ func layerReferences(ctx context.Context, s *pipeline.Scorer, normal []dataset.I
 	return refs, nil
 }
 
-// add adds one reference normal's layer maps (and the mean-frame term's map, when pixel is set, and the
-// nearest-normal term's, when knnMap is not nil) to its class's sums and to the global row's.
-func (r *layerRef) add(class string, lms [][]float32, pixMap []float32, pixel bool, knnMap []float32) {
+// termMaps is a result's maps of the mean-frame term: at its own sigma, then at each of
+// pipeline.Options.PixelSigmas (MapCandidate.PixelAt's order).
+func termMaps(r pipeline.Result) [][]float32 {
+	return append([][]float32{r.PixelMap}, r.PixelMaps...)
+}
+
+// add adds one reference normal's layer maps (and the mean-frame term's maps at each sigma, when pixMaps is not
+// nil, and the nearest-normal term's, when knnMap is not nil) to its class's sums and to the global row's.
+func (r *layerRef) add(class string, lms [][]float32, pixMaps [][]float32, knnMap []float32) {
 	nl := len(lms)
+	pixel := pixMaps != nil
 	for _, c := range []string{class, ""} {
 		if r.mean[c] == nil {
 			r.mean[c] = make([][]float64, nl)
@@ -529,7 +583,6 @@ func (r *layerRef) add(class string, lms [][]float32, pixMap []float32, pixel bo
 				r.mean[c][l] = make([]float64, len(lm))
 			}
 			if pixel {
-				r.pix[c], r.pixSq[c] = make([]float64, len(lms[0])), make([]float64, len(lms[0]))
 				r.cross[c] = make([][]float64, nl*(nl+1)/2)
 				for p := range r.cross[c] {
 					r.cross[c][p] = make([]float64, len(lms[0]))
@@ -551,23 +604,12 @@ func (r *layerRef) add(class string, lms [][]float32, pixMap []float32, pixel bo
 					}
 				}
 			}
-			ps, pq := r.pix[c], r.pixSq[c]
-			for i, v := range pixMap {
-				f := float64(v)
-				ps[i] += f
-				pq[i] += f * f
+			for k, pm := range pixMaps {
+				r.pix[k].add(c, pm)
 			}
 		}
 		if knnMap != nil {
-			if r.knn[c] == nil {
-				r.knn[c], r.knnSq[c] = make([]float64, len(knnMap)), make([]float64, len(knnMap))
-			}
-			ks, kq := r.knn[c], r.knnSq[c]
-			for i, v := range knnMap {
-				f := float64(v)
-				ks[i] += f
-				kq[i] += f * f
-			}
+			r.knn.add(c, knnMap)
 		}
 		r.n[c]++
 		if c == "" {
@@ -585,32 +627,38 @@ func (r *layerRef) finish() {
 				lm[i] *= inv
 			}
 		}
-		for i := range r.pix[c] {
-			r.pix[c][i] *= inv
-		}
-		for i := range r.knn[c] {
-			r.knn[c][i] *= inv
+		for _, t := range append(slices.Clone(r.pix), r.knn) {
+			for i := range t.mean[c] {
+				t.mean[c][i] *= inv
+			}
 		}
 	}
 }
 
 // weightedResults gives each validation result the map of layer weights w over its layer maps of view v
 // (viewMaps; minus the same weighting of its class's reference, else the global row, when ref is set), plus the
-// mean-frame term's map minus its reference row times pixel (0: no term), plus the nearest-normal term's minus
-// its row times knn (0: no term), and that map's pooled score.
-func weightedResults(res []ImageResult, v int, w []float64, pixel, knn float64, ref *layerRef, kernel, repeat int) []ImageResult {
+// mean-frame term's map at its pixAt-th sigma (MapCandidate.PixelAt) minus its reference row times pixel (0: no
+// term), plus the nearest-normal term's minus its row times knn (0: no term), and that map's pooled score.
+func weightedResults(res []ImageResult, v int, w []float64, pixel float64, pixAt int, knn float64, ref *layerRef, kernel, repeat int) []ImageResult {
 	out := make([]ImageResult, len(res))
 	for j, r := range res {
 		lms := viewMaps(r.Result, v)
 		amap := make([]float32, len(lms[0]))
 		var rows [][]float64
 		var prow, krow []float64
+		var pmap []float32
+		if pixel != 0 {
+			pmap = termMaps(r.Result)[pixAt]
+		}
 		if ref != nil {
 			c := r.Item.Class
 			if ref.mean[c] == nil {
 				c = ""
 			}
-			rows, prow, krow = ref.mean[c], ref.pix[c], ref.knn[c]
+			rows, krow = ref.mean[c], ref.knn.mean[c]
+			if pixel != 0 {
+				prow = ref.pix[pixAt].mean[c]
+			}
 		}
 		for i := range amap {
 			v := 0.0
@@ -625,7 +673,7 @@ func weightedResults(res []ImageResult, v int, w []float64, pixel, knn float64, 
 				v += w[l] * x
 			}
 			if pixel != 0 {
-				x := float64(r.Result.PixelMap[i])
+				x := float64(pmap[i])
 				if prow != nil {
 					x -= prow[i]
 				}

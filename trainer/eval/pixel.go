@@ -2,6 +2,7 @@ package eval
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -92,8 +93,10 @@ func WritePixel(bundleDir string, mf *MeanFrames, factor float64) error {
 		}
 	}
 	return updateManifest(bundleDir, "mean-frame term", func(m *models.Manifest) error {
+		var sigma *float64 // the term's own smoothing outlives new mean frames
 		if old := m.Map.Pixel; old != nil {
 			delete(m.Files, old.File)
+			sigma = old.Sigma
 		}
 		m.Map.Pixel = nil
 		if mf == nil {
@@ -105,11 +108,53 @@ func WritePixel(bundleDir string, mf *MeanFrames, factor float64) error {
 			if err := writeRows(bundleDir, m, rows, mf.Frames); err != nil {
 				return err
 			}
-			m.Map.Pixel = &models.PixelTerm{MapRows: rows, Factor: factor}
+			m.Map.Pixel = &models.PixelTerm{MapRows: rows, Factor: factor, Sigma: sigma}
 		}
 		if r := m.Map.Reference; r != nil && r.PixelWeight != 0 {
 			delete(m.Files, r.File)
 			m.Map.Reference = nil
+			if err := os.Remove(filepath.Join(bundleDir, r.File)); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// CheckPixelSigma checks a mean-frame term sigma (calibrate.pixel_sigma, select.pixel_sigmas, vlmdiff
+// calibrate --pixel-sigma).
+func CheckPixelSigma(v float64) error {
+	if !(v >= 0 && v <= models.MaxPixelSigma) {
+		return fmt.Errorf("mean-frame term sigma %v: want 0 (no smoothing) to %d map pixels", v, models.MaxPixelSigma)
+	}
+	return nil
+}
+
+// SetPixelSigma sets the smoothing sigma of the bundle's mean-frame term (map.pixel.sigma; nil: the map's). A map
+// reference measured with the term at another sigma is removed in the same write (its rows hold the term's mean
+// at the old smoothing, and its weight was sized on it): the bundle scores raw maps until its reference is
+// measured again.
+func SetPixelSigma(bundleDir string, sigma *float64) error {
+	if sigma != nil {
+		if err := CheckPixelSigma(*sigma); err != nil {
+			return err
+		}
+	}
+	return updateManifest(bundleDir, "mean-frame term sigma", func(m *models.Manifest) error {
+		t := m.Map.Pixel
+		if t == nil {
+			return errors.New("the bundle has no mean-frame term (map.pixel)")
+		}
+		before := t.SmoothingSigma(m.Map.Sigma)
+		t.Sigma = nil
+		if sigma != nil {
+			v := *sigma
+			t.Sigma = &v
+		}
+		if r := m.Map.Reference; r != nil && r.PixelWeight != 0 && t.SmoothingSigma(m.Map.Sigma) != before {
+			delete(m.Files, r.File)
+			m.Map.Reference = nil
+			t.Weight = 0
 			if err := os.Remove(filepath.Join(bundleDir, r.File)); err != nil && !os.IsNotExist(err) {
 				return err
 			}
@@ -211,11 +256,11 @@ func pixelWeight(factor, featureStd, termStd float64) float64 {
 }
 
 // MeasureReference measures a bundle's map reference on the normal items and writes it, with the mean-frame
-// term at factor (0: no term) and the nearest-normal term at knnFactor (0: none; above 0 the bundle must have
-// its banks, AddKnn): the mean frames first (no model), then one scoring pass that measures the reference and
-// the terms' weights together (BuildReference). open opens the bundle as it is on disk at that point; it must
-// set pipeline.Options.NoReference, PixelMap, KnnMap and KnnLeaveOneOut.
-func MeasureReference(ctx context.Context, bundleDir string, open func() (*pipeline.Scorer, error), normal []dataset.Item, source string, factor, knnFactor float64, opts Options) (*Reference, error) {
+// term at factor (0: no term) smoothed at sigma (WriteMeanFrames) and the nearest-normal term at knnFactor (0:
+// none; above 0 the bundle must have its banks, AddKnn): the mean frames first (no model), then one scoring pass
+// that measures the reference and the terms' weights together (BuildReference). open opens the bundle as it is
+// on disk at that point; it must set pipeline.Options.NoReference, PixelMap, KnnMap and KnnLeaveOneOut.
+func MeasureReference(ctx context.Context, bundleDir string, open func() (*pipeline.Scorer, error), normal []dataset.Item, source string, factor float64, sigma *float64, knnFactor float64, opts Options) (*Reference, error) {
 	if err := CheckPixelFactor(factor); err != nil {
 		return nil, err
 	}
@@ -223,7 +268,7 @@ func MeasureReference(ctx context.Context, bundleDir string, open func() (*pipel
 	if err := SetKnnFactor(bundleDir, knnFactor); err != nil {
 		return nil, err
 	}
-	if err := WriteMeanFrames(ctx, bundleDir, normal, source, factor); err != nil {
+	if err := WriteMeanFrames(ctx, bundleDir, normal, source, factor, sigma); err != nil {
 		return nil, err
 	}
 	s, err := open()
@@ -242,9 +287,10 @@ func MeasureReference(ctx context.Context, bundleDir string, open func() (*pipel
 }
 
 // WriteMeanFrames writes the mean-frame term at factor into the bundle with the mean frames of the normal items
-// (no model runs), its weight not yet measured; factor 0 removes the term. BuildReference (through
+// (no model runs), its weight not yet measured; factor 0 removes the term. sigma, when set, is the term's
+// smoothing (SetPixelSigma); nil keeps the bundle's term's (the map's for a new term). BuildReference (through
 // MeasureReference) measures the weight; WeighKnn measures it from its own pass when nothing else has.
-func WriteMeanFrames(ctx context.Context, bundleDir string, normal []dataset.Item, source string, factor float64) error {
+func WriteMeanFrames(ctx context.Context, bundleDir string, normal []dataset.Item, source string, factor float64, sigma *float64) error {
 	if err := CheckPixelFactor(factor); err != nil {
 		return err
 	}
@@ -258,7 +304,13 @@ func WriteMeanFrames(ctx context.Context, bundleDir string, normal []dataset.Ite
 			return err
 		}
 	}
-	return WritePixel(bundleDir, mf, factor)
+	if err := WritePixel(bundleDir, mf, factor); err != nil {
+		return err
+	}
+	if mf == nil || sigma == nil {
+		return nil
+	}
+	return SetPixelSigma(bundleDir, sigma)
 }
 
 // PixelFactor is the mean-frame term factor of a bundle on disk: map.pixel.factor, 0 without the term.

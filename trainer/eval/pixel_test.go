@@ -113,13 +113,15 @@ func TestWeighMapsWithPixelTermMatchesBundles(t *testing.T) {
 	base, man := withMeanFrames(t, fixtureBundle, filepath.Join(dir, "bundle"), train)
 	cpu := pipeline.Options{Providers: []string{"cpu"}, Threads: 2}
 	lo := cpu
-	lo.LayerMaps = true
+	lo.LayerMaps, lo.PixelSigmas = true, []float64{0, 1.5}
 	s, err := pipeline.Open(base, lo)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	cands := []MapCandidate{{Weights: []float64{1, 0.5}}, {Weights: []float64{1, 0.5}, Pixel: 0.5}, {Weights: []float64{0, 1}, Pixel: 2}}
+	// the term at the map's sigma, and at two of its own (map.pixel.sigma) from the same pass
+	cands := []MapCandidate{{Weights: []float64{1, 0.5}}, {Weights: []float64{1, 0.5}, Pixel: 0.5}, {Weights: []float64{0, 1}, Pixel: 2},
+		{Weights: []float64{1, 0.5}, Pixel: 0.5, PixelAt: 1, PixelSigma: 0}, {Weights: []float64{0, 1}, Pixel: 2, PixelAt: 2, PixelSigma: 1.5}}
 	mets, err := WeighMaps(ctx, s, train, test, cands, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -134,16 +136,21 @@ func TestWeighMapsWithPixelTermMatchesBundles(t *testing.T) {
 	}
 	for k, c := range cands {
 		b := withWeights(t, base, filepath.Join(dir, fmt.Sprintf("c%d", k)), c.Weights)
+		if c.PixelAt > 0 {
+			if err := SetPixelSigma(b, &c.PixelSigma); err != nil {
+				t.Fatal(err)
+			}
+		}
 		raw := cpu
 		raw.NoReference, raw.PixelMap = true, true
 		open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, raw) }
-		r, err := MeasureReference(ctx, b, open, train, "train", c.Pixel, 0, Options{})
+		r, err := MeasureReference(ctx, b, open, train, "train", c.Pixel, nil, 0, Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		weight := 0.0
 		if c.Pixel > 0 {
-			weight = pixelWeight(c.Pixel, ref.featureStd(c.Weights), ref.pixelStd())
+			weight = pixelWeight(c.Pixel, ref.featureStd(c.Weights), ref.pixelStd(c.PixelAt))
 			if !(weight > 0) || math.Abs(r.PixelWeight-weight) > 1e-4*weight {
 				t.Errorf("%s: MeasureReference's weight %g, WeighMaps' %g", c.Name(), r.PixelWeight, weight)
 			}
@@ -161,7 +168,7 @@ func TestWeighMapsWithPixelTermMatchesBundles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := weightedResults(res, 0, c.Weights, weight, 0, ref, man.Score.PoolKernel, man.Score.PoolRepeat)
+		want := weightedResults(res, 0, c.Weights, weight, c.PixelAt, 0, ref, man.Score.PoolKernel, man.Score.PoolRepeat)
 		worst, scale := 0.0, 0.0
 		for j := range got {
 			for i, v := range got[j].Result.Map {
@@ -177,9 +184,19 @@ func TestWeighMapsWithPixelTermMatchesBundles(t *testing.T) {
 			t.Errorf("%s: WeighMaps' metrics %+v, the bundle's %+v", c.Name(), e, a)
 		}
 	}
+	for i := 1; i < len(cands)-2; i++ { // the term's own sigma must change its maps, or the check above proves nothing
+		if sameMetrics(mets[i], mets[i+2], 1e-6) {
+			t.Errorf("%s and %s: the same metrics, the term's sigma changed nothing", cands[i].Name(), cands[i+2].Name())
+		}
+	}
+	bad := cands[3]
+	bad.PixelAt, bad.PixelSigma = 1, 2
+	if _, err := WeighMaps(ctx, s, train, test, []MapCandidate{bad}, Options{}); err == nil || !strings.Contains(err.Error(), "sigma 2") {
+		t.Errorf("a sigma the scorer does not give: error %v", err)
+	}
 	plain := openFixture(t, fixtureBundle)
 	defer plain.Close()
-	if _, err := WeighMaps(ctx, plain, train, test, cands[1:], Options{}); err == nil || !strings.Contains(err.Error(), "mean frames") {
+	if _, err := WeighMaps(ctx, plain, train, test, cands[1:3], Options{}); err == nil || !strings.Contains(err.Error(), "mean frames") {
 		t.Errorf("the term on a bundle without mean frames: error %v", err)
 	}
 }

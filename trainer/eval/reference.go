@@ -43,6 +43,9 @@ type Reference struct {
 	// PixelWeight is the mean-frame term's measured weight (map.pixel.weight; 0 without the term): the rows
 	// include the term's mean map times it.
 	PixelWeight float64
+	// PixelSigma is the sigma the term's maps were smoothed at (models.PixelTerm.SmoothingSigma; with the
+	// term): the rows hold the term's mean at that smoothing.
+	PixelSigma float64
 	// KnnWeight is the nearest-normal term's measured weight (map.knn.weight), sized the same way.
 	KnnWeight float64
 }
@@ -134,6 +137,7 @@ func BuildReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.It
 	ref := &Reference{Width: W, Height: H, Source: source, Noises: s.Ensemble(), Classes: feat.classes()}
 	if factor > 0 {
 		ref.PixelWeight = pixelWeight(factor, feat.std(), term.std())
+		ref.PixelSigma = m.Map.Pixel.SmoothingSigma(m.Map.Sigma)
 	}
 	if kfactor > 0 {
 		ref.KnnWeight = pixelWeight(kfactor, feat.std(), knn.std())
@@ -171,6 +175,9 @@ func WriteReference(bundleDir string, ref *Reference) error {
 	return updateManifest(bundleDir, "map reference", func(m *models.Manifest) error {
 		if ref != nil && ref.PixelWeight != 0 && m.Map.Pixel == nil { // refused before any file is written
 			return fmt.Errorf("measured with the mean-frame term at weight %g, but the bundle has no term", ref.PixelWeight)
+		}
+		if t := m.Map.Pixel; ref != nil && ref.PixelWeight != 0 && t != nil && ref.PixelSigma != t.SmoothingSigma(m.Map.Sigma) {
+			return fmt.Errorf("measured with the mean-frame term smoothed at sigma %g, but the bundle smooths it at %g", ref.PixelSigma, t.SmoothingSigma(m.Map.Sigma))
 		}
 		if ref != nil && ref.KnnWeight != 0 && m.Map.Knn == nil {
 			return fmt.Errorf("measured with the nearest-normal term at weight %g, but the bundle has no term", ref.KnnWeight)
@@ -214,6 +221,10 @@ func WriteReference(bundleDir string, ref *Reference) error {
 		if t := m.Map.Pixel; t != nil {
 			t.Weight = ref.PixelWeight
 			m.Map.Reference.PixelWeight = ref.PixelWeight
+			if t.Sigma != nil && ref.PixelWeight != 0 {
+				sigma := *t.Sigma
+				m.Map.Reference.PixelSigma = &sigma
+			}
 		}
 		if t := m.Map.Knn; t != nil {
 			t.Weight = ref.KnnWeight

@@ -165,6 +165,13 @@ type SelectConfig struct {
 	// their own vectors and the painted set once. A factor is taken only when it leads factor 0 by MinGain; the
 	// calibrate stage then builds the term into the bundle. Empty (default): calibrate.knn_factor.
 	KnnFactors []float64 `yaml:"knn_factors" json:",omitempty"`
+	// PixelSigmas, when set with PixelFactors, are smoothings of the mean-frame term's map (Gaussian sigmas in map
+	// pixels, models.PixelTerm.Sigma) weighed besides the term's own (calibrate.pixel_sigma, else the map's) with
+	// every layer weighting and factor of the term, from the same scoring pass, e.g. [1]. The map's sigma is
+	// sized for feature maps a few pixels per cell; the term is one value per pixel, and a speck or a hair a few
+	// pixels wide sinks below the normals' variation under that Gaussian. The best recipe with the term, at any
+	// of its sigmas, must still lead the best without it by MinGain. Empty (default): the term's own alone.
+	PixelSigmas []float64 `yaml:"pixel_sigmas" json:",omitempty"`
 	// KnnIsolated, when set with KnnFactors, are the isolated fractions (calibrate.knn.isolated) weighed
 	// together with the factors, e.g. [0, 0.1]: each builds its banks anew and takes one more scoring pass of the
 	// reference normals and the painted set. Empty (default): calibrate.knn.isolated alone.
@@ -220,6 +227,10 @@ type CalibrateConfig struct {
 	// PixelFactor is the mean-frame term's size relative to the feature map's (models.PixelTerm.Factor; 0,
 	// the default: no term), unless the select stage chose one (select.pixel_factors). Needs reference train.
 	PixelFactor float64 `yaml:"pixel_factor" json:",omitempty"` // omitempty: the stage hash of runs before the field stays
+	// PixelSigma is the Gaussian sigma, in map pixels, that smooths the mean-frame term's map
+	// (models.PixelTerm.Sigma), unless the select stage chose another (select.pixel_sigmas). Absent (default):
+	// the map's sigma, as before the field.
+	PixelSigma *float64 `yaml:"pixel_sigma" json:",omitempty"`
 	// KnnFactor is the nearest-normal term's size (models.KnnTerm.Factor; 0, the default: no term), unless the
 	// select stage chose one (select.knn_factors). Needs reference train and Knn.
 	KnnFactor float64 `yaml:"knn_factor" json:",omitempty"`
@@ -457,6 +468,11 @@ func (c *Config) Validate() error {
 	if err := eval.CheckPixelFactor(c.Calibrate.PixelFactor); err != nil {
 		bad("calibrate.pixel_factor", "%v", err)
 	}
+	if v := c.Calibrate.PixelSigma; v != nil {
+		if err := eval.CheckPixelSigma(*v); err != nil {
+			bad("calibrate.pixel_sigma", "%v", err)
+		}
+	}
 	if (c.Calibrate.PixelFactor > 0 || len(c.Select.PixelFactors) > 0) && c.Calibrate.Reference == eval.ReferenceNone {
 		bad("calibrate.pixel_factor", "the mean-frame term is sized on the training normals with the map reference: it needs calibrate.reference train")
 	}
@@ -557,6 +573,17 @@ func (c *Config) validateSelect(bad func(field, format string, args ...any)) {
 		for i, a := range pf {
 			if eval.CheckPixelFactor(a) != nil || (i > 0 && a <= pf[i-1]) {
 				bad("select.pixel_factors", "%v: want increasing factors in 0..%d", pf, eval.MaxPixelFactor)
+				break
+			}
+		}
+	}
+	if ps := c.Select.PixelSigmas; len(ps) > 0 {
+		if len(c.Select.PixelFactors) == 0 || slices.Max(c.Select.PixelFactors) == 0 {
+			bad("select.pixel_sigmas", "are the mean-frame term's smoothings, weighed with its factors: set select.pixel_factors with a factor above 0")
+		}
+		for i, v := range ps {
+			if eval.CheckPixelSigma(v) != nil || (i > 0 && v <= ps[i-1]) {
+				bad("select.pixel_sigmas", "%v: want increasing sigmas in 0..%d map pixels", ps, models.MaxPixelSigma)
 				break
 			}
 		}

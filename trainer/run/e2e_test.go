@@ -10,6 +10,7 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"maps"
 	"math"
 	"math/rand"
 	"os"
@@ -126,7 +127,7 @@ func backbone(t *testing.T) string {
 // floating-point differences alone. 80 and 120 steps (the denoiser stage is seconds; the select stage dominates
 // the test's time) gave 0.903 and 0.941 there, a margin that numerics do not eat.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  start_steps: [999, 301]\n  smoothing: [0.5, 1]\n", 2)
+	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  pixel_sigmas: [0]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  start_steps: [999, 301]\n  smoothing: [0.5, 1]\n", 2)
 }
 
 // checkStartSelection: the select stage weighed the start steps (the export's own 999 and 301) on the recipe it
@@ -569,18 +570,38 @@ func checkLayerSelection(t *testing.T, runDir string, m *models.Manifest) {
 	if len(rows) < 2 {
 		t.Fatalf("layer weights table %v: no rows", rows)
 	}
-	n := len(rows[0]) - 8 // layer columns, then pixel i_auroc p_auroc au_pro p_ap i_ap score chosen
-	if n < 2 || rows[0][n] != "pixel" {
+	// layer columns, then pixel [pixel_sigma] i_auroc p_auroc au_pro p_ap i_ap score chosen
+	n := slices.Index(rows[0], "pixel")
+	sc := -1 // the term's smoothing column, with select.pixel_sigmas
+	if n >= 0 && n+1 < len(rows[0]) && rows[0][n+1] == "pixel_sigma" {
+		sc = n + 1
+	}
+	mc := n + 1 // the first metric's column
+	if sc > 0 {
+		mc++
+	}
+	if n < 2 || len(rows[0]) != mc+7 {
 		t.Fatalf("layer weights table header %v: want at least two layer columns, then pixel", rows[0])
 	}
-	factors := map[string]bool{}
+	factors, sigmas := map[string]bool{}, map[string]bool{}
 	for _, r := range rows[1:] {
 		factors[r[n]] = true
+		if sc > 0 && r[sc] != "own" {
+			sigmas[r[sc]] = true
+		}
 	}
 	// n layers of [0, 0.5, 1] with one at 1: 3^n - 2^n weightings, the bundle's own 1/1/... among them, each
-	// with every factor of the mean-frame term
-	if want := int(math.Pow(3, float64(n))-math.Pow(2, float64(n))) * len(factors); len(rows)-1 != want {
-		t.Fatalf("layer weights table has %d recipes of %d layers and %d term factors, want %d: %v", len(rows)-1, n, len(factors), want, rows)
+	// with every factor of the mean-frame term, a factor above 0 at the term's own smoothing and at each of
+	// select.pixel_sigmas
+	perWeighting := 0
+	for f := range factors {
+		perWeighting++
+		if f != "0" {
+			perWeighting += len(sigmas)
+		}
+	}
+	if want := int(math.Pow(3, float64(n))-math.Pow(2, float64(n))) * perWeighting; len(rows)-1 != want {
+		t.Fatalf("layer weights table has %d recipes of %d layers, %d term factors and %d other smoothings, want %d: %v", len(rows)-1, n, len(factors), len(sigmas), want, rows)
 	}
 	for i, r := range rows[1] {
 		if i < n && r != "1" {
@@ -589,7 +610,7 @@ func checkLayerSelection(t *testing.T, runDir string, m *models.Manifest) {
 	}
 	var chosen []string
 	for _, r := range rows[1:] {
-		for _, v := range r[n+1 : n+6] {
+		for _, v := range r[mc : mc+5] {
 			if x, err := strconv.ParseFloat(v, 64); err != nil || x < 0 || x > 1 {
 				t.Fatalf("weighting %v: metric %q is not in [0,1]", r[:n+1], v)
 			}
@@ -628,6 +649,23 @@ func checkLayerSelection(t *testing.T, runDir string, m *models.Manifest) {
 	if b, err := os.ReadFile(filepath.Join(runDir, "select", run.PixelChoiceFile)); len(factors) > 1 && (err != nil || strings.TrimSpace(string(b)) != chosen[n]) {
 		t.Errorf("the select stage's recorded mean-frame term factor %q (%v), its table's choice %s", b, err, chosen[n])
 	}
+	// the term's smoothing: its own (the map's: the test sets no calibrate.pixel_sigma), or the chosen sigma in
+	// the bundle's term and its reference
+	if sc > 0 && a > 0 {
+		p, r := m.Map.Pixel, m.Map.Reference
+		b, err := os.ReadFile(filepath.Join(runDir, "select", run.PixelSigmaChoiceFile))
+		if chosen[sc] == "own" {
+			if p.Sigma != nil || err == nil {
+				t.Errorf("the select stage kept the term's own smoothing; the bundle's term has sigma %v, the stage recorded %q", p.Sigma, b)
+			}
+		} else {
+			want, _ := strconv.ParseFloat(chosen[sc], 64)
+			if p.Sigma == nil || *p.Sigma != want || r.PixelSigma == nil || *r.PixelSigma != want || strings.TrimSpace(string(b)) != chosen[sc] {
+				t.Errorf("the select stage chose the term smoothed at sigma %g; the bundle has %v, its reference %v, the stage recorded %q (%v)", want, p.Sigma, r.PixelSigma, b, err)
+			}
+		}
+		t.Logf("the mean-frame term's smoothing: %s (of the term's own and %v)", chosen[sc], slices.Collect(maps.Keys(sigmas)))
+	}
 }
 
 // checkSelectReference: when the calibrate stage took the select stage's map reference (computed from the
@@ -661,7 +699,7 @@ func checkSelectReference(t *testing.T, runDir, bundle string, m *models.Manifes
 	}
 	opt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, NoReference: true, PixelMap: true, KnnMap: true, KnnLeaveOneOut: true}
 	open := func() (*pipeline.Scorer, error) { return pipeline.Open(copyTo, opt) }
-	measured, err := eval.MeasureReference(context.Background(), copyTo, open, normal, m.Map.Reference.Source, pixel, knn, eval.Options{BatchSize: 8})
+	measured, err := eval.MeasureReference(context.Background(), copyTo, open, normal, m.Map.Reference.Source, pixel, nil, knn, eval.Options{BatchSize: 8})
 	if err != nil {
 		t.Fatal(err)
 	}

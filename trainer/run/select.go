@@ -244,10 +244,18 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 			return nil, err
 		}
 		outs["pixel_factor"] = p
+		if choice.PixelSigma != nil { // a smoothing of select.pixel_sigmas, not the term's own
+			if outs["pixel_sigma"], err = writeNumber(dir, PixelSigmaChoiceFile, *choice.PixelSigma); err != nil {
+				return nil, err
+			}
+		}
 	}
-	recipe := mapRecipe{Ensemble: k, Layers: choice.Layers, Pixel: c.Calibrate.PixelFactor, Knn: c.Calibrate.KnnFactor, KnnIsolated: -1}
+	recipe := mapRecipe{Ensemble: k, Layers: choice.Layers, Pixel: c.Calibrate.PixelFactor, PixelSigma: c.Calibrate.PixelSigma, Knn: c.Calibrate.KnnFactor, KnnIsolated: -1}
 	if len(c.Select.PixelFactors) > 0 && choice.Layers != nil {
 		recipe.Pixel = choice.Pixel
+		if choice.PixelSigma != nil {
+			recipe.PixelSigma = choice.PixelSigma
+		}
 	}
 	if choice.Layers != nil {
 		recipe.from = choice.from // the weighed recipe: its layers, its term factor (the only one weighed without select.pixel_factors)
@@ -497,15 +505,15 @@ func (t *Training) scoreCandidate(ctx context.Context, sc *StageContext, items [
 	if err != nil {
 		return metrics.Metrics{}, err
 	}
-	return t.scoreWithReference(ctx, sc, items, bundle, valData, factor, 0, "[select] "+cand.Name+" ")
+	return t.scoreWithReference(ctx, sc, items, bundle, valData, factor, t.Config.Calibrate.PixelSigma, 0, "[select] "+cand.Name+" ")
 }
 
-// scoreWithReference measures the bundle's map reference as calibrate would (with the mean-frame term at pixel
-// and the nearest-normal term at knn, select.reference_per_class normals) and returns the validation set's
-// mean metrics with it.
-func (t *Training) scoreWithReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle, valData string, pixel, knn float64, prefix string) (metrics.Metrics, error) {
+// scoreWithReference measures the bundle's map reference as calibrate would (with the mean-frame term at pixel,
+// smoothed at sigma, and the nearest-normal term at knn, select.reference_per_class normals) and returns the
+// validation set's mean metrics with it.
+func (t *Training) scoreWithReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle, valData string, pixel float64, sigma *float64, knn float64, prefix string) (metrics.Metrics, error) {
 	c := t.Config
-	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, pixel, knn, prefix); err != nil {
+	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, pixel, sigma, knn, prefix); err != nil {
 		return metrics.Metrics{}, err
 	}
 	s, err := pipeline.Open(bundle, t.ORT)

@@ -100,7 +100,7 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 		if c.Calibrate.Reference == eval.ReferenceNone || len(train) == 0 {
 			pixel = 0
 		}
-		if err := eval.WriteMeanFrames(ctx, b, train, "train split of "+sc.Output("index", "index"), pixel); err != nil {
+		if err := eval.WriteMeanFrames(ctx, b, train, "train split of "+sc.Output("index", "index"), pixel, r.PixelSigma); err != nil {
 			return err
 		}
 		bundle = b

@@ -73,6 +73,8 @@ func selectedLayers(sc *StageContext) ([][2]any, error) {
 type mapChoice struct {
 	Layers [][2]any
 	Pixel  float64
+	// PixelSigma is the term's smoothing when the choice is one of select.pixel_sigmas (nil: the term's own).
+	PixelSigma *float64
 	// from is the weighing the choice came from, with its count and recipe: the knn step weighs the term's
 	// factors from it without a pass of its own (when it kept the term's maps), and the stage computes the
 	// chosen recipe's map reference from it (saveReference).
@@ -88,6 +90,21 @@ type weighedRecipe struct {
 // PixelChoiceFile holds the mean-frame term factor the select stage chose (RUN/select/pixel_factor.txt), which
 // the calibrate stage reads instead of calibrate.pixel_factor.
 const PixelChoiceFile = "pixel_factor.txt"
+
+// PixelSigmaChoiceFile holds the mean-frame term's smoothing the select stage chose from select.pixel_sigmas
+// (RUN/select/pixel_sigma.txt), absent when it kept the term's own; the calibrate stage reads it instead of
+// calibrate.pixel_sigma.
+const PixelSigmaChoiceFile = "pixel_sigma.txt"
+
+// termSigma is the smoothing the calibrate stage gives the mean-frame term: the select stage's choice
+// (select.pixel_sigmas), else calibrate.pixel_sigma (nil: the map's sigma).
+func (t *Training) termSigma(sc *StageContext) (*float64, error) {
+	v, err := selectedNumber(sc, "pixel_sigma", "the mean-frame term's smoothing", "sigma", eval.CheckPixelSigma)
+	if err != nil || v < 0 {
+		return t.Config.Calibrate.PixelSigma, err
+	}
+	return &v, nil
+}
 
 // selectedPixelFactor is the mean-frame term factor the select stage chose (select.pixel_factors), -1 when it
 // chose none.
@@ -176,6 +193,12 @@ func (t *Training) weighLayers(ctx context.Context, sc *StageContext, items []da
 	for _, lw := range weightings {
 		for _, a := range factors {
 			w.cands = append(w.cands, eval.MapCandidate{Weights: lw, Pixel: a})
+			if a == 0 {
+				continue
+			}
+			for k, sigma := range c.Select.PixelSigmas { // the term's other smoothings, from the same pass
+				w.cands = append(w.cands, eval.MapCandidate{Weights: lw, Pixel: a, PixelAt: k + 1, PixelSigma: sigma})
+			}
 		}
 	}
 	if slices.Max(factors) > 0 {
@@ -189,9 +212,17 @@ func (t *Training) weighLayers(ctx context.Context, sc *StageContext, items []da
 		if err := eval.WritePixel(bundle, mf, 0); err != nil {
 			return nil, err
 		}
+		if s := c.Calibrate.PixelSigma; s != nil { // the term's own smoothing, as calibrate will give it
+			if err := eval.SetPixelSigma(bundle, s); err != nil {
+				return nil, err
+			}
+		}
 	}
 	opt := t.ORT
 	opt.LayerMaps = true
+	if slices.Max(factors) > 0 {
+		opt.PixelSigmas = c.Select.PixelSigmas
+	}
 	if len(counts) > 1 {
 		opt.NoisePrefixes = counts
 	}
@@ -218,8 +249,12 @@ func (t *Training) weighLayers(ctx context.Context, sc *StageContext, items []da
 	if len(opt.NoisePrefixes) > 0 {
 		noises = fmt.Sprintf("each of %v start noises (from one pass with %d)", counts, s.Ensemble())
 	}
-	fmt.Fprintf(sc.Progress, "[select] feature layers %s: %d weightings of %v x mean-frame term factors %v with %s, ranked by %s on %s\n",
-		strings.Join(w.names, ", "), len(weightings), c.Select.LayerWeights, factors, noises, c.Select.Metric, valData)
+	sigmas := ""
+	if len(opt.PixelSigmas) > 0 {
+		sigmas = fmt.Sprintf(" (each smoothed at its own sigma and at %v)", opt.PixelSigmas)
+	}
+	fmt.Fprintf(sc.Progress, "[select] feature layers %s: %d weightings of %v x mean-frame term factors %v%s with %s, ranked by %s on %s\n",
+		strings.Join(w.names, ", "), len(weightings), c.Select.LayerWeights, factors, sigmas, noises, c.Select.Metric, valData)
 	if len(train) > 0 {
 		fmt.Fprintf(sc.Progress, "[select] per-layer map reference: scoring %d training normals\n", len(train))
 	}
@@ -246,17 +281,23 @@ func (t *Training) rankLayers(sc *StageContext, w *layerWeighing, j int, cand ca
 		out[k] = candidateResult{candidate: candidate{Name: mc.Name(), Model: cand.Model}, Mean: mets[k], Score: selectScore(c.Select.Metric, mets[k])}
 	}
 	best, why := chooseMap(w.cands, out, w.factors[0], c.Select.MinGain)
-	if err := writeLayerTable(path, w.names, w.cands, out, best); err != nil {
+	if err := writeLayerTable(path, w.names, w.cands, out, best, len(c.Select.PixelSigmas) > 0); err != nil {
 		return mapChoice{}, "", metrics.Metrics{}, err
 	}
 	writeCandidateTable(sc.Progress, out, best)
 	choice := mapChoice{Pixel: w.cands[best].Pixel, from: &weighedRecipe{w: w, view: j, cand: best}}
+	smoothing := ""
+	if mc := w.cands[best]; mc.PixelAt > 0 {
+		sigma := mc.PixelSigma
+		choice.PixelSigma = &sigma
+		smoothing = fmt.Sprintf(" smoothed at sigma %g", sigma)
+	}
 	for i, v := range w.cands[best].Weights {
 		if v > 0 {
 			choice.Layers = append(choice.Layers, [2]any{w.names[i], v})
 		}
 	}
-	fmt.Fprintf(sc.Progress, "[select] chose feature layers %v, mean-frame term factor %g (%s)\n", choice.Layers, choice.Pixel, why)
+	fmt.Fprintf(sc.Progress, "[select] chose feature layers %v, mean-frame term factor %g%s (%s)\n", choice.Layers, choice.Pixel, smoothing, why)
 	fmt.Fprint(sc.Progress, gridEdgeNote("select.pixel_factors", w.factors, w.cands[topScore(out)].Pixel, eval.MaxPixelFactor, false))
 	return choice, path, out[best].Mean, nil
 }
@@ -298,15 +339,20 @@ func chooseMap(cands []eval.MapCandidate, rs []candidateResult, base, minGain fl
 	return term, fmt.Sprintf("%s leads the best without the mean-frame term (%s) by %.2f", rs[term].Name, rs[best].Name, 100*lead)
 }
 
-// writeLayerTable writes one row per map recipe: the weight of each layer, the mean-frame term's factor, the
-// validation metrics, the score.
-func writeLayerTable(path string, names []string, cands []eval.MapCandidate, rs []candidateResult, best int) error {
+// writeLayerTable writes one row per map recipe: the weight of each layer, the mean-frame term's factor (and,
+// with sigmas, the term's smoothing: "own" or the sigma of select.pixel_sigmas), the validation metrics, the
+// score.
+func writeLayerTable(path string, names []string, cands []eval.MapCandidate, rs []candidateResult, best int, sigmas bool) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
 	w := csv.NewWriter(f)
-	head := append(append([]string{}, names...), "pixel", "i_auroc", "p_auroc", "au_pro", "p_ap", "i_ap", "score", "chosen")
+	head := append(append([]string{}, names...), "pixel")
+	if sigmas {
+		head = append(head, "pixel_sigma")
+	}
+	head = append(head, "i_auroc", "p_auroc", "au_pro", "p_ap", "i_ap", "score", "chosen")
 	_ = w.Write(head)
 	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 6, 64) }
 	for i, r := range rs {
@@ -315,6 +361,13 @@ func writeLayerTable(path string, names []string, cands []eval.MapCandidate, rs 
 			row = append(row, strconv.FormatFloat(v, 'g', -1, 64))
 		}
 		row = append(row, strconv.FormatFloat(cands[i].Pixel, 'g', -1, 64))
+		if sigmas {
+			s := "own"
+			if cands[i].PixelAt > 0 {
+				s = strconv.FormatFloat(cands[i].PixelSigma, 'g', -1, 64)
+			}
+			row = append(row, s)
+		}
 		row = append(row, ff(r.Mean.ImageAUROC), ff(r.Mean.PixelAUROC), ff(r.Mean.AUPRO), ff(r.Mean.PixelAP), ff(r.Mean.ImageAP),
 			ff(r.Score), strconv.FormatBool(i == best))
 		_ = w.Write(row)

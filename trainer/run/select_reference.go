@@ -32,7 +32,9 @@ type referenceRecipe struct {
 	Sigma     float64               `json:"sigma"`
 	Truncate  float64               `json:"truncate"`
 	Pixel     float64               `json:"pixel_factor"`
-	Knn       float64               `json:"knn_factor"`
+	// PixelSigma is the mean-frame term's smoothing (with the term; models.PixelTerm.SmoothingSigma).
+	PixelSigma float64 `json:"pixel_sigma,omitempty"`
+	Knn        float64 `json:"knn_factor"`
 	// KnnBanks is the sha256 of the term's bank and sources files (empty without the term): the calibrate
 	// stage builds its own banks and takes the reference only when they are the same.
 	KnnBanks string `json:"knn_banks,omitempty"`
@@ -59,10 +61,14 @@ func knnBanksDigest(m *models.Manifest) string {
 	return m.Files[k.Bank].SHA256 + "+" + m.Files[k.Sources].SHA256
 }
 
-// recipeOf is the referenceRecipe of a bundle's manifest with the terms at pixel and knn, on normals.
-func recipeOf(m *models.Manifest, pixel, knn float64, normals []dataset.Item) referenceRecipe {
+// recipeOf is the referenceRecipe of a bundle's manifest with the terms at pixel (smoothed at sigma, nil: the
+// map's) and knn, on normals.
+func recipeOf(m *models.Manifest, pixel float64, sigma *float64, knn float64, normals []dataset.Item) referenceRecipe {
 	r := referenceRecipe{Noises: m.Diffusion.Noises(), Layers: m.Features.Layers, StartStep: m.Diffusion.StartStep,
 		Sigma: m.Map.Sigma, Truncate: m.Map.Truncate, Pixel: pixel, Knn: knn, Normals: normalsDigest(normals)}
+	if pixel > 0 {
+		r.PixelSigma = (&models.PixelTerm{Sigma: sigma}).SmoothingSigma(m.Map.Sigma)
+	}
 	if knn > 0 {
 		r.KnnBanks = knnBanksDigest(m)
 	}
@@ -83,6 +89,8 @@ func (r referenceRecipe) mismatch(b referenceRecipe) string {
 		return fmt.Sprintf("measured with map sigma %g (truncate %g), the bundle has %g (%g)", r.Sigma, r.Truncate, b.Sigma, b.Truncate)
 	case r.Pixel != b.Pixel:
 		return fmt.Sprintf("measured with the mean-frame term at factor %g, calibrating %g", r.Pixel, b.Pixel)
+	case r.PixelSigma != b.PixelSigma:
+		return fmt.Sprintf("measured with the mean-frame term smoothed at sigma %g, calibrating %g", r.PixelSigma, b.PixelSigma)
 	case r.Knn != b.Knn:
 		return fmt.Sprintf("measured with the nearest-normal term at factor %g, calibrating %g", r.Knn, b.Knn)
 	case r.KnnBanks != b.KnnBanks:
@@ -136,7 +144,14 @@ func (t *Training) saveReference(sc *StageContext, dir string, r mapRecipe) (str
 			m.Features.Layers = append(m.Features.Layers, models.FeatureLayer{Name: w.w.names[l], Weight: float32(v)})
 		}
 	}
-	rec := recipeOf(&m, mc.Pixel, r.Knn, w.w.train)
+	var sigma *float64 // the term's smoothing: the weighing bundle's own, or the recipe's of select.pixel_sigmas
+	if t := m.Map.Pixel; t != nil {
+		sigma = t.Sigma
+	}
+	if mc.PixelAt > 0 {
+		sigma = &mc.PixelSigma
+	}
+	rec := recipeOf(&m, mc.Pixel, sigma, r.Knn, w.w.train)
 	out := filepath.Join(dir, ReferenceDir)
 	if err := os.RemoveAll(out); err != nil {
 		return "", err
@@ -156,10 +171,10 @@ func (t *Training) saveReference(sc *StageContext, dir string, r mapRecipe) (str
 }
 
 // selectReference writes the select stage's map reference (saveReference) into the bundle with the terms at
-// factor and knnFactor, as measureReference would measure it, when the bundle is the recipe it was measured for;
+// factor (smoothed at sigma) and knnFactor, as measureReference would measure it, when the bundle is the recipe it was measured for;
 // it reports false (and why, in the log) when it is not, and the caller measures the reference itself. The
 // nearest-normal banks are built here as measureReference builds them, and must come out as the select stage's.
-func (t *Training) selectReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, factor, knnFactor float64, prefix string) (bool, error) {
+func (t *Training) selectReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, factor float64, sigma *float64, knnFactor float64, prefix string) (bool, error) {
 	c := t.Config
 	dir := sc.Output("select", "reference")
 	if dir == "" || c.Calibrate.Reference == eval.ReferenceNone {
@@ -183,7 +198,7 @@ func (t *Training) selectReference(ctx context.Context, sc *StageContext, items 
 	if err != nil {
 		return false, err
 	}
-	if why := saved.mismatch(recipeOf(m, factor, knnFactor, train)); why != "" {
+	if why := saved.mismatch(recipeOf(m, factor, sigma, knnFactor, train)); why != "" {
 		fmt.Fprintf(sc.Progress, "%sthe select stage's map reference does not fit this bundle (%s): measuring it\n", prefix, why)
 		return false, nil
 	}
@@ -195,7 +210,7 @@ func (t *Training) selectReference(ctx context.Context, sc *StageContext, items 
 	if err := eval.SetKnnFactor(bundle, knnFactor); err != nil {
 		return false, err
 	}
-	if err := eval.WriteMeanFrames(ctx, bundle, train, ref.Source, factor); err != nil {
+	if err := eval.WriteMeanFrames(ctx, bundle, train, ref.Source, factor, sigma); err != nil {
 		return false, err
 	}
 	if err := eval.WriteReference(bundle, ref); err != nil {
@@ -203,7 +218,7 @@ func (t *Training) selectReference(ctx context.Context, sc *StageContext, items 
 	}
 	fmt.Fprintf(sc.Progress, "%smap reference: the select stage's, from its pass of the same %d training normals with this recipe (no scoring pass here)\n", prefix, len(train))
 	if factor > 0 {
-		fmt.Fprintf(sc.Progress, "%smean-frame term: %s\n", prefix, eval.DescribePixel(factor, ref.PixelWeight))
+		fmt.Fprintf(sc.Progress, "%smean-frame term: %s, smoothed at sigma %g\n", prefix, eval.DescribePixel(factor, ref.PixelWeight), ref.PixelSigma)
 	}
 	if knnFactor > 0 {
 		fmt.Fprintf(sc.Progress, "%snearest-normal term: %s\n", prefix, eval.DescribeKnn(knnFactor, ref.KnnWeight))

@@ -17,11 +17,12 @@ func TestReferenceRecipeMismatch(t *testing.T) {
 	m.Features.Layers = []models.FeatureLayer{{Name: "stage1", Weight: 1}, {Name: "stage3", Weight: 0.5}}
 	m.Map.Sigma, m.Map.Truncate = 5, 4
 	m.Map.Knn = &models.KnnTerm{Bank: "bank", Sources: "src"}
-	base := recipeOf(m, 0.5, 4, normals)
+	base := recipeOf(m, 0.5, nil, 4, normals)
+	one := 1.0
 	if base.KnnBanks != "b1+s1" || base.Noises != 8 {
 		t.Fatalf("recipe %+v", base)
 	}
-	if why := base.mismatch(recipeOf(m, 0.5, 4, normals)); why != "" {
+	if why := base.mismatch(recipeOf(m, 0.5, nil, 4, normals)); why != "" {
 		t.Errorf("the same recipe: %q", why)
 	}
 	change := func(f func(m *models.Manifest)) *models.Manifest {
@@ -35,27 +36,37 @@ func TestReferenceRecipeMismatch(t *testing.T) {
 		name       string
 		m          *models.Manifest
 		pixel, knn float64
+		sigma      *float64
 		normals    []dataset.Item
 		want       string
 	}{
-		{"noises", change(func(m *models.Manifest) { m.Diffusion.Ensemble = 4 }), 0.5, 4, normals, "start noises"},
-		{"a layer's weight", change(func(m *models.Manifest) { m.Features.Layers[1].Weight = 1 }), 0.5, 4, normals, "feature layers"},
-		{"a layer dropped", change(func(m *models.Manifest) { m.Features.Layers = m.Features.Layers[:1] }), 0.5, 4, normals, "feature layers"},
-		{"start step", change(func(m *models.Manifest) { m.Diffusion.StartStep = 301 }), 0.5, 4, normals, "start step"},
-		{"sigma", change(func(m *models.Manifest) { m.Map.Sigma = 2.5 }), 0.5, 4, normals, "sigma"},
-		{"mean-frame factor", m, 0.25, 4, normals, "mean-frame term"},
-		{"knn factor", m, 0.5, 2, normals, "nearest-normal term at factor"},
-		{"other banks", change(func(m *models.Manifest) { m.Files["bank"] = models.FileEntry{SHA256: "b2"} }), 0.5, 4, normals, "banks"},
-		{"other normals", m, 0.5, 4, normals[:1], "reference normals"},
-		{"normals in another class", m, 0.5, 4, []dataset.Item{normals[0], {Path: "/d/b.png", Class: "bolt"}}, "reference normals"},
+		{"noises", change(func(m *models.Manifest) { m.Diffusion.Ensemble = 4 }), 0.5, 4, nil, normals, "start noises"},
+		{"a layer's weight", change(func(m *models.Manifest) { m.Features.Layers[1].Weight = 1 }), 0.5, 4, nil, normals, "feature layers"},
+		{"a layer dropped", change(func(m *models.Manifest) { m.Features.Layers = m.Features.Layers[:1] }), 0.5, 4, nil, normals, "feature layers"},
+		{"start step", change(func(m *models.Manifest) { m.Diffusion.StartStep = 301 }), 0.5, 4, nil, normals, "start step"},
+		{"sigma", change(func(m *models.Manifest) { m.Map.Sigma = 2.5 }), 0.5, 4, nil, normals, "sigma"},
+		{"mean-frame factor", m, 0.25, 4, nil, normals, "mean-frame term"},
+		{"knn factor", m, 0.5, 2, nil, normals, "nearest-normal term at factor"},
+		{"the term's own smoothing", m, 0.5, 4, &one, normals, "smoothed at sigma 5, calibrating 1"},
+		{"other banks", change(func(m *models.Manifest) { m.Files["bank"] = models.FileEntry{SHA256: "b2"} }), 0.5, 4, nil, normals, "banks"},
+		{"other normals", m, 0.5, 4, nil, normals[:1], "reference normals"},
+		{"normals in another class", m, 0.5, 4, nil, []dataset.Item{normals[0], {Path: "/d/b.png", Class: "bolt"}}, "reference normals"},
 	} {
-		if why := base.mismatch(recipeOf(c.m, c.pixel, c.knn, c.normals)); !strings.Contains(why, c.want) {
+		if why := base.mismatch(recipeOf(c.m, c.pixel, c.sigma, c.knn, c.normals)); !strings.Contains(why, c.want) {
 			t.Errorf("%s: mismatch %q, want one naming %q", c.name, why, c.want)
 		}
 	}
+	// the map's sigma named explicitly is the same smoothing; without the term its smoothing does not matter
+	five := 5.0
+	if why := base.mismatch(recipeOf(m, 0.5, &five, 4, normals)); why != "" {
+		t.Errorf("the term at the map's sigma, named: %q", why)
+	}
+	if why := recipeOf(m, 0, nil, 4, normals).mismatch(recipeOf(m, 0, &one, 4, normals)); why != "" {
+		t.Errorf("no term, another smoothing: %q", why)
+	}
 	// without the term its banks do not matter
-	noKnn := recipeOf(m, 0.5, 0, normals)
-	if why := noKnn.mismatch(recipeOf(change(func(m *models.Manifest) { m.Files["bank"] = models.FileEntry{SHA256: "b2"} }), 0.5, 0, normals)); why != "" {
+	noKnn := recipeOf(m, 0.5, nil, 0, normals)
+	if why := noKnn.mismatch(recipeOf(change(func(m *models.Manifest) { m.Files["bank"] = models.FileEntry{SHA256: "b2"} }), 0.5, nil, 0, normals)); why != "" {
 		t.Errorf("factor 0 with other banks: %q", why)
 	}
 }

@@ -51,6 +51,7 @@ type mapRecipe struct {
 	Ensemble    int
 	Layers      [][2]any
 	Pixel       float64
+	PixelSigma  *float64 // the mean-frame term's smoothing (nil: the map's)
 	Knn         float64
 	KnnIsolated float64
 	Start       int
@@ -119,7 +120,7 @@ func (t *Training) scoreSmoothing(ctx context.Context, sc *StageContext, items [
 	if err := models.WriteManifest(bundle, m); err != nil {
 		return metrics.Metrics{}, err
 	}
-	mm, err := t.scoreWithReference(ctx, sc, items, bundle, valData, r.Pixel, r.Knn, prefix)
+	mm, err := t.scoreWithReference(ctx, sc, items, bundle, valData, r.Pixel, r.PixelSigma, r.Knn, prefix)
 	if err != nil {
 		return metrics.Metrics{}, err
 	}

@@ -3,6 +3,7 @@ package run
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -147,6 +148,10 @@ func TestSelectConfigChecked(t *testing.T) {
 	if c.Select.Metric != "mean" || c.Select.PerImage != 2 || *c.Select.MinVisibility != 1 || c.Select.ReferencePerClass != c.Calibrate.ReferencePerClass || c.Select.MinGain != 0.01 || c.Train.SnapshotEvery != 0 {
 		t.Fatalf("defaults: %+v, snapshot_every %d", c.Select, c.Train.SnapshotEvery)
 	}
+	ok, err := ParseConfig([]byte(base+"select:\n  layer_weights: [0, 1]\n  pixel_factors: [0, 0.5]\n  pixel_sigmas: [0, 1]\ncalibrate:\n  pixel_sigma: 2\n"), "/")
+	if err != nil || !slices.Equal(ok.Select.PixelSigmas, []float64{0, 1}) || ok.Calibrate.PixelSigma == nil || *ok.Calibrate.PixelSigma != 2 {
+		t.Fatalf("the mean-frame term's smoothings: %v (select %+v, calibrate %+v)", err, ok.Select, ok.Calibrate)
+	}
 	for _, tc := range []struct{ yaml, want string }{
 		{"select:\n  metric: f1\n", "select.metric"},
 		{"select:\n  min_gain: 2\n", "select.min_gain"},
@@ -181,6 +186,11 @@ func TestSelectConfigChecked(t *testing.T) {
 		{"select:\n  start_steps: [1000, 501]\n", "select.start_steps"},
 		{"select:\n  start_steps: [999, 0]\n", "select.start_steps"},
 		{"calibrate:\n  pixel_factor: -1\n", "calibrate.pixel_factor"},
+		{"calibrate:\n  pixel_sigma: -1\n", "calibrate.pixel_sigma"},
+		{"select:\n  layer_weights: [0, 1]\n  pixel_sigmas: [1]\n", "select.pixel_sigmas: are the mean-frame term's smoothings"},
+		{"select:\n  layer_weights: [0, 1]\n  pixel_factors: [0]\n  pixel_sigmas: [1]\n", "select.pixel_sigmas: are the mean-frame term's smoothings"},
+		{"select:\n  layer_weights: [0, 1]\n  pixel_factors: [0, 1]\n  pixel_sigmas: [2, 1]\n", "select.pixel_sigmas: [2 1]: want increasing"},
+		{"select:\n  layer_weights: [0, 1]\n  pixel_factors: [0, 1]\n  pixel_sigmas: [100]\n", "select.pixel_sigmas"},
 		{"calibrate:\n  pixel_factor: 0.5\n  reference: none\n", "calibrate.pixel_factor: the mean-frame term is sized"},
 		{"train:\n  max_steps: 1\n  snapshot_every: -2\n", "train.snapshot_every"},
 		{"evaluate:\n  baseline: patchcore\n", `evaluate.baseline: "patchcore": want mean-diff or none`},

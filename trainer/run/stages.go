@@ -154,6 +154,9 @@ func (t *Training) Stages() []Stage {
 			if c.Calibrate.PixelFactor > 0 { // the candidates are scored with the term (absent before the field: same hash)
 				in["pixel_factor"] = c.Calibrate.PixelFactor
 			}
+			if c.Calibrate.PixelSigma != nil { // the term's own smoothing, weighed and scored with it
+				in["pixel_sigma"] = *c.Calibrate.PixelSigma
+			}
 			return in, nil
 		}, Run: t.runSelect},
 		{Name: "export", Inputs: func() (any, error) {
@@ -566,6 +569,10 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 	if factor < 0 {
 		factor = c.Calibrate.PixelFactor
 	}
+	sigma, err := t.termSigma(sc)
+	if err != nil {
+		return nil, err
+	}
 	knnFactor, err := selectedKnnFactor(sc)
 	if err != nil {
 		return nil, err
@@ -575,12 +582,12 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 	}
 	// the select stage's pass of the same normals gave the reference of the recipe it chose: taken when this
 	// bundle is that recipe, measured otherwise
-	saved, err := t.selectReference(ctx, sc, items, bundle, factor, knnFactor, "[calibrate] ")
+	saved, err := t.selectReference(ctx, sc, items, bundle, factor, sigma, knnFactor, "[calibrate] ")
 	if err != nil {
 		return nil, err
 	}
 	if !saved {
-		if err := t.measureReference(ctx, sc, items, bundle, c.Calibrate.ReferencePerClass, factor, knnFactor, "[calibrate] "); err != nil {
+		if err := t.measureReference(ctx, sc, items, bundle, c.Calibrate.ReferencePerClass, factor, sigma, knnFactor, "[calibrate] "); err != nil {
 			return nil, err
 		}
 	}
@@ -607,10 +614,11 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 }
 
 // measureReference writes the bundle's map reference (calibrate.reference: train) from the training normals,
-// scored without any earlier reference, with the mean-frame term at factor and the nearest-normal term at
+// scored without any earlier reference, with the mean-frame term at factor (smoothed at sigma, nil: the map's)
+// and the nearest-normal term at
 // knnFactor (0: none; its banks are built here from every training normal when the bundle has none), or
 // removes them all (none). It runs before the thresholds, which are taken on the maps the daemon will score.
-func (t *Training) measureReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, perClass int, factor, knnFactor float64, prefix string) error {
+func (t *Training) measureReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, perClass int, factor float64, sigma *float64, knnFactor float64, prefix string) error {
 	c := t.Config
 	if c.Calibrate.Reference == eval.ReferenceNone {
 		return eval.WriteReference(bundle, nil) // and the mean-frame term with it
@@ -634,14 +642,14 @@ func (t *Training) measureReference(ctx context.Context, sc *StageContext, items
 		}
 		return s, nil
 	}
-	ref, err := eval.MeasureReference(ctx, bundle, open, train, "train split of "+sc.Output("index", "index"), factor, knnFactor,
+	ref, err := eval.MeasureReference(ctx, bundle, open, train, "train split of "+sc.Output("index", "index"), factor, sigma, knnFactor,
 		eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, prefix+"reference "), Logger: sc.Logger})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(sc.Progress, "%smap reference: mean maps of %d training normals over %d classes\n", prefix, len(train), len(ref.Classes)-1)
 	if factor > 0 {
-		fmt.Fprintf(sc.Progress, "%smean-frame term: %s\n", prefix, eval.DescribePixel(factor, ref.PixelWeight))
+		fmt.Fprintf(sc.Progress, "%smean-frame term: %s, smoothed at sigma %g\n", prefix, eval.DescribePixel(factor, ref.PixelWeight), ref.PixelSigma)
 	}
 	if knnFactor > 0 {
 		fmt.Fprintf(sc.Progress, "%snearest-normal term: %s\n", prefix, eval.DescribeKnn(knnFactor, ref.KnnWeight))

@@ -149,3 +149,10 @@ def test_shared_layers_error():
     other = _with_outputs(_backbone(), ["a", "b"])                     # new random weights
     assert "differ" in shared_layers_error(bb, other, ["a"], features_mean=IMAGENET_MEAN, features_std=IMAGENET_STD, **kw)
     assert "no outputs ['b']" in shared_layers_error(bb, _with_outputs(same, ["a"]), ["a", "b"], **kw)
+
+
+def test_ir_version_is_the_oldest_the_opset_needs():
+    """The graph's IR is the oldest its opset needs, whatever onnx package wrote it: onnx 1.23 (PyPI) writes IR 14 by
+    default, which the product's ONNX Runtime 1.30 refuses to load (the select stage failed on it in session 38)."""
+    model, _ = build_knn_graph(_backbone(), ["a", "b"], height=32, width=32, in_mean=[0.5] * 3, in_std=[0.25] * 3)
+    assert model.ir_version == helper.find_min_ir_version_for(list(model.opset_import)) == 7

@@ -237,6 +237,9 @@ def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height:
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="vlmdiff_train.knn_graph")
+    # the oldest IR the opset needs, not the installed onnx package's newest: onnx 1.23 (PyPI, .deps/torch) writes
+    # IR 14, which ONNX Runtime 1.30 refuses ("max supported IR version: 13"); Debian's 1.12 writes 8
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
     onnx.checker.check_model(model)
     facts = {"layers": list(layers), "dims": d, "height": h0, "width": w0, "channels": c_total}
     return model, facts

@@ -394,7 +394,9 @@ class Scorer:
         if self.mean_frames and self.pixel_weight != 0:
             mean = self.mean_frames.get(ref_class or "", self.mean_frames[""])
             d = pixel_distance(x[0].numpy(), mean)
-            sm = sm + self.pixel_weight * (gaussian_filter(d, sigma=sigma, mode="reflect", truncate=trunc) if sigma > 0 else d)
+            # the term's own sigma (map.pixel.sigma; absent: the map's), as Go's pixelInput.sigma
+            ps = float(mp.get("pixel", {}).get("sigma", sigma))
+            sm = sm + self.pixel_weight * (gaussian_filter(d, sigma=ps, mode="reflect", truncate=trunc) if ps > 0 else d)
         if self.knn is not None and self.knn.weight != 0:
             d = self.knn.distance(x, ref_class, int(inp["height"]), int(inp["width"]))
             sm = sm + self.knn.weight * (gaussian_filter(d, sigma=sigma, mode="reflect", truncate=trunc) if sigma > 0 else d)
