@@ -67,34 +67,33 @@ func TestLayerMapsRebuildTheMap(t *testing.T) {
 	}
 }
 
+// scoreOnce opens the bundle in dir with opt, scores reqs once and closes it, failing the test when the bundle
+// does not open or the batch does not score (a frame's own error stays in its Result).
+func scoreOnce(t *testing.T, dir string, opt Options, reqs []Request) []Result {
+	t.Helper()
+	s, err := Open(dir, opt)
+	if err != nil {
+		t.Fatalf("opening %s: %v", dir, err)
+	}
+	defer s.Close()
+	res, err := s.Score(context.Background(), reqs)
+	if err != nil {
+		t.Fatalf("scoring with %s: %v", dir, err)
+	}
+	return res
+}
+
 // TestNoisePrefixLayerMaps: with Options.NoisePrefixes a scorer of K start noises gives, for each prefix n, the
 // layer maps that a scorer of n noises gives the same frames (noise k comes from seed Seed+k whatever the
 // count), so the select stage can weigh every count from one pass at the largest. The whole ensemble's prefix
 // is LayerMaps itself; a prefix the scorer cannot give is refused when it opens.
 func TestNoisePrefixLayerMaps(t *testing.T) {
-	ctx := context.Background()
 	reqs := []Request{{Image: testImage(256, 256, 3), Class: "bolt", Seq: 4}, {Image: testImage(300, 200, 11), Class: "nut", Seq: 9}}
 	const K = 3
 	prefixes := []int{1, 2, K}
-	s, err := Open(fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, Ensemble: K, NoisePrefixes: prefixes})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.Score(ctx, reqs)
-	s.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := scoreOnce(t, fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, Ensemble: K, NoisePrefixes: prefixes}, reqs)
 	for j, n := range prefixes {
-		one, err := Open(fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, Ensemble: n})
-		if err != nil {
-			t.Fatal(err)
-		}
-		want, err := one.Score(ctx, reqs)
-		one.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		want := scoreOnce(t, fixtureBundle, Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, Ensemble: n}, reqs)
 		for f := range reqs {
 			if got[f].Err != nil || want[f].Err != nil {
 				t.Fatal(got[f].Err, want[f].Err)
@@ -152,35 +151,18 @@ func TestNoisePrefixLayerMaps(t *testing.T) {
 // (map.pixel.sigma), whose Map then differs from the bundle's at the map's sigma: the select stage can weigh the
 // term's smoothing from one pass. Sigmas the scorer cannot give are refused when it opens.
 func TestPixelSigmasMatchTheTermsOwn(t *testing.T) {
-	ctx := context.Background()
 	dir := t.TempDir()
 	reqs := []Request{{Image: testImage(256, 256, 3), Class: "widget"}, {Image: testImage(300, 200, 11)}}
 	base := filepath.Join(dir, "map-sigma")
 	copyDir(t, fixtureBundle, base)
 	addPixelTerm(t, base, 0.8, nil)
 	sigmas := []float64{0, 1.5}
-	s, err := Open(base, Options{Providers: []string{"cpu"}, Threads: 2, PixelMap: true, PixelSigmas: sigmas})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.Score(ctx, reqs)
-	s.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := scoreOnce(t, base, Options{Providers: []string{"cpu"}, Threads: 2, PixelMap: true, PixelSigmas: sigmas}, reqs)
 	for k, sigma := range sigmas {
 		own := filepath.Join(dir, fmt.Sprintf("sigma-%d", k))
 		copyDir(t, fixtureBundle, own)
 		addPixelTerm(t, own, 0.8, &sigma)
-		o, err := Open(own, Options{Providers: []string{"cpu"}, Threads: 2, PixelMap: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		want, err := o.Score(ctx, reqs)
-		o.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		want := scoreOnce(t, own, Options{Providers: []string{"cpu"}, Threads: 2, PixelMap: true}, reqs)
 		for f := range reqs {
 			if got[f].Err != nil || want[f].Err != nil {
 				t.Fatal(got[f].Err, want[f].Err)

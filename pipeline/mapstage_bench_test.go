@@ -95,24 +95,30 @@ func BenchmarkMapStage(b *testing.B) {
 	}
 }
 
-// BenchmarkMapStageMeanFrame times Scorer.mapsAndScores on ResNet50's geometry without and with the mean-frame
-// term (models.PixelTerm: one more full-size map in the banded product), by batch size and goroutines.
+// BenchmarkMapStageMeanFrame times Scorer.mapsAndScores on ResNet50's geometry without the mean-frame term
+// (none), with it smoothed at the map's sigma (map: one more full-size map in the banded product) and at its
+// own sigma of 1 px (own1: map.pixel.sigma, a band of its own Gaussian), by batch size and goroutines.
 func BenchmarkMapStageMeanFrame(b *testing.B) {
 	bb := benchBackbones[1]
 	r := rand.New(rand.NewPCG(9, 10))
-	for _, term := range []bool{false, true} {
+	one := 1.0
+	for _, term := range []struct {
+		name  string
+		on    bool
+		sigma *float64
+	}{{"none", false, nil}, {"map", true, nil}, {"own1", true, &one}} {
 		for _, frames := range []int{1, 4} {
 			for _, threads := range []int{1, 2} {
-				b.Run(fmt.Sprintf("term=%v/b%d/t%d", term, frames, threads), func(b *testing.B) {
+				b.Run(fmt.Sprintf("term=%s/b%d/t%d", term.name, frames, threads), func(b *testing.B) {
 					s := benchScorer(bb)
 					s.opt.Threads = threads
 					x := make([]float32, frames*3*256*256)
 					for i := range x {
 						x[i] = float32(r.NormFloat64())
 					}
-					if term {
+					if term.on {
 						mean := make([]float32, 3*256*256)
-						s.m.Map.Pixel = &models.PixelTerm{Factor: 0.5, Weight: 0.2}
+						s.m.Map.Pixel = &models.PixelTerm{Factor: 0.5, Weight: 0.2, Sigma: term.sigma}
 						s.bundle = &models.Bundle{Manifest: s.m, MeanFrames: map[string][]float32{"": mean}}
 					}
 					feats := benchFeatures(bb, frames)

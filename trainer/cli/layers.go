@@ -106,7 +106,7 @@ func weighLayers(ctx context.Context, opt pipeline.Options, bundle string, value
 		if err != nil {
 			return err
 		}
-		if err := eval.WritePixel(cp, mf, 0); err != nil {
+		if err := eval.WritePixel(cp, mf, 0, nil); err != nil {
 			return err
 		}
 		bundle = cp

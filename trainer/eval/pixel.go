@@ -75,13 +75,19 @@ func BuildMeanFrames(ctx context.Context, m *models.Manifest, normal []dataset.I
 }
 
 // WritePixel stores the mean frames in the bundle (PixelFile and map.pixel) with the term's factor and weight 0,
-// or removes the term when mf is nil. The weight is the calibrate stage's to measure (BuildReference, then
+// or removes the term when mf is nil. sigma, when set, is the term's smoothing (CheckPixelSigma); nil keeps the
+// old term's own (the map's for a new term). The weight is the calibrate stage's to measure (BuildReference, then
 // WriteReference), so a map reference measured with another weight is removed in the same write: the bundle
 // then scores raw maps until its reference is measured again, instead of subtracting a reference that no
 // longer matches. The bundle is verified afterwards.
-func WritePixel(bundleDir string, mf *MeanFrames, factor float64) error {
+func WritePixel(bundleDir string, mf *MeanFrames, factor float64, sigma *float64) error {
 	if err := CheckPixelFactor(factor); err != nil {
 		return err
+	}
+	if sigma != nil {
+		if err := CheckPixelSigma(*sigma); err != nil {
+			return err
+		}
 	}
 	if mf == nil {
 		m, err := models.ReadManifest(bundleDir)
@@ -93,10 +99,11 @@ func WritePixel(bundleDir string, mf *MeanFrames, factor float64) error {
 		}
 	}
 	return updateManifest(bundleDir, "mean-frame term", func(m *models.Manifest) error {
-		var sigma *float64 // the term's own smoothing outlives new mean frames
 		if old := m.Map.Pixel; old != nil {
 			delete(m.Files, old.File)
-			sigma = old.Sigma
+			if sigma == nil { // the term's own smoothing outlives new mean frames
+				sigma = old.Sigma
+			}
 		}
 		m.Map.Pixel = nil
 		if mf == nil {
@@ -108,7 +115,12 @@ func WritePixel(bundleDir string, mf *MeanFrames, factor float64) error {
 			if err := writeRows(bundleDir, m, rows, mf.Frames); err != nil {
 				return err
 			}
-			m.Map.Pixel = &models.PixelTerm{MapRows: rows, Factor: factor, Sigma: sigma}
+			var own *float64
+			if sigma != nil {
+				v := *sigma
+				own = &v
+			}
+			m.Map.Pixel = &models.PixelTerm{MapRows: rows, Factor: factor, Sigma: own}
 		}
 		if r := m.Map.Reference; r != nil && r.PixelWeight != 0 {
 			delete(m.Files, r.File)
@@ -288,8 +300,9 @@ func MeasureReference(ctx context.Context, bundleDir string, open func() (*pipel
 
 // WriteMeanFrames writes the mean-frame term at factor into the bundle with the mean frames of the normal items
 // (no model runs), its weight not yet measured; factor 0 removes the term. sigma, when set, is the term's
-// smoothing (SetPixelSigma); nil keeps the bundle's term's (the map's for a new term). BuildReference (through
-// MeasureReference) measures the weight; WeighKnn measures it from its own pass when nothing else has.
+// smoothing; nil keeps the bundle's term's (the map's for a new term); both go in one manifest write (WritePixel).
+// BuildReference (through MeasureReference) measures the weight; WeighKnn measures it from its own pass when
+// nothing else has.
 func WriteMeanFrames(ctx context.Context, bundleDir string, normal []dataset.Item, source string, factor float64, sigma *float64) error {
 	if err := CheckPixelFactor(factor); err != nil {
 		return err
@@ -304,13 +317,7 @@ func WriteMeanFrames(ctx context.Context, bundleDir string, normal []dataset.Ite
 			return err
 		}
 	}
-	if err := WritePixel(bundleDir, mf, factor); err != nil {
-		return err
-	}
-	if mf == nil || sigma == nil {
-		return nil
-	}
-	return SetPixelSigma(bundleDir, sigma)
+	return WritePixel(bundleDir, mf, factor, sigma)
 }
 
 // PixelFactor is the mean-frame term factor of a bundle on disk: map.pixel.factor, 0 without the term.

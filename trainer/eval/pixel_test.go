@@ -64,7 +64,7 @@ func TestMeanFramesAreTheMeanOfPreprocessedFrames(t *testing.T) {
 			n[c]++
 		}
 	}
-	if err := WritePixel(b, mf, 0.5); err != nil {
+	if err := WritePixel(b, mf, 0.5, nil); err != nil {
 		t.Fatal(err)
 	}
 	bl, err := models.Load(b)
@@ -87,7 +87,38 @@ func TestMeanFramesAreTheMeanOfPreprocessedFrames(t *testing.T) {
 	if p := bl.Manifest.Map.Pixel; p.Factor != 0.5 || p.Weight != 0 {
 		t.Errorf("map.pixel factor %v weight %v, want 0.5 and 0 (not yet measured)", p.Factor, p.Weight)
 	}
-	if err := WritePixel(b, nil, 0); err != nil {
+	// the term's own smoothing: set with the frames, kept by new frames without one, reset by SetPixelSigma
+	two, one := 2.0, 1.0
+	for _, c := range []struct {
+		what  string
+		write func() error
+		want  string
+	}{
+		{"frames at sigma 2", func() error { return WritePixel(b, mf, 0.5, &two) }, "2"},
+		{"new frames, no sigma", func() error { return WritePixel(b, mf, 0.25, nil) }, "2"},
+		{"new frames at sigma 1", func() error { return WritePixel(b, mf, 0.25, &one) }, "1"},
+		{"the map's sigma", func() error { return SetPixelSigma(b, nil) }, "map's"},
+	} {
+		if err := c.write(); err != nil {
+			t.Fatalf("%s: %v", c.what, err)
+		}
+		m, err := models.ReadManifest(b)
+		if err != nil {
+			t.Fatalf("%s: %v", c.what, err)
+		}
+		got := "map's"
+		if s := m.Map.Pixel.Sigma; s != nil {
+			got = fmt.Sprint(*s)
+		}
+		if got != c.want {
+			t.Errorf("%s: map.pixel.sigma %s, want %s", c.what, got, c.want)
+		}
+	}
+	bad := -1.0
+	if err := WritePixel(b, mf, 0.5, &bad); err == nil || !strings.Contains(err.Error(), "sigma") {
+		t.Errorf("sigma -1: error %v", err)
+	}
+	if err := WritePixel(b, nil, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	if bl, err = models.Load(b); err != nil || bl.Manifest.Map.Pixel != nil || bl.MeanFrames != nil {
@@ -96,7 +127,7 @@ func TestMeanFramesAreTheMeanOfPreprocessedFrames(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(b, PixelFile)); !os.IsNotExist(err) {
 		t.Errorf("the mean-frame file stays after removing the term: %v", err)
 	}
-	if err := WritePixel(b, mf, 5); err == nil || !strings.Contains(err.Error(), "factor") {
+	if err := WritePixel(b, mf, 5, nil); err == nil || !strings.Contains(err.Error(), "factor") {
 		t.Errorf("factor 5: error %v", err)
 	}
 }
@@ -336,7 +367,7 @@ func withMeanFrames(t *testing.T, src, dst string, normal []dataset.Item) (strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := WritePixel(dst, mf, 0); err != nil {
+	if err := WritePixel(dst, mf, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	return dst, m

@@ -209,13 +209,9 @@ func (t *Training) weighLayers(ctx context.Context, sc *StageContext, items []da
 		if err != nil {
 			return nil, err
 		}
-		if err := eval.WritePixel(bundle, mf, 0); err != nil {
+		// the term's own smoothing, as calibrate will give it
+		if err := eval.WritePixel(bundle, mf, 0, c.Calibrate.PixelSigma); err != nil {
 			return nil, err
-		}
-		if s := c.Calibrate.PixelSigma; s != nil { // the term's own smoothing, as calibrate will give it
-			if err := eval.SetPixelSigma(bundle, s); err != nil {
-				return nil, err
-			}
 		}
 	}
 	opt := t.ORT
