@@ -155,9 +155,19 @@ func newMapPlan(sizes []layerSize, H, W int, truncate float64) *mapPlan {
 
 // apply writes dst (H x W) = sum_l weights[l] * rows_l . d[l] . cols_l^T, using e (eRows x W) as scratch, on
 // up to workers goroutines. before, when set, runs on each range of the stacked layer rows before their column
-// pass: it is where smoothedAnomalyMap computes those rows of the distance maps.
-func (p *mapPlan) apply(d [][]float64, weights []float64, e, dst []float64, workers int, before func(l, r0, r1 int)) {
-	split(p.eRows, workers, func(_, lo, hi int) {
+// pass: it is where smoothedAnomalyMap computes those rows of the distance maps. cost, when set, is the work of
+// one row of each layer (its distance and its column pass, in any unit), and the goroutines take ranges of
+// rows of equal work rather than equal count: a row of the full-size mean-frame term costs a sixth of a ResNet50
+// layer's, and by count one goroutine got every feature row and the other only the term's (measured by
+// BenchmarkMapStageMeanFrame: two goroutines gained nothing over one).
+func (p *mapPlan) apply(d [][]float64, weights []float64, e, dst []float64, workers int, cost []float64, before func(l, r0, r1 int)) {
+	var bounds [maxMapWorkers + 1]int
+	splitRows := func(f func(part, lo, hi int)) { split(p.eRows, workers, f) }
+	if cost != nil && workers > 1 {
+		b := p.balanced(cost, min(workers, maxMapWorkers), bounds[:0])
+		splitRows = func(f func(part, lo, hi int)) { splitAt(b, f) }
+	}
+	splitRows(func(_, lo, hi int) {
 		for l, ly := range p.layers {
 			r0, r1 := max(lo, ly.eOff)-ly.eOff, min(hi, ly.eOff+ly.h)-ly.eOff
 			if r0 >= r1 {
@@ -172,6 +182,31 @@ func (p *mapPlan) apply(d [][]float64, weights []float64, e, dst []float64, work
 	split(p.H, workers, func(_, lo, hi int) {
 		rowPass(e, p.W, p.vRow, p.vW, p.nv, dst[:p.H*p.W], lo, hi)
 	})
+}
+
+// balanced appends to bounds the parts+1 row boundaries (0 first, eRows last) that cut the plan's stacked rows
+// into ranges of about equal summed cost, every row of layer l costing cost[l]. A row goes to the next range when
+// the rows before it, with half of it, reach this range's share.
+func (p *mapPlan) balanced(cost []float64, parts int, bounds []int) []int {
+	total := 0.0
+	for l, ly := range p.layers {
+		total += float64(ly.h) * cost[l]
+	}
+	bounds = append(bounds, 0)
+	acc, part := 0.0, 1
+	for l, ly := range p.layers {
+		for r := 0; r < ly.h && part < parts; r++ {
+			for part < parts && acc+cost[l]/2 >= total*float64(part)/float64(parts) {
+				bounds = append(bounds, ly.eOff+r)
+				part++
+			}
+			acc += cost[l]
+		}
+	}
+	for ; part < parts; part++ {
+		bounds = append(bounds, p.eRows)
+	}
+	return append(bounds, p.eRows)
 }
 
 // colPass applies a column band to rows y0..y1 of d (rows of w) into the same rows of e (rows of b.m), times
@@ -258,6 +293,7 @@ type mapScratch struct {
 	wts   []float64
 	chans []int
 	sizes []layerSize
+	cost  []float64 // the work of one row of each layer (mapPlan.apply)
 	e     []float64 // the plan's intermediate
 	amap  []float64 // the smoothed map
 	pool  poolScratch
@@ -378,7 +414,20 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, fr
 	p := planFor(sc.sizes, H, W, truncate)
 	sc.e = grow(sc.e, p.eRows*W)
 	sc.amap = grow(sc.amap, H*W)
-	p.apply(sc.d, sc.wts, sc.e, sc.amap, workers, func(l, r0, r1 int) {
+	// a row's work: its distances (multiply-adds over the channels, each reconstruction's, every candidate
+	// position of a match window) and its column pass
+	sc.cost = sc.cost[:0]
+	for l, s := range sc.sizes {
+		c := float64(sc.chans[l] * s.w)
+		if l < len(layers) {
+			c *= float64(use)
+			if r := layers[l].Match; r > 0 && !tokens {
+				c *= float64((2*r + 1) * (2*r + 1))
+			}
+		}
+		sc.cost = append(sc.cost, c+float64(W*p.layers[l].cols.width))
+	}
+	p.apply(sc.d, sc.wts, sc.e, sc.amap, workers, sc.cost, func(l, r0, r1 int) {
 		s := sc.sizes[l]
 		n, lo, hi := s.h*s.w, r0*s.w, r1*s.w
 		if l == knnL { // the nearest-normal term: the graph's distances

@@ -435,3 +435,63 @@ func TestMeanFrameTermMatchesDefinition(t *testing.T) {
 		})
 	}
 }
+
+// TestBalancedRowRanges: mapPlan.balanced cuts the stacked rows into ranges of about equal work (each within one
+// row's cost of its share), in order and covering every row, whatever the layers' costs; and splitAt runs every
+// row once, empty ranges skipped. ResNet50's geometry with the full-size mean-frame term is the case that
+// prompted it: by count, one of two goroutines got every feature row.
+func TestBalancedRowRanges(t *testing.T) {
+	resnet := []layerSize{{64, 64, 5}, {32, 32, 5}, {16, 16, 5}, {256, 256, 1}}
+	for _, c := range []struct {
+		name  string
+		sizes []layerSize
+		cost  []float64
+		parts int
+	}{
+		{"resnet50 and the term, 2", resnet, []float64{256*64 + 256*12, 512*32 + 256*7, 1024*16 + 256*5, 3*256 + 256*9}, 2},
+		{"resnet50 and the term, 4", resnet, []float64{256*64 + 256*12, 512*32 + 256*7, 1024*16 + 256*5, 3*256 + 256*9}, 4},
+		{"equal costs, 3", resnet, []float64{1, 1, 1, 1}, 3},
+		{"one costly row", []layerSize{{1, 8, 5}, {4, 8, 5}}, []float64{1000, 1}, 3},
+		{"one part", resnet, []float64{5, 4, 3, 2}, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := newMapPlan(c.sizes, 256, 256, 4)
+			b := p.balanced(c.cost, c.parts, nil)
+			if len(b) != c.parts+1 || b[0] != 0 || b[c.parts] != p.eRows || !slices.IsSorted(b) {
+				t.Fatalf("bounds %v: want %d increasing boundaries from 0 to %d", b, c.parts+1, p.eRows)
+			}
+			rowCost := make([]float64, 0, p.eRows)
+			maxRow, total := 0.0, 0.0
+			for l, ly := range p.layers {
+				for range ly.h {
+					rowCost = append(rowCost, c.cost[l])
+				}
+				maxRow = max(maxRow, c.cost[l])
+				total += float64(ly.h) * c.cost[l]
+			}
+			for k := range c.parts {
+				sum := 0.0
+				for _, v := range rowCost[b[k]:b[k+1]] {
+					sum += v
+				}
+				if share := total / float64(c.parts); math.Abs(sum-share) > maxRow {
+					t.Errorf("range %d (rows %d..%d) costs %g, its share is %g (a row costs at most %g)", k, b[k], b[k+1], sum, share, maxRow)
+				}
+			}
+			var mu sync.Mutex
+			seen := make([]int, p.eRows)
+			splitAt(b, func(_, lo, hi int) {
+				mu.Lock()
+				defer mu.Unlock()
+				for r := lo; r < hi; r++ {
+					seen[r]++
+				}
+			})
+			for r, n := range seen {
+				if n != 1 {
+					t.Fatalf("row %d ran %d times, want once (bounds %v)", r, n, b)
+				}
+			}
+		})
+	}
+}

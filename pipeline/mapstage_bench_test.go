@@ -178,7 +178,7 @@ func BenchmarkMapParts(b *testing.B) {
 		p := planFor(sc.sizes, 256, 256, 4)
 		out := make([]float64, 256*256)
 		for b.Loop() {
-			p.apply(sc.d, sc.wts, sc.e, out, 1, nil)
+			p.apply(sc.d, sc.wts, sc.e, out, 1, nil, nil)
 		}
 	})
 	b.Run("pool", func(b *testing.B) {

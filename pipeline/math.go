@@ -195,7 +195,7 @@ func gaussianFilter(m []float64, h, w int, sigma, truncate float64) {
 	}
 	p := planFor([]layerSize{{h, w, sigma}}, h, w, truncate)
 	src := append([]float64(nil), m...)
-	p.apply([][]float64{src}, []float64{1}, make([]float64, p.eRows*w), m, 1, nil)
+	p.apply([][]float64{src}, []float64{1}, make([]float64, p.eRows*w), m, 1, nil, nil)
 }
 
 // poolScratch holds pooledMax's buffers between calls.
@@ -320,6 +320,25 @@ func split(n, parts int, f func(part, lo, hi int)) {
 		}()
 	}
 	f(0, 0, n/parts)
+	wg.Wait()
+}
+
+// splitAt is split over the given ranges: f runs on [bounds[k], bounds[k+1]) for each k whose range is not
+// empty, all but the first on new goroutines, and it returns when all are done.
+func splitAt(bounds []int, f func(part, lo, hi int)) {
+	var wg sync.WaitGroup
+	for k := 1; k+1 < len(bounds); k++ {
+		if bounds[k] < bounds[k+1] {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				f(k, bounds[k], bounds[k+1])
+			}()
+		}
+	}
+	if len(bounds) > 1 && bounds[0] < bounds[1] {
+		f(0, bounds[0], bounds[1])
+	}
 	wg.Wait()
 }
 
