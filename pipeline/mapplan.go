@@ -414,20 +414,7 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, fr
 	p := planFor(sc.sizes, H, W, truncate)
 	sc.e = grow(sc.e, p.eRows*W)
 	sc.amap = grow(sc.amap, H*W)
-	// a row's work: its distances (multiply-adds over the channels, each reconstruction's, every candidate
-	// position of a match window) and its column pass
-	sc.cost = sc.cost[:0]
-	for l, s := range sc.sizes {
-		c := float64(sc.chans[l] * s.w)
-		if l < len(layers) {
-			c *= float64(use)
-			if r := layers[l].Match; r > 0 && !tokens {
-				c *= float64((2*r + 1) * (2*r + 1))
-			}
-		}
-		sc.cost = append(sc.cost, c+float64(W*p.layers[l].cols.width))
-	}
-	p.apply(sc.d, sc.wts, sc.e, sc.amap, workers, sc.cost, func(l, r0, r1 int) {
+	p.apply(sc.d, sc.wts, sc.e, sc.amap, workers, sc.rowCosts(p, layers, use, tokens), func(l, r0, r1 int) {
 		s := sc.sizes[l]
 		n, lo, hi := s.h*s.w, r0*s.w, r1*s.w
 		if l == knnL { // the nearest-normal term: the graph's distances
@@ -468,6 +455,24 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, fr
 		}
 	})
 	return sc.amap, nil
+}
+
+// rowCosts is the work of one row of each of the plan's layers (mapPlan.apply): its distances (multiply-adds
+// over the channels, for each of use reconstructions and every candidate position of a match window) and its
+// column pass. The terms' rows after the feature layers compute one distance each.
+func (sc *mapScratch) rowCosts(p *mapPlan, layers []layerOutput, use int, tokens bool) []float64 {
+	sc.cost = sc.cost[:0]
+	for l, s := range sc.sizes {
+		c := float64(sc.chans[l] * s.w)
+		if l < len(layers) {
+			c *= float64(use)
+			if r := layers[l].Match; r > 0 && !tokens {
+				c *= float64((2*r + 1) * (2*r + 1))
+			}
+		}
+		sc.cost = append(sc.cost, c+float64(p.W*p.layers[l].cols.width))
+	}
+	return sc.cost
 }
 
 // addTerms appends the map plan's layers of the mean-frame term (full size) and the nearest-normal term (the
