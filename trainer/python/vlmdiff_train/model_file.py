@@ -154,7 +154,8 @@ def save_reference_weights(path: str, builder: dict, nets, features_kind: str = 
 
 
 def _half_safe(sd: dict) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in sd.items()}
+    # contiguous whatever layout the networks trained in (layout.py): a model file is the same either way
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in sd.items()}
 
 
 def load_nets(weights: str, bundle_dir: str, manifest: dict):

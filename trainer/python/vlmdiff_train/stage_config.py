@@ -75,6 +75,8 @@ class FinetuneAEConfig(DataKeys, Common):
     save_every: int = key(500, "checkpoint every N steps")
     log_every: int = key(10, "progress event every N steps")
     keep: int = key(2, "checkpoints kept")
+    memory_format: str = key("auto", "auto | channels_last | contiguous: the networks' and images' layout "
+                                     "(auto: channels_last on the CPU, faster there; layout.py)")
 
 
 @dataclass
@@ -113,6 +115,8 @@ class TrainConfig(DataKeys, Common):
     keep: int = key(2, "checkpoints kept")
     log_every: int = key(1, "progress event every N steps")
     amp: str = key("none", "none | bf16 | fp16 (GPU only)")
+    memory_format: str = key("auto", "auto | channels_last | contiguous: the networks' and images' layout "
+                                     "(auto: channels_last on the CPU, faster there; layout.py)")
     grad_clip: float = key(0.0, "gradient norm clip (0 = off)")
     posterior: str = key("sample", "sample | mean: the latent the denoiser learns on")
     linear_start: float = key(0.00085, "beta schedule start")

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 from . import data as D
+from .layout import memory_format
 from .losses import PerceptualLoss, autoencoder_loss
 from .curves import CurveWriter
 from .progress import Progress
@@ -48,11 +49,12 @@ def run(cfg) -> dict:
     deterministic = bool(getattr(vae, "deterministic", False))
     if c.init:
         load_autoencoder(vae, c.init, trusted=c.trusted)
-    vae.to(device).train()
+    fmt = memory_format(c.memory_format, device, "finetune-ae")
+    vae.to(device, memory_format=fmt).train()
     perc: Optional[PerceptualLoss] = None
     if c.perceptual_onnx:
         from .onnx_torch import OnnxModule
-        net = OnnxModule.load(c.perceptual_onnx, outputs=c.perceptual_layers).to(device)
+        net = OnnxModule.load(c.perceptual_onnx, outputs=c.perceptual_layers).to(device, memory_format=fmt)
         perc = PerceptualLoss(net, c.perceptual_layers)
     bs, acc = int(c.batch_size), int(c.accumulate)
     lr = float(c.lr if c.lr is not None else 4.5e-6 * bs)
@@ -82,7 +84,7 @@ def run(cfg) -> dict:
         epoch = (micro * bs) // n
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         idx = [order[(micro * bs + j) % n] for j in range(bs)]
-        x = D.collate([ds[i] for i in idx])["image"].to(device)
+        x = D.collate([ds[i] for i in idx])["image"].to(device, memory_format=fmt)
         moments = vae.encode_moments(x)
         mean, logvar = torch.chunk(moments, 2, dim=1)
         noise = torch.randn(mean.shape, generator=gen).to(device)
@@ -110,7 +112,7 @@ def run(cfg) -> dict:
             _save(ckpt_dir, step, micro, vae, opt, gen, keep)
     out = os.path.join(run_dir, "ae.pt")
     tmp = out + ".tmp"
-    torch.save({"state_dict": {k: v.detach().cpu() for k, v in vae.state_dict().items()}, "preset": p.name,
+    torch.save({"state_dict": {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, "preset": p.name,
                 "step": step}, tmp)
     os.replace(tmp, out)
     return {"autoencoder": out, "steps": step}

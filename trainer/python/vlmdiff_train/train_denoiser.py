@@ -32,6 +32,7 @@ import torch
 from . import data as D
 from .curves import CurveWriter
 from .model_file import Nets, encode_prompts, latent_scale, load_model_file, rebuild, save_reference_weights
+from .layout import memory_format
 from .losses import eps_mse
 from .progress import Progress
 from .constants import LATENT_SCALE
@@ -209,6 +210,8 @@ def run(cfg) -> dict:
             p.requires_grad_(False)
     den.freeze_for_training()
     den.train()
+    fmt = memory_format(tc.memory_format, device, "train")
+    den.to(memory_format=fmt)
     params = [p for p in den.trainable_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(tc.lr), weight_decay=float(tc.weight_decay))
     # The hint block runs inside the wrapped forward: DDP must see every trainable parameter used in its forward.
@@ -291,7 +294,7 @@ def run(cfg) -> dict:
         for mi in range(start, micro_per_epoch):
             idx = [order[j % len(order)] for j in range(mi * bs, (mi + 1) * bs)]  # wraps when per_rank < bs
             batch = D.collate([ds[i] for i in idx])
-            x = batch["image"].to(device)
+            x = batch["image"].to(device, memory_format=fmt)
             with torch.no_grad():
                 if cache_moments:
                     # the VAE is frozen and the images are not augmented: encode each image once
