@@ -21,6 +21,10 @@ from .constants import IMAGENET_MEAN, IMAGENET_STD
 
 T = TypeVar("T")
 
+# the training stages' memory_format key (finetune-ae and train), documented once
+MEMORY_FORMAT_DOC = ("auto | channels_last | contiguous: the networks' and images' layout (auto: channels_last on "
+                     "the CPU, faster there; layout.py)")
+
 
 def key(default: Any = None, doc: str = "", *, required: bool = False) -> Any:
     """A stage setting: default, one-line doc, and whether the stage refuses to run without it."""
@@ -75,8 +79,7 @@ class FinetuneAEConfig(DataKeys, Common):
     save_every: int = key(500, "checkpoint every N steps")
     log_every: int = key(10, "progress event every N steps")
     keep: int = key(2, "checkpoints kept")
-    memory_format: str = key("auto", "auto | channels_last | contiguous: the networks' and images' layout "
-                                     "(auto: channels_last on the CPU, faster there; layout.py)")
+    memory_format: str = key("auto", MEMORY_FORMAT_DOC)
 
 
 @dataclass
@@ -115,8 +118,7 @@ class TrainConfig(DataKeys, Common):
     keep: int = key(2, "checkpoints kept")
     log_every: int = key(1, "progress event every N steps")
     amp: str = key("none", "none | bf16 | fp16 (GPU only)")
-    memory_format: str = key("auto", "auto | channels_last | contiguous: the networks' and images' layout "
-                                     "(auto: channels_last on the CPU, faster there; layout.py)")
+    memory_format: str = key("auto", MEMORY_FORMAT_DOC)
     grad_clip: float = key(0.0, "gradient norm clip (0 = off)")
     posterior: str = key("sample", "sample | mean: the latent the denoiser learns on")
     linear_start: float = key(0.00085, "beta schedule start")
