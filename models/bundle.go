@@ -307,6 +307,16 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 			p.bad("map.reference.knn_weight", "the reference was measured with the nearest-normal term at weight %g, the bundle adds it at "+
 				"%g: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", r.KnnWeight, kw)
 		}
+		if t := m.Map.Knn; t != nil && r.KnnWeight != 0 {
+			rs, ts := m.Map.Sigma, t.SmoothingSigma(m.Map.Sigma)
+			if r.KnnSigma != nil {
+				rs = *r.KnnSigma
+			}
+			if rs != ts {
+				p.bad("map.reference.knn_sigma", "the reference was measured with the nearest-normal term smoothed at sigma %g, the bundle smooths it at "+
+					"%g: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", rs, ts)
+			}
+		}
 	}
 	if t := m.Map.Pixel; t != nil {
 		m.validateRows(p, "map.pixel", t.MapRows)

@@ -63,6 +63,20 @@ type KnnTerm struct {
 	// reference normals, measured by the calibrate stage; 0 until then.
 	Factor float64 `json:"factor"`
 	Weight float64 `json:"weight"`
+	// Sigma is the Gaussian sigma, in map pixels, that smooths the term's map after it is upsampled (0: not
+	// smoothed; absent: map.sigma, as bundles before it had). The term's vectors are already 3 x 3 averages of
+	// cells a few pixels wide, so the map's Gaussian, sized for the reconstruction's feature distance, widens
+	// them a second time and flattens defects of a few pixels (docs/algorithm.md §1.9, "The nearest-normal
+	// term's own smoothing").
+	Sigma *float64 `json:"sigma,omitempty"`
+}
+
+// SmoothingSigma is the sigma the term's map is smoothed with: Sigma, else the map's (mapSigma).
+func (t *KnnTerm) SmoothingSigma(mapSigma float64) float64 {
+	if t.Sigma != nil {
+		return *t.Sigma
+	}
+	return mapSigma
 }
 
 func (m *Manifest) validateKnn(p *problems) {
@@ -121,6 +135,9 @@ func (m *Manifest) validateKnn(p *problems) {
 	}
 	if !(t.Isolated >= 0 && t.Isolated < 1) {
 		p.bad("map.knn.isolated", "must be a fraction in [0, 1), got %v", t.Isolated)
+	}
+	if t.Sigma != nil && (!(*t.Sigma >= 0) || *t.Sigma > MaxPixelSigma || (*t.Sigma > 0 && !(m.Map.Truncate > 0))) {
+		p.bad("map.knn.sigma", "must be a number from 0 to %g (with map.truncate > 0 when above 0), got %v", float64(MaxPixelSigma), *t.Sigma)
 	}
 }
 

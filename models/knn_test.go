@@ -77,6 +77,20 @@ func TestKnnTermLoads(t *testing.T) {
 	if r, _ := b.KnnBankFor("nut"); len(r) != 8*56 { // the global bank
 		t.Fatalf("a class without a bank gets %d values", len(r))
 	}
+	if got := b.Manifest.Map.Knn.SmoothingSigma(b.Manifest.Map.Sigma); got != b.Manifest.Map.Sigma {
+		t.Errorf("a term without its own sigma smooths at %g, want the map's %g", got, b.Manifest.Map.Sigma)
+	}
+	// the term at its own sigma, with a reference measured so
+	sharp := copyBundle(t)
+	addKnn(t, sharp, []string{""}, 8, 0.25, 0.5, func(term, _ map[string]any) { term["sigma"] = 2.0 })
+	addReference(t, sharp, []string{""}, [][]float32{refRow(func(int) float32 { return 0.1 })}, func(ref, _ map[string]any) {
+		ref["knn_weight"], ref["knn_sigma"] = 0.5, 2.0
+	})
+	if sb, err := Load(sharp); err != nil {
+		t.Errorf("a term at sigma 2 with its reference: %v", err)
+	} else if got := sb.Manifest.Map.Knn.SmoothingSigma(sb.Manifest.Map.Sigma); got != 2 {
+		t.Errorf("the term's sigma: got %g, want 2", got)
+	}
 	// the graph fed the feature graph's layers instead of the image
 	dir = copyBundle(t)
 	addKnn(t, dir, []string{""}, 8, 0.25, 0.5, withLayersGraph)
@@ -119,6 +133,10 @@ func TestKnnTermRefused(t *testing.T) {
 		{"more classes than rows", []string{""}, 0.1, func(term, _ map[string]any) { term["classes"] = []any{"", "bolt"} }, nil, "knn", "bytes"},
 		{"a NaN in a bank", []string{""}, float32(math.NaN()), nil, nil, "knn", "non-finite"},
 		{"a reference measured without the term", []string{""}, 0.1, nil, 0.0, "schema", "map.reference.knn_weight"},
+		{"a negative sigma", []string{""}, 0.1, func(term, _ map[string]any) { term["sigma"] = -1.0 }, nil, "schema", "map.knn.sigma"},
+		{"a sigma past the bound", []string{""}, 0.1, func(term, _ map[string]any) { term["sigma"] = 100.0 }, nil, "schema", "map.knn.sigma"},
+		{"a reference measured with the map's sigma for a term at its own", []string{""}, 0.1, func(term, _ map[string]any) { term["sigma"] = 2.0 }, 0.5,
+			"schema", "map.reference.knn_sigma"},
 		{"a layers graph not listed", []string{""}, 0.1, func(term, files map[string]any) { withLayersGraph(term, files); delete(files, "knn_layers.onnx") }, nil, "schema", "map.knn.layers_graph"},
 		{"a layers graph without layers", []string{""}, 0.1, func(term, files map[string]any) { withLayersGraph(term, files); delete(term, "layers") }, nil, "schema", "needs map.knn.layers"},
 		{"a layers graph fed a layer the features lack", []string{""}, 0.1, func(term, files map[string]any) {

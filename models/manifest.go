@@ -267,7 +267,7 @@ type PixelTerm struct {
 	Sigma *float64 `json:"sigma,omitempty"`
 }
 
-// MaxPixelSigma bounds PixelTerm.Sigma: a wider Gaussian than the map's own at any size the product runs is a
+// MaxPixelSigma bounds PixelTerm.Sigma and KnnTerm.Sigma: a wider Gaussian than the map's own at any size the product runs is a
 // mistake, and its kernel grows with it.
 const MaxPixelSigma = 64
 
@@ -294,6 +294,9 @@ type MapReference struct {
 	PixelSigma *float64 `json:"pixel_sigma,omitempty"`
 	// KnnWeight is map.knn.weight when the reference was measured (0 without the term), for the same reason.
 	KnnWeight float64 `json:"knn_weight,omitempty"`
+	// KnnSigma is the nearest-normal term's smoothing sigma when the reference was measured with one of its own
+	// (absent: map.sigma), for the same reason.
+	KnnSigma *float64 `json:"knn_sigma,omitempty"`
 }
 
 // NoiseCount is the start-noise count the reference was measured with: Noises, at least 1.

@@ -21,12 +21,14 @@ type knnInput struct {
 	dist   []float32
 	h, w   int
 	weight float64
+	sigma  float64 // the Gaussian that smooths it in the map (map.knn.sigma, else the map's)
 }
 
 // knnMaps is a batch's distances: frame i's are dist[i*h*w : (i+1)*h*w].
 type knnMaps struct {
-	dist []float32
-	h, w int
+	dist  []float32
+	h, w  int
+	sigma float64 // map.knn's smoothing sigma (models.KnnTerm.SmoothingSigma)
 }
 
 // frame returns frame i's term with the given weight; nil without distances or at weight 0.
@@ -35,7 +37,7 @@ func (k *knnMaps) frame(i int, weight float64) *knnInput {
 		return nil
 	}
 	n := k.h * k.w
-	return &knnInput{dist: k.dist[i*n : (i+1)*n], h: k.h, w: k.w, weight: weight}
+	return &knnInput{dist: k.dist[i*n : (i+1)*n], h: k.h, w: k.w, weight: weight, sigma: k.sigma}
 }
 
 // knnWeight is the weight of the nearest-normal term in the map: map.knn.weight, 0 without the term.
@@ -107,7 +109,7 @@ func (s *Scorer) knnDistances(x []float32, feats []layerOutput, reqs []Request) 
 	if len(d) != B*t.Height*t.Width {
 		return nil, fmt.Errorf("knn graph produced distances of shape %v, want [%d 1 %d %d]", shapes[1], B, t.Height, t.Width)
 	}
-	return &knnMaps{dist: d, h: t.Height, w: t.Width}, nil
+	return &knnMaps{dist: d, h: t.Height, w: t.Width, sigma: t.SmoothingSigma(s.m.Map.Sigma)}, nil
 }
 
 // knnInputs is the knn graph's input before the bank: the frames x, or with the layers graph each of the term's

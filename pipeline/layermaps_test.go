@@ -203,3 +203,61 @@ func TestPixelSigmasMatchTheTermsOwn(t *testing.T) {
 		}
 	}
 }
+
+// TestKnnSigmasMatchTheTermsOwn: with Options.KnnSigmas every result carries the nearest-normal term's map
+// smoothed at each sigma, and each equals the KnnMap of the same bundle whose term is smoothed at that sigma
+// (map.knn.sigma), whose Map then differs from the bundle's at the map's sigma. Sigmas the scorer cannot give are
+// refused when it opens.
+func TestKnnSigmasMatchTheTermsOwn(t *testing.T) {
+	dir := t.TempDir()
+	reqs := []Request{{Image: testImage(256, 256, 3), Class: "widget"}, {Image: testImage(300, 200, 11)}}
+	base := filepath.Join(dir, "map-sigma")
+	copyDir(t, fixtureBundle, base)
+	addKnnTerm(t, base, 0.7, false)
+	sigmas := []float64{0, 1.5}
+	got := scoreOnce(t, base, Options{Providers: []string{"cpu"}, Threads: 2, KnnMap: true, KnnSigmas: sigmas}, reqs)
+	for k, sigma := range sigmas {
+		own := filepath.Join(dir, fmt.Sprintf("sigma-%d", k))
+		copyDir(t, base, own)
+		editBundleJSON(t, own, func(m map[string]any) { m["map"].(map[string]any)["knn"].(map[string]any)["sigma"] = sigma })
+		want := scoreOnce(t, own, Options{Providers: []string{"cpu"}, Threads: 2, KnnMap: true}, reqs)
+		for f := range reqs {
+			if got[f].Err != nil || want[f].Err != nil {
+				t.Fatal(got[f].Err, want[f].Err)
+			}
+			if len(got[f].KnnMaps) != len(sigmas) || len(got[f].KnnMaps[k]) != len(want[f].KnnMap) {
+				t.Fatalf("sigma %g, frame %d: %d term maps, want %d of %d values", sigma, f, len(got[f].KnnMaps), len(sigmas), len(want[f].KnnMap))
+			}
+			worst, scale, apart, moved := 0.0, 0.0, 0.0, 0.0
+			for i, v := range want[f].KnnMap {
+				worst = math.Max(worst, math.Abs(float64(v-got[f].KnnMaps[k][i])))
+				scale = math.Max(scale, math.Abs(float64(v)))
+				apart = math.Max(apart, math.Abs(float64(v-got[f].KnnMap[i])))
+				moved = math.Max(moved, math.Abs(float64(want[f].Map[i]-got[f].Map[i])))
+			}
+			if worst > 1e-6*math.Max(scale, 1e-3) {
+				t.Errorf("sigma %g, frame %d: the term's map differs from a bundle smoothing it at that sigma by %g (scale %g)", sigma, f, worst, scale)
+			}
+			if apart < 1e-4 || moved < 1e-4 {
+				t.Errorf("sigma %g, frame %d: the term's map (%g apart) or the frame's map (%g apart) is the same as at the map's sigma: the term's own sigma was not applied", sigma, f, apart, moved)
+			}
+		}
+	}
+	for _, c := range []struct {
+		dir  string
+		opt  Options
+		want string
+	}{
+		{base, Options{KnnSigmas: []float64{1}}, "KnnMap"},
+		{base, Options{KnnMap: true, KnnSigmas: []float64{-1}}, "0..64"},
+		{fixtureBundle, Options{LayerMaps: true, KnnSigmas: []float64{1}}, "no nearest-normal term"},
+	} {
+		c.opt.Providers = []string{"cpu"}
+		if s, err := Open(c.dir, c.opt); err == nil || !strings.Contains(err.Error(), c.want) {
+			if s != nil {
+				s.Close()
+			}
+			t.Errorf("options %+v: want an error containing %q, got %v", c.opt, c.want, err)
+		}
+	}
+}

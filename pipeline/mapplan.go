@@ -342,7 +342,7 @@ func pixelDistanceRows(x, mean []float32, n, lo, hi int, dst []float64) {
 
 // smoothedMapWith is smoothedAnomalyMap plus, when pix is set, the frame's distance to its mean frame times
 // pix.weight (docs/algorithm.md §1.9, "the mean-frame term"): one more map at full size in the same banded
-// product, smoothed with its own sigma (pix.sigma; the layers and the nearest-normal term with sigma), so the
+// product, smoothed with its own sigma (pix.sigma; the layers with sigma, the nearest-normal term with knn.sigma), so the
 // term costs its distance and its Gaussian alone; and, when knn
 // is set, the nearest-normal distances times knn.weight, one more low-resolution layer of the plan. With no
 // layers it is the terms' smoothed map alone. The layers hold ens reconstructions per frame, and the map is the
@@ -372,7 +372,7 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, fr
 		sc.chans = append(sc.chans, c)
 		total += h * w
 	}
-	knnL, more, err := sc.addTerms(pix, knn, H, W, sigma)
+	knnL, more, err := sc.addTerms(pix, knn, H, W)
 	if err != nil {
 		return nil, err
 	}
@@ -476,9 +476,9 @@ func (sc *mapScratch) rowCosts(p *mapPlan, layers []layerOutput, use int, tokens
 }
 
 // addTerms appends the map plan's layers of the mean-frame term (full size) and the nearest-normal term (the
-// knn graph's size, smoothed with sigma), when set, after the feature layers; it returns the nearest-normal
-// term's layer (-1: none) and the values they add.
-func (sc *mapScratch) addTerms(pix *pixelInput, knn *knnInput, H, W int, sigma float64) (knnL, total int, err error) {
+// knn graph's size), each smoothed with its own sigma, when set, after the feature layers; it returns the
+// nearest-normal term's layer (-1: none) and the values they add.
+func (sc *mapScratch) addTerms(pix *pixelInput, knn *knnInput, H, W int) (knnL, total int, err error) {
 	if pix != nil {
 		if len(pix.x) != 3*H*W || len(pix.mean) != 3*H*W {
 			return 0, 0, fmt.Errorf("mean-frame term: the frame has %d values and the mean frame %d, want 3x%dx%d", len(pix.x), len(pix.mean), H, W)
@@ -494,7 +494,7 @@ func (sc *mapScratch) addTerms(pix *pixelInput, knn *knnInput, H, W int, sigma f
 			return 0, 0, fmt.Errorf("nearest-normal term: %d distances for a %dx%d map", len(knn.dist), knn.h, knn.w)
 		}
 		knnL = len(sc.sizes)
-		sc.sizes = append(sc.sizes, layerSize{knn.h, knn.w, sigma})
+		sc.sizes = append(sc.sizes, layerSize{knn.h, knn.w, knn.sigma})
 		sc.wts = append(sc.wts, knn.weight)
 		sc.chans = append(sc.chans, 1)
 		total += knn.h * knn.w

@@ -130,6 +130,13 @@ func TestParityWithPyTorchReference(t *testing.T) {
 	knn := filepath.Join(dir, "knn-term")
 	copyDir(t, fixtureBundle, knn)
 	addKnnTerm(t, knn, 0.7, false)
+	// The same term smoothed with its own sigma (map.knn.sigma 1.5, the map's 5).
+	knnSharp := filepath.Join(dir, "knn-term-sigma")
+	copyDir(t, fixtureBundle, knnSharp)
+	addKnnTerm(t, knnSharp, 0.7, false)
+	editBundleJSON(t, knnSharp, func(m map[string]any) {
+		m["map"].(map[string]any)["knn"].(map[string]any)["sigma"] = 1.5
+	})
 	// The same term fed the frames' layer1 and layer2 from the feature graph (map.knn.layers_graph): Go runs the
 	// knn graph without its backbone, Python still the whole image graph.
 	knnLayers := filepath.Join(dir, "knn-term-layers")
@@ -159,6 +166,7 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		{"mean-frame term at its own sigma, class rows", pixelSharp, "widget", true, true, false},
 		{"nearest-normal term, global bank", knn, "", false, false, false},
 		{"nearest-normal term, class bank", knn, "widget", true, true, false},
+		{"nearest-normal term at its own sigma, class bank", knnSharp, "widget", true, false, false},
 		{"nearest-normal term fed the feature graph's layers, batch of all images", knnLayers, "widget", true, false, false},
 		{"nearest-normal term fed the feature graph's layers, one frame", knnLayers, "", false, true, false},
 	}

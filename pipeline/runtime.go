@@ -197,6 +197,10 @@ type Options struct {
 	// term's own: the select stage weighs the term's smoothing from one scoring pass. Each in
 	// 0..models.MaxPixelSigma.
 	PixelSigmas []float64
+	// KnnSigmas, with KnnMap or LayerMaps and a bundle with the nearest-normal term, has every result also carry
+	// the term's map smoothed at each of these sigmas (Result.KnnMaps), as PixelSigmas does for the mean-frame
+	// term. Each in 0..models.MaxPixelSigma.
+	KnnSigmas []float64
 	// StaticNoLayout optimises the static-shape denoiser sessions at the extended level, without ONNX Runtime's
 	// NCHWc layout pass: 80 fewer operators per small-preset step, but plain instead of blocked convolutions,
 	// and slower in the quiet interleaved runs (Scorer.staticNoLayout). Off (the zero value): ONNX Runtime's

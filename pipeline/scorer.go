@@ -89,6 +89,9 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 	if err := checkPixelSigmas(opt, m); err != nil {
 		return nil, err
 	}
+	if err := checkKnnSigmas(opt, m); err != nil {
+		return nil, err
+	}
 	if m.Diffusion.SeedPolicy == "fixed" {
 		s.fixedNoise = s.drawNoise(0)
 	}
@@ -213,6 +216,29 @@ func checkPixelSigmas(opt Options, m *models.Manifest) error {
 
 // PixelSigmas is Options.PixelSigmas: the sigmas at which every result also carries the mean-frame term's map.
 func (s *Scorer) PixelSigmas() []float64 { return s.opt.PixelSigmas }
+
+// checkKnnSigmas checks Options.KnnSigmas against the bundle: they need its nearest-normal term and a map.
+func checkKnnSigmas(opt Options, m *models.Manifest) error {
+	ss := opt.KnnSigmas
+	if len(ss) == 0 {
+		return nil
+	}
+	if !opt.KnnMap && !opt.LayerMaps {
+		return fmt.Errorf("nearest-normal term sigmas %v: they are the term's maps, and the scorer has neither Options.KnnMap nor LayerMaps", ss)
+	}
+	if m.Map.Knn == nil {
+		return fmt.Errorf("nearest-normal term sigmas %v: the bundle has no nearest-normal term (map.knn)", ss)
+	}
+	for _, v := range ss {
+		if !(v >= 0 && v <= models.MaxPixelSigma) || (v > 0 && !(m.Map.Truncate > 0)) {
+			return fmt.Errorf("nearest-normal term sigmas %v: want each in 0..%d (and map.truncate > 0)", ss, models.MaxPixelSigma)
+		}
+	}
+	return nil
+}
+
+// KnnSigmas is Options.KnnSigmas: the sigmas at which every result also carries the nearest-normal term's map.
+func (s *Scorer) KnnSigmas() []float64 { return s.opt.KnnSigmas }
 
 // NoisePrefixes is Options.NoisePrefixes: the start-noise counts whose layer maps every result also carries.
 func (s *Scorer) NoisePrefixes() []int { return s.opt.NoisePrefixes }

@@ -475,6 +475,15 @@ func (s *Scorer) mapsAndScores(feats []layerOutput, x []float32, knn *knnMaps, r
 				return nil, fmt.Errorf("the knn graph produced non-finite distances (NaN/Inf)")
 			}
 			results[i].KnnMap = f
+			for _, sigma := range s.opt.KnnSigmas {
+				k.sigma = sigma
+				m, err := smoothedMapWith(nil, nil, k, i, len(reqs), s.ens, s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+				if err != nil {
+					return nil, err
+				}
+				f, _ := finiteFloat32(m) // finite: the unsmoothed map was
+				results[i].KnnMaps = append(results[i].KnnMaps, f)
+			}
 		}
 	}
 	return results, nil

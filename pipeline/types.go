@@ -75,6 +75,8 @@ type Result struct {
 	// the term's own smoothed map with weight 1 and without the map reference, as PixelMap is the mean-frame
 	// term's.
 	KnnMap []float32 `json:"-"`
+	// KnnMaps, with Options.KnnSigmas, holds the same map smoothed at each of those sigmas, in their order.
+	KnnMaps [][]float32 `json:"-"`
 	// LatencyMS holds per-stage wall time in milliseconds (stage names: Stage* constants); for a batch, each
 	// frame carries the batch's stage time divided by the batch size.
 	LatencyMS map[string]float64 `json:"latency_ms"`

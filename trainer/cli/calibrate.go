@@ -22,7 +22,7 @@ func init() {
 }
 
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--pixel-sigma S] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--map-sigma S] [--start-step T] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--pixel-sigma S] [--knn-sigma S] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--map-sigma S] [--start-step T] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -72,15 +72,7 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := checkReference(*reference, region != nil, *dry); err != nil {
 		return err
 	}
-	factor, err := pixelFactorFlag(sf.Bundle, *pixel, *reference)
-	if err != nil {
-		return err
-	}
-	psigma, err := pixelSigmaFlag(*pixelSigma, *reference)
-	if err != nil {
-		return err
-	}
-	knnFactor, err := kf.resolve(sf.Bundle, *reference)
+	terms, err := termFlags(sf.Bundle, *pixel, *pixelSigma, &kf, *reference)
 	if err != nil {
 		return err
 	}
@@ -102,7 +94,7 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return err
 		}
 	case *reference == eval.ReferenceTrain:
-		if err := measureTrainReference(ctx, sf, df, &kf, items, classes, *refPer, factor, psigma, knnFactor, stderr); err != nil {
+		if err := measureTrainReference(ctx, sf, df, &kf, items, classes, *refPer, terms, stderr); err != nil {
 			return err
 		}
 	}
@@ -160,49 +152,66 @@ func checkReference(reference string, roi, dry bool) error {
 }
 
 // measureTrainReference measures the map reference on the training normals (at most perClass a class) with the
-// mean-frame term at factor (smoothed at sigma; nil: the bundle's) and the nearest-normal term at knnFactor,
-// building the latter first when the bundle has none.
-func measureTrainReference(ctx context.Context, sf scoreFlags, df dataFlags, kf *knnFlags, items []dataset.Item, classes []string, perClass int, factor float64, sigma *float64, knnFactor float64, stderr io.Writer) error {
+// terms t (eval.Terms), building the nearest-normal term first when the bundle has none.
+func measureTrainReference(ctx context.Context, sf scoreFlags, df dataFlags, kf *knnFlags, items []dataset.Item, classes []string, perClass int, t eval.Terms, stderr io.Writer) error {
 	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, classes, true), perClass)
 	if len(train) == 0 {
 		return fmt.Errorf("--reference train: no normal training images in %s", df.data)
 	}
-	if knnFactor > 0 {
+	if t.Knn > 0 {
 		if err := kf.ensure(ctx, sf.Bundle, items, classes, "train split of "+df.data, sf.Options(), stderr); err != nil {
 			return err
 		}
 	}
 	o := sf
 	o.NoReference, o.PixelMap, o.KnnMap, o.KnnLeaveOneOut = true, true, true, true
-	ref, err := eval.MeasureReference(ctx, sf.Bundle, o.Open, train, "train split of "+df.data, factor, sigma, knnFactor, eval.Options{BatchSize: df.batch, Progress: stderr})
+	ref, err := eval.MeasureReference(ctx, sf.Bundle, o.Open, train, "train split of "+df.data, t, eval.Options{BatchSize: df.batch, Progress: stderr})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "map reference: mean maps of %d training normals over %d classes written\n", len(train), len(ref.Classes)-1)
-	if factor > 0 {
-		fmt.Fprintf(stderr, "mean-frame term: %s, smoothed at sigma %g\n", eval.DescribePixel(factor, ref.PixelWeight), ref.PixelSigma)
+	if t.Pixel > 0 {
+		fmt.Fprintf(stderr, "mean-frame term: %s, smoothed at sigma %g\n", eval.DescribePixel(t.Pixel, ref.PixelWeight), ref.PixelSigma)
 	}
-	if knnFactor > 0 {
-		fmt.Fprintf(stderr, "nearest-normal term: %s\n", eval.DescribeKnn(knnFactor, ref.KnnWeight))
+	if t.Knn > 0 {
+		fmt.Fprintf(stderr, "nearest-normal term: %s, smoothed at sigma %g\n", eval.DescribeKnn(t.Knn, ref.KnnWeight), ref.KnnSigma)
 	}
 	return nil
 }
 
-// pixelSigmaFlag is --pixel-sigma: nil when absent (the bundle's term keeps its smoothing), which needs
-// --reference train when given (the term's weight and reference are measured at it).
-func pixelSigmaFlag(flag, reference string) (*float64, error) {
+// termFlags resolves the terms' flags into what the reference is measured with: --pixel-factor, --pixel-sigma,
+// --knn-factor and --knn-sigma, each absent one the bundle's own.
+func termFlags(bundle, pixel, pixelSigma string, kf *knnFlags, reference string) (eval.Terms, error) {
+	var t eval.Terms
+	var err error
+	if t.Pixel, err = pixelFactorFlag(bundle, pixel, reference); err != nil {
+		return t, err
+	}
+	if t.PixelSigma, err = sigmaFlag("--pixel-sigma", "mean-frame", pixelSigma, reference, eval.CheckPixelSigma); err != nil {
+		return t, err
+	}
+	if t.KnnSigma, err = sigmaFlag("--knn-sigma", "nearest-normal", kf.sigma, reference, eval.CheckKnnSigma); err != nil {
+		return t, err
+	}
+	t.Knn, err = kf.resolve(bundle, reference)
+	return t, err
+}
+
+// sigmaFlag is a term's --pixel-sigma or --knn-sigma: nil when absent (the bundle's term keeps its smoothing),
+// which needs --reference train when given (the term's weight and reference are measured at it).
+func sigmaFlag(name, term, flag, reference string, check func(float64) error) (*float64, error) {
 	if flag == "" {
 		return nil, nil
 	}
 	if reference != eval.ReferenceTrain {
-		return nil, fmt.Errorf("--pixel-sigma: the mean-frame term's weight and reference are measured at its smoothing on the training normals; give --reference train")
+		return nil, fmt.Errorf("%s: the %s term's weight and reference are measured at its smoothing on the training normals; give --reference train", name, term)
 	}
 	v, err := strconv.ParseFloat(flag, 64)
 	if err != nil {
-		return nil, fmt.Errorf("--pixel-sigma %q: not a number", flag)
+		return nil, fmt.Errorf("%s %q: not a number", name, flag)
 	}
-	if err := eval.CheckPixelSigma(v); err != nil {
-		return nil, fmt.Errorf("--pixel-sigma: %w", err)
+	if err := check(v); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return &v, nil
 }

@@ -18,6 +18,7 @@ import (
 // knnFlags are vlmdiff calibrate's nearest-normal term flags (docs/algorithm.md §1.9).
 type knnFlags struct {
 	factor, backbone, layers, sampling, python, trainerDir string
+	sigma                                                  string // --knn-sigma, resolved by sigmaFlag
 	dims, bank                                             int
 	isolated                                               float64
 	// recipe lists the bank recipe's flags given on the command line (--knn-layers, -dims, -bank, -sampling,
@@ -28,6 +29,9 @@ type knnFlags struct {
 func (k *knnFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.factor, "knn-factor", "", "with --reference train: the nearest-normal term's size relative to the feature map's (0 removes it; absent: keep the bundle's). "+
 		"Adds each position's distance to the nearest normal feature vector of its class (docs/algorithm.md §1.9); a bundle without the term builds it from --knn-backbone")
+	fs.StringVar(&k.sigma, "knn-sigma", "", "with --reference train: the Gaussian sigma, in map pixels, that smooths the nearest-normal term's map (0: none; absent: keep the "+
+		"bundle's, the map's sigma for a new term). The term's vectors are 3 x 3 averages of cells a few pixels wide already; a smaller sigma keeps small "+
+		"defects sharp (docs/algorithm.md §1.9, \"The nearest-normal term's own smoothing\")")
 	fs.StringVar(&k.backbone, "knn-backbone", "", "ONNX feature backbone of the nearest-normal term (e.g. mobilenetv2_fp32_features.onnx): builds the term, anew when the bundle has one")
 	fs.StringVar(&k.layers, "knn-layers", "", "its layers, finest first, comma-separated (e.g. block2,block5)")
 	fs.IntVar(&k.dims, "knn-dims", 0, "values per vector (0: every channel of the layers)")

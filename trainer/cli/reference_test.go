@@ -359,6 +359,7 @@ func TestCalibrateKnnFactor(t *testing.T) {
 	if code, _, stderr := run(append(base, "--reference", "train")...); code != 0 || !strings.Contains(stderr, "nearest-normal term: factor 1") {
 		t.Fatalf("calibrate --reference train keeping the term: exit %d\n%s", code, stderr)
 	}
+	checkKnnSigmaFlag(t, base, bundle)
 	// built on the bundle's own feature graph (a copy of it), the scorer feeds the term that graph's layers
 	own := filepath.Join(t.TempDir(), "own-features.onnx")
 	if err := fsutil.CopyFile(filepath.Join(bundle, b.Manifest.Graphs[models.RoleFeatures].File), own); err != nil {
@@ -370,6 +371,9 @@ func TestCalibrateKnnFactor(t *testing.T) {
 	}
 	if b, err = models.Load(bundle); err != nil || b.Manifest.Map.Knn.LayersGraph != eval.KnnLayersGraphFile {
 		t.Fatalf("after a build on the bundle's own feature graph: %v, map.knn %+v", err, b.Manifest.Map.Knn)
+	}
+	if k := b.Manifest.Map.Knn; k.Sigma == nil || *k.Sigma != 0.5 || !strings.Contains(stderr, "smoothed at sigma 0.5") {
+		t.Errorf("the banks built anew dropped the term's own smoothing: map.knn.sigma %v", k.Sigma)
 	}
 	// a layer of the term leaves features.layers: the term runs on the image again, its banks kept
 	if code, _, stderr := run(append(base, "--reference", "train", "--feature-weights", "layer1=1,layer2=0")...); code != 0 {
@@ -518,6 +522,35 @@ func TestCalibratePixelFactor(t *testing.T) {
 	} {
 		if code, _, stderr := run(append(base, tc.args...)...); code == 0 || !strings.Contains(stderr, tc.want) {
 			t.Errorf("calibrate %v: exit %d, want an error naming %q\n%s", tc.args, code, tc.want, stderr)
+		}
+	}
+}
+
+// checkKnnSigmaFlag: --knn-sigma writes the term's own smoothing into the term and its reference (base: the
+// calibrate command on a bundle with the term), a later run without the flag keeps it, and bad uses are refused
+// by name.
+func checkKnnSigmaFlag(t *testing.T, base []string, bundle string) {
+	t.Helper()
+	run := cliRun
+	if code, _, stderr := run(append(base, "--reference", "train", "--knn-sigma", "0.5")...); code != 0 || !strings.Contains(stderr, "smoothed at sigma 0.5") {
+		t.Fatalf("calibrate --knn-sigma 0.5: exit %d\n%s", code, stderr)
+	}
+	if code, _, stderr := run(append(base, "--reference", "train")...); code != 0 || !strings.Contains(stderr, "smoothed at sigma 0.5") {
+		t.Fatalf("calibrate --reference train keeping the term's smoothing: exit %d\n%s", code, stderr)
+	}
+	if b, err := models.Load(bundle); err != nil || b.Manifest.Map.Knn.Sigma == nil || *b.Manifest.Map.Knn.Sigma != 0.5 ||
+		b.Manifest.Map.Reference.KnnSigma == nil || *b.Manifest.Map.Reference.KnnSigma != 0.5 {
+		t.Fatalf("after --knn-sigma 0.5: %v, map.knn %+v", err, b.Manifest.Map)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--knn-sigma", "1"}, "--knn-sigma: the nearest-normal term's weight"},
+		{[]string{"--reference", "train", "--knn-sigma", "-1"}, "want 0 (no smoothing) to 64"},
+	} {
+		if code, _, stderr := run(append(base, c.args...)...); code == 0 || !strings.Contains(stderr, c.want) {
+			t.Errorf("calibrate %v: exit %d, want %q\n%s", c.args, code, c.want, stderr)
 		}
 	}
 }

@@ -510,8 +510,9 @@ func sqDist4InOrder(a, b, c, e, sel []float32) (float32, float32, float32, float
 }
 
 // WriteKnn stores a built term in the bundle: the graph (copied from graphPath unless it is the bundle's own
-// file), the banks, their sources and map.knn with the factor and weight 0, or removes the term when kb is nil. A
-// map reference measured with the term at another weight is removed in the same write (as WritePixel does).
+// file), the banks, their sources and map.knn with the factor and weight 0 (and the earlier term's own smoothing,
+// map.knn.sigma), or removes the term when kb is nil. A map reference measured with the term at another weight
+// is removed in the same write (as WritePixel does).
 func WriteKnn(bundleDir, graphPath string, kb *KnnBanks, spec KnnSpec, factor float64) error {
 	if err := CheckKnnFactor(factor); err != nil {
 		return err
@@ -526,10 +527,12 @@ func WriteKnn(bundleDir, graphPath string, kb *KnnBanks, spec KnnSpec, factor fl
 		}
 	}
 	return updateManifest(bundleDir, "nearest-normal term", func(m *models.Manifest) error {
+		var sigma *float64 // the term's own smoothing is a setting of the map, not of the banks: a rebuild keeps it
 		if old := m.Map.Knn; old != nil {
 			for _, f := range []string{old.Graph, old.Bank, old.Sources, old.LayersGraph} {
 				delete(m.Files, f)
 			}
+			sigma = old.Sigma
 		}
 		m.Map.Knn = nil
 		dropReference := func() error { return dropKnnReference(bundleDir, m) }
@@ -594,7 +597,7 @@ func WriteKnn(bundleDir, graphPath string, kb *KnnBanks, spec KnnSpec, factor fl
 		}
 		m.Map.Knn = &models.KnnTerm{Graph: KnnGraphFile, Bank: KnnBankFile, Sources: KnnSourcesFile, Classes: kb.Classes,
 			Size: kb.Size, Dims: kb.Dims, Height: kb.Height, Width: kb.Width, Layers: spec.Layers,
-			Backbone: filepath.Base(spec.Backbone), Sampling: spec.Sampling, Isolated: spec.Isolated, Images: kb.Images, Source: kb.Source, Factor: factor}
+			Backbone: filepath.Base(spec.Backbone), Sampling: spec.Sampling, Isolated: spec.Isolated, Images: kb.Images, Source: kb.Source, Factor: factor, Sigma: sigma}
 		if kb.LayersGraph != "" {
 			m.Map.Knn.LayersGraph = KnnLayersGraphFile
 		}
@@ -674,6 +677,43 @@ func SetKnnFactor(bundleDir string, factor float64) error {
 	})
 }
 
+// SetKnnSigma sets the smoothing sigma of the bundle's nearest-normal term (map.knn.sigma; nil: the map's). A map
+// reference measured with the term at another sigma is removed in the same write and the term's weight set back
+// to 0 (both were measured on the old smoothing), as SetPixelSigma does for the mean-frame term.
+func SetKnnSigma(bundleDir string, sigma *float64) error {
+	if sigma != nil {
+		if err := CheckKnnSigma(*sigma); err != nil {
+			return err
+		}
+	}
+	return updateManifest(bundleDir, "nearest-normal term sigma", func(m *models.Manifest) error {
+		t := m.Map.Knn
+		if t == nil {
+			return errors.New("the bundle has no nearest-normal term (map.knn)")
+		}
+		before := t.SmoothingSigma(m.Map.Sigma)
+		t.Sigma = nil
+		if sigma != nil {
+			v := *sigma
+			t.Sigma = &v
+		}
+		if t.SmoothingSigma(m.Map.Sigma) == before {
+			return nil
+		}
+		t.Weight = 0
+		return dropKnnReference(bundleDir, m)
+	})
+}
+
+// CheckKnnSigma checks a nearest-normal term sigma (calibrate.knn_sigma, select.knn_sigmas, vlmdiff calibrate
+// --knn-sigma): 0 (no smoothing) to models.MaxPixelSigma map pixels.
+func CheckKnnSigma(v float64) error {
+	if !(v >= 0 && v <= models.MaxPixelSigma) {
+		return fmt.Errorf("nearest-normal term sigma %v: want 0 (no smoothing) to %d map pixels", v, models.MaxPixelSigma)
+	}
+	return nil
+}
+
 // dropKnnReference removes a map reference measured with the nearest-normal term at a weight: the term is
 // changing, and the bundle scores raw maps until the reference is measured again.
 func dropKnnReference(bundleDir string, m *models.Manifest) error {
@@ -712,12 +752,13 @@ func KnnFactor(bundleDir string) (float64, error) {
 // class's mean map and term map and the spreads that size the term (as BuildReference measures them); then the
 // validation items are scored once, and for each factor every map is the bundle's map minus its class's
 // reference row plus weight x (the term's map minus its row), pooled as the scorer pools. It returns each
-// factor's mean metrics over the classes.
+// factor's mean metrics over the classes at each of the term's smoothings: out[k][f] is factor f with the
+// term's map at its own sigma (k = 0) or at the k-th of the scorer's pipeline.Options.KnnSigmas.
 //
 // A mean-frame term whose weight was never measured (its mean frames written by WriteMeanFrames, no reference
 // yet) is sized from the same pass of the reference normals, as BuildReference would size it from its own: so
 // the select stage needs no scoring pass of its own to measure it first.
-func WeighKnn(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.Item, factors []float64, opts Options) ([]metrics.Metrics, error) {
+func WeighKnn(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.Item, factors []float64, opts Options) ([][]metrics.Metrics, error) {
 	m := s.Manifest()
 	if m.Map.Knn == nil {
 		return nil, errors.New("nearest-normal term factors: the bundle has no term (map.knn)")
@@ -737,7 +778,12 @@ func WeighKnn(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.
 			size = t.Factor
 		}
 	}
-	whole, feat, term, pix := newClassSums(false), newClassSums(true), newClassSums(true), newClassSums(true)
+	nk := 1 + len(s.KnnSigmas())
+	whole, feat, pix := newClassSums(false), newClassSums(true), newClassSums(true)
+	terms := make([]*classSums, nk) // the term's maps at each sigma
+	for k := range terms {
+		terms[k] = newClassSums(true)
+	}
 	for _, r := range ref {
 		f, k, err := splitMaps(r, pw, kw)
 		if err != nil {
@@ -745,7 +791,9 @@ func WeighKnn(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.
 		}
 		whole.add(r.Item.Class, subtractScaled(r.Result.Map, k, kw))
 		feat.add(r.Item.Class, f)
-		term.add(r.Item.Class, k)
+		if err := addKnnMaps(terms, r); err != nil {
+			return nil, err
+		}
 		if size > 0 {
 			if len(r.Result.PixelMap) != len(f) {
 				return nil, fmt.Errorf("nearest-normal term factors: %s has no map of the mean-frame term (open the scorer with pipeline.Options.PixelMap)", r.Item.Path)
@@ -763,8 +811,8 @@ func WeighKnn(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.
 	}
 	for i := range res {
 		r := &res[i]
-		if len(r.Result.KnnMap) != len(r.Result.Map) {
-			return nil, fmt.Errorf("nearest-normal term factors: %s has no map of the term (open the scorer with pipeline.Options.KnnMap)", r.Item.Path)
+		if len(r.Result.KnnMap) != len(r.Result.Map) || len(r.Result.KnnMaps) != nk-1 {
+			return nil, fmt.Errorf("nearest-normal term factors: %s has no map of the term at each sigma (open the scorer with pipeline.Options.KnnMap)", r.Item.Path)
 		}
 		r.Result.Map = subtractScaled(r.Result.Map, r.Result.KnnMap, kw) // the map without the bundle's own term, once
 		if add != 0 {
@@ -779,7 +827,7 @@ func WeighKnn(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.
 			}
 		}
 	}
-	rows := map[string][2][]float64{} // each class's reference rows of the map and of the term
+	rows := map[string][]float64{} // each class's reference row of the map without the term
 	for _, c := range whole.classes() {
 		row := whole.mean(c)
 		if add != 0 {
@@ -787,33 +835,64 @@ func WeighKnn(ctx context.Context, s *pipeline.Scorer, reference, val []dataset.
 				row[i] += add * v
 			}
 		}
-		rows[c] = [2][]float64{row, term.mean(c)}
+		rows[c] = row
 	}
-	fs, ks := feat.std(), term.std()
-	out := make([]metrics.Metrics, len(factors))
-	for k, a := range factors {
-		w := pixelWeight(a, fs, ks)
-		scored := make([]ImageResult, len(res))
-		for j, r := range res {
-			row, ok := rows[r.Item.Class]
-			if !ok {
-				row = rows[""]
-			}
-			amap := make([]float32, len(r.Result.Map))
-			for i, v := range r.Result.Map {
-				amap[i] = float32(float64(v) - row[0][i] + w*(float64(r.Result.KnnMap[i])-row[1][i]))
-			}
-			scored[j] = r
-			scored[j].Result.Map = amap
-			scored[j].Result.RawScore = pipeline.PooledMax(amap, r.Result.MapHeight, r.Result.MapWidth, m.Score.PoolKernel, m.Score.PoolRepeat)
+	fs := feat.std()
+	out := make([][]metrics.Metrics, nk)
+	for k := range out {
+		out[k] = make([]metrics.Metrics, len(factors))
+		ks := terms[k].std()
+		trows := map[string][]float64{}
+		for c := range rows {
+			trows[c] = terms[k].mean(c)
 		}
-		rep, err := Metrics(scored)
-		if err != nil {
-			return nil, fmt.Errorf("nearest-normal term factor %g: %w", a, err)
+		for f, a := range factors {
+			rep, err := Metrics(withKnnTerm(res, rows, trows, k, pixelWeight(a, fs, ks), m.Score))
+			if err != nil {
+				return nil, fmt.Errorf("nearest-normal term factor %g: %w", a, err)
+			}
+			out[k][f] = rep.Mean
 		}
-		out[k] = rep.Mean
 	}
 	return out, nil
+}
+
+// addKnnMaps adds a reference normal's maps of the nearest-normal term at each sigma (its own, then
+// Result.KnnMaps) to the sums of each.
+func addKnnMaps(terms []*classSums, r ImageResult) error {
+	if len(r.Result.KnnMaps) != len(terms)-1 {
+		return fmt.Errorf("nearest-normal term factors: %s has no map of the term at each sigma (open the scorer with pipeline.Options.KnnSigmas)", r.Item.Path)
+	}
+	for k, km := range append([][]float32{r.Result.KnnMap}, r.Result.KnnMaps...) {
+		terms[k].add(r.Item.Class, km)
+	}
+	return nil
+}
+
+// withKnnTerm gives each validation result the map without the term minus its class's row (rows; the global
+// row for a class without one) plus w x (the term's map at its k-th sigma minus its class's row of that map,
+// trows), and its pooled score.
+func withKnnTerm(res []ImageResult, rows, trows map[string][]float64, k int, w float64, sc models.ScoreSpec) []ImageResult {
+	scored := make([]ImageResult, len(res))
+	for j, r := range res {
+		c := r.Item.Class
+		if _, ok := rows[c]; !ok {
+			c = ""
+		}
+		row, trow := rows[c], trows[c]
+		km := r.Result.KnnMap
+		if k > 0 {
+			km = r.Result.KnnMaps[k-1]
+		}
+		amap := make([]float32, len(r.Result.Map))
+		for i, v := range r.Result.Map {
+			amap[i] = float32(float64(v) - row[i] + w*(float64(km[i])-trow[i]))
+		}
+		scored[j] = r
+		scored[j].Result.Map = amap
+		scored[j].Result.RawScore = pipeline.PooledMax(amap, r.Result.MapHeight, r.Result.MapWidth, sc.PoolKernel, sc.PoolRepeat)
+	}
+	return scored
 }
 
 // splitMaps returns a reference normal's feature map (its map minus the mean-frame term at pixelWeight and the

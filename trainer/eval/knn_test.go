@@ -319,7 +319,7 @@ func TestKnnTermMatchesDefinition(t *testing.T) {
 	opt := cpu
 	opt.NoReference, opt.PixelMap, opt.KnnMap, opt.KnnLeaveOneOut = true, true, true, true
 	open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, opt) }
-	ref, err := MeasureReference(ctx, b, open, train, "train", 0, nil, 1, Options{})
+	ref, err := MeasureReference(ctx, b, open, train, "train", Terms{Knn: 1}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -502,9 +502,10 @@ func definedWeight(t *testing.T, b string, opt pipeline.Options, train []dataset
 }
 
 // TestWeighKnnMatchesBundles: WeighKnn's metrics for each factor are those of the bundle calibrated with that
-// factor (MeasureReference) and evaluated; factor 0 is the bundle without the term. With a mean-frame term whose
-// weight was never measured (only its frames written, as the select stage does), WeighKnn sizes it from its own
-// pass as MeasureReference sizes it.
+// factor (MeasureReference) and evaluated; factor 0 is the bundle without the term. The same for the term
+// smoothed at another sigma (pipeline.Options.KnnSigmas against a bundle with map.knn.sigma). With a mean-frame
+// term whose weight was never measured (only its frames written, as the select stage does), WeighKnn sizes it
+// from its own pass as MeasureReference sizes it.
 func TestWeighKnnMatchesBundles(t *testing.T) {
 	dir := t.TempDir()
 	train := pixelTrain(t, dir)
@@ -513,13 +514,16 @@ func TestWeighKnnMatchesBundles(t *testing.T) {
 	ctx := context.Background()
 	opt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2}
 	opt.NoReference, opt.PixelMap, opt.KnnMap, opt.KnnLeaveOneOut = true, true, true, true
+	sharp := 1.5
+	wopt := opt
+	wopt.KnnSigmas = []float64{sharp}
 	for _, pixel := range []float64{0, 0.5} {
 		base := filepath.Join(dir, fmt.Sprintf("pixel%g", pixel))
 		copyDir(t, knn, base)
 		if err := WriteMeanFrames(ctx, base, train, "train", pixel, nil); err != nil {
 			t.Fatal(err)
 		}
-		s, err := pipeline.Open(base, opt)
+		s, err := pipeline.Open(base, wopt)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -529,12 +533,28 @@ func TestWeighKnnMatchesBundles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for k, a := range factors {
-			b := filepath.Join(dir, fmt.Sprintf("pixel%g-f%d", pixel, k))
+		if len(mets) != 2 {
+			t.Fatalf("%d rows of metrics for the term's own sigma and one more", len(mets))
+		}
+		for i := range 2 * len(factors) {
+			at, k := i/len(factors), i%len(factors)
+			a := factors[k]
+			if at > 0 && a == 0 {
+				continue // no term: no smoothing of it
+			}
+			terms := Terms{Pixel: pixel, Knn: a}
+			if at > 0 {
+				terms.KnnSigma = &sharp
+			}
+			b := filepath.Join(dir, fmt.Sprintf("pixel%g-f%d-s%d", pixel, k, at))
 			copyDir(t, base, b)
 			open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, opt) }
-			if _, err := MeasureReference(ctx, b, open, train, "train", pixel, nil, a, Options{}); err != nil {
+			ref, err := MeasureReference(ctx, b, open, train, "train", terms, Options{})
+			if err != nil {
 				t.Fatal(err)
+			}
+			if a > 0 && ref.KnnSigma != []float64{openFixtureManifest(t, base).Map.Sigma, sharp}[at] {
+				t.Errorf("pixel %g, factor %g: the reference was measured with the term at sigma %g", pixel, a, ref.KnnSigma)
 			}
 			bs := openFixture(t, b)
 			bm := bs.Manifest()
@@ -549,12 +569,25 @@ func TestWeighKnnMatchesBundles(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, want := rep.Mean, mets[k]
+			got, want := rep.Mean, mets[at][k]
 			if !sameMetrics(got, want, 1e-3) {
-				t.Errorf("pixel %g, factor %g: WeighKnn's metrics %+v, the bundle's %+v", pixel, a, want, got)
+				t.Errorf("pixel %g, factor %g, smoothing %d: WeighKnn's metrics %+v, the bundle's %+v", pixel, a, at, want, got)
 			}
 		}
+		if mets[0][2] == mets[1][2] {
+			t.Errorf("pixel %g: the term at sigma %g scores as at the map's: the smoothing was not applied", pixel, sharp)
+		}
 	}
+}
+
+// openFixtureManifest reads the manifest of the bundle in dir.
+func openFixtureManifest(t *testing.T, dir string) *models.Manifest {
+	t.Helper()
+	m, err := models.ReadManifest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // TestKnnBundleErrors: a bank file of the wrong size, a missing bank, a factor without banks and a reference
@@ -681,7 +714,9 @@ func TestMapWeighingKnnMatchesWeighKnn(t *testing.T) {
 	}
 	weighed, _ := withMeanFrames(t, knn, filepath.Join(dir, "weighed"), train)
 	counts := []int{1, 2}
-	wopt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, KnnLeaveOneOut: true, Ensemble: 2, NoisePrefixes: counts, PixelSigmas: []float64{0}}
+	sharp := 1.5
+	wopt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, LayerMaps: true, KnnLeaveOneOut: true, Ensemble: 2, NoisePrefixes: counts, PixelSigmas: []float64{0},
+		KnnSigmas: []float64{sharp}}
 	s, err := pipeline.Open(weighed, wopt)
 	if err != nil {
 		t.Fatal(err)
@@ -710,7 +745,9 @@ func TestMapWeighingKnnMatchesWeighKnn(t *testing.T) {
 				t.Fatal(err)
 			}
 			opt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, NoReference: true, PixelMap: true, KnnMap: true, KnnLeaveOneOut: true, Ensemble: n}
-			one, err := pipeline.Open(base, opt)
+			kopt := opt
+			kopt.KnnSigmas = []float64{sharp}
+			one, err := pipeline.Open(base, kopt)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -719,28 +756,40 @@ func TestMapWeighingKnnMatchesWeighKnn(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for k, a := range factors {
-				g, e := got[k], want[k]
-				if !sameMetrics(g, e, 1e-4) {
-					t.Errorf("%s, %d noises, factor %g: from the weighing %+v, WeighKnn %+v", c.Name(), n, a, g, e)
+			if len(got) != 2 || len(want) != 2 || !slices.Equal(w.KnnSigmas(), []float64{man.Map.Sigma, sharp}) {
+				t.Fatalf("%s: %d and %d rows of metrics for the term's smoothings %v", c.Name(), len(got), len(want), w.KnnSigmas())
+			}
+			for at := range 2 {
+				for k, a := range factors {
+					g, e := got[at][k], want[at][k]
+					if !sameMetrics(g, e, 1e-4) {
+						t.Errorf("%s, %d noises, factor %g, smoothing %d: from the weighing %+v, WeighKnn %+v", c.Name(), n, a, at, g, e)
+					}
 				}
 			}
-			if got[0] == got[2] {
+			if got[0][0] == got[0][2] {
 				t.Errorf("%s, %d noises: factor 3 scores as factor 0: the term was not added", c.Name(), n)
 			}
-			// the reference of the recipe with the term at 3, from the weighing's sums and measured on a bundle
-			ref, err := w.Reference(j, c, 3, "train")
+			// the reference of the recipe with the term at 3 (at the map's sigma, then at sharp), from the
+			// weighing's sums and measured on a bundle
+			for at, ks := range []*float64{nil, &sharp} {
+				ref, err := w.Reference(j, c, 3, at, "train")
+				if err != nil {
+					t.Fatal(err)
+				}
+				b := filepath.Join(dir, fmt.Sprintf("cand%d-n%d-s%d", ci, n, at))
+				copyDir(t, base, b)
+				open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, opt) }
+				want2, err := MeasureReference(ctx, b, open, train, "train", Terms{Pixel: c.Pixel, Knn: 3, KnnSigma: ks}, Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				compareReferences(t, fmt.Sprintf("%s, %d noises, smoothing %d", c.Name(), n, at), ref, want2)
+			}
+			ref, err := w.Reference(j, c, 3, 0, "train")
 			if err != nil {
 				t.Fatal(err)
 			}
-			b := filepath.Join(dir, fmt.Sprintf("cand%d-n%d", ci, n))
-			copyDir(t, base, b)
-			open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, opt) }
-			want2, err := MeasureReference(ctx, b, open, train, "train", c.Pixel, nil, 3, Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			compareReferences(t, fmt.Sprintf("%s, %d noises", c.Name(), n), ref, want2)
 			saved := filepath.Join(dir, fmt.Sprintf("saved-%d-%d", ci, n))
 			if err := SaveReference(saved, ref); err != nil {
 				t.Fatal(err)
@@ -779,8 +828,8 @@ func compareReferences(t *testing.T, what string, got, want *Reference) {
 			want.Classes, want.Images, want.Noises, want.Source, want.Width, want.Height)
 		return
 	}
-	if got.PixelSigma != want.PixelSigma {
-		t.Errorf("%s: the mean-frame term smoothed at sigma %g, want %g", what, got.PixelSigma, want.PixelSigma)
+	if got.PixelSigma != want.PixelSigma || got.KnnSigma != want.KnnSigma {
+		t.Errorf("%s: the terms smoothed at sigma %g and %g, want %g and %g", what, got.PixelSigma, got.KnnSigma, want.PixelSigma, want.KnnSigma)
 	}
 	for _, p := range [][2]float64{{got.PixelWeight, want.PixelWeight}, {got.KnnWeight, want.KnnWeight}} {
 		if math.Abs(p[0]-p[1]) > 1e-4*math.Abs(p[1]) || (p[1] == 0) != (p[0] == 0) {

@@ -170,6 +170,7 @@ type MapWeighing struct {
 	res            []ImageResult
 	noises         []int     // each count's start noises
 	pixelSigmas    []float64 // the mean-frame term's sigma at each MapCandidate.PixelAt (the bundle's own first)
+	knnSigmas      []float64 // the nearest-normal term's sigma at each of WeighKnn's rows (the bundle's own first)
 	width, height  int       // the maps' size
 	kernel, repeat int
 	knn            bool // the reference sums and the maps include the nearest-normal term's
@@ -234,8 +235,8 @@ func WeighMapsAt(ctx context.Context, s *pipeline.Scorer, reference, val []datas
 		if pixel && (len(r.Result.PixelMap) == 0 || len(r.Result.PixelMaps) != len(sigmas)) {
 			return nil, fmt.Errorf("layer weights: %s has no map of the mean-frame term at each sigma", r.Item.Path)
 		}
-		if knn && len(r.Result.KnnMap) != len(viewMaps(r.Result, 0)[0]) {
-			return nil, fmt.Errorf("layer weights: %s has no map of the nearest-normal term", r.Item.Path)
+		if knn && (len(r.Result.KnnMap) != len(viewMaps(r.Result, 0)[0]) || len(r.Result.KnnMaps) != len(s.KnnSigmas())) {
+			return nil, fmt.Errorf("layer weights: %s has no map of the nearest-normal term at each sigma", r.Item.Path)
 		}
 		if r.Item.Mask != "" {
 			if r.Mask, err = ReadMask(r.Item.Mask, r.Result.MapWidth, r.Result.MapHeight); err != nil {
@@ -248,6 +249,9 @@ func WeighMapsAt(ctx context.Context, s *pipeline.Scorer, reference, val []datas
 		kernel: m.Score.PoolKernel, repeat: m.Score.PoolRepeat, knn: knn}
 	if t := m.Map.Pixel; t != nil {
 		w.pixelSigmas = append([]float64{t.SmoothingSigma(m.Map.Sigma)}, sigmas...)
+	}
+	if t := m.Map.Knn; t != nil && knn {
+		w.knnSigmas = append([]float64{t.SmoothingSigma(m.Map.Sigma)}, s.KnnSigmas()...)
 	}
 	if len(w.noises) == 0 {
 		w.noises = []int{s.Ensemble()}
@@ -262,7 +266,7 @@ func WeighMapsAt(ctx context.Context, s *pipeline.Scorer, reference, val []datas
 		if c.Pixel > 0 {
 			weight = pixelWeight(c.Pixel, ref.featureStd(c.Weights), ref.pixelStd(c.PixelAt))
 		}
-		rep, err := Metrics(weightedResults(res, v, c.Weights, weight, c.PixelAt, 0, ref, w.kernel, w.repeat))
+		rep, err := Metrics(weightedResults(res, v, c.Weights, weight, c.PixelAt, 0, 0, ref, w.kernel, w.repeat))
 		if err != nil {
 			return fmt.Errorf("layer weights %s: %w", c.Name(), err)
 		}
@@ -275,25 +279,30 @@ func WeighMapsAt(ctx context.Context, s *pipeline.Scorer, reference, val []datas
 	return w, nil
 }
 
-// WeighKnn ranks the nearest-normal term's factors on recipe c at the j-th count of the weighing, from its
-// pass: each map is the recipe's (its layers and mean-frame term, as WeighMapsAt weighed it) plus weight x (the
-// term's map minus its class's reference row), the weight sized as calibrate sizes it (BuildReference: factor x
-// the features' spread / the term's spread over the reference normals). These are the maps the package-level
-// WeighKnn gives on a bundle of that recipe, without scoring anything again. It returns each factor's mean
-// metrics over the classes.
-func (w *MapWeighing) WeighKnn(ctx context.Context, j int, c MapCandidate, factors []float64) ([]metrics.Metrics, error) {
+// WeighKnn ranks the nearest-normal term's factors and smoothings on recipe c at the j-th count of the
+// weighing, from its pass: each map is the recipe's (its layers and mean-frame term, as WeighMapsAt weighed it)
+// plus weight x (the term's map minus its class's reference row), the weight sized as calibrate sizes it
+// (BuildReference: factor x the features' spread / the term's spread over the reference normals). These are
+// the maps the package-level WeighKnn gives on a bundle of that recipe, without scoring anything again. It
+// returns each factor's mean metrics over the classes for each of the term's smoothings: out[k][f] is factor f
+// at the k-th of KnnSigmas.
+func (w *MapWeighing) WeighKnn(ctx context.Context, j int, c MapCandidate, factors []float64) ([][]metrics.Metrics, error) {
 	ref, fs, pw, err := w.recipe("nearest-normal term factors", j, c, true)
 	if err != nil {
 		return nil, err
 	}
-	ks := ref.knnStd()
-	out := make([]metrics.Metrics, len(factors))
-	err = parallelMetrics(ctx, len(factors), func(k int) error {
-		rep, err := Metrics(weightedResults(w.res, j, c.Weights, pw, c.PixelAt, pixelWeight(factors[k], fs, ks), ref, w.kernel, w.repeat))
+	nk := len(w.knnSigmas)
+	out := make([][]metrics.Metrics, nk)
+	for k := range out {
+		out[k] = make([]metrics.Metrics, len(factors))
+	}
+	err = parallelMetrics(ctx, nk*len(factors), func(i int) error {
+		k, f := i/len(factors), i%len(factors)
+		rep, err := Metrics(weightedResults(w.res, j, c.Weights, pw, c.PixelAt, pixelWeight(factors[f], fs, ref.knnStd(k)), k, ref, w.kernel, w.repeat))
 		if err != nil {
-			return fmt.Errorf("nearest-normal term factor %g: %w", factors[k], err)
+			return fmt.Errorf("nearest-normal term factor %g at sigma %g: %w", factors[f], w.knnSigmas[k], err)
 		}
-		out[k] = rep.Mean
+		out[k][f] = rep.Mean
 		return nil
 	})
 	if err != nil {
@@ -302,24 +311,33 @@ func (w *MapWeighing) WeighKnn(ctx context.Context, j int, c MapCandidate, facto
 	return out, nil
 }
 
+// KnnSigmas is the nearest-normal term's smoothing of each of WeighKnn's rows: the bundle's own, then
+// pipeline.Options.KnnSigmas; empty when the weighing has no maps of the term.
+func (w *MapWeighing) KnnSigmas() []float64 { return w.knnSigmas }
+
 // Reference is the map reference that MeasureReference measures, on the weighing's reference normals, for a
-// bundle of recipe c at the j-th count with the nearest-normal term at knnFactor (0: none), computed from the
+// bundle of recipe c at the j-th count with the nearest-normal term at knnFactor (0: none) smoothed at the
+// knnAt-th of KnnSigmas, computed from the
 // weighing's sums instead of another scoring pass: each class's row is the recipe's weighted mean layer maps plus
 // each term's weight x its mean map, each weight factor x the features' spread / the term's spread
 // (BuildReference). Every step after the feature distance is linear, so these are the rows a pass of that bundle
 // averages, up to float rounding. The calibrate stage writes it instead of measuring its own when the select
 // stage's choice is the bundle it calibrates.
-func (w *MapWeighing) Reference(j int, c MapCandidate, knnFactor float64, source string) (*Reference, error) {
+func (w *MapWeighing) Reference(j int, c MapCandidate, knnFactor float64, knnAt int, source string) (*Reference, error) {
 	ref, fs, pw, err := w.recipe("map reference", j, c, knnFactor > 0)
 	if err != nil {
 		return nil, err
+	}
+	if knnFactor > 0 && (knnAt < 0 || knnAt >= len(w.knnSigmas)) {
+		return nil, fmt.Errorf("map reference: the weighing did not measure the nearest-normal term at sigma number %d", knnAt)
 	}
 	out := &Reference{Width: w.width, Height: w.height, Source: source, Noises: w.noises[j], PixelWeight: pw}
 	if pw != 0 {
 		out.PixelSigma = w.pixelSigmas[c.PixelAt]
 	}
 	if knnFactor > 0 {
-		out.KnnWeight = pixelWeight(knnFactor, fs, ref.knnStd())
+		out.KnnWeight = pixelWeight(knnFactor, fs, ref.knnStd(knnAt))
+		out.KnnSigma = w.knnSigmas[knnAt]
 	}
 	out.Classes = slices.Sorted(maps.Keys(ref.mean))
 	for _, cl := range out.Classes {
@@ -334,7 +352,7 @@ func (w *MapWeighing) Reference(j int, c MapCandidate, knnFactor float64, source
 				v += out.PixelWeight * ref.pix[c.PixelAt].mean[cl][i]
 			}
 			if out.KnnWeight != 0 {
-				v += out.KnnWeight * ref.knn.mean[cl][i]
+				v += out.KnnWeight * ref.knn[knnAt].mean[cl][i]
 			}
 			row[i] = float32(v)
 		}
@@ -415,7 +433,7 @@ type layerRef struct {
 	mean  map[string][][]float64 // class -> layer -> mean map
 	cross map[string][][]float64 // class -> pair (l <= m, row-major upper triangle) -> sum of products
 	pix   []termSums             // the mean-frame term's maps at each of its sigmas (MapCandidate.PixelAt; with the term)
-	knn   termSums               // the nearest-normal term's maps (with the term)
+	knn   []termSums             // the nearest-normal term's maps at each of its sigmas (MapWeighing.KnnSigmas; with the term)
 	n     map[string]int
 }
 
@@ -485,9 +503,9 @@ func (r *layerRef) pixelStd(k int) float64 {
 	return termStd(r.pix[k].mean, r.pix[k].sq, r.n)
 }
 
-// knnStd is the same spread for the nearest-normal term's maps.
-func (r *layerRef) knnStd() float64 {
-	return termStd(r.knn.mean, r.knn.sq, r.n)
+// knnStd is the same spread for the nearest-normal term's maps at its k-th sigma.
+func (r *layerRef) knnStd(k int) float64 {
+	return termStd(r.knn[k].mean, r.knn[k].sq, r.n)
 }
 
 // termStd is the pooled spread of a term's maps around their class means, from each class's mean map and sum
@@ -527,9 +545,12 @@ func layerReferences(ctx context.Context, s *pipeline.Scorer, normal []dataset.I
 		return refs, nil
 	}
 	for v := range refs {
-		refs[v] = &layerRef{mean: map[string][][]float64{}, cross: map[string][][]float64{}, knn: newTermSums(), n: map[string]int{}}
+		refs[v] = &layerRef{mean: map[string][][]float64{}, cross: map[string][][]float64{}, n: map[string]int{}}
 		for range 1 + len(s.PixelSigmas()) {
 			refs[v].pix = append(refs[v].pix, newTermSums())
+		}
+		for range 1 + len(s.KnnSigmas()) {
+			refs[v].knn = append(refs[v].knn, newTermSums())
 		}
 	}
 	for start := 0; start < len(normal); start += referenceChunk {
@@ -549,10 +570,10 @@ func layerReferences(ctx context.Context, s *pipeline.Scorer, normal []dataset.I
 						return nil, fmt.Errorf("per-layer map reference: %s has no map of the mean-frame term at each sigma", it.Item.Path)
 					}
 				}
-				var km []float32
+				var km [][]float32
 				if knn {
-					if km = it.Result.KnnMap; len(km) != len(lms[0]) {
-						return nil, fmt.Errorf("per-layer map reference: %s has no map of the nearest-normal term", it.Item.Path)
+					if km = knnTermMaps(it.Result); len(km) != len(r.knn) || len(km[0]) != len(lms[0]) {
+						return nil, fmt.Errorf("per-layer map reference: %s has no map of the nearest-normal term at each sigma", it.Item.Path)
 					}
 				}
 				r.add(it.Item.Class, lms, pms, km)
@@ -565,6 +586,12 @@ func layerReferences(ctx context.Context, s *pipeline.Scorer, normal []dataset.I
 	return refs, nil
 }
 
+// knnTermMaps is a result's maps of the nearest-normal term: at its own sigma, then at each of
+// pipeline.Options.KnnSigmas (MapWeighing.KnnSigmas' order).
+func knnTermMaps(r pipeline.Result) [][]float32 {
+	return append([][]float32{r.KnnMap}, r.KnnMaps...)
+}
+
 // termMaps is a result's maps of the mean-frame term: at its own sigma, then at each of
 // pipeline.Options.PixelSigmas (MapCandidate.PixelAt's order).
 func termMaps(r pipeline.Result) [][]float32 {
@@ -572,8 +599,9 @@ func termMaps(r pipeline.Result) [][]float32 {
 }
 
 // add adds one reference normal's layer maps (and the mean-frame term's maps at each sigma, when pixMaps is not
-// nil, and the nearest-normal term's, when knnMap is not nil) to its class's sums and to the global row's.
-func (r *layerRef) add(class string, lms [][]float32, pixMaps [][]float32, knnMap []float32) {
+// nil, and the nearest-normal term's at each sigma, when knnMaps is not nil) to its class's sums and to the
+// global row's.
+func (r *layerRef) add(class string, lms [][]float32, pixMaps [][]float32, knnMaps [][]float32) {
 	nl := len(lms)
 	pixel := pixMaps != nil
 	for _, c := range []string{class, ""} {
@@ -608,8 +636,8 @@ func (r *layerRef) add(class string, lms [][]float32, pixMaps [][]float32, knnMa
 				r.pix[k].add(c, pm)
 			}
 		}
-		if knnMap != nil {
-			r.knn.add(c, knnMap)
+		for k, km := range knnMaps {
+			r.knn[k].add(c, km)
 		}
 		r.n[c]++
 		if c == "" {
@@ -627,7 +655,7 @@ func (r *layerRef) finish() {
 				lm[i] *= inv
 			}
 		}
-		for _, t := range append(slices.Clone(r.pix), r.knn) {
+		for _, t := range slices.Concat(r.pix, r.knn) {
 			for i := range t.mean[c] {
 				t.mean[c][i] *= inv
 			}
@@ -638,24 +666,31 @@ func (r *layerRef) finish() {
 // weightedResults gives each validation result the map of layer weights w over its layer maps of view v
 // (viewMaps; minus the same weighting of its class's reference, else the global row, when ref is set), plus the
 // mean-frame term's map at its pixAt-th sigma (MapCandidate.PixelAt) minus its reference row times pixel (0: no
-// term), plus the nearest-normal term's minus its row times knn (0: no term), and that map's pooled score.
-func weightedResults(res []ImageResult, v int, w []float64, pixel float64, pixAt int, knn float64, ref *layerRef, kernel, repeat int) []ImageResult {
+// term), plus the nearest-normal term's at its knnAt-th sigma (MapWeighing.KnnSigmas) minus its row times knn (0:
+// no term), and that map's pooled score.
+func weightedResults(res []ImageResult, v int, w []float64, pixel float64, pixAt int, knn float64, knnAt int, ref *layerRef, kernel, repeat int) []ImageResult {
 	out := make([]ImageResult, len(res))
 	for j, r := range res {
 		lms := viewMaps(r.Result, v)
 		amap := make([]float32, len(lms[0]))
 		var rows [][]float64
 		var prow, krow []float64
-		var pmap []float32
+		var pmap, kmap []float32
 		if pixel != 0 {
 			pmap = termMaps(r.Result)[pixAt]
+		}
+		if knn != 0 {
+			kmap = knnTermMaps(r.Result)[knnAt]
 		}
 		if ref != nil {
 			c := r.Item.Class
 			if ref.mean[c] == nil {
 				c = ""
 			}
-			rows, krow = ref.mean[c], ref.knn.mean[c]
+			rows = ref.mean[c]
+			if knn != 0 {
+				krow = ref.knn[knnAt].mean[c]
+			}
 			if pixel != 0 {
 				prow = ref.pix[pixAt].mean[c]
 			}
@@ -680,7 +715,7 @@ func weightedResults(res []ImageResult, v int, w []float64, pixel float64, pixAt
 				v += pixel * x
 			}
 			if knn != 0 {
-				x := float64(r.Result.KnnMap[i])
+				x := float64(kmap[i])
 				if krow != nil {
 					x -= krow[i]
 				}

@@ -98,7 +98,7 @@ func TestWeighLayersMatchesBundles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := weightedResults(res, 0, w, 0, 0, 0, ref, man.Score.PoolKernel, man.Score.PoolRepeat)
+		want := weightedResults(res, 0, w, 0, 0, 0, 0, ref, man.Score.PoolKernel, man.Score.PoolRepeat)
 		worst, scale := 0.0, 0.0
 		for j := range got {
 			for i, v := range got[j].Result.Map {

@@ -267,20 +267,22 @@ func pixelWeight(factor, featureStd, termStd float64) float64 {
 	return factor * featureStd / termStd
 }
 
-// MeasureReference measures a bundle's map reference on the normal items and writes it, with the mean-frame
-// term at factor (0: no term) smoothed at sigma (WriteMeanFrames) and the nearest-normal term at knnFactor (0:
-// none; above 0 the bundle must have its banks, AddKnn): the mean frames first (no model), then one scoring pass
-// that measures the reference and the terms' weights together (BuildReference). open opens the bundle as it is
-// on disk at that point; it must set pipeline.Options.NoReference, PixelMap, KnnMap and KnnLeaveOneOut.
-func MeasureReference(ctx context.Context, bundleDir string, open func() (*pipeline.Scorer, error), normal []dataset.Item, source string, factor float64, sigma *float64, knnFactor float64, opts Options) (*Reference, error) {
-	if err := CheckPixelFactor(factor); err != nil {
-		return nil, err
-	}
-	// the nearest-normal term's banks are built beforehand (AddKnn); here only its factor is set, 0 removing it
-	if err := SetKnnFactor(bundleDir, knnFactor); err != nil {
-		return nil, err
-	}
-	if err := WriteMeanFrames(ctx, bundleDir, normal, source, factor, sigma); err != nil {
+// Terms is what MeasureReference measures the map reference with: the mean-frame term at Pixel (0: no term),
+// smoothed at PixelSigma (nil: the bundle's term's, the map's for a new term), and the nearest-normal term at
+// Knn (0: none; above 0 the bundle must have its banks, AddKnn), smoothed at KnnSigma (nil: the bundle's).
+type Terms struct {
+	Pixel      float64
+	PixelSigma *float64
+	Knn        float64
+	KnnSigma   *float64
+}
+
+// MeasureReference measures a bundle's map reference on the normal items and writes it, with the terms t: the
+// mean frames first (WriteMeanFrames, no model), then one scoring pass that measures the reference and the
+// terms' weights together (BuildReference). open opens the bundle as it is on disk at that point; it must set
+// pipeline.Options.NoReference, PixelMap, KnnMap and KnnLeaveOneOut.
+func MeasureReference(ctx context.Context, bundleDir string, open func() (*pipeline.Scorer, error), normal []dataset.Item, source string, t Terms, opts Options) (*Reference, error) {
+	if err := ApplyTerms(ctx, bundleDir, normal, source, t); err != nil {
 		return nil, err
 	}
 	s, err := open()
@@ -296,6 +298,24 @@ func MeasureReference(ctx context.Context, bundleDir string, open func() (*pipel
 		return nil, err
 	}
 	return ref, nil
+}
+
+// ApplyTerms writes the terms t into the bundle before its reference is measured or written (their weights not
+// yet measured): the nearest-normal term's factor (0 removes it; its banks are built beforehand, AddKnn) and
+// smoothing, and the mean-frame term with the mean frames of the normal items (WriteMeanFrames).
+func ApplyTerms(ctx context.Context, bundleDir string, normal []dataset.Item, source string, t Terms) error {
+	if err := CheckPixelFactor(t.Pixel); err != nil {
+		return err
+	}
+	if err := SetKnnFactor(bundleDir, t.Knn); err != nil {
+		return err
+	}
+	if t.Knn > 0 && t.KnnSigma != nil {
+		if err := SetKnnSigma(bundleDir, t.KnnSigma); err != nil {
+			return err
+		}
+	}
+	return WriteMeanFrames(ctx, bundleDir, normal, source, t.Pixel, t.PixelSigma)
 }
 
 // WriteMeanFrames writes the mean-frame term at factor into the bundle with the mean frames of the normal items

@@ -175,7 +175,7 @@ func TestWeighMapsWithPixelTermMatchesBundles(t *testing.T) {
 		raw := cpu
 		raw.NoReference, raw.PixelMap = true, true
 		open := func() (*pipeline.Scorer, error) { return pipeline.Open(b, raw) }
-		r, err := MeasureReference(ctx, b, open, train, "train", c.Pixel, nil, 0, Options{})
+		r, err := MeasureReference(ctx, b, open, train, "train", Terms{Pixel: c.Pixel}, Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -199,7 +199,7 @@ func TestWeighMapsWithPixelTermMatchesBundles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := weightedResults(res, 0, c.Weights, weight, c.PixelAt, 0, ref, man.Score.PoolKernel, man.Score.PoolRepeat)
+		want := weightedResults(res, 0, c.Weights, weight, c.PixelAt, 0, 0, ref, man.Score.PoolKernel, man.Score.PoolRepeat)
 		worst, scale := 0.0, 0.0
 		for j := range got {
 			for i, v := range got[j].Result.Map {

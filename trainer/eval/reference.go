@@ -48,6 +48,9 @@ type Reference struct {
 	PixelSigma float64
 	// KnnWeight is the nearest-normal term's measured weight (map.knn.weight), sized the same way.
 	KnnWeight float64
+	// KnnSigma is the sigma the nearest-normal term's maps were smoothed at (models.KnnTerm.SmoothingSigma; with
+	// the term), as PixelSigma is the mean-frame term's.
+	KnnSigma float64
 }
 
 // ReferenceItems picks at most perClass normal items of each class, evenly spread over the class's items in
@@ -141,6 +144,7 @@ func BuildReference(ctx context.Context, s *pipeline.Scorer, normal []dataset.It
 	}
 	if kfactor > 0 {
 		ref.KnnWeight = pixelWeight(kfactor, feat.std(), knn.std())
+		ref.KnnSigma = m.Map.Knn.SmoothingSigma(m.Map.Sigma)
 	}
 	for _, c := range ref.Classes {
 		row := make([]float32, W*H)
@@ -181,6 +185,9 @@ func WriteReference(bundleDir string, ref *Reference) error {
 		}
 		if ref != nil && ref.KnnWeight != 0 && m.Map.Knn == nil {
 			return fmt.Errorf("measured with the nearest-normal term at weight %g, but the bundle has no term", ref.KnnWeight)
+		}
+		if t := m.Map.Knn; ref != nil && ref.KnnWeight != 0 && t != nil && ref.KnnSigma != t.SmoothingSigma(m.Map.Sigma) {
+			return fmt.Errorf("measured with the nearest-normal term smoothed at sigma %g, but the bundle smooths it at %g", ref.KnnSigma, t.SmoothingSigma(m.Map.Sigma))
 		}
 		if old := m.Map.Reference; old != nil {
 			delete(m.Files, old.File)
@@ -229,6 +236,10 @@ func WriteReference(bundleDir string, ref *Reference) error {
 		if t := m.Map.Knn; t != nil {
 			t.Weight = ref.KnnWeight
 			m.Map.Reference.KnnWeight = ref.KnnWeight
+			if t.Sigma != nil && ref.KnnWeight != 0 {
+				sigma := *t.Sigma
+				m.Map.Reference.KnnSigma = &sigma
+			}
 		}
 		setEnsemble(m, ref.Noises)
 		return nil

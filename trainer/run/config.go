@@ -176,6 +176,13 @@ type SelectConfig struct {
 	// together with the factors, e.g. [0, 0.1]: each builds its banks anew and takes one more scoring pass of the
 	// reference normals and the painted set. Empty (default): calibrate.knn.isolated alone.
 	KnnIsolated []float64 `yaml:"knn_isolated" json:",omitempty"`
+	// KnnSigmas, when set with KnnFactors, are smoothings of the nearest-normal term's map (Gaussian sigmas in
+	// map pixels, models.KnnTerm.Sigma) weighed besides the term's own (calibrate.knn_sigma, else the map's)
+	// with every factor, from the same scoring pass, e.g. [2, 3]. The term's vectors are 3 x 3 averages of
+	// cells a few pixels wide already, and the map's Gaussian widens them again. The best factor at any of
+	// these sigmas must still lead factor 0 by MinGain (a sigma costs nothing when scoring, so the best row
+	// wins, as with select.pixel_sigmas). Empty (default): the term's own alone.
+	KnnSigmas []float64 `yaml:"knn_sigmas" json:",omitempty"`
 	// Smoothing, when set, are multiples of the export's map sigma (docs/algorithm.md §1.9: 5 px at 256 px,
 	// scaled with the input size) the stage weighs last, on everything chosen before, e.g. [0.5, 0.75, 1]: each
 	// takes one scoring pass of the reference normals (its reference and terms' weights) and of the painted set.
@@ -234,6 +241,10 @@ type CalibrateConfig struct {
 	// KnnFactor is the nearest-normal term's size (models.KnnTerm.Factor; 0, the default: no term), unless the
 	// select stage chose one (select.knn_factors). Needs reference train and Knn.
 	KnnFactor float64 `yaml:"knn_factor" json:",omitempty"`
+	// KnnSigma is the Gaussian sigma, in map pixels, that smooths the nearest-normal term's map
+	// (models.KnnTerm.Sigma), unless the select stage chose another (select.knn_sigmas). Absent (default): the
+	// map's sigma, as before the field.
+	KnnSigma *float64 `yaml:"knn_sigma" json:",omitempty"`
 	// Knn says how the nearest-normal term is built (docs/training.md, "The nearest-normal term").
 	Knn *KnnConfig `yaml:"knn" json:",omitempty"`
 }
@@ -520,6 +531,22 @@ func (c *Config) validateKnn(bad func(field, format string, args ...any)) {
 	}
 	if len(ki) > 0 && len(kf) == 0 {
 		bad("select.knn_isolated", "is weighed with the nearest-normal term's factors: it needs select.knn_factors")
+	}
+	if v := c.Calibrate.KnnSigma; v != nil {
+		if err := eval.CheckKnnSigma(*v); err != nil {
+			bad("calibrate.knn_sigma", "%v", err)
+		}
+	}
+	if ks := c.Select.KnnSigmas; len(ks) > 0 {
+		if len(kf) == 0 || slices.Max(kf) == 0 {
+			bad("select.knn_sigmas", "are the nearest-normal term's smoothings, weighed with its factors: set select.knn_factors with a factor above 0")
+		}
+		for i, v := range ks {
+			if eval.CheckKnnSigma(v) != nil || (i > 0 && v <= ks[i-1]) {
+				bad("select.knn_sigmas", "%v: want increasing sigmas in 0..%d map pixels", ks, models.MaxPixelSigma)
+				break
+			}
+		}
 	}
 	if c.Calibrate.KnnFactor == 0 && len(kf) == 0 {
 		return

@@ -127,7 +127,7 @@ func backbone(t *testing.T) string {
 // floating-point differences alone. 80 and 120 steps (the denoiser stage is seconds; the select stage dominates
 // the test's time) gave 0.903 and 0.941 there, a margin that numerics do not eat.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  pixel_sigmas: [0]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  start_steps: [999, 301]\n  smoothing: [0.5, 1]\n", 2)
+	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  pixel_sigmas: [0]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  knn_sigmas: [0.5]\n  start_steps: [999, 301]\n  smoothing: [0.5, 1]\n", 2)
 }
 
 // checkStartSelection: the select stage weighed the start steps (the export's own 999 and 301) on the recipe it
@@ -209,14 +209,15 @@ func checkSmoothingSelection(t *testing.T, runDir string, m *models.Manifest) {
 // nearest-normal term's backbone in the end-to-end test, where no pretrained one may be assumed.
 const knnBackbone = "../../models/testdata/fixture/features.onnx"
 
-// checkKnnSelection: the select stage weighed the nearest-normal term's factors with each isolated fraction
-// (factor 0 first and once, every metric a fraction), and the bundle has the term exactly when it chose a factor
-// above 0, at that factor and with banks of the chosen fraction, with a measured weight that its reference was
-// measured with.
+// checkKnnSelection: the select stage weighed the nearest-normal term's factors with each isolated fraction,
+// each at the term's own smoothing and at select.knn_sigmas' 0.5 (factor 0 first and once, every metric a
+// fraction), and the bundle has the term exactly when it chose a factor above 0, at that factor, with banks of
+// the chosen fraction and the chosen smoothing, with a measured weight that its reference was measured with.
 func checkKnnSelection(t *testing.T, runDir string, m *models.Manifest) {
 	t.Helper()
 	rows := readCSV(t, filepath.Join(runDir, "select", run.KnnFile))
-	want := []string{"knn-0", "knn-1-isolated-0", "knn-4-isolated-0", "knn-1-isolated-0.1", "knn-4-isolated-0.1"}
+	want := []string{"knn-0", "knn-1-isolated-0", "knn-4-isolated-0", "knn-1-isolated-0@0.5", "knn-4-isolated-0@0.5",
+		"knn-1-isolated-0.1", "knn-4-isolated-0.1", "knn-1-isolated-0.1@0.5", "knn-4-isolated-0.1@0.5"}
 	if len(rows) != len(want)+1 {
 		t.Fatalf("nearest-normal table %v: want rows %v", rows, want)
 	}
@@ -237,9 +238,19 @@ func checkKnnSelection(t *testing.T, runDir string, m *models.Manifest) {
 		return v
 	}
 	a, f := read(run.KnnChoiceFile), read(run.KnnIsolatedFile)
+	var sigma *float64 // the chosen smoothing when it is not the term's own
+	if _, err := os.Stat(filepath.Join(runDir, "select", run.KnnSigmaChoiceFile)); err == nil {
+		v := read(run.KnnSigmaChoiceFile)
+		sigma = &v
+	}
 	chosen := "knn-0"
 	if a > 0 {
 		chosen = "knn-" + strconv.FormatFloat(a, 'g', 4, 64) + "-isolated-" + strconv.FormatFloat(f, 'g', 4, 64)
+		if sigma != nil {
+			chosen += "@" + strconv.FormatFloat(*sigma, 'g', 4, 64)
+		}
+	} else if sigma != nil {
+		t.Errorf("no term chosen, but the stage recorded its smoothing %g", *sigma)
 	}
 	for _, r := range rows[1:] {
 		if (r[len(r)-1] == "true") != (r[0] == chosen) {
@@ -253,6 +264,15 @@ func checkKnnSelection(t *testing.T, runDir string, m *models.Manifest) {
 	}
 	if k != nil && (k.Factor != a || k.Isolated != f || !(k.Weight > 0) || m.Map.Reference.KnnWeight != k.Weight || k.Dims != 56) {
 		t.Fatalf("map.knn %+v, reference knn weight %g: want factor %g, isolated %g, a measured weight, 56 values", k, m.Map.Reference.KnnWeight, a, f)
+	}
+	if k != nil {
+		r := m.Map.Reference
+		if sigma == nil && (k.Sigma != nil || r.KnnSigma != nil) {
+			t.Errorf("the term's own smoothing chosen, but the bundle smooths it at %v (reference %v)", k.Sigma, r.KnnSigma)
+		}
+		if sigma != nil && (k.Sigma == nil || *k.Sigma != *sigma || r.KnnSigma == nil || *r.KnnSigma != *sigma) {
+			t.Errorf("the term smoothed at %g chosen, but the bundle smooths it at %v (reference %v)", *sigma, k.Sigma, r.KnnSigma)
+		}
 	}
 }
 
@@ -699,7 +719,7 @@ func checkSelectReference(t *testing.T, runDir, bundle string, m *models.Manifes
 	}
 	opt := pipeline.Options{Providers: []string{"cpu"}, Threads: 2, NoReference: true, PixelMap: true, KnnMap: true, KnnLeaveOneOut: true}
 	open := func() (*pipeline.Scorer, error) { return pipeline.Open(copyTo, opt) }
-	measured, err := eval.MeasureReference(context.Background(), copyTo, open, normal, m.Map.Reference.Source, pixel, nil, knn, eval.Options{BatchSize: 8})
+	measured, err := eval.MeasureReference(context.Background(), copyTo, open, normal, m.Map.Reference.Source, eval.Terms{Pixel: pixel, Knn: knn}, eval.Options{BatchSize: 8})
 	if err != nil {
 		t.Fatal(err)
 	}

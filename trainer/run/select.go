@@ -250,7 +250,8 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 			}
 		}
 	}
-	recipe := mapRecipe{Ensemble: k, Layers: choice.Layers, Pixel: c.Calibrate.PixelFactor, PixelSigma: c.Calibrate.PixelSigma, Knn: c.Calibrate.KnnFactor, KnnIsolated: -1}
+	recipe := mapRecipe{Ensemble: k, Layers: choice.Layers, Pixel: c.Calibrate.PixelFactor, PixelSigma: c.Calibrate.PixelSigma, Knn: c.Calibrate.KnnFactor,
+		KnnSigma: c.Calibrate.KnnSigma, KnnIsolated: -1}
 	if len(c.Select.PixelFactors) > 0 && choice.Layers != nil {
 		recipe.Pixel = choice.Pixel
 		if choice.PixelSigma != nil {
@@ -505,15 +506,15 @@ func (t *Training) scoreCandidate(ctx context.Context, sc *StageContext, items [
 	if err != nil {
 		return metrics.Metrics{}, err
 	}
-	return t.scoreWithReference(ctx, sc, items, bundle, valData, factor, t.Config.Calibrate.PixelSigma, 0, "[select] "+cand.Name+" ")
+	return t.scoreWithReference(ctx, sc, items, bundle, valData, eval.Terms{Pixel: factor, PixelSigma: t.Config.Calibrate.PixelSigma}, "[select] "+cand.Name+" ")
 }
 
 // scoreWithReference measures the bundle's map reference as calibrate would (with the mean-frame term at pixel,
 // smoothed at sigma, and the nearest-normal term at knn, select.reference_per_class normals) and returns the
 // validation set's mean metrics with it.
-func (t *Training) scoreWithReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle, valData string, pixel float64, sigma *float64, knn float64, prefix string) (metrics.Metrics, error) {
+func (t *Training) scoreWithReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle, valData string, terms eval.Terms, prefix string) (metrics.Metrics, error) {
 	c := t.Config
-	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, pixel, sigma, knn, prefix); err != nil {
+	if err := t.measureReference(ctx, sc, items, bundle, c.Select.ReferencePerClass, terms, prefix); err != nil {
 		return metrics.Metrics{}, err
 	}
 	s, err := pipeline.Open(bundle, t.ORT)
@@ -590,6 +591,12 @@ func (t *Training) selectKnnAndSmoothing(ctx context.Context, sc *StageContext, 
 		recipe.Knn, recipe.KnnIsolated = ch.Factor, ch.Isolated
 		if outs["knn_factor"], err = writeNumber(dir, KnnChoiceFile, ch.Factor); err != nil {
 			return err
+		}
+		if ch.Sigma != nil {
+			recipe.KnnSigma = ch.Sigma
+			if outs["knn_sigma"], err = writeNumber(dir, KnnSigmaChoiceFile, *ch.Sigma); err != nil {
+				return err
+			}
 		}
 		outs["knn"] = ch.Table
 		if ch.Isolated >= 0 {

@@ -23,6 +23,9 @@ const (
 	// KnnIsolatedFile holds the isolated fraction chosen with select.knn_isolated (RUN/select/knn_isolated.txt),
 	// which the calibrate stage builds the banks with instead of calibrate.knn.isolated.
 	KnnIsolatedFile = "knn_isolated.txt"
+	// KnnSigmaChoiceFile holds the term's smoothing chosen from select.knn_sigmas when it is not the term's own
+	// (RUN/select/knn_sigma.txt), which the calibrate stage smooths it with instead of calibrate.knn_sigma.
+	KnnSigmaChoiceFile = "knn_sigma.txt"
 )
 
 // selectedKnnFactor is the nearest-normal term factor the select stage chose (select.knn_factors), -1 when it
@@ -55,11 +58,20 @@ func selectedNumber(sc *StageContext, output, what, kind string, check func(floa
 	return v, nil
 }
 
-// knnChoice is what selectKnn chose: the factor (0: no term) and the isolated fraction of its banks (-1 when
-// select.knn_isolated was not weighed), with the table of every candidate.
+// knnChoice is what selectKnn chose: the factor (0: no term), the isolated fraction of its banks (-1 when
+// select.knn_isolated was not weighed) and the term's smoothing (nil: its own; else one of select.knn_sigmas),
+// with the table of every candidate.
 type knnChoice struct {
 	Factor, Isolated float64
+	Sigma            *float64
 	Table            string
+}
+
+// knnRow is one row of selectKnn's table: a factor at an isolated fraction and a smoothing (at: 0 the term's
+// own, k > 0 the k-th of select.knn_sigmas).
+type knnRow struct {
+	factor, isolated float64
+	at               int
 }
 
 // selectKnn weighs the nearest-normal term's factors (select.knn_factors) on the recipe chosen before it: the
@@ -70,8 +82,9 @@ type knnChoice struct {
 // recipe's bundle, writes the mean frames into it, builds the term's banks from every training normal, and
 // ranks the factors from one scoring pass of the reference normals (against banks without their own vectors;
 // it also sizes the mean-frame term) and one of the painted set (eval.WeighKnn). With select.knn_isolated it
-// does so once per isolated fraction, each with its own banks (the weighing's pass serves the first). A factor
-// above 0 is taken only when it leads factor 0 by select.min_gain.
+// does so once per isolated fraction, each with its own banks (the weighing's pass serves the first). With
+// select.knn_sigmas every factor is also weighed with the term's map smoothed at each of those sigmas, from the
+// same passes. A factor above 0, at any smoothing, is taken only when it leads factor 0 by select.min_gain.
 func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, r mapRecipe) (knnChoice, error) {
 	c := t.Config
 	factors := c.Select.KnnFactors
@@ -111,9 +124,9 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 		return knnChoice{}, err
 	}
 	var res []candidateResult
-	var at [][2]float64 // each row's factor and fraction
+	var rows []knnRow
 	for _, f := range fracs {
-		var mets []metrics.Metrics
+		var mets [][]metrics.Metrics // [smoothing][factor]
 		if w := r.from; w != nil && w.w.knnIsolated >= 0 && w.w.knnIsolated == f {
 			mc := w.w.cands[w.cand]
 			fmt.Fprintf(sc.Progress, "[select] nearest-normal term factors %v on %s, from the layer weighing's pass (its banks, %d training normals, %d painted images)\n",
@@ -135,16 +148,19 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 				return knnChoice{}, err
 			}
 		}
-		for k, a := range factors {
-			if a == 0 && len(res) > 0 {
-				continue // the map without the term does not depend on the banks
+		if len(mets) != 1+len(c.Select.KnnSigmas) {
+			return knnChoice{}, fmt.Errorf("select.knn_sigmas: the weighing gave %d smoothings of the term, want %d", len(mets), 1+len(c.Select.KnnSigmas))
+		}
+		for at, ms := range mets {
+			for k, a := range factors {
+				if a == 0 && (len(res) > 0 || at > 0) {
+					continue // the map without the term depends on neither the banks nor the term's smoothing
+				}
+				row := knnRow{factor: a, isolated: f, at: at}
+				name := t.knnRowName(row)
+				res = append(res, candidateResult{candidate: candidate{Name: name, Model: cand.Model}, Mean: ms[k], Score: selectScore(c.Select.Metric, ms[k])})
+				rows = append(rows, row)
 			}
-			name := "knn-" + strconv.FormatFloat(a, 'g', 4, 64)
-			if len(c.Select.KnnIsolated) > 0 && a > 0 {
-				name += "-isolated-" + strconv.FormatFloat(f, 'g', 4, 64)
-			}
-			res = append(res, candidateResult{candidate: candidate{Name: name, Model: cand.Model}, Mean: mets[k], Score: selectScore(c.Select.Metric, mets[k])})
-			at = append(at, [2]float64{a, f})
 		}
 	}
 	best, why := bestOver(res, 0, c.Select.MinGain, "no nearest-normal term")
@@ -152,26 +168,52 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 	if err != nil {
 		return knnChoice{}, err
 	}
-	ch := knnChoice{Factor: at[best][0], Isolated: -1, Table: table}
+	chosen := rows[best]
+	ch := knnChoice{Factor: chosen.factor, Isolated: -1, Table: table}
+	if chosen.at > 0 {
+		v := c.Select.KnnSigmas[chosen.at-1]
+		ch.Sigma = &v
+	}
 	if len(c.Select.KnnIsolated) > 0 {
-		ch.Isolated = at[best][1]
+		ch.Isolated = chosen.isolated
 		if ch.Factor == 0 {
 			ch.Isolated = fracs[0]
 		}
-		fmt.Fprintf(sc.Progress, "[select] nearest-normal term: factor %g, isolated fraction %g (%s)\n", ch.Factor, ch.Isolated, why)
+		fmt.Fprintf(sc.Progress, "[select] nearest-normal term: factor %g, isolated fraction %g", ch.Factor, ch.Isolated)
 	} else {
-		fmt.Fprintf(sc.Progress, "[select] nearest-normal term: factor %g (%s)\n", ch.Factor, why)
+		fmt.Fprintf(sc.Progress, "[select] nearest-normal term: factor %g", ch.Factor)
 	}
-	fmt.Fprint(sc.Progress, gridEdgeNote("select.knn_factors", factors, at[topScore(res)][0], eval.MaxKnnFactor, false))
+	if ch.Sigma != nil {
+		fmt.Fprintf(sc.Progress, ", smoothed at sigma %g", *ch.Sigma)
+	}
+	fmt.Fprintf(sc.Progress, " (%s)\n", why)
+	fmt.Fprint(sc.Progress, gridEdgeNote("select.knn_factors", factors, rows[topScore(res)].factor, eval.MaxKnnFactor, false))
 	return ch, nil
+}
+
+// knnRowName is a row's name in the knn table: "knn-<factor>", then "-isolated-<fraction>" with
+// select.knn_isolated and "@<sigma>" at a smoothing of select.knn_sigmas (factor 0 has neither).
+func (t *Training) knnRowName(r knnRow) string {
+	name := "knn-" + strconv.FormatFloat(r.factor, 'g', 4, 64)
+	if r.factor == 0 {
+		return name
+	}
+	if len(t.Config.Select.KnnIsolated) > 0 {
+		name += "-isolated-" + strconv.FormatFloat(r.isolated, 'g', 4, 64)
+	}
+	if r.at > 0 {
+		name += "@" + strconv.FormatFloat(t.Config.Select.KnnSigmas[r.at-1], 'g', 4, 64)
+	}
+	return name
 }
 
 // weighKnn scores the reference normals (each against banks without its own vectors) and the painted set once
 // with the bundle and returns the metrics of each factor (eval.WeighKnn).
-func (t *Training) weighKnn(ctx context.Context, sc *StageContext, bundle string, train, val []dataset.Item, factors []float64) ([]metrics.Metrics, error) {
+func (t *Training) weighKnn(ctx context.Context, sc *StageContext, bundle string, train, val []dataset.Item, factors []float64) ([][]metrics.Metrics, error) {
 	c := t.Config
 	opt := t.ORT
 	opt.NoReference, opt.PixelMap, opt.KnnMap, opt.KnnLeaveOneOut = true, true, true, true
+	opt.KnnSigmas = c.Select.KnnSigmas
 	s, err := pipeline.Open(bundle, opt)
 	if err != nil {
 		return nil, fmt.Errorf("opening bundle %s: %w", bundle, err)

@@ -106,6 +106,16 @@ func (t *Training) termSigma(sc *StageContext) (*float64, error) {
 	return &v, nil
 }
 
+// knnSigma is the nearest-normal term's smoothing for the calibrate stage: the select stage's choice of
+// select.knn_sigmas, else calibrate.knn_sigma (nil: the map's).
+func (t *Training) knnSigma(sc *StageContext) (*float64, error) {
+	v, err := selectedNumber(sc, "knn_sigma", "the nearest-normal term's smoothing", "sigma", eval.CheckKnnSigma)
+	if err != nil || v < 0 {
+		return t.Config.Calibrate.KnnSigma, err
+	}
+	return &v, nil
+}
+
 // selectedPixelFactor is the mean-frame term factor the select stage chose (select.pixel_factors), -1 when it
 // chose none.
 func selectedPixelFactor(sc *StageContext) (float64, error) {
@@ -230,7 +240,7 @@ func (t *Training) weighLayers(ctx context.Context, sc *StageContext, items []da
 		if err := t.buildKnn(ctx, sc, items, bundle, spec, "[select] "); err != nil {
 			return nil, err
 		}
-		w.knnIsolated, opt.KnnLeaveOneOut = spec.Isolated, true
+		w.knnIsolated, opt.KnnLeaveOneOut, opt.KnnSigmas = spec.Isolated, true, c.Select.KnnSigmas
 		if m, err = models.ReadManifest(bundle); err != nil {
 			return nil, err
 		}

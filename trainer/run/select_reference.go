@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/trainer/dataset"
@@ -35,6 +36,8 @@ type referenceRecipe struct {
 	// PixelSigma is the mean-frame term's smoothing (with the term; models.PixelTerm.SmoothingSigma).
 	PixelSigma float64 `json:"pixel_sigma,omitempty"`
 	Knn        float64 `json:"knn_factor"`
+	// KnnSigma is the nearest-normal term's smoothing (with the term; models.KnnTerm.SmoothingSigma).
+	KnnSigma float64 `json:"knn_sigma,omitempty"`
 	// KnnBanks is the sha256 of the term's bank and sources files (empty without the term): the calibrate
 	// stage builds its own banks and takes the reference only when they are the same.
 	KnnBanks string `json:"knn_banks,omitempty"`
@@ -61,16 +64,16 @@ func knnBanksDigest(m *models.Manifest) string {
 	return m.Files[k.Bank].SHA256 + "+" + m.Files[k.Sources].SHA256
 }
 
-// recipeOf is the referenceRecipe of a bundle's manifest with the terms at pixel (smoothed at sigma, nil: the
-// map's) and knn, on normals.
-func recipeOf(m *models.Manifest, pixel float64, sigma *float64, knn float64, normals []dataset.Item) referenceRecipe {
+// recipeOf is the referenceRecipe of a bundle's manifest with the terms t (a nil sigma: the map's), on normals.
+func recipeOf(m *models.Manifest, t eval.Terms, normals []dataset.Item) referenceRecipe {
 	r := referenceRecipe{Noises: m.Diffusion.Noises(), Layers: m.Features.Layers, StartStep: m.Diffusion.StartStep,
-		Sigma: m.Map.Sigma, Truncate: m.Map.Truncate, Pixel: pixel, Knn: knn, Normals: normalsDigest(normals)}
-	if pixel > 0 {
-		r.PixelSigma = (&models.PixelTerm{Sigma: sigma}).SmoothingSigma(m.Map.Sigma)
+		Sigma: m.Map.Sigma, Truncate: m.Map.Truncate, Pixel: t.Pixel, Knn: t.Knn, Normals: normalsDigest(normals)}
+	if t.Pixel > 0 {
+		r.PixelSigma = (&models.PixelTerm{Sigma: t.PixelSigma}).SmoothingSigma(m.Map.Sigma)
 	}
-	if knn > 0 {
+	if t.Knn > 0 {
 		r.KnnBanks = knnBanksDigest(m)
+		r.KnnSigma = (&models.KnnTerm{Sigma: t.KnnSigma}).SmoothingSigma(m.Map.Sigma)
 	}
 	return r
 }
@@ -93,6 +96,8 @@ func (r referenceRecipe) mismatch(b referenceRecipe) string {
 		return fmt.Sprintf("measured with the mean-frame term smoothed at sigma %g, calibrating %g", r.PixelSigma, b.PixelSigma)
 	case r.Knn != b.Knn:
 		return fmt.Sprintf("measured with the nearest-normal term at factor %g, calibrating %g", r.Knn, b.Knn)
+	case r.KnnSigma != b.KnnSigma:
+		return fmt.Sprintf("measured with the nearest-normal term smoothed at sigma %g, calibrating %g", r.KnnSigma, b.KnnSigma)
 	case r.KnnBanks != b.KnnBanks:
 		return "measured with other nearest-normal banks"
 	case r.Normals != b.Normals:
@@ -131,8 +136,15 @@ func (t *Training) saveReference(sc *StageContext, dir string, r mapRecipe) (str
 		fmt.Fprintf(sc.Progress, "%sthe nearest-normal term was chosen with isolated fraction %g, the layer weighing's banks had %g\n", left, r.KnnIsolated, w.w.knnIsolated)
 		return "", nil
 	}
+	knnAt := 0 // the term's smoothing: its own, or the chosen one of select.knn_sigmas
+	if r.Knn > 0 && r.KnnSigma != nil {
+		if knnAt = slices.Index(w.w.maps.KnnSigmas(), *r.KnnSigma); knnAt < 1 {
+			fmt.Fprintf(sc.Progress, "%sthe layer weighing did not smooth the nearest-normal term at sigma %g\n", left, *r.KnnSigma)
+			return "", nil
+		}
+	}
 	mc := w.w.cands[w.cand]
-	ref, err := w.w.maps.Reference(w.view, mc, r.Knn, "train split of "+sc.Output("index", "index"))
+	ref, err := w.w.maps.Reference(w.view, mc, r.Knn, knnAt, "train split of "+sc.Output("index", "index"))
 	if err != nil {
 		return "", fmt.Errorf("the chosen recipe's map reference: %w", err)
 	}
@@ -151,7 +163,7 @@ func (t *Training) saveReference(sc *StageContext, dir string, r mapRecipe) (str
 	if mc.PixelAt > 0 {
 		sigma = &mc.PixelSigma
 	}
-	rec := recipeOf(&m, mc.Pixel, sigma, r.Knn, w.w.train)
+	rec := recipeOf(&m, eval.Terms{Pixel: mc.Pixel, PixelSigma: sigma, Knn: r.Knn, KnnSigma: r.KnnSigma}, w.w.train)
 	out := filepath.Join(dir, ReferenceDir)
 	if err := os.RemoveAll(out); err != nil {
 		return "", err
@@ -170,11 +182,11 @@ func (t *Training) saveReference(sc *StageContext, dir string, r mapRecipe) (str
 	return out, nil
 }
 
-// selectReference writes the select stage's map reference (saveReference) into the bundle with the terms at
-// factor (smoothed at sigma) and knnFactor, as measureReference would measure it, when the bundle is the recipe it was measured for;
+// selectReference writes the select stage's map reference (saveReference) into the bundle with the terms, as
+// measureReference would measure it, when the bundle is the recipe it was measured for;
 // it reports false (and why, in the log) when it is not, and the caller measures the reference itself. The
 // nearest-normal banks are built here as measureReference builds them, and must come out as the select stage's.
-func (t *Training) selectReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, factor float64, sigma *float64, knnFactor float64, prefix string) (bool, error) {
+func (t *Training) selectReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, terms eval.Terms, prefix string) (bool, error) {
 	c := t.Config
 	dir := sc.Output("select", "reference")
 	if dir == "" || c.Calibrate.Reference == eval.ReferenceNone {
@@ -189,7 +201,7 @@ func (t *Training) selectReference(ctx context.Context, sc *StageContext, items 
 		return false, fmt.Errorf("the select stage's map reference %s: %w", filepath.Join(dir, RecipeFile), err)
 	}
 	train := eval.ReferenceItems(eval.Select(items, dataset.SplitTrain, c.Data.Classes, true), c.Calibrate.ReferencePerClass)
-	if knnFactor > 0 {
+	if terms.Knn > 0 {
 		if err := t.ensureKnn(ctx, sc, items, bundle, prefix); err != nil {
 			return false, err
 		}
@@ -198,7 +210,7 @@ func (t *Training) selectReference(ctx context.Context, sc *StageContext, items 
 	if err != nil {
 		return false, err
 	}
-	if why := saved.mismatch(recipeOf(m, factor, sigma, knnFactor, train)); why != "" {
+	if why := saved.mismatch(recipeOf(m, terms, train)); why != "" {
 		fmt.Fprintf(sc.Progress, "%sthe select stage's map reference does not fit this bundle (%s): measuring it\n", prefix, why)
 		return false, nil
 	}
@@ -206,22 +218,19 @@ func (t *Training) selectReference(ctx context.Context, sc *StageContext, items 
 	if err != nil {
 		return false, err
 	}
-	// as MeasureReference: the term's factor, the mean frames, then the reference with the weights
-	if err := eval.SetKnnFactor(bundle, knnFactor); err != nil {
-		return false, err
-	}
-	if err := eval.WriteMeanFrames(ctx, bundle, train, ref.Source, factor, sigma); err != nil {
+	// as MeasureReference: the terms, then the reference with their weights
+	if err := eval.ApplyTerms(ctx, bundle, train, ref.Source, terms); err != nil {
 		return false, err
 	}
 	if err := eval.WriteReference(bundle, ref); err != nil {
 		return false, err
 	}
 	fmt.Fprintf(sc.Progress, "%smap reference: the select stage's, from its pass of the same %d training normals with this recipe (no scoring pass here)\n", prefix, len(train))
-	if factor > 0 {
-		fmt.Fprintf(sc.Progress, "%smean-frame term: %s, smoothed at sigma %g\n", prefix, eval.DescribePixel(factor, ref.PixelWeight), ref.PixelSigma)
+	if terms.Pixel > 0 {
+		fmt.Fprintf(sc.Progress, "%smean-frame term: %s, smoothed at sigma %g\n", prefix, eval.DescribePixel(terms.Pixel, ref.PixelWeight), ref.PixelSigma)
 	}
-	if knnFactor > 0 {
-		fmt.Fprintf(sc.Progress, "%snearest-normal term: %s\n", prefix, eval.DescribeKnn(knnFactor, ref.KnnWeight))
+	if terms.Knn > 0 {
+		fmt.Fprintf(sc.Progress, "%snearest-normal term: %s, smoothed at sigma %g\n", prefix, eval.DescribeKnn(terms.Knn, ref.KnnWeight), ref.KnnSigma)
 	}
 	return true, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/eval"
 	"github.com/vlmdiff/edge/trainer/metrics"
 )
 
@@ -53,9 +54,15 @@ type mapRecipe struct {
 	Pixel       float64
 	PixelSigma  *float64 // the mean-frame term's smoothing (nil: the map's)
 	Knn         float64
+	KnnSigma    *float64 // the nearest-normal term's smoothing (nil: the map's)
 	KnnIsolated float64
 	Start       int
 	from        *weighedRecipe // the layer weighing that chose Layers and Pixel at Ensemble, when it kept the term's maps
+}
+
+// terms is the recipe's terms as the reference measures them.
+func (r mapRecipe) terms() eval.Terms {
+	return eval.Terms{Pixel: r.Pixel, PixelSigma: r.PixelSigma, Knn: r.Knn, KnnSigma: r.KnnSigma}
 }
 
 // selectSmoothing weighs the map's Gaussian sigma (select.smoothing, multiples of the exported bundle's sigma,
@@ -120,7 +127,7 @@ func (t *Training) scoreSmoothing(ctx context.Context, sc *StageContext, items [
 	if err := models.WriteManifest(bundle, m); err != nil {
 		return metrics.Metrics{}, err
 	}
-	mm, err := t.scoreWithReference(ctx, sc, items, bundle, valData, r.Pixel, r.PixelSigma, r.Knn, prefix)
+	mm, err := t.scoreWithReference(ctx, sc, items, bundle, valData, r.terms(), prefix)
 	if err != nil {
 		return metrics.Metrics{}, err
 	}

@@ -133,7 +133,7 @@ func (t *Training) selectStart(ctx context.Context, sc *StageContext, items []da
 		if err := models.WriteManifest(bundle, m); err != nil {
 			return 0, "", err
 		}
-		mets, err := t.scoreWithReference(ctx, sc, items, bundle, valData, r.Pixel, r.PixelSigma, r.Knn, "[select] "+name+" ")
+		mets, err := t.scoreWithReference(ctx, sc, items, bundle, valData, r.terms(), "[select] "+name+" ")
 		if err != nil {
 			return 0, "", fmt.Errorf("select.start_steps %d: %w", s, err)
 		}

@@ -152,6 +152,10 @@ func TestSelectConfigChecked(t *testing.T) {
 	if err != nil || !slices.Equal(ok.Select.PixelSigmas, []float64{0, 1}) || ok.Calibrate.PixelSigma == nil || *ok.Calibrate.PixelSigma != 2 {
 		t.Fatalf("the mean-frame term's smoothings: %v (select %+v, calibrate %+v)", err, ok.Select, ok.Calibrate)
 	}
+	ok, err = ParseConfig([]byte(base+"select:\n  knn_factors: [0, 1]\n  knn_sigmas: [0, 2]\n"+knnYAML+"  knn_sigma: 3\n"), "/")
+	if err != nil || !slices.Equal(ok.Select.KnnSigmas, []float64{0, 2}) || ok.Calibrate.KnnSigma == nil || *ok.Calibrate.KnnSigma != 3 {
+		t.Fatalf("the nearest-normal term's smoothings: %v (select %+v, calibrate %+v)", err, ok.Select, ok.Calibrate)
+	}
 	for _, tc := range []struct{ yaml, want string }{
 		{"select:\n  metric: f1\n", "select.metric"},
 		{"select:\n  min_gain: 2\n", "select.min_gain"},
@@ -177,6 +181,11 @@ func TestSelectConfigChecked(t *testing.T) {
 		{"select:\n  knn_factors: [0, 1]\n  knn_isolated: [0.1, 0]\n" + knnYAML, "select.knn_isolated"},
 		{"select:\n  knn_factors: [0, 1]\n  knn_isolated: [0, 0.7]\n" + knnYAML, "select.knn_isolated"},
 		{"select:\n  knn_factors: [0, 1]\n" + knnYAML + "    isolated: 0.9\n", "calibrate.knn.isolated"},
+		{"select:\n  knn_sigmas: [1]\n" + knnYAML, "select.knn_sigmas: are the nearest-normal term's smoothings"},
+		{"select:\n  knn_factors: [0]\n  knn_sigmas: [1]\n" + knnYAML, "select.knn_sigmas: are the nearest-normal term's smoothings"},
+		{"select:\n  knn_factors: [0, 1]\n  knn_sigmas: [2, 1]\n" + knnYAML, "select.knn_sigmas: [2 1]: want increasing"},
+		{"select:\n  knn_factors: [0, 1]\n  knn_sigmas: [65]\n" + knnYAML, "select.knn_sigmas"},
+		{"calibrate:\n  knn_sigma: -1\n", "calibrate.knn_sigma"},
 		{"select:\n  knn_factors: [0, 1]\n" + knnYAML + "    sampling: densest\n", "calibrate.knn.sampling"},
 		{"select:\n  smoothing: [1, 0.5]\n", "select.smoothing"},
 		{"select:\n  smoothing: [0, 1]\n", "select.smoothing"},

@@ -580,14 +580,19 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 	if knnFactor < 0 {
 		knnFactor = c.Calibrate.KnnFactor
 	}
+	knnSigma, err := t.knnSigma(sc)
+	if err != nil {
+		return nil, err
+	}
+	terms := eval.Terms{Pixel: factor, PixelSigma: sigma, Knn: knnFactor, KnnSigma: knnSigma}
 	// the select stage's pass of the same normals gave the reference of the recipe it chose: taken when this
 	// bundle is that recipe, measured otherwise
-	saved, err := t.selectReference(ctx, sc, items, bundle, factor, sigma, knnFactor, "[calibrate] ")
+	saved, err := t.selectReference(ctx, sc, items, bundle, terms, "[calibrate] ")
 	if err != nil {
 		return nil, err
 	}
 	if !saved {
-		if err := t.measureReference(ctx, sc, items, bundle, c.Calibrate.ReferencePerClass, factor, sigma, knnFactor, "[calibrate] "); err != nil {
+		if err := t.measureReference(ctx, sc, items, bundle, c.Calibrate.ReferencePerClass, terms, "[calibrate] "); err != nil {
 			return nil, err
 		}
 	}
@@ -614,11 +619,10 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 }
 
 // measureReference writes the bundle's map reference (calibrate.reference: train) from the training normals,
-// scored without any earlier reference, with the mean-frame term at factor (smoothed at sigma, nil: the map's)
-// and the nearest-normal term at
-// knnFactor (0: none; its banks are built here from every training normal when the bundle has none), or
-// removes them all (none). It runs before the thresholds, which are taken on the maps the daemon will score.
-func (t *Training) measureReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, perClass int, factor float64, sigma *float64, knnFactor float64, prefix string) error {
+// scored without any earlier reference, with the terms (eval.Terms; the nearest-normal term's banks are built
+// here from every training normal when the bundle has none), or removes them all (none). It runs before the
+// thresholds, which are taken on the maps the daemon will score.
+func (t *Training) measureReference(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, perClass int, terms eval.Terms, prefix string) error {
 	c := t.Config
 	if c.Calibrate.Reference == eval.ReferenceNone {
 		return eval.WriteReference(bundle, nil) // and the mean-frame term with it
@@ -628,7 +632,7 @@ func (t *Training) measureReference(ctx context.Context, sc *StageContext, items
 		fmt.Fprintln(sc.Progress, prefix+"WARNING: no training normals for the map reference: raw maps")
 		return eval.WriteReference(bundle, nil)
 	}
-	if knnFactor > 0 {
+	if terms.Knn > 0 {
 		if err := t.ensureKnn(ctx, sc, items, bundle, prefix); err != nil {
 			return err
 		}
@@ -642,17 +646,17 @@ func (t *Training) measureReference(ctx context.Context, sc *StageContext, items
 		}
 		return s, nil
 	}
-	ref, err := eval.MeasureReference(ctx, bundle, open, train, "train split of "+sc.Output("index", "index"), factor, sigma, knnFactor,
+	ref, err := eval.MeasureReference(ctx, bundle, open, train, "train split of "+sc.Output("index", "index"), terms,
 		eval.Options{BatchSize: c.Evaluate.BatchSize, Progress: prefixed(sc.Progress, prefix+"reference "), Logger: sc.Logger})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(sc.Progress, "%smap reference: mean maps of %d training normals over %d classes\n", prefix, len(train), len(ref.Classes)-1)
-	if factor > 0 {
-		fmt.Fprintf(sc.Progress, "%smean-frame term: %s, smoothed at sigma %g\n", prefix, eval.DescribePixel(factor, ref.PixelWeight), ref.PixelSigma)
+	if terms.Pixel > 0 {
+		fmt.Fprintf(sc.Progress, "%smean-frame term: %s, smoothed at sigma %g\n", prefix, eval.DescribePixel(terms.Pixel, ref.PixelWeight), ref.PixelSigma)
 	}
-	if knnFactor > 0 {
-		fmt.Fprintf(sc.Progress, "%snearest-normal term: %s\n", prefix, eval.DescribeKnn(knnFactor, ref.KnnWeight))
+	if terms.Knn > 0 {
+		fmt.Fprintf(sc.Progress, "%snearest-normal term: %s, smoothed at sigma %g\n", prefix, eval.DescribeKnn(terms.Knn, ref.KnnWeight), ref.KnnSigma)
 	}
 	return nil
 }
@@ -690,6 +694,11 @@ func (t *Training) buildKnn(ctx context.Context, sc *StageContext, items []datas
 	kb, err := eval.AddKnn(ctx, bundle, spec, t.Python.KnnGraph, train, 0, t.ORT, "train split of "+sc.Output("index", "index"))
 	if err != nil {
 		return err
+	}
+	if v := t.Config.Calibrate.KnnSigma; v != nil { // the term's own smoothing, as calibrate will give it
+		if err := eval.SetKnnSigma(bundle, v); err != nil {
+			return err
+		}
 	}
 	iso := ""
 	if spec.Isolated > 0 {

@@ -399,7 +399,9 @@ class Scorer:
             sm = sm + self.pixel_weight * (gaussian_filter(d, sigma=ps, mode="reflect", truncate=trunc) if ps > 0 else d)
         if self.knn is not None and self.knn.weight != 0:
             d = self.knn.distance(x, ref_class, int(inp["height"]), int(inp["width"]))
-            sm = sm + self.knn.weight * (gaussian_filter(d, sigma=sigma, mode="reflect", truncate=trunc) if sigma > 0 else d)
+            # the term's own sigma (map.knn.sigma; absent: the map's), as Go's knnInput.sigma
+            ks = float(mp["knn"].get("sigma", sigma))
+            sm = sm + self.knn.weight * (gaussian_filter(d, sigma=ks, mode="reflect", truncate=trunc) if ks > 0 else d)
         if self.reference:
             ref = self.reference.get(ref_class or "", self.reference[""])
             sm = sm - ref.astype(np.float64)
