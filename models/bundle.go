@@ -290,14 +290,7 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 				"%g: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", r.PixelWeight, w)
 		}
 		if t := m.Map.Pixel; t != nil && r.PixelWeight != 0 {
-			rs, ts := m.Map.Sigma, t.SmoothingSigma(m.Map.Sigma)
-			if r.PixelSigma != nil {
-				rs = *r.PixelSigma
-			}
-			if rs != ts {
-				p.bad("map.reference.pixel_sigma", "the reference was measured with the mean-frame term smoothed at sigma %g, the bundle smooths it at "+
-					"%g: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", rs, ts)
-			}
+			m.checkReferenceSigma(p, "pixel_sigma", "mean-frame", r.PixelSigma, t.SmoothingSigma(m.Map.Sigma))
 		}
 		var kw float64
 		if m.Map.Knn != nil {
@@ -308,14 +301,7 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 				"%g: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", r.KnnWeight, kw)
 		}
 		if t := m.Map.Knn; t != nil && r.KnnWeight != 0 {
-			rs, ts := m.Map.Sigma, t.SmoothingSigma(m.Map.Sigma)
-			if r.KnnSigma != nil {
-				rs = *r.KnnSigma
-			}
-			if rs != ts {
-				p.bad("map.reference.knn_sigma", "the reference was measured with the nearest-normal term smoothed at sigma %g, the bundle smooths it at "+
-					"%g: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", rs, ts)
-			}
+			m.checkReferenceSigma(p, "knn_sigma", "nearest-normal", r.KnnSigma, t.SmoothingSigma(m.Map.Sigma))
 		}
 	}
 	if t := m.Map.Pixel; t != nil {
@@ -792,4 +778,17 @@ func WriteManifest(dir string, m *Manifest) error {
 		return err
 	}
 	return fsutil.WriteFileAtomic(filepath.Join(dir, ManifestFile), append(data, '\n'), 0o644)
+}
+
+// checkReferenceSigma reports a reference measured with a term smoothed at another sigma than the bundle's
+// (bundle: the term's smoothing now; ref nil: the reference was measured at the map's sigma).
+func (m *Manifest) checkReferenceSigma(p *problems, field, term string, ref *float64, bundle float64) {
+	rs := m.Map.Sigma
+	if ref != nil {
+		rs = *ref
+	}
+	if rs != bundle {
+		p.bad("map.reference."+field, "the reference was measured with the %s term smoothed at sigma %g, the bundle smooths it at "+
+			"%g: measure it again (vlmdiff calibrate --bundle DIR --data DIR --reference train)", term, rs, bundle)
+	}
 }

@@ -146,118 +146,103 @@ func TestNoisePrefixLayerMaps(t *testing.T) {
 	}
 }
 
-// TestPixelSigmasMatchTheTermsOwn: with Options.PixelSigmas every result carries the mean-frame term's map
-// smoothed at each sigma, and each equals the PixelMap of the same bundle whose term is smoothed at that sigma
-// (map.pixel.sigma), whose Map then differs from the bundle's at the map's sigma: the select stage can weigh the
-// term's smoothing from one pass. Sigmas the scorer cannot give are refused when it opens.
-func TestPixelSigmasMatchTheTermsOwn(t *testing.T) {
-	dir := t.TempDir()
-	reqs := []Request{{Image: testImage(256, 256, 3), Class: "widget"}, {Image: testImage(300, 200, 11)}}
-	base := filepath.Join(dir, "map-sigma")
-	copyDir(t, fixtureBundle, base)
-	addPixelTerm(t, base, 0.8, nil)
-	sigmas := []float64{0, 1.5}
-	got := scoreOnce(t, base, Options{Providers: []string{"cpu"}, Threads: 2, PixelMap: true, PixelSigmas: sigmas}, reqs)
-	for k, sigma := range sigmas {
-		own := filepath.Join(dir, fmt.Sprintf("sigma-%d", k))
-		copyDir(t, fixtureBundle, own)
-		addPixelTerm(t, own, 0.8, &sigma)
-		want := scoreOnce(t, own, Options{Providers: []string{"cpu"}, Threads: 2, PixelMap: true}, reqs)
-		for f := range reqs {
-			if got[f].Err != nil || want[f].Err != nil {
-				t.Fatal(got[f].Err, want[f].Err)
-			}
-			if len(got[f].PixelMaps) != len(sigmas) || len(got[f].PixelMaps[k]) != len(want[f].PixelMap) {
-				t.Fatalf("sigma %g, frame %d: %d term maps, want %d of %d values", sigma, f, len(got[f].PixelMaps), len(sigmas), len(want[f].PixelMap))
-			}
-			worst, scale, apart, moved := 0.0, 0.0, 0.0, 0.0
-			for i, v := range want[f].PixelMap {
-				worst = math.Max(worst, math.Abs(float64(v-got[f].PixelMaps[k][i])))
-				scale = math.Max(scale, math.Abs(float64(v)))
-				apart = math.Max(apart, math.Abs(float64(v-got[f].PixelMap[i])))
-				moved = math.Max(moved, math.Abs(float64(want[f].Map[i]-got[f].Map[i])))
-			}
-			if worst > 1e-6*math.Max(scale, 1e-3) {
-				t.Errorf("sigma %g, frame %d: the term's map differs from a bundle smoothing it at that sigma by %g (scale %g)", sigma, f, worst, scale)
-			}
-			if apart < 1e-4 || moved < 1e-4 {
-				t.Errorf("sigma %g, frame %d: the term's map (%g apart) or the frame's map (%g apart) is the same as at the map's sigma: the term's own sigma was not applied", sigma, f, apart, moved)
-			}
-		}
-	}
-	for _, c := range []struct {
-		dir  string
-		opt  Options
-		want string
-	}{
-		{base, Options{PixelSigmas: []float64{1}}, "PixelMap"},
-		{base, Options{PixelMap: true, PixelSigmas: []float64{-1}}, "0..64"},
-		{fixtureBundle, Options{LayerMaps: true, PixelSigmas: []float64{1}}, "no mean-frame term"},
-	} {
-		c.opt.Providers = []string{"cpu"}
-		if s, err := Open(c.dir, c.opt); err == nil || !strings.Contains(err.Error(), c.want) {
-			if s != nil {
-				s.Close()
-			}
-			t.Errorf("options %+v: want an error containing %q, got %v", c.opt, c.want, err)
-		}
-	}
+// sigmaRefusal is options a scorer must refuse to open with, on the bundle with the term (bundle) or on one
+// without it, and what the error must name.
+type sigmaRefusal struct {
+	bundle bool
+	opt    Options
+	want   string
 }
 
-// TestKnnSigmasMatchTheTermsOwn: with Options.KnnSigmas every result carries the nearest-normal term's map
-// smoothed at each sigma, and each equals the KnnMap of the same bundle whose term is smoothed at that sigma
-// (map.knn.sigma), whose Map then differs from the bundle's at the map's sigma. Sigmas the scorer cannot give are
-// refused when it opens.
-func TestKnnSigmasMatchTheTermsOwn(t *testing.T) {
-	dir := t.TempDir()
-	reqs := []Request{{Image: testImage(256, 256, 3), Class: "widget"}, {Image: testImage(300, 200, 11)}}
-	base := filepath.Join(dir, "map-sigma")
-	copyDir(t, fixtureBundle, base)
-	addKnnTerm(t, base, 0.7, false)
+// TestTermSigmasMatchTheTermsOwn: with Options.PixelSigmas (KnnSigmas) every result carries the mean-frame
+// (nearest-normal) term's map smoothed at each sigma, and each equals the PixelMap (KnnMap) of the same bundle
+// whose term is smoothed at that sigma (map.pixel.sigma, map.knn.sigma), whose Map then differs from the
+// bundle's at the map's sigma: the select stage can weigh a term's smoothing from one pass. Sigmas the scorer
+// cannot give are refused when it opens.
+func TestTermSigmasMatchTheTermsOwn(t *testing.T) {
 	sigmas := []float64{0, 1.5}
-	got := scoreOnce(t, base, Options{Providers: []string{"cpu"}, Threads: 2, KnnMap: true, KnnSigmas: sigmas}, reqs)
-	for k, sigma := range sigmas {
-		own := filepath.Join(dir, fmt.Sprintf("sigma-%d", k))
-		copyDir(t, base, own)
-		editBundleJSON(t, own, func(m map[string]any) { m["map"].(map[string]any)["knn"].(map[string]any)["sigma"] = sigma })
-		want := scoreOnce(t, own, Options{Providers: []string{"cpu"}, Threads: 2, KnnMap: true}, reqs)
-		for f := range reqs {
-			if got[f].Err != nil || want[f].Err != nil {
-				t.Fatal(got[f].Err, want[f].Err)
-			}
-			if len(got[f].KnnMaps) != len(sigmas) || len(got[f].KnnMaps[k]) != len(want[f].KnnMap) {
-				t.Fatalf("sigma %g, frame %d: %d term maps, want %d of %d values", sigma, f, len(got[f].KnnMaps), len(sigmas), len(want[f].KnnMap))
-			}
-			worst, scale, apart, moved := 0.0, 0.0, 0.0, 0.0
-			for i, v := range want[f].KnnMap {
-				worst = math.Max(worst, math.Abs(float64(v-got[f].KnnMaps[k][i])))
-				scale = math.Max(scale, math.Abs(float64(v)))
-				apart = math.Max(apart, math.Abs(float64(v-got[f].KnnMap[i])))
-				moved = math.Max(moved, math.Abs(float64(want[f].Map[i]-got[f].Map[i])))
-			}
-			if worst > 1e-6*math.Max(scale, 1e-3) {
-				t.Errorf("sigma %g, frame %d: the term's map differs from a bundle smoothing it at that sigma by %g (scale %g)", sigma, f, worst, scale)
-			}
-			if apart < 1e-4 || moved < 1e-4 {
-				t.Errorf("sigma %g, frame %d: the term's map (%g apart) or the frame's map (%g apart) is the same as at the map's sigma: the term's own sigma was not applied", sigma, f, apart, moved)
-			}
-		}
-	}
 	for _, c := range []struct {
-		dir  string
-		opt  Options
-		want string
+		name  string
+		add   func(t *testing.T, dir string, sigma *float64)
+		opt   func(sigmas []float64) Options          // the term's own map, and with sigmas its other smoothings
+		maps  func(r Result) ([]float32, [][]float32) // the term's own map, and its maps at the sigmas
+		fails []sigmaRefusal
 	}{
-		{base, Options{KnnSigmas: []float64{1}}, "KnnMap"},
-		{base, Options{KnnMap: true, KnnSigmas: []float64{-1}}, "0..64"},
-		{fixtureBundle, Options{LayerMaps: true, KnnSigmas: []float64{1}}, "no nearest-normal term"},
-	} {
-		c.opt.Providers = []string{"cpu"}
-		if s, err := Open(c.dir, c.opt); err == nil || !strings.Contains(err.Error(), c.want) {
-			if s != nil {
-				s.Close()
+		{"mean-frame", func(t *testing.T, dir string, sigma *float64) { addPixelTerm(t, dir, 0.8, sigma) },
+			func(ss []float64) Options { return Options{PixelMap: true, PixelSigmas: ss} },
+			func(r Result) ([]float32, [][]float32) { return r.PixelMap, r.PixelMaps },
+			[]sigmaRefusal{
+				{true, Options{PixelSigmas: []float64{1}}, "PixelMap"},
+				{true, Options{PixelMap: true, PixelSigmas: []float64{-1}}, "0..64"},
+				{false, Options{LayerMaps: true, PixelSigmas: []float64{1}}, "no mean-frame term"},
+			}},
+		{"nearest-normal", func(t *testing.T, dir string, sigma *float64) {
+			addKnnTerm(t, dir, 0.7, false)
+			if sigma != nil {
+				editBundleJSON(t, dir, func(m map[string]any) { m["map"].(map[string]any)["knn"].(map[string]any)["sigma"] = *sigma })
 			}
-			t.Errorf("options %+v: want an error containing %q, got %v", c.opt, c.want, err)
-		}
+		},
+			func(ss []float64) Options { return Options{KnnMap: true, KnnSigmas: ss} },
+			func(r Result) ([]float32, [][]float32) { return r.KnnMap, r.KnnMaps },
+			[]sigmaRefusal{
+				{true, Options{KnnSigmas: []float64{1}}, "KnnMap"},
+				{true, Options{KnnMap: true, KnnSigmas: []float64{-1}}, "0..64"},
+				{false, Options{LayerMaps: true, KnnSigmas: []float64{1}}, "no nearest-normal term"},
+			}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			reqs := []Request{{Image: testImage(256, 256, 3), Class: "widget"}, {Image: testImage(300, 200, 11)}}
+			base := filepath.Join(dir, "map-sigma")
+			copyDir(t, fixtureBundle, base)
+			c.add(t, base, nil)
+			opt := c.opt(sigmas)
+			opt.Providers, opt.Threads = []string{"cpu"}, 2
+			got := scoreOnce(t, base, opt, reqs)
+			for k, sigma := range sigmas {
+				own := filepath.Join(dir, fmt.Sprintf("sigma-%d", k))
+				copyDir(t, fixtureBundle, own)
+				c.add(t, own, &sigma)
+				oopt := c.opt(nil)
+				oopt.Providers, oopt.Threads = []string{"cpu"}, 2
+				want := scoreOnce(t, own, oopt, reqs)
+				for f := range reqs {
+					if got[f].Err != nil || want[f].Err != nil {
+						t.Fatal(got[f].Err, want[f].Err)
+					}
+					gotOwn, gotAt := c.maps(got[f])
+					wantOwn, _ := c.maps(want[f])
+					if len(gotAt) != len(sigmas) || len(gotAt[k]) != len(wantOwn) {
+						t.Fatalf("sigma %g, frame %d: %d term maps, want %d of %d values", sigma, f, len(gotAt), len(sigmas), len(wantOwn))
+					}
+					worst, scale, apart, moved := 0.0, 0.0, 0.0, 0.0
+					for i, v := range wantOwn {
+						worst = math.Max(worst, math.Abs(float64(v-gotAt[k][i])))
+						scale = math.Max(scale, math.Abs(float64(v)))
+						apart = math.Max(apart, math.Abs(float64(v-gotOwn[i])))
+						moved = math.Max(moved, math.Abs(float64(want[f].Map[i]-got[f].Map[i])))
+					}
+					if worst > 1e-6*math.Max(scale, 1e-3) {
+						t.Errorf("sigma %g, frame %d: the term's map differs from a bundle smoothing it at that sigma by %g (scale %g)", sigma, f, worst, scale)
+					}
+					if apart < 1e-4 || moved < 1e-4 {
+						t.Errorf("sigma %g, frame %d: the term's map (%g apart) or the frame's map (%g apart) is the same as at the map's sigma: the term's own sigma was not applied", sigma, f, apart, moved)
+					}
+				}
+			}
+			for _, fc := range c.fails {
+				d := fixtureBundle
+				if fc.bundle {
+					d = base
+				}
+				fc.opt.Providers = []string{"cpu"}
+				if s, err := Open(d, fc.opt); err == nil || !strings.Contains(err.Error(), fc.want) {
+					if s != nil {
+						s.Close()
+					}
+					t.Errorf("options %+v: want an error containing %q, got %v", fc.opt, fc.want, err)
+				}
+			}
+		})
 	}
 }

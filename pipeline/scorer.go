@@ -196,19 +196,25 @@ func checkPrefixes(opt Options, ens int) error {
 
 // checkPixelSigmas checks Options.PixelSigmas against the bundle: they need its mean-frame term and a map.
 func checkPixelSigmas(opt Options, m *models.Manifest) error {
-	ss := opt.PixelSigmas
+	return checkTermSigmas(opt.PixelSigmas, "mean-frame", "PixelMap", "map.pixel", opt.PixelMap || opt.LayerMaps, m.Map.Pixel != nil, m)
+}
+
+// checkTermSigmas checks the sigmas at which a term's map is also smoothed (Options.PixelSigmas, KnnSigmas):
+// they are the term's maps (mapOpt, or LayerMaps, on: wanted), of a term the bundle has (has, its section
+// named field), each in 0..models.MaxPixelSigma, above 0 only with map.truncate.
+func checkTermSigmas(ss []float64, term, mapOpt, field string, wanted, has bool, m *models.Manifest) error {
 	if len(ss) == 0 {
 		return nil
 	}
-	if !opt.PixelMap && !opt.LayerMaps {
-		return fmt.Errorf("mean-frame term sigmas %v: they are the term's maps, and the scorer has neither Options.PixelMap nor LayerMaps", ss)
+	if !wanted {
+		return fmt.Errorf("%s term sigmas %v: they are the term's maps, and the scorer has neither Options.%s nor LayerMaps", term, ss, mapOpt)
 	}
-	if m.Map.Pixel == nil {
-		return fmt.Errorf("mean-frame term sigmas %v: the bundle has no mean-frame term (map.pixel)", ss)
+	if !has {
+		return fmt.Errorf("%s term sigmas %v: the bundle has no %s term (%s)", term, ss, term, field)
 	}
 	for _, v := range ss {
 		if !(v >= 0 && v <= models.MaxPixelSigma) || (v > 0 && !(m.Map.Truncate > 0)) {
-			return fmt.Errorf("mean-frame term sigmas %v: want each in 0..%d (and map.truncate > 0)", ss, models.MaxPixelSigma)
+			return fmt.Errorf("%s term sigmas %v: want each in 0..%d (and map.truncate > 0)", term, ss, models.MaxPixelSigma)
 		}
 	}
 	return nil
@@ -219,22 +225,7 @@ func (s *Scorer) PixelSigmas() []float64 { return s.opt.PixelSigmas }
 
 // checkKnnSigmas checks Options.KnnSigmas against the bundle: they need its nearest-normal term and a map.
 func checkKnnSigmas(opt Options, m *models.Manifest) error {
-	ss := opt.KnnSigmas
-	if len(ss) == 0 {
-		return nil
-	}
-	if !opt.KnnMap && !opt.LayerMaps {
-		return fmt.Errorf("nearest-normal term sigmas %v: they are the term's maps, and the scorer has neither Options.KnnMap nor LayerMaps", ss)
-	}
-	if m.Map.Knn == nil {
-		return fmt.Errorf("nearest-normal term sigmas %v: the bundle has no nearest-normal term (map.knn)", ss)
-	}
-	for _, v := range ss {
-		if !(v >= 0 && v <= models.MaxPixelSigma) || (v > 0 && !(m.Map.Truncate > 0)) {
-			return fmt.Errorf("nearest-normal term sigmas %v: want each in 0..%d (and map.truncate > 0)", ss, models.MaxPixelSigma)
-		}
-	}
-	return nil
+	return checkTermSigmas(opt.KnnSigmas, "nearest-normal", "KnnMap", "map.knn", opt.KnnMap || opt.LayerMaps, m.Map.Knn != nil, m)
 }
 
 // KnnSigmas is Options.KnnSigmas: the sigmas at which every result also carries the nearest-normal term's map.
