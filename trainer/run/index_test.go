@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
@@ -230,5 +231,52 @@ func TestTestWithoutCopies(t *testing.T) {
 	}
 	if line, err := testWithoutCopies(context.Background(), items[1:], res, all.Mean, metrics.Options{}); err != nil || line != "" {
 		t.Errorf("without the training image there is no copy: %q, %v", line, err)
+	}
+}
+
+// TestCopiedDatasetKeepsTraining runs the real index and caption stages, then gives every image a new
+// modification time, as a dataset restored from a backup or copied to a new disk has: the index is redone (its
+// fingerprint changed) but reads the same, so the caption stage, and with it every stage after, is kept. A
+// changed image redoes both.
+func TestCopiedDatasetKeepsTraining(t *testing.T) {
+	root := t.TempDir()
+	writeGrayPNG(t, filepath.Join(root, "tile/train/good/a.png"), false)
+	writeGrayPNG(t, filepath.Join(root, "tile/train/good/b.png"), true)
+	writeGrayPNG(t, filepath.Join(root, "tile/test/good/g.png"), false)
+	cfg, err := ParseConfig([]byte("data:\n  root: "+root+"\n  val_fraction: 0\nfinetune_ae:\n  max_steps: 1\ntrain:\n  max_steps: 1\n"), "/base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &Training{Config: cfg, Dir: t.TempDir()}
+	run := func() []string {
+		t.Helper()
+		var out bytes.Buffer
+		tr.Out = &out
+		sum, err := tr.Runner("", "caption").Run(context.Background())
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out.String())
+		}
+		t.Logf("runner output:\n%s", out.String())
+		return sum.Ran
+	}
+	if ran := run(); strings.Join(ran, ",") != "index,caption" {
+		t.Fatalf("first run ran %v", ran)
+	}
+	later := time.Now().Add(time.Hour)
+	err = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Chtimes(p, later, later)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ran := run(); strings.Join(ran, ",") != "index" {
+		t.Fatalf("after the copy ran %v, want the index alone", ran)
+	}
+	writeGrayPNG(t, filepath.Join(root, "tile/train/good/c.png"), true) // a new image
+	if ran := run(); strings.Join(ran, ",") != "index,caption" {
+		t.Fatalf("after a new image ran %v, want index and caption", ran)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,12 +13,15 @@ import (
 )
 
 // stubs is a stage table whose stages write one file each and count their executions; cfg holds each stage's
-// "config section", failAt makes a stage fail.
+// "config section", failAt makes a stage fail. A stage in result writes that instead of its config (a stage
+// whose inputs changed but whose result did not, as the index of a dataset copied anew); cutoff marks stages.
 type stubs struct {
 	dir    string
 	cfg    map[string]string
 	calls  map[string]int
 	failAt string
+	result map[string]string
+	cutoff map[string]bool
 }
 
 func (s *stubs) stages() []Stage {
@@ -26,6 +30,7 @@ func (s *stubs) stages() []Stage {
 		name := name
 		out = append(out, Stage{
 			Name:   name,
+			Cutoff: s.cutoff[name],
 			Inputs: func() (any, error) { return s.cfg[name], nil },
 			Run: func(ctx context.Context, sc *StageContext) (map[string]string, error) {
 				s.calls[name]++
@@ -42,7 +47,11 @@ func (s *stubs) stages() []Stage {
 					}
 					prev = string(b)
 				}
-				return map[string]string{"out": p}, os.WriteFile(p, []byte(prev+name+"="+s.cfg[name]+";"), 0o644)
+				res, ok := s.result[name]
+				if !ok {
+					res = s.cfg[name]
+				}
+				return map[string]string{"out": p}, os.WriteFile(p, []byte(prev+name+"="+res+";"), 0o644)
 			},
 		})
 	}
@@ -124,6 +133,84 @@ func TestRunnerRemovesRecordBeforeRedoing(t *testing.T) {
 	sum, err := s.run(t, "")
 	if err != nil || !slices.Equal(sum.Ran, []string{"b", "c", "d"}) {
 		t.Fatalf("ran %v, %v", sum.Ran, err)
+	}
+}
+
+// A Cutoff stage redone with the same result keeps its ID and the stages after it; any other redo does not.
+func TestRunnerCutsOffAtUnchangedOutputs(t *testing.T) {
+	cases := []struct {
+		name    string
+		cutoff  bool
+		mutate  func(s *stubs)
+		from    string
+		wantRan []string
+		wantOut string // d.out afterwards
+	}{
+		{name: "inputs changed, same result: the stages after it are kept", cutoff: true,
+			mutate:  func(s *stubs) { s.cfg["a"] = "copied" },
+			wantRan: []string{"a"}, wantOut: "a=1;b=1;c=1;d=1;"},
+		{name: "inputs changed, another result: everything after it is redone", cutoff: true,
+			mutate:  func(s *stubs) { s.cfg["a"] = "copied"; s.result["a"] = "2" },
+			wantRan: []string{"a", "b", "c", "d"}, wantOut: "a=2;b=1;c=1;d=1;"},
+		{name: "a stage without the cutoff redoes everything after it", cutoff: false,
+			mutate:  func(s *stubs) { s.cfg["a"] = "copied" },
+			wantRan: []string{"a", "b", "c", "d"}, wantOut: "a=1;b=1;c=1;d=1;"},
+		{name: "a record from before digests: compared with the outputs on disk", cutoff: true,
+			mutate: func(s *stubs) {
+				s.cfg["a"] = "copied"
+				rec, err := ReadRecord(s.dir, "a")
+				if err != nil || rec == nil || rec.Digest == "" {
+					panic(fmt.Sprintf("record of a: %+v, %v: want a digest", rec, err))
+				}
+				rec.Digest = ""
+				if err := writeRecord(s.dir, rec); err != nil {
+					panic(err)
+				}
+			},
+			wantRan: []string{"a"}, wantOut: "a=1;b=1;c=1;d=1;"},
+		{name: "--from still redoes every stage after it", cutoff: true, from: "a",
+			wantRan: []string{"a", "b", "c", "d"}, wantOut: "a=1;b=1;c=1;d=1;"},
+		{name: "a changed output file on disk is a changed result", cutoff: true,
+			mutate: func(s *stubs) {
+				s.cfg["a"] = "copied"
+				rec, _ := ReadRecord(s.dir, "a")
+				rec.Digest = "" // compared with the disk, which someone edited
+				_ = writeRecord(s.dir, rec)
+				_ = os.WriteFile(filepath.Join(s.dir, "a.out"), []byte("edited"), 0o644)
+			},
+			wantRan: []string{"a", "b", "c", "d"}, wantOut: "a=1;b=1;c=1;d=1;"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &stubs{dir: t.TempDir(), cfg: map[string]string{"a": "1", "b": "1", "c": "1", "d": "1"}, calls: map[string]int{},
+				result: map[string]string{"a": "1"}, cutoff: map[string]bool{"a": tc.cutoff}}
+			if _, err := s.run(t, ""); err != nil {
+				t.Fatal(err)
+			}
+			before, _ := ReadRecord(s.dir, "a")
+			if tc.mutate != nil {
+				tc.mutate(s)
+			}
+			sum, err := s.run(t, tc.from)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(sum.Ran, tc.wantRan) {
+				t.Fatalf("ran %v, want %v", sum.Ran, tc.wantRan)
+			}
+			if b, err := os.ReadFile(filepath.Join(s.dir, "d.out")); err != nil || string(b) != tc.wantOut {
+				t.Fatalf("d.out = %q, %v; want %q", b, err, tc.wantOut)
+			}
+			after, _ := ReadRecord(s.dir, "a")
+			kept := len(tc.wantRan) == 1
+			if (after.ID == before.ID) != kept {
+				t.Fatalf("ID of a %s -> %s: want kept %v", before.ID, after.ID, kept)
+			}
+			// A third run changes nothing: the kept ID and the new hash are one consistent record.
+			if sum, err := s.run(t, ""); err != nil || len(sum.Ran) != 0 {
+				t.Fatalf("third run ran %v, %v", sum.Ran, err)
+			}
+		})
 	}
 }
 

@@ -120,14 +120,16 @@ func merge(m map[string]any, extra map[string]any) map[string]any {
 func (t *Training) Stages() []Stage {
 	c := t.Config
 	return []Stage{
+		// index and caption are cut off (Runner): a dataset copied anew redoes the index, and when the index
+		// reads the same the stages after it are kept.
 		{Name: "index", Inputs: func() (any, error) {
 			fp, err := fingerprint(c.Data.Root)
 			return map[string]any{"data": c.Data, "files": fp}, err
-		}, Run: t.runIndex},
+		}, Run: t.runIndex, Cutoff: true},
 		{Name: "caption", Inputs: func() (any, error) {
 			cc := c.Caption
 			return cc, nil // the API key is read from the environment and not hashed
-		}, Run: t.runCaption},
+		}, Run: t.runCaption, Cutoff: true},
 		{Name: "finetune-ae", Inputs: func() (any, error) {
 			return map[string]any{"ae": c.FinetuneAE, "preset": c.Preset, "seed": c.Seed, "size": c.Data.Size, "aug": c.Data.Augment}, nil
 		}, Run: func(ctx context.Context, sc *StageContext) (map[string]string, error) {
