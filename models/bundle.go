@@ -320,8 +320,8 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 	if s.PoolKernel < 1 || s.PoolRepeat < 0 || s.Reduce != "max" {
 		p.bad("score", "needs pool_kernel >= 1, pool_repeat >= 0, reduce max")
 	}
-	if s.PoolKernel >= 1 && in.Height-s.PoolRepeat*(s.PoolKernel-1) < 1 {
-		p.bad("score", "%d pools of kernel %d leave nothing of a %d-pixel map", s.PoolRepeat, s.PoolKernel, in.Height)
+	if side := min(in.Height, in.Width); s.PoolKernel >= 1 && side-s.PoolRepeat*(s.PoolKernel-1) < 1 {
+		p.bad("score", "%d pools of kernel %d leave nothing of a %dx%d map", s.PoolRepeat, s.PoolKernel, in.Width, in.Height)
 	}
 }
 

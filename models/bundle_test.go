@@ -115,6 +115,9 @@ func TestDamagedBundlesAreRefused(t *testing.T) {
 		{"newer format", func(t *testing.T, dir string) {
 			editManifest(t, dir, func(m map[string]any) { m["format"] = 2 })
 		}, "schema", ManifestFile, "format"},
+		{"pooling passes past a narrow input's width", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { m["input"].(map[string]any)["width"] = 48 })
+		}, "schema", ManifestFile, "8 pools of kernel 8 leave nothing of a 48x256 map"},
 		{"bad schedule", func(t *testing.T, dir string) {
 			editManifest(t, dir, func(m map[string]any) { m["diffusion"].(map[string]any)["ddim_steps"] = 0 })
 		}, "schema", ManifestFile, "diffusion.ddim_steps"},

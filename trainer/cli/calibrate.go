@@ -22,7 +22,7 @@ func init() {
 }
 
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--pixel-sigma S] [--knn-sigma S] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--map-sigma S] [--start-step T] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--pixel-sigma S] [--knn-sigma S] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--map-sigma S] [--start-step T] [--pool-repeat N] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -45,6 +45,9 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	start := fs.String("start-step", "", "reconstruct every frame from this diffusion step from now on: the schedule's last (999) is the paper's, a lower one runs only the "+
 		"DDIM steps at or below it on a frame noised less (SDEdit-style: it keeps more of a stochastic texture, and of a defect, and costs fewer steps); needs --reference train (or none). "+
 		"Compare start steps on a painted set (docs/training.md, \"The start step\")")
+	pool := fs.String("pool-repeat", "", "pool every map with this many passes of the bundle's k x k box average before the image score's maximum from now on (the paper's "+
+		"8 at 256 px, a window about 57 px wide; 0: the map's largest pixel): fewer keep a small defect's peak, more average a texture's grain away. The map and its "+
+		"reference are unchanged; the thresholds are measured anew. Compare on a painted set (docs/training.md, \"The image score's pooling\")")
 	pixel := fs.String("pixel-factor", "", "with --reference train: the mean-frame term's size relative to the feature map's (0 removes it; 0.25 to 1 where parts sit still "+
 		"on a plain background; absent: keep the bundle's). Adds each frame's pixel distance to its class's mean normal frame to the map (docs/algorithm.md §1.9)")
 	pixelSigma := fs.String("pixel-sigma", "", "with --reference train: the Gaussian sigma, in map pixels, that smooths the mean-frame term's map (0: none; absent: keep the "+
@@ -81,6 +84,11 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	if *weights != "" || *match != "" || *sigma != "" || *start != "" {
 		if err := setMapShape(sf.Bundle, mapShape{*weights, *match, *sigma, *start}, *reference, *dry, stderr); err != nil {
+			return err
+		}
+	}
+	if *pool != "" {
+		if err := setPoolRepeat(sf.Bundle, *pool, *dry, stderr); err != nil {
 			return err
 		}
 	}
@@ -318,6 +326,35 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 		return fmt.Errorf("the bundle with %s: %w", flags, err)
 	}
 	fmt.Fprintf(stderr, "map written: layers %s, sigma %g, start step %s\n", describeLayers(layers), sigma, diff.DescribeStart())
+	return nil
+}
+
+// setPoolRepeat writes --pool-repeat into the bundle's score. The maps stay as they are, so the reference is
+// kept; the raw scores change, so a dry run (which would print thresholds the bundle does not score with) is
+// refused, and the thresholds that follow are measured with the new pooling.
+func setPoolRepeat(bundle, s string, dry bool, stderr io.Writer) error {
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return fmt.Errorf("--pool-repeat %q: want a number of pooling passes, 0 or more", s)
+	}
+	if n == m.Score.PoolRepeat {
+		return nil
+	}
+	if dry {
+		return fmt.Errorf("--pool-repeat %d changes the bundle; it cannot be combined with --dry-run", n)
+	}
+	m.Score.PoolRepeat = n
+	if err := m.Validate(); err != nil { // refused before the write: passes that leave nothing of the map
+		return fmt.Errorf("--pool-repeat %d: %w", n, err)
+	}
+	if err := models.WriteManifest(bundle, m); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "score pooling written: %d passes of %d x %d, then the maximum\n", n, m.Score.PoolKernel, m.Score.PoolKernel)
 	return nil
 }
 

@@ -222,6 +222,9 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 		{"--start-step", "0", "from 1 to"},
 		{"--start-step", "1000", "from 1 to"},
 		{"--start-step", "x", "from 1 to"},
+		{"--pool-repeat", "-1", "0 or more"},
+		{"--pool-repeat", "x", "0 or more"},
+		{"--pool-repeat", "200", "leave nothing of a"},
 	} {
 		if code, _, stderr := run(append(base, tc.flag, tc.value)...); code == 0 || !strings.Contains(stderr, tc.want) {
 			t.Errorf("calibrate %s %s: exit %d, stderr %q, want %q", tc.flag, tc.value, code, stderr, tc.want)
@@ -302,6 +305,24 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 			t.Errorf("--start-step %s left the thresholds as they were:\n%s", arg, table)
 		}
 		out = table
+	}
+	// a pooling: the maps and their reference stay (no --reference needed), the raw scores and so the image
+	// thresholds move; --dry-run would print thresholds the bundle does not score with
+	if code, _, stderr := run(append(base, "--pool-repeat", "2", "--dry-run")...); code == 0 || !strings.Contains(stderr, "--dry-run") {
+		t.Errorf("calibrate --pool-repeat 2 --dry-run: exit %d, stderr %q", code, stderr)
+	}
+	ref := b.Manifest.Map.Reference.File
+	refSum := b.Manifest.Files[ref].SHA256
+	code, table, stderr = run(append(base, "--pool-repeat", "2")...)
+	if code != 0 {
+		t.Fatalf("calibrate --pool-repeat 2: exit %d\n%s", code, stderr)
+	}
+	if b, err = models.Load(bundle); err != nil || b.Manifest.Score.PoolRepeat != 2 || b.Manifest.Map.Reference == nil ||
+		b.Manifest.Map.Reference.File != ref || b.Manifest.Files[ref].SHA256 != refSum {
+		t.Fatalf("after --pool-repeat 2: %v, score %+v, reference %+v (was %s, %s): the maps' reference must be kept", err, b.Manifest.Score, b.Manifest.Map.Reference, ref, refSum)
+	}
+	if table == out {
+		t.Errorf("--pool-repeat 2 left the thresholds as they were:\n%s", table)
 	}
 }
 

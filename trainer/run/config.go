@@ -197,6 +197,14 @@ type SelectConfig struct {
 	// keeps more of the frame, a stochastic texture and a defect alike, and costs fewer steps. The export's own
 	// step stays unless another leads it by MinGain. Empty (default): the export's start step.
 	StartSteps []int `yaml:"start_steps" json:",omitempty"`
+	// PoolRepeats, when set, are the numbers of passes of the bundle's k x k box average (score.pool_repeat; the
+	// paper's 8 passes of 8 at 256 px, a window about 57 px wide) before the image score's maximum, weighed
+	// last, on everything chosen before, e.g. [2, 4, 8]; 0 takes the smoothed map's largest pixel. The window
+	// averages a texture's scattered responses away and a small defect with them, so the width that ranks images
+	// best depends on the material and its defects. Only the image score changes, so one scoring pass of the
+	// reference normals and of the painted set serves every count. The export's count stays unless another leads
+	// it by MinGain; the export stage then writes the chosen one. Empty (default): the export's pooling.
+	PoolRepeats []int `yaml:"pool_repeats" json:",omitempty"`
 }
 
 // SelectMetrics are the names select.metric accepts.
@@ -620,6 +628,9 @@ func (c *Config) validateSelect(bad func(field, format string, args ...any)) {
 	}
 	if err := checkStartSteps(c.Select.StartSteps); err != nil {
 		bad("select.start_steps", "%v", err)
+	}
+	if err := checkPoolRepeats(c.Select.PoolRepeats); err != nil {
+		bad("select.pool_repeats", "%v", err)
 	}
 	for i, k := range c.Select.Ensembles {
 		if k < 1 || k > models.MaxEnsemble || (i > 0 && k <= c.Select.Ensembles[i-1]) {

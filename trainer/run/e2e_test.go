@@ -127,7 +127,7 @@ func backbone(t *testing.T) string {
 // floating-point differences alone. 80 and 120 steps (the denoiser stage is seconds; the select stage dominates
 // the test's time) gave 0.903 and 0.941 there, a margin that numerics do not eat.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  pixel_sigmas: [0]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  knn_sigmas: [0.5]\n  start_steps: [999, 301]\n  smoothing: [0.5, 1]\n", 2)
+	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  pixel_sigmas: [0]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  knn_sigmas: [0.5]\n  start_steps: [999, 301]\n  smoothing: [0.5, 1]\n  pool_repeats: [0, 2]\n", 2)
 }
 
 // checkStartSelection: the select stage weighed the start steps (the export's own 999 and 301) on the recipe it
@@ -202,6 +202,58 @@ func checkSmoothingSelection(t *testing.T, runDir string, m *models.Manifest) {
 	t.Logf("map smoothing: sigma %g chosen from %v", sigma, rows[1:])
 	if m.Map.Sigma != sigma {
 		t.Fatalf("chosen sigma %g, but the bundle smooths with %g", sigma, m.Map.Sigma)
+	}
+}
+
+// checkPoolingSelection: the select stage weighed the image score's pooling (0 and 2 passes, and the export's
+// own 8) on the map it chose before, and the bundle pools with the chosen count. The export's own row is that
+// map scored again, so it must score as the smoothing's choice did; the pixel metrics are the same in every row.
+func checkPoolingSelection(t *testing.T, runDir string, m *models.Manifest) {
+	t.Helper()
+	rows := readCSV(t, filepath.Join(runDir, "select", run.PoolingFile))
+	want := []string{"pool-0", "pool-2", "pool-8"}
+	if len(rows) != len(want)+1 {
+		t.Fatalf("pooling table %v: want rows %v", rows, want)
+	}
+	for i, w := range want {
+		if rows[i+1][0] != w {
+			t.Fatalf("pooling table %v: want rows %v", rows, want)
+		}
+		if rows[i+1][3] != rows[1][3] || rows[i+1][4] != rows[1][4] || rows[i+1][5] != rows[1][5] {
+			t.Errorf("row %v: the pixel metrics differ from %v's, but the pooling only changes the image score", rows[i+1], rows[1])
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(runDir, "select", run.PoolChoiceFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows[1:] {
+		if (r[len(r)-1] == "true") != (r[0] == "pool-"+strconv.Itoa(n)) {
+			t.Errorf("row %v: the chosen column disagrees with the choice %d", r, n)
+		}
+	}
+	t.Logf("score pooling: %d passes chosen from %v", n, rows[1:])
+	if _, err := os.Stat(filepath.Join(runDir, "select", run.SmoothingFile)); err == nil {
+		for _, r := range readCSV(t, filepath.Join(runDir, "select", run.SmoothingFile))[1:] {
+			if r[len(r)-1] != "true" {
+				continue
+			}
+			for c := 2; c < 7; c++ { // i_auroc .. i_ap, within the rounding of two scoring paths
+				a, errA := strconv.ParseFloat(r[c], 64)
+				b, errB := strconv.ParseFloat(rows[3][c], 64)
+				if errA != nil || errB != nil || math.Abs(a-b) > 1e-4 {
+					t.Errorf("pool-8 scored %v, the smoothing's choice %v %v: not the same map", rows[3][2:7], r[0], r[2:7])
+					break
+				}
+			}
+		}
+	}
+	if m.Score.PoolRepeat != n {
+		t.Fatalf("chosen %d pooling passes, but the bundle pools %d", n, m.Score.PoolRepeat)
 	}
 }
 
@@ -417,6 +469,11 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 		checkSmoothingSelection(t, runDir, m)
 	} else if strings.Contains(cfg, "smoothing:") {
 		t.Fatalf("select.smoothing is set but the select stage wrote no table: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(runDir, "select", run.PoolingFile)); err == nil {
+		checkPoolingSelection(t, runDir, m)
+	} else if strings.Contains(cfg, "pool_repeats:") {
+		t.Fatalf("select.pool_repeats is set but the select stage wrote no table: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(runDir, "select", run.ReferenceDir, run.RecipeFile)); err == nil {
 		checkSelectReference(t, runDir, bundle, m, first)

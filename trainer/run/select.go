@@ -167,9 +167,9 @@ func bestOver(rs []candidateResult, own int, minGain float64, what string) (int,
 // snapshots (train.snapshot_every 0) it passes the train stage's model on. With select.layer_weights it then
 // weighs the feature layers of the chosen model (with select.pixel_factors, together with the mean-frame term),
 // and with select.ensembles it scores the chosen model and layers with each start-noise count; then, on that
-// recipe, the nearest-normal term (select.knn_factors), the start step (select.start_steps) and the smoothing
-// (select.smoothing). The export stage writes the layers, the count, the start step and the sigma, the calibrate
-// stage the terms.
+// recipe, the nearest-normal term (select.knn_factors), the start step (select.start_steps), the smoothing
+// (select.smoothing) and the score pooling (select.pool_repeats). The export stage writes the layers, the count,
+// the start step, the sigma and the pooling, the calibrate stage the terms.
 func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]string, error) {
 	c := t.Config
 	final := sc.Output("train", "model")
@@ -577,8 +577,8 @@ func writeCandidateTable(out io.Writer, rs []candidateResult, best int) {
 }
 
 // selectKnnAndSmoothing weighs, on the recipe chosen before them, the nearest-normal term (select.knn_factors),
-// then the start step (select.start_steps) and then the map smoothing (select.smoothing), writes each choice
-// into dir and records the stage outputs in outs.
+// then the start step (select.start_steps), the map smoothing (select.smoothing) and the image score's pooling
+// (select.pool_repeats), writes each choice into dir and records the stage outputs in outs.
 func (t *Training) selectKnnAndSmoothing(ctx context.Context, sc *StageContext, items []dataset.Item, valData, dir string, recipe *mapRecipe, outs map[string]string) error {
 	c := t.Config
 	chosen := candidate{Name: "chosen", Model: outs["model"]}
@@ -629,10 +629,22 @@ func (t *Training) selectKnnAndSmoothing(ctx context.Context, sc *StageContext, 
 		if err != nil {
 			return err
 		}
+		recipe.Sigma = sigma
 		if outs["sigma"], err = writeNumber(dir, SigmaChoiceFile, sigma); err != nil {
 			return err
 		}
 		outs["smoothing"] = table
+	}
+	if len(c.Select.PoolRepeats) > 0 {
+		// after everything that shapes the map: the pooling only reads it
+		n, table, err := t.selectPooling(ctx, sc, items, chosen, valData, dir, *recipe)
+		if err != nil {
+			return err
+		}
+		if outs["pool_repeat"], err = writeNumber(dir, PoolChoiceFile, float64(n)); err != nil {
+			return err
+		}
+		outs["pooling"] = table
 	}
 	return nil
 }

@@ -45,9 +45,10 @@ func selectedSigma(sc *StageContext) (float64, error) {
 	})
 }
 
-// mapRecipe is what the select stage chose before the smoothing: start noises (0: the export config's),
+// mapRecipe is what the select stage chose before the pooling: start noises (0: the export config's),
 // feature layers (nil: the export config's), the mean-frame term's factor, the nearest-normal term's factor
-// with the isolated fraction of its banks (-1: calibrate.knn's), and the start step (0: the export's).
+// with the isolated fraction of its banks (-1: calibrate.knn's), the start step (0: the export's) and the map's
+// sigma (0: the export's).
 type mapRecipe struct {
 	Ensemble    int
 	Layers      [][2]any
@@ -57,6 +58,7 @@ type mapRecipe struct {
 	KnnSigma    *float64 // the nearest-normal term's smoothing (nil: the map's)
 	KnnIsolated float64
 	Start       int
+	Sigma       float64
 	from        *weighedRecipe // the layer weighing that chose Layers and Pixel at Ensemble, when it kept the term's maps
 }
 

@@ -62,8 +62,8 @@ func applyStart(bundle string, s int) error {
 	return models.WriteManifest(bundle, m)
 }
 
-// recipeBundle exports the bundle of recipe r into work (the model cand, r's start noises, layers and start
-// step) and builds the nearest-normal term's banks into it when r has the term, with r's isolated fraction:
+// recipeBundle exports the bundle of recipe r into work (the model cand, r's start noises, layers, start step
+// and map sigma) and builds the nearest-normal term's banks into it when r has the term, with r's isolated fraction:
 // the bundle a weighing after the term varies one thing of. The caller removes work.
 func (t *Training) recipeBundle(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, work string, r mapRecipe, prefix string) (string, error) {
 	bundle, err := t.exportCandidate(ctx, sc, cand, work, r.Ensemble, r.Layers)
@@ -71,6 +71,9 @@ func (t *Training) recipeBundle(ctx context.Context, sc *StageContext, items []d
 		return "", err
 	}
 	if err := applyStart(bundle, r.Start); err != nil {
+		return "", err
+	}
+	if err := applySigma(bundle, r.Sigma); err != nil {
 		return "", err
 	}
 	if r.Knn > 0 {
@@ -83,6 +86,19 @@ func (t *Training) recipeBundle(ctx context.Context, sc *StageContext, items []d
 		}
 	}
 	return bundle, nil
+}
+
+// applySigma writes the map's Gaussian sigma into the bundle; 0 leaves the export's.
+func applySigma(bundle string, sigma float64) error {
+	if sigma <= 0 {
+		return nil
+	}
+	m, err := models.ReadManifest(bundle)
+	if err != nil {
+		return err
+	}
+	m.Map.Sigma = sigma
+	return models.WriteManifest(bundle, m)
 }
 
 // selectStart weighs the diffusion step each frame's reconstruction starts from (select.start_steps) on the

@@ -515,6 +515,19 @@ func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]
 		}
 		fmt.Fprintf(sc.Progress, "[export] start step %s, as the select stage chose\n", man.Diffusion.DescribeStart())
 	}
+	pool, err := selectedPoolRepeat(sc)
+	if err != nil {
+		return nil, err
+	}
+	if pool >= 0 && pool != man.Score.PoolRepeat {
+		if err := applyPoolRepeat(bundle, pool); err != nil { // chosen on the validation set (select.pool_repeats)
+			return nil, fmt.Errorf("the select stage's %w", err)
+		}
+		if man, err = models.ReadManifest(bundle); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(sc.Progress, "[export] image score: %d pooling passes of %d x %d, as the select stage chose\n", pool, man.Score.PoolKernel, man.Score.PoolKernel)
+	}
 	man.Provenance.Config = c.sum
 	if man.Provenance.GitCommit == "" {
 		man.Provenance.GitCommit = gitCommit(t.Python.TrainerDir)
