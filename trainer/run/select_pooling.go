@@ -20,8 +20,8 @@ import (
 const (
 	PoolingFile    = "pooling.csv"
 	PoolChoiceFile = "pool_repeat.txt"
-	// MaxPoolRepeat bounds select.pool_repeats: 16 passes of the 8 x 8 box at 256 px are a window of about 80 px,
-	// a third of the frame; the bundle check refuses passes that leave nothing of the map.
+	// MaxPoolRepeat bounds select.pool_repeats: 16 passes of the 8 x 8 box at 256 px reach 113 px (16 x 7 + 1,
+	// the paper's 8 reach 57), almost half the frame; the bundle check refuses passes that leave nothing of the map.
 	MaxPoolRepeat = 16
 )
 
