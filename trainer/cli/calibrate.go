@@ -347,12 +347,8 @@ func setPoolRepeat(bundle, s string, dry bool, stderr io.Writer) error {
 	if dry {
 		return fmt.Errorf("--pool-repeat %d changes the bundle; it cannot be combined with --dry-run", n)
 	}
-	m.Score.PoolRepeat = n
-	if err := m.Validate(); err != nil { // refused before the write: passes that leave nothing of the map
-		return fmt.Errorf("--pool-repeat %d: %w", n, err)
-	}
-	if err := models.WriteManifest(bundle, m); err != nil {
-		return err
+	if err := eval.SetPoolRepeat(bundle, n); err != nil { // refused before the write: passes that leave nothing of the map
+		return fmt.Errorf("--pool-repeat: %w", err)
 	}
 	fmt.Fprintf(stderr, "score pooling written: %d passes of %d x %d, then the maximum\n", n, m.Score.PoolKernel, m.Score.PoolKernel)
 	return nil

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/metrics"
 )
@@ -27,4 +28,14 @@ func WeighPooling(scored []ImageResult, kernel int, counts []int) ([]metrics.Met
 		out[i] = rep.Mean
 	}
 	return out, nil
+}
+
+// SetPoolRepeat writes n pooling passes into the bundle's score (score.pool_repeat). The map and its reference
+// do not change; the raw scores, and so the calibration's image thresholds, do. Passes that leave nothing of
+// the map's shorter side are refused by the manifest check before anything is written.
+func SetPoolRepeat(bundleDir string, n int) error {
+	return updateManifest(bundleDir, fmt.Sprintf("%d pooling passes", n), func(m *models.Manifest) error {
+		m.Score.PoolRepeat = n
+		return nil
+	})
 }

@@ -48,26 +48,6 @@ func selectedPoolRepeat(sc *StageContext) (int, error) {
 	return int(v), err
 }
 
-// applyPoolRepeat writes n pooling passes into the bundle's score (n < 0: as it is) and checks that they leave
-// something of the map.
-func applyPoolRepeat(bundle string, n int) error {
-	if n < 0 {
-		return nil
-	}
-	m, err := models.ReadManifest(bundle)
-	if err != nil {
-		return err
-	}
-	if m.Score.PoolRepeat == n {
-		return nil
-	}
-	m.Score.PoolRepeat = n
-	if err := m.Validate(); err != nil { // passes that leave nothing of the map
-		return fmt.Errorf("%d pooling passes: %w", n, err)
-	}
-	return models.WriteManifest(bundle, m)
-}
-
 // selectPooling weighs the image score's pooling (select.pool_repeats: passes of the bundle's k x k box
 // average before the maximum) on everything chosen before it. The paper pools 8 passes of 8 at 256 px, a
 // window about 57 px wide: the score is the strongest defect-sized region, so scattered texture responses
@@ -94,9 +74,11 @@ func (t *Training) selectPooling(ctx context.Context, sc *StageContext, items []
 		counts = append(counts, own)
 		slices.Sort(counts)
 	}
-	for _, n := range counts {
-		if h := min(m.Input.Height, m.Input.Width); h-n*(m.Score.PoolKernel-1) < 1 {
-			return 0, "", fmt.Errorf("select.pool_repeats %v: %d passes of kernel %d leave nothing of a %d-pixel map", c.Select.PoolRepeats, n, m.Score.PoolKernel, h)
+	for _, n := range counts { // the manifest check's rule, before any scoring
+		try := *m
+		try.Score.PoolRepeat = n
+		if err := try.Validate(); err != nil {
+			return 0, "", fmt.Errorf("select.pool_repeats %v: %w", c.Select.PoolRepeats, err)
 		}
 	}
 	fmt.Fprintf(sc.Progress, "[select] score pooling: %v passes of %d x %d, ranked by %s on %s\n", counts, m.Score.PoolKernel, m.Score.PoolKernel, c.Select.Metric, valData)

@@ -520,7 +520,7 @@ func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]
 		return nil, err
 	}
 	if pool >= 0 && pool != man.Score.PoolRepeat {
-		if err := applyPoolRepeat(bundle, pool); err != nil { // chosen on the validation set (select.pool_repeats)
+		if err := eval.SetPoolRepeat(bundle, pool); err != nil { // chosen on the validation set (select.pool_repeats)
 			return nil, fmt.Errorf("the select stage's %w", err)
 		}
 		if man, err = models.ReadManifest(bundle); err != nil {
