@@ -134,6 +134,8 @@ type KnnBanks struct {
 	// WriteKnn to store as models.KnnTerm.LayersGraph; NotShared says why there is none, for the log.
 	LayersGraph string
 	NotShared   string
+	// Reused says the banks came from a KnnCache: built earlier in this process from the same normals.
+	Reused bool
 }
 
 // knnPool holds a class's candidate vectors (row-major, dims each) and their source hashes.
@@ -608,6 +610,11 @@ func WriteKnn(bundleDir, graphPath string, kb *KnnBanks, spec KnnSpec, factor fl
 // AddKnn builds the term into a bundle: its graph (makeGraph), its banks from the normal items, and map.knn at
 // factor with weight 0 (the calibrate stage measures the weight with the reference).
 func AddKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeKnnGraph, normal []dataset.Item, factor float64, opt pipeline.Options, source string) (*KnnBanks, error) {
+	return addKnn(ctx, bundleDir, spec, makeGraph, normal, factor, opt, source, nil)
+}
+
+// addKnn is AddKnn through cache (nil: none).
+func addKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeKnnGraph, normal []dataset.Item, factor float64, opt pipeline.Options, source string, cache *KnnCache) (*KnnBanks, error) {
 	m, err := models.ReadManifest(bundleDir)
 	if err != nil {
 		return nil, err
@@ -617,6 +624,23 @@ func AddKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeK
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
+	var key string
+	if cache != nil {
+		if key, err = knnCacheKey(bundleDir, m, spec, normal, source); err != nil {
+			return nil, err
+		}
+		if e := cache.lookup(key); e != nil {
+			kb, graph, err := e.restore(tmp)
+			if err != nil {
+				return nil, fmt.Errorf("nearest-normal term: %w", err)
+			}
+			kb.NotShared = knnNotShared(m, spec.Layers) // this bundle's reason, for the log
+			if err := WriteKnn(bundleDir, graph, kb, spec, factor); err != nil {
+				return nil, err
+			}
+			return kb, nil
+		}
+	}
 	graph := filepath.Join(tmp, KnnGraphFile)
 	if err := makeGraph(ctx, spec, m, "", graph); err != nil {
 		return nil, fmt.Errorf("nearest-normal term: %w", err)
@@ -627,11 +651,8 @@ func AddKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeK
 	}
 	// the same graph without its backbone, fed the frames' layers from the bundle's feature graph, when that
 	// graph gives the backbone's values (the small preset's MobileNetV2 runs once on a frame, not twice)
-	if missing := models.MissingFeatureLayers(m, spec.Layers); len(missing) > 0 || m.Features.Tokens {
-		kb.NotShared = fmt.Sprintf("the feature graph's layers (features.layers) lack %v", missing)
-		if m.Features.Tokens {
-			kb.NotShared = "the feature graph gives ViT tokens"
-		}
+	if why := knnNotShared(m, spec.Layers); why != "" {
+		kb.NotShared = why
 	} else {
 		lg := filepath.Join(tmp, KnnLayersGraphFile)
 		switch err := makeGraph(ctx, spec, m, filepath.Join(bundleDir, m.Graphs[models.RoleFeatures].File), lg); {
@@ -643,10 +664,25 @@ func AddKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeK
 			return nil, fmt.Errorf("nearest-normal term: %w", err)
 		}
 	}
+	if err := cache.keep(key, kb, graph); err != nil {
+		return nil, err
+	}
 	if err := WriteKnn(bundleDir, graph, kb, spec, factor); err != nil {
 		return nil, err
 	}
 	return kb, nil
+}
+
+// knnNotShared says why the bundle m's feature graph cannot feed the term's layers (it lacks one, or gives ViT
+// tokens), or "" when AddKnn tries a layers graph.
+func knnNotShared(m *models.Manifest, layers []string) string {
+	if m.Features.Tokens {
+		return "the feature graph gives ViT tokens"
+	}
+	if missing := models.MissingFeatureLayers(m, layers); len(missing) > 0 {
+		return fmt.Sprintf("the feature graph's layers (features.layers) lack %v", missing)
+	}
+	return ""
 }
 
 // Shared says, for the log, whether the scorer feeds the term from the feature graph's layers or runs the

@@ -457,6 +457,11 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 	}
 	if _, err := os.Stat(filepath.Join(runDir, "select", run.KnnFile)); err == nil {
 		checkKnnSelection(t, runDir, m)
+		// the select stage built the banks of every isolated fraction it weighed, so the calibrate stage (the same
+		// process, the same normals and input) writes them from the run's cache (eval.KnnCache)
+		if l := grepLine(first, "[calibrate] nearest-normal banks"); m.Map.Knn != nil && !strings.Contains(l, "as built earlier in this run") {
+			t.Errorf("the calibrate stage built the select stage's banks again: %q", l)
+		}
 	} else if strings.Contains(cfg, "knn_factors:") {
 		t.Fatalf("select.knn_factors is set but the select stage wrote no table: %v", err)
 	}

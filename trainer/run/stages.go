@@ -34,6 +34,10 @@ type Training struct {
 	ORT    pipeline.Options
 	Out    io.Writer
 	Logger *slog.Logger
+
+	// knn keeps the nearest-normal banks built in this run: the select stage's candidates and the calibrate
+	// stage's bundle get the same term from the same normals (eval.KnnCache).
+	knn eval.KnnCache
 }
 
 // Preflight checks, before any work, that the config is usable, that Python imports torch and vlmdiff_train,
@@ -706,7 +710,7 @@ func (t *Training) ensureKnn(ctx context.Context, sc *StageContext, items []data
 func (t *Training) buildKnn(ctx context.Context, sc *StageContext, items []dataset.Item, bundle string, spec eval.KnnSpec, prefix string) error {
 	train := eval.Select(items, dataset.SplitTrain, t.Config.Data.Classes, true)
 	start := time.Now()
-	kb, err := eval.AddKnn(ctx, bundle, spec, t.Python.KnnGraph, train, 0, t.ORT, "train split of "+sc.Output("index", "index"))
+	kb, err := t.knn.AddKnn(ctx, bundle, spec, t.Python.KnnGraph, train, 0, t.ORT, "train split of "+sc.Output("index", "index"))
 	if err != nil {
 		return err
 	}
@@ -719,8 +723,12 @@ func (t *Training) buildKnn(ctx context.Context, sc *StageContext, items []datas
 	if spec.Isolated > 0 {
 		iso = fmt.Sprintf(", the most isolated %g of the positions dropped", spec.Isolated)
 	}
-	fmt.Fprintf(sc.Progress, "%snearest-normal banks: %d classes x %d vectors of %d values (%s %v, %dx%d positions%s) from %d training normals in %s; %s\n",
-		prefix, len(kb.Classes), kb.Size, kb.Dims, filepath.Base(spec.Backbone), spec.Layers, kb.Height, kb.Width, iso, len(train), time.Since(start).Round(time.Second), kb.Shared())
+	took := "in " + time.Since(start).Round(time.Second).String()
+	if kb.Reused {
+		took = "as built earlier in this run (the same recipe, input and normals)"
+	}
+	fmt.Fprintf(sc.Progress, "%snearest-normal banks: %d classes x %d vectors of %d values (%s %v, %dx%d positions%s) from %d training normals %s; %s\n",
+		prefix, len(kb.Classes), kb.Size, kb.Dims, filepath.Base(spec.Backbone), spec.Layers, kb.Height, kb.Width, iso, len(train), took, kb.Shared())
 	return nil
 }
 

@@ -1,0 +1,197 @@
+package eval
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/pipeline"
+	"github.com/vlmdiff/edge/trainer/dataset"
+)
+
+// fixtureKnnGraphs is a MakeKnnGraph that copies the fixture's knn graphs (models/testdata/knn) and counts calls.
+type fixtureKnnGraphs struct{ calls int }
+
+func (g *fixtureKnnGraphs) make(_ context.Context, _ KnnSpec, _ *models.Manifest, features, dst string) error {
+	g.calls++
+	src := "../../models/testdata/knn/knn.onnx"
+	if features != "" {
+		src = "../../models/testdata/knn/knn_layers.onnx"
+	}
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, data, 0o644)
+}
+
+// knnFiles reads a bundle's term: map.knn and its files' bytes.
+func knnFiles(t *testing.T, b string) (*models.KnnTerm, map[string][]byte) {
+	t.Helper()
+	m, err := models.ReadManifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Map.Knn == nil {
+		t.Fatalf("%s has no nearest-normal term", b)
+	}
+	files := map[string][]byte{}
+	for _, f := range []string{KnnGraphFile, KnnLayersGraphFile, KnnBankFile, KnnSourcesFile} {
+		data, err := os.ReadFile(filepath.Join(b, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[f] = data
+	}
+	return m.Map.Knn, files
+}
+
+// TestKnnCacheWritesWhatABuildWrites: a term taken from the cache is byte for byte the term a build writes
+// (graphs, banks, sources, map.knn), without the graphs or the banks being made again; whatever the banks
+// depend on (the normals, their files, the recipe, the input) makes a new build, and what they do not (the
+// feature weights) does not.
+func TestKnnCacheWritesWhatABuildWrites(t *testing.T) {
+	dir := t.TempDir()
+	train := pixelTrain(t, dir)
+	cpu := pipeline.Options{Providers: []string{"cpu"}, Threads: 2}
+	ctx := context.Background()
+	spec := KnnSpec{Backbone: filepath.Join(fixtureBundle, "features.onnx"), Layers: []string{"layer1", "layer2"}, Bank: 24}
+	bundle := func(name string, edit func(m *models.Manifest)) string {
+		b := filepath.Join(dir, name)
+		copyDir(t, fixtureBundle, b)
+		if edit != nil {
+			if err := updateManifest(b, "test", func(m *models.Manifest) error { edit(m); return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return b
+	}
+
+	plain := &fixtureKnnGraphs{}
+	built := bundle("built", nil)
+	if _, err := AddKnn(ctx, built, spec, plain.make, train, 2, cpu, "train"); err != nil {
+		t.Fatal(err)
+	}
+	wantTerm, wantFiles := knnFiles(t, built)
+	if wantTerm.LayersGraph == "" {
+		t.Fatal("the fixture's term has no layers graph: the test would not cover it")
+	}
+
+	var cache KnnCache
+	graphs := &fixtureKnnGraphs{}
+	add := func(b string, spec KnnSpec, normal []dataset.Item) *KnnBanks {
+		t.Helper()
+		kb, err := cache.AddKnn(ctx, b, spec, graphs.make, normal, 2, cpu, "train")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return kb
+	}
+	if kb := add(bundle("first", nil), spec, train); kb.Reused || graphs.calls != 2 {
+		t.Fatalf("first build: reused %v, %d graphs made", kb.Reused, graphs.calls)
+	}
+	reweighed := bundle("reweighed", func(m *models.Manifest) { m.Features.Layers[0].Weight = 0.25 })
+	if kb := add(reweighed, spec, train); !kb.Reused || graphs.calls != 2 {
+		t.Fatalf("the same term for a bundle with other feature weights: reused %v, %d graphs made", kb.Reused, graphs.calls)
+	}
+	term, files := knnFiles(t, reweighed)
+	if !reflect.DeepEqual(term, wantTerm) {
+		t.Errorf("map.knn from the cache %+v, built %+v", term, wantTerm)
+	}
+	for f, want := range wantFiles {
+		if !bytes.Equal(files[f], want) {
+			t.Errorf("%s from the cache differs from the built one", f)
+		}
+	}
+
+	// each of these is another term: built anew, not taken from the cache
+	touched := filepath.Join(dir, "touched")
+	if err := os.MkdirAll(touched, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	moved := append([]dataset.Item(nil), train...)
+	moved[0].Path = filepath.Join(touched, "n0.png")
+	data, err := os.ReadFile(train[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(moved[0].Path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rewritten := append([]dataset.Item(nil), train...)
+	rewritten[1].Path = filepath.Join(touched, "n1.png")
+	if data, err = os.ReadFile(train[1].Path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(rewritten[1].Path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bigger := spec
+	bigger.Bank = 16
+	for _, tc := range []struct {
+		name   string
+		bundle func(m *models.Manifest)
+		spec   KnnSpec
+		normal []dataset.Item
+		before func()
+	}{
+		{name: "one normal fewer", spec: spec, normal: train[:4]},
+		{name: "another class", spec: spec, normal: func() []dataset.Item {
+			n := append([]dataset.Item(nil), train...)
+			n[4].Class = "gizmo"
+			return n
+		}()},
+		{name: "another bank size", spec: bigger, normal: train},
+		{name: "another input normalisation", bundle: func(m *models.Manifest) { m.Input.Mean[0] = 0.5 }, spec: spec, normal: train},
+		{name: "a normal at another path", spec: spec, normal: moved},
+		{name: "a feature graph without the term's layers", bundle: func(m *models.Manifest) { m.Features.Layers = m.Features.Layers[:1] }, spec: spec, normal: train},
+		{name: "another feature graph", bundle: func(m *models.Manifest) {
+			// other bytes of the graph the layers graph is made from: a doc_string (field 6) appended, which protobuf
+			// merges into the model
+			p := filepath.Join(dir, "another feature graph", m.Graphs[models.RoleFeatures].File)
+			f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Write([]byte{6<<3 | 2, 1, 'x'})
+			f.Close()
+			sum, err := models.FileSHA256(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := m.Files[m.Graphs[models.RoleFeatures].File]
+			e.SHA256, e.Size = sum, e.Size+3
+			m.Files[m.Graphs[models.RoleFeatures].File] = e
+		}, spec: spec, normal: train},
+		{name: "a normal rewritten", spec: spec, normal: rewritten, before: func() {
+			later := time.Now().Add(time.Hour)
+			if err := os.Chtimes(rewritten[1].Path, later, later); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.before != nil {
+				add(bundle("pre-"+tc.name, nil), tc.spec, tc.normal) // kept before the change
+				tc.before()
+			}
+			calls := graphs.calls
+			if kb := add(bundle(tc.name, tc.bundle), tc.spec, tc.normal); kb.Reused || graphs.calls == calls {
+				t.Errorf("reused %v, %d graphs made: want a new build", kb.Reused, graphs.calls-calls)
+			}
+		})
+	}
+	// a feature graph that lacks another of the term's layers feeds the term no more than the one above did
+	// (its graph's bytes do not matter then): the same banks, and the log's reason is this bundle's
+	calls := graphs.calls
+	kb := add(bundle("lacks layer1", func(m *models.Manifest) { m.Features.Layers = m.Features.Layers[1:] }), spec, train)
+	if !kb.Reused || graphs.calls != calls || !strings.Contains(kb.NotShared, "[layer1]") {
+		t.Errorf("a second feature graph without the term's layers: reused %v, %d graphs made, reason %q", kb.Reused, graphs.calls-calls, kb.NotShared)
+	}
+}
