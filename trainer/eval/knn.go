@@ -625,47 +625,63 @@ func addKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeK
 	}
 	defer os.RemoveAll(tmp)
 	var key string
+	var e *knnCached
 	if cache != nil {
-		if key, err = knnCacheKey(bundleDir, m, spec, normal, source); err != nil {
+		if key, err = knnCacheKey(m, spec, normal, source); err != nil {
 			return nil, err
 		}
-		if e := cache.lookup(key); e != nil {
-			kb, graph, err := e.restore(tmp)
-			if err != nil {
-				return nil, fmt.Errorf("nearest-normal term: %w", err)
-			}
-			kb.NotShared = knnNotShared(m, spec.Layers) // this bundle's reason, for the log
-			if err := WriteKnn(bundleDir, graph, kb, spec, factor); err != nil {
-				return nil, err
-			}
-			return kb, nil
+		e = cache.lookup(key)
+	}
+	var kb *KnnBanks
+	var graph string
+	if e != nil {
+		if kb, graph, err = e.restore(tmp); err != nil {
+			return nil, fmt.Errorf("nearest-normal term: %w", err)
 		}
-	}
-	graph := filepath.Join(tmp, KnnGraphFile)
-	if err := makeGraph(ctx, spec, m, "", graph); err != nil {
-		return nil, fmt.Errorf("nearest-normal term: %w", err)
-	}
-	kb, err := BuildKnnBanks(ctx, graph, m, normal, spec.draw(), opt, source)
-	if err != nil {
-		return nil, err
+	} else {
+		graph = filepath.Join(tmp, KnnGraphFile)
+		if err := makeGraph(ctx, spec, m, "", graph); err != nil {
+			return nil, fmt.Errorf("nearest-normal term: %w", err)
+		}
+		if kb, err = BuildKnnBanks(ctx, graph, m, normal, spec.draw(), opt, source); err != nil {
+			return nil, err
+		}
+		if e, err = cache.keep(key, kb, graph); err != nil {
+			return nil, err
+		}
 	}
 	// the same graph without its backbone, fed the frames' layers from the bundle's feature graph, when that
 	// graph gives the backbone's values (the small preset's MobileNetV2 runs once on a frame, not twice)
 	if why := knnNotShared(m, spec.Layers); why != "" {
 		kb.NotShared = why
 	} else {
-		lg := filepath.Join(tmp, KnnLayersGraphFile)
-		switch err := makeGraph(ctx, spec, m, filepath.Join(bundleDir, m.Graphs[models.RoleFeatures].File), lg); {
-		case err == nil:
-			kb.LayersGraph = lg
-		case errors.Is(err, ErrKnnNotShared):
-			kb.NotShared = err.Error()
-		default:
+		features := filepath.Join(bundleDir, m.Graphs[models.RoleFeatures].File)
+		fed, ok, err := e.fed(features)
+		if err != nil {
 			return nil, fmt.Errorf("nearest-normal term: %w", err)
 		}
-	}
-	if err := cache.keep(key, kb, graph); err != nil {
-		return nil, err
+		lg := filepath.Join(tmp, KnnLayersGraphFile)
+		if !ok {
+			switch err := makeGraph(ctx, spec, m, features, lg); {
+			case err == nil:
+				fed.graph, err = os.ReadFile(lg)
+				if err != nil {
+					return nil, err
+				}
+			case errors.Is(err, ErrKnnNotShared):
+				fed.notShared = err.Error()
+			default:
+				return nil, fmt.Errorf("nearest-normal term: %w", err)
+			}
+			e.keepFed(fed)
+		} else if fed.graph != nil {
+			if err := os.WriteFile(lg, fed.graph, 0o644); err != nil {
+				return nil, err
+			}
+		}
+		if kb.NotShared = fed.notShared; fed.graph != nil {
+			kb.LayersGraph = lg
+		}
 	}
 	if err := WriteKnn(bundleDir, graph, kb, spec, factor); err != nil {
 		return nil, err
