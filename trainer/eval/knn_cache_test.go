@@ -180,8 +180,10 @@ func TestKnnCacheWritesWhatABuildWrites(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.Write([]byte{6<<3 | 2, 1, 'x'})
-		f.Close()
+		_, werr := f.Write([]byte{6<<3 | 2, 1, 'x'})
+		if cerr := f.Close(); werr != nil || cerr != nil {
+			t.Fatal(werr, cerr)
+		}
 		sum, err := models.FileSHA256(p)
 		if err != nil {
 			t.Fatal(err)
