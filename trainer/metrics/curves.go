@@ -20,24 +20,30 @@ type binaryCurve struct {
 	tps, fps []float64
 }
 
-// newCurve builds the curve from the positives' and negatives' scores. It sorts each group once and merges,
-// which is what keeps pixel metrics affordable (millions of pixels per class). Scores are compared exactly,
-// as np.diff(y_score) != 0 does in sklearn. pos and neg are sorted in place.
+// newCurve builds the curve from the positives' and negatives' scores, sorting each in place first.
 func newCurve(pos, neg []float64) binaryCurve {
 	slices.Sort(pos)
 	slices.Sort(neg)
-	var c binaryCurve
+	return sortedCurve(pos, neg)
+}
+
+// sortedCurve builds the curve from the positives' and negatives' scores, each sorted ascending, by merging the
+// two from the top: one sort of each group instead of sorting them together is what keeps pixel metrics
+// affordable (millions of pixels per class). Scores are compared exactly, as np.diff(y_score) != 0 does in
+// sklearn; float32 scores give the same curve as the same values in float64.
+func sortedCurve[F float32 | float64](pos, neg []F) binaryCurve {
+	c := binaryCurve{tps: make([]float64, 0, len(pos)+len(neg)), fps: make([]float64, 0, len(pos)+len(neg))}
 	i, j := len(pos)-1, len(neg)-1
 	tp, fp := 0.0, 0.0
 	for i >= 0 || j >= 0 {
-		var v float64
+		var v F
 		switch {
 		case i < 0:
 			v = neg[j]
 		case j < 0:
 			v = pos[i]
 		default:
-			v = math.Max(pos[i], neg[j])
+			v = max(pos[i], neg[j])
 		}
 		for i >= 0 && pos[i] == v {
 			tp++

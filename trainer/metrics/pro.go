@@ -12,20 +12,20 @@ const PROThresholds = 200
 // PROFPRLimit is the FPR limit of AU-PRO.
 const PROFPRLimit = 0.3
 
-// Region is one 8-connected ground-truth region: the anomaly-map values of its pixels.
-type region []float64
+// region is one 8-connected ground-truth region: the anomaly-map values of its pixels.
+type region[F float32 | float64] []F
 
 // labelRegions returns the 8-connected regions of mask != 0 (skimage.measure.label's default connectivity for
 // 2-D, which is full: 8 neighbours), each as the list of amap values under it.
-func labelRegions(amap []float64, mask []uint8, w, h int) []region {
+func labelRegions[F float32 | float64](amap []F, mask []uint8, w, h int) []region[F] {
 	seen := make([]bool, len(mask))
-	var out []region
+	var out []region[F]
 	var stack []int
 	for start := range mask {
 		if mask[start] == 0 || seen[start] {
 			continue
 		}
-		var r region
+		var r region[F]
 		seen[start] = true
 		stack = append(stack[:0], start)
 		for len(stack) > 0 {
@@ -74,9 +74,10 @@ func proThresholds(lo, hi float64, n int) []float64 {
 	return out
 }
 
-// countAbove returns how many values of the ascending slice s are > t.
-func countAbove(s []float64, t float64) int {
-	return len(s) - sort.Search(len(s), func(i int) bool { return s[i] > t })
+// countAbove returns how many values of the ascending slice s are > t (a float32 value compares as its exact
+// float64, so float32 maps count as the same values in float64 would).
+func countAbove[F float32 | float64](s []F, t float64) int {
+	return len(s) - sort.Search(len(s), func(i int) bool { return float64(s[i]) > t })
 }
 
 // auPRO is the seed's compute_pro on per-image maps and binary masks, all w x h:
@@ -90,15 +91,21 @@ func countAbove(s []float64, t float64) int {
 // pixel, no normal pixel, a constant map, or fewer than two kept points (where the seed's code fails).
 //
 // sortedNormal, when not nil, must be the class's normal-pixel values sorted ascending (the pixel curve has
-// already sorted them; passing them saves a second copy of millions of values).
-func auPRO(amaps [][]float64, masks [][]uint8, w, h int, sortedNormal []float64) float64 {
-	var regions []region
+// already sorted them; passing them saves a second copy of millions of values). F float32 gives the same value
+// as the same maps in float64: min, max and thresholds are taken in float64.
+func auPRO[F float32 | float64](amaps [][]F, masks [][]uint8, w, h int, sortedNormal []F) float64 {
+	var regions []region[F]
 	normal := sortedNormal
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for i, m := range amaps {
 		for p, v := range m {
-			lo = math.Min(lo, v)
-			hi = math.Max(hi, v)
+			f := float64(v) // never NaN (ClassData.Add refuses it), so plain comparisons are math.Min/Max
+			if f < lo {
+				lo = f
+			}
+			if f > hi {
+				hi = f
+			}
 			if sortedNormal == nil && masks[i][p] == 0 {
 				normal = append(normal, v)
 			}

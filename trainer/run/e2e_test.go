@@ -851,6 +851,38 @@ func checkEnsembleSelection(t *testing.T, runDir string, chosen int) {
 	if marked != chosen {
 		t.Errorf("the table marks %d start noise(s), the export got %d", marked, chosen)
 	}
+	if _, err := os.Stat(filepath.Join(runDir, "select", run.KnnFile)); err != nil {
+		return
+	}
+	// With the nearest-normal term weighed, each count is scored with its best factor from the weighing's pass
+	// (isolated fraction 0 here), so the chosen count's row is the row of the knn table (weighed at that count)
+	// that the knn step's rule picks among fraction 0's: the best, when it leads knn-0 by min_gain 0.01.
+	metricsOf := func(r []string) string { return strings.Join(r[2:6], " ") }
+	var best, none []string
+	score := func(r []string) float64 {
+		v, err := strconv.ParseFloat(r[7], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for _, r := range readCSV(t, filepath.Join(runDir, "select", run.KnnFile))[1:] {
+		if r[0] == "knn-0" {
+			none = r
+		}
+		if (r[0] == "knn-0" || strings.Contains(r[0], "-isolated-0@") || strings.HasSuffix(r[0], "-isolated-0")) && (best == nil || score(r) > score(best)) {
+			best = r
+		}
+	}
+	if none == nil || best == nil {
+		t.Fatal("the nearest-normal table has no knn-0 row")
+	}
+	if score(best)-score(none) < 0.01 {
+		best = none
+	}
+	if got := metricsOf(rows[marked]); marked > 0 && got != metricsOf(best) {
+		t.Errorf("the chosen count's row has metrics %s; the knn table's %s at that count has %s: the count was not chosen with the term", got, best[0], metricsOf(best))
+	}
 }
 
 // checkSelection checks the select stage's record of a run with snapshots: every snapshot and the final model

@@ -369,11 +369,12 @@ func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items [
 
 // selectLayersAndEnsemble weighs the feature layers at every count of select.ensembles from one export and one
 // scoring pass with the largest count (weighLayers: each count is the first noises of the largest) and chooses
-// the count by its best weighting's score, as selectEnsemble does. It returns the count, its map choice (layers
+// the count by its best weighting's score, as selectEnsemble does; with the nearest-normal term weighed, by that
+// weighting's score with its best factor of the term (countsWithKnn). It returns the count, its map choice (layers
 // and mean-frame term; nil layers when the bundle has a single layer and no term is weighed: then the counts are
 // scored with the bundle's layer as selectEnsemble does) and
 // the stage outputs for the tables: every count's layer table (layer_weights-<K>.csv), the chosen count's also
-// as layer_weights.csv, and ensembles.csv with each count's best weighting.
+// as layer_weights.csv, and ensembles.csv with each count's best weighting (and its term, when weighed).
 func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string) (int, mapChoice, map[string]string, error) {
 	c := t.Config
 	ks := c.Select.Ensembles
@@ -399,6 +400,11 @@ func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext
 		fmt.Fprintf(sc.Progress, "[select] %d noise(s), layers %v, mean-frame term factor %g: I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f\n", k, chosen.Layers,
 			chosen.Pixel, 100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*res[i].Score)
 	}
+	if kres, err := t.countsWithKnn(ctx, sc, w, ks, choices, cand.Model); err != nil {
+		return 0, mapChoice{}, nil, err
+	} else if kres != nil {
+		res = kres
+	}
 	best, why := cheapestEnsemble(ks, res, c.Select.MinGain)
 	table, err := recordCandidates(sc.Progress, dir, EnsembleFile, res, best)
 	if err != nil {
@@ -415,6 +421,45 @@ func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext
 	fmt.Fprintf(sc.Progress, "[select] chose %d start noise(s) per frame (%s) with feature layers %v, mean-frame term factor %g\n", ks[best], why, choices[best].Layers, choices[best].Pixel)
 	fmt.Fprint(sc.Progress, ensembleEdgeNote(ks, res))
 	return ks[best], choices[best], map[string]string{"ensembles": table, "layer_weights": chosenTable}, nil
+}
+
+// countsWithKnn gives each count's chosen recipe (choices[i], from w's pass) with the nearest-normal term as the
+// knn step would weigh it there: every factor of select.knn_factors at every smoothing, the best taken only when
+// it leads factor 0 by select.min_gain (bestOver). The count is then chosen on these maps, the ones that ship.
+// Why: the term works on the frame, not on the reconstruction, and carries much of the map where it is taken
+// (PIPED's painted set: 5.7-6.8 points, session 44), so a count that leads without it may not lead with it, and
+// each extra noise costs a denoiser pass on every frame. It returns nil (the counts are chosen without the term)
+// when the stage weighs no term or w's pass kept none of its maps; rows are named noises-<K> as without it.
+func (t *Training) countsWithKnn(ctx context.Context, sc *StageContext, w *layerWeighing, ks []int, choices []mapChoice, model string) ([]candidateResult, error) {
+	c := t.Config
+	if len(c.Select.KnnFactors) == 0 || w.knnIsolated < 0 || w.maps == nil {
+		return nil, nil
+	}
+	factors := c.Select.KnnFactors
+	if factors[0] != 0 {
+		factors = append([]float64{0}, factors...)
+	}
+	fmt.Fprintf(sc.Progress, "[select] each count's recipe with the nearest-normal term at its best of factors %v (from the same pass; the count is chosen on these maps):\n", factors)
+	out := make([]candidateResult, len(ks))
+	for i, k := range ks {
+		if choices[i].from == nil {
+			return nil, fmt.Errorf("select.ensembles: %d start noises: the layer choice kept no recipe of the weighing", k)
+		}
+		mets, err := w.maps.WeighKnn(ctx, i, w.cands[choices[i].from.cand], factors)
+		if err != nil {
+			return nil, fmt.Errorf("select.ensembles: %d start noises with the nearest-normal term: %w", k, err)
+		}
+		rs, _, err := t.knnRows(mets, factors, w.knnIsolated, true, model)
+		if err != nil {
+			return nil, err
+		}
+		b, _ := bestOver(rs, 0, c.Select.MinGain, "no nearest-normal term")
+		m := rs[b].Mean
+		out[i] = candidateResult{candidate: candidate{Name: fmt.Sprintf("noises-%d", k), Model: model}, Mean: m, Score: rs[b].Score}
+		fmt.Fprintf(sc.Progress, "[select] %d noise(s), %s: I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f (without the term %.2f)\n", k, rs[b].Name,
+			100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*rs[b].Score, 100*rs[0].Score)
+	}
+	return out, nil
 }
 
 // ensembleEdgeNote is gridEdgeNote for select.ensembles (res in the order of ks): more noises cost more per

@@ -148,20 +148,11 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 				return knnChoice{}, err
 			}
 		}
-		if len(mets) != 1+len(c.Select.KnnSigmas) {
-			return knnChoice{}, fmt.Errorf("select.knn_sigmas: the weighing gave %d smoothings of the term, want %d", len(mets), 1+len(c.Select.KnnSigmas))
+		rs, rw, err := t.knnRows(mets, factors, f, len(res) == 0, cand.Model)
+		if err != nil {
+			return knnChoice{}, err
 		}
-		for at, ms := range mets {
-			for k, a := range factors {
-				if a == 0 && (len(res) > 0 || at > 0) {
-					continue // the map without the term depends on neither the banks nor the term's smoothing
-				}
-				row := knnRow{factor: a, isolated: f, at: at}
-				name := t.knnRowName(row)
-				res = append(res, candidateResult{candidate: candidate{Name: name, Model: cand.Model}, Mean: ms[k], Score: selectScore(c.Select.Metric, ms[k])})
-				rows = append(rows, row)
-			}
-		}
+		res, rows = append(res, rs...), append(rows, rw...)
 	}
 	best, why := bestOver(res, 0, c.Select.MinGain, "no nearest-normal term")
 	table, err := recordCandidates(sc.Progress, dir, KnnFile, res, best)
@@ -189,6 +180,29 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 	fmt.Fprintf(sc.Progress, " (%s)\n", why)
 	fmt.Fprint(sc.Progress, gridEdgeNote("select.knn_factors", factors, rows[topScore(res)].factor, eval.MaxKnnFactor, false))
 	return ch, nil
+}
+
+// knnRows turns one isolated fraction's weighing (mets[smoothing][factor], as MapWeighing.WeighKnn gives it)
+// into the knn table's rows: every factor at every smoothing, factor 0 only once (with first) and at the term's
+// own smoothing, as the map without the term depends on neither the banks nor the term's smoothing.
+func (t *Training) knnRows(mets [][]metrics.Metrics, factors []float64, isolated float64, first bool, model string) ([]candidateResult, []knnRow, error) {
+	c := t.Config
+	if len(mets) != 1+len(c.Select.KnnSigmas) {
+		return nil, nil, fmt.Errorf("select.knn_sigmas: the weighing gave %d smoothings of the term, want %d", len(mets), 1+len(c.Select.KnnSigmas))
+	}
+	var res []candidateResult
+	var rows []knnRow
+	for at, ms := range mets {
+		for k, a := range factors {
+			if a == 0 && (!first || at > 0) {
+				continue
+			}
+			row := knnRow{factor: a, isolated: isolated, at: at}
+			res = append(res, candidateResult{candidate: candidate{Name: t.knnRowName(row), Model: model}, Mean: ms[k], Score: selectScore(c.Select.Metric, ms[k])})
+			rows = append(rows, row)
+		}
+	}
+	return res, rows, nil
 }
 
 // knnRowName is a row's name in the knn table: "knn-<factor>", then "-isolated-<fraction>" with
