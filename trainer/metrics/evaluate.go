@@ -181,7 +181,7 @@ func (c *ClassData) ComputeWith(opts Options) (Metrics, []string) {
 		return m, flipped
 	}
 	// The pixels stay float32, as the maps are: their order, ties and thresholds are the same as in float64,
-	// and a class's millions of pixels sort in a third of the memory (sortFloat32s).
+	// no float64 copy of the maps is made, and they sort by radix (sortFloat32s).
 	n := len(c.maps) * c.w * c.h
 	npos := 0
 	for _, mk := range c.masks {

@@ -15,8 +15,8 @@ const radixMin = 1 << 12
 // two compare equal, so the curves built on the result are the same as on slices.Sort's.
 //
 // Why: the pixel metrics sort every pixel of a class, and the select stage computes them for hundreds of recipes
-// on the painted set (608 passes over 343 images in a PIPED run, most of the 10 minutes it spent after scoring,
-// session 44). Go's pdqsort on float64 costs about 20 comparisons a value at a million values; this is three
+// on the painted set (544 passes over 343 images in a PIPED run, session 44, whose select stage spent 15m51s of
+// its 26m45s outside the scoring passes and the banks, most of it here). Go's pdqsort on float64 costs about 20 comparisons a value at a million values; this is three
 // linear passes (BenchmarkCompute: 565-615 ms a class before, 183-190 ms after).
 func sortFloat32s(s []float32) {
 	if len(s) < radixMin {

@@ -435,10 +435,7 @@ func (t *Training) countsWithKnn(ctx context.Context, sc *StageContext, w *layer
 	if len(c.Select.KnnFactors) == 0 || w.knnIsolated < 0 || w.maps == nil {
 		return nil, nil
 	}
-	factors := c.Select.KnnFactors
-	if factors[0] != 0 {
-		factors = append([]float64{0}, factors...)
-	}
+	factors := c.knnFactors()
 	fmt.Fprintf(sc.Progress, "[select] each count's recipe with the nearest-normal term at its best of factors %v (from the same pass; the count is chosen on these maps):\n", factors)
 	out := make([]candidateResult, len(ks))
 	for i, k := range ks {

@@ -87,10 +87,7 @@ type knnRow struct {
 // same passes. A factor above 0, at any smoothing, is taken only when it leads factor 0 by select.min_gain.
 func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, r mapRecipe) (knnChoice, error) {
 	c := t.Config
-	factors := c.Select.KnnFactors
-	if factors[0] != 0 {
-		factors = append([]float64{0}, factors...)
-	}
+	factors := c.knnFactors()
 	if c.Calibrate.Knn == nil {
 		return knnChoice{}, fmt.Errorf("the nearest-normal term needs calibrate.knn (backbone_onnx, layers)")
 	}
@@ -180,6 +177,14 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 	fmt.Fprintf(sc.Progress, " (%s)\n", why)
 	fmt.Fprint(sc.Progress, gridEdgeNote("select.knn_factors", factors, rows[topScore(res)].factor, eval.MaxKnnFactor, false))
 	return ch, nil
+}
+
+// knnFactors is select.knn_factors with factor 0 (no term, the choice to beat) first.
+func (c *Config) knnFactors() []float64 {
+	if f := c.Select.KnnFactors; len(f) > 0 && f[0] == 0 {
+		return f
+	}
+	return append([]float64{0}, c.Select.KnnFactors...)
 }
 
 // knnRows turns one isolated fraction's weighing (mets[smoothing][factor], as MapWeighing.WeighKnn gives it)
