@@ -267,6 +267,12 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 	if f.Precision != "" && f.Precision != PrecisionInt8 {
 		p.bad("features.precision", "must be absent (float32) or %q, got %q", PrecisionInt8, f.Precision)
 	}
+	switch {
+	case f.WeightBits != 0 && f.Precision != PrecisionInt8:
+		p.bad("features.weight_bits", "is for an int8 feature graph (features.precision %q), got %d with precision %q", PrecisionInt8, f.WeightBits, f.Precision)
+	case f.WeightBits != 0 && f.WeightBits != 7 && f.WeightBits != 8:
+		p.bad("features.weight_bits", "must be 7 or 8 (or absent), got %d", f.WeightBits)
+	}
 	if m.Map.Upsample != "bilinear_align_corners" {
 		p.bad("map.upsample", "only bilinear_align_corners is supported, got %q", m.Map.Upsample)
 	}

@@ -40,8 +40,9 @@ type FeatureSwap struct {
 	Tokens bool           // outputs are ViT tokens [B,1+N,D]
 	Mean   []float32      // the backbone's input normalisation, when it differs from the bundle's
 	Std    []float32
-	// Precision is the new graph's Features.Precision ("" for float32).
-	Precision string
+	// Precision is the new graph's Features.Precision ("" for float32), and WeightBits its Features.WeightBits.
+	Precision  string
+	WeightBits int
 }
 
 // ErrFeatureGraph is wrapped by ReplaceFeatures' error when the feature graph does not fit the swap: not a
@@ -127,7 +128,7 @@ func writeSwapped(src, dir string, m *Manifest, fs FeatureSwap, graph GraphSpec)
 		return err
 	}
 	m.Graphs[RoleFeatures] = graph
-	m.Features = Features{Input: fs.Input, Layers: fs.Layers, Tokens: fs.Tokens, Mean: fs.Mean, Std: fs.Std, Precision: fs.Precision}
+	m.Features = Features{Input: fs.Input, Layers: fs.Layers, Tokens: fs.Tokens, Mean: fs.Mean, Std: fs.Std, Precision: fs.Precision, WeightBits: fs.WeightBits}
 	m.Files[featuresFile] = FileEntry{}
 	m.Version += "+" + strings.TrimSuffix(filepath.Base(fs.Graph), filepath.Ext(fs.Graph))
 	if err := m.Validate(); err != nil {

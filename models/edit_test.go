@@ -79,6 +79,8 @@ func TestReplaceFeatures(t *testing.T) {
 			FeatureSwap{Input: "image", Layers: []FeatureLayer{{Name: "layer2", Weight: 1}}}, false},
 		{"in place", fixtureFeatures,
 			FeatureSwap{Input: "image", Layers: []FeatureLayer{{Name: "layer1", Weight: 2}}}, true},
+		{"recorded as int8 with 8-bit weights", fixtureFeatures,
+			FeatureSwap{Input: "image", Layers: []FeatureLayer{{Name: "layer1", Weight: 1}}, Precision: PrecisionInt8, WeightBits: 8}, false},
 		{"MobileNetV2 with its own normalisation", mobilenet,
 			FeatureSwap{Input: "input", Layers: []FeatureLayer{{Name: "block2", Weight: 1}, {Name: "block5", Weight: 0.5}},
 				Mean: []float32{0.5, 0.5, 0.5}, Std: []float32{0.25, 0.25, 0.25}}, false},
@@ -106,7 +108,8 @@ func TestReplaceFeatures(t *testing.T) {
 			}
 			got := b.Manifest
 			if got.Version != m.Version || !strings.HasPrefix(got.Version, "1.0.0+") || len(got.Features.Layers) != len(c.swap.Layers) ||
-				got.Features.Input != c.swap.Input || len(got.Features.Mean) != len(c.swap.Mean) {
+				got.Features.Input != c.swap.Input || len(got.Features.Mean) != len(c.swap.Mean) ||
+				got.Features.Precision != c.swap.Precision || got.Features.WeightBits != c.swap.WeightBits {
 				t.Errorf("manifest: version %q, features %+v", got.Version, got.Features)
 			}
 			if outs := got.Graphs[RoleFeatures].Outputs; len(outs) != len(c.swap.Layers) || outs[0].Name != c.swap.Layers[0].Name {
@@ -152,6 +155,10 @@ func TestReplaceFeaturesFailureChangesNothing(t *testing.T) {
 			Mean: []float32{0.5, 0.5}, Std: []float32{1, 1}}, false, "features.mean/std", false},
 		{"unknown precision", FeatureSwap{Graph: graph, Input: "image", Layers: []FeatureLayer{{Name: "layer1", Weight: 1}}, Precision: "fp8"},
 			false, `features.precision: must be absent (float32) or "int8", got "fp8"`, false},
+		{"weight bits of a float graph", FeatureSwap{Graph: graph, Input: "image", Layers: []FeatureLayer{{Name: "layer1", Weight: 1}}, WeightBits: 8},
+			false, `features.weight_bits: is for an int8 feature graph (features.precision "int8"), got 8 with precision ""`, false},
+		{"weight bits out of range", FeatureSwap{Graph: graph, Input: "image", Layers: []FeatureLayer{{Name: "layer1", Weight: 1}}, Precision: PrecisionInt8, WeightBits: 4},
+			false, "features.weight_bits: must be 7 or 8 (or absent), got 4", false},
 		{"midway, in place", FeatureSwap{Graph: graph, Input: "image", Layers: []FeatureLayer{{Name: "layer1", Weight: -1}}},
 			true, "positive weight", false},
 		{"missing output", FeatureSwap{Graph: graph, Input: "image", Layers: []FeatureLayer{{Name: "layer9", Weight: 1}}},

@@ -190,6 +190,11 @@ type Features struct {
 	// bundle's own frames and reconstructions). The scorer runs either the same way; it is recorded so that
 	// nobody mistakes a quantised bundle's accuracy for the float one's (docs/operations.md, "Reduced precision").
 	Precision string `json:"precision,omitempty"`
+	// WeightBits is the range of an int8 graph's weights as `vlmdiff quantize` wrote them: 7 ([-64, 64]) or 8
+	// (full int8); 0 where it was not recorded (float32, or a copy made before the field). It is recorded
+	// because 8-bit weights are only exact on CPUs with VNNI or AMX: elsewhere ONNX Runtime's u8 x s8 kernels
+	// add pairs of products into a saturating int16, and the scorer warns when it opens such a bundle there.
+	WeightBits int `json:"weight_bits,omitempty"`
 }
 
 // FeatureLayer is one output of the feature graph and its weight in the summed map.

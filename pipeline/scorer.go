@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -130,6 +131,9 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 	}
 	if s.feat, err = mk(models.RoleFeatures, []string{m.Features.Input}, layers); err != nil {
 		return nil, err
+	}
+	if w := Int8Warning(m, s.provider); w != "" {
+		slog.Warn(w, "bundle", m.Name, "version", m.Version)
 	}
 	if t := m.Map.Knn; t != nil {
 		file, in := t.Graph, []string{models.KnnImage, models.KnnBank}

@@ -39,8 +39,10 @@ type benchReport struct {
 	FeatureLayers int `json:"feature_layers"`
 	// FeaturePrecision is the feature graph's features.precision ("" = float32, "int8" = vlmdiff quantize's).
 	FeaturePrecision string `json:"feature_precision,omitempty"`
-	Provider         string `json:"provider"`
-	Threads          int    `json:"threads"`
+	// FeatureWeightBits is an int8 graph's features.weight_bits (7 or 8; 0 when not recorded).
+	FeatureWeightBits int    `json:"feature_weight_bits,omitempty"`
+	Provider          string `json:"provider"`
+	Threads           int    `json:"threads"`
 	// DenoiserThreads is --denoiser-threads (0: the denoiser runs on Threads too).
 	DenoiserThreads int  `json:"denoiser_threads,omitempty"`
 	Spin            bool `json:"spin"`
@@ -194,7 +196,7 @@ func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, s
 		return nil, nil, err
 	}
 	rep := &benchReport{Bundle: m.Name, Version: m.Version, Width: m.Input.Width, Height: m.Input.Height,
-		DDIMSteps: m.Diffusion.DDIMSteps, DenoiseSteps: s.DenoiseSteps(), StartStep: m.Diffusion.StartStep, Ensemble: s.Ensemble(), FeatureLayers: len(m.Features.Layers), FeaturePrecision: m.Features.Precision, Provider: s.Provider(),
+		DDIMSteps: m.Diffusion.DDIMSteps, DenoiseSteps: s.DenoiseSteps(), StartStep: m.Diffusion.StartStep, Ensemble: s.Ensemble(), FeatureLayers: len(m.Features.Layers), FeaturePrecision: m.Features.Precision, FeatureWeightBits: m.Features.WeightBits, Provider: s.Provider(),
 		Threads: sf.Threads, DenoiserThreads: sf.DenoiserThreads, Spin: sf.Spin, DenoiserSpin: sf.DenoiserSpin, SpinMicros: sf.SpinMicros, GOMAXPROCS: runtime.GOMAXPROCS(0), Memory: sf.MemoryName(), ORTVersion: pipeline.RuntimeVersion(), OpenMS: openMS,
 		FirstFrameMS: time.Since(first).Seconds() * 1000, DynamicOnly: sf.DynamicOnly}
 	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
@@ -349,6 +351,9 @@ func writeBenchTables(w io.Writer, rep *benchReport) {
 	fp := ""
 	if rep.FeaturePrecision != "" {
 		fp = " " + rep.FeaturePrecision
+		if rep.FeatureWeightBits > 0 {
+			fp += fmt.Sprintf(" (%d-bit weights)", rep.FeatureWeightBits)
+		}
 	}
 	ddim := strconv.Itoa(rep.DDIMSteps)
 	if rep.DenoiseSteps != rep.DDIMSteps {

@@ -115,7 +115,7 @@ func runQuantize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	fsw := models.FeatureSwap{Graph: int8Graph, Input: m.Features.Input, Layers: m.Features.Layers, Tokens: m.Features.Tokens,
-		Mean: m.Features.Mean, Std: m.Features.Std, Precision: models.PrecisionInt8}
+		Mean: m.Features.Mean, Std: m.Features.Std, Precision: models.PrecisionInt8, WeightBits: *weightBits}
 	nm, err := models.ReplaceFeatures(sf.Bundle, *out, fsw)
 	if err != nil {
 		return err
@@ -129,6 +129,14 @@ func runQuantize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return fmt.Errorf("quantize: the quantiser's report lacks layer %s", l.Name)
 		}
 		fmt.Fprintf(stdout, "%-16s %10.4f %12.5f %12.5f\n", l.Name, o.RelL2, o.CosMean, o.CosMax)
+	}
+	switch exact := pipeline.Int8WeightsExact(); {
+	case *weightBits == 7 && exact:
+		fmt.Fprintln(stdout, "note: this CPU has VNNI or AMX; where every CPU that scores this bundle has it too, --weight-bits 8 "+
+			"keeps the weights' full range and stays closer to the float features (docs/operations.md, \"Reduced precision\")")
+	case *weightBits == 8 && !exact:
+		fmt.Fprintln(stdout, "note: this CPU has no VNNI or AMX: ONNX Runtime's int8 kernels saturate with 8-bit weights here, "+
+			"so the table above is that drift, and a scorer on such a CPU warns; use --weight-bits 7 for these line PCs")
 	}
 	fmt.Fprintf(stdout, "the thresholds and map reference were measured with the float features: recalibrate it "+
 		"(`vlmdiff calibrate --bundle %s --data %s --reference train`) and compare it with the float bundle "+

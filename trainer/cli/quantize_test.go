@@ -52,8 +52,13 @@ func TestQuantizeFeatures(t *testing.T) {
 		t.Fatalf("the int8 bundle does not load: %v", err)
 	}
 	m := b.Manifest
-	if m.Features.Precision != models.PrecisionInt8 || !strings.HasSuffix(m.Version, "+features.int8") {
-		t.Errorf("features.precision %q, version %q: want int8 and a +features.int8 version", m.Features.Precision, m.Version)
+	if m.Features.Precision != models.PrecisionInt8 || !strings.HasSuffix(m.Version, "+features.int8") || m.Features.WeightBits != 7 {
+		t.Errorf("features.precision %q, version %q, weight_bits %d: want int8, a +features.int8 version and the default 7 bits",
+			m.Features.Precision, m.Version, m.Features.WeightBits)
+	}
+	// 7 bits on a CPU where 8 would be exact: the command says so (and says nothing where it would not be)
+	if note := strings.Contains(stdout, "--weight-bits 8"); note != pipeline.Int8WeightsExact() {
+		t.Errorf("the note on 8-bit weights printed: %v, this CPU runs them exactly: %v\n%s", note, pipeline.Int8WeightsExact(), stdout)
 	}
 	for _, l := range m.Features.Layers {
 		if !strings.Contains(stdout, "\n"+l.Name+" ") {
