@@ -880,9 +880,43 @@ func checkEnsembleSelection(t *testing.T, runDir string, chosen int) {
 	if score(best)-score(none) < 0.01 {
 		best = none
 	}
-	if got := metricsOf(rows[marked]); marked > 0 && got != metricsOf(best) {
-		t.Errorf("the chosen count's row has metrics %s; the knn table's %s at that count has %s: the count was not chosen with the term", got, best[0], metricsOf(best))
+	starts := filepath.Join(runDir, "select", fmt.Sprintf("start_steps-%d.csv", chosen))
+	if _, err := os.Stat(filepath.Join(runDir, "select", run.StartStepsFile)); err != nil { // no select.start_steps
+		if got := metricsOf(rows[marked]); marked > 0 && got != metricsOf(best) {
+			t.Errorf("the chosen count's row has metrics %s; the knn table's %s at that count has %s: the count was not chosen with the term", got, best[0], metricsOf(best))
+		}
+		return
 	}
+	// With select.start_steps too, each count competed at the start step its rule took on that count's recipe
+	// (start_steps-<K>.csv): the chosen count's row is that table's chosen row, and the table's start-999 row is
+	// the recipe the knn rule picked (above), scored again with its own banks and reference.
+	if _, err := os.Stat(starts); err != nil {
+		t.Fatalf("the start steps were weighed, but not at each count: %v", err)
+	}
+	var own, picked []string
+	for _, r := range readCSV(t, starts)[1:] {
+		if r[0] == "start-999" {
+			own = r
+		}
+		if r[len(r)-1] == "true" {
+			picked = r
+		}
+	}
+	if own == nil || picked == nil {
+		t.Fatalf("%s: want a start-999 row and a chosen row", starts)
+	}
+	if got := metricsOf(rows[marked]); got != metricsOf(picked) {
+		t.Errorf("the chosen count's row has metrics %s; its start table chose %s with %s: the count did not compete at its start step", got, picked[0], metricsOf(picked))
+	}
+	for c := 2; c < 7; c++ { // i_auroc .. i_ap, within the rounding of two scoring paths
+		a, errA := strconv.ParseFloat(own[c], 64)
+		b, errB := strconv.ParseFloat(best[c], 64)
+		if errA != nil || errB != nil || math.Abs(a-b) > 1e-4 {
+			t.Errorf("%s: start-999 scored %v, the knn table's %s %v: not the recipe the count was weighed with", starts, own[2:7], best[0], best[2:7])
+			break
+		}
+	}
+	t.Logf("the counts competed at their start steps: %d noise(s) chose %s", chosen, picked[0])
 }
 
 // checkSelection checks the select stage's record of a run with snapshots: every snapshot and the final model

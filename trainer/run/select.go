@@ -166,8 +166,9 @@ func bestOver(rs []candidateResult, own int, minGain float64, what string) (int,
 // the synthetic-defect validation set; the best candidate's model is what the export stage exports. Without
 // snapshots (train.snapshot_every 0) it passes the train stage's model on. With select.layer_weights it then
 // weighs the feature layers of the chosen model (with select.pixel_factors, together with the mean-frame term),
-// and with select.ensembles it scores the chosen model and layers with each start-noise count; then, on that
-// recipe, the nearest-normal term (select.knn_factors), the start step (select.start_steps), the smoothing
+// and with select.ensembles it scores the chosen model and layers with each start-noise count (with the
+// nearest-normal term and select.start_steps too, each count at its own start step); then, on that recipe, the
+// nearest-normal term (select.knn_factors), the start step (select.start_steps), the smoothing
 // (select.smoothing) and the score pooling (select.pool_repeats). The export stage writes the layers, the count,
 // the start step, the sigma and the pooling, the calibrate stage the terms.
 func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]string, error) {
@@ -250,17 +251,11 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 			}
 		}
 	}
-	recipe := mapRecipe{Ensemble: k, Layers: choice.Layers, Pixel: c.Calibrate.PixelFactor, PixelSigma: c.Calibrate.PixelSigma, Knn: c.Calibrate.KnnFactor,
-		KnnSigma: c.Calibrate.KnnSigma, KnnIsolated: -1}
-	if len(c.Select.PixelFactors) > 0 && choice.Layers != nil {
-		recipe.Pixel = choice.Pixel
-		if choice.PixelSigma != nil {
-			recipe.PixelSigma = choice.PixelSigma
-		}
-	}
+	recipe := t.countRecipe(k, choice)
 	if choice.Layers != nil {
 		recipe.from = choice.from // the weighed recipe: its layers, its term factor (the only one weighed without select.pixel_factors)
 	}
+	recipe.starts = choice.starts
 	choice.from = nil // recipe holds the weighing's maps until the knn step has used them
 	if err := t.selectKnnAndSmoothing(ctx, sc, items, valData, dir, &recipe, outs); err != nil {
 		return nil, err
@@ -400,10 +395,33 @@ func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext
 		fmt.Fprintf(sc.Progress, "[select] %d noise(s), layers %v, mean-frame term factor %g: I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f\n", k, chosen.Layers,
 			chosen.Pixel, 100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*res[i].Score)
 	}
-	if kres, err := t.countsWithKnn(ctx, sc, w, ks, choices, cand.Model); err != nil {
+	kres, picks, err := t.countsWithKnn(ctx, sc, w, ks, choices, cand.Model)
+	if err != nil {
 		return 0, mapChoice{}, nil, err
-	} else if kres != nil {
+	}
+	if kres != nil {
 		res = kres
+		if len(c.Select.StartSteps) > 0 {
+			// Each count competes at the start step the start-step rule takes for it (weighStarts on the count's
+			// recipe). Why: what a lower step gains depends on the count, so a count chosen at the export's step,
+			// and a step then chosen at that count, can miss a pair that leads both. The noisy-background part
+			// (session 45): 1 noise scored 82.44 from 999 and 83.28 from 101 (under min_gain: 999 kept), 2 noises
+			// 82.23 and 83.55; chosen one after the other that was 1 noise from 999, together 2 noises from 101
+			// (test AU-PRO 79.90 against 78.09, and 105 ms a frame against 114 on 2 cores: 2 of 10 DDIM steps).
+			fmt.Fprintf(sc.Progress, "[select] each count's recipe at each start step %v (the count is chosen at the step its rule takes):\n", c.Select.StartSteps)
+			for i, k := range ks {
+				r := t.knnRecipe(t.countRecipe(k, choices[i]), picks[i])
+				start, row, table, err := t.weighStarts(ctx, sc, items, cand, valData, dir, r, fmt.Sprintf("start_steps-%d.csv", k))
+				if err != nil {
+					return 0, mapChoice{}, nil, fmt.Errorf("select.ensembles: %d start noises: %w", k, err)
+				}
+				choices[i].starts = &startWeighing{recipe: r, start: start, table: table}
+				res[i] = candidateResult{candidate: candidate{Name: fmt.Sprintf("noises-%d", k), Model: cand.Model}, Mean: row.Mean, Score: row.Score}
+				m := row.Mean
+				fmt.Fprintf(sc.Progress, "[select] %d noise(s) from step %d: I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f\n", k, start,
+					100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*row.Score)
+			}
+		}
 	}
 	best, why := cheapestEnsemble(ks, res, c.Select.MinGain)
 	table, err := recordCandidates(sc.Progress, dir, EnsembleFile, res, best)
@@ -430,33 +448,65 @@ func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext
 // (PIPED's painted set: 5.7-6.8 points, session 44), so a count that leads without it may not lead with it, and
 // each extra noise costs a denoiser pass on every frame. It returns nil (the counts are chosen without the term)
 // when the stage weighs no term or w's pass kept none of its maps; rows are named noises-<K> as without it.
-func (t *Training) countsWithKnn(ctx context.Context, sc *StageContext, w *layerWeighing, ks []int, choices []mapChoice, model string) ([]candidateResult, error) {
+func (t *Training) countsWithKnn(ctx context.Context, sc *StageContext, w *layerWeighing, ks []int, choices []mapChoice, model string) ([]candidateResult, []knnRow, error) {
 	c := t.Config
 	if len(c.Select.KnnFactors) == 0 || w.knnIsolated < 0 || w.maps == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	factors := c.knnFactors()
 	fmt.Fprintf(sc.Progress, "[select] each count's recipe with the nearest-normal term at its best of factors %v (from the same pass; the count is chosen on these maps):\n", factors)
-	out := make([]candidateResult, len(ks))
+	out, picks := make([]candidateResult, len(ks)), make([]knnRow, len(ks))
 	for i, k := range ks {
 		if choices[i].from == nil {
-			return nil, fmt.Errorf("select.ensembles: %d start noises: the layer choice kept no recipe of the weighing", k)
+			return nil, nil, fmt.Errorf("select.ensembles: %d start noises: the layer choice kept no recipe of the weighing", k)
 		}
 		mets, err := w.maps.WeighKnn(ctx, i, w.cands[choices[i].from.cand], factors)
 		if err != nil {
-			return nil, fmt.Errorf("select.ensembles: %d start noises with the nearest-normal term: %w", k, err)
+			return nil, nil, fmt.Errorf("select.ensembles: %d start noises with the nearest-normal term: %w", k, err)
 		}
-		rs, _, err := t.knnRows(mets, factors, w.knnIsolated, true, model)
+		rs, rows, err := t.knnRows(mets, factors, w.knnIsolated, true, model)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		b, _ := bestOver(rs, 0, c.Select.MinGain, "no nearest-normal term")
 		m := rs[b].Mean
+		picks[i] = rows[b]
 		out[i] = candidateResult{candidate: candidate{Name: fmt.Sprintf("noises-%d", k), Model: model}, Mean: m, Score: rs[b].Score}
 		fmt.Fprintf(sc.Progress, "[select] %d noise(s), %s: I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f (without the term %.2f)\n", k, rs[b].Name,
 			100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*rs[b].Score, 100*rs[0].Score)
 	}
-	return out, nil
+	return out, picks, nil
+}
+
+// countRecipe is the recipe of k start noises with the layers and mean-frame term of choice, before the
+// nearest-normal step: the calibrate config's terms where the stage weighs none of them.
+func (t *Training) countRecipe(k int, choice mapChoice) mapRecipe {
+	c := t.Config
+	r := mapRecipe{Ensemble: k, Layers: choice.Layers, Pixel: c.Calibrate.PixelFactor, PixelSigma: c.Calibrate.PixelSigma, Knn: c.Calibrate.KnnFactor,
+		KnnSigma: c.Calibrate.KnnSigma, KnnIsolated: -1}
+	if len(c.Select.PixelFactors) > 0 && choice.Layers != nil {
+		r.Pixel = choice.Pixel
+		if choice.PixelSigma != nil {
+			r.PixelSigma = choice.PixelSigma
+		}
+	}
+	return r
+}
+
+// knnRecipe is r with the nearest-normal term of row as the knn step would set it from that row (selectKnn,
+// selectKnnAndSmoothing): its factor, its smoothing (the term's own at 0), and its isolated fraction only where
+// select.knn_isolated is weighed (else -1: the calibrate config's).
+func (t *Training) knnRecipe(r mapRecipe, row knnRow) mapRecipe {
+	c := t.Config
+	r.Knn, r.KnnIsolated = row.factor, -1
+	if row.at > 0 {
+		v := c.Select.KnnSigmas[row.at-1]
+		r.KnnSigma = &v
+	}
+	if len(c.Select.KnnIsolated) > 0 {
+		r.KnnIsolated = row.isolated
+	}
+	return r
 }
 
 // ensembleEdgeNote is gridEdgeNote for select.ensembles (res in the order of ks): more noises cost more per

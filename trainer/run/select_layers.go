@@ -79,6 +79,9 @@ type mapChoice struct {
 	// factors from it without a pass of its own (when it kept the term's maps), and the stage computes the
 	// chosen recipe's map reference from it (saveReference).
 	from *weighedRecipe
+	// starts is the start-step weighing of this choice's recipe while the counts competed (select.start_steps
+	// with select.ensembles and the nearest-normal term), which the start-step step reuses when it ships.
+	starts *startWeighing
 }
 
 // weighedRecipe is one recipe of a layer weighing: its count (view) and candidate index.

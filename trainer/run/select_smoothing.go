@@ -60,6 +60,7 @@ type mapRecipe struct {
 	Start       int
 	Sigma       float64
 	from        *weighedRecipe // the layer weighing that chose Layers and Pixel at Ensemble, when it kept the term's maps
+	starts      *startWeighing // the start steps weighed on this recipe while the counts competed, if they were
 }
 
 // terms is the recipe's terms as the reference measures them.

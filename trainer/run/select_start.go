@@ -110,16 +110,50 @@ func applySigma(bundle string, sigma float64) error {
 // also more of a defect) and runs fewer steps. Which wins depends on the material. The export's own step stays
 // unless another leads it by select.min_gain. It returns the chosen step and the table's path.
 func (t *Training) selectStart(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, r mapRecipe) (int, string, error) {
+	if w := r.starts; w != nil && w.recipe.same(r) {
+		fmt.Fprintf(sc.Progress, "[select] start step %d, as weighed with the start-noise counts on this recipe (%s)\n", w.start, w.table)
+		b, err := os.ReadFile(w.table)
+		if err != nil {
+			return 0, "", err
+		}
+		table := filepath.Join(dir, StartStepsFile)
+		return w.start, table, os.WriteFile(table, b, 0o644)
+	} else if w != nil {
+		fmt.Fprintln(sc.Progress, "[select] the nearest-normal step changed the recipe the counts were weighed with: weighing the start steps on it again")
+	}
+	start, _, table, err := t.weighStarts(ctx, sc, items, cand, valData, dir, r, StartStepsFile)
+	return start, table, err
+}
+
+// startWeighing is a start-step weighing done while the counts competed (weighStarts at each count's recipe):
+// the recipe, the step its rule chose and its table, which the start-step step reuses when the recipe that
+// ships is this one.
+type startWeighing struct {
+	recipe mapRecipe
+	start  int
+	table  string
+}
+
+// same says whether r is the recipe o (the weighings' maps and the start step aside).
+func (o mapRecipe) same(r mapRecipe) bool {
+	eq := func(a, b *float64) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
+	return o.Ensemble == r.Ensemble && fmt.Sprint(o.Layers) == fmt.Sprint(r.Layers) && o.Pixel == r.Pixel && eq(o.PixelSigma, r.PixelSigma) &&
+		o.Knn == r.Knn && eq(o.KnnSigma, r.KnnSigma) && o.KnnIsolated == r.KnnIsolated && o.Sigma == r.Sigma
+}
+
+// weighStarts scores recipe r at each start step (selectStart's weighing) into the table dir/file and returns
+// the step the rule chose and that step's row.
+func (t *Training) weighStarts(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, r mapRecipe, file string) (int, candidateResult, string, error) {
 	c := t.Config
 	work := filepath.Join(dir, "start")
 	bundle, err := t.recipeBundle(ctx, sc, items, cand, work, r, "[select] start steps: ")
 	defer os.RemoveAll(work)
 	if err != nil {
-		return 0, "", err
+		return 0, candidateResult{}, "", err
 	}
 	m, err := models.ReadManifest(bundle)
 	if err != nil {
-		return 0, "", err
+		return 0, candidateResult{}, "", err
 	}
 	own := m.Diffusion
 	steps := slices.Clone(c.Select.StartSteps)
@@ -130,40 +164,40 @@ func (t *Training) selectStart(ctx context.Context, sc *StageContext, items []da
 	}
 	for _, s := range steps {
 		if s >= own.TrainSteps {
-			return 0, "", fmt.Errorf("select.start_steps %v: the bundle's schedule has %d steps", c.Select.StartSteps, own.TrainSteps)
+			return 0, candidateResult{}, "", fmt.Errorf("select.start_steps %v: the bundle's schedule has %d steps", c.Select.StartSteps, own.TrainSteps)
 		}
 	}
-	fmt.Fprintf(sc.Progress, "[select] start step: %v, ranked by %s on %s\n", steps, c.Select.Metric, valData)
+	fmt.Fprintf(sc.Progress, "[select] start step: %v with %d start noise(s), ranked by %s on %s\n", steps, m.Diffusion.Noises(), c.Select.Metric, valData)
 	res := make([]candidateResult, len(steps))
 	ownAt := slices.Index(steps, own.StartStep)
 	for i, s := range steps {
 		name := "start-" + strconv.Itoa(s)
 		// read anew: the banks and each candidate's reference were written into the manifest since
 		if m, err = models.ReadManifest(bundle); err != nil {
-			return 0, "", err
+			return 0, candidateResult{}, "", err
 		}
 		m.Diffusion = own
 		if i != ownAt {
 			m.Diffusion = own.WithStart(s)
 		}
 		if err := models.WriteManifest(bundle, m); err != nil {
-			return 0, "", err
+			return 0, candidateResult{}, "", err
 		}
 		mets, err := t.scoreWithReference(ctx, sc, items, bundle, valData, r.terms(), "[select] "+name+" ")
 		if err != nil {
-			return 0, "", fmt.Errorf("select.start_steps %d: %w", s, err)
+			return 0, candidateResult{}, "", fmt.Errorf("select.start_steps %d: %w", s, err)
 		}
 		fmt.Fprintf(sc.Progress, "[select] %s I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f\n", name, 100*mets.ImageAUROC, 100*mets.PixelAUROC, 100*mets.AUPRO, 100*mets.PixelAP)
 		res[i] = candidateResult{candidate: candidate{Name: name, Model: cand.Model}, Mean: mets, Score: selectScore(c.Select.Metric, mets)}
 	}
 	best, why := bestOver(res, ownAt, c.Select.MinGain, "the export's start step")
-	table, err := recordCandidates(sc.Progress, dir, StartStepsFile, res, best)
+	table, err := recordCandidates(sc.Progress, dir, file, res, best)
 	if err != nil {
-		return 0, "", err
+		return 0, candidateResult{}, "", err
 	}
 	fmt.Fprintf(sc.Progress, "[select] start step %d (%s)\n", steps[best], why)
 	if top := steps[topScore(res)]; top == steps[len(steps)-1] && top > 1 {
 		fmt.Fprintf(sc.Progress, "[select] note: select.start_steps scored best at its lowest step %d, so a lower one might score higher: add one to the list to see\n", top)
 	}
-	return steps[best], table, nil
+	return steps[best], res[best], table, nil
 }

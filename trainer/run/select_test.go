@@ -219,3 +219,35 @@ func TestSelectConfigChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestMapRecipeSame: the start-step step reuses a weighing only for the recipe it was weighed on, whatever
+// pointers its smoothings sit behind, and never across the weighings' maps or start step.
+func TestMapRecipeSame(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	base := mapRecipe{Ensemble: 2, Layers: [][2]any{{"block2", 1.0}, {"block5", 0.5}}, Pixel: 0.5, PixelSigma: f(1), Knn: 8, KnnSigma: f(2), KnnIsolated: -1}
+	cases := []struct {
+		name string
+		edit func(r *mapRecipe)
+		same bool
+	}{
+		{"itself, sigmas at other addresses", func(r *mapRecipe) { r.PixelSigma, r.KnnSigma = f(1), f(2) }, true},
+		{"another start step and weighing", func(r *mapRecipe) { r.Start, r.from, r.starts = 101, &weighedRecipe{}, &startWeighing{} }, true},
+		{"another count", func(r *mapRecipe) { r.Ensemble = 1 }, false},
+		{"another layer weight", func(r *mapRecipe) { r.Layers = [][2]any{{"block2", 1.0}, {"block5", 1.0}} }, false},
+		{"another mean-frame factor", func(r *mapRecipe) { r.Pixel = 0.25 }, false},
+		{"the mean-frame term at the map's sigma", func(r *mapRecipe) { r.PixelSigma = nil }, false},
+		{"another knn factor", func(r *mapRecipe) { r.Knn = 4 }, false},
+		{"another knn sigma", func(r *mapRecipe) { r.KnnSigma = f(3) }, false},
+		{"another isolated fraction", func(r *mapRecipe) { r.KnnIsolated = 0.1 }, false},
+		{"another map sigma", func(r *mapRecipe) { r.Sigma = 2.5 }, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := base
+			c.edit(&r)
+			if got := base.same(r); got != c.same {
+				t.Errorf("same = %v, want %v (%+v against %+v)", got, c.same, r, base)
+			}
+		})
+	}
+}
