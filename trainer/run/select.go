@@ -407,7 +407,7 @@ func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext
 			// and a step then chosen at that count, can miss a pair that leads both. The noisy-background part
 			// (session 45): 1 noise scored 82.44 from 999 and 83.28 from 101 (under min_gain: 999 kept), 2 noises
 			// 82.23 and 83.55; chosen one after the other that was 1 noise from 999, together 2 noises from 101
-			// (test AU-PRO 79.90 against 78.09, and 105 ms a frame against 114 on 2 cores: 2 of 10 DDIM steps).
+			// (test AU-PRO 79.90 against 78.09, and 105 ms a frame against 113-119 on 2 cores: 2 of 10 DDIM steps).
 			fmt.Fprintf(sc.Progress, "[select] each count's recipe at each start step %v (the count is chosen at the step its rule takes):\n", c.Select.StartSteps)
 			for i, k := range ks {
 				r := t.knnRecipe(t.countRecipe(k, choices[i]), picks[i])

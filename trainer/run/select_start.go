@@ -137,7 +137,7 @@ type startWeighing struct {
 // same says whether r is the recipe o (the weighings' maps and the start step aside).
 func (o mapRecipe) same(r mapRecipe) bool {
 	eq := func(a, b *float64) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
-	return o.Ensemble == r.Ensemble && fmt.Sprint(o.Layers) == fmt.Sprint(r.Layers) && o.Pixel == r.Pixel && eq(o.PixelSigma, r.PixelSigma) &&
+	return o.Ensemble == r.Ensemble && slices.Equal(o.Layers, r.Layers) && o.Pixel == r.Pixel && eq(o.PixelSigma, r.PixelSigma) &&
 		o.Knn == r.Knn && eq(o.KnnSigma, r.KnnSigma) && o.KnnIsolated == r.KnnIsolated && o.Sigma == r.Sigma
 }
 
