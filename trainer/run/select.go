@@ -167,9 +167,9 @@ func bestOver(rs []candidateResult, own int, minGain float64, what string) (int,
 // snapshots (train.snapshot_every 0) it passes the train stage's model on. With select.layer_weights it then
 // weighs the feature layers of the chosen model (with select.pixel_factors, together with the mean-frame term),
 // and with select.ensembles it scores the chosen model and layers with each start-noise count (with the
-// nearest-normal term and select.start_steps too, each count at its own start step); then, on that recipe, the
-// nearest-normal term (select.knn_factors), the start step (select.start_steps), the smoothing
-// (select.smoothing) and the score pooling (select.pool_repeats). The export stage writes the layers, the count,
+// nearest-normal term when it is weighed, and with select.start_steps each count at its own start step); then,
+// on that recipe, the nearest-normal term (select.knn_factors), the start step (select.start_steps), the
+// smoothing (select.smoothing) and the score pooling (select.pool_repeats). The export stage writes the layers, the count,
 // the start step, the sigma and the pooling, the calibrate stage the terms.
 func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]string, error) {
 	c := t.Config
@@ -233,7 +233,7 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 	case len(c.Select.Ensembles) > 0:
 		var table string
 		var err error
-		if k, table, err = t.selectEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir, nil, c.Calibrate.PixelFactor); err != nil {
+		if k, choice.starts, table, err = t.selectEnsemble(ctx, sc, items, candidate{Name: "chosen", Model: outs["model"]}, valData, dir); err != nil {
 			return nil, err
 		}
 		outs["ensembles"] = table
@@ -336,40 +336,60 @@ func selectedEnsemble(sc *StageContext) (int, error) {
 }
 
 // selectEnsemble scores the chosen weights with each count of select.ensembles (each with its own map
-// reference, as calibrate would measure it) and returns the chosen count and the path of its table.
-func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, layers [][2]any, factor float64) (int, string, error) {
+// reference, as calibrate would measure it, and the calibrate config's terms) and returns the chosen count,
+// the start-step weighing of its recipe and the path of its table. With select.start_steps each count competes
+// at the start step the start-step rule takes for it (countsAtStarts); the weighing returned is then the
+// chosen count's, else nil.
+func (t *Training) selectEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string) (int, *startWeighing, string, error) {
 	c := t.Config
 	ks := c.Select.Ensembles
-	fmt.Fprintf(sc.Progress, "[select] start noises per frame %v for %s, ranked by %s on %s\n", ks, cand.Model, c.Select.Metric, valData)
 	res := make([]candidateResult, len(ks))
-	for i, k := range ks {
-		cand.Name = fmt.Sprintf("noises-%d", k)
-		m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), k, layers, factor)
-		if err != nil {
-			return 0, "", fmt.Errorf("%d start noises: %w", k, err)
+	var starts []*startWeighing
+	if len(c.Select.StartSteps) > 0 {
+		recipes := make([]mapRecipe, len(ks))
+		for i, k := range ks {
+			recipes[i] = t.countRecipe(k, mapChoice{})
 		}
-		res[i] = candidateResult{candidate: cand, Mean: m, Score: selectScore(c.Select.Metric, m)}
-		fmt.Fprintf(sc.Progress, "[select] %d noise(s): I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f\n", k,
-			100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*res[i].Score)
+		var err error
+		if res, starts, err = t.countsAtStarts(ctx, sc, items, cand, valData, dir, ks, recipes); err != nil {
+			return 0, nil, "", err
+		}
+	} else {
+		fmt.Fprintf(sc.Progress, "[select] start noises per frame %v for %s, ranked by %s on %s\n", ks, cand.Model, c.Select.Metric, valData)
+		for i, k := range ks {
+			cand.Name = fmt.Sprintf("noises-%d", k)
+			m, err := t.scoreCandidate(ctx, sc, items, cand, valData, filepath.Join(dir, cand.Name), k, nil, c.Calibrate.PixelFactor)
+			if err != nil {
+				return 0, nil, "", fmt.Errorf("%d start noises: %w", k, err)
+			}
+			res[i] = candidateResult{candidate: cand, Mean: m, Score: selectScore(c.Select.Metric, m)}
+			fmt.Fprintf(sc.Progress, "[select] %d noise(s): I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f\n", k,
+				100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*res[i].Score)
+		}
 	}
 	best, why := cheapestEnsemble(ks, res, c.Select.MinGain)
 	table, err := recordCandidates(sc.Progress, dir, EnsembleFile, res, best)
 	if err != nil {
-		return 0, "", err
+		return 0, nil, "", err
 	}
 	fmt.Fprintf(sc.Progress, "[select] chose %d start noise(s) per frame (%s)\n", ks[best], why)
 	fmt.Fprint(sc.Progress, ensembleEdgeNote(ks, res))
-	return ks[best], table, nil
+	var chosen *startWeighing
+	if starts != nil {
+		chosen = starts[best]
+	}
+	return ks[best], chosen, table, nil
 }
 
 // selectLayersAndEnsemble weighs the feature layers at every count of select.ensembles from one export and one
 // scoring pass with the largest count (weighLayers: each count is the first noises of the largest) and chooses
 // the count by its best weighting's score, as selectEnsemble does; with the nearest-normal term weighed, by that
-// weighting's score with its best factor of the term (countsWithKnn). It returns the count, its map choice (layers
-// and mean-frame term; nil layers when the bundle has a single layer and no term is weighed: then the counts are
-// scored with the bundle's layer as selectEnsemble does) and
-// the stage outputs for the tables: every count's layer table (layer_weights-<K>.csv), the chosen count's also
-// as layer_weights.csv, and ensembles.csv with each count's best weighting (and its term, when weighed).
+// weighting's score with its best factor of the term (countsWithKnn); with select.start_steps, by that recipe's
+// row at the start step its rule takes (countsAtStarts). It returns the count, its map choice (layers and
+// mean-frame term; nil layers when the bundle has a single layer and no term is weighed: then the counts are
+// scored with the bundle's layer as selectEnsemble does) and the stage outputs for the tables: every count's
+// layer table (layer_weights-<K>.csv), the chosen count's also as layer_weights.csv, and ensembles.csv with each
+// count's best weighting (and its term, when weighed).
 func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string) (int, mapChoice, map[string]string, error) {
 	c := t.Config
 	ks := c.Select.Ensembles
@@ -381,8 +401,8 @@ func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext
 		return 0, mapChoice{}, nil, fmt.Errorf("%v start noises: %w", ks, err)
 	}
 	if w == nil { // one layer: nothing to weigh, only the counts
-		k, table, err := t.selectEnsemble(ctx, sc, items, cand, valData, dir, nil, c.Calibrate.PixelFactor)
-		return k, mapChoice{}, map[string]string{"ensembles": table}, err
+		k, starts, table, err := t.selectEnsemble(ctx, sc, items, cand, valData, dir)
+		return k, mapChoice{starts: starts}, map[string]string{"ensembles": table}, err
 	}
 	for i, k := range ks {
 		fmt.Fprintf(sc.Progress, "[select] with %d start noise(s):\n", k)
@@ -401,26 +421,20 @@ func (t *Training) selectLayersAndEnsemble(ctx context.Context, sc *StageContext
 	}
 	if kres != nil {
 		res = kres
-		if len(c.Select.StartSteps) > 0 {
-			// Each count competes at the start step the start-step rule takes for it (weighStarts on the count's
-			// recipe). Why: what a lower step gains depends on the count, so a count chosen at the export's step,
-			// and a step then chosen at that count, can miss a pair that leads both. The noisy-background part
-			// (session 45): 1 noise scored 82.44 from 999 and 83.28 from 101 (under min_gain: 999 kept), 2 noises
-			// 82.23 and 83.55; chosen one after the other that was 1 noise from 999, together 2 noises from 101
-			// (test AU-PRO 79.90 against 78.09, and 105 ms a frame against 113-119 on 2 cores: 2 of 10 DDIM steps).
-			fmt.Fprintf(sc.Progress, "[select] each count's recipe at each start step %v (the count is chosen at the step its rule takes):\n", c.Select.StartSteps)
-			for i, k := range ks {
-				r := t.knnRecipe(t.countRecipe(k, choices[i]), picks[i])
-				start, row, table, err := t.weighStarts(ctx, sc, items, cand, valData, dir, r, fmt.Sprintf("start_steps-%d.csv", k))
-				if err != nil {
-					return 0, mapChoice{}, nil, fmt.Errorf("select.ensembles: %d start noises: %w", k, err)
-				}
-				choices[i].starts = &startWeighing{recipe: r, start: start, table: table}
-				res[i] = candidateResult{candidate: candidate{Name: fmt.Sprintf("noises-%d", k), Model: cand.Model}, Mean: row.Mean, Score: row.Score}
-				m := row.Mean
-				fmt.Fprintf(sc.Progress, "[select] %d noise(s) from step %d: I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f\n", k, start,
-					100*m.ImageAUROC, 100*m.PixelAUROC, 100*m.AUPRO, 100*m.PixelAP, c.Select.Metric, 100*row.Score)
+	}
+	if len(c.Select.StartSteps) > 0 {
+		recipes := make([]mapRecipe, len(ks))
+		for i, k := range ks {
+			if recipes[i] = t.countRecipe(k, choices[i]); kres != nil {
+				recipes[i] = t.knnRecipe(recipes[i], picks[i])
 			}
+		}
+		var starts []*startWeighing
+		if res, starts, err = t.countsAtStarts(ctx, sc, items, cand, valData, dir, ks, recipes); err != nil {
+			return 0, mapChoice{}, nil, err
+		}
+		for i := range choices {
+			choices[i].starts = starts[i]
 		}
 	}
 	best, why := cheapestEnsemble(ks, res, c.Select.MinGain)

@@ -80,7 +80,7 @@ type mapChoice struct {
 	// chosen recipe's map reference from it (saveReference).
 	from *weighedRecipe
 	// starts is the start-step weighing of this choice's recipe while the counts competed (select.start_steps
-	// with select.ensembles and the nearest-normal term), which the start-step step reuses when it ships.
+	// with select.ensembles), which the start-step step reuses when it ships.
 	starts *startWeighing
 }
 
