@@ -64,9 +64,13 @@ test-py:
 # --denoiser-spin / --denoiser-threads 1 (docs/operations.md, "Tuning scoring speed"). An int8-feature copy made
 # by `vlmdiff quantize --bundle $(BENCH_DIR)/bundle --data DATASET --out DIR` is timed with
 # `bin/vlmdiff bench --bundle DIR --threads 2 --batches 1,4 --floor` (docs/operations.md, "Reduced precision").
-BENCH_DIR ?= out/bench-small
+# BENCH_RES_BLOCKS=1 benches the small preset with one ResBlock a level (build.extra.res_blocks; its own
+# BENCH_DIR, out/bench-small-rb1), the lean denoiser of docs/training.md "Fewer blocks per level".
+BENCH_RES_BLOCKS ?=
+BENCH_DIR ?= out/bench-small$(if $(BENCH_RES_BLOCKS),-rb$(BENCH_RES_BLOCKS))
 bench: build
-	@test -f $(BENCH_DIR)/bundle/bundle.json || PYTHONPATH=trainer/python $(PY) -m vlmdiff_train.bench_bundle --out $(BENCH_DIR)
+	@test -f $(BENCH_DIR)/bundle/bundle.json || PYTHONPATH=trainer/python $(PY) -m vlmdiff_train.bench_bundle --out $(BENCH_DIR) \
+		$(if $(BENCH_RES_BLOCKS),--res-blocks $(BENCH_RES_BLOCKS))
 	./$(BIN) bench --bundle $(BENCH_DIR)/bundle --threads 2 --batches 1,4 --frames 20 --floor \
 		--mem-pattern=false --shared-arena --reference $(BENCH_DIR)/model.pt --rounds 5 --ab-dynamic $(BENCH_FLAGS)
 

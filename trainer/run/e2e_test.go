@@ -342,7 +342,9 @@ func TestTrainTinyTaefEndToEnd(t *testing.T) {
 	// weights, and on an AVX2-only CPU the same 40 / 60 steps gave 0.694 (pixel 0.840) and 40 / 200 0.799: the
 	// autoencoder, not the denoiser, was short. 150 / 200 gave 0.944 (pixel 0.960) there (session 33), at about
 	// the same test time. The bar sits below that, and the controls below still hold it to a real separation:
-	// labels swapped must fall as far below 0.5 as this rises above it. Its select stage weighs one and two
+	// labels swapped must fall as far below 0.5 as this rises above it. It builds one ResBlock per level
+	// (build.extra.res_blocks: 1, the lean denoiser of docs/training.md "Fewer blocks per level"), so that
+	// structure's export, parity probes and Go scoring run here too. Its select stage weighs one and two
 	// noises, each at start steps 999 and 301, without layer weights or the nearest-normal term: the path
 	// where the counts compete at their own start steps on the calibrate config's terms (selectEnsemble).
 	trainEndToEnd(t, "tiny-taef", 0.80, [2]int{150, 200}, func(work string) string {
@@ -363,7 +365,7 @@ torch.save(m.decoder.state_dict(), sys.argv[1] + "/tiny_decoder.pth")`
 			t.Fatalf("writing tiny taef files: %v\n%s", err, out)
 		}
 		return "  init: " + dir + "\n"
-	}, 0, "build:\n  extra:\n    control_levels: 3\n    latent_norm: true\nselect:\n  ensembles: [1, 2]\n  start_steps: [999, 301]\n", 0)
+	}, 0, "build:\n  extra:\n    control_levels: 3\n    latent_norm: true\n    res_blocks: 1\nselect:\n  ensembles: [1, 2]\n  start_steps: [999, 301]\n", 0)
 }
 
 // trainEndToEnd trains preset through `vlmdiff train` for steps (autoencoder, denoiser) optimiser steps; aeInit

@@ -239,6 +239,33 @@ def test_build_control_levels_travel_in_the_model_file(dataset, tmp_path):
                                   "control_levels": 4})
 
 
+def test_build_res_blocks_travel_in_the_model_file(dataset, tmp_path):
+    """build.res_blocks is written into the model file, and the UNet and the SG branch that mirrors its encoder
+    are rebuilt with that many ResBlocks per level (the decoder one more), so train, export and the reference
+    scorer run the same networks."""
+    from vlmdiff_train.nets.unet import ResBlock
+    from vlmdiff_train.model_file import load_model_file, rebuild
+    base = {"preset": "tiny", "index": str(dataset / "index.jsonl"), "captions": str(dataset / "captions.json"),
+            "seed": 0}
+    out = train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "b"), res_blocks=1))
+    assert out["res_blocks"] == 1
+    blob = load_model_file(out["model"])
+    assert blob["builder"]["overrides"] == {"res_blocks": 1}
+    lean = rebuild(blob)[0].denoiser
+    full = rebuild(load_model_file(train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "p")))["model"]))[0].denoiser
+
+    def blocks(m):
+        return sum(isinstance(x, ResBlock) for x in m.modules())
+
+    levels = len(lean.unet.cfg.channel_mult)
+    # encoder: res_blocks a level; decoder: res_blocks + 1 a level; middle: 2 (tiny's preset has 2 a level)
+    assert blocks(lean.unet) == levels * 1 + levels * 2 + 2
+    assert blocks(full.unet) == levels * 2 + levels * 3 + 2
+    assert blocks(lean.sgn) < blocks(full.sgn)
+    with pytest.raises(ValueError, match="res_blocks 0: want at least one"):
+        train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "x"), res_blocks=0))
+
+
 def test_build_latent_norm_centres_each_channel_and_keeps_reconstructions(dataset, tmp_path):
     """build.latent_norm measures each latent channel's mean and spread on the training normals and stores them
     in the autoencoder: its latents are then zero-mean unit-spread per channel there, the measured global scale is

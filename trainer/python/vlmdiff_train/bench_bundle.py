@@ -46,14 +46,16 @@ def _random_features_onnx(path: str, size: int) -> List[Tuple[str, float]]:
 def build_bench_bundle(out: str, preset: str = "small", features_onnx: Optional[str] = None,
                        layers: Optional[Sequence[Tuple[str, float]]] = None,
                        static_batches: Sequence[int] = (1, 2, 4), static_time: str = "inputs",
-                       fuse: bool = True, fuse_vae: bool = True) -> dict:
-    """Writes out/bundle and out/model.pt; returns their paths."""
+                       fuse: bool = True, fuse_vae: bool = True, res_blocks: Optional[int] = None) -> dict:
+    """Writes out/bundle and out/model.pt; returns their paths. res_blocks overrides the preset's ResBlocks
+    per level (presets.build), as build.extra.res_blocks does in training."""
     from . import presets
     from .export import export_bundle
     from .model_file import Nets, HintOf, perturb_zero_params, latent_scale, save_reference_weights
 
     p = presets.get_preset(preset)
-    nets = presets.build(preset, with_text=False, with_dino=False, seed=0)
+    overrides = {} if res_blocks is None else {"res_blocks": int(res_blocks)}
+    nets = presets.build(preset, with_text=False, with_dino=False, seed=0, **overrides)
     perturb_zero_params(nets.model, torch.Generator().manual_seed(1), 0.05)
     os.makedirs(out, exist_ok=True)
     if features_onnx is None and p.features.kind == "onnx":
@@ -68,13 +70,17 @@ def build_bench_bundle(out: str, preset: str = "small", features_onnx: Optional[
     if not layers:
         raise RuntimeError("bench bundle: give the feature layers of --features-onnx")
     ctx = np.random.default_rng(2).standard_normal((p.context_tokens, p.context_dim)).astype(np.float32)
-    builder = {"kind": "preset", "name": p.name}
+    builder: dict = {"kind": "preset", "name": p.name}
+    if overrides:
+        builder["overrides"] = overrides
     bundle = os.path.join(out, "bundle")
     export_bundle(bundle, vae=nets.vae, denoiser=nets.denoiser, features=None, layers=list(layers),
                   conditioning=[("", "", ctx)], latent_channels=p.latent_channels, downsample=p.downsample,
                   hint_owner=nets.sgn, feature_onnx=features_onnx, height=p.input_size, width=p.input_size,
                   name=f"bench-{p.name}", version="untrained", latent={"scale_factor": latent_scale(builder)},
-                  description=f"untrained {p.name} preset for vlmdiff bench (scores mean nothing)",
+                  description=f"untrained {p.name} preset"
+                              + (f" ({res_blocks} ResBlock(s) per level)" if overrides else "")
+                              + " for vlmdiff bench (scores mean nothing)",
                   provenance={"preset": p.name, "dataset": "none (untrained)"},
                   denoiser_static_batches=static_batches, static_time=static_time,
                   fuse_static=fuse, fuse_vae=fuse_vae, overwrite=True)
@@ -94,13 +100,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--static-time", default="inputs", choices=("inputs", "conv_bias", "none"))
     ap.add_argument("--no-fuse", action="store_true", help="no onnx_fuse fusions in the static graphs")
     ap.add_argument("--no-fuse-vae", action="store_true", help="no onnx_fuse.groupnorm_per_channel in the VAE graphs")
+    ap.add_argument("--res-blocks", type=int, help="ResBlocks per level of the UNet and SG branch (build.extra.res_blocks)")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     layers = [(n, 1.0) for n in a.layers.split(",")] if a.layers else None
     static = [int(v) for v in a.static_batches.split(",") if v.strip()]
     try:
         res = build_bench_bundle(a.out, a.preset, a.features_onnx, layers, static, a.static_time, not a.no_fuse,
-                                 not a.no_fuse_vae)
+                                 not a.no_fuse_vae, a.res_blocks)
     except (RuntimeError, ValueError) as e:
         print(f"bench_bundle: {e}", file=sys.stderr)
         return 1

@@ -290,16 +290,24 @@ class Networks:
 
 def build(preset_name: str | Preset, device: str | torch.device | None = None, *, meta: bool = False,
           with_text: bool = True, with_dino: bool | None = None, seed: int | None = 0,
-          control_levels: int | None = None) -> Networks:
+          control_levels: int | None = None, res_blocks: int | None = None) -> Networks:
     """Build a preset's networks with fresh weights (zero-init layers are zero).
 
     control_levels overrides the preset's control (ControlledUnetModel): None keeps it (only-mid for every
     preset, as DiAD/VLMDiff), N gives the decoder blocks of the N deepest UNet levels their SG controls.
+    res_blocks overrides the ResBlocks per level of the UNet and of the SG branch that mirrors its encoder
+    (num_res_blocks; the decoder has one more per level, as openaimodel). Why: a small preset's denoiser step is
+    about a thousand short operators, so its latency follows the block count, not the MACs (docs/training.md,
+    "Fewer blocks per level").
 
     meta=True builds on the meta device (no memory, no init), for layout checks of the sd15 networks.
     with_dino defaults to True when the preset has a DINO config. seed fixes the random init (None: don't seed).
     """
     p = get_preset(preset_name)
+    if res_blocks is not None:
+        if int(res_blocks) < 1:
+            raise ValueError(f"res_blocks {res_blocks}: want at least one ResBlock per level")
+        p = dataclasses.replace(p, unet=dataclasses.replace(p.unet, num_res_blocks=int(res_blocks)))
     if with_dino is None:
         with_dino = p.dino is not None
     if with_dino and p.dino is None:

@@ -52,7 +52,11 @@ def run_build(cfg) -> dict:
     run_dir = c.run_dir
     name = c.preset
     os.makedirs(run_dir, exist_ok=True)
-    overrides = {} if c.control_levels is None else {"control_levels": int(c.control_levels)}
+    overrides: dict = {}
+    if c.control_levels is not None:
+        overrides["control_levels"] = int(c.control_levels)
+    if c.res_blocks is not None:
+        overrides["res_blocks"] = int(c.res_blocks)
     nets = presets.build(name, with_dino=False, seed=int(c.seed), **overrides)
     trusted = c.trusted
     if c.sd_checkpoint:
