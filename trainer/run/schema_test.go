@@ -2,6 +2,7 @@ package run
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -316,4 +317,40 @@ func keys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// TestCheckStageKeys: the check line hands each Python stage the config it will get, so a key the stage does not
+// know, or a value of the wrong type, under a section's extra (which the Go config passes on as it is) is refused
+// by name before any stage runs, not when its stage starts after the autoencoder's minutes.
+func TestCheckStageKeys(t *testing.T) {
+	python := testpython.Need(t, "json") // the stages' keys are checked without torch
+	trainerDir, err := filepath.Abs("../python")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := TinyTestConfig("/data", "/backbones/f.onnx", "[[stage1, 1.0]]", "/models", 40, 60)
+	for _, c := range []struct{ name, config, want string }{
+		{"as committed", base, ""},
+		{"a known build key", base + "build:\n  extra:\n    res_blocks: 1\n", ""},
+		{"an unknown build key", base + "build:\n  extra:\n    res_block: 1\n", "build config: unknown keys ['res_block']"},
+		{"a wrong type in train.extra", strings.Replace(base, "train:\n", "train:\n  extra:\n    val_images: many\n", 1),
+			"train config: val_images: want int, got 'many'"},
+		{"an unknown finetune_ae key", strings.Replace(base, "finetune_ae:\n", "finetune_ae:\n  extra:\n    lr_decay: 0.5\n", 1),
+			"finetune-ae config: unknown keys ['lr_decay']"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := ParseConfig([]byte(c.config), "/base")
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr := &Training{Config: cfg, Dir: t.TempDir(), Python: Python{Exe: python, TrainerDir: trainerDir}}
+			err = tr.checkStageKeys(context.Background())
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+				t.Fatalf("got %v, want an error containing %q", err, c.want)
+			}
+		})
+	}
 }

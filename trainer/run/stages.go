@@ -48,6 +48,9 @@ func (t *Training) Preflight(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if err := t.checkStageKeys(ctx); err != nil {
+		return "", err
+	}
 	if st, err := os.Stat(c.Data.Root); err != nil || !st.IsDir() {
 		return "", fmt.Errorf("data.root %s: not a readable directory", c.Data.Root)
 	}
@@ -75,6 +78,45 @@ func (t *Training) Preflight(ctx context.Context) (string, error) {
 	}
 	return fmt.Sprintf("check ok: config %s (preset %s, %dpx, device %s); %s; onnxruntime %s; dataset %s (%s)",
 		c.Path(), c.Preset, c.Data.Size, c.Device, py, pipeline.RuntimeLibrary(), c.Data.Root, layout), nil
+}
+
+// checkStageKeys hands Python the config each Python stage will be given (the earlier stages' outputs as
+// placeholders) and returns what it refuses. Why: the Go config passes each section's `extra` on as it is, so an
+// unknown key or a wrong type there (build.extra.res_block for res_blocks) otherwise fails only when that stage
+// starts, after the stages before it: the autoencoder's 10-25 minutes on 2 cores.
+func (t *Training) checkStageKeys(ctx context.Context) error {
+	placeholder := func(outs map[string]string) *Record { return &Record{Outputs: outs} }
+	sc := &StageContext{Dir: t.Dir, records: map[string]*Record{
+		"index":       placeholder(map[string]string{"index": "index.jsonl"}),
+		"caption":     placeholder(map[string]string{"captions": "captions/captions.json"}),
+		"finetune-ae": placeholder(map[string]string{"autoencoder": "ae/ae.pt"}),
+		"build":       placeholder(map[string]string{"model": "model.pt"}),
+		"train":       placeholder(map[string]string{"model": "train/model-trained.pt"}),
+	}}
+	cfgs := map[string]map[string]any{"finetune-ae": t.finetuneAEConfig(sc), "build": t.buildConfig(sc),
+		"train": t.trainConfig(sc), "export": t.exportConfig(sc)}
+	f, err := os.CreateTemp("", "vlmdiff-stages-*.json")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := json.NewEncoder(f).Encode(cfgs); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	cmd := t.Python.Module(ctx, "vlmdiff_train", "check-stages", "--config", f.Name())
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("config %s: the Python stages refuse their settings (each section's extra passes on to its stage as it is): %v: %s",
+			t.Config.Path(), err, lastLine(stderr.String()))
+	}
+	return nil
 }
 
 // Runner returns the stage runner of this training.

@@ -4,6 +4,8 @@
     python3 -m vlmdiff_train fixture --out DIR --weights FILE.pt [--probes DIR] [--expected DIR]
     python3 -m vlmdiff_train reference --bundle DIR --weights FILE.pt --noise NOISE.f32 --out OUTDIR [--class K] IMG...
     python3 -m vlmdiff_train schema       (JSON: every stage's keys, types and defaults; the shared constants)
+    python3 -m vlmdiff_train check-stages --config CONFIGS.json   ({stage: config}: each parsed as its stage would
+                                          parse it, without torch; the runner's check line, before any stage runs)
 
 stdout carries only progress events, one JSON object per line (progress.py):
     {"event":"progress","stage":S,"step":i,"total":n,"epoch":e,"loss":x,"eta_s":y}
@@ -25,7 +27,7 @@ import os
 import sys
 from typing import List, Optional
 
-STAGES = ("finetune-ae", "build", "train", "export", "reference", "fixture", "schema")
+STAGES = ("finetune-ae", "build", "train", "export", "reference", "fixture", "schema", "check-stages")
 
 
 class UsageError(Exception):
@@ -96,6 +98,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         if stage == "schema":
             json.dump(schema(), sys.stdout, indent=1)
             sys.stdout.write("\n")
+        elif stage == "check-stages":
+            problems = []
+            for name, cfg in load_config(a.config).items():
+                try:
+                    parse_stage(name, cfg)
+                except RuntimeError as e:
+                    problems.append(str(e))
+            if problems:
+                raise RuntimeError("; ".join(problems))
         elif stage == "fixture":
             if not a.out or not a.weights:
                 raise UsageError("fixture needs --out DIR and --weights FILE.pt")
