@@ -177,20 +177,6 @@ func checkStageConfig(cfg map[string]any, fields map[string]schemaField) []strin
 	return problems
 }
 
-// fakeRun is a run directory whose upstream stages (index, caption, finetune-ae, build, train) have recorded
-// outputs, so the stage config builders see what they see in a real run.
-func fakeRun(t *testing.T) *StageContext {
-	dir := t.TempDir()
-	rec := func(outs map[string]string) *Record { return &Record{Outputs: outs} }
-	return &StageContext{Dir: dir, records: map[string]*Record{
-		"index":       rec(map[string]string{"index": "index.jsonl"}),
-		"caption":     rec(map[string]string{"captions": "captions/captions.json"}),
-		"finetune-ae": rec(map[string]string{"autoencoder": "ae/ae.pt"}),
-		"build":       rec(map[string]string{"model": "model.pt"}),
-		"train":       rec(map[string]string{"model": "train/model-trained.pt"}),
-	}}
-}
-
 // TestStageConfigsMatchPythonSchema builds the configs the runner writes for the Python stages, for every
 // committed config and the end-to-end tests' tiny config, and checks every key against the stage's definition
 // on the Python side: a key Python does not know or a value of another type fails here, not after hours of
@@ -223,11 +209,7 @@ func TestStageConfigsMatchPythonSchema(t *testing.T) {
 				t.Fatal(err)
 			}
 			tr := &Training{Config: c}
-			sc := fakeRun(t)
-			for stage, cfg := range map[string]map[string]any{
-				"finetune-ae": tr.finetuneAEConfig(sc), "build": tr.buildConfig(sc),
-				"train": tr.trainConfig(sc), "export": tr.exportConfig(sc),
-			} {
+			for stage, cfg := range tr.pythonStageConfigs(placeholderRun(t.TempDir())) {
 				fields, ok := s.Stages[stage]
 				if !ok {
 					t.Fatalf("the Python schema has no stage %q (has %v)", stage, keys(s.Stages))

@@ -83,18 +83,10 @@ func (t *Training) Preflight(ctx context.Context) (string, error) {
 // checkStageKeys hands Python the config each Python stage will be given (the earlier stages' outputs as
 // placeholders) and returns what it refuses. Why: the Go config passes each section's `extra` on as it is, so an
 // unknown key or a wrong type there (build.extra.res_block for res_blocks) otherwise fails only when that stage
-// starts, after the stages before it: the autoencoder's 10-25 minutes on 2 cores.
+// starts, after the stages before it: the autoencoder's 10-25 minutes on 2 cores. The placeholders lie in a
+// directory that is never made, so nothing of an earlier run (its index) is read here.
 func (t *Training) checkStageKeys(ctx context.Context) error {
-	placeholder := func(outs map[string]string) *Record { return &Record{Outputs: outs} }
-	sc := &StageContext{Dir: t.Dir, records: map[string]*Record{
-		"index":       placeholder(map[string]string{"index": "index.jsonl"}),
-		"caption":     placeholder(map[string]string{"captions": "captions/captions.json"}),
-		"finetune-ae": placeholder(map[string]string{"autoencoder": "ae/ae.pt"}),
-		"build":       placeholder(map[string]string{"model": "model.pt"}),
-		"train":       placeholder(map[string]string{"model": "train/model-trained.pt"}),
-	}}
-	cfgs := map[string]map[string]any{"finetune-ae": t.finetuneAEConfig(sc), "build": t.buildConfig(sc),
-		"train": t.trainConfig(sc), "export": t.exportConfig(sc)}
+	cfgs := t.pythonStageConfigs(placeholderRun(filepath.Join(t.Dir, "check-stages")))
 	f, err := os.CreateTemp("", "vlmdiff-stages-*.json")
 	if err != nil {
 		return err
@@ -117,6 +109,26 @@ func (t *Training) checkStageKeys(ctx context.Context) error {
 			t.Config.Path(), err, lastLine(stderr.String()))
 	}
 	return nil
+}
+
+// placeholderRun is a run context in dir whose upstream stages (index, caption, finetune-ae, build, train) have
+// recorded outputs, so the stage config builders write what they write in a real run: for the check line
+// (checkStageKeys) and the schema test.
+func placeholderRun(dir string) *StageContext {
+	rec := func(outs map[string]string) *Record { return &Record{Outputs: outs} }
+	return &StageContext{Dir: dir, records: map[string]*Record{
+		"index":       rec(map[string]string{"index": "index.jsonl"}),
+		"caption":     rec(map[string]string{"captions": "captions/captions.json"}),
+		"finetune-ae": rec(map[string]string{"autoencoder": "ae/ae.pt"}),
+		"build":       rec(map[string]string{"model": "model.pt"}),
+		"train":       rec(map[string]string{"model": "train/model-trained.pt"}),
+	}}
+}
+
+// pythonStageConfigs is the config of each Python stage as the runner writes it in sc.
+func (t *Training) pythonStageConfigs(sc *StageContext) map[string]map[string]any {
+	return map[string]map[string]any{"finetune-ae": t.finetuneAEConfig(sc), "build": t.buildConfig(sc),
+		"train": t.trainConfig(sc), "export": t.exportConfig(sc)}
 }
 
 // Runner returns the stage runner of this training.

@@ -100,8 +100,8 @@ class BuildConfig(Common):
                                               "branch's controls: 1 = DiAD's only-mid control (the presets' "
                                               "default), the UNet's level count = every skip")
     res_blocks: Optional[int] = key(None, "ResBlocks per level of the UNet and the SG branch (the preset's "
-                                          "num_res_blocks unless set; 1 halves the small preset's denoiser "
-                                          "blocks)")
+                                          "num_res_blocks unless set; 1 takes about a third of the small "
+                                          "preset's denoiser operators away)")
     latent_norm: bool = key(False, "normalise each latent channel to zero mean and unit spread, measured on the "
                                    "training normals (deterministic autoencoders: taef presets)")
     out: Optional[str] = key(None, "model file to write (default RUN/model.pt)")
