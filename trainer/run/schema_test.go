@@ -52,9 +52,40 @@ register:
 
 // schemaField is one key of a Python stage's config (vlmdiff_train/stage_config.py, via `schema`).
 type schemaField struct {
-	Type     string `json:"type"`
-	Nullable bool   `json:"nullable"`
-	Required bool   `json:"required"`
+	Type     string   `json:"type"`
+	Nullable bool     `json:"nullable"`
+	Required bool     `json:"required"`
+	Minimum  *float64 `json:"minimum"` // inclusive, of a number or of each number of a list; nil: none
+	Maximum  *float64 `json:"maximum"`
+	Choices  []string `json:"choices"` // a string's allowed values; nil: any
+}
+
+// outOfRange says why v (a JSON value of the field's type, numbers as json.Number) is outside the field's
+// accepted values, or "".
+func (f schemaField) outOfRange(v any) string {
+	if s, ok := v.(string); ok && f.Choices != nil && !slices.Contains(f.Choices, s) {
+		return fmt.Sprintf("%q is not one of %v", s, f.Choices)
+	}
+	vs, ok := v.([]any)
+	if !ok {
+		vs = []any{v}
+	}
+	for _, x := range vs {
+		n, ok := x.(json.Number)
+		if !ok {
+			continue
+		}
+		g, err := n.Float64()
+		switch {
+		case err != nil:
+			return fmt.Sprintf("%v: %v", n, err)
+		case f.Minimum != nil && g < *f.Minimum:
+			return fmt.Sprintf("%v is below its minimum %v", n, *f.Minimum)
+		case f.Maximum != nil && g > *f.Maximum:
+			return fmt.Sprintf("%v is above its maximum %v", n, *f.Maximum)
+		}
+	}
+	return ""
 }
 
 type pythonSchema struct {
@@ -142,7 +173,7 @@ func checkValue(v any, typ string) bool {
 }
 
 // checkStageConfig returns one problem per key of cfg (as the runner writes it: marshalled to JSON) that the
-// stage's schema refuses: unknown keys, wrong types, missing required keys.
+// stage's schema refuses: unknown keys, wrong types, values out of range, missing required keys.
 func checkStageConfig(cfg map[string]any, fields map[string]schemaField) []string {
 	b, err := json.Marshal(cfg)
 	if err != nil {
@@ -166,6 +197,10 @@ func checkStageConfig(cfg map[string]any, fields map[string]schemaField) []strin
 			}
 		case !checkValue(v, f.Type):
 			problems = append(problems, fmt.Sprintf("%s: %v (%T) is not a %s", k, v, v, f.Type))
+		default:
+			if why := f.outOfRange(v); why != "" {
+				problems = append(problems, fmt.Sprintf("%s: %s", k, why))
+			}
 		}
 	}
 	for k, f := range fields {
@@ -228,6 +263,8 @@ func TestCheckStageConfig(t *testing.T) {
 		"run_dir": {Type: "str", Required: true}, "seed": {Type: "int"}, "lr": {Type: "float"},
 		"classes": {Type: "list[str]", Nullable: true}, "feature_layers": {Type: "list[list]", Nullable: true},
 		"augment": {Type: "bool"}, "features_random": {Type: "dict", Nullable: true},
+		"batch_size": {Type: "int", Minimum: ptr(1.0)}, "linear_end": {Type: "float", Minimum: ptr(0.0), Maximum: ptr(1.0)},
+		"amp": {Type: "str", Choices: []string{"none", "bf16"}}, "batches": {Type: "list[int]", Minimum: ptr(1.0)},
 	}
 	for _, c := range []struct {
 		name string
@@ -245,6 +282,11 @@ func TestCheckStageConfig(t *testing.T) {
 		{"null where not nullable", map[string]any{"run_dir": "/r", "seed": nil}, []string{"seed: null, but the key is not nullable"}},
 		{"missing required", map[string]any{"seed": 1}, []string{"run_dir: required, missing"}},
 		{"empty required", map[string]any{"run_dir": ""}, []string{"run_dir: required, missing"}},
+		{"in range", map[string]any{"run_dir": "/r", "batch_size": 1, "linear_end": 1, "amp": "bf16", "batches": []int{1, 4}}, nil},
+		{"below the minimum", map[string]any{"run_dir": "/r", "batch_size": 0}, []string{"batch_size: 0 is below its minimum 1"}},
+		{"above the maximum", map[string]any{"run_dir": "/r", "linear_end": 1.5}, []string{"linear_end: 1.5 is above its maximum 1"}},
+		{"not a choice", map[string]any{"run_dir": "/r", "amp": "fp32"}, []string{`amp: "fp32" is not one of [none bf16]`}},
+		{"a list item below the minimum", map[string]any{"run_dir": "/r", "batches": []int{1, 0}}, []string{"batches: 0 is below its minimum 1"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if got := checkStageConfig(c.cfg, fields); !slices.Equal(got, c.want) {
@@ -305,7 +347,7 @@ func keys[V any](m map[string]V) []string {
 // know, or a value of the wrong type, under a section's extra (which the Go config passes on as it is) is refused
 // by name before any stage runs, not when its stage starts after the autoencoder's minutes.
 func TestCheckStageKeys(t *testing.T) {
-	python := testpython.Need(t, "json") // the stages' keys are checked without torch
+	python := testpython.Need(t, "json") // the stages' keys are checked without torch (control_levels: with it)
 	trainerDir, err := filepath.Abs("../python")
 	if err != nil {
 		t.Fatal(err)
@@ -319,8 +361,21 @@ func TestCheckStageKeys(t *testing.T) {
 			"train config: val_images: want int, got 'many'"},
 		{"an unknown finetune_ae key", strings.Replace(base, "finetune_ae:\n", "finetune_ae:\n  extra:\n    lr_decay: 0.5\n", 1),
 			"finetune-ae config: unknown keys ['lr_decay']"},
+		// values out of range: refused here too, not when the build stage starts after the autoencoder's
+		{"a build value below its minimum", base + "build:\n  extra:\n    res_blocks: 0\n",
+			"build config: res_blocks: 0 is below its minimum 1"},
+		{"a train value not among its choices", strings.Replace(base, "train:\n", "train:\n  extra:\n    amp: fp32\n", 1),
+			"train config: amp: 'fp32' is not one of none, bf16, fp16"},
+		{"control beyond the preset's levels", base + "build:\n  extra:\n    control_levels: 4\n",
+			"build config: control_levels: 4 is above the 3 UNet levels of preset tiny"},
+		{"control at every level", base + "build:\n  extra:\n    control_levels: 3\n", ""},
+		{"two train keys that do not go together", strings.Replace(base, "train:\n", "train:\n  extra:\n    amp: fp16\n", 1),
+			"train config: amp fp16 needs device cuda"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			if strings.Contains(c.config, "control_levels") {
+				testpython.Need(t, "torch") // its range is the preset's, read from presets.py
+			}
 			cfg, err := ParseConfig([]byte(c.config), "/base")
 			if err != nil {
 				t.Fatal(err)
@@ -336,3 +391,5 @@ func TestCheckStageKeys(t *testing.T) {
 		})
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

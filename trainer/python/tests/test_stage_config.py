@@ -16,14 +16,16 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "vlmdiff_train"
 
 
 def test_defaults_and_types():
-    c = S.parse_stage("train", {"run_dir": "/r", "model": "m.pt", "index": "i.jsonl", "lr": 2, "classes": None})
+    c = S.parse_stage("train", {"run_dir": "/r", "model": "m.pt", "index": "i.jsonl", "lr": 2, "classes": None,
+                                "epochs": 3})
     assert isinstance(c, S.TrainConfig)
     assert c.lr == 2 and c.batch_size == 1 and c.posterior == "sample" and c.classes is None
     assert c.mean == [0.485, 0.456, 0.406] and c.height == 256
     assert S.parse_stage("train", c) is c
     # mutable defaults are not shared between instances
     c.mean.append(1.0)
-    assert S.parse_stage("train", {"run_dir": "/r", "model": "m", "index": "i"}).mean == [0.485, 0.456, 0.406]
+    assert S.parse_stage("train", {"run_dir": "/r", "model": "m", "index": "i", "max_steps": 5}).mean == \
+        [0.485, 0.456, 0.406]
     e = S.parse_stage("export", {"run_dir": "/r", "model": "m", "out": "/b"})
     assert e.seed == 1234 and e.overwrite is True and e.sigma is None
 
@@ -39,11 +41,51 @@ def test_defaults_and_types():
     ("build", {"run_dir": "/r", "preset": "tiny", "classes": ["a", 3]}, "classes: want list[str]"),
     ("export", {"run_dir": "/r", "model": "m", "out": "o", "feature_layers": ["l1"]}, "feature_layers: want list[list]"),
     ("finetune-ae", {"run_dir": "/r", "index": "i"}, "'max_steps' is required"),
+    # values out of range, by name (the check line runs this before any stage: vlmdiff train --check)
+    ("build", {"run_dir": "/r", "preset": "small", "res_blocks": 0}, "build config: res_blocks: 0 is below its minimum 1"),
+    ("build", {"run_dir": "/r", "preset": "small", "control_levels": 0}, "control_levels: 0 is below its minimum 1"),
+    ("train", {"run_dir": "/r", "model": "m", "index": "i", "epochs": 2, "amp": "fp32"},
+     "train config: amp: 'fp32' is not one of none, bf16, fp16"),
+    ("train", {"run_dir": "/r", "model": "m", "index": "i", "epochs": 2, "select": "best"}, "select: 'best' is not one of"),
+    ("train", {"run_dir": "/r", "model": "m", "index": "i", "epochs": 2, "batch_size": 0}, "batch_size: 0 is below its minimum 1"),
+    ("train", {"run_dir": "/r", "model": "m", "index": "i", "epochs": 2, "linear_end": 1.5}, "linear_end: 1.5 is above its maximum 1"),
+    ("train", {"run_dir": "/r", "model": "m", "index": "i", "epochs": 0}, "epochs: 0 is below its minimum 1"),
+    ("train", {"run_dir": "/r", "model": "m", "index": "i"}, "train config: give max_steps or epochs"),
+    ("train", {"run_dir": "/r", "model": "m", "index": "i", "epochs": 2, "amp": "fp16"}, "amp fp16 needs device cuda"),
+    ("train", {"run_dir": "/r", "model": "m", "index": "i", "epochs": 2, "device": "gpu"},
+     "device: 'gpu' is not one of cpu, cuda, cuda:N"),
+    ("finetune-ae", {"run_dir": "/r", "index": "i", "max_steps": 10, "memory_format": "nhwc"},
+     "finetune-ae config: memory_format: 'nhwc' is not one of auto, channels_last, contiguous"),
+    ("finetune-ae", {"run_dir": "/r", "index": "i", "max_steps": 10, "threads": 0}, "threads: 0 is below its minimum 1"),
+    ("finetune-ae", {"run_dir": "/r", "index": "i", "max_steps": 0}, "max_steps 0 keeps the autoencoder as init gives it"),
+    ("export", {"run_dir": "/r", "model": "m", "out": "o", "ensemble": 17}, "export config: ensemble: 17 is above its maximum 16"),
+    ("export", {"run_dir": "/r", "model": "m", "out": "o", "denoiser_static_batches": [1, 0]},
+     "denoiser_static_batches: 0 is below its minimum 1"),
+    ("export", {"run_dir": "/r", "model": "m", "out": "o", "posterior": "mode"}, "posterior: 'mode' is not one of sample, mean"),
 ])
 def test_bad_configs_are_refused_by_name(stage, cfg, msg):
     with pytest.raises(RuntimeError) as e:
         S.parse_stage(stage, cfg)
     assert msg in str(e.value)
+
+
+def test_values_in_range_pass_and_a_typed_config_is_checked_too():
+    ok = S.parse_stage("train", {"run_dir": "/r", "model": "m", "index": "i", "max_steps": 1, "device": "cuda:1",
+                                 "amp": "fp16", "linear_end": 1, "batch_size": 1})
+    assert ok.device == "cuda:1" and ok.linear_end == 1
+    assert S.parse_stage("export", {"run_dir": "/r", "model": "m", "out": "o", "ensemble": 16,
+                                    "denoiser_static_batches": []}).ensemble == 16
+    # a config handed over as its class (a stage called from Python) is held to the same ranges
+    bad = S.TrainConfig(run_dir="/r", model="m", index="i", epochs=1, batch_size=0)
+    with pytest.raises(RuntimeError, match="batch_size: 0 is below its minimum 1"):
+        S.parse_stage("train", bad)
+
+
+def test_help_names_the_accepted_values():
+    h = S.describe()
+    assert "    res_blocks (int, >= 1, default None)" in h
+    assert "    amp (str, one of none|bf16|fp16, default 'none')" in h
+    assert "    ensemble (int, 1..16, default None)" in h
 
 
 def test_every_field_has_a_type_and_a_doc():
@@ -56,6 +98,13 @@ def test_every_field_has_a_type_and_a_doc():
                 (stage, name, f["type"])
             if f["required"]:
                 assert not f["nullable"], f"{stage}.{name}: required and nullable"
+            # a range fits its type, and every default lies in its own range
+            if f["choices"]:
+                assert f["type"] == "str", (stage, name)
+            if f["minimum"] is not None or f["maximum"] is not None:
+                assert f["type"] in {"int", "float", "list[int]", "list[float]"}, (stage, name)
+            if f["default"] is not None and not f["required"]:
+                assert S._out_of_range(f["default"], f) is None, (stage, name, f["default"])
         assert {"run_dir", "seed", "device", "threads"} <= set(sch), stage
 
 

@@ -262,8 +262,11 @@ def test_build_res_blocks_travel_in_the_model_file(dataset, tmp_path):
     assert blocks(lean.unet) == levels * 1 + levels * 2 + 2
     assert blocks(full.unet) == levels * 2 + levels * 3 + 2
     assert blocks(lean.sgn) < blocks(full.sgn)
-    with pytest.raises(ValueError, match="res_blocks 0: want at least one"):
+    # refused by name: by the stage's settings (as the check line does, before any stage) and by presets.build
+    with pytest.raises(RuntimeError, match="build config: res_blocks: 0 is below its minimum 1"):
         train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "x"), res_blocks=0))
+    with pytest.raises(ValueError, match="res_blocks 0: want at least one"):
+        presets.build("tiny", res_blocks=0)
 
 
 def test_build_latent_norm_centres_each_channel_and_keeps_reconstructions(dataset, tmp_path):

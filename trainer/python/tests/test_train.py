@@ -216,7 +216,7 @@ def test_memory_format_changes_speed_not_training(dataset, built, tmp_path):
     assert diff < 1e-4, diff
     la, lb = (_fixed_eps_loss(r["model"], dataset) for r in runs.values())
     assert abs(la - lb) < 1e-4 * la, (la, lb)
-    with pytest.raises(RuntimeError, match="train config: memory_format 'nhwc' is not one of"):
+    with pytest.raises(RuntimeError, match="train config: memory_format: 'nhwc' is not one of"):
         train_denoiser.run(_train_cfg(dataset, built, tmp_path / "bad", max_steps=1, memory_format="nhwc"))
 
 

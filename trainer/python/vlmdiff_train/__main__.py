@@ -52,6 +52,20 @@ def _setup_torch(threads: int = 2) -> None:
     torch.set_num_threads(int(threads))
 
 
+def _check_control_levels(c) -> None:
+    """build.control_levels against its preset's UNet levels, the one setting whose range is the preset's (the
+    only check-stages step that imports torch, through presets.py, and only when the key is set)."""
+    from .presets import get_preset
+
+    try:
+        levels = len(get_preset(c.preset).unet.channel_mult)
+    except ValueError as e:
+        raise RuntimeError(f"build config: preset: {e}") from None
+    if c.control_levels > levels:
+        raise RuntimeError(f"build config: control_levels: {c.control_levels} is above the {levels} UNet levels "
+                           f"of preset {c.preset}")
+
+
 def schema() -> dict:
     """Every stage's keys (stage_config.schema) and the constants the Go side must agree with."""
     from . import constants, presets
@@ -102,7 +116,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             problems = []
             for name, cfg in load_config(a.config).items():
                 try:
-                    parse_stage(name, cfg)
+                    c = parse_stage(name, cfg)
+                    if name == "build" and c.control_levels is not None:
+                        _check_control_levels(c)
                 except RuntimeError as e:
                     problems.append(str(e))
             if problems:

@@ -14,3 +14,6 @@ LATENT_SCALE = 0.18215
 # ImageNet normalisation (torchvision's): the input space of the bundles and of the feature backbones.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The most start noises a bundle may average per frame (manifest diffusion.ensemble; Go: models.MaxEnsemble).
+MAX_ENSEMBLE = 16

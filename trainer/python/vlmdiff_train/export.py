@@ -250,7 +250,6 @@ def default_static_batches(denoiser: torch.nn.Module, ensemble: int = 1) -> Tupl
 
 
 TIME_SPLITS = ("conv_bias", "inputs", "none")
-MAX_ENSEMBLE = 16  # models.MaxEnsemble
 MAX_MATCH = 3  # models.MaxMatch
 TIME_FILE = "denoiser_time.onnx"
 
@@ -656,8 +655,6 @@ def run_export(cfg) -> dict:
     diffusion = {k: getattr(c, k) for k in ("guidance_scale", "ddim_steps", "start_step", "sampler_from_start_step",
                                             "ensemble")
                  if getattr(c, k) is not None}
-    if c.ensemble is not None and not 1 <= int(c.ensemble) <= MAX_ENSEMBLE:
-        raise RuntimeError(f"export config: ensemble {c.ensemble}: want 1..{MAX_ENSEMBLE} start noises per frame")
     m = export_bundle(
         out, vae=nets.vae, denoiser=nets.denoiser, features=None if feature_onnx else nets.features,
         layers=layers, layer_match=match, conditioning=[(k, pr, ctx[i]) for i, (k, pr) in enumerate(entries)],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-CHOICES = ("auto", "channels_last", "contiguous")
+from .stage_config import MEMORY_FORMATS as CHOICES  # the values, defined once
 
 
 def memory_format(name: str, device: torch.device, stage: str) -> torch.memory_format:

@@ -186,22 +186,18 @@ def run(cfg) -> dict:
     blob = load_model_file(tc.model)
     world, rank, local = _dist_env()
     device_name = tc.device
-    if device_name == "cuda":
+    if device_name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("train config: device 'cuda' requested but torch sees no GPU")
-        device = torch.device("cuda", local)
+            raise RuntimeError(f"train config: device {device_name!r} requested but torch sees no GPU")
+        # several ranks: each its local rank's GPU; one: the GPU the config names (cuda:N), else the first
+        device = torch.device("cuda", local if world > 1 else (torch.device(device_name).index or 0))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if world > 1:
         import torch.distributed as dist
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
-    amp = tc.amp
-    if amp not in ("none", "bf16", "fp16"):
-        raise RuntimeError(f"train config: amp {amp!r} is not none/bf16/fp16")
-    if amp == "fp16" and device.type != "cuda":
-        # fp16 needs the GPU's GradScaler path; the CPU autocasts to bf16 only.
-        raise RuntimeError("train config: amp fp16 needs device cuda (use amp bf16 on the CPU)")
+    amp = tc.amp  # none | bf16 | fp16, fp16 on cuda only: stage_config
     seed = int(tc.seed)
     torch.manual_seed(seed)
 
@@ -227,19 +223,15 @@ def run(cfg) -> dict:
                                                           find_unused_parameters=True)
 
     ds = D.train_dataset(tc)
-    bs, acc = int(tc.batch_size), int(tc.accumulate)
-    if bs < 1 or acc < 1:
-        raise RuntimeError("train config: batch_size and accumulate must be >= 1")
+    bs, acc = int(tc.batch_size), int(tc.accumulate)  # >= 1: stage_config
     per_rank = len(range(rank, len(ds), world))
     # only whole accumulation windows per epoch: an optimiser step never mixes two epochs' data
     steps_per_epoch = max(1, (per_rank // bs) // acc)
     micro_per_epoch = steps_per_epoch * acc
     if tc.max_steps:
         total = int(tc.max_steps)
-    elif tc.epochs:
+    else:  # one of the two is set: TrainConfig.check
         total = int(tc.epochs) * steps_per_epoch
-    else:
-        raise RuntimeError("train config: give max_steps or epochs")
     T = int(tc.train_steps)
     abar = torch.tensor(alphas_cumprod(float(tc.linear_start), float(tc.linear_end), T), dtype=torch.float32, device=device)
     scale = latent_scale(blob["builder"])
@@ -284,8 +276,6 @@ def run(cfg) -> dict:
     curve = CurveWriter(run_dir, "train", start_step=step, enabled=(rank == 0))
     cache_moments = not tc.augment
     snap_every = int(tc.snapshot_every)
-    if snap_every < 0:
-        raise RuntimeError("train config: snapshot_every must be >= 0")
     snap_dir = os.path.join(run_dir, "snapshots")
     if rank == 0:
         _drop_stale_snapshots(snap_dir, step // steps_per_epoch)
@@ -494,9 +484,7 @@ class _Validation:
     def __init__(self, tc: TrainConfig, vae, den, contexts, abar, scale: float, device, steps_per_epoch: int,
                  enabled: bool = True):
         self.every = int(tc.val_every or steps_per_epoch)
-        self.select = tc.select
-        if self.select not in ("last", "best_val"):
-            raise RuntimeError(f"train config: select {self.select!r} is not last or best_val")
+        self.select = tc.select  # last | best_val: stage_config
         self.patience = int(tc.early_stop_patience)
         self.den, self.contexts, self.device = den, contexts, device
         self.best, self.best_step, self.bad, self.last = math.inf, 0, 0, None
