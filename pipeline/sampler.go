@@ -51,6 +51,14 @@ func samplerPlan(d models.Diffusion) (timesteps []int, noiseStep int) {
 	return kept, kept[len(kept)-1]
 }
 
+// SamplerSteps is how many DDIM steps, each one denoiser run per start noise, the sampler runs for a frame with
+// d: all of them, or only those at or below the start step with sampler_from_start_step (samplerPlan). The
+// select stage weighs a recipe's cost by it.
+func SamplerSteps(d models.Diffusion) int {
+	ts, _ := samplerPlan(d)
+	return len(ts)
+}
+
 // qSample noises clean latents forward to the step whose cumulative alpha is abar:
 // sqrt(abar) z + sqrt(1-abar) noise (docs/algorithm.md §1.4).
 func qSample(z, noise []float32, abar float64) []float32 {

@@ -195,7 +195,8 @@ type SelectConfig struct {
 	// reference normals (its reference and terms' weights) and of the painted set. The schedule's last step (999)
 	// is the paper's; below it only the DDIM steps at or below the step run (models.Diffusion.WithStart), which
 	// keeps more of the frame, a stochastic texture and a defect alike, and costs fewer steps. The export's own
-	// step stays unless another leads it by MinGain. Empty (default): the export's start step.
+	// step stays unless another leads it by MinGain; then the cheapest step scoring no less than that pick is
+	// taken (cheaperNoWorse). Empty (default): the export's start step.
 	StartSteps []int `yaml:"start_steps" json:",omitempty"`
 	// PoolRepeats, when set, are the numbers of passes of the bundle's k x k box average (score.pool_repeat; the
 	// paper's 8 passes of 8 at 256 px, a window about 57 px wide) before the image score's maximum, weighed

@@ -130,6 +130,44 @@ func TestTrainTinyEndToEnd(t *testing.T) {
 	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  pixel_sigmas: [0]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  knn_sigmas: [0.5]\n  start_steps: [999, 301]\n  smoothing: [0.5, 1]\n  pool_repeats: [0, 2]\n", 2)
 }
 
+// checkNoCheaperStart: in a start-step table (rows[0] the header, "start-<step>" rows, the score column before
+// "chosen"), no lower step, which runs fewer DDIM steps, scores at least as high as the chosen one (the rule's
+// cost refinement, cheaperNoWorse), unless no row reaches the informative 0.55.
+func checkNoCheaperStart(t *testing.T, file string, rows [][]string) {
+	t.Helper()
+	type row struct {
+		step   int
+		score  float64
+		chosen bool
+	}
+	var rs []row
+	top, chosen := 0.0, -1
+	for _, r := range rows[1:] {
+		st, err1 := strconv.Atoi(strings.TrimPrefix(r[0], "start-"))
+		sc, err2 := strconv.ParseFloat(r[len(r)-2], 64)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("%s: row %v: %v %v", file, r, err1, err2)
+		}
+		if r[len(r)-1] == "true" {
+			chosen = len(rs)
+		}
+		rs = append(rs, row{st, sc, r[len(r)-1] == "true"})
+		top = max(top, sc)
+	}
+	if chosen < 0 {
+		t.Fatalf("%s: no chosen row", file)
+	}
+	if top < 0.55 {
+		return
+	}
+	for _, r := range rs {
+		if r.step < rs[chosen].step && r.score >= rs[chosen].score {
+			t.Errorf("%s: start-%d scores %.4f, no less than the chosen start-%d's %.4f, with fewer DDIM steps: the cost rule did not take it",
+				file, r.step, r.score, rs[chosen].step, rs[chosen].score)
+		}
+	}
+}
+
 // checkStartSelection: the select stage weighed the start steps (the export's own 999 and 301) on the recipe it
 // chose before, and the bundle reconstructs from the chosen one: the paper's way from 999, only the DDIM steps
 // at or below it from 301.
@@ -154,6 +192,7 @@ func checkStartSelection(t *testing.T, runDir string, m *models.Manifest) {
 		}
 	}
 	t.Logf("start step %d chosen from %v", start, rows[1:])
+	checkNoCheaperStart(t, filepath.Join(runDir, "select", run.StartStepsFile), rows)
 	// the export's own step is the recipe chosen before, scored again: it must score as the nearest-normal
 	// term's choice did (same banks, same reference), or the start steps were weighed on another map
 	if _, err := os.Stat(filepath.Join(runDir, "select", run.KnnFile)); err == nil {
@@ -912,6 +951,10 @@ func checkEnsembleSelection(t *testing.T, runDir string, chosen int) {
 	}
 	if own == nil || picked == nil {
 		t.Fatalf("%s: want a start-999 row and a chosen row", starts)
+	}
+	for _, k := range []int{1, 2} {
+		f := filepath.Join(runDir, "select", fmt.Sprintf("start_steps-%d.csv", k))
+		checkNoCheaperStart(t, f, readCSV(t, f))
 	}
 	if got := metricsOf(rows[marked]); got != metricsOf(picked) {
 		t.Errorf("the chosen count's row has metrics %s; its start table chose %s with %s: the count did not compete at its start step", got, picked[0], metricsOf(picked))

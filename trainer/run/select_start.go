@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/vlmdiff/edge/models"
+	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
 )
 
@@ -121,7 +122,7 @@ func (t *Training) selectStart(ctx context.Context, sc *StageContext, items []da
 	} else if w != nil {
 		fmt.Fprintln(sc.Progress, "[select] the nearest-normal step changed the recipe the counts were weighed with: weighing the start steps on it again")
 	}
-	start, _, table, err := t.weighStarts(ctx, sc, items, cand, valData, dir, r, StartStepsFile)
+	start, _, _, table, err := t.weighStarts(ctx, sc, items, cand, valData, dir, r, StartStepsFile)
 	return start, table, err
 }
 
@@ -138,11 +139,11 @@ func (t *Training) countsAtStarts(ctx context.Context, sc *StageContext, items [
 	fmt.Fprintf(sc.Progress, "[select] each count's recipe at each start step %v (the count is chosen at the step its rule takes):\n", c.Select.StartSteps)
 	res, ws := make([]candidateResult, len(ks)), make([]*startWeighing, len(ks))
 	for i, k := range ks {
-		start, row, table, err := t.weighStarts(ctx, sc, items, cand, valData, dir, recipes[i], fmt.Sprintf("start_steps-%d.csv", k))
+		start, runs, row, table, err := t.weighStarts(ctx, sc, items, cand, valData, dir, recipes[i], fmt.Sprintf("start_steps-%d.csv", k))
 		if err != nil {
 			return nil, nil, fmt.Errorf("select.ensembles: %d start noises: %w", k, err)
 		}
-		ws[i] = &startWeighing{recipe: recipes[i], start: start, table: table}
+		ws[i] = &startWeighing{recipe: recipes[i], start: start, runs: runs, table: table}
 		res[i] = candidateResult{candidate: candidate{Name: fmt.Sprintf("noises-%d", k), Model: cand.Model}, Mean: row.Mean, Score: row.Score}
 		m := row.Mean
 		fmt.Fprintf(sc.Progress, "[select] %d noise(s) from step %d: I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f -> %s %.2f\n", k, start,
@@ -157,6 +158,7 @@ func (t *Training) countsAtStarts(ctx context.Context, sc *StageContext, items [
 type startWeighing struct {
 	recipe mapRecipe
 	start  int
+	runs   int // DDIM steps a noise runs from start: the count's cost is count x runs
 	table  string
 }
 
@@ -168,18 +170,20 @@ func (o mapRecipe) same(r mapRecipe) bool {
 }
 
 // weighStarts scores recipe r at each start step (selectStart's weighing) into the table dir/file and returns
-// the step the rule chose and that step's row.
-func (t *Training) weighStarts(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, r mapRecipe, file string) (int, candidateResult, string, error) {
+// the step the rule chose, the DDIM steps a noise runs from it, and that step's row. The rule: the export's own
+// step unless another leads it by select.min_gain (bestOver), then the cheapest step that scores no less
+// (cheaperNoWorse: a lower step runs fewer DDIM steps).
+func (t *Training) weighStarts(ctx context.Context, sc *StageContext, items []dataset.Item, cand candidate, valData, dir string, r mapRecipe, file string) (int, int, candidateResult, string, error) {
 	c := t.Config
 	work := filepath.Join(dir, "start")
 	bundle, err := t.recipeBundle(ctx, sc, items, cand, work, r, "[select] start steps: ")
 	defer os.RemoveAll(work)
 	if err != nil {
-		return 0, candidateResult{}, "", err
+		return 0, 0, candidateResult{}, "", err
 	}
 	m, err := models.ReadManifest(bundle)
 	if err != nil {
-		return 0, candidateResult{}, "", err
+		return 0, 0, candidateResult{}, "", err
 	}
 	own := m.Diffusion
 	steps := slices.Clone(c.Select.StartSteps)
@@ -190,40 +194,50 @@ func (t *Training) weighStarts(ctx context.Context, sc *StageContext, items []da
 	}
 	for _, s := range steps {
 		if s >= own.TrainSteps {
-			return 0, candidateResult{}, "", fmt.Errorf("select.start_steps %v: the bundle's schedule has %d steps", c.Select.StartSteps, own.TrainSteps)
+			return 0, 0, candidateResult{}, "", fmt.Errorf("select.start_steps %v: the bundle's schedule has %d steps", c.Select.StartSteps, own.TrainSteps)
 		}
 	}
 	fmt.Fprintf(sc.Progress, "[select] start step: %v with %d start noise(s), ranked by %s on %s\n", steps, m.Diffusion.Noises(), c.Select.Metric, valData)
 	res := make([]candidateResult, len(steps))
 	ownAt := slices.Index(steps, own.StartStep)
+	runs := make([]int, len(steps)) // the DDIM steps a noise runs from each step: its cost
+	for i, s := range steps {
+		runs[i] = pipeline.SamplerSteps(own)
+		if i != ownAt {
+			runs[i] = pipeline.SamplerSteps(own.WithStart(s))
+		}
+	}
 	for i, s := range steps {
 		name := "start-" + strconv.Itoa(s)
 		// read anew: the banks and each candidate's reference were written into the manifest since
 		if m, err = models.ReadManifest(bundle); err != nil {
-			return 0, candidateResult{}, "", err
+			return 0, 0, candidateResult{}, "", err
 		}
 		m.Diffusion = own
 		if i != ownAt {
 			m.Diffusion = own.WithStart(s)
 		}
 		if err := models.WriteManifest(bundle, m); err != nil {
-			return 0, candidateResult{}, "", err
+			return 0, 0, candidateResult{}, "", err
 		}
 		mets, err := t.scoreWithReference(ctx, sc, items, bundle, valData, r.terms(), "[select] "+name+" ")
 		if err != nil {
-			return 0, candidateResult{}, "", fmt.Errorf("select.start_steps %d: %w", s, err)
+			return 0, 0, candidateResult{}, "", fmt.Errorf("select.start_steps %d: %w", s, err)
 		}
 		fmt.Fprintf(sc.Progress, "[select] %s I-AUROC %.2f P-AUROC %.2f AU-PRO %.2f P-AP %.2f\n", name, 100*mets.ImageAUROC, 100*mets.PixelAUROC, 100*mets.AUPRO, 100*mets.PixelAP)
 		res[i] = candidateResult{candidate: candidate{Name: name, Model: cand.Model}, Mean: mets, Score: selectScore(c.Select.Metric, mets)}
 	}
 	best, why := bestOver(res, ownAt, c.Select.MinGain, "the export's start step")
+	if b, cheaper := cheaperNoWorse(res, runs, best); cheaper != "" {
+		best, why = b, why+"; then "+cheaper
+	}
 	table, err := recordCandidates(sc.Progress, dir, file, res, best)
 	if err != nil {
-		return 0, candidateResult{}, "", err
+		return 0, 0, candidateResult{}, "", err
 	}
 	fmt.Fprintf(sc.Progress, "[select] start step %d (%s)\n", steps[best], why)
 	if top := steps[topScore(res)]; top == steps[len(steps)-1] && top > 1 {
 		fmt.Fprintf(sc.Progress, "[select] note: select.start_steps scored best at its lowest step %d, so a lower one might score higher: add one to the list to see\n", top)
 	}
-	return steps[best], res[best], table, nil
+	return steps[best], runs[best], res[best], table, nil
 }

@@ -1,6 +1,7 @@
 package run
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -95,6 +96,75 @@ func TestCheapestEnsemble(t *testing.T) {
 			got, why := cheapestEnsemble(ks, rs, 0.01)
 			if got != tc.want || !strings.Contains(why, tc.reason) {
 				t.Fatalf("cheapestEnsemble(%v) = %d (%s), want %d (%q)", tc.scores, got, why, tc.want, tc.reason)
+			}
+		})
+	}
+}
+
+// TestCheaperNoWorse: a rule's pick moves only to a cheaper candidate that scores at least as high, the cheapest
+// of those; an uninformative set moves nothing.
+func TestCheaperNoWorse(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		scores []float64
+		costs  []int
+		pick   int
+		want   int
+		reason string
+	}{
+		// the noisy-background part of session 45: steps 999 / 501 / 301 / 101, 1 noise; 999 kept by min_gain
+		{"a lower step that scores higher and runs fewer steps", []float64{0.8244, 0.8190, 0.8301, 0.8328}, []int{10, 6, 4, 2}, 0, 3, "with 2 denoiser runs a frame instead of 10"},
+		{"the cheapest of those no worse", []float64{0.80, 0.81, 0.80, 0.79}, []int{10, 6, 4, 2}, 0, 2, "with 4 denoiser runs a frame instead of 10"},
+		{"equal cost: the higher score", []float64{0.80, 0.81, 0.82}, []int{10, 4, 4}, 0, 2, "c2 scores 82.00"},
+		{"a cheaper one that scores lower stays out", []float64{0.80, 0.79, 0.78}, []int{10, 6, 2}, 0, 0, ""},
+		{"the pick is already the cheapest", []float64{0.80, 0.85}, []int{1, 2}, 0, 0, ""},
+		{"equal cost and score higher: not a cost reason", []float64{0.80, 0.805}, []int{10, 10}, 0, 0, ""},
+		{"a set that cannot tell them apart", []float64{0.50, 0.52}, []int{10, 2}, 0, 0, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := make([]candidateResult, len(tc.scores))
+			for i, s := range tc.scores {
+				rs[i].Score, rs[i].Name = s, fmt.Sprintf("c%d", i)
+			}
+			got, why := cheaperNoWorse(rs, tc.costs, tc.pick)
+			if got != tc.want || (tc.reason == "") != (why == "") || !strings.Contains(why, tc.reason) {
+				t.Fatalf("cheaperNoWorse(%v, %v, %d) = %d (%q), want %d (%q)", tc.scores, tc.costs, tc.pick, got, why, tc.want, tc.reason)
+			}
+		})
+	}
+}
+
+// TestChooseCount: without start steps the count ladder stands; with them a larger count at a lower step that
+// costs less and scores no less than the ladder's pick is taken.
+func TestChooseCount(t *testing.T) {
+	ks := []int{1, 2}
+	w := func(runs ...int) []*startWeighing {
+		ws := make([]*startWeighing, len(runs))
+		for i, r := range runs {
+			ws[i] = &startWeighing{runs: r}
+		}
+		return ws
+	}
+	for _, tc := range []struct {
+		name   string
+		scores []float64
+		starts []*startWeighing
+		want   int
+		reason string
+	}{
+		{"no start steps: the ladder", []float64{0.83, 0.835}, nil, 0, "no larger count leads 1"},
+		{"both at one step: the ladder", []float64{0.83, 0.835}, w(10, 10), 0, "no larger count leads 1"},
+		{"two noises from 101 against one from 999", []float64{0.8244, 0.8300}, w(10, 2), 1, "with 4 denoiser runs a frame instead of 10"},
+		{"two noises cheaper but lower", []float64{0.8244, 0.82}, w(10, 2), 0, "no larger count leads 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := make([]candidateResult, len(tc.scores))
+			for i, s := range tc.scores {
+				rs[i].Score, rs[i].Name = s, fmt.Sprintf("noises-%d", ks[i])
+			}
+			got, why := chooseCount(ks, rs, tc.starts, 0.01)
+			if got != tc.want || !strings.Contains(why, tc.reason) {
+				t.Fatalf("chooseCount(%v) = %d (%q), want %d (%q)", tc.scores, got, why, tc.want, tc.reason)
 			}
 		})
 	}
