@@ -343,10 +343,10 @@ func keys[V any](m map[string]V) []string {
 	return out
 }
 
-// TestCheckStageKeys: the check line hands each Python stage the config it will get, so a key the stage does not
-// know, or a value of the wrong type, under a section's extra (which the Go config passes on as it is) is refused
-// by name before any stage runs, not when its stage starts after the autoencoder's minutes.
-func TestCheckStageKeys(t *testing.T) {
+// TestCheckStageSettings: the check line hands each Python stage the config it will get, so a key the stage does
+// not know, a value of the wrong type or out of its range, under a section's extra (which the Go config passes on
+// as it is) is refused by name before any stage runs, not when its stage starts after the autoencoder's minutes.
+func TestCheckStageSettings(t *testing.T) {
 	python := testpython.Need(t, "json") // the stages' keys are checked without torch (control_levels: with it)
 	trainerDir, err := filepath.Abs("../python")
 	if err != nil {
@@ -381,7 +381,7 @@ func TestCheckStageKeys(t *testing.T) {
 				t.Fatal(err)
 			}
 			tr := &Training{Config: cfg, Dir: t.TempDir(), Python: Python{Exe: python, TrainerDir: trainerDir}}
-			err = tr.checkStageKeys(context.Background())
+			err = tr.checkStageSettings(context.Background())
 			switch {
 			case c.want == "" && err != nil:
 				t.Fatalf("refused: %v", err)

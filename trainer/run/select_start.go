@@ -200,12 +200,13 @@ func (t *Training) weighStarts(ctx context.Context, sc *StageContext, items []da
 	fmt.Fprintf(sc.Progress, "[select] start step: %v with %d start noise(s), ranked by %s on %s\n", steps, m.Diffusion.Noises(), c.Select.Metric, valData)
 	res := make([]candidateResult, len(steps))
 	ownAt := slices.Index(steps, own.StartStep)
-	runs := make([]int, len(steps)) // the DDIM steps a noise runs from each step: its cost
+	// each step's diffusion (the export's own as it is), and the DDIM steps a noise runs with it: its cost
+	diffs, runs := make([]models.Diffusion, len(steps)), make([]int, len(steps))
 	for i, s := range steps {
-		runs[i] = pipeline.SamplerSteps(own)
-		if i != ownAt {
-			runs[i] = pipeline.SamplerSteps(own.WithStart(s))
+		if diffs[i] = own; i != ownAt {
+			diffs[i] = own.WithStart(s)
 		}
+		runs[i] = pipeline.SamplerSteps(diffs[i])
 	}
 	for i, s := range steps {
 		name := "start-" + strconv.Itoa(s)
@@ -213,10 +214,7 @@ func (t *Training) weighStarts(ctx context.Context, sc *StageContext, items []da
 		if m, err = models.ReadManifest(bundle); err != nil {
 			return 0, 0, candidateResult{}, "", err
 		}
-		m.Diffusion = own
-		if i != ownAt {
-			m.Diffusion = own.WithStart(s)
-		}
+		m.Diffusion = diffs[i]
 		if err := models.WriteManifest(bundle, m); err != nil {
 			return 0, 0, candidateResult{}, "", err
 		}

@@ -48,7 +48,7 @@ func (t *Training) Preflight(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := t.checkStageKeys(ctx); err != nil {
+	if err := t.checkStageSettings(ctx); err != nil {
 		return "", err
 	}
 	if st, err := os.Stat(c.Data.Root); err != nil || !st.IsDir() {
@@ -80,12 +80,13 @@ func (t *Training) Preflight(ctx context.Context) (string, error) {
 		c.Path(), c.Preset, c.Data.Size, c.Device, py, pipeline.RuntimeLibrary(), c.Data.Root, layout), nil
 }
 
-// checkStageKeys hands Python the config each Python stage will be given (the earlier stages' outputs as
+// checkStageSettings hands Python the config each Python stage will be given (the earlier stages' outputs as
 // placeholders) and returns what it refuses. Why: the Go config passes each section's `extra` on as it is, so an
-// unknown key or a wrong type there (build.extra.res_block for res_blocks) otherwise fails only when that stage
+// unknown key, a wrong type or a value out of range there (build.extra.res_block for res_blocks, res_blocks: 0)
+// otherwise fails only when that stage
 // starts, after the stages before it: the autoencoder's 10-25 minutes on 2 cores. The placeholders lie in a
 // directory that is never made, so nothing of an earlier run (its index) is read here.
-func (t *Training) checkStageKeys(ctx context.Context) error {
+func (t *Training) checkStageSettings(ctx context.Context) error {
 	cfgs := t.pythonStageConfigs(placeholderRun(filepath.Join(t.Dir, "check-stages")))
 	f, err := os.CreateTemp("", "vlmdiff-stages-*.json")
 	if err != nil {
@@ -113,7 +114,7 @@ func (t *Training) checkStageKeys(ctx context.Context) error {
 
 // placeholderRun is a run context in dir whose upstream stages (index, caption, finetune-ae, build, train) have
 // recorded outputs, so the stage config builders write what they write in a real run: for the check line
-// (checkStageKeys) and the schema test.
+// (checkStageSettings) and the schema test.
 func placeholderRun(dir string) *StageContext {
 	rec := func(outs map[string]string) *Record { return &Record{Outputs: outs} }
 	return &StageContext{Dir: dir, records: map[string]*Record{

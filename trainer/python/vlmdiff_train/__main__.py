@@ -5,7 +5,8 @@
     python3 -m vlmdiff_train reference --bundle DIR --weights FILE.pt --noise NOISE.f32 --out OUTDIR [--class K] IMG...
     python3 -m vlmdiff_train schema       (JSON: every stage's keys, types and defaults; the shared constants)
     python3 -m vlmdiff_train check-stages --config CONFIGS.json   ({stage: config}: each parsed as its stage would
-                                          parse it, without torch; the runner's check line, before any stage runs)
+                                          parse it, keys, types and ranges, without torch unless build.control_levels
+                                          is set; the runner's check line, before any stage runs)
 
 stdout carries only progress events, one JSON object per line (progress.py):
     {"event":"progress","stage":S,"step":i,"total":n,"epoch":e,"loss":x,"eta_s":y}
