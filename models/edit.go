@@ -124,7 +124,7 @@ func writeSwapped(src, dir string, m *Manifest, fs FeatureSwap, graph GraphSpec)
 			return err
 		}
 	}
-	if err := fsutil.CopyFile(fs.Graph, filepath.Join(dir, featuresFile)); err != nil {
+	if err := writeFeatureGraph(fs, filepath.Join(dir, featuresFile)); err != nil {
 		return err
 	}
 	m.Graphs[RoleFeatures] = graph
@@ -144,6 +144,29 @@ func writeSwapped(src, dir string, m *Manifest, fs FeatureSwap, graph GraphSpec)
 		return err
 	}
 	return syncPath(dir)
+}
+
+// writeFeatureGraph writes fs.Graph to dst cut to fs.Layers (CutGraph: ONNX Runtime would run the layers the
+// bundle does not map on every frame); a graph with control flow, or one with nothing to cut, is copied whole.
+func writeFeatureGraph(fs FeatureSwap, dst string) error {
+	data, err := os.ReadFile(fs.Graph)
+	if err != nil {
+		return err
+	}
+	names := make([]string, len(fs.Layers))
+	for i, l := range fs.Layers {
+		names[i] = l.Name
+	}
+	cut, removed, err := CutGraph(data, names)
+	switch {
+	case errors.Is(err, ErrNotCut):
+		return fsutil.CopyFile(fs.Graph, dst)
+	case err != nil:
+		return fmt.Errorf("%w: %s: %v", ErrFeatureGraph, fs.Graph, err)
+	case removed == 0:
+		return fsutil.CopyFile(fs.Graph, dst)
+	}
+	return fsutil.WriteFileAtomic(dst, cut, 0o644)
 }
 
 // replaceDir renames the directory tmp to dst. An existing dst is moved aside first and removed after; if tmp

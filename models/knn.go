@@ -35,8 +35,8 @@ type KnnTerm struct {
 	// [B, C, h, w] per layer, named as the layer) and KnnBank. The bundle's feature graph computes those layers
 	// for the frame anyway, and the term was built only after checking that it gives the knn backbone's values
 	// (vlmdiff_train.knn_graph --from-layers), so the scorer feeds them on instead of running the backbone on
-	// the frame a second time. Graph stays: the banks are built with it, and it serves when the feature graph
-	// is replaced or the layers leave features.layers (DropKnnLayersGraph).
+	// the frame a second time. The map need not weigh those layers (KnnOnlyLayers). Graph stays: the banks are
+	// built with it, and it serves when the feature graph is replaced (DropKnnLayersGraph).
 	LayersGraph string `json:"layers_graph,omitempty"`
 	// Bank is the banks' file: raw little-endian float32 [len(Classes)][Size][Dims].
 	Bank string `json:"bank"`
@@ -109,13 +109,13 @@ func (m *Manifest) validateKnn(p *problems) {
 		p.bad("map.knn.images", "has %d counts for %d classes", len(t.Images), len(t.Classes))
 	}
 	if t.LayersGraph != "" {
-		switch missing := MissingFeatureLayers(m, t.Layers); {
+		switch missing := MissingFeatureOutputs(m, t.Layers); {
 		case len(t.Layers) == 0:
 			p.bad("map.knn.layers_graph", "needs map.knn.layers, the feature graph's outputs it takes")
 		case m.Features.Tokens:
 			p.bad("map.knn.layers_graph", "takes maps [B, C, h, w]; the feature graph gives ViT tokens")
 		case len(missing) > 0:
-			p.bad("map.knn.layers_graph", "takes layers %v that are not in features.layers", missing)
+			p.bad("map.knn.layers_graph", "takes layers %v that are not outputs of the feature graph (graphs.features.outputs)", missing)
 		}
 	}
 	if t.Size < 1 || t.Size > MaxKnnBank {
@@ -141,21 +141,40 @@ func (m *Manifest) validateKnn(p *problems) {
 	}
 }
 
-// MissingFeatureLayers lists the layers that features.layers of m lacks: those a knn layers graph could not be
-// fed (map.knn.layers_graph).
-func MissingFeatureLayers(m *Manifest, layers []string) []string {
+// MissingFeatureOutputs lists the layers that the feature graph's declared outputs (graphs.features.outputs)
+// lack: those a knn layers graph could not be fed (map.knn.layers_graph). The map need not weigh a layer for the
+// term to take it: the scorer fetches the term's layers beside the map's (KnnOnlyLayers), so a map that drops a
+// layer (a texture's painted set often drops MobileNetV2's block2) does not make the frame run the backbone twice.
+func MissingFeatureOutputs(m *Manifest, layers []string) []string {
+	outs := m.Graphs[RoleFeatures].Outputs
 	var missing []string
 	for _, l := range layers {
-		if !slices.ContainsFunc(m.Features.Layers, func(f FeatureLayer) bool { return f.Name == l }) {
+		if !slices.ContainsFunc(outs, func(o TensorSpec) bool { return o.Name == l }) {
 			missing = append(missing, l)
 		}
 	}
 	return missing
 }
 
+// KnnOnlyLayers lists the layers the term's layers graph takes that features.layers does not weigh: the scorer
+// fetches them from the feature graph after the map's layers. Empty without a layers graph.
+func KnnOnlyLayers(m *Manifest) []string {
+	t := m.Map.Knn
+	if t == nil || t.LayersGraph == "" {
+		return nil
+	}
+	var only []string
+	for _, l := range t.Layers {
+		if !slices.ContainsFunc(m.Features.Layers, func(f FeatureLayer) bool { return f.Name == l }) {
+			only = append(only, l)
+		}
+	}
+	return only
+}
+
 // DropKnnLayersGraph makes the scorer run the knn graph on the image again: after the feature graph is replaced
-// (another or a quantised one gives other values than the backbone the banks were built with) or features.layers
-// loses a layer the layers graph takes. It removes map.knn.layers_graph from m and its file from m.Files, and
+// (another or a quantised one gives other values than the backbone the banks were built with) or no longer
+// outputs a layer the layers graph takes. It removes map.knn.layers_graph from m and its file from m.Files, and
 // returns the file's name for the caller to delete ("" when there was none).
 func DropKnnLayersGraph(m *Manifest) string {
 	t := m.Map.Knn

@@ -142,7 +142,7 @@ func TestKnnTermRefused(t *testing.T) {
 		{"a layers graph fed a layer the features lack", []string{""}, 0.1, func(term, files map[string]any) {
 			withLayersGraph(term, files)
 			term["layers"] = []any{"layer1", "layer3"}
-		}, nil, "schema", "[layer3] that are not in features.layers"},
+		}, nil, "schema", "[layer3] that are not outputs of the feature graph"},
 		{"the image graph as the layers graph", []string{""}, 0.1, func(term, files map[string]any) {
 			withLayersGraph(term, files)
 			term["layers_graph"] = "knn.onnx"

@@ -2,16 +2,20 @@ package pipeline
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"path/filepath"
 	"testing"
+
+	"github.com/vlmdiff/edge/models"
 )
 
 // TestKnnLayersGraphMatchesImageGraph: the nearest-normal term fed the frames' layers from the feature graph
 // (map.knn.layers_graph) gives the maps and scores of the same term run on the image (map.knn.graph), for
 // batches of one and of three frames with the class and the global bank, with the frames' features run after
 // the reconstruction or beside it: the two graphs hold the same backbone, and the layers graph takes the frames'
-// items from the feature graph's outputs.
+// items from the feature graph's outputs. Also when the map weighs layer1 alone: the scorer then fetches layer2
+// for the term (models.KnnOnlyLayers) and maps layer1 only.
 func TestKnnLayersGraphMatchesImageGraph(t *testing.T) {
 	initRuntime(t)
 	dir := t.TempDir()
@@ -23,11 +27,34 @@ func TestKnnLayersGraphMatchesImageGraph(t *testing.T) {
 		}
 		reqs = append(reqs, Request{Image: img, Class: []string{"widget", "", "widget"}[i], Seq: uint64(i)})
 	}
-	image, layers := filepath.Join(dir, "image"), filepath.Join(dir, "layers")
-	copyDir(t, fixtureBundle, image)
-	addKnnTerm(t, image, 0.7, false)
-	copyDir(t, fixtureBundle, layers)
-	addKnnTerm(t, layers, 0.7, true)
+	for _, mapsBoth := range []bool{true, false} {
+		image, layers := filepath.Join(dir, fmt.Sprint("image", mapsBoth)), filepath.Join(dir, fmt.Sprint("layers", mapsBoth))
+		for _, b := range []string{image, layers} {
+			copyDir(t, fixtureBundle, b)
+			addKnnTerm(t, b, 0.7, b == layers)
+			if !mapsBoth { // the map weighs layer1 alone; the term takes layer2 from the feature graph all the same
+				editBundleJSON(t, b, func(m map[string]any) {
+					f := m["features"].(map[string]any)
+					f["layers"] = f["layers"].([]any)[:1]
+				})
+			}
+		}
+		if !mapsBoth {
+			b, err := models.Load(layers)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if only := models.KnnOnlyLayers(b.Manifest); len(only) != 1 || only[0] != "layer2" || b.Manifest.Map.Knn.LayersGraph == "" {
+				t.Fatalf("the term's layers the map does not weigh: %v (layers graph %q), want [layer2]", only, b.Manifest.Map.Knn.LayersGraph)
+			}
+		}
+		knnLayersGraphMatches(t, image, layers, reqs)
+	}
+}
+
+// knnLayersGraphMatches scores reqs with the bundle whose term runs on the image and with the one fed the layers,
+// and wants the same maps and scores.
+func knnLayersGraphMatches(t *testing.T, image, layers string, reqs []Request) {
 	score := func(bundle string, batch []Request, denoiserThreads int) []Result {
 		t.Helper()
 		s, err := Open(bundle, Options{Providers: []string{"cpu"}, Threads: 2, DenoiserThreads: denoiserThreads, KnnMap: true})

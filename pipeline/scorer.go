@@ -129,6 +129,7 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 	for i, l := range m.Features.Layers {
 		layers[i] = l.Name
 	}
+	layers = append(layers, models.KnnOnlyLayers(m)...) // fed to the knn term only, after the map's
 	if s.feat, err = mk(models.RoleFeatures, []string{m.Features.Input}, layers); err != nil {
 		return nil, err
 	}
@@ -382,7 +383,7 @@ func (s *Scorer) scoreBatch(ctx context.Context, reqs []Request) ([]Result, erro
 	}
 
 	t0 = time.Now()
-	results, err := s.mapsAndScores(feats, x, knn, reqs)
+	results, err := s.mapsAndScores(feats[:len(s.m.Features.Layers)], x, knn, reqs) // the map's layers alone
 	if err != nil {
 		return nil, err
 	}

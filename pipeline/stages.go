@@ -360,9 +360,14 @@ func (s *Scorer) runFeatures(x, rec []float32, n int) ([]layerOutput, error) {
 	if err != nil {
 		return nil, err
 	}
-	layers := make([]layerOutput, len(s.m.Features.Layers))
-	for l, spec := range s.m.Features.Layers {
-		layers[l] = layerOutput{Name: spec.Name, Weight: float64(spec.Weight), Match: spec.Match, Data: out[l], Shape: shapes[l]}
+	// the map's layers, then the knn term's others (weight 0: the map does not weigh them), as s.feat fetches them
+	layers := make([]layerOutput, len(s.feat.out))
+	for l, name := range s.feat.out {
+		layers[l] = layerOutput{Name: name, Data: out[l], Shape: shapes[l]}
+		if l < len(s.m.Features.Layers) {
+			spec := s.m.Features.Layers[l]
+			layers[l].Weight, layers[l].Match = float64(spec.Weight), spec.Match
+		}
 	}
 	return layers, nil
 }

@@ -303,7 +303,7 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 	}
 	m.Features.Layers = layers
 	var dropped string
-	if m.Map.Knn != nil && len(models.MissingFeatureLayers(m, m.Map.Knn.Layers)) > 0 { // the term's layers graph is fed from features.layers
+	if m.Map.Knn != nil && len(models.MissingFeatureOutputs(m, m.Map.Knn.Layers)) > 0 { // the term's layers graph is fed from the feature graph's outputs
 		dropped = models.DropKnnLayersGraph(m)
 	}
 	m.Map.Sigma = sigma

@@ -396,15 +396,16 @@ func TestCalibrateKnnFactor(t *testing.T) {
 	if k := b.Manifest.Map.Knn; k.Sigma == nil || *k.Sigma != 0.5 || !strings.Contains(stderr, "smoothed at sigma 0.5") {
 		t.Errorf("the banks built anew dropped the term's own smoothing: map.knn.sigma %v", k.Sigma)
 	}
-	// a layer of the term leaves features.layers: the term runs on the image again, its banks kept
+	// a layer of the term leaves features.layers: the feature graph still outputs it, so the term keeps its layers
+	// graph (the scorer fetches layer2 for the term alone) and its banks
 	if code, _, stderr := run(append(base, "--reference", "train", "--feature-weights", "layer1=1,layer2=0")...); code != 0 {
 		t.Fatalf("--feature-weights layer1=1,layer2=0: exit %d\n%s", code, stderr)
 	}
-	if b, err = models.Load(bundle); err != nil || b.Manifest.Map.Knn == nil || b.Manifest.Map.Knn.LayersGraph != "" {
+	if b, err = models.Load(bundle); err != nil || b.Manifest.Map.Knn == nil || b.Manifest.Map.Knn.LayersGraph != eval.KnnLayersGraphFile {
 		t.Fatalf("after layer2 left features.layers: %v, map.knn %+v", err, b.Manifest.Map.Knn)
 	}
-	if _, err := os.Stat(filepath.Join(bundle, eval.KnnLayersGraphFile)); !os.IsNotExist(err) {
-		t.Errorf("%s stays after layer2 left features.layers: %v", eval.KnnLayersGraphFile, err)
+	if got := models.KnnOnlyLayers(b.Manifest); len(got) != 1 || got[0] != "layer2" {
+		t.Errorf("the term's layers the map does not weigh: %v, want [layer2]", got)
 	}
 	if code, _, stderr := run(append(base, "--reference", "train", "--feature-weights", "layer1=1,layer2=1")...); code != 0 {
 		t.Fatalf("--feature-weights layer1=1,layer2=1: exit %d\n%s", code, stderr)

@@ -695,8 +695,8 @@ func knnNotShared(m *models.Manifest, layers []string) string {
 	if m.Features.Tokens {
 		return "the feature graph gives ViT tokens"
 	}
-	if missing := models.MissingFeatureLayers(m, layers); len(missing) > 0 {
-		return fmt.Sprintf("the feature graph's layers (features.layers) lack %v", missing)
+	if missing := models.MissingFeatureOutputs(m, layers); len(missing) > 0 {
+		return fmt.Sprintf("the feature graph's outputs (graphs.features.outputs) lack %v", missing)
 	}
 	return ""
 }

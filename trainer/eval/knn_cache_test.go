@@ -200,7 +200,14 @@ func TestKnnCacheWritesWhatABuildWrites(t *testing.T) {
 		graphs int    // graphs made
 		reason string // in NotShared; "" with a layers graph
 	}{
-		{"a feature graph without the term's layers", bundle("lacks layer2", func(m *models.Manifest) { m.Features.Layers = m.Features.Layers[:1] }), 0, "[layer2]"},
+		{"a feature graph without the term's layers", bundle("lacks layer2", func(m *models.Manifest) {
+			m.Features.Layers = m.Features.Layers[:1]
+			g := m.Graphs[models.RoleFeatures]
+			g.Outputs = g.Outputs[:1]
+			m.Graphs[models.RoleFeatures] = g
+		}), 0, "[layer2]"},
+		// the map does not weigh layer2, but the feature graph still outputs it: the scorer fetches it for the term
+		{"a map without one of the term's layers", bundle("maps layer1", func(m *models.Manifest) { m.Features.Layers = m.Features.Layers[:1] }), 0, ""},
 		{"another feature graph", another, 1, ""},
 		{"that feature graph again", again, 0, ""},
 	} {

@@ -313,6 +313,9 @@ func (t *Training) exportConfig(sc *StageContext) map[string]any {
 	if len(e.FeatureLayers) > 0 {
 		m["feature_layers"] = e.FeatureLayers
 	}
+	if keep := t.knnKeepOutputs(); len(keep) > 0 {
+		m["keep_outputs"] = keep
+	}
 	if len(e.FeatureMatch) > 0 {
 		m["feature_match"] = e.FeatureMatch
 	}
@@ -344,6 +347,11 @@ func (t *Training) pruneFeatures(ctx context.Context, sc *StageContext, layers [
 	for i, l := range layers {
 		keep[i] = l[0].(string)
 	}
+	for _, k := range t.knnKeepOutputs() {
+		if !slices.Contains(keep, k) {
+			keep = append(keep, k)
+		}
+	}
 	pruned := prunedFeatures(sc)
 	if err := os.MkdirAll(filepath.Dir(pruned), 0o755); err != nil {
 		return err
@@ -352,6 +360,31 @@ func (t *Training) pruneFeatures(ctx context.Context, sc *StageContext, layers [
 		return fmt.Errorf("export.features_onnx: %w", err)
 	}
 	return nil
+}
+
+// knnKeepOutputs are the nearest-normal term's layers (calibrate.knn.layers) that export.features_onnx outputs,
+// when the term's backbone is that same file: the feature graph keeps them as outputs whether or not the map
+// weighs them (export's keep_outputs), so the scorer feeds the term the frame's layers from the feature graph
+// instead of running the backbone a second time (models.KnnOnlyLayers; a texture's painted set often drops
+// MobileNetV2's block2 from the map, which the term takes). Whether the values really are the same is checked
+// where the term is built (vlmdiff_train.knn_graph --from-layers).
+func (t *Training) knnKeepOutputs() []string {
+	c := t.Config
+	k := c.Calibrate.Knn
+	if k == nil || c.Export.FeaturesONNX == "" || filepath.Clean(k.BackboneONNX) != filepath.Clean(c.Export.FeaturesONNX) {
+		return nil
+	}
+	io, err := models.ReadGraphIO(c.Export.FeaturesONNX)
+	if err != nil {
+		return nil // the export stage names the unreadable file
+	}
+	var keep []string
+	for _, l := range k.Layers {
+		if slices.ContainsFunc(io.Outputs, func(o models.TensorSpec) bool { return o.Name == l }) {
+			keep = append(keep, l)
+		}
+	}
+	return keep
 }
 
 // trainedModel is the model file the bundle is exported from: the select stage's choice, or the train stage's

@@ -239,3 +239,36 @@ def test_layer_match_is_written_per_layer(tmp_path):
     layers = json.load(open(out / "bundle.json"))["features"]["layers"]
     assert layers == [{"name": "layer1", "weight": 1.0, "match": 1}, {"name": "layer2", "weight": 0.5}]
     assert E.verify_bundle(str(out)) == []
+
+
+def test_feature_graph_is_cut_to_its_layers_and_kept_outputs(tmp_path):
+    """A backbone file with a deeper layer than the bundle maps: the bundle's feature graph computes only the
+    mapped layer and the kept one (keep_outputs: the nearest-normal term's), which graphs.features.outputs declares
+    and features.layers does not; a kept name the file lacks is ignored."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(2)
+    ws = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n)
+          for n, s in (("w1", (4, 3, 3, 3)), ("w2", (6, 4, 3, 3)), ("w3", (8, 6, 3, 3)))]
+    conv = dict(strides=[2, 2], pads=[1, 1, 1, 1])
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["a"], **conv),
+             helper.make_node("Conv", ["a", "w2"], ["b"], **conv),
+             helper.make_node("Conv", ["b", "w3"], ["c"], **conv)]
+    g = helper.make_graph(nodes, "bb", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 64, 64])],
+                          [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["n", ch, s, s])
+                           for o, ch, s in (("a", 4, 32), ("b", 6, 16), ("c", 8, 8))], initializer=ws)
+    src = tmp_path / "backbone.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(src))
+    spec = copy.deepcopy(SMALL_SPEC)
+    nets = FX.build_nets(spec)
+    out = tmp_path / "b"
+    E.export_bundle(str(out), vae=nets.vae, denoiser=nets.denoiser, features=None, feature_onnx=str(src),
+                    layers=[("b", 1.0)], keep_outputs=["a", "zz", "b"], conditioning=FX.fixture_conditioning(spec),
+                    latent_channels=int(spec["vae"]["embed_dim"]), downsample=2 ** (len(spec["vae"]["ch_mult"]) - 1),
+                    hint_owner=nets.denoiser.sgn, height=64, width=64, denoiser_static_batches=[])
+    m = json.load(open(out / "bundle.json"))
+    assert [ly["name"] for ly in m["features"]["layers"]] == ["b"]
+    assert [o["name"] for o in m["graphs"]["features"]["outputs"]] == ["b", "a"]
+    assert m["graphs"]["features"]["outputs"][1]["shape"] == [-1, 4, 32, 32]
+    cut = onnx.load(str(out / "features.onnx"))
+    assert [o.name for o in cut.graph.output] == ["b", "a"] and [n.output[0] for n in cut.graph.node] == ["a", "b"]
+    assert E.verify_bundle(str(out)) == []

@@ -84,7 +84,7 @@ def test_channel_pool_matrix_is_adaptive_avg_pool():
 
 
 @pytest.mark.parametrize("layers,dims,kw,match", [
-    (["a", "nope"], 0, {}, "not in the backbone"),
+    (["a", "nope"], 0, {}, "not computed by the graph"),
     (["a", "a"], 0, {}, "twice"),
     ([], 0, {}, "no layers"),
     (["a", "b"], 11, {}, "dims 11"),

@@ -338,6 +338,28 @@ def export_static_denoisers(out_dir: str, denoiser, context: torch.Tensor, key: 
     return specs, time_spec
 
 
+def write_feature_graph(src: str, layers: Sequence[str], dst: str) -> None:
+    """Writes the backbone file src to dst cut to the part that computes `layers` (onnx_prune): ONNX Runtime runs
+    every node of a graph whatever is fetched, and a backbone file usually offers deeper layers than a bundle maps
+    (the small preset's MobileNetV2: 30% of its multiply-adds). A graph that cannot be cut (control flow) is
+    copied as it is."""
+    from .onnx_prune import prune_to_outputs
+    model = onnx.load(src)
+    try:
+        cut, removed = prune_to_outputs(model, layers)
+    except RuntimeError as e:
+        log.warning("feature graph %s: copied whole: %s", os.path.basename(src), e)
+        shutil.copyfile(src, dst)
+        return
+    if removed == 0:
+        shutil.copyfile(src, dst)
+        return
+    onnx.checker.check_model(cut)
+    onnx.save(cut, dst)
+    log.info("feature graph %s: cut to %s: %d of %d nodes removed", os.path.basename(src), ", ".join(layers),
+             removed, len(model.graph.node))
+
+
 def onnx_io_names(path: str) -> Tuple[List[str], List[str]]:
     m = onnx.load(path, load_external_data=False)
     inits = {i.name for i in m.graph.initializer}
@@ -374,6 +396,7 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
                   conditioning: Sequence[Tuple[str, str, np.ndarray]], latent_channels: int, downsample: int,
                   hint_owner: Optional[torch.nn.Module] = None, hint_fn: str = "hint_features",
                   feature_onnx: Optional[str] = None, feature_input: str = "image",
+                  keep_outputs: Sequence[str] = (),
                   feature_mean: Optional[Sequence[float]] = None, feature_std: Optional[Sequence[float]] = None,
                   height: int = 256, width: int = 256, mean: Sequence[float] = IMAGENET_MEAN,
                   std: Sequence[float] = IMAGENET_STD, name: str = "vlmdiff", version: str = "0.0.0",
@@ -395,6 +418,10 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
     (a time graph, graphs.denoiser.time, computes the t-only tensors once per timestep) or "none" (t as input).
     fuse_static: the operator fusions of onnx_fuse on the static graphs (off only for A/B runs).
     fuse_vae: onnx_fuse.groupnorm_per_channel on the autoencoder's graphs (off only for A/B runs).
+    keep_outputs: outputs of feature_onnx that the bundle's feature graph keeps beside the layers, declared in
+    graphs.features.outputs but not mapped (features.layers): the nearest-normal term's layers, so the scorer
+    can feed the term from the feature graph whatever layers the map weighs. Names the file lacks are ignored.
+    The feature graph is cut to the layers and these (write_feature_graph).
     """
     if os.path.exists(os.path.join(out_dir, "bundle.json")) and not overwrite:
         raise RuntimeError(f"bundle directory {out_dir} already holds a bundle (overwrite not requested)")
@@ -476,12 +503,14 @@ def export_bundle(out_dir: str, *, vae, denoiser, features: Optional[torch.nn.Mo
         if missing:
             raise RuntimeError(f"feature graph {feature_onnx}: layers {missing} are not outputs (has {outs})")
         feature_input = ins[0]
-        shutil.copyfile(feature_onnx, os.path.join(out_dir, "features.onnx"))
-        ft = OnnxModule.load(feature_onnx, outputs=layer_names)
+        # unmapped outputs kept for the nearest-normal term (keep_outputs), those the file has
+        kept = [n for n in dict.fromkeys(keep_outputs) if n in outs and n not in layer_names]
+        write_feature_graph(feature_onnx, layer_names + kept, os.path.join(out_dir, "features.onnx"))
+        ft = OnnxModule.load(feature_onnx, outputs=layer_names + kept)
         with torch.no_grad():
             o1 = ft.eval()(image1)
         graphs["features"] = {"file": "features.onnx", "inputs": [_spec(feature_input, image1)],
-                              "outputs": [_spec(n, o1[n]) for n in layer_names]}
+                              "outputs": [_spec(n, o1[n]) for n in layer_names + kept]}
         with torch.no_grad():
             o2 = ft(image2)
         probes["features"] = ({feature_input: image2}, {n: o2[n] for n in layer_names})
@@ -659,7 +688,8 @@ def run_export(cfg) -> dict:
         out, vae=nets.vae, denoiser=nets.denoiser, features=None if feature_onnx else nets.features,
         layers=layers, layer_match=match, conditioning=[(k, pr, ctx[i]) for i, (k, pr) in enumerate(entries)],
         latent_channels=channels, downsample=ds, hint_owner=nets.denoiser.sgn, feature_onnx=feature_onnx,
-        height=size, width=size, name=c.name, version=c.version, description=c.description,
+        keep_outputs=list(c.keep_outputs or []), height=size, width=size, name=c.name, version=c.version,
+        description=c.description,
         provenance={"preset": preset_name, "dataset": c.dataset, "classes": classes},
         latent={"posterior": c.posterior, "scale_factor": latent_scale(b)}, diffusion=diffusion,
         map_spec={"sigma": float(c.sigma)} if c.sigma is not None else None, probe_dir=c.probes,

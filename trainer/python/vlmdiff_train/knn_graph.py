@@ -40,6 +40,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .onnx_prune import needed_nodes
 
 __all__ = ["build_knn_graph", "channel_pool_matrix", "main", "shared_layers_error"]
 
@@ -68,21 +69,15 @@ def channel_pool_matrix(c: int, d: int) -> np.ndarray:
 def _prune(model: onnx.ModelProto, outputs: Sequence[str]) -> Tuple[List[onnx.NodeProto], str]:
     """The nodes the named outputs depend on, in order, and the backbone's image input."""
     g = model.graph
-    produced = {o for n in g.node for o in n.output}
-    missing = [o for o in outputs if o not in produced]
-    if missing:
-        have = [o.name for o in g.output]
-        raise RuntimeError(f"knn graph: layers {missing} are not in the backbone (its outputs: {have})")
     inits = {i.name for i in g.initializer}
     inputs = [i.name for i in g.input if i.name not in inits]
+    try:
+        nodes = needed_nodes(model, outputs)
+    except RuntimeError as e:
+        raise RuntimeError(f"knn graph: {e}") from None
     if len(inputs) != 1:
         raise RuntimeError(f"knn graph: the backbone has inputs {inputs}, want one image input")
-    need, keep = set(outputs), []
-    for n in reversed(g.node):
-        if need.intersection(n.output):
-            keep.append(n)
-            need.update(i for i in n.input if i)
-    return list(reversed(keep)), inputs[0]
+    return nodes, inputs[0]
 
 
 def _layer_shapes(model: onnx.ModelProto, layers: Sequence[str], height: int, width: int) -> List[Tuple[int, int, int]]:

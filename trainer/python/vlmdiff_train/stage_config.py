@@ -183,6 +183,9 @@ class ExportConfig(Common):
     dataset: str = key("", "provenance: the training data")
     features_onnx: Optional[str] = key(None, "ONNX feature backbone copied into the bundle")
     feature_layers: Optional[List[list]] = key(None, "[[name, weight], ...] of the feature graph")
+    keep_outputs: Optional[List[str]] = key(None, "outputs of features_onnx kept in the bundle's feature graph "
+                                                  "beside feature_layers, unmapped: the nearest-normal term's "
+                                                  "layers, which the scorer then takes from the feature graph")
     feature_match: Optional[Dict[str, int]] = key(None, "{name: radius}: compare a layer's features with the "
                                                         "reconstruction's best match within radius cells "
                                                         "(manifest features.layers[].match; 0..3)")
