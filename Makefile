@@ -68,9 +68,13 @@ test-py:
 # BENCH_DIR, out/bench-small-rb1), the lean denoiser of docs/training.md "Fewer blocks per level".
 BENCH_RES_BLOCKS ?=
 BENCH_DIR ?= out/bench-small$(if $(BENCH_RES_BLOCKS),-rb$(BENCH_RES_BLOCKS))
-bench: build
-	@test -f $(BENCH_DIR)/bundle/bundle.json || PYTHONPATH=trainer/python $(PY) -m vlmdiff_train.bench_bundle --out $(BENCH_DIR) \
+# The bench bundle is what the trainer's code exports, so it is built again when that code is newer than it (a
+# bundle kept from before an export change measured the old graphs: session 48's feature-graph cut).
+BENCH_SOURCES := $(wildcard trainer/python/vlmdiff_train/*.py trainer/python/vlmdiff_train/nets/*.py)
+$(BENCH_DIR)/bundle/bundle.json: $(BENCH_SOURCES)
+	PYTHONPATH=trainer/python $(PY) -m vlmdiff_train.bench_bundle --out $(BENCH_DIR) \
 		$(if $(BENCH_RES_BLOCKS),--res-blocks $(BENCH_RES_BLOCKS))
+bench: build $(BENCH_DIR)/bundle/bundle.json
 	./$(BIN) bench --bundle $(BENCH_DIR)/bundle --threads 2 --batches 1,4 --frames 20 --floor \
 		--mem-pattern=false --shared-arena --reference $(BENCH_DIR)/model.pt --rounds 5 --ab-dynamic $(BENCH_FLAGS)
 
