@@ -310,10 +310,6 @@ const pruneScript = `import sys, onnx
 from vlmdiff_train.onnx_prune import prune_to_outputs
 src, dst, keep = sys.argv[1], sys.argv[2], sys.argv[3:]
 m = onnx.load(src)
-have = [o.name for o in m.graph.output]
-missing = [k for k in keep if k not in have]
-if missing:
-    sys.exit("feature graph %s: layers %s are not outputs (has %s)" % (src, missing, have))
 try:
     m, _ = prune_to_outputs(m, keep)
 except RuntimeError as e:
