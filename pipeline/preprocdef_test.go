@@ -5,7 +5,16 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/vlmdiff/edge/internal/pilresize"
 )
+
+// precisionBits, pilCoeffs and clip8 are pilresize's, named as the twins below were written.
+const precisionBits = pilresize.PrecisionBits
+
+func pilCoeffs(inSize, outSize int) ([]int, []int32, int) { return pilresize.Coeffs(inSize, outSize) }
+
+func clip8(v int32) byte { return pilresize.Clip8(v) }
 
 // The preprocessing as it was written before it was made faster: the twins the fast versions are tested
 // against (both must be bit-identical; TestResizePIL and TestStageNormalize tie them to Pillow and torch).

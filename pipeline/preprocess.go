@@ -4,9 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"image"
-	"math"
 
 	"github.com/vlmdiff/edge/imagelimit"
+	"github.com/vlmdiff/edge/internal/pilresize"
 	"gocv.io/x/gocv"
 )
 
@@ -104,135 +104,10 @@ func (im Image) Validate() error {
 	return nil
 }
 
-// precisionBits is Pillow's fixed-point precision for 8-bit resampling (32 - 8 - 2).
-const precisionBits = 22
-
-// pilCoeffs computes Pillow's resampling coefficients for one axis with the bilinear (triangle) filter,
-// antialiased when downscaling: the filter support grows with the scale. It mirrors Pillow's
-// precompute_coeffs + normalize_coeffs_8bpc so that resized pixels are bit-identical to the reference's
-// torchvision Resize on PIL images.
-func pilCoeffs(inSize, outSize int) (bounds []int, kk []int32, ksize int) {
-	scale := float64(inSize) / float64(outSize)
-	filterscale := scale
-	if filterscale < 1 {
-		filterscale = 1
-	}
-	support := 1.0 * filterscale // bilinear support is 1
-	ksize = int(math.Ceil(support))*2 + 1
-	bounds = make([]int, outSize*2)
-	kk = make([]int32, outSize*ksize)
-	k := make([]float64, ksize)
-	for xx := 0; xx < outSize; xx++ {
-		center := (float64(xx) + 0.5) * scale
-		ww := 0.0
-		ss := 1.0 / filterscale
-		xmin := int(center - support + 0.5)
-		if xmin < 0 {
-			xmin = 0
-		}
-		xmax := int(center + support + 0.5)
-		if xmax > inSize {
-			xmax = inSize
-		}
-		xmax -= xmin
-		for x := 0; x < ksize; x++ {
-			k[x] = 0
-		}
-		for x := 0; x < xmax; x++ {
-			w := math.Abs((float64(x+xmin) - center + 0.5) * ss)
-			if w < 1 {
-				w = 1 - w
-			} else {
-				w = 0
-			}
-			k[x] = w
-			ww += w
-		}
-		for x := 0; x < xmax; x++ {
-			if ww != 0 {
-				k[x] /= ww
-			}
-		}
-		for x := 0; x < ksize; x++ {
-			if k[x] < 0 {
-				kk[xx*ksize+x] = int32(-0.5 + k[x]*(1<<precisionBits))
-			} else {
-				kk[xx*ksize+x] = int32(0.5 + k[x]*(1<<precisionBits))
-			}
-		}
-		bounds[2*xx], bounds[2*xx+1] = xmin, xmax
-	}
-	return bounds, kk, ksize
-}
-
-func clip8(v int32) byte {
-	v >>= precisionBits
-	if v < 0 {
-		return 0
-	}
-	if v > 255 {
-		return 255
-	}
-	return byte(v)
-}
-
-// ResizePIL resizes an RGB image with Pillow's BILINEAR semantics (separable, horizontal pass first, 8-bit
-// intermediate rounding, antialiased downscaling), the reference's preprocessing. The sums are integers, so
-// their order does not matter: the vertical pass adds whole source rows into a row of accumulators (memory in
-// order) instead of walking down each output column.
+// ResizePIL resizes an RGB image with Pillow's BILINEAR semantics (pilresize.Resize), the reference's
+// preprocessing. The result is always a copy.
 func ResizePIL(src Image, w, h int) Image {
-	cur := src
-	if cur.Width != w {
-		bounds, kk, ks := pilCoeffs(cur.Width, w)
-		out := Image{Width: w, Height: cur.Height, Pix: make([]byte, w*cur.Height*3)}
-		for y := 0; y < cur.Height; y++ {
-			row := cur.Pix[y*cur.Width*3 : (y+1)*cur.Width*3]
-			orow := out.Pix[y*w*3 : (y+1)*w*3]
-			for xx := 0; xx < w; xx++ {
-				xmin, xmax := bounds[2*xx], bounds[2*xx+1]
-				k := kk[xx*ks:][:xmax]
-				seg := row[xmin*3 : (xmin+xmax)*3]
-				s0, s1, s2 := int32(1<<(precisionBits-1)), int32(1<<(precisionBits-1)), int32(1<<(precisionBits-1))
-				for x, kv := range k {
-					p := seg[x*3 : x*3+3]
-					s0 += int32(p[0]) * kv
-					s1 += int32(p[1]) * kv
-					s2 += int32(p[2]) * kv
-				}
-				o := orow[xx*3 : xx*3+3]
-				o[0], o[1], o[2] = clip8(s0), clip8(s1), clip8(s2)
-			}
-		}
-		cur = out
-	}
-	if cur.Height != h {
-		bounds, kk, ks := pilCoeffs(cur.Height, h)
-		out := Image{Width: w, Height: h, Pix: make([]byte, w*h*3)}
-		acc := make([]int32, w*3)
-		for yy := 0; yy < h; yy++ {
-			ymin, ymax := bounds[2*yy], bounds[2*yy+1]
-			for i := range acc {
-				acc[i] = 1 << (precisionBits - 1)
-			}
-			for y, kv := range kk[yy*ks:][:ymax] {
-				row := cur.Pix[(y+ymin)*w*3:][:len(acc)]
-				for i, v := range row {
-					acc[i] += int32(v) * kv
-				}
-			}
-			orow := out.Pix[yy*w*3:][:len(acc)]
-			for i, s := range acc {
-				orow[i] = clip8(s)
-			}
-		}
-		cur = out
-	}
-	if cur.Width == src.Width && cur.Height == src.Height {
-		cp := make([]byte, len(src.Pix))
-		copy(cp, src.Pix)
-		cur = Image{Width: src.Width, Height: src.Height, Pix: cp}
-	}
-	return cur
+	return Image{Width: w, Height: h, Pix: pilresize.Resize(src.Pix, src.Width, src.Height, 3, w, h)}
 }
 
 // resizeCV resizes with OpenCV's bilinear filter (faster for large frames, not bit-identical to PIL).

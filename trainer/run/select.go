@@ -618,6 +618,7 @@ func (t *Training) selectValData(ctx context.Context, sc *StageContext, items []
 	}
 	params := synth.DefaultParams
 	params.MinVisibility = *c.Select.MinVisibility
+	params.InputSize = c.Data.Size // a defect counts where the model sees it: on the frame at the model's input
 	sum, err := synth.WriteDefects(ctx, normals, synth.DefectsOptions{Out: out, PerImage: c.Select.PerImage, Seed: uint64(c.Seed) + 1, Params: params})
 	if err != nil {
 		return "", fmt.Errorf("select: painting the validation set: %w", err)

@@ -33,6 +33,12 @@ type Params struct {
 	// below this is redrawn: 1 (the default) keeps only defects that change their pixels at least as much as
 	// two normals of the class differ there; 0 turns the check off (the painter before session 15).
 	MinVisibility float64
+	// InputSize is the side of the model's square input (256 for the small preset). A frame larger than it on
+	// either side has its defects' visibility measured where the model sees them, on the frame resized to
+	// InputSize x InputSize with the model's own resize (docs/training.md, "The floor at the model's input"):
+	// a speck of three pixels on a 700-pixel frame is under one pixel at 256, and a set full of defects the
+	// model never receives ranks candidates on noise. 0 measures at the frame's own size (before session 49).
+	InputSize int
 }
 
 // DefaultParams is the hard default.
@@ -47,6 +53,8 @@ func (p Params) Validate() error {
 		return fmt.Errorf("synth: contrast %v..%v: want 0 < min <= max <= 1", p.MinContrast, p.MaxContrast)
 	case !(p.MinVisibility >= 0 && p.MinVisibility <= 100):
 		return fmt.Errorf("synth: visibility %v: want 0 (off) to 100 times the normals' variation", p.MinVisibility)
+	case p.InputSize != 0 && (p.InputSize < 8 || p.InputSize > 8192):
+		return fmt.Errorf("synth: input size %d: want 0 (the frame's own) or 8 to 8192 pixels", p.InputSize)
 	}
 	return nil
 }
@@ -140,8 +148,12 @@ func PaintAmong(img Image, kind string, src *Image, region []bool, v *Variation,
 	if err := p.Validate(); err != nil {
 		return Image{}, nil, 0, err
 	}
-	if !v.fits(img) || p.MinVisibility == 0 {
+	if !v.fits(p.viewKey(img)) || p.MinVisibility == 0 {
 		v = nil
+	}
+	view := img
+	if v != nil {
+		view = p.view(img)
 	}
 	if src == nil {
 		src = &img
@@ -195,7 +207,7 @@ func PaintAmong(img Image, kind string, src *Image, region []bool, v *Variation,
 			invisible++
 			continue
 		}
-		if v != nil && Visibility(img, out, mask, v) < p.MinVisibility {
+		if v != nil && visibilityAt(view, img, out, mask, v) < p.MinVisibility {
 			faint++
 			continue
 		}

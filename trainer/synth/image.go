@@ -140,33 +140,3 @@ func writePNG(path string, m image.Image) error {
 	}
 	return nil
 }
-
-// Resize returns im resampled to w x h bilinearly, pixel centres aligned (OpenCV's INTER_LINEAR, without its
-// fixed-point rounding). Shrinking by more than 2 skips pixels rather than averaging them, which is fine for
-// what it is used for (the normals' variation at another frame size), not for display. It is not
-// pipeline.ResizePIL (the model's own resize, antialiased) because that one takes RGB only and lives in the
-// cgo pipeline package, which this pure package does not import; moving ResizePIL into a package of its own
-// would let both share it.
-func Resize(im Image, w, h int) Image {
-	if im.W == w && im.H == h {
-		return im.Clone()
-	}
-	out := NewImage(w, h, im.C)
-	sx, sy := float64(im.W)/float64(w), float64(im.H)/float64(h)
-	for y := 0; y < h; y++ {
-		fy := max(0, min(float64(im.H-1), (float64(y)+0.5)*sy-0.5))
-		y0 := int(fy)
-		y1, ay := min(y0+1, im.H-1), fy-float64(y0)
-		for x := 0; x < w; x++ {
-			fx := max(0, min(float64(im.W-1), (float64(x)+0.5)*sx-0.5))
-			x0 := int(fx)
-			x1, ax := min(x0+1, im.W-1), fx-float64(x0)
-			for c := 0; c < im.C; c++ {
-				p := func(xx, yy int) float64 { return float64(im.Pix[(yy*im.W+xx)*im.C+c]) }
-				v := (1-ay)*((1-ax)*p(x0, y0)+ax*p(x1, y0)) + ay*((1-ax)*p(x0, y1)+ax*p(x1, y1))
-				out.Pix[(y*w+x)*im.C+c] = uint8(v + 0.5)
-			}
-		}
-	}
-	return out
-}

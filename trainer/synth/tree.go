@@ -136,7 +136,7 @@ func WriteDefects(ctx context.Context, normals []Normal, o DefectsOptions) (Summ
 		root := filepath.Join(o.Out, class)
 		var vars map[[3]int]*Variation
 		if o.Params.MinVisibility > 0 { // the floor is off at 0: no variation to measure
-			vars = variations(imgs)
+			vars = variations(imgs, o.Params)
 		}
 		for i, n := range ns {
 			if err := ctx.Err(); err != nil {
@@ -149,9 +149,9 @@ func WriteDefects(ctx context.Context, normals []Normal, o DefectsOptions) (Summ
 				}
 				sum.add(class, split+"/good")
 			}
-			v := vars[[3]int{imgs[i].W, imgs[i].H, imgs[i].C}]
+			v := vars[o.Params.viewKey(imgs[i])]
 			if v == nil && o.Params.MinVisibility > 0 {
-				if v = ResizedVariation(imgs[i], imgs); v != nil {
+				if v = ResizedVariation(imgs[i], imgs, o.Params); v != nil {
 					sum.addN(class, FloorResized, o.PerImage)
 				}
 			}
@@ -276,7 +276,8 @@ func WriteSurfaces(ctx context.Context, o SurfacesOptions) (Summary, error) {
 		}
 		var v *Variation
 		if o.Params.MinVisibility > 0 {
-			v = NewVariation(goods) // the class's test normals: how much its renders differ among themselves
+			// the class's test normals at their view: how much its renders differ among themselves
+			v = variations(goods, o.Params)[o.Params.viewKey(goods[0])]
 		}
 		for _, kind := range o.Kinds {
 			for i := 0; i < o.PerKind; i++ {
@@ -286,8 +287,8 @@ func WriteSurfaces(ctx context.Context, o SurfacesOptions) (Summary, error) {
 				img, region := Render(spec, o.Seed, "defect-"+kind, i)
 				donor, _ := Render(spec, o.Seed, "donor-"+kind, i)
 				iv := v
-				if o.Params.MinVisibility > 0 && spec.MaxW > 0 && !v.fits(img) { // a class of many frame sizes
-					if iv = ResizedVariation(img, goods); iv != nil {
+				if o.Params.MinVisibility > 0 && spec.MaxW > 0 && !v.fits(o.Params.viewKey(img)) { // a class of many frame sizes
+					if iv = ResizedVariation(img, goods, o.Params); iv != nil {
 						sum.add(spec.Name, FloorResized)
 					}
 				}

@@ -3,6 +3,8 @@ package synth
 import (
 	"math"
 	"slices"
+
+	"github.com/vlmdiff/edge/internal/pilresize"
 )
 
 // A painted defect is only a defect if it changes its pixels more than the normals of its class differ among
@@ -71,9 +73,9 @@ func NewVariation(imgs []Image) *Variation {
 	return v
 }
 
-// fits reports whether v was measured on frames like img.
-func (v *Variation) fits(img Image) bool {
-	return v != nil && v.W == img.W && v.H == img.H && v.C == img.C
+// fits reports whether v was measured on frames of shape k (width, height, channels; Params.viewKey).
+func (v *Variation) fits(k [3]int) bool {
+	return v != nil && v.W == k[0] && v.H == k[1] && v.C == k[2]
 }
 
 // Visibility is how far a painted defect stands out from the normals' variation: at each scale the mean change
@@ -167,14 +169,16 @@ func median(vs []float32) float32 {
 	return (vs[n/2-1] + vs[n/2]) / 2
 }
 
-// ResizedVariation measures the variation at img's size among normals of other sizes: img itself and up to
-// maxVariationPairs of the others with its channel count, each resized to img's size (bilinear), in their order.
-// Nil when no other normal has img's channels. Why: a class whose frames vary in size (tiles cut to the piece,
-// crops that follow the part) has no two frames of one size to compare, and without a variation its defects
-// would be painted without the visibility floor; the model compares every frame at its input size anyway, so
-// the normals' differences at a common size are the variation it sees.
-func ResizedVariation(img Image, normals []Image) *Variation {
-	set := []Image{img}
+// ResizedVariation measures the variation at img's view size (Params.view: its own, or the model's input)
+// among normals of other sizes: img itself and up to maxVariationPairs of the others with its channel count,
+// each resized to that size with the model's resize, in their order. Nil when no other normal has img's
+// channels. Why: a class whose frames vary in size (tiles cut to the piece, crops that follow the part) has no
+// two frames of one size to compare, and without a variation its defects would be painted without the
+// visibility floor; the model compares every frame at its input size anyway, so the normals' differences at a
+// common size are the variation it sees.
+func ResizedVariation(img Image, normals []Image, p Params) *Variation {
+	w, h := p.viewSize(img)
+	set := []Image{resizeTo(img, w, h)}
 	for _, n := range normals {
 		if len(set) > maxVariationPairs {
 			break
@@ -182,22 +186,23 @@ func ResizedVariation(img Image, normals []Image) *Variation {
 		if n.C != img.C || (n.W == img.W && n.H == img.H && slices.Equal(n.Pix, img.Pix)) {
 			continue
 		}
-		set = append(set, Resize(n, img.W, img.H))
+		set = append(set, resizeTo(n, w, h))
 	}
 	return NewVariation(set)
 }
 
-// variations measures one Variation per frame shape (size and channels) among imgs; images of a shape seen only
-// once get none (ResizedVariation measures theirs).
-func variations(imgs []Image) map[[3]int]*Variation {
+// variations measures one Variation per view shape (Params.view's size, and channels) among imgs, each image
+// at its view; shapes seen only once get none (ResizedVariation measures theirs). Frames of any sizes larger
+// than the model's input share one view, and so one variation.
+func variations(imgs []Image, p Params) map[[3]int]*Variation {
 	groups := map[[3]int][]Image{}
 	var order [][3]int
 	for _, im := range imgs {
-		k := [3]int{im.W, im.H, im.C}
+		k := p.viewKey(im)
 		if groups[k] == nil {
 			order = append(order, k)
 		}
-		groups[k] = append(groups[k], im)
+		groups[k] = append(groups[k], p.view(im))
 	}
 	out := map[[3]int]*Variation{}
 	for _, k := range order {
@@ -206,4 +211,52 @@ func variations(imgs []Image) map[[3]int]*Variation {
 		}
 	}
 	return out
+}
+
+// viewSize is the size at which img's defects are judged visible: the model's input (InputSize square) when img
+// is larger than it on either side, else img's own. A frame smaller than the input is enlarged by the model,
+// which adds no detail and removes none, so its own pixels are measured as they are.
+func (p Params) viewSize(img Image) (int, int) {
+	if s := p.InputSize; s > 0 && (img.W > s || img.H > s) {
+		return s, s
+	}
+	return img.W, img.H
+}
+
+// viewKey is img's view size and channels.
+func (p Params) viewKey(img Image) [3]int {
+	w, h := p.viewSize(img)
+	return [3]int{w, h, img.C}
+}
+
+// view is img at its view size (img itself when that is its own).
+func (p Params) view(img Image) Image {
+	w, h := p.viewSize(img)
+	if w == img.W && h == img.H {
+		return img
+	}
+	return resizeTo(img, w, h)
+}
+
+// resizeTo is im resized to w x h with the model's own resize (Pillow's antialiased bilinear, pilresize), a
+// copy even at im's size.
+func resizeTo(im Image, w, h int) Image {
+	return Image{W: w, H: h, C: im.C, Pix: pilresize.Resize(im.Pix, im.W, im.H, im.C, w, h)}
+}
+
+// visibilityAt is Visibility measured at view's size: img and out (the frame before and after the defect) and
+// the mask resized there as the model and the evaluation resize them (the mask bilinearly, then every pixel the
+// defect reaches at all, as the reference binarises its masks with > 0). view is img itself, or img resized.
+func visibilityAt(view, img, out Image, mask []uint8, v *Variation) float64 {
+	if view.W == img.W && view.H == img.H {
+		return Visibility(img, out, mask, v)
+	}
+	m := make([]uint8, len(mask))
+	for i, x := range mask {
+		if x != 0 {
+			m[i] = 255
+		}
+	}
+	vm := pilresize.Resize(m, img.W, img.H, 1, view.W, view.H)
+	return Visibility(view, resizeTo(out, view.W, view.H), vm, v)
 }

@@ -1,7 +1,6 @@
 package synth
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -65,8 +64,13 @@ func TestNewVariationIsTheMedianPairDifference(t *testing.T) {
 	if px < 18 || px > 29 || win < 1.5 || win > 8 {
 		t.Errorf("noise +-40: variation %.1f per pixel, %.1f per window; want about 23 and 4", px, win)
 	}
-	if m := variations([]Image{flatImage(8, 8, 1, 0), flatImage(8, 8, 1, 9), flatImage(9, 8, 1, 0), flatImage(8, 8, 3, 0)}); len(m) != 1 || m[[3]int{8, 8, 1}].Pairs != 1 {
+	shapes := []Image{flatImage(8, 8, 1, 0), flatImage(8, 8, 1, 9), flatImage(9, 8, 1, 0), flatImage(8, 8, 3, 0)}
+	if m := variations(shapes, Params{}); len(m) != 1 || m[[3]int{8, 8, 1}].Pairs != 1 {
 		t.Errorf("variations by shape: %v, want one for the two 8x8 grey frames", m)
+	}
+	// at a model input of 8 px the 9 x 8 frame is seen at 8 x 8 too: three grey frames, three pairs
+	if m := variations(shapes, Params{InputSize: 8}); len(m) != 1 || m[[3]int{8, 8, 1}].Pairs != 3 {
+		t.Errorf("variations by view: %v, want one for the three grey frames", m)
 	}
 }
 
@@ -227,44 +231,27 @@ func TestWriteDefectsSkipsWhatCannotBeSeen(t *testing.T) {
 	}
 }
 
-// TestResize checks the resampling on images whose answer is known: a flat image stays flat at any size,
-// halving averages each 2 x 2 block (pixel centres aligned), doubling a ramp keeps its ends and steps between.
-func TestResize(t *testing.T) {
-	if out := Resize(flatImage(7, 5, 3, 77), 13, 3); out.W != 13 || out.H != 3 || out.C != 3 || bytes.Count(out.Pix, []byte{77}) != 13*3*3 {
-		t.Errorf("flat 7x5 -> 13x3: %+v", out)
-	}
-	check := NewImage(4, 2, 1)
-	copy(check.Pix, []uint8{0, 100, 40, 60, 100, 0, 60, 40})
-	if out := Resize(check, 2, 1); !bytes.Equal(out.Pix, []uint8{50, 50}) {
-		t.Errorf("halving: %v, want [50 50]", out.Pix)
-	}
-	ramp := NewImage(2, 1, 1)
-	copy(ramp.Pix, []uint8{0, 200})
-	if out := Resize(ramp, 4, 1); !bytes.Equal(out.Pix, []uint8{0, 50, 150, 200}) {
-		t.Errorf("doubling a ramp: %v, want [0 50 150 200]", out.Pix)
-	}
-	same := noiseImage(9, 6, 3, 100, 50, 1)
-	if out := Resize(same, 9, 6); !bytes.Equal(out.Pix, same.Pix) || &out.Pix[0] == &same.Pix[0] {
-		t.Error("resizing to the same size is not a copy")
-	}
-}
-
 // TestResizedVariation checks the variation of a frame whose size no other normal shares: flat normals of 100,
 // 110 and 130 of three sizes differ pairwise by 10, 20 and 30 at any common size, so the median is 20, at the
 // frame's size; normals of other channels do not count, and a frame alone has none.
 func TestResizedVariation(t *testing.T) {
 	img := flatImage(30, 20, 1, 100)
 	normals := []Image{img, flatImage(41, 17, 1, 110), flatImage(30, 20, 3, 0), flatImage(16, 33, 1, 130)}
-	v := ResizedVariation(img, normals)
-	if v == nil || v.W != 30 || v.H != 20 || v.Pairs != 3 {
-		t.Fatalf("variation %+v, want 30x20 from 3 pairs", v)
-	}
-	for i := range v.Pixel {
-		if v.Pixel[i] != 20 || v.Window[i] != 20 {
-			t.Fatalf("pixel %d: %v / %v, want 20 at both scales", i, v.Pixel[i], v.Window[i])
+	for _, tc := range []struct {
+		p    Params
+		w, h int
+	}{{Params{}, 30, 20}, {Params{InputSize: 64}, 30, 20}, {Params{InputSize: 16}, 16, 16}} {
+		v := ResizedVariation(img, normals, tc.p)
+		if v == nil || v.W != tc.w || v.H != tc.h || v.Pairs != 3 {
+			t.Fatalf("input size %d: variation %+v, want %dx%d from 3 pairs", tc.p.InputSize, v, tc.w, tc.h)
+		}
+		for i := range v.Pixel {
+			if v.Pixel[i] != 20 || v.Window[i] != 20 {
+				t.Fatalf("input size %d, pixel %d: %v / %v, want 20 at both scales", tc.p.InputSize, i, v.Pixel[i], v.Window[i])
+			}
 		}
 	}
-	if v := ResizedVariation(img, []Image{img, flatImage(30, 20, 3, 9)}); v != nil {
+	if v := ResizedVariation(img, []Image{img, flatImage(30, 20, 3, 9)}, Params{}); v != nil {
 		t.Errorf("no other grey normal: %+v, want none", v)
 	}
 }
@@ -294,5 +281,71 @@ func TestWriteDefectsFloorOnNormalsOfManySizes(t *testing.T) {
 			t.Errorf("%s: %d painted, %d skipped; want %d and %d, all 8 floors on resized normals\n%s",
 				tc.class, n, sum[tc.class][SkippedInvisible], tc.painted, tc.skipped, sb.String())
 		}
+	}
+}
+
+// TestWriteDefectsFloorAtTheModelInput paints small faint specks on quiet 240 x 240 frames for a model that sees
+// them at 32 x 32. At the frame's own size every speck stands out (20-30 grey levels on +-2 noise); shrunk 7.5
+// times, a speck of a few pixels changes its view pixel by a grey level or two. With Params.InputSize every
+// painted speck must stand out where the model sees it; without it, the set holds specks that do not.
+func TestWriteDefectsFloorAtTheModelInput(t *testing.T) {
+	dir := t.TempDir()
+	var normals []Normal
+	var imgs []Image
+	for s := range 4 {
+		im := noiseImage(240, 240, 3, 128, 2, uint64(s))
+		p := filepath.Join(dir, "paper", fmt.Sprintf("n%d.png", s))
+		if err := im.WritePNG(p); err != nil {
+			t.Fatal(err)
+		}
+		normals = append(normals, Normal{Path: p, Class: "paper"})
+		imgs = append(imgs, im)
+	}
+	const input = 32
+	view := Params{InputSize: input}
+	v := variations(imgs, view)[[3]int{input, input, 3}]
+	if v == nil {
+		t.Fatal("no variation at the model's input")
+	}
+	// lowest visibility at the model's input among the painted specks, and how many were painted
+	lowest := func(p Params) (float64, int, Summary) {
+		out := filepath.Join(dir, fmt.Sprintf("val%d", p.InputSize))
+		sum, err := WriteDefects(context.Background(), normals, DefectsOptions{Out: out, PerImage: 4, Seed: 5, Kinds: []string{DefectSpeck}, Params: p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		low, n := math.Inf(1), 0
+		for i := range normals {
+			for k := range 4 {
+				name := fmt.Sprintf("n%d_%d", i, k)
+				img, err := Decode(filepath.Join(out, "paper", "test", DefectSpeck, name+".png"))
+				if err != nil {
+					continue // skipped: nothing visible
+				}
+				m, err := Decode(filepath.Join(out, "paper", "ground_truth", DefectSpeck, name+"_mask.png"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				low = math.Min(low, visibilityAt(view.view(imgs[i]), imgs[i], img, m.Pix, v))
+				n++
+			}
+		}
+		return low, n, sum
+	}
+	p := Params{MinSize: 0.01, MaxSize: 0.02, MinContrast: 0.08, MaxContrast: 0.12, MinVisibility: 1}
+	lowFrame, nFrame, sumFrame := lowest(p)
+	p.InputSize = input
+	lowInput, nInput, sumInput := lowest(p)
+	var sb strings.Builder
+	sumFrame.Write(&sb)
+	sumInput.Write(&sb)
+	t.Logf("faintest speck at the model's input: %.2f with the floor at the frame's size (%d painted), %.2f at the input's (%d painted, %d draws redrawn)",
+		lowFrame, nFrame, lowInput, nInput, sumInput["paper"][RedrawnFaint])
+	if nFrame != 16 || lowFrame >= 1 {
+		t.Errorf("floor at the frame's size: %d of 16 painted, the faintest %.2f at the model's input; want all 16, some under 1\n%s", nFrame, lowFrame, sb.String())
+	}
+	if nInput == 0 || lowInput < 1 || sumInput["paper"][RedrawnFaint] == 0 {
+		t.Errorf("floor at the model's input: %d painted, the faintest %.2f, %d redrawn; want some, none under 1, some redrawn\n%s",
+			nInput, lowInput, sumInput["paper"][RedrawnFaint], sb.String())
 	}
 }
