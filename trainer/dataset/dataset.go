@@ -186,10 +186,25 @@ func describeDir(dir string) string {
 	return fmt.Sprintf("%s, %d images and %d other files at the top level", ds, images, other)
 }
 
+// MinValPerClass is the fewest held-out normals HoldOut leaves a class whose share of them (fraction x its train
+// normals, rounded down) is at least that many (else its share). Why: the hash picks each image alone, so a class of 40 normals at 0.1
+// gets none about once in 70 datasets (0.9^40), and then nothing of that class is painted, validated or ranked
+// by the select stage, which chooses the map for every class without it; with one normal the painter has no
+// variation to hold its defects to (the visibility floor needs two). Two is the least that gives both.
+const MinValPerClass = 2
+
 // HoldOut moves a deterministic share of the train normals to the "val" split. The choice hashes the path
 // relative to root (SHA-256, first 8 bytes as a fraction of 2^64), so it does not depend on the order of the
 // items, on the machine, or on which other images exist: adding images never moves an old one between splits.
+// The exception is a class whose hashes held fewer than MinValPerClass, or fewer than its share where that is
+// less: it gets the next normals in hash order up to that many, and those can go back to training when images
+// added to the class bring hashes below the fraction.
 func HoldOut(items []Item, root string, fraction float64) {
+	type cand struct {
+		i int
+		u float64
+	}
+	byClass := map[string][]cand{}
 	for i := range items {
 		it := &items[i]
 		if it.Split != SplitTrain || it.Label != LabelNormal {
@@ -201,8 +216,21 @@ func HoldOut(items []Item, root string, fraction float64) {
 		}
 		sum := sha256.Sum256([]byte(filepath.ToSlash(rel)))
 		u := float64(binary.BigEndian.Uint64(sum[:8])) / (1 << 64)
-		if u < fraction {
-			it.Split = SplitVal
+		byClass[it.Class] = append(byClass[it.Class], cand{i, u})
+	}
+	for _, cs := range byClass {
+		want := min(MinValPerClass, int(float64(len(cs))*fraction)) // the share rounded down: training keeps the rest
+		// hash order, ties (never seen) by path so the order is total
+		sort.Slice(cs, func(a, b int) bool {
+			if cs[a].u != cs[b].u {
+				return cs[a].u < cs[b].u
+			}
+			return items[cs[a].i].Path < items[cs[b].i].Path
+		})
+		for k, c := range cs {
+			if c.u < fraction || k < want {
+				items[c.i].Split = SplitVal
+			}
 		}
 	}
 }

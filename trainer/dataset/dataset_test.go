@@ -1,6 +1,8 @@
 package dataset
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -9,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -395,6 +398,89 @@ func TestHoldOut(t *testing.T) {
 	}
 	if _, err := OpenWith(r, Options{ValFraction: 1}); err == nil {
 		t.Error("fraction 1 accepted")
+	}
+}
+
+// TestHoldOutKeepsTwoPerClass checks the per-class minimum at a fraction of 0.05 on classes the hash alone
+// serves badly (the fixture's hashes hold out none of c's 40 normals and none of k's 30): c (share 2) gets two,
+// k (share 1.5, rounded down 1) one, a (10 normals, share 0.5) keeps what its hashes give, b (100) too, being
+// past the minimum; the top-up takes the lowest hashes, so the held-out set is the same whatever the order of
+// the items; with fraction 0 nothing moves.
+func TestHoldOutKeepsTwoPerClass(t *testing.T) {
+	n := map[string]int{"a": 10, "b": 100, "c": 40, "k": 30}
+	items := func() []Item {
+		var out []Item
+		for _, c := range []string{"a", "b", "c", "k"} {
+			for i := range n[c] {
+				out = append(out, Item{Path: fmt.Sprintf("/d/%s/train/good/%03d.png", c, i), Class: c, Split: SplitTrain, Label: LabelNormal})
+			}
+			out = append(out, Item{Path: fmt.Sprintf("/d/%s/test/bad/0.png", c), Class: c, Split: SplitTest, Label: LabelAnomalous})
+		}
+		return out
+	}
+	count := func(its []Item) map[string]int {
+		m := map[string]int{}
+		for _, it := range its {
+			if it.Split == SplitVal {
+				m[it.Class]++
+			}
+			if it.Split == SplitVal && it.Label != LabelNormal {
+				t.Errorf("%s: an anomalous item held out", it.Path)
+			}
+		}
+		return m
+	}
+	const f = 0.05
+	byHash := items()
+	holdOutByHash(byHash, "/d", f)
+	hash := count(byHash)
+	if hash["c"] != 0 || hash["k"] != 0 || hash["b"] < 2 {
+		t.Fatalf("the fixture's hashes hold out %v, not what this test is about", hash)
+	}
+	its := items()
+	HoldOut(its, "/d", f)
+	got := count(its)
+	for c, want := range map[string]int{"a": hash["a"], "b": hash["b"], "c": 2, "k": 1} {
+		if got[c] != want {
+			t.Errorf("class %s of %d: %d held out, want %d (the hash alone: %d)", c, n[c], got[c], want, hash[c])
+		}
+	}
+	for i, it := range byHash { // every image the hash holds out stays held out
+		if it.Split == SplitVal && its[i].Split != SplitVal {
+			t.Errorf("%s: held out by its hash, not by HoldOut", it.Path)
+		}
+	}
+	rev := items()
+	slices.Reverse(rev)
+	HoldOut(rev, "/d", f)
+	held := map[string]bool{}
+	for _, it := range its {
+		held[it.Path] = it.Split == SplitVal
+	}
+	for _, it := range rev {
+		if held[it.Path] != (it.Split == SplitVal) {
+			t.Errorf("%s: held out in one order and not in the other", it.Path)
+		}
+	}
+	none := items()
+	HoldOut(none, "/d", 0)
+	if m := count(none); len(m) != 0 {
+		t.Errorf("fraction 0 held out %v", m)
+	}
+}
+
+// holdOutByHash is the hash rule alone (HoldOut before the per-class minimum), for comparison.
+func holdOutByHash(items []Item, root string, fraction float64) {
+	for i := range items {
+		it := &items[i]
+		if it.Split != SplitTrain || it.Label != LabelNormal {
+			continue
+		}
+		rel, _ := filepath.Rel(root, it.Path)
+		sum := sha256.Sum256([]byte(filepath.ToSlash(rel)))
+		if float64(binary.BigEndian.Uint64(sum[:8]))/(1<<64) < fraction {
+			it.Split = SplitVal
+		}
 	}
 }
 

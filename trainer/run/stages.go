@@ -462,11 +462,30 @@ func (t *Training) runIndex(ctx context.Context, sc *StageContext) (map[string]s
 	}
 	fmt.Fprintf(sc.Progress, "[index] %d images, %d classes: %d train, %d val (held out for calibration), %d test normal, %d test anomalous\n",
 		len(items), len(dataset.Classes(items)), counts["train/normal"], counts["val/normal"], counts["test/normal"], counts["test/anomalous"])
+	if counts["val/normal"] > 0 {
+		fmt.Fprintf(sc.Progress, "[index] held out per class (the select stage paints on these, at least %d each where the class's share allows): %s\n",
+			dataset.MinValPerClass, valPerClass(items))
+	}
 	p := sc.Path(dataset.IndexFile)
 	if err := dataset.WriteIndex(p, items); err != nil {
 		return nil, err
 	}
 	return map[string]string{"index": p}, nil
+}
+
+// valPerClass lists each class's held-out normals, "a 3, b 2, c 0".
+func valPerClass(items []dataset.Item) string {
+	n := map[string]int{}
+	for _, it := range items {
+		if it.Split == dataset.SplitVal {
+			n[it.Class]++
+		}
+	}
+	var parts []string
+	for _, c := range dataset.Classes(items) {
+		parts = append(parts, fmt.Sprintf("%s %d", c, n[c]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // DuplicatesFile lists every group of byte-identical images the index stage found (RUN/duplicates.txt, beside
