@@ -187,10 +187,11 @@ func describeDir(dir string) string {
 }
 
 // MinValPerClass is the fewest held-out normals HoldOut leaves a class whose share of them (fraction x its train
-// normals, rounded down) is at least that many (else its share). Why: the hash picks each image alone, so a class of 40 normals at 0.1
-// gets none about once in 70 datasets (0.9^40), and then nothing of that class is painted, validated or ranked
-// by the select stage, which chooses the map for every class without it; with one normal the painter has no
-// variation to hold its defects to (the visibility floor needs two). Two is the least that gives both.
+// normals, rounded down) is at least that many (else its share). Why: the hash picks each image alone, so a
+// class of 40 normals at 0.1 gets none about once in 70 datasets (0.9^40), and then nothing of that class is
+// painted, validated or ranked by the select stage, which chooses the map for every class without it; with one
+// normal the painter has no variation to hold its defects to (the visibility floor needs two). Two is the least
+// that gives both.
 const MinValPerClass = 2
 
 // HoldOut moves a deterministic share of the train normals to the "val" split. The choice hashes the path
