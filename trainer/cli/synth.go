@@ -13,6 +13,7 @@ import (
 
 	"github.com/vlmdiff/edge/capture"
 	"github.com/vlmdiff/edge/trainer/dataset"
+	"github.com/vlmdiff/edge/trainer/run"
 	"github.com/vlmdiff/edge/trainer/synth"
 )
 
@@ -170,12 +171,10 @@ func (d *defectFlags) register(fs interface {
 	fs.Float64Var(&d.params.MinContrast, "min-contrast", p.MinContrast, "faintest intensity change, fraction of full scale (stains: a third)")
 	fs.Float64Var(&d.params.MaxContrast, "max-contrast", p.MaxContrast, "strongest intensity change, fraction of full scale")
 	fs.Float64Var(&d.params.MinVisibility, "min-visibility", p.MinVisibility, "redraw a defect that changes its pixels less than this many times the normals' own variation there (0 = off)")
-	fs.IntVar(&d.params.InputSize, "input-size", DefaultSynthInputSize, "the model's input side: a frame larger than it is judged visible resized to it, as the model sees it (0 = at the frame's own size)")
+	// the small preset's input (256, as sd15's and taef2's); a set for a model of another size (tiny's 64, a
+	// config's data.size) names that size
+	fs.IntVar(&d.params.InputSize, "input-size", run.PresetInputSize("small"), "the model's input side: a frame larger than it is judged visible resized to it, as the model sees it (0 = at the frame's own size)")
 }
-
-// DefaultSynthInputSize is --input-size's default: the input side of the small, sd15 and taef2 presets. A set
-// for a model of another size (tiny's 64, a config's data.size) should name that size.
-const DefaultSynthInputSize = 256
 
 // runSynthDefects paints synthetic defects with exact masks onto held-out normals of the user's own data.
 func runSynthDefects(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -211,13 +211,7 @@ func HoldOut(items []Item, root string, fraction float64) {
 		if it.Split != SplitTrain || it.Label != LabelNormal {
 			continue
 		}
-		rel, err := filepath.Rel(root, it.Path)
-		if err != nil {
-			rel = it.Path
-		}
-		sum := sha256.Sum256([]byte(filepath.ToSlash(rel)))
-		u := float64(binary.BigEndian.Uint64(sum[:8])) / (1 << 64)
-		byClass[it.Class] = append(byClass[it.Class], cand{i, u})
+		byClass[it.Class] = append(byClass[it.Class], cand{i, splitHash(root, it.Path)})
 	}
 	for _, cs := range byClass {
 		want := min(MinValPerClass, int(float64(len(cs))*fraction)) // the share rounded down: training keeps the rest
@@ -234,6 +228,17 @@ func HoldOut(items []Item, root string, fraction float64) {
 			}
 		}
 	}
+}
+
+// splitHash is HoldOut's draw for one image: the SHA-256 of its path relative to root ('/'-separated), first 8
+// bytes as a fraction of 2^64, in [0, 1).
+func splitHash(root, path string) float64 {
+	rel, err := filepath.Rel(root, path)
+	if err != nil {
+		rel = path
+	}
+	sum := sha256.Sum256([]byte(filepath.ToSlash(rel)))
+	return float64(binary.BigEndian.Uint64(sum[:8])) / (1 << 64)
 }
 
 // Classes returns the sorted distinct class names of items.

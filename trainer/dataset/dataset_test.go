@@ -1,8 +1,6 @@
 package dataset
 
 import (
-	"crypto/sha256"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -476,9 +474,7 @@ func holdOutByHash(items []Item, root string, fraction float64) {
 		if it.Split != SplitTrain || it.Label != LabelNormal {
 			continue
 		}
-		rel, _ := filepath.Rel(root, it.Path)
-		sum := sha256.Sum256([]byte(filepath.ToSlash(rel)))
-		if float64(binary.BigEndian.Uint64(sum[:8]))/(1<<64) < fraction {
+		if splitHash(root, it.Path) < fraction {
 			it.Split = SplitVal
 		}
 	}

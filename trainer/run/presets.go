@@ -25,6 +25,10 @@ var presets = map[string]presetInfo{
 	"tiny-taef": {InputSize: 64, LatentChannels: 8, Downsample: 8},
 }
 
+// PresetInputSize is the named preset's square input side in pixels (the default data.size), 0 for an unknown
+// name.
+func PresetInputSize(name string) int { return presets[name].InputSize }
+
 // presetNames lists the presets, sorted, for messages.
 func presetNames() []string {
 	names := make([]string, 0, len(presets))
