@@ -35,10 +35,10 @@ from scipy import ndimage
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "trainer", "python"))
 sys.path.insert(0, HERE)
-from knn_study import aupro, auroc, average_precision, image_score  # noqa: E402
+from knn_study import aupro, auroc, average_precision, image_score, load_mask  # noqa: E402
 from vlmdiff_train.onnx_torch import OnnxModule  # noqa: E402
 
-E = 256  # the evaluation grid (the product's maps and masks)
+E = 256  # the evaluation grid (the product's maps; knn_study.load_mask reads masks at the same size)
 BANK = 4096
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
 STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
@@ -47,12 +47,6 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
 def load(path: str, size: int) -> np.ndarray:
     im = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
     return (np.asarray(im, np.float32).transpose(2, 0, 1) / 255 - MEAN) / STD
-
-
-def load_mask(path: str) -> np.ndarray:
-    if not path:
-        return np.zeros((E, E), np.uint8)
-    return (np.asarray(Image.open(path).convert("L").resize((E, E), Image.BILINEAR)) > 0).astype(np.uint8)
 
 
 @torch.no_grad()
