@@ -15,7 +15,8 @@ painted set is the one a choice would be made on, the test split is for reportin
     /usr/bin/python3 scripts/knn_size_study.py --run RUN --backbone mobilenetv2_fp32_features.onnx --sizes 256,384,512
 
 docs/algorithm.md §1.9, "The term at a larger input", has the figures this printed (session 50). Needs Debian's
-python3-torch, scipy and PIL (the trainer's interpreter); about 10 minutes a size on 2 cores for 5 classes.
+python3-torch, scipy and PIL (the trainer's interpreter); 13-14 minutes a size for five classes on 2 cores
+shared with a training (not timed alone).
 """
 from __future__ import annotations
 
