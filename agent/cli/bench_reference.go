@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vlmdiff/edge/internal/torchenv"
 	"github.com/vlmdiff/edge/pipeline"
 )
 
@@ -25,6 +26,8 @@ type benchReference struct {
 	Python        string  `json:"python"`
 	Torch         string  `json:"torch"`
 	TorchThreads  int     `json:"torch_threads"`
+	BLAS          string  `json:"torch_blas"`
+	OpenMPWait    string  `json:"openmp_wait_policy"`
 	Rounds        int     `json:"rounds"`
 	Frames        int     `json:"frames_per_round"`
 	PipelineP50MS float64 `json:"pipeline_p50_ms_per_frame"`
@@ -91,13 +94,15 @@ func measureReference(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.I
 	}
 	args := append([]string{"-m", "vlmdiff_train.bench_reference", "--bundle", s.Bundle().Dir, "--weights", o.weights,
 		"--threads", fmt.Sprint(o.threads), "--ensemble", fmt.Sprint(s.Ensemble())}, paths...)
-	cmd := exec.CommandContext(ctx, o.python, args...)
-	// PyTorch at its best: without it, OpenMP's spinning threads made the reference 2.2x slower here, and the
-	// ratio flattered the pipeline (5.58x against 2.38x in the same quiet run).
-	cmd.Env = append(os.Environ(), "PYTHONPATH="+trainer, "PYTHONUNBUFFERED=1")
-	if _, ok := os.LookupEnv("OMP_WAIT_POLICY"); !ok {
-		cmd.Env = append(cmd.Env, "OMP_WAIT_POLICY=PASSIVE")
+	// PyTorch at its best: the OpenMP wait policy that suits its build (internal/torchenv). With the wrong one
+	// the reference ran 2-2.5x slower here and the ratio flattered the pipeline (Debian's 1.13 with OpenMP's
+	// spinning: 5.58x against 2.38x in one quiet run; PyPI's 2.15 with PASSIVE: 6.9x against about 3x).
+	build, err := torchenv.Probe(ctx, o.python, nil)
+	if err != nil {
+		return nil, fmt.Errorf("reference scorer: %w", err)
 	}
+	cmd := exec.CommandContext(ctx, o.python, args...)
+	cmd.Env = append(append(os.Environ(), "PYTHONPATH="+trainer, "PYTHONUNBUFFERED=1"), torchenv.Env(build.BLAS)...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	stdin, err := cmd.StdinPipe()
@@ -113,7 +118,8 @@ func measureReference(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.I
 	}
 	defer cmd.Wait()
 	defer stdin.Close()
-	ref := &benchReference{Python: o.python, Rounds: o.rounds, Frames: len(imgs)}
+	ref := &benchReference{Python: o.python, Rounds: o.rounds, Frames: len(imgs), BLAS: build.BLAS,
+		OpenMPWait: torchenv.Policy(build.BLAS)}
 	goMS, refMS, err := interleave(ctx, s, imgs, o.rounds, stdin, bufio.NewScanner(stdout), ref)
 	if err != nil {
 		return nil, fmt.Errorf("reference scorer: %w; %s", err, lastLines(stderr.String(), 5))
@@ -123,9 +129,10 @@ func measureReference(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.I
 	return ref, nil
 }
 
-// interleave alternates rounds: every image through the pipeline at batch 1 and every image through the
-// reference, the pipeline first in even rounds and the reference first in odd ones (the one going first was
-// measured slower under load); it returns the per-frame milliseconds of each.
+// interleave alternates rounds after an untimed warm-up round of the reference: every image through the
+// pipeline at batch 1 and every image through the reference, the pipeline first in even rounds and the reference
+// first in odd ones (the one going first was measured slower under load); it returns the per-frame milliseconds
+// of each.
 func interleave(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.Image, rounds int, cmdIn io.Writer,
 	cmdOut *bufio.Scanner, ref *benchReference) (goMS, refMS []float64, err error) {
 	var ready struct {
@@ -167,6 +174,12 @@ func interleave(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.Image, 
 		refMS = append(refMS, round.MS...)
 		return nil
 	}
+	// one untimed round first: the pipeline was warmed up when it opened, and the reference's first calls build
+	// its kernels' plans (oneDNN primitives, thread pools)
+	if err := refRound(); err != nil {
+		return nil, nil, fmt.Errorf("warm-up round: %w", err)
+	}
+	refMS = refMS[:0]
 	for r := 0; r < rounds; r++ {
 		order := []func() error{goRound, refRound}
 		if r%2 == 1 { // ABBA: each goes first in every other round
@@ -215,7 +228,8 @@ func lastLines(s string, n int) string {
 }
 
 func writeReferenceTable(w io.Writer, r *benchReference) {
-	fmt.Fprintf(w, "\nside by side, batch 1, %d interleaved rounds of %d frames (PyTorch %s, %d threads):\n", r.Rounds, r.Frames, r.Torch, r.TorchThreads)
+	fmt.Fprintf(w, "\nside by side, batch 1, %d interleaved rounds of %d frames (PyTorch %s, %d threads, BLAS %s, OpenMP wait %s):\n",
+		r.Rounds, r.Frames, r.Torch, r.TorchThreads, r.BLAS, r.OpenMPWait)
 	fmt.Fprintf(w, "  pipeline (ONNX Runtime)   p50 %8.1f ms/frame\n", r.PipelineP50MS)
 	fmt.Fprintf(w, "  PyTorch reference         p50 %8.1f ms/frame\n", r.ReferenceP50)
 	fmt.Fprintf(w, "  ratio (reference / pipeline)  %.2fx\n", r.Ratio)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/vlmdiff/edge/internal/testpython"
+	"github.com/vlmdiff/edge/internal/torchenv"
 	"github.com/vlmdiff/edge/models"
 )
 
@@ -198,6 +199,10 @@ func TestBenchReference(t *testing.T) {
 	if r == nil || r.Rounds != 1 || r.Frames != 4 || r.Torch == "" || !(r.PipelineP50MS > 0) || !(r.ReferenceP50 > 0) ||
 		math.Abs(r.Ratio-r.ReferenceP50/r.PipelineP50MS) > 1e-9 {
 		t.Fatalf("reference %+v", r)
+	}
+	// the reference ran under the wait policy its torch's BLAS asks for (internal/torchenv)
+	if r.BLAS == "" || r.OpenMPWait != torchenv.Policy(r.BLAS) {
+		t.Errorf("reference BLAS %q, OpenMP wait %q; want the policy %q", r.BLAS, r.OpenMPWait, torchenv.Policy(r.BLAS))
 	}
 	var table bytes.Buffer
 	writeBenchTables(&table, rep)

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vlmdiff/edge/internal/torchenv"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/trainer/eval"
 )
@@ -70,6 +71,9 @@ func FindTrainerDir(explicit string) (string, error) {
 type Python struct {
 	Exe        string
 	TrainerDir string
+	// BLAS is the interpreter's torch BLAS as Check found it ("" before Check): it decides the OpenMP wait
+	// policy of every stage (internal/torchenv).
+	BLAS string
 }
 
 func (p Python) env() []string {
@@ -78,7 +82,7 @@ func (p Python) env() []string {
 		pp += string(os.PathListSeparator) + old
 	}
 	env := append(os.Environ(), "PYTHONPATH="+pp, "PYTHONUNBUFFERED=1")
-	return append(env, passiveOpenMP()...)
+	return append(env, torchenv.Env(p.BLAS)...)
 }
 
 // Module returns the command `python -m module args...` with the trainer package on PYTHONPATH, for the tools
@@ -89,23 +93,12 @@ func (p Python) Module(ctx context.Context, module string, args ...string) *exec
 	return cmd
 }
 
-// passiveOpenMP returns OMP_WAIT_POLICY=PASSIVE unless the environment sets it: GNU OpenMP's default lets
-// PyTorch's idle threads spin between operators, which on a small CPU takes the cores the next operator
-// needs. Measured on the 2-core machine (quiet): a 30-step small-preset training run (start-up included) in
-// 19.5 s instead of 22.8 s, and the PyTorch reference scorer at 306 instead of 678 ms per frame.
-func passiveOpenMP() []string {
-	if _, ok := os.LookupEnv("OMP_WAIT_POLICY"); ok {
-		return nil
-	}
-	return []string{"OMP_WAIT_POLICY=PASSIVE"}
-}
-
-// Check verifies that the interpreter imports torch and vlmdiff_train and returns a short description.
-func (p Python) Check(ctx context.Context) (string, error) {
+// Check verifies that the interpreter imports torch and vlmdiff_train, records torch's BLAS in p.BLAS (the
+// stages' OpenMP wait policy follows it: internal/torchenv) and returns a short description.
+func (p *Python) Check(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, p.Exe, "-c",
-		"import torch, vlmdiff_train, os; print(torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu-only')")
+	cmd := exec.CommandContext(ctx, p.Exe, "-c", "import vlmdiff_train; "+torchenv.ProbeScript)
 	cmd.Env = p.env()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -114,7 +107,17 @@ func (p Python) Check(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("python %s cannot import torch and vlmdiff_train (PYTHONPATH=%s): %v: %s", p.Exe, p.TrainerDir,
 			err, lastLine(stderr.String()))
 	}
-	return fmt.Sprintf("python %s (torch %s, vlmdiff_train from %s)", p.Exe, strings.TrimSpace(string(out)), p.TrainerDir), nil
+	b, err := torchenv.ParseProbe(lastLine(string(out)))
+	if err != nil {
+		return "", fmt.Errorf("python %s: %w", p.Exe, err)
+	}
+	p.BLAS = b.BLAS
+	dev := "cpu-only"
+	if b.CUDA {
+		dev = "cuda"
+	}
+	return fmt.Sprintf("python %s (torch %s %s, BLAS %s, OpenMP wait %s; vlmdiff_train from %s)", p.Exe, b.Torch, dev,
+		b.BLAS, torchenv.Policy(b.BLAS), p.TrainerDir), nil
 }
 
 // Event is one progress line of a Python stage (trainer/python/vlmdiff_train/progress.py).

@@ -1,0 +1,98 @@
+// Package torchenv chooses how a PyTorch process that vlmdiff starts (a training stage, the bench's reference
+// scorer) waits between its parallel regions, from how that interpreter's torch was built.
+//
+// GNU OpenMP lets an idle thread spin for a while before it sleeps (OMP_WAIT_POLICY unset) or sleep at once
+// (PASSIVE). Which is faster depends on who else wants the cores. Debian's PyTorch 1.13 runs its matrix
+// products and most convolutions in OpenBLAS, whose own pthreads then compete with OpenMP's spinning threads:
+// PASSIVE is faster there. PyPI's PyTorch 2.15 runs everything (MKL, oneDNN, ATen) on the same OpenMP threads,
+// and sleeping at once makes every one of its thousands of small parallel regions pay a wake-up: the default is
+// faster there. Measured on the 2-core AMD EPYC (session 51, nothing else running; docs/training.md, "Which
+// PyTorch"): a small-preset denoiser training step at batch 8, 1.13 0.32 s PASSIVE against 0.35 s default, 2.15
+// 0.36 s PASSIVE against 0.21-0.25 s default; the reference scorer on the small bench bundle, 1.13 311-356 ms
+// a frame PASSIVE against 613-625 default, 2.15 663-784 ms PASSIVE against 246-274 default.
+//
+// So the rule is the cause: PASSIVE unless torch's BLAS is MKL (which threads with OpenMP itself); the user's
+// own OMP_WAIT_POLICY always wins.
+package torchenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// Var is the OpenMP variable this package sets.
+const Var = "OMP_WAIT_POLICY"
+
+// ProbeScript prints the interpreter's torch version, "cuda" or "cpu-only", and torch's BLAS (BLAS_INFO of
+// torch.__config__.show(): "mkl" for PyPI's and conda's builds, "generic" for Debian's, which goes through
+// libblas.so.3 to OpenBLAS), space-separated on one line.
+const ProbeScript = "import re, torch; m = re.search(r'BLAS_INFO=([^,\\s]+)', torch.__config__.show()); " +
+	"print(torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu-only', m.group(1) if m else 'unknown')"
+
+// Build is what ProbeScript reports.
+type Build struct {
+	Torch string // torch.__version__
+	CUDA  bool
+	BLAS  string // BLAS_INFO, "unknown" when the build does not say
+}
+
+// ParseProbe reads ProbeScript's line.
+func ParseProbe(line string) (Build, error) {
+	f := strings.Fields(line)
+	if len(f) != 3 {
+		return Build{}, fmt.Errorf("torch probe printed %q, want 'VERSION cuda|cpu-only BLAS'", strings.TrimSpace(line))
+	}
+	return Build{Torch: f[0], CUDA: f[1] == "cuda", BLAS: f[2]}, nil
+}
+
+// Probe runs ProbeScript with exe in env (nil: this process's environment).
+func Probe(ctx context.Context, exe string, env []string) (Build, error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "-c", ProbeScript)
+	cmd.Env = env
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
+			msg = msg[i+1:]
+		}
+		return Build{}, fmt.Errorf("python %s cannot import torch: %v: %s", exe, err, msg)
+	}
+	// the last line: a build may print warnings on stdout before it
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return ParseProbe(lines[len(lines)-1])
+}
+
+// Passive says whether a torch built with this BLAS should run with OMP_WAIT_POLICY=PASSIVE: yes unless the
+// BLAS is MKL, which runs on OpenMP's own threads. An unknown build gets PASSIVE, the choice measured first.
+func Passive(blas string) bool {
+	return !strings.EqualFold(blas, "mkl")
+}
+
+// Env returns the entries to append to a PyTorch process's environment for a torch whose BLAS is blas ("" when
+// not probed): none when the environment sets OMP_WAIT_POLICY (the user's choice stands) or when OpenMP's
+// default suits the build, otherwise OMP_WAIT_POLICY=PASSIVE.
+func Env(blas string) []string {
+	if _, ok := os.LookupEnv(Var); ok || !Passive(blas) {
+		return nil
+	}
+	return []string{Var + "=PASSIVE"}
+}
+
+// Policy names the wait policy a process started with Env(blas) runs under, for logs and bench output.
+func Policy(blas string) string {
+	if v, ok := os.LookupEnv(Var); ok {
+		return v + " (" + Var + " set)"
+	}
+	if Passive(blas) {
+		return "PASSIVE"
+	}
+	return "OpenMP's default (spin, then sleep)"
+}

@@ -1,0 +1,100 @@
+package torchenv
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vlmdiff/edge/internal/testpython"
+)
+
+func unsetPolicy(t *testing.T) {
+	t.Helper()
+	t.Setenv(Var, "")
+	os.Unsetenv(Var) // t.Setenv restores the old value afterwards
+}
+
+func TestParseProbe(t *testing.T) {
+	cases := []struct {
+		line string
+		want Build
+		err  bool
+	}{
+		{"1.13.0a0 cpu-only generic\n", Build{Torch: "1.13.0a0", BLAS: "generic"}, false},
+		{"2.15.0+cu132 cuda mkl", Build{Torch: "2.15.0+cu132", CUDA: true, BLAS: "mkl"}, false},
+		{"2.15.0 cpu-only", Build{}, true},
+		{"", Build{}, true},
+	}
+	for _, c := range cases {
+		got, err := ParseProbe(c.line)
+		if (err != nil) != c.err || got != c.want {
+			t.Errorf("ParseProbe(%q) = %+v, %v; want %+v, error %v", c.line, got, err, c.want, c.err)
+		}
+	}
+}
+
+func TestEnvAndPolicy(t *testing.T) {
+	cases := []struct {
+		name, set, blas string
+		env             []string
+		policy          string
+	}{
+		{"OpenBLAS beside OpenMP", "", "generic", []string{"OMP_WAIT_POLICY=PASSIVE"}, "PASSIVE"},
+		{"not probed", "", "", []string{"OMP_WAIT_POLICY=PASSIVE"}, "PASSIVE"},
+		{"unknown build", "", "unknown", []string{"OMP_WAIT_POLICY=PASSIVE"}, "PASSIVE"},
+		{"MKL on OpenMP's threads", "", "mkl", nil, "OpenMP's default (spin, then sleep)"},
+		{"MKL, upper case", "", "MKL", nil, "OpenMP's default (spin, then sleep)"},
+		{"the user's policy stands", "ACTIVE", "generic", nil, "ACTIVE (OMP_WAIT_POLICY set)"},
+		{"the user's policy stands over MKL", "PASSIVE", "mkl", nil, "PASSIVE (OMP_WAIT_POLICY set)"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.set != "" {
+				t.Setenv(Var, c.set)
+			} else {
+				unsetPolicy(t)
+			}
+			if got := Env(c.blas); !slices.Equal(got, c.env) {
+				t.Errorf("Env(%q) = %q, want %q", c.blas, got, c.env)
+			}
+			if got := Policy(c.blas); got != c.policy {
+				t.Errorf("Policy(%q) = %q, want %q", c.blas, got, c.policy)
+			}
+		})
+	}
+}
+
+// TestProbeRealTorch: the probe reads the real interpreter's torch; its version must be the one torch itself
+// prints, and its BLAS one that the build names.
+func TestProbeRealTorch(t *testing.T) {
+	exe := testpython.Need(t, "torch")
+	b, err := Probe(context.Background(), exe, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(exe, "-c", "import torch; print(torch.__version__)").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Torch != strings.TrimSpace(string(out)) {
+		t.Errorf("probe says torch %q, torch says %q", b.Torch, strings.TrimSpace(string(out)))
+	}
+	cfg, err := exec.Command(exe, "-c", "import torch; print(torch.__config__.show())").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.BLAS == "" || b.BLAS == "unknown" || !strings.Contains(string(cfg), "BLAS_INFO="+b.BLAS) {
+		t.Errorf("probe says BLAS %q; torch's config:\n%s", b.BLAS, cfg)
+	}
+}
+
+// TestProbeMissingInterpreter: a bad interpreter is an error naming it, not a silent default.
+func TestProbeMissingInterpreter(t *testing.T) {
+	_, err := Probe(context.Background(), "/nonexistent/python3", nil)
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/python3") {
+		t.Fatalf("err = %v, want one naming the interpreter", err)
+	}
+}
