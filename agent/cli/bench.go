@@ -112,7 +112,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&ro.weights, "reference", "", "model file (.pt) of the bundle: also time the PyTorch reference scorer on the same "+
 		"bundle, weights and images, interleaved with this pipeline at batch 1, and print the ratio")
 	fs.StringVar(&ro.python, "python", "/usr/bin/python3", "Python interpreter with torch, for --reference")
-	fs.StringVar(&ro.trainerDir, "trainer-dir", "", "directory holding the vlmdiff_train package (default: $VLMDIFF_TRAINER or trainer/python found upwards)")
+	fs.StringVar(&ro.trainerDir, "trainer-dir", "", "directory holding the vlmdiff_train package (default: $VLMDIFF_TRAINER, then trainer/python or share/vlmdiff/python found upwards from the binary or the working directory)")
 	fs.IntVar(&ro.rounds, "rounds", 3, "interleaved rounds: of the batch sizes (--frames each, the latency is the median of the rounds' p50s), "+
 		"and of --reference and --ab-dynamic (each: every image once per scorer)")
 	workers := fs.Int("workers", 1, "also measure the throughput of this many scoring goroutines sharing the scorer (the daemon's "+

@@ -41,44 +41,9 @@ type referenceOpts struct {
 	rounds, threads             int
 }
 
-// findTrainerDir returns the directory holding the vlmdiff_train package: explicit, $VLMDIFF_TRAINER, or
-// trainer/python in the working directory, next to the executable, or in a parent of either.
-func findTrainerDir(explicit string) (string, error) {
-	ok := func(d string) bool {
-		_, err := os.Stat(filepath.Join(d, "vlmdiff_train", "__main__.py"))
-		return err == nil
-	}
-	for _, d := range []string{explicit, os.Getenv("VLMDIFF_TRAINER")} {
-		if d != "" {
-			if !ok(d) {
-				return "", fmt.Errorf("--trainer-dir %s: no vlmdiff_train package there", d)
-			}
-			return filepath.Abs(d)
-		}
-	}
-	var starts []string
-	if wd, err := os.Getwd(); err == nil {
-		starts = append(starts, wd)
-	}
-	if exe, err := os.Executable(); err == nil {
-		starts = append(starts, filepath.Dir(exe))
-	}
-	for _, s := range starts {
-		for d := s; ; d = filepath.Dir(d) {
-			if c := filepath.Join(d, "trainer", "python"); ok(c) {
-				return c, nil
-			}
-			if filepath.Dir(d) == d {
-				break
-			}
-		}
-	}
-	return "", fmt.Errorf("cannot find the vlmdiff_train package: pass --trainer-dir or set $VLMDIFF_TRAINER to <repo>/trainer/python")
-}
-
 // measureReference runs the side-by-side on imgs (written as PNGs when they came from no files).
 func measureReference(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.Image, paths []string, o referenceOpts) (*benchReference, error) {
-	trainer, err := findTrainerDir(o.trainerDir)
+	trainer, err := torchenv.FindTrainerDir(o.trainerDir)
 	if err != nil {
 		return nil, err
 	}

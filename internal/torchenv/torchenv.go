@@ -1,6 +1,7 @@
-// Package torchenv chooses how a PyTorch process that vlmdiff starts (a training stage, the bench's reference
-// scorer) waits between its parallel regions, from how that interpreter's torch was built.
+// Package torchenv is the environment of the Python processes vlmdiff starts (the training stages, the bench's
+// reference scorer, the quantiser): where the vlmdiff_train package is, and how PyTorch's threads wait.
 //
+// How they wait follows how the interpreter's torch was built.
 // GNU OpenMP lets an idle thread spin for a while before it sleeps (OMP_WAIT_POLICY unset) or sleep at once
 // (PASSIVE). Which is faster depends on who else wants the cores. Debian's PyTorch 1.13 runs its matrix
 // products and most convolutions in OpenBLAS, whose own pthreads then compete with OpenMP's spinning threads:
@@ -20,6 +21,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -95,4 +97,50 @@ func Policy(blas string) string {
 		return "PASSIVE"
 	}
 	return "OpenMP's default (spin, then sleep)"
+}
+
+// EnvTrainer names the environment variable pointing at the directory that holds the vlmdiff_train package
+// (<repo>/trainer/python).
+const EnvTrainer = "VLMDIFF_TRAINER"
+
+// FindTrainerDir returns the directory holding the vlmdiff_train Python package: the explicit one when given,
+// else $VLMDIFF_TRAINER, else trainer/python next to the executable or in any parent of it or of the working
+// directory (a checkout, an installed tree with share/, or `go test` inside the repo).
+func FindTrainerDir(explicit string) (string, error) {
+	ok := func(d string) bool {
+		st, err := os.Stat(filepath.Join(d, "vlmdiff_train", "__main__.py"))
+		return err == nil && !st.IsDir()
+	}
+	for _, c := range []struct{ what, dir string }{{"--trainer-dir", explicit}, {"$" + EnvTrainer, os.Getenv(EnvTrainer)}} {
+		if c.dir == "" {
+			continue
+		}
+		if !ok(c.dir) {
+			return "", fmt.Errorf("%s %s: no vlmdiff_train package there (want the directory holding vlmdiff_train/)", c.what, c.dir)
+		}
+		return filepath.Abs(c.dir)
+	}
+	var starts []string
+	if exe, err := os.Executable(); err == nil {
+		if r, err := filepath.EvalSymlinks(exe); err == nil {
+			exe = r
+		}
+		starts = append(starts, filepath.Dir(exe))
+	}
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
+	}
+	for _, s := range starts {
+		for d := s; ; d = filepath.Dir(d) {
+			for _, rel := range []string{"trainer/python", "share/vlmdiff/python"} {
+				if c := filepath.Join(d, rel); ok(c) {
+					return c, nil
+				}
+			}
+			if filepath.Dir(d) == d {
+				break
+			}
+		}
+	}
+	return "", fmt.Errorf("cannot find the vlmdiff_train package: pass --trainer-dir or set $%s to <repo>/trainer/python", EnvTrainer)
 }

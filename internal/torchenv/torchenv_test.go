@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -96,5 +97,64 @@ func TestProbeMissingInterpreter(t *testing.T) {
 	_, err := Probe(context.Background(), "/nonexistent/python3", nil)
 	if err == nil || !strings.Contains(err.Error(), "/nonexistent/python3") {
 		t.Fatalf("err = %v, want one naming the interpreter", err)
+	}
+}
+
+// TestFindTrainerDir: the trainer package is found from a flag, from $VLMDIFF_TRAINER, or upwards from the
+// working directory in a checkout (trainer/python) or an installed tree (share/vlmdiff/python); a directory
+// without the package is refused by name.
+func TestFindTrainerDir(t *testing.T) {
+	mk := func(root, rel string) string {
+		d := filepath.Join(root, rel)
+		if err := os.MkdirAll(filepath.Join(d, "vlmdiff_train"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "vlmdiff_train", "__main__.py"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	checkout, installed, empty := t.TempDir(), t.TempDir(), t.TempDir()
+	inCheckout := mk(checkout, "trainer/python")
+	inInstalled := mk(installed, "share/vlmdiff/python")
+	deep := filepath.Join(checkout, "runs", "piped")
+	deepInstalled := filepath.Join(installed, "var", "lib")
+	for _, d := range []string{deep, deepInstalled} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		name, explicit, env, wd, want, errHas string
+	}{
+		{"flag", inCheckout, "", empty, inCheckout, ""},
+		{"flag without the package", empty, inCheckout, empty, "", "--trainer-dir " + empty},
+		{"environment", "", inInstalled, empty, inInstalled, ""},
+		{"environment without the package", "", empty, deep, "", "$" + EnvTrainer + " " + empty},
+		{"upwards in a checkout", "", "", deep, inCheckout, ""},
+		{"upwards in an installed tree", "", "", deepInstalled, inInstalled, ""},
+		{"nowhere", "", "", empty, "", "--trainer-dir"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv(EnvTrainer, c.env)
+			if c.env == "" {
+				os.Unsetenv(EnvTrainer)
+			}
+			t.Chdir(c.wd)
+			got, err := FindTrainerDir(c.explicit)
+			if c.errHas != "" {
+				if err == nil || !strings.Contains(err.Error(), c.errHas) {
+					t.Fatalf("FindTrainerDir = %q, %v; want an error naming %q", got, err, c.errHas)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != c.want {
+				t.Errorf("FindTrainerDir = %q, want %q", got, c.want)
+			}
+		})
 	}
 }

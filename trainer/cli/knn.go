@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/vlmdiff/edge/internal/torchenv"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
@@ -39,7 +40,7 @@ func (k *knnFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.sampling, "knn-sampling", eval.KnnCoreset, "how the bank is drawn from the training positions: coreset (greedy k-center) or random")
 	fs.Float64Var(&k.isolated, "knn-isolated", 0, "drop this fraction of the training positions first, those farthest from every other training image (a missed defect in one normal), before drawing the bank (0 to 0.5)")
 	fs.StringVar(&k.python, "python", "/usr/bin/python3", "the Python that builds the knn graph (with torch and onnx)")
-	fs.StringVar(&k.trainerDir, "trainer-dir", "", "the trainer's Python package directory (default: $"+run.EnvTrainer+" or found from the binary)")
+	fs.StringVar(&k.trainerDir, "trainer-dir", "", "the trainer's Python package directory (default: $"+torchenv.EnvTrainer+" or found from the binary)")
 }
 
 // parsed notes which of the bank recipe's flags fs was given; call it after parsing.
@@ -104,7 +105,7 @@ func (k *knnFlags) ensure(ctx context.Context, bundle string, items []dataset.It
 	if k.backbone == "" || k.layers == "" {
 		return fmt.Errorf("--knn-factor: the bundle has no nearest-normal term yet: give --knn-backbone and --knn-layers to build it")
 	}
-	td, err := run.FindTrainerDir(k.trainerDir)
+	td, err := torchenv.FindTrainerDir(k.trainerDir)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/vlmdiff/edge/internal/npy"
+	"github.com/vlmdiff/edge/internal/torchenv"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
@@ -51,7 +52,7 @@ func runQuantize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	method := fs.String("method", "percentile", "activation ranges: percentile (the 99.999th percentile of each activation's values) or minmax (their whole range)")
 	weightBits := fs.Int("weight-bits", 7, "weight range: 7 ([-64, 64]: no saturation on any x86 CPU) or 8 (full int8: saturates on CPUs without VNNI; for lines whose CPUs all have it)")
 	python := fs.String("python", "", "Python with onnxruntime's quantiser (default: $"+EnvQuantPython+", then .deps/py/bin/python of the checkout)")
-	trainerDir := fs.String("trainer-dir", "", "directory holding the vlmdiff_train package (default $"+run.EnvTrainer+", then found from the binary)")
+	trainerDir := fs.String("trainer-dir", "", "directory holding the vlmdiff_train package (default $"+torchenv.EnvTrainer+", then found from the binary)")
 	if err := Parse(fs, args); err != nil {
 		return err
 	}
@@ -78,7 +79,7 @@ func runQuantize(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if m.Features.Precision == models.PrecisionInt8 {
 		return fmt.Errorf("%s: its feature graph is already int8 (quantize the float bundle it was made from)", sf.Bundle)
 	}
-	td, err := run.FindTrainerDir(*trainerDir)
+	td, err := torchenv.FindTrainerDir(*trainerDir)
 	if err != nil {
 		return err
 	}

@@ -11,10 +11,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vlmdiff/edge/internal/torchenv"
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
 	"github.com/vlmdiff/edge/trainer/dataset"
-	"github.com/vlmdiff/edge/trainer/run"
 )
 
 // TestQuantizeFeatures: `vlmdiff quantize` writes a verified copy of the demo bundle whose feature graph is an
@@ -23,7 +23,7 @@ import (
 // the source is untouched; quantising the copy again, and a missing quantiser, are refused by name.
 func TestQuantizeFeatures(t *testing.T) {
 	dir, data, bundle := calibrateTree(t, 4)
-	td, err := run.FindTrainerDir("")
+	td, err := torchenv.FindTrainerDir("")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/vlmdiff/edge/internal/torchenv"
 	"github.com/vlmdiff/edge/trainer/run"
 )
 
@@ -21,7 +22,7 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	runDir := fs.String("run-dir", "", "run directory holding every stage's outputs and records (default runs/<name>)")
 	from := fs.String("from", "", "redo this stage and every later one ("+strings.Join(run.StageNames, ", ")+")")
 	until := fs.String("until", "", "stop after this stage")
-	trainerDir := fs.String("trainer-dir", "", "directory holding the vlmdiff_train Python package (default $"+run.EnvTrainer+", then found from the binary)")
+	trainerDir := fs.String("trainer-dir", "", "directory holding the vlmdiff_train Python package (default $"+torchenv.EnvTrainer+", then found from the binary)")
 	python := fs.String("python", "", "Python interpreter with torch (default: the config's python.exe, /usr/bin/python3)")
 	checkOnly := fs.Bool("check", false, "run the checks only")
 	providers := fs.String("providers", "cuda,cpu", "ONNX Runtime execution providers for calibrate and evaluate")
@@ -50,7 +51,7 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if td == "" {
 		td = cfg.Python.TrainerDir
 	}
-	if td, err = run.FindTrainerDir(td); err != nil {
+	if td, err = torchenv.FindTrainerDir(td); err != nil {
 		return err
 	}
 	exe := cfg.Python.Exe

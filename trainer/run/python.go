@@ -21,52 +21,6 @@ import (
 	"github.com/vlmdiff/edge/trainer/eval"
 )
 
-// EnvTrainer names the environment variable pointing at the directory that holds the vlmdiff_train package
-// (<repo>/trainer/python).
-const EnvTrainer = "VLMDIFF_TRAINER"
-
-// FindTrainerDir returns the directory holding the vlmdiff_train Python package: the explicit one when given,
-// else $VLMDIFF_TRAINER, else trainer/python next to the executable or in any parent of it or of the working
-// directory (a checkout, an installed tree with share/, or `go test` inside the repo).
-func FindTrainerDir(explicit string) (string, error) {
-	ok := func(d string) bool {
-		st, err := os.Stat(filepath.Join(d, "vlmdiff_train", "__main__.py"))
-		return err == nil && !st.IsDir()
-	}
-	for _, c := range []struct{ what, dir string }{{"--trainer-dir", explicit}, {"$" + EnvTrainer, os.Getenv(EnvTrainer)}} {
-		if c.dir == "" {
-			continue
-		}
-		if !ok(c.dir) {
-			return "", fmt.Errorf("%s %s: no vlmdiff_train package there (want the directory holding vlmdiff_train/)", c.what, c.dir)
-		}
-		return filepath.Abs(c.dir)
-	}
-	var starts []string
-	if exe, err := os.Executable(); err == nil {
-		if r, err := filepath.EvalSymlinks(exe); err == nil {
-			exe = r
-		}
-		starts = append(starts, filepath.Dir(exe))
-	}
-	if wd, err := os.Getwd(); err == nil {
-		starts = append(starts, wd)
-	}
-	for _, s := range starts {
-		for d := s; ; d = filepath.Dir(d) {
-			for _, rel := range []string{"trainer/python", "share/vlmdiff/python"} {
-				if c := filepath.Join(d, rel); ok(c) {
-					return c, nil
-				}
-			}
-			if filepath.Dir(d) == d {
-				break
-			}
-		}
-	}
-	return "", fmt.Errorf("cannot find the vlmdiff_train package: pass --trainer-dir or set $%s to <repo>/trainer/python", EnvTrainer)
-}
-
 // Python runs the Python stages.
 type Python struct {
 	Exe        string

@@ -50,7 +50,7 @@ func TestPythonEnvOpenMP(t *testing.T) {
 // after it run under that build's policy; the description names both.
 func TestPythonCheckRecordsBLAS(t *testing.T) {
 	exe := testpython.Need(t, "torch")
-	td, err := FindTrainerDir("")
+	td, err := torchenv.FindTrainerDir("")
 	if err != nil {
 		t.Skip(err)
 	}
