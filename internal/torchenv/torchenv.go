@@ -1,16 +1,16 @@
 // Package torchenv is the environment of the Python processes vlmdiff starts (the training stages, the bench's
 // reference scorer, the quantiser): where the vlmdiff_train package is, and how PyTorch's threads wait.
 //
-// How they wait follows how the interpreter's torch was built.
-// GNU OpenMP lets an idle thread spin for a while before it sleeps (OMP_WAIT_POLICY unset) or sleep at once
-// (PASSIVE). Which is faster depends on who else wants the cores. Debian's PyTorch 1.13 runs its matrix
-// products and most convolutions in OpenBLAS, whose own pthreads then compete with OpenMP's spinning threads:
-// PASSIVE is faster there. PyPI's PyTorch 2.15 runs everything (MKL, oneDNN, ATen) on the same OpenMP threads,
-// and sleeping at once makes every one of its thousands of small parallel regions pay a wake-up: the default is
-// faster there. Measured on the 2-core AMD EPYC (session 51, nothing else running; docs/training.md, "Which
-// PyTorch"): a small-preset denoiser training step at batch 8, 1.13 0.32 s PASSIVE against 0.35 s default, 2.15
-// 0.36 s PASSIVE against 0.21-0.25 s default; the reference scorer on the small bench bundle, 1.13 311-356 ms
-// a frame PASSIVE against 613-625 default, 2.15 663-784 ms PASSIVE against 246-274 default.
+// How they wait follows how the interpreter's torch was built. GNU OpenMP lets an idle thread spin for a while
+// before it sleeps (OMP_WAIT_POLICY unset) or sleep at once (PASSIVE). Which is faster depends on who else wants the
+// cores. Debian's PyTorch 1.13 runs its matrix products and most convolutions in OpenBLAS, whose own pthreads then
+// compete with OpenMP's spinning threads: PASSIVE is faster there. PyPI's PyTorch 2.15 runs everything (MKL, oneDNN,
+// ATen) on the same OpenMP threads, and sleeping at once makes every one of its thousands of small parallel regions
+// pay a wake-up: the default is faster there. Measured on the 2-core AMD EPYC (session 51, nothing else running;
+// docs/training.md, "How PyTorch's threads wait"): a small-preset denoiser training step at batch 8, 1.13 0.32 s
+// PASSIVE against 0.35 s default, 2.15 0.36 s PASSIVE against 0.21-0.25 s default; the reference scorer on the small
+// bench bundle, 1.13 311-356 ms a frame PASSIVE against 613-625 default, 2.15 663-784 ms PASSIVE against 246-274
+// default.
 //
 // So the rule is the cause: PASSIVE unless torch's BLAS is MKL (which threads with OpenMP itself); the user's
 // own OMP_WAIT_POLICY always wins.
