@@ -8,8 +8,8 @@
 // ATen) on the same OpenMP threads, and sleeping at once makes every one of its thousands of small parallel regions
 // pay a wake-up: the default is faster there. Measured on the 2-core AMD EPYC (session 51, nothing else running;
 // docs/training.md, "How PyTorch's threads wait"): a small-preset denoiser training step at batch 8, 1.13 0.32 s
-// PASSIVE against 0.35 s default, 2.15 0.36 s PASSIVE against 0.21-0.25 s default; the reference scorer on the small
-// bench bundle, 1.13 311-356 ms a frame PASSIVE against 613-625 default, 2.15 663-784 ms PASSIVE against 246-274
+// PASSIVE against 0.35 s default, 2.15 0.35-0.37 s PASSIVE against 0.21-0.25 s default; the reference scorer alone
+// on the small bench bundle, 1.13 356 ms a frame PASSIVE against 625 default, 2.15 663 ms PASSIVE against 264
 // default.
 //
 // So the rule is the cause: PASSIVE unless torch's BLAS is MKL (which threads with OpenMP itself); the user's
@@ -51,25 +51,35 @@ func ParseProbe(line string) (Build, error) {
 	return Build{Torch: f[0], CUDA: f[1] == "cuda", BLAS: f[2]}, nil
 }
 
-// Probe runs ProbeScript with exe in env (nil: this process's environment).
-func Probe(ctx context.Context, exe string, env []string) (Build, error) {
+// Probe runs ProbeScript with exe in env (nil: this process's environment), after importing the modules named
+// in imports (what the caller needs from the same interpreter and path, checked in the same start-up).
+func Probe(ctx context.Context, exe string, env []string, imports ...string) (Build, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, exe, "-c", ProbeScript)
+	script := ProbeScript
+	if len(imports) > 0 {
+		script = "import " + strings.Join(imports, ", ") + "; " + script
+	}
+	cmd := exec.CommandContext(ctx, exe, "-c", script)
 	cmd.Env = env
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
-			msg = msg[i+1:]
-		}
-		return Build{}, fmt.Errorf("python %s cannot import torch: %v: %s", exe, err, msg)
+		return Build{}, fmt.Errorf("python %s cannot import %s: %v: %s", exe, strings.Join(append([]string{"torch"}, imports...), " and "),
+			err, lastLine(stderr.String()))
 	}
 	// the last line: a build may print warnings on stdout before it
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return ParseProbe(lines[len(lines)-1])
+	return ParseProbe(lastLine(string(out)))
+}
+
+// lastLine is the last non-empty line of s (a traceback's exception, the probe's answer).
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return strings.TrimSpace(s)
 }
 
 // Passive says whether a torch built with this BLAS should run with OMP_WAIT_POLICY=PASSIVE: yes unless the

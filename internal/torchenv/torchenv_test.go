@@ -158,3 +158,14 @@ func TestFindTrainerDir(t *testing.T) {
 		})
 	}
 }
+
+// TestProbeNamesAMissingImport: a module the caller asked for that the interpreter lacks fails the probe, and the
+// error names it (the trainer's check imports vlmdiff_train this way).
+func TestProbeNamesAMissingImport(t *testing.T) {
+	exe := testpython.Need(t, "torch")
+	_, err := Probe(context.Background(), exe, nil, "vlmdiff_no_such_module")
+	if err == nil || !strings.Contains(err.Error(), "torch and vlmdiff_no_such_module") ||
+		!strings.Contains(err.Error(), "ModuleNotFoundError") {
+		t.Fatalf("err = %v, want one naming the module and the exception", err)
+	}
+}

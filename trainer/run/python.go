@@ -2,7 +2,6 @@ package run
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -50,20 +49,9 @@ func (p Python) Module(ctx context.Context, module string, args ...string) *exec
 // Check verifies that the interpreter imports torch and vlmdiff_train, records torch's BLAS in p.BLAS (the
 // stages' OpenMP wait policy follows it: internal/torchenv) and returns a short description.
 func (p *Python) Check(ctx context.Context) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, p.Exe, "-c", "import vlmdiff_train; "+torchenv.ProbeScript)
-	cmd.Env = p.env()
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	b, err := torchenv.Probe(ctx, p.Exe, p.env(), "vlmdiff_train")
 	if err != nil {
-		return "", fmt.Errorf("python %s cannot import torch and vlmdiff_train (PYTHONPATH=%s): %v: %s", p.Exe, p.TrainerDir,
-			err, lastLine(stderr.String()))
-	}
-	b, err := torchenv.ParseProbe(lastLine(string(out)))
-	if err != nil {
-		return "", fmt.Errorf("python %s: %w", p.Exe, err)
+		return "", fmt.Errorf("%w (PYTHONPATH=%s)", err, p.TrainerDir)
 	}
 	p.BLAS = b.BLAS
 	dev := "cpu-only"
