@@ -14,7 +14,11 @@ painted set is the one a choice would be made on, the test split is for reportin
 
     /usr/bin/python3 scripts/knn_size_study.py --run RUN --backbone mobilenetv2_fp32_features.onnx --sizes 256,384,512
 
-docs/algorithm.md §1.9, "The term at a larger input", has the figures this printed (session 50). Needs Debian's
+With --ks 1,2,4 each position's value is also the mean of its distances to the k nearest bank vectors (k = 1 is
+the product's nearest distance), every k from the same search.
+
+docs/algorithm.md §1.9, "The term at a larger input" and "Mean of the k nearest", has the figures this printed
+(sessions 50 and 52). Needs Debian's
 python3-torch, scipy and PIL (the trainer's interpreter); 13-14 minutes a size for five classes on 2 cores
 shared with a training (not timed alone).
 """
@@ -79,12 +83,19 @@ def coreset(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def distance_maps(bank: torch.Tensor, queries: torch.Tensor, hw: Tuple[int, int]) -> List[np.ndarray]:
+def distance_maps(bank: torch.Tensor, queries: torch.Tensor, hw: Tuple[int, int],
+                  ks: Sequence[int] = (1,)) -> Dict[int, List[np.ndarray]]:
+    """For each k of ks, each query image's map of the mean distance to its k nearest bank vectors (k = 1: the
+    product's nearest distance), upsampled to the evaluation grid and smoothed."""
     b2 = (bank ** 2).sum(1)
-    m = torch.stack([((q ** 2).sum(1)[:, None] - 2 * q @ bank.T + b2[None]).min(1).values.clamp_min(0).sqrt()
-                     for q in queries])
-    m = F.interpolate(m.reshape(-1, 1, *hw), size=(E, E), mode="bilinear", align_corners=False)[:, 0]
-    return [ndimage.gaussian_filter(x, 5, mode="reflect", truncate=4.0) for x in m.numpy()]
+    d = torch.stack([((q ** 2).sum(1)[:, None] - 2 * q @ bank.T + b2[None]).topk(max(ks), 1, largest=False)
+                     .values.clamp_min(0).sqrt() for q in queries])                       # [images, positions, K]
+    out = {}
+    for k in ks:
+        m = F.interpolate(d[..., :k].mean(-1).reshape(-1, 1, *hw), size=(E, E), mode="bilinear",
+                          align_corners=False)[:, 0]
+        out[k] = [ndimage.gaussian_filter(x, 5, mode="reflect", truncate=4.0) for x in m.numpy()]
+    return out
 
 
 def painted_set(root: str) -> List[dict]:
@@ -102,6 +113,7 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--run", required=True, help="training run directory (index.jsonl, select/valdata)")
     ap.add_argument("--backbone", required=True, help="mobilenetv2_fp32_features.onnx")
     ap.add_argument("--sizes", default="256,384,512")
+    ap.add_argument("--ks", default="1", help="mean distance to the k nearest bank vectors, for each k (1: the product's)")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     items = [json.loads(line) for line in open(os.path.join(a.run, "index.jsonl"))]
@@ -114,27 +126,35 @@ def main(argv: List[str] | None = None) -> int:
             r["mask_px"] = load_mask(r["mask"])
     classes = sorted({r["class"] for r in sets["test"]})
     net = OnnxModule.load(a.backbone, ["block2", "block5"]).eval()
+    ks = [int(k) for k in a.ks.split(",")]
     for size in [int(s) for s in a.sizes.split(",")]:
         gen = torch.Generator().manual_seed(0)
-        res: Dict[str, list] = {k: [] for k in sets}
+        res: Dict[Tuple[str, int], list] = {(k, n): [] for k in sets for n in ks}
         for c in classes:
             train, _ = features(net, [i["path"] for i in items if i["class"] == c and i["split"] == "train"], size)
             bank = coreset(train.reshape(-1, train.shape[-1]), BANK, gen)
             for k, rows in sets.items():
                 mine = [r for r in rows if r["class"] == c]
+                if not mine:  # a class without held-out normals has no painted images
+                    for n in ks:
+                        res[(k, n)].append(None)
+                    continue
                 q, hw = features(net, [r["path"] for r in mine], size)
-                maps = distance_maps(bank, q, hw)
-                pix = np.concatenate([m.ravel() for m in maps])
-                y = np.concatenate([r["mask_px"].ravel() for r in mine])
-                res[k].append(np.array([auroc([image_score(m) for m in maps], [r["label"] for r in mine]),
-                                        auroc(pix, y), aupro(maps, [r["mask_px"] for r in mine]),
-                                        average_precision(pix, y)]) * 100)
+                pix_y = np.concatenate([r["mask_px"].ravel() for r in mine])
+                for n, maps in distance_maps(bank, q, hw, ks).items():
+                    pix = np.concatenate([m.ravel() for m in maps])
+                    res[(k, n)].append(np.array([auroc([image_score(m) for m in maps], [r["label"] for r in mine]),
+                                                 auroc(pix, pix_y), aupro(maps, [r["mask_px"] for r in mine]),
+                                                 average_precision(pix, pix_y)]) * 100)
         for k in sets:
-            m = np.mean(res[k], 0)
-            print(f"S={size} {k:8s} mean I-AUROC / P-AUROC / AU-PRO / P-AP {np.round(m, 2)} mean of three {m[:3].mean():.2f}",
-                  flush=True)
-            for c, v in zip(classes, res[k]):
-                print(f"      {c:28s} {np.round(v, 2)}", flush=True)
+            for n in ks:
+                m = np.mean([v for v in res[(k, n)] if v is not None], 0)
+                tag = f"S={size}" + (f" k={n}" if ks != [1] else "")
+                print(f"{tag} {k:8s} mean I-AUROC / P-AUROC / AU-PRO / P-AP {np.round(m, 2)} mean of three {m[:3].mean():.2f}",
+                      flush=True)
+                for c, v in zip(classes, res[(k, n)]):
+                    if v is not None:
+                        print(f"      {c:28s} {np.round(v, 2)}", flush=True)
     return 0
 
 
