@@ -15,7 +15,8 @@ painted set is the one a choice would be made on, the test split is for reportin
     /usr/bin/python3 scripts/knn_size_study.py --run RUN --backbone mobilenetv2_fp32_features.onnx --sizes 256,384,512
 
 With --ks 1,2,4 each position's value is also the mean of its distances to the k nearest bank vectors (k = 1 is
-the product's nearest distance), every k from the same search.
+the product's nearest distance), every k from the same search; then what one k per class would give, each class
+taking the k that leads the first by the select stage's min_gain (1.0) on the painted set.
 
 docs/algorithm.md §1.9, "The term at a larger input" and "Mean of the k nearest", has the figures this printed
 (sessions 50 and 52). Needs Debian's
@@ -108,6 +109,27 @@ def painted_set(root: str) -> List[dict]:
     return rows
 
 
+def per_class_k(classes: Sequence[str], ks: Sequence[int], res: Dict[Tuple[str, int], list],
+                min_gain: float = 1.0) -> None:
+    """Prints what one k per class, chosen on the painted set, would give: each class takes the k whose mean of
+    I-AUROC, P-AUROC and AU-PRO leads k = ks[0]'s by min_gain (the select stage's rule), else ks[0]; a class
+    without painted images keeps ks[0]."""
+    pick = []
+    for i, c in enumerate(classes):
+        rows = {n: res[("painted", n)][i] for n in ks}
+        if rows[ks[0]] is None:
+            pick.append(ks[0])
+            continue
+        best = max(ks, key=lambda n: (rows[n][:3].mean(), -n))
+        pick.append(best if rows[best][:3].mean() - rows[ks[0]][:3].mean() >= min_gain else ks[0])
+    print("      per class k, chosen on the painted set:", ", ".join(f"{c} {n}" for c, n in zip(classes, pick)))
+    for k in ("painted", "test"):
+        vals = [res[(k, n)][i] for i, n in enumerate(pick) if res[(k, n)][i] is not None]
+        m = np.mean(vals, 0)
+        print(f"      per class k  {k:8s} mean I-AUROC / P-AUROC / AU-PRO / P-AP {np.round(m, 2)} mean of three "
+              f"{m[:3].mean():.2f}", flush=True)
+
+
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="training run directory (index.jsonl, select/valdata)")
@@ -155,6 +177,8 @@ def main(argv: List[str] | None = None) -> int:
                 for c, v in zip(classes, res[(k, n)]):
                     if v is not None:
                         print(f"      {c:28s} {np.round(v, 2)}", flush=True)
+        if len(ks) > 1:
+            per_class_k(classes, ks, res)
     return 0
 
 
