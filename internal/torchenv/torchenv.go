@@ -70,7 +70,11 @@ func Probe(ctx context.Context, exe string, env []string, imports ...string) (Bu
 			err, lastLine(stderr.String()))
 	}
 	// the last line: a build may print warnings on stdout before it
-	return ParseProbe(lastLine(string(out)))
+	b, err := ParseProbe(lastLine(string(out)))
+	if err != nil {
+		return Build{}, fmt.Errorf("python %s: %w", exe, err)
+	}
+	return b, nil
 }
 
 // lastLine is the last non-empty line of s (a traceback's exception, the probe's answer).

@@ -169,3 +169,16 @@ func TestProbeNamesAMissingImport(t *testing.T) {
 		t.Fatalf("err = %v, want one naming the module and the exception", err)
 	}
 }
+
+// TestProbeNamesTheInterpreterOnABadAnswer: an interpreter that runs but answers something else than the probe's
+// line fails with an error naming it, for the trainer's check and the bench alike.
+func TestProbeNamesTheInterpreterOnABadAnswer(t *testing.T) {
+	exe := filepath.Join(t.TempDir(), "python")
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\necho 'not a probe line'\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Probe(context.Background(), exe, nil)
+	if err == nil || !strings.Contains(err.Error(), "python "+exe+":") || !strings.Contains(err.Error(), "not a probe line") {
+		t.Fatalf("err = %v, want one naming %s and what it printed", err, exe)
+	}
+}
