@@ -17,8 +17,13 @@ const (
 	KnnImage    = "image"    // [B, 3, H, W], the bundle's normalised input
 	KnnBank     = "bank"     // [B, N, D], each frame's bank
 	KnnFeatures = "features" // [B, D, h, w]
-	KnnDistance = "distance" // [B, 1, h, w]
+	KnnDistance = "distance" // [B, K, h, w]: the K = map.knn.k_max nearest distances, nearest first
 )
+
+// MaxKnnK bounds map.knn.k_max: a position's value is the mean of at most this many nearest bank vectors. The
+// measured gains stop by 16 (docs/algorithm.md §1.9, "Mean of the k nearest"); past that the mean drifts from
+// "the nearest normal" to "the class's average patch".
+const MaxKnnK = 64
 
 // MaxKnnBank bounds map.knn.size: the distance costs h*w x size x dims multiply-adds a frame.
 const MaxKnnBank = 16384
@@ -69,6 +74,36 @@ type KnnTerm struct {
 	// them a second time and flattens defects of a few pixels (docs/algorithm.md §1.9, "The nearest-normal
 	// term's own smoothing").
 	Sigma *float64 `json:"sigma,omitempty"`
+	// KMax is how many nearest distances the knn graph gives each position (its KnnDistance output is
+	// [B, KMax, h, w], nearest first); 0 is 1, the nearest alone, as bundles before it had.
+	KMax int `json:"k_max,omitempty"`
+	// Ks, aligned with Classes, is how many of those nearest distances a class's frames average (1..KMax;
+	// absent: 1 for every class). Why a mean: a coreset keeps the rarest normal patches, and with k > 1 one
+	// isolated bank vector that happens to resemble a defect vouches for it only in part. Why per class: the
+	// select stage's painted set wants k > 1 on some materials (a moving part, a fractal texture) and k = 1 on
+	// others (a woven texture), and the test splits agreed class by class (docs/algorithm.md §1.9).
+	Ks []int `json:"ks,omitempty"`
+}
+
+// KMaxOrOne is KMax, 1 when absent.
+func (t *KnnTerm) KMaxOrOne() int {
+	return max(t.KMax, 1)
+}
+
+// KFor is how many nearest distances a frame of class averages: its bank's entry of Ks (the global bank's for
+// a class without a bank), 1 without Ks.
+func (t *KnnTerm) KFor(class string) int {
+	if len(t.Ks) != len(t.Classes) {
+		return 1
+	}
+	i := slices.Index(t.Classes, class)
+	if i < 0 {
+		i = slices.Index(t.Classes, "")
+	}
+	if i < 0 {
+		return 1
+	}
+	return t.Ks[i]
 }
 
 // SmoothingSigma is the sigma the term's map is smoothed with: Sigma, else the map's (mapSigma).
@@ -136,6 +171,21 @@ func (m *Manifest) validateKnn(p *problems) {
 	if !(t.Isolated >= 0 && t.Isolated < 1) {
 		p.bad("map.knn.isolated", "must be a fraction in [0, 1), got %v", t.Isolated)
 	}
+	if t.KMax < 0 || t.KMax > MaxKnnK || (t.Size >= 1 && t.KMax > t.Size) {
+		p.bad("map.knn.k_max", "must be 1..%d nearest distances and at most map.knn.size (%d), got %d", MaxKnnK, t.Size, t.KMax)
+	}
+	if len(t.Ks) != 0 && len(t.Ks) != len(t.Classes) {
+		p.bad("map.knn.ks", "has %d values for %d classes", len(t.Ks), len(t.Classes))
+	}
+	for i, k := range t.Ks {
+		if k < 1 || k > t.KMaxOrOne() {
+			c := ""
+			if i < len(t.Classes) {
+				c = t.Classes[i]
+			}
+			p.bad("map.knn.ks", "class %q averages %d nearest distances: want 1..%d (map.knn.k_max)", c, k, t.KMaxOrOne())
+		}
+	}
 	if t.Sigma != nil && (!(*t.Sigma >= 0) || *t.Sigma > MaxPixelSigma || (*t.Sigma > 0 && !(m.Map.Truncate > 0))) {
 		p.bad("map.knn.sigma", "must be a number from 0 to %g (with map.truncate > 0 when above 0), got %v", float64(MaxPixelSigma), *t.Sigma)
 	}
@@ -197,13 +247,13 @@ func verifyKnn(dir string, m *Manifest) error {
 	if err != nil {
 		return &CheckError{Check: "knn", File: t.Graph, Err: err}
 	}
-	in, h, w, d := m.Input, int64(t.Height), int64(t.Width), int64(t.Dims)
+	in, h, w, d, k := m.Input, int64(t.Height), int64(t.Width), int64(t.Dims), int64(t.KMaxOrOne())
 	f32 := func(name string, shape ...int64) TensorSpec {
 		return TensorSpec{Name: name, Type: "float32", Shape: shape}
 	}
 	if err := errors.Join(
 		matchTensors("input", []TensorSpec{f32(KnnImage, 0, 3, int64(in.Height), int64(in.Width)), f32(KnnBank, 0, 0, d)}, gio.Inputs, false),
-		matchTensors("output", []TensorSpec{f32(KnnFeatures, 0, d, h, w), f32(KnnDistance, 0, 1, h, w)}, gio.Outputs, false),
+		matchTensors("output", []TensorSpec{f32(KnnFeatures, 0, d, h, w), f32(KnnDistance, 0, k, h, w)}, gio.Outputs, false),
 	); err != nil {
 		return &CheckError{Check: "knn", File: t.Graph, Err: err}
 	}
@@ -229,7 +279,7 @@ func verifyKnn(dir string, m *Manifest) error {
 	}
 	if err := errors.Join(
 		matchTensors("input", append(ins, f32(KnnBank, 0, 0, d)), lio.Inputs, true),
-		matchTensors("output", []TensorSpec{f32(KnnFeatures, 0, d, h, w), f32(KnnDistance, 0, 1, h, w)}, lio.Outputs, false),
+		matchTensors("output", []TensorSpec{f32(KnnFeatures, 0, d, h, w), f32(KnnDistance, 0, k, h, w)}, lio.Outputs, false),
 	); err != nil {
 		return &CheckError{Check: "knn", File: t.LayersGraph, Err: err}
 	}

@@ -24,6 +24,10 @@ func addKnn(t *testing.T, dir string, classes []string, size int, v float32, w f
 	if err != nil {
 		t.Fatal(err)
 	}
+	k4Graph, err := os.ReadFile("testdata/knn/knn_k4.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var bank, src []byte
 	for range classes {
 		for j := range size {
@@ -34,7 +38,7 @@ func addKnn(t *testing.T, dir string, classes []string, size int, v float32, w f
 		}
 	}
 	listed := map[string]any{}
-	for name, b := range map[string][]byte{"knn.onnx": graph, "knn_layers.onnx": layersGraph, "bank.f32": bank, "src.u64": src} {
+	for name, b := range map[string][]byte{"knn.onnx": graph, "knn_layers.onnx": layersGraph, "knn_k4.onnx": k4Graph, "bank.f32": bank, "src.u64": src} {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, b, 0o644); err != nil {
 			t.Fatal(err)
@@ -107,6 +111,45 @@ func TestKnnTermLoads(t *testing.T) {
 	}
 }
 
+func TestKnnTermKNearest(t *testing.T) {
+	dir := copyBundle(t)
+	addKnn(t, dir, []string{"", "bolt", "nut"}, 8, 0.25, 0.5, withK4(1, 4, 2))
+	b, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kt := b.Manifest.Map.Knn
+	for _, c := range []struct {
+		class string
+		k     int
+	}{{"", 1}, {"bolt", 4}, {"nut", 2}, {"washer", 1}} {
+		if got := kt.KFor(c.class); got != c.k {
+			t.Errorf("KFor(%q) = %d, want %d", c.class, got, c.k)
+		}
+	}
+	if kt.KMaxOrOne() != 4 {
+		t.Errorf("KMaxOrOne %d, want 4", kt.KMaxOrOne())
+	}
+	// without ks every class takes the nearest alone
+	plain := &KnnTerm{Classes: []string{"", "bolt"}}
+	if plain.KFor("bolt") != 1 || plain.KMaxOrOne() != 1 {
+		t.Errorf("a term without k_max and ks: KFor %d, KMaxOrOne %d", plain.KFor("bolt"), plain.KMaxOrOne())
+	}
+}
+
+// withK4 declares the fixture's graph with the 4 nearest distances (testdata/knn/knn_k4.onnx) and ks (addKnn's
+// edit).
+func withK4(ks ...int) func(term, files map[string]any) {
+	return func(term, _ map[string]any) {
+		term["graph"], term["k_max"] = "knn_k4.onnx", 4
+		v := make([]any, len(ks))
+		for i, k := range ks {
+			v[i] = k
+		}
+		term["ks"] = v
+	}
+}
+
 // withLayersGraph declares the fixture's layers graph, fed layer1 and layer2 (addKnn's edit).
 func withLayersGraph(term, _ map[string]any) {
 	term["layers_graph"] = "knn_layers.onnx"
@@ -147,6 +190,12 @@ func TestKnnTermRefused(t *testing.T) {
 			withLayersGraph(term, files)
 			term["layers_graph"] = "knn.onnx"
 		}, nil, "knn", "input"},
+		{"ks for fewer classes", []string{"", "bolt"}, 0.1, withK4(1), nil, "schema", "map.knn.ks"},
+		{"a k above k_max", []string{""}, 0.1, withK4(5), nil, "schema", "map.knn.ks"},
+		{"a k of 0", []string{""}, 0.1, withK4(0), nil, "schema", "map.knn.ks"},
+		{"a k_max above the bank", []string{""}, 0.1, func(term, files map[string]any) { withK4(1)(term, files); term["k_max"] = 9 }, nil, "schema", "map.knn.k_max"},
+		{"k_max 4 on the graph of the nearest alone", []string{""}, 0.1, func(term, files map[string]any) { withK4(1)(term, files); term["graph"] = "knn.onnx" }, nil, "knn", "output"},
+		{"the graph of 4 nearest declared without k_max", []string{""}, 0.1, func(term, _ map[string]any) { term["graph"] = "knn_k4.onnx" }, nil, "knn", "output"},
 		{"a layers graph fed one layer too few", []string{""}, 0.1, func(term, files map[string]any) {
 			withLayersGraph(term, files)
 			term["layers"] = []any{"layer1"}

@@ -24,11 +24,42 @@ type knnInput struct {
 	sigma  float64 // the Gaussian that smooths it in the map (map.knn.sigma, else the map's)
 }
 
-// knnMaps is a batch's distances: frame i's are dist[i*h*w : (i+1)*h*w].
+// knnMaps is a batch's distances: frame i's are dist[i*h*w : (i+1)*h*w], each position's mean distance to the
+// k nearest bank vectors of its class (map.knn.ks).
 type knnMaps struct {
 	dist  []float32
 	h, w  int
 	sigma float64 // map.knn's smoothing sigma (models.KnnTerm.SmoothingSigma)
+	// nearest is the graph's output [B, kmax, h, w] (the kmax nearest distances, nearest first), kept only
+	// for Options.KnnKs; nil otherwise.
+	nearest []float32
+	kmax    int
+}
+
+// frameAtK returns frame i's term as the mean of its k nearest distances (Options.KnnKs), at weight 1.
+func (k *knnMaps) frameAtK(i, kk int) *knnInput {
+	n := k.h * k.w
+	d := make([]float32, n)
+	meanNearest(d, k.nearest[i*k.kmax*n:(i+1)*k.kmax*n], n, kk)
+	return &knnInput{dist: d, h: k.h, w: k.w, weight: 1, sigma: k.sigma}
+}
+
+// meanNearest writes into dst ([n]) the mean of the first k of the planes of src ([kmax, n], the nearest
+// distances of each position, nearest first). dst may be src's first plane: each position is read before it is
+// written, and no later position's read goes below it.
+func meanNearest(dst, src []float32, n, k int) {
+	if k == 1 {
+		copy(dst, src[:n])
+		return
+	}
+	inv := 1 / float32(k)
+	for p := range n {
+		var sum float32
+		for j := range k {
+			sum += src[j*n+p]
+		}
+		dst[p] = sum * inv
+	}
 }
 
 // frame returns frame i's term with the given weight; nil without distances or at weight 0.
@@ -57,9 +88,10 @@ var knnBankPool = sync.Pool{New: func() any { return new([]float32) }}
 
 // knnDistances runs the knn graph on the batch's preprocessed frames x ([B*3*H*W]), or, with the term's layers
 // graph, on the frames' layers among the feature graph's outputs feats, each frame with its class's bank (the
-// global one for a frame without a class). With Options.KnnLeaveOneOut a bank vector that
-// came from the very frame being scored (models.SourceHash) is replaced by another vector of the same bank,
-// which leaves the nearest distance that of the bank without the frame. nil when the batch does not need it.
+// global one for a frame without a class), and averages each frame's k nearest distances, k its class's
+// (models.KnnTerm.KFor). With Options.KnnLeaveOneOut a bank vector that came from the very frame being scored
+// (models.SourceHash) is moved far from every feature vector (leaveOut), which leaves the k nearest those of
+// the bank without the frame. nil when the batch does not need it.
 func (s *Scorer) knnDistances(x []float32, feats []layerOutput, reqs []Request) (*knnMaps, error) {
 	if !s.wantKnn() {
 		return nil, nil
@@ -105,11 +137,23 @@ func (s *Scorer) knnDistances(x []float32, feats []layerOutput, reqs []Request) 
 	if err != nil {
 		return nil, err
 	}
-	d := out[1]
-	if len(d) != B*t.Height*t.Width {
-		return nil, fmt.Errorf("knn graph produced distances of shape %v, want [%d 1 %d %d]", shapes[1], B, t.Height, t.Width)
+	d, kmax, hw := out[1], t.KMaxOrOne(), t.Height*t.Width
+	if len(d) != B*kmax*hw {
+		return nil, fmt.Errorf("knn graph produced distances of shape %v, want [%d %d %d %d]", shapes[1], B, kmax, t.Height, t.Width)
 	}
-	return &knnMaps{dist: d, h: t.Height, w: t.Width, sigma: t.SmoothingSigma(s.m.Map.Sigma)}, nil
+	km := &knnMaps{dist: d, h: t.Height, w: t.Width, sigma: t.SmoothingSigma(s.m.Map.Sigma), kmax: kmax}
+	if kmax > 1 {
+		if len(s.opt.KnnKs) > 0 {
+			km.nearest, km.dist = d, make([]float32, B*hw)
+		}
+		// frame i's mean goes to dist[i*hw:], which in place lies at or below where its nearest start
+		// (i*kmax*hw), so a frame is averaged before a later one overwrites it
+		for i, r := range reqs {
+			meanNearest(km.dist[i*hw:(i+1)*hw], d[i*kmax*hw:(i+1)*kmax*hw], hw, t.KFor(r.Class))
+		}
+		km.dist = km.dist[:B*hw]
+	}
+	return km, nil
 }
 
 // knnInputs is the knn graph's input before the bank: the frames x, or with the layers graph each of the term's
@@ -147,24 +191,26 @@ func (s *Scorer) knnInputs(x []float32, feats []layerOutput, B int) ([]ort.Value
 	return ins, nil
 }
 
-// leaveOut replaces every vector of bank (dims values each) whose source is hash by the first vector whose
-// source is not: a copy of a vector still in the bank does not change any nearest distance. A bank made of
-// one frame alone is left as it is (nothing else to compare with).
+// leaveOutFar is the value of every component of a left-out bank vector: about 1e4*sqrt(dims) from any
+// feature vector (the backbones' pooled features are of order 1-10), so it is never among a position's k
+// nearest while the bank holds k vectors of other frames, and its squared norm (1e8*dims) stays finite in
+// float32 for any dims the graph takes.
+const leaveOutFar = 1e4
+
+// leaveOut moves every vector of bank (dims values each) whose source is hash far from every feature vector
+// (leaveOutFar): the bank then answers as one without the frame's own vectors, for the nearest and for the k
+// nearest alike. (A copy of another vector, as before the mean of the k nearest, left the nearest right but
+// counted that vector again among the k.) A bank made of one frame alone is left as it is (nothing else to
+// compare with).
 func leaveOut(bank []float32, src []uint64, hash uint64, dims int) {
-	keep := -1
-	for j, h := range src {
-		if h != hash {
-			keep = j
-			break
-		}
-	}
-	if keep < 0 {
+	if !slices.ContainsFunc(src, func(h uint64) bool { return h != hash }) {
 		return
 	}
-	kv := bank[keep*dims : (keep+1)*dims]
 	for j, h := range src {
 		if h == hash {
-			copy(bank[j*dims:(j+1)*dims], kv)
+			for i := range bank[j*dims : (j+1)*dims] {
+				bank[j*dims+i] = leaveOutFar
+			}
 		}
 	}
 }
@@ -174,6 +220,7 @@ func leaveOut(bank []float32, src []uint64, hash uint64, dims int) {
 type KnnGraph struct {
 	g          *graph
 	dims, H, W int
+	kmax       int // the nearest distances it gives (its distance output [B, kmax, h, w]): the bank needs as many
 }
 
 // OpenKnnGraph opens the knn graph file at path for frames of H x W (the bundle's input size).
@@ -194,6 +241,12 @@ func OpenKnnGraph(path string, H, W int, opt Options) (*KnnGraph, error) {
 	if dims < 1 {
 		return nil, fmt.Errorf("knn graph %s: no input %s [B, N, D] with a fixed D", path, models.KnnBank)
 	}
+	kmax := 1
+	for _, o := range gio.Outputs {
+		if o.Name == models.KnnDistance && len(o.Shape) == 4 && o.Shape[1] > 1 {
+			kmax = int(o.Shape[1])
+		}
+	}
 	so, _, err := newSessionOptions(opt, &cudaFallbackOnce)
 	if err != nil {
 		return nil, err
@@ -204,15 +257,15 @@ func OpenKnnGraph(path string, H, W int, opt Options) (*KnnGraph, error) {
 	if err != nil {
 		return nil, fmt.Errorf("knn graph %s: create session: %w", path, err)
 	}
-	return &KnnGraph{g: &graph{name: "knn", sess: sess, in: in, out: out}, dims: dims, H: H, W: W}, nil
+	return &KnnGraph{g: &graph{name: "knn", sess: sess, in: in, out: out}, dims: dims, H: H, W: W, kmax: kmax}, nil
 }
 
 // Close releases the session.
 func (k *KnnGraph) Close() error { return k.g.sess.Destroy() }
 
 // Features returns the pooled feature vectors of preprocessed frames x ([frames*3*H*W]): per frame
-// [Dims*h*w], channel-major, and dims, h, w. The bank input is one zero vector per frame (the distances are not
-// read).
+// [Dims*h*w], channel-major, and dims, h, w. The bank input is zero vectors, as many per frame as the graph
+// gives nearest distances (TopK needs that many; the distances are not read).
 func (k *KnnGraph) Features(x []float32, frames int) (out [][]float32, dims, h, w int, err error) {
 	if len(x) != frames*3*k.H*k.W {
 		return nil, 0, 0, 0, fmt.Errorf("knn features: %d values for %d frames of 3x%dx%d", len(x), frames, k.H, k.W)
@@ -222,7 +275,7 @@ func (k *KnnGraph) Features(x []float32, frames int) (out [][]float32, dims, h, 
 		return nil, 0, 0, 0, err
 	}
 	defer it.Destroy()
-	bt, err := tensor(ort.NewShape(int64(frames), 1, int64(k.dims)), make([]float32, frames*k.dims))
+	bt, err := tensor(ort.NewShape(int64(frames), int64(k.kmax), int64(k.dims)), make([]float32, frames*k.kmax*k.dims))
 	if err != nil {
 		return nil, 0, 0, 0, err
 	}

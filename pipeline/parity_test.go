@@ -142,6 +142,12 @@ func TestParityWithPyTorchReference(t *testing.T) {
 	knnLayers := filepath.Join(dir, "knn-term-layers")
 	copyDir(t, fixtureBundle, knnLayers)
 	addKnnTerm(t, knnLayers, 0.7, true)
+	// The term as the mean of the k nearest (map.knn.k_max 4, ks 2 for the global bank and 3 for "widget"), on the
+	// fixture's graph that gives the 4 nearest distances.
+	knnK := filepath.Join(dir, "knn-term-k")
+	copyDir(t, fixtureBundle, knnK)
+	addKnnTerm(t, knnK, 0.7, false)
+	withKNearest(t, knnK, 4, []int{2, 3})
 
 	// perFrame scores each image alone: batch 1 runs the fixture's static-shape batch-1 denoiser (context built
 	// in, constants folded); a batch of all images runs the dynamic one (dynamicOnly: even where a static graph
@@ -169,6 +175,8 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		{"nearest-normal term at its own sigma, class bank", knnSharp, "widget", true, false, false},
 		{"nearest-normal term fed the feature graph's layers, batch of all images", knnLayers, "widget", true, false, false},
 		{"nearest-normal term fed the feature graph's layers, one frame", knnLayers, "", false, true, false},
+		{"nearest-normal term, mean of the 3 nearest, class bank, batch of all images", knnK, "widget", true, false, false},
+		{"nearest-normal term, mean of the 2 nearest, global bank, one frame", knnK, "", false, true, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -443,6 +451,30 @@ func addKnnTerm(t *testing.T, dir string, weight float64, layers bool) {
 		}
 		m["map"].(map[string]any)["knn"] = term
 	})
+	if _, err := models.Load(dir); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// withKNearest swaps the knn graph of the term addKnnTerm gave the bundle in dir for the fixture's graph with
+// the kmax nearest distances (models/testdata/knn/knn_k<kmax>.onnx) and sets map.knn.ks to ks.
+func withKNearest(t *testing.T, dir string, kmax int, ks []int) {
+	t.Helper()
+	name := fmt.Sprintf("knn_k%d.onnx", kmax)
+	graph, err := os.ReadFile("../models/testdata/knn/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	editBundleJSON(t, dir, func(m map[string]any) {
+		files := m["files"].(map[string]any)
+		delete(files, "knn.onnx")
+		files[name] = writeEntry(t, dir, name, graph)
+		term := m["map"].(map[string]any)["knn"].(map[string]any)
+		term["graph"], term["k_max"], term["ks"] = name, kmax, ks
+	})
+	if err := os.Remove(filepath.Join(dir, "knn.onnx")); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := models.Load(dir); err != nil {
 		t.Fatal(err)
 	}

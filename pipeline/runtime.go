@@ -201,6 +201,11 @@ type Options struct {
 	// the term's map smoothed at each of these sigmas (Result.KnnMaps), as PixelSigmas does for the mean-frame
 	// term. Each in 0..models.MaxPixelSigma.
 	KnnSigmas []float64
+	// KnnKs, with KnnMap and a bundle with the nearest-normal term, has every result also carry the term's map
+	// (at its own smoothing) as the mean of each of these counts of nearest bank vectors (Result.KnnKMaps),
+	// whatever the frame's class takes (map.knn.ks): the select stage chooses each class's count from one
+	// scoring pass. Each in 1..map.knn.k_max.
+	KnnKs []int
 	// StaticNoLayout optimises the static-shape denoiser sessions at the extended level, without ONNX Runtime's
 	// NCHWc layout pass: 80 fewer operators per small-preset step, but plain instead of blocked convolutions,
 	// and slower in the quiet interleaved runs (Scorer.staticNoLayout). Off (the zero value): ONNX Runtime's

@@ -93,6 +93,9 @@ func NewScorer(b *models.Bundle, opt Options) (*Scorer, error) {
 	if err := checkKnnSigmas(opt, m); err != nil {
 		return nil, err
 	}
+	if err := checkKnnKs(opt, m); err != nil {
+		return nil, err
+	}
 	if m.Diffusion.SeedPolicy == "fixed" {
 		s.fixedNoise = s.drawNoise(0)
 	}
@@ -231,6 +234,26 @@ func (s *Scorer) PixelSigmas() []float64 { return s.opt.PixelSigmas }
 // checkKnnSigmas checks Options.KnnSigmas against the bundle: they need its nearest-normal term and a map.
 func checkKnnSigmas(opt Options, m *models.Manifest) error {
 	return checkTermSigmas(opt.KnnSigmas, "nearest-normal", "KnnMap", "map.knn", opt.KnnMap || opt.LayerMaps, m.Map.Knn != nil, m)
+}
+
+// checkKnnKs checks Options.KnnKs against the bundle: they need KnnMap and the term, each in 1..map.knn.k_max.
+func checkKnnKs(opt Options, m *models.Manifest) error {
+	if len(opt.KnnKs) == 0 {
+		return nil
+	}
+	t := m.Map.Knn
+	switch {
+	case !opt.KnnMap:
+		return fmt.Errorf("nearest-normal term counts %v: they are the term's maps, and the scorer has no Options.KnnMap", opt.KnnKs)
+	case t == nil:
+		return fmt.Errorf("nearest-normal term counts %v: the bundle has no nearest-normal term (map.knn)", opt.KnnKs)
+	}
+	for _, k := range opt.KnnKs {
+		if k < 1 || k > t.KMaxOrOne() {
+			return fmt.Errorf("nearest-normal term counts %v: want each in 1..%d (map.knn.k_max: the knn graph's nearest distances)", opt.KnnKs, t.KMaxOrOne())
+		}
+	}
+	return nil
 }
 
 // KnnSigmas is Options.KnnSigmas: the sigmas at which every result also carries the nearest-normal term's map.

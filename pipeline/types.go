@@ -77,6 +77,9 @@ type Result struct {
 	KnnMap []float32 `json:"-"`
 	// KnnMaps, with Options.KnnSigmas, holds the same map smoothed at each of those sigmas, in their order.
 	KnnMaps [][]float32 `json:"-"`
+	// KnnKMaps, with Options.KnnKs, holds the term's map (its own smoothing) as the mean of each of those counts
+	// of nearest bank vectors, in their order.
+	KnnKMaps [][]float32 `json:"-"`
 	// LatencyMS holds per-stage wall time in milliseconds (stage names: Stage* constants); for a batch, each
 	// frame carries the batch's stage time divided by the batch size.
 	LatencyMS map[string]float64 `json:"latency_ms"`

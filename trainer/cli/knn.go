@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -20,6 +21,7 @@ import (
 type knnFlags struct {
 	factor, backbone, layers, sampling, python, trainerDir string
 	sigma                                                  string // --knn-sigma, resolved by sigmaFlag
+	ks                                                     string // --knn-ks, CLASS=K pairs
 	dims, bank                                             int
 	isolated                                               float64
 	// recipe lists the bank recipe's flags given on the command line (--knn-layers, -dims, -bank, -sampling,
@@ -38,6 +40,8 @@ func (k *knnFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&k.dims, "knn-dims", 0, "values per vector (0: every channel of the layers)")
 	fs.IntVar(&k.bank, "knn-bank", 0, fmt.Sprintf("vectors per class in the bank (0: %d, or the fewest positions a class has when that is less)", eval.DefaultKnnBank))
 	fs.StringVar(&k.sampling, "knn-sampling", eval.KnnCoreset, "how the bank is drawn from the training positions: coreset (greedy k-center) or random")
+	fs.StringVar(&k.ks, "knn-ks", "", "how many nearest bank vectors each class's distance averages, CLASS=K pairs, comma-separated (=K the global bank's; absent: 1, the nearest alone): "+
+		"the mean of a few nearest keeps one rare normal patch from vouching for a defect that resembles it; the select stage chooses them per class with select.knn_ks (docs/algorithm.md §1.9, \"Mean of the k nearest\")")
 	fs.Float64Var(&k.isolated, "knn-isolated", 0, "drop this fraction of the training positions first, those farthest from every other training image (a missed defect in one normal), before drawing the bank (0 to 0.5)")
 	fs.StringVar(&k.python, "python", "/usr/bin/python3", "the Python that builds the knn graph (with torch and onnx)")
 	fs.StringVar(&k.trainerDir, "trainer-dir", "", "the trainer's Python package directory (default: $"+torchenv.EnvTrainer+" or found from the binary)")
@@ -47,7 +51,7 @@ func (k *knnFlags) register(fs *flag.FlagSet) {
 func (k *knnFlags) parsed(fs *flag.FlagSet) {
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "knn-layers", "knn-dims", "knn-bank", "knn-sampling", "knn-isolated":
+		case "knn-layers", "knn-dims", "knn-bank", "knn-sampling", "knn-isolated", "knn-ks":
 			k.recipe = append(k.recipe, "--"+f.Name)
 		}
 	})
@@ -112,10 +116,49 @@ func (k *knnFlags) ensure(ctx context.Context, bundle string, items []dataset.It
 	py := run.Python{Exe: k.python, TrainerDir: td}
 	spec := eval.KnnSpec{Backbone: k.backbone, Layers: strings.Split(k.layers, ","), Dims: k.dims, Bank: k.bank, Sampling: k.sampling, Isolated: k.isolated}
 	train := eval.Select(items, dataset.SplitTrain, classes, true)
+	if k.ks != "" {
+		ks, err := eval.ParseKs(k.ks)
+		if err != nil {
+			return fmt.Errorf("--knn-ks: %w", err)
+		}
+		if spec, err = spec.WithKs(ks); err != nil {
+			return fmt.Errorf("--knn-ks: %w", err)
+		}
+		if unknown := unknownClasses(ks, train); len(unknown) > 0 {
+			return fmt.Errorf("--knn-ks: classes %q have no training normals in the data (the banks are built per class of them)", unknown)
+		}
+	}
 	kb, err := eval.AddKnn(ctx, bundle, spec, py.KnnGraph, train, 0, opt, source)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "nearest-normal banks: %d classes x %d vectors of %d values from %d training normals; %s\n", len(kb.Classes), kb.Size, kb.Dims, len(train), kb.Shared())
+	if spec.KMax > 1 {
+		fmt.Fprintf(stderr, "nearest-normal term: the mean of the k nearest for %v (the others the nearest alone)\n", describeKs(spec.Ks))
+	}
 	return nil
+}
+
+// unknownClasses lists the classes of ks ("" aside) that no item of train has, sorted.
+func unknownClasses(ks map[string]int, train []dataset.Item) []string {
+	var out []string
+	for c := range ks {
+		if c != "" && !slices.ContainsFunc(train, func(it dataset.Item) bool { return it.Class == c }) {
+			out = append(out, c)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// describeKs is "class k" for each class of ks above 1, sorted by class.
+func describeKs(ks map[string]int) []string {
+	var out []string
+	for c, k := range ks {
+		if k > 1 {
+			out = append(out, fmt.Sprintf("%q %d", c, k))
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -381,6 +381,27 @@ func TestCalibrateKnnFactor(t *testing.T) {
 		t.Fatalf("calibrate --reference train keeping the term: exit %d\n%s", code, stderr)
 	}
 	checkKnnSigmaFlag(t, base, bundle)
+	// the mean of the k nearest for a class: the banks built anew with the graph of its count of nearest
+	// distances, and the bundle verifies and scores
+	if code, _, stderr := run(slices.Concat(knn, []string{"--knn-ks", "widget=4"})...); code != 0 || !strings.Contains(stderr, `the mean of the k nearest for ["widget" 4]`) {
+		t.Fatalf("calibrate --knn-ks widget=4: exit %d\n%s", code, stderr)
+	}
+	if b, err := models.Load(bundle); err != nil || b.Manifest.Map.Knn.KMax != 4 || b.Manifest.Map.Knn.KFor("widget") != 4 || b.Manifest.Map.Knn.KFor("") != 1 {
+		t.Fatalf("after --knn-ks widget=4: %v, map.knn %+v", err, b.Manifest.Map.Knn)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{slices.Concat(knn, []string{"--knn-ks", "gizmo=2"}), `--knn-ks: classes ["gizmo"] have no training normals`},
+		{slices.Concat(knn, []string{"--knn-ks", "widget=100"}), "--knn-ks: nearest-normal term: k_max 100"},
+		{slices.Concat(knn, []string{"--knn-ks", "widget"}), "--knn-ks: \"widget\": want CLASS=K"},
+		{slices.Concat(base, []string{"--reference", "train", "--knn-ks", "widget=2"}), "--knn-ks: the bundle's banks are kept unless they are built anew"},
+	} {
+		if code, _, stderr := run(c.args...); code == 0 || !strings.Contains(stderr, c.want) {
+			t.Errorf("calibrate %v: exit %d, want %q\n%s", c.args[len(base):], code, c.want, stderr)
+		}
+	}
 	// built on the bundle's own feature graph (a copy of it), the scorer feeds the term that graph's layers
 	own := filepath.Join(t.TempDir(), "own-features.onnx")
 	if err := fsutil.CopyFile(filepath.Join(bundle, b.Manifest.Graphs[models.RoleFeatures].File), own); err != nil {

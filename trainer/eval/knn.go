@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/vlmdiff/edge/internal/fsutil"
@@ -69,6 +71,57 @@ type KnnSpec struct {
 	// Isolated is the fraction of candidate vectors dropped before sampling as the most isolated from every
 	// other normal image (0: none; see dropIsolated).
 	Isolated float64
+	// KMax is how many nearest distances the knn graph gives each position (models.KnnTerm.KMax; 0 or 1: the
+	// nearest alone, the graph bundles had before the mean of the k nearest).
+	KMax int
+	// Ks is how many of them each class's frames average (models.KnnTerm.Ks), by class ("" the global bank);
+	// a class absent takes 1. It changes neither the graph nor the banks, only map.knn.ks.
+	Ks map[string]int
+}
+
+// WithKs gives spec the counts ks ({class: k}): k_max their largest, and the plain graph (k_max 1, no ks)
+// when every class keeps the nearest alone.
+func (spec KnnSpec) WithKs(ks map[string]int) (KnnSpec, error) {
+	kmax := 1
+	for _, k := range ks {
+		kmax = max(kmax, k)
+	}
+	spec.KMax, spec.Ks = kmax, nil
+	if kmax > 1 {
+		spec.Ks = ks
+	}
+	return spec, spec.CheckKs()
+}
+
+// ParseKs reads counts of nearest vectors per class written CLASS=K[,CLASS=K...] ("=K" the global bank's).
+func ParseKs(s string) (map[string]int, error) {
+	ks := map[string]int{}
+	for _, part := range strings.Split(s, ",") {
+		c, v, ok := strings.Cut(part, "=")
+		k, err := strconv.Atoi(strings.TrimSpace(v))
+		if !ok || err != nil {
+			return nil, fmt.Errorf("%q: want CLASS=K, K a count of nearest vectors", part)
+		}
+		c = strings.TrimSpace(c)
+		if _, dup := ks[c]; dup {
+			return nil, fmt.Errorf("class %q given twice", c)
+		}
+		ks[c] = k
+	}
+	return ks, nil
+}
+
+// CheckKs checks spec.KMax and spec.Ks: each k in 1..KMax (1 without KMax), KMax at most models.MaxKnnK.
+func (spec KnnSpec) CheckKs() error {
+	if spec.KMax < 0 || spec.KMax > models.MaxKnnK {
+		return fmt.Errorf("nearest-normal term: k_max %d: want 1..%d nearest distances", spec.KMax, models.MaxKnnK)
+	}
+	for c, k := range spec.Ks {
+		if k < 1 || k > max(spec.KMax, 1) {
+			return fmt.Errorf("nearest-normal term: class %q averages %d nearest distances: want 1..%d (k_max)", c, k, max(spec.KMax, 1))
+		}
+	}
+	return nil
 }
 
 // draw returns how spec's banks are drawn.
@@ -519,6 +572,9 @@ func WriteKnn(bundleDir, graphPath string, kb *KnnBanks, spec KnnSpec, factor fl
 	if err := CheckKnnFactor(factor); err != nil {
 		return err
 	}
+	if err := spec.CheckKs(); err != nil {
+		return err
+	}
 	if kb == nil {
 		m, err := models.ReadManifest(bundleDir)
 		if err != nil {
@@ -603,6 +659,16 @@ func WriteKnn(bundleDir, graphPath string, kb *KnnBanks, spec KnnSpec, factor fl
 		if kb.LayersGraph != "" {
 			m.Map.Knn.LayersGraph = KnnLayersGraphFile
 		}
+		if spec.KMax > 1 {
+			m.Map.Knn.KMax = spec.KMax
+			m.Map.Knn.Ks = make([]int, len(kb.Classes))
+			for i, c := range kb.Classes {
+				m.Map.Knn.Ks[i] = max(spec.Ks[c], 1)
+			}
+			if kb.Size < spec.KMax {
+				return fmt.Errorf("nearest-normal term: banks of %d vectors for the %d nearest (k_max)", kb.Size, spec.KMax)
+			}
+		}
 		return dropReference()
 	})
 }
@@ -635,8 +701,17 @@ func addKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeK
 	var kb *KnnBanks
 	var graph string
 	if e != nil {
-		if kb, graph, err = e.restore(tmp); err != nil {
+		if kb, graph, err = e.restore(tmp, spec.KMax); err != nil {
 			return nil, fmt.Errorf("nearest-normal term: %w", err)
+		}
+		if graph == "" { // the banks kept, the graph of this count of nearest distances not yet
+			graph = filepath.Join(tmp, KnnGraphFile)
+			if err := makeGraph(ctx, spec, m, "", graph); err != nil {
+				return nil, fmt.Errorf("nearest-normal term: %w", err)
+			}
+			if err := e.keepGraph(graph, spec.KMax); err != nil {
+				return nil, err
+			}
 		}
 	} else {
 		graph = filepath.Join(tmp, KnnGraphFile)
@@ -646,7 +721,7 @@ func addKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeK
 		if kb, err = BuildKnnBanks(ctx, graph, m, normal, spec.draw(), opt, source); err != nil {
 			return nil, err
 		}
-		if e, err = cache.keep(key, kb, graph); err != nil {
+		if e, err = cache.keep(key, kb, graph, spec.KMax); err != nil {
 			return nil, err
 		}
 	}
@@ -656,7 +731,7 @@ func addKnn(ctx context.Context, bundleDir string, spec KnnSpec, makeGraph MakeK
 		kb.NotShared = why
 	} else {
 		features := filepath.Join(bundleDir, m.Graphs[models.RoleFeatures].File)
-		fed, ok, err := e.fed(features)
+		fed, ok, err := e.fed(features, spec.KMax)
 		if err != nil {
 			return nil, fmt.Errorf("nearest-normal term: %w", err)
 		}
@@ -975,4 +1050,54 @@ func subtractScaled(a, b []float32, w float64) []float32 {
 		out[i] -= float32(w) * v
 	}
 	return out
+}
+
+// WeighKnnKs measures the nearest-normal term's map alone, as the mean of each count of nearest bank vectors
+// (the scorer's pipeline.Options.KnnKs; s opened with KnnMap and NoReference), on the validation items, class by
+// class: out[class][j] is the metrics of the term's map at the j-th count, its image score pooled as the
+// bundle pools. The select stage chooses each class's count from it (select.knn_ks). The term alone, not the
+// whole map: the count changes only the term, and the term's own ranking of a class's painted defects is what
+// the count decides (docs/algorithm.md §1.9, "Mean of the k nearest").
+func WeighKnnKs(ctx context.Context, s *pipeline.Scorer, val []dataset.Item, ks []int, opts Options) (map[string][]metrics.Metrics, error) {
+	m := s.Manifest()
+	if m.Map.Knn == nil {
+		return nil, errors.New("nearest-normal term counts: the bundle has no term (map.knn)")
+	}
+	if len(val) == 0 {
+		return nil, errors.New("nearest-normal term counts: no validation images")
+	}
+	res, err := ScoreItems(ctx, s, val, opts)
+	if err != nil {
+		return nil, fmt.Errorf("nearest-normal term counts: %w", err)
+	}
+	for i := range res { // the masks once, not once a count
+		if r := &res[i]; r.Item.Mask != "" {
+			if r.Mask, err = ReadMask(r.Item.Mask, r.Result.MapWidth, r.Result.MapHeight); err != nil {
+				return nil, fmt.Errorf("nearest-normal term counts: %w", err)
+			}
+		}
+	}
+	out := map[string][]metrics.Metrics{}
+	for j, k := range ks {
+		at := make([]ImageResult, len(res))
+		for i, r := range res {
+			if len(r.Result.KnnKMaps) != len(ks) {
+				return nil, fmt.Errorf("nearest-normal term counts: %s has %d maps of the term, want one at each of %v (open the scorer with pipeline.Options.KnnKs)", r.Item.Path, len(r.Result.KnnKMaps), ks)
+			}
+			at[i] = r
+			at[i].Result.Map = r.Result.KnnKMaps[j]
+			at[i].Result.RawScore = pipeline.PooledMax(at[i].Result.Map, r.Result.MapHeight, r.Result.MapWidth, m.Score.PoolKernel, m.Score.PoolRepeat)
+		}
+		rep, err := Metrics(at)
+		if err != nil {
+			return nil, fmt.Errorf("nearest-normal term at the %d nearest: %w", k, err)
+		}
+		for _, c := range rep.Classes {
+			if out[c.Class] == nil {
+				out[c.Class] = make([]metrics.Metrics, len(ks))
+			}
+			out[c.Class][j] = c.Metrics
+		}
+	}
+	return out, nil
 }

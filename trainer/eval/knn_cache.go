@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/pipeline"
@@ -33,17 +34,18 @@ type KnnCache struct {
 	terms map[string]*knnCached
 }
 
-// knnCached is a built term: its banks (LayersGraph and NotShared ""), its knn graph's bytes, and the layers
-// graphs made for feature graphs by their sha256.
+// knnCached is a built term: its banks (LayersGraph and NotShared ""), its knn graphs' bytes by k_max (the
+// banks do not depend on how many nearest distances the graph gives), and the layers graphs made for feature
+// graphs by their sha256 and k_max.
 type knnCached struct {
-	kb    KnnBanks
-	graph []byte
-	feds  map[string]knnFed
+	kb     KnnBanks
+	graphs map[int][]byte
+	feds   map[string]knnFed
 }
 
 // knnFed is the layers graph made for one feature graph: its bytes, or why that feature graph cannot feed it.
 type knnFed struct {
-	features  string // the feature graph's sha256
+	features  string // the feature graph's sha256 and the graph's count of nearest distances
 	graph     []byte
 	notShared string
 }
@@ -67,6 +69,9 @@ func knnCacheKey(m *models.Manifest, spec KnnSpec, normal []dataset.Item, source
 		}
 		items[i] = item{Path: it.Path, Class: it.Class, Size: st.Size(), Modified: st.ModTime().UnixNano()}
 	}
+	// the banks alone: the graph's count of nearest distances (kept per count in the entry) and each class's
+	// count (map.knn.ks only) leave them the same
+	spec.Ks, spec.KMax = nil, 0
 	data, err := json.Marshal(struct {
 		Spec     KnnSpec
 		Backbone string
@@ -95,16 +100,16 @@ func (c *KnnCache) lookup(key string) *knnCached {
 	return c.terms[key]
 }
 
-// keep stores banks just built with their knn graph at graph, and returns the entry (nil without a cache).
-func (c *KnnCache) keep(key string, kb *KnnBanks, graph string) (*knnCached, error) {
+// keep stores banks just built with their knn graph of kmax nearest distances at graph, and returns the entry
+// (nil without a cache).
+func (c *KnnCache) keep(key string, kb *KnnBanks, graph string, kmax int) (*knnCached, error) {
 	if c == nil {
 		return nil, nil
 	}
 	e := &knnCached{kb: *kb}
 	e.kb.LayersGraph, e.kb.NotShared, e.kb.Reused = "", "", false
-	var err error
-	if e.graph, err = os.ReadFile(graph); err != nil {
-		return nil, fmt.Errorf("keeping the knn graph: %w", err)
+	if err := e.keepGraph(graph, kmax); err != nil {
+		return nil, err
 	}
 	if c.terms == nil {
 		c.terms = map[string]*knnCached{}
@@ -113,21 +118,40 @@ func (c *KnnCache) keep(key string, kb *KnnBanks, graph string) (*knnCached, err
 	return e, nil
 }
 
-// restore writes a kept term's knn graph into dir and returns its banks (Reused) and the graph's path.
-func (e *knnCached) restore(dir string) (kb *KnnBanks, graph string, err error) {
+// keepGraph stores the knn graph of kmax nearest distances at path.
+func (e *knnCached) keepGraph(path string, kmax int) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("keeping the knn graph: %w", err)
+	}
+	if e.graphs == nil {
+		e.graphs = map[int][]byte{}
+	}
+	e.graphs[max(kmax, 1)] = b
+	return nil
+}
+
+// restore returns a kept term's banks (Reused) and writes its knn graph of kmax nearest distances into dir,
+// returning the graph's path, or "" when none of that count was kept (the caller makes it: keepGraph).
+func (e *knnCached) restore(dir string, kmax int) (kb *KnnBanks, graph string, err error) {
 	kb = new(KnnBanks)
 	*kb = e.kb
 	kb.Reused = true
+	g, ok := e.graphs[max(kmax, 1)]
+	if !ok {
+		return kb, "", nil
+	}
 	graph = filepath.Join(dir, KnnGraphFile)
-	if err := os.WriteFile(graph, e.graph, 0o644); err != nil {
+	if err := os.WriteFile(graph, g, 0o644); err != nil {
 		return nil, "", err
 	}
 	return kb, graph, nil
 }
 
-// fed returns the layers graph kept for the feature graph at path and whether there is one; without one, a
-// knnFed naming that feature graph for keepFed. A nil entry (no cache) keeps nothing.
-func (e *knnCached) fed(path string) (knnFed, bool, error) {
+// fed returns the layers graph of kmax nearest distances kept for the feature graph at path and whether there
+// is one; without one, a knnFed naming that feature graph and count for keepFed. A nil entry (no cache) keeps
+// nothing.
+func (e *knnCached) fed(path string, kmax int) (knnFed, bool, error) {
 	if e == nil {
 		return knnFed{}, false, nil
 	}
@@ -135,6 +159,7 @@ func (e *knnCached) fed(path string) (knnFed, bool, error) {
 	if err != nil {
 		return knnFed{}, false, fmt.Errorf("feature graph: %w", err)
 	}
+	sum += "/k" + strconv.Itoa(max(kmax, 1))
 	f, ok := e.feds[sum]
 	if !ok {
 		f.features = sum

@@ -3,6 +3,7 @@ package eval
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -18,11 +19,19 @@ import (
 // fixtureKnnGraphs is a MakeKnnGraph that copies the fixture's knn graphs (models/testdata/knn) and counts calls.
 type fixtureKnnGraphs struct{ calls int }
 
-func (g *fixtureKnnGraphs) make(_ context.Context, _ KnnSpec, _ *models.Manifest, features, dst string) error {
+func (g *fixtureKnnGraphs) make(_ context.Context, spec KnnSpec, _ *models.Manifest, features, dst string) error {
 	g.calls++
-	src := "../../models/testdata/knn/knn.onnx"
+	src := "../../models/testdata/knn/knn"
 	if features != "" {
-		src = "../../models/testdata/knn/knn_layers.onnx"
+		src += "_layers"
+	}
+	switch spec.KMax {
+	case 0, 1:
+		src += ".onnx"
+	case 4:
+		src += "_k4.onnx"
+	default:
+		return fmt.Errorf("the fixture has no knn graph of %d nearest distances", spec.KMax)
 	}
 	data, err := os.ReadFile(src)
 	if err != nil {
@@ -111,6 +120,37 @@ func TestKnnCacheWritesWhatABuildWrites(t *testing.T) {
 		if !bytes.Equal(files[f], want) {
 			t.Errorf("%s from the cache differs from the built one", f)
 		}
+	}
+
+	// the graph of the 4 nearest distances with a count per class: the banks from the cache, the two graphs made
+	// once for that count and then kept too
+	k4 := spec
+	k4.KMax, k4.Ks = 4, map[string]int{"widget": 4}
+	kbK := bundle("k4", nil)
+	if kb := add(kbK, k4, train); !kb.Reused || graphs.calls != 4 {
+		t.Fatalf("the same banks with the graph of 4 nearest distances: reused %v, %d graphs made (want 4)", kb.Reused, graphs.calls)
+	}
+	k4.Ks = map[string]int{"gadget": 2}
+	kbK2 := bundle("k4-other", nil)
+	if kb := add(kbK2, k4, train); !kb.Reused || graphs.calls != 4 {
+		t.Fatalf("the same banks and graph with other counts: reused %v, %d graphs made (want 4)", kb.Reused, graphs.calls)
+	}
+	for _, c := range []struct {
+		b    string
+		want []int
+	}{{kbK, []int{1, 1, 4}}, {kbK2, []int{1, 2, 1}}} {
+		term, files := knnFiles(t, c.b)
+		if term.KMax != 4 || !reflect.DeepEqual(term.Ks, c.want) || !bytes.Equal(files[KnnBankFile], wantFiles[KnnBankFile]) || term.LayersGraph == "" {
+			t.Errorf("%s: k_max %d ks %v (want 4, %v for %q), same banks %v, layers graph %q", c.b, term.KMax, term.Ks, c.want, term.Classes,
+				bytes.Equal(files[KnnBankFile], wantFiles[KnnBankFile]), term.LayersGraph)
+		}
+		if err := models.Verify(c.b); err != nil {
+			t.Errorf("%s does not verify: %v", c.b, err)
+		}
+	}
+	// and the nearest alone again: the first graphs, from the cache
+	if kb := add(bundle("k1-again", nil), spec, train); !kb.Reused || graphs.calls != 4 {
+		t.Fatalf("the nearest alone after the 4 nearest: reused %v, %d graphs made (want 4)", kb.Reused, graphs.calls)
 	}
 
 	// each of these is another term: built anew, not taken from the cache

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -240,14 +241,14 @@ func knnFeatures(t *testing.T, m *models.Manifest, g *pipeline.KnnGraph, it data
 	return models.SourceHash(x), vecs
 }
 
-// definedKnnMap is the term's smoothed map by its definition: each position's Euclidean distance to the nearest
-// bank vector not from the frame skip (0: none skipped), in float64, upsampled bilinearly with aligned corners
-// and smoothed with the bundle's Gaussian.
-func definedKnnMap(m *models.Manifest, vecs [][]float32, bank []float32, src []uint64, skip uint64) []float64 {
+// definedKnnMap is the term's smoothed map by its definition: each position's mean Euclidean distance to the k
+// nearest bank vectors not from the frame skip (0: none skipped), in float64, upsampled bilinearly with aligned
+// corners and smoothed with the bundle's Gaussian.
+func definedKnnMap(m *models.Manifest, vecs [][]float32, bank []float32, src []uint64, skip uint64, k int) []float64 {
 	t := m.Map.Knn
 	d := make([]float64, t.Height*t.Width)
 	for p, q := range vecs {
-		best := math.Inf(1)
+		var all []float64
 		for j := range t.Size {
 			if skip != 0 && src[j] == skip {
 				continue
@@ -257,9 +258,12 @@ func definedKnnMap(m *models.Manifest, vecs [][]float32, bank []float32, src []u
 				e := float64(v) - float64(bank[j*t.Dims+c])
 				s += e * e
 			}
-			best = math.Min(best, s)
+			all = append(all, math.Sqrt(s))
 		}
-		d[p] = math.Sqrt(best)
+		slices.Sort(all)
+		for _, v := range all[:k] {
+			d[p] += v / float64(k)
+		}
 	}
 	H, W := m.Input.Height, m.Input.Width
 	up := make([]float64, H*W)
@@ -354,7 +358,7 @@ func TestKnnTermMatchesDefinition(t *testing.T) {
 		if k == 1 { // a training normal, scored against the bank without its own vectors
 			skip = h
 		}
-		want := definedKnnMap(s.Manifest(), vecs, bank, src, skip)
+		want := definedKnnMap(s.Manifest(), vecs, bank, src, skip, 1)
 		if worst, scale := maxDiff(r.Result.KnnMap, want); !(scale > 0) || worst > 1e-4*scale {
 			t.Errorf("%s: the term's map differs from its definition by %g (scale %g)", r.Item.Path, worst, scale)
 		}
@@ -386,6 +390,85 @@ func TestKnnTermMatchesDefinition(t *testing.T) {
 		t.Errorf("a training normal's term sums to %g against its own vectors, %g without them: want less", with, without)
 	}
 	definedWeight(t, b, opt, train, w)
+}
+
+// TestKnnKNearestMatchesDefinition: with the graph of the 4 nearest distances (models/testdata/knn/knn_k4.onnx)
+// and a k per class (KnnSpec.KMax, Ks), the term's map is each class's mean of its k nearest by definition, for a
+// new frame and, left one out, for a training normal (whose own vectors must be out of all k, not only the
+// nearest); and with pipeline.Options.KnnKs each frame also carries the map at every k.
+func TestKnnKNearestMatchesDefinition(t *testing.T) {
+	dir := t.TempDir()
+	train := pixelTrain(t, dir)
+	_, test := smallSet(t, dir, 0, 1)
+	b, kb := knnBundle(t, dir, train, 48)
+	const k4 = "../../models/testdata/knn/knn_k4.onnx"
+	m, err := models.ReadManifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the graph of the 4 nearest builds the same banks (its features output is the same)
+	cpu := pipeline.Options{Providers: []string{"cpu"}, Threads: 2}
+	kb4, err := BuildKnnBanks(context.Background(), k4, m, train, KnnDraw{Size: 48}, cpu, "train")
+	if err != nil {
+		t.Fatalf("banks from the graph of the 4 nearest: %v", err)
+	}
+	if !reflect.DeepEqual(kb4.Rows, kb.Rows) || !reflect.DeepEqual(kb4.Sources, kb.Sources) {
+		t.Fatal("the graph of the 4 nearest built other banks than the graph of the nearest")
+	}
+	spec := KnnSpec{Backbone: knnFixture, Layers: []string{"layer1", "layer2"}, KMax: 4, Ks: map[string]int{"widget": 3, "gadget": 2}}
+	if err := WriteKnn(b, k4, kb, spec, 0); err != nil {
+		t.Fatal(err)
+	}
+	if m, err = models.ReadManifest(b); err != nil {
+		t.Fatal(err)
+	}
+	if kt := m.Map.Knn; kt.KMax != 4 || !slices.Equal(kt.Ks, []int{1, 2, 3}) {
+		t.Fatalf("map.knn k_max %d ks %v, want 4 and [1 2 3] for classes %q", kt.KMax, kt.Ks, kt.Classes)
+	}
+	g, err := pipeline.OpenKnnGraph(knnFixture, m.Input.Height, m.Input.Width, cpu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	opt := cpu
+	opt.NoReference, opt.KnnMap, opt.KnnLeaveOneOut, opt.KnnKs = true, true, true, []int{1, 2, 4}
+	s, err := pipeline.Open(b, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	items := []dataset.Item{test[1], train[0]}
+	for _, it := range train {
+		if it.Class == "widget" {
+			items = append(items, it)
+			break
+		}
+	}
+	res, err := ScoreItems(context.Background(), s, items, Options{BatchSize: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		h, vecs := knnFeatures(t, m, g, r.Item)
+		bank, src := s.Bundle().KnnBankFor(r.Item.Class)
+		skip := uint64(0)
+		if i > 0 { // training normals, scored against the banks without their own vectors
+			skip = h
+		}
+		check := func(what string, got []float32, k int) {
+			want := definedKnnMap(m, vecs, bank, src, skip, k)
+			if worst, scale := maxDiff(got, want); !(scale > 0) || worst > 1e-4*scale {
+				t.Errorf("%s (%s), %s: differs from the mean of the %d nearest by %g (scale %g)", r.Item.Path, r.Item.Class, what, k, worst, scale)
+			}
+		}
+		check("the term's map", r.Result.KnnMap, m.Map.Knn.KFor(r.Item.Class))
+		if len(r.Result.KnnKMaps) != 3 {
+			t.Fatalf("%d maps for KnnKs [1 2 4]", len(r.Result.KnnKMaps))
+		}
+		for j, k := range opt.KnnKs {
+			check(fmt.Sprintf("the map at k %d", k), r.Result.KnnKMaps[j], k)
+		}
+	}
 }
 
 // checkBankVectors: every bank vector is a vector of a training normal of its bank's class (the global bank: of

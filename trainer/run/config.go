@@ -183,6 +183,17 @@ type SelectConfig struct {
 	// these sigmas must still lead factor 0 by MinGain (a sigma costs nothing when scoring, so the best row
 	// wins, as with select.pixel_sigmas). Empty (default): the term's own alone.
 	KnnSigmas []float64 `yaml:"knn_sigmas" json:",omitempty"`
+	// KnnKs, when set with KnnFactors, are the counts of nearest bank vectors whose mean distance the
+	// nearest-normal term may take per class (models.KnnTerm.Ks), e.g. [1, 2, 4, 8]. Once the factor is chosen,
+	// and only when it is above 0, the term's map alone is scored on the painted set at every count from one pass
+	// (the knn graph gives the largest count of nearest distances), and each class takes the count whose
+	// metrics lead the nearest alone (k = 1) by MinGain on its own painted images; the calibrate stage builds the
+	// term with those counts. Why per class: a coreset keeps the rarest normal patches, and a mean of a few
+	// nearest makes one isolated bank vector vouch for a defect only in part; that helps on some materials (a
+	// moving part, a fractal texture) and hurts on others (a woven texture), and the test splits agreed with the
+	// painted sets class by class (docs/algorithm.md §1.9, "Mean of the k nearest"). Empty (default): the
+	// nearest alone for every class.
+	KnnKs []int `yaml:"knn_ks" json:",omitempty"`
 	// Smoothing, when set, are multiples of the export's map sigma (docs/algorithm.md §1.9: 5 px at 256 px,
 	// scaled with the input size) the stage weighs last, on everything chosen before, e.g. [0.5, 0.75, 1]: each
 	// takes one scoring pass of the reference normals (its reference and terms' weights) and of the painted set.
@@ -530,6 +541,19 @@ func (c *Config) validateKnn(bad func(field, format string, args ...any)) {
 			bad("select.knn_factors", "%v: want increasing factors in 0..%d", kf, eval.MaxKnnFactor)
 			break
 		}
+	}
+	kk := c.Select.KnnKs
+	for i, k := range kk {
+		if k < 1 || k > models.MaxKnnK || (i > 0 && k <= kk[i-1]) {
+			bad("select.knn_ks", "%v: want increasing counts of nearest vectors in 1..%d", kk, models.MaxKnnK)
+			break
+		}
+	}
+	if len(kk) > 0 && len(c.Select.KnnFactors) == 0 {
+		bad("select.knn_ks", "is chosen once the nearest-normal term's factor is: it needs select.knn_factors")
+	}
+	if k := c.Calibrate.Knn; len(kk) > 0 && k != nil && k.Bank > 0 && k.Bank < slices.Max(kk) {
+		bad("select.knn_ks", "%v: a count above calibrate.knn.bank (%d vectors a class)", kk, k.Bank)
 	}
 	ki := c.Select.KnnIsolated
 	for i, f := range ki {

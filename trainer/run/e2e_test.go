@@ -127,7 +127,7 @@ func backbone(t *testing.T) string {
 // floating-point differences alone. 80 and 120 steps (the denoiser stage is seconds; the select stage dominates
 // the test's time) gave 0.903 and 0.941 there, a margin that numerics do not eat.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  pixel_sigmas: [0]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  knn_sigmas: [0.5]\n  start_steps: [999, 301]\n  smoothing: [0.5, 1]\n  pool_repeats: [0, 2]\n", 2)
+	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  pixel_sigmas: [0]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  knn_sigmas: [0.5]\n  knn_ks: [1, 4]\n  start_steps: [999, 301]\n  smoothing: [0.5, 1]\n  pool_repeats: [0, 2]\n", 2)
 }
 
 // checkNoCheaperStart: in a start-step table (rows[0] the header, "start-<step>" rows, the score column before
@@ -365,6 +365,50 @@ func checkKnnSelection(t *testing.T, runDir string, m *models.Manifest) {
 			t.Errorf("the term smoothed at %g chosen, but the bundle smooths it at %v (reference %v)", *sigma, k.Sigma, r.KnnSigma)
 		}
 	}
+	checkKnnKs(t, runDir, m, a)
+}
+
+// checkKnnKs: with select.knn_ks and a term chosen, the stage wrote each class's count of nearest vectors and
+// its table (a row per class and count, the chosen one marked), and the bundle's term averages those counts
+// with a graph of the largest (the plain graph when every class keeps 1); without a term, no counts.
+func checkKnnKs(t *testing.T, runDir string, m *models.Manifest, factor float64) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(runDir, "select", run.KnnKsChoiceFile))
+	if factor == 0 {
+		if err == nil {
+			t.Errorf("no nearest-normal term chosen, but the select stage chose its counts: %s", b)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("select.knn_ks with a term chosen: %v", err)
+	}
+	var ks map[string]int
+	if err := json.Unmarshal(b, &ks); err != nil {
+		t.Fatal(err)
+	}
+	rows := readCSV(t, filepath.Join(runDir, "select", run.KnnKsFile))
+	kmax := 1
+	for _, r := range rows[1:] {
+		k, _ := strconv.Atoi(r[1])
+		if (r[len(r)-1] == "true") != (ks[r[0]] == k) {
+			t.Errorf("counts table row %v: the chosen column disagrees with the choice %v", r, ks)
+		}
+		kmax = max(kmax, ks[r[0]])
+	}
+	if len(rows) != 1+2*(len(ks)-1) { // two counts (1, 4) for every class but the global bank
+		t.Errorf("counts table %v for the choice %v: want two rows a class", rows, ks)
+	}
+	kt := m.Map.Knn
+	if kt.KMaxOrOne() != kmax {
+		t.Errorf("map.knn.k_max %d, want the largest count chosen, %d", kt.KMax, kmax)
+	}
+	for c, k := range ks {
+		if kt.KFor(c) != k {
+			t.Errorf("class %q: the bundle averages %d nearest, the select stage chose %d", c, kt.KFor(c), k)
+		}
+	}
+	t.Logf("nearest-normal term counts: %v", ks)
 }
 
 // TestTrainTinyTaefEndToEnd runs the same pipeline and checks on the pretrained-autoencoder structure (tiny-taef:

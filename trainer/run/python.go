@@ -301,6 +301,9 @@ func (p Python) KnnGraph(ctx context.Context, spec eval.KnnSpec, m *models.Manif
 	if len(spec.Mean) == 3 && len(spec.Std) == 3 {
 		args = append(args, "--mean", floats(spec.Mean), "--std", floats(spec.Std))
 	}
+	if spec.KMax > 1 {
+		args = append(args, "--k-max", strconv.Itoa(spec.KMax))
+	}
 	if features != "" {
 		args = append(args, "--from-layers", features)
 		if len(m.Features.Mean) == 3 && len(m.Features.Std) == 3 {

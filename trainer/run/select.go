@@ -762,6 +762,20 @@ func (t *Training) selectKnnAndSmoothing(ctx context.Context, sc *StageContext, 
 				return err
 			}
 		}
+		if len(c.Select.KnnKs) > 0 && ch.Factor > 0 {
+			// after the factor, on the term alone: the count changes the term's map, not the rest of the map
+			ks, table, err := t.selectKnnKs(ctx, sc, items, chosen, valData, dir, *recipe)
+			if err != nil {
+				return err
+			}
+			if outs["knn_ks"], err = writeKnnKs(dir, ks); err != nil {
+				return err
+			}
+			outs["knn_ks_table"] = table
+			if slices.ContainsFunc(slices.Collect(maps.Values(ks)), func(k int) bool { return k > 1 }) {
+				recipe.KnnKs = ks
+			}
+		}
 	}
 	if p, err := t.saveReference(sc, dir, *recipe); err != nil {
 		return err

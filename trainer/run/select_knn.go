@@ -91,7 +91,7 @@ func (t *Training) selectKnn(ctx context.Context, sc *StageContext, items []data
 	if c.Calibrate.Knn == nil {
 		return knnChoice{}, fmt.Errorf("the nearest-normal term needs calibrate.knn (backbone_onnx, layers)")
 	}
-	spec := c.Calibrate.Knn.Spec()
+	spec := c.selectKnnSpec()
 	fracs := c.Select.KnnIsolated
 	if len(fracs) == 0 {
 		fracs = []float64{spec.Isolated}

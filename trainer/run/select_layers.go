@@ -236,7 +236,7 @@ func (t *Training) weighLayers(ctx context.Context, sc *StageContext, items []da
 		opt.NoisePrefixes = counts
 	}
 	if len(c.Select.KnnFactors) > 0 && c.Calibrate.Knn != nil && len(train) > 0 {
-		spec := c.Calibrate.Knn.Spec()
+		spec := c.selectKnnSpec()
 		if len(c.Select.KnnIsolated) > 0 {
 			spec.Isolated = c.Select.KnnIsolated[0]
 		}

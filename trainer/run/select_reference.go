@@ -41,6 +41,9 @@ type referenceRecipe struct {
 	// KnnBanks is the sha256 of the term's bank and sources files (empty without the term): the calibrate
 	// stage builds its own banks and takes the reference only when they are the same.
 	KnnBanks string `json:"knn_banks,omitempty"`
+	// KnnKs is the count of nearest vectors each of the term's classes averages (models.KnnTerm.Ks, aligned with
+	// its classes), empty when every class takes the nearest alone: the graph's k_max alone changes no map.
+	KnnKs []int `json:"knn_ks,omitempty"`
 	// Normals is the sha256 of the reference normals' paths and classes, in order.
 	Normals string `json:"normals"`
 }
@@ -73,6 +76,9 @@ func recipeOf(m *models.Manifest, t eval.Terms, normals []dataset.Item) referenc
 	}
 	if t.Knn > 0 {
 		r.KnnBanks = knnBanksDigest(m)
+		if k := m.Map.Knn; k != nil && slices.ContainsFunc(k.Ks, func(v int) bool { return v > 1 }) {
+			r.KnnKs = k.Ks
+		}
 		r.KnnSigma = (&models.KnnTerm{Sigma: t.KnnSigma}).SmoothingSigma(m.Map.Sigma)
 	}
 	return r
@@ -100,6 +106,8 @@ func (r referenceRecipe) mismatch(b referenceRecipe) string {
 		return fmt.Sprintf("measured with the nearest-normal term smoothed at sigma %g, calibrating %g", r.KnnSigma, b.KnnSigma)
 	case r.KnnBanks != b.KnnBanks:
 		return "measured with other nearest-normal banks"
+	case !slices.Equal(r.KnnKs, b.KnnKs):
+		return fmt.Sprintf("measured with the nearest-normal term's counts of nearest vectors %v, the bundle has %v", r.KnnKs, b.KnnKs)
 	case r.Normals != b.Normals:
 		return "measured on other reference normals"
 	}
@@ -131,6 +139,9 @@ func (t *Training) saveReference(sc *StageContext, dir string, r mapRecipe) (str
 	switch {
 	case r.Knn > 0 && w.w.knnIsolated < 0:
 		fmt.Fprintf(sc.Progress, "%sthe layer weighing scored no nearest-normal term (calibrate.knn_factor %g without select.knn_factors)\n", left, r.Knn)
+		return "", nil
+	case r.Knn > 0 && r.KnnKs != nil:
+		fmt.Fprintf(sc.Progress, "%sthe nearest-normal term averages more than the nearest for some classes (select.knn_ks), the layer weighing's maps the nearest alone\n", left)
 		return "", nil
 	case r.Knn > 0 && r.KnnIsolated >= 0 && r.KnnIsolated != w.w.knnIsolated:
 		fmt.Fprintf(sc.Progress, "%sthe nearest-normal term was chosen with isolated fraction %g, the layer weighing's banks had %g\n", left, r.KnnIsolated, w.w.knnIsolated)

@@ -57,6 +57,7 @@ type mapRecipe struct {
 	Knn         float64
 	KnnSigma    *float64 // the nearest-normal term's smoothing (nil: the map's)
 	KnnIsolated float64
+	KnnKs       map[string]int // each class's count of nearest vectors (select.knn_ks; nil: the nearest alone)
 	Start       int
 	Sigma       float64
 	from        *weighedRecipe // the layer weighing that chose Layers and Pixel at Ensemble, when it kept the term's maps

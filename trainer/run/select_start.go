@@ -78,10 +78,11 @@ func (t *Training) recipeBundle(ctx context.Context, sc *StageContext, items []d
 		return "", err
 	}
 	if r.Knn > 0 {
-		spec := t.Config.Calibrate.Knn.Spec()
+		spec := t.Config.selectKnnSpec()
 		if r.KnnIsolated >= 0 {
 			spec.Isolated = r.KnnIsolated
 		}
+		spec.Ks = r.KnnKs
 		if err := t.buildKnn(ctx, sc, items, bundle, spec, prefix); err != nil {
 			return "", err
 		}

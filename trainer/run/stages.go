@@ -809,6 +809,15 @@ func (t *Training) ensureKnn(ctx context.Context, sc *StageContext, items []data
 	if f >= 0 {
 		spec.Isolated = f
 	}
+	ks, err := selectedKnnKs(sc)
+	if err != nil {
+		return err
+	}
+	if ks != nil {
+		if spec, err = spec.WithKs(ks); err != nil {
+			return fmt.Errorf("the select stage's counts of nearest vectors: %w", err)
+		}
+	}
 	return t.buildKnn(ctx, sc, items, bundle, spec, prefix)
 }
 

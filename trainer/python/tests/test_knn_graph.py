@@ -76,6 +76,34 @@ def test_features_and_distances_match_the_definition(layers, dims, input_name, c
     assert torch.allclose(OnnxModule(model, ["features"])(x)["features"], want, atol=1e-5)
 
 
+@pytest.mark.parametrize("k_max,chunk", [(4, 0), (3, 48), (40, 100)])
+def test_k_nearest_distances_ascending(k_max, chunk):
+    """With k_max the distance output holds each position's k_max nearest distances, nearest first; the first is
+    the k_max = 1 graph's distance."""
+    bb = _backbone()
+    kw = dict(height=32, width=32, in_mean=[0.5] * 3, in_std=[0.25] * 3, chunk_positions=chunk)
+    model, facts = build_knn_graph(bb, ["a", "b"], k_max=k_max, **kw)
+    one, facts1 = build_knn_graph(bb, ["a", "b"], **kw)
+    assert facts["k_max"] == k_max and "k_max" not in facts1
+    assert [n for n in one.graph.node if n.op_type == "TopK"] == []
+    x = torch.from_numpy(RNG.standard_normal((2, 3, 32, 32)).astype(np.float32))
+    bank = torch.from_numpy(RNG.standard_normal((2, 40, facts["dims"])).astype(np.float32))
+    out = OnnxModule(model, ["features", "distance"])(x, bank=bank)
+    h, w = facts["height"], facts["width"]
+    assert list(out["distance"].shape) == [2, k_max, h, w]
+    q = out["features"].flatten(2).transpose(1, 2).double()
+    want = torch.cdist(q, bank.double()).sort(-1).values[..., :k_max].transpose(1, 2).reshape(2, k_max, h, w)
+    assert torch.allclose(out["distance"].double(), want, atol=1e-4)
+    first = OnnxModule(one, ["distance"])(x, bank=bank)["distance"]
+    assert torch.allclose(out["distance"][:, :1], first, atol=1e-5)
+
+
+def test_k_max_out_of_range():
+    for k in (0, 65):
+        with pytest.raises(RuntimeError, match="k_max"):
+            build_knn_graph(_backbone(), ["a"], height=32, width=32, in_mean=[0.5] * 3, in_std=[0.25] * 3, k_max=k)
+
+
 def test_channel_pool_matrix_is_adaptive_avg_pool():
     for c, d in [(10, 7), (56, 56), (384, 128), (5, 1)]:
         eye = torch.eye(c).unsqueeze(0)                                       # [1, c, c]: rows are unit vectors

@@ -9,9 +9,11 @@ The bundle file `knn.onnx` is cut from a feature backbone and given two inputs a
   PatchCore's neighbourhood and torch's avg_pool2d), the later ones resized bilinearly (half-pixel, torch's
   align_corners=False) to the first one's h x w, concatenated over channels, and averaged over channel groups
   down to D values (torch's adaptive_avg_pool1d over channels, as a 1 x 1 convolution) when dims asks for fewer;
-* `distance` [B, 1, h, w]: at each position the Euclidean distance to the nearest of the frame's N bank vectors,
-  as sqrt(max(0, |q|^2 + min_n(|b_n|^2 - 2 q.b_n))): one matrix product [h*w, D+1] x [D+1, N] per frame
-  (|b_n|^2 as a last row of the bank against a column of ones), a chunk of positions at a time.
+* `distance` [B, K, h, w]: at each position the Euclidean distances to the K nearest of the frame's N bank vectors
+  (K = k_max, 1 by default), nearest first, as sqrt(max(0, |q|^2 + min_n(|b_n|^2 - 2 q.b_n))): one matrix product
+  [h*w, D+1] x [D+1, N] per frame (|b_n|^2 as a last row of the bank against a column of ones), a chunk of
+  positions at a time, then ReduceMin (K = 1) or TopK. The scorer averages the first k of them, k per class
+  (map.knn.ks, docs/algorithm.md §1.9, "Mean of the k nearest").
 
 With --from-layers FEATURES_ONNX (the bundle's feature graph) it writes the same graph without its backbone,
 taking the layers as inputs (`layers_graph` in the bundle), once it has checked that the feature graph gives the
@@ -23,7 +25,7 @@ The Go trainer builds the banks from the `features` output (a bank of one zero v
 ignored). Run as a module it writes the graph:
 
     python3 -m vlmdiff_train.knn_graph --backbone mobilenetv2_fp32_features.onnx --layers block2,block5 \
-        --height 256 --width 256 --out knn.onnx [--dims 0] [--in-mean 0.5,0.5,0.5 --in-std 0.5,0.5,0.5] \
+        --height 256 --width 256 --out knn.onnx [--dims 0] [--k-max 1] [--in-mean 0.5,0.5,0.5 --in-std 0.5,0.5,0.5] \
         [--from-layers features.onnx [--features-mean M --features-std S]]
 """
 
@@ -50,6 +52,9 @@ INPUT_IMAGE, INPUT_BANK = "image", "bank"
 # vectors). Measured on 2 cores (docs/algorithm.md §1.9, "The graph's cost"): 512 and 256 tie, one chunk of 4096
 # positions and chunks of 32 are slower.
 KNN_CHUNK_POSITIONS = 512
+
+# the most nearest distances a position may get (models.MaxKnnK)
+MAX_K = 64
 
 # main's exit status when --from-layers finds that the feature graph does not give the backbone's layers
 NOT_SHARED = 3
@@ -100,8 +105,12 @@ def _layer_shapes(model: onnx.ModelProto, layers: Sequence[str], height: int, wi
 def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height: int, width: int,
                     in_mean: Sequence[float], in_std: Sequence[float], mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD, dims: int = 0,
-                    chunk_positions: int = 0, from_layers: bool = False) -> Tuple[onnx.ModelProto, dict]:
-    """The knn graph (module doc) and its facts: {"layers", "dims", "height", "width", "channels"}.
+                    chunk_positions: int = 0, from_layers: bool = False,
+                    k_max: int = 1) -> Tuple[onnx.ModelProto, dict]:
+    """The knn graph (module doc) and its facts: {"layers", "dims", "height", "width", "channels", "k_max"}.
+
+    k_max is how many nearest distances each position gets (nearest first); 1 writes the graph that bundles before
+    the mean of the k nearest had, node for node.
 
     With from_layers the graph takes the backbone's layers themselves as inputs (one [B, C, h, w] input per layer,
     named as the layer) instead of the image, and holds no backbone: the scorer feeds it the frames' layers from
@@ -116,6 +125,9 @@ def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height:
             raise RuntimeError(f"knn graph: {what} {list(v)}: want 3 finite values")
     if any(float(s) <= 0 for s in list(in_std) + list(std)):
         raise RuntimeError("knn graph: a standard deviation is not above 0")
+    if not 1 <= int(k_max) <= MAX_K:
+        raise RuntimeError(f"knn graph: k_max {k_max}: want 1..{MAX_K}")
+    k_max = int(k_max)
     chunk_positions = int(chunk_positions) or KNN_CHUNK_POSITIONS
     if chunk_positions < 1:
         raise RuntimeError(f"knn graph: chunk_positions {chunk_positions}: want 1 or more (0: the default)")
@@ -209,18 +221,28 @@ def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height:
     mins = []
     for c in range(len(sizes)):
         q = f"knn_qc{c}" if len(sizes) > 1 else "knn_qa"
-        post += [helper.make_node("MatMul", [q, "knn_ba"], [f"knn_dot{c}"]),                       # [B, P/c, N]
-                 helper.make_node("ReduceMin", [f"knn_dot{c}"], [f"knn_min{c}"], axes=[2], keepdims=1)]
+        post.append(helper.make_node("MatMul", [q, "knn_ba"], [f"knn_dot{c}"]))                   # [B, P/c, N]
+        if k_max == 1:
+            post.append(helper.make_node("ReduceMin", [f"knn_dot{c}"], [f"knn_min{c}"], axes=[2], keepdims=1))
+        else:  # the k_max smallest, ascending: TopK's values output (its indices are not read)
+            post.append(helper.make_node("TopK", [f"knn_dot{c}", const("knn_k", np.array([k_max], np.int64))]
+                                         if c == 0 else [f"knn_dot{c}", "knn_k"],
+                                         [f"knn_min{c}", f"knn_idx{c}"], axis=2, largest=0, sorted=1))
         mins.append(f"knn_min{c}")
     post += [
         helper.make_node("Concat", mins, ["knn_min"], axis=1) if len(sizes) > 1
-        else helper.make_node("Identity", mins, ["knn_min"]),                                       # [B, P, 1]
+        else helper.make_node("Identity", mins, ["knn_min"]),                                       # [B, P, K]
         helper.make_node("Add", ["knn_min", "knn_qn"], ["knn_d2"]),
         helper.make_node("Relu", ["knn_d2"], ["knn_d2pos"]),
         helper.make_node("Sqrt", ["knn_d2pos"], ["knn_dist"]),
-        helper.make_node("Reshape", ["knn_dist", const("knn_map", np.array([-1, 1, h0, w0], np.int64))],
-                         [OUTPUT_DISTANCE]),
     ]
+    if k_max == 1:
+        post.append(helper.make_node("Reshape", ["knn_dist", const("knn_map", np.array([-1, 1, h0, w0], np.int64))],
+                                     [OUTPUT_DISTANCE]))
+    else:  # [B, P, K] -> [B, K, h, w]
+        post += [helper.make_node("Transpose", ["knn_dist"], ["knn_dist_t"], perm=[0, 2, 1]),
+                 helper.make_node("Reshape", ["knn_dist_t", const("knn_map", np.array([-1, k_max, h0, w0], np.int64))],
+                                  [OUTPUT_DISTANCE])]
     f32 = TensorProto.FLOAT
     graph = helper.make_graph(
         pre + list(nodes) + post, "vlmdiff_knn",
@@ -228,7 +250,7 @@ def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height:
          if from_layers else [helper.make_tensor_value_info(INPUT_IMAGE, f32, ["batch", 3, height, width])])
         + [helper.make_tensor_value_info(INPUT_BANK, f32, ["batch", "bank", d])],
         [helper.make_tensor_value_info(OUTPUT_FEATURES, f32, ["batch", d, h0, w0]),
-         helper.make_tensor_value_info(OUTPUT_DISTANCE, f32, ["batch", 1, h0, w0])],
+         helper.make_tensor_value_info(OUTPUT_DISTANCE, f32, ["batch", k_max, h0, w0])],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="vlmdiff_train.knn_graph")
@@ -237,6 +259,8 @@ def build_knn_graph(backbone: onnx.ModelProto, layers: Sequence[str], *, height:
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
     onnx.checker.check_model(model)
     facts = {"layers": list(layers), "dims": d, "height": h0, "width": w0, "channels": c_total}
+    if k_max > 1:
+        facts["k_max"] = k_max
     return model, facts
 
 
@@ -297,6 +321,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--height", type=int, required=True)
     p.add_argument("--width", type=int, required=True)
     p.add_argument("--dims", type=int, default=0, help="values per vector (0: every channel)")
+    p.add_argument("--k-max", type=int, default=1,
+                   help="nearest distances per position, nearest first (1: the nearest alone)")
     p.add_argument("--in-mean", help="the bundle's input mean (3 comma-separated values)")
     p.add_argument("--in-std", help="the bundle's input std")
     p.add_argument("--mean", help="the backbone's input mean (default ImageNet's)")
@@ -322,7 +348,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if why is not None:
                 print(f"knn graph: not shared: {why}", file=sys.stderr)
                 return NOT_SHARED
-        model, facts = build_knn_graph(backbone, layers, dims=a.dims, from_layers=bool(a.from_layers), **norm)
+        model, facts = build_knn_graph(backbone, layers, dims=a.dims, from_layers=bool(a.from_layers),
+                                       k_max=a.k_max, **norm)
         onnx.save(model, a.out)
     except Exception as e:  # one line for the Go caller
         print(f"knn graph: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -241,6 +241,17 @@ def _split(a, at, opset):
     return list(torch.split(x, list(split), dim=ax))
 
 
+def _topk(a, at, opset):
+    """TopK (opset 10+: K as an input): values and int64 indices along axis, largest or smallest first."""
+    x = a[0]
+    ax = _axis(int(at.get("axis", -1)), x.dim(), "TopK")
+    k = int(_ints(a[1])[0])
+    if not 0 <= k <= x.shape[ax]:
+        raise RuntimeError(f"onnx_torch: TopK k {k} for an axis of {x.shape[ax]}")
+    v, i = torch.topk(x, k, dim=ax, largest=bool(at.get("largest", 1)), sorted=True)
+    return [v, i.to(torch.int64)]
+
+
 def _range(a, at, opset):
     start, limit, delta = (t.reshape(()).item() for t in a[:3])
     return torch.arange(start, limit, delta, dtype=a[0].dtype)
@@ -371,7 +382,7 @@ OPS: Dict[str, Callable[[list, dict, int], object]] = {
     "ReduceMean": _reduce("ReduceMean"), "ReduceSum": _reduce("ReduceSum"), "ReduceMax": _reduce("ReduceMax"),
     "ReduceMin": _reduce("ReduceMin"),
     "Reshape": _reshape, "Gather": _gather, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Slice": _slice,
-    "Expand": _expand, "ConstantOfShape": _constant_of_shape, "Split": _split, "Range": _range,
+    "Expand": _expand, "ConstantOfShape": _constant_of_shape, "Split": _split, "Range": _range, "TopK": _topk,
     "Resize": _resize,
 }
 

@@ -105,16 +105,22 @@ class KnnTerm:
             raise RuntimeError(f"knn bank {t['bank']}: {raw.size} floats, want {len(classes)}x{n}x{d}")
         arr = raw.reshape(len(classes), n, d)
         self.banks = {c: torch.from_numpy(arr[i].astype(np.float64)) for i, c in enumerate(classes)}
+        # map.knn.ks: how many nearest vectors each class's distance averages (absent: the nearest alone)
+        ks = t.get("ks") or [1] * len(classes)
+        if len(ks) != len(classes):
+            raise RuntimeError(f"map.knn.ks has {len(ks)} values for {len(classes)} classes")
+        self.ks = {c: int(k) for c, k in zip(classes, ks)}
 
     @torch.no_grad()
     def distance(self, x: torch.Tensor, cls: Optional[str], height: int, width: int) -> np.ndarray:
-        """[H,W]: each position's Euclidean distance to the nearest vector of cls's bank (the global one when it has
-        none), in float64, upsampled bilinearly with aligned corners to the map's size. Go twin:
-        pipeline.knnDistances and the map plan's knn layer."""
+        """[H,W]: each position's mean Euclidean distance to the k nearest vectors of cls's bank (the global one
+        when it has none; k its map.knn.ks, 1 without), in float64, upsampled bilinearly with aligned corners to
+        the map's size. Go twin: pipeline.knnDistances and the map plan's knn layer."""
         f = self.features(x)["features"][0].double()                            # [D, h, w]
         q = f.flatten(1).T                                                      # [h*w, D]
-        bank = self.banks.get(cls or "", self.banks[""])
-        d = torch.cdist(q, bank).min(1).values.reshape(1, 1, *f.shape[1:])
+        c = cls if cls and cls in self.banks else ""
+        k = self.ks[c]
+        d = torch.cdist(q, self.banks[c]).topk(k, dim=1, largest=False).values.mean(1).reshape(1, 1, *f.shape[1:])
         return F.interpolate(d, size=(height, width), mode="bilinear", align_corners=True)[0, 0].numpy()
 
 
