@@ -490,9 +490,10 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 		t.Fatal(err)
 	}
 	runDir := filepath.Join(work, "run")
-	train := func() string {
+	train := func(extra ...string) string {
 		var out, errb bytes.Buffer
-		code := cli.Main(context.Background(), []string{"train", "--config", cfgPath, "--run-dir", runDir, "--threads", "2", "--providers", "cpu", "--python", python}, &out, &errb)
+		args := append([]string{"train", "--config", cfgPath, "--run-dir", runDir, "--threads", "2", "--providers", "cpu", "--python", python}, extra...)
+		code := cli.Main(context.Background(), args, &out, &errb)
 		t.Logf("vlmdiff train output:\n%s\nstderr:\n%s", out.String(), errb.String())
 		if code != 0 {
 			for _, s := range []string{"finetune-ae", "build", "train", "export"} {
@@ -684,6 +685,46 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 	html, _ := os.ReadFile(filepath.Join(runDir, "eval", eval.HTMLFile))
 	if _, err := os.Stat(filepath.Join(runDir, "eval", eval.BaselineFile)); err != nil || !bytes.Contains(html, []byte("bundle vs baseline: I-AUROC")) {
 		t.Errorf("the evaluate stage did not compare with the baseline: %v", err)
+	}
+	checkRecalibratedKnn(t, runDir, bundle, m, train)
+}
+
+// checkRecalibratedKnn: a rerun from the calibrate stage builds the nearest-normal term from the run's choices
+// anew instead of keeping the one the earlier calibration wrote: with the select stage's counts rewritten to 1
+// for every class (select/knn_ks.json), the bundle gets the plain graph. Only for a run that chose counts.
+func checkRecalibratedKnn(t *testing.T, runDir, bundle string, m *models.Manifest, train func(...string) string) {
+	t.Helper()
+	p := filepath.Join(runDir, "select", run.KnnKsChoiceFile)
+	b, err := os.ReadFile(p)
+	if err != nil || m.Map.Knn == nil {
+		return
+	}
+	var ks map[string]int
+	if err := json.Unmarshal(b, &ks); err != nil {
+		t.Fatal(err)
+	}
+	for c := range ks {
+		ks[c] = 1
+	}
+	if b, err = json.Marshal(ks); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := train("--from", "calibrate")
+	if !strings.Contains(out, "nearest-normal term is from an earlier calibration: removed, built anew") {
+		t.Errorf("the rerun from calibrate did not rebuild the term:\n%s", out)
+	}
+	re, err := models.ReadManifest(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := re.Map.Knn; k == nil || k.KMax > 1 || k.Ks != nil || k.Factor != m.Map.Knn.Factor {
+		t.Errorf("after the counts were set to 1 and calibrate rerun: map.knn %+v, want the plain graph at factor %g", k, m.Map.Knn.Factor)
+	}
+	if err := models.Verify(bundle); err != nil {
+		t.Errorf("the recalibrated bundle does not verify: %v", err)
 	}
 }
 

@@ -688,6 +688,17 @@ func (t *Training) runCalibrate(ctx context.Context, sc *StageContext) (map[stri
 		fmt.Fprintf(sc.Progress, "[calibrate] WARNING: no validation normals (data.val_fraction is 0): calibrating on the %d training normals, which the model has seen; thresholds will be low\n", len(normal))
 	}
 	bundle := sc.Output("export", "bundle")
+	// The export stage writes a bundle without the nearest-normal term; one that has it was calibrated before
+	// (vlmdiff train --from calibrate), with that time's recipe (bank, isolated fraction, counts), which
+	// ensureKnn would keep. Removed here, the term is built from this run's config and the select stage's choices.
+	if m, err := models.ReadManifest(bundle); err != nil {
+		return nil, err
+	} else if m.Map.Knn != nil {
+		if err := eval.WriteKnn(bundle, "", nil, eval.KnnSpec{}, 0); err != nil {
+			return nil, err
+		}
+		fmt.Fprintln(sc.Progress, "[calibrate] the bundle's nearest-normal term is from an earlier calibration: removed, built anew below")
+	}
 	factor, err := selectedPixelFactor(sc)
 	if err != nil {
 		return nil, err
