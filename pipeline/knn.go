@@ -36,8 +36,12 @@ type knnMaps struct {
 	kmax    int
 }
 
-// frameAtK returns frame i's term as the mean of its k nearest distances (Options.KnnKs), at weight 1.
+// frameAtK returns frame i's term as the mean of its k nearest distances (Options.KnnKs), at weight 1; with a
+// graph of the nearest alone (k_max 1, no nearest kept) its one distance.
 func (k *knnMaps) frameAtK(i, kk int) *knnInput {
+	if k.nearest == nil {
+		return k.frame(i, 1)
+	}
 	n := k.h * k.w
 	d := make([]float32, n)
 	meanNearest(d, k.nearest[i*k.kmax*n:(i+1)*k.kmax*n], n, kk)

@@ -489,21 +489,13 @@ func (s *Scorer) mapsAndScores(feats []layerOutput, x []float32, knn *knnMaps, r
 				f, _ := finiteFloat32(m) // finite: the unsmoothed map was
 				results[i].KnnMaps = append(results[i].KnnMaps, f)
 			}
-			if s.opt.KnnMap {
-				for _, kk := range s.opt.KnnKs {
-					var ki *knnInput
-					if knn.nearest == nil { // k_max 1: the one distance
-						ki = knn.frame(i, 1)
-					} else {
-						ki = knn.frameAtK(i, kk)
-					}
-					m, err := smoothedMapWith(nil, nil, ki, i, len(reqs), s.ens, s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
-					if err != nil {
-						return nil, err
-					}
-					f, _ := finiteFloat32(m) // finite: the nearest distances were
-					results[i].KnnKMaps = append(results[i].KnnKMaps, f)
+			for _, kk := range s.opt.KnnKs { // Options.KnnKs comes with KnnMap (checkKnnKs)
+				m, err := smoothedMapWith(nil, nil, knn.frameAtK(i, kk), i, len(reqs), s.ens, s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
+				if err != nil {
+					return nil, err
 				}
+				f, _ := finiteFloat32(m) // finite: the nearest distances were
+				results[i].KnnKMaps = append(results[i].KnnKMaps, f)
 			}
 		}
 	}
