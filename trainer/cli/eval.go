@@ -176,7 +176,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := eval.WriteReports(*out, rep, res, s, info); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "reports written to %s (%s, %s, %s, %s)\n", *out, eval.TableFile, eval.JSONFile, eval.CSVFile, eval.HTMLFile)
+	fmt.Fprintf(stderr, "reports written to %s (%s, %s, %s, %s, %s)\n", *out, eval.TableFile, eval.JSONFile, eval.CSVFile, eval.RegionsFile, eval.HTMLFile)
 	return nil
 }
 

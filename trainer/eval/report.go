@@ -26,6 +26,7 @@ const (
 	CSVFile     = "metrics.csv"  // trainer/metrics CSV
 	ScoresFile  = "scores.csv"   // one row per image
 	HTMLFile    = "report.html"  // self-contained: table, ROC/PR curves, heatmaps
+	RegionsFile = "regions.txt"  // AU-PRO by ground-truth region size (metrics.RegionRecall), per class
 	heatmapSize = 160            // px, displayed size of heatmaps in the HTML report
 )
 
@@ -93,6 +94,9 @@ func WriteReports(dir string, rep metrics.Report, res []ImageResult, s *pipeline
 	if err := write(ScoresFile, func(b *bytes.Buffer) error { return writeScores(b, res) }); err != nil {
 		return err
 	}
+	if err := write(RegionsFile, func(b *bytes.Buffer) error { return rep.WriteRegions(b) }); err != nil {
+		return err
+	}
 	if v := info.Validation; v != nil {
 		if err := write(ValidationPrefix+TableFile, func(b *bytes.Buffer) error { return v.Report.WriteTable(b) }); err != nil {
 			return err
@@ -101,6 +105,9 @@ func WriteReports(dir string, rep metrics.Report, res []ImageResult, s *pipeline
 			return err
 		}
 		if err := write(ValidationPrefix+CSVFile, func(b *bytes.Buffer) error { return v.Report.WriteCSV(b) }); err != nil {
+			return err
+		}
+		if err := write(ValidationPrefix+RegionsFile, func(b *bytes.Buffer) error { return v.Report.WriteRegions(b) }); err != nil {
 			return err
 		}
 		if v.ByDefect != nil {
@@ -254,7 +261,7 @@ img{width:{{.Size}}px;height:{{.Size}}px;image-rendering:pixelated} .note{color:
 <p>bundle: {{.Info.Bundle}}<br>data: {{.Info.Dataset}}<br>created: {{.Info.Created.Format "2006-01-02 15:04:05 MST"}}</p>
 <p>Metrics x100, per class and their mean (seed format). Image scores are the pipeline's raw pooled-max scores;
 pixel metrics use the anomaly maps against the masks resized as the reference does (bilinear, &gt;0).</p>
-{{range .Tables}}<h2>{{.Caption}}</h2><p>data: {{.Dataset}}</p>
+{{range .Tables}}<h2>{{.Caption}}</h2>{{if .Dataset}}<p>data: {{.Dataset}}</p>{{end}}
 <table><tr>{{range .Head}}<th>{{.}}</th>{{end}}</tr>
 {{range .Rows}}<tr>{{range .}}<td>{{.}}</td>{{end}}</tr>{{end}}</table>
 {{if .Note}}<p class="note">{{.Note}}</p>{{end}}{{end}}
@@ -310,6 +317,7 @@ func writeHTML(b *bytes.Buffer, dir string, rep metrics.Report, res []ImageResul
 		}
 		d.Tables = append(d.Tables, htmlTable{Caption: "Synthetic validation (synthetic defects on held-out normals; used to choose defaults)",
 			Dataset: v.Dataset, Head: head, Rows: rows, Note: v.Report.FlipNote()})
+		d.Tables = appendRegions(d.Tables, "Synthetic validation", v.Report)
 		if v.ByDefect != nil {
 			head, rows, err := parseTable(*v.ByDefect)
 			if err != nil {
@@ -328,6 +336,7 @@ func writeHTML(b *bytes.Buffer, dir string, rep metrics.Report, res []ImageResul
 		caption = "Test (the dataset test split; never used to choose anything)"
 	}
 	d.Tables = append(d.Tables, htmlTable{Caption: caption, Dataset: info.Dataset, Head: head, Rows: rows, Note: rep.FlipNote()})
+	d.Tables = appendRegions(d.Tables, "Test", rep)
 	for _, br := range info.Baseline {
 		head, rows, err := parseTable(br.Report)
 		if err != nil {
@@ -370,6 +379,16 @@ func writeHTML(b *bytes.Buffer, dir string, rep metrics.Report, res []ImageResul
 		d.Classes = append(d.Classes, hc)
 	}
 	return htmlTmpl.Execute(b, d)
+}
+
+// appendRegions adds the report's regions by size (metrics.Report.RegionTable) as a table under the set's own,
+// when any class has ground-truth regions.
+func appendRegions(tables []htmlTable, set string, rep metrics.Report) []htmlTable {
+	head, rows := rep.RegionTable()
+	if head == nil {
+		return tables
+	}
+	return append(tables, htmlTable{Caption: set + ": AU-PRO by ground-truth region size", Head: head, Rows: rows, Note: rep.RegionNote()})
 }
 
 // examples picks the class's telling heatmaps: the best-detected anomaly (highest score), the worst-detected

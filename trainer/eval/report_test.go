@@ -83,8 +83,23 @@ func TestReportCurvesValidationAndFlip(t *testing.T) {
 	if strings.Index(h, "Synthetic validation") > strings.Index(h, "Test (the dataset test split") {
 		t.Errorf("validation table should come first")
 	}
-	if n := strings.Count(h, "<table>"); n != 3 {
-		t.Errorf("%d tables, want 3 (validation, validation by defect kind, test)", n)
+	if n := strings.Count(h, "<table>"); n != 5 {
+		t.Errorf("%d tables, want 5 (validation, its regions, validation by defect kind, test, its regions)", n)
+	}
+	if i := strings.Index(h, "Test: AU-PRO by ground-truth region size"); i < strings.Index(h, "Test (the dataset test split") {
+		t.Errorf("the test's regions table should follow the test table")
+	}
+	for name, want := range map[string]string{
+		// each bad image has one 1-px region; in the validation set its value is above every normal pixel, so it
+		// is found at every operating point
+		ValidationPrefix + RegionsFile: "2: 100 / 100 / 100",
+		// in the inverted test set the bad pixels sit below some normal pixels: found only at 30%
+		RegionsFile: "3: 100 / 0 / 0",
+	} {
+		if b, err := os.ReadFile(filepath.Join(out, name)); err != nil || !bytes.Contains(b, []byte("widget")) ||
+			!bytes.Contains(b, []byte("< 16 px")) || !bytes.Contains(b, []byte(want)) {
+			t.Errorf("%s: %q (%v)", name, b, err)
+		}
 	}
 	if i := strings.Index(h, "Synthetic validation by defect kind"); i < 0 || i > strings.Index(h, "Test (the dataset test split") {
 		t.Errorf("the validation table by defect kind should come before the test table")

@@ -130,6 +130,8 @@ type ClassReport struct {
 	Images    int
 	Anomalous int
 	Metrics
+	// Regions breaks the class's AU-PRO down by region size (nil without maps or ground-truth regions).
+	Regions *RegionRecall
 }
 
 // Report holds the per-class metrics, sorted by class, and their mean.
@@ -163,6 +165,12 @@ func (c *ClassData) Compute() Metrics {
 // ComputeWith returns the seven metrics of one class and the titles of the metrics the paper flip changed
 // ("I-AUROC", "P-AUROC"; none without opts.PaperAUROCFlip).
 func (c *ClassData) ComputeWith(opts Options) (Metrics, []string) {
+	m, flipped, _ := c.compute(opts)
+	return m, flipped
+}
+
+// compute is ComputeWith with the class's RegionRecall (nil without maps or ground-truth regions).
+func (c *ClassData) compute(opts Options) (Metrics, []string, *RegionRecall) {
 	var flipped []string
 	auroc := func(title string, v float64) float64 {
 		if opts.PaperAUROCFlip && v < 0.5 {
@@ -178,7 +186,7 @@ func (c *ClassData) ComputeWith(opts Options) (Metrics, []string) {
 		PixelAUROC: math.NaN(), PixelAP: math.NaN(), PixelF1Max: math.NaN(), AUPRO: math.NaN(),
 	}
 	if len(c.maps) == 0 {
-		return m, flipped
+		return m, flipped, nil
 	}
 	// The pixels stay float32, as the maps are: their order, ties and thresholds are the same as in float64,
 	// no float64 copy of the maps is made, and they sort by radix (sortFloat32s).
@@ -208,7 +216,7 @@ func (c *ClassData) ComputeWith(opts Options) (Metrics, []string) {
 	m.PixelAP = curve.averagePrecision()
 	m.PixelF1Max = curve.f1Max()
 	m.AUPRO = auPRO(c.maps, c.masks, c.w, c.h, neg)
-	return m, flipped
+	return m, flipped, regionRecall(c.maps, c.masks, c.w, c.h, neg)
 }
 
 // Evaluate computes every class's metrics and their mean, with the true AUROC.
@@ -227,7 +235,7 @@ func EvaluateWith(classes map[string]*ClassData, opts Options) Report {
 	r := Report{PaperAUROCFlip: opts.PaperAUROCFlip}
 	for _, n := range names {
 		c := classes[n]
-		m, flipped := c.ComputeWith(opts)
+		m, flipped, regions := c.compute(opts)
 		for _, f := range flipped {
 			r.Flipped = append(r.Flipped, n+" "+f)
 		}
@@ -237,7 +245,7 @@ func EvaluateWith(classes map[string]*ClassData, opts Options) Report {
 				anom++
 			}
 		}
-		r.Classes = append(r.Classes, ClassReport{Class: n, Images: c.Len(), Anomalous: anom, Metrics: m})
+		r.Classes = append(r.Classes, ClassReport{Class: n, Images: c.Len(), Anomalous: anom, Metrics: m, Regions: regions})
 	}
 	r.Mean = MeanOf(r.Classes)
 	return r

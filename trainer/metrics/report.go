@@ -36,6 +36,17 @@ func (r Report) WriteTable(w io.Writer) error {
 	}
 	add(MeanRow, r.Mean)
 
+	var b strings.Builder
+	writePipeTable(&b, head, rows)
+	if r.PaperAUROCFlip {
+		b.WriteString(r.FlipNote() + "\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writePipeTable writes head and rows in tabulate's "pipe" format, every cell centred in its column.
+func writePipeTable(b *strings.Builder, head []string, rows [][]string) {
 	width := make([]int, len(head))
 	for i, h := range head {
 		width[i] = len(h)
@@ -45,7 +56,6 @@ func (r Report) WriteTable(w io.Writer) error {
 			width[i] = max(width[i], len(c))
 		}
 	}
-	var b strings.Builder
 	line := func(cells []string) {
 		b.WriteString("|")
 		for i, c := range cells {
@@ -63,11 +73,6 @@ func (r Report) WriteTable(w io.Writer) error {
 	for _, row := range rows {
 		line(row)
 	}
-	if r.PaperAUROCFlip {
-		b.WriteString(r.FlipNote() + "\n")
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
 }
 
 // FlipNote says whether the paper's AUROC flip was applied and to which values; "" when it was not requested.
@@ -126,10 +131,11 @@ func (m *Metrics) UnmarshalJSON(b []byte) error {
 }
 
 type jsonClass struct {
-	Class     string  `json:"class"`
-	Images    int     `json:"images"`
-	Anomalous int     `json:"anomalous"`
-	Metrics   Metrics `json:"metrics"`
+	Class     string        `json:"class"`
+	Images    int           `json:"images"`
+	Anomalous int           `json:"anomalous"`
+	Metrics   Metrics       `json:"metrics"`
+	Regions   *RegionRecall `json:"regions,omitempty"`
 }
 
 type jsonReport struct {
@@ -139,11 +145,12 @@ type jsonReport struct {
 	Flipped        []string    `json:"auroc_flipped,omitempty"`
 }
 
-// MarshalJSON writes {"classes":[{"class","images","anomalous","metrics":{...}}],"mean":{...}}.
+// MarshalJSON writes {"classes":[{"class","images","anomalous","metrics":{...},"regions":{...}}],"mean":{...}};
+// "regions" (RegionRecall) only for a class with ground-truth regions.
 func (r Report) MarshalJSON() ([]byte, error) {
 	j := jsonReport{Classes: []jsonClass{}, Mean: r.Mean, PaperAUROCFlip: r.PaperAUROCFlip, Flipped: r.Flipped}
 	for _, c := range r.Classes {
-		j.Classes = append(j.Classes, jsonClass{c.Class, c.Images, c.Anomalous, c.Metrics})
+		j.Classes = append(j.Classes, jsonClass{c.Class, c.Images, c.Anomalous, c.Metrics, c.Regions})
 	}
 	return json.Marshal(j)
 }
@@ -156,7 +163,7 @@ func (r *Report) UnmarshalJSON(b []byte) error {
 	}
 	*r = Report{Mean: j.Mean, PaperAUROCFlip: j.PaperAUROCFlip, Flipped: j.Flipped}
 	for _, c := range j.Classes {
-		r.Classes = append(r.Classes, ClassReport{c.Class, c.Images, c.Anomalous, c.Metrics})
+		r.Classes = append(r.Classes, ClassReport{c.Class, c.Images, c.Anomalous, c.Metrics, c.Regions})
 	}
 	return nil
 }
