@@ -215,8 +215,9 @@ func (c *ClassData) compute(opts Options) (Metrics, []string, *RegionRecall) {
 	m.PixelAUROC = auroc("P-AUROC", curve.rocAUC())
 	m.PixelAP = curve.averagePrecision()
 	m.PixelF1Max = curve.f1Max()
-	m.AUPRO = auPRO(c.maps, c.masks, c.w, c.h, neg)
-	return m, flipped, regionRecall(c.maps, c.masks, c.w, c.h, neg)
+	regions := sortedRegions(c.maps, c.masks, c.w, c.h)
+	m.AUPRO = auPROOf(c.maps, c.masks, regions, neg)
+	return m, flipped, regionRecall(regions, c.w, c.h, neg)
 }
 
 // Evaluate computes every class's metrics and their mean, with the true AUROC.

@@ -94,7 +94,24 @@ func countAbove[F float32 | float64](s []F, t float64) int {
 // already sorted them; passing them saves a second copy of millions of values). F float32 gives the same value
 // as the same maps in float64: min, max and thresholds are taken in float64.
 func auPRO[F float32 | float64](amaps [][]F, masks [][]uint8, w, h int, sortedNormal []F) float64 {
+	return auPROOf(amaps, masks, sortedRegions(amaps, masks, w, h), sortedNormal)
+}
+
+// sortedRegions is every image's ground-truth regions (labelRegions), each region's values sorted ascending: what
+// auPROOf and regionRecall read, labelled once per class.
+func sortedRegions[F float32 | float64](amaps [][]F, masks [][]uint8, w, h int) []region[F] {
 	var regions []region[F]
+	for i, m := range amaps {
+		regions = append(regions, labelRegions(m, masks[i], w, h)...)
+	}
+	for _, r := range regions {
+		slices.Sort(r)
+	}
+	return regions
+}
+
+// auPROOf is auPRO on the class's regions as sortedRegions gives them.
+func auPROOf[F float32 | float64](amaps [][]F, masks [][]uint8, regions []region[F], sortedNormal []F) float64 {
 	normal := sortedNormal
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for i, m := range amaps {
@@ -110,16 +127,12 @@ func auPRO[F float32 | float64](amaps [][]F, masks [][]uint8, w, h int, sortedNo
 				normal = append(normal, v)
 			}
 		}
-		regions = append(regions, labelRegions(m, masks[i], w, h)...)
 	}
 	if len(regions) == 0 || len(normal) == 0 {
 		return math.NaN()
 	}
 	if sortedNormal == nil {
 		slices.Sort(normal)
-	}
-	for _, r := range regions {
-		slices.Sort(r)
 	}
 	ths := proThresholds(lo, hi, PROThresholds)
 	var fprs, pros []float64

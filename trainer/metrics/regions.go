@@ -42,17 +42,10 @@ type RegionRecall struct {
 	Buckets []RegionBucket // one per size range of RegionSizes, smallest first
 }
 
-// regionRecall computes RegionRecall from the class's maps, masks and its normal pixels sorted ascending; nil
-// when the class has no ground-truth region or no normal pixel.
-func regionRecall[F float32 | float64](amaps [][]F, masks [][]uint8, w, h int, sortedNormal []F) *RegionRecall {
-	if len(sortedNormal) == 0 {
-		return nil
-	}
-	var regions []region[F]
-	for i, m := range amaps {
-		regions = append(regions, labelRegions(m, masks[i], w, h)...)
-	}
-	if len(regions) == 0 {
+// regionRecall computes RegionRecall on the w x h grid from the class's regions (sortedRegions, as auPROOf reads
+// them) and its normal pixels sorted ascending; nil when the class has no ground-truth region or no normal pixel.
+func regionRecall[F float32 | float64](regions []region[F], w, h int, sortedNormal []F) *RegionRecall {
+	if len(sortedNormal) == 0 || len(regions) == 0 {
 		return nil
 	}
 	ths := make([]float64, len(RegionFPRs))
@@ -82,7 +75,6 @@ func regionRecall[F float32 | float64](amaps [][]F, masks [][]uint8, w, h int, s
 	}
 	all := make([]float64, len(ths))
 	for _, r := range regions {
-		slices.Sort(r)
 		b := bucketOf(len(r))
 		rr.Buckets[b].Regions++
 		for k, t := range ths {
