@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"runtime"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -65,6 +64,8 @@ type benchReport struct {
 	Floor       *benchFloor     `json:"floor,omitempty"`
 	Reference   *benchReference `json:"reference,omitempty"`
 	AB          *benchAB        `json:"ab_dynamic,omitempty"`
+	// Paired is --ab's: this scorer against one with more flags, frame by frame.
+	Paired *benchPaired `json:"ab,omitempty"`
 	// Workers holds the throughput of --workers scoring goroutines sharing the scorer (empty at 1 worker).
 	Workers []benchWorkers `json:"workers,omitempty"`
 }
@@ -114,11 +115,15 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&ro.python, "python", "/usr/bin/python3", "Python interpreter with torch, for --reference")
 	fs.StringVar(&ro.trainerDir, "trainer-dir", "", "directory holding the vlmdiff_train package (default: $VLMDIFF_TRAINER, then trainer/python or share/vlmdiff/python found upwards from the binary or the working directory)")
 	fs.IntVar(&ro.rounds, "rounds", 3, "interleaved rounds: of the batch sizes (--frames each, the latency is the median of the rounds' p50s), "+
-		"and of --reference and --ab-dynamic (each: every image once per scorer)")
+		"and of --reference and --ab-dynamic (each: every image once per scorer); --ab pairs --rounds x --frames/batch a batch size")
 	workers := fs.Int("workers", 1, "also measure the throughput of this many scoring goroutines sharing the scorer (the daemon's "+
 		"models.workers; pair with --threads, e.g. 2 workers x 1 thread on 2 cores): wall ms per frame at each batch size")
 	abDynamic := fs.Bool("ab-dynamic", false, "also time a second scorer that ignores the static-shape denoisers, interleaved "+
 		"with this one at batch 1: the before/after of the static export in one run")
+	ab := fs.String("ab", "", "also time a second scorer B opened with these scorer flags on top of this command's (e.g. \"--spin\", "+
+		"\"--denoiser-threads 1\", \"--bundle DIR2\"), pairs of batches back to back at each --batches size (--rounds x --frames/batch pairs, "+
+		"which goes first alternating): each side's p50 per stage, the median of the paired B/A ratios with its 95% interval, "+
+		"and how many pairs B won. For comparing settings on a machine whose speed drifts")
 	if err := Parse(fs, args); err != nil {
 		return err
 	}
@@ -133,6 +138,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if ro.rounds < 1 {
 		return fmt.Errorf("--rounds: %d, want at least 1", ro.rounds)
+	}
+	var bsf scoreFlags
+	if *ab != "" {
+		var err error
+		if bsf, err = abFlags(fs, *ab); err != nil {
+			return err
+		}
 	}
 	t0 := time.Now()
 	s, err := sf.Open()
@@ -163,6 +175,17 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		rep.AB, err = measureAB(ctx, s, dyn, imgs, ro.rounds)
 		dyn.Close()
+		if err != nil {
+			return err
+		}
+	}
+	if *ab != "" {
+		b, err := bsf.Open()
+		if err != nil {
+			return fmt.Errorf("--ab %q: %w", *ab, err)
+		}
+		rep.Paired, err = measurePaired(ctx, s, b, *ab, imgs, bs, *frames, ro.rounds)
+		b.Close()
 		if err != nil {
 			return err
 		}
@@ -199,11 +222,6 @@ func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, s
 		DDIMSteps: m.Diffusion.DDIMSteps, DenoiseSteps: s.DenoiseSteps(), StartStep: m.Diffusion.StartStep, Ensemble: s.Ensemble(), FeatureLayers: len(m.Features.Layers), FeaturePrecision: m.Features.Precision, FeatureWeightBits: m.Features.WeightBits, Provider: s.Provider(),
 		Threads: sf.Threads, DenoiserThreads: sf.DenoiserThreads, Spin: sf.Spin, DenoiserSpin: sf.DenoiserSpin, SpinMicros: sf.SpinMicros, GOMAXPROCS: runtime.GOMAXPROCS(0), Memory: sf.MemoryName(), ORTVersion: pipeline.RuntimeVersion(), OpenMS: openMS,
 		FirstFrameMS: time.Since(first).Seconds() * 1000, DynamicOnly: sf.DynamicOnly}
-	stages := []string{pipeline.StagePreprocess, pipeline.StageEncode, pipeline.StageHint, pipeline.StageDenoise,
-		pipeline.StageDecode, pipeline.StageFeatures, pipeline.StageMap, pipeline.StageTotal}
-	if m.Map.Knn != nil && m.Map.Knn.Weight > 0 { // the nearest-normal term's graph, before the map
-		stages = slices.Insert(stages, len(stages)-2, pipeline.StageKnn)
-	}
 	per := make([]map[string][]float64, len(bs))
 	for i, b := range bs {
 		per[i] = map[string][]float64{}
@@ -225,7 +243,7 @@ func measureBench(ctx context.Context, s *pipeline.Scorer, open time.Duration, s
 		}
 	}
 	for i, b := range rep.Batches {
-		for _, st := range stages {
+		for _, st := range benchStageOrder { // a stage that did not run (the knn graph of a bundle without one) has no row
 			if len(per[i][st]) > 0 {
 				rep.Stages = append(rep.Stages, benchStage{Batch: b.Batch, Stage: st, P50MS: pct(per[i][st], 50), P95MS: pct(per[i][st], 95)})
 			}
@@ -393,6 +411,9 @@ func writeBenchTables(w io.Writer, rep *benchReport) {
 	}
 	if rep.AB != nil {
 		writeABTable(w, rep.AB)
+	}
+	if rep.Paired != nil {
+		writePairedTable(w, rep.Paired)
 	}
 	if rep.Floor != nil {
 		writeFloorTable(w, rep.Floor)

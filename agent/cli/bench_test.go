@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -277,5 +278,120 @@ func TestBenchTruncatedStart(t *testing.T) {
 	writeBenchTables(&out, rep)
 	if !strings.Contains(out.String(), "ddim 4 of 10 from step 301") {
 		t.Errorf("header does not say what runs:\n%s", out.String())
+	}
+}
+
+// TestBenchPaired: `bench --ab FLAGS` times a second scorer, opened with the command's scorer flags plus FLAGS,
+// in pairs of batches at each batch size (rounds x frames/batch pairs), and reports both sides' stages, the
+// median of the paired ratios inside its interval, and the pairs B won; the table says what B is.
+func TestBenchPaired(t *testing.T) {
+	rep := benchJSON(t, "--batches", "1,2", "--frames", "2", "--rounds", "3", "--ab", "--spin --spin-us 50")
+	p := rep.Paired
+	if p == nil || p.BFlags != "--spin --spin-us 50" || len(p.Batches) != 2 {
+		t.Fatalf("paired %+v", p)
+	}
+	for i, size := range []int{1, 2} {
+		b := p.Batches[i]
+		want := 3 * max(2/size, 1) // 6 pairs at batch 1, 3 at batch 2
+		if b.Batch != size || b.Pairs != want || b.BFaster < 0 || b.BFaster > b.Pairs {
+			t.Errorf("batch %d: %+v, want %d pairs", size, b, want)
+		}
+		if !(b.RatioMedian > 0) {
+			t.Errorf("batch %d: ratio median %v", size, b.RatioMedian)
+		}
+		if size == 1 && (len(b.RatioCI95) != 2 || b.RatioCI95[0] > b.RatioMedian || b.RatioCI95[1] < b.RatioMedian) {
+			t.Errorf("batch 1: interval %v does not hold the median %v", b.RatioCI95, b.RatioMedian)
+		}
+		if size == 2 && b.RatioCI95 != nil { // 3 pairs: no 95% interval
+			t.Errorf("batch 2: interval %v from 3 pairs", b.RatioCI95)
+		}
+		stages := map[string]pairedStage{}
+		for _, st := range b.Stages {
+			stages[st.Stage] = st
+		}
+		for _, st := range []string{"encode", "denoise", "decode", "features", "total"} {
+			if s, ok := stages[st]; !ok || !(s.AP50MS > 0) || !(s.BP50MS > 0) {
+				t.Errorf("batch %d stage %s: %+v", size, st, s)
+			}
+		}
+	}
+	var table bytes.Buffer
+	writeBenchTables(&table, rep)
+	for _, want := range []string{"B = A with --spin --spin-us 50", "batch 1: B / A", "of 6 paired ratios", "no 95% interval under 6 pairs"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+	if rep := benchJSON(t, "--batches", "1", "--frames", "1"); rep.Paired != nil {
+		t.Errorf("paired report without --ab: %+v", rep.Paired)
+	}
+}
+
+// TestBenchPairedRefusals: --ab takes scorer flags only; anything else is refused by name before the bundle
+// opens, and the error of a B that cannot open starts with --ab's text.
+func TestBenchPairedRefusals(t *testing.T) {
+	for _, tc := range []struct{ ab, want string }{
+		{"--frames 4", `--ab "--frames 4": flag provided but not defined: -frames`},
+		{"--spin extra", `--ab "--spin extra": "extra" is not a flag`},
+		{"   ", "no flags"},
+		{"--bundle /nonexistent/bundle", `--ab "--bundle /nonexistent/bundle": `},
+	} {
+		var stdout, stderr bytes.Buffer
+		args := []string{"bench", "--bundle", fixtureBundle, "--providers", "cpu", "--threads", "1", "--batches", "1", "--frames", "1", "--ab", tc.ab}
+		if code := Main(context.Background(), args, &stdout, &stderr); code == 0 || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("--ab %q: exit %d, stderr %q, want an error naming %q", tc.ab, code, stderr.String(), tc.want)
+		}
+	}
+}
+
+// TestAbFlagsReplay: B gets every scorer flag set on the command line, then --ab's on top (a later flag wins),
+// and nothing that is not a scorer flag.
+func TestAbFlagsReplay(t *testing.T) {
+	fs := NewFlagSet("bench", "", io.Discard)
+	var sf scoreFlags
+	sf.Register(fs)
+	fs.Int("frames", 16, "")
+	if err := fs.Parse([]string{"--bundle", "A", "--threads", "2", "--spin-us", "50", "--frames", "3", "--mem-pattern=false"}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := abFlags(fs, "--bundle B --denoiser-threads 1 --spin-us 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Bundle != "B" || b.Threads != 2 || b.DenoiserThreads != 1 || b.SpinMicros != 0 || b.Pattern || !b.DenoiserSpin || b.Spin {
+		t.Errorf("B's flags %+v", b)
+	}
+	if sf.Bundle != "A" || sf.SpinMicros != 50 || sf.DenoiserThreads != 0 {
+		t.Errorf("A's flags changed: %+v", sf)
+	}
+}
+
+// TestMedianCI95: the sign test's interval of the median: none under 6 values, the extremes at 6 (coverage
+// 1 - 2/64), the 2nd from each end at 9, and for 100 values the 40th and 61st (the textbook k = 40).
+func TestMedianCI95(t *testing.T) {
+	seq := func(n int) []float64 {
+		v := make([]float64, n)
+		for i := range v {
+			v[i] = float64(n - i) // descending: the function must sort
+		}
+		return v
+	}
+	for _, tc := range []struct {
+		n      int
+		ok     bool
+		lo, hi float64
+	}{
+		{5, false, 0, 0},
+		{6, true, 1, 6},
+		{9, true, 2, 8},
+		{100, true, 40, 61},
+	} {
+		lo, hi, ok := medianCI95(seq(tc.n))
+		if ok != tc.ok || lo != tc.lo || hi != tc.hi {
+			t.Errorf("n=%d: [%v, %v] ok=%v, want [%v, %v] ok=%v", tc.n, lo, hi, ok, tc.lo, tc.hi, tc.ok)
+		}
+	}
+	if m := median([]float64{3, 1, 2, 10}); m != 2.5 {
+		t.Errorf("median of 4 values %v, want 2.5", m)
 	}
 }
