@@ -7,7 +7,7 @@ BIN := bin/vlmdiff
 PY := /usr/bin/python3
 export ONNXRUNTIME_LIB ?= $(CURDIR)/.deps/lib/libonnxruntime.so
 
-.PHONY: all deps deps-torch test-torch build demo demo-bundle test test-go test-py vet fmt bench bench-overhead fuzz soak memory clean
+.PHONY: all deps deps-torch test-torch build demo demo-bundle test test-go test-py vet fmt bench bench-ab bench-overhead fuzz soak memory clean
 
 all: build
 
@@ -77,6 +77,15 @@ $(BENCH_DIR)/bundle/bundle.json: $(BENCH_SOURCES)
 bench: build $(BENCH_DIR)/bundle/bundle.json
 	./$(BIN) bench --bundle $(BENCH_DIR)/bundle --threads 2 --batches 1,4 --frames 20 --floor \
 		--mem-pattern=false --shared-arena --reference $(BENCH_DIR)/model.pt --rounds 5 --ab-dynamic $(BENCH_FLAGS)
+
+# Two settings of the bench bundle (or the bench bundle against another: AB="--bundle DIR") timed in pairs of
+# batches back to back, for a machine whose speed drifts: AB holds the scorer flags B adds, e.g.
+# `make bench-ab AB="--spin"`. Prints the median paired ratio per batch size with its 95% interval
+# (docs/operations.md, "Comparing two settings: --ab").
+AB ?= --spin
+bench-ab: build $(BENCH_DIR)/bundle/bundle.json
+	./$(BIN) bench --bundle $(BENCH_DIR)/bundle --threads 2 --batches 1,4 --frames 20 \
+		--mem-pattern=false --shared-arena --rounds 5 --ab "$(AB)" $(BENCH_FLAGS)
 
 # The daemon's cost per frame outside the model (capture conversion, queue, store commit, MQTT publish,
 # heatmaps) with the model replaced by a no-op scorer: 4 cameras x 30 fps for OVERHEAD_SECONDS (default 20).

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -271,5 +272,39 @@ func TestFormatEvent(t *testing.T) {
 	got := FormatEvent("train", Event{Step: 120, Total: 500, Epoch: &ep, Loss: &loss, ETA: &eta})
 	if want := "[train] step 120/500 (24%) epoch 3 loss 0.0213 ETA 1m20s"; got != want {
 		t.Fatalf("%q, want %q", got, want)
+	}
+}
+
+// TestSmallBundleConfig: the config scripts/small_bundle.sh derives from configs/train/small.yaml (the bundle of
+// `make memory`) loads, trains one step a stage on one thread, chooses nothing at random in the select stage, and
+// builds the nearest-normal term at a fixed factor. Its edits are line edits of small.yaml: when that file grows a
+// setting they do not remove (select.pixel_sigmas did, and `make memory` failed at its training for sessions), this
+// fails in `make test` instead.
+func TestSmallBundleConfig(t *testing.T) {
+	dir := t.TempDir()
+	out, err := exec.Command("bash", "../../scripts/small_bundle.sh", "--config", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("small_bundle.sh --config: %v\n%s", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); got != filepath.Join(dir, "train.yaml") {
+		t.Errorf("printed %q, want the config's path", got)
+	}
+	t.Setenv("VLMDIFF_DATA", dir)
+	t.Setenv("VLMDIFF_BACKBONES", "/backbones")
+	c, err := LoadConfig(filepath.Join(dir, "train.yaml"))
+	if err != nil {
+		t.Fatalf("the derived config does not load: %v", err)
+	}
+	if c.Preset != "small" || c.Threads != 1 || c.FinetuneAE.MaxSteps != 1 || c.Train.MaxSteps != 1 || c.Train.Epochs != 0 {
+		t.Errorf("preset %s, threads %d, AE steps %d, train steps %d epochs %d: want small, 1, 1, 1, 0", c.Preset, c.Threads,
+			c.FinetuneAE.MaxSteps, c.Train.MaxSteps, c.Train.Epochs)
+	}
+	s := c.Select
+	if len(s.Ensembles)+len(s.LayerWeights)+len(s.PixelFactors)+len(s.PixelSigmas)+len(s.KnnFactors)+len(s.KnnSigmas)+
+		len(s.KnnKs)+len(s.StartSteps) != 0 {
+		t.Errorf("select still weighs something: %+v", s)
+	}
+	if c.Calibrate.KnnFactor != 4 || c.Calibrate.Knn == nil {
+		t.Errorf("calibrate: knn factor %v, knn %+v; want the term at 4", c.Calibrate.KnnFactor, c.Calibrate.Knn)
 	}
 }
