@@ -279,6 +279,14 @@ func (m *Manifest) validateMapAndScore(p *problems) {
 	if m.Map.Sigma < 0 || (m.Map.Sigma > 0 && !(m.Map.Truncate > 0)) {
 		p.bad("map.sigma/truncate", "sigma must be >= 0 and truncate > 0, got %v, %v", m.Map.Sigma, m.Map.Truncate)
 	}
+	if g := m.Map.Guided; g != nil {
+		if top := min(MaxGuidedRadius, min(in.Height, in.Width)/4); g.Radius < 1 || g.Radius > top {
+			p.bad("map.guided.radius", "must be from 1 to %d (at most %d and a quarter of the %dx%d map's shorter side), got %d", top, MaxGuidedRadius, in.Width, in.Height, g.Radius)
+		}
+		if !(g.Eps > 0) || math.IsInf(g.Eps, 0) {
+			p.bad("map.guided.eps", "must be a finite number above 0, got %v", g.Eps)
+		}
+	}
 	if r := m.Map.Reference; r != nil {
 		m.validateRows(p, "map.reference", r.MapRows)
 		// A reference measured with another number of start noises is not the mean of the maps this bundle

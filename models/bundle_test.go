@@ -130,6 +130,17 @@ func TestDamagedBundlesAreRefused(t *testing.T) {
 				d["start_step"], d["sampler_from_start_step"] = 0, true
 			})
 		}, "schema", ManifestFile, "diffusion.sampler_from_start_step"},
+		{"guided filter wider than a quarter of the map", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) {
+				m["map"].(map[string]any)["guided"] = map[string]any{"radius": 65, "eps": 1e-3}
+			})
+		}, "schema", ManifestFile, "map.guided.radius: must be from 1 to 64"},
+		{"guided filter without a radius", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { m["map"].(map[string]any)["guided"] = map[string]any{"eps": 1e-3} })
+		}, "schema", ManifestFile, "map.guided.radius"},
+		{"guided filter without regularisation", func(t *testing.T, dir string) {
+			editManifest(t, dir, func(m map[string]any) { m["map"].(map[string]any)["guided"] = map[string]any{"radius": 8, "eps": 0} })
+		}, "schema", ManifestFile, "map.guided.eps: must be a finite number above 0, got 0"},
 		{"match radius past the limit", func(t *testing.T, dir string) {
 			editManifest(t, dir, func(m map[string]any) {
 				m["features"].(map[string]any)["layers"].([]any)[0].(map[string]any)["match"] = 4

@@ -297,6 +297,11 @@ type mapScratch struct {
 	e     []float64 // the plan's intermediate
 	amap  []float64 // the smoothed map
 	pool  poolScratch
+	// guide, when set, is the guided filter of the frame being mapped (map.guided): smoothedMapWith applies it
+	// to every map it returns, so the frame's map and its layers' and terms' maps stay a linear sum of each
+	// other. mapsAndScores sets it per frame (to &gi, whose buffers it reuses) and clears it when done.
+	guide *guidedInput
+	gi    guidedInput
 }
 
 var mapScratchPool = sync.Pool{New: func() any { return new(mapScratch) }}
@@ -346,7 +351,8 @@ func pixelDistanceRows(x, mean []float32, n, lo, hi int, dst []float64) {
 // term costs its distance and its Gaussian alone; and, when knn
 // is set, the nearest-normal distances times knn.weight, one more low-resolution layer of the plan. With no
 // layers it is the terms' smoothed map alone. The layers hold ens reconstructions per frame, and the map is the
-// mean over the first use of them (use = ens but for Options.NoisePrefixes).
+// mean over the first use of them (use = ens but for Options.NoisePrefixes). With sc.guide set the result is
+// then guided-filtered (map.guided).
 func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, frames, ens, use int, tokens bool, H, W int, sigma, truncate float64, sc *mapScratch, workers int) ([]float64, error) {
 	if ens < 1 {
 		return nil, fmt.Errorf("%d reconstructions per frame: want at least one", ens)
@@ -454,6 +460,9 @@ func smoothedMapWith(layers []layerOutput, pix *pixelInput, knn *knnInput, i, fr
 			d[j] *= inv
 		}
 	})
+	if sc.guide != nil {
+		sc.guide.filter(sc.amap)
+	}
 	return sc.amap, nil
 }
 

@@ -136,6 +136,37 @@ func BenchmarkMapStageMeanFrame(b *testing.B) {
 	}
 }
 
+// BenchmarkMapStageGuided times Scorer.mapsAndScores on ResNet50's geometry at 256 px without and with the
+// guided filter (map.guided, radius 8): the frame's guide and its window statistics, then four box means of the
+// map, by goroutines at batch 1.
+func BenchmarkMapStageGuided(b *testing.B) {
+	bb := benchBackbones[1]
+	r := rand.New(rand.NewPCG(11, 12))
+	for _, on := range []bool{false, true} {
+		for _, threads := range []int{1, 2} {
+			b.Run(fmt.Sprintf("guided=%v/t%d", on, threads), func(b *testing.B) {
+				s := benchScorer(bb)
+				s.opt.Threads = threads
+				x := make([]float32, 3*256*256)
+				for i := range x {
+					x[i] = float32(r.NormFloat64())
+				}
+				if on {
+					s.m.Map.Guided = &models.GuidedFilter{Radius: 8, Eps: 1e-3}
+				}
+				feats := benchFeatures(bb, 1)
+				reqs := make([]Request, 1)
+				for b.Loop() {
+					res, err := s.mapsAndScores(feats, x, nil, reqs)
+					if err != nil || res[0].Err != nil {
+						b.Fatal(err, res[0].Err)
+					}
+				}
+			})
+		}
+	}
+}
+
 // BenchmarkPreprocess times Scorer.preprocess (resize, normalise, input tensor) by frame size at batch 1: a
 // frame already at the input size, a smaller one upscaled (the PIPED images are 128 x 128) and a camera frame
 // downscaled with Pillow's antialiasing.

@@ -149,6 +149,21 @@ func TestParityWithPyTorchReference(t *testing.T) {
 	addKnnTerm(t, knnK, 0.7, false)
 	withKNearest(t, knnK, 4, []int{2, 3})
 
+	// The guided filter (map.guided) on the mean-frame term's bundle: the features' map, the term and the
+	// reference all filtered with each frame's luminance as guide; and on the map without its Gaussian.
+	guided := filepath.Join(dir, "guided")
+	copyDir(t, fixtureBundle, guided)
+	addPixelTerm(t, guided, 0.8, &one)
+	editBundleJSON(t, guided, func(m map[string]any) {
+		m["map"].(map[string]any)["guided"] = map[string]any{"radius": 8, "eps": 1e-3}
+	})
+	guidedRaw := filepath.Join(dir, "guided-no-gaussian")
+	copyDir(t, fixtureBundle, guidedRaw)
+	editBundleJSON(t, guidedRaw, func(m map[string]any) {
+		mp := m["map"].(map[string]any)
+		mp["sigma"], mp["guided"] = 0, map[string]any{"radius": 4, "eps": 1e-4}
+	})
+
 	// perFrame scores each image alone: batch 1 runs the fixture's static-shape batch-1 denoiser (context built
 	// in, constants folded); a batch of all images runs the dynamic one (dynamicOnly: even where a static graph
 	// of that size exists).
@@ -177,6 +192,8 @@ func TestParityWithPyTorchReference(t *testing.T) {
 		{"nearest-normal term fed the feature graph's layers, one frame", knnLayers, "", false, true, false},
 		{"nearest-normal term, mean of the 3 nearest, class bank, batch of all images", knnK, "widget", true, false, false},
 		{"nearest-normal term, mean of the 2 nearest, global bank, one frame", knnK, "", false, true, false},
+		{"guided filter on the map and the mean-frame term, class rows, batch of all images", guided, "widget", true, false, false},
+		{"guided filter without the Gaussian, one frame", guidedRaw, "", false, true, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -422,15 +422,24 @@ func (s *Scorer) recFeatures(f *frameFeatures, rec []float32, frames int) ([]lay
 }
 
 // mapsAndScores turns the features into each frame's smoothed anomaly map (the mean over its K reconstructions,
-// plus the mean-frame term when the bundle has one), pooled score and calibrated verdict (docs/algorithm.md
-// §1.9-1.11). x is the preprocessed frames. A malformed feature output fails the batch; a non-finite map fails
-// its frame.
+// plus the mean-frame term when the bundle has one, guided-filtered along the frame's edges with map.guided),
+// pooled score and calibrated verdict (docs/algorithm.md §1.9-1.11). x is the preprocessed frames. A malformed
+// feature output fails the batch; a non-finite map fails its frame.
 func (s *Scorer) mapsAndScores(feats []layerOutput, x []float32, knn *knnMaps, reqs []Request) ([]Result, error) {
 	H, W := s.m.Input.Height, s.m.Input.Width
 	sc := mapScratchPool.Get().(*mapScratch)
 	defer mapScratchPool.Put(sc)
+	defer func() { sc.guide = nil }()
+	if n := 3 * H * W; s.m.Map.Guided != nil && len(x) < len(reqs)*n {
+		return nil, fmt.Errorf("map.guided: %d preprocessed values for %d frames of %dx%d", len(x), len(reqs), W, H)
+	}
 	results := make([]Result, len(reqs))
 	for i, r := range reqs {
+		if g := s.m.Map.Guided; g != nil {
+			n := 3 * H * W
+			sc.gi.setGuide(x[i*n:(i+1)*n], s.m.Input, g)
+			sc.guide = &sc.gi
+		}
 		pix := s.pixelInput(x, i, r.Class, s.pixelWeight())
 		amap, err := smoothedMapWith(feats, pix, knn.frame(i, s.knnWeight()), i, len(reqs), s.ens, s.ens, s.m.Features.Tokens, H, W, s.m.Map.Sigma, s.m.Map.Truncate, sc, s.mapWorkers())
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,7 +23,7 @@ func init() {
 }
 
 func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--pixel-sigma S] [--knn-sigma S] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--map-sigma S] [--start-step T] [--pool-repeat N] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
+	fs := NewFlagSet("calibrate", "--bundle DIR --data DIR [--method quantile:0.99] [--reference keep|train|none] [--pixel-factor A] [--pixel-sigma S] [--knn-sigma S] [--knn-factor A --knn-backbone F --knn-layers a,b] [--ensemble K] [--feature-weights a=1,b=0.5] [--feature-match a=1] [--map-sigma S] [--map-guided R,EPS|none] [--start-step T] [--pool-repeat N] [--roi FILE | --agent-config FILE --camera NAME]", stderr)
 	var sf scoreFlags
 	sf.Register(fs)
 	var df dataFlags
@@ -42,6 +43,9 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	sigma := fs.String("map-sigma", "", "smooth every map with this Gaussian sigma in map pixels from now on (0: no smoothing; export's default is 5 at 256 px, scaled with "+
 		"the input size): smaller keeps thin or small defects sharp, larger merges scattered responses; needs --reference train (or none). Compare sigmas on a painted set "+
 		"(docs/training.md, \"Map smoothing\")")
+	guided := fs.String("map-guided", "", "filter every map along the frame's own edges from now on: a guided filter with the frame's luminance as guide, window radius R map pixels, "+
+		"regularisation EPS (e.g. 8,1e-4, usually with --map-sigma 0; none removes it): a response on a thin hair or scratch keeps its shape instead of a Gaussian blob; "+
+		"needs --reference train (or none). Opt-in: compare on a painted set (docs/algorithm.md §1.9, \"Smoothing along the frame's edges\")")
 	start := fs.String("start-step", "", "reconstruct every frame from this diffusion step from now on: the schedule's last (999) is the paper's, a lower one runs only the "+
 		"DDIM steps at or below it on a frame noised less (SDEdit-style: it keeps more of a stochastic texture, and of a defect, and costs fewer steps); needs --reference train (or none). "+
 		"Compare start steps on a painted set (docs/training.md, \"The start step\")")
@@ -82,8 +86,8 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := checkEnsemble(sf.Bundle, sf.Ensemble, *reference); err != nil {
 		return err
 	}
-	if *weights != "" || *match != "" || *sigma != "" || *start != "" {
-		if err := setMapShape(sf.Bundle, mapShape{*weights, *match, *sigma, *start}, *reference, *dry, stderr); err != nil {
+	if *weights != "" || *match != "" || *sigma != "" || *guided != "" || *start != "" {
+		if err := setMapShape(sf.Bundle, mapShape{*weights, *match, *sigma, *guided, *start}, *reference, *dry, stderr); err != nil {
 			return err
 		}
 	}
@@ -244,13 +248,13 @@ func pixelFactorFlag(bundle, flag, reference string) (float64, error) {
 }
 
 // mapShape is what calibrate may change in how every map is made: --feature-weights, --feature-match,
-// --map-sigma and --start-step as given ("": keep the bundle's).
-type mapShape struct{ weights, match, sigma, start string }
+// --map-sigma, --map-guided and --start-step as given ("": keep the bundle's).
+type mapShape struct{ weights, match, sigma, guided, start string }
 
 // flags names the flags given, for messages.
 func (f mapShape) flags() string {
 	var given []string
-	for _, g := range [][2]string{{"--feature-weights", f.weights}, {"--feature-match", f.match}, {"--map-sigma", f.sigma}, {"--start-step", f.start}} {
+	for _, g := range [][2]string{{"--feature-weights", f.weights}, {"--feature-match", f.match}, {"--map-sigma", f.sigma}, {"--map-guided", f.guided}, {"--start-step", f.start}} {
 		if g[1] != "" {
 			given = append(given, g[0]+" "+g[1])
 		}
@@ -258,7 +262,7 @@ func (f mapShape) flags() string {
 	return strings.Join(given, " ")
 }
 
-// setMapShape writes --feature-weights, --feature-match, --map-sigma and --start-step into the bundle's manifest. Each
+// setMapShape writes --feature-weights, --feature-match, --map-sigma, --map-guided and --start-step into the bundle's manifest. Each
 // changes every map, so a kept reference (measured with the old maps) and a dry run (which would calibrate maps
 // the bundle does not score) are refused before anything is written.
 func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr io.Writer) error {
@@ -283,6 +287,12 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 			return err
 		}
 	}
+	guided := m.Map.Guided
+	if f.guided != "" {
+		if guided, err = parseMapGuided(f.guided); err != nil {
+			return err
+		}
+	}
 	diff := m.Diffusion
 	if f.start != "" {
 		t, err := strconv.Atoi(f.start)
@@ -291,7 +301,7 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 		}
 		diff = diff.WithStart(t)
 	}
-	if slices.Equal(layers, m.Features.Layers) && sigma == m.Map.Sigma && diff == m.Diffusion {
+	if slices.Equal(layers, m.Features.Layers) && sigma == m.Map.Sigma && equalGuided(guided, m.Map.Guided) && diff == m.Diffusion {
 		return nil
 	}
 	flags := f.flags()
@@ -307,6 +317,7 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 		dropped = models.DropKnnLayersGraph(m)
 	}
 	m.Map.Sigma = sigma
+	m.Map.Guided = guided
 	m.Diffusion = diff
 	if sigma > 0 && !(m.Map.Truncate > 0) {
 		m.Map.Truncate = 4 // the reference's; a bundle exported without smoothing may have none
@@ -325,7 +336,7 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 	if err := models.Verify(bundle); err != nil {
 		return fmt.Errorf("the bundle with %s: %w", flags, err)
 	}
-	fmt.Fprintf(stderr, "map written: layers %s, sigma %g, start step %s\n", describeLayers(layers), sigma, diff.DescribeStart())
+	fmt.Fprintf(stderr, "map written: layers %s, sigma %g, %s, start step %s\n", describeLayers(layers), sigma, describeGuided(guided), diff.DescribeStart())
 	return nil
 }
 
@@ -364,6 +375,37 @@ func parseMapSigma(s string, w, h int) (float64, error) {
 		return 0, fmt.Errorf("--map-sigma %q: want a sigma in map pixels from 0 (no smoothing) to %g (an eighth of the %dx%d map's shorter side)", s, top, w, h)
 	}
 	return v, nil
+}
+
+// parseMapGuided reads --map-guided: "R,EPS" (a window radius in map pixels and the regularisation, checked
+// against the map's size by the manifest's validation), or none (or 0) to remove the filter.
+func parseMapGuided(s string) (*models.GuidedFilter, error) {
+	if s == "none" || s == "0" {
+		return nil, nil
+	}
+	rs, es, ok := strings.Cut(s, ",")
+	r, err1 := strconv.Atoi(strings.TrimSpace(rs))
+	eps, err2 := strconv.ParseFloat(strings.TrimSpace(es), 64)
+	if !ok || err1 != nil || err2 != nil || r < 1 || !(eps > 0) || math.IsInf(eps, 0) {
+		return nil, fmt.Errorf("--map-guided %q: want R,EPS (a window radius in map pixels from 1, a regularisation above 0; e.g. 8,1e-4) or none", s)
+	}
+	return &models.GuidedFilter{Radius: r, Eps: eps}, nil
+}
+
+// equalGuided says whether two map.guided settings filter alike (both absent, or the same radius and eps).
+func equalGuided(a, b *models.GuidedFilter) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// describeGuided is map.guided for messages.
+func describeGuided(g *models.GuidedFilter) string {
+	if g == nil {
+		return "no guided filter"
+	}
+	return fmt.Sprintf("guided filter r %d eps %g", g.Radius, g.Eps)
 }
 
 // describeLayers is the layers as name=weight, with @r for a match radius.

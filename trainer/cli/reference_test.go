@@ -218,6 +218,11 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 		{"--map-sigma", "x", "from 0 (no smoothing) to"},
 		{"--map-sigma", "NaN", "from 0 (no smoothing) to"},
 		{"--map-sigma", "1000", "an eighth of the"},
+		{"--map-guided", "4,1e-3", "--reference train"}, // a guided filter changes every map too
+		{"--map-guided", "4", "want R,EPS"},
+		{"--map-guided", "0,1e-3", "want R,EPS"},
+		{"--map-guided", "4,0", "want R,EPS"},
+		{"--map-guided", "4,x", "want R,EPS"},
 		{"--start-step", "501", "--reference train"}, // a start step changes every reconstruction
 		{"--start-step", "0", "from 1 to"},
 		{"--start-step", "1000", "from 1 to"},
@@ -283,6 +288,34 @@ func TestWeighAndSetFeatureWeights(t *testing.T) {
 		}
 		out = table
 	}
+	// a guided filter on the unsmoothed map, measured with a new reference: the maps and thresholds move; a
+	// radius past a quarter of the map is refused by the manifest's check and leaves the bundle as it was; none
+	// takes the filter away
+	code, table, stderr = run(append(base, "--map-guided", "4,1e-3", "--reference", "train")...)
+	if code != 0 {
+		t.Fatalf("calibrate --map-guided 4,1e-3 --reference train: exit %d\n%s", code, stderr)
+	}
+	if b, err = models.Load(bundle); err != nil || b.Manifest.Map.Guided == nil || *b.Manifest.Map.Guided != (models.GuidedFilter{Radius: 4, Eps: 1e-3}) {
+		t.Fatalf("after --map-guided 4,1e-3: %v, guided %+v", err, b.Manifest.Map.Guided)
+	}
+	if table == out {
+		t.Errorf("--map-guided 4,1e-3 left the thresholds as they were:\n%s", table)
+	}
+	out = table
+	guidedManifest, _ := os.ReadFile(filepath.Join(bundle, models.ManifestFile))
+	if code, _, stderr := run(append(base, "--map-guided", "500,1e-3", "--reference", "train")...); code == 0 || !strings.Contains(stderr, "map.guided.radius") {
+		t.Errorf("calibrate --map-guided 500,1e-3: exit %d, stderr %q", code, stderr)
+	}
+	if after, _ := os.ReadFile(filepath.Join(bundle, models.ManifestFile)); !bytes.Equal(after, guidedManifest) {
+		t.Fatalf("a refused --map-guided changed the bundle")
+	}
+	if code, table, stderr = run(append(base, "--map-guided", "none", "--reference", "train")...); code != 0 {
+		t.Fatalf("calibrate --map-guided none --reference train: exit %d\n%s", code, stderr)
+	}
+	if b, err = models.Load(bundle); err != nil || b.Manifest.Map.Guided != nil {
+		t.Fatalf("after --map-guided none: %v, guided %+v", err, b.Manifest.Map.Guided)
+	}
+	out = table
 	// a start step, measured with a new reference: below the schedule's last only the DDIM steps at or below it
 	// run (sampler_from_start_step), so the reconstructions and the thresholds move; the last is the paper's again
 	last := b.Manifest.Diffusion.TrainSteps - 1

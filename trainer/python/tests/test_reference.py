@@ -66,6 +66,32 @@ def test_gaussian_matches_handwritten_reflect_filter():
     assert R.smooth(a, 0.0, 4.0).tolist() == a.tolist()
 
 
+def test_guided_filter_properties():
+    """map.guided: on a flat guide it is two box means of the map (a = 0); a map that is an affine function of
+    the guide comes back as it was (a = the slope where eps is small against the guide's variance); it is linear
+    in the map; and the guide is the frame's luminance with the normalisation undone."""
+    rng = np.random.default_rng(5)
+    p = rng.random((20, 27))
+    r = 2
+
+    def box(v):  # the (2r+1)^2 mean with reflected borders, written out
+        pad = np.pad(v, r, mode="symmetric")
+        return np.mean([pad[dy:dy + v.shape[0], dx:dx + v.shape[1]] for dy in range(2 * r + 1)
+                        for dx in range(2 * r + 1)], axis=0)
+
+    np.testing.assert_allclose(R.guided_filter(p, np.full_like(p, 0.3), r, 1e-3), box(box(p)), atol=1e-12)
+    g = rng.random((20, 27))
+    np.testing.assert_allclose(R.guided_filter(2.5 * g - 1, g, r, 1e-9), 2.5 * g - 1, atol=1e-5)
+    q = rng.normal(size=p.shape)
+    np.testing.assert_allclose(R.guided_filter(p + 2 * q, g, r, 1e-3),
+                               R.guided_filter(p, g, r, 1e-3) + 2 * R.guided_filter(q, g, r, 1e-3), atol=1e-9)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    rgb = rng.random((3, 4, 5))
+    x = (rgb - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    np.testing.assert_allclose(R.luminance(x.astype(np.float32), mean, std),
+                               0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2], atol=1e-6)
+
+
 def test_pooling_size_and_value():
     m = np.zeros((256, 256), np.float32)
     assert tuple(R.pooled(m, 8, 8).shape) == (200, 200)

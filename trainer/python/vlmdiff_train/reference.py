@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, uniform_filter
 
 from .model_file import Nets, load_nets
 
@@ -296,6 +296,26 @@ def pooled(amap: np.ndarray, kernel: int, repeat: int) -> torch.Tensor:
     return t[0, 0]
 
 
+def guided_filter(p: np.ndarray, guide: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter of the map p with the grey guide (map.guided; Go's guidedInput.filter): box means
+    over (2 radius + 1)^2 windows, borders reflected; a = cov(guide, p) / (var(guide) + eps), b = mean(p) - a
+    mean(guide), out = mean(a) guide + mean(b). float64 throughout."""
+    size = 2 * radius + 1
+    box = lambda v: uniform_filter(v, size=size, mode="reflect")  # noqa: E731
+    g, p = guide.astype(np.float64), p.astype(np.float64)
+    mg, mp = box(g), box(p)
+    a = (box(g * p) - mg * mp) / (np.maximum(box(g * g) - mg * mg, 0) + eps)
+    return box(a) * g + box(mp - a * mg)
+
+
+def luminance(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """The guide of map.guided: the frame's BT.601 luminance in [0, 1], from one preprocessed frame x [3,H,W]
+    with the bundle's input normalisation undone."""
+    w = (0.299, 0.587, 0.114)
+    x = x.astype(np.float64)
+    return sum(w[c] * (x[c] * float(np.float32(std[c])) + float(np.float32(mean[c]))) for c in range(3))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The scorer
 # ---------------------------------------------------------------------------------------------------------------
@@ -408,6 +428,9 @@ class Scorer:
             # the term's own sigma (map.knn.sigma; absent: the map's), as Go's knnInput.sigma
             ks = float(mp["knn"].get("sigma", sigma))
             sm = sm + self.knn.weight * (gaussian_filter(d, sigma=ks, mode="reflect", truncate=trunc) if ks > 0 else d)
+        if mp.get("guided"):  # every term filtered with the frame's luminance as guide (Go: mapScratch.guide)
+            g = mp["guided"]
+            sm = guided_filter(sm, luminance(x[0].numpy(), inp["mean"], inp["std"]), int(g["radius"]), float(g["eps"]))
         if self.reference:
             ref = self.reference.get(ref_class or "", self.reference[""])
             sm = sm - ref.astype(np.float64)
