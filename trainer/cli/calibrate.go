@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -36,19 +37,7 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	reference := fs.String("reference", eval.ReferenceKeep, "the bundle's map reference (the mean normal map per class, subtracted from every map): keep it as it is, "+
 		"train (measure it on --data's training normals, whole frames), or none (remove it)")
 	refPer := fs.Int("reference-per-class", eval.DefaultReferencePerClass, "training normals per class averaged into --reference train")
-	weights := fs.String("feature-weights", "", "score with these feature layers from now on, name=weight,... (e.g. stage1=1,stage2=0.5,stage3=1; 0 leaves a layer out; "+
-		"outputs of the bundle's feature graph): written into the bundle before the reference and thresholds are measured with them (`vlmdiff eval --weigh-layers` compares weightings)")
-	match := fs.String("feature-match", "", "give feature layers a match radius in cells from now on, name=r,... (e.g. stage1=1; 0 compares the same position, as the paper): "+
-		"each frame feature is compared with the reconstruction's best match within r cells, so a texture redrawn with another phase does not read as anomaly (docs/algorithm.md §1.9)")
-	sigma := fs.String("map-sigma", "", "smooth every map with this Gaussian sigma in map pixels from now on (0: no smoothing; export's default is 5 at 256 px, scaled with "+
-		"the input size): smaller keeps thin or small defects sharp, larger merges scattered responses; needs --reference train (or none). Compare sigmas on a painted set "+
-		"(docs/training.md, \"Map smoothing\")")
-	guided := fs.String("map-guided", "", "filter every map along the frame's own edges from now on: a guided filter with the frame's luminance as guide, window radius R map pixels, "+
-		"regularisation EPS (e.g. 8,1e-4, usually with --map-sigma 0; none removes it): a response on a thin hair or scratch keeps its shape instead of a Gaussian blob; "+
-		"needs --reference train (or none). Opt-in: compare on a painted set (docs/algorithm.md §1.9, \"Smoothing along the frame's edges\")")
-	start := fs.String("start-step", "", "reconstruct every frame from this diffusion step from now on: the schedule's last (999) is the paper's, a lower one runs only the "+
-		"DDIM steps at or below it on a frame noised less (SDEdit-style: it keeps more of a stochastic texture, and of a defect, and costs fewer steps); needs --reference train (or none). "+
-		"Compare start steps on a painted set (docs/training.md, \"The start step\")")
+	shape := registerMapShape(fs)
 	pool := fs.String("pool-repeat", "", "pool every map with this many passes of the bundle's k x k box average before the image score's maximum from now on (the paper's "+
 		"8 at 256 px, a window about 57 px wide; 0: the map's largest pixel): fewer keep a small defect's peak, more average a texture's grain away. The map and its "+
 		"reference are unchanged; the thresholds are measured anew. Compare on a painted set (docs/training.md, \"The image score's pooling\")")
@@ -86,8 +75,8 @@ func runCalibrate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := checkEnsemble(sf.Bundle, sf.Ensemble, *reference); err != nil {
 		return err
 	}
-	if *weights != "" || *match != "" || *sigma != "" || *guided != "" || *start != "" {
-		if err := setMapShape(sf.Bundle, mapShape{*weights, *match, *sigma, *guided, *start}, *reference, *dry, stderr); err != nil {
+	if f := shape(); f != (mapShape{}) {
+		if err := setMapShape(sf.Bundle, f, *reference, *dry, stderr); err != nil {
 			return err
 		}
 	}
@@ -250,6 +239,25 @@ func pixelFactorFlag(bundle, flag, reference string) (float64, error) {
 // mapShape is what calibrate may change in how every map is made: --feature-weights, --feature-match,
 // --map-sigma, --map-guided and --start-step as given ("": keep the bundle's).
 type mapShape struct{ weights, match, sigma, guided, start string }
+
+// registerMapShape registers --feature-weights, --feature-match, --map-sigma, --map-guided and --start-step on
+// fs; the function it returns reads them once fs is parsed.
+func registerMapShape(fs *flag.FlagSet) func() mapShape {
+	weights := fs.String("feature-weights", "", "score with these feature layers from now on, name=weight,... (e.g. stage1=1,stage2=0.5,stage3=1; 0 leaves a layer out; "+
+		"outputs of the bundle's feature graph): written into the bundle before the reference and thresholds are measured with them (`vlmdiff eval --weigh-layers` compares weightings)")
+	match := fs.String("feature-match", "", "give feature layers a match radius in cells from now on, name=r,... (e.g. stage1=1; 0 compares the same position, as the paper): "+
+		"each frame feature is compared with the reconstruction's best match within r cells, so a texture redrawn with another phase does not read as anomaly (docs/algorithm.md §1.9)")
+	sigma := fs.String("map-sigma", "", "smooth every map with this Gaussian sigma in map pixels from now on (0: no smoothing; export's default is 5 at 256 px, scaled with "+
+		"the input size): smaller keeps thin or small defects sharp, larger merges scattered responses; needs --reference train (or none). Compare sigmas on a painted set "+
+		"(docs/training.md, \"Map smoothing\")")
+	guided := fs.String("map-guided", "", "filter every map along the frame's own edges from now on: a guided filter with the frame's luminance as guide, window radius R map pixels, "+
+		"regularisation EPS (e.g. 8,1e-4, usually with --map-sigma 0; none removes it): a response on a thin hair or scratch keeps its shape instead of a Gaussian blob; "+
+		"needs --reference train (or none). Opt-in: compare on a painted set (docs/algorithm.md §1.9, \"Smoothing along the frame's edges\")")
+	start := fs.String("start-step", "", "reconstruct every frame from this diffusion step from now on: the schedule's last (999) is the paper's, a lower one runs only the "+
+		"DDIM steps at or below it on a frame noised less (SDEdit-style: it keeps more of a stochastic texture, and of a defect, and costs fewer steps); needs --reference train (or none). "+
+		"Compare start steps on a painted set (docs/training.md, \"The start step\")")
+	return func() mapShape { return mapShape{*weights, *match, *sigma, *guided, *start} }
+}
 
 // flags names the flags given, for messages.
 func (f mapShape) flags() string {
