@@ -237,9 +237,10 @@ type MapSpec struct {
 	// with a guided filter whose guide is the frame's own grey image, before the reference is subtracted
 	// (docs/algorithm.md §1.9, "Smoothing along the frame's edges"). Where the frame is flat it averages the map
 	// like a box; where the frame has edges the map follows them, so a response on a thin dark hair takes the
-	// hair's shape instead of a Gaussian blob 40 px wide. Opt-in (`vlmdiff calibrate --map-guided R,EPS`,
-	// usually with --map-sigma 0): on the painted validation sets it raised P-AP everywhere and left the mean
-	// of I-AUROC, P-AUROC and AU-PRO level or lower, so no stage chooses it.
+	// hair's shape instead of a Gaussian blob 40 px wide. Opt-in: the select stage weighs the filters a config
+	// lists (select.guided) against the Gaussian, or `vlmdiff calibrate --map-guided R,EPS --map-sigma 0` sets
+	// one on a finished bundle. On the painted validation sets it raised P-AP everywhere and left the mean of
+	// I-AUROC, P-AUROC and AU-PRO level or lower, so no default lists it.
 	Guided *GuidedFilter `json:"guided,omitempty"`
 }
 
@@ -250,6 +251,22 @@ type MapSpec struct {
 type GuidedFilter struct {
 	Radius int     `json:"radius"` // window half-width in map pixels, 1..MaxGuidedRadius and at most a quarter of the map's shorter side
 	Eps    float64 `json:"eps"`    // regularisation in squared luminance units: larger smooths across weaker edges (1e-3: edges of about 8 grey levels out of 255)
+}
+
+// SameGuided says whether two map.guided settings filter alike: both absent, or the same radius and eps.
+func SameGuided(a, b *GuidedFilter) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// String is the filter for messages; a nil filter is "no guided filter".
+func (g *GuidedFilter) String() string {
+	if g == nil {
+		return "no guided filter"
+	}
+	return fmt.Sprintf("guided filter r %d eps %g", g.Radius, g.Eps)
 }
 
 // MaxGuidedRadius bounds GuidedFilter.Radius: past it the filter is a wide box that averages a small defect away.

@@ -309,7 +309,7 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 		}
 		diff = diff.WithStart(t)
 	}
-	if slices.Equal(layers, m.Features.Layers) && sigma == m.Map.Sigma && equalGuided(guided, m.Map.Guided) && diff == m.Diffusion {
+	if slices.Equal(layers, m.Features.Layers) && sigma == m.Map.Sigma && models.SameGuided(guided, m.Map.Guided) && diff == m.Diffusion {
 		return nil
 	}
 	flags := f.flags()
@@ -344,7 +344,7 @@ func setMapShape(bundle string, f mapShape, reference string, dry bool, stderr i
 	if err := models.Verify(bundle); err != nil {
 		return fmt.Errorf("the bundle with %s: %w", flags, err)
 	}
-	fmt.Fprintf(stderr, "map written: layers %s, sigma %g, %s, start step %s\n", describeLayers(layers), sigma, describeGuided(guided), diff.DescribeStart())
+	fmt.Fprintf(stderr, "map written: layers %s, sigma %g, %s, start step %s\n", describeLayers(layers), sigma, guided, diff.DescribeStart())
 	return nil
 }
 
@@ -398,22 +398,6 @@ func parseMapGuided(s string) (*models.GuidedFilter, error) {
 		return nil, fmt.Errorf("--map-guided %q: want R,EPS (a window radius in map pixels from 1, a regularisation above 0; e.g. 8,1e-4) or none", s)
 	}
 	return &models.GuidedFilter{Radius: r, Eps: eps}, nil
-}
-
-// equalGuided says whether two map.guided settings filter alike (both absent, or the same radius and eps).
-func equalGuided(a, b *models.GuidedFilter) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return *a == *b
-}
-
-// describeGuided is map.guided for messages.
-func describeGuided(g *models.GuidedFilter) string {
-	if g == nil {
-		return "no guided filter"
-	}
-	return fmt.Sprintf("guided filter r %d eps %g", g.Radius, g.Eps)
 }
 
 // describeLayers is the layers as name=weight, with @r for a match radius.

@@ -127,7 +127,7 @@ func backbone(t *testing.T) string {
 // floating-point differences alone. 80 and 120 steps (the denoiser stage is seconds; the select stage dominates
 // the test's time) gave 0.903 and 0.941 there, a margin that numerics do not eat.
 func TestTrainTinyEndToEnd(t *testing.T) {
-	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  pixel_sigmas: [0]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  knn_sigmas: [0.5]\n  knn_ks: [1, 4]\n  start_steps: [999, 301]\n  smoothing: [0.5, 1]\n  pool_repeats: [0, 2]\n", 2)
+	trainEndToEnd(t, "tiny", 0.85, [2]int{80, 120}, func(string) string { return "" }, 10, "select:\n  ensembles: [1, 2]\n  layer_weights: [0, 0.5, 1]\n  pixel_factors: [0, 1]\n  pixel_sigmas: [0]\n  knn_factors: [0, 1, 4]\n  knn_isolated: [0, 0.1]\n  knn_sigmas: [0.5]\n  knn_ks: [1, 4]\n  start_steps: [999, 301]\n  smoothing: [0.5, 1]\n  guided: [{radius: 8, eps: 1e-3}]\n  pool_repeats: [0, 2]\n", 2)
 }
 
 // checkNoCheaperStart: in a start-step table (rows[0] the header, "start-<step>" rows, the score column before
@@ -216,14 +216,22 @@ func checkStartSelection(t *testing.T, runDir string, m *models.Manifest) {
 }
 
 // checkSmoothingSelection: the select stage weighed the map sigma at each scale of the export's (the tiny
-// preset's 64 px: 1.25 px, so 0.625 and 1.25), on the recipe it chose before, and the bundle smooths with the
-// chosen sigma.
-func checkSmoothingSelection(t *testing.T, runDir string, m *models.Manifest) {
+// preset's 64 px: 1.25 px, so 0.625 and 1.25) and, when the config lists select.guided, the guided filter of
+// radius 8 at 256 px (2 at 64 px), on the recipe it chose before; the bundle smooths as the chosen row says.
+func checkSmoothingSelection(t *testing.T, runDir string, m *models.Manifest, guided bool) {
 	t.Helper()
 	rows := readCSV(t, filepath.Join(runDir, "select", run.SmoothingFile))
 	want := []string{"sigma-0.625", "sigma-1.25"}
-	if len(rows) != len(want)+1 || rows[1][0] != want[0] || rows[2][0] != want[1] {
+	if guided {
+		want = append(want, "guided-r2-eps0.001")
+	}
+	if len(rows) != len(want)+1 {
 		t.Fatalf("smoothing table %v: want rows %v", rows, want)
+	}
+	for i, w := range want {
+		if rows[i+1][0] != w {
+			t.Fatalf("smoothing table %v: want rows %v", rows, want)
+		}
 	}
 	b, err := os.ReadFile(filepath.Join(runDir, "select", run.SigmaChoiceFile))
 	if err != nil {
@@ -233,14 +241,28 @@ func checkSmoothingSelection(t *testing.T, runDir string, m *models.Manifest) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	chosen := "sigma-" + strconv.FormatFloat(sigma, 'g', 4, 64)
+	var g *models.GuidedFilter
+	if b, err := os.ReadFile(filepath.Join(runDir, "select", run.GuidedChoiceFile)); err == nil {
+		g = new(models.GuidedFilter)
+		if err := json.Unmarshal(b, g); err != nil {
+			t.Fatalf("%s: %v", run.GuidedChoiceFile, err)
+		}
+		chosen = fmt.Sprintf("guided-r%d-eps%g", g.Radius, g.Eps)
+		if sigma != 0 {
+			t.Errorf("a guided filter chosen with map sigma %g: want 0 (it replaces the Gaussian)", sigma)
+		}
+	} else if !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
 	for _, r := range rows[1:] {
-		if (r[len(r)-1] == "true") != (r[0] == "sigma-"+strconv.FormatFloat(sigma, 'g', 4, 64)) {
-			t.Errorf("row %v: the chosen column disagrees with the choice %g", r, sigma)
+		if (r[len(r)-1] == "true") != (r[0] == chosen) {
+			t.Errorf("row %v: the chosen column disagrees with the choice %s", r, chosen)
 		}
 	}
-	t.Logf("map smoothing: sigma %g chosen from %v", sigma, rows[1:])
-	if m.Map.Sigma != sigma {
-		t.Fatalf("chosen sigma %g, but the bundle smooths with %g", sigma, m.Map.Sigma)
+	t.Logf("map smoothing: %s chosen from %v", chosen, rows[1:])
+	if m.Map.Sigma != sigma || !models.SameGuided(m.Map.Guided, g) {
+		t.Fatalf("chosen sigma %g and %s, but the bundle smooths with %g and %s", sigma, g, m.Map.Sigma, m.Map.Guided)
 	}
 }
 
@@ -559,7 +581,7 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 		t.Fatalf("select.start_steps is set but the select stage wrote no table: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(runDir, "select", run.SmoothingFile)); err == nil {
-		checkSmoothingSelection(t, runDir, m)
+		checkSmoothingSelection(t, runDir, m, strings.Contains(cfg, "guided:"))
 	} else if strings.Contains(cfg, "smoothing:") {
 		t.Fatalf("select.smoothing is set but the select stage wrote no table: %v", err)
 	}

@@ -179,7 +179,7 @@ func (t *Training) runSelect(ctx context.Context, sc *StageContext) (map[string]
 	}
 	snaps := sc.Output("train", "snapshots")
 	if snaps == "" && len(c.Select.Ensembles) == 0 && len(c.Select.LayerWeights) == 0 && len(c.Select.KnnFactors) == 0 &&
-		len(c.Select.Smoothing) == 0 && len(c.Select.StartSteps) == 0 {
+		len(c.Select.Smoothing) == 0 && len(c.Select.Guided) == 0 && len(c.Select.StartSteps) == 0 {
 		fmt.Fprintln(sc.Progress, "[select] no snapshots (train.snapshot_every is 0): exporting the train stage's model")
 		return map[string]string{"model": final}, nil
 	}
@@ -795,17 +795,22 @@ func (t *Training) selectKnnAndSmoothing(ctx context.Context, sc *StageContext, 
 		}
 		outs["start_steps"] = table
 	}
-	if len(c.Select.Smoothing) > 0 {
+	if len(c.Select.Smoothing) > 0 || len(c.Select.Guided) > 0 {
 		// last: the width of the smoothing depends on every term in the map
-		sigma, table, err := t.selectSmoothing(ctx, sc, items, chosen, valData, dir, *recipe)
+		ch, err := t.selectSmoothing(ctx, sc, items, chosen, valData, dir, *recipe)
 		if err != nil {
 			return err
 		}
-		recipe.Sigma = sigma
-		if outs["sigma"], err = writeNumber(dir, SigmaChoiceFile, sigma); err != nil {
+		recipe.Sigma, recipe.Guided = ch.Sigma, ch.Guided
+		if outs["sigma"], err = writeNumber(dir, SigmaChoiceFile, ch.Sigma); err != nil {
 			return err
 		}
-		outs["smoothing"] = table
+		if ch.Guided != nil {
+			if outs["guided"], err = writeGuided(dir, ch.Guided); err != nil {
+				return err
+			}
+		}
+		outs["smoothing"] = ch.Table
 	}
 	if len(c.Select.PoolRepeats) > 0 {
 		// after everything that shapes the map: the pooling only reads it

@@ -188,17 +188,24 @@ func writeKnnKs(dir string, ks map[string]int) (string, error) {
 
 // selectedKnnKs reads the counts the select stage chose (select.knn_ks): nil when it chose none.
 func selectedKnnKs(sc *StageContext) (map[string]int, error) {
-	p := sc.Output("select", "knn_ks")
+	var ks map[string]int
+	_, err := selectedJSON(sc, "knn_ks", "counts of nearest vectors", &ks)
+	return ks, err
+}
+
+// selectedJSON reads the select stage's output (a JSON file) into v: its path, "" when the stage wrote none
+// (v untouched). what names the choice in errors.
+func selectedJSON(sc *StageContext, output, what string, v any) (string, error) {
+	p := sc.Output("select", output)
 	if p == "" {
-		return nil, nil
+		return "", nil
 	}
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return nil, fmt.Errorf("the select stage's counts of nearest vectors: %w", err)
+		return "", fmt.Errorf("the select stage's %s: %w", what, err)
 	}
-	var ks map[string]int
-	if err := json.Unmarshal(b, &ks); err != nil {
-		return nil, fmt.Errorf("the select stage's counts of nearest vectors %s: %w", p, err)
+	if err := json.Unmarshal(b, v); err != nil {
+		return "", fmt.Errorf("the select stage's %s %s: %w", what, p, err)
 	}
-	return ks, nil
+	return p, nil
 }

@@ -3,7 +3,6 @@ package run
 import (
 	"context"
 	"encoding/csv"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -34,17 +33,10 @@ func bestLayers(rs []candidateResult, minGain float64) (int, string) {
 
 // selectedLayers is the feature layers the select stage chose (select.layer_weights), nil when it chose none.
 func selectedLayers(sc *StageContext) ([][2]any, error) {
-	p := sc.Output("select", "feature_layers")
-	if p == "" {
-		return nil, nil
-	}
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return nil, fmt.Errorf("the select stage's choice of feature layers: %w", err)
-	}
 	var raw [][]any
-	if err := json.Unmarshal(b, &raw); err != nil {
-		return nil, fmt.Errorf("the select stage's choice of feature layers %s: %w", p, err)
+	p, err := selectedJSON(sc, "feature_layers", "choice of feature layers", &raw)
+	if p == "" || err != nil {
+		return nil, err
 	}
 	out := make([][2]any, 0, len(raw))
 	for _, l := range raw {

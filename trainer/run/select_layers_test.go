@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/trainer/eval"
 )
 
@@ -99,5 +100,40 @@ func TestSelectedLayers(t *testing.T) {
 				t.Fatalf("selectedLayers = %v, %v; want %v", got, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestSelectedGuided: the export stage reads the smoothing step's guided filter back (none when the step wrote
+// none), and a damaged or missing file is an error naming it rather than a bundle smoothed otherwise.
+func TestSelectedGuided(t *testing.T) {
+	dir := t.TempDir()
+	p, err := writeGuided(dir, &models.GuidedFilter{Radius: 8, Eps: 1e-4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := &StageContext{Dir: dir, records: map[string]*Record{"select": {Outputs: map[string]string{"guided": p}}}}
+	if g, err := selectedGuided(sc); err != nil || g == nil || *g != (models.GuidedFilter{Radius: 8, Eps: 1e-4}) {
+		t.Fatalf("round trip: %v, %v", g, err)
+	}
+	if g, err := selectedGuided(&StageContext{Dir: dir, records: map[string]*Record{"select": {Outputs: map[string]string{}}}}); g != nil || err != nil {
+		t.Fatalf("no choice: %v, %v; want nil, nil", g, err)
+	}
+	for _, tc := range []struct{ name, file, want string }{
+		{"radius 0", `{"radius":0,"eps":0.001}`, "radius 0, eps 0.001 is not a filter"},
+		{"no eps", `{"radius":8}`, "radius 8, eps 0 is not a filter"},
+		{"not json", `8,1e-4`, GuidedChoiceFile},
+	} {
+		if err := os.WriteFile(p, []byte(tc.file), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := selectedGuided(sc); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want one naming %q", tc.name, err, tc.want)
+		}
+	}
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := selectedGuided(sc); err == nil || !strings.Contains(err.Error(), "choice of a guided filter") {
+		t.Errorf("a missing file: error %v", err)
 	}
 }

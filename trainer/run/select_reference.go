@@ -32,7 +32,9 @@ type referenceRecipe struct {
 	StartStep int                   `json:"start_step"`
 	Sigma     float64               `json:"sigma"`
 	Truncate  float64               `json:"truncate"`
-	Pixel     float64               `json:"pixel_factor"`
+	// Guided is the map's guided filter (models.Map.Guided; absent without one).
+	Guided *models.GuidedFilter `json:"guided,omitempty"`
+	Pixel  float64              `json:"pixel_factor"`
 	// PixelSigma is the mean-frame term's smoothing (with the term; models.PixelTerm.SmoothingSigma).
 	PixelSigma float64 `json:"pixel_sigma,omitempty"`
 	Knn        float64 `json:"knn_factor"`
@@ -70,7 +72,7 @@ func knnBanksDigest(m *models.Manifest) string {
 // recipeOf is the referenceRecipe of a bundle's manifest with the terms t (a nil sigma: the map's), on normals.
 func recipeOf(m *models.Manifest, t eval.Terms, normals []dataset.Item) referenceRecipe {
 	r := referenceRecipe{Noises: m.Diffusion.Noises(), Layers: m.Features.Layers, StartStep: m.Diffusion.StartStep,
-		Sigma: m.Map.Sigma, Truncate: m.Map.Truncate, Pixel: t.Pixel, Knn: t.Knn, Normals: normalsDigest(normals)}
+		Sigma: m.Map.Sigma, Truncate: m.Map.Truncate, Guided: m.Map.Guided, Pixel: t.Pixel, Knn: t.Knn, Normals: normalsDigest(normals)}
 	if t.Pixel > 0 {
 		r.PixelSigma = (&models.PixelTerm{Sigma: t.PixelSigma}).SmoothingSigma(m.Map.Sigma)
 	}
@@ -96,6 +98,8 @@ func (r referenceRecipe) mismatch(b referenceRecipe) string {
 		return fmt.Sprintf("measured from start step %d, the bundle starts at %d", r.StartStep, b.StartStep)
 	case r.Sigma != b.Sigma || r.Truncate != b.Truncate:
 		return fmt.Sprintf("measured with map sigma %g (truncate %g), the bundle has %g (%g)", r.Sigma, r.Truncate, b.Sigma, b.Truncate)
+	case !models.SameGuided(r.Guided, b.Guided):
+		return fmt.Sprintf("measured with %s, the bundle has %s", r.Guided, b.Guided)
 	case r.Pixel != b.Pixel:
 		return fmt.Sprintf("measured with the mean-frame term at factor %g, calibrating %g", r.Pixel, b.Pixel)
 	case r.PixelSigma != b.PixelSigma:

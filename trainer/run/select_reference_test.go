@@ -47,6 +47,8 @@ func TestReferenceRecipeMismatch(t *testing.T) {
 		{"a layer dropped", change(func(m *models.Manifest) { m.Features.Layers = m.Features.Layers[:1] }), 0.5, 4, nil, nil, normals, "feature layers"},
 		{"start step", change(func(m *models.Manifest) { m.Diffusion.StartStep = 301 }), 0.5, 4, nil, nil, normals, "start step"},
 		{"sigma", change(func(m *models.Manifest) { m.Map.Sigma = 2.5 }), 0.5, 4, nil, nil, normals, "sigma"},
+		{"a guided filter", change(func(m *models.Manifest) { m.Map.Guided = &models.GuidedFilter{Radius: 8, Eps: 1e-4} }), 0.5, 4, nil, nil, normals,
+			"measured with no guided filter, the bundle has guided filter r 8 eps 0.0001"},
 		{"mean-frame factor", m, 0.25, 4, nil, nil, normals, "mean-frame term"},
 		{"knn factor", m, 0.5, 2, nil, nil, normals, "nearest-normal term at factor"},
 		{"the term's own smoothing", m, 0.5, 4, &one, nil, normals, "smoothed at sigma 5, calibrating 1"},
@@ -58,6 +60,11 @@ func TestReferenceRecipeMismatch(t *testing.T) {
 		if why := base.mismatch(recipeOf(c.m, eval.Terms{Pixel: c.pixel, PixelSigma: c.sigma, Knn: c.knn, KnnSigma: c.knnSigma}, c.normals)); !strings.Contains(why, c.want) {
 			t.Errorf("%s: mismatch %q, want one naming %q", c.name, why, c.want)
 		}
+	}
+	// another guided filter is another map
+	g := recipeOf(change(func(m *models.Manifest) { m.Map.Guided = &models.GuidedFilter{Radius: 8, Eps: 1e-4} }), eval.Terms{Pixel: 0.5, Knn: 4}, normals)
+	if why := g.mismatch(recipeOf(change(func(m *models.Manifest) { m.Map.Guided = &models.GuidedFilter{Radius: 4, Eps: 1e-4} }), eval.Terms{Pixel: 0.5, Knn: 4}, normals)); !strings.Contains(why, "r 8 eps 0.0001, the bundle has guided filter r 4") {
+		t.Errorf("another guided filter: mismatch %q", why)
 	}
 	// the map's sigma named explicitly is the same smoothing; without the term its smoothing does not matter
 	five := 5.0

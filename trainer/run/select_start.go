@@ -74,7 +74,7 @@ func (t *Training) recipeBundle(ctx context.Context, sc *StageContext, items []d
 	if err := applyStart(bundle, r.Start); err != nil {
 		return "", err
 	}
-	if err := applySigma(bundle, r.Sigma); err != nil {
+	if err := applySmoothing(bundle, r.Sigma, r.Guided); err != nil {
 		return "", err
 	}
 	if r.Knn > 0 {
@@ -90,16 +90,21 @@ func (t *Training) recipeBundle(ctx context.Context, sc *StageContext, items []d
 	return bundle, nil
 }
 
-// applySigma writes the map's Gaussian sigma into the bundle; 0 leaves the export's.
-func applySigma(bundle string, sigma float64) error {
-	if sigma <= 0 {
+// applySmoothing writes the map's smoothing into the bundle: with a guided filter, the filter and no Gaussian;
+// else the Gaussian sigma, 0 leaving the export's.
+func applySmoothing(bundle string, sigma float64, guided *models.GuidedFilter) error {
+	if sigma <= 0 && guided == nil {
 		return nil
 	}
 	m, err := models.ReadManifest(bundle)
 	if err != nil {
 		return err
 	}
-	m.Map.Sigma = sigma
+	if guided != nil {
+		m.Map.Sigma, m.Map.Guided = 0, guided
+	} else {
+		m.Map.Sigma = sigma
+	}
 	return models.WriteManifest(bundle, m)
 }
 
@@ -167,7 +172,8 @@ type startWeighing struct {
 func (o mapRecipe) same(r mapRecipe) bool {
 	eq := func(a, b *float64) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
 	return o.Ensemble == r.Ensemble && slices.Equal(o.Layers, r.Layers) && o.Pixel == r.Pixel && eq(o.PixelSigma, r.PixelSigma) &&
-		o.Knn == r.Knn && eq(o.KnnSigma, r.KnnSigma) && o.KnnIsolated == r.KnnIsolated && o.Sigma == r.Sigma
+		o.Knn == r.Knn && eq(o.KnnSigma, r.KnnSigma) && o.KnnIsolated == r.KnnIsolated && o.Sigma == r.Sigma &&
+		models.SameGuided(o.Guided, r.Guided)
 }
 
 // weighStarts scores recipe r at each start step (selectStart's weighing) into the table dir/file and returns

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vlmdiff/edge/models"
 	"github.com/vlmdiff/edge/trainer/metrics"
 )
 
@@ -265,6 +266,14 @@ func TestSelectConfigChecked(t *testing.T) {
 		{"select:\n  smoothing: [1, 0.5]\n", "select.smoothing"},
 		{"select:\n  smoothing: [0, 1]\n", "select.smoothing"},
 		{"select:\n  smoothing: [0.5, 5]\n", "select.smoothing"},
+		{"select:\n  guided: [{radius: 0.5, eps: 1e-3}]\n", "select.guided: {radius: 0.5, eps: 0.001}: want a radius of 1 to 64"},
+		{"select:\n  guided: [{radius: 65, eps: 1e-3}]\n", "select.guided: {radius: 65"},
+		{"select:\n  guided: [{radius: 8, eps: 0}]\n", "select.guided: {radius: 8, eps: 0}: want"},
+		{"select:\n  guided: [{radius: 8}]\n", "select.guided: {radius: 8, eps: 0}: want"},
+		{"select:\n  guided: [{radius: 8, eps: -1e-3}]\n", "a finite eps above 0"},
+		{"select:\n  guided: [{radius: 8, eps: .inf}]\n", "a finite eps above 0"},
+		{"select:\n  guided: [{radius: 4, eps: 1e-3}, {radius: 4, eps: 1e-3}]\n", "select.guided: {radius: 4, eps: 0.001} is listed twice"},
+		{"select:\n  guided: [{radius: 4, epsilon: 1e-3}]\n", "epsilon"},
 		{"select:\n  start_steps: [301, 999]\n", "select.start_steps"},
 		{"select:\n  start_steps: [999, 999]\n", "select.start_steps"},
 		{"select:\n  start_steps: [1000, 501]\n", "select.start_steps"},
@@ -315,6 +324,16 @@ func TestMapRecipeSame(t *testing.T) {
 		{"another knn sigma", func(r *mapRecipe) { r.KnnSigma = f(3) }, false},
 		{"another isolated fraction", func(r *mapRecipe) { r.KnnIsolated = 0.1 }, false},
 		{"another map sigma", func(r *mapRecipe) { r.Sigma = 2.5 }, false},
+		{"a guided filter", func(r *mapRecipe) { r.Guided = &models.GuidedFilter{Radius: 8, Eps: 1e-4} }, false},
+	}
+	// a guided filter compares by value: the same radius and eps at another address is the same recipe
+	g, o := base, base
+	g.Guided, o.Guided = &models.GuidedFilter{Radius: 8, Eps: 1e-4}, &models.GuidedFilter{Radius: 8, Eps: 1e-4}
+	if !g.same(o) {
+		t.Error("the same guided filter at another address is another recipe")
+	}
+	if o.Guided.Radius = 4; g.same(o) {
+		t.Error("another guided radius is the same recipe")
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -324,5 +343,25 @@ func TestMapRecipeSame(t *testing.T) {
 				t.Errorf("same = %v, want %v (%+v against %+v)", got, c.same, r, base)
 			}
 		})
+	}
+}
+
+// TestGuidedCandidateAt: select.guided's radius is given at 256 px and scales with the map's shorter side as
+// export.sigma does, never below one pixel; eps is the guide's (luminance in [0, 1]) and does not scale.
+func TestGuidedCandidateAt(t *testing.T) {
+	for _, c := range []struct {
+		g    GuidedCandidate
+		w, h int
+		want models.GuidedFilter
+	}{
+		{GuidedCandidate{8, 1e-4}, 256, 256, models.GuidedFilter{Radius: 8, Eps: 1e-4}},
+		{GuidedCandidate{8, 1e-4}, 64, 64, models.GuidedFilter{Radius: 2, Eps: 1e-4}},
+		{GuidedCandidate{8, 1e-3}, 800, 600, models.GuidedFilter{Radius: 19, Eps: 1e-3}}, // 8 x 600 / 256 = 18.75
+		{GuidedCandidate{4, 1e-3}, 32, 48, models.GuidedFilter{Radius: 1, Eps: 1e-3}},    // 0.5 rounds to 1
+		{GuidedCandidate{1, 1e-3}, 64, 64, models.GuidedFilter{Radius: 1, Eps: 1e-3}},    // 0.25: at least 1
+	} {
+		if got := c.g.at(c.w, c.h); *got != c.want {
+			t.Errorf("%+v at %dx%d: %+v, want %+v", c.g, c.w, c.h, *got, c.want)
+		}
 	}
 }

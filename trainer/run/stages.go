@@ -639,6 +639,14 @@ func (t *Training) runExport(ctx context.Context, sc *StageContext) (map[string]
 		}
 		fmt.Fprintf(sc.Progress, "[export] image score: %d pooling passes of %d x %d, as the select stage chose\n", pool, man.Score.PoolKernel, man.Score.PoolKernel)
 	}
+	guided, err := selectedGuided(sc)
+	if err != nil {
+		return nil, err
+	}
+	if guided != nil { // chosen on the validation set (select.guided), in place of the Gaussian (sigma 0 above)
+		man.Map.Sigma, man.Map.Guided = 0, guided
+		fmt.Fprintf(sc.Progress, "[export] map smoothing: a guided filter of radius %d, eps %g, as the select stage chose\n", guided.Radius, guided.Eps)
+	}
 	man.Provenance.Config = c.sum
 	if man.Provenance.GitCommit == "" {
 		man.Provenance.GitCommit = gitCommit(t.Python.TrainerDir)
