@@ -161,8 +161,8 @@ func (t *Training) selectSmoothing(ctx context.Context, sc *StageContext, items 
 		return smoothingChoice{}, err
 	}
 	base := m.Map.Sigma
-	if base <= 0 {
-		return smoothingChoice{}, fmt.Errorf("select.smoothing: the exported bundle does not smooth its maps (map.sigma %v); drop select.smoothing and select.guided or set export.sigma", base)
+	if base <= 0 && len(c.Select.Smoothing) > 0 { // no multiples of nothing; the guided filters can still compete with no smoothing
+		return smoothingChoice{}, fmt.Errorf("select.smoothing: the exported bundle does not smooth its maps (map.sigma %v); drop select.smoothing or set export.sigma", base)
 	}
 	type option struct {
 		sigma  float64
