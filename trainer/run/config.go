@@ -118,7 +118,8 @@ type TrainConfig struct {
 // painted on held-out normals measure what the product is for without touching the test split.
 type SelectConfig struct {
 	// Metric ranks the candidates on the validation set: "mean" (default: the mean of I-AUROC, P-AUROC and
-	// AU-PRO), or one of i_auroc, p_auroc, au_pro, p_ap.
+	// AU-PRO), or one of i_auroc, p_auroc, au_pro, p_ap. Whichever ranks, a set counts as informative by the
+	// best candidate's image and pixel AUROC (detection), whose chance level does not depend on the metric.
 	Metric string `yaml:"metric"`
 	// ValData is a synthetic-defect validation set (`vlmdiff synth defects` output, MVTec layout). Empty
 	// (default): the stage paints one (RUN/select/valdata) on the index's held-out normals.

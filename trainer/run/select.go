@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -87,9 +88,29 @@ func selectScore(metric string, m metrics.Metrics) float64 {
 // nothing about which is better, and a small lead over the train stage's own choice is within the noise of a
 // set of a few hundred images.
 const (
-	// selectInformative is the score the best candidate must reach for the set to count as informative.
+	// selectInformative is the detection (the mean of image and pixel AUROC) the best candidate must reach for
+	// the set to count as informative.
 	selectInformative = 0.55
 )
+
+// detection is how well a candidate finds the painted defects at all, which the informative guard reads: the
+// mean of its image and pixel AUROC (one alone when the other is undefined; 0 when neither is), whose chance
+// level is 0.5 whichever metric ranks the candidates. The ranking score itself would not do for every metric: a
+// random map's AU-PRO is about 0.15 and its P-AP the share of defect pixels, so a P-AP of 0.38 on a painted set
+// is far above chance though under 0.55 (session 57: select.metric p_ap kept the Gaussian on PIPED's painted set
+// as "cannot tell them apart" with every candidate's image and pixel AUROC at 88-93).
+func detection(r candidateResult) float64 {
+	n, sum := 0, 0.0
+	for _, v := range []float64{r.Mean.ImageAUROC, r.Mean.PixelAUROC} {
+		if !math.IsNaN(v) {
+			n, sum = n+1, sum+v
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / float64(n)
+}
 
 // bestCandidate returns the index of the candidate to export and why: bestOver with the final weights (the
 // last entry, the train stage's own choice) as the incumbent. Among equal scores the earlier, less trained
@@ -152,9 +173,9 @@ func bestOver(rs []candidateResult, own int, minGain float64, what string) (int,
 	switch {
 	case best == own:
 		return own, what + " score highest"
-	case rs[best].Score < selectInformative:
-		return own, fmt.Sprintf("no candidate reaches %.2f on the validation set (best %.2f): it cannot tell them apart; keeping %s",
-			100*selectInformative, 100*rs[best].Score, what)
+	case detection(rs[best]) < selectInformative:
+		return own, fmt.Sprintf("the best candidate's image and pixel AUROC (mean %.2f) do not reach %.2f on the validation set: it cannot tell them apart; keeping %s",
+			100*detection(rs[best]), 100*selectInformative, what)
 	case lead < minGain:
 		return own, fmt.Sprintf("%s leads %s by %.2f, less than select.min_gain %.2f: keeping %s",
 			rs[best].Name, what, 100*lead, 100*minGain, what)
@@ -540,9 +561,9 @@ func ensembleEdgeNote(ks []int, res []candidateResult) string {
 // spends nothing when the incumbent is also the cheapest; but a lower start step runs fewer DDIM steps, so there
 // the incumbent is the dearest. The noisy-background part of session 45 scored 82.44 with 1 noise from step 999
 // (10 runs) and 83.28 from 101 (2 runs), under min_gain, and the rule kept 999. The pick's score is never given
-// up, only its cost. On a set that cannot tell candidates apart (none reaching selectInformative) pick stays.
+// up, only its cost. On a set that cannot tell candidates apart (the best's detection under selectInformative) pick stays.
 func cheaperNoWorse(rs []candidateResult, costs []int, pick int) (int, string) {
-	if rs[topScore(rs)].Score < selectInformative {
+	if detection(rs[topScore(rs)]) < selectInformative {
 		return pick, ""
 	}
 	best := pick

@@ -330,8 +330,8 @@ func chooseMap(cands []eval.MapCandidate, rs []candidateResult, base, minGain fl
 	}
 	lead := rs[term].Score - rs[best].Score
 	switch {
-	case rs[term].Score < selectInformative:
-		return best, why + fmt.Sprintf("; the mean-frame term: no recipe with it reaches %.2f", 100*selectInformative)
+	case detection(rs[term]) < selectInformative:
+		return best, why + fmt.Sprintf("; the mean-frame term: its best recipe's image and pixel AUROC do not reach %.2f", 100*selectInformative)
 	case lead < 0:
 		return best, why + fmt.Sprintf("; the mean-frame term: the best with it (%s) scores %.2f lower", rs[term].Name, -100*lead)
 	case lead < minGain:

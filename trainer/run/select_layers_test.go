@@ -28,7 +28,7 @@ func TestBestLayers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := make([]candidateResult, len(tc.scores))
 			for i, s := range tc.scores {
-				rs[i].Score, rs[i].Name = s, string(rune('a'+i))
+				rs[i] = scored(string(rune('a'+i)), s)
 			}
 			got, why := bestLayers(rs, 0.01)
 			if got != tc.want || !strings.Contains(why, tc.reason) {
@@ -53,12 +53,12 @@ func TestChooseMap(t *testing.T) {
 		{"the term leads the best without it", []float64{0.68, 0.69, 0.71, 0.73}, 3, "leads the best without the mean-frame term (0/1) by 2.00"},
 		{"the term leads own, not the best without it", []float64{0.68, 0.715, 0.71, 0.70}, 2, "the best with it (1/1+pixel0.5) leads by 0.50"},
 		{"no term wins", []float64{0.70, 0.60, 0.65, 0.60}, 0, "the best with it (1/1+pixel0.5) scores 10.00 lower"},
-		{"a set at chance", []float64{0.40, 0.53, 0.45, 0.54}, 0, "no recipe with it reaches 55.00"},
+		{"a set at chance", []float64{0.40, 0.53, 0.45, 0.54}, 0, "its best recipe's image and pixel AUROC do not reach 55.00"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := make([]candidateResult, len(cands))
 			for i, s := range tc.scores {
-				rs[i].Score, rs[i].Name = s, cands[i].Name()
+				rs[i] = scored(cands[i].Name(), s)
 			}
 			got, why := chooseMap(cands, rs, 0, 0.01)
 			if got != tc.want || !strings.Contains(why, tc.reason) {

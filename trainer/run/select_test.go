@@ -2,6 +2,7 @@ package run
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,11 +42,19 @@ func TestSnapshotCandidatesInEpochOrderThenFinal(t *testing.T) {
 	}
 }
 
+// scored is a candidate whose score and detection (image and pixel AUROC) are s, as under select.metric mean
+// where the three metrics move together.
+func scored(name string, s float64) candidateResult {
+	r := candidateResult{candidate: candidate{Name: name}, Score: s}
+	r.Mean.ImageAUROC, r.Mean.PixelAUROC = s, s
+	return r
+}
+
 func TestBestCandidate(t *testing.T) {
 	res := func(scores ...float64) []candidateResult {
 		out := make([]candidateResult, len(scores))
 		for i, s := range scores {
-			out[i] = candidateResult{candidate: candidate{Name: string(rune('a' + i))}, Score: s}
+			out[i] = scored(string(rune('a'+i)), s)
 		}
 		return out
 	}
@@ -73,6 +82,43 @@ func TestBestCandidate(t *testing.T) {
 	}
 }
 
+// TestInformativeWhateverTheMetric: the guard reads the candidates' image and pixel AUROC (chance 0.5), not the
+// ranking score, so a set ranked by P-AP (chance: the share of defect pixels) or AU-PRO chooses when its best
+// P-AP is under 0.55, and a set whose AUROCs sit at chance does not choose however the ranking reads.
+func TestInformativeWhateverTheMetric(t *testing.T) {
+	rank := func(metric string, rows ...metrics.Metrics) []candidateResult {
+		out := make([]candidateResult, len(rows))
+		for i, m := range rows {
+			out[i] = candidateResult{candidate: candidate{Name: fmt.Sprintf("c%d", i)}, Mean: m, Score: selectScore(metric, m)}
+		}
+		return out
+	}
+	// session 57's PIPED painted set: sigma 5, then the guided filter r 8, eps 1e-4
+	gauss := metrics.Metrics{ImageAUROC: 0.8803, PixelAUROC: 0.9285, AUPRO: 0.8245, PixelAP: 0.3358}
+	guided := metrics.Metrics{ImageAUROC: 0.8766, PixelAUROC: 0.9292, AUPRO: 0.8180, PixelAP: 0.3832}
+	chance := metrics.Metrics{ImageAUROC: 0.50, PixelAUROC: 0.52, AUPRO: 0.60, PixelAP: 0.30}
+	chanceBetter := metrics.Metrics{ImageAUROC: 0.50, PixelAUROC: 0.52, AUPRO: 0.70, PixelAP: 0.30}
+	noPixel := metrics.Metrics{ImageAUROC: 0.50, PixelAUROC: math.NaN(), AUPRO: 0.20, PixelAP: 0.05}
+	noPixelBetter := metrics.Metrics{ImageAUROC: 0.50, PixelAUROC: math.NaN(), AUPRO: 0.30, PixelAP: 0.05}
+	for _, tc := range []struct {
+		name   string
+		rs     []candidateResult
+		want   int
+		reason string
+	}{
+		{"p_ap under 0.55 on a set that detects", rank("p_ap", gauss, guided), 1, "c1 leads the export's sigma by 4.74"},
+		{"the mean of three on the same set", rank("mean", gauss, guided), 0, "the export's sigma score highest"},
+		{"au_pro at chance AUROCs", rank("au_pro", chance, chanceBetter), 0, "cannot tell them apart"},
+		{"an undefined pixel AUROC: the image's alone, at chance", rank("au_pro", noPixel, noPixelBetter), 0, "(mean 50.00) do not reach 55.00"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got, why := bestOver(tc.rs, 0, 0.01, "the export's sigma"); got != tc.want || !strings.Contains(why, tc.reason) {
+				t.Fatalf("bestOver = %d (%s), want %d (%q)", got, why, tc.want, tc.reason)
+			}
+		})
+	}
+}
+
 // TestCheapestEnsemble: a larger start-noise count costs its count in denoiser time on every frame, so it is
 // chosen only when it leads the best smaller count by min_gain.
 func TestCheapestEnsemble(t *testing.T) {
@@ -92,7 +138,7 @@ func TestCheapestEnsemble(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := make([]candidateResult, len(tc.scores))
 			for i, s := range tc.scores {
-				rs[i].Score = s
+				rs[i] = scored("", s)
 			}
 			got, why := cheapestEnsemble(ks, rs, 0.01)
 			if got != tc.want || !strings.Contains(why, tc.reason) {
@@ -125,7 +171,7 @@ func TestCheaperNoWorse(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := make([]candidateResult, len(tc.scores))
 			for i, s := range tc.scores {
-				rs[i].Score, rs[i].Name = s, fmt.Sprintf("c%d", i)
+				rs[i] = scored(fmt.Sprintf("c%d", i), s)
 			}
 			got, why := cheaperNoWorse(rs, tc.costs, tc.pick)
 			if got != tc.want || (tc.reason == "") != (why == "") || !strings.Contains(why, tc.reason) {
@@ -161,7 +207,7 @@ func TestChooseCount(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := make([]candidateResult, len(tc.scores))
 			for i, s := range tc.scores {
-				rs[i].Score, rs[i].Name = s, fmt.Sprintf("noises-%d", ks[i])
+				rs[i] = scored(fmt.Sprintf("noises-%d", ks[i]), s)
 			}
 			got, why := chooseCount(ks, rs, tc.starts, 0.01)
 			if got != tc.want || !strings.Contains(why, tc.reason) {
