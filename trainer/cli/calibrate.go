@@ -252,7 +252,7 @@ func registerMapShape(fs *flag.FlagSet) func() mapShape {
 		"(docs/training.md, \"Map smoothing\")")
 	guided := fs.String("map-guided", "", "filter every map along the frame's own edges from now on: a guided filter with the frame's luminance as guide, window radius R map pixels, "+
 		"regularisation EPS (e.g. 8,1e-4, usually with --map-sigma 0; none removes it): a response on a thin hair or scratch keeps its shape instead of a Gaussian blob; "+
-		"needs --reference train (or none). Opt-in: compare on a painted set (docs/algorithm.md §1.9, \"Smoothing along the frame's edges\")")
+		"needs --reference train (or none). Opt-in: compare on a painted set, or let the select stage weigh it (select.guided; docs/algorithm.md §1.9, \"Smoothing along the frame's edges\")")
 	start := fs.String("start-step", "", "reconstruct every frame from this diffusion step from now on: the schedule's last (999) is the paper's, a lower one runs only the "+
 		"DDIM steps at or below it on a frame noised less (SDEdit-style: it keeps more of a stochastic texture, and of a defect, and costs fewer steps); needs --reference train (or none). "+
 		"Compare start steps on a painted set (docs/training.md, \"The start step\")")
