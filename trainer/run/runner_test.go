@@ -308,3 +308,36 @@ func TestSmallBundleConfig(t *testing.T) {
 		t.Errorf("calibrate: knn factor %v, knn %+v; want the term at 4", c.Calibrate.KnnFactor, c.Calibrate.Knn)
 	}
 }
+
+// TestFileOutputs: a Python stage's "done" event mixes files with facts; only files count, and a relative name is
+// looked up in the run directory, not in the working directory. Before, `vlmdiff train --run-dir taef2` started
+// from the run directory's parent failed its build stage: the event's "preset": "taef2" named the run directory
+// itself from there, became an output, and the record's check then missed RUN/taef2.
+func TestFileOutputs(t *testing.T) {
+	parent := t.TempDir()
+	run := filepath.Join(parent, "taef2")
+	if err := os.MkdirAll(filepath.Join(run, "ae"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	model := filepath.Join(run, "model.pt")
+	if err := os.WriteFile(model, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(parent)
+	got := fileOutputs(run, map[string]any{
+		"model":        model,        // absolute, exists
+		"ae":           "ae",         // relative to the run directory, exists
+		"preset":       "taef2",      // a fact that names the run directory from the working directory
+		"merges":       24.0,         // not a string
+		"latent_scale": 1.000015,     // not a string
+		"gone":         "missing.pt", // a file the stage claimed but did not write
+		"empty":        "",
+	})
+	want := map[string]string{"model": model, "ae": "ae"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("fileOutputs = %v, want %v", got, want)
+	}
+	if miss := missingOutputs(run, got); miss != "" {
+		t.Fatalf("the kept outputs are not all in the run directory: %s", miss)
+	}
+}

@@ -401,15 +401,23 @@ func (t *Training) python(ctx context.Context, sc *StageContext, stage string, c
 	if err != nil {
 		return nil, err
 	}
+	return fileOutputs(sc.Dir, outs), nil
+}
+
+// fileOutputs keeps the outputs of a Python stage's "done" event that name existing files: the stage's record
+// lists files, and the event also carries facts (a preset's name, a count). A relative name is relative to dir,
+// the run directory the stage ran in, never to this process's working directory: a run directory named after its
+// preset (`--run-dir taef2`, started from its parent) made the build stage's "preset": "taef2" look like a file.
+func fileOutputs(dir string, outs map[string]any) map[string]string {
 	res := map[string]string{}
 	for k, v := range outs {
 		if s, ok := v.(string); ok && s != "" {
-			if _, err := os.Stat(s); err == nil {
+			if _, err := os.Stat(absIn(dir, s)); err == nil {
 				res[k] = s
 			}
 		}
 	}
-	return res, nil
+	return res
 }
 
 // classes are the classes of the index (or the configured subset).
