@@ -191,6 +191,30 @@ def test_progress_events_are_json_lines():
     assert ev[2] == {"event": "done", "stage": "train", "outputs": {"model": "m.pt"}}
 
 
+def test_progress_eta_follows_the_recent_rate():
+    """Slow first steps (workers starting, images decoded once, caches warming) do not stay in the estimate: 10
+    steps of 10 s, then 1 s a step. At step 110 of 1000 the average since the start would say 1618 s left; 890
+    are. A resumed stage counts only its own steps."""
+    now = [0.0]
+    buf = io.StringIO()
+    p = Progress("train", 1000, out=buf, clock=lambda: now[0])
+    for k in range(1, 111):
+        now[0] += 10.0 if k <= 10 else 1.0
+        p.step(k)
+    eta = json.loads(buf.getvalue().splitlines()[-1])["eta_s"]
+    assert abs(eta - 890) / 890 < 0.15, eta
+    now = [0.0]
+    buf = io.StringIO()
+    r = Progress("train", 1000, out=buf, start_step=500, clock=lambda: now[0])
+    for k in range(501, 601):
+        now[0] += 2.0
+        r.step(k)
+    assert json.loads(buf.getvalue().splitlines()[-1])["eta_s"] == 800.0
+    now[0] += 5.0
+    r.step(600)  # the same step again (a validation pass between steps): still an estimate, no division by zero
+    assert json.loads(buf.getvalue().splitlines()[-1])["eta_s"] > 0
+
+
 def test_cli_bad_config_exits_with_one_line(tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"run_dir": str(tmp_path), "model": "m.pt", "max_stepz": 3}))

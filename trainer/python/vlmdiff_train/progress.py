@@ -12,11 +12,12 @@ exits non-zero with one clear line on stderr (see __main__.py).
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import sys
 import time
-from typing import Any, Dict, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, TextIO
 
 
 def _clean(x: Any) -> Any:
@@ -27,21 +28,40 @@ def _clean(x: Any) -> Any:
 
 
 class Progress:
-    """Emits progress events for one stage and estimates the remaining time from the average step rate."""
+    """Emits progress events for one stage and estimates the remaining time from the recent step rate.
 
-    def __init__(self, stage: str, total: int, out: Optional[TextIO] = None, start_step: int = 0):
+    The rate is taken over the second half of the time elapsed so far, not from the stage's start: a stage's first
+    steps are slower than the rest (the data loader's workers start, each image is read and decoded once, the
+    allocator and oneDNN's kernel caches warm up), and an average from the start kept that in the estimate for
+    the whole stage (session 58: the taef2 train stage printed "ETA 1h50m" at step 34 of 2820 and took 34
+    minutes in all). Half the elapsed time still spans several epochs' validation passes once there are a few."""
+
+    def __init__(self, stage: str, total: int, out: Optional[TextIO] = None, start_step: int = 0,
+                 clock: Callable[[], float] = time.monotonic):
         self.stage = stage
         self.total = int(total)
         self.out = out if out is not None else sys.stdout
-        self._t0 = time.monotonic()
+        self._clock = clock
+        self._t0 = clock()
         self._step0 = int(start_step)  # steps done before this process (resume) do not count towards the rate
+        self._times: List[float] = []  # elapsed seconds at each step() call, increasing
+        self._steps: List[int] = []
+
+    def eta(self, step: int) -> Optional[float]:
+        """Seconds left after step, from the steps made in the second half of the elapsed time (None before any)."""
+        elapsed = self._clock() - self._t0
+        self._times.append(elapsed)
+        self._steps.append(int(step))
+        if step - self._step0 <= 0 or self.total <= 0:
+            return None
+        i = bisect.bisect_left(self._times, elapsed / 2)
+        t_from, s_from = (self._times[i - 1], self._steps[i - 1]) if i > 0 else (0.0, self._step0)
+        if step - s_from <= 0 or elapsed - t_from <= 0:
+            t_from, s_from = 0.0, self._step0
+        return max(0.0, (elapsed - t_from) / (step - s_from) * (self.total - step))
 
     def step(self, step: int, loss: Optional[float] = None, epoch: Optional[int] = None, **extra: Any) -> None:
-        done = step - self._step0
-        elapsed = time.monotonic() - self._t0
-        eta = None
-        if done > 0 and self.total > 0:
-            eta = max(0.0, elapsed / done * (self.total - step))
+        eta = self.eta(step)
         ev: Dict[str, Any] = {"event": "progress", "stage": self.stage, "step": int(step), "total": self.total,
                               "epoch": epoch, "loss": _clean(None if loss is None else float(loss)),
                               "eta_s": None if eta is None else round(eta, 3)}
