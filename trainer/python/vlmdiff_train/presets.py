@@ -198,10 +198,10 @@ TAEF2_SCALE = 1.5
 
 TAEF2 = Preset(
     name="taef2",
-    description="Quality on larger line PCs or GPUs: the pretrained taef2 tiny autoencoder (32-channel latents, "
-                "~39 dB on industrial normals against ~26 dB for small's from-scratch VAE; weights given by path) "
-                "with a 32-channel UNet + SG network at 256x256. The autoencoder alone costs ~33 GMAC per frame, "
-                "so it does not fit small's 2-core budget.",
+    description="The pretrained taef2 tiny autoencoder (32-channel latents, ~39 dB on industrial normals against "
+                "22-26 dB for small's from-scratch VAE; weights given by path) with a 32-channel UNet + SG network at "
+                "256x256. On PIPED level with small's recipe (configs/train/taef2.yaml), not ahead; the autoencoder "
+                "alone costs ~33 GMAC per frame, about 2.2x small's latency, so it does not fit a 2-core budget.",
     input_size=256,
     vae=TAEConfig(),
     embed_dim=32,
