@@ -47,8 +47,9 @@ class Progress:
         self._times: List[float] = []  # elapsed seconds at each step() call, increasing
         self._steps: List[int] = []
 
-    def eta(self, step: int) -> Optional[float]:
-        """Seconds left after step, from the steps made in the second half of the elapsed time (None before any)."""
+    def _eta(self, step: int) -> Optional[float]:
+        """Records that step is done now and returns the seconds left, from the steps made in the second half of
+        the elapsed time (None before any step of this process)."""
         elapsed = self._clock() - self._t0
         self._times.append(elapsed)
         self._steps.append(int(step))
@@ -61,7 +62,7 @@ class Progress:
         return max(0.0, (elapsed - t_from) / (step - s_from) * (self.total - step))
 
     def step(self, step: int, loss: Optional[float] = None, epoch: Optional[int] = None, **extra: Any) -> None:
-        eta = self.eta(step)
+        eta = self._eta(step)
         ev: Dict[str, Any] = {"event": "progress", "stage": self.stage, "step": int(step), "total": self.total,
                               "epoch": epoch, "loss": _clean(None if loss is None else float(loss)),
                               "eta_s": None if eta is None else round(eta, 3)}
