@@ -208,9 +208,9 @@ type SelectConfig struct {
 	// map's shorter side like export.sigma (at least 1). Where the frame is flat the filter averages the map like
 	// a box; along the frame's edges the map keeps the edge's shape, so a thin hair or a speck stays as sharp as
 	// it is while the flat surroundings are smoothed. It raised P-AP on every painted and test set measured and
-	// left the mean of I-AUROC, P-AUROC and AU-PRO level or lower on the painted sets (docs/algorithm.md §1.9, "Smoothing along the frame's
-	// edges"), so like the sigmas each must lead the export's sigma by MinGain; the export stage then writes it
-	// into map.guided. Empty (default): no guided filter.
+	// left the mean of I-AUROC, P-AUROC and AU-PRO level or lower on the painted sets (docs/algorithm.md §1.9,
+	// "Smoothing along the frame's edges"), so like the sigmas each must lead the export's sigma by MinGain; the
+	// export stage then writes it into map.guided. Empty (default): no guided filter.
 	Guided []GuidedCandidate `yaml:"guided" json:",omitempty"`
 	// StartSteps, when set, are the diffusion steps each frame's reconstruction may start from, weighed after
 	// the nearest-normal term and before the smoothing, e.g. [999, 501, 301]: each takes one scoring pass of the

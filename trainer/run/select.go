@@ -561,7 +561,8 @@ func ensembleEdgeNote(ks []int, res []candidateResult) string {
 // spends nothing when the incumbent is also the cheapest; but a lower start step runs fewer DDIM steps, so there
 // the incumbent is the dearest. The noisy-background part of session 45 scored 82.44 with 1 noise from step 999
 // (10 runs) and 83.28 from 101 (2 runs), under min_gain, and the rule kept 999. The pick's score is never given
-// up, only its cost. On a set that cannot tell candidates apart (the best's detection under selectInformative) pick stays.
+// up, only its cost. On a set that cannot tell candidates apart (the best's detection under selectInformative)
+// pick stays.
 func cheaperNoWorse(rs []candidateResult, costs []int, pick int) (int, string) {
 	if detection(rs[topScore(rs)]) < selectInformative {
 		return pick, ""

@@ -192,7 +192,7 @@ def test_progress_events_are_json_lines():
 
 
 def test_progress_eta_follows_the_recent_rate():
-    """Slow first steps (workers starting, images decoded once, caches warming) do not stay in the estimate: 10
+    """Slow first steps (a stage's start, as in session 58's taef2 run) do not stay in the estimate: 10
     steps of 10 s, then 1 s a step. At step 110 of 1000 the average since the start would say 1618 s left; 890
     are. A resumed stage counts only its own steps."""
     now = [0.0]

@@ -31,10 +31,10 @@ class Progress:
     """Emits progress events for one stage and estimates the remaining time from the recent step rate.
 
     The rate is taken over the second half of the time elapsed so far, not from the stage's start: a stage's first
-    steps are slower than the rest (the data loader's workers start, each image is read and decoded once, the
-    allocator and oneDNN's kernel caches warm up), and an average from the start kept that in the estimate for
-    the whole stage (session 58: the taef2 train stage printed "ETA 1h50m" at step 34 of 2820 and took 34
-    minutes in all). Half the elapsed time still spans several epochs' validation passes once there are a few."""
+    steps can be much slower than the rest (likely the data loader's workers starting and the first reads of the
+    images; not measured apart), and an average from the start kept them in the estimate for the whole stage
+    (session 58: the taef2 train stage printed "ETA 1h50m" at step 34 of 2820 and took 34 minutes in all).
+    Half the elapsed time still spans several epochs' validation passes once there are a few."""
 
     def __init__(self, stage: str, total: int, out: Optional[TextIO] = None, start_step: int = 0,
                  clock: Callable[[], float] = time.monotonic):
