@@ -65,15 +65,19 @@ test-py:
 # by `vlmdiff quantize --bundle $(BENCH_DIR)/bundle --data DATASET --out DIR` is timed with
 # `bin/vlmdiff bench --bundle DIR --threads 2 --batches 1,4 --floor` (docs/operations.md, "Reduced precision").
 # BENCH_RES_BLOCKS=1 benches the small preset with one ResBlock a level (build.extra.res_blocks; its own
-# BENCH_DIR, out/bench-small-rb1), the lean denoiser of docs/training.md "Fewer blocks per level".
+# BENCH_DIR, out/bench-small-rb1), the lean denoiser of docs/training.md "Fewer blocks per level";
+# BENCH_AE_FULL_RES=0 with no autoencoder block at full resolution (finetune_ae.extra.full_res_blocks; BENCH_DIR
+# out/bench-small-fr0), docs/training.md "Fewer blocks at full resolution".
 BENCH_RES_BLOCKS ?=
-BENCH_DIR ?= out/bench-small$(if $(BENCH_RES_BLOCKS),-rb$(BENCH_RES_BLOCKS))
+BENCH_AE_FULL_RES ?=
+BENCH_DIR ?= out/bench-small$(if $(BENCH_RES_BLOCKS),-rb$(BENCH_RES_BLOCKS))$(if $(BENCH_AE_FULL_RES),-fr$(BENCH_AE_FULL_RES))
 # The bench bundle is what the trainer's code exports, so it is built again when that code is newer than it (a
 # bundle kept from before an export change measured the old graphs: session 48's feature-graph cut).
 BENCH_SOURCES := $(wildcard trainer/python/vlmdiff_train/*.py trainer/python/vlmdiff_train/nets/*.py)
 $(BENCH_DIR)/bundle/bundle.json: $(BENCH_SOURCES)
 	PYTHONPATH=trainer/python $(PY) -m vlmdiff_train.bench_bundle --out $(BENCH_DIR) \
-		$(if $(BENCH_RES_BLOCKS),--res-blocks $(BENCH_RES_BLOCKS))
+		$(if $(BENCH_RES_BLOCKS),--res-blocks $(BENCH_RES_BLOCKS)) \
+		$(if $(BENCH_AE_FULL_RES),--ae-full-res-blocks $(BENCH_AE_FULL_RES))
 bench: build $(BENCH_DIR)/bundle/bundle.json
 	./$(BIN) bench --bundle $(BENCH_DIR)/bundle --threads 2 --batches 1,4 --frames 20 --floor \
 		--mem-pattern=false --shared-arena --reference $(BENCH_DIR)/model.pt --rounds 5 --ab-dynamic $(BENCH_FLAGS)

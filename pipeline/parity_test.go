@@ -324,6 +324,38 @@ func TestExportProbes(t *testing.T) {
 	if _, err := CheckProbes(bundle, probes, 1e-4, Options{Threads: 2}); err == nil {
 		t.Error("a 1% difference passed the parity check")
 	}
+
+	// The autoencoder without ResnetBlocks at full resolution (finetune_ae.extra.full_res_blocks: 0): its
+	// encoder goes from conv_in straight to the first downsampling and its decoder from the last upsampling to
+	// conv_out, and both graphs must still compute what PyTorch does.
+	lean, leanProbes := filepath.Join(dir, "lean"), filepath.Join(dir, "lean-probes")
+	script := `import sys
+from vlmdiff_train.fixture import FIXTURE_SPEC, build_fixture
+spec = dict(FIXTURE_SPEC, vae=dict(FIXTURE_SPEC["vae"], full_res_blocks=0))
+build_fixture(sys.argv[1], sys.argv[2], sys.argv[3], spec=spec)`
+	cmd = exec.Command(testpython.Path(), "-c", script, lean, filepath.Join(dir, "lean.pt"), leanProbes)
+	cmd.Env = append(os.Environ(), "PYTHONPATH=../trainer/python")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("fixture export without full-resolution blocks: %v\n%s", err, b)
+	}
+	res, err = CheckProbes(lean, leanProbes, 1e-4, Options{Threads: 2})
+	if err != nil {
+		t.Fatalf("without full-resolution blocks: %v", err)
+	}
+	checked := map[string]bool{}
+	for _, r := range res {
+		checked[r.Role] = true
+	}
+	if !checked["vae_encoder"] || !checked["vae_decoder"] {
+		t.Errorf("without full-resolution blocks the probes covered %v, want both autoencoder graphs", checked)
+	}
+	for _, role := range []string{"vae_encoder", "vae_decoder"} {
+		a, errA := os.Stat(filepath.Join(bundle, role+".onnx"))
+		b, errB := os.Stat(filepath.Join(lean, role+".onnx"))
+		if errA != nil || errB != nil || b.Size() >= a.Size() {
+			t.Errorf("%s: %v / %v; want the graph without full-resolution blocks smaller than the fixture's", role, errA, errB)
+		}
+	}
 }
 
 // scoreAll scores reqs in one batch, or one frame per call.

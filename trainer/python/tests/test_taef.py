@@ -269,6 +269,54 @@ def test_build_res_blocks_travel_in_the_model_file(dataset, tmp_path):
         presets.build("tiny", res_blocks=0)
 
 
+def test_ae_full_res_blocks_travel_from_the_finetune_to_the_model_file(dataset, tmp_path):
+    """finetune_ae.full_res_blocks trains an autoencoder with that many ResnetBlocks at full resolution (encoder
+    and decoder each), ae.pt records it, and the build stage builds that layout before loading the weights and
+    writes it into the model file, so train, export and the reference scorer rebuild the same networks. Set once,
+    in the finetune_ae section: the build stage has no key of its own to disagree with it."""
+    from vlmdiff_train.checkpoints import CheckpointError, autoencoder_layout
+    from vlmdiff_train.model_file import load_model_file, rebuild
+    from vlmdiff_train.nets.autoencoder import AutoencoderKL, DDConfig
+    idx = str(dataset / "index.jsonl")
+    ae = {"preset": "tiny", "index": idx, "batch_size": 2, "max_steps": 2, "log_every": 1, "seed": 1}
+    lean_ae = train_ae.run(dict(ae, run_dir=str(tmp_path / "a0"), full_res_blocks=0))["autoencoder"]
+    plain_ae = train_ae.run(dict(ae, run_dir=str(tmp_path / "a")))["autoencoder"]
+    assert torch.load(lean_ae)["overrides"] == {"ae_full_res_blocks": 0}
+    assert "overrides" not in torch.load(plain_ae) and autoencoder_layout(plain_ae) == {}
+
+    base = {"preset": "tiny", "index": idx, "captions": str(dataset / "captions.json"), "seed": 0}
+    out = train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "b0"), autoencoder=lean_ae))
+    assert out["ae_full_res_blocks"] == 0
+    blob = load_model_file(out["model"])
+    assert blob["builder"]["overrides"] == {"ae_full_res_blocks": 0}
+    vae = rebuild(blob)[0].vae
+    assert len(vae.encoder.down[0].block) == 0 and len(vae.decoder.up[0].block) == 0
+    # the weights the finetune trained, not a fresh init of the same layout
+    trained = torch.load(lean_ae)["state_dict"]
+    assert all(torch.equal(vae.state_dict()[k].float(), v.float()) for k, v in trained.items())
+    x = torch.rand(1, 3, S, S)
+    with torch.no_grad():
+        assert vae.decode(vae.encode(x)).shape == x.shape
+    plain = rebuild(load_model_file(train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "b"),
+                                                                      autoencoder=plain_ae))["model"]))[0].vae
+    # the preset's LDM layout: num_res_blocks (1 for tiny) in the encoder, one more in the decoder
+    assert len(plain.encoder.down[0].block) == 1 and len(plain.decoder.up[0].block) == 2
+    assert sum(p.numel() for p in vae.parameters()) < sum(p.numel() for p in plain.parameters())
+
+    # refused by name: the stage's settings, a pretrained layout, a first level that changes channels, and an
+    # ae.pt whose overrides this trainer does not know
+    with pytest.raises(RuntimeError, match="finetune-ae config: full_res_blocks: -1 is below its minimum 0"):
+        train_ae.run(dict(ae, run_dir=str(tmp_path / "x"), full_res_blocks=-1))
+    with pytest.raises(ValueError, match="preset tiny-taef's autoencoder .* fixed layout"):
+        presets.build("tiny-taef", ae_full_res_blocks=0)
+    with pytest.raises(ValueError, match="full_res_blocks 0 needs ch_mult\\[0\\] 1"):
+        AutoencoderKL(DDConfig(ch=8, ch_mult=(2, 2), num_res_blocks=1, norm_groups=4, full_res_blocks=0))
+    odd = tmp_path / "odd.pt"
+    torch.save({"state_dict": trained, "overrides": {"full_res": 0}}, odd)
+    with pytest.raises(CheckpointError, match="odd.pt: overrides .*full_res"):
+        train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "bx"), autoencoder=str(odd)))
+
+
 def test_build_latent_norm_centres_each_channel_and_keeps_reconstructions(dataset, tmp_path):
     """build.latent_norm measures each latent channel's mean and spread on the training normals and stores them
     in the autoencoder: its latents are then zero-mean unit-spread per channel there, the measured global scale is

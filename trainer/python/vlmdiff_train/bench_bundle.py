@@ -46,15 +46,19 @@ def _random_features_onnx(path: str, size: int) -> List[Tuple[str, float]]:
 def build_bench_bundle(out: str, preset: str = "small", features_onnx: Optional[str] = None,
                        layers: Optional[Sequence[Tuple[str, float]]] = None,
                        static_batches: Sequence[int] = (1, 2, 4), static_time: str = "inputs",
-                       fuse: bool = True, fuse_vae: bool = True, res_blocks: Optional[int] = None) -> dict:
+                       fuse: bool = True, fuse_vae: bool = True, res_blocks: Optional[int] = None,
+                       ae_full_res_blocks: Optional[int] = None) -> dict:
     """Writes out/bundle and out/model.pt; returns their paths. res_blocks overrides the preset's ResBlocks
-    per level (presets.build), as build.extra.res_blocks does in training."""
+    per level (presets.build), as build.extra.res_blocks does in training; ae_full_res_blocks the autoencoder's
+    ResnetBlocks at full resolution, as finetune_ae.extra.full_res_blocks does."""
     from . import presets
     from .export import export_bundle
     from .model_file import Nets, HintOf, perturb_zero_params, latent_scale, save_reference_weights
 
     p = presets.get_preset(preset)
-    overrides = {} if res_blocks is None else {"res_blocks": int(res_blocks)}
+    overrides: dict = {} if res_blocks is None else {"res_blocks": int(res_blocks)}
+    if ae_full_res_blocks is not None:
+        overrides["ae_full_res_blocks"] = int(ae_full_res_blocks)
     nets = presets.build(preset, with_text=False, with_dino=False, seed=0, **overrides)
     perturb_zero_params(nets.model, torch.Generator().manual_seed(1), 0.05)
     os.makedirs(out, exist_ok=True)
@@ -79,7 +83,9 @@ def build_bench_bundle(out: str, preset: str = "small", features_onnx: Optional[
                   hint_owner=nets.sgn, feature_onnx=features_onnx, height=p.input_size, width=p.input_size,
                   name=f"bench-{p.name}", version="untrained", latent={"scale_factor": latent_scale(builder)},
                   description=f"untrained {p.name} preset"
-                              + (f" ({res_blocks} ResBlock(s) per level)" if overrides else "")
+                              + (f" ({res_blocks} ResBlock(s) per level)" if res_blocks is not None else "")
+                              + (f" ({ae_full_res_blocks} autoencoder block(s) at full resolution)"
+                                 if ae_full_res_blocks is not None else "")
                               + " for vlmdiff bench (scores mean nothing)",
                   provenance={"preset": p.name, "dataset": "none (untrained)"},
                   denoiser_static_batches=static_batches, static_time=static_time,
@@ -101,13 +107,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-fuse", action="store_true", help="no onnx_fuse fusions in the static graphs")
     ap.add_argument("--no-fuse-vae", action="store_true", help="no onnx_fuse.groupnorm_per_channel in the VAE graphs")
     ap.add_argument("--res-blocks", type=int, help="ResBlocks per level of the UNet and SG branch (build.extra.res_blocks)")
+    ap.add_argument("--ae-full-res-blocks", type=int,
+                    help="the autoencoder's ResnetBlocks at full resolution (finetune_ae.extra.full_res_blocks)")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     layers = [(n, 1.0) for n in a.layers.split(",")] if a.layers else None
     static = [int(v) for v in a.static_batches.split(",") if v.strip()]
     try:
         res = build_bench_bundle(a.out, a.preset, a.features_onnx, layers, static, a.static_time, not a.no_fuse,
-                                 not a.no_fuse_vae, a.res_blocks)
+                                 not a.no_fuse_vae, a.res_blocks, a.ae_full_res_blocks)
     except (RuntimeError, ValueError) as e:
         print(f"bench_bundle: {e}", file=sys.stderr)
         return 1

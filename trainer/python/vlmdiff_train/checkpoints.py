@@ -43,6 +43,7 @@ __all__ = [
     "split_prefix",
     "load_sd15",
     "load_autoencoder",
+    "autoencoder_layout",
     "load_dino",
     "load_text_encoder",
     "init_sgn_from_unet",
@@ -202,6 +203,25 @@ def init_sgn_from_unet(sgn: SemanticGuidedNetwork, unet_sd: Mapping[str, torch.T
     if result.unexpected_keys:  # cannot happen: take only holds own keys
         raise CheckpointError(f"{what}: unexpected keys {result.unexpected_keys[:_SHOW]}")
     return new
+
+
+# The finetune-ae stage's layout choices that ae.pt records and the build stage applies (presets.build's keyword).
+AE_LAYOUT_KEYS = ("ae_full_res_blocks",)
+
+
+def autoencoder_layout(source, *, trusted: bool = False) -> dict:
+    """The layout choices a finetune-ae output (RUN/ae.pt) records under "overrides" ({} for any other checkpoint):
+    the build stage builds the autoencoder with them before loading its weights, so a layout set once in the
+    finetune_ae section reaches every stage after it. An unknown key is refused by name."""
+    if not isinstance(source, (str, os.PathLike)) or os.path.isdir(source):
+        return {}
+    obj = _load_obj(source, trusted)
+    raw = obj.get("overrides") if isinstance(obj, Mapping) else None
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or any(k not in AE_LAYOUT_KEYS for k in raw):
+        raise CheckpointError(f"checkpoint {_name(source)}: overrides {raw!r}: want a mapping of {AE_LAYOUT_KEYS}")
+    return dict(raw)
 
 
 def load_autoencoder(vae: nn.Module, source, *, trusted: bool = False, what: str | None = None) -> LoadReport:

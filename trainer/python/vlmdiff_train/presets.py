@@ -241,6 +241,19 @@ def make_autoencoder(p: Preset) -> nn.Module:
     return AutoencoderKL(p.vae, p.embed_dim)
 
 
+def with_ae_full_res_blocks(p: Preset, n: int | None) -> Preset:
+    """p with n ResnetBlocks at its autoencoder's full-resolution level (DDConfig.full_res_blocks); n None keeps p.
+    Only a KL autoencoder trained by the finetune-ae stage can take it: a pretrained one's layout is fixed."""
+    if n is None:
+        return p
+    if int(n) < 0:
+        raise ValueError(f"ae_full_res_blocks {n}: want 0 or more")
+    if not isinstance(p.vae, DDConfig):
+        raise ValueError(f"ae_full_res_blocks: preset {p.name}'s autoencoder ({type(p.vae).__name__}) is pretrained "
+                         "with a fixed layout; only a KL autoencoder (DDConfig) takes it")
+    return dataclasses.replace(p, vae=dataclasses.replace(p.vae, full_res_blocks=int(n)))
+
+
 def preset_names() -> list[str]:
     return list(PRESETS)
 
@@ -290,7 +303,8 @@ class Networks:
 
 def build(preset_name: str | Preset, device: str | torch.device | None = None, *, meta: bool = False,
           with_text: bool = True, with_dino: bool | None = None, seed: int | None = 0,
-          control_levels: int | None = None, res_blocks: int | None = None) -> Networks:
+          control_levels: int | None = None, res_blocks: int | None = None,
+          ae_full_res_blocks: int | None = None) -> Networks:
     """Build a preset's networks with fresh weights (zero-init layers are zero).
 
     control_levels overrides the preset's control (ControlledUnetModel): None keeps it (only-mid for every
@@ -298,7 +312,8 @@ def build(preset_name: str | Preset, device: str | torch.device | None = None, *
     res_blocks overrides the ResBlocks per level of the UNet and of the SG branch that mirrors its encoder
     (num_res_blocks; the decoder has one more per level, as openaimodel). Why: a small preset's denoiser step is
     about a thousand short operators, so its latency follows the block count, not the MACs (docs/training.md,
-    "Fewer blocks per level").
+    "Fewer blocks per level"). ae_full_res_blocks sets the ResnetBlocks at the autoencoder's full resolution
+    (with_ae_full_res_blocks).
 
     meta=True builds on the meta device (no memory, no init), for layout checks of the sd15 networks.
     with_dino defaults to True when the preset has a DINO config. seed fixes the random init (None: don't seed).
@@ -308,6 +323,7 @@ def build(preset_name: str | Preset, device: str | torch.device | None = None, *
         if int(res_blocks) < 1:
             raise ValueError(f"res_blocks {res_blocks}: want at least one ResBlock per level")
         p = dataclasses.replace(p, unet=dataclasses.replace(p.unet, num_res_blocks=int(res_blocks)))
+    p = with_ae_full_res_blocks(p, ae_full_res_blocks)
     if with_dino is None:
         with_dino = p.dino is not None
     if with_dino and p.dino is None:

@@ -5,7 +5,8 @@ the small presets. Inputs are ImageNet-normalised train images (the space the sc
 L1 + perceptual + 1e-6 * KL with the GAN term off (it never starts within the author's 25k steps), Adam(0.5, 0.9)
 at lr = batch * 4.5e-6 by default. The perceptual net is a frozen ONNX backbone run through onnx_torch (LPIPS's
 VGG weights are not available offline). Checkpoints every save_every steps with resume from the latest; the output
-RUN/ae.pt is a {"state_dict": ...} file that checkpoints.load_autoencoder (the build stage) reads.
+RUN/ae.pt is a {"state_dict": ...} file that checkpoints.load_autoencoder (the build stage) reads; a layout choice
+(full_res_blocks) goes with it under "overrides" (checkpoints.autoencoder_layout).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def run(cfg) -> dict:
     device = torch.device(c.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("finetune-ae config: device 'cuda' requested but torch sees no GPU")
-    p = presets.get_preset(c.preset)
+    p = presets.with_ae_full_res_blocks(presets.get_preset(c.preset), c.full_res_blocks)
+    layout = {} if c.full_res_blocks is None else {"ae_full_res_blocks": int(c.full_res_blocks)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = presets.make_autoencoder(p)
@@ -113,7 +115,7 @@ def run(cfg) -> dict:
     out = os.path.join(run_dir, "ae.pt")
     tmp = out + ".tmp"
     torch.save({"state_dict": {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, "preset": p.name,
-                "step": step}, tmp)
+                "step": step, **({"overrides": layout} if layout else {})}, tmp)
     os.replace(tmp, out)
     return {"autoencoder": out, "steps": step}
 

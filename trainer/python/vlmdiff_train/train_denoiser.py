@@ -46,7 +46,7 @@ def run_build(cfg) -> dict:
     """The build stage; cfg is a BuildConfig or a dict of its keys."""
     c: BuildConfig = parse_stage("build", cfg)
     from . import presets
-    from .checkpoints import build_vlmdiff, init_sgn_from_unet, load_autoencoder
+    from .checkpoints import autoencoder_layout, build_vlmdiff, init_sgn_from_unet, load_autoencoder
     from .tokenizer import CLIPTokenizer, learn_merges
 
     run_dir = c.run_dir
@@ -57,6 +57,8 @@ def run_build(cfg) -> dict:
         overrides["control_levels"] = int(c.control_levels)
     if c.res_blocks is not None:
         overrides["res_blocks"] = int(c.res_blocks)
+    if c.autoencoder:
+        overrides.update(autoencoder_layout(c.autoencoder, trusted=c.trusted))
     nets = presets.build(name, with_dino=False, seed=int(c.seed), **overrides)
     trusted = c.trusted
     if c.sd_checkpoint:

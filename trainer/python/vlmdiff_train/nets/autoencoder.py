@@ -34,6 +34,14 @@ class DDConfig:
     mid_attn: bool = True
     # GroupNorm groups (LDM: 32); a small-preset knob that changes no key.
     norm_groups: int = 32
+    # ResnetBlocks at the full-resolution level of the encoder and of the decoder, each; None keeps LDM's
+    # num_res_blocks in the encoder and one more in the decoder. Why: at the input's full resolution a narrow
+    # autoencoder's convolutions have too few channels to run fast (ONNX Runtime's blocked kernels work on 8 or 16
+    # channels at a time, so an 8-channel 3x3 convolution at 256 x 256 costs about what a 16-channel one does) and
+    # its norms and activations touch the largest tensors: the small preset's decoder spent about 60% of its
+    # time there (docs/training.md, "Fewer blocks at full resolution"). 0 leaves the level its convolutions in
+    # and out (encoder: conv_in and the downsampling; decoder: the upsampling and conv_out).
+    full_res_blocks: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,6 +49,12 @@ class DDConfig:
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
+
+    def blocks_at(self, level: int, decoder: bool) -> int:
+        """ResnetBlocks at a level (0 = full resolution) of the encoder or the decoder."""
+        if level == 0 and self.full_res_blocks is not None:
+            return self.full_res_blocks
+        return self.num_res_blocks + (1 if decoder else 0)
 
 
 def _swish(x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +149,11 @@ class Encoder(nn.Module):
             attn = nn.ModuleList()
             block_in = cfg.ch * in_ch_mult[i_level]
             block_out = cfg.ch * cfg.ch_mult[i_level]
-            for _ in range(cfg.num_res_blocks):
+            n_blocks = cfg.blocks_at(i_level, decoder=False)
+            if n_blocks == 0 and block_in != block_out:
+                raise ValueError(f"full_res_blocks 0 needs ch_mult[0] 1: the first level's blocks change its "
+                                 f"channels ({block_in} -> {block_out})")
+            for _ in range(n_blocks):
                 block.append(ResnetBlock(block_in, block_out, cfg.dropout, g))
                 block_in = block_out
                 if curr_res in cfg.attn_resolutions:
@@ -159,8 +177,8 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for i_level, down in enumerate(self.down):
-            for i_block in range(self.num_res_blocks):
-                h = down.block[i_block](h)
+            for i_block, block in enumerate(down.block):
+                h = block(h)
                 if len(down.attn) > 0:
                     h = down.attn[i_block](h)
             if i_level != self.num_resolutions - 1:
@@ -194,7 +212,7 @@ class Decoder(nn.Module):
             block = nn.ModuleList()
             attn = nn.ModuleList()
             block_out = cfg.ch * cfg.ch_mult[i_level]
-            for _ in range(cfg.num_res_blocks + 1):
+            for _ in range(cfg.blocks_at(i_level, decoder=True)):
                 block.append(ResnetBlock(block_in, block_out, cfg.dropout, g))
                 block_in = block_out
                 if curr_res in cfg.attn_resolutions:
@@ -217,8 +235,8 @@ class Decoder(nn.Module):
         h = self.mid.block_2(h)
         for i_level in reversed(range(self.num_resolutions)):
             up = self.up[i_level]
-            for i_block in range(self.num_res_blocks + 1):
-                h = up.block[i_block](h)
+            for i_block, block in enumerate(up.block):
+                h = block(h)
                 if len(up.attn) > 0:
                     h = up.attn[i_block](h)
             if i_level != 0:
