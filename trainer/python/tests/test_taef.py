@@ -283,6 +283,10 @@ def test_ae_full_res_blocks_travel_from_the_finetune_to_the_model_file(dataset, 
     plain_ae = train_ae.run(dict(ae, run_dir=str(tmp_path / "a")))["autoencoder"]
     assert torch.load(lean_ae)["overrides"] == {"ae_full_res_blocks": 0}
     assert "overrides" not in torch.load(plain_ae) and autoencoder_layout(plain_ae) == {}
+    # a run directory whose checkpoints have the other layout: resuming says so instead of failing on keys
+    with pytest.raises(RuntimeError, match="trained with \\{'ae_full_res_blocks': 0\\}, the config asks for the "
+                                           "preset's layout: restore the setting, or remove .*ae-checkpoints"):
+        train_ae.run(dict(ae, run_dir=str(tmp_path / "a0"), max_steps=3))
 
     base = {"preset": "tiny", "index": idx, "captions": str(dataset / "captions.json"), "seed": 0}
     out = train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "b0"), autoencoder=lean_ae))

@@ -70,6 +70,11 @@ def run(cfg) -> dict:
     last = latest_checkpoint(ckpt_dir)
     if last:
         st = torch.load(last, map_location="cpu")
+        if st.get("overrides", {}) != layout:
+            # a checkpoint of another layout would fail in load_state_dict with a list of keys; say why instead
+            was, want = st.get("overrides") or "the preset's layout", layout or "the preset's layout"
+            raise RuntimeError(f"finetune-ae: checkpoint {last} was trained with {was}, the config asks for {want}: "
+                               f"restore the setting, or remove {ckpt_dir} to train the new layout from the start")
         vae.load_state_dict(st["state_dict"])
         opt.load_state_dict(st["optimizer"])
         gen.set_state(st["generator"])
@@ -111,7 +116,7 @@ def run(cfg) -> dict:
             curve.row(step, epoch, shown)
         shown = 0.0
         if step % save_every == 0 or step == total:
-            _save(ckpt_dir, step, micro, vae, opt, gen, keep)
+            _save(ckpt_dir, step, micro, vae, opt, gen, keep, layout)
     out = os.path.join(run_dir, "ae.pt")
     tmp = out + ".tmp"
     torch.save({"state_dict": {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, "preset": p.name,
@@ -120,12 +125,13 @@ def run(cfg) -> dict:
     return {"autoencoder": out, "steps": step}
 
 
-def _save(ckpt_dir, step, micro, vae, opt, gen, keep):
+def _save(ckpt_dir, step, micro, vae, opt, gen, keep, layout):
     path = os.path.join(ckpt_dir, f"step-{step:08d}.pt")
     tmp = path + ".tmp"
     try:
         torch.save({"step": step, "micro": micro, "state_dict": vae.state_dict(), "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp)
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                    **({"overrides": layout} if layout else {})}, tmp)
         os.replace(tmp, path)
     except OSError as e:
         raise RuntimeError(f"saving checkpoint {path}: {e}") from e
