@@ -45,6 +45,7 @@ def run(cfg) -> dict:
         raise RuntimeError("finetune-ae config: device 'cuda' requested but torch sees no GPU")
     p = presets.with_ae_full_res_blocks(presets.get_preset(c.preset), c.full_res_blocks)
     layout = {} if c.full_res_blocks is None else {"ae_full_res_blocks": int(c.full_res_blocks)}
+    record = {"overrides": layout} if layout else {}  # written with every checkpoint and with ae.pt
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = presets.make_autoencoder(p)
@@ -116,22 +117,21 @@ def run(cfg) -> dict:
             curve.row(step, epoch, shown)
         shown = 0.0
         if step % save_every == 0 or step == total:
-            _save(ckpt_dir, step, micro, vae, opt, gen, keep, layout)
+            _save(ckpt_dir, step, micro, vae, opt, gen, keep, record)
     out = os.path.join(run_dir, "ae.pt")
     tmp = out + ".tmp"
     torch.save({"state_dict": {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, "preset": p.name,
-                "step": step, **({"overrides": layout} if layout else {})}, tmp)
+                "step": step, **record}, tmp)
     os.replace(tmp, out)
     return {"autoencoder": out, "steps": step}
 
 
-def _save(ckpt_dir, step, micro, vae, opt, gen, keep, layout):
+def _save(ckpt_dir, step, micro, vae, opt, gen, keep, record):
     path = os.path.join(ckpt_dir, f"step-{step:08d}.pt")
     tmp = path + ".tmp"
     try:
         torch.save({"step": step, "micro": micro, "state_dict": vae.state_dict(), "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    **({"overrides": layout} if layout else {})}, tmp)
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), **record}, tmp)
         os.replace(tmp, path)
     except OSError as e:
         raise RuntimeError(f"saving checkpoint {path}: {e}") from e

@@ -132,13 +132,13 @@ class Upsample(nn.Module):
 
 
 class Encoder(nn.Module):
-    """conv_in, down levels (ResnetBlocks [+AttnBlocks] + Downsample), mid (block_1, attn_1, block_2), out."""
+    """conv_in, down levels (cfg.blocks_at ResnetBlocks [+AttnBlocks] + Downsample), mid (block_1, attn_1,
+    block_2), out."""
 
     def __init__(self, cfg: DDConfig):
         super().__init__()
         g = cfg.norm_groups
         self.num_resolutions = len(cfg.ch_mult)
-        self.num_res_blocks = cfg.num_res_blocks
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, kernel_size=3, stride=1, padding=1)
         curr_res = cfg.resolution
         in_ch_mult = (1,) + tuple(cfg.ch_mult)
@@ -191,14 +191,13 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """conv_in, mid, up levels (num_res_blocks+1 ResnetBlocks [+AttnBlocks] + Upsample), out; up[0] is the
-    full-resolution level, as in LDM (built in reverse and inserted at the front)."""
+    """conv_in, mid, up levels (num_res_blocks+1 ResnetBlocks [+AttnBlocks] + Upsample; cfg.blocks_at), out; up[0]
+    is the full-resolution level, as in LDM (built in reverse and inserted at the front)."""
 
     def __init__(self, cfg: DDConfig):
         super().__init__()
         g = cfg.norm_groups
         self.num_resolutions = len(cfg.ch_mult)
-        self.num_res_blocks = cfg.num_res_blocks
         block_in = cfg.ch * cfg.ch_mult[-1]
         curr_res = cfg.resolution // 2 ** (self.num_resolutions - 1)
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, kernel_size=3, stride=1, padding=1)
