@@ -66,8 +66,9 @@ test-py:
 # `bin/vlmdiff bench --bundle DIR --threads 2 --batches 1,4 --floor` (docs/operations.md, "Reduced precision").
 # BENCH_RES_BLOCKS=1 benches the small preset with one ResBlock a level (build.extra.res_blocks; its own
 # BENCH_DIR, out/bench-small-rb1), the lean denoiser of docs/training.md "Fewer blocks per level";
-# BENCH_AE_FULL_RES=0 with no autoencoder block at full resolution (finetune_ae.extra.full_res_blocks; BENCH_DIR
-# out/bench-small-fr0), docs/training.md "Fewer blocks at full resolution".
+# BENCH_AE_FULL_RES=N with N autoencoder blocks at full resolution (finetune_ae.extra.full_res_blocks; BENCH_DIR
+# out/bench-small-frN); unset, what a new training builds (small: 0 since session 60), and -1 LDM's layout, the
+# small preset's before (out/bench-small-fr-1); docs/training.md "Fewer blocks at full resolution".
 BENCH_RES_BLOCKS ?=
 BENCH_AE_FULL_RES ?=
 BENCH_DIR ?= out/bench-small$(if $(BENCH_RES_BLOCKS),-rb$(BENCH_RES_BLOCKS))$(if $(BENCH_AE_FULL_RES),-fr$(BENCH_AE_FULL_RES))

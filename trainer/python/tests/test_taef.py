@@ -284,8 +284,9 @@ def test_ae_full_res_blocks_travel_from_the_finetune_to_the_model_file(dataset, 
     assert torch.load(lean_ae)["overrides"] == {"ae_full_res_blocks": 0}
     assert "overrides" not in torch.load(plain_ae) and autoencoder_layout(plain_ae) == {}
     # a run directory whose checkpoints have the other layout: resuming says so instead of failing on keys
-    with pytest.raises(RuntimeError, match="trained with \\{'ae_full_res_blocks': 0\\}, the config asks for the "
-                                           "preset's layout: restore the setting, or remove .*ae-checkpoints"):
+    with pytest.raises(RuntimeError, match="trained with 0 full-resolution ResnetBlock\\(s\\), the config asks for "
+                                           "LDM's layout .*: set finetune_ae.extra.full_res_blocks: 0 to resume it, "
+                                           "or remove .*ae-checkpoints"):
         train_ae.run(dict(ae, run_dir=str(tmp_path / "a0"), max_steps=3))
 
     base = {"preset": "tiny", "index": idx, "captions": str(dataset / "captions.json"), "seed": 0}
@@ -309,16 +310,61 @@ def test_ae_full_res_blocks_travel_from_the_finetune_to_the_model_file(dataset, 
 
     # refused by name: the stage's settings, a pretrained layout, a first level that changes channels, and an
     # ae.pt whose overrides this trainer does not know
-    with pytest.raises(RuntimeError, match="finetune-ae config: full_res_blocks: -1 is below its minimum 0"):
-        train_ae.run(dict(ae, run_dir=str(tmp_path / "x"), full_res_blocks=-1))
+    with pytest.raises(RuntimeError, match="finetune-ae config: full_res_blocks: -2 is below its minimum -1"):
+        train_ae.run(dict(ae, run_dir=str(tmp_path / "x"), full_res_blocks=-2))
     with pytest.raises(ValueError, match="preset tiny-taef's autoencoder .* fixed layout"):
         presets.build("tiny-taef", ae_full_res_blocks=0)
+    with pytest.raises(ValueError, match="preset tiny-taef's autoencoder .* fixed layout"):
+        train_ae.run(dict(ae, preset="tiny-taef", run_dir=str(tmp_path / "x"), full_res_blocks=-1))
     with pytest.raises(ValueError, match="full_res_blocks 0 needs ch_mult\\[0\\] 1"):
         AutoencoderKL(DDConfig(ch=8, ch_mult=(2, 2), num_res_blocks=1, norm_groups=4, full_res_blocks=0))
     odd = tmp_path / "odd.pt"
     torch.save({"state_dict": trained, "overrides": {"full_res": 0}}, odd)
     with pytest.raises(CheckpointError, match="odd.pt: overrides .*full_res"):
         train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "bx"), autoencoder=str(odd)))
+
+
+def test_a_new_autoencoder_takes_the_presets_layout_and_older_files_keep_theirs(dataset, tmp_path, monkeypatch):
+    """A preset can give new autoencoders another full-resolution layout than its network definition (the small
+    preset: 0 blocks since session 60) while every file without a layout record, which is every file written
+    before, still rebuilds the definition (LDM's layout) it was trained with. Exercised on a tiny twin of the
+    small preset's setting: a finetune from scratch takes the new layout and records it; the build stage without
+    an autoencoder records it too; a record-less ae.pt (an older run) builds LDM's layout and loads; a finetune
+    from an init keeps the init's layout unless the config asks, and asking for another one is refused by name;
+    -1 asks for LDM's layout explicitly."""
+    import dataclasses
+    from vlmdiff_train.checkpoints import autoencoder_layout
+    from vlmdiff_train.model_file import load_model_file, rebuild
+    assert presets.get_preset("small").fresh_ae_full_res_blocks == 0
+    assert presets.get_preset("small").vae.full_res_blocks is None  # the definition older files rebuild
+    assert all(presets.get_preset(n).fresh_ae_full_res_blocks is None for n in ("sd15", "tiny", "taef2"))
+    monkeypatch.setitem(presets.PRESETS, "tiny-lean",
+                        dataclasses.replace(presets.get_preset("tiny"), name="tiny-lean", fresh_ae_full_res_blocks=0))
+    idx = str(dataset / "index.jsonl")
+    ae = {"preset": "tiny-lean", "index": idx, "batch_size": 2, "max_steps": 2, "log_every": 1, "seed": 1}
+    base = {"preset": "tiny-lean", "index": idx, "captions": str(dataset / "captions.json"), "seed": 0}
+
+    def blocks(model):  # the rebuilt autoencoder's ResnetBlocks at full resolution, encoder and decoder
+        vae = rebuild(load_model_file(model))[0].vae
+        return len(vae.encoder.down[0].block), len(vae.decoder.up[0].block)
+
+    new = train_ae.run(dict(ae, run_dir=str(tmp_path / "new")))["autoencoder"]
+    assert autoencoder_layout(new) == {"ae_full_res_blocks": 0}
+    assert blocks(train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "bn"), autoencoder=new))["model"]) == (0, 0)
+    assert blocks(train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "bu")))["model"]) == (0, 0)
+    ldm = train_ae.run(dict(ae, run_dir=str(tmp_path / "ldm"), full_res_blocks=-1))["autoencoder"]
+    assert autoencoder_layout(ldm) == {}
+    # an ae.pt written before the record (tiny's, no overrides): LDM's layout, its weights load strictly
+    old = train_ae.run(dict(ae, preset="tiny", run_dir=str(tmp_path / "old")))["autoencoder"]
+    assert blocks(train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "bo"), autoencoder=old))["model"]) == (1, 2)
+    # a finetune from an init keeps the init's layout
+    again = train_ae.run(dict(ae, run_dir=str(tmp_path / "again"), init=old))["autoencoder"]
+    assert autoencoder_layout(again) == {}
+    lean_again = train_ae.run(dict(ae, run_dir=str(tmp_path / "lean-again"), init=new))["autoencoder"]
+    assert autoencoder_layout(lean_again) == {"ae_full_res_blocks": 0}
+    with pytest.raises(RuntimeError, match="full_res_blocks 0 asks for 0 full-resolution ResnetBlock\\(s\\), but init "
+                                           ".*old.*ae.pt was trained with LDM's layout"):
+        train_ae.run(dict(ae, run_dir=str(tmp_path / "x"), init=old, full_res_blocks=0))
 
 
 def test_build_latent_norm_centres_each_channel_and_keeps_reconstructions(dataset, tmp_path):

@@ -50,7 +50,8 @@ def build_bench_bundle(out: str, preset: str = "small", features_onnx: Optional[
                        ae_full_res_blocks: Optional[int] = None) -> dict:
     """Writes out/bundle and out/model.pt; returns their paths. res_blocks overrides the preset's ResBlocks
     per level (presets.build), as build.extra.res_blocks does in training; ae_full_res_blocks the autoencoder's
-    ResnetBlocks at full resolution, as finetune_ae.extra.full_res_blocks does."""
+    ResnetBlocks at full resolution, as finetune_ae.extra.full_res_blocks does (None: what a new training of the
+    preset builds, presets.fresh_ae_full_res; -1: LDM's layout)."""
     from . import presets
     from .export import export_bundle
     from .model_file import Nets, HintOf, perturb_zero_params, latent_scale, save_reference_weights
@@ -58,7 +59,10 @@ def build_bench_bundle(out: str, preset: str = "small", features_onnx: Optional[
     p = presets.get_preset(preset)
     overrides: dict = {} if res_blocks is None else {"res_blocks": int(res_blocks)}
     if ae_full_res_blocks is not None:
-        overrides["ae_full_res_blocks"] = int(ae_full_res_blocks)
+        presets.with_ae_full_res_blocks(p, ae_full_res_blocks)  # refuses a pretrained preset, a count below -1
+    full_res = presets.fresh_ae_full_res(p, ae_full_res_blocks)  # what a new training of the preset builds
+    if full_res is not None:
+        overrides["ae_full_res_blocks"] = full_res
     nets = presets.build(preset, with_text=False, with_dino=False, seed=0, **overrides)
     perturb_zero_params(nets.model, torch.Generator().manual_seed(1), 0.05)
     os.makedirs(out, exist_ok=True)
@@ -84,8 +88,8 @@ def build_bench_bundle(out: str, preset: str = "small", features_onnx: Optional[
                   name=f"bench-{p.name}", version="untrained", latent={"scale_factor": latent_scale(builder)},
                   description=f"untrained {p.name} preset"
                               + (f" ({res_blocks} ResBlock(s) per level)" if res_blocks is not None else "")
-                              + (f" ({ae_full_res_blocks} autoencoder block(s) at full resolution)"
-                                 if ae_full_res_blocks is not None else "")
+                              + (f" ({full_res} autoencoder block(s) at full resolution)"
+                                 if full_res is not None else "")
                               + " for vlmdiff bench (scores mean nothing)",
                   provenance={"preset": p.name, "dataset": "none (untrained)"},
                   denoiser_static_batches=static_batches, static_time=static_time,
@@ -108,7 +112,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-fuse-vae", action="store_true", help="no onnx_fuse.groupnorm_per_channel in the VAE graphs")
     ap.add_argument("--res-blocks", type=int, help="ResBlocks per level of the UNet and SG branch (build.extra.res_blocks)")
     ap.add_argument("--ae-full-res-blocks", type=int,
-                    help="the autoencoder's ResnetBlocks at full resolution (finetune_ae.extra.full_res_blocks)")
+                    help="the autoencoder's ResnetBlocks at full resolution (finetune_ae.extra.full_res_blocks; "
+                         "-1: LDM's layout; default: what a new training of the preset builds, small 0)")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     layers = [(n, 1.0) for n in a.layers.split(",")] if a.layers else None

@@ -44,6 +44,7 @@ __all__ = [
     "load_sd15",
     "load_autoencoder",
     "autoencoder_layout",
+    "read_object",
     "load_dino",
     "load_text_encoder",
     "init_sgn_from_unet",
@@ -209,19 +210,31 @@ def init_sgn_from_unet(sgn: SemanticGuidedNetwork, unet_sd: Mapping[str, torch.T
 AE_LAYOUT_KEYS = ("ae_full_res_blocks",)
 
 
-def autoencoder_layout(source, *, trusted: bool = False) -> dict:
+def autoencoder_layout(source, *, trusted: bool = False, name: str | None = None) -> dict:
     """The layout choices a finetune-ae output (RUN/ae.pt) records under "overrides" ({} for any other checkpoint):
     the build stage builds the autoencoder with them before loading its weights, so a layout set once in the
-    finetune_ae section reaches every stage after it. An unknown key is refused by name."""
-    if not isinstance(source, (str, os.PathLike)) or os.path.isdir(source):
+    finetune_ae section reaches every stage after it. No record means the preset's network definition (LDM's
+    layout), which is what every file written before the record existed was trained with. source is a path or
+    the already-read object (name then names it in errors). An unknown key is refused by name."""
+    if isinstance(source, Mapping):
+        obj = source
+    elif not isinstance(source, (str, os.PathLike)) or os.path.isdir(source):
         return {}
-    obj = _load_obj(source, trusted)
+    else:
+        obj = _load_obj(source, trusted)
     raw = obj.get("overrides") if isinstance(obj, Mapping) else None
     if raw is None:
         return {}
     if not isinstance(raw, Mapping) or any(k not in AE_LAYOUT_KEYS for k in raw):
-        raise CheckpointError(f"checkpoint {_name(source)}: overrides {raw!r}: want a mapping of {AE_LAYOUT_KEYS}")
+        raise CheckpointError(f"checkpoint {name or _name(source)}: overrides {raw!r}: want a mapping of "
+                              f"{AE_LAYOUT_KEYS}")
     return dict(raw)
+
+
+def read_object(source, *, trusted: bool = False):
+    """The unpickled object of a checkpoint file (a mapping passes through), for a caller that reads both its
+    layout record (autoencoder_layout) and its weights (load_autoencoder) without loading the file twice."""
+    return _load_obj(source, trusted)
 
 
 def load_autoencoder(vae: nn.Module, source, *, trusted: bool = False, what: str | None = None) -> LoadReport:

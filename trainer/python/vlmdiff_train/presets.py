@@ -34,7 +34,8 @@ from .nets.sgn import (
 from .nets.unet import UNetConfig
 
 __all__ = ["FeaturesPreset", "Preset", "Networks", "PRESETS", "get_preset", "build", "preset_names",
-           "make_autoencoder", "TAEF2_SCALE"]
+           "make_autoencoder", "TAEF2_SCALE", "LDM_FULL_RES", "fresh_ae_full_res",
+           "with_ae_full_res_blocks"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ class Preset:
     scale_factor: float = SCALE_FACTOR
     only_mid_control: bool = True
     description: str = ""
+    # ResnetBlocks at the autoencoder's full resolution that a *new* autoencoder of this preset gets (finetune-ae
+    # from scratch, the build stage without one, bench_bundle, the MAC profile); None: LDM's (vae as defined).
+    # Kept apart from vae, the network definition, because model files and ae.pt written before it carry no layout
+    # record and must rebuild vae as it is (checkpoints.autoencoder_layout: no record = this definition).
+    fresh_ae_full_res_blocks: int | None = None
 
     @property
     def latent_channels(self) -> int:
@@ -174,6 +180,11 @@ SMALL = Preset(
     hint_hidden=(8, 8, 16, 16, 32, 32, 64),
     text=CLIPTextConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
     features=_MOBILENET,
+    # No ResnetBlock at 256 x 256 (session 59, 60): ONNX Runtime's blocked kernels take 16 channels at a time on
+    # AVX-512, so the 8-channel full-resolution level cost what 16 would; encode and decode ran about 0.6x, the
+    # frame 0.87x at batch 1 and 0.83x at batch 4 (2-core Xeon, paired), level on PIPED and on generated textured
+    # surfaces (docs/training.md, "Fewer blocks at full resolution").
+    fresh_ae_full_res_blocks=0,
 )
 
 TINY = Preset(
@@ -241,17 +252,33 @@ def make_autoencoder(p: Preset) -> nn.Module:
     return AutoencoderKL(p.vae, p.embed_dim)
 
 
+# finetune_ae.extra.full_res_blocks / --ae-full-res-blocks: LDM's layout (num_res_blocks ResnetBlocks in the
+# encoder's full-resolution level, one more in the decoder's), which no single count says.
+LDM_FULL_RES = -1
+
+
 def with_ae_full_res_blocks(p: Preset, n: int | None) -> Preset:
-    """p with n ResnetBlocks at its autoencoder's full-resolution level (DDConfig.full_res_blocks); n None keeps p.
-    Only a KL autoencoder trained by the finetune-ae stage can take it: a pretrained one's layout is fixed."""
+    """p with n ResnetBlocks at its autoencoder's full-resolution level (DDConfig.full_res_blocks); n None keeps p,
+    LDM_FULL_RES (-1) gives LDM's layout. Only a KL autoencoder trained by the finetune-ae stage can take a
+    count: a pretrained one's layout is fixed."""
     if n is None:
         return p
-    if int(n) < 0:
-        raise ValueError(f"ae_full_res_blocks {n}: want 0 or more")
+    if int(n) < LDM_FULL_RES:
+        raise ValueError(f"ae_full_res_blocks {n}: want 0 or more, or {LDM_FULL_RES} for LDM's layout")
     if not isinstance(p.vae, DDConfig):
         raise ValueError(f"ae_full_res_blocks: preset {p.name}'s autoencoder ({type(p.vae).__name__}) is pretrained "
                          "with a fixed layout; only a KL autoencoder (DDConfig) takes it")
-    return dataclasses.replace(p, vae=dataclasses.replace(p.vae, full_res_blocks=int(n)))
+    full = None if int(n) == LDM_FULL_RES else int(n)
+    return dataclasses.replace(p, vae=dataclasses.replace(p.vae, full_res_blocks=full))
+
+
+def fresh_ae_full_res(p: Preset, n: int | None = None) -> int | None:
+    """The full-resolution count a new autoencoder of p gets: n when given, else the preset's default for new
+    autoencoders (Preset.fresh_ae_full_res_blocks; small: 0). None and LDM_FULL_RES both mean LDM's layout, which
+    is what a file without a layout record rebuilds; a count >= 0 is what ae.pt and the model file record."""
+    if n is None:
+        n = p.fresh_ae_full_res_blocks
+    return None if n is None or int(n) == LDM_FULL_RES else int(n)
 
 
 def preset_names() -> list[str]:

@@ -98,9 +98,10 @@ class FinetuneAEConfig(DataKeys, Common):
     keep: int = key(2, "checkpoints kept", minimum=1)
     memory_format: str = key("auto", MEMORY_FORMAT_DOC, choices=MEMORY_FORMATS)
     full_res_blocks: Optional[int] = key(None, "ResnetBlocks at the autoencoder's full resolution, encoder and "
-                                               "decoder each (the preset's: LDM's num_res_blocks and one more); 0 "
-                                               "took the small preset's frame to 0.87x at batch 1 on 2 CPU cores. "
-                                               "Recorded in ae.pt; the build stage follows it", minimum=0)
+                                               "decoder each; -1: LDM's layout (num_res_blocks and one more). "
+                                               "Absent: init's layout, else the preset's for a new autoencoder "
+                                               "(small: 0, 0.87x a frame at batch 1 on 2 CPU cores; the others "
+                                               "LDM's). Recorded in ae.pt; the build stage follows it", minimum=-1)
 
     def check(self, stage: str) -> None:
         """The rules that join two keys."""

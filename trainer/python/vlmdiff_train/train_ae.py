@@ -34,7 +34,7 @@ def run(cfg) -> dict:
     """The finetune-ae stage; cfg is a FinetuneAEConfig or a dict of its keys."""
     c: FinetuneAEConfig = parse_stage("finetune-ae", cfg)
     from . import presets
-    from .checkpoints import load_autoencoder
+    from .checkpoints import load_autoencoder, read_object
 
     run_dir = c.run_dir
     total = int(c.max_steps)
@@ -43,15 +43,19 @@ def run(cfg) -> dict:
     device = torch.device(c.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("finetune-ae config: device 'cuda' requested but torch sees no GPU")
-    p = presets.with_ae_full_res_blocks(presets.get_preset(c.preset), c.full_res_blocks)
-    layout = {} if c.full_res_blocks is None else {"ae_full_res_blocks": int(c.full_res_blocks)}
+    p, init = presets.get_preset(c.preset), None
+    if c.init:
+        init = read_object(c.init, trusted=c.trusted) if os.path.isfile(c.init) else c.init
+    n = _full_res_blocks(c, p, init)
+    p = presets.with_ae_full_res_blocks(p, n)  # None keeps the preset's definition, LDM's layout
+    layout = {} if n is None else {"ae_full_res_blocks": n}
     record = {"overrides": layout} if layout else {}  # written with every checkpoint and with ae.pt
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = presets.make_autoencoder(p)
     deterministic = bool(getattr(vae, "deterministic", False))
     if c.init:
-        load_autoencoder(vae, c.init, trusted=c.trusted)
+        load_autoencoder(vae, init, trusted=c.trusted, what=f"finetune-ae init {c.init}")
     fmt = memory_format(c.memory_format, device, "finetune-ae")
     vae.to(device, memory_format=fmt).train()
     perc: Optional[PerceptualLoss] = None
@@ -71,11 +75,13 @@ def run(cfg) -> dict:
     last = latest_checkpoint(ckpt_dir)
     if last:
         st = torch.load(last, map_location="cpu")
-        if st.get("overrides", {}) != layout:
+        had = (st.get("overrides") or {}).get("ae_full_res_blocks")
+        if had != n:
             # a checkpoint of another layout would fail in load_state_dict with a list of keys; say why instead
-            was, want = st.get("overrides") or "the preset's layout", layout or "the preset's layout"
-            raise RuntimeError(f"finetune-ae: checkpoint {last} was trained with {was}, the config asks for {want}: "
-                               f"restore the setting, or remove {ckpt_dir} to train the new layout from the start")
+            raise RuntimeError(f"finetune-ae: checkpoint {last} was trained with {_say(had)}, the config asks for "
+                               f"{_say(n)}: set finetune_ae.extra.full_res_blocks: "
+                               f"{presets.LDM_FULL_RES if had is None else had} to resume it, or remove {ckpt_dir} "
+                               f"to train the new layout from the start")
         vae.load_state_dict(st["state_dict"])
         opt.load_state_dict(st["optimizer"])
         gen.set_state(st["generator"])
@@ -124,6 +130,31 @@ def run(cfg) -> dict:
                 "step": step, **record}, tmp)
     os.replace(tmp, out)
     return {"autoencoder": out, "steps": step}
+
+
+def _full_res_blocks(c: FinetuneAEConfig, p, init) -> Optional[int]:
+    """The autoencoder's ResnetBlocks at full resolution (None: LDM's layout): the config's full_res_blocks when
+    set, else the init's (its ae.pt record; none means LDM's, as every file written before the record), else the
+    preset's for a new autoencoder (small: 0). A config that asks for another layout than the init was trained
+    with is refused here, by name, rather than in load_state_dict with a list of keys."""
+    from . import presets
+    from .checkpoints import autoencoder_layout
+    if c.full_res_blocks is not None:
+        presets.with_ae_full_res_blocks(p, c.full_res_blocks)  # refuses a pretrained preset, a count below -1
+    asked = presets.fresh_ae_full_res(p, c.full_res_blocks)
+    if not c.init:
+        return asked
+    had = autoencoder_layout(init, trusted=c.trusted, name=c.init).get("ae_full_res_blocks")
+    if c.full_res_blocks is not None and asked != had:
+        raise RuntimeError(f"finetune-ae config: full_res_blocks {c.full_res_blocks} asks for {_say(asked)}, but "
+                           f"init {c.init} was trained with {_say(had)}: drop the key to finetune the init's "
+                           f"layout, or remove init to train the new layout from scratch")
+    return had
+
+
+def _say(n: Optional[int]) -> str:
+    """A full-resolution block count as the refusals name it."""
+    return "LDM's layout (no layout record)" if n is None else f"{n} full-resolution ResnetBlock(s)"
 
 
 def _save(ckpt_dir, step, micro, vae, opt, gen, keep, record):

@@ -59,6 +59,10 @@ def run_build(cfg) -> dict:
         overrides["res_blocks"] = int(c.res_blocks)
     if c.autoencoder:
         overrides.update(autoencoder_layout(c.autoencoder, trusted=c.trusted))
+    else:  # an untrained autoencoder: the layout a new one of the preset gets, recorded in the model file
+        full_res = presets.fresh_ae_full_res(presets.get_preset(name))
+        if full_res is not None:
+            overrides["ae_full_res_blocks"] = full_res
     nets = presets.build(name, with_dino=False, seed=int(c.seed), **overrides)
     trusted = c.trusted
     if c.sd_checkpoint:

@@ -78,10 +78,10 @@ def time_call(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> flo
 
 
 def profile_preset(name: str, repeat: int = 5, ddim_steps: int = 10, out=sys.stdout) -> dict:
-    from ..presets import build
+    from ..presets import build, fresh_ae_full_res, get_preset
     from .layers import count_params
 
-    nets = build(name)
+    nets = build(name, ae_full_res_blocks=fresh_ae_full_res(get_preset(name)))  # what a new training builds
     p = nets.preset
     m = nets.model.eval()
     img = torch.randn(1, 3, p.input_size, p.input_size)
