@@ -56,6 +56,7 @@ def run(cfg) -> dict:
     deterministic = bool(getattr(vae, "deterministic", False))
     if c.init:
         load_autoencoder(vae, init, trusted=c.trusted, what=f"finetune-ae init {c.init}")
+    del init  # an SD checkpoint as init holds gigabytes the finetune no longer needs
     fmt = memory_format(c.memory_format, device, "finetune-ae")
     vae.to(device, memory_format=fmt).train()
     perc: Optional[PerceptualLoss] = None
