@@ -137,10 +137,12 @@ def test_finetune_from_pretrained_taef_reduces_error_without_kl(dataset, tmp_pat
     assert [e["kl"] for e in ev] and all(e["stage"] == "finetune-ae" for e in ev)
     rows = list(csv.reader(open(tmp_path / "run" / "curves" / "finetune-ae.csv")))
     assert rows[0] == ["step", "epoch", "loss", "val_loss"] and [r[0] for r in rows[1:]] == ["5", "10"]
-    # zero steps keep the pretrained weights exactly (finetune_ae.max_steps: 0)
-    out0 = train_ae.run(dict(cfg, run_dir=str(tmp_path / "run0"), max_steps=0))
-    kept = torch.load(out0["autoencoder"])["state_dict"]
-    assert all(torch.equal(kept[k], v) for k, v in before.state_dict().items())
+    # zero steps keep the pretrained weights exactly (finetune_ae.max_steps: 0), from the directory or from the
+    # published encoder file's path (its decoder beside it)
+    for i, src in enumerate((init, init / "taef2_encoder.pth")):
+        out0 = train_ae.run(dict(cfg, run_dir=str(tmp_path / f"run0-{i}"), init=str(src), max_steps=0))
+        kept = torch.load(out0["autoencoder"])["state_dict"]
+        assert all(torch.equal(kept[k], v) for k, v in before.state_dict().items())
 
 
 def _built(dataset, run, preset):

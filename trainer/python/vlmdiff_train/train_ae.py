@@ -21,6 +21,7 @@ import torch
 
 from . import data as D
 from .layout import memory_format
+from .nets.autoencoder import DDConfig
 from .losses import PerceptualLoss, autoencoder_loss
 from .curves import CurveWriter
 from .progress import Progress
@@ -44,8 +45,9 @@ def run(cfg) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("finetune-ae config: device 'cuda' requested but torch sees no GPU")
     p, init = presets.get_preset(c.preset), None
-    if c.init:
-        init = read_object(c.init, trusted=c.trusted) if os.path.isfile(c.init) else c.init
+    if c.init:  # a KL autoencoder's file is read once, for its layout record and its weights
+        kl = isinstance(p.vae, DDConfig)  # a taef init is a directory or the published encoder file: load_taef
+        init = read_object(c.init, trusted=c.trusted) if kl and os.path.isfile(c.init) else c.init
     n = _full_res_blocks(c, p, init)
     p = presets.with_ae_full_res_blocks(p, n)  # None keeps the preset's definition, LDM's layout
     layout = {} if n is None else {"ae_full_res_blocks": n}
