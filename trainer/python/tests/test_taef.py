@@ -216,8 +216,22 @@ def test_build_measures_the_latent_scale_of_a_deterministic_autoencoder(dataset,
         std = float(nets.vae.encode(x).std())
     assert s == pytest.approx(1 / std, rel=1e-3)  # the two training images are all the build stage saw
     assert latent_scale(blob["builder"]) == s
-    # a KL VAE keeps its preset's scale (SD's 0.18215): nothing measured
+    # a KL VAE keeps its preset's scale (SD's 0.18215) by default: nothing measured
     assert "latent_scale" not in load_model_file(_built(dataset, tmp_path / "k", "tiny"))["builder"]
+    # build.latent_scale: measured measures a KL VAE's too (its posterior means), preset keeps taef's fixed one
+    base = {"index": str(dataset / "index.jsonl"), "captions": str(dataset / "captions.json"), "seed": 0}
+    kl = load_model_file(train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "m"), preset="tiny",
+                                                       latent_scale="measured"))["model"])
+    with torch.no_grad():
+        kl_std = float(rebuild(kl)[0].vae.encode(x).std())
+    assert kl["builder"]["latent_scale"] == pytest.approx(1 / kl_std, rel=1e-3)
+    kept = load_model_file(train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "p"), preset="tiny-taef",
+                                                         latent_scale="preset"))["model"])
+    assert "latent_scale" not in kept["builder"] and latent_scale(kept["builder"]) == presets.TAEF2_SCALE
+    with pytest.raises(RuntimeError, match="latent_scale measured needs the index"):
+        train_denoiser.run_build({"run_dir": str(tmp_path / "x"), "preset": "tiny", "latent_scale": "measured"})
+    with pytest.raises(RuntimeError, match="latent_scale: 'unit' is not one of auto, measured, preset"):
+        train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "x"), preset="tiny", latent_scale="unit"))
 
 
 def test_build_control_levels_travel_in_the_model_file(dataset, tmp_path):

@@ -32,6 +32,8 @@ MEMORY_FORMAT_DOC = ("auto | channels_last | contiguous: the networks' and image
 # the values of memory_format (layout.py) and of posterior (train: what the denoiser learns on; export: the manifest's)
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 POSTERIORS = ("sample", "mean")
+# the values of build.latent_scale
+LATENT_SCALES = ("auto", "measured", "preset")
 
 
 def key(default: Any = None, doc: str = "", *, required: bool = False, minimum: Optional[float] = None,
@@ -134,6 +136,11 @@ class BuildConfig(Common):
                                           "preset's denoiser operators away)", minimum=1)
     latent_norm: bool = key(False, "normalise each latent channel to zero mean and unit spread, measured on the "
                                    "training normals (deterministic autoencoders: taef presets)")
+    latent_scale: str = key("auto", "the diffusion latent scale: measured = 1/std of the autoencoder's latents on "
+                                    "the training normals (the unit variance the schedule assumes); preset = the "
+                                    "preset's (SD's 0.18215 for KL autoencoders, made for kl-f8's latents); auto = "
+                                    "measured for deterministic autoencoders (taef), the preset's otherwise",
+                            choices=LATENT_SCALES)
     out: Optional[str] = key(None, "model file to write (default RUN/model.pt)")
 
 
