@@ -58,8 +58,6 @@ def build_bench_bundle(out: str, preset: str = "small", features_onnx: Optional[
 
     p = presets.get_preset(preset)
     overrides: dict = {} if res_blocks is None else {"res_blocks": int(res_blocks)}
-    if ae_full_res_blocks is not None:
-        presets.with_ae_full_res_blocks(p, ae_full_res_blocks)  # refuses a pretrained preset, a count below -1
     full_res = presets.fresh_ae_full_res(p, ae_full_res_blocks)  # what a new training of the preset builds
     if full_res is not None:
         overrides["ae_full_res_blocks"] = full_res

@@ -273,11 +273,14 @@ def with_ae_full_res_blocks(p: Preset, n: int | None) -> Preset:
 
 
 def fresh_ae_full_res(p: Preset, n: int | None = None) -> int | None:
-    """The full-resolution count a new autoencoder of p gets: n when given, else the preset's default for new
-    autoencoders (Preset.fresh_ae_full_res_blocks; small: 0). None and LDM_FULL_RES both mean LDM's layout, which
-    is what a file without a layout record rebuilds; a count >= 0 is what ae.pt and the model file record."""
+    """The full-resolution count a new autoencoder of p gets: n when given (refused as with_ae_full_res_blocks
+    refuses it: a pretrained preset, a count below -1), else the preset's default for new autoencoders
+    (Preset.fresh_ae_full_res_blocks; small: 0). None and LDM_FULL_RES both mean LDM's layout, which is what a file
+    without a layout record rebuilds; a count >= 0 is what ae.pt and the model file record."""
     if n is None:
         n = p.fresh_ae_full_res_blocks
+    else:
+        with_ae_full_res_blocks(p, n)
     return None if n is None or int(n) == LDM_FULL_RES else int(n)
 
 

@@ -143,6 +143,12 @@ class BuildConfig(Common):
                             choices=LATENT_SCALES)
     out: Optional[str] = key(None, "model file to write (default RUN/model.pt)")
 
+    def check(self, stage: str) -> None:
+        """The rules that join two keys."""
+        super().check(stage)
+        if self.latent_scale == "measured" and not self.index:
+            raise RuntimeError(f"{stage} config: latent_scale measured needs the index to measure the latents on")
+
 
 @dataclass
 class TrainConfig(DataKeys, Common):

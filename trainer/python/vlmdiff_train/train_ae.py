@@ -142,8 +142,6 @@ def _full_res_blocks(c: FinetuneAEConfig, p, init) -> Optional[int]:
     with is refused here, by name, rather than in load_state_dict with a list of keys."""
     from . import presets
     from .checkpoints import autoencoder_layout
-    if c.full_res_blocks is not None:
-        presets.with_ae_full_res_blocks(p, c.full_res_blocks)  # refuses a pretrained preset, a count below -1
     asked = presets.fresh_ae_full_res(p, c.full_res_blocks)
     if not c.init:
         return asked

@@ -100,11 +100,8 @@ def run_build(cfg) -> dict:
         nets.vae.set_latent_norm(shift, spread)
         log.info("latent normalisation per channel: shifts %.3g..%.3g, spreads %.3g..%.3g", float(shift.min()),
                  float(shift.max()), float(spread.min()), float(spread.max()))
-    measure = c.latent_scale == "measured" or (c.latent_scale == "auto" and getattr(nets.vae, "deterministic", False))
-    if measure and not c.index:
-        if c.latent_scale == "measured":
-            raise RuntimeError("build config: latent_scale measured needs the index to measure the latents on")
-    elif measure:
+    deterministic = getattr(nets.vae, "deterministic", False)
+    if c.index and (c.latent_scale == "measured" or (c.latent_scale == "auto" and deterministic)):
         builder["latent_scale"] = measured_latent_scale(nets.vae, c.index, presets.get_preset(name).input_size)
         log.info("latent scale %.4g: 1/std of the autoencoder's latents on the training images",
                  builder["latent_scale"])
