@@ -324,7 +324,7 @@ type RegisterConfig struct {
 
 // PythonConfig says how to run the Python stages.
 type PythonConfig struct {
-	Exe        string `yaml:"exe"`         // default /usr/bin/python3
+	Exe        string `yaml:"exe"`         // default /usr/bin/python3; a path relative to the config file, a bare name on PATH
 	TrainerDir string `yaml:"trainer_dir"` // directory holding vlmdiff_train (default: found from the binary)
 }
 
@@ -430,6 +430,9 @@ func (c *Config) resolve(base string) {
 		}
 	}
 	abs(&c.Data.Root)
+	if strings.ContainsRune(c.Python.Exe, filepath.Separator) { // a bare name (python3) is looked up on PATH
+		abs(&c.Python.Exe)
+	}
 	abs(&c.FinetuneAE.Init)
 	abs(&c.FinetuneAE.PerceptualONNX)
 	abs(&c.Build.SDCheckpoint)

@@ -74,6 +74,21 @@ type Event struct {
 	Outputs map[string]any `json:"outputs"`
 }
 
+// interpreterPath makes an interpreter named by a relative path (`--python .deps/torch/bin/python`) absolute
+// against the working directory it was given in. Why: a stage runs in its run directory, where that path names
+// nothing (session 61: the finetune-ae stage failed to start after the check had passed). A bare name (python3)
+// stays a name looked up on PATH.
+func interpreterPath(exe string) (string, error) {
+	if filepath.IsAbs(exe) || !strings.ContainsRune(exe, filepath.Separator) {
+		return exe, nil
+	}
+	abs, err := filepath.Abs(exe)
+	if err != nil {
+		return "", fmt.Errorf("python %s: %w", exe, err)
+	}
+	return abs, nil
+}
+
 // RunStage runs `python -m vlmdiff_train STAGE --config CFG` (or the launcher instead of `python -m`), with the
 // stage's JSON config written to RUN/configs/<stage>.json. stdout progress events become throttled progress
 // lines; stdout and stderr go to the stage log. It returns the "done" event's outputs.
@@ -90,7 +105,10 @@ func (p Python) RunStage(ctx context.Context, sc *StageContext, stage string, cf
 		return nil, err
 	}
 	args := []string{"-m", "vlmdiff_train", stage, "--config", cfgPath}
-	exe := p.Exe
+	exe, err := interpreterPath(p.Exe)
+	if err != nil {
+		return nil, err
+	}
 	if len(launcher) > 0 {
 		// torchrun runs a module with -m too: torchrun --nproc_per_node=8 -m vlmdiff_train ...
 		exe, args = launcher[0], append(append([]string{}, launcher[1:]...), args...)

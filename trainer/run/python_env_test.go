@@ -2,7 +2,10 @@ package run
 
 import (
 	"context"
+	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -69,6 +72,60 @@ func TestPythonCheckRecordsBLAS(t *testing.T) {
 	for _, s := range []string{want.Torch, "BLAS " + want.BLAS, "OpenMP wait " + torchenv.Policy(want.BLAS)} {
 		if !strings.Contains(desc, s) {
 			t.Errorf("description %q lacks %q", desc, s)
+		}
+	}
+}
+
+// TestRunStageRelativeInterpreter: an interpreter given as a path relative to the working directory
+// (`vlmdiff train --python .deps/torch/bin/python`, as docs/training.md writes it) runs the stage although the
+// stage runs in the run directory, where that relative path names nothing; a config's python.exe is relative to
+// the config file, and a bare name stays a name for PATH.
+func TestRunStageRelativeInterpreter(t *testing.T) {
+	sys, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("no python3 on PATH")
+	}
+	// a stand-in vlmdiff_train that answers the stage protocol: one "done" event naming its config
+	pkg := filepath.Join(t.TempDir(), "trainer")
+	if err := os.MkdirAll(filepath.Join(pkg, "vlmdiff_train"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	main := "import json, sys\nprint(json.dumps({'event': 'done', 'stage': sys.argv[1], 'outputs': {'config': sys.argv[3]}}))\n"
+	for name, body := range map[string]string{"__init__.py": "", "__main__.py": main} {
+		if err := os.WriteFile(filepath.Join(pkg, "vlmdiff_train", name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	work := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(work, "env", "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(sys, filepath.Join(work, "env", "bin", "python")); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(work)
+	runDir := t.TempDir()
+	var prog strings.Builder
+	sc := &StageContext{Name: "build", Dir: runDir, Log: io.Discard, Progress: &prog}
+	out, err := Python{Exe: "env/bin/python", TrainerDir: pkg}.RunStage(context.Background(), sc, "build", map[string]any{}, nil)
+	if err != nil {
+		t.Fatalf("a relative interpreter path: %v", err)
+	}
+	if want := filepath.Join(runDir, "configs", "build.json"); out["config"] != want {
+		t.Errorf("outputs %v, want config %s", out, want)
+	}
+
+	cfgDir := t.TempDir()
+	cases := []struct{ exe, want string }{
+		{"env/bin/python", filepath.Join(cfgDir, "env", "bin", "python")},
+		{"/opt/py/bin/python", "/opt/py/bin/python"},
+		{"python3", "python3"},
+	}
+	for _, c := range cases {
+		cfg := &Config{Python: PythonConfig{Exe: c.exe}}
+		cfg.resolve(cfgDir)
+		if cfg.Python.Exe != c.want {
+			t.Errorf("python.exe %q in a config under %s resolves to %q, want %q", c.exe, cfgDir, cfg.Python.Exe, c.want)
 		}
 	}
 }
