@@ -139,6 +139,10 @@ register:
 	if !m.Features.Tokens || len(m.Features.Layers) != 1 || m.Features.Layers[0].Name != "tokens" {
 		t.Fatalf("features %+v: want the ViT's tokens", m.Features)
 	}
+	// SD's UNet learnt on kl-f8 latents times 0.18215: the build stage's auto scale keeps that constant for it
+	if m.Latent.ScaleFactor != 0.18215 {
+		t.Fatalf("latent.scale_factor %v, want SD's 0.18215 for a UNet from sd_checkpoint", m.Latent.ScaleFactor)
+	}
 	if sh := m.Graphs["features"].Outputs[0].Shape; len(sh) != 3 || sh[1] != 1+16*16 || sh[2] != 32 {
 		t.Fatalf("features output shape %v, want [-1, 257, 32]", sh)
 	}

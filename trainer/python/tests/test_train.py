@@ -65,7 +65,7 @@ def _fixed_eps_loss(model_file, dataset):
     abar = torch.tensor(R.alphas_cumprod(0.00085, 0.012, 1000), dtype=torch.float32)
     total = 0.0
     with torch.no_grad():
-        z = 0.18215 * torch.chunk(nets.vae.encode_moments(b["image"]), 2, dim=1)[0]
+        z = train_denoiser.latent_scale(blob["builder"]) * torch.chunk(nets.vae.encode_moments(b["image"]), 2, dim=1)[0]
         ctx = train_denoiser.encode_prompts(nets.text, tok, b["caption"], torch.device("cpu"))
         hint = nets.denoiser.sgn.hint_features(b["image"])
         for t in (50, 300, 600, 900):
@@ -78,12 +78,12 @@ def _fixed_eps_loss(model_file, dataset):
 
 def test_denoiser_training_reduces_loss(dataset, built, tmp_path, capsys):
     before = _fixed_eps_loss(built, dataset)
-    out = train_denoiser.run(_train_cfg(dataset, built, tmp_path, max_steps=8, save_every=100))
+    out = train_denoiser.run(_train_cfg(dataset, built, tmp_path, max_steps=24, save_every=100))
     after = _fixed_eps_loss(out["model"], dataset)
     assert after < before * 0.9, (before, after)
     events = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
-    assert [e["step"] for e in events] == list(range(1, 9))
-    assert all(e["event"] == "progress" and e["stage"] == "train" and e["total"] == 8 for e in events)
+    assert [e["step"] for e in events] == list(range(1, 25))
+    assert all(e["event"] == "progress" and e["stage"] == "train" and e["total"] == 24 for e in events)
 
 
 def test_resume_continues_from_saved_step(dataset, built, tmp_path, capsys):
