@@ -170,8 +170,12 @@ func checkNoCheaperStart(t *testing.T, file string, rows [][]string) {
 
 // checkStartSelection: the select stage weighed the start steps (the export's own 999 and 301) on the recipe it
 // chose before, and the bundle reconstructs from the chosen one: the paper's way from 999, only the DDIM steps
-// at or below it from 301.
-func checkStartSelection(t *testing.T, runDir string, m *models.Manifest) {
+// at or below it from 301. The chosen row's map is the one the smoothing then varies (its row at the export's
+// own sigma scores the same); the export's own step is the nearest-normal term's choice scored again, unless a
+// class took more than the nearest (select.knn_ks), which changes the term's map after the knn table: then the
+// stage must not have reused a start-step table weighed before the counts (session 62: with a recipe the
+// nearest-normal step changed, start-999 was the counts' map, which no other table scores).
+func checkStartSelection(t *testing.T, runDir string, m *models.Manifest, out string) {
 	t.Helper()
 	rows := readCSV(t, filepath.Join(runDir, "select", run.StartStepsFile))
 	want := []string{"start-999", "start-301"}
@@ -192,27 +196,62 @@ func checkStartSelection(t *testing.T, runDir string, m *models.Manifest) {
 		}
 	}
 	t.Logf("start step %d chosen from %v", start, rows[1:])
+	if d := m.Diffusion; d.StartStep != start || d.SamplerFromStartStep != (start < 999) {
+		t.Fatalf("chosen start step %d, but the bundle starts from %d (sampler_from_start_step %v)", start, d.StartStep, d.SamplerFromStartStep)
+	}
 	checkNoCheaperStart(t, filepath.Join(runDir, "select", run.StartStepsFile), rows)
+	var chosen []string
+	for _, r := range rows[1:] {
+		if r[len(r)-1] == "true" {
+			chosen = r
+		}
+	}
+	if _, err := os.Stat(filepath.Join(runDir, "select", run.SmoothingFile)); err == nil {
+		for _, r := range readCSV(t, filepath.Join(runDir, "select", run.SmoothingFile))[1:] {
+			if r[0] == "sigma-1.25" && !sameScores(r, chosen) { // the tiny preset's own sigma at 64 px
+				t.Errorf("%s scored %v, the smoothing table's %s %v: the smoothing varied another map", chosen[0], chosen[2:7], r[0], r[2:7])
+			}
+		}
+	}
+	counted := false
+	if b, err := os.ReadFile(filepath.Join(runDir, "select", run.KnnKsChoiceFile)); err == nil {
+		var ks map[string]int
+		if err := json.Unmarshal(b, &ks); err != nil {
+			t.Fatal(err)
+		}
+		counted = slices.ContainsFunc(slices.Collect(maps.Values(ks)), func(k int) bool { return k > 1 })
+	}
+	if counted {
+		if l := grepLine(out, "as weighed with the start-noise counts on this recipe"); l != "" {
+			t.Errorf("a class took more than the nearest, but the select stage reused a start-step table weighed without the counts: %q", l)
+		}
+		return
+	}
 	// the export's own step is the recipe chosen before, scored again: it must score as the nearest-normal
 	// term's choice did (same banks, same reference), or the start steps were weighed on another map
 	if _, err := os.Stat(filepath.Join(runDir, "select", run.KnnFile)); err == nil {
 		for _, r := range readCSV(t, filepath.Join(runDir, "select", run.KnnFile))[1:] {
-			if r[len(r)-1] != "true" {
-				continue
-			}
-			for c := 2; c < 7; c++ { // i_auroc .. i_ap, within the rounding of two scoring paths
-				a, errA := strconv.ParseFloat(r[c], 64)
-				b, errB := strconv.ParseFloat(rows[1][c], 64)
-				if errA != nil || errB != nil || math.Abs(a-b) > 1e-4 {
-					t.Errorf("start-999 scored %v, the nearest-normal term's choice %v %v: not the same recipe", rows[1][2:7], r[0], r[2:7])
-					break
-				}
+			if r[len(r)-1] == "true" && !sameScores(r, rows[1]) {
+				t.Errorf("start-999 scored %v, the nearest-normal term's choice %v %v: not the same recipe", rows[1][2:7], r[0], r[2:7])
 			}
 		}
 	}
-	if d := m.Diffusion; d.StartStep != start || d.SamplerFromStartStep != (start < 999) {
-		t.Fatalf("chosen start step %d, but the bundle starts from %d (sampler_from_start_step %v)", start, d.StartStep, d.SamplerFromStartStep)
+}
+
+// sameScores says whether two rows of the select stage's tables (name, model, i_auroc .. i_ap, ...) score alike
+// within the rounding of two scoring paths.
+func sameScores(a, b []string) bool {
+	if len(a) < 7 || len(b) < 7 {
+		return false
 	}
+	for c := 2; c < 7; c++ {
+		x, errX := strconv.ParseFloat(a[c], 64)
+		y, errY := strconv.ParseFloat(b[c], 64)
+		if errX != nil || errY != nil || math.Abs(x-y) > 1e-4 {
+			return false
+		}
+	}
+	return true
 }
 
 // checkSmoothingSelection: the select stage weighed the map sigma at each scale of the export's (the tiny
@@ -300,16 +339,8 @@ func checkPoolingSelection(t *testing.T, runDir string, m *models.Manifest) {
 	t.Logf("score pooling: %d passes chosen from %v", n, rows[1:])
 	if _, err := os.Stat(filepath.Join(runDir, "select", run.SmoothingFile)); err == nil {
 		for _, r := range readCSV(t, filepath.Join(runDir, "select", run.SmoothingFile))[1:] {
-			if r[len(r)-1] != "true" {
-				continue
-			}
-			for c := 2; c < 7; c++ { // i_auroc .. i_ap, within the rounding of two scoring paths
-				a, errA := strconv.ParseFloat(r[c], 64)
-				b, errB := strconv.ParseFloat(rows[3][c], 64)
-				if errA != nil || errB != nil || math.Abs(a-b) > 1e-4 {
-					t.Errorf("pool-8 scored %v, the smoothing's choice %v %v: not the same map", rows[3][2:7], r[0], r[2:7])
-					break
-				}
+			if r[len(r)-1] == "true" && !sameScores(r, rows[3]) {
+				t.Errorf("pool-8 scored %v, the smoothing's choice %v %v: not the same map", rows[3][2:7], r[0], r[2:7])
 			}
 		}
 	}
@@ -576,7 +607,7 @@ func trainEndToEnd(t *testing.T, preset string, minImageAUROC float64, steps [2]
 		t.Fatalf("select.knn_factors is set but the select stage wrote no table: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(runDir, "select", run.StartStepsFile)); err == nil {
-		checkStartSelection(t, runDir, m)
+		checkStartSelection(t, runDir, m, first)
 	} else if strings.Contains(cfg, "start_steps:") {
 		t.Fatalf("select.start_steps is set but the select stage wrote no table: %v", err)
 	}

@@ -3,6 +3,7 @@ package run
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -125,6 +126,8 @@ func (t *Training) selectStart(ctx context.Context, sc *StageContext, items []da
 		}
 		table := filepath.Join(dir, StartStepsFile)
 		return w.start, table, os.WriteFile(table, b, 0o644)
+	} else if w != nil && w.recipe.sameTerms(r) {
+		fmt.Fprintf(sc.Progress, "[select] the nearest-normal term's counts (select.knn_ks %v) changed its map from the one the start steps were weighed with: weighing them again on it\n", r.KnnKs)
 	} else if w != nil {
 		fmt.Fprintln(sc.Progress, "[select] the nearest-normal step changed the recipe the counts were weighed with: weighing the start steps on it again")
 	}
@@ -168,8 +171,17 @@ type startWeighing struct {
 	table  string
 }
 
-// same says whether r is the recipe o (the weighings' maps and the start step aside).
+// same says whether r is the recipe o (the weighings' maps and the start step aside), the nearest-normal term's
+// counts included: a start-step table weighed before the counts were chosen (while the start-noise counts
+// competed) scores another map than the one that ships when a class then takes more than the nearest, and its
+// start-999 row matched no other table (session 62: the tiny end-to-end run's start steps, reweighed on the counts
+// only when the nearest-normal step had also changed the recipe).
 func (o mapRecipe) same(r mapRecipe) bool {
+	return o.sameTerms(r) && maps.Equal(o.KnnKs, r.KnnKs)
+}
+
+// sameTerms is same without the nearest-normal term's counts.
+func (o mapRecipe) sameTerms(r mapRecipe) bool {
 	eq := func(a, b *float64) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
 	return o.Ensemble == r.Ensemble && slices.Equal(o.Layers, r.Layers) && o.Pixel == r.Pixel && eq(o.PixelSigma, r.PixelSigma) &&
 		o.Knn == r.Knn && eq(o.KnnSigma, r.KnnSigma) && o.KnnIsolated == r.KnnIsolated && o.Sigma == r.Sigma &&

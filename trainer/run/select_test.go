@@ -369,6 +369,8 @@ func TestMapRecipeSame(t *testing.T) {
 		{"another knn factor", func(r *mapRecipe) { r.Knn = 4 }, false},
 		{"another knn sigma", func(r *mapRecipe) { r.KnnSigma = f(3) }, false},
 		{"another isolated fraction", func(r *mapRecipe) { r.KnnIsolated = 0.1 }, false},
+		{"a class with more than the nearest", func(r *mapRecipe) { r.KnnKs = map[string]int{"": 1, "waves": 4} }, false},
+		{"empty counts", func(r *mapRecipe) { r.KnnKs = map[string]int{} }, true},
 		{"another map sigma", func(r *mapRecipe) { r.Sigma = 2.5 }, false},
 		{"a guided filter", func(r *mapRecipe) { r.Guided = &models.GuidedFilter{Radius: 8, Eps: 1e-4} }, false},
 	}
@@ -380,6 +382,12 @@ func TestMapRecipeSame(t *testing.T) {
 	}
 	if o.Guided.Radius = 4; g.same(o) {
 		t.Error("another guided radius is the same recipe")
+	}
+	// the counts alone: another recipe, the same terms
+	k := base
+	k.KnnKs = map[string]int{"waves": 4}
+	if base.same(k) || !base.sameTerms(k) {
+		t.Errorf("counts %v: same %v, sameTerms %v; want false, true", k.KnnKs, base.same(k), base.sameTerms(k))
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -216,18 +216,22 @@ def test_build_measures_the_latent_scale_of_a_deterministic_autoencoder(dataset,
         std = float(nets.vae.encode(x).std())
     assert s == pytest.approx(1 / std, rel=1e-3)  # the two training images are all the build stage saw
     assert latent_scale(blob["builder"]) == s
-    # a KL VAE keeps its preset's scale (SD's 0.18215) by default and with preset: nothing recorded
+    # a KL VAE's is measured too (its posterior means), by default and by name: the UNet is trained here on
+    # whatever spread the autoencoder has, not SD's (session 61)
     base = {"index": str(dataset / "index.jsonl"), "captions": str(dataset / "captions.json"), "seed": 0}
-    for scale in ("auto", "preset"):
-        kept = load_model_file(train_denoiser.run_build(dict(base, run_dir=str(tmp_path / scale), preset="tiny",
-                                                             latent_scale=scale))["model"])
-        assert "latent_scale" not in kept["builder"] and latent_scale(kept["builder"]) == 0.18215, scale
-    # build.latent_scale: measured measures a KL VAE's too (its posterior means), preset keeps taef's fixed one
-    kl = load_model_file(train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "m"), preset="tiny",
-                                                       latent_scale="measured"))["model"])
-    with torch.no_grad():
-        kl_std = float(rebuild(kl)[0].vae.encode(x).std())
-    assert kl["builder"]["latent_scale"] == pytest.approx(1 / kl_std, rel=1e-3)
+    for scale in ("auto", "measured"):
+        kl = load_model_file(train_denoiser.run_build(dict(base, run_dir=str(tmp_path / scale), preset="tiny",
+                                                           latent_scale=scale))["model"])
+        with torch.no_grad():
+            kl_std = float(rebuild(kl)[0].vae.encode(x).std())
+        assert kl["builder"]["latent_scale"] == pytest.approx(1 / kl_std, rel=1e-3), scale
+    # preset keeps the preset's constant (SD's 0.18215 for a KL VAE): nothing recorded, the preset's is read
+    kept = load_model_file(train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "kp"), preset="tiny",
+                                                         latent_scale="preset"))["model"])
+    assert "latent_scale" not in kept["builder"] and latent_scale(kept["builder"]) == 0.18215
+    # without an index auto has nothing to measure on and keeps the preset's
+    bare = load_model_file(train_denoiser.run_build({"run_dir": str(tmp_path / "bare"), "preset": "tiny"})["model"])
+    assert "latent_scale" not in bare["builder"]
     kept = load_model_file(train_denoiser.run_build(dict(base, run_dir=str(tmp_path / "p"), preset="tiny-taef",
                                                          latent_scale="preset"))["model"])
     assert "latent_scale" not in kept["builder"] and latent_scale(kept["builder"]) == presets.TAEF2_SCALE

@@ -78,12 +78,12 @@ def _fixed_eps_loss(model_file, dataset):
 
 def test_denoiser_training_reduces_loss(dataset, built, tmp_path, capsys):
     before = _fixed_eps_loss(built, dataset)
-    out = train_denoiser.run(_train_cfg(dataset, built, tmp_path, max_steps=8, save_every=100))
+    out = train_denoiser.run(_train_cfg(dataset, built, tmp_path, max_steps=24, save_every=100))
     after = _fixed_eps_loss(out["model"], dataset)
     assert after < before * 0.9, (before, after)
     events = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
-    assert [e["step"] for e in events] == list(range(1, 9))
-    assert all(e["event"] == "progress" and e["stage"] == "train" and e["total"] == 8 for e in events)
+    assert [e["step"] for e in events] == list(range(1, 25))
+    assert all(e["event"] == "progress" and e["stage"] == "train" and e["total"] == 24 for e in events)
 
 
 def test_resume_continues_from_saved_step(dataset, built, tmp_path, capsys):

@@ -139,7 +139,8 @@ class BuildConfig(Common):
     latent_scale: str = key("auto", "the diffusion latent scale: measured = 1/std of the autoencoder's latents on "
                                     "the training normals (the unit variance the schedule assumes); preset = the "
                                     "preset's (SD's 0.18215 for KL autoencoders, made for kl-f8's latents); auto = "
-                                    "measured for deterministic autoencoders (taef), the preset's otherwise",
+                                    "measured, except the preset's when the UNet starts from sd_checkpoint (SD's "
+                                    "UNet learnt on latents scaled by 0.18215) or no index is given",
                             choices=LATENT_SCALES)
     out: Optional[str] = key(None, "model file to write (default RUN/model.pt)")
 

@@ -100,12 +100,11 @@ def run_build(cfg) -> dict:
         nets.vae.set_latent_norm(shift, spread)
         log.info("latent normalisation per channel: shifts %.3g..%.3g, spreads %.3g..%.3g", float(shift.min()),
                  float(shift.max()), float(spread.min()), float(spread.max()))
-    # auto measures deterministic (taef) autoencoders only. A from-scratch KL autoencoder's latents are near 1,
-    # not kl-f8's 5.5 (sessions 60-61: std 0.86-1.27 on PIPED), and `measured` fits them; it is not auto's yet
-    # because the tiny end-to-end test's select stage scored the chosen recipe twice with different results under
-    # it (session 61, docs/training.md "The latent scale of a from-scratch autoencoder").
-    deterministic = getattr(nets.vae, "deterministic", False)
-    if c.index and (c.latent_scale == "measured" or (c.latent_scale == "auto" and deterministic)):
+    # auto measures unless SD's UNet is loaded: it learnt on kl-f8 latents times 0.18215 and keeps that scale.
+    # A UNet trained here assumes unit-variance latents, and a from-scratch KL autoencoder's are near 1, not
+    # kl-f8's 5.5 (session 60: std 0.86-1.27 on PIPED, so 0.18215 gave 0.16-0.23). Measured led SD's constant on
+    # every metric of PIPED's full recipe, painted and test (session 61, docs/training.md).
+    if c.index and (c.latent_scale == "measured" or (c.latent_scale == "auto" and not c.sd_checkpoint)):
         builder["latent_scale"] = measured_latent_scale(nets.vae, c.index, presets.get_preset(name).input_size)
         log.info("latent scale %.4g: 1/std of the autoencoder's latents on the training images",
                  builder["latent_scale"])
