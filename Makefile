@@ -58,8 +58,9 @@ test-py:
 # else a random conv net); per-stage latency at batch 1 and 4 over 5 interleaved rounds (each batch line ends
 # with the rounds' p50s and their median, the figure to compare) with the daemon's default memory settings
 # (models.memory: shared, so the peak RSS printed is the daemon's kind), the side-by-side with the PyTorch
-# reference on the same bundle and weights, the A/B of the static-shape denoisers against the dynamic one, and
-# the floor table.
+# reference on the same bundle and weights, the A/B of the static-shape denoisers against the dynamic one, the
+# floor table, and the throughput of 2 scoring workers of 1 thread each (models.workers: 2, models.threads: 1:
+# what a 2-core line PC with several cameras scores; wall ms per frame, median of the rounds).
 # BENCH_FLAGS adds flags, e.g. --dynamic-only for the figures without the static-shape denoisers, or
 # --denoiser-spin / --denoiser-threads 1 (docs/operations.md, "Tuning scoring speed"). An int8-feature copy made
 # by `vlmdiff quantize --bundle $(BENCH_DIR)/bundle --data DATASET --out DIR` is timed with
@@ -81,7 +82,8 @@ $(BENCH_DIR)/bundle/bundle.json: $(BENCH_SOURCES)
 		$(if $(BENCH_AE_FULL_RES),--ae-full-res-blocks $(BENCH_AE_FULL_RES))
 bench: build $(BENCH_DIR)/bundle/bundle.json
 	./$(BIN) bench --bundle $(BENCH_DIR)/bundle --threads 2 --batches 1,4 --frames 20 --floor \
-		--mem-pattern=false --shared-arena --reference $(BENCH_DIR)/model.pt --rounds 5 --ab-dynamic $(BENCH_FLAGS)
+		--mem-pattern=false --shared-arena --reference $(BENCH_DIR)/model.pt --rounds 5 --ab-dynamic \
+		--workers 2 --worker-threads 1 $(BENCH_FLAGS)
 
 # Two settings of the bench bundle (or the bench bundle against another: AB="--bundle DIR") timed in pairs of
 # batches back to back, for a machine whose speed drifts: AB holds the scorer flags B adds, e.g.

@@ -71,14 +71,20 @@ type benchReport struct {
 }
 
 // benchWorkers is the throughput of several scoring goroutines sharing one scorer, as the daemon's
-// models.workers runs them: wall time per frame, not the latency of one frame.
+// models.workers runs them: wall time per frame, not the latency of one frame. A line with several cameras
+// keeps every worker busy, so this, not the batch-1 latency, is what bounds the frames a line PC scores.
 type benchWorkers struct {
-	Workers      int     `json:"workers"`
-	Batch        int     `json:"batch"`
-	Frames       int     `json:"frames"`
-	Seconds      float64 `json:"seconds"`
-	MSPerFrame   float64 `json:"wall_ms_per_frame"`
-	FramesPerSec float64 `json:"frames_per_s"`
+	Workers int `json:"workers"`
+	// Threads is each worker's ONNX Runtime intra-op threads (--worker-threads, else --threads; 0 = all cores).
+	Threads int     `json:"threads"`
+	Batch   int     `json:"batch"`
+	Frames  int     `json:"frames"`  // over all rounds
+	Seconds float64 `json:"seconds"` // over all rounds
+	// RoundMS is each round's wall time per frame, MSPerFrame their median (one round of a few seconds can be
+	// far off the next on a shared machine, as with the latency table).
+	RoundMS      []float64 `json:"round_wall_ms_per_frame"`
+	MSPerFrame   float64   `json:"wall_ms_per_frame"`
+	FramesPerSec float64   `json:"frames_per_s"` // at MSPerFrame
 }
 
 type benchStage struct {
@@ -117,7 +123,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&ro.rounds, "rounds", 3, "interleaved rounds: of the batch sizes (--frames each, the latency is the median of the rounds' p50s), "+
 		"and of --reference and --ab-dynamic (each: every image once per scorer); --ab pairs --rounds x --frames/batch a batch size")
 	workers := fs.Int("workers", 1, "also measure the throughput of this many scoring goroutines sharing the scorer (the daemon's "+
-		"models.workers; pair with --threads, e.g. 2 workers x 1 thread on 2 cores): wall ms per frame at each batch size")
+		"models.workers; pair with --worker-threads, e.g. 2 workers x 1 thread on 2 cores): wall ms per frame at each batch size, "+
+		"median of --rounds")
+	workerThreads := fs.Int("worker-threads", 0, "ONNX Runtime intra-op threads of each --workers goroutine, on a second scorer "+
+		"of the same bundle (0 = --threads, the latency table's scorer): models.threads of a daemon with models.workers")
 	abDynamic := fs.Bool("ab-dynamic", false, "also time a second scorer that ignores the static-shape denoisers, interleaved "+
 		"with this one at batch 1: the before/after of the static export in one run")
 	ab := fs.String("ab", "", "also time a second scorer B opened with these scorer flags on top of this command's (e.g. \"--spin\", "+
@@ -139,6 +148,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if ro.rounds < 1 {
 		return fmt.Errorf("--rounds: %d, want at least 1", ro.rounds)
 	}
+	if *workerThreads < 0 {
+		return fmt.Errorf("--worker-threads: %d, want 0 (as --threads) or more", *workerThreads)
+	}
 	var bsf scoreFlags
 	if *ab != "" {
 		var err error
@@ -157,7 +169,19 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if *workers > 1 {
-		if rep.Workers, err = measureWorkers(ctx, s, imgs, bs, *frames, *workers); err != nil {
+		ws, wt := s, sf.Threads
+		if *workerThreads != 0 && *workerThreads != sf.Threads {
+			wf := sf
+			wf.Threads, wt = *workerThreads, *workerThreads
+			if ws, err = wf.Open(); err != nil {
+				return fmt.Errorf("--worker-threads %d: %w", *workerThreads, err)
+			}
+		}
+		rep.Workers, err = measureWorkers(ctx, ws, imgs, bs, *frames, *workers, wt, ro.rounds)
+		if ws != s {
+			ws.Close()
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -283,48 +307,69 @@ func benchRound(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.Image, 
 	return nil
 }
 
-// measureWorkers scores frames per batch size with w goroutines sharing s, each its own batches, and returns the
-// wall time per frame. Every goroutine warms up first (its first batch may open a lazily opened graph).
-func measureWorkers(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.Image, bs []int, frames, w int) ([]benchWorkers, error) {
-	var out []benchWorkers
-	for _, b := range bs {
-		n := max(frames/(b*w), 1)
-		var wg sync.WaitGroup
-		errs := make([]error, w)
-		var ready, done sync.WaitGroup
-		ready.Add(w)
-		done.Add(1)
-		var start time.Time
-		for g := 0; g < w; g++ {
-			wg.Add(1)
-			go func(g int) {
-				defer wg.Done()
-				_, err := s.Score(ctx, batchOf(imgs, g*b, b))
-				ready.Done()
-				done.Wait()
-				for i := 0; i < n && err == nil; i++ {
-					var res []pipeline.Result
-					res, err = s.Score(ctx, batchOf(imgs, (g*n+i)*b, b))
-					if err == nil && res[0].Err != nil {
-						err = res[0].Err
-					}
-				}
-				errs[g] = err
-			}(g)
+// measureWorkers scores frames per batch size with w goroutines sharing s, each its own batches, in rounds
+// (every batch size once a round), and returns the median wall time per frame of the rounds. threads is what
+// s was opened with, for the report. Every goroutine warms up first in each round (its first batch may open a
+// lazily opened graph).
+func measureWorkers(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.Image, bs []int, frames, w, threads,
+	rounds int) ([]benchWorkers, error) {
+	out := make([]benchWorkers, len(bs))
+	for i, b := range bs {
+		out[i] = benchWorkers{Workers: w, Threads: threads, Batch: b}
+	}
+	for r := 0; r < rounds; r++ {
+		for i, b := range bs {
+			f, wall, err := workersRound(ctx, s, imgs, b, frames, w)
+			if err != nil {
+				return nil, err
+			}
+			o := &out[i]
+			o.Frames += f
+			o.Seconds += wall
+			o.RoundMS = append(o.RoundMS, wall*1000/float64(f))
 		}
-		ready.Wait()
-		start = time.Now()
-		done.Done()
-		wg.Wait()
-		wall := time.Since(start).Seconds()
-		if err := errors.Join(errs...); err != nil {
-			return nil, fmt.Errorf("bench --workers %d, batch %d: %w", w, b, err)
-		}
-		f := n * b * w
-		out = append(out, benchWorkers{Workers: w, Batch: b, Frames: f, Seconds: wall, MSPerFrame: wall * 1000 / float64(f),
-			FramesPerSec: float64(f) / wall})
+	}
+	for i := range out {
+		out[i].MSPerFrame = pct(out[i].RoundMS, 50)
+		out[i].FramesPerSec = 1000 / out[i].MSPerFrame
 	}
 	return out, nil
+}
+
+// workersRound is one round of measureWorkers at batch size b: the frames scored and the wall seconds.
+func workersRound(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.Image, b, frames, w int) (int, float64, error) {
+	n := max(frames/(b*w), 1)
+	var wg sync.WaitGroup
+	errs := make([]error, w)
+	var ready, done sync.WaitGroup
+	ready.Add(w)
+	done.Add(1)
+	for g := 0; g < w; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			_, err := s.Score(ctx, batchOf(imgs, g*b, b))
+			ready.Done()
+			done.Wait()
+			for i := 0; i < n && err == nil; i++ {
+				var res []pipeline.Result
+				res, err = s.Score(ctx, batchOf(imgs, (g*n+i)*b, b))
+				if err == nil && res[0].Err != nil {
+					err = res[0].Err
+				}
+			}
+			errs[g] = err
+		}(g)
+	}
+	ready.Wait()
+	start := time.Now()
+	done.Done()
+	wg.Wait()
+	wall := time.Since(start).Seconds()
+	if err := errors.Join(errs...); err != nil {
+		return 0, 0, fmt.Errorf("bench --workers %d, batch %d: %w", w, b, err)
+	}
+	return n * b * w, wall, nil
 }
 
 // benchImages reads the given images, or makes 4 seeded random frames of the bundle's input size.
@@ -400,8 +445,16 @@ func writeBenchTables(w io.Writer, rep *benchReport) {
 		fmt.Fprintln(w)
 	}
 	for _, b := range rep.Workers {
-		fmt.Fprintf(w, "%d workers, batch %d: %.1f ms/frame wall, %.2f frames/s (%d frames in %.1f s)\n", b.Workers, b.Batch,
-			b.MSPerFrame, b.FramesPerSec, b.Frames, b.Seconds)
+		th := "all cores"
+		if b.Threads > 0 {
+			th = fmt.Sprintf("%d thread%s", b.Threads, map[bool]string{true: "", false: "s"}[b.Threads == 1])
+		}
+		r := make([]string, len(b.RoundMS))
+		for i, v := range b.RoundMS {
+			r[i] = fmt.Sprintf("%.1f", v)
+		}
+		fmt.Fprintf(w, "%d workers x %s, batch %d: %.1f ms/frame wall, %.2f frames/s (median of %d rounds %s; %d frames in %.1f s)\n",
+			b.Workers, th, b.Batch, b.MSPerFrame, b.FramesPerSec, len(r), strings.Join(r, " / "), b.Frames, b.Seconds)
 	}
 	if rep.PeakRSSMiB > 0 {
 		fmt.Fprintf(w, "peak RSS %.0f MiB\n", rep.PeakRSSMiB)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"os"
@@ -213,22 +214,45 @@ func TestBenchReference(t *testing.T) {
 	}
 }
 
-// TestBenchWorkers: `bench --workers 2` scores with two goroutines sharing the scorer and reports, per batch
-// size, every frame it scored (each goroutine's batches) and a wall time; without --workers there is no entry.
+// TestBenchWorkers: `bench --workers 2` scores with two goroutines sharing a scorer, in --rounds rounds, and
+// reports per batch size every frame it scored (each goroutine's batches in every round), each round's wall
+// time per frame and their median; --worker-threads opens that scorer with its own thread count and says so;
+// without --workers there is no entry.
 func TestBenchWorkers(t *testing.T) {
-	rep := benchJSON(t, "--batches", "1,2", "--frames", "4", "--workers", "2")
-	if len(rep.Workers) != 2 {
-		t.Fatalf("workers entries %+v, want one per batch size", rep.Workers)
-	}
-	for i, b := range []int{1, 2} {
-		w := rep.Workers[i]
-		want := max(4/(b*2), 1) * b * 2
-		if w.Workers != 2 || w.Batch != b || w.Frames != want {
-			t.Errorf("entry %d = %+v, want 2 workers, batch %d, %d frames", i, w, b, want)
-		}
-		if !(w.Seconds > 0) || !(w.MSPerFrame > 0) || math.Abs(w.MSPerFrame-w.Seconds*1000/float64(w.Frames)) > 1e-9 {
-			t.Errorf("entry %d: times %+v inconsistent", i, w)
-		}
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		threads int
+	}{
+		{"as --threads", []string{"--threads", "2"}, 2},
+		{"one thread each", []string{"--threads", "2", "--worker-threads", "1"}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"--batches", "1,2", "--frames", "4", "--workers", "2", "--rounds", "2"}, tc.args...)
+			rep := benchJSON(t, args...)
+			if len(rep.Workers) != 2 {
+				t.Fatalf("workers entries %+v, want one per batch size", rep.Workers)
+			}
+			for i, b := range []int{1, 2} {
+				w := rep.Workers[i]
+				want := 2 * max(4/(b*2), 1) * b * 2
+				if w.Workers != 2 || w.Threads != tc.threads || w.Batch != b || w.Frames != want || len(w.RoundMS) != 2 {
+					t.Errorf("entry %d = %+v, want 2 workers x %d threads, batch %d, %d frames in 2 rounds", i, w,
+						tc.threads, b, want)
+				}
+				lo, hi := min(w.RoundMS[0], w.RoundMS[1]), max(w.RoundMS[0], w.RoundMS[1])
+				if !(w.Seconds > 0) || !(lo > 0) || w.MSPerFrame < lo || w.MSPerFrame > hi ||
+					math.Abs(w.FramesPerSec-1000/w.MSPerFrame) > 1e-9 {
+					t.Errorf("entry %d: times %+v inconsistent", i, w)
+				}
+			}
+			var table bytes.Buffer
+			writeBenchTables(&table, rep)
+			head := fmt.Sprintf("2 workers x %d thread", tc.threads)
+			if !strings.Contains(table.String(), head) || !strings.Contains(table.String(), "median of 2 rounds") {
+				t.Errorf("table lacks %q and the rounds:\n%s", head, table.String())
+			}
+		})
 	}
 	if rep := benchJSON(t, "--batches", "1", "--frames", "1"); len(rep.Workers) != 0 {
 		t.Errorf("workers entries without --workers: %+v", rep.Workers)
@@ -243,6 +267,7 @@ func TestBenchRefusesBadCounts(t *testing.T) {
 	}{
 		{[]string{"--rounds", "0"}, "--rounds: 0"},
 		{[]string{"--batches", "1,0"}, `--batches: "0"`},
+		{[]string{"--workers", "2", "--worker-threads", "-1"}, "--worker-threads: -1"},
 	} {
 		var stdout, stderr bytes.Buffer
 		args := append([]string{"bench", "--bundle", fixtureBundle, "--providers", "cpu"}, tc.args...)
