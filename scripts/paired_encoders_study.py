@@ -42,7 +42,6 @@ here), no dropout at inference.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -55,7 +54,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "trainer", "python"))
 
-from vlmdiff_train.export import export_static_denoisers  # noqa: E402
+from vlmdiff_train.export import export_static_denoisers, sha256_file  # noqa: E402
 from vlmdiff_train.model_file import load_model_file, rebuild  # noqa: E402
 from vlmdiff_train.nets.layers import (GroupNorm32, SpatialTransformer, TimestepEmbedSequential,  # noqa: E402
                                        timestep_embedding)
@@ -231,14 +230,6 @@ class PairedDenoiser(nn.Module):
         return unet.out(h)
 
 
-def _sha(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="the model file the bundle was exported from (model.pt)")
@@ -286,7 +277,7 @@ def main() -> int:
         d["time"] = time_spec
     for s in specs + ([time_spec] if time_spec else []):
         p = os.path.join(a.out, s["file"])
-        m["files"][s["file"]] = {"sha256": _sha(p), "size": os.path.getsize(p)}
+        m["files"][s["file"]] = {"sha256": sha256_file(p), "size": os.path.getsize(p)}
     m["version"] = m["version"] + "+paired"
     with open(os.path.join(a.out, "bundle.json"), "w") as f:
         json.dump(m, f, indent=2)
