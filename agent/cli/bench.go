@@ -169,19 +169,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if *workers > 1 {
-		ws, wt := s, sf.Threads
-		if *workerThreads != 0 && *workerThreads != sf.Threads {
-			wf := sf
-			wf.Threads, wt = *workerThreads, *workerThreads
-			if ws, err = wf.Open(); err != nil {
-				return fmt.Errorf("--worker-threads %d: %w", *workerThreads, err)
-			}
-		}
-		rep.Workers, err = measureWorkers(ctx, ws, imgs, bs, *frames, *workers, wt, ro.rounds)
-		if ws != s {
-			ws.Close()
-		}
-		if err != nil {
+		if rep.Workers, err = measureWorkersAt(ctx, s, sf, *workerThreads, imgs, bs, *frames, *workers, ro.rounds); err != nil {
 			return err
 		}
 	}
@@ -305,6 +293,22 @@ func benchRound(ctx context.Context, s *pipeline.Scorer, imgs []pipeline.Image, 
 	b.Frames += n * b.Batch
 	b.RoundP50MS = append(b.RoundP50MS, pct(total, 50))
 	return nil
+}
+
+// measureWorkersAt is measureWorkers on s, or, when threads is set and differs from s's (sf.Threads), on a second
+// scorer of the same flags with that many threads, closed after.
+func measureWorkersAt(ctx context.Context, s *pipeline.Scorer, sf scoreFlags, threads int, imgs []pipeline.Image,
+	bs []int, frames, w, rounds int) ([]benchWorkers, error) {
+	if threads == 0 || threads == sf.Threads {
+		return measureWorkers(ctx, s, imgs, bs, frames, w, sf.Threads, rounds)
+	}
+	sf.Threads = threads
+	ws, err := sf.Open()
+	if err != nil {
+		return nil, fmt.Errorf("--worker-threads %d: %w", threads, err)
+	}
+	defer ws.Close()
+	return measureWorkers(ctx, ws, imgs, bs, frames, w, threads, rounds)
 }
 
 // measureWorkers scores frames per batch size with w goroutines sharing s, each its own batches, in rounds
